@@ -1,0 +1,414 @@
+"""Input readers: user data files -> a checked list of `Example`s.
+
+Files: `.jsonl` (one object a line), `.json` (an array of objects), `.csv`, `.parquet`, and
+`.arrow`/`.ipc`/`.feather` (Arrow IPC file, or IPC stream). Three row shapes, detected per row by
+which columns hold a value (names from `ColumnMap`):
+
+1. TRL unpaired:  {prompt, completion, label}. Both texts, or both message lists (conversational;
+   completion messages must be assistant turns).
+2. LLaMA-Factory: {messages, label | kto_tag}. The final message must be an assistant turn: it is
+   the completion, everything before it the prompt. ShareGPT `{"from", "value"}` messages work too.
+3. Paired:        {prompt, chosen, rejected} -> two examples, `<id>:chosen` (desirable) and
+   `<id>:rejected` (undesirable), as TRL's unpaired conversion does. Without a prompt column,
+   chosen and rejected must be full conversations; their common leading messages are the prompt.
+
+Every problem raises `InputError` with one line naming the file and 1-based row (JSONL: the line).
+pyarrow and the standard library only: polars stays out of this import path.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.ipc
+import pyarrow.parquet as pq
+
+from .errors import InputError
+
+Message = dict[str, str]  # {"role": ..., "content": ...}
+
+ROLES = ("system", "user", "assistant", "tool")
+_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system",
+                   "observation": "tool", "function_call": "assistant"}
+_TRUE = {"true", "1", "yes", "t", "y", "desirable"}
+_FALSE = {"false", "0", "no", "f", "n", "undesirable"}
+_KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
+_ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + _ARROW_SUFFIXES
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which input columns hold what. Defaults follow TRL / LLaMA-Factory names."""
+
+    prompt: str = "prompt"
+    completion: str = "completion"
+    label: str = "label"  # `kto_tag` is accepted when this column is absent
+    messages: str = "messages"  # LLaMA-Factory shape
+    chosen: str = "chosen"  # paired preference shape
+    rejected: str = "rejected"
+    id: str = "id"
+
+    def __post_init__(self) -> None:
+        for key, name in asdict(self).items():
+            if not isinstance(name, str) or not name.strip():
+                raise InputError(f"column map: {key} must be a non-empty column name, got {name!r}")
+
+    def as_dict(self) -> dict[str, str]:
+        """Plain dict, for fingerprinting."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One checked example. Messages are normalised to {"role", "content"} with text content."""
+
+    id: str  # str of the id column, else f"{file_name}:{row}"; paired rows add ":chosen"/":rejected"
+    prompt: str | tuple[Message, ...]  # text, or messages (conversational)
+    completion: str | tuple[Message, ...]  # text, or assistant message(s)
+    label: bool  # True = desirable
+    source: str  # f"{file_name}: row {row}", for error messages downstream
+
+    @property
+    def conversational(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+
+def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap()) -> list[Example]:
+    """Read every file (order kept: files in the given order, rows in file order), check every row."""
+    # A lone path would otherwise be iterated per character.
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    examples: list[Example] = []
+    for path in map(Path, paths):
+        for row, record in _records(path):
+            examples.extend(_row_examples(record, path.name, row, columns))
+    _check_unique_ids(examples)
+    if len(examples) < 2:
+        files = ", ".join(str(p) for p in paths) or "no input files"
+        raise InputError(f"need at least 2 examples, got {len(examples)} (from {files})")
+    return examples
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks so large inputs never sit in memory whole."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({_one_line(e.strerror or e)})") from e
+    return digest.hexdigest()
+
+
+# ---- files -> (row, record) ------------------------------------------------------------------
+
+
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (1-based row, record) from one file; JSONL rows are line numbers."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if suffix not in SUFFIXES:
+        expected = ", ".join(SUFFIXES)
+        raise InputError(f"{path}: unknown file type {suffix or '(none)'!r} (expected {expected})")
+    if suffix == ".jsonl":
+        return _jsonl_records(path)
+    if suffix == ".json":
+        return enumerate(_json_array(path), 1)
+    if suffix == ".csv":
+        return _csv_records(path)
+    return enumerate(_table_rows(_read_table(path, suffix)), 1)
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    # Binary lines, decoded one at a time, so a bad byte is reported with its line number.
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path.name}: row {lineno}"
+            try:
+                line = raw.decode("utf-8-sig")  # -sig: tolerate a byte-order mark on line 1
+            except UnicodeDecodeError as e:
+                raise InputError(f"{where}: not valid UTF-8 (byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def _json_array(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path.name}: not valid UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        at = f"line {e.lineno} column {e.colno}"
+        raise InputError(f"{path.name}: malformed JSON ({e.msg} at {at})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path.name}: expected a JSON array of objects, got {_kind(data)}")
+    return data
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
+    row = 0
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for row, record in enumerate(csv.DictReader(f), 1):
+                yield row, record
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path.name}: row {row + 1}: not valid UTF-8 (byte {e.start})") from None
+    except csv.Error as e:
+        raise InputError(f"{path.name}: row {row + 1}: malformed CSV ({_one_line(e)})") from None
+
+
+def _read_table(path: Path, suffix: str) -> pa.Table:
+    """Parquet, or Arrow IPC: the file format first, then the stream format."""
+    try:
+        if suffix == ".parquet":
+            return pq.read_table(path)
+        try:
+            return _read_ipc(path, pa.ipc.open_file)
+        except pa.ArrowInvalid:  # not the IPC file format; it may be the stream format
+            return _read_ipc(path, pa.ipc.open_stream)
+    except (pa.ArrowException, OSError) as e:
+        kind = "Parquet" if suffix == ".parquet" else "an Arrow IPC file or stream"
+        raise InputError(f"{path}: cannot read as {kind} ({_one_line(e)})") from None
+
+
+def _read_ipc(path: Path, open_reader) -> pa.Table:
+    # OSFile reads into memory; a memory map would be unmapped when the `with` closes it.
+    with pa.OSFile(str(path), "rb") as f:
+        return open_reader(f).read_all()
+
+
+def _table_rows(table: pa.Table) -> Iterator[dict]:
+    # Per batch, so only one batch of Python objects exists at a time.
+    for batch in table.to_batches():
+        yield from batch.to_pylist()
+
+
+# ---- record -> Example(s) --------------------------------------------------------------------
+
+
+def _row_examples(record: Any, file_name: str, row: int, columns: ColumnMap) -> list[Example]:
+    """Detect the row's shape and build its one (or, for paired rows, two) examples."""
+    source = f"{file_name}: row {row}"
+    if not isinstance(record, dict):
+        raise InputError(f"{source}: expected an object of named columns, got {_kind(record)}")
+    base_id = _base_id(record, columns.id, f"{file_name}:{row}", source)
+    present = {key for key in record if _present(record, key)}
+    if columns.messages in present:
+        where = f"{source}: column '{columns.messages}'"
+        prompt, completion = _split_conversation(record[columns.messages], where)
+    elif {columns.chosen, columns.rejected} & present:
+        return _paired(record, columns, base_id, source)
+    elif {columns.prompt, columns.completion} & present:
+        _require(record, (columns.prompt, columns.completion), columns, source)
+        prompt, completion = _prompt_and_completion(record, columns.prompt, columns.completion, source)
+    else:
+        found = ", ".join(sorted(map(str, present))) or "none"
+        raise InputError(f"{source}: no known columns (found: {found}); {_shapes(columns)}")
+    return [Example(base_id, prompt, completion, _label(record, columns, source), source)]
+
+
+def _shapes(c: ColumnMap) -> str:
+    return (f"expected {c.prompt}+{c.completion}+{c.label} (TRL unpaired), {c.messages}+{c.label} "
+            f"(LLaMA-Factory) or {c.prompt}+{c.chosen}+{c.rejected} (paired)")
+
+
+def _present(record: dict, key: str) -> bool:
+    # A null cell counts as absent: Parquet/Arrow rows carry every column of the file, so a file
+    # mixing shapes has nulls in the columns a row does not use.
+    return record.get(key) is not None
+
+
+def _require(record: dict, keys: Sequence[str], columns: ColumnMap, source: str) -> None:
+    for key in keys:
+        if not _present(record, key):
+            raise InputError(f"{source}: missing column '{key}'; {_shapes(columns)}")
+
+
+def _base_id(record: dict, id_column: str, fallback: str, source: str) -> str:
+    value = record.get(id_column)
+    if value is None:
+        return fallback
+    if not str(value).strip():
+        raise InputError(f"{source}: column '{id_column}': empty id")
+    return str(value)
+
+
+def _label(record: dict, columns: ColumnMap, source: str) -> bool:
+    present = [k for k in (columns.label, _KTO_TAG) if k in record]
+    if not present:
+        missing = f"'{columns.label}' (or '{_KTO_TAG}')"
+        raise InputError(f"{source}: missing column {missing}; {_shapes(columns)}")
+    key = next((k for k in present if record[k] is not None), present[0])
+    return parse_label(record[key], f"{source}: {key}")
+
+
+def parse_label(value: Any, where: str) -> bool:
+    """bool, 0/1, or true/false, yes/no, t/f, y/n, 1/0, desirable/undesirable (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InputError(f"{where} {_short(value)} is not boolean-like (expected true/false, 1/0, yes/no)")
+
+
+def _paired(record: dict, columns: ColumnMap, base_id: str, source: str) -> list[Example]:
+    _require(record, (columns.chosen, columns.rejected), columns, source)
+    if _present(record, columns.prompt):
+        prompt, chosen = _prompt_and_completion(record, columns.prompt, columns.chosen, source)
+        _, rejected = _prompt_and_completion(record, columns.prompt, columns.rejected, source)
+    else:
+        prompt, chosen, rejected = _implicit_prompt(record, columns, source)
+    return [Example(f"{base_id}:chosen", prompt, chosen, True, source),
+            Example(f"{base_id}:rejected", prompt, rejected, False, source)]
+
+
+def _implicit_prompt(record: dict, columns: ColumnMap, source: str) -> tuple[tuple[Message, ...], ...]:
+    """Return (prompt, chosen completion, rejected completion), all message tuples."""
+    # TRL's implicit-prompt pairs: the messages chosen and rejected share up front are the prompt.
+    where_c, where_r = (f"{source}: column '{k}'" for k in (columns.chosen, columns.rejected))
+    for key in (columns.chosen, columns.rejected):
+        if not isinstance(record[key], list):
+            raise InputError(f"{source}: missing column '{columns.prompt}'; without it, '{key}' must be "
+                             f"a full conversation (a list of messages), got {_kind(record[key])}")
+    chosen = _messages(record[columns.chosen], where_c)
+    rejected = _messages(record[columns.rejected], where_r)
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        raise InputError(f"{source}: '{columns.chosen}' and '{columns.rejected}' share no leading "
+                         f"messages, so there is no prompt (add a '{columns.prompt}' column)")
+    chosen_turns = _assistant_turns(chosen[n:], where_c, start=n + 1)
+    return chosen[:n], chosen_turns, _assistant_turns(rejected[n:], where_r, start=n + 1)
+
+
+def _prompt_and_completion(record: dict, p_key: str, c_key: str, source: str) -> tuple[Any, Any]:
+    """Both text, or both message lists; anything else (including a mix) is an error."""
+    p_where, c_where = f"{source}: column '{p_key}'", f"{source}: column '{c_key}'"
+    prompt, completion = record[p_key], record[c_key]
+    for value, where in ((prompt, p_where), (completion, c_where)):
+        if not isinstance(value, (str, list)):
+            raise InputError(f"{where}: content is not text or a list of messages (got {_kind(value)})")
+    if isinstance(prompt, str) != isinstance(completion, str):
+        raise InputError(f"{source}: '{p_key}' is {_kind(prompt)} but '{c_key}' is {_kind(completion)}; "
+                         "both must be text or both lists of messages")
+    if isinstance(prompt, str):
+        return _nonempty(prompt, p_where, "prompt"), _nonempty(completion, c_where, "completion")
+    prompt_messages = _messages(prompt, p_where)
+    if not prompt_messages:
+        raise InputError(f"{p_where}: empty prompt (no messages)")
+    return prompt_messages, _assistant_turns(_messages(completion, c_where), c_where)
+
+
+def _split_conversation(value: Any, where: str) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+    """LLaMA-Factory: the final message is the assistant completion, the rest the prompt."""
+    if not isinstance(value, list):
+        raise InputError(f"{where}: expected a list of messages, got {_kind(value)}")
+    messages = _messages(value, where)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise InputError(f"{where}: conversation has no assistant turn")
+    if messages[-1]["role"] != "assistant":
+        raise InputError(f"{where}: last message is {messages[-1]['role']!r}; the conversation must "
+                         "end with the assistant turn to learn from")
+    if len(messages) == 1:
+        raise InputError(f"{where}: empty prompt (no messages before the assistant turn)")
+    return messages[:-1], _assistant_turns(messages[-1:], where, len(messages))
+
+
+def _assistant_turns(messages: tuple[Message, ...], where: str, start: int = 1) -> tuple[Message, ...]:
+    """A completion: one or more assistant messages, each with non-empty text.
+
+    `start` is the 1-based position of the first of them in the column, for error messages.
+    """
+    if not messages:
+        raise InputError(f"{where}: empty completion (no assistant message)")
+    for i, m in enumerate(messages, start):
+        if m["role"] != "assistant":
+            role = m["role"]
+            raise InputError(f"{where}, message {i}: completion has role {role!r}, expected 'assistant'")
+        _nonempty(m["content"], f"{where}, message {i}", "completion")
+    return messages
+
+
+def _messages(value: list, where: str) -> tuple[Message, ...]:
+    return tuple(_message(raw, f"{where}, message {i}") for i, raw in enumerate(value, 1))
+
+
+def _message(raw: Any, where: str) -> Message:
+    """Normalise {role, content} or ShareGPT {from, value} to {"role", "content"}."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: expected a message object with role and content, got {_kind(raw)}")
+    if raw.get("role") is not None:
+        role, content = raw["role"], raw.get("content")
+    elif raw.get("from") is not None:
+        role, content = raw["from"], raw.get("value")
+        role = _SHAREGPT_ROLES.get(role, role) if isinstance(role, str) else role
+    else:
+        raise InputError(f"{where}: message has no 'role' (or ShareGPT 'from')")
+    if role not in ROLES:
+        raise InputError(f"{where}: unknown role {_short(role)} (expected {', '.join(ROLES)})")
+    return {"role": role, "content": _text(content, where)}
+
+
+def _text(content: Any, where: str) -> str:
+    """Message content as text; OpenAI-style [{"type": "text", "text": ...}] parts are joined."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InputError(f"{where}: content is not text (got {_kind(content)})")
+    texts = []
+    for i, part in enumerate(content, 1):
+        is_dict = isinstance(part, dict)
+        if not (is_dict and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            kind = _short(part.get("type")) if is_dict else _kind(part)
+            raise InputError(f"{where}: content part {i} is {kind}, not text")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _nonempty(text: str, where: str, what: str) -> str:
+    if not text.strip():
+        raise InputError(f"{where}: empty {what}")
+    return text
+
+
+def _check_unique_ids(examples: list[Example]) -> None:
+    seen: dict[str, Example] = {}
+    for ex in examples:
+        first = seen.setdefault(ex.id, ex)
+        if first is not ex:
+            # Ids default to file name + row, so two files with one name collide.
+            same = first.source == ex.source
+            hint = " (two input files share this name, or one file is given twice)" if same else ""
+            raise InputError(f"duplicate id {ex.id!r}: {first.source} and {ex.source}{hint}")
+
+
+# ---- message helpers: every user-facing message must stay on one line -------------------------
+
+
+def _kind(value: Any) -> str:
+    names = {str: "text", list: "a list", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)  # repr escapes newlines, keeping the message on one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(error: Any) -> str:
+    return " ".join(str(error).split())
