@@ -1,0 +1,39 @@
+"""Token-budget batching for scoring: sort by length, cut windows whose padded size fits.
+
+Shared by kto-precompute (reference scoring) and kto-inspect score (policy scoring), so both
+see sequences in the same deterministic order. Sorting by (length, key) makes the batches a pure
+function of the sequences and the budget: a rerun forms the same batches, hence the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Sequence
+
+
+def token_budget_batches(lengths: Sequence[int], keys: Sequence[Hashable], budget: int) -> list[list[int]]:
+    """Group indices into batches sorted by (length, key) whose padded size ≤ `budget` tokens.
+
+    Padded size = rows × longest row. A sequence longer than the budget gets a batch of its own.
+    Neighbours in sorted order have similar lengths, so padding stays small.
+    """
+    if budget <= 0:
+        raise ValueError("budget must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], keys[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted ascending, so the newest row is the longest of the batch.
+        if current and (len(current) + 1) * lengths[i] > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Share of padded token slots that hold padding."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+    return 0.0 if padded == 0 else 1.0 - real / padded

@@ -1,0 +1,118 @@
+"""THE definition of a completion's log-probability, shared by every phase.
+
+    log π(y | x) = Σ_{t in completion} log softmax(W h_{t-1})[y_t]
+
+- Which positions count: exactly the completion tokens; the prompt and padding never do. The
+  token at position t is predicted from the hidden state at t-1.
+- Precision: the LM-head matmul runs in the model's compute dtype (the autocast dtype, else the
+  weight dtype), log-softmax in float32 (`token_logps`), and per-sequence sums in float64.
+- Memory: the LM head is applied only at completion positions, in chunks, so no
+  batch × length × vocab float32 tensor ever exists, with or without autograd.
+
+kto-precompute writes reference numbers with it, kto-train computes policy numbers with it and
+kto-inspect scores with it. If two phases computed this differently, the step-0 check in
+kto-train would show the drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .token_logps import token_logps
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Right-padded prompt+completion sequences.
+
+    input_ids:      [B, T] int64, prompt then completion, then pad
+    attention_mask: [B, T] int64, 1 on real tokens
+    score_mask:     [B, T] bool, True on completion tokens (the ones whose log-prob counts)
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    score_mask: torch.Tensor
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.score_mask)))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def make_token_batch(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, pad_to: int | None = None
+) -> TokenBatch:
+    """Concatenate each prompt with its completion and right-pad to the longest (or `pad_to`)."""
+    if len(prompts) != len(completions):
+        raise ValueError("prompts and completions differ in length")
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    width = max(lengths, default=0) if pad_to is None else pad_to
+    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(lengths), width), dtype=torch.long)
+    score = torch.zeros((len(lengths), width), dtype=torch.bool)
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        if len(p) == 0:
+            raise ValueError("every sequence needs at least one prompt token to predict the first completion token")
+        n = len(p) + len(c)
+        ids[row, :n] = torch.as_tensor(list(p) + list(c), dtype=torch.long)
+        attn[row, :n] = 1
+        score[row, len(p):n] = True
+    return TokenBatch(ids, attn, score)
+
+
+class CompletionLogps(nn.Module):
+    """Wraps a causal LM: forward(batch tensors) -> per-token completion log-probs, flat [N] fp32.
+
+    It is an nn.Module (not a function) so that DDP can wrap it: the policy forward then goes
+    through the wrapper and its gradient-sync hooks fire, while the LM head is still applied
+    only at completion positions. `self.lm` is the Hugging Face model to save.
+    """
+
+    def __init__(self, lm: nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.lm = lm
+        self.chunk_size = chunk_size
+        # Gemma-2 style models cap their logits; everything else passes None.
+        self.softcap = getattr(lm.config, "final_logit_softcapping", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.lm.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        # Shift: hidden at t-1 predicts the token at t.
+        predict_at = score_mask[:, 1:]
+        selected = hidden[:, :-1][predict_at]
+        targets = input_ids[:, 1:][predict_at]
+        head = self.lm.get_output_embeddings()
+        device_type = hidden.device.type
+        if torch.is_autocast_enabled(device_type):
+            compute_dtype = torch.get_autocast_dtype(device_type)
+        else:
+            compute_dtype = head.weight.dtype
+        return token_logps(
+            selected, head.weight, targets,
+            compute_dtype=compute_dtype, chunk_size=self.chunk_size,
+            softcap=self.softcap, bias=getattr(head, "bias", None),
+        )
+
+
+def sequence_sums(flat_logps: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
+    """[N] per-token values (row-major over score_mask) -> [B] float64 sums per row.
+
+    Differentiable; float64 so that long completions do not lose the small per-token terms.
+    """
+    rows = torch.arange(score_mask.shape[0], device=score_mask.device)[:, None].expand_as(score_mask)[score_mask]
+    out = torch.zeros(score_mask.shape[0], dtype=torch.float64, device=flat_logps.device)
+    return out.index_add(0, rows, flat_logps.double())
+
+
+def split_rows(flat_logps: torch.Tensor, score_mask: torch.Tensor) -> list[torch.Tensor]:
+    """[N] per-token values -> one [L_b] tensor per row (its completion tokens, in order)."""
+    return list(torch.split(flat_logps, score_mask.sum(dim=1).tolist()))

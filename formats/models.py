@@ -1,0 +1,174 @@
+"""Model sources: load a tokenizer or a causal LM from a local dir, a `.gguf` file or a hub id,
+and fingerprint them cheaply.
+
+Both phases load models through here, so "the same `--model`" means the same thing to
+kto-precompute, kto-train and kto-inspect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from. `directory` is a local dir; `gguf_file` a file name inside it."""
+
+    directory: Path
+    gguf_file: str | None = None
+    hub_id: str | None = None
+
+    @property
+    def load_kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
+    """A local directory, a local `.gguf` file, or a hub id (downloaded to the HF cache)."""
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(path.resolve().parent, gguf_file=path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
+            raise InputError(f"{flag} {spec}: directory has no config.json")
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and len(ggufs) == 1:
+            return ModelSource(path.resolve(), gguf_file=ggufs[0])
+        return ModelSource(path.resolve())
+    if path.exists():
+        raise InputError(f"{flag} {spec}: not a model directory or a .gguf file")
+    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise InputError(f"{flag} {spec}: no such file or directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(spec)
+    except Exception as exc:  # network, auth, missing repo: all one line for the user
+        raise InputError(f"{flag} {spec}: cannot fetch from the hub ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    return ModelSource(Path(local), hub_id=spec)
+
+
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag: str = "--model"):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs
+        )
+    except Exception as exc:
+        raise InputError(f"{flag} {source.directory}: cannot load tokenizer ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    if tok.pad_token_id is None:
+        # Padding positions are masked out everywhere; any id works, EOS is the usual choice.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(
+    source: ModelSource,
+    *,
+    dtype,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    device_map: str | None = None,
+    flag: str = "--model",
+):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
+    except Exception as exc:
+        raise InputError(f"{flag} {source.directory}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    if source.gguf_file:
+        # GGUF weights are dequantized on load; the quantizer object only gets in the way of
+        # training and of save_pretrained.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _safetensors_header_hash(path: Path) -> str:
+    """sha256 of the JSON header (names, dtypes, shapes, offsets), not of the tensors."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return _sha256(f.read(n))
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_identity(source: ModelSource) -> dict:
+    """A cheap identity: config hash, and each weight file's size plus header hash.
+
+    safetensors files are identified by size + header hash (milliseconds, whatever the model
+    size) rather than by hashing every tensor on every start, which costs ~10 s for 1B params.
+    Paths are left out, so moving a model does not change its identity.
+    """
+    identity: dict = {}
+    config = source.directory / "config.json"
+    if config.is_file():
+        identity["config"] = _sha256(json.dumps(json.loads(config.read_text()), sort_keys=True).encode())
+    weights = {}
+    names = [source.gguf_file] if source.gguf_file else sorted(
+        p.name for p in source.directory.iterdir() if p.suffix in WEIGHT_SUFFIXES
+    )
+    for name in names:
+        path = source.directory / name
+        size = path.stat().st_size
+        if path.suffix == ".safetensors":
+            weights[name] = {"size": size, "header_sha256": _safetensors_header_hash(path)}
+        else:
+            # No cheap header to hash: .bin/.pt pickles and GGUF files are hashed whole.
+            weights[name] = {"size": size, "sha256": _file_hash(path)}
+    identity["weights"] = weights
+    if source.hub_id:
+        identity["hub_revision"] = source.directory.name  # snapshot dir name is the commit hash
+    return identity
+
+
+def tokenizer_identity(tokenizer) -> dict[str, str]:
+    """Hashes of each part of a tokenizer that decides token ids, kept apart so a mismatch can
+    say *what* differs: vocabulary, special tokens, chat template, and the pipeline itself."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    special["bos_token_id"] = str(tokenizer.bos_token_id)
+    special["eos_token_id"] = str(tokenizer.eos_token_id)
+    parts = {
+        "vocabulary": _sha256(json.dumps(vocab).encode()),
+        "special_tokens": _sha256(json.dumps(special, sort_keys=True).encode()),
+        "chat_template": _sha256((tokenizer.chat_template or "").encode()),
+    }
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        pipeline = json.loads(backend.to_str())
+        # Padding/truncation settings are runtime state, not part of what ids a text maps to.
+        pipeline.pop("padding", None)
+        pipeline.pop("truncation", None)
+        parts["pipeline"] = _sha256(json.dumps(pipeline, sort_keys=True).encode())
+    return parts
+
+
+def diff_identity(expected: dict, actual: dict) -> list[str]:
+    """Names of the parts that differ (missing on either side counts as different)."""
+    return sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))

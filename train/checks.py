@@ -1,0 +1,69 @@
+"""Start-up checks: right tokenizer, no numeric drift against the cache, class balance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kto.formats.errors import InputError
+from kto.formats.logprob import split_rows
+from kto.formats.manifest import Manifest
+from kto.formats.models import diff_identity, tokenizer_identity
+
+from .data import KTOBatch
+
+# Per-token |Δ| allowed between the policy at step 0 and the cached reference, by the precision
+# of the matmuls: fp32 drift is rounding only; bf16 differs by a few ulps of the logits.
+DEFAULT_DRIFT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.25, torch.float16: 0.1}
+
+
+def check_tokenizer(tokenizer, manifest: Manifest, model_flag: str) -> None:
+    differs = diff_identity(manifest.content["tokenizer"], tokenizer_identity(tokenizer))
+    if differs:
+        raise InputError(
+            f"--model {model_flag}: tokenizer differs from the cache's ({', '.join(differs)}); "
+            "the cached token ids would mean other words. Use the model the cache was made with."
+        )
+
+
+@dataclass(frozen=True)
+class Drift:
+    max_abs: float
+    tokens: int
+
+
+@torch.no_grad()
+def step0_drift(model, batch: KTOBatch) -> Drift:
+    """Max per-token |log πθ − log πref| on one batch, before any update (πθ = πref here)."""
+    flat = model(batch.policy.input_ids, batch.policy.attention_mask, batch.policy.score_mask)
+    per_row = split_rows(flat.float().cpu(), batch.policy.score_mask.cpu())
+    worst, n = 0.0, 0
+    for ours, cached, ok in zip(per_row, batch.ref_token_logps, batch.valid.tolist()):
+        if not ok or cached is None:
+            continue
+        worst = max(worst, float(np.abs(ours.numpy() - cached).max(initial=0.0)))
+        n += len(cached)
+    return Drift(worst, n)
+
+
+@dataclass(frozen=True)
+class Balance:
+    n_desirable: int
+    n_undesirable: int
+    ratio: float
+    suggested_desirable_weight: float
+
+    @property
+    def ok(self) -> bool:
+        return 1.0 <= self.ratio <= 4 / 3
+
+
+def class_balance(n_d: int, n_u: int, w_d: float, w_u: float) -> Balance:
+    """The paper's advice: (w_D·n_D)/(w_U·n_U) ∈ [1, 4/3]. Suggest the nearest w_D inside it."""
+    if n_d == 0 or n_u == 0 or w_u == 0:
+        return Balance(n_d, n_u, float("inf") if n_u == 0 else 0.0, w_d)
+    ratio = (w_d * n_d) / (w_u * n_u)
+    lo, hi = w_u * n_u / n_d, (4 / 3) * w_u * n_u / n_d
+    return Balance(n_d, n_u, ratio, float(min(max(w_d, lo), hi)))

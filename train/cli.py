@@ -1,0 +1,82 @@
+"""`kto-train`: train only the policy, streaming cached reference log-probs into the KTO loss.
+
+Every option mirrors a TrainConfig field (tests/train/test_cli.py keeps them in step). Values
+come from defaults, then `--config FILE`, then flags actually given on the command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from kto.formats.errors import InputError
+
+from .config import KL_SCOPES, MIXED_PRECISION, REPORT_TO, SCHEDULES, TrainConfig, load_config_file
+
+P = click.Path(path_type=Path)
+
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option("--cache", type=P, help="Cache directory written by kto-precompute.")
+@click.option("--model", help="Policy initialisation: local HF dir, .gguf file or hub id.")
+@click.option("--out", type=P, help="Run directory.")
+@click.option("--config", "config_file", type=P, default=None, help="YAML or TOML file of flag values.")
+@click.option("--beta", default=0.1)
+@click.option("--desirable-weight", default=1.0)
+@click.option("--undesirable-weight", default=1.0)
+@click.option("--auto-weights", is_flag=True, help="Set w_D so (w_D·n_D)/(w_U·n_U) ∈ [1, 4/3].")
+@click.option("--loss", default="kto", type=click.Choice(["kto", "apo_zero_unpaired"]))
+@click.option("--sft-weight", default=0.0, help="γ · mean NLL of desirable completion tokens.")
+@click.option("--lr", default=1e-6)
+@click.option("--lr-schedule", default="linear", type=click.Choice(SCHEDULES))
+@click.option("--warmup-ratio", default=0.1)
+@click.option("--weight-decay", default=0.0)
+@click.option("--max-grad-norm", default=1.0, help="0 disables clipping.")
+@click.option("--batch-size", default=8, help="Per process.")
+@click.option("--grad-accum", default=1)
+@click.option("--epochs", default=1)
+@click.option("--max-steps", default=None, type=int)
+@click.option("--seed", default=0)
+@click.option("--kl-scope", default="step", type=click.Choice(KL_SCOPES))
+@click.option("--mixed-precision", default="auto", type=click.Choice(MIXED_PRECISION))
+@click.option("--dtype", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]), help="Weight dtype.")
+@click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--keep-dropout", is_flag=True, help="Keep the model's dropout (disabled by default).")
+@click.option("--log-every", default=10)
+@click.option("--save-every", default=0, help="0: final model only.")
+@click.option("--eval-cache", type=P, default=None)
+@click.option("--eval-every", default=0)
+@click.option("--resume", is_flag=True, help="Continue from the latest OUT/checkpoint-STEP.")
+@click.option("--report-to", default="none", type=click.Choice(REPORT_TO))
+@click.option("--drift-tolerance", default=None, type=float, help="Step-0 per-token |Δ| allowed.")
+@click.option("--chunk-size", default=1024)
+@click.option("--trust-remote-code", is_flag=True)
+@click.option("--attn-implementation", default="sdpa")
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
+    """Train the policy from a kto-precompute cache; no reference model is loaded."""
+    from .loop import train
+
+    try:
+        values = load_config_file(config_file) if config_file else {}
+        for name, value in flags.items():
+            given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+            if given or name not in values:
+                values[name] = value
+        for name in ("cache", "model", "out"):
+            if values.get(name) is None:
+                raise InputError(f"--{name} is required (on the command line or in --config)")
+        for name in ("cache", "out", "eval_cache"):
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        train(TrainConfig(**values))
+    except InputError as exc:
+        click.echo(f"kto-train: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""TrainConfig: every `kto-train` option, one documented field each. The CLI mirrors these
+fields one to one (a test keeps the two in step), and `--config FILE` keys use the same names."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from kto.formats.errors import InputError
+
+from .loss import LossType
+
+SCHEDULES = ("cosine", "linear", "constant")
+KL_SCOPES = ("step", "microbatch")
+MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
+DTYPES = ("fp32", "bf16", "fp16")
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    cache: Path
+    """Cache directory written by kto-precompute."""
+    model: str
+    """Policy initialisation: local HF dir, .gguf file or hub id (usually the reference model)."""
+    out: Path
+    """Run directory: metrics.jsonl, checkpoint-STEP/, final/."""
+    beta: float = 0.1
+    """β: scale of the implicit reward β·(log πθ − log πref)."""
+    desirable_weight: float = 1.0
+    """w_D, weight of desirable rows' losses."""
+    undesirable_weight: float = 1.0
+    """w_U, weight of undesirable rows' losses."""
+    auto_weights: bool = False
+    """Pick w_D so that (w_D·n_D)/(w_U·n_U) lies in [1, 4/3] (the paper's advice)."""
+    loss: str = "kto"
+    """kto | apo_zero_unpaired."""
+    sft_weight: float = 0.0
+    """γ: adds γ · mean NLL of desirable completion tokens."""
+    lr: float = 1e-6
+    """Peak learning rate (AdamW)."""
+    lr_schedule: str = "linear"
+    """cosine | linear | constant, after warmup."""
+    warmup_ratio: float = 0.1
+    """Share of the total steps spent warming up linearly from 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    batch_size: int = 8
+    """Examples per micro-batch, per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step, per process."""
+    epochs: int = 1
+    """Passes over the cache (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps."""
+    seed: int = 0
+    """Seed of the shuffles and of torch."""
+    kl_scope: str = "step"
+    """Pairs averaged into z: every micro-batch of the optimizer step, or one micro-batch."""
+    mixed_precision: str = "auto"
+    """Autocast: auto (bf16 on CUDA, none on CPU), bf16, fp16 or no."""
+    dtype: str = "fp32"
+    """Weight dtype. bf16 weights lose most KTO-sized updates below one ulp: opt in knowingly."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    keep_dropout: bool = False
+    """Dropout is disabled by default (as TRL does): the reference numbers had none."""
+    log_every: int = 10
+    """Steps between metric lines."""
+    save_every: int = 0
+    """Steps between checkpoints (0: only the final model)."""
+    eval_cache: Path | None = None
+    """A kto-precompute cache to evaluate on (e.g. CACHE/eval)."""
+    eval_every: int = 0
+    """Steps between evaluations (0: only at the end, when eval_cache is set)."""
+    resume: bool = False
+    """Continue from the latest OUT/checkpoint-STEP."""
+    report_to: str = "none"
+    """Also log to tensorboard or wandb through accelerate."""
+    drift_tolerance: float | None = None
+    """Max per-token |Δ| allowed at step 0 when --model is the reference (default by precision)."""
+    chunk_size: int = 1024
+    """Completion positions per LM-head chunk."""
+    trust_remote_code: bool = False
+    """Allow code from the model repo to run."""
+    attn_implementation: str = "sdpa"
+    """transformers attention implementation (match the cache's)."""
+
+    def __post_init__(self):
+        _choice("loss", self.loss, [t.value for t in LossType])
+        _choice("lr-schedule", self.lr_schedule, SCHEDULES)
+        _choice("kl-scope", self.kl_scope, KL_SCOPES)
+        _choice("mixed-precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("report-to", self.report_to, REPORT_TO)
+        for name in ("batch_size", "grad_accum", "epochs", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{_flag(name)} {getattr(self, name)}: must be at least 1")
+        for name in ("beta", "lr"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"--{_flag(name)} {getattr(self, name)}: must be positive")
+        for name in ("desirable_weight", "undesirable_weight", "sft_weight", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError(f"--max-steps {self.max_steps}: must be at least 1")
+        for name in ("log_every", "save_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out}: is a file, not a directory")
+
+    @property
+    def loss_type(self) -> LossType:
+        return LossType(self.loss)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _choice(flag: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise InputError(f"--{flag} {value}: choose one of {', '.join(allowed)}")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def load_config_file(path: Path) -> dict:
+    """YAML (.yaml/.yml) or TOML (.toml) whose keys are flag names (dashes or underscores)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"--config {path}: cannot read ({exc.strerror})") from exc
+    try:
+        if str(path).endswith(".toml"):
+            import tomllib
+
+            raw = tomllib.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+    except Exception as exc:
+        raise InputError(f"--config {path}: not valid {'TOML' if str(path).endswith('.toml') else 'YAML'} ({exc})".splitlines()[0]) from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"--config {path}: expected a mapping of flag names to values")
+    known = set(field_names())
+    out = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise InputError(f"--config {path}: unknown key {key!r}")
+        out[name] = value
+    return out

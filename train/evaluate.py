@@ -1,0 +1,47 @@
+"""Evaluation on a cache: the same loss and metrics as training, with z over the whole eval set."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kto.formats.logprob import sequence_sums
+
+from .data import ShardedCache, collate
+from .loss import kl_estimate, kto_loss
+from .step import STAT_FIELDS, LossSettings, all_reduce_sum, batch_stats, desirable_token_mask, kl_local_sums, summarize
+
+
+def eval_slots(num_rows: int, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
+    """Rows rank, rank+world, … in batches; every rank gets the same number (filler = -1)."""
+    per_rank = -(-num_rows // world)
+    n_batches = -(-per_rank // batch_size)
+    mine = np.full(n_batches * batch_size, -1, dtype=np.int64)
+    rows = np.arange(rank, num_rows, world)
+    mine[: len(rows)] = rows
+    return list(mine.reshape(n_batches, batch_size))
+
+
+@torch.no_grad()
+def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_size: int, accelerator) -> dict[str, float]:
+    batches = [collate(cache, slot, pad_id).to(accelerator.device)
+               for slot in eval_slots(cache.num_rows, batch_size, accelerator.process_index, accelerator.num_processes)]
+    z = None
+    if s.loss_type.needs_kl:
+        total, count = kl_local_sums(model, batches)
+        reduced = all_reduce_sum(torch.stack([total, count]), accelerator)
+        z = kl_estimate(reduced[0], reduced[1])
+    stats = torch.zeros(len(STAT_FIELDS), dtype=torch.float64, device=accelerator.device)
+    for b in batches:
+        flat = model(b.policy.input_ids, b.policy.attention_mask, b.policy.score_mask)
+        logps = sequence_sums(flat, b.policy.score_mask)
+        out = kto_loss(logps, b.ref_logp, b.desirable, z.clamped if z is not None else 0.0, beta=s.beta,
+                       desirable_weight=s.desirable_weight, undesirable_weight=s.undesirable_weight, loss_type=s.loss_type)
+        nll_sum = -(flat.double() * desirable_token_mask(b)).sum()
+        stats += batch_stats(b, out, logps, nll_sum, None, first=False)
+    stats = all_reduce_sum(stats, accelerator)
+    out = summarize(stats)
+    out.pop("tokens")
+    if z is not None:
+        out["kl"], out["kl_raw"] = float(z.clamped), float(z.raw)
+    return out

@@ -1,0 +1,30 @@
+"""metrics.jsonl (one JSON object per line, appended and flushed) plus accelerate trackers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsWriter:
+    """Main process only. On resume, lines past the resumed step are dropped first, so the file
+    reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, accelerator, resume_step: int | None = None):
+        self.path = path
+        self.accelerator = accelerator
+        if resume_step is not None and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a")
+
+    def write(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
+        record = {"step": step, "split": split, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        prefix = "" if split == "train" else f"{split}/"
+        self.accelerator.log({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        self.file.close()
