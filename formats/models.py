@@ -105,8 +105,12 @@ def _sha256(data: bytes) -> str:
 
 def _safetensors_header_hash(path: Path) -> str:
     """sha256 of the JSON header (names, dtypes, shapes, offsets), not of the tensors."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= size - 8:
+            raise InputError(f"{path}: cannot load model (not a valid safetensors file)")
         return _sha256(f.read(n))
 
 

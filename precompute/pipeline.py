@@ -179,7 +179,8 @@ def build_splits(cfg: PrecomputeConfig, tokenizer) -> list[Split]:
 def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
     from accelerate import PartialState
 
-    state = PartialState()
+    # accelerate only starts a gloo process group for several CPU processes when told cpu=True.
+    state = PartialState(cpu=not torch.cuda.is_available())
     started = time.perf_counter()
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)

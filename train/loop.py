@@ -41,7 +41,8 @@ def make_accelerator(cfg: TrainConfig):
         mixed = "bf16" if torch.cuda.is_available() else "no"
     log_with = None if cfg.report_to == "none" else cfg.report_to
     # gradient_accumulation_steps stays 1: step.py accumulates and normalises explicitly.
-    return Accelerator(mixed_precision=mixed, log_with=log_with, project_dir=str(cfg.out))
+    # cpu=True without CUDA: accelerate only starts a gloo group for several CPU processes then.
+    return Accelerator(mixed_precision=mixed, log_with=log_with, project_dir=str(cfg.out), cpu=not torch.cuda.is_available())
 
 
 def disable_dropout(lm) -> None:

@@ -1,0 +1,191 @@
+"""kto-precompute end to end on a tiny random Llama with SmolLM2's tokenizer."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import chat_rows, precompute_args, text_rows, write_rows
+
+from kto.formats import schema as S
+from kto.formats.manifest import read_manifest
+from kto.precompute.cli import main
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def read_cache(out: Path) -> pa.Table:
+    tables = [ipc.open_file(pa.memory_map(str(p))).read_all() for p in sorted(out.glob(S.SHARD_GLOB))]
+    return pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+
+
+def test_reference_logps_equal_a_float64_recomputation(tiny_cache, tiny_model_dir):
+    """Per token and per sequence, main and KL sequences, within 1e-5."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+    rows = read_cache(tiny_cache).to_pylist()
+    assert len(rows) == 16
+    for row in rows:
+        for comp, tokens, total in (
+            ("completion_ids", "ref_token_logps", "ref_logp"),
+            ("kl_completion_ids", "ref_kl_token_logps", "ref_kl_logp"),
+        ):
+            ids = torch.tensor([row["prompt_ids"] + row[comp]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+            p = len(row["prompt_ids"])
+            expected = logp[p - 1:, :].gather(1, ids[0, p:, None])[:, 0].numpy()
+            np.testing.assert_allclose(row[tokens], expected, atol=1e-5, rtol=0)
+            assert row[total] == pytest.approx(expected.sum(), abs=1e-4)
+
+
+def test_kl_pairs_point_at_another_rows_completion(tiny_cache):
+    rows = {r["id"]: r for r in read_cache(tiny_cache).to_pylist()}
+    for row in rows.values():
+        partner = rows[row["kl_source_id"]]
+        assert row["kl_source_id"] != row["id"]
+        assert partner["completion_ids"][: len(row["kl_completion_ids"])] == row["kl_completion_ids"]
+        assert len(row["prompt_ids"]) + len(row["kl_completion_ids"]) <= 64
+
+
+def test_manifest_counts_and_polars(tiny_cache):
+    import polars as pl
+
+    m = read_manifest(tiny_cache)
+    assert (m.counts.rows, m.counts.desirable, m.counts.undesirable) == (16, 8, 8)
+    assert [s.rows for s in m.shards] == [5, 5, 5, 1]
+    df = pl.scan_ipc(str(tiny_cache / "*.arrow")).collect()
+    assert df.height == 16 and df["label"].sum() == 8
+    assert (tiny_cache / S.TOKENIZER_DIR / "tokenizer.json").is_file()
+    assert m.content["max_length"] == 64 and "num_processes" in m.layout
+
+
+def test_text_rows_decode_back_to_source(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    data = write_rows(tmp_path / "t.jsonl", text_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out, "--max-length", "128")).exit_code == 0
+    tok = AutoTokenizer.from_pretrained(out / S.TOKENIZER_DIR)
+    rows = read_cache(out).to_pylist()
+    for row, src in zip(rows, text_rows()):
+        assert tok.decode(row["prompt_ids"]) == src["prompt"]
+        assert tok.decode(row["completion_ids"][:-1]) == src["completion"]
+        assert row["label"] == src["label"]
+
+
+def test_crash_then_rerun_gives_identical_bytes(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(*precompute_args(data, tiny_model_dir, a)).exit_code == 0
+    assert run_cli(*precompute_args(data, tiny_model_dir, b)).exit_code == 0
+    # Simulate a crash after two shards: no manifest, a missing shard, a leftover temp file.
+    (b / S.MANIFEST_NAME).unlink()
+    (b / "shard-00002.arrow").unlink()
+    (b / ".shard-00003.arrow.tmp-999").write_bytes(b"partial")
+    before = (b / "shard-00000.arrow").stat().st_mtime_ns
+    result = run_cli(*precompute_args(data, tiny_model_dir, b))
+    assert result.exit_code == 0, result.output
+    assert (b / "shard-00000.arrow").stat().st_mtime_ns == before  # finished shards were skipped
+    for name in sorted(p.name for p in a.glob(S.SHARD_GLOB)) + [S.MANIFEST_NAME]:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_different_configuration_is_refused_then_overwritten(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
+    refused = run_cli(*precompute_args(data, tiny_model_dir, out, "--seed", "1"))
+    assert refused.exit_code == 2 and "--out" in refused.output and "--overwrite" in refused.output
+    assert read_manifest(out).content["seed"] == 0  # untouched
+    ok = run_cli(*precompute_args(data, tiny_model_dir, out, "--seed", "1", "--overwrite"))
+    assert ok.exit_code == 0 and read_manifest(out).content["seed"] == 1
+
+
+def test_eval_split_has_its_own_cache_and_pairs(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out, "--eval-fraction", "0.25")).exit_code == 0
+    train, evals = read_cache(out).to_pylist(), read_cache(out / S.EVAL_DIR).to_pylist()
+    assert (len(train), len(evals)) == (12, 4)
+    eval_ids = {r["id"] for r in evals}
+    assert not eval_ids & {r["id"] for r in train}
+    assert all(r["kl_source_id"] in eval_ids for r in evals)
+    assert read_manifest(out / S.EVAL_DIR).content["split"] == "eval"
+
+
+def test_all_one_class_warns(tmp_path, tiny_model_dir):
+    rows = [r for r in chat_rows() if r["label"]]
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    result = run_cli(*precompute_args(data, tiny_model_dir, tmp_path / "c"))
+    assert result.exit_code == 0 and "all desirable" in result.output
+
+
+def test_empty_completion_after_tokenization_is_dropped_and_counted(tmp_path, tiny_model_dir):
+    from kto.precompute.tokenize import truncate
+
+    # A prompt that fills max_length leaves no room, but prompts are capped at max_prompt_length,
+    # so a completion always keeps at least max_length - max_prompt_length tokens.
+    p, c, _ = truncate(list(range(40)), [7, 8], max_length=10, max_prompt_length=9, bos_id=None)
+    assert len(p) == 9 and c == [7]
+
+
+@pytest.mark.parametrize(
+    "mutate, expect",
+    [
+        (lambda d, m, o: ["--data", str(d), "--model", str(m.parent / "nope"), "--out", str(o)], "--model"),
+        (lambda d, m, o: ["--data", str(d), "--model", str(m), "--out", str(d)], "--out"),
+        (lambda d, m, o: ["--data", str(d), "--model", str(m), "--out", str(o), "--max-prompt-length", "2000"], "--max-prompt-length"),
+    ],
+    ids=["missing-model", "out-is-a-file", "bad-flag"],
+)
+def test_bad_flags_get_one_line_and_write_nothing(tmp_path, tiny_model_dir, mutate, expect):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "out"
+    result = run_cli(*mutate(data, tiny_model_dir, out))
+    assert result.exit_code == 2
+    assert expect in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_model_that_cannot_load(tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a model")
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    result = run_cli(*precompute_args(data, broken, tmp_path / "out"))
+    assert result.exit_code == 2 and "cannot load model" in result.output
+    assert not list((tmp_path / "out").glob(S.SHARD_GLOB))
+
+
+def test_fewer_than_two_rows(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "one.jsonl", chat_rows()[:1])
+    result = run_cli(*precompute_args(data, tiny_model_dir, tmp_path / "out"))
+    assert result.exit_code == 2 and "one.jsonl" in result.output and "at least 2" in result.output
+
+
+@pytest.mark.distributed
+def test_two_processes_write_the_same_cache_as_one(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(*precompute_args(data, tiny_model_dir, one)).exit_code == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "kto.precompute.cli", *precompute_args(data, tiny_model_dir, two)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_cache(one).equals(read_cache(two))
+    m1, m2 = read_manifest(one), read_manifest(two)
+    assert m1.fingerprint == m2.fingerprint and m2.layout["num_processes"] == 2
+    assert [s.sha256 for s in m1.shards] == [s.sha256 for s in m2.shards]
