@@ -1,0 +1,132 @@
+"""kto-train end to end on the tiny cache: runs, resumes exactly, checks what it must check."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kto.train.cli import main
+
+ARGS = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--warmup-ratio", "0.2"]
+
+
+def train_cli(cache, model, out, *extra):
+    return CliRunner().invoke(main, ["--cache", str(cache), "--model", str(model), "--out", str(out), *ARGS, *extra])
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_cache, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "full"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "6", "--save-every", "3")
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_run_logs_every_step_and_the_policy_moves(full_run):
+    out, output = full_run
+    lines = metrics(out)
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "kl", "kl_raw", "sft_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                "logps/chosen", "logps/rejected", "lr", "grad_norm", "tokens_per_s", "peak_memory_gb"):
+        assert key in lines[0], key
+    # Step 1 runs with πθ = πref: every reward and the KL estimate are exactly 0.
+    assert lines[0]["rewards/chosen"] == 0 and lines[0]["kl_raw"] == 0 and lines[0]["loss"] == pytest.approx(0.5)
+    assert lines[-1]["kl_raw"] != 0
+    assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in output
+    assert "n_D = 8, n_U = 8" in output
+
+
+def test_final_model_loads_with_automodel(full_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = full_run
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    AutoTokenizer.from_pretrained(out / "final")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_losses(full_run, tiny_cache, tiny_model_dir, tmp_path):
+    out, _ = full_run
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
+    (crashed / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:4]))  # one line past the checkpoint
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "6", "--save-every", "3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resumed from" in result.output
+    a, b = metrics(out), metrics(crashed)
+    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(a, b):
+        for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "lr", "grad_norm"):
+            assert x[key] == y[key], (x["step"], key)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(out / "final" / "model.safetensors"), load_file(crashed / "final" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoint_holds_everything_to_resume(full_run):
+    out, _ = full_run
+    ckpt = out / "checkpoint-3"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"):
+        assert (ckpt / name).is_file(), name
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["position"] == {"global_step": 3, "epoch": 0, "step_in_epoch": 3}
+
+
+def test_eval_metrics_are_tagged(tiny_cache, tiny_model_dir, tmp_path):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "2", "--eval-cache", str(tiny_cache), "--eval-every", "1")
+    assert result.exit_code == 0, result.output
+    evals = [m for m in metrics(tmp_path / "r") if m["split"] == "eval"]
+    assert [m["step"] for m in evals] == [1, 2]
+    assert evals[0]["count/chosen"] == 8 and evals[0]["count/rejected"] == 8
+
+
+def test_apo_zero_unpaired_and_sft_term(tiny_cache, tiny_model_dir, tmp_path):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--loss", "apo_zero_unpaired", "--sft-weight", "0.1")
+    assert result.exit_code == 0, result.output
+    line = metrics(tmp_path / "r")[0]
+    assert line["kl"] == 0 and line["sft_loss"] > 0
+
+
+def test_tokenizer_mismatch_is_refused(tiny_cache, tiny_model_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    template = other / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    result = train_cli(tiny_cache, other, tmp_path / "r", "--max-steps", "1")
+    assert result.exit_code == 2 and "chat_template" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_drift_past_tolerance_stops_at_step_0(tiny_cache, tiny_model_dir, tmp_path):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--dtype", "bf16", "--drift-tolerance", "1e-6")
+    assert result.exit_code == 2 and "step-0 log-probs differ" in result.output
+
+
+def test_class_balance_warning_and_auto_weights(tiny_cache, tiny_model_dir, tmp_path):
+    # n_D = n_U = 8: with w_U = 2 the ratio is 0.5; w_D = 2 brings it to 1.
+    warned = train_cli(tiny_cache, tiny_model_dir, tmp_path / "a", "--max-steps", "1", "--undesirable-weight", "2")
+    assert "--desirable-weight 2.0000" in warned.output
+    auto = train_cli(tiny_cache, tiny_model_dir, tmp_path / "b", "--max-steps", "1", "--undesirable-weight", "2", "--auto-weights")
+    assert "desirable weight 1.0 -> 2.0000" in auto.output
+
+
+def test_config_file_values_and_command_line_precedence(tiny_cache, tiny_model_dir, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"cache: {tiny_cache}\nmodel: {tiny_model_dir}\nmax-steps: 2\nbeta: 0.5\n")
+    out = tmp_path / "r"
+    result = CliRunner().invoke(main, ["--config", str(cfg), "--out", str(out), "--max-steps", "1", "--log-every", "1"])
+    assert result.exit_code == 0, result.output
+    assert [m["step"] for m in metrics(out)] == [1]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nope = 1\n")
+    result = CliRunner().invoke(main, ["--config", str(bad)])
+    assert result.exit_code == 2 and "unknown key 'nope'" in result.output
