@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# End to end on a real model (SmolLM2-135M-Instruct) and the shipped feedback data, on CPU:
+# precompute the reference once, train only the policy, reload the result, look inside.
+set -euo pipefail
+DEMO=${DEMO:-demo}
+python examples/smollm2_to_hf.py "$DEMO/smollm2"
+
+kto-precompute --data examples/feedback.jsonl --model "$DEMO/smollm2" --out "$DEMO/cache" \
+  --max-length 256 --eval-fraction 0.2 --batch-tokens 4096
+
+kto-train --cache "$DEMO/cache" --model "$DEMO/smollm2" --out "$DEMO/run" \
+  --batch-size 4 --grad-accum 2 --max-steps 10 --lr 5e-6 --auto-weights \
+  --eval-cache "$DEMO/cache/eval" --eval-every 5 --log-every 2
+
+python - "$DEMO" <<'PY'
+import sys
+import polars as pl
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+demo = sys.argv[1]
+cache = pl.scan_ipc(f"{demo}/cache/*.arrow")
+print(cache.group_by("label").agg(pl.len().alias("rows"), pl.col("ref_logp").mean().alias("mean_ref_logp")).sort("label").collect())
+metrics = pl.read_ndjson(f"{demo}/run/metrics.jsonl")
+print(metrics.select("step", "split", "loss", "kl", "rewards/margins"))
+tok = AutoTokenizer.from_pretrained(f"{demo}/run/final")
+model = AutoModelForCausalLM.from_pretrained(f"{demo}/run/final")
+prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of Japan?"}], tokenize=False, add_generation_prompt=True)
+ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+print("final/ reloads and answers:", repr(tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)))
+PY
