@@ -22,7 +22,7 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--max-prompt-length", default=None, type=int, help="Longest prompt (end kept) [default: max-length // 2].")
 @click.option("--eval-fraction", default=0.0, help="Seeded fraction held out as OUT/eval/.")
 @click.option("--seed", default=0, help="Seed of the eval split and the KL pairing.")
-@click.option("--dtype", default="auto", type=click.Choice(DTYPES), help="auto = bf16 on CUDA, fp32 on CPU.")
+@click.option("--dtype", default="auto", type=click.Choice(DTYPES), help="auto = amp-bf16 (fp32 weights, bf16 autocast: kto-train's default) on CUDA, fp32 on CPU; bf16 = pure bf16 weights.")
 @click.option("--attn-implementation", default="sdpa", help="transformers attention implementation.")
 @click.option("--batch-tokens", default=16384, help="Padded tokens per scoring batch.")
 @click.option("--rows-per-shard", default=4096, help="Rows per Arrow shard.")

@@ -8,7 +8,7 @@ from pathlib import Path
 from kto.formats.errors import InputError
 from kto.formats.examples import ColumnMap
 
-DTYPES = ("auto", "bf16", "fp16", "fp32")
+from kto.formats.numerics import NAMES as DTYPES
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class PrecomputeConfig:
     seed: int = 0
     """Seed of the eval split and of the KL pairing."""
     dtype: str = "auto"
-    """Reference model dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."""
+    """Numerics: auto (amp-bf16 on CUDA = fp32 weights under bf16 autocast, as kto-train's
+    default; fp32 on CPU), fp32, bf16, fp16 (pure weights) or amp-bf16, amp-fp16."""
     attn_implementation: str = "sdpa"
     """transformers attention implementation."""
     batch_tokens: int = 16384

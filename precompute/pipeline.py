@@ -24,6 +24,7 @@ from kto.formats.errors import InputError
 from kto.formats.examples import file_sha256, read_examples
 from kto.formats.logprob import CompletionLogps
 from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
+from kto.formats.numerics import Numerics, parse_numerics
 from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.scoring import score_sequences
 from kto.formats.shards import sha256_file, write_shard
@@ -33,9 +34,6 @@ from .output import prepare_out_dir, shard_layout, shard_table, shard_tags
 from .pairing import kl_partners
 from .progress import Progress, peak_memory_gb
 from .tokenize import TRUNCATION_RULE, TokenizedRow, leading_bos_id, tokenize_example
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 @dataclass(frozen=True)
 class CacheRow:
@@ -130,13 +128,7 @@ def count(rows: list[CacheRow], *, dropped: int, same_prompt: int, prefix_splits
     )
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
-
-
-def content_of(cfg: PrecomputeConfig, source, tokenizer, dtype: torch.dtype, split: str) -> dict:
+def content_of(cfg: PrecomputeConfig, source, tokenizer, numerics: Numerics, split: str) -> dict:
     """Everything that decides the numbers. Paths are left out on purpose (see manifest.py)."""
     return {
         "format_version": S.FORMAT_VERSION,
@@ -150,7 +142,7 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer, dtype: torch.dtype, spl
         "truncation": TRUNCATION_RULE,
         "seed": cfg.seed,
         "eval_fraction": cfg.eval_fraction,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": numerics.name,
         "attn_implementation": cfg.attn_implementation,
         "store_token_logps": cfg.store_token_logps,
     }
@@ -185,9 +177,9 @@ def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     splits = build_splits(cfg, tokenizer)
-    dtype = resolve_dtype(cfg.dtype, state.device)
+    numerics = parse_numerics(cfg.dtype, state.device)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens)
-    contents = {s.name: content_of(cfg, source, tokenizer, dtype, s.name) for s in splits}
+    contents = {s.name: content_of(cfg, source, tokenizer, numerics, s.name) for s in splits}
     for s in splits:
         if state.is_main_process:
             prepare_out_dir(s.out, fingerprint_of(contents[s.name]), layout, cfg.overwrite)
@@ -198,7 +190,7 @@ def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
     todo = {s.name: _pending_shards(s, fingerprint_of(contents[s.name]), layout, cfg.rows_per_shard, state) for s in splits}
     scorer = None
     if any(todo.values()):
-        lm = load_causal_lm(source, dtype=dtype, attn_implementation=cfg.attn_implementation,
+        lm = load_causal_lm(source, dtype=numerics.weights, attn_implementation=cfg.attn_implementation,
                             trust_remote_code=cfg.trust_remote_code, device_map=cfg.device_map)
         if cfg.device_map is None:
             lm = lm.to(state.device)
@@ -206,7 +198,7 @@ def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
     manifests = []
     for s in splits:
         fingerprint = fingerprint_of(contents[s.name])
-        _score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprint, layout, state)
+        _score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprint, layout, state, numerics)
         state.wait_for_everyone()
         manifest = Manifest(
             content=contents[s.name],
@@ -237,7 +229,7 @@ def _pending_shards(s: Split, fingerprint: str, layout: dict, rows_per_shard: in
     return [k for k in mine if not ((s.out / S.shard_name(k)).is_file() and shard_metadata(s.out / S.shard_name(k)) == tags)]
 
 
-def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state) -> None:
+def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics) -> None:
     if not shard_ids:
         return
     s.out.mkdir(parents=True, exist_ok=True)
@@ -250,11 +242,12 @@ def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, l
         prompts = [r.prompt_ids for r in rows] * 2
         completions = [r.completion_ids for r in rows] + [r.kl_completion_ids for r in rows]
         keys = [(r.id, 0) for r in rows] + [(r.id, 1) for r in rows]
-        scored = score_sequences(
-            scorer, prompts, completions, keys, batch_tokens=cfg.batch_tokens, pad_id=tokenizer.pad_token_id,
-            device=state.device if cfg.device_map is None else scorer.lm.device,
-            on_batch=lambda n, tokens: progress.update(n / 2, tokens),
-        )
+        device = state.device if cfg.device_map is None else scorer.lm.device
+        with numerics.context(device.type):
+            scored = score_sequences(
+                scorer, prompts, completions, keys, batch_tokens=cfg.batch_tokens, pad_id=tokenizer.pad_token_id,
+                device=device, on_batch=lambda n, tokens: progress.update(n / 2, tokens),
+            )
         n = len(rows)
         ref = type(scored)(scored.token_logps[:n], scored.sums[:n])
         ref_kl = type(scored)(scored.token_logps[n:], scored.sums[n:])

@@ -118,3 +118,13 @@ def tiny_cache(tmp_path_factory, tiny_model_dir) -> Path:
     result = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, out), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each CLI invocation is a process of its own in real use; accelerate keeps a per-process
+    singleton, so reset it between tests (mixed precision may differ from one test to the next)."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

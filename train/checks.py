@@ -14,9 +14,10 @@ from kto.formats.models import diff_identity, tokenizer_identity
 
 from .data import KTOBatch
 
-# Per-token |Δ| allowed between the policy at step 0 and the cached reference, by the precision
-# of the matmuls: fp32 drift is rounding only; bf16 differs by a few ulps of the logits.
-DEFAULT_DRIFT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.25, torch.float16: 0.1}
+# Per-token |Δ| allowed between the policy at step 0 and the cached reference, by the compute
+# dtype. With matching numerics (the defaults) the only differences left come from batch shapes
+# (padding, kernel choice): rounding in fp32, a few ulps of the logits in bf16/fp16.
+DEFAULT_DRIFT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.15, torch.float16: 0.05}
 
 
 def check_tokenizer(tokenizer, manifest: Manifest, model_flag: str) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from kto.formats.errors import InputError
 from kto.formats.logprob import CompletionLogps
+from kto.formats.numerics import train_numerics
 from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, resolve_source
 
 from .checkpoint import Position, latest_checkpoint, load_training_state, save_checkpoint, save_model_dir
@@ -121,7 +122,7 @@ def train(cfg: TrainConfig) -> Path:
         slots = plan[position.step_in_epoch, accelerator.process_index]
         batches = [collate(cache, s, pad_id, with_token_logps=is_reference and position.global_step == 0).to(accelerator.device) for s in slots]
         if is_reference and position.global_step == 0:
-            check_drift(model, batches[0], cfg, accelerator)
+            check_drift(model, batches[0], cfg, accelerator, manifest.content["dtype"])
         stats = forward_backward(model, batches, settings, accelerator)
         grad_norm = optimizer_step(model, optimizer, scheduler, accelerator, cfg.max_grad_norm)
         stats = all_reduce_sum(stats, accelerator)
@@ -155,20 +156,22 @@ def advance(p: Position, per_epoch: int) -> Position:
     return Position(p.global_step + 1, p.epoch + nxt // per_epoch, nxt % per_epoch)
 
 
-def check_drift(model, batch, cfg: TrainConfig, accelerator) -> None:
+def check_drift(model, batch, cfg: TrainConfig, accelerator, cache_numerics: str) -> None:
     """--model is the reference: its log-probs must reproduce the cached ones on batch one."""
     if batch.ref_token_logps is None or all(x is None for x in batch.ref_token_logps):
         log("step-0 check skipped: the cache has no per-token log-probs (--no-token-logps)", accelerator)
         return
     drift = step0_drift(model, batch)
-    compute = DTYPES[cfg.dtype] if accelerator.mixed_precision == "no" else {"bf16": torch.bfloat16, "fp16": torch.float16}[accelerator.mixed_precision]
-    tolerance = cfg.drift_tolerance if cfg.drift_tolerance is not None else DEFAULT_DRIFT_TOLERANCE[compute]
-    log(f"step-0 check: max |Δ log p| per token vs cache = {drift.max_abs:.2e} over {drift.tokens} tokens (tolerance {tolerance:g})", accelerator)
+    numerics = train_numerics(cfg.dtype, accelerator.mixed_precision)
+    tolerance = cfg.drift_tolerance if cfg.drift_tolerance is not None else DEFAULT_DRIFT_TOLERANCE[numerics.compute]
+    log(f"step-0 check: max |Δ log p| per token vs cache = {drift.max_abs:.2e} over {drift.tokens} tokens "
+        f"(tolerance {tolerance:g}; cache numerics {cache_numerics}, this run {numerics.name})", accelerator)
     if drift.max_abs > tolerance:
+        hint = (f"the cache was scored with {cache_numerics} and this run computes with {numerics.name}"
+                if cache_numerics != numerics.name else "attention implementation or library versions differ from kto-precompute's")
         raise InputError(
             f"--model {cfg.model}: step-0 log-probs differ from the cache by up to {drift.max_abs:.3g} per token "
-            f"(tolerance {tolerance:g}); dtype, attention implementation or library versions differ from kto-precompute's. "
-            "Match them, or raise --drift-tolerance knowingly."
+            f"(tolerance {tolerance:g}); {hint}. Match them, or raise --drift-tolerance knowingly."
         )
 
 

@@ -13,6 +13,9 @@ ARGS = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--warmup-ratio
 
 
 def train_cli(cache, model, out, *extra):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process per CLI call in real use
     return CliRunner().invoke(main, ["--cache", str(cache), "--model", str(model), "--out", str(out), *ARGS, *extra])
 
 
@@ -130,3 +133,20 @@ def test_config_file_values_and_command_line_precedence(tiny_cache, tiny_model_d
     bad.write_text("nope = 1\n")
     result = CliRunner().invoke(main, ["--config", str(bad)])
     assert result.exit_code == 2 and "unknown key 'nope'" in result.output
+
+
+def test_matching_amp_numerics_pass_the_step0_check(tmp_path, tiny_model_dir):
+    """Cache scored under bf16 autocast (kto-precompute's CUDA default), training under bf16
+    autocast (kto-train's CUDA default): the drift stays within the bf16 tolerance."""
+    from conftest import chat_rows, precompute_args, write_rows
+
+    from kto.precompute.cli import main as precompute
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    cache = tmp_path / "cache"
+    assert CliRunner().invoke(precompute, precompute_args(data, tiny_model_dir, cache, "--dtype", "amp-bf16")).exit_code == 0
+    result = train_cli(cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--mixed-precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert "cache numerics amp-bf16, this run amp-bf16" in result.output
+    mismatch = train_cli(cache, tiny_model_dir, tmp_path / "r2", "--max-steps", "1", "--drift-tolerance", "1e-6")
+    assert mismatch.exit_code == 2 and "scored with amp-bf16 and this run computes with fp32" in mismatch.output
