@@ -189,3 +189,13 @@ def test_two_processes_write_the_same_cache_as_one(tmp_path, tiny_model_dir):
     m1, m2 = read_manifest(one), read_manifest(two)
     assert m1.fingerprint == m2.fingerprint and m2.layout["num_processes"] == 2
     assert [s.sha256 for s in m1.shards] == [s.sha256 for s in m2.shards]
+
+
+def test_no_token_logps_keeps_sums_only(tmp_path, tiny_model_dir, tiny_cache):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out, "--no-token-logps")).exit_code == 0
+    lean, full = read_cache(out), read_cache(tiny_cache)
+    assert lean.column("ref_token_logps").null_count == lean.num_rows
+    np.testing.assert_array_equal(lean.column("ref_logp").to_numpy(), full.column("ref_logp").to_numpy())
+    assert read_manifest(out).fingerprint != read_manifest(tiny_cache).fingerprint

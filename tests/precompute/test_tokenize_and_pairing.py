@@ -86,3 +86,20 @@ def test_two_rows_pair_with_each_other():
 def test_no_valid_partner_is_an_error():
     with pytest.raises(InputError, match="row 0: no valid KL partner"):
         kl_partners(["a", "b"], ["same", "same"], ["0", "1"], seed=0)
+
+
+def test_template_that_renders_the_prompt_differently_is_split_at_the_common_prefix(tokenizer_dir):
+    """A 'reasoning' template that inserts an empty think block only when a reply follows."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' %}<think></think>{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\nReady: {% endif %}"
+    )
+    ex = Example("c", ({"role": "user", "content": "hi"},), ({"role": "assistant", "content": "hello"},), True, "c.jsonl: row 1")
+    row = tokenize_example(ex, tok, max_length=128, max_prompt_length=64, bos_id=None)
+    assert row.prefix_split
+    full = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False)
+    assert tok.decode(row.prompt_ids + row.completion_ids) == full
+    assert tok.decode(row.prompt_ids).endswith("<|im_start|>assistant\n")
+    assert "hello" in tok.decode(row.completion_ids)
