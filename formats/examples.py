@@ -1,7 +1,6 @@
 """Input readers: user data files -> a checked list of `Example`s.
 
-Files: `.jsonl` (one object a line), `.json` (an array of objects), `.csv`, `.parquet`, and
-`.arrow`/`.ipc`/`.feather` (Arrow IPC file, or IPC stream). Three row shapes, detected per row by
+Files are read by records.py (JSONL, JSON array, CSV, Parquet, Arrow IPC). Three row shapes, detected per row by
 which columns hold a value (names from `ColumnMap`):
 
 1. TRL unpaired:  {prompt, completion, label}. Both texts, or both message lists (conversational;
@@ -18,18 +17,12 @@ pyarrow and the standard library only: polars stays out of this import path.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-import pyarrow as pa
-import pyarrow.ipc
-import pyarrow.parquet as pq
+from typing import Any, Sequence
 
 from .errors import InputError
+from .records import SUFFIXES, file_sha256, kind_name, one_line, records  # noqa: F401  (re-exported)
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
@@ -39,8 +32,6 @@ _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system",
 _TRUE = {"true", "1", "yes", "t", "y", "desirable"}
 _FALSE = {"false", "0", "no", "f", "n", "undesirable"}
 _KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
-_ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + _ARROW_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -86,113 +77,13 @@ def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap())
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     examples: list[Example] = []
     for path in map(Path, paths):
-        for row, record in _records(path):
+        for row, record in records(path):
             examples.extend(_row_examples(record, path.name, row, columns))
     _check_unique_ids(examples)
     if len(examples) < 2:
         files = ", ".join(str(p) for p in paths) or "no input files"
         raise InputError(f"need at least 2 examples, got {len(examples)} (from {files})")
     return examples
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks so large inputs never sit in memory whole."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({_one_line(e.strerror or e)})") from e
-    return digest.hexdigest()
-
-
-# ---- files -> (row, record) ------------------------------------------------------------------
-
-
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (1-based row, record) from one file; JSONL rows are line numbers."""
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    if suffix not in SUFFIXES:
-        expected = ", ".join(SUFFIXES)
-        raise InputError(f"{path}: unknown file type {suffix or '(none)'!r} (expected {expected})")
-    if suffix == ".jsonl":
-        return _jsonl_records(path)
-    if suffix == ".json":
-        return enumerate(_json_array(path), 1)
-    if suffix == ".csv":
-        return _csv_records(path)
-    return enumerate(_table_rows(_read_table(path, suffix)), 1)
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
-    # Binary lines, decoded one at a time, so a bad byte is reported with its line number.
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path.name}: row {lineno}"
-            try:
-                line = raw.decode("utf-8-sig")  # -sig: tolerate a byte-order mark on line 1
-            except UnicodeDecodeError as e:
-                raise InputError(f"{where}: not valid UTF-8 (byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-
-
-def _json_array(path: Path) -> list[Any]:
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path.name}: not valid UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        at = f"line {e.lineno} column {e.colno}"
-        raise InputError(f"{path.name}: malformed JSON ({e.msg} at {at})") from None
-    if not isinstance(data, list):
-        raise InputError(f"{path.name}: expected a JSON array of objects, got {_kind(data)}")
-    return data
-
-
-def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
-    row = 0
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            for row, record in enumerate(csv.DictReader(f), 1):
-                yield row, record
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path.name}: row {row + 1}: not valid UTF-8 (byte {e.start})") from None
-    except csv.Error as e:
-        raise InputError(f"{path.name}: row {row + 1}: malformed CSV ({_one_line(e)})") from None
-
-
-def _read_table(path: Path, suffix: str) -> pa.Table:
-    """Parquet, or Arrow IPC: the file format first, then the stream format."""
-    try:
-        if suffix == ".parquet":
-            return pq.read_table(path)
-        try:
-            return _read_ipc(path, pa.ipc.open_file)
-        except pa.ArrowInvalid:  # not the IPC file format; it may be the stream format
-            return _read_ipc(path, pa.ipc.open_stream)
-    except (pa.ArrowException, OSError) as e:
-        kind = "Parquet" if suffix == ".parquet" else "an Arrow IPC file or stream"
-        raise InputError(f"{path}: cannot read as {kind} ({_one_line(e)})") from None
-
-
-def _read_ipc(path: Path, open_reader) -> pa.Table:
-    # OSFile reads into memory; a memory map would be unmapped when the `with` closes it.
-    with pa.OSFile(str(path), "rb") as f:
-        return open_reader(f).read_all()
-
-
-def _table_rows(table: pa.Table) -> Iterator[dict]:
-    # Per batch, so only one batch of Python objects exists at a time.
-    for batch in table.to_batches():
-        yield from batch.to_pylist()
 
 
 # ---- record -> Example(s) --------------------------------------------------------------------
@@ -202,7 +93,7 @@ def _row_examples(record: Any, file_name: str, row: int, columns: ColumnMap) -> 
     """Detect the row's shape and build its one (or, for paired rows, two) examples."""
     source = f"{file_name}: row {row}"
     if not isinstance(record, dict):
-        raise InputError(f"{source}: expected an object of named columns, got {_kind(record)}")
+        raise InputError(f"{source}: expected an object of named columns, got {kind_name(record)}")
     base_id = _base_id(record, columns.id, f"{file_name}:{row}", source)
     present = {key for key in record if _present(record, key)}
     if columns.messages in present:
@@ -283,7 +174,7 @@ def _implicit_prompt(record: dict, columns: ColumnMap, source: str) -> tuple[tup
     for key in (columns.chosen, columns.rejected):
         if not isinstance(record[key], list):
             raise InputError(f"{source}: missing column '{columns.prompt}'; without it, '{key}' must be "
-                             f"a full conversation (a list of messages), got {_kind(record[key])}")
+                             f"a full conversation (a list of messages), got {kind_name(record[key])}")
     chosen = _messages(record[columns.chosen], where_c)
     rejected = _messages(record[columns.rejected], where_r)
     n = 0
@@ -302,9 +193,9 @@ def _prompt_and_completion(record: dict, p_key: str, c_key: str, source: str) ->
     prompt, completion = record[p_key], record[c_key]
     for value, where in ((prompt, p_where), (completion, c_where)):
         if not isinstance(value, (str, list)):
-            raise InputError(f"{where}: content is not text or a list of messages (got {_kind(value)})")
+            raise InputError(f"{where}: content is not text or a list of messages (got {kind_name(value)})")
     if isinstance(prompt, str) != isinstance(completion, str):
-        raise InputError(f"{source}: '{p_key}' is {_kind(prompt)} but '{c_key}' is {_kind(completion)}; "
+        raise InputError(f"{source}: '{p_key}' is {kind_name(prompt)} but '{c_key}' is {kind_name(completion)}; "
                          "both must be text or both lists of messages")
     if isinstance(prompt, str):
         return _nonempty(prompt, p_where, "prompt"), _nonempty(completion, c_where, "completion")
@@ -317,7 +208,7 @@ def _prompt_and_completion(record: dict, p_key: str, c_key: str, source: str) ->
 def _split_conversation(value: Any, where: str) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
     """LLaMA-Factory: the final message is the assistant completion, the rest the prompt."""
     if not isinstance(value, list):
-        raise InputError(f"{where}: expected a list of messages, got {_kind(value)}")
+        raise InputError(f"{where}: expected a list of messages, got {kind_name(value)}")
     messages = _messages(value, where)
     if not any(m["role"] == "assistant" for m in messages):
         raise InputError(f"{where}: conversation has no assistant turn")
@@ -351,7 +242,7 @@ def _messages(value: list, where: str) -> tuple[Message, ...]:
 def _message(raw: Any, where: str) -> Message:
     """Normalise {role, content} or ShareGPT {from, value} to {"role", "content"}."""
     if not isinstance(raw, dict):
-        raise InputError(f"{where}: expected a message object with role and content, got {_kind(raw)}")
+        raise InputError(f"{where}: expected a message object with role and content, got {kind_name(raw)}")
     if raw.get("role") is not None:
         role, content = raw["role"], raw.get("content")
     elif raw.get("from") is not None:
@@ -369,12 +260,12 @@ def _text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise InputError(f"{where}: content is not text (got {_kind(content)})")
+        raise InputError(f"{where}: content is not text (got {kind_name(content)})")
     texts = []
     for i, part in enumerate(content, 1):
         is_dict = isinstance(part, dict)
         if not (is_dict and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            kind = _short(part.get("type")) if is_dict else _kind(part)
+            kind = _short(part.get("type")) if is_dict else kind_name(part)
             raise InputError(f"{where}: content part {i} is {kind}, not text")
         texts.append(part["text"])
     return "".join(texts)
@@ -400,15 +291,6 @@ def _check_unique_ids(examples: list[Example]) -> None:
 # ---- message helpers: every user-facing message must stay on one line -------------------------
 
 
-def _kind(value: Any) -> str:
-    names = {str: "text", list: "a list", dict: "an object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)  # repr escapes newlines, keeping the message on one line
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _one_line(error: Any) -> str:
-    return " ".join(str(error).split())

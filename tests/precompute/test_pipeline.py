@@ -1,6 +1,5 @@
 """kto-precompute end to end on a tiny random Llama with SmolLM2's tokenizer."""
 
-import json
 import os
 import shutil
 import subprocess
