@@ -1,0 +1,140 @@
+"""`kto-inspect`: look at a cache or a run before trusting it.
+
+    kto-inspect summary CACHE [--json]
+    kto-inspect verify  CACHE
+    kto-inspect rows    CACHE [--where SQL] [--sort SQL] [--limit N] [--flag K] [--json]
+    kto-inspect run     OUT   [--to DIR] [--json]
+    kto-inspect score   CACHE --model POLICY [--out FILE] [--beta B] ... [--json]
+
+Exit codes: 0 fine; 1 `verify` found a problem; 2 bad input (message on one line, prefixed
+`kto-inspect: error:`). Heavy imports (polars, torch, matplotlib) happen inside the commands,
+so `kto-inspect --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from kto.formats.errors import InputError
+
+P = click.Path(path_type=Path)
+# kto.formats.numerics imports torch; its names are spelled out here to keep --help fast,
+# and tests/inspection checks that the two lists agree.
+NUMERICS = ("auto", "fp32", "bf16", "fp16", "amp-bf16", "amp-fp16")
+CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
+
+
+def _handles_input_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            click.echo(f"kto-inspect: error: {exc}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _emit(data, as_json: bool, render) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else render(data))
+
+
+@click.group(context_settings=CONTEXT)
+def main() -> None:
+    """Inspect a kto-precompute cache or a kto-train run."""
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cache", type=P)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_handles_input_errors
+def summary(cache: Path, as_json: bool) -> None:
+    """Counts by label, token lengths, reference log-probs by label, truncation, fingerprint."""
+    from .summary import render, summarize
+
+    _emit(summarize(cache), as_json, render)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cache", type=P)
+@_handles_input_errors
+def verify(cache: Path) -> None:
+    """Re-hash every shard and check schema, manifest counts, ids and KL sources (exit 1 on a problem)."""
+    from .verify import verify as run_verify
+
+    reports = run_verify(cache)
+    for r in reports:
+        for problem in r.problems:
+            click.echo(f"kto-inspect: verify: {problem}", err=True)
+        if r.ok:
+            click.echo(f"ok: {r.cache}: {r.rows} rows in {r.shards} shards; checksums, schema, counts, ids and KL sources agree with the manifest")
+    bad = sum(len(r.problems) for r in reports)
+    if bad:
+        click.echo(f"kto-inspect: verify: {bad} problem(s) found in {cache}", err=True)
+        sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cache", type=P)
+@click.option("--where", default=None, help="SQL condition, e.g. \"label AND completion_len > 100\" (polars SQL).")
+@click.option("--sort", default=None, help="SQL sort keys, e.g. \"ref_logp_per_token ASC, id\".")
+@click.option("--limit", default=10, help="Rows to show.")
+@click.option("--flag", default=3, help="Mark the K least likely completion tokens of each row.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_handles_input_errors
+def rows(cache: Path, where: str | None, sort: str | None, limit: int, flag: int, as_json: bool) -> None:
+    """Show selected rows: decoded prompt, completion, KL completion, per-token reference log-probs.
+
+    Columns for --where/--sort: the shard columns plus prompt_len, completion_len,
+    kl_completion_len and ref_logp_per_token."""
+    from .rows import describe_rows, load_cache_tokenizer, render, select_rows
+
+    if flag < 0:
+        raise InputError(f"--flag {flag}: must be 0 or more")
+    df = select_rows(cache, where=where, sort=sort, limit=limit)
+    _emit(describe_rows(df, load_cache_tokenizer(cache), flag=flag), as_json, render)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("out", type=P)
+@click.option("--to", "to", type=P, default=None, help="Where to write the PNGs and report.html [default: OUT/report].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_handles_input_errors
+def run(out: Path, to: Path | None, as_json: bool) -> None:
+    """Plot a run's metrics.jsonl (loss, KL, rewards, lr, grad norm, tokens/s) into report.html."""
+    from .report import build_report, render
+
+    result = build_report(out, to)
+    for warning in result["warnings"]:
+        click.echo(f"kto-inspect: warning: {warning}", err=True)
+    _emit(result, as_json, render)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("cache", type=P)
+@click.option("--model", required=True, help="Policy to score: local HF dir (e.g. OUT/final), .gguf file or hub id.")
+@click.option("--out", type=P, default=Path("scores.parquet"), help="Parquet file to write (keyed by id).")
+@click.option("--beta", default=0.1, help="β of the implicit reward β·(log πθ − log πref).")
+@click.option("--batch-tokens", default=16384, help="Padded tokens per scoring batch.")
+@click.option("--dtype", default="auto", type=click.Choice(NUMERICS),
+              help="As kto-precompute's: auto = amp-bf16 on CUDA, fp32 on CPU. Match the cache's for unbiased rewards.")
+@click.option("--chunk-size", default=1024, help="Completion positions per LM-head chunk.")
+@click.option("--attn-implementation", default="sdpa", help="transformers attention implementation.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow code from the model repo to run.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_handles_input_errors
+def score(cache: Path, model: str, out: Path, as_json: bool, **options) -> None:
+    """Give every cached row the policy's implicit reward; report who gained and who lost log-prob."""
+    from .score import render, score_cache
+
+    result = score_cache(cache, model, out, log=lambda msg: click.echo(msg, err=True), **options)
+    _emit(result, as_json, render)
+
+
+if __name__ == "__main__":
+    main()

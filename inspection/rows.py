@@ -1,0 +1,182 @@
+"""kto-inspect rows: pick rows with an SQL condition, show their text and per-token log-probs.
+
+`--where` and `--sort` are parsed by `polars.sql_expr` into expressions: user text is never
+evaluated as Python. Besides the shard columns (formats/schema.py) they may use the derived
+columns in DERIVED. Text is decoded with the tokenizer stored in the cache (CACHE/tokenizer),
+so what is shown is exactly what the reference model scored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from kto.formats import schema as S
+from kto.formats.errors import InputError
+from kto.formats.scanning import scan
+
+from .text import num, shown
+
+DERIVED = {
+    "prompt_len": "prompt tokens",
+    "completion_len": "completion tokens",
+    "kl_completion_len": "KL completion tokens",
+    "ref_logp_per_token": "ref_logp / completion_len",
+}
+_ORDER = re.compile(r"^(?P<expr>.*?)(?:\s+(?P<dir>asc|desc))?$", re.IGNORECASE | re.DOTALL)
+
+
+def _with_derived(lf):
+    import polars as pl
+
+    return lf.with_columns(
+        pl.col(S.PROMPT_IDS).list.len().alias("prompt_len"),
+        pl.col(S.COMPLETION_IDS).list.len().alias("completion_len"),
+        pl.col(S.KL_COMPLETION_IDS).list.len().alias("kl_completion_len"),
+        (pl.col(S.REF_LOGP) / pl.col(S.COMPLETION_IDS).list.len()).alias("ref_logp_per_token"),
+    )
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses and quotes: 'a desc, f(b, c)' -> ['a desc', 'f(b, c)']."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [p.strip() for p in parts + [text[start:]]]
+
+
+def _sql(text: str, flag: str):
+    import polars as pl
+
+    try:
+        return pl.sql_expr(text)
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise InputError(f"{flag} {text!r}: not an SQL expression ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def select_rows(cache_dir: str | Path, *, where: str | None = None, sort: str | None = None, limit: int = 10):
+    """The selected rows as a polars DataFrame (shard columns plus DERIVED), at most `limit`."""
+    import polars as pl
+
+    if limit < 1:
+        raise InputError(f"--limit {limit}: must be at least 1")
+    lf = _with_derived(scan(cache_dir))
+    if where:
+        lf = lf.filter(_sql(where, "--where"))
+        _check(lf, "--where", where)
+    if sort:
+        keys, descending = [], []
+        for item in _split_top_level(sort):
+            m = _ORDER.match(item)
+            if not m or not m["expr"].strip():
+                raise InputError(f"--sort {sort!r}: empty sort key")
+            keys.append(_sql(m["expr"], "--sort"))
+            descending.append((m["dir"] or "asc").lower() == "desc")
+        lf = lf.sort(keys, descending=descending, nulls_last=True, maintain_order=True)
+        _check(lf, "--sort", sort)
+    try:
+        return lf.head(limit).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"--where/--sort on {cache_dir}: {_first_line(exc)}") from None
+
+
+def _check(lf, flag: str, text: str) -> None:
+    """Resolve the plan's schema now, so an unknown column is blamed on the right flag."""
+    import polars as pl
+
+    try:
+        lf.collect_schema()
+    except pl.exceptions.PolarsError as exc:
+        message = _first_line(exc)
+        if "valid columns" not in message:
+            message += f" (columns: {', '.join(list(S.SHARD_SCHEMA.names) + list(DERIVED))})"
+        raise InputError(f"{flag} {text!r}: {message}") from None
+
+
+def load_cache_tokenizer(cache_dir: str | Path):
+    from kto.formats.models import ModelSource, load_tokenizer
+
+    tok_dir = Path(cache_dir) / S.TOKENIZER_DIR
+    if not tok_dir.is_dir():
+        raise InputError(f"{tok_dir}: missing; the cache has no tokenizer to decode with")
+    return load_tokenizer(ModelSource(tok_dir), flag="tokenizer")
+
+
+def describe_rows(df, tokenizer, *, flag: int = 3) -> list[dict]:
+    """Per row: metadata, decoded texts, and per-token reference log-probs (the `flag` least
+    likely tokens marked). Special tokens are kept, so the text is what was scored."""
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+    out = []
+    for row in df.iter_rows(named=True):
+        ids, logps = row[S.COMPLETION_IDS], row[S.REF_TOKEN_LOGPS]
+        lowest = set()
+        if logps is not None and flag > 0:
+            lowest = set(sorted(range(len(logps)), key=lambda k: logps[k])[:flag])
+        out.append({
+            "id": row[S.ID],
+            "label": "desirable" if row[S.LABEL] else "undesirable",
+            "truncated": row[S.TRUNCATED],
+            "ref_logp": row[S.REF_LOGP],
+            "ref_logp_per_token": row["ref_logp_per_token"],
+            "kl_source_id": row[S.KL_SOURCE_ID],
+            "ref_kl_logp": row[S.REF_KL_LOGP],
+            "prompt_len": row["prompt_len"],
+            "completion_len": row["completion_len"],
+            "kl_completion_len": row["kl_completion_len"],
+            "prompt": decode(row[S.PROMPT_IDS]),
+            "completion": decode(ids),
+            "kl_completion": decode(row[S.KL_COMPLETION_IDS]),
+            "tokens": [
+                {"id": t, "text": decode([t]), "ref_logp": None if logps is None else logps[k], "least_likely": k in lowest}
+                for k, t in enumerate(ids)
+            ],
+        })
+    return out
+
+
+def render(rows: list[dict], *, width: int = 100) -> str:
+    if not rows:
+        return "no rows match"
+    blocks = []
+    for r in rows:
+        head = (f"── {r['id']}  {r['label']}  ref_logp {num(r['ref_logp'])} "
+                f"({num(r['ref_logp_per_token'])}/token over {r['completion_len']})"
+                f"{'  TRUNCATED' if r['truncated'] else ''}  KL from {r['kl_source_id']} (ref_kl_logp {num(r['ref_kl_logp'])})")
+        lines = [head, f"prompt ({r['prompt_len']} tokens):", f"  {shown(r['prompt'])}",
+                 f"completion ({r['completion_len']} tokens):", f"  {shown(r['completion'])}",
+                 f"KL completion ({r['kl_completion_len']} tokens, from {r['kl_source_id']}):", f"  {shown(r['kl_completion'])}"]
+        if r["tokens"] and r["tokens"][0]["ref_logp"] is not None:
+            lines.append("completion tokens with reference log-probs (* = least likely):")
+            lines += _wrap([f"{'*' if t['least_likely'] else ''}{shown(t['text'])} {t['ref_logp']:.2f}" for t in r["tokens"]], width)
+            worst = sorted(((k, t) for k, t in enumerate(r["tokens"], 1) if t["least_likely"]), key=lambda kt: kt[1]["ref_logp"])
+            lines.append("least likely: " + ", ".join(f"{shown(t['text'])} {t['ref_logp']:.2f} (token {k})" for k, t in worst))
+        else:
+            lines.append("(no per-token log-probs: the cache was made with --no-token-logps)")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _wrap(items: list[str], width: int) -> list[str]:
+    lines, current = [], "  "
+    for item in items:
+        if len(current) + len(item) + 2 > width and current.strip():
+            lines.append(current.rstrip())
+            current = "  "
+        current += item + "  "
+    if current.strip():
+        lines.append(current.rstrip())
+    return lines

@@ -1,0 +1,136 @@
+"""Read a kto-train run's metrics.jsonl and answer the first questions about it.
+
+Is the KL estimate stuck at 0? Did desirable rewards rise and undesirable ones fall? The
+answers (`checks`) are plain sentences shared by the text output and report.html.
+
+A crash can leave the last line half written (kto-train appends and flushes line by line), so
+a line that does not parse is skipped with a warning that names it; only a file without a
+single complete line is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kto.formats.errors import InputError
+
+METRICS_NAME = "metrics.jsonl"
+
+# Metric -> the count that must be positive for it to mean anything. kto-train logs
+# rewards/chosen = 0.0 for a step without desirable rows; such points are left out, not drawn
+# as zeros. (`chosen`/`rejected` mirror TRL's metric names; here they mean desirable/undesirable.)
+NEEDS = {
+    "rewards/chosen": ("count/chosen",),
+    "logps/chosen": ("count/chosen",),
+    "rewards/rejected": ("count/rejected",),
+    "logps/rejected": ("count/rejected",),
+    "rewards/margins": ("count/chosen", "count/rejected"),
+}
+
+
+@dataclass
+class RunLog:
+    path: Path
+    train: list[dict] = field(default_factory=list)
+    eval: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def series(self, name: str, split: str = "train") -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric, leaving out nulls and points that mean nothing."""
+        steps, values = [], []
+        for rec in self.eval if split == "eval" else self.train:
+            v = rec.get(name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                continue
+            if any(not rec.get(c, 1) for c in NEEDS.get(name, ())):
+                continue
+            steps.append(rec["step"])
+            values.append(float(v))
+        return steps, values
+
+
+def metrics_path(run: str | Path) -> Path:
+    run = Path(run)
+    return run / METRICS_NAME if run.is_dir() else run
+
+
+def read_run(run: str | Path) -> RunLog:
+    """Parse OUT/metrics.jsonl (or a metrics file given directly)."""
+    path = metrics_path(run)
+    if not Path(run).exists():
+        raise InputError(f"{run}: no such run directory or metrics file")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; is {run} a kto-train --out directory? "
+                         "(metrics.jsonl appears at the first --log-every step)")
+    raw = path.read_bytes()
+    log = RunLog(path)
+    lines = raw.decode("utf-8", errors="replace").split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == last and not raw.endswith(b"\n"):
+                log.warnings.append(f"{path}: line {i + 1} is incomplete (the run was cut off mid-write?); using the {len(log.train) + len(log.eval)} complete lines")
+            else:
+                log.warnings.append(f"{path}: line {i + 1} is not valid JSON; skipped")
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            log.warnings.append(f"{path}: line {i + 1} has no integer 'step'; skipped")
+            continue
+        (log.eval if rec.get("split") == "eval" else log.train).append(rec)
+    if not (log.train or log.eval):
+        why = "it is empty" if not raw.strip() else "no line is a complete metrics record"
+        raise InputError(f"{path}: no metrics to show ({why}); did the run reach its first --log-every step?")
+    return log
+
+
+def _trend(log: RunLog, name: str, what: str, split: str = "train") -> str | None:
+    steps, values = log.series(name, split)
+    if not values:
+        return None
+    if len(values) == 1:
+        return f"{what}: {values[0]:.4g} at step {steps[0]} (one point only)"
+    delta = values[-1] - values[0]
+    word = "rose" if delta > 0 else "fell" if delta < 0 else "did not move"
+    return f"{what} {word}: {values[0]:.4g} (step {steps[0]}) -> {values[-1]:.4g} (step {steps[-1]})"
+
+
+def checks(log: RunLog) -> list[str]:
+    """Sentences answering: is the KL stuck at 0, did rewards move the right way?"""
+    out = []
+    _, kl = log.series("kl")
+    _, kl_raw = log.series("kl_raw")
+    if kl:
+        zeros = sum(v == 0 for v in kl)
+        line = f"KL estimate (clamped): 0 at {zeros} of {len(kl)} logged steps"
+        if zeros == len(kl) and len(kl) > 1:
+            line += "; stuck at 0"
+            if kl_raw and max(kl_raw) <= 0:
+                line += f" (raw estimate always <= 0, max {max(kl_raw):.3g}: the policy has not moved off the reference on the KL pairs)"
+        out.append(line)
+    else:
+        out.append("KL estimate: not logged (a loss without a KL term, or no train lines)")
+    for split, prefix in (("train", ""), ("eval", "eval ")):
+        for name, what in (("rewards/chosen", "desirable rewards"), ("rewards/rejected", "undesirable rewards"), ("rewards/margins", "reward margin")):
+            line = _trend(log, name, prefix + what, split)
+            if line:
+                out.append(line)
+    absent = [n for n in ("loss", "kl", "kl_raw", "rewards/chosen", "rewards/rejected", "rewards/margins", "lr", "grad_norm", "tokens_per_s")
+              if log.train and all(n not in rec for rec in log.train)]
+    if absent:
+        out.append(f"not in the train lines: {', '.join(absent)}")
+    return out
+
+
+def last_values(records: list[dict]) -> dict:
+    """The last line's metrics; a value that means nothing there (see NEEDS) becomes None."""
+    if not records:
+        return {}
+    rec = records[-1]
+    return {k: (None if any(not rec.get(c, 1) for c in NEEDS.get(k, ())) else v) for k, v in rec.items() if k != "split"}

@@ -1,0 +1,146 @@
+"""kto-inspect score: run a policy over a cache's rows and give each row its implicit reward.
+
+    reward = β · (log πθ(y|x) − log πref(y|x))
+
+log πθ comes from `kto.formats.scoring.score_sequences`, the same batching and log-prob
+definition (`CompletionLogps`) that kto-precompute used for the cached log πref, so a policy
+equal to the reference scores reward 0 up to rounding. The output is a Parquet file keyed by
+`id`, joinable with `kto.formats.scan(cache)`; it is written atomically, never into the cache
+directory (kto-precompute would take a foreign file there for someone else's data).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from kto.formats import schema as S
+from kto.formats.atomic import atomic_path
+from kto.formats.errors import InputError
+from kto.formats.manifest import read_manifest
+from kto.formats.shards import ShardVerifier, open_shard
+
+SCORE_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("label", pa.bool_(), nullable=False),
+    pa.field("policy_logp", pa.float64(), nullable=False),
+    pa.field("ref_logp", pa.float64(), nullable=False),
+    pa.field("reward", pa.float64(), nullable=False),
+])
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _check_flags(beta: float, batch_tokens: int, chunk_size: int, dtype: str, out: Path, cache_dir: Path) -> None:
+    if not beta > 0:
+        raise InputError(f"--beta {beta}: must be positive")
+    for flag, value in (("--batch-tokens", batch_tokens), ("--chunk-size", chunk_size)):
+        if value <= 0:
+            raise InputError(f"{flag} {value}: must be positive")
+    from kto.formats.numerics import NAMES
+
+    if dtype not in NAMES:
+        raise InputError(f"--dtype {dtype}: choose one of {', '.join(NAMES)}")
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a directory; name the .parquet file to write")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: directory {out.parent} does not exist")
+    if out.resolve().parent == cache_dir.resolve():
+        raise InputError(f"--out {out}: inside the cache directory; write it elsewhere (the cache holds only kto files)")
+
+
+def score_cache(
+    cache_dir: str | Path, model: str, out: str | Path, *, beta: float = 0.1, batch_tokens: int = 16384,
+    dtype: str = "auto", chunk_size: int = 1024, attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False, log: Callable[[str], None] = _stderr,
+) -> dict:
+    """Score every row of the cache with `model`; write `out`; return the per-label summary."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from kto.formats.logprob import CompletionLogps
+    from kto.formats.models import diff_identity, load_causal_lm, load_tokenizer, model_identity, resolve_source, tokenizer_identity
+    from kto.formats.numerics import parse_numerics
+    from kto.formats.scoring import score_sequences
+
+    cache_dir, out = Path(cache_dir), Path(out)
+    if not cache_dir.is_dir():
+        raise InputError(f"{cache_dir}: no such cache directory")
+    _check_flags(beta, batch_tokens, chunk_size, dtype, out, cache_dir)
+    manifest = read_manifest(cache_dir)
+    source = resolve_source(model)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    differs = diff_identity(manifest.content["tokenizer"], tokenizer_identity(tokenizer))
+    if differs:
+        raise InputError(f"--model {model}: tokenizer differs from the cache's ({', '.join(differs)}); "
+                         "its log-probs of the cached token ids would be meaningless")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
+    ref_numerics = manifest.content.get("dtype")
+    if ref_numerics and ref_numerics != numerics.name:
+        log(f"note: the cached reference log-probs were computed in {ref_numerics}; scoring in "
+            f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)")
+    if model_identity(source) == manifest.content.get("model"):
+        log("note: --model is the cache's reference model; every reward should be about 0")
+    lm = load_causal_lm(source, dtype=numerics.weights, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    scorer = CompletionLogps(lm.to(device).eval(), chunk_size=chunk_size)
+    verifier = ShardVerifier(cache_dir, manifest.shard_sha256)
+    parts = []
+    for k, entry in enumerate(manifest.shards):
+        try:
+            verifier.verify(entry.name)
+            table = open_shard(cache_dir / entry.name)
+        except (ValueError, OSError, pa.ArrowException) as exc:
+            raise InputError(f"{str(exc).splitlines()[0]} (kto-inspect verify {cache_dir} checks the whole cache)") from None
+        ids = table.column(S.ID).to_pylist()
+        with numerics.context(device.type):
+            scored = score_sequences(
+                scorer, table.column(S.PROMPT_IDS).to_pylist(), table.column(S.COMPLETION_IDS).to_pylist(), ids,
+                batch_tokens=batch_tokens, pad_id=tokenizer.pad_token_id, device=device,
+            )
+        ref = table.column(S.REF_LOGP).to_numpy()
+        parts.append(pa.table({
+            "id": table.column(S.ID), "label": table.column(S.LABEL), "policy_logp": scored.sums,
+            "ref_logp": ref, "reward": beta * (scored.sums - ref),
+        }, schema=SCORE_SCHEMA))
+        log(f"scored {entry.name} ({k + 1}/{len(manifest.shards)}, {table.num_rows} rows)")
+    result = pa.concat_tables(parts) if parts else SCORE_SCHEMA.empty_table()
+    meta = {"kto.cache_fingerprint": manifest.fingerprint, "kto.beta": repr(beta), "kto.model": str(model),
+            "kto.dtype": numerics.name}
+    with atomic_path(out) as tmp:
+        pq.write_table(result.replace_schema_metadata(meta), tmp)
+    return {"out": str(out), "model": str(model), "beta": beta, **summarize_scores(result)}
+
+
+def summarize_scores(table: pa.Table) -> dict:
+    """Per label: rows, how many moved the expected way, and the mean reward.
+
+    Desirable rows should gain log-prob under the policy (reward > 0), undesirable ones lose it."""
+    label = table.column("label").to_numpy(zero_copy_only=False).astype(bool)
+    reward = table.column("reward").to_numpy()
+    delta = table.column("policy_logp").to_numpy() - table.column("ref_logp").to_numpy()
+    d, u = delta[label], delta[~label]
+    mean = lambda x: float(np.mean(x)) if len(x) else None  # noqa: E731
+    return {
+        "rows": int(table.num_rows),
+        "desirable": {"rows": int(len(d)), "gained": int(np.sum(d > 0)), "mean_reward": mean(reward[label])},
+        "undesirable": {"rows": int(len(u)), "lost": int(np.sum(u < 0)), "mean_reward": mean(reward[~label])},
+    }
+
+
+def render(result: dict) -> str:
+    d, u = result["desirable"], result["undesirable"]
+    pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:+.4g}"  # noqa: E731
+    return "\n".join([
+        f"scored {result['rows']} rows with {result['model']} (β = {result['beta']:g})",
+        f"desirable:   {d['gained']} of {d['rows']} gained log-prob ({pct(d['gained'], d['rows'])}), mean reward {fmt(d['mean_reward'])}",
+        f"undesirable: {u['lost']} of {u['rows']} lost log-prob ({pct(u['lost'], u['rows'])}), mean reward {fmt(u['mean_reward'])}",
+        f"wrote {result['out']} (columns id, label, policy_logp, ref_logp, reward; join on id with kto.formats.scan)",
+    ])

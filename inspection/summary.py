@@ -1,0 +1,128 @@
+"""kto-inspect summary: what a cache holds, computed from its rows (not copied from the manifest).
+
+Counts by label, token lengths of prompt / completion / KL completion, and the reference
+log-probs by label: per sequence (Σ over the completion, `ref_logp`), as a mean per token
+(`ref_logp / completion length`), and over every stored per-token term (`ref_token_logps`).
+Truncated rows are counted, with how many sit exactly at the prompt cap or at max_length;
+dropped rows never reach a shard, so that number comes from the manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kto.formats import schema as S
+from kto.formats.errors import InputError
+from kto.formats.manifest import read_manifest
+from kto.formats.scanning import scan
+
+from .text import table
+
+QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
+STAT_NAMES = ("count", "mean", "min") + tuple(f"p{round(q * 100)}" for q in QUANTILES) + ("max",)
+LENGTHS = {"prompt": S.PROMPT_IDS, "completion": S.COMPLETION_IDS, "kl_completion": S.KL_COMPLETION_IDS}
+
+
+def _describe(expr, name: str) -> list:
+    """Aggregations named f"{name}:{stat}" for every stat in STAT_NAMES (nulls are skipped)."""
+    import polars as pl
+
+    e = expr.drop_nulls()
+    aggs = [e.count().cast(pl.Int64).alias(f"{name}:count"), e.mean().alias(f"{name}:mean"), e.min().cast(pl.Float64).alias(f"{name}:min")]
+    aggs += [e.quantile(q, "linear").alias(f"{name}:p{round(q * 100)}") for q in QUANTILES]
+    return aggs + [e.max().cast(pl.Float64).alias(f"{name}:max")]
+
+
+def _unpack(row: dict, name: str) -> dict:
+    stats = {stat: row[f"{name}:{stat}"] for stat in STAT_NAMES}
+    if not stats["count"]:  # nothing to describe: every stat but the count is meaningless
+        stats = {stat: (0 if stat == "count" else None) for stat in STAT_NAMES}
+    return stats
+
+
+def summarize(cache_dir: str | Path) -> dict:
+    """Everything `kto-inspect summary` shows, as plain JSON-able data."""
+    import polars as pl
+
+    cache_dir = Path(cache_dir)
+    lf = scan(cache_dir)  # raises InputError for a missing dir / manifest / shard
+    manifest = read_manifest(cache_dir)
+    lens = {name: pl.col(col).list.len() for name, col in LENGTHS.items()}
+    max_length = manifest.content.get("max_length")
+    max_prompt = manifest.content.get("max_prompt_length")
+    try:
+        overall = lf.select(
+            pl.len().alias("rows"),
+            pl.col(S.LABEL).sum().cast(pl.Int64).alias("desirable"),
+            pl.col(S.TRUNCATED).sum().cast(pl.Int64).alias("truncated"),
+            (lens["prompt"] == max_prompt).sum().cast(pl.Int64).alias("at_prompt_cap"),
+            ((lens["prompt"] + lens["completion"]) == max_length).sum().cast(pl.Int64).alias("at_max_length"),
+            *(agg for name, e in lens.items() for agg in _describe(e, name)),
+        ).collect().row(0, named=True)
+        by_label = lf.group_by(S.LABEL).agg(
+            *_describe(pl.col(S.REF_LOGP), "sequence"),
+            *_describe(pl.col(S.REF_LOGP) / lens["completion"], "mean_per_token"),
+            *_describe(pl.col(S.REF_TOKEN_LOGPS).list.explode(keep_nulls=False, empty_as_null=False), "token"),
+            *_describe(pl.col(S.REF_KL_LOGP), "kl_sequence"),
+        ).collect().rows(named=True)
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{cache_dir}: cannot read the shards ({str(exc).splitlines()[0]}); run kto-inspect verify") from exc
+    rows = overall["rows"]
+    labels = {("desirable" if r[S.LABEL] else "undesirable"): r for r in by_label}
+    eval_dir = cache_dir / S.EVAL_DIR
+    return {
+        "cache": str(cache_dir),
+        "split": manifest.content.get("split"),
+        "fingerprint": manifest.fingerprint,
+        "model": manifest.info.get("model_path"),
+        "shards": len(manifest.shards),
+        "counts": {"rows": rows, "desirable": overall["desirable"], "undesirable": rows - overall["desirable"]},
+        "manifest_counts": vars(manifest.counts),
+        "truncated": overall["truncated"],
+        "at_prompt_cap": overall["at_prompt_cap"],
+        "at_max_length": overall["at_max_length"],
+        "dropped": manifest.counts.dropped,
+        "max_length": max_length,
+        "max_prompt_length": max_prompt,
+        "token_logps_stored": bool(manifest.content.get("store_token_logps", True)),
+        "lengths": {name: _unpack(overall, name) for name in LENGTHS},
+        "ref_logps": {
+            label: {part: _unpack(labels[label], part) for part in ("sequence", "mean_per_token", "token", "kl_sequence")}
+            for label in ("desirable", "undesirable") if label in labels
+        },
+        "eval_cache": str(eval_dir) if (eval_dir / S.MANIFEST_NAME).is_file() else None,
+    }
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def render(s: dict) -> str:
+    """The readable report of `summarize`'s result."""
+    c, n = s["counts"], s["counts"]["rows"]
+    out = [
+        f"cache        {s['cache']} ({s['split']} split, {s['shards']} shards)",
+        f"fingerprint  {s['fingerprint']}",
+        f"model        {s['model']}",
+        f"rows         {n}: {c['desirable']} desirable ({_pct(c['desirable'], n)}), {c['undesirable']} undesirable ({_pct(c['undesirable'], n)})",
+        f"truncated    {s['truncated']} ({_pct(s['truncated'], n)}); prompt at the cap of {s['max_prompt_length']} tokens: "
+        f"{s['at_prompt_cap']}, prompt+completion at max_length {s['max_length']}: {s['at_max_length']}",
+        f"dropped      {s['dropped']} (empty completion after tokenization; never written)",
+    ]
+    mc = s["manifest_counts"]
+    if (mc["rows"], mc["desirable"], mc["truncated"]) != (n, c["desirable"], s["truncated"]):
+        out.append("warning      the rows disagree with manifest.json's counts; run kto-inspect verify")
+    out += ["", "token lengths", table(("",) + STAT_NAMES, [[name] + [v[k] for k in STAT_NAMES] for name, v in s["lengths"].items()])]
+    out += ["", "reference log-probs (nats)"]
+    rows = []
+    for label, parts in s["ref_logps"].items():
+        for part, stats in parts.items():
+            rows.append([f"{label} {part.replace('_', ' ')}"] + [stats[k] for k in STAT_NAMES])
+    out.append(table(("",) + STAT_NAMES, rows))
+    if not s["token_logps_stored"]:
+        out.append("  (per-token terms were not stored: the cache was made with --no-token-logps)")
+    if s["eval_cache"]:
+        out += ["", f"eval split   {s['eval_cache']} (kto-inspect summary {s['eval_cache']})"]
+    return "\n".join(out)
+

@@ -1,0 +1,37 @@
+"""Plain-text tables and numbers for the readable (non --json) output of every command."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def num(value, digits: int = 4) -> str:
+    """A number for a table cell: ints as ints, floats with `digits` significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence], indent: str = "  ") -> str:
+    """Left-aligned first column, right-aligned numbers, columns two spaces apart."""
+    cells = [list(headers)] + [[c if isinstance(c, str) else num(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append(indent + "  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def shown(text: str, limit: int | None = None) -> str:
+    """A decoded text as one line: newlines and tabs escaped, quoted, optionally shortened."""
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return repr(text)

@@ -1,0 +1,101 @@
+"""kto-inspect rows: selection through SQL, text decoded with the cache's own tokenizer."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import precompute_args, text_rows, write_rows
+
+import kto.formats
+from kto.inspection.cli import main
+
+
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory, tiny_model_dir):
+    """Plain-text rows (no chat template), so decoded text can be compared with the source."""
+    from kto.precompute.cli import main as precompute
+
+    root = tmp_path_factory.mktemp("text-cache")
+    data = write_rows(root / "text.jsonl", text_rows())
+    out = root / "cache"
+    result = CliRunner().invoke(precompute, precompute_args(data, tiny_model_dir, out), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def rows_json(cache, *args):
+    result = CliRunner().invoke(main, ["rows", str(cache), "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_decoded_text_equals_the_source(text_cache):
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(text_cache / "tokenizer").eos_token
+    source = {f"text.jsonl:{i}": r for i, r in enumerate(text_rows(), 1)}
+    shown = rows_json(text_cache, "--limit", "100")
+    assert len(shown) == len(source)
+    for row in shown:
+        src = source[row["id"]]
+        assert row["prompt"] == src["prompt"]
+        assert row["completion"] == src["completion"] + eos  # text completions end with EOS
+        assert row["label"] == ("desirable" if src["label"] else "undesirable")
+        partner = source[row["kl_source_id"]]
+        assert row["kl_completion"] == partner["completion"] + eos
+        assert "".join(t["text"] for t in row["tokens"]) == row["completion"]
+
+
+def test_where_sort_limit_match_polars(text_cache):
+    import polars as pl
+
+    df = kto.formats.scan(text_cache).collect()
+    expected = (df.filter(~pl.col("label")).with_columns(per_token=pl.col("ref_logp") / pl.col("completion_ids").list.len())
+                .sort("per_token").head(3))
+    shown = rows_json(text_cache, "--where", "NOT label", "--sort", "ref_logp_per_token", "--limit", "3")
+    assert [r["id"] for r in shown] == expected["id"].to_list()
+    assert [r["ref_logp"] for r in shown] == expected["ref_logp"].to_list()
+    shown = rows_json(text_cache, "--where", "completion_len >= 10 AND id LIKE '%:1%'", "--sort", "completion_len DESC, id", "--limit", "50")
+    lens = [r["completion_len"] for r in shown]
+    assert lens == sorted(lens, reverse=True) and min(lens) >= 10
+    assert all(":1" in r["id"] for r in shown)
+    want = df.filter((pl.col("completion_ids").list.len() >= 10) & pl.col("id").str.contains(":1"))
+    assert sorted(r["id"] for r in shown) == sorted(want["id"].to_list())
+
+
+def test_least_likely_tokens_are_flagged(text_cache):
+    (row,) = rows_json(text_cache, "--limit", "1", "--flag", "2")
+    logps = np.array([t["ref_logp"] for t in row["tokens"]])
+    flagged = [k for k, t in enumerate(row["tokens"]) if t["least_likely"]]
+    assert sorted(flagged) == sorted(np.argsort(logps)[:2].tolist())
+    df = kto.formats.scan(text_cache).head(1).collect()
+    assert np.allclose(logps, df["ref_token_logps"][0].to_list())
+    assert np.isclose(logps.sum(), row["ref_logp"], atol=1e-4)
+
+
+def test_text_output(text_cache):
+    result = CliRunner().invoke(main, ["rows", str(text_cache), "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.count("── text.jsonl:") == 2
+    assert "'Question: What is the capital of France?\\nAnswer:'" in out
+    assert "least likely: " in out and "*'" in out
+    result = CliRunner().invoke(main, ["rows", str(text_cache), "--where", "completion_len > 1000"])
+    assert result.exit_code == 0 and result.stdout.strip() == "no rows match"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--where", "nosuch > 1"], "--where 'nosuch > 1': unable to find column \"nosuch\""),
+    (["--where", "label AND ("], "--where 'label AND (': not an SQL expression"),
+    (["--where", "ref_logp"], "--where 'ref_logp': filter predicate must be of type `Boolean`"),
+    (["--where", "__import__('os').system('true')"], "--where \"__import__('os').system('true')\""),
+    (["--sort", "nosuch DESC"], "--sort 'nosuch DESC': unable to find column \"nosuch\""),
+    (["--limit", "0"], "--limit 0: must be at least 1"),
+    (["--flag", "-1"], "--flag -1: must be 0 or more"),
+])
+def test_bad_flags_are_one_line_errors(text_cache, args, message):
+    result = CliRunner().invoke(main, ["rows", str(text_cache), *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"kto-inspect: error: {message}")
+    assert result.stderr.count("\n") == 1

@@ -1,0 +1,140 @@
+"""kto-inspect run on a short real kto-train run, and on hand-written metrics files; and
+kto-inspect score with that run's final policy."""
+
+import base64
+import json
+import re
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import kto.formats
+from kto.inspection.cli import main
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, tiny_cache, tiny_model_dir):
+    from kto.train.cli import main as train
+
+    out = tmp_path_factory.mktemp("short-run") / "run"
+    args = ["--cache", tiny_cache, "--model", tiny_model_dir, "--out", out, "--batch-size", "2", "--max-steps", "2",
+            "--log-every", "1", "--lr", "1e-3", "--eval-cache", tiny_cache, "--eval-every", "1"]
+    result = CliRunner().invoke(train, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_run_report_from_a_real_run(short_run, tmp_path):
+    result = invoke("run", short_run, "--to", tmp_path / "report", "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    lines = [json.loads(line) for line in (short_run / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["split"] == "train"]
+    evals = [x for x in lines if x["split"] == "eval"]
+    assert (r["train_lines"], r["eval_lines"]) == (len(train), len(evals)) == (2, 2)
+    assert r["warnings"] == []
+    assert r["last"]["train"]["loss"] == train[-1]["loss"] and r["last"]["eval"]["kl"] == evals[-1]["kl"]
+    names = sorted(p.rsplit("/", 1)[1] for p in r["plots"])
+    assert names == sorted(f"{n}.png" for n in ("loss", "kl", "rewards", "logps", "lr", "grad_norm", "tokens_per_s"))
+    for p in r["plots"]:
+        assert (tmp_path / "report" / p.rsplit("/", 1)[1]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (tmp_path / "report" / "report.html").read_text()
+    # Self-contained: every image is an inline data URI holding the PNG written beside it.
+    srcs = re.findall(r'src="([^"]+)"', html)
+    assert len(srcs) == len(r["plots"]) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert base64.b64decode(srcs[0].split(",", 1)[1]) == (tmp_path / "report" / "loss.png").read_bytes()
+    assert "http" not in html.replace("http-equiv", "")
+    assert r["checks"][0].startswith(f"KL estimate (clamped): 0 at {sum(x['kl'] == 0 for x in train)} of 2 logged steps")
+
+
+def test_run_text_output_defaults_to_out_report(short_run):
+    result = invoke("run", short_run)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {short_run / 'report' / 'report.html'} and 7 plots" in result.stdout
+    assert "checks" in result.stdout and "rewards/margins" in result.stdout
+
+
+def write_metrics(path, records, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return path
+
+
+def record(step, **kw):
+    base = {"step": step, "split": "train", "loss": 0.5, "kl": 0.0, "kl_raw": -0.01, "rewards/chosen": 0.1 * step,
+            "rewards/rejected": -0.1 * step, "rewards/margins": 0.2 * step, "count/chosen": 1.0, "count/rejected": 1.0,
+            "lr": 1e-6, "grad_norm": 1.0, "tokens_per_s": 100.0}
+    return {**base, **kw}
+
+
+def test_truncated_last_line_warns_and_uses_complete_lines(tmp_path):
+    write_metrics(tmp_path / "metrics.jsonl", [record(1), record(2)], tail='{"step": 3, "split": "tra')
+    result = invoke("run", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    warning = f"{tmp_path / 'metrics.jsonl'}: line 3 is incomplete (the run was cut off mid-write?); using the 2 complete lines"
+    assert f"kto-inspect: warning: {warning}" in result.stderr
+    r = json.loads(result.stdout)
+    assert r["train_lines"] == 2 and r["last"]["train"]["step"] == 2
+    assert "KL estimate (clamped): 0 at 2 of 2 logged steps; stuck at 0" in r["checks"][0]
+    assert "desirable rewards rose: 0.1 (step 1) -> 0.2 (step 2)" in r["checks"]
+    assert "undesirable rewards fell: -0.1 (step 1) -> -0.2 (step 2)" in r["checks"]
+
+
+def test_steps_without_a_class_are_left_out(tmp_path):
+    recs = [record(1, **{"count/chosen": 0.0, "rewards/chosen": 0.0}), record(2), record(3)]
+    write_metrics(tmp_path / "metrics.jsonl", recs)
+    r = json.loads(invoke("run", tmp_path, "--json").stdout)
+    assert "desirable rewards rose: 0.2 (step 2) -> 0.3 (step 3)" in r["checks"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "metrics.jsonl: no such file; is {d} a kto-train --out directory?"),
+    ("", "metrics.jsonl: no metrics to show (it is empty)"),
+    ('{"step": 1, "spl', "metrics.jsonl: no metrics to show (no line is a complete metrics record)"),
+])
+def test_missing_or_empty_metrics(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "metrics.jsonl").write_text(content)
+    result = invoke("run", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"kto-inspect: error: {tmp_path}/" + message.format(d=tmp_path))
+
+
+def test_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
+    write_metrics(tmp_path / "metrics.jsonl", [record(1)])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    result = invoke("run", tmp_path)
+    assert result.exit_code == 2
+    assert "pip install 'kto-offline[plot]'" in result.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_score_the_final_policy(short_run, tiny_cache, tmp_path):
+    out = tmp_path / "scores.parquet"
+    result = invoke("score", tiny_cache, "--model", short_run / "final", "--out", out, "--beta", "0.5", "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    scores = pq.read_table(out).to_pydict()
+    cache = kto.formats.scan(tiny_cache).collect()
+    assert scores["id"] == cache["id"].to_list()  # one row per cached row, in cache order
+    assert scores["label"] == cache["label"].to_list()
+    assert scores["ref_logp"] == cache["ref_logp"].to_list()
+    policy, ref = np.array(scores["policy_logp"]), np.array(scores["ref_logp"])
+    assert np.allclose(scores["reward"], 0.5 * (policy - ref), rtol=0, atol=1e-12)
+    assert np.abs(policy - ref).max() > 1e-3  # two steps at lr 1e-3 moved the policy
+    label = np.array(scores["label"])
+    assert r["desirable"] == {"rows": 8, "gained": int((policy - ref)[label].__gt__(0).sum()),
+                              "mean_reward": pytest.approx(float(np.mean(np.array(scores["reward"])[label])))}
+    assert r["undesirable"]["lost"] == int(((policy - ref)[~label] < 0).sum())
+    # The README recipe: join the scores with the cache on id.
+    import polars as pl
+
+    joined = kto.formats.scan(tiny_cache).join(pl.scan_parquet(out), on="id").collect()
+    assert joined.height == cache.height and (joined["label"] == joined["label_right"]).all()

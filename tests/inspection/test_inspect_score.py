@@ -1,0 +1,75 @@
+"""kto-inspect score: the reference scores reward 0; another policy gives β·(log πθ − log πref)."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import kto.formats
+from kto.formats.manifest import read_manifest
+from kto.inspection.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_reference_model_scores_zero_reward(tiny_cache, tiny_model_dir, tmp_path):
+    out = tmp_path / "ref.parquet"
+    result = invoke("score", tiny_cache, "--model", tiny_model_dir, "--out", out, "--batch-tokens", "64")
+    assert result.exit_code == 0, result.output
+    assert "note: --model is the cache's reference model" in result.stderr
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "label", "policy_logp", "ref_logp", "reward"]
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert meta["kto.cache_fingerprint"] == read_manifest(tiny_cache).fingerprint and meta["kto.beta"] == "0.1"
+    assert table.column("id").to_pylist() == kto.formats.scan(tiny_cache).collect()["id"].to_list()
+    s = table.to_pydict()
+    # Same batching and log-prob code as kto-precompute: equal up to float32 rounding.
+    assert np.allclose(s["policy_logp"], s["ref_logp"], rtol=0, atol=1e-3)
+    assert np.abs(s["reward"]).max() < 1e-4
+    assert "of 8 gained log-prob" in result.stdout and "of 8 lost log-prob" in result.stdout
+    assert f"wrote {out}" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--beta", "0"], "--beta 0.0: must be positive"),
+    (["--batch-tokens", "0"], "--batch-tokens 0: must be positive"),
+    (["--out", "{cache}/scores.parquet"], "--out {cache}/scores.parquet: inside the cache directory"),
+    (["--out", "{tmp}/no/such/dir/s.parquet"], "--out {tmp}/no/such/dir/s.parquet: directory {tmp}/no/such/dir does not exist"),
+    (["--model", "{tmp}/nope"], "--model {tmp}/nope: no such file or directory"),
+])
+def test_bad_flags(tiny_cache, tiny_model_dir, tmp_path, args, message):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    fill = lambda s: s.format(cache=cache, tmp=tmp_path)  # noqa: E731
+    base = {"--model": str(tiny_model_dir), "--out": str(tmp_path / "s.parquet")}
+    flags = dict(zip(args[::2], map(fill, args[1::2])))
+    argv = ["score", str(cache)] + [x for k, v in {**base, **flags}.items() for x in (k, v)]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"kto-inspect: error: {fill(message)}")
+
+
+def test_tampered_shard_is_refused(tiny_cache, tiny_model_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    (cache / ".verified.json").unlink(missing_ok=True)
+    path = cache / "shard-00001.arrow"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = invoke("score", cache, "--model", tiny_model_dir, "--out", tmp_path / "s.parquet")
+    assert result.exit_code == 2
+    assert f"{path}: sha256" in result.stderr and "kto-inspect verify" in result.stderr
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_dtype_choices_follow_formats_numerics():
+    from kto.formats.numerics import NAMES
+    from kto.inspection.cli import NUMERICS
+
+    assert NUMERICS == NAMES

@@ -1,0 +1,152 @@
+"""kto-inspect verify: a good cache passes; each kind of damage is named precisely, exit 1."""
+
+import dataclasses
+import json
+import os
+import shutil
+import struct
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+from click.testing import CliRunner
+
+from kto.formats import schema as S
+from kto.formats.manifest import Manifest, ShardEntry, read_manifest
+from kto.formats.shards import ShardVerifier, shard_metadata, write_shard
+from kto.inspection.cli import main
+
+
+@pytest.fixture
+def cache(tiny_cache, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(tiny_cache, out)
+    return out
+
+
+def verify(path):
+    return CliRunner().invoke(main, ["verify", str(path)])
+
+
+def rewrite_shard(cache, index: int, edit) -> None:
+    """Apply `edit(pydict)` to one shard, rewrite it, and record its new sha256 in the manifest,
+    so only the damage under test remains."""
+    manifest = read_manifest(cache)
+    entry = manifest.shards[index]
+    path = cache / entry.name
+    table = ipc.open_file(pa.memory_map(str(path))).read_all()
+    data = table.to_pydict()
+    edit(data)
+    sha = write_shard(path, pa.table(data, schema=S.SHARD_SCHEMA), shard_metadata(path))
+    shards = list(manifest.shards)
+    shards[index] = ShardEntry(entry.name, len(data[S.ID]), sha)
+    dataclasses.replace(manifest, shards=shards).write(cache)
+
+
+def test_good_cache_passes_and_is_left_untouched(cache):
+    before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    result = verify(cache)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"ok: {cache}: 16 rows in 4 shards")
+    assert result.stderr == ""
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before  # read-only: no stamp written
+
+
+def test_tampered_shard_is_caught_even_with_a_fresh_stamp(cache):
+    manifest = read_manifest(cache)
+    name = manifest.shards[1].name
+    path = cache / name
+    stamp = ShardVerifier(cache, manifest.shard_sha256)
+    stamp.verify(name)  # kto-train would now trust this shard by size + mtime
+    # Change one cached ref_logp in place, keeping size and mtime.
+    table = ipc.open_file(pa.memory_map(str(path))).read_all()
+    old = struct.pack("<d", table.column(S.REF_LOGP)[0].as_py())
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    st = path.stat()
+    path.write_bytes(data.replace(old, struct.pack("<d", -1.0)))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ShardVerifier(cache, manifest.shard_sha256).verify(name)  # the stamp hides the change...
+    result = verify(cache)  # ...verify does not trust it
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"kto-inspect: verify: {path}: sha256 ") and "does not match the manifest" in line for line in lines)
+    # The changed value no longer equals the sum of its per-token terms: named by shard, row and id.
+    row_id = table.column(S.ID)[0].as_py()
+    assert any(f"{path} row 1 (id {row_id!r}): ref_token_logps sum to" in line for line in lines)
+    assert lines[-1] == f"kto-inspect: verify: 2 problem(s) found in {cache}"
+
+
+def test_missing_kl_source_id(cache):
+    table = ipc.open_file(pa.memory_map(str(cache / "shard-00000.arrow"))).read_all()
+    gone = table.column(S.ID)[0].as_py()
+    rewrite_shard(cache, 0, lambda d: d[S.ID].__setitem__(0, "renamed"))
+    result = verify(cache)
+    assert result.exit_code == 1
+    problems = [line for line in result.stderr.splitlines() if "is not an id" in line]
+    assert len(problems) == 1
+    assert f"kl_source_id {gone!r} is not an id in this cache" in problems[0]
+
+
+def test_duplicate_id(cache):
+    first = ipc.open_file(pa.memory_map(str(cache / "shard-00000.arrow"))).read_all().column(S.ID)[0].as_py()
+    rewrite_shard(cache, 2, lambda d: d[S.ID].__setitem__(1, first))
+    result = verify(cache)
+    assert result.exit_code == 1
+    assert f"{cache / 'shard-00002.arrow'} row 2: id {first!r} appears again (first at {cache / 'shard-00000.arrow'} row 1)" in result.stderr
+
+
+def test_manifest_counts_must_match_the_rows(cache):
+    obj = json.loads((cache / S.MANIFEST_NAME).read_text())
+    obj["counts"]["desirable"] += 1  # counts are not part of the fingerprinted content
+    (cache / S.MANIFEST_NAME).write_text(json.dumps(obj))
+    result = verify(cache)
+    assert result.exit_code == 1
+    assert f"{cache / S.MANIFEST_NAME}: counts.desirable is 9, the shards hold 8" in result.stderr
+
+
+def test_edited_manifest_content(cache):
+    obj = json.loads((cache / S.MANIFEST_NAME).read_text())
+    obj["content"]["seed"] = 99
+    (cache / S.MANIFEST_NAME).write_text(json.dumps(obj))
+    result = verify(cache)
+    assert result.exit_code == 1 and "fingerprint does not match its content" in result.stderr
+
+
+def test_missing_and_stray_shards(cache):
+    (cache / "shard-00003.arrow").rename(cache / "shard-00007.arrow")
+    result = verify(cache)
+    assert result.exit_code == 1
+    assert f"{cache / 'shard-00003.arrow'}: listed in the manifest but missing" in result.stderr
+    assert f"{cache / 'shard-00007.arrow'}: shard file not listed in the manifest" in result.stderr
+
+
+def test_wrong_schema_and_row_count(cache):
+    path = cache / "shard-00001.arrow"
+    table = ipc.open_file(pa.memory_map(str(path))).read_all()
+    with ipc.new_file(str(path), table.drop_columns([S.TRUNCATED]).schema) as w:
+        w.write_table(table.drop_columns([S.TRUNCATED]))
+    result = verify(cache)
+    assert result.exit_code == 1
+    assert f"{path}: unreadable shard ({path}: missing column 'truncated')" in result.stderr
+
+
+def test_eval_split_is_verified_too(cache):
+    shutil.copytree(cache, cache / S.EVAL_DIR, ignore=shutil.ignore_patterns(S.EVAL_DIR))
+    result = verify(cache)
+    assert result.exit_code == 1  # same ids in both splits
+    assert f"{cache / S.EVAL_DIR}: id " in result.stderr and "is also in the train split" in result.stderr
+
+
+def test_not_a_directory_is_a_usage_error(tmp_path):
+    result = verify(tmp_path / "nope")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"kto-inspect: error: {tmp_path / 'nope'}: no such cache directory"
+
+
+def test_swapped_tokenizer_files(cache):
+    template = cache / S.TOKENIZER_DIR / "chat_template.jinja"
+    template.write_text(template.read_text() + "{# edited #}")
+    result = verify(cache)
+    assert result.exit_code == 1
+    assert f"{cache / S.TOKENIZER_DIR}: differs from the tokenizer the manifest records (chat_template)" in result.stderr
