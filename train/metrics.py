@@ -7,6 +7,14 @@ import math
 from pathlib import Path
 
 
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line, or None for a blank or half-written one (a crash mid-write)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class MetricsWriter:
     """Main process only. On resume, lines past the resumed step are dropped first, so the file
     reads as one uninterrupted run."""
@@ -15,7 +23,7 @@ class MetricsWriter:
         self.path = path
         self.accelerator = accelerator
         if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         self.file = open(path, "a")
 

@@ -138,16 +138,19 @@ def summarize(stats: torch.Tensor) -> dict[str, float]:
     dashboards compare side by side.
     """
     v = dict(zip(STAT_FIELDS, stats.tolist()))
-    div = lambda a, b: a / b if b else 0.0  # noqa: E731
+    nan = float("nan")
+    # A class absent from the window has no mean: NaN (written as null), never a fake 0.
+    div = lambda a, b: a / b if b else nan  # noqa: E731
     chosen, rejected = div(v["reward_d_sum"], v["desirable"]), div(v["reward_u_sum"], v["undesirable"])
     out = {
         "loss": div(v["loss_sum"], v["examples"]),
-        "kl": div(v["kl_sum"], v["kl_scopes"]),
-        "kl_raw": div(v["kl_raw_sum"], v["kl_scopes"]),
+        # No KL pass (apo_zero_unpaired) means z = 0 was used, so 0 is the true value here.
+        "kl": v["kl_sum"] / v["kl_scopes"] if v["kl_scopes"] else 0.0,
+        "kl_raw": v["kl_raw_sum"] / v["kl_scopes"] if v["kl_scopes"] else 0.0,
         "sft_loss": div(v["sft_nll_sum"], v["sft_tokens"]),
         "rewards/chosen": chosen,
         "rewards/rejected": rejected,
-        "rewards/margins": chosen - rejected if v["desirable"] and v["undesirable"] else 0.0,
+        "rewards/margins": chosen - rejected,
         "logps/chosen": div(v["logp_d_sum"], v["desirable"]),
         "logps/rejected": div(v["logp_u_sum"], v["undesirable"]),
         "count/chosen": v["desirable"],

@@ -160,3 +160,27 @@ def test_gradient_checkpointing_gives_the_same_run(full_run, tiny_cache, tiny_mo
     # schedule's length (3 vs 6 steps), so recomputing activations must leave them unchanged.
     a, b = metrics(out), metrics(tmp_path / "r")
     assert b[0]["loss"] == a[0]["loss"] and b[0]["grad_norm"] == pytest.approx(a[0]["grad_norm"], rel=1e-5)
+
+
+def test_resume_survives_a_half_written_metrics_line(full_run, tiny_cache, tiny_model_dir, tmp_path):
+    out, _ = full_run
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (crashed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "6", "--save-every", "3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert [m["step"] for m in metrics(crashed)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_window_without_one_class_logs_null_not_zero():
+    import torch
+
+    from kto.train.step import STAT_FIELDS, summarize
+
+    stats = dict.fromkeys(STAT_FIELDS, 0.0) | {"examples": 2, "loss_sum": 1.0, "desirable": 2, "reward_d_sum": 0.4}
+    out = summarize(torch.tensor([stats[k] for k in STAT_FIELDS], dtype=torch.float64))
+    assert out["rewards/chosen"] == pytest.approx(0.2)
+    assert out["rewards/rejected"] != out["rewards/rejected"]  # NaN -> null in metrics.jsonl
+    assert out["rewards/margins"] != out["rewards/margins"]
