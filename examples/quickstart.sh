@@ -12,6 +12,12 @@ kto-train --cache "$DEMO/cache" --model "$DEMO/smollm2" --out "$DEMO/run" \
   --batch-size 4 --grad-accum 2 --max-steps 10 --lr 5e-6 --auto-weights \
   --eval-cache "$DEMO/cache/eval" --eval-every 5 --log-every 2
 
+kto-inspect verify "$DEMO/cache"
+kto-inspect summary "$DEMO/cache"
+kto-inspect rows "$DEMO/cache" --where "label = false" --sort ref_logp --limit 2
+kto-inspect run "$DEMO/run"
+kto-inspect score "$DEMO/cache/eval" --model "$DEMO/run/final" --out "$DEMO/eval_scores.parquet"
+
 python - "$DEMO" <<'PY'
 import sys
 import polars as pl
