@@ -8,6 +8,7 @@ python examples/smollm2_to_hf.py "$DEMO/smollm2"
 kto-precompute --data examples/feedback.jsonl --model "$DEMO/smollm2" --out "$DEMO/cache" \
   --max-length 256 --eval-fraction 0.2 --batch-tokens 4096
 
+rm -rf "$DEMO/run"  # a rerun of the quickstart starts a fresh run (kto-train refuses to mix runs)
 kto-train --cache "$DEMO/cache" --model "$DEMO/smollm2" --out "$DEMO/run" \
   --batch-size 4 --grad-accum 2 --max-steps 10 --lr 5e-6 --auto-weights \
   --eval-cache "$DEMO/cache/eval" --eval-every 5 --log-every 2

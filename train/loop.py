@@ -75,6 +75,8 @@ def train(cfg: TrainConfig) -> Path:
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     check_tokenizer(tokenizer, manifest, cfg.model)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
+    if not cfg.resume and ((cfg.out / "metrics.jsonl").exists() or latest_checkpoint(cfg.out)):
+        raise InputError(f"--out {cfg.out}: holds an earlier run; pass --resume to continue it, or choose another directory")
     cfg.out.mkdir(parents=True, exist_ok=True)
 
     resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
@@ -106,7 +108,7 @@ def train(cfg: TrainConfig) -> Path:
         log(f"resumed from {resume_from} at step {position.global_step}", accelerator)
     if accelerator.is_main_process and cfg.report_to != "none":
         accelerator.init_trackers("kto", config={k: str(v) for k, v in vars(cfg).items()})
-    metrics = MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if resume_from else None) if accelerator.is_main_process else None
+    metrics = MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None) if accelerator.is_main_process else None
 
     settings = LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope)
     lengths = cache.lengths()

@@ -184,3 +184,11 @@ def test_a_window_without_one_class_logs_null_not_zero():
     assert out["rewards/chosen"] == pytest.approx(0.2)
     assert out["rewards/rejected"] != out["rewards/rejected"]  # NaN -> null in metrics.jsonl
     assert out["rewards/margins"] != out["rewards/margins"]
+
+
+def test_an_earlier_run_is_not_overwritten_without_resume(full_run, tiny_cache, tiny_model_dir):
+    out, _ = full_run
+    before = (out / "metrics.jsonl").read_text()
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "1")
+    assert result.exit_code == 2 and "--resume" in result.output
+    assert (out / "metrics.jsonl").read_text() == before
