@@ -14,7 +14,7 @@ from kto.formats.logprob import CompletionLogps
 from kto.formats.models import load_causal_lm, load_tokenizer, resolve_source
 from kto.train.config import TrainConfig
 from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan
-from kto.train.loop import disable_dropout, make_accelerator
+from kto.train.setup import disable_dropout, make_accelerator
 from kto.train.step import LossSettings, forward_backward
 
 
