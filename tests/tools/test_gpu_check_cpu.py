@@ -1,0 +1,43 @@
+"""tools/gpu_check.py runs on CPU: the script handed to the GPU machine is proved here first.
+
+One subprocess run of `--shape tiny --quick` (about 15-20 s on 2 cores): every section must run
+without error, correctness must pass, polars must stay out of the import path, and the JSON
+must carry the keys the device report is read from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_check_quick_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path, even on a machine with a GPU
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--shape", "tiny", "--quick", "--json-out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {"versions", "matmul_ceiling", "correctness", "precompute", "startup", "train", "scoring_paths",
+            "polars_imported", "elapsed_s", "ok"} <= set(report)
+    assert report["ok"] is True and report["polars_imported"] is False
+    assert [c["dtype"] for c in report["correctness"]] == ["bfloat16", "float32"]
+    assert all(c["ok"] for c in report["correctness"])
+    pre = report["precompute"]
+    for key in ("tokens_per_s", "mfu", "padding_fraction", "peak_gb", "end_to_end_tokens_per_s", "real_tokens"):
+        assert key in pre, pre
+    assert pre["rows"] == 32 and pre["sequences"] == 64 and 0 <= pre["padding_fraction"] < 1
+    assert {r["variant"] for r in report["train"]} == {"policy-only", "resident-reference"}
+    assert all("step_s" in r and "peak_gb" in r for r in report["train"])
+    assert {"first_run_s", "second_run_s", "model_load_s"} <= set(report["startup"])
+    assert {r["path"] for r in report["scoring_paths"]} == {"kto", "kto-causal", "naive"}
+    assert all(r["max_abs_sum_diff"] < 1e-3 for r in report["scoring_paths"])
+    assert "gpu_check summary" in proc.stdout

@@ -1,0 +1,377 @@
+"""One-call device check of kto-offline on one GPU (issue 5); also runs on CPU with --quick.
+
+Needs only torch, transformers, accelerate, pyarrow, safetensors, click and tokenizers (no
+polars, no flash-attn, no network); nothing is downloaded: the model is a random-init Llama of
+the chosen shape, the tokenizer is built from scratch with `tokenizers`, the data is generated.
+
+  (a) correctness: chunked `kto.formats.token_logps.token_logps` vs the naive fp32 log_softmax,
+      bf16 and fp32, values and gradients, relative errors (and both vs a float64 truth);
+  (b) kto-precompute end to end through `kto.precompute.pipeline.run_precompute` on a realistic
+      length mix (32–max_len tokens, 2 × rows sequences): real tokens/s of the scoring phase
+      (headline) and of the whole command, MFU vs the matmul ceiling measured in this run,
+      padding fraction, peak memory; then the same scorer vs the naive full-vocab path on a
+      subset (tools/bench_precompute.py);
+  (c) kto-train steps: step time and peak memory, policy-only vs resident reference
+      (tools/bench_train_step.py);
+  (d) time to first step of a training run on the existing cache: the data path (manifest +
+      ShardedCache + lengths() + epoch plan + first collate, tokenizer check, model identity),
+      as a first run (shard sha256 verified) and a second one; then kto-train's own
+      `setup()` + first `step_batches()`, with the model load (`load_policy`) reported apart.
+
+Prints one table at the end and writes JSON to --json-out ($OUT/gpu_check.json if $OUT is set).
+
+    pip install --no-deps --no-build-isolation . && python tools/gpu_check.py
+    python tools/gpu_check.py --shape tiny --quick            # CPU, < 30 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_common as C  # noqa: E402
+import bench_precompute  # noqa: E402
+import bench_train_step  # noqa: E402
+
+import kto.precompute.pipeline as pipeline  # noqa: E402
+import kto.train.setup as train_setup  # noqa: E402
+from kto.formats.batching import token_budget_batches  # noqa: E402
+from kto.formats.models import load_tokenizer, model_identity, resolve_source  # noqa: E402
+from kto.formats.numerics import parse_numerics  # noqa: E402
+from kto.formats.token_logps import token_logps  # noqa: E402
+from kto.precompute.config import PrecomputeConfig  # noqa: E402
+from kto.train.checks import check_tokenizer  # noqa: E402
+from kto.train.config import TrainConfig  # noqa: E402
+from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan  # noqa: E402
+from kto.train.loop import step_batches  # noqa: E402
+
+# Figures to beat, from issue 5 (H200, random-init Llama-3.2-1B shape, bf16, SDPA).
+BASELINE = {"naive_tok_s": "149-153k (~51% MFU)", "precompute_target": ">= 210k tok/s (~60% MFU)",
+            "policy_only": "0.158 s, 10.7 GB", "resident": "0.221 s, 13.2 GB", "trl_precompute": "0.241 s, 9.2 GB"}
+CORRECTNESS_TOL = {"bfloat16": 2e-2, "float32": 1e-4}
+# Seconds a section needs at the default sizes (H100/H200 guesses, generous): a section starts
+# only if that much of --time-budget-s is left, so the whole call stays inside its limit.
+NEED_S = {"tiny": dict(correctness=5, precompute=30, startup=10, train=30, scoring_paths=30),
+          "smollm2-135m": dict(correctness=20, precompute=60, startup=15, train=40, scoring_paths=40),
+          "llama-3.2-1b": dict(correctness=20, precompute=90, startup=20, train=60, scoring_paths=60),
+          "llama-3.1-8b": dict(correctness=20, precompute=240, startup=60, train=150, scoring_paths=90)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=sorted(C.SHAPES), default="llama-3.2-1b" if cuda else "tiny")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (the CPU test)")
+    p.add_argument("--rows", type=int, default=None, help="precompute rows (2 sequences each)")
+    p.add_argument("--max-len", type=int, default=None)
+    p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--time-budget-s", type=float, default=420.0, help="skip later sections past this")
+    p.add_argument("--precompute-dtype", default="auto", help="kto-precompute --dtype (auto: amp-bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--train-precisions", default=None, help="comma list of bench_train_step precisions")
+    p.add_argument("--json-out", type=Path, default=Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else Path("gpu_check.json"))
+    p.add_argument("--work-dir", type=Path, default=None, help="keep model, data and cache here (default: a temp dir)")
+    args = p.parse_args(argv)
+    big = args.shape == "llama-3.1-8b"
+    defaults = dict(rows=32, max_len=128, batch_tokens=1024) if args.quick else \
+        dict(rows=1000 if big else 4000, max_len=2048, batch_tokens=16384)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.train_precisions is None:
+        args.train_precisions = "fp32" if not cuda else ("bf16" if big or args.quick else "bf16,amp-bf16")
+    return args
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+
+def check_token_logps(device, quick: bool) -> list[dict]:
+    """Chunked vs naive fp32 log_softmax on random inputs: max relative error of log-probs and of
+    the gradients (hidden, weight), plus each path's error vs float64 on the same rounded inputs."""
+    n, h, v, chunk = (96, 32, 1000, 32) if quick else (4096, 2048, 128256, 1024)
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        g = torch.Generator(device).manual_seed(0)
+        hidden = torch.randn(n, h, device=device, generator=g).to(dtype).requires_grad_()
+        weight = (torch.randn(v, h, device=device, generator=g) * h**-0.5).to(dtype).requires_grad_()
+        targets = torch.randint(0, v, (n,), device=device, generator=g)
+        up = torch.randn(n, device=device, generator=g)
+        chunked = token_logps(hidden, weight, targets, chunk_size=chunk)
+        c_grads = torch.autograd.grad(chunked, (hidden, weight), up)
+        naive = torch.log_softmax((hidden @ weight.T).float(), -1).gather(-1, targets[:, None]).squeeze(1)
+        n_grads = torch.autograd.grad(naive, (hidden, weight), up)
+        with torch.no_grad():
+            truth = torch.log_softmax(hidden.double() @ weight.double().T, -1).gather(-1, targets[:, None]).squeeze(1)
+        rel = _rel_err
+        row = {"dtype": str(dtype).removeprefix("torch."), "tokens": n, "vocab": v,
+               "logp_rel_err": rel(chunked, naive), "grad_hidden_rel_err": rel(c_grads[0], n_grads[0]),
+               "grad_weight_rel_err": rel(c_grads[1], n_grads[1]),
+               "chunked_vs_fp64": rel(chunked, truth), "naive_vs_fp64": rel(naive, truth)}
+        row["ok"] = max(row["logp_rel_err"], row["grad_hidden_rel_err"], row["grad_weight_rel_err"]) < CORRECTNESS_TOL[row["dtype"]]
+        rows.append(row)
+        del hidden, weight, c_grads, n_grads, naive, chunked, truth
+        C.free_memory()
+    return rows
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|, in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def write_data(path: Path, rows: int, max_len: int, vocab_size: int, seed: int = 0) -> Path:
+    """JSONL of random words with lengths from `length_mix`: with the word-level tokenizer a
+    prompt of k words is k + 1 tokens (BOS) and a completion of m words m + 1 (EOS)."""
+    rng = np.random.default_rng(seed)
+    words = lambda n: " ".join(f"w{i}" for i in rng.integers(C.FIRST_WORD_ID, vocab_size, n).tolist())  # noqa: E731
+    with open(path, "w") as f:
+        for i, r in enumerate(C.length_mix(rows, max_len, seed)):
+            f.write(json.dumps({"prompt": words(r.prompt - 1), "completion": " " + words(r.completion - 1), "label": bool(i % 2)}) + "\n")
+    return path
+
+
+class ScoringProbe:
+    """Wraps `score_sequences` inside kto.precompute.pipeline to time the scoring phase and record
+    what was scored. run_precompute has no timing hook; wrapping the one function it calls for
+    scoring measures the CLI's code unchanged."""
+
+    def __init__(self, device):
+        self.device, self.seconds, self.lengths, self.scored, self.padded, self.lm = device, 0.0, [], 0, 0, None
+        self._inner = pipeline.score_sequences
+
+    def __call__(self, scorer, prompts, completions, keys, **kw):
+        lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
+        with C.Timer(self.device) as t:
+            out = self._inner(scorer, prompts, completions, keys, **kw)
+        self.seconds += t.seconds
+        self.lengths += lengths
+        self.scored += sum(len(c) for c in completions)
+        batches = token_budget_batches(lengths, keys, kw["batch_tokens"])
+        self.padded += sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        self.lm = scorer.lm
+        return out
+
+    @contextlib.contextmanager
+    def installed(self):
+        pipeline.score_sequences = self
+        try:
+            yield self
+        finally:
+            pipeline.score_sequences = self._inner
+
+
+def precompute_e2e(work: Path, args, device, ceiling: float) -> dict:
+    """kto-precompute on generated data through run_precompute (the CLI's code)."""
+    # Saved in bf16 on CUDA (half the bytes to write and read); amp-bf16 loads it as fp32.
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with C.Timer(device) as t_build:
+        model_dir = C.save_model_dir(work / "model", args.shape, dtype, device)
+    data = write_data(work / "data.jsonl", args.rows, args.max_len, C.SHAPES[args.shape]["vocab_size"])
+    cfg = PrecomputeConfig(data=(data,), model=str(model_dir), out=work / "cache", max_length=args.max_len,
+                           batch_tokens=args.batch_tokens, rows_per_shard=16 if args.quick else 4096, overwrite=True,
+                           dtype=args.precompute_dtype)
+    mem = C.PeakMemory(device).reset()
+    with ScoringProbe(device).installed() as probe, C.Timer(device) as t:
+        manifests = pipeline.run_precompute(cfg)
+    real = sum(probe.lengths)
+    flops = C.scoring_flops(probe.lm.config, C.param_counts(probe.lm)["non_embedding"], probe.lengths, probe.scored)
+    del probe.lm
+    return {"model_dir": str(model_dir), "cache_dir": str(cfg.out), "numerics": manifests[0].content["dtype"], "rows": manifests[0].counts.rows,
+            "sequences": len(probe.lengths), "real_tokens": real, "scoring_s": probe.seconds,
+            "tokens_per_s": real / probe.seconds, "mfu": flops / probe.seconds / ceiling,
+            "end_to_end_s": t.seconds, "end_to_end_tokens_per_s": real / t.seconds,
+            "padding_fraction": 1 - real / probe.padded, "model_build_save_s": t_build.seconds, **mem.report()}
+
+
+def scoring_paths(args, device, ceiling: float) -> list[dict]:
+    """kto scorer(s) vs the naive full-vocab path on a subset of the mix, same batches, fresh
+    random models: pure bf16 weights on CUDA (the issue's baseline), then kto under amp-bf16
+    (kto-precompute's CUDA default) to relate the two; fp32 on CPU."""
+    rows = max(8, args.rows // 4)
+    seqs = C.mix_sequences(C.length_mix(rows, args.max_len, seed=1), C.SHAPES[args.shape]["vocab_size"], args.max_len, seed=1)
+    runs = [("bf16", ("kto", "kto-causal", "naive")), ("amp-bf16", ("kto",))] if device.type == "cuda" else \
+        [("fp32", ("kto", "kto-causal", "naive"))]
+    out = []
+    for name, paths in runs:
+        numerics = parse_numerics(name, device)
+        lm = C.build_llama(args.shape, numerics.weights, device).eval()
+        out += bench_precompute.compare_paths(lm, *seqs, batch_tokens=args.batch_tokens, device=device, ceiling=ceiling,
+                                              numerics=numerics, paths=paths)
+        del lm
+        C.free_memory()
+    return out
+
+
+def train_steps(args, device) -> list[dict]:
+    b, t, iters = (2, 64, 2) if args.quick else (4, 1024, 10)
+    rows = []
+    for precision in args.train_precisions.split(","):
+        r = bench_train_step.compare(shape=args.shape, precision=precision, batch_size=b, seq_len=t,
+                                     gradient_checkpointing=True, device=device, warmup=1 if args.quick else 2, iters=iters,
+                                     fused_adamw=device.type == "cuda")
+        for row in r["rows"]:
+            rows.append({**row, "time_ratio": r.get("time_ratio"), "memory_ratio": r.get("memory_ratio")})
+    return rows
+
+
+def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: Path) -> dict:
+    """Time to first step of kto-train on an existing cache, model load apart.
+
+    data path (the issue's list): manifest + ShardedCache, tokenizer check, model identity,
+    lengths(), epoch plan, first collate. Run twice: the first run verifies the shard's sha256
+    and records it, the second (what a second training run pays) reuses the record.
+    real setup: `kto.train.setup.setup` + `kto.train.loop.step_batches`, the code kto-train runs,
+    with its `load_policy` (model load from disk) timed apart; what is left includes creating
+    the Accelerator and moving the model to the device in accelerator.prepare.
+    """
+    out = {}
+    for run in ("first_run", "second_run"):
+        with C.Timer(device) as t:
+            cache = ShardedCache(cache_dir)
+            source = resolve_source(str(model_dir))
+            tok = load_tokenizer(source)
+            check_tokenizer(tok, cache.manifest, str(model_dir))
+            is_reference = model_identity(source) == cache.manifest.content["model"]
+            plan = epoch_plan(cache.lengths(), BatchShape(batch_size, 1, 1), seed=0, epoch=0)
+            collate(cache, plan[0, 0, 0], tok.pad_token_id, with_token_logps=is_reference).to(device)
+        out[f"{run}_s"] = t.seconds
+    # kto-train collates each step's batch between optimizer steps, so this adds to step time.
+    later = [plan[k, 0, 0] for k in range(1, min(6, len(plan)))]
+    if later:
+        with C.Timer(device) as t:
+            for idx in later:
+                collate(cache, idx, tok.pad_token_id).to(device)
+        out["collate_per_step_s"] = t.seconds / len(later)
+    loads = []
+    inner = train_setup.load_policy
+
+    def timed_load_policy(cfg, init):
+        with C.Timer(device) as t_load:
+            lm = inner(cfg, init)
+        loads.append(t_load.seconds)
+        return lm
+
+    train_setup.load_policy = timed_load_policy  # setup() looks it up in its module at call time
+    try:
+        cfg = TrainConfig(cache=cache_dir, model=str(model_dir), out=out_dir, batch_size=batch_size, max_steps=1)
+        with C.Timer(device) as t:
+            run = train_setup.setup(cfg)
+            step_batches(run)
+    finally:
+        train_setup.load_policy = inner
+    out.update(setup_s=t.seconds, model_load_s=sum(loads), setup_excl_model_load_s=t.seconds - sum(loads))
+    del run
+    C.free_memory()
+    return out
+
+
+def run_section(name: str, results: dict, budget: Budget, shape: str, fn):
+    """Run one section; a crash or a spent budget is recorded, not raised, so the JSON survives."""
+    need_s = NEED_S[shape][name]
+    if budget.left() < need_s:
+        results[name] = {"skipped": f"time budget ({budget.left():.0f} s left, ~{need_s:.0f} s needed)"}
+        return None
+    t0 = time.perf_counter()
+    try:
+        results[name] = fn()
+    except Exception as exc:
+        traceback.print_exc()
+        results[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    print(f"[gpu_check] {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return results[name]
+
+
+def summary_rows(r: dict) -> list[dict]:
+    """The final table: one line per figure, with the issue's baseline or target beside it."""
+    rows = [{"check": "matmul ceiling TFLOP/s", "value": r["matmul_ceiling"]["flops_per_s"] / 1e12, "target": "751 (H200 bf16)"}]
+    for c in r.get("correctness") or []:
+        if isinstance(c, dict) and "dtype" in c:
+            rows.append({"check": f"token_logps rel err {c['dtype']} (logp/grad_h/grad_w)",
+                         "value": f"{c['logp_rel_err']:.1e}/{c['grad_hidden_rel_err']:.1e}/{c['grad_weight_rel_err']:.1e}",
+                         "target": f"< {CORRECTNESS_TOL[c['dtype']]:g} ({'ok' if c['ok'] else 'FAIL'})"})
+    p = r.get("precompute", {})
+    if "tokens_per_s" in p:
+        rows += [{"check": f"precompute real tok/s (scoring, {p['numerics']})", "value": p["tokens_per_s"], "target": BASELINE["precompute_target"]},
+                 {"check": "precompute MFU", "value": p["mfu"], "target": "~0.60"},
+                 {"check": "precompute real tok/s (end to end)", "value": p["end_to_end_tokens_per_s"], "target": "TRL ~22k"},
+                 {"check": "precompute padding fraction", "value": p["padding_fraction"], "target": "< 0.10"},
+                 {"check": "precompute peak GB", "value": p["peak_gb"], "target": ""}]
+    for s in r.get("scoring_paths") or []:
+        if isinstance(s, dict) and "tokens_per_s" in s:
+            rows.append({"check": f"scoring {s['path']} {s['numerics']}: tok/s, MFU, peak GB", "value": f"{s['tokens_per_s']:,.0f}, {s['mfu']:.3f}, {s['peak_gb']:.2f}",
+                         "target": {"naive": BASELINE["naive_tok_s"], "kto": "peak <= 0.5x naive"}.get(s["path"], "vs kto")})
+    for t in r.get("train") or []:
+        if isinstance(t, dict) and "variant" in t:
+            value = t.get("error") or f"{t['step_s']:.3f} s, {t['peak_gb']:.2f} GB"
+            rows.append({"check": f"train {t['variant']} {t['precision']} {t['batch']} ckpt", "value": value,
+                         "target": {"policy-only": BASELINE["policy_only"], "resident-reference": BASELINE["resident"]}.get(t["variant"], "vs policy-only")})
+            if t["variant"] == "resident-reference" and t.get("time_ratio"):
+                rows.append({"check": "train ratio policy-only/resident (time, mem)", "value": f"{t['time_ratio']:.3f}, {t['memory_ratio']:.3f}", "target": "~0.714 floor"})
+    s = r.get("startup", {})
+    if "second_run_s" in s:
+        rows += [{"check": "2nd run to first batch, data path s", "value": s["second_run_s"], "target": "< 1"},
+                 {"check": "1st run to first batch, data path s (sha256)", "value": s["first_run_s"], "target": ""},
+                 {"check": "kto-train setup()+first batch excl. model load s", "value": s["setup_excl_model_load_s"], "target": "< 1"},
+                 {"check": "kto-train model load s (load_policy)", "value": s["model_load_s"], "target": ""}]
+        if "collate_per_step_s" in s:
+            rows.append({"check": "collate per step s (on the step's critical path)", "value": s["collate_per_step_s"], "target": ""})
+    for name in ("correctness", "precompute", "scoring_paths", "train", "startup"):
+        if isinstance(r.get(name), dict) and ("error" in r[name] or "skipped" in r[name]):
+            rows.append({"check": name, "value": r[name].get("error") or r[name].get("skipped"), "target": ""})
+    rows.append({"check": "polars imported", "value": r["polars_imported"], "target": "False"})
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    budget = Budget(args.time_budget_s)
+    device = C.default_device()
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "versions": C.versions(device)}
+    results["matmul_ceiling"] = C.matmul_ceiling(device, n=1024 if args.quick else None)
+    ceiling = results["matmul_ceiling"]["flops_per_s"]
+    with contextlib.ExitStack() as stack:
+        work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_check-")))
+        work.mkdir(parents=True, exist_ok=True)
+        shape = "tiny" if args.quick else args.shape
+        run_section("correctness", results, budget, shape, lambda: check_token_logps(device, args.quick))
+        pre = run_section("precompute", results, budget, shape, lambda: precompute_e2e(work, args, device, ceiling))
+        if isinstance(pre, dict) and "cache_dir" in pre:
+            run_section("startup", results, budget, shape,
+                        lambda: startup(Path(pre["cache_dir"]), Path(pre["model_dir"]), device, 2 if args.quick else 4, work / "run"))
+        run_section("train", results, budget, shape, lambda: train_steps(args, device))
+        run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling))
+    results["polars_imported"] = "polars" in sys.modules
+    results["elapsed_s"] = args.time_budget_s - budget.left()
+    failed = [n for n in ("correctness", "precompute", "startup", "train", "scoring_paths")
+              if isinstance(results.get(n), dict) and "error" in results[n]]
+    failed += ["correctness"] if any(not c.get("ok", True) for c in results.get("correctness") or [] if isinstance(c, dict)) else []
+    results["ok"] = not failed and not results["polars_imported"]
+    results["versions_at_end"] = info = C.versions(device)
+    print(f"\n{C.describe(info)} | shape {args.shape} | "
+          f"{args.rows} rows, lengths 32-{args.max_len} | {results['elapsed_s']:.0f} s")
+    C.print_table("gpu_check summary", summary_rows(results))
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {args.json_out}" + ("" if results["ok"] else f"; FAILED: {sorted(set(failed)) or 'polars imported'}"))
+    return 0 if results["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
