@@ -68,7 +68,7 @@ def make_token_batch(
 
 
 class CompletionLogps(nn.Module):
-    """Wraps a causal LM: forward(batch tensors) -> per-token completion log-probs, flat [N] fp32.
+    """Wraps a causal LM: forward(input_ids, score_mask) -> completion log-probs, flat [N] fp32.
 
     It is an nn.Module (not a function) so that DDP can wrap it: the policy forward then goes
     through the wrapper and its gradient-sync hooks fire, while the LM head is still applied
@@ -82,10 +82,12 @@ class CompletionLogps(nn.Module):
         # Gemma-2 style models cap their logits; everything else passes None.
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.lm.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
+        # No attention mask, on purpose: batches are right-padded, so under the causal mask no
+        # real token attends to a pad (pads come after it) and the default position ids 0..T-1
+        # are those of each real token. Every scored log-prob is the same as with the padding
+        # mask, and attention may take its causal (flash) kernel instead of a masked one.
+        hidden = self.lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
         # Shift: hidden at t-1 predicts the token at t.
         predict_at = score_mask[:, 1:]
         selected = hidden[:, :-1][predict_at]

@@ -46,7 +46,7 @@ def score_sequences(
     for batch_idx in token_budget_batches(lengths, keys, batch_tokens):
         batch = make_token_batch([prompts[i] for i in batch_idx], [completions[i] for i in batch_idx], pad_id)
         batch = batch.to(device)
-        flat = scorer(batch.input_ids, batch.attention_mask, batch.score_mask)
+        flat = scorer(batch.input_ids, batch.score_mask)
         row_sums = sequence_sums(flat, batch.score_mask).cpu().numpy()
         for i, values, total in zip(batch_idx, split_rows(flat.float().cpu(), batch.score_mask.cpu()), row_sums):
             token_logps[i] = values.numpy()

@@ -8,8 +8,8 @@ Both paths score the same sequences in the same token-budget batches
              logsumexp (no batch × length × vocab tensor);
   (b) naive: the HF model's full-vocab logits, `.float()`, log_softmax over the vocabulary, gather
              the next token, mask to the completion and sum (what most trainers do);
-  (c) kto-causal: (a) without the padding mask (`CausalOnly`), a candidate speed-up: same
-             numbers on right-padded batches, and SDPA may then use its causal flash kernel.
+Path (a) runs without a padding mask (right-padded batches need none under the causal mask);
+the naive path passes the padding mask, as most trainers do.
 
 Data: a realistic length mix (`_bench_common.length_mix`, 32–max_len tokens), two sequences per
 row (main and KL, as kto-precompute scores them). Printed per path: real (non-pad) tokens/s, MFU
@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--numerics", default="bf16" if cuda else "fp32",
                    help="kto.formats.numerics name: bf16 (the issue's baseline), amp-bf16 (kto-precompute's CUDA default), fp32")
-    p.add_argument("--paths", default="kto,kto-causal,naive", help="comma list of kto, kto-causal, naive")
+    p.add_argument("--paths", default="kto,naive", help="comma list of kto, naive")
     p.add_argument("--repeats", type=int, default=1 if cuda else 2, help="passes per path, taking turns; the fastest is kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, default=None)
@@ -79,30 +79,7 @@ def kto_score(lm, prompts, completions, keys, *, batch_tokens: int, pad_id: int,
     return scored.sums.tolist()
 
 
-class CausalOnly(torch.nn.Module):
-    """CompletionLogps without the attention mask (a candidate speed-up, measured here only).
-
-    Batches are right-padded, so under the causal mask no real token ever attends to a pad
-    (pads come after it) and HF's position ids (0..T-1) are the same with or without the mask:
-    every scored log-prob is unchanged (max_abs_sum_diff shows it). Without a padding mask SDPA
-    may take its causal flash kernel and no [B, 1, T, T] mask is built.
-    """
-
-    def __init__(self, scorer: CompletionLogps):
-        super().__init__()
-        self.scorer, self.lm = scorer, scorer.lm
-
-    def forward(self, input_ids, attention_mask, score_mask):
-        return self.scorer(input_ids, None, score_mask)
-
-
-def kto_causal_score(lm, prompts, completions, keys, *, batch_tokens: int, pad_id: int, device, chunk_size: int = 1024) -> list[float]:
-    scorer = CausalOnly(CompletionLogps(lm, chunk_size=chunk_size))
-    scored = score_sequences(scorer, prompts, completions, keys, batch_tokens=batch_tokens, pad_id=pad_id, device=device)
-    return scored.sums.tolist()
-
-
-PATHS = {"kto": kto_score, "kto-causal": kto_causal_score, "naive": naive_score}
+PATHS = {"kto": kto_score, "naive": naive_score}
 
 
 def warmup_subset(prompts, completions, keys, batch_tokens: int):
@@ -114,7 +91,7 @@ def warmup_subset(prompts, completions, keys, batch_tokens: int):
 
 
 def compare_paths(lm, prompts, completions, keys, *, batch_tokens: int, device, ceiling: float, numerics: Numerics,
-                  paths=("kto", "kto-causal", "naive"), chunk_size: int = 1024, repeats: int = 1) -> list[dict]:
+                  paths=("kto", "naive"), chunk_size: int = 1024, repeats: int = 1) -> list[dict]:
     """Time each path over all sequences after a one-batch warmup; one result dict per path.
 
     `lm` holds weights in numerics.weights; every path runs inside numerics.context (autocast

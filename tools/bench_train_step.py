@@ -118,8 +118,8 @@ def with_reference_logps(scorer, batch: KTOBatch) -> KTOBatch:
     """The batch with ref_logp / ref_kl_logp computed by `scorer` under no_grad (the resident
     reference's per-step work; kto-precompute does the same once and caches it)."""
     with torch.no_grad():
-        ref = sequence_sums(scorer(batch.policy.input_ids, batch.policy.attention_mask, batch.policy.score_mask), batch.policy.score_mask)
-        ref_kl = sequence_sums(scorer(batch.kl.input_ids, batch.kl.attention_mask, batch.kl.score_mask), batch.kl.score_mask)
+        ref = sequence_sums(scorer(batch.policy.input_ids, batch.policy.score_mask), batch.policy.score_mask)
+        ref_kl = sequence_sums(scorer(batch.kl.input_ids, batch.kl.score_mask), batch.kl.score_mask)
     return dataclasses.replace(batch, ref_logp=ref, ref_kl_logp=ref_kl)
 
 
@@ -173,11 +173,6 @@ def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size,
     # At step 0 the policy is the reference; policy-only reads these numbers "from the cache".
     batch = with_reference_logps(ref_scorer or model, batch)
     optimizer = build_optimizer(model, SimpleNamespace(lr=1e-6, weight_decay=0.0))
-    if name.endswith("+fused-adamw"):
-        # Candidate change measured here only: kto.train.optim builds the default (foreach) AdamW,
-        # while the HF Trainer (and so TRL) defaults to the fused one on CUDA.
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
-        optimizer = torch.optim.AdamW(groups, lr=1e-6, fused=True)
     scheduler = build_scheduler(optimizer, SimpleNamespace(warmup_ratio=0.0, lr_schedule="constant"), warmup + iters)
     mem.reset()
     times = time_steps(functools.partial(train_step, model, batch, optimizer, scheduler, ref_scorer), device, warmup, iters)
@@ -187,13 +182,11 @@ def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size,
 
 
 def compare(*, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool, device,
-            warmup: int = 1, iters: int = 3, fused_adamw: bool = False) -> dict:
-    """Both variants on the same configuration, plus the ratios policy-only / resident; with
-    fused_adamw, also policy-only with torch's fused AdamW (a candidate change)."""
+            warmup: int = 1, iters: int = 3) -> dict:
+    """Both variants on the same configuration, plus the ratios policy-only / resident."""
     kw = dict(shape=shape, precision=precision, batch_size=batch_size, seq_len=seq_len,
               gradient_checkpointing=gradient_checkpointing, device=device, warmup=warmup, iters=iters)
-    names = ("policy-only", "resident-reference") + (("policy-only+fused-adamw",) if fused_adamw else ())
-    rows = [run_variant(v, **kw) for v in names]
+    rows = [run_variant(v, **kw) for v in ("policy-only", "resident-reference")]
     out = {"rows": rows}
     if all("step_s" in r for r in rows[:2]):
         out["time_ratio"] = rows[0]["step_s"] / rows[1]["step_s"]
@@ -286,7 +279,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--warmup", type=int, default=2 if cuda else 1)
     p.add_argument("--iters", type=int, default=10 if cuda else 2)
-    p.add_argument("--fused-adamw", action="store_true", help="also time policy-only with torch's fused AdamW")
     p.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True, help="also time TRL's KTOTrainer if installed")
     p.add_argument("--json-out", type=Path, default=None)
     return p.parse_args(argv)
@@ -297,7 +289,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     cfg = dict(shape=args.shape, precision=args.precision, batch_size=args.batch_size, seq_len=args.seq_len,
                gradient_checkpointing=args.gradient_checkpointing, device=device)
-    result = compare(**cfg, warmup=args.warmup, iters=args.iters, fused_adamw=args.fused_adamw)
+    result = compare(**cfg, warmup=args.warmup, iters=args.iters)
     rows = result["rows"] + (trl_rows(steps=args.warmup + args.iters + 1, **cfg) if args.trl else [])
     info = C.versions(device)
     print(f"{C.describe(info)} | shape {args.shape} ({args.precision}, {args.batch_size}x{args.seq_len}, "

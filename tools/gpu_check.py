@@ -206,8 +206,8 @@ def scoring_paths(args, device, ceiling: float) -> list[dict]:
     (kto-precompute's CUDA default) to relate the two; fp32 on CPU."""
     rows = max(8, args.rows // 4)
     seqs = C.mix_sequences(C.length_mix(rows, args.max_len, seed=1), C.SHAPES[args.shape]["vocab_size"], args.max_len, seed=1)
-    runs = [("bf16", ("kto", "kto-causal", "naive")), ("amp-bf16", ("kto",))] if device.type == "cuda" else \
-        [("fp32", ("kto", "kto-causal", "naive"))]
+    runs = [("bf16", ("kto", "naive")), ("amp-bf16", ("kto",))] if device.type == "cuda" else \
+        [("fp32", ("kto", "naive"))]
     out = []
     for name, paths in runs:
         numerics = parse_numerics(name, device)
@@ -224,8 +224,7 @@ def train_steps(args, device) -> list[dict]:
     rows = []
     for precision in args.train_precisions.split(","):
         r = bench_train_step.compare(shape=args.shape, precision=precision, batch_size=b, seq_len=t,
-                                     gradient_checkpointing=True, device=device, warmup=1 if args.quick else 2, iters=iters,
-                                     fused_adamw=device.type == "cuda")
+                                     gradient_checkpointing=True, device=device, warmup=1 if args.quick else 2, iters=iters)
         for row in r["rows"]:
             rows.append({**row, "time_ratio": r.get("time_ratio"), "memory_ratio": r.get("memory_ratio")})
     return rows

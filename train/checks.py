@@ -38,7 +38,7 @@ class Drift:
 @torch.no_grad()
 def step0_drift(model, batch: KTOBatch) -> Drift:
     """Max per-token |log πθ − log πref| on one batch, before any update (πθ = πref here)."""
-    flat = model(batch.policy.input_ids, batch.policy.attention_mask, batch.policy.score_mask)
+    flat = model(batch.policy.input_ids, batch.policy.score_mask)
     per_row = split_rows(flat.float().cpu(), batch.policy.score_mask.cpu())
     worst, n = 0.0, 0
     for ours, cached, ok in zip(per_row, batch.ref_token_logps, batch.valid.tolist()):

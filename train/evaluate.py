@@ -33,7 +33,7 @@ def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_siz
         z = kl_estimate(reduced[0], reduced[1])
     stats = torch.zeros(len(STAT_FIELDS), dtype=torch.float64, device=accelerator.device)
     for b in batches:
-        flat = model(b.policy.input_ids, b.policy.attention_mask, b.policy.score_mask)
+        flat = model(b.policy.input_ids, b.policy.score_mask)
         logps = sequence_sums(flat, b.policy.score_mask)
         out = kto_loss(logps, b.ref_logp, b.desirable, z.clamped if z is not None else 0.0, beta=s.beta,
                        desirable_weight=s.desirable_weight, undesirable_weight=s.undesirable_weight, loss_type=s.loss_type)

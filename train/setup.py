@@ -93,7 +93,12 @@ def load_policy(cfg: TrainConfig, init):
     if not cfg.keep_dropout:
         disable_dropout(lm)
     if cfg.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Newer transformers 5.x rename gradient_checkpointing_enable (removed in v6); 5.17 on
+        # the GPU image has only the old name.
+        if hasattr(lm, "activation_checkpointing_enable"):
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
     return lm.train()
 

@@ -53,7 +53,7 @@ def kl_local_sums(model, batches: list[KTOBatch]) -> tuple[torch.Tensor, torch.T
     count = torch.zeros((), dtype=torch.float64, device=total.device)
     with torch.no_grad():
         for b in batches:
-            flat = model(b.kl.input_ids, b.kl.attention_mask, b.kl.score_mask)
+            flat = model(b.kl.input_ids, b.kl.score_mask)
             diff = sequence_sums(flat, b.kl.score_mask) - b.ref_kl_logp
             total += (diff * b.valid).sum()
             count += b.valid.sum()
@@ -90,7 +90,7 @@ def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerato
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync:
-            flat = model(b.policy.input_ids, b.policy.attention_mask, b.policy.score_mask)
+            flat = model(b.policy.input_ids, b.policy.score_mask)
             logps = sequence_sums(flat, b.policy.score_mask)
             out = kto_loss(
                 logps, b.ref_logp, b.desirable, z.clamped if z is not None else 0.0, beta=s.beta,
