@@ -27,7 +27,7 @@ from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.numerics import Numerics, parse_numerics
 from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.scoring import score_sequences
-from kto.formats.shards import sha256_file, write_shard
+from kto.formats.shards import sha256_file, shard_metadata, write_shard
 
 from .config import PrecomputeConfig
 from .output import prepare_out_dir, shard_layout, shard_table, shard_tags
@@ -180,14 +180,15 @@ def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
     numerics = parse_numerics(cfg.dtype, state.device)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens)
     contents = {s.name: content_of(cfg, source, tokenizer, numerics, s.name) for s in splits}
+    fingerprints = {name: fingerprint_of(content) for name, content in contents.items()}
     for s in splits:
         if state.is_main_process:
-            prepare_out_dir(s.out, fingerprint_of(contents[s.name]), layout, cfg.overwrite)
+            prepare_out_dir(s.out, fingerprints[s.name], layout, cfg.overwrite)
         state.wait_for_everyone()
     for s in splits:
         if s.counts.desirable == 0 or s.counts.undesirable == 0:
             log(f"warning: the {s.name} split is all {'desirable' if s.counts.undesirable == 0 else 'undesirable'} ({s.counts.rows} rows); KTO learns from both classes")
-    todo = {s.name: _pending_shards(s, fingerprint_of(contents[s.name]), layout, cfg.rows_per_shard, state) for s in splits}
+    todo = {s.name: _pending_shards(s, fingerprints[s.name], layout, cfg.rows_per_shard, state) for s in splits}
     scorer = None
     if any(todo.values()):
         lm = load_causal_lm(source, dtype=numerics.weights, attn_implementation=cfg.attn_implementation,
@@ -197,8 +198,7 @@ def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
         scorer = CompletionLogps(lm.eval(), chunk_size=cfg.chunk_size)
     manifests = []
     for s in splits:
-        fingerprint = fingerprint_of(contents[s.name])
-        _score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprint, layout, state, numerics)
+        _score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics)
         state.wait_for_everyone()
         manifest = Manifest(
             content=contents[s.name],
@@ -222,8 +222,6 @@ def _shard_slices(n_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
 
 def _pending_shards(s: Split, fingerprint: str, layout: dict, rows_per_shard: int, state) -> list[int]:
     """This process's shards (index ≡ rank mod world) that are not already finished on disk."""
-    from kto.formats.shards import shard_metadata
-
     mine = range(state.process_index, len(_shard_slices(len(s.rows), rows_per_shard)), state.num_processes)
     tags = shard_tags(fingerprint, layout)
     return [k for k in mine if not ((s.out / S.shard_name(k)).is_file() and shard_metadata(s.out / S.shard_name(k)) == tags)]
