@@ -198,3 +198,31 @@ def test_no_token_logps_keeps_sums_only(tmp_path, tiny_model_dir, tiny_cache):
     assert lean.column("ref_token_logps").null_count == lean.num_rows
     np.testing.assert_array_equal(lean.column("ref_logp").to_numpy(), full.column("ref_logp").to_numpy())
     assert read_manifest(out).fingerprint != read_manifest(tiny_cache).fingerprint
+
+
+def test_paired_parquet_and_llama_factory_rows_go_end_to_end(tmp_path, tiny_model_dir):
+    import pyarrow.parquet as pq
+
+    paired = pa.table({
+        "prompt": ["Name a colour.", "Name a fruit."],
+        "chosen": [" Blue.", " Apple."],
+        "rejected": [" Seven.", " Chair."],
+    })
+    pq.write_table(paired, tmp_path / "pairs.parquet")
+    factory = write_rows(tmp_path / "lf.jsonl", [
+        {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}], "kto_tag": True},
+        {"messages": [{"role": "user", "content": "Say bye."}, {"role": "assistant", "content": "No."}], "kto_tag": False},
+    ])
+    out = tmp_path / "c"
+    result = run_cli("--data", str(tmp_path / "pairs.parquet"), "--data", str(factory), "--model", str(tiny_model_dir),
+                     "--out", str(out), "--max-length", "64")
+    assert result.exit_code == 0, result.output
+    rows = read_cache(out).to_pylist()
+    assert [(r["id"], r["label"]) for r in rows] == [
+        ("pairs.parquet:1:chosen", True), ("pairs.parquet:1:rejected", False),
+        ("pairs.parquet:2:chosen", True), ("pairs.parquet:2:rejected", False),
+        ("lf.jsonl:1", True), ("lf.jsonl:2", False),
+    ]
+    # Partners never share the prompt when another prompt exists.
+    prompts = {r["id"]: r["prompt_ids"] for r in rows}
+    assert all(prompts[r["kl_source_id"]] != r["prompt_ids"] for r in rows)

@@ -192,3 +192,23 @@ def test_an_earlier_run_is_not_overwritten_without_resume(full_run, tiny_cache, 
     result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "1")
     assert result.exit_code == 2 and "--resume" in result.output
     assert (out / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.distributed
+def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
+           "-m", "kto.train.cli", "--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(out),
+           *ARGS, "--max-steps", "2", "--eval-cache", str(tiny_cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_lines = [m for m in metrics(out) if m["split"] == "train"]
+    # 2 ranks × batch 2 = 4 rows per step, counted over both ranks.
+    assert [m["count/chosen"] + m["count/rejected"] for m in train_lines] == [4, 4]
+    evals = [m for m in metrics(out) if m["split"] == "eval"]
+    assert evals[0]["count/chosen"] + evals[0]["count/rejected"] == 16  # every eval row once
+    assert (out / "final" / "model.safetensors").is_file()
