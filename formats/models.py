@@ -176,3 +176,13 @@ def tokenizer_identity(tokenizer) -> dict[str, str]:
 def diff_identity(expected: dict, actual: dict) -> list[str]:
     """Names of the parts that differ (missing on either side counts as different)."""
     return sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+
+
+def require_cache_tokenizer(tokenizer, cache_identity: dict, model_flag: str) -> None:
+    """Refuse a model whose tokenizer is not the one the cache's token ids were made with."""
+    differs = diff_identity(cache_identity, tokenizer_identity(tokenizer))
+    if differs:
+        raise InputError(
+            f"--model {model_flag}: tokenizer differs from the cache's ({', '.join(differs)}); "
+            "the cached token ids would mean other words. Use the model the cache was made with."
+        )

@@ -65,7 +65,7 @@ def score_cache(
     import torch
 
     from kto.formats.logprob import CompletionLogps
-    from kto.formats.models import diff_identity, load_causal_lm, load_tokenizer, model_identity, resolve_source, tokenizer_identity
+    from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
     from kto.formats.numerics import parse_numerics
     from kto.formats.scoring import score_sequences
 
@@ -76,10 +76,7 @@ def score_cache(
     manifest = read_manifest(cache_dir)
     source = resolve_source(model)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
-    differs = diff_identity(manifest.content["tokenizer"], tokenizer_identity(tokenizer))
-    if differs:
-        raise InputError(f"--model {model}: tokenizer differs from the cache's ({', '.join(differs)}); "
-                         "its log-probs of the cached token ids would be meaningless")
+    require_cache_tokenizer(tokenizer, manifest.content["tokenizer"], model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
     ref_numerics = manifest.content.get("dtype")

@@ -51,7 +51,7 @@ from kto.formats.models import load_tokenizer, model_identity, resolve_source  #
 from kto.formats.numerics import parse_numerics  # noqa: E402
 from kto.formats.token_logps import token_logps  # noqa: E402
 from kto.precompute.config import PrecomputeConfig  # noqa: E402
-from kto.train.checks import check_tokenizer  # noqa: E402
+from kto.formats.models import require_cache_tokenizer  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
 from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan  # noqa: E402
 from kto.train.loop import step_batches  # noqa: E402
@@ -246,7 +246,7 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
             cache = ShardedCache(cache_dir)
             source = resolve_source(str(model_dir))
             tok = load_tokenizer(source)
-            check_tokenizer(tok, cache.manifest, str(model_dir))
+            require_cache_tokenizer(tok, cache.manifest.content["tokenizer"], str(model_dir))
             is_reference = model_identity(source) == cache.manifest.content["model"]
             plan = epoch_plan(cache.lengths(), BatchShape(batch_size, 1, 1), seed=0, epoch=0)
             collate(cache, plan[0, 0, 0], tok.pad_token_id, with_token_logps=is_reference).to(device)

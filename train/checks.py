@@ -7,10 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kto.formats.errors import InputError
 from kto.formats.logprob import split_rows
-from kto.formats.manifest import Manifest
-from kto.formats.models import diff_identity, tokenizer_identity
 
 from .data import KTOBatch
 
@@ -18,15 +15,6 @@ from .data import KTOBatch
 # dtype. With matching numerics (the defaults) the only differences left come from batch shapes
 # (padding, kernel choice): rounding in fp32, a few ulps of the logits in bf16/fp16.
 DEFAULT_DRIFT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.15, torch.float16: 0.05}
-
-
-def check_tokenizer(tokenizer, manifest: Manifest, model_flag: str) -> None:
-    differs = diff_identity(manifest.content["tokenizer"], tokenizer_identity(tokenizer))
-    if differs:
-        raise InputError(
-            f"--model {model_flag}: tokenizer differs from the cache's ({', '.join(differs)}); "
-            "the cached token ids would mean other words. Use the model the cache was made with."
-        )
 
 
 @dataclass(frozen=True)

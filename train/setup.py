@@ -13,10 +13,10 @@ import torch
 
 from kto.formats.errors import InputError
 from kto.formats.logprob import CompletionLogps
-from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, resolve_source
+from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
 
 from .checkpoint import Position, latest_checkpoint, load_training_state
-from .checks import check_tokenizer, class_balance
+from .checks import class_balance
 from .config import TrainConfig
 from .data import BatchShape, ShardedCache, steps_per_epoch
 from .metrics import MetricsWriter
@@ -110,7 +110,7 @@ def setup(cfg: TrainConfig) -> Run:
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
-    check_tokenizer(tokenizer, manifest, cfg.model)
+    require_cache_tokenizer(tokenizer, manifest.content["tokenizer"], cfg.model)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     if not cfg.resume and ((cfg.out / "metrics.jsonl").exists() or latest_checkpoint(cfg.out)):
         raise InputError(f"--out {cfg.out}: holds an earlier run; pass --resume to continue it, or choose another directory")
