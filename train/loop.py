@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from .config import TrainConfig
 from .data import KTOBatch, ShardedCache, collate, epoch_plan
 from .evaluate import evaluate
 from .setup import Run, log, setup
-from .step import all_reduce_sum, forward_backward, optimizer_step, summarize
+from .step import all_reduce_max, all_reduce_sum, forward_backward, optimizer_step, summarize
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -68,7 +69,10 @@ def check_drift(run: Run, batch: KTOBatch) -> None:
     if batch.ref_token_logps is None or all(x is None for x in batch.ref_token_logps):
         log("step-0 check skipped: the cache has no per-token log-probs (--no-token-logps)", accelerator)
         return
+    # Every rank checks its own first micro-batch; they must all stop or none, or the ranks that
+    # go on would wait for the stopped ones in the next collective.
     drift = step0_drift(run.model, batch)
+    drift = replace(drift, max_abs=all_reduce_max(drift.max_abs, accelerator))
     numerics = train_numerics(cfg.dtype, accelerator.mixed_precision)
     tolerance = cfg.drift_tolerance if cfg.drift_tolerance is not None else DEFAULT_DRIFT_TOLERANCE[numerics.compute]
     log(f"step-0 check: max |Δ log p| per token vs cache = {drift.max_abs:.2e} over {drift.tokens} tokens "

@@ -47,6 +47,13 @@ def all_reduce_sum(values: torch.Tensor, accelerator) -> torch.Tensor:
     return accelerator.reduce(values, reduction="sum")
 
 
+def all_reduce_max(value: float, accelerator) -> float:
+    """The largest `value` over ranks, so that a decision taken on it is the same everywhere."""
+    if accelerator.num_processes == 1:
+        return value
+    return float(accelerator.gather(torch.tensor([value], device=accelerator.device)).max())
+
+
 def kl_local_sums(model, batches: list[KTOBatch]) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ over valid rows of (log πθ(y'|x) − log πref(y'|x)), and the row count, under no_grad."""
     total = torch.zeros((), dtype=torch.float64, device=batches[0].ref_kl_logp.device)
