@@ -70,10 +70,10 @@ def prepare_out_dir(out: Path, fingerprint: str, layout: dict, overwrite: bool) 
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _int_lists(lists: Sequence[Sequence[int]]) -> pa.Array:
-    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
-    np.cumsum([len(x) for x in lists], out=offsets[1:])
-    values = np.fromiter((t for x in lists for t in x), dtype=np.int32, count=int(offsets[-1]))
+def _int_lists(arrays: Sequence[np.ndarray]) -> pa.Array:
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    values = np.concatenate(arrays).astype(np.int32) if len(arrays) else np.zeros(0, np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kto.formats import schema as S
@@ -41,10 +42,10 @@ class CacheRow:
 
     id: str
     label: bool
-    prompt_ids: tuple[int, ...]
-    completion_ids: tuple[int, ...]
+    prompt_ids: np.ndarray  # int32, as TokenizedRow's
+    completion_ids: np.ndarray
     kl_source_id: str
-    kl_completion_ids: tuple[int, ...]
+    kl_completion_ids: np.ndarray
     truncated: bool
 
 

@@ -99,6 +99,6 @@ def test_template_that_renders_the_prompt_differently_is_split_at_the_common_pre
     row = tokenize_example(ex, tok, max_length=128, max_prompt_length=64, bos_id=None)
     assert row.prefix_split
     full = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False)
-    assert tok.decode(row.prompt_ids + row.completion_ids) == full
+    assert tok.decode([*row.prompt_ids, *row.completion_ids]) == full
     assert tok.decode(row.prompt_ids).endswith("<|im_start|>assistant\n")
     assert "hello" in tok.decode(row.completion_ids)
