@@ -30,7 +30,8 @@ class TokenBatch:
     """Right-padded prompt+completion sequences.
 
     input_ids:      [B, T] int64, prompt then completion, then pad
-    attention_mask: [B, T] int64, 1 on real tokens
+    attention_mask: [B, T] int64, 1 on real tokens (for counting: the forward needs no mask,
+                    see CompletionLogps.forward)
     score_mask:     [B, T] bool, True on completion tokens (the ones whose log-prob counts)
     """
 
