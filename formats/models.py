@@ -103,15 +103,29 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _safetensors_header_hash(path: Path) -> str:
-    """sha256 of the JSON header (names, dtypes, shapes, offsets), not of the tensors."""
+# Sampled blocks of tensor data: the safetensors header alone (names, dtypes, shapes) is the same
+# for every checkpoint of one architecture, so two fine-tunes would share an identity. Reading
+# SAMPLE_BLOCKS evenly spaced blocks of the data (4 MiB a file) tells checkpoints apart in
+# milliseconds: training moves every weight, so every block changes.
+SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 64 * 1024
+
+
+def _safetensors_identity(path: Path) -> dict:
+    """Size, sha256 of the JSON header, and sha256 of sampled blocks of the tensor data."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         if not 0 < n <= size - 8:
             raise InputError(f"{path}: cannot load model (not a valid safetensors file)")
-        return _sha256(f.read(n))
+        header = f.read(n)
+        data_start, data_len = 8 + n, size - 8 - n
+        samples = hashlib.sha256()
+        span = max(data_len - SAMPLE_BYTES, 0)
+        for i in range(SAMPLE_BLOCKS):
+            f.seek(data_start + span * i // (SAMPLE_BLOCKS - 1))
+            samples.update(f.read(SAMPLE_BYTES))
+    return {"size": size, "header_sha256": _sha256(header), "sampled_sha256": samples.hexdigest()}
 
 
 def _file_hash(path: Path) -> str:
@@ -125,8 +139,10 @@ def _file_hash(path: Path) -> str:
 def model_identity(source: ModelSource) -> dict:
     """A cheap identity: config hash, and each weight file's size plus header hash.
 
-    safetensors files are identified by size + header hash (milliseconds, whatever the model
-    size) rather than by hashing every tensor on every start, which costs ~10 s for 1B params.
+    safetensors files are identified by size, header hash and 64 sampled 64 KiB blocks of tensor
+    data (milliseconds, whatever the model size) rather than by hashing every tensor on every
+    start, which costs ~10 s for 1B params. The header alone would give every checkpoint of one
+    architecture the same identity.
     Paths are left out, so moving a model does not change its identity.
     """
     identity: dict = {}
@@ -141,7 +157,7 @@ def model_identity(source: ModelSource) -> dict:
         path = source.directory / name
         size = path.stat().st_size
         if path.suffix == ".safetensors":
-            weights[name] = {"size": size, "header_sha256": _safetensors_header_hash(path)}
+            weights[name] = _safetensors_identity(path)
         else:
             # No cheap header to hash: .bin/.pt pickles and GGUF files are hashed whole.
             weights[name] = {"size": size, "sha256": _file_hash(path)}

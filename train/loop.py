@@ -15,7 +15,7 @@ from kto.formats.numerics import train_numerics
 from .checkpoint import Position, save_checkpoint, save_model_dir
 from .checks import DEFAULT_DRIFT_TOLERANCE, step0_drift
 from .config import TrainConfig
-from .data import KTOBatch, ShardedCache, collate, epoch_plan
+from .data import KTOBatch, collate, epoch_plan
 from .evaluate import evaluate
 from .setup import Run, log, setup
 from .step import all_reduce_max, all_reduce_sum, forward_backward, optimizer_step, summarize
@@ -37,11 +37,11 @@ def train(cfg: TrainConfig) -> Path:
         if run.cfg.log_every and (step % run.cfg.log_every == 0 or step == run.total_steps):
             log_window(run, window, grad_norm, time.perf_counter() - window_start)
             window, window_start = None, time.perf_counter()
-        if run.cfg.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
+        if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
             run_eval(run)
         if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
             save(run)
-    if run.cfg.eval_cache:
+    if run.eval_cache:
         run_eval(run)
     return finish(run)
 
@@ -110,7 +110,7 @@ def log_window(run: Run, window: torch.Tensor, grad_norm: float, seconds: float)
 
 def run_eval(run: Run) -> None:
     cfg = run.cfg
-    result = evaluate(run.model, ShardedCache(cfg.eval_cache), run.settings, run.tokenizer.pad_token_id, cfg.batch_size, run.accelerator)
+    result = evaluate(run.model, run.eval_cache, run.settings, run.tokenizer.pad_token_id, cfg.batch_size, run.accelerator)
     if run.metrics:
         run.metrics.write(run.position.global_step, result, split="eval")
     log(f"eval @ {run.position.global_step}: loss {result['loss']:.4f} margin {result['rewards/margins']:.4f}", run.accelerator)

@@ -51,6 +51,7 @@ class Run:
     is_reference: bool
     """--model is the model the cache was scored with (and we did not resume): check step 0."""
     metrics: MetricsWriter | None
+    eval_cache: ShardedCache | None = None
     plan: np.ndarray | None = None
     """The current epoch's plan [steps, world, accum, batch], built once per epoch."""
     plan_epoch: int = -1
@@ -111,6 +112,7 @@ def setup(cfg: TrainConfig) -> Run:
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     require_cache_tokenizer(tokenizer, manifest.content["tokenizer"], cfg.model)
+    eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     if not cfg.resume and ((cfg.out / "metrics.jsonl").exists() or latest_checkpoint(cfg.out)):
         raise InputError(f"--out {cfg.out}: holds an earlier run; pass --resume to continue it, or choose another directory")
@@ -147,4 +149,17 @@ def setup(cfg: TrainConfig) -> Run:
         settings=LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope),
         shape=shape, lengths=cache.lengths(), steps_per_epoch=per_epoch, total_steps=total_steps, position=position,
         is_reference=resume_from is None and model_identity(source) == manifest.content["model"], metrics=metrics,
+        eval_cache=eval_cache,
     )
+
+
+def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:
+    """The eval cache must come from the same reference model and tokenizer as the training
+    cache, or its rewards would be measured against another reference."""
+    if cfg.eval_cache is None:
+        return None
+    cache = ShardedCache(cfg.eval_cache)
+    for part in ("model", "tokenizer"):
+        if cache.manifest.content[part] != manifest.content[part]:
+            raise InputError(f"--eval-cache {cfg.eval_cache}: made with another {part} than --cache {cfg.cache}")
+    return cache

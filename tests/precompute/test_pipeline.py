@@ -226,3 +226,19 @@ def test_paired_parquet_and_llama_factory_rows_go_end_to_end(tmp_path, tiny_mode
     # Partners never share the prompt when another prompt exists.
     prompts = {r["id"]: r["prompt_ids"] for r in rows}
     assert all(prompts[r["kl_source_id"]] != r["prompt_ids"] for r in rows)
+
+
+def test_model_identity_tells_two_checkpoints_of_one_architecture_apart(tmp_path, tokenizer_dir, tiny_model_dir):
+    """Same config and safetensors header, different weights: a fine-tune is not the reference."""
+    from conftest import make_tiny_llama
+
+    from kto.formats.models import model_identity, resolve_source
+
+    other = make_tiny_llama(tmp_path / "other", tokenizer_dir, seed=5)
+    a, b = model_identity(resolve_source(str(tiny_model_dir))), model_identity(resolve_source(str(other)))
+    assert a["config"] == b["config"]
+    wa, wb = a["weights"]["model.safetensors"], b["weights"]["model.safetensors"]
+    assert wa["header_sha256"] == wb["header_sha256"] and wa["sampled_sha256"] != wb["sampled_sha256"]
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model_dir, moved)
+    assert model_identity(resolve_source(str(moved))) == a  # moving a model changes nothing

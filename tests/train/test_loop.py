@@ -212,3 +212,16 @@ def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_model_di
     evals = [m for m in metrics(out) if m["split"] == "eval"]
     assert evals[0]["count/chosen"] + evals[0]["count/rejected"] == 16  # every eval row once
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_eval_cache_from_another_reference_is_refused(tiny_cache, tmp_path, tokenizer_dir):
+    from conftest import chat_rows, make_tiny_llama, precompute_args, write_rows
+
+    from kto.precompute.cli import main as precompute
+
+    other_ref = make_tiny_llama(tmp_path / "other", tokenizer_dir, seed=5)
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    other_cache = tmp_path / "other-cache"
+    assert CliRunner().invoke(precompute, precompute_args(data, other_ref, other_cache)).exit_code == 0
+    result = train_cli(tiny_cache, other_ref, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(other_cache))
+    assert result.exit_code == 2 and "--eval-cache" in result.output and "another model" in result.output
