@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .errors import InputError
 from .token_logps import token_logps
 
 
@@ -80,8 +81,14 @@ class CompletionLogps(nn.Module):
         super().__init__()
         self.lm = lm
         self.chunk_size = chunk_size
-        # Gemma-2 style models cap their logits; everything else passes None.
+        # Gemma-2 style models cap their logits; everything else passes None. Models that scale
+        # their logits after the head would get log-probs they never generate with: refuse them.
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
+        for name in ("logits_scaling", "logit_scale"):
+            if getattr(lm.config, name, None) not in (None, 1, 1.0):
+                raise InputError(f"--model: {type(lm).__name__} scales its logits ({name}); not supported yet")
+        if lm.get_output_embeddings().weight.is_meta:
+            raise InputError("--model: the LM head is offloaded (device_map put it on disk or CPU); give it GPU memory")
 
     def forward(self, input_ids: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
         # No attention mask, on purpose: batches are right-padded, so under the causal mask no
@@ -89,6 +96,8 @@ class CompletionLogps(nn.Module):
         # are those of each real token. Every scored log-prob is the same as with the padding
         # mask, and attention may take its causal (flash) kernel instead of a masked one.
         hidden = self.lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+        # With --device-map the decoder ends on another GPU than it starts; follow its output.
+        input_ids, score_mask = input_ids.to(hidden.device), score_mask.to(hidden.device)
         # Shift: hidden at t-1 predicts the token at t.
         predict_at = score_mask[:, 1:]
         selected = hidden[:, :-1][predict_at]
@@ -99,10 +108,11 @@ class CompletionLogps(nn.Module):
             compute_dtype = torch.get_autocast_dtype(device_type)
         else:
             compute_dtype = head.weight.dtype
+        bias = getattr(head, "bias", None)
         return token_logps(
-            selected, head.weight, targets,
+            selected, head.weight.to(hidden.device), targets,
             compute_dtype=compute_dtype, chunk_size=self.chunk_size,
-            softcap=self.softcap, bias=getattr(head, "bias", None),
+            softcap=self.softcap, bias=None if bias is None else bias.to(hidden.device),
         )
 
 
@@ -111,6 +121,7 @@ def sequence_sums(flat_logps: torch.Tensor, score_mask: torch.Tensor) -> torch.T
 
     Differentiable; float64 so that long completions do not lose the small per-token terms.
     """
+    score_mask = score_mask.to(flat_logps.device)
     rows = torch.arange(score_mask.shape[0], device=score_mask.device)[:, None].expand_as(score_mask)[score_mask]
     out = torch.zeros(score_mask.shape[0], dtype=torch.float64, device=flat_logps.device)
     return out.index_add(0, rows, flat_logps.double())

@@ -25,8 +25,13 @@ class Numerics:
 
     @property
     def name(self) -> str:
+        """fp32 | bf16 | fp16 (no autocast), amp-bf16 | amp-fp16 (fp32 weights under autocast),
+        or e.g. bf16+amp-fp16 for the unusual mixes, so that equal names mean equal numerics."""
         short = {v: k for k, v in _DTYPES.items()}
-        return f"amp-{short[self.autocast]}" if self.autocast is not None else short[self.weights]
+        if self.autocast is None or self.autocast == self.weights:
+            return short[self.weights]  # autocast to the weights' own dtype changes nothing
+        amp = f"amp-{short[self.autocast]}"
+        return amp if self.weights == torch.float32 else f"{short[self.weights]}+{amp}"
 
     @property
     def compute(self) -> torch.dtype:

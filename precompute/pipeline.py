@@ -136,7 +136,8 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer, numerics: Numerics, spl
         "split": split,
         "model": model_identity(source),
         "tokenizer": tokenizer_identity(tokenizer),
-        "inputs": [file_sha256(p) for p in cfg.data],
+        # File names too: rows without an `id` column are named `file:row`.
+        "inputs": [{"name": Path(p).name, "sha256": file_sha256(p)} for p in cfg.data],
         "columns": cfg.columns.as_dict(),
         "max_length": cfg.max_length,
         "max_prompt_length": cfg.max_prompt_length,
@@ -153,7 +154,7 @@ def build_splits(cfg: PrecomputeConfig, tokenizer) -> list[Split]:
     examples = read_examples(cfg.data, cfg.columns)
     rows, dropped = tokenize_all(examples, tokenizer, cfg)
     if len(rows) < 2:
-        raise InputError(f"--data {', '.join(map(str, cfg.data))}: {len(rows)} rows left after dropping {dropped} with empty completions; need at least 2")
+        raise InputError(f"--data {', '.join(map(str, cfg.data))}: {len(rows)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2")
     prefix_splits = sum(r.prefix_split for r in rows)
     train, evals = split_eval(rows, cfg.eval_fraction, cfg.seed)
     splits = []

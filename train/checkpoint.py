@@ -35,14 +35,16 @@ def save_model_dir(lm, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def save_checkpoint(out: Path, lm, tokenizer, optimizer, scheduler, position: Position, fingerprint: str) -> Path:
+def save_checkpoint(out: Path, lm, tokenizer, optimizer, scheduler, position: Position, plan: dict) -> Path:
+    """`plan`: what the data order and LR schedule depend on (see setup.plan_identity); a resume
+    must match it, or rows would be seen twice or skipped."""
     path = out / f"checkpoint-{position.global_step}"
     with atomic_dir(path) as tmp:
         save_model_dir(lm, tokenizer, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-        (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "cache_fingerprint": fingerprint}, indent=2))
+        (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan}, indent=2))
     return path
 
 
@@ -51,9 +53,9 @@ def latest_checkpoint(out: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def load_training_state(path: Path, optimizer, scheduler) -> tuple[Position, str]:
+def load_training_state(path: Path, optimizer, scheduler) -> tuple[Position, dict]:
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
     state = json.loads((path / STATE_NAME).read_text())
-    return Position(**state["position"]), state["cache_fingerprint"]
+    return Position(**state["position"]), state["plan"]

@@ -112,6 +112,10 @@ class TrainConfig:
         for name in ("log_every", "save_every", "eval_every"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
+        if self.save_every and self.log_every and self.save_every % self.log_every:
+            # A resumed run restarts the averaging window at the checkpoint; saving on a log
+            # boundary keeps every logged line equal to the uninterrupted run's.
+            raise InputError(f"--save-every {self.save_every}: must be a multiple of --log-every {self.log_every}")
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: is a file, not a directory")
 

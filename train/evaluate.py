@@ -24,15 +24,20 @@ def eval_slots(num_rows: int, batch_size: int, rank: int, world: int) -> list[np
 
 @torch.no_grad()
 def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_size: int, accelerator) -> dict[str, float]:
-    batches = [collate(cache, slot, pad_id).to(accelerator.device)
-               for slot in eval_slots(cache.num_rows, batch_size, accelerator.process_index, accelerator.num_processes)]
+    """Two streaming passes (z first, then the losses), one micro-batch in memory at a time."""
+    slots = eval_slots(cache.num_rows, batch_size, accelerator.process_index, accelerator.num_processes)
+
+    def batches():
+        for slot in slots:
+            yield collate(cache, slot, pad_id).to(accelerator.device)
+
     z = None
     if s.loss_type.needs_kl:
-        total, count = kl_local_sums(model, batches)
-        reduced = all_reduce_sum(torch.stack([total, count]), accelerator)
+        sums = torch.stack([torch.stack(kl_local_sums(model, [b])) for b in batches()]).sum(0)
+        reduced = all_reduce_sum(sums, accelerator)
         z = kl_estimate(reduced[0], reduced[1])
     stats = torch.zeros(len(STAT_FIELDS), dtype=torch.float64, device=accelerator.device)
-    for b in batches:
+    for b in batches():
         flat = model(b.policy.input_ids, b.policy.score_mask)
         logps = sequence_sums(flat, b.policy.score_mask)
         out = kto_loss(logps, b.ref_logp, b.desirable, z.clamped if z is not None else 0.0, beta=s.beta,

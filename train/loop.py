@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -71,7 +72,8 @@ def check_drift(run: Run, batch: KTOBatch) -> None:
         return
     # Every rank checks its own first micro-batch; they must all stop or none, or the ranks that
     # go on would wait for the stopped ones in the next collective.
-    drift = step0_drift(run.model, batch)
+    with evaluation_mode(run.model):
+        drift = step0_drift(run.model, batch)
     drift = replace(drift, max_abs=all_reduce_max(drift.max_abs, accelerator))
     numerics = train_numerics(cfg.dtype, accelerator.mixed_precision)
     tolerance = cfg.drift_tolerance if cfg.drift_tolerance is not None else DEFAULT_DRIFT_TOLERANCE[numerics.compute]
@@ -84,6 +86,16 @@ def check_drift(run: Run, batch: KTOBatch) -> None:
             f"--model {cfg.model}: step-0 log-probs differ from the cache by up to {drift.max_abs:.3g} per token "
             f"(tolerance {tolerance:g}); {hint}. Match them, or raise --drift-tolerance knowingly."
         )
+
+
+@contextlib.contextmanager
+def evaluation_mode(model):
+    """No dropout while checking or evaluating, even with --keep-dropout; back to train() after."""
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
 
 
 def peak_memory_gb() -> float:
@@ -110,7 +122,8 @@ def log_window(run: Run, window: torch.Tensor, grad_norm: float, seconds: float)
 
 def run_eval(run: Run) -> None:
     cfg = run.cfg
-    result = evaluate(run.model, run.eval_cache, run.settings, run.tokenizer.pad_token_id, cfg.batch_size, run.accelerator)
+    with evaluation_mode(run.model):
+        result = evaluate(run.model, run.eval_cache, run.settings, run.tokenizer.pad_token_id, cfg.batch_size, run.accelerator)
     if run.metrics:
         run.metrics.write(run.position.global_step, result, split="eval")
     log(f"eval @ {run.position.global_step}: loss {result['loss']:.4f} margin {result['rewards/margins']:.4f}", run.accelerator)
@@ -121,7 +134,7 @@ def save(run: Run) -> None:
     acc.wait_for_everyone()
     if acc.is_main_process:
         path = save_checkpoint(run.cfg.out, acc.unwrap_model(run.model).lm, run.tokenizer, run.optimizer, run.scheduler,
-                               run.position, run.cache.manifest.fingerprint)
+                               run.position, run.plan_identity)
         log(f"saved {path}", acc)
     acc.wait_for_everyone()
 

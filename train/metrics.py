@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from kto.formats.atomic import write_bytes_atomic
+
 
 def _step_of(line: str) -> int | None:
     """The step of a metrics line, or None for a blank or half-written one (a crash mid-write)."""
@@ -24,7 +26,7 @@ class MetricsWriter:
         self.accelerator = accelerator
         if resume_step is not None and path.is_file():
             kept = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
         self.file = open(path, "a")
 
     def write(self, step: int, metrics: dict[str, float], split: str = "train") -> None:

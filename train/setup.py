@@ -52,6 +52,7 @@ class Run:
     """--model is the model the cache was scored with (and we did not resume): check step 0."""
     metrics: MetricsWriter | None
     eval_cache: ShardedCache | None = None
+    plan_identity: dict | None = None
     plan: np.ndarray | None = None
     """The current epoch's plan [steps, world, accum, batch], built once per epoch."""
     plan_epoch: int = -1
@@ -63,6 +64,10 @@ def make_accelerator(cfg: TrainConfig):
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
+    if cfg.dtype == "fp16" and mixed != "no":
+        # fp16 weights under autocast: GradScaler cannot unscale fp16 gradients, and bf16
+        # autocast over fp16 weights mixes two half formats.
+        raise InputError(f"--dtype fp16: needs --mixed-precision no (it resolved to {mixed})")
     log_with = None if cfg.report_to == "none" else cfg.report_to
     # gradient_accumulation_steps stays 1: step.py accumulates and normalises explicitly.
     # cpu=True without CUDA: accelerate only starts a gloo group for several CPU processes then.
@@ -132,10 +137,15 @@ def setup(cfg: TrainConfig) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
 
     position = Position(0, 0, 0)
+    plan = plan_identity(cfg, manifest.fingerprint, accelerator.num_processes, total_steps)
     if resume_from is not None:
-        position, fingerprint = load_training_state(resume_from, optimizer, scheduler)
-        if fingerprint != manifest.fingerprint:
-            raise InputError(f"--resume: {resume_from} was trained on another cache than --cache {cfg.cache}")
+        position, saved = load_training_state(resume_from, optimizer, scheduler)
+        differs = sorted(k for k in plan if saved.get(k) != plan[k])
+        if differs:
+            raise InputError(
+                f"--resume: {resume_from} was made with other " + ", ".join(f"{k} ({saved.get(k)} there, {plan[k]} now)" for k in differs)
+                + "; the data order and LR schedule depend on them"
+            )
         log(f"resumed from {resume_from} at step {position.global_step}", accelerator)
     if accelerator.is_main_process and cfg.report_to != "none":
         accelerator.init_trackers("kto", config={k: str(v) for k, v in vars(cfg).items()})
@@ -149,8 +159,14 @@ def setup(cfg: TrainConfig) -> Run:
         settings=LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope),
         shape=shape, lengths=cache.lengths(), steps_per_epoch=per_epoch, total_steps=total_steps, position=position,
         is_reference=resume_from is None and model_identity(source) == manifest.content["model"], metrics=metrics,
-        eval_cache=eval_cache,
+        eval_cache=eval_cache, plan_identity=plan,
     )
+
+
+def plan_identity(cfg: TrainConfig, cache_fingerprint: str, world_size: int, total_steps: int) -> dict:
+    """Everything the epoch plans and the LR schedule depend on."""
+    return {"cache_fingerprint": cache_fingerprint, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+            "world_size": world_size, "seed": cfg.seed, "total_steps": total_steps}
 
 
 def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:

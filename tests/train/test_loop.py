@@ -225,3 +225,19 @@ def test_eval_cache_from_another_reference_is_refused(tiny_cache, tmp_path, toke
     assert CliRunner().invoke(precompute, precompute_args(data, other_ref, other_cache)).exit_code == 0
     result = train_cli(tiny_cache, other_ref, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(other_cache))
     assert result.exit_code == 2 and "--eval-cache" in result.output and "another model" in result.output
+
+
+def test_resume_with_another_batch_shape_is_refused(full_run, tiny_cache, tiny_model_dir, tmp_path):
+    out, _ = full_run
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
+    result = CliRunner().invoke(main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(crashed),
+                                       "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--warmup-ratio", "0.2",
+                                       "--max-steps", "6", "--save-every", "3", "--resume"])
+    assert result.exit_code == 2 and "batch_size (2 there, 4 now)" in result.output
+
+
+def test_save_every_must_be_a_multiple_of_log_every(tiny_cache, tiny_model_dir, tmp_path):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--log-every", "2", "--save-every", "3")
+    assert result.exit_code == 2 and "--save-every 3: must be a multiple of --log-every 2" in result.output
