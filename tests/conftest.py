@@ -105,19 +105,36 @@ def precompute_args(data: Path, model: Path, out: Path, *extra: str) -> list[str
             "--max-length", "64", "--rows-per-shard", "5", "--batch-tokens", "256", *extra]
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory, tiny_model_dir) -> Path:
-    """A finished cache of chat rows (16 rows, 4 shards) made by the CLI's own code path."""
+def make_cache(root: Path, rows: list[dict], model: Path, name: str = "data.jsonl") -> Path:
+    """Run kto-precompute's CLI on `rows`; return the finished cache directory."""
     from click.testing import CliRunner
 
     from kto.precompute.cli import main
 
-    root = tmp_path_factory.mktemp("tiny-cache")
-    data = write_rows(root / "chat.jsonl", chat_rows())
+    data = write_rows(root / name, rows)
     out = root / "cache"
-    result = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, out), catch_exceptions=False)
+    result = CliRunner().invoke(main, precompute_args(data, model, out), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
+
+
+def tampered_copy(cache: Path, dest: Path, shard: str = "shard-00001.arrow") -> Path:
+    """A copy of `cache` with one byte of `shard` flipped and no verification record."""
+    import shutil
+
+    shutil.copytree(cache, dest)
+    (dest / ".verified.json").unlink(missing_ok=True)
+    path = dest / shard
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory, tiny_model_dir) -> Path:
+    """A finished cache of chat rows (16 rows, 4 shards) made by the CLI's own code path."""
+    return make_cache(tmp_path_factory.mktemp("tiny-cache"), chat_rows(), tiny_model_dir, "chat.jsonl")
 
 
 @pytest.fixture(autouse=True)

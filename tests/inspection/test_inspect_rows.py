@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import precompute_args, text_rows, write_rows
+from conftest import make_cache, text_rows
 
 import kto.formats
 from kto.inspection.cli import main
@@ -14,14 +14,7 @@ from kto.inspection.cli import main
 @pytest.fixture(scope="module")
 def text_cache(tmp_path_factory, tiny_model_dir):
     """Plain-text rows (no chat template), so decoded text can be compared with the source."""
-    from kto.precompute.cli import main as precompute
-
-    root = tmp_path_factory.mktemp("text-cache")
-    data = write_rows(root / "text.jsonl", text_rows())
-    out = root / "cache"
-    result = CliRunner().invoke(precompute, precompute_args(data, tiny_model_dir, out), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return out
+    return make_cache(tmp_path_factory.mktemp("text-cache"), text_rows(), tiny_model_dir, "text.jsonl")
 
 
 def rows_json(cache, *args):

@@ -1,12 +1,12 @@
 """kto-inspect score: the reference scores reward 0; another policy gives β·(log πθ − log πref)."""
 
-import json
 import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import tampered_copy
 
 import kto.formats
 from kto.formats.manifest import read_manifest
@@ -55,13 +55,8 @@ def test_bad_flags(tiny_cache, tiny_model_dir, tmp_path, args, message):
 
 
 def test_tampered_shard_is_refused(tiny_cache, tiny_model_dir, tmp_path):
-    cache = tmp_path / "cache"
-    shutil.copytree(tiny_cache, cache)
-    (cache / ".verified.json").unlink(missing_ok=True)
+    cache = tampered_copy(tiny_cache, tmp_path / "cache")
     path = cache / "shard-00001.arrow"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
     result = invoke("score", cache, "--model", tiny_model_dir, "--out", tmp_path / "s.parquet")
     assert result.exit_code == 2
     assert f"{path}: sha256" in result.stderr and "kto-inspect verify" in result.stderr

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from kto.formats import schema as S
-from kto.formats.manifest import Manifest, ShardEntry, read_manifest
+from kto.formats.manifest import ShardEntry, read_manifest
 from kto.formats.shards import ShardVerifier, shard_metadata, write_shard
 from kto.inspection.cli import main
 

@@ -56,16 +56,9 @@ def test_shards_are_hashed_once_then_trusted_until_modified(tiny_cache, monkeypa
 
 
 def test_tampered_shard_is_refused(tiny_cache, tmp_path):
-    import shutil
+    from conftest import tampered_copy
 
-    copy = tmp_path / "cache"
-    shutil.copytree(tiny_cache, copy)
-    (copy / ".verified.json").unlink(missing_ok=True)
-    shard = copy / "shard-00001.arrow"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    cache = ShardedCache(copy)
+    cache = ShardedCache(tampered_copy(tiny_cache, tmp_path / "cache"))
     cache.table(0)
     with pytest.raises(ValueError, match="shard-00001.arrow: sha256"):
         cache.table(1)
