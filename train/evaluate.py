@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kto.formats.logprob import sequence_sums
 
 from .data import ShardedCache, collate
-from .loss import kl_estimate, kto_loss
-from .step import STAT_FIELDS, LossSettings, all_reduce_sum, batch_stats, desirable_token_mask, kl_local_sums, summarize
+from .loss import kl_estimate
+from .step import STAT_FIELDS, LossSettings, all_reduce_sum, batch_stats, kl_local_sums, policy_pass, summarize
 
 
 def eval_slots(num_rows: int, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
@@ -38,12 +37,8 @@ def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_siz
         z = kl_estimate(reduced[0], reduced[1])
     stats = torch.zeros(len(STAT_FIELDS), dtype=torch.float64, device=accelerator.device)
     for b in batches():
-        flat = model(b.policy.input_ids, b.policy.score_mask)
-        logps = sequence_sums(flat, b.policy.score_mask)
-        out = kto_loss(logps, b.ref_logp, b.desirable, z.clamped if z is not None else 0.0, beta=s.beta,
-                       desirable_weight=s.desirable_weight, undesirable_weight=s.undesirable_weight, loss_type=s.loss_type)
-        nll_sum = -(flat.double() * desirable_token_mask(b)).sum()
-        stats += batch_stats(b, out, logps, nll_sum, None, first=False)
+        p = policy_pass(model, b, s, z)
+        stats += batch_stats(b, p.out, p.logps, p.nll_sum, None, first=False)
     stats = all_reduce_sum(stats, accelerator)
     out = summarize(stats)
     out.pop("tokens")

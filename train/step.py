@@ -21,7 +21,7 @@ import torch
 from kto.formats.logprob import sequence_sums
 
 from .data import KTOBatch
-from .loss import KLEstimate, LossType, kl_estimate, kto_loss
+from .loss import KLEstimate, KTOLossOutput, LossType, kl_estimate, kto_loss
 
 # The per-step statistics, summed over micro-batches and then over ranks in one all-reduce.
 STAT_FIELDS = (
@@ -79,6 +79,28 @@ def desirable_token_mask(b: KTOBatch) -> torch.Tensor:
     return keep[b.policy.score_mask]
 
 
+@dataclass(frozen=True)
+class PolicyPass:
+    """One micro-batch through the policy: flat token log-probs [N], sequence sums [B] (float64),
+    per-example losses, and the NLL summed over valid desirable completion tokens."""
+
+    flat: torch.Tensor
+    logps: torch.Tensor
+    out: KTOLossOutput
+    nll_sum: torch.Tensor
+
+
+def policy_pass(model, b: KTOBatch, s: LossSettings, z: KLEstimate | None) -> PolicyPass:
+    """The policy forward and the loss maths, shared by training (with grad) and evaluation."""
+    flat = model(b.policy.input_ids, b.policy.score_mask)
+    logps = sequence_sums(flat, b.policy.score_mask)
+    out = kto_loss(
+        logps, b.ref_logp, b.desirable, z.clamped if z is not None else 0.0, beta=s.beta,
+        desirable_weight=s.desirable_weight, undesirable_weight=s.undesirable_weight, loss_type=s.loss_type,
+    )
+    return PolicyPass(flat, logps, out, -(flat.double() * desirable_token_mask(b)).sum())
+
+
 def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerator) -> torch.Tensor:
     """Accumulate this process's gradients for one step; return the local STAT_FIELDS vector."""
     device = batches[0].ref_logp.device
@@ -97,18 +119,12 @@ def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerato
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync:
-            flat = model(b.policy.input_ids, b.policy.score_mask)
-            logps = sequence_sums(flat, b.policy.score_mask)
-            out = kto_loss(
-                logps, b.ref_logp, b.desirable, z.clamped if z is not None else 0.0, beta=s.beta,
-                desirable_weight=s.desirable_weight, undesirable_weight=s.undesirable_weight, loss_type=s.loss_type,
-            )
-            kto_part = (out.losses * b.valid).sum() / max(n_step, 1.0)
-            nll_sum = -(flat.double() * desirable_token_mask(b)).sum()
-            sft_part = nll_sum / t_desirable if t_desirable > 0 else nll_sum * 0
+            p = policy_pass(model, b, s, z)
+            kto_part = (p.out.losses * b.valid).sum() / max(n_step, 1.0)
+            sft_part = p.nll_sum / t_desirable if t_desirable > 0 else p.nll_sum * 0
             loss = kto_part + s.sft_weight * sft_part if s.sft_weight else kto_part
             accelerator.backward(loss * accelerator.num_processes)
-        stats += batch_stats(b, out, logps.detach(), nll_sum.detach(), z, first=(i == 0 or s.kl_scope == "microbatch"))
+        stats += batch_stats(b, p.out, p.logps.detach(), p.nll_sum.detach(), z, first=(i == 0 or s.kl_scope == "microbatch"))
     return stats
 
 
