@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .shards import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -128,14 +129,6 @@ def _safetensors_identity(path: Path) -> dict:
     return {"size": size, "header_sha256": _sha256(header), "sampled_sha256": samples.hexdigest()}
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_identity(source: ModelSource) -> dict:
     """A cheap identity: config hash, and each weight file's size plus header hash.
 
@@ -160,7 +153,7 @@ def model_identity(source: ModelSource) -> dict:
             weights[name] = _safetensors_identity(path)
         else:
             # No cheap header to hash: .bin/.pt pickles and GGUF files are hashed whole.
-            weights[name] = {"size": size, "sha256": _file_hash(path)}
+            weights[name] = {"size": size, "sha256": sha256_file(path)}
     identity["weights"] = weights
     if source.hub_id:
         identity["hub_revision"] = source.directory.name  # snapshot dir name is the commit hash

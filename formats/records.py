@@ -7,7 +7,6 @@ examples.py's business. pyarrow and the standard library only: polars stays out 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +16,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .shards import sha256_file
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + ARROW_SUFFIXES
@@ -24,14 +24,10 @@ SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + ARROW_SUFFIXES
 
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks so large inputs never sit in memory whole."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_file(path)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({one_line(e.strerror or e)})") from e
-    return digest.hexdigest()
 
 
 # ---- files -> (row, record) ------------------------------------------------------------------
