@@ -179,7 +179,7 @@ def test_two_processes_write_the_same_cache_as_one(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(*precompute_args(data, tiny_model_dir, one)).exit_code == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "kto.precompute.cli", *precompute_args(data, tiny_model_dir, two)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -201,7 +201,7 @@ def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_model_di
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "kto.train.cli", "--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(out),
            *ARGS, "--max-steps", "2", "--eval-cache", str(tiny_cache)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)

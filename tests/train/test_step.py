@@ -18,7 +18,7 @@ def run_probe(tiny_cache, tiny_model_dir, out, batch, accum, scope="step", procs
     if procs == 1:
         cmd = [sys.executable, str(HERE / "grad_probe.py"), *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", "29519",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone",
                str(HERE / "grad_probe.py"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
