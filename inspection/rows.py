@@ -1,9 +1,13 @@
 """kto-inspect rows: pick rows with an SQL condition, show their text and per-token log-probs.
 
-`--where` and `--sort` are parsed by `polars.sql_expr` into expressions: user text is never
-evaluated as Python. Besides the shard columns (formats/schema.py) they may use the derived
-columns in DERIVED. Text is decoded with the tokenizer stored in the cache (CACHE/tokenizer),
-so what is shown is exactly what the reference model scored.
+`--where` and `--sort` are SQL *expressions* over the cache's rows, nothing more. Each is first
+checked against a whitelist (`check_expression`): column names (the shard columns of
+formats/schema.py and DERIVED), literals, operators, a few keywords and the scalar functions in
+FUNCTIONS. Anything else is refused before polars sees it: `SELECT`, `FROM`, subqueries and
+table functions such as `read_csv(...)`, which would read files outside the cache and could
+echo their contents in an error. Only then does `polars.sql_expr` turn the text into an
+expression; user text is never evaluated as Python. Text is decoded with the tokenizer stored
+in the cache (CACHE/tokenizer), so what is shown is exactly what the reference model scored.
 """
 
 from __future__ import annotations
@@ -23,6 +27,25 @@ DERIVED = {
     "kl_completion_len": "KL completion tokens",
     "ref_logp_per_token": "ref_logp / completion_len",
 }
+# Scalar functions of polars SQL that touch nothing but their arguments.
+FUNCTIONS = frozenset("""
+    abs ceil floor round sqrt exp ln log10 log2 power pow mod sign greatest least coalesce nullif
+    length char_length lower upper starts_with ends_with strpos substr left right concat regexp_like
+    ltrim rtrim reverse replace array_length array_sum array_mean array_contains array_get
+""".split())
+KEYWORDS = frozenset("""
+    and or not is null true false like ilike in between case when then else end cast as asc desc
+    int integer bigint smallint tinyint float double real decimal numeric varchar text string boolean bool
+""".split())
+_STATEMENT_WORDS = frozenset("SELECT FROM WITH JOIN UNION VALUES TABLE LATERAL EXCEPT INTERSECT WHERE".split())
+_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<string>'(?:[^']|'')*')
+  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<quoted>"[^"]*")
+  | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op><=|>=|<>|!=|==|\|\||::|!~|[=<>+\-*/%~(),])
+""", re.VERBOSE)
 _ORDER = re.compile(r"^(?P<expr>.*?)(?:\s+(?P<dir>asc|desc))?$", re.IGNORECASE | re.DOTALL)
 
 
@@ -55,9 +78,40 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts + [text[start:]]]
 
 
+def check_expression(text: str, flag: str) -> None:
+    """Refuse `text` unless every token is on the whitelist (see the module docstring).
+
+    The message quotes only the user's own text, never data read from anywhere.
+    """
+    columns = set(S.SHARD_SCHEMA.names) | set(DERIVED)
+    tokens, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise InputError(f"{flag} {text!r}: unexpected character {text[pos]!r} at {pos + 1}")
+        if m.lastgroup != "space":
+            tokens.append((m.lastgroup, m.group()))
+        pos = m.end()
+    for i, (kind, value) in enumerate(tokens):
+        calls = i + 1 < len(tokens) and tokens[i + 1][1] == "("
+        if kind == "quoted" and value[1:-1] not in columns:
+            raise InputError(f"{flag} {text!r}: {value} is not a column (columns: {', '.join(sorted(columns))})")
+        if kind != "word" or value.lower() in KEYWORDS:
+            continue
+        if calls and value.lower() not in FUNCTIONS:
+            raise InputError(f"{flag} {text!r}: function {value}(...) is not allowed; no table functions "
+                             f"(functions: {', '.join(sorted(FUNCTIONS))})")
+        if not calls and value not in columns:
+            if value.upper() in _STATEMENT_WORDS:
+                raise InputError(f"{flag} {text!r}: {value.upper()} is not allowed; {flag} is an expression "
+                                 "over the cache's columns (no subqueries or table functions)")
+            raise InputError(f"{flag} {text!r}: {value!r} is not a column (columns: {', '.join(sorted(columns))})")
+
+
 def _sql(text: str, flag: str):
     import polars as pl
 
+    check_expression(text, flag)
     try:
         return pl.sql_expr(text)
     except (pl.exceptions.PolarsError, ValueError) as exc:
@@ -79,6 +133,7 @@ def select_rows(cache_dir: str | Path, *, where: str | None = None, sort: str | 
         lf = lf.filter(_sql(where, "--where"))
         _check(lf, "--where", where)
     if sort:
+        check_expression(sort, "--sort")  # the whole text first, so a refusal quotes all of it
         keys, descending = [], []
         for item in _split_top_level(sort):
             m = _ORDER.match(item)
