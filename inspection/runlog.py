@@ -20,9 +20,11 @@ from kto.formats.errors import InputError
 METRICS_NAME = "metrics.jsonl"
 
 # Metric -> the count that must be positive for it to mean anything. kto-train logs
-# rewards/chosen = 0.0 for a step without desirable rows; such points are left out, not drawn
-# as zeros. (`chosen`/`rejected` mirror TRL's metric names; here they mean desirable/undesirable.)
+# rewards/chosen = null (NaN) for a window without desirable rows, and such points are left out
+# of plots and checks; older runs logged 0.0 there, which is left out the same way.
+# (`chosen`/`rejected` mirror TRL's metric names; here they mean desirable/undesirable.)
 NEEDS = {
+    "sft_loss": ("count/chosen",),  # the NLL of desirable completions
     "rewards/chosen": ("count/chosen",),
     "logps/chosen": ("count/chosen",),
     "rewards/rejected": ("count/rejected",),
@@ -101,9 +103,36 @@ def _trend(log: RunLog, name: str, what: str, split: str = "train") -> str | Non
     return f"{what} {word}: {values[0]:.4g} (step {steps[0]}) -> {values[-1]:.4g} (step {steps[-1]})"
 
 
-def checks(log: RunLog) -> list[str]:
-    """Sentences answering: is the KL stuck at 0, did rewards move the right way?"""
+def _non_finite(value) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def non_finite_metrics(log: RunLog) -> list[str]:
+    """'loss at steps 3, 4' for each metric that is null (kto-train writes NaN and inf as null)
+    or non-finite where it should have a value. A class metric of a window without that class
+    (NEEDS) is null by design and is not counted."""
     out = []
+    for split, records in (("", log.train), ("eval ", log.eval)):
+        steps: dict[str, list[int]] = {}
+        for rec in records:
+            for name, value in rec.items():
+                if name in ("step", "split") or not _non_finite(value):
+                    continue
+                if any(not rec.get(c, 1) for c in NEEDS.get(name, ())):
+                    continue
+                steps.setdefault(name, []).append(rec["step"])
+        for name, at in steps.items():
+            shown = ", ".join(map(str, at[:5])) + (f", … ({len(at)} steps)" if len(at) > 5 else "")
+            out.append(f"{split}{name} at step{'s' if len(at) > 1 else ''} {shown}")
+    return out
+
+
+def checks(log: RunLog) -> list[str]:
+    """Sentences answering: are all metrics finite, is the KL stuck at 0, did rewards move the right way?"""
+    out = []
+    bad = non_finite_metrics(log)
+    if bad:
+        out.append(f"NON-FINITE metrics (NaN or inf, written as null): {'; '.join(bad)}; the run diverged or its cache holds NaN")
     _, kl = log.series("kl")
     _, kl_raw = log.series("kl_raw")
     if kl:

@@ -93,6 +93,29 @@ def test_steps_without_a_class_are_left_out(tmp_path):
     assert "desirable rewards rose: 0.2 (step 2) -> 0.3 (step 3)" in r["checks"]
 
 
+def test_non_finite_metrics_are_flagged_with_metric_and_step(tmp_path):
+    """kto-train writes NaN and inf as null. A null loss or grad_norm is flagged, naming the
+    metric and the steps; a class metric of a window without that class is null by design."""
+    recs = [
+        record(1, **{"count/chosen": 0.0, "rewards/chosen": None, "rewards/margins": None}),  # by design
+        record(2, grad_norm=None),
+        record(3, loss=None, grad_norm=None),
+        {**record(4, split="eval"), "kl": None},
+    ]
+    write_metrics(tmp_path / "metrics.jsonl", recs)
+    result = invoke("run", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)["checks"]
+    assert found[0] == ("NON-FINITE metrics (NaN or inf, written as null): grad_norm at steps 2, 3; loss at step 3; "
+                        "eval kl at step 4; the run diverged or its cache holds NaN")
+    # Python's json also reads the non-standard NaN / Infinity tokens: flagged the same way.
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record(1)) + "\n" + json.dumps(record(2, loss=float("inf"))) + "\n")
+    found = json.loads(invoke("run", tmp_path, "--json").stdout)["checks"]
+    assert found[0].startswith("NON-FINITE metrics (NaN or inf, written as null): loss at step 2;")
+    write_metrics(tmp_path / "metrics.jsonl", [record(1), record(2)])
+    assert not any("NON-FINITE" in c for c in json.loads(invoke("run", tmp_path, "--json").stdout)["checks"])
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "metrics.jsonl: no such file; is {d} a kto-train --out directory?"),
     ("", "metrics.jsonl: no metrics to show (it is empty)"),
