@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .atomic import write_json_atomic
@@ -70,8 +71,9 @@ class Manifest:
         return out
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Manifest":
-        return cls(
+    def from_json(cls, obj: dict) -> Manifest:
+        """Build from parsed JSON; InputError (without the file name) on a bad shard list or count."""
+        manifest = cls(
             content=obj["content"],
             layout=obj["layout"],
             counts=Counts(**obj["counts"]),
@@ -79,9 +81,58 @@ class Manifest:
             info=obj.get("info", {}),
             format_version=obj["format_version"],
         )
+        _check_shard_entries(manifest.shards)
+        _check_counts(manifest)
+        return manifest
 
     def write(self, cache_dir: Path) -> None:
         write_json_atomic(Path(cache_dir) / MANIFEST_NAME, self.to_json())
+
+
+# Precompute names shards `shard-00000.arrow`, … (schema.shard_name). Anything else is refused,
+# so a listed name can neither point outside the cache (absolute, `..`, a separator) nor be a
+# glob that `pl.scan_ipc` would expand into unlisted files.
+_SHARD_NAME = re.compile(r"shard-[0-9]+\.arrow")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_count(value) -> bool:
+    # bool is an int subclass in Python; `true` is not a row count.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_shard_entries(shards: list[ShardEntry]) -> None:
+    seen = set()
+    for i, entry in enumerate(shards):
+        name, what = entry.name, f"shards[{i}]"
+        if not isinstance(name, str) or not name:
+            raise InputError(f"{what}.name {name!r} is not a file name")
+        if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+            raise InputError(f"{what}.name {name!r} is an absolute path; shard names are plain file names")
+        if ".." in name:
+            raise InputError(f"{what}.name {name!r} contains '..'; shard names are plain file names")
+        if "/" in name or "\\" in name:
+            raise InputError(f"{what}.name {name!r} contains a path separator; shard names are plain file names")
+        if not _SHARD_NAME.fullmatch(name):
+            raise InputError(f"{what}.name {name!r} is not a shard name (shard-N.arrow)")
+        if name in seen:
+            raise InputError(f"{what}.name {name!r} is listed twice")
+        seen.add(name)
+        if not _is_count(entry.rows):
+            raise InputError(f"{what}.rows {entry.rows!r} ({name}) is not a non-negative integer")
+        if not isinstance(entry.sha256, str) or not _SHA256.fullmatch(entry.sha256):
+            raise InputError(f"{what}.sha256 {entry.sha256!r} ({name}) is not a sha256 hex digest")
+
+
+def _check_counts(manifest: Manifest) -> None:
+    c = manifest.counts
+    for f in fields(Counts):
+        value = getattr(c, f.name)
+        if not _is_count(value):
+            raise InputError(f"counts.{f.name} {value!r} is not a non-negative integer")
+    listed = sum(s.rows for s in manifest.shards)
+    if listed != c.rows:
+        raise InputError(f"its shard entries list {listed} rows, counts.rows is {c.rows}")
 
 
 def read_manifest(cache_dir: str | Path) -> Manifest:
@@ -92,6 +143,8 @@ def read_manifest(cache_dir: str | Path) -> Manifest:
     try:
         obj = json.loads(path.read_text())
         manifest = Manifest.from_json(obj)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: unreadable manifest ({type(exc).__name__}: {exc})") from exc
     if manifest.format_version != FORMAT_VERSION:

@@ -6,21 +6,28 @@ reader can memory-map them: RAM does not grow with the dataset, the page cache d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from . import schema as S
 from .atomic import atomic_path, write_json_atomic
+from .errors import InputError
 from .schema import SHARD_SCHEMA, check_schema
 
 # Shard-level schema metadata (string keys and values) records the content fingerprint and the
 # layout that produced the shard, so a resumed `kto-precompute` can tell a finished shard of
 # *this* configuration from a stale one before the manifest exists.
 VERIFIED_NAME = ".verified.json"
+FINGERPRINT_TAG = "kto.fingerprint"
+MAX_LINES_PER_CHECK = 10  # a broken shard could otherwise give one line per row
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -100,3 +107,119 @@ class ShardVerifier:
             write_json_atomic(self._record_path, self._record)
         except OSError:
             pass  # a read-only cache still works; it is just hashed again next time
+
+
+def tokenizer_vocab_size(cache_dir: str | os.PathLike) -> int | None:
+    """Token ids the cache's own tokenizer (CACHE/tokenizer) can produce: ids lie in [0, size).
+
+    None when the cache has no tokenizer/ (verify reports that on its own). Read once per
+    tokenizer file version (the answer is remembered by path, size and mtime).
+    """
+    tok_dir = Path(cache_dir) / S.TOKENIZER_DIR
+    if not tok_dir.is_dir():
+        return None
+    key = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(tok_dir.iterdir()) if p.is_file())
+    return _vocab_size(tok_dir, key)
+
+
+@functools.lru_cache(maxsize=16)
+def _vocab_size(tok_dir: Path, key: tuple) -> int:
+    path = tok_dir / "tokenizer.json"
+    if path.is_file():
+        # A fast tokenizer's file lists every id: reading it costs a JSON parse, not a
+        # transformers import (kto-train pays this once per cache).
+        try:
+            obj = json.loads(path.read_text())
+            vocab = obj["model"]["vocab"]
+            ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
+            ids += [t["id"] for t in obj.get("added_tokens") or []]
+            return max(ids) + 1 if ids else 0
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"{path}: unreadable tokenizer file ({type(exc).__name__}: {exc})") from None
+    # A slow-only tokenizer: ask transformers (imported here only, never by formats/ at import).
+    from .models import ModelSource, load_tokenizer
+
+    return len(load_tokenizer(ModelSource(tok_dir), flag="tokenizer"))
+
+
+def _capped(lines: list[str], total: int, what: str) -> list[str]:
+    """`lines` (the first MAX_LINES_PER_CHECK of `total` problems), then a count of the rest."""
+    if total > MAX_LINES_PER_CHECK:
+        return lines + [f"… and {total - MAX_LINES_PER_CHECK} more rows with {what}"]
+    return lines
+
+
+def _bad_mask(values: pa.Array, bad) -> np.ndarray:
+    """bool numpy mask of `bad(values)`; a null counts as bad."""
+    return pc.fill_null(bad(values), True).to_numpy(zero_copy_only=False)
+
+
+def _bad_elements(column: pa.Array, bad) -> tuple[np.ndarray, np.ndarray, list]:
+    """(rows, positions, values) of the first bad element of each row of a list column, vectorized.
+
+    `flatten()` skips the contents of null lists, and `list_parent_indices` is aligned with it.
+    """
+    flat = column.flatten()
+    idx = np.flatnonzero(_bad_mask(flat, bad))
+    if not len(idx):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), []
+    parents = pc.list_parent_indices(column).to_numpy()
+    rows, first = np.unique(parents[idx], return_index=True)
+    positions = idx[first] - np.searchsorted(parents, rows)
+    # Values of the first MAX_LINES_PER_CHECK rows only: those are all a message shows.
+    return rows, positions, flat.take(pa.array(idx[first][:MAX_LINES_PER_CHECK])).to_pylist()
+
+
+def shard_value_problems(table: pa.Table, where: str, vocab_size: int | None) -> list[str]:
+    """Values no shard may hold, each as one line naming `where` (the shard), the row and its id:
+
+    - ref_logp / ref_kl_logp that are null, NaN or infinite;
+    - a NaN, infinite or null term in ref_token_logps / ref_kl_token_logps (when stored);
+    - token ids (prompt_ids, completion_ids, kl_completion_ids) that are null, negative, or at
+      least `vocab_size` (the cache tokenizer's size; None checks only the sign).
+
+    Vectorized with pyarrow.compute: no Python loop touches a token. At most
+    MAX_LINES_PER_CHECK lines per column, then a count of the rest.
+    """
+    ids = table.column(S.ID)
+
+    def at(i: int) -> str:
+        return f"{where} row {i + 1} (id {ids[int(i)].as_py()!r})"
+
+    def not_finite(a: pa.Array) -> pa.Array:
+        return pc.invert(pc.is_finite(a))
+
+    out = []
+    for name in (S.REF_LOGP, S.REF_KL_LOGP):
+        column = table.column(name).combine_chunks()
+        rows = np.flatnonzero(_bad_mask(column, not_finite))
+        lines = [f"{at(i)}: {name} is {_shown(column[int(i)].as_py())}" for i in rows[:MAX_LINES_PER_CHECK]]
+        out += _capped(lines, len(rows), f"a bad {name}")
+    for name in (S.REF_TOKEN_LOGPS, S.REF_KL_TOKEN_LOGPS):
+        rows, positions, values = _bad_elements(table.column(name).combine_chunks(), not_finite)
+        lines = [f"{at(i)}: {name} has {_shown(v)} at token {k + 1}" for i, k, v in zip(rows, positions, values)]
+        out += _capped(lines, len(rows), f"a bad term in {name}")
+    def bad_id(a: pa.Array) -> pa.Array:
+        return pc.less(a, 0) if vocab_size is None else pc.or_(pc.less(a, 0), pc.greater_equal(a, vocab_size))
+
+    if vocab_size is None:
+        limit = "ids must be >= 0"
+    else:
+        limit = f"ids must lie in [0, {vocab_size}), the cache tokenizer's vocabulary"
+    for name in (S.PROMPT_IDS, S.COMPLETION_IDS, S.KL_COMPLETION_IDS):
+        rows, positions, values = _bad_elements(table.column(name).combine_chunks(), bad_id)
+        lines = [f"{at(i)}: {name} holds token id {_shown(v)} at position {k + 1}; {limit}" for i, k, v in zip(rows, positions, values)]
+        out += _capped(lines, len(rows), f"bad token ids in {name}")
+    return out
+
+
+def _shown(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def check_shard_values(table: pa.Table, where: str | os.PathLike, vocab_size: int | None) -> None:
+    """Raise InputError (one line: the first problem, and how many more) unless the values are sound."""
+    problems = shard_value_problems(table, str(where), vocab_size)
+    if problems:
+        more = " (and more; `kto-inspect verify` lists them)" if len(problems) > 1 else ""
+        raise InputError(problems[0] + more)

@@ -6,21 +6,34 @@ shard edited in place with its mtime restored; this command is the one that does
 It is read-only: it writes no stamp.
 
 Checks, in order (each problem is one line naming the file, row and id):
-1. manifest.json reads, its fingerprint matches its content, and its format version is ours;
+1. manifest.json reads, its fingerprint matches its content, its format version is ours, its
+   shard names are plain `shard-N.arrow` names listed once, and its counts are integers
+   (formats/manifest.py: every reader refuses these, not only verify);
 2. every listed shard exists, its sha256 matches, it opens as an Arrow IPC file with the shard
-   schema, holds the listed number of rows, and no unlisted `shard-*.arrow` lies beside it;
-3. per row: no nulls in required columns, non-empty prompt and completion, finite log-probs,
-   per-token terms (when stored) one per completion token and summing to the sequence value;
+   schema, it carries this cache's fingerprint tag (a shard copied from another cache, its sha
+   patched into the manifest, is caught here), it holds the listed number of rows, and no
+   unlisted `shard-*.arrow` lies beside it;
+3. per row: no nulls in required columns, non-empty prompt and completion, the values every
+   reader refuses (formats/shards.py shard_value_problems: non-finite log-probs, token ids
+   outside the tokenizer's vocabulary), per-token terms (when stored) one per completion token
+   and summing to the sequence value;
 4. manifest counts (rows, labels, truncated, token totals) equal the rows';
 5. every id appears exactly once, every kl_source_id is an id of the cache, and each row's KL
    completion is the start of its source row's completion;
 6. tokenizer/ loads and is the tokenizer the manifest records;
 7. eval/ (when present) passes all of the above, and shares no id with the train split.
+
+It streams: one shard is open at a time, and what crosses shards is O(rows), never O(tokens):
+the id -> first position map, and per row its KL source id, KL length and a 16-byte digest of
+its KL completion. A second pass over the shards that are KL sources compares those digests
+with the digests of the sources' completion prefixes.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
+import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +45,10 @@ import pyarrow.ipc as ipc
 from kto.formats import schema as S
 from kto.formats.errors import InputError
 from kto.formats.manifest import Manifest, read_manifest
-from kto.formats.shards import sha256_file
+from kto.formats.shards import FINGERPRINT_TAG, sha256_file, shard_value_problems, tokenizer_vocab_size
 
 MAX_PER_CHECK = 10  # a broken cache could otherwise print one line per row
+COUNTED = ("rows", "desirable", "undesirable", "truncated", "prompt_tokens", "completion_tokens", "kl_completion_tokens")
 
 
 @dataclass
@@ -43,7 +57,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     rows: int = 0
     shards: int = 0
-    ids: list | None = field(default=None, repr=False)
+    ids: set | None = field(default=None, repr=False)
     """The split's ids, kept for the train/eval overlap check."""
 
     @property
@@ -57,6 +71,18 @@ class Report:
             self.problems.append(f"… and {len(lines) - MAX_PER_CHECK} more like the line above")
 
 
+@dataclass
+class _Seen:
+    """What verify keeps across shards: O(rows), no token lists."""
+
+    names: list[str]  # the manifest's shard names, in order
+    first: dict[str, int] = field(default_factory=dict)  # id -> shard index << 32 | row
+    kl_sources: list[pa.Array] = field(default_factory=list)  # per shard: kl_source_id (copied)
+    kl_lengths: list[np.ndarray] = field(default_factory=list)  # per shard: len(kl_completion_ids)
+    kl_digests: list[list[bytes]] = field(default_factory=list)  # per shard: digest of kl_completion_ids
+    counts: Counter = field(default_factory=Counter)
+
+
 def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Report]:
     """Verify the cache and, when present, its eval/ split. One Report per split."""
     cache_dir = Path(cache_dir)
@@ -68,7 +94,7 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
         reports.append(_verify_split(eval_dir, check_tokenizer))
         train_ids, eval_ids = (r.ids for r in reports)
         if train_ids is not None and eval_ids is not None:
-            shared = sorted(set(train_ids) & set(eval_ids))
+            shared = sorted(train_ids & eval_ids)
             reports[1].add([f"{eval_dir}: id {i!r} is also in the train split {cache_dir}" for i in shared])
     return reports
 
@@ -81,50 +107,61 @@ def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:
         report.add([str(exc)])
         return report
     report.shards = len(manifest.shards)
-    tables = _check_shards(cache_dir, manifest, report)
-    if tables is None:
-        report.add([f"{cache_dir}: row checks skipped: some shards are unreadable"])
-        return report
-    table = pa.concat_tables([t for _, t in tables]) if tables else S.SHARD_SCHEMA.empty_table()
-    report.rows = table.num_rows
-    # 'DIR/shard-00001.arrow row 3' for every row (1-based within its shard), for messages.
-    where = [f"{cache_dir / name} row {i + 1}" for name, t in tables for i in range(t.num_rows)]
-    _check_rows(table, where, report)
-    _check_counts(cache_dir, manifest, table, report)
-    _check_ids(table, where, report)
-    if check_tokenizer:
-        _check_tokenizer(cache_dir, manifest, report)
-    report.ids = table.column(S.ID).to_pylist()
-    return report
-
-
-def _check_shards(cache_dir: Path, manifest: Manifest, report: Report) -> list[tuple[str, pa.Table]] | None:
-    """Hash, open and schema-check every listed shard: [(name, table)], or None when any cannot be read."""
-    tables, readable = [], True
     listed = {entry.name for entry in manifest.shards}
     report.add([f"{p}: shard file not listed in the manifest (a polars glob over the cache would read it)"
                 for p in sorted(cache_dir.glob(S.SHARD_GLOB)) if p.name not in listed])
-    for entry in manifest.shards:
-        path = cache_dir / entry.name
-        if not path.is_file():
-            report.add([f"{path}: listed in the manifest but missing"])
+    if check_tokenizer:
+        _check_tokenizer(cache_dir, manifest, report)
+    try:
+        vocab_size = tokenizer_vocab_size(cache_dir)
+    except InputError as exc:
+        report.add([str(exc)])
+        vocab_size = None
+    seen, readable = _Seen([e.name for e in manifest.shards]), True
+    for k, entry in enumerate(manifest.shards):
+        table = _open_checked(cache_dir, manifest, k, report)
+        if table is None:
             readable = False
             continue
-        actual = sha256_file(path)
-        if actual != entry.sha256:
-            report.add([f"{path}: sha256 {actual[:16]}… does not match the manifest's {entry.sha256[:16]}…; the shard was modified or is corrupt"])
-        try:
-            with pa.OSFile(str(path), "rb") as f:
-                table = ipc.open_file(f).read_all()
-            S.check_schema(table.schema, str(path))
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            report.add([f"{path}: unreadable shard ({str(exc).splitlines()[0]})"])
-            readable = False
-            continue
-        if table.num_rows != entry.rows:
-            report.add([f"{path}: {table.num_rows} rows, the manifest says {entry.rows}"])
-        tables.append((entry.name, table.select(S.SHARD_SCHEMA.names).replace_schema_metadata(None)))
-    return tables if readable else None
+        _check_shard_rows(cache_dir / entry.name, table, vocab_size, report)
+        _collect(k, cache_dir / entry.name, table, seen, report)
+        del table  # one shard at a time: let its pages go before the next is mapped
+    if not readable:
+        report.add([f"{cache_dir}: count, id and KL checks skipped: some shards are unreadable"])
+        return report
+    report.rows = seen.counts["rows"]
+    _check_counts(cache_dir, manifest, seen.counts, report)
+    _check_kl_sources(cache_dir, seen, report)
+    report.ids = set(seen.first)
+    return report
+
+
+def _open_checked(cache_dir: Path, manifest: Manifest, k: int, report: Report) -> pa.Table | None:
+    """Hash, memory-map and schema-check shard k: its table, or None when it cannot be read."""
+    entry = manifest.shards[k]
+    path = cache_dir / entry.name
+    if not path.is_file():
+        report.add([f"{path}: listed in the manifest but missing"])
+        return None
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        report.add([f"{path}: sha256 {actual[:16]}… does not match the manifest's {entry.sha256[:16]}…; the shard was modified or is corrupt"])
+    try:
+        # Memory-mapped, not read: the shard's pages are the page cache's, and leave this
+        # process's RSS when the table is dropped.
+        with pa.memory_map(str(path)) as source:
+            table = ipc.open_file(source).read_all()
+        S.check_schema(table.schema, str(path))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        report.add([f"{path}: unreadable shard ({str(exc).splitlines()[0]})"])
+        return None
+    tag = (table.schema.metadata or {}).get(FINGERPRINT_TAG.encode(), b"").decode(errors="replace")
+    if tag != manifest.fingerprint:
+        why = f"was made for fingerprint {tag[:16]}…" if tag else f"has no {FINGERPRINT_TAG} tag"
+        report.add([f"{path}: {why}, the manifest's is {manifest.fingerprint[:16]}…; the shard is not from this cache"])
+    if table.num_rows != entry.rows:
+        report.add([f"{path}: {table.num_rows} rows, the manifest says {entry.rows}"])
+    return table.select(S.SHARD_SCHEMA.names).replace_schema_metadata(None)
 
 
 def _lengths(column: pa.ChunkedArray) -> np.ndarray:
@@ -132,73 +169,128 @@ def _lengths(column: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
 
 
-def _check_rows(table: pa.Table, where: list[str], report: Report) -> None:
-    ids = table.column(S.ID).to_pylist()
-    at = lambda i: f"{where[i]} (id {ids[i]!r})"  # noqa: E731
+def _check_shard_rows(path: Path, table: pa.Table, vocab_size: int | None, report: Report) -> None:
+    """Per-row checks of one shard, vectorized (no Python loop over tokens)."""
+    ids = table.column(S.ID)
+    at = lambda i: f"{path} row {i + 1} (id {ids[int(i)].as_py()!r})"  # noqa: E731
     for f in S.SHARD_SCHEMA:
-        if not f.nullable:
+        if not f.nullable and f.name not in (S.REF_LOGP, S.REF_KL_LOGP):  # those two: shard_value_problems
             nulls = np.flatnonzero(table.column(f.name).is_null().to_numpy(zero_copy_only=False))
-            report.add([f"{at(i)}: {f.name} is null" for i in nulls])
+            report.add([f"{at(i)}: {f.name} is null" for i in nulls[:MAX_PER_CHECK + 1]])
     for col, what in ((S.PROMPT_IDS, "prompt"), (S.COMPLETION_IDS, "completion")):
-        report.add([f"{at(i)}: empty {what}" for i in np.flatnonzero(_lengths(table.column(col)) == 0)])
+        empty = np.flatnonzero(_lengths(table.column(col)) == 0)
+        report.add([f"{at(i)}: empty {what}" for i in empty[:MAX_PER_CHECK + 1]])
+    report.problems += shard_value_problems(table, str(path), vocab_size)  # already capped per column
     for logp, terms, ids_col in ((S.REF_LOGP, S.REF_TOKEN_LOGPS, S.COMPLETION_IDS), (S.REF_KL_LOGP, S.REF_KL_TOKEN_LOGPS, S.KL_COMPLETION_IDS)):
-        values = table.column(logp).to_pylist()
-        report.add([f"{at(i)}: {logp} is {v}" for i, v in enumerate(values) if v is not None and not math.isfinite(v)])
-        token_lists, n_ids = table.column(terms).to_pylist(), _lengths(table.column(ids_col))
-        bad = []
-        for i, (total, toks) in enumerate(zip(values, token_lists)):
-            if toks is None or total is None:
-                continue
-            if len(toks) != n_ids[i]:
-                bad.append(f"{at(i)}: {len(toks)} {terms} for {n_ids[i]} {ids_col}")
-            # The sum was taken in float64 over these very float32 terms; only summation order differs.
-            elif abs(math.fsum(toks) - total) > 1e-4 + 1e-6 * abs(total):
-                bad.append(f"{at(i)}: {terms} sum to {math.fsum(toks):.6g}, {logp} is {total:.6g}")
-        report.add(bad)
+        _check_terms(table, logp, terms, ids_col, at, report)
 
 
-def _check_counts(cache_dir: Path, manifest: Manifest, table: pa.Table, report: Report) -> None:
+def _check_terms(table: pa.Table, logp: str, terms: str, ids_col: str, at, report: Report) -> None:
+    """Stored per-token terms: one per token of `ids_col`, summing to `logp`."""
+    column = table.column(terms).combine_chunks()
+    stored = column.is_valid().to_numpy(zero_copy_only=False)
+    n_terms, n_ids = _lengths(column), _lengths(table.column(ids_col))
+    wrong = np.flatnonzero(stored & (n_terms != n_ids))
+    report.add([f"{at(i)}: {n_terms[i]} {terms} for {n_ids[i]} {ids_col}" for i in wrong[:MAX_PER_CHECK + 1]])
+    flat = column.flatten().cast(pa.float64()).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(column).to_numpy()
+    sums = np.bincount(parents, weights=flat, minlength=len(column))
+    total = pc.fill_null(table.column(logp), np.nan).to_numpy(zero_copy_only=False)
+    # The sum was taken in float64 over these very float32 terms; only summation order differs.
+    # Non-finite values are shard_value_problems' to report, so they are left out here.
+    off = stored & (n_terms == n_ids) & np.isfinite(sums) & np.isfinite(total) & (np.abs(sums - total) > 1e-4 + 1e-6 * np.abs(total))
+    report.add([f"{at(i)}: {terms} sum to {sums[i]:.6g}, {logp} is {total[i]:.6g}" for i in np.flatnonzero(off)[:MAX_PER_CHECK + 1]])
+
+
+def _digests(column: pa.ChunkedArray) -> list[bytes]:
+    """16-byte digest of each row's int32 token list (a null list digests as empty)."""
+    column = pc.fill_null(column.combine_chunks(), pa.scalar([], column.type))
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False)
+    return [hashlib.blake2b(values[a:b].tobytes(), digest_size=16).digest() for a, b in itertools.pairwise(offsets)]
+
+
+def _collect(k: int, path: Path, table: pa.Table, seen: _Seen, report: Report) -> None:
+    """Counts, duplicate ids, and what the KL check needs later; nothing of size O(tokens)."""
     labels = table.column(S.LABEL).to_numpy(zero_copy_only=False)
-    actual = {
-        "rows": table.num_rows,
-        "desirable": int(np.sum(labels == True)),  # noqa: E712 (nulls are not desirable)
-        "undesirable": int(np.sum(labels == False)),  # noqa: E712
-        "truncated": int(np.sum(table.column(S.TRUNCATED).to_numpy(zero_copy_only=False) == True)),  # noqa: E712
-        "prompt_tokens": int(_lengths(table.column(S.PROMPT_IDS)).sum()),
-        "completion_tokens": int(_lengths(table.column(S.COMPLETION_IDS)).sum()),
-        "kl_completion_tokens": int(_lengths(table.column(S.KL_COMPLETION_IDS)).sum()),
-    }
-    listed = sum(e.rows for e in manifest.shards)
-    lines = [f"{cache_dir / S.MANIFEST_NAME}: counts.{k} is {getattr(manifest.counts, k)}, the shards hold {v}"
-             for k, v in actual.items() if getattr(manifest.counts, k) != v]
-    if listed != manifest.counts.rows:
-        lines.append(f"{cache_dir / S.MANIFEST_NAME}: its shard entries list {listed} rows, counts.rows is {manifest.counts.rows}")
-    report.add(lines)
-
-
-def _check_ids(table: pa.Table, where: list[str], report: Report) -> None:
-    ids = table.column(S.ID).to_pylist()
-    first: dict[str, int] = {}
+    c = seen.counts
+    c["rows"] += table.num_rows
+    c["desirable"] += int(np.sum(labels == True))  # noqa: E712 (nulls are not desirable)
+    c["undesirable"] += int(np.sum(labels == False))  # noqa: E712
+    c["truncated"] += int(np.sum(table.column(S.TRUNCATED).to_numpy(zero_copy_only=False) == True))  # noqa: E712
+    for col, key in ((S.PROMPT_IDS, "prompt_tokens"), (S.COMPLETION_IDS, "completion_tokens"), (S.KL_COMPLETION_IDS, "kl_completion_tokens")):
+        c[key] += int(_lengths(table.column(col)).sum())
     dupes = []
-    for i, row_id in enumerate(ids):
+    for i, row_id in enumerate(table.column(S.ID).to_pylist()):
         if row_id is None:
             continue
-        if row_id in first:
-            dupes.append(f"{where[i]}: id {row_id!r} appears again (first at {where[first[row_id]]})")
+        if row_id in seen.first:
+            dupes.append(f"{path} row {i + 1}: id {row_id!r} appears again (first at {_where(path.parent, seen, seen.first[row_id])})")
         else:
-            first[row_id] = i
+            seen.first[row_id] = k << 32 | i
     report.add(dupes)
-    completions = table.column(S.COMPLETION_IDS).to_pylist()
-    missing, mismatched = [], []
-    for i, (src, kl) in enumerate(zip(table.column(S.KL_SOURCE_ID).to_pylist(), table.column(S.KL_COMPLETION_IDS).to_pylist())):
-        if src is None or kl is None:
-            continue
-        if src not in first:
-            missing.append(f"{where[i]} (id {ids[i]!r}): kl_source_id {src!r} is not an id in this cache")
-        elif completions[first[src]] is not None and kl != completions[first[src]][: len(kl)]:
-            mismatched.append(f"{where[i]} (id {ids[i]!r}): kl_completion_ids are not the start of {src!r}'s completion_ids")
-    report.add(missing)
-    report.add(mismatched)
+    # Copied (take), so the shard's memory map is not kept alive by these ids.
+    seen.kl_sources.append(table.column(S.KL_SOURCE_ID).combine_chunks().take(pa.array(np.arange(table.num_rows))))
+    seen.kl_lengths.append(_lengths(table.column(S.KL_COMPLETION_IDS)))
+    seen.kl_digests.append(_digests(table.column(S.KL_COMPLETION_IDS)))
+
+
+def _where(cache_dir: Path, seen: _Seen, packed: int) -> str:
+    return f"{cache_dir / seen.names[packed >> 32]} row {(packed & 0xFFFFFFFF) + 1}"
+
+
+def _check_counts(cache_dir: Path, manifest: Manifest, actual: Counter, report: Report) -> None:
+    report.add([f"{cache_dir / S.MANIFEST_NAME}: counts.{k} is {getattr(manifest.counts, k)}, the shards hold {actual[k]}"
+                for k in COUNTED if getattr(manifest.counts, k) != actual[k]])
+
+
+def _check_kl_sources(cache_dir: Path, seen: _Seen, report: Report) -> None:
+    """Every kl_source_id is an id here, and each KL completion is the start of its source's completion.
+
+    Requests are grouped by the shard that holds their source, and each such shard is mapped
+    once more; a KL completion is compared with its source's prefix by digest.
+    """
+    missing, wanted = [], {}  # source shard -> [(requesting shard, row, source row)]
+    for k, sources in enumerate(seen.kl_sources):
+        for i, src in enumerate(sources.to_pylist()):
+            if src is None:
+                continue
+            packed = seen.first.get(src)
+            if packed is None:
+                missing.append((k, i, f"kl_source_id {src!r} is not an id in this cache"))
+            else:
+                wanted.setdefault(packed >> 32, []).append((k, i, packed & 0xFFFFFFFF))
+    mismatched = []
+    for s, requests in sorted(wanted.items()):
+        offsets, values = _completions(cache_dir / seen.names[s])
+        for k, i, r in requests:
+            n = int(seen.kl_lengths[k][i])
+            start, end = offsets[r], offsets[r + 1]
+            prefix = values[start:start + n] if start + n <= end else None
+            if prefix is None or hashlib.blake2b(prefix.tobytes(), digest_size=16).digest() != seen.kl_digests[k][i]:
+                src = seen.kl_sources[k][i].as_py()
+                mismatched.append((k, i, f"kl_completion_ids are not the start of {src!r}'s completion_ids"))
+        del offsets, values
+    for problems in (missing, mismatched):
+        report.problems += _with_ids(cache_dir, seen, problems[:MAX_PER_CHECK])
+        if len(problems) > MAX_PER_CHECK:
+            report.problems.append(f"… and {len(problems) - MAX_PER_CHECK} more like the line above")
+
+
+def _completions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with pa.memory_map(str(path)) as source:
+        completions = ipc.open_file(source).read_all().column(S.COMPLETION_IDS).combine_chunks()
+    return completions.offsets.to_numpy(), completions.values.to_numpy(zero_copy_only=False)
+
+
+def _with_ids(cache_dir: Path, seen: _Seen, problems: list[tuple[int, int, str]]) -> list[str]:
+    """'DIR/shard row N (id X): what' for (shard, row, what); ids are not kept across shards, so
+    the few shown are read back from their shards."""
+    ids = {}
+    for k in sorted({k for k, _, _ in problems}):
+        with pa.memory_map(str(cache_dir / seen.names[k])) as source:
+            ids[k] = ipc.open_file(source).read_all().column(S.ID)
+    return [f"{cache_dir / seen.names[k]} row {i + 1} (id {ids[k][i].as_py()!r}): {what}" for k, i, what in problems]
 
 
 _IDENTITIES: dict[tuple, dict] = {}

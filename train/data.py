@@ -28,7 +28,7 @@ import torch
 from kto.formats import schema as S
 from kto.formats.logprob import TokenBatch, make_token_batch
 from kto.formats.manifest import Manifest, read_manifest
-from kto.formats.shards import ShardVerifier, open_shard
+from kto.formats.shards import ShardVerifier, check_shard_values, open_shard, tokenizer_vocab_size
 
 MEGABATCH_STEPS = 16
 
@@ -84,6 +84,7 @@ class ShardedCache:
             table = open_shard(self.dir / name)
             if table.num_rows != self.manifest.shards[k].rows:
                 raise ValueError(f"{self.dir / name}: {table.num_rows} rows, manifest says {self.manifest.shards[k].rows}")
+            check_shard_values(table, self.dir / name, tokenizer_vocab_size(self.dir))  # NaN log-probs, bad token ids
             self._tables[k] = table
         return self._tables[k]
 

@@ -150,3 +150,83 @@ def test_swapped_tokenizer_files(cache):
     result = verify(cache)
     assert result.exit_code == 1
     assert f"{cache / S.TOKENIZER_DIR}: differs from the tokenizer the manifest records (chat_template)" in result.stderr
+
+
+def test_non_finite_token_logps_and_token_ids_outside_the_vocabulary(cache):
+    """A NaN per-token term (its sum is NaN, so the sum check cannot see it), a token id equal to
+    the vocabulary size and a negative one: each one line naming the shard, row and id."""
+    path = cache / "shard-00001.arrow"
+    ids = ipc.open_file(pa.memory_map(str(path))).read_all().column(S.ID).to_pylist()
+
+    def edit(d):
+        d[S.REF_TOKEN_LOGPS][0][1] = float("nan")
+        d[S.COMPLETION_IDS][1][0] = 49152  # SmolLM2's vocabulary is ids 0 … 49151
+        d[S.PROMPT_IDS][2][3] = -3
+
+    rewrite_shard(cache, 1, edit)
+    result = verify(cache)
+    assert result.exit_code == 1
+    err = result.stderr
+    assert f"{path} row 1 (id {ids[0]!r}): ref_token_logps has nan at token 2\n" in err
+    assert (f"{path} row 2 (id {ids[1]!r}): completion_ids holds token id 49152 at position 1; "
+            "ids must lie in [0, 49152), the cache tokenizer's vocabulary\n") in err
+    assert f"{path} row 3 (id {ids[2]!r}): prompt_ids holds token id -3 at position 4; ids must lie in [0, 49152)" in err
+
+
+def test_non_finite_ref_logp(cache):
+    path = cache / "shard-00002.arrow"
+    ids = ipc.open_file(pa.memory_map(str(path))).read_all().column(S.ID).to_pylist()
+    rewrite_shard(cache, 2, lambda d: (d[S.REF_LOGP].__setitem__(4, float("-inf")), d[S.REF_KL_LOGP].__setitem__(0, float("nan"))))
+    result = verify(cache)
+    assert result.exit_code == 1
+    assert f"{path} row 5 (id {ids[4]!r}): ref_logp is -inf\n" in result.stderr
+    assert f"{path} row 1 (id {ids[0]!r}): ref_kl_logp is nan\n" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def eager_cache(tmp_path_factory, tiny_model_dir):
+    """The same rows as tiny_cache, scored with another attention implementation: same ids, same
+    pairing, nearly the same numbers, but another configuration (fingerprint)."""
+    from conftest import chat_rows, precompute_args, write_rows
+    from kto.precompute.cli import main as precompute
+
+    root = tmp_path_factory.mktemp("eager-cache")
+    data = write_rows(root / "chat.jsonl", chat_rows())
+    out = root / "cache"
+    result = CliRunner().invoke(precompute, precompute_args(data, tiny_model_dir, out, "--attn-implementation", "eager"))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_shard_copied_from_another_cache_with_its_sha_patched_in(cache, eager_cache):
+    foreign = read_manifest(eager_cache)
+    assert foreign.fingerprint != read_manifest(cache).fingerprint
+    shutil.copyfile(eager_cache / "shard-00001.arrow", cache / "shard-00001.arrow")
+    obj = json.loads((cache / S.MANIFEST_NAME).read_text())
+    obj["shards"][1]["sha256"] = foreign.shards[1].sha256  # the sha is not fingerprinted content
+    (cache / S.MANIFEST_NAME).write_text(json.dumps(obj))
+    result = verify(cache)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == (f"kto-inspect: verify: {cache / 'shard-00001.arrow'}: was made for fingerprint {foreign.fingerprint[:16]}…, "
+                        f"the manifest's is {read_manifest(cache).fingerprint[:16]}…; the shard is not from this cache")
+    assert lines[-1] == f"kto-inspect: verify: 1 problem(s) found in {cache}"  # nothing else gives it away
+
+
+def test_kl_completion_must_start_its_source_completion_in_another_shard(cache):
+    """Verify streams shard by shard; the KL prefix check still sees across shards."""
+    table = ipc.open_file(pa.memory_map(str(cache / "shard-00003.arrow"))).read_all()
+    row_id, source = table.column(S.ID)[0].as_py(), table.column(S.KL_SOURCE_ID)[0].as_py()
+    source_shard = [k for k in range(3)
+                    if source in ipc.open_file(pa.memory_map(str(cache / f"shard-0000{k}.arrow"))).read_all().column(S.ID).to_pylist()]
+    assert source_shard, "the row's KL source is in another shard"
+
+    def edit(d):
+        kl = d[S.KL_COMPLETION_IDS][0]
+        kl[-1] = (kl[-1] + 1) % 49152  # same length, same counts, last token changed
+
+    rewrite_shard(cache, 3, edit)
+    result = verify(cache)
+    assert result.exit_code == 1
+    assert (f"{cache / 'shard-00003.arrow'} row 1 (id {row_id!r}): kl_completion_ids are not the start of {source!r}'s completion_ids"
+            in result.stderr)

@@ -1,0 +1,86 @@
+"""The manifest reader refuses shard names that leave the cache or repeat, and counts that are
+not integers or disagree with the shard list: every reader (training, scan, inspect) goes
+through it, so none of them can be pointed at another file."""
+
+import json
+import shutil
+
+import pytest
+
+import kto.formats
+from kto.formats import schema as S
+from kto.formats.errors import InputError
+from kto.formats.manifest import read_manifest
+
+
+@pytest.fixture
+def cache(tiny_cache, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(tiny_cache, out)
+    return out
+
+
+def edit_manifest(cache, edit):
+    """Edit manifest.json's shards or counts; neither is fingerprinted content, so only the
+    damage under test remains."""
+    path = cache / S.MANIFEST_NAME
+    obj = json.loads(path.read_text())
+    edit(obj)
+    path.write_text(json.dumps(obj))
+
+
+def refused(cache) -> str:
+    with pytest.raises(InputError) as exc:
+        read_manifest(cache)
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith(f"{cache / S.MANIFEST_NAME}: ")
+    return message.removeprefix(f"{cache / S.MANIFEST_NAME}: ")
+
+
+@pytest.mark.parametrize("name, why", [
+    ("/etc/shard-00000.arrow", "is an absolute path; shard names are plain file names"),
+    ("../other-cache/shard-00000.arrow", "contains '..'; shard names are plain file names"),
+    ("..", "contains '..'; shard names are plain file names"),
+    ("sub/shard-00000.arrow", "contains a path separator; shard names are plain file names"),
+    ("sub\\shard-00000.arrow", "contains a path separator; shard names are plain file names"),
+    ("shard-*.arrow", "is not a shard name (shard-N.arrow)"),  # pl.scan_ipc would glob it
+    ("manifest.json", "is not a shard name (shard-N.arrow)"),
+])
+def test_shard_names_that_leave_the_cache(cache, name, why):
+    edit_manifest(cache, lambda m: m["shards"][1].__setitem__("name", name))
+    assert refused(cache) == f"shards[1].name {name!r} {why}"
+
+
+def test_a_shard_listed_twice(cache):
+    def edit(m):
+        m["shards"][2] = dict(m["shards"][1])
+        m["counts"]["rows"] = sum(s["rows"] for s in m["shards"])
+
+    edit_manifest(cache, edit)
+    assert refused(cache) == "shards[2].name 'shard-00001.arrow' is listed twice"
+
+
+@pytest.mark.parametrize("key, value", [("rows", 16.0), ("desirable", True), ("truncated", "16"), ("dropped", -1), ("prompt_tokens", None)])
+def test_counts_must_be_integers(cache, key, value):
+    edit_manifest(cache, lambda m: m["counts"].__setitem__(key, value))
+    assert refused(cache) == f"counts.{key} {value!r} is not a non-negative integer"
+
+
+@pytest.mark.parametrize("value", [5.0, "5", True, -5])
+def test_shard_rows_must_be_integers(cache, value):
+    edit_manifest(cache, lambda m: m["shards"][0].__setitem__("rows", value))
+    assert refused(cache) == f"shards[0].rows {value!r} (shard-00000.arrow) is not a non-negative integer"
+
+
+def test_shard_rows_must_add_up_to_counts_rows(cache):
+    edit_manifest(cache, lambda m: m["shards"][3].__setitem__("rows", 2))
+    assert refused(cache) == "its shard entries list 17 rows, counts.rows is 16"
+
+
+def test_every_reader_refuses(cache):
+    from kto.train.data import ShardedCache
+
+    edit_manifest(cache, lambda m: m["shards"][0].__setitem__("name", "../shard-00000.arrow"))
+    for read in (kto.formats.scan, ShardedCache):
+        with pytest.raises(InputError, match=r"shards\[0\].name '../shard-00000.arrow' contains '..'"):
+            read(cache)
