@@ -64,7 +64,7 @@ def summary(cache: Path, as_json: bool) -> None:
 @click.argument("cache", type=P)
 @_handles_input_errors
 def verify(cache: Path) -> None:
-    """Re-hash every shard and check schema, manifest counts, ids and KL sources (exit 1 on a problem)."""
+    """Re-hash every shard and check provenance, schema, values, manifest counts, ids and KL sources (exit 1 on a problem)."""
     from .verify import verify as run_verify
 
     reports = run_verify(cache)
@@ -72,7 +72,7 @@ def verify(cache: Path) -> None:
         for problem in r.problems:
             click.echo(f"kto-inspect: verify: {problem}", err=True)
         if r.ok:
-            click.echo(f"ok: {r.cache}: {r.rows} rows in {r.shards} shards; checksums, schema, counts, ids and KL sources agree with the manifest")
+            click.echo(f"ok: {r.cache}: {r.rows} rows in {r.shards} shards; checksums, fingerprints, schema, values, counts, ids and KL sources agree with the manifest")
     bad = sum(len(r.problems) for r in reports)
     if bad:
         click.echo(f"kto-inspect: verify: {bad} problem(s) found in {cache}", err=True)
