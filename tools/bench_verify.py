@@ -111,7 +111,7 @@ def write_cache(out: Path, rows: int, seed: int = 0) -> Path:
     completions = rng.integers(7, VOCAB, c_off[-1], dtype=np.int32)
     partner = np.array(kl_partners(rows, seed))
     kl_len = np.minimum(c_len[partner], MAX_LEN - p_len)
-    shards, totals = [], dict(prompt_tokens=0, completion_tokens=0, kl_completion_tokens=0, desirable=0)
+    shards, totals = [], {"prompt_tokens": 0, "completion_tokens": 0, "kl_completion_tokens": 0, "desirable": 0}
     for k, a in enumerate(range(0, rows, ROWS_PER_SHARD)):
         idx = np.arange(a, min(rows, a + ROWS_PER_SHARD))
         table = _shard_table(idx, p_len, c_len, c_off, completions, partner, kl_len, rng)
