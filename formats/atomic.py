@@ -1,17 +1,51 @@
 """Atomic writes: write under a temporary name in the same directory, fsync, then rename.
 
 A crash leaves either the old file or the new one, never a half-written one, and a reader that
-globs `shard-*.arrow` never sees a temp file (temp names start with a dot).
+globs `shard-*.arrow` never sees a temp file (temp names start with a dot). Temp names are
+`.NAME.tmp-PID` and `.NAME.old-PID`; `remove_stale_temps` clears those a killed run left behind.
+
+A write that fails because the disk is full raises `DiskFullError` (an `InputError`, so every
+CLI prints it as one line) naming the path, instead of a traceback from deep inside a writer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
+
+from .errors import InputError
+
+TEMP_NAME = re.compile(r"^\..+\.(tmp|old)-[0-9]+$")
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(InputError, OSError):
+    """A write failed for lack of space (ENOSPC, or the quota: EDQUOT).
+
+    Also an OSError, so code that tolerates a failed optional write (`except OSError`, e.g. the
+    shard verification stamp) keeps tolerating it."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    # pyarrow raises OSError without errno for some writers; its message still says why.
+    return isinstance(error, OSError) and (error.errno in _FULL or "No space left on device" in str(error))
+
+
+@contextlib.contextmanager
+def disk_full_names(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an ENOSPC raised inside the block into a one-line `DiskFullError` naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(f"{path}: no space left on device; free some space and run the command again") from None
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -35,23 +69,53 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def is_temp_name(name: str) -> bool:
+    """True for the names this module writes to before a rename (`.NAME.tmp-PID`, `.NAME.old-PID`)."""
+    return TEMP_NAME.match(name) is not None
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete our temp files and folders in `directory` (not below it); return what was removed.
+
+    Only call it while holding the directory's lock (formats/lock.py): a temp name of a live
+    writer looks the same as one of a killed writer.
+    """
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for p in sorted(directory.iterdir()):
+        if is_temp_name(p.name):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path to write to; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
     tmp = temp_path_for(path)
     try:
-        yield tmp
-        if tmp.is_file():
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        with disk_full_names(path):
+            yield tmp
+            if tmp.is_file():
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def rename_into_place(tmp: Path, path: Path) -> None:
+    """os.replace, then fsync the folder so that the rename itself survives a power cut."""
+    with disk_full_names(path):
+        os.replace(tmp, path)
+        _fsync_dir(Path(path).parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -68,21 +132,22 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp directory; on success it replaces `path` (an old `path` is removed first)."""
     path = Path(path)
     tmp = temp_path_for(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     try:
-        yield tmp
-        _fsync_tree(tmp)  # contents on disk before the rename makes them visible
-        if path.exists():
-            # Rename the old one aside first, so the window without any `path` is one rename long.
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        with disk_full_names(path):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            yield tmp
+            _fsync_tree(tmp)  # contents on disk before the rename makes them visible
+            if path.exists():
+                # Rename the old one aside first, so the window without any `path` is one rename long.
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+            _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InputError
-from .records import SUFFIXES, file_sha256, kind_name, one_line, records  # noqa: F401  (re-exported)
+from .records import SUFFIXES, file_sha256, kind_name, one_line, read_file, records  # noqa: F401  (re-exported)
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
@@ -73,17 +73,25 @@ class Example:
 
 def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap()) -> list[Example]:
     """Read every file (order kept: files in the given order, rows in file order), check every row."""
+    return read_inputs(paths, columns)[0]
+
+
+def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap()) -> tuple[list[Example], list[dict]]:
+    """`read_examples`, plus each file's `{"name", "sha256"}` of exactly the bytes its rows came from."""
     # A lone path would otherwise be iterated per character.
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     examples: list[Example] = []
+    inputs: list[dict] = []
     for path in map(Path, paths):
-        for row, record in records(path):
+        sha256, rows = read_file(path)
+        for row, record in rows:
             examples.extend(_row_examples(record, path.name, row, columns))
+        inputs.append({"name": path.name, "sha256": sha256})
     _check_unique_ids(examples)
     if len(examples) < 2:
         files = ", ".join(str(p) for p in paths) or "no input files"
         raise InputError(f"need at least 2 examples, got {len(examples)} (from {files})")
-    return examples
+    return examples, inputs
 
 
 # ---- record -> Example(s) --------------------------------------------------------------------
@@ -133,7 +141,7 @@ def _base_id(record: dict, id_column: str, fallback: str, source: str) -> str:
         return fallback
     if not str(value).strip():
         raise InputError(f"{source}: column '{id_column}': empty id")
-    return str(value)
+    return _unicode(str(value), f"{source}: column '{id_column}'")
 
 
 def _label(record: dict, columns: ColumnMap, source: str) -> bool:
@@ -258,7 +266,7 @@ def _message(raw: Any, where: str) -> Message:
 def _text(content: Any, where: str) -> str:
     """Message content as text; OpenAI-style [{"type": "text", "text": ...}] parts are joined."""
     if isinstance(content, str):
-        return content
+        return _unicode(content, where)
     if not isinstance(content, list):
         raise InputError(f"{where}: content is not text (got {kind_name(content)})")
     texts = []
@@ -268,12 +276,23 @@ def _text(content: Any, where: str) -> str:
             kind = _short(part.get("type")) if is_dict else kind_name(part)
             raise InputError(f"{where}: content part {i} is {kind}, not text")
         texts.append(part["text"])
-    return "".join(texts)
+    return _unicode("".join(texts), where)
 
 
 def _nonempty(text: str, where: str, what: str) -> str:
     if not text.strip():
         raise InputError(f"{where}: empty {what}")
+    return _unicode(text, where)
+
+
+def _unicode(text: str, where: str) -> str:
+    """Refuse a lone surrogate (JSON's "\\ud800" parses to one): no tokenizer or Arrow column can
+    encode it, and it would fail far from its row."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{where}: a lone surrogate {text[e.start]!r} at character {e.start + 1} "
+                         "is not Unicode text (is the JSON's \\u escape cut in half?)") from None
     return text
 
 

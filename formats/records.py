@@ -7,6 +7,8 @@ examples.py's business. pyarrow and the standard library only: polars stays out 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,83 +35,111 @@ def file_sha256(path: str | Path) -> str:
 # ---- files -> (row, record) ------------------------------------------------------------------
 
 
-def records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (1-based row, record) from one file; JSONL rows are line numbers."""
+def read_file(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
+    """(sha256, rows) of one file: its bytes are read once, hashed, and the rows parsed from them.
+
+    Hashing exactly the parsed bytes, in the same read, is what lets the cache's fingerprint name
+    its rows: a file that changes while (or after) it is read cannot get a hash of other bytes.
+    The file sits in memory whole while its rows are parsed; the parsed rows are held anyway.
+    """
+    path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if suffix not in SUFFIXES:
         expected = ", ".join(SUFFIXES)
         raise InputError(f"{path}: unknown file type {suffix or '(none)'!r} (expected {expected})")
-    if suffix == ".jsonl":
-        return _jsonl_records(path)
-    if suffix == ".json":
-        return enumerate(_json_array(path), 1)
-    if suffix == ".csv":
-        return _csv_records(path)
-    return enumerate(_table_rows(_read_table(path, suffix)), 1)
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
-    # Binary lines, decoded one at a time, so a bad byte is reported with its line number.
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path.name}: row {lineno}"
-            try:
-                line = raw.decode("utf-8-sig")  # -sig: tolerate a byte-order mark on line 1
-            except UnicodeDecodeError as e:
-                raise InputError(f"{where}: not valid UTF-8 (byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-
-
-def _json_array(path: Path) -> list[Any]:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({one_line(e.strerror or e)})") from e
+    return hashlib.sha256(data).hexdigest(), _parse(path, suffix, data)
+
+
+def records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (1-based row, record) from one file; JSONL rows are line numbers."""
+    return read_file(path)[1]
+
+
+def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
+    if suffix == ".jsonl":
+        return _jsonl_records(path, data)
+    if suffix == ".json":
+        return enumerate(_json_array(path, data), 1)
+    if suffix == ".csv":
+        return _csv_records(path, data)
+    return enumerate(_table_rows(_read_table(path, suffix, data)), 1)
+
+
+def _jsonl_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
+    # Binary lines, decoded one at a time, so a bad byte is reported with its line number.
+    for lineno, raw in enumerate(io.BytesIO(data), 1):
+        where = f"{path.name}: row {lineno}"
+        try:
+            line = raw.decode("utf-8-sig")  # -sig: tolerate a byte-order mark on line 1
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where}: not valid UTF-8 (byte {e.start})") from None
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply to read") from None
+
+
+def _json_array(path: Path, data: bytes) -> list[Any]:
+    try:
+        parsed = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise InputError(f"{path.name}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         at = f"line {e.lineno} column {e.colno}"
         raise InputError(f"{path.name}: malformed JSON ({e.msg} at {at})") from None
-    if not isinstance(data, list):
-        raise InputError(f"{path.name}: expected a JSON array of objects, got {kind_name(data)}")
-    return data
+    except RecursionError:
+        raise InputError(f"{path.name}: JSON nested too deeply to read") from None
+    if not isinstance(parsed, list):
+        raise InputError(f"{path.name}: expected a JSON array of objects, got {kind_name(parsed)}")
+    return parsed
 
 
-def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
+def _csv_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
     row = 0
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            for row, record in enumerate(csv.DictReader(f), 1):
-                yield row, record
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+        reader = csv.DictReader(text)
+        for row, record in enumerate(reader, 1):
+            _check_field_count(record, len(reader.fieldnames or ()), f"{path.name}: row {row}")
+            yield row, record
     except UnicodeDecodeError as e:
         raise InputError(f"{path.name}: row {row + 1}: not valid UTF-8 (byte {e.start})") from None
     except csv.Error as e:
         raise InputError(f"{path.name}: row {row + 1}: malformed CSV ({one_line(e)})") from None
 
 
-def _read_table(path: Path, suffix: str) -> pa.Table:
+def _check_field_count(record: dict, expected: int, where: str) -> None:
+    # DictReader files surplus fields under the key None and fills missing ones with None: a
+    # shifted row would otherwise silently read the wrong column as the label.
+    extra = record.get(None) or []
+    missing = sum(value is None for key, value in record.items() if key is not None)
+    if extra or missing:
+        found = expected + len(extra) - missing
+        raise InputError(f"{where}: {found} fields, but the header has {expected}")
+
+
+def _read_table(path: Path, suffix: str, data: bytes) -> pa.Table:
     """Parquet, or Arrow IPC: the file format first, then the stream format."""
     try:
         if suffix == ".parquet":
-            return pq.read_table(path)
+            return pq.read_table(pa.BufferReader(data))
         try:
-            return _read_ipc(path, pa.ipc.open_file)
+            return pa.ipc.open_file(pa.BufferReader(data)).read_all()
         except pa.ArrowInvalid:  # not the IPC file format; it may be the stream format
-            return _read_ipc(path, pa.ipc.open_stream)
+            return pa.ipc.open_stream(pa.BufferReader(data)).read_all()
     except (pa.ArrowException, OSError) as e:
         kind = "Parquet" if suffix == ".parquet" else "an Arrow IPC file or stream"
         raise InputError(f"{path}: cannot read as {kind} ({one_line(e)})") from None
-
-
-def _read_ipc(path: Path, open_reader) -> pa.Table:
-    # OSFile reads into memory; a memory map would be unmapped when the `with` closes it.
-    with pa.OSFile(str(path), "rb") as f:
-        return open_reader(f).read_all()
 
 
 def _table_rows(table: pa.Table) -> Iterator[dict]:

@@ -1,8 +1,11 @@
 """The output directory: is it ours, can we resume into it, and what goes into each shard.
 
-Resume rule: a shard file whose metadata carries this run's content fingerprint and layout is
-finished work and is skipped. Anything else in a non-empty `--out` is refused unless
-`--overwrite`, so a cache can never mix rows from two configurations.
+Ownership is proven, never assumed (see journal.py): a shard is the cache's when the journal or
+the manifest names it, tokenizer/ when the journal recorded its exact files, eval/ when it is a
+cache folder of ours itself. Anything else in `--out` is foreign: it is refused with one line,
+`--overwrite` included, and never deleted. A cache of another configuration is refused unless
+`--overwrite`, which then removes exactly the cache's own files, so a cache never mixes rows
+from two configurations and a user's files never vanish.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ import numpy as np
 import pyarrow as pa
 
 from kto.formats import schema as S
+from kto.formats.atomic import is_temp_name, remove_stale_temps
 from kto.formats.errors import InputError
-from kto.formats.shards import VERIFIED_NAME, shard_metadata
+from kto.formats.lock import LOCK_NAME
+from kto.formats.manifest import fingerprint_of
+from kto.formats.shards import VERIFIED_NAME
 
-OURS = {S.MANIFEST_NAME, S.TOKENIZER_DIR, S.EVAL_DIR, VERIFIED_NAME}
+from .journal import JOURNAL_DIR, Journal
 
-
-def _is_ours(path: Path) -> bool:
-    name = path.name
-    return name in OURS or path.match(S.SHARD_GLOB) or (name.startswith(".") and ".tmp-" in name)
+# Ours by name: the lock (held while we write), kto-train's verification stamp, the journal.
+BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, JOURNAL_DIR}
 
 
 def shard_layout(rows_per_shard: int, batch_tokens: int) -> dict:
@@ -40,34 +44,120 @@ def shard_tags(fingerprint: str, layout: dict) -> dict[str, str]:
     return {"kto.fingerprint": fingerprint, "kto.layout": json.dumps(layout, sort_keys=True)}
 
 
-def prepare_out_dir(out: Path, fingerprint: str, layout: dict, overwrite: bool) -> None:
-    """Refuse a non-empty `out` made by something else, or clear it with `overwrite`."""
+def prepare_out_dir(out: Path, content: dict, layout: dict, overwrite: bool) -> None:
+    """Make `out` ready for a run of `content`: resume it, clear it (`overwrite`), or refuse.
+
+    Call it holding the lock on the cache (formats/lock.py): it removes the temp files a killed
+    run left, which a live writer's would look like.
+    """
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a directory")
-    if not out.exists():
-        return
-    entries = list(out.iterdir())
-    foreign = [p.name for p in entries if not _is_ours(p)]
-    stale = [p.name for p in out.glob(S.SHARD_GLOB) if shard_metadata(p) != shard_tags(fingerprint, layout)]
-    manifest = out / S.MANIFEST_NAME
-    if manifest.is_file():
-        old = json.loads(manifest.read_text())
-        if old.get("fingerprint") != fingerprint or shard_layout(**{k: old["layout"][k] for k in layout}) != layout:
-            stale.append(S.MANIFEST_NAME)
-    if not (foreign or stale):
-        return
-    if not overwrite:
-        what = foreign or stale
-        reason = "files that are not a kto cache" if foreign else "a cache made with a different configuration"
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / JOURNAL_DIR):
+        remove_stale_temps(folder)
+    ours, foreign = survey(out, with_eval=content.get("split") != "eval")
+    if foreign:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in foreign)
         raise InputError(
-            f"--out {out}: holds {reason} ({', '.join(sorted(what)[:3])}{', …' if len(what) > 3 else ''}); "
-            "pass --overwrite to replace it or choose another directory"
+            f"--out {out}: holds {', '.join(names[:3])}{', …' if len(names) > 3 else ''}, which this cache did not write; "
+            "move it away or choose another directory (--overwrite replaces only what a kto cache wrote)"
         )
-    # --overwrite removes only what a kto cache holds (eval/ included: it is rebuilt if asked
-    # for); other files are left for their owner, and the next run without --overwrite refuses.
-    for p in entries:
-        if _is_ours(p):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    fingerprint = fingerprint_of(content)
+    reason = _stale_reason(out, fingerprint, layout, content)
+    if reason:
+        if not overwrite:
+            raise InputError(f"--out {out}: {reason}; pass --overwrite to replace it or choose another directory")
+        _remove(ours)
+    Journal(out).start(fingerprint, layout, content)
+
+
+def survey(folder: Path, *, with_eval: bool) -> tuple[list[Path], list[Path]]:
+    """Split a cache folder's entries into the cache's own (provably) and foreign ones."""
+    journal, manifest = Journal(folder), own_manifest(folder)
+    listed = journal.shard_names() | {s.get("name") for s in manifest["shards"]} if manifest else journal.shard_names()
+    ours, foreign = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name in BOOKKEEPING or is_temp_name(p.name):
+            owned = True
+        elif p.name == S.MANIFEST_NAME:
+            owned = manifest is not None
+        elif p.match(S.SHARD_GLOB):
+            owned = p.name in listed and p.is_file() and not p.is_symlink()
+        elif p.name == S.TOKENIZER_DIR:
+            owned = journal.owns_tokenizer(p)
+        elif p.name == S.EVAL_DIR and with_eval:
+            owned = _own_cache_folder(p)
+        else:
+            owned = False
+        (ours if owned else foreign).append(p)
+    return ours, foreign
+
+
+def own_manifest(folder: Path) -> dict | None:
+    """The manifest in `folder` as a dict when it reads as a kto manifest, else None."""
+    try:
+        obj = json.loads((folder / S.MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(obj, dict) and {"fingerprint", "content", "layout"} <= obj.keys() and isinstance(obj.get("shards"), list)
+    return obj if ok and all(isinstance(s, dict) for s in obj["shards"]) else None
+
+
+def _own_cache_folder(folder: Path) -> bool:
+    """eval/ is ours when it is a real folder with our manifest or journal and nothing foreign."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if own_manifest(folder) is None and Journal(folder).run() is None:
+        return False
+    return not survey(folder, with_eval=False)[1]
+
+
+def _stale_reason(out: Path, fingerprint: str, layout: dict, content: dict) -> str | None:
+    """Why `out` holds (part of) a cache of another configuration, or None."""
+    run = Journal(out).run()
+    if run is not None and (run.get("fingerprint") != fingerprint or run.get("layout") != layout):
+        return _difference(run.get("content"), run.get("layout"), content, layout, "the unfinished run")
+    manifest = own_manifest(out)
+    if manifest is not None:
+        old_layout = {k: manifest["layout"].get(k) for k in layout} if isinstance(manifest["layout"], dict) else None
+        if manifest["fingerprint"] != fingerprint or old_layout != layout:
+            return _difference(manifest["content"], old_layout, content, layout, "the cache")
+    journal = Journal(out)
+    other = sorted(n for n in journal.shard_names() if journal.recorded_sha(n, fingerprint, layout) is None)
+    if other:
+        return f"holds shards of a different configuration ({', '.join(other[:3])}{', …' if len(other) > 3 else ''})"
+    return None
+
+
+def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: dict, what: str) -> str:
+    """One clause naming what changed: the input files first (the likeliest), else the keys."""
+    if not isinstance(old, dict):
+        return f"holds {what} of a different configuration"
+    before = {i.get("name"): i.get("sha256") for i in old.get("inputs") or [] if isinstance(i, dict)}
+    changed = [i for i in new["inputs"] if i["name"] in before and before[i["name"]] != i["sha256"]]
+    if changed and set(before) == {i["name"] for i in new["inputs"]}:
+        i = changed[0]
+        return (f"--data {i['name']} changed since {what} there read it "
+                f"(sha256 {str(before[i['name']])[:12]}… then, {i['sha256'][:12]}… now)")
+    keys = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
+    keys += sorted(k for k in layout if (old_layout or {}).get(k) != layout[k])
+    return f"holds {what} of a different configuration (differs in {', '.join(keys) or 'its fingerprint'})"
+
+
+def _remove(entries: list[Path]) -> None:
+    """Delete the cache's own entries; the journal last (it is what proves the rest are ours, so
+    a kill half-way leaves them removable by the next --overwrite), the held lock never."""
+    order = sorted(entries, key=lambda p: p.name == JOURNAL_DIR)
+    for p in order:
+        if p.name == LOCK_NAME:
+            continue
+        if p.name == S.EVAL_DIR:
+            _remove(survey(p, with_eval=False)[0])
+            p.rmdir()
+        elif p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _int_lists(arrays: Sequence[np.ndarray]) -> pa.Array:

@@ -10,6 +10,7 @@ of processes, and the main process writes one manifest over all of them once eve
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import random
 import sys
@@ -23,15 +24,17 @@ import torch
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_dir
 from kto.formats.errors import InputError
-from kto.formats.examples import file_sha256, read_examples
+from kto.formats.examples import read_inputs
+from kto.formats.lock import locked_dir
 from kto.formats.logprob import CompletionLogps
 from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.numerics import Numerics, parse_numerics
 from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.scoring import score_sequences
-from kto.formats.shards import sha256_file, shard_metadata, write_shard
+from kto.formats.shards import sha256_file
 
 from .config import PrecomputeConfig
+from .journal import Journal
 from .output import prepare_out_dir, shard_layout, shard_table, shard_tags
 from .pairing import kl_partners
 from .progress import Progress, peak_memory_gb
@@ -56,6 +59,8 @@ class Split:
     out: Path
     rows: list[CacheRow]
     counts: Counts
+    inputs: list[dict]
+    """Each input file's name and the sha256 of the bytes its rows were parsed from."""
 
 
 def log(msg: str) -> None:
@@ -83,7 +88,12 @@ def tokenize_all(examples, tokenizer, cfg: PrecomputeConfig, state=None) -> tupl
     else:
         tokenized = mine
     rows = [row for row in tokenized if row is not None]
-    return rows, len(tokenized) - len(rows)
+    dropped = [ex.id for ex, row in zip(examples, tokenized) if row is None]
+    if dropped and rank == 0:
+        more = f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+        log(f"dropped {len(dropped)} rows left with an empty prompt or completion by tokenization or truncation: "
+            f"{', '.join(map(repr, dropped[:10]))}{more}")
+    return rows, len(dropped)
 
 
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -142,15 +152,16 @@ def count(rows: list[CacheRow], *, dropped: int, same_prompt: int, prefix_splits
     )
 
 
-def content_of(cfg: PrecomputeConfig, source, tokenizer, numerics: Numerics, split: str) -> dict:
+def content_of(cfg: PrecomputeConfig, source, tokenizer, numerics: Numerics, split: str, inputs: list[dict]) -> dict:
     """Everything that decides the numbers. Paths are left out on purpose (see manifest.py)."""
     return {
         "format_version": S.FORMAT_VERSION,
         "split": split,
         "model": model_identity(source),
         "tokenizer": tokenizer_identity(tokenizer),
-        # File names too: rows without an `id` column are named `file:row`.
-        "inputs": [{"name": Path(p).name, "sha256": file_sha256(p)} for p in cfg.data],
+        # File names too: rows without an `id` column are named `file:row`. The sha256 is of the
+        # bytes that were parsed, taken in the same read (records.read_file), never re-read.
+        "inputs": inputs,
         "columns": cfg.columns.as_dict(),
         "max_length": cfg.max_length,
         "max_prompt_length": cfg.max_prompt_length,
@@ -164,7 +175,7 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer, numerics: Numerics, spl
 
 
 def build_splits(cfg: PrecomputeConfig, tokenizer, state=None) -> list[Split]:
-    examples = read_examples(cfg.data, cfg.columns)
+    examples, inputs = read_inputs(cfg.data, cfg.columns)
     rows, dropped = tokenize_all(examples, tokenizer, cfg, state)
     if len(rows) < 2:
         raise InputError(f"--data {', '.join(map(str, cfg.data))}: {len(rows)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2")
@@ -177,7 +188,7 @@ def build_splits(cfg: PrecomputeConfig, tokenizer, state=None) -> list[Split]:
         paired, same_prompt = pair_rows(part, cfg.seed, cfg.max_length)
         counts = count(paired, dropped=dropped if name == "train" else 0, same_prompt=same_prompt,
                        prefix_splits=sum(r.prefix_split for r in part))
-        splits.append(Split(name, out, paired, counts))
+        splits.append(Split(name, out, paired, counts, inputs))
     if prefix_splits:
         log(f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (chat template renders the prompt differently)")
     return splits
@@ -188,18 +199,20 @@ def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
 
     # accelerate only starts a gloo process group for several CPU processes when told cpu=True.
     state = PartialState(cpu=not torch.cuda.is_available())
+    with contextlib.ExitStack() as held:  # the --out lock, released however the run ends
+        return _run(cfg, state, held)
+
+
+def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack) -> list[Manifest]:
     started = time.perf_counter()
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     splits = build_splits(cfg, tokenizer, state)
     numerics = parse_numerics(cfg.dtype, state.device)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens)
-    contents = {s.name: content_of(cfg, source, tokenizer, numerics, s.name) for s in splits}
+    contents = {s.name: content_of(cfg, source, tokenizer, numerics, s.name, s.inputs) for s in splits}
     fingerprints = {name: fingerprint_of(content) for name, content in contents.items()}
-    for s in splits:
-        if state.is_main_process:
-            prepare_out_dir(s.out, fingerprints[s.name], layout, cfg.overwrite)
-        state.wait_for_everyone()
+    _claim_out(cfg, splits, contents, layout, state, held)
     for s in splits:
         if s.counts.desirable == 0 or s.counts.undesirable == 0:
             log(f"warning: the {s.name} split is all {'desirable' if s.counts.undesirable == 0 else 'undesirable'} ({s.counts.rows} rows); KTO learns from both classes")
@@ -210,6 +223,7 @@ def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
                             trust_remote_code=cfg.trust_remote_code, device_map=cfg.device_map)
         if cfg.device_map is None:
             lm = lm.to(state.device)
+        _check_vocabulary(splits, lm, tokenizer, cfg.model)
         scorer = CompletionLogps(lm.eval(), chunk_size=cfg.chunk_size)
     manifests = []
     for s in splits:
@@ -231,15 +245,64 @@ def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
     return manifests
 
 
+def _claim_out(cfg, splits, contents: dict, layout: dict, state, held: contextlib.ExitStack) -> None:
+    """Main process: lock --out, then resume, clear or refuse each split's folder; the others wait.
+
+    The lock is taken before any process writes (the others only start after the broadcast),
+    and a refusal reaches every process, so none is left waiting in a collective.
+    """
+    error = None
+    if state.is_main_process:
+        try:
+            held.enter_context(locked_dir(cfg.out, "--out"))
+            for s in splits:
+                prepare_out_dir(s.out, contents[s.name], layout, cfg.overwrite)
+        except InputError as exc:
+            error = str(exc)
+    if state.num_processes > 1:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise InputError(error)
+
+
+def _check_vocabulary(splits: list[Split], lm, tokenizer, model: str) -> None:
+    """Refuse token ids the model has no embedding row for (a tokenizer larger than the model)."""
+    rows = lm.get_input_embeddings().weight.shape[0]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id >= rows:
+        raise InputError(f"--model {model}: the tokenizer's pad token id {tokenizer.pad_token_id} is not below the model's vocabulary size {rows}")
+    for s in splits:
+        for r in s.rows:
+            for ids in (r.prompt_ids, r.completion_ids):
+                if len(ids) and int(ids.max()) >= rows:
+                    raise InputError(f"row {r.id!r}: token id {int(ids.max())} is not below the vocabulary size {rows} of --model {model}; "
+                                     "its tokenizer has more tokens than the model has embeddings")
+
+
 def _shard_slices(n_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
     return [(a, min(a + rows_per_shard, n_rows)) for a in range(0, n_rows, rows_per_shard)]
 
 
 def _pending_shards(s: Split, fingerprint: str, layout: dict, rows_per_shard: int, state) -> list[int]:
-    """This process's shards (index ≡ rank mod world) that are not already finished on disk."""
+    """This process's shards (index ≡ rank mod world) that are not already finished on disk.
+
+    Finished means: byte for byte what this configuration recorded in the journal when it wrote
+    the shard. A shard that changed since (a flipped byte, a copy from elsewhere) is scored
+    again; trusting its footer tags and re-hashing it would launder it into the manifest.
+    """
     mine = range(state.process_index, len(_shard_slices(len(s.rows), rows_per_shard)), state.num_processes)
-    tags = shard_tags(fingerprint, layout)
-    return [k for k in mine if not ((s.out / S.shard_name(k)).is_file() and shard_metadata(s.out / S.shard_name(k)) == tags)]
+    journal, todo = Journal(s.out), []
+    for k in mine:
+        name = S.shard_name(k)
+        if journal.is_done(name, fingerprint, layout):
+            continue
+        if (s.out / name).exists():
+            log(f"{s.out / name}: not the shard this run recorded when it wrote it (sha256 differs or no record); rebuilding it")
+        todo.append(k)
+    return todo
 
 
 def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics) -> None:
@@ -264,22 +327,34 @@ def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, l
         n = len(rows)
         ref = type(scored)(scored.token_logps[:n], scored.sums[:n])
         ref_kl = type(scored)(scored.token_logps[n:], scored.sums[n:])
-        write_shard(s.out / S.shard_name(k), shard_table(rows, ref, ref_kl, cfg.store_token_logps), shard_tags(fingerprint, layout))
+        table = shard_table(rows, ref, ref_kl, cfg.store_token_logps)
+        Journal(s.out).write_shard(S.shard_name(k), table, shard_tags(fingerprint, layout), fingerprint, layout)
     progress.close()
 
 
 def _finish(s: Split, manifest: Manifest, tokenizer, rows_per_shard: int) -> Manifest:
-    """Main process: check every shard is there, copy the tokenizer, write the manifest last."""
+    """Main process: check every shard against the journal, copy the tokenizer, write the manifest last.
+
+    The manifest's sha256s are the ones recorded when the shards were written; a shard whose
+    bytes no longer match them stops the run instead of being hashed into the manifest.
+    """
+    journal, fingerprint = Journal(s.out), fingerprint_of(manifest.content)
+    layout = {k: manifest.layout[k] for k in shard_layout(1, 1)}
     entries = []
     for k, (a, b) in enumerate(_shard_slices(len(s.rows), rows_per_shard)):
         path = s.out / S.shard_name(k)
-        if not path.is_file():
-            raise RuntimeError(f"{path}: missing after every process finished")
-        entries.append(ShardEntry(path.name, b - a, sha256_file(path)))
+        recorded = journal.recorded_sha(path.name, fingerprint, layout)
+        if not path.is_file() or recorded is None:
+            raise RuntimeError(f"{path}: missing, or not in the journal, after every process finished")
+        if (actual := sha256_file(path)) != recorded:
+            raise InputError(f"{path}: sha256 {actual[:16]}… is not the {recorded[:16]}… recorded when it was written; "
+                             "it changed during the run: run the same command again to rebuild it")
+        entries.append(ShardEntry(path.name, b - a, recorded))
     tok_dir = s.out / S.TOKENIZER_DIR
-    if not tok_dir.is_dir():
+    if not journal.owns_tokenizer(tok_dir):  # prepare_out_dir refused a tokenizer/ not ours
         with atomic_dir(tok_dir) as tmp:
             tokenizer.save_pretrained(tmp)
+            journal.record_tokenizer(tmp)  # before the rename: what appears was recorded first
     manifest = replace(manifest, shards=entries)
     manifest.write(s.out)
     return manifest

@@ -1,0 +1,289 @@
+"""kto-precompute never loses or launders data: resume, overwrite, input hashes, the --out lock,
+full disks and leftovers of a killed run. Each test broke before the fix it is named after."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import chat_rows, precompute_args, write_rows
+
+from kto.formats import schema as S
+from kto.formats.manifest import read_manifest
+from kto.inspection.verify import verify
+from kto.precompute.cli import main
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def verified(cache: Path) -> bool:
+    return all(r.ok for r in verify(cache, check_tokenizer=False))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, tiny_model_dir):
+    """One finished 4-shard cache of chat rows, made once; tests work on copies of it."""
+    root = tmp_path_factory.mktemp("made")
+    data = write_rows(root / "chat.jsonl", chat_rows())
+    assert run_cli(*precompute_args(data, tiny_model_dir, root / "c")).exit_code == 0
+    return root
+
+
+@pytest.fixture
+def cache(made, tmp_path, tiny_model_dir):
+    """A copy of the finished cache and its data file, and the args that resume it in place."""
+    data = tmp_path / "chat.jsonl"
+    shutil.copy(made / "chat.jsonl", data)
+    out = tmp_path / "c"
+    shutil.copytree(made / "c", out)
+    return out, data, precompute_args(data, tiny_model_dir, out)
+
+
+# ---- 1. a rerun must not launder a corrupted shard -------------------------------------------
+
+
+def test_rerun_rebuilds_a_corrupted_shard_instead_of_laundering_it(cache):
+    out, _, args = cache
+    original = (out / "shard-00001.arrow").read_bytes()
+    manifest = (out / S.MANIFEST_NAME).read_bytes()
+    flip_byte(out / "shard-00001.arrow")
+    assert not verified(out)
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "shard-00001.arrow" in result.output and "rebuil" in result.output
+    # The shard was scored again (same bytes as the first time on CPU), not re-hashed as it lay.
+    assert (out / "shard-00001.arrow").read_bytes() == original
+    assert (out / S.MANIFEST_NAME).read_bytes() == manifest
+    assert verified(out)
+
+
+def test_killed_run_state_is_resumed_to_the_same_bytes(cache):
+    """What a kill can leave: the journal entry written but the rename not done (a staged temp, no
+    shard), or a shard that changed since its entry: both are scored again, intact ones kept."""
+    out, _, args = cache
+    reference = {p.name: p.read_bytes() for p in out.glob(S.SHARD_GLOB)}
+    (out / S.MANIFEST_NAME).unlink()
+    flip_byte(out / "shard-00002.arrow")
+    (out / "shard-00003.arrow").rename(out / ".shard-00003.arrow.tmp-999")
+    before = (out / "shard-00000.arrow").stat().st_mtime_ns
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert (out / "shard-00000.arrow").stat().st_mtime_ns == before  # recorded and intact: kept
+    assert {p.name: p.read_bytes() for p in out.glob(S.SHARD_GLOB)} == reference
+    assert not (out / ".shard-00003.arrow.tmp-999").exists() and verified(out)
+
+
+def test_a_shard_the_journal_does_not_name_is_refused_not_adopted(cache):
+    out, _, args = cache
+    (out / S.MANIFEST_NAME).unlink()
+    (out / ".journal" / "shard-00002.arrow.json").unlink()
+    message = one_line_error(run_cli(*args))
+    assert "shard-00002.arrow" in message and "did not write" in message
+    assert len(list(out.glob(S.SHARD_GLOB))) == 4
+
+
+def test_manifest_shas_come_from_the_journal_not_from_rehashing(cache, monkeypatch):
+    """If a shard changes after it was written and checked, the manifest refuses it."""
+    from kto.precompute import pipeline
+
+    out, _, args = cache
+    (out / S.MANIFEST_NAME).unlink()
+    real_finish = pipeline._finish
+
+    def tamper_then_finish(s, *a, **kw):
+        flip_byte(s.out / "shard-00003.arrow")
+        return real_finish(s, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "_finish", tamper_then_finish)
+    message = one_line_error(run_cli(*args))
+    assert "shard-00003.arrow" in message and "sha256" in message
+    assert not (out / S.MANIFEST_NAME).exists()
+
+
+# ---- 2. --overwrite deletes only what the cache wrote ----------------------------------------
+
+
+@pytest.mark.parametrize("folder", [S.EVAL_DIR, S.TOKENIZER_DIR])
+def test_overwrite_refuses_and_keeps_a_users_own_folder(tmp_path, tiny_model_dir, folder):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    (out / folder).mkdir(parents=True)
+    (out / folder / "mine.txt").write_text("my own notes")
+    message = one_line_error(run_cli(*precompute_args(data, tiny_model_dir, out, "--overwrite")))
+    assert f"{folder}" in message and "--out" in message
+    assert (out / folder / "mine.txt").read_text() == "my own notes"
+    assert not list(out.glob(S.SHARD_GLOB))
+
+
+def test_overwrite_of_a_finished_cache_keeps_a_users_folder_put_into_it(cache):
+    out, _, args = cache
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("x")
+    message = one_line_error(run_cli(*args, "--seed", "1", "--overwrite"))
+    assert "notes" in message
+    assert (out / "notes" / "a.txt").read_text() == "x"
+    assert read_manifest(out).content["seed"] == 0  # nothing deleted either
+
+
+def test_a_tokenizer_folder_the_cache_did_not_write_is_not_adopted(cache):
+    """A rerun into a finished cache whose tokenizer/ was replaced refuses; it does not keep it."""
+    out, _, args = cache
+    shutil.rmtree(out / S.TOKENIZER_DIR)
+    (out / S.TOKENIZER_DIR).mkdir()
+    (out / S.TOKENIZER_DIR / "tokenizer.json").write_text("{}")
+    message = one_line_error(run_cli(*args))
+    assert S.TOKENIZER_DIR in message
+    assert (out / S.TOKENIZER_DIR / "tokenizer.json").read_text() == "{}"
+
+
+def test_overwrite_removes_exactly_the_old_cache(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out, "--eval-fraction", "0.25", "--rows-per-shard", "2")).exit_code == 0
+    assert len(list(out.glob(S.SHARD_GLOB))) == 6
+    result = run_cli(*precompute_args(data, tiny_model_dir, out, "--seed", "1", "--overwrite"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob(S.SHARD_GLOB)) == [S.shard_name(k) for k in range(4)]
+    assert not (out / S.EVAL_DIR).exists() and verified(out)
+
+
+# ---- 3. inputs are hashed in the read that parses them ---------------------------------------
+
+
+def test_input_hash_is_of_the_bytes_that_were_parsed(tmp_path, tiny_model_dir, monkeypatch):
+    """The data file changes after it was read: the fingerprint still names what was read."""
+    from kto.precompute import pipeline
+
+    rows = chat_rows()
+    data = write_rows(tmp_path / "chat.jsonl", rows)
+    read_sha = hashlib.sha256(data.read_bytes()).hexdigest()
+    real = pipeline.tokenize_all
+
+    def change_file_then_tokenize(*a, **kw):
+        write_rows(data, rows[::-1])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pipeline, "tokenize_all", change_file_then_tokenize)
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
+    assert read_manifest(out).content["inputs"] == [{"name": "chat.jsonl", "sha256": read_sha}]
+
+
+def test_resume_refuses_an_input_that_changed_since_the_interrupted_run(cache):
+    out, data, args = cache
+    (out / S.MANIFEST_NAME).unlink()  # killed before the manifest
+    write_rows(data, chat_rows()[::-1])
+    message = one_line_error(run_cli(*args))
+    assert "chat.jsonl" in message and "changed" in message
+    assert len(list(out.glob(S.SHARD_GLOB))) == 4  # nothing removed
+
+
+# ---- 4. one writer per cache -------------------------------------------------------------------
+
+
+def test_second_concurrent_precompute_into_one_out_exits_2_naming_the_holder(cache):
+    out, _, args = cache
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom kto.formats.lock import locked_dir\n"
+         "with locked_dir(sys.argv[1], '--out'):\n    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        manifest = (out / S.MANIFEST_NAME).read_bytes()
+        message = one_line_error(run_cli(*args, "--seed", "1", "--overwrite"))
+        assert f"pid {holder.pid}" in message and "--out" in message
+        assert (out / S.MANIFEST_NAME).read_bytes() == manifest
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli(*args).exit_code == 0  # released when the holder died
+
+
+def test_the_lock_file_counts_as_the_caches_own(cache):
+    out, _, args = cache
+    assert (out / ".lock").is_file()
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+
+
+# ---- 6. full disks and leftovers ----------------------------------------------------------------
+
+
+def test_disk_full_names_the_path_in_one_line(cache, monkeypatch):
+    out, _, args = cache
+    (out / S.MANIFEST_NAME).unlink()
+    real = os.replace
+
+    def full(src, dst, *a, **kw):
+        if str(dst).endswith(S.MANIFEST_NAME):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", full)
+    message = one_line_error(run_cli(*args))
+    assert "no space left on device" in message and str(out / S.MANIFEST_NAME) in message
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_temp_files_of_a_killed_run_are_cleaned_at_the_next_start(cache):
+    out, _, args = cache
+    leftovers = [out / ".shard-00001.arrow.tmp-999", out / ".journal" / ".shard-00001.arrow.json.tmp-999",
+                 out / ".manifest.json.tmp-12"]
+    for p in leftovers:
+        p.write_bytes(b"partial")
+    (out / ".tokenizer.old-77").mkdir()
+    (out / ".tokenizer.old-77" / "tokenizer.json").write_text("{}")
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert not any(p.exists() for p in leftovers) and not (out / ".tokenizer.old-77").exists()
+    assert verified(out)
+
+
+def test_kill_at_any_point_then_rerun_is_byte_identical(tmp_path, tiny_model_dir):
+    """Kill a real precompute process at several moments; each rerun ends with the same bytes."""
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    ref = tmp_path / "ref"
+    assert run_cli(*precompute_args(data, tiny_model_dir, ref, "--rows-per-shard", "2")).exit_code == 0
+    expected = {p.name: p.read_bytes() for p in ref.glob(S.SHARD_GLOB)} | {
+        S.MANIFEST_NAME: (ref / S.MANIFEST_NAME).read_bytes()}
+    out = tmp_path / "c"
+    args = precompute_args(data, tiny_model_dir, out, "--rows-per-shard", "2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kto.precompute.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob(S.SHARD_GLOB))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    got = {p.name: p.read_bytes() for p in out.glob(S.SHARD_GLOB)} | {S.MANIFEST_NAME: (out / S.MANIFEST_NAME).read_bytes()}
+    assert got == expected
+    assert json.loads((out / S.MANIFEST_NAME).read_text())["fingerprint"] == read_manifest(ref).fingerprint
