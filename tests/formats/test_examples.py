@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kto.formats.errors import InputError
-from kto.formats.examples import ColumnMap, Example, file_sha256, read_examples
+from kto.formats.examples import ColumnMap, Example, file_sha256, read_examples, read_inputs
 
 GOOD = {"prompt": "Hi", "completion": "Hello!", "label": True}
 USER = {"role": "user", "content": "Hi"}
@@ -197,6 +197,11 @@ BAD_ROWS = {
     "no_assistant_turn": ({"messages": [USER], "label": 1}, "conversation has no assistant turn"),
     "last_not_assistant": ({"messages": [USER, ASSISTANT, USER], "label": 1}, "last message is 'user'"),
     "paired_text_without_prompt": ({"chosen": "A", "rejected": "B"}, "missing column 'prompt'"),
+    # JSON's "\ud83d" without its low half parses to a lone surrogate, which no tokenizer encodes.
+    "lone_surrogate_text": ({**GOOD, "completion": "Hi \ud83d!"}, "lone surrogate '\\ud83d' at character 4"),
+    "lone_surrogate_message": ({"prompt": [{"role": "user", "content": "\udc00"}], "completion": [ASSISTANT],
+                                "label": 1}, "column 'prompt', message 1: a lone surrogate"),
+    "lone_surrogate_id": ({**GOOD, "id": "a\ud800"}, "column 'id': a lone surrogate"),
 }
 
 
@@ -236,3 +241,52 @@ def test_missing_file_and_unknown_extension(tmp_path):
     assert "nope.jsonl: no such file" in error_of([tmp_path / "nope.jsonl"])
     (tmp_path / "d.txt").write_text("x")
     assert "d.txt: unknown file type '.txt'" in error_of([tmp_path / "d.txt"])
+
+
+def test_deeply_nested_json_is_one_line_not_a_recursion_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    jsonl = tmp_path / "deep.jsonl"
+    jsonl.write_text(json.dumps(GOOD) + "\n" + deep + "\n")
+    assert error_of([jsonl]) == "deep.jsonl: row 2: JSON nested too deeply to read"
+    array = tmp_path / "deep.json"
+    array.write_text(f"[{json.dumps(GOOD)}, {deep}]")
+    assert error_of([array]) == "deep.json: JSON nested too deeply to read"
+
+
+@pytest.mark.parametrize("line, found", [("Q,A,true,extra", 4), ("Q,A", 2)], ids=["too-many", "too-few"])
+def test_csv_row_with_the_wrong_number_of_fields(tmp_path, line, found):
+    """DictReader would put a surplus field under None or fill a missing one with None."""
+    path = tmp_path / "d.csv"
+    path.write_text(f"prompt,completion,label\nHi,Hello,true\n{line}\n")
+    assert error_of([path]) == f"d.csv: row 2: {found} fields, but the header has 3"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet", ".arrow"])
+def test_inputs_hash_the_bytes_that_were_parsed(tmp_path, suffix, monkeypatch):
+    """The file is rewritten while its rows are being checked: the hash is still of what was read."""
+    import kto.formats.examples as examples
+
+    rows = [GOOD, {"prompt": "Q", "completion": "A", "label": False}]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, rows)
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix == ".csv":
+        path.write_text("prompt,completion,label\nHi,Hello!,true\nQ,A,false\n")
+    elif suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        with pa.ipc.new_file(path, pa.Table.from_pylist(rows).schema) as w:
+            w.write_table(pa.Table.from_pylist(rows))
+    read = hashlib.sha256(path.read_bytes()).hexdigest()
+    real = examples._row_examples
+
+    def rewrite_then_check(*a):
+        path.write_bytes(b"changed")
+        return real(*a)
+
+    monkeypatch.setattr(examples, "_row_examples", rewrite_then_check)
+    parsed, inputs = read_inputs([path])
+    assert [e.completion for e in parsed] == ["Hello!", "A"]
+    assert inputs == [{"name": path.name, "sha256": read}]
