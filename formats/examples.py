@@ -83,6 +83,11 @@ def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap()) -
     examples: list[Example] = []
     inputs: list[dict] = []
     for path in map(Path, paths):
+        if not path.name.isascii():  # a non-UTF-8 name decodes to lone surrogates; ids carry it
+            try:
+                path.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"{ascii(str(path))}: the file name is not valid UTF-8 (rows are named after it); rename the file") from None
         sha256, rows = read_file(path)
         for row, record in rows:
             examples.extend(_row_examples(record, path.name, row, columns))

@@ -144,15 +144,14 @@ def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: di
     return f"holds {what} of a different configuration (differs in {', '.join(keys) or 'its fingerprint'})"
 
 
-def _remove(entries: list[Path]) -> None:
+def _remove(entries: list[Path], keep: str | None = LOCK_NAME) -> None:
     """Delete the cache's own entries; the journal last (it is what proves the rest are ours, so
     a kill half-way leaves them removable by the next --overwrite), the held lock never."""
-    order = sorted(entries, key=lambda p: p.name == JOURNAL_DIR)
-    for p in order:
-        if p.name == LOCK_NAME:
+    for p in sorted(entries, key=lambda p: p.name == JOURNAL_DIR):
+        if p.name == keep:
             continue
         if p.name == S.EVAL_DIR:
-            _remove(survey(p, with_eval=False)[0])
+            _remove(survey(p, with_eval=False)[0], keep=None)
             p.rmdir()
         elif p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

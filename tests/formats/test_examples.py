@@ -290,3 +290,13 @@ def test_inputs_hash_the_bytes_that_were_parsed(tmp_path, suffix, monkeypatch):
     parsed, inputs = read_inputs([path])
     assert [e.completion for e in parsed] == ["Hello!", "A"]
     assert inputs == [{"name": path.name, "sha256": read}]
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line(tmp_path):
+    """Row ids default to `file:row`: a name decoded with surrogateescape would reach Arrow."""
+    import os
+
+    name = os.fsdecode(b"d\xff.jsonl")
+    path = write_jsonl(tmp_path / name, [GOOD, GOOD])
+    message = error_of([path])
+    assert "the file name is not valid UTF-8" in message and message.isascii()
