@@ -278,7 +278,7 @@ def _check_vocabulary(splits: list[Split], lm, tokenizer, model: str) -> None:
         for r in s.rows:
             for ids in (r.prompt_ids, r.completion_ids):
                 if len(ids) and int(ids.max()) >= rows:
-                    raise InputError(f"row {r.id!r}: token id {int(ids.max())} is not below the vocabulary size {rows} of --model {model}; "
+                    raise InputError(f"row {r.id!r}: token id {int(ids[ids >= rows][0])} is not below the vocabulary size {rows} of --model {model}; "
                                      "its tokenizer has more tokens than the model has embeddings")
 
 
@@ -300,7 +300,7 @@ def _pending_shards(s: Split, fingerprint: str, layout: dict, rows_per_shard: in
         if journal.is_done(name, fingerprint, layout):
             continue
         if (s.out / name).exists():
-            log(f"{s.out / name}: not the shard this run recorded when it wrote it (sha256 differs or no record); rebuilding it")
+            log(f"{s.out / name}: not the shard this configuration recorded when it wrote it (sha256 differs, or no record); rebuilding it")
         todo.append(k)
     return todo
 
