@@ -119,7 +119,9 @@ def run(out: Path, to: Path | None, as_json: bool) -> None:
 @click.argument("cache", type=P)
 @click.option("--model", required=True, help="Policy to score: local HF dir (e.g. OUT/final), .gguf file or hub id.")
 @click.option("--out", type=P, default=Path("scores.parquet"), help="Parquet file to write (keyed by id).")
-@click.option("--beta", default=0.1, help="β of the implicit reward β·(log πθ − log πref).")
+@click.option("--beta", default=None, type=float,
+              help="β of the implicit reward β·(log πθ − log πref) [default: the run's, read from RUN/config.json "
+                   "when --model is RUN/final or RUN/checkpoint-STEP; else 0.1].")
 @click.option("--batch-tokens", default=16384, help="Padded tokens per scoring batch.")
 @click.option("--dtype", default="auto", type=click.Choice(NUMERICS),
               help="As kto-precompute's: auto = amp-bf16 on CUDA, fp32 on CPU. Match the cache's for unbiased rewards.")

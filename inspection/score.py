@@ -24,6 +24,7 @@ from kto.formats.errors import InputError
 from kto.formats.manifest import read_manifest
 from kto.formats.shards import ShardVerifier, open_shard
 
+DEFAULT_BETA = 0.1
 SCORE_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("label", pa.bool_(), nullable=False),
@@ -55,12 +56,28 @@ def _check_flags(beta: float, batch_tokens: int, chunk_size: int, dtype: str, ou
         raise InputError(f"--out {out}: inside the cache directory; write it elsewhere (the cache holds only kto files)")
 
 
+def run_beta(model: str) -> tuple[float | None, Path | None]:
+    """β of the kto-train run whose final/ or checkpoint-STEP/ is `model` (from RUN/config.json)."""
+    from kto.formats.runrecord import RUN_CONFIG_NAME, read_run_config, run_of_model_dir
+
+    run = run_of_model_dir(model)
+    if run is None:
+        return None, None
+    beta = read_run_config(run)["config"].get("beta")
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool):
+        raise InputError(f"{run / RUN_CONFIG_NAME}: no numeric beta; pass --beta")
+    return float(beta), run / RUN_CONFIG_NAME
+
+
 def score_cache(
-    cache_dir: str | Path, model: str, out: str | Path, *, beta: float = 0.1, batch_tokens: int = 16384,
+    cache_dir: str | Path, model: str, out: str | Path, *, beta: float | None = None, batch_tokens: int = 16384,
     dtype: str = "auto", chunk_size: int = 1024, attn_implementation: str = "sdpa",
     trust_remote_code: bool = False, log: Callable[[str], None] = _stderr,
 ) -> dict:
-    """Score every row of the cache with `model`; write `out`; return the per-label summary."""
+    """Score every row of the cache with `model`; write `out`; return the per-label summary.
+
+    beta None: the run's β when `model` is a kto-train run's final/ or checkpoint-STEP/ (read
+    from its RUN/config.json), else DEFAULT_BETA."""
     import pyarrow.parquet as pq
     import torch
 
@@ -70,6 +87,12 @@ def score_cache(
     from kto.formats.scoring import score_sequences
 
     cache_dir, out = Path(cache_dir), Path(out)
+    if beta is None:
+        beta, record = run_beta(model)
+        if beta is None:
+            beta = DEFAULT_BETA
+        else:
+            log(f"β = {beta:g}, the run's, from {record}")
     if not cache_dir.is_dir():
         raise InputError(f"{cache_dir}: no such cache directory")
     _check_flags(beta, batch_tokens, chunk_size, dtype, out, cache_dir)

@@ -28,6 +28,7 @@ from kto.formats.examples import read_inputs
 from kto.formats.lock import locked_dir
 from kto.formats.logprob import CompletionLogps
 from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
+from kto.formats.memory import peak_memory_gb
 from kto.formats.numerics import Numerics, parse_numerics
 from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.scoring import score_sequences
@@ -37,7 +38,7 @@ from .config import PrecomputeConfig
 from .journal import Journal
 from .output import prepare_out_dir, shard_layout, shard_table, shard_tags
 from .pairing import kl_partners
-from .progress import Progress, peak_memory_gb
+from .progress import Progress
 from .tokenize import TRUNCATION_RULE, TokenizedRow, leading_bos_id, tokenize_example
 
 @dataclass(frozen=True)

@@ -1,20 +1,9 @@
-"""Progress bar (rows, tokens/s, ETA) and peak memory, for the main process only."""
+"""Progress bar (rows, tokens/s, ETA), for the main process only."""
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
-
-import torch
-
-
-def peak_memory_gb() -> float:
-    """Peak CUDA memory allocated if on GPU, else this process's peak resident set size."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 1e9
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return kib / 1e6
 
 
 class Progress:

@@ -47,6 +47,7 @@ P = click.Path(path_type=Path)
 @click.option("--keep-dropout", is_flag=True, help="Keep the model's dropout (disabled by default).")
 @click.option("--log-every", default=10)
 @click.option("--save-every", default=0, help="0: final model only.")
+@click.option("--save-total-limit", default=0, help="Keep only the newest N checkpoints (0: keep all).")
 @click.option("--eval-cache", type=P, default=None)
 @click.option("--eval-every", default=0)
 @click.option("--resume", is_flag=True, help="Continue from the latest OUT/checkpoint-STEP.")
@@ -61,7 +62,10 @@ def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     from .loop import train
 
     try:
-        values = load_config_file(config_file) if config_file else {}
+        options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
+        values = {}
+        if config_file:
+            values = {k: config_value(options[k], k, v, config_file) for k, v in load_config_file(config_file).items()}
         for name, value in flags.items():
             given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
             if given or name not in values:
@@ -69,13 +73,43 @@ def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
         for name in ("cache", "model", "out"):
             if values.get(name) is None:
                 raise InputError(f"--{name} is required (on the command line or in --config)")
-        for name in ("cache", "out", "eval_cache"):
-            if values.get(name) is not None:
-                values[name] = Path(values[name])
         train(TrainConfig(**values))
     except InputError as exc:
         click.echo(f"kto-train: error: {exc}", err=True)
         sys.exit(2)
+
+
+def config_value(option: click.Option, name: str, value, path: Path):
+    """A --config value converted and checked as the flag's own type would be on the command line.
+
+    YAML reads `lr: 1e-6` as a string (YAML 1.1 wants `1.0e-6` for a float), so strings are
+    converted like command-line text; but a true/false is never taken for a number, nor 2.5 for
+    a whole number, as Python's int() and float() would."""
+    where = f"--config {path}: {name.replace('_', '-')}"
+    kind = option.type
+    if value is None:
+        if option.default is None and not option.is_flag:
+            return None
+        raise InputError(f"{where}: is empty; give a value or leave the key out")
+    if isinstance(value, (dict, list)):
+        raise InputError(f"{where}: expected one {kind.name} value, got a {'mapping' if isinstance(value, dict) else 'list'}")
+    if isinstance(kind, click.types.BoolParamType):
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, str):
+            raise InputError(f"{where}: {value!r} is not true or false")
+    elif isinstance(value, bool):
+        raise InputError(f"{where}: {value} is true/false; expected {kind.name}")
+    elif isinstance(kind, click.types.IntParamType) and isinstance(value, float):
+        if not value.is_integer():
+            raise InputError(f"{where}: {value!r} is not a whole number")
+        value = int(value)
+    elif isinstance(kind, (click.Choice, click.Path, click.types.StringParamType)):
+        value = str(value)
+    try:
+        return kind.convert(value, option, None)
+    except click.BadParameter as exc:
+        raise InputError(f"{where}: {exc.message}") from None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ fields one to one (a test keeps the two in step), and `--config FILE` keys use t
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,8 @@ class TrainConfig:
     """Steps between metric lines."""
     save_every: int = 0
     """Steps between checkpoints (0: only the final model)."""
+    save_total_limit: int = 0
+    """Keep only the newest N checkpoints, deleting older ones after each save (0: keep all)."""
     eval_cache: Path | None = None
     """A kto-precompute cache to evaluate on (e.g. CACHE/eval)."""
     eval_every: int = 0
@@ -90,6 +93,10 @@ class TrainConfig:
     """transformers attention implementation (match the cache's)."""
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"--{_flag(f.name)} {value}: must be a finite number")
         _choice("loss", self.loss, [t.value for t in LossType])
         _choice("lr-schedule", self.lr_schedule, SCHEDULES)
         _choice("kl-scope", self.kl_scope, KL_SCOPES)
@@ -109,7 +116,7 @@ class TrainConfig:
             raise InputError(f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"--max-steps {self.max_steps}: must be at least 1")
-        for name in ("log_every", "save_every", "eval_every"):
+        for name in ("log_every", "save_every", "eval_every", "save_total_limit"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
         if self.save_every and self.log_every and self.save_every % self.log_every:

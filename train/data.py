@@ -22,15 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import torch
 
 from kto.formats import schema as S
+from kto.formats.errors import InputError
 from kto.formats.logprob import TokenBatch, make_token_batch
 from kto.formats.manifest import Manifest, read_manifest
 from kto.formats.shards import ShardVerifier, check_shard_values, open_shard, tokenizer_vocab_size
 
 MEGABATCH_STEPS = 16
+VERIFY_HINT = "kto-inspect verify {} checks the whole cache"
 
 
 @dataclass(frozen=True)
@@ -80,24 +81,42 @@ class ShardedCache:
     def table(self, k: int) -> pa.Table:
         if k not in self._tables:
             name = self.manifest.shards[k].name
-            self.verifier.verify(name)
-            table = open_shard(self.dir / name)
-            if table.num_rows != self.manifest.shards[k].rows:
-                raise ValueError(f"{self.dir / name}: {table.num_rows} rows, manifest says {self.manifest.shards[k].rows}")
+            try:
+                self.verifier.verify(name)  # sha256 on first read: a mismatch mid-run is one line too
+            except (ValueError, OSError) as exc:
+                raise InputError(f"{str(exc).splitlines()[0]}; {VERIFY_HINT.format(self.dir)}") from None
+            table = self._open(k)
             check_shard_values(table, self.dir / name, tokenizer_vocab_size(self.dir))  # NaN log-probs, bad token ids
             self._tables[k] = table
         return self._tables[k]
 
+    def _open(self, k: int) -> pa.Table:
+        """Shard k memory-mapped: present, footer readable, shard schema, the manifest's row count."""
+        entry = self.manifest.shards[k]
+        path = self.dir / entry.name
+        if not path.is_file():
+            raise InputError(f"{path}: listed in the manifest but missing; {VERIFY_HINT.format(self.dir)}")
+        try:
+            table = open_shard(path)
+        except InputError:
+            raise
+        except (ValueError, OSError, pa.ArrowException) as exc:
+            raise InputError(f"{path}: not a readable shard, truncated or corrupt ({' '.join(str(exc).split())[:200]}); "
+                             f"{VERIFY_HINT.format(self.dir)}") from None
+        if table.num_rows != entry.rows:
+            raise InputError(f"{path}: {table.num_rows} rows, the manifest says {entry.rows}; {VERIFY_HINT.format(self.dir)}")
+        return table
+
     def lengths(self) -> np.ndarray:
         """[rows] prompt+completion lengths, from list offsets (cheap: no checksum, no values).
 
-        Reading offsets does not verify the shard; the rows themselves are verified on first use.
+        This is also the start-up check of every shard (present, readable footer, schema, row
+        count) before kto-train writes anything; the sha256 is checked on first use of the rows.
         """
         out = []
-        for entry in self.manifest.shards:
-            with pa.memory_map(str(self.dir / entry.name)) as src:
-                t = ipc.open_file(src).read_all()
-                out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
+        for k in range(len(self.manifest.shards)):
+            t = self._open(k)
+            out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def rows(self, indices: list[int]) -> dict[str, list]:

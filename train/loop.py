@@ -9,42 +9,47 @@ from pathlib import Path
 
 import torch
 
-from kto.formats.atomic import atomic_dir
 from kto.formats.errors import InputError
 from kto.formats.numerics import train_numerics
 
-from .checkpoint import Position, save_checkpoint, save_model_dir
+from .checkpoint import Position, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir
 from .checks import DEFAULT_DRIFT_TOLERANCE, step0_drift
 from .config import TrainConfig
 from .data import KTOBatch, collate, epoch_plan
 from .evaluate import evaluate
-from .setup import Run, log, setup
-from .step import all_reduce_max, all_reduce_sum, forward_backward, optimizer_step, summarize
+from .guard import check_step, check_weights
+from .rundir import lock_run_dir
+from .setup import Run, check_inputs, log, setup
+from .step import all_reduce_max, all_reduce_sum, apply_update, clip_gradients, forward_backward, summarize
 
 
 def train(cfg: TrainConfig) -> Path:
-    run = setup(cfg)
-    window, window_start = None, time.perf_counter()
-    while run.position.global_step < run.total_steps:
-        batches = step_batches(run)
-        if run.is_reference and run.position.global_step == 0:
-            check_drift(run, batches[0])
-        stats = forward_backward(run.model, batches, run.settings, run.accelerator)
-        grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, run.accelerator, run.cfg.max_grad_norm)
-        stats = all_reduce_sum(stats, run.accelerator)
-        window = stats if window is None else window + stats
-        run.position = advance(run.position, run.steps_per_epoch)
-        step = run.position.global_step
-        if run.cfg.log_every and (step % run.cfg.log_every == 0 or step == run.total_steps):
-            log_window(run, window, grad_norm, time.perf_counter() - window_start)
-            window, window_start = None, time.perf_counter()
-        if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
+    inputs = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
+    with lock_run_dir(cfg.out, inputs.accelerator):  # one kto-train per run directory, for the whole run
+        run = setup(inputs)
+        window, window_start = None, time.perf_counter()
+        while run.position.global_step < run.total_steps:
+            batches = step_batches(run)
+            if run.is_reference and run.position.global_step == 0:
+                check_drift(run, batches[0])
+            stats = all_reduce_sum(forward_backward(run.model, batches, run.settings, run.accelerator), run.accelerator)
+            norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
+            grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.last_checkpoint)
+            apply_update(run.optimizer, run.scheduler)
+            run.memory.sample()
+            window = stats if window is None else window + stats
+            run.position = advance(run.position, run.steps_per_epoch)
+            step = run.position.global_step
+            if run.cfg.log_every and (step % run.cfg.log_every == 0 or step == run.total_steps):
+                log_window(run, window, grad_norm, time.perf_counter() - window_start)
+                window, window_start = None, time.perf_counter()
+            if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
+                run_eval(run)
+            if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
+                save(run)
+        if run.eval_cache:
             run_eval(run)
-        if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
-            save(run)
-    if run.eval_cache:
-        run_eval(run)
-    return finish(run)
+        return finish(run)
 
 
 def step_batches(run: Run) -> list[KTOBatch]:
@@ -98,21 +103,13 @@ def evaluation_mode(model):
         model.train()
 
 
-def peak_memory_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 1e9
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
 def log_window(run: Run, window: torch.Tensor, grad_norm: float, seconds: float) -> None:
     """Metrics over the steps since the last line (already summed over ranks)."""
     p = run.position
     line = summarize(window)
     line.update(
         lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=p.epoch + p.step_in_epoch / run.steps_per_epoch,
-        tokens_per_s=line.pop("tokens") / max(seconds, 1e-9), peak_memory_gb=peak_memory_gb(),
+        tokens_per_s=line.pop("tokens") / max(seconds, 1e-9), **run.memory.take_window(),
     )
     if run.metrics:
         run.metrics.write(p.global_step, line)
@@ -130,21 +127,26 @@ def run_eval(run: Run) -> None:
 
 
 def save(run: Run) -> None:
-    acc = run.accelerator
+    acc, step = run.accelerator, run.position.global_step
+    check_weights(run.model, acc, step, run.last_checkpoint, f"checkpoint-{step}")
     acc.wait_for_everyone()
     if acc.is_main_process:
         path = save_checkpoint(run.cfg.out, acc.unwrap_model(run.model).lm, run.tokenizer, run.optimizer, run.scheduler,
                                run.position, run.plan_identity)
         log(f"saved {path}", acc)
+        for old in prune_checkpoints(run.cfg.out, run.cfg.save_total_limit):
+            log(f"removed {old} (--save-total-limit {run.cfg.save_total_limit})", acc)
+    run.last_checkpoint = run.cfg.out / f"checkpoint-{step}"
     acc.wait_for_everyone()
 
 
 def finish(run: Run) -> Path:
     """Save OUT/final atomically, close the metrics and the trackers."""
     acc, final = run.accelerator, run.cfg.out / "final"
+    check_weights(run.model, acc, run.position.global_step, run.last_checkpoint, "final/")
     acc.wait_for_everyone()
     if acc.is_main_process:
-        with atomic_dir(final) as tmp:
+        with saved_dir(final) as tmp:
             save_model_dir(acc.unwrap_model(run.model).lm, run.tokenizer, tmp)
         log(f"saved {final}", acc)
         run.metrics.close()

@@ -6,22 +6,25 @@ The reference model is never loaded: its numbers come from the cache.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from kto.formats.errors import InputError
 from kto.formats.logprob import CompletionLogps
+from kto.formats.memory import MemoryMeter
 from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
 
-from .checkpoint import Position, latest_checkpoint, load_training_state
+from .checkpoint import Position, load_training_state
 from .checks import class_balance
 from .config import TrainConfig
 from .data import BatchShape, ShardedCache, steps_per_epoch
 from .metrics import MetricsWriter
 from .optim import build_optimizer, build_scheduler
-from .step import LossSettings
+from .rundir import config_record, open_run_dir, write_record
+from .step import LossSettings, on_main
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,6 +59,9 @@ class Run:
     plan: np.ndarray | None = None
     """The current epoch's plan [steps, world, accum, batch], built once per epoch."""
     plan_epoch: int = -1
+    last_checkpoint: Path | None = None
+    """The newest checkpoint saved or resumed from: named when the run stops on a non-finite value."""
+    memory: MemoryMeter = field(default_factory=MemoryMeter)
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -109,35 +115,66 @@ def load_policy(cfg: TrainConfig, init):
     return lm.train()
 
 
-def setup(cfg: TrainConfig) -> Run:
+@dataclass
+class Inputs:
+    """Everything checked before kto-train touches --out (see check_inputs)."""
+
+    cfg: TrainConfig
+    accelerator: object
+    cache: ShardedCache
+    eval_cache: ShardedCache | None
+    source: object
+    tokenizer: object
+    lengths: np.ndarray
+    shape: BatchShape
+    steps_per_epoch: int
+    total_steps: int
+    record: dict
+    """RUN/config.json: the resolved configuration plus the identities of data and model."""
+    is_reference: bool
+    """--model is the model the cache was scored with."""
+
+
+def check_inputs(cfg: TrainConfig) -> Inputs:
+    """Every start-up check that can fail on the user's input, before anything is written to
+    --out: precision flags, the manifest and every shard's footer and row count, the tokenizer,
+    the eval cache, the model's identity. A failure here leaves --out as it was."""
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     cache = ShardedCache(cfg.cache)
+    lengths = cache.lengths()
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     require_cache_tokenizer(tokenizer, manifest.content["tokenizer"], cfg.model)
     eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
-    if not cfg.resume and ((cfg.out / "metrics.jsonl").exists() or latest_checkpoint(cfg.out)):
-        raise InputError(f"--out {cfg.out}: holds an earlier run; pass --resume to continue it, or choose another directory")
-    cfg.out.mkdir(parents=True, exist_ok=True)
-
-    resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        log(f"--resume: no checkpoint in {cfg.out}; starting from --model", accelerator)
-    lm = load_policy(cfg, resolve_source(str(resume_from)) if resume_from else source)
-
     shape = BatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
     per_epoch = steps_per_epoch(cache.num_rows, shape)
     total_steps = cfg.max_steps or per_epoch * cfg.epochs
+    identity = model_identity(source)
+    derived = {"total_steps": total_steps, "world_size": accelerator.num_processes, "cache_fingerprint": manifest.fingerprint,
+               "eval_cache_fingerprint": eval_cache.manifest.fingerprint if eval_cache else None, "model_identity": identity}
+    return Inputs(
+        cfg=cfg, accelerator=accelerator, cache=cache, eval_cache=eval_cache, source=source, tokenizer=tokenizer,
+        lengths=lengths, shape=shape, steps_per_epoch=per_epoch, total_steps=total_steps,
+        record={"config": config_record(cfg), "derived": derived}, is_reference=identity == manifest.content["model"],
+    )
+
+
+def setup(inp: Inputs) -> Run:
+    """Under the run directory's lock: pick the checkpoint, load the policy, build the optimizer,
+    restore the training state, then record the configuration and open metrics.jsonl."""
+    cfg, accelerator = inp.cfg, inp.accelerator
+    resume_from = on_main(lambda: open_run_dir(cfg, inp.record, lambda msg: log(msg, accelerator)), accelerator)
+    lm = load_policy(cfg, resolve_source(str(resume_from)) if resume_from else inp.source)
     model = CompletionLogps(lm, chunk_size=cfg.chunk_size)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    scheduler = build_scheduler(optimizer, cfg, inp.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     position = Position(0, 0, 0)
-    plan = plan_identity(cfg, manifest.fingerprint, accelerator.num_processes, total_steps)
+    plan = plan_identity(cfg, inp.cache.manifest.fingerprint, accelerator.num_processes, inp.total_steps)
     if resume_from is not None:
         position, saved = load_training_state(resume_from, optimizer, scheduler)
         differs = sorted(k for k in plan if saved.get(k) != plan[k])
@@ -147,19 +184,24 @@ def setup(cfg: TrainConfig) -> Run:
                 + "; the data order and LR schedule depend on them"
             )
         log(f"resumed from {resume_from} at step {position.global_step}", accelerator)
-    if accelerator.is_main_process and cfg.report_to != "none":
-        accelerator.init_trackers("kto", config={k: str(v) for k, v in vars(cfg).items()})
+    is_reference = resume_from is None and inp.is_reference
+    if not is_reference:
+        why = ("the policy was resumed from a checkpoint, so it is no longer the reference" if resume_from else
+               f"--model {cfg.model} is not the model the cache was scored with (its identity differs from the manifest's)")
+        log(f"step-0 check skipped: {why}", accelerator)
     metrics = None
     if accelerator.is_main_process:
+        write_record(cfg.out, inp.record)
+        if cfg.report_to != "none":
+            accelerator.init_trackers("kto", config={k: str(v) for k, v in vars(cfg).items()})
         metrics = MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None)
-    log(f"{cache.num_rows} rows, {per_epoch} steps per epoch of {shape.rows_per_step} rows, {total_steps} steps", accelerator)
+    log(f"{inp.cache.num_rows} rows, {inp.steps_per_epoch} steps per epoch of {inp.shape.rows_per_step} rows, {inp.total_steps} steps", accelerator)
     return Run(
-        cfg=cfg, accelerator=accelerator, cache=cache, tokenizer=tokenizer, model=model, optimizer=optimizer,
+        cfg=cfg, accelerator=accelerator, cache=inp.cache, tokenizer=inp.tokenizer, model=model, optimizer=optimizer,
         scheduler=scheduler,
         settings=LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope),
-        shape=shape, lengths=cache.lengths(), steps_per_epoch=per_epoch, total_steps=total_steps, position=position,
-        is_reference=resume_from is None and model_identity(source) == manifest.content["model"], metrics=metrics,
-        eval_cache=eval_cache, plan_identity=plan,
+        shape=inp.shape, lengths=inp.lengths, steps_per_epoch=inp.steps_per_epoch, total_steps=inp.total_steps, position=position,
+        is_reference=is_reference, metrics=metrics, eval_cache=inp.eval_cache, plan_identity=plan, last_checkpoint=resume_from,
     )
 
 
@@ -175,6 +217,7 @@ def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:
     if cfg.eval_cache is None:
         return None
     cache = ShardedCache(cfg.eval_cache)
+    cache.lengths()  # every shard present and readable before --out is touched
     for part in ("model", "tokenizer"):
         if cache.manifest.content[part] != manifest.content[part]:
             raise InputError(f"--eval-cache {cfg.eval_cache}: made with another {part} than --cache {cfg.cache}")

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 
+from kto.formats.errors import InputError
 from kto.formats.logprob import sequence_sums
 
 from .data import KTOBatch
 from .loss import KLEstimate, KTOLossOutput, LossType, kl_estimate, kto_loss
+
+T = TypeVar("T")
 
 # The per-step statistics, summed over micro-batches and then over ranks in one all-reduce.
 STAT_FIELDS = (
@@ -52,6 +56,26 @@ def all_reduce_max(value: float, accelerator) -> float:
     if accelerator.num_processes == 1:
         return value
     return float(accelerator.gather(torch.tensor([value], device=accelerator.device)).max())
+
+
+def on_main(fn: Callable[[], T], accelerator) -> T:
+    """Run `fn` on the main process only and hand its result, or its InputError, to every rank,
+    so that all ranks go on together or all stop with the same line (a rank that stopped alone
+    would leave the others waiting in the next collective). The other ranks wait here meanwhile."""
+    if accelerator.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    box = [None, None]
+    if accelerator.is_main_process:
+        try:
+            box[0] = fn()
+        except InputError as exc:
+            box[1] = str(exc)
+    broadcast_object_list(box, from_process=0)
+    if box[1] is not None:
+        raise InputError(box[1])
+    return box[0]
 
 
 def kl_local_sums(model, batches: list[KTOBatch]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,12 +169,21 @@ def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: b
     ])
 
 
-def optimizer_step(model, optimizer, scheduler, accelerator, max_grad_norm: float) -> float:
-    """Clip (or just measure) the global gradient norm, step, and clear the gradients."""
-    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+def clip_gradients(model, accelerator, max_grad_norm: float) -> torch.Tensor:
+    """Clip (or just measure) the global gradient norm; the same value on every rank."""
+    return accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+
+
+def apply_update(optimizer, scheduler) -> None:
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def optimizer_step(model, optimizer, scheduler, accelerator, max_grad_norm: float) -> float:
+    """Clip, step, and clear the gradients (no finite-value check: the loop does that in between)."""
+    norm = clip_gradients(model, accelerator, max_grad_norm)
+    apply_update(optimizer, scheduler)
     return float(norm)
 
 

@@ -36,7 +36,7 @@ def test_run_logs_every_step_and_the_policy_moves(full_run):
     lines = metrics(out)
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "kl", "kl_raw", "sft_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
-                "logps/chosen", "logps/rejected", "lr", "grad_norm", "tokens_per_s", "peak_memory_gb"):
+                "logps/chosen", "logps/rejected", "lr", "grad_norm", "tokens_per_s", "peak_memory_gb", "rss_anon_gb", "rss_file_gb"):
         assert key in lines[0], key
     # Step 1 runs with πθ = πref: every reward and the KL estimate are exactly 0.
     assert lines[0]["rewards/chosen"] == 0 and lines[0]["kl_raw"] == 0 and lines[0]["loss"] == pytest.approx(0.5)
@@ -60,6 +60,7 @@ def test_resume_reproduces_the_uninterrupted_losses(full_run, tiny_cache, tiny_m
     crashed = tmp_path / "crashed"
     crashed.mkdir()
     shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
+    shutil.copy(out / "config.json", crashed / "config.json")
     (crashed / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:4]))  # one line past the checkpoint
     result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "6", "--save-every", "3", "--resume")
     assert result.exit_code == 0, result.output
@@ -167,6 +168,7 @@ def test_resume_survives_a_half_written_metrics_line(full_run, tiny_cache, tiny_
     crashed = tmp_path / "crashed"
     crashed.mkdir()
     shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
+    shutil.copy(out / "config.json", crashed / "config.json")
     lines = (out / "metrics.jsonl").read_text().splitlines()
     (crashed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
     result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "6", "--save-every", "3", "--resume")
@@ -232,6 +234,7 @@ def test_resume_with_another_batch_shape_is_refused(full_run, tiny_cache, tiny_m
     crashed = tmp_path / "crashed"
     crashed.mkdir()
     shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
+    shutil.copy(out / "config.json", crashed / "config.json")
     result = CliRunner().invoke(main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(crashed),
                                        "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--warmup-ratio", "0.2",
                                        "--max-steps", "6", "--save-every", "3", "--resume"])

@@ -1,0 +1,73 @@
+"""No finite-value guard used to exist: a diverging run, or a NaN that reached a batch, exited 0
+with a final/ of NaN tensors. Now the step, the quantity and the last good checkpoint are named
+on one line (exit 2), and non-finite weights are never saved."""
+
+import dataclasses
+
+import torch
+
+import kto.train.loop
+from test_loop import metrics, train_cli
+
+
+def error_line(output: str) -> str:
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("kto-train: error:")]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def test_a_diverging_run_stops_at_the_first_nan_loss_naming_the_last_good_checkpoint(tiny_cache, tiny_model_dir, tmp_path):
+    # lr 1e30: step 1 moves every weight by about 1e30 (still finite), so step 2's loss is NaN.
+    out = tmp_path / "r"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--lr", "1e30", "--max-steps", "3", "--save-every", "1")
+    assert result.exit_code == 2, result.output
+    line = error_line(result.output)
+    assert "step 2: the loss is nan" in line and f"last good checkpoint: {out / 'checkpoint-1'}" in line
+    assert not (out / "final").exists() and not (out / "checkpoint-2").exists()
+    assert [m["step"] for m in metrics(out)] == [1]
+
+
+def test_a_nan_reference_logp_in_a_batch_stops_at_step_1(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """A NaN that got past the cache's checks (monkeypatched in: the reader refuses NaN rows)."""
+    real = kto.train.loop.collate
+
+    def poisoned(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        return dataclasses.replace(batch, ref_logp=torch.full_like(batch.ref_logp, float("nan")))
+
+    monkeypatch.setattr(kto.train.loop, "collate", poisoned)
+    out = tmp_path / "r"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "2", "--drift-tolerance", "1e9")
+    assert result.exit_code == 2, result.output
+    line = error_line(result.output)
+    assert "step 1: the loss is nan" in line and "last good checkpoint: none" in line
+    assert not (out / "final").exists()
+
+
+def test_non_finite_weights_are_never_saved(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """An update that overflows a weight to inf (the loss and gradient were finite): final/ is refused."""
+    real_step = torch.optim.AdamW.step
+
+    def overflowing_step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing_step)
+    out = tmp_path / "r"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "1")
+    assert result.exit_code == 2, result.output
+    line = error_line(result.output)
+    assert "step 1: the weights hold non-finite values" in line and "final/ not saved" in line
+    assert not (out / "final").exists()
+
+
+def test_the_skipped_step0_check_is_said(tiny_cache, tokenizer_dir, tmp_path):
+    from conftest import make_tiny_llama
+
+    other = make_tiny_llama(tmp_path / "other", tokenizer_dir, seed=5)
+    result = train_cli(tiny_cache, other, tmp_path / "r", "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    assert f"step-0 check skipped: --model {other} is not the model the cache was scored with" in result.output

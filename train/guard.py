@@ -1,0 +1,47 @@
+"""Finite-value guard: a diverging run, or a NaN that reached a batch, stops with one line instead
+of training on and writing a final/ of NaN tensors; non-finite weights are never saved."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from kto.formats.errors import InputError
+
+from .step import STAT_FIELDS, all_reduce_max
+
+CHECKED = (("loss", STAT_FIELDS.index("loss_sum")), ("SFT loss", STAT_FIELDS.index("sft_nll_sum")))
+
+
+class NonFiniteError(InputError):
+    """Training produced a NaN or an infinity; the CLI prints it as one line and exits 2."""
+
+
+def _last(checkpoint: Path | None) -> str:
+    return f"last good checkpoint: {checkpoint}" if checkpoint else "last good checkpoint: none"
+
+
+def check_step(stats: torch.Tensor, grad_norm: torch.Tensor, accelerator, step: int, last: Path | None) -> float:
+    """Before the update, in one device-to-host copy: the step's losses (all-reduced sums) and the
+    global gradient norm. Both are the same number on every rank, so every rank takes the same
+    decision without another collective. Returns the gradient norm.
+
+    Under fp16 autocast an infinite gradient norm is the GradScaler's business: it skips that
+    update and lowers its scale, so only the losses are checked there."""
+    values = torch.stack([stats[i] for _, i in CHECKED] + [grad_norm.detach().to(stats)]).tolist()
+    named = [name for name, _ in CHECKED] + (["gradient norm"] if accelerator.scaler is None else [])
+    for name, value in zip(named, values):
+        if not math.isfinite(value):
+            raise NonFiniteError(f"step {step}: the {name} is {value} (not finite); stopped before updating the weights, "
+                                 f"nothing of this step saved; {_last(last)}")
+    return values[-1]
+
+
+def check_weights(model, accelerator, step: int, last: Path | None, what: str) -> None:
+    """Refuse to save `what` when any weight is NaN or infinite (on any rank)."""
+    params = [p.detach() for p in model.parameters()]
+    ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+    if all_reduce_max(float(not ok), accelerator):
+        raise NonFiniteError(f"step {step}: the weights hold non-finite values (the run diverged); {what} not saved; {_last(last)}")

@@ -1,0 +1,145 @@
+"""The run directory (--out): one kto-train at a time, what a killed run left, and the record of
+the configuration (RUN/config.json) that a `--resume` must match.
+
+Only the main process writes here. It takes the lock first; the other ranks wait for its answer
+(step.on_main), so none of them starts while another kto-train holds the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+from kto.formats.errors import InputError
+from kto.formats.lock import LOCK_NAME, locked_dir
+from kto.formats.runrecord import RUN_CONFIG_NAME, read_run_config, write_run_config
+
+from .checkpoint import CHECKPOINT_RE, checkpoints, usable_checkpoint
+from .config import TrainConfig
+from .step import on_main
+
+# Settings that may differ on --resume: how often things are logged, saved and evaluated, where
+# metrics go, and memory/speed knobs whose maths is the same. Everything else (β, loss, weights,
+# LR and its schedule, batch shape, steps, seed, KL scope, precision, dropout, data, model,
+# attention kernel) decides the numbers, and a resume that changed it would silently train a
+# different run than the one its metrics describe. Paths are not compared: the cache, the eval
+# cache and the initial model are compared by their identities in "derived", so a moved cache
+# or model still resumes.
+RESUMABLE = frozenset({
+    "log_every", "save_every", "eval_every", "save_total_limit", "report_to", "drift_tolerance",
+    "chunk_size", "gradient_checkpointing", "trust_remote_code",
+})
+PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
+
+# Temporary names of formats.atomic (".NAME.tmp-PID", ".NAME.old-PID") and of prune_checkpoints
+# (".NAME.deleted-PID"), for the names kto-train writes in the run directory.
+STALE_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|deleted)-[^/]+$")
+OUR_NAMES = ("final", RUN_CONFIG_NAME, "metrics.jsonl")
+
+
+def config_record(cfg: TrainConfig) -> dict:
+    """Every TrainConfig field as JSON (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def record_differences(saved: dict, now: dict) -> list[str]:
+    """'name (X there, Y now)' for each setting a resume may not change."""
+    out = []
+    for part in ("config", "derived"):
+        a, b = saved.get(part, {}), now[part]
+        for k in sorted(set(a) | set(b)):
+            if part == "config" and (k in RESUMABLE or k in PATHS):
+                continue
+            if a.get(k, "(absent)") != b.get(k, "(absent)"):
+                out.append(f"{k} ({a.get(k, '(absent)')} there, {b.get(k, '(absent)')} now)")
+    return out
+
+
+def clean_stale(out: Path) -> list[str]:
+    """Remove what a killed kto-train left in `out`: temp checkpoints and half-deleted ones. An
+    `.old` copy whose original is missing (killed between atomic_dir's two renames) is put back
+    instead: it is the last complete version. Safe because we hold the lock: nobody else writes."""
+    done = []
+    for p in sorted(out.iterdir()):
+        m = STALE_RE.match(p.name)
+        if not m or not (CHECKPOINT_RE.match(m.group("name")) or m.group("name") in OUR_NAMES):
+            continue
+        original = out / m.group("name")
+        if m.group("kind") == "old" and not original.exists():
+            os.replace(p, original)
+            done.append(f"restored {original.name} from {p.name}")
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        done.append(f"removed {p.name}")
+    return done
+
+
+def has_progress(out: Path) -> bool:
+    """An earlier run that a fresh start would mix with: a metrics line, a checkpoint or a final
+    model. A start that failed before its first step (an empty metrics.jsonl, a config.json) is
+    not one, and is simply replaced."""
+    metrics = out / "metrics.jsonl"
+    return bool(checkpoints(out)) or (out / "final").exists() or (metrics.is_file() and metrics.stat().st_size > 0)
+
+
+def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> Path | None:
+    """Main process, under the lock: the checkpoint to resume from (None: start from --model).
+
+    Refuses (InputError) a fresh start into an earlier run, and a resume whose settings differ
+    from RUN/config.json (each difference named)."""
+    out = cfg.out
+    for line in clean_stale(out):
+        log(f"{out}: {line} (left by a killed run)")
+    if not cfg.resume:
+        if has_progress(out):
+            raise InputError(f"--out {out}: holds an earlier run; pass --resume to continue it, or choose another directory")
+        return None
+    if not checkpoints(out):
+        log(f"--resume: no checkpoint in {out}; starting from --model")
+        return None
+    saved = read_run_config(out)
+    if saved is None:
+        raise InputError(f"--resume: {out / RUN_CONFIG_NAME} is missing, so the checkpoints' settings cannot be checked; "
+                         "start a new run in another directory")
+    differs = record_differences(saved, record)
+    if differs:
+        raise InputError(f"--resume: {out} was trained with other settings: " + ", ".join(differs)
+                         + "; only " + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE)) + " may change on resume")
+    changed = [f"--{k.replace('_', '-')} {saved['config'].get(k)} -> {v}" for k, v in record["config"].items()
+               if k in RESUMABLE and saved["config"].get(k) != v]
+    if changed:
+        log("--resume: changed " + ", ".join(changed))
+    return usable_checkpoint(out, log)
+
+
+@contextlib.contextmanager
+def lock_run_dir(out: Path, accelerator) -> Iterator[None]:
+    """Hold `out`'s lock (main process) for the whole run; every rank waits for the answer and
+    stops with the same line if another process holds it. If the run fails before writing
+    anything into a directory it created, the directory is removed again."""
+    with contextlib.ExitStack() as stack:
+        def take() -> bool:
+            created = not out.exists()
+            try:
+                stack.enter_context(locked_dir(out, "--out"))
+            except OSError as exc:
+                raise InputError(f"--out {out}: cannot create or lock ({exc.strerror})") from None
+            return created
+
+        created = on_main(take, accelerator)
+        try:
+            yield
+        except BaseException:
+            if created and accelerator.is_main_process and {p.name for p in out.iterdir()} == {LOCK_NAME}:
+                (out / LOCK_NAME).unlink()
+                out.rmdir()
+            raise
+
+
+def write_record(out: Path, record: dict) -> None:
+    write_run_config(out, record["config"], record["derived"])
