@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 from kto.formats.errors import InputError
 from kto.formats.lock import LOCK_NAME, locked_dir
+from kto.formats.manifest import fingerprint_of
 from kto.formats.runrecord import RUN_CONFIG_NAME, read_run_config, write_run_config
 
 from .checkpoint import CHECKPOINT_RE, checkpoints, usable_checkpoint
@@ -56,8 +57,15 @@ def record_differences(saved: dict, now: dict) -> list[str]:
             if part == "config" and (k in RESUMABLE or k in PATHS):
                 continue
             if a.get(k, "(absent)") != b.get(k, "(absent)"):
-                out.append(f"{k} ({a.get(k, '(absent)')} there, {b.get(k, '(absent)')} now)")
+                out.append(f"{k} ({_show(a.get(k, '(absent)'))} there, {_show(b.get(k, '(absent)'))} now)")
     return out
+
+
+def _show(value) -> str:
+    """A value for the one-line message; a model identity (a dict of hashes) by a short hash."""
+    if isinstance(value, (dict, list)):
+        return "identity " + fingerprint_of(value)[:12]
+    return str(value)
 
 
 def clean_stale(out: Path) -> list[str]:

@@ -12,8 +12,6 @@ import time
 import pytest
 import torch
 
-from kto.train.checkpoint import checkpoint_problem, checkpoints, prune_checkpoints
-from kto.train.rundir import clean_stale
 from test_loop import ARGS, metrics, train_cli
 
 RUN = ("--max-steps", "3", "--save-every", "1", "--beta", "0.2")
@@ -46,8 +44,8 @@ def test_a_second_kto_train_into_the_same_out_exits_2_naming_the_holder(tiny_cac
         while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size):  # training: it holds the lock
             assert first.poll() is None and time.monotonic() < deadline, "the first run did not start"
             time.sleep(0.5)
-        # --resume with the same settings is the dangerous case: it used to run alongside.
-        second = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "100000", "--resume")
+        # --resume is the dangerous case: without a checkpoint yet, it used to train alongside.
+        second = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "2", "--resume")
         assert first.poll() is None  # the first run was not disturbed
     finally:
         first.kill()
@@ -93,6 +91,8 @@ def test_resume_without_a_run_record_is_refused(run3, tiny_cache, tiny_model_dir
 def test_corrupt_latest_checkpoint_falls_back_and_stale_temp_files_are_cleaned(run3, tiny_cache, tiny_model_dir, tmp_path):
     """checkpoint-2's optimizer state is truncated: resume from checkpoint-1, say so, and still
     reproduce the uninterrupted run; leftovers of a killed run are removed; the limit applies."""
+    from kto.train.checkpoint import checkpoint_problem, checkpoints
+
     out = tmp_path / "r"
     shutil.copytree(run3, out, ignore=shutil.ignore_patterns("final"))
     opt = out / "checkpoint-2" / "optimizer.pt"
@@ -130,6 +130,8 @@ def test_every_file_of_a_checkpoint_has_the_same_permissions(run3):
     (lambda c: (c / "scheduler.pt").write_bytes(b"not a zip"), "scheduler.pt: cannot be loaded"),
 ])
 def test_what_makes_a_checkpoint_corrupt(run3, tmp_path, damage, problem):
+    from kto.train.checkpoint import checkpoint_problem
+
     ckpt = tmp_path / "checkpoint-1"
     shutil.copytree(run3 / "checkpoint-1", ckpt)
     assert checkpoint_problem(ckpt) is None
@@ -138,6 +140,8 @@ def test_what_makes_a_checkpoint_corrupt(run3, tmp_path, damage, problem):
 
 
 def test_save_total_limit_keeps_the_newest(tmp_path):
+    from kto.train.checkpoint import prune_checkpoints
+
     for step in (2, 10, 4, 8):
         (tmp_path / f"checkpoint-{step}").mkdir()
     (tmp_path / "checkpoint-7.corrupt").mkdir()
@@ -150,6 +154,8 @@ def test_save_total_limit_keeps_the_newest(tmp_path):
 def test_a_checkpoint_killed_between_its_two_renames_is_restored(tmp_path):
     """atomic_dir renames the old copy aside, then the new one in: killed in between, the old one
     is the last complete version and comes back; a user's own dot-files are left alone."""
+    from kto.train.rundir import clean_stale
+
     (tmp_path / ".checkpoint-4.old-99").mkdir()
     (tmp_path / ".checkpoint-4.old-99" / "trainer_state.json").write_text("{}")
     (tmp_path / ".checkpoint-4.tmp-99").mkdir()
