@@ -26,30 +26,33 @@ from .step import all_reduce_max, all_reduce_sum, apply_update, clip_gradients, 
 def train(cfg: TrainConfig) -> Path:
     inputs = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
     with lock_run_dir(cfg.out, inputs.accelerator):  # one kto-train per run directory, for the whole run
-        run = setup(inputs)
-        window, window_start = None, time.perf_counter()
-        while run.position.global_step < run.total_steps:
-            batches = step_batches(run)
-            if run.is_reference and run.position.global_step == 0:
-                check_drift(run, batches[0])
-            stats = all_reduce_sum(forward_backward(run.model, batches, run.settings, run.accelerator), run.accelerator)
-            norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
-            grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.last_checkpoint)
-            apply_update(run.optimizer, run.scheduler)
-            run.memory.sample()
-            window = stats if window is None else window + stats
-            run.position = advance(run.position, run.steps_per_epoch)
-            step = run.position.global_step
-            if run.cfg.log_every and (step % run.cfg.log_every == 0 or step == run.total_steps):
-                log_window(run, window, grad_norm, time.perf_counter() - window_start)
-                window, window_start = None, time.perf_counter()
-            if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
-                run_eval(run)
-            if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
-                save(run)
-        if run.eval_cache:
+        return run_steps(setup(inputs))
+
+
+def run_steps(run: Run) -> Path:
+    window, window_start = None, time.perf_counter()
+    while run.position.global_step < run.total_steps:
+        batches = step_batches(run)
+        if run.is_reference and run.position.global_step == 0:
+            check_drift(run, batches[0])
+        stats = all_reduce_sum(forward_backward(run.model, batches, run.settings, run.accelerator), run.accelerator)
+        norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
+        grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.last_checkpoint)
+        apply_update(run.optimizer, run.scheduler)  # only after the check: a NaN never reaches the weights
+        run.memory.sample()
+        window = stats if window is None else window + stats
+        run.position = advance(run.position, run.steps_per_epoch)
+        step = run.position.global_step
+        if run.cfg.log_every and (step % run.cfg.log_every == 0 or step == run.total_steps):
+            log_window(run, window, grad_norm, time.perf_counter() - window_start)
+            window, window_start = None, time.perf_counter()
+        if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
             run_eval(run)
-        return finish(run)
+        if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
+            save(run)
+    if run.eval_cache:
+        run_eval(run)
+    return finish(run)
 
 
 def step_batches(run: Run) -> list[KTOBatch]:
