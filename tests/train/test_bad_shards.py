@@ -46,7 +46,8 @@ def test_a_truncated_shard_is_named_and_nothing_is_written(cache_copy, tiny_mode
 
 def test_a_shard_with_fewer_rows_than_the_manifest_lists_is_named(cache_copy, tiny_model_dir, tmp_path):
     manifest = json.loads((cache_copy / "manifest.json").read_text())
-    manifest["shards"][3]["rows"] += 1  # the shard list is outside the fingerprinted content
+    manifest["shards"][3]["rows"] += 1  # the shard list and counts are outside the fingerprinted content
+    manifest["counts"]["rows"] += 1
     (cache_copy / "manifest.json").write_text(json.dumps(manifest))
     result = train_cli(cache_copy, tiny_model_dir, tmp_path / "r", "--max-steps", "1")
     assert result.exit_code == 2
