@@ -55,6 +55,7 @@ from kto.formats.models import require_cache_tokenizer  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
 from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan  # noqa: E402
 from kto.train.loop import step_batches  # noqa: E402
+from kto.train.rundir import lock_run_dir  # noqa: E402
 
 # Figures to beat, from issue 5 (H200, random-init Llama-3.2-1B shape, bf16, SDPA).
 BASELINE = {"naive_tok_s": "149-153k (~51% MFU)", "precompute_target": ">= 210k tok/s (~60% MFU)",
@@ -236,7 +237,7 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     data path (the issue's list): manifest + ShardedCache, tokenizer check, model identity,
     lengths(), epoch plan, first collate. Run twice: the first run verifies the shard's sha256
     and records it, the second (what a second training run pays) reuses the record.
-    real setup: `kto.train.setup.setup` + `kto.train.loop.step_batches`, the code kto-train runs,
+    real setup: `check_inputs` + `setup` (under the run directory's lock) + `step_batches`, the code kto-train runs,
     with its `load_policy` (model load from disk) timed apart; what is left includes creating
     the Accelerator and moving the model to the device in accelerator.prepare.
     """
@@ -270,9 +271,11 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     train_setup.load_policy = timed_load_policy  # setup() looks it up in its module at call time
     try:
         cfg = TrainConfig(cache=cache_dir, model=str(model_dir), out=out_dir, batch_size=batch_size, max_steps=1)
-        with C.Timer(device) as t:
-            run = train_setup.setup(cfg)
-            step_batches(run)
+        with C.Timer(device) as t:  # what kto-train's train() does before its first step
+            inputs = train_setup.check_inputs(cfg)
+            with lock_run_dir(cfg.out, inputs.accelerator):
+                run = train_setup.setup(inputs)
+                step_batches(run)
     finally:
         train_setup.load_policy = inner
     out.update(setup_s=t.seconds, model_load_s=sum(loads), setup_excl_model_load_s=t.seconds - sum(loads))
