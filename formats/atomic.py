@@ -16,12 +16,13 @@ import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from .errors import InputError
 
-TEMP_NAME = re.compile(r"^\..+\.(tmp|old)-[0-9]+$")
+TEMP_NAME = re.compile(r"^\..+\.(tmp|old)-[0-9]+(-[0-9]+)?$")  # PID, then the thread of a temp_path_for name
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -66,11 +67,13 @@ def _fsync_tree(root: Path) -> None:
 
 
 def temp_path_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Process and thread: kto-train's batch prefetch thread may record a verified shard while the
+    # main thread records another in the same cache directory.
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
 def is_temp_name(name: str) -> bool:
-    """True for the names this module writes to before a rename (`.NAME.tmp-PID`, `.NAME.old-PID`)."""
+    """True for the names this module writes to before a rename (`.NAME.tmp-PID-THREAD`, `.NAME.old-PID`)."""
     return TEMP_NAME.match(name) is not None
 
 

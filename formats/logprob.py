@@ -19,10 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import InputError
+from .ragged import Ragged, packed
 from .token_logps import token_logps
 
 
@@ -49,24 +51,33 @@ class TokenBatch:
 
 
 def make_token_batch(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, pad_to: int | None = None
+    prompts: Sequence[Sequence[int]] | Ragged, completions: Sequence[Sequence[int]] | Ragged, pad_id: int,
+    pad_to: int | None = None,
 ) -> TokenBatch:
-    """Concatenate each prompt with its completion and right-pad to the longest (or `pad_to`)."""
-    if len(prompts) != len(completions):
+    """Concatenate each prompt with its completion and right-pad to the longest (or `pad_to`).
+
+    Takes Python sequences or `Ragged` rows (what the training reader gathers straight from the
+    shards' Arrow buffers); either way the batch is filled by numpy scatters, not per token.
+    """
+    p = packed(prompts) if isinstance(prompts, Ragged) else Ragged.from_rows(prompts)
+    c = packed(completions) if isinstance(completions, Ragged) else Ragged.from_rows(completions)
+    if len(p) != len(c):
         raise ValueError("prompts and completions differ in length")
-    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
-    width = max(lengths, default=0) if pad_to is None else pad_to
-    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(lengths), width), dtype=torch.long)
-    score = torch.zeros((len(lengths), width), dtype=torch.bool)
-    for row, (p, c) in enumerate(zip(prompts, completions)):
-        if len(p) == 0:
-            raise ValueError("every sequence needs at least one prompt token to predict the first completion token")
-        n = len(p) + len(c)
-        ids[row, :n] = torch.as_tensor(list(p) + list(c), dtype=torch.long)
-        attn[row, :n] = 1
-        score[row, len(p):n] = True
-    return TokenBatch(ids, attn, score)
+    lp, lc = p.lengths, c.lengths
+    if (lp == 0).any():
+        raise ValueError("every sequence needs at least one prompt token to predict the first completion token")
+    n = lp + lc
+    width = int(n.max(initial=0)) if pad_to is None else pad_to
+    ids = np.full((len(n), width), pad_id, dtype=np.int64)
+    # Flat positions: row b's prompt fills [b·width, b·width + lp_b), its completion the next lc_b.
+    row_start = np.arange(len(n), dtype=np.int64) * width
+    flat = ids.reshape(-1)
+    for part, at in ((p, row_start), (c, row_start + lp)):
+        flat[np.repeat(at - part.offsets[:-1], part.lengths) + np.arange(len(part.values))] = part.values
+    position = np.arange(width)
+    attn = position < n[:, None]
+    score = attn & (position >= lp[:, None])
+    return TokenBatch(torch.from_numpy(ids), torch.from_numpy(attn.astype(np.int64)), torch.from_numpy(score))
 
 
 class CompletionLogps(nn.Module):

@@ -100,6 +100,32 @@ def load_causal_lm(
     return model
 
 
+def load_completion_logps(
+    source: ModelSource,
+    *,
+    dtype,
+    device=None,
+    device_map: str | None = None,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    chunk_size: int = 1024,
+    training: bool = False,
+    adjust=None,
+):
+    """THE model-loading sequence of every phase: the causal LM from `source`, `adjust(lm)` (kto-train
+    turns dropout off and checkpointing on there), onto `device` unless `device_map` placed it
+    (kto-train leaves that to accelerate), wrapped in `CompletionLogps` in train or eval mode."""
+    from .logprob import CompletionLogps
+
+    lm = load_causal_lm(source, dtype=dtype, attn_implementation=attn_implementation,
+                        trust_remote_code=trust_remote_code, device_map=device_map)
+    if adjust is not None:
+        adjust(lm)
+    if device is not None and device_map is None:
+        lm = lm.to(device)
+    return CompletionLogps(lm.train(training), chunk_size=chunk_size)
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -195,3 +221,56 @@ def require_cache_tokenizer(tokenizer, cache_identity: dict, model_flag: str) ->
             f"--model {model_flag}: tokenizer differs from the cache's ({', '.join(differs)}); "
             "the cached token ids would mean other words. Use the model the cache was made with."
         )
+
+
+# kto-train's record of tokenizers already found equal to a cache's (in the cache directory, as
+# the shard record `.verified.json`): computing `tokenizer_identity` serialises and re-parses the
+# whole tokenizer pipeline (about 3 s for a 49k vocabulary on a busy CPU), on every start.
+TOKENIZER_CHECK_NAME = ".tokenizer-checked.json"
+_TOKENIZER_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken", ".py")
+
+
+def tokenizer_files_digest(source: ModelSource) -> str | None:
+    """sha256 of the files a tokenizer is loaded from (names and bytes) and of the library
+    versions that turn them into one; None for a GGUF file, whose tokenizer is in the weights."""
+    if source.gguf_file:
+        return None
+    from importlib.metadata import version  # not `import transformers`: 1-3 s that loading the model pays anyway
+
+    h = hashlib.sha256(f"transformers {version('transformers')} tokenizers {version('tokenizers')}".encode())
+    for path in sorted(source.directory.iterdir()):
+        if path.suffix in _TOKENIZER_SUFFIXES and path.is_file():
+            h.update(f"{path.name}\0{sha256_file(path)}\0".encode())
+    return h.hexdigest()
+
+
+def check_cache_tokenizer(source: ModelSource, cache_identity: dict, model_flag: str, cache_dir: Path, *,
+                          trust_remote_code: bool = False) -> tuple[int, object | None]:
+    """`require_cache_tokenizer` for `source`'s tokenizer, remembered in `cache_dir`.
+
+    A tokenizer loaded from the same files by the same library versions was already found
+    equal to this cache's: a second run on the cache neither compares nor even loads it, and
+    takes the pad id from the record. Returns (pad_token_id, the tokenizer if it was loaded).
+    A read-only cache is simply checked every time.
+    """
+    digest = tokenizer_files_digest(source)
+    key = f"{digest}:{_sha256(json.dumps(cache_identity, sort_keys=True).encode())}"
+    path = Path(cache_dir) / TOKENIZER_CHECK_NAME
+    try:
+        record = json.loads(path.read_text())
+        record = record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        record = {}
+    remembered = record.get(key) if digest is not None else None
+    if isinstance(remembered, dict) and isinstance(remembered.get("pad_token_id"), int):
+        return remembered["pad_token_id"], None
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    require_cache_tokenizer(tokenizer, cache_identity, model_flag)
+    if digest is not None:
+        from .atomic import write_json_atomic
+
+        try:
+            write_json_atomic(path, {**record, key: {"pad_token_id": tokenizer.pad_token_id}})
+        except OSError:
+            pass
+    return tokenizer.pad_token_id, tokenizer

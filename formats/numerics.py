@@ -11,11 +11,27 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-NAMES = ("auto", "fp32", "bf16", "fp16", "amp-bf16", "amp-fp16")
+# THE table of dtype names. torch is imported only when a name is turned into a dtype, so the
+# CLIs list these choices without importing torch (their --help stays fast).
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16")
+NAMES = ("auto", *WEIGHT_DTYPES, "amp-bf16", "amp-fp16")
+
+
+def torch_dtype(name: str):
+    """"fp32" | "bf16" | "fp16" -> the torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def dtype_name(dtype) -> str:
+    """The inverse of `torch_dtype`."""
+    return next(name for name in WEIGHT_DTYPES if torch_dtype(name) == dtype)
 
 
 @dataclass(frozen=True)
@@ -27,11 +43,10 @@ class Numerics:
     def name(self) -> str:
         """fp32 | bf16 | fp16 (no autocast), amp-bf16 | amp-fp16 (fp32 weights under autocast),
         or e.g. bf16+amp-fp16 for the unusual mixes, so that equal names mean equal numerics."""
-        short = {v: k for k, v in _DTYPES.items()}
         if self.autocast is None or self.autocast == self.weights:
-            return short[self.weights]  # autocast to the weights' own dtype changes nothing
-        amp = f"amp-{short[self.autocast]}"
-        return amp if self.weights == torch.float32 else f"{short[self.weights]}+{amp}"
+            return dtype_name(self.weights)  # autocast to the weights' own dtype changes nothing
+        amp = f"amp-{dtype_name(self.autocast)}"
+        return amp if dtype_name(self.weights) == "fp32" else f"{dtype_name(self.weights)}+{amp}"
 
     @property
     def compute(self) -> torch.dtype:
@@ -40,18 +55,20 @@ class Numerics:
     def context(self, device_type: str):
         if self.autocast is None:
             return contextlib.nullcontext()
+        import torch
+
         return torch.autocast(device_type=device_type, dtype=self.autocast)
 
 
-def parse_numerics(name: str, device: torch.device) -> Numerics:
+def parse_numerics(name: str, device) -> Numerics:
     """`auto` is amp-bf16 on CUDA and fp32 elsewhere."""
     if name == "auto":
         name = "amp-bf16" if device.type == "cuda" else "fp32"
     if name.startswith("amp-"):
-        return Numerics(torch.float32, _DTYPES[name.removeprefix("amp-")])
-    return Numerics(_DTYPES[name])
+        return Numerics(torch_dtype("fp32"), torch_dtype(name.removeprefix("amp-")))
+    return Numerics(torch_dtype(name))
 
 
 def train_numerics(weights: str, mixed_precision: str) -> Numerics:
     """kto-train's --dtype (weights) and accelerate's resolved --mixed-precision (no|bf16|fp16)."""
-    return Numerics(_DTYPES[weights], None if mixed_precision == "no" else _DTYPES[mixed_precision])
+    return Numerics(torch_dtype(weights), None if mixed_precision == "no" else torch_dtype(mixed_precision))

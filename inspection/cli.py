@@ -21,11 +21,9 @@ from pathlib import Path
 import click
 
 from kto.formats.errors import InputError
+from kto.formats.numerics import NAMES as NUMERICS
 
 P = click.Path(path_type=Path)
-# kto.formats.numerics imports torch; its names are spelled out here to keep --help fast,
-# and tests/inspection checks that the two lists agree.
-NUMERICS = ("auto", "fp32", "bf16", "fp16", "amp-bf16", "amp-fp16")
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 

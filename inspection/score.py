@@ -11,7 +11,6 @@ directory (kto-precompute would take a foreign file there for someone else's dat
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +19,7 @@ import pyarrow as pa
 
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, log
 from kto.formats.manifest import read_manifest
 from kto.formats.shards import ShardVerifier, open_shard
 
@@ -32,10 +31,6 @@ SCORE_SCHEMA = pa.schema([
     pa.field("ref_logp", pa.float64(), nullable=False),
     pa.field("reward", pa.float64(), nullable=False),
 ])
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _check_flags(beta: float, batch_tokens: int, chunk_size: int, dtype: str, out: Path, cache_dir: Path) -> None:
@@ -72,7 +67,7 @@ def run_beta(model: str) -> tuple[float | None, Path | None]:
 def score_cache(
     cache_dir: str | Path, model: str, out: str | Path, *, beta: float | None = None, batch_tokens: int = 16384,
     dtype: str = "auto", chunk_size: int = 1024, attn_implementation: str = "sdpa",
-    trust_remote_code: bool = False, log: Callable[[str], None] = _stderr,
+    trust_remote_code: bool = False, log: Callable[[str], None] = log,
 ) -> dict:
     """Score every row of the cache with `model`; write `out`; return the per-label summary.
 
@@ -81,8 +76,7 @@ def score_cache(
     import pyarrow.parquet as pq
     import torch
 
-    from kto.formats.logprob import CompletionLogps
-    from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
+    from kto.formats.models import load_completion_logps, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
     from kto.formats.numerics import parse_numerics
     from kto.formats.scoring import score_sequences
 
@@ -108,8 +102,8 @@ def score_cache(
             f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)")
     if model_identity(source) == manifest.content.get("model"):
         log("note: --model is the cache's reference model; every reward should be about 0")
-    lm = load_causal_lm(source, dtype=numerics.weights, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    scorer = CompletionLogps(lm.to(device).eval(), chunk_size=chunk_size)
+    scorer = load_completion_logps(source, dtype=numerics.weights, device=device, attn_implementation=attn_implementation,
+                                   trust_remote_code=trust_remote_code, chunk_size=chunk_size)
     verifier = ShardVerifier(cache_dir, manifest.shard_sha256)
     parts = []
     for k, entry in enumerate(manifest.shards):

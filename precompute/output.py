@@ -23,12 +23,14 @@ from kto.formats.atomic import is_temp_name, remove_stale_temps
 from kto.formats.errors import InputError
 from kto.formats.lock import LOCK_NAME
 from kto.formats.manifest import fingerprint_of
+from kto.formats.models import TOKENIZER_CHECK_NAME
 from kto.formats.shards import VERIFIED_NAME
 
 from .journal import JOURNAL_DIR, Journal
 
-# Ours by name: the lock (held while we write), kto-train's verification stamp, the journal.
-BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, JOURNAL_DIR}
+# Ours by name: the lock (held while we write), kto-train's verification stamps (shards and
+# tokenizer check), the journal.
+BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME, JOURNAL_DIR}
 
 
 def shard_layout(rows_per_shard: int, batch_tokens: int) -> dict:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import random
-import sys
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +23,13 @@ import torch
 
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_dir
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, log
 from kto.formats.examples import read_inputs
 from kto.formats.lock import locked_dir
-from kto.formats.logprob import CompletionLogps
 from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.numerics import Numerics, parse_numerics
-from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, resolve_source, tokenizer_identity
+from kto.formats.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.scoring import score_sequences
 from kto.formats.shards import sha256_file
 
@@ -62,10 +61,6 @@ class Split:
     counts: Counts
     inputs: list[dict]
     """Each input file's name and the sha256 of the bytes its rows were parsed from."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def tokenize_all(examples, tokenizer, cfg: PrecomputeConfig, state=None) -> tuple[list[TokenizedRow], int]:
@@ -195,16 +190,30 @@ def build_splits(cfg: PrecomputeConfig, tokenizer, state=None) -> list[Split]:
     return splits
 
 
-def run_precompute(cfg: PrecomputeConfig) -> list[Manifest]:
+@dataclass(frozen=True)
+class ScoredShard:
+    """What scoring one shard did, for tools that time it (`run_precompute(on_scored=...)`)."""
+
+    scorer: object
+    """The CompletionLogps used (its `.lm` for FLOP counts)."""
+    lengths: list[int]
+    """prompt + completion length of every sequence scored (main and KL)."""
+    keys: list
+    completion_tokens: int
+    seconds: float
+    """Wall time of the scoring, the CUDA queue drained at both ends."""
+
+
+def run_precompute(cfg: PrecomputeConfig, on_scored: Callable[[ScoredShard], None] | None = None) -> list[Manifest]:
     from accelerate import PartialState
 
     # accelerate only starts a gloo process group for several CPU processes when told cpu=True.
     state = PartialState(cpu=not torch.cuda.is_available())
     with contextlib.ExitStack() as held:  # the --out lock, released however the run ends
-        return _run(cfg, state, held)
+        return _run(cfg, state, held, on_scored)
 
 
-def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack) -> list[Manifest]:
+def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=None) -> list[Manifest]:
     started = time.perf_counter()
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
@@ -220,15 +229,13 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack) -> list[Manif
     todo = {s.name: _pending_shards(s, fingerprints[s.name], layout, cfg.rows_per_shard, state) for s in splits}
     scorer = None
     if any(todo.values()):
-        lm = load_causal_lm(source, dtype=numerics.weights, attn_implementation=cfg.attn_implementation,
-                            trust_remote_code=cfg.trust_remote_code, device_map=cfg.device_map)
-        if cfg.device_map is None:
-            lm = lm.to(state.device)
-        _check_vocabulary(splits, lm, tokenizer, cfg.model)
-        scorer = CompletionLogps(lm.eval(), chunk_size=cfg.chunk_size)
+        scorer = load_completion_logps(source, dtype=numerics.weights, device=state.device, device_map=cfg.device_map,
+                                       attn_implementation=cfg.attn_implementation,
+                                       trust_remote_code=cfg.trust_remote_code, chunk_size=cfg.chunk_size)
+        _check_vocabulary(splits, scorer.lm, tokenizer, cfg.model)
     manifests = []
     for s in splits:
-        _score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics)
+        _score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, on_scored)
         state.wait_for_everyone()
         manifest = Manifest(
             content=contents[s.name],
@@ -306,7 +313,13 @@ def _pending_shards(s: Split, fingerprint: str, layout: dict, rows_per_shard: in
     return todo
 
 
-def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics) -> None:
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics,
+                     on_scored=None) -> None:
     if not shard_ids:
         return
     s.out.mkdir(parents=True, exist_ok=True)
@@ -320,11 +333,17 @@ def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, l
         completions = [r.completion_ids for r in rows] + [r.kl_completion_ids for r in rows]
         keys = [(r.id, 0) for r in rows] + [(r.id, 1) for r in rows]
         device = state.device if cfg.device_map is None else scorer.lm.device
+        _sync(device)
+        started = time.perf_counter()
         with numerics.context(device.type):
             scored = score_sequences(
                 scorer, prompts, completions, keys, batch_tokens=cfg.batch_tokens, pad_id=tokenizer.pad_token_id,
                 device=device, on_batch=lambda n, tokens: progress.update(n / 2, tokens),
             )
+        if on_scored is not None:
+            _sync(device)
+            on_scored(ScoredShard(scorer, [len(p) + len(c) for p, c in zip(prompts, completions)], keys,
+                                  sum(len(c) for c in completions), time.perf_counter() - started))
         n = len(rows)
         ref = type(scored)(scored.token_logps[:n], scored.sums[:n])
         ref_kl = type(scored)(scored.token_logps[n:], scored.sums[n:])

@@ -243,13 +243,12 @@ def length_mix(rows: int, max_len: int, seed: int = 0, min_len: int = 32) -> lis
 
 
 def kl_partners(n: int, seed: int = 0) -> list[int]:
-    """A seeded derangement (row i gets partner[i] != i), as kto-precompute's KL pairing."""
-    order = list(range(n))
-    random.Random(f"kl-{seed}").shuffle(order)
-    partner = [0] * n
-    for k, i in enumerate(order):
-        partner[i] = order[(k + 1) % n]
-    return partner
+    """Row i's KL partner, from kto-precompute's own pairing (`kto.precompute.pairing`): every
+    generated row has its own prompt and completion, so this is its seeded derangement."""
+    from kto.precompute.pairing import kl_partners as pair
+
+    rows = list(range(n))
+    return pair(rows, rows, [str(i) for i in rows], seed).partner
 
 
 def mix_sequences(mix: list[RowLengths], vocab_size: int, max_len: int, seed: int = 0):

@@ -149,33 +149,18 @@ def write_data(path: Path, rows: int, max_len: int, vocab_size: int, seed: int =
 
 
 class ScoringProbe:
-    """Wraps `score_sequences` inside kto.precompute.pipeline to time the scoring phase and record
-    what was scored. run_precompute has no timing hook; wrapping the one function it calls for
-    scoring measures the CLI's code unchanged."""
+    """run_precompute's `on_scored` hook: adds up the scoring time and what was scored."""
 
-    def __init__(self, device):
-        self.device, self.seconds, self.lengths, self.scored, self.padded, self.lm = device, 0.0, [], 0, 0, None
-        self._inner = pipeline.score_sequences
+    def __init__(self, batch_tokens: int):
+        self.batch_tokens, self.seconds, self.lengths, self.scored, self.padded, self.lm = batch_tokens, 0.0, [], 0, 0, None
 
-    def __call__(self, scorer, prompts, completions, keys, **kw):
-        lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
-        with C.Timer(self.device) as t:
-            out = self._inner(scorer, prompts, completions, keys, **kw)
-        self.seconds += t.seconds
-        self.lengths += lengths
-        self.scored += sum(len(c) for c in completions)
-        batches = token_budget_batches(lengths, keys, kw["batch_tokens"])
-        self.padded += sum(len(b) * max(lengths[i] for i in b) for b in batches)
-        self.lm = scorer.lm
-        return out
-
-    @contextlib.contextmanager
-    def installed(self):
-        pipeline.score_sequences = self
-        try:
-            yield self
-        finally:
-            pipeline.score_sequences = self._inner
+    def __call__(self, shard) -> None:
+        self.seconds += shard.seconds
+        self.lengths += shard.lengths
+        self.scored += shard.completion_tokens
+        batches = token_budget_batches(shard.lengths, shard.keys, self.batch_tokens)
+        self.padded += sum(len(b) * max(shard.lengths[i] for i in b) for b in batches)
+        self.lm = shard.scorer.lm
 
 
 def precompute_e2e(work: Path, args, device, ceiling: float) -> dict:
@@ -189,8 +174,9 @@ def precompute_e2e(work: Path, args, device, ceiling: float) -> dict:
                            batch_tokens=args.batch_tokens, rows_per_shard=16 if args.quick else 4096, overwrite=True,
                            dtype=args.precompute_dtype)
     mem = C.PeakMemory(device).reset()
-    with ScoringProbe(device).installed() as probe, C.Timer(device) as t:
-        manifests = pipeline.run_precompute(cfg)
+    probe = ScoringProbe(args.batch_tokens)
+    with C.Timer(device) as t:
+        manifests = pipeline.run_precompute(cfg, on_scored=probe)
     real = sum(probe.lengths)
     flops = C.scoring_flops(probe.lm.config, C.param_counts(probe.lm)["non_embedding"], probe.lengths, probe.scored)
     del probe.lm
@@ -238,7 +224,7 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     lengths(), epoch plan, first collate. Run twice: the first run verifies the shard's sha256
     and records it, the second (what a second training run pays) reuses the record.
     real setup: `check_inputs` + `setup` (under the run directory's lock) + `step_batches`, the code kto-train runs,
-    with its `load_policy` (model load from disk) timed apart; what is left includes creating
+    with its model load (`Run.model_load_s`, timed by setup itself) reported apart; what is left includes creating
     the Accelerator and moving the model to the device in accelerator.prepare.
     """
     out = {}
@@ -259,26 +245,14 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
             for idx in later:
                 collate(cache, idx, tok.pad_token_id).to(device)
         out["collate_per_step_s"] = t.seconds / len(later)
-    loads = []
-    inner = train_setup.load_policy
-
-    def timed_load_policy(cfg, init):
-        with C.Timer(device) as t_load:
-            lm = inner(cfg, init)
-        loads.append(t_load.seconds)
-        return lm
-
-    train_setup.load_policy = timed_load_policy  # setup() looks it up in its module at call time
-    try:
-        cfg = TrainConfig(cache=cache_dir, model=str(model_dir), out=out_dir, batch_size=batch_size, max_steps=1)
-        with C.Timer(device) as t:  # what kto-train's train() does before its first step
-            inputs = train_setup.check_inputs(cfg)
-            with lock_run_dir(cfg.out, inputs.accelerator):
-                run = train_setup.setup(inputs)
-                step_batches(run)
-    finally:
-        train_setup.load_policy = inner
-    out.update(setup_s=t.seconds, model_load_s=sum(loads), setup_excl_model_load_s=t.seconds - sum(loads))
+    cfg = TrainConfig(cache=cache_dir, model=str(model_dir), out=out_dir, batch_size=batch_size, max_steps=1)
+    with C.Timer(device) as t:  # what kto-train's train() does before its first step
+        inputs = train_setup.check_inputs(cfg)
+        with lock_run_dir(cfg.out, inputs.accelerator):
+            run = train_setup.setup(inputs)
+            step_batches(run, run.position)
+    # setup() times its own model load (Run.model_load_s).
+    out.update(setup_s=t.seconds, model_load_s=run.model_load_s, setup_excl_model_load_s=t.seconds - run.model_load_s)
     del run
     C.free_memory()
     return out

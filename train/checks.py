@@ -25,9 +25,16 @@ class Drift:
 
 @torch.no_grad()
 def step0_drift(model, batch: KTOBatch) -> Drift:
-    """Max per-token |log πθ − log πref| on one batch, before any update (πθ = πref here)."""
-    flat = model(batch.policy.input_ids, batch.policy.score_mask)
-    per_row = split_rows(flat.float().cpu(), batch.policy.score_mask.cpu())
+    """Max per-token |log πθ − log πref| on one batch from a forward pass of its own (used with
+    --keep-dropout, where the training forward is noisy); see `drift_of`."""
+    return drift_of(model(batch.policy.input_ids, batch.policy.score_mask), batch)
+
+
+@torch.no_grad()
+def drift_of(flat: torch.Tensor, batch: KTOBatch) -> Drift:
+    """Max per-token |log πθ − log πref| of the policy's flat completion log-probs on `batch`,
+    before any update (πθ = πref here). Valid rows with stored per-token terms only."""
+    per_row = split_rows(flat.detach().float().cpu(), batch.policy.score_mask.cpu())
     worst, n = 0.0, 0
     for ours, cached, ok in zip(per_row, batch.ref_token_logps, batch.valid.tolist()):
         if not ok or cached is None:

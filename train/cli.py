@@ -1,7 +1,8 @@
 """`kto-train`: train only the policy, streaming cached reference log-probs into the KTO loss.
 
-Every option mirrors a TrainConfig field (tests/train/test_cli.py keeps them in step). Values
-come from defaults, then `--config FILE`, then flags actually given on the command line.
+Every option mirrors a TrainConfig field (tests/train/test_data.py,
+`test_cli_options_mirror_config_fields`, keeps them in step). Values come from defaults, then
+`--config FILE`, then flags actually given on the command line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from click.core import ParameterSource
 
 from kto.formats.errors import InputError
 
-from .config import KL_SCOPES, MIXED_PRECISION, REPORT_TO, SCHEDULES, TrainConfig, load_config_file
+from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, REPORT_TO, SCHEDULES, TrainConfig, load_config_file
+from .loss import LossType
 
 P = click.Path(path_type=Path)
 
@@ -28,7 +30,7 @@ P = click.Path(path_type=Path)
 @click.option("--desirable-weight", default=1.0)
 @click.option("--undesirable-weight", default=1.0)
 @click.option("--auto-weights", is_flag=True, help="Set w_D so (w_D·n_D)/(w_U·n_U) ∈ [1, 4/3].")
-@click.option("--loss", default="kto", type=click.Choice(["kto", "apo_zero_unpaired"]))
+@click.option("--loss", default="kto", type=click.Choice([t.value for t in LossType]))
 @click.option("--sft-weight", default=0.0, help="γ · mean NLL of desirable completion tokens.")
 @click.option("--lr", default=1e-6)
 @click.option("--lr-schedule", default="linear", type=click.Choice(SCHEDULES))
@@ -42,7 +44,7 @@ P = click.Path(path_type=Path)
 @click.option("--seed", default=0)
 @click.option("--kl-scope", default="step", type=click.Choice(KL_SCOPES))
 @click.option("--mixed-precision", default="auto", type=click.Choice(MIXED_PRECISION))
-@click.option("--dtype", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]), help="Weight dtype.")
+@click.option("--dtype", default="fp32", type=click.Choice(DTYPES), help="Weight dtype.")
 @click.option("--gradient-checkpointing", is_flag=True)
 @click.option("--keep-dropout", is_flag=True, help="Keep the model's dropout (disabled by default).")
 @click.option("--log-every", default=10)

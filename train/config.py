@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kto.formats.errors import InputError
+from kto.formats.numerics import WEIGHT_DTYPES
 
 from .loss import LossType
 
 SCHEDULES = ("cosine", "linear", "constant")
 KL_SCOPES = ("step", "microbatch")
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = WEIGHT_DTYPES
 REPORT_TO = ("none", "tensorboard", "wandb")
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from kto.formats import ragged
 from kto.formats import schema as S
 from kto.formats.errors import InputError
 from kto.formats.logprob import TokenBatch, make_token_batch
@@ -55,10 +57,17 @@ class KTOBatch:
     valid: torch.Tensor
     ref_token_logps: list[np.ndarray] | None = None
 
+    def pin_memory(self) -> "KTOBatch":
+        """Page-locked copies, so that `to(cuda)` overlaps with compute (CUDA only)."""
+        pin = lambda t: t.pin_memory()  # noqa: E731
+        tb = lambda b: TokenBatch(pin(b.input_ids), pin(b.attention_mask), pin(b.score_mask))  # noqa: E731
+        return KTOBatch(tb(self.policy), tb(self.kl), pin(self.ref_logp), pin(self.ref_kl_logp), pin(self.desirable),
+                        pin(self.valid), self.ref_token_logps)
+
     def to(self, device) -> "KTOBatch":
         return KTOBatch(
-            self.policy.to(device), self.kl.to(device), self.ref_logp.to(device), self.ref_kl_logp.to(device),
-            self.desirable.to(device), self.valid.to(device), self.ref_token_logps,
+            self.policy.to(device), self.kl.to(device), *(t.to(device, non_blocking=True) for t in (
+                self.ref_logp, self.ref_kl_logp, self.desirable, self.valid)), self.ref_token_logps,
         )
 
 
@@ -75,6 +84,7 @@ class ShardedCache:
         self.manifest = manifest or read_manifest(self.dir)
         self.verifier = ShardVerifier(self.dir, self.manifest.shard_sha256)
         self._tables: dict[int, pa.Table] = {}
+        self._views: dict[tuple[int, str], object] = {}
         self.starts = np.cumsum([0] + [s.rows for s in self.manifest.shards])
         self.num_rows = int(self.starts[-1])
 
@@ -119,18 +129,56 @@ class ShardedCache:
             out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def rows(self, indices: list[int]) -> dict[str, list]:
-        """Columns of the given global rows, in order, as Python lists (ids as int lists)."""
+    def rows(self, indices, columns: Sequence[str] = S.SHARD_SCHEMA.names) -> dict[str, ragged.Ragged | np.ndarray | list]:
+        """`columns` of the given global rows, in the given order (repeats allowed).
+
+        List columns come back as `Ragged`, gathered with numpy straight from the shards'
+        memory-mapped Arrow offsets and values (no Python object per token); numeric and bool
+        columns as numpy arrays; string columns as Python lists.
+        """
         indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.num_rows):
+            raise IndexError(f"{self.dir}: row index out of range [0, {self.num_rows})")
         shard_of = np.searchsorted(self.starts, indices, side="right") - 1
-        parts, order = [], []
-        for k in np.unique(shard_of):
-            where = np.flatnonzero(shard_of == k)
-            parts.append(self.table(int(k)).take(pa.array(indices[where] - self.starts[k])))
-            order.append(where)
-        # One `take` per shard touched, then back into the requested order.
-        table = pa.concat_tables(parts).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
-        return {name: table.column(name).to_pylist() for name in S.SHARD_SCHEMA.names}
+        local = indices - self.starts[shard_of]
+        touched = np.unique(shard_of).tolist()
+        out = {}
+        for name in columns:
+            views = {k: self._view(k, name) for k in touched}
+            if name in _LIST_COLUMNS:
+                sources = [views.get(k) for k in range(len(self.manifest.shards))]
+                out[name] = ragged.take_many(sources, shard_of, local) if touched else ragged.Ragged(np.zeros(0), np.zeros(1, np.int64))
+            elif name in _STRING_COLUMNS:
+                out[name] = [None] * len(indices)
+                for k in touched:
+                    where = np.flatnonzero(shard_of == k)
+                    for i, value in zip(where.tolist(), views[k].take(pa.array(local[where])).to_pylist()):
+                        out[name][i] = value
+            else:
+                values = np.empty(len(indices), dtype=views[touched[0]].dtype if touched else np.float64)
+                for k in touched:
+                    where = shard_of == k
+                    values[where] = views[k][local[where]]
+                out[name] = values
+        return out
+
+    def _view(self, k: int, name: str):
+        """Shard k's column `name`: a zero-copy Ragged (lists), numpy array (numbers; bools are
+        unpacked once, one byte a row), or the Arrow column (strings)."""
+        key = (k, name)
+        if key not in self._views:
+            column = self.table(k).column(name)
+            if name in _LIST_COLUMNS:
+                self._views[key] = ragged.from_arrow(column)
+            elif name in _STRING_COLUMNS:
+                self._views[key] = column
+            else:  # one chunk (write_shard writes one): float64 is a zero-copy view
+                self._views[key] = column.chunk(0).to_numpy(zero_copy_only=False) if column.num_chunks == 1 else column.to_numpy()
+        return self._views[key]
+
+
+_LIST_COLUMNS = frozenset(f.name for f in S.SHARD_SCHEMA if isinstance(f.type, pa.ListType))
+_STRING_COLUMNS = frozenset(f.name for f in S.SHARD_SCHEMA if pa.types.is_string(f.type))
 
 
 @dataclass(frozen=True)
@@ -170,18 +218,54 @@ def epoch_plan(lengths: np.ndarray, shape: BatchShape, seed: int, epoch: int) ->
     return plan[rng.permutation(steps)] if steps > 1 else plan
 
 
+COLLATE_COLUMNS = (S.PROMPT_IDS, S.COMPLETION_IDS, S.KL_COMPLETION_IDS, S.REF_LOGP, S.REF_KL_LOGP, S.LABEL)
+
+
 def collate(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_token_logps: bool = False) -> KTOBatch:
-    """Build the micro-batch for `indices` ([B], -1 = filler)."""
+    """Build the micro-batch for `indices` ([B], -1 = filler) straight from the shards' buffers."""
+    indices = np.asarray(indices, dtype=np.int64)
     valid = indices >= 0
-    real = indices[valid]
-    fill = int(real[0]) if len(real) else 0
-    rows = cache.rows([int(i) if i >= 0 else fill for i in indices])
+    fill = int(indices[valid][0]) if valid.any() else 0
+    columns = COLLATE_COLUMNS + ((S.REF_TOKEN_LOGPS,) if with_token_logps else ())
+    rows = cache.rows(np.where(valid, indices, fill), columns)
     return KTOBatch(
         policy=make_token_batch(rows[S.PROMPT_IDS], rows[S.COMPLETION_IDS], pad_id),
         kl=make_token_batch(rows[S.PROMPT_IDS], rows[S.KL_COMPLETION_IDS], pad_id),
-        ref_logp=torch.tensor(rows[S.REF_LOGP], dtype=torch.float64),
-        ref_kl_logp=torch.tensor(rows[S.REF_KL_LOGP], dtype=torch.float64),
-        desirable=torch.tensor(rows[S.LABEL], dtype=torch.bool),
-        valid=torch.as_tensor(valid),
-        ref_token_logps=[np.asarray(x, np.float32) if x is not None else None for x in rows[S.REF_TOKEN_LOGPS]] if with_token_logps else None,
+        ref_logp=torch.from_numpy(rows[S.REF_LOGP].astype(np.float64)),
+        ref_kl_logp=torch.from_numpy(rows[S.REF_KL_LOGP].astype(np.float64)),
+        desirable=torch.from_numpy(rows[S.LABEL].astype(bool)),
+        valid=torch.from_numpy(valid),
+        ref_token_logps=rows[S.REF_TOKEN_LOGPS].to_list() if with_token_logps else None,
     )
+
+
+class Prefetcher:
+    """Runs `make(key)` for the next key on a background thread while the caller works.
+
+    `get(key, next_key)` returns make(key) (already made when it was the previous call's
+    `next_key`) and starts make(next_key). Collation is numpy and pyarrow gathers and the step
+    is torch kernels; both release the GIL, so the next step's batches cost the step nothing.
+    What is made depends only on the key (the epoch plan is a pure function), so prefetching
+    changes no number: exact resume and gradient equality hold as without it.
+    """
+
+    def __init__(self, make):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.make = make
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kto-prefetch")
+        self.pending = None  # (key, Future)
+
+    def get(self, key, next_key=None):
+        if self.pending is not None and self.pending[0] == key:
+            value = self.pending[1].result()  # re-raises the worker's exception here
+        else:
+            if self.pending is not None and not self.pending[1].cancel():
+                self.pending[1].exception()  # wait: one maker at a time, never two on one cache
+            value = self.make(key)
+        self.pending = (next_key, self.pool.submit(self.make, next_key)) if next_key is not None else None
+        return value
+
+    def close(self) -> None:
+        self.pending = None
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -8,7 +8,7 @@ import torch
 
 from .data import ShardedCache, collate
 from .loss import kl_estimate
-from .step import STAT_FIELDS, LossSettings, all_reduce_sum, batch_stats, kl_local_sums, policy_pass, summarize
+from .step import LossSettings, StepStats, all_reduce_sum, batch_stats, kl_local_sums, policy_pass, summarize
 
 
 def eval_slots(num_rows: int, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
@@ -35,11 +35,11 @@ def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_siz
         sums = torch.stack([torch.stack(kl_local_sums(model, [b])) for b in batches()]).sum(0)
         reduced = all_reduce_sum(sums, accelerator)
         z = kl_estimate(reduced[0], reduced[1])
-    stats = torch.zeros(len(STAT_FIELDS), dtype=torch.float64, device=accelerator.device)
+    stats = StepStats.zeros(accelerator.device)
     for b in batches():
         p = policy_pass(model, b, s, z)
-        stats += batch_stats(b, p.out, p.logps, p.nll_sum, None, first=False)
-    stats = all_reduce_sum(stats, accelerator)
+        stats = stats.plus(batch_stats(b, p.out, p.logps, p.nll_sum, None, first=False))
+    stats = stats.all_reduced(accelerator)
     out = summarize(stats)
     out.pop("tokens")
     if z is not None:

@@ -10,9 +10,9 @@ import torch
 
 from kto.formats.errors import InputError
 
-from .step import STAT_FIELDS, all_reduce_max
+from .step import StepStats, all_reduce_max
 
-CHECKED = (("loss", STAT_FIELDS.index("loss_sum")), ("SFT loss", STAT_FIELDS.index("sft_nll_sum")))
+CHECKED = (("loss", "loss_sum"), ("SFT loss", "sft_nll_sum"))  # names of StepStats fields
 
 
 class NonFiniteError(InputError):
@@ -23,14 +23,14 @@ def _last(checkpoint: Path | None) -> str:
     return f"last good checkpoint: {checkpoint}" if checkpoint else "last good checkpoint: none"
 
 
-def check_step(stats: torch.Tensor, grad_norm: torch.Tensor, accelerator, step: int, last: Path | None) -> float:
+def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator, step: int, last: Path | None) -> float:
     """Before the update, in one device-to-host copy: the step's losses (all-reduced sums) and the
     global gradient norm. Both are the same number on every rank, so every rank takes the same
     decision without another collective. Returns the gradient norm.
 
     Under fp16 autocast an infinite gradient norm is the GradScaler's business: it skips that
     update and lowers its scale, so only the losses are checked there."""
-    values = torch.stack([stats[i] for _, i in CHECKED] + [grad_norm.detach().to(stats)]).tolist()
+    values = torch.stack([getattr(stats, f) for _, f in CHECKED] + [grad_norm.detach().to(stats.loss_sum)]).tolist()
     named = [name for name, _ in CHECKED] + (["gradient norm"] if accelerator.scaler is None else [])
     for name, value in zip(named, values):
         if not math.isfinite(value):

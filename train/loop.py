@@ -7,20 +7,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, log
 from kto.formats.numerics import train_numerics
 
 from .checkpoint import Position, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir
-from .checks import DEFAULT_DRIFT_TOLERANCE, step0_drift
+from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
 from .config import TrainConfig
-from .data import KTOBatch, collate, epoch_plan
+from .data import KTOBatch, Prefetcher, collate, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step, check_weights
 from .rundir import lock_run_dir
-from .setup import Run, check_inputs, log, setup
-from .step import all_reduce_max, all_reduce_sum, apply_update, clip_gradients, forward_backward, summarize
+from .setup import Run, check_inputs, setup
+from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -31,39 +30,49 @@ def train(cfg: TrainConfig) -> Path:
 
 def run_steps(run: Run) -> Path:
     window, window_start = None, time.perf_counter()
-    while run.position.global_step < run.total_steps:
-        batches = step_batches(run)
-        if run.is_reference and run.position.global_step == 0:
-            check_drift(run, batches[0])
-        stats = all_reduce_sum(forward_backward(run.model, batches, run.settings, run.accelerator), run.accelerator)
-        norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
-        grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.last_checkpoint)
-        apply_update(run.optimizer, run.scheduler)  # only after the check: a NaN never reaches the weights
-        run.memory.sample()
-        window = stats if window is None else window + stats
-        run.position = advance(run.position, run.steps_per_epoch)
-        step = run.position.global_step
-        if run.cfg.log_every and (step % run.cfg.log_every == 0 or step == run.total_steps):
-            log_window(run, window, grad_norm, time.perf_counter() - window_start)
-            window, window_start = None, time.perf_counter()
-        if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
-            run_eval(run)
-        if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
-            save(run)
+    # The next step's batches are collated on a background thread while this step computes.
+    prefetch = Prefetcher(lambda position: step_batches(run, position))
+    try:
+        while run.position.global_step < run.total_steps:
+            nxt = advance(run.position, run.steps_per_epoch)
+            batches = [b.to(run.accelerator.device) for b in prefetch.get(run.position, nxt if nxt.global_step < run.total_steps else None)]
+            if run.started is not None:  # tools/bench_startup.py times kto-train up to this line
+                log(f"first step: set-up took {time.perf_counter() - run.started:.2f} s, "
+                    f"{run.model_load_s:.2f} s of it loading the model", run.accelerator)
+                run.started = None
+            stats = forward_backward(run.model, batches, run.settings, run.accelerator, on_first_pass=first_step_check(run, batches[0]))
+            stats = stats.all_reduced(run.accelerator)
+            norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
+            grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.last_checkpoint)
+            apply_update(run.optimizer, run.scheduler)  # only after the check: a NaN never reaches the weights
+            run.memory.sample()
+            window = stats if window is None else window.plus(stats)
+            run.position = nxt
+            step = run.position.global_step
+            if run.cfg.log_every and (step % run.cfg.log_every == 0 or step == run.total_steps):
+                log_window(run, window, grad_norm, time.perf_counter() - window_start)
+                window, window_start = None, time.perf_counter()
+            if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
+                run_eval(run)
+            if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
+                save(run)
+    finally:
+        prefetch.close()
     if run.eval_cache:
         run_eval(run)
     return finish(run)
 
 
-def step_batches(run: Run) -> list[KTOBatch]:
-    """This process's micro-batches for the current step (the epoch's plan is built once)."""
-    p = run.position
+def step_batches(run: Run, p: Position) -> list[KTOBatch]:
+    """This process's micro-batches for step `p`, on the CPU (pinned for CUDA). The epoch's plan
+    is built once; only one thread at a time calls this (see Prefetcher)."""
     if run.plan_epoch != p.epoch:
         run.plan, run.plan_epoch = epoch_plan(run.lengths, run.shape, run.cfg.seed, p.epoch), p.epoch
     slots = run.plan[p.step_in_epoch, run.accelerator.process_index]
     first = run.is_reference and p.global_step == 0
-    pad_id = run.tokenizer.pad_token_id
-    return [collate(run.cache, s, pad_id, with_token_logps=first).to(run.accelerator.device) for s in slots]
+    pad_id = run.pad_id
+    batches = [collate(run.cache, s, pad_id, with_token_logps=first) for s in slots]
+    return [b.pin_memory() for b in batches] if run.accelerator.device.type == "cuda" else batches
 
 
 def advance(p: Position, per_epoch: int) -> Position:
@@ -71,17 +80,33 @@ def advance(p: Position, per_epoch: int) -> Position:
     return Position(p.global_step + 1, p.epoch + nxt // per_epoch, nxt % per_epoch)
 
 
-def check_drift(run: Run, batch: KTOBatch) -> None:
-    """--model is the reference: its log-probs must reproduce the cached ones on batch one."""
+def first_step_check(run: Run, batch: KTOBatch):
+    """Step 0 with --model = the reference: the policy's log-probs must reproduce the cache.
+
+    With dropout off (the default) a training-mode forward is numerically an evaluation one, so
+    the check reads the first micro-batch's own forward (it costs nothing) and stops the run
+    before the first backward and optimizer step. --keep-dropout makes the training forward
+    noisy: the check then runs a separate forward in evaluation mode first.
+    Returns the callback for `forward_backward`, or None.
+    """
+    if not run.is_reference or run.position.global_step != 0:
+        return None
+    if batch.ref_token_logps is None or all(x is None for x in batch.ref_token_logps):
+        log("step-0 check skipped: the cache has no per-token log-probs (--no-token-logps)", run.accelerator)
+        return None
+    if run.cfg.keep_dropout:
+        with evaluation_mode(run.model):
+            check_drift(run, step0_drift(run.model, batch))
+        return None
+    return lambda first: check_drift(run, drift_of(first.flat, batch))
+
+
+def check_drift(run: Run, drift: Drift) -> None:
+    """Stop (InputError) when the step-0 drift is past the tolerance, the same on every rank."""
     cfg, accelerator = run.cfg, run.accelerator
     cache_numerics = run.cache.manifest.content["dtype"]
-    if batch.ref_token_logps is None or all(x is None for x in batch.ref_token_logps):
-        log("step-0 check skipped: the cache has no per-token log-probs (--no-token-logps)", accelerator)
-        return
     # Every rank checks its own first micro-batch; they must all stop or none, or the ranks that
     # go on would wait for the stopped ones in the next collective.
-    with evaluation_mode(run.model):
-        drift = step0_drift(run.model, batch)
     drift = replace(drift, max_abs=all_reduce_max(drift.max_abs, accelerator))
     numerics = train_numerics(cfg.dtype, accelerator.mixed_precision)
     tolerance = cfg.drift_tolerance if cfg.drift_tolerance is not None else DEFAULT_DRIFT_TOLERANCE[numerics.compute]
@@ -106,7 +131,7 @@ def evaluation_mode(model):
         model.train()
 
 
-def log_window(run: Run, window: torch.Tensor, grad_norm: float, seconds: float) -> None:
+def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float) -> None:
     """Metrics over the steps since the last line (already summed over ranks)."""
     p = run.position
     line = summarize(window)
@@ -123,7 +148,7 @@ def log_window(run: Run, window: torch.Tensor, grad_norm: float, seconds: float)
 def run_eval(run: Run) -> None:
     cfg = run.cfg
     with evaluation_mode(run.model):
-        result = evaluate(run.model, run.eval_cache, run.settings, run.tokenizer.pad_token_id, cfg.batch_size, run.accelerator)
+        result = evaluate(run.model, run.eval_cache, run.settings, run.pad_id, cfg.batch_size, run.accelerator)
     if run.metrics:
         run.metrics.write(run.position.global_step, result, split="eval")
     log(f"eval @ {run.position.global_step}: loss {result['loss']:.4f} margin {result['rewards/margins']:.4f}", run.accelerator)

@@ -5,17 +5,18 @@ The reference model is never loaded: its numbers come from the cache.
 
 from __future__ import annotations
 
-import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, log
 from kto.formats.logprob import CompletionLogps
 from kto.formats.memory import MemoryMeter
-from kto.formats.models import load_causal_lm, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
+from kto.formats.models import ModelSource, check_cache_tokenizer, load_completion_logps, load_tokenizer, model_identity, resolve_source
+from kto.formats.numerics import torch_dtype
 
 from .checkpoint import Position, load_training_state
 from .checks import class_balance
@@ -26,14 +27,6 @@ from .optim import build_optimizer, build_scheduler
 from .rundir import config_record, open_run_dir, write_record
 from .step import LossSettings, on_main
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def log(msg: str, accelerator) -> None:
-    if accelerator.is_main_process:
-        print(msg, file=sys.stderr, flush=True)
-
-
 @dataclass
 class Run:
     """The state of one training run; `position` advances, everything else is fixed."""
@@ -41,7 +34,7 @@ class Run:
     cfg: TrainConfig
     accelerator: object
     cache: ShardedCache
-    tokenizer: object
+    pad_id: int
     model: torch.nn.Module  # CompletionLogps, wrapped by accelerate (DDP with several processes)
     optimizer: torch.optim.Optimizer
     scheduler: object
@@ -62,6 +55,20 @@ class Run:
     last_checkpoint: Path | None = None
     """The newest checkpoint saved or resumed from: named when the run stops on a non-finite value."""
     memory: MemoryMeter = field(default_factory=MemoryMeter)
+    started: float | None = None
+    """perf_counter() when setup began; cleared once the first step has logged its start-up time."""
+    model_load_s: float = 0.0
+    """Seconds spent in `load_policy` (reading the weights)."""
+    tokenizer_source: ModelSource | None = None
+    loaded_tokenizer: object | None = None
+
+    @property
+    def tokenizer(self):
+        """Loaded on first use (saving a checkpoint) when start-up did not need it: a second run
+        on a cache remembers the tokenizer check and the pad id (formats.models.check_cache_tokenizer)."""
+        if self.loaded_tokenizer is None:
+            self.loaded_tokenizer = load_tokenizer(self.tokenizer_source, trust_remote_code=self.cfg.trust_remote_code)
+        return self.loaded_tokenizer
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -80,11 +87,21 @@ def make_accelerator(cfg: TrainConfig):
     return Accelerator(mixed_precision=mixed, log_with=log_with, project_dir=str(cfg.out), cpu=not torch.cuda.is_available())
 
 
+DROPOUT_NAMES = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout")
+
+
 def disable_dropout(lm) -> None:
+    """Dropout off everywhere, so that a training-mode forward equals an evaluation one (the
+    step-0 check reads the first step's own forward). Attention modules copy their rate from
+    the config at construction (Llama's `self.attention_dropout`), so those copies are zeroed
+    too, not only the config and the nn.Dropout modules."""
     for module in lm.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+        for name in DROPOUT_NAMES:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    for name in DROPOUT_NAMES:
         if isinstance(getattr(lm.config, name, None), float):
             setattr(lm.config, name, 0.0)
 
@@ -100,8 +117,14 @@ def apply_class_balance(cfg: TrainConfig, counts, accelerator) -> TrainConfig:
     return cfg
 
 
-def load_policy(cfg: TrainConfig, init):
-    lm = load_causal_lm(init, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+def load_policy(cfg: TrainConfig, init) -> CompletionLogps:
+    """The policy from `init` (--model or a checkpoint) in train mode; accelerate places it."""
+    return load_completion_logps(init, dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
+                                 trust_remote_code=cfg.trust_remote_code, chunk_size=cfg.chunk_size, training=True,
+                                 adjust=lambda lm: prepare_for_training(cfg, lm))
+
+
+def prepare_for_training(cfg: TrainConfig, lm) -> None:
     if not cfg.keep_dropout:
         disable_dropout(lm)
     if cfg.gradient_checkpointing:
@@ -112,7 +135,6 @@ def load_policy(cfg: TrainConfig, init):
         else:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
-    return lm.train()
 
 
 @dataclass
@@ -124,7 +146,9 @@ class Inputs:
     cache: ShardedCache
     eval_cache: ShardedCache | None
     source: object
-    tokenizer: object
+    pad_id: int
+    tokenizer: object | None
+    """None when a remembered tokenizer check made loading it unnecessary (see Run.tokenizer)."""
     lengths: np.ndarray
     shape: BatchShape
     steps_per_epoch: int
@@ -133,20 +157,23 @@ class Inputs:
     """RUN/config.json: the resolved configuration plus the identities of data and model."""
     is_reference: bool
     """--model is the model the cache was scored with."""
+    started: float = 0.0
+    """perf_counter() when the start-up checks began."""
 
 
 def check_inputs(cfg: TrainConfig) -> Inputs:
     """Every start-up check that can fail on the user's input, before anything is written to
     --out: precision flags, the manifest and every shard's footer and row count, the tokenizer,
     the eval cache, the model's identity. A failure here leaves --out as it was."""
+    started = time.perf_counter()
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     cache = ShardedCache(cfg.cache)
     lengths = cache.lengths()
     manifest = cache.manifest
     source = resolve_source(cfg.model)
-    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
-    require_cache_tokenizer(tokenizer, manifest.content["tokenizer"], cfg.model)
+    pad_id, tokenizer = check_cache_tokenizer(source, manifest.content["tokenizer"], cfg.model, cache.dir,
+                                              trust_remote_code=cfg.trust_remote_code)
     eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = BatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
@@ -156,9 +183,9 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     derived = {"total_steps": total_steps, "world_size": accelerator.num_processes, "cache_fingerprint": manifest.fingerprint,
                "eval_cache_fingerprint": eval_cache.manifest.fingerprint if eval_cache else None, "model_identity": identity}
     return Inputs(
-        cfg=cfg, accelerator=accelerator, cache=cache, eval_cache=eval_cache, source=source, tokenizer=tokenizer,
+        cfg=cfg, accelerator=accelerator, cache=cache, eval_cache=eval_cache, source=source, pad_id=pad_id, tokenizer=tokenizer,
         lengths=lengths, shape=shape, steps_per_epoch=per_epoch, total_steps=total_steps,
-        record={"config": config_record(cfg), "derived": derived}, is_reference=identity == manifest.content["model"],
+        record={"config": config_record(cfg), "derived": derived}, is_reference=identity == manifest.content["model"], started=started,
     )
 
 
@@ -167,8 +194,9 @@ def setup(inp: Inputs) -> Run:
     restore the training state, then record the configuration and open metrics.jsonl."""
     cfg, accelerator = inp.cfg, inp.accelerator
     resume_from = on_main(lambda: open_run_dir(cfg, inp.record, lambda msg: log(msg, accelerator)), accelerator)
-    lm = load_policy(cfg, resolve_source(str(resume_from)) if resume_from else inp.source)
-    model = CompletionLogps(lm, chunk_size=cfg.chunk_size)
+    load_started = time.perf_counter()
+    model = load_policy(cfg, resolve_source(str(resume_from)) if resume_from else inp.source)
+    model_load_s = time.perf_counter() - load_started
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, inp.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -197,11 +225,12 @@ def setup(inp: Inputs) -> Run:
         metrics = MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None)
     log(f"{inp.cache.num_rows} rows, {inp.steps_per_epoch} steps per epoch of {inp.shape.rows_per_step} rows, {inp.total_steps} steps", accelerator)
     return Run(
-        cfg=cfg, accelerator=accelerator, cache=inp.cache, tokenizer=inp.tokenizer, model=model, optimizer=optimizer,
+        cfg=cfg, accelerator=accelerator, cache=inp.cache, pad_id=inp.pad_id, model=model, optimizer=optimizer,
         scheduler=scheduler,
         settings=LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope),
         shape=inp.shape, lengths=inp.lengths, steps_per_epoch=inp.steps_per_epoch, total_steps=inp.total_steps, position=position,
         is_reference=is_reference, metrics=metrics, eval_cache=inp.eval_cache, plan_identity=plan, last_checkpoint=resume_from,
+        started=inp.started, model_load_s=model_load_s, tokenizer_source=inp.source, loaded_tokenizer=inp.tokenizer,
     )
 
 

@@ -9,13 +9,24 @@ term is 0 when there are none). Each process backpropagates its local part of th
 multiplied by the world size, because DDP *averages* gradients over ranks and we want their sum.
 We never use accelerate's own accumulation (Accelerator(gradient_accumulation_steps=1)), so
 nothing divides by the number of micro-batches behind our back.
+
+Collectives per optimizer step with several processes (none with one):
+- 1 all-reduce before the first micro-batch of [Σ KL differences, real rows, desirable tokens]:
+  the KL pairs are the step's real rows, so z and the loss normalisers share it. With
+  `--kl-scope microbatch` there is one per micro-batch (the first also carries the step's
+  counts); with `apo_zero_unpaired` (no KL pass) it carries the counts alone;
+- DDP's gradient all-reduce, bucketed, in the last micro-batch's backward (the others run under
+  no_sync); gradient clipping then needs none (the gradients are the same on every rank);
+- 1 all-reduce of the stacked `StepStats` after the backward and before the update (kto-train's
+  loop; the finite-value guard reads the reduced losses);
+- at step 0 only, when --model is the reference: 1 all-reduce (max) of the step-0 drift.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 import torch
 
@@ -27,11 +38,46 @@ from .loss import KLEstimate, KTOLossOutput, LossType, kl_estimate, kto_loss
 
 T = TypeVar("T")
 
-# The per-step statistics, summed over micro-batches and then over ranks in one all-reduce.
-STAT_FIELDS = (
-    "examples", "loss_sum", "desirable", "undesirable", "reward_d_sum", "reward_u_sum",
-    "logp_d_sum", "logp_u_sum", "sft_nll_sum", "sft_tokens", "tokens", "kl_raw_sum", "kl_sum", "kl_scopes",
-)
+
+class StepStats(NamedTuple):
+    """Per-step statistics: float64 scalar tensors, summed over micro-batches, then over ranks
+    (stacked into one vector for a single all-reduce and unstacked by name), then over the
+    steps of a logging window. Sums over valid rows; `summarize` turns them into means."""
+
+    examples: torch.Tensor
+    loss_sum: torch.Tensor
+    desirable: torch.Tensor
+    undesirable: torch.Tensor
+    reward_d_sum: torch.Tensor
+    reward_u_sum: torch.Tensor
+    logp_d_sum: torch.Tensor
+    logp_u_sum: torch.Tensor
+    sft_nll_sum: torch.Tensor
+    sft_tokens: torch.Tensor
+    tokens: torch.Tensor
+    kl_raw_sum: torch.Tensor
+    kl_sum: torch.Tensor
+    kl_scopes: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device) -> "StepStats":
+        return cls.unstacked(torch.zeros(len(cls._fields), dtype=torch.float64, device=device))
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack(tuple(self))
+
+    @classmethod
+    def unstacked(cls, values: torch.Tensor) -> "StepStats":
+        return cls(*values.unbind(0))
+
+    def plus(self, other: "StepStats") -> "StepStats":
+        return StepStats(*(a + b for a, b in zip(self, other)))
+
+    def all_reduced(self, accelerator) -> "StepStats":
+        return StepStats.unstacked(all_reduce_sum(self.stacked(), accelerator))
+
+
+STAT_FIELDS = StepStats._fields
 
 
 @dataclass(frozen=True)
@@ -91,10 +137,27 @@ def kl_local_sums(model, batches: list[KTOBatch]) -> tuple[torch.Tensor, torch.T
     return total, count
 
 
-def kl_reference_point(model, batches: list[KTOBatch], accelerator) -> KLEstimate:
-    total, count = kl_local_sums(model, batches)
-    reduced = all_reduce_sum(torch.stack([total, count]), accelerator)
-    return kl_estimate(reduced[0], reduced[1])
+def step_counts(batches: list[KTOBatch]) -> torch.Tensor:
+    """[real rows, valid desirable completion tokens] of this process's part of the step."""
+    return torch.stack([
+        sum(b.valid.sum() for b in batches).double(),
+        sum(desirable_token_mask(b).sum() for b in batches).double(),
+    ])
+
+
+def kl_and_counts(model, kl_batches: list[KTOBatch], counts: torch.Tensor | None, accelerator):
+    """z over `kl_batches` on every rank, and `counts` summed over ranks, in one all-reduce.
+
+    Without `kl_batches` (no KL pass) only the counts are reduced; without `counts`, only z.
+    """
+    parts = []
+    if kl_batches:
+        parts.append(torch.stack(kl_local_sums(model, kl_batches)))
+    if counts is not None:
+        parts.append(counts.to(parts[0].device if parts else counts.device))
+    reduced = all_reduce_sum(torch.cat(parts), accelerator)
+    z = kl_estimate(reduced[0], reduced[1]) if kl_batches else None
+    return z, (reduced[-2:] if counts is not None else None)
 
 
 def desirable_token_mask(b: KTOBatch) -> torch.Tensor:
@@ -125,48 +188,49 @@ def policy_pass(model, b: KTOBatch, s: LossSettings, z: KLEstimate | None) -> Po
     return PolicyPass(flat, logps, out, -(flat.double() * desirable_token_mask(b)).sum())
 
 
-def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerator) -> torch.Tensor:
-    """Accumulate this process's gradients for one step; return the local STAT_FIELDS vector."""
+def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerator, on_first_pass=None) -> StepStats:
+    """Accumulate this process's gradients for one step; return its local StepStats.
+
+    `on_first_pass(pass_)`, if given, sees the first micro-batch's PolicyPass before its backward
+    (kto-train's step-0 drift check runs there and may stop the run before any update)."""
     device = batches[0].ref_logp.device
-    local = torch.stack([
-        sum(b.valid.sum() for b in batches).double(),
-        sum(desirable_token_mask(b).sum() for b in batches).double(),
-    ])
-    n_step, t_desirable = all_reduce_sum(local, accelerator).tolist()
-    stats = torch.zeros(len(STAT_FIELDS), dtype=torch.float64, device=device)
-    z = None
-    if s.loss_type.needs_kl and s.kl_scope == "step":
-        z = kl_reference_point(model, batches, accelerator)
+    per_microbatch_kl = s.loss_type.needs_kl and s.kl_scope == "microbatch"
+    kl_batches = batches if s.loss_type.needs_kl and s.kl_scope == "step" else batches[:1] if per_microbatch_kl else []
+    z, counts = kl_and_counts(model, kl_batches, step_counts(batches).to(device), accelerator)
+    n_step, t_desirable = counts.tolist()
+    stats = StepStats.zeros(device)
     for i, b in enumerate(batches):
-        if s.loss_type.needs_kl and s.kl_scope == "microbatch":
-            z = kl_reference_point(model, [b], accelerator)
+        if per_microbatch_kl and i > 0:
+            z, _ = kl_and_counts(model, [b], None, accelerator)
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync:
             p = policy_pass(model, b, s, z)
+            if i == 0 and on_first_pass is not None:
+                on_first_pass(p)
             kto_part = (p.out.losses * b.valid).sum() / max(n_step, 1.0)
             sft_part = p.nll_sum / t_desirable if t_desirable > 0 else p.nll_sum * 0
             loss = kto_part + s.sft_weight * sft_part if s.sft_weight else kto_part
             accelerator.backward(loss * accelerator.num_processes)
-        stats += batch_stats(b, p.out, p.logps.detach(), p.nll_sum.detach(), z, first=(i == 0 or s.kl_scope == "microbatch"))
+        stats = stats.plus(batch_stats(b, p.out, p.logps.detach(), p.nll_sum.detach(), z, first=(i == 0 or per_microbatch_kl)))
     return stats
 
 
-def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: bool) -> torch.Tensor:
+def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: bool) -> StepStats:
     d, u = b.valid & b.desirable, b.valid & ~b.desirable
     zero = torch.zeros((), dtype=torch.float64, device=logps.device)
-    kl_raw = z.raw if (z is not None and first) else zero
-    kl = z.clamped if (z is not None and first) else zero
-    return torch.stack([
-        b.valid.sum().double(),
-        (out.losses.detach() * b.valid).sum(),
-        d.sum().double(), u.sum().double(),
-        (out.rewards * d).sum(), (out.rewards * u).sum(),
-        (logps * d).sum(), (logps * u).sum(),
-        nll_sum, (b.policy.score_mask & d[:, None]).sum().double(),
-        ((b.policy.attention_mask.sum(1) + b.kl.attention_mask.sum(1)) * b.valid).sum().double(),
-        kl_raw, kl, torch.tensor(float(first and z is not None), dtype=torch.float64, device=logps.device),
-    ])
+    scoped = z is not None and first
+    return StepStats(
+        examples=b.valid.sum().double(),
+        loss_sum=(out.losses.detach() * b.valid).sum(),
+        desirable=d.sum().double(), undesirable=u.sum().double(),
+        reward_d_sum=(out.rewards * d).sum(), reward_u_sum=(out.rewards * u).sum(),
+        logp_d_sum=(logps * d).sum(), logp_u_sum=(logps * u).sum(),
+        sft_nll_sum=nll_sum, sft_tokens=(b.policy.score_mask & d[:, None]).sum().double(),
+        tokens=((b.policy.attention_mask.sum(1) + b.kl.attention_mask.sum(1)) * b.valid).sum().double(),
+        kl_raw_sum=z.raw if scoped else zero, kl_sum=z.clamped if scoped else zero,
+        kl_scopes=torch.tensor(float(scoped), dtype=torch.float64, device=logps.device),
+    )
 
 
 def clip_gradients(model, accelerator, max_grad_norm: float) -> torch.Tensor:
@@ -187,13 +251,13 @@ def optimizer_step(model, optimizer, scheduler, accelerator, max_grad_norm: floa
     return float(norm)
 
 
-def summarize(stats: torch.Tensor) -> dict[str, float]:
-    """Turn all-reduced STAT_FIELDS sums (possibly over several steps) into logged metrics.
+def summarize(stats: StepStats) -> dict[str, float]:
+    """Turn all-reduced StepStats sums (possibly over several steps) into logged metrics.
 
     Names follow TRL (`rewards/chosen` = desirable, `rewards/rejected` = undesirable) so that
     dashboards compare side by side.
     """
-    v = dict(zip(STAT_FIELDS, stats.tolist()))
+    v = dict(zip(StepStats._fields, stats.stacked().tolist()))
     nan = float("nan")
     # A class absent from the window has no mean: NaN (written as null), never a fake 0.
     div = lambda a, b: a / b if b else nan  # noqa: E731

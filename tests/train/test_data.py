@@ -2,6 +2,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from kto.formats.shards import ShardVerifier
 from kto.train import cli
@@ -83,3 +84,112 @@ def test_rows_come_back_in_the_requested_order_across_shards(tiny_cache):
     ).column("id").to_pylist()
     wanted = [15, 0, 7, 7, 3, 12]  # four shards of 5, 5, 5, 1 rows; a repeat included
     assert cache.rows(wanted)["id"] == [every[i] for i in wanted]
+
+
+def _old_path():
+    """The pre-zero-copy collate (to_pylist, then Python lists), kept verbatim in the benchmark."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    import bench_collate
+
+    return bench_collate
+
+
+@pytest.mark.parametrize("with_token_logps", [False, True])
+def test_zero_copy_collate_equals_the_old_path(tiny_cache, with_token_logps):
+    """Same tensors, same dtypes, for batches that span all four shards (5, 5, 5, 1 rows), repeat
+    a row, start with filler, end with filler, or are all filler."""
+    bench = _old_path()
+    cache = ShardedCache(tiny_cache)
+    cases = [[15, 0, 7, 7, 3, 12], [-1, 4, 5, -1], [9, 10, 14, 15], [15], [-1, -1], list(range(16))]
+    for idx in cases:
+        idx = np.array(idx)
+        new = collate(cache, idx, pad_id=2, with_token_logps=with_token_logps)
+        old = bench.old_collate(cache, idx, pad_id=2, with_token_logps=with_token_logps)
+        assert bench.batches_equal(new, old), idx
+        assert new.policy.input_ids.dtype == old.policy.input_ids.dtype == torch.int64
+    if with_token_logps:
+        assert all(x is not None and x.dtype == np.float32 for x in new.ref_token_logps)
+
+
+def test_ragged_take_many_and_nulls():
+    import pyarrow as pa
+
+    from kto.formats import ragged
+
+    arr = pa.array([[1, 2], None, [], [3, 4, 5], [6]], pa.list_(pa.int32()))
+    r = ragged.from_arrow(pa.chunked_array([arr]))
+    assert r.valid.tolist() == [True, False, True, True, True]
+    got = ragged.take(r, np.array([3, 0, 3, 1, 4]))
+    assert [None if x is None else x.tolist() for x in got.to_list()] == [[3, 4, 5], [1, 2], [3, 4, 5], None, [6]]
+    sliced = ragged.from_arrow(arr.slice(3, 2))  # offsets honour the slice, values do not
+    assert [x.tolist() for x in ragged.take(sliced, np.array([1, 0])).to_list()] == [[6], [3, 4, 5]]
+    both = ragged.take_many([r, sliced], np.array([1, 0, 1, 0]), np.array([0, 1, 1, 3]))  # interleaved sources
+    assert [None if x is None else x.tolist() for x in both.to_list()] == [[3, 4, 5], None, [6], [3, 4, 5]]
+    assert both.offsets.tolist() == [0, 3, 3, 4, 7] and both.values.dtype == np.int32
+
+
+def test_make_token_batch_from_lists_and_ragged_agree():
+    from kto.formats.logprob import make_token_batch
+    from kto.formats.ragged import Ragged
+
+    prompts, completions = [[5, 6], [7], [8, 9, 10]], [[1], [2, 3, 4], []]
+    a = make_token_batch(prompts, completions, pad_id=0)
+    b = make_token_batch(Ragged.from_rows(prompts), Ragged.from_rows(completions), pad_id=0)
+    assert a.input_ids.tolist() == [[5, 6, 1, 0], [7, 2, 3, 4], [8, 9, 10, 0]]
+    assert a.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]]
+    assert a.score_mask.tolist() == [[False, False, True, False], [False, True, True, True], [False] * 4]
+    assert all(torch.equal(x, y) for x, y in zip((a.input_ids, a.attention_mask, a.score_mask),
+                                                 (b.input_ids, b.attention_mask, b.score_mask)))
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        make_token_batch([[1], []], [[2], [3]], pad_id=0)
+
+
+def test_prefetcher_makes_each_key_once_in_order_and_reraises():
+    import threading
+
+    from kto.train.data import Prefetcher
+
+    made, threads = [], set()
+
+    def make(k):
+        made.append(k)
+        threads.add(threading.current_thread().name)
+        if k == 3:
+            raise ValueError("bad shard")
+        return k * 10
+
+    p = Prefetcher(make)
+    assert p.get(0, 1) == 0 and p.get(1, 2) == 10 and p.get(2, 3) == 20
+    with pytest.raises(ValueError, match="bad shard"):
+        p.get(3, None)  # the worker's error surfaces in the caller, at the step that needs it
+    assert p.get(5, None) == 50  # a key that was not prefetched is made on the spot
+    p.close()
+    assert made == [0, 1, 2, 3, 5]
+    assert any(name.startswith("kto-prefetch") for name in threads)
+
+
+def test_tokenizer_check_is_remembered_per_tokenizer_files(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import kto.formats.models as models
+    from kto.formats.errors import InputError
+    from kto.formats.manifest import read_manifest
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    (cache / models.TOKENIZER_CHECK_NAME).unlink(missing_ok=True)
+    identity = read_manifest(cache).content["tokenizer"]
+    source = models.resolve_source(str(tiny_model_dir))
+    pad_id, tok = models.check_cache_tokenizer(source, identity, "m", cache)  # loaded, compared, recorded
+    assert tok is not None and pad_id == tok.pad_token_id
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("loaded again"))
+    assert models.check_cache_tokenizer(source, identity, "m", cache) == (pad_id, None)  # same files: remembered
+    monkeypatch.undo()
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "chat_template.jinja").write_text((other / "chat_template.jinja").read_text() + " ")
+    with pytest.raises(InputError, match="chat_template"):
+        models.check_cache_tokenizer(models.resolve_source(str(other)), identity, "m", cache)

@@ -179,10 +179,11 @@ def test_resume_survives_a_half_written_metrics_line(full_run, tiny_cache, tiny_
 def test_a_window_without_one_class_logs_null_not_zero():
     import torch
 
-    from kto.train.step import STAT_FIELDS, summarize
+    from kto.train.step import StepStats, summarize
 
-    stats = dict.fromkeys(STAT_FIELDS, 0.0) | {"examples": 2, "loss_sum": 1.0, "desirable": 2, "reward_d_sum": 0.4}
-    out = summarize(torch.tensor([stats[k] for k in STAT_FIELDS], dtype=torch.float64))
+    stats = StepStats.zeros("cpu")._replace(examples=torch.tensor(2.0), loss_sum=torch.tensor(1.0), desirable=torch.tensor(2.0),
+                                            reward_d_sum=torch.tensor(0.4, dtype=torch.float64))
+    out = summarize(stats)
     assert out["rewards/chosen"] == pytest.approx(0.2)
     assert out["rewards/rejected"] != out["rewards/rejected"]  # NaN -> null in metrics.jsonl
     assert out["rewards/margins"] != out["rewards/margins"]
@@ -244,3 +245,46 @@ def test_resume_with_another_batch_shape_is_refused(full_run, tiny_cache, tiny_m
 def test_save_every_must_be_a_multiple_of_log_every(tiny_cache, tiny_model_dir, tmp_path):
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--log-every", "2", "--save-every", "3")
     assert result.exit_code == 2 and "--save-every 3: must be a multiple of --log-every 2" in result.output
+
+
+def test_without_dropout_a_training_forward_equals_an_evaluation_one(tiny_model_dir, tmp_path, tokenizer_dir):
+    """What lets the step-0 check read the first step's own forward: after disable_dropout, even
+    a model built with attention dropout computes the same log-probs in train() and eval()."""
+    from conftest import make_tiny_llama
+
+    from kto.formats.logprob import CompletionLogps
+    from kto.formats.models import load_causal_lm, resolve_source
+    from kto.train.setup import disable_dropout
+
+    lm = load_causal_lm(resolve_source(str(make_tiny_llama(tmp_path / "m", tokenizer_dir, attention_dropout=0.5))), dtype=torch.float32)
+    model = CompletionLogps(lm)
+    ids = torch.arange(3, 40).reshape(1, -1)
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    score[:, 10:] = True
+    assert not torch.equal(model.train()(ids, score), model.eval()(ids, score))  # dropout on: they differ
+    disable_dropout(lm)
+    assert torch.equal(model.train()(ids, score), model.eval()(ids, score))
+
+
+def test_step0_check_reads_the_first_forward_unless_dropout_is_kept(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    import kto.train.loop as loop
+
+    separate = []
+    inner = loop.step0_drift
+    monkeypatch.setattr(loop, "step0_drift", lambda model, batch: separate.append(model.training) or inner(model, batch))
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "a", "--max-steps", "1")
+    assert result.exit_code == 0 and "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in result.output
+    assert separate == []  # folded into the first step's forward
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "b", "--max-steps", "1", "--keep-dropout")
+    assert result.exit_code == 0 and "step-0 check: max |Δ log p| per token vs cache" in result.output
+    assert separate == [False]  # its own pass, in evaluation mode
+
+
+def test_drift_stops_the_run_before_any_update(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    import kto.train.loop as loop
+
+    steps = []
+    monkeypatch.setattr(loop, "apply_update", lambda *a, **k: steps.append(1))
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--dtype", "bf16", "--drift-tolerance", "1e-6")
+    assert result.exit_code == 2 and "step-0 log-probs differ" in result.output
+    assert steps == [] and not (tmp_path / "r" / "final").exists()

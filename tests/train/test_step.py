@@ -53,3 +53,50 @@ def test_microbatch_kl_scope_changes_the_gradient(tiny_cache, other_policy, tmp_
     split = run_probe(tiny_cache, other_policy, tmp_path / "b.safetensors", 2, 2, scope="microbatch")
     diffs = [float((base[n] - split[n]).abs().max()) for n in base]
     assert max(diffs) > 1e-6
+
+
+class CountingAccelerator:
+    """Two 'processes' whose all-reduces return the local values (the other rank adds zeros):
+    enough to count the collectives a step makes."""
+
+    num_processes = 2
+
+    def __init__(self):
+        self.reductions = []
+
+    def reduce(self, values, reduction):
+        self.reductions.append(tuple(values.shape))
+        return values
+
+    def no_sync(self, model):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+
+@pytest.mark.parametrize("loss, scope, expected", [
+    ("kto", "step", [(4,)]),                  # Σ KL, KL pairs, rows, desirable tokens: one reduce
+    ("kto", "microbatch", [(4,), (2,)]),      # the first micro-batch's z carries the counts
+    ("apo_zero_unpaired", "step", [(2,)]),    # no KL pass: the counts alone
+])
+def test_a_step_makes_one_reduction_before_its_micro_batches(tiny_cache, tiny_model_dir, loss, scope, expected):
+    import numpy as np
+
+    from kto.formats.logprob import CompletionLogps
+    from kto.formats.models import load_causal_lm, resolve_source
+    from kto.train.data import ShardedCache, collate
+    from kto.train.loss import LossType
+    from kto.train.step import LossSettings, StepStats, forward_backward
+
+    cache = ShardedCache(tiny_cache)
+    model = CompletionLogps(load_causal_lm(resolve_source(str(tiny_model_dir)), dtype=torch.float32))
+    batches = [collate(cache, np.array(rows), pad_id=0) for rows in ([0, 1], [2, -1])]
+    acc = CountingAccelerator()
+    stats = forward_backward(model, batches, LossSettings(0.1, 1.0, 1.0, LossType(loss), 0.0, scope), acc)
+    assert acc.reductions == expected
+    assert isinstance(stats, StepStats) and float(stats.examples) == 3  # the filler row counts nowhere
+    again = StepStats.unstacked(stats.stacked())
+    assert again._fields == stats._fields and all(torch.equal(a, b) for a, b in zip(again, stats))

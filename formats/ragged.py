@@ -1,0 +1,118 @@
+"""Variable-length rows as one flat array: the layout of an Arrow list column, in numpy.
+
+An Arrow `list<…>` column already is `values` plus `offsets` (row i is
+values[offsets[i]:offsets[i+1]]). A memory-mapped shard hands both out without copying, so a
+batch of rows is gathered with numpy fancy indexing: one index array per batch, no Python
+object per token. Imports numpy and pyarrow only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """n rows of variable length.
+
+    values:  [Σ lengths] the rows' elements, back to back
+    offsets: [n + 1] int64, offsets[0] == 0; row i is values[offsets[i]:offsets[i + 1]]
+    valid:   [n] bool, False on null rows (stored as empty), or None when no row is null
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+    valid: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def to_list(self) -> list[np.ndarray | None]:
+        """One array per row (a view into `values`), None for null rows."""
+        r = packed(self)
+        rows = np.split(r.values, r.offsets[1:-1]) if len(r) else []
+        if self.valid is None:
+            return rows
+        return [r if ok else None for r, ok in zip(rows, self.valid.tolist())]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence], dtype=np.int64) -> "Ragged":
+        """From Python sequences or arrays (one np.concatenate; nothing per element in Python)."""
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=offsets[1:])
+        values = np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if len(rows) else np.zeros(0, dtype)
+        return cls(values.astype(dtype, copy=False), offsets)
+
+
+def from_arrow(column: pa.ChunkedArray | pa.ListArray) -> Ragged:
+    """Zero-copy view of a list column (one chunk, as `formats.shards.write_shard` writes).
+
+    A column of several chunks is combined first, which copies it: shards written by this
+    package never have more than one.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks == 0:
+            return Ragged(np.zeros(0, column.type.value_type.to_pandas_dtype()), np.zeros(1, np.int64))
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    # `offsets` honours a slice's start and `values` ignores it, so they index each other.
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=column.values.null_count == 0)
+    valid = None
+    if column.null_count:
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+    # Offsets stay int32 (zero-copy); `take` widens the few it reads.
+    return Ragged(values, offsets, valid)
+
+
+def take(r: Ragged, rows: np.ndarray) -> Ragged:
+    """Rows `rows` of `r`, in that order (repeats allowed), gathered into fresh arrays."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return take_many([r], np.zeros(len(rows), dtype=np.int64), rows)
+
+
+def take_many(sources: Sequence[Ragged | None], source_of: np.ndarray, rows: np.ndarray) -> Ragged:
+    """Output row i is row rows[i] of sources[source_of[i]], gathered in one pass over the
+    output: index arithmetic once for all rows, then one masked gather per source touched."""
+    n = len(rows)
+    touched = np.unique(source_of).tolist()
+    starts, lengths = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    masks = {}
+    for s in touched:
+        masks[s] = where = source_of == s
+        starts[where] = sources[s].offsets[rows[where]]
+        lengths[where] = sources[s].offsets[rows[where] + 1] - starts[where]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # Output element j of row i comes from its source's values[starts[i] + j - offsets[i]].
+    position = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+    dtype = sources[touched[0]].values.dtype if touched else np.int64
+    if len(touched) == 1:
+        values = sources[touched[0]].values[position]
+    else:
+        values = np.empty(offsets[-1], dtype=dtype)
+        token_source = np.repeat(source_of, lengths)
+        for s in touched:
+            here = token_source == s
+            values[here] = sources[s].values[position[here]]
+    valid = None
+    if any(sources[s].valid is not None for s in touched):
+        valid = np.ones(n, dtype=bool)
+        for s in touched:
+            if sources[s].valid is not None:
+                valid[masks[s]] = sources[s].valid[rows[masks[s]]]
+    return Ragged(values, offsets, valid)
+
+
+def packed(r: Ragged) -> Ragged:
+    """`r` with offsets[0] == 0 and no values outside its rows (a copy only when needed)."""
+    if r.offsets[0] == 0 and len(r.values) == r.offsets[-1]:
+        return r
+    return take(r, np.arange(len(r)))
