@@ -10,6 +10,12 @@ which columns hold a value (names from `ColumnMap`):
 3. Paired:        {prompt, chosen, rejected} -> two examples, `<id>:chosen` (desirable) and
    `<id>:rejected` (undesirable), as TRL's unpaired conversion does. Without a prompt column,
    chosen and rejected must be full conversations; their common leading messages are the prompt.
+4. ShareGPT (LLaMA-Factory): {conversations, kto_tag | label} or {conversations, chosen, rejected}
+   with `{from, value}` turns; see sharegpt.py. A `system` and a `tools` column are honoured by
+   every conversational shape.
+
+`--data` may also name a `datasets` source (hub.py): `hf:ID[:CONFIG]:SPLIT` or a
+`save_to_disk` directory; its rows go through the same checks.
 
 Every problem raises `InputError` with one line naming the file and 1-based row (JSONL: the line).
 pyarrow and the standard library only: polars stays out of this import path.
@@ -19,10 +25,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .errors import InputError
 from .records import SUFFIXES, file_sha256, kind_name, one_line, read_file, records  # noqa: F401  (re-exported)
+from .sharegpt import ShareGPTMap, sharegpt_examples, tools_of, with_system
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
@@ -65,33 +72,26 @@ class Example:
     completion: str | tuple[Message, ...]  # text, or assistant message(s)
     label: bool  # True = desirable
     source: str  # f"{file_name}: row {row}", for error messages downstream
+    tools: tuple[dict, ...] = ()  # tool schemas for the chat template (`tools` column)
 
     @property
     def conversational(self) -> bool:
         return not isinstance(self.prompt, str)
 
 
-def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap()) -> list[Example]:
+def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(),
+                  sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
     """Read every file (order kept: files in the given order, rows in file order), check every row."""
-    return read_inputs(paths, columns)[0]
+    return read_inputs(paths, columns, sharegpt)[0]
 
 
-def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap()) -> tuple[list[Example], list[dict]]:
+def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(),
+                sharegpt: ShareGPTMap = ShareGPTMap()) -> tuple[list[Example], list[dict]]:
     """`read_examples`, plus each file's `{"name", "sha256"}` of exactly the bytes its rows came from."""
     # A lone path would otherwise be iterated per character.
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    examples: list[Example] = []
     inputs: list[dict] = []
-    for path in map(Path, paths):
-        if not path.name.isascii():  # a non-UTF-8 name decodes to lone surrogates; ids carry it
-            try:
-                path.name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError(f"{ascii(str(path))}: the file name is not valid UTF-8 (rows are named after it); rename the file") from None
-        sha256, rows = read_file(path)
-        for row, record in rows:
-            examples.extend(_row_examples(record, path.name, row, columns))
-        inputs.append({"name": path.name, "sha256": sha256})
+    examples = list(iter_examples(paths, columns, sharegpt, inputs))
     _check_unique_ids(examples)
     if len(examples) < 2:
         files = ", ".join(str(p) for p in paths) or "no input files"
@@ -99,16 +99,46 @@ def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap()) -
     return examples, inputs
 
 
+def iter_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(),
+                  sharegpt: ShareGPTMap = ShareGPTMap(), inputs: list[dict] | None = None) -> Iterator[Example]:
+    """Every row's examples, one input after another, without holding them: ids are not checked
+    for uniqueness here (read_examples does; precompute checks its staged ids). `inputs`, when
+    given, receives each input's identity (hub.input_records): for a file, the sha256 of exactly
+    the bytes its rows were parsed from."""
+    from .hub import input_records
+
+    for path in paths:
+        name, identity, rows = input_records(path)
+        for row, record in rows:
+            yield from _row_examples(record, name, row, columns, sharegpt)
+        if inputs is not None:
+            inputs.append(identity)
+
+
 # ---- record -> Example(s) --------------------------------------------------------------------
 
 
-def _row_examples(record: Any, file_name: str, row: int, columns: ColumnMap) -> list[Example]:
+def _row_examples(record: Any, file_name: str, row: int, columns: ColumnMap,
+                  sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
     """Detect the row's shape and build its one (or, for paired rows, two) examples."""
     source = f"{file_name}: row {row}"
     if not isinstance(record, dict):
         raise InputError(f"{source}: expected an object of named columns, got {kind_name(record)}")
     base_id = _base_id(record, columns.id, f"{file_name}:{row}", source)
     present = {key for key in record if _present(record, key)}
+    if sharegpt.messages in present and columns.messages not in present:
+        return sharegpt_examples(record, sharegpt, columns.label, base_id, source)
+    examples = _shaped_examples(record, columns, base_id, source, present)
+    tools = tools_of(record, sharegpt, source)
+    if tools and not examples[0].conversational:
+        raise InputError(f"{source}: column '{sharegpt.tools}': tools need a conversational prompt (a list of messages)")
+    if not (tools or _present(record, sharegpt.system)):
+        return examples
+    prompt = with_system(examples[0].prompt, record, sharegpt, source)
+    return [Example(e.id, prompt, e.completion, e.label, e.source, tools) for e in examples]
+
+
+def _shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str, present: set) -> list[Example]:
     if columns.messages in present:
         where = f"{source}: column '{columns.messages}'"
         prompt, completion = _split_conversation(record[columns.messages], where)
@@ -125,7 +155,7 @@ def _row_examples(record: Any, file_name: str, row: int, columns: ColumnMap) -> 
 
 def _shapes(c: ColumnMap) -> str:
     return (f"expected {c.prompt}+{c.completion}+{c.label} (TRL unpaired), {c.messages}+{c.label} "
-            f"(LLaMA-Factory) or {c.prompt}+{c.chosen}+{c.rejected} (paired)")
+            f"(LLaMA-Factory), {c.prompt}+{c.chosen}+{c.rejected} (paired) or conversations+kto_tag (ShareGPT)")
 
 
 def _present(record: dict, key: str) -> bool:

@@ -1,4 +1,9 @@
-"""`kto-precompute`: score every example and its mismatched KL completion into Arrow shards."""
+"""`kto-precompute`: score every example and its mismatched KL completion into Arrow shards.
+
+Values come from defaults, then `--config FILE` (keys are the flags' names; the loader is
+kto-train's, formats/config_file.py), then flags actually given on the command line. Config
+values go through each option's own click type, so a YAML string "64" is checked as an int would be.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,26 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
+from kto.formats.config_file import load_config_file
 from kto.formats.errors import InputError
 from kto.formats.examples import ColumnMap
+from kto.formats.sharegpt import ShareGPTMap, load_sharegpt_info
 
 from .config import DTYPES, PrecomputeConfig
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Input file (JSONL, JSON, Parquet, CSV, Arrow); repeatable.")
-@click.option("--model", required=True, help="Reference model: local HF dir, .gguf file, or hub id.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache directory to write.")
+@click.option("--data", "data", multiple=True, type=click.Path(path_type=Path),
+              help="Input file (JSONL, JSON, Parquet, CSV, Arrow), hf:ID[:CONFIG]:SPLIT (hub id or local "
+                   "directory, through `datasets`) or a save_to_disk directory; repeatable.")
+@click.option("--model", help="Reference model: local HF dir, .gguf file, or hub id.")
+@click.option("--out", type=click.Path(path_type=Path), help="Cache directory to write.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML or TOML file of flag values; flags given here win.")
+@click.option("--chat-template", type=click.Path(path_type=Path), default=None, help="Jinja file replacing the tokenizer's chat template.")
+@click.option("--chat-template-kwargs", default=None, help='JSON object passed to apply_chat_template, e.g. \'{"enable_thinking": false}\'.')
+@click.option("--sharegpt-info", default=None, help="LLaMA-Factory dataset_info.json (FILE or FILE#NAME): ShareGPT column and role names.")
 @click.option("--max-length", default=1024, help="Longest prompt+completion, in tokens.")
 @click.option("--max-prompt-length", default=None, type=int, help="Longest prompt (end kept) [default: max-length // 2].")
 @click.option("--eval-fraction", default=0.0, help="Seeded fraction held out as OUT/eval/.")
@@ -38,17 +51,58 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--chosen-column", default="chosen")
 @click.option("--rejected-column", default="rejected")
 @click.option("--id-column", default="id")
-def main(**kw) -> None:
+@click.option("--system-column", default=None, help="System prompt column [default: the ShareGPT map's, 'system'].")
+@click.option("--tools-column", default=None, help="Tool schemas column [default: the ShareGPT map's, 'tools'].")
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Run the frozen reference model once over every example and its KL pair; write shards."""
     from .pipeline import run_precompute
 
-    columns = ColumnMap(**{k.removesuffix("_column"): kw.pop(k) for k in list(kw) if k.endswith("_column")})
     try:
-        cfg = PrecomputeConfig(data=tuple(kw.pop("data")), columns=columns, **kw)
-        run_precompute(cfg)
+        run_precompute(config_from(ctx, config_file, flags))
     except InputError as exc:
         click.echo(f"kto-precompute: error: {exc}", err=True)
         sys.exit(2)
+
+
+def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> PrecomputeConfig:
+    """Defaults < --config FILE < command-line flags, then one PrecomputeConfig."""
+    values = _file_values(ctx, config_file) if config_file else {}
+    for name, value in flags.items():
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE or name not in values:
+            values[name] = value
+    for name in ("data", "model", "out"):
+        if not values.get(name):
+            raise InputError(f"--{name} is required (on the command line or in --config)")
+    sharegpt = values.pop("sharegpt_info")
+    sharegpt = load_sharegpt_info(sharegpt) if sharegpt else ShareGPTMap()
+    overrides = {k: values.pop(f"{k}_column") for k in ("system", "tools")}
+    sharegpt = ShareGPTMap(**{**sharegpt.as_dict(), **{k: v for k, v in overrides.items() if v}})
+    columns = ColumnMap(**{k.removesuffix("_column"): values.pop(k) for k in list(values) if k.endswith("_column")})
+    kwargs = values.pop("chat_template_kwargs")
+    return PrecomputeConfig(data=tuple(values.pop("data")), columns=columns, sharegpt=sharegpt,
+                            chat_template_kwargs=kwargs or {}, **values)
+
+
+def _file_values(ctx: click.Context, path: Path) -> dict:
+    params = {p.name: p for p in ctx.command.params if p.name != "config_file"}
+    raw = load_config_file(path, params)
+    values = {}
+    for name, value in raw.items():
+        param = params[name]
+        if name == "sharegpt_info" and isinstance(value, dict):
+            values[name] = value  # an inline dataset_info entry: {columns: ..., tags: ...}
+            continue
+        if name == "chat_template_kwargs" and isinstance(value, dict):
+            values[name] = value  # a mapping in YAML/TOML is the JSON object itself
+            continue
+        if param.multiple and not isinstance(value, list):
+            value = [value]  # `data: file.jsonl` means one input
+        try:
+            values[name] = param.type_cast_value(ctx, value)
+        except click.BadParameter as exc:
+            raise InputError(f"--config {path}: {name}: {' '.join(exc.format_message().split())}") from None
+    return values
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kto.formats.errors import InputError
 from kto.formats.examples import ColumnMap
+from kto.formats.sharegpt import ShareGPTMap
 
 from kto.formats.numerics import NAMES as DTYPES
 
@@ -14,13 +15,20 @@ from kto.formats.numerics import NAMES as DTYPES
 @dataclass(frozen=True)
 class PrecomputeConfig:
     data: tuple[Path, ...]
-    """Input files (JSONL, JSON, Parquet, CSV, Arrow), read in order."""
+    """Inputs, read in order: files (JSONL, JSON, Parquet, CSV, Arrow), `hf:ID[:CONFIG]:SPLIT`
+    datasets (hub id or local directory) and `save_to_disk` directories (formats/hub.py)."""
     model: str
     """Reference model: a local HF dir, a `.gguf` file, or a hub id."""
     out: Path
     """Cache directory to write (shards, manifest.json, tokenizer/, eval/)."""
     columns: ColumnMap = field(default_factory=ColumnMap)
     """Input column names."""
+    sharegpt: ShareGPTMap = field(default_factory=ShareGPTMap)
+    """LLaMA-Factory ShareGPT column and role names; its system/tools columns apply to every shape."""
+    chat_template: Path | None = None
+    """A Jinja file replacing the tokenizer's chat template (saved into the cache's tokenizer/)."""
+    chat_template_kwargs: dict = field(default_factory=dict)
+    """Extra template variables passed to apply_chat_template, e.g. {"enable_thinking": false}."""
     max_length: int = 1024
     """Longest prompt+completion, in tokens."""
     max_prompt_length: int | None = None
@@ -50,6 +58,9 @@ class PrecomputeConfig:
     """Replace a cache of a different configuration in `out`."""
 
     def __post_init__(self):
+        from .templates import parse_kwargs
+
+        object.__setattr__(self, "chat_template_kwargs", parse_kwargs(self.chat_template_kwargs))
         if self.max_prompt_length is None:
             object.__setattr__(self, "max_prompt_length", self.max_length // 2)
         if self.max_length < 2:

@@ -31,6 +31,7 @@ from .journal import JOURNAL_DIR, Journal
 # Ours by name: the lock (held while we write), kto-train's verification stamps (shards and
 # tokenizer check), the journal.
 BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME, JOURNAL_DIR}
+from .staging import is_staging_name
 
 
 def shard_layout(rows_per_shard: int, batch_tokens: int) -> dict:
@@ -79,7 +80,7 @@ def survey(folder: Path, *, with_eval: bool) -> tuple[list[Path], list[Path]]:
     listed = journal.shard_names() | {s.get("name") for s in manifest["shards"]} if manifest else journal.shard_names()
     ours, foreign = [], []
     for p in sorted(folder.iterdir()):
-        if p.name in BOOKKEEPING or is_temp_name(p.name):
+        if p.name in BOOKKEEPING or is_temp_name(p.name) or (is_staging_name(p.name) and p.is_file()):
             owned = True
         elif p.name == S.MANIFEST_NAME:
             owned = manifest is not None

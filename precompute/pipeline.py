@@ -1,4 +1,7 @@
-"""kto-precompute, end to end: read → tokenize → split → pair → score → write.
+"""kto-precompute, end to end: read → tokenize → stage → split → pair → score → write.
+
+Tokenized rows are spilled to a staging file in --out (staging.py) and read back one shard at a
+time, so memory does not grow with the number of rows.
 
 Each arrow is a function testable alone. Processes (accelerate) only matter at the edges: every
 process reads the whole dataset, tokenizes every N-th example and gathers the rest, pairs
@@ -13,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import random
+import shutil
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +28,8 @@ import torch
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_dir
 from kto.formats.errors import InputError, log
-from kto.formats.examples import read_inputs
+from kto.formats.examples import iter_examples
+from kto.formats.hub import input_identity
 from kto.formats.lock import locked_dir
 from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
@@ -38,7 +43,10 @@ from .journal import Journal
 from .output import prepare_out_dir, shard_layout, shard_table, shard_tags
 from .pairing import kl_partners
 from .progress import Progress
-from .tokenize import TRUNCATION_RULE, TokenizedRow, leading_bos_id, tokenize_example
+from .staging import StagedIndex, StagingReader, check_unique_ids, read_index, stage, staging_path
+from .templates import ChatTemplate, load_chat_template
+from .templates import install as install_template
+from .tokenize import TRUNCATION_RULE, leading_bos_id, tokenize_example
 
 @dataclass(frozen=True)
 class CacheRow:
@@ -57,39 +65,11 @@ class CacheRow:
 class Split:
     name: str  # "train" or "eval"
     out: Path
-    rows: list[CacheRow]
+    rows: np.ndarray
+    """Staged row index of each cache row, in cache order (the rows live in the staging file)."""
+    partners: np.ndarray
+    """Staged row index of each row's KL partner."""
     counts: Counts
-    inputs: list[dict]
-    """Each input file's name and the sha256 of the bytes its rows were parsed from."""
-
-
-def tokenize_all(examples, tokenizer, cfg: PrecomputeConfig, state=None) -> tuple[list[TokenizedRow], int]:
-    """Tokenize every example; None rows (empty completion) are dropped and counted.
-
-    With several processes each tokenizes every N-th example and the results are gathered, so
-    tokenization takes 1/N of the time; every process ends with the same full, ordered list.
-    """
-    bos_id = leading_bos_id(tokenizer)
-    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    mine = [tokenize_example(ex, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, bos_id=bos_id)
-            for ex in examples[rank::world]]
-    if world > 1:
-        import torch.distributed as dist
-
-        parts: list = [None] * world
-        dist.all_gather_object(parts, mine)
-        tokenized = [None] * len(examples)
-        for r, part in enumerate(parts):
-            tokenized[r::world] = part
-    else:
-        tokenized = mine
-    rows = [row for row in tokenized if row is not None]
-    dropped = [ex.id for ex, row in zip(examples, tokenized) if row is None]
-    if dropped and rank == 0:
-        more = f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""
-        log(f"dropped {len(dropped)} rows left with an empty prompt or completion by tokenization or truncation: "
-            f"{', '.join(map(repr, dropped[:10]))}{more}")
-    return rows, len(dropped)
 
 
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -106,58 +86,55 @@ def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     return train, evals
 
 
-def pair_rows(rows: list[TokenizedRow], seed: int, max_length: int) -> tuple[list[CacheRow], int]:
-    """Attach each row's KL completion: its partner's stored completion, cut to fit max_length."""
-    pairing = kl_partners(
-        [_text_key(r.example.prompt) for r in rows],
-        [_text_key(r.example.completion) for r in rows],
-        [r.example.id for r in rows],
-        seed,
-    )
-    out = []
-    for row, j in zip(rows, pairing.partner):
-        partner = rows[j]
-        room = max_length - len(row.prompt_ids)
-        out.append(
-            CacheRow(
-                id=row.example.id, label=row.example.label,
-                prompt_ids=row.prompt_ids, completion_ids=row.completion_ids,
-                kl_source_id=partner.example.id, kl_completion_ids=partner.completion_ids[:room],
-                truncated=row.truncated,
-            )
-        )
-    return out, pairing.same_prompt
+class _LazyIds:
+    """ids[i] read from the staging file only when pairing has to name a row in an error."""
+
+    def __init__(self, path: Path, rows: np.ndarray):
+        self.path, self.rows = path, rows
+
+    def __getitem__(self, i: int) -> str:
+        with StagingReader(self.path) as reader:
+            return reader.value("id", int(self.rows[i]))
 
 
-def _text_key(value) -> str:
-    return value if isinstance(value, str) else repr(value)
+def pair_rows(index: StagedIndex, rows: np.ndarray, seed: int, path: Path) -> tuple[np.ndarray, int]:
+    """Each row's KL partner (a staged row index), drawn on the rows' 64-bit text keys."""
+    pairing = kl_partners(index.prompt_key[rows].tolist(), index.completion_key[rows].tolist(),
+                          _LazyIds(path, rows), seed)
+    return rows[np.asarray(pairing.partner, dtype=np.int64)], pairing.same_prompt
 
 
-def count(rows: list[CacheRow], *, dropped: int, same_prompt: int, prefix_splits: int) -> Counts:
+def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, max_length: int, *,
+          dropped: int, same_prompt: int) -> Counts:
+    prompt_len = index.prompt_len[rows]
+    kl_len = np.minimum(index.completion_len[partners], max_length - prompt_len)
     return Counts(
         rows=len(rows),
-        desirable=sum(r.label for r in rows),
-        undesirable=sum(not r.label for r in rows),
+        desirable=int(index.label[rows].sum()),
+        undesirable=int((~index.label[rows]).sum()),
         dropped=dropped,
-        truncated=sum(r.truncated for r in rows),
-        prompt_tokens=sum(len(r.prompt_ids) for r in rows),
-        completion_tokens=sum(len(r.completion_ids) for r in rows),
-        kl_completion_tokens=sum(len(r.kl_completion_ids) for r in rows),
+        truncated=int(index.truncated[rows].sum()),
+        prompt_tokens=int(prompt_len.sum()),
+        completion_tokens=int(index.completion_len[rows].sum()),
+        kl_completion_tokens=int(kl_len.sum()),
         same_prompt_kl_pairs=same_prompt,
-        template_prefix_splits=prefix_splits,
+        template_prefix_splits=int(index.prefix_split[rows].sum()),
     )
 
 
-def content_of(cfg: PrecomputeConfig, source, tokenizer, numerics: Numerics, split: str, inputs: list[dict]) -> dict:
-    """Everything that decides the numbers. Paths are left out on purpose (see manifest.py)."""
-    return {
+def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str,
+               template: ChatTemplate = ChatTemplate()) -> dict:
+    """Everything that decides the numbers. Paths are left out on purpose (see manifest.py).
+
+    Options added later (chat template, ShareGPT names) enter only when set, so a cache made
+    without them keeps its fingerprint."""
+    content = {
         "format_version": S.FORMAT_VERSION,
         "split": split,
         "model": model_identity(source),
-        "tokenizer": tokenizer_identity(tokenizer),
-        # File names too: rows without an `id` column are named `file:row`. The sha256 is of the
-        # bytes that were parsed, taken in the same read (records.read_file), never re-read.
-        "inputs": inputs,
+        "tokenizer": tokenizer_id,
+        # File names too: rows without an `id` column are named `file:row`.
+        "inputs": [input_identity(p) for p in cfg.data],
         "columns": cfg.columns.as_dict(),
         "max_length": cfg.max_length,
         "max_prompt_length": cfg.max_prompt_length,
@@ -167,27 +144,89 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer, numerics: Numerics, spl
         "dtype": numerics.name,
         "attn_implementation": cfg.attn_implementation,
         "store_token_logps": cfg.store_token_logps,
+        **template.content(),
     }
+    if not cfg.sharegpt.is_default():
+        content["sharegpt"] = cfg.sharegpt.as_dict()
+    return content
 
 
-def build_splits(cfg: PrecomputeConfig, tokenizer, state=None) -> list[Split]:
-    examples, inputs = read_inputs(cfg.data, cfg.columns)
-    rows, dropped = tokenize_all(examples, tokenizer, cfg, state)
-    if len(rows) < 2:
-        raise InputError(f"--data {', '.join(map(str, cfg.data))}: {len(rows)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2")
-    prefix_splits = sum(r.prefix_split for r in rows)
-    train, evals = split_eval(rows, cfg.eval_fraction, cfg.seed)
+# Content that does not change a staged token id: a run differing only in these reuses staging.
+_NOT_STAGED = ("split", "model", "seed", "eval_fraction", "dtype", "attn_implementation", "store_token_logps")
+
+
+def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: dict, state=None) -> Path:
+    """Read and tokenize every input row into OUT/.staging-KEY.arrow (or reuse it)."""
+    key = fingerprint_of({k: v for k, v in content.items() if k not in _NOT_STAGED})
+    bos_id = leading_bos_id(tokenizer)
+
+    def tokenize_one(ex):
+        return tokenize_example(ex, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                                bos_id=bos_id, template=template)
+
+    path = staging_path(cfg.out, key)
+    if path.is_file():
+        return path  # a resumed run: staged by a run of the same inputs and configuration
+    parsed: list[dict] = []
+    stage(iter_examples(cfg.data, cfg.columns, cfg.sharegpt, parsed), tokenize_one, path, state)
+    # The fingerprint hashed each file before reading; its rows were parsed from bytes hashed
+    # again in the same read (records.read_file). Equal, or the file changed in between.
+    for before, read in zip(content["inputs"], parsed):
+        if before != read:
+            if state is None or state.is_main_process:
+                path.unlink(missing_ok=True)
+            raise InputError(f"--data {read['name']}: changed while it was being read (sha256 {before.get('sha256', '?')[:16]}… "
+                             f"before, {read.get('sha256', '?')[:16]}… as parsed); run again")
+    return path
+
+
+def build_splits(cfg: PrecomputeConfig, path: Path, main: bool = True) -> list[Split]:
+    index = read_index(path)
+    check_unique_ids(index, path)
+    if index.n < 2:
+        files = ", ".join(str(p) for p in cfg.data) or "no input files"
+        raise InputError(f"need at least 2 examples, got {index.n} (from {files})")
+    kept = np.flatnonzero(index.kept)
+    dropped = index.n - len(kept)
+    if len(kept) < 2:
+        raise InputError(f"--data {', '.join(map(str, cfg.data))}: {len(kept)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2")
+    if dropped and main:
+        _log_dropped(path, np.flatnonzero(~index.kept))
+    train, evals = split_eval(kept.tolist(), cfg.eval_fraction, cfg.seed)
     splits = []
     for name, part, out in (("train", train, cfg.out), ("eval", evals, cfg.out / S.EVAL_DIR)):
         if not part:
             continue
-        paired, same_prompt = pair_rows(part, cfg.seed, cfg.max_length)
-        counts = count(paired, dropped=dropped if name == "train" else 0, same_prompt=same_prompt,
-                       prefix_splits=sum(r.prefix_split for r in part))
-        splits.append(Split(name, out, paired, counts, inputs))
+        rows = np.asarray(part, dtype=np.int64)
+        partners, same_prompt = pair_rows(index, rows, cfg.seed, path)
+        counts = count(index, rows, partners, cfg.max_length, dropped=dropped if name == "train" else 0, same_prompt=same_prompt)
+        splits.append(Split(name, out, rows, partners, counts))
+    prefix_splits = int(index.prefix_split[kept].sum())
     if prefix_splits:
         log(f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (chat template renders the prompt differently)")
     return splits
+
+
+def _log_dropped(path: Path, rows: np.ndarray) -> None:
+    with StagingReader(path) as reader:
+        ids = reader.take(rows[:10], "id")
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+    log(f"dropped {len(rows)} rows left with an empty prompt or completion by tokenization or truncation: "
+        f"{', '.join(map(repr, ids))}{more}")
+
+
+def cache_rows(reader: StagingReader, s: Split, a: int, b: int, max_length: int) -> list[CacheRow]:
+    """Rows a..b of split `s`, read from staging: each with its partner's completion, cut to fit."""
+    rows, partners = s.rows[a:b], s.partners[a:b]
+    ids, labels, truncated = (reader.take(rows, c) for c in ("id", "label", "truncated"))
+    prompts, completions = reader.take(rows, "prompt_ids"), reader.take(rows, "completion_ids")
+    kl_ids, kl_completions = reader.take(partners, "id"), reader.take(partners, "completion_ids")
+    return [
+        CacheRow(id=ids[k], label=labels[k], prompt_ids=prompts[k], completion_ids=completions[k],
+                 kl_source_id=kl_ids[k], kl_completion_ids=kl_completions[k][: max_length - len(prompts[k])],
+                 truncated=truncated[k])
+        for k in range(len(rows))
+    ]
 
 
 @dataclass(frozen=True)
@@ -217,12 +256,23 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     started = time.perf_counter()
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
-    splits = build_splits(cfg, tokenizer, state)
+    template = load_chat_template(cfg.chat_template, cfg.chat_template_kwargs)
+    tokenizer_id = tokenizer_identity(tokenizer)  # --model's own: what kto-train checks against
+    install_template(tokenizer, template)
     numerics = parse_numerics(cfg.dtype, state.device)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens)
-    contents = {s.name: content_of(cfg, source, tokenizer, numerics, s.name, s.inputs) for s in splits}
+    outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 else {})}
+    contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}
     fingerprints = {name: fingerprint_of(content) for name, content in contents.items()}
-    _claim_out(cfg, splits, contents, layout, state, held)
+    created = not cfg.out.exists()
+    _claim_out(cfg, outs, contents, layout, state, held)
+    try:
+        staged = stage_rows(cfg, tokenizer, template, contents["train"], state)
+        splits = build_splits(cfg, staged, main=state.is_main_process)
+    except InputError:
+        if created and state.is_main_process:
+            shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
+        raise
     for s in splits:
         if s.counts.desirable == 0 or s.counts.undesirable == 0:
             log(f"warning: the {s.name} split is all {'desirable' if s.counts.undesirable == 0 else 'undesirable'} ({s.counts.rows} rows); KTO learns from both classes")
@@ -232,10 +282,10 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         scorer = load_completion_logps(source, dtype=numerics.weights, device=state.device, device_map=cfg.device_map,
                                        attn_implementation=cfg.attn_implementation,
                                        trust_remote_code=cfg.trust_remote_code, chunk_size=cfg.chunk_size)
-        _check_vocabulary(splits, scorer.lm, tokenizer, cfg.model)
+        _check_vocabulary(staged, splits, scorer.lm, tokenizer, cfg.model)
     manifests = []
     for s in splits:
-        _score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, on_scored)
+        _score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, staged, on_scored)
         state.wait_for_everyone()
         manifest = Manifest(
             content=contents[s.name],
@@ -249,11 +299,12 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         manifests.append(manifest)
         state.wait_for_everyone()
     if state.is_main_process:
+        staged.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
         _summary(manifests, time.perf_counter() - started)
     return manifests
 
 
-def _claim_out(cfg, splits, contents: dict, layout: dict, state, held: contextlib.ExitStack) -> None:
+def _claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, held: contextlib.ExitStack) -> None:
     """Main process: lock --out, then resume, clear or refuse each split's folder; the others wait.
 
     The lock is taken before any process writes (the others only start after the broadcast),
@@ -263,8 +314,8 @@ def _claim_out(cfg, splits, contents: dict, layout: dict, state, held: contextli
     if state.is_main_process:
         try:
             held.enter_context(locked_dir(cfg.out, "--out"))
-            for s in splits:
-                prepare_out_dir(s.out, contents[s.name], layout, cfg.overwrite)
+            for name, out in outs.items():
+                prepare_out_dir(out, contents[name], layout, cfg.overwrite)
         except InputError as exc:
             error = str(exc)
     if state.num_processes > 1:
@@ -277,17 +328,22 @@ def _claim_out(cfg, splits, contents: dict, layout: dict, state, held: contextli
         raise InputError(error)
 
 
-def _check_vocabulary(splits: list[Split], lm, tokenizer, model: str) -> None:
+def _check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: str) -> None:
     """Refuse token ids the model has no embedding row for (a tokenizer larger than the model)."""
     rows = lm.get_input_embeddings().weight.shape[0]
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id >= rows:
         raise InputError(f"--model {model}: the tokenizer's pad token id {tokenizer.pad_token_id} is not below the model's vocabulary size {rows}")
-    for s in splits:
-        for r in s.rows:
-            for ids in (r.prompt_ids, r.completion_ids):
-                if len(ids) and int(ids.max()) >= rows:
-                    raise InputError(f"row {r.id!r}: token id {int(ids[ids >= rows][0])} is not below the vocabulary size {rows} of --model {model}; "
-                                     "its tokenizer has more tokens than the model has embeddings")
+    index = read_index(staged)
+    used = np.concatenate([s.rows for s in splits])
+    bad = used[index.max_id[used] >= rows]
+    if not len(bad):
+        return
+    i = int(np.sort(bad)[0])
+    with StagingReader(staged) as reader:
+        ids = np.concatenate([reader.ids("prompt_ids", i), reader.ids("completion_ids", i)])
+        row_id = reader.value("id", i)
+    raise InputError(f"row {row_id!r}: token id {int(ids[ids >= rows][0])} is not below the vocabulary size {rows} of --model {model}; "
+                     "its tokenizer has more tokens than the model has embeddings")
 
 
 def _shard_slices(n_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
@@ -319,7 +375,7 @@ def _sync(device) -> None:
 
 
 def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics,
-                     on_scored=None) -> None:
+                     staged: Path, on_scored=None) -> None:
     if not shard_ids:
         return
     s.out.mkdir(parents=True, exist_ok=True)
@@ -327,7 +383,8 @@ def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, l
     total_rows = sum(slices[k][1] - slices[k][0] for k in shard_ids)
     progress = Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process)
     for k in shard_ids:
-        rows = s.rows[slices[k][0]:slices[k][1]]
+        with StagingReader(staged) as reader:  # mapped for one shard at a time: see staging.py
+            rows = cache_rows(reader, s, slices[k][0], slices[k][1], cfg.max_length)
         # Main and KL sequences share the batches: two sequences per row, one length sort.
         prompts = [r.prompt_ids for r in rows] * 2
         completions = [r.completion_ids for r in rows] + [r.kl_completion_ids for r in rows]

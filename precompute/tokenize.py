@@ -13,13 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kto.formats.errors import InputError
-from kto.formats.examples import Example, one_line
+from kto.formats.examples import Example
 
-try:  # what a chat template raises for a conversation it does not accept (raise_exception)
-    from jinja2 import TemplateError
-except ImportError:  # pragma: no cover - transformers needs jinja2 for chat templates
-    TemplateError = ValueError
+from .templates import ChatTemplate, render
 
 TRUNCATION_RULE = "prompt: keep end, cap max_prompt_length, re-attach BOS; completion: keep start, cap max_length - prompt"
 
@@ -44,15 +40,11 @@ def common_prefix_length(a, b) -> int:
     return n
 
 
-def _as_messages(messages) -> list[dict]:
-    return [dict(m) for m in messages]
-
-
-def conversational_ids(example: Example, tokenizer) -> tuple[list[int], list[int], bool]:
+def conversational_ids(example: Example, tokenizer, template: ChatTemplate = ChatTemplate()) -> tuple[list[int], list[int], bool]:
     """Prompt ids = prompt with the generation prompt; completion ids = the rest of the full
     conversation. Templates carry their own special tokens, so none are added on top."""
-    prompt_text = _render(tokenizer, example, _as_messages(example.prompt), add_generation_prompt=True)
-    full_text = _render(tokenizer, example, _as_messages(example.prompt) + _as_messages(example.completion))
+    prompt_text = render(tokenizer, example.prompt, example, template, add_generation_prompt=True)
+    full_text = render(tokenizer, tuple(example.prompt) + tuple(example.completion), example, template, add_generation_prompt=False)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
     full_ids = tokenizer(full_text, add_special_tokens=False).input_ids
     if full_ids[: len(prompt_ids)] == prompt_ids:
@@ -61,18 +53,6 @@ def conversational_ids(example: Example, tokenizer) -> tuple[list[int], list[int
     # strip reasoning or add separators). Split where the two renderings part, as TRL does.
     k = common_prefix_length(prompt_ids, full_ids)
     return full_ids[:k], full_ids[k:], True
-
-
-def _render(tokenizer, example: Example, messages: list[dict], **kw) -> str:
-    """The chat template's text, or one line naming the row when there is no template or it fails."""
-    where = f"{example.source} (id {example.id!r})"
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError(f"{where}: conversational row, but the tokenizer has no chat template; "
-                         "give text prompts and completions, or use a model whose tokenizer has one")
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
-    except (TemplateError, ValueError, TypeError, KeyError, IndexError) as e:
-        raise InputError(f"{where}: the tokenizer's chat template refused this conversation ({one_line(e)})") from None
 
 
 def text_ids(example: Example, tokenizer) -> tuple[list[int], list[int]]:
@@ -121,13 +101,14 @@ def leading_bos_id(tokenizer) -> int | None:
 
 
 def tokenize_example(
-    example: Example, tokenizer, *, max_length: int, max_prompt_length: int, bos_id: int | None
+    example: Example, tokenizer, *, max_length: int, max_prompt_length: int, bos_id: int | None,
+    template: ChatTemplate = ChatTemplate(),
 ) -> TokenizedRow | None:
     """Token ids for one example, or None when its completion is empty (the row is dropped).
 
     `bos_id` is `leading_bos_id(tokenizer)`: re-attached after cutting a prompt's start."""
     if example.conversational:
-        prompt_ids, completion_ids, prefix_split = conversational_ids(example, tokenizer)
+        prompt_ids, completion_ids, prefix_split = conversational_ids(example, tokenizer, template)
     else:
         (prompt_ids, completion_ids), prefix_split = text_ids(example, tokenizer), False
     if not prompt_ids or not completion_ids:

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from kto.formats import config_file
 from kto.formats.errors import InputError
 from kto.formats.numerics import WEIGHT_DTYPES
 
@@ -146,29 +147,5 @@ def field_names() -> list[str]:
 
 
 def load_config_file(path: Path) -> dict:
-    """YAML (.yaml/.yml) or TOML (.toml) whose keys are flag names (dashes or underscores)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InputError(f"--config {path}: cannot read ({exc.strerror})") from exc
-    try:
-        if str(path).endswith(".toml"):
-            import tomllib
-
-            raw = tomllib.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text) or {}
-    except Exception as exc:
-        raise InputError(f"--config {path}: not valid {'TOML' if str(path).endswith('.toml') else 'YAML'} ({exc})".splitlines()[0]) from exc
-    if not isinstance(raw, dict):
-        raise InputError(f"--config {path}: expected a mapping of flag names to values")
-    known = set(field_names())
-    out = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise InputError(f"--config {path}: unknown key {key!r}")
-        out[name] = value
-    return out
+    """YAML (.yaml/.yml) or TOML (.toml) whose keys are TrainConfig field names (dashes or underscores)."""
+    return config_file.load_config_file(path, field_names())

@@ -1,0 +1,198 @@
+"""`--data` through Hugging Face `datasets` (the optional extra `hf`).
+
+Spellings:
+- `hf:SOURCE:SPLIT` or `hf:SOURCE:CONFIG:SPLIT`, where SOURCE is a hub dataset id
+  (`hf:trl-lib/kto-mix-14k:train`) or a local directory of data files that `datasets` can load;
+- a directory written by `Dataset.save_to_disk` (or `hf:DIR` / `hf:DIR:SPLIT` for a DatasetDict).
+
+Hub and local sources go through the same code: `load_dataset(..., streaming=True)`, so rows are
+read one batch at a time and never copied into a cache first; `save_to_disk` directories are
+memory-mapped by `load_from_disk`. Rows are then checked by examples.py like any file's, named
+`SPEC: row N` (1-based).
+
+Identity (manifest `inputs`): a hub dataset by id, config, split and the commit sha the hub
+resolves *now*; that sha is then passed as `revision=` to the read, so the rows read are the
+rows fingerprinted, and a dataset updated on the hub gives another fingerprint instead of a
+silent "latest". A local source by the sha256 of every file under its directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import InputError
+from .records import one_line
+from .shards import sha256_file
+
+PREFIX = "hf:"
+_BATCH = 1024
+_REVISIONS: dict[tuple[str, str | None], str] = {}  # (id, config) -> sha resolved in this process
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    text: str  # as given on the command line: names rows in messages and row ids
+    source: str  # hub id or local directory
+    config: str | None
+    split: str | None
+
+    @property
+    def name(self) -> str:
+        """Names rows (`NAME: row N`) and default row ids (`NAME:N`). A local directory goes by
+        its base name, as files do, so moving the data renames no row."""
+        if not self.local:
+            return self.text
+        parts = [Path(self.source).resolve().name, self.config, self.split]
+        return ":".join(p for p in parts if p)
+
+    @property
+    def local(self) -> bool:
+        return Path(self.source).is_dir()
+
+    @property
+    def saved(self) -> bool:
+        """A `save_to_disk` directory (a Dataset or a DatasetDict)."""
+        p = Path(self.source)
+        return (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()
+
+
+def is_dataset_input(path: str | Path) -> bool:
+    text = str(path)
+    return text.startswith(PREFIX) or DatasetSpec(text, text, None, None).saved
+
+
+def parse_spec(path: str | Path) -> DatasetSpec:
+    text = str(path)
+    if not text.startswith(PREFIX):
+        return DatasetSpec(text, text, None, None)
+    parts = text[len(PREFIX):].split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise InputError(f"--data {text}: expected hf:ID:SPLIT or hf:ID:CONFIG:SPLIT")
+    source, config, split = parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else None)
+    if "" in (config, split):
+        raise InputError(f"--data {text}: empty config or split name")
+    return DatasetSpec(text, source, config, split)
+
+
+def input_records(path: str | Path) -> tuple[str, dict, Iterator[tuple[int, Any]]]:
+    """(name for messages and row ids, identity for the manifest, (1-based row, record) pairs)."""
+    from .records import read_file
+
+    if is_dataset_input(path):
+        spec = parse_spec(path)
+        return spec.name, input_identity(spec.text), dataset_records(spec)
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--data {path}: a directory, but not one written by save_to_disk; "
+                         f"write hf:{path}:SPLIT to read its data files through datasets")
+    if not path.name.isascii():  # a non-UTF-8 name decodes to lone surrogates; ids carry it
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{ascii(str(path))}: the file name is not valid UTF-8 (rows are named after it); rename the file") from None
+    sha256, rows = read_file(path)
+    return path.name, {"name": path.name, "sha256": sha256}, rows
+
+
+def input_identity(path: str | Path) -> dict:
+    """What the manifest records of one `--data` input (files: name and sha256, as before)."""
+    from .records import file_sha256
+
+    if not is_dataset_input(path):
+        return {"name": Path(path).name, "sha256": file_sha256(path)}
+    spec = parse_spec(path)
+    identity = {"name": spec.name, "config": spec.config, "split": spec.split}
+    if spec.local:
+        return {**identity, "sha256": _tree_sha256(Path(spec.source))}
+    return {**identity, "dataset": spec.source, "revision": _revision(spec)}
+
+
+def dataset_records(spec: DatasetSpec) -> Iterator[tuple[int, Any]]:
+    dataset = _open(spec)
+    row = 0
+    for batch in dataset.iter(batch_size=_BATCH):
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys)):
+            row += 1
+            yield row, dict(zip(keys, values))
+
+
+# ---- opening -----------------------------------------------------------------------------------
+
+
+def _datasets(spec: DatasetSpec):
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(f"--data {spec.text}: reading datasets needs the optional extra: pip install 'kto-offline[hf]'") from None
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _open(spec: DatasetSpec):
+    datasets = _datasets(spec)
+    if spec.saved:
+        return _open_saved(spec, datasets)
+    if spec.split is None:
+        raise InputError(f"--data {spec.text}: missing split; write hf:{spec.source}:SPLIT or hf:{spec.source}:CONFIG:SPLIT")
+    revision = None if spec.local else _revision(spec)
+    _check_split(spec, datasets, revision)
+    try:
+        return datasets.load_dataset(spec.source, spec.config, split=spec.split, streaming=True, revision=revision)
+    except Exception as e:  # noqa: BLE001  (datasets raises many types; the user needs one line)
+        raise InputError(f"--data {spec.text}: cannot load ({one_line(e)})") from None
+
+
+def _open_saved(spec: DatasetSpec, datasets):
+    try:
+        loaded = datasets.load_from_disk(spec.source)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"--data {spec.text}: cannot load the save_to_disk directory ({one_line(e)})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = ", ".join(loaded) or "none"
+        if spec.split is None:
+            raise InputError(f"--data {spec.text}: missing split: this directory holds {splits}; write hf:{spec.source}:SPLIT")
+        if spec.split not in loaded:
+            raise InputError(f"--data {spec.text}: no split {spec.split!r} (available: {splits})")
+        return loaded[spec.split]
+    if spec.split is not None:
+        raise InputError(f"--data {spec.text}: this directory holds one dataset, not splits; drop ':{spec.split}'")
+    return loaded
+
+
+def _check_split(spec: DatasetSpec, datasets, revision: str | None) -> None:
+    try:
+        names = datasets.get_dataset_split_names(spec.source, spec.config, revision=revision)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"--data {spec.text}: cannot list the splits ({one_line(e)})") from None
+    if spec.split not in names:
+        raise InputError(f"--data {spec.text}: no split {spec.split!r} (available: {', '.join(names) or 'none'})")
+
+
+def _revision(spec: DatasetSpec) -> str:
+    """The hub's current commit sha for the dataset, resolved once per process."""
+    key = (spec.source, spec.config)
+    if key not in _REVISIONS:
+        _datasets(spec)
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            _REVISIONS[key] = HfApi().dataset_info(spec.source).sha
+        except RepositoryNotFoundError:
+            raise InputError(f"--data {spec.text}: unknown dataset id {spec.source!r} (not a local directory, and not on the hub)") from None
+        except Exception as e:  # noqa: BLE001  (offline, network, auth)
+            raise InputError(f"--data {spec.text}: unknown dataset id {spec.source!r}: not a local directory, and the hub "
+                             f"cannot resolve it ({one_line(e)})") from None
+    return _REVISIONS[key]
+
+
+def _tree_sha256(root: Path) -> str:
+    """sha256 over (relative path, file sha256) of every file under `root`, in sorted order."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()

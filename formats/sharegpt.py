@@ -1,0 +1,266 @@
+"""LLaMA-Factory's ShareGPT shape, read as LLaMA-Factory reads it, plus the `system` and `tools`
+columns that every conversational shape honours.
+
+A ShareGPT row (column and role names as in LLaMA-Factory's `dataset_info.json`, all overridable):
+- `conversations`: a list of `{"from", "value"}` turns. An optional leading `system` turn, then
+  `human`/`observation` turns at odd positions and `gpt`/`function_call` turns at even ones (the
+  rule LLaMA-Factory's converter applies);
+- unpaired (KTO): the last turn is the completion, labelled by `kto_tag` (or the label column);
+- paired: `chosen` and `rejected` are single `{"from", "value"}` turns answering `conversations`;
+- `system`: a system prompt (text); `tools`: the tool schemas, a list or a JSON text of one (as
+  LLaMA-Factory stores them), passed to the chat template as `tools=`.
+
+Roles become the chat-template roles: human → user, gpt → assistant, observation → tool,
+function_call → an assistant turn with `tool_calls` (its value is the JSON
+`{"name", "arguments"}`, or a list of them), which is what Hugging Face chat templates render.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .records import kind_name, one_line
+
+
+@dataclass(frozen=True)
+class ShareGPTMap:
+    """Column and role names, with LLaMA-Factory's defaults and its `dataset_info.json` keys."""
+
+    messages: str = "conversations"
+    system: str = "system"  # honoured by every conversational shape, not only ShareGPT
+    tools: str = "tools"  # idem
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    kto_tag: str = "kto_tag"
+    role_tag: str = "from"
+    content_tag: str = "value"
+    user_tag: str = "human"
+    assistant_tag: str = "gpt"
+    observation_tag: str = "observation"
+    function_tag: str = "function_call"
+    system_tag: str = "system"
+
+    def __post_init__(self) -> None:
+        for key, name in asdict(self).items():
+            if not isinstance(name, str) or not name.strip():
+                raise InputError(f"sharegpt map: {key} must be a non-empty name, got {name!r}")
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def is_default(self) -> bool:
+        return self == ShareGPTMap()
+
+
+def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
+    """A `dataset_info.json`-style entry: `{"columns": {...}, "tags": {...}}`, given inline (a
+    mapping, from --config) or as `FILE` / `FILE#NAME` (NAME picks an entry of a dataset_info.json;
+    a file of one entry needs none)."""
+    where = "--sharegpt-info"
+    if isinstance(spec, dict):
+        entry = spec
+    else:
+        path, _, name = str(spec).partition("#")
+        where = f"--sharegpt-info {spec}"
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise InputError(f"{where}: cannot read ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        entry = _pick_entry(data, name, where)
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: expected an object with 'columns' and/or 'tags'")
+    fields = {}
+    for group in ("columns", "tags"):
+        values = entry.get(group) or {}
+        if not isinstance(values, dict):
+            raise InputError(f"{where}: '{group}' must be an object")
+        fields.update(values)
+    known = set(asdict(ShareGPTMap()))
+    # LLaMA-Factory keys that do not decide how a row is read here (prompt/query/response belong
+    # to its alpaca shape; images/videos are not supported) are refused rather than ignored.
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return ShareGPTMap(**fields)
+
+
+def _pick_entry(data: Any, name: str, where: str) -> Any:
+    if isinstance(data, dict) and ("columns" in data or "tags" in data) and not name:
+        return data
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a JSON object")
+    if name:
+        if name not in data:
+            raise InputError(f"{where}: no entry {name!r} (entries: {', '.join(sorted(data)) or 'none'})")
+        return data[name]
+    if len(data) != 1:
+        raise InputError(f"{where}: {len(data)} entries; name one as FILE#NAME")
+    return next(iter(data.values()))
+
+
+# ---- ShareGPT rows ---------------------------------------------------------------------------
+
+
+def sharegpt_examples(record: dict, smap: ShareGPTMap, label_column: str, base_id: str, source: str) -> list:
+    """One row in ShareGPT shape -> one Example (kto_tag/label) or two (chosen/rejected)."""
+    from .examples import Example  # examples.py imports this module
+
+    where = f"{source}: column '{smap.messages}'"
+    turns = record[smap.messages]
+    if not isinstance(turns, list):
+        raise InputError(f"{where}: expected a list of turns, got {kind_name(turns)}")
+    messages = _conversation(turns, smap, where)
+    tools = tools_of(record, smap, source)
+    if _present(record, smap.chosen) or _present(record, smap.rejected):
+        if messages[-1]["role"] not in ("user", "tool"):
+            raise InputError(f"{where}: a paired row's conversation must end with a {smap.user_tag!r} "
+                             f"or {smap.observation_tag!r} turn, answered by '{smap.chosen}'/'{smap.rejected}'")
+        prompt = with_system(messages, record, smap, source)
+        answers = []
+        for key in (smap.chosen, smap.rejected):
+            if not _present(record, key):
+                raise InputError(f"{source}: missing column '{key}' (a paired ShareGPT row needs both)")
+            answers.append((_completion_turn(record[key], smap, f"{source}: column '{key}'"),))
+        return [Example(f"{base_id}:chosen", prompt, answers[0], True, source, tools),
+                Example(f"{base_id}:rejected", prompt, answers[1], False, source, tools)]
+    if messages[-1]["role"] != "assistant" or messages[-2]["role"] == "system":
+        raise InputError(f"{where}: must end with a {smap.assistant_tag!r} or {smap.function_tag!r} turn "
+                         "after at least one prompt turn (it is the completion)")
+    label = _kto_label(record, smap, label_column, source)
+    prompt = with_system(messages[:-1], record, smap, source)
+    return [Example(base_id, prompt, messages[-1:], label, source, tools)]
+
+
+def _conversation(turns: list, smap: ShareGPTMap, where: str) -> tuple[dict, ...]:
+    """Turns -> messages, checking LLaMA-Factory's alternation: prompt-side tags at odd
+    positions (1-based, after an optional system turn), reply-side tags at even ones."""
+    messages = []
+    offset = 0
+    for i, raw in enumerate(turns, 1):
+        role, value = _turn(raw, smap, f"{where}, turn {i}")
+        if i == 1 and role == smap.system_tag:
+            messages.append({"role": "system", "content": value})
+            offset = 1
+            continue
+        asking = (i - offset) % 2 == 1
+        allowed = (smap.user_tag, smap.observation_tag) if asking else (smap.assistant_tag, smap.function_tag)
+        if role not in allowed:
+            raise InputError(f"{where}, turn {i}: role {role!r} out of place (expected {' or '.join(map(repr, allowed))})")
+        messages.append(_message(role, value, smap, f"{where}, turn {i}"))
+    if len(messages) == offset:
+        raise InputError(f"{where}: no turns besides the system prompt")
+    return tuple(messages)
+
+
+def _turn(raw: Any, smap: ShareGPTMap, where: str) -> tuple[str, str]:
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: expected an object with '{smap.role_tag}' and '{smap.content_tag}', got {kind_name(raw)}")
+    role, value = raw.get(smap.role_tag), raw.get(smap.content_tag)
+    if not isinstance(role, str):
+        raise InputError(f"{where}: '{smap.role_tag}' must be text, got {kind_name(role)}")
+    known = (smap.user_tag, smap.assistant_tag, smap.observation_tag, smap.function_tag, smap.system_tag)
+    if role not in known:
+        raise InputError(f"{where}: unknown role {role!r} (expected {', '.join(known)})")
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: '{smap.content_tag}' must be non-empty text, got {_short(value)}")
+    return role, value
+
+
+def _message(role: str, value: str, smap: ShareGPTMap, where: str) -> dict:
+    if role == smap.user_tag:
+        return {"role": "user", "content": value}
+    if role == smap.assistant_tag:
+        return {"role": "assistant", "content": value}
+    if role == smap.observation_tag:
+        return {"role": "tool", "content": value}
+    return {"role": "assistant", "content": "", "tool_calls": _tool_calls(value, where)}
+
+
+def _tool_calls(value: str, where: str) -> list[dict]:
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: function call is not JSON ({e.msg} at column {e.colno})") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for call in calls:
+        if not (isinstance(call, dict) and isinstance(call.get("name"), str) and "arguments" in call):
+            raise InputError(f"{where}: a function call must be {{\"name\": ..., \"arguments\": ...}}, got {_short(call)}")
+        arguments = call["arguments"]
+        if isinstance(arguments, str):  # OpenAI style: arguments as a JSON text
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                pass
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return out
+
+
+def _completion_turn(raw: Any, smap: ShareGPTMap, where: str) -> dict:
+    role, value = _turn(raw, smap, where)
+    if role not in (smap.assistant_tag, smap.function_tag):
+        raise InputError(f"{where}: role {role!r}, expected {smap.assistant_tag!r} or {smap.function_tag!r}")
+    return _message(role, value, smap, where)
+
+
+def _kto_label(record: dict, smap: ShareGPTMap, label_column: str, source: str) -> bool:
+    from .examples import parse_label
+
+    for key in (smap.kto_tag, label_column):
+        if _present(record, key):
+            return parse_label(record[key], f"{source}: {key}")
+    raise InputError(f"{source}: missing column '{smap.kto_tag}' (or '{label_column}') for an unpaired "
+                     f"ShareGPT row; a paired row needs '{smap.chosen}' and '{smap.rejected}'")
+
+
+# ---- system and tools columns, for every conversational shape ----------------------------------
+
+
+def with_system(prompt: Any, record: dict, smap: ShareGPTMap, source: str) -> Any:
+    """Prepend the row's `system` cell as a system message (an empty or null cell adds nothing)."""
+    system = record.get(smap.system)
+    if system is None or system == "":
+        return prompt
+    where = f"{source}: column '{smap.system}'"
+    if not isinstance(system, str):
+        raise InputError(f"{where}: expected text, got {kind_name(system)}")
+    if isinstance(prompt, str):
+        raise InputError(f"{where}: a system prompt needs a conversational prompt (a list of messages); "
+                         "text prompts are tokenized as they are")
+    if prompt and prompt[0]["role"] == "system":
+        raise InputError(f"{where}: the conversation already starts with a system message")
+    return ({"role": "system", "content": system},) + tuple(prompt)
+
+
+def tools_of(record: dict, smap: ShareGPTMap, source: str) -> tuple[dict, ...]:
+    """The row's tool schemas: a list of objects, or a JSON text of one; null or empty: none."""
+    cell = record.get(smap.tools)
+    where = f"{source}: column '{smap.tools}'"
+    if cell is None or cell == "":
+        return ()
+    if isinstance(cell, str):
+        try:
+            cell = json.loads(cell)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: text that is not JSON ({e.msg} at column {e.colno}); expected a list of tool schemas") from None
+    if not isinstance(cell, list):
+        raise InputError(f"{where}: expected a list of tool schemas, got {kind_name(cell)}")
+    for i, tool in enumerate(cell, 1):
+        if not isinstance(tool, dict):
+            raise InputError(f"{where}, tool {i}: expected an object (a JSON schema), got {kind_name(tool)}")
+    return tuple(cell)
+
+
+def _present(record: dict, key: str) -> bool:
+    return record.get(key) is not None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = one_line(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."

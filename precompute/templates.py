@@ -1,0 +1,116 @@
+"""Chat-template control: `--chat-template FILE`, `--chat-template-kwargs JSON`, rows' `tools`.
+
+The template is rendered here, once, and only here: kto-train and `kto-inspect score` read token
+ids from the cache and never render a template. The cache's tokenizer/ copy is saved with the
+template that was used, and the manifest's content records its sha256 (`chat_template`) and the
+kwargs (`chat_template_kwargs`), but only when they were given, so a cache made without them
+keeps the fingerprint (and shard bytes) it had before these options existed.
+`content["tokenizer"]` stays the identity of `--model`'s own tokenizer: that is what kto-train
+compares its `--model` against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kto.formats.errors import InputError
+from kto.formats.records import one_line
+
+# Set by the tokenizer step itself; a kwargs object may not change how ids are produced.
+RESERVED = ("conversation", "tools", "tokenize", "add_generation_prompt", "continue_final_message",
+            "return_dict", "return_tensors", "chat_template")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """How conversational rows are rendered."""
+
+    text: str | None = None
+    """Replacement template (the text of --chat-template), or None for the tokenizer's own."""
+    path: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra variables for the template, e.g. {"enable_thinking": false}."""
+
+    @property
+    def name(self) -> str:
+        return f"--chat-template {self.path}" if self.path else "the tokenizer's chat template"
+
+    def content(self) -> dict:
+        """Fingerprint entries; empty when neither option was given."""
+        out: dict[str, Any] = {}
+        if self.text is not None:
+            out["chat_template"] = hashlib.sha256(self.text.encode()).hexdigest()
+        if self.kwargs:
+            out["chat_template_kwargs"] = self.kwargs
+        return out
+
+
+def parse_kwargs(value: str | dict | None) -> dict:
+    """A JSON object (text from the command line, or a mapping from --config)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--chat-template-kwargs {value}: not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"--chat-template-kwargs {json.dumps(value)}: expected a JSON object of template variables")
+    taken = sorted(set(value) & set(RESERVED))
+    if taken:
+        raise InputError(f"--chat-template-kwargs: {', '.join(taken)} set by kto-precompute itself; remove them")
+    try:
+        json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as e:  # a --config mapping may hold dates or other non-JSON values
+        raise InputError(f"--chat-template-kwargs: values must be JSON ({one_line(e)})") from None
+    return value
+
+
+def load_chat_template(path: Path | None, kwargs: str | dict | None) -> ChatTemplate:
+    text = None
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"--chat-template {path}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise InputError(f"--chat-template {path}: not valid UTF-8 (byte {e.start})") from None
+        if not text.strip():
+            raise InputError(f"--chat-template {path}: empty file")
+        _compile(text, path)
+    return ChatTemplate(text, None if path is None else str(path), parse_kwargs(kwargs))
+
+
+def _compile(text: str, path: Path) -> None:
+    """Catch a syntax error once, up front, instead of on the first conversational row."""
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise InputError(f"--chat-template {path}: line {e.lineno}: {one_line(e.message)}") from None
+
+
+def install(tokenizer, template: ChatTemplate) -> None:
+    """Make `tokenizer` render with the replacement template (saved with it into tokenizer/)."""
+    if template.text is not None:
+        tokenizer.chat_template = template.text
+
+
+def render(tokenizer, messages, example, template: ChatTemplate, *, add_generation_prompt: bool) -> str:
+    """One conversation as text; no template, or one that fails on this row, names the row."""
+    where = f"{example.source} (id {example.id!r})"
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(f"{where}: conversational row, but the tokenizer has no chat template; give text prompts "
+                         "and completions, use a model whose tokenizer has one, or pass --chat-template")
+    try:
+        return tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tools=list(example.tools) or None, tokenize=False,
+            add_generation_prompt=add_generation_prompt, **template.kwargs,
+        )
+    except Exception as e:  # noqa: BLE001  (jinja2 and transformers raise many types)
+        raise InputError(f"{where}: {template.name} failed to render this row ({type(e).__name__}: {one_line(e)})") from None

@@ -1,0 +1,88 @@
+"""--data through `datasets`: a local directory of data files and save_to_disk copies (no hub here;
+the hub path is the same code with another source)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kto.formats.errors import InputError
+from kto.formats.examples import read_examples
+from kto.formats.hub import input_identity, parse_spec
+
+datasets = pytest.importorskip("datasets")
+
+ROWS = [{"prompt": "Hi", "completion": "Hello", "label": True},
+        {"prompt": "Q", "completion": "A", "label": False},
+        {"conversations": None, "prompt": "Q2", "completion": "A2", "label": True}]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "mydata"
+    d.mkdir()
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:2]))
+    return d
+
+
+def error_of(spec) -> str:
+    with pytest.raises(InputError) as info:
+        read_examples([spec])
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_spellings():
+    spec = parse_spec("hf:org/name:train")
+    assert (spec.source, spec.config, spec.split) == ("org/name", None, "train")
+    spec = parse_spec("hf:org/name:default:test")
+    assert (spec.source, spec.config, spec.split) == ("org/name", "default", "test")
+    assert "expected hf:ID:SPLIT" in _raises(lambda: parse_spec("hf:a:b:c:d"))
+
+
+def _raises(fn) -> str:
+    with pytest.raises(InputError) as info:
+        fn()
+    return str(info.value)
+
+
+def test_local_directory_reads_like_the_file(data_dir):
+    via_datasets = read_examples([f"hf:{data_dir}:train"])
+    direct = read_examples([data_dir / "train.jsonl"])
+    assert [(e.prompt, e.completion, e.label) for e in via_datasets] == [(e.prompt, e.completion, e.label) for e in direct]
+    assert [e.id for e in via_datasets] == ["mydata:train:1", "mydata:train:2"]
+    assert via_datasets[1].source == "mydata:train: row 2"
+
+
+def test_save_to_disk_dataset_and_dict(tmp_path):
+    ds = datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "conversations"} for r in ROWS])
+    ds.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": ds, "test": ds.select([0, 1])}).save_to_disk(str(tmp_path / "dd"))
+    assert [e.prompt for e in read_examples([tmp_path / "saved"])] == ["Hi", "Q", "Q2"]
+    assert [e.id for e in read_examples([f"hf:{tmp_path / 'dd'}:test"])] == ["dd:test:1", "dd:test:2"]
+    assert "missing split: this directory holds train, test" in error_of(f"hf:{tmp_path / 'dd'}")
+    assert "no split 'nope' (available: train, test)" in error_of(f"hf:{tmp_path / 'dd'}:nope")
+
+
+def test_identity_follows_content_not_place(data_dir, tmp_path):
+    before = input_identity(f"hf:{data_dir}:train")
+    assert before["name"] == "mydata:train" and before["split"] == "train" and len(before["sha256"]) == 64
+    moved = tmp_path / "elsewhere" / "mydata"
+    moved.parent.mkdir()
+    data_dir.rename(moved)
+    assert input_identity(f"hf:{moved}:train") == before
+    (moved / "train.jsonl").write_text((moved / "train.jsonl").read_text().replace("Hello", "Howdy"))
+    assert input_identity(f"hf:{moved}:train")["sha256"] != before["sha256"]
+
+
+def test_bad_sources_get_one_line(data_dir):
+    assert "missing split; write hf:" in error_of(f"hf:{data_dir}")
+    assert "no split 'nope' (available: train)" in error_of(f"hf:{data_dir}:nope")
+    message = error_of("hf:kto-offline-tests/no-such-dataset-7f3a:train")
+    assert message.startswith("--data hf:kto-offline-tests/no-such-dataset-7f3a:train: unknown dataset id")
+
+
+def test_row_errors_name_the_dataset_and_row(data_dir):
+    (data_dir / "train.jsonl").write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({**ROWS[1], "label": "perhaps"}) + "\n")
+    assert error_of(f"hf:{data_dir}:train").startswith("mydata:train: row 2: label 'perhaps' is not boolean-like")
