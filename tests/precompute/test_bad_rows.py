@@ -67,7 +67,9 @@ def test_a_row_dropped_at_the_token_boundary_is_named(monkeypatch, capsys, tiny_
     from transformers import AutoTokenizer
 
     from kto.precompute import pipeline
+    from kto.formats.hub import input_identity
     from kto.precompute.config import PrecomputeConfig
+    from kto.precompute.templates import ChatTemplate
 
     data = write_rows(tmp_path / "text.jsonl", text_rows())
     examples = read_examples([data])
@@ -78,7 +80,9 @@ def test_a_row_dropped_at_the_token_boundary_is_named(monkeypatch, capsys, tiny_
 
     monkeypatch.setattr(pipeline, "tokenize_example", drop_row_3)
     cfg = PrecomputeConfig(data=(data,), model=str(tiny_model_dir), out=tmp_path / "out", max_length=64)
-    rows, dropped = pipeline.tokenize_all(examples, AutoTokenizer.from_pretrained(tiny_model_dir), cfg)
-    assert dropped == 1 and len(rows) == len(examples) - 1
+    content = {"inputs": [input_identity(data)]}
+    staged = pipeline.stage_rows(cfg, AutoTokenizer.from_pretrained(tiny_model_dir), ChatTemplate(), content)
+    [split] = pipeline.build_splits(cfg, staged)
+    assert split.counts.dropped == 1 and split.counts.rows == len(examples) - 1
     err = capsys.readouterr().err
     assert "dropped 1 rows" in err and "'text.jsonl:3'" in err

@@ -182,13 +182,13 @@ def test_input_hash_is_of_the_bytes_that_were_parsed(tmp_path, tiny_model_dir, m
     rows = chat_rows()
     data = write_rows(tmp_path / "chat.jsonl", rows)
     read_sha = hashlib.sha256(data.read_bytes()).hexdigest()
-    real = pipeline.tokenize_all
+    real = pipeline.tokenize_example
 
-    def change_file_then_tokenize(*a, **kw):
+    def change_file_then_tokenize(*a, **kw):  # rows are read before the first is tokenized
         write_rows(data, rows[::-1])
         return real(*a, **kw)
 
-    monkeypatch.setattr(pipeline, "tokenize_all", change_file_then_tokenize)
+    monkeypatch.setattr(pipeline, "tokenize_example", change_file_then_tokenize)
     out = tmp_path / "c"
     assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
     assert read_manifest(out).content["inputs"] == [{"name": "chat.jsonl", "sha256": read_sha}]
