@@ -27,11 +27,11 @@ from kto.formats.models import TOKENIZER_CHECK_NAME
 from kto.formats.shards import VERIFIED_NAME
 
 from .journal import JOURNAL_DIR, Journal
+from .staging import is_staging_name
 
 # Ours by name: the lock (held while we write), kto-train's verification stamps (shards and
 # tokenizer check), the journal.
 BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME, JOURNAL_DIR}
-from .staging import is_staging_name
 
 
 def shard_layout(rows_per_shard: int, batch_tokens: int) -> dict:
