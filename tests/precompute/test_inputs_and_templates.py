@@ -119,7 +119,7 @@ def test_staging_is_reused_by_a_resumed_run_and_removed_when_done(tmp_path, tiny
     def crash(*a, **k):
         raise RuntimeError("killed after staging")
 
-    monkeypatch.setattr(pipeline, "load_causal_lm", crash)
+    monkeypatch.setattr(pipeline, "load_completion_logps", crash)
     with pytest.raises(RuntimeError):
         CliRunner().invoke(main, precompute_args(data, tiny_model_dir, out), catch_exceptions=False)
     [staged] = out.glob(".staging-*.arrow")
