@@ -17,7 +17,7 @@ kto-train would show the drift.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from torch import nn
 from .errors import InputError
 from .ragged import Ragged, packed
 from .token_logps import token_logps
+
+if TYPE_CHECKING:
+    from .shared_prefix import PackedBatch
 
 
 @dataclass(frozen=True)
@@ -111,19 +114,36 @@ class CompletionLogps(nn.Module):
         input_ids, score_mask = input_ids.to(hidden.device), score_mask.to(hidden.device)
         # Shift: hidden at t-1 predicts the token at t.
         predict_at = score_mask[:, 1:]
-        selected = hidden[:, :-1][predict_at]
-        targets = input_ids[:, 1:][predict_at]
+        return self._token_logps(hidden[:, :-1][predict_at], input_ids[:, 1:][predict_at])
+
+    def forward_packed(self, batch: "PackedBatch") -> torch.Tensor:
+        """Completion log-probs of a shared-prefix batch (shared_prefix.py), flat [N] fp32 in
+        the order of batch.targets. Same LM head and log-softmax as forward()."""
+        decoder = self.lm.get_decoder()
+        embed = self.lm.get_input_embeddings().weight
+        device_type = embed.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else embed.dtype
+        allowed = batch.allowed.to(embed.device)
+        # Additive, in the dtype the scores have: eager attention adds the mask to the scores.
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=embed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask[:, None],
+                         use_cache=False).last_hidden_state
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return self._token_logps(flat[batch.predict_from.to(flat.device)], batch.targets.to(flat.device))
+
+    def _token_logps(self, selected: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[N, H] hidden states that predict [N] targets -> [N] log-probs (token_logps.py)."""
         head = self.lm.get_output_embeddings()
-        device_type = hidden.device.type
+        device_type = selected.device.type
         if torch.is_autocast_enabled(device_type):
             compute_dtype = torch.get_autocast_dtype(device_type)
         else:
             compute_dtype = head.weight.dtype
         bias = getattr(head, "bias", None)
         return token_logps(
-            selected, head.weight.to(hidden.device), targets,
+            selected, head.weight.to(selected.device), targets,
             compute_dtype=compute_dtype, chunk_size=self.chunk_size,
-            softcap=self.softcap, bias=None if bias is None else bias.to(hidden.device),
+            softcap=self.softcap, bias=None if bias is None else bias.to(selected.device),
         )
 
 
@@ -132,9 +152,18 @@ def sequence_sums(flat_logps: torch.Tensor, score_mask: torch.Tensor) -> torch.T
 
     Differentiable; float64 so that long completions do not lose the small per-token terms.
     """
-    score_mask = score_mask.to(flat_logps.device)
-    rows = torch.arange(score_mask.shape[0], device=score_mask.device)[:, None].expand_as(score_mask)[score_mask]
-    out = torch.zeros(score_mask.shape[0], dtype=torch.float64, device=flat_logps.device)
+    return segment_sums(flat_logps, score_mask.sum(dim=1))
+
+
+def segment_sums(flat_logps: torch.Tensor, lengths: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """[N] per-token values, `lengths` consecutive runs -> float64 sum of each run.
+
+    One summation for both layouts (plain and shared-prefix), so that equal per-token values
+    give bit-equal sums.
+    """
+    lengths = torch.as_tensor(lengths, device=flat_logps.device)
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=flat_logps.device), lengths)
+    out = torch.zeros(len(lengths), dtype=torch.float64, device=flat_logps.device)
     return out.index_add(0, rows, flat_logps.double())
 
 

@@ -2,6 +2,11 @@
 
 kto-precompute scores the reference model with it; kto-inspect score scores a trained policy
 with it. Both therefore batch and compute log-probs the same way (see logprob.py).
+
+With `share_prefixes`, sequences with identical prompt ids are packed (shared_prefix.py): each
+distinct prompt is run once, followed by all its completions. The log-probs are those of the
+plain layout up to float rounding; only the work changes. Batches of either layout are cut by
+the tokens actually computed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import numpy as np
 import torch
 
 from .batching import token_budget_batches
-from .logprob import CompletionLogps, make_token_batch, sequence_sums, split_rows
+from .logprob import CompletionLogps, make_token_batch, segment_sums, sequence_sums
+from .shared_prefix import Pack, make_packed_batch, plan_packs
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,27 @@ class Scored:
     """Per sequence, float32 log-probs of its completion tokens."""
     sums: np.ndarray
     """[n] float64 sums of the above."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a set of sequences is scored: packs of completions sharing a prompt, and the rest plain."""
+
+    packs: list[Pack]
+    plain: list[int]
+    represented_tokens: int
+    """Σ (prompt + completion) over all sequences: what a plain forward of each would compute."""
+    computed_tokens: int
+    """Tokens run through the model (padding not counted)."""
+
+
+def plan_scoring(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], keys: Sequence[Hashable],
+                 *, share_prefixes: bool) -> Plan:
+    """A pure function of the sequences: the same inputs always give the same packs."""
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    packs, plain = plan_packs(prompts, completions, keys) if share_prefixes else ([], list(range(len(lengths))))
+    computed = sum(p.length for p in packs) + sum(lengths[i] for i in plain)
+    return Plan(packs, plain, sum(lengths), computed)
 
 
 @torch.inference_mode()
@@ -35,22 +62,40 @@ def score_sequences(
     pad_id: int,
     device: torch.device,
     on_batch: Callable[[int, int], None] | None = None,
+    share_prefixes: bool = False,
 ) -> Scored:
     """Score sequence k = prompts[k] + completions[k]; batches are sorted by (length, key).
 
-    `on_batch(sequences, real_tokens)` is called after each batch (progress reporting).
+    `on_batch(sequences, represented_tokens)` is called after each batch (progress reporting).
     """
-    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
-    token_logps: list[np.ndarray | None] = [None] * len(lengths)
-    sums = np.zeros(len(lengths), dtype=np.float64)
-    for batch_idx in token_budget_batches(lengths, keys, batch_tokens):
-        batch = make_token_batch([prompts[i] for i in batch_idx], [completions[i] for i in batch_idx], pad_id)
-        batch = batch.to(device)
-        flat = scorer(batch.input_ids, batch.score_mask)
-        row_sums = sequence_sums(flat, batch.score_mask).cpu().numpy()
-        for i, values, total in zip(batch_idx, split_rows(flat.float().cpu(), batch.score_mask.cpu()), row_sums):
-            token_logps[i] = values.numpy()
+    n = len(prompts)
+    token_logps: list[np.ndarray | None] = [None] * n
+    sums = np.zeros(n, dtype=np.float64)
+    plan = plan_scoring(prompts, completions, keys, share_prefixes=share_prefixes)
+
+    def store(indices: Sequence[int], flat: torch.Tensor, lengths: Sequence[int], row_sums: torch.Tensor) -> None:
+        values = torch.split(flat.float().cpu(), list(lengths))
+        for i, v, total in zip(indices, values, row_sums.cpu().numpy()):
+            token_logps[i] = v.numpy()
             sums[i] = total
         if on_batch is not None:
-            on_batch(len(batch_idx), sum(lengths[i] for i in batch_idx))
+            on_batch(len(indices), sum(len(prompts[i]) + len(completions[i]) for i in indices))
+
+    packs = plan.packs
+    pack_lengths = [p.length for p in packs]
+    for batch_idx in token_budget_batches(pack_lengths, [keys[p.members[0]] for p in packs], batch_tokens):
+        chosen = [packs[j] for j in batch_idx]
+        members = [i for p in chosen for i in p.members]
+        batch = make_packed_batch([prompts[p.members[0]] for p in chosen],
+                                  [[completions[i] for i in p.members] for p in chosen], pad_id).to(device)
+        flat = scorer.forward_packed(batch)
+        store(members, flat, batch.lengths, segment_sums(flat, batch.lengths))
+
+    plain = plan.plain
+    lengths = [len(prompts[i]) + len(completions[i]) for i in plain]
+    for batch_idx in token_budget_batches(lengths, [keys[i] for i in plain], batch_tokens):
+        indices = [plain[j] for j in batch_idx]
+        batch = make_token_batch([prompts[i] for i in indices], [completions[i] for i in indices], pad_id).to(device)
+        flat = scorer(batch.input_ids, batch.score_mask)
+        store(indices, flat, batch.score_mask.sum(dim=1).tolist(), sequence_sums(flat, batch.score_mask))
     return Scored(token_logps, sums)  # type: ignore[arg-type]
