@@ -46,6 +46,12 @@ class Counts:
     kl_completion_tokens: int = 0
     same_prompt_kl_pairs: int = 0
     template_prefix_splits: int = 0
+    represented_tokens: int = 0
+    """Σ prompt + completion over every main and KL sequence: what plain scoring computes."""
+    scored_tokens: int = 0
+    """Tokens the reference actually ran (shared prompts once per shard with prefix sharing)."""
+    prefix_tokens_saved: int = 0
+    """represented_tokens − scored_tokens."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--batch-tokens", default=16384, help="Padded tokens per scoring batch.")
 @click.option("--rows-per-shard", default=4096, help="Rows per Arrow shard.")
 @click.option("--token-logps/--no-token-logps", "store_token_logps", default=True, help="Store per-token reference log-probs.")
+@click.option("--prefix-sharing/--no-prefix-sharing", default=True,
+              help="Score each distinct prompt once, followed by all its completions (same numbers, less compute).")
 @click.option("--chunk-size", default=1024, help="Completion positions per LM-head chunk.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code from the model repo to run.")
 @click.option("--device-map", default=None, help="'auto' spreads one model over several GPUs.")

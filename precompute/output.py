@@ -34,13 +34,15 @@ from .staging import is_staging_name
 BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME, JOURNAL_DIR}
 
 
-def shard_layout(rows_per_shard: int, batch_tokens: int) -> dict:
+def shard_layout(rows_per_shard: int, batch_tokens: int, prefix_sharing: bool) -> dict:
     """The part of the layout that decides shard bytes: which rows go where, and the batching.
 
     The process count is recorded in the manifest but is not part of it: shard contents do not
-    depend on it, so a crashed 8-process run may be resumed with 4.
+    depend on it, so a crashed 8-process run may be resumed with 4. Prefix sharing is layout,
+    not content: its numbers equal the plain layout's up to float rounding, so a cache made
+    either way serves the same runs; but the bytes differ, so one cache never mixes the two.
     """
-    return {"rows_per_shard": rows_per_shard, "batch_tokens": batch_tokens}
+    return {"rows_per_shard": rows_per_shard, "batch_tokens": batch_tokens, "prefix_sharing": prefix_sharing}
 
 
 def shard_tags(fingerprint: str, layout: dict) -> dict[str, str]:

@@ -35,7 +35,7 @@ from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.numerics import Numerics, parse_numerics
 from kto.formats.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
-from kto.formats.scoring import score_sequences
+from kto.formats.scoring import plan_scoring, score_sequences
 from kto.formats.shards import sha256_file
 
 from .config import PrecomputeConfig
@@ -260,7 +260,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     tokenizer_id = tokenizer_identity(tokenizer)  # --model's own: what kto-train checks against
     install_template(tokenizer, template)
     numerics = parse_numerics(cfg.dtype, state.device)
-    layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens)
+    layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)
     outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 else {})}
     contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}
     fingerprints = {name: fingerprint_of(content) for name, content in contents.items()}
@@ -290,7 +290,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         manifest = Manifest(
             content=contents[s.name],
             layout={**layout, "num_processes": state.num_processes},
-            counts=s.counts,
+            counts=_with_scoring_counts(s, cfg, staged),
             shards=[],
             info=_info(cfg, state),
         )
@@ -374,6 +374,32 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _shard_sequences(rows: list[CacheRow]) -> tuple[list, list, list]:
+    """A shard's work: two sequences per row (main, KL), keyed (id, 0) and (id, 1).
+
+    Main and KL sequences share the batches, and with prefix sharing every sequence of the
+    shard with the same prompt ids (a row's own two, the pairs of a paired dataset, a repeated
+    system prompt) is scored after one pass over that prompt. Grouping stays inside the shard,
+    so each shard remains a pure function of its rows and the configuration.
+    """
+    prompts = [r.prompt_ids for r in rows] * 2
+    completions = [r.completion_ids for r in rows] + [r.kl_completion_ids for r in rows]
+    keys = [(r.id, 0) for r in rows] + [(r.id, 1) for r in rows]
+    return prompts, completions, keys
+
+
+def _with_scoring_counts(s: Split, cfg: PrecomputeConfig, staged: Path) -> Counts:
+    """Tokens represented, scored and saved: planned per shard, the same whichever shards this
+    run scored (a resumed run skips some), so the manifest stays byte-identical."""
+    represented = scored = 0
+    for a, b in _shard_slices(len(s.rows), cfg.rows_per_shard):
+        with StagingReader(staged) as reader:
+            rows = cache_rows(reader, s, a, b, cfg.max_length)
+        plan = plan_scoring(*_shard_sequences(rows), share_prefixes=cfg.prefix_sharing)
+        represented, scored = represented + plan.represented_tokens, scored + plan.computed_tokens
+    return replace(s.counts, represented_tokens=represented, scored_tokens=scored, prefix_tokens_saved=represented - scored)
+
+
 def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics,
                      staged: Path, on_scored=None) -> None:
     if not shard_ids:
@@ -385,10 +411,7 @@ def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, l
     for k in shard_ids:
         with StagingReader(staged) as reader:  # mapped for one shard at a time: see staging.py
             rows = cache_rows(reader, s, slices[k][0], slices[k][1], cfg.max_length)
-        # Main and KL sequences share the batches: two sequences per row, one length sort.
-        prompts = [r.prompt_ids for r in rows] * 2
-        completions = [r.completion_ids for r in rows] + [r.kl_completion_ids for r in rows]
-        keys = [(r.id, 0) for r in rows] + [(r.id, 1) for r in rows]
+        prompts, completions, keys = _shard_sequences(rows)
         device = state.device if cfg.device_map is None else scorer.lm.device
         _sync(device)
         started = time.perf_counter()
@@ -396,6 +419,7 @@ def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, l
             scored = score_sequences(
                 scorer, prompts, completions, keys, batch_tokens=cfg.batch_tokens, pad_id=tokenizer.pad_token_id,
                 device=device, on_batch=lambda n, tokens: progress.update(n / 2, tokens),
+                share_prefixes=cfg.prefix_sharing,
             )
         if on_scored is not None:
             _sync(device)
@@ -457,10 +481,10 @@ def _info(cfg: PrecomputeConfig, state) -> dict:
 def _summary(manifests: list[Manifest], seconds: float) -> None:
     for m in manifests:
         c = m.counts
-        tokens = c.prompt_tokens * 2 + c.completion_tokens + c.kl_completion_tokens
+        saved = f" ({c.prefix_tokens_saved} saved by prefix sharing, of {c.represented_tokens})" if m.layout.get("prefix_sharing") else ""
         log(
             f"{m.content['split']}: {c.rows} rows ({c.desirable} desirable, {c.undesirable} undesirable), "
             f"{c.dropped} dropped, {c.truncated} truncated, {c.same_prompt_kl_pairs} same-prompt KL pairs, "
-            f"{tokens} tokens scored, {len(m.shards)} shards"
+            f"{c.scored_tokens} tokens scored{saved}, {len(m.shards)} shards"
         )
     log(f"done in {seconds:.1f} s, peak memory {peak_memory_gb():.2f} GB")

@@ -13,7 +13,7 @@ import torch
 
 from kto.formats.logprob import CompletionLogps
 from kto.formats.scoring import plan_scoring, score_sequences
-from kto.formats.shared_prefix import group_by_prompt, make_packed_batch, plan_packs
+from kto.formats.shared_prefix import group_by_prompt, make_packed_batch, plan_packs, worth_packing
 
 
 def test_packed_batch_by_hand():
@@ -55,6 +55,11 @@ def test_grouping_and_packs():
     assert [p.members for p in packs] == [(2, 3)]
     plan = plan_scoring(prompts, completions, keys, share_prefixes=True)
     assert plan.represented_tokens == 5 + 2 + 6 + 7 + 3 and plan.computed_tokens == 14 + 2 + 3
+    # A 2-token prompt before two 1000-token completions: saves 2 tokens of dense work, costs
+    # ρ · (2002² − ½ · 2 · 1002²) = 3.3e-4 · 3,004,000 ≈ 991 in attention. Not packed.
+    assert not worth_packing(2, [1000, 1000]) and worth_packing(1000, [200, 200])
+    packs, plain = plan_packs([[1, 2]] * 2, [[7] * 1000, [8] * 1000], [0, 1], max_tokens=4096)
+    assert packs == [] and plain == [0, 1]
     off = plan_scoring(prompts, completions, keys, share_prefixes=False)
     assert off.computed_tokens == off.represented_tokens == 23 and off.packs == []
 
