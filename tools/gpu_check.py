@@ -9,14 +9,18 @@ the chosen shape, the tokenizer is built from scratch with `tokenizers`, the dat
   (b) kto-precompute end to end through `kto.precompute.pipeline.run_precompute` on a realistic
       length mix (32–max_len tokens, 2 × rows sequences): real tokens/s of the scoring phase
       (headline) and of the whole command, MFU vs the matmul ceiling measured in this run,
-      padding fraction, peak memory; then the same scorer vs the naive full-vocab path on a
-      subset (tools/bench_precompute.py);
+      padding fraction, peak memory (with prefix sharing, kto-precompute's default, real tokens
+      and MFU count what plain scoring would compute: the effective rate); then the same
+      scorer vs the naive full-vocab path on a subset (tools/bench_precompute.py);
   (c) kto-train steps: step time and peak memory, policy-only vs resident reference
       (tools/bench_train_step.py);
   (d) time to first step of a training run on the existing cache: the data path (manifest +
       ShardedCache + lengths() + epoch plan + first collate, tokenizer check, model identity),
       as a first run (shard sha256 verified) and a second one; then kto-train's own
       `setup()` + first `step_batches()`, with the model load (`load_policy`) reported apart.
+  (e) prefix-shared vs plain reference scoring (issue 13, tools/bench_prefix_sharing.py) on a
+      paired mix (long shared prompts) and the synthetic mix (short prompts): ratio of real
+      tokens/s and of peak memory, largest per-token difference.
 
 Prints one table at the end and writes JSON to --json-out ($OUT/gpu_check.json if $OUT is set).
 
@@ -42,11 +46,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C  # noqa: E402
 import bench_precompute  # noqa: E402
+import bench_prefix_sharing  # noqa: E402
 import bench_train_step  # noqa: E402
 
 import kto.precompute.pipeline as pipeline  # noqa: E402
 import kto.train.setup as train_setup  # noqa: E402
 from kto.formats.batching import token_budget_batches  # noqa: E402
+from kto.formats.scoring import plan_scoring  # noqa: E402
 from kto.formats.models import load_tokenizer, model_identity, resolve_source  # noqa: E402
 from kto.formats.numerics import parse_numerics  # noqa: E402
 from kto.formats.token_logps import token_logps  # noqa: E402
@@ -63,10 +69,10 @@ BASELINE = {"naive_tok_s": "149-153k (~51% MFU)", "precompute_target": ">= 210k 
 CORRECTNESS_TOL = {"bfloat16": 2e-2, "float32": 1e-4}
 # Seconds a section needs at the default sizes (H100/H200 guesses, generous): a section starts
 # only if that much of --time-budget-s is left, so the whole call stays inside its limit.
-NEED_S = {"tiny": dict(correctness=5, precompute=30, startup=10, train=30, scoring_paths=30),
-          "smollm2-135m": dict(correctness=20, precompute=60, startup=15, train=40, scoring_paths=40),
-          "llama-3.2-1b": dict(correctness=20, precompute=90, startup=20, train=60, scoring_paths=60),
-          "llama-3.1-8b": dict(correctness=20, precompute=240, startup=60, train=150, scoring_paths=90)}
+NEED_S = {"tiny": dict(correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20),
+          "smollm2-135m": dict(correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40),
+          "llama-3.2-1b": dict(correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60),
+          "llama-3.1-8b": dict(correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -184,7 +190,8 @@ def precompute_e2e(work: Path, args, device, ceiling: float) -> dict:
             "sequences": len(probe.lengths), "real_tokens": real, "scoring_s": probe.seconds,
             "tokens_per_s": real / probe.seconds, "mfu": flops / probe.seconds / ceiling,
             "end_to_end_s": t.seconds, "end_to_end_tokens_per_s": real / t.seconds,
-            "padding_fraction": 1 - real / probe.padded, "model_build_save_s": t_build.seconds, **mem.report()}
+            # Padding of the plain layout's batches (the probe sees lengths, not packs).
+            "padding_fraction": 1 - real / probe.padded, "prefix_sharing": cfg.prefix_sharing, "model_build_save_s": t_build.seconds, **mem.report()}
 
 
 def scoring_paths(args, device, ceiling: float) -> list[dict]:
@@ -203,6 +210,25 @@ def scoring_paths(args, device, ceiling: float) -> list[dict]:
                                               numerics=numerics, paths=paths)
         del lm
         C.free_memory()
+    return out
+
+
+def prefix_sharing(args, device) -> dict:
+    """Prefix-shared vs plain scoring, taking turns (tools/bench_prefix_sharing.py), on a paired
+    mix and the synthetic mix, with the numerics kto-precompute uses by default."""
+    numerics = parse_numerics(args.precompute_dtype, device)
+    lm = C.build_llama(args.shape, numerics.weights, device).eval()
+    rows = max(8, args.rows // 4)
+    vocab = lm.config.vocab_size
+    mixes = {"paired": bench_prefix_sharing.paired_sequences(rows, args.max_len, vocab),
+             "synthetic": (C.mix_sequences(C.length_mix(rows, args.max_len, seed=2), vocab, args.max_len, seed=2), C.PAD_ID)}
+    out = {}
+    for name, (sequences, pad_id) in mixes.items():
+        r = bench_prefix_sharing.compare(lm, sequences, pad_id, batch_tokens=args.batch_tokens, device=device,
+                                         numerics=numerics, repeats=1 if args.quick else 3)
+        out[name] = {k: v for k, v in r.items() if k != "rows"} | {"numerics": numerics.name, "rows": r["rows"]}
+    del lm
+    C.free_memory()
     return out
 
 
@@ -300,6 +326,11 @@ def summary_rows(r: dict) -> list[dict]:
                          "target": {"policy-only": BASELINE["policy_only"], "resident-reference": BASELINE["resident"]}.get(t["variant"], "vs policy-only")})
             if t["variant"] == "resident-reference" and t.get("time_ratio"):
                 rows.append({"check": "train ratio policy-only/resident (time, mem)", "value": f"{t['time_ratio']:.3f}, {t['memory_ratio']:.3f}", "target": "~0.714 floor"})
+    for name, m in (r.get("prefix_sharing") or {}).items():
+        if isinstance(m, dict) and "tokens_per_s_ratio" in m:
+            rows.append({"check": f"prefix-shared/plain {name} {m['numerics']}: tok/s, peak mem, max |dlogp|",
+                         "value": f"{m['tokens_per_s_ratio']:.2f}, {m['peak_memory_ratio']:.2f}, {m['max_abs_token_diff']:.1e}",
+                         "target": "paired > 1; synthetic >= 0.97"})
     s = r.get("startup", {})
     if "second_run_s" in s:
         rows += [{"check": "2nd run to first batch, data path s", "value": s["second_run_s"], "target": "< 1"},
@@ -308,7 +339,7 @@ def summary_rows(r: dict) -> list[dict]:
                  {"check": "kto-train model load s (load_policy)", "value": s["model_load_s"], "target": ""}]
         if "collate_per_step_s" in s:
             rows.append({"check": "collate per step s (on the step's critical path)", "value": s["collate_per_step_s"], "target": ""})
-    for name in ("correctness", "precompute", "scoring_paths", "train", "startup"):
+    for name in ("correctness", "precompute", "scoring_paths", "train", "startup", "prefix_sharing"):
         if isinstance(r.get(name), dict) and ("error" in r[name] or "skipped" in r[name]):
             rows.append({"check": name, "value": r[name].get("error") or r[name].get("skipped"), "target": ""})
     rows.append({"check": "polars imported", "value": r["polars_imported"], "target": "False"})
@@ -333,9 +364,10 @@ def main(argv=None) -> int:
                         lambda: startup(Path(pre["cache_dir"]), Path(pre["model_dir"]), device, 2 if args.quick else 4, work / "run"))
         run_section("train", results, budget, shape, lambda: train_steps(args, device))
         run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling))
+        run_section("prefix_sharing", results, budget, shape, lambda: prefix_sharing(args, device))
     results["polars_imported"] = "polars" in sys.modules
     results["elapsed_s"] = args.time_budget_s - budget.left()
-    failed = [n for n in ("correctness", "precompute", "startup", "train", "scoring_paths")
+    failed = [n for n in ("correctness", "precompute", "startup", "train", "scoring_paths", "prefix_sharing")
               if isinstance(results.get(n), dict) and "error" in results[n]]
     failed += ["correctness"] if any(not c.get("ok", True) for c in results.get("correctness") or [] if isinstance(c, dict)) else []
     results["ok"] = not failed and not results["polars_imported"]

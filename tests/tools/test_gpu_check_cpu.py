@@ -27,7 +27,7 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert {"versions", "matmul_ceiling", "correctness", "precompute", "startup", "train", "scoring_paths",
-            "polars_imported", "elapsed_s", "ok"} <= set(report)
+            "prefix_sharing", "polars_imported", "elapsed_s", "ok"} <= set(report)
     assert report["ok"] is True and report["polars_imported"] is False
     assert [c["dtype"] for c in report["correctness"]] == ["bfloat16", "float32"]
     assert all(c["ok"] for c in report["correctness"])
@@ -40,4 +40,8 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path):
     assert {"first_run_s", "second_run_s", "model_load_s"} <= set(report["startup"])
     assert {r["path"] for r in report["scoring_paths"]} == {"kto", "naive"}
     assert all(r["max_abs_sum_diff"] < 1e-3 for r in report["scoring_paths"])
+    for mix in ("paired", "synthetic"):
+        m = report["prefix_sharing"][mix]
+        assert m["max_abs_token_diff"] < 1e-4 and m["tokens_per_s_ratio"] > 0 and m["peak_memory_ratio"] > 0
+    assert report["prefix_sharing"]["paired"]["computed_fraction"] < 0.8  # long shared prompts are run once
     assert "gpu_check summary" in proc.stdout
