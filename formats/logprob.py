@@ -123,7 +123,7 @@ class CompletionLogps(nn.Module):
         embed = self.lm.get_input_embeddings().weight
         device_type = embed.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else embed.dtype
-        allowed = batch.allowed.to(embed.device)
+        allowed = batch.to(embed.device).attention_allowed()
         # Additive, in the dtype the scores have: eager attention adds the mask to the scores.
         mask = torch.zeros(allowed.shape, dtype=dtype, device=embed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
         hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask[:, None],

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
+import numpy as np
 import torch
 
 # A packed sequence holds at most this many tokens (or one plain sequence, if longer): the 4D
@@ -47,9 +48,9 @@ ATTENTION_COST = 3.3e-4
 
 def group_by_prompt(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
     """Indices grouped by identical prompt ids, groups in order of first appearance."""
-    groups: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[bytes, list[int]] = {}
     for i, p in enumerate(prompts):
-        groups.setdefault(tuple(int(t) for t in p), []).append(i)
+        groups.setdefault(np.asarray(p, dtype=np.int64).tobytes(), []).append(i)
     return list(groups.values())
 
 
@@ -122,8 +123,8 @@ class PackedBatch:
 
     input_ids:    [B, W] int64
     position_ids: [B, W] int64, restarting at P for every completion
-    allowed:      [B, W, W] bool, True where query q may attend to key k (made additive in
-                  CompletionLogps.forward_packed, in the compute dtype)
+    segment:      [B, W] int64: 0 on the prompt, s on completion s (1-based), -1 on padding;
+                  `attention_allowed()` turns it into the [B, W, W] mask on its device
     predict_from: [N] int64, flat index b * W + t of the hidden state that predicts token n
     targets:      [N] int64, the scored completion tokens, completion after completion
     lengths:      completion lengths in the order of `targets` (to split the N values)
@@ -131,15 +132,23 @@ class PackedBatch:
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    allowed: torch.Tensor
+    segment: torch.Tensor
     predict_from: torch.Tensor
     targets: torch.Tensor
     lengths: list[int]
 
     def to(self, device) -> "PackedBatch":
-        moved = (t.to(device, non_blocking=True) for t in (self.input_ids, self.position_ids, self.allowed,
+        moved = (t.to(device, non_blocking=True) for t in (self.input_ids, self.position_ids, self.segment,
                                                             self.predict_from, self.targets))
         return PackedBatch(*moved, self.lengths)
+
+    def attention_allowed(self) -> torch.Tensor:
+        """[B, W, W] bool: query q may see key k iff k ≤ q and k is in the prompt or in q's own
+        completion; a pad query sees its whole past (no empty row: SDPA would give NaN)."""
+        width = self.segment.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.segment.device).tril_()
+        q, k = self.segment[:, :, None], self.segment[:, None, :]
+        return causal & ((k == 0) | (q == k) | (q == -1))
 
 
 def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]],
@@ -177,8 +186,5 @@ def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Se
             at += n
         # Pads: any position works, nothing reads them.
         positions[b, at:] = torch.arange(at, width)
-    causal = torch.ones(width, width, dtype=torch.bool).tril_()
-    q, k = segment[:, :, None], segment[:, None, :]
-    allowed = causal & ((k == 0) | (q == k) | (q == -1))
-    return PackedBatch(ids, positions, allowed, torch.as_tensor(predict_from, dtype=torch.long),
+    return PackedBatch(ids, positions, segment, torch.as_tensor(predict_from, dtype=torch.long),
                        torch.as_tensor(targets, dtype=torch.long), lengths)

@@ -24,9 +24,9 @@ def test_packed_batch_by_hand():
     """
     b = make_packed_batch([[5, 6]], [[[7, 8], [9]]], pad_id=0)
     assert b.input_ids.tolist() == [[5, 6, 7, 8, 9]]
-    assert b.position_ids.tolist() == [[0, 1, 2, 3, 2]]
+    assert b.position_ids.tolist() == [[0, 1, 2, 3, 2]] and b.segment.tolist() == [[0, 0, 1, 1, 2]]
     assert b.predict_from.tolist() == [1, 2, 1] and b.targets.tolist() == [7, 8, 9] and b.lengths == [2, 1]
-    assert b.allowed[0].int().tolist() == [
+    assert b.attention_allowed()[0].int().tolist() == [
         [1, 0, 0, 0, 0],
         [1, 1, 0, 0, 0],
         [1, 1, 1, 0, 0],
@@ -37,13 +37,14 @@ def test_packed_batch_by_hand():
     assert two.input_ids.tolist() == [[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]]
     assert two.position_ids[1].tolist() == [0, 1, 2, 3, 4]
     assert two.predict_from.tolist() == [1, 2, 1, 5] and two.lengths == [2, 1, 1]
-    assert two.allowed[1].int().tolist()[2] == [1, 1, 1, 0, 0]  # a pad sees its past: no empty row
+    assert two.attention_allowed()[1].int().tolist()[2] == [1, 1, 1, 0, 0]  # a pad sees its past: no empty row
 
 
 def test_grouping_and_packs():
     prompts = [[1, 2], [3], [1, 2], [1, 2], [3, 4]]
     completions = [[7] * 3, [8], [9] * 4, [6] * 5, [5]]
     assert group_by_prompt(prompts) == [[0, 2, 3], [1], [4]]
+    assert group_by_prompt([np.array([1, 2], np.int32), [1, 2], np.array([1, 2, 0])]) == [[0, 1], [2]]
     keys = [5, 1, 2, 3, 4]  # members of a pack follow key order
     packs, plain = plan_packs(prompts, completions, keys)
     assert [(p.members, p.prompt_length, p.length) for p in packs] == [((2, 3, 0), 2, 14)]
@@ -129,8 +130,8 @@ def test_boolean_mask_would_be_wrong_under_eager():
     b = make_packed_batch([[5, 6, 7]], [[[8, 9], [10, 11]]], pad_id=0)
     dec = lm.get_decoder()
     with torch.no_grad():
-        bool_mask = dec(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.allowed[:, None]).last_hidden_state
-        additive = torch.zeros(b.allowed.shape).masked_fill_(~b.allowed, torch.finfo(torch.float32).min)[:, None]
+        bool_mask = dec(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.attention_allowed()[:, None]).last_hidden_state
+        additive = torch.zeros(b.attention_allowed().shape).masked_fill_(~b.attention_allowed(), torch.finfo(torch.float32).min)[:, None]
         good = dec(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=additive).last_hidden_state
         alone = dec(input_ids=torch.tensor([[5, 6, 7, 10, 11]])).last_hidden_state
     torch.testing.assert_close(good[0, 5:], alone[0, 3:], atol=1e-5, rtol=0)
