@@ -440,7 +440,7 @@ def _finish(s: Split, manifest: Manifest, tokenizer, rows_per_shard: int) -> Man
     bytes no longer match them stops the run instead of being hashed into the manifest.
     """
     journal, fingerprint = Journal(s.out), fingerprint_of(manifest.content)
-    layout = {k: manifest.layout[k] for k in shard_layout(1, 1)}
+    layout = {k: manifest.layout[k] for k in shard_layout(1, 1, False)}
     entries = []
     for k, (a, b) in enumerate(_shard_slices(len(s.rows), rows_per_shard)):
         path = s.out / S.shard_name(k)
