@@ -57,7 +57,8 @@ def test_grouping_and_packs():
     plan = plan_scoring(prompts, completions, keys, share_prefixes=True)
     assert plan.represented_tokens == 5 + 2 + 6 + 7 + 3 and plan.computed_tokens == 14 + 2 + 3
     # A 2-token prompt before two 1000-token completions: saves 2 tokens of dense work, costs
-    # ρ · (2002² − ½ · 2 · 1002²) = 3.3e-4 · 3,004,000 ≈ 991 in attention. Not packed.
+    # ρ · (2002² − ½ · 2 · 1002²) = 1.3e-3 · 3,004,000 ≈ 3905 in attention. Not packed; a
+    # 1000-token prompt before two of 200 saves 1000 for 1.3e-3 · (1400² − 1200²) = 676.
     assert not worth_packing(2, [1000, 1000]) and worth_packing(1000, [200, 200])
     packs, plain = plan_packs([[1, 2]] * 2, [[7] * 1000, [8] * 1000], [0, 1], max_tokens=4096)
     assert packs == [] and plain == [0, 1]
