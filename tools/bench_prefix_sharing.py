@@ -62,26 +62,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length: int, seed: int = 0):
+    """Main and KL sequences as kto-precompute forms them for one shard: its tokenizing
+    (`tokenize_example`), then each row's prompt with a seeded partner's completion cut to fit
+    (the same shape as its KL pairing: a derangement; the partner choice itself may differ)."""
+    from kto.formats.examples import iter_examples
+    from kto.precompute.tokenize import leading_bos_id, tokenize_example
+
+    bos_id = leading_bos_id(tokenizer)
+    rows = [r for r in (tokenize_example(ex, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+                                         bos_id=bos_id) for ex in iter_examples([data])) if r is not None]
+    partner = C.kl_partners(len(rows), seed)
+    prompts = [list(r.prompt_ids) for r in rows]
+    completions = [list(r.completion_ids) for r in rows]
+    kl = [completions[partner[i]][: max_length - len(prompts[i])] for i in range(len(rows))]
+    keys = [(r.example.id, 0) for r in rows] + [(r.example.id, 1) for r in rows]
+    return prompts * 2, completions + kl, keys
+
+
 def feedback_sequences(model_dir: Path, max_length: int = 256):
-    """Main and KL sequences of examples/feedback.jsonl, as kto-precompute forms them (one shard)."""
+    """examples/feedback.jsonl with SmolLM2's chat template (the quickstart's --max-length 256)."""
     from kto.formats.models import load_tokenizer, resolve_source
-    from kto.precompute.config import PrecomputeConfig
-    from kto.precompute.pipeline import _shard_sequences, build_splits
 
     tok = load_tokenizer(resolve_source(str(model_dir)))
-    cfg = PrecomputeConfig(data=(REPO / "examples" / "feedback.jsonl",), model=str(model_dir), out=Path("unused"),
-                           max_length=max_length)
-    return _shard_sequences(build_splits(cfg, tok)[0].rows), tok.pad_token_id
+    return pipeline_sequences(REPO / "examples" / "feedback.jsonl", tok, max_length, max_length // 2), tok.pad_token_id
 
 
 def paired_sequences(rows: int, max_len: int, vocab_size: int, seed: int = 0):
-    """rows/2 prompts, each with a chosen and a rejected answer: prompt 60-85 % of a sequence."""
-    from kto.formats.examples import read_examples
-    from kto.precompute.config import PrecomputeConfig
-    from kto.precompute.pipeline import _shard_sequences, pair_rows, tokenize_all
-
+    """rows/2 prompts, each with a chosen and a rejected answer: prompt 60-85 % of a sequence,
+    read as a paired file (one desirable and one undesirable row per pair)."""
     rng = random.Random(seed)
-    words = lambda n: " ".join(f"w{rng.randrange(C.FIRST_WORD_ID, vocab_size)}" for _ in range(n))  # noqa: E731
+    words = lambda n: " ".join(f"w{rng.randrange(C.FIRST_WORD_ID, vocab_size)}" for _ in range(max(n, 1)))  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "paired.jsonl"
         with open(data, "w") as f:
@@ -90,12 +101,8 @@ def paired_sequences(rows: int, max_len: int, vocab_size: int, seed: int = 0):
                 prompt = int(total * rng.uniform(0.6, 0.85))
                 f.write(json.dumps({"prompt": words(prompt - 1), "chosen": " " + words(total - prompt - 1),
                                     "rejected": " " + words(int((total - prompt) * rng.uniform(0.5, 1.5)) - 1)}) + "\n")
-        tok = C.build_tokenizer(vocab_size)
-        cfg = PrecomputeConfig(data=(data,), model="unused", out=Path("unused"), max_length=max_len,
-                               max_prompt_length=max_len * 7 // 8)
-        tokenized, _ = tokenize_all(read_examples(cfg.data, cfg.columns), tok, cfg)
-        cache_rows, _ = pair_rows(tokenized, cfg.seed, cfg.max_length)
-    return _shard_sequences(cache_rows), C.PAD_ID
+        sequences = pipeline_sequences(data, C.build_tokenizer(vocab_size), max_len, max_len * 7 // 8, seed)
+    return sequences, C.PAD_ID
 
 
 def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: Numerics, repeats: int) -> dict:

@@ -52,7 +52,6 @@ import bench_train_step  # noqa: E402
 import kto.precompute.pipeline as pipeline  # noqa: E402
 import kto.train.setup as train_setup  # noqa: E402
 from kto.formats.batching import token_budget_batches  # noqa: E402
-from kto.formats.scoring import plan_scoring  # noqa: E402
 from kto.formats.models import load_tokenizer, model_identity, resolve_source  # noqa: E402
 from kto.formats.numerics import parse_numerics  # noqa: E402
 from kto.formats.token_logps import token_logps  # noqa: E402
