@@ -79,7 +79,8 @@ def load_causal_lm(
     dtype,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
-    device_map: str | None = None,
+    device_map: str | dict | None = None,
+    quantization_config=None,
     flag: str = "--model",
 ):
     from transformers import AutoModelForCausalLM
@@ -87,6 +88,8 @@ def load_causal_lm(
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     if device_map:
         kwargs["device_map"] = device_map
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
     try:
         model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
     except Exception as exc:

@@ -125,6 +125,8 @@ def checkpoint_problem(path: Path) -> str | None:
         dict(state["plan"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{STATE_NAME} unreadable ({type(exc).__name__})"
+    if (path / "sharded").is_dir():
+        return sharded_problem(path)
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         return "no .safetensors weights"
@@ -132,6 +134,19 @@ def checkpoint_problem(path: Path) -> str | None:
         if problem := safetensors_problem(w):
             return f"{w.name}: {problem}"
     for name in TRAINING_STATE:
+        try:
+            torch.load(path / name, weights_only=True, mmap=True, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file cannot be resumed from
+            return f"{name}: cannot be loaded ({type(exc).__name__})"
+    return None
+
+
+def sharded_problem(path: Path) -> str | None:
+    """An FSDP checkpoint (train/sharding.py): DCP's metadata, the scheduler and rank 0's RNG.
+    The shards themselves are checked by DCP when it loads them."""
+    if not (path / "sharded" / ".metadata").is_file():
+        return "sharded/.metadata missing"
+    for name in ("scheduler.pt", "rng-0.pt"):
         try:
             torch.load(path / name, weights_only=True, mmap=True, map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file cannot be resumed from

@@ -58,6 +58,14 @@ P = click.Path(path_type=Path)
 @click.option("--chunk-size", default=1024)
 @click.option("--trust-remote-code", is_flag=True)
 @click.option("--attn-implementation", default="sdpa")
+@click.option("--lora-r", default=0, help="LoRA rank; 0 trains every weight.")
+@click.option("--lora-alpha", default=16.0)
+@click.option("--lora-dropout", default=0.0)
+@click.option("--lora-target-modules", default=None, help="Comma list [default: every decoder linear layer].")
+@click.option("--load-in-4bit", is_flag=True, help="QLoRA: 4-bit NF4 base weights (bitsandbytes).")
+@click.option("--load-in-8bit", is_flag=True, help="8-bit base weights (bitsandbytes).")
+@click.option("--merge-adapters", is_flag=True, help="Also write OUT/final-merged (base + adapters).")
+@click.option("--fsdp", is_flag=True, help="FSDP2 sharding (as accelerate launch --use_fsdp).")
 @click.pass_context
 def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Train the policy from a kto-precompute cache; no reference model is loaded."""

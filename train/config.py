@@ -12,6 +12,7 @@ from kto.formats import config_file
 from kto.formats.errors import InputError
 from kto.formats.numerics import WEIGHT_DTYPES
 
+from .adapters import check_adapter_flags
 from .loss import LossType
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -93,6 +94,23 @@ class TrainConfig:
     """Allow code from the model repo to run."""
     attn_implementation: str = "sdpa"
     """transformers attention implementation (match the cache's)."""
+    # LoRA / QLoRA (train/adapters.py) and FSDP2 (train/sharding.py).
+    lora_r: int = 0
+    """LoRA rank (0: full fine-tune). The policy is --model plus adapters that start at zero."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator: the update is (alpha / r) · B A."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch's input while training."""
+    lora_target_modules: str | None = None
+    """Comma-separated module names to adapt (default: every linear layer of the decoder, not the LM head)."""
+    load_in_4bit: bool = False
+    """QLoRA: load the base weights in 4-bit NF4 (bitsandbytes); needs --lora-r."""
+    load_in_8bit: bool = False
+    """Load the base weights in 8-bit (bitsandbytes); needs --lora-r."""
+    merge_adapters: bool = False
+    """Also write OUT/final-merged/, the base with the adapters merged in (an ordinary HF model dir)."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state with FSDP2 (as `accelerate launch --use_fsdp`)."""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -125,6 +143,7 @@ class TrainConfig:
             # A resumed run restarts the averaging window at the checkpoint; saving on a log
             # boundary keeps every logged line equal to the uninterrupted run's.
             raise InputError(f"--save-every {self.save_every}: must be a multiple of --log-every {self.log_every}")
+        check_adapter_flags(self)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: is a file, not a directory")
 

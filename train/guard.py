@@ -41,7 +41,8 @@ def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator, step: int
 
 def check_weights(model, accelerator, step: int, last: Path | None, what: str) -> None:
     """Refuse to save `what` when any weight is NaN or infinite (on any rank)."""
-    params = [p.detach() for p in model.parameters()]
+    # Under FSDP each rank checks its own shard (DTensor.to_local); the all-reduce covers the rest.
+    params = [(p.to_local() if hasattr(p, "to_local") else p).detach() for p in model.parameters()]
     ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
     if all_reduce_max(float(not ok), accelerator):
         raise NonFiniteError(f"step {step}: the weights hold non-finite values (the run diverged); {what} not saved; {_last(last)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from kto.formats.errors import InputError, log
 from kto.formats.numerics import train_numerics
 
+from . import adapters, sharding
 from .checkpoint import Position, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir
 from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
 from .config import TrainConfig
@@ -18,7 +19,7 @@ from .data import KTOBatch, Prefetcher, collate, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step, check_weights
 from .rundir import lock_run_dir
-from .setup import Run, check_inputs, setup
+from .setup import Run, check_inputs, load_base, setup
 from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
 
 
@@ -112,6 +113,10 @@ def check_drift(run: Run, drift: Drift) -> None:
     tolerance = cfg.drift_tolerance if cfg.drift_tolerance is not None else DEFAULT_DRIFT_TOLERANCE[numerics.compute]
     log(f"step-0 check: max |Δ log p| per token vs cache = {drift.max_abs:.2e} over {drift.tokens} tokens "
         f"(tolerance {tolerance:g}; cache numerics {cache_numerics}, this run {numerics.name})", accelerator)
+    if adapters.quantized(cfg) and cfg.drift_tolerance is None:
+        log("step-0 check: not enforced with quantized base weights (the cache's reference is the unquantized "
+            "--model; the drift above is the quantization error); --drift-tolerance enforces one", accelerator)
+        return
     if drift.max_abs > tolerance:
         hint = (f"the cache was scored with {cache_numerics} and this run computes with {numerics.name}"
                 if cache_numerics != numerics.name else "attention implementation or library versions differ from kto-precompute's")
@@ -157,11 +162,17 @@ def run_eval(run: Run) -> None:
 def save(run: Run) -> None:
     acc, step = run.accelerator, run.position.global_step
     check_weights(run.model, acc, step, run.last_checkpoint, f"checkpoint-{step}")
+    if sharding.is_fsdp(acc):
+        lora = adapters.enabled(run.cfg)
+        path = sharding.save_checkpoint(run.cfg.out, run.model, run.optimizer, run.scheduler, run.tokenizer, run.position,
+                                        run.plan_identity, acc, lora, acc.unwrap_model(run.model).lm.peft_config["default"] if lora else None)
+        log(f"saved {path}", acc)
     acc.wait_for_everyone()
-    if acc.is_main_process:
+    if acc.is_main_process and not sharding.is_fsdp(acc):
         path = save_checkpoint(run.cfg.out, acc.unwrap_model(run.model).lm, run.tokenizer, run.optimizer, run.scheduler,
                                run.position, run.plan_identity)
         log(f"saved {path}", acc)
+    if acc.is_main_process:
         for old in prune_checkpoints(run.cfg.out, run.cfg.save_total_limit):
             log(f"removed {old} (--save-total-limit {run.cfg.save_total_limit})", acc)
     run.last_checkpoint = run.cfg.out / f"checkpoint-{step}"
@@ -173,10 +184,18 @@ def finish(run: Run) -> Path:
     acc, final = run.accelerator, run.cfg.out / "final"
     check_weights(run.model, acc, run.position.global_step, run.last_checkpoint, "final/")
     acc.wait_for_everyone()
-    if acc.is_main_process:
+    if sharding.is_fsdp(acc):
+        sharding.save_final(final, run.model, run.tokenizer, acc, adapters.enabled(run.cfg))
+    elif acc.is_main_process:
+        # Under LoRA `lm` is a PeftModel: save_pretrained writes the adapter directory.
         with saved_dir(final) as tmp:
             save_model_dir(acc.unwrap_model(run.model).lm, run.tokenizer, tmp)
+    if acc.is_main_process:
         log(f"saved {final}", acc)
+        if run.cfg.merge_adapters:
+            merged = final.parent / adapters.MERGED_DIR
+            adapters.write_merged(load_base(run.cfg), final, run.tokenizer, merged)
+            log(f"saved {merged} (--model with the adapters merged in)", acc)
         run.metrics.close()
     acc.wait_for_everyone()
     acc.end_training()

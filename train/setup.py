@@ -15,9 +15,12 @@ import torch
 from kto.formats.errors import InputError, log
 from kto.formats.logprob import CompletionLogps
 from kto.formats.memory import MemoryMeter
-from kto.formats.models import ModelSource, check_cache_tokenizer, load_completion_logps, load_tokenizer, model_identity, resolve_source
+from kto.formats.models import (
+    ModelSource, check_cache_tokenizer, load_causal_lm, load_completion_logps, load_tokenizer, model_identity, resolve_source,
+)
 from kto.formats.numerics import torch_dtype
 
+from . import adapters, sharding
 from .checkpoint import Position, load_training_state
 from .checks import class_balance
 from .config import TrainConfig
@@ -84,7 +87,10 @@ def make_accelerator(cfg: TrainConfig):
     log_with = None if cfg.report_to == "none" else cfg.report_to
     # gradient_accumulation_steps stays 1: step.py accumulates and normalises explicitly.
     # cpu=True without CUDA: accelerate only starts a gloo group for several CPU processes then.
-    return Accelerator(mixed_precision=mixed, log_with=log_with, project_dir=str(cfg.out), cpu=not torch.cuda.is_available())
+    plugin = sharding.fsdp_plugin(cfg)
+    accelerator = Accelerator(mixed_precision=mixed, log_with=log_with, project_dir=str(cfg.out), cpu=not torch.cuda.is_available(),
+                              fsdp_plugin=plugin)
+    return sharding.promote_cpu_state(accelerator, plugin)
 
 
 DROPOUT_NAMES = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout")
@@ -137,6 +143,40 @@ def prepare_for_training(cfg: TrainConfig, lm) -> None:
     lm.config.use_cache = False
 
 
+def load_base(cfg: TrainConfig):
+    """--model as it is on disk, unquantized, in --dtype: what adapters are merged into."""
+    return load_causal_lm(resolve_source(cfg.model), dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
+                          trust_remote_code=cfg.trust_remote_code)
+
+
+def build_policy(cfg: TrainConfig, source, resume_from, accelerator) -> CompletionLogps:
+    """The model to train: --model; a whole-model checkpoint; or --model plus adapters (fresh, or
+    from an adapter checkpoint). A sharded (FSDP) checkpoint's weights are loaded after prepare."""
+    sharded = sharding.is_sharded_checkpoint(resume_from)
+    if resume_from is not None:
+        sharding.check_checkpoint(resume_from, accelerator)
+        adapters.check_checkpoint_kind(cfg, resume_from)
+    whole = resume_from is not None and not sharded and not adapters.enabled(cfg)
+    init = resolve_source(str(resume_from)) if whole else source
+    if not adapters.enabled(cfg):
+        return load_policy(cfg, init)
+    quantization = adapters.quantization_config(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+    # bitsandbytes weights cannot be moved after loading: put them on this process's device.
+    device_map = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"} if quantization else None
+    lm = load_causal_lm(init, dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
+                        trust_remote_code=cfg.trust_remote_code, quantization_config=quantization, device_map=device_map)
+    prepare_for_training(cfg, lm)
+    if resume_from is not None and not sharded:
+        lm = adapters.load_adapters(cfg, lm, resume_from)
+    else:
+        if resume_from is not None:
+            adapters.check_adapter_settings(cfg, lm, resume_from)
+        lm = adapters.add_adapters(cfg, lm)
+    log(f"LoRA r = {cfg.lora_r} on {', '.join(sorted(lm.peft_config['default'].target_modules))}: "
+        f"{sum(p.numel() for p in lm.parameters() if p.requires_grad):,} trainable parameters", accelerator)
+    return CompletionLogps(lm.train(), chunk_size=cfg.chunk_size)
+
+
 @dataclass
 class Inputs:
     """Everything checked before kto-train touches --out (see check_inputs)."""
@@ -174,6 +214,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content["tokenizer"], cfg.model, cache.dir,
                                               trust_remote_code=cfg.trust_remote_code)
+    adapters.check_model(cfg, source, "cuda" if torch.cuda.is_available() else "cpu")
     eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = BatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
@@ -195,16 +236,20 @@ def setup(inp: Inputs) -> Run:
     cfg, accelerator = inp.cfg, inp.accelerator
     resume_from = on_main(lambda: open_run_dir(cfg, inp.record, lambda msg: log(msg, accelerator)), accelerator)
     load_started = time.perf_counter()
-    model = load_policy(cfg, resolve_source(str(resume_from)) if resume_from else inp.source)
+    model = build_policy(cfg, inp.source, resume_from, accelerator)
     model_load_s = time.perf_counter() - load_started
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, inp.total_steps)
+    sharding.before_prepare(accelerator, model.lm)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     position = Position(0, 0, 0)
     plan = plan_identity(cfg, inp.cache.manifest.fingerprint, accelerator.num_processes, inp.total_steps)
     if resume_from is not None:
-        position, saved = load_training_state(resume_from, optimizer, scheduler)
+        if sharding.is_sharded_checkpoint(resume_from):
+            position, saved = sharding.load_checkpoint(resume_from, model, optimizer, scheduler, accelerator, adapters.enabled(cfg))
+        else:
+            position, saved = load_training_state(resume_from, optimizer, scheduler)
         differs = sorted(k for k in plan if saved.get(k) != plan[k])
         if differs:
             raise InputError(

@@ -235,7 +235,9 @@ def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: b
 
 def clip_gradients(model, accelerator, max_grad_norm: float) -> torch.Tensor:
     """Clip (or just measure) the global gradient norm; the same value on every rank."""
-    return accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+    # Under FSDP2 the norm is a replicated DTensor; full_tensor() gives the plain tensor.
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def apply_update(optimizer, scheduler) -> None:

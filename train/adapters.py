@@ -1,0 +1,233 @@
+"""LoRA and QLoRA adapters through peft (the optional extra `lora` = peft + bitsandbytes).
+
+The cache's reference is the base model (`--model`). The policy is that base plus adapters whose
+B matrices start at zero (peft's default init), so at step 0 the policy *is* the reference and
+the step-0 check still applies: on CPU in fp32 it reports a drift of exactly 0. Only the adapter
+parameters require grad, so `build_optimizer` (which takes `requires_grad` parameters) holds only
+them, and `PeftModel.save_pretrained` writes only them: checkpoints and `final/` are PEFT adapter
+directories, loaded back with `peft.PeftModel.from_pretrained(base, dir)`.
+
+QLoRA (`--load-in-4bit` / `--load-in-8bit`) quantizes the base with bitsandbytes. The cache was
+scored with the unquantized base, so at step 0 the quantized policy differs from it by the
+quantization error: the step-0 check then reports that drift instead of stopping (unless
+`--drift-tolerance` is given), and the rewards are measured against the unquantized reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from kto.formats.errors import InputError
+
+ADAPTER_CONFIG = "adapter_config.json"
+MERGED_DIR = "final-merged"
+
+
+def enabled(cfg) -> bool:
+    return cfg.lora_r > 0
+
+
+def quantized(cfg) -> bool:
+    return cfg.load_in_4bit or cfg.load_in_8bit
+
+
+def check_adapter_flags(cfg) -> None:
+    """Flag checks that need no model (called from TrainConfig.__post_init__)."""
+    if cfg.lora_r < 0:
+        raise InputError(f"--lora-r {cfg.lora_r}: must not be negative (0 trains every weight)")
+    if not cfg.lora_alpha > 0:
+        raise InputError(f"--lora-alpha {cfg.lora_alpha}: must be positive")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise InputError(f"--lora-dropout {cfg.lora_dropout}: must be in [0, 1)")
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        raise InputError("--load-in-4bit and --load-in-8bit: choose one")
+    if not enabled(cfg):
+        for name in ("load_in_4bit", "load_in_8bit", "merge_adapters"):
+            if getattr(cfg, name):
+                raise InputError(f"--{name.replace('_', '-')}: needs adapters (--lora-r R > 0); quantized weights cannot be trained directly")
+        if cfg.lora_target_modules:
+            raise InputError("--lora-target-modules: needs --lora-r R > 0")
+
+
+def require_peft(flag: str = "--lora-r"):
+    try:
+        import peft
+    except ImportError:
+        raise InputError(f"{flag}: needs peft, which is not installed (pip install 'kto-offline[lora]')") from None
+    return peft
+
+
+def bitsandbytes_backend(device_type: str) -> str | None:
+    """Why bitsandbytes cannot quantize on `device_type`, or None when it can.
+
+    bitsandbytes ≥ 0.46 registers its kernels per device type as torch ops (CUDA, and CPU since
+    0.46/0.47); older releases are CUDA-only. We ask it to quantize a small tensor on the device:
+    that is the one test that does not depend on how a given release lays out its backends.
+    """
+    try:
+        import bitsandbytes  # noqa: F401
+        import bitsandbytes.functional as F
+    except ImportError:
+        return "bitsandbytes is not installed (pip install 'kto-offline[lora]')"
+    except Exception as exc:  # a broken native library raises RuntimeError/OSError on import
+        return f"bitsandbytes does not load ({type(exc).__name__}: {exc})".splitlines()[0]
+    try:
+        F.quantize_4bit(torch.ones(64, 64, device=device_type))
+    except Exception as exc:
+        return f"bitsandbytes {bitsandbytes.__version__} has no {device_type} backend ({type(exc).__name__})"
+    return None
+
+
+def quantization_config(cfg, device_type: str):
+    """A transformers BitsAndBytesConfig for --load-in-4bit/8bit, or None. Refuses (one line) when
+    bitsandbytes has no backend for this device."""
+    if not quantized(cfg):
+        return None
+    flag = "--load-in-4bit" if cfg.load_in_4bit else "--load-in-8bit"
+    why = bitsandbytes_backend(device_type)
+    if why:
+        raise InputError(f"{flag}: {why}")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # NF4 with double quantization and the compute in the training dtype: QLoRA's recipe.
+    compute = torch.bfloat16 if device_type == "cuda" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def linear_modules(lm) -> list[str]:
+    """Full names of the decoder's linear layers (nn.Linear, bitsandbytes' subclasses of it, and
+    GPT-2's Conv1D), never the LM head."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = lm.get_output_embeddings()
+    return [n for n, m in lm.get_decoder().named_modules(prefix="decoder")
+            if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
+
+
+def linear_names(lm) -> list[str]:
+    """Leaf names of those layers: the default LoRA targets (q_proj, …, down_proj for Llama)."""
+    return sorted({n.rsplit(".", 1)[-1] for n in linear_modules(lm)})
+
+
+def target_modules(cfg, lm) -> list[str]:
+    available = linear_names(lm)
+    if not cfg.lora_target_modules:
+        if not available:
+            raise InputError(f"--lora-r {cfg.lora_r}: --model {cfg.model} has no linear layers in its decoder for LoRA to adapt")
+        return available
+    wanted = cfg.lora_target_modules
+    wanted = [w.strip() for w in (wanted.split(",") if isinstance(wanted, str) else wanted) if w.strip()]
+    linear = linear_modules(lm)
+    # peft's rule: a target matches a module whose full name equals it or ends with "." + it.
+    missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in linear)]
+    if missing or not wanted:
+        raise InputError(f"--lora-target-modules {cfg.lora_target_modules}: --model {cfg.model} has no linear layer named "
+                         f"{', '.join(missing) or '(none given)'} (its decoder has: {', '.join(available) or 'none'})")
+    return wanted
+
+
+def check_model(cfg, source, device_type: str) -> None:
+    """Before --out is touched: peft is there, bitsandbytes can quantize here, and the LoRA targets
+    exist in --model. The model is built from its config on the meta device (no weights read)."""
+    if not enabled(cfg):
+        return
+    require_peft()
+    quantization_config(cfg, device_type)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source.directory, trust_remote_code=cfg.trust_remote_code, **source.load_kwargs)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    target_modules(cfg, skeleton)
+
+
+def lora_config(cfg, lm):
+    peft = require_peft()
+    return peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                           target_modules=target_modules(cfg, lm), bias="none", task_type="CAUSAL_LM")
+
+
+def prepare_base(cfg, lm):
+    """Before adapters go on: freeze and (QLoRA) prepare the quantized base; make checkpointed
+    segments see inputs that require grad."""
+    if quantized(cfg):
+        from peft import prepare_model_for_kbit_training
+
+        # use_gradient_checkpointing=False: load_policy already turned it on, non-reentrant.
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing:
+        # The enable_input_require_grads trap: with the embeddings frozen, the hidden states that
+        # enter layer 0 do not require grad. Reentrant checkpointing (transformers' default, and
+        # what other code may turn on) then returns outputs without grad, and the adapters inside
+        # the checkpointed layers silently get none. Our non-reentrant checkpointing does not need
+        # this, but it costs one tiny hook and keeps either kind correct.
+        lm.enable_input_require_grads()
+    return lm
+
+
+def add_adapters(cfg, lm):
+    """Fresh adapters (B = 0) on the base: the policy starts equal to the reference."""
+    from peft import get_peft_model
+
+    return get_peft_model(prepare_base(cfg, lm), lora_config(cfg, lm))
+
+
+def load_adapters(cfg, lm, checkpoint: Path):
+    """Adapters saved in `checkpoint` on the base, trainable. Their settings must be the flags'."""
+    from peft import PeftModel
+
+    check_adapter_settings(cfg, lm, checkpoint)
+    return PeftModel.from_pretrained(prepare_base(cfg, lm), checkpoint, is_trainable=True)
+
+
+def check_adapter_settings(cfg, lm, checkpoint: Path) -> None:
+    saved = json.loads((checkpoint / ADAPTER_CONFIG).read_text())
+    expected = lora_config(cfg, lm)
+    now = {"r": expected.r, "lora_alpha": expected.lora_alpha, "lora_dropout": expected.lora_dropout,
+           "target_modules": sorted(expected.target_modules)}
+    there = {k: sorted(saved.get(k) or []) if k == "target_modules" else saved.get(k) for k in now}
+    differs = [f"{k} ({there[k]} there, {now[k]} now)" for k in now if there[k] != now[k]]
+    if differs:
+        raise InputError(f"--resume: the adapters in {checkpoint} were made with other " + ", ".join(differs))
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def check_checkpoint_kind(cfg, checkpoint: Path) -> None:
+    """An adapter checkpoint resumes only with adapters on, a whole-model one only without."""
+    if enabled(cfg) and not is_adapter_dir(checkpoint):
+        raise InputError(f"--resume: {checkpoint} holds a whole model (a run without --lora-r); resume it without --lora-r")
+    if not enabled(cfg) and is_adapter_dir(checkpoint):
+        r = json.loads((checkpoint / ADAPTER_CONFIG).read_text()).get("r")
+        raise InputError(f"--resume: {checkpoint} holds LoRA adapters (r = {r}), not a whole model; pass --lora-r {r} "
+                         "and the run's other --lora-* flags")
+
+
+def base_model_of(adapter_dir: Path) -> str | None:
+    return json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+
+
+def with_adapters(base, adapter_dir: Path):
+    """The base with the adapters of `adapter_dir` on it, for inference (eval mode, not trainable)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False).eval()
+
+
+def write_merged(base, adapter_dir: Path, tokenizer, out: Path) -> None:
+    """OUT/final-merged: base + adapters folded into the weights, an ordinary HF model directory.
+    `base` is a fresh unquantized copy (QLoRA merges into full-precision weights, as is usual)."""
+    from .checkpoint import saved_dir
+
+    merged = with_adapters(base, adapter_dir).merge_and_unload()
+    with saved_dir(out) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)

@@ -1,0 +1,205 @@
+"""FSDP2 through accelerate: parameters, gradients and optimizer state sharded over the processes.
+
+Turned on by `accelerate launch --use_fsdp --fsdp_version 2 …` (or an accelerate config file), or
+by `--fsdp` (which is how `torchrun` gets it). accelerate's own FSDP2 code does the sharding:
+`accelerator.prepare` calls torch's `fully_shard` on every decoder layer (the model's
+`_no_split_modules`), then on the root, `CompletionLogps`; `clip_grad_norm_` and `unwrap_model`
+know FSDP2's DTensors. Nothing here shards anything by hand.
+
+The chunked LM head. `CompletionLogps.forward` reads `lm_head.weight` itself (it applies the head
+only at completion positions, `formats/logprob.py`) instead of calling the head module. Under
+FSDP2 a parameter is a full tensor only while the FSDP unit that owns it runs its forward. The
+head is not a decoder layer, so it belongs to the *root* unit, and the root is `CompletionLogps`:
+its pre-forward hook all-gathers the head's weight (and the embeddings and final norm) before the
+body of `CompletionLogps.forward` runs, so the weight read there is the unsharded one, and its
+post-backward reduce-scatters the head's gradient. Wrapping the head in a unit of its own would
+break this (the weight would be a DTensor shard there): `before_prepare` keeps the wrap policy
+to decoder layers.
+
+CPU. accelerate 1.x starts FSDP only on accelerators: its state turns MULTI_GPU/… into FSDP, but
+leaves MULTI_CPU (several gloo processes) as plain DDP. torch's `fully_shard` itself runs on gloo,
+so `promote_cpu_state` switches accelerate's state to FSDP there, and the code that runs after is
+accelerate's own FSDP2 path, the same as on GPUs. `torchrun --nproc_per_node N -m kto.train.cli …
+--fsdp` therefore tests on CPU what `accelerate launch --use_fsdp` runs on GPUs.
+
+Checkpoints are sharded: each process writes its shards of the model (only the trainable
+adapters under LoRA) and of the optimizer through `torch.distributed.checkpoint` (DCP), which can
+load them back on another number of processes. `final/` is one ordinary directory (a HF model, or
+a PEFT adapter dir under LoRA) written by the main process from a full state dict.
+
+DeepSpeed ZeRO-2/3 through an accelerate config is not refused, but it is untested: it does not
+run on CPU, and the checkpoint code here is DCP's, not DeepSpeed's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from kto.formats.errors import InputError
+
+from .adapters import quantized
+from .checkpoint import STATE_NAME, Position, saved_dir, uniform_permissions
+
+SHARDED = "sharded"  # the DCP directory inside a checkpoint
+
+
+def requested(cfg) -> bool:
+    return cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def fsdp_plugin(cfg):
+    """The FSDP2 plugin for Accelerator(fsdp_plugin=…), or None when FSDP is not asked for.
+    Settings that `accelerate launch` put in the environment (FSDP_*) still apply."""
+    if not requested(cfg):
+        return None
+    if cfg.dtype == "fp16":
+        # accelerate's FSDP2 has no gradient scaler for fp16 *weights*, and their updates would
+        # underflow without one.
+        raise InputError("--dtype fp16: not with FSDP; use --dtype fp32 (with --mixed-precision bf16) or --dtype bf16")
+    if quantized(cfg):
+        raise InputError(f"--load-in-{'4' if cfg.load_in_4bit else '8'}bit: not with FSDP here (bitsandbytes weights are not sharded by it); use LoRA on unquantized weights, or one process")
+    version = os.environ.get("FSDP_VERSION", "2")
+    if version != "2":
+        raise InputError(f"FSDP version {version} (FSDP_VERSION from accelerate launch): kto-train shards with FSDP2 only; pass --fsdp_version 2")
+    from accelerate import FullyShardedDataParallelPlugin
+
+    kwargs = {"fsdp_version": 2}
+    if "FSDP_AUTO_WRAP_POLICY" not in os.environ:
+        kwargs["auto_wrap_policy"] = "transformer_based_wrap"
+    if "FSDP_RESHARD_AFTER_FORWARD" not in os.environ:
+        kwargs["reshard_after_forward"] = True  # ZeRO-3: parameters sharded between uses too
+    return FullyShardedDataParallelPlugin(**kwargs)
+
+
+def promote_cpu_state(accelerator, plugin):
+    """See the module docstring: on several CPU processes, make accelerate run its FSDP2 path."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    if plugin is not None and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+        # AcceleratorState() copies PartialState's shared dict over its own each time it is
+        # constructed (accelerate does that in several helpers); set it there too, as accelerate
+        # itself does at the end of AcceleratorState.__init__.
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return accelerator
+
+
+def is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def before_prepare(accelerator, lm) -> None:
+    """Wrap each decoder layer. accelerate looks for `_no_split_modules` on the root it is given,
+    which is CompletionLogps; the class names live on the HF model (or the PEFT model's base)."""
+    if not is_fsdp(accelerator):
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.transformer_cls_names_to_wrap is None:
+        names = list(getattr(lm, "_no_split_modules", None) or [])
+        if not names:
+            raise InputError(f"--fsdp: {type(lm).__name__} names no decoder layer class (_no_split_modules) to shard by; "
+                             "pass --fsdp_transformer_layer_cls_to_wrap to accelerate launch")
+        plugin.transformer_cls_names_to_wrap = names
+
+
+def _options(adapters_only: bool, **kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Under LoRA the frozen base is not saved: it is --model, loaded again on resume.
+    return StateDictOptions(ignore_frozen_params=adapters_only, **kw)
+
+
+def save_checkpoint(out: Path, model, optimizer, scheduler, tokenizer, position: Position, plan: dict, accelerator,
+                    adapters_only: bool, adapter_config=None) -> Path:
+    """OUT/checkpoint-STEP/: sharded/ (DCP: model + optimizer), scheduler.pt, rng-RANK.pt,
+    the tokenizer, trainer_state.json; written under a temp name that every rank agrees on,
+    then renamed by the main process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    path = out / f"checkpoint-{position.global_step}"
+    tmp = out / f".{path.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(adapters_only))
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED)
+    torch.save({"torch": torch.get_rng_state()}, tmp / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        tokenizer.save_pretrained(tmp)
+        if adapter_config is not None:
+            adapter_config.save_pretrained(tmp)  # adapter_config.json: marks an adapter checkpoint
+        (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan, "sharded": True}, indent=2))
+        uniform_permissions(tmp)
+        _fsync_files(tmp)
+        old = out / f".{path.name}.old"
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _fsync_files(root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def is_sharded_checkpoint(path: Path | None) -> bool:
+    return path is not None and (path / SHARDED).is_dir()
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, adapters_only: bool) -> tuple[Position, dict]:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(adapters_only))
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=path / SHARDED)  # fills every key asked for, or raises
+    # Not strict under LoRA: the frozen base is not in the checkpoint (it came from --model).
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=_options(adapters_only, strict=not adapters_only))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = path / f"rng-{accelerator.process_index}.pt"
+    torch.set_rng_state(torch.load(rng if rng.is_file() else path / "rng-0.pt", weights_only=True)["torch"])
+    saved = json.loads((path / STATE_NAME).read_text())
+    return Position(**saved["position"]), saved["plan"]
+
+
+def check_checkpoint(path: Path, accelerator) -> None:
+    """A sharded checkpoint needs FSDP to resume it, a whole-model one needs FSDP off."""
+    if is_sharded_checkpoint(path) and not is_fsdp(accelerator):
+        raise InputError(f"--resume: {path} is a sharded FSDP checkpoint; resume it with FSDP (--fsdp, or accelerate launch --use_fsdp) on several processes")
+    if not is_sharded_checkpoint(path) and is_fsdp(accelerator):
+        raise InputError(f"--resume: {path} was written without FSDP; resume it without FSDP")
+
+
+def save_final(final: Path, model, tokenizer, accelerator, adapters_only: bool) -> None:
+    """One HF directory (or PEFT adapter directory) from the full state dict, gathered on the
+    main process's CPU (`cpu_offload`: the other processes get an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    full = get_model_state_dict(model, options=_options(adapters_only, full_state_dict=True, cpu_offload=True))
+    if accelerator.is_main_process:
+        # Keys are relative to the root, CompletionLogps: "lm.<the HF model's own key>".
+        state = {k.removeprefix("lm."): v for k, v in full.items()}
+        with saved_dir(final) as tmp:
+            accelerator.unwrap_model(model).lm.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
