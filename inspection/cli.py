@@ -115,7 +115,8 @@ def run(out: Path, to: Path | None, as_json: bool) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=P)
-@click.option("--model", required=True, help="Policy to score: local HF dir (e.g. OUT/final), .gguf file or hub id.")
+@click.option("--model", required=True, help="Policy to score: local HF dir (e.g. OUT/final), PEFT adapter dir, .gguf file or hub id.")
+@click.option("--base-model", default=None, help="Base of an adapter dir [default: the one its adapter_config.json names].")
 @click.option("--out", type=P, default=Path("scores.parquet"), help="Parquet file to write (keyed by id).")
 @click.option("--beta", default=None, type=float,
               help="β of the implicit reward β·(log πθ − log πref) [default: the run's, read from RUN/config.json "

@@ -67,7 +67,7 @@ def run_beta(model: str) -> tuple[float | None, Path | None]:
 def score_cache(
     cache_dir: str | Path, model: str, out: str | Path, *, beta: float | None = None, batch_tokens: int = 16384,
     dtype: str = "auto", chunk_size: int = 1024, attn_implementation: str = "sdpa",
-    trust_remote_code: bool = False, log: Callable[[str], None] = log,
+    trust_remote_code: bool = False, base_model: str | None = None, log: Callable[[str], None] = log,
 ) -> dict:
     """Score every row of the cache with `model`; write `out`; return the per-label summary.
 
@@ -76,7 +76,10 @@ def score_cache(
     import pyarrow.parquet as pq
     import torch
 
-    from kto.formats.models import load_completion_logps, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
+    from kto.formats.logprob import CompletionLogps
+    from kto.formats.models import (
+        ModelSource, load_causal_lm, load_completion_logps, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source,
+    )
     from kto.formats.numerics import parse_numerics
     from kto.formats.scoring import score_sequences
 
@@ -91,8 +94,10 @@ def score_cache(
         raise InputError(f"{cache_dir}: no such cache directory")
     _check_flags(beta, batch_tokens, chunk_size, dtype, out, cache_dir)
     manifest = read_manifest(cache_dir)
-    source = resolve_source(model)
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    adapter_dir = _adapter_dir(model)
+    source = resolve_source(_base_of(adapter_dir, base_model), flag="--base-model") if adapter_dir else resolve_source(model)
+    # A kto-train adapter dir (OUT/final under LoRA) holds the run's tokenizer beside the adapters.
+    tokenizer = load_tokenizer(ModelSource(adapter_dir) if adapter_dir else source, trust_remote_code=trust_remote_code)
     require_cache_tokenizer(tokenizer, manifest.content["tokenizer"], model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
@@ -100,10 +105,19 @@ def score_cache(
     if ref_numerics and ref_numerics != numerics.name:
         log(f"note: the cached reference log-probs were computed in {ref_numerics}; scoring in "
             f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)")
-    if model_identity(source) == manifest.content.get("model"):
+    if not adapter_dir and model_identity(source) == manifest.content.get("model"):
         log("note: --model is the cache's reference model; every reward should be about 0")
-    scorer = load_completion_logps(source, dtype=numerics.weights, device=device, attn_implementation=attn_implementation,
-                                   trust_remote_code=trust_remote_code, chunk_size=chunk_size)
+    if adapter_dir:
+        from kto.train.adapters import require_peft, with_adapters
+
+        require_peft("--model")
+        lm = load_causal_lm(source, dtype=numerics.weights, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+        # Not merged: the adapters are applied as kto-train applied them, so the numbers match its.
+        scorer = CompletionLogps(with_adapters(lm, adapter_dir).to(device).eval(), chunk_size=chunk_size)
+        log(f"note: scoring {source.directory} with the LoRA adapters of {adapter_dir}")
+    else:
+        scorer = load_completion_logps(source, dtype=numerics.weights, device=device, attn_implementation=attn_implementation,
+                                       trust_remote_code=trust_remote_code, chunk_size=chunk_size)
     verifier = ShardVerifier(cache_dir, manifest.shard_sha256)
     parts = []
     for k, entry in enumerate(manifest.shards):
@@ -130,6 +144,22 @@ def score_cache(
     with atomic_path(out) as tmp:
         pq.write_table(result.replace_schema_metadata(meta), tmp)
     return {"out": str(out), "model": str(model), "beta": beta, **summarize_scores(result)}
+
+
+def _adapter_dir(model: str) -> Path | None:
+    from kto.train.adapters import is_adapter_dir
+
+    return Path(model).resolve() if is_adapter_dir(Path(model)) else None
+
+
+def _base_of(adapter_dir: Path, base_model: str | None) -> str:
+    """--base-model, else the base recorded by peft in adapter_config.json."""
+    from kto.train.adapters import base_model_of
+
+    base = base_model or base_model_of(adapter_dir)
+    if not base:
+        raise InputError(f"--model {adapter_dir}: an adapter directory that names no base model; pass --base-model")
+    return base
 
 
 def summarize_scores(table: pa.Table) -> dict:

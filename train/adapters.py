@@ -166,16 +166,23 @@ def prepare_base(cfg, lm):
         # enter layer 0 do not require grad. Reentrant checkpointing (transformers' default, and
         # what other code may turn on) then returns outputs without grad, and the adapters inside
         # the checkpointed layers silently get none. Our non-reentrant checkpointing does not need
-        # this, but it costs one tiny hook and keeps either kind correct.
+        # this, and transformers 5 / peft add the hook themselves in the usual order; it costs one
+        # tiny hook and keeps any kind and order correct.
         lm.enable_input_require_grads()
     return lm
 
 
 def add_adapters(cfg, lm):
-    """Fresh adapters (B = 0) on the base: the policy starts equal to the reference."""
+    """Fresh adapters (B = 0) on the base: the policy starts equal to the reference.
+
+    The A matrices are drawn from --seed alone (not from whatever the global generator went
+    through before): every process must draw the same ones, because FSDP shards each process's
+    own copy without broadcasting it first."""
     from peft import get_peft_model
 
-    return get_peft_model(prepare_base(cfg, lm), lora_config(cfg, lm))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return get_peft_model(prepare_base(cfg, lm), lora_config(cfg, lm))
 
 
 def load_adapters(cfg, lm, checkpoint: Path):

@@ -1,7 +1,10 @@
 """Run the first optimizer step's forward/backward and save the gradients (no optimizer step).
 
-Used by test_step.py in-process (1 rank) and under torchrun (2 ranks):
-    python grad_probe.py CACHE MODEL BATCH ACCUM KL_SCOPE OUT.safetensors
+Used by test_step.py in-process (1 rank) and under torchrun (2 ranks, DDP or FSDP2):
+    python grad_probe.py CACHE MODEL BATCH ACCUM KL_SCOPE OUT.safetensors [--fsdp] [--lora-r R]
+
+With --lora-r the adapters' B matrices are drawn at random (seeded, the same on every rank)
+instead of peft's zeros, so that the A matrices get a gradient too.
 """
 
 import sys
@@ -11,33 +14,48 @@ import torch
 from safetensors.torch import save_file
 
 from kto.formats.logprob import CompletionLogps
-from kto.formats.models import load_causal_lm, load_tokenizer, resolve_source
+from kto.formats.models import load_tokenizer, resolve_source
+from kto.train import adapters, sharding
 from kto.train.config import TrainConfig
 from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan
-from kto.train.setup import disable_dropout, make_accelerator
+from kto.train.optim import build_optimizer
+from kto.train.setup import load_policy, make_accelerator
 from kto.train.step import LossSettings, forward_backward
 
 
-def probe(cache: str, model: str, batch: int, accum: int, kl_scope: str, out: str) -> None:
+def probe(cache: str, model: str, batch: int, accum: int, kl_scope: str, out: str, fsdp: bool = False, lora_r: int = 0) -> None:
     cfg = TrainConfig(cache=Path(cache), model=model, out=Path(out).parent, batch_size=batch, grad_accum=accum,
-                      kl_scope=kl_scope, sft_weight=0.5, desirable_weight=1.3)
+                      kl_scope=kl_scope, sft_weight=0.5, desirable_weight=1.3, fsdp=fsdp, lora_r=lora_r)
     accelerator = make_accelerator(cfg)
     source = resolve_source(model)
     tokenizer = load_tokenizer(source)
-    lm = load_causal_lm(source, dtype=torch.float32)
-    disable_dropout(lm)
-    wrapped = accelerator.prepare(CompletionLogps(lm.train()))
+    lm = load_policy(cfg, source)  # fp32, dropout off, train mode: what kto-train trains
+    if lora_r:
+        lm = adapters.add_adapters(cfg, lm)
+        g = torch.Generator().manual_seed(7)
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.data = torch.randn(p.shape, generator=g) * 0.05
+    model_ = CompletionLogps(lm)
+    sharding.before_prepare(accelerator, lm)
+    wrapped, _ = accelerator.prepare(model_, build_optimizer(model_, cfg))
     data = ShardedCache(Path(cache))
     plan = epoch_plan(data.lengths(), BatchShape(batch, accum, accelerator.num_processes), cfg.seed, 0)
     batches = [collate(data, s, tokenizer.pad_token_id) for s in plan[0, accelerator.process_index]]
     settings = LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope)
     forward_backward(wrapped, batches, settings, accelerator)
+    grads = {}
+    for n, p in accelerator.unwrap_model(wrapped).named_parameters():
+        if p.grad is not None:
+            # FSDP2: each rank holds a shard of the gradient (a DTensor); gather the whole one
+            # (a collective: every rank takes part).
+            g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+            grads[n] = g.detach().clone().contiguous()
     if accelerator.is_main_process:
-        grads = {n: p.grad.detach().clone().contiguous() for n, p in accelerator.unwrap_model(wrapped).named_parameters() if p.grad is not None}
         save_file(grads, out)
     accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":
-    c, m, b, a, k, o = sys.argv[1:]
-    probe(c, m, int(b), int(a), k, o)
+    c, m, b, a, k, o, *rest = sys.argv[1:]
+    probe(c, m, int(b), int(a), k, o, fsdp="--fsdp" in rest, lora_r=int(rest[rest.index("--lora-r") + 1]) if "--lora-r" in rest else 0)

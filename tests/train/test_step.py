@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 
 
-def run_probe(tiny_cache, tiny_model_dir, out, batch, accum, scope="step", procs=1):
-    args = [str(tiny_cache), str(tiny_model_dir), str(batch), str(accum), scope, str(out)]
+def run_probe(tiny_cache, tiny_model_dir, out, batch, accum, scope="step", procs=1, *extra):
+    args = [str(tiny_cache), str(tiny_model_dir), str(batch), str(accum), scope, str(out), *extra]
     if procs == 1:
         cmd = [sys.executable, str(HERE / "grad_probe.py"), *args]
     else:
@@ -44,7 +44,26 @@ def test_gradients_equal_across_batch_accumulation_and_ranks(tiny_cache, other_p
     base = run_probe(tiny_cache, other_policy, tmp_path / "a.safetensors", 4, 1)
     assert any(g.abs().sum() > 0 for g in base.values())
     assert_same_grads(base, run_probe(tiny_cache, other_policy, tmp_path / "b.safetensors", 2, 2))
-    assert_same_grads(base, run_probe(tiny_cache, other_policy, tmp_path / "c.safetensors", 2, 1, procs=2))
+    ddp = run_probe(tiny_cache, other_policy, tmp_path / "c.safetensors", 2, 1, "step", 2)
+    assert_same_grads(base, ddp)
+    # FSDP2 (each decoder layer and the root sharded over the 2 ranks, DTensor parameters): the
+    # gathered gradient is the same as 1 process's and DDP's.
+    fsdp = run_probe(tiny_cache, other_policy, tmp_path / "d.safetensors", 2, 1, "step", 2, "--fsdp")
+    assert_same_grads(base, fsdp)
+    assert_same_grads(ddp, fsdp)
+
+
+@pytest.mark.distributed
+def test_lora_gradients_equal_across_one_process_ddp_and_fsdp(tiny_cache, other_policy, tmp_path):
+    """The same with LoRA adapters (r = 4, every decoder linear layer): only adapter parameters
+    have gradients, and they agree between 1 process, DDP and FSDP2."""
+    base = run_probe(tiny_cache, other_policy, tmp_path / "a.safetensors", 4, 1, "step", 1, "--lora-r", "4")
+    assert all("lora_" in name for name in base) and len(base) == 2 * 7 * 2  # A and B, 7 linears, 2 layers
+    assert all(g.abs().sum() > 0 for g in base.values())
+    ddp = run_probe(tiny_cache, other_policy, tmp_path / "b.safetensors", 2, 1, "step", 2, "--lora-r", "4")
+    fsdp = run_probe(tiny_cache, other_policy, tmp_path / "c.safetensors", 2, 1, "step", 2, "--lora-r", "4", "--fsdp")
+    assert_same_grads(base, ddp)
+    assert_same_grads(base, fsdp)
 
 
 def test_microbatch_kl_scope_changes_the_gradient(tiny_cache, other_policy, tmp_path):

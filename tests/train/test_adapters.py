@@ -1,0 +1,201 @@
+"""LoRA adapters (peft): zero drift at step 0, adapters-only optimizer and checkpoints, exact
+resume, final/ as a PEFT dir and a merged HF dir, gradient checkpointing, the one-line refusals."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from kto.train.cli import main
+
+pytest.importorskip("peft")
+
+ARGS = ["--batch-size", "2", "--lr", "1e-2", "--log-every", "1", "--warmup-ratio", "0.2", "--lora-r", "4", "--lora-alpha", "8"]
+
+
+def train_cli(cache, model, out, *extra, args=ARGS):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process per CLI call in real use
+    return CliRunner().invoke(main, ["--cache", str(cache), "--model", str(model), "--out", str(out), *args, *extra])
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_cache, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "run"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "4", "--save-every", "2", "--merge-adapters")
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_policy_starts_as_the_reference_and_only_adapters_train(lora_run, tiny_model_dir):
+    out, output = lora_run
+    # Adapters start at B = 0: the policy is the reference, exactly (CPU, fp32).
+    assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in output
+    lines = metrics(out)
+    assert lines[0]["rewards/chosen"] == 0 and lines[0]["kl_raw"] == 0
+    assert lines[-1]["rewards/chosen"] != 0
+    # 2 layers × 7 linear layers × (A: 4×in + B: out×4); Llama-tiny: hidden 32, mlp 64, kv 16.
+    per_layer = 4 * (32 + 32) * 2 + 4 * (32 + 16) * 2 + 4 * (32 + 64) * 3
+    assert f"{2 * per_layer:,} trainable parameters" in output
+    ckpt = out / "checkpoint-2"
+    adapter = load_file(ckpt / "adapter_model.safetensors")
+    assert len(adapter) == 28 and all("lora_" in k for k in adapter)
+    assert not (ckpt / "model.safetensors").exists()
+    optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert len(optimizer["state"]) == 28  # AdamW holds moments for the adapters only
+    assert sum(s["exp_avg"].numel() for s in optimizer["state"].values()) == 2 * per_layer
+
+
+def test_final_is_a_peft_dir_and_the_merged_dir_is_the_same_model(lora_run, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, _ = lora_run
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    policy = PeftModel.from_pretrained(base, out / "final").eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / "final-merged").eval()
+    ids = torch.tensor([[1, 200, 300, 400, 500, 600]])
+    with torch.no_grad():
+        a, b = policy(input_ids=ids).logits, merged(input_ids=ids).logits
+        with policy.disable_adapter():
+            ref = policy(input_ids=ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert (a - ref).abs().max() > 1e-4  # the adapters moved the policy
+    # The merged weights differ from the base exactly where adapters were applied.
+    m = merged.state_dict()
+    assert not torch.equal(m["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(m["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert torch.equal(m["lm_head.weight"], before["lm_head.weight"])
+
+
+def test_resume_with_adapters_is_exact(lora_run, tiny_cache, tiny_model_dir, tmp_path):
+    out, _ = lora_run
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copytree(out / "checkpoint-2", crashed / "checkpoint-2")
+    (crashed / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:2]))
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    for x, y in zip(metrics(out), metrics(crashed), strict=True):
+        for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "lr", "grad_norm"):
+            assert x[key] == y[key], (x["step"], key)
+    a, b = load_file(out / "final" / "adapter_model.safetensors"), load_file(crashed / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_adapters_needs_the_same_lora_flags(lora_run, tiny_cache, tiny_model_dir, tmp_path):
+    out, _ = lora_run
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copytree(out / "checkpoint-2", crashed / "checkpoint-2")
+    plain = [a for a in ARGS if a not in ("--lora-r", "4", "--lora-alpha", "8")]
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--resume", args=plain)
+    assert result.exit_code == 2
+    assert "holds LoRA adapters (r = 4), not a whole model; pass --lora-r 4" in result.output
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--resume", "--lora-r", "8")
+    assert result.exit_code == 2 and "r (4 there, 8 now)" in result.output
+
+
+def test_lora_with_gradient_checkpointing_gives_the_same_step(lora_run, tiny_cache, tiny_model_dir, tmp_path):
+    out, _ = lora_run
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "2", "--gradient-checkpointing")
+    assert result.exit_code == 0, result.output
+    a, b = metrics(out), metrics(tmp_path / "r")
+    assert b[0]["grad_norm"] > 0
+    assert b[0]["loss"] == a[0]["loss"] and b[0]["grad_norm"] == pytest.approx(a[0]["grad_norm"], rel=1e-5)
+
+
+def test_reentrant_checkpointing_reaches_the_adapters(tiny_model_dir, tiny_cache, tmp_path):
+    """The enable_input_require_grads trap: with reentrant checkpointing and a frozen base, no
+    input of a checkpointed layer requires grad, so the adapters inside it get no gradient.
+    transformers 5 and peft add the hook in the usual order, and adapters.prepare_base adds it
+    whenever --gradient-checkpointing is set, whatever the order."""
+    from transformers import AutoModelForCausalLM
+
+    from kto.train import adapters
+    from kto.train.config import TrainConfig
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    cfg = TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path, lora_r=4, gradient_checkpointing=True)
+    policy = adapters.add_adapters(cfg, lm).train()
+    ids = torch.tensor([[1, 200, 300, 400]])
+
+    def adapter_grads():
+        policy.zero_grad(set_to_none=True)
+        policy(input_ids=ids).logits.sum().backward()
+        return [p.grad for n, p in policy.named_parameters() if "lora_B" in n]
+
+    assert all(g is not None and g.abs().sum() > 0 for g in adapter_grads())
+
+
+def test_bad_lora_input_is_one_line(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "a", "--max-steps", "1", "--lora-target-modules", "q_proj,qkv")
+    assert result.exit_code == 2 and "has no linear layer named qkv (its decoder has: down_proj, gate_proj" in result.output
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())  # nothing written
+    plain = [a for a in ARGS if a not in ("--lora-r", "4", "--lora-alpha", "8")]
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "b", "--load-in-4bit", args=plain)
+    assert result.exit_code == 2 and "--load-in-4bit: needs adapters (--lora-r R > 0)" in result.output
+    from kto.train import adapters
+
+    monkeypatch.setattr(adapters, "bitsandbytes_backend", lambda device: "bitsandbytes 0.0 has no cpu backend (RuntimeError)")
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "c", "--load-in-4bit")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "kto-train: error: --load-in-4bit: bitsandbytes 0.0 has no cpu backend (RuntimeError)"
+
+
+def test_bitsandbytes_backend_says_why_it_cannot_quantize():
+    from kto.train.adapters import bitsandbytes_backend
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        assert bitsandbytes_backend("cpu") == "bitsandbytes is not installed (pip install 'kto-offline[lora]')"
+    else:
+        why = bitsandbytes_backend("cpu")
+        assert why is None or "has no cpu backend" in why
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+def test_qlora_4bit_trains_where_bitsandbytes_has_a_backend(tiny_cache, tiny_model_dir, tmp_path):
+    from kto.train.adapters import bitsandbytes_backend
+
+    if bitsandbytes_backend("cpu"):
+        pytest.skip(bitsandbytes_backend("cpu"))
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "q", "--max-steps", "2", "--load-in-4bit")
+    assert result.exit_code == 0, result.output
+    assert "not enforced with quantized base weights" in result.output
+    assert len(load_file(tmp_path / "q" / "final" / "adapter_model.safetensors")) == 28
+
+
+def test_kto_inspect_scores_an_adapter_dir(lora_run, tiny_cache, tmp_path):
+    from kto.inspection.cli import main as inspect
+
+    out, _ = lora_run
+    runs = {}
+    for name in ("final", "final-merged"):
+        result = CliRunner().invoke(inspect, ["score", str(tiny_cache), "--model", str(out / name), "--out",
+                                              str(tmp_path / f"{name}.parquet"), "--json"])
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads(result.stdout)
+    a, b = runs["final"], runs["final-merged"]
+    assert a["desirable"]["mean_reward"] != 0
+    assert a["desirable"]["mean_reward"] == pytest.approx(b["desirable"]["mean_reward"], rel=1e-3, abs=1e-6)
+    assert a["undesirable"]["mean_reward"] == pytest.approx(b["undesirable"]["mean_reward"], rel=1e-3, abs=1e-6)
+
+
+def test_every_config_field_is_a_flag():
+    """The CLI mirrors TrainConfig one to one (the LoRA and FSDP fields included)."""
+    from kto.train.config import field_names
+
+    flags = {p.name for p in main.params} - {"config_file"}
+    assert flags == set(field_names())
