@@ -13,11 +13,18 @@ kto-train --cache "$DEMO/cache" --model "$DEMO/smollm2" --out "$DEMO/run" \
   --batch-size 4 --grad-accum 2 --max-steps 10 --lr 5e-6 --auto-weights \
   --eval-cache "$DEMO/cache/eval" --eval-every 5 --log-every 2
 
+# The same cache, LoRA adapters instead of a full fine-tune (a few steps: final/ is a PEFT adapter
+# dir, final-merged/ the base with the adapters merged in).
+rm -rf "$DEMO/run-lora"
+kto-train --cache "$DEMO/cache" --model "$DEMO/smollm2" --out "$DEMO/run-lora" \
+  --lora-r 16 --lora-alpha 32 --batch-size 4 --max-steps 4 --lr 2e-4 --auto-weights --log-every 2 --merge-adapters
+
 kto-inspect verify "$DEMO/cache"
 kto-inspect summary "$DEMO/cache"
 kto-inspect rows "$DEMO/cache" --where "label = false" --sort ref_logp --limit 2
 kto-inspect run "$DEMO/run"
 kto-inspect score "$DEMO/cache/eval" --model "$DEMO/run/final" --out "$DEMO/eval_scores.parquet"
+kto-inspect score "$DEMO/cache/eval" --model "$DEMO/run-lora/final" --out "$DEMO/eval_scores_lora.parquet"
 
 python - "$DEMO" <<'PY'
 import sys
@@ -29,6 +36,7 @@ cache = pl.scan_ipc(f"{demo}/cache/*.arrow")
 print(cache.group_by("label").agg(pl.len().alias("rows"), pl.col("ref_logp").mean().alias("mean_ref_logp")).sort("label").collect())
 metrics = pl.read_ndjson(f"{demo}/run/metrics.jsonl")
 print(metrics.select("step", "split", "loss", "kl", "rewards/margins"))
+print(pl.read_ndjson(f"{demo}/run-lora/metrics.jsonl").select("step", "loss", "kl", "rewards/chosen", "rewards/margins"))
 tok = AutoTokenizer.from_pretrained(f"{demo}/run/final")
 model = AutoModelForCausalLM.from_pretrained(f"{demo}/run/final")
 prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of Japan?"}], tokenize=False, add_generation_prompt=True)

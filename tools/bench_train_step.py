@@ -87,14 +87,34 @@ def precision_numerics(precision: str, device) -> Numerics:
     return parse_numerics(ALIASES.get(precision, precision), device)
 
 
-def make_policy(shape: str, precision: str, device, gradient_checkpointing: bool):
-    """Random-init policy set up as kto-train sets it up (dropout off, no KV cache, train mode)."""
+def make_policy(shape: str, precision: str, device, gradient_checkpointing: bool, lora_r: int = 0):
+    """Random-init policy set up as kto-train sets it up (dropout off, no KV cache, train mode);
+    with lora_r, kto-train's LoRA adapters (every decoder linear layer, B = 0) on a frozen base."""
     lm = C.build_llama(shape, precision_numerics(precision, device).weights, device)
     disable_dropout(lm)
     if gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
+    if lora_r:
+        from kto.train.adapters import add_adapters
+
+        cfg = SimpleNamespace(lora_r=lora_r, lora_alpha=2.0 * lora_r, lora_dropout=0.0, lora_target_modules=None, seed=0,
+                              load_in_4bit=False, load_in_8bit=False, gradient_checkpointing=gradient_checkpointing, model=shape)
+        lm = add_adapters(cfg, lm)
     return lm.train()
+
+
+class AdaptersDisabled(torch.nn.Module):
+    """The resident reference under LoRA, TRL's way: the policy's own base with the adapters
+    switched off (`PeftModel.disable_adapter`), so it costs no weight memory, only compute."""
+
+    def __init__(self, scorer: torch.nn.Module, peft_model):
+        super().__init__()
+        self.scorer, self.peft_model = scorer, peft_model
+
+    def forward(self, *args):
+        with self.peft_model.disable_adapter():
+            return self.scorer(*args)
 
 
 def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> KTOBatch:
@@ -144,17 +164,19 @@ def time_steps(step, device, warmup: int, iters: int) -> list[float]:
 
 
 def run_variant(name: str, *, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool,
-                device, warmup: int = 1, iters: int = 3) -> dict:
+                device, warmup: int = 1, iters: int = 3, lora_r: int = 0) -> dict:
     """Build a fresh policy (and a reference copy for 'resident-reference'), time `iters` steps.
 
     Peak memory is reset before the first (warmup) step, so it includes AdamW's state, which is
     allocated then. An out-of-memory error becomes a result row instead of a crash.
     """
     mem = C.PeakMemory(device)
-    row = {"variant": name, "precision": precision, "batch": f"{batch_size}x{seq_len}", "grad_ckpt": gradient_checkpointing}
+    row = {"variant": name, "precision": precision, "batch": f"{batch_size}x{seq_len}", "grad_ckpt": gradient_checkpointing,
+           "lora_r": lora_r}
     try:
         row.update(_time_variant(name, mem, shape=shape, precision=precision, batch_size=batch_size, seq_len=seq_len,
-                                 gradient_checkpointing=gradient_checkpointing, device=device, warmup=warmup, iters=iters))
+                                 gradient_checkpointing=gradient_checkpointing, device=device, warmup=warmup, iters=iters,
+                                 lora_r=lora_r))
     except torch.OutOfMemoryError:
         row.update(error="out of memory", peak_gb=mem.peak_gb())
     C.free_memory()  # the models and optimizer state of _time_variant are unreachable by now
@@ -162,14 +184,15 @@ def run_variant(name: str, *, shape: str, precision: str, batch_size: int, seq_l
 
 
 def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size, seq_len, gradient_checkpointing,
-                  device, warmup, iters) -> dict:
-    lm = make_policy(shape, precision, device, gradient_checkpointing)
+                  device, warmup, iters, lora_r=0) -> dict:
+    lm = make_policy(shape, precision, device, gradient_checkpointing, lora_r)
     numerics = precision_numerics(precision, device)
     model = WithNumerics(CompletionLogps(lm), numerics)
     batch = synthetic_batch(lm.config.vocab_size, batch_size, seq_len).to(device)
     ref_scorer = None
     if name.startswith("resident-reference"):
-        ref_scorer = WithNumerics(CompletionLogps(copy.deepcopy(lm).eval().requires_grad_(False)), numerics)
+        ref_scorer = AdaptersDisabled(model, lm) if lora_r else \
+            WithNumerics(CompletionLogps(copy.deepcopy(lm).eval().requires_grad_(False)), numerics)
     # At step 0 the policy is the reference; policy-only reads these numbers "from the cache".
     batch = with_reference_logps(ref_scorer or model, batch)
     optimizer = build_optimizer(model, SimpleNamespace(lr=1e-6, weight_decay=0.0))
@@ -182,10 +205,10 @@ def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size,
 
 
 def compare(*, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool, device,
-            warmup: int = 1, iters: int = 3) -> dict:
+            warmup: int = 1, iters: int = 3, lora_r: int = 0) -> dict:
     """Both variants on the same configuration, plus the ratios policy-only / resident."""
     kw = dict(shape=shape, precision=precision, batch_size=batch_size, seq_len=seq_len,
-              gradient_checkpointing=gradient_checkpointing, device=device, warmup=warmup, iters=iters)
+              gradient_checkpointing=gradient_checkpointing, device=device, warmup=warmup, iters=iters, lora_r=lora_r)
     rows = [run_variant(v, **kw) for v in ("policy-only", "resident-reference")]
     out = {"rows": rows}
     if all("step_s" in r for r in rows[:2]):

@@ -1,7 +1,7 @@
 """One-call device check of kto-offline on one GPU (issue 5); also runs on CPU with --quick.
 
-Needs only torch, transformers, accelerate, pyarrow, safetensors, click and tokenizers (no
-polars, no flash-attn, no network); nothing is downloaded: the model is a random-init Llama of
+Needs only torch, transformers, accelerate, pyarrow, safetensors, click and tokenizers, plus
+peft for the LoRA section (a pure-Python wheel: carry it; no polars, no flash-attn, no network); nothing is downloaded: the model is a random-init Llama of
 the chosen shape, the tokenizer is built from scratch with `tokenizers`, the data is generated.
 
   (a) correctness: chunked `kto.formats.token_logps.token_logps` vs the naive fp32 log_softmax,
@@ -14,6 +14,8 @@ the chosen shape, the tokenizer is built from scratch with `tokenizers`, the dat
       scorer vs the naive full-vocab path on a subset (tools/bench_precompute.py);
   (c) kto-train steps: step time and peak memory, policy-only vs resident reference
       (tools/bench_train_step.py);
+  (c') kto-train LoRA steps (r = 16, every decoder linear layer): policy-only vs a resident
+      reference that is the same base with the adapters disabled (TRL's way under LoRA);
   (d) time to first step of a training run on the existing cache: the data path (manifest +
       ShardedCache + lengths() + epoch plan + first collate, tokenizer check, model identity),
       as a first run (shard sha256 verified) and a second one; then kto-train's own
@@ -68,10 +70,10 @@ BASELINE = {"naive_tok_s": "149-153k (~51% MFU)", "precompute_target": ">= 210k 
 CORRECTNESS_TOL = {"bfloat16": 2e-2, "float32": 1e-4}
 # Seconds a section needs at the default sizes (H100/H200 guesses, generous): a section starts
 # only if that much of --time-budget-s is left, so the whole call stays inside its limit.
-NEED_S = {"tiny": dict(correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20),
-          "smollm2-135m": dict(correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40),
-          "llama-3.2-1b": dict(correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60),
-          "llama-3.1-8b": dict(correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120)}
+NEED_S = {"tiny": dict(train_lora=20, correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20),
+          "smollm2-135m": dict(train_lora=40, correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40),
+          "llama-3.2-1b": dict(train_lora=60, correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60),
+          "llama-3.1-8b": dict(train_lora=120, correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -242,6 +244,19 @@ def train_steps(args, device) -> list[dict]:
     return rows
 
 
+LORA_R = 16
+
+
+def train_lora_steps(args, device) -> list[dict]:
+    """LoRA steps (peft, kto-train's adapters.add_adapters) on the shape, weights in the first
+    train precision: policy-only vs resident reference = the base with adapters disabled."""
+    b, t, iters = (2, 64, 2) if args.quick else (4, 1024, 10)
+    precision = args.train_precisions.split(",")[0]
+    r = bench_train_step.compare(shape=args.shape, precision=precision, batch_size=b, seq_len=t, gradient_checkpointing=True,
+                                 device=device, warmup=1 if args.quick else 2, iters=iters, lora_r=LORA_R)
+    return [{**row, "time_ratio": r.get("time_ratio"), "memory_ratio": r.get("memory_ratio")} for row in r["rows"]]
+
+
 def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: Path) -> dict:
     """Time to first step of kto-train on an existing cache, model load apart.
 
@@ -325,6 +340,11 @@ def summary_rows(r: dict) -> list[dict]:
                          "target": {"policy-only": BASELINE["policy_only"], "resident-reference": BASELINE["resident"]}.get(t["variant"], "vs policy-only")})
             if t["variant"] == "resident-reference" and t.get("time_ratio"):
                 rows.append({"check": "train ratio policy-only/resident (time, mem)", "value": f"{t['time_ratio']:.3f}, {t['memory_ratio']:.3f}", "target": "~0.714 floor"})
+    for t in r.get("train_lora") or []:
+        if isinstance(t, dict) and "variant" in t:
+            value = t.get("error") or f"{t['step_s']:.3f} s, {t['peak_gb']:.2f} GB"
+            ref = "base with adapters disabled" if t["variant"] == "resident-reference" else "cached reference"
+            rows.append({"check": f"train LoRA r{t['lora_r']} {t['variant']} {t['precision']} {t['batch']}", "value": value, "target": ref})
     for name, m in (r.get("prefix_sharing") or {}).items():
         if isinstance(m, dict) and "tokens_per_s_ratio" in m:
             rows.append({"check": f"prefix-shared/plain {name} {m['numerics']}: tok/s, peak mem, max |dlogp|",
@@ -338,7 +358,7 @@ def summary_rows(r: dict) -> list[dict]:
                  {"check": "kto-train model load s (load_policy)", "value": s["model_load_s"], "target": ""}]
         if "collate_per_step_s" in s:
             rows.append({"check": "collate per step s (on the step's critical path)", "value": s["collate_per_step_s"], "target": ""})
-    for name in ("correctness", "precompute", "scoring_paths", "train", "startup", "prefix_sharing"):
+    for name in ("correctness", "precompute", "scoring_paths", "train", "train_lora", "startup", "prefix_sharing"):
         if isinstance(r.get(name), dict) and ("error" in r[name] or "skipped" in r[name]):
             rows.append({"check": name, "value": r[name].get("error") or r[name].get("skipped"), "target": ""})
     rows.append({"check": "polars imported", "value": r["polars_imported"], "target": "False"})
@@ -362,11 +382,12 @@ def main(argv=None) -> int:
             run_section("startup", results, budget, shape,
                         lambda: startup(Path(pre["cache_dir"]), Path(pre["model_dir"]), device, 2 if args.quick else 4, work / "run"))
         run_section("train", results, budget, shape, lambda: train_steps(args, device))
+        run_section("train_lora", results, budget, shape, lambda: train_lora_steps(args, device))
         run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling))
         run_section("prefix_sharing", results, budget, shape, lambda: prefix_sharing(args, device))
     results["polars_imported"] = "polars" in sys.modules
     results["elapsed_s"] = args.time_budget_s - budget.left()
-    failed = [n for n in ("correctness", "precompute", "startup", "train", "scoring_paths", "prefix_sharing")
+    failed = [n for n in ("correctness", "precompute", "startup", "train", "train_lora", "scoring_paths", "prefix_sharing")
               if isinstance(results.get(n), dict) and "error" in results[n]]
     failed += ["correctness"] if any(not c.get("ok", True) for c in results.get("correctness") or [] if isinstance(c, dict)) else []
     results["ok"] = not failed and not results["polars_imported"]

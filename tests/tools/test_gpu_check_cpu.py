@@ -38,6 +38,9 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path):
     assert {r["variant"] for r in report["train"]} == {"policy-only", "resident-reference"}
     assert all("step_s" in r and "peak_gb" in r for r in report["train"])
     assert {"first_run_s", "second_run_s", "model_load_s"} <= set(report["startup"])
+    lora = report["train_lora"]
+    assert [r["variant"] for r in lora] == ["policy-only", "resident-reference"] and all(r["lora_r"] == 16 for r in lora)
+    assert all("step_s" in r and "peak_gb" in r for r in lora)
     assert {r["path"] for r in report["scoring_paths"]} == {"kto", "naive"}
     assert all(r["max_abs_sum_diff"] < 1e-3 for r in report["scoring_paths"])
     for mix in ("paired", "synthetic"):

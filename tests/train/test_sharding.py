@@ -1,0 +1,97 @@
+"""FSDP2 on 2 gloo CPU processes (torchrun, the same accelerate FSDP2 code path as on GPUs):
+sharded checkpoints, exact resume, final/ as one directory; with and without LoRA."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from kto.train.cli import main
+
+ARGS = ["--batch-size", "2", "--lr", "1e-2", "--log-every", "1", "--warmup-ratio", "0.2", "--max-steps", "4", "--save-every", "2"]
+
+
+def torchrun_train(cache, model, out, *extra):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "kto.train.cli",
+           "--cache", str(cache), "--model", str(model), "--out", str(out), *ARGS, "--fsdp", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def crash_after_step_2(out, dest):
+    dest.mkdir()
+    shutil.copytree(out / "checkpoint-2", dest / "checkpoint-2")
+    (dest / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:3]))  # one line past it
+
+
+def assert_same_run(a, b, weights):
+    for x, y in zip(metrics(a), metrics(b), strict=True):
+        for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "lr", "grad_norm"):
+            assert x[key] == y[key], (x["step"], key)
+    wa, wb = load_file(a / "final" / weights), load_file(b / "final" / weights)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.distributed
+def test_fsdp_resume_is_exact_and_final_is_one_hf_dir(tiny_cache, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    full = tmp_path / "full"
+    log = torchrun_train(tiny_cache, tiny_model_dir, full)
+    assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in log
+    ckpt = full / "checkpoint-2"
+    assert (ckpt / "sharded" / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
+    assert {p.name for p in ckpt.glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
+    crashed = tmp_path / "crashed"
+    crash_after_step_2(full, crashed)
+    log = torchrun_train(tiny_cache, tiny_model_dir, crashed, "--resume")
+    assert "resumed from" in log
+    assert_same_run(full, crashed, "model.safetensors")
+    lm = AutoModelForCausalLM.from_pretrained(full / "final")  # whole, not sharded: gathered on rank 0
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert lm.lm_head.weight.shape == base.lm_head.weight.shape
+    assert not torch.equal(lm.lm_head.weight, base.lm_head.weight)  # the head trained (gathered when read)
+    # A sharded checkpoint needs FSDP to resume: one line, not a traceback.
+    other = tmp_path / "other"
+    crash_after_step_2(full, other)
+    result = CliRunner().invoke(main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(other), *ARGS, "--resume"])
+    assert result.exit_code == 2 and "is a sharded FSDP checkpoint; resume it with FSDP" in result.output
+
+
+@pytest.mark.distributed
+def test_fsdp_with_lora_resumes_exactly_and_saves_a_peft_dir(tiny_cache, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    full = tmp_path / "full"
+    torchrun_train(tiny_cache, tiny_model_dir, full, "--lora-r", "4", "--merge-adapters")
+    assert (full / "checkpoint-2" / "adapter_config.json").is_file()
+    crashed = tmp_path / "crashed"
+    crash_after_step_2(full, crashed)
+    torchrun_train(tiny_cache, tiny_model_dir, crashed, "--lora-r", "4", "--resume")
+    assert_same_run(full, crashed, "adapter_model.safetensors")
+    adapters = load_file(full / "final" / "adapter_model.safetensors")
+    assert len(adapters) == 28 and all("lora_" in k for k in adapters)
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), full / "final").eval()
+    merged = AutoModelForCausalLM.from_pretrained(full / "final-merged").eval()
+    ids = torch.tensor([[1, 200, 300, 400, 500]])
+    with torch.no_grad():
+        torch.testing.assert_close(policy(input_ids=ids).logits, merged(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_refuses_fp16_weights(tiny_cache, tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"),
+                                       "--fsdp", "--dtype", "fp16", "--mixed-precision", "no"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("kto-train: error: --dtype fp16: not with FSDP")
