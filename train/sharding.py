@@ -20,7 +20,8 @@ CPU. accelerate 1.x starts FSDP only on accelerators: its state turns MULTI_GPU/
 leaves MULTI_CPU (several gloo processes) as plain DDP. torch's `fully_shard` itself runs on gloo,
 so `promote_cpu_state` switches accelerate's state to FSDP there, and the code that runs after is
 accelerate's own FSDP2 path, the same as on GPUs. `torchrun --nproc_per_node N -m kto.train.cli …
---fsdp` therefore tests on CPU what `accelerate launch --use_fsdp` runs on GPUs.
+--fsdp` (the tests) and `accelerate launch --use_fsdp --fsdp_version 2 --num_processes N` both run
+it on CPU.
 
 Checkpoints are sharded: each process writes its shards of the model (only the trainable
 adapters under LoRA) and of the optimizer through `torch.distributed.checkpoint` (DCP), which can
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -110,6 +112,9 @@ def before_prepare(accelerator, lm) -> None:
             raise InputError(f"--fsdp: {type(lm).__name__} names no decoder layer class (_no_split_modules) to shard by; "
                              "pass --fsdp_transformer_layer_cls_to_wrap to accelerate launch")
         plugin.transformer_cls_names_to_wrap = names
+    if accelerator.is_main_process:
+        print(f"FSDP2 over {accelerator.num_processes} processes: each {', '.join(plugin.transformer_cls_names_to_wrap)} "
+              "and the root (embeddings, final norm, LM head) sharded", file=sys.stderr, flush=True)
 
 
 def _options(adapters_only: bool, **kw):
