@@ -17,7 +17,7 @@ kto-train --cache "$DEMO/cache" --model "$DEMO/smollm2" --out "$DEMO/run" \
 # dir, final-merged/ the base with the adapters merged in).
 rm -rf "$DEMO/run-lora"
 kto-train --cache "$DEMO/cache" --model "$DEMO/smollm2" --out "$DEMO/run-lora" \
-  --lora-r 16 --lora-alpha 32 --batch-size 4 --max-steps 4 --lr 2e-4 --auto-weights --log-every 2 --merge-adapters
+  --lora-r 16 --lora-alpha 32 --batch-size 4 --max-steps 4 --lr 5e-4 --auto-weights --log-every 2 --merge-adapters
 
 kto-inspect verify "$DEMO/cache"
 kto-inspect summary "$DEMO/cache"
