@@ -34,6 +34,9 @@ from .step import on_main
 RESUMABLE = frozenset({
     "log_every", "save_every", "eval_every", "save_total_limit", "report_to", "drift_tolerance",
     "chunk_size", "gradient_checkpointing", "trust_remote_code",
+    # What final/ also writes, and how the same maths is sharded (the checkpoint's own kind is
+    # checked against the running FSDP state, which accelerate's environment may turn on too).
+    "merge_adapters", "fsdp",
 })
 PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
 

@@ -82,6 +82,7 @@ def test_resume_with_adapters_is_exact(lora_run, tiny_cache, tiny_model_dir, tmp
     crashed = tmp_path / "crashed"
     crashed.mkdir()
     shutil.copytree(out / "checkpoint-2", crashed / "checkpoint-2")
+    shutil.copy(out / "config.json", crashed / "config.json")
     (crashed / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:2]))
     result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--resume")
     assert result.exit_code == 0, result.output
@@ -97,12 +98,19 @@ def test_resuming_adapters_needs_the_same_lora_flags(lora_run, tiny_cache, tiny_
     crashed = tmp_path / "crashed"
     crashed.mkdir()
     shutil.copytree(out / "checkpoint-2", crashed / "checkpoint-2")
+    shutil.copy(out / "config.json", crashed / "config.json")
     plain = [a for a in ARGS if a not in ("--lora-r", "4", "--lora-alpha", "8")]
-    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--resume", args=plain)
-    assert result.exit_code == 2
-    assert "holds LoRA adapters (r = 4), not a whole model; pass --lora-r 4" in result.output
-    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--resume", "--lora-r", "8")
-    assert result.exit_code == 2 and "r (4 there, 8 now)" in result.output
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--resume", args=plain)
+    assert result.exit_code == 2 and "lora_r (4 there, 0 now)" in result.output.strip().splitlines()[-1]
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--resume", "--lora-r", "8")
+    assert result.exit_code == 2 and "lora_r (4 there, 8 now)" in result.output
+    # Without run/config.json (a checkpoint copied elsewhere), the checkpoint itself says so.
+    (crashed / "config.json").unlink()
+    from kto.train.adapters import check_checkpoint_kind
+    from kto.train.config import TrainConfig
+
+    with pytest.raises(Exception, match=r"holds LoRA adapters \(r = 4\), not a whole model; pass --lora-r 4"):
+        check_checkpoint_kind(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=crashed), crashed / "checkpoint-2")
 
 
 def test_lora_with_gradient_checkpointing_gives_the_same_step(lora_run, tiny_cache, tiny_model_dir, tmp_path):

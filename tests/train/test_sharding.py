@@ -32,6 +32,7 @@ def metrics(out):
 def crash_after_step_2(out, dest):
     dest.mkdir()
     shutil.copytree(out / "checkpoint-2", dest / "checkpoint-2")
+    shutil.copy(out / "config.json", dest / "config.json")
     (dest / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:3]))  # one line past it
 
 
