@@ -29,15 +29,15 @@ def probe(cache: str, model: str, batch: int, accum: int, kl_scope: str, out: st
     accelerator = make_accelerator(cfg)
     source = resolve_source(model)
     tokenizer = load_tokenizer(source)
-    lm = load_policy(cfg, source)  # fp32, dropout off, train mode: what kto-train trains
+    model_ = load_policy(cfg, source)  # CompletionLogps, fp32, dropout off, train mode: what kto-train trains
     if lora_r:
-        lm = adapters.add_adapters(cfg, lm)
+        lm = adapters.add_adapters(cfg, model_.lm)
         g = torch.Generator().manual_seed(7)
         for name, p in lm.named_parameters():
             if "lora_B" in name:
                 p.data = torch.randn(p.shape, generator=g) * 0.05
-    model_ = CompletionLogps(lm)
-    sharding.before_prepare(accelerator, lm)
+        model_ = CompletionLogps(lm.train())
+    sharding.before_prepare(accelerator, model_.lm)
     wrapped, _ = accelerator.prepare(model_, build_optimizer(model_, cfg))
     data = ShardedCache(Path(cache))
     plan = epoch_plan(data.lengths(), BatchShape(batch, accum, accelerator.num_processes), cfg.seed, 0)
