@@ -93,23 +93,39 @@ def make_accelerator(cfg: TrainConfig):
     return sharding.promote_cpu_state(accelerator, plugin)
 
 
-DROPOUT_NAMES = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout")
+def _is_dropout_name(name: str) -> bool:
+    name = name.lower()
+    return "dropout" in name or "pdrop" in name
 
 
 def disable_dropout(lm) -> None:
-    """Dropout off everywhere, so that a training-mode forward equals an evaluation one (the
-    step-0 check reads the first step's own forward). Attention modules copy their rate from
-    the config at construction (Llama's `self.attention_dropout`), so those copies are zeroed
-    too, not only the config and the nn.Dropout modules."""
+    """Dropout off everywhere it can hide, so train-mode forwards are deterministic (a training
+    forward equals an evaluation one: the step-0 check reads the first step's own forward) and the
+    saved config tells the truth.
+
+    `nn.Dropout` modules are not enough: Llama's and Qwen2's attention layers copy
+    `config.attention_dropout` into a plain float attribute when they are built, and that copy
+    is what runs in train mode. So every float attribute named like *dropout* / *pdrop* on every
+    module is zeroed too, and the same fields of the config and its sub-configs.
+    """
     for module in lm.modules():
-        if isinstance(module, torch.nn.Dropout):
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = 0.0
-        for name in DROPOUT_NAMES:
-            if isinstance(getattr(module, name, None), float):
+        for name, value in list(vars(module).items()):
+            if _is_dropout_name(name) and isinstance(value, float):
                 setattr(module, name, 0.0)
-    for name in DROPOUT_NAMES:
-        if isinstance(getattr(lm.config, name, None), float):
-            setattr(lm.config, name, 0.0)
+    _zero_config_dropout(lm.config, seen=set())
+
+
+def _zero_config_dropout(config, seen: set) -> None:
+    if id(config) in seen:
+        return
+    seen.add(id(config))
+    for name, value in list(vars(config).items()):
+        if _is_dropout_name(name) and isinstance(value, float):
+            setattr(config, name, 0.0)
+        elif hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a nested sub-config
+            _zero_config_dropout(value, seen)
 
 
 def apply_class_balance(cfg: TrainConfig, counts, accelerator) -> TrainConfig:
