@@ -6,7 +6,9 @@ message itself must name the file, row or flag that is wrong.
 
 from __future__ import annotations
 
+import functools
 import sys
+from typing import Callable
 
 
 def log(msg: str, accelerator=None) -> None:
@@ -18,3 +20,21 @@ def log(msg: str, accelerator=None) -> None:
 
 class InputError(ValueError):
     """Bad user input: a file, a row, a flag. The message is shown to the user verbatim."""
+
+
+def one_line_errors(prog: str) -> Callable:
+    """Decorate a CLI entry point: an `InputError` becomes `PROG: error: MESSAGE` on stderr and
+    exit status 2, never a traceback. The three commands share it, so they fail alike."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except InputError as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+                sys.exit(2)
+
+        return wrapper
+
+    return decorate

@@ -13,29 +13,20 @@ so `kto-inspect --help` stays fast.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, one_line_errors
 from kto.formats.numerics import NAMES as NUMERICS
 
 P = click.Path(path_type=Path)
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
-def _handles_input_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except InputError as exc:
-            click.echo(f"kto-inspect: error: {exc}", err=True)
-            sys.exit(2)
-    return wrapper
+_handles_input_errors = one_line_errors("kto-inspect")
 
 
 def _emit(data, as_json: bool, render) -> None:

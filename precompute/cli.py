@@ -7,14 +7,13 @@ values go through each option's own click type, so a YAML string "64" is checked
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
 from kto.formats.config_file import load_config_file
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, one_line_errors
 from kto.formats.examples import ColumnMap
 from kto.formats.sharegpt import ShareGPTMap, load_sharegpt_info
 
@@ -56,15 +55,12 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--system-column", default=None, help="System prompt column [default: the ShareGPT map's, 'system'].")
 @click.option("--tools-column", default=None, help="Tool schemas column [default: the ShareGPT map's, 'tools'].")
 @click.pass_context
+@one_line_errors("kto-precompute")
 def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Run the frozen reference model once over every example and its KL pair; write shards."""
     from .pipeline import run_precompute
 
-    try:
-        run_precompute(config_from(ctx, config_file, flags))
-    except InputError as exc:
-        click.echo(f"kto-precompute: error: {exc}", err=True)
-        sys.exit(2)
+    run_precompute(config_from(ctx, config_file, flags))
 
 
 def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> PrecomputeConfig:

@@ -7,13 +7,12 @@ Every option mirrors a TrainConfig field (tests/train/test_data.py,
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, one_line_errors
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, REPORT_TO, SCHEDULES, TrainConfig, load_config_file
 from .loss import LossType
@@ -67,26 +66,23 @@ P = click.Path(path_type=Path)
 @click.option("--merge-adapters", is_flag=True, help="Also write OUT/final-merged (base + adapters).")
 @click.option("--fsdp", is_flag=True, help="FSDP2 sharding (as accelerate launch --use_fsdp).")
 @click.pass_context
+@one_line_errors("kto-train")
 def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Train the policy from a kto-precompute cache; no reference model is loaded."""
     from .loop import train
 
-    try:
-        options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
-        values = {}
-        if config_file:
-            values = {k: config_value(options[k], k, v, config_file) for k, v in load_config_file(config_file).items()}
-        for name, value in flags.items():
-            given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-            if given or name not in values:
-                values[name] = value
-        for name in ("cache", "model", "out"):
-            if values.get(name) is None:
-                raise InputError(f"--{name} is required (on the command line or in --config)")
-        train(TrainConfig(**values))
-    except InputError as exc:
-        click.echo(f"kto-train: error: {exc}", err=True)
-        sys.exit(2)
+    options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
+    values = {}
+    if config_file:
+        values = {k: config_value(options[k], k, v, config_file) for k, v in load_config_file(config_file).items()}
+    for name, value in flags.items():
+        given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        if given or name not in values:
+            values[name] = value
+    for name in ("cache", "model", "out"):
+        if values.get(name) is None:
+            raise InputError(f"--{name} is required (on the command line or in --config)")
+    train(TrainConfig(**values))
 
 
 def config_value(option: click.Option, name: str, value, path: Path):
