@@ -7,7 +7,7 @@ function of the sequences and the budget: a rerun forms the same batches, hence 
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 
 def token_budget_batches(lengths: Sequence[int], keys: Sequence[Hashable], budget: int) -> list[list[int]]:

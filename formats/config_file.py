@@ -6,8 +6,8 @@ converts values (paths, types) and merges them under the command-line flags, whi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .errors import InputError
 

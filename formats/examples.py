@@ -23,9 +23,10 @@ pyarrow and the standard library only: polars stays out of this import path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .errors import InputError
 from .records import SUFFIXES, file_sha256, kind_name, one_line, read_file, records  # noqa: F401  (re-exported)
@@ -34,8 +35,7 @@ from .sharegpt import ShareGPTMap, sharegpt_examples, tools_of, with_system
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
 ROLES = ("system", "user", "assistant", "tool")
-_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system",
-                   "observation": "tool", "function_call": "assistant"}
+_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool", "function_call": "assistant"}
 _TRUE = {"true", "1", "yes", "t", "y", "desirable"}
 _FALSE = {"false", "0", "no", "f", "n", "undesirable"}
 _KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
@@ -79,14 +79,12 @@ class Example:
         return not isinstance(self.prompt, str)
 
 
-def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(),
-                  sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
+def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
     """Read every file (order kept: files in the given order, rows in file order), check every row."""
     return read_inputs(paths, columns, sharegpt)[0]
 
 
-def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(),
-                sharegpt: ShareGPTMap = ShareGPTMap()) -> tuple[list[Example], list[dict]]:
+def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap()) -> tuple[list[Example], list[dict]]:
     """`read_examples`, plus each file's `{"name", "sha256"}` of exactly the bytes its rows came from."""
     # A lone path would otherwise be iterated per character.
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -99,8 +97,9 @@ def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(),
     return examples, inputs
 
 
-def iter_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(),
-                  sharegpt: ShareGPTMap = ShareGPTMap(), inputs: list[dict] | None = None) -> Iterator[Example]:
+def iter_examples(
+    paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap(), inputs: list[dict] | None = None
+) -> Iterator[Example]:
     """Every row's examples, one input after another, without holding them: ids are not checked
     for uniqueness here (read_examples does; precompute checks its staged ids). `inputs`, when
     given, receives each input's identity (hub.input_records): for a file, the sha256 of exactly
@@ -118,8 +117,7 @@ def iter_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(),
 # ---- record -> Example(s) --------------------------------------------------------------------
 
 
-def _row_examples(record: Any, file_name: str, row: int, columns: ColumnMap,
-                  sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
+def _row_examples(record: Any, file_name: str, row: int, columns: ColumnMap, sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
     """Detect the row's shape and build its one (or, for paired rows, two) examples."""
     source = f"{file_name}: row {row}"
     if not isinstance(record, dict):
@@ -154,8 +152,10 @@ def _shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str
 
 
 def _shapes(c: ColumnMap) -> str:
-    return (f"expected {c.prompt}+{c.completion}+{c.label} (TRL unpaired), {c.messages}+{c.label} "
-            f"(LLaMA-Factory), {c.prompt}+{c.chosen}+{c.rejected} (paired) or conversations+kto_tag (ShareGPT)")
+    return (
+        f"expected {c.prompt}+{c.completion}+{c.label} (TRL unpaired), {c.messages}+{c.label} "
+        f"(LLaMA-Factory), {c.prompt}+{c.chosen}+{c.rejected} (paired) or conversations+kto_tag (ShareGPT)"
+    )
 
 
 def _present(record: dict, key: str) -> bool:
@@ -206,8 +206,7 @@ def _paired(record: dict, columns: ColumnMap, base_id: str, source: str) -> list
         _, rejected = _prompt_and_completion(record, columns.prompt, columns.rejected, source)
     else:
         prompt, chosen, rejected = _implicit_prompt(record, columns, source)
-    return [Example(f"{base_id}:chosen", prompt, chosen, True, source),
-            Example(f"{base_id}:rejected", prompt, rejected, False, source)]
+    return [Example(f"{base_id}:chosen", prompt, chosen, True, source), Example(f"{base_id}:rejected", prompt, rejected, False, source)]
 
 
 def _implicit_prompt(record: dict, columns: ColumnMap, source: str) -> tuple[tuple[Message, ...], ...]:
@@ -216,16 +215,19 @@ def _implicit_prompt(record: dict, columns: ColumnMap, source: str) -> tuple[tup
     where_c, where_r = (f"{source}: column '{k}'" for k in (columns.chosen, columns.rejected))
     for key in (columns.chosen, columns.rejected):
         if not isinstance(record[key], list):
-            raise InputError(f"{source}: missing column '{columns.prompt}'; without it, '{key}' must be "
-                             f"a full conversation (a list of messages), got {kind_name(record[key])}")
+            raise InputError(
+                f"{source}: missing column '{columns.prompt}'; without it, '{key}' must be "
+                f"a full conversation (a list of messages), got {kind_name(record[key])}"
+            )
     chosen = _messages(record[columns.chosen], where_c)
     rejected = _messages(record[columns.rejected], where_r)
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
     if n == 0:
-        raise InputError(f"{source}: '{columns.chosen}' and '{columns.rejected}' share no leading "
-                         f"messages, so there is no prompt (add a '{columns.prompt}' column)")
+        raise InputError(
+            f"{source}: '{columns.chosen}' and '{columns.rejected}' share no leading messages, so there is no prompt (add a '{columns.prompt}' column)"
+        )
     chosen_turns = _assistant_turns(chosen[n:], where_c, start=n + 1)
     return chosen[:n], chosen_turns, _assistant_turns(rejected[n:], where_r, start=n + 1)
 
@@ -238,8 +240,7 @@ def _prompt_and_completion(record: dict, p_key: str, c_key: str, source: str) ->
         if not isinstance(value, (str, list)):
             raise InputError(f"{where}: content is not text or a list of messages (got {kind_name(value)})")
     if isinstance(prompt, str) != isinstance(completion, str):
-        raise InputError(f"{source}: '{p_key}' is {kind_name(prompt)} but '{c_key}' is {kind_name(completion)}; "
-                         "both must be text or both lists of messages")
+        raise InputError(f"{source}: '{p_key}' is {kind_name(prompt)} but '{c_key}' is {kind_name(completion)}; both must be text or both lists of messages")
     if isinstance(prompt, str):
         return _nonempty(prompt, p_where, "prompt"), _nonempty(completion, c_where, "completion")
     prompt_messages = _messages(prompt, p_where)
@@ -256,8 +257,7 @@ def _split_conversation(value: Any, where: str) -> tuple[tuple[Message, ...], tu
     if not any(m["role"] == "assistant" for m in messages):
         raise InputError(f"{where}: conversation has no assistant turn")
     if messages[-1]["role"] != "assistant":
-        raise InputError(f"{where}: last message is {messages[-1]['role']!r}; the conversation must "
-                         "end with the assistant turn to learn from")
+        raise InputError(f"{where}: last message is {messages[-1]['role']!r}; the conversation must end with the assistant turn to learn from")
     if len(messages) == 1:
         raise InputError(f"{where}: empty prompt (no messages before the assistant turn)")
     return messages[:-1], _assistant_turns(messages[-1:], where, len(messages))
@@ -326,8 +326,9 @@ def _unicode(text: str, where: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise InputError(f"{where}: a lone surrogate {text[e.start]!r} at character {e.start + 1} "
-                         "is not Unicode text (is the JSON's \\u escape cut in half?)") from None
+        raise InputError(
+            f"{where}: a lone surrogate {text[e.start]!r} at character {e.start + 1} is not Unicode text (is the JSON's \\u escape cut in half?)"
+        ) from None
     return text
 
 

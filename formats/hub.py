@@ -19,9 +19,10 @@ silent "latest". A local source by the sha256 of every file under its directory.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import InputError
 from .records import one_line
@@ -68,7 +69,7 @@ def parse_spec(path: str | Path) -> DatasetSpec:
     text = str(path)
     if not text.startswith(PREFIX):
         return DatasetSpec(text, text, None, None)
-    parts = text[len(PREFIX):].split(":")
+    parts = text[len(PREFIX) :].split(":")
     if len(parts) > 3 or not parts[0]:
         raise InputError(f"--data {text}: expected hf:ID:SPLIT or hf:ID:CONFIG:SPLIT")
     source, config, split = parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else None)
@@ -86,8 +87,7 @@ def input_records(path: str | Path) -> tuple[str, dict, Iterator[tuple[int, Any]
         return spec.name, input_identity(spec.text), dataset_records(spec)
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"--data {path}: a directory, but not one written by save_to_disk; "
-                         f"write hf:{path}:SPLIT to read its data files through datasets")
+        raise InputError(f"--data {path}: a directory, but not one written by save_to_disk; write hf:{path}:SPLIT to read its data files through datasets")
     if not path.name.isascii():  # a non-UTF-8 name decodes to lone surrogates; ids carry it
         try:
             path.name.encode("utf-8")
@@ -185,8 +185,9 @@ def _revision(spec: DatasetSpec) -> str:
         except RepositoryNotFoundError:
             raise InputError(f"--data {spec.text}: unknown dataset id {spec.source!r} (not a local directory, and not on the hub)") from None
         except Exception as e:  # noqa: BLE001  (offline, network, auth)
-            raise InputError(f"--data {spec.text}: unknown dataset id {spec.source!r}: not a local directory, and the hub "
-                             f"cannot resolve it ({one_line(e)})") from None
+            raise InputError(
+                f"--data {spec.text}: unknown dataset id {spec.source!r}: not a local directory, and the hub cannot resolve it ({one_line(e)})"
+            ) from None
     return _REVISIONS[key]
 
 

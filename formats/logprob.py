@@ -16,8 +16,9 @@ kto-train would show the drift.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class TokenBatch:
     attention_mask: torch.Tensor
     score_mask: torch.Tensor
 
-    def to(self, device) -> "TokenBatch":
+    def to(self, device) -> TokenBatch:
         return TokenBatch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.score_mask)))
 
     @property
@@ -54,7 +55,9 @@ class TokenBatch:
 
 
 def make_token_batch(
-    prompts: Sequence[Sequence[int]] | Ragged, completions: Sequence[Sequence[int]] | Ragged, pad_id: int,
+    prompts: Sequence[Sequence[int]] | Ragged,
+    completions: Sequence[Sequence[int]] | Ragged,
+    pad_id: int,
     pad_to: int | None = None,
 ) -> TokenBatch:
     """Concatenate each prompt with its completion and right-pad to the longest (or `pad_to`).
@@ -116,7 +119,7 @@ class CompletionLogps(nn.Module):
         predict_at = score_mask[:, 1:]
         return self._token_logps(hidden[:, :-1][predict_at], input_ids[:, 1:][predict_at])
 
-    def forward_packed(self, batch: "PackedBatch") -> torch.Tensor:
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Completion log-probs of a shared-prefix batch (shared_prefix.py), flat [N] fp32 in
         the order of batch.targets. Same LM head and log-softmax as forward()."""
         decoder = self.lm.get_decoder()
@@ -126,8 +129,7 @@ class CompletionLogps(nn.Module):
         allowed = batch.to(embed.device).attention_allowed()
         # Additive, in the dtype the scores have: eager attention adds the mask to the scores.
         mask = torch.zeros(allowed.shape, dtype=dtype, device=embed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask[:, None],
-                         use_cache=False).last_hidden_state
+        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask[:, None], use_cache=False).last_hidden_state
         flat = hidden.reshape(-1, hidden.shape[-1])
         return self._token_logps(flat[batch.predict_from.to(flat.device)], batch.targets.to(flat.device))
 
@@ -141,9 +143,13 @@ class CompletionLogps(nn.Module):
             compute_dtype = head.weight.dtype
         bias = getattr(head, "bias", None)
         return token_logps(
-            selected, head.weight.to(selected.device), targets,
-            compute_dtype=compute_dtype, chunk_size=self.chunk_size,
-            softcap=self.softcap, bias=None if bias is None else bias.to(selected.device),
+            selected,
+            head.weight.to(selected.device),
+            targets,
+            compute_dtype=compute_dtype,
+            chunk_size=self.chunk_size,
+            softcap=self.softcap,
+            bias=None if bias is None else bias.to(selected.device),
         )
 
 

@@ -62,9 +62,7 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(
-            source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs
-        )
+        tok = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
     except Exception as exc:
         raise InputError(f"{flag} {source.directory}: cannot load tokenizer ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     if tok.pad_token_id is None:
@@ -120,8 +118,7 @@ def load_completion_logps(
     (kto-train leaves that to accelerate), wrapped in `CompletionLogps` in train or eval mode."""
     from .logprob import CompletionLogps
 
-    lm = load_causal_lm(source, dtype=dtype, attn_implementation=attn_implementation,
-                        trust_remote_code=trust_remote_code, device_map=device_map)
+    lm = load_causal_lm(source, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, device_map=device_map)
     if adjust is not None:
         adjust(lm)
     if device is not None and device_map is None:
@@ -172,9 +169,7 @@ def model_identity(source: ModelSource) -> dict:
     if config.is_file():
         identity["config"] = _sha256(json.dumps(json.loads(config.read_text()), sort_keys=True).encode())
     weights = {}
-    names = [source.gguf_file] if source.gguf_file else sorted(
-        p.name for p in source.directory.iterdir() if p.suffix in WEIGHT_SUFFIXES
-    )
+    names = [source.gguf_file] if source.gguf_file else sorted(p.name for p in source.directory.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     for name in names:
         path = source.directory / name
         size = path.stat().st_size
@@ -247,8 +242,9 @@ def tokenizer_files_digest(source: ModelSource) -> str | None:
     return h.hexdigest()
 
 
-def check_cache_tokenizer(source: ModelSource, cache_identity: dict, model_flag: str, cache_dir: Path, *,
-                          trust_remote_code: bool = False) -> tuple[int, object | None]:
+def check_cache_tokenizer(
+    source: ModelSource, cache_identity: dict, model_flag: str, cache_dir: Path, *, trust_remote_code: bool = False
+) -> tuple[int, object | None]:
     """`require_cache_tokenizer` for `source`'s tokenizer, remembered in `cache_dir`.
 
     A tokenizer loaded from the same files by the same library versions was already found

@@ -23,7 +23,7 @@ NAMES = ("auto", *WEIGHT_DTYPES, "amp-bf16", "amp-fp16")
 
 
 def torch_dtype(name: str):
-    """"fp32" | "bf16" | "fp16" -> the torch dtype."""
+    """ "fp32" | "bf16" | "fp16" -> the torch dtype."""
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]

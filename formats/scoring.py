@@ -11,8 +11,8 @@ the tokens actually computed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -42,8 +42,7 @@ class Plan:
     """Tokens run through the model (padding not counted)."""
 
 
-def plan_scoring(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], keys: Sequence[Hashable],
-                 *, share_prefixes: bool) -> Plan:
+def plan_scoring(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], keys: Sequence[Hashable], *, share_prefixes: bool) -> Plan:
     """A pure function of the sequences: the same inputs always give the same packs."""
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
     packs, plain = plan_packs(prompts, completions, keys) if share_prefixes else ([], list(range(len(lengths))))
@@ -86,8 +85,7 @@ def score_sequences(
     for batch_idx in token_budget_batches(pack_lengths, [keys[p.members[0]] for p in packs], batch_tokens):
         chosen = [packs[j] for j in batch_idx]
         members = [i for p in chosen for i in p.members]
-        batch = make_packed_batch([prompts[p.members[0]] for p in chosen],
-                                  [[completions[i] for i in p.members] for p in chosen], pad_id).to(device)
+        batch = make_packed_batch([prompts[p.members[0]] for p in chosen], [[completions[i] for i in p.members] for p in chosen], pad_id).to(device)
         flat = scorer.forward_packed(batch)
         store(members, flat, batch.lengths, segment_sums(flat, batch.lengths))
 

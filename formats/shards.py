@@ -98,10 +98,7 @@ class ShardVerifier:
             return
         actual = sha256_file(path)
         if actual != self.expected[name]:
-            raise ValueError(
-                f"{path}: sha256 {actual[:16]}… does not match the manifest's "
-                f"{self.expected[name][:16]}…; the shard was modified or is corrupt"
-            )
+            raise ValueError(f"{path}: sha256 {actual[:16]}… does not match the manifest's {self.expected[name][:16]}…; the shard was modified or is corrupt")
         self._record[name] = self._stamp(path)
         try:
             write_json_atomic(self._record_path, self._record)
@@ -199,6 +196,7 @@ def shard_value_problems(table: pa.Table, where: str, vocab_size: int | None) ->
         rows, positions, values = _bad_elements(table.column(name).combine_chunks(), not_finite)
         lines = [f"{at(i)}: {name} has {_shown(v)} at token {k + 1}" for i, k, v in zip(rows, positions, values)]
         out += _capped(lines, len(rows), f"a bad term in {name}")
+
     def bad_id(a: pa.Array) -> pa.Array:
         return pc.less(a, 0) if vocab_size is None else pc.or_(pc.less(a, 0), pc.greater_equal(a, vocab_size))
 

@@ -26,8 +26,8 @@ when they are in the same call). `plan_groups` decides, per group, whether packi
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 import numpy as np
 import torch
@@ -65,8 +65,9 @@ class Pack:
     length: int  # prompt + all completions: the tokens this pack computes
 
 
-def plan_packs(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], keys: Sequence[Hashable],
-               *, max_tokens: int = MAX_PACKED_TOKENS) -> tuple[list[Pack], list[int]]:
+def plan_packs(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], keys: Sequence[Hashable], *, max_tokens: int = MAX_PACKED_TOKENS
+) -> tuple[list[Pack], list[int]]:
     """Split the sequences into packs (≥ 2 completions sharing a prompt) and plain leftovers.
 
     A group's completions fill packs in key order, each pack at most `max_tokens` long (a pack
@@ -139,9 +140,8 @@ class PackedBatch:
     targets: torch.Tensor
     lengths: list[int]
 
-    def to(self, device) -> "PackedBatch":
-        moved = (t.to(device, non_blocking=True) for t in (self.input_ids, self.position_ids, self.segment,
-                                                            self.predict_from, self.targets))
+    def to(self, device) -> PackedBatch:
+        moved = (t.to(device, non_blocking=True) for t in (self.input_ids, self.position_ids, self.segment, self.predict_from, self.targets))
         return PackedBatch(*moved, self.lengths)
 
     def attention_allowed(self) -> torch.Tensor:
@@ -153,8 +153,7 @@ class PackedBatch:
         return causal & ((k == 0) | (q == k) | (q == -1))
 
 
-def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]],
-                      pad_id: int) -> PackedBatch:
+def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int) -> PackedBatch:
     """prompts[b] followed by completions[b][0], completions[b][1], …; one row per prompt."""
     widths = [len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, completions)]
     width = max(widths, default=0)
@@ -179,14 +178,13 @@ def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Se
             lengths.append(n)
             if n == 0:
                 continue
-            ids[b, at:at + n] = torch.as_tensor(list(c), dtype=torch.long)
-            positions[b, at:at + n] = torch.arange(n_prompt, n_prompt + n)
-            segment[b, at:at + n] = s
+            ids[b, at : at + n] = torch.as_tensor(list(c), dtype=torch.long)
+            positions[b, at : at + n] = torch.arange(n_prompt, n_prompt + n)
+            segment[b, at : at + n] = s
             # Token 0 is predicted from the last prompt token, token j from token j-1.
             predict_from += [b * width + n_prompt - 1] + list(range(b * width + at, b * width + at + n - 1))
             targets += [int(t) for t in c]
             at += n
         # Pads: any position works, nothing reads them.
         positions[b, at:] = torch.arange(at, width)
-    return PackedBatch(ids, positions, segment, torch.as_tensor(predict_from, dtype=torch.long),
-                       torch.as_tensor(targets, dtype=torch.long), lengths)
+    return PackedBatch(ids, positions, segment, torch.as_tensor(predict_from, dtype=torch.long), torch.as_tensor(targets, dtype=torch.long), lengths)

@@ -119,19 +119,19 @@ def sharegpt_examples(record: dict, smap: ShareGPTMap, label_column: str, base_i
     tools = tools_of(record, smap, source)
     if _present(record, smap.chosen) or _present(record, smap.rejected):
         if messages[-1]["role"] not in ("user", "tool"):
-            raise InputError(f"{where}: a paired row's conversation must end with a {smap.user_tag!r} "
-                             f"or {smap.observation_tag!r} turn, answered by '{smap.chosen}'/'{smap.rejected}'")
+            raise InputError(
+                f"{where}: a paired row's conversation must end with a {smap.user_tag!r} "
+                f"or {smap.observation_tag!r} turn, answered by '{smap.chosen}'/'{smap.rejected}'"
+            )
         prompt = with_system(messages, record, smap, source)
         answers = []
         for key in (smap.chosen, smap.rejected):
             if not _present(record, key):
                 raise InputError(f"{source}: missing column '{key}' (a paired ShareGPT row needs both)")
             answers.append((_completion_turn(record[key], smap, f"{source}: column '{key}'"),))
-        return [Example(f"{base_id}:chosen", prompt, answers[0], True, source, tools),
-                Example(f"{base_id}:rejected", prompt, answers[1], False, source, tools)]
+        return [Example(f"{base_id}:chosen", prompt, answers[0], True, source, tools), Example(f"{base_id}:rejected", prompt, answers[1], False, source, tools)]
     if messages[-1]["role"] != "assistant" or messages[-2]["role"] == "system":
-        raise InputError(f"{where}: must end with a {smap.assistant_tag!r} or {smap.function_tag!r} turn "
-                         "after at least one prompt turn (it is the completion)")
+        raise InputError(f"{where}: must end with a {smap.assistant_tag!r} or {smap.function_tag!r} turn after at least one prompt turn (it is the completion)")
     label = _kto_label(record, smap, label_column, source)
     prompt = with_system(messages[:-1], record, smap, source)
     return [Example(base_id, prompt, messages[-1:], label, source, tools)]
@@ -191,7 +191,7 @@ def _tool_calls(value: str, where: str) -> list[dict]:
     out = []
     for call in calls:
         if not (isinstance(call, dict) and isinstance(call.get("name"), str) and "arguments" in call):
-            raise InputError(f"{where}: a function call must be {{\"name\": ..., \"arguments\": ...}}, got {_short(call)}")
+            raise InputError(f'{where}: a function call must be {{"name": ..., "arguments": ...}}, got {_short(call)}')
         arguments = call["arguments"]
         if isinstance(arguments, str):  # OpenAI style: arguments as a JSON text
             try:
@@ -215,8 +215,10 @@ def _kto_label(record: dict, smap: ShareGPTMap, label_column: str, source: str) 
     for key in (smap.kto_tag, label_column):
         if _present(record, key):
             return parse_label(record[key], f"{source}: {key}")
-    raise InputError(f"{source}: missing column '{smap.kto_tag}' (or '{label_column}') for an unpaired "
-                     f"ShareGPT row; a paired row needs '{smap.chosen}' and '{smap.rejected}'")
+    raise InputError(
+        f"{source}: missing column '{smap.kto_tag}' (or '{label_column}') for an unpaired "
+        f"ShareGPT row; a paired row needs '{smap.chosen}' and '{smap.rejected}'"
+    )
 
 
 # ---- system and tools columns, for every conversational shape ----------------------------------
@@ -231,8 +233,7 @@ def with_system(prompt: Any, record: dict, smap: ShareGPTMap, source: str) -> An
     if not isinstance(system, str):
         raise InputError(f"{where}: expected text, got {kind_name(system)}")
     if isinstance(prompt, str):
-        raise InputError(f"{where}: a system prompt needs a conversational prompt (a list of messages); "
-                         "text prompts are tokenized as they are")
+        raise InputError(f"{where}: a system prompt needs a conversational prompt (a list of messages); text prompts are tokenized as they are")
     if prompt and prompt[0]["role"] == "system":
         raise InputError(f"{where}: the conversation already starts with a system message")
     return ({"role": "system", "content": system},) + tuple(prompt)

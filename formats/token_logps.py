@@ -59,10 +59,10 @@ def _forward(hidden, weight, targets, bias, cd, chunk_size, softcap):
     w_cd = weight.to(cd)
     b_cd = None if bias is None else bias.to(cd)
     for s in range(0, n, chunk_size):
-        z = _chunk_logits(hidden[s:s + chunk_size], w_cd, b_cd, cd, softcap)
+        z = _chunk_logits(hidden[s : s + chunk_size], w_cd, b_cd, cd, softcap)
         lse_c = torch.logsumexp(z, dim=-1)
-        lse[s:s + chunk_size] = lse_c
-        out[s:s + chunk_size] = z.gather(1, targets[s:s + chunk_size, None]).squeeze(1) - lse_c
+        lse[s : s + chunk_size] = lse_c
+        out[s : s + chunk_size] = z.gather(1, targets[s : s + chunk_size, None]).squeeze(1) - lse_c
     return out, lse
 
 

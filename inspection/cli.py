@@ -61,7 +61,9 @@ def verify(cache: Path) -> None:
         for problem in r.problems:
             click.echo(f"kto-inspect: verify: {problem}", err=True)
         if r.ok:
-            click.echo(f"ok: {r.cache}: {r.rows} rows in {r.shards} shards; checksums, fingerprints, schema, values, counts, ids and KL sources agree with the manifest")
+            click.echo(
+                f"ok: {r.cache}: {r.rows} rows in {r.shards} shards; checksums, fingerprints, schema, values, counts, ids and KL sources agree with the manifest"
+            )
     bad = sum(len(r.problems) for r in reports)
     if bad:
         click.echo(f"kto-inspect: verify: {bad} problem(s) found in {cache}", err=True)
@@ -70,8 +72,8 @@ def verify(cache: Path) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=P)
-@click.option("--where", default=None, help="SQL condition, e.g. \"label AND completion_len > 100\" (polars SQL).")
-@click.option("--sort", default=None, help="SQL sort keys, e.g. \"ref_logp_per_token ASC, id\".")
+@click.option("--where", default=None, help='SQL condition, e.g. "label AND completion_len > 100" (polars SQL).')
+@click.option("--sort", default=None, help='SQL sort keys, e.g. "ref_logp_per_token ASC, id".')
 @click.option("--limit", default=10, help="Rows to show.")
 @click.option("--flag", default=3, help="Mark the K least likely completion tokens of each row.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -109,12 +111,20 @@ def run(out: Path, to: Path | None, as_json: bool) -> None:
 @click.option("--model", required=True, help="Policy to score: local HF dir (e.g. OUT/final), PEFT adapter dir, .gguf file or hub id.")
 @click.option("--base-model", default=None, help="Base of an adapter dir [default: the one its adapter_config.json names].")
 @click.option("--out", type=P, default=Path("scores.parquet"), help="Parquet file to write (keyed by id).")
-@click.option("--beta", default=None, type=float,
-              help="β of the implicit reward β·(log πθ − log πref) [default: the run's, read from RUN/config.json "
-                   "when --model is RUN/final or RUN/checkpoint-STEP; else 0.1].")
+@click.option(
+    "--beta",
+    default=None,
+    type=float,
+    help="β of the implicit reward β·(log πθ − log πref) [default: the run's, read from RUN/config.json "
+    "when --model is RUN/final or RUN/checkpoint-STEP; else 0.1].",
+)
 @click.option("--batch-tokens", default=16384, help="Padded tokens per scoring batch.")
-@click.option("--dtype", default="auto", type=click.Choice(NUMERICS),
-              help="As kto-precompute's: auto = amp-bf16 on CUDA, fp32 on CPU. Match the cache's for unbiased rewards.")
+@click.option(
+    "--dtype",
+    default="auto",
+    type=click.Choice(NUMERICS),
+    help="As kto-precompute's: auto = amp-bf16 on CUDA, fp32 on CPU. Match the cache's for unbiased rewards.",
+)
 @click.option("--chunk-size", default=1024, help="Completion positions per LM-head chunk.")
 @click.option("--attn-implementation", default="sdpa", help="transformers attention implementation.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code from the model repo to run.")

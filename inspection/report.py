@@ -24,16 +24,36 @@ INSTALL_HINT = "pip install 'kto-offline[plot]'"
 GROUPS = [
     ("loss", "loss", "loss", [("loss", "KTO loss"), ("sft_loss", "SFT loss (desirable NLL)")]),
     ("kl", "KL estimate z", "nats", [("kl_raw", "raw"), ("kl", "clamped (>= 0, used in the loss)")]),
-    ("rewards", "implicit rewards β·(log πθ − log πref)", "reward", [
-        ("rewards/chosen", "desirable (rewards/chosen)"), ("rewards/rejected", "undesirable (rewards/rejected)"),
-        ("rewards/margins", "margin (rewards/margins)")]),
+    (
+        "rewards",
+        "implicit rewards β·(log πθ − log πref)",
+        "reward",
+        [
+            ("rewards/chosen", "desirable (rewards/chosen)"),
+            ("rewards/rejected", "undesirable (rewards/rejected)"),
+            ("rewards/margins", "margin (rewards/margins)"),
+        ],
+    ),
     ("logps", "policy log-probs", "nats", [("logps/chosen", "desirable (logps/chosen)"), ("logps/rejected", "undesirable (logps/rejected)")]),
     ("lr", "learning rate", "lr", [("lr", "lr")]),
     ("grad_norm", "gradient norm (before clipping)", "norm", [("grad_norm", "grad norm")]),
     ("tokens_per_s", "throughput", "tokens / s", [("tokens_per_s", "tokens/s")]),
 ]
-TABLE_METRICS = ["loss", "kl", "kl_raw", "rewards/chosen", "rewards/rejected", "rewards/margins",
-                 "logps/chosen", "logps/rejected", "sft_loss", "lr", "grad_norm", "tokens_per_s", "epoch"]
+TABLE_METRICS = [
+    "loss",
+    "kl",
+    "kl_raw",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "sft_loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "epoch",
+]
 
 
 def _figure_class():
@@ -104,10 +124,14 @@ def build_report(run: str | Path, out_dir: str | Path | None = None) -> dict:
     report_path = out_dir / "report.html"
     write_bytes_atomic(report_path, _html(log, found, headers, rows, images).encode())
     return {
-        "metrics": str(log.path), "out": str(out_dir), "report": str(report_path),
+        "metrics": str(log.path),
+        "out": str(out_dir),
+        "report": str(report_path),
         "plots": [str(out_dir / f"{stem}.png") for stem in images],
-        "train_lines": len(log.train), "eval_lines": len(log.eval),
-        "warnings": log.warnings, "checks": found,
+        "train_lines": len(log.train),
+        "eval_lines": len(log.eval),
+        "warnings": log.warnings,
+        "checks": found,
         "last": last,
     }
 
@@ -131,7 +155,8 @@ code{background:#f4f4f4;padding:0 .2rem}"""
 def _html(log: RunLog, found: list[str], headers: list[str], rows: list[list], images: dict[str, bytes]) -> str:
     e = html.escape
     parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>kto run report: {e(str(log.path.parent))}</title><style>{_CSS}</style></head><body>",
         "<h1>kto run report</h1>",
         f"<p>From <code>{e(str(log.path))}</code>: {len(log.train)} train lines, {len(log.eval)} eval lines.</p>",
@@ -144,7 +169,8 @@ def _html(log: RunLog, found: list[str], headers: list[str], rows: list[list], i
     titles = {g[0]: g[1] for g in GROUPS}
     for stem, png in images.items():
         data = base64.b64encode(png).decode("ascii")
-        parts.append(f'<figure><img alt="{e(titles[stem])}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{e(titles[stem])} ({stem}.png)</figcaption></figure>")
+        parts.append(
+            f'<figure><img alt="{e(titles[stem])}" src="data:image/png;base64,{data}"><figcaption>{e(titles[stem])} ({stem}.png)</figcaption></figure>'
+        )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

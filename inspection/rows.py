@@ -28,24 +28,31 @@ DERIVED = {
     "ref_logp_per_token": "ref_logp / completion_len",
 }
 # Scalar functions of polars SQL that touch nothing but their arguments.
-FUNCTIONS = frozenset("""
+FUNCTIONS = frozenset(
+    """
     abs ceil floor round sqrt exp ln log10 log2 power pow mod sign greatest least coalesce nullif
     length char_length lower upper starts_with ends_with strpos substr left right concat regexp_like
     ltrim rtrim reverse replace array_length array_sum array_mean array_contains array_get
-""".split())
-KEYWORDS = frozenset("""
+""".split()
+)
+KEYWORDS = frozenset(
+    """
     and or not is null true false like ilike in between case when then else end cast as asc desc
     int integer bigint smallint tinyint float double real decimal numeric varchar text string boolean bool
-""".split())
+""".split()
+)
 _STATEMENT_WORDS = frozenset("SELECT FROM WITH JOIN UNION VALUES TABLE LATERAL EXCEPT INTERSECT WHERE".split())
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<space>\s+)
   | (?P<string>'(?:[^']|'')*')
   | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<quoted>"[^"]*")
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op><=|>=|<>|!=|==|\|\||::|!~|[=<>+\-*/%~(),])
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 _ORDER = re.compile(r"^(?P<expr>.*?)(?:\s+(?P<dir>asc|desc))?$", re.IGNORECASE | re.DOTALL)
 
 
@@ -99,12 +106,12 @@ def check_expression(text: str, flag: str) -> None:
         if kind != "word" or value.lower() in KEYWORDS:
             continue
         if calls and value.lower() not in FUNCTIONS:
-            raise InputError(f"{flag} {text!r}: function {value}(...) is not allowed; no table functions "
-                             f"(functions: {', '.join(sorted(FUNCTIONS))})")
+            raise InputError(f"{flag} {text!r}: function {value}(...) is not allowed; no table functions (functions: {', '.join(sorted(FUNCTIONS))})")
         if not calls and value not in columns:
             if value.upper() in _STATEMENT_WORDS:
-                raise InputError(f"{flag} {text!r}: {value.upper()} is not allowed; {flag} is an expression "
-                                 "over the cache's columns (no subqueries or table functions)")
+                raise InputError(
+                    f"{flag} {text!r}: {value.upper()} is not allowed; {flag} is an expression over the cache's columns (no subqueries or table functions)"
+                )
             raise InputError(f"{flag} {text!r}: {value!r} is not a column (columns: {', '.join(sorted(columns))})")
 
 
@@ -181,25 +188,26 @@ def describe_rows(df, tokenizer, *, flag: int = 3) -> list[dict]:
         lowest = set()
         if logps is not None and flag > 0:
             lowest = set(sorted(range(len(logps)), key=lambda k: logps[k])[:flag])
-        out.append({
-            "id": row[S.ID],
-            "label": "desirable" if row[S.LABEL] else "undesirable",
-            "truncated": row[S.TRUNCATED],
-            "ref_logp": row[S.REF_LOGP],
-            "ref_logp_per_token": row["ref_logp_per_token"],
-            "kl_source_id": row[S.KL_SOURCE_ID],
-            "ref_kl_logp": row[S.REF_KL_LOGP],
-            "prompt_len": row["prompt_len"],
-            "completion_len": row["completion_len"],
-            "kl_completion_len": row["kl_completion_len"],
-            "prompt": decode(row[S.PROMPT_IDS]),
-            "completion": decode(ids),
-            "kl_completion": decode(row[S.KL_COMPLETION_IDS]),
-            "tokens": [
-                {"id": t, "text": decode([t]), "ref_logp": None if logps is None else logps[k], "least_likely": k in lowest}
-                for k, t in enumerate(ids)
-            ],
-        })
+        out.append(
+            {
+                "id": row[S.ID],
+                "label": "desirable" if row[S.LABEL] else "undesirable",
+                "truncated": row[S.TRUNCATED],
+                "ref_logp": row[S.REF_LOGP],
+                "ref_logp_per_token": row["ref_logp_per_token"],
+                "kl_source_id": row[S.KL_SOURCE_ID],
+                "ref_kl_logp": row[S.REF_KL_LOGP],
+                "prompt_len": row["prompt_len"],
+                "completion_len": row["completion_len"],
+                "kl_completion_len": row["kl_completion_len"],
+                "prompt": decode(row[S.PROMPT_IDS]),
+                "completion": decode(ids),
+                "kl_completion": decode(row[S.KL_COMPLETION_IDS]),
+                "tokens": [
+                    {"id": t, "text": decode([t]), "ref_logp": None if logps is None else logps[k], "least_likely": k in lowest} for k, t in enumerate(ids)
+                ],
+            }
+        )
     return out
 
 
@@ -208,12 +216,20 @@ def render(rows: list[dict], *, width: int = 100) -> str:
         return "no rows match"
     blocks = []
     for r in rows:
-        head = (f"── {r['id']}  {r['label']}  ref_logp {num(r['ref_logp'])} "
-                f"({num(r['ref_logp_per_token'])}/token over {r['completion_len']})"
-                f"{'  TRUNCATED' if r['truncated'] else ''}  KL from {r['kl_source_id']} (ref_kl_logp {num(r['ref_kl_logp'])})")
-        lines = [head, f"prompt ({r['prompt_len']} tokens):", f"  {shown(r['prompt'])}",
-                 f"completion ({r['completion_len']} tokens):", f"  {shown(r['completion'])}",
-                 f"KL completion ({r['kl_completion_len']} tokens, from {r['kl_source_id']}):", f"  {shown(r['kl_completion'])}"]
+        head = (
+            f"── {r['id']}  {r['label']}  ref_logp {num(r['ref_logp'])} "
+            f"({num(r['ref_logp_per_token'])}/token over {r['completion_len']})"
+            f"{'  TRUNCATED' if r['truncated'] else ''}  KL from {r['kl_source_id']} (ref_kl_logp {num(r['ref_kl_logp'])})"
+        )
+        lines = [
+            head,
+            f"prompt ({r['prompt_len']} tokens):",
+            f"  {shown(r['prompt'])}",
+            f"completion ({r['completion_len']} tokens):",
+            f"  {shown(r['completion'])}",
+            f"KL completion ({r['kl_completion_len']} tokens, from {r['kl_source_id']}):",
+            f"  {shown(r['kl_completion'])}",
+        ]
         if r["tokens"] and r["tokens"][0]["ref_logp"] is not None:
             lines.append("completion tokens with reference log-probs (* = least likely):")
             lines += _wrap([f"{'*' if t['least_likely'] else ''}{shown(t['text'])} {t['ref_logp']:.2f}" for t in r["tokens"]], width)

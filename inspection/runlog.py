@@ -65,8 +65,7 @@ def read_run(run: str | Path) -> RunLog:
     if not Path(run).exists():
         raise InputError(f"{run}: no such run directory or metrics file")
     if not path.is_file():
-        raise InputError(f"{path}: no such file; is {run} a kto-train --out directory? "
-                         "(metrics.jsonl appears at the first --log-every step)")
+        raise InputError(f"{path}: no such file; is {run} a kto-train --out directory? (metrics.jsonl appears at the first --log-every step)")
     raw = path.read_bytes()
     log = RunLog(path)
     lines = raw.decode("utf-8", errors="replace").split("\n")
@@ -78,7 +77,9 @@ def read_run(run: str | Path) -> RunLog:
             rec = json.loads(line)
         except json.JSONDecodeError:
             if i == last and not raw.endswith(b"\n"):
-                log.warnings.append(f"{path}: line {i + 1} is incomplete (the run was cut off mid-write?); using the {len(log.train) + len(log.eval)} complete lines")
+                log.warnings.append(
+                    f"{path}: line {i + 1} is incomplete (the run was cut off mid-write?); using the {len(log.train) + len(log.eval)} complete lines"
+                )
             else:
                 log.warnings.append(f"{path}: line {i + 1} is not valid JSON; skipped")
             continue
@@ -150,8 +151,11 @@ def checks(log: RunLog) -> list[str]:
             line = _trend(log, name, prefix + what, split)
             if line:
                 out.append(line)
-    absent = [n for n in ("loss", "kl", "kl_raw", "rewards/chosen", "rewards/rejected", "rewards/margins", "lr", "grad_norm", "tokens_per_s")
-              if log.train and all(n not in rec for rec in log.train)]
+    absent = [
+        n
+        for n in ("loss", "kl", "kl_raw", "rewards/chosen", "rewards/rejected", "rewards/margins", "lr", "grad_norm", "tokens_per_s")
+        if log.train and all(n not in rec for rec in log.train)
+    ]
     if absent:
         out.append(f"not in the train lines: {', '.join(absent)}")
     return out

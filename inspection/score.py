@@ -11,8 +11,8 @@ directory (kto-precompute would take a foreign file there for someone else's dat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -24,13 +24,15 @@ from kto.formats.manifest import read_manifest
 from kto.formats.shards import ShardVerifier, open_shard
 
 DEFAULT_BETA = 0.1
-SCORE_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("label", pa.bool_(), nullable=False),
-    pa.field("policy_logp", pa.float64(), nullable=False),
-    pa.field("ref_logp", pa.float64(), nullable=False),
-    pa.field("reward", pa.float64(), nullable=False),
-])
+SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("label", pa.bool_(), nullable=False),
+        pa.field("policy_logp", pa.float64(), nullable=False),
+        pa.field("ref_logp", pa.float64(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+    ]
+)
 
 
 def _check_flags(beta: float, batch_tokens: int, chunk_size: int, dtype: str, out: Path, cache_dir: Path) -> None:
@@ -65,9 +67,18 @@ def run_beta(model: str) -> tuple[float | None, Path | None]:
 
 
 def score_cache(
-    cache_dir: str | Path, model: str, out: str | Path, *, beta: float | None = None, batch_tokens: int = 16384,
-    dtype: str = "auto", chunk_size: int = 1024, attn_implementation: str = "sdpa",
-    trust_remote_code: bool = False, base_model: str | None = None, log: Callable[[str], None] = log,
+    cache_dir: str | Path,
+    model: str,
+    out: str | Path,
+    *,
+    beta: float | None = None,
+    batch_tokens: int = 16384,
+    dtype: str = "auto",
+    chunk_size: int = 1024,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    base_model: str | None = None,
+    log: Callable[[str], None] = log,
 ) -> dict:
     """Score every row of the cache with `model`; write `out`; return the per-label summary.
 
@@ -78,7 +89,13 @@ def score_cache(
 
     from kto.formats.logprob import CompletionLogps
     from kto.formats.models import (
-        ModelSource, load_causal_lm, load_completion_logps, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source,
+        ModelSource,
+        load_causal_lm,
+        load_completion_logps,
+        load_tokenizer,
+        model_identity,
+        require_cache_tokenizer,
+        resolve_source,
     )
     from kto.formats.numerics import parse_numerics
     from kto.formats.scoring import score_sequences
@@ -103,8 +120,10 @@ def score_cache(
     numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
     ref_numerics = manifest.content.get("dtype")
     if ref_numerics and ref_numerics != numerics.name:
-        log(f"note: the cached reference log-probs were computed in {ref_numerics}; scoring in "
-            f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)")
+        log(
+            f"note: the cached reference log-probs were computed in {ref_numerics}; scoring in "
+            f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)"
+        )
     if not adapter_dir and model_identity(source) == manifest.content.get("model"):
         log("note: --model is the cache's reference model; every reward should be about 0")
     if adapter_dir:
@@ -116,8 +135,9 @@ def score_cache(
         scorer = CompletionLogps(with_adapters(lm, adapter_dir).to(device).eval(), chunk_size=chunk_size)
         log(f"note: scoring {source.directory} with the LoRA adapters of {adapter_dir}")
     else:
-        scorer = load_completion_logps(source, dtype=numerics.weights, device=device, attn_implementation=attn_implementation,
-                                       trust_remote_code=trust_remote_code, chunk_size=chunk_size)
+        scorer = load_completion_logps(
+            source, dtype=numerics.weights, device=device, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, chunk_size=chunk_size
+        )
     verifier = ShardVerifier(cache_dir, manifest.shard_sha256)
     parts = []
     for k, entry in enumerate(manifest.shards):
@@ -129,18 +149,30 @@ def score_cache(
         ids = table.column(S.ID).to_pylist()
         with numerics.context(device.type):
             scored = score_sequences(
-                scorer, table.column(S.PROMPT_IDS).to_pylist(), table.column(S.COMPLETION_IDS).to_pylist(), ids,
-                batch_tokens=batch_tokens, pad_id=tokenizer.pad_token_id, device=device,
+                scorer,
+                table.column(S.PROMPT_IDS).to_pylist(),
+                table.column(S.COMPLETION_IDS).to_pylist(),
+                ids,
+                batch_tokens=batch_tokens,
+                pad_id=tokenizer.pad_token_id,
+                device=device,
             )
         ref = table.column(S.REF_LOGP).to_numpy()
-        parts.append(pa.table({
-            "id": table.column(S.ID), "label": table.column(S.LABEL), "policy_logp": scored.sums,
-            "ref_logp": ref, "reward": beta * (scored.sums - ref),
-        }, schema=SCORE_SCHEMA))
+        parts.append(
+            pa.table(
+                {
+                    "id": table.column(S.ID),
+                    "label": table.column(S.LABEL),
+                    "policy_logp": scored.sums,
+                    "ref_logp": ref,
+                    "reward": beta * (scored.sums - ref),
+                },
+                schema=SCORE_SCHEMA,
+            )
+        )
         log(f"scored {entry.name} ({k + 1}/{len(manifest.shards)}, {table.num_rows} rows)")
     result = pa.concat_tables(parts) if parts else SCORE_SCHEMA.empty_table()
-    meta = {"kto.cache_fingerprint": manifest.fingerprint, "kto.beta": repr(beta), "kto.model": str(model),
-            "kto.dtype": numerics.name}
+    meta = {"kto.cache_fingerprint": manifest.fingerprint, "kto.beta": repr(beta), "kto.model": str(model), "kto.dtype": numerics.name}
     with atomic_path(out) as tmp:
         pq.write_table(result.replace_schema_metadata(meta), tmp)
     return {"out": str(out), "model": str(model), "beta": beta, **summarize_scores(result)}
@@ -182,9 +214,11 @@ def render(result: dict) -> str:
     d, u = result["desirable"], result["undesirable"]
     pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
     fmt = lambda v: "-" if v is None else f"{v:+.4g}"  # noqa: E731
-    return "\n".join([
-        f"scored {result['rows']} rows with {result['model']} (β = {result['beta']:g})",
-        f"desirable:   {d['gained']} of {d['rows']} gained log-prob ({pct(d['gained'], d['rows'])}), mean reward {fmt(d['mean_reward'])}",
-        f"undesirable: {u['lost']} of {u['rows']} lost log-prob ({pct(u['lost'], u['rows'])}), mean reward {fmt(u['mean_reward'])}",
-        f"wrote {result['out']} (columns id, label, policy_logp, ref_logp, reward; join on id with kto.formats.scan)",
-    ])
+    return "\n".join(
+        [
+            f"scored {result['rows']} rows with {result['model']} (β = {result['beta']:g})",
+            f"desirable:   {d['gained']} of {d['rows']} gained log-prob ({pct(d['gained'], d['rows'])}), mean reward {fmt(d['mean_reward'])}",
+            f"undesirable: {u['lost']} of {u['rows']} lost log-prob ({pct(u['lost'], u['rows'])}), mean reward {fmt(u['mean_reward'])}",
+            f"wrote {result['out']} (columns id, label, policy_logp, ref_logp, reward; join on id with kto.formats.scan)",
+        ]
+    )

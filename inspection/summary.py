@@ -51,20 +51,29 @@ def summarize(cache_dir: str | Path) -> dict:
     max_length = manifest.content.get("max_length")
     max_prompt = manifest.content.get("max_prompt_length")
     try:
-        overall = lf.select(
-            pl.len().alias("rows"),
-            pl.col(S.LABEL).sum().cast(pl.Int64).alias("desirable"),
-            pl.col(S.TRUNCATED).sum().cast(pl.Int64).alias("truncated"),
-            (lens["prompt"] == max_prompt).sum().cast(pl.Int64).alias("at_prompt_cap"),
-            ((lens["prompt"] + lens["completion"]) == max_length).sum().cast(pl.Int64).alias("at_max_length"),
-            *(agg for name, e in lens.items() for agg in _describe(e, name)),
-        ).collect().row(0, named=True)
-        by_label = lf.group_by(S.LABEL).agg(
-            *_describe(pl.col(S.REF_LOGP), "sequence"),
-            *_describe(pl.col(S.REF_LOGP) / lens["completion"], "mean_per_token"),
-            *_describe(pl.col(S.REF_TOKEN_LOGPS).list.explode(keep_nulls=False, empty_as_null=False), "token"),
-            *_describe(pl.col(S.REF_KL_LOGP), "kl_sequence"),
-        ).collect().rows(named=True)
+        overall = (
+            lf.select(
+                pl.len().alias("rows"),
+                pl.col(S.LABEL).sum().cast(pl.Int64).alias("desirable"),
+                pl.col(S.TRUNCATED).sum().cast(pl.Int64).alias("truncated"),
+                (lens["prompt"] == max_prompt).sum().cast(pl.Int64).alias("at_prompt_cap"),
+                ((lens["prompt"] + lens["completion"]) == max_length).sum().cast(pl.Int64).alias("at_max_length"),
+                *(agg for name, e in lens.items() for agg in _describe(e, name)),
+            )
+            .collect()
+            .row(0, named=True)
+        )
+        by_label = (
+            lf.group_by(S.LABEL)
+            .agg(
+                *_describe(pl.col(S.REF_LOGP), "sequence"),
+                *_describe(pl.col(S.REF_LOGP) / lens["completion"], "mean_per_token"),
+                *_describe(pl.col(S.REF_TOKEN_LOGPS).list.explode(keep_nulls=False, empty_as_null=False), "token"),
+                *_describe(pl.col(S.REF_KL_LOGP), "kl_sequence"),
+            )
+            .collect()
+            .rows(named=True)
+        )
     except pl.exceptions.PolarsError as exc:
         raise InputError(f"{cache_dir}: cannot read the shards ({str(exc).splitlines()[0]}); run kto-inspect verify") from exc
     rows = overall["rows"]
@@ -88,7 +97,8 @@ def summarize(cache_dir: str | Path) -> dict:
         "lengths": {name: _unpack(overall, name) for name in LENGTHS},
         "ref_logps": {
             label: {part: _unpack(labels[label], part) for part in ("sequence", "mean_per_token", "token", "kl_sequence")}
-            for label in ("desirable", "undesirable") if label in labels
+            for label in ("desirable", "undesirable")
+            if label in labels
         },
         "eval_cache": str(eval_dir) if (eval_dir / S.MANIFEST_NAME).is_file() else None,
     }
@@ -125,4 +135,3 @@ def render(s: dict) -> str:
     if s["eval_cache"]:
         out += ["", f"eval split   {s['eval_cache']} (kto-inspect summary {s['eval_cache']})"]
     return "\n".join(out)
-

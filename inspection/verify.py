@@ -108,8 +108,13 @@ def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:
         return report
     report.shards = len(manifest.shards)
     listed = {entry.name for entry in manifest.shards}
-    report.add([f"{p}: shard file not listed in the manifest (a polars glob over the cache would read it)"
-                for p in sorted(cache_dir.glob(S.SHARD_GLOB)) if p.name not in listed])
+    report.add(
+        [
+            f"{p}: shard file not listed in the manifest (a polars glob over the cache would read it)"
+            for p in sorted(cache_dir.glob(S.SHARD_GLOB))
+            if p.name not in listed
+        ]
+    )
     if check_tokenizer:
         _check_tokenizer(cache_dir, manifest, report)
     try:
@@ -176,10 +181,10 @@ def _check_shard_rows(path: Path, table: pa.Table, vocab_size: int | None, repor
     for f in S.SHARD_SCHEMA:
         if not f.nullable and f.name not in (S.REF_LOGP, S.REF_KL_LOGP):  # those two: shard_value_problems
             nulls = np.flatnonzero(table.column(f.name).is_null().to_numpy(zero_copy_only=False))
-            report.add([f"{at(i)}: {f.name} is null" for i in nulls[:MAX_PER_CHECK + 1]])
+            report.add([f"{at(i)}: {f.name} is null" for i in nulls[: MAX_PER_CHECK + 1]])
     for col, what in ((S.PROMPT_IDS, "prompt"), (S.COMPLETION_IDS, "completion")):
         empty = np.flatnonzero(_lengths(table.column(col)) == 0)
-        report.add([f"{at(i)}: empty {what}" for i in empty[:MAX_PER_CHECK + 1]])
+        report.add([f"{at(i)}: empty {what}" for i in empty[: MAX_PER_CHECK + 1]])
     report.problems += shard_value_problems(table, str(path), vocab_size)  # already capped per column
     for logp, terms, ids_col in ((S.REF_LOGP, S.REF_TOKEN_LOGPS, S.COMPLETION_IDS), (S.REF_KL_LOGP, S.REF_KL_TOKEN_LOGPS, S.KL_COMPLETION_IDS)):
         _check_terms(table, logp, terms, ids_col, at, report)
@@ -191,7 +196,7 @@ def _check_terms(table: pa.Table, logp: str, terms: str, ids_col: str, at, repor
     stored = column.is_valid().to_numpy(zero_copy_only=False)
     n_terms, n_ids = _lengths(column), _lengths(table.column(ids_col))
     wrong = np.flatnonzero(stored & (n_terms != n_ids))
-    report.add([f"{at(i)}: {n_terms[i]} {terms} for {n_ids[i]} {ids_col}" for i in wrong[:MAX_PER_CHECK + 1]])
+    report.add([f"{at(i)}: {n_terms[i]} {terms} for {n_ids[i]} {ids_col}" for i in wrong[: MAX_PER_CHECK + 1]])
     flat = column.flatten().cast(pa.float64()).to_numpy(zero_copy_only=False)
     parents = pc.list_parent_indices(column).to_numpy()
     sums = np.bincount(parents, weights=flat, minlength=len(column))
@@ -199,7 +204,7 @@ def _check_terms(table: pa.Table, logp: str, terms: str, ids_col: str, at, repor
     # The sum was taken in float64 over these very float32 terms; only summation order differs.
     # Non-finite values are shard_value_problems' to report, so they are left out here.
     off = stored & (n_terms == n_ids) & np.isfinite(sums) & np.isfinite(total) & (np.abs(sums - total) > 1e-4 + 1e-6 * np.abs(total))
-    report.add([f"{at(i)}: {terms} sum to {sums[i]:.6g}, {logp} is {total[i]:.6g}" for i in np.flatnonzero(off)[:MAX_PER_CHECK + 1]])
+    report.add([f"{at(i)}: {terms} sum to {sums[i]:.6g}, {logp} is {total[i]:.6g}" for i in np.flatnonzero(off)[: MAX_PER_CHECK + 1]])
 
 
 def _digests(column: pa.ChunkedArray) -> list[bytes]:
@@ -240,8 +245,13 @@ def _where(cache_dir: Path, seen: _Seen, packed: int) -> str:
 
 
 def _check_counts(cache_dir: Path, manifest: Manifest, actual: Counter, report: Report) -> None:
-    report.add([f"{cache_dir / S.MANIFEST_NAME}: counts.{k} is {getattr(manifest.counts, k)}, the shards hold {actual[k]}"
-                for k in COUNTED if getattr(manifest.counts, k) != actual[k]])
+    report.add(
+        [
+            f"{cache_dir / S.MANIFEST_NAME}: counts.{k} is {getattr(manifest.counts, k)}, the shards hold {actual[k]}"
+            for k in COUNTED
+            if getattr(manifest.counts, k) != actual[k]
+        ]
+    )
 
 
 def _check_kl_sources(cache_dir: Path, seen: _Seen, report: Report) -> None:
@@ -266,7 +276,7 @@ def _check_kl_sources(cache_dir: Path, seen: _Seen, report: Report) -> None:
         for k, i, r in requests:
             n = int(seen.kl_lengths[k][i])
             start, end = offsets[r], offsets[r + 1]
-            prefix = values[start:start + n] if start + n <= end else None
+            prefix = values[start : start + n] if start + n <= end else None
             if prefix is None or hashlib.blake2b(prefix.tobytes(), digest_size=16).digest() != seen.kl_digests[k][i]:
                 src = seen.kl_sources[k][i].as_py()
                 mismatched.append((k, i, f"kl_completion_ids are not the start of {src!r}'s completion_ids"))

@@ -21,26 +21,37 @@ from .config import DTYPES, PrecomputeConfig
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.option("--data", "data", multiple=True, type=click.Path(path_type=Path),
-              help="Input file (JSONL, JSON, Parquet, CSV, Arrow), hf:ID[:CONFIG]:SPLIT (hub id or local "
-                   "directory, through `datasets`) or a save_to_disk directory; repeatable.")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Input file (JSONL, JSON, Parquet, CSV, Arrow), hf:ID[:CONFIG]:SPLIT (hub id or local "
+    "directory, through `datasets`) or a save_to_disk directory; repeatable.",
+)
 @click.option("--model", help="Reference model: local HF dir, .gguf file, or hub id.")
 @click.option("--out", type=click.Path(path_type=Path), help="Cache directory to write.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML or TOML file of flag values; flags given here win.")
 @click.option("--chat-template", type=click.Path(path_type=Path), default=None, help="Jinja file replacing the tokenizer's chat template.")
-@click.option("--chat-template-kwargs", default=None, help='JSON object passed to apply_chat_template, e.g. \'{"enable_thinking": false}\'.')
+@click.option("--chat-template-kwargs", default=None, help="JSON object passed to apply_chat_template, e.g. '{\"enable_thinking\": false}'.")
 @click.option("--sharegpt-info", default=None, help="LLaMA-Factory dataset_info.json (FILE or FILE#NAME): ShareGPT column and role names.")
 @click.option("--max-length", default=1024, help="Longest prompt+completion, in tokens.")
 @click.option("--max-prompt-length", default=None, type=int, help="Longest prompt (end kept) [default: max-length // 2].")
 @click.option("--eval-fraction", default=0.0, help="Seeded fraction held out as OUT/eval/.")
 @click.option("--seed", default=0, help="Seed of the eval split and the KL pairing.")
-@click.option("--dtype", default="auto", type=click.Choice(DTYPES), help="auto = amp-bf16 (fp32 weights, bf16 autocast: kto-train's default) on CUDA, fp32 on CPU; bf16 = pure bf16 weights.")
+@click.option(
+    "--dtype",
+    default="auto",
+    type=click.Choice(DTYPES),
+    help="auto = amp-bf16 (fp32 weights, bf16 autocast: kto-train's default) on CUDA, fp32 on CPU; bf16 = pure bf16 weights.",
+)
 @click.option("--attn-implementation", default="sdpa", help="transformers attention implementation.")
 @click.option("--batch-tokens", default=16384, help="Padded tokens per scoring batch.")
 @click.option("--rows-per-shard", default=4096, help="Rows per Arrow shard.")
 @click.option("--token-logps/--no-token-logps", "store_token_logps", default=True, help="Store per-token reference log-probs.")
-@click.option("--prefix-sharing/--no-prefix-sharing", default=True,
-              help="Score each distinct prompt once, followed by all its completions (same numbers, less compute).")
+@click.option(
+    "--prefix-sharing/--no-prefix-sharing", default=True, help="Score each distinct prompt once, followed by all its completions (same numbers, less compute)."
+)
 @click.option("--chunk-size", default=1024, help="Completion positions per LM-head chunk.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code from the model repo to run.")
 @click.option("--device-map", default=None, help="'auto' spreads one model over several GPUs.")
@@ -78,8 +89,7 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> Pr
     sharegpt = ShareGPTMap(**{**sharegpt.as_dict(), **{k: v for k, v in overrides.items() if v}})
     columns = ColumnMap(**{k.removesuffix("_column"): values.pop(k) for k in list(values) if k.endswith("_column")})
     kwargs = values.pop("chat_template_kwargs")
-    return PrecomputeConfig(data=tuple(values.pop("data")), columns=columns, sharegpt=sharegpt,
-                            chat_template_kwargs=kwargs or {}, **values)
+    return PrecomputeConfig(data=tuple(values.pop("data")), columns=columns, sharegpt=sharegpt, chat_template_kwargs=kwargs or {}, **values)
 
 
 def _file_values(ctx: click.Context, path: Path) -> dict:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from kto.formats.errors import InputError
 from kto.formats.examples import ColumnMap
-from kto.formats.sharegpt import ShareGPTMap
-
 from kto.formats.numerics import NAMES as DTYPES
+from kto.formats.sharegpt import ShareGPTMap
 
 
 @dataclass(frozen=True)
@@ -69,9 +68,7 @@ class PrecomputeConfig:
         if self.max_length < 2:
             raise InputError(f"--max-length {self.max_length}: must be at least 2")
         if not 0 < self.max_prompt_length < self.max_length:
-            raise InputError(
-                f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}"
-            )
+            raise InputError(f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
         if self.dtype not in DTYPES:

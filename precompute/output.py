@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -142,8 +142,7 @@ def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: di
     changed = [i for i in new["inputs"] if i["name"] in before and before[i["name"]] != i["sha256"]]
     if changed and set(before) == {i["name"] for i in new["inputs"]}:
         i = changed[0]
-        return (f"--data {i['name']} changed since {what} there read it "
-                f"(sha256 {str(before[i['name']])[:12]}… then, {i['sha256'][:12]}… now)")
+        return f"--data {i['name']} changed since {what} there read it (sha256 {str(before[i['name']])[:12]}… then, {i['sha256'][:12]}… now)"
     keys = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
     keys += sorted(k for k in layout if (old_layout or {}).get(k) != layout[k])
     return f"holds {what} of a different configuration (differs in {', '.join(keys) or 'its fingerprint'})"

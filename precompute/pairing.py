@@ -17,8 +17,8 @@ Constraints, in order:
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 from kto.formats.errors import InputError
 
@@ -58,9 +58,7 @@ def kl_partners(prompts: Sequence[Hashable], completions: Sequence[Hashable], id
                 break
         if partner[i] == -1:
             if fallback is None:
-                raise InputError(
-                    f"row {ids[i]}: no valid KL partner (every other row has the same completion text)"
-                )
+                raise InputError(f"row {ids[i]}: no valid KL partner (every other row has the same completion text)")
             partner[i] = fallback
             same_prompt += 1
     return Pairing(partner, same_prompt)

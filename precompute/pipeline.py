@@ -18,9 +18,9 @@ import importlib.metadata
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,8 +33,8 @@ from kto.formats.hub import input_identity
 from kto.formats.lock import locked_dir
 from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
-from kto.formats.numerics import Numerics, parse_numerics
 from kto.formats.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
+from kto.formats.numerics import Numerics, parse_numerics
 from kto.formats.scoring import plan_scoring, score_sequences
 from kto.formats.shards import sha256_file
 
@@ -47,6 +47,7 @@ from .staging import StagedIndex, StagingReader, check_unique_ids, read_index, s
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
 from .tokenize import TRUNCATION_RULE, leading_bos_id, tokenize_example
+
 
 @dataclass(frozen=True)
 class CacheRow:
@@ -99,13 +100,11 @@ class _LazyIds:
 
 def pair_rows(index: StagedIndex, rows: np.ndarray, seed: int, path: Path) -> tuple[np.ndarray, int]:
     """Each row's KL partner (a staged row index), drawn on the rows' 64-bit text keys."""
-    pairing = kl_partners(index.prompt_key[rows].tolist(), index.completion_key[rows].tolist(),
-                          _LazyIds(path, rows), seed)
+    pairing = kl_partners(index.prompt_key[rows].tolist(), index.completion_key[rows].tolist(), _LazyIds(path, rows), seed)
     return rows[np.asarray(pairing.partner, dtype=np.int64)], pairing.same_prompt
 
 
-def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, max_length: int, *,
-          dropped: int, same_prompt: int) -> Counts:
+def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, max_length: int, *, dropped: int, same_prompt: int) -> Counts:
     prompt_len = index.prompt_len[rows]
     kl_len = np.minimum(index.completion_len[partners], max_length - prompt_len)
     return Counts(
@@ -122,8 +121,7 @@ def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, max_length
     )
 
 
-def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str,
-               template: ChatTemplate = ChatTemplate()) -> dict:
+def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> dict:
     """Everything that decides the numbers. Paths are left out on purpose (see manifest.py).
 
     Options added later (chat template, ShareGPT names) enter only when set, so a cache made
@@ -161,8 +159,7 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     bos_id = leading_bos_id(tokenizer)
 
     def tokenize_one(ex):
-        return tokenize_example(ex, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                                bos_id=bos_id, template=template)
+        return tokenize_example(ex, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, bos_id=bos_id, template=template)
 
     path = staging_path(cfg.out, key)
     if path.is_file():
@@ -175,8 +172,10 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
         if before != read:
             if state is None or state.is_main_process:
                 path.unlink(missing_ok=True)
-            raise InputError(f"--data {read['name']}: changed while it was being read (sha256 {before.get('sha256', '?')[:16]}… "
-                             f"before, {read.get('sha256', '?')[:16]}… as parsed); run again")
+            raise InputError(
+                f"--data {read['name']}: changed while it was being read (sha256 {before.get('sha256', '?')[:16]}… "
+                f"before, {read.get('sha256', '?')[:16]}… as parsed); run again"
+            )
     return path
 
 
@@ -189,7 +188,9 @@ def build_splits(cfg: PrecomputeConfig, path: Path, main: bool = True) -> list[S
     kept = np.flatnonzero(index.kept)
     dropped = index.n - len(kept)
     if len(kept) < 2:
-        raise InputError(f"--data {', '.join(map(str, cfg.data))}: {len(kept)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2")
+        raise InputError(
+            f"--data {', '.join(map(str, cfg.data))}: {len(kept)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2"
+        )
     if dropped and main:
         _log_dropped(path, np.flatnonzero(~index.kept))
     train, evals = split_eval(kept.tolist(), cfg.eval_fraction, cfg.seed)
@@ -203,7 +204,9 @@ def build_splits(cfg: PrecomputeConfig, path: Path, main: bool = True) -> list[S
         splits.append(Split(name, out, rows, partners, counts))
     prefix_splits = int(index.prefix_split[kept].sum())
     if prefix_splits:
-        log(f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (chat template renders the prompt differently)")
+        log(
+            f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (chat template renders the prompt differently)"
+        )
     return splits
 
 
@@ -211,8 +214,7 @@ def _log_dropped(path: Path, rows: np.ndarray) -> None:
     with StagingReader(path) as reader:
         ids = reader.take(rows[:10], "id")
     more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
-    log(f"dropped {len(rows)} rows left with an empty prompt or completion by tokenization or truncation: "
-        f"{', '.join(map(repr, ids))}{more}")
+    log(f"dropped {len(rows)} rows left with an empty prompt or completion by tokenization or truncation: {', '.join(map(repr, ids))}{more}")
 
 
 def cache_rows(reader: StagingReader, s: Split, a: int, b: int, max_length: int) -> list[CacheRow]:
@@ -222,9 +224,15 @@ def cache_rows(reader: StagingReader, s: Split, a: int, b: int, max_length: int)
     prompts, completions = reader.take(rows, "prompt_ids"), reader.take(rows, "completion_ids")
     kl_ids, kl_completions = reader.take(partners, "id"), reader.take(partners, "completion_ids")
     return [
-        CacheRow(id=ids[k], label=labels[k], prompt_ids=prompts[k], completion_ids=completions[k],
-                 kl_source_id=kl_ids[k], kl_completion_ids=kl_completions[k][: max_length - len(prompts[k])],
-                 truncated=truncated[k])
+        CacheRow(
+            id=ids[k],
+            label=labels[k],
+            prompt_ids=prompts[k],
+            completion_ids=completions[k],
+            kl_source_id=kl_ids[k],
+            kl_completion_ids=kl_completions[k][: max_length - len(prompts[k])],
+            truncated=truncated[k],
+        )
         for k in range(len(rows))
     ]
 
@@ -275,13 +283,21 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         raise
     for s in splits:
         if s.counts.desirable == 0 or s.counts.undesirable == 0:
-            log(f"warning: the {s.name} split is all {'desirable' if s.counts.undesirable == 0 else 'undesirable'} ({s.counts.rows} rows); KTO learns from both classes")
+            log(
+                f"warning: the {s.name} split is all {'desirable' if s.counts.undesirable == 0 else 'undesirable'} ({s.counts.rows} rows); KTO learns from both classes"
+            )
     todo = {s.name: _pending_shards(s, fingerprints[s.name], layout, cfg.rows_per_shard, state) for s in splits}
     scorer = None
     if any(todo.values()):
-        scorer = load_completion_logps(source, dtype=numerics.weights, device=state.device, device_map=cfg.device_map,
-                                       attn_implementation=cfg.attn_implementation,
-                                       trust_remote_code=cfg.trust_remote_code, chunk_size=cfg.chunk_size)
+        scorer = load_completion_logps(
+            source,
+            dtype=numerics.weights,
+            device=state.device,
+            device_map=cfg.device_map,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+            chunk_size=cfg.chunk_size,
+        )
         _check_vocabulary(staged, splits, scorer.lm, tokenizer, cfg.model)
     manifests = []
     for s in splits:
@@ -342,8 +358,10 @@ def _check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: s
     with StagingReader(staged) as reader:
         ids = np.concatenate([reader.ids("prompt_ids", i), reader.ids("completion_ids", i)])
         row_id = reader.value("id", i)
-    raise InputError(f"row {row_id!r}: token id {int(ids[ids >= rows][0])} is not below the vocabulary size {rows} of --model {model}; "
-                     "its tokenizer has more tokens than the model has embeddings")
+    raise InputError(
+        f"row {row_id!r}: token id {int(ids[ids >= rows][0])} is not below the vocabulary size {rows} of --model {model}; "
+        "its tokenizer has more tokens than the model has embeddings"
+    )
 
 
 def _shard_slices(n_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
@@ -400,8 +418,7 @@ def _with_scoring_counts(s: Split, cfg: PrecomputeConfig, staged: Path) -> Count
     return replace(s.counts, represented_tokens=represented, scored_tokens=scored, prefix_tokens_saved=represented - scored)
 
 
-def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics,
-                     staged: Path, on_scored=None) -> None:
+def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics, staged: Path, on_scored=None) -> None:
     if not shard_ids:
         return
     s.out.mkdir(parents=True, exist_ok=True)
@@ -417,14 +434,23 @@ def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, l
         started = time.perf_counter()
         with numerics.context(device.type):
             scored = score_sequences(
-                scorer, prompts, completions, keys, batch_tokens=cfg.batch_tokens, pad_id=tokenizer.pad_token_id,
-                device=device, on_batch=lambda n, tokens: progress.update(n / 2, tokens),
+                scorer,
+                prompts,
+                completions,
+                keys,
+                batch_tokens=cfg.batch_tokens,
+                pad_id=tokenizer.pad_token_id,
+                device=device,
+                on_batch=lambda n, tokens: progress.update(n / 2, tokens),
                 share_prefixes=cfg.prefix_sharing,
             )
         if on_scored is not None:
             _sync(device)
-            on_scored(ScoredShard(scorer, [len(p) + len(c) for p, c in zip(prompts, completions)], keys,
-                                  sum(len(c) for c in completions), time.perf_counter() - started))
+            on_scored(
+                ScoredShard(
+                    scorer, [len(p) + len(c) for p, c in zip(prompts, completions)], keys, sum(len(c) for c in completions), time.perf_counter() - started
+                )
+            )
         n = len(rows)
         ref = type(scored)(scored.token_logps[:n], scored.sums[:n])
         ref_kl = type(scored)(scored.token_logps[n:], scored.sums[n:])
@@ -448,8 +474,10 @@ def _finish(s: Split, manifest: Manifest, tokenizer, rows_per_shard: int) -> Man
         if not path.is_file() or recorded is None:
             raise RuntimeError(f"{path}: missing, or not in the journal, after every process finished")
         if (actual := sha256_file(path)) != recorded:
-            raise InputError(f"{path}: sha256 {actual[:16]}… is not the {recorded[:16]}… recorded when it was written; "
-                             "it changed during the run: run the same command again to rebuild it")
+            raise InputError(
+                f"{path}: sha256 {actual[:16]}… is not the {recorded[:16]}… recorded when it was written; "
+                "it changed during the run: run the same command again to rebuild it"
+            )
         entries.append(ShardEntry(path.name, b - a, recorded))
     tok_dir = s.out / S.TOKENIZER_DIR
     if not journal.owns_tokenizer(tok_dir):  # prepare_out_dir refused a tokenizer/ not ours

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -38,12 +38,21 @@ from kto.formats.errors import InputError
 PREFIX = ".staging-"
 BLOCK = 2048
 
-SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("label", pa.bool_()), ("kept", pa.bool_()),
-    ("truncated", pa.bool_()), ("prefix_split", pa.bool_()),
-    ("id_key", pa.uint64()), ("prompt_key", pa.uint64()), ("completion_key", pa.uint64()),
-    ("prompt_ids", pa.list_(pa.int32())), ("completion_ids", pa.list_(pa.int32())),
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.bool_()),
+        ("kept", pa.bool_()),
+        ("truncated", pa.bool_()),
+        ("prefix_split", pa.bool_()),
+        ("id_key", pa.uint64()),
+        ("prompt_key", pa.uint64()),
+        ("completion_key", pa.uint64()),
+        ("prompt_ids", pa.list_(pa.int32())),
+        ("completion_ids", pa.list_(pa.int32())),
+    ]
+)
 
 
 def text_key(value, tools: tuple = ()) -> int:
@@ -128,19 +137,22 @@ def _int_lists(arrays: list[np.ndarray]) -> pa.Array:
 def _batch(block: list, rows: list) -> pa.RecordBatch:
     empty = np.zeros(0, np.int32)
     kept = [r is not None for r in rows]
-    return pa.record_batch([
-        pa.array([ex.id for ex in block], pa.string()),
-        pa.array([ex.source for ex in block], pa.string()),
-        pa.array([ex.label for ex in block], pa.bool_()),
-        pa.array(kept, pa.bool_()),
-        pa.array([r is not None and r.truncated for r in rows], pa.bool_()),
-        pa.array([r is not None and r.prefix_split for r in rows], pa.bool_()),
-        pa.array([text_key(ex.id) for ex in block], pa.uint64()),
-        pa.array([text_key(ex.prompt, ex.tools) for ex in block], pa.uint64()),
-        pa.array([text_key(ex.completion) for ex in block], pa.uint64()),
-        _int_lists([r.prompt_ids if r is not None else empty for r in rows]),
-        _int_lists([r.completion_ids if r is not None else empty for r in rows]),
-    ], schema=SCHEMA)
+    return pa.record_batch(
+        [
+            pa.array([ex.id for ex in block], pa.string()),
+            pa.array([ex.source for ex in block], pa.string()),
+            pa.array([ex.label for ex in block], pa.bool_()),
+            pa.array(kept, pa.bool_()),
+            pa.array([r is not None and r.truncated for r in rows], pa.bool_()),
+            pa.array([r is not None and r.prefix_split for r in rows], pa.bool_()),
+            pa.array([text_key(ex.id) for ex in block], pa.uint64()),
+            pa.array([text_key(ex.prompt, ex.tools) for ex in block], pa.uint64()),
+            pa.array([text_key(ex.completion) for ex in block], pa.uint64()),
+            _int_lists([r.prompt_ids if r is not None else empty for r in rows]),
+            _int_lists([r.completion_ids if r is not None else empty for r in rows]),
+        ],
+        schema=SCHEMA,
+    )
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -194,7 +206,7 @@ class StagingReader:
         self.path = path
         self._source = None
 
-    def __enter__(self) -> "StagingReader":
+    def __enter__(self) -> StagingReader:
         self._source = pa.memory_map(str(self.path))
         self._reader = pa.ipc.open_file(self._source)
         sizes = [self._reader.get_batch(b).num_rows for b in range(self._reader.num_record_batches)]
@@ -245,7 +257,7 @@ class StagingReader:
             rows = o[group]
             if column.endswith("_ids"):
                 offsets, values = views[column]
-                got = [values[offsets[r]:offsets[r + 1]].copy() for r in rows.tolist()]
+                got = [values[offsets[r] : offsets[r + 1]].copy() for r in rows.tolist()]
             else:
                 got = views["batch"].column(column).take(pa.array(rows)).to_pylist()
             for k, v in zip(group.tolist(), got):
@@ -256,7 +268,7 @@ class StagingReader:
         """A copy (int32) of row i's token ids, so nothing keeps the map alive."""
         views, o = self._locate(i)
         offsets, values = views[column]
-        return values[offsets[o]:offsets[o + 1]].copy()
+        return values[offsets[o] : offsets[o + 1]].copy()
 
 
 def check_unique_ids(index: StagedIndex, path: Path) -> None:

@@ -21,8 +21,7 @@ from kto.formats.errors import InputError
 from kto.formats.records import one_line
 
 # Set by the tokenizer step itself; a kwargs object may not change how ids are produced.
-RESERVED = ("conversation", "tools", "tokenize", "add_generation_prompt", "continue_final_message",
-            "return_dict", "return_tensors", "chat_template")
+RESERVED = ("conversation", "tools", "tokenize", "add_generation_prompt", "continue_final_message", "return_dict", "return_tensors", "chat_template")
 
 
 @dataclass(frozen=True)
@@ -105,12 +104,17 @@ def render(tokenizer, messages, example, template: ChatTemplate, *, add_generati
     """One conversation as text; no template, or one that fails on this row, names the row."""
     where = f"{example.source} (id {example.id!r})"
     if not getattr(tokenizer, "chat_template", None):
-        raise InputError(f"{where}: conversational row, but the tokenizer has no chat template; give text prompts "
-                         "and completions, use a model whose tokenizer has one, or pass --chat-template")
+        raise InputError(
+            f"{where}: conversational row, but the tokenizer has no chat template; give text prompts "
+            "and completions, use a model whose tokenizer has one, or pass --chat-template"
+        )
     try:
         return tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tools=list(example.tools) or None, tokenize=False,
-            add_generation_prompt=add_generation_prompt, **template.kwargs,
+            [dict(m) for m in messages],
+            tools=list(example.tools) or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **template.kwargs,
         )
     except Exception as e:  # noqa: BLE001  (jinja2 and transformers raise many types)
         raise InputError(f"{where}: {template.name} failed to render this row ({type(e).__name__}: {one_line(e)})") from None

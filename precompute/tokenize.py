@@ -48,7 +48,7 @@ def conversational_ids(example: Example, tokenizer, template: ChatTemplate = Cha
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
     full_ids = tokenizer(full_text, add_special_tokens=False).input_ids
     if full_ids[: len(prompt_ids)] == prompt_ids:
-        return prompt_ids, full_ids[len(prompt_ids):], False
+        return prompt_ids, full_ids[len(prompt_ids) :], False
     # Some templates render the last prompt turn differently when a reply follows (e.g. they
     # strip reasoning or add separators). Split where the two renderings part, as TRL does.
     k = common_prefix_length(prompt_ids, full_ids)
@@ -83,7 +83,7 @@ def truncate(prompt_ids: list[int], completion_ids: list[int], *, max_length: in
     if len(prompt_ids) > max_prompt_length:
         truncated = True
         if bos_id is not None and prompt_ids[0] == bos_id:
-            prompt_ids = [bos_id] + prompt_ids[len(prompt_ids) - (max_prompt_length - 1):]
+            prompt_ids = [bos_id] + prompt_ids[len(prompt_ids) - (max_prompt_length - 1) :]
         else:
             prompt_ids = prompt_ids[-max_prompt_length:]
     room = max_length - len(prompt_ids)
@@ -101,7 +101,12 @@ def leading_bos_id(tokenizer) -> int | None:
 
 
 def tokenize_example(
-    example: Example, tokenizer, *, max_length: int, max_prompt_length: int, bos_id: int | None,
+    example: Example,
+    tokenizer,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    bos_id: int | None,
     template: ChatTemplate = ChatTemplate(),
 ) -> TokenizedRow | None:
     """Token ids for one example, or None when its completion is empty (the row is dropped).
@@ -114,7 +119,10 @@ def tokenize_example(
     if not prompt_ids or not completion_ids:
         return None
     prompt_ids, completion_ids, truncated = truncate(
-        prompt_ids, completion_ids, max_length=max_length, max_prompt_length=max_prompt_length,
+        prompt_ids,
+        completion_ids,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
         bos_id=bos_id,
     )
     if not completion_ids:

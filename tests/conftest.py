@@ -36,10 +36,18 @@ def make_tiny_llama(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) 
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False, **overrides,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+        **overrides,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -82,11 +90,13 @@ def chat_rows() -> list[dict]:
     rows = []
     for q, good, bad in QUESTIONS:
         for answer, label in ((good, True), (bad, False)):
-            rows.append({
-                "prompt": [{"role": "user", "content": q}],
-                "completion": [{"role": "assistant", "content": answer}],
-                "label": label,
-            })
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": q}],
+                    "completion": [{"role": "assistant", "content": answer}],
+                    "label": label,
+                }
+            )
     return rows
 
 
@@ -101,8 +111,7 @@ def chat_data(tmp_path) -> Path:
 
 
 def precompute_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--model", str(model), "--out", str(out),
-            "--max-length", "64", "--rows-per-shard", "5", "--batch-tokens", "256", *extra]
+    return ["--data", str(data), "--model", str(model), "--out", str(out), "--max-length", "64", "--rows-per-shard", "5", "--batch-tokens", "256", *extra]
 
 
 def make_cache(root: Path, rows: list[dict], model: Path, name: str = "data.jsonl") -> Path:

@@ -25,14 +25,32 @@ import torch
 
 # Shapes of public checkpoints (config.json), random-initialised here. `tiny` is for CPU tests.
 SHAPES: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=256, vocab_size=4096, tie_word_embeddings=False),
-    "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True),
-    "llama-3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                         intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
-    "llama-3.1-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                         intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256, vocab_size=4096, tie_word_embeddings=False
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True
+    ),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+    ),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+    ),
 }
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2  # ids of build_tokenizer's special tokens
 FIRST_WORD_ID = 7  # 0-3 specials, 4-6 role names; random token ids are drawn from [7, V)
@@ -49,8 +67,7 @@ def llama_config(shape: str, vocab_size: int | None = None):
     kw = dict(SHAPES[shape])
     if vocab_size is not None:
         kw["vocab_size"] = vocab_size
-    return LlamaConfig(**kw, max_position_embeddings=4096, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-                       pad_token_id=PAD_ID, attn_implementation="sdpa")
+    return LlamaConfig(**kw, max_position_embeddings=4096, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, attn_implementation="sdpa")
 
 
 def build_llama(shape: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -78,10 +95,7 @@ def build_tokenizer(vocab_size: int):
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", BOS_ID)])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    tok.chat_template = (
-        "{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s>{% endfor %}"
-        "{% if add_generation_prompt %}<s>assistant{% endif %}"
-    )
+    tok.chat_template = "{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<s>assistant{% endif %}"
     return tok
 
 
@@ -196,7 +210,7 @@ class PeakMemory:
         self.device = device
         self.start = 0.0
 
-    def reset(self) -> "PeakMemory":
+    def reset(self) -> PeakMemory:
         free_memory()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -282,7 +296,7 @@ def versions(device: torch.device) -> dict:
     if device.type == "cuda":
         info["device"] = torch.cuda.get_device_name(device)
     else:
-        model = next((l.split(":", 1)[1].strip() for l in _read_lines("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+        model = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
         info["device"] = f"CPU ({model}, {torch.get_num_threads()} threads)"
     # Other processes on a shared CPU slow every figure down: record how busy it was.
     info["load_average_1m"] = os.getloadavg()[0]
@@ -290,8 +304,10 @@ def versions(device: torch.device) -> dict:
 
 
 def describe(info: dict) -> str:
-    return (f"{info['device']} | torch {info['torch']} | transformers {info['transformers']} | "
-            f"load average {info['load_average_1m']:.2f} | {time.strftime('%Y-%m-%d %H:%M')}")
+    return (
+        f"{info['device']} | torch {info['torch']} | transformers {info['transformers']} | "
+        f"load average {info['load_average_1m']:.2f} | {time.strftime('%Y-%m-%d %H:%M')}"
+    )
 
 
 def _read_lines(path: str) -> list[str]:

@@ -45,8 +45,8 @@ from kto.formats.shards import write_shard  # noqa: E402
 from kto.precompute.output import shard_table  # noqa: E402
 from kto.train.data import BatchShape, KTOBatch, ShardedCache, collate, epoch_plan  # noqa: E402
 
-
 # --- the old path, verbatim (before zero-copy batches) ---------------------------------------
+
 
 def old_rows(cache: ShardedCache, indices: list[int]) -> dict[str, list]:
     """Columns of the given global rows, in order, as Python lists (ids as int lists)."""
@@ -71,7 +71,7 @@ def old_make_token_batch(prompts, completions, pad_id: int) -> TokenBatch:
         n = len(p) + len(c)
         ids[row, :n] = torch.as_tensor(list(p) + list(c), dtype=torch.long)
         attn[row, :n] = 1
-        score[row, len(p):n] = True
+        score[row, len(p) : n] = True
     return TokenBatch(ids, attn, score)
 
 
@@ -92,8 +92,18 @@ def old_collate(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_toke
 
 
 def batches_equal(a: KTOBatch, b: KTOBatch) -> bool:
-    tensors = lambda x: [x.policy.input_ids, x.policy.attention_mask, x.policy.score_mask, x.kl.input_ids,  # noqa: E731
-                         x.kl.attention_mask, x.kl.score_mask, x.ref_logp, x.ref_kl_logp, x.desirable, x.valid]
+    tensors = lambda x: [
+        x.policy.input_ids,
+        x.policy.attention_mask,
+        x.policy.score_mask,
+        x.kl.input_ids,  # noqa: E731
+        x.kl.attention_mask,
+        x.kl.score_mask,
+        x.ref_logp,
+        x.ref_kl_logp,
+        x.desirable,
+        x.valid,
+    ]
     same = all(s.dtype == t.dtype and torch.equal(s, t) for s, t in zip(tensors(a), tensors(b)))
     if (a.ref_token_logps is None) != (b.ref_token_logps is None):
         return False
@@ -104,6 +114,7 @@ def batches_equal(a: KTOBatch, b: KTOBatch) -> bool:
 
 # --- a synthetic cache ------------------------------------------------------------------------
 
+
 class _Scored:
     def __init__(self, sums):
         self.sums, self.token_logps = sums, None
@@ -113,8 +124,9 @@ class _Row:
     __slots__ = ("id", "label", "prompt_ids", "completion_ids", "kl_source_id", "kl_completion_ids", "truncated")
 
 
-def write_synthetic_cache(out: Path, model_dir: Path, rows: int, *, max_len: int = 2048, rows_per_shard: int = 4096,
-                          seed: int = 0, vocab_size: int | None = None) -> Path:
+def write_synthetic_cache(
+    out: Path, model_dir: Path, rows: int, *, max_len: int = 2048, rows_per_shard: int = 4096, seed: int = 0, vocab_size: int | None = None
+) -> Path:
     """A cache of `rows` rows whose manifest names `model_dir`'s tokenizer and model."""
     source = resolve_source(str(model_dir))
     tok = load_tokenizer(source)
@@ -143,10 +155,14 @@ def write_synthetic_cache(out: Path, model_dir: Path, rows: int, *, max_len: int
         name = S.shard_name(k)
         sha = write_shard(out / name, shard_table(part, ref, ref_kl, store_token_logps=False), {})
         entries.append(ShardEntry(name, len(part), sha))
-    content = {"synthetic": f"tools/bench_collate.py rows={rows} seed={seed}", "tokenizer": tokenizer_identity(tok),
-               "model": {"synthetic": True}, "dtype": "fp32", "format_version": S.FORMAT_VERSION}
-    Manifest(content=content, layout={"rows_per_shard": rows_per_shard}, counts=Counts(rows=rows, **counts),
-             shards=entries).write(out)
+    content = {
+        "synthetic": f"tools/bench_collate.py rows={rows} seed={seed}",
+        "tokenizer": tokenizer_identity(tok),
+        "model": {"synthetic": True},
+        "dtype": "fp32",
+        "format_version": S.FORMAT_VERSION,
+    }
+    Manifest(content=content, layout={"rows_per_shard": rows_per_shard}, counts=Counts(rows=rows, **counts), shards=entries).write(out)
     tok.save_pretrained(out / S.TOKENIZER_DIR)
     return out
 
@@ -159,6 +175,7 @@ def tiny_model(work: Path) -> Path:
 
 
 # --- the two measurements ---------------------------------------------------------------------
+
 
 def bench_collate(cache_dir: Path, batch_size: int, batches: int, repeats: int) -> dict:
     cache = ShardedCache(cache_dir)
@@ -179,9 +196,16 @@ def bench_collate(cache_dir: Path, batch_size: int, batches: int, repeats: int) 
                 raise SystemExit(f"old and new collate differ on rows {idx.tolist()}")
     tokens = [int(b.sum()) for b in (cache.lengths()[picks])]
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"rows": cache.num_rows, "batch_size": batch_size, "micro_batches": len(picks), "repeats": repeats,
-            "mean_tokens_per_micro_batch": statistics.mean(tokens), "old_ms": med["old"] * 1e3,
-            "new_ms": med["new"] * 1e3, "old_over_new": med["old"] / med["new"]}
+    return {
+        "rows": cache.num_rows,
+        "batch_size": batch_size,
+        "micro_batches": len(picks),
+        "repeats": repeats,
+        "mean_tokens_per_micro_batch": statistics.mean(tokens),
+        "old_ms": med["old"] * 1e3,
+        "new_ms": med["new"] * 1e3,
+        "old_over_new": med["old"] / med["new"],
+    }
 
 
 def _rss_kinds(pid: int) -> tuple[int, int]:
@@ -200,8 +224,23 @@ def _rss_kinds(pid: int) -> tuple[int, int]:
 def peak_rss_of_train(cache_dir: Path, model_dir: Path, out: Path, steps: int, batch_size: int) -> dict:
     """kto-train in its own process; peak RSS from wait4, and anonymous vs file-backed pages
     (memory-mapped shards and weights) sampled every 50 ms."""
-    cmd = [sys.executable, "-m", "kto.train.cli", "--cache", str(cache_dir), "--model", str(model_dir), "--out", str(out),
-           "--max-steps", str(steps), "--batch-size", str(batch_size), "--log-every", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kto.train.cli",
+        "--cache",
+        str(cache_dir),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        str(batch_size),
+        "--log-every",
+        "1",
+    ]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     anon = file = 0
@@ -217,8 +256,15 @@ def peak_rss_of_train(cache_dir: Path, model_dir: Path, out: Path, steps: int, b
         raise SystemExit(f"kto-train failed: {' '.join(cmd)}")
     cache = ShardedCache(cache_dir)
     shard_bytes = sum((cache_dir / s.name).stat().st_size for s in cache.manifest.shards)
-    return {"rows": cache.num_rows, "shards_mb": shard_bytes / 1e6, "steps": steps, "peak_anon_mb": anon / 1e3,
-            "peak_file_mb": file / 1e3, "max_rss_mb": usage.ru_maxrss / 1e3, "seconds": seconds}
+    return {
+        "rows": cache.num_rows,
+        "shards_mb": shard_bytes / 1e6,
+        "steps": steps,
+        "peak_anon_mb": anon / 1e3,
+        "peak_file_mb": file / 1e3,
+        "max_rss_mb": usage.ru_maxrss / 1e3,
+        "seconds": seconds,
+    }
 
 
 def main(argv=None) -> int:

@@ -26,15 +26,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C  # noqa: E402
 
-VARIANTS = {"full": (0, "policy-only"), "full+resident-reference": (0, "resident-reference"),
-            "lora": (16, "policy-only"), "lora+resident-reference": (16, "resident-reference")}
+VARIANTS = {
+    "full": (0, "policy-only"),
+    "full+resident-reference": (0, "resident-reference"),
+    "lora": (16, "policy-only"),
+    "lora+resident-reference": (16, "resident-reference"),
+}
 PAPER_CPU = {"full": 16.0, "full+resident-reference": 20.0, "lora": 4.0, "lora+resident-reference": 4.0}
 
 
 def measure_one(variant: str, shape: str, batch_size: int, seq_len: int) -> dict:
-    import torch
-
     import bench_train_step as B
+    import torch
 
     lora_r, name = VARIANTS[variant]
     device = torch.device("cpu")
@@ -50,13 +53,30 @@ def measure_one(variant: str, shape: str, batch_size: int, seq_len: int) -> dict
         return lm
 
     B.make_policy = counting_make_policy
-    row = B._time_variant(name, mem, shape=shape, precision="fp32", batch_size=batch_size, seq_len=seq_len,
-                          gradient_checkpointing=True, device=device, warmup=1, iters=1, lora_r=lora_r)
+    row = B._time_variant(
+        name,
+        mem,
+        shape=shape,
+        precision="fp32",
+        batch_size=batch_size,
+        seq_len=seq_len,
+        gradient_checkpointing=True,
+        device=device,
+        warmup=1,
+        iters=1,
+        lora_r=lora_r,
+    )
     peak_over_start = row["peak_gb"] - before
     base = captured["params"] - (captured["trainable"] if lora_r else 0)
-    return {"variant": variant, "params": captured["params"], "trainable": captured["trainable"],
-            "peak_gb": row["peak_gb"], "added_gb": peak_over_start,
-            "bytes_per_param": peak_over_start * C.GB / base, "paper_bytes_per_param": paper(variant, base, captured["trainable"])}
+    return {
+        "variant": variant,
+        "params": captured["params"],
+        "trainable": captured["trainable"],
+        "peak_gb": row["peak_gb"],
+        "added_gb": peak_over_start,
+        "bytes_per_param": peak_over_start * C.GB / base,
+        "paper_bytes_per_param": paper(variant, base, captured["trainable"]),
+    }
 
 
 def paper(variant: str, base: int, trainable: int) -> float:
@@ -78,8 +98,7 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--one", variant, "--shape", args.shape,
-               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+        cmd = [sys.executable, __file__, "--one", variant, "--shape", args.shape, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     info = C.versions(C.default_device())

@@ -48,8 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=16384 if cuda else 2048, help="padded tokens per batch")
     p.add_argument("--chunk-size", type=int, default=1024, help="LM-head rows per chunk (kto path)")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--numerics", default="bf16" if cuda else "fp32",
-                   help="kto.formats.numerics name: bf16 (the issue's baseline), amp-bf16 (kto-precompute's CUDA default), fp32")
+    p.add_argument(
+        "--numerics",
+        default="bf16" if cuda else "fp32",
+        help="kto.formats.numerics name: bf16 (the issue's baseline), amp-bf16 (kto-precompute's CUDA default), fp32",
+    )
     p.add_argument("--paths", default="kto,naive", help="comma list of kto, naive")
     p.add_argument("--repeats", type=int, default=1 if cuda else 2, help="passes per path, taking turns; the fastest is kept")
     p.add_argument("--seed", type=int, default=0)
@@ -90,8 +93,20 @@ def warmup_subset(prompts, completions, keys, batch_tokens: int):
     return [prompts[i] for i in last], [completions[i] for i in last], [keys[i] for i in last]
 
 
-def compare_paths(lm, prompts, completions, keys, *, batch_tokens: int, device, ceiling: float, numerics: Numerics,
-                  paths=("kto", "naive"), chunk_size: int = 1024, repeats: int = 1) -> list[dict]:
+def compare_paths(
+    lm,
+    prompts,
+    completions,
+    keys,
+    *,
+    batch_tokens: int,
+    device,
+    ceiling: float,
+    numerics: Numerics,
+    paths=("kto", "naive"),
+    chunk_size: int = 1024,
+    repeats: int = 1,
+) -> list[dict]:
     """Time each path over all sequences after a one-batch warmup; one result dict per path.
 
     `lm` holds weights in numerics.weights; every path runs inside numerics.context (autocast
@@ -103,8 +118,13 @@ def compare_paths(lm, prompts, completions, keys, *, batch_tokens: int, device, 
     scored = sum(len(c) for c in completions)
     flops = C.scoring_flops(lm.config, C.param_counts(lm)["non_embedding"], lengths, scored)
     batches = token_budget_batches(lengths, keys, batch_tokens)
-    common = {"numerics": numerics.name, "sequences": len(lengths), "real_tokens": sum(lengths), "batches": len(batches),
-              "padding_fraction": padding_fraction(lengths, batches)}
+    common = {
+        "numerics": numerics.name,
+        "sequences": len(lengths),
+        "real_tokens": sum(lengths),
+        "batches": len(batches),
+        "padding_fraction": padding_fraction(lengths, batches),
+    }
     best: dict[str, dict] = {}
     sums: dict[str, list[float]] = {}
     for _ in range(repeats):
@@ -112,15 +132,22 @@ def compare_paths(lm, prompts, completions, keys, *, batch_tokens: int, device, 
             if "error" in best.get(name, {}):
                 continue
             try:
-                seconds, sums[name], memory = _time_path(name, lm, prompts, completions, keys, batch_tokens=batch_tokens,
-                                                         device=device, numerics=numerics, chunk_size=chunk_size)
+                seconds, sums[name], memory = _time_path(
+                    name, lm, prompts, completions, keys, batch_tokens=batch_tokens, device=device, numerics=numerics, chunk_size=chunk_size
+                )
             except torch.OutOfMemoryError:
                 best[name] = {"path": name, **common, "error": "out of memory"}
                 C.free_memory()
                 continue
             if name not in best or seconds < best[name]["seconds"]:
-                best[name] = {"path": name, **common, "seconds": seconds, "tokens_per_s": common["real_tokens"] / seconds,
-                              "mfu": flops / seconds / ceiling, **memory}
+                best[name] = {
+                    "path": name,
+                    **common,
+                    "seconds": seconds,
+                    "tokens_per_s": common["real_tokens"] / seconds,
+                    "mfu": flops / seconds / ceiling,
+                    **memory,
+                }
     results = [best[name] for name in dict.fromkeys(paths)]
     if "naive" in sums:  # every path against the naive one
         for r in results:
@@ -157,27 +184,54 @@ def main(argv=None) -> int:
     lm = C.build_llama(args.shape, numerics.weights, device).eval()
     mix = C.length_mix(args.rows, args.max_len, args.seed)
     prompts, completions, keys = C.mix_sequences(mix, lm.config.vocab_size, args.max_len, args.seed)
-    results = compare_paths(lm, prompts, completions, keys, batch_tokens=args.batch_tokens, device=device,
-                            ceiling=ceiling["flops_per_s"], numerics=numerics, paths=args.paths.split(","), chunk_size=args.chunk_size,
-                            repeats=args.repeats)
+    results = compare_paths(
+        lm,
+        prompts,
+        completions,
+        keys,
+        batch_tokens=args.batch_tokens,
+        device=device,
+        ceiling=ceiling["flops_per_s"],
+        numerics=numerics,
+        paths=args.paths.split(","),
+        chunk_size=args.chunk_size,
+        repeats=args.repeats,
+    )
     info = C.versions(device)  # after the run: the load average then covers it
     params = C.param_counts(lm)["total"] / 1e6
-    print(f"{C.describe(info)} | shape {args.shape} ({params:.1f}M params, {numerics.name}) | "
-          f"matmul ceiling {ceiling['flops_per_s'] / 1e12:.2f} TFLOP/s ({ceiling['dtype']}, n={ceiling['n']})")
-    C.print_table(f"{args.rows} rows × 2 sequences, lengths 32–{args.max_len}, batch budget {args.batch_tokens} tokens",
-                  [{k: v for k, v in r.items() if k not in ("sequences",)} for r in results])
+    print(
+        f"{C.describe(info)} | shape {args.shape} ({params:.1f}M params, {numerics.name}) | "
+        f"matmul ceiling {ceiling['flops_per_s'] / 1e12:.2f} TFLOP/s ({ceiling['dtype']}, n={ceiling['n']})"
+    )
+    C.print_table(
+        f"{args.rows} rows × 2 sequences, lengths 32–{args.max_len}, batch budget {args.batch_tokens} tokens",
+        [{k: v for k, v in r.items() if k not in ("sequences",)} for r in results],
+    )
     by = {r["path"]: r for r in results if "peak_gb" in r}
     if "kto" in by and "naive" in by:
-        print(f"\nkto / naive: peak memory {by['kto']['peak_gb'] / by['naive']['peak_gb']:.2f} (target <= 0.5), memory added "
-              f"over the weights {by['kto']['added_gb'] / by['naive']['added_gb']:.2f}, tokens/s "
-              f"{by['kto']['tokens_per_s'] / by['naive']['tokens_per_s']:.2f}")
+        print(
+            f"\nkto / naive: peak memory {by['kto']['peak_gb'] / by['naive']['peak_gb']:.2f} (target <= 0.5), memory added "
+            f"over the weights {by['kto']['added_gb'] / by['naive']['added_gb']:.2f}, tokens/s "
+            f"{by['kto']['tokens_per_s'] / by['naive']['tokens_per_s']:.2f}"
+        )
     at_scale = scale_padding()
-    print(f"\ntoken-budget batching padding fraction (issue 5 target: < 10%): {results[0]['padding_fraction']:.1%} here; "
-          f"{at_scale:.1%} for 4000 rows of 32-2048 tokens at a 16384-token budget (windows fill up with more rows)")
+    print(
+        f"\ntoken-budget batching padding fraction (issue 5 target: < 10%): {results[0]['padding_fraction']:.1%} here; "
+        f"{at_scale:.1%} for 4000 rows of 32-2048 tokens at a 16384-token budget (windows fill up with more rows)"
+    )
     if args.json_out:
-        args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "versions": info,
-                                             "matmul_ceiling": ceiling, "results": results,
-                                             "padding_fraction_4000_rows_16384_budget": at_scale}, indent=2))
+        args.json_out.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "versions": info,
+                    "matmul_ceiling": ceiling,
+                    "results": results,
+                    "padding_fraction_4000_rows_16384_budget": at_scale,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

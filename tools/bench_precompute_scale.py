@@ -38,9 +38,19 @@ def make_model(out: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=256,
-                         bos_token_id=C.BOS_ID, eos_token_id=C.EOS_ID, pad_token_id=C.PAD_ID, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=C.BOS_ID,
+        eos_token_id=C.EOS_ID,
+        pad_token_id=C.PAD_ID,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     C.build_tokenizer(VOCAB).save_pretrained(out)
@@ -62,8 +72,23 @@ def make_rows(path: Path, n: int, seed: int = 0) -> Path:
 def run_once(data: Path, model: Path, out: Path, pythonpath: str) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one kto-precompute process."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "kto.precompute.cli", "--data", str(data), "--model", str(model), "--out", str(out),
-           "--max-length", "32", "--rows-per-shard", "4096", "--batch-tokens", "8192"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kto.precompute.cli",
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--max-length",
+        "32",
+        "--rows-per-shard",
+        "4096",
+        "--batch-tokens",
+        "8192",
+    ]
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -70,8 +70,11 @@ def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length
     from kto.precompute.tokenize import leading_bos_id, tokenize_example
 
     bos_id = leading_bos_id(tokenizer)
-    rows = [r for r in (tokenize_example(ex, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                                         bos_id=bos_id) for ex in iter_examples([data])) if r is not None]
+    rows = [
+        r
+        for r in (tokenize_example(ex, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length, bos_id=bos_id) for ex in iter_examples([data]))
+        if r is not None
+    ]
     partner = C.kl_partners(len(rows), seed)
     prompts = [list(r.prompt_ids) for r in rows]
     completions = [list(r.completion_ids) for r in rows]
@@ -99,8 +102,16 @@ def paired_sequences(rows: int, max_len: int, vocab_size: int, seed: int = 0):
             for _ in range(rows // 2):
                 total = int(np.exp(rng.uniform(np.log(256), np.log(max_len))))
                 prompt = int(total * rng.uniform(0.6, 0.85))
-                f.write(json.dumps({"prompt": words(prompt - 1), "chosen": " " + words(total - prompt - 1),
-                                    "rejected": " " + words(int((total - prompt) * rng.uniform(0.5, 1.5)) - 1)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt": words(prompt - 1),
+                            "chosen": " " + words(total - prompt - 1),
+                            "rejected": " " + words(int((total - prompt) * rng.uniform(0.5, 1.5)) - 1),
+                        }
+                    )
+                    + "\n"
+                )
         sequences = pipeline_sequences(data, C.build_tokenizer(vocab_size), max_len, max_len * 7 // 8, seed)
     return sequences, C.PAD_ID
 
@@ -118,8 +129,14 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
         # Warm up both (kernel choice, allocator growth) on the longest sequences.
         longest = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]) - len(completions[i]))[:4]
         for share in (False, True):
-            score_sequences(scorer, [prompts[i] for i in longest] * 2, [completions[i] for i in longest] * 2,
-                            [(k, keys[i]) for k in (0, 1) for i in longest], share_prefixes=share, **kw)
+            score_sequences(
+                scorer,
+                [prompts[i] for i in longest] * 2,
+                [completions[i] for i in longest] * 2,
+                [(k, keys[i]) for k in (0, 1) for i in longest],
+                share_prefixes=share,
+                **kw,
+            )
         for _ in range(repeats):
             for share in (False, True):
                 mem = C.PeakMemory(device).reset()
@@ -134,18 +151,30 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
     rows = []
     for share in (False, True):
         best = min(times[share])
-        rows.append({"layout": "prefix-shared" if share else "plain", "sequences": len(prompts),
-                     "represented_tokens": represented, "computed_tokens": plans[share].computed_tokens,
-                     "packs": len(plans[share].packs), "best_s": best, "median_s": statistics.median(times[share]),
-                     "tokens_per_s": represented / best, **peaks[share]})
+        rows.append(
+            {
+                "layout": "prefix-shared" if share else "plain",
+                "sequences": len(prompts),
+                "represented_tokens": represented,
+                "computed_tokens": plans[share].computed_tokens,
+                "packs": len(plans[share].packs),
+                "best_s": best,
+                "median_s": statistics.median(times[share]),
+                "tokens_per_s": represented / best,
+                **peaks[share],
+            }
+        )
     diff = max(float(np.abs(a - b).max(initial=0.0)) for a, b in zip(logps[True], logps[False]))
     plain, shared = rows
-    return {"rows": rows, "max_abs_token_diff": diff,
-            "tokens_per_s_ratio": shared["tokens_per_s"] / plain["tokens_per_s"],
-            "median_time_ratio": shared["median_s"] / plain["median_s"],
-            "peak_memory_ratio": shared["peak_gb"] / plain["peak_gb"],
-            "added_memory_ratio": shared["added_gb"] / plain["added_gb"] if plain["added_gb"] > 0 else None,
-            "computed_fraction": shared["computed_tokens"] / represented}
+    return {
+        "rows": rows,
+        "max_abs_token_diff": diff,
+        "tokens_per_s_ratio": shared["tokens_per_s"] / plain["tokens_per_s"],
+        "median_time_ratio": shared["median_s"] / plain["median_s"],
+        "peak_memory_ratio": shared["peak_gb"] / plain["peak_gb"],
+        "added_memory_ratio": shared["added_gb"] / plain["added_gb"] if plain["added_gb"] > 0 else None,
+        "computed_fraction": shared["computed_tokens"] / represented,
+    }
 
 
 def end_to_end(model_dir: Path, repeats: int) -> dict:
@@ -159,8 +188,16 @@ def end_to_end(model_dir: Path, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             for share in (False, True):
-                cfg = PrecomputeConfig(data=(REPO / "examples" / "feedback.jsonl",), model=str(model_dir), out=Path(tmp) / f"c{share}",
-                                       max_length=256, eval_fraction=0.2, batch_tokens=4096, overwrite=True, prefix_sharing=share)
+                cfg = PrecomputeConfig(
+                    data=(REPO / "examples" / "feedback.jsonl",),
+                    model=str(model_dir),
+                    out=Path(tmp) / f"c{share}",
+                    max_length=256,
+                    eval_fraction=0.2,
+                    batch_tokens=4096,
+                    overwrite=True,
+                    prefix_sharing=share,
+                )
                 AcceleratorState._reset_state(reset_partial_state=True)
                 for p in sorted(cfg.out.glob("**/*.arrow")) + sorted(cfg.out.glob("**/manifest.json")):
                     p.unlink()  # a fresh run each time (no resume), the model load included
@@ -168,9 +205,13 @@ def end_to_end(model_dir: Path, repeats: int) -> dict:
                 run_precompute(cfg)
                 times[share].append(time.perf_counter() - t0)
     plain, shared = min(times[False]), min(times[True])
-    return {"plain_s": times[False], "shared_s": times[True], "best_wall_time_ratio": shared / plain,
-            "median_wall_time_ratio": statistics.median(times[True]) / statistics.median(times[False]),
-            "wall_time_reduction": 1 - shared / plain}
+    return {
+        "plain_s": times[False],
+        "shared_s": times[True],
+        "best_wall_time_ratio": shared / plain,
+        "median_wall_time_ratio": statistics.median(times[True]) / statistics.median(times[False]),
+        "wall_time_reduction": 1 - shared / plain,
+    }
 
 
 def main(argv=None) -> int:
@@ -194,24 +235,27 @@ def main(argv=None) -> int:
             else:
                 mix_rows = C.length_mix(args.rows, args.max_len, seed=0)
                 sequences, pad_id = C.mix_sequences(mix_rows, lm.config.vocab_size, args.max_len, seed=0), C.PAD_ID
-        results[mix] = compare(lm, sequences, pad_id, batch_tokens=args.batch_tokens, device=device, numerics=numerics,
-                               repeats=args.repeats)
+        results[mix] = compare(lm, sequences, pad_id, batch_tokens=args.batch_tokens, device=device, numerics=numerics, repeats=args.repeats)
         del lm
         C.free_memory()
         if mix == "feedback" and args.end_to_end_repeats > 0:
             results["feedback_end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats)
         # Print and save each mix as soon as it is measured: the slow mixes may not finish on a busy machine.
         results["versions"] = info = C.versions(device)
-        print(f"\n{C.describe(info)} | {numerics.name} | batch budget {args.batch_tokens} tokens | repeats {args.repeats} | "
-              f"{time.perf_counter() - t0:.0f} s")
+        print(f"\n{C.describe(info)} | {numerics.name} | batch budget {args.batch_tokens} tokens | repeats {args.repeats} | {time.perf_counter() - t0:.0f} s")
         r = results[mix]
-        C.print_table(f"{mix}: tokens/s ratio {r['tokens_per_s_ratio']:.2f} (best), time ratio {r['median_time_ratio']:.2f} (median), "
-                      f"peak memory ratio {r['peak_memory_ratio']:.2f}, computed {r['computed_fraction']:.1%} of represented, "
-                      f"max |Δ log p| {r['max_abs_token_diff']:.2e}", r["rows"])
+        C.print_table(
+            f"{mix}: tokens/s ratio {r['tokens_per_s_ratio']:.2f} (best), time ratio {r['median_time_ratio']:.2f} (median), "
+            f"peak memory ratio {r['peak_memory_ratio']:.2f}, computed {r['computed_fraction']:.1%} of represented, "
+            f"max |Δ log p| {r['max_abs_token_diff']:.2e}",
+            r["rows"],
+        )
         if mix == "feedback" and "feedback_end_to_end" in results:
             e = results["feedback_end_to_end"]
-            print(f"\nkto-precompute end to end on examples/feedback.jsonl: wall time ratio shared/plain {e['best_wall_time_ratio']:.2f} "
-                  f"(best), {e['median_wall_time_ratio']:.2f} (median); plain {e['plain_s']}, shared {e['shared_s']}")
+            print(
+                f"\nkto-precompute end to end on examples/feedback.jsonl: wall time ratio shared/plain {e['best_wall_time_ratio']:.2f} "
+                f"(best), {e['median_wall_time_ratio']:.2f} (median); plain {e['plain_s']}, shared {e['shared_s']}"
+            )
         sys.stdout.flush()
         if args.json_out:
             args.json_out.write_text(json.dumps(results, indent=2, default=str))

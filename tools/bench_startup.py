@@ -50,13 +50,29 @@ def time_to_mark(cmd: list[str], env: dict, mark: str = MARK) -> tuple[float, st
 
 
 def kto_cmd(args, out: Path) -> list[str]:
-    return [sys.executable, "-m", "kto.train.cli", "--cache", str(args.cache), "--model", str(args.model), "--out", str(out),
-            "--batch-size", "4", "--grad-accum", "2", "--max-steps", "10", "--log-every", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "kto.train.cli",
+        "--cache",
+        str(args.cache),
+        "--model",
+        str(args.model),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "10",
+        "--log-every",
+        "1",
+    ]
 
 
 def trl_cmd(args, out: Path) -> list[str]:
-    return [sys.executable, __file__, "--trl-child", "--model", str(args.model), "--data", str(args.data),
-            "--out", str(out)]
+    return [sys.executable, __file__, "--trl-child", "--model", str(args.model), "--data", str(args.data), "--out", str(out)]
 
 
 def trl_child(args) -> None:
@@ -73,9 +89,20 @@ def trl_child(args) -> None:
     data = data.remove_columns([c for c in data.column_names if c not in ("prompt", "completion", "label")])
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype="float32")
-    cfg = KTOConfig(output_dir=str(args.out / "run"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                    max_steps=10, max_length=256, learning_rate=5e-6, logging_steps=1000, save_strategy="no",
-                    report_to=[], precompute_ref_log_probs=True, use_cpu=True, dataloader_num_workers=0)
+    cfg = KTOConfig(
+        output_dir=str(args.out / "run"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=10,
+        max_length=256,
+        learning_rate=5e-6,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        precompute_ref_log_probs=True,
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
     KTOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, callbacks=[Mark()]).train()
 
 
@@ -102,8 +129,7 @@ def main(argv=None) -> int:
             # The package as it was before (another checkout), where the first step began once
             # the separate step-0 check had printed its line.
             before_env = {**env, "PYTHONPATH": str(args.before)}
-            variants["kto-train before (separate step-0 check)"] = lambda k: time_to_mark(
-                kto_cmd(args, tmp / f"before-{k}"), before_env, mark="step-0 check:")
+            variants["kto-train before (separate step-0 check)"] = lambda k: time_to_mark(kto_cmd(args, tmp / f"before-{k}"), before_env, mark="step-0 check:")
         if args.data:
             variants["TRL 1.16 KTOTrainer restart (precompute_ref_log_probs)"] = lambda k: time_to_mark(trl_cmd(args, tmp / "trl"), trl_env)
         for name, run in variants.items():
@@ -121,8 +147,10 @@ def main(argv=None) -> int:
     for name, ts in times.items():
         print(f"  {name}: {statistics.median(ts):.2f} / {min(ts):.2f}")
     if setup:
-        print(f"  kto-train set-up: median {statistics.median(s for s, _ in setup):.2f} s, of which model load "
-              f"{statistics.median(m for _, m in setup):.2f} s; beyond model load {statistics.median(s - m for s, m in setup):.2f} s")
+        print(
+            f"  kto-train set-up: median {statistics.median(s for s, _ in setup):.2f} s, of which model load "
+            f"{statistics.median(m for _, m in setup):.2f} s; beyond model load {statistics.median(s - m for s, m in setup):.2f} s"
+        )
     return 0
 
 

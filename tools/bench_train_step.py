@@ -42,15 +42,14 @@ import _bench_common as C  # noqa: E402
 from kto.formats.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
 from kto.formats.numerics import Numerics, parse_numerics  # noqa: E402
 from kto.train.data import KTOBatch  # noqa: E402
-from kto.train.setup import disable_dropout  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.optim import build_optimizer, build_scheduler  # noqa: E402
+from kto.train.setup import disable_dropout  # noqa: E402
 from kto.train.step import LossSettings, forward_backward, optimizer_step  # noqa: E402
 
 PRECISIONS = ("bf16", "amp-bf16", "fp32", "fp32-autocast-bf16")
 ALIASES = {"fp32-autocast-bf16": "amp-bf16"}
-SETTINGS = LossSettings(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0, loss_type=LossType.KTO,
-                        sft_weight=0.0, kl_scope="step")
+SETTINGS = LossSettings(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0, loss_type=LossType.KTO, sft_weight=0.0, kl_scope="step")
 
 
 class OneProcess:
@@ -98,8 +97,17 @@ def make_policy(shape: str, precision: str, device, gradient_checkpointing: bool
     if lora_r:
         from kto.train.adapters import add_adapters
 
-        cfg = SimpleNamespace(lora_r=lora_r, lora_alpha=2.0 * lora_r, lora_dropout=0.0, lora_target_modules=None, seed=0,
-                              load_in_4bit=False, load_in_8bit=False, gradient_checkpointing=gradient_checkpointing, model=shape)
+        cfg = SimpleNamespace(
+            lora_r=lora_r,
+            lora_alpha=2.0 * lora_r,
+            lora_dropout=0.0,
+            lora_target_modules=None,
+            seed=0,
+            load_in_4bit=False,
+            load_in_8bit=False,
+            gradient_checkpointing=gradient_checkpointing,
+            model=shape,
+        )
         lm = add_adapters(cfg, lm)
     return lm.train()
 
@@ -128,8 +136,11 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 
     kl = completions[1:] + completions[:1]
     zeros = torch.zeros(batch_size, dtype=torch.float64)
     return KTOBatch(
-        policy=make_token_batch(prompts, completions, C.PAD_ID), kl=make_token_batch(prompts, kl, C.PAD_ID),
-        ref_logp=zeros, ref_kl_logp=zeros.clone(), desirable=torch.arange(batch_size) % 2 == 0,
+        policy=make_token_batch(prompts, completions, C.PAD_ID),
+        kl=make_token_batch(prompts, kl, C.PAD_ID),
+        ref_logp=zeros,
+        ref_kl_logp=zeros.clone(),
+        desirable=torch.arange(batch_size) % 2 == 0,
         valid=torch.ones(batch_size, dtype=torch.bool),
     )
 
@@ -163,36 +174,56 @@ def time_steps(step, device, warmup: int, iters: int) -> list[float]:
     return times
 
 
-def run_variant(name: str, *, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool,
-                device, warmup: int = 1, iters: int = 3, lora_r: int = 0) -> dict:
+def run_variant(
+    name: str,
+    *,
+    shape: str,
+    precision: str,
+    batch_size: int,
+    seq_len: int,
+    gradient_checkpointing: bool,
+    device,
+    warmup: int = 1,
+    iters: int = 3,
+    lora_r: int = 0,
+) -> dict:
     """Build a fresh policy (and a reference copy for 'resident-reference'), time `iters` steps.
 
     Peak memory is reset before the first (warmup) step, so it includes AdamW's state, which is
     allocated then. An out-of-memory error becomes a result row instead of a crash.
     """
     mem = C.PeakMemory(device)
-    row = {"variant": name, "precision": precision, "batch": f"{batch_size}x{seq_len}", "grad_ckpt": gradient_checkpointing,
-           "lora_r": lora_r}
+    row = {"variant": name, "precision": precision, "batch": f"{batch_size}x{seq_len}", "grad_ckpt": gradient_checkpointing, "lora_r": lora_r}
     try:
-        row.update(_time_variant(name, mem, shape=shape, precision=precision, batch_size=batch_size, seq_len=seq_len,
-                                 gradient_checkpointing=gradient_checkpointing, device=device, warmup=warmup, iters=iters,
-                                 lora_r=lora_r))
+        row.update(
+            _time_variant(
+                name,
+                mem,
+                shape=shape,
+                precision=precision,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                gradient_checkpointing=gradient_checkpointing,
+                device=device,
+                warmup=warmup,
+                iters=iters,
+                lora_r=lora_r,
+            )
+        )
     except torch.OutOfMemoryError:
         row.update(error="out of memory", peak_gb=mem.peak_gb())
     C.free_memory()  # the models and optimizer state of _time_variant are unreachable by now
     return row
 
 
-def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size, seq_len, gradient_checkpointing,
-                  device, warmup, iters, lora_r=0) -> dict:
+def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size, seq_len, gradient_checkpointing, device, warmup, iters, lora_r=0) -> dict:
     lm = make_policy(shape, precision, device, gradient_checkpointing, lora_r)
     numerics = precision_numerics(precision, device)
     model = WithNumerics(CompletionLogps(lm), numerics)
     batch = synthetic_batch(lm.config.vocab_size, batch_size, seq_len).to(device)
     ref_scorer = None
     if name.startswith("resident-reference"):
-        ref_scorer = AdaptersDisabled(model, lm) if lora_r else \
-            WithNumerics(CompletionLogps(copy.deepcopy(lm).eval().requires_grad_(False)), numerics)
+        ref_scorer = AdaptersDisabled(model, lm) if lora_r else WithNumerics(CompletionLogps(copy.deepcopy(lm).eval().requires_grad_(False)), numerics)
     # At step 0 the policy is the reference; policy-only reads these numbers "from the cache".
     batch = with_reference_logps(ref_scorer or model, batch)
     optimizer = build_optimizer(model, SimpleNamespace(lr=1e-6, weight_decay=0.0))
@@ -204,11 +235,21 @@ def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size,
     return {"step_s": step_s, "min_step_s": min(times), "tokens_per_s": tokens / step_s, **mem.report()}
 
 
-def compare(*, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool, device,
-            warmup: int = 1, iters: int = 3, lora_r: int = 0) -> dict:
+def compare(
+    *, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool, device, warmup: int = 1, iters: int = 3, lora_r: int = 0
+) -> dict:
     """Both variants on the same configuration, plus the ratios policy-only / resident."""
-    kw = dict(shape=shape, precision=precision, batch_size=batch_size, seq_len=seq_len,
-              gradient_checkpointing=gradient_checkpointing, device=device, warmup=warmup, iters=iters, lora_r=lora_r)
+    kw = dict(
+        shape=shape,
+        precision=precision,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        gradient_checkpointing=gradient_checkpointing,
+        device=device,
+        warmup=warmup,
+        iters=iters,
+        lora_r=lora_r,
+    )
     rows = [run_variant(v, **kw) for v in ("policy-only", "resident-reference")]
     out = {"rows": rows}
     if all("step_s" in r for r in rows[:2]):
@@ -217,8 +258,9 @@ def compare(*, shape: str, precision: str, batch_size: int, seq_len: int, gradie
     return out
 
 
-def run_trl(*, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool, device,
-            steps: int = 4, precompute_ref: bool = False) -> dict:
+def run_trl(
+    *, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool, device, steps: int = 4, precompute_ref: bool = False
+) -> dict:
     """TRL's KTOTrainer on text of the same shape (word-level tokenizer: 1 word = 1 token).
 
     Step time = median over steps after the first, measured by a callback around each optimizer
@@ -255,19 +297,38 @@ def run_trl(*, shape: str, precision: str, batch_size: int, seq_len: int, gradie
 
     mem = C.PeakMemory(device)
     with tempfile.TemporaryDirectory() as out:
-        cfg = KTOConfig(output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, max_length=seq_len,
-                        learning_rate=1e-6, bf16=numerics.autocast is not None, gradient_checkpointing=gradient_checkpointing,
-                        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1000, save_strategy="no",
-                        report_to=[], precompute_ref_log_probs=precompute_ref, use_cpu=device.type == "cpu",
-                        dataloader_num_workers=0, remove_unused_columns=False)
+        cfg = KTOConfig(
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            max_length=seq_len,
+            learning_rate=1e-6,
+            bf16=numerics.autocast is not None,
+            gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            logging_steps=1000,
+            save_strategy="no",
+            report_to=[],
+            precompute_ref_log_probs=precompute_ref,
+            use_cpu=device.type == "cpu",
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+        )
         with C.Timer(device) as init:
             trainer = KTOTrainer(model=lm, ref_model=ref, args=cfg, train_dataset=data, processing_class=tok, callbacks=[StepTimer()])
         mem.reset()
         trainer.train()
     steady = times[1:] or times
-    row = {"variant": f"trl-{'precompute-ref' if precompute_ref else 'resident-reference'}", "precision": precision,
-           "batch": f"{batch_size}x{seq_len}", "grad_ckpt": gradient_checkpointing, "step_s": statistics.median(steady),
-           "min_step_s": min(steady), **mem.report(), "init_s": init.seconds}
+    row = {
+        "variant": f"trl-{'precompute-ref' if precompute_ref else 'resident-reference'}",
+        "precision": precision,
+        "batch": f"{batch_size}x{seq_len}",
+        "grad_ckpt": gradient_checkpointing,
+        "step_s": statistics.median(steady),
+        "min_step_s": min(steady),
+        **mem.report(),
+        "init_s": init.seconds,
+    }
     del trainer, lm, ref
     C.free_memory()
     return row
@@ -310,20 +371,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    cfg = dict(shape=args.shape, precision=args.precision, batch_size=args.batch_size, seq_len=args.seq_len,
-               gradient_checkpointing=args.gradient_checkpointing, device=device)
+    cfg = dict(
+        shape=args.shape,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        gradient_checkpointing=args.gradient_checkpointing,
+        device=device,
+    )
     result = compare(**cfg, warmup=args.warmup, iters=args.iters)
     rows = result["rows"] + (trl_rows(steps=args.warmup + args.iters + 1, **cfg) if args.trl else [])
     info = C.versions(device)
-    print(f"{C.describe(info)} | shape {args.shape} ({args.precision}, {args.batch_size}x{args.seq_len}, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'})")
+    print(
+        f"{C.describe(info)} | shape {args.shape} ({args.precision}, {args.batch_size}x{args.seq_len}, "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'})"
+    )
     C.print_table("KTO step: policy-only (kto-train) vs resident reference", rows)
     if "time_ratio" in result:
-        print(f"\npolicy-only / resident: time {result['time_ratio']:.3f}, peak memory {result['memory_ratio']:.3f} "
-              f"(FLOP floor {'5/7 = 0.714' if args.gradient_checkpointing else '2/3 = 0.667'})")
+        print(
+            f"\npolicy-only / resident: time {result['time_ratio']:.3f}, peak memory {result['memory_ratio']:.3f} "
+            f"(FLOP floor {'5/7 = 0.714' if args.gradient_checkpointing else '2/3 = 0.667'})"
+        )
     if args.json_out:
-        args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "versions": info,
-                                             **result, "rows": rows}, indent=2))
+        args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "versions": info, **result, "rows": rows}, indent=2))
     return 0
 
 

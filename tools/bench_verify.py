@@ -99,8 +99,13 @@ def write_cache(out: Path, rows: int, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     build_tokenizer(VOCAB).save_pretrained(out / S.TOKENIZER_DIR)
     tok = load_tokenizer(ModelSource(out / S.TOKENIZER_DIR), flag="tokenizer")  # as verify will load it
-    content = {"format_version": S.FORMAT_VERSION, "split": "train", "bench": f"bench_verify rows={rows} seed={seed}",
-               "tokenizer": tokenizer_identity(tok), "max_length": MAX_LEN}
+    content = {
+        "format_version": S.FORMAT_VERSION,
+        "split": "train",
+        "bench": f"bench_verify rows={rows} seed={seed}",
+        "tokenizer": tokenizer_identity(tok),
+        "max_length": MAX_LEN,
+    }
     manifest = Manifest(content=content, layout={}, counts=Counts(), shards=[])
     tags = {FINGERPRINT_TAG: manifest.fingerprint}
     rng = np.random.default_rng(seed)
@@ -142,19 +147,27 @@ def _shard_table(idx, p_len, c_len, c_off, completions, partner, kl_len, rng) ->
     from kto.formats import schema as S
 
     ids = [f"data.jsonl:{i + 1}" for i in idx]
-    completion = np.concatenate([completions[c_off[i]:c_off[i + 1]] for i in idx])
-    kl = np.concatenate([completions[c_off[partner[i]]:c_off[partner[i]] + kl_len[i]] for i in idx])
+    completion = np.concatenate([completions[c_off[i] : c_off[i + 1]] for i in idx])
+    kl = np.concatenate([completions[c_off[partner[i]] : c_off[partner[i]] + kl_len[i]] for i in idx])
     prompt = rng.integers(7, VOCAB, int(p_len[idx].sum()), dtype=np.int32)
     terms, sums = _terms(c_len[idx], rng)
     kl_terms, kl_sums = _terms(kl_len[idx], rng)
-    return pa.table({
-        S.ID: pa.array(ids), S.LABEL: pa.array(idx % 2 == 0),
-        S.PROMPT_IDS: _lists(p_len[idx], prompt), S.COMPLETION_IDS: _lists(c_len[idx], completion),
-        S.REF_LOGP: pa.array(sums), S.REF_TOKEN_LOGPS: terms,
-        S.KL_SOURCE_ID: pa.array([f"data.jsonl:{partner[i] + 1}" for i in idx]),
-        S.KL_COMPLETION_IDS: _lists(kl_len[idx], kl), S.REF_KL_LOGP: pa.array(kl_sums), S.REF_KL_TOKEN_LOGPS: kl_terms,
-        S.TRUNCATED: pa.array(np.zeros(len(idx), bool)),
-    }, schema=S.SHARD_SCHEMA)
+    return pa.table(
+        {
+            S.ID: pa.array(ids),
+            S.LABEL: pa.array(idx % 2 == 0),
+            S.PROMPT_IDS: _lists(p_len[idx], prompt),
+            S.COMPLETION_IDS: _lists(c_len[idx], completion),
+            S.REF_LOGP: pa.array(sums),
+            S.REF_TOKEN_LOGPS: terms,
+            S.KL_SOURCE_ID: pa.array([f"data.jsonl:{partner[i] + 1}" for i in idx]),
+            S.KL_COMPLETION_IDS: _lists(kl_len[idx], kl),
+            S.REF_KL_LOGP: pa.array(kl_sums),
+            S.REF_KL_TOKEN_LOGPS: kl_terms,
+            S.TRUNCATED: pa.array(np.zeros(len(idx), bool)),
+        },
+        schema=S.SHARD_SCHEMA,
+    )
 
 
 def measure(pythonpath: str, cache: Path) -> dict:
@@ -185,15 +198,19 @@ def main() -> None:
         for rows, cache in caches.items():
             for name, path in impls:  # interleaved: the variants share the machine's load
                 results.setdefault((rows, name), []).append(measure(path, cache))
-    print(f"{'rows':>7} {'impl':>6} {'seconds':>8} {'peak RSS MB':>12} {'RSS added MB':>13} {'peak anon MB':>13} "
-          f"{'anon added MB':>14} {'tokenizer s / peak MB':>22} problems")
+    print(
+        f"{'rows':>7} {'impl':>6} {'seconds':>8} {'peak RSS MB':>12} {'RSS added MB':>13} {'peak anon MB':>13} "
+        f"{'anon added MB':>14} {'tokenizer s / peak MB':>22} problems"
+    )
     for (rows, name), runs in results.items():
         r = min(runs, key=lambda x: x["hwm"])
         sec = float(np.median([x["seconds"] for x in runs]))
         tok = f"{np.median([x['tokenizer_seconds'] for x in runs]):.1f} / {r['tokenizer_hwm'] / 1e6:.0f}"
-        print(f"{rows:>7} {name:>6} {sec:>8.1f} {r['hwm'] / 1e6:>12.0f} {(r['hwm'] - r['rss_before']) / 1e6:>13.0f} "
-              f"{r['anon_peak'] / 1e6:>13.0f} {(r['anon_peak'] - r['anon_before']) / 1e6:>14.0f} {tok:>22} {r['problems']}"
-              + (f"  ({r['first_problem']})" if r["problems"] else ""))
+        print(
+            f"{rows:>7} {name:>6} {sec:>8.1f} {r['hwm'] / 1e6:>12.0f} {(r['hwm'] - r['rss_before']) / 1e6:>13.0f} "
+            f"{r['anon_peak'] / 1e6:>13.0f} {(r['anon_peak'] - r['anon_before']) / 1e6:>14.0f} {tok:>22} {r['problems']}"
+            + (f"  ({r['first_problem']})" if r["problems"] else "")
+        )
 
 
 if __name__ == "__main__":

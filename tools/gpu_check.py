@@ -54,26 +54,37 @@ import bench_train_step  # noqa: E402
 import kto.precompute.pipeline as pipeline  # noqa: E402
 import kto.train.setup as train_setup  # noqa: E402
 from kto.formats.batching import token_budget_batches  # noqa: E402
-from kto.formats.models import load_tokenizer, model_identity, resolve_source  # noqa: E402
+from kto.formats.models import (  # noqa: E402
+    load_tokenizer,
+    model_identity,
+    require_cache_tokenizer,  # noqa: E402
+    resolve_source,
+)
 from kto.formats.numerics import parse_numerics  # noqa: E402
 from kto.formats.token_logps import token_logps  # noqa: E402
 from kto.precompute.config import PrecomputeConfig  # noqa: E402
-from kto.formats.models import require_cache_tokenizer  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
 from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan  # noqa: E402
 from kto.train.loop import step_batches  # noqa: E402
 from kto.train.rundir import lock_run_dir  # noqa: E402
 
 # Figures to beat, from issue 5 (H200, random-init Llama-3.2-1B shape, bf16, SDPA).
-BASELINE = {"naive_tok_s": "149-153k (~51% MFU)", "precompute_target": ">= 210k tok/s (~60% MFU)",
-            "policy_only": "0.158 s, 10.7 GB", "resident": "0.221 s, 13.2 GB", "trl_precompute": "0.241 s, 9.2 GB"}
+BASELINE = {
+    "naive_tok_s": "149-153k (~51% MFU)",
+    "precompute_target": ">= 210k tok/s (~60% MFU)",
+    "policy_only": "0.158 s, 10.7 GB",
+    "resident": "0.221 s, 13.2 GB",
+    "trl_precompute": "0.241 s, 9.2 GB",
+}
 CORRECTNESS_TOL = {"bfloat16": 2e-2, "float32": 1e-4}
 # Seconds a section needs at the default sizes (H100/H200 guesses, generous): a section starts
 # only if that much of --time-budget-s is left, so the whole call stays inside its limit.
-NEED_S = {"tiny": dict(train_lora=20, correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20),
-          "smollm2-135m": dict(train_lora=40, correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40),
-          "llama-3.2-1b": dict(train_lora=60, correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60),
-          "llama-3.1-8b": dict(train_lora=120, correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120)}
+NEED_S = {
+    "tiny": dict(train_lora=20, correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20),
+    "smollm2-135m": dict(train_lora=40, correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40),
+    "llama-3.2-1b": dict(train_lora=60, correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60),
+    "llama-3.1-8b": dict(train_lora=120, correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,8 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=None, help="keep model, data and cache here (default: a temp dir)")
     args = p.parse_args(argv)
     big = args.shape == "llama-3.1-8b"
-    defaults = dict(rows=32, max_len=128, batch_tokens=1024) if args.quick else \
-        dict(rows=1000 if big else 4000, max_len=2048, batch_tokens=16384)
+    defaults = dict(rows=32, max_len=128, batch_tokens=1024) if args.quick else dict(rows=1000 if big else 4000, max_len=2048, batch_tokens=16384)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -127,10 +137,16 @@ def check_token_logps(device, quick: bool) -> list[dict]:
         with torch.no_grad():
             truth = torch.log_softmax(hidden.double() @ weight.double().T, -1).gather(-1, targets[:, None]).squeeze(1)
         rel = _rel_err
-        row = {"dtype": str(dtype).removeprefix("torch."), "tokens": n, "vocab": v,
-               "logp_rel_err": rel(chunked, naive), "grad_hidden_rel_err": rel(c_grads[0], n_grads[0]),
-               "grad_weight_rel_err": rel(c_grads[1], n_grads[1]),
-               "chunked_vs_fp64": rel(chunked, truth), "naive_vs_fp64": rel(naive, truth)}
+        row = {
+            "dtype": str(dtype).removeprefix("torch."),
+            "tokens": n,
+            "vocab": v,
+            "logp_rel_err": rel(chunked, naive),
+            "grad_hidden_rel_err": rel(c_grads[0], n_grads[0]),
+            "grad_weight_rel_err": rel(c_grads[1], n_grads[1]),
+            "chunked_vs_fp64": rel(chunked, truth),
+            "naive_vs_fp64": rel(naive, truth),
+        }
         row["ok"] = max(row["logp_rel_err"], row["grad_hidden_rel_err"], row["grad_weight_rel_err"]) < CORRECTNESS_TOL[row["dtype"]]
         rows.append(row)
         del hidden, weight, c_grads, n_grads, naive, chunked, truth
@@ -177,9 +193,16 @@ def precompute_e2e(work: Path, args, device, ceiling: float) -> dict:
     with C.Timer(device) as t_build:
         model_dir = C.save_model_dir(work / "model", args.shape, dtype, device)
     data = write_data(work / "data.jsonl", args.rows, args.max_len, C.SHAPES[args.shape]["vocab_size"])
-    cfg = PrecomputeConfig(data=(data,), model=str(model_dir), out=work / "cache", max_length=args.max_len,
-                           batch_tokens=args.batch_tokens, rows_per_shard=16 if args.quick else 4096, overwrite=True,
-                           dtype=args.precompute_dtype)
+    cfg = PrecomputeConfig(
+        data=(data,),
+        model=str(model_dir),
+        out=work / "cache",
+        max_length=args.max_len,
+        batch_tokens=args.batch_tokens,
+        rows_per_shard=16 if args.quick else 4096,
+        overwrite=True,
+        dtype=args.precompute_dtype,
+    )
     mem = C.PeakMemory(device).reset()
     probe = ScoringProbe(args.batch_tokens)
     with C.Timer(device) as t:
@@ -187,12 +210,24 @@ def precompute_e2e(work: Path, args, device, ceiling: float) -> dict:
     real = sum(probe.lengths)
     flops = C.scoring_flops(probe.lm.config, C.param_counts(probe.lm)["non_embedding"], probe.lengths, probe.scored)
     del probe.lm
-    return {"model_dir": str(model_dir), "cache_dir": str(cfg.out), "numerics": manifests[0].content["dtype"], "rows": manifests[0].counts.rows,
-            "sequences": len(probe.lengths), "real_tokens": real, "scoring_s": probe.seconds,
-            "tokens_per_s": real / probe.seconds, "mfu": flops / probe.seconds / ceiling,
-            "end_to_end_s": t.seconds, "end_to_end_tokens_per_s": real / t.seconds,
-            # Padding of the plain layout's batches (the probe sees lengths, not packs).
-            "padding_fraction": 1 - real / probe.padded, "prefix_sharing": cfg.prefix_sharing, "model_build_save_s": t_build.seconds, **mem.report()}
+    return {
+        "model_dir": str(model_dir),
+        "cache_dir": str(cfg.out),
+        "numerics": manifests[0].content["dtype"],
+        "rows": manifests[0].counts.rows,
+        "sequences": len(probe.lengths),
+        "real_tokens": real,
+        "scoring_s": probe.seconds,
+        "tokens_per_s": real / probe.seconds,
+        "mfu": flops / probe.seconds / ceiling,
+        "end_to_end_s": t.seconds,
+        "end_to_end_tokens_per_s": real / t.seconds,
+        # Padding of the plain layout's batches (the probe sees lengths, not packs).
+        "padding_fraction": 1 - real / probe.padded,
+        "prefix_sharing": cfg.prefix_sharing,
+        "model_build_save_s": t_build.seconds,
+        **mem.report(),
+    }
 
 
 def scoring_paths(args, device, ceiling: float) -> list[dict]:
@@ -201,14 +236,12 @@ def scoring_paths(args, device, ceiling: float) -> list[dict]:
     (kto-precompute's CUDA default) to relate the two; fp32 on CPU."""
     rows = max(8, args.rows // 4)
     seqs = C.mix_sequences(C.length_mix(rows, args.max_len, seed=1), C.SHAPES[args.shape]["vocab_size"], args.max_len, seed=1)
-    runs = [("bf16", ("kto", "naive")), ("amp-bf16", ("kto",))] if device.type == "cuda" else \
-        [("fp32", ("kto", "naive"))]
+    runs = [("bf16", ("kto", "naive")), ("amp-bf16", ("kto",))] if device.type == "cuda" else [("fp32", ("kto", "naive"))]
     out = []
     for name, paths in runs:
         numerics = parse_numerics(name, device)
         lm = C.build_llama(args.shape, numerics.weights, device).eval()
-        out += bench_precompute.compare_paths(lm, *seqs, batch_tokens=args.batch_tokens, device=device, ceiling=ceiling,
-                                              numerics=numerics, paths=paths)
+        out += bench_precompute.compare_paths(lm, *seqs, batch_tokens=args.batch_tokens, device=device, ceiling=ceiling, numerics=numerics, paths=paths)
         del lm
         C.free_memory()
     return out
@@ -221,12 +254,15 @@ def prefix_sharing(args, device) -> dict:
     lm = C.build_llama(args.shape, numerics.weights, device).eval()
     rows = max(8, args.rows // 4)
     vocab = lm.config.vocab_size
-    mixes = {"paired": bench_prefix_sharing.paired_sequences(rows, args.max_len, vocab),
-             "synthetic": (C.mix_sequences(C.length_mix(rows, args.max_len, seed=2), vocab, args.max_len, seed=2), C.PAD_ID)}
+    mixes = {
+        "paired": bench_prefix_sharing.paired_sequences(rows, args.max_len, vocab),
+        "synthetic": (C.mix_sequences(C.length_mix(rows, args.max_len, seed=2), vocab, args.max_len, seed=2), C.PAD_ID),
+    }
     out = {}
     for name, (sequences, pad_id) in mixes.items():
-        r = bench_prefix_sharing.compare(lm, sequences, pad_id, batch_tokens=args.batch_tokens, device=device,
-                                         numerics=numerics, repeats=1 if args.quick else 3)
+        r = bench_prefix_sharing.compare(
+            lm, sequences, pad_id, batch_tokens=args.batch_tokens, device=device, numerics=numerics, repeats=1 if args.quick else 3
+        )
         out[name] = {k: v for k, v in r.items() if k != "rows"} | {"numerics": numerics.name, "rows": r["rows"]}
     del lm
     C.free_memory()
@@ -237,8 +273,16 @@ def train_steps(args, device) -> list[dict]:
     b, t, iters = (2, 64, 2) if args.quick else (4, 1024, 10)
     rows = []
     for precision in args.train_precisions.split(","):
-        r = bench_train_step.compare(shape=args.shape, precision=precision, batch_size=b, seq_len=t,
-                                     gradient_checkpointing=True, device=device, warmup=1 if args.quick else 2, iters=iters)
+        r = bench_train_step.compare(
+            shape=args.shape,
+            precision=precision,
+            batch_size=b,
+            seq_len=t,
+            gradient_checkpointing=True,
+            device=device,
+            warmup=1 if args.quick else 2,
+            iters=iters,
+        )
         for row in r["rows"]:
             rows.append({**row, "time_ratio": r.get("time_ratio"), "memory_ratio": r.get("memory_ratio")})
     return rows
@@ -252,8 +296,17 @@ def train_lora_steps(args, device) -> list[dict]:
     train precision: policy-only vs resident reference = the base with adapters disabled."""
     b, t, iters = (2, 64, 2) if args.quick else (4, 1024, 10)
     precision = args.train_precisions.split(",")[0]
-    r = bench_train_step.compare(shape=args.shape, precision=precision, batch_size=b, seq_len=t, gradient_checkpointing=True,
-                                 device=device, warmup=1 if args.quick else 2, iters=iters, lora_r=LORA_R)
+    r = bench_train_step.compare(
+        shape=args.shape,
+        precision=precision,
+        batch_size=b,
+        seq_len=t,
+        gradient_checkpointing=True,
+        device=device,
+        warmup=1 if args.quick else 2,
+        iters=iters,
+        lora_r=LORA_R,
+    )
     return [{**row, "time_ratio": r.get("time_ratio"), "memory_ratio": r.get("memory_ratio")} for row in r["rows"]]
 
 
@@ -319,27 +372,49 @@ def summary_rows(r: dict) -> list[dict]:
     rows = [{"check": "matmul ceiling TFLOP/s", "value": r["matmul_ceiling"]["flops_per_s"] / 1e12, "target": "751 (H200 bf16)"}]
     for c in r.get("correctness") or []:
         if isinstance(c, dict) and "dtype" in c:
-            rows.append({"check": f"token_logps rel err {c['dtype']} (logp/grad_h/grad_w)",
-                         "value": f"{c['logp_rel_err']:.1e}/{c['grad_hidden_rel_err']:.1e}/{c['grad_weight_rel_err']:.1e}",
-                         "target": f"< {CORRECTNESS_TOL[c['dtype']]:g} ({'ok' if c['ok'] else 'FAIL'})"})
+            rows.append(
+                {
+                    "check": f"token_logps rel err {c['dtype']} (logp/grad_h/grad_w)",
+                    "value": f"{c['logp_rel_err']:.1e}/{c['grad_hidden_rel_err']:.1e}/{c['grad_weight_rel_err']:.1e}",
+                    "target": f"< {CORRECTNESS_TOL[c['dtype']]:g} ({'ok' if c['ok'] else 'FAIL'})",
+                }
+            )
     p = r.get("precompute", {})
     if "tokens_per_s" in p:
-        rows += [{"check": f"precompute real tok/s (scoring, {p['numerics']})", "value": p["tokens_per_s"], "target": BASELINE["precompute_target"]},
-                 {"check": "precompute MFU", "value": p["mfu"], "target": "~0.60"},
-                 {"check": "precompute real tok/s (end to end)", "value": p["end_to_end_tokens_per_s"], "target": "TRL ~22k"},
-                 {"check": "precompute padding fraction", "value": p["padding_fraction"], "target": "< 0.10"},
-                 {"check": "precompute peak GB", "value": p["peak_gb"], "target": ""}]
+        rows += [
+            {"check": f"precompute real tok/s (scoring, {p['numerics']})", "value": p["tokens_per_s"], "target": BASELINE["precompute_target"]},
+            {"check": "precompute MFU", "value": p["mfu"], "target": "~0.60"},
+            {"check": "precompute real tok/s (end to end)", "value": p["end_to_end_tokens_per_s"], "target": "TRL ~22k"},
+            {"check": "precompute padding fraction", "value": p["padding_fraction"], "target": "< 0.10"},
+            {"check": "precompute peak GB", "value": p["peak_gb"], "target": ""},
+        ]
     for s in r.get("scoring_paths") or []:
         if isinstance(s, dict) and "tokens_per_s" in s:
-            rows.append({"check": f"scoring {s['path']} {s['numerics']}: tok/s, MFU, peak GB", "value": f"{s['tokens_per_s']:,.0f}, {s['mfu']:.3f}, {s['peak_gb']:.2f}",
-                         "target": {"naive": BASELINE["naive_tok_s"], "kto": "peak <= 0.5x naive"}.get(s["path"], "vs kto")})
+            rows.append(
+                {
+                    "check": f"scoring {s['path']} {s['numerics']}: tok/s, MFU, peak GB",
+                    "value": f"{s['tokens_per_s']:,.0f}, {s['mfu']:.3f}, {s['peak_gb']:.2f}",
+                    "target": {"naive": BASELINE["naive_tok_s"], "kto": "peak <= 0.5x naive"}.get(s["path"], "vs kto"),
+                }
+            )
     for t in r.get("train") or []:
         if isinstance(t, dict) and "variant" in t:
             value = t.get("error") or f"{t['step_s']:.3f} s, {t['peak_gb']:.2f} GB"
-            rows.append({"check": f"train {t['variant']} {t['precision']} {t['batch']} ckpt", "value": value,
-                         "target": {"policy-only": BASELINE["policy_only"], "resident-reference": BASELINE["resident"]}.get(t["variant"], "vs policy-only")})
+            rows.append(
+                {
+                    "check": f"train {t['variant']} {t['precision']} {t['batch']} ckpt",
+                    "value": value,
+                    "target": {"policy-only": BASELINE["policy_only"], "resident-reference": BASELINE["resident"]}.get(t["variant"], "vs policy-only"),
+                }
+            )
             if t["variant"] == "resident-reference" and t.get("time_ratio"):
-                rows.append({"check": "train ratio policy-only/resident (time, mem)", "value": f"{t['time_ratio']:.3f}, {t['memory_ratio']:.3f}", "target": "~0.714 floor"})
+                rows.append(
+                    {
+                        "check": "train ratio policy-only/resident (time, mem)",
+                        "value": f"{t['time_ratio']:.3f}, {t['memory_ratio']:.3f}",
+                        "target": "~0.714 floor",
+                    }
+                )
     for t in r.get("train_lora") or []:
         if isinstance(t, dict) and "variant" in t:
             value = t.get("error") or f"{t['step_s']:.3f} s, {t['peak_gb']:.2f} GB"
@@ -347,15 +422,21 @@ def summary_rows(r: dict) -> list[dict]:
             rows.append({"check": f"train LoRA r{t['lora_r']} {t['variant']} {t['precision']} {t['batch']}", "value": value, "target": ref})
     for name, m in (r.get("prefix_sharing") or {}).items():
         if isinstance(m, dict) and "tokens_per_s_ratio" in m:
-            rows.append({"check": f"prefix-shared/plain {name} {m['numerics']}: tok/s, peak mem, max |dlogp|",
-                         "value": f"{m['tokens_per_s_ratio']:.2f}, {m['peak_memory_ratio']:.2f}, {m['max_abs_token_diff']:.1e}",
-                         "target": "paired > 1; synthetic >= 0.97"})
+            rows.append(
+                {
+                    "check": f"prefix-shared/plain {name} {m['numerics']}: tok/s, peak mem, max |dlogp|",
+                    "value": f"{m['tokens_per_s_ratio']:.2f}, {m['peak_memory_ratio']:.2f}, {m['max_abs_token_diff']:.1e}",
+                    "target": "paired > 1; synthetic >= 0.97",
+                }
+            )
     s = r.get("startup", {})
     if "second_run_s" in s:
-        rows += [{"check": "2nd run to first batch, data path s", "value": s["second_run_s"], "target": "< 1"},
-                 {"check": "1st run to first batch, data path s (sha256)", "value": s["first_run_s"], "target": ""},
-                 {"check": "kto-train setup()+first batch excl. model load s", "value": s["setup_excl_model_load_s"], "target": "< 1"},
-                 {"check": "kto-train model load s (load_policy)", "value": s["model_load_s"], "target": ""}]
+        rows += [
+            {"check": "2nd run to first batch, data path s", "value": s["second_run_s"], "target": "< 1"},
+            {"check": "1st run to first batch, data path s (sha256)", "value": s["first_run_s"], "target": ""},
+            {"check": "kto-train setup()+first batch excl. model load s", "value": s["setup_excl_model_load_s"], "target": "< 1"},
+            {"check": "kto-train model load s (load_policy)", "value": s["model_load_s"], "target": ""},
+        ]
         if "collate_per_step_s" in s:
             rows.append({"check": "collate per step s (on the step's critical path)", "value": s["collate_per_step_s"], "target": ""})
     for name in ("correctness", "precompute", "scoring_paths", "train", "train_lora", "startup", "prefix_sharing"):
@@ -379,21 +460,24 @@ def main(argv=None) -> int:
         run_section("correctness", results, budget, shape, lambda: check_token_logps(device, args.quick))
         pre = run_section("precompute", results, budget, shape, lambda: precompute_e2e(work, args, device, ceiling))
         if isinstance(pre, dict) and "cache_dir" in pre:
-            run_section("startup", results, budget, shape,
-                        lambda: startup(Path(pre["cache_dir"]), Path(pre["model_dir"]), device, 2 if args.quick else 4, work / "run"))
+            run_section(
+                "startup", results, budget, shape, lambda: startup(Path(pre["cache_dir"]), Path(pre["model_dir"]), device, 2 if args.quick else 4, work / "run")
+            )
         run_section("train", results, budget, shape, lambda: train_steps(args, device))
         run_section("train_lora", results, budget, shape, lambda: train_lora_steps(args, device))
         run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling))
         run_section("prefix_sharing", results, budget, shape, lambda: prefix_sharing(args, device))
     results["polars_imported"] = "polars" in sys.modules
     results["elapsed_s"] = args.time_budget_s - budget.left()
-    failed = [n for n in ("correctness", "precompute", "startup", "train", "train_lora", "scoring_paths", "prefix_sharing")
-              if isinstance(results.get(n), dict) and "error" in results[n]]
+    failed = [
+        n
+        for n in ("correctness", "precompute", "startup", "train", "train_lora", "scoring_paths", "prefix_sharing")
+        if isinstance(results.get(n), dict) and "error" in results[n]
+    ]
     failed += ["correctness"] if any(not c.get("ok", True) for c in results.get("correctness") or [] if isinstance(c, dict)) else []
     results["ok"] = not failed and not results["polars_imported"]
     results["versions_at_end"] = info = C.versions(device)
-    print(f"\n{C.describe(info)} | shape {args.shape} | "
-          f"{args.rows} rows, lengths 32-{args.max_len} | {results['elapsed_s']:.0f} s")
+    print(f"\n{C.describe(info)} | shape {args.shape} | {args.rows} rows, lengths 32-{args.max_len} | {results['elapsed_s']:.0f} s")
     C.print_table("gpu_check summary", summary_rows(results))
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(results, indent=2, default=str))

@@ -96,8 +96,7 @@ def quantization_config(cfg, device_type: str):
         return BitsAndBytesConfig(load_in_8bit=True)
     # NF4 with double quantization and the compute in the training dtype: QLoRA's recipe.
     compute = torch.bfloat16 if device_type == "cuda" else torch.float32
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
 
 def linear_modules(lm) -> list[str]:
@@ -106,8 +105,7 @@ def linear_modules(lm) -> list[str]:
     from transformers.pytorch_utils import Conv1D
 
     head = lm.get_output_embeddings()
-    return [n for n, m in lm.get_decoder().named_modules(prefix="decoder")
-            if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
+    return [n for n, m in lm.get_decoder().named_modules(prefix="decoder") if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
 
 
 def linear_names(lm) -> list[str]:
@@ -127,8 +125,10 @@ def target_modules(cfg, lm) -> list[str]:
     # peft's rule: a target matches a module whose full name equals it or ends with "." + it.
     missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in linear)]
     if missing or not wanted:
-        raise InputError(f"--lora-target-modules {cfg.lora_target_modules}: --model {cfg.model} has no linear layer named "
-                         f"{', '.join(missing) or '(none given)'} (its decoder has: {', '.join(available) or 'none'})")
+        raise InputError(
+            f"--lora-target-modules {cfg.lora_target_modules}: --model {cfg.model} has no linear layer named "
+            f"{', '.join(missing) or '(none given)'} (its decoder has: {', '.join(available) or 'none'})"
+        )
     return wanted
 
 
@@ -149,8 +149,9 @@ def check_model(cfg, source, device_type: str) -> None:
 
 def lora_config(cfg, lm):
     peft = require_peft()
-    return peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                           target_modules=target_modules(cfg, lm), bias="none", task_type="CAUSAL_LM")
+    return peft.LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=target_modules(cfg, lm), bias="none", task_type="CAUSAL_LM"
+    )
 
 
 def prepare_base(cfg, lm):
@@ -196,8 +197,7 @@ def load_adapters(cfg, lm, checkpoint: Path):
 def check_adapter_settings(cfg, lm, checkpoint: Path) -> None:
     saved = json.loads((checkpoint / ADAPTER_CONFIG).read_text())
     expected = lora_config(cfg, lm)
-    now = {"r": expected.r, "lora_alpha": expected.lora_alpha, "lora_dropout": expected.lora_dropout,
-           "target_modules": sorted(expected.target_modules)}
+    now = {"r": expected.r, "lora_alpha": expected.lora_alpha, "lora_dropout": expected.lora_dropout, "target_modules": sorted(expected.target_modules)}
     there = {k: sorted(saved.get(k) or []) if k == "target_modules" else saved.get(k) for k in now}
     differs = [f"{k} ({there[k]} there, {now[k]} now)" for k in now if there[k] != now[k]]
     if differs:
@@ -214,8 +214,7 @@ def check_checkpoint_kind(cfg, checkpoint: Path) -> None:
         raise InputError(f"--resume: {checkpoint} holds a whole model (a run without --lora-r); resume it without --lora-r")
     if not enabled(cfg) and is_adapter_dir(checkpoint):
         r = json.loads((checkpoint / ADAPTER_CONFIG).read_text()).get("r")
-        raise InputError(f"--resume: {checkpoint} holds LoRA adapters (r = {r}), not a whole model; pass --lora-r {r} "
-                         "and the run's other --lora-* flags")
+        raise InputError(f"--resume: {checkpoint} holds LoRA adapters (r = {r}), not a whole model; pass --lora-r {r} and the run's other --lora-* flags")
 
 
 def base_model_of(adapter_dir: Path) -> str | None:

@@ -19,9 +19,9 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 

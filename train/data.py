@@ -17,9 +17,9 @@ resumed run rebuilds it and skips to its step, and every rank agrees on it witho
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -57,17 +57,18 @@ class KTOBatch:
     valid: torch.Tensor
     ref_token_logps: list[np.ndarray] | None = None
 
-    def pin_memory(self) -> "KTOBatch":
+    def pin_memory(self) -> KTOBatch:
         """Page-locked copies, so that `to(cuda)` overlaps with compute (CUDA only)."""
         pin = lambda t: t.pin_memory()  # noqa: E731
         tb = lambda b: TokenBatch(pin(b.input_ids), pin(b.attention_mask), pin(b.score_mask))  # noqa: E731
-        return KTOBatch(tb(self.policy), tb(self.kl), pin(self.ref_logp), pin(self.ref_kl_logp), pin(self.desirable),
-                        pin(self.valid), self.ref_token_logps)
+        return KTOBatch(tb(self.policy), tb(self.kl), pin(self.ref_logp), pin(self.ref_kl_logp), pin(self.desirable), pin(self.valid), self.ref_token_logps)
 
-    def to(self, device) -> "KTOBatch":
+    def to(self, device) -> KTOBatch:
         return KTOBatch(
-            self.policy.to(device), self.kl.to(device), *(t.to(device, non_blocking=True) for t in (
-                self.ref_logp, self.ref_kl_logp, self.desirable, self.valid)), self.ref_token_logps,
+            self.policy.to(device),
+            self.kl.to(device),
+            *(t.to(device, non_blocking=True) for t in (self.ref_logp, self.ref_kl_logp, self.desirable, self.valid)),
+            self.ref_token_logps,
         )
 
 
@@ -111,8 +112,9 @@ class ShardedCache:
         except InputError:
             raise
         except (ValueError, OSError, pa.ArrowException) as exc:
-            raise InputError(f"{path}: not a readable shard, truncated or corrupt ({' '.join(str(exc).split())[:200]}); "
-                             f"{VERIFY_HINT.format(self.dir)}") from None
+            raise InputError(
+                f"{path}: not a readable shard, truncated or corrupt ({' '.join(str(exc).split())[:200]}); {VERIFY_HINT.format(self.dir)}"
+            ) from None
         if table.num_rows != entry.rows:
             raise InputError(f"{path}: {table.num_rows} rows, the manifest says {entry.rows}; {VERIFY_HINT.format(self.dir)}")
         return table
@@ -205,7 +207,7 @@ def epoch_plan(lengths: np.ndarray, shape: BatchShape, seed: int, epoch: int) ->
     mega = G * MEGABATCH_STEPS
     grouped = []
     for a in range(0, n, mega):
-        block = perm[a:a + mega]
+        block = perm[a : a + mega]
         # Stable sort by length (descending) so equal lengths keep their shuffled order.
         grouped.append(block[np.argsort(-lengths[block], kind="stable")])
     order = np.concatenate(grouped) if grouped else np.zeros(0, np.int64)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
 from .data import ShardedCache, collate
 from .loss import kl_estimate
 from .step import LossSettings, StepStats, all_reduce_sum, batch_stats, kl_local_sums, policy_pass, summarize

@@ -34,8 +34,9 @@ def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator, step: int
     named = [name for name, _ in CHECKED] + (["gradient norm"] if accelerator.scaler is None else [])
     for name, value in zip(named, values):
         if not math.isfinite(value):
-            raise NonFiniteError(f"step {step}: the {name} is {value} (not finite); stopped before updating the weights, "
-                                 f"nothing of this step saved; {_last(last)}")
+            raise NonFiniteError(
+                f"step {step}: the {name} is {value} (not finite); stopped before updating the weights, nothing of this step saved; {_last(last)}"
+            )
     return values[-1]
 
 

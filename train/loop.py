@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-
 from kto.formats.errors import InputError, log
 from kto.formats.numerics import train_numerics
 
@@ -38,8 +37,7 @@ def run_steps(run: Run) -> Path:
             nxt = advance(run.position, run.steps_per_epoch)
             batches = [b.to(run.accelerator.device) for b in prefetch.get(run.position, nxt if nxt.global_step < run.total_steps else None)]
             if run.started is not None:  # tools/bench_startup.py times kto-train up to this line
-                log(f"first step: set-up took {time.perf_counter() - run.started:.2f} s, "
-                    f"{run.model_load_s:.2f} s of it loading the model", run.accelerator)
+                log(f"first step: set-up took {time.perf_counter() - run.started:.2f} s, {run.model_load_s:.2f} s of it loading the model", run.accelerator)
                 run.started = None
             stats = forward_backward(run.model, batches, run.settings, run.accelerator, on_first_pass=first_step_check(run, batches[0]))
             stats = stats.all_reduced(run.accelerator)
@@ -111,15 +109,24 @@ def check_drift(run: Run, drift: Drift) -> None:
     drift = replace(drift, max_abs=all_reduce_max(drift.max_abs, accelerator))
     numerics = train_numerics(cfg.dtype, accelerator.mixed_precision)
     tolerance = cfg.drift_tolerance if cfg.drift_tolerance is not None else DEFAULT_DRIFT_TOLERANCE[numerics.compute]
-    log(f"step-0 check: max |Δ log p| per token vs cache = {drift.max_abs:.2e} over {drift.tokens} tokens "
-        f"(tolerance {tolerance:g}; cache numerics {cache_numerics}, this run {numerics.name})", accelerator)
+    log(
+        f"step-0 check: max |Δ log p| per token vs cache = {drift.max_abs:.2e} over {drift.tokens} tokens "
+        f"(tolerance {tolerance:g}; cache numerics {cache_numerics}, this run {numerics.name})",
+        accelerator,
+    )
     if adapters.quantized(cfg) and cfg.drift_tolerance is None:
-        log("step-0 check: not enforced with quantized base weights (the cache's reference is the unquantized "
-            "--model; the drift above is the quantization error); --drift-tolerance enforces one", accelerator)
+        log(
+            "step-0 check: not enforced with quantized base weights (the cache's reference is the unquantized "
+            "--model; the drift above is the quantization error); --drift-tolerance enforces one",
+            accelerator,
+        )
         return
     if drift.max_abs > tolerance:
-        hint = (f"the cache was scored with {cache_numerics} and this run computes with {numerics.name}"
-                if cache_numerics != numerics.name else "attention implementation or library versions differ from kto-precompute's")
+        hint = (
+            f"the cache was scored with {cache_numerics} and this run computes with {numerics.name}"
+            if cache_numerics != numerics.name
+            else "attention implementation or library versions differ from kto-precompute's"
+        )
         raise InputError(
             f"--model {cfg.model}: step-0 log-probs differ from the cache by up to {drift.max_abs:.3g} per token "
             f"(tolerance {tolerance:g}); {hint}. Match them, or raise --drift-tolerance knowingly."
@@ -141,13 +148,15 @@ def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float) ->
     p = run.position
     line = summarize(window)
     line.update(
-        lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=p.epoch + p.step_in_epoch / run.steps_per_epoch,
-        tokens_per_s=line.pop("tokens") / max(seconds, 1e-9), **run.memory.take_window(),
+        lr=run.scheduler.get_last_lr()[0],
+        grad_norm=grad_norm,
+        epoch=p.epoch + p.step_in_epoch / run.steps_per_epoch,
+        tokens_per_s=line.pop("tokens") / max(seconds, 1e-9),
+        **run.memory.take_window(),
     )
     if run.metrics:
         run.metrics.write(p.global_step, line)
-    log(f"step {p.global_step}/{run.total_steps} loss {line['loss']:.4f} kl {line['kl']:.4f} "
-        f"margin {line['rewards/margins']:.4f}", run.accelerator)
+    log(f"step {p.global_step}/{run.total_steps} loss {line['loss']:.4f} kl {line['kl']:.4f} margin {line['rewards/margins']:.4f}", run.accelerator)
 
 
 def run_eval(run: Run) -> None:
@@ -164,13 +173,22 @@ def save(run: Run) -> None:
     check_weights(run.model, acc, step, run.last_checkpoint, f"checkpoint-{step}")
     if sharding.is_fsdp(acc):
         lora = adapters.enabled(run.cfg)
-        path = sharding.save_checkpoint(run.cfg.out, run.model, run.optimizer, run.scheduler, run.tokenizer, run.position,
-                                        run.plan_identity, acc, lora, acc.unwrap_model(run.model).lm.peft_config["default"] if lora else None)
+        path = sharding.save_checkpoint(
+            run.cfg.out,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            run.tokenizer,
+            run.position,
+            run.plan_identity,
+            acc,
+            lora,
+            acc.unwrap_model(run.model).lm.peft_config["default"] if lora else None,
+        )
         log(f"saved {path}", acc)
     acc.wait_for_everyone()
     if acc.is_main_process and not sharding.is_fsdp(acc):
-        path = save_checkpoint(run.cfg.out, acc.unwrap_model(run.model).lm, run.tokenizer, run.optimizer, run.scheduler,
-                               run.position, run.plan_identity)
+        path = save_checkpoint(run.cfg.out, acc.unwrap_model(run.model).lm, run.tokenizer, run.optimizer, run.scheduler, run.position, run.plan_identity)
         log(f"saved {path}", acc)
     if acc.is_main_process:
         for old in prune_checkpoints(run.cfg.out, run.cfg.save_total_limit):

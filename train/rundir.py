@@ -12,8 +12,8 @@ import dataclasses
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from kto.formats.errors import InputError
 from kto.formats.lock import LOCK_NAME, locked_dir
@@ -31,13 +31,23 @@ from .step import on_main
 # different run than the one its metrics describe. Paths are not compared: the cache, the eval
 # cache and the initial model are compared by their identities in "derived", so a moved cache
 # or model still resumes.
-RESUMABLE = frozenset({
-    "log_every", "save_every", "eval_every", "save_total_limit", "report_to", "drift_tolerance",
-    "chunk_size", "gradient_checkpointing", "trust_remote_code",
-    # What final/ also writes, and how the same maths is sharded (the checkpoint's own kind is
-    # checked against the running FSDP state, which accelerate's environment may turn on too).
-    "merge_adapters", "fsdp",
-})
+RESUMABLE = frozenset(
+    {
+        "log_every",
+        "save_every",
+        "eval_every",
+        "save_total_limit",
+        "report_to",
+        "drift_tolerance",
+        "chunk_size",
+        "gradient_checkpointing",
+        "trust_remote_code",
+        # What final/ also writes, and how the same maths is sharded (the checkpoint's own kind is
+        # checked against the running FSDP state, which accelerate's environment may turn on too).
+        "merge_adapters",
+        "fsdp",
+    }
+)
 PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
 
 # Temporary names of formats.atomic (".NAME.tmp-PID", ".NAME.old-PID") and of prune_checkpoints
@@ -115,14 +125,19 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
         return None
     saved = read_run_config(out)
     if saved is None:
-        raise InputError(f"--resume: {out / RUN_CONFIG_NAME} is missing, so the checkpoints' settings cannot be checked; "
-                         "start a new run in another directory")
+        raise InputError(f"--resume: {out / RUN_CONFIG_NAME} is missing, so the checkpoints' settings cannot be checked; start a new run in another directory")
     differs = record_differences(saved, record)
     if differs:
-        raise InputError(f"--resume: {out} was trained with other settings: " + ", ".join(differs)
-                         + "; only " + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE)) + " may change on resume")
-    changed = [f"--{k.replace('_', '-')} {saved['config'].get(k)} -> {v}" for k, v in record["config"].items()
-               if k in RESUMABLE and saved["config"].get(k) != v]
+        raise InputError(
+            f"--resume: {out} was trained with other settings: "
+            + ", ".join(differs)
+            + "; only "
+            + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE))
+            + " may change on resume"
+        )
+    changed = [
+        f"--{k.replace('_', '-')} {saved['config'].get(k)} -> {v}" for k, v in record["config"].items() if k in RESUMABLE and saved["config"].get(k) != v
+    ]
     if changed:
         log("--resume: changed " + ", ".join(changed))
     return usable_checkpoint(out, log)
@@ -134,6 +149,7 @@ def lock_run_dir(out: Path, accelerator) -> Iterator[None]:
     stops with the same line if another process holds it. If the run fails before writing
     anything into a directory it created, the directory is removed again."""
     with contextlib.ExitStack() as stack:
+
         def take() -> bool:
             created = not out.exists()
             try:

@@ -16,7 +16,13 @@ from kto.formats.errors import InputError, log
 from kto.formats.logprob import CompletionLogps
 from kto.formats.memory import MemoryMeter
 from kto.formats.models import (
-    ModelSource, check_cache_tokenizer, load_causal_lm, load_completion_logps, load_tokenizer, model_identity, resolve_source,
+    ModelSource,
+    check_cache_tokenizer,
+    load_causal_lm,
+    load_completion_logps,
+    load_tokenizer,
+    model_identity,
+    resolve_source,
 )
 from kto.formats.numerics import torch_dtype
 
@@ -29,6 +35,7 @@ from .metrics import MetricsWriter
 from .optim import build_optimizer, build_scheduler
 from .rundir import config_record, open_run_dir, write_record
 from .step import LossSettings, on_main
+
 
 @dataclass
 class Run:
@@ -88,8 +95,7 @@ def make_accelerator(cfg: TrainConfig):
     # gradient_accumulation_steps stays 1: step.py accumulates and normalises explicitly.
     # cpu=True without CUDA: accelerate only starts a gloo group for several CPU processes then.
     plugin = sharding.fsdp_plugin(cfg)
-    accelerator = Accelerator(mixed_precision=mixed, log_with=log_with, project_dir=str(cfg.out), cpu=not torch.cuda.is_available(),
-                              fsdp_plugin=plugin)
+    accelerator = Accelerator(mixed_precision=mixed, log_with=log_with, project_dir=str(cfg.out), cpu=not torch.cuda.is_available(), fsdp_plugin=plugin)
     return sharding.promote_cpu_state(accelerator, plugin)
 
 
@@ -141,9 +147,15 @@ def apply_class_balance(cfg: TrainConfig, counts, accelerator) -> TrainConfig:
 
 def load_policy(cfg: TrainConfig, init) -> CompletionLogps:
     """The policy from `init` (--model or a checkpoint) in train mode; accelerate places it."""
-    return load_completion_logps(init, dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
-                                 trust_remote_code=cfg.trust_remote_code, chunk_size=cfg.chunk_size, training=True,
-                                 adjust=lambda lm: prepare_for_training(cfg, lm))
+    return load_completion_logps(
+        init,
+        dtype=torch_dtype(cfg.dtype),
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+        chunk_size=cfg.chunk_size,
+        training=True,
+        adjust=lambda lm: prepare_for_training(cfg, lm),
+    )
 
 
 def prepare_for_training(cfg: TrainConfig, lm) -> None:
@@ -161,8 +173,9 @@ def prepare_for_training(cfg: TrainConfig, lm) -> None:
 
 def load_base(cfg: TrainConfig):
     """--model as it is on disk, unquantized, in --dtype: what adapters are merged into."""
-    return load_causal_lm(resolve_source(cfg.model), dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
-                          trust_remote_code=cfg.trust_remote_code)
+    return load_causal_lm(
+        resolve_source(cfg.model), dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code
+    )
 
 
 def build_policy(cfg: TrainConfig, source, resume_from, accelerator) -> CompletionLogps:
@@ -179,8 +192,14 @@ def build_policy(cfg: TrainConfig, source, resume_from, accelerator) -> Completi
     quantization = adapters.quantization_config(cfg, "cuda" if torch.cuda.is_available() else "cpu")
     # bitsandbytes weights cannot be moved after loading: put them on this process's device.
     device_map = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"} if quantization else None
-    lm = load_causal_lm(init, dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
-                        trust_remote_code=cfg.trust_remote_code, quantization_config=quantization, device_map=device_map)
+    lm = load_causal_lm(
+        init,
+        dtype=torch_dtype(cfg.dtype),
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+        quantization_config=quantization,
+        device_map=device_map,
+    )
     prepare_for_training(cfg, lm)
     if resume_from is not None and not sharded:
         lm = adapters.load_adapters(cfg, lm, resume_from)
@@ -188,8 +207,11 @@ def build_policy(cfg: TrainConfig, source, resume_from, accelerator) -> Completi
         if resume_from is not None:
             adapters.check_adapter_settings(cfg, lm, resume_from)
         lm = adapters.add_adapters(cfg, lm)
-    log(f"LoRA r = {cfg.lora_r} on {', '.join(sorted(lm.peft_config['default'].target_modules))}: "
-        f"{sum(p.numel() for p in lm.parameters() if p.requires_grad):,} trainable parameters", accelerator)
+    log(
+        f"LoRA r = {cfg.lora_r} on {', '.join(sorted(lm.peft_config['default'].target_modules))}: "
+        f"{sum(p.numel() for p in lm.parameters() if p.requires_grad):,} trainable parameters",
+        accelerator,
+    )
     return CompletionLogps(lm.train(), chunk_size=cfg.chunk_size)
 
 
@@ -228,8 +250,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     lengths = cache.lengths()
     manifest = cache.manifest
     source = resolve_source(cfg.model)
-    pad_id, tokenizer = check_cache_tokenizer(source, manifest.content["tokenizer"], cfg.model, cache.dir,
-                                              trust_remote_code=cfg.trust_remote_code)
+    pad_id, tokenizer = check_cache_tokenizer(source, manifest.content["tokenizer"], cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
     adapters.check_model(cfg, source, "cuda" if torch.cuda.is_available() else "cpu")
     eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
@@ -237,12 +258,28 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     per_epoch = steps_per_epoch(cache.num_rows, shape)
     total_steps = cfg.max_steps or per_epoch * cfg.epochs
     identity = model_identity(source)
-    derived = {"total_steps": total_steps, "world_size": accelerator.num_processes, "cache_fingerprint": manifest.fingerprint,
-               "eval_cache_fingerprint": eval_cache.manifest.fingerprint if eval_cache else None, "model_identity": identity}
+    derived = {
+        "total_steps": total_steps,
+        "world_size": accelerator.num_processes,
+        "cache_fingerprint": manifest.fingerprint,
+        "eval_cache_fingerprint": eval_cache.manifest.fingerprint if eval_cache else None,
+        "model_identity": identity,
+    }
     return Inputs(
-        cfg=cfg, accelerator=accelerator, cache=cache, eval_cache=eval_cache, source=source, pad_id=pad_id, tokenizer=tokenizer,
-        lengths=lengths, shape=shape, steps_per_epoch=per_epoch, total_steps=total_steps,
-        record={"config": config_record(cfg), "derived": derived}, is_reference=identity == manifest.content["model"], started=started,
+        cfg=cfg,
+        accelerator=accelerator,
+        cache=cache,
+        eval_cache=eval_cache,
+        source=source,
+        pad_id=pad_id,
+        tokenizer=tokenizer,
+        lengths=lengths,
+        shape=shape,
+        steps_per_epoch=per_epoch,
+        total_steps=total_steps,
+        record={"config": config_record(cfg), "derived": derived},
+        is_reference=identity == manifest.content["model"],
+        started=started,
     )
 
 
@@ -269,14 +306,18 @@ def setup(inp: Inputs) -> Run:
         differs = sorted(k for k in plan if saved.get(k) != plan[k])
         if differs:
             raise InputError(
-                f"--resume: {resume_from} was made with other " + ", ".join(f"{k} ({saved.get(k)} there, {plan[k]} now)" for k in differs)
+                f"--resume: {resume_from} was made with other "
+                + ", ".join(f"{k} ({saved.get(k)} there, {plan[k]} now)" for k in differs)
                 + "; the data order and LR schedule depend on them"
             )
         log(f"resumed from {resume_from} at step {position.global_step}", accelerator)
     is_reference = resume_from is None and inp.is_reference
     if not is_reference:
-        why = ("the policy was resumed from a checkpoint, so it is no longer the reference" if resume_from else
-               f"--model {cfg.model} is not the model the cache was scored with (its identity differs from the manifest's)")
+        why = (
+            "the policy was resumed from a checkpoint, so it is no longer the reference"
+            if resume_from
+            else f"--model {cfg.model} is not the model the cache was scored with (its identity differs from the manifest's)"
+        )
         log(f"step-0 check skipped: {why}", accelerator)
     metrics = None
     if accelerator.is_main_process:
@@ -286,19 +327,41 @@ def setup(inp: Inputs) -> Run:
         metrics = MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None)
     log(f"{inp.cache.num_rows} rows, {inp.steps_per_epoch} steps per epoch of {inp.shape.rows_per_step} rows, {inp.total_steps} steps", accelerator)
     return Run(
-        cfg=cfg, accelerator=accelerator, cache=inp.cache, pad_id=inp.pad_id, model=model, optimizer=optimizer,
+        cfg=cfg,
+        accelerator=accelerator,
+        cache=inp.cache,
+        pad_id=inp.pad_id,
+        model=model,
+        optimizer=optimizer,
         scheduler=scheduler,
         settings=LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope),
-        shape=inp.shape, lengths=inp.lengths, steps_per_epoch=inp.steps_per_epoch, total_steps=inp.total_steps, position=position,
-        is_reference=is_reference, metrics=metrics, eval_cache=inp.eval_cache, plan_identity=plan, last_checkpoint=resume_from,
-        started=inp.started, model_load_s=model_load_s, tokenizer_source=inp.source, loaded_tokenizer=inp.tokenizer,
+        shape=inp.shape,
+        lengths=inp.lengths,
+        steps_per_epoch=inp.steps_per_epoch,
+        total_steps=inp.total_steps,
+        position=position,
+        is_reference=is_reference,
+        metrics=metrics,
+        eval_cache=inp.eval_cache,
+        plan_identity=plan,
+        last_checkpoint=resume_from,
+        started=inp.started,
+        model_load_s=model_load_s,
+        tokenizer_source=inp.source,
+        loaded_tokenizer=inp.tokenizer,
     )
 
 
 def plan_identity(cfg: TrainConfig, cache_fingerprint: str, world_size: int, total_steps: int) -> dict:
     """Everything the epoch plans and the LR schedule depend on."""
-    return {"cache_fingerprint": cache_fingerprint, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-            "world_size": world_size, "seed": cfg.seed, "total_steps": total_steps}
+    return {
+        "cache_fingerprint": cache_fingerprint,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "world_size": world_size,
+        "seed": cfg.seed,
+        "total_steps": total_steps,
+    }
 
 
 def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:

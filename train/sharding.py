@@ -65,7 +65,9 @@ def fsdp_plugin(cfg):
         # underflow without one.
         raise InputError("--dtype fp16: not with FSDP; use --dtype fp32 (with --mixed-precision bf16) or --dtype bf16")
     if quantized(cfg):
-        raise InputError(f"--load-in-{'4' if cfg.load_in_4bit else '8'}bit: not with FSDP here (bitsandbytes weights are not sharded by it); use LoRA on unquantized weights, or one process")
+        raise InputError(
+            f"--load-in-{'4' if cfg.load_in_4bit else '8'}bit: not with FSDP here (bitsandbytes weights are not sharded by it); use LoRA on unquantized weights, or one process"
+        )
     version = os.environ.get("FSDP_VERSION", "2")
     if version != "2":
         raise InputError(f"FSDP version {version} (FSDP_VERSION from accelerate launch): kto-train shards with FSDP2 only; pass --fsdp_version 2")
@@ -109,12 +111,18 @@ def before_prepare(accelerator, lm) -> None:
     if plugin.transformer_cls_names_to_wrap is None:
         names = list(getattr(lm, "_no_split_modules", None) or [])
         if not names:
-            raise InputError(f"--fsdp: {type(lm).__name__} names no decoder layer class (_no_split_modules) to shard by; "
-                             "pass --fsdp_transformer_layer_cls_to_wrap to accelerate launch")
+            raise InputError(
+                f"--fsdp: {type(lm).__name__} names no decoder layer class (_no_split_modules) to shard by; "
+                "pass --fsdp_transformer_layer_cls_to_wrap to accelerate launch"
+            )
         plugin.transformer_cls_names_to_wrap = names
     if accelerator.is_main_process:
-        print(f"FSDP2 over {accelerator.num_processes} processes: each {', '.join(plugin.transformer_cls_names_to_wrap)} "
-              "and the root (embeddings, final norm, LM head) sharded", file=sys.stderr, flush=True)
+        print(
+            f"FSDP2 over {accelerator.num_processes} processes: each {', '.join(plugin.transformer_cls_names_to_wrap)} "
+            "and the root (embeddings, final norm, LM head) sharded",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _options(adapters_only: bool, **kw):
@@ -124,8 +132,9 @@ def _options(adapters_only: bool, **kw):
     return StateDictOptions(ignore_frozen_params=adapters_only, **kw)
 
 
-def save_checkpoint(out: Path, model, optimizer, scheduler, tokenizer, position: Position, plan: dict, accelerator,
-                    adapters_only: bool, adapter_config=None) -> Path:
+def save_checkpoint(
+    out: Path, model, optimizer, scheduler, tokenizer, position: Position, plan: dict, accelerator, adapters_only: bool, adapter_config=None
+) -> Path:
     """OUT/checkpoint-STEP/: sharded/ (DCP: model + optimizer), scheduler.pt, rng-RANK.pt,
     the tokenizer, trainer_state.json; written under a temp name that every rank agrees on,
     then renamed by the main process."""
@@ -178,8 +187,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, adapte
     state = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(state, checkpoint_id=path / SHARDED)  # fills every key asked for, or raises
     # Not strict under LoRA: the frozen base is not in the checkpoint (it came from --model).
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=_options(adapters_only, strict=not adapters_only))
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=_options(adapters_only, strict=not adapters_only)
+    )
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = path / f"rng-{accelerator.process_index}.pt"
     torch.set_rng_state(torch.load(rng if rng.is_file() else path / "rng-0.pt", weights_only=True)["torch"])

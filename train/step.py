@@ -25,8 +25,9 @@ Collectives per optimizer step with several processes (none with one):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 
@@ -60,20 +61,20 @@ class StepStats(NamedTuple):
     kl_scopes: torch.Tensor
 
     @classmethod
-    def zeros(cls, device) -> "StepStats":
+    def zeros(cls, device) -> StepStats:
         return cls.unstacked(torch.zeros(len(cls._fields), dtype=torch.float64, device=device))
 
     def stacked(self) -> torch.Tensor:
         return torch.stack(tuple(self))
 
     @classmethod
-    def unstacked(cls, values: torch.Tensor) -> "StepStats":
+    def unstacked(cls, values: torch.Tensor) -> StepStats:
         return cls(*values.unbind(0))
 
-    def plus(self, other: "StepStats") -> "StepStats":
+    def plus(self, other: StepStats) -> StepStats:
         return StepStats(*(a + b for a, b in zip(self, other)))
 
-    def all_reduced(self, accelerator) -> "StepStats":
+    def all_reduced(self, accelerator) -> StepStats:
         return StepStats.unstacked(all_reduce_sum(self.stacked(), accelerator))
 
 
@@ -139,10 +140,12 @@ def kl_local_sums(model, batches: list[KTOBatch]) -> tuple[torch.Tensor, torch.T
 
 def step_counts(batches: list[KTOBatch]) -> torch.Tensor:
     """[real rows, valid desirable completion tokens] of this process's part of the step."""
-    return torch.stack([
-        sum(b.valid.sum() for b in batches).double(),
-        sum(desirable_token_mask(b).sum() for b in batches).double(),
-    ])
+    return torch.stack(
+        [
+            sum(b.valid.sum() for b in batches).double(),
+            sum(desirable_token_mask(b).sum() for b in batches).double(),
+        ]
+    )
 
 
 def kl_and_counts(model, kl_batches: list[KTOBatch], counts: torch.Tensor | None, accelerator):
@@ -182,8 +185,14 @@ def policy_pass(model, b: KTOBatch, s: LossSettings, z: KLEstimate | None) -> Po
     flat = model(b.policy.input_ids, b.policy.score_mask)
     logps = sequence_sums(flat, b.policy.score_mask)
     out = kto_loss(
-        logps, b.ref_logp, b.desirable, z.clamped if z is not None else 0.0, beta=s.beta,
-        desirable_weight=s.desirable_weight, undesirable_weight=s.undesirable_weight, loss_type=s.loss_type,
+        logps,
+        b.ref_logp,
+        b.desirable,
+        z.clamped if z is not None else 0.0,
+        beta=s.beta,
+        desirable_weight=s.desirable_weight,
+        undesirable_weight=s.undesirable_weight,
+        loss_type=s.loss_type,
     )
     return PolicyPass(flat, logps, out, -(flat.double() * desirable_token_mask(b)).sum())
 
@@ -223,12 +232,17 @@ def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: b
     return StepStats(
         examples=b.valid.sum().double(),
         loss_sum=(out.losses.detach() * b.valid).sum(),
-        desirable=d.sum().double(), undesirable=u.sum().double(),
-        reward_d_sum=(out.rewards * d).sum(), reward_u_sum=(out.rewards * u).sum(),
-        logp_d_sum=(logps * d).sum(), logp_u_sum=(logps * u).sum(),
-        sft_nll_sum=nll_sum, sft_tokens=(b.policy.score_mask & d[:, None]).sum().double(),
+        desirable=d.sum().double(),
+        undesirable=u.sum().double(),
+        reward_d_sum=(out.rewards * d).sum(),
+        reward_u_sum=(out.rewards * u).sum(),
+        logp_d_sum=(logps * d).sum(),
+        logp_u_sum=(logps * u).sum(),
+        sft_nll_sum=nll_sum,
+        sft_tokens=(b.policy.score_mask & d[:, None]).sum().double(),
         tokens=((b.policy.attention_mask.sum(1) + b.kl.attention_mask.sum(1)) * b.valid).sum().double(),
-        kl_raw_sum=z.raw if scoped else zero, kl_sum=z.clamped if scoped else zero,
+        kl_raw_sum=z.raw if scoped else zero,
+        kl_sum=z.clamped if scoped else zero,
         kl_scopes=torch.tensor(float(scoped), dtype=torch.float64, device=logps.device),
     )
 

@@ -25,9 +25,11 @@ def test_disk_full_at_the_rename_names_the_path_and_leaves_no_temp(tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("raised", [OSError(errno.ENOSPC, "No space left on device"),
-                                    OSError("IOError: No space left on device. Detail: [errno 28]")],
-                         ids=["errno", "pyarrow-message"])
+@pytest.mark.parametrize(
+    "raised",
+    [OSError(errno.ENOSPC, "No space left on device"), OSError("IOError: No space left on device. Detail: [errno 28]")],
+    ids=["errno", "pyarrow-message"],
+)
 def test_disk_full_while_writing_a_folder(tmp_path, raised):
     target = tmp_path / "tokenizer"
     with pytest.raises(DiskFullError, match="tokenizer: no space left on device"):

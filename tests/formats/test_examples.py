@@ -26,9 +26,9 @@ def write_jsonl(path, rows):
     return path
 
 
-def error_of(paths, columns=ColumnMap()) -> str:
+def error_of(paths, columns=None) -> str:
     with pytest.raises(InputError) as info:
-        read_examples(paths, columns)
+        read_examples(paths, columns or ColumnMap())
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -62,21 +62,30 @@ def test_llama_factory_messages_with_kto_tag(tmp_path):
 
 
 def test_sharegpt_from_value(tmp_path):
-    conv = [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
-            {"from": "function_call", "value": "{}"}, {"from": "observation", "value": "42"},
-            {"from": "gpt", "value": "A"}]
+    conv = [
+        {"from": "system", "value": "S"},
+        {"from": "human", "value": "Q"},
+        {"from": "function_call", "value": "{}"},
+        {"from": "observation", "value": "42"},
+        {"from": "gpt", "value": "A"},
+    ]
     [ex, _] = read_examples([write_jsonl(tmp_path / "sg.jsonl", [{"messages": conv, "label": 1}, GOOD])])
     assert [m["role"] for m in ex.prompt] == ["system", "user", "assistant", "tool"]
     assert ex.completion == ({"role": "assistant", "content": "A"},)
 
 
 def test_paired_gives_two_rows_with_labels(tmp_path):
-    rows = [{"prompt": "P", "chosen": "good", "rejected": "bad"},
-            {"id": 7, "prompt": [USER], "chosen": [ASSISTANT], "rejected": [{"role": "assistant", "content": "No"}]}]
+    rows = [
+        {"prompt": "P", "chosen": "good", "rejected": "bad"},
+        {"id": 7, "prompt": [USER], "chosen": [ASSISTANT], "rejected": [{"role": "assistant", "content": "No"}]},
+    ]
     out = read_examples([write_jsonl(tmp_path / "pairs.jsonl", rows)])
-    assert [(e.id, e.completion if isinstance(e.completion, str) else e.completion[0]["content"], e.label)
-            for e in out] == [("pairs.jsonl:1:chosen", "good", True), ("pairs.jsonl:1:rejected", "bad", False),
-                              ("7:chosen", "Hello!", True), ("7:rejected", "No", False)]
+    assert [(e.id, e.completion if isinstance(e.completion, str) else e.completion[0]["content"], e.label) for e in out] == [
+        ("pairs.jsonl:1:chosen", "good", True),
+        ("pairs.jsonl:1:rejected", "bad", False),
+        ("7:chosen", "Hello!", True),
+        ("7:rejected", "No", False),
+    ]
     assert out[0].prompt == out[1].prompt == "P" and out[2].source == "pairs.jsonl: row 2"
 
 
@@ -95,10 +104,21 @@ def test_content_parts_are_joined(tmp_path):
     assert ex.prompt == ({"role": "user", "content": "Hello"},)
 
 
-@pytest.mark.parametrize("value,expected", [
-    (True, True), (0, False), (1, True), (" YES ", True), ("n", False), ("T", True), ("0", False),
-    ("Desirable", True), ("undesirable", False), ("false", False),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (True, True),
+        (0, False),
+        (1, True),
+        (" YES ", True),
+        ("n", False),
+        ("T", True),
+        ("0", False),
+        ("Desirable", True),
+        ("undesirable", False),
+        ("false", False),
+    ],
+)
 def test_label_spellings(tmp_path, value, expected):
     [ex, _] = read_examples([write_jsonl(tmp_path / "d.jsonl", [{**GOOD, "label": value}, GOOD])])
     assert ex.label is expected
@@ -121,8 +141,7 @@ def test_json_array(tmp_path):
 
 def test_parquet_with_mixed_shapes_and_nulls(tmp_path):
     # A Parquet file mixing shapes has nulls in the columns a row does not use.
-    rows = [GOOD, {"prompt": "P", "chosen": "c", "rejected": "r"},
-            {"messages": [USER, ASSISTANT], "label": False}]
+    rows = [GOOD, {"prompt": "P", "chosen": "c", "rejected": "r"}, {"messages": [USER, ASSISTANT], "label": False}]
     keys = {k for r in rows for k in r}  # from_pylist takes its columns from the first row only
     pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows]), tmp_path / "d.parquet")
     out = read_examples([tmp_path / "d.parquet"])
@@ -160,8 +179,7 @@ def test_column_overrides(tmp_path):
     rows = [{"uid": "u1", "q": "Q", "a": "A", "ok": "y"}, {"uid": "u2", "q": "Q", "a": "B", "ok": "n"}]
     out = read_examples([write_jsonl(tmp_path / "d.jsonl", rows)], cols)
     assert [(e.id, e.completion, e.label) for e in out] == [("u1", "A", True), ("u2", "B", False)]
-    assert cols.as_dict()["prompt"] == "q" and set(cols.as_dict()) == {
-        "prompt", "completion", "label", "messages", "chosen", "rejected", "id"}
+    assert cols.as_dict()["prompt"] == "q" and set(cols.as_dict()) == {"prompt", "completion", "label", "messages", "chosen", "rejected", "id"}
 
 
 def test_file_sha256_matches_hashlib(tmp_path):
@@ -182,25 +200,26 @@ BAD_ROWS = {
     "label_null": ({**GOOD, "label": None}, "label None is not boolean-like"),
     "label_two": ({**GOOD, "label": 2}, "label 2 is not boolean-like"),
     "empty_completion": ({**GOOD, "completion": "  \n"}, "empty completion"),
-    "empty_assistant_content": ({"prompt": [USER], "completion": [{"role": "assistant", "content": ""}],
-                                 "label": 1}, "empty completion"),
+    "empty_assistant_content": ({"prompt": [USER], "completion": [{"role": "assistant", "content": ""}], "label": 1}, "empty completion"),
     "empty_prompt": ({**GOOD, "prompt": ""}, "empty prompt"),
-    "content_number": ({"prompt": [{"role": "user", "content": 5}], "completion": [ASSISTANT], "label": 1},
-                       "content is not text (got int)"),
+    "content_number": ({"prompt": [{"role": "user", "content": 5}], "completion": [ASSISTANT], "label": 1}, "content is not text (got int)"),
     "prompt_dict": ({**GOOD, "prompt": {"text": "Q"}}, "column 'prompt': content is not text"),
-    "non_text_part": ({"prompt": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}],
-                       "completion": [ASSISTANT], "label": 1}, "content part 1 is 'image_url', not text"),
+    "non_text_part": (
+        {"prompt": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}], "completion": [ASSISTANT], "label": 1},
+        "content part 1 is 'image_url', not text",
+    ),
     "unknown_role": ({"messages": [{"role": "bot", "content": "x"}, ASSISTANT], "label": 1}, "unknown role 'bot'"),
-    "mixed_text_and_messages": ({"prompt": "Q", "completion": [ASSISTANT], "label": 1},
-                                "both must be text or both lists of messages"),
+    "mixed_text_and_messages": ({"prompt": "Q", "completion": [ASSISTANT], "label": 1}, "both must be text or both lists of messages"),
     "completion_not_assistant": ({"prompt": [USER], "completion": [USER], "label": 1}, "expected 'assistant'"),
     "no_assistant_turn": ({"messages": [USER], "label": 1}, "conversation has no assistant turn"),
     "last_not_assistant": ({"messages": [USER, ASSISTANT, USER], "label": 1}, "last message is 'user'"),
     "paired_text_without_prompt": ({"chosen": "A", "rejected": "B"}, "missing column 'prompt'"),
     # JSON's "\ud83d" without its low half parses to a lone surrogate, which no tokenizer encodes.
     "lone_surrogate_text": ({**GOOD, "completion": "Hi \ud83d!"}, "lone surrogate '\\ud83d' at character 4"),
-    "lone_surrogate_message": ({"prompt": [{"role": "user", "content": "\udc00"}], "completion": [ASSISTANT],
-                                "label": 1}, "column 'prompt', message 1: a lone surrogate"),
+    "lone_surrogate_message": (
+        {"prompt": [{"role": "user", "content": "\udc00"}], "completion": [ASSISTANT], "label": 1},
+        "column 'prompt', message 1: a lone surrogate",
+    ),
     "lone_surrogate_id": ({**GOOD, "id": "a\ud800"}, "column 'id': a lone surrogate"),
 }
 
@@ -214,7 +233,7 @@ def test_bad_row_names_file_and_row(tmp_path, name):
 
 def test_malformed_jsonl_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n\n{\"prompt\": \n")
+    path.write_text(json.dumps(GOOD) + '\n\n{"prompt": \n')
     assert error_of([path]).startswith("bad.jsonl: row 3: malformed JSON")
 
 

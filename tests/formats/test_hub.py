@@ -13,9 +13,11 @@ from kto.formats.hub import input_identity, parse_spec
 
 datasets = pytest.importorskip("datasets")
 
-ROWS = [{"prompt": "Hi", "completion": "Hello", "label": True},
-        {"prompt": "Q", "completion": "A", "label": False},
-        {"conversations": None, "prompt": "Q2", "completion": "A2", "label": True}]
+ROWS = [
+    {"prompt": "Hi", "completion": "Hello", "label": True},
+    {"prompt": "Q", "completion": "A", "label": False},
+    {"conversations": None, "prompt": "Q2", "completion": "A2", "label": True},
+]
 
 
 @pytest.fixture

@@ -37,15 +37,18 @@ def refused(cache) -> str:
     return message.removeprefix(f"{cache / S.MANIFEST_NAME}: ")
 
 
-@pytest.mark.parametrize("name, why", [
-    ("/etc/shard-00000.arrow", "is an absolute path; shard names are plain file names"),
-    ("../other-cache/shard-00000.arrow", "contains '..'; shard names are plain file names"),
-    ("..", "contains '..'; shard names are plain file names"),
-    ("sub/shard-00000.arrow", "contains a path separator; shard names are plain file names"),
-    ("sub\\shard-00000.arrow", "contains a path separator; shard names are plain file names"),
-    ("shard-*.arrow", "is not a shard name (shard-N.arrow)"),  # pl.scan_ipc would glob it
-    ("manifest.json", "is not a shard name (shard-N.arrow)"),
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("/etc/shard-00000.arrow", "is an absolute path; shard names are plain file names"),
+        ("../other-cache/shard-00000.arrow", "contains '..'; shard names are plain file names"),
+        ("..", "contains '..'; shard names are plain file names"),
+        ("sub/shard-00000.arrow", "contains a path separator; shard names are plain file names"),
+        ("sub\\shard-00000.arrow", "contains a path separator; shard names are plain file names"),
+        ("shard-*.arrow", "is not a shard name (shard-N.arrow)"),  # pl.scan_ipc would glob it
+        ("manifest.json", "is not a shard name (shard-N.arrow)"),
+    ],
+)
 def test_shard_names_that_leave_the_cache(cache, name, why):
     edit_manifest(cache, lambda m: m["shards"][1].__setitem__("name", name))
     assert refused(cache) == f"shards[1].name {name!r} {why}"

@@ -21,11 +21,17 @@ NAN, INF = float("nan"), float("inf")
 def table(**columns):
     """A three-row shard; `columns` replace the sound defaults."""
     base = {
-        S.ID: ["a", "b", "c"], S.LABEL: [True, False, True],
-        S.PROMPT_IDS: [[1, 2], [3, 4], [5]], S.COMPLETION_IDS: [[6], [7, 8], [9]],
-        S.REF_LOGP: [-1.0, -2.0, -3.0], S.REF_TOKEN_LOGPS: [[-1.0], [-1.5, -0.5], [-3.0]],
-        S.KL_SOURCE_ID: ["b", "c", "a"], S.KL_COMPLETION_IDS: [[7], [9], [6]],
-        S.REF_KL_LOGP: [-0.5, -0.25, -1.0], S.REF_KL_TOKEN_LOGPS: [None, None, None], S.TRUNCATED: [False] * 3,
+        S.ID: ["a", "b", "c"],
+        S.LABEL: [True, False, True],
+        S.PROMPT_IDS: [[1, 2], [3, 4], [5]],
+        S.COMPLETION_IDS: [[6], [7, 8], [9]],
+        S.REF_LOGP: [-1.0, -2.0, -3.0],
+        S.REF_TOKEN_LOGPS: [[-1.0], [-1.5, -0.5], [-3.0]],
+        S.KL_SOURCE_ID: ["b", "c", "a"],
+        S.KL_COMPLETION_IDS: [[7], [9], [6]],
+        S.REF_KL_LOGP: [-0.5, -0.25, -1.0],
+        S.REF_KL_TOKEN_LOGPS: [None, None, None],
+        S.TRUNCATED: [False] * 3,
     }
     return pa.table({**base, **columns}, schema=S.SHARD_SCHEMA)
 
@@ -35,14 +41,16 @@ def test_sound_values_pass():
 
 
 def test_each_bad_value_is_named_by_row_id_and_position():
-    t = table(**{
-        S.REF_LOGP: [-1.0, NAN, None],
-        S.REF_KL_LOGP: [INF, -0.25, -1.0],
-        S.REF_TOKEN_LOGPS: [[-1.0], [-1.5, -INF], None],  # row 3: not stored, fine
-        S.REF_KL_TOKEN_LOGPS: [None, [None], None],
-        S.PROMPT_IDS: [[1, 2], [3, -1], [5]],
-        S.COMPLETION_IDS: [[6], [7, 8], [9, 10, 11]],  # vocabulary 0 … 9
-    })
+    t = table(
+        **{
+            S.REF_LOGP: [-1.0, NAN, None],
+            S.REF_KL_LOGP: [INF, -0.25, -1.0],
+            S.REF_TOKEN_LOGPS: [[-1.0], [-1.5, -INF], None],  # row 3: not stored, fine
+            S.REF_KL_TOKEN_LOGPS: [None, [None], None],
+            S.PROMPT_IDS: [[1, 2], [3, -1], [5]],
+            S.COMPLETION_IDS: [[6], [7, 8], [9, 10, 11]],  # vocabulary 0 … 9
+        }
+    )
     assert shard_value_problems(t, "X", 10) == [
         "X row 2 (id 'b'): ref_logp is nan",
         "X row 3 (id 'c'): ref_logp is null",
@@ -95,12 +103,17 @@ def rewrite(cache, index, edit):
     return data[S.ID]
 
 
-@pytest.mark.parametrize("edit, what", [
-    (lambda d: d[S.REF_LOGP].__setitem__(2, NAN), "row 3 (id {id2!r}): ref_logp is nan"),
-    (lambda d: d[S.REF_TOKEN_LOGPS][2].__setitem__(0, INF), "row 3 (id {id2!r}): ref_token_logps has inf at token 1"),
-    (lambda d: d[S.KL_COMPLETION_IDS][2].__setitem__(0, 49152),
-     "row 3 (id {id2!r}): kl_completion_ids holds token id 49152 at position 1; ids must lie in [0, 49152)"),
-])
+@pytest.mark.parametrize(
+    "edit, what",
+    [
+        (lambda d: d[S.REF_LOGP].__setitem__(2, NAN), "row 3 (id {id2!r}): ref_logp is nan"),
+        (lambda d: d[S.REF_TOKEN_LOGPS][2].__setitem__(0, INF), "row 3 (id {id2!r}): ref_token_logps has inf at token 1"),
+        (
+            lambda d: d[S.KL_COMPLETION_IDS][2].__setitem__(0, 49152),
+            "row 3 (id {id2!r}): kl_completion_ids holds token id 49152 at position 1; ids must lie in [0, 49152)",
+        ),
+    ],
+)
 def test_training_reader_refuses_the_shard(cache, edit, what):
     from kto.train.data import ShardedCache
 

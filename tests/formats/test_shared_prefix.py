@@ -69,8 +69,16 @@ def test_grouping_and_packs():
 def tiny_lm(attn: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     return _set_attn(LlamaForCausalLM(config).eval(), attn)
 
@@ -100,7 +108,7 @@ def float64_reference(lm, prompts, completions):
         for p, c in zip(prompts, completions):
             ids = torch.tensor([list(p) + list(c)])
             logp = torch.log_softmax(lm64(ids).logits[0, :-1], -1)
-            out.append(logp[len(p) - 1:].gather(1, ids[0, len(p):, None])[:, 0].numpy())
+            out.append(logp[len(p) - 1 :].gather(1, ids[0, len(p) :, None])[:, 0].numpy())
     return out
 
 

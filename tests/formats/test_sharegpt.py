@@ -28,8 +28,10 @@ def error_of(path, sharegpt=ShareGPTMap()) -> str:
 
 
 def test_unpaired_rows_with_kto_tag_and_label(tmp_path):
-    rows = [{"conversations": [turn("system", "Be brief."), turn("human", "Hi"), turn("gpt", "Hello")], "kto_tag": True},
-            {"conversations": [turn("human", "Hi"), turn("gpt", "Go away")], "label": "no"}]
+    rows = [
+        {"conversations": [turn("system", "Be brief."), turn("human", "Hi"), turn("gpt", "Hello")], "kto_tag": True},
+        {"conversations": [turn("human", "Hi"), turn("gpt", "Go away")], "label": "no"},
+    ]
     first, second = read_examples([write_jsonl(tmp_path / "sg.jsonl", rows)])
     assert first.prompt == ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
     assert first.completion == ({"role": "assistant", "content": "Hello"},) and first.label is True
@@ -39,10 +41,13 @@ def test_unpaired_rows_with_kto_tag_and_label(tmp_path):
 def test_paired_rows_hold_single_turns_and_tools_run_through(tmp_path):
     call = {"name": "weather", "arguments": {"city": "Paris"}}
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
-    row = {"conversations": [turn("human", "Weather in Paris?"), turn("function_call", json.dumps(call)),
-                             turn("observation", "sunny")],
-           "chosen": turn("gpt", "It is sunny."), "rejected": turn("gpt", "It is snowing."),
-           "tools": json.dumps(tools), "system": "You can call tools."}
+    row = {
+        "conversations": [turn("human", "Weather in Paris?"), turn("function_call", json.dumps(call)), turn("observation", "sunny")],
+        "chosen": turn("gpt", "It is sunny."),
+        "rejected": turn("gpt", "It is snowing."),
+        "tools": json.dumps(tools),
+        "system": "You can call tools.",
+    }
     chosen, rejected = read_examples([write_jsonl(tmp_path / "p.jsonl", [row])])
     assert [m["role"] for m in chosen.prompt] == ["system", "user", "assistant", "tool"]
     assert chosen.prompt[2]["tool_calls"] == [{"type": "function", "function": call}]
@@ -52,11 +57,19 @@ def test_paired_rows_hold_single_turns_and_tools_run_through(tmp_path):
 
 def test_names_come_from_a_dataset_info_entry(tmp_path):
     info = tmp_path / "dataset_info.json"
-    info.write_text(json.dumps({"mine": {"file_name": "x.json", "formatting": "sharegpt",
-                                         "columns": {"messages": "dialog", "kto_tag": "good"},
-                                         "tags": {"role_tag": "role", "content_tag": "text",
-                                                  "user_tag": "person", "assistant_tag": "bot"}},
-                                "other": {"columns": {}}}))
+    info.write_text(
+        json.dumps(
+            {
+                "mine": {
+                    "file_name": "x.json",
+                    "formatting": "sharegpt",
+                    "columns": {"messages": "dialog", "kto_tag": "good"},
+                    "tags": {"role_tag": "role", "content_tag": "text", "user_tag": "person", "assistant_tag": "bot"},
+                },
+                "other": {"columns": {}},
+            }
+        )
+    )
     smap = load_sharegpt_info(f"{info}#mine")
     assert (smap.messages, smap.kto_tag, smap.user_tag, smap.system) == ("dialog", "good", "person", "system")
     row = {"dialog": [{"role": "person", "text": "Hi"}, {"role": "bot", "text": "Yo"}], "good": False}
@@ -74,28 +87,33 @@ def _info_error(spec) -> str:
 
 def test_system_and_tools_columns_apply_to_other_shapes(tmp_path):
     tools = [{"type": "function", "function": {"name": "f"}}]
-    row = {"prompt": [{"role": "user", "content": "Q"}], "completion": [{"role": "assistant", "content": "A"}],
-           "label": True, "system": "S", "tools": tools}
+    row = {"prompt": [{"role": "user", "content": "Q"}], "completion": [{"role": "assistant", "content": "A"}], "label": True, "system": "S", "tools": tools}
     [ex, _] = read_examples([write_jsonl(tmp_path / "d.jsonl", [row, {**row, "system": None, "tools": None}])])
     assert ex.prompt[0] == {"role": "system", "content": "S"} and ex.tools == tuple(tools)
 
 
-@pytest.mark.parametrize("row, expect", [
-    ({"conversations": [turn("human", "Q"), turn("gpt", "A")], "kto_tag": True, "tools": {"name": "f"}},
-     "d.jsonl: row 1: column 'tools': expected a list of tool schemas, got an object"),
-    ({"conversations": [turn("human", "Q"), turn("gpt", "A")], "kto_tag": True, "tools": "[{"},
-     "d.jsonl: row 1: column 'tools': text that is not JSON"),
-    ({"conversations": [turn("gpt", "A"), turn("human", "Q")], "kto_tag": True},
-     "d.jsonl: row 1: column 'conversations', turn 1: role 'gpt' out of place"),
-    ({"conversations": [turn("human", "Q"), turn("robot", "A")], "kto_tag": True},
-     "d.jsonl: row 1: column 'conversations', turn 2: unknown role 'robot'"),
-    ({"conversations": [turn("human", "Q"), turn("gpt", "A")]}, "d.jsonl: row 1: missing column 'kto_tag'"),
-    ({"conversations": [turn("human", "Q"), turn("function_call", "not json")], "kto_tag": True},
-     "d.jsonl: row 1: column 'conversations', turn 2: function call is not JSON"),
-    ({"conversations": [turn("human", "Q")], "chosen": turn("human", "A"), "rejected": turn("gpt", "B")},
-     "d.jsonl: row 1: column 'chosen': role 'human', expected 'gpt' or 'function_call'"),
-    ({"prompt": "Q", "completion": "A", "label": True, "system": "S"},
-     "d.jsonl: row 1: column 'system': a system prompt needs a conversational prompt"),
-], ids=["tools-object", "tools-bad-json", "out-of-place", "unknown-role", "no-label", "bad-call", "chosen-role", "text-system"])
+@pytest.mark.parametrize(
+    "row, expect",
+    [
+        (
+            {"conversations": [turn("human", "Q"), turn("gpt", "A")], "kto_tag": True, "tools": {"name": "f"}},
+            "d.jsonl: row 1: column 'tools': expected a list of tool schemas, got an object",
+        ),
+        ({"conversations": [turn("human", "Q"), turn("gpt", "A")], "kto_tag": True, "tools": "[{"}, "d.jsonl: row 1: column 'tools': text that is not JSON"),
+        ({"conversations": [turn("gpt", "A"), turn("human", "Q")], "kto_tag": True}, "d.jsonl: row 1: column 'conversations', turn 1: role 'gpt' out of place"),
+        ({"conversations": [turn("human", "Q"), turn("robot", "A")], "kto_tag": True}, "d.jsonl: row 1: column 'conversations', turn 2: unknown role 'robot'"),
+        ({"conversations": [turn("human", "Q"), turn("gpt", "A")]}, "d.jsonl: row 1: missing column 'kto_tag'"),
+        (
+            {"conversations": [turn("human", "Q"), turn("function_call", "not json")], "kto_tag": True},
+            "d.jsonl: row 1: column 'conversations', turn 2: function call is not JSON",
+        ),
+        (
+            {"conversations": [turn("human", "Q")], "chosen": turn("human", "A"), "rejected": turn("gpt", "B")},
+            "d.jsonl: row 1: column 'chosen': role 'human', expected 'gpt' or 'function_call'",
+        ),
+        ({"prompt": "Q", "completion": "A", "label": True, "system": "S"}, "d.jsonl: row 1: column 'system': a system prompt needs a conversational prompt"),
+    ],
+    ids=["tools-object", "tools-bad-json", "out-of-place", "unknown-role", "no-label", "bad-call", "chosen-role", "text-system"],
+)
 def test_bad_rows_get_one_line(tmp_path, row, expect):
     assert error_of(write_jsonl(tmp_path / "d.jsonl", [row])).startswith(expect)

@@ -122,9 +122,7 @@ def test_gradcheck_float64(softcap):
     hidden, weight, targets = make(n=5, v=7, h=3, dtype=torch.float64)
     bias = torch.randn(7, dtype=torch.float64)
     args = [t.requires_grad_() for t in (hidden, weight, bias)]
-    assert torch.autograd.gradcheck(
-        lambda h, w, b: token_logps(h, w, targets, chunk_size=2, softcap=softcap, bias=b), args
-    )
+    assert torch.autograd.gradcheck(lambda h, w, b: token_logps(h, w, targets, chunk_size=2, softcap=softcap, bias=b), args)
 
 
 def test_bf16_compute_with_bias_and_grad_dtypes():

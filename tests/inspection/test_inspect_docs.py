@@ -24,9 +24,16 @@ def scores(tiny_cache, tmp_path):
 
     cache = kto.formats.scan(tiny_cache).select("id", "label", "ref_logp").collect()
     policy = cache["ref_logp"] + pl.Series(range(cache.height)) * 0.1 - 0.8
-    table = pa.table({"id": cache["id"].to_list(), "label": cache["label"].to_list(), "policy_logp": policy.to_list(),
-                      "ref_logp": cache["ref_logp"].to_list(), "reward": (0.1 * (policy - cache["ref_logp"])).to_list()},
-                     schema=SCORE_SCHEMA)
+    table = pa.table(
+        {
+            "id": cache["id"].to_list(),
+            "label": cache["label"].to_list(),
+            "policy_logp": policy.to_list(),
+            "ref_logp": cache["ref_logp"].to_list(),
+            "reward": (0.1 * (policy - cache["ref_logp"])).to_list(),
+        },
+        schema=SCORE_SCHEMA,
+    )
     pq.write_table(table, tmp_path / "scores.parquet")
     return tmp_path / "scores.parquet"
 

@@ -44,8 +44,7 @@ def test_where_sort_limit_match_polars(text_cache):
     import polars as pl
 
     df = kto.formats.scan(text_cache).collect()
-    expected = (df.filter(~pl.col("label")).with_columns(per_token=pl.col("ref_logp") / pl.col("completion_ids").list.len())
-                .sort("per_token").head(3))
+    expected = df.filter(~pl.col("label")).with_columns(per_token=pl.col("ref_logp") / pl.col("completion_ids").list.len()).sort("per_token").head(3)
     shown = rows_json(text_cache, "--where", "NOT label", "--sort", "ref_logp_per_token", "--limit", "3")
     assert [r["id"] for r in shown] == expected["id"].to_list()
     assert [r["ref_logp"] for r in shown] == expected["ref_logp"].to_list()
@@ -78,15 +77,18 @@ def test_text_output(text_cache):
     assert result.exit_code == 0 and result.stdout.strip() == "no rows match"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--where", "nosuch > 1"], "--where 'nosuch > 1': 'nosuch' is not a column (columns: completion_ids, completion_len, id, "),
-    (["--where", "label AND ("], "--where 'label AND (': not an SQL expression"),
-    (["--where", "ref_logp"], "--where 'ref_logp': filter predicate must be of type `Boolean`"),
-    (["--where", "__import__('os').system('true')"], "--where \"__import__('os').system('true')\""),
-    (["--sort", "nosuch DESC"], "--sort 'nosuch DESC': 'nosuch' is not a column (columns: "),
-    (["--limit", "0"], "--limit 0: must be at least 1"),
-    (["--flag", "-1"], "--flag -1: must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--where", "nosuch > 1"], "--where 'nosuch > 1': 'nosuch' is not a column (columns: completion_ids, completion_len, id, "),
+        (["--where", "label AND ("], "--where 'label AND (': not an SQL expression"),
+        (["--where", "ref_logp"], "--where 'ref_logp': filter predicate must be of type `Boolean`"),
+        (["--where", "__import__('os').system('true')"], "--where \"__import__('os').system('true')\""),
+        (["--sort", "nosuch DESC"], "--sort 'nosuch DESC': 'nosuch' is not a column (columns: "),
+        (["--limit", "0"], "--limit 0: must be at least 1"),
+        (["--flag", "-1"], "--flag -1: must be 0 or more"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(text_cache, args, message):
     result = CliRunner().invoke(main, ["rows", str(text_cache), *args])
     assert result.exit_code == 2, result.output
@@ -97,15 +99,18 @@ def test_bad_flags_are_one_line_errors(text_cache, args, message):
 SECRET = "TOPSECRET-8c1f"
 
 
-@pytest.mark.parametrize("args", [
-    ["--where", "id IN (SELECT nope FROM read_csv('{secret}'))"],  # the reported attack
-    ["--where", "completion_len > (SELECT COUNT(*) FROM read_csv('{secret}'))"],
-    ["--where", "id = (SELECT * FROM read_csv('{secret}'))"],
-    ["--sort", "(SELECT nope FROM read_csv('{secret}')) DESC"],
-    ["--where", "length(read_csv('{secret}')) > 0"],
-    ["--where", "id IN (SELECT nope FROM read_parquet('{secret}'))"],
-    ["--where", "\"label\" OR EXISTS (SELECT 1 FROM \"{secret}\")"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--where", "id IN (SELECT nope FROM read_csv('{secret}'))"],  # the reported attack
+        ["--where", "completion_len > (SELECT COUNT(*) FROM read_csv('{secret}'))"],
+        ["--where", "id = (SELECT * FROM read_csv('{secret}'))"],
+        ["--sort", "(SELECT nope FROM read_csv('{secret}')) DESC"],
+        ["--where", "length(read_csv('{secret}')) > 0"],
+        ["--where", "id IN (SELECT nope FROM read_parquet('{secret}'))"],
+        ["--where", '"label" OR EXISTS (SELECT 1 FROM "{secret}")'],
+    ],
+)
 def test_subquery_over_read_csv_cannot_read_or_echo_a_file(text_cache, tmp_path, args):
     """polars SQL resolves `read_csv(...)` in a subquery, and its "unable to find column"
     error listed the file's first line as the column names. Refused before polars sees it."""
@@ -123,8 +128,16 @@ def test_whitelisted_functions_and_keywords_still_work(text_cache):
     import polars as pl
 
     df = kto.formats.scan(text_cache).collect()
-    shown = rows_json(text_cache, "--where", "abs(ref_logp) > 1 AND starts_with(id, 'text') AND NOT truncated "
-                      "AND CAST(completion_len AS DOUBLE) BETWEEN 2 AND 1000", "--sort", "round(ref_logp, 3) DESC, id", "--limit", "100")
-    want = (df.filter((pl.col("ref_logp").abs() > 1) & ~pl.col("truncated")).with_columns(r=pl.col("ref_logp").round(3))
-            .sort(["r", "id"], descending=[True, False]))
+    shown = rows_json(
+        text_cache,
+        "--where",
+        "abs(ref_logp) > 1 AND starts_with(id, 'text') AND NOT truncated AND CAST(completion_len AS DOUBLE) BETWEEN 2 AND 1000",
+        "--sort",
+        "round(ref_logp, 3) DESC, id",
+        "--limit",
+        "100",
+    )
+    want = (
+        df.filter((pl.col("ref_logp").abs() > 1) & ~pl.col("truncated")).with_columns(r=pl.col("ref_logp").round(3)).sort(["r", "id"], descending=[True, False])
+    )
     assert [r["id"] for r in shown] == want["id"].to_list() and len(shown) > 0

@@ -20,8 +20,26 @@ def short_run(tmp_path_factory, tiny_cache, tiny_model_dir):
     from kto.train.cli import main as train
 
     out = tmp_path_factory.mktemp("short-run") / "run"
-    args = ["--cache", tiny_cache, "--model", tiny_model_dir, "--out", out, "--batch-size", "2", "--max-steps", "2",
-            "--log-every", "1", "--lr", "1e-3", "--eval-cache", tiny_cache, "--eval-every", "1"]
+    args = [
+        "--cache",
+        tiny_cache,
+        "--model",
+        tiny_model_dir,
+        "--out",
+        out,
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--log-every",
+        "1",
+        "--lr",
+        "1e-3",
+        "--eval-cache",
+        tiny_cache,
+        "--eval-every",
+        "1",
+    ]
     result = CliRunner().invoke(train, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
@@ -67,9 +85,21 @@ def write_metrics(path, records, tail=""):
 
 
 def record(step, **kw):
-    base = {"step": step, "split": "train", "loss": 0.5, "kl": 0.0, "kl_raw": -0.01, "rewards/chosen": 0.1 * step,
-            "rewards/rejected": -0.1 * step, "rewards/margins": 0.2 * step, "count/chosen": 1.0, "count/rejected": 1.0,
-            "lr": 1e-6, "grad_norm": 1.0, "tokens_per_s": 100.0}
+    base = {
+        "step": step,
+        "split": "train",
+        "loss": 0.5,
+        "kl": 0.0,
+        "kl_raw": -0.01,
+        "rewards/chosen": 0.1 * step,
+        "rewards/rejected": -0.1 * step,
+        "rewards/margins": 0.2 * step,
+        "count/chosen": 1.0,
+        "count/rejected": 1.0,
+        "lr": 1e-6,
+        "grad_norm": 1.0,
+        "tokens_per_s": 100.0,
+    }
     return {**base, **kw}
 
 
@@ -106,8 +136,9 @@ def test_non_finite_metrics_are_flagged_with_metric_and_step(tmp_path):
     result = invoke("run", tmp_path, "--json")
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)["checks"]
-    assert found[0] == ("NON-FINITE metrics (NaN or inf, written as null): grad_norm at steps 2, 3; loss at step 3; "
-                        "eval kl at step 4; the run diverged or its cache holds NaN")
+    assert found[0] == (
+        "NON-FINITE metrics (NaN or inf, written as null): grad_norm at steps 2, 3; loss at step 3; eval kl at step 4; the run diverged or its cache holds NaN"
+    )
     # Python's json also reads the non-standard NaN / Infinity tokens: flagged the same way.
     (tmp_path / "metrics.jsonl").write_text(json.dumps(record(1)) + "\n" + json.dumps(record(2, loss=float("inf"))) + "\n")
     found = json.loads(invoke("run", tmp_path, "--json").stdout)["checks"]
@@ -116,11 +147,14 @@ def test_non_finite_metrics_are_flagged_with_metric_and_step(tmp_path):
     assert not any("NON-FINITE" in c for c in json.loads(invoke("run", tmp_path, "--json").stdout)["checks"])
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "metrics.jsonl: no such file; is {d} a kto-train --out directory?"),
-    ("", "metrics.jsonl: no metrics to show (it is empty)"),
-    ('{"step": 1, "spl', "metrics.jsonl: no metrics to show (no line is a complete metrics record)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "metrics.jsonl: no such file; is {d} a kto-train --out directory?"),
+        ("", "metrics.jsonl: no metrics to show (it is empty)"),
+        ('{"step": 1, "spl', "metrics.jsonl: no metrics to show (no line is a complete metrics record)"),
+    ],
+)
 def test_missing_or_empty_metrics(tmp_path, content, message):
     if content is not None:
         (tmp_path / "metrics.jsonl").write_text(content)
@@ -153,8 +187,11 @@ def test_score_the_final_policy(short_run, tiny_cache, tmp_path):
     assert np.allclose(scores["reward"], 0.5 * (policy - ref), rtol=0, atol=1e-12)
     assert np.abs(policy - ref).max() > 1e-3  # two steps at lr 1e-3 moved the policy
     label = np.array(scores["label"])
-    assert r["desirable"] == {"rows": 8, "gained": int((policy - ref)[label].__gt__(0).sum()),
-                              "mean_reward": pytest.approx(float(np.mean(np.array(scores["reward"])[label])))}
+    assert r["desirable"] == {
+        "rows": 8,
+        "gained": int((policy - ref)[label].__gt__(0).sum()),
+        "mean_reward": pytest.approx(float(np.mean(np.array(scores["reward"])[label]))),
+    }
     assert r["undesirable"]["lost"] == int(((policy - ref)[~label] < 0).sum())
     # The README recipe: join the scores with the cache on id.
     import polars as pl

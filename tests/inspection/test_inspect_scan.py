@@ -12,9 +12,19 @@ from kto.formats import schema as S
 from kto.formats.errors import InputError
 from kto.formats.manifest import read_manifest
 
-MODULES = ["kto.formats", "kto.formats.scanning", "kto.inspection", "kto.inspection.cli", "kto.inspection.summary",
-           "kto.inspection.verify", "kto.inspection.rows", "kto.inspection.runlog", "kto.inspection.report",
-           "kto.inspection.score", "kto.inspection.text"]
+MODULES = [
+    "kto.formats",
+    "kto.formats.scanning",
+    "kto.inspection",
+    "kto.inspection.cli",
+    "kto.inspection.summary",
+    "kto.inspection.verify",
+    "kto.inspection.rows",
+    "kto.inspection.runlog",
+    "kto.inspection.report",
+    "kto.inspection.score",
+    "kto.inspection.text",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -23,8 +33,10 @@ def test_every_module_imports(name):
 
 
 def test_importing_formats_and_train_does_not_import_polars():
-    code = ("import sys, kto.formats, kto.formats.shards, kto.formats.examples, kto.train.loop, kto.precompute.pipeline; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('polars', 'matplotlib'))))")
+    code = (
+        "import sys, kto.formats, kto.formats.shards, kto.formats.examples, kto.train.loop, kto.precompute.pipeline; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('polars', 'matplotlib'))))"
+    )
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 

@@ -35,13 +35,16 @@ def test_reference_model_scores_zero_reward(tiny_cache, tiny_model_dir, tmp_path
     assert f"wrote {out}" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--beta", "0"], "--beta 0.0: must be positive"),
-    (["--batch-tokens", "0"], "--batch-tokens 0: must be positive"),
-    (["--out", "{cache}/scores.parquet"], "--out {cache}/scores.parquet: inside the cache directory"),
-    (["--out", "{tmp}/no/such/dir/s.parquet"], "--out {tmp}/no/such/dir/s.parquet: directory {tmp}/no/such/dir does not exist"),
-    (["--model", "{tmp}/nope"], "--model {tmp}/nope: no such file or directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--beta", "0"], "--beta 0.0: must be positive"),
+        (["--batch-tokens", "0"], "--batch-tokens 0: must be positive"),
+        (["--out", "{cache}/scores.parquet"], "--out {cache}/scores.parquet: inside the cache directory"),
+        (["--out", "{tmp}/no/such/dir/s.parquet"], "--out {tmp}/no/such/dir/s.parquet: directory {tmp}/no/such/dir does not exist"),
+        (["--model", "{tmp}/nope"], "--model {tmp}/nope: no such file or directory"),
+    ],
+)
 def test_bad_flags(tiny_cache, tiny_model_dir, tmp_path, args, message):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)

@@ -27,8 +27,7 @@ def test_summary_json_counts_equal_the_input(tiny_cache):
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)
     rows = chat_rows()
-    assert s["counts"] == {"rows": len(rows), "desirable": sum(r["label"] for r in rows),
-                           "undesirable": sum(not r["label"] for r in rows)}
+    assert s["counts"] == {"rows": len(rows), "desirable": sum(r["label"] for r in rows), "undesirable": sum(not r["label"] for r in rows)}
     manifest = read_manifest(tiny_cache)
     assert s["fingerprint"] == manifest.fingerprint
     assert s["dropped"] == manifest.counts.dropped == 0

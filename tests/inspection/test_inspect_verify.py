@@ -168,8 +168,9 @@ def test_non_finite_token_logps_and_token_ids_outside_the_vocabulary(cache):
     assert result.exit_code == 1
     err = result.stderr
     assert f"{path} row 1 (id {ids[0]!r}): ref_token_logps has nan at token 2\n" in err
-    assert (f"{path} row 2 (id {ids[1]!r}): completion_ids holds token id 49152 at position 1; "
-            "ids must lie in [0, 49152), the cache tokenizer's vocabulary\n") in err
+    assert (
+        f"{path} row 2 (id {ids[1]!r}): completion_ids holds token id 49152 at position 1; ids must lie in [0, 49152), the cache tokenizer's vocabulary\n"
+    ) in err
     assert f"{path} row 3 (id {ids[2]!r}): prompt_ids holds token id -3 at position 4; ids must lie in [0, 49152)" in err
 
 
@@ -188,6 +189,7 @@ def eager_cache(tmp_path_factory, tiny_model_dir):
     """The same rows as tiny_cache, scored with another attention implementation: same ids, same
     pairing, nearly the same numbers, but another configuration (fingerprint)."""
     from conftest import chat_rows, precompute_args, write_rows
+
     from kto.precompute.cli import main as precompute
 
     root = tmp_path_factory.mktemp("eager-cache")
@@ -208,8 +210,10 @@ def test_shard_copied_from_another_cache_with_its_sha_patched_in(cache, eager_ca
     result = verify(cache)
     assert result.exit_code == 1
     lines = result.stderr.splitlines()
-    assert lines[0] == (f"kto-inspect: verify: {cache / 'shard-00001.arrow'}: was made for fingerprint {foreign.fingerprint[:16]}…, "
-                        f"the manifest's is {read_manifest(cache).fingerprint[:16]}…; the shard is not from this cache")
+    assert lines[0] == (
+        f"kto-inspect: verify: {cache / 'shard-00001.arrow'}: was made for fingerprint {foreign.fingerprint[:16]}…, "
+        f"the manifest's is {read_manifest(cache).fingerprint[:16]}…; the shard is not from this cache"
+    )
     assert lines[-1] == f"kto-inspect: verify: 1 problem(s) found in {cache}"  # nothing else gives it away
 
 
@@ -217,8 +221,7 @@ def test_kl_completion_must_start_its_source_completion_in_another_shard(cache):
     """Verify streams shard by shard; the KL prefix check still sees across shards."""
     table = ipc.open_file(pa.memory_map(str(cache / "shard-00003.arrow"))).read_all()
     row_id, source = table.column(S.ID)[0].as_py(), table.column(S.KL_SOURCE_ID)[0].as_py()
-    source_shard = [k for k in range(3)
-                    if source in ipc.open_file(pa.memory_map(str(cache / f"shard-0000{k}.arrow"))).read_all().column(S.ID).to_pylist()]
+    source_shard = [k for k in range(3) if source in ipc.open_file(pa.memory_map(str(cache / f"shard-0000{k}.arrow"))).read_all().column(S.ID).to_pylist()]
     assert source_shard, "the row's KL source is in another shard"
 
     def edit(d):
@@ -228,5 +231,4 @@ def test_kl_completion_must_start_its_source_completion_in_another_shard(cache):
     rewrite_shard(cache, 3, edit)
     result = verify(cache)
     assert result.exit_code == 1
-    assert (f"{cache / 'shard-00003.arrow'} row 1 (id {row_id!r}): kl_completion_ids are not the start of {source!r}'s completion_ids"
-            in result.stderr)
+    assert f"{cache / 'shard-00003.arrow'} row 1 (id {row_id!r}): kl_completion_ids are not the start of {source!r}'s completion_ids" in result.stderr

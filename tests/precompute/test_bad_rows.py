@@ -35,8 +35,8 @@ def test_a_chat_template_that_raises_names_the_row(tmp_path, tiny_model_dir):
     model = tmp_path / "strict-template"
     shutil.copytree(tiny_model_dir, model)
     (model / "chat_template.jinja").write_text(
-        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system turns') }}"
-        "{% endif %}{{ m['content'] }}{% endfor %}")
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    )
     rows = chat_rows()
     rows[3]["prompt"] = [{"role": "system", "content": "Be brief."}, *rows[3]["prompt"]]
     data = write_rows(tmp_path / "chat.jsonl", rows)
@@ -48,9 +48,17 @@ def test_a_model_with_fewer_embeddings_than_the_tokenizer_has_tokens(tmp_path, t
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = tmp_path / "small-vocab"
     LlamaForCausalLM(config).save_pretrained(model)
@@ -66,8 +74,8 @@ def test_a_model_with_fewer_embeddings_than_the_tokenizer_has_tokens(tmp_path, t
 def test_a_row_dropped_at_the_token_boundary_is_named(monkeypatch, capsys, tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from kto.precompute import pipeline
     from kto.formats.hub import input_identity
+    from kto.precompute import pipeline
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.templates import ChatTemplate
 

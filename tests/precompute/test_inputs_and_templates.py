@@ -37,12 +37,18 @@ def rows_of(out):
 def sharegpt_rows():
     tools = json.dumps([{"type": "function", "function": {"name": "lookup", "parameters": {}}}])
     out = []
-    for i, (q, good, bad) in enumerate([("Capital of France?", "Paris.", "Rome."), ("Legs of a spider?", "Eight.", "Three."),
-                                        ("7 times 8?", "56.", "78.")]):
-        out.append({"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": good}], "kto_tag": True,
-                    "system": "Answer briefly.", "tools": tools})
-        out.append({"conversations": [{"from": "human", "value": q}], "chosen": {"from": "gpt", "value": good},
-                    "rejected": {"from": "gpt", "value": bad}, "id": f"pair{i}"})
+    for i, (q, good, bad) in enumerate([("Capital of France?", "Paris.", "Rome."), ("Legs of a spider?", "Eight.", "Three."), ("7 times 8?", "56.", "78.")]):
+        out.append(
+            {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": good}], "kto_tag": True, "system": "Answer briefly.", "tools": tools}
+        )
+        out.append(
+            {
+                "conversations": [{"from": "human", "value": q}],
+                "chosen": {"from": "gpt", "value": good},
+                "rejected": {"from": "gpt", "value": bad},
+                "id": f"pair{i}",
+            }
+        )
     return out
 
 
@@ -54,8 +60,7 @@ def test_sharegpt_rows_with_template_file_and_kwargs(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "sg.jsonl", sharegpt_rows())
     (tmp_path / "t.jinja").write_text(TEMPLATE)
     out = tmp_path / "c"
-    result = run(*precompute_args(data, tiny_model_dir, out, "--chat-template", str(tmp_path / "t.jinja"),
-                                  "--chat-template-kwargs", '{"think": false}'))
+    result = run(*precompute_args(data, tiny_model_dir, out, "--chat-template", str(tmp_path / "t.jinja"), "--chat-template-kwargs", '{"think": false}'))
     assert result.exit_code == 0, result.output
     tok = AutoTokenizer.from_pretrained(out / S.TOKENIZER_DIR)
     assert tok.chat_template == TEMPLATE  # the cache's tokenizer carries the template used
@@ -74,8 +79,10 @@ def test_sharegpt_rows_with_template_file_and_kwargs(tmp_path, tiny_model_dir):
     assert all(r.ok for r in verify(out)), [r.problems for r in verify(out)]
     # Other kwargs render other ids and give another fingerprint.
     other = tmp_path / "c2"
-    assert run(*precompute_args(data, tiny_model_dir, other, "--chat-template", str(tmp_path / "t.jinja"),
-                                "--chat-template-kwargs", '{"think": true}')).exit_code == 0
+    assert (
+        run(*precompute_args(data, tiny_model_dir, other, "--chat-template", str(tmp_path / "t.jinja"), "--chat-template-kwargs", '{"think": true}')).exit_code
+        == 0
+    )
     assert tok.decode(rows_of(other)[0]["prompt_ids"]) == "/think\n" + first
     assert read_manifest(other).fingerprint != read_manifest(out).fingerprint
 
@@ -96,8 +103,9 @@ def test_save_to_disk_copy_gives_the_same_numbers(tmp_path, tiny_model_dir, tiny
 def test_config_file_keys_are_flags_and_flags_win(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"data: {data}\nmodel: {tiny_model_dir}\nout: {tmp_path / 'c'}\nmax-length: '64'\n"
-                   "rows_per_shard: 8\nseed: 5\nchat_template_kwargs: {flag: 1}\n")
+    cfg.write_text(
+        f"data: {data}\nmodel: {tiny_model_dir}\nout: {tmp_path / 'c'}\nmax-length: '64'\nrows_per_shard: 8\nseed: 5\nchat_template_kwargs: {{flag: 1}}\n"
+    )
     result = run("--config", str(cfg), "--seed", "2")
     assert result.exit_code == 0, result.output
     m = read_manifest(tmp_path / "c")
@@ -158,10 +166,8 @@ def test_sharegpt_names_and_columns_from_config_and_flags(tmp_path):
     from kto.precompute.cli import config_from
 
     cfg_file = tmp_path / "p.yaml"
-    cfg_file.write_text("sharegpt_info: {columns: {kto_tag: good}, tags: {user_tag: person}}\nsystem_column: sys\n"
-                        "data: [a.jsonl, 'hf:org/set:train']\n")
-    ctx = main.make_context("kto-precompute", ["--config", str(cfg_file), "--model", "m", "--out", str(tmp_path / "o"),
-                                               "--tools-column", "fns"])
+    cfg_file.write_text("sharegpt_info: {columns: {kto_tag: good}, tags: {user_tag: person}}\nsystem_column: sys\ndata: [a.jsonl, 'hf:org/set:train']\n")
+    ctx = main.make_context("kto-precompute", ["--config", str(cfg_file), "--model", "m", "--out", str(tmp_path / "o"), "--tools-column", "fns"])
     cfg = config_from(ctx, ctx.params.pop("config_file"), ctx.params)
     assert (cfg.sharegpt.kto_tag, cfg.sharegpt.user_tag, cfg.sharegpt.system, cfg.sharegpt.tools) == ("good", "person", "sys", "fns")
     assert [str(p) for p in cfg.data] == ["a.jsonl", "hf:org/set:train"]

@@ -209,10 +209,15 @@ def test_resume_refuses_an_input_that_changed_since_the_interrupted_run(cache):
 def test_second_concurrent_precompute_into_one_out_exits_2_naming_the_holder(cache):
     out, _, args = cache
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom kto.formats.lock import locked_dir\n"
-         "with locked_dir(sys.argv[1], '--out'):\n    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom kto.formats.lock import locked_dir\n"
+            "with locked_dir(sys.argv[1], '--out'):\n    print('held', flush=True)\n    time.sleep(60)\n",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -254,8 +259,7 @@ def test_disk_full_names_the_path_in_one_line(cache, monkeypatch):
 
 def test_temp_files_of_a_killed_run_are_cleaned_at_the_next_start(cache):
     out, _, args = cache
-    leftovers = [out / ".shard-00001.arrow.tmp-999", out / ".journal" / ".shard-00001.arrow.json.tmp-999",
-                 out / ".manifest.json.tmp-12"]
+    leftovers = [out / ".shard-00001.arrow.tmp-999", out / ".journal" / ".shard-00001.arrow.json.tmp-999", out / ".manifest.json.tmp-12"]
     for p in leftovers:
         p.write_bytes(b"partial")
     (out / ".tokenizer.old-77").mkdir()
@@ -275,8 +279,7 @@ def test_kill_at_any_point_then_rerun_is_byte_identical(made, tmp_path, tiny_mod
     out = tmp_path / "c"
     args = precompute_args(data, tiny_model_dir, out)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kto.precompute.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "kto.precompute.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(out.glob(S.SHARD_GLOB))) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)

@@ -44,7 +44,7 @@ def test_reference_logps_equal_a_float64_recomputation(tiny_cache, tiny_model_di
             with torch.no_grad():
                 logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
             p = len(row["prompt_ids"])
-            expected = logp[p - 1:, :].gather(1, ids[0, p:, None])[:, 0].numpy()
+            expected = logp[p - 1 :, :].gather(1, ids[0, p:, None])[:, 0].numpy()
             np.testing.assert_allclose(row[tokens], expected, atol=1e-5, rtol=0)
             assert row[total] == pytest.approx(expected.sum(), abs=1e-4)
 
@@ -179,8 +179,17 @@ def test_two_processes_write_the_same_cache_as_one(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(*precompute_args(data, tiny_model_dir, one)).exit_code == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "kto.precompute.cli", *precompute_args(data, tiny_model_dir, two)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "kto.precompute.cli",
+        *precompute_args(data, tiny_model_dir, two),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -203,25 +212,32 @@ def test_no_token_logps_keeps_sums_only(tmp_path, tiny_model_dir, tiny_cache):
 def test_paired_parquet_and_llama_factory_rows_go_end_to_end(tmp_path, tiny_model_dir):
     import pyarrow.parquet as pq
 
-    paired = pa.table({
-        "prompt": ["Name a colour.", "Name a fruit."],
-        "chosen": [" Blue.", " Apple."],
-        "rejected": [" Seven.", " Chair."],
-    })
+    paired = pa.table(
+        {
+            "prompt": ["Name a colour.", "Name a fruit."],
+            "chosen": [" Blue.", " Apple."],
+            "rejected": [" Seven.", " Chair."],
+        }
+    )
     pq.write_table(paired, tmp_path / "pairs.parquet")
-    factory = write_rows(tmp_path / "lf.jsonl", [
-        {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}], "kto_tag": True},
-        {"messages": [{"role": "user", "content": "Say bye."}, {"role": "assistant", "content": "No."}], "kto_tag": False},
-    ])
+    factory = write_rows(
+        tmp_path / "lf.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}], "kto_tag": True},
+            {"messages": [{"role": "user", "content": "Say bye."}, {"role": "assistant", "content": "No."}], "kto_tag": False},
+        ],
+    )
     out = tmp_path / "c"
-    result = run_cli("--data", str(tmp_path / "pairs.parquet"), "--data", str(factory), "--model", str(tiny_model_dir),
-                     "--out", str(out), "--max-length", "64")
+    result = run_cli("--data", str(tmp_path / "pairs.parquet"), "--data", str(factory), "--model", str(tiny_model_dir), "--out", str(out), "--max-length", "64")
     assert result.exit_code == 0, result.output
     rows = read_cache(out).to_pylist()
     assert [(r["id"], r["label"]) for r in rows] == [
-        ("pairs.parquet:1:chosen", True), ("pairs.parquet:1:rejected", False),
-        ("pairs.parquet:2:chosen", True), ("pairs.parquet:2:rejected", False),
-        ("lf.jsonl:1", True), ("lf.jsonl:2", False),
+        ("pairs.parquet:1:chosen", True),
+        ("pairs.parquet:1:rejected", False),
+        ("pairs.parquet:2:chosen", True),
+        ("pairs.parquet:2:rejected", False),
+        ("lf.jsonl:1", True),
+        ("lf.jsonl:2", False),
     ]
     # Partners never share the prompt when another prompt exists.
     prompts = {r["id"]: r["prompt_ids"] for r in rows}

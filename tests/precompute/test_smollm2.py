@@ -29,8 +29,14 @@ def test_fluent_text_scores_higher_per_token_than_shuffled(tmp_path):
     rows = []
     for i, (q, a) in enumerate(FLUENT):
         for kind, text in (("fluent", a), ("shuffled", shuffled(a, i))):
-            rows.append({"id": f"{i}-{kind}", "prompt": [{"role": "user", "content": q}],
-                         "completion": [{"role": "assistant", "content": text}], "label": kind == "fluent"})
+            rows.append(
+                {
+                    "id": f"{i}-{kind}",
+                    "prompt": [{"role": "user", "content": q}],
+                    "completion": [{"role": "assistant", "content": text}],
+                    "label": kind == "fluent",
+                }
+            )
     data = write_rows(tmp_path / "real.jsonl", rows)
     out = tmp_path / "cache"
     result = CliRunner().invoke(main, ["--data", str(data), "--model", str(smollm2_gguf()), "--out", str(out), "--max-length", "128"])

@@ -22,12 +22,27 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path):
     env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path, even on a machine with a GPU
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--shape", "tiny", "--quick", "--json-out", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert {"versions", "matmul_ceiling", "correctness", "precompute", "startup", "train", "scoring_paths",
-            "prefix_sharing", "polars_imported", "elapsed_s", "ok"} <= set(report)
+    assert {
+        "versions",
+        "matmul_ceiling",
+        "correctness",
+        "precompute",
+        "startup",
+        "train",
+        "scoring_paths",
+        "prefix_sharing",
+        "polars_imported",
+        "elapsed_s",
+        "ok",
+    } <= set(report)
     assert report["ok"] is True and report["polars_imported"] is False
     assert [c["dtype"] for c in report["correctness"]] == ["bfloat16", "float32"]
     assert all(c["ok"] for c in report["correctness"])

@@ -24,8 +24,18 @@ from kto.train.step import LossSettings, forward_backward
 
 
 def probe(cache: str, model: str, batch: int, accum: int, kl_scope: str, out: str, fsdp: bool = False, lora_r: int = 0) -> None:
-    cfg = TrainConfig(cache=Path(cache), model=model, out=Path(out).parent, batch_size=batch, grad_accum=accum,
-                      kl_scope=kl_scope, sft_weight=0.5, desirable_weight=1.3, fsdp=fsdp, lora_r=lora_r)
+    cfg = TrainConfig(
+        cache=Path(cache),
+        model=model,
+        out=Path(out).parent,
+        batch_size=batch,
+        grad_accum=accum,
+        kl_scope=kl_scope,
+        sft_weight=0.5,
+        desirable_weight=1.3,
+        fsdp=fsdp,
+        lora_r=lora_r,
+    )
     accelerator = make_accelerator(cfg)
     source = resolve_source(model)
     tokenizer = load_tokenizer(source)

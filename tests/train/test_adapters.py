@@ -192,8 +192,7 @@ def test_kto_inspect_scores_an_adapter_dir(lora_run, tiny_cache, tmp_path):
     out, _ = lora_run
     runs = {}
     for name in ("final", "final-merged"):
-        result = CliRunner().invoke(inspect, ["score", str(tiny_cache), "--model", str(out / name), "--out",
-                                              str(tmp_path / f"{name}.parquet"), "--json"])
+        result = CliRunner().invoke(inspect, ["score", str(tiny_cache), "--model", str(out / name), "--out", str(tmp_path / f"{name}.parquet"), "--json"])
         assert result.exit_code == 0, result.output
         runs[name] = json.loads(result.stdout)
     a, b = runs["final"], runs["final-merged"]

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-
 from test_loop import metrics, train_cli
 
 

@@ -23,8 +23,10 @@ def run(tmp_path, text, name="run.yaml", *extra):
 
 
 def test_yaml_strings_that_are_numbers_become_the_flags_types(tmp_path, captured):
-    result = run(tmp_path, "lr: 1e-6\nbeta: 5e-1\nmax-steps: '3'\nwarmup_ratio: 0\nepochs: 2.0\ngradient-checkpointing: 'yes'\n"
-                           "drift-tolerance: null\neval-cache: evalset\n")
+    result = run(
+        tmp_path,
+        "lr: 1e-6\nbeta: 5e-1\nmax-steps: '3'\nwarmup_ratio: 0\nepochs: 2.0\ngradient-checkpointing: 'yes'\ndrift-tolerance: null\neval-cache: evalset\n",
+    )
     assert result.exit_code == 0, result.output
     cfg = captured[0]
     assert cfg.lr == 1e-6 and type(cfg.lr) is float
@@ -40,18 +42,21 @@ def test_toml_values_are_checked_too(tmp_path, captured):
     assert captured[0].lr == 2e-5 and captured[0].batch_size == 4
 
 
-@pytest.mark.parametrize("text, key", [
-    ("lr: fast\n", "lr"),
-    ("batch-size: 2.5\n", "batch-size"),
-    ("max_steps: ten\n", "max-steps"),
-    ("epochs: true\n", "epochs"),
-    ("beta: [0.1, 0.2]\n", "beta"),
-    ("auto-weights: 3\n", "auto-weights"),
-    ("resume: maybe\n", "resume"),
-    ("loss: dpo\n", "loss"),
-    ("lr:\n", "lr"),
-    ("lr: .nan\n", "lr"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("lr: fast\n", "lr"),
+        ("batch-size: 2.5\n", "batch-size"),
+        ("max_steps: ten\n", "max-steps"),
+        ("epochs: true\n", "epochs"),
+        ("beta: [0.1, 0.2]\n", "beta"),
+        ("auto-weights: 3\n", "auto-weights"),
+        ("resume: maybe\n", "resume"),
+        ("loss: dpo\n", "loss"),
+        ("lr:\n", "lr"),
+        ("lr: .nan\n", "lr"),
+    ],
+)
 def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, captured, text, key):
     result = run(tmp_path, text)
     assert result.exit_code == 2, result.output

@@ -79,9 +79,7 @@ def test_rows_come_back_in_the_requested_order_across_shards(tiny_cache):
     import pyarrow.ipc as ipc
 
     cache = ShardedCache(tiny_cache)
-    every = pa.concat_tables(
-        [ipc.open_file(pa.memory_map(str(tiny_cache / s.name))).read_all() for s in cache.manifest.shards]
-    ).column("id").to_pylist()
+    every = pa.concat_tables([ipc.open_file(pa.memory_map(str(tiny_cache / s.name))).read_all() for s in cache.manifest.shards]).column("id").to_pylist()
     wanted = [15, 0, 7, 7, 3, 12]  # four shards of 5, 5, 5, 1 rows; a repeat included
     assert cache.rows(wanted)["id"] == [every[i] for i in wanted]
 
@@ -141,8 +139,7 @@ def test_make_token_batch_from_lists_and_ragged_agree():
     assert a.input_ids.tolist() == [[5, 6, 1, 0], [7, 2, 3, 4], [8, 9, 10, 0]]
     assert a.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]]
     assert a.score_mask.tolist() == [[False, False, True, False], [False, True, True, True], [False] * 4]
-    assert all(torch.equal(x, y) for x, y in zip((a.input_ids, a.attention_mask, a.score_mask),
-                                                 (b.input_ids, b.attention_mask, b.score_mask)))
+    assert all(torch.equal(x, y) for x, y in zip((a.input_ids, a.attention_mask, a.score_mask), (b.input_ids, b.attention_mask, b.score_mask)))
     with pytest.raises(ValueError, match="at least one prompt token"):
         make_token_batch([[1], []], [[2], [3]], pad_id=0)
 

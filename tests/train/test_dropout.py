@@ -11,16 +11,19 @@ def tiny(arch: str):
 
     common = dict(vocab_size=97, max_position_embeddings=64)
     if arch == "llama":
-        config = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, attention_dropout=0.3, **common)
+        config = tf.LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.3, **common
+        )
         return tf.LlamaForCausalLM(config)
     if arch == "qwen2":
-        config = tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, attention_dropout=0.3, **common)
+        config = tf.Qwen2Config(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.3, **common
+        )
         return tf.Qwen2ForCausalLM(config)
     # GPT-2: hidden (residual, embedding) dropout as nn.Dropout modules, plus attention dropout.
-    config = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3,
-                           vocab_size=97, n_positions=64, bos_token_id=0, eos_token_id=0)
+    config = tf.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3, vocab_size=97, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
     return tf.GPT2LMHeadModel(config)
 
 

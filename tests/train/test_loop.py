@@ -35,8 +35,23 @@ def test_run_logs_every_step_and_the_policy_moves(full_run):
     out, output = full_run
     lines = metrics(out)
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "kl", "kl_raw", "sft_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
-                "logps/chosen", "logps/rejected", "lr", "grad_norm", "tokens_per_s", "peak_memory_gb", "rss_anon_gb", "rss_file_gb"):
+    for key in (
+        "loss",
+        "kl",
+        "kl_raw",
+        "sft_loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "peak_memory_gb",
+        "rss_anon_gb",
+        "rss_file_gb",
+    ):
         assert key in lines[0], key
     # Step 1 runs with πθ = πref: every reward and the KL estimate are 0, up to the float
     # rounding of prefix-shared reference scoring (kto-precompute's default: the KL sequences
@@ -184,8 +199,9 @@ def test_a_window_without_one_class_logs_null_not_zero():
 
     from kto.train.step import StepStats, summarize
 
-    stats = StepStats.zeros("cpu")._replace(examples=torch.tensor(2.0), loss_sum=torch.tensor(1.0), desirable=torch.tensor(2.0),
-                                            reward_d_sum=torch.tensor(0.4, dtype=torch.float64))
+    stats = StepStats.zeros("cpu")._replace(
+        examples=torch.tensor(2.0), loss_sum=torch.tensor(1.0), desirable=torch.tensor(2.0), reward_d_sum=torch.tensor(0.4, dtype=torch.float64)
+    )
     out = summarize(stats)
     assert out["rewards/chosen"] == pytest.approx(0.2)
     assert out["rewards/rejected"] != out["rewards/rejected"]  # NaN -> null in metrics.jsonl
@@ -207,9 +223,27 @@ def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_model_di
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "kto.train.cli", "--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(out),
-           *ARGS, "--max-steps", "2", "--eval-cache", str(tiny_cache)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "kto.train.cli",
+        "--cache",
+        str(tiny_cache),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        *ARGS,
+        "--max-steps",
+        "2",
+        "--eval-cache",
+        str(tiny_cache),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train_lines = [m for m in metrics(out) if m["split"] == "train"]
@@ -239,9 +273,30 @@ def test_resume_with_another_batch_shape_is_refused(full_run, tiny_cache, tiny_m
     crashed.mkdir()
     shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
     shutil.copy(out / "config.json", crashed / "config.json")
-    result = CliRunner().invoke(main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(crashed),
-                                       "--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--warmup-ratio", "0.2",
-                                       "--max-steps", "6", "--save-every", "3", "--resume"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--cache",
+            str(tiny_cache),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(crashed),
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--log-every",
+            "1",
+            "--warmup-ratio",
+            "0.2",
+            "--max-steps",
+            "6",
+            "--save-every",
+            "3",
+            "--resume",
+        ],
+    )
     assert result.exit_code == 2 and "batch_size (2 there, 4 now)" in result.output
 
 

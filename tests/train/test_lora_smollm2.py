@@ -29,8 +29,10 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
     model = tmp_path / "smollm2"
     convert.main(model)
     cache = tmp_path / "cache"
-    result = CliRunner().invoke(precompute, ["--data", str(REPO / "examples" / "feedback.jsonl"), "--model", str(model),
-                                             "--out", str(cache), "--max-length", "256", "--batch-tokens", "4096"])
+    result = CliRunner().invoke(
+        precompute,
+        ["--data", str(REPO / "examples" / "feedback.jsonl"), "--model", str(model), "--out", str(cache), "--max-length", "256", "--batch-tokens", "4096"],
+    )
     assert result.exit_code == 0, result.output
 
     base_before = load_file(model / "model.safetensors")
@@ -45,9 +47,30 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
 
     monkeypatch.setattr(loop, "finish", finish)
     out = tmp_path / "run"
-    result = CliRunner().invoke(train, ["--cache", str(cache), "--model", str(model), "--out", str(out), "--lora-r", "16",
-                                        "--lora-alpha", "32", "--batch-size", "4", "--max-steps", "10", "--lr", "5e-4",
-                                        "--auto-weights", "--log-every", "5"])
+    result = CliRunner().invoke(
+        train,
+        [
+            "--cache",
+            str(cache),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--lora-r",
+            "16",
+            "--lora-alpha",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "10",
+            "--lr",
+            "5e-4",
+            "--auto-weights",
+            "--log-every",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in result.output
     assert seen["trainable"] and all("lora_" in n for n in seen["trainable"])

@@ -16,16 +16,16 @@ def test_hand_worked_kto():
     row 1 undesirable, r = -9 - (-8)  = -1:   1 - σ(0.5·(1+1))  = 1 - σ(1)    = 0.268941
     with w_D = 1, w_U = 2 the second doubles to 0.537883. Rewards β·r = 1.0 and -0.5.
     """
-    out = kto_loss(torch.tensor([-10.0, -9.0]), torch.tensor([-12.0, -8.0]), torch.tensor([True, False]),
-                   1.0, beta=0.5, desirable_weight=1.0, undesirable_weight=2.0)
+    out = kto_loss(
+        torch.tensor([-10.0, -9.0]), torch.tensor([-12.0, -8.0]), torch.tensor([True, False]), 1.0, beta=0.5, desirable_weight=1.0, undesirable_weight=2.0
+    )
     assert out.losses.tolist() == pytest.approx([0.377541, 0.537883], abs=1e-6)
     assert out.rewards.tolist() == pytest.approx([1.0, -0.5])
 
 
 def test_hand_worked_apo_zero_unpaired():
     """β = 1: desirable r = 1 → 1 - σ(1) = 0.268941; undesirable r = -2 → σ(-2) = 0.119203."""
-    out = kto_loss(torch.tensor([0.0, 0.0]), torch.tensor([-1.0, 2.0]), torch.tensor([True, False]),
-                   123.0, beta=1.0, loss_type=LossType.APO_ZERO_UNPAIRED)
+    out = kto_loss(torch.tensor([0.0, 0.0]), torch.tensor([-1.0, 2.0]), torch.tensor([True, False]), 123.0, beta=1.0, loss_type=LossType.APO_ZERO_UNPAIRED)
     assert out.losses.tolist() == pytest.approx([0.268941, 0.119203], abs=1e-6)
 
 

@@ -5,9 +5,9 @@ on one line (exit 2), and non-finite weights are never saved."""
 import dataclasses
 
 import torch
+from test_loop import metrics, train_cli
 
 import kto.train.loop
-from test_loop import metrics, train_cli
 
 
 def error_line(output: str) -> str:

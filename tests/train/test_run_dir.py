@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-
 from test_loop import ARGS, metrics, train_cli
 
 RUN = ("--max-steps", "3", "--save-every", "1", "--beta", "0.2")
@@ -36,8 +35,7 @@ def error_line(output: str) -> str:
 def test_a_second_kto_train_into_the_same_out_exits_2_naming_the_holder(tiny_cache, tiny_model_dir, tmp_path):
     """The first run is a process of its own; the second runs in this (pytest's) process."""
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "kto.train.cli", "--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(out),
-           *ARGS, "--max-steps", "100000"]
+    cmd = [sys.executable, "-m", "kto.train.cli", "--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(out), *ARGS, "--max-steps", "100000"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 300
@@ -68,8 +66,9 @@ def test_resume_with_other_hyperparameters_is_refused_naming_each(run3, tiny_cac
     out = tmp_path / "r"
     shutil.copytree(run3, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".lock"}
-    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.3",
-                       "--lr", "2e-3", "--kl-scope", "microbatch", "--resume")
+    result = train_cli(
+        tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.3", "--lr", "2e-3", "--kl-scope", "microbatch", "--resume"
+    )
     assert result.exit_code == 2
     line = error_line(result.output)
     for diff in ("beta (0.2 there, 0.3 now)", "lr (0.001 there, 0.002 now)", "kl_scope (step there, microbatch now)"):
@@ -122,13 +121,16 @@ def test_every_file_of_a_checkpoint_has_the_same_permissions(run3):
         assert set(modes.values()) == {0o666 & ~mask}, modes
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json unreadable"),
-    (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:-1]), "model.safetensors: "),
-    (lambda c: (c / "model.safetensors").unlink(), "no .safetensors weights"),
-    (lambda c: (c / "rng.pt").unlink(), "rng.pt: cannot be loaded"),
-    (lambda c: (c / "scheduler.pt").write_bytes(b"not a zip"), "scheduler.pt: cannot be loaded"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json unreadable"),
+        (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:-1]), "model.safetensors: "),
+        (lambda c: (c / "model.safetensors").unlink(), "no .safetensors weights"),
+        (lambda c: (c / "rng.pt").unlink(), "rng.pt: cannot be loaded"),
+        (lambda c: (c / "scheduler.pt").write_bytes(b"not a zip"), "scheduler.pt: cannot be loaded"),
+    ],
+)
 def test_what_makes_a_checkpoint_corrupt(run3, tmp_path, damage, problem):
     from kto.train.checkpoint import checkpoint_problem
 

@@ -18,8 +18,25 @@ ARGS = ["--batch-size", "2", "--lr", "1e-2", "--log-every", "1", "--warmup-ratio
 
 
 def torchrun_train(cache, model, out, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "kto.train.cli",
-           "--cache", str(cache), "--model", str(model), "--out", str(out), *ARGS, "--fsdp", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "kto.train.cli",
+        "--cache",
+        str(cache),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        *ARGS,
+        "--fsdp",
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
@@ -97,7 +114,8 @@ def test_fsdp_with_lora_resumes_exactly_and_saves_a_peft_dir(tiny_cache, tiny_mo
 
 
 def test_fsdp_refuses_fp16_weights(tiny_cache, tiny_model_dir, tmp_path):
-    result = CliRunner().invoke(main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"),
-                                       "--fsdp", "--dtype", "fp16", "--mixed-precision", "no"])
+    result = CliRunner().invoke(
+        main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"), "--fsdp", "--dtype", "fp16", "--mixed-precision", "no"]
+    )
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("kto-train: error: --dtype fp16: not with FSDP")

@@ -18,8 +18,7 @@ def run_probe(tiny_cache, tiny_model_dir, out, batch, accum, scope="step", procs
     if procs == 1:
         cmd = [sys.executable, str(HERE / "grad_probe.py"), *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone",
-               str(HERE / "grad_probe.py"), *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone", str(HERE / "grad_probe.py"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return load_file(out)
@@ -96,11 +95,14 @@ class CountingAccelerator:
         loss.backward()
 
 
-@pytest.mark.parametrize("loss, scope, expected", [
-    ("kto", "step", [(4,)]),                  # Σ KL, KL pairs, rows, desirable tokens: one reduce
-    ("kto", "microbatch", [(4,), (2,)]),      # the first micro-batch's z carries the counts
-    ("apo_zero_unpaired", "step", [(2,)]),    # no KL pass: the counts alone
-])
+@pytest.mark.parametrize(
+    "loss, scope, expected",
+    [
+        ("kto", "step", [(4,)]),  # Σ KL, KL pairs, rows, desirable tokens: one reduce
+        ("kto", "microbatch", [(4,), (2,)]),  # the first micro-batch's z carries the counts
+        ("apo_zero_unpaired", "step", [(2,)]),  # no KL pass: the counts alone
+    ],
+)
 def test_a_step_makes_one_reduction_before_its_micro_batches(tiny_cache, tiny_model_dir, loss, scope, expected):
     import numpy as np
 
