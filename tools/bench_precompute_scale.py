@@ -63,7 +63,7 @@ def make_rows(path: Path, n: int, seed: int = 0) -> Path:
     words = [f"w{i}" for i in range(C.FIRST_WORD_ID, VOCAB)]
     prompts = [" ".join(rng.choices(words, k=rng.randint(4, 12))) for _ in range(max(n // 4, 1))]
     with open(path, "w") as f:
-        for i in range(n):
+        for _ in range(n):
             completion = " " + " ".join(rng.choices(words, k=rng.randint(2, 10)))
             f.write(json.dumps({"prompt": rng.choice(prompts), "completion": completion, "label": rng.random() < 0.6}) + "\n")
     return path
