@@ -29,9 +29,23 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
     model = tmp_path / "smollm2"
     convert.main(model)
     cache = tmp_path / "cache"
+    # The plain layout: the exact 0.00 step-0 check below needs it. Prefix-shared packs round
+    # differently on this 30-layer model (1.24e-05 per token, issue 13), adapters or not.
     result = CliRunner().invoke(
         precompute,
-        ["--data", str(REPO / "examples" / "feedback.jsonl"), "--model", str(model), "--out", str(cache), "--max-length", "256", "--batch-tokens", "4096"],
+        [
+            "--data",
+            str(REPO / "examples" / "feedback.jsonl"),
+            "--model",
+            str(model),
+            "--out",
+            str(cache),
+            "--max-length",
+            "256",
+            "--batch-tokens",
+            "4096",
+            "--no-prefix-sharing",
+        ],
     )
     assert result.exit_code == 0, result.output
 
