@@ -41,6 +41,11 @@ class Counts:
     undesirable: int = 0
     dropped: int = 0
     truncated: int = 0
+    """Rows whose main sequence lost tokens (prompt or completion); the next three say where."""
+    prompt_truncated: int = 0
+    """Rows whose prompt was cut: only when the longer of their two sequences did not fit."""
+    completion_truncated: int = 0
+    kl_completion_truncated: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     kl_completion_tokens: int = 0

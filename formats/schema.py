@@ -1,12 +1,14 @@
 """The shard schema: column names and Arrow types. Every reader and writer goes through here.
 
-One shard row is one example, with its mismatched KL partner already attached:
+One shard row is one example, with its mismatched KL partner already attached. Rows are stored
+in the KL pairing's cycle order: row k's `kl_source_id` is normally row k+1's `id` (the last
+row's is row 0's), so that kto-train can put a row and its partner in the same step.
 
 | column              | type          | meaning                                                     |
 |---------------------|---------------|-------------------------------------------------------------|
 | id                  | string        | stable row id (input `id` column, or `file:row`)            |
 | label               | bool          | true = desirable                                            |
-| prompt_ids          | list<int32>   | prompt tokens (truncated from the left if too long)         |
+| prompt_ids          | list<int32>   | prompt tokens (cut from the left only if a sequence is too long) |
 | completion_ids      | list<int32>   | completion tokens (truncated from the right)                |
 | ref_logp            | float64       | Σ over completion tokens of log πref(y_t | x, y_<t)          |
 | ref_token_logps     | list<float32> | the per-token terms of that sum (null when not stored)      |
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+# 2: rows stored in KL-cycle order (row k's partner is normally row k+1, the last row's row 0) and
+#    prompts cut only when a row's longer sequence does not fit. Version-1 caches are refused.
+FORMAT_VERSION = 2
 
 ID = "id"
 LABEL = "label"

@@ -41,12 +41,12 @@ from kto.formats.shards import sha256_file
 from .config import PrecomputeConfig
 from .journal import Journal
 from .output import prepare_out_dir, shard_layout, shard_table, shard_tags
-from .pairing import kl_partners
+from .pairing import PAIRING_RULE, kl_partners
 from .progress import Progress
 from .staging import StagedIndex, StagingReader, check_unique_ids, read_index, stage, staging_path
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
-from .tokenize import TRUNCATION_RULE, leading_bos_id, tokenize_example
+from .tokenize import TRUNCATION_RULE, Truncation, leading_bos_id, tokenize_example
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ class Split:
     partners: np.ndarray
     """Staged row index of each row's KL partner."""
     counts: Counts
+    truncation: Truncation
+    """How this split's rows and their KL completions are cut (needs each row's partner)."""
 
 
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -98,24 +100,32 @@ class _LazyIds:
             return reader.value("id", int(self.rows[i]))
 
 
-def pair_rows(index: StagedIndex, rows: np.ndarray, seed: int, path: Path) -> tuple[np.ndarray, int]:
-    """Each row's KL partner (a staged row index), drawn on the rows' 64-bit text keys."""
-    pairing = kl_partners(index.prompt_key[rows].tolist(), index.completion_key[rows].tolist(), _LazyIds(path, rows), seed)
-    return rows[np.asarray(pairing.partner, dtype=np.int64)], pairing.same_prompt
+def pair_rows(index: StagedIndex, rows: np.ndarray, cfg: PrecomputeConfig, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """The rows in the pairing's cycle order, each row's KL partner (staged row indices), and
+    how many pairs share a prompt. kto-train's steps follow the cycle (pairing.py)."""
+    lengths = np.minimum(index.prompt_len[rows] + index.completion_len[rows], cfg.max_length)
+    pairing = kl_partners(index.prompt_key[rows].tolist(), index.completion_key[rows].tolist(), _LazyIds(path, rows), cfg.seed, lengths=lengths.tolist())
+    order = np.asarray(pairing.order, dtype=np.int64)
+    return rows[order], rows[np.asarray(pairing.partner, dtype=np.int64)[order]], pairing.same_prompt
 
 
-def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, max_length: int, *, dropped: int, same_prompt: int) -> Counts:
-    prompt_len = index.prompt_len[rows]
-    kl_len = np.minimum(index.completion_len[partners], max_length - prompt_len)
+def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, truncation: Truncation, *, dropped: int, same_prompt: int) -> Counts:
+    """The split's counts, from lengths alone (`Truncation.kept_lengths`, the arithmetic that cuts)."""
+    prompt_len, completion_len, kl_len = index.prompt_len[rows], index.completion_len[rows], index.completion_len[partners]
+    kept_prompt, kept_completion, kept_kl = truncation.kept_lengths(prompt_len, completion_len, kl_len)
+    prompt_cut, completion_cut = kept_prompt < prompt_len, kept_completion < completion_len
     return Counts(
         rows=len(rows),
         desirable=int(index.label[rows].sum()),
         undesirable=int((~index.label[rows]).sum()),
         dropped=dropped,
-        truncated=int(index.truncated[rows].sum()),
-        prompt_tokens=int(prompt_len.sum()),
-        completion_tokens=int(index.completion_len[rows].sum()),
-        kl_completion_tokens=int(kl_len.sum()),
+        truncated=int((prompt_cut | completion_cut).sum()),
+        prompt_truncated=int(prompt_cut.sum()),
+        completion_truncated=int(completion_cut.sum()),
+        kl_completion_truncated=int((kept_kl < kl_len).sum()),
+        prompt_tokens=int(kept_prompt.sum()),
+        completion_tokens=int(kept_completion.sum()),
+        kl_completion_tokens=int(kept_kl.sum()),
         same_prompt_kl_pairs=same_prompt,
         template_prefix_splits=int(index.prefix_split[rows].sum()),
     )
@@ -137,6 +147,7 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
         "max_length": cfg.max_length,
         "max_prompt_length": cfg.max_prompt_length,
         "truncation": TRUNCATION_RULE,
+        "kl_pairing": PAIRING_RULE,
         "seed": cfg.seed,
         "eval_fraction": cfg.eval_fraction,
         "dtype": numerics.name,
@@ -150,16 +161,28 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
 
 
 # Content that does not change a staged token id: a run differing only in these reuses staging.
-_NOT_STAGED = ("split", "model", "seed", "eval_fraction", "dtype", "attn_implementation", "store_token_logps")
+# Rows are staged untruncated (truncation needs the KL partner), so the limits are not staged.
+_NOT_STAGED = (
+    "split",
+    "model",
+    "seed",
+    "eval_fraction",
+    "dtype",
+    "attn_implementation",
+    "store_token_logps",
+    "max_length",
+    "max_prompt_length",
+    "truncation",
+    "kl_pairing",
+)
 
 
 def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: dict, state=None) -> Path:
     """Read and tokenize every input row into OUT/.staging-KEY.arrow (or reuse it)."""
     key = fingerprint_of({k: v for k, v in content.items() if k not in _NOT_STAGED})
-    bos_id = leading_bos_id(tokenizer)
 
     def tokenize_one(ex):
-        return tokenize_example(ex, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, bos_id=bos_id, template=template)
+        return tokenize_example(ex, tokenizer, template)
 
     path = staging_path(cfg.out, key)
     if path.is_file():
@@ -179,7 +202,9 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     return path
 
 
-def build_splits(cfg: PrecomputeConfig, path: Path, main: bool = True) -> list[Split]:
+def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True) -> list[Split]:
+    """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts."""
+    truncation = Truncation(cfg.max_length, cfg.max_prompt_length, bos_id)
     index = read_index(path)
     check_unique_ids(index, path)
     if index.n < 2:
@@ -198,10 +223,10 @@ def build_splits(cfg: PrecomputeConfig, path: Path, main: bool = True) -> list[S
     for name, part, out in (("train", train, cfg.out), ("eval", evals, cfg.out / S.EVAL_DIR)):
         if not part:
             continue
-        rows = np.asarray(part, dtype=np.int64)
-        partners, same_prompt = pair_rows(index, rows, cfg.seed, path)
-        counts = count(index, rows, partners, cfg.max_length, dropped=dropped if name == "train" else 0, same_prompt=same_prompt)
-        splits.append(Split(name, out, rows, partners, counts))
+        part = np.asarray(part, dtype=np.int64)
+        rows, partners, same_prompt = pair_rows(index, part, cfg, path)
+        counts = count(index, rows, partners, truncation, dropped=dropped if name == "train" else 0, same_prompt=same_prompt)
+        splits.append(Split(name, out, rows, partners, counts, truncation))
     prefix_splits = int(index.prefix_split[kept].sum())
     if prefix_splits:
         log(
@@ -217,24 +242,28 @@ def _log_dropped(path: Path, rows: np.ndarray) -> None:
     log(f"dropped {len(rows)} rows left with an empty prompt or completion by tokenization or truncation: {', '.join(map(repr, ids))}{more}")
 
 
-def cache_rows(reader: StagingReader, s: Split, a: int, b: int, max_length: int) -> list[CacheRow]:
-    """Rows a..b of split `s`, read from staging: each with its partner's completion, cut to fit."""
+def cache_rows(reader: StagingReader, s: Split, a: int, b: int) -> list[CacheRow]:
+    """Rows a..b of split `s`, read from staging: each with its partner's completion, both cut
+    by the split's truncation rule."""
     rows, partners = s.rows[a:b], s.partners[a:b]
-    ids, labels, truncated = (reader.take(rows, c) for c in ("id", "label", "truncated"))
+    ids, labels = (reader.take(rows, c) for c in ("id", "label"))
     prompts, completions = reader.take(rows, "prompt_ids"), reader.take(rows, "completion_ids")
     kl_ids, kl_completions = reader.take(partners, "id"), reader.take(partners, "completion_ids")
-    return [
-        CacheRow(
-            id=ids[k],
-            label=labels[k],
-            prompt_ids=prompts[k],
-            completion_ids=completions[k],
-            kl_source_id=kl_ids[k],
-            kl_completion_ids=kl_completions[k][: max_length - len(prompts[k])],
-            truncated=truncated[k],
+    out = []
+    for k in range(len(rows)):
+        cut = s.truncation.apply(prompts[k], completions[k], kl_completions[k])
+        out.append(
+            CacheRow(
+                id=ids[k],
+                label=labels[k],
+                prompt_ids=cut.prompt_ids,
+                completion_ids=cut.completion_ids,
+                kl_source_id=kl_ids[k],
+                kl_completion_ids=cut.kl_completion_ids,
+                truncated=cut.truncated,
+            )
         )
-        for k in range(len(rows))
-    ]
+    return out
 
 
 @dataclass(frozen=True)
@@ -276,7 +305,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     _claim_out(cfg, outs, contents, layout, state, held)
     try:
         staged = stage_rows(cfg, tokenizer, template, contents["train"], state)
-        splits = build_splits(cfg, staged, main=state.is_main_process)
+        splits = build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process)
     except InputError:
         if created and state.is_main_process:
             shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
@@ -412,7 +441,7 @@ def _with_scoring_counts(s: Split, cfg: PrecomputeConfig, staged: Path) -> Count
     represented = scored = 0
     for a, b in _shard_slices(len(s.rows), cfg.rows_per_shard):
         with StagingReader(staged) as reader:
-            rows = cache_rows(reader, s, a, b, cfg.max_length)
+            rows = cache_rows(reader, s, a, b)
         plan = plan_scoring(*_shard_sequences(rows), share_prefixes=cfg.prefix_sharing)
         represented, scored = represented + plan.represented_tokens, scored + plan.computed_tokens
     return replace(s.counts, represented_tokens=represented, scored_tokens=scored, prefix_tokens_saved=represented - scored)
@@ -427,7 +456,7 @@ def _score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, l
     progress = Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process)
     for k in shard_ids:
         with StagingReader(staged) as reader:  # mapped for one shard at a time: see staging.py
-            rows = cache_rows(reader, s, slices[k][0], slices[k][1], cfg.max_length)
+            rows = cache_rows(reader, s, slices[k][0], slices[k][1])
         prompts, completions, keys = _shard_sequences(rows)
         device = state.device if cfg.device_map is None else scorer.lm.device
         _sync(device)
@@ -512,7 +541,7 @@ def _summary(manifests: list[Manifest], seconds: float) -> None:
         saved = f" ({c.prefix_tokens_saved} saved by prefix sharing, of {c.represented_tokens})" if m.layout.get("prefix_sharing") else ""
         log(
             f"{m.content['split']}: {c.rows} rows ({c.desirable} desirable, {c.undesirable} undesirable), "
-            f"{c.dropped} dropped, {c.truncated} truncated, {c.same_prompt_kl_pairs} same-prompt KL pairs, "
-            f"{c.scored_tokens} tokens scored{saved}, {len(m.shards)} shards"
+            f"{c.dropped} dropped, {c.truncated} truncated ({c.prompt_truncated} prompts, {c.completion_truncated} completions), "
+            f"{c.same_prompt_kl_pairs} same-prompt KL pairs, {c.scored_tokens} tokens scored{saved}, {len(m.shards)} shards"
         )
     log(f"done in {seconds:.1f} s, peak memory {peak_memory_gb():.2f} GB")

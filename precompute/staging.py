@@ -15,7 +15,8 @@ precompute's memory does not grow with the number of rows.
   each shard keeps the mapped pages out of the resident set (nanoGPT rebuilds its np.memmap per
   batch for the same reason).
 
-Dropped rows (empty completion after tokenization) are staged too, with `kept` false and no
+Rows are staged untruncated: the truncation rule needs each row's KL partner (tokenize.py).
+Dropped rows (empty prompt or completion after tokenization) are staged too, with `kept` false and no
 ids, so their ids still take part in the duplicate check, as they did before staging.
 """
 
@@ -44,7 +45,6 @@ SCHEMA = pa.schema(
         ("source", pa.string()),
         ("label", pa.bool_()),
         ("kept", pa.bool_()),
-        ("truncated", pa.bool_()),
         ("prefix_split", pa.bool_()),
         ("id_key", pa.uint64()),
         ("prompt_key", pa.uint64()),
@@ -143,7 +143,6 @@ def _batch(block: list, rows: list) -> pa.RecordBatch:
             pa.array([ex.source for ex in block], pa.string()),
             pa.array([ex.label for ex in block], pa.bool_()),
             pa.array(kept, pa.bool_()),
-            pa.array([r is not None and r.truncated for r in rows], pa.bool_()),
             pa.array([r is not None and r.prefix_split for r in rows], pa.bool_()),
             pa.array([text_key(ex.id) for ex in block], pa.uint64()),
             pa.array([text_key(ex.prompt, ex.tools) for ex in block], pa.uint64()),
@@ -164,7 +163,6 @@ class StagedIndex:
 
     label: np.ndarray  # bool
     kept: np.ndarray
-    truncated: np.ndarray
     prefix_split: np.ndarray
     id_key: np.ndarray  # uint64
     prompt_key: np.ndarray
@@ -184,7 +182,7 @@ def read_index(path: Path) -> StagedIndex:
         reader = pa.ipc.open_file(source)
         for b in range(reader.num_record_batches):
             batch = reader.get_batch(b)
-            for name in ("label", "kept", "truncated", "prefix_split", "id_key", "prompt_key", "completion_key"):
+            for name in ("label", "kept", "prefix_split", "id_key", "prompt_key", "completion_key"):
                 cols[name].append(batch.column(name).to_numpy(zero_copy_only=False).copy())
             top = np.full(batch.num_rows, -1, dtype=np.int64)
             for name in ("prompt", "completion"):
@@ -230,14 +228,14 @@ class StagingReader:
             for name in ("prompt_ids", "completion_ids"):
                 arr = batch.column(name)
                 views[name] = (arr.offsets.to_numpy(), arr.values.to_numpy())
-            for name in ("label", "truncated"):
+            for name in ("label",):
                 views[name] = batch.column(name).to_numpy(zero_copy_only=False)
             self._batches[b] = views
         return self._batches[b], i - int(self._starts[b])
 
     def value(self, column: str, i: int):
         views, o = self._locate(i)
-        if column in ("label", "truncated"):
+        if column == "label":
             return bool(views[column][o])
         return views["batch"].column(column)[o].as_py()
 

@@ -67,18 +67,15 @@ def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length
     (`tokenize_example`), then each row's prompt with a seeded partner's completion cut to fit
     (the same shape as its KL pairing: a derangement; the partner choice itself may differ)."""
     from kto.formats.examples import iter_examples
-    from kto.precompute.tokenize import leading_bos_id, tokenize_example
+    from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example
 
-    bos_id = leading_bos_id(tokenizer)
-    rows = [
-        r
-        for r in (tokenize_example(ex, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length, bos_id=bos_id) for ex in iter_examples([data]))
-        if r is not None
-    ]
+    rule = Truncation(max_length, max_prompt_length, leading_bos_id(tokenizer))
+    rows = [r for r in (tokenize_example(ex, tokenizer) for ex in iter_examples([data])) if r is not None]
     partner = C.kl_partners(len(rows), seed)
-    prompts = [list(r.prompt_ids) for r in rows]
-    completions = [list(r.completion_ids) for r in rows]
-    kl = [completions[partner[i]][: max_length - len(prompts[i])] for i in range(len(rows))]
+    cut = [rule.apply(r.prompt_ids, r.completion_ids, rows[partner[i]].completion_ids) for i, r in enumerate(rows)]
+    prompts = [c.prompt_ids.tolist() for c in cut]
+    completions = [c.completion_ids.tolist() for c in cut]
+    kl = [c.kl_completion_ids.tolist() for c in cut]
     keys = [(r.example.id, 0) for r in rows] + [(r.example.id, 1) for r in rows]
     return prompts * 2, completions + kl, keys
 

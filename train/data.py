@@ -1,4 +1,5 @@
-"""Stream a cache into KTO micro-batches: memory-mapped shards, seeded length-grouped plans.
+"""Stream a cache into KTO micro-batches: memory-mapped shards, seeded plans that follow the
+cache's KL cycle.
 
 The plan of an epoch is a pure function of (seed, epoch, rows, world size, batch shape), so a
 resumed run rebuilds it and skips to its step, and every rank agrees on it without talking.
@@ -9,9 +10,14 @@ resumed run rebuilds it and skips to its step, and every rank agrees on it witho
   empty slots are filled with a copy of a real row marked `valid = False`, which adds nothing
   to any loss, count or metric. Every rank therefore runs the same number of micro-batches,
   because a rank that runs dry hangs the collectives.
-- Length grouping: rows are shuffled, cut into mega-batches of 16 steps, sorted by length inside
-  each, cut into micro-batches, and the steps shuffled again, so padding stays low without a
-  length curriculum.
+- Steps follow the KL cycle: rows are stored in cycle order (row k's KL partner is row k+1, see
+  precompute/pairing.py), and a step is a contiguous segment of that cycle, so all its rows'
+  KL partners but one are trained in the same step: z is measured on completions exactly as
+  fresh as the rewards, as in the paper. Each epoch the segments start at a seeded random
+  shift and the steps run in a seeded random order. Neighbours on the cycle have similar
+  lengths, and inside a step rows are sorted by length before being cut into micro-batches,
+  so padding stays low. The step's row set depends on rows per step only, not on how they are
+  split into ranks × accumulation × batch (gradient equality, tests/train/test_step.py).
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ from kto.formats.logprob import TokenBatch, make_token_batch
 from kto.formats.manifest import Manifest, read_manifest
 from kto.formats.shards import ShardVerifier, check_shard_values, open_shard, tokenizer_vocab_size
 
-MEGABATCH_STEPS = 16
 VERIFY_HINT = "kto-inspect verify {} checks the whole cache"
 
 
@@ -199,24 +204,24 @@ def steps_per_epoch(num_rows: int, shape: BatchShape) -> int:
 
 
 def epoch_plan(lengths: np.ndarray, shape: BatchShape, seed: int, epoch: int) -> np.ndarray:
-    """[steps, world, accum, batch] global row indices; -1 marks an empty (filler) slot."""
+    """[steps, world, accum, batch] global row indices; -1 marks an empty (filler) slot.
+
+    `lengths` are in the cache's (cycle) order; see the module docstring.
+    """
     n, G = len(lengths), shape.rows_per_step
     steps = steps_per_epoch(n, shape)
     rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(n)
-    mega = G * MEGABATCH_STEPS
-    grouped = []
-    for a in range(0, n, mega):
-        block = perm[a : a + mega]
-        # Stable sort by length (descending) so equal lengths keep their shuffled order.
-        grouped.append(block[np.argsort(-lengths[block], kind="stable")])
-    order = np.concatenate(grouped) if grouped else np.zeros(0, np.int64)
+    shift = int(rng.integers(n)) if n else 0
     padded = np.full(steps * G, -1, dtype=np.int64)
-    padded[:n] = order
+    padded[:n] = (np.arange(n) + shift) % n
+    segments = padded.reshape(steps, G)
+    for seg in segments:
+        # Longest first, filler (-1) last; a stable sort keeps equal lengths in cycle order.
+        key = np.where(seg >= 0, -lengths[np.maximum(seg, 0)], 1)
+        seg[:] = seg[np.argsort(key, kind="stable")]
     # Consecutive rows (similar lengths) form a micro-batch; micro-batches go round-robin to
     # (rank, accumulation slot), so a short last step spreads its rows over every rank.
-    micro = padded.reshape(steps, shape.grad_accum * shape.world_size, shape.batch_size)
-    plan = micro.reshape(steps, shape.grad_accum, shape.world_size, shape.batch_size).transpose(0, 2, 1, 3)
+    plan = segments.reshape(steps, shape.grad_accum, shape.world_size, shape.batch_size).transpose(0, 2, 1, 3)
     return plan[rng.permutation(steps)] if steps > 1 else plan
 
 

@@ -31,7 +31,8 @@ def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_siz
 
     z = None
     if s.loss_type.needs_kl:
-        sums = torch.stack([torch.stack(kl_local_sums(model, [b])) for b in batches()]).sum(0)
+        parts = [kl_local_sums(model, [b]) for b in batches()]
+        sums = torch.stack([torch.stack([p.total, p.count]) for p in parts]).sum(0)
         reduced = all_reduce_sum(sums, accelerator)
         z = kl_estimate(reduced[0], reduced[1])
     stats = StepStats.zeros(accelerator.device)
@@ -40,7 +41,8 @@ def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_siz
         stats = stats.plus(batch_stats(b, p.out, p.logps, p.nll_sum, None, first=False))
     stats = stats.all_reduced(accelerator)
     out = summarize(stats)
-    out.pop("tokens")
+    for key in ("tokens", "padding/policy", "padding/kl"):
+        out.pop(key)
     if z is not None:
         out["kl"], out["kl_raw"] = float(z.clamped), float(z.raw)
     return out

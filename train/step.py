@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from kto.formats.errors import InputError
 from kto.formats.logprob import sequence_sums
@@ -59,6 +60,11 @@ class StepStats(NamedTuple):
     kl_raw_sum: torch.Tensor
     kl_sum: torch.Tensor
     kl_scopes: torch.Tensor
+    # Token slots of each pass, real and padded (the KL pass's padding differs from the policy's).
+    policy_real_tokens: torch.Tensor
+    policy_padded_tokens: torch.Tensor
+    kl_real_tokens: torch.Tensor
+    kl_padded_tokens: torch.Tensor
 
     @classmethod
     def zeros(cls, device) -> StepStats:
@@ -125,17 +131,71 @@ def on_main(fn: Callable[[], T], accelerator) -> T:
     return box[0]
 
 
-def kl_local_sums(model, batches: list[KTOBatch]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ over valid rows of (log πθ(y'|x) − log πref(y'|x)), and the row count, under no_grad."""
+@dataclass(frozen=True)
+class KLSums:
+    """One process's KL pass: Σ (log πθ(y'|x) − log πref(y'|x)) over its valid rows, their count,
+    and the real and padded token slots the pass ran (for the padding metric)."""
+
+    total: torch.Tensor
+    count: torch.Tensor
+    real_tokens: int
+    padded_tokens: int
+
+
+def kl_sequences(batches: list[KTOBatch]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """The valid rows' KL sequences, unpadded: ids [L], score masks [L], and ref_kl_logp [n]."""
+    ids, masks, refs = [], [], []
+    for b in batches:
+        lengths = b.kl.attention_mask.sum(1).tolist()
+        for r in torch.nonzero(b.valid).flatten().tolist():
+            ids.append(b.kl.input_ids[r, : lengths[r]])
+            masks.append(b.kl.score_mask[r, : lengths[r]])
+            refs.append(b.ref_kl_logp[r])
+    ref = torch.stack(refs) if refs else torch.zeros(0, dtype=torch.float64, device=batches[0].ref_kl_logp.device)
+    return ids, masks, ref
+
+
+def kl_groups(lengths: list[int], k: int) -> list[list[int]]:
+    """Indices sorted by (length, index) and cut into `k` contiguous groups of near-equal size
+    (some empty when there are fewer than k sequences)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    bounds = [round(j * len(order) / k) for j in range(k + 1)]
+    return [order[bounds[j] : bounds[j + 1]] for j in range(k)]
+
+
+def kl_local_sums(model, batches: list[KTOBatch]) -> KLSums:
+    """Σ over valid rows of (log πθ(y'|x) − log πref(y'|x)), and the row count, under no_grad.
+
+    The KL sequences only feed one sum, so they are not run in the micro-batches they came in
+    (grouped by the *main* sequence's length, while a KL sequence carries another row's
+    completion): all of this process's KL sequences are sorted by their own length and cut into
+    as many batches as there are micro-batches, of near-equal row counts (so no batch holds more
+    rows than a micro-batch: the memory bound of the old per-micro-batch pass). Filler rows are
+    not run. Every process therefore runs the same number of forwards without talking (the
+    plan gives every rank as many micro-batches): DDP syncs buffers in its first forward after a
+    backward, and sharded weights are gathered in every forward, so unequal counts would hang.
+    A batch left empty (fewer real rows than micro-batches) runs one sequence and discards it.
+    """
+    ids, masks, ref = kl_sequences(batches)
+    lengths = [len(x) for x in ids]
     total = torch.zeros((), dtype=torch.float64, device=batches[0].ref_kl_logp.device)
-    count = torch.zeros((), dtype=torch.float64, device=total.device)
+    real = padded = 0
     with torch.no_grad():
-        for b in batches:
-            flat = model(b.kl.input_ids, b.kl.score_mask)
-            diff = sequence_sums(flat, b.kl.score_mask) - b.ref_kl_logp
-            total += (diff * b.valid).sum()
-            count += b.valid.sum()
-    return total, count
+        for group in kl_groups(lengths, len(batches)):
+            if not group:
+                b = batches[0].kl  # keeps the forward count equal on every rank; result discarded
+                model(b.input_ids[:1], b.score_mask[:1])
+                continue
+            width = max(lengths[i] for i in group)
+            batch_ids = pad_sequence([ids[i] for i in group], batch_first=True)
+            score = pad_sequence([masks[i] for i in group], batch_first=True)
+            # Right padding with token 0 is never attended by a real token (causal) nor scored.
+            flat = model(batch_ids, score)
+            total += (sequence_sums(flat, score) - ref[group]).sum()
+            real += sum(lengths[i] for i in group)
+            padded += len(group) * width
+    count = torch.tensor(float(len(ids)), dtype=torch.float64, device=total.device)
+    return KLSums(total, count, real, padded)
 
 
 def step_counts(batches: list[KTOBatch]) -> torch.Tensor:
@@ -149,18 +209,20 @@ def step_counts(batches: list[KTOBatch]) -> torch.Tensor:
 
 
 def kl_and_counts(model, kl_batches: list[KTOBatch], counts: torch.Tensor | None, accelerator):
-    """z over `kl_batches` on every rank, and `counts` summed over ranks, in one all-reduce.
+    """z over `kl_batches` on every rank, and `counts` summed over ranks, in one all-reduce;
+    also this process's KLSums (for the padding metric).
 
     Without `kl_batches` (no KL pass) only the counts are reduced; without `counts`, only z.
     """
-    parts = []
+    parts, sums = [], None
     if kl_batches:
-        parts.append(torch.stack(kl_local_sums(model, kl_batches)))
+        sums = kl_local_sums(model, kl_batches)
+        parts.append(torch.stack([sums.total, sums.count]))
     if counts is not None:
         parts.append(counts.to(parts[0].device if parts else counts.device))
     reduced = all_reduce_sum(torch.cat(parts), accelerator)
     z = kl_estimate(reduced[0], reduced[1]) if kl_batches else None
-    return z, (reduced[-2:] if counts is not None else None)
+    return z, (reduced[-2:] if counts is not None else None), sums
 
 
 def desirable_token_mask(b: KTOBatch) -> torch.Tensor:
@@ -205,12 +267,12 @@ def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerato
     device = batches[0].ref_logp.device
     per_microbatch_kl = s.loss_type.needs_kl and s.kl_scope == "microbatch"
     kl_batches = batches if s.loss_type.needs_kl and s.kl_scope == "step" else batches[:1] if per_microbatch_kl else []
-    z, counts = kl_and_counts(model, kl_batches, step_counts(batches).to(device), accelerator)
+    z, counts, kl = kl_and_counts(model, kl_batches, step_counts(batches).to(device), accelerator)
     n_step, t_desirable = counts.tolist()
     stats = StepStats.zeros(device)
     for i, b in enumerate(batches):
         if per_microbatch_kl and i > 0:
-            z, _ = kl_and_counts(model, [b], None, accelerator)
+            z, _, kl = kl_and_counts(model, [b], None, accelerator)
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync:
@@ -221,14 +283,16 @@ def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerato
             sft_part = p.nll_sum / t_desirable if t_desirable > 0 else p.nll_sum * 0
             loss = kto_part + s.sft_weight * sft_part if s.sft_weight else kto_part
             accelerator.backward(loss * accelerator.num_processes)
-        stats = stats.plus(batch_stats(b, p.out, p.logps.detach(), p.nll_sum.detach(), z, first=(i == 0 or per_microbatch_kl)))
+        first = i == 0 or per_microbatch_kl
+        stats = stats.plus(batch_stats(b, p.out, p.logps.detach(), p.nll_sum.detach(), z, first=first, kl=kl if first else None))
     return stats
 
 
-def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: bool) -> StepStats:
+def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: bool, kl: KLSums | None = None) -> StepStats:
     d, u = b.valid & b.desirable, b.valid & ~b.desirable
     zero = torch.zeros((), dtype=torch.float64, device=logps.device)
     scoped = z is not None and first
+    as_float = lambda x: torch.tensor(float(x), dtype=torch.float64, device=logps.device)  # noqa: E731
     return StepStats(
         examples=b.valid.sum().double(),
         loss_sum=(out.losses.detach() * b.valid).sum(),
@@ -244,6 +308,11 @@ def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: b
         kl_raw_sum=z.raw if scoped else zero,
         kl_sum=z.clamped if scoped else zero,
         kl_scopes=torch.tensor(float(scoped), dtype=torch.float64, device=logps.device),
+        # Filler rows still run in the policy pass: their slots count as padding.
+        policy_real_tokens=(b.policy.attention_mask.sum(1) * b.valid).sum().double(),
+        policy_padded_tokens=as_float(b.policy.input_ids.numel()),
+        kl_real_tokens=as_float(kl.real_tokens if kl else 0),
+        kl_padded_tokens=as_float(kl.padded_tokens if kl else 0),
     )
 
 
@@ -292,5 +361,8 @@ def summarize(stats: StepStats) -> dict[str, float]:
         "count/chosen": v["desirable"],
         "count/rejected": v["undesirable"],
         "tokens": v["tokens"],
+        # Share of the padded token slots that held padding, per pass, over the window.
+        "padding/policy": 1 - v["policy_real_tokens"] / v["policy_padded_tokens"] if v["policy_padded_tokens"] else nan,
+        "padding/kl": 1 - v["kl_real_tokens"] / v["kl_padded_tokens"] if v["kl_padded_tokens"] else nan,
     }
     return out

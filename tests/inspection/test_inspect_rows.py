@@ -71,6 +71,8 @@ def test_text_output(text_cache):
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert out.count("── text.jsonl:") == 2
+    # Rows are stored in KL-cycle order, not input order: look for the first question among all.
+    out = CliRunner().invoke(main, ["rows", str(text_cache), "--limit", "100"]).stdout
     assert "'Question: What is the capital of France?\\nAnswer:'" in out
     assert "least likely: " in out and "*'" in out
     result = CliRunner().invoke(main, ["rows", str(text_cache), "--where", "completion_len > 1000"])

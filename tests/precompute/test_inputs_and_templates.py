@@ -64,12 +64,13 @@ def test_sharegpt_rows_with_template_file_and_kwargs(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     tok = AutoTokenizer.from_pretrained(out / S.TOKENIZER_DIR)
     assert tok.chat_template == TEMPLATE  # the cache's tokenizer carries the template used
-    rows = rows_of(out)
-    assert [r["id"] for r in rows][:3] == ["sg.jsonl:1", "pair0:chosen", "pair0:rejected"]
-    first = tok.decode(rows[0]["prompt_ids"])
+    # Rows are stored in KL-cycle order; find them by id.
+    by_id = {r["id"]: r for r in rows_of(out)}
+    assert {"sg.jsonl:1", "pair0:chosen", "pair0:rejected"} <= set(by_id)
+    first = tok.decode(by_id["sg.jsonl:1"]["prompt_ids"])
     assert first.startswith("<|im_start|>system\nTools: lookup<|im_end|>\n<|im_start|>system\nAnswer briefly.")
     assert first.endswith("<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n")
-    assert tok.decode(rows[0]["completion_ids"]) == "Paris.<|im_end|>\n"
+    assert tok.decode(by_id["sg.jsonl:1"]["completion_ids"]) == "Paris.<|im_end|>\n"
     content = read_manifest(out).content
     assert content["chat_template_kwargs"] == {"think": False} and len(content["chat_template"]) == 64
     # kto-train checks --model against the model's own tokenizer, which the template did not change.
@@ -83,7 +84,7 @@ def test_sharegpt_rows_with_template_file_and_kwargs(tmp_path, tiny_model_dir):
         run(*precompute_args(data, tiny_model_dir, other, "--chat-template", str(tmp_path / "t.jinja"), "--chat-template-kwargs", '{"think": true}')).exit_code
         == 0
     )
-    assert tok.decode(rows_of(other)[0]["prompt_ids"]) == "/think\n" + first
+    assert tok.decode({r["id"]: r for r in rows_of(other)}["sg.jsonl:1"]["prompt_ids"]) == "/think\n" + first
     assert read_manifest(other).fingerprint != read_manifest(out).fingerprint
 
 
@@ -94,7 +95,8 @@ def test_save_to_disk_copy_gives_the_same_numbers(tmp_path, tiny_model_dir, tiny
     result = run(*precompute_args(tmp_path / "chat", tiny_model_dir, out))
     assert result.exit_code == 0, result.output
     ours, files = rows_of(out), rows_of(tiny_cache)
-    assert [r["id"] for r in ours][:2] == ["chat:1", "chat:2"]
+    # The same rows in the same (KL-cycle) order: pairing depends on texts and lengths, not names.
+    assert [r["id"].split(":", 1)[1] for r in ours] == [r["id"].split(":", 1)[1] for r in files]
     for a, b in zip(ours, files):
         assert (a["prompt_ids"], a["completion_ids"], a["ref_logp"]) == (b["prompt_ids"], b["completion_ids"], b["ref_logp"])
     assert read_manifest(out).content["inputs"][0]["name"] == "chat"

@@ -77,8 +77,9 @@ def test_text_rows_decode_back_to_source(tmp_path, tiny_model_dir):
     out = tmp_path / "c"
     assert run_cli(*precompute_args(data, tiny_model_dir, out, "--max-length", "128")).exit_code == 0
     tok = AutoTokenizer.from_pretrained(out / S.TOKENIZER_DIR)
-    rows = read_cache(out).to_pylist()
-    for row, src in zip(rows, text_rows()):
+    rows = read_cache(out).to_pylist()  # stored in KL-cycle order: find each row's source by id
+    for row in rows:
+        src = text_rows()[int(row["id"].rsplit(":", 1)[1]) - 1]
         assert tok.decode(row["prompt_ids"]) == src["prompt"]
         assert tok.decode(row["completion_ids"][:-1]) == src["completion"]
         assert row["label"] == src["label"]
@@ -132,12 +133,14 @@ def test_all_one_class_warns(tmp_path, tiny_model_dir):
 
 
 def test_empty_completion_after_tokenization_is_dropped_and_counted(tmp_path, tiny_model_dir):
-    from kto.precompute.tokenize import truncate
+    import numpy as np
+
+    from kto.precompute.tokenize import Truncation
 
     # A prompt that fills max_length leaves no room, but prompts are capped at max_prompt_length,
     # so a completion always keeps at least max_length - max_prompt_length tokens.
-    p, c, _ = truncate(list(range(40)), [7, 8], max_length=10, max_prompt_length=9, bos_id=None)
-    assert len(p) == 9 and c == [7]
+    cut = Truncation(max_length=10, max_prompt_length=9).apply(np.arange(40), np.array([7, 8]), np.array([7, 8]))
+    assert len(cut.prompt_ids) == 9 and cut.completion_ids.tolist() == [7]
 
 
 @pytest.mark.parametrize(
@@ -231,14 +234,16 @@ def test_paired_parquet_and_llama_factory_rows_go_end_to_end(tmp_path, tiny_mode
     result = run_cli("--data", str(tmp_path / "pairs.parquet"), "--data", str(factory), "--model", str(tiny_model_dir), "--out", str(out), "--max-length", "64")
     assert result.exit_code == 0, result.output
     rows = read_cache(out).to_pylist()
-    assert [(r["id"], r["label"]) for r in rows] == [
-        ("pairs.parquet:1:chosen", True),
-        ("pairs.parquet:1:rejected", False),
-        ("pairs.parquet:2:chosen", True),
-        ("pairs.parquet:2:rejected", False),
-        ("lf.jsonl:1", True),
-        ("lf.jsonl:2", False),
-    ]
+    assert sorted((r["id"], r["label"]) for r in rows) == sorted(
+        [
+            ("pairs.parquet:1:chosen", True),
+            ("pairs.parquet:1:rejected", False),
+            ("pairs.parquet:2:chosen", True),
+            ("pairs.parquet:2:rejected", False),
+            ("lf.jsonl:1", True),
+            ("lf.jsonl:2", False),
+        ]
+    )
     # Partners never share the prompt when another prompt exists.
     prompts = {r["id"]: r["prompt_ids"] for r in rows}
     assert all(prompts[r["kl_source_id"]] != r["prompt_ids"] for r in rows)

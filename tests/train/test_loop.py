@@ -51,8 +51,11 @@ def test_run_logs_every_step_and_the_policy_moves(full_run):
         "peak_memory_gb",
         "rss_anon_gb",
         "rss_file_gb",
+        "padding/policy",
+        "padding/kl",
     ):
         assert key in lines[0], key
+    assert all(0 <= m["padding/policy"] < 1 and 0 <= m["padding/kl"] < 1 for m in lines)
     # Step 1 runs with πθ = πref: every reward and the KL estimate are 0, up to the float
     # rounding of prefix-shared reference scoring (kto-precompute's default: the KL sequences
     # are packed after their prompt's other completions, so attention sums in another order).

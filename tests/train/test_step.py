@@ -30,6 +30,32 @@ def other_policy(tmp_path_factory, tokenizer_dir):
     return make_tiny_llama(tmp_path_factory.mktemp("policy"), tokenizer_dir, seed=1)
 
 
+@pytest.fixture(scope="module")
+def kl_tuned_policy(tmp_path_factory, tiny_cache, tiny_model_dir):
+    """The reference after a few steps that raise the log-prob of every cached KL completion:
+    z > 0 in every micro-batch, with a different value in each, whatever the pairing (a random
+    policy's z is near 0 with either sign, and z ≤ 0 clamps to the same 0 at every scope)."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kto.formats.logprob import CompletionLogps
+    from kto.train.data import ShardedCache, collate
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = CompletionLogps(lm)
+    cache = ShardedCache(tiny_cache)
+    kl = collate(cache, np.arange(cache.num_rows), pad_id=0).kl
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        (-model(kl.input_ids, kl.score_mask).sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("kl-tuned")
+    lm.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
 def assert_same_grads(a, b):
     assert a.keys() == b.keys() and len(a) > 5
     for name in a:
@@ -65,10 +91,10 @@ def test_lora_gradients_equal_across_one_process_ddp_and_fsdp(tiny_cache, other_
     assert_same_grads(base, fsdp)
 
 
-def test_microbatch_kl_scope_changes_the_gradient(tiny_cache, other_policy, tmp_path):
+def test_microbatch_kl_scope_changes_the_gradient(tiny_cache, kl_tuned_policy, tmp_path):
     """The probe can tell splits apart: with z per micro-batch, accumulation no longer matches."""
-    base = run_probe(tiny_cache, other_policy, tmp_path / "a.safetensors", 4, 1, scope="microbatch")
-    split = run_probe(tiny_cache, other_policy, tmp_path / "b.safetensors", 2, 2, scope="microbatch")
+    base = run_probe(tiny_cache, kl_tuned_policy, tmp_path / "a.safetensors", 4, 1, scope="microbatch")
+    split = run_probe(tiny_cache, kl_tuned_policy, tmp_path / "b.safetensors", 2, 2, scope="microbatch")
     diffs = [float((base[n] - split[n]).abs().max()) for n in base]
     assert max(diffs) > 1e-6
 
