@@ -2,7 +2,9 @@
 
 A crash leaves either the old file or the new one, never a half-written one, and a reader that
 globs `shard-*.arrow` never sees a temp file (temp names start with a dot). Temp names are
-`.NAME.tmp-PID` and `.NAME.old-PID`; `remove_stale_temps` clears those a killed run left behind.
+`.NAME.tmp-PID-THREAD`, `.NAME.old-PID` (the old folder, renamed aside by `atomic_dir`) and
+`.NAME.deleted-PID` (a folder renamed aside before it is deleted: `aside_path`);
+`remove_stale_temps` clears those a killed run left behind.
 
 A write that fails because the disk is full raises `DiskFullError` (an `InputError`, so every
 CLI prints it as one line) naming the path, instead of a traceback from deep inside a writer.
@@ -17,12 +19,14 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
 
-TEMP_NAME = re.compile(r"^\..+\.(tmp|old)-[0-9]+(-[0-9]+)?$")  # PID, then the thread of a temp_path_for name
+# .NAME.KIND-PID, then the thread of a temp_path_for name
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|deleted)-[0-9]+(-[0-9]+)?$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -72,46 +76,86 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
+def aside_path(path: Path, kind: str) -> Path:
+    """`.NAME.KIND-PID` next to `path`: where `path` is renamed before it is replaced (`old`) or
+    deleted (`deleted`), so that no half-replaced or half-deleted `path` is ever visible."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
 def is_temp_name(name: str) -> bool:
-    """True for the names this module writes to before a rename (`.NAME.tmp-PID-THREAD`, `.NAME.old-PID`)."""
+    """True for the temp names of this module (`.NAME.tmp-PID-THREAD`, `.NAME.old-PID`, `.NAME.deleted-PID`)."""
     return TEMP_NAME.match(name) is not None
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete our temp files and folders in `directory` (not below it); return what was removed.
+def _remove(path: Path) -> None:
+    """Delete a file or a folder (a link to a folder is a file here), whichever `path` is, if any."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class StaleTemp:
+    """One temp name that a killed run left, and what `remove_stale_temps` did with it."""
+
+    path: Path
+    restored_to: Path | None = None  # renamed back onto its original name instead of deleted
+
+    def __str__(self) -> str:
+        return f"restored {self.restored_to.name} from {self.path.name}" if self.restored_to else f"removed {self.path.name}"
+
+
+def remove_stale_temps(directory: str | os.PathLike, owns: Callable[[str], bool] | None = None, restore_old: bool = False) -> list[StaleTemp]:
+    """Clear our temp names in `directory` (not below it) that a killed run left; return them.
+
+    `owns(NAME)`: only the temp names of those NAMEs (default: all). `restore_old`: an
+    `.NAME.old-PID` whose NAME is missing (killed between atomic_dir's two renames) is the last
+    complete version of NAME: it is renamed back instead of deleted.
 
     Only call it while holding the directory's lock (formats/lock.py): a temp name of a live
     writer looks the same as one of a killed writer.
     """
     directory = Path(directory)
-    removed = []
+    done: list[StaleTemp] = []
     if not directory.is_dir():
-        return removed
+        return done
     for p in sorted(directory.iterdir()):
-        if is_temp_name(p.name):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+        m = TEMP_NAME.match(p.name)
+        if not m or (owns is not None and not owns(m["name"])):
+            continue
+        original = directory / m["name"]
+        if restore_old and m["kind"] == "old" and not original.exists():
+            os.replace(p, original)
+            done.append(StaleTemp(p, restored_to=original))
+        else:
+            _remove(p)
+            done.append(StaleTemp(p))
+    return done
+
+
+@contextlib.contextmanager
+def _temp_beside(path: Path) -> Iterator[Path]:
+    """A temp name next to `path`, for the block to fill and rename onto `path`; whatever is left
+    under it at the end (the block failed) is removed, and ENOSPC names `path`."""
+    tmp = temp_path_for(path)
+    try:
+        with disk_full_names(path):
+            yield tmp
+    finally:
+        _remove(tmp)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path to write to; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
-    tmp = temp_path_for(path)
-    try:
-        with disk_full_names(path):
-            yield tmp
-            if tmp.is_file():
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+    with _temp_beside(path) as tmp:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        rename_into_place(tmp, path)
 
 
 def rename_into_place(tmp: Path, path: Path) -> None:
@@ -134,23 +178,18 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp directory; on success it replaces `path` (an old `path` is removed first)."""
     path = Path(path)
-    tmp = temp_path_for(path)
-    try:
-        with disk_full_names(path):
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            yield tmp
-            _fsync_tree(tmp)  # contents on disk before the rename makes them visible
-            if path.exists():
-                # Rename the old one aside first, so the window without any `path` is one rename long.
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-            _fsync_dir(path.parent)
-    finally:
+    with _temp_beside(path) as tmp:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        yield tmp
+        _fsync_tree(tmp)  # contents on disk before the rename makes them visible
+        if path.exists():
+            # Rename the old one aside first, so the window without any `path` is one rename long.
+            old = aside_path(path, "old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kto.formats.atomic import atomic_dir
+from kto.formats.atomic import aside_path, atomic_dir
 from kto.formats.errors import InputError
 
 STATE_NAME = "trainer_state.json"
@@ -183,7 +183,7 @@ def prune_checkpoints(out: Path, keep: int) -> list[Path]:
         return []
     removed = []
     for _, path in checkpoints(out)[:-keep]:
-        doomed = path.with_name(f".{path.name}.deleted-{os.getpid()}")
+        doomed = aside_path(path, "deleted")
         os.replace(path, doomed)
         shutil.rmtree(doomed)
         removed.append(path)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kto.formats.atomic import remove_stale_temps
 from kto.formats.errors import InputError
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of
@@ -50,9 +48,6 @@ RESUMABLE = frozenset(
 )
 PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
 
-# Temporary names of formats.atomic (".NAME.tmp-PID", ".NAME.old-PID") and of prune_checkpoints
-# (".NAME.deleted-PID"), for the names kto-train writes in the run directory.
-STALE_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|deleted)-[^/]+$")
 OUR_NAMES = ("final", RUN_CONFIG_NAME, "metrics.jsonl")
 
 
@@ -85,19 +80,12 @@ def clean_stale(out: Path) -> list[str]:
     """Remove what a killed kto-train left in `out`: temp checkpoints and half-deleted ones. An
     `.old` copy whose original is missing (killed between atomic_dir's two renames) is put back
     instead: it is the last complete version. Safe because we hold the lock: nobody else writes."""
-    done = []
-    for p in sorted(out.iterdir()):
-        m = STALE_RE.match(p.name)
-        if not m or not (CHECKPOINT_RE.match(m.group("name")) or m.group("name") in OUR_NAMES):
-            continue
-        original = out / m.group("name")
-        if m.group("kind") == "old" and not original.exists():
-            os.replace(p, original)
-            done.append(f"restored {original.name} from {p.name}")
-            continue
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        done.append(f"removed {p.name}")
-    return done
+    return [str(t) for t in remove_stale_temps(out, owns=written_here, restore_old=True)]
+
+
+def written_here(name: str) -> bool:
+    """A name kto-train writes in --out (checkpoint-STEP, final, config.json, metrics.jsonl)."""
+    return bool(CHECKPOINT_RE.match(name)) or name in OUR_NAMES
 
 
 def has_progress(out: Path) -> bool:

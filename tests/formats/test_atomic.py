@@ -58,5 +58,6 @@ def test_remove_stale_temps_removes_only_our_temp_names(tmp_path):
     for p in kept:
         p.write_text("user")
     removed = remove_stale_temps(tmp_path)
-    assert sorted(removed) == sorted(ours + [tmp_path / ".tokenizer.old-42"])
+    assert sorted(t.path for t in removed) == sorted(ours + [tmp_path / ".tokenizer.old-42"])
+    assert not any(t.restored_to for t in removed)  # restoring an .old is asked for, not the default
     assert sorted(tmp_path.iterdir()) == sorted(kept)
