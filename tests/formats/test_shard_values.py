@@ -3,12 +3,12 @@ log-probs and token ids outside the cache tokenizer's vocabulary. kto-inspect ve
 the training reader (ShardedCache) refuses the shard with one line."""
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
+from conftest import unverified_copy
 
 from kto.formats import schema as S
 from kto.formats.errors import InputError
@@ -83,10 +83,7 @@ def test_vocab_size_comes_from_the_cache_tokenizer(tiny_cache, tmp_path):
 
 @pytest.fixture
 def cache(tiny_cache, tmp_path):
-    out = tmp_path / "cache"
-    shutil.copytree(tiny_cache, out)
-    (out / ".verified.json").unlink(missing_ok=True)
-    return out
+    return unverified_copy(tiny_cache, tmp_path / "cache")
 
 
 def rewrite(cache, index, edit):

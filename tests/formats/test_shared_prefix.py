@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama
 
 from kto.formats.logprob import CompletionLogps
 from kto.formats.scoring import plan_scoring, score_sequences
@@ -67,20 +68,7 @@ def test_grouping_and_packs():
 
 
 def tiny_lm(attn: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    return _set_attn(LlamaForCausalLM(config).eval(), attn)
+    return _set_attn(tiny_llama(97, max_position_embeddings=512).eval(), attn)
 
 
 def _set_attn(lm, attn):

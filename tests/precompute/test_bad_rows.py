@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-import torch
 from click.testing import CliRunner
-from conftest import chat_rows, precompute_args, text_rows, write_rows
+from conftest import chat_rows, make_tiny_llama, precompute_args, text_rows, write_rows
 
 from kto.formats import schema as S
 from kto.formats.examples import read_examples
@@ -45,24 +44,7 @@ def test_a_chat_template_that_raises_names_the_row(tmp_path, tiny_model_dir):
 
 
 def test_a_model_with_fewer_embeddings_than_the_tokenizer_has_tokens(tmp_path, tokenizer_dir):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=1000,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = tmp_path / "small-vocab"
-    LlamaForCausalLM(config).save_pretrained(model)
-    tok.save_pretrained(model)
+    model = make_tiny_llama(tmp_path / "small-vocab", tokenizer_dir, vocab_size=1000, num_hidden_layers=1)
     data = write_rows(tmp_path / "text.jsonl", text_rows())
     out = tmp_path / "out"
     message = one_line_error(CliRunner().invoke(main, precompute_args(data, model, out)))

@@ -1,9 +1,6 @@
 """kto-precompute end to end on a tiny random Llama with SmolLM2's tokenizer."""
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +9,7 @@ import pyarrow.ipc as ipc
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import chat_rows, precompute_args, text_rows, write_rows
+from conftest import chat_rows, precompute_args, text_rows, torchrun, write_rows
 
 from kto.formats import schema as S
 from kto.formats.manifest import read_manifest
@@ -182,20 +179,7 @@ def test_two_processes_write_the_same_cache_as_one(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(*precompute_args(data, tiny_model_dir, one)).exit_code == 0
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        "-m",
-        "kto.precompute.cli",
-        *precompute_args(data, tiny_model_dir, two),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("-m", "kto.precompute.cli", *precompute_args(data, tiny_model_dir, two))
     assert read_cache(one).equals(read_cache(two))
     m1, m2 = read_manifest(one), read_manifest(two)
     assert m1.fingerprint == m2.fingerprint and m2.layout["num_processes"] == 2

@@ -2,11 +2,11 @@
 resume, final/ as a PEFT dir and a merged HF dir, gradient checkpointing, the one-line refusals."""
 
 import json
-import shutil
 
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import crashed_copy, metrics, run_train
 from safetensors.torch import load_file
 
 from kto.train.cli import main
@@ -17,14 +17,7 @@ ARGS = ["--batch-size", "2", "--lr", "1e-2", "--log-every", "1", "--warmup-ratio
 
 
 def train_cli(cache, model, out, *extra, args=ARGS):
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # one process per CLI call in real use
-    return CliRunner().invoke(main, ["--cache", str(cache), "--model", str(model), "--out", str(out), *args, *extra])
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return run_train(cache, model, out, *args, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +73,7 @@ def test_final_is_a_peft_dir_and_the_merged_dir_is_the_same_model(lora_run, tiny
 
 def test_resume_with_adapters_is_exact(lora_run, tiny_cache, tiny_model_dir, tmp_path):
     out, _ = lora_run
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    shutil.copytree(out / "checkpoint-2", crashed / "checkpoint-2")
-    shutil.copy(out / "config.json", crashed / "config.json")
-    (crashed / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:2]))
+    crashed = crashed_copy(out, tmp_path / "crashed", 2, metrics_lines=2)
     result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--resume")
     assert result.exit_code == 0, result.output
     for x, y in zip(metrics(out), metrics(crashed), strict=True):
@@ -96,10 +85,7 @@ def test_resume_with_adapters_is_exact(lora_run, tiny_cache, tiny_model_dir, tmp
 
 def test_resuming_adapters_needs_the_same_lora_flags(lora_run, tiny_cache, tiny_model_dir, tmp_path):
     out, _ = lora_run
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    shutil.copytree(out / "checkpoint-2", crashed / "checkpoint-2")
-    shutil.copy(out / "config.json", crashed / "config.json")
+    crashed = crashed_copy(out, tmp_path / "crashed", 2)
     plain = [a for a in ARGS if a not in ("--lora-r", "4", "--lora-alpha", "8")]
     result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--resume", args=plain)
     assert result.exit_code == 2 and "lora_r (4 there, 0 now)" in result.output.strip().splitlines()[-1]

@@ -3,32 +3,22 @@ and nothing written to --out before the start-up checks pass (it used to be a tr
 the truncated case without the file's name, and an empty metrics.jsonl that blocked a rerun)."""
 
 import json
-import shutil
 
 import pytest
-from test_loop import metrics, train_cli
-
-
-def error_line(output: str) -> str:
-    assert "Traceback" not in output, output
-    errors = [line for line in output.splitlines() if line.startswith("kto-train: error:")]
-    assert len(errors) == 1, output
-    return errors[0]
+from conftest import metrics, train_error_line, unverified_copy
+from test_loop import train_cli
 
 
 @pytest.fixture
 def cache_copy(tiny_cache, tmp_path):
-    dest = tmp_path / "cache"
-    shutil.copytree(tiny_cache, dest)
-    (dest / ".verified.json").unlink(missing_ok=True)
-    return dest
+    return unverified_copy(tiny_cache, tmp_path / "cache")
 
 
 def test_a_missing_shard_is_named_and_nothing_is_written(cache_copy, tiny_model_dir, tmp_path):
     (cache_copy / "shard-00002.arrow").unlink()
     result = train_cli(cache_copy, tiny_model_dir, tmp_path / "r", "--max-steps", "1")
     assert result.exit_code == 2
-    assert "shard-00002.arrow" in error_line(result.output) and "missing" in result.output
+    assert "shard-00002.arrow" in train_error_line(result.output) and "missing" in result.output
     assert not (tmp_path / "r").exists()
 
 
@@ -39,7 +29,7 @@ def test_a_truncated_shard_is_named_and_nothing_is_written(cache_copy, tiny_mode
     out.mkdir()  # an existing, empty run directory stays empty
     result = train_cli(cache_copy, tiny_model_dir, out, "--max-steps", "1")
     assert result.exit_code == 2
-    assert "shard-00001.arrow" in error_line(result.output)
+    assert "shard-00001.arrow" in train_error_line(result.output)
     assert list(out.iterdir()) == []
 
 
@@ -50,7 +40,7 @@ def test_a_shard_with_fewer_rows_than_the_manifest_lists_is_named(cache_copy, ti
     (cache_copy / "manifest.json").write_text(json.dumps(manifest))
     result = train_cli(cache_copy, tiny_model_dir, tmp_path / "r", "--max-steps", "1")
     assert result.exit_code == 2
-    assert "shard-00003.arrow: 1 rows, the manifest says 2" in error_line(result.output)
+    assert "shard-00003.arrow: 1 rows, the manifest says 2" in train_error_line(result.output)
     assert not (tmp_path / "r").exists()
 
 
@@ -60,7 +50,7 @@ def test_a_shard_whose_sha256_differs_stops_with_one_line_when_first_read(tiny_c
     bad = tampered_copy(tiny_cache, tmp_path / "bad")  # the footer still reads: only the hash can tell
     result = train_cli(bad, tiny_model_dir, tmp_path / "r", "--max-steps", "8")
     assert result.exit_code == 2
-    line = error_line(result.output)
+    line = train_error_line(result.output)
     assert "shard-00001.arrow: sha256" in line and "does not match the manifest" in line
     assert not (tmp_path / "r" / "final").exists()
 

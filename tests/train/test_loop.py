@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import crashed_copy, metrics, run_train, torchrun
 
 from kto.train.cli import main
 
@@ -13,14 +14,7 @@ ARGS = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--warmup-ratio
 
 
 def train_cli(cache, model, out, *extra):
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # one process per CLI call in real use
-    return CliRunner().invoke(main, ["--cache", str(cache), "--model", str(model), "--out", str(out), *ARGS, *extra])
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return run_train(cache, model, out, *ARGS, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +72,7 @@ def test_final_model_loads_with_automodel(full_run):
 
 def test_resume_reproduces_the_uninterrupted_losses(full_run, tiny_cache, tiny_model_dir, tmp_path):
     out, _ = full_run
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
-    shutil.copy(out / "config.json", crashed / "config.json")
-    (crashed / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:4]))  # one line past the checkpoint
+    crashed = crashed_copy(out, tmp_path / "crashed", 3, metrics_lines=4)  # one line past the checkpoint
     result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "6", "--save-every", "3", "--resume")
     assert result.exit_code == 0, result.output
     assert "resumed from" in result.output
@@ -186,10 +176,7 @@ def test_gradient_checkpointing_gives_the_same_run(full_run, tiny_cache, tiny_mo
 
 def test_resume_survives_a_half_written_metrics_line(full_run, tiny_cache, tiny_model_dir, tmp_path):
     out, _ = full_run
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
-    shutil.copy(out / "config.json", crashed / "config.json")
+    crashed = crashed_copy(out, tmp_path / "crashed", 3)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     (crashed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
     result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "6", "--save-every", "3", "--resume")
@@ -221,18 +208,8 @@ def test_an_earlier_run_is_not_overwritten_without_resume(full_run, tiny_cache, 
 
 @pytest.mark.distributed
 def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_model_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
+    torchrun(
         "-m",
         "kto.train.cli",
         "--cache",
@@ -246,9 +223,7 @@ def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_model_di
         "2",
         "--eval-cache",
         str(tiny_cache),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    )
     train_lines = [m for m in metrics(out) if m["split"] == "train"]
     # 2 ranks × batch 2 = 4 rows per step, counted over both ranks.
     assert [m["count/chosen"] + m["count/rejected"] for m in train_lines] == [4, 4]
@@ -272,34 +247,10 @@ def test_eval_cache_from_another_reference_is_refused(tiny_cache, tmp_path, toke
 
 def test_resume_with_another_batch_shape_is_refused(full_run, tiny_cache, tiny_model_dir, tmp_path):
     out, _ = full_run
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    shutil.copytree(out / "checkpoint-3", crashed / "checkpoint-3")
-    shutil.copy(out / "config.json", crashed / "config.json")
-    result = CliRunner().invoke(
-        main,
-        [
-            "--cache",
-            str(tiny_cache),
-            "--model",
-            str(tiny_model_dir),
-            "--out",
-            str(crashed),
-            "--batch-size",
-            "4",
-            "--lr",
-            "1e-3",
-            "--log-every",
-            "1",
-            "--warmup-ratio",
-            "0.2",
-            "--max-steps",
-            "6",
-            "--save-every",
-            "3",
-            "--resume",
-        ],
-    )
+    crashed = crashed_copy(out, tmp_path / "crashed", 3)
+    # ARGS but --batch-size 4, a setting that a resume may not change
+    args = ["--batch-size", "4", "--lr", "1e-3", "--log-every", "1", "--warmup-ratio", "0.2", "--max-steps", "6", "--save-every", "3", "--resume"]
+    result = run_train(tiny_cache, tiny_model_dir, crashed, *args)
     assert result.exit_code == 2 and "batch_size (2 there, 4 now)" in result.output
 
 

@@ -5,16 +5,10 @@ on one line (exit 2), and non-finite weights are never saved."""
 import dataclasses
 
 import torch
-from test_loop import metrics, train_cli
+from conftest import metrics, train_error_line
+from test_loop import train_cli
 
 import kto.train.loop
-
-
-def error_line(output: str) -> str:
-    assert "Traceback" not in output, output
-    errors = [line for line in output.splitlines() if line.startswith("kto-train: error:")]
-    assert len(errors) == 1, output
-    return errors[0]
 
 
 def test_a_diverging_run_stops_at_the_first_nan_loss_naming_the_last_good_checkpoint(tiny_cache, tiny_model_dir, tmp_path):
@@ -22,7 +16,7 @@ def test_a_diverging_run_stops_at_the_first_nan_loss_naming_the_last_good_checkp
     out = tmp_path / "r"
     result = train_cli(tiny_cache, tiny_model_dir, out, "--lr", "1e30", "--max-steps", "3", "--save-every", "1")
     assert result.exit_code == 2, result.output
-    line = error_line(result.output)
+    line = train_error_line(result.output)
     assert "step 2: the loss is nan" in line and f"last good checkpoint: {out / 'checkpoint-1'}" in line
     assert not (out / "final").exists() and not (out / "checkpoint-2").exists()
     assert [m["step"] for m in metrics(out)] == [1]
@@ -40,7 +34,7 @@ def test_a_nan_reference_logp_in_a_batch_stops_at_step_1(tiny_cache, tiny_model_
     out = tmp_path / "r"
     result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "2", "--drift-tolerance", "1e9")
     assert result.exit_code == 2, result.output
-    line = error_line(result.output)
+    line = train_error_line(result.output)
     assert "step 1: the loss is nan" in line and "last good checkpoint: none" in line
     assert not (out / "final").exists()
 
@@ -59,7 +53,7 @@ def test_non_finite_weights_are_never_saved(tiny_cache, tiny_model_dir, tmp_path
     out = tmp_path / "r"
     result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "1")
     assert result.exit_code == 2, result.output
-    line = error_line(result.output)
+    line = train_error_line(result.output)
     assert "step 1: the weights hold non-finite values" in line and "final/ not saved" in line
     assert not (out / "final").exists()
 

@@ -11,7 +11,8 @@ import time
 
 import pytest
 import torch
-from test_loop import ARGS, metrics, train_cli
+from conftest import metrics, train_error_line
+from test_loop import ARGS, train_cli
 
 RUN = ("--max-steps", "3", "--save-every", "1", "--beta", "0.2")
 
@@ -23,13 +24,6 @@ def run3(tiny_cache, tiny_model_dir, tmp_path_factory):
     result = train_cli(tiny_cache, tiny_model_dir, out, *RUN)
     assert result.exit_code == 0, result.output
     return out
-
-
-def error_line(output: str) -> str:
-    assert "Traceback" not in output, output
-    errors = [line for line in output.splitlines() if line.startswith("kto-train: error:")]
-    assert len(errors) == 1, output
-    return errors[0]
 
 
 def test_a_second_kto_train_into_the_same_out_exits_2_naming_the_holder(tiny_cache, tiny_model_dir, tmp_path):
@@ -49,7 +43,7 @@ def test_a_second_kto_train_into_the_same_out_exits_2_naming_the_holder(tiny_cac
         first.kill()
         first.wait()
     assert second.exit_code == 2, second.output
-    line = error_line(second.output)
+    line = train_error_line(second.output)
     assert f"--out {out}: in use by another kto process (pid {first.pid})" in line
 
 
@@ -70,13 +64,13 @@ def test_resume_with_other_hyperparameters_is_refused_naming_each(run3, tiny_cac
         tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.3", "--lr", "2e-3", "--kl-scope", "microbatch", "--resume"
     )
     assert result.exit_code == 2
-    line = error_line(result.output)
+    line = train_error_line(result.output)
     for diff in ("beta (0.2 there, 0.3 now)", "lr (0.001 there, 0.002 now)", "kl_scope (step there, microbatch now)"):
         assert diff in line, line
     assert "warmup_ratio" not in line  # only the differences
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".lock"} == before
     longer = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "4", "--save-every", "1", "--beta", "0.2", "--resume")
-    assert longer.exit_code == 2 and "total_steps (3 there, 4 now)" in error_line(longer.output)
+    assert longer.exit_code == 2 and "total_steps (3 there, 4 now)" in train_error_line(longer.output)
 
 
 def test_resume_without_a_run_record_is_refused(run3, tiny_cache, tiny_model_dir, tmp_path):
@@ -84,7 +78,7 @@ def test_resume_without_a_run_record_is_refused(run3, tiny_cache, tiny_model_dir
     shutil.copytree(run3, out)
     (out / "config.json").unlink()
     result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
-    assert result.exit_code == 2 and "config.json is missing" in error_line(result.output)
+    assert result.exit_code == 2 and "config.json is missing" in train_error_line(result.output)
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_stale_temp_files_are_cleaned(run3, tiny_cache, tiny_model_dir, tmp_path):

@@ -1,15 +1,10 @@
 """FSDP2 on 2 gloo CPU processes (torchrun, the same accelerate FSDP2 code path as on GPUs):
 sharded checkpoints, exact resume, final/ as one directory; with and without LoRA."""
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import crashed_copy, metrics, torchrun
 from safetensors.torch import load_file
 
 from kto.train.cli import main
@@ -18,39 +13,12 @@ ARGS = ["--batch-size", "2", "--lr", "1e-2", "--log-every", "1", "--warmup-ratio
 
 
 def torchrun_train(cache, model, out, *extra):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        "-m",
-        "kto.train.cli",
-        "--cache",
-        str(cache),
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        *ARGS,
-        "--fsdp",
-        *extra,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stderr
-
-
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    args = ["--cache", str(cache), "--model", str(model), "--out", str(out), *ARGS, "--fsdp", *extra]
+    return torchrun("-m", "kto.train.cli", *args, timeout=600).stderr
 
 
 def crash_after_step_2(out, dest):
-    dest.mkdir()
-    shutil.copytree(out / "checkpoint-2", dest / "checkpoint-2")
-    shutil.copy(out / "config.json", dest / "config.json")
-    (dest / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(out)[:3]))  # one line past it
+    crashed_copy(out, dest, 2, metrics_lines=3)  # one line past it
 
 
 def assert_same_run(a, b, weights):

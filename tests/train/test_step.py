@@ -1,13 +1,11 @@
 """One step's gradients do not depend on how the step is split into ranks × accumulation × batch."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, run_checked, torchrun
 from safetensors.torch import load_file
 
 HERE = Path(__file__).parent
@@ -15,12 +13,11 @@ HERE = Path(__file__).parent
 
 def run_probe(tiny_cache, tiny_model_dir, out, batch, accum, scope="step", procs=1, *extra):
     args = [str(tiny_cache), str(tiny_model_dir), str(batch), str(accum), scope, str(out), *extra]
+    probe = str(HERE / "grad_probe.py")
     if procs == 1:
-        cmd = [sys.executable, str(HERE / "grad_probe.py"), *args]
+        run_checked([sys.executable, probe, *args])
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--standalone", str(HERE / "grad_probe.py"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        torchrun(probe, *args, procs=procs)
     return load_file(out)
 
 
