@@ -23,8 +23,12 @@ from pathlib import Path
 
 import torch
 
-# Shapes of public checkpoints (config.json), random-initialised here. `tiny` is for CPU tests.
+# Shapes of public checkpoints (config.json), random-initialised here. `tiny` is for CPU tests;
+# `micro` for benchmarks of the data path, where the model must cost next to nothing.
 SHAPES: dict[str, dict] = {
+    "micro": dict(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, intermediate_size=16, vocab_size=64, tie_word_embeddings=False
+    ),
     "tiny": dict(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256, vocab_size=4096, tie_word_embeddings=False
     ),

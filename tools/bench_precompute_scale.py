@@ -2,7 +2,7 @@
 
 Each run is a fresh `kto-precompute` process (its peak RSS is read with os.wait4, so nothing of
 this script counts) on synthetic text rows, with the tiniest model that still runs the real code
-path: a random Llama of hidden size 8 and 1 layer over a 64-word tokenizer
+path: a random Llama of hidden size 8 and 1 layer (`_bench_common.SHAPES["micro"]`) over a 64-word tokenizer
 (`_bench_common.build_tokenizer`). The model is tiny on purpose: what grows with the number of
 rows is the data path (reading, tokenizing, staging, pairing, shard filling), and that is what is
 measured. Sizes are interleaved and repeated; the median is printed.
@@ -31,30 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C  # noqa: E402
 
-VOCAB = 64
+SHAPE = "micro"  # hidden size 8, 1 layer: the model costs next to nothing, the data path is measured
+VOCAB = C.SHAPES[SHAPE]["vocab_size"]
 
 
 def make_model(out: Path) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=C.BOS_ID,
-        eos_token_id=C.EOS_ID,
-        pad_token_id=C.PAD_ID,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    C.build_tokenizer(VOCAB).save_pretrained(out)
-    return out
+    return C.save_model_dir(out, SHAPE, torch.float32, torch.device("cpu"))
 
 
 def make_rows(path: Path, n: int, seed: int = 0) -> Path:

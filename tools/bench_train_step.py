@@ -174,49 +174,28 @@ def time_steps(step, device, warmup: int, iters: int) -> list[float]:
     return times
 
 
-def run_variant(
-    name: str,
-    *,
-    shape: str,
-    precision: str,
-    batch_size: int,
-    seq_len: int,
-    gradient_checkpointing: bool,
-    device,
-    warmup: int = 1,
-    iters: int = 3,
-    lora_r: int = 0,
-) -> dict:
+def run_variant(name: str, **setup) -> dict:
     """Build a fresh policy (and a reference copy for 'resident-reference'), time `iters` steps.
 
+    `setup`: the keyword arguments of `_time_variant` (shape, precision, batch_size, seq_len,
+    gradient_checkpointing, device; warmup, iters and lora_r have defaults there).
     Peak memory is reset before the first (warmup) step, so it includes AdamW's state, which is
     allocated then. An out-of-memory error becomes a result row instead of a crash.
     """
-    mem = C.PeakMemory(device)
-    row = {"variant": name, "precision": precision, "batch": f"{batch_size}x{seq_len}", "grad_ckpt": gradient_checkpointing, "lora_r": lora_r}
+    mem = C.PeakMemory(setup["device"])
+    batch = f"{setup['batch_size']}x{setup['seq_len']}"
+    row = {"variant": name, "precision": setup["precision"], "batch": batch, "grad_ckpt": setup["gradient_checkpointing"], "lora_r": setup.get("lora_r", 0)}
     try:
-        row.update(
-            _time_variant(
-                name,
-                mem,
-                shape=shape,
-                precision=precision,
-                batch_size=batch_size,
-                seq_len=seq_len,
-                gradient_checkpointing=gradient_checkpointing,
-                device=device,
-                warmup=warmup,
-                iters=iters,
-                lora_r=lora_r,
-            )
-        )
+        row.update(_time_variant(name, mem, **setup))
     except torch.OutOfMemoryError:
         row.update(error="out of memory", peak_gb=mem.peak_gb())
     C.free_memory()  # the models and optimizer state of _time_variant are unreachable by now
     return row
 
 
-def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size, seq_len, gradient_checkpointing, device, warmup, iters, lora_r=0) -> dict:
+def _time_variant(
+    name: str, mem: C.PeakMemory, *, shape, precision, batch_size, seq_len, gradient_checkpointing, device, warmup: int = 1, iters: int = 3, lora_r: int = 0
+) -> dict:
     lm = make_policy(shape, precision, device, gradient_checkpointing, lora_r)
     numerics = precision_numerics(precision, device)
     model = WithNumerics(CompletionLogps(lm), numerics)
@@ -235,22 +214,9 @@ def _time_variant(name: str, mem: C.PeakMemory, *, shape, precision, batch_size,
     return {"step_s": step_s, "min_step_s": min(times), "tokens_per_s": tokens / step_s, **mem.report()}
 
 
-def compare(
-    *, shape: str, precision: str, batch_size: int, seq_len: int, gradient_checkpointing: bool, device, warmup: int = 1, iters: int = 3, lora_r: int = 0
-) -> dict:
-    """Both variants on the same configuration, plus the ratios policy-only / resident."""
-    kw = dict(
-        shape=shape,
-        precision=precision,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        gradient_checkpointing=gradient_checkpointing,
-        device=device,
-        warmup=warmup,
-        iters=iters,
-        lora_r=lora_r,
-    )
-    rows = [run_variant(v, **kw) for v in ("policy-only", "resident-reference")]
+def compare(**setup) -> dict:
+    """Both variants on the same `setup` (run_variant's), plus the ratios policy-only / resident."""
+    rows = [run_variant(v, **setup) for v in ("policy-only", "resident-reference")]
     out = {"rows": rows}
     if all("step_s" in r for r in rows[:2]):
         out["time_ratio"] = rows[0]["step_s"] / rows[1]["step_s"]

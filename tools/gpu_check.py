@@ -269,33 +269,9 @@ def prefix_sharing(args, device) -> dict:
     return out
 
 
-def train_steps(args, device) -> list[dict]:
+def train_compare(args, device, precision: str, lora_r: int = 0) -> list[dict]:
+    """bench_train_step.compare's two rows (policy-only, resident reference) with its ratios."""
     b, t, iters = (2, 64, 2) if args.quick else (4, 1024, 10)
-    rows = []
-    for precision in args.train_precisions.split(","):
-        r = bench_train_step.compare(
-            shape=args.shape,
-            precision=precision,
-            batch_size=b,
-            seq_len=t,
-            gradient_checkpointing=True,
-            device=device,
-            warmup=1 if args.quick else 2,
-            iters=iters,
-        )
-        for row in r["rows"]:
-            rows.append({**row, "time_ratio": r.get("time_ratio"), "memory_ratio": r.get("memory_ratio")})
-    return rows
-
-
-LORA_R = 16
-
-
-def train_lora_steps(args, device) -> list[dict]:
-    """LoRA steps (peft, kto-train's adapters.add_adapters) on the shape, weights in the first
-    train precision: policy-only vs resident reference = the base with adapters disabled."""
-    b, t, iters = (2, 64, 2) if args.quick else (4, 1024, 10)
-    precision = args.train_precisions.split(",")[0]
     r = bench_train_step.compare(
         shape=args.shape,
         precision=precision,
@@ -305,9 +281,22 @@ def train_lora_steps(args, device) -> list[dict]:
         device=device,
         warmup=1 if args.quick else 2,
         iters=iters,
-        lora_r=LORA_R,
+        lora_r=lora_r,
     )
     return [{**row, "time_ratio": r.get("time_ratio"), "memory_ratio": r.get("memory_ratio")} for row in r["rows"]]
+
+
+def train_steps(args, device) -> list[dict]:
+    return [row for precision in args.train_precisions.split(",") for row in train_compare(args, device, precision)]
+
+
+LORA_R = 16
+
+
+def train_lora_steps(args, device) -> list[dict]:
+    """LoRA steps (peft, kto-train's adapters.add_adapters) on the shape, weights in the first
+    train precision: policy-only vs resident reference = the base with adapters disabled."""
+    return train_compare(args, device, args.train_precisions.split(",")[0], lora_r=LORA_R)
 
 
 def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: Path) -> dict:
