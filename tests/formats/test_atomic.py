@@ -61,3 +61,17 @@ def test_remove_stale_temps_removes_only_our_temp_names(tmp_path):
     assert sorted(t.path for t in removed) == sorted(ours + [tmp_path / ".tokenizer.old-42"])
     assert not any(t.restored_to for t in removed)  # restoring an .old is asked for, not the default
     assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_remove_stale_temps_restores_an_orphaned_old_copy_when_asked(tmp_path):
+    """kto-train's run directory: an `.old` whose original is gone is the last complete version."""
+    (tmp_path / ".a.old-7").mkdir()
+    (tmp_path / ".a.old-7" / "x").write_text("1")
+    (tmp_path / ".b.old-7").mkdir()
+    (tmp_path / "b").mkdir()  # the original is there: its .old copy is only a leftover
+    (tmp_path / ".c.deleted-3").mkdir()
+    (tmp_path / ".mine.tmp-1").write_text("user")  # not a name the caller owns
+    done = remove_stale_temps(tmp_path, owns=lambda name: name != "mine", restore_old=True)
+    assert [str(t) for t in done] == ["restored a from .a.old-7", "removed .b.old-7", "removed .c.deleted-3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.tmp-1", "a", "b"]
+    assert (tmp_path / "a" / "x").read_text() == "1"
