@@ -8,16 +8,17 @@ The module is called `scanning`, not `scan`: a submodule named like the function
 Python binds every imported submodule as an attribute of its package.
 
 polars is imported inside the function, so `import kto.formats` never pulls it into the
-training import path. Nothing is verified here (that is `kto-inspect verify`); rows are read
-lazily and memory-mapped, in manifest order.
+training import path. The cache is opened as every reader opens it (formats/cache.py): each
+listed shard is present, has the manifest's sha256 (hashed once, then remembered by the
+`.verified.json` stamp), the shard schema and the manifest's row count. Values are not
+checked here (that is `kto-inspect verify`); rows are read lazily, in manifest order.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import InputError
-from .manifest import read_manifest
+from .cache import open_cache
 from .schema import SHARD_SCHEMA
 
 
@@ -29,14 +30,12 @@ def scan(cache_dir: str | Path):
     """
     import polars as pl
 
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise InputError(f"{cache_dir}: no such cache directory")
-    manifest = read_manifest(cache_dir)
-    paths = [cache_dir / entry.name for entry in manifest.shards]
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"{path}: listed in the manifest but missing")
+    cache = open_cache(cache_dir)
+    paths = []
+    for k in range(cache.num_shards):
+        cache.check_sha256(k)
+        cache.open_shard(k)
+        paths.append(cache.path(k))
     if not paths:
         return pl.from_arrow(SHARD_SCHEMA.empty_table()).lazy()
     return pl.scan_ipc([str(p) for p in paths])

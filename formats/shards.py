@@ -1,4 +1,4 @@
-"""Arrow IPC shards: write one atomically, open one memory-mapped, check its sha256 once.
+"""Arrow IPC shards: write one atomically, check its sha256 once, check its values (cache.py opens them).
 
 Shards are Arrow IPC *files* (random access), so `pl.scan_ipc("DIR/*.arrow")` reads them and a
 reader can memory-map them: RAM does not grow with the dataset, the page cache does the work.
@@ -20,13 +20,14 @@ import pyarrow.ipc as ipc
 from . import schema as S
 from .atomic import atomic_path, write_json_atomic
 from .errors import InputError
-from .schema import SHARD_SCHEMA, check_schema
+from .schema import SHARD_SCHEMA
 
-# Shard-level schema metadata (string keys and values) records the content fingerprint and the
-# layout that produced the shard, so a resumed `kto-precompute` can tell a finished shard of
-# *this* configuration from a stale one before the manifest exists.
 VERIFIED_NAME = ".verified.json"
+# Shard-level schema metadata (string keys and values): the content fingerprint and the layout
+# that produced the shard. `kto-inspect verify` refuses a shard whose fingerprint tag is not its
+# manifest's (a shard copied from another cache with its sha256 patched into the manifest).
 FINGERPRINT_TAG = "kto.fingerprint"
+LAYOUT_TAG = "kto.layout"
 MAX_LINES_PER_CHECK = 10  # a broken shard could otherwise give one line per row
 
 
@@ -49,19 +50,22 @@ def write_shard(path: Path, table: pa.Table, metadata: dict[str, str]) -> str:
     return sha256_file(path)
 
 
+def shard_tags(fingerprint: str, layout: dict) -> dict[str, str]:
+    """The metadata kto-precompute writes into every shard's schema."""
+    return {FINGERPRINT_TAG: fingerprint, LAYOUT_TAG: json.dumps(layout, sort_keys=True)}
+
+
+def shard_fingerprint(table: pa.Table) -> str | None:
+    """The fingerprint a shard was made for (its FINGERPRINT_TAG), or None when it has none."""
+    tag = (table.schema.metadata or {}).get(FINGERPRINT_TAG.encode())
+    return None if tag is None else tag.decode(errors="replace")
+
+
 def shard_metadata(path: Path) -> dict[str, str]:
     """The string metadata stored in a shard's schema (reads the footer only)."""
     with pa.memory_map(str(path)) as source:
         meta = ipc.open_file(source).schema.metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items()}
-
-
-def open_shard(path: Path) -> pa.Table:
-    """Memory-map a shard and return it as a table (zero-copy; nothing is read eagerly)."""
-    source = pa.memory_map(str(path))
-    table = ipc.open_file(source).read_all()
-    check_schema(table.schema, str(path))
-    return table
 
 
 class ShardVerifier:

@@ -19,9 +19,8 @@ import pyarrow as pa
 
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
+from kto.formats.cache import open_cache
 from kto.formats.errors import InputError, log
-from kto.formats.manifest import read_manifest
-from kto.formats.shards import ShardVerifier, open_shard
 
 DEFAULT_BETA = 0.1
 SCORE_SCHEMA = pa.schema(
@@ -110,7 +109,8 @@ def score_cache(
     if not cache_dir.is_dir():
         raise InputError(f"{cache_dir}: no such cache directory")
     _check_flags(beta, batch_tokens, chunk_size, dtype, out, cache_dir)
-    manifest = read_manifest(cache_dir)
+    cache = open_cache(cache_dir)
+    manifest = cache.manifest
     adapter_dir = _adapter_dir(model)
     source = resolve_source(_base_of(adapter_dir, base_model), flag="--base-model") if adapter_dir else resolve_source(model)
     # A kto-train adapter dir (OUT/final under LoRA) holds the run's tokenizer beside the adapters.
@@ -138,14 +138,9 @@ def score_cache(
         scorer = load_completion_logps(
             source, dtype=numerics.weights, device=device, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, chunk_size=chunk_size
         )
-    verifier = ShardVerifier(cache_dir, manifest.shard_sha256)
     parts = []
     for k, entry in enumerate(manifest.shards):
-        try:
-            verifier.verify(entry.name)
-            table = open_shard(cache_dir / entry.name)
-        except (ValueError, OSError, pa.ArrowException) as exc:
-            raise InputError(f"{str(exc).splitlines()[0]} (kto-inspect verify {cache_dir} checks the whole cache)") from None
+        table = cache.read_shard(k)  # sha256, schema, row count and values; one shard at a time
         ids = table.column(S.ID).to_pylist()
         with numerics.context(device.type):
             scored = score_sequences(

@@ -1,6 +1,6 @@
 """kto-inspect verify: is this cache exactly what its manifest says, and is it self-consistent?
 
-Always re-hashes every shard. kto-train's ShardVerifier trusts its `.verified.json` stamp (same
+Always re-hashes every shard (`open_cache(stamps=False)`). kto-train trusts the `.verified.json` stamp (same
 size and mtime as when last hashed), which is right for a fast second start but would miss a
 shard edited in place with its mtime restored; this command is the one that does not trust it.
 It is read-only: it writes no stamp.
@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 
 from kto.formats import schema as S
+from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.errors import InputError
-from kto.formats.manifest import Manifest, read_manifest
-from kto.formats.shards import FINGERPRINT_TAG, sha256_file, shard_value_problems, tokenizer_vocab_size
+from kto.formats.manifest import Manifest
+from kto.formats.shards import FINGERPRINT_TAG, sha256_file, shard_fingerprint, shard_value_problems, tokenizer_vocab_size
 
 MAX_PER_CHECK = 10  # a broken cache could otherwise print one line per row
 COUNTED = ("rows", "desirable", "undesirable", "truncated", "prompt_tokens", "completion_tokens", "kl_completion_tokens")
@@ -102,10 +102,12 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
 def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:
     report = Report(cache_dir)
     try:
-        manifest = read_manifest(cache_dir)
+        # stamps=False: re-hash every shard, trust and write no `.verified.json`.
+        cache = open_cache(cache_dir, stamps=False, hint=False)
     except InputError as exc:
         report.add([str(exc)])
         return report
+    manifest = cache.manifest
     report.shards = len(manifest.shards)
     listed = {entry.name for entry in manifest.shards}
     report.add(
@@ -124,7 +126,7 @@ def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:
         vocab_size = None
     seen, readable = _Seen([e.name for e in manifest.shards]), True
     for k, entry in enumerate(manifest.shards):
-        table = _open_checked(cache_dir, manifest, k, report)
+        table = _open_checked(cache, k, report)
         if table is None:
             readable = False
             continue
@@ -136,31 +138,27 @@ def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:
         return report
     report.rows = seen.counts["rows"]
     _check_counts(cache_dir, manifest, seen.counts, report)
-    _check_kl_sources(cache_dir, seen, report)
+    _check_kl_sources(cache, seen, report)
     report.ids = set(seen.first)
     return report
 
 
-def _open_checked(cache_dir: Path, manifest: Manifest, k: int, report: Report) -> pa.Table | None:
+def _open_checked(cache: ShardedCache, k: int, report: Report) -> pa.Table | None:
     """Hash, memory-map and schema-check shard k: its table, or None when it cannot be read."""
-    entry = manifest.shards[k]
-    path = cache_dir / entry.name
+    entry, path, manifest = cache.manifest.shards[k], cache.path(k), cache.manifest
     if not path.is_file():
         report.add([f"{path}: listed in the manifest but missing"])
         return None
-    actual = sha256_file(path)
-    if actual != entry.sha256:
-        report.add([f"{path}: sha256 {actual[:16]}… does not match the manifest's {entry.sha256[:16]}…; the shard was modified or is corrupt"])
     try:
-        # Memory-mapped, not read: the shard's pages are the page cache's, and leave this
-        # process's RSS when the table is dropped.
-        with pa.memory_map(str(path)) as source:
-            table = ipc.open_file(source).read_all()
-        S.check_schema(table.schema, str(path))
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        report.add([f"{path}: unreadable shard ({str(exc).splitlines()[0]})"])
+        cache.check_sha256(k)
+    except InputError as exc:  # reported; the rows are still checked, for the full picture
+        report.add([str(exc)])
+    try:
+        table = cache.map_shard(k)
+    except InputError as exc:
+        report.add([str(exc)])
         return None
-    tag = (table.schema.metadata or {}).get(FINGERPRINT_TAG.encode(), b"").decode(errors="replace")
+    tag = shard_fingerprint(table)
     if tag != manifest.fingerprint:
         why = f"was made for fingerprint {tag[:16]}…" if tag else f"has no {FINGERPRINT_TAG} tag"
         report.add([f"{path}: {why}, the manifest's is {manifest.fingerprint[:16]}…; the shard is not from this cache"])
@@ -254,7 +252,7 @@ def _check_counts(cache_dir: Path, manifest: Manifest, actual: Counter, report: 
     )
 
 
-def _check_kl_sources(cache_dir: Path, seen: _Seen, report: Report) -> None:
+def _check_kl_sources(cache: ShardedCache, seen: _Seen, report: Report) -> None:
     """Every kl_source_id is an id here, and each KL completion is the start of its source's completion.
 
     Requests are grouped by the shard that holds their source, and each such shard is mapped
@@ -272,7 +270,7 @@ def _check_kl_sources(cache_dir: Path, seen: _Seen, report: Report) -> None:
                 wanted.setdefault(packed >> 32, []).append((k, i, packed & 0xFFFFFFFF))
     mismatched = []
     for s, requests in sorted(wanted.items()):
-        offsets, values = _completions(cache_dir / seen.names[s])
+        offsets, values = _completions(cache, s)
         for k, i, r in requests:
             n = int(seen.kl_lengths[k][i])
             start, end = offsets[r], offsets[r + 1]
@@ -282,25 +280,21 @@ def _check_kl_sources(cache_dir: Path, seen: _Seen, report: Report) -> None:
                 mismatched.append((k, i, f"kl_completion_ids are not the start of {src!r}'s completion_ids"))
         del offsets, values
     for problems in (missing, mismatched):
-        report.problems += _with_ids(cache_dir, seen, problems[:MAX_PER_CHECK])
+        report.problems += _with_ids(cache, problems[:MAX_PER_CHECK])
         if len(problems) > MAX_PER_CHECK:
             report.problems.append(f"… and {len(problems) - MAX_PER_CHECK} more like the line above")
 
 
-def _completions(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with pa.memory_map(str(path)) as source:
-        completions = ipc.open_file(source).read_all().column(S.COMPLETION_IDS).combine_chunks()
+def _completions(cache: ShardedCache, k: int) -> tuple[np.ndarray, np.ndarray]:
+    completions = cache.map_shard(k).column(S.COMPLETION_IDS).combine_chunks()
     return completions.offsets.to_numpy(), completions.values.to_numpy(zero_copy_only=False)
 
 
-def _with_ids(cache_dir: Path, seen: _Seen, problems: list[tuple[int, int, str]]) -> list[str]:
+def _with_ids(cache: ShardedCache, problems: list[tuple[int, int, str]]) -> list[str]:
     """'DIR/shard row N (id X): what' for (shard, row, what); ids are not kept across shards, so
     the few shown are read back from their shards."""
-    ids = {}
-    for k in sorted({k for k, _, _ in problems}):
-        with pa.memory_map(str(cache_dir / seen.names[k])) as source:
-            ids[k] = ipc.open_file(source).read_all().column(S.ID)
-    return [f"{cache_dir / seen.names[k]} row {i + 1} (id {ids[k][i].as_py()!r}): {what}" for k, i, what in problems]
+    ids = {k: cache.map_shard(k).column(S.ID) for k in sorted({k for k, _, _ in problems})}
+    return [f"{cache.path(k)} row {i + 1} (id {ids[k][i].as_py()!r}): {what}" for k, i, what in problems]
 
 
 _IDENTITIES: dict[tuple, dict] = {}

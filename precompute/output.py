@@ -45,10 +45,6 @@ def shard_layout(rows_per_shard: int, batch_tokens: int, prefix_sharing: bool) -
     return {"rows_per_shard": rows_per_shard, "batch_tokens": batch_tokens, "prefix_sharing": prefix_sharing}
 
 
-def shard_tags(fingerprint: str, layout: dict) -> dict[str, str]:
-    return {"kto.fingerprint": fingerprint, "kto.layout": json.dumps(layout, sort_keys=True)}
-
-
 def prepare_out_dir(out: Path, content: dict, layout: dict, overwrite: bool) -> None:
     """Make `out` ready for a run of `content`: resume it, clear it (`overwrite`), or refuse.
 

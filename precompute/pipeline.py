@@ -36,11 +36,11 @@ from kto.formats.memory import peak_memory_gb
 from kto.formats.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.numerics import Numerics, parse_numerics
 from kto.formats.scoring import plan_scoring, score_sequences
-from kto.formats.shards import sha256_file
+from kto.formats.shards import sha256_file, shard_tags
 
 from .config import PrecomputeConfig
 from .journal import Journal
-from .output import prepare_out_dir, shard_layout, shard_table, shard_tags
+from .output import prepare_out_dir, shard_layout, shard_table
 from .pairing import PAIRING_RULE, kl_partners
 from .progress import Progress
 from .staging import StagedIndex, StagingReader, check_unique_ids, read_index, stage, staging_path

@@ -38,12 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C  # noqa: E402
 
 from kto.formats import schema as S  # noqa: E402
+from kto.formats.cache import ShardedCache, open_cache  # noqa: E402
 from kto.formats.logprob import TokenBatch  # noqa: E402
 from kto.formats.manifest import Counts, Manifest, ShardEntry  # noqa: E402
 from kto.formats.models import load_tokenizer, resolve_source, tokenizer_identity  # noqa: E402
 from kto.formats.shards import write_shard  # noqa: E402
 from kto.precompute.output import shard_table  # noqa: E402
-from kto.train.data import BatchShape, KTOBatch, ShardedCache, collate, epoch_plan  # noqa: E402
+from kto.train.data import BatchShape, KTOBatch, collate, epoch_plan  # noqa: E402
 
 # --- the old path, verbatim (before zero-copy batches) ---------------------------------------
 
@@ -178,7 +179,7 @@ def tiny_model(work: Path) -> Path:
 
 
 def bench_collate(cache_dir: Path, batch_size: int, batches: int, repeats: int) -> dict:
-    cache = ShardedCache(cache_dir)
+    cache = open_cache(cache_dir)
     plan = epoch_plan(cache.lengths(), BatchShape(batch_size, 1, 1), seed=0, epoch=0).reshape(-1, batch_size)
     picks = plan[np.linspace(0, len(plan) - 1, batches).astype(int)]
     for k in range(len(cache.manifest.shards)):
@@ -254,7 +255,7 @@ def peak_rss_of_train(cache_dir: Path, model_dir: Path, out: Path, steps: int, b
     seconds = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"kto-train failed: {' '.join(cmd)}")
-    cache = ShardedCache(cache_dir)
+    cache = open_cache(cache_dir)
     shard_bytes = sum((cache_dir / s.name).stat().st_size for s in cache.manifest.shards)
     return {
         "rows": cache.num_rows,

@@ -17,7 +17,7 @@ the chosen shape, the tokenizer is built from scratch with `tokenizers`, the dat
   (c') kto-train LoRA steps (r = 16, every decoder linear layer): policy-only vs a resident
       reference that is the same base with the adapters disabled (TRL's way under LoRA);
   (d) time to first step of a training run on the existing cache: the data path (manifest +
-      ShardedCache + lengths() + epoch plan + first collate, tokenizer check, model identity),
+      open_cache + lengths() + epoch plan + first collate, tokenizer check, model identity),
       as a first run (shard sha256 verified) and a second one; then kto-train's own
       `setup()` + first `step_batches()`, with the model load (`load_policy`) reported apart.
   (e) prefix-shared vs plain reference scoring (issue 13, tools/bench_prefix_sharing.py) on a
@@ -54,6 +54,7 @@ import bench_train_step  # noqa: E402
 import kto.precompute.pipeline as pipeline  # noqa: E402
 import kto.train.setup as train_setup  # noqa: E402
 from kto.formats.batching import token_budget_batches  # noqa: E402
+from kto.formats.cache import open_cache  # noqa: E402
 from kto.formats.models import (  # noqa: E402
     load_tokenizer,
     model_identity,
@@ -64,7 +65,7 @@ from kto.formats.numerics import parse_numerics  # noqa: E402
 from kto.formats.token_logps import token_logps  # noqa: E402
 from kto.precompute.config import PrecomputeConfig  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
-from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan  # noqa: E402
+from kto.train.data import BatchShape, collate, epoch_plan  # noqa: E402
 from kto.train.loop import step_batches  # noqa: E402
 from kto.train.rundir import lock_run_dir  # noqa: E402
 
@@ -302,7 +303,7 @@ def train_lora_steps(args, device) -> list[dict]:
 def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: Path) -> dict:
     """Time to first step of kto-train on an existing cache, model load apart.
 
-    data path (the issue's list): manifest + ShardedCache, tokenizer check, model identity,
+    data path (the issue's list): manifest + open_cache, tokenizer check, model identity,
     lengths(), epoch plan, first collate. Run twice: the first run verifies the shard's sha256
     and records it, the second (what a second training run pays) reuses the record.
     real setup: `check_inputs` + `setup` (under the run directory's lock) + `step_batches`, the code kto-train runs,
@@ -312,7 +313,7 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     out = {}
     for run in ("first_run", "second_run"):
         with C.Timer(device) as t:
-            cache = ShardedCache(cache_dir)
+            cache = open_cache(cache_dir)
             source = resolve_source(str(model_dir))
             tok = load_tokenizer(source)
             require_cache_tokenizer(tok, cache.manifest.content["tokenizer"], str(model_dir))

@@ -23,22 +23,15 @@ resumed run rebuilds it and skips to its step, and every rank agrees on it witho
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from kto.formats import ragged
 from kto.formats import schema as S
-from kto.formats.errors import InputError
+from kto.formats.cache import ShardedCache
 from kto.formats.logprob import TokenBatch, make_token_batch
-from kto.formats.manifest import Manifest, read_manifest
-from kto.formats.shards import ShardVerifier, check_shard_values, open_shard, tokenizer_vocab_size
 
-VERIFY_HINT = "kto-inspect verify {} checks the whole cache"
 
 
 @dataclass(frozen=True)
@@ -75,117 +68,6 @@ class KTOBatch:
             *(t.to(device, non_blocking=True) for t in (self.ref_logp, self.ref_kl_logp, self.desirable, self.valid)),
             self.ref_token_logps,
         )
-
-
-def _list_lengths(column: pa.ChunkedArray) -> np.ndarray:
-    """Per-row list lengths from the offsets buffer alone (no values are touched)."""
-    return np.concatenate([np.diff(chunk.offsets.to_numpy()) for chunk in column.chunks]) if column.num_chunks else np.zeros(0, np.int64)
-
-
-class ShardedCache:
-    """Random access to a cache's rows, shards opened memory-mapped and verified on first read."""
-
-    def __init__(self, cache_dir: Path, manifest: Manifest | None = None):
-        self.dir = Path(cache_dir)
-        self.manifest = manifest or read_manifest(self.dir)
-        self.verifier = ShardVerifier(self.dir, self.manifest.shard_sha256)
-        self._tables: dict[int, pa.Table] = {}
-        self._views: dict[tuple[int, str], object] = {}
-        self.starts = np.cumsum([0] + [s.rows for s in self.manifest.shards])
-        self.num_rows = int(self.starts[-1])
-
-    def table(self, k: int) -> pa.Table:
-        if k not in self._tables:
-            name = self.manifest.shards[k].name
-            try:
-                self.verifier.verify(name)  # sha256 on first read: a mismatch mid-run is one line too
-            except (ValueError, OSError) as exc:
-                raise InputError(f"{str(exc).splitlines()[0]}; {VERIFY_HINT.format(self.dir)}") from None
-            table = self._open(k)
-            check_shard_values(table, self.dir / name, tokenizer_vocab_size(self.dir))  # NaN log-probs, bad token ids
-            self._tables[k] = table
-        return self._tables[k]
-
-    def _open(self, k: int) -> pa.Table:
-        """Shard k memory-mapped: present, footer readable, shard schema, the manifest's row count."""
-        entry = self.manifest.shards[k]
-        path = self.dir / entry.name
-        if not path.is_file():
-            raise InputError(f"{path}: listed in the manifest but missing; {VERIFY_HINT.format(self.dir)}")
-        try:
-            table = open_shard(path)
-        except InputError:
-            raise
-        except (ValueError, OSError, pa.ArrowException) as exc:
-            raise InputError(
-                f"{path}: not a readable shard, truncated or corrupt ({' '.join(str(exc).split())[:200]}); {VERIFY_HINT.format(self.dir)}"
-            ) from None
-        if table.num_rows != entry.rows:
-            raise InputError(f"{path}: {table.num_rows} rows, the manifest says {entry.rows}; {VERIFY_HINT.format(self.dir)}")
-        return table
-
-    def lengths(self) -> np.ndarray:
-        """[rows] prompt+completion lengths, from list offsets (cheap: no checksum, no values).
-
-        This is also the start-up check of every shard (present, readable footer, schema, row
-        count) before kto-train writes anything; the sha256 is checked on first use of the rows.
-        """
-        out = []
-        for k in range(len(self.manifest.shards)):
-            t = self._open(k)
-            out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-    def rows(self, indices, columns: Sequence[str] = S.SHARD_SCHEMA.names) -> dict[str, ragged.Ragged | np.ndarray | list]:
-        """`columns` of the given global rows, in the given order (repeats allowed).
-
-        List columns come back as `Ragged`, gathered with numpy straight from the shards'
-        memory-mapped Arrow offsets and values (no Python object per token); numeric and bool
-        columns as numpy arrays; string columns as Python lists.
-        """
-        indices = np.asarray(indices, dtype=np.int64)
-        if len(indices) and (indices.min() < 0 or indices.max() >= self.num_rows):
-            raise IndexError(f"{self.dir}: row index out of range [0, {self.num_rows})")
-        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
-        local = indices - self.starts[shard_of]
-        touched = np.unique(shard_of).tolist()
-        out = {}
-        for name in columns:
-            views = {k: self._view(k, name) for k in touched}
-            if name in _LIST_COLUMNS:
-                sources = [views.get(k) for k in range(len(self.manifest.shards))]
-                out[name] = ragged.take_many(sources, shard_of, local) if touched else ragged.Ragged(np.zeros(0), np.zeros(1, np.int64))
-            elif name in _STRING_COLUMNS:
-                out[name] = [None] * len(indices)
-                for k in touched:
-                    where = np.flatnonzero(shard_of == k)
-                    for i, value in zip(where.tolist(), views[k].take(pa.array(local[where])).to_pylist()):
-                        out[name][i] = value
-            else:
-                values = np.empty(len(indices), dtype=views[touched[0]].dtype if touched else np.float64)
-                for k in touched:
-                    where = shard_of == k
-                    values[where] = views[k][local[where]]
-                out[name] = values
-        return out
-
-    def _view(self, k: int, name: str):
-        """Shard k's column `name`: a zero-copy Ragged (lists), numpy array (numbers; bools are
-        unpacked once, one byte a row), or the Arrow column (strings)."""
-        key = (k, name)
-        if key not in self._views:
-            column = self.table(k).column(name)
-            if name in _LIST_COLUMNS:
-                self._views[key] = ragged.from_arrow(column)
-            elif name in _STRING_COLUMNS:
-                self._views[key] = column
-            else:  # one chunk (write_shard writes one): float64 is a zero-copy view
-                self._views[key] = column.chunk(0).to_numpy(zero_copy_only=False) if column.num_chunks == 1 else column.to_numpy()
-        return self._views[key]
-
-
-_LIST_COLUMNS = frozenset(f.name for f in S.SHARD_SCHEMA if isinstance(f.type, pa.ListType))
-_STRING_COLUMNS = frozenset(f.name for f in S.SHARD_SCHEMA if pa.types.is_string(f.type))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import ShardedCache, collate
+from kto.formats.cache import ShardedCache
+
+from .data import collate
 from .loss import kl_estimate
 from .step import LossSettings, StepStats, all_reduce_sum, batch_stats, kl_local_sums, policy_pass, summarize
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.errors import InputError, log
 from kto.formats.logprob import CompletionLogps
 from kto.formats.memory import MemoryMeter
@@ -30,7 +31,7 @@ from . import adapters, sharding
 from .checkpoint import Position, load_training_state
 from .checks import class_balance
 from .config import TrainConfig
-from .data import BatchShape, ShardedCache, steps_per_epoch
+from .data import BatchShape, steps_per_epoch
 from .metrics import MetricsWriter
 from .optim import build_optimizer, build_scheduler
 from .rundir import config_record, open_run_dir, write_record
@@ -246,7 +247,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     started = time.perf_counter()
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
-    cache = ShardedCache(cfg.cache)
+    cache = open_cache(cfg.cache)
     lengths = cache.lengths()
     manifest = cache.manifest
     source = resolve_source(cfg.model)
@@ -369,7 +370,7 @@ def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:
     cache, or its rewards would be measured against another reference."""
     if cfg.eval_cache is None:
         return None
-    cache = ShardedCache(cfg.eval_cache)
+    cache = open_cache(cfg.eval_cache)
     cache.lengths()  # every shard present and readable before --out is touched
     for part in ("model", "tokenizer"):
         if cache.manifest.content[part] != manifest.content[part]:

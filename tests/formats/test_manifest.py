@@ -81,9 +81,9 @@ def test_shard_rows_must_add_up_to_counts_rows(cache):
 
 
 def test_every_reader_refuses(cache):
-    from kto.train.data import ShardedCache
+    from kto.formats.cache import open_cache
 
     edit_manifest(cache, lambda m: m["shards"][0].__setitem__("name", "../shard-00000.arrow"))
-    for read in (kto.formats.scan, ShardedCache):
+    for read in (kto.formats.scan, open_cache):
         with pytest.raises(InputError, match=r"shards\[0\].name '../shard-00000.arrow' contains '..'"):
             read(cache)

@@ -1,6 +1,6 @@
 """Values no shard may hold (formats.shards.shard_value_problems): non-finite reference
 log-probs and token ids outside the cache tokenizer's vocabulary. kto-inspect verify lists them;
-the training reader (ShardedCache) refuses the shard with one line."""
+the one cache reader (formats/cache.py, which kto-train uses) refuses the shard with one line."""
 
 import dataclasses
 
@@ -112,10 +112,10 @@ def rewrite(cache, index, edit):
     ],
 )
 def test_training_reader_refuses_the_shard(cache, edit, what):
-    from kto.train.data import ShardedCache
+    from kto.formats.cache import open_cache
 
     ids = rewrite(cache, 1, edit)
-    reader = ShardedCache(cache)
+    reader = open_cache(cache)
     reader.table(0)  # sound shards still read
     with pytest.raises(InputError) as exc:
         reader.rows([5, 6, 7])  # rows of shard 1

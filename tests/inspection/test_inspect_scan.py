@@ -91,3 +91,48 @@ def test_scan_errors_name_the_path(tmp_path, tiny_cache):
     (cache / "shard-00002.arrow").unlink()
     with pytest.raises(InputError, match=r"shard-00002\.arrow: listed in the manifest but missing"):
         kto.formats.scan(cache)
+
+
+def test_scan_checks_shards_as_every_reader_does(tmp_path, tiny_cache):
+    """scan opens the cache through formats/cache.py: a shard whose bytes are not the manifest's
+    is refused with one line (sha256), and a truncated one too, before polars reads anything."""
+    import shutil
+
+    import kto.formats
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    (cache / ".verified.json").unlink(missing_ok=True)
+    path = cache / "shard-00001.arrow"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a buffer: still a readable Arrow file
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"shard-00001\.arrow: sha256 .* does not match the manifest's"):
+        kto.formats.scan(cache)
+
+
+def test_verify_writes_no_stamp_and_always_rehashes(tmp_path, tiny_cache):
+    """`kto-inspect verify` opens with stamps=False: it trusts no `.verified.json` and writes none."""
+    import shutil
+
+    from kto.formats.cache import open_cache
+    from kto.inspection.verify import verify
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    (cache / ".verified.json").unlink(missing_ok=True)
+    assert all(r.ok for r in verify(cache, check_tokenizer=False))
+    assert not (cache / ".verified.json").exists()
+    open_cache(cache).check_sha256(0)  # a stamped reader records the shard it hashed
+    assert (cache / ".verified.json").exists()
+    path = cache / "shard-00000.arrow"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    import os
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: the stamp is fooled
+    open_cache(cache).check_sha256(0)
+    problems = [p for r in verify(cache, check_tokenizer=False) for p in r.problems]
+    assert any(f"{path}: sha256" in p for p in problems)

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from kto.formats.cache import open_cache
 from kto.formats.shards import ShardVerifier
 from kto.train import cli
 from kto.train.checks import class_balance
 from kto.train.config import TrainConfig
-from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan, steps_per_epoch
+from kto.train.data import BatchShape, collate, epoch_plan, steps_per_epoch
 
 
 @pytest.mark.parametrize("n, batch, accum, world", [(16, 4, 1, 1), (17, 2, 2, 2), (5, 3, 1, 2), (100, 4, 3, 1)])
@@ -63,7 +64,7 @@ def test_a_step_is_a_contiguous_segment_of_the_cycle(batch, accum, world):
 
 
 def test_filler_rows_are_invalid(tiny_cache, tokenizer_dir):
-    cache = ShardedCache(tiny_cache)
+    cache = open_cache(tiny_cache)
     batch = collate(cache, np.array([3, -1]), pad_id=0)
     assert batch.valid.tolist() == [True, False]
     assert batch.policy.input_ids.shape[0] == 2
@@ -78,7 +79,7 @@ def test_cli_options_mirror_config_fields():
 def test_shards_are_hashed_once_then_trusted_until_modified(tiny_cache, monkeypatch):
     import kto.formats.shards as shards
 
-    cache = ShardedCache(tiny_cache)
+    cache = open_cache(tiny_cache)
     cache.table(0)  # first read: hashed (or already recorded by an earlier test)
     calls = []
     monkeypatch.setattr(shards, "sha256_file", lambda p: calls.append(p) or "x")
@@ -89,7 +90,7 @@ def test_shards_are_hashed_once_then_trusted_until_modified(tiny_cache, monkeypa
 def test_tampered_shard_is_refused(tiny_cache, tmp_path):
     from conftest import tampered_copy
 
-    cache = ShardedCache(tampered_copy(tiny_cache, tmp_path / "cache"))
+    cache = open_cache(tampered_copy(tiny_cache, tmp_path / "cache"))
     cache.table(0)
     with pytest.raises(ValueError, match="shard-00001.arrow: sha256"):
         cache.table(1)
@@ -108,7 +109,7 @@ def test_rows_come_back_in_the_requested_order_across_shards(tiny_cache):
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
-    cache = ShardedCache(tiny_cache)
+    cache = open_cache(tiny_cache)
     every = pa.concat_tables([ipc.open_file(pa.memory_map(str(tiny_cache / s.name))).read_all() for s in cache.manifest.shards]).column("id").to_pylist()
     wanted = [15, 0, 7, 7, 3, 12]  # four shards of 5, 5, 5, 1 rows; a repeat included
     assert cache.rows(wanted)["id"] == [every[i] for i in wanted]
@@ -130,7 +131,7 @@ def test_zero_copy_collate_equals_the_old_path(tiny_cache, with_token_logps):
     """Same tensors, same dtypes, for batches that span all four shards (5, 5, 5, 1 rows), repeat
     a row, start with filler, end with filler, or are all filler."""
     bench = _old_path()
-    cache = ShardedCache(tiny_cache)
+    cache = open_cache(tiny_cache)
     cases = [[15, 0, 7, 7, 3, 12], [-1, 4, 5, -1], [9, 10, 14, 15], [15], [-1, -1], list(range(16))]
     for idx in cases:
         idx = np.array(idx)

@@ -129,13 +129,14 @@ class CountingAccelerator:
 def test_a_step_makes_one_reduction_before_its_micro_batches(tiny_cache, tiny_model_dir, loss, scope, expected):
     import numpy as np
 
+    from kto.formats.cache import open_cache
     from kto.formats.logprob import CompletionLogps
     from kto.formats.models import load_causal_lm, resolve_source
-    from kto.train.data import ShardedCache, collate
+    from kto.train.data import collate
     from kto.train.loss import LossType
     from kto.train.step import LossSettings, StepStats, forward_backward
 
-    cache = ShardedCache(tiny_cache)
+    cache = open_cache(tiny_cache)
     model = CompletionLogps(load_causal_lm(resolve_source(str(tiny_model_dir)), dtype=torch.float32))
     batches = [collate(cache, np.array(rows), pad_id=0) for rows in ([0, 1], [2, -1])]
     acc = CountingAccelerator()

@@ -1,0 +1,203 @@
+"""Open a cache: the one reader of a cache's shards, for every command.
+
+`open_cache(dir)` reads and checks manifest.json (formats/manifest.py) and returns a
+`ShardedCache`. Each shard is then checked, on first use, by the same code whoever reads it:
+
+- `check_sha256(k)`: the shard's bytes are the manifest's. With `stamps` (kto-train, `kto-inspect
+  score`, `kto.formats.scan`) a `.verified.json` stamp of size and mtime spares a second run the
+  hashing; `kto-inspect verify` opens with `stamps=False` and always re-hashes, writing nothing.
+- `map_shard(k)`: present, Arrow IPC footer readable, the shard schema; memory-mapped, nothing
+  read eagerly, nothing kept (verify maps one shard at a time and lets it go).
+- `open_shard(k)`: that, plus the manifest's row count (kto-train's start-up check).
+- `read_shard(k)`: all of the above plus the values every reader refuses (NaN log-probs, token
+  ids outside the cache tokenizer's vocabulary); `table(k)` keeps it for random access.
+
+Every failure is one `InputError` line naming the file; readers that train or score add a hint
+to run `kto-inspect verify`, which lists every problem at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from . import ragged
+from . import schema as S
+from .errors import InputError
+from .manifest import Manifest, read_manifest
+from .shards import ShardVerifier, check_shard_values, sha256_file, tokenizer_vocab_size
+
+VERIFY_HINT = "kto-inspect verify {} checks the whole cache"
+
+
+def open_cache(cache_dir: str | Path, *, stamps: bool = True, hint: bool = True) -> ShardedCache:
+    """The cache in `cache_dir`: manifest read and checked, shards checked as they are used.
+
+    stamps: trust (and write) `.verified.json` for shards hashed before; False re-hashes every
+    shard and writes nothing. hint: end each error with the `kto-inspect verify` hint."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise InputError(f"{cache_dir}: no such cache directory")
+    return ShardedCache(cache_dir, stamps=stamps, hint=hint)
+
+
+def _list_lengths(column: pa.ChunkedArray) -> np.ndarray:
+    """Per-row list lengths from the offsets buffer alone (no values are touched)."""
+    return np.concatenate([np.diff(chunk.offsets.to_numpy()) for chunk in column.chunks]) if column.num_chunks else np.zeros(0, np.int64)
+
+
+class ShardedCache:
+    """Random access to a cache's rows, shards opened memory-mapped and verified on first read."""
+
+    def __init__(self, cache_dir: Path, manifest: Manifest | None = None, *, stamps: bool = True, hint: bool = True):
+        self.dir = Path(cache_dir)
+        self.manifest = manifest or read_manifest(self.dir)
+        self.stamps = stamps
+        self.hint = hint
+        self.verifier = ShardVerifier(self.dir, self.manifest.shard_sha256) if stamps else None
+        self._tables: dict[int, pa.Table] = {}
+        self._views: dict[tuple[int, str], object] = {}
+        self.starts = np.cumsum([0] + [s.rows for s in self.manifest.shards])
+        self.num_rows = int(self.starts[-1])
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.manifest.shards)
+
+    def path(self, k: int) -> Path:
+        return self.dir / self.manifest.shards[k].name
+
+    @contextlib.contextmanager
+    def _hinted(self) -> Iterator[None]:
+        try:
+            yield
+        except InputError as exc:
+            if not self.hint:
+                raise
+            raise InputError(f"{exc}; {VERIFY_HINT.format(self.dir)}") from None
+
+    def check_sha256(self, k: int) -> None:
+        """InputError unless shard k is present and its sha256 is the manifest's."""
+        path, expected = self.path(k), self.manifest.shards[k].sha256
+        with self._hinted():
+            try:
+                if self.verifier is not None:
+                    self.verifier.verify(path.name)
+                    return
+                if not path.is_file():
+                    raise ValueError(f"{path}: listed in the manifest but missing")
+                actual = sha256_file(path)
+            except (ValueError, OSError) as exc:
+                raise InputError(str(exc).splitlines()[0]) from None
+            if actual != expected:
+                raise InputError(f"{path}: sha256 {actual[:16]}… does not match the manifest's {expected[:16]}…; the shard was modified or is corrupt")
+
+    def map_shard(self, k: int) -> pa.Table:
+        """Shard k memory-mapped: present, footer readable, shard schema (not kept by the cache)."""
+        path = self.path(k)
+        with self._hinted():
+            if not path.is_file():
+                raise InputError(f"{path}: listed in the manifest but missing")
+            try:
+                # Memory-mapped, not read: the pages belong to the page cache and leave this
+                # process's RSS when the table is dropped. Zero-copy (shards are uncompressed).
+                table = ipc.open_file(pa.memory_map(str(path))).read_all()
+            except (ValueError, OSError, pa.ArrowException) as exc:
+                raise InputError(f"{path}: not a readable shard, truncated or corrupt ({' '.join(str(exc).split())[:200]})") from None
+            try:
+                S.check_schema(table.schema, str(path))
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+            return table
+
+    def open_shard(self, k: int) -> pa.Table:
+        """`map_shard(k)`, and the manifest's row count: the cheap check (no hashing, no values)."""
+        table, entry = self.map_shard(k), self.manifest.shards[k]
+        if table.num_rows != entry.rows:
+            with self._hinted():
+                raise InputError(f"{self.path(k)}: {table.num_rows} rows, the manifest says {entry.rows}")
+        return table
+
+    def read_shard(self, k: int, *, values: bool = True) -> pa.Table:
+        """Shard k with every check: sha256 (first, so a mismatch mid-run is one line too), footer,
+        schema, row count and, with `values`, the values every reader refuses."""
+        self.check_sha256(k)
+        table = self.open_shard(k)
+        if values:
+            with self._hinted():
+                check_shard_values(table, self.path(k), tokenizer_vocab_size(self.dir))
+        return table
+
+    def table(self, k: int) -> pa.Table:
+        """`read_shard(k)`, kept for random access (training reads rows from any shard)."""
+        if k not in self._tables:
+            self._tables[k] = self.read_shard(k)
+        return self._tables[k]
+
+    def lengths(self) -> np.ndarray:
+        """[rows] prompt+completion lengths, from list offsets (cheap: no checksum, no values).
+
+        This is also the start-up check of every shard (present, readable footer, schema, row
+        count) before kto-train writes anything; the sha256 is checked on first use of the rows.
+        """
+        out = []
+        for k in range(self.num_shards):
+            t = self.open_shard(k)
+            out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def rows(self, indices, columns: Sequence[str] = S.SHARD_SCHEMA.names) -> dict[str, ragged.Ragged | np.ndarray | list]:
+        """`columns` of the given global rows, in the given order (repeats allowed).
+
+        List columns come back as `Ragged`, gathered with numpy straight from the shards'
+        memory-mapped Arrow offsets and values (no Python object per token); numeric and bool
+        columns as numpy arrays; string columns as Python lists.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.num_rows):
+            raise IndexError(f"{self.dir}: row index out of range [0, {self.num_rows})")
+        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
+        local = indices - self.starts[shard_of]
+        touched = np.unique(shard_of).tolist()
+        out = {}
+        for name in columns:
+            views = {k: self._view(k, name) for k in touched}
+            if name in _LIST_COLUMNS:
+                sources = [views.get(k) for k in range(self.num_shards)]
+                out[name] = ragged.take_many(sources, shard_of, local) if touched else ragged.Ragged(np.zeros(0), np.zeros(1, np.int64))
+            elif name in _STRING_COLUMNS:
+                out[name] = [None] * len(indices)
+                for k in touched:
+                    where = np.flatnonzero(shard_of == k)
+                    for i, value in zip(where.tolist(), views[k].take(pa.array(local[where])).to_pylist()):
+                        out[name][i] = value
+            else:
+                values = np.empty(len(indices), dtype=views[touched[0]].dtype if touched else np.float64)
+                for k in touched:
+                    where = shard_of == k
+                    values[where] = views[k][local[where]]
+                out[name] = values
+        return out
+
+    def _view(self, k: int, name: str):
+        """Shard k's column `name`: a zero-copy Ragged (lists), numpy array (numbers; bools are
+        unpacked once, one byte a row), or the Arrow column (strings)."""
+        key = (k, name)
+        if key not in self._views:
+            column = self.table(k).column(name)
+            if name in _LIST_COLUMNS:
+                self._views[key] = ragged.from_arrow(column)
+            elif name in _STRING_COLUMNS:
+                self._views[key] = column
+            else:  # one chunk (write_shard writes one): float64 is a zero-copy view
+                self._views[key] = column.chunk(0).to_numpy(zero_copy_only=False) if column.num_chunks == 1 else column.to_numpy()
+        return self._views[key]
+
+
+_LIST_COLUMNS = frozenset(f.name for f in S.SHARD_SCHEMA if isinstance(f.type, pa.ListType))
+_STRING_COLUMNS = frozenset(f.name for f in S.SHARD_SCHEMA if pa.types.is_string(f.type))
