@@ -2,8 +2,9 @@
 
 Three kinds of content, checked differently:
 - `content`: everything that decides the numbers (model identity, tokenizer, inputs, column
-  mapping, length limits, seed, dtype, attention implementation, format version). Its hash is
-  the `fingerprint` that kto-train checks and that resumed kto-precompute runs must match.
+  mapping, length limits, seed, dtype, attention implementation, format version), a typed
+  `CacheContent` (content.py). Its hash is the `fingerprint` that kto-train checks and that
+  resumed kto-precompute runs must match.
 - `layout`: how the work was split (rows per shard, batch tokens, processes). A resume must
   match it; training does not care.
 - `info`: paths, code version. Information only: moving a model or a cache invalidates nothing.
@@ -11,20 +12,17 @@ Three kinds of content, checked differently:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .atomic import write_json_atomic
+from .content import CacheContent, fingerprint_of
 from .errors import InputError
 from .schema import FORMAT_VERSION, MANIFEST_NAME
 
-
-def fingerprint_of(content: dict) -> str:
-    """sha256 of the canonical JSON of `content`."""
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+__all__ = ["CacheContent", "Counts", "Manifest", "ShardEntry", "fingerprint_of", "read_manifest"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ class Counts:
 
 @dataclass(frozen=True)
 class Manifest:
-    content: dict
+    content: CacheContent
     layout: dict
     counts: Counts
     shards: list[ShardEntry]
@@ -70,7 +68,7 @@ class Manifest:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_of(self.content)
+        return self.content.fingerprint
 
     @property
     def shard_sha256(self) -> dict[str, str]:
@@ -78,6 +76,7 @@ class Manifest:
 
     def to_json(self) -> dict:
         out = asdict(self)
+        out["content"] = self.content.to_json()  # optional keys only when set (content.py)
         out["fingerprint"] = self.fingerprint
         return out
 
@@ -85,7 +84,7 @@ class Manifest:
     def from_json(cls, obj: dict) -> Manifest:
         """Build from parsed JSON; InputError (without the file name) on a bad shard list or count."""
         manifest = cls(
-            content=obj["content"],
+            content=CacheContent.from_json(obj["content"]),
             layout=obj["layout"],
             counts=Counts(**obj["counts"]),
             shards=[ShardEntry(**s) for s in obj["shards"]],
@@ -153,13 +152,24 @@ def read_manifest(cache_dir: str | Path) -> Manifest:
         raise InputError(f"{path}: no manifest; is {cache_dir} a finished kto-precompute cache?")
     try:
         obj = json.loads(path.read_text())
+        _check_version(obj)
         manifest = Manifest.from_json(obj)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: unreadable manifest ({type(exc).__name__}: {exc})") from exc
-    if manifest.format_version != FORMAT_VERSION:
-        raise InputError(f"{path}: format version {manifest.format_version}, this kto reads {FORMAT_VERSION}")
     if obj.get("fingerprint") != manifest.fingerprint:
         raise InputError(f"{path}: fingerprint does not match its content section; the manifest was edited")
     return manifest
+
+
+def _check_version(obj: dict) -> None:
+    """Refuse a cache of another FORMAT_VERSION before reading anything else of it: an older or
+    newer kto may lay out the content, the counts or the shards differently (schema.py)."""
+    version = obj.get("format_version") if isinstance(obj, dict) else None
+    if version == FORMAT_VERSION:
+        return
+    if not _is_count(version):
+        raise InputError(f"format_version {version!r} is not a version number; this kto reads format version {FORMAT_VERSION}")
+    what = "re-run kto-precompute with this kto" if version < FORMAT_VERSION else "use a newer kto"
+    raise InputError(f"cache format version {version}, this kto reads format version {FORMAT_VERSION} only; {what}")

@@ -115,16 +115,16 @@ def score_cache(
     source = resolve_source(_base_of(adapter_dir, base_model), flag="--base-model") if adapter_dir else resolve_source(model)
     # A kto-train adapter dir (OUT/final under LoRA) holds the run's tokenizer beside the adapters.
     tokenizer = load_tokenizer(ModelSource(adapter_dir) if adapter_dir else source, trust_remote_code=trust_remote_code)
-    require_cache_tokenizer(tokenizer, manifest.content["tokenizer"], model)
+    require_cache_tokenizer(tokenizer, manifest.content.tokenizer, model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
-    ref_numerics = manifest.content.get("dtype")
-    if ref_numerics and ref_numerics != numerics.name:
+    ref_numerics = manifest.content.dtype
+    if ref_numerics != numerics.name:
         log(
             f"note: the cached reference log-probs were computed in {ref_numerics}; scoring in "
             f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)"
         )
-    if not adapter_dir and model_identity(source) == manifest.content.get("model"):
+    if not adapter_dir and manifest.content.scored_with(model_identity(source)):
         log("note: --model is the cache's reference model; every reward should be about 0")
     if adapter_dir:
         from kto.train.adapters import require_peft, with_adapters

@@ -48,8 +48,8 @@ def summarize(cache_dir: str | Path) -> dict:
     lf = scan(cache_dir)  # raises InputError for a missing dir / manifest / shard
     manifest = read_manifest(cache_dir)
     lens = {name: pl.col(col).list.len() for name, col in LENGTHS.items()}
-    max_length = manifest.content.get("max_length")
-    max_prompt = manifest.content.get("max_prompt_length")
+    max_length = manifest.content.max_length
+    max_prompt = manifest.content.max_prompt_length
     try:
         overall = (
             lf.select(
@@ -81,7 +81,7 @@ def summarize(cache_dir: str | Path) -> dict:
     eval_dir = cache_dir / S.EVAL_DIR
     return {
         "cache": str(cache_dir),
-        "split": manifest.content.get("split"),
+        "split": manifest.content.split,
         "fingerprint": manifest.fingerprint,
         "model": manifest.info.get("model_path"),
         "shards": len(manifest.shards),
@@ -93,7 +93,7 @@ def summarize(cache_dir: str | Path) -> dict:
         "dropped": manifest.counts.dropped,
         "max_length": max_length,
         "max_prompt_length": max_prompt,
-        "token_logps_stored": bool(manifest.content.get("store_token_logps", True)),
+        "token_logps_stored": manifest.content.store_token_logps,
         "lengths": {name: _unpack(overall, name) for name in LENGTHS},
         "ref_logps": {
             label: {part: _unpack(labels[label], part) for part in ("sequence", "mean_per_token", "token", "kl_sequence")}

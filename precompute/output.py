@@ -22,7 +22,7 @@ from kto.formats import schema as S
 from kto.formats.atomic import is_temp_name, remove_stale_temps
 from kto.formats.errors import InputError
 from kto.formats.lock import LOCK_NAME
-from kto.formats.manifest import fingerprint_of
+from kto.formats.manifest import CacheContent
 from kto.formats.models import TOKENIZER_CHECK_NAME
 from kto.formats.shards import VERIFIED_NAME
 
@@ -45,7 +45,7 @@ def shard_layout(rows_per_shard: int, batch_tokens: int, prefix_sharing: bool) -
     return {"rows_per_shard": rows_per_shard, "batch_tokens": batch_tokens, "prefix_sharing": prefix_sharing}
 
 
-def prepare_out_dir(out: Path, content: dict, layout: dict, overwrite: bool) -> None:
+def prepare_out_dir(out: Path, content: CacheContent, layout: dict, overwrite: bool) -> None:
     """Make `out` ready for a run of `content`: resume it, clear it (`overwrite`), or refuse.
 
     Call it holding the lock on the cache (formats/lock.py): it removes the temp files a killed
@@ -56,20 +56,20 @@ def prepare_out_dir(out: Path, content: dict, layout: dict, overwrite: bool) -> 
     out.mkdir(parents=True, exist_ok=True)
     for folder in (out, out / JOURNAL_DIR):
         remove_stale_temps(folder)
-    ours, foreign = survey(out, with_eval=content.get("split") != "eval")
+    ours, foreign = survey(out, with_eval=content.split != "eval")
     if foreign:
         names = sorted(p.name + ("/" if p.is_dir() else "") for p in foreign)
         raise InputError(
             f"--out {out}: holds {', '.join(names[:3])}{', …' if len(names) > 3 else ''}, which this cache did not write; "
             "move it away or choose another directory (--overwrite replaces only what a kto cache wrote)"
         )
-    fingerprint = fingerprint_of(content)
-    reason = _stale_reason(out, fingerprint, layout, content)
+    fingerprint = content.fingerprint
+    reason = _stale_reason(out, fingerprint, layout, content.to_json())
     if reason:
         if not overwrite:
             raise InputError(f"--out {out}: {reason}; pass --overwrite to replace it or choose another directory")
         _remove(ours)
-    Journal(out).start(fingerprint, layout, content)
+    Journal(out).start(fingerprint, layout, content.to_json())
 
 
 def survey(folder: Path, *, with_eval: bool) -> tuple[list[Path], list[Path]]:

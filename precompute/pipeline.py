@@ -31,7 +31,7 @@ from kto.formats.errors import InputError, log
 from kto.formats.examples import iter_examples
 from kto.formats.hub import input_identity
 from kto.formats.lock import locked_dir
-from kto.formats.manifest import Counts, Manifest, ShardEntry, fingerprint_of
+from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.numerics import Numerics, parse_numerics
@@ -131,7 +131,7 @@ def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, truncation
     )
 
 
-def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> dict:
+def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> CacheContent:
     """Everything that decides the numbers. Paths are left out on purpose (see manifest.py).
 
     Options added later (chat template, ShareGPT names) enter only when set, so a cache made
@@ -157,7 +157,7 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
     }
     if not cfg.sharegpt.is_default():
         content["sharegpt"] = cfg.sharegpt.as_dict()
-    return content
+    return CacheContent(**content)  # every key a field of formats/content.py
 
 
 # Content that does not change a staged token id: a run differing only in these reuses staging.
@@ -177,9 +177,9 @@ _NOT_STAGED = (
 )
 
 
-def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: dict, state=None) -> Path:
+def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: CacheContent, state=None) -> Path:
     """Read and tokenize every input row into OUT/.staging-KEY.arrow (or reuse it)."""
-    key = fingerprint_of({k: v for k, v in content.items() if k not in _NOT_STAGED})
+    key = fingerprint_of({k: v for k, v in content.to_json().items() if k not in _NOT_STAGED})
 
     def tokenize_one(ex):
         return tokenize_example(ex, tokenizer, template)
@@ -191,7 +191,7 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     stage(iter_examples(cfg.data, cfg.columns, cfg.sharegpt, parsed), tokenize_one, path, state)
     # The fingerprint hashed each file before reading; its rows were parsed from bytes hashed
     # again in the same read (records.read_file). Equal, or the file changed in between.
-    for before, read in zip(content["inputs"], parsed):
+    for before, read in zip(content.inputs, parsed):
         if before != read:
             if state is None or state.is_main_process:
                 path.unlink(missing_ok=True)
@@ -300,7 +300,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)
     outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 else {})}
     contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}
-    fingerprints = {name: fingerprint_of(content) for name, content in contents.items()}
+    fingerprints = {name: content.fingerprint for name, content in contents.items()}
     created = not cfg.out.exists()
     _claim_out(cfg, outs, contents, layout, state, held)
     try:
@@ -494,7 +494,7 @@ def _finish(s: Split, manifest: Manifest, tokenizer, rows_per_shard: int) -> Man
     The manifest's sha256s are the ones recorded when the shards were written; a shard whose
     bytes no longer match them stops the run instead of being hashed into the manifest.
     """
-    journal, fingerprint = Journal(s.out), fingerprint_of(manifest.content)
+    journal, fingerprint = Journal(s.out), manifest.fingerprint
     layout = {k: manifest.layout[k] for k in shard_layout(1, 1, False)}
     entries = []
     for k, (a, b) in enumerate(_shard_slices(len(s.rows), rows_per_shard)):
@@ -540,7 +540,7 @@ def _summary(manifests: list[Manifest], seconds: float) -> None:
         c = m.counts
         saved = f" ({c.prefix_tokens_saved} saved by prefix sharing, of {c.represented_tokens})" if m.layout.get("prefix_sharing") else ""
         log(
-            f"{m.content['split']}: {c.rows} rows ({c.desirable} desirable, {c.undesirable} undesirable), "
+            f"{m.content.split}: {c.rows} rows ({c.desirable} desirable, {c.undesirable} undesirable), "
             f"{c.dropped} dropped, {c.truncated} truncated ({c.prompt_truncated} prompts, {c.completion_truncated} completions), "
             f"{c.same_prompt_kl_pairs} same-prompt KL pairs, {c.scored_tokens} tokens scored{saved}, {len(m.shards)} shards"
         )

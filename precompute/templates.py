@@ -5,7 +5,7 @@ ids from the cache and never render a template. The cache's tokenizer/ copy is s
 template that was used, and the manifest's content records its sha256 (`chat_template`) and the
 kwargs (`chat_template_kwargs`), but only when they were given, so a cache made without them
 keeps the fingerprint (and shard bytes) it had before these options existed.
-`content["tokenizer"]` stays the identity of `--model`'s own tokenizer: that is what kto-train
+`content.tokenizer` stays the identity of `--model`'s own tokenizer: that is what kto-train
 compares its `--model` against.
 """
 

@@ -244,6 +244,30 @@ class RowLengths:
     completion: int
 
 
+def synthetic_content(note: str, tokenizer_id: dict, *, max_length: int, seed: int = 0, dtype: str = "fp32", store_token_logps: bool = False):
+    """A manifest `content` for a synthetic benchmark cache: no model scored it, `note` says so."""
+    from kto.formats import schema as S
+    from kto.formats.content import CacheContent
+
+    return CacheContent(
+        format_version=S.FORMAT_VERSION,
+        split="train",
+        model={"synthetic": note},
+        tokenizer=tokenizer_id,
+        inputs=({"name": note, "synthetic": True},),
+        columns={},
+        max_length=max_length,
+        max_prompt_length=max_length // 2,
+        truncation="synthetic rows, cut to fit",
+        kl_pairing="synthetic partners",
+        seed=seed,
+        eval_fraction=0.0,
+        dtype=dtype,
+        attn_implementation="sdpa",
+        store_token_logps=store_token_logps,
+    )
+
+
 def length_mix(rows: int, max_len: int, seed: int = 0, min_len: int = 32) -> list[RowLengths]:
     """A realistic mix of prompt+completion lengths in [min_len, max_len] tokens.
 

@@ -156,13 +156,7 @@ def write_synthetic_cache(
         name = S.shard_name(k)
         sha = write_shard(out / name, shard_table(part, ref, ref_kl, store_token_logps=False), {})
         entries.append(ShardEntry(name, len(part), sha))
-    content = {
-        "synthetic": f"tools/bench_collate.py rows={rows} seed={seed}",
-        "tokenizer": tokenizer_identity(tok),
-        "model": {"synthetic": True},
-        "dtype": "fp32",
-        "format_version": S.FORMAT_VERSION,
-    }
+    content = C.synthetic_content(f"tools/bench_collate.py rows={rows} seed={seed}", tokenizer_identity(tok), max_length=max_len, seed=seed)
     Manifest(content=content, layout={"rows_per_shard": rows_per_shard}, counts=Counts(rows=rows, **counts), shards=entries).write(out)
     tok.save_pretrained(out / S.TOKENIZER_DIR)
     return out

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import build_tokenizer, kl_partners, length_mix  # noqa: E402
+from _bench_common import build_tokenizer, kl_partners, length_mix, synthetic_content  # noqa: E402
 
 MAX_LEN, ROWS_PER_SHARD, VOCAB = 2048, 4096, 49152
 
@@ -99,13 +99,7 @@ def write_cache(out: Path, rows: int, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     build_tokenizer(VOCAB).save_pretrained(out / S.TOKENIZER_DIR)
     tok = load_tokenizer(ModelSource(out / S.TOKENIZER_DIR), flag="tokenizer")  # as verify will load it
-    content = {
-        "format_version": S.FORMAT_VERSION,
-        "split": "train",
-        "bench": f"bench_verify rows={rows} seed={seed}",
-        "tokenizer": tokenizer_identity(tok),
-        "max_length": MAX_LEN,
-    }
+    content = synthetic_content(f"bench_verify rows={rows} seed={seed}", tokenizer_identity(tok), max_length=MAX_LEN, seed=seed)
     manifest = Manifest(content=content, layout={}, counts=Counts(), shards=[])
     tags = {FINGERPRINT_TAG: manifest.fingerprint}
     rng = np.random.default_rng(seed)

@@ -214,7 +214,7 @@ def precompute_e2e(work: Path, args, device, ceiling: float) -> dict:
     return {
         "model_dir": str(model_dir),
         "cache_dir": str(cfg.out),
-        "numerics": manifests[0].content["dtype"],
+        "numerics": manifests[0].content.dtype,
         "rows": manifests[0].counts.rows,
         "sequences": len(probe.lengths),
         "real_tokens": real,
@@ -316,8 +316,8 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
             cache = open_cache(cache_dir)
             source = resolve_source(str(model_dir))
             tok = load_tokenizer(source)
-            require_cache_tokenizer(tok, cache.manifest.content["tokenizer"], str(model_dir))
-            is_reference = model_identity(source) == cache.manifest.content["model"]
+            require_cache_tokenizer(tok, cache.manifest.content.tokenizer, str(model_dir))
+            is_reference = cache.manifest.content.scored_with(model_identity(source))
             plan = epoch_plan(cache.lengths(), BatchShape(batch_size, 1, 1), seed=0, epoch=0)
             collate(cache, plan[0, 0, 0], tok.pad_token_id, with_token_logps=is_reference).to(device)
         out[f"{run}_s"] = t.seconds

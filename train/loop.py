@@ -103,7 +103,7 @@ def first_step_check(run: Run, batch: KTOBatch):
 def check_drift(run: Run, drift: Drift) -> None:
     """Stop (InputError) when the step-0 drift is past the tolerance, the same on every rank."""
     cfg, accelerator = run.cfg, run.accelerator
-    cache_numerics = run.cache.manifest.content["dtype"]
+    cache_numerics = run.cache.manifest.content.dtype
     # Every rank checks its own first micro-batch; they must all stop or none, or the ranks that
     # go on would wait for the stopped ones in the next collective.
     drift = replace(drift, max_abs=all_reduce_max(drift.max_abs, accelerator))

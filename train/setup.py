@@ -251,7 +251,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     lengths = cache.lengths()
     manifest = cache.manifest
     source = resolve_source(cfg.model)
-    pad_id, tokenizer = check_cache_tokenizer(source, manifest.content["tokenizer"], cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
+    pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
     adapters.check_model(cfg, source, "cuda" if torch.cuda.is_available() else "cpu")
     eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
@@ -279,7 +279,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
         steps_per_epoch=per_epoch,
         total_steps=total_steps,
         record={"config": config_record(cfg), "derived": derived},
-        is_reference=identity == manifest.content["model"],
+        is_reference=manifest.content.scored_with(identity),
         started=started,
     )
 
@@ -373,6 +373,6 @@ def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:
     cache = open_cache(cfg.eval_cache)
     cache.lengths()  # every shard present and readable before --out is touched
     for part in ("model", "tokenizer"):
-        if cache.manifest.content[part] != manifest.content[part]:
+        if getattr(cache.manifest.content, part) != getattr(manifest.content, part):
             raise InputError(f"--eval-cache {cfg.eval_cache}: made with another {part} than --cache {cfg.cache}")
     return cache

@@ -87,3 +87,39 @@ def test_every_reader_refuses(cache):
     for read in (kto.formats.scan, open_cache):
         with pytest.raises(InputError, match=r"shards\[0\].name '../shard-00000.arrow' contains '..'"):
             read(cache)
+
+
+@pytest.mark.parametrize(("version", "advice"), [(S.FORMAT_VERSION - 1, "re-run kto-precompute with this kto"), (S.FORMAT_VERSION + 1, "use a newer kto")])
+def test_another_format_version_is_refused_naming_both(cache, version, advice):
+    """An older or a newer cache: one line that names its version and ours, checked before
+    anything else of the manifest is read (a newer kto may lay the rest out differently), and
+    every reader refuses it (they all read the manifest through read_manifest)."""
+    edit_manifest(cache, lambda m: m.update(format_version=version, content={"from": "the future"}))
+    assert refused(cache) == f"cache format version {version}, this kto reads format version {S.FORMAT_VERSION} only; {advice}"
+    with pytest.raises(InputError, match=f"cache format version {version}, this kto reads format version {S.FORMAT_VERSION}"):
+        kto.formats.scan(cache)
+
+
+def test_content_round_trips_byte_for_byte(cache):
+    """The typed content writes back exactly the JSON it was read from: manifest.json of an
+    existing cache is byte-identical after a read and a write, so its fingerprint is unchanged."""
+    from kto.formats.content import CacheContent
+
+    path = cache / S.MANIFEST_NAME
+    before = path.read_bytes()
+    manifest = read_manifest(cache)
+    assert isinstance(manifest.content, CacheContent) and manifest.content.split == "train"
+    path.unlink()
+    manifest.write(cache)
+    assert path.read_bytes() == before
+    raw = json.loads(before)["content"]
+    assert CacheContent.from_json(raw).to_json() == raw and manifest.fingerprint == json.loads(before)["fingerprint"]
+
+
+def test_content_keys_are_checked(cache):
+    """An unknown content key (a newer kto of the same version would write one only if it were
+    optional, so this is an edit or a bug) and a missing one are refused with one line."""
+    edit_manifest(cache, lambda m: m["content"].update(colour="blue"))
+    assert refused(cache) == "content has keys this kto does not know (colour); was the cache made by a newer kto?"
+    edit_manifest(cache, lambda m: (m["content"].pop("colour"), m["content"].pop("seed")))
+    assert refused(cache) == "content lacks seed"

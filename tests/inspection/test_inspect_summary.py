@@ -81,20 +81,19 @@ def test_cache_without_token_logps(tiny_cache, tmp_path):
     import dataclasses
     import shutil
 
-    from kto.formats.manifest import fingerprint_of
     from kto.formats.shards import FINGERPRINT_TAG, shard_metadata, write_shard
 
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
     manifest = read_manifest(cache)
-    content = {**manifest.content, "store_token_logps": False}
+    content = dataclasses.replace(manifest.content, store_token_logps=False)
     entries = []
     for entry in manifest.shards:
         path = cache / entry.name
         table = ipc.open_file(pa.memory_map(str(path))).read_all()
         for col in (S.REF_TOKEN_LOGPS, S.REF_KL_TOKEN_LOGPS):
             table = table.set_column(table.schema.get_field_index(col), col, pa.nulls(table.num_rows, pa.list_(pa.float32())))
-        tags = {**shard_metadata(path), FINGERPRINT_TAG: fingerprint_of(content)}  # as precompute tags its shards
+        tags = {**shard_metadata(path), FINGERPRINT_TAG: content.fingerprint}  # as precompute tags its shards
         entries.append(dataclasses.replace(entry, sha256=write_shard(path, table, tags)))
     dataclasses.replace(manifest, content=content, shards=entries).write(cache)
 

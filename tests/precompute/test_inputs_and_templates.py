@@ -72,9 +72,9 @@ def test_sharegpt_rows_with_template_file_and_kwargs(tmp_path, tiny_model_dir):
     assert first.endswith("<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n")
     assert tok.decode(by_id["sg.jsonl:1"]["completion_ids"]) == "Paris.<|im_end|>\n"
     content = read_manifest(out).content
-    assert content["chat_template_kwargs"] == {"think": False} and len(content["chat_template"]) == 64
+    assert content.chat_template_kwargs == {"think": False} and len(content.chat_template) == 64
     # kto-train checks --model against the model's own tokenizer, which the template did not change.
-    require_cache_tokenizer(load_tokenizer(ModelSource(tiny_model_dir)), content["tokenizer"], "m")
+    require_cache_tokenizer(load_tokenizer(ModelSource(tiny_model_dir)), content.tokenizer, "m")
     from kto.inspection.verify import verify
 
     assert all(r.ok for r in verify(out)), [r.problems for r in verify(out)]
@@ -99,7 +99,7 @@ def test_save_to_disk_copy_gives_the_same_numbers(tmp_path, tiny_model_dir, tiny
     assert [r["id"].split(":", 1)[1] for r in ours] == [r["id"].split(":", 1)[1] for r in files]
     for a, b in zip(ours, files):
         assert (a["prompt_ids"], a["completion_ids"], a["ref_logp"]) == (b["prompt_ids"], b["completion_ids"], b["ref_logp"])
-    assert read_manifest(out).content["inputs"][0]["name"] == "chat"
+    assert read_manifest(out).content.inputs[0]["name"] == "chat"
 
 
 def test_config_file_keys_are_flags_and_flags_win(tmp_path, tiny_model_dir):
@@ -111,8 +111,8 @@ def test_config_file_keys_are_flags_and_flags_win(tmp_path, tiny_model_dir):
     result = run("--config", str(cfg), "--seed", "2")
     assert result.exit_code == 0, result.output
     m = read_manifest(tmp_path / "c")
-    assert (m.content["seed"], m.content["max_length"], m.layout["rows_per_shard"]) == (2, 64, 8)
-    assert m.content["chat_template_kwargs"] == {"flag": 1}
+    assert (m.content.seed, m.content.max_length, m.layout["rows_per_shard"]) == (2, 64, 8)
+    assert m.content.chat_template_kwargs == {"flag": 1}
     toml = tmp_path / "p.toml"
     toml.write_text('max_length = "many"\n')
     bad = run("--config", str(toml), *precompute_args(data, tiny_model_dir, tmp_path / "d"))

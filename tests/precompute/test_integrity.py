@@ -147,7 +147,7 @@ def test_overwrite_of_a_finished_cache_keeps_a_users_folder_put_into_it(cache):
     message = one_line_error(run_cli(*args, "--seed", "1", "--overwrite"))
     assert "notes" in message
     assert (out / "notes" / "a.txt").read_text() == "x"
-    assert read_manifest(out).content["seed"] == 0  # nothing deleted either
+    assert read_manifest(out).content.seed == 0  # nothing deleted either
 
 
 def test_a_tokenizer_folder_the_cache_did_not_write_is_not_adopted(cache):
@@ -191,7 +191,7 @@ def test_input_hash_is_of_the_bytes_that_were_parsed(tmp_path, tiny_model_dir, m
     monkeypatch.setattr(pipeline, "tokenize_example", change_file_then_tokenize)
     out = tmp_path / "c"
     assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
-    assert read_manifest(out).content["inputs"] == [{"name": "chat.jsonl", "sha256": read_sha}]
+    assert read_manifest(out).content.inputs == ({"name": "chat.jsonl", "sha256": read_sha},)
 
 
 def test_resume_refuses_an_input_that_changed_since_the_interrupted_run(cache):

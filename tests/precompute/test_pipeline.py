@@ -64,7 +64,7 @@ def test_manifest_counts_and_polars(tiny_cache):
     df = pl.scan_ipc(str(tiny_cache / "*.arrow")).collect()
     assert df.height == 16 and df["label"].sum() == 8
     assert (tiny_cache / S.TOKENIZER_DIR / "tokenizer.json").is_file()
-    assert m.content["max_length"] == 64 and "num_processes" in m.layout
+    assert m.content.max_length == 64 and "num_processes" in m.layout
 
 
 def test_text_rows_decode_back_to_source(tmp_path, tiny_model_dir):
@@ -105,9 +105,9 @@ def test_different_configuration_is_refused_then_overwritten(tmp_path, tiny_mode
     assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
     refused = run_cli(*precompute_args(data, tiny_model_dir, out, "--seed", "1"))
     assert refused.exit_code == 2 and "--out" in refused.output and "--overwrite" in refused.output
-    assert read_manifest(out).content["seed"] == 0  # untouched
+    assert read_manifest(out).content.seed == 0  # untouched
     ok = run_cli(*precompute_args(data, tiny_model_dir, out, "--seed", "1", "--overwrite"))
-    assert ok.exit_code == 0 and read_manifest(out).content["seed"] == 1
+    assert ok.exit_code == 0 and read_manifest(out).content.seed == 1
 
 
 def test_eval_split_has_its_own_cache_and_pairs(tmp_path, tiny_model_dir):
@@ -119,7 +119,7 @@ def test_eval_split_has_its_own_cache_and_pairs(tmp_path, tiny_model_dir):
     eval_ids = {r["id"] for r in evals}
     assert not eval_ids & {r["id"] for r in train}
     assert all(r["kl_source_id"] in eval_ids for r in evals)
-    assert read_manifest(out / S.EVAL_DIR).content["split"] == "eval"
+    assert read_manifest(out / S.EVAL_DIR).content.split == "eval"
 
 
 def test_all_one_class_warns(tmp_path, tiny_model_dir):

@@ -209,7 +209,7 @@ def test_tokenizer_check_is_remembered_per_tokenizer_files(tiny_cache, tiny_mode
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
     (cache / models.TOKENIZER_CHECK_NAME).unlink(missing_ok=True)
-    identity = read_manifest(cache).content["tokenizer"]
+    identity = read_manifest(cache).content.tokenizer
     source = models.resolve_source(str(tiny_model_dir))
     pad_id, tok = models.check_cache_tokenizer(source, identity, "m", cache)  # loaded, compared, recorded
     assert tok is not None and pad_id == tok.pad_token_id
