@@ -17,12 +17,31 @@ row's is row 0's), so that kto-train can put a row and its partner in the same s
 | ref_kl_logp         | float64       | Σ log πref(y'_t | x, y'_<t) over kl_completion_ids           |
 | ref_kl_token_logps  | list<float32> | per-token terms (null when not stored)                      |
 | truncated           | bool          | prompt or completion was cut to fit the length limits       |
+
+When FORMAT_VERSION must change: when a cache written after a change would be refused or read
+wrongly by the kto before it, or a cache written before would be read wrongly after it. That is:
+- the shard schema: a column added, removed, renamed or retyped, or what a column or the order
+  of rows means;
+- manifest.json: a key readers need (in `counts`, the shard entries, `layout` keys training reads,
+  or a `content` key every cache must carry) added, removed or changed in meaning. `Counts` and
+  `CacheContent` refuse keys they do not know, so a new one there is a new version;
+- what a stored number means (which positions a log-prob sums, its precision) when nothing in
+  `content` records it. A rule that `content` does record (`truncation`, `dtype`, …) changes the
+  fingerprint instead: precompute then refuses to resume the old cache, and it stays readable.
+Not a new version: an optional `content` key written only when set (content.py), an `info`
+entry, a `layout` entry only precompute reads, a new file beside the shards.
+
+Every reader refuses another version, older or newer, with one line naming both
+(manifest.read_manifest, before anything else is read). There is no migration: re-run
+kto-precompute.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
+# When it must change: see the module docstring. History:
+# 1: the first format.
 # 2: rows stored in KL-cycle order (row k's partner is normally row k+1, the last row's row 0) and
 #    prompts cut only when a row's longer sequence does not fit. Version-1 caches are refused.
 FORMAT_VERSION = 2
