@@ -138,7 +138,7 @@ def _vocab_size(tok_dir: Path, key: tuple) -> int:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{path}: unreadable tokenizer file ({type(exc).__name__}: {exc})") from None
     # A slow-only tokenizer: ask transformers (imported here only, never by formats/ at import).
-    from .models import ModelSource, load_tokenizer
+    from .compute.models import ModelSource, load_tokenizer
 
     return len(load_tokenizer(ModelSource(tok_dir), flag="tokenizer"))
 

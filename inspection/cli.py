@@ -19,8 +19,8 @@ from pathlib import Path
 
 import click
 
+from kto.formats.compute.numerics import NAMES as NUMERICS
 from kto.formats.errors import InputError, one_line_errors
-from kto.formats.numerics import NAMES as NUMERICS
 
 P = click.Path(path_type=Path)
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}

@@ -170,7 +170,7 @@ def _check(lf, flag: str, text: str) -> None:
 
 
 def load_cache_tokenizer(cache_dir: str | Path):
-    from kto.formats.models import ModelSource, load_tokenizer
+    from kto.formats.compute.models import ModelSource, load_tokenizer
 
     tok_dir = Path(cache_dir) / S.TOKENIZER_DIR
     if not tok_dir.is_dir():

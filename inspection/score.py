@@ -2,7 +2,7 @@
 
     reward = β · (log πθ(y|x) − log πref(y|x))
 
-log πθ comes from `kto.formats.scoring.score_sequences`, the same batching and log-prob
+log πθ comes from `kto.formats.compute.scoring.score_sequences`, the same batching and log-prob
 definition (`CompletionLogps`) that kto-precompute used for the cached log πref, so a policy
 equal to the reference scores reward 0 up to rounding. The output is a Parquet file keyed by
 `id`, joinable with `kto.formats.scan(cache)`; it is written atomically, never into the cache
@@ -40,7 +40,7 @@ def _check_flags(beta: float, batch_tokens: int, chunk_size: int, dtype: str, ou
     for flag, value in (("--batch-tokens", batch_tokens), ("--chunk-size", chunk_size)):
         if value <= 0:
             raise InputError(f"{flag} {value}: must be positive")
-    from kto.formats.numerics import NAMES
+    from kto.formats.compute.numerics import NAMES
 
     if dtype not in NAMES:
         raise InputError(f"--dtype {dtype}: choose one of {', '.join(NAMES)}")
@@ -86,8 +86,8 @@ def score_cache(
     import pyarrow.parquet as pq
     import torch
 
-    from kto.formats.logprob import CompletionLogps
-    from kto.formats.models import (
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.compute.models import (
         ModelSource,
         load_causal_lm,
         load_completion_logps,
@@ -96,8 +96,8 @@ def score_cache(
         require_cache_tokenizer,
         resolve_source,
     )
-    from kto.formats.numerics import parse_numerics
-    from kto.formats.scoring import score_sequences
+    from kto.formats.compute.numerics import parse_numerics
+    from kto.formats.compute.scoring import score_sequences
 
     cache_dir, out = Path(cache_dir), Path(out)
     if beta is None:

@@ -20,10 +20,10 @@ import pyarrow as pa
 
 from kto.formats import schema as S
 from kto.formats.atomic import is_temp_name, remove_stale_temps
+from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError
 from kto.formats.lock import LOCK_NAME
 from kto.formats.manifest import CacheContent
-from kto.formats.models import TOKENIZER_CHECK_NAME
 from kto.formats.shards import VERIFIED_NAME
 
 from .journal import JOURNAL_DIR, Journal

@@ -27,15 +27,15 @@ import torch
 
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_dir
+from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
+from kto.formats.compute.numerics import Numerics, parse_numerics
+from kto.formats.compute.scoring import plan_scoring, score_sequences
 from kto.formats.errors import InputError, log
 from kto.formats.examples import iter_examples
 from kto.formats.hub import input_identity
 from kto.formats.lock import locked_dir
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
-from kto.formats.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
-from kto.formats.numerics import Numerics, parse_numerics
-from kto.formats.scoring import plan_scoring, score_sequences
 from kto.formats.shards import sha256_file, shard_tags
 
 from .config import PrecomputeConfig

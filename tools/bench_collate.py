@@ -39,9 +39,9 @@ import _bench_common as C  # noqa: E402
 
 from kto.formats import schema as S  # noqa: E402
 from kto.formats.cache import ShardedCache, open_cache  # noqa: E402
-from kto.formats.logprob import TokenBatch  # noqa: E402
+from kto.formats.compute.logprob import TokenBatch  # noqa: E402
+from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity  # noqa: E402
 from kto.formats.manifest import Counts, Manifest, ShardEntry  # noqa: E402
-from kto.formats.models import load_tokenizer, resolve_source, tokenizer_identity  # noqa: E402
 from kto.formats.shards import write_shard  # noqa: E402
 from kto.precompute.output import shard_table  # noqa: E402
 from kto.train.data import BatchShape, KTOBatch, collate, epoch_plan  # noqa: E402

@@ -1,9 +1,9 @@
 """Reference scoring throughput: kto's chunked log-prob path vs the naive full-vocab path (issue 2).
 
 Both paths score the same sequences in the same token-budget batches
-(`kto.formats.batching.token_budget_batches`) with the same random-init model:
+(`kto.formats.compute.token_budget.token_budget_batches`) with the same random-init model:
 
-  (a) kto:   `kto.formats.scoring.score_sequences` with `kto.formats.logprob.CompletionLogps`:
+  (a) kto:   `kto.formats.compute.scoring.score_sequences` with `kto.formats.compute.logprob.CompletionLogps`:
              decoder forward, then the LM head only at completion positions, chunked, fp32
              logsumexp (no batch × length × vocab tensor);
   (b) naive: the HF model's full-vocab logits, `.float()`, log_softmax over the vocabulary, gather
@@ -33,10 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C  # noqa: E402
 
-from kto.formats.batching import padding_fraction, token_budget_batches  # noqa: E402
-from kto.formats.logprob import CompletionLogps, make_token_batch  # noqa: E402
-from kto.formats.numerics import Numerics, parse_numerics  # noqa: E402
-from kto.formats.scoring import score_sequences  # noqa: E402
+from kto.formats.compute.logprob import CompletionLogps, make_token_batch  # noqa: E402
+from kto.formats.compute.numerics import Numerics, parse_numerics  # noqa: E402
+from kto.formats.compute.scoring import score_sequences  # noqa: E402
+from kto.formats.compute.token_budget import padding_fraction, token_budget_batches  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--numerics",
         default="bf16" if cuda else "fp32",
-        help="kto.formats.numerics name: bf16 (the issue's baseline), amp-bf16 (kto-precompute's CUDA default), fp32",
+        help="kto.formats.compute.numerics name: bf16 (the issue's baseline), amp-bf16 (kto-precompute's CUDA default), fp32",
     )
     p.add_argument("--paths", default="kto,naive", help="comma list of kto, naive")
     p.add_argument("--repeats", type=int, default=1 if cuda else 2, help="passes per path, taking turns; the fastest is kept")

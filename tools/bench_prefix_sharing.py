@@ -1,7 +1,7 @@
 """Prefix-shared vs plain reference scoring (issue 13), side by side in one process.
 
 Both layouts score the same sequences with the same model through
-`kto.formats.scoring.score_sequences` (share_prefixes=True / False), taking turns, `--repeats`
+`kto.formats.compute.scoring.score_sequences` (share_prefixes=True / False), taking turns, `--repeats`
 times; the fastest pass of each is kept and the median is printed too (on a shared machine
 other processes only ever slow a pass down). Per layout: real tokens/s (the tokens the
 sequences represent, prompt counted once per sequence, over wall time), tokens computed, peak
@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C  # noqa: E402
 
-from kto.formats.logprob import CompletionLogps  # noqa: E402
-from kto.formats.numerics import Numerics, parse_numerics  # noqa: E402
-from kto.formats.scoring import plan_scoring, score_sequences  # noqa: E402
+from kto.formats.compute.logprob import CompletionLogps  # noqa: E402
+from kto.formats.compute.numerics import Numerics, parse_numerics  # noqa: E402
+from kto.formats.compute.scoring import plan_scoring, score_sequences  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length
 
 def feedback_sequences(model_dir: Path, max_length: int = 256):
     """examples/feedback.jsonl with SmolLM2's chat template (the quickstart's --max-length 256)."""
-    from kto.formats.models import load_tokenizer, resolve_source
+    from kto.formats.compute.models import load_tokenizer, resolve_source
 
     tok = load_tokenizer(resolve_source(str(model_dir)))
     return pipeline_sequences(REPO / "examples" / "feedback.jsonl", tok, max_length, max_length // 2), tok.pad_token_id
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         if mix == "feedback":
             if args.model is None:
                 sys.exit("--model: a HF dir of SmolLM2-135M-Instruct (python examples/smollm2_to_hf.py DIR) for mix feedback")
-            from kto.formats.models import load_causal_lm, resolve_source
+            from kto.formats.compute.models import load_causal_lm, resolve_source
 
             sequences, pad_id = feedback_sequences(Path(args.model))
             lm = load_causal_lm(resolve_source(args.model), dtype=numerics.weights, attn_implementation="sdpa").to(device).eval()

@@ -9,7 +9,7 @@
 
 Both variants call the package's real functions with the same batch, precision and optimizer;
 only a small stand-in replaces the accelerate.Accelerator (one process, no DDP), and a wrapper
-running `kto.formats.numerics.Numerics.context` plays the part of accelerate's mixed precision.
+running `kto.formats.compute.numerics.Numerics.context` plays the part of accelerate's mixed precision.
 Printed per variant: median step time after warmup, peak memory (weights + gradients + AdamW
 state + activations), and the ratios policy-only / resident (the FLOP floor is 5/7 with
 gradient checkpointing: policy forward + recompute + backward + KL forward = 2+2+4+2 = 10 vs 14
@@ -39,8 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C  # noqa: E402
 
-from kto.formats.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
-from kto.formats.numerics import Numerics, parse_numerics  # noqa: E402
+from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
+from kto.formats.compute.numerics import Numerics, parse_numerics  # noqa: E402
 from kto.train.data import KTOBatch  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.optim import build_optimizer, build_scheduler  # noqa: E402
@@ -82,7 +82,7 @@ class WithNumerics(torch.nn.Module):
 
 def precision_numerics(precision: str, device) -> Numerics:
     """bf16 (pure bf16 weights), amp-bf16 (fp32 weights under bf16 autocast: kto-train's CUDA
-    default; `fp32-autocast-bf16` is an alias) or fp32, in kto.formats.numerics' names."""
+    default; `fp32-autocast-bf16` is an alias) or fp32, in kto.formats.compute.numerics' names."""
     return parse_numerics(ALIASES.get(precision, precision), device)
 
 

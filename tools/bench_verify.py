@@ -90,8 +90,8 @@ print(json.dumps({"seconds": seconds, "tokenizer_seconds": tokenizer_seconds, "t
 def write_cache(out: Path, rows: int, seed: int = 0) -> Path:
     """A finished cache of `rows` rows: shards, manifest and tokenizer/, made without a model."""
     from kto.formats import schema as S
+    from kto.formats.compute.models import ModelSource, load_tokenizer, tokenizer_identity
     from kto.formats.manifest import Counts, Manifest, ShardEntry
-    from kto.formats.models import ModelSource, load_tokenizer, tokenizer_identity
     from kto.formats.shards import FINGERPRINT_TAG, write_shard
 
     if (out / S.MANIFEST_NAME).is_file():

@@ -4,7 +4,7 @@ Needs only torch, transformers, accelerate, pyarrow, safetensors, click and toke
 peft for the LoRA section (a pure-Python wheel: carry it; no polars, no flash-attn, no network); nothing is downloaded: the model is a random-init Llama of
 the chosen shape, the tokenizer is built from scratch with `tokenizers`, the data is generated.
 
-  (a) correctness: chunked `kto.formats.token_logps.token_logps` vs the naive fp32 log_softmax,
+  (a) correctness: chunked `kto.formats.compute.token_logps.token_logps` vs the naive fp32 log_softmax,
       bf16 and fp32, values and gradients, relative errors (and both vs a float64 truth);
   (b) kto-precompute end to end through `kto.precompute.pipeline.run_precompute` on a realistic
       length mix (32–max_len tokens, 2 × rows sequences): real tokens/s of the scoring phase
@@ -53,16 +53,16 @@ import bench_train_step  # noqa: E402
 
 import kto.precompute.pipeline as pipeline  # noqa: E402
 import kto.train.setup as train_setup  # noqa: E402
-from kto.formats.batching import token_budget_batches  # noqa: E402
 from kto.formats.cache import open_cache  # noqa: E402
-from kto.formats.models import (  # noqa: E402
+from kto.formats.compute.models import (  # noqa: E402
     load_tokenizer,
     model_identity,
     require_cache_tokenizer,  # noqa: E402
     resolve_source,
 )
-from kto.formats.numerics import parse_numerics  # noqa: E402
-from kto.formats.token_logps import token_logps  # noqa: E402
+from kto.formats.compute.numerics import parse_numerics  # noqa: E402
+from kto.formats.compute.token_budget import token_budget_batches  # noqa: E402
+from kto.formats.compute.token_logps import token_logps  # noqa: E402
 from kto.precompute.config import PrecomputeConfig  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
 from kto.train.data import BatchShape, collate, epoch_plan  # noqa: E402

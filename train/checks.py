@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kto.formats.logprob import split_rows
+from kto.formats.compute.logprob import split_rows
 
 from .data import KTOBatch
 

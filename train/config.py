@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kto.formats import config_file
+from kto.formats.compute.numerics import WEIGHT_DTYPES
 from kto.formats.errors import InputError
-from kto.formats.numerics import WEIGHT_DTYPES
 
 from .adapters import check_adapter_flags
 from .loss import LossType

@@ -30,7 +30,7 @@ import torch
 
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache
-from kto.formats.logprob import TokenBatch, make_token_batch
+from kto.formats.compute.logprob import TokenBatch, make_token_batch
 
 
 

@@ -7,8 +7,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log
-from kto.formats.numerics import train_numerics
 
 from . import adapters, sharding
 from .checkpoint import Position, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir

@@ -13,10 +13,8 @@ import numpy as np
 import torch
 
 from kto.formats.cache import ShardedCache, open_cache
-from kto.formats.errors import InputError, log
-from kto.formats.logprob import CompletionLogps
-from kto.formats.memory import MemoryMeter
-from kto.formats.models import (
+from kto.formats.compute.logprob import CompletionLogps
+from kto.formats.compute.models import (
     ModelSource,
     check_cache_tokenizer,
     load_causal_lm,
@@ -25,7 +23,9 @@ from kto.formats.models import (
     model_identity,
     resolve_source,
 )
-from kto.formats.numerics import torch_dtype
+from kto.formats.compute.numerics import torch_dtype
+from kto.formats.errors import InputError, log
+from kto.formats.memory import MemoryMeter
 
 from . import adapters, sharding
 from .checkpoint import Position, load_training_state
@@ -76,7 +76,7 @@ class Run:
     @property
     def tokenizer(self):
         """Loaded on first use (saving a checkpoint) when start-up did not need it: a second run
-        on a cache remembers the tokenizer check and the pad id (formats.models.check_cache_tokenizer)."""
+        on a cache remembers the tokenizer check and the pad id (formats.compute.models.check_cache_tokenizer)."""
         if self.loaded_tokenizer is None:
             self.loaded_tokenizer = load_tokenizer(self.tokenizer_source, trust_remote_code=self.cfg.trust_remote_code)
         return self.loaded_tokenizer

@@ -7,7 +7,7 @@ by `--fsdp` (which is how `torchrun` gets it). accelerate's own FSDP2 code does 
 know FSDP2's DTensors. Nothing here shards anything by hand.
 
 The chunked LM head. `CompletionLogps.forward` reads `lm_head.weight` itself (it applies the head
-only at completion positions, `formats/logprob.py`) instead of calling the head module. Under
+only at completion positions, `formats/compute/logprob.py`) instead of calling the head module. Under
 FSDP2 a parameter is a full tensor only while the FSDP unit that owns it runs its forward. The
 head is not a decoder layer, so it belongs to the *root* unit, and the root is `CompletionLogps`:
 its pre-forward hook all-gathers the head's weight (and the embeddings and final norm) before the

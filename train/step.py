@@ -32,8 +32,8 @@ from typing import NamedTuple, TypeVar
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from kto.formats.compute.logprob import sequence_sums
 from kto.formats.errors import InputError
-from kto.formats.logprob import sequence_sums
 
 from .data import KTOBatch
 from .loss import KLEstimate, KTOLossOutput, LossType, kl_estimate, kto_loss

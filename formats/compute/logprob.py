@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError
-from .ragged import Ragged, packed
+from ..errors import InputError
+from ..ragged import Ragged, packed
 from .token_logps import token_logps
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .shards import sha256_file
+from ..errors import InputError
+from ..shards import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -266,7 +266,7 @@ def check_cache_tokenizer(
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     require_cache_tokenizer(tokenizer, cache_identity, model_flag)
     if digest is not None:
-        from .atomic import write_json_atomic
+        from ..atomic import write_json_atomic
 
         try:
             write_json_atomic(path, {**record, key: {"pad_token_id": tokenizer.pad_token_id}})

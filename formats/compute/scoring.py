@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .batching import token_budget_batches
 from .logprob import CompletionLogps, make_token_batch, segment_sums, sequence_sums
 from .shared_prefix import Pack, make_packed_batch, plan_packs
+from .token_budget import token_budget_batches
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 import torch
 
-from kto.formats.numerics import Numerics, parse_numerics, train_numerics
+from kto.formats.compute.numerics import Numerics, parse_numerics, train_numerics
 
 
 def test_equal_names_mean_equal_numerics():

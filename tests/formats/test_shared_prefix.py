@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from kto.formats.logprob import CompletionLogps
-from kto.formats.scoring import plan_scoring, score_sequences
-from kto.formats.shared_prefix import group_by_prompt, make_packed_batch, plan_packs, worth_packing
+from kto.formats.compute.logprob import CompletionLogps
+from kto.formats.compute.scoring import plan_scoring, score_sequences
+from kto.formats.compute.shared_prefix import group_by_prompt, make_packed_batch, plan_packs, worth_packing
 
 
 def test_packed_batch_by_hand():

@@ -67,7 +67,7 @@ def test_tampered_shard_is_refused(tiny_cache, tiny_model_dir, tmp_path):
 
 
 def test_dtype_choices_follow_formats_numerics():
-    from kto.formats.numerics import NAMES
+    from kto.formats.compute.numerics import NAMES
     from kto.inspection.cli import NUMERICS
 
     assert NUMERICS == NAMES

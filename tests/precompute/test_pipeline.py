@@ -237,7 +237,7 @@ def test_model_identity_tells_two_checkpoints_of_one_architecture_apart(tmp_path
     """Same config and safetensors header, different weights: a fine-tune is not the reference."""
     from conftest import make_tiny_llama
 
-    from kto.formats.models import model_identity, resolve_source
+    from kto.formats.compute.models import model_identity, resolve_source
 
     other = make_tiny_llama(tmp_path / "other", tokenizer_dir, seed=5)
     a, b = model_identity(resolve_source(str(tiny_model_dir))), model_identity(resolve_source(str(other)))

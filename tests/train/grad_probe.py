@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from kto.formats.cache import open_cache
-from kto.formats.logprob import CompletionLogps
-from kto.formats.models import load_tokenizer, resolve_source
+from kto.formats.compute.logprob import CompletionLogps
+from kto.formats.compute.models import load_tokenizer, resolve_source
 from kto.train import adapters, sharding
 from kto.train.config import TrainConfig
 from kto.train.data import BatchShape, collate, epoch_plan

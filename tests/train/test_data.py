@@ -161,7 +161,7 @@ def test_ragged_take_many_and_nulls():
 
 
 def test_make_token_batch_from_lists_and_ragged_agree():
-    from kto.formats.logprob import make_token_batch
+    from kto.formats.compute.logprob import make_token_batch
     from kto.formats.ragged import Ragged
 
     prompts, completions = [[5, 6], [7], [8, 9, 10]], [[1], [2, 3, 4], []]
@@ -202,7 +202,7 @@ def test_prefetcher_makes_each_key_once_in_order_and_reraises():
 def test_tokenizer_check_is_remembered_per_tokenizer_files(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
-    import kto.formats.models as models
+    import kto.formats.compute.models as models
     from kto.formats.errors import InputError
     from kto.formats.manifest import read_manifest
 

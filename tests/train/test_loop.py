@@ -264,8 +264,8 @@ def test_without_dropout_a_training_forward_equals_an_evaluation_one(tiny_model_
     a model built with attention dropout computes the same log-probs in train() and eval()."""
     from conftest import make_tiny_llama
 
-    from kto.formats.logprob import CompletionLogps
-    from kto.formats.models import load_causal_lm, resolve_source
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.compute.models import load_causal_lm, resolve_source
     from kto.train.setup import disable_dropout
 
     lm = load_causal_lm(resolve_source(str(make_tiny_llama(tmp_path / "m", tokenizer_dir, attention_dropout=0.5))), dtype=torch.float32)

@@ -130,8 +130,8 @@ def test_a_step_makes_one_reduction_before_its_micro_batches(tiny_cache, tiny_mo
     import numpy as np
 
     from kto.formats.cache import open_cache
-    from kto.formats.logprob import CompletionLogps
-    from kto.formats.models import load_causal_lm, resolve_source
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.compute.models import load_causal_lm, resolve_source
     from kto.train.data import collate
     from kto.train.loss import LossType
     from kto.train.step import LossSettings, StepStats, forward_backward
