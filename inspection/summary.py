@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kto.formats import schema as S
+from kto.formats.cache import open_cache
 from kto.formats.errors import InputError
-from kto.formats.manifest import read_manifest
 from kto.formats.scanning import scan
 
 from .text import table
@@ -46,7 +46,7 @@ def summarize(cache_dir: str | Path) -> dict:
 
     cache_dir = Path(cache_dir)
     lf = scan(cache_dir)  # raises InputError for a missing dir / manifest / shard
-    manifest = read_manifest(cache_dir)
+    manifest = open_cache(cache_dir).manifest
     lens = {name: pl.col(col).list.len() for name, col in LENGTHS.items()}
     max_length = manifest.content.max_length
     max_prompt = manifest.content.max_prompt_length

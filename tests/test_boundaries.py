@@ -1,5 +1,7 @@
 """Who may import whom (shared/ARCHITECTURE.md): formats/ is the contract; precompute/ and train/
-depend on it and never on each other; formats/ imports none of the commands.
+depend on it and never on each other; formats/ imports none of the commands; the on-disk part
+of formats/ (all but formats/compute/) imports neither torch nor transformers; training and
+kto-inspect open shards only through formats/cache.py.
 
 The package is walked with pkgutil, so a new module is checked without anyone adding it to a list.
 Imports are read from the source (ast), including those inside functions, so a lazy import that
@@ -10,7 +12,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +78,51 @@ def test_the_checker_sees_a_crossing(tmp_path):
     src = tmp_path / "mod.py"
     src.write_text("def f():\n    from ..train import loop\n    import kto.precompute.cli\n")
     assert {"kto.train", "kto.precompute.cli"} <= imported_names("kto.inspection.mod", src)
+
+
+# The on-disk contract (formats/ outside formats/compute/) must load without torch or
+# transformers: kto-inspect's readers, kto.formats.scan and the cache reader start fast and work
+# without a GPU stack. The rule is the folder, not a list: formats/compute/ holds the code that
+# produces the numbers (formats/compute/__init__.py), everything else in formats/ is on-disk.
+HEAVY = ("torch", "transformers")
+ON_DISK = [name for pkg, name, _ in ALL if pkg == "kto.formats" and not (name == "kto.formats.compute" or name.startswith("kto.formats.compute."))]
+
+
+def heavy_imports(module: str) -> list[str]:
+    """The heavy packages importing `module` pulls in, in a fresh interpreter."""
+    code = (
+        f"import sys, json, importlib; importlib.import_module({module!r}); print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_on_disk_modules_are_the_ones_outside_compute():
+    """The rule picks what it should: the cache reader and the manifest are in, scoring is out."""
+    assert {"kto.formats.cache", "kto.formats.manifest", "kto.formats.content", "kto.formats.shards", "kto.formats.schema"} <= set(ON_DISK)
+    assert not any("compute" in name for name in ON_DISK)
+    assert "kto.formats.compute.scoring" in {name for _, name, _ in ALL}
+
+
+@pytest.mark.parametrize("module", ON_DISK)
+def test_on_disk_modules_import_neither_torch_nor_transformers(module):
+    assert heavy_imports(module) == [], (
+        f"importing {module} imports {heavy_imports(module)}; the on-disk contract must not (move torch code to formats/compute/)"
+    )
+
+
+def test_the_torch_check_can_fail():
+    """The property can fail: a compute module does import torch."""
+    assert "torch" in heavy_imports("kto.formats.compute.logprob")
+
+
+# Shards are opened by formats/cache.py only (sha256, schema and row checks in one place): no
+# reader of a cache outside formats/ maps or opens an Arrow IPC file itself.
+READERS = [(name, path) for pkg, name, path in ALL if pkg in ("kto.train", "kto.inspection")]
+
+
+@pytest.mark.parametrize(("module", "path"), READERS, ids=[m for m, _ in READERS])
+def test_readers_open_shards_through_formats_cache(module, path):
+    source = path.read_text()
+    for call in ("memory_map(", "ipc.open_file(", "ipc.open_stream(", "read_manifest(", "scan_ipc("):
+        assert call not in source, f"{module} calls {call}...): open the cache with kto.formats.cache.open_cache"
