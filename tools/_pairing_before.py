@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from kto.train.data import BatchShape, steps_per_epoch
+from kto.train.data import MicroBatchShape, steps_per_epoch
 
 
-def legacy_plan(lengths: np.ndarray, shape: BatchShape, seed: int, epoch: int) -> np.ndarray:
+def legacy_plan(lengths: np.ndarray, shape: MicroBatchShape, seed: int, epoch: int) -> np.ndarray:
     """[steps, world, accum, batch] row indices, -1 = filler, as train/data.py epoch_plan was."""
     n, G = len(lengths), shape.rows_per_step
     steps = steps_per_epoch(n, shape)

@@ -13,7 +13,7 @@ check: the model is not "the reference").
 
 - `collate`: the same micro-batches of an epoch plan through `old_collate` (the pre-zero-copy
   code, kept verbatim below: `to_pylist`, then Python lists into tensors) and
-  `kto.train.data.collate`, interleaved, every batch checked equal; median time per micro-batch.
+  `kto.train.data.collate_micro_batch`, interleaved, every batch checked equal; median time per micro-batch.
 - `rss`: one `kto-train` process per cache size (tiny model, a few steps): peak anonymous and
   file-backed resident memory, sampled every 50 ms from /proc (file pages are the memory-mapped
   shards and weights: page cache the kernel may drop), and its peak RSS (ru_maxrss, wait4).
@@ -44,7 +44,7 @@ from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer
 from kto.formats.manifest import Counts, Manifest, ShardEntry  # noqa: E402
 from kto.formats.shards import write_shard  # noqa: E402
 from kto.precompute.output import shard_table  # noqa: E402
-from kto.train.data import BatchShape, KTOBatch, collate, epoch_plan  # noqa: E402
+from kto.train.data import KTOMicroBatch, MicroBatchShape, collate_micro_batch, epoch_plan  # noqa: E402
 
 # --- the old path, verbatim (before zero-copy batches) ---------------------------------------
 
@@ -76,12 +76,12 @@ def old_make_token_batch(prompts, completions, pad_id: int) -> TokenBatch:
     return TokenBatch(ids, attn, score)
 
 
-def old_collate(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_token_logps: bool = False) -> KTOBatch:
+def old_collate(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_token_logps: bool = False) -> KTOMicroBatch:
     valid = indices >= 0
     real = indices[valid]
     fill = int(real[0]) if len(real) else 0
     rows = old_rows(cache, [int(i) if i >= 0 else fill for i in indices])
-    return KTOBatch(
+    return KTOMicroBatch(
         policy=old_make_token_batch(rows[S.PROMPT_IDS], rows[S.COMPLETION_IDS], pad_id),
         kl=old_make_token_batch(rows[S.PROMPT_IDS], rows[S.KL_COMPLETION_IDS], pad_id),
         ref_logp=torch.tensor(rows[S.REF_LOGP], dtype=torch.float64),
@@ -92,7 +92,7 @@ def old_collate(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_toke
     )
 
 
-def batches_equal(a: KTOBatch, b: KTOBatch) -> bool:
+def batches_equal(a: KTOMicroBatch, b: KTOMicroBatch) -> bool:
     tensors = lambda x: [
         x.policy.input_ids,
         x.policy.attention_mask,
@@ -174,12 +174,12 @@ def tiny_model(work: Path) -> Path:
 
 def bench_collate(cache_dir: Path, batch_size: int, batches: int, repeats: int) -> dict:
     cache = open_cache(cache_dir)
-    plan = epoch_plan(cache.lengths(), BatchShape(batch_size, 1, 1), seed=0, epoch=0).reshape(-1, batch_size)
+    plan = epoch_plan(cache.lengths(), MicroBatchShape(batch_size, 1, 1), seed=0, epoch=0).reshape(-1, batch_size)
     picks = plan[np.linspace(0, len(plan) - 1, batches).astype(int)]
     for k in range(len(cache.manifest.shards)):
         cache.table(k)  # verify every shard up front: hashing is not collation
     times = {"old": [], "new": []}
-    paths = {"old": old_collate, "new": collate}
+    paths = {"old": old_collate, "new": collate_micro_batch}
     for _ in range(repeats):
         for idx in picks:
             made = {}

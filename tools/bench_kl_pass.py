@@ -40,13 +40,13 @@ from kto.formats.logprob import CompletionLogps, make_token_batch, sequence_sums
 from kto.precompute.pairing import kl_partners  # noqa: E402
 from kto.precompute.pipeline import split_eval  # noqa: E402
 from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example  # noqa: E402
-from kto.train.data import BatchShape, KTOBatch, epoch_plan  # noqa: E402
+from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.setup import disable_dropout  # noqa: E402
 from kto.train.step import LossSettings, kl_local_sums, policy_pass  # noqa: E402
 from kto.train.step import kl_groups as groups_of  # noqa: E402
 
-MAX_LENGTH, SHAPE = 256, BatchShape(4, 2, 1)
+MAX_LENGTH, SHAPE = 256, MicroBatchShape(4, 2, 1)
 
 
 def rows_and_pairs(tok, variant: str):
@@ -71,7 +71,7 @@ def rows_and_pairs(tok, variant: str):
     return stored, plan
 
 
-def batches_of(stored, slots, pad_id) -> list[KTOBatch]:
+def batches_of(stored, slots, pad_id) -> list[KTOMicroBatch]:
     out = []
     for s in slots:
         valid = s >= 0
@@ -79,7 +79,7 @@ def batches_of(stored, slots, pad_id) -> list[KTOBatch]:
         rows = [stored[i] for i in idx]
         zeros = torch.zeros(len(idx), dtype=torch.float64)
         out.append(
-            KTOBatch(
+            KTOMicroBatch(
                 make_token_batch([r[0] for r in rows], [r[1] for r in rows], pad_id),
                 make_token_batch([r[0] for r in rows], [r[2] for r in rows], pad_id),
                 zeros,

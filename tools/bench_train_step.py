@@ -41,7 +41,7 @@ import _bench_common as C  # noqa: E402
 
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
 from kto.formats.compute.numerics import Numerics, parse_numerics  # noqa: E402
-from kto.train.data import KTOBatch  # noqa: E402
+from kto.train.data import KTOMicroBatch  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.optim import build_optimizer, build_scheduler  # noqa: E402
 from kto.train.setup import disable_dropout  # noqa: E402
@@ -125,7 +125,7 @@ class AdaptersDisabled(torch.nn.Module):
             return self.scorer(*args)
 
 
-def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> KTOBatch:
+def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> KTOMicroBatch:
     """B rows of exactly seq_len tokens (prompt = seq_len // 4), half desirable; each row's KL
     sequence is its prompt with the next row's completion. Reference sums are zeros here and
     filled by `with_reference_logps`."""
@@ -135,7 +135,7 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 
     completions = [torch.randint(C.FIRST_WORD_ID, vocab_size, (seq_len - n_prompt,), generator=g).tolist() for _ in range(batch_size)]
     kl = completions[1:] + completions[:1]
     zeros = torch.zeros(batch_size, dtype=torch.float64)
-    return KTOBatch(
+    return KTOMicroBatch(
         policy=make_token_batch(prompts, completions, C.PAD_ID),
         kl=make_token_batch(prompts, kl, C.PAD_ID),
         ref_logp=zeros,
@@ -145,7 +145,7 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 
     )
 
 
-def with_reference_logps(scorer, batch: KTOBatch) -> KTOBatch:
+def with_reference_logps(scorer, batch: KTOMicroBatch) -> KTOMicroBatch:
     """The batch with ref_logp / ref_kl_logp computed by `scorer` under no_grad (the resident
     reference's per-step work; kto-precompute does the same once and caches it)."""
     with torch.no_grad():
@@ -154,7 +154,7 @@ def with_reference_logps(scorer, batch: KTOBatch) -> KTOBatch:
     return dataclasses.replace(batch, ref_logp=ref, ref_kl_logp=ref_kl)
 
 
-def train_step(model, batch: KTOBatch, optimizer, scheduler, ref_scorer=None) -> None:
+def train_step(model, batch: KTOMicroBatch, optimizer, scheduler, ref_scorer=None) -> None:
     """One optimizer step of kto-train (`ref_scorer` None) or of a resident-reference trainer."""
     acc = OneProcess()
     if ref_scorer is not None:

@@ -19,7 +19,7 @@ the chosen shape, the tokenizer is built from scratch with `tokenizers`, the dat
   (d) time to first step of a training run on the existing cache: the data path (manifest +
       open_cache + lengths() + epoch plan + first collate, tokenizer check, model identity),
       as a first run (shard sha256 verified) and a second one; then kto-train's own
-      `setup()` + first `step_batches()`, with the model load (`load_policy`) reported apart.
+      `setup()` + first `step_micro_batches()`, with the model load (`load_policy`) reported apart.
   (e) prefix-shared vs plain reference scoring (issue 13, tools/bench_prefix_sharing.py) on a
       paired mix (long shared prompts) and the synthetic mix (short prompts): ratio of real
       tokens/s and of peak memory, largest per-token difference.
@@ -65,8 +65,8 @@ from kto.formats.compute.token_budget import token_budget_batches  # noqa: E402
 from kto.formats.compute.token_logps import token_logps  # noqa: E402
 from kto.precompute.config import PrecomputeConfig  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
-from kto.train.data import BatchShape, collate, epoch_plan  # noqa: E402
-from kto.train.loop import step_batches  # noqa: E402
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan  # noqa: E402
+from kto.train.loop import step_micro_batches  # noqa: E402
 from kto.train.rundir import lock_run_dir  # noqa: E402
 
 # Figures to beat, from issue 5 (H200, random-init Llama-3.2-1B shape, bf16, SDPA).
@@ -306,7 +306,7 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     data path (the issue's list): manifest + open_cache, tokenizer check, model identity,
     lengths(), epoch plan, first collate. Run twice: the first run verifies the shard's sha256
     and records it, the second (what a second training run pays) reuses the record.
-    real setup: `check_inputs` + `setup` (under the run directory's lock) + `step_batches`, the code kto-train runs,
+    real setup: `check_inputs` + `setup` (under the run directory's lock) + `step_micro_batches`, the code kto-train runs,
     with its model load (`Run.model_load_s`, timed by setup itself) reported apart; what is left includes creating
     the Accelerator and moving the model to the device in accelerator.prepare.
     """
@@ -318,22 +318,22 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
             tok = load_tokenizer(source)
             require_cache_tokenizer(tok, cache.manifest.content.tokenizer, str(model_dir))
             is_reference = cache.manifest.content.scored_with(model_identity(source))
-            plan = epoch_plan(cache.lengths(), BatchShape(batch_size, 1, 1), seed=0, epoch=0)
-            collate(cache, plan[0, 0, 0], tok.pad_token_id, with_token_logps=is_reference).to(device)
+            plan = epoch_plan(cache.lengths(), MicroBatchShape(batch_size, 1, 1), seed=0, epoch=0)
+            collate_micro_batch(cache, plan[0, 0, 0], tok.pad_token_id, with_token_logps=is_reference).to(device)
         out[f"{run}_s"] = t.seconds
     # kto-train collates each step's batch between optimizer steps, so this adds to step time.
     later = [plan[k, 0, 0] for k in range(1, min(6, len(plan)))]
     if later:
         with C.Timer(device) as t:
             for idx in later:
-                collate(cache, idx, tok.pad_token_id).to(device)
+                collate_micro_batch(cache, idx, tok.pad_token_id).to(device)
         out["collate_per_step_s"] = t.seconds / len(later)
     cfg = TrainConfig(cache=cache_dir, model=str(model_dir), out=out_dir, batch_size=batch_size, max_steps=1)
     with C.Timer(device) as t:  # what kto-train's train() does before its first step
         inputs = train_setup.check_inputs(cfg)
         with lock_run_dir(cfg.out, inputs.accelerator):
             run = train_setup.setup(inputs)
-            step_batches(run, run.position)
+            step_micro_batches(run, run.position)
     # setup() times its own model load (Run.model_load_s).
     out.update(setup_s=t.seconds, model_load_s=run.model_load_s, setup_excl_model_load_s=t.seconds - run.model_load_s)
     del run

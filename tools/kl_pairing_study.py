@@ -50,7 +50,7 @@ from kto.formats.scoring import score_sequences  # noqa: E402
 from kto.precompute.pairing import BLOCK_ROWS, kl_partners  # noqa: E402
 from kto.precompute.tokenize import TokenizedRow, Truncation, tokenize_example  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
-from kto.train.data import BatchShape, KTOBatch, epoch_plan  # noqa: E402
+from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.setup import disable_dropout, make_accelerator  # noqa: E402
 from kto.train.step import STAT_FIELDS, LossSettings, forward_backward, summarize  # noqa: E402
@@ -96,7 +96,7 @@ class Setup:
         return {i: real[(k + 1) % len(real)] for k, i in enumerate(real)}
 
 
-def build_setups(rows: list[TokenizedRow], shape: BatchShape, seed: int, blocks: list[int], only: set[str]) -> list[Setup]:
+def build_setups(rows: list[TokenizedRow], shape: MicroBatchShape, seed: int, blocks: list[int], only: set[str]) -> list[Setup]:
     keys = lambda r: (repr(r.example.prompt), repr(r.example.completion))  # noqa: E731
     prompts, completions = [keys(r)[0] for r in rows], [keys(r)[1] for r in rows]
     ids = [r.example.id for r in rows]
@@ -135,7 +135,7 @@ def reference_scores(scorer, s: Setup, pad_id: int) -> dict[tuple[int, int], flo
     return dict(zip(pairs, scored.sums.tolist()))
 
 
-def step_batches(s: Setup, step: int, ref: dict, pad_id: int) -> list[KTOBatch]:
+def step_micro_batches(s: Setup, step: int, ref: dict, pad_id: int) -> list[KTOMicroBatch]:
     partners = s.step_partners(step)
     out = []
     for slots in s.plan[step, 0]:  # one rank
@@ -144,7 +144,7 @@ def step_batches(s: Setup, step: int, ref: dict, pad_id: int) -> list[KTOBatch]:
         rows = [s.rows[i] for i in idx]
         kl_rows = [s.rows[partners[i]] for i in idx]
         out.append(
-            KTOBatch(
+            KTOMicroBatch(
                 policy=make_token_batch([r.prompt_ids for r in rows], [r.completion_ids for r in rows], pad_id),
                 kl=make_token_batch([r.prompt_ids for r in rows], [k.completion_ids for k in kl_rows], pad_id),
                 ref_logp=torch.tensor([ref[(i, i)] for i in idx], dtype=torch.float64),
@@ -163,7 +163,7 @@ def run_epoch(s: Setup, start_lm, ref: dict, settings: LossSettings, lr: float, 
     trained: set[int] = set()
     log = []
     for step in range(s.plan.shape[0]):
-        batches = step_batches(s, step, ref, pad_id)
+        batches = step_micro_batches(s, step, ref, pad_id)
         partners = s.step_partners(step)
         step_stats = forward_backward(model, batches, settings, accelerator)
         stats = dict(zip(STAT_FIELDS, step_stats.stacked().tolist()))
@@ -193,7 +193,7 @@ def _question(row: TokenizedRow) -> str:
     return row.example.id.split("-")[0]
 
 
-def _kl_lengths_per_microbatch(batches: list[KTOBatch]):
+def _kl_lengths_per_microbatch(batches: list[KTOMicroBatch]):
     """Lengths and batches of the KL pass as the micro-batches collate it (before: one forward each)."""
     lengths, groups = [], []
     for b in batches:
@@ -219,7 +219,7 @@ def sft_warm_start(lm, rows: list[TokenizedRow], pad_id: int, steps: int, lr: fl
     return lm.eval()
 
 
-def pairing_table(rows: list[TokenizedRow], shape: BatchShape, seeds: int, blocks: list[int]) -> list[str]:
+def pairing_table(rows: list[TokenizedRow], shape: MicroBatchShape, seeds: int, blocks: list[int]) -> list[str]:
     """No training: for each cycle block size, how often a partner answers the same question
     (a near-matched pair: the shipped rows' variants), and the padding of both passes."""
     from kto.formats.batching import token_budget_batches
@@ -341,7 +341,7 @@ def main() -> None:
     examples = variant_examples(ROOT / "examples" / "feedback.jsonl", args.variants)
     rows = [r for r in (tokenize_example(e, tok) for e in examples) if r is not None]
     lr = args.lr or (5e-6 if args.model else 2e-3)
-    shape = BatchShape(args.batch_size, 1, 1)
+    shape = MicroBatchShape(args.batch_size, 1, 1)
     if args.pairing_only:
         print("\n".join(pairing_table(rows, shape, args.seeds, args.blocks)))
         return

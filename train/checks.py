@@ -9,7 +9,7 @@ import torch
 
 from kto.formats.compute.logprob import split_rows
 
-from .data import KTOBatch
+from .data import KTOMicroBatch
 
 # Per-token |Δ| allowed between the policy at step 0 and the cached reference, by the compute
 # dtype. With matching numerics (the defaults) the only differences left come from batch shapes
@@ -24,14 +24,14 @@ class Drift:
 
 
 @torch.no_grad()
-def step0_drift(model, batch: KTOBatch) -> Drift:
+def step0_drift(model, batch: KTOMicroBatch) -> Drift:
     """Max per-token |log πθ − log πref| on one batch from a forward pass of its own (used with
     --keep-dropout, where the training forward is noisy); see `drift_of`."""
     return drift_of(model(batch.policy.input_ids, batch.policy.score_mask), batch)
 
 
 @torch.no_grad()
-def drift_of(flat: torch.Tensor, batch: KTOBatch) -> Drift:
+def drift_of(flat: torch.Tensor, batch: KTOMicroBatch) -> Drift:
     """Max per-token |log πθ − log πref| of the policy's flat completion log-probs on `batch`,
     before any update (πθ = πref here). Valid rows with stored per-token terms only."""
     per_row = split_rows(flat.detach().float().cpu(), batch.policy.score_mask.cpu())

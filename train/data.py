@@ -33,9 +33,8 @@ from kto.formats.cache import ShardedCache
 from kto.formats.compute.logprob import TokenBatch, make_token_batch
 
 
-
 @dataclass(frozen=True)
-class KTOBatch:
+class KTOMicroBatch:
     """One micro-batch of B rows on one process.
 
     policy:        prompt + completion (TokenBatch, [B, T])
@@ -55,14 +54,16 @@ class KTOBatch:
     valid: torch.Tensor
     ref_token_logps: list[np.ndarray] | None = None
 
-    def pin_memory(self) -> KTOBatch:
+    def pin_memory(self) -> KTOMicroBatch:
         """Page-locked copies, so that `to(cuda)` overlaps with compute (CUDA only)."""
         pin = lambda t: t.pin_memory()  # noqa: E731
         tb = lambda b: TokenBatch(pin(b.input_ids), pin(b.attention_mask), pin(b.score_mask))  # noqa: E731
-        return KTOBatch(tb(self.policy), tb(self.kl), pin(self.ref_logp), pin(self.ref_kl_logp), pin(self.desirable), pin(self.valid), self.ref_token_logps)
+        return KTOMicroBatch(
+            tb(self.policy), tb(self.kl), pin(self.ref_logp), pin(self.ref_kl_logp), pin(self.desirable), pin(self.valid), self.ref_token_logps
+        )
 
-    def to(self, device) -> KTOBatch:
-        return KTOBatch(
+    def to(self, device) -> KTOMicroBatch:
+        return KTOMicroBatch(
             self.policy.to(device),
             self.kl.to(device),
             *(t.to(device, non_blocking=True) for t in (self.ref_logp, self.ref_kl_logp, self.desirable, self.valid)),
@@ -71,7 +72,11 @@ class KTOBatch:
 
 
 @dataclass(frozen=True)
-class BatchShape:
+class MicroBatchShape:
+    """Training batches count rows: `batch_size` rows per micro-batch (--batch-size), `grad_accum`
+    micro-batches per step and process, `world_size` processes. (Scoring batches are cut by a
+    token budget instead: formats/compute/token_budget.py.)"""
+
     batch_size: int
     grad_accum: int
     world_size: int
@@ -81,11 +86,11 @@ class BatchShape:
         return self.batch_size * self.grad_accum * self.world_size
 
 
-def steps_per_epoch(num_rows: int, shape: BatchShape) -> int:
+def steps_per_epoch(num_rows: int, shape: MicroBatchShape) -> int:
     return math.ceil(num_rows / shape.rows_per_step)
 
 
-def epoch_plan(lengths: np.ndarray, shape: BatchShape, seed: int, epoch: int) -> np.ndarray:
+def epoch_plan(lengths: np.ndarray, shape: MicroBatchShape, seed: int, epoch: int) -> np.ndarray:
     """[steps, world, accum, batch] global row indices; -1 marks an empty (filler) slot.
 
     `lengths` are in the cache's (cycle) order; see the module docstring.
@@ -110,14 +115,14 @@ def epoch_plan(lengths: np.ndarray, shape: BatchShape, seed: int, epoch: int) ->
 COLLATE_COLUMNS = (S.PROMPT_IDS, S.COMPLETION_IDS, S.KL_COMPLETION_IDS, S.REF_LOGP, S.REF_KL_LOGP, S.LABEL)
 
 
-def collate(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_token_logps: bool = False) -> KTOBatch:
+def collate_micro_batch(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_token_logps: bool = False) -> KTOMicroBatch:
     """Build the micro-batch for `indices` ([B], -1 = filler) straight from the shards' buffers."""
     indices = np.asarray(indices, dtype=np.int64)
     valid = indices >= 0
     fill = int(indices[valid][0]) if valid.any() else 0
     columns = COLLATE_COLUMNS + ((S.REF_TOKEN_LOGPS,) if with_token_logps else ())
     rows = cache.rows(np.where(valid, indices, fill), columns)
-    return KTOBatch(
+    return KTOMicroBatch(
         policy=make_token_batch(rows[S.PROMPT_IDS], rows[S.COMPLETION_IDS], pad_id),
         kl=make_token_batch(rows[S.PROMPT_IDS], rows[S.KL_COMPLETION_IDS], pad_id),
         ref_logp=torch.from_numpy(rows[S.REF_LOGP].astype(np.float64)),

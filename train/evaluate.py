@@ -7,7 +7,7 @@ import torch
 
 from kto.formats.cache import ShardedCache
 
-from .data import collate
+from .data import collate_micro_batch
 from .loss import kl_estimate
 from .step import LossSettings, StepStats, all_reduce_sum, batch_stats, kl_local_sums, policy_pass, summarize
 
@@ -29,7 +29,7 @@ def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_siz
 
     def batches():
         for slot in slots:
-            yield collate(cache, slot, pad_id).to(accelerator.device)
+            yield collate_micro_batch(cache, slot, pad_id).to(accelerator.device)
 
     z = None
     if s.loss_type.needs_kl:

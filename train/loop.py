@@ -14,7 +14,7 @@ from . import adapters, sharding
 from .checkpoint import Position, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir
 from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
 from .config import TrainConfig
-from .data import KTOBatch, Prefetcher, collate, epoch_plan
+from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step, check_weights
 from .rundir import lock_run_dir
@@ -31,7 +31,7 @@ def train(cfg: TrainConfig) -> Path:
 def run_steps(run: Run) -> Path:
     window, window_start = None, time.perf_counter()
     # The next step's batches are collated on a background thread while this step computes.
-    prefetch = Prefetcher(lambda position: step_batches(run, position))
+    prefetch = Prefetcher(lambda position: step_micro_batches(run, position))
     try:
         while run.position.global_step < run.total_steps:
             nxt = advance(run.position, run.steps_per_epoch)
@@ -62,7 +62,7 @@ def run_steps(run: Run) -> Path:
     return finish(run)
 
 
-def step_batches(run: Run, p: Position) -> list[KTOBatch]:
+def step_micro_batches(run: Run, p: Position) -> list[KTOMicroBatch]:
     """This process's micro-batches for step `p`, on the CPU (pinned for CUDA). The epoch's plan
     is built once; only one thread at a time calls this (see Prefetcher)."""
     if run.plan_epoch != p.epoch:
@@ -70,7 +70,7 @@ def step_batches(run: Run, p: Position) -> list[KTOBatch]:
     slots = run.plan[p.step_in_epoch, run.accelerator.process_index]
     first = run.is_reference and p.global_step == 0
     pad_id = run.pad_id
-    batches = [collate(run.cache, s, pad_id, with_token_logps=first) for s in slots]
+    batches = [collate_micro_batch(run.cache, s, pad_id, with_token_logps=first) for s in slots]
     return [b.pin_memory() for b in batches] if run.accelerator.device.type == "cuda" else batches
 
 
@@ -79,7 +79,7 @@ def advance(p: Position, per_epoch: int) -> Position:
     return Position(p.global_step + 1, p.epoch + nxt // per_epoch, nxt % per_epoch)
 
 
-def first_step_check(run: Run, batch: KTOBatch):
+def first_step_check(run: Run, batch: KTOMicroBatch):
     """Step 0 with --model = the reference: the policy's log-probs must reproduce the cache.
 
     With dropout off (the default) a training-mode forward is numerically an evaluation one, so

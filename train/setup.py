@@ -31,7 +31,7 @@ from . import adapters, sharding
 from .checkpoint import Position, load_training_state
 from .checks import class_balance
 from .config import TrainConfig
-from .data import BatchShape, steps_per_epoch
+from .data import MicroBatchShape, steps_per_epoch
 from .metrics import MetricsWriter
 from .optim import build_optimizer, build_scheduler
 from .rundir import config_record, open_run_dir, write_record
@@ -50,7 +50,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: object
     settings: LossSettings
-    shape: BatchShape
+    shape: MicroBatchShape
     lengths: np.ndarray
     steps_per_epoch: int
     total_steps: int
@@ -229,7 +229,7 @@ class Inputs:
     tokenizer: object | None
     """None when a remembered tokenizer check made loading it unnecessary (see Run.tokenizer)."""
     lengths: np.ndarray
-    shape: BatchShape
+    shape: MicroBatchShape
     steps_per_epoch: int
     total_steps: int
     record: dict
@@ -255,7 +255,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     adapters.check_model(cfg, source, "cuda" if torch.cuda.is_available() else "cpu")
     eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
-    shape = BatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
+    shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
     per_epoch = steps_per_epoch(cache.num_rows, shape)
     total_steps = cfg.max_steps or per_epoch * cfg.epochs
     identity = model_identity(source)

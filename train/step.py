@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import pad_sequence
 from kto.formats.compute.logprob import sequence_sums
 from kto.formats.errors import InputError
 
-from .data import KTOBatch
+from .data import KTOMicroBatch
 from .loss import KLEstimate, KTOLossOutput, LossType, kl_estimate, kto_loss
 
 T = TypeVar("T")
@@ -142,7 +142,7 @@ class KLSums:
     padded_tokens: int
 
 
-def kl_sequences(batches: list[KTOBatch]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+def kl_sequences(batches: list[KTOMicroBatch]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """The valid rows' KL sequences, unpadded: ids [L], score masks [L], and ref_kl_logp [n]."""
     ids, masks, refs = [], [], []
     for b in batches:
@@ -163,7 +163,7 @@ def kl_groups(lengths: list[int], k: int) -> list[list[int]]:
     return [order[bounds[j] : bounds[j + 1]] for j in range(k)]
 
 
-def kl_local_sums(model, batches: list[KTOBatch]) -> KLSums:
+def kl_local_sums(model, batches: list[KTOMicroBatch]) -> KLSums:
     """Σ over valid rows of (log πθ(y'|x) − log πref(y'|x)), and the row count, under no_grad.
 
     The KL sequences only feed one sum, so they are not run in the micro-batches they came in
@@ -198,7 +198,7 @@ def kl_local_sums(model, batches: list[KTOBatch]) -> KLSums:
     return KLSums(total, count, real, padded)
 
 
-def step_counts(batches: list[KTOBatch]) -> torch.Tensor:
+def step_counts(batches: list[KTOMicroBatch]) -> torch.Tensor:
     """[real rows, valid desirable completion tokens] of this process's part of the step."""
     return torch.stack(
         [
@@ -208,7 +208,7 @@ def step_counts(batches: list[KTOBatch]) -> torch.Tensor:
     )
 
 
-def kl_and_counts(model, kl_batches: list[KTOBatch], counts: torch.Tensor | None, accelerator):
+def kl_and_counts(model, kl_batches: list[KTOMicroBatch], counts: torch.Tensor | None, accelerator):
     """z over `kl_batches` on every rank, and `counts` summed over ranks, in one all-reduce;
     also this process's KLSums (for the padding metric).
 
@@ -225,7 +225,7 @@ def kl_and_counts(model, kl_batches: list[KTOBatch], counts: torch.Tensor | None
     return z, (reduced[-2:] if counts is not None else None), sums
 
 
-def desirable_token_mask(b: KTOBatch) -> torch.Tensor:
+def desirable_token_mask(b: KTOMicroBatch) -> torch.Tensor:
     """[N] flat mask over scored tokens: True where the row is valid and desirable."""
     keep = (b.valid & b.desirable)[:, None].expand_as(b.policy.score_mask)
     return keep[b.policy.score_mask]
@@ -242,7 +242,7 @@ class PolicyPass:
     nll_sum: torch.Tensor
 
 
-def policy_pass(model, b: KTOBatch, s: LossSettings, z: KLEstimate | None) -> PolicyPass:
+def policy_pass(model, b: KTOMicroBatch, s: LossSettings, z: KLEstimate | None) -> PolicyPass:
     """The policy forward and the loss maths, shared by training (with grad) and evaluation."""
     flat = model(b.policy.input_ids, b.policy.score_mask)
     logps = sequence_sums(flat, b.policy.score_mask)
@@ -259,7 +259,7 @@ def policy_pass(model, b: KTOBatch, s: LossSettings, z: KLEstimate | None) -> Po
     return PolicyPass(flat, logps, out, -(flat.double() * desirable_token_mask(b)).sum())
 
 
-def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerator, on_first_pass=None) -> StepStats:
+def forward_backward(model, batches: list[KTOMicroBatch], s: LossSettings, accelerator, on_first_pass=None) -> StepStats:
     """Accumulate this process's gradients for one step; return its local StepStats.
 
     `on_first_pass(pass_)`, if given, sees the first micro-batch's PolicyPass before its backward
@@ -288,7 +288,7 @@ def forward_backward(model, batches: list[KTOBatch], s: LossSettings, accelerato
     return stats
 
 
-def batch_stats(b: KTOBatch, out, logps, nll_sum, z: KLEstimate | None, first: bool, kl: KLSums | None = None) -> StepStats:
+def batch_stats(b: KTOMicroBatch, out, logps, nll_sum, z: KLEstimate | None, first: bool, kl: KLSums | None = None) -> StepStats:
     d, u = b.valid & b.desirable, b.valid & ~b.desirable
     zero = torch.zeros((), dtype=torch.float64, device=logps.device)
     scoped = z is not None and first

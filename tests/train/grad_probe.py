@@ -18,7 +18,7 @@ from kto.formats.compute.logprob import CompletionLogps
 from kto.formats.compute.models import load_tokenizer, resolve_source
 from kto.train import adapters, sharding
 from kto.train.config import TrainConfig
-from kto.train.data import BatchShape, collate, epoch_plan
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
 from kto.train.optim import build_optimizer
 from kto.train.setup import load_policy, make_accelerator
 from kto.train.step import LossSettings, forward_backward
@@ -51,8 +51,8 @@ def probe(cache: str, model: str, batch: int, accum: int, kl_scope: str, out: st
     sharding.before_prepare(accelerator, model_.lm)
     wrapped, _ = accelerator.prepare(model_, build_optimizer(model_, cfg))
     data = open_cache(Path(cache))
-    plan = epoch_plan(data.lengths(), BatchShape(batch, accum, accelerator.num_processes), cfg.seed, 0)
-    batches = [collate(data, s, tokenizer.pad_token_id) for s in plan[0, accelerator.process_index]]
+    plan = epoch_plan(data.lengths(), MicroBatchShape(batch, accum, accelerator.num_processes), cfg.seed, 0)
+    batches = [collate_micro_batch(data, s, tokenizer.pad_token_id) for s in plan[0, accelerator.process_index]]
     settings = LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope)
     forward_backward(wrapped, batches, settings, accelerator)
     grads = {}

@@ -9,13 +9,13 @@ from kto.formats.shards import ShardVerifier
 from kto.train import cli
 from kto.train.checks import class_balance
 from kto.train.config import TrainConfig
-from kto.train.data import BatchShape, collate, epoch_plan, steps_per_epoch
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan, steps_per_epoch
 
 
 @pytest.mark.parametrize("n, batch, accum, world", [(16, 4, 1, 1), (17, 2, 2, 2), (5, 3, 1, 2), (100, 4, 3, 1)])
 def test_epoch_plan_covers_every_row_once_and_ranks_run_equal_steps(n, batch, accum, world):
     lengths = np.random.default_rng(0).integers(10, 500, n)
-    shape = BatchShape(batch, accum, world)
+    shape = MicroBatchShape(batch, accum, world)
     plan = epoch_plan(lengths, shape, seed=3, epoch=0)
     assert plan.shape == (steps_per_epoch(n, shape), world, accum, batch)
     rows = plan[plan >= 0]
@@ -35,7 +35,7 @@ def cycle_lengths(n: int, seed: int = 1) -> np.ndarray:
 
 def test_length_grouping_keeps_padding_low():
     lengths = cycle_lengths(4096)
-    plan = epoch_plan(lengths, BatchShape(8, 1, 1), seed=0, epoch=0)
+    plan = epoch_plan(lengths, MicroBatchShape(8, 1, 1), seed=0, epoch=0)
     micro = plan.reshape(-1, 8)
     padded = sum(len(m) * lengths[m].max() for m in micro)
     assert 1 - lengths.sum() / padded < 0.01
@@ -46,7 +46,7 @@ def test_a_step_is_a_contiguous_segment_of_the_cycle(batch, accum, world):
     """Row k's KL partner is row k+1 (mod n): all of a step's partners but one are in the step,
     and the step's rows do not depend on the split into ranks × accumulation × batch."""
     n = 50
-    shape = BatchShape(batch, accum, world)
+    shape = MicroBatchShape(batch, accum, world)
     G = shape.rows_per_step
     lengths = cycle_lengths(n)
     for epoch in (0, 1):
@@ -56,7 +56,7 @@ def test_a_step_is_a_contiguous_segment_of_the_cycle(batch, accum, world):
             first = next(r for r in rows if (r - 1) % n not in rows)  # where the segment starts
             assert rows == {(first + k) % n for k in range(len(rows))}
             assert sum((r + 1) % n in rows for r in rows) == len(rows) - 1
-        same_split = epoch_plan(lengths, BatchShape(G, 1, 1), seed=5, epoch=epoch)
+        same_split = epoch_plan(lengths, MicroBatchShape(G, 1, 1), seed=5, epoch=epoch)
         assert [set(s[s >= 0].tolist()) for s in plan] == [set(s[s >= 0].tolist()) for s in same_split]
     # Shuffled across epochs: the segments start elsewhere and run in another order.
     a, b = (epoch_plan(lengths, shape, seed=5, epoch=e) for e in (0, 1))
@@ -65,7 +65,7 @@ def test_a_step_is_a_contiguous_segment_of_the_cycle(batch, accum, world):
 
 def test_filler_rows_are_invalid(tiny_cache, tokenizer_dir):
     cache = open_cache(tiny_cache)
-    batch = collate(cache, np.array([3, -1]), pad_id=0)
+    batch = collate_micro_batch(cache, np.array([3, -1]), pad_id=0)
     assert batch.valid.tolist() == [True, False]
     assert batch.policy.input_ids.shape[0] == 2
 
@@ -135,7 +135,7 @@ def test_zero_copy_collate_equals_the_old_path(tiny_cache, with_token_logps):
     cases = [[15, 0, 7, 7, 3, 12], [-1, 4, 5, -1], [9, 10, 14, 15], [15], [-1, -1], list(range(16))]
     for idx in cases:
         idx = np.array(idx)
-        new = collate(cache, idx, pad_id=2, with_token_logps=with_token_logps)
+        new = collate_micro_batch(cache, idx, pad_id=2, with_token_logps=with_token_logps)
         old = bench.old_collate(cache, idx, pad_id=2, with_token_logps=with_token_logps)
         assert bench.batches_equal(new, old), idx
         assert new.policy.input_ids.dtype == old.policy.input_ids.dtype == torch.int64

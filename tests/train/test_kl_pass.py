@@ -6,7 +6,7 @@ import torch
 
 from kto.formats.logprob import CompletionLogps, sequence_sums
 from kto.formats.models import load_causal_lm, resolve_source
-from kto.train.data import BatchShape, ShardedCache, collate, epoch_plan
+from kto.train.data import MicroBatchShape, ShardedCache, collate_micro_batch, epoch_plan
 from kto.train.step import kl_local_sums
 
 
@@ -15,8 +15,8 @@ def model(tiny_model_dir):
     return CompletionLogps(load_causal_lm(resolve_source(str(tiny_model_dir)), dtype=torch.float64).eval())
 
 
-def step_batches(cache, slots, pad_id=0):
-    return [collate(cache, s, pad_id) for s in slots]
+def step_micro_batches(cache, slots, pad_id=0):
+    return [collate_micro_batch(cache, s, pad_id) for s in slots]
 
 
 def per_microbatch(model, batches):
@@ -35,7 +35,7 @@ def test_sums_equal_the_per_microbatch_pass_with_less_padding(tiny_cache, model)
     rng = np.random.default_rng(0)
     # Micro-batches of random rows (the KL lengths inside each then differ a lot), a filler slot.
     slots = [rng.permutation(cache.num_rows)[:4] for _ in range(3)] + [np.array([5, 9, -1, -1])]
-    batches = step_batches(cache, slots)
+    batches = step_micro_batches(cache, slots)
     expected, padded_before = per_microbatch(model, batches)
     sums = kl_local_sums(model, batches)
     assert float(sums.total) == pytest.approx(expected, abs=1e-9)
@@ -57,9 +57,9 @@ def test_kl_groups_are_sorted_near_equal_and_as_many_as_micro_batches():
 def test_cycle_plan_leaves_little_kl_padding(tiny_cache, model):
     """On the tiny cache (rows in cycle order), the step's KL pass pads under 10 %."""
     cache = ShardedCache(tiny_cache)
-    plan = epoch_plan(cache.lengths(), BatchShape(4, 2, 1), seed=0, epoch=0)
+    plan = epoch_plan(cache.lengths(), MicroBatchShape(4, 2, 1), seed=0, epoch=0)
     real = padded = 0
     for step in plan:
-        sums = kl_local_sums(model, step_batches(cache, step[0]))
+        sums = kl_local_sums(model, step_micro_batches(cache, step[0]))
         real, padded = real + sums.real_tokens, padded + sums.padded_tokens
     assert 1 - real / padded < 0.10

@@ -24,13 +24,13 @@ def test_a_diverging_run_stops_at_the_first_nan_loss_naming_the_last_good_checkp
 
 def test_a_nan_reference_logp_in_a_batch_stops_at_step_1(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
     """A NaN that got past the cache's checks (monkeypatched in: the reader refuses NaN rows)."""
-    real = kto.train.loop.collate
+    real = kto.train.loop.collate_micro_batch
 
     def poisoned(*args, **kwargs):
         batch = real(*args, **kwargs)
         return dataclasses.replace(batch, ref_logp=torch.full_like(batch.ref_logp, float("nan")))
 
-    monkeypatch.setattr(kto.train.loop, "collate", poisoned)
+    monkeypatch.setattr(kto.train.loop, "collate_micro_batch", poisoned)
     out = tmp_path / "r"
     result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "2", "--drift-tolerance", "1e9")
     assert result.exit_code == 2, result.output

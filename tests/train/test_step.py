@@ -36,12 +36,12 @@ def kl_tuned_policy(tmp_path_factory, tiny_cache, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kto.formats.logprob import CompletionLogps
-    from kto.train.data import ShardedCache, collate
+    from kto.train.data import ShardedCache, collate_micro_batch
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = CompletionLogps(lm)
     cache = ShardedCache(tiny_cache)
-    kl = collate(cache, np.arange(cache.num_rows), pad_id=0).kl
+    kl = collate_micro_batch(cache, np.arange(cache.num_rows), pad_id=0).kl
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(5):
         (-model(kl.input_ids, kl.score_mask).sum()).backward()
@@ -132,13 +132,13 @@ def test_a_step_makes_one_reduction_before_its_micro_batches(tiny_cache, tiny_mo
     from kto.formats.cache import open_cache
     from kto.formats.compute.logprob import CompletionLogps
     from kto.formats.compute.models import load_causal_lm, resolve_source
-    from kto.train.data import collate
+    from kto.train.data import collate_micro_batch
     from kto.train.loss import LossType
     from kto.train.step import LossSettings, StepStats, forward_backward
 
     cache = open_cache(tiny_cache)
     model = CompletionLogps(load_causal_lm(resolve_source(str(tiny_model_dir)), dtype=torch.float32))
-    batches = [collate(cache, np.array(rows), pad_id=0) for rows in ([0, 1], [2, -1])]
+    batches = [collate_micro_batch(cache, np.array(rows), pad_id=0) for rows in ([0, 1], [2, -1])]
     acc = CountingAccelerator()
     stats = forward_backward(model, batches, LossSettings(0.1, 1.0, 1.0, LossType(loss), 0.0, scope), acc)
     assert acc.reductions == expected
