@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from _pairing_before import legacy_plan  # noqa: E402
 
-from kto.formats.batching import padding_fraction  # noqa: E402
+from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
+from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
 from kto.formats.examples import ColumnMap, read_examples  # noqa: E402
-from kto.formats.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
 from kto.precompute.pairing import kl_partners  # noqa: E402
 from kto.precompute.pipeline import split_eval  # noqa: E402
 from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example  # noqa: E402

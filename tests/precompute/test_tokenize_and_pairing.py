@@ -255,7 +255,7 @@ def test_cache_rows_are_stored_in_cycle_order(tiny_cache):
     table = pa.concat_tables([ipc.open_file(pa.memory_map(str(tiny_cache / s.name))).read_all() for s in m.shards])
     ids, sources = table.column("id").to_pylist(), table.column("kl_source_id").to_pylist()
     assert sources == ids[1:] + ids[:1]
-    assert m.content["kl_pairing"].startswith("cycle") and m.counts.same_prompt_kl_pairs == 0
+    assert m.content.kl_pairing.startswith("cycle") and m.counts.same_prompt_kl_pairs == 0
 
 
 def test_a_version_1_cache_is_refused_with_one_line(tiny_cache, tmp_path):

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from kto.formats.logprob import CompletionLogps, sequence_sums
-from kto.formats.models import load_causal_lm, resolve_source
-from kto.train.data import MicroBatchShape, ShardedCache, collate_micro_batch, epoch_plan
+from kto.formats.cache import open_cache
+from kto.formats.compute.logprob import CompletionLogps, sequence_sums
+from kto.formats.compute.models import load_causal_lm, resolve_source
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
 from kto.train.step import kl_local_sums
 
 
@@ -31,7 +32,7 @@ def per_microbatch(model, batches):
 
 
 def test_sums_equal_the_per_microbatch_pass_with_less_padding(tiny_cache, model):
-    cache = ShardedCache(tiny_cache)
+    cache = open_cache(tiny_cache)
     rng = np.random.default_rng(0)
     # Micro-batches of random rows (the KL lengths inside each then differ a lot), a filler slot.
     slots = [rng.permutation(cache.num_rows)[:4] for _ in range(3)] + [np.array([5, 9, -1, -1])]
@@ -56,7 +57,7 @@ def test_kl_groups_are_sorted_near_equal_and_as_many_as_micro_batches():
 
 def test_cycle_plan_leaves_little_kl_padding(tiny_cache, model):
     """On the tiny cache (rows in cycle order), the step's KL pass pads under 10 %."""
-    cache = ShardedCache(tiny_cache)
+    cache = open_cache(tiny_cache)
     plan = epoch_plan(cache.lengths(), MicroBatchShape(4, 2, 1), seed=0, epoch=0)
     real = padded = 0
     for step in plan:

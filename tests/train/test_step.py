@@ -35,12 +35,13 @@ def kl_tuned_policy(tmp_path_factory, tiny_cache, tiny_model_dir):
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kto.formats.logprob import CompletionLogps
-    from kto.train.data import ShardedCache, collate_micro_batch
+    from kto.formats.cache import open_cache
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.train.data import collate_micro_batch
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = CompletionLogps(lm)
-    cache = ShardedCache(tiny_cache)
+    cache = open_cache(tiny_cache)
     kl = collate_micro_batch(cache, np.arange(cache.num_rows), pad_id=0).kl
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(5):
