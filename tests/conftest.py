@@ -126,6 +126,32 @@ def precompute_args(data: Path, model: Path, out: Path, *extra: str) -> list[str
     return ["--data", str(data), "--model", str(model), "--out", str(out), "--max-length", "64", "--rows-per-shard", "5", "--batch-tokens", "256", *extra]
 
 
+def staging_content(*data: Path):
+    """A CacheContent naming `data` as its inputs, for tests that call pipeline.stage_rows alone
+    (the staging key is all it is used for there; the other fields are placeholders)."""
+    from kto.formats import schema as S
+    from kto.formats.content import CacheContent
+    from kto.formats.hub import input_identity
+
+    return CacheContent(
+        format_version=S.FORMAT_VERSION,
+        split="train",
+        model={},
+        tokenizer={},
+        inputs=[input_identity(p) for p in data],
+        columns={},
+        max_length=0,
+        max_prompt_length=0,
+        truncation="",
+        kl_pairing="",
+        seed=0,
+        eval_fraction=0.0,
+        dtype="fp32",
+        attn_implementation="sdpa",
+        store_token_logps=True,
+    )
+
+
 def make_cache(root: Path, rows: list[dict], model: Path, name: str = "data.jsonl") -> Path:
     """Run kto-precompute's CLI on `rows`; return the finished cache directory."""
     from click.testing import CliRunner

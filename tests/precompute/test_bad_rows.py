@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from click.testing import CliRunner
-from conftest import chat_rows, make_tiny_llama, precompute_args, text_rows, write_rows
+from conftest import chat_rows, make_tiny_llama, precompute_args, staging_content, text_rows, write_rows
 
 from kto.formats import schema as S
 from kto.formats.examples import read_examples
@@ -57,7 +57,6 @@ def test_a_model_with_fewer_embeddings_than_the_tokenizer_has_tokens(tmp_path, t
 def test_a_row_dropped_at_the_token_boundary_is_named(monkeypatch, capsys, tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from kto.formats.hub import input_identity
     from kto.precompute import pipeline
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.templates import ChatTemplate
@@ -71,8 +70,7 @@ def test_a_row_dropped_at_the_token_boundary_is_named(monkeypatch, capsys, tiny_
 
     monkeypatch.setattr(pipeline, "tokenize_example", drop_row_3)
     cfg = PrecomputeConfig(data=(data,), model=str(tiny_model_dir), out=tmp_path / "out", max_length=64)
-    content = {"inputs": [input_identity(data)]}
-    staged = pipeline.stage_rows(cfg, AutoTokenizer.from_pretrained(tiny_model_dir), ChatTemplate(), content)
+    staged = pipeline.stage_rows(cfg, AutoTokenizer.from_pretrained(tiny_model_dir), ChatTemplate(), staging_content(data))
     [split] = pipeline.build_splits(cfg, staged, None)
     assert split.counts.dropped == 1 and split.counts.rows == len(examples) - 1
     err = capsys.readouterr().err

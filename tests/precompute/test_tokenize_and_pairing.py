@@ -202,9 +202,8 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     """Chat rows of 35-40 prompt and 7-14 completion tokens, max_length 50, max_prompt_length 25:
     a row's prompt is cut only when prompt + the longer of its two completions exceeds 50, and
     then to max(25, 50 − longer) tokens, never to 25 as the old rule did."""
-    from conftest import chat_rows, write_rows
+    from conftest import chat_rows, staging_content, write_rows
 
-    from kto.formats.hub import input_identity
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.pipeline import build_splits, cache_rows, stage_rows
     from kto.precompute.staging import StagingReader
@@ -213,7 +212,7 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
     cfg = PrecomputeConfig(data=(data,), model="unused", out=tmp_path / "c", max_length=50)
-    staged = stage_rows(cfg, tok, ChatTemplate(), {"inputs": [input_identity(data)]})
+    staged = stage_rows(cfg, tok, ChatTemplate(), staging_content(data))
     [train] = build_splits(cfg, staged, leading_bos_id(tok))
     with StagingReader(staged) as reader:
         rows = cache_rows(reader, train, 0, len(train.rows))
@@ -269,7 +268,7 @@ def test_a_version_1_cache_is_refused_with_one_line(tiny_cache, tmp_path):
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["format_version"] = 1
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(InputError, match="format version 1, this kto reads 2") as err:
+    with pytest.raises(InputError, match="cache format version 1, this kto reads format version 2 only; re-run kto-precompute") as err:
         read_manifest(old)
     assert "\n" not in str(err.value)
 
