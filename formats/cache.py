@@ -151,7 +151,7 @@ class ShardedCache:
             out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def rows(self, indices, columns: Sequence[str] = S.SHARD_SCHEMA.names) -> dict[str, ragged.Ragged | np.ndarray | list]:
+    def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str] = S.SHARD_SCHEMA.names) -> dict[str, ragged.Ragged | np.ndarray | list]:
         """`columns` of the given global rows, in the given order (repeats allowed).
 
         List columns come back as `Ragged`, gathered with numpy straight from the shards'

@@ -9,9 +9,13 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: this module imports no accelerate (or torch)
+    from accelerate import Accelerator
 
 
-def log(msg: str, accelerator=None) -> None:
+def log(msg: str, accelerator: Accelerator | None = None) -> None:
     """One progress or warning line on stderr, flushed; with `accelerator`, from its main
     process only (every process runs the same code, the user wants each line once)."""
     if accelerator is None or accelerator.is_main_process:

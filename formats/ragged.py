@@ -44,7 +44,7 @@ class Ragged:
         return [r if ok else None for r, ok in zip(rows, self.valid.tolist())]
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Sequence], dtype=np.int64) -> Ragged:
+    def from_rows(cls, rows: Sequence[Sequence], dtype: np.dtype | type = np.int64) -> Ragged:
         """From Python sequences or arrays (one np.concatenate; nothing per element in Python)."""
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum([len(r) for r in rows], out=offsets[1:])

@@ -17,12 +17,16 @@ checked here (that is `kto-inspect verify`); rows are read lazily, in manifest o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cache import open_cache
 from .schema import SHARD_SCHEMA
 
+if TYPE_CHECKING:
+    import polars as pl
 
-def scan(cache_dir: str | Path):
+
+def scan(cache_dir: str | Path) -> pl.LazyFrame:
     """All rows of the cache in `cache_dir` (its train split; pass `cache/eval` for eval rows).
 
     Columns are the shard schema's (see formats/schema.py). Only the shards the manifest lists

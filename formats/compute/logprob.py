@@ -46,7 +46,7 @@ class TokenBatch:
     attention_mask: torch.Tensor
     score_mask: torch.Tensor
 
-    def to(self, device) -> TokenBatch:
+    def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.score_mask)))
 
     @property

@@ -12,9 +12,18 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..shards import sha256_file
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .logprob import CompletionLogps
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -58,7 +67,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     return ModelSource(Path(local), hub_id=spec)
 
 
-def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag: str = "--model"):
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag: str = "--model") -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -74,13 +83,13 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
 def load_causal_lm(
     source: ModelSource,
     *,
-    dtype,
+    dtype: torch.dtype,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     device_map: str | dict | None = None,
-    quantization_config=None,
+    quantization_config: Any = None,
     flag: str = "--model",
-):
+) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
@@ -104,15 +113,15 @@ def load_causal_lm(
 def load_completion_logps(
     source: ModelSource,
     *,
-    dtype,
-    device=None,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
     device_map: str | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     chunk_size: int = 1024,
     training: bool = False,
-    adjust=None,
-):
+    adjust: Callable[[PreTrainedModel], None] | None = None,
+) -> CompletionLogps:
     """THE model-loading sequence of every phase: the causal LM from `source`, `adjust(lm)` (kto-train
     turns dropout off and checkpointing on there), onto `device` unless `device_map` placed it
     (kto-train leaves that to accelerate), wrapped in `CompletionLogps` in train or eval mode."""
@@ -184,7 +193,7 @@ def model_identity(source: ModelSource) -> dict:
     return identity
 
 
-def tokenizer_identity(tokenizer) -> dict[str, str]:
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
     """Hashes of each part of a tokenizer that decides token ids, kept apart so a mismatch can
     say *what* differs: vocabulary, special tokens, chat template, and the pipeline itself."""
     vocab = sorted(tokenizer.get_vocab().items())
@@ -211,7 +220,7 @@ def diff_identity(expected: dict, actual: dict) -> list[str]:
     return sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
 
 
-def require_cache_tokenizer(tokenizer, cache_identity: dict, model_flag: str) -> None:
+def require_cache_tokenizer(tokenizer: PreTrainedTokenizerBase, cache_identity: dict, model_flag: str) -> None:
     """Refuse a model whose tokenizer is not the one the cache's token ids were made with."""
     differs = diff_identity(cache_identity, tokenizer_identity(tokenizer))
     if differs:

@@ -22,14 +22,14 @@ WEIGHT_DTYPES = ("fp32", "bf16", "fp16")
 NAMES = ("auto", *WEIGHT_DTYPES, "amp-bf16", "amp-fp16")
 
 
-def torch_dtype(name: str):
+def torch_dtype(name: str) -> torch.dtype:
     """ "fp32" | "bf16" | "fp16" -> the torch dtype."""
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     """The inverse of `torch_dtype`."""
     return next(name for name in WEIGHT_DTYPES if torch_dtype(name) == dtype)
 
@@ -52,7 +52,7 @@ class Numerics:
     def compute(self) -> torch.dtype:
         return self.autocast or self.weights
 
-    def context(self, device_type: str):
+    def context(self, device_type: str) -> contextlib.AbstractContextManager:
         if self.autocast is None:
             return contextlib.nullcontext()
         import torch
@@ -60,7 +60,7 @@ class Numerics:
         return torch.autocast(device_type=device_type, dtype=self.autocast)
 
 
-def parse_numerics(name: str, device) -> Numerics:
+def parse_numerics(name: str, device: torch.device) -> Numerics:
     """`auto` is amp-bf16 on CUDA and fp32 elsewhere."""
     if name == "auto":
         name = "amp-bf16" if device.type == "cuda" else "fp32"

@@ -140,7 +140,7 @@ class PackedBatch:
     targets: torch.Tensor
     lengths: list[int]
 
-    def to(self, device) -> PackedBatch:
+    def to(self, device: torch.device | str) -> PackedBatch:
         moved = (t.to(device, non_blocking=True) for t in (self.input_ids, self.position_ids, self.segment, self.predict_from, self.targets))
         return PackedBatch(*moved, self.lengths)
 
