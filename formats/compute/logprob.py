@@ -32,6 +32,21 @@ if TYPE_CHECKING:
     from .shared_prefix import PackedBatch
 
 
+# Every forward pads its sequence width to a multiple of this. CPU flash attention (torch's
+# FlashAttentionKernel.cpp) sums the softmax over keys in 16-wide vectors (AVX-512 fp32) and the
+# last `width % 16` keys one by one with another exp: a token near the end of the longest row
+# got other bits than the same token in a wider batch. With no such tail, a row's attention does
+# not depend on the batch width, which makes the plain and the shared-prefix layouts (and
+# precompute and training) agree bit for bit.
+ATTENTION_WIDTH_MULTIPLE = 16
+
+
+def pad_width(x: torch.Tensor) -> torch.Tensor:
+    """[B, T] -> [B, T'] with T' the next multiple of ATTENTION_WIDTH_MULTIPLE, zeros (token 0,
+    or False) on the right: after every real token, so no real token sees them."""
+    return torch.nn.functional.pad(x, (0, -x.shape[1] % ATTENTION_WIDTH_MULTIPLE))
+
+
 @dataclass(frozen=True)
 class TokenBatch:
     """Right-padded prompt+completion sequences.
@@ -112,6 +127,7 @@ class CompletionLogps(nn.Module):
         # real token attends to a pad (pads come after it) and the default position ids 0..T-1
         # are those of each real token. Every scored log-prob is the same as with the padding
         # mask, and attention may take its causal (flash) kernel instead of a masked one.
+        input_ids, score_mask = pad_width(input_ids), pad_width(score_mask)
         hidden = self.lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
         # With --device-map the decoder ends on another GPU than it starts; follow its output.
         input_ids, score_mask = input_ids.to(hidden.device), score_mask.to(hidden.device)
@@ -121,15 +137,15 @@ class CompletionLogps(nn.Module):
 
     def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Completion log-probs of a shared-prefix batch (shared_prefix.py), flat [N] fp32 in
-        the order of batch.targets. Same LM head and log-softmax as forward()."""
-        decoder = self.lm.get_decoder()
-        embed = self.lm.get_input_embeddings().weight
-        device_type = embed.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else embed.dtype
-        allowed = batch.to(embed.device).attention_allowed()
-        # Additive, in the dtype the scores have: eager attention adds the mask to the scores.
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=embed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask[:, None], use_cache=False).last_hidden_state
+        the order of batch.targets. The dense layers run on the packs (each prompt once);
+        attention runs on each completion's plain sequence, gathered from them, so every
+        log-prob is the one forward() gives (bit for bit on CPU, given the same matmul shapes
+        regime: see docs/design.md). Same LM head and log-softmax as forward()."""
+        from .shared_prefix import shared_prefix_attention
+
+        batch = batch.to(self.lm.get_input_embeddings().weight.device)
+        with shared_prefix_attention(self.lm, batch) as attention_kwargs:
+            hidden = self.lm.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **attention_kwargs).last_hidden_state
         flat = hidden.reshape(-1, hidden.shape[-1])
         return self._token_logps(flat[batch.predict_from.to(flat.device)], batch.targets.to(flat.device))
 

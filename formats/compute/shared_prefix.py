@@ -26,11 +26,16 @@ when they are in the same call). `plan_groups` decides, per group, whether packi
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..errors import InputError
+from .logprob import ATTENTION_WIDTH_MULTIPLE
 
 # A packed sequence holds at most this many tokens (or one plain sequence, if longer): the 4D
 # mask is B × W × W, so one long pack would cost W² memory and attention that the plain layout
@@ -93,7 +98,7 @@ def plan_packs(
     return packs, plain
 
 
-def worth_packing(prompt_length: int, completion_lengths: Sequence[int], attention_cost: float = ATTENTION_COST) -> bool:
+def worth_packing(prompt_length: int, completion_lengths: Sequence[int], attention_cost: float | None = None) -> bool:
     """Does one pack cost less than its sequences scored plain?
 
     Packing saves the dense work of (k − 1) prompts, and pays attention over its whole W × W
@@ -106,6 +111,7 @@ def worth_packing(prompt_length: int, completion_lengths: Sequence[int], attenti
     Short prompts before long completions (the synthetic 32–2048 mix) do not pay; long shared
     prompts (chat templates, paired data) do.
     """
+    attention_cost = ATTENTION_COST if attention_cost is None else attention_cost
     k, p = len(completion_lengths), prompt_length
     width = p + sum(completion_lengths)
     extra = attention_cost * (width**2 - 0.5 * sum((p + c) ** 2 for c in completion_lengths))
@@ -122,69 +128,156 @@ def _close(members: list[int], prompt_length: int, completions, packs: list[Pack
 
 @dataclass(frozen=True)
 class PackedBatch:
-    """Right-padded packed sequences and where each scored token is predicted from.
+    """Right-padded packed sequences, and where each completion's plain sequence lies in them.
 
-    input_ids:    [B, W] int64
-    position_ids: [B, W] int64, restarting at P for every completion
-    segment:      [B, W] int64: 0 on the prompt, s on completion s (1-based), -1 on padding;
-                  `attention_allowed()` turns it into the [B, W, W] mask on its device
-    predict_from: [N] int64, flat index b * W + t of the hidden state that predicts token n
-    targets:      [N] int64, the scored completion tokens, completion after completion
-    lengths:      completion lengths in the order of `targets` (to split the N values)
+    input_ids:     [B, W] int64, prompt then its completions back to back, then pad
+    position_ids:  [B, W] int64, restarting at P for every completion
+    gather_index:  [C, T] int64, one row per completion (C = len(lengths)): the flat index
+                   b * W + t of each token of its plain sequence prompt + completion, then of
+                   an arbitrary real token up to T (a multiple of ATTENTION_WIDTH_MULTIPLE)
+    scatter_index: [B * W] int64, per packed token the flat index c * T + t of its place in the
+                   gathered layout (prompt tokens: in the pack's first completion's row)
+    predict_from:  [N] int64, flat index b * W + t of the hidden state that predicts token n
+    targets:       [N] int64, the scored completion tokens, completion after completion
+    lengths:       completion lengths in the order of `targets` (to split the N values)
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    segment: torch.Tensor
+    gather_index: torch.Tensor
+    scatter_index: torch.Tensor
     predict_from: torch.Tensor
     targets: torch.Tensor
     lengths: list[int]
 
     def to(self, device: torch.device | str) -> PackedBatch:
-        moved = (t.to(device, non_blocking=True) for t in (self.input_ids, self.position_ids, self.segment, self.predict_from, self.targets))
-        return PackedBatch(*moved, self.lengths)
-
-    def attention_allowed(self) -> torch.Tensor:
-        """[B, W, W] bool: query q may see key k iff k ≤ q and k is in the prompt or in q's own
-        completion; a pad query sees its whole past (no empty row: SDPA would give NaN)."""
-        width = self.segment.shape[1]
-        causal = torch.ones(width, width, dtype=torch.bool, device=self.segment.device).tril_()
-        q, k = self.segment[:, :, None], self.segment[:, None, :]
-        return causal & ((k == 0) | (q == k) | (q == -1))
+        fields = (self.input_ids, self.position_ids, self.gather_index, self.scatter_index, self.predict_from, self.targets)
+        return PackedBatch(*(t.to(device, non_blocking=True) for t in fields), self.lengths)
 
 
 def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int) -> PackedBatch:
     """prompts[b] followed by completions[b][0], completions[b][1], …; one row per prompt."""
-    widths = [len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, completions)]
-    width = max(widths, default=0)
+    width = max((len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, completions)), default=0)
+    plain_width = _round_up(max((len(p) + len(c) for p, cs in zip(prompts, completions) for c in cs), default=0))
     rows = len(prompts)
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    positions = torch.zeros((rows, width), dtype=torch.long)
-    # Segment per token: 0 = prompt, s = completion s, -1 = padding.
-    segment = torch.full((rows, width), -1, dtype=torch.long)
+    positions = torch.arange(width).repeat(rows, 1)  # pads keep these: nothing reads them
+    gather: list[list[int]] = []
+    scatter = torch.zeros(rows * width, dtype=torch.long)
     predict_from: list[int] = []
     targets: list[int] = []
     lengths: list[int] = []
     for b, (p, cs) in enumerate(zip(prompts, completions)):
-        n_prompt = len(p)
+        n_prompt, base = len(p), b * width
         if n_prompt == 0:
             raise ValueError("every sequence needs at least one prompt token to predict the first completion token")
         ids[b, :n_prompt] = torch.as_tensor(list(p), dtype=torch.long)
-        positions[b, :n_prompt] = torch.arange(n_prompt)
-        segment[b, :n_prompt] = 0
+        # The prompt's outputs come from its first completion's plain sequence (all rows agree).
+        scatter[base : base + n_prompt] = torch.arange(n_prompt) + len(gather) * plain_width
         at = n_prompt
-        for s, c in enumerate(cs, start=1):
-            n = len(c)
+        for c in cs:
+            n, row = len(c), len(gather)
             lengths.append(n)
+            seq = list(range(base, base + n_prompt)) + list(range(base + at, base + at + n))
+            # Right padding of the plain sequence: any real token (causal: no real query sees it).
+            gather.append(seq + [base] * (plain_width - len(seq)))
             if n == 0:
                 continue
             ids[b, at : at + n] = torch.as_tensor(list(c), dtype=torch.long)
             positions[b, at : at + n] = torch.arange(n_prompt, n_prompt + n)
-            segment[b, at : at + n] = s
+            scatter[base + at : base + at + n] = torch.arange(n_prompt, n_prompt + n) + row * plain_width
             # Token 0 is predicted from the last prompt token, token j from token j-1.
-            predict_from += [b * width + n_prompt - 1] + list(range(b * width + at, b * width + at + n - 1))
+            predict_from += [base + n_prompt - 1] + list(range(base + at, base + at + n - 1))
             targets += [int(t) for t in c]
             at += n
-        # Pads: any position works, nothing reads them.
-        positions[b, at:] = torch.arange(at, width)
-    return PackedBatch(ids, positions, segment, torch.as_tensor(predict_from, dtype=torch.long), torch.as_tensor(targets, dtype=torch.long), lengths)
+    return PackedBatch(
+        ids,
+        positions,
+        torch.as_tensor(gather, dtype=torch.long).reshape(len(gather), plain_width),
+        scatter,
+        torch.as_tensor(predict_from, dtype=torch.long),
+        torch.as_tensor(targets, dtype=torch.long),
+        lengths,
+    )
+
+
+def _round_up(n: int) -> int:
+    return -(-n // ATTENTION_WIDTH_MULTIPLE) * ATTENTION_WIDTH_MULTIPLE
+
+
+# Attention over the gathered plain sequences --------------------------------------------------
+
+ATTENTION_NAME = "kto_shared_prefix"
+# Implementations whose attention, given no mask, is the causal one of a right-padded batch.
+_CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """What the attention function needs besides q, k, v: the batch's indices and the attention
+    the model was loaded with (called on the gathered plain sequences)."""
+
+    gather_index: torch.Tensor
+    scatter_index: torch.Tensor
+    inner: str
+
+
+def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather: _Gather, **kwargs):
+    """Attention of the packed rows, computed on each completion's plain sequence.
+
+    query/key/value: [B, heads, W, D] in the packed layout (after the rotary embedding, which
+    used the restarting position ids). Gathered into [C, heads, T, D], one plain right-padded
+    sequence per completion (its prompt's keys at 0..P-1, its own at P..), the model's own
+    attention runs on them exactly as on a plain batch, and each packed row takes its output
+    back. `attention_mask` is a placeholder (see `shared_prefix_attention`) and unused.
+    """
+    index, scatter = kto_gather.gather_index.to(query.device), kto_gather.scatter_index.to(query.device)
+    rows, width = index.shape
+    q, k, v = (_gather(x, index) for x in (query, key, value))
+    if kto_gather.inner == "eager":
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        causal = torch.ones(width, width, dtype=torch.bool, device=q.device).tril_()
+        mask = torch.zeros(width, width, dtype=q.dtype, device=q.device).masked_fill_(~causal, torch.finfo(q.dtype).min)
+        out, _ = eager(module, q, k, v, mask[None, None], **kwargs)
+    else:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        out, _ = ALL_ATTENTION_FUNCTIONS[kto_gather.inner](module, q, k, v, None, **kwargs)
+    # out: [C, T, heads, D] -> packed [B, W, heads, D]
+    flat = out.reshape(rows * width, *out.shape[2:])[scatter]
+    return flat.view(query.shape[0], query.shape[2], *out.shape[2:]), None
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[B, h, W, D] -> [C, h, T, D], laid out in memory as [C, T, h, D] like the projections'
+    output that attention sees in a plain forward."""
+    b, h, w, d = x.shape
+    flat = x.transpose(1, 2).reshape(b * w, h, d)
+    return flat[index.reshape(-1)].view(*index.shape, h, d).transpose(1, 2)
+
+
+@contextlib.contextmanager
+def shared_prefix_attention(lm: torch.nn.Module, batch: PackedBatch):
+    """Within it, `lm`'s attention layers compute on the gathered plain sequences of `batch`;
+    yields the keyword arguments for the decoder call (the indices travel to every attention
+    layer as attention kwargs, and a placeholder 4D mask makes transformers skip building one)."""
+    configs = {id(m.config): m.config for m in lm.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    inner = {c._attn_implementation for c in configs.values()}
+    if len(inner) != 1 or not (inner <= {"eager", *_CAUSAL_WITHOUT_MASK}):
+        raise InputError(
+            f"--prefix-sharing supports the attention implementations sdpa, eager and flash_attention_*, not {sorted(inner)}; use --no-prefix-sharing"
+        )
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if ATTENTION_NAME not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(ATTENTION_NAME, _gathered_attention)
+    (name,) = inner
+    for c in configs.values():
+        c._attn_implementation = ATTENTION_NAME
+    try:
+        placeholder = torch.zeros((batch.input_ids.shape[0], 1, 1, 1), device=batch.input_ids.device)
+        yield {"attention_mask": placeholder, "kto_gather": _Gather(batch.gather_index, batch.scatter_index, name)}
+    finally:
+        for c in configs.values():
+            c._attn_implementation = name

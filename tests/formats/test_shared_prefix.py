@@ -15,30 +15,33 @@ from conftest import tiny_llama
 from kto.formats.compute.logprob import CompletionLogps
 from kto.formats.compute.scoring import plan_scoring, score_sequences
 from kto.formats.compute.shared_prefix import group_by_prompt, make_packed_batch, plan_packs, worth_packing
+from kto.formats.errors import InputError
 
 
 def test_packed_batch_by_hand():
-    """Prompt [5, 6] with completions [7, 8] and [9]: tokens 5 6 7 8 9 pad, positions 0 1 2 3 2 4.
+    """Prompt [5, 6] with completions [7, 8] and [9]: tokens 5 6 7 8 9, positions 0 1 2 3 2.
 
     Token 7 (flat 2) and 9 (flat 4) are predicted from the last prompt token (flat 1), token 8
-    from 7. Query 9 sees the prompt and itself, not 7 or 8; the pad sees its whole past.
+    from 7. Attention runs on the plain sequences 5 6 7 8 and 5 6 9, gathered from the pack and
+    padded to 16 with a real token (flat 0); each packed token takes its output back from its
+    place there: the prompt from the first completion's row.
     """
     b = make_packed_batch([[5, 6]], [[[7, 8], [9]]], pad_id=0)
     assert b.input_ids.tolist() == [[5, 6, 7, 8, 9]]
-    assert b.position_ids.tolist() == [[0, 1, 2, 3, 2]] and b.segment.tolist() == [[0, 0, 1, 1, 2]]
+    assert b.position_ids.tolist() == [[0, 1, 2, 3, 2]]
     assert b.predict_from.tolist() == [1, 2, 1] and b.targets.tolist() == [7, 8, 9] and b.lengths == [2, 1]
-    assert b.attention_allowed()[0].int().tolist() == [
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 1, 0],
-        [1, 1, 0, 0, 1],
-    ]
+    assert b.gather_index.tolist() == [[0, 1, 2, 3] + [0] * 12, [0, 1, 4] + [0] * 13]
+    assert b.scatter_index.tolist() == [0, 1, 2, 3, 16 + 2]
     two = make_packed_batch([[5, 6], [3]], [[[7, 8], [9]], [[4]]], pad_id=0)
     assert two.input_ids.tolist() == [[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]]
     assert two.position_ids[1].tolist() == [0, 1, 2, 3, 4]
     assert two.predict_from.tolist() == [1, 2, 1, 5] and two.lengths == [2, 1, 1]
-    assert two.attention_allowed()[1].int().tolist()[2] == [1, 1, 1, 0, 0]  # a pad sees its past: no empty row
+    # Row 1 starts at flat 5; its one completion is the third gathered row (flat 32 on).
+    assert two.gather_index[2].tolist() == [5, 6] + [5] * 14
+    assert two.scatter_index.tolist()[5:7] == [32, 33]
+    # The ids at the gathered places are the plain sequences.
+    flat = two.input_ids.reshape(-1)
+    assert flat[two.gather_index[0, :4]].tolist() == [5, 6, 7, 8] and flat[two.gather_index[1, :3]].tolist() == [5, 6, 9]
 
 
 def test_grouping_and_packs():
@@ -120,16 +123,41 @@ def test_shared_prefix_matches_plain_and_float64(attn, budget):
     np.testing.assert_allclose(shared.sums, plain.sums, atol=1e-4, rtol=0)
 
 
-def test_boolean_mask_would_be_wrong_under_eager():
-    """Why the mask is additive: eager attention adds the mask to the scores, so True/False
-    would add 1/0 instead of blocking siblings. Guard the reason in the module docstring."""
-    lm = tiny_lm("eager")
+def test_shared_prefix_is_bit_identical_to_plain_on_cpu_fp32():
+    """The shared path computes the same numbers as the plain one, not just close ones: the
+    dense layers see the same rows, and attention runs on the same plain sequences, padded to
+    the same multiple of 16 (CPU flash attention's vector width; logprob.ATTENTION_WIDTH_MULTIPLE).
+    So kto-train's step-0 check reads 0.00 on a prefix-shared cache. Lengths straddle 16 and
+    the pack widths differ from every plain width; SmolLM2's head size (64) and GQA (9/3 heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=576, intermediate_size=64, num_hidden_layers=2, num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=512
+    )
+    torch.manual_seed(0)
+    lm = _set_attn(LlamaForCausalLM(config).eval(), "sdpa")
+    scorer = CompletionLogps(lm)
+    g = torch.Generator().manual_seed(1)
+    ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()  # noqa: E731
+    prompts, completions = [], []
+    for p, ns in ((40, (17, 30, 5)), (13, (3, 70)), (100, (33, 61, 20, 9)), (7, (1, 2))):
+        shared = ids(p)
+        prompts += [shared] * len(ns)
+        completions += [ids(n) for n in ns]
+    keys = list(range(len(prompts)))
+    kw = dict(pad_id=0, device=torch.device("cpu"), batch_tokens=4096)
+    assert len(plan_scoring(prompts, completions, keys, share_prefixes=True).packs) == 4
+    shared = score_sequences(scorer, prompts, completions, keys, share_prefixes=True, **kw)
+    for budget in (4096, 128):  # other plain batches: other widths, same numbers
+        plain = score_sequences(scorer, prompts, completions, keys, share_prefixes=False, **{**kw, "batch_tokens": budget})
+        for a, b in zip(shared.token_logps, plain.token_logps):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(shared.sums, plain.sums)
+
+
+def test_unsupported_attention_is_refused():
+    lm = tiny_lm("flex_attention")
     b = make_packed_batch([[5, 6, 7]], [[[8, 9], [10, 11]]], pad_id=0)
-    dec = lm.get_decoder()
-    with torch.no_grad():
-        bool_mask = dec(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.attention_allowed()[:, None]).last_hidden_state
-        additive = torch.zeros(b.attention_allowed().shape).masked_fill_(~b.attention_allowed(), torch.finfo(torch.float32).min)[:, None]
-        good = dec(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=additive).last_hidden_state
-        alone = dec(input_ids=torch.tensor([[5, 6, 7, 10, 11]])).last_hidden_state
-    torch.testing.assert_close(good[0, 5:], alone[0, 3:], atol=1e-5, rtol=0)
-    assert (bool_mask[0, 5:] - alone[0, 3:]).abs().max() > 1e-2
+    with pytest.raises(InputError, match="--no-prefix-sharing"):
+        CompletionLogps(lm).forward_packed(b)
+    assert lm.config._attn_implementation == "flex_attention"

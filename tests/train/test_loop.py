@@ -50,10 +50,9 @@ def test_run_logs_every_step_and_the_policy_moves(full_run):
     ):
         assert key in lines[0], key
     assert all(0 <= m["padding/policy"] < 1 and 0 <= m["padding/kl"] < 1 for m in lines)
-    # Step 1 runs with πθ = πref: every reward and the KL estimate are 0, up to the float
-    # rounding of prefix-shared reference scoring (kto-precompute's default: the KL sequences
-    # are packed after their prompt's other completions, so attention sums in another order).
-    assert abs(lines[0]["rewards/chosen"]) < 1e-5 and abs(lines[0]["kl_raw"]) < 1e-5
+    # Step 1 runs with πθ = πref: every reward and the KL estimate are exactly 0, with the
+    # prefix-shared reference scoring too (kto-precompute's default; formats/compute/shared_prefix.py).
+    assert lines[0]["rewards/chosen"] == 0 and lines[0]["kl_raw"] == 0
     assert lines[0]["loss"] == pytest.approx(0.5)
     assert lines[-1]["kl_raw"] != 0
     assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in output

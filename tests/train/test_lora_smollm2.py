@@ -3,7 +3,6 @@ the adapters change, the base weights do not, and desirable rewards rise."""
 
 import importlib.util
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
     model = tmp_path / "smollm2"
     convert.main(model)
     cache = tmp_path / "cache"
+    # kto-precompute's default, prefix-shared layout: the step-0 check below still reads 0.00.
     result = CliRunner().invoke(
         precompute,
         [
@@ -84,12 +84,10 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
         ],
     )
     assert result.exit_code == 0, result.output
-    # Step 0: the adapters start as the identity (B = 0), so the policy is the reference, up to
-    # fp32 rounding that depends on the batch shapes (training pads other rows together than
-    # precompute did: about 1e-5 per token on these 30 layers, docs/design.md), far inside the
-    # 1e-3 tolerance.
-    drift = re.search(r"step-0 check: max \|Δ log p\| per token vs cache = (\S+) ", result.output)
-    assert drift and float(drift.group(1)) < 1e-4, result.output
+    # Step 0: the adapters start as the identity (B = 0), so the policy is the reference, bit for
+    # bit: training pads other rows together than precompute did, but every forward's width is a
+    # multiple of 16 and these sequences are < 384 tokens (docs/design.md, issue 13).
+    assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in result.output, result.output
     assert seen["trainable"] and all("lora_" in n for n in seen["trainable"])
     # Every base weight in memory after training equals the file it was loaded from.
     for name, value in seen["base"].items():
