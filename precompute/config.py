@@ -49,7 +49,7 @@ class PrecomputeConfig:
     """Also store per-token reference log-probs."""
     prefix_sharing: bool = True
     """Run each distinct prompt through the reference once, followed by all its completions
-    (formats/compute/shared_prefix.py); the same numbers up to float rounding, less compute."""
+    (formats/compute/shared_prefix.py); the same numbers (docs/design.md), less compute."""
     chunk_size: int = 1024
     """Completion positions per LM-head chunk (memory: chunk × vocab fp32)."""
     trust_remote_code: bool = False

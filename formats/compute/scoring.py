@@ -5,8 +5,9 @@ with it. Both therefore batch and compute log-probs the same way (see logprob.py
 
 With `share_prefixes`, sequences with identical prompt ids are packed (shared_prefix.py): each
 distinct prompt is run once, followed by all its completions. The log-probs are those of the
-plain layout up to float rounding; only the work changes. Batches of either layout are cut by
-the tokens actually computed.
+plain layout (bit for bit on CPU fp32 for sequences of up to 384 tokens, to rounding beyond:
+docs/design.md); only the work changes. Batches of either layout are cut by the tokens
+actually computed.
 """
 
 from __future__ import annotations

@@ -5,23 +5,28 @@ back, then right padding:
 
     tokens:    p_0 … p_{P-1} | c_1,0 … c_1,n1-1 | c_2,0 … | … | pad …
     positions: 0 … P-1       | P … P+n1-1       | P …     | … | (continue)
-    sees:      causal        | p and itself     | p and itself, never c_1
 
-Each completion keeps the positions it has in its own sequence p + c_i, and the 4D attention
-mask lets it see exactly the keys it sees there, so its hidden states are those of the plain
-forward up to float rounding (summation order). The first token of every completion is predicted
-from the last prompt token (position P-1); token j > 0 from token j-1 of the same completion.
-Pads see their causal past, so no query row is fully masked (SDPA returns NaN for such rows);
-nothing reads them and no real token sees them.
+Every layer but attention works token by token (embedding, norms, projections, MLP, and the
+rotary embedding, which reads the restarting position ids), so those run on the packs: the
+prompt once. Attention does not: it runs on the plain sequences p + c_i, gathered from the
+packed queries, keys and values into one right-padded row per completion, by the attention
+function the model was loaded with (`sdpa`, `eager`, `flash_attention_*`), then each packed
+token takes its output back (the prompt's from its first completion's row; every row computes
+the same prompt outputs). A completion's keys therefore sit at exactly the indices they have in
+a plain forward, and its log-probs are the plain ones bit for bit on CPU fp32, given the same
+padded widths (logprob.ATTENTION_WIDTH_MULTIPLE) and the same matmul regime; see docs/design.md
+for what this holds against and where it stops. The first token of every completion is
+predicted from the last prompt token (position P-1); token j > 0 from token j-1 of the same
+completion.
 
-The mask is additive (0 or the dtype's minimum), not boolean: the `eager` attention of
-transformers adds the mask to the scores, so a boolean mask would add 1 or 0 there (checked:
-hidden states off by 0.3), while SDPA takes either. Both honour `position_ids` for the rotary
-embedding; with a 4D mask transformers uses the mask as given (masking_utils returns it as is).
+A 4D mask over the pack (each completion sees the prompt and itself) was the first version: it
+matched the plain forward only to rounding (1.24e-05 per token on SmolLM2-135M), because the
+shifted keys of c_2, c_3 … fall into other lanes of the kernel's vectorised softmax sum, and
+it paid attention over the whole W × W square, which the causal kernel skips.
 
 Which sequences share: the grouping is by identical prompt ids among the sequences given (a
 row's main and KL sequence always; rows of a paired dataset or with a repeated system prompt
-when they are in the same call). `plan_groups` decides, per group, whether packing pays off.
+when they are in the same call). `plan_packs` decides, per group, whether packing pays off.
 """
 
 from __future__ import annotations
@@ -37,19 +42,20 @@ import torch
 from ..errors import InputError
 from .logprob import ATTENTION_WIDTH_MULTIPLE
 
-# A packed sequence holds at most this many tokens (or one plain sequence, if longer): the 4D
-# mask is B × W × W, so one long pack would cost W² memory and attention that the plain layout
-# does not pay (SDPA cannot skip the masked upper triangle as its causal kernels do).
+# A packed sequence holds at most this many tokens (or one plain sequence, if longer): a pack is
+# one row of a dense batch, and the token budget cuts batches at whole rows.
 MAX_PACKED_TOKENS = 2048
 
-# Cost of attention per (query, key) pair relative to the dense matmuls per token, for the rule
-# that decides whether a pack pays off. By FLOPs, attention costs 4 · d_attn per pair and layer
-# (QKᵀ and AV), the dense layers 2 · N_non_embedding per token: for SmolLM2-135M 4 · 576 · 30 /
-# (2 · 106.2M) = 3.3e-4 (Llama-3.2-1B: 6.7e-5). With 3.3e-4 the synthetic 32–2048 mix still ran
-# 6 % slower shared than plain on CPU (docs/benchmarks.md): masked attention costs more per
-# FLOP than the dense matmuls. 4× that, 1.3e-3, leaves those packs plain and keeps every pack of
-# the chat and paired mixes. Fixed, not read from the model, so that the plan (and the token
-# counts in the manifest) are a pure function of the data and the layout.
+# Constant of the rule that decides whether a pack pays off (`worth_packing`). It was derived for
+# the first, 4D-mask version, whose attention covered the pack's whole W × W square: by FLOPs,
+# attention costs 4 · d_attn per (query, key) pair and layer, the dense layers 2 · N_non_embedding
+# per token, for SmolLM2-135M 4 · 576 · 30 / (2 · 106.2M) = 3.3e-4; at that ratio the synthetic
+# 32–2048 mix ran 6 % slower shared than plain on CPU, so it was raised 4× to 1.3e-3, which keeps
+# every pack of the chat and paired mixes. Gathered attention costs what plain attention costs,
+# yet packing every group of that synthetic mix (constant 0) still measured 0.80× the plain
+# tokens/s (best of 4; wide packs batch and pad worse than length-sorted plain rows), so the rule
+# stays as a measured guard (docs/benchmarks.md). Fixed, not read from the model, so that the plan
+# (and the token counts in the manifest) are a pure function of the data and the layout.
 ATTENTION_COST = 1.3e-3
 
 
@@ -101,10 +107,9 @@ def plan_packs(
 def worth_packing(prompt_length: int, completion_lengths: Sequence[int], attention_cost: float | None = None) -> bool:
     """Does one pack cost less than its sequences scored plain?
 
-    Packing saves the dense work of (k − 1) prompts, and pays attention over its whole W × W
-    square: with an explicit mask, SDPA cannot skip the upper triangle as its causal kernels do
-    for a plain sequence (measured on CPU: 1.8× the causal time at 2048 tokens). In dense-token
-    units, with ρ = attention_cost:
+    Packing saves the dense work of (k − 1) prompts. The extra cost is modelled as attention over
+    the pack's whole W × W square (what the first, 4D-mask version paid; see ATTENTION_COST for
+    why the rule stays with gathered attention). In dense-token units, with ρ = attention_cost:
 
         saved = (k − 1) · P        extra = ρ · (W² − ½ Σ_i (P + c_i)²),   W = P + Σ_i c_i
 
