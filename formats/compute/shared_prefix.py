@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -262,7 +262,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def shared_prefix_attention(lm: torch.nn.Module, batch: PackedBatch):
+def shared_prefix_attention(lm: torch.nn.Module, batch: PackedBatch) -> Iterator[dict]:
     """Within it, `lm`'s attention layers compute on the gathered plain sequences of `batch`;
     yields the keyword arguments for the decoder call (the indices travel to every attention
     layer as attention kwargs, and a placeholder 4D mask makes transformers skip building one)."""
