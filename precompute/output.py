@@ -10,6 +10,7 @@ from two configurations and a user's files never vanish.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from kto.formats import schema as S
 from kto.formats.atomic import is_temp_name, remove_stale_temps
 from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError
-from kto.formats.lock import LOCK_NAME
+from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import CacheContent
 from kto.formats.shards import VERIFIED_NAME
 
@@ -195,3 +196,27 @@ def shard_table(rows, ref, ref_kl, store_token_logps: bool) -> pa.Table:
         },
         schema=S.SHARD_SCHEMA,
     )
+
+
+def claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, held: contextlib.ExitStack) -> None:
+    """Main process: lock --out, then resume, clear or refuse each split's folder; the others wait.
+
+    The lock is taken before any process writes (the others only start after the broadcast),
+    and a refusal reaches every process, so none is left waiting in a collective.
+    """
+    error = None
+    if state.is_main_process:
+        try:
+            held.enter_context(locked_dir(cfg.out, "--out"))
+            for name, out in outs.items():
+                prepare_out_dir(out, contents[name], layout, cfg.overwrite)
+        except InputError as exc:
+            error = str(exc)
+    if state.num_processes > 1:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise InputError(error)

@@ -59,6 +59,7 @@ def test_a_row_dropped_at_the_token_boundary_is_named(monkeypatch, capsys, tiny_
 
     from kto.precompute import pipeline
     from kto.precompute.config import PrecomputeConfig
+    from kto.precompute.splits import build_splits
     from kto.precompute.templates import ChatTemplate
 
     data = write_rows(tmp_path / "text.jsonl", text_rows())
@@ -71,7 +72,7 @@ def test_a_row_dropped_at_the_token_boundary_is_named(monkeypatch, capsys, tiny_
     monkeypatch.setattr(pipeline, "tokenize_example", drop_row_3)
     cfg = PrecomputeConfig(data=(data,), model=str(tiny_model_dir), out=tmp_path / "out", max_length=64)
     staged = pipeline.stage_rows(cfg, AutoTokenizer.from_pretrained(tiny_model_dir), ChatTemplate(), staging_content(data))
-    [split] = pipeline.build_splits(cfg, staged, None)
+    [split] = build_splits(cfg, staged, None)
     assert split.counts.dropped == 1 and split.counts.rows == len(examples) - 1
     err = capsys.readouterr().err
     assert "dropped 1 rows" in err and "'text.jsonl:3'" in err

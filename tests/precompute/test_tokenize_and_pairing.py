@@ -205,7 +205,8 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     from conftest import chat_rows, staging_content, write_rows
 
     from kto.precompute.config import PrecomputeConfig
-    from kto.precompute.pipeline import build_splits, cache_rows, stage_rows
+    from kto.precompute.pipeline import stage_rows
+    from kto.precompute.splits import build_splits, cache_rows
     from kto.precompute.staging import StagingReader
     from kto.precompute.templates import ChatTemplate
 

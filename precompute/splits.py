@@ -1,0 +1,187 @@
+"""Staged rows -> splits: drop, hold out the eval rows, pair each row with its KL partner on
+the cycle (pairing.py), count, and read a shard's rows back from staging cut by the truncation
+rule (tokenize.py). Everything here is a pure function of the staged rows and the configuration.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kto.formats import schema as S
+from kto.formats.errors import InputError, log
+from kto.formats.manifest import Counts
+
+from .config import PrecomputeConfig
+from .pairing import kl_partners
+from .staging import StagedIndex, StagingReader, check_unique_ids, read_index
+from .tokenize import Truncation
+
+
+@dataclass(frozen=True)
+class CacheRow:
+    """One shard row before scoring: ids of the main and the KL sequence."""
+
+    id: str
+    label: bool
+    prompt_ids: np.ndarray  # int32, as TokenizedRow's
+    completion_ids: np.ndarray
+    kl_source_id: str
+    kl_completion_ids: np.ndarray
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str  # "train" or "eval"
+    out: Path
+    rows: np.ndarray
+    """Staged row index of each cache row, in cache order (the rows live in the staging file)."""
+    partners: np.ndarray
+    """Staged row index of each row's KL partner."""
+    counts: Counts
+    truncation: Truncation
+    """How this split's rows and their KL completions are cut (needs each row's partner)."""
+
+
+def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out round(fraction · n) rows, chosen by a seeded shuffle; both keep input order."""
+    if fraction == 0:
+        return rows, []
+    n_eval = round(fraction * len(rows))
+    picked = set(random.Random(f"eval-{seed}").sample(range(len(rows)), n_eval))
+    train = [r for i, r in enumerate(rows) if i not in picked]
+    evals = [r for i, r in enumerate(rows) if i in picked]
+    for name, part in (("train", train), ("eval", evals)):
+        if len(part) < 2:
+            raise InputError(f"--eval-fraction {fraction}: leaves {len(part)} {name} rows of {len(rows)}; each split needs at least 2")
+    return train, evals
+
+
+class _LazyIds:
+    """ids[i] read from the staging file only when pairing has to name a row in an error."""
+
+    def __init__(self, path: Path, rows: np.ndarray):
+        self.path, self.rows = path, rows
+
+    def __getitem__(self, i: int) -> str:
+        with StagingReader(self.path) as reader:
+            return reader.value("id", int(self.rows[i]))
+
+
+def pair_rows(index: StagedIndex, rows: np.ndarray, cfg: PrecomputeConfig, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """The rows in the pairing's cycle order, each row's KL partner (staged row indices), and
+    how many pairs share a prompt. kto-train's steps follow the cycle (pairing.py)."""
+    lengths = np.minimum(index.prompt_len[rows] + index.completion_len[rows], cfg.max_length)
+    pairing = kl_partners(index.prompt_key[rows].tolist(), index.completion_key[rows].tolist(), _LazyIds(path, rows), cfg.seed, lengths=lengths.tolist())
+    order = np.asarray(pairing.order, dtype=np.int64)
+    return rows[order], rows[np.asarray(pairing.partner, dtype=np.int64)[order]], pairing.same_prompt
+
+
+def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, truncation: Truncation, *, dropped: int, same_prompt: int) -> Counts:
+    """The split's counts, from lengths alone (`Truncation.kept_lengths`, the arithmetic that cuts)."""
+    prompt_len, completion_len, kl_len = index.prompt_len[rows], index.completion_len[rows], index.completion_len[partners]
+    kept_prompt, kept_completion, kept_kl = truncation.kept_lengths(prompt_len, completion_len, kl_len)
+    prompt_cut, completion_cut = kept_prompt < prompt_len, kept_completion < completion_len
+    return Counts(
+        rows=len(rows),
+        desirable=int(index.label[rows].sum()),
+        undesirable=int((~index.label[rows]).sum()),
+        dropped=dropped,
+        truncated=int((prompt_cut | completion_cut).sum()),
+        prompt_truncated=int(prompt_cut.sum()),
+        completion_truncated=int(completion_cut.sum()),
+        kl_completion_truncated=int((kept_kl < kl_len).sum()),
+        prompt_tokens=int(kept_prompt.sum()),
+        completion_tokens=int(kept_completion.sum()),
+        kl_completion_tokens=int(kept_kl.sum()),
+        same_prompt_kl_pairs=same_prompt,
+        template_prefix_splits=int(index.prefix_split[rows].sum()),
+    )
+
+
+def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True) -> list[Split]:
+    """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts."""
+    truncation = Truncation(cfg.max_length, cfg.max_prompt_length, bos_id)
+    index = read_index(path)
+    check_unique_ids(index, path)
+    if index.n < 2:
+        files = ", ".join(str(p) for p in cfg.data) or "no input files"
+        raise InputError(f"need at least 2 examples, got {index.n} (from {files})")
+    kept = np.flatnonzero(index.kept)
+    dropped = index.n - len(kept)
+    if len(kept) < 2:
+        raise InputError(
+            f"--data {', '.join(map(str, cfg.data))}: {len(kept)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2"
+        )
+    if dropped and main:
+        _log_dropped(path, np.flatnonzero(~index.kept))
+    train, evals = split_eval(kept.tolist(), cfg.eval_fraction, cfg.seed)
+    splits = []
+    for name, part, out in (("train", train, cfg.out), ("eval", evals, cfg.out / S.EVAL_DIR)):
+        if not part:
+            continue
+        part = np.asarray(part, dtype=np.int64)
+        rows, partners, same_prompt = pair_rows(index, part, cfg, path)
+        counts = count(index, rows, partners, truncation, dropped=dropped if name == "train" else 0, same_prompt=same_prompt)
+        splits.append(Split(name, out, rows, partners, counts, truncation))
+    prefix_splits = int(index.prefix_split[kept].sum())
+    if prefix_splits:
+        log(
+            f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (chat template renders the prompt differently)"
+        )
+    return splits
+
+
+def _log_dropped(path: Path, rows: np.ndarray) -> None:
+    with StagingReader(path) as reader:
+        ids = reader.take(rows[:10], "id")
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+    log(f"dropped {len(rows)} rows left with an empty prompt or completion by tokenization or truncation: {', '.join(map(repr, ids))}{more}")
+
+
+def cache_rows(reader: StagingReader, s: Split, a: int, b: int) -> list[CacheRow]:
+    """Rows a..b of split `s`, read from staging: each with its partner's completion, both cut
+    by the split's truncation rule."""
+    rows, partners = s.rows[a:b], s.partners[a:b]
+    ids, labels = (reader.take(rows, c) for c in ("id", "label"))
+    prompts, completions = reader.take(rows, "prompt_ids"), reader.take(rows, "completion_ids")
+    kl_ids, kl_completions = reader.take(partners, "id"), reader.take(partners, "completion_ids")
+    out = []
+    for k in range(len(rows)):
+        cut = s.truncation.apply(prompts[k], completions[k], kl_completions[k])
+        out.append(
+            CacheRow(
+                id=ids[k],
+                label=labels[k],
+                prompt_ids=cut.prompt_ids,
+                completion_ids=cut.completion_ids,
+                kl_source_id=kl_ids[k],
+                kl_completion_ids=cut.kl_completion_ids,
+                truncated=cut.truncated,
+            )
+        )
+    return out
+
+
+def check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: str) -> None:
+    """Refuse token ids the model has no embedding row for (a tokenizer larger than the model)."""
+    rows = lm.get_input_embeddings().weight.shape[0]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id >= rows:
+        raise InputError(f"--model {model}: the tokenizer's pad token id {tokenizer.pad_token_id} is not below the model's vocabulary size {rows}")
+    index = read_index(staged)
+    used = np.concatenate([s.rows for s in splits])
+    bad = used[index.max_id[used] >= rows]
+    if not len(bad):
+        return
+    i = int(np.sort(bad)[0])
+    with StagingReader(staged) as reader:
+        ids = np.concatenate([reader.ids("prompt_ids", i), reader.ids("completion_ids", i)])
+        row_id = reader.value("id", i)
+    raise InputError(
+        f"row {row_id!r}: token id {int(ids[ids >= rows][0])} is not below the vocabulary size {rows} of --model {model}; "
+        "its tokenizer has more tokens than the model has embeddings"
+    )
