@@ -132,6 +132,15 @@ def _options(adapters_only: bool, **kw):
     return StateDictOptions(ignore_frozen_params=adapters_only, **kw)
 
 
+def shared_temp_names(path: Path) -> tuple[Path, Path]:
+    """The temp and aside names of a sharded checkpoint. Every rank writes into the temp folder,
+    so its name cannot carry each writer's pid as formats/atomic.py's names do; "-0" stands in
+    for it (one writer per --out: the run holds its lock), and keeps the names in the shape
+    `remove_stale_temps` recognises, so a killed save is cleared (or its .old put back) at
+    the next start."""
+    return path.with_name(f".{path.name}.tmp-0"), path.with_name(f".{path.name}.old-0")
+
+
 def save_checkpoint(
     out: Path, model, optimizer, scheduler, tokenizer, position: Position, plan: dict, accelerator, adapters_only: bool, adapter_config=None
 ) -> Path:
@@ -142,7 +151,7 @@ def save_checkpoint(
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     path = out / f"checkpoint-{position.global_step}"
-    tmp = out / f".{path.name}.tmp"
+    tmp, old = shared_temp_names(path)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -159,7 +168,6 @@ def save_checkpoint(
         (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan, "sharded": True}, indent=2))
         uniform_permissions(tmp)
         _fsync_files(tmp)
-        old = out / f".{path.name}.old"
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)

@@ -173,3 +173,19 @@ def test_inspect_score_reads_beta_from_the_run(run3, tiny_cache, tmp_path):
     given = score_cache(tiny_cache, str(run3 / "final"), tmp_path / "t.parquet", beta=0.05, log=lambda m: None)
     assert given["beta"] == 0.05
     assert torch.isfinite(torch.tensor(result["desirable"]["mean_reward"]))
+
+
+def test_a_killed_sharded_save_is_cleared_and_its_old_copy_restored(tmp_path):
+    """FSDP checkpoints are written by every rank into one temp folder (no per-writer pid in its
+    name); its names must still be the ones clean_stale recognises."""
+    from kto.train.rundir import clean_stale
+    from kto.train.sharding import shared_temp_names
+
+    tmp, old = shared_temp_names(tmp_path / "checkpoint-8")
+    tmp.mkdir()
+    old.mkdir()
+    (old / "trainer_state.json").write_text("{}")
+    done = clean_stale(tmp_path)
+    assert len(done) == 2 and any(tmp.name in line for line in done) and any(old.name in line for line in done)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-8"]
+    assert (tmp_path / "checkpoint-8" / "trainer_state.json").is_file()
