@@ -16,12 +16,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import InputError
+from .files import regular_file
 
 
 def load_config_file(path: str | Path, known: Iterable[str]) -> dict:
     """{field name: raw value}. Keys may use dashes or underscores; unknown keys are refused."""
     path = Path(path)
     is_toml = path.suffix.lower() == ".toml"
+    regular_file(path, f"--config {path}")
     try:
         text = path.read_text()
     except OSError as exc:

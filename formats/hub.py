@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .files import regular_tree
 from .records import one_line
 from .shards import sha256_file
 
@@ -192,8 +193,9 @@ def _revision(spec: DatasetSpec) -> str:
 
 
 def _tree_sha256(root: Path) -> str:
-    """sha256 over (relative path, file sha256) of every file under `root`, in sorted order."""
+    """sha256 over (relative path, file sha256) of every file under `root`, in sorted order.
+    Every entry must be a regular file or a folder: `datasets` would block on a FIFO among them."""
     h = hashlib.sha256()
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+    for p in regular_tree(root, f"--data {root}"):
         h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
     return h.hexdigest()

@@ -19,6 +19,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .files import regular_file
 from .shards import sha256_file
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
@@ -27,6 +28,7 @@ SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + ARROW_SUFFIXES
 
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks so large inputs never sit in memory whole."""
+    regular_file(path)  # a FIFO or /dev/zero would never end the read
     try:
         return sha256_file(path)
     except OSError as e:
@@ -45,8 +47,7 @@ def read_file(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    regular_file(path)
     if suffix not in SUFFIXES:
         expected = ", ".join(SUFFIXES)
         raise InputError(f"{path}: unknown file type {suffix or '(none)'!r} (expected {expected})")

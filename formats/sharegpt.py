@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .files import regular_file
 from .records import kind_name, one_line
 
 
@@ -66,6 +67,7 @@ def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
     else:
         path, _, name = str(spec).partition("#")
         where = f"--sharegpt-info {spec}"
+        regular_file(path, where)
         try:
             data = json.loads(Path(path).read_text())
         except OSError as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kto.formats.errors import InputError
+from kto.formats.files import regular_file
 from kto.formats.records import one_line
 
 # Set by the tokenizer step itself; a kwargs object may not change how ids are produced.
@@ -72,6 +73,7 @@ def parse_kwargs(value: str | dict | None) -> dict:
 def load_chat_template(path: Path | None, kwargs: str | dict | None) -> ChatTemplate:
     text = None
     if path is not None:
+        regular_file(path, f"--chat-template {path}")
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:

@@ -1,0 +1,63 @@
+"""Files the commands read whole: only regular files, each refusal one line naming the path.
+
+A FIFO blocks a read until someone writes to it, and a character device such as `/dev/zero`
+never ends one: `--data` given either (directly or through a symlink) hung kto-precompute while
+its memory grew without limit. So every file a command reads whole (inputs, `--config`,
+`--chat-template`, `--sharegpt-info`) is first `stat`ed, symlinks resolved, and must be a
+regular file; a directory input must be a directory and hold only regular files and folders.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import InputError
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """'a FIFO', 'a character device', … for a `st_mode` that is not a regular file."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def regular_file(path: str | os.PathLike, what: str | None = None) -> Path:
+    """`path`, when it (after symlinks) is a regular file; InputError `WHAT: ...` otherwise.
+
+    `what` names the file in the message (default: the path itself, e.g. `--config run.yaml`)."""
+    what = what or str(path)
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: a link to /dev/zero is a device
+    except FileNotFoundError:
+        raise InputError(f"{what}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{what}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{what}: {kind_of(mode)}, not a regular file")
+    return Path(path)
+
+
+def regular_tree(root: str | os.PathLike, what: str | None = None) -> list[Path]:
+    """Every file under the directory `root`, sorted; InputError if any entry (after symlinks)
+    is neither a regular file nor a directory."""
+    what = what or str(root)
+    files = []
+    for p in sorted(Path(root).rglob("*")):
+        try:
+            mode = os.stat(p).st_mode
+        except OSError as e:
+            raise InputError(f"{what}: {p}: cannot read ({e.strerror})") from None
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{what}: {p}: {kind_of(mode)}, not a regular file")
+        files.append(p)
+    return files
