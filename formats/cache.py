@@ -129,9 +129,16 @@ class ShardedCache:
         self.check_sha256(k)
         table = self.open_shard(k)
         if values:
+            vocab_size = self.vocab_size()
             with self._hinted():
-                check_shard_values(table, self.path(k), tokenizer_vocab_size(self.dir))
+                check_shard_values(table, self.path(k), vocab_size)
         return table
+
+    def vocab_size(self) -> int | None:
+        """Token ids the cache's tokenizer/ can produce (None without one); InputError when its
+        file is unreadable. kto-train asks at start-up, so that stops it before --out is touched."""
+        with self._hinted():
+            return tokenizer_vocab_size(self.dir)
 
     def table(self, k: int) -> pa.Table:
         """`read_shard(k)`, kept for random access (training reads rows from any shard)."""

@@ -5,13 +5,22 @@ never ends one: `--data` given either (directly or through a symlink) hung kto-p
 its memory grew without limit. So every file a command reads whole (inputs, `--config`,
 `--chat-template`, `--sharegpt-info`) is first `stat`ed, symlinks resolved, and must be a
 regular file; a directory input must be a directory and hold only regular files and folders.
+
+`read_json` is how every cache and run file (manifest.json, .verified.json,
+.tokenizer-checked.json, the journal, run/config.json, tokenizer.json) is read: Python's parser
+raises RecursionError, not ValueError, on JSON nested a few thousand levels deep, and that came
+out of verify, summary, rows and kto-train as a traceback. Here every failure is one line,
+`PATH: unreadable (why)`; callers that can do without the file (a stamp, a remembered check)
+catch it and carry on.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
@@ -61,3 +70,22 @@ def regular_tree(root: str | os.PathLike, what: str | None = None) -> list[Path]
             raise InputError(f"{what}: {p}: {kind_of(mode)}, not a regular file")
         files.append(p)
     return files
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The parsed JSON of the regular file `path`; InputError `PATH: unreadable (why)` when it is
+    missing, not a regular file, not UTF-8, not JSON, or nested too deeply to parse."""
+    try:
+        regular_file(path)
+        text = Path(path).read_bytes().decode("utf-8")
+        return json.loads(text)
+    except InputError as e:
+        raise InputError(f"{path}: unreadable ({str(e).removeprefix(f'{path}: ')})") from None
+    except OSError as e:
+        raise InputError(f"{path}: unreadable ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: unreadable (not valid UTF-8 at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: unreadable (not JSON: {e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise InputError(f"{path}: unreadable (JSON nested too deeply)") from None

@@ -12,7 +12,6 @@ Three kinds of content, checked differently:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from .atomic import write_json_atomic
 from .content import CacheContent, fingerprint_of
 from .errors import InputError
+from .files import read_json
 from .schema import FORMAT_VERSION, MANIFEST_NAME
 
 __all__ = ["CacheContent", "Counts", "Manifest", "ShardEntry", "fingerprint_of", "read_manifest"]
@@ -150,13 +150,13 @@ def read_manifest(cache_dir: str | Path) -> Manifest:
     path = Path(cache_dir) / MANIFEST_NAME
     if not path.is_file():
         raise InputError(f"{path}: no manifest; is {cache_dir} a finished kto-precompute cache?")
+    obj = read_json(path)  # `PATH: unreadable (…)`, a RecursionError included
     try:
-        obj = json.loads(path.read_text())
         _check_version(obj)
         manifest = Manifest.from_json(obj)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: hashing a deep value
         raise InputError(f"{path}: unreadable manifest ({type(exc).__name__}: {exc})") from exc
     if obj.get("fingerprint") != manifest.fingerprint:
         raise InputError(f"{path}: fingerprint does not match its content section; the manifest was edited")

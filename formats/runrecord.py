@@ -12,12 +12,12 @@ here, in the contract, because both sides read it and train/ is no library of in
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from .atomic import write_json_atomic
 from .errors import InputError
+from .files import read_json
 
 RUN_CONFIG_NAME = "config.json"
 KIND = "kto-train run"
@@ -34,11 +34,8 @@ def read_run_config(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / RUN_CONFIG_NAME
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-        ok = record.get("kind") == KIND and isinstance(record.get("config"), dict) and isinstance(record.get("derived"), dict)
-    except (OSError, ValueError, AttributeError) as exc:
-        raise InputError(f"{path}: unreadable run configuration ({type(exc).__name__})") from None
+    record = read_json(path)
+    ok = isinstance(record, dict) and record.get("kind") == KIND and isinstance(record.get("config"), dict) and isinstance(record.get("derived"), dict)
     if not ok:
         raise InputError(f"{path}: not a kto-train run configuration")
     if record.get("version") != VERSION:

@@ -20,6 +20,7 @@ import pyarrow.ipc as ipc
 from . import schema as S
 from .atomic import atomic_path, write_json_atomic
 from .errors import InputError
+from .files import read_json
 from .schema import SHARD_SCHEMA
 
 VERIFIED_NAME = ".verified.json"
@@ -83,10 +84,15 @@ class ShardVerifier:
         self._record = self._load_record()
 
     def _load_record(self) -> dict:
-        try:
-            return json.loads(self._record_path.read_text())
-        except (OSError, ValueError):
+        # Only a stamp: missing, unreadable (even nested too deeply to parse) or not a mapping,
+        # it is ignored and the shards are simply hashed again.
+        if not self._record_path.exists():
             return {}
+        try:
+            record = read_json(self._record_path)
+        except InputError:
+            return {}
+        return record if isinstance(record, dict) else {}
 
     def _stamp(self, path: Path) -> list:
         st = path.stat()
@@ -129,8 +135,8 @@ def _vocab_size(tok_dir: Path, key: tuple) -> int:
     if path.is_file():
         # A fast tokenizer's file lists every id: reading it costs a JSON parse, not a
         # transformers import (kto-train pays this once per cache).
+        obj = read_json(path)
         try:
-            obj = json.loads(path.read_text())
             vocab = obj["model"]["vocab"]
             ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
             ids += [t["id"] for t in obj.get("added_tokens") or []]

@@ -75,7 +75,7 @@ def read_run(run: str | Path) -> RunLog:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
             if i == last and not raw.endswith(b"\n"):
                 log.warnings.append(
                     f"{path}: line {i + 1} is incomplete (the run was cut off mid-write?); using the {len(log.train) + len(log.eval)} complete lines"

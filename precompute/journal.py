@@ -17,10 +17,11 @@ removes only what the journal or the manifest names.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from kto.formats.atomic import rename_into_place, temp_path_for, write_json_atomic
+from kto.formats.errors import InputError
+from kto.formats.files import read_json
 from kto.formats.shards import sha256_file, write_shard
 
 JOURNAL_DIR = ".journal"
@@ -35,9 +36,9 @@ class Journal:
 
     def _read(self, name: str) -> dict | None:
         try:
-            obj = json.loads((self.dir / name).read_text())
-        except (OSError, ValueError):
-            return None  # missing or unreadable: nothing is proven by it
+            obj = read_json(self.dir / name)
+        except InputError:
+            return None  # missing or unreadable (even nested too deeply): nothing is proven by it
         return obj if isinstance(obj, dict) else None
 
     def _write(self, name: str, obj: dict) -> None:

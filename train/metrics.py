@@ -13,7 +13,7 @@ def _step_of(line: str) -> int | None:
     """The step of a metrics line, or None for a blank or half-written one (a crash mid-write)."""
     try:
         return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deeply
         return None
 
 

@@ -249,6 +249,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     torch.manual_seed(cfg.seed)
     cache = open_cache(cfg.cache)
     lengths = cache.lengths()
+    cache.vocab_size()  # tokenizer/tokenizer.json readable (the shards' values are checked against it)
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+from ..files import read_json
 from ..shards import sha256_file
 
 if TYPE_CHECKING:
@@ -73,11 +74,25 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
     try:
         tok = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
     except Exception as exc:
-        raise InputError(f"{flag} {source.directory}: cannot load tokenizer ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        # transformers parses tokenizer.json and friends itself; a RecursionError or a JSON error
+        # from there is better told as the file that causes it.
+        raise _unreadable_json_in(source.directory) or InputError(
+            f"{flag} {source.directory}: cannot load tokenizer ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
     if tok.pad_token_id is None:
         # Padding positions are masked out everywhere; any id works, EOS is the usual choice.
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _unreadable_json_in(directory: Path) -> InputError | None:
+    """`PATH: unreadable (why)` for the first JSON file in `directory` that does not parse."""
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            read_json(path)
+        except InputError as exc:
+            return exc
+    return None
 
 
 def load_causal_lm(
@@ -176,7 +191,7 @@ def model_identity(source: ModelSource) -> dict:
     identity: dict = {}
     config = source.directory / "config.json"
     if config.is_file():
-        identity["config"] = _sha256(json.dumps(json.loads(config.read_text()), sort_keys=True).encode())
+        identity["config"] = _sha256(json.dumps(read_json(config), sort_keys=True).encode())
     weights = {}
     names = [source.gguf_file] if source.gguf_file else sorted(p.name for p in source.directory.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     for name in names:
@@ -265,9 +280,9 @@ def check_cache_tokenizer(
     key = f"{digest}:{_sha256(json.dumps(cache_identity, sort_keys=True).encode())}"
     path = Path(cache_dir) / TOKENIZER_CHECK_NAME
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path) if path.exists() else {}
         record = record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
+    except InputError:  # only a memo: unreadable, it is rebuilt
         record = {}
     remembered = record.get(key) if digest is not None else None
     if isinstance(remembered, dict) and isinstance(remembered.get("pad_token_id"), int):

@@ -1,0 +1,96 @@
+"""JSON nested deeper than Python's parser can follow raised RecursionError (not ValueError) from
+manifest.json, .verified.json and tokenizer/tokenizer.json: a traceback out of verify, summary,
+rows and kto-train. Now each is one line, `PATH: unreadable (…)`; an unreadable `.verified.json`
+or `.tokenizer-checked.json` is only a stamp, and is ignored (the shards are hashed again)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import run_train, train_error_line
+
+from kto.formats.errors import InputError
+from kto.formats.runrecord import read_run_config
+from kto.inspection.cli import main as inspect_main
+from kto.precompute.journal import Journal
+
+DEEP = "[" * 100_000 + "]" * 100_000  # far past the recursion limit (1000)
+
+
+def deep_copy(cache: Path, dest: Path, name: str) -> Path:
+    """A copy of `cache` whose file `name` holds DEEP (inside its object, if it has one)."""
+    shutil.copytree(cache, dest)
+    path = dest / name
+    if path.is_file():
+        text = json.dumps(json.loads(path.read_text()))
+        path.write_text(text[:-1] + ', "deep": ' + DEEP + "}")
+    else:
+        path.write_text(DEEP)
+    return dest
+
+
+def inspect(*args: str):
+    result = CliRunner().invoke(inspect_main, [str(a) for a in args])
+    assert "Traceback" not in result.output and not isinstance(result.exception, RecursionError), result.output
+    return result
+
+
+def test_read_json_says_unreadable_for_deep_nesting(tmp_path):
+    from kto.formats.files import read_json
+
+    path = tmp_path / "x.json"
+    path.write_text(DEEP)
+    with pytest.raises(InputError) as err:
+        read_json(path)
+    assert str(err.value) == f"{path}: unreadable (JSON nested too deeply)"
+
+
+@pytest.mark.parametrize("command", ["verify", "summary", "rows"])
+def test_deep_manifest_is_one_line_in_inspect(tiny_cache, tmp_path, command):
+    cache = deep_copy(tiny_cache, tmp_path / "c", "manifest.json")
+    result = inspect(command, cache)
+    expected = f"{cache / 'manifest.json'}: unreadable (JSON nested too deeply)"
+    assert result.exit_code == (1 if command == "verify" else 2), result.output
+    assert expected in result.output.splitlines()[0], result.output
+
+
+def test_deep_tokenizer_json_is_one_line_in_verify_and_rows(tiny_cache, tmp_path):
+    cache = deep_copy(tiny_cache, tmp_path / "c", "tokenizer/tokenizer.json")
+    expected = f"{cache / 'tokenizer' / 'tokenizer.json'}: unreadable (JSON nested too deeply)"
+    verified = inspect("verify", cache)
+    assert verified.exit_code == 1 and f"kto-inspect: verify: {expected}" in verified.output.splitlines(), verified.output
+    rows = inspect("rows", cache)
+    assert rows.exit_code == 2 and rows.output.strip() == f"kto-inspect: error: {expected}", rows.output
+
+
+def test_deep_verified_record_is_ignored_and_shards_rehashed(tiny_cache, tiny_model_dir, tmp_path):
+    cache = deep_copy(tiny_cache, tmp_path / "c", ".verified.json")
+    assert inspect("summary", cache).exit_code == 0
+    assert inspect("rows", cache, "--limit", "1").exit_code == 0
+    result = run_train(cache, tiny_model_dir, tmp_path / "run", "--max-steps", "1", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    record = json.loads((cache / ".verified.json").read_text())  # rewritten by the re-hash
+    assert sorted(record) == sorted(p.name for p in cache.glob("shard-*.arrow"))
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "tokenizer/tokenizer.json"])
+def test_deep_cache_file_is_one_line_in_kto_train_before_out(tiny_cache, tiny_model_dir, tmp_path, name):
+    cache = deep_copy(tiny_cache, tmp_path / "c", name)
+    result = run_train(cache, tiny_model_dir, tmp_path / "run", "--max-steps", "1")
+    assert result.exit_code == 2, result.output
+    assert f"{cache / name}: unreadable (JSON nested too deeply)" in train_error_line(result.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_deep_run_config_and_journal_record(tmp_path):
+    (tmp_path / "config.json").write_text(DEEP)
+    with pytest.raises(InputError, match=r"config.json: unreadable \(JSON nested too deeply\)"):
+        read_run_config(tmp_path)
+    journal = Journal(tmp_path)
+    journal.dir.mkdir()
+    (journal.dir / "run.json").write_text(DEEP)
+    assert journal.run() is None  # unreadable: proves nothing, as a missing record
