@@ -21,6 +21,7 @@ from kto.formats.scanning import scan
 
 from .text import num, shown
 
+POLARS_MAX_ROWS = 2**32 - 1
 DERIVED = {
     "prompt_len": "prompt tokens",
     "completion_len": "completion tokens",
@@ -135,6 +136,9 @@ def select_rows(cache_dir: str | Path, *, where: str | None = None, sort: str | 
 
     if limit < 1:
         raise InputError(f"--limit {limit}: must be at least 1")
+    # polars counts rows in 32 bits (`head(2**32)` is an OverflowError); a limit past that
+    # already means "every row", as it does past the cache's row count.
+    limit = min(limit, POLARS_MAX_ROWS)
     lf = _with_derived(scan(cache_dir))
     if where:
         lf = lf.filter(_sql(where, "--where"))

@@ -40,6 +40,13 @@ def test_decoded_text_equals_the_source(text_cache):
         assert "".join(t["text"] for t in row["tokens"]) == row["completion"]
 
 
+@pytest.mark.parametrize("limit", ["99999999999", str(2**70)])
+def test_a_limit_past_polars_row_count_shows_every_row(text_cache, limit):
+    """`--limit 99999999999` was an OverflowError traceback (polars counts rows in 32 bits)."""
+    shown = rows_json(text_cache, "--limit", limit, "--sort", "id")
+    assert [r["id"] for r in shown] == sorted(f"text.jsonl:{i}" for i in range(1, len(text_rows()) + 1))
+
+
 def test_where_sort_limit_match_polars(text_cache):
     import polars as pl
 
