@@ -85,10 +85,23 @@ def shard_name(index: int) -> str:
 
 
 def check_schema(schema: pa.Schema, where: str) -> None:
-    """Raise ValueError naming `where` unless `schema` has every shard column with its type."""
+    """Raise ValueError naming `where` unless `schema` has exactly the shard columns: the same
+    names, in the same order, with the same types. An extra column is not harmless: a shard
+    carrying one (its sha256 patched into the manifest) passed as "schema agrees", and a polars
+    scan of the cache then fails or shows the column for that shard only."""
+    names, expected = schema.names, SHARD_SCHEMA.names
+    for name in expected:
+        if name not in names:
+            raise ValueError(f"{where}: missing column {name!r}")
+    extra = [n for n in names if n not in expected]
+    if extra:
+        raise ValueError(f"{where}: extra column(s) {', '.join(map(repr, extra))}; a shard has exactly the {len(expected)} columns of the shard schema")
+    if names != expected:  # same set, so a repeated name or another order
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"{where}: column(s) {', '.join(map(repr, repeated))} appear more than once")
+        raise ValueError(f"{where}: columns in the order {', '.join(names)}; the shard schema's is {', '.join(expected)}")
     for field in SHARD_SCHEMA:
-        if field.name not in schema.names:
-            raise ValueError(f"{where}: missing column {field.name!r}")
         actual = schema.field(field.name).type
         if actual != field.type:
             raise ValueError(f"{where}: column {field.name!r} has type {actual}, expected {field.type}")

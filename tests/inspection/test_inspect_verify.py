@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import struct
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -129,6 +130,43 @@ def test_wrong_schema_and_row_count(cache):
     result = verify(cache)
     assert result.exit_code == 1
     assert f"{path}: missing column 'truncated'" in result.stderr
+
+
+def patch_shard_table(cache, index: int, table: pa.Table) -> Path:
+    """Write `table` as shard `index` as it is (write_shard would select the schema's columns),
+    keep its metadata (fingerprint tag) and patch its sha256 into the manifest."""
+    from kto.formats.shards import sha256_file
+
+    manifest = read_manifest(cache)
+    entry = manifest.shards[index]
+    path = cache / entry.name
+    tmp = path.with_name(path.name + ".tmp")  # `table` may be a memory map of `path` itself
+    with ipc.new_file(str(tmp), table.schema) as w:
+        w.write_table(table)
+    tmp.replace(path)
+    shards = list(manifest.shards)
+    shards[index] = ShardEntry(entry.name, table.num_rows, sha256_file(path))
+    dataclasses.replace(manifest, shards=shards).write(cache)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.append_column("note", pa.array(["x"] * t.num_rows)), "extra column(s) 'note'"),
+        (lambda t: t.select(list(reversed(t.column_names))), "columns in the order truncated, ref_kl_token_logps"),
+    ],
+    ids=["extra-column", "column-order"],
+)
+def test_shard_with_an_extra_column_or_another_order_fails_verify(cache, change, message):
+    """A shard with an extra column, its sha256 patched into the manifest, passed verify as
+    "schema agrees": the check only looked for the declared columns."""
+    path = cache / "shard-00001.arrow"
+    table = ipc.open_file(pa.memory_map(str(path))).read_all()
+    patch_shard_table(cache, 1, change(table))
+    result = verify(cache)
+    assert result.exit_code == 1, result.output
+    assert any(line.startswith(f"kto-inspect: verify: {path}: {message}") for line in result.stderr.splitlines()), result.stderr
 
 
 def test_eval_split_is_verified_too(cache):

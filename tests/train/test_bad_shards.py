@@ -44,6 +44,21 @@ def test_a_shard_with_fewer_rows_than_the_manifest_lists_is_named(cache_copy, ti
     assert not (tmp_path / "r").exists()
 
 
+def test_a_shard_with_an_extra_column_is_refused_before_out(cache_copy, tiny_model_dir, tmp_path):
+    """Its sha256 patched into the manifest, a shard with an extra column used to train."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    from test_inspect_verify import patch_shard_table
+
+    path = cache_copy / "shard-00002.arrow"
+    table = ipc.open_file(pa.memory_map(str(path))).read_all()
+    patch_shard_table(cache_copy, 2, table.append_column("note", pa.array(["x"] * table.num_rows)))
+    result = train_cli(cache_copy, tiny_model_dir, tmp_path / "r", "--max-steps", "1")
+    assert result.exit_code == 2
+    assert f"{path}: extra column(s) 'note'" in train_error_line(result.output)
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_shard_whose_sha256_differs_stops_with_one_line_when_first_read(tiny_cache, tiny_model_dir, tmp_path):
     from conftest import tampered_copy
 
