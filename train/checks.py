@@ -49,17 +49,46 @@ class Balance:
     n_desirable: int
     n_undesirable: int
     ratio: float
-    suggested_desirable_weight: float
+    suggested_desirable_weight: float | None
+    """The nearest w_D that brings the ratio inside [1, 4/3]; None when no w_D can (a class is
+    absent, or w_U = 0 leaves the undesirable rows out of the loss)."""
+    undesirable_weight: float = 1.0
 
     @property
     def ok(self) -> bool:
         return 1.0 <= self.ratio <= 4 / 3
 
+    @property
+    def advised_desirable_weight(self) -> str | None:
+        """The suggestion as the user should type it: the fewest significant digits that still
+        bring the ratio inside [1, 4/3], written out in full (`0.00001`, never `0.0000`)."""
+        w = self.suggested_desirable_weight
+        if w is None:
+            return None
+        inside = lambda x: 1.0 <= (x * self.n_desirable) / (self.undesirable_weight * self.n_undesirable) <= 4 / 3  # noqa: E731
+        short = next((x for x in (float(f"{w:.{d}g}") for d in range(1, 18)) if inside(x)), w)
+        return np.format_float_positional(short, trim="-")
+
 
 def class_balance(n_d: int, n_u: int, w_d: float, w_u: float) -> Balance:
     """The paper's advice: (w_D·n_D)/(w_U·n_U) ∈ [1, 4/3]. Suggest the nearest w_D inside it."""
-    if n_d == 0 or n_u == 0 or w_u == 0:
-        return Balance(n_d, n_u, float("inf") if n_u == 0 else 0.0, w_d)
+    if n_d == 0 or n_u == 0:
+        return Balance(n_d, n_u, float("inf") if n_u == 0 else 0.0, None, w_u)
+    if w_u == 0:  # no w_D balances a class that is not in the loss
+        return Balance(n_d, n_u, float("inf") if w_d > 0 else float("nan"), None, w_u)
     ratio = (w_d * n_d) / (w_u * n_u)
     lo, hi = w_u * n_u / n_d, (4 / 3) * w_u * n_u / n_d
-    return Balance(n_d, n_u, ratio, float(min(max(w_d, lo), hi)))
+    return Balance(n_d, n_u, ratio, float(min(max(w_d, lo), hi)), w_u)
+
+
+def loss_is_identically_zero(n_d: int, n_u: int, w_d: float, w_u: float, sft_weight: float) -> str | None:
+    """Why every row's loss (KTO or APO, plus the SFT term) is 0 given the cache's class counts,
+    as the flags to change; None when some row can move the weights.
+
+    A desirable row contributes w_D·ℓ_D + γ·NLL, an undesirable one w_U·ℓ_U; a run where no row
+    contributes trains nothing and saves the initial weights as final/."""
+    desirable = "the cache has no desirable rows" if n_d == 0 else "--desirable-weight 0" if w_d == 0 and sft_weight == 0 else None
+    undesirable = "the cache has no undesirable rows" if n_u == 0 else "--undesirable-weight 0" if w_u == 0 else None
+    if desirable is None or undesirable is None:
+        return None
+    return f"{desirable} and {undesirable} (n_D = {n_d}, n_U = {n_u}): the loss is identically 0 and nothing would train"

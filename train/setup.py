@@ -29,7 +29,7 @@ from kto.formats.memory import MemoryMeter
 
 from . import adapters, sharding
 from .checkpoint import Position, load_training_state
-from .checks import class_balance
+from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig
 from .data import MicroBatchShape, steps_per_epoch
 from .metrics import MetricsWriter
@@ -136,13 +136,22 @@ def _zero_config_dropout(config, seen: set) -> None:
 
 
 def apply_class_balance(cfg: TrainConfig, counts, accelerator) -> TrainConfig:
+    zero = loss_is_identically_zero(counts.desirable, counts.undesirable, cfg.desirable_weight, cfg.undesirable_weight, cfg.sft_weight)
+    if zero:
+        raise InputError(zero)
     b = class_balance(counts.desirable, counts.undesirable, cfg.desirable_weight, cfg.undesirable_weight)
     log(f"classes: n_D = {b.n_desirable}, n_U = {b.n_undesirable}, (w_D·n_D)/(w_U·n_U) = {b.ratio:.3f}", accelerator)
-    if not b.ok and b.n_desirable and b.n_undesirable:
+    if b.ok or not (b.n_desirable and b.n_undesirable):
+        return cfg
+    if b.suggested_desirable_weight is None:  # w_U = 0: no w_D balances the classes
         if cfg.auto_weights:
-            log(f"--auto-weights: desirable weight {cfg.desirable_weight} -> {b.suggested_desirable_weight:.4f}", accelerator)
-            return replace(cfg, desirable_weight=b.suggested_desirable_weight)
-        log(f"warning: ratio outside [1, 4/3]; --desirable-weight {b.suggested_desirable_weight:.4f} (or --auto-weights) brings it inside", accelerator)
+            raise InputError("--auto-weights with --undesirable-weight 0: no desirable weight balances a class that is not in the loss")
+        log("warning: --undesirable-weight 0 leaves the undesirable rows out of the loss; no --desirable-weight brings the ratio inside [1, 4/3]", accelerator)
+        return cfg
+    if cfg.auto_weights:
+        log(f"--auto-weights: desirable weight {cfg.desirable_weight} -> {b.suggested_desirable_weight:.6g}", accelerator)
+        return replace(cfg, desirable_weight=b.suggested_desirable_weight)
+    log(f"warning: ratio outside [1, 4/3]; --desirable-weight {b.advised_desirable_weight} (or --auto-weights) brings it inside", accelerator)
     return cfg
 
 
