@@ -188,6 +188,13 @@ def tiny_cache(tmp_path_factory, tiny_model_dir) -> Path:
     return make_cache(tmp_path_factory.mktemp("tiny-cache"), chat_rows(), tiny_model_dir, "chat.jsonl")
 
 
+@pytest.fixture(scope="session")
+def tiny_eval_cache(tmp_path_factory, tiny_model_dir) -> Path:
+    """Held-out rows for --eval-cache: the text rows (8 desirable, 8 undesirable), scored by the
+    same tiny model as tiny_cache, sharing no row with it (kto-train refuses the training cache)."""
+    return make_cache(tmp_path_factory.mktemp("tiny-eval-cache"), text_rows(), model=tiny_model_dir, name="text.jsonl")
+
+
 def run_train(cache: Path, model: Path, out: Path, *args: str):
     """kto-train's CLI in this process (CliRunner), `args` after --cache, --model and --out."""
     from accelerate.state import AcceleratorState

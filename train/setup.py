@@ -375,6 +375,22 @@ def plan_identity(cfg: TrainConfig, cache_fingerprint: str, world_size: int, tot
     }
 
 
+def check_held_out(eval_manifest, train_manifest, cfg: TrainConfig) -> None:
+    """Refuse an eval cache that holds training rows. The same fingerprint means the same inputs,
+    split, seed and scoring, i.e. the same rows; a shard with the same sha256 holds the same rows
+    (the shard carries its cache's fingerprint). Both read the manifests only."""
+    where = f"--eval-cache {cfg.eval_cache}"
+    if eval_manifest.fingerprint == train_manifest.fingerprint:
+        raise InputError(
+            f"{where}: the same rows as --cache {cfg.cache} (same fingerprint {train_manifest.fingerprint[:16]}…); evaluate on a held-out split such as CACHE/eval"
+        )
+    train_shards = {s.sha256: s.name for s in train_manifest.shards}
+    shared = [(s.name, train_shards[s.sha256]) for s in eval_manifest.shards if s.sha256 in train_shards]
+    if shared:
+        name, train_name = shared[0]
+        raise InputError(f"{where}: its {name} is --cache {cfg.cache}'s {train_name} (same sha256): the eval rows are training rows")
+
+
 def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:
     """The eval cache must come from the same reference model and tokenizer as the training
     cache, or its rewards would be measured against another reference."""
@@ -382,6 +398,7 @@ def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:
         return None
     cache = open_cache(cfg.eval_cache)
     cache.lengths()  # every shard present and readable before --out is touched
+    check_held_out(cache.manifest, manifest, cfg)
     for part in ("model", "tokenizer"):
         if getattr(cache.manifest.content, part) != getattr(manifest.content, part):
             raise InputError(f"--eval-cache {cfg.eval_cache}: made with another {part} than --cache {cfg.cache}")

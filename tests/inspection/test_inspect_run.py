@@ -16,7 +16,7 @@ from kto.inspection.cli import main
 
 
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory, tiny_cache, tiny_model_dir):
+def short_run(tmp_path_factory, tiny_cache, tiny_eval_cache, tiny_model_dir):
     from kto.train.cli import main as train
 
     out = tmp_path_factory.mktemp("short-run") / "run"
@@ -36,7 +36,7 @@ def short_run(tmp_path_factory, tiny_cache, tiny_model_dir):
         "--lr",
         "1e-3",
         "--eval-cache",
-        tiny_cache,
+        tiny_eval_cache,
         "--eval-every",
         "1",
     ]

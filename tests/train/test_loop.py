@@ -95,8 +95,8 @@ def test_checkpoint_holds_everything_to_resume(full_run):
     assert state["position"] == {"global_step": 3, "epoch": 0, "step_in_epoch": 3}
 
 
-def test_eval_metrics_are_tagged(tiny_cache, tiny_model_dir, tmp_path):
-    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "2", "--eval-cache", str(tiny_cache), "--eval-every", "1")
+def test_eval_metrics_are_tagged(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "2", "--eval-cache", str(tiny_eval_cache), "--eval-every", "1")
     assert result.exit_code == 0, result.output
     evals = [m for m in metrics(tmp_path / "r") if m["split"] == "eval"]
     assert [m["step"] for m in evals] == [1, 2]
@@ -206,7 +206,7 @@ def test_an_earlier_run_is_not_overwritten_without_resume(full_run, tiny_cache, 
 
 
 @pytest.mark.distributed
-def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_model_dir, tmp_path):
+def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
     out = tmp_path / "ddp"
     torchrun(
         "-m",
@@ -221,7 +221,7 @@ def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_model_di
         "--max-steps",
         "2",
         "--eval-cache",
-        str(tiny_cache),
+        str(tiny_eval_cache),
     )
     train_lines = [m for m in metrics(out) if m["split"] == "train"]
     # 2 ranks × batch 2 = 4 rows per step, counted over both ranks.

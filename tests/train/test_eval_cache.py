@@ -1,0 +1,46 @@
+"""--eval-cache must hold rows the policy does not train on. The training cache itself, or a
+copy of it, used to be accepted with no word: the eval numbers then measured the training rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import train_error_line
+from test_loop import train_cli
+
+
+def test_training_cache_as_eval_cache_is_refused_before_out(tiny_cache, tiny_model_dir, tmp_path):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(tiny_cache))
+    assert result.exit_code == 2, result.output
+    fingerprint = json.loads((tiny_cache / "manifest.json").read_text())["fingerprint"]
+    assert train_error_line(result.output) == (
+        f"kto-train: error: --eval-cache {tiny_cache}: the same rows as --cache {tiny_cache} (same fingerprint {fingerprint[:16]}…); "
+        "evaluate on a held-out split such as CACHE/eval"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_copy_of_the_training_cache_is_refused_too(tiny_cache, tiny_model_dir, tmp_path):
+    copy = shutil.copytree(tiny_cache, tmp_path / "copy")
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(copy))
+    assert result.exit_code == 2 and "the same rows as --cache" in train_error_line(result.output)
+
+
+def test_an_eval_cache_sharing_one_training_shard_is_refused(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    """A shard's bytes carry its cache's fingerprint and rows: one shared sha256 is shared rows."""
+    mixed = shutil.copytree(tiny_eval_cache, tmp_path / "mixed")
+    manifest = json.loads((mixed / "manifest.json").read_text())
+    train = json.loads((tiny_cache / "manifest.json").read_text())
+    shutil.copy(tiny_cache / "shard-00002.arrow", mixed / "shard-00002.arrow")
+    manifest["shards"][2] = train["shards"][2]  # name, rows and sha256 of the training shard
+    manifest["counts"]["rows"] = sum(s["rows"] for s in manifest["shards"])
+    (mixed / "manifest.json").write_text(json.dumps(manifest))
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(mixed))
+    assert result.exit_code == 2, result.output
+    assert f"--eval-cache {mixed}: its shard-00002.arrow is --cache {tiny_cache}'s shard-00002.arrow (same sha256)" in train_error_line(result.output)
+
+
+def test_a_held_out_cache_of_the_same_model_is_accepted(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(tiny_eval_cache))
+    assert result.exit_code == 0, result.output
