@@ -65,7 +65,10 @@ class Report:
         return not self.problems
 
     def add(self, lines: list[str]) -> None:
-        """Record one check's problems, at most MAX_PER_CHECK of them plus a count of the rest."""
+        """Record one check's problems, at most MAX_PER_CHECK of them plus a count of the rest.
+        A line already recorded is not repeated: an unreadable tokenizer.json fails both the
+        tokenizer check and the vocabulary read, and is one problem."""
+        lines = [line for line in lines if line not in self.problems]
         self.problems += lines[:MAX_PER_CHECK]
         if len(lines) > MAX_PER_CHECK:
             self.problems.append(f"… and {len(lines) - MAX_PER_CHECK} more like the line above")

@@ -62,7 +62,7 @@ def test_deep_tokenizer_json_is_one_line_in_verify_and_rows(tiny_cache, tmp_path
     cache = deep_copy(tiny_cache, tmp_path / "c", "tokenizer/tokenizer.json")
     expected = f"{cache / 'tokenizer' / 'tokenizer.json'}: unreadable (JSON nested too deeply)"
     verified = inspect("verify", cache)
-    assert verified.exit_code == 1 and f"kto-inspect: verify: {expected}" in verified.output.splitlines(), verified.output
+    assert verified.exit_code == 1 and verified.output.splitlines().count(f"kto-inspect: verify: {expected}") == 1, verified.output
     rows = inspect("rows", cache)
     assert rows.exit_code == 2 and rows.output.strip() == f"kto-inspect: error: {expected}", rows.output
 
