@@ -69,12 +69,14 @@ def test_deep_tokenizer_json_is_one_line_in_verify_and_rows(tiny_cache, tmp_path
 
 def test_deep_verified_record_is_ignored_and_shards_rehashed(tiny_cache, tiny_model_dir, tmp_path):
     cache = deep_copy(tiny_cache, tmp_path / "c", ".verified.json")
+    (cache / ".tokenizer-checked.json").write_text(DEEP)  # the other memo: the tokenizer is compared again
     assert inspect("summary", cache).exit_code == 0
     assert inspect("rows", cache, "--limit", "1").exit_code == 0
     result = run_train(cache, tiny_model_dir, tmp_path / "run", "--max-steps", "1", "--batch-size", "4")
     assert result.exit_code == 0, result.output
     record = json.loads((cache / ".verified.json").read_text())  # rewritten by the re-hash
     assert sorted(record) == sorted(p.name for p in cache.glob("shard-*.arrow"))
+    assert isinstance(json.loads((cache / ".tokenizer-checked.json").read_text()), dict)
 
 
 @pytest.mark.parametrize("name", ["manifest.json", "tokenizer/tokenizer.json"])
