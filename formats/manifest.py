@@ -41,7 +41,11 @@ class Counts:
     truncated: int = 0
     """Rows whose main sequence lost tokens (prompt or completion); the next three say where."""
     prompt_truncated: int = 0
-    """Rows whose prompt was cut: only when the longer of their two sequences did not fit."""
+    """Rows whose prompt was cut: only when their own sequence did not fit; the next two say how."""
+    prompt_cut_by_turns: int = 0
+    """Conversations that lost whole earliest turns (they still start with a turn header)."""
+    prompt_cut_mid_text: int = 0
+    """Prompts cut inside text: plain-text prompts, and conversations whose last user turn alone was too long."""
     completion_truncated: int = 0
     kl_completion_truncated: int = 0
     prompt_tokens: int = 0

@@ -8,12 +8,12 @@ row's is row 0's), so that kto-train can put a row and its partner in the same s
 |---------------------|---------------|-------------------------------------------------------------|
 | id                  | string        | stable row id (input `id` column, or `file:row`)            |
 | label               | bool          | true = desirable                                            |
-| prompt_ids          | list<int32>   | prompt tokens (cut from the left only if a sequence is too long) |
+| prompt_ids          | list<int32>   | prompt tokens (cut only if the row's own sequence is too long) |
 | completion_ids      | list<int32>   | completion tokens (truncated from the right)                |
 | ref_logp            | float64       | Σ over completion tokens of log πref(y_t | x, y_<t)          |
 | ref_token_logps     | list<float32> | the per-token terms of that sum (null when not stored)      |
 | kl_source_id        | string        | id of the row whose completion forms the KL sequence        |
-| kl_completion_ids   | list<int32>   | that row's completion ids, cut to fit max_length            |
+| kl_completion_ids   | list<int32>   | that row's whole completion, cut to max_length − own prompt |
 | ref_kl_logp         | float64       | Σ log πref(y'_t | x, y'_<t) over kl_completion_ids           |
 | ref_kl_token_logps  | list<float32> | per-token terms (null when not stored)                      |
 | truncated           | bool          | prompt or completion was cut to fit the length limits       |
@@ -44,7 +44,11 @@ import pyarrow as pa
 # 1: the first format.
 # 2: rows stored in KL-cycle order (row k's partner is normally row k+1, the last row's row 0) and
 #    prompts cut only when a row's longer sequence does not fit. Version-1 caches are refused.
-FORMAT_VERSION = 2
+# 3: a row's own sequence is cut only by its own length (its KL partner no longer cuts its
+#    prompt), conversations are cut at turn boundaries, a KL completion may be longer than its
+#    source row's stored completion (which was cut behind the source's own prompt), and the
+#    manifest counts prompts cut by turns and mid-text. Version-2 caches are refused.
+FORMAT_VERSION = 3
 
 ID = "id"
 LABEL = "label"

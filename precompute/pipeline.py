@@ -46,7 +46,7 @@ from .splits import Split, build_splits, check_vocabulary
 from .staging import stage, staging_path
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
-from .tokenize import TRUNCATION_RULE, leading_bos_id, tokenize_example
+from .tokenize import TRUNCATION_RULE, Truncation, leading_bos_id, tokenize_example
 
 
 def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> CacheContent:
@@ -79,7 +79,8 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
 
 
 # Content that does not change a staged token id: a run differing only in these reuses staging.
-# Rows are staged untruncated (truncation needs the KL partner), so the limits are not staged.
+# Prompts are staged already cut (tokenize.py), so the limits and the rule are part of the key:
+# a resumed run with other limits must never reuse another run's staged prompts.
 _NOT_STAGED = (
     "split",
     "model",
@@ -88,9 +89,6 @@ _NOT_STAGED = (
     "dtype",
     "attn_implementation",
     "store_token_logps",
-    "max_length",
-    "max_prompt_length",
-    "truncation",
     "kl_pairing",
 )
 
@@ -99,8 +97,10 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     """Read and tokenize every input row into OUT/.staging-KEY.arrow (or reuse it)."""
     key = fingerprint_of({k: v for k, v in content.to_json().items() if k not in _NOT_STAGED})
 
+    truncation = Truncation(cfg.max_length, cfg.max_prompt_length, leading_bos_id(tokenizer))
+
     def tokenize_one(ex):
-        return tokenize_example(ex, tokenizer, template)
+        return tokenize_example(ex, tokenizer, template, truncation)
 
     path = staging_path(cfg.out, key)
     if path.is_file():
@@ -242,7 +242,8 @@ def _summary(manifests: list[Manifest], seconds: float) -> None:
         saved = f" ({c.prefix_tokens_saved} saved by prefix sharing, of {c.represented_tokens})" if m.layout.get("prefix_sharing") else ""
         log(
             f"{m.content.split}: {c.rows} rows ({c.desirable} desirable, {c.undesirable} undesirable), "
-            f"{c.dropped} dropped, {c.truncated} truncated ({c.prompt_truncated} prompts, {c.completion_truncated} completions), "
+            f"{c.dropped} dropped, {c.truncated} truncated ({c.prompt_truncated} prompts: {c.prompt_cut_by_turns} by turns, "
+            f"{c.prompt_cut_mid_text} mid-text; {c.completion_truncated} completions), "
             f"{c.same_prompt_kl_pairs} same-prompt KL pairs, {c.scored_tokens} tokens scored{saved}, {len(m.shards)} shards"
         )
     log(f"done in {seconds:.1f} s, peak memory {peak_memory_gb():.2f} GB")

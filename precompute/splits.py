@@ -18,7 +18,7 @@ from kto.formats.manifest import Counts
 from .config import PrecomputeConfig
 from .pairing import kl_partners
 from .staging import StagedIndex, StagingReader, check_unique_ids, read_index
-from .tokenize import Truncation
+from .tokenize import PromptCut, Truncation
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,9 @@ def pair_rows(index: StagedIndex, rows: np.ndarray, cfg: PrecomputeConfig, path:
 def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, truncation: Truncation, *, dropped: int, same_prompt: int) -> Counts:
     """The split's counts, from lengths alone (`Truncation.kept_lengths`, the arithmetic that cuts)."""
     prompt_len, completion_len, kl_len = index.prompt_len[rows], index.completion_len[rows], index.completion_len[partners]
-    kept_prompt, kept_completion, kept_kl = truncation.kept_lengths(prompt_len, completion_len, kl_len)
-    prompt_cut, completion_cut = kept_prompt < prompt_len, kept_completion < completion_len
+    kept_completion, kept_kl = truncation.kept_lengths(prompt_len, completion_len, kl_len)
+    how = index.prompt_cut[rows]  # prompts are cut at tokenization (tokenize.PromptCut)
+    prompt_cut, completion_cut = how != PromptCut.NONE, kept_completion < completion_len
     return Counts(
         rows=len(rows),
         desirable=int(index.label[rows].sum()),
@@ -93,9 +94,11 @@ def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, truncation
         dropped=dropped,
         truncated=int((prompt_cut | completion_cut).sum()),
         prompt_truncated=int(prompt_cut.sum()),
+        prompt_cut_by_turns=int((how == PromptCut.TURNS).sum()),
+        prompt_cut_mid_text=int((how == PromptCut.MID_TEXT).sum()),
         completion_truncated=int(completion_cut.sum()),
         kl_completion_truncated=int((kept_kl < kl_len).sum()),
-        prompt_tokens=int(kept_prompt.sum()),
+        prompt_tokens=int(prompt_len.sum()),
         completion_tokens=int(kept_completion.sum()),
         kl_completion_tokens=int(kept_kl.sum()),
         same_prompt_kl_pairs=same_prompt,
@@ -144,11 +147,12 @@ def _log_dropped(path: Path, rows: np.ndarray) -> None:
 
 
 def cache_rows(reader: StagingReader, s: Split, a: int, b: int) -> list[CacheRow]:
-    """Rows a..b of split `s`, read from staging: each with its partner's completion, both cut
-    by the split's truncation rule."""
+    """Rows a..b of split `s`, read from staging: each with its (already cut) prompt, its own
+    completion and its partner's, both cut behind that prompt by the split's truncation rule."""
     rows, partners = s.rows[a:b], s.partners[a:b]
     ids, labels = (reader.take(rows, c) for c in ("id", "label"))
     prompts, completions = reader.take(rows, "prompt_ids"), reader.take(rows, "completion_ids")
+    prompt_cut = reader.take(rows, "prompt_cut")
     kl_ids, kl_completions = reader.take(partners, "id"), reader.take(partners, "completion_ids")
     out = []
     for k in range(len(rows)):
@@ -161,7 +165,7 @@ def cache_rows(reader: StagingReader, s: Split, a: int, b: int) -> list[CacheRow
                 completion_ids=cut.completion_ids,
                 kl_source_id=kl_ids[k],
                 kl_completion_ids=cut.kl_completion_ids,
-                truncated=cut.truncated,
+                truncated=bool(prompt_cut[k]) or cut.completion_cut,
             )
         )
     return out

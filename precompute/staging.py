@@ -15,7 +15,10 @@ precompute's memory does not grow with the number of rows.
   each shard keeps the mapped pages out of the resident set (nanoGPT rebuilds its np.memmap per
   batch for the same reason).
 
-Rows are staged untruncated: the truncation rule needs each row's KL partner (tokenize.py).
+Rows are staged with their prompts cut (cutting a conversation by turns needs its messages and
+the chat template, tokenize.py) and their completions whole: a completion is cut behind each
+prompt it is paired with, which needs the KL partner. The staging KEY therefore includes the
+length limits and the truncation rule.
 Dropped rows (empty prompt or completion after tokenization) are staged too, with `kept` false and no
 ids, so their ids still take part in the duplicate check, as they did before staging.
 """
@@ -46,6 +49,7 @@ SCHEMA = pa.schema(
         ("label", pa.bool_()),
         ("kept", pa.bool_()),
         ("prefix_split", pa.bool_()),
+        ("prompt_cut", pa.int8()),  # tokenize.PromptCut
         ("id_key", pa.uint64()),
         ("prompt_key", pa.uint64()),
         ("completion_key", pa.uint64()),
@@ -144,6 +148,7 @@ def _batch(block: list, rows: list) -> pa.RecordBatch:
             pa.array([ex.label for ex in block], pa.bool_()),
             pa.array(kept, pa.bool_()),
             pa.array([r is not None and r.prefix_split for r in rows], pa.bool_()),
+            pa.array([int(r.prompt_cut) if r is not None else 0 for r in rows], pa.int8()),
             pa.array([text_key(ex.id) for ex in block], pa.uint64()),
             pa.array([text_key(ex.prompt, ex.tools) for ex in block], pa.uint64()),
             pa.array([text_key(ex.completion) for ex in block], pa.uint64()),
@@ -164,6 +169,7 @@ class StagedIndex:
     label: np.ndarray  # bool
     kept: np.ndarray
     prefix_split: np.ndarray
+    prompt_cut: np.ndarray  # int8, tokenize.PromptCut
     id_key: np.ndarray  # uint64
     prompt_key: np.ndarray
     completion_key: np.ndarray
@@ -182,7 +188,7 @@ def read_index(path: Path) -> StagedIndex:
         reader = pa.ipc.open_file(source)
         for b in range(reader.num_record_batches):
             batch = reader.get_batch(b)
-            for name in ("label", "kept", "prefix_split", "id_key", "prompt_key", "completion_key"):
+            for name in ("label", "kept", "prefix_split", "prompt_cut", "id_key", "prompt_key", "completion_key"):
                 cols[name].append(batch.column(name).to_numpy(zero_copy_only=False).copy())
             top = np.full(batch.num_rows, -1, dtype=np.int64)
             for name in ("prompt", "completion"):

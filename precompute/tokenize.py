@@ -1,21 +1,29 @@
-"""Example -> token ids (chat template or plain text); truncation once the KL partner is known.
+"""Example -> token ids (chat template or plain text), the prompt cut at tokenization; the
+completions cut once the KL partner is known.
 
-Truncation rule (the manifest records it under `truncation`), applied per row to the pair of
-sequences that share its prompt, the main one and the KL one, as TRL cuts:
-- Nothing is cut while the longer of the two fits max_length.
-- Otherwise the prompt is cut first, keeping its END (the question sits there) and re-attaching
-  BOS when the tokenizer starts sequences with one, down to max_prompt_length at most: to
-  max(max_prompt_length, max_length - longer completion) tokens.
-- Then both completions are cut to max_length - prompt, keeping their START.
-Both sequences keep one (identical) prompt, and a completion keeps at least
-min(its length, max_length - max_prompt_length) tokens (max_prompt_length < max_length, so a
-completion is never cut to nothing). A row whose prompt or completion is empty after
-tokenization is dropped (and counted) before pairing.
+Truncation rule (TRUNCATION_RULE; the manifest records it under `truncation`):
+- A row whose prompt P + own completion C fits max_length is never cut, whatever its KL partner.
+- Otherwise a prompt longer than max_prompt_length is cut to fit it (TRL's rule: the cut depends
+  only on the prompt and the limits, so every row of a prompt group whose prompt is cut gets the
+  same ids, and a group has at most two variants: whole, or cut). A conversation loses whole
+  earliest turns (a leading system message is kept; a turn is a user message and the assistant
+  and tool messages after it) and is re-rendered with the chat template, so it still starts with
+  a turn header; only when [system +] the last user turn alone is too long is that turn's text
+  cut, keeping its end (the question sits there) between its header and the generation prompt.
+  A plain-text prompt keeps its end, BOS re-attached when the tokenizer starts text with one.
+  A prompt within max_prompt_length stays whole.
+- The completion keeps its start, max_length − P' tokens (P' the prompt as kept); the KL sequence
+  is the row's own prompt P' + its partner's whole completion cut at its end to max_length − P'.
+So a row's main and KL sequences share one prompt (prefix sharing packs them), the partner's
+completion is never cut by the partner's own prompt, and a completion keeps at least
+min(its length, max_length − max_prompt_length) tokens (max_prompt_length < max_length). A row
+whose prompt or completion is empty after tokenization is dropped (and counted) before pairing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
@@ -24,22 +32,86 @@ from kto.formats.examples import Example
 from .templates import ChatTemplate, render
 
 TRUNCATION_RULE = (
-    "pair-aware: nothing cut while prompt + longer of completion and KL completion fits max_length; "
-    "else prompt keeps its end (BOS re-attached) down to max(max_prompt_length, max_length - longer completion); "
-    "then completions keep their start, max_length - prompt"
+    "own-length: nothing cut while prompt + own completion fits max_length; else a prompt over max_prompt_length "
+    "is cut to it (conversations: earliest whole turns dropped, system kept, re-rendered; inside the last user "
+    "turn keeping its end only when that alone is too long; text: its end, BOS re-attached); then the completion "
+    "keeps its start, max_length - prompt; KL = own prompt + partner's whole completion cut to max_length - prompt"
 )
+
+
+class PromptCut(IntEnum):
+    """How a row's prompt was cut (staged per row; the manifest counts each kind)."""
+
+    NONE = 0
+    TURNS = 1
+    """Whole earliest turns dropped, the rest re-rendered: it starts with a turn header."""
+    MID_TEXT = 2
+    """Cut inside text: a plain-text prompt's start, or the start of the last user turn's text."""
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """TRUNCATION_RULE with its limits; `bos_id` is `leading_bos_id(tokenizer)`."""
+
+    max_length: int
+    max_prompt_length: int
+    bos_id: int | None = None
+
+    def prompt_must_be_cut(self, prompt_len: int, completion_len: int) -> bool:
+        """The row's own sequence does not fit and its prompt is over its budget."""
+        return prompt_len + completion_len > self.max_length and prompt_len > self.max_prompt_length
+
+    def keep_end(self, prompt_ids) -> np.ndarray:
+        """The prompt's last max_prompt_length ids, its BOS (when it starts with one) re-attached."""
+        prompt, keep = np.asarray(prompt_ids, np.int32), self.max_prompt_length
+        if len(prompt) <= keep:
+            return prompt
+        if self.bos_id is not None and prompt[0] == self.bos_id:
+            return np.concatenate([prompt[:1], prompt[len(prompt) - (keep - 1) :]]) if keep > 1 else prompt[:1]
+        return prompt[len(prompt) - keep :]
+
+    def kept_lengths(self, prompt_len, completion_len, kl_completion_len):
+        """Tokens kept of the completion and the KL completion behind a prompt of `prompt_len`
+        (as kept at tokenization): ints, or numpy arrays for many rows at once (the manifest's
+        counts), by the same arithmetic `apply` cuts with."""
+        room = self.max_length - np.asarray(prompt_len)
+        return np.minimum(completion_len, room), np.minimum(kl_completion_len, room)
+
+    def apply(self, prompt_ids: np.ndarray, completion_ids: np.ndarray, kl_completion_ids: np.ndarray) -> Truncated:
+        """Cut one row's completion and KL completion behind its (already cut) prompt."""
+        n_completion, n_kl = (int(n) for n in self.kept_lengths(len(prompt_ids), len(completion_ids), len(kl_completion_ids)))
+        return Truncated(
+            np.asarray(prompt_ids, np.int32),
+            np.asarray(completion_ids[:n_completion], np.int32),
+            np.asarray(kl_completion_ids[:n_kl], np.int32),
+            completion_cut=n_completion < len(completion_ids),
+            kl_completion_cut=n_kl < len(kl_completion_ids),
+        )
+
+
+@dataclass(frozen=True)
+class Truncated:
+    """One row's sequences after its completions were cut."""
+
+    prompt_ids: np.ndarray
+    completion_ids: np.ndarray
+    kl_completion_ids: np.ndarray
+    completion_cut: bool
+    kl_completion_cut: bool
 
 
 @dataclass(frozen=True)
 class TokenizedRow:
     example: Example
     prompt_ids: np.ndarray
-    """int32: 4 bytes a token, where a tuple of Python ints costs ~36. Not truncated yet: that
-    needs the KL partner (`Truncation`)."""
+    """int32: 4 bytes a token, where a tuple of Python ints costs ~36. Already cut when the row's
+    own sequence does not fit (`prompt_cut` says how)."""
     completion_ids: np.ndarray
+    """The whole completion: it is cut behind each prompt it is paired with (`Truncation.apply`)."""
     prefix_split: bool
     """The chat template rendered the prompt alone differently from the prompt inside the full
     conversation, so prompt and completion were split at their common prefix."""
+    prompt_cut: PromptCut = PromptCut.NONE
 
 
 def common_prefix_length(a, b) -> int:
@@ -50,11 +122,11 @@ def common_prefix_length(a, b) -> int:
     return n
 
 
-def conversational_ids(example: Example, tokenizer, template: ChatTemplate = ChatTemplate()) -> tuple[list[int], list[int], bool]:
-    """Prompt ids = prompt with the generation prompt; completion ids = the rest of the full
+def _split_rendering(example: Example, prompt: tuple, tokenizer, template: ChatTemplate) -> tuple[list[int], list[int], bool]:
+    """Prompt ids = `prompt` with the generation prompt; completion ids = the rest of the full
     conversation. Templates carry their own special tokens, so none are added on top."""
-    prompt_text = render(tokenizer, example.prompt, example, template, add_generation_prompt=True)
-    full_text = render(tokenizer, tuple(example.prompt) + tuple(example.completion), example, template, add_generation_prompt=False)
+    prompt_text = render(tokenizer, prompt, example, template, add_generation_prompt=True)
+    full_text = render(tokenizer, tuple(prompt) + tuple(example.completion), example, template, add_generation_prompt=False)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
     full_ids = tokenizer(full_text, add_special_tokens=False).input_ids
     if full_ids[: len(prompt_ids)] == prompt_ids:
@@ -63,6 +135,73 @@ def conversational_ids(example: Example, tokenizer, template: ChatTemplate = Cha
     # strip reasoning or add separators). Split where the two renderings part, as TRL does.
     k = common_prefix_length(prompt_ids, full_ids)
     return full_ids[:k], full_ids[k:], True
+
+
+def conversational_ids(
+    example: Example, tokenizer, template: ChatTemplate = ChatTemplate(), truncation: Truncation | None = None
+) -> tuple[list[int], list[int], bool, PromptCut]:
+    """Prompt ids, completion ids, whether they were split at a common prefix, and how the prompt
+    was cut (by `truncation`'s rule; nothing is cut without one). A cut prompt is rendered from
+    the kept messages together with the completion and split the same way, so it is still a
+    prefix of that conversation's rendering."""
+    prompt_ids, completion_ids, split = _split_rendering(example, example.prompt, tokenizer, template)
+    if truncation is None or not truncation.prompt_must_be_cut(len(prompt_ids), len(completion_ids)):
+        return prompt_ids, completion_ids, split, PromptCut.NONE
+    budget = truncation.max_prompt_length
+    head, rest = _system_head(example.prompt)
+    starts = [i for i, m in enumerate(rest) if m.get("role") == "user"]
+    for start in (s for s in starts if s > 0):  # drop whole earliest turns until the prompt fits
+        kept = head + rest[start:]
+        prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
+        if len(prompt_ids) <= budget:
+            return prompt_ids, completion_ids, split, PromptCut.TURNS
+    last = starts[-1] if starts else max(len(rest) - 1, 0)
+    kept = head + rest[last:]
+    prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
+    cut = _cut_inside(example, kept, len(head), prompt_ids, tokenizer, template, budget)
+    return (cut if cut is not None else truncation.keep_end(prompt_ids).tolist()), completion_ids, split, PromptCut.MID_TEXT
+
+
+def _system_head(messages) -> tuple[tuple, tuple]:
+    """(the leading system message, if any), the other messages."""
+    messages = tuple(messages)
+    k = 1 if messages and messages[0].get("role") == "system" else 0
+    return messages[:k], messages[k:]
+
+
+_SENTINEL = "\x00kto-cut-here\x00"
+
+
+def _cut_inside(example: Example, kept: tuple, target: int, prompt_ids: list[int], tokenizer, template: ChatTemplate, budget: int) -> list[int] | None:
+    """`prompt_ids` (the rendering of `kept`) with message `target`'s text cut to its end, its
+    turn header before it and everything after it (the generation prompt) kept whole: `budget`
+    ids in all. None when the text's tokens cannot be located (the template changes the text,
+    no fast tokenizer) or the rest alone exceeds the budget: the caller keeps the ids' end."""
+    content = kept[target].get("content") if target < len(kept) else None
+    if not isinstance(content, str) or not content:
+        return None
+    marked = [dict(m) for m in kept]
+    marked[target]["content"] = _SENTINEL
+    text = render(tokenizer, kept, example, template, add_generation_prompt=True)
+    parts = render(tokenizer, marked, example, template, add_generation_prompt=True).split(_SENTINEL)
+    if len(parts) != 2 or parts[0] + content + parts[1] != text:
+        return None
+    a, b = len(parts[0]), len(parts[0]) + len(content)  # the text's character span
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):  # a slow tokenizer has no offsets
+        return None
+    ids, offsets = list(enc.input_ids[: len(prompt_ids)]), enc.offset_mapping[: len(prompt_ids)]
+    if ids != list(prompt_ids):
+        return None
+    # Tokens that straddle a boundary count as the text's: what is kept of the header and the
+    # generation prompt is then exactly their own tokens.
+    first = next((i for i, (_, end) in enumerate(offsets) if end > a), len(ids))
+    after = next((i for i in range(first, len(ids)) if offsets[i][0] >= b and offsets[i][1] > offsets[i][0]), len(ids))
+    room = budget - first - (len(ids) - after)
+    if room <= 0 or room >= after - first:
+        return None
+    return ids[:first] + ids[after - room : after] + ids[after:]
 
 
 def text_ids(example: Example, tokenizer) -> tuple[list[int], list[int]]:
@@ -88,59 +227,6 @@ def _is_trailing_special(ids, i, tokenizer, offsets) -> bool:
     return i > 0 and offsets[i] == (0, 0) and ids[i] in tokenizer.all_special_ids
 
 
-@dataclass(frozen=True)
-class Truncated:
-    """One row's sequences after truncation and what was cut."""
-
-    prompt_ids: np.ndarray
-    completion_ids: np.ndarray
-    kl_completion_ids: np.ndarray
-    prompt_cut: bool
-    completion_cut: bool
-    kl_completion_cut: bool
-
-    @property
-    def truncated(self) -> bool:
-        """The main sequence (prompt + own completion) lost tokens."""
-        return self.prompt_cut or self.completion_cut
-
-
-@dataclass(frozen=True)
-class Truncation:
-    """TRUNCATION_RULE with its limits; `bos_id` is `leading_bos_id(tokenizer)`."""
-
-    max_length: int
-    max_prompt_length: int
-    bos_id: int | None = None
-
-    def kept_lengths(self, prompt_len, completion_len, kl_completion_len):
-        """Tokens kept of each of the three parts: ints, or numpy arrays for many rows at once
-        (the manifest's counts), by the same arithmetic `apply` cuts with."""
-        longer = np.maximum(completion_len, kl_completion_len)
-        squeezed = np.minimum(prompt_len, np.maximum(self.max_prompt_length, self.max_length - longer))
-        prompt = np.where(prompt_len + longer > self.max_length, squeezed, prompt_len)
-        room = self.max_length - prompt
-        return prompt, np.minimum(completion_len, room), np.minimum(kl_completion_len, room)
-
-    def apply(self, prompt_ids: np.ndarray, completion_ids: np.ndarray, kl_completion_ids: np.ndarray) -> Truncated:
-        """Cut one row's prompt, completion and KL completion."""
-        keep, n_completion, n_kl = (int(n) for n in self.kept_lengths(len(prompt_ids), len(completion_ids), len(kl_completion_ids)))
-        prompt = np.asarray(prompt_ids, np.int32)
-        if keep < len(prompt):
-            if self.bos_id is not None and prompt[0] == self.bos_id:
-                prompt = np.concatenate([prompt[:1], prompt[len(prompt) - (keep - 1) :]]) if keep > 1 else prompt[:1]
-            else:
-                prompt = prompt[len(prompt) - keep :]
-        return Truncated(
-            prompt,
-            np.asarray(completion_ids[:n_completion], np.int32),
-            np.asarray(kl_completion_ids[:n_kl], np.int32),
-            prompt_cut=keep < len(prompt_ids),
-            completion_cut=n_completion < len(completion_ids),
-            kl_completion_cut=n_kl < len(kl_completion_ids),
-        )
-
-
 def leading_bos_id(tokenizer) -> int | None:
     """The BOS id if this tokenizer starts plain text with it (Llama-3 does, SmolLM2 does not)."""
     bos = tokenizer.bos_token_id
@@ -148,13 +234,17 @@ def leading_bos_id(tokenizer) -> int | None:
     return bos if bos is not None and ids and ids[0] == bos else None
 
 
-def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatTemplate()) -> TokenizedRow | None:
-    """Token ids for one example, or None when its prompt or completion is empty (the row is
-    dropped). Nothing is cut here: truncation waits for the KL partner (`Truncation`)."""
+def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatTemplate(), truncation: Truncation | None = None) -> TokenizedRow | None:
+    """Token ids for one example, its prompt cut by `truncation`'s rule (uncut without one), or
+    None when its prompt or completion is empty (the row is dropped). The completion stays whole:
+    it is cut behind each prompt it is paired with (`Truncation.apply`)."""
+    cut = PromptCut.NONE
     if example.conversational:
-        prompt_ids, completion_ids, prefix_split = conversational_ids(example, tokenizer, template)
+        prompt_ids, completion_ids, prefix_split, cut = conversational_ids(example, tokenizer, template, truncation)
     else:
         (prompt_ids, completion_ids), prefix_split = text_ids(example, tokenizer), False
-    if not prompt_ids or not completion_ids:
+        if truncation is not None and truncation.prompt_must_be_cut(len(prompt_ids), len(completion_ids)):
+            prompt_ids, cut = truncation.keep_end(prompt_ids), PromptCut.MID_TEXT
+    if not len(prompt_ids) or not len(completion_ids):
         return None
-    return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split)
+    return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split, cut)

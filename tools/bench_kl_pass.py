@@ -52,7 +52,8 @@ MAX_LENGTH, SHAPE = 256, MicroBatchShape(4, 2, 1)
 def rows_and_pairs(tok, variant: str):
     """Stored rows (prompt, completion, KL completion, label) and their lengths, per variant."""
     examples = read_examples([ROOT / "examples" / "feedback.jsonl"], ColumnMap())
-    tokenized = [r for r in (tokenize_example(e, tok) for e in examples) if r is not None]
+    rule = Truncation(MAX_LENGTH, MAX_LENGTH // 2, leading_bos_id(tok))  # prompts are cut at tokenization
+    tokenized = [r for r in (tokenize_example(e, tok, truncation=rule) for e in examples) if r is not None]
     train, _ = split_eval(tokenized, 0.2, 0)
     keys = [(repr(r.example.prompt), repr(r.example.completion)) for r in train]
     lengths = [min(len(r.prompt_ids) + len(r.completion_ids), MAX_LENGTH) for r in train]
@@ -64,7 +65,7 @@ def rows_and_pairs(tok, variant: str):
         order = p.order
     stored = []
     for i in order:
-        c = Truncation(MAX_LENGTH, MAX_LENGTH // 2, leading_bos_id(tok)).apply(train[i].prompt_ids, train[i].completion_ids, train[p.partner[i]].completion_ids)
+        c = rule.apply(train[i].prompt_ids, train[i].completion_ids, train[p.partner[i]].completion_ids)
         stored.append((c.prompt_ids, c.completion_ids, c.kl_completion_ids, train[i].example.label))
     lens = np.array([len(s[0]) + len(s[1]) for s in stored])
     plan = legacy_plan(lens, SHAPE, 0, 0) if variant == "before" else epoch_plan(lens, SHAPE, 0, 0)

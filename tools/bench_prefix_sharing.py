@@ -70,13 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length: int, seed: int = 0):
     """Main and KL sequences as kto-precompute forms them for one shard: its tokenizing
-    (`tokenize_example`), then each row's prompt with a seeded partner's completion cut to fit
+    (`tokenize_example`, prompts cut there), then each row's prompt with a seeded partner's completion cut to fit
     (the same shape as its KL pairing: a derangement; the partner choice itself may differ)."""
     from kto.formats.examples import iter_examples
     from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example
 
     rule = Truncation(max_length, max_prompt_length, leading_bos_id(tokenizer))
-    rows = [r for r in (tokenize_example(ex, tokenizer) for ex in iter_examples([data])) if r is not None]
+    rows = [r for r in (tokenize_example(ex, tokenizer, truncation=rule) for ex in iter_examples([data])) if r is not None]
     partner = C.kl_partners(len(rows), seed)
     cut = [rule.apply(r.prompt_ids, r.completion_ids, rows[partner[i]].completion_ids) for i, r in enumerate(rows)]
     prompts = [c.prompt_ids.tolist() for c in cut]

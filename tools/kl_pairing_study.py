@@ -339,7 +339,7 @@ def main() -> None:
     lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     disable_dropout(lm)
     examples = variant_examples(ROOT / "examples" / "feedback.jsonl", args.variants)
-    rows = [r for r in (tokenize_example(e, tok) for e in examples) if r is not None]
+    rows = [r for r in (tokenize_example(e, tok, truncation=Truncation(MAX_LENGTH, MAX_LENGTH // 2)) for e in examples) if r is not None]
     lr = args.lr or (5e-6 if args.model else 2e-3)
     shape = MicroBatchShape(args.batch_size, 1, 1)
     if args.pairing_only:

@@ -5,7 +5,7 @@ from transformers import AutoTokenizer
 from kto.formats.errors import InputError
 from kto.formats.examples import Example
 from kto.precompute.pairing import cycle_order, kl_partners
-from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example
+from kto.precompute.tokenize import leading_bos_id, tokenize_example
 
 
 @pytest.fixture(scope="module")
@@ -30,74 +30,6 @@ def test_conversational_prompt_ends_with_generation_prompt(tok):
     assert tok.decode(row.prompt_ids).endswith("<|im_start|>assistant\n")
     assert tok.decode(row.completion_ids) == "hello there<|im_end|>\n"
     assert not row.prefix_split
-
-
-def cut(prompt, completion, kl, max_length=10, max_prompt_length=4, bos_id=None):
-    """Truncation.apply, with the cut sequences as lists (for == against hand-worked lists)."""
-    from types import SimpleNamespace
-
-    c = Truncation(max_length, max_prompt_length, bos_id).apply(*(np.asarray(x, np.int32) for x in (prompt, completion, kl)))
-    return SimpleNamespace(
-        prompt_ids=c.prompt_ids.tolist(),
-        completion_ids=c.completion_ids.tolist(),
-        kl_completion_ids=c.kl_completion_ids.tolist(),
-        prompt_cut=c.prompt_cut,
-        completion_cut=c.completion_cut,
-        kl_completion_cut=c.kl_completion_cut,
-        truncated=c.truncated,
-    )
-
-
-def test_kept_lengths_for_many_rows_equal_what_apply_cuts():
-    """The manifest's counts use the vectorized lengths; the shards use apply: they must agree."""
-    rng = np.random.default_rng(0)
-    rule = Truncation(max_length=64, max_prompt_length=20, bos_id=1)
-    p, c, k = (rng.integers(1, 90, size=500) for _ in range(3))
-    kept = rule.kept_lengths(p, c, k)
-    for i in range(500):
-        got = rule.apply(np.r_[1, np.arange(2, p[i] + 1)].astype(np.int32), np.arange(c[i], dtype=np.int32), np.arange(k[i], dtype=np.int32))
-        assert (len(got.prompt_ids), len(got.completion_ids), len(got.kl_completion_ids)) == (kept[0][i], kept[1][i], kept[2][i])
-        assert len(got.prompt_ids) + max(len(got.completion_ids), len(got.kl_completion_ids)) <= 64
-        assert len(got.completion_ids) >= min(c[i], 64 - 20) and got.prompt_ids[0] == 1
-
-
-def test_a_row_that_fits_is_not_cut_even_past_max_prompt_length():
-    """Prompt 7 > max_prompt_length 4, but 7 + max(2, 3) = 10 ≤ max_length 10: nothing is cut
-    (the old rule cut the prompt to 4 anyway)."""
-    c = cut(list(range(7)), [100, 101], [200, 201, 202])
-    assert (c.prompt_ids, c.completion_ids, c.kl_completion_ids) == (list(range(7)), [100, 101], [200, 201, 202])
-    assert not (c.prompt_cut or c.completion_cut or c.kl_completion_cut or c.truncated)
-
-
-def test_a_kl_partner_longer_than_the_own_completion_decides_the_cut():
-    """Prompt 6, completion 2, KL completion 8, max_length 10: the main sequence (8) fits, the KL
-    one (14) does not. The prompt is cut first, to max(max_prompt_length 4, 10 − 8 = 2) = 4
-    (its end: [2, 3, 4, 5]); room = 10 − 4 = 6, so the KL completion keeps its first 6 and the
-    own completion (2) is whole. The row counts as truncated: its prompt changed."""
-    c = cut(list(range(6)), [100, 101], list(range(200, 208)))
-    assert c.prompt_ids == [2, 3, 4, 5] and c.completion_ids == [100, 101] and c.kl_completion_ids == list(range(200, 206))
-    assert c.prompt_cut and not c.completion_cut and c.kl_completion_cut and c.truncated
-    # KL completion of 5: 6 + 5 = 11 > 10, prompt cut to max(4, 10 − 5) = 5 only, nothing else.
-    c = cut(list(range(6)), [100, 101], list(range(200, 205)))
-    assert c.prompt_ids == [1, 2, 3, 4, 5] and c.kl_completion_ids == list(range(200, 205)) and not c.kl_completion_cut
-
-
-def test_a_prompt_longer_than_max_length():
-    """Prompt 15, completion 3, KL 2, max_length 10: prompt cut to max(4, 10 − 3) = 7, its end
-    [8 … 14]; room 3: both completions whole. With a completion of 20: prompt to
-    max(4, 10 − 20) = 4, room 6, completion cut to its first 6."""
-    c = cut(list(range(15)), [100, 101, 102], [200, 201])
-    assert c.prompt_ids == list(range(8, 15)) and c.completion_ids == [100, 101, 102] and c.kl_completion_ids == [200, 201]
-    assert c.prompt_cut and not c.completion_cut
-    c = cut(list(range(15)), list(range(100, 120)), [200, 201])
-    assert c.prompt_ids == [11, 12, 13, 14] and c.completion_ids == list(range(100, 106)) and c.completion_cut
-    assert len(c.prompt_ids) + len(c.completion_ids) == 10
-
-
-def test_truncation_reattaches_bos():
-    """BOS 1 + 14 tokens, completion 3: keep 7 = BOS + the last 6."""
-    c = cut([1] + list(range(20, 34)), [100, 101, 102], [200], bos_id=1)
-    assert c.prompt_ids == [1, 28, 29, 30, 31, 32, 33]
 
 
 def test_smollm2_does_not_add_bos(tok):
@@ -199,9 +131,10 @@ def test_template_that_renders_the_prompt_differently_is_split_at_the_common_pre
 
 
 def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp_path):
-    """Chat rows of 35-40 prompt and 7-14 completion tokens, max_length 50, max_prompt_length 25:
-    a row's prompt is cut only when prompt + the longer of its two completions exceeds 50, and
-    then to max(25, 50 − longer) tokens, never to 25 as the old rule did."""
+    """Chat rows of 35-40 prompt and 7-14 completion tokens, max_length 46, max_prompt_length 23:
+    a row is cut only when its own prompt + completion exceeds 46, whatever its KL partner; its
+    prompt is then cut (cut prompts come from tokenization, staged), and its completion and KL
+    completion keep 46 − prompt tokens."""
     from conftest import chat_rows, staging_content, write_rows
 
     from kto.precompute.config import PrecomputeConfig
@@ -209,36 +142,41 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     from kto.precompute.splits import build_splits, cache_rows
     from kto.precompute.staging import StagingReader
     from kto.precompute.templates import ChatTemplate
+    from kto.precompute.tokenize import PromptCut, Truncation
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
-    cfg = PrecomputeConfig(data=(data,), model="unused", out=tmp_path / "c", max_length=50)
-    staged = stage_rows(cfg, tok, ChatTemplate(), staging_content(data))
+    cfg = PrecomputeConfig(data=(data,), model="unused", out=tmp_path / "c", max_length=46)
+    content = staging_content(data)
+    content = type(content)(**{**content.to_json(), "max_length": 46, "max_prompt_length": 23})
+    staged = stage_rows(cfg, tok, ChatTemplate(), content)
     [train] = build_splits(cfg, staged, leading_bos_id(tok))
     with StagingReader(staged) as reader:
         rows = cache_rows(reader, train, 0, len(train.rows))
-    raw = {}
+    raw, cut = {}, {}
     for k, r in enumerate(chat_rows()):
         ex = Example(f"chat.jsonl:{k + 1}", tuple(r["prompt"]), tuple(r["completion"]), r["label"], "")
         raw[ex.id] = tokenize_example(ex, tok)
+        cut[ex.id] = tokenize_example(ex, tok, truncation=Truncation(46, 23))
     cut_rows = cut_completions = cut_kl = truncated = 0
     for row in rows:
-        src, partner = raw[row.id], raw[row.kl_source_id]
-        p, c, k = len(src.prompt_ids), len(src.completion_ids), len(partner.completion_ids)
-        fits = p + max(c, k) <= 50
-        expected_prompt = p if fits else min(p, max(25, 50 - max(c, k)))
-        assert len(row.prompt_ids) == expected_prompt
-        assert list(row.prompt_ids) == list(src.prompt_ids[p - expected_prompt :])  # its end
-        assert list(row.completion_ids) == list(src.completion_ids[: 50 - expected_prompt])
-        assert list(row.kl_completion_ids) == list(partner.completion_ids[: 50 - expected_prompt])
-        assert row.truncated == (not fits or c > 50 - expected_prompt)
+        src, partner, own = raw[row.id], raw[row.kl_source_id], cut[row.id]
+        p, c = len(src.prompt_ids), len(src.completion_ids)
+        fits = p + c <= 46
+        assert (own.prompt_cut != PromptCut.NONE) == (not fits)
+        assert list(row.prompt_ids) == (list(src.prompt_ids) if fits else list(own.prompt_ids))
+        room = 46 - len(row.prompt_ids)
+        assert list(row.completion_ids) == list(src.completion_ids[:room])
+        assert list(row.kl_completion_ids) == list(partner.completion_ids[:room])  # the partner's whole completion, cut
+        assert row.truncated == (not fits or c > room)
         cut_rows += not fits
-        cut_completions += c > 50 - expected_prompt
-        cut_kl += k > 50 - expected_prompt
+        cut_completions += c > room
+        cut_kl += len(partner.completion_ids) > room
         truncated += row.truncated
-    assert 0 < cut_rows < len(rows)  # the data exercise both cases
+    assert 0 < cut_rows < len(rows) and cut_kl > 0  # the data exercise both cases
     counts = train.counts
     assert (counts.prompt_truncated, counts.completion_truncated, counts.kl_completion_truncated) == (cut_rows, cut_completions, cut_kl)
+    assert counts.prompt_cut_by_turns + counts.prompt_cut_mid_text == cut_rows
     assert counts.truncated == truncated
     assert counts.prompt_tokens == sum(len(r.prompt_ids) for r in rows)
     assert counts.kl_completion_tokens == sum(len(r.kl_completion_ids) for r in rows)
@@ -258,7 +196,8 @@ def test_cache_rows_are_stored_in_cycle_order(tiny_cache):
     assert m.content.kl_pairing.startswith("cycle") and m.counts.same_prompt_kl_pairs == 0
 
 
-def test_a_version_1_cache_is_refused_with_one_line(tiny_cache, tmp_path):
+def test_a_version_2_cache_is_refused_with_one_line(tiny_cache, tmp_path):
+    """Version 2 cut prompts by the KL partner's length; its caches are refused, in one line."""
     import json
     import shutil
 
@@ -267,9 +206,9 @@ def test_a_version_1_cache_is_refused_with_one_line(tiny_cache, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(tiny_cache, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    manifest["format_version"] = 1
+    manifest["format_version"] = 2
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(InputError, match="cache format version 1, this kto reads format version 2 only; re-run kto-precompute") as err:
+    with pytest.raises(InputError, match="cache format version 2, this kto reads format version 3 only; re-run kto-precompute") as err:
         read_manifest(old)
     assert "\n" not in str(err.value)
 

@@ -1,0 +1,173 @@
+"""The truncation rule (precompute/tokenize.py): a row is cut only by its own length; its prompt
+is cut at tokenization (conversations by whole turns first), its completion and KL completion
+behind that prompt."""
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from kto.formats.examples import Example
+from kto.precompute.tokenize import PromptCut, Truncation, tokenize_example
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def lengths(p, c, k, max_length, max_prompt_length=None):
+    rule = Truncation(max_length, max_prompt_length or max_length // 2)
+    cut = rule.prompt_must_be_cut(p, c)
+    kept = rule.kept_lengths(p, c, k)
+    return cut, int(kept[0]), int(kept[1])
+
+
+def test_a_row_that_fits_keeps_its_prompt_whatever_its_partner():
+    """The issue's row: P = 545, own C = 6, partner's C = 499, max_length 1024. 545 + 6 = 551 ≤
+    1024: nothing of the row is cut (the old rule cut its prompt to 1024 − 499 = 525, because
+    545 + 499 = 1044 > 1024). Its KL completion keeps 1024 − 545 = 479 of the partner's 499."""
+    assert lengths(545, 6, 499, 1024) == (False, 6, 479)
+
+
+def test_a_prompt_within_its_budget_stays_whole_and_the_completion_is_cut():
+    """P = 300 ≤ max_prompt_length 512, C = 900: 1200 > 1024, yet the prompt stays whole; the
+    completion keeps 1024 − 300 = 724, the KL completion (200) is whole."""
+    assert lengths(300, 900, 200, 1024) == (False, 724, 200)
+
+
+def test_a_prompt_over_its_budget_in_a_row_that_does_not_fit_is_cut():
+    """P = 600 > 512 and 600 + 500 = 1100 > 1024: the prompt is cut (to at most 512)."""
+    assert lengths(600, 500, 30, 1024)[0]
+    # behind a prompt cut to 512: room 512, completion 500 whole, KL completion 700 → 512
+    assert Truncation(1024, 512).kept_lengths(512, 500, 700) == (500, 512)
+
+
+def test_kept_lengths_for_many_rows_equal_what_apply_cuts():
+    """The manifest's counts use the vectorized lengths; the shards use apply: they must agree,
+    and both sequences fit max_length behind the one prompt."""
+    rng = np.random.default_rng(0)
+    rule = Truncation(max_length=64, max_prompt_length=20)
+    p, c, k = rng.integers(1, 21, size=500), rng.integers(1, 90, size=500), rng.integers(1, 90, size=500)
+    kept = rule.kept_lengths(p, c, k)
+    for i in range(500):
+        got = rule.apply(np.arange(p[i], dtype=np.int32), np.arange(c[i], dtype=np.int32), np.arange(k[i], dtype=np.int32))
+        assert (len(got.completion_ids), len(got.kl_completion_ids)) == (kept[0][i], kept[1][i])
+        assert len(got.prompt_ids) == p[i] and len(got.prompt_ids) + max(len(got.completion_ids), len(got.kl_completion_ids)) <= 64
+        assert got.completion_cut == (c[i] > 64 - p[i]) and got.kl_completion_cut == (k[i] > 64 - p[i])
+
+
+def test_keep_end_reattaches_bos():
+    """BOS 1 + 14 tokens, budget 7: BOS + the last 6."""
+    assert Truncation(10, 7, bos_id=1).keep_end([1, *range(20, 34)]).tolist() == [1, 28, 29, 30, 31, 32, 33]
+    assert Truncation(10, 7).keep_end(list(range(20, 34))).tolist() == list(range(27, 34))
+
+
+def conversation(turns: int, words: int = 20, system: str | None = None, last: str = "final question " + "x y " * 10):
+    msgs = [{"role": "system", "content": system}] if system else []
+    for i in range(turns):
+        msgs += [{"role": "user", "content": f"question {i} " + "word " * words}, {"role": "assistant", "content": f"answer {i} " + "blah " * words}]
+    msgs.append({"role": "user", "content": last})
+    return tuple(msgs)
+
+
+def chat_example(prompt, answer="ok " * 30, row_id="r"):
+    return Example(row_id, prompt, ({"role": "assistant", "content": answer},), True, "c.jsonl: row 1")
+
+
+def test_a_long_conversation_loses_whole_earliest_turns_and_starts_with_a_turn_header(tok):
+    """4 earlier turns + a last question: 369 prompt tokens, over max_prompt_length 100 in a row of
+    max_length 300 that does not fit. The earliest turns go, whole, until the re-rendered prompt
+    fits 100; SmolLM2's template then injects its default system message again, so the prompt
+    is exactly the rendering of the kept messages, turn header first."""
+    ex = chat_example(conversation(4))
+    row = tokenize_example(ex, tok, truncation=Truncation(300, 100))
+    assert row.prompt_cut == PromptCut.TURNS and len(row.prompt_ids) <= 100
+    kept = tok.apply_chat_template([dict(m) for m in ex.prompt[-1:]], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(row.prompt_ids) == kept and kept.startswith("<|im_start|>system\nYou are a helpful AI")
+    assert tok.decode(row.completion_ids) == "ok " * 30 + "<|im_end|>\n"  # the whole completion
+    # A budget of 200 keeps the last earlier turn too (the latest turns that fit).
+    row = tokenize_example(ex, tok, truncation=Truncation(300, 200))
+    text = tok.decode(row.prompt_ids)
+    assert row.prompt_cut == PromptCut.TURNS and "question 3" in text and "question 2" not in text
+
+
+def test_a_system_message_is_kept_when_turns_are_dropped(tok):
+    ex = chat_example(conversation(4, system="be nice"))
+    row = tokenize_example(ex, tok, truncation=Truncation(200, 60))
+    assert row.prompt_cut == PromptCut.TURNS
+    assert tok.decode(row.prompt_ids) == tok.apply_chat_template([dict(ex.prompt[0]), dict(ex.prompt[-1])], tokenize=False, add_generation_prompt=True)
+
+
+def test_a_last_turn_too_long_alone_keeps_its_header_its_end_and_the_generation_prompt(tok):
+    """[default system] + the last user turn are 53 tokens; budget 40: the turn's text loses its
+    start, and the prompt is exactly 40 ids: the headers, the text's last ids, `<|im_end|>` and
+    the generation prompt."""
+    ex = chat_example(conversation(4))
+    row = tokenize_example(ex, tok, truncation=Truncation(200, 40))
+    text = tok.decode(row.prompt_ids)
+    assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 40
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith(" x y x y <|im_end|>\n<|im_start|>assistant\n") and "final question" not in text
+
+
+def test_a_conversation_that_fits_is_not_cut_past_its_prompt_budget(tok):
+    ex = chat_example(conversation(4))
+    row = tokenize_example(ex, tok, truncation=Truncation(1000, 100))
+    assert row.prompt_cut == PromptCut.NONE and len(row.prompt_ids) == len(tokenize_example(ex, tok).prompt_ids) > 100
+
+
+def test_rows_with_one_prompt_get_one_cut_prompt(tok):
+    """Two rows of one prompt text, both too long: identical cut prompt ids (prefix sharing packs
+    them); a third with a short completion fits and keeps the whole prompt: two variants."""
+    prompt = conversation(4)  # 369 tokens
+    rule = Truncation(400, 100)
+    a, b = (tokenize_example(chat_example(prompt, answer, str(i)), tok, truncation=rule) for i, answer in enumerate(("yes " * 80, "no " * 120)))
+    short = tokenize_example(chat_example(prompt, "no", "s"), tok, truncation=rule)
+    assert a.prompt_ids.tolist() == b.prompt_ids.tolist() and a.prompt_cut == PromptCut.TURNS
+    assert short.prompt_cut == PromptCut.NONE and len(short.prompt_ids) == 369
+
+
+def test_a_text_prompt_keeps_its_end(tok):
+    ex = Example("t", "word " * 200 + "Question?", " yes" * 50, True, "t.jsonl: row 1")
+    whole = tokenize_example(ex, tok)
+    row = tokenize_example(ex, tok, truncation=Truncation(120, 60))
+    assert row.prompt_cut == PromptCut.MID_TEXT and row.prompt_ids.tolist() == whole.prompt_ids[-60:].tolist()
+    assert row.completion_ids.tolist() == whole.completion_ids.tolist()
+
+
+def test_a_prefix_split_template_cut_by_turns_is_still_a_prefix_of_the_full_rendering(tokenizer_dir):
+    """A template that renders the prompt differently when a reply follows: the cut prompt and the
+    completion are split from the kept messages' full rendering, so together they are it."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' %}<think></think>{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\nReady: {% endif %}"
+    )
+    ex = chat_example(conversation(4))
+    row = tokenize_example(ex, tok, truncation=Truncation(300, 100))
+    assert row.prefix_split and row.prompt_cut == PromptCut.TURNS
+    full = tok.apply_chat_template([dict(m) for m in ex.prompt[-1:] + ex.completion], tokenize=False)
+    assert tok.decode([*row.prompt_ids, *row.completion_ids]) == full and full.startswith("<|im_start|>user\nfinal question")
+
+
+def test_the_staging_key_includes_the_limits(tokenizer_dir, tmp_path):
+    """Staged prompts are already cut, so a resumed run with other limits must tokenize again
+    (staging holds the cut of max_length 46 here, the whole prompts at 200)."""
+    from conftest import chat_rows, staging_content, write_rows
+
+    from kto.precompute.config import PrecomputeConfig
+    from kto.precompute.pipeline import stage_rows
+    from kto.precompute.staging import read_index
+    from kto.precompute.templates import ChatTemplate
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    paths, prompt_lengths = [], []
+    for max_length in (46, 200):
+        cfg = PrecomputeConfig(data=(data,), model="unused", out=tmp_path / "c", max_length=max_length)
+        content = staging_content(data)
+        content = type(content)(**{**content.to_json(), "max_length": max_length, "max_prompt_length": max_length // 2})
+        paths.append(stage_rows(cfg, tok, ChatTemplate(), content))
+        prompt_lengths.append(read_index(paths[-1]).prompt_len.sum())
+    assert paths[0] != paths[1] and prompt_lengths[0] < prompt_lengths[1]
