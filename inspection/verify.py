@@ -13,20 +13,25 @@ Checks, in order (each problem is one line naming the file, row and id):
    schema, it carries this cache's fingerprint tag (a shard copied from another cache, its sha
    patched into the manifest, is caught here), it holds the listed number of rows, and no
    unlisted `shard-*.arrow` lies beside it;
-3. per row: no nulls in required columns, non-empty prompt and completion, the values every
+3. per row: no nulls in required columns, non-empty prompt and completion, prompt + completion
+   within the manifest's max_length, the values every
    reader refuses (formats/shards.py shard_value_problems: non-finite log-probs, token ids
    outside the tokenizer's vocabulary), per-token terms (when stored) one per completion token
    and summing to the sequence value;
 4. manifest counts (rows, labels, truncated, token totals) equal the rows';
 5. every id appears exactly once, every kl_source_id is an id of the cache, and each row's KL
-   completion is the start of its source row's completion;
+   completion is what the truncation rule (precompute/tokenize.py) makes of its source row's
+   completion: the source's whole completion cut to max_length − this row's prompt. The source
+   row stores its completion cut behind its own prompt, so one of the two is the start of the
+   other, and their lengths are the ones the rule implies;
 6. tokenizer/ loads and is the tokenizer the manifest records;
 7. eval/ (when present) passes all of the above, and shares no id with the train split.
 
 It streams: one shard is open at a time, and what crosses shards is O(rows), never O(tokens):
-the id -> first position map, and per row its KL source id, KL length and a 16-byte digest of
-its KL completion. A second pass over the shards that are KL sources compares those digests
-with the digests of the sources' completion prefixes.
+the id -> first position map, and per row its KL source id, prompt, completion and KL lengths
+and a 16-byte digest of its KL completion. A second pass over the shards that are KL sources
+compares those digests with the digests of the sources' completion prefixes; a KL completion
+longer than its source's stored one is compared in a third pass over its own shard.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class _Seen:
     kl_sources: list[pa.Array] = field(default_factory=list)  # per shard: kl_source_id (copied)
     kl_lengths: list[np.ndarray] = field(default_factory=list)  # per shard: len(kl_completion_ids)
     kl_digests: list[list[bytes]] = field(default_factory=list)  # per shard: digest of kl_completion_ids
+    prompt_lengths: list[np.ndarray] = field(default_factory=list)  # per shard: len(prompt_ids)
     counts: Counter = field(default_factory=Counter)
 
 
@@ -134,6 +140,7 @@ def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:
             readable = False
             continue
         _check_shard_rows(cache_dir / entry.name, table, vocab_size, report)
+        _check_main_length(cache_dir / entry.name, table, manifest.content.max_length, report)
         _collect(k, cache_dir / entry.name, table, seen, report)
         del table  # one shard at a time: let its pages go before the next is mapped
     if not readable:
@@ -141,7 +148,7 @@ def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:
         return report
     report.rows = seen.counts["rows"]
     _check_counts(cache_dir, manifest, seen.counts, report)
-    _check_kl_sources(cache, seen, report)
+    _check_kl_sources(cache, seen, manifest.content.max_length, report)
     report.ids = set(seen.first)
     return report
 
@@ -191,6 +198,18 @@ def _check_shard_rows(path: Path, table: pa.Table, vocab_size: int | None, repor
         _check_terms(table, logp, terms, ids_col, at, report)
 
 
+def _check_main_length(path: Path, table: pa.Table, max_length: int, report: Report) -> None:
+    """prompt + completion within max_length: precompute never writes a longer main sequence."""
+    ids = table.column(S.ID)
+    total = _lengths(table.column(S.PROMPT_IDS)) + _lengths(table.column(S.COMPLETION_IDS))
+    report.add(
+        [
+            f"{path} row {i + 1} (id {ids[int(i)].as_py()!r}): prompt + completion is {total[i]} tokens, over max_length {max_length}"
+            for i in np.flatnonzero(total > max_length)[: MAX_PER_CHECK + 1]
+        ]
+    )
+
+
 def _check_terms(table: pa.Table, logp: str, terms: str, ids_col: str, at, report: Report) -> None:
     """Stored per-token terms: one per token of `ids_col`, summing to `logp`."""
     column = table.column(terms).combine_chunks()
@@ -213,7 +232,7 @@ def _digests(column: pa.ChunkedArray) -> list[bytes]:
     column = pc.fill_null(column.combine_chunks(), pa.scalar([], column.type))
     offsets = column.offsets.to_numpy()
     values = column.values.to_numpy(zero_copy_only=False)
-    return [hashlib.blake2b(values[a:b].tobytes(), digest_size=16).digest() for a, b in itertools.pairwise(offsets)]
+    return [_digest(values[a:b]) for a, b in itertools.pairwise(offsets)]
 
 
 def _collect(k: int, path: Path, table: pa.Table, seen: _Seen, report: Report) -> None:
@@ -239,6 +258,7 @@ def _collect(k: int, path: Path, table: pa.Table, seen: _Seen, report: Report) -
     seen.kl_sources.append(table.column(S.KL_SOURCE_ID).combine_chunks().take(pa.array(np.arange(table.num_rows))))
     seen.kl_lengths.append(_lengths(table.column(S.KL_COMPLETION_IDS)))
     seen.kl_digests.append(_digests(table.column(S.KL_COMPLETION_IDS)))
+    seen.prompt_lengths.append(_lengths(table.column(S.PROMPT_IDS)))
 
 
 def _where(cache_dir: Path, seen: _Seen, packed: int) -> str:
@@ -255,11 +275,17 @@ def _check_counts(cache_dir: Path, manifest: Manifest, actual: Counter, report: 
     )
 
 
-def _check_kl_sources(cache: ShardedCache, seen: _Seen, report: Report) -> None:
-    """Every kl_source_id is an id here, and each KL completion is the start of its source's completion.
+def _check_kl_sources(cache: ShardedCache, seen: _Seen, max_length: int, report: Report) -> None:
+    """Every kl_source_id is an id here, and each KL completion is what the rule makes of its
+    source's completion.
 
-    Requests are grouped by the shard that holds their source, and each such shard is mapped
-    once more; a KL completion is compared with its source's prefix by digest.
+    Row i with stored prompt P_i has room R = max_length − P_i; its source j stores its own
+    completion c_j, cut to max_length − P_j behind its own prompt, while kl_i is j's whole
+    completion cut to R. So one of kl_i and c_j is the start of the other, len(kl_i) ≤ R and
+    len(kl_i) ≥ min(len(c_j), R), with equality when c_j is certainly whole (P_j + len(c_j) <
+    max_length). Requests are grouped by the shard that holds their source, and each such shard
+    is mapped once more; a KL completion is compared with its source's prefix by digest. A KL
+    completion longer than c_j is compared (c_j against its start) in a pass over its own shard.
     """
     missing, wanted = [], {}  # source shard -> [(requesting shard, row, source row)]
     for k, sources in enumerate(seen.kl_sources):
@@ -271,21 +297,46 @@ def _check_kl_sources(cache: ShardedCache, seen: _Seen, report: Report) -> None:
                 missing.append((k, i, f"kl_source_id {src!r} is not an id in this cache"))
             else:
                 wanted.setdefault(packed >> 32, []).append((k, i, packed & 0xFFFFFFFF))
-    mismatched = []
+    mismatched, longer = [], {}  # longer: requesting shard -> [(row, source, digest of c_j, len(c_j))]
     for s, requests in sorted(wanted.items()):
         offsets, values = _completions(cache, s)
         for k, i, r in requests:
-            n = int(seen.kl_lengths[k][i])
-            start, end = offsets[r], offsets[r + 1]
-            prefix = values[start : start + n] if start + n <= end else None
-            if prefix is None or hashlib.blake2b(prefix.tobytes(), digest_size=16).digest() != seen.kl_digests[k][i]:
-                src = seen.kl_sources[k][i].as_py()
-                mismatched.append((k, i, f"kl_completion_ids are not the start of {src!r}'s completion_ids"))
+            n, src = int(seen.kl_lengths[k][i]), seen.kl_sources[k][i].as_py()
+            start, end = int(offsets[r]), int(offsets[r + 1])
+            source_len, room = end - start, max_length - int(seen.prompt_lengths[k][i])
+            expected = min(source_len, room)
+            source_whole = int(seen.prompt_lengths[s][r]) + source_len < max_length
+            if n > room or n < expected or (source_whole and n != expected):
+                rule = f"{expected}" if source_whole or expected == room else f"{expected} to {room}"
+                mismatched.append(
+                    (
+                        k,
+                        i,
+                        f"{n} kl_completion_ids, the rule keeps {rule} of {src!r}'s completion ({source_len} stored) behind this row's prompt (max_length {max_length})",
+                    )
+                )
+            elif n <= source_len:
+                if _digest(values[start : start + n]) != seen.kl_digests[k][i]:
+                    mismatched.append((k, i, f"kl_completion_ids are not the start of {src!r}'s completion_ids"))
+            else:
+                longer.setdefault(k, []).append((i, src, _digest(values[start:end]), source_len))
         del offsets, values
+    for k, items in sorted(longer.items()):
+        kl = cache.map_shard(k).column(S.KL_COMPLETION_IDS).combine_chunks()
+        offsets, values = kl.offsets.to_numpy(), kl.values.to_numpy(zero_copy_only=False)
+        for i, src, digest, source_len in items:
+            if _digest(values[offsets[i] : offsets[i] + source_len]) != digest:
+                mismatched.append((k, i, f"{src!r}'s completion_ids are not the start of kl_completion_ids"))
+        del kl, offsets, values
+    mismatched.sort(key=lambda p: p[:2])
     for problems in (missing, mismatched):
         report.problems += _with_ids(cache, problems[:MAX_PER_CHECK])
         if len(problems) > MAX_PER_CHECK:
             report.problems.append(f"… and {len(problems) - MAX_PER_CHECK} more like the line above")
+
+
+def _digest(ids: np.ndarray) -> bytes:
+    return hashlib.blake2b(ids.tobytes(), digest_size=16).digest()
 
 
 def _completions(cache: ShardedCache, k: int) -> tuple[np.ndarray, np.ndarray]:
