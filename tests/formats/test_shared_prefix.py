@@ -1,8 +1,9 @@
 """Shared-prefix scoring: the packed layout by hand, and its log-probs against the plain path.
 
 The plain path (one right-padded sequence per prompt + completion) is the definition; packing
-only changes the work. Its per-token log-probs must match the plain path within 1e-5 in fp32,
-and both must match a float64 forward of each sequence on its own.
+only changes the work. Its per-token log-probs must match the plain path to fp32 rounding
+(tests/numerics_bounds.py: the batch shapes differ, so the kernels' summation order may), and
+both must match a float64 forward of each sequence on its own within 1e-5.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_llama
+from numerics_bounds import assert_sums_agree, assert_tokens_agree, scale_of, token_bound
 
 from kto.formats.compute.logprob import CompletionLogps
 from kto.formats.compute.scoring import plan_scoring, score_sequences
@@ -103,6 +105,7 @@ def float64_reference(lm, prompts, completions):
     return out
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("budget", [64, 4096])
 def test_shared_prefix_matches_plain_and_float64(attn, budget):
@@ -115,20 +118,17 @@ def test_shared_prefix_matches_plain_and_float64(attn, budget):
     shared = score_sequences(scorer, prompts, completions, keys, share_prefixes=True, **kw)
     plain = score_sequences(scorer, prompts, completions, keys, share_prefixes=False, **kw)
     truth = float64_reference(lm, prompts, completions)
-    for k, (a, b, t) in enumerate(zip(shared.token_logps, plain.token_logps, truth)):
+    assert_tokens_agree(shared.token_logps, plain.token_logps, what=f"shared vs plain ({attn}, budget {budget})")
+    assert_sums_agree(shared.sums, plain.sums, plain.token_logps)
+    for k, (a, t) in enumerate(zip(shared.token_logps, truth)):
         assert a.dtype == np.float32 and a.shape == (len(completions[k]),)
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(a, t, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(a, t, atol=1e-5, rtol=0)  # fp32 against float64: not a rounding-order bound
         assert shared.sums[k] == pytest.approx(t.sum(), abs=1e-4)
-    np.testing.assert_allclose(shared.sums, plain.sums, atol=1e-4, rtol=0)
 
 
-def test_shared_prefix_is_bit_identical_to_plain_on_cpu_fp32():
-    """The shared path computes the same numbers as the plain one, not just close ones: the
-    dense layers see the same rows, and attention runs on the same plain sequences, padded to
-    the same multiple of 16 (CPU flash attention's vector width; logprob.ATTENTION_WIDTH_MULTIPLE).
-    So kto-train's step-0 check reads 0.00 on a prefix-shared cache. Lengths straddle 16 and
-    the pack widths differ from every plain width; SmolLM2's head size (64) and GQA (9/3 heads)."""
+def smollm2_shaped_case():
+    """SmolLM2's head size (64) and GQA (9/3 heads), 2 layers; 4 prompts with 2-4 completions
+    each, lengths straddling 16 so that the pack widths differ from every plain width."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -136,7 +136,6 @@ def test_shared_prefix_is_bit_identical_to_plain_on_cpu_fp32():
     )
     torch.manual_seed(0)
     lm = _set_attn(LlamaForCausalLM(config).eval(), "sdpa")
-    scorer = CompletionLogps(lm)
     g = torch.Generator().manual_seed(1)
     ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()  # noqa: E731
     prompts, completions = [], []
@@ -144,15 +143,45 @@ def test_shared_prefix_is_bit_identical_to_plain_on_cpu_fp32():
         shared = ids(p)
         prompts += [shared] * len(ns)
         completions += [ids(n) for n in ns]
+    return lm, prompts, completions
+
+
+@pytest.mark.numerics
+def test_shared_prefix_agrees_with_plain_to_fp32_rounding():
+    """The shared path computes what the plain one does on other shapes: the dense layers see
+    the same rows within other batches, attention the same plain sequences padded to the same
+    multiple of 16 (logprob.ATTENTION_WIDTH_MULTIPLE). How the kernels split their sums still
+    depends on the CPU's vector width: equal bits on AVX-512 here, up to 3 ulps apart under
+    AVX2 (and on an AVX2 EPYC). So per token within numerics_bounds.token_bound, and each sum
+    within the sum of its tokens' bounds; plain batches of two widths agree the same way."""
+    lm, prompts, completions = smollm2_shaped_case()
+    scorer = CompletionLogps(lm)
     keys = list(range(len(prompts)))
     kw = dict(pad_id=0, device=torch.device("cpu"), batch_tokens=4096)
     assert len(plan_scoring(prompts, completions, keys, share_prefixes=True).packs) == 4
     shared = score_sequences(scorer, prompts, completions, keys, share_prefixes=True, **kw)
-    for budget in (4096, 128):  # other plain batches: other widths, same numbers
+    for budget in (4096, 128):  # other plain batches: other widths
         plain = score_sequences(scorer, prompts, completions, keys, share_prefixes=False, **{**kw, "batch_tokens": budget})
-        for a, b in zip(shared.token_logps, plain.token_logps):
-            np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(shared.sums, plain.sums)
+        assert_tokens_agree(shared.token_logps, plain.token_logps, what=f"shared vs plain (budget {budget})")
+        assert_sums_agree(shared.sums, plain.sums, plain.token_logps)
+
+
+def test_the_rounding_bound_catches_a_mask_off_by_one():
+    """The bound is not loose enough to hide a real bug: a completion mask one token early
+    (the last prompt token scored, the last completion token not) moves log-probs by far more."""
+    lm, prompts, completions = smollm2_shaped_case()
+    scorer = CompletionLogps(lm)
+    ids = torch.tensor([prompts[0] + completions[0]])
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[0, len(prompts[0]) :] = True
+    with torch.no_grad():
+        right, early = scorer(ids, mask), scorer(ids, mask.roll(-1, dims=1))
+    worst = float((right - early).abs().max())
+    bound = token_bound(scale_of([right.numpy()]))
+    print(f"mask one token early: max |Δ| per token {worst:.2e}, bound {bound:.2e}")
+    assert worst > 1e-2 > 100 * bound, (worst, bound)
+    with pytest.raises(AssertionError, match="ulp"):
+        assert_tokens_agree([right.numpy()], [early.numpy()])
 
 
 def test_unsupported_attention_is_refused():
