@@ -1,4 +1,4 @@
-"""LoRA adapters (peft): zero drift at step 0, adapters-only optimizer and checkpoints, exact
+"""LoRA adapters (peft): no drift at step 0 beyond fp32 rounding, adapters-only optimizer and checkpoints, exact
 resume, final/ as a PEFT dir and a merged HF dir, gradient checkpointing, the one-line refusals."""
 
 import json
@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import crashed_copy, metrics, run_train
+from numerics_bounds import assert_step0_agrees, cache_sum_bound
 from safetensors.torch import load_file
 
 from kto.train.cli import main
@@ -28,13 +29,15 @@ def lora_run(tiny_cache, tiny_model_dir, tmp_path_factory):
     return out, result.output
 
 
-def test_policy_starts_as_the_reference_and_only_adapters_train(lora_run, tiny_model_dir):
+@pytest.mark.numerics
+def test_policy_starts_as_the_reference_and_only_adapters_train(lora_run, tiny_model_dir, tiny_cache):
     out, output = lora_run
-    # Adapters start at B = 0: the policy is the reference, exactly (CPU, fp32).
-    assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in output
-    lines = metrics(out)
-    assert lines[0]["rewards/chosen"] == 0 and lines[0]["kl_raw"] == 0
-    assert lines[-1]["rewards/chosen"] != 0
+    # Adapters start at B = 0: the policy is the reference. Its batches are shaped otherwise
+    # than precompute's, so it agrees to fp32 rounding (tests/numerics_bounds.py), not bit for bit.
+    assert_step0_agrees(output, tiny_cache)
+    lines, sums = metrics(out), cache_sum_bound(tiny_cache)
+    assert abs(lines[0]["rewards/chosen"]) <= 0.1 * sums and abs(lines[0]["kl_raw"]) <= sums  # β = 0.1
+    assert abs(lines[-1]["rewards/chosen"]) > 0.1 * sums  # moved past what rounding explains
     # 2 layers × 7 linear layers × (A: 4×in + B: out×4); Llama-tiny: hidden 32, mlp 64, kv 16.
     per_layer = 4 * (32 + 32) * 2 + 4 * (32 + 16) * 2 + 4 * (32 + 64) * 3
     assert f"{2 * per_layer:,} trainable parameters" in output

@@ -9,11 +9,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import smollm2_gguf
+from numerics_bounds import assert_step0_agrees
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_path, monkeypatch):
     pytest.importorskip("peft")
     from safetensors.torch import load_file
@@ -29,7 +31,7 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
     model = tmp_path / "smollm2"
     convert.main(model)
     cache = tmp_path / "cache"
-    # kto-precompute's default, prefix-shared layout: the step-0 check below still reads 0.00.
+    # kto-precompute's default, prefix-shared layout: the step-0 check below still holds.
     result = CliRunner().invoke(
         precompute,
         [
@@ -84,10 +86,10 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
         ],
     )
     assert result.exit_code == 0, result.output
-    # Step 0: the adapters start as the identity (B = 0), so the policy is the reference, bit for
-    # bit: training pads other rows together than precompute did, but every forward's width is a
-    # multiple of 16 and these sequences are < 384 tokens (docs/design.md, issue 13).
-    assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in result.output, result.output
+    # Step 0: the adapters start as the identity (B = 0), so the policy is the reference. Training
+    # pads other rows together than precompute did (and precompute packed shared prefixes), so it
+    # agrees to fp32 rounding (tests/numerics_bounds.py); 0.00 on AVX-512 here (docs/design.md).
+    assert_step0_agrees(result.output, cache)
     assert seen["trainable"] and all("lora_" in n for n in seen["trainable"])
     # Every base weight in memory after training equals the file it was loaded from.
     for name, value in seen["base"].items():
