@@ -177,10 +177,19 @@ def test_fewer_than_two_rows(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.distributed
+@pytest.mark.numerics
 def test_two_processes_write_the_same_cache_as_one(tmp_path, tiny_model_dir):
+    """Byte for byte: each shard is scored alone, in the same batches, by one process. The
+    one-process run takes 1 thread, as each torchrun process does (conftest.run_checked): with 2
+    threads MKL splits some matmul sums otherwise, and under AVX2 the last bits then differ."""
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
     one, two = tmp_path / "one", tmp_path / "two"
-    assert run_cli(*precompute_args(data, tiny_model_dir, one)).exit_code == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_cli(*precompute_args(data, tiny_model_dir, one)).exit_code == 0
+    finally:
+        torch.set_num_threads(threads)
     torchrun("-m", "kto.precompute.cli", *precompute_args(data, tiny_model_dir, two))
     assert read_cache(one).equals(read_cache(two))
     m1, m2 = read_manifest(one), read_manifest(two)
