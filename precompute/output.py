@@ -40,8 +40,8 @@ def shard_layout(rows_per_shard: int, batch_tokens: int, prefix_sharing: bool) -
 
     The process count is recorded in the manifest but is not part of it: shard contents do not
     depend on it, so a crashed 8-process run may be resumed with 4. Prefix sharing is layout,
-    not content: its numbers equal the plain layout's (bit for bit on CPU fp32 up to 384 tokens
-    per sequence, to float rounding beyond), so a cache made either way serves the same runs;
+    not content: its numbers equal the plain layout's to fp32 rounding (bit for bit on some
+    CPUs), so a cache made either way serves the same runs;
     but the bytes may differ, so one cache never mixes the two.
     """
     return {"rows_per_shard": rows_per_shard, "batch_tokens": batch_tokens, "prefix_sharing": prefix_sharing}

@@ -2,7 +2,7 @@
 
 The cache's reference is the base model (`--model`). The policy is that base plus adapters whose
 B matrices start at zero (peft's default init), so at step 0 the policy *is* the reference and
-the step-0 check still applies: on CPU in fp32 it reports a drift of exactly 0. Only the adapter
+the step-0 check still applies: on CPU in fp32 it reports fp32 rounding only. Only the adapter
 parameters require grad, so `build_optimizer` (which takes `requires_grad` parameters) holds only
 them, and `PeftModel.save_pretrained` writes only them: checkpoints and `final/` are PEFT adapter
 directories, loaded back with `peft.PeftModel.from_pretrained(base, dir)`.

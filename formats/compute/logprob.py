@@ -33,11 +33,12 @@ if TYPE_CHECKING:
 
 
 # Every forward pads its sequence width to a multiple of this. CPU flash attention (torch's
-# FlashAttentionKernel.cpp) sums the softmax over keys in 16-wide vectors (AVX-512 fp32) and the
-# last `width % 16` keys one by one with another exp: a token near the end of the longest row
-# got other bits than the same token in a wider batch. With no such tail, a row's attention does
-# not depend on the batch width, which makes the plain and the shared-prefix layouts (and
-# precompute and training) agree bit for bit.
+# FlashAttentionKernel.cpp) sums the softmax over keys in 16-wide vectors (AVX-512 fp32; 8-wide
+# under AVX2, and 16 is a multiple of 8) and the last `width % 16` keys one by one with another
+# exp: a token near the end of the longest row got other bits than the same token in a wider
+# batch. With no such tail, a row's attention does not depend on the batch width. The plain and
+# shared-prefix layouts (and precompute and training) then agree bit for bit on the AVX-512
+# machine, and to a few ulps under AVX2, where MKL blocks matmuls by other shapes (docs/design.md).
 ATTENTION_WIDTH_MULTIPLE = 16
 
 
@@ -139,8 +140,9 @@ class CompletionLogps(nn.Module):
         """Completion log-probs of a shared-prefix batch (shared_prefix.py), flat [N] fp32 in
         the order of batch.targets. The dense layers run on the packs (each prompt once);
         attention runs on each completion's plain sequence, gathered from them, so every
-        log-prob is the one forward() gives (bit for bit on CPU, given the same matmul shapes
-        regime: see docs/design.md). Same LM head and log-softmax as forward()."""
+        log-prob is the one forward() gives, to fp32 rounding (the kernels may sum in another
+        order on other shapes; bit for bit on the AVX-512 machine: docs/design.md). Same LM head
+        and log-softmax as forward()."""
         from .shared_prefix import shared_prefix_attention
 
         batch = batch.to(self.lm.get_input_embeddings().weight.device)

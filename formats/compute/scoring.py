@@ -5,8 +5,8 @@ with it. Both therefore batch and compute log-probs the same way (see logprob.py
 
 With `share_prefixes`, sequences with identical prompt ids are packed (shared_prefix.py): each
 distinct prompt is run once, followed by all its completions. The log-probs are those of the
-plain layout (bit for bit on CPU fp32 for sequences of up to 384 tokens, to rounding beyond:
-docs/design.md); only the work changes. Batches of either layout are cut by the tokens
+plain layout to fp32 rounding (bit for bit on the AVX-512 machine for sequences of up to 384
+tokens, a few ulps apart under AVX2: docs/design.md); only the work changes. Batches of either layout are cut by the tokens
 actually computed.
 """
 

@@ -13,9 +13,10 @@ packed queries, keys and values into one right-padded row per completion, by the
 function the model was loaded with (`sdpa`, `eager`, `flash_attention_*`), then each packed
 token takes its output back (the prompt's from its first completion's row; every row computes
 the same prompt outputs). A completion's keys therefore sit at exactly the indices they have in
-a plain forward, and its log-probs are the plain ones bit for bit on CPU fp32, given the same
-padded widths (logprob.ATTENTION_WIDTH_MULTIPLE) and the same matmul regime; see docs/design.md
-for what this holds against and where it stops. The first token of every completion is
+a plain forward, and its log-probs are the plain ones to fp32 rounding: bit for bit on the
+AVX-512 machine (given the same padded widths, logprob.ATTENTION_WIDTH_MULTIPLE, and the same
+matmul regime), a few ulps apart under AVX2, where the kernels sum other shapes in other orders;
+see docs/design.md for what this holds against and where it stops. The first token of every completion is
 predicted from the last prompt token (position P-1); token j > 0 from token j-1 of the same
 completion.
 
