@@ -15,12 +15,12 @@ quantization error: the step-0 check then reports that drift instead of stopping
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from kto.formats.errors import InputError
+from kto.formats.files import read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGED_DIR = "final-merged"
@@ -195,7 +195,7 @@ def load_adapters(cfg, lm, checkpoint: Path):
 
 
 def check_adapter_settings(cfg, lm, checkpoint: Path) -> None:
-    saved = json.loads((checkpoint / ADAPTER_CONFIG).read_text())
+    saved = _adapter_config(checkpoint)
     expected = lora_config(cfg, lm)
     now = {"r": expected.r, "lora_alpha": expected.lora_alpha, "lora_dropout": expected.lora_dropout, "target_modules": sorted(expected.target_modules)}
     there = {k: sorted(saved.get(k) or []) if k == "target_modules" else saved.get(k) for k in now}
@@ -213,12 +213,21 @@ def check_checkpoint_kind(cfg, checkpoint: Path) -> None:
     if enabled(cfg) and not is_adapter_dir(checkpoint):
         raise InputError(f"--resume: {checkpoint} holds a whole model (a run without --lora-r); resume it without --lora-r")
     if not enabled(cfg) and is_adapter_dir(checkpoint):
-        r = json.loads((checkpoint / ADAPTER_CONFIG).read_text()).get("r")
+        r = _adapter_config(checkpoint).get("r")
         raise InputError(f"--resume: {checkpoint} holds LoRA adapters (r = {r}), not a whole model; pass --lora-r {r} and the run's other --lora-* flags")
 
 
 def base_model_of(adapter_dir: Path) -> str | None:
-    return json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    return _adapter_config(adapter_dir).get("base_model_name_or_path")
+
+
+def _adapter_config(adapter_dir: Path) -> dict:
+    """DIR/adapter_config.json as a mapping; InputError `PATH: unreadable (…)` otherwise."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: unreadable (not a JSON object)")
+    return config
 
 
 def with_adapters(base, adapter_dir: Path):

@@ -96,3 +96,13 @@ def test_deep_run_config_and_journal_record(tmp_path):
     journal.dir.mkdir()
     (journal.dir / "run.json").write_text(DEEP)
     assert journal.run() is None  # unreadable: proves nothing, as a missing record
+
+
+def test_deep_adapter_config_is_one_line_in_score(tiny_cache, tmp_path):
+    """RUN/final/adapter_config.json names the base model for `kto-inspect score --model RUN/final`."""
+    adapter = tmp_path / "final"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(DEEP)
+    result = inspect("score", tiny_cache, "--model", adapter, "--out", tmp_path / "s.parquet")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"kto-inspect: error: {adapter.resolve() / 'adapter_config.json'}: unreadable (JSON nested too deeply)"
