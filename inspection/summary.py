@@ -4,7 +4,8 @@ Counts by label, token lengths of prompt / completion / KL completion, and the r
 log-probs by label: per sequence (Σ over the completion, `ref_logp`), as a mean per token
 (`ref_logp / completion length`), and over every stored per-token term (`ref_token_logps`).
 Truncated rows are counted, with how many sit exactly at the prompt cap or at max_length;
-dropped rows never reach a shard, so that number comes from the manifest.
+how prompts were cut (whole earliest turns dropped, or mid-text) and dropped rows are not
+visible in a shard, so those numbers come from the manifest.
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def render(s: dict) -> str:
         f"dropped      {s['dropped']} (empty completion after tokenization; never written)",
     ]
     mc = s["manifest_counts"]
+    out.insert(
+        -1,
+        f"prompts cut  {mc['prompt_truncated']}: {mc['prompt_cut_by_turns']} by dropping earliest turns, {mc['prompt_cut_mid_text']} mid-text (manifest.json)",
+    )
     if (mc["rows"], mc["desirable"], mc["truncated"]) != (n, c["desirable"], s["truncated"]):
         out.append("warning      the rows disagree with manifest.json's counts; run kto-inspect verify")
     out += ["", "token lengths", table(("",) + STAT_NAMES, [[name] + [v[k] for k in STAT_NAMES] for name, v in s["lengths"].items()])]

@@ -66,6 +66,8 @@ def test_summary_text_is_readable(tiny_cache):
     assert "rows         16: 8 desirable (50.0%), 8 undesirable (50.0%)" in out
     for word in ("token lengths", "completion", "kl_completion", "desirable sequence", "undesirable token", "truncated", "dropped"):
         assert word in out
+    # How prompts were cut is not in the shards: the manifest's counts (tiny_cache's rows all fit).
+    assert "prompts cut  0: 0 by dropping earliest turns, 0 mid-text (manifest.json)" in out
 
 
 def test_summary_errors(tmp_path):
