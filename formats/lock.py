@@ -3,13 +3,20 @@
 `fcntl.flock` on `DIR/.lock`: the kernel releases it when the holder exits, however it exits
 (kill -9 included), so a stale lock never needs cleaning. The holder's pid is written into the
 file so that the process that is refused can say who holds it.
+
+The pid is written into the lock file itself, so the lock file must be ours: it is opened with
+O_NOFOLLOW (a `.lock` that is a symbolic link would send the pid into its target, truncating
+it) and refused unless it is a regular file with one name (a hard link to a user's file would
+be truncated the same way).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +35,7 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     lock_file = path / LOCK_NAME
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_own_lock(lock_file, flag)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -40,3 +47,23 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _open_own_lock(lock_file: Path, flag: str) -> int:
+    """The lock file's descriptor, refusing (one line) a `.lock` that is not a plain file of ours."""
+    refused = f"{flag} {lock_file.parent}: {LOCK_NAME} is not a lock file kto made"
+    try:
+        # O_NONBLOCK: a FIFO named .lock must not hang the open; it is refused below.
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{refused} (a symbolic link); remove it, kto never follows it") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise InputError(f"{refused} ({exc.strerror.lower()}); remove it or choose another directory") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} hard links"
+        raise InputError(f"{refused} ({what}); remove it or choose another directory")
+    return fd

@@ -33,3 +33,28 @@ def test_lock_is_not_reentrant_within_one_process(tmp_path):
         with pytest.raises(InputError, match="in use by another kto process"):
             with locked_dir(tmp_path, "--cache"):
                 pass
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_a_lock_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, kind):
+    """Issue 19 item 5: a `.lock` that was a symlink was followed, and its target truncated and
+    given the pid. A hard link to a user's file would be truncated the same way."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my thesis\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    if kind == "symlink":
+        (run / ".lock").symlink_to(precious)
+    else:
+        os.link(precious, run / ".lock")
+    with pytest.raises(InputError, match=r"--out .*run: \.lock is not a lock file kto made"):
+        with locked_dir(run, "--out"):
+            pass
+    assert precious.read_text() == "my thesis\n"
+
+
+def test_a_lock_that_is_a_folder_is_refused_in_one_line(tmp_path):
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(InputError, match=r"\.lock is not a lock file kto made"):
+        with locked_dir(tmp_path, "--cache"):
+            pass
