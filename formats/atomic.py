@@ -4,10 +4,14 @@ A crash leaves either the old file or the new one, never a half-written one, and
 globs `shard-*.arrow` never sees a temp file (temp names start with a dot). Temp names are
 `.NAME.tmp-PID-THREAD`, `.NAME.old-PID` (the old folder, renamed aside by `atomic_dir`) and
 `.NAME.deleted-PID` (a folder renamed aside before it is deleted: `aside_path`);
-`remove_stale_temps` clears those a killed run left behind.
+`remove_stale_temps` clears those a killed run left behind, and only those whose NAME and kind
+the caller's writers make: a user's `.photos.old-2023/` or `.notes.tmp-1` is never touched.
 
 A write that fails because the disk is full raises `DiskFullError` (an `InputError`, so every
 CLI prints it as one line) naming the path, instead of a traceback from deep inside a writer.
+Every writer of the three commands runs inside `disk_full_names`, the one place that turns the
+libraries' own ways of saying it (OSError ENOSPC, safetensors' SafetensorError, tokenizers'
+plain Exception "... (os error 28)") into that line.
 """
 
 from __future__ import annotations
@@ -25,9 +29,13 @@ from pathlib import Path
 
 from .errors import InputError
 
-# .NAME.KIND-PID, then the thread of a temp_path_for name
-TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|deleted)-[0-9]+(-[0-9]+)?$")
+# Exactly the shapes this module makes: .NAME.tmp-PID-THREAD (temp_path_for), .NAME.old-PID and
+# .NAME.deleted-PID (aside_path). Nothing looser: a name that merely resembles one is a user's.
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:(?P<tmp>tmp)-[0-9]+-[0-9]+|(?P<aside>old|deleted)-[0-9]+)$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+# How libraries that do not raise OSError say it: safetensors ("I/O error: No space left on
+# device (os error 28)"), tokenizers (a plain Exception with the same words), pyarrow.
+_FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
 
 
 class DiskFullError(InputError, OSError):
@@ -38,17 +46,38 @@ class DiskFullError(InputError, OSError):
 
 
 def is_disk_full(error: BaseException) -> bool:
-    # pyarrow raises OSError without errno for some writers; its message still says why.
-    return isinstance(error, OSError) and (error.errno in _FULL or "No space left on device" in str(error))
+    """ENOSPC/EDQUOT, or a library's exception whose message says so (see _FULL_WORDS)."""
+    if isinstance(error, DiskFullError):
+        return False  # already named: keep the innermost path
+    if isinstance(error, OSError) and error.errno in _FULL:
+        return True
+    return isinstance(error, Exception) and any(w in str(error) for w in _FULL_WORDS)
+
+
+# torch's C++ zip writer swallows the OSError of a failed write and fails later with one of
+# these, naming no cause; torch.distributed.checkpoint passes that text on. Counted as a full disk
+# only when the filesystem that holds the path has (almost) nothing left.
+_SHORT_WRITE = ("unexpected pos", "file write failed")
+_NEARLY_FULL = 1 << 20  # bytes free; what a failed write leaves is far below this
+
+
+def _short_write_on_full_disk(error: BaseException, path: Path) -> bool:
+    if not any(w in str(error) for w in _SHORT_WRITE):
+        return False
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return existing is not None and shutil.disk_usage(existing).free < _NEARLY_FULL
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
 def disk_full_names(path: str | os.PathLike) -> Iterator[None]:
-    """Turn an ENOSPC raised inside the block into a one-line `DiskFullError` naming `path`."""
+    """Turn a full disk inside the block into a one-line `DiskFullError` naming `path`."""
     try:
         yield
-    except OSError as e:
-        if is_disk_full(e):
+    except Exception as e:
+        if is_disk_full(e) or (not isinstance(e, DiskFullError) and _short_write_on_full_disk(e, Path(path))):
             raise DiskFullError(f"{path}: no space left on device; free some space and run the command again") from None
         raise
 
@@ -87,6 +116,12 @@ def is_temp_name(name: str) -> bool:
     return TEMP_NAME.match(name) is not None
 
 
+def parse_temp_name(name: str) -> tuple[str, str] | None:
+    """(NAME, kind) of one of this module's temp names, kind being tmp, old or deleted; else None."""
+    m = TEMP_NAME.match(name)
+    return (m["name"], m["tmp"] or m["aside"]) if m else None
+
+
 def _remove(path: Path) -> None:
     """Delete a file or a folder (a link to a folder is a file here), whichever `path` is, if any."""
     if path.is_dir() and not path.is_symlink():
@@ -106,12 +141,14 @@ class StaleTemp:
         return f"restored {self.restored_to.name} from {self.path.name}" if self.restored_to else f"removed {self.path.name}"
 
 
-def remove_stale_temps(directory: str | os.PathLike, owns: Callable[[str], bool] | None = None, restore_old: bool = False) -> list[StaleTemp]:
+def remove_stale_temps(directory: str | os.PathLike, owns: Callable[[str, str], bool], restore_old: bool = False) -> list[StaleTemp]:
     """Clear our temp names in `directory` (not below it) that a killed run left; return them.
 
-    `owns(NAME)`: only the temp names of those NAMEs (default: all). `restore_old`: an
-    `.NAME.old-PID` whose NAME is missing (killed between atomic_dir's two renames) is the last
-    complete version of NAME: it is renamed back instead of deleted.
+    `owns(NAME, KIND)`: True only for a NAME that the caller's own writers write in `directory`
+    and a KIND (tmp, old, deleted) that they make for it; every other name, temp-shaped or not,
+    is left alone (the caller refuses what it does not own). `restore_old`: an `.NAME.old-PID`
+    whose NAME is missing (killed between atomic_dir's two renames) is the last complete version
+    of NAME: it is renamed back instead of deleted.
 
     Only call it while holding the directory's lock (formats/lock.py): a temp name of a live
     writer looks the same as one of a killed writer.
@@ -121,11 +158,12 @@ def remove_stale_temps(directory: str | os.PathLike, owns: Callable[[str], bool]
     if not directory.is_dir():
         return done
     for p in sorted(directory.iterdir()):
-        m = TEMP_NAME.match(p.name)
-        if not m or (owns is not None and not owns(m["name"])):
-            continue
-        original = directory / m["name"]
-        if restore_old and m["kind"] == "old" and not original.exists():
+        parsed = parse_temp_name(p.name)
+        if parsed is None or not owns(*parsed) or p.is_symlink():
+            continue  # a link is never one of ours: we rename and write real files and folders
+        name, kind = parsed
+        original = directory / name
+        if restore_old and kind == "old" and not original.exists():
             os.replace(p, original)
             done.append(StaleTemp(p, restored_to=original))
         else:

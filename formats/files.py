@@ -7,7 +7,7 @@ its memory grew without limit. So every file a command reads whole (inputs, `--c
 regular file; a directory input must be a directory and hold only regular files and folders.
 
 `read_json` is how every cache and run file (manifest.json, .verified.json,
-.tokenizer-checked.json, the journal, run/config.json, tokenizer.json) is read: Python's parser
+.tokenizer-checked.json, the journal, run/kto_run.json, checksums.json, tokenizer.json) is read: Python's parser
 raises RecursionError, not ValueError, on JSON nested a few thousand levels deep, and that came
 out of verify, summary, rows and kto-train as a traceback. Here every failure is one line,
 `PATH: unreadable (why)`; callers that can do without the file (a stamp, a remembered check)

@@ -40,6 +40,13 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` (folders themselves are implied):
+    the record that precompute's tokenizer/ and kto-train's checkpoints are checked against."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def write_shard(path: Path, table: pa.Table, metadata: dict[str, str]) -> str:
     """Write `table` (cast to the shard schema) to `path` atomically; return its sha256."""
     table = table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)

@@ -115,7 +115,7 @@ def run(out: Path, to: Path | None, as_json: bool) -> None:
     "--beta",
     default=None,
     type=float,
-    help="β of the implicit reward β·(log πθ − log πref) [default: the run's, read from RUN/config.json "
+    help="β of the implicit reward β·(log πθ − log πref) [default: the run's, read from RUN/kto_run.json "
     "when --model is RUN/final or RUN/checkpoint-STEP; else 0.1].",
 )
 @click.option("--batch-tokens", default=16384, help="Padded tokens per scoring batch.")

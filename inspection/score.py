@@ -53,16 +53,16 @@ def _check_flags(beta: float, batch_tokens: int, chunk_size: int, dtype: str, ou
 
 
 def run_beta(model: str) -> tuple[float | None, Path | None]:
-    """β of the kto-train run whose final/ or checkpoint-STEP/ is `model` (from RUN/config.json)."""
-    from kto.formats.runrecord import RUN_CONFIG_NAME, read_run_config, run_of_model_dir
+    """β of the kto-train run whose final/ or checkpoint-STEP/ is `model` (from RUN/kto_run.json)."""
+    from kto.formats.runrecord import read_run_config, record_path, run_of_model_dir
 
     run = run_of_model_dir(model)
     if run is None:
         return None, None
     beta = read_run_config(run)["config"].get("beta")
     if not isinstance(beta, (int, float)) or isinstance(beta, bool):
-        raise InputError(f"{run / RUN_CONFIG_NAME}: no numeric beta; pass --beta")
-    return float(beta), run / RUN_CONFIG_NAME
+        raise InputError(f"{record_path(run)}: no numeric beta; pass --beta")
+    return float(beta), record_path(run)
 
 
 def score_cache(
@@ -82,7 +82,7 @@ def score_cache(
     """Score every row of the cache with `model`; write `out`; return the per-label summary.
 
     beta None: the run's β when `model` is a kto-train run's final/ or checkpoint-STEP/ (read
-    from its RUN/config.json), else DEFAULT_BETA."""
+    from its RUN/kto_run.json), else DEFAULT_BETA."""
     import pyarrow.parquet as pq
     import torch
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from kto.formats.atomic import rename_into_place, temp_path_for, write_json_atomic
 from kto.formats.errors import InputError
 from kto.formats.files import read_json
-from kto.formats.shards import sha256_file, write_shard
+from kto.formats.shards import sha256_file, tree_hashes, write_shard
 
 JOURNAL_DIR = ".journal"
 RUN = "run.json"
@@ -98,8 +98,3 @@ class Journal:
         """`folder` holds exactly the files, with exactly the bytes, that this cache wrote there."""
         entry = self._read(TOKENIZER)
         return bool(entry) and folder.is_dir() and not folder.is_symlink() and tree_hashes(folder) == entry.get("files")
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` (folders themselves are implied)."""
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -6,12 +6,18 @@ cache folder of ours itself. Anything else in `--out` is foreign: it is refused 
 `--overwrite` included, and never deleted. A cache of another configuration is refused unless
 `--overwrite`, which then removes exactly the cache's own files, so a cache never mixes rows
 from two configurations and a user's files never vanish.
+
+Temp names a killed run left are removed only when this cache's writers make exactly that name
+(`cache_writes_temp`: the NAME one of ours, the kind the one its writer uses, the suffix
+formats/atomic.py's) in a folder the journal or the manifest proves is a cache of ours; any
+other name, `.photos.old-2023/` or `.notes.tmp-1` included, is foreign and refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,19 +26,48 @@ import numpy as np
 import pyarrow as pa
 
 from kto.formats import schema as S
-from kto.formats.atomic import is_temp_name, remove_stale_temps
+from kto.formats.atomic import parse_temp_name, remove_stale_temps
 from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import CacheContent
 from kto.formats.shards import VERIFIED_NAME
 
-from .journal import JOURNAL_DIR, Journal
+from .journal import JOURNAL_DIR, RUN, TOKENIZER, Journal
 from .staging import is_staging_name
 
 # Ours by name: the lock (held while we write), kto-train's verification stamps (shards and
 # tokenizer check), the journal.
 BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME, JOURNAL_DIR}
+SHARD_NAME = re.compile(r"^shard-[0-9]{5}\.arrow$")  # schema.shard_name's shape
+
+
+def cache_writes_temp(name: str, kind: str) -> bool:
+    """A temp name that a writer of ours makes in a cache folder: files written through
+    atomic_path / write_json_atomic (`tmp`), tokenizer/ through atomic_dir (`tmp`, and `old`
+    for the copy it replaces). Nothing of ours is ever renamed aside to be deleted there."""
+    if name == S.TOKENIZER_DIR:
+        return kind in ("tmp", "old")
+    files = (S.MANIFEST_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME)
+    return kind == "tmp" and (name in files or SHARD_NAME.match(name) is not None or is_staging_name(name))
+
+
+def journal_writes_temp(name: str, kind: str) -> bool:
+    """A temp name of journal.py's atomic JSON writes in `.journal/`."""
+    return kind == "tmp" and (name in (RUN, TOKENIZER) or (name.endswith(".json") and SHARD_NAME.match(name.removesuffix(".json")) is not None))
+
+
+def remove_own_temps(folder: Path) -> None:
+    """Clear the temp names a killed run of ours left in a cache folder and its journal; only
+    where the journal or the manifest proves the folder a cache of ours (its `.journal/` is ours
+    by name, as in `survey`). Call it holding the cache's lock."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    if Journal(folder).run() is not None or own_manifest(folder) is not None:
+        remove_stale_temps(folder, owns=cache_writes_temp)
+    journal = folder / JOURNAL_DIR
+    if journal.is_dir() and not journal.is_symlink():
+        remove_stale_temps(journal, owns=journal_writes_temp)
 
 
 def shard_layout(rows_per_shard: int, batch_tokens: int, prefix_sharing: bool) -> dict:
@@ -56,15 +91,10 @@ def prepare_out_dir(out: Path, content: CacheContent, layout: dict, overwrite: b
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    for folder in (out, out / JOURNAL_DIR):
-        remove_stale_temps(folder)
-    ours, foreign = survey(out, with_eval=content.split != "eval")
-    if foreign:
-        names = sorted(p.name + ("/" if p.is_dir() else "") for p in foreign)
-        raise InputError(
-            f"--out {out}: holds {', '.join(names[:3])}{', …' if len(names) > 3 else ''}, which this cache did not write; "
-            "move it away or choose another directory (--overwrite replaces only what a kto cache wrote)"
-        )
+    with_eval = content.split != "eval"
+    for folder in (out, out / S.EVAL_DIR) if with_eval else (out,):
+        remove_own_temps(folder)
+    ours = refuse_foreign(out, with_eval=with_eval)
     fingerprint = content.fingerprint
     reason = _stale_reason(out, fingerprint, layout, content.to_json())
     if reason:
@@ -74,13 +104,32 @@ def prepare_out_dir(out: Path, content: CacheContent, layout: dict, overwrite: b
     Journal(out).start(fingerprint, layout, content.to_json())
 
 
-def survey(folder: Path, *, with_eval: bool) -> tuple[list[Path], list[Path]]:
+def refuse_foreign(out: Path, *, with_eval: bool, temps_pending: bool = False) -> list[Path]:
+    """The cache's own entries of `out`; InputError naming the foreign ones, if any.
+
+    `temps_pending`: before the lock is taken (claim_out), our own temp names are not cleared
+    yet and count as ours; the check then keeps the lock file out of a directory not ours."""
+    if not out.is_dir():
+        return []
+    ours, foreign = survey(out, with_eval=with_eval, temps_pending=temps_pending)
+    if foreign:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in foreign)
+        raise InputError(
+            f"--out {out}: holds {', '.join(names[:3])}{', …' if len(names) > 3 else ''}, which this cache did not write; "
+            "move it away or choose another directory (--overwrite replaces only what a kto cache wrote)"
+        )
+    return ours
+
+
+def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tuple[list[Path], list[Path]]:
     """Split a cache folder's entries into the cache's own (provably) and foreign ones."""
     journal, manifest = Journal(folder), own_manifest(folder)
     listed = journal.shard_names() | {s.get("name") for s in manifest["shards"]} if manifest else journal.shard_names()
+    proven = journal.run() is not None or manifest is not None
     ours, foreign = [], []
     for p in sorted(folder.iterdir()):
-        if p.name in BOOKKEEPING or is_temp_name(p.name) or (is_staging_name(p.name) and p.is_file()):
+        temp = parse_temp_name(p.name) if temps_pending and proven and not p.is_symlink() else None
+        if p.name in BOOKKEEPING or (is_staging_name(p.name) and p.is_file()) or (temp is not None and cache_writes_temp(*temp)):
             owned = True
         elif p.name == S.MANIFEST_NAME:
             owned = manifest is not None
@@ -89,7 +138,7 @@ def survey(folder: Path, *, with_eval: bool) -> tuple[list[Path], list[Path]]:
         elif p.name == S.TOKENIZER_DIR:
             owned = journal.owns_tokenizer(p)
         elif p.name == S.EVAL_DIR and with_eval:
-            owned = _own_cache_folder(p)
+            owned = _own_cache_folder(p, temps_pending)
         else:
             owned = False
         (ours if owned else foreign).append(p)
@@ -106,13 +155,13 @@ def own_manifest(folder: Path) -> dict | None:
     return obj if ok and all(isinstance(s, dict) for s in obj["shards"]) else None
 
 
-def _own_cache_folder(folder: Path) -> bool:
+def _own_cache_folder(folder: Path, temps_pending: bool = False) -> bool:
     """eval/ is ours when it is a real folder with our manifest or journal and nothing foreign."""
     if not folder.is_dir() or folder.is_symlink():
         return False
     if own_manifest(folder) is None and Journal(folder).run() is None:
         return False
-    return not survey(folder, with_eval=False)[1]
+    return not survey(folder, with_eval=False, temps_pending=temps_pending)[1]
 
 
 def _stale_reason(out: Path, fingerprint: str, layout: dict, content: dict) -> str | None:
@@ -207,6 +256,8 @@ def claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, h
     error = None
     if state.is_main_process:
         try:
+            for name, out in outs.items():  # before the lock file: nothing is written into a folder not ours
+                refuse_foreign(out, with_eval=contents[name].split != "eval", temps_pending=True)
             held.enter_context(locked_dir(cfg.out, "--out"))
             for name, out in outs.items():
                 prepare_out_dir(out, contents[name], layout, cfg.overwrite)

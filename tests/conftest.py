@@ -213,10 +213,11 @@ def metrics(out: Path) -> list[dict]:
 
 def crashed_copy(run: Path, dest: Path, step: int, metrics_lines: int | None = None) -> Path:
     """What a run killed after it saved checkpoint-`step` leaves in `dest`: that checkpoint,
-    config.json and, unless `metrics_lines` is None, the first `metrics_lines` metrics records."""
+    the run record (kto_run.json) and, unless `metrics_lines` is None, the first `metrics_lines`
+    metrics records."""
     dest.mkdir()
     shutil.copytree(run / f"checkpoint-{step}", dest / f"checkpoint-{step}")
-    shutil.copy(run / "config.json", dest / "config.json")
+    shutil.copy(run / "kto_run.json", dest / "kto_run.json")
     if metrics_lines is not None:
         (dest / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(run)[:metrics_lines]))
     return dest

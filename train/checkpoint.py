@@ -5,10 +5,19 @@ the latest. Loading never unpickles arbitrary objects: weights are safetensors, 
 optimizer/scheduler/RNG states go through `torch.load(weights_only=True)`, which accepts only
 tensors and plain containers.
 
-A checkpoint is *usable* when its trainer_state.json parses, every *.safetensors file's header
-parses and accounts for the file's exact size, and optimizer.pt, scheduler.pt and rng.pt load
-(weights_only, memory-mapped: cheap). `--resume` takes the newest usable one and sets newer
-corrupt ones aside as `checkpoint-STEP.corrupt`, saying so.
+Every checkpoint carries `checksums.json`, the sha256 of each of its files (an FSDP checkpoint's
+every rank's shard and RNG state included), written into the temp folder after the last file and
+before the rename makes the checkpoint visible, as a cache's journal is for its shards.
+
+A checkpoint is *usable* when every file has exactly its recorded sha256 (no file missing, none
+added), its trainer_state.json parses, every *.safetensors file's header parses and accounts
+for the file's exact size and holds only finite floats, and optimizer.pt, scheduler.pt and
+rng.pt load (weights_only, memory-mapped). `--resume` takes the newest usable one and sets
+newer corrupt ones aside as `checkpoint-STEP.corrupt`, saying which file failed and why.
+
+torch.save writes through `save_torch`: torch's C++ writer reports a full disk as "[enforce fail
+at inline_container.cc] unexpected pos", which says nothing of why; save_torch keeps the
+OSError ENOSPC that the write met and raises it instead, for `disk_full_names`.
 """
 
 from __future__ import annotations
@@ -27,8 +36,12 @@ import torch
 
 from kto.formats.atomic import aside_path, atomic_dir
 from kto.formats.errors import InputError
+from kto.formats.files import read_json
+from kto.formats.shards import sha256_file, tree_hashes
 
 STATE_NAME = "trainer_state.json"
+CHECKSUMS_NAME = "checksums.json"
+CHECKSUMS_KIND = "kto-train checkpoint"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt")
 
@@ -45,6 +58,78 @@ class Position:
 def save_model_dir(lm, tokenizer, path: Path) -> None:
     lm.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+class _KeepsWriteError:
+    """A file for torch.save that keeps the OSError of a failed write: torch's C++ writer swallows
+    it and fails later with "[enforce fail at inline_container.cc:672] unexpected pos" (measured
+    on a full 64 KiB tmpfs, for a path and for a Python file alike)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def save_torch(obj, path: Path) -> None:
+    """torch.save that fails with the OSError (ENOSPC) a write met, for the caller's
+    `disk_full_names` block (naming the checkpoint) to turn into one line."""
+    with open(path, "wb") as f:
+        writer = _KeepsWriteError(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def record_checksums(folder: Path) -> None:
+    """checksums.json: the sha256 of every file now in `folder`, the last file written into a
+    checkpoint's temp folder before it is renamed into place."""
+    files = tree_hashes(folder)
+    files.pop(CHECKSUMS_NAME, None)
+    (folder / CHECKSUMS_NAME).write_text(json.dumps({"kind": CHECKSUMS_KIND, "files": files}, indent=2, sort_keys=True) + "\n")
+
+
+def checksum_problem(path: Path) -> str | None:
+    """Which file of checkpoint `path` differs from its record (or the record's own problem)."""
+    try:
+        record = read_json(path / CHECKSUMS_NAME)
+    except InputError as exc:
+        return f"{CHECKSUMS_NAME} {str(exc).removeprefix(f'{path / CHECKSUMS_NAME}: ')}, so its files cannot be checked"
+    files = record.get("files") if isinstance(record, dict) and record.get("kind") == CHECKSUMS_KIND else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return f"{CHECKSUMS_NAME} is not a checkpoint checksum record, so its files cannot be checked"
+    present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} - {CHECKSUMS_NAME}
+    if missing := sorted(set(files) - present):
+        return f"{missing[0]}: missing (recorded in {CHECKSUMS_NAME})"
+    if added := sorted(present - set(files)):
+        return f"{added[0]}: not recorded in {CHECKSUMS_NAME} (added since the save)"
+    for name in sorted(files):
+        if (actual := sha256_file(path / name)) != files[name]:
+            return f"{name}: sha256 {actual[:12]}… is not the {str(files[name])[:12]}… recorded when it was saved"
+    return None
+
+
+def nonfinite_problem(weights: Path) -> str | None:
+    """The first tensor of a .safetensors file holding a NaN or an infinity, or None."""
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as f:
+        for key in f.keys():
+            t = f.get_tensor(key)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{weights.name}: {key} holds non-finite values"
+    return None
 
 
 def umask() -> int:
@@ -87,10 +172,11 @@ def save_checkpoint(out: Path, lm, tokenizer, optimizer, scheduler, position: Po
     path = out / f"checkpoint-{position.global_step}"
     with saved_dir(path) as tmp:
         save_model_dir(lm, tokenizer, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
+        save_torch({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan}, indent=2))
+        record_checksums(tmp)  # last: it covers every file above
     return path
 
 
@@ -119,6 +205,8 @@ def safetensors_problem(path: Path) -> str | None:
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why `path` cannot be resumed from (see the module docstring), or None when it can."""
+    if problem := checksum_problem(path):
+        return problem
     try:
         state = json.loads((path / STATE_NAME).read_text())
         Position(**state["position"])
@@ -133,6 +221,8 @@ def checkpoint_problem(path: Path) -> str | None:
     for w in weights:
         if problem := safetensors_problem(w):
             return f"{w.name}: {problem}"
+        if problem := nonfinite_problem(w):
+            return problem
     for name in TRAINING_STATE:
         try:
             torch.load(path / name, weights_only=True, mmap=True, map_location="cpu")

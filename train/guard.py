@@ -40,10 +40,21 @@ def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator, step: int
     return values[-1]
 
 
-def check_weights(model, accelerator, step: int, last: Path | None, what: str) -> None:
-    """Refuse to save `what` when any weight is NaN or infinite (on any rank)."""
+def _all_finite(model, accelerator) -> bool:
+    """Every weight finite on every rank."""
     # Under FSDP each rank checks its own shard (DTensor.to_local); the all-reduce covers the rest.
     params = [(p.to_local() if hasattr(p, "to_local") else p).detach() for p in model.parameters()]
     ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
-    if all_reduce_max(float(not ok), accelerator):
+    return not all_reduce_max(float(not ok), accelerator)
+
+
+def check_loaded_weights(model, accelerator, checkpoint: Path) -> None:
+    """Refuse to resume from weights that hold a NaN or an infinity (checked on load as on save)."""
+    if not _all_finite(model, accelerator):
+        raise NonFiniteError(f"--resume: {checkpoint}: its weights hold non-finite values; resume from an earlier checkpoint (move this one away)")
+
+
+def check_weights(model, accelerator, step: int, last: Path | None, what: str) -> None:
+    """Refuse to save `what` when any weight is NaN or infinite (on any rank)."""
+    if not _all_finite(model, accelerator):
         raise NonFiniteError(f"step {step}: the weights hold non-finite values (the run diverged); {what} not saved; {_last(last)}")

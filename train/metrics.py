@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from kto.formats.atomic import write_bytes_atomic
+from kto.formats.atomic import disk_full_names, write_bytes_atomic
 
 
 def _step_of(line: str) -> int | None:
@@ -27,12 +27,14 @@ class MetricsWriter:
         if resume_step is not None and path.is_file():
             kept = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) <= resume_step]
             write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
-        self.file = open(path, "a")
+        with disk_full_names(path):
+            self.file = open(path, "a")
 
     def write(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
         record = {"step": step, "split": split, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with disk_full_names(self.path):
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
         prefix = "" if split == "train" else f"{split}/"
         self.accelerator.log({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 

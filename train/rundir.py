@@ -1,5 +1,10 @@
-"""The run directory (--out): one kto-train at a time, what a killed run left, and the record of
-the configuration (RUN/config.json) that a `--resume` must match.
+"""The run directory (--out): whose it is, one kto-train at a time, what a killed run left, and
+the record of the configuration (RUN/kto_run.json) that a `--resume` must match.
+
+A run directory is either empty (or missing) or one kto-train made, which its record proves;
+then every entry in it must be one of RUN_ENTRIES. Anything else (a model directory, a cache, a
+folder holding a user's own config.json) is refused on one line naming the first foreign entry,
+before anything is written there, the lock file included.
 
 Only the main process writes here. It takes the lock first; the other ranks wait for its answer
 (step.on_main), so none of them starts while another kto-train holds the directory.
@@ -9,15 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kto.formats.atomic import remove_stale_temps
+from kto.formats.atomic import parse_temp_name, remove_stale_temps
 from kto.formats.errors import InputError
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of
-from kto.formats.runrecord import RUN_CONFIG_NAME, read_run_config, write_run_config
+from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
 
+from .adapters import MERGED_DIR
 from .checkpoint import CHECKPOINT_RE, checkpoints, usable_checkpoint
 from .config import TrainConfig
 from .step import on_main
@@ -48,7 +55,23 @@ RESUMABLE = frozenset(
 )
 PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
 
-OUR_NAMES = ("final", RUN_CONFIG_NAME, "metrics.jsonl")
+METRICS_NAME = "metrics.jsonl"
+CORRUPT_RE = re.compile(r"^checkpoint-\d+\.corrupt$")  # set aside by --resume (checkpoint.usable_checkpoint)
+# Everything that may be in a run directory, the one list: name -> what it must be. The record
+# (and a pre-rename run's config.json, when it provably is one) proves the directory ours; the
+# others are ours only in a directory so proven. "kto" is the tracker folder accelerate's
+# TensorBoard writes under project_dir (init_trackers("kto")); report/ is kto-inspect run's
+# default output. Temp names are ours when `written_here` owns them (cleaned under the lock).
+RUN_ENTRIES: dict[str, str] = {
+    RUN_RECORD_NAME: "record",
+    LEGACY_RECORD_NAME: "record",
+    METRICS_NAME: "file",
+    LOCK_NAME: "file",
+    "final": "dir",
+    MERGED_DIR: "dir",
+    "report": "dir",
+    "kto": "dir",
+}
 
 
 def config_record(cfg: TrainConfig) -> dict:
@@ -79,41 +102,90 @@ def _show(value) -> str:
 def clean_stale(out: Path) -> list[str]:
     """Remove what a killed kto-train left in `out`: temp checkpoints and half-deleted ones. An
     `.old` copy whose original is missing (killed between atomic_dir's two renames) is put back
-    instead: it is the last complete version. Safe because we hold the lock: nobody else writes."""
+    instead: it is the last complete version. Safe because we hold the lock: nobody else writes.
+    Only in a directory that our record proves a run of ours: elsewhere nothing is ours."""
+    if record_path(out) is None:
+        return []
     return [str(t) for t in remove_stale_temps(out, owns=written_here, restore_old=True)]
 
 
-def written_here(name: str) -> bool:
-    """A name kto-train writes in --out (checkpoint-STEP, final, config.json, metrics.jsonl)."""
-    return bool(CHECKPOINT_RE.match(name)) or name in OUR_NAMES
+def written_here(name: str, kind: str) -> bool:
+    """A temp name kto-train's writers make in --out: atomic_dir's tmp and old for
+    checkpoint-STEP (an FSDP save's shared ones too, sharding.shared_temp_names), final and
+    final-merged; prune_checkpoints' deleted for checkpoint-STEP; write_json_atomic's and
+    MetricsWriter's tmp for the record and metrics.jsonl."""
+    if CHECKPOINT_RE.match(name):
+        return kind in ("tmp", "old", "deleted")
+    if name in ("final", MERGED_DIR):
+        return kind in ("tmp", "old")
+    return kind == "tmp" and name in (RUN_RECORD_NAME, METRICS_NAME)
+
+
+def is_ours(p: Path) -> bool:
+    """`p`, an entry of a run directory its record proves ours, is one kto-train makes there."""
+    if p.is_symlink():
+        return False  # we write real files and folders, never links
+    if (temp := parse_temp_name(p.name)) is not None:
+        return written_here(*temp)
+    if CHECKPOINT_RE.match(p.name) or CORRUPT_RE.match(p.name):
+        return p.is_dir()
+    kind = RUN_ENTRIES.get(p.name)
+    if kind == "record":
+        return is_run_record(p)
+    return (kind == "file" and p.is_file()) or (kind == "dir" and p.is_dir())
+
+
+def foreign_entry(out: Path) -> Path | None:
+    """The first entry of `out` that kto-train did not make (None: `out` is missing, empty, or a
+    run of ours). Without a record nothing is ours but a lock file (a start that failed before
+    writing its record leaves only that)."""
+    if not out.is_dir():
+        return None
+    proven = record_path(out) is not None
+    for p in sorted(out.iterdir()):
+        if not (is_ours(p) if proven else p.name == LOCK_NAME and is_ours(p)):
+            return p
+    return None
+
+
+def refuse_foreign(out: Path) -> None:
+    """InputError naming the first entry of `out` that is not ours (see the module docstring)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a directory")
+    entry = foreign_entry(out)
+    if entry is not None:
+        shown = entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
+        raise InputError(
+            f"--out {out}: holds {shown}, which kto-train did not write; a run directory must be empty or a kto-train run's "
+            f"(its {RUN_RECORD_NAME} proves it): choose another directory"
+        )
 
 
 def has_progress(out: Path) -> bool:
     """An earlier run that a fresh start would mix with: a metrics line, a checkpoint or a final
     model. A start that failed before its first step (an empty metrics.jsonl, a config.json) is
     not one, and is simply replaced."""
-    metrics = out / "metrics.jsonl"
+    metrics = out / METRICS_NAME
     return bool(checkpoints(out)) or (out / "final").exists() or (metrics.is_file() and metrics.stat().st_size > 0)
 
 
 def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> Path | None:
     """Main process, under the lock: the checkpoint to resume from (None: start from --model).
 
-    Refuses (InputError) a fresh start into an earlier run, and a resume whose settings differ
-    from RUN/config.json (each difference named)."""
+    Refuses (InputError) a directory that is not a run of ours, a fresh start into an earlier
+    run, a resume whose settings differ from RUN/kto_run.json (each difference named, whether
+    or not a checkpoint exists), and a resume with no checkpoint to resume from."""
     out = cfg.out
     for line in clean_stale(out):
         log(f"{out}: {line} (left by a killed run)")
+    refuse_foreign(out)
     if not cfg.resume:
         if has_progress(out):
             raise InputError(f"--out {out}: holds an earlier run; pass --resume to continue it, or choose another directory")
         return None
-    if not checkpoints(out):
-        log(f"--resume: no checkpoint in {out}; starting from --model")
-        return None
     saved = read_run_config(out)
-    if saved is None:
-        raise InputError(f"--resume: {out / RUN_CONFIG_NAME} is missing, so the checkpoints' settings cannot be checked; start a new run in another directory")
+    if saved is None:  # (a directory with checkpoints but no record was refused above as not ours)
+        raise InputError(f"--resume: {out} holds no run to resume; start it without --resume")
     differs = record_differences(saved, record)
     if differs:
         raise InputError(
@@ -128,6 +200,13 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     ]
     if changed:
         log("--resume: changed " + ", ".join(changed))
+    if not checkpoints(out):
+        # Starting again from --model would replace final/ and the record of a run that saved no
+        # checkpoint (--save-every 0), or that was killed before its first one.
+        raise InputError(
+            f"--resume: {out} holds no checkpoint to resume from (its run saved none); nothing was changed: "
+            "start a new run in another directory (--save-every N makes a run resumable)"
+        )
     return usable_checkpoint(out, log)
 
 
@@ -139,6 +218,7 @@ def lock_run_dir(out: Path, accelerator) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
 
         def take() -> bool:
+            refuse_foreign(out)  # before the lock file: nothing is written into a directory not ours
             created = not out.exists()
             try:
                 stack.enter_context(locked_dir(out, "--out"))

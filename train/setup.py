@@ -242,7 +242,7 @@ class Inputs:
     steps_per_epoch: int
     total_steps: int
     record: dict
-    """RUN/config.json: the resolved configuration plus the identities of data and model."""
+    """RUN/kto_run.json: the resolved configuration plus the identities of data and model."""
     is_reference: bool
     """--model is the model the cache was scored with."""
     started: float = 0.0

@@ -25,7 +25,9 @@ it on CPU.
 
 Checkpoints are sharded: each process writes its shards of the model (only the trainable
 adapters under LoRA) and of the optimizer through `torch.distributed.checkpoint` (DCP), which can
-load them back on another number of processes. `final/` is one ordinary directory (a HF model, or
+load them back on another number of processes. The main process records the sha256 of every
+rank's files (checkpoint.record_checksums) before the rename, and `--resume` checks them as it
+does a whole-model checkpoint's; the loaded shards are checked finite on every rank. `final/` is one ordinary directory (a HF model, or
 a PEFT adapter dir under LoRA) written by the main process from a full state dict.
 
 DeepSpeed ZeRO-2/3 through an accelerate config is not refused, but it is untested: it does not
@@ -43,10 +45,12 @@ from pathlib import Path
 
 import torch
 
+from kto.formats.atomic import disk_full_names
 from kto.formats.errors import InputError
 
 from .adapters import quantized
-from .checkpoint import STATE_NAME, Position, saved_dir, uniform_permissions
+from .checkpoint import STATE_NAME, Position, record_checksums, save_torch, saved_dir, uniform_permissions
+from .guard import check_loaded_weights
 
 SHARDED = "sharded"  # the DCP directory inside a checkpoint
 
@@ -134,11 +138,11 @@ def _options(adapters_only: bool, **kw):
 
 def shared_temp_names(path: Path) -> tuple[Path, Path]:
     """The temp and aside names of a sharded checkpoint. Every rank writes into the temp folder,
-    so its name cannot carry each writer's pid as formats/atomic.py's names do; "-0" stands in
-    for it (one writer per --out: the run holds its lock), and keeps the names in the shape
-    `remove_stale_temps` recognises, so a killed save is cleared (or its .old put back) at
-    the next start."""
-    return path.with_name(f".{path.name}.tmp-0"), path.with_name(f".{path.name}.old-0")
+    so its name cannot carry each writer's pid and thread as formats/atomic.py's names do;
+    "-0-0" and "-0" stand in for them (one writer per --out: the run holds its lock), and keep
+    the names in the exact shapes `remove_stale_temps` recognises, so a killed save is cleared
+    (or its .old put back) at the next start."""
+    return path.with_name(f".{path.name}.tmp-0-0"), path.with_name(f".{path.name}.old-0")
 
 
 def save_checkpoint(
@@ -148,6 +152,7 @@ def save_checkpoint(
     the tokenizer, trainer_state.json; written under a temp name that every rank agrees on,
     then renamed by the main process."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     path = out / f"checkpoint-{position.global_step}"
@@ -157,21 +162,29 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(adapters_only))
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED)
-    torch.save({"torch": torch.get_rng_state()}, tmp / f"rng-{accelerator.process_index}.pt")
+    with disk_full_names(path):
+        try:
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED)
+        except CheckpointException as exc:
+            # A BaseException, whose text carries each rank's error (on a full disk torch's
+            # "unexpected pos"): as an Exception, disk_full_names reads it.
+            raise RuntimeError(f"torch.distributed.checkpoint: {exc}") from exc
+        save_torch({"torch": torch.get_rng_state()}, tmp / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        tokenizer.save_pretrained(tmp)
-        if adapter_config is not None:
-            adapter_config.save_pretrained(tmp)  # adapter_config.json: marks an adapter checkpoint
-        (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan, "sharded": True}, indent=2))
-        uniform_permissions(tmp)
-        _fsync_files(tmp)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        with disk_full_names(path):
+            save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
+            tokenizer.save_pretrained(tmp)
+            if adapter_config is not None:
+                adapter_config.save_pretrained(tmp)  # adapter_config.json: marks an adapter checkpoint
+            (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan, "sharded": True}, indent=2))
+            record_checksums(tmp)  # every rank's files are there: the wait above
+            uniform_permissions(tmp)
+            _fsync_files(tmp)
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
 
@@ -198,6 +211,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, adapte
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=_options(adapters_only, strict=not adapters_only)
     )
+    check_loaded_weights(model, accelerator, path)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = path / f"rng-{accelerator.process_index}.pt"
     torch.set_rng_state(torch.load(rng if rng.is_file() else path / "rng-0.pt", weights_only=True)["torch"])

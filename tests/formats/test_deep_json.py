@@ -90,7 +90,9 @@ def test_deep_cache_file_is_one_line_in_kto_train_before_out(tiny_cache, tiny_mo
 
 def test_deep_run_config_and_journal_record(tmp_path):
     (tmp_path / "config.json").write_text(DEEP)
-    with pytest.raises(InputError, match=r"config.json: unreadable \(JSON nested too deeply\)"):
+    assert read_run_config(tmp_path) is None  # a legacy name proves nothing unless it reads as a run record
+    (tmp_path / "kto_run.json").write_text(DEEP)
+    with pytest.raises(InputError, match=r"kto_run.json: unreadable \(JSON nested too deeply\)"):
         read_run_config(tmp_path)
     journal = Journal(tmp_path)
     journal.dir.mkdir()

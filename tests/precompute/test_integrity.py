@@ -89,13 +89,13 @@ def test_killed_run_state_is_resumed_to_the_same_bytes(cache):
     reference = {p.name: p.read_bytes() for p in out.glob(S.SHARD_GLOB)}
     (out / S.MANIFEST_NAME).unlink()
     flip_byte(out / "shard-00002.arrow")
-    (out / "shard-00003.arrow").rename(out / ".shard-00003.arrow.tmp-999")
+    (out / "shard-00003.arrow").rename(out / ".shard-00003.arrow.tmp-999-1")
     before = (out / "shard-00000.arrow").stat().st_mtime_ns
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     assert (out / "shard-00000.arrow").stat().st_mtime_ns == before  # recorded and intact: kept
     assert {p.name: p.read_bytes() for p in out.glob(S.SHARD_GLOB)} == reference
-    assert not (out / ".shard-00003.arrow.tmp-999").exists() and verified(out)
+    assert not (out / ".shard-00003.arrow.tmp-999-1").exists() and verified(out)
 
 
 def test_a_shard_the_journal_does_not_name_is_refused_not_adopted(cache):
@@ -259,7 +259,11 @@ def test_disk_full_names_the_path_in_one_line(cache, monkeypatch):
 
 def test_temp_files_of_a_killed_run_are_cleaned_at_the_next_start(cache):
     out, _, args = cache
-    leftovers = [out / ".shard-00001.arrow.tmp-999", out / ".journal" / ".shard-00001.arrow.json.tmp-999", out / ".manifest.json.tmp-12"]
+    leftovers = [
+        out / ".shard-00001.arrow.tmp-999-1",
+        out / ".journal" / ".shard-00001.arrow.json.tmp-999-1",
+        out / ".manifest.json.tmp-12-3",
+    ]
     for p in leftovers:
         p.write_bytes(b"partial")
     (out / ".tokenizer.old-77").mkdir()
@@ -268,6 +272,58 @@ def test_temp_files_of_a_killed_run_are_cleaned_at_the_next_start(cache):
     assert result.exit_code == 0, result.output
     assert not any(p.exists() for p in leftovers) and not (out / ".tokenizer.old-77").exists()
     assert verified(out)
+
+
+@pytest.mark.parametrize("where", ["cache", "fresh"])
+def test_files_only_named_like_temp_files_are_refused_never_deleted(cache, tmp_path, where):
+    """Issue 19 item 1: `.photos.old-2023/`, `.notes.tmp-1` and `.X.deleted-5` in --out were
+    deleted (no --overwrite, no message) and the cache written beside them, exit 0. Only the exact
+    temp names our writers make for our own files go; anything else is refused in one line."""
+    out, data, args = cache
+    if where == "fresh":
+        out = tmp_path / "fresh"
+        out.mkdir()
+        args = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
+    (out / ".photos.old-2023").mkdir()
+    (out / ".photos.old-2023" / "cat.jpg").write_bytes(b"meow")
+    for name in (".notes.tmp-1", ".X.deleted-5", ".manifest.json.tmp-1", ".tokenizer.deleted-4"):
+        (out / name).write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    message = one_line_error(run_cli(*args))
+    assert "which this cache did not write" in message and ".X.deleted-5" in message, message
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert (out / ".photos.old-2023" / "cat.jpg").read_bytes() == b"meow" and (out / ".notes.tmp-1").read_text() == "mine"
+
+
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(cache, tmp_path):
+    """Issue 19 item 5: the pid went into the symlink's target, truncating it."""
+    out, _, args = cache
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my thesis\n")
+    (out / ".lock").unlink()
+    (out / ".lock").symlink_to(precious)
+    message = one_line_error(run_cli(*args))
+    assert ".lock is not a lock file kto made (a symbolic link)" in message
+    assert precious.read_text() == "my thesis\n"
+
+
+def test_disk_full_while_saving_the_tokenizer_is_one_line(cache, monkeypatch):
+    """Issue 19 item 12: tokenizers raises a plain Exception on a full disk (measured on a 64 KiB
+    tmpfs: "No space left on device (os error 28)"), which came out as a traceback."""
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    out, _, args = cache
+    shutil.rmtree(out / "tokenizer")
+    (out / S.MANIFEST_NAME).unlink()
+
+    def full(self, save_directory, file_names, *a, **kw):
+        (Path(save_directory) / "tokenizer.json").write_text('{"vers')  # what fit before the disk filled
+        raise Exception("No space left on device (os error 28)")
+
+    monkeypatch.setattr(TokenizersBackend, "_save_pretrained", full)
+    message = one_line_error(run_cli(*args))
+    assert message.endswith(f"{out / 'tokenizer'}: no space left on device; free some space and run the command again"), message
+    assert not (out / "tokenizer").exists() and not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
 @pytest.mark.numerics

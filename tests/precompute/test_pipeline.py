@@ -90,7 +90,7 @@ def test_crash_then_rerun_gives_identical_bytes(tmp_path, tiny_model_dir):
     # Simulate a crash after two shards: no manifest, a missing shard, a leftover temp file.
     (b / S.MANIFEST_NAME).unlink()
     (b / "shard-00002.arrow").unlink()
-    (b / ".shard-00003.arrow.tmp-999").write_bytes(b"partial")
+    (b / ".shard-00003.arrow.tmp-999-1").write_bytes(b"partial")  # .NAME.tmp-PID-THREAD
     before = (b / "shard-00000.arrow").stat().st_mtime_ns
     result = run_cli(*precompute_args(data, tiny_model_dir, b))
     assert result.exit_code == 0, result.output

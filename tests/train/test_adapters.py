@@ -93,8 +93,8 @@ def test_resuming_adapters_needs_the_same_lora_flags(lora_run, tiny_cache, tiny_
     assert result.exit_code == 2 and "lora_r (4 there, 0 now)" in result.output.strip().splitlines()[-1]
     result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--resume", "--lora-r", "8")
     assert result.exit_code == 2 and "lora_r (4 there, 8 now)" in result.output
-    # Without run/config.json (a checkpoint copied elsewhere), the checkpoint itself says so.
-    (crashed / "config.json").unlink()
+    # Without run/kto_run.json (a checkpoint copied elsewhere), the checkpoint itself says so.
+    (crashed / "kto_run.json").unlink()
     from kto.train.adapters import check_checkpoint_kind
     from kto.train.config import TrainConfig
 
@@ -195,3 +195,23 @@ def test_every_config_field_is_a_flag():
 
     flags = {p.name for p in main.params} - {"config_file"}
     assert flags == set(field_names())
+
+
+def test_disk_full_while_writing_final_merged_is_one_line(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 19 item 12: safetensors says a full disk with its own SafetensorError (measured on a
+    64 KiB tmpfs: "Error while serializing: I/O error: No space left on device (os error 28)"),
+    which came out of --merge-adapters as a traceback."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    out = tmp_path / "r"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "1", "--merge-adapters")
+    assert result.exit_code == 2, result.output
+    line = [x for x in result.output.splitlines() if x.startswith("kto-train: error:")]
+    assert "Traceback" not in result.output and len(line) == 1, result.output
+    assert line[0].endswith(f"{out / 'final-merged'}: no space left on device; free some space and run the command again"), line
+    assert (out / "final").is_dir() and not [p.name for p in out.iterdir() if "final-merged" in p.name]

@@ -1,5 +1,6 @@
-"""The run directory: one kto-train at a time, RUN/config.json and what a resume may change,
-checkpoints (limit, corrupt fallback, permissions) and what a killed run leaves behind."""
+"""The run directory: whose it is, one kto-train at a time, RUN/kto_run.json and what a resume
+may change, checkpoints (checksums, limit, corrupt fallback, permissions) and what a killed run
+leaves behind."""
 
 import json
 import os
@@ -11,10 +12,17 @@ import time
 
 import pytest
 import torch
-from conftest import metrics, train_error_line
+from conftest import crashed_copy, metrics, run_train, train_error_line
 from test_loop import ARGS, train_cli
 
 RUN = ("--max-steps", "3", "--save-every", "1", "--beta", "0.2")
+
+
+def write_record(run_dir) -> None:
+    """A run record, as kto-train writes it: what proves a directory a run of ours."""
+    from kto.formats.runrecord import write_run_config
+
+    write_run_config(run_dir, {}, {})
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +58,7 @@ def test_a_second_kto_train_into_the_same_out_exits_2_naming_the_holder(tiny_cac
 def test_the_run_records_its_resolved_configuration(run3, tiny_cache):
     from kto.formats.manifest import read_manifest
 
-    record = json.loads((run3 / "config.json").read_text())
+    record = json.loads((run3 / "kto_run.json").read_text())
     assert record["config"]["beta"] == 0.2 and record["config"]["lr"] == 1e-3 and record["config"]["batch_size"] == 2
     assert record["derived"]["total_steps"] == 3 and record["derived"]["world_size"] == 1
     assert record["derived"]["cache_fingerprint"] == read_manifest(tiny_cache).fingerprint
@@ -76,9 +84,11 @@ def test_resume_with_other_hyperparameters_is_refused_naming_each(run3, tiny_cac
 def test_resume_without_a_run_record_is_refused(run3, tiny_cache, tiny_model_dir, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(run3, out)
-    (out / "config.json").unlink()
+    (out / "kto_run.json").unlink()
     result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
-    assert result.exit_code == 2 and "config.json is missing" in train_error_line(result.output)
+    assert result.exit_code == 2 and "holds checkpoint-1/, which kto-train did not write" in train_error_line(result.output)
+    # Only the record proves the rest ours: without it, nothing in the directory is touched.
+    assert (out / "final").is_dir() and (out / "checkpoint-2").is_dir()
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_stale_temp_files_are_cleaned(run3, tiny_cache, tiny_model_dir, tmp_path):
@@ -90,17 +100,17 @@ def test_corrupt_latest_checkpoint_falls_back_and_stale_temp_files_are_cleaned(r
     shutil.copytree(run3, out, ignore=shutil.ignore_patterns("final"))
     opt = out / "checkpoint-2" / "optimizer.pt"
     opt.write_bytes(opt.read_bytes()[:1000])
-    (out / ".checkpoint-3.tmp-4242").mkdir()
-    (out / ".checkpoint-3.tmp-4242" / "model.safetensors").write_bytes(b"half")
-    (out / ".metrics.jsonl.tmp-4242").write_text("{")
+    (out / ".checkpoint-3.tmp-4242-1").mkdir()
+    (out / ".checkpoint-3.tmp-4242-1" / "model.safetensors").write_bytes(b"half")
+    (out / ".metrics.jsonl.tmp-4242-1").write_text("{")
     lines = (out / "metrics.jsonl").read_text().splitlines()
     (out / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")  # killed after step 2
     result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--save-total-limit", "1", "--resume")
     assert result.exit_code == 0, result.output
-    assert "checkpoint-2 is corrupt (optimizer.pt: cannot be loaded" in result.output
+    assert "checkpoint-2 is corrupt (optimizer.pt: sha256 " in result.output
     assert "fell back to checkpoint-1" in result.output and "resumed from" in result.output
     assert "changed --save-total-limit 0 -> 1" in result.output
-    assert not (out / ".checkpoint-3.tmp-4242").exists() and not (out / ".metrics.jsonl.tmp-4242").exists()
+    assert not (out / ".checkpoint-3.tmp-4242-1").exists() and not (out / ".metrics.jsonl.tmp-4242-1").exists()
     assert [p.name for _, p in checkpoints(out)] == ["checkpoint-2"]  # rebuilt at step 2; checkpoint-1 pruned
     assert (out / "checkpoint-2.corrupt").is_dir() and checkpoint_problem(out / "checkpoint-2") is None
     for a, b in zip(metrics(run3), metrics(out), strict=True):
@@ -116,22 +126,26 @@ def test_every_file_of_a_checkpoint_has_the_same_permissions(run3):
 
 
 @pytest.mark.parametrize(
-    "damage, problem",
+    "damage, file, problem",
     [
-        (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json unreadable"),
-        (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:-1]), "model.safetensors: "),
-        (lambda c: (c / "model.safetensors").unlink(), "no .safetensors weights"),
-        (lambda c: (c / "rng.pt").unlink(), "rng.pt: cannot be loaded"),
-        (lambda c: (c / "scheduler.pt").write_bytes(b"not a zip"), "scheduler.pt: cannot be loaded"),
+        (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json", "trainer_state.json unreadable"),
+        (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:-1]), "model.safetensors", "model.safetensors: "),
+        (lambda c: (c / "model.safetensors").unlink(), "model.safetensors", "no .safetensors weights"),
+        (lambda c: (c / "rng.pt").unlink(), "rng.pt", "rng.pt: cannot be loaded"),
+        (lambda c: (c / "scheduler.pt").write_bytes(b"not a zip"), "scheduler.pt", "scheduler.pt: cannot be loaded"),
     ],
 )
-def test_what_makes_a_checkpoint_corrupt(run3, tmp_path, damage, problem):
-    from kto.train.checkpoint import checkpoint_problem
+def test_what_makes_a_checkpoint_corrupt(run3, tmp_path, damage, file, problem):
+    """Each damage is caught by its checksum first; with the record rewritten to match (a forged
+    record), the file's own check still catches it."""
+    from kto.train.checkpoint import checkpoint_problem, record_checksums
 
     ckpt = tmp_path / "checkpoint-1"
     shutil.copytree(run3 / "checkpoint-1", ckpt)
     assert checkpoint_problem(ckpt) is None
     damage(ckpt)
+    assert checkpoint_problem(ckpt).startswith(f"{file}: "), checkpoint_problem(ckpt)
+    record_checksums(ckpt)
     assert problem in checkpoint_problem(ckpt)
 
 
@@ -152,17 +166,19 @@ def test_a_checkpoint_killed_between_its_two_renames_is_restored(tmp_path):
     is the last complete version and comes back; a user's own dot-files are left alone."""
     from kto.train.rundir import clean_stale
 
+    write_record(tmp_path)
     (tmp_path / ".checkpoint-4.old-99").mkdir()
     (tmp_path / ".checkpoint-4.old-99" / "trainer_state.json").write_text("{}")
-    (tmp_path / ".checkpoint-4.tmp-99").mkdir()
+    (tmp_path / ".checkpoint-4.tmp-99-1").mkdir()
     (tmp_path / ".final.old-12").mkdir()
     (tmp_path / "final").mkdir()
     (tmp_path / ".checkpoint-6.deleted-3").mkdir()
     (tmp_path / ".notes.tmp-1").write_text("mine")
+    (tmp_path / ".final.deleted-1").mkdir()  # final/ is never renamed aside to be deleted: not ours
     done = clean_stale(tmp_path)
     assert len(done) == 4
     assert (tmp_path / "checkpoint-4" / "trainer_state.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp-1", "checkpoint-4", "final"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".final.deleted-1", ".notes.tmp-1", "checkpoint-4", "final", "kto_run.json"]
 
 
 def test_inspect_score_reads_beta_from_the_run(run3, tiny_cache, tmp_path):
@@ -181,11 +197,182 @@ def test_a_killed_sharded_save_is_cleared_and_its_old_copy_restored(tmp_path):
     from kto.train.rundir import clean_stale
     from kto.train.sharding import shared_temp_names
 
+    write_record(tmp_path)
     tmp, old = shared_temp_names(tmp_path / "checkpoint-8")
     tmp.mkdir()
     old.mkdir()
     (old / "trainer_state.json").write_text("{}")
     done = clean_stale(tmp_path)
     assert len(done) == 2 and any(tmp.name in line for line in done) and any(old.name in line for line in done)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-8"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-8", "kto_run.json"]
     assert (tmp_path / "checkpoint-8" / "trainer_state.json").is_file()
+
+
+# ---- issue 19: never write over what is not ours -------------------------------------------------
+
+
+def _listing(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("what", ["the model", "a users config", "the cache"])
+def test_out_that_holds_what_kto_train_did_not_write_is_refused_untouched(tiny_cache, tiny_model_dir, tmp_path, what):
+    """Issue 19 items 2-4: --out = --model overwrote the model's config.json with the run record
+    (the model no longer loaded); a folder with a user's own config.json lost it; --out = --cache
+    wrote run files into the cache. All exit 0. Now one line names the first foreign entry, and
+    not a byte changes (no lock file either)."""
+    if what == "the model":
+        out = shutil.copytree(tiny_model_dir, tmp_path / "model")
+        model = out
+    elif what == "a users config":
+        out = tmp_path / "mine"
+        out.mkdir()
+        (out / "config.json").write_text('{"my": "settings"}')
+        model = tiny_model_dir
+    else:
+        out = shutil.copytree(tiny_cache, tmp_path / "cache")
+        model = tiny_model_dir
+    first = sorted(p.name for p in out.iterdir())[0]  # the one named
+    before = _listing(out)
+    result = run_train(tiny_cache if what != "the cache" else out, model, out, *ARGS, "--max-steps", "1")
+    line = train_error_line(result.output)
+    assert result.exit_code == 2 and f"--out {out}: holds {first}" in line and "which kto-train did not write" in line, line
+    assert _listing(out) == before
+
+
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(run3, tiny_cache, tiny_model_dir, tmp_path):
+    """Issue 19 item 5: kto-train followed a `.lock` symlink and wrote its pid into the target."""
+    out = shutil.copytree(run3, tmp_path / "r")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my thesis\n")
+    (out / ".lock").unlink()
+    (out / ".lock").symlink_to(precious)
+    result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
+    assert result.exit_code == 2 and ".lock" in train_error_line(result.output)
+    assert precious.read_text() == "my thesis\n"
+
+
+def test_resume_with_nothing_to_resume_from_is_refused(run3, tiny_cache, tiny_model_dir, tmp_path):
+    """Issue 19 item 6: `--resume --beta 0.5` on a finished run that saved no checkpoint retrained
+    from scratch and replaced final/ and the record, exit 0. The record is compared whatever
+    exists; with nothing to resume from, nothing is changed."""
+    out = shutil.copytree(run3, tmp_path / "r", ignore=shutil.ignore_patterns("checkpoint-*"))
+    before = _listing(out)
+    other = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--beta", "0.5", "--resume")
+    assert other.exit_code == 2 and "beta (0.2 there, 0.5 now)" in train_error_line(other.output)
+    same = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
+    assert same.exit_code == 2 and "holds no checkpoint to resume from" in train_error_line(same.output)
+    assert _listing(out) == before
+    empty = train_cli(tiny_cache, tiny_model_dir, tmp_path / "new", *RUN, "--resume")
+    assert empty.exit_code == 2 and "holds no run to resume" in train_error_line(empty.output)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_recorded_as_config_json_still_resumes_and_moves_its_record(run3, tiny_cache, tiny_model_dir, tmp_path):
+    """Runs made before the record's rename: a config.json that is provably our record is read
+    (and moved to kto_run.json); one that is not (a model's) proves nothing."""
+    from kto.formats.runrecord import read_run_config
+
+    out = crashed_copy(run3, tmp_path / "r", 2, metrics_lines=2)
+    (out / "kto_run.json").rename(out / "config.json")
+    assert read_run_config(out)["config"]["beta"] == 0.2
+    result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (out / "kto_run.json").is_file() and not (out / "config.json").exists()
+    for a, b in zip(metrics(run3), metrics(out), strict=True):
+        assert (a["step"], a["loss"]) == (b["step"], b["loss"])
+
+
+def _flip_finite_weight(ckpt, to_inf: bool) -> None:
+    """Change one float of model.safetensors in place: its lowest mantissa bit (still finite, the
+    silent kind), or the whole value to +inf."""
+    import struct
+
+    path = ckpt / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    key = next(k for k, t in header.items() if k != "__metadata__" and t["dtype"] == "F32")
+    start = 8 + n + header[key]["data_offsets"][0]
+    if to_inf:
+        data[start : start + 4] = struct.pack("<f", float("inf"))
+    else:
+        data[start] ^= 0x01
+        assert torch.isfinite(torch.tensor(struct.unpack("<f", data[start : start + 4])[0]))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["finite bit flip", "+inf with its checksum forged"])
+def test_a_damaged_checkpoint_weight_falls_back_to_the_previous_checkpoint(run3, tiny_cache, tiny_model_dir, tmp_path, damage):
+    """Issue 19 item 7: a finite bit flip in checkpoint-2's weights resumed silently into final/;
+    a weight at +inf was not caught at resume and the run later named checkpoint-2 its "last good"
+    checkpoint. Checksums catch the flip, the finite check on load the forged +inf; both fall back
+    to checkpoint-1, say which file failed, and the run reproduces the uninterrupted one."""
+    from kto.train.checkpoint import record_checksums
+
+    out = crashed_copy(run3, tmp_path / "r", 2, metrics_lines=2)
+    shutil.copytree(run3 / "checkpoint-1", out / "checkpoint-1")
+    _flip_finite_weight(out / "checkpoint-2", to_inf=damage.startswith("+inf"))
+    if damage.startswith("+inf"):
+        record_checksums(out / "checkpoint-2")
+    result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
+    assert result.exit_code == 0, result.output
+    why = "model.safetensors: sha256 " if damage == "finite bit flip" else "holds non-finite values"
+    assert "checkpoint-2 is corrupt (" in result.output and why in result.output and "fell back to checkpoint-1" in result.output, result.output
+    for a, b in zip(metrics(run3), metrics(out), strict=True):
+        assert (a["step"], a["loss"], a["grad_norm"]) == (b["step"], b["loss"], b["grad_norm"])
+
+
+def test_every_checkpoint_records_the_sha256_of_each_of_its_files(run3):
+    from kto.formats.shards import sha256_file
+
+    record = json.loads((run3 / "checkpoint-2" / "checksums.json").read_text())
+    names = {str(p.relative_to(run3 / "checkpoint-2")) for p in (run3 / "checkpoint-2").rglob("*") if p.is_file()} - {"checksums.json"}
+    assert set(record["files"]) == names and {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"} <= names
+    assert all(record["files"][n] == sha256_file(run3 / "checkpoint-2" / n) for n in names)
+
+
+def _dev_full_is_a_device() -> bool:
+    try:
+        return stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    except OSError:
+        return False
+
+
+def _dev_full_torch_save(monkeypatch):
+    """Every .pt file a checkpoint writes goes to /dev/full, where each write fails with ENOSPC:
+    torch.save given a path (torch's own C++ file writer) writes there instead, and a .pt file
+    that kto.train.checkpoint opens is /dev/full. /dev/full is opened without O_CREAT, checked
+    to be the device each time: never a file of that name."""
+    import builtins
+
+    from kto.train import checkpoint
+
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)):
+            assert _dev_full_is_a_device()
+            f = "/dev/full"
+        return real(obj, f, *args, **kwargs)
+
+    def open_full(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".pt") and "w" in mode:
+            assert _dev_full_is_a_device()
+            return os.fdopen(os.open("/dev/full", os.O_WRONLY), mode)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(checkpoint, "open", open_full, raising=False)
+
+
+@pytest.mark.skipif(not _dev_full_is_a_device(), reason="needs the /dev/full device")
+def test_disk_full_at_a_checkpoint_is_one_line(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 19 item 12: torch.save to a path on a full disk raised `RuntimeError [enforce fail
+    at inline_container.cc:672] unexpected pos`, a traceback."""
+    _dev_full_torch_save(monkeypatch)
+    out = tmp_path / "r"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "2", "--save-every", "1")
+    line = train_error_line(result.output)
+    assert result.exit_code == 2 and line.endswith(f"{out / 'checkpoint-1'}: no space left on device; free some space and run the command again"), line
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".checkpoint")]

@@ -30,6 +30,26 @@ def assert_same_run(a, b, weights):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def assert_every_ranks_files_are_checksummed(ckpt, damaged):
+    """Issue 19 item 7: each rank's DCP shard and RNG state is in checksums.json; a flipped byte
+    in rank 1's shard makes the checkpoint unusable, naming that file."""
+    import json
+    import shutil
+
+    from kto.train.checkpoint import checkpoint_problem
+
+    files = json.loads((ckpt / "checksums.json").read_text())["files"]
+    shards = sorted(str(p.relative_to(ckpt)) for p in (ckpt / "sharded").glob("*.distcp"))
+    assert len(shards) == 2 and set(shards) <= set(files) and {"rng-0.pt", "rng-1.pt", "sharded/.metadata"} <= set(files)
+    assert checkpoint_problem(ckpt) is None
+    shutil.copytree(ckpt, damaged)
+    shard = damaged / shards[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert checkpoint_problem(damaged).startswith(f"{shards[1]}: sha256 ")
+
+
 @pytest.mark.distributed
 @pytest.mark.numerics
 def test_fsdp_resume_is_exact_and_final_is_one_hf_dir(tiny_cache, tiny_model_dir, tmp_path):
@@ -41,6 +61,7 @@ def test_fsdp_resume_is_exact_and_final_is_one_hf_dir(tiny_cache, tiny_model_dir
     ckpt = full / "checkpoint-2"
     assert (ckpt / "sharded" / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
     assert {p.name for p in ckpt.glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
+    assert_every_ranks_files_are_checksummed(ckpt, tmp_path / "damaged")
     crashed = tmp_path / "crashed"
     crash_after_step_2(full, crashed)
     log = torchrun_train(tiny_cache, tiny_model_dir, crashed, "--resume")
@@ -54,7 +75,7 @@ def test_fsdp_resume_is_exact_and_final_is_one_hf_dir(tiny_cache, tiny_model_dir
     other = tmp_path / "other"
     crash_after_step_2(full, other)
     result = CliRunner().invoke(main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(other), *ARGS, "--resume"])
-    # (run/config.json's check names the settings that differ first, world size among them; without
+    # (run/kto_run.json's check names the settings that differ first, world size among them; without
     # it, train/sharding.check_checkpoint says that the checkpoint is sharded.)
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("kto-train: error: --resume:")
 
