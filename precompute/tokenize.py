@@ -150,11 +150,21 @@ def conversational_ids(
     budget = truncation.max_prompt_length
     head, rest = _system_head(example.prompt)
     starts = [i for i, m in enumerate(rest) if m.get("role") == "user"]
-    for start in (s for s in starts if s > 0):  # drop whole earliest turns until the prompt fits
-        kept = head + rest[start:]
-        prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
-        if len(prompt_ids) <= budget:
-            return prompt_ids, completion_ids, split, PromptCut.TURNS
+    # Drop whole earliest turns: keep the most turns that fit. A prompt only shortens as turns
+    # go, so the first start that fits is found by bisection (O(log turns) renderings, not one
+    # per turn: conversations of hundreds of turns exist).
+    candidates, rendered = [s for s in starts if s > 0], {}
+
+    def fits(k: int) -> bool:
+        rendered[k] = _split_rendering(example, head + rest[candidates[k] :], tokenizer, template)
+        return len(rendered[k][0]) <= budget
+
+    lo, hi = 0, len(candidates)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+    if lo < len(candidates):  # hi only moves down to a candidate that fitted: it is rendered
+        return *rendered[lo], PromptCut.TURNS
     last = starts[-1] if starts else max(len(rest) - 1, 0)
     kept = head + rest[last:]
     prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)

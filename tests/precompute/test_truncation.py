@@ -171,3 +171,24 @@ def test_the_staging_key_includes_the_limits(tokenizer_dir, tmp_path):
         paths.append(stage_rows(cfg, tok, ChatTemplate(), content))
         prompt_lengths.append(read_index(paths[-1]).prompt_len.sum())
     assert paths[0] != paths[1] and prompt_lengths[0] < prompt_lengths[1]
+
+
+def test_a_long_conversation_keeps_the_most_turns_that_fit_in_few_renderings(tok, monkeypatch):
+    """40 earlier turns, budget 300: the kept prompt is the longest suffix of whole turns whose
+    rendering fits (computed here by a reference loop over every suffix), found by
+    bisection in at most ⌈log2 40⌉ + 2 renderings (a loop over the turns took 30-odd)."""
+    from kto.precompute import tokenize
+
+    prompt = conversation(40, words=5)
+    lengths = [
+        len(tok(tok.apply_chat_template([dict(m) for m in prompt[2 * k :]], tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids)
+        for k in range(1, 41)
+    ]
+    expected = next(k for k, n in zip(range(1, 41), lengths) if n <= 300)
+    calls = []
+    real = tokenize._split_rendering
+    monkeypatch.setattr(tokenize, "_split_rendering", lambda *a: calls.append(1) or real(*a))
+    row = tokenize_example(chat_example(prompt), tok, truncation=Truncation(400, 300))
+    assert row.prompt_cut == PromptCut.TURNS
+    assert tok.decode(row.prompt_ids) == tok.apply_chat_template([dict(m) for m in prompt[2 * expected :]], tokenize=False, add_generation_prompt=True)
+    assert len(calls) <= 8
