@@ -1,0 +1,115 @@
+"""The pin of issue 20: a refactor changes no byte of a cache and no bit of training on CPU.
+
+For the tiny Llama of conftest with SmolLM2's tokenizer and a small fixed input (text rows,
+chat rows, a prompt/chosen/rejected pair, and one row too long for --max-length), kto-precompute
+must write shards and a manifest whose sha256 are those recorded below, and kto-train's losses
+at steps 1..3 must equal the recorded floats exactly.
+
+The values were taken on main's tip before issue 20's moves. They hold where the same kernels
+see the same shapes with as many threads (tests/numerics_bounds.py): both phases run here with
+one torch thread, as the byte-identity test of tests/precompute/test_pipeline.py does, so that
+the count of cores does not decide how MKL splits a matmul's sum. On another CPU kind (AVX2
+against AVX-512) the kernels differ and so may the last bits: the test then skips rather than
+fail, since it pins code, not hardware (PIN_ISA names the machine the values were taken on).
+
+If a change is meant to alter the cache (a new FORMAT_VERSION, a new fingerprint field), retake
+these values on main's tip alone and say so in the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import chat_rows, metrics, precompute_args, run_train, text_rows, write_rows
+
+from kto.precompute.cli import main as precompute
+
+# A prompt/chosen/rejected pair (TRL's paired shape) becomes one desirable and one undesirable row.
+PAIR = {"prompt": "Question: Is ice cold?\nAnswer:", "chosen": " Yes, ice is cold.", "rejected": " No, ice is hot."}
+# Longer than --max-length 64 with its prompt: its completion is cut (counts.truncated == 1).
+LONG = {"prompt": "Question: Count to forty.\nAnswer:", "completion": " " + " ".join(str(i) for i in range(1, 41)), "label": True}
+
+
+def inputs(root: Path) -> list[Path]:
+    return [
+        write_rows(root / "text.jsonl", [*text_rows()[:6], LONG]),
+        write_rows(root / "chat.jsonl", chat_rows()[:6]),
+        write_rows(root / "pair.jsonl", [PAIR]),
+    ]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_thread(fn):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+# Taken on main's tip (ea6c417) before issue 20's moves, on this project's machine.
+PIN_ENV = {"cpu": "AVX512", "torch": "2.13.0+cpu", "transformers": "5.24.0"}
+SHARDS = {
+    "shard-00000.arrow": "2dff9e1bcc0dd5875b2e1a4d1af6df18514378b7befd00db13ed748b36e61be8",
+    "shard-00001.arrow": "b4e0a258bb90d6d908889b9e1a57d9bc718f03ab7722a52c833ee31ef135c583",
+    "shard-00002.arrow": "906ffc1ef913707541b63ec15409ea4bcbed63a9e54e5931cecffdc3b6aa7012",
+}
+# manifest.json with the paths of this run and the library versions replaced by placeholders:
+# `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
+# is what the code decides.
+MANIFEST = "01d83c286ebfc2bcd2dfd942b4411f45a4793db95798ce8c5af3113ad88e23db"
+LOSSES = [0.5, 0.5005405717621203, 0.5041157647920564]
+
+
+def environment() -> dict:
+    import transformers
+
+    return {"cpu": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def placeholder_manifest(cache: Path, replace: dict[str, str]) -> bytes:
+    text = (cache / "manifest.json").read_text()
+    for old, new in replace.items():
+        text = text.replace(json.dumps(old)[1:-1], new)
+    return text.encode()
+
+
+@pytest.fixture(scope="module")
+def pinned_run(tmp_path_factory, tiny_model_dir):
+    if environment() != PIN_ENV:
+        pytest.skip(f"the pin was taken with {PIN_ENV}, this is {environment()}: other kernels may round otherwise")
+    root = tmp_path_factory.mktemp("pin")
+    data = inputs(root)
+    args = precompute_args(data[0], tiny_model_dir, root / "cache", *(a for p in data[1:] for a in ("--data", str(p))))
+    result = one_thread(lambda: CliRunner().invoke(precompute, args, catch_exceptions=False))
+    assert result.exit_code == 0, result.output
+    train = ("--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps", "3")
+    result = one_thread(lambda: run_train(root / "cache", tiny_model_dir, root / "run", *train))
+    assert result.exit_code == 0, result.output
+    return root, tiny_model_dir
+
+
+def test_the_cache_bytes_are_pinned(pinned_run):
+    root, _ = pinned_run
+    assert {p.name: sha256(p) for p in sorted((root / "cache").glob("shard-*.arrow"))} == SHARDS
+
+
+def test_the_manifest_is_pinned(pinned_run):
+    root, model = pinned_run
+    env = environment()
+    replace = {str(root): "ROOT", str(model): "MODEL", env["torch"]: "TORCH", env["transformers"]: "TRANSFORMERS"}
+    assert hashlib.sha256(placeholder_manifest(root / "cache", replace)).hexdigest() == MANIFEST
+
+
+def test_the_first_three_losses_are_pinned(pinned_run):
+    root, _ = pinned_run
+    assert [m["loss"] for m in metrics(root / "run")] == LOSSES
