@@ -14,8 +14,8 @@ from click.core import ParameterSource
 
 from kto.formats.config_file import load_config_file
 from kto.formats.errors import InputError, one_line_errors
-from kto.formats.examples import ColumnMap
-from kto.formats.sharegpt import ShareGPTMap, load_sharegpt_info
+from kto.precompute.inputs.examples import ColumnMap
+from kto.precompute.inputs.sharegpt import ShareGPTMap, load_sharegpt_info
 
 from .config import DTYPES, PrecomputeConfig
 

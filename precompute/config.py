@@ -7,8 +7,8 @@ from pathlib import Path
 
 from kto.formats.compute.numerics import NAMES as DTYPES
 from kto.formats.errors import InputError
-from kto.formats.examples import ColumnMap
-from kto.formats.sharegpt import ShareGPTMap
+from kto.precompute.inputs.examples import ColumnMap
+from kto.precompute.inputs.sharegpt import ShareGPTMap
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,11 @@ from kto.formats.atomic import atomic_dir
 from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.errors import InputError, log
-from kto.formats.examples import iter_examples
-from kto.formats.hub import input_identity
 from kto.formats.manifest import CacheContent, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.shards import sha256_file
+from kto.precompute.inputs.examples import iter_examples
+from kto.precompute.inputs.hub import input_identity
 
 from .config import PrecomputeConfig
 from .journal import Journal

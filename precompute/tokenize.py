@@ -27,7 +27,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from kto.formats.examples import Example
+from kto.precompute.inputs.examples import Example
 
 from .templates import ChatTemplate, render
 

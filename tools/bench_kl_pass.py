@@ -36,7 +36,7 @@ from _pairing_before import legacy_plan  # noqa: E402
 
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
 from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
-from kto.formats.examples import ColumnMap, read_examples  # noqa: E402
+from kto.precompute.inputs.examples import ColumnMap, read_examples  # noqa: E402
 from kto.precompute.pairing import kl_partners  # noqa: E402
 from kto.precompute.splits import split_eval  # noqa: E402
 from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example  # noqa: E402

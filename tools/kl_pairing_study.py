@@ -46,7 +46,7 @@ from _pairing_before import legacy_plan  # noqa: E402
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch  # noqa: E402
 from kto.formats.compute.scoring import score_sequences  # noqa: E402
 from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
-from kto.formats.examples import Example  # noqa: E402
+from kto.precompute.inputs.examples import Example  # noqa: E402
 from kto.precompute.pairing import BLOCK_ROWS, kl_partners  # noqa: E402
 from kto.precompute.tokenize import TokenizedRow, Truncation, tokenize_example  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402

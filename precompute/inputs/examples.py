@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from kto.formats.errors import InputError
+
 from .records import SUFFIXES, file_sha256, kind_name, one_line, read_file, records  # noqa: F401  (re-exported)
 from .sharegpt import ShareGPTMap, sharegpt_examples, tools_of, with_system
 

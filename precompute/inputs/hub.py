@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .files import regular_tree
+from kto.formats.errors import InputError
+from kto.formats.files import regular_tree
+from kto.formats.shards import sha256_file
+
 from .records import one_line
-from .shards import sha256_file
 
 PREFIX = "hf:"
 _BATCH = 1024

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from .errors import InputError
-from .files import regular_file
-from .shards import sha256_file
+from kto.formats.errors import InputError
+from kto.formats.files import regular_file
+from kto.formats.shards import sha256_file
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + ARROW_SUFFIXES

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .files import regular_file
+from kto.formats.errors import InputError
+from kto.formats.files import regular_file
+
 from .records import kind_name, one_line
 
 

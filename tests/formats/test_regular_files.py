@@ -66,13 +66,13 @@ def test_data_dir_holding_a_fifo_is_refused(tmp_path):
     folder.mkdir()
     write_rows(folder / "a.jsonl", [{"prompt": "p", "completion": "c", "label": True}])
     fifo(folder / "b.jsonl")
-    message = refusal(f"from kto.formats.hub import input_identity; input_identity('hf:{folder}:train')")
+    message = refusal(f"from kto.precompute.inputs.hub import input_identity; input_identity('hf:{folder}:train')")
     assert message == f"--data {folder}: {folder / 'b.jsonl'}: a FIFO, not a regular file"
 
 
 def test_read_file_refuses_a_fifo(tmp_path):
     path = fifo(tmp_path / "rows.jsonl")
-    assert refusal(f"from kto.formats.records import read_file; read_file({str(path)!r})") == f"{path}: a FIFO, not a regular file"
+    assert refusal(f"from kto.precompute.inputs.records import read_file; read_file({str(path)!r})") == f"{path}: a FIFO, not a regular file"
 
 
 def test_config_file_fifo_is_refused(tmp_path):
@@ -90,10 +90,10 @@ def test_chat_template_fifo_is_refused(tmp_path):
 def test_sharegpt_info_symlink_to_dev_zero_is_refused(tmp_path):
     path = tmp_path / "dataset_info.json"
     path.symlink_to("/dev/zero")
-    message = refusal(f"from kto.formats.sharegpt import load_sharegpt_info; load_sharegpt_info({str(path) + '#x'!r})")
+    message = refusal(f"from kto.precompute.inputs.sharegpt import load_sharegpt_info; load_sharegpt_info({str(path) + '#x'!r})")
     assert message == f"--sharegpt-info {path}#x: a character device, not a regular file"
 
 
 def test_missing_input_is_still_no_such_file(tmp_path):
     path = tmp_path / "absent.jsonl"
-    assert refusal(f"from kto.formats.records import read_file; read_file({str(path)!r})") == f"{path}: no such file"
+    assert refusal(f"from kto.precompute.inputs.records import read_file; read_file({str(path)!r})") == f"{path}: no such file"

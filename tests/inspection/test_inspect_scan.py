@@ -34,7 +34,7 @@ def test_every_module_imports(name):
 
 def test_importing_formats_and_train_does_not_import_polars():
     code = (
-        "import sys, kto.formats, kto.formats.shards, kto.formats.examples, kto.train.loop, kto.precompute.pipeline; "
+        "import sys, kto.formats, kto.formats.shards, kto.precompute.inputs.examples, kto.train.loop, kto.precompute.pipeline; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('polars', 'matplotlib'))))"
     )
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from conftest import chat_rows, make_tiny_llama, precompute_args, staging_content, text_rows, write_rows
 
 from kto.formats import schema as S
-from kto.formats.examples import read_examples
 from kto.precompute.cli import main
+from kto.precompute.inputs.examples import read_examples
 
 
 def one_line_error(result) -> str:

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from conftest import metrics, run_train
 from transformers import AutoTokenizer
 
-from kto.formats.examples import iter_examples
 from kto.formats.manifest import read_manifest
 from kto.inspection.verify import verify
 from kto.precompute.cli import main as precompute
+from kto.precompute.inputs.examples import iter_examples
 from kto.precompute.tokenize import tokenize_example
 
 DATA = Path(os.environ.get("KTO_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from kto.formats.errors import InputError
-from kto.formats.examples import read_examples
-from kto.formats.sharegpt import ShareGPTMap, load_sharegpt_info
+from kto.precompute.inputs.examples import read_examples
+from kto.precompute.inputs.sharegpt import ShareGPTMap, load_sharegpt_info
 
 
 def write_jsonl(path, rows):

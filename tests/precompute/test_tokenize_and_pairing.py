@@ -3,7 +3,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from kto.formats.errors import InputError
-from kto.formats.examples import Example
+from kto.precompute.inputs.examples import Example
 from kto.precompute.pairing import cycle_order, kl_partners
 from kto.precompute.tokenize import leading_bos_id, tokenize_example
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from kto.formats.examples import Example
+from kto.precompute.inputs.examples import Example
 from kto.precompute.tokenize import PromptCut, Truncation, tokenize_example
 
 
