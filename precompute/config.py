@@ -15,7 +15,7 @@ from kto.precompute.inputs.sharegpt import ShareGPTMap
 class PrecomputeConfig:
     data: tuple[Path, ...]
     """Inputs, read in order: files (JSONL, JSON, Parquet, CSV, Arrow), `hf:ID[:CONFIG]:SPLIT`
-    datasets (hub id or local directory) and `save_to_disk` directories (formats/hub.py)."""
+    datasets (hub id or local directory) and `save_to_disk` directories (precompute/inputs/hub.py)."""
     model: str
     """Reference model: a local HF dir, a `.gguf` file, or a hub id."""
     out: Path
