@@ -124,10 +124,11 @@ def nonfinite_problem(weights: Path) -> str | None:
     """The first tensor of a .safetensors file holding a NaN or an infinity, or None."""
     from safetensors import safe_open
 
+    from .guard import finite
+
     with safe_open(weights, framework="pt") as f:
         for key in f.keys():
-            t = f.get_tensor(key)
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if not bool(finite(f.get_tensor(key))):
                 return f"{weights.name}: {key} holds non-finite values"
     return None
 

@@ -40,11 +40,20 @@ def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator, step: int
     return values[-1]
 
 
+def finite(t: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool: every value of `t` is finite. max(|t|) is NaN when any value is (max propagates
+    NaN) and inf when any is: one reduction, 3-10x faster on CPU than isfinite(t).all(), which
+    first builds a bool tensor of t's size (tools/bench_checkpoint.py)."""
+    if t.numel() == 0 or not t.is_floating_point():
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    return torch.isfinite(t.detach().abs().amax())
+
+
 def _all_finite(model, accelerator) -> bool:
     """Every weight finite on every rank."""
     # Under FSDP each rank checks its own shard (DTensor.to_local); the all-reduce covers the rest.
     params = [(p.to_local() if hasattr(p, "to_local") else p).detach() for p in model.parameters()]
-    ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+    ok = bool(torch.stack([finite(p) for p in params]).all()) if params else True
     return not all_reduce_max(float(not ok), accelerator)
 
 

@@ -4,6 +4,7 @@ on one line (exit 2), and non-finite weights are never saved."""
 
 import dataclasses
 
+import pytest
 import torch
 from conftest import metrics, train_error_line
 from test_loop import train_cli
@@ -65,3 +66,21 @@ def test_the_skipped_step0_check_is_said(tiny_cache, tokenizer_dir, tmp_path):
     result = train_cli(tiny_cache, other, tmp_path / "r", "--max-steps", "1")
     assert result.exit_code == 0, result.output
     assert f"step-0 check skipped: --model {other} is not the model the cache was scored with" in result.output
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_one_reduction_finite_check_agrees_with_isfinite_all(dtype):
+    """guard.finite (max |t|, which NaN and inf propagate into) says what isfinite(t).all() says:
+    random tensors, one NaN/+inf/-inf planted anywhere, the largest finite values, empty ones."""
+    from kto.train.guard import finite
+
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.zeros(0, dtype=dtype), torch.full((3,), torch.finfo(dtype).max, dtype=dtype), -torch.full((2, 2), torch.finfo(dtype).max, dtype=dtype)]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for _ in range(20):
+            t = torch.randn(int(torch.randint(1, 50, (1,), generator=g)), 7, generator=g).to(dtype)
+            cases.append(t.clone())
+            t.view(-1)[int(torch.randint(0, t.numel(), (1,), generator=g))] = bad
+            cases.append(t)
+    assert [bool(finite(t)) for t in cases] == [bool(torch.isfinite(t).all()) for t in cases]
+    assert sum(not bool(finite(t)) for t in cases) == 60
