@@ -36,9 +36,10 @@ from kto.formats.shards import VERIFIED_NAME
 from .journal import JOURNAL_DIR, RUN, TOKENIZER, Journal
 from .staging import is_staging_name
 
-# Ours by name: the lock (held while we write), kto-train's verification stamps (shards and
-# tokenizer check), the journal.
-BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME, JOURNAL_DIR}
+# Ours by name: the lock (held while we write; formats/lock.py refuses one that is not a plain
+# file), kto-train's verification stamps (shards and tokenizer check). The journal is ours only
+# when it holds nothing but journal files (`own_journal`): a user's own `.journal/` is foreign.
+BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME}
 SHARD_NAME = re.compile(r"^shard-[0-9]{5}\.arrow$")  # schema.shard_name's shape
 
 
@@ -53,21 +54,22 @@ def cache_writes_temp(name: str, kind: str) -> bool:
 
 
 def journal_writes_temp(name: str, kind: str) -> bool:
-    """A temp name of journal.py's atomic JSON writes in `.journal/`."""
-    return kind == "tmp" and (name in (RUN, TOKENIZER) or (name.endswith(".json") and SHARD_NAME.match(name.removesuffix(".json")) is not None))
+    """NAME is a file journal.py writes in `.journal/`, and `kind` is "file" (the file itself) or
+    "tmp" (the temp name of its atomic write)."""
+    return kind in ("file", "tmp") and (name in (RUN, TOKENIZER) or (name.endswith(".json") and SHARD_NAME.match(name.removesuffix(".json")) is not None))
 
 
 def remove_own_temps(folder: Path) -> None:
     """Clear the temp names a killed run of ours left in a cache folder and its journal; only
-    where the journal or the manifest proves the folder a cache of ours (its `.journal/` is ours
-    by name, as in `survey`). Call it holding the cache's lock."""
+    where the journal or the manifest proves the folder a cache of ours, and in a `.journal/`
+    that holds nothing but journal files. Call it holding the cache's lock."""
     if not folder.is_dir() or folder.is_symlink():
         return
     if Journal(folder).run() is not None or own_manifest(folder) is not None:
         remove_stale_temps(folder, owns=cache_writes_temp)
     journal = folder / JOURNAL_DIR
-    if journal.is_dir() and not journal.is_symlink():
-        remove_stale_temps(journal, owns=journal_writes_temp)
+    if own_journal(journal, temps_pending=True):
+        remove_stale_temps(journal, owns=lambda name, kind: kind == "tmp" and journal_writes_temp(name, kind))
 
 
 def shard_layout(rows_per_shard: int, batch_tokens: int, prefix_sharing: bool) -> dict:
@@ -131,6 +133,8 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tup
         temp = parse_temp_name(p.name) if temps_pending and proven and not p.is_symlink() else None
         if p.name in BOOKKEEPING or (is_staging_name(p.name) and p.is_file()) or (temp is not None and cache_writes_temp(*temp)):
             owned = True
+        elif p.name == JOURNAL_DIR:
+            owned = own_journal(p, temps_pending)
         elif p.name == S.MANIFEST_NAME:
             owned = manifest is not None
         elif p.match(S.SHARD_GLOB):
@@ -143,6 +147,19 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tup
             owned = False
         (ours if owned else foreign).append(p)
     return ours, foreign
+
+
+def own_journal(folder: Path, temps_pending: bool = False) -> bool:
+    """`.journal/` is ours when it is a real folder of plain files named as journal.py names them
+    (`temps_pending`: and our temp names, not cleared yet before the lock)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    for p in folder.iterdir():
+        temp = parse_temp_name(p.name) if temps_pending else None
+        named = journal_writes_temp(*temp) if temp else journal_writes_temp(p.name, "file")
+        if not named or p.is_symlink() or not p.is_file():
+            return False
+    return True
 
 
 def own_manifest(folder: Path) -> dict | None:

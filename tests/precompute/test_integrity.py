@@ -295,6 +295,24 @@ def test_files_only_named_like_temp_files_are_refused_never_deleted(cache, tmp_p
     assert (out / ".photos.old-2023" / "cat.jpg").read_bytes() == b"meow" and (out / ".notes.tmp-1").read_text() == "mine"
 
 
+@pytest.mark.parametrize("where", ["cache", "fresh"])
+def test_a_users_own_journal_folder_is_refused_never_written_or_deleted(cache, tmp_path, where):
+    """`.journal/` was ours by its name alone: a user's `.journal/` in --out got run.json written
+    into it, and --overwrite would have deleted it whole. Ours is a folder of journal files only."""
+    out, _, args = cache
+    if where == "fresh":
+        out = tmp_path / "fresh"
+        out.mkdir()
+        args = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
+    (out / ".journal").mkdir(exist_ok=True)
+    (out / ".journal" / "diary.txt").write_text("dear diary")
+    before = {p.name for p in (out / ".journal").iterdir()}
+    for extra in ([], ["--seed", "7", "--overwrite"]):
+        message = one_line_error(run_cli(*args, *extra))
+        assert "holds .journal/" in message and "which this cache did not write" in message, message
+        assert {p.name for p in (out / ".journal").iterdir()} == before and (out / ".journal" / "diary.txt").read_text() == "dear diary"
+
+
 def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(cache, tmp_path):
     """Issue 19 item 5: the pid went into the symlink's target, truncating it."""
     out, _, args = cache

@@ -84,3 +84,19 @@ def test_the_one_reduction_finite_check_agrees_with_isfinite_all(dtype):
             cases.append(t)
     assert [bool(finite(t)) for t in cases] == [bool(torch.isfinite(t).all()) for t in cases]
     assert sum(not bool(finite(t)) for t in cases) == 60
+
+
+def test_weights_loaded_from_a_checkpoint_are_checked_finite(tmp_path):
+    """Issue 19 item 7, the FSDP path: a sharded checkpoint's weights are checked after DCP loads
+    them (each rank its shard, then all-reduced); a +inf refuses the resume, naming the checkpoint."""
+    from types import SimpleNamespace
+
+    from kto.train.guard import NonFiniteError, check_loaded_weights
+
+    model = torch.nn.Linear(3, 2)
+    one = SimpleNamespace(num_processes=1)
+    check_loaded_weights(model, one, tmp_path / "checkpoint-4")  # finite: nothing to say
+    with torch.no_grad():
+        model.weight[1, 2] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"--resume: .*checkpoint-4: its weights hold non-finite values"):
+        check_loaded_weights(model, one, tmp_path / "checkpoint-4")
