@@ -16,6 +16,7 @@ catch it and carry on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -89,3 +90,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: unreadable (not JSON: {e.msg} at line {e.lineno} column {e.colno})") from None
     except RecursionError:
         raise InputError(f"{path}: unreadable (JSON nested too deeply)") from None
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()

@@ -7,7 +7,6 @@ reader can memory-map them: RAM does not grow with the dataset, the page cache d
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ import pyarrow.ipc as ipc
 from . import schema as S
 from .atomic import atomic_path, write_json_atomic
 from .errors import InputError
-from .files import read_json
+from .files import read_json, sha256_file
 from .schema import SHARD_SCHEMA
 
 VERIFIED_NAME = ".verified.json"
@@ -30,14 +29,6 @@ VERIFIED_NAME = ".verified.json"
 FINGERPRINT_TAG = "kto.fingerprint"
 LAYOUT_TAG = "kto.layout"
 MAX_LINES_PER_CHECK = 10  # a broken shard could otherwise give one line per row
-
-
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:

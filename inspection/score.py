@@ -20,6 +20,7 @@ import pyarrow as pa
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
 from kto.formats.cache import open_cache
+from kto.formats.compute.adapters import base_model_of, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError, log
 
 DEFAULT_BETA = 0.1
@@ -127,8 +128,6 @@ def score_cache(
     if not adapter_dir and manifest.content.scored_with(model_identity(source)):
         log("note: --model is the cache's reference model; every reward should be about 0")
     if adapter_dir:
-        from kto.train.adapters import require_peft, with_adapters
-
         require_peft("--model")
         lm = load_causal_lm(source, dtype=numerics.weights, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         # Not merged: the adapters are applied as kto-train applied them, so the numbers match its.
@@ -174,15 +173,11 @@ def score_cache(
 
 
 def _adapter_dir(model: str) -> Path | None:
-    from kto.train.adapters import is_adapter_dir
-
     return Path(model).resolve() if is_adapter_dir(Path(model)) else None
 
 
 def _base_of(adapter_dir: Path, base_model: str | None) -> str:
     """--base-model, else the base recorded by peft in adapter_config.json."""
-    from kto.train.adapters import base_model_of
-
     base = base_model or base_model_of(adapter_dir)
     if not base:
         raise InputError(f"--model {adapter_dir}: an adapter directory that names no base model; pass --base-model")

@@ -1,7 +1,8 @@
 """Who may import whom (shared/ARCHITECTURE.md): formats/ is the contract; precompute/ and train/
 depend on it and never on each other; formats/ imports none of the commands; the on-disk part
 of formats/ (all but formats/compute/) imports neither torch nor transformers; training and
-kto-inspect open shards only through formats/cache.py.
+kto-inspect open shards only through formats/cache.py; and no module imports itself through
+others (the import graph is acyclic).
 
 The package is walked with pkgutil, so a new module is checked without anyone adding it to a list.
 Imports are read from the source (ast), including those inside functions, so a lazy import that
@@ -26,7 +27,7 @@ FORBIDDEN = {
     "kto.formats": {"kto.precompute", "kto.train", "kto.inspection"},
     "kto.precompute": {"kto.train", "kto.inspection"},
     "kto.train": {"kto.precompute", "kto.inspection"},
-    "kto.inspection": {"kto.precompute"},
+    "kto.inspection": {"kto.precompute", "kto.train"},
 }
 
 
@@ -78,6 +79,72 @@ def test_the_checker_sees_a_crossing(tmp_path):
     src = tmp_path / "mod.py"
     src.write_text("def f():\n    from ..train import loop\n    import kto.precompute.cli\n")
     assert {"kto.train", "kto.precompute.cli"} <= imported_names("kto.inspection.mod", src)
+
+
+def import_edges(module: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that `module` imports, at any depth of its source (inside
+    functions and `if TYPE_CHECKING:` too). `from pkg import name` counts as pkg.name when that is
+    a module, and an imported attribute counts as the module that defines it."""
+
+    def owner(name: str) -> str | None:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(owner(alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.update(owner(f"{base}.{alias.name}") for alias in node.names)
+    return found - {None, module}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each import cycle once, as the path that closes it (depth-first search, colour marks)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_the_import_graph_has_no_cycles():
+    """A cycle is closed by an import inside a function and breaks the day someone moves that
+    import to the top; it also means two modules that are one concept or one misplaced piece."""
+    known = {name for _, name, _ in ALL}
+    graph = {name: import_edges(name, path, known) for _, name, path in ALL}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_can_fail(tmp_path):
+    """The property can fail: a lazy import back from b to a is an edge, and a ↔ b is reported."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("from . import b\n")
+    b.write_text("def f():\n    from .a import g\n")
+    known = {"kto.x.a", "kto.x.b"}
+    graph = {"kto.x.a": import_edges("kto.x.a", a, known), "kto.x.b": import_edges("kto.x.b", b, known)}
+    assert graph == {"kto.x.a": {"kto.x.b"}, "kto.x.b": {"kto.x.a"}}
+    assert cycles(graph) == [["kto.x.a", "kto.x.b", "kto.x.a"]]
 
 
 # The on-disk contract (formats/ outside formats/compute/) must load without torch or

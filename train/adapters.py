@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
+from kto.formats.compute.adapters import adapter_config, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError
-from kto.formats.files import read_json
 
-ADAPTER_CONFIG = "adapter_config.json"
 MERGED_DIR = "final-merged"
 
 
@@ -50,14 +49,6 @@ def check_adapter_flags(cfg) -> None:
                 raise InputError(f"--{name.replace('_', '-')}: needs adapters (--lora-r R > 0); quantized weights cannot be trained directly")
         if cfg.lora_target_modules:
             raise InputError("--lora-target-modules: needs --lora-r R > 0")
-
-
-def require_peft(flag: str = "--lora-r"):
-    try:
-        import peft
-    except ImportError:
-        raise InputError(f"{flag}: needs peft, which is not installed (pip install 'kto-offline[lora]')") from None
-    return peft
 
 
 def bitsandbytes_backend(device_type: str) -> str | None:
@@ -195,7 +186,7 @@ def load_adapters(cfg, lm, checkpoint: Path):
 
 
 def check_adapter_settings(cfg, lm, checkpoint: Path) -> None:
-    saved = _adapter_config(checkpoint)
+    saved = adapter_config(checkpoint)
     expected = lora_config(cfg, lm)
     now = {"r": expected.r, "lora_alpha": expected.lora_alpha, "lora_dropout": expected.lora_dropout, "target_modules": sorted(expected.target_modules)}
     there = {k: sorted(saved.get(k) or []) if k == "target_modules" else saved.get(k) for k in now}
@@ -204,37 +195,13 @@ def check_adapter_settings(cfg, lm, checkpoint: Path) -> None:
         raise InputError(f"--resume: the adapters in {checkpoint} were made with other " + ", ".join(differs))
 
 
-def is_adapter_dir(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / ADAPTER_CONFIG).is_file()
-
-
 def check_checkpoint_kind(cfg, checkpoint: Path) -> None:
     """An adapter checkpoint resumes only with adapters on, a whole-model one only without."""
     if enabled(cfg) and not is_adapter_dir(checkpoint):
         raise InputError(f"--resume: {checkpoint} holds a whole model (a run without --lora-r); resume it without --lora-r")
     if not enabled(cfg) and is_adapter_dir(checkpoint):
-        r = _adapter_config(checkpoint).get("r")
+        r = adapter_config(checkpoint).get("r")
         raise InputError(f"--resume: {checkpoint} holds LoRA adapters (r = {r}), not a whole model; pass --lora-r {r} and the run's other --lora-* flags")
-
-
-def base_model_of(adapter_dir: Path) -> str | None:
-    return _adapter_config(adapter_dir).get("base_model_name_or_path")
-
-
-def _adapter_config(adapter_dir: Path) -> dict:
-    """DIR/adapter_config.json as a mapping; InputError `PATH: unreadable (…)` otherwise."""
-    path = Path(adapter_dir) / ADAPTER_CONFIG
-    config = read_json(path)
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: unreadable (not a JSON object)")
-    return config
-
-
-def with_adapters(base, adapter_dir: Path):
-    """The base with the adapters of `adapter_dir` on it, for inference (eval mode, not trainable)."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False).eval()
 
 
 def write_merged(base, adapter_dir: Path, tokenizer, out: Path) -> None:

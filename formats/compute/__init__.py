@@ -10,5 +10,6 @@ train/ never import each other:
 - scoring.py, token_budget.py, shared_prefix.py: scoring many sequences in token-budget
   batches (optionally prompt-sharing packs);
 - models.py: loading a model and tokenizer, and their identities in the fingerprint;
+- adapters.py: reading a LoRA adapter directory (kto-train's resume, kto-inspect score);
 - numerics.py: the dtype table (names, weights and autocast).
 """

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,20 +25,9 @@ from torch import nn
 
 from ..errors import InputError
 from ..ragged import Ragged, packed
+from .shared_prefix import PackedBatch, shared_prefix_attention
+from .token_budget import ATTENTION_WIDTH_MULTIPLE
 from .token_logps import token_logps
-
-if TYPE_CHECKING:
-    from .shared_prefix import PackedBatch
-
-
-# Every forward pads its sequence width to a multiple of this. CPU flash attention (torch's
-# FlashAttentionKernel.cpp) sums the softmax over keys in 16-wide vectors (AVX-512 fp32; 8-wide
-# under AVX2, and 16 is a multiple of 8) and the last `width % 16` keys one by one with another
-# exp: a token near the end of the longest row got other bits than the same token in a wider
-# batch. With no such tail, a row's attention does not depend on the batch width. The plain and
-# shared-prefix layouts (and precompute and training) then agree bit for bit on the AVX-512
-# machine, and to a few ulps under AVX2, where MKL blocks matmuls by other shapes (docs/design.md).
-ATTENTION_WIDTH_MULTIPLE = 16
 
 
 def pad_width(x: torch.Tensor) -> torch.Tensor:
@@ -143,8 +131,6 @@ class CompletionLogps(nn.Module):
         log-prob is the one forward() gives, to fp32 rounding (the kernels may sum in another
         order on other shapes; bit for bit on the AVX-512 machine: docs/design.md). Same LM head
         and log-softmax as forward()."""
-        from .shared_prefix import shared_prefix_attention
-
         batch = batch.to(self.lm.get_input_embeddings().weight.device)
         with shared_prefix_attention(self.lm, batch) as attention_kwargs:
             hidden = self.lm.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **attention_kwargs).last_hidden_state

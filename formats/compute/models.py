@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from ..files import read_json
-from ..shards import sha256_file
+from ..files import read_json, sha256_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -30,15 +30,12 @@ from typing import Any
 
 from kto.formats.errors import InputError
 
+from .example import Example, Message, parse_label, shown
 from .records import SUFFIXES, file_sha256, kind_name, one_line, read_file, records  # noqa: F401  (re-exported)
 from .sharegpt import ShareGPTMap, sharegpt_examples, tools_of, with_system
 
-Message = dict[str, str]  # {"role": ..., "content": ...}
-
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool", "function_call": "assistant"}
-_TRUE = {"true", "1", "yes", "t", "y", "desirable"}
-_FALSE = {"false", "0", "no", "f", "n", "undesirable"}
 _KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
 
 
@@ -62,22 +59,6 @@ class ColumnMap:
     def as_dict(self) -> dict[str, str]:
         """Plain dict, for fingerprinting."""
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Example:
-    """One checked example. Messages are normalised to {"role", "content"} with text content."""
-
-    id: str  # str of the id column, else f"{file_name}:{row}"; paired rows add ":chosen"/":rejected"
-    prompt: str | tuple[Message, ...]  # text, or messages (conversational)
-    completion: str | tuple[Message, ...]  # text, or assistant message(s)
-    label: bool  # True = desirable
-    source: str  # f"{file_name}: row {row}", for error messages downstream
-    tools: tuple[dict, ...] = ()  # tool schemas for the chat template (`tools` column)
-
-    @property
-    def conversational(self) -> bool:
-        return not isinstance(self.prompt, str)
 
 
 def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
@@ -189,17 +170,6 @@ def _label(record: dict, columns: ColumnMap, source: str) -> bool:
     return parse_label(record[key], f"{source}: {key}")
 
 
-def parse_label(value: Any, where: str) -> bool:
-    """bool, 0/1, or true/false, yes/no, t/f, y/n, 1/0, desirable/undesirable (any case)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise InputError(f"{where} {_short(value)} is not boolean-like (expected true/false, 1/0, yes/no)")
-
-
 def _paired(record: dict, columns: ColumnMap, base_id: str, source: str) -> list[Example]:
     _require(record, (columns.chosen, columns.rejected), columns, source)
     if _present(record, columns.prompt):
@@ -295,7 +265,7 @@ def _message(raw: Any, where: str) -> Message:
     else:
         raise InputError(f"{where}: message has no 'role' (or ShareGPT 'from')")
     if role not in ROLES:
-        raise InputError(f"{where}: unknown role {_short(role)} (expected {', '.join(ROLES)})")
+        raise InputError(f"{where}: unknown role {shown(role)} (expected {', '.join(ROLES)})")
     return {"role": role, "content": _text(content, where)}
 
 
@@ -309,7 +279,7 @@ def _text(content: Any, where: str) -> str:
     for i, part in enumerate(content, 1):
         is_dict = isinstance(part, dict)
         if not (is_dict and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            kind = _short(part.get("type")) if is_dict else kind_name(part)
+            kind = shown(part.get("type")) if is_dict else kind_name(part)
             raise InputError(f"{where}: content part {i} is {kind}, not text")
         texts.append(part["text"])
     return _unicode("".join(texts), where)
@@ -342,11 +312,3 @@ def _check_unique_ids(examples: list[Example]) -> None:
             same = first.source == ex.source
             hint = " (two input files share this name, or one file is given twice)" if same else ""
             raise InputError(f"duplicate id {ex.id!r}: {first.source} and {ex.source}{hint}")
-
-
-# ---- message helpers: every user-facing message must stay on one line -------------------------
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)  # repr escapes newlines, keeping the message on one line
-    return text if len(text) <= limit else text[: limit - 3] + "..."

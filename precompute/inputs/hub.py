@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_tree
-from kto.formats.shards import sha256_file
+from kto.formats.files import regular_tree, sha256_file
 
 from .records import one_line
 

@@ -19,8 +19,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_file
-from kto.formats.shards import sha256_file
+from kto.formats.files import regular_file, sha256_file
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + ARROW_SUFFIXES

@@ -25,6 +25,7 @@ from typing import Any
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file
 
+from .example import Example, parse_label
 from .records import kind_name, one_line
 
 
@@ -112,8 +113,6 @@ def _pick_entry(data: Any, name: str, where: str) -> Any:
 
 def sharegpt_examples(record: dict, smap: ShareGPTMap, label_column: str, base_id: str, source: str) -> list:
     """One row in ShareGPT shape -> one Example (kto_tag/label) or two (chosen/rejected)."""
-    from .examples import Example  # examples.py imports this module
-
     where = f"{source}: column '{smap.messages}'"
     turns = record[smap.messages]
     if not isinstance(turns, list):
@@ -213,8 +212,6 @@ def _completion_turn(raw: Any, smap: ShareGPTMap, where: str) -> dict:
 
 
 def _kto_label(record: dict, smap: ShareGPTMap, label_column: str, source: str) -> bool:
-    from .examples import parse_label
-
     for key in (smap.kto_tag, label_column):
         if _present(record, key):
             return parse_label(record[key], f"{source}: {key}")

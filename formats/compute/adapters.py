@@ -1,0 +1,51 @@
+"""Reading LoRA adapter directories (peft's layout), next to model loading: kto-train resumes
+from them and `kto-inspect score` scores a policy through them, and inspection/ does not import
+train/. Training adapters (building, quantizing, saving, merging) stays in train/adapters.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from ..files import read_json
+
+if TYPE_CHECKING:
+    import torch
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def require_peft(flag: str = "--lora-r") -> Any:
+    """The peft module, or InputError naming `flag` when it is not installed."""
+    try:
+        import peft
+    except ImportError:
+        raise InputError(f"{flag}: needs peft, which is not installed (pip install 'kto-offline[lora]')") from None
+    return peft
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_config(adapter_dir: Path) -> dict:
+    """DIR/adapter_config.json as a mapping; InputError `PATH: unreadable (…)` otherwise."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: unreadable (not a JSON object)")
+    return config
+
+
+def base_model_of(adapter_dir: Path) -> str | None:
+    """The base model peft recorded in DIR/adapter_config.json, if any."""
+    return adapter_config(adapter_dir).get("base_model_name_or_path")
+
+
+def with_adapters(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+    """The base with the adapters of `adapter_dir` on it, for inference (eval mode, not trainable)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False).eval()
