@@ -1,7 +1,8 @@
 """What the user reads on stderr: one exception type for every input problem, one `log`.
 
 The CLIs catch `InputError` and print its message as a single line (no traceback), so the
-message itself must name the file, row or flag that is wrong.
+message itself must name the file, row or flag that is wrong. Under several processes, a check
+that only the main process makes reaches every rank through `on_main`.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # annotations only: this module imports no accelerate (or torch)
     from accelerate import Accelerator
+
+T = TypeVar("T")
 
 
 def log(msg: str, accelerator: Accelerator | None = None) -> None:
@@ -42,3 +45,27 @@ def one_line_errors(prog: str) -> Callable:
         return wrapper
 
     return decorate
+
+
+def on_main(fn: Callable[[], T], state: Any) -> T:
+    """Run `fn` on the main process only and hand its result, or its InputError, to every rank,
+    so that all ranks go on together or all stop with the same line (a rank that stopped alone
+    would leave the others waiting in the next collective). The other ranks wait here meanwhile.
+
+    `state`: an accelerate `Accelerator` or `PartialState` (is_main_process, num_processes).
+    kto-precompute (taking --out) and kto-train (taking --out, choosing the checkpoint) share it.
+    """
+    if state.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list  # only with several processes
+
+    box = [None, None]
+    if state.is_main_process:
+        try:
+            box[0] = fn()
+        except InputError as exc:
+            box[1] = str(exc)
+    broadcast_object_list(box, from_process=0)
+    if box[1] is not None:
+        raise InputError(box[1])
+    return box[0]

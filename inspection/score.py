@@ -87,10 +87,8 @@ def score_cache(
     import pyarrow.parquet as pq
     import torch
 
-    from kto.formats.compute.logprob import CompletionLogps
     from kto.formats.compute.models import (
         ModelSource,
-        load_causal_lm,
         load_completion_logps,
         load_tokenizer,
         model_identity,
@@ -129,14 +127,18 @@ def score_cache(
         log("note: --model is the cache's reference model; every reward should be about 0")
     if adapter_dir:
         require_peft("--model")
-        lm = load_causal_lm(source, dtype=numerics.weights, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-        # Not merged: the adapters are applied as kto-train applied them, so the numbers match its.
-        scorer = CompletionLogps(with_adapters(lm, adapter_dir).to(device).eval(), chunk_size=chunk_size)
+    # Not merged: the adapters are applied as kto-train applied them, so the numbers match its.
+    scorer = load_completion_logps(
+        source,
+        dtype=numerics.weights,
+        device=device,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        chunk_size=chunk_size,
+        adjust=(lambda lm: with_adapters(lm, adapter_dir)) if adapter_dir else None,
+    )
+    if adapter_dir:
         log(f"note: scoring {source.directory} with the LoRA adapters of {adapter_dir}")
-    else:
-        scorer = load_completion_logps(
-            source, dtype=numerics.weights, device=device, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, chunk_size=chunk_size
-        )
     parts = []
     for k, entry in enumerate(manifest.shards):
         table = cache.read_shard(k)  # sha256, schema, row count and values; one shard at a time

@@ -28,7 +28,7 @@ import pyarrow as pa
 from kto.formats import schema as S
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
 from kto.formats.compute.models import TOKENIZER_CHECK_NAME
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, on_main
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import CacheContent
 from kto.formats.shards import VERIFIED_NAME
@@ -270,21 +270,12 @@ def claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, h
     The lock is taken before any process writes (the others only start after the broadcast),
     and a refusal reaches every process, so none is left waiting in a collective.
     """
-    error = None
-    if state.is_main_process:
-        try:
-            for name, out in outs.items():  # before the lock file: nothing is written into a folder not ours
-                refuse_foreign(out, with_eval=contents[name].split != "eval", temps_pending=True)
-            held.enter_context(locked_dir(cfg.out, "--out"))
-            for name, out in outs.items():
-                prepare_out_dir(out, contents[name], layout, cfg.overwrite)
-        except InputError as exc:
-            error = str(exc)
-    if state.num_processes > 1:
-        import torch.distributed as dist
 
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error is not None:
-        raise InputError(error)
+    def prepare() -> None:
+        for name, out in outs.items():  # before the lock file: nothing is written into a folder not ours
+            refuse_foreign(out, with_eval=contents[name].split != "eval", temps_pending=True)
+        held.enter_context(locked_dir(cfg.out, "--out"))
+        for name, out in outs.items():
+            prepare_out_dir(out, contents[name], layout, cfg.overwrite)
+
+    on_main(prepare, state)

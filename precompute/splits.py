@@ -17,7 +17,7 @@ from kto.formats.manifest import Counts
 
 from .config import PrecomputeConfig
 from .pairing import kl_partners
-from .staging import StagedIndex, StagingReader, check_unique_ids, read_index
+from .staging import StagedIndex, StagingReader, check_staged_ids, read_index
 from .tokenize import PromptCut, Truncation
 
 
@@ -110,7 +110,7 @@ def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bo
     """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts."""
     truncation = Truncation(cfg.max_length, cfg.max_prompt_length, bos_id)
     index = read_index(path)
-    check_unique_ids(index, path)
+    check_staged_ids(index, path)
     if index.n < 2:
         files = ", ".join(str(p) for p in cfg.data) or "no input files"
         raise InputError(f"need at least 2 examples, got {index.n} (from {files})")

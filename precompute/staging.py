@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from kto.formats.atomic import atomic_path
-from kto.formats.errors import InputError
+
+from .inputs.example import check_unique_ids
 
 PREFIX = ".staging-"
 BLOCK = 2048
@@ -275,18 +276,8 @@ class StagingReader:
         return values[offsets[o] : offsets[o + 1]].copy()
 
 
-def check_unique_ids(index: StagedIndex, path: Path) -> None:
-    """Ids must be unique over every staged row (dropped ones too), as read_examples required."""
-    order = np.argsort(index.id_key, kind="stable")
-    dup = np.flatnonzero(index.id_key[order][1:] == index.id_key[order][:-1])
-    if not len(dup):
-        return
+def check_staged_ids(index: StagedIndex, path: Path) -> None:
+    """Ids must be unique over every staged row (dropped ones too), as read_examples required:
+    the one check (inputs/example.py), on the 64-bit id hashes of the index."""
     with StagingReader(path) as reader:
-        for d in dup:
-            i, j = sorted((int(order[d]), int(order[d + 1])))
-            first, second = reader.value("id", i), reader.value("id", j)
-            if first != second:
-                continue  # a 64-bit hash collision between two different ids
-            a, b = reader.value("source", i), reader.value("source", j)
-            hint = " (two input files share this name, or one file is given twice)" if a == b else ""
-            raise InputError(f"duplicate id {first!r}: {a} and {b}{hint}")
+        check_unique_ids(index.id_key, lambda i: reader.value("id", i), lambda i: reader.value("source", i))

@@ -7,7 +7,7 @@ folder holding a user's own config.json) is refused on one line naming the first
 before anything is written there, the lock file included.
 
 Only the main process writes here. It takes the lock first; the other ranks wait for its answer
-(step.on_main), so none of them starts while another kto-train holds the directory.
+(formats.errors.on_main), so none of them starts while another kto-train holds the directory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, on_main
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of
 from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
@@ -27,7 +27,6 @@ from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_re
 from .adapters import MERGED_DIR
 from .checkpoint import CHECKPOINT_RE, checkpoints, usable_checkpoint
 from .config import TrainConfig
-from .step import on_main
 
 # Settings that may differ on --resume: how often things are logged, saved and evaluated, where
 # metrics go, and memory/speed knobs whose maths is the same. Everything else (β, loss, weights,

@@ -6,8 +6,10 @@ The reference model is never loaded: its numbers come from the cache.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,7 +26,7 @@ from kto.formats.compute.models import (
     resolve_source,
 )
 from kto.formats.compute.numerics import torch_dtype
-from kto.formats.errors import InputError, log
+from kto.formats.errors import InputError, log, on_main
 from kto.formats.memory import MemoryMeter
 
 from . import adapters, sharding
@@ -35,7 +37,10 @@ from .data import MicroBatchShape, steps_per_epoch
 from .metrics import MetricsWriter
 from .optim import build_optimizer, build_scheduler
 from .rundir import config_record, open_run_dir, write_record
-from .step import LossSettings, on_main
+from .step import LossSettings
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @dataclass
@@ -155,8 +160,14 @@ def apply_class_balance(cfg: TrainConfig, counts, accelerator) -> TrainConfig:
     return cfg
 
 
-def load_policy(cfg: TrainConfig, init) -> CompletionLogps:
-    """The policy from `init` (--model or a checkpoint) in train mode; accelerate places it."""
+def load_policy(cfg: TrainConfig, init: ModelSource, adapt: Callable[[torch.nn.Module], torch.nn.Module] = lambda lm: lm, **load: Any) -> CompletionLogps:
+    """The policy from `init` (--model or a checkpoint) in train mode, dropout and checkpointing
+    set, then `adapt` (adapters) on it; accelerate places it unless `load` holds a device_map."""
+
+    def adjust(lm: torch.nn.Module) -> torch.nn.Module:
+        prepare_for_training(cfg, lm)
+        return adapt(lm)
+
     return load_completion_logps(
         init,
         dtype=torch_dtype(cfg.dtype),
@@ -164,11 +175,12 @@ def load_policy(cfg: TrainConfig, init) -> CompletionLogps:
         trust_remote_code=cfg.trust_remote_code,
         chunk_size=cfg.chunk_size,
         training=True,
-        adjust=lambda lm: prepare_for_training(cfg, lm),
+        adjust=adjust,
+        **load,
     )
 
 
-def prepare_for_training(cfg: TrainConfig, lm) -> None:
+def prepare_for_training(cfg: TrainConfig, lm: torch.nn.Module) -> None:
     if not cfg.keep_dropout:
         disable_dropout(lm)
     if cfg.gradient_checkpointing:
@@ -181,14 +193,14 @@ def prepare_for_training(cfg: TrainConfig, lm) -> None:
     lm.config.use_cache = False
 
 
-def load_base(cfg: TrainConfig):
+def load_base(cfg: TrainConfig) -> torch.nn.Module:
     """--model as it is on disk, unquantized, in --dtype: what adapters are merged into."""
     return load_causal_lm(
         resolve_source(cfg.model), dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code
     )
 
 
-def build_policy(cfg: TrainConfig, source, resume_from, accelerator) -> CompletionLogps:
+def build_policy(cfg: TrainConfig, source: ModelSource, resume_from: Path | None, accelerator: Accelerator) -> CompletionLogps:
     """The model to train: --model; a whole-model checkpoint; or --model plus adapters (fresh, or
     from an adapter checkpoint). A sharded (FSDP) checkpoint's weights are loaded after prepare."""
     sharded = sharding.is_sharded_checkpoint(resume_from)
@@ -199,30 +211,25 @@ def build_policy(cfg: TrainConfig, source, resume_from, accelerator) -> Completi
     init = resolve_source(str(resume_from)) if whole else source
     if not adapters.enabled(cfg):
         return load_policy(cfg, init)
+
+    def with_adapters(lm: torch.nn.Module) -> torch.nn.Module:
+        if resume_from is not None and not sharded:
+            return adapters.load_adapters(cfg, lm, resume_from)
+        if resume_from is not None:
+            adapters.check_adapter_settings(cfg, lm, resume_from)
+        return adapters.add_adapters(cfg, lm)
+
     quantization = adapters.quantization_config(cfg, "cuda" if torch.cuda.is_available() else "cpu")
     # bitsandbytes weights cannot be moved after loading: put them on this process's device.
     device_map = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"} if quantization else None
-    lm = load_causal_lm(
-        init,
-        dtype=torch_dtype(cfg.dtype),
-        attn_implementation=cfg.attn_implementation,
-        trust_remote_code=cfg.trust_remote_code,
-        quantization_config=quantization,
-        device_map=device_map,
-    )
-    prepare_for_training(cfg, lm)
-    if resume_from is not None and not sharded:
-        lm = adapters.load_adapters(cfg, lm, resume_from)
-    else:
-        if resume_from is not None:
-            adapters.check_adapter_settings(cfg, lm, resume_from)
-        lm = adapters.add_adapters(cfg, lm)
+    policy = load_policy(cfg, init, with_adapters, quantization_config=quantization, device_map=device_map)
+    lm = policy.lm
     log(
         f"LoRA r = {cfg.lora_r} on {', '.join(sorted(lm.peft_config['default'].target_modules))}: "
         f"{sum(p.numel() for p in lm.parameters() if p.requires_grad):,} trainable parameters",
         accelerator,
     )
-    return CompletionLogps(lm.train(), chunk_size=cfg.chunk_size)
+    return policy
 
 
 @dataclass

@@ -25,20 +25,16 @@ Collectives per optimizer step with several processes (none with one):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from kto.formats.compute.logprob import sequence_sums
-from kto.formats.errors import InputError
 
 from .data import KTOMicroBatch
 from .loss import KLEstimate, KTOLossOutput, LossType, kl_estimate, kto_loss
-
-T = TypeVar("T")
 
 
 class StepStats(NamedTuple):
@@ -109,26 +105,6 @@ def all_reduce_max(value: float, accelerator) -> float:
     if accelerator.num_processes == 1:
         return value
     return float(accelerator.gather(torch.tensor([value], device=accelerator.device)).max())
-
-
-def on_main(fn: Callable[[], T], accelerator) -> T:
-    """Run `fn` on the main process only and hand its result, or its InputError, to every rank,
-    so that all ranks go on together or all stop with the same line (a rank that stopped alone
-    would leave the others waiting in the next collective). The other ranks wait here meanwhile."""
-    if accelerator.num_processes == 1:
-        return fn()
-    from accelerate.utils import broadcast_object_list
-
-    box = [None, None]
-    if accelerator.is_main_process:
-        try:
-            box[0] = fn()
-        except InputError as exc:
-            box[1] = str(exc)
-    broadcast_object_list(box, from_process=0)
-    if box[1] is not None:
-        raise InputError(box[1])
-    return box[0]
 
 
 @dataclass(frozen=True)

@@ -129,21 +129,31 @@ def load_completion_logps(
     *,
     dtype: torch.dtype,
     device: torch.device | str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     chunk_size: int = 1024,
     training: bool = False,
-    adjust: Callable[[PreTrainedModel], None] | None = None,
+    quantization_config: Any = None,
+    adjust: Callable[[PreTrainedModel], torch.nn.Module] | None = None,
 ) -> CompletionLogps:
-    """THE model-loading sequence of every phase: the causal LM from `source`, `adjust(lm)` (kto-train
-    turns dropout off and checkpointing on there), onto `device` unless `device_map` placed it
-    (kto-train leaves that to accelerate), wrapped in `CompletionLogps` in train or eval mode."""
+    """THE model-loading sequence of every phase: the causal LM from `source`, then `adjust(lm)`,
+    which returns the model to score with (kto-train turns dropout off and checkpointing on, and
+    puts LoRA adapters on; `kto-inspect score` puts a run's adapters on), onto `device` unless
+    `device_map` placed it (kto-train leaves that to accelerate), wrapped in `CompletionLogps` in
+    train or eval mode."""
     from .logprob import CompletionLogps
 
-    lm = load_causal_lm(source, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, device_map=device_map)
+    lm = load_causal_lm(
+        source,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        device_map=device_map,
+        quantization_config=quantization_config,
+    )
     if adjust is not None:
-        adjust(lm)
+        lm = adjust(lm)
     if device is not None and device_map is None:
         lm = lm.to(device)
     return CompletionLogps(lm.train(training), chunk_size=chunk_size)

@@ -18,7 +18,7 @@ which columns hold a value (names from `ColumnMap`):
 `save_to_disk` directory; its rows go through the same checks.
 
 Every problem raises `InputError` with one line naming the file and 1-based row (JSONL: the line).
-pyarrow and the standard library only: polars stays out of this import path.
+pyarrow, numpy and the standard library only: polars stays out of this import path.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kto.formats.errors import InputError
 
-from .example import Example, Message, parse_label, shown
+from .example import Example, Message, check_unique_ids, parse_label, shown
 from .records import SUFFIXES, file_sha256, kind_name, one_line, read_file, records  # noqa: F401  (re-exported)
 from .sharegpt import ShareGPTMap, sharegpt_examples, tools_of, with_system
 
@@ -72,7 +74,7 @@ def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), s
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     inputs: list[dict] = []
     examples = list(iter_examples(paths, columns, sharegpt, inputs))
-    _check_unique_ids(examples)
+    check_unique_ids(np.array([ex.id for ex in examples], dtype=object), lambda i: examples[i].id, lambda i: examples[i].source)
     if len(examples) < 2:
         files = ", ".join(str(p) for p in paths) or "no input files"
         raise InputError(f"need at least 2 examples, got {len(examples)} (from {files})")
@@ -301,14 +303,3 @@ def _unicode(text: str, where: str) -> str:
             f"{where}: a lone surrogate {text[e.start]!r} at character {e.start + 1} is not Unicode text (is the JSON's \\u escape cut in half?)"
         ) from None
     return text
-
-
-def _check_unique_ids(examples: list[Example]) -> None:
-    seen: dict[str, Example] = {}
-    for ex in examples:
-        first = seen.setdefault(ex.id, ex)
-        if first is not ex:
-            # Ids default to file name + row, so two files with one name collide.
-            same = first.source == ex.source
-            hint = " (two input files share this name, or one file is given twice)" if same else ""
-            raise InputError(f"duplicate id {ex.id!r}: {first.source} and {ex.source}{hint}")
