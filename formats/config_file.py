@@ -32,7 +32,7 @@ def load_config_file(path: str | Path, known: Iterable[str]) -> dict:
         raw = tomllib.loads(text) if is_toml else _load_yaml(text, path)
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001  (yaml and tomllib raise their own types)
+    except Exception as exc:  # yaml and tomllib raise their own types
         detail = " ".join(str(exc).split())
         raise InputError(f"--config {path}: not valid {'TOML' if is_toml else 'YAML'} ({detail})") from exc
     if not isinstance(raw, dict):

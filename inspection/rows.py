@@ -185,7 +185,7 @@ def load_cache_tokenizer(cache_dir: str | Path):
 def describe_rows(df, tokenizer, *, flag: int = 3) -> list[dict]:
     """Per row: metadata, decoded texts, and per-token reference log-probs (the `flag` least
     likely tokens marked). Special tokens are kept, so the text is what was scored."""
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
     out = []
     for row in df.iter_rows(named=True):
         ids, logps = row[S.COMPLETION_IDS], row[S.REF_TOKEN_LOGPS]

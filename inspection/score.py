@@ -12,7 +12,9 @@ directory (kto-precompute would take a foreign file there for someone else's dat
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +24,13 @@ from kto.formats.atomic import atomic_path
 from kto.formats.cache import open_cache
 from kto.formats.compute.adapters import base_model_of, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError, log
+
+if TYPE_CHECKING:
+    import torch
+
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.compute.numerics import Numerics
+    from kto.formats.manifest import Manifest
 
 DEFAULT_BETA = 0.1
 SCORE_SCHEMA = pa.schema(
@@ -85,93 +94,113 @@ def score_cache(
     beta None: the run's β when `model` is a kto-train run's final/ or checkpoint-STEP/ (read
     from its RUN/kto_run.json), else DEFAULT_BETA."""
     import pyarrow.parquet as pq
-    import torch
-
-    from kto.formats.compute.models import (
-        ModelSource,
-        load_completion_logps,
-        load_tokenizer,
-        model_identity,
-        require_cache_tokenizer,
-        resolve_source,
-    )
-    from kto.formats.compute.numerics import parse_numerics
-    from kto.formats.compute.scoring import score_sequences
 
     cache_dir, out = Path(cache_dir), Path(out)
-    if beta is None:
-        beta, record = run_beta(model)
-        if beta is None:
-            beta = DEFAULT_BETA
-        else:
-            log(f"β = {beta:g}, the run's, from {record}")
+    beta = _beta_for(beta, model, log)
     if not cache_dir.is_dir():
         raise InputError(f"{cache_dir}: no such cache directory")
     _check_flags(beta, batch_tokens, chunk_size, dtype, out, cache_dir)
     cache = open_cache(cache_dir)
     manifest = cache.manifest
-    adapter_dir = _adapter_dir(model)
-    source = resolve_source(_base_of(adapter_dir, base_model), flag="--base-model") if adapter_dir else resolve_source(model)
-    # A kto-train adapter dir (OUT/final under LoRA) holds the run's tokenizer beside the adapters.
-    tokenizer = load_tokenizer(ModelSource(adapter_dir) if adapter_dir else source, trust_remote_code=trust_remote_code)
-    require_cache_tokenizer(tokenizer, manifest.content.tokenizer, model)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
-    ref_numerics = manifest.content.dtype
-    if ref_numerics != numerics.name:
-        log(
-            f"note: the cached reference log-probs were computed in {ref_numerics}; scoring in "
-            f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)"
-        )
-    if not adapter_dir and manifest.content.scored_with(model_identity(source)):
-        log("note: --model is the cache's reference model; every reward should be about 0")
-    if adapter_dir:
-        require_peft("--model")
-    # Not merged: the adapters are applied as kto-train applied them, so the numbers match its.
-    scorer = load_completion_logps(
-        source,
-        dtype=numerics.weights,
-        device=device,
-        attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code,
-        chunk_size=chunk_size,
-        adjust=(lambda lm: with_adapters(lm, adapter_dir)) if adapter_dir else None,
-    )
-    if adapter_dir:
-        log(f"note: scoring {source.directory} with the LoRA adapters of {adapter_dir}")
+    scorer = _Scorer.load(model, base_model, manifest, dtype, attn_implementation, trust_remote_code, chunk_size, log)
     parts = []
     for k, entry in enumerate(manifest.shards):
         table = cache.read_shard(k)  # sha256, schema, row count and values; one shard at a time
+        parts.append(scorer.score_shard(table, batch_tokens, beta))
+        log(f"scored {entry.name} ({k + 1}/{len(manifest.shards)}, {table.num_rows} rows)")
+    result = pa.concat_tables(parts) if parts else SCORE_SCHEMA.empty_table()
+    meta = {"kto.cache_fingerprint": manifest.fingerprint, "kto.beta": repr(beta), "kto.model": str(model), "kto.dtype": scorer.numerics.name}
+    with atomic_path(out) as tmp:
+        pq.write_table(result.replace_schema_metadata(meta), tmp)
+    return {"out": str(out), "model": str(model), "beta": beta, **summarize_scores(result)}
+
+
+def _beta_for(beta: float | None, model: str, log: Callable[[str], None]) -> float:
+    """--beta, else the run's β (said on stderr), else DEFAULT_BETA."""
+    if beta is not None:
+        return beta
+    beta, record = run_beta(model)
+    if beta is None:
+        return DEFAULT_BETA
+    log(f"β = {beta:g}, the run's, from {record}")
+    return beta
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """The policy as kto-train computes its log-probs, with its tokenizer and numerics."""
+
+    completion_logps: CompletionLogps
+    pad_id: int
+    numerics: Numerics
+    device: torch.device
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        base_model: str | None,
+        manifest: Manifest,
+        dtype: str,
+        attn_implementation: str,
+        trust_remote_code: bool,
+        chunk_size: int,
+        log: Callable[[str], None],
+    ) -> _Scorer:
+        import torch
+
+        from kto.formats.compute.models import ModelSource, load_completion_logps, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
+        from kto.formats.compute.numerics import parse_numerics
+
+        adapter_dir = _adapter_dir(model)
+        source = resolve_source(_base_of(adapter_dir, base_model), flag="--base-model") if adapter_dir else resolve_source(model)
+        # A kto-train adapter dir (OUT/final under LoRA) holds the run's tokenizer beside the adapters.
+        tokenizer = load_tokenizer(ModelSource(adapter_dir) if adapter_dir else source, trust_remote_code=trust_remote_code)
+        require_cache_tokenizer(tokenizer, manifest.content.tokenizer, model)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
+        ref_numerics = manifest.content.dtype
+        if ref_numerics != numerics.name:
+            log(
+                f"note: the cached reference log-probs were computed in {ref_numerics}; scoring in "
+                f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)"
+            )
+        if not adapter_dir and manifest.content.scored_with(model_identity(source)):
+            log("note: --model is the cache's reference model; every reward should be about 0")
+        if adapter_dir:
+            require_peft("--model")
+        # Not merged: the adapters are applied as kto-train applied them, so the numbers match its.
+        completion_logps = load_completion_logps(
+            source,
+            dtype=numerics.weights,
+            device=device,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            chunk_size=chunk_size,
+            adjust=(lambda lm: with_adapters(lm, adapter_dir)) if adapter_dir else None,
+        )
+        if adapter_dir:
+            log(f"note: scoring {source.directory} with the LoRA adapters of {adapter_dir}")
+        return cls(completion_logps, tokenizer.pad_token_id, numerics, device)
+
+    def score_shard(self, table: pa.Table, batch_tokens: int, beta: float) -> pa.Table:
+        """One shard's rows: id, label, the policy's and the reference's log-probs, the reward."""
+        from kto.formats.compute.scoring import score_sequences
+
         ids = table.column(S.ID).to_pylist()
-        with numerics.context(device.type):
+        with self.numerics.context(self.device.type):
             scored = score_sequences(
-                scorer,
+                self.completion_logps,
                 table.column(S.PROMPT_IDS).to_pylist(),
                 table.column(S.COMPLETION_IDS).to_pylist(),
                 ids,
                 batch_tokens=batch_tokens,
-                pad_id=tokenizer.pad_token_id,
-                device=device,
+                pad_id=self.pad_id,
+                device=self.device,
             )
         ref = table.column(S.REF_LOGP).to_numpy()
-        parts.append(
-            pa.table(
-                {
-                    "id": table.column(S.ID),
-                    "label": table.column(S.LABEL),
-                    "policy_logp": scored.sums,
-                    "ref_logp": ref,
-                    "reward": beta * (scored.sums - ref),
-                },
-                schema=SCORE_SCHEMA,
-            )
-        )
-        log(f"scored {entry.name} ({k + 1}/{len(manifest.shards)}, {table.num_rows} rows)")
-    result = pa.concat_tables(parts) if parts else SCORE_SCHEMA.empty_table()
-    meta = {"kto.cache_fingerprint": manifest.fingerprint, "kto.beta": repr(beta), "kto.model": str(model), "kto.dtype": numerics.name}
-    with atomic_path(out) as tmp:
-        pq.write_table(result.replace_schema_metadata(meta), tmp)
-    return {"out": str(out), "model": str(model), "beta": beta, **summarize_scores(result)}
+        columns = {"id": table.column(S.ID), "label": table.column(S.LABEL), "policy_logp": scored.sums, "ref_logp": ref, "reward": beta * (scored.sums - ref)}
+        return pa.table(columns, schema=SCORE_SCHEMA)
 
 
 def _adapter_dir(model: str) -> Path | None:
@@ -194,7 +223,7 @@ def summarize_scores(table: pa.Table) -> dict:
     reward = table.column("reward").to_numpy()
     delta = table.column("policy_logp").to_numpy() - table.column("ref_logp").to_numpy()
     d, u = delta[label], delta[~label]
-    mean = lambda x: float(np.mean(x)) if len(x) else None  # noqa: E731
+    mean = lambda x: float(np.mean(x)) if len(x) else None
     return {
         "rows": int(table.num_rows),
         "desirable": {"rows": int(len(d)), "gained": int(np.sum(d > 0)), "mean_reward": mean(reward[label])},
@@ -204,8 +233,8 @@ def summarize_scores(table: pa.Table) -> dict:
 
 def render(result: dict) -> str:
     d, u = result["desirable"], result["undesirable"]
-    pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
-    fmt = lambda v: "-" if v is None else f"{v:+.4g}"  # noqa: E731
+    pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"
+    fmt = lambda v: "-" if v is None else f"{v:+.4g}"
     return "\n".join(
         [
             f"scored {result['rows']} rows with {result['model']} (β = {result['beta']:g})",

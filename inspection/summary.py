@@ -11,6 +11,7 @@ visible in a shard, so those numbers come from the manifest.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kto.formats import schema as S
 from kto.formats.cache import open_cache
@@ -18,6 +19,9 @@ from kto.formats.errors import InputError
 from kto.formats.scanning import scan
 
 from .text import table
+
+if TYPE_CHECKING:
+    import polars as pl
 
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
 STAT_NAMES = ("count", "mean", "min") + tuple(f"p{round(q * 100)}" for q in QUANTILES) + ("max",)
@@ -43,40 +47,12 @@ def _unpack(row: dict, name: str) -> dict:
 
 def summarize(cache_dir: str | Path) -> dict:
     """Everything `kto-inspect summary` shows, as plain JSON-able data."""
-    import polars as pl
-
     cache_dir = Path(cache_dir)
     lf = scan(cache_dir)  # raises InputError for a missing dir / manifest / shard
     manifest = open_cache(cache_dir).manifest
-    lens = {name: pl.col(col).list.len() for name, col in LENGTHS.items()}
     max_length = manifest.content.max_length
     max_prompt = manifest.content.max_prompt_length
-    try:
-        overall = (
-            lf.select(
-                pl.len().alias("rows"),
-                pl.col(S.LABEL).sum().cast(pl.Int64).alias("desirable"),
-                pl.col(S.TRUNCATED).sum().cast(pl.Int64).alias("truncated"),
-                (lens["prompt"] == max_prompt).sum().cast(pl.Int64).alias("at_prompt_cap"),
-                ((lens["prompt"] + lens["completion"]) == max_length).sum().cast(pl.Int64).alias("at_max_length"),
-                *(agg for name, e in lens.items() for agg in _describe(e, name)),
-            )
-            .collect()
-            .row(0, named=True)
-        )
-        by_label = (
-            lf.group_by(S.LABEL)
-            .agg(
-                *_describe(pl.col(S.REF_LOGP), "sequence"),
-                *_describe(pl.col(S.REF_LOGP) / lens["completion"], "mean_per_token"),
-                *_describe(pl.col(S.REF_TOKEN_LOGPS).list.explode(keep_nulls=False, empty_as_null=False), "token"),
-                *_describe(pl.col(S.REF_KL_LOGP), "kl_sequence"),
-            )
-            .collect()
-            .rows(named=True)
-        )
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(f"{cache_dir}: cannot read the shards ({str(exc).splitlines()[0]}); run kto-inspect verify") from exc
+    overall, by_label = _aggregates(lf, max_length, max_prompt, cache_dir)
     rows = overall["rows"]
     labels = {("desirable" if r[S.LABEL] else "undesirable"): r for r in by_label}
     eval_dir = cache_dir / S.EVAL_DIR
@@ -103,6 +79,41 @@ def summarize(cache_dir: str | Path) -> dict:
         },
         "eval_cache": str(eval_dir) if (eval_dir / S.MANIFEST_NAME).is_file() else None,
     }
+
+
+def _aggregates(lf: pl.LazyFrame, max_length: int, max_prompt: int, cache_dir: Path) -> tuple[dict, list[dict]]:
+    """One polars pass for the whole cache (counts, caps, length statistics) and one per label
+    (reference log-prob statistics)."""
+    import polars as pl
+
+    lens = {name: pl.col(col).list.len() for name, col in LENGTHS.items()}
+    try:
+        overall = (
+            lf.select(
+                pl.len().alias("rows"),
+                pl.col(S.LABEL).sum().cast(pl.Int64).alias("desirable"),
+                pl.col(S.TRUNCATED).sum().cast(pl.Int64).alias("truncated"),
+                (lens["prompt"] == max_prompt).sum().cast(pl.Int64).alias("at_prompt_cap"),
+                ((lens["prompt"] + lens["completion"]) == max_length).sum().cast(pl.Int64).alias("at_max_length"),
+                *(agg for name, e in lens.items() for agg in _describe(e, name)),
+            )
+            .collect()
+            .row(0, named=True)
+        )
+        by_label = (
+            lf.group_by(S.LABEL)
+            .agg(
+                *_describe(pl.col(S.REF_LOGP), "sequence"),
+                *_describe(pl.col(S.REF_LOGP) / lens["completion"], "mean_per_token"),
+                *_describe(pl.col(S.REF_TOKEN_LOGPS).list.explode(keep_nulls=False, empty_as_null=False), "token"),
+                *_describe(pl.col(S.REF_KL_LOGP), "kl_sequence"),
+            )
+            .collect()
+            .rows(named=True)
+        )
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{cache_dir}: cannot read the shards ({str(exc).splitlines()[0]}); run kto-inspect verify") from exc
+    return overall, by_label
 
 
 def _pct(part: int, whole: int) -> str:

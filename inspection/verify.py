@@ -185,7 +185,7 @@ def _lengths(column: pa.ChunkedArray) -> np.ndarray:
 def _check_shard_rows(path: Path, table: pa.Table, vocab_size: int | None, report: Report) -> None:
     """Per-row checks of one shard, vectorized (no Python loop over tokens)."""
     ids = table.column(S.ID)
-    at = lambda i: f"{path} row {i + 1} (id {ids[int(i)].as_py()!r})"  # noqa: E731
+    at = lambda i: f"{path} row {i + 1} (id {ids[int(i)].as_py()!r})"
     for f in S.SHARD_SCHEMA:
         if not f.nullable and f.name not in (S.REF_LOGP, S.REF_KL_LOGP):  # those two: shard_value_problems
             nulls = np.flatnonzero(table.column(f.name).is_null().to_numpy(zero_copy_only=False))

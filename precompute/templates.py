@@ -118,5 +118,5 @@ def render(tokenizer, messages, example, template: ChatTemplate, *, add_generati
             add_generation_prompt=add_generation_prompt,
             **template.kwargs,
         )
-    except Exception as e:  # noqa: BLE001  (jinja2 and transformers raise many types)
+    except Exception as e:  # jinja2 and transformers raise many types
         raise InputError(f"{where}: {template.name} failed to render this row ({type(e).__name__}: {one_line(e)})") from None

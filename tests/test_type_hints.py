@@ -1,4 +1,5 @@
-"""Every public function of formats/ (the contract) says what it takes and returns (issue 11).
+"""Every public function of formats/ (the contract, issue 11) and of train/ (issue 20) says what
+it takes and returns.
 
 Public: a top-level function, or a method of a top-level class, whose name does not start with
 `_` (dunders other than __init__ are the data model's, typed by Python). The package is walked
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ast
 
+import pytest
 from test_boundaries import modules_of
 
 
@@ -36,8 +38,9 @@ def unannotated(tree: ast.Module) -> list[str]:
     return found
 
 
-def test_every_public_function_of_formats_is_annotated():
-    missing = {name: bad for name, path in modules_of("kto.formats") if (bad := unannotated(ast.parse(path.read_text())))}
+@pytest.mark.parametrize("package", ["kto.formats", "kto.train"])
+def test_every_public_function_is_annotated(package):
+    missing = {name: bad for name, path in modules_of(package) if (bad := unannotated(ast.parse(path.read_text())))}
     assert not missing, missing
 
 

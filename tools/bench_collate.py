@@ -35,16 +35,16 @@ import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
+import _bench_common as C
 
-from kto.formats import schema as S  # noqa: E402
-from kto.formats.cache import ShardedCache, open_cache  # noqa: E402
-from kto.formats.compute.logprob import TokenBatch  # noqa: E402
-from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity  # noqa: E402
-from kto.formats.manifest import Counts, Manifest, ShardEntry  # noqa: E402
-from kto.formats.shards import write_shard  # noqa: E402
-from kto.precompute.output import shard_table  # noqa: E402
-from kto.train.data import KTOMicroBatch, MicroBatchShape, collate_micro_batch, epoch_plan  # noqa: E402
+from kto.formats import schema as S
+from kto.formats.cache import ShardedCache, open_cache
+from kto.formats.compute.logprob import TokenBatch
+from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
+from kto.formats.manifest import Counts, Manifest, ShardEntry
+from kto.formats.shards import write_shard
+from kto.precompute.output import shard_table
+from kto.train.data import KTOMicroBatch, MicroBatchShape, collate_micro_batch, epoch_plan
 
 # --- the old path, verbatim (before zero-copy batches) ---------------------------------------
 
@@ -97,7 +97,7 @@ def batches_equal(a: KTOMicroBatch, b: KTOMicroBatch) -> bool:
         x.policy.input_ids,
         x.policy.attention_mask,
         x.policy.score_mask,
-        x.kl.input_ids,  # noqa: E731
+        x.kl.input_ids,
         x.kl.attention_mask,
         x.kl.score_mask,
         x.ref_logp,

@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
+import _bench_common as C
 
-from kto.formats.compute.logprob import CompletionLogps, make_token_batch  # noqa: E402
-from kto.formats.compute.numerics import Numerics, parse_numerics  # noqa: E402
-from kto.formats.compute.scoring import score_sequences  # noqa: E402
-from kto.formats.compute.token_budget import padding_fraction, token_budget_batches  # noqa: E402
+from kto.formats.compute.logprob import CompletionLogps, make_token_batch
+from kto.formats.compute.numerics import Numerics, parse_numerics
+from kto.formats.compute.scoring import score_sequences
+from kto.formats.compute.token_budget import padding_fraction, token_budget_batches
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
+import _bench_common as C
 
 SHAPE = "micro"  # hidden size 8, 1 layer: the model costs next to nothing, the data path is measured
 VOCAB = C.SHAPES[SHAPE]["vocab_size"]

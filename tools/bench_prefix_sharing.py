@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
+import _bench_common as C
 
-from kto.formats.compute.logprob import CompletionLogps  # noqa: E402
-from kto.formats.compute.numerics import Numerics, parse_numerics  # noqa: E402
-from kto.formats.compute.scoring import plan_scoring, score_sequences  # noqa: E402
+from kto.formats.compute.logprob import CompletionLogps
+from kto.formats.compute.numerics import Numerics, parse_numerics
+from kto.formats.compute.scoring import plan_scoring, score_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def paired_sequences(rows: int, max_len: int, vocab_size: int, seed: int = 0):
     """rows/2 prompts, each with a chosen and a rejected answer: prompt 60-85 % of a sequence,
     read as a paired file (one desirable and one undesirable row per pair)."""
     rng = random.Random(seed)
-    words = lambda n: " ".join(f"w{rng.randrange(C.FIRST_WORD_ID, vocab_size)}" for _ in range(max(n, 1)))  # noqa: E731
+    words = lambda n: " ".join(f"w{rng.randrange(C.FIRST_WORD_ID, vocab_size)}" for _ in range(max(n, 1)))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "paired.jsonl"
         with open(data, "w") as f:

@@ -37,15 +37,15 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
+import _bench_common as C
 
-from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
-from kto.formats.compute.numerics import Numerics, parse_numerics  # noqa: E402
-from kto.train.data import KTOMicroBatch  # noqa: E402
-from kto.train.loss import LossType  # noqa: E402
-from kto.train.optim import build_optimizer, build_scheduler  # noqa: E402
-from kto.train.setup import disable_dropout  # noqa: E402
-from kto.train.step import LossSettings, forward_backward, optimizer_step  # noqa: E402
+from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums
+from kto.formats.compute.numerics import Numerics, parse_numerics
+from kto.train.data import KTOMicroBatch
+from kto.train.loss import LossType
+from kto.train.optim import build_optimizer, build_scheduler
+from kto.train.setup import disable_dropout
+from kto.train.step import LossSettings, forward_backward, optimizer_step
 
 PRECISIONS = ("bf16", "amp-bf16", "fp32", "fp32-autocast-bf16")
 ALIASES = {"fp32-autocast-bf16": "amp-bf16"}
@@ -245,7 +245,7 @@ def run_trl(
     n_prompt = max(1, seq_len // 4) - 1  # BOS is added in front of the prompt
     n_completion = seq_len - n_prompt - 2  # and EOS after the completion
     g = torch.Generator().manual_seed(0)
-    words = lambda n: " ".join(f"w{i}" for i in torch.randint(C.FIRST_WORD_ID, tok.vocab_size, (n,), generator=g).tolist())  # noqa: E731
+    words = lambda n: " ".join(f"w{i}" for i in torch.randint(C.FIRST_WORD_ID, tok.vocab_size, (n,), generator=g).tolist())
     n_rows = batch_size * steps
     data = Dataset.from_list([{"prompt": words(n_prompt), "completion": " " + words(n_completion), "label": i % 2 == 0} for i in range(n_rows)])
     lm = make_policy(shape, precision, device, gradient_checkpointing)

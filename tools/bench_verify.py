@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import build_tokenizer, kl_partners, length_mix, synthetic_content  # noqa: E402
+from _bench_common import build_tokenizer, kl_partners, length_mix, synthetic_content
 
 MAX_LEN, ROWS_PER_SHARD, VOCAB = 2048, 4096, 49152
 

@@ -46,28 +46,28 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
-import bench_precompute  # noqa: E402
-import bench_prefix_sharing  # noqa: E402
-import bench_train_step  # noqa: E402
+import _bench_common as C
+import bench_precompute
+import bench_prefix_sharing
+import bench_train_step
 
-import kto.precompute.pipeline as pipeline  # noqa: E402
-import kto.train.setup as train_setup  # noqa: E402
-from kto.formats.cache import open_cache  # noqa: E402
-from kto.formats.compute.models import (  # noqa: E402
+import kto.precompute.pipeline as pipeline
+import kto.train.setup as train_setup
+from kto.formats.cache import open_cache
+from kto.formats.compute.models import (
     load_tokenizer,
     model_identity,
-    require_cache_tokenizer,  # noqa: E402
+    require_cache_tokenizer,
     resolve_source,
 )
-from kto.formats.compute.numerics import parse_numerics  # noqa: E402
-from kto.formats.compute.token_budget import token_budget_batches  # noqa: E402
-from kto.formats.compute.token_logps import token_logps  # noqa: E402
-from kto.precompute.config import PrecomputeConfig  # noqa: E402
-from kto.train.config import TrainConfig  # noqa: E402
-from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan  # noqa: E402
-from kto.train.loop import step_micro_batches  # noqa: E402
-from kto.train.rundir import lock_run_dir  # noqa: E402
+from kto.formats.compute.numerics import parse_numerics
+from kto.formats.compute.token_budget import token_budget_batches
+from kto.formats.compute.token_logps import token_logps
+from kto.precompute.config import PrecomputeConfig
+from kto.train.config import TrainConfig
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
+from kto.train.loop import step_micro_batches
+from kto.train.rundir import lock_run_dir
 
 # Figures to beat, from issue 5 (H200, random-init Llama-3.2-1B shape, bf16, SDPA).
 BASELINE = {
@@ -165,7 +165,7 @@ def write_data(path: Path, rows: int, max_len: int, vocab_size: int, seed: int =
     """JSONL of random words with lengths from `length_mix`: with the word-level tokenizer a
     prompt of k words is k + 1 tokens (BOS) and a completion of m words m + 1 (EOS)."""
     rng = np.random.default_rng(seed)
-    words = lambda n: " ".join(f"w{i}" for i in rng.integers(C.FIRST_WORD_ID, vocab_size, n).tolist())  # noqa: E731
+    words = lambda n: " ".join(f"w{i}" for i in rng.integers(C.FIRST_WORD_ID, vocab_size, n).tolist())
     with open(path, "w") as f:
         for i, r in enumerate(C.length_mix(rows, max_len, seed)):
             f.write(json.dumps({"prompt": words(r.prompt - 1), "completion": " " + words(r.completion - 1), "label": bool(i % 2)}) + "\n")

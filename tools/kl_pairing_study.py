@@ -97,7 +97,7 @@ class Setup:
 
 
 def build_setups(rows: list[TokenizedRow], shape: MicroBatchShape, seed: int, blocks: list[int], only: set[str]) -> list[Setup]:
-    keys = lambda r: (repr(r.example.prompt), repr(r.example.completion))  # noqa: E731
+    keys = lambda r: (repr(r.example.prompt), repr(r.example.completion))
     prompts, completions = [keys(r)[0] for r in rows], [keys(r)[1] for r in rows]
     ids = [r.example.id for r in rows]
     lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rows]

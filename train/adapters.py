@@ -16,39 +16,30 @@ quantization error: the step-0 check then reports that drift instead of stopping
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from kto.formats.compute.adapters import adapter_config, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError
 
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase
+
+    from kto.formats.compute.models import ModelSource
+
+    from .config import TrainConfig
+
 MERGED_DIR = "final-merged"
 
 
-def enabled(cfg) -> bool:
+def enabled(cfg: TrainConfig) -> bool:
     return cfg.lora_r > 0
 
 
-def quantized(cfg) -> bool:
+def quantized(cfg: TrainConfig) -> bool:
     return cfg.load_in_4bit or cfg.load_in_8bit
-
-
-def check_adapter_flags(cfg) -> None:
-    """Flag checks that need no model (called from TrainConfig.__post_init__)."""
-    if cfg.lora_r < 0:
-        raise InputError(f"--lora-r {cfg.lora_r}: must not be negative (0 trains every weight)")
-    if not cfg.lora_alpha > 0:
-        raise InputError(f"--lora-alpha {cfg.lora_alpha}: must be positive")
-    if not 0 <= cfg.lora_dropout < 1:
-        raise InputError(f"--lora-dropout {cfg.lora_dropout}: must be in [0, 1)")
-    if cfg.load_in_4bit and cfg.load_in_8bit:
-        raise InputError("--load-in-4bit and --load-in-8bit: choose one")
-    if not enabled(cfg):
-        for name in ("load_in_4bit", "load_in_8bit", "merge_adapters"):
-            if getattr(cfg, name):
-                raise InputError(f"--{name.replace('_', '-')}: needs adapters (--lora-r R > 0); quantized weights cannot be trained directly")
-        if cfg.lora_target_modules:
-            raise InputError("--lora-target-modules: needs --lora-r R > 0")
 
 
 def bitsandbytes_backend(device_type: str) -> str | None:
@@ -59,7 +50,7 @@ def bitsandbytes_backend(device_type: str) -> str | None:
     that is the one test that does not depend on how a given release lays out its backends.
     """
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes
         import bitsandbytes.functional as F
     except ImportError:
         return "bitsandbytes is not installed (pip install 'kto-offline[lora]')"
@@ -72,7 +63,7 @@ def bitsandbytes_backend(device_type: str) -> str | None:
     return None
 
 
-def quantization_config(cfg, device_type: str):
+def quantization_config(cfg: TrainConfig, device_type: str) -> BitsAndBytesConfig | None:
     """A transformers BitsAndBytesConfig for --load-in-4bit/8bit, or None. Refuses (one line) when
     bitsandbytes has no backend for this device."""
     if not quantized(cfg):
@@ -90,7 +81,7 @@ def quantization_config(cfg, device_type: str):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
 
-def linear_modules(lm) -> list[str]:
+def linear_modules(lm: torch.nn.Module) -> list[str]:
     """Full names of the decoder's linear layers (nn.Linear, bitsandbytes' subclasses of it, and
     GPT-2's Conv1D), never the LM head."""
     from transformers.pytorch_utils import Conv1D
@@ -99,12 +90,12 @@ def linear_modules(lm) -> list[str]:
     return [n for n, m in lm.get_decoder().named_modules(prefix="decoder") if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
 
 
-def linear_names(lm) -> list[str]:
+def linear_names(lm: torch.nn.Module) -> list[str]:
     """Leaf names of those layers: the default LoRA targets (q_proj, …, down_proj for Llama)."""
     return sorted({n.rsplit(".", 1)[-1] for n in linear_modules(lm)})
 
 
-def target_modules(cfg, lm) -> list[str]:
+def target_modules(cfg: TrainConfig, lm: torch.nn.Module) -> list[str]:
     available = linear_names(lm)
     if not cfg.lora_target_modules:
         if not available:
@@ -123,7 +114,7 @@ def target_modules(cfg, lm) -> list[str]:
     return wanted
 
 
-def check_model(cfg, source, device_type: str) -> None:
+def check_model(cfg: TrainConfig, source: ModelSource, device_type: str) -> None:
     """Before --out is touched: peft is there, bitsandbytes can quantize here, and the LoRA targets
     exist in --model. The model is built from its config on the meta device (no weights read)."""
     if not enabled(cfg):
@@ -138,14 +129,14 @@ def check_model(cfg, source, device_type: str) -> None:
     target_modules(cfg, skeleton)
 
 
-def lora_config(cfg, lm):
+def lora_config(cfg: TrainConfig, lm: torch.nn.Module) -> LoraConfig:
     peft = require_peft()
     return peft.LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=target_modules(cfg, lm), bias="none", task_type="CAUSAL_LM"
     )
 
 
-def prepare_base(cfg, lm):
+def prepare_base(cfg: TrainConfig, lm: torch.nn.Module) -> torch.nn.Module:
     """Before adapters go on: freeze and (QLoRA) prepare the quantized base; make checkpointed
     segments see inputs that require grad."""
     if quantized(cfg):
@@ -164,7 +155,7 @@ def prepare_base(cfg, lm):
     return lm
 
 
-def add_adapters(cfg, lm):
+def add_adapters(cfg: TrainConfig, lm: torch.nn.Module) -> torch.nn.Module:
     """Fresh adapters (B = 0) on the base: the policy starts equal to the reference.
 
     The A matrices are drawn from --seed alone (not from whatever the global generator went
@@ -177,7 +168,7 @@ def add_adapters(cfg, lm):
         return get_peft_model(prepare_base(cfg, lm), lora_config(cfg, lm))
 
 
-def load_adapters(cfg, lm, checkpoint: Path):
+def load_adapters(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:
     """Adapters saved in `checkpoint` on the base, trainable. Their settings must be the flags'."""
     from peft import PeftModel
 
@@ -185,7 +176,7 @@ def load_adapters(cfg, lm, checkpoint: Path):
     return PeftModel.from_pretrained(prepare_base(cfg, lm), checkpoint, is_trainable=True)
 
 
-def check_adapter_settings(cfg, lm, checkpoint: Path) -> None:
+def check_adapter_settings(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> None:
     saved = adapter_config(checkpoint)
     expected = lora_config(cfg, lm)
     now = {"r": expected.r, "lora_alpha": expected.lora_alpha, "lora_dropout": expected.lora_dropout, "target_modules": sorted(expected.target_modules)}
@@ -195,7 +186,7 @@ def check_adapter_settings(cfg, lm, checkpoint: Path) -> None:
         raise InputError(f"--resume: the adapters in {checkpoint} were made with other " + ", ".join(differs))
 
 
-def check_checkpoint_kind(cfg, checkpoint: Path) -> None:
+def check_checkpoint_kind(cfg: TrainConfig, checkpoint: Path) -> None:
     """An adapter checkpoint resumes only with adapters on, a whole-model one only without."""
     if enabled(cfg) and not is_adapter_dir(checkpoint):
         raise InputError(f"--resume: {checkpoint} holds a whole model (a run without --lora-r); resume it without --lora-r")
@@ -204,7 +195,7 @@ def check_checkpoint_kind(cfg, checkpoint: Path) -> None:
         raise InputError(f"--resume: {checkpoint} holds LoRA adapters (r = {r}), not a whole model; pass --lora-r {r} and the run's other --lora-* flags")
 
 
-def write_merged(base, adapter_dir: Path, tokenizer, out: Path) -> None:
+def write_merged(base: torch.nn.Module, adapter_dir: Path, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
     """OUT/final-merged: base + adapters folded into the weights, an ordinary HF model directory.
     `base` is a fresh unquantized copy (QLoRA merges into full-precision weights, as is usual)."""
     from .checkpoint import saved_dir

@@ -31,6 +31,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +39,9 @@ from kto.formats.atomic import aside_path, atomic_dir
 from kto.formats.errors import InputError
 from kto.formats.files import read_json
 from kto.formats.shards import sha256_file, tree_hashes
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 STATE_NAME = "trainer_state.json"
 CHECKSUMS_NAME = "checksums.json"
@@ -55,7 +59,7 @@ class Position:
     step_in_epoch: int
 
 
-def save_model_dir(lm, tokenizer, path: Path) -> None:
+def save_model_dir(lm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
     lm.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
 
@@ -79,7 +83,7 @@ class _KeepsWriteError:
         self.f.flush()
 
 
-def save_torch(obj, path: Path) -> None:
+def save_torch(obj: object, path: Path) -> None:
     """torch.save that fails with the OSError (ENOSPC) a write met, for the caller's
     `disk_full_names` block (naming the checkpoint) to turn into one line."""
     with open(path, "wb") as f:
@@ -167,7 +171,15 @@ def saved_dir(path: Path) -> Iterator[Path]:
         uniform_permissions(tmp)
 
 
-def save_checkpoint(out: Path, lm, tokenizer, optimizer, scheduler, position: Position, plan: dict) -> Path:
+def save_checkpoint(
+    out: Path,
+    lm: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    position: Position,
+    plan: dict,
+) -> Path:
     """`plan`: what the data order and LR schedule depend on (see setup.plan_identity); a resume
     must match it, or rows would be seen twice or skipped."""
     path = out / f"checkpoint-{position.global_step}"
@@ -227,7 +239,7 @@ def checkpoint_problem(path: Path) -> str | None:
     for name in TRAINING_STATE:
         try:
             torch.load(path / name, weights_only=True, mmap=True, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file cannot be resumed from
+        except Exception as exc:
             return f"{name}: cannot be loaded ({type(exc).__name__})"
     return None
 
@@ -240,7 +252,7 @@ def sharded_problem(path: Path) -> str | None:
     for name in ("scheduler.pt", "rng-0.pt"):
         try:
             torch.load(path / name, weights_only=True, mmap=True, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file cannot be resumed from
+        except Exception as exc:
             return f"{name}: cannot be loaded ({type(exc).__name__})"
     return None
 
@@ -281,7 +293,7 @@ def prune_checkpoints(out: Path, keep: int) -> list[Path]:
     return removed
 
 
-def load_training_state(path: Path, optimizer, scheduler) -> tuple[Position, dict]:
+def load_training_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[Position, dict]:
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])

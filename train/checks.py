@@ -24,7 +24,7 @@ class Drift:
 
 
 @torch.no_grad()
-def step0_drift(model, batch: KTOMicroBatch) -> Drift:
+def step0_drift(model: torch.nn.Module, batch: KTOMicroBatch) -> Drift:
     """Max per-token |log πθ − log πref| on one batch from a forward pass of its own (used with
     --keep-dropout, where the training forward is noisy); see `drift_of`."""
     return drift_of(model(batch.policy.input_ids, batch.policy.score_mask), batch)
@@ -65,7 +65,7 @@ class Balance:
         w = self.suggested_desirable_weight
         if w is None:
             return None
-        inside = lambda x: 1.0 <= (x * self.n_desirable) / (self.undesirable_weight * self.n_undesirable) <= 4 / 3  # noqa: E731
+        inside = lambda x: 1.0 <= (x * self.n_desirable) / (self.undesirable_weight * self.n_undesirable) <= 4 / 3
         short = next((x for x in (float(f"{w:.{d}g}") for d in range(1, 18)) if inside(x)), w)
         return np.format_float_positional(short, trim="-")
 

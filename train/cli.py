@@ -8,6 +8,7 @@ Every option mirrors a TrainConfig field (tests/train/test_data.py,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -67,7 +68,7 @@ P = click.Path(path_type=Path)
 @click.option("--fsdp", is_flag=True, help="FSDP2 sharding (as accelerate launch --use_fsdp).")
 @click.pass_context
 @one_line_errors("kto-train")
-def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
+def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     """Train the policy from a kto-precompute cache; no reference model is loaded."""
     from .loop import train
 
@@ -85,7 +86,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     train(TrainConfig(**values))
 
 
-def config_value(option: click.Option, name: str, value, path: Path):
+def config_value(option: click.Option, name: str, value: Any, path: Path) -> Any:
     """A --config value converted and checked as the flag's own type would be on the command line.
 
     YAML reads `lr: 1e-6` as a string (YAML 1.1 wants `1.0e-6` for a float), so strings are

@@ -12,7 +12,6 @@ from kto.formats import config_file
 from kto.formats.compute.numerics import WEIGHT_DTYPES
 from kto.formats.errors import InputError
 
-from .adapters import check_adapter_flags
 from .loss import LossType
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -168,3 +167,22 @@ def field_names() -> list[str]:
 def load_config_file(path: Path) -> dict:
     """YAML (.yaml/.yml) or TOML (.toml) whose keys are TrainConfig field names (dashes or underscores)."""
     return config_file.load_config_file(path, field_names())
+
+
+def check_adapter_flags(cfg: TrainConfig) -> None:
+    """The --lora-* and --load-in-* flag checks that need no model (TrainConfig.__post_init__);
+    here rather than in adapters.py, which reads TrainConfig and so must not be imported by it."""
+    if cfg.lora_r < 0:
+        raise InputError(f"--lora-r {cfg.lora_r}: must not be negative (0 trains every weight)")
+    if not cfg.lora_alpha > 0:
+        raise InputError(f"--lora-alpha {cfg.lora_alpha}: must be positive")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise InputError(f"--lora-dropout {cfg.lora_dropout}: must be in [0, 1)")
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        raise InputError("--load-in-4bit and --load-in-8bit: choose one")
+    if cfg.lora_r == 0:  # adapters off (adapters.enabled), negative ranks refused above
+        for name in ("load_in_4bit", "load_in_8bit", "merge_adapters"):
+            if getattr(cfg, name):
+                raise InputError(f"--{name.replace('_', '-')}: needs adapters (--lora-r R > 0); quantized weights cannot be trained directly")
+        if cfg.lora_target_modules:
+            raise InputError("--lora-target-modules: needs --lora-r R > 0")

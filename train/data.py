@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ import torch
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache
 from kto.formats.compute.logprob import TokenBatch, make_token_batch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,13 @@ class KTOMicroBatch:
 
     def pin_memory(self) -> KTOMicroBatch:
         """Page-locked copies, so that `to(cuda)` overlaps with compute (CUDA only)."""
-        pin = lambda t: t.pin_memory()  # noqa: E731
-        tb = lambda b: TokenBatch(pin(b.input_ids), pin(b.attention_mask), pin(b.score_mask))  # noqa: E731
+        pin = lambda t: t.pin_memory()
+        tb = lambda b: TokenBatch(pin(b.input_ids), pin(b.attention_mask), pin(b.score_mask))
         return KTOMicroBatch(
             tb(self.policy), tb(self.kl), pin(self.ref_logp), pin(self.ref_kl_logp), pin(self.desirable), pin(self.valid), self.ref_token_logps
         )
 
-    def to(self, device) -> KTOMicroBatch:
+    def to(self, device: torch.device | str) -> KTOMicroBatch:
         return KTOMicroBatch(
             self.policy.to(device),
             self.kl.to(device),
@@ -143,14 +147,14 @@ class Prefetcher:
     changes no number: exact resume and gradient equality hold as without it.
     """
 
-    def __init__(self, make):
+    def __init__(self, make: Callable[[Hashable], Any]):
         from concurrent.futures import ThreadPoolExecutor
 
         self.make = make
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kto-prefetch")
         self.pending = None  # (key, Future)
 
-    def get(self, key, next_key=None):
+    def get(self, key: Hashable, next_key: Hashable | None = None) -> Any:
         if self.pending is not None and self.pending[0] == key:
             value = self.pending[1].result()  # re-raises the worker's exception here
         else:

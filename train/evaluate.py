@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -10,6 +12,9 @@ from kto.formats.cache import ShardedCache
 from .data import collate_micro_batch
 from .loss import kl_estimate
 from .step import LossSettings, StepStats, all_reduce_sum, batch_stats, kl_local_sums, policy_pass, summarize
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 def eval_slots(num_rows: int, batch_size: int, rank: int, world: int) -> list[np.ndarray]:
@@ -23,7 +28,7 @@ def eval_slots(num_rows: int, batch_size: int, rank: int, world: int) -> list[np
 
 
 @torch.no_grad()
-def evaluate(model, cache: ShardedCache, s: LossSettings, pad_id: int, batch_size: int, accelerator) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, cache: ShardedCache, s: LossSettings, pad_id: int, batch_size: int, accelerator: Accelerator) -> dict[str, float]:
     """Two streaming passes (z first, then the losses), one micro-batch in memory at a time."""
     slots = eval_slots(cache.num_rows, batch_size, accelerator.process_index, accelerator.num_processes)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from kto.formats.errors import InputError
 
 from .step import StepStats, all_reduce_max
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 CHECKED = (("loss", "loss_sum"), ("SFT loss", "sft_nll_sum"))  # names of StepStats fields
 
@@ -23,7 +27,7 @@ def _last(checkpoint: Path | None) -> str:
     return f"last good checkpoint: {checkpoint}" if checkpoint else "last good checkpoint: none"
 
 
-def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator, step: int, last: Path | None) -> float:
+def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator: Accelerator, step: int, last: Path | None) -> float:
     """Before the update, in one device-to-host copy: the step's losses (all-reduced sums) and the
     global gradient norm. Both are the same number on every rank, so every rank takes the same
     decision without another collective. Returns the gradient norm.
@@ -57,13 +61,13 @@ def _all_finite(model, accelerator) -> bool:
     return not all_reduce_max(float(not ok), accelerator)
 
 
-def check_loaded_weights(model, accelerator, checkpoint: Path) -> None:
+def check_loaded_weights(model: torch.nn.Module, accelerator: Accelerator, checkpoint: Path) -> None:
     """Refuse to resume from weights that hold a NaN or an infinity (checked on load as on save)."""
     if not _all_finite(model, accelerator):
         raise NonFiniteError(f"--resume: {checkpoint}: its weights hold non-finite values; resume from an earlier checkpoint (move this one away)")
 
 
-def check_weights(model, accelerator, step: int, last: Path | None, what: str) -> None:
+def check_weights(model: torch.nn.Module, accelerator: Accelerator, step: int, last: Path | None, what: str) -> None:
     """Refuse to save `what` when any weight is NaN or infinite (on any rank)."""
     if not _all_finite(model, accelerator):
         raise NonFiniteError(f"step {step}: the weights hold non-finite values (the run diverged); {what} not saved; {_last(last)}")

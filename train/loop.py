@@ -6,6 +6,7 @@ import contextlib
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log
@@ -20,6 +21,13 @@ from .guard import check_step, check_weights
 from .rundir import lock_run_dir
 from .setup import Run, check_inputs, load_base, setup
 from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import torch
+
+    from .step import PolicyPass
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -79,7 +87,7 @@ def advance(p: Position, per_epoch: int) -> Position:
     return Position(p.global_step + 1, p.epoch + nxt // per_epoch, nxt % per_epoch)
 
 
-def first_step_check(run: Run, batch: KTOMicroBatch):
+def first_step_check(run: Run, batch: KTOMicroBatch) -> Callable[[PolicyPass], None] | None:
     """Step 0 with --model = the reference: the policy's log-probs must reproduce the cache.
 
     With dropout off (the default) a training-mode forward is numerically an evaluation one, so
@@ -134,7 +142,7 @@ def check_drift(run: Run, drift: Drift) -> None:
 
 
 @contextlib.contextmanager
-def evaluation_mode(model):
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
     """No dropout while checking or evaluating, even with --keep-dropout; back to train() after."""
     model.eval()
     try:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kto.formats.atomic import disk_full_names, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 def _step_of(line: str) -> int | None:
@@ -21,7 +25,7 @@ class MetricsWriter:
     """Main process only. On resume, lines past the resumed step are dropped first, so the file
     reads as one uninterrupted run."""
 
-    def __init__(self, path: Path, accelerator, resume_step: int | None = None):
+    def __init__(self, path: Path, accelerator: Accelerator, resume_step: int | None = None):
         self.path = path
         self.accelerator = accelerator
         if resume_step is not None and path.is_file():

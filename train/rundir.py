@@ -17,6 +17,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
 from kto.formats.errors import InputError, on_main
@@ -27,6 +28,9 @@ from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_re
 from .adapters import MERGED_DIR
 from .checkpoint import CHECKPOINT_RE, checkpoints, usable_checkpoint
 from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 # Settings that may differ on --resume: how often things are logged, saved and evaluated, where
 # metrics go, and memory/speed knobs whose maths is the same. Everything else (β, loss, weights,
@@ -210,7 +214,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
 
 
 @contextlib.contextmanager
-def lock_run_dir(out: Path, accelerator) -> Iterator[None]:
+def lock_run_dir(out: Path, accelerator: Accelerator) -> Iterator[None]:
     """Hold `out`'s lock (main process) for the whole run; every rank waits for the answer and
     stops with the same line if another process holds it. If the run fails before writing
     anything into a directory it created, the directory is removed again."""

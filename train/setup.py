@@ -41,6 +41,9 @@ from .step import LossSettings
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
+
+    from kto.formats.manifest import Counts, Manifest
 
 
 @dataclass
@@ -79,7 +82,7 @@ class Run:
     loaded_tokenizer: object | None = None
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """Loaded on first use (saving a checkpoint) when start-up did not need it: a second run
         on a cache remembers the tokenizer check and the pad id (formats.compute.models.check_cache_tokenizer)."""
         if self.loaded_tokenizer is None:
@@ -87,7 +90,7 @@ class Run:
         return self.loaded_tokenizer
 
 
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
     from accelerate import Accelerator
 
     mixed = cfg.mixed_precision
@@ -110,7 +113,7 @@ def _is_dropout_name(name: str) -> bool:
     return "dropout" in name or "pdrop" in name
 
 
-def disable_dropout(lm) -> None:
+def disable_dropout(lm: torch.nn.Module) -> None:
     """Dropout off everywhere it can hide, so train-mode forwards are deterministic (a training
     forward equals an evaluation one: the step-0 check reads the first step's own forward) and the
     saved config tells the truth.
@@ -140,7 +143,7 @@ def _zero_config_dropout(config, seen: set) -> None:
             _zero_config_dropout(value, seen)
 
 
-def apply_class_balance(cfg: TrainConfig, counts, accelerator) -> TrainConfig:
+def apply_class_balance(cfg: TrainConfig, counts: Counts, accelerator: Accelerator) -> TrainConfig:
     zero = loss_is_identically_zero(counts.desirable, counts.undesirable, cfg.desirable_weight, cfg.undesirable_weight, cfg.sft_weight)
     if zero:
         raise InputError(zero)
@@ -314,21 +317,8 @@ def setup(inp: Inputs) -> Run:
     sharding.before_prepare(accelerator, model.lm)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    position = Position(0, 0, 0)
     plan = plan_identity(cfg, inp.cache.manifest.fingerprint, accelerator.num_processes, inp.total_steps)
-    if resume_from is not None:
-        if sharding.is_sharded_checkpoint(resume_from):
-            position, saved = sharding.load_checkpoint(resume_from, model, optimizer, scheduler, accelerator, adapters.enabled(cfg))
-        else:
-            position, saved = load_training_state(resume_from, optimizer, scheduler)
-        differs = sorted(k for k in plan if saved.get(k) != plan[k])
-        if differs:
-            raise InputError(
-                f"--resume: {resume_from} was made with other "
-                + ", ".join(f"{k} ({saved.get(k)} there, {plan[k]} now)" for k in differs)
-                + "; the data order and LR schedule depend on them"
-            )
-        log(f"resumed from {resume_from} at step {position.global_step}", accelerator)
+    position = restore_training_state(cfg, resume_from, plan, model, optimizer, scheduler, accelerator)
     is_reference = resume_from is None and inp.is_reference
     if not is_reference:
         why = (
@@ -337,12 +327,7 @@ def setup(inp: Inputs) -> Run:
             else f"--model {cfg.model} is not the model the cache was scored with (its identity differs from the manifest's)"
         )
         log(f"step-0 check skipped: {why}", accelerator)
-    metrics = None
-    if accelerator.is_main_process:
-        write_record(cfg.out, inp.record)
-        if cfg.report_to != "none":
-            accelerator.init_trackers("kto", config={k: str(v) for k, v in vars(cfg).items()})
-        metrics = MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None)
+    metrics = open_records(cfg, inp.record, position, accelerator)
     log(f"{inp.cache.num_rows} rows, {inp.steps_per_epoch} steps per epoch of {inp.shape.rows_per_step} rows, {inp.total_steps} steps", accelerator)
     return Run(
         cfg=cfg,
@@ -370,6 +355,44 @@ def setup(inp: Inputs) -> Run:
     )
 
 
+def restore_training_state(
+    cfg: TrainConfig,
+    resume_from: Path | None,
+    plan: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator: Accelerator,
+) -> Position:
+    """Where training starts: step 0, or the checkpoint's position with its optimizer and
+    scheduler state restored, once its plan is this run's (else the data order would differ)."""
+    if resume_from is None:
+        return Position(0, 0, 0)
+    if sharding.is_sharded_checkpoint(resume_from):
+        position, saved = sharding.load_checkpoint(resume_from, model, optimizer, scheduler, accelerator, adapters.enabled(cfg))
+    else:
+        position, saved = load_training_state(resume_from, optimizer, scheduler)
+    differs = sorted(k for k in plan if saved.get(k) != plan[k])
+    if differs:
+        raise InputError(
+            f"--resume: {resume_from} was made with other "
+            + ", ".join(f"{k} ({saved.get(k)} there, {plan[k]} now)" for k in differs)
+            + "; the data order and LR schedule depend on them"
+        )
+    log(f"resumed from {resume_from} at step {position.global_step}", accelerator)
+    return position
+
+
+def open_records(cfg: TrainConfig, record: dict, position: Position, accelerator: Accelerator) -> MetricsWriter | None:
+    """Main process: write kto_run.json, start the trackers, open metrics.jsonl (None elsewhere)."""
+    if not accelerator.is_main_process:
+        return None
+    write_record(cfg.out, record)
+    if cfg.report_to != "none":
+        accelerator.init_trackers("kto", config={k: str(v) for k, v in vars(cfg).items()})
+    return MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None)
+
+
 def plan_identity(cfg: TrainConfig, cache_fingerprint: str, world_size: int, total_steps: int) -> dict:
     """Everything the epoch plans and the LR schedule depend on."""
     return {
@@ -382,7 +405,7 @@ def plan_identity(cfg: TrainConfig, cache_fingerprint: str, world_size: int, tot
     }
 
 
-def check_held_out(eval_manifest, train_manifest, cfg: TrainConfig) -> None:
+def check_held_out(eval_manifest: Manifest, train_manifest: Manifest, cfg: TrainConfig) -> None:
     """Refuse an eval cache that holds training rows. The same fingerprint means the same inputs,
     split, seed and scoring, i.e. the same rows; a shard with the same sha256 holds the same rows
     (the shard carries its cache's fingerprint). Both read the manifests only."""
@@ -398,7 +421,7 @@ def check_held_out(eval_manifest, train_manifest, cfg: TrainConfig) -> None:
         raise InputError(f"{where}: its {name} is --cache {cfg.cache}'s {train_name} (same sha256): the eval rows are training rows")
 
 
-def open_eval_cache(cfg: TrainConfig, manifest) -> ShardedCache | None:
+def open_eval_cache(cfg: TrainConfig, manifest: Manifest) -> ShardedCache | None:
     """The eval cache must come from the same reference model and tokenizer as the training
     cache, or its rewards would be measured against another reference."""
     if cfg.eval_cache is None:

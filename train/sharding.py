@@ -42,6 +42,7 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -52,14 +53,21 @@ from .adapters import quantized
 from .checkpoint import STATE_NAME, Position, record_checksums, save_torch, saved_dir, uniform_permissions
 from .guard import check_loaded_weights
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from transformers import PreTrainedTokenizerBase
+
+    from .config import TrainConfig
+
 SHARDED = "sharded"  # the DCP directory inside a checkpoint
 
 
-def requested(cfg) -> bool:
+def requested(cfg: TrainConfig) -> bool:
     return cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def fsdp_plugin(cfg):
+def fsdp_plugin(cfg: TrainConfig) -> FullyShardedDataParallelPlugin | None:
     """The FSDP2 plugin for Accelerator(fsdp_plugin=…), or None when FSDP is not asked for.
     Settings that `accelerate launch` put in the environment (FSDP_*) still apply."""
     if not requested(cfg):
@@ -85,7 +93,7 @@ def fsdp_plugin(cfg):
     return FullyShardedDataParallelPlugin(**kwargs)
 
 
-def promote_cpu_state(accelerator, plugin):
+def promote_cpu_state(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin | None) -> Accelerator:
     """See the module docstring: on several CPU processes, make accelerate run its FSDP2 path."""
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
@@ -100,13 +108,13 @@ def promote_cpu_state(accelerator, plugin):
     return accelerator
 
 
-def is_fsdp(accelerator) -> bool:
+def is_fsdp(accelerator: Accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def before_prepare(accelerator, lm) -> None:
+def before_prepare(accelerator: Accelerator, lm: torch.nn.Module) -> None:
     """Wrap each decoder layer. accelerate looks for `_no_split_modules` on the root it is given,
     which is CompletionLogps; the class names live on the HF model (or the PEFT model's base)."""
     if not is_fsdp(accelerator):
@@ -146,7 +154,16 @@ def shared_temp_names(path: Path) -> tuple[Path, Path]:
 
 
 def save_checkpoint(
-    out: Path, model, optimizer, scheduler, tokenizer, position: Position, plan: dict, accelerator, adapters_only: bool, adapter_config=None
+    out: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    tokenizer: PreTrainedTokenizerBase,
+    position: Position,
+    plan: dict,
+    accelerator: Accelerator,
+    adapters_only: bool,
+    adapter_config: dict | None = None,
 ) -> Path:
     """OUT/checkpoint-STEP/: sharded/ (DCP: model + optimizer), scheduler.pt, rng-RANK.pt,
     the tokenizer, trainer_state.json; written under a temp name that every rank agrees on,
@@ -200,7 +217,14 @@ def is_sharded_checkpoint(path: Path | None) -> bool:
     return path is not None and (path / SHARDED).is_dir()
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, adapters_only: bool) -> tuple[Position, dict]:
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator: Accelerator,
+    adapters_only: bool,
+) -> tuple[Position, dict]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -219,7 +243,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, adapte
     return Position(**saved["position"]), saved["plan"]
 
 
-def check_checkpoint(path: Path, accelerator) -> None:
+def check_checkpoint(path: Path, accelerator: Accelerator) -> None:
     """A sharded checkpoint needs FSDP to resume it, a whole-model one needs FSDP off."""
     if is_sharded_checkpoint(path) and not is_fsdp(accelerator):
         raise InputError(f"--resume: {path} is a sharded FSDP checkpoint; resume it with FSDP (--fsdp, or accelerate launch --use_fsdp) on several processes")
@@ -227,7 +251,7 @@ def check_checkpoint(path: Path, accelerator) -> None:
         raise InputError(f"--resume: {path} was written without FSDP; resume it without FSDP")
 
 
-def save_final(final: Path, model, tokenizer, accelerator, adapters_only: bool) -> None:
+def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, adapters_only: bool) -> None:
     """One HF directory (or PEFT adapter directory) from the full state dict, gathered on the
     main process's CPU (`cpu_offload`: the other processes get an empty dict)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -35,6 +35,11 @@ from kto.formats.compute.logprob import sequence_sums
 
 from .data import KTOMicroBatch
 from .loss import KLEstimate, KTOLossOutput, LossType, kl_estimate, kto_loss
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from accelerate import Accelerator
 
 
 class StepStats(NamedTuple):
@@ -63,7 +68,7 @@ class StepStats(NamedTuple):
     kl_padded_tokens: torch.Tensor
 
     @classmethod
-    def zeros(cls, device) -> StepStats:
+    def zeros(cls, device: torch.device | str) -> StepStats:
         return cls.unstacked(torch.zeros(len(cls._fields), dtype=torch.float64, device=device))
 
     def stacked(self) -> torch.Tensor:
@@ -76,7 +81,7 @@ class StepStats(NamedTuple):
     def plus(self, other: StepStats) -> StepStats:
         return StepStats(*(a + b for a, b in zip(self, other)))
 
-    def all_reduced(self, accelerator) -> StepStats:
+    def all_reduced(self, accelerator: Accelerator) -> StepStats:
         return StepStats.unstacked(all_reduce_sum(self.stacked(), accelerator))
 
 
@@ -93,14 +98,14 @@ class LossSettings:
     kl_scope: str  # "step" | "microbatch"
 
 
-def all_reduce_sum(values: torch.Tensor, accelerator) -> torch.Tensor:
+def all_reduce_sum(values: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
     """THE cross-rank reduction of this package: every global count and sum goes through here."""
     if accelerator.num_processes == 1:
         return values
     return accelerator.reduce(values, reduction="sum")
 
 
-def all_reduce_max(value: float, accelerator) -> float:
+def all_reduce_max(value: float, accelerator: Accelerator) -> float:
     """The largest `value` over ranks, so that a decision taken on it is the same everywhere."""
     if accelerator.num_processes == 1:
         return value
@@ -139,7 +144,7 @@ def kl_groups(lengths: list[int], k: int) -> list[list[int]]:
     return [order[bounds[j] : bounds[j + 1]] for j in range(k)]
 
 
-def kl_local_sums(model, batches: list[KTOMicroBatch]) -> KLSums:
+def kl_local_sums(model: torch.nn.Module, batches: list[KTOMicroBatch]) -> KLSums:
     """Σ over valid rows of (log πθ(y'|x) − log πref(y'|x)), and the row count, under no_grad.
 
     The KL sequences only feed one sum, so they are not run in the micro-batches they came in
@@ -184,7 +189,9 @@ def step_counts(batches: list[KTOMicroBatch]) -> torch.Tensor:
     )
 
 
-def kl_and_counts(model, kl_batches: list[KTOMicroBatch], counts: torch.Tensor | None, accelerator):
+def kl_and_counts(
+    model: torch.nn.Module, kl_batches: list[KTOMicroBatch], counts: torch.Tensor | None, accelerator: Accelerator
+) -> tuple[KLEstimate | None, torch.Tensor | None, KLSums]:
     """z over `kl_batches` on every rank, and `counts` summed over ranks, in one all-reduce;
     also this process's KLSums (for the padding metric).
 
@@ -218,7 +225,7 @@ class PolicyPass:
     nll_sum: torch.Tensor
 
 
-def policy_pass(model, b: KTOMicroBatch, s: LossSettings, z: KLEstimate | None) -> PolicyPass:
+def policy_pass(model: torch.nn.Module, b: KTOMicroBatch, s: LossSettings, z: KLEstimate | None) -> PolicyPass:
     """The policy forward and the loss maths, shared by training (with grad) and evaluation."""
     flat = model(b.policy.input_ids, b.policy.score_mask)
     logps = sequence_sums(flat, b.policy.score_mask)
@@ -235,7 +242,9 @@ def policy_pass(model, b: KTOMicroBatch, s: LossSettings, z: KLEstimate | None) 
     return PolicyPass(flat, logps, out, -(flat.double() * desirable_token_mask(b)).sum())
 
 
-def forward_backward(model, batches: list[KTOMicroBatch], s: LossSettings, accelerator, on_first_pass=None) -> StepStats:
+def forward_backward(
+    model: torch.nn.Module, batches: list[KTOMicroBatch], s: LossSettings, accelerator: Accelerator, on_first_pass: Callable[[PolicyPass], None] | None = None
+) -> StepStats:
     """Accumulate this process's gradients for one step; return its local StepStats.
 
     `on_first_pass(pass_)`, if given, sees the first micro-batch's PolicyPass before its backward
@@ -264,11 +273,13 @@ def forward_backward(model, batches: list[KTOMicroBatch], s: LossSettings, accel
     return stats
 
 
-def batch_stats(b: KTOMicroBatch, out, logps, nll_sum, z: KLEstimate | None, first: bool, kl: KLSums | None = None) -> StepStats:
+def batch_stats(
+    b: KTOMicroBatch, out: KTOLossOutput, logps: torch.Tensor, nll_sum: torch.Tensor, z: KLEstimate | None, first: bool, kl: KLSums | None = None
+) -> StepStats:
     d, u = b.valid & b.desirable, b.valid & ~b.desirable
     zero = torch.zeros((), dtype=torch.float64, device=logps.device)
     scoped = z is not None and first
-    as_float = lambda x: torch.tensor(float(x), dtype=torch.float64, device=logps.device)  # noqa: E731
+    as_float = lambda x: torch.tensor(float(x), dtype=torch.float64, device=logps.device)
     return StepStats(
         examples=b.valid.sum().double(),
         loss_sum=(out.losses.detach() * b.valid).sum(),
@@ -292,20 +303,22 @@ def batch_stats(b: KTOMicroBatch, out, logps, nll_sum, z: KLEstimate | None, fir
     )
 
 
-def clip_gradients(model, accelerator, max_grad_norm: float) -> torch.Tensor:
+def clip_gradients(model: torch.nn.Module, accelerator: Accelerator, max_grad_norm: float) -> torch.Tensor:
     """Clip (or just measure) the global gradient norm; the same value on every rank."""
     norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
     # Under FSDP2 the norm is a replicated DTensor; full_tensor() gives the plain tensor.
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def apply_update(optimizer, scheduler) -> None:
+def apply_update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def optimizer_step(model, optimizer, scheduler, accelerator, max_grad_norm: float) -> float:
+def optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, accelerator: Accelerator, max_grad_norm: float
+) -> float:
     """Clip, step, and clear the gradients (no finite-value check: the loop does that in between)."""
     norm = clip_gradients(model, accelerator, max_grad_norm)
     apply_update(optimizer, scheduler)
@@ -321,7 +334,7 @@ def summarize(stats: StepStats) -> dict[str, float]:
     v = dict(zip(StepStats._fields, stats.stacked().tolist()))
     nan = float("nan")
     # A class absent from the window has no mean: NaN (written as null), never a fake 0.
-    div = lambda a, b: a / b if b else nan  # noqa: E731
+    div = lambda a, b: a / b if b else nan
     chosen, rejected = div(v["reward_d_sum"], v["desirable"]), div(v["reward_u_sum"], v["undesirable"])
     out = {
         "loss": div(v["loss_sum"], v["examples"]),

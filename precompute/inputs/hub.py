@@ -143,14 +143,14 @@ def _open(spec: DatasetSpec):
     _check_split(spec, datasets, revision)
     try:
         return datasets.load_dataset(spec.source, spec.config, split=spec.split, streaming=True, revision=revision)
-    except Exception as e:  # noqa: BLE001  (datasets raises many types; the user needs one line)
+    except Exception as e:  # datasets raises many types; the user needs one line
         raise InputError(f"--data {spec.text}: cannot load ({one_line(e)})") from None
 
 
 def _open_saved(spec: DatasetSpec, datasets):
     try:
         loaded = datasets.load_from_disk(spec.source)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise InputError(f"--data {spec.text}: cannot load the save_to_disk directory ({one_line(e)})") from None
     if isinstance(loaded, datasets.DatasetDict):
         splits = ", ".join(loaded) or "none"
@@ -167,7 +167,7 @@ def _open_saved(spec: DatasetSpec, datasets):
 def _check_split(spec: DatasetSpec, datasets, revision: str | None) -> None:
     try:
         names = datasets.get_dataset_split_names(spec.source, spec.config, revision=revision)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise InputError(f"--data {spec.text}: cannot list the splits ({one_line(e)})") from None
     if spec.split not in names:
         raise InputError(f"--data {spec.text}: no split {spec.split!r} (available: {', '.join(names) or 'none'})")
@@ -185,7 +185,7 @@ def _revision(spec: DatasetSpec) -> str:
             _REVISIONS[key] = HfApi().dataset_info(spec.source).sha
         except RepositoryNotFoundError:
             raise InputError(f"--data {spec.text}: unknown dataset id {spec.source!r} (not a local directory, and not on the hub)") from None
-        except Exception as e:  # noqa: BLE001  (offline, network, auth)
+        except Exception as e:  # offline, network, auth
             raise InputError(
                 f"--data {spec.text}: unknown dataset id {spec.source!r}: not a local directory, and the hub cannot resolve it ({one_line(e)})"
             ) from None

@@ -84,7 +84,7 @@ def _set_attn(lm, attn):
 def sequences(seed=0):
     """Rows with main and KL completions; two prompts repeat (a paired dataset), lengths vary."""
     g = torch.Generator().manual_seed(seed)
-    ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()  # noqa: E731
+    ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()
     shared = ids(23)
     prompts = [shared, ids(7), shared, ids(40), ids(1), shared]
     completions = [ids(n) for n in (5, 9, 1, 17, 4, 12)]
@@ -137,7 +137,7 @@ def smollm2_shaped_case():
     torch.manual_seed(0)
     lm = _set_attn(LlamaForCausalLM(config).eval(), "sdpa")
     g = torch.Generator().manual_seed(1)
-    ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()  # noqa: E731
+    ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()
     prompts, completions = [], []
     for p, ns in ((40, (17, 30, 5)), (13, (3, 70)), (100, (33, 61, 20, 9)), (7, (1, 2))):
         shared = ids(p)

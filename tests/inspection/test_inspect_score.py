@@ -48,7 +48,7 @@ def test_reference_model_scores_zero_reward(tiny_cache, tiny_model_dir, tmp_path
 def test_bad_flags(tiny_cache, tiny_model_dir, tmp_path, args, message):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
-    fill = lambda s: s.format(cache=cache, tmp=tmp_path)  # noqa: E731
+    fill = lambda s: s.format(cache=cache, tmp=tmp_path)
     base = {"--model": str(tiny_model_dir), "--out": str(tmp_path / "s.parquet")}
     flags = dict(zip(args[::2], map(fill, args[1::2])))
     argv = ["score", str(cache)] + [x for k, v in {**base, **flags}.items() for x in (k, v)]

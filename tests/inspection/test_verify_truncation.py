@@ -122,7 +122,7 @@ def datasets(draw):
     """3-7 rows, text or conversations of 1-3 turns, of random lengths, and random limits."""
     rows = []
     for i in range(draw(st.integers(3, 7))):
-        words = lambda: draw(st.integers(1, 40))  # noqa: E731
+        words = lambda: draw(st.integers(1, 40))
         if draw(st.booleans()):
             prompt = text(words(), i) + "?"
             completion = " " + text(words(), i + 1)

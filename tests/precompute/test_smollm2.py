@@ -47,6 +47,6 @@ def test_fluent_text_scores_higher_per_token_than_shuffled(tmp_path):
         fluent, mixed = by_id[f"{i}-fluent"], by_id[f"{i}-shuffled"]
         for r in (fluent, mixed):
             assert all(x == x and x > -100 for x in r["ref_token_logps"])  # finite
-        per_token = lambda r: r["ref_logp"] / len(r["completion_ids"])  # noqa: E731
+        per_token = lambda r: r["ref_logp"] / len(r["completion_ids"])
         assert per_token(fluent) > per_token(mixed) + 0.5
     assert "weights" in read_manifest(out).content.model
