@@ -166,7 +166,7 @@ def own_manifest(folder: Path) -> dict | None:
     """The manifest in `folder` as a dict when it reads as a kto manifest, else None."""
     try:
         obj = json.loads((folder / S.MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply, so not ours
         return None
     ok = isinstance(obj, dict) and {"fingerprint", "content", "layout"} <= obj.keys() and isinstance(obj.get("shards"), list)
     return obj if ok and all(isinstance(s, dict) for s in obj["shards"]) else None

@@ -253,3 +253,26 @@ def fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def patch_shard_table(cache: Path, index: int, table) -> Path:
+    """Write `table` as shard `index` as it is (write_shard would select the schema's columns),
+    keep its metadata (fingerprint tag) and patch its sha256 into the manifest."""
+    import dataclasses
+
+    import pyarrow.ipc as ipc
+
+    from kto.formats.manifest import ShardEntry, read_manifest
+    from kto.formats.shards import sha256_file
+
+    manifest = read_manifest(cache)
+    entry = manifest.shards[index]
+    path = cache / entry.name
+    tmp = path.with_name(path.name + ".tmp")  # `table` may be a memory map of `path` itself
+    with ipc.new_file(str(tmp), table.schema) as w:
+        w.write_table(table)
+    tmp.replace(path)
+    shards = list(manifest.shards)
+    shards[index] = ShardEntry(entry.name, table.num_rows, sha256_file(path))
+    dataclasses.replace(manifest, shards=shards).write(cache)
+    return path

@@ -209,7 +209,7 @@ def safetensors_problem(path: Path) -> str | None:
                 return "truncated header"
             header = json.loads(f.read(n))
         end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError, RecursionError) as exc:  # RecursionError: nested too deeply
         return f"unreadable ({type(exc).__name__})"
     if 8 + n + end != size:
         return f"{size} bytes, its header describes {8 + n + end}"
@@ -224,7 +224,7 @@ def checkpoint_problem(path: Path) -> str | None:
         state = json.loads((path / STATE_NAME).read_text())
         Position(**state["position"])
         dict(state["plan"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested too deeply
         return f"{STATE_NAME} unreadable ({type(exc).__name__})"
     if (path / "sharded").is_dir():
         return sharded_problem(path)

@@ -108,3 +108,38 @@ def test_deep_adapter_config_is_one_line_in_score(tiny_cache, tmp_path):
     result = inspect("score", tiny_cache, "--model", adapter, "--out", tmp_path / "s.parquet")
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"kto-inspect: error: {adapter.resolve() / 'adapter_config.json'}: unreadable (JSON nested too deeply)"
+
+
+def test_deep_trainer_state_or_safetensors_header_is_a_checkpoint_problem(tmp_path):
+    """--resume reads trainer_state.json and each weight file's JSON header: deep nesting makes the
+    checkpoint corrupt (so kto-train falls back to the previous one), not a RecursionError."""
+    import struct
+
+    from kto.train.checkpoint import checkpoint_problem, record_checksums, safetensors_problem
+
+    weights = tmp_path / "model.safetensors"
+    header = DEEP.encode()
+    weights.write_bytes(struct.pack("<Q", len(header)) + header)
+    assert safetensors_problem(weights) == "unreadable (RecursionError)"
+    ckpt = tmp_path / "checkpoint-1"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text(DEEP)
+    record_checksums(ckpt)  # a forged record: the file's own check must still catch it
+    assert checkpoint_problem(ckpt) == "trainer_state.json unreadable (RecursionError)"
+
+
+def test_deep_manifest_in_precompute_out_is_refused_in_one_line(tiny_model_dir, tmp_path):
+    """A manifest.json in --out that is nested too deeply is not ours: refused untouched, no traceback."""
+    from conftest import precompute_args, text_rows, write_rows
+
+    from kto.precompute.cli import main as precompute
+    from kto.precompute.output import own_manifest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(DEEP)
+    assert own_manifest(out) is None
+    data = write_rows(tmp_path / "d.jsonl", text_rows()[:4])
+    result = CliRunner().invoke(precompute, precompute_args(data, tiny_model_dir, out, "--overwrite"))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (out / "manifest.json").read_text() == DEEP

@@ -5,12 +5,12 @@ import json
 import os
 import shutil
 import struct
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 from click.testing import CliRunner
+from conftest import patch_shard_table
 
 from kto.formats import schema as S
 from kto.formats.manifest import ShardEntry, read_manifest
@@ -130,24 +130,6 @@ def test_wrong_schema_and_row_count(cache):
     result = verify(cache)
     assert result.exit_code == 1
     assert f"{path}: missing column 'truncated'" in result.stderr
-
-
-def patch_shard_table(cache, index: int, table: pa.Table) -> Path:
-    """Write `table` as shard `index` as it is (write_shard would select the schema's columns),
-    keep its metadata (fingerprint tag) and patch its sha256 into the manifest."""
-    from kto.formats.shards import sha256_file
-
-    manifest = read_manifest(cache)
-    entry = manifest.shards[index]
-    path = cache / entry.name
-    tmp = path.with_name(path.name + ".tmp")  # `table` may be a memory map of `path` itself
-    with ipc.new_file(str(tmp), table.schema) as w:
-        w.write_table(table)
-    tmp.replace(path)
-    shards = list(manifest.shards)
-    shards[index] = ShardEntry(entry.name, table.num_rows, sha256_file(path))
-    dataclasses.replace(manifest, shards=shards).write(cache)
-    return path
 
 
 @pytest.mark.parametrize(

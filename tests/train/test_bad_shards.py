@@ -5,7 +5,7 @@ the truncated case without the file's name, and an empty metrics.jsonl that bloc
 import json
 
 import pytest
-from conftest import metrics, train_error_line, unverified_copy
+from conftest import metrics, patch_shard_table, train_error_line, unverified_copy
 from test_loop import train_cli
 
 
@@ -48,7 +48,6 @@ def test_a_shard_with_an_extra_column_is_refused_before_out(cache_copy, tiny_mod
     """Its sha256 patched into the manifest, a shard with an extra column used to train."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
-    from test_inspect_verify import patch_shard_table
 
     path = cache_copy / "shard-00002.arrow"
     table = ipc.open_file(pa.memory_map(str(path))).read_all()
