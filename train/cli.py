@@ -15,7 +15,7 @@ from click.core import ParameterSource
 
 from kto.formats.errors import InputError, one_line_errors
 
-from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, REPORT_TO, SCHEDULES, TrainConfig, load_config_file
+from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
 from .loss import LossType
 
 P = click.Path(path_type=Path)
@@ -53,7 +53,8 @@ P = click.Path(path_type=Path)
 @click.option("--eval-cache", type=P, default=None)
 @click.option("--eval-every", default=0)
 @click.option("--resume", is_flag=True, help="Continue from the latest OUT/checkpoint-STEP.")
-@click.option("--report-to", default="none", type=click.Choice(REPORT_TO))
+@click.option("--report-to", default="none", help="none, all, or a comma list of tensorboard, wandb, mlflow, ... (see README).")
+@click.option("--run-name", default=None, help="The run's name in the trackers [default: the name of --out].")
 @click.option("--drift-tolerance", default=None, type=float, help="Step-0 per-token |Δ| allowed.")
 @click.option("--chunk-size", default=1024)
 @click.option("--trust-remote-code", is_flag=True)

@@ -13,12 +13,12 @@ from kto.formats.compute.numerics import WEIGHT_DTYPES
 from kto.formats.errors import InputError
 
 from .loss import LossType
+from .trackers import parse_report_to
 
 SCHEDULES = ("cosine", "linear", "constant")
 KL_SCOPES = ("step", "microbatch")
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
 DTYPES = WEIGHT_DTYPES
-REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,10 @@ class TrainConfig:
     resume: bool = False
     """Continue from the latest OUT/checkpoint-STEP."""
     report_to: str = "none"
-    """Also log to tensorboard or wandb through accelerate."""
+    """Also log through accelerate's trackers: none, all (every installed one), or a comma list of
+    tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio."""
+    run_name: str | None = None
+    """The run's name in the trackers that take one (default: the name of --out)."""
     drift_tolerance: float | None = None
     """Max per-token |Δ| allowed at step 0 when --model is the reference (default by precision)."""
     chunk_size: int = 1024
@@ -121,7 +124,7 @@ class TrainConfig:
         _choice("kl-scope", self.kl_scope, KL_SCOPES)
         _choice("mixed-precision", self.mixed_precision, MIXED_PRECISION)
         _choice("dtype", self.dtype, DTYPES)
-        _choice("report-to", self.report_to, REPORT_TO)
+        parse_report_to(self.report_to)
         for name in ("batch_size", "grad_accum", "epochs", "chunk_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must be at least 1")

@@ -40,7 +40,10 @@ class MetricsWriter:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         prefix = "" if split == "train" else f"{split}/"
-        self.accelerator.log({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        # A value that does not exist (rewards/rejected on a step without undesirable rows) is
+        # null in the file and left out of the trackers: a gap in the chart, not a NaN point.
+        finite = {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.accelerator.log(finite, step=step)
 
     def close(self) -> None:
         self.file.close()

@@ -46,6 +46,7 @@ RESUMABLE = frozenset(
         "eval_every",
         "save_total_limit",
         "report_to",
+        "run_name",
         "drift_tolerance",
         "chunk_size",
         "gradient_checkpointing",

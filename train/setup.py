@@ -29,7 +29,7 @@ from kto.formats.compute.numerics import torch_dtype
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.memory import MemoryMeter
 
-from . import adapters, sharding
+from . import adapters, sharding, trackers
 from .checkpoint import Position, load_training_state
 from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig
@@ -100,7 +100,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # fp16 weights under autocast: GradScaler cannot unscale fp16 gradients, and bf16
         # autocast over fp16 weights mixes two half formats.
         raise InputError(f"--dtype fp16: needs --mixed-precision no (it resolved to {mixed})")
-    log_with = None if cfg.report_to == "none" else cfg.report_to
+    log_with = trackers.log_with(cfg.report_to)  # a missing tracker is refused here, before any model loads
     # gradient_accumulation_steps stays 1: step.py accumulates and normalises explicitly.
     # cpu=True without CUDA: accelerate only starts a gloo group for several CPU processes then.
     plugin = sharding.fsdp_plugin(cfg)
@@ -388,8 +388,8 @@ def open_records(cfg: TrainConfig, record: dict, position: Position, accelerator
     if not accelerator.is_main_process:
         return None
     write_record(cfg.out, record)
-    if cfg.report_to != "none":
-        accelerator.init_trackers("kto", config={k: str(v) for k, v in vars(cfg).items()})
+    if accelerator.log_with:
+        trackers.start(accelerator, cfg.run_name or cfg.out.resolve().name, vars(cfg))
     return MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None)
 
 

@@ -1,0 +1,62 @@
+"""--report-to: trackers get our metric names and values; a missing one is refused before any model loads."""
+
+import pytest
+from conftest import metrics, run_train, train_error_line
+
+from kto.formats.errors import InputError
+from kto.train import trackers
+
+ARGS = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps", "2"]
+
+
+def test_report_to_parses_lists_and_refuses_unknown_names():
+    assert trackers.parse_report_to("none") == ()
+    assert trackers.parse_report_to("tensorboard, mlflow,tensorboard") == ("tensorboard", "mlflow")
+    assert trackers.parse_report_to("all") == ("all",)
+    with pytest.raises(InputError, match="--report-to tensorbord: choose none, all, or a comma list of tensorboard, wandb, mlflow"):
+        trackers.parse_report_to("tensorbord")
+    with pytest.raises(InputError, match="none and all stand alone"):
+        trackers.parse_report_to("none,wandb")
+
+
+@pytest.mark.parametrize(("name", "install"), [("tensorboard", "'kto-offline[track]'"), ("mlflow", "'kto-offline[mlflow]'"), ("wandb", "'kto-offline[wandb]'")])
+def test_a_missing_tracker_is_refused_before_any_model_loads(tiny_cache, tiny_model_dir, tmp_path, monkeypatch, name, install):
+    from transformers import AutoModelForCausalLM
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the tracker check")
+
+    monkeypatch.setattr(trackers, "is_installed", lambda n: n != name)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_model)
+    out = tmp_path / "run"
+    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--report-to", f"tensorboard,{name}" if name != "tensorboard" else name)
+    assert result.exit_code == 2, result.output
+    assert train_error_line(result.output) == f"kto-train: error: --report-to {name}: {name} is not installed; pip install {install}"
+    assert not out.exists()
+
+
+def test_tensorboard_gets_our_metric_names_and_values(tiny_cache, tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--report-to", "tensorboard", "--run-name", "first-try")
+    assert result.exit_code == 0, result.output
+    events = sorted((out / "kto").rglob("events.out.tfevents.*"))
+    assert events, sorted(p.name for p in out.rglob("*"))
+    logged = {}
+    for path in events:
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            logged.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    lines = metrics(out)
+    for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "lr", "grad_norm"):
+        # A step without one class has no rewards of that class: null in metrics.jsonl, no point in TensorBoard.
+        assert sorted(logged[key]) == [m["step"] for m in lines if m[key] is not None], key
+        assert logged[key], key
+        for step, value in logged[key].items():
+            assert value == pytest.approx(lines[step - 1][key], rel=1e-6, abs=1e-12), key  # TensorBoard stores float32
+    # The configuration goes in as hparams, with --run-name among them.
+    hparams = [p for p in out.rglob("events.out.tfevents.*") if b"first-try" in p.read_bytes()]
+    assert hparams
