@@ -42,8 +42,8 @@ def quantized(cfg: TrainConfig) -> bool:
     return cfg.load_in_4bit or cfg.load_in_8bit
 
 
-def bitsandbytes_backend(device_type: str) -> str | None:
-    """Why bitsandbytes cannot quantize on `device_type`, or None when it can.
+def bitsandbytes_backend(device_type: str, bits: int = 4) -> str | None:
+    """Why bitsandbytes cannot quantize to `bits` (4: NF4, 8: int8) on `device_type`, or None when it can.
 
     bitsandbytes ≥ 0.46 registers its kernels per device type as torch ops (CUDA, and CPU since
     0.46/0.47); older releases are CUDA-only. We ask it to quantize a small tensor on the device:
@@ -56,8 +56,9 @@ def bitsandbytes_backend(device_type: str) -> str | None:
         return "bitsandbytes is not installed (pip install 'kto-offline[lora]')"
     except Exception as exc:  # a broken native library raises RuntimeError/OSError on import
         return f"bitsandbytes does not load ({type(exc).__name__}: {exc})".splitlines()[0]
+    probe = (lambda F, t: F.quantize_4bit(t)) if bits == 4 else (lambda F, t: F.int8_vectorwise_quant(t))
     try:
-        F.quantize_4bit(torch.ones(64, 64, device=device_type))
+        probe(F, torch.ones(64, 64, device=device_type))
     except Exception as exc:
         return f"bitsandbytes {bitsandbytes.__version__} has no {device_type} backend ({type(exc).__name__})"
     return None
@@ -69,7 +70,7 @@ def quantization_config(cfg: TrainConfig, device_type: str) -> BitsAndBytesConfi
     if not quantized(cfg):
         return None
     flag = "--load-in-4bit" if cfg.load_in_4bit else "--load-in-8bit"
-    why = bitsandbytes_backend(device_type)
+    why = bitsandbytes_backend(device_type, 4 if cfg.load_in_4bit else 8)
     if why:
         raise InputError(f"{flag}: {why}")
     from transformers import BitsAndBytesConfig
@@ -114,13 +115,21 @@ def target_modules(cfg: TrainConfig, lm: torch.nn.Module) -> list[str]:
     return wanted
 
 
-def check_model(cfg: TrainConfig, source: ModelSource, device_type: str) -> None:
-    """Before --out is touched: peft is there, bitsandbytes can quantize here, and the LoRA targets
-    exist in --model. The model is built from its config on the meta device (no weights read)."""
+def check_environment(cfg: TrainConfig, device_type: str) -> None:
+    """The adapter preconditions that need neither the cache nor the model, checked first of all
+    (check_inputs): peft is installed, and bitsandbytes can quantize on this device. The flags
+    themselves were checked with the config (config.check_adapter_flags)."""
     if not enabled(cfg):
         return
     require_peft()
     quantization_config(cfg, device_type)
+
+
+def check_model(cfg: TrainConfig, source: ModelSource) -> None:
+    """Before --out is touched and any weight is read: the LoRA targets exist in --model. The
+    model is built from its config on the meta device (no weights read)."""
+    if not enabled(cfg):
+        return
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(source.directory, trust_remote_code=cfg.trust_remote_code, **source.load_kwargs)

@@ -265,6 +265,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     the eval cache, the model's identity. A failure here leaves --out as it was."""
     started = time.perf_counter()
     accelerator = make_accelerator(cfg)
+    adapters.check_environment(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # peft, bitsandbytes: before the cache and the model
     torch.manual_seed(cfg.seed)
     cache = open_cache(cfg.cache)
     lengths = cache.lengths()
@@ -272,7 +273,7 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
-    adapters.check_model(cfg, source, "cuda" if torch.cuda.is_available() else "cpu")
+    adapters.check_model(cfg, source)
     eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)

@@ -2,11 +2,12 @@
 resume, final/ as a PEFT dir and a merged HF dir, gradient checkpointing, the one-line refusals."""
 
 import json
+import sys
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import crashed_copy, metrics, run_train
+from conftest import crashed_copy, metrics, run_train, train_error_line
 from numerics_bounds import assert_step0_agrees, cache_sum_bound
 from safetensors.torch import load_file
 
@@ -144,10 +145,48 @@ def test_bad_lora_input_is_one_line(tiny_cache, tiny_model_dir, tmp_path, monkey
     assert result.exit_code == 2 and "--load-in-4bit: needs adapters (--lora-r R > 0)" in result.output
     from kto.train import adapters
 
-    monkeypatch.setattr(adapters, "bitsandbytes_backend", lambda device: "bitsandbytes 0.0 has no cpu backend (RuntimeError)")
+    monkeypatch.setattr(adapters, "bitsandbytes_backend", lambda device, bits: "bitsandbytes 0.0 has no cpu backend (RuntimeError)")
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "c", "--load-in-4bit")
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == "kto-train: error: --load-in-4bit: bitsandbytes 0.0 has no cpu backend (RuntimeError)"
+
+
+def test_missing_bitsandbytes_is_refused_before_the_cache_and_any_model(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """QLoRA's preconditions come first: without bitsandbytes, --load-in-4bit is one line before
+    the cache is read (a missing one is not even noticed) and before any model or tokenizer loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("loaded before the bitsandbytes check")
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes -> ImportError
+    for cls, name in ((AutoModelForCausalLM, "from_pretrained"), (AutoModelForCausalLM, "from_config"), (AutoTokenizer, "from_pretrained")):
+        monkeypatch.setattr(cls, name, loaded)
+    for cache in (tmp_path / "no-cache-here", tiny_cache):
+        out = tmp_path / "run"
+        result = train_cli(cache, tiny_model_dir, out, "--load-in-4bit", "--max-steps", "1")
+        assert result.exit_code == 2, result.output
+        assert train_error_line(result.output) == "kto-train: error: --load-in-4bit: bitsandbytes is not installed (pip install 'kto-offline[lora]')"
+        assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+def test_the_8bit_probe_asks_for_int8(monkeypatch):
+    """--load-in-8bit needs bitsandbytes' int8 kernels, not its NF4 ones: a release without the
+    int8 op on this device is refused for 8-bit and still accepted for 4-bit."""
+    import bitsandbytes.functional as F
+
+    from kto.train.adapters import bitsandbytes_backend
+
+    if bitsandbytes_backend("cpu", 4):
+        pytest.skip(bitsandbytes_backend("cpu", 4))
+
+    def no_int8(*args, **kwargs):
+        raise NotImplementedError("no int8 kernel")
+
+    monkeypatch.setattr(F, "int8_vectorwise_quant", no_int8)
+    assert bitsandbytes_backend("cpu", 4) is None
+    assert "has no cpu backend (NotImplementedError)" in bitsandbytes_backend("cpu", 8)
 
 
 def test_bitsandbytes_backend_says_why_it_cannot_quantize():
