@@ -69,9 +69,9 @@ from .config import DTYPES, PrecomputeConfig
 @one_line_errors("kto-precompute")
 def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Run the frozen reference model once over every example and its KL pair; write shards."""
-    from .pipeline import run_precompute
+    from .api import run  # the Python API: this command is flags → PrecomputeConfig → run()
 
-    run_precompute(config_from(ctx, config_file, flags))
+    run(config_from(ctx, config_file, flags))
 
 
 def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> PrecomputeConfig:

@@ -71,7 +71,7 @@ P = click.Path(path_type=Path)
 @one_line_errors("kto-train")
 def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     """Train the policy from a kto-precompute cache; no reference model is loaded."""
-    from .loop import train
+    from .api import run  # the Python API: this command is flags → TrainConfig → run()
 
     options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     values = {}
@@ -84,7 +84,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     for name in ("cache", "model", "out"):
         if values.get(name) is None:
             raise InputError(f"--{name} is required (on the command line or in --config)")
-    train(TrainConfig(**values))
+    run(TrainConfig(**values))
 
 
 def config_value(option: click.Option, name: str, value: Any, path: Path) -> Any:

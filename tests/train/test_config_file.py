@@ -4,7 +4,7 @@ string (YAML 1.1 wants `1.0e-6` for a float), and it used to reach AdamW as one 
 import pytest
 from click.testing import CliRunner
 
-import kto.train.loop
+import kto.train.api
 from kto.train.cli import main
 
 
@@ -12,7 +12,7 @@ from kto.train.cli import main
 def captured(monkeypatch):
     """The TrainConfig the CLI builds, without training (the values are what is tested here)."""
     seen = []
-    monkeypatch.setattr(kto.train.loop, "train", seen.append)
+    monkeypatch.setattr(kto.train.api, "run", seen.append)  # the CLI calls the API with it
     return seen
 
 

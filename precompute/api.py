@@ -1,0 +1,56 @@
+"""kto-precompute as a Python call: `kto.precompute.run(PrecomputeConfig(...))`.
+
+The CLI (cli.py) parses flags into the same `PrecomputeConfig` and calls `run`; so a notebook,
+a pipeline or a script under `accelerate launch` gets exactly what the command does. Bad input
+raises `kto.formats.errors.InputError` (a ValueError) whose message is the CLI's one line; the
+CLI alone turns it into exit status 2. Nothing here calls sys.exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kto.formats.manifest import Counts, Manifest
+from kto.formats.schema import EVAL_DIR
+
+from .config import PrecomputeConfig
+
+
+@dataclass(frozen=True)
+class PrecomputeResult:
+    """What a finished kto-precompute wrote (every process of a multi-process run gets it)."""
+
+    cache: Path
+    """The training cache directory (its manifest.json is final)."""
+    fingerprint: str
+    """The cache's fingerprint, as in its manifest: what kto-train checks."""
+    counts: Counts
+    """Rows per class, dropped, truncated, tokens scored: the manifest's counts."""
+    eval_cache: Path | None = None
+    """OUT/eval/ when --eval-fraction > 0, else None."""
+    eval_fingerprint: str | None = None
+    eval_counts: Counts | None = None
+
+
+def run(config: PrecomputeConfig) -> PrecomputeResult:
+    """Score every example of `config.data` and its KL pair with the reference; write the cache.
+
+    Raises InputError on bad input (nothing half-written); reruns resume as the CLI does."""
+    from .pipeline import run_precompute  # torch and the models load on call, not on import
+
+    return result_of(config, run_precompute(config))
+
+
+def result_of(config: PrecomputeConfig, manifests: list[Manifest]) -> PrecomputeResult:
+    """The result for the manifests run_precompute returns (train first, then eval if any)."""
+    by_split = {m.content.split: m for m in manifests}
+    train, evaluation = by_split["train"], by_split.get("eval")
+    return PrecomputeResult(
+        cache=Path(config.out),
+        fingerprint=train.fingerprint,
+        counts=train.counts,
+        eval_cache=Path(config.out) / EVAL_DIR if evaluation else None,
+        eval_fingerprint=evaluation.fingerprint if evaluation else None,
+        eval_counts=evaluation.counts if evaluation else None,
+    )

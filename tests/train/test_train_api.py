@@ -1,0 +1,90 @@
+"""The Python API (`kto.train.run`): the CLI's run, with its paths and final metrics returned;
+bad input raised as InputError, never SystemExit; the same call under torchrun on 2 processes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import metrics, run_train, torchrun
+
+import kto.train
+from kto.formats.errors import InputError
+from kto.train.config import TrainConfig
+
+ARGS = {"batch_size": 2, "lr": 1e-3, "log_every": 1, "max_steps": 2}
+CLI_ARGS = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps", "2"]
+# Wall-clock and memory figures differ from one run to the next; everything else is computed.
+MEASURED = {"tokens_per_s", "peak_memory_gb", "rss_anon_gb", "rss_file_gb"}
+
+
+def computed(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in MEASURED | {"step", "split"}}
+
+
+def test_run_returns_the_paths_and_final_metrics_the_cli_writes(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    cfg = TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path / "api", eval_cache=tiny_eval_cache, **ARGS)
+    result = kto.train.run(cfg)
+    cli = run_train(tiny_cache, tiny_model_dir, tmp_path / "cli", *CLI_ARGS, "--eval-cache", str(tiny_eval_cache))
+    assert cli.exit_code == 0, cli.output
+    assert isinstance(result, kto.train.TrainResult)
+    assert (result.run_dir, result.final, result.steps, result.merged) == (tmp_path / "api", tmp_path / "api" / "final", 2, None)
+    assert (result.final / "model.safetensors").is_file()
+    lines = metrics(tmp_path / "cli")
+    train_line = [m for m in lines if m["split"] == "train"][-1]
+    eval_line = [m for m in lines if m["split"] == "eval"][-1]
+    assert train_line["step"] == 2 and computed(result.metrics) == computed(train_line)
+    assert computed(result.eval_metrics) == computed(eval_line) and "loss" in result.eval_metrics
+    assert set(result.metrics) == set(train_line) - {"step", "split"}  # the measured ones too
+
+
+def test_without_eval_cache_eval_metrics_is_none(tiny_cache, tiny_model_dir, tmp_path):
+    result = kto.train.run(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path / "run", **{**ARGS, "max_steps": 1}))
+    assert result.eval_metrics is None and result.metrics["loss"] == pytest.approx(0.5)  # step 1: πθ = πref
+
+
+def test_bad_input_raises_input_error_and_writes_nothing(tiny_model_dir, tmp_path):
+    cfg = TrainConfig(cache=tmp_path / "no-cache", model=str(tiny_model_dir), out=tmp_path / "run")
+    with pytest.raises(InputError, match="no-cache"):
+        kto.train.run(cfg)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match="--beta"):  # the config checks its own values
+        TrainConfig(cache=tmp_path, model=str(tiny_model_dir), out=tmp_path / "run", beta=0.0)
+
+
+def test_importing_the_package_loads_no_torch():
+    """`import kto.train` is cheap; torch loads when the API is first used (its config module needs it)."""
+    code = "import sys, kto.train; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+SCRIPT = """
+    import json, sys
+    from pathlib import Path
+    import kto.train
+    from kto.train.config import TrainConfig
+
+    cache, model, out = sys.argv[1:4]
+    result = kto.train.run(TrainConfig(cache=Path(cache), model=model, out=Path(out), batch_size=2, lr=1e-3, log_every=1, max_steps=2))
+    from accelerate import PartialState
+
+    rank = PartialState().process_index
+    Path(out, f"result-{rank}.json").write_text(json.dumps({"final": str(result.final), "steps": result.steps, "metrics": result.metrics}))
+"""
+
+
+@pytest.mark.distributed
+def test_a_script_calling_the_api_runs_under_torchrun(tiny_cache, tiny_model_dir, tmp_path):
+    """Distributed use: each rank calls kto.train.run and gets the same result, that of metrics.jsonl."""
+    script = tmp_path / "train_script.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    out = tmp_path / "run"
+    torchrun(str(script), str(tiny_cache), str(tiny_model_dir), str(out))
+    results = [json.loads((out / f"result-{rank}.json").read_text()) for rank in (0, 1)]
+    assert results[0] == results[1]
+    assert results[0]["final"] == str(out / "final") and results[0]["steps"] == 2
+    assert results[0]["metrics"] == {k: v for k, v in metrics(out)[-1].items() if k not in ("step", "split")}
+    assert Path(results[0]["final"], "model.safetensors").is_file()

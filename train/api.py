@@ -1,0 +1,79 @@
+"""kto-train as a Python call: `kto.train.run(TrainConfig(...))`.
+
+The CLI (cli.py) parses flags and --config into the same `TrainConfig` and calls `run`, so a
+notebook, a pipeline or a script under `accelerate launch`/`torchrun` trains exactly as the
+command does. Bad input raises `kto.formats.errors.InputError` (a ValueError) whose message is
+the CLI's one line; only the CLI turns it into exit status 2. Nothing here calls sys.exit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import TrainConfig
+
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished kto-train wrote (every process of a multi-process run gets it)."""
+
+    run_dir: Path
+    """--out: kto_run.json, metrics.jsonl, checkpoint-STEP/, final/."""
+    final: Path
+    """The trained policy: an HF model directory, or a PEFT adapter directory with LoRA."""
+    steps: int
+    """Optimizer steps of the whole run (a resumed run counts the steps before it too)."""
+    metrics: dict = field(default_factory=dict)
+    """The last training line of metrics.jsonl (loss, kl, rewards/*, …), without step and split;
+    empty with --log-every 0."""
+    eval_metrics: dict | None = None
+    """The last eval line of metrics.jsonl (the evaluation after the last step), or None."""
+    merged: Path | None = None
+    """final-merged/ with --merge-adapters, else None."""
+
+
+def run(config: TrainConfig) -> TrainResult:
+    """Train the policy from `config.cache`; return where it went and its final metrics.
+
+    Raises InputError on bad input, before anything is written to `config.out`."""
+    from .adapters import MERGED_DIR
+    from .loop import train  # torch, accelerate and the model load on call, not on import
+
+    final = train(config)
+    train_line, eval_line = last_metrics(config.out)
+    return TrainResult(
+        run_dir=Path(config.out),
+        final=Path(final),
+        steps=train_line.get("step", 0) if train_line else _total_steps(config.out),
+        metrics=_values(train_line),
+        eval_metrics=_values(eval_line) if eval_line else None,
+        merged=Path(config.out) / MERGED_DIR if config.merge_adapters else None,
+    )
+
+
+def last_metrics(run_dir: Path) -> tuple[dict | None, dict | None]:
+    """The last `train` and the last `eval` record of RUN/metrics.jsonl (None where there is none).
+
+    The main process closes the file before every rank leaves `train`, so any rank may read it."""
+    path = Path(run_dir) / METRICS_NAME
+    last: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            last[record.get("split", "train")] = record
+    return last.get("train"), last.get("eval")
+
+
+def _values(record: dict | None) -> dict:
+    return {k: v for k, v in (record or {}).items() if k not in ("step", "split")}
+
+
+def _total_steps(run_dir: Path) -> int:
+    from kto.formats.runrecord import read_run_config
+
+    record = read_run_config(run_dir)
+    return int(record["derived"]["total_steps"]) if record else 0
