@@ -38,6 +38,7 @@ from kto.precompute.inputs.examples import iter_examples
 from kto.precompute.inputs.hub import input_identity
 
 from .config import PrecomputeConfig
+from .eval_split import EVAL_SPLIT_RULE
 from .journal import Journal
 from .output import claim_out, shard_layout
 from .pairing import PAIRING_RULE
@@ -75,6 +76,8 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
     }
     if not cfg.sharegpt.is_default():
         content["sharegpt"] = cfg.sharegpt.as_dict()
+    if cfg.eval_fraction > 0:  # the split rule decides which rows each cache holds
+        content["eval_split"] = EVAL_SPLIT_RULE
     return CacheContent(**content)  # every key a field of formats/content.py
 
 
@@ -86,6 +89,7 @@ _NOT_STAGED = (
     "model",
     "seed",
     "eval_fraction",
+    "eval_split",
     "dtype",
     "attn_implementation",
     "store_token_logps",

@@ -5,7 +5,6 @@ rule (tokenize.py). Everything here is a pure function of the staged rows and th
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from kto.formats.errors import InputError, log
 from kto.formats.manifest import Counts
 
 from .config import PrecomputeConfig
+from .eval_split import describe, split_eval
 from .pairing import kl_partners
 from .staging import StagedIndex, StagingReader, check_staged_ids, read_index
 from .tokenize import PromptCut, Truncation
@@ -45,20 +45,6 @@ class Split:
     counts: Counts
     truncation: Truncation
     """How this split's rows and their KL completions are cut (needs each row's partner)."""
-
-
-def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out round(fraction · n) rows, chosen by a seeded shuffle; both keep input order."""
-    if fraction == 0:
-        return rows, []
-    n_eval = round(fraction * len(rows))
-    picked = set(random.Random(f"eval-{seed}").sample(range(len(rows)), n_eval))
-    train = [r for i, r in enumerate(rows) if i not in picked]
-    evals = [r for i, r in enumerate(rows) if i in picked]
-    for name, part in (("train", train), ("eval", evals)):
-        if len(part) < 2:
-            raise InputError(f"--eval-fraction {fraction}: leaves {len(part)} {name} rows of {len(rows)}; each split needs at least 2")
-    return train, evals
 
 
 class _LazyIds:
@@ -122,7 +108,10 @@ def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bo
         )
     if dropped and main:
         _log_dropped(path, np.flatnonzero(~index.kept))
-    train, evals = split_eval(kept.tolist(), cfg.eval_fraction, cfg.seed)
+    labels = index.label[kept]
+    train, evals = split_eval(kept.tolist(), labels.tolist(), index.prompt_key[kept].tolist(), cfg.eval_fraction, cfg.seed)
+    if evals and main:
+        log(describe(index.label[evals].tolist(), int(labels.sum()), int((~labels).sum())))
     splits = []
     for name, part, out in (("train", train, cfg.out), ("eval", evals, cfg.out / S.EVAL_DIR)):
         if not part:

@@ -36,9 +36,9 @@ from _pairing_before import legacy_plan  # noqa: E402
 
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
 from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
+from kto.precompute.eval_split import split_eval  # noqa: E402
 from kto.precompute.inputs.examples import ColumnMap, read_examples  # noqa: E402
 from kto.precompute.pairing import kl_partners  # noqa: E402
-from kto.precompute.splits import split_eval  # noqa: E402
 from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example  # noqa: E402
 from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
@@ -54,7 +54,7 @@ def rows_and_pairs(tok, variant: str):
     examples = read_examples([ROOT / "examples" / "feedback.jsonl"], ColumnMap())
     rule = Truncation(MAX_LENGTH, MAX_LENGTH // 2, leading_bos_id(tok))  # prompts are cut at tokenization
     tokenized = [r for r in (tokenize_example(e, tok, truncation=rule) for e in examples) if r is not None]
-    train, _ = split_eval(tokenized, 0.2, 0)
+    train, _ = split_eval(tokenized, [r.example.label for r in tokenized], [repr(r.example.prompt) for r in tokenized], 0.2, 0)
     keys = [(repr(r.example.prompt), repr(r.example.completion)) for r in train]
     lengths = [min(len(r.prompt_ids) + len(r.completion_ids), MAX_LENGTH) for r in train]
     if variant == "before":

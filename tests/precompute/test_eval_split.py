@@ -1,0 +1,92 @@
+"""--eval-fraction: stratified by label, rows sharing a prompt on one side, tiny sets stated."""
+
+import random
+
+import polars as pl
+import pytest
+from conftest import chat_rows, precompute_args, write_rows
+
+from kto.formats import schema as S
+from kto.formats.errors import InputError
+from kto.precompute.eval_split import EVAL_SPLIT_RULE, eval_targets, split_eval
+
+
+def labelled(n_desirable: int, n_undesirable: int) -> tuple[list[int], list[bool], list[int]]:
+    """Rows 0..n-1, desirable first, each with a prompt of its own."""
+    labels = [True] * n_desirable + [False] * n_undesirable
+    return list(range(len(labels))), labels, list(range(len(labels)))
+
+
+def test_each_label_gets_its_share():
+    """16 desirable, 4 undesirable, f = 0.25: round(0.25·16) = 4 and round(0.25·4) = 1, for every seed."""
+    rows, labels, groups = labelled(16, 4)
+    for seed in range(20):
+        train, evals = split_eval(rows, labels, groups, 0.25, seed)
+        assert sum(labels[i] for i in evals) == 4 and sum(not labels[i] for i in evals) == 1, seed
+        assert sorted(train + evals) == rows and train == sorted(train) and evals == sorted(evals)
+
+
+def test_a_small_set_with_both_labels_gets_both_in_eval():
+    """10 rows, 8 desirable and 2 undesirable, f = 0.2: round(0.2·10) = 2 eval rows; by share they
+    would be round(1.6) = 2 desirable and round(0.4) = 0 undesirable (all desirable); at least one
+    of each makes 1 and 1. The unstratified shuffle gave an all-desirable split for most seeds."""
+    assert (eval_targets(8, 2, 0.2).desirable, eval_targets(8, 2, 0.2).undesirable) == (1, 1)
+    rows, labels, groups = labelled(8, 2)
+    for seed in range(20):
+        _, evals = split_eval(rows, labels, groups, 0.2, seed)
+        assert sorted(labels[i] for i in evals) == [False, True], seed
+
+
+def test_tiny_sets_are_stated():
+    # A label with one row stays in training; fewer than 2 eval rows is refused as before.
+    assert (eval_targets(9, 1, 0.2).desirable, eval_targets(9, 1, 0.2).undesirable) == (2, 0)
+    assert (eval_targets(5, 5, 0.1).desirable, eval_targets(5, 5, 0.1).undesirable) == (1, 1)  # round(0.5) = 0 each: at least one
+    rows, labels, groups = labelled(8, 2)
+    with pytest.raises(InputError, match=r"--eval-fraction 0.1: leaves 1 eval rows of 10; each split needs at least 2"):
+        split_eval(rows, labels, groups, 0.1, 0)
+
+
+def test_rows_sharing_a_prompt_stay_on_one_side():
+    """Random data with prompt groups of 1-4 rows: no group straddles, and the eval split never
+    holds more of a label than its target."""
+    rng = random.Random(0)
+    for trial in range(50):
+        groups = [g for g in range(rng.randint(10, 40)) for _ in range(rng.randint(1, 4))]
+        labels = [rng.random() < 0.7 for _ in groups]
+        rows = list(range(len(groups)))
+        fraction = rng.choice([0.1, 0.2, 0.3])
+        try:
+            train, evals = split_eval(rows, labels, groups, fraction, trial)
+        except InputError:
+            continue
+        assert not {groups[i] for i in train} & {groups[i] for i in evals}, trial
+        t = eval_targets(sum(labels), len(labels) - sum(labels), fraction)
+        assert sum(labels[i] for i in evals) <= t.desirable and sum(not labels[i] for i in evals) <= t.undesirable
+
+
+def test_pairs_stay_together_and_balance():
+    """10 prompts, each with a desirable and an undesirable row (a pair), f = 0.3: 3 whole pairs."""
+    groups = [g for g in range(10) for _ in range(2)]
+    labels = [True, False] * 10
+    _, evals = split_eval(list(range(20)), labels, groups, 0.3, 0)
+    assert len(evals) == 6 and len({groups[i] for i in evals}) == 3 and sum(labels[i] for i in evals) == 3
+
+
+def test_the_cli_split_is_by_label_and_prompt_and_the_fingerprint_records_it(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from kto.formats.manifest import read_manifest
+    from kto.precompute.cli import main
+
+    rows = chat_rows()  # 8 questions, each answered once well (desirable) and once badly
+    data = write_rows(tmp_path / "chat.jsonl", rows)
+    out = tmp_path / "c"
+    result = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, out, "--eval-fraction", "0.25"), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "eval split: 4 rows (2 desirable, 2 undesirable)" in result.output
+    prompts = {name: {tuple(p) for p in pl.read_ipc(f"{d}/*.arrow")["prompt_ids"].to_list()} for name, d in (("train", out), ("eval", out / S.EVAL_DIR))}
+    assert len(prompts["eval"]) == 2 and len(prompts["train"]) == 6 and not prompts["eval"] & prompts["train"]
+    assert read_manifest(out).content.eval_split == EVAL_SPLIT_RULE == read_manifest(out / S.EVAL_DIR).content.eval_split
+    plain = tmp_path / "plain"
+    assert CliRunner().invoke(main, precompute_args(data, tiny_model_dir, plain), catch_exceptions=False).exit_code == 0
+    assert "eval_split" not in read_manifest(plain).content.to_json()  # --eval-fraction 0: today's content, today's fingerprint
