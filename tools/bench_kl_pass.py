@@ -42,7 +42,7 @@ from kto.precompute.pairing import kl_partners  # noqa: E402
 from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example  # noqa: E402
 from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
-from kto.train.setup import disable_dropout  # noqa: E402
+from kto.train.model import disable_dropout  # noqa: E402
 from kto.train.step import LossSettings, kl_local_sums, policy_pass  # noqa: E402
 from kto.train.step import kl_groups as groups_of  # noqa: E402
 

@@ -43,8 +43,8 @@ from kto.formats.compute.logprob import CompletionLogps, make_token_batch, seque
 from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.train.data import KTOMicroBatch
 from kto.train.loss import LossType
+from kto.train.model import disable_dropout
 from kto.train.optim import build_optimizer, build_scheduler
-from kto.train.setup import disable_dropout
 from kto.train.step import LossSettings, forward_backward, optimizer_step
 
 PRECISIONS = ("bf16", "amp-bf16", "fp32", "fp32-autocast-bf16")

@@ -52,7 +52,8 @@ from kto.precompute.tokenize import TokenizedRow, Truncation, tokenize_example  
 from kto.train.config import TrainConfig  # noqa: E402
 from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
-from kto.train.setup import disable_dropout, make_accelerator  # noqa: E402
+from kto.train.model import disable_dropout  # noqa: E402
+from kto.train.setup import make_accelerator  # noqa: E402
 from kto.train.step import STAT_FIELDS, LossSettings, forward_backward, summarize  # noqa: E402
 
 SYSTEMS = [

@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log
 
-from . import adapters, sharding
-from .checkpoint import Position, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir
+from .checkpoint import Position
 from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
 from .config import TrainConfig
 from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
 from .evaluate import evaluate
-from .guard import check_step, check_weights
+from .guard import check_step
 from .rundir import lock_run_dir
-from .setup import Run, check_inputs, load_base, setup
+from .setup import Run, check_inputs, setup
 from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
 
 if TYPE_CHECKING:
@@ -31,9 +30,9 @@ if TYPE_CHECKING:
 
 
 def train(cfg: TrainConfig) -> Path:
-    inputs = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
-    with lock_run_dir(cfg.out, inputs.accelerator):  # one kto-train per run directory, for the whole run
-        return run_steps(setup(inputs))
+    checked = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
+    with lock_run_dir(cfg.out, checked.accelerator):  # one kto-train per run directory, for the whole run
+        return run_steps(setup(checked))
 
 
 def run_steps(run: Run) -> Path:
@@ -50,8 +49,8 @@ def run_steps(run: Run) -> Path:
             stats = forward_backward(run.model, batches, run.settings, run.accelerator, on_first_pass=first_step_check(run, batches[0]))
             stats = stats.all_reduced(run.accelerator)
             norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
-            grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.last_checkpoint)
-            apply_update(run.optimizer, run.scheduler)  # only after the check: a NaN never reaches the weights
+            grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.policy.last_checkpoint)
+            apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
             run.memory.sample()
             window = stats if window is None else window.plus(stats)
             run.position = nxt
@@ -62,7 +61,7 @@ def run_steps(run: Run) -> Path:
             if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
                 run_eval(run)
             if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
-                save(run)
+                run.policy.save(run.position)
     finally:
         prefetch.close()
     if run.eval_cache:
@@ -122,7 +121,7 @@ def check_drift(run: Run, drift: Drift) -> None:
         f"(tolerance {tolerance:g}; cache numerics {cache_numerics}, this run {numerics.name})",
         accelerator,
     )
-    if adapters.quantized(cfg) and cfg.drift_tolerance is None:
+    if run.policy.quantized and cfg.drift_tolerance is None:
         log(
             "step-0 check: not enforced with quantized base weights (the cache's reference is the unquantized "
             "--model; the drift above is the quantization error); --drift-tolerance enforces one",
@@ -156,7 +155,7 @@ def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float) ->
     p = run.position
     line = summarize(window)
     line.update(
-        lr=run.scheduler.get_last_lr()[0],
+        lr=run.policy.scheduler.get_last_lr()[0],
         grad_norm=grad_norm,
         epoch=p.epoch + p.step_in_epoch / run.steps_per_epoch,
         tokens_per_s=line.pop("tokens") / max(seconds, 1e-9),
@@ -176,53 +175,11 @@ def run_eval(run: Run) -> None:
     log(f"eval @ {run.position.global_step}: loss {result['loss']:.4f} margin {result['rewards/margins']:.4f}", run.accelerator)
 
 
-def save(run: Run) -> None:
-    acc, step = run.accelerator, run.position.global_step
-    check_weights(run.model, acc, step, run.last_checkpoint, f"checkpoint-{step}")
-    if sharding.is_fsdp(acc):
-        lora = adapters.enabled(run.cfg)
-        path = sharding.save_checkpoint(
-            run.cfg.out,
-            run.model,
-            run.optimizer,
-            run.scheduler,
-            run.tokenizer,
-            run.position,
-            run.plan_identity,
-            acc,
-            lora,
-            acc.unwrap_model(run.model).lm.peft_config["default"] if lora else None,
-        )
-        log(f"saved {path}", acc)
-    acc.wait_for_everyone()
-    if acc.is_main_process and not sharding.is_fsdp(acc):
-        path = save_checkpoint(run.cfg.out, acc.unwrap_model(run.model).lm, run.tokenizer, run.optimizer, run.scheduler, run.position, run.plan_identity)
-        log(f"saved {path}", acc)
-    if acc.is_main_process:
-        for old in prune_checkpoints(run.cfg.out, run.cfg.save_total_limit):
-            log(f"removed {old} (--save-total-limit {run.cfg.save_total_limit})", acc)
-    run.last_checkpoint = run.cfg.out / f"checkpoint-{step}"
-    acc.wait_for_everyone()
-
-
 def finish(run: Run) -> Path:
     """Save OUT/final atomically, close the metrics and the trackers."""
-    acc, final = run.accelerator, run.cfg.out / "final"
-    check_weights(run.model, acc, run.position.global_step, run.last_checkpoint, "final/")
-    acc.wait_for_everyone()
-    if sharding.is_fsdp(acc):
-        sharding.save_final(final, run.model, run.tokenizer, acc, adapters.enabled(run.cfg))
-    elif acc.is_main_process:
-        # Under LoRA `lm` is a PeftModel: save_pretrained writes the adapter directory.
-        with saved_dir(final) as tmp:
-            save_model_dir(acc.unwrap_model(run.model).lm, run.tokenizer, tmp)
-    if acc.is_main_process:
-        log(f"saved {final}", acc)
-        if run.cfg.merge_adapters:
-            merged = final.parent / adapters.MERGED_DIR
-            adapters.write_merged(load_base(run.cfg), final, run.tokenizer, merged)
-            log(f"saved {merged} (--model with the adapters merged in)", acc)
+    final = run.policy.finish(run.position.global_step)
+    if run.metrics:
         run.metrics.close()
-    acc.wait_for_everyone()
-    acc.end_training()
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
     return final

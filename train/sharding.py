@@ -243,14 +243,6 @@ def load_checkpoint(
     return Position(**saved["position"]), saved["plan"]
 
 
-def check_checkpoint(path: Path, accelerator: Accelerator) -> None:
-    """A sharded checkpoint needs FSDP to resume it, a whole-model one needs FSDP off."""
-    if is_sharded_checkpoint(path) and not is_fsdp(accelerator):
-        raise InputError(f"--resume: {path} is a sharded FSDP checkpoint; resume it with FSDP (--fsdp, or accelerate launch --use_fsdp) on several processes")
-    if not is_sharded_checkpoint(path) and is_fsdp(accelerator):
-        raise InputError(f"--resume: {path} was written without FSDP; resume it without FSDP")
-
-
 def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, adapters_only: bool) -> None:
     """One HF directory (or PEFT adapter directory) from the full state dict, gathered on the
     main process's CPU (`cpu_offload`: the other processes get an empty dict)."""

@@ -19,8 +19,9 @@ from kto.formats.compute.models import load_tokenizer, resolve_source
 from kto.train import adapters, sharding
 from kto.train.config import TrainConfig
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
+from kto.train.model import load_policy
 from kto.train.optim import build_optimizer
-from kto.train.setup import load_policy, make_accelerator
+from kto.train.setup import make_accelerator
 from kto.train.step import LossSettings, forward_backward
 
 

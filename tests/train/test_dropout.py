@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kto.train.setup import disable_dropout
+from kto.train.model import disable_dropout
 
 
 def tiny(arch: str):

@@ -269,7 +269,7 @@ def test_without_dropout_a_training_forward_equals_an_evaluation_one(tiny_model_
 
     from kto.formats.compute.logprob import CompletionLogps
     from kto.formats.compute.models import load_causal_lm, resolve_source
-    from kto.train.setup import disable_dropout
+    from kto.train.model import disable_dropout
 
     lm = load_causal_lm(resolve_source(str(make_tiny_llama(tmp_path / "m", tokenizer_dir, attention_dropout=0.5))), dtype=torch.float32)
     model = CompletionLogps(lm)

@@ -76,7 +76,7 @@ def test_fsdp_resume_is_exact_and_final_is_one_hf_dir(tiny_cache, tiny_model_dir
     crash_after_step_2(full, other)
     result = CliRunner().invoke(main, ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(other), *ARGS, "--resume"])
     # (run/kto_run.json's check names the settings that differ first, world size among them; without
-    # it, train/sharding.check_checkpoint says that the checkpoint is sharded.)
+    # it, train/policy.py's WholeCopies.check_checkpoint says that the checkpoint is sharded.)
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("kto-train: error: --resume:")
 
 
