@@ -19,7 +19,7 @@ to run `kto-inspect verify`, which lists every problem at once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -158,53 +158,115 @@ class ShardedCache:
             out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str] = S.SHARD_SCHEMA.names) -> dict[str, ragged.Ragged | np.ndarray | list]:
-        """`columns` of the given global rows, in the given order (repeats allowed).
-
-        List columns come back as `Ragged`, gathered with numpy straight from the shards'
-        memory-mapped Arrow offsets and values (no Python object per token); numeric and bool
-        columns as numpy arrays; string columns as Python lists.
-        """
+    def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str] | None = None) -> dict[str, ragged.Ragged | np.ndarray | list]:
+        """`columns` of the given global rows (every declared column by default): `gather_rows`."""
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= self.num_rows):
             raise IndexError(f"{self.dir}: row index out of range [0, {self.num_rows})")
-        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
-        local = indices - self.starts[shard_of]
-        touched = np.unique(shard_of).tolist()
-        out = {}
-        for name in columns:
-            views = {k: self._view(k, name) for k in touched}
-            if name in _LIST_COLUMNS:
-                sources = [views.get(k) for k in range(self.num_shards)]
-                out[name] = ragged.take_many(sources, shard_of, local) if touched else ragged.Ragged(np.zeros(0), np.zeros(1, np.int64))
-            elif name in _STRING_COLUMNS:
-                out[name] = [None] * len(indices)
-                for k in touched:
-                    where = np.flatnonzero(shard_of == k)
-                    for i, value in zip(where.tolist(), views[k].take(pa.array(local[where])).to_pylist()):
-                        out[name][i] = value
-            else:
-                values = np.empty(len(indices), dtype=views[touched[0]].dtype if touched else np.float64)
-                for k in touched:
-                    where = shard_of == k
-                    values[where] = views[k][local[where]]
-                out[name] = values
-        return out
+        return gather_rows(self.starts, self._view, indices, S.SHARD_SCHEMA.names if columns is None else columns)
 
-    def _view(self, k: int, name: str):
-        """Shard k's column `name`: a zero-copy Ragged (lists), numpy array (numbers; bools are
-        unpacked once, one byte a row), or the Arrow column (strings)."""
+    def _view(self, k: int, name: str) -> ragged.Ragged | np.ndarray | pa.ChunkedArray:
         key = (k, name)
         if key not in self._views:
-            column = self.table(k).column(name)
-            if name in _LIST_COLUMNS:
-                self._views[key] = ragged.from_arrow(column)
-            elif name in _STRING_COLUMNS:
-                self._views[key] = column
-            else:  # one chunk (write_shard writes one): float64 is a zero-copy view
-                self._views[key] = column.chunk(0).to_numpy(zero_copy_only=False) if column.num_chunks == 1 else column.to_numpy()
+            self._views[key] = column_view(self.table(k).column(name))
         return self._views[key]
 
 
-_LIST_COLUMNS = frozenset(f.name for f in S.SHARD_SCHEMA if isinstance(f.type, pa.ListType))
-_STRING_COLUMNS = frozenset(f.name for f in S.SHARD_SCHEMA if pa.types.is_string(f.type))
+def column_view(column: pa.ChunkedArray | pa.Array) -> ragged.Ragged | np.ndarray | pa.ChunkedArray | pa.Array:
+    """A column as `gather_rows` reads it: a zero-copy Ragged (lists), a numpy array (numbers;
+    bools are unpacked once, one byte a row), or the Arrow column itself (strings)."""
+    if pa.types.is_list(column.type):
+        return ragged.from_arrow(column)
+    if pa.types.is_string(column.type):
+        return column
+    if isinstance(column, pa.ChunkedArray):  # one chunk (write_shard writes one): float64 is a zero-copy view
+        return column.chunk(0).to_numpy(zero_copy_only=False) if column.num_chunks == 1 else column.to_numpy()
+    return column.to_numpy(zero_copy_only=False)
+
+
+def gather_rows(
+    starts: np.ndarray, view: Callable[[int, str], object], indices: np.ndarray, columns: Sequence[str]
+) -> dict[str, ragged.Ragged | np.ndarray | list]:
+    """`columns` of global rows `indices` (any order, repeats allowed) of tables laid end to end,
+    table k holding rows starts[k]..starts[k+1]; `view(k, name)` is table k's `column_view`.
+
+    The one random-access read of Arrow rows, for cache shards and precompute's staging file
+    alike: list columns come back as `Ragged`, gathered with numpy straight from the mapped
+    offsets and values (one masked gather per table, no Python object per token); numeric and
+    bool columns as numpy arrays; string columns as Python lists. Nothing returned refers to
+    the mapped buffers, so the file may be unmapped afterwards.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    source_of = np.searchsorted(starts, indices, side="right") - 1
+    local = indices - starts[source_of]
+    touched = np.unique(source_of).tolist()
+    out: dict[str, ragged.Ragged | np.ndarray | list] = {}
+    for name in columns:
+        views = {k: view(k, name) for k in touched}
+        sample = views[touched[0]] if touched else None
+        if isinstance(sample, ragged.Ragged):
+            sources = [views.get(k) for k in range(len(starts) - 1)]
+            out[name] = ragged.take_many(sources, source_of, local)
+        elif isinstance(sample, np.ndarray):
+            values = np.empty(len(indices), dtype=sample.dtype)
+            for k in touched:
+                where = source_of == k
+                values[where] = views[k][local[where]]
+            out[name] = values
+        elif sample is not None:
+            out[name] = [None] * len(indices)
+            for k in touched:
+                where = np.flatnonzero(source_of == k)
+                for i, value in zip(where.tolist(), views[k].take(pa.array(local[where])).to_pylist()):
+                    out[name][i] = value
+        else:  # no rows
+            out[name] = _empty(name)
+    return out
+
+
+def _empty(name: str) -> ragged.Ragged | np.ndarray | list:
+    """What `gather_rows` returns for no rows (declared columns keep their kind)."""
+    try:
+        column = S.declared(name)
+    except KeyError:
+        return []
+    if column.is_list:
+        return ragged.Ragged(np.zeros(0), np.zeros(1, np.int64))
+    return [] if column.is_string else np.zeros(0, dtype=np.float64)
+
+
+class ArrowFile:
+    """Random access to the rows of one Arrow IPC file of several record batches (precompute's
+    staging file), through `gather_rows`; mapped only inside a `with`, so that the pages a
+    caller touched leave the resident set when it exits (nanoGPT rebuilds its np.memmap per
+    batch for the same reason)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._reader: ipc.RecordBatchFileReader | None = None
+
+    def __enter__(self) -> ArrowFile:
+        self._source = pa.memory_map(str(self.path))
+        self._reader = ipc.open_file(self._source)
+        sizes = [self._reader.get_batch(b).num_rows for b in range(self._reader.num_record_batches)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self._views: dict[tuple[int, str], object] = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._views.clear()
+        self._reader = None
+        self._source.close()
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.starts[-1])
+
+    def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str]) -> dict[str, ragged.Ragged | np.ndarray | list]:
+        """`columns` of rows `indices` (`gather_rows`)."""
+        return gather_rows(self.starts, self._view, np.asarray(indices, dtype=np.int64), columns)
+
+    def _view(self, b: int, name: str) -> ragged.Ragged | np.ndarray | pa.Array:
+        if (b, name) not in self._views:
+            self._views[(b, name)] = column_view(self._reader.get_batch(b).column(name))
+        return self._views[(b, name)]

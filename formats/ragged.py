@@ -52,6 +52,17 @@ class Ragged:
         return cls(values.astype(dtype, copy=False), offsets)
 
 
+def to_arrow(rows: Ragged | Sequence[Sequence] | None, type: pa.ListType, n: int = 0) -> pa.Array:
+    """The Arrow list column of `rows` (a Ragged, or one sequence per row), its values cast to
+    `type`'s value type and its offsets int32: the one list builder of the package (shards,
+    staging, tools). None gives `n` null rows (a column not stored)."""
+    if rows is None:
+        return pa.nulls(n, type=type)
+    r = packed(rows) if isinstance(rows, Ragged) else Ragged.from_rows(rows, type.value_type.to_pandas_dtype())
+    values = r.values.astype(type.value_type.to_pandas_dtype(), copy=False)
+    return pa.ListArray.from_arrays(pa.array(r.offsets.astype(np.int32)), pa.array(values))
+
+
 def from_arrow(column: pa.ChunkedArray | pa.ListArray) -> Ragged:
     """Zero-copy view of a list column (one chunk, as `formats.shards.write_shard` writes).
 

@@ -4,19 +4,11 @@ One shard row is one example, with its mismatched KL partner already attached. R
 in the KL pairing's cycle order: row k's `kl_source_id` is normally row k+1's `id` (the last
 row's is row 0's), so that kto-train can put a row and its partner in the same step.
 
-| column              | type          | meaning                                                     |
-|---------------------|---------------|-------------------------------------------------------------|
-| id                  | string        | stable row id (input `id` column, or `file:row`)            |
-| label               | bool          | true = desirable                                            |
-| prompt_ids          | list<int32>   | prompt tokens (cut only if the row's own sequence is too long) |
-| completion_ids      | list<int32>   | completion tokens (truncated from the right)                |
-| ref_logp            | float64       | Σ over completion tokens of log πref(y_t | x, y_<t)          |
-| ref_token_logps     | list<float32> | the per-token terms of that sum (null when not stored)      |
-| kl_source_id        | string        | id of the row whose completion forms the KL sequence        |
-| kl_completion_ids   | list<int32>   | that row's whole completion, cut to max_length − own prompt |
-| ref_kl_logp         | float64       | Σ log πref(y'_t | x, y'_<t) over kl_completion_ids           |
-| ref_kl_token_logps  | list<float32> | per-token terms (null when not stored)                      |
-| truncated           | bool          | prompt or completion was cut to fit the length limits       |
+The row is declared once, in `COLUMNS`: each column's name, Arrow type, the phase of
+kto-precompute that fills it (`Phase`) and whether kto-train reads it. The shard schema, the
+shard writer (shards.shard_table), the cache reader's gathers, kto-train's collation
+(train/data.py) and the tests' expected schema all come from it; docs/design.md ("Adding a
+column") walks through adding one.
 
 When FORMAT_VERSION must change: when a cache written after a change would be refused or read
 wrongly by the kto before it, or a cache written before would be read wrongly after it. That is:
@@ -37,6 +29,9 @@ kto-precompute.
 """
 
 from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -62,21 +57,80 @@ REF_KL_LOGP = "ref_kl_logp"
 REF_KL_TOKEN_LOGPS = "ref_kl_token_logps"
 TRUNCATED = "truncated"
 
-SHARD_SCHEMA = pa.schema(
-    [
-        pa.field(ID, pa.string(), nullable=False),
-        pa.field(LABEL, pa.bool_(), nullable=False),
-        pa.field(PROMPT_IDS, pa.list_(pa.int32()), nullable=False),
-        pa.field(COMPLETION_IDS, pa.list_(pa.int32()), nullable=False),
-        pa.field(REF_LOGP, pa.float64(), nullable=False),
-        pa.field(REF_TOKEN_LOGPS, pa.list_(pa.float32()), nullable=True),
-        pa.field(KL_SOURCE_ID, pa.string(), nullable=False),
-        pa.field(KL_COMPLETION_IDS, pa.list_(pa.int32()), nullable=False),
-        pa.field(REF_KL_LOGP, pa.float64(), nullable=False),
-        pa.field(REF_KL_TOKEN_LOGPS, pa.list_(pa.float32()), nullable=True),
-        pa.field(TRUNCATED, pa.bool_(), nullable=False),
-    ]
+
+class Phase(enum.Enum):
+    """The step of kto-precompute that fills a column."""
+
+    STAGE = "stage"
+    """At tokenization (precompute/tokenize.py): the value is an attribute of the tokenized row,
+    or of its Example, of the column's name, staged with the row (precompute/staging.py)."""
+    PAIRING = "pairing"
+    """Once the row's KL partner is known (precompute/pairing.py), where completions are cut."""
+    SCORE = "score"
+    """By the reference model (precompute/score.py)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One shard column. `trained`: kto-train collates it into every micro-batch (a list column
+    of token ids into the policy or KL TokenBatch; a number or bool into `KTOMicroBatch.columns`
+    as a [B] tensor)."""
+
+    name: str
+    type: pa.DataType
+    phase: Phase
+    trained: bool
+    doc: str
+    nullable: bool = False
+
+    @property
+    def is_list(self) -> bool:
+        return pa.types.is_list(self.type)
+
+    @property
+    def is_string(self) -> bool:
+        return pa.types.is_string(self.type)
+
+    def field(self) -> pa.Field:
+        return pa.field(self.name, self.type, nullable=self.nullable)
+
+
+_I32, _F32 = pa.list_(pa.int32()), pa.list_(pa.float32())
+COLUMNS: tuple[Column, ...] = (
+    Column(ID, pa.string(), Phase.STAGE, False, "stable row id (input `id` column, or `file:row`)"),
+    Column(LABEL, pa.bool_(), Phase.STAGE, True, "true = desirable"),
+    Column(PROMPT_IDS, _I32, Phase.STAGE, True, "prompt tokens (cut only if the row's own sequence is too long)"),
+    Column(COMPLETION_IDS, _I32, Phase.PAIRING, True, "completion tokens (truncated from the right)"),
+    Column(REF_LOGP, pa.float64(), Phase.SCORE, True, "Σ over completion tokens of log πref(y_t | x, y_<t)"),
+    Column(REF_TOKEN_LOGPS, _F32, Phase.SCORE, False, "the per-token terms of that sum (null when not stored; the step-0 check reads them)", True),
+    Column(KL_SOURCE_ID, pa.string(), Phase.PAIRING, False, "id of the row whose completion forms the KL sequence"),
+    Column(KL_COMPLETION_IDS, _I32, Phase.PAIRING, True, "that row's whole completion, cut to max_length − own prompt"),
+    Column(REF_KL_LOGP, pa.float64(), Phase.SCORE, True, "Σ log πref(y'_t | x, y'_<t) over kl_completion_ids"),
+    Column(REF_KL_TOKEN_LOGPS, _F32, Phase.SCORE, False, "per-token terms (null when not stored)", True),
+    Column(TRUNCATED, pa.bool_(), Phase.PAIRING, False, "prompt or completion was cut to fit the length limits"),
 )
+
+
+def shard_schema(columns: tuple[Column, ...] | None = None) -> pa.Schema:
+    """The Arrow schema of `columns` (the declared ones by default)."""
+    return pa.schema([c.field() for c in (COLUMNS if columns is None else columns)])
+
+
+def declared(name: str) -> Column:
+    """The declared column `name` (KeyError when there is none)."""
+    for c in COLUMNS:
+        if c.name == name:
+            return c
+    raise KeyError(name)
+
+
+def columns_of(phase: Phase) -> tuple[Column, ...]:
+    """The declared columns `phase` fills, in shard order."""
+    return tuple(c for c in COLUMNS if c.phase is phase)
+
+
+# Derived from COLUMNS once; a temporary declaration (tests) replaces both together.
+SHARD_SCHEMA = shard_schema()
 
 SHARD_GLOB = "shard-*.arrow"
 MANIFEST_NAME = "manifest.json"

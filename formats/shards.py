@@ -9,18 +9,20 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from . import ragged
 from . import schema as S
 from .atomic import atomic_path, write_json_atomic
 from .errors import InputError
 from .files import read_json, sha256_file
-from .schema import SHARD_SCHEMA
 
 VERIFIED_NAME = ".verified.json"
 # Shard-level schema metadata (string keys and values): the content fingerprint and the layout
@@ -38,9 +40,35 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def shard_table(values: Mapping[str, Any], *, fill_missing: bool = False) -> pa.Table:
+    """A shard's table from each declared column's values (schema.COLUMNS, in shard order):
+    list columns as a Ragged or one numpy array per row (None: not stored, all null; Python
+    lists, nulls included, also do), the others as one value per row. kto-precompute's writer
+    and the tools build shards here. `fill_missing` (tools and tests that build shards by hand):
+    a declared column without values gets zeros of its type (empty lists, "", False, 0), so
+    such code names only the columns it cares about."""
+    n = len(values[S.ID])
+    missing = [c for c in S.COLUMNS if c.name not in values]
+    if missing and not fill_missing:
+        raise ValueError(f"shard_table: no values for declared column(s) {', '.join(c.name for c in missing)}")
+    values = {**values, **{c.name: [_zero(c)] * n for c in missing}}
+    return pa.table({c.name: _array(c, values[c.name], n) for c in S.COLUMNS}, schema=S.SHARD_SCHEMA)
+
+
+def _zero(column: S.Column) -> object:
+    if column.is_list:
+        return []
+    return "" if column.is_string else column.type.to_pandas_dtype()(0).item()
+
+
+def _array(column: S.Column, values: Any, n: int) -> pa.Array:
+    fast = values is None or isinstance(values, ragged.Ragged) or all(isinstance(v, np.ndarray) for v in values)
+    return ragged.to_arrow(values, column.type, n) if column.is_list and fast else pa.array(values, column.type)
+
+
 def write_shard(path: Path, table: pa.Table, metadata: dict[str, str]) -> str:
     """Write `table` (cast to the shard schema) to `path` atomically; return its sha256."""
-    table = table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
+    table = table.select(S.SHARD_SCHEMA.names).cast(S.SHARD_SCHEMA)
     table = table.replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
         # No compression: memory-mapped reads then hand out zero-copy buffers.

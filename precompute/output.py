@@ -19,11 +19,7 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import pyarrow as pa
 
 from kto.formats import schema as S
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
@@ -225,43 +221,6 @@ def _remove(entries: list[Path], keep: str | None = LOCK_NAME) -> None:
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
-
-
-def _int_lists(arrays: Sequence[np.ndarray]) -> pa.Array:
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    values = np.concatenate(arrays).astype(np.int32) if len(arrays) else np.zeros(0, np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-
-
-def _float_lists(arrays: Sequence[np.ndarray] | None, n: int) -> pa.Array:
-    if arrays is None:
-        return pa.nulls(n, type=pa.list_(pa.float32()))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    values = np.concatenate(arrays).astype(np.float32) if arrays else np.zeros(0, np.float32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-
-
-def shard_table(rows, ref, ref_kl, store_token_logps: bool) -> pa.Table:
-    """rows: CacheRow list; ref/ref_kl: Scored results aligned with rows."""
-    n = len(rows)
-    return pa.table(
-        {
-            S.ID: pa.array([r.id for r in rows], pa.string()),
-            S.LABEL: pa.array([r.label for r in rows], pa.bool_()),
-            S.PROMPT_IDS: _int_lists([r.prompt_ids for r in rows]),
-            S.COMPLETION_IDS: _int_lists([r.completion_ids for r in rows]),
-            S.REF_LOGP: pa.array(ref.sums, pa.float64()),
-            S.REF_TOKEN_LOGPS: _float_lists(ref.token_logps if store_token_logps else None, n),
-            S.KL_SOURCE_ID: pa.array([r.kl_source_id for r in rows], pa.string()),
-            S.KL_COMPLETION_IDS: _int_lists([r.kl_completion_ids for r in rows]),
-            S.REF_KL_LOGP: pa.array(ref_kl.sums, pa.float64()),
-            S.REF_KL_TOKEN_LOGPS: _float_lists(ref_kl.token_logps if store_token_logps else None, n),
-            S.TRUNCATED: pa.array([r.truncated for r in rows], pa.bool_()),
-        },
-        schema=S.SHARD_SCHEMA,
-    )
 
 
 def claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, held: contextlib.ExitStack) -> None:

@@ -44,7 +44,7 @@ from .output import claim_out, shard_layout
 from .pairing import PAIRING_RULE
 from .score import ScoredShard, pending_shards, score_and_write, shard_slices, with_scoring_counts
 from .splits import Split, build_splits, check_vocabulary
-from .staging import stage, staging_path
+from .staging import stage, staging_path, staging_schema
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
 from .tokenize import TRUNCATION_RULE, Truncation, leading_bos_id, tokenize_example
@@ -99,7 +99,10 @@ _NOT_STAGED = (
 
 def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: CacheContent, state=None) -> Path:
     """Read and tokenize every input row into OUT/.staging-KEY.arrow (or reuse it)."""
-    key = fingerprint_of({k: v for k, v in content.to_json().items() if k not in _NOT_STAGED})
+    # The staged columns are part of the key: a file staged by a kto that staged other columns
+    # (another row declaration) is never reused.
+    staged = {k: v for k, v in content.to_json().items() if k not in _NOT_STAGED}
+    key = fingerprint_of({**staged, "staging_schema": staging_schema().to_string(show_schema_metadata=False)})
 
     truncation = Truncation(cfg.max_length, cfg.max_prompt_length, leading_bos_id(tokenizer))
 

@@ -12,18 +12,17 @@ from pathlib import Path
 import torch
 
 from kto.formats import schema as S
+from kto.formats.cache import ArrowFile
 from kto.formats.compute.numerics import Numerics
 from kto.formats.compute.scoring import plan_scoring, score_sequences
 from kto.formats.errors import log
 from kto.formats.manifest import Counts
-from kto.formats.shards import shard_tags
+from kto.formats.shards import shard_table, shard_tags
 
 from .config import PrecomputeConfig
 from .journal import Journal
-from .output import shard_table
 from .progress import Progress
-from .splits import CacheRow, Split, cache_rows
-from .staging import StagingReader
+from .splits import Split, shard_values
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _shard_sequences(rows: list[CacheRow]) -> tuple[list, list, list]:
+def _shard_sequences(values: dict) -> tuple[list, list, list]:
     """A shard's work: two sequences per row (main, KL), keyed (id, 0) and (id, 1).
 
     Main and KL sequences share the batches, and with prefix sharing every sequence of the
@@ -76,10 +75,20 @@ def _shard_sequences(rows: list[CacheRow]) -> tuple[list, list, list]:
     system prompt) is scored after one pass over that prompt. Grouping stays inside the shard,
     so each shard remains a pure function of its rows and the configuration.
     """
-    prompts = [r.prompt_ids for r in rows] * 2
-    completions = [r.completion_ids for r in rows] + [r.kl_completion_ids for r in rows]
-    keys = [(r.id, 0) for r in rows] + [(r.id, 1) for r in rows]
+    prompts = values[S.PROMPT_IDS].to_list() * 2
+    completions = list(values[S.COMPLETION_IDS]) + list(values[S.KL_COMPLETION_IDS])
+    keys = [(i, 0) for i in values[S.ID]] + [(i, 1) for i in values[S.ID]]
     return prompts, completions, keys
+
+
+def score_values(scored, n: int, store_token_logps: bool) -> dict:
+    """The SCORE columns of a shard's n rows from its 2n scored sequences (main, then KL)."""
+    return {
+        S.REF_LOGP: scored.sums[:n],
+        S.REF_TOKEN_LOGPS: scored.token_logps[:n] if store_token_logps else None,
+        S.REF_KL_LOGP: scored.sums[n:],
+        S.REF_KL_TOKEN_LOGPS: scored.token_logps[n:] if store_token_logps else None,
+    }
 
 
 def with_scoring_counts(s: Split, cfg: PrecomputeConfig, staged: Path) -> Counts:
@@ -87,9 +96,9 @@ def with_scoring_counts(s: Split, cfg: PrecomputeConfig, staged: Path) -> Counts
     run scored (a resumed run skips some), so the manifest stays byte-identical."""
     represented = scored = 0
     for a, b in shard_slices(len(s.rows), cfg.rows_per_shard):
-        with StagingReader(staged) as reader:
-            rows = cache_rows(reader, s, a, b)
-        plan = plan_scoring(*_shard_sequences(rows), share_prefixes=cfg.prefix_sharing)
+        with ArrowFile(staged) as reader:
+            values = shard_values(reader, s, a, b)
+        plan = plan_scoring(*_shard_sequences(values), share_prefixes=cfg.prefix_sharing)
         represented, scored = represented + plan.represented_tokens, scored + plan.computed_tokens
     return replace(s.counts, represented_tokens=represented, scored_tokens=scored, prefix_tokens_saved=represented - scored)
 
@@ -102,9 +111,9 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
     total_rows = sum(slices[k][1] - slices[k][0] for k in shard_ids)
     progress = Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process)
     for k in shard_ids:
-        with StagingReader(staged) as reader:  # mapped for one shard at a time: see staging.py
-            rows = cache_rows(reader, s, slices[k][0], slices[k][1])
-        prompts, completions, keys = _shard_sequences(rows)
+        with ArrowFile(staged) as reader:  # mapped for one shard at a time: see staging.py
+            values = shard_values(reader, s, slices[k][0], slices[k][1])
+        prompts, completions, keys = _shard_sequences(values)
         device = state.device if cfg.device_map is None else scorer.lm.device
         _sync(device)
         started = time.perf_counter()
@@ -127,9 +136,6 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
                     scorer, [len(p) + len(c) for p, c in zip(prompts, completions)], keys, sum(len(c) for c in completions), time.perf_counter() - started
                 )
             )
-        n = len(rows)
-        ref = type(scored)(scored.token_logps[:n], scored.sums[:n])
-        ref_kl = type(scored)(scored.token_logps[n:], scored.sums[n:])
-        table = shard_table(rows, ref, ref_kl, cfg.store_token_logps)
+        table = shard_table({**values, **score_values(scored, len(values[S.ID]), cfg.store_token_logps)})
         Journal(s.out).write_shard(S.shard_name(k), table, shard_tags(fingerprint, layout), fingerprint, layout)
     progress.close()

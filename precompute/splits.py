@@ -7,31 +7,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kto.formats import schema as S
+from kto.formats.cache import ArrowFile
 from kto.formats.errors import InputError, log
 from kto.formats.manifest import Counts
 
 from .config import PrecomputeConfig
 from .eval_split import describe, split_eval
 from .pairing import kl_partners
-from .staging import StagedIndex, StagingReader, check_staged_ids, read_index
+from .staging import WHOLE_COMPLETION, StagedIndex, check_staged_ids, read_index
 from .tokenize import PromptCut, Truncation
-
-
-@dataclass(frozen=True)
-class CacheRow:
-    """One shard row before scoring: ids of the main and the KL sequence."""
-
-    id: str
-    label: bool
-    prompt_ids: np.ndarray  # int32, as TokenizedRow's
-    completion_ids: np.ndarray
-    kl_source_id: str
-    kl_completion_ids: np.ndarray
-    truncated: bool
 
 
 @dataclass(frozen=True)
@@ -54,8 +43,8 @@ class _LazyIds:
         self.path, self.rows = path, rows
 
     def __getitem__(self, i: int) -> str:
-        with StagingReader(self.path) as reader:
-            return reader.value("id", int(self.rows[i]))
+        with ArrowFile(self.path) as reader:
+            return reader.rows([int(self.rows[i])], [S.ID])[S.ID][0]
 
 
 def pair_rows(index: StagedIndex, rows: np.ndarray, cfg: PrecomputeConfig, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -129,35 +118,29 @@ def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bo
 
 
 def _log_dropped(path: Path, rows: np.ndarray) -> None:
-    with StagingReader(path) as reader:
-        ids = reader.take(rows[:10], "id")
+    with ArrowFile(path) as reader:
+        ids = reader.rows(rows[:10], [S.ID])[S.ID]
     more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
     log(f"dropped {len(rows)} rows left with an empty prompt or completion by tokenization or truncation: {', '.join(map(repr, ids))}{more}")
 
 
-def cache_rows(reader: StagingReader, s: Split, a: int, b: int) -> list[CacheRow]:
-    """Rows a..b of split `s`, read from staging: each with its (already cut) prompt, its own
-    completion and its partner's, both cut behind that prompt by the split's truncation rule."""
+def shard_values(reader: ArrowFile, s: Split, a: int, b: int) -> dict[str, Any]:
+    """The STAGE and PAIRING columns of rows a..b of split `s`, read from staging: each row with
+    its (already cut) prompt, its own completion and its partner's, both cut behind that prompt
+    by the split's truncation rule. Score adds the SCORE columns (formats/schema.py)."""
     rows, partners = s.rows[a:b], s.partners[a:b]
-    ids, labels = (reader.take(rows, c) for c in ("id", "label"))
-    prompts, completions = reader.take(rows, "prompt_ids"), reader.take(rows, "completion_ids")
-    prompt_cut = reader.take(rows, "prompt_cut")
-    kl_ids, kl_completions = reader.take(partners, "id"), reader.take(partners, "completion_ids")
-    out = []
-    for k in range(len(rows)):
-        cut = s.truncation.apply(prompts[k], completions[k], kl_completions[k])
-        out.append(
-            CacheRow(
-                id=ids[k],
-                label=labels[k],
-                prompt_ids=cut.prompt_ids,
-                completion_ids=cut.completion_ids,
-                kl_source_id=kl_ids[k],
-                kl_completion_ids=cut.kl_completion_ids,
-                truncated=bool(prompt_cut[k]) or cut.completion_cut,
-            )
-        )
-    return out
+    values = reader.rows(rows, [c.name for c in S.columns_of(S.Phase.STAGE)] + ["prompt_cut", WHOLE_COMPLETION])
+    partner = reader.rows(partners, [S.ID, WHOLE_COMPLETION])
+    prompts, completions = values[S.PROMPT_IDS].to_list(), values.pop(WHOLE_COMPLETION).to_list()
+    cuts = [s.truncation.apply(p, c, kl) for p, c, kl in zip(prompts, completions, partner[WHOLE_COMPLETION].to_list())]
+    prompt_cut = values.pop("prompt_cut")
+    return {
+        **values,
+        S.COMPLETION_IDS: [cut.completion_ids for cut in cuts],
+        S.KL_SOURCE_ID: partner[S.ID],
+        S.KL_COMPLETION_IDS: [cut.kl_completion_ids for cut in cuts],
+        S.TRUNCATED: [bool(p) or cut.completion_cut for p, cut in zip(prompt_cut.tolist(), cuts)],
+    }
 
 
 def check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: str) -> None:
@@ -171,9 +154,9 @@ def check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: st
     if not len(bad):
         return
     i = int(np.sort(bad)[0])
-    with StagingReader(staged) as reader:
-        ids = np.concatenate([reader.ids("prompt_ids", i), reader.ids("completion_ids", i)])
-        row_id = reader.value("id", i)
+    with ArrowFile(staged) as reader:
+        row = reader.rows([i], [S.ID, S.PROMPT_IDS, WHOLE_COMPLETION])
+    ids, row_id = np.concatenate([row[S.PROMPT_IDS].values, row[WHOLE_COMPLETION].values]), row[S.ID][0]
     raise InputError(
         f"row {row_id!r}: token id {int(ids[ids >= rows][0])} is not below the vocabulary size {rows} of --model {model}; "
         "its tokenizer has more tokens than the model has embeddings"

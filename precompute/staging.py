@@ -10,10 +10,12 @@ precompute's memory does not grow with the number of rows.
 - What stays in memory is per-row and fixed-size (`StagedIndex`): label, flags, lengths and
   64-bit keys of the prompt and completion text (KL pairing compares those, never the texts)
   and of the id (the duplicate-id check). About 40 bytes a row.
-- Shards are filled by `StagingReader`, which memory-maps the file for one shard at a time and
-  copies out only the rows that shard needs (its rows and their KL partners). Unmapping after
-  each shard keeps the mapped pages out of the resident set (nanoGPT rebuilds its np.memmap per
-  batch for the same reason).
+- The file is a shard without its later phases: the declared STAGE columns of the shard schema
+  (formats/schema.py `COLUMNS`), then staging's own `BOOKKEEPING`. Shards are filled through
+  the one random-access reader of Arrow rows (formats/cache.py `ArrowFile`, the gathers the
+  cache reader uses), which maps the file for one shard at a time and copies out only the rows
+  that shard needs (its rows and their KL partners). Unmapping after each shard keeps the
+  mapped pages out of the resident set.
 
 Rows are staged with their prompts cut (cutting a conversation by turns needs its messages and
 the chat template, tokenize.py) and their completions whole: a completion is cut behind each
@@ -36,28 +38,34 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
+from kto.formats import ragged
+from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
+from kto.formats.cache import ArrowFile
 
 from .inputs.example import check_unique_ids
 
 PREFIX = ".staging-"
 BLOCK = 2048
+WHOLE_COMPLETION = "completion_ids"
 
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("label", pa.bool_()),
-        ("kept", pa.bool_()),
-        ("prefix_split", pa.bool_()),
-        ("prompt_cut", pa.int8()),  # tokenize.PromptCut
-        ("id_key", pa.uint64()),
-        ("prompt_key", pa.uint64()),
-        ("completion_key", pa.uint64()),
-        ("prompt_ids", pa.list_(pa.int32())),
-        ("completion_ids", pa.list_(pa.int32())),
-    ]
+# Staging's own columns, after the declared STAGE columns (schema.COLUMNS): what splitting and
+# pairing need per row, and the completion whole (it is cut once its KL partner is known).
+BOOKKEEPING = (
+    pa.field("source", pa.string()),
+    pa.field("kept", pa.bool_()),
+    pa.field("prefix_split", pa.bool_()),
+    pa.field("prompt_cut", pa.int8()),  # tokenize.PromptCut
+    pa.field("id_key", pa.uint64()),
+    pa.field("prompt_key", pa.uint64()),
+    pa.field("completion_key", pa.uint64()),
+    pa.field(WHOLE_COMPLETION, pa.list_(pa.int32())),
 )
+
+
+def staging_schema() -> pa.Schema:
+    """A shard without its later phases: the declared STAGE columns, then BOOKKEEPING."""
+    return pa.schema([*(c.field().with_nullable(True) for c in S.columns_of(S.Phase.STAGE)), *BOOKKEEPING])
 
 
 def text_key(value, tools: tuple = ()) -> int:
@@ -89,12 +97,13 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None) ->
         for old in path.parent.glob(f"{PREFIX}*.arrow"):
             old.unlink()  # made for another configuration: useless now
     with atomic_path(path) if main else _nowhere() as tmp:
-        writer = pa.ipc.new_file(str(tmp), SCHEMA) if main else None
+        schema = staging_schema()
+        writer = pa.ipc.new_file(str(tmp), schema) if main else None
         try:
             for block in _blocks(iter(examples), BLOCK):
                 rows = _tokenize_block(block, tokenize_one, rank, world)
                 if writer is not None:
-                    writer.write_batch(_batch(block, rows))
+                    writer.write_batch(_batch(block, rows, schema))
         finally:
             if writer is not None:
                 writer.close()
@@ -132,31 +141,37 @@ def _tokenize_block(block: list, tokenize_one: Callable, rank: int, world: int) 
     return rows
 
 
-def _int_lists(arrays: list[np.ndarray]) -> pa.Array:
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    values = np.concatenate(arrays).astype(np.int32) if arrays else np.zeros(0, np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+def stage_value(column: S.Column, example, row) -> object:
+    """A declared STAGE column's value for one row: the tokenized row's attribute of that name,
+    else its Example's (a dropped row, None, has no token ids)."""
+    if row is not None and hasattr(row, column.name):
+        return getattr(row, column.name)
+    if hasattr(example, column.name):
+        return getattr(example, column.name)
+    return np.zeros(0, np.int32) if column.is_list else None
 
 
-def _batch(block: list, rows: list) -> pa.RecordBatch:
+def _batch(block: list, rows: list, schema: pa.Schema) -> pa.RecordBatch:
     empty = np.zeros(0, np.int32)
-    kept = [r is not None for r in rows]
+    declared = [
+        ragged.to_arrow([stage_value(c, ex, r) for ex, r in zip(block, rows)], c.type)
+        if c.is_list
+        else pa.array([stage_value(c, ex, r) for ex, r in zip(block, rows)], c.type)
+        for c in S.columns_of(S.Phase.STAGE)
+    ]
     return pa.record_batch(
         [
-            pa.array([ex.id for ex in block], pa.string()),
+            *declared,
             pa.array([ex.source for ex in block], pa.string()),
-            pa.array([ex.label for ex in block], pa.bool_()),
-            pa.array(kept, pa.bool_()),
+            pa.array([r is not None for r in rows], pa.bool_()),
             pa.array([r is not None and r.prefix_split for r in rows], pa.bool_()),
             pa.array([int(r.prompt_cut) if r is not None else 0 for r in rows], pa.int8()),
             pa.array([text_key(ex.id) for ex in block], pa.uint64()),
             pa.array([text_key(ex.prompt, ex.tools) for ex in block], pa.uint64()),
             pa.array([text_key(ex.completion) for ex in block], pa.uint64()),
-            _int_lists([r.prompt_ids if r is not None else empty for r in rows]),
-            _int_lists([r.completion_ids if r is not None else empty for r in rows]),
+            ragged.to_arrow([r.completion_ids if r is not None else empty for r in rows], pa.list_(pa.int32())),
         ],
-        schema=SCHEMA,
+        schema=schema,
     )
 
 
@@ -204,80 +219,8 @@ def read_index(path: Path) -> StagedIndex:
     return StagedIndex(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
 
 
-class StagingReader:
-    """Random access to staged rows by global index; map the file only while in a `with`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._source = None
-
-    def __enter__(self) -> StagingReader:
-        self._source = pa.memory_map(str(self.path))
-        self._reader = pa.ipc.open_file(self._source)
-        sizes = [self._reader.get_batch(b).num_rows for b in range(self._reader.num_record_batches)]
-        self._starts = np.concatenate([[0], np.cumsum(sizes)])
-        self._batches: dict[int, dict] = {}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._batches.clear()
-        self._reader = None
-        self._source.close()
-        self._source = None
-
-    def _locate(self, i: int) -> tuple[dict, int]:
-        b = int(np.searchsorted(self._starts, i, side="right")) - 1
-        if b not in self._batches:
-            batch = self._reader.get_batch(b)
-            # numpy views into the map (no copy), made once per batch: per-row access is then
-            # a slice, not a pyarrow scalar.
-            views: dict = {"batch": batch}
-            for name in ("prompt_ids", "completion_ids"):
-                arr = batch.column(name)
-                views[name] = (arr.offsets.to_numpy(), arr.values.to_numpy())
-            for name in ("label",):
-                views[name] = batch.column(name).to_numpy(zero_copy_only=False)
-            self._batches[b] = views
-        return self._batches[b], i - int(self._starts[b])
-
-    def value(self, column: str, i: int):
-        views, o = self._locate(i)
-        if column == "label":
-            return bool(views[column][o])
-        return views["batch"].column(column)[o].as_py()
-
-    def take(self, indices: np.ndarray, column: str) -> list:
-        """Column values of rows `indices`, in that order: token ids as int32 copies, others as
-        Python values. One pyarrow take per record batch touched, not one call per row."""
-        indices = np.asarray(indices, dtype=np.int64)
-        b = np.searchsorted(self._starts, indices, side="right") - 1
-        o = indices - self._starts[b]
-        out: list = [None] * len(indices)
-        order = np.argsort(b, kind="stable")
-        bounds = np.flatnonzero(np.diff(b[order])) + 1
-        for group in np.split(order, bounds):
-            if not len(group):
-                continue
-            views, _ = self._locate(int(self._starts[b[group[0]]]))
-            rows = o[group]
-            if column.endswith("_ids"):
-                offsets, values = views[column]
-                got = [values[offsets[r] : offsets[r + 1]].copy() for r in rows.tolist()]
-            else:
-                got = views["batch"].column(column).take(pa.array(rows)).to_pylist()
-            for k, v in zip(group.tolist(), got):
-                out[k] = v
-        return out
-
-    def ids(self, column: str, i: int) -> np.ndarray:
-        """A copy (int32) of row i's token ids, so nothing keeps the map alive."""
-        views, o = self._locate(i)
-        offsets, values = views[column]
-        return values[offsets[o] : offsets[o + 1]].copy()
-
-
 def check_staged_ids(index: StagedIndex, path: Path) -> None:
     """Ids must be unique over every staged row (dropped ones too), as read_examples required:
     the one check (inputs/example.py), on the 64-bit id hashes of the index."""
-    with StagingReader(path) as reader:
-        check_unique_ids(index.id_key, lambda i: reader.value("id", i), lambda i: reader.value("source", i))
+    with ArrowFile(path) as reader:
+        check_unique_ids(index.id_key, lambda i: reader.rows([i], ["id"])["id"][0], lambda i: reader.rows([i], ["source"])["source"][0])

@@ -4,7 +4,7 @@
     python tools/bench_collate.py rss [--sizes 2000,50000]    # peak RSS of a short kto-train run
 
 Caches are written straight with the package's shard writer (`formats.shards.write_shard`,
-`precompute.output.shard_table`) and a manifest, no model scoring: random token ids of a
+`formats.shards.shard_table`) and a manifest, no model scoring: random token ids of a
 realistic length mix (`_bench_common.length_mix`, total length log-uniform in [32, 2048]), each
 row's KL completion its partner's completion cut to fit, random reference log-probs and no
 per-token terms. The manifest carries the tokenizer and model identity of a tiny random Llama,
@@ -42,9 +42,8 @@ from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.logprob import TokenBatch
 from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
 from kto.formats.manifest import Counts, Manifest, ShardEntry
-from kto.formats.shards import write_shard
-from kto.precompute.output import shard_table
-from kto.train.data import KTOMicroBatch, MicroBatchShape, collate_micro_batch, epoch_plan
+from kto.formats.shards import shard_table, write_shard
+from kto.train.data import KTOMicroBatch, MicroBatchShape, collate_micro_batch, epoch_plan, row_columns
 
 # --- the old path, verbatim (before zero-copy batches) ---------------------------------------
 
@@ -84,9 +83,11 @@ def old_collate(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_toke
     return KTOMicroBatch(
         policy=old_make_token_batch(rows[S.PROMPT_IDS], rows[S.COMPLETION_IDS], pad_id),
         kl=old_make_token_batch(rows[S.PROMPT_IDS], rows[S.KL_COMPLETION_IDS], pad_id),
-        ref_logp=torch.tensor(rows[S.REF_LOGP], dtype=torch.float64),
-        ref_kl_logp=torch.tensor(rows[S.REF_KL_LOGP], dtype=torch.float64),
-        desirable=torch.tensor(rows[S.LABEL], dtype=torch.bool),
+        columns=row_columns(
+            ref_logp=torch.tensor(rows[S.REF_LOGP], dtype=torch.float64),
+            ref_kl_logp=torch.tensor(rows[S.REF_KL_LOGP], dtype=torch.float64),
+            desirable=torch.tensor(rows[S.LABEL], dtype=torch.bool),
+        ),
         valid=torch.as_tensor(valid),
         ref_token_logps=[np.asarray(x, np.float32) if x is not None else None for x in rows[S.REF_TOKEN_LOGPS]] if with_token_logps else None,
     )
@@ -116,15 +117,6 @@ def batches_equal(a: KTOMicroBatch, b: KTOMicroBatch) -> bool:
 # --- a synthetic cache ------------------------------------------------------------------------
 
 
-class _Scored:
-    def __init__(self, sums):
-        self.sums, self.token_logps = sums, None
-
-
-class _Row:
-    __slots__ = ("id", "label", "prompt_ids", "completion_ids", "kl_source_id", "kl_completion_ids", "truncated")
-
-
 def write_synthetic_cache(
     out: Path, model_dir: Path, rows: int, *, max_len: int = 2048, rows_per_shard: int = 4096, seed: int = 0, vocab_size: int | None = None
 ) -> Path:
@@ -139,23 +131,25 @@ def write_synthetic_cache(
     out.mkdir(parents=True, exist_ok=True)
     entries, counts = [], dict(desirable=0, undesirable=0, prompt_tokens=0, completion_tokens=0, kl_completion_tokens=0)
     for k, a in enumerate(range(0, rows, rows_per_shard)):
-        part = []
-        for i in range(a, min(rows, a + rows_per_shard)):
-            r = _Row()
-            r.id, r.label, r.kl_source_id, r.truncated = f"row-{i}", bool(i % 2), f"row-{partner[i]}", False
-            r.prompt_ids = rng.integers(C.FIRST_WORD_ID, vocab, mix[i].prompt, dtype=np.int32)
-            r.completion_ids = completions[i]
-            r.kl_completion_ids = completions[partner[i]][: max_len - mix[i].prompt]
-            part.append(r)
-            counts["desirable" if r.label else "undesirable"] += 1
-            counts["prompt_tokens"] += len(r.prompt_ids)
-            counts["completion_tokens"] += len(r.completion_ids)
-            counts["kl_completion_tokens"] += len(r.kl_completion_ids)
-        ref = _Scored(-rng.uniform(1, 500, len(part)))
-        ref_kl = _Scored(-rng.uniform(1, 500, len(part)))
+        idx = range(a, min(rows, a + rows_per_shard))
+        values = {
+            S.ID: [f"row-{i}" for i in idx],
+            S.LABEL: [bool(i % 2) for i in idx],
+            S.PROMPT_IDS: [rng.integers(C.FIRST_WORD_ID, vocab, mix[i].prompt, dtype=np.int32) for i in idx],
+            S.COMPLETION_IDS: [completions[i] for i in idx],
+            S.KL_SOURCE_ID: [f"row-{partner[i]}" for i in idx],
+            S.KL_COMPLETION_IDS: [completions[partner[i]][: max_len - mix[i].prompt] for i in idx],
+            S.TRUNCATED: [False] * len(idx),
+        }
+        for label in values[S.LABEL]:
+            counts["desirable" if label else "undesirable"] += 1
+        for key, column in (("prompt_tokens", S.PROMPT_IDS), ("completion_tokens", S.COMPLETION_IDS), ("kl_completion_tokens", S.KL_COMPLETION_IDS)):
+            counts[key] += sum(len(x) for x in values[column])
+        values |= {S.REF_LOGP: -rng.uniform(1, 500, len(idx)), S.REF_KL_LOGP: -rng.uniform(1, 500, len(idx))}
+        values |= {S.REF_TOKEN_LOGPS: None, S.REF_KL_TOKEN_LOGPS: None}
         name = S.shard_name(k)
-        sha = write_shard(out / name, shard_table(part, ref, ref_kl, store_token_logps=False), {})
-        entries.append(ShardEntry(name, len(part), sha))
+        sha = write_shard(out / name, shard_table(values), {})
+        entries.append(ShardEntry(name, len(idx), sha))
     content = C.synthetic_content(f"tools/bench_collate.py rows={rows} seed={seed}", tokenizer_identity(tok), max_length=max_len, seed=seed)
     Manifest(content=content, layout={"rows_per_shard": rows_per_shard}, counts=Counts(rows=rows, **counts), shards=entries).write(out)
     tok.save_pretrained(out / S.TOKENIZER_DIR)

@@ -40,7 +40,7 @@ from kto.precompute.eval_split import split_eval  # noqa: E402
 from kto.precompute.inputs.examples import ColumnMap, read_examples  # noqa: E402
 from kto.precompute.pairing import kl_partners  # noqa: E402
 from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example  # noqa: E402
-from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan  # noqa: E402
+from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan, row_columns  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.model import disable_dropout  # noqa: E402
 from kto.train.step import LossSettings, kl_local_sums, policy_pass  # noqa: E402
@@ -83,9 +83,7 @@ def batches_of(stored, slots, pad_id) -> list[KTOMicroBatch]:
             KTOMicroBatch(
                 make_token_batch([r[0] for r in rows], [r[1] for r in rows], pad_id),
                 make_token_batch([r[0] for r in rows], [r[2] for r in rows], pad_id),
-                zeros,
-                zeros,
-                torch.tensor([r[3] for r in rows]),
+                row_columns(ref_logp=zeros, ref_kl_logp=zeros, desirable=torch.tensor([r[3] for r in rows])),
                 torch.as_tensor(valid),
             )
         )

@@ -39,9 +39,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C
 
+from kto.formats import schema as S
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums
 from kto.formats.compute.numerics import Numerics, parse_numerics
-from kto.train.data import KTOMicroBatch
+from kto.train.data import KTOMicroBatch, row_columns
 from kto.train.loss import LossType
 from kto.train.model import disable_dropout
 from kto.train.optim import build_optimizer, build_scheduler
@@ -138,9 +139,7 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 
     return KTOMicroBatch(
         policy=make_token_batch(prompts, completions, C.PAD_ID),
         kl=make_token_batch(prompts, kl, C.PAD_ID),
-        ref_logp=zeros,
-        ref_kl_logp=zeros.clone(),
-        desirable=torch.arange(batch_size) % 2 == 0,
+        columns=row_columns(ref_logp=zeros, ref_kl_logp=zeros.clone(), desirable=torch.arange(batch_size) % 2 == 0),
         valid=torch.ones(batch_size, dtype=torch.bool),
     )
 
@@ -151,7 +150,7 @@ def with_reference_logps(scorer, batch: KTOMicroBatch) -> KTOMicroBatch:
     with torch.no_grad():
         ref = sequence_sums(scorer(batch.policy.input_ids, batch.policy.score_mask), batch.policy.score_mask)
         ref_kl = sequence_sums(scorer(batch.kl.input_ids, batch.kl.score_mask), batch.kl.score_mask)
-    return dataclasses.replace(batch, ref_logp=ref, ref_kl_logp=ref_kl)
+    return dataclasses.replace(batch, columns={**batch.columns, S.REF_LOGP: ref, S.REF_KL_LOGP: ref_kl})
 
 
 def train_step(model, batch: KTOMicroBatch, optimizer, scheduler, ref_scorer=None) -> None:

@@ -33,11 +33,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if TYPE_CHECKING:
+    from kto.formats import ragged
+
 from _bench_common import build_tokenizer, kl_partners, length_mix, synthetic_content
 
 MAX_LEN, ROWS_PER_SHARD, VOCAB = 2048, 4096, 49152
@@ -124,12 +128,13 @@ def write_cache(out: Path, rows: int, seed: int = 0) -> Path:
     return out
 
 
-def _lists(lengths: np.ndarray, values: np.ndarray) -> pa.Array:
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+def _lists(lengths: np.ndarray, values: np.ndarray) -> ragged.Ragged:
+    from kto.formats import ragged
+
+    return ragged.Ragged(values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
-def _terms(lengths: np.ndarray, rng) -> tuple[pa.Array, np.ndarray]:
+def _terms(lengths: np.ndarray, rng) -> tuple[ragged.Ragged, np.ndarray]:
     """Per-token log-probs (float32) and their float64 sums, as kto-precompute stores them."""
     values = -rng.exponential(2.0, int(lengths.sum())).astype(np.float32)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -139,6 +144,7 @@ def _terms(lengths: np.ndarray, rng) -> tuple[pa.Array, np.ndarray]:
 
 def _shard_table(idx, p_len, c_len, c_off, completions, partner, kl_len, rng) -> pa.Table:
     from kto.formats import schema as S
+    from kto.formats.shards import shard_table
 
     ids = [f"data.jsonl:{i + 1}" for i in idx]
     completion = np.concatenate([completions[c_off[i] : c_off[i + 1]] for i in idx])
@@ -146,21 +152,20 @@ def _shard_table(idx, p_len, c_len, c_off, completions, partner, kl_len, rng) ->
     prompt = rng.integers(7, VOCAB, int(p_len[idx].sum()), dtype=np.int32)
     terms, sums = _terms(c_len[idx], rng)
     kl_terms, kl_sums = _terms(kl_len[idx], rng)
-    return pa.table(
+    return shard_table(
         {
-            S.ID: pa.array(ids),
-            S.LABEL: pa.array(idx % 2 == 0),
+            S.ID: ids,
+            S.LABEL: idx % 2 == 0,
             S.PROMPT_IDS: _lists(p_len[idx], prompt),
             S.COMPLETION_IDS: _lists(c_len[idx], completion),
-            S.REF_LOGP: pa.array(sums),
+            S.REF_LOGP: sums,
             S.REF_TOKEN_LOGPS: terms,
-            S.KL_SOURCE_ID: pa.array([f"data.jsonl:{partner[i] + 1}" for i in idx]),
+            S.KL_SOURCE_ID: [f"data.jsonl:{partner[i] + 1}" for i in idx],
             S.KL_COMPLETION_IDS: _lists(kl_len[idx], kl),
-            S.REF_KL_LOGP: pa.array(kl_sums),
+            S.REF_KL_LOGP: kl_sums,
             S.REF_KL_TOKEN_LOGPS: kl_terms,
-            S.TRUNCATED: pa.array(np.zeros(len(idx), bool)),
         },
-        schema=S.SHARD_SCHEMA,
+        fill_missing=True,  # truncated: False
     )
 
 

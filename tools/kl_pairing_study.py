@@ -50,7 +50,7 @@ from kto.precompute.inputs.examples import Example  # noqa: E402
 from kto.precompute.pairing import BLOCK_ROWS, kl_partners  # noqa: E402
 from kto.precompute.tokenize import TokenizedRow, Truncation, tokenize_example  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
-from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan  # noqa: E402
+from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan, row_columns  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.model import disable_dropout  # noqa: E402
 from kto.train.setup import make_accelerator  # noqa: E402
@@ -148,9 +148,11 @@ def step_micro_batches(s: Setup, step: int, ref: dict, pad_id: int) -> list[KTOM
             KTOMicroBatch(
                 policy=make_token_batch([r.prompt_ids for r in rows], [r.completion_ids for r in rows], pad_id),
                 kl=make_token_batch([r.prompt_ids for r in rows], [k.completion_ids for k in kl_rows], pad_id),
-                ref_logp=torch.tensor([ref[(i, i)] for i in idx], dtype=torch.float64),
-                ref_kl_logp=torch.tensor([ref[(i, partners[i])] for i in idx], dtype=torch.float64),
-                desirable=torch.tensor([r.example.label for r in rows]),
+                columns=row_columns(
+                    ref_logp=torch.tensor([ref[(i, i)] for i in idx], dtype=torch.float64),
+                    ref_kl_logp=torch.tensor([ref[(i, partners[i])] for i in idx], dtype=torch.float64),
+                    desirable=torch.tensor([r.example.label for r in rows]),
+                ),
                 valid=torch.as_tensor(valid),
             )
         )

@@ -41,38 +41,50 @@ if TYPE_CHECKING:
 class KTOMicroBatch:
     """One micro-batch of B rows on one process.
 
-    policy:        prompt + completion (TokenBatch, [B, T])
-    kl:            prompt + KL completion (TokenBatch, [B, T'])
+    policy:   prompt + completion (TokenBatch, [B, T])
+    kl:       prompt + KL completion (TokenBatch, [B, T'])
+    columns:  every declared per-row column training reads (formats/schema.py `COLUMNS` with
+              `trained`, numbers and bools), by name: a [B] tensor each. Typed below:
     ref_logp:      [B] float64, cached Σ log πref(y|x)
     ref_kl_logp:   [B] float64, cached Σ log πref(y'|x)
-    desirable:     [B] bool
-    valid:         [B] bool, False on filler rows of an epoch's short last step
+    desirable:     [B] bool (the `label` column)
+    valid:    [B] bool, False on filler rows of an epoch's short last step
     ref_token_logps: per-row float32 arrays (for the step-0 drift check), or None
+
+    The per-row columns are a mapping rather than one field each so that a column added to the
+    declaration reaches the loss without an edit here (docs/design.md, "Adding a column");
+    tests/train/test_data.py keeps `columns` and the declaration in step.
     """
 
     policy: TokenBatch
     kl: TokenBatch
-    ref_logp: torch.Tensor
-    ref_kl_logp: torch.Tensor
-    desirable: torch.Tensor
+    columns: dict[str, torch.Tensor]
     valid: torch.Tensor
     ref_token_logps: list[np.ndarray] | None = None
 
+    @property
+    def ref_logp(self) -> torch.Tensor:
+        return self.columns[S.REF_LOGP]
+
+    @property
+    def ref_kl_logp(self) -> torch.Tensor:
+        return self.columns[S.REF_KL_LOGP]
+
+    @property
+    def desirable(self) -> torch.Tensor:
+        return self.columns[S.LABEL]
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> KTOMicroBatch:
+        tb = lambda b: TokenBatch(fn(b.input_ids), fn(b.attention_mask), fn(b.score_mask))
+        columns = {name: fn(t) for name, t in self.columns.items()}
+        return KTOMicroBatch(tb(self.policy), tb(self.kl), columns, fn(self.valid), self.ref_token_logps)
+
     def pin_memory(self) -> KTOMicroBatch:
         """Page-locked copies, so that `to(cuda)` overlaps with compute (CUDA only)."""
-        pin = lambda t: t.pin_memory()
-        tb = lambda b: TokenBatch(pin(b.input_ids), pin(b.attention_mask), pin(b.score_mask))
-        return KTOMicroBatch(
-            tb(self.policy), tb(self.kl), pin(self.ref_logp), pin(self.ref_kl_logp), pin(self.desirable), pin(self.valid), self.ref_token_logps
-        )
+        return self._map(lambda t: t.pin_memory())
 
     def to(self, device: torch.device | str) -> KTOMicroBatch:
-        return KTOMicroBatch(
-            self.policy.to(device),
-            self.kl.to(device),
-            *(t.to(device, non_blocking=True) for t in (self.ref_logp, self.ref_kl_logp, self.desirable, self.valid)),
-            self.ref_token_logps,
-        )
+        return self._map(lambda t: t.to(device, non_blocking=True))
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,18 @@ def epoch_plan(lengths: np.ndarray, shape: MicroBatchShape, seed: int, epoch: in
     return plan[rng.permutation(steps)] if steps > 1 else plan
 
 
-COLLATE_COLUMNS = (S.PROMPT_IDS, S.COMPLETION_IDS, S.KL_COMPLETION_IDS, S.REF_LOGP, S.REF_KL_LOGP, S.LABEL)
+def row_columns(*, ref_logp: torch.Tensor, ref_kl_logp: torch.Tensor, desirable: torch.Tensor, **more: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`KTOMicroBatch.columns` by the typed names, for batches built by hand (tools, tests)."""
+    return {S.REF_LOGP: ref_logp, S.REF_KL_LOGP: ref_kl_logp, S.LABEL: desirable, **more}
+
+
+# The list columns that become the policy and KL TokenBatches.
+SEQUENCE_COLUMNS = (S.PROMPT_IDS, S.COMPLETION_IDS, S.KL_COMPLETION_IDS)
+
+
+def per_row_columns() -> tuple[str, ...]:
+    """The declared columns training reads one value a row of: `KTOMicroBatch.columns`."""
+    return tuple(c.name for c in S.COLUMNS if c.trained and not c.is_list)
 
 
 def collate_micro_batch(cache: ShardedCache, indices: np.ndarray, pad_id: int, with_token_logps: bool = False) -> KTOMicroBatch:
@@ -124,14 +147,14 @@ def collate_micro_batch(cache: ShardedCache, indices: np.ndarray, pad_id: int, w
     indices = np.asarray(indices, dtype=np.int64)
     valid = indices >= 0
     fill = int(indices[valid][0]) if valid.any() else 0
-    columns = COLLATE_COLUMNS + ((S.REF_TOKEN_LOGPS,) if with_token_logps else ())
+    per_row = per_row_columns()
+    columns = SEQUENCE_COLUMNS + per_row + ((S.REF_TOKEN_LOGPS,) if with_token_logps else ())
     rows = cache.rows(np.where(valid, indices, fill), columns)
     return KTOMicroBatch(
         policy=make_token_batch(rows[S.PROMPT_IDS], rows[S.COMPLETION_IDS], pad_id),
         kl=make_token_batch(rows[S.PROMPT_IDS], rows[S.KL_COMPLETION_IDS], pad_id),
-        ref_logp=torch.from_numpy(rows[S.REF_LOGP].astype(np.float64)),
-        ref_kl_logp=torch.from_numpy(rows[S.REF_KL_LOGP].astype(np.float64)),
-        desirable=torch.from_numpy(rows[S.LABEL].astype(bool)),
+        # Fresh numpy arrays of the column's type (float64, bool): tensors without a copy.
+        columns={name: torch.from_numpy(rows[name]) for name in per_row},
         valid=torch.from_numpy(valid),
         ref_token_logps=rows[S.REF_TOKEN_LOGPS].to_list() if with_token_logps else None,
     )

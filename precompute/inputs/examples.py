@@ -24,7 +24,7 @@ pyarrow, numpy and the standard library only: polars stays out of this import pa
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,15 @@ class ColumnMap:
                 raise InputError(f"column map: {key} must be a non-empty column name, got {name!r}")
 
     def as_dict(self) -> dict[str, str]:
-        """Plain dict, for fingerprinting."""
-        return asdict(self)
+        """Plain dict, for fingerprinting: the manifest's `content.columns`. The first fields are
+        always in it; a field added later only when set to another name than its default, so a
+        new field leaves every existing cache's fingerprint as it was."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return {k: v for k, v in asdict(self).items() if k in _FINGERPRINTED_ALWAYS or v != defaults[k]}
+
+
+# ColumnMap's fields when caches first recorded the mapping: always part of the fingerprint.
+_FINGERPRINTED_ALWAYS = frozenset({"prompt", "completion", "label", "messages", "chosen", "rejected", "id"})
 
 
 def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:

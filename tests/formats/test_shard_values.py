@@ -13,7 +13,7 @@ from conftest import unverified_copy
 from kto.formats import schema as S
 from kto.formats.errors import InputError
 from kto.formats.manifest import ShardEntry, read_manifest
-from kto.formats.shards import MAX_LINES_PER_CHECK, shard_metadata, shard_value_problems, tokenizer_vocab_size, write_shard
+from kto.formats.shards import MAX_LINES_PER_CHECK, shard_metadata, shard_table, shard_value_problems, tokenizer_vocab_size, write_shard
 
 NAN, INF = float("nan"), float("inf")
 
@@ -33,7 +33,8 @@ def table(**columns):
         S.REF_KL_TOKEN_LOGPS: [None, None, None],
         S.TRUNCATED: [False] * 3,
     }
-    return pa.table({**base, **columns}, schema=S.SHARD_SCHEMA)
+    # Declared columns not named here get zeros of their type (shards.shard_table).
+    return shard_table({**base, **columns}, fill_missing=True)
 
 
 def test_sound_values_pass():

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -137,10 +139,11 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     completion keep 46 − prompt tokens."""
     from conftest import chat_rows, staging_content, write_rows
 
+    from kto.formats.cache import ArrowFile
+    from kto.formats.schema import COLUMNS
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.pipeline import stage_rows
-    from kto.precompute.splits import build_splits, cache_rows
-    from kto.precompute.staging import StagingReader
+    from kto.precompute.splits import build_splits, shard_values
     from kto.precompute.templates import ChatTemplate
     from kto.precompute.tokenize import PromptCut, Truncation
 
@@ -151,8 +154,10 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     content = type(content)(**{**content.to_json(), "max_length": 46, "max_prompt_length": 23})
     staged = stage_rows(cfg, tok, ChatTemplate(), content)
     [train] = build_splits(cfg, staged, leading_bos_id(tok))
-    with StagingReader(staged) as reader:
-        rows = cache_rows(reader, train, 0, len(train.rows))
+    with ArrowFile(staged) as reader:
+        values = shard_values(reader, train, 0, len(train.rows))
+    as_rows = {k: v.to_list() if hasattr(v, "to_list") else list(v) for k, v in values.items()}
+    rows = [SimpleNamespace(**{c.name: as_rows[c.name][i] for c in COLUMNS if c.name in as_rows}) for i in range(len(train.rows))]
     raw, cut = {}, {}
     for k, r in enumerate(chat_rows()):
         ex = Example(f"chat.jsonl:{k + 1}", tuple(r["prompt"]), tuple(r["completion"]), r["label"], "")
