@@ -45,7 +45,7 @@ def run(config: TrainConfig) -> TrainResult:
 
     final = train(config)
     train_line, eval_line = last_metrics(config.out)
-    return TrainResult(
+    result = TrainResult(
         run_dir=Path(config.out),
         final=Path(final),
         steps=train_line.get("step", 0) if train_line else _total_steps(config.out),
@@ -53,6 +53,35 @@ def run(config: TrainConfig) -> TrainResult:
         eval_metrics=_values(eval_line) if eval_line else None,
         merged=Path(config.out) / MERGED_DIR if config.merge_adapters else None,
     )
+    if _is_main_process():
+        write_cards(config, result)
+    return result
+
+
+def _is_main_process() -> bool:
+    # train() ended with accelerator.end_training(), which destroys the process group: no
+    # collective is possible any more, so the other ranks return without waiting for the card.
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def write_cards(config: TrainConfig, result: TrainResult) -> None:
+    """README.md model cards in final/ (and final-merged/), from the run's own records."""
+    from kto.formats.cache import open_cache
+    from kto.formats.compute.adapters import is_adapter_dir
+    from kto.formats.runrecord import read_run_config
+
+    from .model_card import model_card, write_model_card
+
+    record = read_run_config(config.out)
+    inputs = open_cache(config.cache, stamps=False).manifest.content.inputs
+    adapter = is_adapter_dir(result.final)
+    kind = f"LoRA adapters (r {config.lora_r}, alpha {config.lora_alpha:g})" if adapter else "every weight (full fine-tune)"
+    write_model_card(result.final, model_card(record, inputs, result.metrics, result.eval_metrics, kind, adapter))
+    if result.merged:
+        merged_kind = "the base model with the LoRA adapters merged in (an ordinary model)"
+        write_model_card(result.merged, model_card(record, inputs, result.metrics, result.eval_metrics, merged_kind, False))
 
 
 def last_metrics(run_dir: Path) -> tuple[dict | None, dict | None]:

@@ -35,6 +35,14 @@ class ModelSource:
     directory: Path
     gguf_file: str | None = None
     hub_id: str | None = None
+    given: str = ""
+    """`--model` as the user wrote it (a relative path stays relative)."""
+
+    @property
+    def name(self) -> str:
+        """How saved files name this model: the hub id, else the path as given; never the HF
+        cache's snapshot folder, which means nothing on another machine."""
+        return self.hub_id or self.given or str(self.directory / (self.gguf_file or ""))
 
     @property
     def load_kwargs(self) -> dict:
@@ -45,14 +53,14 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     """A local directory, a local `.gguf` file, or a hub id (downloaded to the HF cache)."""
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(path.resolve().parent, gguf_file=path.name)
+        return ModelSource(path.resolve().parent, gguf_file=path.name, given=spec)
     if path.is_dir():
         if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
             raise InputError(f"{flag} {spec}: directory has no config.json")
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         if not (path / "config.json").is_file() and len(ggufs) == 1:
-            return ModelSource(path.resolve(), gguf_file=ggufs[0])
-        return ModelSource(path.resolve())
+            return ModelSource(path.resolve(), gguf_file=ggufs[0], given=spec)
+        return ModelSource(path.resolve(), given=spec)
     if path.exists():
         raise InputError(f"{flag} {spec}: not a model directory or a .gguf file")
     looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
@@ -64,7 +72,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         local = snapshot_download(spec)
     except Exception as exc:  # network, auth, missing repo: all one line for the user
         raise InputError(f"{flag} {spec}: cannot fetch from the hub ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
-    return ModelSource(Path(local), hub_id=spec)
+    return ModelSource(Path(local), hub_id=spec, given=spec)
 
 
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag: str = "--model") -> PreTrainedTokenizerBase:
@@ -115,6 +123,9 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
     except Exception as exc:
         raise InputError(f"{flag} {source.directory}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    # PEFT names an adapter's base after this (adapter_config.json's base_model_name_or_path):
+    # the hub id or the path as given, not the absolute folder it was loaded from.
+    model.name_or_path = source.name
     if source.gguf_file:
         # GGUF weights are dequantized on load; the quantizer object only gets in the way of
         # training and of save_pretrained.

@@ -1,0 +1,94 @@
+"""final/README.md, the model card (full, adapter, merged), and adapter_config.json's base named
+as the user gave it: a hub id stays a hub id, a relative path stays relative."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import metrics, run_train
+
+from kto.formats.manifest import read_manifest
+
+ARGS = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps", "2", "--beta", "0.25", "--desirable-weight", "1.5"]
+
+
+def card(folder):
+    """(front matter, body) of folder/README.md."""
+    text = (folder / "README.md").read_text()
+    assert text.startswith("---\n")
+    _, meta, body = text.split("---\n", 2)
+    return yaml.safe_load(meta), body
+
+
+def row(body, name):
+    """The value cells of the table row named `name`."""
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == name:
+            return cells[1:]
+    raise AssertionError(f"no row {name!r} in\n{body}")
+
+
+def test_full_run_card_says_what_the_run_files_say(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--eval-cache", str(tiny_eval_cache))
+    assert result.exit_code == 0, result.output
+    meta, body = card(out / "final")
+    assert meta["library_name"] == "transformers" and "kto" in meta["tags"] and meta["pipeline_tag"] == "text-generation"
+    assert "base_model" not in meta  # a local path is no hub id: the Hub would reject it there
+    manifest = read_manifest(tiny_cache)
+    (source,) = manifest.content.inputs
+    assert row(body, "base model") == [f"`{tiny_model_dir}`"]
+    assert row(body, "cache fingerprint") == [f"`{manifest.fingerprint}`"]
+    assert row(body, "eval cache fingerprint") == [f"`{read_manifest(tiny_eval_cache).fingerprint}`"]
+    assert row(body, "data") == [f"`chat.jsonl` (sha256 `{source['sha256'][:16]}…`)"]
+    assert row(body, "β") == ["0.25"] and row(body, "desirable weight w_D") == ["1.5"] and row(body, "undesirable weight w_U") == ["1"]
+    assert row(body, "learning rate") == ["0.001 (linear, warmup ratio 0.1)"]
+    assert row(body, "steps") == ["2 (batch 2 × accumulation 1 × 1 processes)"]
+    lines = metrics(out)
+    last_train = [m for m in lines if m["split"] == "train"][-1]
+    last_eval = [m for m in lines if m["split"] == "eval"][-1]
+    for name in ("loss", "kl", "rewards/margins"):
+        assert row(body, name) == [f"{last_train[name]:.6g}", f"{last_eval[name]:.6g}"]
+    assert not list((out / "final").glob(".*tmp*"))  # written through a temp name, renamed
+
+
+@pytest.fixture
+def hub_model(tmp_path, tiny_model_dir, monkeypatch):
+    """`kto-test/tiny` resolvable offline: the tiny model in an HF cache folder, the Hub unreachable."""
+    from huggingface_hub import constants
+
+    sha = "a" * 40
+    repo = tmp_path / "hf-hub" / "models--kto-test--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return "kto-test/tiny"
+
+
+def test_adapter_names_a_hub_base_by_its_id(tiny_cache, hub_model, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "run"
+    result = run_train(tiny_cache, hub_model, out, *ARGS, "--lora-r", "4", "--merge-adapters")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "final" / "adapter_config.json").read_text())["base_model_name_or_path"] == "kto-test/tiny"
+    meta, body = card(out / "final")
+    assert meta["base_model"] == "kto-test/tiny" and meta["library_name"] == "peft" and "lora" in meta["tags"]
+    assert row(body, "weights in this folder") == ["LoRA adapters (r 4, alpha 16)"]
+    meta, body = card(out / "final-merged")
+    assert meta["base_model"] == "kto-test/tiny" and meta["library_name"] == "transformers"
+    assert row(body, "weights in this folder")[0].startswith("the base model with the LoRA adapters merged in")
+
+
+def test_adapter_names_a_local_base_as_given_not_as_an_absolute_path(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    monkeypatch.chdir(tiny_model_dir.parent)
+    out = tmp_path / "run"
+    result = run_train(tiny_cache, tiny_model_dir.name, out, *ARGS, "--lora-r", "4")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "final" / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir.name
+    meta, body = card(out / "final")
+    assert "base_model" not in meta and row(body, "base model") == [f"`{tiny_model_dir.name}`"]

@@ -1,0 +1,114 @@
+"""README.md in every `final/` and `final-merged/`: the Hub's model card.
+
+YAML front matter as the Hub reads it (`base_model` only when it is a hub id, `library_name`
+peft for an adapter directory, `datasets` for hub datasets), then what produced the weights:
+the base model as the user named it, the cache's fingerprint and data sources, β, the class
+weights, the learning rate and schedule, the steps, and the final train and eval metrics. Every
+value comes from the run record (kto_run.json), the cache's manifest and metrics.jsonl, so the
+card says what the files say. Written atomically, after the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from kto.formats.atomic import write_bytes_atomic
+
+CARD_NAME = "README.md"
+# Shown first and in this order; TRL's names for the rewards (rewards/chosen …), as metrics.jsonl.
+METRIC_ORDER = ("loss", "kl", "sft_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name` that is no local path: what the Hub accepts as `base_model`."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def front_matter(base: str, adapter: bool, inputs: list[dict]) -> dict:
+    meta: dict = {}
+    if is_hub_id(base):
+        meta["base_model"] = base
+    meta["library_name"] = "peft" if adapter else "transformers"
+    meta["pipeline_tag"] = "text-generation"
+    meta["tags"] = ["kto", "kto-offline", *(["lora"] if adapter else [])]
+    datasets = sorted({i["dataset"] for i in inputs if i.get("dataset")})
+    if datasets:
+        meta["datasets"] = datasets
+    return meta
+
+
+def source_line(identity: dict) -> str:
+    """One data source of the manifest: a hub dataset by id, split and revision; a file by sha256."""
+    if identity.get("dataset"):
+        split = ":".join(str(identity[k]) for k in ("config", "split") if identity.get(k))
+        return f"hub dataset `{identity['dataset']}` ({split}, revision `{identity.get('revision')}`)"
+    return f"`{identity.get('name')}` (sha256 `{str(identity.get('sha256', '?'))[:16]}…`)"
+
+
+def number(value: object) -> str:
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.6g}"
+    return "n/a" if value is None else str(value)
+
+
+def metrics_table(train: dict, evaluation: dict | None) -> list[str]:
+    names = [k for k in METRIC_ORDER if k in train or (evaluation and k in evaluation)]
+    lines = ["| metric | train (last logged step) | eval |", "|---|---|---|"]
+    for name in names:
+        lines.append(f"| {name} | {number(train.get(name))} | {number((evaluation or {}).get(name))} |")
+    return lines if names else ["No metrics were logged (`--log-every 0`)."]
+
+
+def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[dict], kind: str) -> list[str]:
+    rows = [
+        ("base model", f"`{config['model']}`"),
+        ("weights in this folder", kind),
+        ("loss function", config["loss"]),
+        ("β", number(config["beta"])),
+        ("desirable weight w_D", number(config["desirable_weight"])),
+        ("undesirable weight w_U", number(config["undesirable_weight"])),
+        ("SFT weight γ", number(config["sft_weight"])),
+        ("learning rate", f"{number(config['lr'])} ({config['lr_schedule']}, warmup ratio {number(config['warmup_ratio'])})"),
+        ("steps", f"{derived['total_steps']} (batch {config['batch_size']} × accumulation {config['grad_accum']} × {derived['world_size']} processes)"),
+        ("seed", number(config["seed"])),
+        ("cache fingerprint", f"`{fingerprint}`"),
+        ("eval cache fingerprint", f"`{derived['eval_cache_fingerprint']}`" if derived.get("eval_cache_fingerprint") else "none"),
+        ("data", "; ".join(source_line(i) for i in inputs) or "n/a"),
+    ]
+    return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict | None, kind: str, adapter: bool) -> str:
+    """The card's text. `record`: kto_run.json; `inputs`: the cache manifest's content.inputs;
+    `train`/`evaluation`: the last metrics.jsonl lines; `kind`: what the folder holds, in words."""
+    config, derived = record["config"], record["derived"]
+    meta = yaml.safe_dump(front_matter(config["model"], adapter, inputs), sort_keys=False, allow_unicode=True)
+    load = (
+        f'`peft.AutoPeftModelForCausalLM.from_pretrained("<this folder>")` (the base is `{config["model"]}`)'
+        if adapter
+        else '`transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`'
+    )
+    body = [
+        f"# {config['model']} + KTO",
+        "",
+        f"Trained with kto-offline's kto-train: KTO (Ethayarajh et al., 2024) from reference log-probs precomputed once by kto-precompute. Load with {load}.",
+        "",
+        "## Training",
+        "",
+        *settings_table(config, derived, derived["cache_fingerprint"], inputs, kind),
+        "",
+        "## Final metrics",
+        "",
+        *metrics_table(train, evaluation),
+        "",
+    ]
+    return f"---\n{meta}---\n\n" + "\n".join(body)
+
+
+def write_model_card(folder: Path, text: str) -> Path:
+    path = Path(folder) / CARD_NAME
+    write_bytes_atomic(path, text.encode())
+    return path
