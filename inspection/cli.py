@@ -94,13 +94,14 @@ def rows(cache: Path, where: str | None, sort: str | None, limit: int, flag: int
 @main.command(context_settings=CONTEXT)
 @click.argument("out", type=P)
 @click.option("--to", "to", type=P, default=None, help="Where to write the PNGs and report.html [default: OUT/report].")
+@click.option("--sft", is_flag=True, help="Also plot the SFT loss [default: only when the run's --sft-weight > 0].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_handles_input_errors
-def run(out: Path, to: Path | None, as_json: bool) -> None:
+def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
     """Plot a run's metrics.jsonl (loss, KL, rewards, lr, grad norm, tokens/s) into report.html."""
     from .report import build_report, render
 
-    result = build_report(out, to)
+    result = build_report(out, to, sft=sft)
     for warning in result["warnings"]:
         click.echo(f"kto-inspect: warning: {warning}", err=True)
     _emit(result, as_json, render)

@@ -1,8 +1,16 @@
 """kto-inspect run: PNG plots of a run's metrics and one self-contained report.html.
 
 matplotlib is the optional `plot` extra. It is used through `matplotlib.figure.Figure` only
-(no pyplot), so no global backend or figure registry is touched. Eval lines are drawn as
-separate dashed series next to the train ones.
+(no pyplot), so no global backend or figure registry is touched. Eval lines are drawn dotted
+with markers next to the solid train ones; dashed is kept for the raw KL estimate.
+
+Three choices keep the plots from misleading:
+- the SFT NLL (about 1, where the KTO loss moves around 0.5) has its own plot, drawn only when
+  the run's --sft-weight is above 0 (from kto_run.json) or `--sft` asks: on the KTO loss's axis
+  it flattened the loss that matters;
+- raw z is drawn dashed, and only when it differs from clamped z somewhere (z < 0 clamped to
+  0): drawn under an equal clamped line it was invisible. The table lists it only then too;
+- the header names the run directory and its files relative to it, never an absolute path.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from pathlib import Path
 
 from kto.formats.atomic import write_bytes_atomic
 from kto.formats.errors import InputError
+from kto.formats.runrecord import read_run_config
 
 from .runlog import RunLog, checks, last_values, read_run
 from .text import num, table
@@ -22,8 +31,9 @@ INSTALL_HINT = "pip install 'kto-offline[plot]'"
 
 # (file stem, title, y label, [(metric, legend label)]). `chosen`/`rejected` are TRL's names.
 GROUPS = [
-    ("loss", "loss", "loss", [("loss", "KTO loss"), ("sft_loss", "SFT loss (desirable NLL)")]),
-    ("kl", "KL estimate z", "nats", [("kl_raw", "raw"), ("kl", "clamped (>= 0, used in the loss)")]),
+    ("loss", "KTO loss", "loss", [("loss", "KTO loss")]),
+    ("sft", "SFT loss (mean NLL of desirable completion tokens)", "nats / token", [("sft_loss", "SFT loss (desirable NLL)")]),
+    ("kl", "KL estimate z", "nats", [("kl", "clamped z (>= 0, used in the loss)"), ("kl_raw", "raw z (before clamping)")]),
     (
         "rewards",
         "implicit rewards β·(log πθ − log πref)",
@@ -39,6 +49,9 @@ GROUPS = [
     ("grad_norm", "gradient norm (before clipping)", "norm", [("grad_norm", "grad norm")]),
     ("tokens_per_s", "throughput", "tokens / s", [("tokens_per_s", "tokens/s")]),
 ]
+DASHED = {"kl_raw"}
+SAME_AS = {"kl_raw": "kl"}
+"""A metric drawn and listed only where it differs from its partner (raw z from clamped z)."""
 TABLE_METRICS = [
     "loss",
     "kl",
@@ -64,8 +77,16 @@ def _figure_class():
     return Figure
 
 
-def plot_group(log: RunLog, group, Figure) -> bytes | None:
-    """One PNG for one group of metrics, or None when none of them was logged."""
+def differs(log: RunLog, name: str, split: str) -> bool:
+    """Whether `name` differs from its SAME_AS partner at some step of `split` (True when it has none)."""
+    if name not in SAME_AS:
+        return True
+    partner = dict(zip(*log.series(SAME_AS[name], split)))
+    return any(partner.get(step) != value for step, value in zip(*log.series(name, split)))
+
+
+def draw_group(log: RunLog, group, Figure):
+    """One figure for one group of metrics, or None when none of them was logged."""
     from matplotlib.ticker import MaxNLocator
 
     stem, title, ylabel, metrics = group
@@ -73,13 +94,16 @@ def plot_group(log: RunLog, group, Figure) -> bytes | None:
     ax = fig.add_subplot()
     drawn = 0
     for k, (name, label) in enumerate(metrics):
-        color = f"C{k}"
-        for split, style in (("train", dict(linestyle="-")), ("eval", dict(linestyle="--", marker="o", markersize=4))):
+        for split in ("train", "eval"):
             steps, values = log.series(name, split)
-            if values:
-                marker = {} if split == "eval" or len(values) > 1 else dict(marker="o")
-                ax.plot(steps, values, color=color, label=label if split == "train" else f"{label}, eval", **style, **marker)
-                drawn += 1
+            if not values or not differs(log, name, split):
+                continue
+            line = "--" if name in DASHED else ("-" if split == "train" else ":")
+            marker = "o" if split == "eval" or len(values) == 1 else None
+            hidden = [n for n in SAME_AS if SAME_AS[n] == name and log.series(n, split)[1] and not differs(log, n, split)]
+            shown = label + "".join(f"; {n} equal at every step" for n in hidden)
+            ax.plot(steps, values, color=f"C{k}", linestyle=line, marker=marker, markersize=4, label=shown if split == "train" else f"{shown}, eval")
+            drawn += 1
     if not drawn:
         return None
     if stem == "kl":
@@ -90,22 +114,48 @@ def plot_group(log: RunLog, group, Figure) -> bytes | None:
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+def plot_group(log: RunLog, group, Figure) -> bytes | None:
+    """One PNG for one group of metrics, or None when none of them was logged."""
+    fig = draw_group(log, group, Figure)
+    if fig is None:
+        return None
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
+def sft_weight(run_dir: Path) -> float | None:
+    """The run's --sft-weight from its kto_run.json, or None without a readable record."""
+    try:
+        record = read_run_config(run_dir)
+    except InputError:
+        return None
+    value = record["config"].get("sft_weight") if record else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def last_table(train: dict, evals: dict) -> tuple[list[str], list[list]]:
-    """Headers and rows: metric | last train value | last eval value (from `last_values`)."""
+    """Headers and rows: metric | last train value | last eval value (from `last_values`); a
+    SAME_AS metric only where it differs from its partner."""
     headers = ["metric", f"train (step {train['step']})" if train else "train", f"eval (step {evals['step']})" if evals else "eval"]
-    rows = [[m, train.get(m), evals.get(m)] for m in TABLE_METRICS if m in train or m in evals]
+    rows = []
+    for m in TABLE_METRICS:
+        cells = [v.get(m) if m not in SAME_AS or v.get(m) != v.get(SAME_AS[m]) else None for v in (train, evals)]
+        if any(c is not None for c in cells) or (m not in SAME_AS and (m in train or m in evals)):
+            rows.append([m, *cells])
     return headers, rows
 
 
-def build_report(run: str | Path, out_dir: str | Path | None = None) -> dict:
+def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool = False) -> dict:
     """Read the metrics, write one PNG per group and report.html into `out_dir`
-    (default: RUN/report). Returns what was written and what was found."""
+    (default: RUN/report). The SFT plot is drawn when `sft` or the run's --sft-weight > 0.
+    Returns what was written and what was found."""
     log = read_run(run)
+    weight = sft_weight(log.path.parent)
+    draw_sft = sft or (weight or 0) > 0
     Figure = _figure_class()
     out_dir = Path(out_dir) if out_dir is not None else log.path.parent / "report"
     try:
@@ -114,6 +164,8 @@ def build_report(run: str | Path, out_dir: str | Path | None = None) -> dict:
         raise InputError(f"--to {out_dir}: cannot create ({exc.strerror})") from None
     images: dict[str, bytes] = {}
     for group in GROUPS:
+        if group[0] == "sft" and not draw_sft:
+            continue
         png = plot_group(log, group, Figure)
         if png is not None:
             write_bytes_atomic(out_dir / f"{group[0]}.png", png)
@@ -122,7 +174,12 @@ def build_report(run: str | Path, out_dir: str | Path | None = None) -> dict:
     last = {"train": last_values(log.train), "eval": last_values(log.eval)}
     headers, rows = last_table(last["train"], last["eval"])
     report_path = out_dir / "report.html"
-    write_bytes_atomic(report_path, _html(log, found, headers, rows, images).encode())
+    sft_note = (
+        None
+        if draw_sft
+        else f"SFT loss not plotted: {'--sft-weight 0' if weight == 0 else 'no run record names --sft-weight'} (kto-inspect run --sft draws it)"
+    )
+    write_bytes_atomic(report_path, _html(log, found, headers, rows, images, sft_note).encode())
     return {
         "metrics": str(log.path),
         "out": str(out_dir),
@@ -152,15 +209,18 @@ td:first-child,th:first-child{text-align:left}.warn{color:#a40}figure{margin:1re
 code{background:#f4f4f4;padding:0 .2rem}"""
 
 
-def _html(log: RunLog, found: list[str], headers: list[str], rows: list[list], images: dict[str, bytes]) -> str:
+def _html(log: RunLog, found: list[str], headers: list[str], rows: list[list], images: dict[str, bytes], sft_note: str | None = None) -> str:
     e = html.escape
+    run = log.path.resolve().parent.name  # the run's own name: the header carries no absolute path
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>kto run report: {e(str(log.path.parent))}</title><style>{_CSS}</style></head><body>",
-        "<h1>kto run report</h1>",
-        f"<p>From <code>{e(str(log.path))}</code>: {len(log.train)} train lines, {len(log.eval)} eval lines.</p>",
+        f"<title>kto run report: {e(run)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>kto run report: {e(run)}</h1>",
+        f"<p>From <code>{e(log.path.name)}</code> of run <code>{e(run)}</code>: {len(log.train)} train lines, {len(log.eval)} eval lines.</p>",
     ]
+    if sft_note:
+        parts.append(f"<p>{e(sft_note)}.</p>")
     parts += [f'<p class="warn">warning: {e(w)}</p>' for w in log.warnings]
     parts += ["<h2>Checks</h2><ul>"] + [f"<li>{e(c)}</li>" for c in found] + ["</ul>"]
     parts += ["<h2>Last values</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr>"]
