@@ -59,10 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--end-to-end-repeats", type=int, default=2, help="kto-precompute runs per layout (mix feedback)")
     p.add_argument(
-        "--attention-cost",
+        "--gather-cost",
         type=float,
         default=None,
-        help="override shared_prefix.ATTENTION_COST, the constant of the rule that decides which packs pay off (0: pack every group)",
+        help="override shared_prefix.GATHER_COST, the constant of the rule that decides which packs pay off (0: pack every group)",
     )
     p.add_argument("--json-out", type=Path, default=None)
     return p.parse_args(argv)
@@ -219,10 +219,10 @@ def end_to_end(model_dir: Path, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.attention_cost is not None:
-        from kto.formats import shared_prefix
+    if args.gather_cost is not None:
+        from kto.formats.compute import shared_prefix
 
-        shared_prefix.ATTENTION_COST = args.attention_cost
+        shared_prefix.GATHER_COST = args.gather_cost
     device = C.default_device()
     numerics = parse_numerics(args.numerics, device)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}

@@ -82,8 +82,9 @@ def score_sequences(
             on_batch(len(indices), sum(len(prompts[i]) + len(completions[i]) for i in indices))
 
     packs = plan.packs
-    pack_lengths = [p.length for p in packs]
-    for batch_idx in token_budget_batches(pack_lengths, [keys[p.members[0]] for p in packs], batch_tokens):
+    # A pack's completions are gathered into one attention row each, as wide as its widest.
+    widths, rows = [p.width for p in packs], [len(p.members) for p in packs]
+    for batch_idx in token_budget_batches(widths, [keys[p.members[0]] for p in packs], batch_tokens, rows):
         chosen = [packs[j] for j in batch_idx]
         members = [i for p in chosen for i in p.members]
         batch = make_packed_batch([prompts[p.members[0]] for p in chosen], [[completions[i] for i in p.members] for p in chosen], pad_id).to(device)

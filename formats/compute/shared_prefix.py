@@ -1,10 +1,10 @@
 """Shared-prefix layout: each distinct prompt goes through the model once, with all its completions.
 
-One packed sequence holds a prompt p (P tokens) followed by its completions c_1 … c_k back to
-back, then right padding:
+A pack holds a prompt p (P tokens) followed by its completions c_1 … c_k back to back; a batch
+lays its packs one after the other in a single row, with no padding between or after them:
 
-    tokens:    p_0 … p_{P-1} | c_1,0 … c_1,n1-1 | c_2,0 … | … | pad …
-    positions: 0 … P-1       | P … P+n1-1       | P …     | … | (continue)
+    tokens:    p_0 … p_{P-1} | c_1,0 … c_1,n1-1 | c_2,0 … | … | next pack's prompt …
+    positions: 0 … P-1       | P … P+n1-1       | P …     | … | 0 …
 
 Every layer but attention works token by token (embedding, norms, projections, MLP, and the
 rotary embedding, which reads the restarting position ids), so those run on the packs: the
@@ -23,7 +23,11 @@ completion.
 A 4D mask over the pack (each completion sees the prompt and itself) was the first version: it
 matched the plain forward only to rounding (1.24e-05 per token on SmolLM2-135M), because the
 shifted keys of c_2, c_3 … fall into other lanes of the kernel's vectorised softmax sum, and
-it paid attention over the whole W × W square, which the causal kernel skips.
+it paid attention over the whole W × W square, which the causal kernel skips. The second
+version (issue 13) gathered attention as now but laid the packs out as the rows of a [B, W]
+batch padded to the widest pack: the dense layers then paid for W on every row (issue 21
+measured where the cost went: docs/benchmarks.md), so the rule that decides which packs pay off
+had to model a W² term and rejected almost every group of real chat data.
 
 Which sequences share: the grouping is by identical prompt ids among the sequences given (a
 row's main and KL sequence always; rows of a paired dataset or with a repeated system prompt
@@ -43,21 +47,16 @@ import torch
 from ..errors import InputError
 from .token_budget import ATTENTION_WIDTH_MULTIPLE
 
-# A packed sequence holds at most this many tokens (or one plain sequence, if longer): a pack is
-# one row of a dense batch, and the token budget cuts batches at whole rows.
-MAX_PACKED_TOKENS = 2048
+# A pack gathers at most this many tokens for attention (its completions × the longest
+# P + c_i), or one completion if that alone is longer: a pack is one item of a scoring batch,
+# and the token budget cuts batches at whole packs.
+MAX_PACKED_TOKENS = 8192
 
-# Constant of the rule that decides whether a pack pays off (`worth_packing`). It was derived for
-# the first, 4D-mask version, whose attention covered the pack's whole W × W square: by FLOPs,
-# attention costs 4 · d_attn per (query, key) pair and layer, the dense layers 2 · N_non_embedding
-# per token, for SmolLM2-135M 4 · 576 · 30 / (2 · 106.2M) = 3.3e-4; at that ratio the synthetic
-# 32–2048 mix ran 6 % slower shared than plain on CPU, so it was raised 4× to 1.3e-3, which keeps
-# every pack of the chat and paired mixes. Gathered attention costs what plain attention costs,
-# yet packing every group of that synthetic mix (constant 0) still measured 0.80× the plain
-# tokens/s (best of 4; wide packs batch and pad worse than length-sorted plain rows), so the rule
-# stays as a measured guard (docs/benchmarks.md). Fixed, not read from the model, so that the plan
-# (and the token counts in the manifest) are a pure function of the data and the layout.
-ATTENTION_COST = 1.3e-3
+# Constant of the rule that decides whether a pack pays off (`worth_packing`): the cost of
+# packing per gathered token, in units of one token's dense work. See worth_packing for where
+# the value comes from. Fixed, not read from the model, so that the plan (and the token counts in
+# the manifest) are a pure function of the data and the layout.
+GATHER_COST = 0.02
 
 
 def group_by_prompt(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -74,7 +73,8 @@ class Pack:
 
     members: tuple[int, ...]
     prompt_length: int
-    length: int  # prompt + all completions: the tokens this pack computes
+    length: int  # prompt + all completions: the tokens this pack computes in the dense layers
+    width: int  # prompt + its longest completion: the widest plain sequence attention sees
 
 
 def plan_packs(
@@ -82,10 +82,11 @@ def plan_packs(
 ) -> tuple[list[Pack], list[int]]:
     """Split the sequences into packs (≥ 2 completions sharing a prompt) and plain leftovers.
 
-    A group's completions fill packs in key order, each pack at most `max_tokens` long (a pack
-    may hold one sequence longer than that on its own). A pack is kept only if it pays off
-    (`worth_packing`); otherwise, and for a pack of one, its sequences are scored plain.
-    Deterministic: a pure function of the inputs, so a rerun forms the same packs and bytes.
+    A group's completions fill packs in key order, each pack gathering at most `max_tokens`
+    tokens for attention (members × longest P + c_i; a pack may hold one longer sequence on its
+    own). A pack is kept only if it pays off (`worth_packing`); otherwise, and for a pack of
+    one, its sequences are scored plain. Deterministic: a pure function of the inputs, so a
+    rerun forms the same packs and bytes.
     """
     packs: list[Pack] = []
     plain: list[int] = []
@@ -93,59 +94,65 @@ def plan_packs(
         group = sorted(group, key=lambda i: keys[i])
         prompt_length = len(prompts[group[0]])
         current: list[int] = []
-        length = prompt_length
+        longest = 0
         for i in group:
             n = len(completions[i])
-            if current and length + n > max_tokens:
+            if current and (len(current) + 1) * (prompt_length + max(longest, n)) > max_tokens:
                 _close(current, prompt_length, completions, packs, plain)
-                current, length = [], prompt_length
+                current, longest = [], 0
             current.append(i)
-            length += n
+            longest = max(longest, n)
         _close(current, prompt_length, completions, packs, plain)
     return packs, plain
 
 
-def worth_packing(prompt_length: int, completion_lengths: Sequence[int], attention_cost: float | None = None) -> bool:
+def worth_packing(prompt_length: int, completion_lengths: Sequence[int], gather_cost: float | None = None) -> bool:
     """Does one pack cost less than its sequences scored plain?
 
-    Packing saves the dense work of (k − 1) prompts. The extra cost is modelled as attention over
-    the pack's whole W × W square (what the first, 4D-mask version paid; see ATTENTION_COST for
-    why the rule stays with gathered attention). In dense-token units, with ρ = attention_cost:
+    Packing saves the dense work of (k − 1) prompts. Attention costs what it costs plain (it runs
+    on the same plain sequences, gathered), and the dense layers see no padding (the packs lie
+    back to back); what packing adds is copying queries, keys, values and outputs to and from the
+    gathered layout, a cost per gathered token. In dense-token units, with γ = gather_cost:
 
-        saved = (k − 1) · P        extra = ρ · (W² − ½ Σ_i (P + c_i)²),   W = P + Σ_i c_i
+        saved = (k − 1) · P        extra = γ · Σ_i (P + c_i)
 
-    Short prompts before long completions (the synthetic 32–2048 mix) do not pay; long shared
-    prompts (chat templates, paired data) do.
+    i.e. pack when the prompts saved are more than γ of the tokens the group represents. The
+    copies measured 1.1 ms per SmolLM2 layer for 2048 gathered tokens against about 1.7 s of
+    that layer's dense work under load (γ ≈ 1e-3; docs/benchmarks.md): GATHER_COST = 0.02 is
+    that with a wide margin, and leaves plain only groups that would save under 2 %.
     """
-    attention_cost = ATTENTION_COST if attention_cost is None else attention_cost
+    gather_cost = GATHER_COST if gather_cost is None else gather_cost
     k, p = len(completion_lengths), prompt_length
-    width = p + sum(completion_lengths)
-    extra = attention_cost * (width**2 - 0.5 * sum((p + c) ** 2 for c in completion_lengths))
-    return (k - 1) * p > extra
+    return (k - 1) * p > gather_cost * sum(p + c for c in completion_lengths)
 
 
 def _close(members: list[int], prompt_length: int, completions, packs: list[Pack], plain: list[int]) -> None:
     lengths = [len(completions[i]) for i in members]
     if len(members) > 1 and worth_packing(prompt_length, lengths):
-        packs.append(Pack(tuple(members), prompt_length, prompt_length + sum(lengths)))
+        packs.append(Pack(tuple(members), prompt_length, prompt_length + sum(lengths), prompt_length + max(lengths)))
     else:
         plain.extend(members)
 
 
 @dataclass(frozen=True)
 class PackedBatch:
-    """Right-padded packed sequences, and where each completion's plain sequence lies in them.
+    """Packs back to back in one row, and where each completion's plain sequence lies in it.
 
-    input_ids:     [B, W] int64, prompt then its completions back to back, then pad
-    position_ids:  [B, W] int64, restarting at P for every completion
-    gather_index:  [C, T] int64, one row per completion (C = len(lengths)): the flat index
-                   b * W + t of each token of its plain sequence prompt + completion, then of
-                   an arbitrary real token up to T (a multiple of ATTENTION_WIDTH_MULTIPLE)
-    scatter_index: [B * W] int64, per packed token the flat index c * T + t of its place in the
+    The dense layers work token by token, so the packs need no padding: they lie one after the
+    other in a single row of N = Σ pack lengths tokens, and no pack pays for the widest one.
+    Only attention sees padding, on the gathered plain sequences (as plain scoring would).
+
+    input_ids:     [1, N] int64, each prompt then its completions back to back, then the next pack
+    position_ids:  [1, N] int64, 0..P-1 on a prompt, restarting at P for every completion
+    gather_index:  [C, T] int64, one row per completion (C = len(lengths)): the flat index of
+                   each token of its plain sequence prompt + completion, then of an arbitrary
+                   real token up to T (the longest P + c_i rounded up to a multiple of
+                   ATTENTION_WIDTH_MULTIPLE)
+    scatter_index: [N] int64, per packed token the flat index c * T + t of its place in the
                    gathered layout (prompt tokens: in the pack's first completion's row)
-    predict_from:  [N] int64, flat index b * W + t of the hidden state that predicts token n
-    targets:       [N] int64, the scored completion tokens, completion after completion
-    lengths:       completion lengths in the order of `targets` (to split the N values)
+    predict_from:  [M] int64, flat index of the hidden state that predicts scored token m
+    targets:       [M] int64, the scored completion tokens, completion after completion
+    lengths:       completion lengths in the order of `targets` (to split the M values)
     """
 
     input_ids: torch.Tensor
@@ -161,50 +168,73 @@ class PackedBatch:
         return PackedBatch(*(t.to(device, non_blocking=True) for t in fields), self.lengths)
 
 
-def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int) -> PackedBatch:
-    """prompts[b] followed by completions[b][0], completions[b][1], …; one row per prompt."""
-    width = max((len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, completions)), default=0)
+def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int = 0) -> PackedBatch:
+    """Pack b = prompts[b] followed by completions[b][0], completions[b][1], …; packs back to back.
+
+    `pad_id` is not used (the packs lie back to back with no padding token); it stays so that
+    callers written for the padded [B, W] layout keep working.
+    """
+    del pad_id
     plain_width = _round_up(max((len(p) + len(c) for p, cs in zip(prompts, completions) for c in cs), default=0))
-    rows = len(prompts)
-    ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    positions = torch.arange(width).repeat(rows, 1)  # pads keep these: nothing reads them
-    gather: list[list[int]] = []
-    scatter = torch.zeros(rows * width, dtype=torch.long)
-    predict_from: list[int] = []
-    targets: list[int] = []
+    ids: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
+    gather: list[np.ndarray] = []
+    scatter: list[np.ndarray] = []
+    predict_from: list[np.ndarray] = []
     lengths: list[int] = []
-    for b, (p, cs) in enumerate(zip(prompts, completions)):
-        n_prompt, base = len(p), b * width
-        if n_prompt == 0:
+    start = 0
+    for p, cs in zip(prompts, completions):
+        if len(p) == 0:
             raise ValueError("every sequence needs at least one prompt token to predict the first completion token")
-        ids[b, :n_prompt] = torch.as_tensor(list(p), dtype=torch.long)
-        # The prompt's outputs come from its first completion's plain sequence (all rows agree).
-        scatter[base : base + n_prompt] = torch.arange(n_prompt) + len(gather) * plain_width
-        at = n_prompt
-        for c in cs:
-            n, row = len(c), len(gather)
-            lengths.append(n)
-            seq = list(range(base, base + n_prompt)) + list(range(base + at, base + at + n))
-            # Right padding of the plain sequence: any real token (causal: no real query sees it).
-            gather.append(seq + [base] * (plain_width - len(seq)))
-            if n == 0:
-                continue
-            ids[b, at : at + n] = torch.as_tensor(list(c), dtype=torch.long)
-            positions[b, at : at + n] = torch.arange(n_prompt, n_prompt + n)
-            scatter[base + at : base + at + n] = torch.arange(n_prompt, n_prompt + n) + row * plain_width
-            # Token 0 is predicted from the last prompt token, token j from token j-1.
-            predict_from += [base + n_prompt - 1] + list(range(base + at, base + at + n - 1))
-            targets += [int(t) for t in c]
-            at += n
+        pack = _pack_indices(len(p), [len(c) for c in cs], start, len(gather), plain_width)
+        ids += [np.asarray(p, dtype=np.int64)] + [np.asarray(c, dtype=np.int64) for c in cs]
+        positions.append(pack.positions)
+        gather += pack.gather
+        scatter.append(pack.scatter)
+        predict_from.append(pack.predict_from)
+        lengths += [len(c) for c in cs]
+        start += len(pack.positions)
+    cat = lambda parts: torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.long)
+    targets = cat([np.asarray(c, dtype=np.int64) for cs in completions for c in cs])
     return PackedBatch(
-        ids,
-        positions,
-        torch.as_tensor(gather, dtype=torch.long).reshape(len(gather), plain_width),
-        scatter,
-        torch.as_tensor(predict_from, dtype=torch.long),
-        torch.as_tensor(targets, dtype=torch.long),
+        cat(ids)[None],
+        cat(positions)[None],
+        torch.from_numpy(np.stack(gather)) if gather else torch.zeros(0, plain_width, dtype=torch.long),
+        cat(scatter),
+        cat(predict_from),
+        targets,
         lengths,
     )
+
+
+@dataclass(frozen=True)
+class _PackIndices:
+    positions: np.ndarray  # [P + Σ c]
+    gather: list[np.ndarray]  # one [T] row per completion
+    scatter: np.ndarray  # [P + Σ c]
+    predict_from: np.ndarray  # [Σ c]
+
+
+def _pack_indices(prompt_length: int, completion_lengths: Sequence[int], start: int, first_row: int, width: int) -> _PackIndices:
+    """Indices of one pack that starts at flat index `start`, its completions gathered into rows
+    first_row, first_row + 1, … of width `width`."""
+    n_prompt = prompt_length
+    prompt = np.arange(start, start + n_prompt, dtype=np.int64)
+    positions = [np.arange(n_prompt, dtype=np.int64)]
+    # The prompt's outputs come from its first completion's plain sequence (all rows agree).
+    scatter = [np.arange(n_prompt, dtype=np.int64) + first_row * width]
+    gather, predict_from = [], []
+    at = start + n_prompt
+    for j, n in enumerate(completion_lengths):
+        own = np.arange(at, at + n, dtype=np.int64)
+        # Right padding of the plain sequence: any real token (causal: no real query sees it).
+        gather.append(np.concatenate([prompt, own, np.full(width - n_prompt - n, start, dtype=np.int64)]))
+        positions.append(np.arange(n_prompt, n_prompt + n, dtype=np.int64))
+        scatter.append(np.arange(n_prompt, n_prompt + n, dtype=np.int64) + (first_row + j) * width)
+        # Token 0 is predicted from the last prompt token, token j from token j-1.
+        predict_from.append(np.concatenate([[start + n_prompt - 1], own[:-1]]) if n else own)
+        at += n
+    return _PackIndices(np.concatenate(positions), gather, np.concatenate(scatter), np.concatenate(predict_from).astype(np.int64))
 
 
 def _round_up(n: int) -> int:
@@ -239,6 +269,9 @@ def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather
     """
     index, scatter = kto_gather.gather_index.to(query.device), kto_gather.scatter_index.to(query.device)
     rows, width = index.shape
+    # The pack's position ids describe the packed row, not the gathered ones: a flash kernel
+    # would read them as sequence boundaries. Each gathered row is one plain causal sequence.
+    kwargs.pop("position_ids", None)
     q, k, v = (_gather(x, index) for x in (query, key, value))
     if kto_gather.inner == "eager":
         eager = sys.modules[type(module).__module__].eager_attention_forward
@@ -250,7 +283,8 @@ def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather
 
         out, _ = ALL_ATTENTION_FUNCTIONS[kto_gather.inner](module, q, k, v, None, **kwargs)
     # out: [C, T, heads, D] -> packed [B, W, heads, D]
-    flat = out.reshape(rows * width, *out.shape[2:])[scatter]
+    # index_select on a 2D view: several times faster on CPU than advanced indexing (aten::index).
+    flat = out.reshape(rows * width, -1).index_select(0, scatter)
     return flat.view(query.shape[0], query.shape[2], *out.shape[2:]), None
 
 
@@ -258,8 +292,8 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """[B, h, W, D] -> [C, h, T, D], laid out in memory as [C, T, h, D] like the projections'
     output that attention sees in a plain forward."""
     b, h, w, d = x.shape
-    flat = x.transpose(1, 2).reshape(b * w, h, d)
-    return flat[index.reshape(-1)].view(*index.shape, h, d).transpose(1, 2)
+    flat = x.transpose(1, 2).reshape(b * w, h * d)  # a view: the projections' output is [B, W, h, D]
+    return flat.index_select(0, index.reshape(-1)).view(*index.shape, h, d).transpose(1, 2)
 
 
 @contextlib.contextmanager

@@ -19,23 +19,28 @@ from collections.abc import Hashable, Sequence
 ATTENTION_WIDTH_MULTIPLE = 16
 
 
-def token_budget_batches(lengths: Sequence[int], keys: Sequence[Hashable], budget: int) -> list[list[int]]:
+def token_budget_batches(lengths: Sequence[int], keys: Sequence[Hashable], budget: int, rows: Sequence[int] | None = None) -> list[list[int]]:
     """Group indices into batches sorted by (length, key) whose padded size ≤ `budget` tokens.
 
-    Padded size = rows × longest row. A sequence longer than the budget gets a batch of its own.
-    Neighbours in sorted order have similar lengths, so padding stays small.
+    Padded size = rows × longest row. Item i stands for `rows[i]` rows (default 1) of up to
+    `lengths[i]` tokens: a shared-prefix pack is one item whose completions are gathered into
+    one row each. An item larger than the budget gets a batch of its own. Neighbours in sorted
+    order have similar lengths, so padding stays small.
     """
     if budget <= 0:
         raise ValueError("budget must be positive")
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], keys[i]))
     batches: list[list[int]] = []
     current: list[int] = []
+    n_rows = 0
     for i in order:
-        # Sorted ascending, so the newest row is the longest of the batch.
-        if current and (len(current) + 1) * lengths[i] > budget:
+        k = 1 if rows is None else rows[i]
+        # Sorted ascending, so the newest item is the longest of the batch.
+        if current and (n_rows + k) * lengths[i] > budget:
             batches.append(current)
-            current = []
+            current, n_rows = [], 0
         current.append(i)
+        n_rows += k
     if current:
         batches.append(current)
     return batches

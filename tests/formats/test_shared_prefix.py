@@ -35,15 +35,18 @@ def test_packed_batch_by_hand():
     assert b.gather_index.tolist() == [[0, 1, 2, 3] + [0] * 12, [0, 1, 4] + [0] * 13]
     assert b.scatter_index.tolist() == [0, 1, 2, 3, 16 + 2]
     two = make_packed_batch([[5, 6], [3]], [[[7, 8], [9]], [[4]]], pad_id=0)
-    assert two.input_ids.tolist() == [[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]]
-    assert two.position_ids[1].tolist() == [0, 1, 2, 3, 4]
+    # Packs lie back to back in one row with no padding: the dense layers never pay for the
+    # widest pack (issue 21); only the gathered plain sequences are padded, to 16.
+    assert two.input_ids.tolist() == [[5, 6, 7, 8, 9, 3, 4]]
+    assert two.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1]]
     assert two.predict_from.tolist() == [1, 2, 1, 5] and two.lengths == [2, 1, 1]
-    # Row 1 starts at flat 5; its one completion is the third gathered row (flat 32 on).
+    # The second pack starts at flat 5; its one completion is the third gathered row (flat 32 on).
     assert two.gather_index[2].tolist() == [5, 6] + [5] * 14
     assert two.scatter_index.tolist()[5:7] == [32, 33]
     # The ids at the gathered places are the plain sequences.
     flat = two.input_ids.reshape(-1)
     assert flat[two.gather_index[0, :4]].tolist() == [5, 6, 7, 8] and flat[two.gather_index[1, :3]].tolist() == [5, 6, 9]
+    assert flat[two.gather_index[2, :2]].tolist() == [3, 4]
 
 
 def test_grouping_and_packs():
@@ -53,21 +56,26 @@ def test_grouping_and_packs():
     assert group_by_prompt([np.array([1, 2], np.int32), [1, 2], np.array([1, 2, 0])]) == [[0, 1], [2]]
     keys = [5, 1, 2, 3, 4]  # members of a pack follow key order
     packs, plain = plan_packs(prompts, completions, keys)
-    assert [(p.members, p.prompt_length, p.length) for p in packs] == [((2, 3, 0), 2, 14)]
+    assert [(p.members, p.prompt_length, p.length, p.width) for p in packs] == [((2, 3, 0), 2, 14, 7)]
     assert plain == [1, 4]
-    # A cap of 9 tokens: [2, 3] make 2 + 4 + 5 = 11 > 9, so 2 and 3 part; 3 + 0 = 2 + 5 + 3 = 10 > 9.
-    packs, plain = plan_packs(prompts, completions, keys, max_tokens=9)
+    # The cap counts gathered tokens, members × (P + longest completion): [2, 3] gather
+    # 2 · (2 + 5) = 14, [2, 3, 0] 3 · 7 = 21. A cap of 13 parts 2 and 3 (and 3 and 0), one of 14 keeps [2, 3].
+    packs, plain = plan_packs(prompts, completions, keys, max_tokens=13)
     assert packs == [] and plain == [2, 3, 0, 1, 4]
-    packs, _ = plan_packs(prompts, completions, keys, max_tokens=11)
+    packs, _ = plan_packs(prompts, completions, keys, max_tokens=14)
     assert [p.members for p in packs] == [(2, 3)]
     plan = plan_scoring(prompts, completions, keys, share_prefixes=True)
     assert plan.represented_tokens == 5 + 2 + 6 + 7 + 3 and plan.computed_tokens == 14 + 2 + 3
-    # A 2-token prompt before two 1000-token completions: saves 2 tokens of dense work, costs
-    # ρ · (2002² − ½ · 2 · 1002²) = 1.3e-3 · 3,004,000 ≈ 3905 in attention. Not packed; a
-    # 1000-token prompt before two of 200 saves 1000 for 1.3e-3 · (1400² − 1200²) = 676.
-    assert not worth_packing(2, [1000, 1000]) and worth_packing(1000, [200, 200])
+    # The rule: (k − 1) · P saved against GATHER_COST · Σ (P + c_i) of copying. A 2-token prompt
+    # before two 1000-token completions saves 2 tokens against 0.05 · 2004 = 100: plain. A
+    # 1000-token prompt before two of 200 saves 1000 against 0.05 · 2400 = 120: packed.
+    assert not worth_packing(2, [1000, 1000], gather_cost=0.05) and worth_packing(1000, [200, 200], gather_cost=0.05)
     packs, plain = plan_packs([[1, 2]] * 2, [[7] * 1000, [8] * 1000], [0, 1], max_tokens=4096)
     assert packs == [] and plain == [0, 1]
+    # Issue 21's nearest miss on real pairs: P = 482 before four completions of 239-434 tokens
+    # saves 3 · 482 = 1446. The W² rule of issue 13 charged 1.3e-3 · (W² − ½ Σ (P + c_i)²) = 2151
+    # for it; the gathered layout charges 0.05 · 3279 = 164 (default constant): packed.
+    assert worth_packing(482, [239, 300, 400, 434])
     off = plan_scoring(prompts, completions, keys, share_prefixes=False)
     assert off.computed_tokens == off.represented_tokens == 23 and off.packs == []
 
