@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step
+from .progress import TrainProgress, number
 from .rundir import lock_run_dir
 from .setup import Run, check_inputs, setup
 from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
@@ -36,37 +37,65 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def run_steps(run: Run) -> Path:
-    window, window_start = None, time.perf_counter()
+    """The loop: one optimizer step, then what is due after it (log, eval, save)."""
     # The next step's batches are collated on a background thread while this step computes.
     prefetch = Prefetcher(lambda position: step_micro_batches(run, position))
+    progress = TrainProgress(run.total_steps, run.position.global_step, enabled=run.accelerator.is_main_process)
+    window = Window()
     try:
-        while run.position.global_step < run.total_steps:
-            nxt = advance(run.position, run.steps_per_epoch)
-            batches = [b.to(run.accelerator.device) for b in prefetch.get(run.position, nxt if nxt.global_step < run.total_steps else None)]
-            if run.started is not None:  # tools/bench_startup.py times kto-train up to this line
-                log(f"first step: set-up took {time.perf_counter() - run.started:.2f} s, {run.model_load_s:.2f} s of it loading the model", run.accelerator)
-                run.started = None
-            stats = forward_backward(run.model, batches, run.settings, run.accelerator, on_first_pass=first_step_check(run, batches[0]))
-            stats = stats.all_reduced(run.accelerator)
-            norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
-            grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.policy.last_checkpoint)
-            apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
-            run.memory.sample()
-            window = stats if window is None else window.plus(stats)
-            run.position = nxt
-            step = run.position.global_step
-            if run.cfg.log_every and (step % run.cfg.log_every == 0 or step == run.total_steps):
-                log_window(run, window, grad_norm, time.perf_counter() - window_start)
-                window, window_start = None, time.perf_counter()
-            if run.eval_cache and run.cfg.eval_every and step % run.cfg.eval_every == 0 and step < run.total_steps:
-                run_eval(run)
-            if run.cfg.save_every and step % run.cfg.save_every == 0 and step < run.total_steps:
-                run.policy.save(run.position)
+        with progress.lines_above():
+            while run.position.global_step < run.total_steps:
+                stats, grad_norm = train_step(run, prefetch)
+                progress.step()
+                window.add(stats)
+                window = after_step(run, window, grad_norm, progress)
+            if run.eval_cache:
+                run_eval(run, progress)
     finally:
         prefetch.close()
-    if run.eval_cache:
-        run_eval(run)
     return finish(run)
+
+
+@dataclass
+class Window:
+    """The steps since the last logged line: their stats, summed, and when the first began."""
+
+    stats: StepStats | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, stats: StepStats) -> None:
+        self.stats = stats if self.stats is None else self.stats.plus(stats)
+
+
+def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, float]:
+    """One optimizer step: its batches, forward/backward, the all-reduced stats, the checks, the
+    update; `run.position` advances. Returns the step's stats and its gradient norm."""
+    nxt = advance(run.position, run.steps_per_epoch)
+    batches = [b.to(run.accelerator.device) for b in prefetch.get(run.position, nxt if nxt.global_step < run.total_steps else None)]
+    if run.started is not None:  # tools/bench_startup.py times kto-train up to this line
+        log(f"first step: set-up took {time.perf_counter() - run.started:.2f} s, {run.model_load_s:.2f} s of it loading the model", run.accelerator)
+        run.started = None
+    stats = forward_backward(run.model, batches, run.settings, run.accelerator, on_first_pass=first_step_check(run, batches[0]))
+    stats = stats.all_reduced(run.accelerator)
+    norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
+    grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.policy.last_checkpoint)
+    apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
+    run.memory.sample()
+    run.position = nxt
+    return stats, grad_norm
+
+
+def after_step(run: Run, window: Window, grad_norm: float, progress: TrainProgress) -> Window:
+    """The line, eval and checkpoint due after this step; returns the window to add to next."""
+    step, cfg = run.position.global_step, run.cfg
+    if cfg.log_every and (step % cfg.log_every == 0 or step == run.total_steps):
+        log_window(run, window.stats, grad_norm, time.perf_counter() - window.started, progress)
+        window = Window()
+    if run.eval_cache and cfg.eval_every and step % cfg.eval_every == 0 and step < run.total_steps:
+        run_eval(run, progress)
+    if cfg.save_every and step % cfg.save_every == 0 and step < run.total_steps:
+        run.policy.save(run.position)
+    return window
 
 
 def step_micro_batches(run: Run, p: Position) -> list[KTOMicroBatch]:
@@ -150,7 +179,7 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train()
 
 
-def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float) -> None:
+def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float, progress: TrainProgress) -> None:
     """Metrics over the steps since the last line (already summed over ranks)."""
     p = run.position
     line = summarize(window)
@@ -163,23 +192,29 @@ def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float) ->
     )
     if run.metrics:
         run.metrics.write(p.global_step, line)
-    log(f"step {p.global_step}/{run.total_steps} loss {line['loss']:.4f} kl {line['kl']:.4f} margin {line['rewards/margins']:.4f}", run.accelerator)
+    progress.window(line["tokens_per_s"], line["loss"])
+    progress.line(f"step {p.global_step}/{run.total_steps} loss {number(line['loss'])} kl {number(line['kl'])} margin {number(line['rewards/margins'])}")
 
 
-def run_eval(run: Run) -> None:
+def run_eval(run: Run, progress: TrainProgress) -> None:
     cfg = run.cfg
     with evaluation_mode(run.model):
         result = evaluate(run.model, run.eval_cache, run.settings, run.pad_id, cfg.batch_size, run.accelerator)
     if run.metrics:
         run.metrics.write(run.position.global_step, result, split="eval")
-    log(f"eval @ {run.position.global_step}: loss {result['loss']:.4f} margin {result['rewards/margins']:.4f}", run.accelerator)
+    progress.line(f"eval @ {run.position.global_step}: loss {number(result['loss'])} margin {number(result['rewards/margins'])}")
 
 
 def finish(run: Run) -> Path:
     """Save OUT/final atomically, close the metrics and the trackers."""
     final = run.policy.finish(run.position.global_step)
+    close_records(run)
+    return final
+
+
+def close_records(run: Run) -> None:
+    """metrics.jsonl closed (main process) and the trackers ended, on every rank together."""
     if run.metrics:
         run.metrics.close()
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
-    return final
