@@ -7,6 +7,7 @@ Every option mirrors a TrainConfig field (tests/train/test_data.py,
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from kto.formats.errors import InputError, one_line_errors
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
 from .loss import LossType
+from .stop import Interrupted
 
 P = click.Path(path_type=Path)
 
@@ -84,7 +86,10 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     for name in ("cache", "model", "out"):
         if values.get(name) is None:
             raise InputError(f"--{name} is required (on the command line or in --config)")
-    run(TrainConfig(**values))
+    try:
+        run(TrainConfig(**values))
+    except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
+        sys.exit(exc.exit_code)
 
 
 def config_value(option: click.Option, name: str, value: Any, path: Path) -> Any:

@@ -1,12 +1,14 @@
-"""kto-train: set up, then for each step: batches → forward/backward → optimizer → log → eval → save."""
+"""kto-train: set up, then for each step: batches → forward/backward → optimizer → log → eval →
+save → stop if a signal asked to (train/stop.py), then final/."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log
@@ -21,6 +23,7 @@ from .progress import TrainProgress, number
 from .rundir import lock_run_dir
 from .setup import Run, check_inputs, setup
 from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
+from .stop import Interrupted, StopSignals, resume_command
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -37,18 +40,20 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def run_steps(run: Run) -> Path:
-    """The loop: one optimizer step, then what is due after it (log, eval, save)."""
+    """The loop: one optimizer step, then what is due after it (log, eval, save, a requested stop)."""
     # The next step's batches are collated on a background thread while this step computes.
     prefetch = Prefetcher(lambda position: step_micro_batches(run, position))
     progress = TrainProgress(run.total_steps, run.position.global_step, enabled=run.accelerator.is_main_process)
     window = Window()
     try:
-        with progress.lines_above():
+        with progress.lines_above(), StopSignals(run.accelerator) as signals:
             while run.position.global_step < run.total_steps:
                 stats, grad_norm = train_step(run, prefetch)
                 progress.step()
                 window.add(stats)
                 window = after_step(run, window, grad_norm, progress)
+                if (signum := signals.requested()) is not None and run.position.global_step < run.total_steps:
+                    stop(run, signum)
             if run.eval_cache:
                 run_eval(run, progress)
     finally:
@@ -96,6 +101,21 @@ def after_step(run: Run, window: Window, grad_norm: float, progress: TrainProgre
     if cfg.save_every and step % cfg.save_every == 0 and step < run.total_steps:
         run.policy.save(run.position)
     return window
+
+
+def stop(run: Run, signum: int) -> NoReturn:
+    """A signal asked to stop: checkpoint this step (unless --save-every just did), say where it
+    is and how to resume, close the records, raise Interrupted (the CLI exits 128 + signum)."""
+    step, acc = run.position.global_step, run.accelerator
+    path = run.policy.last_checkpoint
+    if path != run.cfg.out / f"checkpoint-{step}":
+        path = run.policy.save(run.position)
+    command = resume_command(run.cfg)
+    launcher = f" (under the same launcher, {acc.num_processes} processes)" if acc.num_processes > 1 else ""
+    log(f"kto-train: stopped by {signal.Signals(signum).name} after step {step} of {run.total_steps}: saved {path}", acc)
+    log(f"resume with{launcher}: {command}", acc)
+    close_records(run)
+    raise Interrupted(signum, path, command)
 
 
 def step_micro_batches(run: Run, p: Position) -> list[KTOMicroBatch]:

@@ -1,13 +1,125 @@
 """kto-train's live progress (issue 22): a bar with step/total, it/s, tokens/s, elapsed and ETA;
-per-step lines on stdout; `n/a` for a metric a step cannot define."""
+per-step lines on stdout that reach a file or a pipe as they are written; `n/a` for a metric a
+step cannot define; SIGINT/SIGTERM stop at a step boundary with a checkpoint and the --resume
+command, and resuming gives the uninterrupted run's losses bit for bit."""
 
 import io
+import os
 import re
+import shlex
+import signal
+import subprocess
 import sys
 
-from conftest import run_train
+import pytest
+import torch
+from conftest import metrics, run_train
+from safetensors.torch import load_file
 
 ARGS = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--warmup-ratio", "0.2"]
+
+# kto-train as its console script runs it, with each optimizer step slowed down (after the update,
+# so the numbers are untouched): the test can then see a line arrive, and signal the run, while
+# steps remain.
+SLOWED = """
+import os, sys, time
+import kto.train.loop as loop
+update = loop.apply_update
+def slowed(*args, **kwargs):
+    update(*args, **kwargs)
+    time.sleep(float(os.environ["STEP_SLEEP_S"]))
+loop.apply_update = slowed
+from kto.train.cli import main
+main(prog_name="kto-train")
+"""
+
+
+def start_slowed(cache, model, out, *extra: str, sleep_s: float = 0.5) -> subprocess.Popen:
+    # As many threads as this process: the in-process runs below are the reference (bit-identity
+    # holds for the same kernels and thread count).
+    env = {**os.environ, "STEP_SLEEP_S": str(sleep_s), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    cmd = [sys.executable, "-c", SLOWED, "--cache", str(cache), "--model", str(model), "--out", str(out), *ARGS, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def run_command(args: list[str]):
+    """kto-train with exactly these arguments, in this process (as conftest.run_train)."""
+    from accelerate.state import AcceleratorState
+    from click.testing import CliRunner
+
+    from kto.train.cli import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return CliRunner().invoke(main, args)
+
+
+def read_until(proc: subprocess.Popen, prefix: str) -> list[str]:
+    """stdout's lines up to the first that starts with `prefix` (fails if the run ends first)."""
+    lines = []
+    while not lines or not lines[-1].startswith(prefix):
+        line = proc.stdout.readline()
+        assert line, f"stdout ended before a line starting {prefix!r}: {lines} / {proc.stderr.read()[-3000:]}"
+        lines.append(line)
+    return lines
+
+
+@pytest.mark.slow
+def test_step_lines_reach_a_pipe_while_the_run_goes_on_and_sigint_stops_with_a_resumable_checkpoint(tiny_cache, tiny_model_dir, tmp_path):
+    """Seen failing before issue 22: no line on stdout at all (they went to stderr), and SIGINT
+    ended the run with click's `Aborted!` (exit 1) and no checkpoint."""
+    from kto.train.checkpoint import checkpoint_problem
+
+    out = tmp_path / "stopped"
+    proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "8")
+    try:
+        lines = read_until(proc, "step 2/8 ")
+        assert proc.poll() is None  # the line came while 6 steps were still to run
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    stopped = re.search(r"stopped by SIGINT after step (\d+) of 8: saved (\S+)", err)
+    assert stopped, err[-3000:]
+    step = int(stopped.group(1))
+    assert 2 <= step < 8 and stopped.group(2) == str(out / f"checkpoint-{step}")
+    assert checkpoint_problem(out / f"checkpoint-{step}") is None and not (out / "final").exists()
+    assert [m["step"] for m in metrics(out)] == list(range(1, step + 1))
+    assert len(lines) + len(rest.splitlines()) == step  # one stdout line per step (--log-every 1), nothing else
+    command = re.search(r"resume with: (kto-train .*)$", err, re.MULTILINE).group(1)
+    words = shlex.split(command)
+    assert words[:1] == ["kto-train"] and words[-1] == "--resume" and "--max-steps" in words
+
+    resumed = run_command(words[1:])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resumed from {out / f'checkpoint-{step}'} at step {step}" in resumed.output
+    straight = tmp_path / "straight"
+    result = run_train(tiny_cache, tiny_model_dir, straight, *ARGS, "--max-steps", "8")
+    assert result.exit_code == 0, result.output
+    for a, b in zip(metrics(out), metrics(straight), strict=True):
+        for key in ("step", "loss", "kl", "rewards/chosen", "rewards/rejected", "lr", "grad_norm"):
+            assert a[key] == b[key], (a["step"], key)
+    wa, wb = load_file(out / "final" / "model.safetensors"), load_file(straight / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigterm_stops_at_a_step_boundary_with_exit_143_and_lines_reach_a_pipe_as_they_happen(tiny_cache, tiny_model_dir, tmp_path):
+    """Seen failing before issue 22: nothing on stdout (the step lines went to stderr, so
+    `kto-train … > log` left the file empty); and SIGTERM killed the process (exit -15) without
+    a checkpoint."""
+    out = tmp_path / "r"
+    proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "8", "--save-every", "4")
+    try:
+        read_until(proc, "step 1/8 ")
+        assert proc.poll() is None  # the line came while 7 steps were still to run
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM: stopping after this step, with a checkpoint" in err
+    step = int(re.search(r"stopped by SIGTERM after step (\d+) of 8", err).group(1))
+    assert 1 <= step < 8 and (out / f"checkpoint-{step}" / "model.safetensors").is_file()
 
 
 def test_a_step_with_one_class_prints_na_not_nan(tiny_cache, tiny_model_dir, tmp_path):
@@ -62,3 +174,36 @@ def test_other_ranks_print_nothing(capsys):
         progress.step()
         progress.line("step 1/3")
     assert capsys.readouterr().out == "" and progress.bar is None
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigterm_under_torchrun_stops_both_ranks_after_the_same_step_and_resumes_exactly(tiny_cache, tiny_model_dir, tmp_path):
+    """torchrun forwards SIGTERM to its workers; the main process decides, both ranks save
+    (one whole checkpoint, DDP) after the same step and exit 143, and a resume under torchrun
+    gives the losses of an uninterrupted 2-process run."""
+    script = tmp_path / "slowed.py"
+    script.write_text(SLOWED)
+    common = ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), *ARGS, "--max-steps", "8"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script)]
+    env = {**os.environ, "STEP_SLEEP_S": "0.5", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([*launch, *common, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        read_until(proc, "step 1/8 ")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    stopped = re.findall(r"stopped by SIGTERM after step (\d+) of 8: saved (\S+)", err)
+    assert len(stopped) == 1, err[-3000:]  # said once, by the main process
+    step = int(stopped[0][0])
+    assert 1 <= step < 8 and "resume with (under the same launcher, 2 processes): kto-train " in err
+    assert [m["step"] for m in metrics(out)] == list(range(1, step + 1))
+    env["STEP_SLEEP_S"] = "0"
+    for run_out, extra in ((out, ["--resume"]), (tmp_path / "straight", [])):
+        done = subprocess.run([*launch, *common, "--out", str(run_out), *extra], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    for a, b in zip(metrics(out), metrics(tmp_path / "straight"), strict=True):
+        for key in ("step", "loss", "kl", "rewards/chosen", "rewards/rejected", "lr", "grad_norm"):
+            assert a[key] == b[key], (a["step"], key)

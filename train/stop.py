@@ -1,0 +1,96 @@
+"""SIGINT and SIGTERM stop kto-train at a step boundary, with a checkpoint, never mid-step.
+
+The first signal is only noted (`StopSignals`). After each optimizer step the loop asks
+`requested()`: the main process decides (formats.errors.on_main) and every rank gets its answer,
+so all ranks stop after the same step; a rank that stopped alone would leave the others waiting
+in the next collective. The loop then saves a checkpoint, prints its path and the command that
+resumes it, and raises `Interrupted`; the CLI exits with 128 + the signal's number (130 for
+SIGINT, 143 for SIGTERM), as a shell reports a command a signal ended.
+
+A second SIGINT aborts at once (KeyboardInterrupt), unless it comes within ECHO_S of the first:
+launchers forward the signal the terminal already sent to the whole process group (torchrun
+sends its workers the SIGINT it received), and that echo is not the user asking twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from kto.formats.errors import log, on_main
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from .config import TrainConfig
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ECHO_S = 2.0
+
+
+class Interrupted(Exception):
+    """kto-train stopped on a signal after saving `checkpoint`; `exit_code` is 128 + the signal."""
+
+    def __init__(self, signum: int, checkpoint: Path, command: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} with {checkpoint} saved; resume with: {command}")
+        self.signum, self.checkpoint, self.command = signum, checkpoint, command
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """While active (a context manager), SIGINT and SIGTERM are noted instead of killing the
+    process. Outside the main thread (signals cannot be caught there) it notes nothing."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.signum: int | None = None
+        self.at = 0.0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._note) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum, self.at = signum, time.monotonic()
+            again = "; Ctrl-C again aborts without saving" if signum == signal.SIGINT else ""
+            log(f"{signal.Signals(signum).name}: stopping after this step, with a checkpoint{again}", self.accelerator)
+        elif signum == signal.SIGINT and time.monotonic() - self.at > ECHO_S:
+            raise KeyboardInterrupt
+
+    def requested(self) -> int | None:
+        """The signal the main process received (the same answer on every rank), or None."""
+        return on_main(lambda: self.signum, self.accelerator)
+
+
+def resume_command(cfg: TrainConfig) -> str:
+    """The kto-train command line that resumes this run: every setting that differs from its
+    default, spelled as its flag, then --resume. Rebuilt from the configuration rather than
+    sys.argv so that it is right however the run was started (a console script, torchrun,
+    accelerate launch, the Python API) and holds what a --config file set."""
+    from .config import TrainConfig
+
+    words = ["kto-train"]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name == "resume" or value == f.default or value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value is not False:
+            words += [flag, ",".join(value) if isinstance(value, (list, tuple)) else str(value)]
+    return shlex.join([*words, "--resume"])
