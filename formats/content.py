@@ -6,7 +6,7 @@ kto-train checks and a resumed kto-precompute must match. Paths are never part o
 model or a cache invalidates nothing (they go to the manifest's `info`).
 
 On disk it is a JSON object with exactly these keys. Keys added after format version 1 shipped
-(`chat_template`, `chat_template_kwargs`, `sharegpt`, `eval_split`) are written only when set, so a cache made
+(`chat_template`, `chat_template_kwargs`, `sharegpt`, `eval_split`, `alpaca`) are written only when set, so a cache made
 without them keeps its fingerprint. Adding such an optional key needs no new FORMAT_VERSION;
 changing what an existing key means, or adding one every cache must carry, does (schema.py).
 """
@@ -58,6 +58,8 @@ class CacheContent:
     """--chat-template-kwargs; absent when none were given."""
     sharegpt: dict[str, str] | None = None
     """The ShareGPT names map; absent when it is the default."""
+    alpaca: dict[str, str] | None = None
+    """The alpaca column map of a --dataset entry of that formatting; absent otherwise."""
     eval_split: str | None = None
     """How --eval-fraction chose the eval rows, in words (precompute/eval_split.py); absent when
     eval_fraction is 0, and in caches split by the earlier unstratified rule (so theirs differ)."""
@@ -99,4 +101,4 @@ class CacheContent:
         return model_identity == self.model
 
 
-_OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split"})
+_OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split", "alpaca"})

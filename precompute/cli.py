@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from kto.formats.config_file import load_config_file
 from kto.formats.errors import InputError, one_line_errors
+from kto.precompute.inputs.dataset_info import load_datasets
 from kto.precompute.inputs.examples import ColumnMap
 from kto.precompute.inputs.sharegpt import ShareGPTMap, load_sharegpt_info
 
@@ -34,6 +35,10 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML or TOML file of flag values; flags given here win.")
 @click.option("--chat-template", type=click.Path(path_type=Path), default=None, help="Jinja file replacing the tokenizer's chat template.")
 @click.option("--chat-template-kwargs", default=None, help="JSON object passed to apply_chat_template, e.g. '{\"enable_thinking\": false}'.")
+@click.option("--dataset", default=None, help="LLaMA-Factory dataset_info.json entry NAME (or a comma list): its file, formatting, columns, tags, ranking.")
+@click.option(
+    "--dataset-dir", type=click.Path(path_type=Path), default=Path("data"), help="The folder of dataset_info.json (its file_name paths are relative to it)."
+)
 @click.option("--sharegpt-info", default=None, help="LLaMA-Factory dataset_info.json (FILE or FILE#NAME): ShareGPT column and role names.")
 @click.option("--max-length", default=1024, help="Longest prompt+completion, in tokens.")
 @click.option("--max-prompt-length", default=None, type=int, help="Longest prompt (end kept) [default: max-length // 2].")
@@ -80,16 +85,23 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> Pr
     for name, value in flags.items():
         if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE or name not in values:
             values[name] = value
+    dataset, dataset_dir = values.pop("dataset"), values.pop("dataset_dir")
+    entry = load_datasets(dataset, dataset_dir) if dataset else None
+    if entry and values.get("sharegpt_info"):
+        raise InputError(f"--dataset {dataset} and --sharegpt-info: the entry names the columns and tags already; give one")
+    if entry:
+        values["data"] = (*values.get("data", ()), *map(Path, entry.data))
     for name in ("data", "model", "out"):
         if not values.get(name):
-            raise InputError(f"--{name} is required (on the command line or in --config)")
+            raise InputError(f"--{name} is required (on the command line or in --config; --dataset gives --data)")
     sharegpt = values.pop("sharegpt_info")
-    sharegpt = load_sharegpt_info(sharegpt) if sharegpt else ShareGPTMap()
+    sharegpt = entry.sharegpt if entry else load_sharegpt_info(sharegpt) if sharegpt else ShareGPTMap()
     overrides = {k: values.pop(f"{k}_column") for k in ("system", "tools")}
     sharegpt = ShareGPTMap(**{**sharegpt.as_dict(), **{k: v for k, v in overrides.items() if v}})
     columns = ColumnMap(**{k.removesuffix("_column"): values.pop(k) for k in list(values) if k.endswith("_column")})
     kwargs = values.pop("chat_template_kwargs")
-    return PrecomputeConfig(data=tuple(values.pop("data")), columns=columns, sharegpt=sharegpt, chat_template_kwargs=kwargs or {}, **values)
+    alpaca = entry.alpaca if entry else None
+    return PrecomputeConfig(data=tuple(values.pop("data")), columns=columns, sharegpt=sharegpt, alpaca=alpaca, chat_template_kwargs=kwargs or {}, **values)
 
 
 def _file_values(ctx: click.Context, path: Path) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kto.formats.compute.numerics import NAMES as DTYPES
 from kto.formats.errors import InputError
+from kto.precompute.inputs.alpaca import AlpacaMap
 from kto.precompute.inputs.examples import ColumnMap
 from kto.precompute.inputs.sharegpt import ShareGPTMap
 
@@ -24,6 +25,9 @@ class PrecomputeConfig:
     """Input column names."""
     sharegpt: ShareGPTMap = field(default_factory=ShareGPTMap)
     """LLaMA-Factory ShareGPT column and role names; its system/tools columns apply to every shape."""
+    alpaca: AlpacaMap | None = None
+    """Read every row as LLaMA-Factory alpaca with these column names (set by --dataset for an
+    entry of that formatting; precompute/inputs/dataset_info.py)."""
     chat_template: Path | None = None
     """A Jinja file replacing the tokenizer's chat template (saved into the cache's tokenizer/)."""
     chat_template_kwargs: dict = field(default_factory=dict)

@@ -76,6 +76,8 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
     }
     if not cfg.sharegpt.is_default():
         content["sharegpt"] = cfg.sharegpt.as_dict()
+    if cfg.alpaca is not None:  # alpaca rows (a --dataset entry); absent otherwise, as before
+        content["alpaca"] = cfg.alpaca.as_dict()
     if cfg.eval_fraction > 0:  # the split rule decides which rows each cache holds
         content["eval_split"] = EVAL_SPLIT_RULE
     return CacheContent(**content)  # every key a field of formats/content.py
@@ -113,7 +115,7 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     if path.is_file():
         return path  # a resumed run: staged by a run of the same inputs and configuration
     parsed: list[dict] = []
-    stage(iter_examples(cfg.data, cfg.columns, cfg.sharegpt, parsed), tokenize_one, path, state)
+    stage(iter_examples(cfg.data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca), tokenize_one, path, state)
     # The fingerprint hashed each file before reading; its rows were parsed from bytes hashed
     # again in the same read (records.read_file). Equal, or the file changed in between.
     for before, read in zip(content.inputs, parsed):

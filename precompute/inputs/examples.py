@@ -32,6 +32,7 @@ import numpy as np
 
 from kto.formats.errors import InputError
 
+from .alpaca import AlpacaMap, alpaca_examples
 from .example import Example, Message, check_unique_ids, parse_label, shown
 from .records import SUFFIXES, file_sha256, kind_name, one_line, read_file, records  # noqa: F401  (re-exported)
 from .sharegpt import ShareGPTMap, sharegpt_examples, tools_of, with_system
@@ -70,17 +71,21 @@ class ColumnMap:
 _FINGERPRINTED_ALWAYS = frozenset({"prompt", "completion", "label", "messages", "chosen", "rejected", "id"})
 
 
-def read_examples(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
+def read_examples(
+    paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
+) -> list[Example]:
     """Read every file (order kept: files in the given order, rows in file order), check every row."""
-    return read_inputs(paths, columns, sharegpt)[0]
+    return read_inputs(paths, columns, sharegpt, alpaca)[0]
 
 
-def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap()) -> tuple[list[Example], list[dict]]:
+def read_inputs(
+    paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
+) -> tuple[list[Example], list[dict]]:
     """`read_examples`, plus each file's `{"name", "sha256"}` of exactly the bytes its rows came from."""
     # A lone path would otherwise be iterated per character.
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     inputs: list[dict] = []
-    examples = list(iter_examples(paths, columns, sharegpt, inputs))
+    examples = list(iter_examples(paths, columns, sharegpt, inputs, alpaca))
     check_unique_ids(np.array([ex.id for ex in examples], dtype=object), lambda i: examples[i].id, lambda i: examples[i].source)
     if len(examples) < 2:
         files = ", ".join(str(p) for p in paths) or "no input files"
@@ -89,7 +94,11 @@ def read_inputs(paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), s
 
 
 def iter_examples(
-    paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap(), inputs: list[dict] | None = None
+    paths: Sequence[str | Path],
+    columns: ColumnMap = ColumnMap(),
+    sharegpt: ShareGPTMap = ShareGPTMap(),
+    inputs: list[dict] | None = None,
+    alpaca: AlpacaMap | None = None,
 ) -> Iterator[Example]:
     """Every row's examples, one input after another, without holding them: ids are not checked
     for uniqueness here (read_examples does; precompute checks its staged ids). `inputs`, when
@@ -100,7 +109,7 @@ def iter_examples(
     for path in paths:
         name, identity, rows = input_records(path)
         for row, record in rows:
-            yield from _row_examples(record, name, row, columns, sharegpt)
+            yield from _row_examples(record, name, row, columns, sharegpt, alpaca)
         if inputs is not None:
             inputs.append(identity)
 
@@ -108,12 +117,17 @@ def iter_examples(
 # ---- record -> Example(s) --------------------------------------------------------------------
 
 
-def _row_examples(record: Any, file_name: str, row: int, columns: ColumnMap, sharegpt: ShareGPTMap = ShareGPTMap()) -> list[Example]:
-    """Detect the row's shape and build its one (or, for paired rows, two) examples."""
+def _row_examples(
+    record: Any, file_name: str, row: int, columns: ColumnMap, sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
+) -> list[Example]:
+    """Detect the row's shape and build its one (or, for paired rows, two) examples; with an
+    `alpaca` map (a --dataset entry of that formatting) every row is read as alpaca."""
     source = f"{file_name}: row {row}"
     if not isinstance(record, dict):
         raise InputError(f"{source}: expected an object of named columns, got {kind_name(record)}")
     base_id = _base_id(record, columns.id, f"{file_name}:{row}", source)
+    if alpaca is not None:
+        return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
     present = {key for key in record if _present(record, key)}
     if sharegpt.messages in present and columns.messages not in present:
         return sharegpt_examples(record, sharegpt, columns.label, base_id, source)

@@ -1,0 +1,98 @@
+"""LLaMA-Factory's alpaca shape, read as LLaMA-Factory's converter reads it.
+
+An alpaca row (column names from `dataset_info.json`'s `columns`, LLaMA-Factory's defaults here):
+- `instruction` (and an optional `input`, joined to it with a newline) is the last user turn;
+- `history`: earlier `[user, assistant]` pairs, before it;
+- unpaired (KTO): `output` is the completion, labelled by `kto_tag`;
+- ranking (paired): `chosen` and `rejected` are the two completions (texts);
+- `system` (the ShareGPT map's system column, as for every conversational shape).
+
+Rows become conversational Examples (a user turn, an assistant completion), which is what
+LLaMA-Factory trains on through its template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kto.formats.errors import InputError
+
+from .example import Example, parse_label
+from .records import kind_name
+from .sharegpt import ShareGPTMap, with_system
+
+
+@dataclass(frozen=True)
+class AlpacaMap:
+    """Alpaca column names, with LLaMA-Factory's defaults and its `dataset_info.json` keys."""
+
+    prompt: str = "instruction"
+    query: str = "input"
+    response: str = "output"
+    history: str = "history"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    kto_tag: str = "kto_tag"
+
+    def __post_init__(self) -> None:
+        for key, name in asdict(self).items():
+            if not isinstance(name, str) or not name.strip():
+                raise InputError(f"alpaca map: {key} must be a non-empty name, got {name!r}")
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def alpaca_examples(record: dict, amap: AlpacaMap, smap: ShareGPTMap, label_column: str, base_id: str, source: str) -> list[Example]:
+    """One alpaca row -> one Example (kto_tag/label) or two (chosen/rejected)."""
+    prompt = with_system(_history(record, amap, source) + (_user_turn(record, amap, source),), record, smap, source)
+    if record.get(amap.chosen) is not None or record.get(amap.rejected) is not None:
+        answers = [_text(record, key, source) for key in (amap.chosen, amap.rejected)]
+        return [
+            Example(f"{base_id}:chosen", prompt, (_assistant(answers[0]),), True, source),
+            Example(f"{base_id}:rejected", prompt, (_assistant(answers[1]),), False, source),
+        ]
+    completion = (_assistant(_text(record, amap.response, source)),)
+    for key in (amap.kto_tag, label_column):
+        if record.get(key) is not None:
+            return [Example(base_id, prompt, completion, parse_label(record[key], f"{source}: {key}"), source)]
+    raise InputError(
+        f"{source}: missing column '{amap.kto_tag}' (or '{label_column}') for an unpaired alpaca row; a ranking row needs '{amap.chosen}' and '{amap.rejected}'"
+    )
+
+
+def _user_turn(record: dict, amap: AlpacaMap, source: str) -> dict:
+    parts = [record[k] for k in (amap.prompt, amap.query) if record.get(k) not in (None, "")]
+    for k, part in zip((amap.prompt, amap.query), parts):
+        if not isinstance(part, str):
+            raise InputError(f"{source}: column '{k}': expected text, got {kind_name(part)}")
+    if not parts:
+        raise InputError(f"{source}: missing column '{amap.prompt}' (the alpaca instruction)")
+    return {"role": "user", "content": "\n".join(parts)}
+
+
+def _history(record: dict, amap: AlpacaMap, source: str) -> tuple[dict, ...]:
+    turns = record.get(amap.history)
+    if turns is None:
+        return ()
+    where = f"{source}: column '{amap.history}'"
+    if not isinstance(turns, list):
+        raise InputError(f"{where}: expected a list of [instruction, response] pairs, got {kind_name(turns)}")
+    out: list[dict] = []
+    for i, pair in enumerate(turns, 1):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)):
+            raise InputError(f"{where}, pair {i}: expected [instruction, response], two non-empty texts")
+        out += [{"role": "user", "content": pair[0]}, _assistant(pair[1])]
+    return tuple(out)
+
+
+def _text(record: dict, key: str, source: str) -> str:
+    value: Any = record.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{source}: column '{key}': expected non-empty text, got {kind_name(value)}")
+    return value
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}

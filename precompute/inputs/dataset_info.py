@@ -1,0 +1,151 @@
+"""`--dataset NAME --dataset-dir DIR`: a LLaMA-Factory `dataset_info.json` entry, read completely.
+
+An entry names where the rows are and how to read them:
+- `file_name` (relative to DIR; a file, or a folder of data files read in name order) or
+  `hf_hub_url` (+ `subset`, `split`, default train): the input, as `--data` would take it;
+- `formatting`: `alpaca` (LLaMA-Factory's default) or `sharegpt`;
+- `columns` and `tags`: the column and role names (sharegpt.ShareGPTMap, alpaca.AlpacaMap);
+- `ranking`: true for chosen/rejected pairs, false (default) for `kto_tag`-labelled rows.
+
+Other keys (`ms_hub_url`, `script_url`, `cloud_file_name`, `num_samples`, media columns, ...)
+are refused in one line rather than silently ignored.
+
+Fingerprint: the entry resolves to the same inputs and names that `--data FILE` with
+`--sharegpt-info DIR/dataset_info.json#NAME` would give, so both ways make the same cache; a
+cache made the old way keeps its fingerprint. Only an alpaca entry adds to the content (its
+column map), as alpaca rows could not be read before.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kto.formats.errors import InputError
+from kto.formats.files import regular_file
+
+from .alpaca import AlpacaMap
+from .records import SUFFIXES
+from .sharegpt import ShareGPTMap
+
+INFO_NAME = "dataset_info.json"
+_WHERE_KEYS = {"file_name", "hf_hub_url", "subset", "split"}
+_READ_KEYS = {"formatting", "ranking", "columns", "tags"}
+_SHAREGPT_COLUMNS = {"messages", "system", "tools", "chosen", "rejected", "kto_tag"}
+_ALPACA_COLUMNS = {"prompt", "query", "response", "history", "system", "chosen", "rejected", "kto_tag"}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """What a dataset_info.json entry resolves to."""
+
+    data: tuple[str, ...]
+    """Inputs as --data takes them: file paths, or one hf:ID[:SUBSET]:SPLIT."""
+    sharegpt: ShareGPTMap = field(default_factory=ShareGPTMap)
+    alpaca: AlpacaMap | None = None
+    """Set for an alpaca entry: every row is read as alpaca."""
+    ranking: bool = False
+
+
+def read_dataset_info(dataset_dir: Path) -> dict:
+    path = Path(dataset_dir) / INFO_NAME
+    regular_file(path, f"--dataset-dir {dataset_dir}: {INFO_NAME}")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: expected a JSON object of dataset entries")
+    return info
+
+
+def load_datasets(names: str, dataset_dir: Path) -> DatasetEntry:
+    """Every entry of the comma list `names`; their files are read in order, so their names
+    (columns, tags, formatting, ranking) must agree: one cache has one map."""
+    info = read_dataset_info(dataset_dir)
+    entries = [load_entry(info, name.strip(), Path(dataset_dir)) for name in names.split(",") if name.strip()]
+    if not entries:
+        raise InputError(f"--dataset {names!r}: name at least one entry of {Path(dataset_dir) / INFO_NAME}")
+    first = entries[0]
+    for name, entry in zip(names.split(",")[1:], entries[1:]):
+        if (entry.sharegpt, entry.alpaca, entry.ranking) != (first.sharegpt, first.alpaca, first.ranking):
+            raise InputError(f"--dataset {names}: {name.strip()} reads its rows with other columns, tags, formatting or ranking than {names.split(',')[0]}")
+    return DatasetEntry(tuple(p for e in entries for p in e.data), first.sharegpt, first.alpaca, first.ranking)
+
+
+def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
+    where = f"--dataset {name} ({dataset_dir / INFO_NAME})"
+    if name not in info:
+        raise InputError(f"{where}: no such entry (entries: {', '.join(sorted(info)) or 'none'})")
+    entry = info[name]
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: expected an object")
+    unknown = sorted(set(entry) - _WHERE_KEYS - _READ_KEYS)
+    if unknown:
+        raise InputError(f"{where}: {', '.join(unknown)} not supported here (supported: {', '.join(sorted(_WHERE_KEYS | _READ_KEYS))})")
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in ("alpaca", "sharegpt"):
+        raise InputError(f"{where}: formatting {formatting!r}: alpaca or sharegpt")
+    ranking = entry.get("ranking", False)
+    if not isinstance(ranking, bool):
+        raise InputError(f"{where}: ranking must be true or false, got {ranking!r}")
+    columns, tags = (_mapping(entry, group, where) for group in ("columns", "tags"))
+    _check_ranking(columns, ranking, where)
+    if formatting == "sharegpt":
+        _known(columns, _SHAREGPT_COLUMNS, "columns", where)
+        sharegpt, alpaca = _build(ShareGPTMap, {**columns, **tags}, where), None
+    else:
+        if tags:
+            raise InputError(f"{where}: tags belong to the sharegpt formatting, not alpaca")
+        _known(columns, _ALPACA_COLUMNS, "columns", where)
+        system = {"system": columns.pop("system")} if "system" in columns else {}
+        sharegpt, alpaca = _build(ShareGPTMap, system, where), _build(AlpacaMap, columns, where)
+    return DatasetEntry(_inputs(entry, dataset_dir, where), sharegpt, alpaca, ranking)
+
+
+def _mapping(entry: dict, group: str, where: str) -> dict:
+    values = entry.get(group) or {}
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise InputError(f"{where}: {group} must be an object of names")
+    return dict(values)
+
+
+def _known(values: dict, known: set, group: str, where: str) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{where}: {group} {', '.join(unknown)} not supported here (known: {', '.join(sorted(known))})")
+
+
+def _check_ranking(columns: dict, ranking: bool, where: str) -> None:
+    """LLaMA-Factory reads chosen/rejected only for ranking entries and kto_tag only for others."""
+    if ranking and "kto_tag" in columns:
+        raise InputError(f"{where}: ranking is true, so rows are chosen/rejected pairs; a kto_tag column means ranking false")
+    if not ranking and {"chosen", "rejected"} & set(columns):
+        raise InputError(f"{where}: chosen/rejected columns need ranking: true")
+
+
+def _build(cls, values: dict, where: str):
+    try:
+        return cls(**values)
+    except TypeError:
+        raise InputError(f"{where}: unknown names {', '.join(sorted(values))}") from None
+
+
+def _inputs(entry: dict, dataset_dir: Path, where: str) -> tuple[str, ...]:
+    if ("file_name" in entry) == ("hf_hub_url" in entry):
+        raise InputError(f"{where}: give exactly one of file_name and hf_hub_url")
+    if "hf_hub_url" in entry:
+        parts = [entry["hf_hub_url"], *([entry["subset"]] if entry.get("subset") else []), entry.get("split", "train")]
+        return (":".join(["hf", *map(str, parts)]),)
+    if "subset" in entry or "split" in entry:
+        raise InputError(f"{where}: subset and split go with hf_hub_url, not file_name")
+    path = dataset_dir / str(entry["file_name"])
+    if path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise InputError(f"{where}: file_name {entry['file_name']} is a folder without data files ({', '.join(sorted(SUFFIXES))})")
+        return tuple(str(p) for p in files)
+    if not path.exists():
+        raise InputError(f"{where}: file_name {entry['file_name']}: no such file in {dataset_dir}")
+    return (str(path),)

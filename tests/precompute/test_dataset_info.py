@@ -1,0 +1,125 @@
+"""--dataset NAME --dataset-dir DIR: a LLaMA-Factory dataset_info.json entry, read completely
+(file_name, formatting, columns, tags, ranking), the same as the old way for the same rows."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_rows
+
+from kto.formats.errors import InputError
+from kto.formats.manifest import read_manifest
+from kto.precompute.cli import main
+from kto.precompute.inputs.alpaca import AlpacaMap
+from kto.precompute.inputs.dataset_info import load_datasets
+from kto.precompute.inputs.examples import read_examples
+from kto.precompute.inputs.sharegpt import load_sharegpt_info
+
+DATA = Path(os.environ.get("KTO_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+
+# LLaMA-Factory's own entries for its two demo files (data/dataset_info.json), verbatim.
+LF_INFO = {
+    "kto_en_demo": {
+        "file_name": "kto_en_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "kto_tag": "label"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    },
+    "dpo_en_demo": {
+        "file_name": "dpo_en_demo.json",
+        "ranking": True,
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+    },
+    "alpaca_kto": {
+        "file_name": "alpaca/",
+        "columns": {"prompt": "instruction", "query": "input", "response": "output", "kto_tag": "kto_tag", "system": "system"},
+    },
+    "alpaca_pairs": {"file_name": "pairs.jsonl", "ranking": True, "columns": {"prompt": "question", "chosen": "good", "rejected": "bad"}},
+}
+
+
+def real_rows(name: str, n: int) -> list:
+    path = DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path}: real data absent (set KTO_SHARED_DATA, or put shared/ beside the repository)")
+    return json.loads(path.read_text())[:n]
+
+
+@pytest.fixture
+def dataset_dir(tmp_path) -> Path:
+    d = tmp_path / "data"
+    (d / "alpaca").mkdir(parents=True)
+    (d / "dataset_info.json").write_text(json.dumps(LF_INFO, indent=2))
+    for name in ("kto_en_demo.json", "dpo_en_demo.json"):
+        (d / name).write_text(json.dumps(real_rows(name, 6)))
+    write_rows(
+        d / "alpaca" / "part-1.jsonl",
+        [
+            {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "kto_tag": True, "system": "Be brief."},
+            {"instruction": "Name a colour.", "input": "", "output": "Seven.", "kto_tag": False, "history": [["Hi", "Hello!"]]},
+        ],
+    )
+    write_rows(d / "pairs.jsonl", [{"question": "Capital of France?", "good": "Paris.", "bad": "Rome."}])
+    return d
+
+
+@pytest.mark.parametrize("name", ["kto_en_demo", "dpo_en_demo"])
+def test_a_real_entry_reads_as_the_old_way_does(dataset_dir, name):
+    entry = load_datasets(name, dataset_dir)
+    assert entry.data == (str(dataset_dir / LF_INFO[name]["file_name"]),) and entry.alpaca is None
+    assert entry.ranking is (name == "dpo_en_demo")
+    old = read_examples([dataset_dir / LF_INFO[name]["file_name"]], sharegpt=load_sharegpt_info(f"{dataset_dir / 'dataset_info.json'}#{name}"))
+    new = read_examples(entry.data, sharegpt=entry.sharegpt, alpaca=entry.alpaca)
+    assert new == old and len(new) == (12 if name == "dpo_en_demo" else 6)
+
+
+def test_alpaca_entries_follow_llama_factorys_converter(dataset_dir):
+    """instruction + "\\n" + input is the user turn after the history pairs; system goes first;
+    output is the completion, kto_tag its label; ranking rows give chosen and rejected."""
+    entry = load_datasets("alpaca_kto", dataset_dir)
+    assert entry.data == (str(dataset_dir / "alpaca" / "part-1.jsonl"),)  # a folder: its data files
+    first, second = read_examples(entry.data, sharegpt=entry.sharegpt, alpaca=entry.alpaca)
+    assert first.prompt == ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add the numbers.\n2 and 3"})
+    assert first.completion == ({"role": "assistant", "content": "5"},) and first.label is True
+    assert second.prompt == ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a colour."})
+    assert second.label is False
+    pairs = load_datasets("alpaca_pairs", dataset_dir)
+    assert pairs.alpaca == AlpacaMap(prompt="question", chosen="good", rejected="bad")
+    chosen, rejected = read_examples(pairs.data, alpaca=pairs.alpaca)
+    assert (chosen.label, rejected.label) == (True, False) and chosen.prompt == rejected.prompt == ({"role": "user", "content": "Capital of France?"},)
+    assert (chosen.completion[0]["content"], rejected.completion[0]["content"]) == ("Paris.", "Rome.")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"file_name": "x.json", "num_samples": 10}, "num_samples not supported here"),
+        ({"file_name": "x.json", "ranking": True, "columns": {"kto_tag": "label"}}, "ranking is true, so rows are chosen/rejected pairs"),
+        ({"file_name": "x.json", "formatting": "openai"}, "formatting 'openai': alpaca or sharegpt"),
+        ({"file_name": "missing.json"}, "file_name missing.json: no such file in"),
+        ({"file_name": "x.json", "columns": {"images": "images"}}, "columns images not supported here"),
+    ],
+)
+def test_entries_that_cannot_be_read_as_written_are_one_line(tmp_path, entry, message):
+    (tmp_path / "x.json").write_text("[]")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": entry}))
+    with pytest.raises(InputError, match=message):
+        load_datasets("d", tmp_path)
+    with pytest.raises(InputError, match=r"--dataset nope .*: no such entry \(entries: d\)"):
+        load_datasets("nope", tmp_path)
+
+
+def test_the_cli_follows_file_name_and_makes_the_old_ways_cache(dataset_dir, tmp_path, tiny_model_dir):
+    """No --data: the entry's file is read. The fingerprint equals the one of --data FILE
+    --sharegpt-info dataset_info.json#NAME, so the old way's caches keep theirs."""
+    common = ["--model", str(tiny_model_dir), "--max-length", "64", "--batch-tokens", "512"]
+    new = CliRunner().invoke(main, ["--dataset", "kto_en_demo", "--dataset-dir", str(dataset_dir), "--out", str(tmp_path / "new"), *common])
+    assert new.exit_code == 0, new.output
+    old_args = ["--data", str(dataset_dir / "kto_en_demo.json"), "--sharegpt-info", f"{dataset_dir / 'dataset_info.json'}#kto_en_demo"]
+    old = CliRunner().invoke(main, [*old_args, "--out", str(tmp_path / "old"), *common])
+    assert old.exit_code == 0, old.output
+    assert read_manifest(tmp_path / "new").fingerprint == read_manifest(tmp_path / "old").fingerprint
+    assert read_manifest(tmp_path / "new").counts.rows == 6
