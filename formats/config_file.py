@@ -1,6 +1,7 @@
 """`--config FILE` for every command: YAML (.yaml/.yml) or TOML (.toml) whose keys are flag names.
 
-One loader for kto-precompute and kto-train. It only reads and checks the keys; the caller
+One loader for kto-precompute and kto-train. It reads the keys and sorts them (TRL's and
+LLaMA-Factory's names are aliases of ours: config_names.py); the caller
 converts values (paths, types) and merges them under the command-line flags, which win.
 
 YAML anchors and aliases (`&name`, `*name`) are refused: nine aliases of nine aliases of … expand
@@ -15,12 +16,15 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
+from .config_names import PRECOMPUTE, TRAIN, Resolved, resolve
 from .errors import InputError
 from .files import regular_file
 
+__all__ = ["PRECOMPUTE", "TRAIN", "Resolved", "load_config_file", "read_mapping", "resolve_config_file"]
 
-def load_config_file(path: str | Path, known: Iterable[str]) -> dict:
-    """{field name: raw value}. Keys may use dashes or underscores; unknown keys are refused."""
+
+def read_mapping(path: str | Path) -> dict:
+    """{key with dashes turned into underscores: raw value} of a YAML or TOML file."""
     path = Path(path)
     is_toml = path.suffix.lower() == ".toml"
     regular_file(path, f"--config {path}")
@@ -37,14 +41,28 @@ def load_config_file(path: str | Path, known: Iterable[str]) -> dict:
         raise InputError(f"--config {path}: not valid {'TOML' if is_toml else 'YAML'} ({detail})") from exc
     if not isinstance(raw, dict):
         raise InputError(f"--config {path}: expected a mapping of flag names to values")
-    known = set(known)
-    out = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise InputError(f"--config {path}: unknown key {key!r}")
-        out[name] = value
-    return out
+    return {str(key).replace("-", "_"): value for key, value in raw.items()}
+
+
+def load_config_file(path: str | Path, known: Iterable[str]) -> dict:
+    """{field name: raw value}, our own names only (keys may use dashes or underscores)."""
+    raw = read_mapping(path)
+    unknown = [key for key in raw if key not in set(known)]
+    if unknown:
+        raise InputError(f"--config {path}: unknown key {unknown[0]!r}")
+    return raw
+
+
+def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) -> Resolved:
+    """The file's values under `command`'s option names, TRL's and LLaMA-Factory's names
+    included (config_names.py), with the lines that say what was mapped or ignored."""
+    raw = read_mapping(path)
+    try:
+        resolved = resolve(raw, command, known)
+    except InputError as exc:
+        raise InputError(f"--config {path}: {exc}") from None
+    resolved.notes = [f"--config {path}: {note}" for note in resolved.notes]
+    return resolved
 
 
 def _load_yaml(text: str, path: Path):

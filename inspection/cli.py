@@ -34,6 +34,7 @@ def _emit(data, as_json: bool, render) -> None:
 
 
 @click.group(context_settings=CONTEXT)
+@click.version_option(package_name="kto-offline", prog_name="kto-inspect")
 def main() -> None:
     """Inspect a kto-precompute cache or a kto-train run."""
 

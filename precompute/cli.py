@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from kto.formats.config_file import load_config_file
-from kto.formats.errors import InputError, one_line_errors
+from kto.formats.config_file import PRECOMPUTE, resolve_config_file
+from kto.formats.errors import InputError, log, one_line_errors
 from kto.precompute.inputs.dataset_info import load_datasets
 from kto.precompute.inputs.examples import ColumnMap
 from kto.precompute.inputs.sharegpt import ShareGPTMap, load_sharegpt_info
@@ -70,6 +70,7 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--id-column", default="id")
 @click.option("--system-column", default=None, help="System prompt column [default: the ShareGPT map's, 'system'].")
 @click.option("--tools-column", default=None, help="Tool schemas column [default: the ShareGPT map's, 'tools'].")
+@click.version_option(package_name="kto-offline", prog_name="kto-precompute")
 @click.pass_context
 @one_line_errors("kto-precompute")
 def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
@@ -106,9 +107,11 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> Pr
 
 def _file_values(ctx: click.Context, path: Path) -> dict:
     params = {p.name: p for p in ctx.command.params if p.name != "config_file"}
-    raw = load_config_file(path, params)
+    resolved = resolve_config_file(path, PRECOMPUTE, params)
+    for note in resolved.notes:
+        log(f"kto-precompute: {note}")
     values = {}
-    for name, value in raw.items():
+    for name, value in resolved.values.items():
         param = params[name]
         if name == "sharegpt_info" and isinstance(value, dict):
             values[name] = value  # an inline dataset_info entry: {columns: ..., tags: ...}

@@ -7,6 +7,7 @@ Every option mirrors a TrainConfig field (tests/train/test_data.py,
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,14 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from kto.formats.errors import InputError, one_line_errors
+from kto.formats.errors import InputError, log, one_line_errors
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
 from .loss import LossType
 from .stop import Interrupted
 
 P = click.Path(path_type=Path)
+LATEST = "latest"  # `--resume` without a path
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
@@ -35,13 +37,15 @@ P = click.Path(path_type=Path)
 @click.option("--loss", default="kto", type=click.Choice([t.value for t in LossType]))
 @click.option("--sft-weight", default=0.0, help="γ · mean NLL of desirable completion tokens.")
 @click.option("--lr", default=1e-6)
-@click.option("--lr-schedule", default="linear", type=click.Choice(SCHEDULES))
-@click.option("--warmup-ratio", default=0.1)
+@click.option("--lr-schedule", default="linear", type=click.Choice(SCHEDULES), help="transformers' get_scheduler kinds.")
+@click.option("--lr-schedule-kwargs", default=None, help="JSON object for get_scheduler, e.g. '{\"min_lr_rate\": 0.1}'.")
+@click.option("--warmup-ratio", default=0.1, help="Rounded down; --warmup-steps wins when set.")
+@click.option("--warmup-steps", default=0)
 @click.option("--weight-decay", default=0.0)
 @click.option("--max-grad-norm", default=1.0, help="0 disables clipping.")
 @click.option("--batch-size", default=8, help="Per process.")
 @click.option("--grad-accum", default=1)
-@click.option("--epochs", default=1)
+@click.option("--epochs", default=1.0, help="May be fractional: ⌈epochs × steps per epoch⌉ steps.")
 @click.option("--max-steps", default=None, type=int)
 @click.option("--seed", default=0)
 @click.option("--kl-scope", default="step", type=click.Choice(KL_SCOPES))
@@ -54,7 +58,9 @@ P = click.Path(path_type=Path)
 @click.option("--save-total-limit", default=0, help="Keep only the newest N checkpoints (0: keep all).")
 @click.option("--eval-cache", type=P, default=None)
 @click.option("--eval-every", default=0)
-@click.option("--resume", is_flag=True, help="Continue from the latest OUT/checkpoint-STEP.")
+@click.option(
+    "--resume", is_flag=False, flag_value=LATEST, default=None, metavar="[CHECKPOINT]", help="Continue from OUT/checkpoint-STEP [default: the latest]."
+)
 @click.option("--report-to", default="none", help="none, all, or a comma list of tensorboard, wandb, mlflow, ... (see README).")
 @click.option("--run-name", default=None, help="The run's name in the trackers [default: the name of --out].")
 @click.option("--drift-tolerance", default=None, type=float, help="Step-0 per-token |Δ| allowed.")
@@ -69,27 +75,68 @@ P = click.Path(path_type=Path)
 @click.option("--load-in-8bit", is_flag=True, help="8-bit base weights (bitsandbytes).")
 @click.option("--merge-adapters", is_flag=True, help="Also write OUT/final-merged (base + adapters).")
 @click.option("--fsdp", is_flag=True, help="FSDP2 sharding (as accelerate launch --use_fsdp).")
+@click.version_option(package_name="kto-offline", prog_name="kto-train")
 @click.pass_context
 @one_line_errors("kto-train")
 def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     """Train the policy from a kto-precompute cache; no reference model is loaded."""
     from .api import run  # the Python API: this command is flags → TrainConfig → run()
 
+    cfg = config_from(ctx, config_file, flags)
+    try:
+        run(cfg)
+    except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
+        sys.exit(exc.exit_code)
+
+
+def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, Any]) -> TrainConfig:
+    """Defaults < --config FILE < command-line flags, then one TrainConfig."""
     options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
-    values = {}
+    values: dict[str, Any] = {}
+    eval_in_cache = False
     if config_file:
-        values = {k: config_value(options[k], k, v, config_file) for k, v in load_config_file(config_file).items()}
+        resolved = load_config_file(config_file)
+        for note in resolved.notes:
+            log(f"kto-train: {note}")
+        values = {k: config_value(options[k], k, v, config_file) for k, v in resolved.values.items()}
+        eval_in_cache = resolved.eval_in_cache
     for name, value in flags.items():
         given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         if given or name not in values:
             values[name] = value
+    values["resume"] = resume_value(values["resume"])
+    values["lr_schedule_kwargs"] = schedule_kwargs(values["lr_schedule_kwargs"])
+    if values.get("out") is None and isinstance(values["resume"], Path):
+        values["out"] = values["resume"].parent  # `--resume RUN/checkpoint-STEP` names its run
     for name in ("cache", "model", "out"):
         if values.get(name) is None:
             raise InputError(f"--{name} is required (on the command line or in --config)")
+    if eval_in_cache and values.get("eval_cache") is None:
+        # LLaMA-Factory's val_size held rows out; kto-precompute wrote them to CACHE/eval.
+        values["eval_cache"] = Path(values["cache"]) / "eval"
+        log(f"kto-train: --config {config_file}: val_size -> --eval-cache {values['eval_cache']}")
+    return TrainConfig(**values)
+
+
+def resume_value(value: Any) -> bool | Path:
+    """--resume: absent or false (False), without a path or true (True: the latest checkpoint),
+    or a checkpoint directory (its Path). TRL's `resume_from_checkpoint` takes the same."""
+    if value is None or value is False or value is True:
+        return bool(value)
+    return True if value == LATEST else Path(value)
+
+
+def schedule_kwargs(value: Any) -> dict:
+    """--lr-schedule-kwargs: JSON text on the command line, a mapping in a config file."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
     try:
-        run(TrainConfig(**values))
-    except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
-        sys.exit(exc.exit_code)
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InputError(f"--lr-schedule-kwargs {value}: not a JSON object")
+    return parsed
 
 
 def config_value(option: click.Option, name: str, value: Any, path: Path) -> Any:
@@ -99,6 +146,10 @@ def config_value(option: click.Option, name: str, value: Any, path: Path) -> Any
     converted like command-line text; but a true/false is never taken for a number, nor 2.5 for
     a whole number, as Python's int() and float() would."""
     where = f"--config {path}: {name.replace('_', '-')}"
+    if name == "lr_schedule_kwargs" and isinstance(value, dict):
+        return value  # a mapping in YAML/TOML is the JSON object itself
+    if name == "resume" and isinstance(value, bool):
+        return value
     kind = option.type
     if value is None:
         if option.default is None and not option.is_flag:

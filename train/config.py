@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,21 @@ from kto.formats.errors import InputError
 from .loss import LossType
 from .trackers import parse_report_to
 
-SCHEDULES = ("cosine", "linear", "constant")
+# transformers.SchedulerType's values (tests/train/test_optim.py keeps the list in step), less
+# the two whose step() needs a metric: a step-boundary loss is no eval metric to plateau on.
+NEEDS_METRIC = ("reduce_lr_on_plateau", "greedy")
+SCHEDULES = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
 KL_SCOPES = ("step", "microbatch")
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
 DTYPES = WEIGHT_DTYPES
@@ -44,9 +59,14 @@ class TrainConfig:
     lr: float = 1e-6
     """Peak learning rate (AdamW)."""
     lr_schedule: str = "linear"
-    """cosine | linear | constant, after warmup."""
+    """Any kind of transformers' get_scheduler that steps without a metric (SCHEDULES);
+    `constant` has no warmup there, `constant_with_warmup` has."""
+    lr_schedule_kwargs: dict = dataclasses.field(default_factory=dict)
+    """get_scheduler's scheduler_specific_kwargs, e.g. {"min_lr_rate": 0.1} for cosine_with_min_lr."""
     warmup_ratio: float = 0.1
-    """Share of the total steps spent warming up linearly from 0."""
+    """Share of the total steps spent warming up linearly from 0 (rounded down)."""
+    warmup_steps: int = 0
+    """Warmup steps; when above 0 it wins over warmup_ratio (as in transformers)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -55,8 +75,9 @@ class TrainConfig:
     """Examples per micro-batch, per process."""
     grad_accum: int = 1
     """Micro-batches per optimizer step, per process."""
-    epochs: int = 1
-    """Passes over the cache (ignored when max_steps is set)."""
+    epochs: float = 1.0
+    """Passes over the cache, maybe fractional: ⌈epochs × steps per epoch⌉ steps (ignored when
+    max_steps is set)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps."""
     seed: int = 0
@@ -81,8 +102,8 @@ class TrainConfig:
     """A kto-precompute cache to evaluate on (e.g. CACHE/eval)."""
     eval_every: int = 0
     """Steps between evaluations (0: only at the end, when eval_cache is set)."""
-    resume: bool = False
-    """Continue from the latest OUT/checkpoint-STEP."""
+    resume: bool | Path = False
+    """Continue from the latest OUT/checkpoint-STEP (True), or from this checkpoint of OUT (a path)."""
     report_to: str = "none"
     """Also log through accelerate's trackers: none, all (every installed one), or a comma list of
     tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio."""
@@ -120,12 +141,18 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise InputError(f"--{_flag(f.name)} {value}: must be a finite number")
         _choice("loss", self.loss, [t.value for t in LossType])
+        if self.lr_schedule in NEEDS_METRIC:
+            raise InputError(
+                f"--lr-schedule {self.lr_schedule}: steps on an eval metric, which kto-train does not feed its scheduler; choose one of {', '.join(SCHEDULES)}"
+            )
         _choice("lr-schedule", self.lr_schedule, SCHEDULES)
         _choice("kl-scope", self.kl_scope, KL_SCOPES)
         _choice("mixed-precision", self.mixed_precision, MIXED_PRECISION)
         _choice("dtype", self.dtype, DTYPES)
         parse_report_to(self.report_to)
-        for name in ("batch_size", "grad_accum", "epochs", "chunk_size"):
+        if not self.epochs > 0:
+            raise InputError(f"--epochs {self.epochs}: must be positive")
+        for name in ("batch_size", "grad_accum", "chunk_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must be at least 1")
         for name in ("beta", "lr"):
@@ -138,13 +165,17 @@ class TrainConfig:
             raise InputError(f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"--max-steps {self.max_steps}: must be at least 1")
-        for name in ("log_every", "save_every", "eval_every", "save_total_limit"):
+        for name in ("log_every", "save_every", "eval_every", "save_total_limit", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
         if self.save_every and self.log_every and self.save_every % self.log_every:
             # A resumed run restarts the averaging window at the checkpoint; saving on a log
             # boundary keeps every logged line equal to the uninterrupted run's.
             raise InputError(f"--save-every {self.save_every}: must be a multiple of --log-every {self.log_every}")
+        if not isinstance(self.lr_schedule_kwargs, dict):
+            raise InputError(f"--lr-schedule-kwargs {self.lr_schedule_kwargs!r}: expected a JSON object")
+        if isinstance(self.resume, Path) and not re.fullmatch(r"checkpoint-\d+", self.resume.name):
+            raise InputError(f"--resume {self.resume}: expected a checkpoint directory OUT/checkpoint-STEP (or --resume alone for the latest)")
         check_adapter_flags(self)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: is a file, not a directory")
@@ -163,13 +194,20 @@ def _choice(flag: str, value: str, allowed) -> None:
         raise InputError(f"--{flag} {value}: choose one of {', '.join(allowed)}")
 
 
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """--max-steps, else ⌈epochs × steps per epoch⌉. The product is rounded to 9 decimals first:
+    0.1 × 30 is 3.0000000000000004 in floating point, and one step more than a tenth of 30."""
+    return cfg.max_steps or max(1, math.ceil(round(cfg.epochs * steps_per_epoch, 9)))
+
+
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def load_config_file(path: Path) -> dict:
-    """YAML (.yaml/.yml) or TOML (.toml) whose keys are TrainConfig field names (dashes or underscores)."""
-    return config_file.load_config_file(path, field_names())
+def load_config_file(path: Path) -> config_file.Resolved:
+    """YAML (.yaml/.yml) or TOML (.toml) whose keys are TrainConfig field names (dashes or
+    underscores) or TRL's and LLaMA-Factory's names for them (formats/config_names.py)."""
+    return config_file.resolve_config_file(path, config_file.TRAIN, field_names())
 
 
 def check_adapter_flags(cfg: TrainConfig) -> None:

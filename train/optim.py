@@ -1,14 +1,19 @@
-"""AdamW and the learning-rate schedule (linear warmup, then cosine, linear or constant)."""
+"""AdamW and the learning-rate schedule: transformers' `get_scheduler`, any kind it knows that
+steps without a metric, so a TRL or LLaMA-Factory `lr_scheduler_type` means the same here.
+
+Warmup: `--warmup-steps N` when N > 0, else ⌊warmup_ratio × total⌋ steps. transformers rounds
+the ratio up instead; rounding down keeps the runs made before the move to get_scheduler (our
+own formulas) bit-identical where no warmup step was taken (docs/design.md, "Where our metrics
+differ from TRL's").
+"""
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
+from kto.formats.errors import InputError
+
+from .config import TrainConfig
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -20,18 +25,49 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=torch.cuda.is_available())
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak LR at `step` (0-based count of steps already taken)."""
-    if warmup and step < warmup:
-        return (step + 1) / (warmup + 1)
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """--warmup-steps when set (as transformers: it wins over the ratio), else ⌊ratio × total⌋."""
+    return cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_ratio * total_steps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = int(cfg.warmup_ratio * total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_schedule))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """transformers' scheduler of kind cfg.lr_schedule; its own error, on one line, for kwargs
+    it does not take or needs (cosine_with_min_lr needs min_lr or min_lr_rate)."""
+    get_scheduler = _get_scheduler()
+    try:
+        return get_scheduler(
+            cfg.lr_schedule,
+            optimizer,
+            num_warmup_steps=warmup_steps(cfg, total_steps),
+            num_training_steps=total_steps,
+            scheduler_specific_kwargs=dict(cfg.lr_schedule_kwargs),
+        )
+    except (TypeError, ValueError, AssertionError) as exc:
+        detail = " ".join(str(exc).split())
+        raise InputError(f"--lr-schedule {cfg.lr_schedule} --lr-schedule-kwargs {dict(cfg.lr_schedule_kwargs)}: {detail}") from None
+
+
+# Kinds that need a kwarg (min_lr or min_lr_rate) or whose kwargs are checked only when built.
+_NEEDS_KWARGS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr")
+
+
+def check_schedule(cfg: TrainConfig) -> None:
+    """Build the schedule once on a throwaway parameter when it has kwargs to check, so that bad
+    ones are refused at start-up, before the model loads (the import costs seconds: not always)."""
+    if cfg.lr_schedule_kwargs or cfg.lr_schedule in _NEEDS_KWARGS:
+        build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr), cfg, 10)
+
+
+def _get_scheduler():
+    """transformers.get_scheduler. Its module imports peft, hence bitsandbytes, whose CPU backend
+    logs a warning about an optional kernel package at import: noise for a schedule, held back."""
+    import logging
+
+    quiet = logging.getLogger("bitsandbytes")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from transformers.optimization import get_scheduler
+    finally:
+        quiet.setLevel(level)
+    return get_scheduler

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +28,7 @@ from kto.formats.manifest import fingerprint_of
 from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
 
 from .adapters import MERGED_DIR
-from .checkpoint import CHECKPOINT_RE, checkpoints, usable_checkpoint
+from .checkpoint import CHECKPOINT_RE, checkpoint_problem, checkpoints, usable_checkpoint
 from .config import TrainConfig
 
 if TYPE_CHECKING:
@@ -60,7 +62,9 @@ RESUMABLE = frozenset(
 PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
 
 METRICS_NAME = "metrics.jsonl"
-CORRUPT_RE = re.compile(r"^checkpoint-\d+\.corrupt$")  # set aside by --resume (checkpoint.usable_checkpoint)
+# Set aside by --resume: corrupt ones (checkpoint.usable_checkpoint), and those newer than the
+# checkpoint `--resume PATH` continues from (chosen_checkpoint).
+CORRUPT_RE = re.compile(r"^checkpoint-\d+\.(corrupt|superseded)$")
 # Everything that may be in a run directory, the one list: name -> what it must be. The record
 # (and a pre-rename run's config.json, when it provably is one) proves the directory ours; the
 # others are ours only in a directory so proven. "kto" is the tracker folder accelerate's
@@ -211,7 +215,30 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
             f"--resume: {out} holds no checkpoint to resume from (its run saved none); nothing was changed: "
             "start a new run in another directory (--save-every N makes a run resumable)"
         )
+    if isinstance(cfg.resume, Path):
+        return chosen_checkpoint(out, cfg.resume, log)
     return usable_checkpoint(out, log)
+
+
+def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path:
+    """`--resume PATH`: a usable checkpoint-STEP of this run (--out), else InputError. Newer
+    checkpoints are renamed `checkpoint-STEP.superseded`: the run continues from PATH, and a
+    later `--resume` must not take a checkpoint of the abandoned continuation."""
+    found = checkpoints(out)
+    if not (path.is_dir() and CHECKPOINT_RE.match(path.name) and path.parent.resolve() == out.resolve()):
+        ours = ", ".join(p.name for _, p in found) or "none"
+        raise InputError(f"--resume {path}: not a checkpoint of the run in --out {out} (its checkpoints: {ours})")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise InputError(f"--resume {path}: unusable ({problem})")
+    step = int(CHECKPOINT_RE.match(path.name).group(1))
+    for later, newer in found:
+        if later > step:
+            aside = newer.with_name(newer.name + ".superseded")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(newer, aside)
+            log(f"--resume {path}: moved the later {newer.name} aside to {aside.name}")
+    return out / path.name
 
 
 @contextlib.contextmanager

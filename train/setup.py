@@ -20,9 +20,10 @@ from kto.formats.memory import MemoryMeter
 from . import adapters, sharding, trackers
 from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
-from .config import TrainConfig
+from .config import TrainConfig, planned_steps
 from .data import MicroBatchShape, steps_per_epoch
 from .metrics import MetricsWriter
+from .optim import check_schedule
 from .policy import Policy
 from .rundir import config_record, open_run_dir, write_record
 from .step import LossSettings
@@ -121,6 +122,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     --out: precision flags, the manifest and every shard's footer and row count, the tokenizer,
     the eval cache, the model's identity. A failure here leaves --out as it was."""
     started = time.perf_counter()
+    check_schedule(cfg)
     accelerator = make_accelerator(cfg)
     adapters.check_environment(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # peft, bitsandbytes: before the cache and the model
     torch.manual_seed(cfg.seed)
@@ -135,7 +137,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
     per_epoch = steps_per_epoch(cache.num_rows, shape)
-    total_steps = cfg.max_steps or per_epoch * cfg.epochs
+    total_steps = planned_steps(cfg, per_epoch)
     identity = model_identity(source)
     derived = {
         "total_steps": total_steps,

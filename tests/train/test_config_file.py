@@ -31,7 +31,7 @@ def test_yaml_strings_that_are_numbers_become_the_flags_types(tmp_path, captured
     cfg = captured[0]
     assert cfg.lr == 1e-6 and type(cfg.lr) is float
     assert cfg.beta == 0.5 and cfg.max_steps == 3 and type(cfg.max_steps) is int
-    assert cfg.warmup_ratio == 0.0 and cfg.epochs == 2 and type(cfg.epochs) is int
+    assert cfg.warmup_ratio == 0.0 and cfg.epochs == 2.0 and type(cfg.epochs) is float
     assert cfg.gradient_checkpointing is True and cfg.drift_tolerance is None
     assert str(cfg.eval_cache) == "evalset" and not isinstance(cfg.eval_cache, str)
 

@@ -1,0 +1,312 @@
+"""The names `--config` files may use: ours, TRL's and LLaMA-Factory's (docs/migrating.md).
+
+A TRL `KTOConfig` YAML or a LLaMA-Factory `stage: kto` YAML should run with one or two lines
+changed, so every key of a config file falls in one of five classes, per command:
+
+1. one of the command's own option names (dashes or underscores);
+2. an alias: another tool's name for one of them (`learning_rate` -> `lr`), maybe with its value
+   converted (`lora_target: all` -> every linear layer);
+3. a key mapped by its value (`finetuning_type: lora` turns LoRA on with LLaMA-Factory's default
+   rank) or meaning nothing here (`template`, `plot_loss`): applied or ignored with one line each;
+4. a key of the other command (`max_length` given to kto-train): one config file may hold both
+   commands' keys, as LLaMA-Factory's does, so each command names the other's keys in one line
+   and skips them;
+5. anything else: refused, every unknown key at once, each with a "did you mean".
+
+formats/ may import neither command, so both commands' own option names are listed here;
+tests/formats/test_config_names.py keeps the lists equal to the CLIs' options.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+PRECOMPUTE = "kto-precompute"
+TRAIN = "kto-train"
+
+PRECOMPUTE_KEYS = frozenset(
+    {
+        "data", "dataset", "dataset_dir", "model", "out", "chat_template", "chat_template_kwargs", "sharegpt_info", "max_length", "max_prompt_length",
+        "eval_fraction", "seed", "dtype", "attn_implementation", "batch_tokens", "rows_per_shard", "store_token_logps",
+        "prefix_sharing", "chunk_size", "trust_remote_code", "device_map", "overwrite", "prompt_column", "completion_column",
+        "label_column", "messages_column", "chosen_column", "rejected_column", "id_column", "system_column", "tools_column",
+    }
+)  # fmt: skip
+TRAIN_KEYS = frozenset(
+    {
+        "cache", "model", "out", "beta", "desirable_weight", "undesirable_weight", "auto_weights", "loss", "sft_weight", "lr",
+        "lr_schedule", "lr_schedule_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "batch_size",
+        "grad_accum", "epochs", "max_steps", "seed", "kl_scope", "mixed_precision", "dtype", "gradient_checkpointing",
+        "keep_dropout", "log_every", "save_every", "save_total_limit", "eval_cache", "eval_every", "resume", "report_to", "run_name",
+        "drift_tolerance", "chunk_size", "trust_remote_code", "attn_implementation", "lora_r", "lora_alpha", "lora_dropout",
+        "lora_target_modules", "load_in_4bit", "load_in_8bit", "merge_adapters", "fsdp",
+    }
+)  # fmt: skip
+OWN_KEYS = {PRECOMPUTE: PRECOMPUTE_KEYS, TRAIN: TRAIN_KEYS}
+
+
+def _target_modules(value: Any) -> Any:
+    """LLaMA-Factory's `lora_target: all` and TRL's `all-linear` mean every linear layer (our
+    default, None); a YAML list becomes our comma list."""
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    return None if isinstance(value, str) and value.strip() in ("all", "all-linear") else value
+
+
+def _one_tracker(value: Any) -> Any:
+    """transformers' `report_to` is a list; ours names one tracker."""
+    if isinstance(value, list):
+        return "none" if not value else value[0] if len(value) == 1 else ",".join(map(str, value))
+    return value
+
+
+def _fraction(value: Any) -> Any:
+    """LLaMA-Factory's `val_size` is a fraction, or a row count when ≥ 1; ours is a fraction."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
+        raise InputError(f"val_size {value}: a row count; kto-precompute holds out a fraction (eval_fraction: 0.1)")
+    return value
+
+
+_DTYPE_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
+
+def _dtype(value: Any) -> Any:
+    """torch's spellings (`bfloat16`), as TRL's `dtype`/`torch_dtype` take them, to ours (`bf16`)."""
+    return _DTYPE_SPELLINGS.get(value, value) if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Alias:
+    ours: str
+    """The option it stands for."""
+    source: str
+    """Whose name it is: TRL, LLaMA-Factory or both."""
+    convert: Callable[[Any], Any] | None = None
+
+
+TRL, LF, BOTH = "TRL", "LLaMA-Factory", "TRL/LLaMA-Factory"
+
+# transformers' TrainingArguments (hence TRL's KTOConfig and LLaMA-Factory's training arguments),
+# TRL's KTOConfig and ModelConfig, LLaMA-Factory's FinetuningArguments and DataArguments.
+_SHARED_ALIASES = {
+    "model_name_or_path": Alias("model", BOTH),
+    "torch_dtype": Alias("dtype", TRL, _dtype),
+}
+ALIASES: dict[str, dict[str, Alias]] = {
+    TRAIN: {
+        **_SHARED_ALIASES,
+        "learning_rate": Alias("lr", BOTH),
+        "per_device_train_batch_size": Alias("batch_size", BOTH),
+        "gradient_accumulation_steps": Alias("grad_accum", BOTH),
+        "num_train_epochs": Alias("epochs", BOTH),
+        "lr_scheduler_type": Alias("lr_schedule", BOTH),
+        "lr_scheduler_kwargs": Alias("lr_schedule_kwargs", BOTH),
+        "logging_steps": Alias("log_every", BOTH),
+        "save_steps": Alias("save_every", BOTH),
+        "eval_steps": Alias("eval_every", BOTH),
+        "output_dir": Alias("out", BOTH),
+        "resume_from_checkpoint": Alias("resume", BOTH),
+        "pref_beta": Alias("beta", LF),
+        "kto_chosen_weight": Alias("desirable_weight", LF),
+        "kto_rejected_weight": Alias("undesirable_weight", LF),
+        "pref_ftx": Alias("sft_weight", LF),
+        "loss_type": Alias("loss", TRL),
+        "lora_rank": Alias("lora_r", LF),
+        "lora_target": Alias("lora_target_modules", LF, _target_modules),
+        "lora_target_modules": Alias("lora_target_modules", TRL, _target_modules),
+        "report_to": Alias("report_to", BOTH, _one_tracker),
+        "dtype": Alias("dtype", TRL, _dtype),
+    },
+    PRECOMPUTE: {
+        **_SHARED_ALIASES,
+        "cutoff_len": Alias("max_length", LF),
+        "val_size": Alias("eval_fraction", LF, _fraction),
+        "dtype": Alias("dtype", TRL, _dtype),
+        # In a file both commands read, `cache` is where kto-precompute writes and kto-train reads.
+        "cache": Alias("out", "kto-train"),
+    },
+}
+
+# Keys that mean nothing here, with the reason given when they are skipped.
+IGNORED = {
+    "do_train": "training is what kto-train does",
+    "do_eval": "kto-train evaluates when it has an eval cache (eval_cache, or val_size's CACHE/eval)",
+    "template": "the tokenizer's own chat template is used (chat_template: FILE.jinja replaces it)",
+    "overwrite_output_dir": "a run directory is new, or continued with resume",
+    "overwrite_cache": "kto-precompute keeps no preprocessing cache besides the one it writes",
+    "preprocessing_num_workers": "tokenizing runs in the command's processes",
+    "dataset_num_proc": "tokenizing runs in the command's processes",
+    "dataloader_num_workers": "batches are memory-mapped from the cache, with no loader workers",
+    "plot_loss": "plot a run with kto-inspect run OUT",
+    "ddp_timeout": "accelerate's default timeout is used",
+    "per_device_eval_batch_size": "evaluation uses batch_size",
+    "eval_strategy": "eval_steps (eval_every) decides when to evaluate",
+    "evaluation_strategy": "eval_steps (eval_every) decides when to evaluate",
+    "save_strategy": "save_steps (save_every) decides when to save",
+    "logging_strategy": "logging_steps (log_every) decides when to log",
+    "logging_first_step": "lines are logged every log_every steps and at the last",
+    "remove_unused_columns": "the cache holds only the columns training reads",
+    "save_only_model": "checkpoints hold what resume needs",
+    "save_safetensors": "weights are always saved as safetensors",
+    "include_num_input_tokens_seen": "metrics.jsonl logs tokens per second",
+    "optim": "the optimizer is AdamW (fused on CUDA)",
+    "pref_loss": "a DPO setting; the KTO loss is chosen with loss (kto | apo_zero_unpaired)",
+    "precompute_ref_log_probs": "the reference log-probs are always precomputed: that is kto-precompute",
+    "max_completion_length": "completions are cut to fit max_length, prompts to max_prompt_length",
+    "flash_attn": "the kernel is attn_implementation",
+    "use_fast_tokenizer": "the tokenizer is the model's own",
+    "bf16": "precision is mixed_precision (auto: bf16 autocast on CUDA, none on CPU)",
+    "fp16": "precision is mixed_precision (auto: bf16 autocast on CUDA, none on CPU)",
+    "tf32": "precision is mixed_precision",
+    "gradient_checkpointing_kwargs": "gradient_checkpointing uses transformers' defaults",
+    "logging_dir": "logs go to OUT/metrics.jsonl and the report_to tracker",
+    "dataset_test_split": "hold rows out with eval_fraction (or val_size) instead",
+}
+
+
+@dataclass
+class Resolved:
+    """A config file's values under the command's own option names, and the lines to print."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)
+    """Our name -> the key of the file it came from (for messages)."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Values a mapped key implies unless the file sets that option itself."""
+    eval_in_cache: bool = False
+    """kto-train: the file holds LLaMA-Factory's `val_size`, so CACHE/eval is the eval cache
+    unless one is given (kto-precompute wrote it there)."""
+
+    def set(self, ours: str, value: Any, key: str) -> None:
+        if ours in self.values and self.values[ours] != value:
+            raise InputError(f"{self.origin[ours]}: {self.values[ours]!r} and {key}: {value!r} set the same option ({ours}); give one")
+        self.values[ours] = value
+        self.origin[ours] = key
+
+
+def _stage(value: Any, command: str, out: Resolved) -> None:
+    if value != "kto":
+        raise InputError(f"stage: {value}: kto-offline trains KTO only (stage: kto)")
+    out.notes.append("stage: kto: ignored (that is what this does)")
+
+
+def _finetuning_type(value: Any, command: str, out: Resolved) -> None:
+    if value == "full":
+        out.defaults["lora_r"] = 0
+        out.notes.append("finetuning_type: full -> every weight is trained (lora_r 0)")
+    elif value == "lora":
+        # LLaMA-Factory's defaults: lora_rank 8, lora_alpha 2 × rank.
+        out.defaults["lora_r"] = 8
+        out.defaults["lora_alpha*2"] = True
+        out.notes.append("finetuning_type: lora -> LoRA on (lora_r 8 and lora_alpha 2 × lora_r unless given, as LLaMA-Factory)")
+    else:
+        raise InputError(f"finetuning_type: {value}: not supported here; choose lora or full")
+
+
+def _use_peft(value: Any, command: str, out: Resolved) -> None:
+    if value is True:
+        # TRL's ModelConfig defaults: lora_r 16, lora_alpha 32, lora_dropout 0.05.
+        out.defaults.update({"lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.05})
+        out.notes.append("use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05 unless given, as TRL)")
+    elif value is not False:
+        raise InputError(f"use_peft: {value!r} is not true or false")
+
+
+def _quantization_bit(value: Any, command: str, out: Resolved) -> None:
+    if value in (4, 8):
+        out.set(f"load_in_{value}bit", True, "quantization_bit")
+        out.notes.append(f"quantization_bit: {value} -> load_in_{value}bit")
+    elif value is not None:
+        raise InputError(f"quantization_bit: {value}: choose 4 or 8 (bitsandbytes)")
+
+
+def _dataset_name(value: Any, command: str, out: Resolved, raw: Mapping[str, Any]) -> None:
+    """TRL's `dataset_name` (+ `dataset_config`, `dataset_train_split`) is one hub dataset."""
+    parts = [str(value), *([str(raw["dataset_config"])] if raw.get("dataset_config") else []), str(raw.get("dataset_train_split") or "train")]
+    out.set("data", ["hf:" + ":".join(parts)], "dataset_name")
+
+
+MAPPED: dict[str, dict[str, Callable[..., None]]] = {
+    PRECOMPUTE: {"stage": _stage},
+    TRAIN: {"stage": _stage, "finetuning_type": _finetuning_type, "use_peft": _use_peft, "quantization_bit": _quantization_bit},
+}
+# Keys that only complete another key (`dataset_name`'s split): consumed by it, never reported.
+COMPANIONS = {PRECOMPUTE: {"dataset_config", "dataset_train_split"}, TRAIN: set()}
+
+
+def _other(command: str) -> str:
+    return TRAIN if command == PRECOMPUTE else PRECOMPUTE
+
+
+def _names_of(command: str) -> set[str]:
+    return (
+        set(OWN_KEYS[command])
+        | set(ALIASES[command])
+        | set(MAPPED[command])
+        | (set(COMPANIONS[command]) | {"dataset_name"} if command == PRECOMPUTE else set())
+    )
+
+
+def _suggest(key: str, command: str) -> str:
+    here = difflib.get_close_matches(key, sorted(_names_of(command)), n=1, cutoff=0.6)
+    if here:
+        return f"did you mean {here[0]}?"
+    there = difflib.get_close_matches(key, sorted(_names_of(_other(command))), n=1, cutoff=0.6)
+    if there:
+        return f"did you mean {there[0]} (a {_other(command)} key)?"
+    return "no close name"
+
+
+def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = None) -> Resolved:
+    """Sort the keys of a config file (dashes already turned into underscores) for `command`.
+
+    `own`: the command's option names (default: the list above). InputError names every unknown
+    key at once, each with a "did you mean"."""
+    own = set(OWN_KEYS[command] if own is None else own)
+    out = Resolved()
+    others, unknown = [], []
+    # In a file that names both, `cache` is kto-precompute's output and `out` kto-train's run.
+    shared_file = command == PRECOMPUTE and "cache" in raw and "out" in raw
+    for key, value in raw.items():
+        if key in own and not (shared_file and key == "out"):
+            out.set(key, ALIASES[command][key].convert(value) if key in ALIASES[command] and ALIASES[command][key].convert else value, key)
+        elif key in ALIASES[command]:
+            alias = ALIASES[command][key]
+            if value is None:
+                continue  # `resume_from_checkpoint: null`, as their example files write "not set"
+            out.set(alias.ours, alias.convert(value) if alias.convert else value, key)
+        elif key in MAPPED[command]:
+            MAPPED[command][key](value, command, out)
+        elif command == PRECOMPUTE and key == "dataset_name":
+            _dataset_name(value, command, out, raw)
+        elif key in COMPANIONS[command]:
+            continue
+        elif key in IGNORED:
+            out.notes.append(f"{key}: ignored ({IGNORED[key]})")
+        elif key in _names_of(_other(command)) or (shared_file and key == "out"):
+            others.append(key)
+        else:
+            unknown.append(key)
+    if command == TRAIN and raw.get("val_size"):
+        out.eval_in_cache = True
+    if unknown:
+        listed = "; ".join(f"{k!r} ({_suggest(k, command)})" for k in unknown)
+        raise InputError(f"unknown key{'s' if len(unknown) > 1 else ''} {listed}")
+    if others:
+        out.notes.append(f"{_other(command)}'s key{'s' if len(others) > 1 else ''}, ignored by {command}: {', '.join(others)}")
+    _apply_defaults(out)
+    return out
+
+
+def _apply_defaults(out: Resolved) -> None:
+    alpha_twice_rank = out.defaults.pop("lora_alpha*2", False)
+    for name, value in out.defaults.items():
+        out.values.setdefault(name, value)
+    if alpha_twice_rank and "lora_alpha" not in out.values:
+        out.values["lora_alpha"] = 2.0 * float(out.values["lora_r"])

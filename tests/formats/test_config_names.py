@@ -1,0 +1,153 @@
+"""formats/config_names.py: TRL's and LLaMA-Factory's names in `--config` files (docs/migrating.md)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from kto.formats.config_names import PRECOMPUTE, PRECOMPUTE_KEYS, TRAIN, TRAIN_KEYS, resolve
+from kto.formats.errors import InputError
+from kto.precompute import cli as precompute_cli
+from kto.train import cli as train_cli
+
+
+def options(command) -> set[str]:
+    return {p.name for p in command.params if p.expose_value} - {"config_file"}
+
+
+def test_the_key_lists_are_the_commands_options():
+    """formats/ may not import the commands, so it lists their options; this keeps them equal."""
+    assert TRAIN_KEYS == options(train_cli.main)
+    assert PRECOMPUTE_KEYS == options(precompute_cli.main)
+
+
+def test_trl_names_become_ours():
+    raw = {
+        "model_name_or_path": "m",
+        "learning_rate": 5e-7,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "num_train_epochs": 1.5,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 3,
+        "logging_steps": 5,
+        "save_steps": 10,
+        "beta": 0.2,
+        "desirable_weight": 1.33,
+        "undesirable_weight": 1.0,
+        "output_dir": "run",
+        "report_to": ["none"],
+        "lora_target_modules": "all-linear",
+        "dtype": "bfloat16",
+    }
+    values = resolve(raw, TRAIN).values
+    assert values == {
+        "model": "m",
+        "lr": 5e-7,
+        "batch_size": 4,
+        "grad_accum": 2,
+        "epochs": 1.5,
+        "lr_schedule": "cosine",
+        "warmup_steps": 3,
+        "log_every": 5,
+        "save_every": 10,
+        "beta": 0.2,
+        "desirable_weight": 1.33,
+        "undesirable_weight": 1.0,
+        "out": "run",
+        "report_to": "none",
+        "lora_target_modules": None,
+        "dtype": "bf16",
+    }
+
+
+def test_llama_factory_names_become_ours_and_its_own_keys_say_what_they_did():
+    raw = {
+        "stage": "kto",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "pref_beta": 0.1,
+        "pref_ftx": 0.5,
+        "kto_chosen_weight": 1.2,
+        "kto_rejected_weight": 0.8,
+        "template": "llama3",
+        "plot_loss": True,
+        "bf16": True,
+        "cutoff_len": 512,
+    }
+    resolved = resolve(raw, TRAIN)
+    # finetuning_type: lora -> LLaMA-Factory's defaults: rank 8, alpha 2 × rank.
+    assert resolved.values == {
+        "lora_r": 8,
+        "lora_alpha": 16.0,
+        "lora_target_modules": None,
+        "beta": 0.1,
+        "sft_weight": 0.5,
+        "desirable_weight": 1.2,
+        "undesirable_weight": 0.8,
+    }
+    notes = resolved.notes
+    for key in ("stage", "do_train", "finetuning_type", "template", "plot_loss", "bf16"):
+        assert sum(note.startswith(f"{key}:") for note in notes) == 1, (key, notes)
+    # The other command's key is named with the command that takes it, in one line.
+    assert notes[-1] == "kto-precompute's key, ignored by kto-train: cutoff_len"
+    assert resolve({"finetuning_type": "lora", "lora_rank": 4}, TRAIN).values == {"lora_r": 4, "lora_alpha": 8.0}
+    assert resolve({"finetuning_type": "full"}, TRAIN).values == {"lora_r": 0}
+
+
+def test_precompute_takes_its_keys_from_a_file_both_commands_read():
+    raw = {"model_name_or_path": "m", "cutoff_len": 512, "val_size": 0.1, "cache": "c", "out": "run", "learning_rate": 1e-6}
+    resolved = resolve(raw, PRECOMPUTE)
+    assert resolved.values == {"model": "m", "max_length": 512, "eval_fraction": 0.1, "out": "c"}
+    assert resolved.notes == ["kto-train's keys, ignored by kto-precompute: out, learning_rate"]
+    assert resolve({"dataset_name": "org/set", "dataset_train_split": "train_prefs"}, PRECOMPUTE).values == {"data": ["hf:org/set:train_prefs"]}
+    assert resolve({"val_size": 0.1}, TRAIN).eval_in_cache
+
+
+def test_every_unknown_key_is_listed_at_once_each_with_a_did_you_mean():
+    with pytest.raises(InputError) as err:
+        resolve({"lerning_rate": 1e-6, "lr": 1e-6, "per_device_batch_size": 2, "zzz": 1, "max_lenght": 64}, TRAIN)
+    assert str(err.value) == (
+        "unknown keys 'lerning_rate' (did you mean learning_rate?); 'per_device_batch_size' (did you mean per_device_train_batch_size?); "
+        "'zzz' (no close name); 'max_lenght' (did you mean max_length (a kto-precompute key)?)"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"lr": 1e-6, "learning_rate": 2e-6}, "lr: 1e-06 and learning_rate: 2e-06 set the same option (lr); give one"),
+        ({"stage": "dpo"}, "stage: dpo: kto-offline trains KTO only (stage: kto)"),
+        ({"finetuning_type": "freeze"}, "finetuning_type: freeze: not supported here; choose lora or full"),
+    ],
+)
+def test_contradictions_and_other_methods_are_refused(raw, message):
+    with pytest.raises(InputError) as err:
+        resolve(raw, TRAIN)
+    assert str(err.value) == message
+
+
+def test_val_size_as_a_row_count_is_refused():
+    with pytest.raises(InputError, match="val_size 200: a row count"):
+        resolve({"val_size": 200}, PRECOMPUTE)
+
+
+def test_the_cli_prints_each_note_and_the_error_in_one_line(tmp_path, monkeypatch):
+    import kto.train.loop
+
+    seen = []
+    monkeypatch.setattr(kto.train.loop, "train", seen.append)
+    path = tmp_path / "lf.yaml"
+    path.write_text("stage: kto\nlearning_rate: 5.0e-6\ncutoff_len: 64\nval_size: 0.1\n")
+    result = CliRunner().invoke(train_cli.main, ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert seen[0].lr == 5e-6 and str(seen[0].eval_cache) == "c/eval"
+    assert f"kto-train: --config {path}: stage: kto: ignored (that is what this does)" in result.output
+    assert f"kto-train: --config {path}: kto-precompute's keys, ignored by kto-train: cutoff_len, val_size" in result.output
+    path.write_text("learning_rat: 1\nnope: 2\n")
+    result = CliRunner().invoke(train_cli.main, ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"kto-train: error: --config {path}: unknown keys 'learning_rat' (did you mean learning_rate?); 'nope' (no close name)"
+    ]

@@ -1,0 +1,134 @@
+"""train/optim.py: the LR schedule is transformers' get_scheduler; float --epochs; --resume PATH; --version."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import metrics, run_train, train_error_line
+
+from kto.train.config import NEEDS_METRIC, SCHEDULES, planned_steps
+from kto.train.optim import build_scheduler, warmup_steps
+
+ARGS = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1"]
+
+
+def schedule_cfg(**kw) -> SimpleNamespace:
+    return SimpleNamespace(**{"lr_schedule": "linear", "lr_schedule_kwargs": {}, "warmup_ratio": 0.0, "warmup_steps": 0, "lr": 1.0, **kw})
+
+
+def factors(cfg, total: int) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, cfg, total)
+    out = []
+    for _ in range(total):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_every_kind_of_get_scheduler_is_offered_but_those_needing_a_metric():
+    from transformers import SchedulerType
+
+    assert set(SCHEDULES) | set(NEEDS_METRIC) == {s.value for s in SchedulerType}
+
+
+def test_warmup_and_decay_are_transformers_formulas():
+    """Linear, 10 steps, warmup 2 (--warmup-steps wins over the ratio): transformers' warmup is
+    s/W, so step 0 runs at lr 0 and step 1 at 1/2; then (10 − s)/(10 − 2): 8/8, 7/8, …, 1/8."""
+    cfg = schedule_cfg(warmup_steps=2, warmup_ratio=0.5)
+    assert warmup_steps(cfg, 10) == 2
+    assert factors(cfg, 10) == [0.0, 0.5] + [(10 - s) / 8 for s in range(2, 10)]
+    # The ratio is rounded down: ⌊0.1 × 15⌋ = 1 warmup step.
+    assert warmup_steps(schedule_cfg(warmup_ratio=0.1), 15) == 1
+    # cosine_with_min_lr, 4 steps, no warmup, min_lr_rate 0.5: 0.5 + 0.5 · ½(1 + cos(π s/4)).
+    cfg = schedule_cfg(lr_schedule="cosine_with_min_lr", lr_schedule_kwargs={"min_lr_rate": 0.5})
+    assert factors(cfg, 4) == pytest.approx([0.5 + 0.25 * (1 + math.cos(math.pi * s / 4)) for s in range(4)], rel=1e-15)
+    # `constant` is transformers' (no warmup), `constant_with_warmup` warms up.
+    assert factors(schedule_cfg(lr_schedule="constant", warmup_steps=2), 4) == [1.0] * 4
+    assert factors(schedule_cfg(lr_schedule="constant_with_warmup", warmup_steps=2), 4) == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_planned_steps_round_up_the_fraction_of_an_epoch():
+    cfg = SimpleNamespace(max_steps=None, epochs=1.5)
+    assert planned_steps(cfg, 3) == 5  # ⌈4.5⌉
+    assert planned_steps(SimpleNamespace(max_steps=None, epochs=0.1), 30) == 3  # 0.1 × 30 = 3.0000000000000004 in floats
+    assert planned_steps(SimpleNamespace(max_steps=7, epochs=0.1), 30) == 7
+
+
+def test_bad_schedule_kwargs_are_refused_before_the_model_loads(tiny_cache, tiny_model_dir, tmp_path):
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *ARGS, "--lr-schedule", "cosine_with_min_lr")
+    line = train_error_line(result.output)
+    assert line.startswith("kto-train: error: --lr-schedule cosine_with_min_lr --lr-schedule-kwargs {}:") and "min_lr" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def epoch_and_a_half(tiny_cache, tiny_model_dir, tmp_path_factory):
+    """16 rows, 4 rows per step (batch 2, accum 2): 4 steps per epoch, 1.5 epochs = 6 steps."""
+    out = tmp_path_factory.mktemp("epochs") / "run"
+    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--grad-accum", "2", "--epochs", "1.5", "--save-every", "2", "--lr-schedule", "cosine")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_fractional_epochs_run_the_rounded_up_steps_and_resume_exactly(epoch_and_a_half, tiny_cache, tiny_model_dir, tmp_path):
+    full = metrics(epoch_and_a_half)
+    assert [m["step"] for m in full] == [1, 2, 3, 4, 5, 6]
+    # The LR follows transformers' cosine over 6 steps (warmup ⌊0.1 × 6⌋ = 0); a line logs the
+    # LR its step leaves for the next one: 1e-3 · ½(1 + cos(π s/6)), s = 1..6.
+    assert [m["lr"] for m in full] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(1, 7)], rel=1e-12, abs=1e-18)
+    # --resume RUN/checkpoint-2, though checkpoint-4 exists: the second half of the first epoch
+    # and the half epoch after it are retrained to the same losses, and checkpoint-4 is set aside.
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(epoch_and_a_half, run)
+    result = run_train(
+        tiny_cache,
+        tiny_model_dir,
+        run,
+        *ARGS,
+        "--grad-accum",
+        "2",
+        "--epochs",
+        "1.5",
+        "--save-every",
+        "2",
+        "--lr-schedule",
+        "cosine",
+        "--resume",
+        str(run / "checkpoint-2"),
+    )
+    assert result.exit_code == 0, result.output
+    assert "moved the later checkpoint-4 aside to checkpoint-4.superseded" in result.output
+    assert [m["loss"] for m in metrics(run)] == [m["loss"] for m in full]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-4.superseded"]
+
+
+def test_resume_from_a_checkpoint_of_another_run_is_refused_in_one_line(epoch_and_a_half, tiny_cache, tiny_model_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(epoch_and_a_half, other)
+    same = ("--grad-accum", "2", "--epochs", "1.5", "--save-every", "2", "--lr-schedule", "cosine")
+    result = run_train(tiny_cache, tiny_model_dir, other, *ARGS, *same, "--resume", str(epoch_and_a_half / "checkpoint-2"))
+    line = train_error_line(result.output)
+    assert line == (
+        f"kto-train: error: --resume {epoch_and_a_half / 'checkpoint-2'}: not a checkpoint of the run in --out {other} "
+        "(its checkpoints: checkpoint-2, checkpoint-4)"
+    )
+
+
+@pytest.mark.parametrize("command", ["kto.precompute.cli", "kto.train.cli", "kto.inspection.cli"])
+def test_every_command_has_version(command):
+    from importlib.metadata import version
+
+    proc = subprocess.run([sys.executable, "-m", command, "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f", version {version('kto-offline')}")
