@@ -35,6 +35,7 @@ PRECOMPUTE_KEYS = frozenset(
         "eval_fraction", "seed", "dtype", "attn_implementation", "batch_tokens", "rows_per_shard", "store_token_logps",
         "prefix_sharing", "chunk_size", "trust_remote_code", "device_map", "overwrite", "prompt_column", "completion_column",
         "label_column", "messages_column", "chosen_column", "rejected_column", "id_column", "system_column", "tools_column",
+        "max_samples",
     }
 )  # fmt: skip
 TRAIN_KEYS = frozenset(

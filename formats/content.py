@@ -6,7 +6,7 @@ kto-train checks and a resumed kto-precompute must match. Paths are never part o
 model or a cache invalidates nothing (they go to the manifest's `info`).
 
 On disk it is a JSON object with exactly these keys. Keys added after format version 1 shipped
-(`chat_template`, `chat_template_kwargs`, `sharegpt`, `eval_split`, `alpaca`) are written only when set, so a cache made
+(`chat_template`, `chat_template_kwargs`, `sharegpt`, `eval_split`, `alpaca`, `max_samples`) are written only when set, so a cache made
 without them keeps its fingerprint. Adding such an optional key needs no new FORMAT_VERSION;
 changing what an existing key means, or adding one every cache must carry, does (schema.py).
 """
@@ -63,6 +63,8 @@ class CacheContent:
     eval_split: str | None = None
     """How --eval-fraction chose the eval rows, in words (precompute/eval_split.py); absent when
     eval_fraction is 0, and in caches split by the earlier unstratified rule (so theirs differ)."""
+    max_samples: dict[str, Any] | None = None
+    """--max-samples: rows kept per input and the sampling rule; absent when every row is used."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))  # a list from JSON or a caller
@@ -101,4 +103,4 @@ class CacheContent:
         return model_identity == self.model
 
 
-_OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split", "alpaca"})
+_OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split", "alpaca", "max_samples"})

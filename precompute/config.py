@@ -36,10 +36,12 @@ class PrecomputeConfig:
     """Longest prompt+completion, in tokens."""
     max_prompt_length: int | None = None
     """Longest prompt (its end is kept); default max_length // 2."""
+    max_samples: int | None = None
+    """Keep a seeded sample of at most this many rows of each input (inputs.examples.RowSample)."""
     eval_fraction: float = 0.0
     """Seeded fraction of rows held out as a separate cache in OUT/eval/."""
     seed: int = 0
-    """Seed of the eval split and of the KL pairing."""
+    """Seed of the eval split, of the KL pairing and of --max-samples' sample."""
     dtype: str = "auto"
     """Numerics: auto (amp-bf16 on CUDA = fp32 weights under bf16 autocast, as kto-train's
     default; fp32 on CPU), fp32, bf16, fp16 (pure weights) or amp-bf16, amp-fp16."""
@@ -73,6 +75,8 @@ class PrecomputeConfig:
             raise InputError(f"--max-length {self.max_length}: must be at least 2")
         if not 0 < self.max_prompt_length < self.max_length:
             raise InputError(f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise InputError(f"--max-samples {self.max_samples}: must be at least 1")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
         if self.dtype not in DTYPES:

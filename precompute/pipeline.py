@@ -34,7 +34,7 @@ from kto.formats.errors import InputError, log
 from kto.formats.manifest import CacheContent, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.shards import sha256_file
-from kto.precompute.inputs.examples import iter_examples
+from kto.precompute.inputs.examples import RowSample, iter_examples
 from kto.precompute.inputs.hub import input_identity
 
 from .config import PrecomputeConfig
@@ -80,8 +80,12 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
         content["alpaca"] = cfg.alpaca.as_dict()
     if cfg.eval_fraction > 0:  # the split rule decides which rows each cache holds
         content["eval_split"] = EVAL_SPLIT_RULE
+    if cfg.max_samples is not None:
+        content["max_samples"] = {"rows_per_input": cfg.max_samples, "rule": SAMPLE_RULE}
     return CacheContent(**content)  # every key a field of formats/content.py
 
+
+SAMPLE_RULE = "per input: reservoir sample (numpy default_rng([seed, input index])), file order kept"
 
 # Content that does not change a staged token id: a run differing only in these reuses staging.
 # Prompts are staged already cut (tokenize.py), so the limits and the rule are part of the key:
@@ -104,6 +108,8 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     # The staged columns are part of the key: a file staged by a kto that staged other columns
     # (another row declaration) is never reused.
     staged = {k: v for k, v in content.to_json().items() if k not in _NOT_STAGED}
+    if cfg.max_samples is not None:
+        staged["seed"] = cfg.seed  # the seed picks the sampled rows, hence the staged ones
     key = fingerprint_of({**staged, "staging_schema": staging_schema().to_string(show_schema_metadata=False)})
 
     truncation = Truncation(cfg.max_length, cfg.max_prompt_length, leading_bos_id(tokenizer))
@@ -115,7 +121,8 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     if path.is_file():
         return path  # a resumed run: staged by a run of the same inputs and configuration
     parsed: list[dict] = []
-    stage(iter_examples(cfg.data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca), tokenize_one, path, state)
+    sample = RowSample(cfg.max_samples, cfg.seed) if cfg.max_samples is not None else None
+    stage(iter_examples(cfg.data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca, sample), tokenize_one, path, state)
     # The fingerprint hashed each file before reading; its rows were parsed from bytes hashed
     # again in the same read (records.read_file). Equal, or the file changed in between.
     for before, read in zip(content.inputs, parsed):

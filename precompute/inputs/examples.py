@@ -99,19 +99,47 @@ def iter_examples(
     sharegpt: ShareGPTMap = ShareGPTMap(),
     inputs: list[dict] | None = None,
     alpaca: AlpacaMap | None = None,
+    sample: RowSample | None = None,
 ) -> Iterator[Example]:
     """Every row's examples, one input after another, without holding them: ids are not checked
     for uniqueness here (read_examples does; precompute checks its staged ids). `inputs`, when
     given, receives each input's identity (hub.input_records): for a file, the sha256 of exactly
-    the bytes its rows were parsed from."""
+    the bytes its rows were parsed from. `sample`: only a seeded sample of each input's rows."""
     from .hub import input_records
 
-    for path in paths:
+    for index, path in enumerate(paths):
         name, identity, rows = input_records(path)
+        if sample is not None:
+            rows = sample.rows(rows, index)
         for row, record in rows:
             yield from _row_examples(record, name, row, columns, sharegpt, alpaca)
         if inputs is not None:
             inputs.append(identity)
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """--max-samples N: at most N rows of each input (as LLaMA-Factory's max_samples applies to
+    each dataset), drawn uniformly with the seed, kept in file order. A row is a row of the
+    file: a paired row stays one row here and becomes its two examples afterwards."""
+
+    size: int
+    seed: int
+
+    def rows(self, rows: Iterator[tuple[int, Any]], input_index: int) -> list[tuple[int, Any]]:
+        """Reservoir sampling (Algorithm R) over one pass: holds N rows, never the whole input,
+        and reads every row, so the input's sha256 still covers all of its bytes. Which rows
+        are kept depends on (seed, input's place in --data, N) and the rows' order only."""
+        rng = np.random.default_rng([self.seed, input_index])
+        kept: list[tuple[int, Any]] = []
+        for seen, item in enumerate(rows):
+            if seen < self.size:
+                kept.append(item)
+            else:
+                slot = int(rng.integers(0, seen + 1))
+                if slot < self.size:
+                    kept[slot] = item
+        return sorted(kept, key=lambda item: item[0])
 
 
 # ---- record -> Example(s) --------------------------------------------------------------------

@@ -97,9 +97,9 @@ def test_llama_factory_names_become_ours_and_its_own_keys_say_what_they_did():
 
 
 def test_precompute_takes_its_keys_from_a_file_both_commands_read():
-    raw = {"model_name_or_path": "m", "cutoff_len": 512, "val_size": 0.1, "cache": "c", "out": "run", "learning_rate": 1e-6}
+    raw = {"model_name_or_path": "m", "cutoff_len": 512, "val_size": 0.1, "max_samples": 100, "cache": "c", "out": "run", "learning_rate": 1e-6}
     resolved = resolve(raw, PRECOMPUTE)
-    assert resolved.values == {"model": "m", "max_length": 512, "eval_fraction": 0.1, "out": "c"}
+    assert resolved.values == {"model": "m", "max_length": 512, "eval_fraction": 0.1, "max_samples": 100, "out": "c"}
     assert resolved.notes == ["kto-train's keys, ignored by kto-precompute: out, learning_rate"]
     assert resolve({"dataset_name": "org/set", "dataset_train_split": "train_prefs"}, PRECOMPUTE).values == {"data": ["hf:org/set:train_prefs"]}
     assert resolve({"val_size": 0.1}, TRAIN).eval_in_cache
