@@ -1,0 +1,141 @@
+"""docs/migrating.md: a TRL-style and a LLaMA-Factory-style YAML run both commands, changed only
+by the documented one-liners (`cache: DIR`; LLaMA-Factory: `data: FILE` for `dataset: NAME`),
+on the tiny model of conftest. The model, data and output paths are the user's own values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from conftest import chat_rows, metrics, text_rows, write_rows
+
+from kto.precompute.cli import main as precompute
+from kto.train.cli import main as train
+
+# The arguments of TRL's examples/scripts/kto.py (its docstring's LoRA command) as a KTOConfig
+# YAML, plus the one line `cache:`.
+TRL_YAML = """\
+model_name_or_path: {model}
+dataset_name: {data}
+per_device_train_batch_size: 16
+num_train_epochs: 1
+learning_rate: 5.0e-7
+lr_scheduler_type: cosine
+gradient_accumulation_steps: 1
+logging_steps: 10
+eval_steps: 500
+output_dir: {out}
+warmup_ratio: 0.1
+report_to: none
+bf16: true
+logging_first_step: true
+use_peft: true
+lora_target_modules: all-linear
+max_length: 1024
+max_prompt_length: 512
+beta: 0.1
+desirable_weight: 1.0
+undesirable_weight: 1.0
+resume_from_checkpoint: null
+cache: {cache}
+"""
+
+# LLaMA-Factory's examples/train_lora/llama3_lora_kto.yaml, with `dataset: kto_en_demo` replaced
+# by `data:` and the one line `cache:` added.
+LF_YAML = """\
+### model
+model_name_or_path: {model}
+trust_remote_code: true
+
+### method
+stage: kto
+do_train: true
+finetuning_type: lora
+lora_target: all
+pref_beta: 0.1
+
+### dataset
+data: {data}
+template: llama3
+cutoff_len: 2048
+max_samples: 1000
+overwrite_cache: true
+preprocessing_num_workers: 16
+cache: {cache}
+
+### output
+output_dir: {out}
+logging_steps: 10
+save_steps: 500
+plot_loss: true
+overwrite_output_dir: true
+
+### train
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 8
+learning_rate: 5.0e-6
+num_train_epochs: 3.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+bf16: true
+ddp_timeout: 180000000
+
+### eval
+val_size: 0.1
+per_device_eval_batch_size: 1
+eval_strategy: steps
+eval_steps: 500
+"""
+
+
+def run_both(config: Path) -> tuple[str, str]:
+    from accelerate.state import AcceleratorState
+
+    first = CliRunner().invoke(precompute, ["--config", str(config)], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    AcceleratorState._reset_state(reset_partial_state=True)
+    second = CliRunner().invoke(train, ["--config", str(config)], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    return first.output, second.output
+
+
+def test_a_trl_kto_config_runs_with_one_line_added(tmp_path, tiny_model_dir):
+    data = tmp_path / "kto-data"
+    data.mkdir()
+    write_rows(data / "train.jsonl", text_rows())  # a local `datasets` directory: TRL's unpaired shape
+    out, cache = tmp_path / "kto-aligned-model", tmp_path / "kto-cache"
+    config = tmp_path / "kto.yaml"
+    config.write_text(TRL_YAML.format(model=tiny_model_dir, data=data, out=out, cache=cache))
+    precompute_log, train_log = run_both(config)
+    assert f"--config {config}: kto-train's keys, ignored by kto-precompute: per_device_train_batch_size," in precompute_log
+    assert "use_peft: true -> LoRA on" in train_log and "bf16: ignored" in train_log
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["counts"]["rows"] == 16 and manifest["content"]["max_length"] == 1024
+    record = json.loads((out / "kto_run.json").read_text())["config"]
+    assert (record["lr"], record["lr_schedule"], record["batch_size"], record["lora_r"], record["lora_alpha"]) == (5e-7, "cosine", 16, 16, 32.0)
+    assert [m["step"] for m in metrics(out)] == [1]  # 16 rows, 16 per step, 1 epoch
+    assert json.loads((out / "final" / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_a_llama_factory_kto_yaml_runs_with_its_one_liners(tmp_path, tiny_model_dir):
+    # LLaMA-Factory's kto_en_demo shape: `messages` (user/assistant turns) + `label`.
+    rows = [{"messages": r["prompt"] + r["completion"], "label": r["label"]} for r in chat_rows()]
+    data = tmp_path / "kto_en_demo.json"
+    data.write_text(json.dumps(rows, indent=1))  # a JSON array, as LLaMA-Factory's data files
+    out, cache = tmp_path / "saves" / "lora" / "kto", tmp_path / "kto-cache"
+    config = tmp_path / "llama3_lora_kto.yaml"
+    config.write_text(LF_YAML.format(model=tiny_model_dir, data=data, out=out, cache=cache))
+    precompute_log, train_log = run_both(config)
+    assert "stage: kto: ignored" in precompute_log and "template: ignored" in precompute_log
+    assert "finetuning_type: lora -> LoRA on" in train_log and f"val_size -> --eval-cache {cache / 'eval'}" in train_log
+    train_rows = json.loads((cache / "manifest.json").read_text())["counts"]["rows"]
+    eval_rows = json.loads((cache / "eval" / "manifest.json").read_text())["counts"]["rows"]
+    assert train_rows + eval_rows == 16 and eval_rows >= 1
+    record = json.loads((out / "kto_run.json").read_text())["config"]
+    assert (record["lr"], record["beta"], record["grad_accum"], record["epochs"], record["lora_r"], record["lora_alpha"]) == (5e-6, 0.1, 8, 3.0, 8, 16.0)
+    steps = -(-train_rows // 8) * 3  # ⌈rows / 8⌉ steps per epoch, 3 epochs
+    lines = metrics(out)
+    assert [m["step"] for m in lines if m.get("split") != "eval"] == [steps]  # logging_steps 10 > steps: the last step is logged
+    assert any(m.get("split") == "eval" for m in lines)
+    assert json.loads((out / "final" / "adapter_config.json").read_text())["r"] == 8
