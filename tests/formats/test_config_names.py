@@ -134,10 +134,10 @@ def test_val_size_as_a_row_count_is_refused():
 
 
 def test_the_cli_prints_each_note_and_the_error_in_one_line(tmp_path, monkeypatch):
-    import kto.train.loop
+    import kto.train.api
 
     seen = []
-    monkeypatch.setattr(kto.train.loop, "train", seen.append)
+    monkeypatch.setattr(kto.train.api, "run", seen.append)
     path = tmp_path / "lf.yaml"
     path.write_text("stage: kto\nlearning_rate: 5.0e-6\ncutoff_len: 64\nval_size: 0.1\n")
     result = CliRunner().invoke(train_cli.main, ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o")])
