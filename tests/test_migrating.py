@@ -1,6 +1,6 @@
 """docs/migrating.md: a TRL-style and a LLaMA-Factory-style YAML run both commands, changed only
-by the documented one-liners (`cache: DIR`; LLaMA-Factory: `data: FILE` for `dataset: NAME`),
-on the tiny model of conftest. The model, data and output paths are the user's own values."""
+by the documented one-liner (`cache: DIR`), on the tiny model of conftest. The model, data and
+output paths are the user's own values."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ resume_from_checkpoint: null
 cache: {cache}
 """
 
-# LLaMA-Factory's examples/train_lora/llama3_lora_kto.yaml, with `dataset: kto_en_demo` replaced
-# by `data:` and the one line `cache:` added.
+# LLaMA-Factory's examples/train_lora/llama3_lora_kto.yaml, plus the one line `cache:`. Its
+# `dataset: kto_en_demo` is read from data/dataset_info.json, as LLaMA-Factory reads it.
 LF_YAML = """\
 ### model
 model_name_or_path: {model}
@@ -56,7 +56,7 @@ lora_target: all
 pref_beta: 0.1
 
 ### dataset
-data: {data}
+dataset: kto_en_demo
 template: llama3
 cutoff_len: 2048
 max_samples: 1000
@@ -118,14 +118,26 @@ def test_a_trl_kto_config_runs_with_one_line_added(tmp_path, tiny_model_dir):
     assert json.loads((out / "final" / "adapter_config.json").read_text())["r"] == 16
 
 
-def test_a_llama_factory_kto_yaml_runs_with_its_one_liners(tmp_path, tiny_model_dir):
-    # LLaMA-Factory's kto_en_demo shape: `messages` (user/assistant turns) + `label`.
+# LLaMA-Factory's data/dataset_info.json entry for its KTO demo file.
+KTO_EN_DEMO = {
+    "file_name": "kto_en_demo.json",
+    "formatting": "sharegpt",
+    "columns": {"messages": "messages", "kto_tag": "label"},
+    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+}
+
+
+def test_a_llama_factory_kto_yaml_runs_with_one_line_added(tmp_path, tiny_model_dir, monkeypatch):
+    # LLaMA-Factory's kto_en_demo shape: `messages` (user/assistant turns) + `label`, a JSON array
+    # in data/ beside data/dataset_info.json; the commands run from the folder holding data/.
     rows = [{"messages": r["prompt"] + r["completion"], "label": r["label"]} for r in chat_rows()]
-    data = tmp_path / "kto_en_demo.json"
-    data.write_text(json.dumps(rows, indent=1))  # a JSON array, as LLaMA-Factory's data files
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "kto_en_demo.json").write_text(json.dumps(rows, indent=1))
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"kto_en_demo": KTO_EN_DEMO}, indent=2))
+    monkeypatch.chdir(tmp_path)
     out, cache = tmp_path / "saves" / "lora" / "kto", tmp_path / "kto-cache"
     config = tmp_path / "llama3_lora_kto.yaml"
-    config.write_text(LF_YAML.format(model=tiny_model_dir, data=data, out=out, cache=cache))
+    config.write_text(LF_YAML.format(model=tiny_model_dir, out=out, cache=cache))
     precompute_log, train_log = run_both(config)
     assert "stage: kto: ignored" in precompute_log and "template: ignored" in precompute_log
     assert "finetuning_type: lora -> LoRA on" in train_log and f"val_size -> --eval-cache {cache / 'eval'}" in train_log
