@@ -20,11 +20,22 @@ paired and synthetic use a random-init model of `--shape` and a word-level token
 
     python tools/bench_prefix_sharing.py --model demo/smollm2              # CPU, ~10 min shared
     python tools/bench_prefix_sharing.py --mixes paired,synthetic --shape llama-3.2-1b  # GPU
+
+Training-step mode (`--train-cache DIR`, repeatable; issue 21): kto-train's step
+(`kto.train.step.forward_backward`: the no-grad KL pass, then the policy forward/backward per
+micro-batch) on the first `--train-steps` steps of kto-train's own epoch plan over a
+kto-precompute cache, with prefix sharing in both passes and without (`--no-prefix-sharing`),
+taking turns, `--repeats` times. Per layout: best and median time of those steps, tokens/saved
+and padding/* per step as metrics.jsonl reports them; and the relative difference of the first
+step's loss and gradient norm. The policy is `--model` (HF dir), loaded as kto-train loads it.
+
+    python tools/bench_prefix_sharing.py --mixes none --model /work/bench/smollm2 --train-cache CACHE
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -65,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="override shared_prefix.GATHER_COST, the constant of the rule that decides which packs pay off (0: pack every group)",
     )
     p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--train-cache", type=Path, action="append", default=[], help="training-step mode: a kto-precompute cache (repeatable)")
+    p.add_argument("--train-batch-size", type=int, default=8, help="training-step mode: rows per micro-batch")
+    p.add_argument("--train-grad-accum", type=int, default=1, help="training-step mode: micro-batches per step")
+    p.add_argument("--train-steps", type=int, default=2, help="training-step mode: steps timed per pass")
     return p.parse_args(argv)
 
 
@@ -217,6 +232,164 @@ def end_to_end(model_dir: Path, repeats: int) -> dict:
     }
 
 
+# Training-step mode (issue 21) -----------------------------------------------------------------
+
+
+def cache_steps(cache_dir: Path, batch_size: int, grad_accum: int, steps: int, seed: int = 0) -> list:
+    """The first `steps` optimizer steps of kto-train's epoch-0 plan over a cache, one process."""
+    from kto.formats.cache import open_cache
+    from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
+
+    cache = open_cache(cache_dir)
+    plan = epoch_plan(cache.lengths(), MicroBatchShape(batch_size, grad_accum, 1), seed, 0)
+    # Pad id 0: right padding is never attended nor scored, so its value changes no number.
+    return [[collate_micro_batch(cache, slot, 0) for slot in step[0]] for step in plan[:steps]]
+
+
+def paired_steps(rows: int, max_len: int, vocab_size: int, batch_size: int, steps: int) -> list:
+    """Steps of the synthetic paired mix (paired_sequences: a chosen and a rejected row per
+    prompt, next to each other as a paired file's rows are), without a cache: reference
+    log-probs 0 (the step's work does not depend on their values)."""
+    from kto.formats.compute.logprob import make_token_batch
+    from kto.train.data import KTOMicroBatch
+
+    (prompts, completions, _), pad_id = paired_sequences(rows, max_len, vocab_size)
+    n = len(prompts) // 2  # main sequences first, then the KL ones (pipeline_sequences)
+    out = []
+    for start in range(0, min(n, steps * batch_size), batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        zeros = torch.zeros(len(idx), dtype=torch.float64)
+        out.append(
+            [
+                KTOMicroBatch(
+                    make_token_batch([prompts[i] for i in idx], [completions[i] for i in idx], pad_id),
+                    make_token_batch([prompts[i] for i in idx], [completions[n + i] for i in idx], pad_id),
+                    zeros,
+                    zeros.clone(),
+                    torch.tensor([i % 2 == 0 for i in idx]),
+                    torch.ones(len(idx), dtype=torch.bool),
+                )
+            ]
+        )
+    return out
+
+
+class _OneProcess:
+    """What kto.train.step asks of an accelerate.Accelerator, for one process without DDP."""
+
+    num_processes = 1
+
+    def no_sync(self, model):
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+
+class _WithNumerics(torch.nn.Module):
+    """The forward (plain or packed batch) under `numerics.context`, as accelerate.prepare runs
+    mixed precision; backward runs outside autocast."""
+
+    def __init__(self, inner: torch.nn.Module, numerics: Numerics, device: torch.device):
+        super().__init__()
+        self.inner, self.numerics, self.device_type = inner, numerics, device.type
+
+    def forward(self, *args):
+        with self.numerics.context(self.device_type):
+            return self.inner(*args)
+
+
+def _step_pass(model, steps, settings, device) -> tuple[float, float, dict, list[float], float]:
+    """Every step once: wall time, this process's CPU time (all its threads: on a machine shared
+    with other jobs, the work done rather than the wait), summarized stats over the steps, each
+    step's loss, and the first step's gradient norm."""
+    from kto.train.step import StepStats, forward_backward, summarize
+
+    total, losses, norm = StepStats.zeros("cpu"), [], 0.0
+    cpu0 = time.process_time()
+    with C.Timer(device) as t:
+        for k, batches in enumerate(steps):
+            stats = forward_backward(model, [b.to(device) for b in batches], settings, _OneProcess())
+            if k == 0:
+                norm = float(torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in model.parameters() if p.grad is not None])))
+            model.zero_grad(set_to_none=True)
+            losses.append(float(stats.loss_sum / stats.examples))
+            total = total.plus(StepStats(*(x.cpu() for x in stats)))
+    return t.seconds, time.process_time() - cpu0, summarize(total), losses, norm
+
+
+def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int) -> dict:
+    """kto-train's step over `steps` with and without prefix sharing, taking turns."""
+    from kto.train.loss import LossType
+    from kto.train.step import LossSettings
+
+    model = _WithNumerics(CompletionLogps(lm.train()), numerics, device)
+    settings = {share: LossSettings(0.1, 1.0, 1.0, LossType.KTO, 0.0, "step", kl_prefix_sharing=share, policy_prefix_sharing=share) for share in (False, True)}
+    for share in (False, True):  # warm up both (kernel choice, allocator growth)
+        _step_pass(model, steps[:1], settings[share], device)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    seen: dict[bool, tuple] = {}
+    for _ in range(repeats):
+        for share in (False, True):
+            seconds, cpu_s, line, losses, norm = _step_pass(model, steps, settings[share], device)
+            times[share].append(seconds)
+            cpu[share].append(cpu_s)
+            seen[share] = (line, losses, norm)
+    rows = []
+    for share in (False, True):
+        line = seen[share][0]
+        rows.append(
+            {
+                "layout": "prefix-shared" if share else "plain",
+                "steps": len(steps),
+                "best_s": min(times[share]),
+                "median_s": statistics.median(times[share]),
+                "best_cpu_s": min(cpu[share]),
+                "tokens/saved": line["tokens/saved"],
+                "padding/policy": line["padding/policy"],
+                "padding/kl": line["padding/kl"],
+                "tokens_per_step": line["tokens"] / len(steps),
+            }
+        )
+    (_, plain_losses, plain_norm), (_, shared_losses, shared_norm) = seen[False], seen[True]
+    return {
+        "rows": rows,
+        "best_time_ratio": rows[1]["best_s"] / rows[0]["best_s"],
+        "median_time_ratio": rows[1]["median_s"] / rows[0]["median_s"],
+        "best_cpu_time_ratio": rows[1]["best_cpu_s"] / rows[0]["best_cpu_s"],
+        "saved_fraction": rows[1]["tokens/saved"] / rows[0]["tokens_per_step"],
+        "max_loss_rel_diff": max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(plain_losses, shared_losses)),
+        "grad_norm_rel_diff": abs(shared_norm - plain_norm) / plain_norm,
+    }
+
+
+def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
+    """--train-cache: compare_train_steps on each cache with --model, printed and saved as it goes."""
+    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.train.setup import disable_dropout
+
+    if args.model is None:
+        sys.exit("--model: the HF dir of the policy (the caches' reference) for --train-cache")
+    lm = load_causal_lm(resolve_source(args.model), dtype=numerics.weights, attn_implementation="sdpa").to(device)
+    disable_dropout(lm)
+    lm.config.use_cache = False
+    for cache_dir in args.train_cache:
+        steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, args.train_steps)
+        r = results.setdefault("train_step", {})[str(cache_dir)] = compare_train_steps(lm, steps, device=device, numerics=numerics, repeats=args.repeats)
+        results["versions"] = info = C.versions(device)
+        print(f"\n{C.describe(info)} | {numerics.name} | load {Path('/proc/loadavg').read_text().split()[:3] if Path('/proc/loadavg').exists() else '?'}")
+        C.print_table(
+            f"train step on {cache_dir} (batch {args.train_batch_size} x accum {args.train_grad_accum}, {len(steps)} steps): "
+            f"time ratio shared/plain {r['best_time_ratio']:.3f} (best), {r['median_time_ratio']:.3f} (median), CPU time {r['best_cpu_time_ratio']:.3f} (best); saved {r['saved_fraction']:.1%} of tokens; "
+            f"loss rel diff {r['max_loss_rel_diff']:.1e}, grad norm rel diff {r['grad_norm_rel_diff']:.1e}",
+            r["rows"],
+        )
+        sys.stdout.flush()
+        if args.json_out:
+            args.json_out.write_text(json.dumps(results, indent=2, default=str))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.gather_cost is not None:
@@ -226,7 +399,7 @@ def main(argv=None) -> int:
     device = C.default_device()
     numerics = parse_numerics(args.numerics, device)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
-    for mix in args.mixes.split(","):
+    for mix in [m for m in args.mixes.split(",") if m not in ("", "none")]:
         t0 = time.perf_counter()
         if mix == "feedback":
             if args.model is None:
@@ -266,6 +439,8 @@ def main(argv=None) -> int:
         sys.stdout.flush()
         if args.json_out:
             args.json_out.write_text(json.dumps(results, indent=2, default=str))
+    if args.train_cache:
+        train_step_mode(args, device, numerics, results)
     return 0
 
 

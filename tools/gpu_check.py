@@ -23,6 +23,9 @@ the chosen shape, the tokenizer is built from scratch with `tokenizers`, the dat
   (e) prefix-shared vs plain reference scoring (issue 13, tools/bench_prefix_sharing.py) on a
       paired mix (long shared prompts) and the synthetic mix (short prompts): ratio of real
       tokens/s and of peak memory, largest per-token difference.
+  (f) kto-train's step with and without prefix sharing (issue 21, bench_prefix_sharing's
+      training-step mode) on the paired mix: step time ratio, tokens/saved per step, and the
+      relative difference of the loss and the gradient norm.
 
 Prints one table at the end and writes JSON to --json-out ($OUT/gpu_check.json if $OUT is set).
 
@@ -81,10 +84,10 @@ CORRECTNESS_TOL = {"bfloat16": 2e-2, "float32": 1e-4}
 # Seconds a section needs at the default sizes (H100/H200 guesses, generous): a section starts
 # only if that much of --time-budget-s is left, so the whole call stays inside its limit.
 NEED_S = {
-    "tiny": dict(train_lora=20, correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20),
-    "smollm2-135m": dict(train_lora=40, correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40),
-    "llama-3.2-1b": dict(train_lora=60, correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60),
-    "llama-3.1-8b": dict(train_lora=120, correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120),
+    "tiny": dict(train_lora=20, correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20, train_prefix_sharing=20),
+    "smollm2-135m": dict(train_lora=40, correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40, train_prefix_sharing=40),
+    "llama-3.2-1b": dict(train_lora=60, correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60, train_prefix_sharing=60),
+    "llama-3.1-8b": dict(train_lora=120, correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120, train_prefix_sharing=120),
 }
 
 
@@ -270,6 +273,23 @@ def prefix_sharing(args, device) -> dict:
     return out
 
 
+def train_prefix_sharing(args, device) -> dict:
+    """kto-train's step, prefix-shared and plain, taking turns, on the paired mix (a chosen and a
+    rejected row per prompt), policy of the shape in the first train precision, no checkpointing."""
+    from kto.train.setup import disable_dropout
+
+    numerics = bench_train_step.precision_numerics(args.train_precisions.split(",")[0], device)
+    lm = C.build_llama(args.shape, numerics.weights, device)
+    disable_dropout(lm)
+    lm.config.use_cache = False
+    batch, steps = (4, 2) if args.quick else (4, 4)
+    data = bench_prefix_sharing.paired_steps(2 * batch * steps, args.max_len, lm.config.vocab_size, batch, steps)
+    r = bench_prefix_sharing.compare_train_steps(lm, data, device=device, numerics=numerics, repeats=1 if args.quick else 3)
+    del lm
+    C.free_memory()
+    return {k: v for k, v in r.items() if k != "rows"} | {"numerics": numerics.name, "rows": r["rows"]}
+
+
 def train_compare(args, device, precision: str, lora_r: int = 0) -> list[dict]:
     """bench_train_step.compare's two rows (policy-only, resident reference) with its ratios."""
     b, t, iters = (2, 64, 2) if args.quick else (4, 1024, 10)
@@ -419,6 +439,15 @@ def summary_rows(r: dict) -> list[dict]:
                     "target": "paired > 1; synthetic >= 0.97",
                 }
             )
+    t = r.get("train_prefix_sharing") or {}
+    if "best_time_ratio" in t:
+        rows.append(
+            {
+                "check": f"train step prefix-shared/plain {t['numerics']}: time, saved, loss/grad-norm rel diff",
+                "value": f"{t['best_time_ratio']:.2f}, {t['saved_fraction']:.1%}, {t['max_loss_rel_diff']:.1e}/{t['grad_norm_rel_diff']:.1e}",
+                "target": "time <= 0.80 (paired)",
+            }
+        )
     s = r.get("startup", {})
     if "second_run_s" in s:
         rows += [
@@ -429,7 +458,7 @@ def summary_rows(r: dict) -> list[dict]:
         ]
         if "collate_per_step_s" in s:
             rows.append({"check": "collate per step s (on the step's critical path)", "value": s["collate_per_step_s"], "target": ""})
-    for name in ("correctness", "precompute", "scoring_paths", "train", "train_lora", "startup", "prefix_sharing"):
+    for name in ("correctness", "precompute", "scoring_paths", "train", "train_lora", "startup", "prefix_sharing", "train_prefix_sharing"):
         if isinstance(r.get(name), dict) and ("error" in r[name] or "skipped" in r[name]):
             rows.append({"check": name, "value": r[name].get("error") or r[name].get("skipped"), "target": ""})
     rows.append({"check": "polars imported", "value": r["polars_imported"], "target": "False"})
@@ -457,11 +486,12 @@ def main(argv=None) -> int:
         run_section("train_lora", results, budget, shape, lambda: train_lora_steps(args, device))
         run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling))
         run_section("prefix_sharing", results, budget, shape, lambda: prefix_sharing(args, device))
+        run_section("train_prefix_sharing", results, budget, shape, lambda: train_prefix_sharing(args, device))
     results["polars_imported"] = "polars" in sys.modules
     results["elapsed_s"] = args.time_budget_s - budget.left()
     failed = [
         n
-        for n in ("correctness", "precompute", "startup", "train", "train_lora", "scoring_paths", "prefix_sharing")
+        for n in ("correctness", "precompute", "startup", "train", "train_lora", "scoring_paths", "prefix_sharing", "train_prefix_sharing")
         if isinstance(results.get(n), dict) and "error" in results[n]
     ]
     failed += ["correctness"] if any(not c.get("ok", True) for c in results.get("correctness") or [] if isinstance(c, dict)) else []

@@ -52,6 +52,7 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--mixed-precision", default="auto", type=click.Choice(MIXED_PRECISION))
 @click.option("--dtype", default="fp32", type=click.Choice(DTYPES), help="Weight dtype.")
 @click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--prefix-sharing/--no-prefix-sharing", default=True, help="Run a prompt shared by rows of a step once (same numbers, less compute).")
 @click.option("--keep-dropout", is_flag=True, help="Keep the model's dropout (disabled by default).")
 @click.option("--log-every", default=10)
 @click.option("--save-every", default=0, help="0: final model only.")

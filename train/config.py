@@ -90,6 +90,9 @@ class TrainConfig:
     """Weight dtype. bf16 weights lose most KTO-sized updates below one ulp: opt in knowingly."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    prefix_sharing: bool = True
+    """Run each prompt shared by rows of a step once, followed by their completions, in the KL
+    pass and the policy pass (the same numbers to fp32 rounding, less compute)."""
     keep_dropout: bool = False
     """Dropout is disabled by default (as TRL does): the reference numbers had none."""
     log_every: int = 10

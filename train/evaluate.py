@@ -38,7 +38,7 @@ def evaluate(model: torch.nn.Module, cache: ShardedCache, s: LossSettings, pad_i
 
     z = None
     if s.loss_type.needs_kl:
-        parts = [kl_local_sums(model, [b]) for b in batches()]
+        parts = [kl_local_sums(model, [b], s.kl_prefix_sharing) for b in batches()]
         sums = torch.stack([torch.stack([p.total, p.count]) for p in parts]).sum(0)
         reduced = all_reduce_sum(sums, accelerator)
         z = kl_estimate(reduced[0], reduced[1])
@@ -48,7 +48,7 @@ def evaluate(model: torch.nn.Module, cache: ShardedCache, s: LossSettings, pad_i
         stats = stats.plus(batch_stats(b, p.out, p.logps, p.nll_sum, None, first=False))
     stats = stats.all_reduced(accelerator)
     out = summarize(stats)
-    for key in ("tokens", "padding/policy", "padding/kl"):
+    for key in ("tokens", "padding/policy", "padding/kl", "tokens/saved"):
         out.pop(key)
     if z is not None:
         out["kl"], out["kl_raw"] = float(z.clamped), float(z.raw)

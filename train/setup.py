@@ -158,10 +158,25 @@ def check_inputs(cfg: TrainConfig) -> Run:
         shape=shape,
         steps_per_epoch=per_epoch,
         total_steps=total_steps,
-        settings=LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope),
+        settings=loss_settings(cfg),
         record={"config": config_record(cfg), "derived": derived},
         is_reference=manifest.content.scored_with(identity),
         started=started,
+    )
+
+
+def loss_settings(cfg: TrainConfig) -> LossSettings:
+    """The step's settings; the policy pass does not share prefixes under gradient checkpointing
+    (train/step.py LossSettings says why)."""
+    return LossSettings(
+        cfg.beta,
+        cfg.desirable_weight,
+        cfg.undesirable_weight,
+        cfg.loss_type,
+        cfg.sft_weight,
+        cfg.kl_scope,
+        kl_prefix_sharing=cfg.prefix_sharing,
+        policy_prefix_sharing=cfg.prefix_sharing and not cfg.gradient_checkpointing,
     )
 
 

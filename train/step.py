@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from kto.formats.compute.logprob import sequence_sums
+from kto.formats.compute.logprob import TokenBatch, sequence_sums
+from kto.formats.compute.shared_prefix import plan_packs
 
 from .data import KTOMicroBatch
 from .loss import KLEstimate, KTOLossOutput, LossType, kl_estimate, kto_loss
+from .packing import PassTokens, completion_logps, plain_tokens, split_sequences
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,6 +68,10 @@ class StepStats(NamedTuple):
     policy_padded_tokens: torch.Tensor
     kl_real_tokens: torch.Tensor
     kl_padded_tokens: torch.Tensor
+    # Tokens both passes did not compute thanks to prefix sharing, and the steps they were
+    # counted over (1 per step: 1 / ranks on each rank's first micro-batch), for `tokens/saved`.
+    saved_tokens: torch.Tensor
+    steps: torch.Tensor
 
     @classmethod
     def zeros(cls, device: torch.device | str) -> StepStats:
@@ -96,6 +102,11 @@ class LossSettings:
     loss_type: LossType
     sft_weight: float
     kl_scope: str  # "step" | "microbatch"
+    # Prefix sharing (train/packing.py) in the no-grad KL pass and in the policy pass. The policy
+    # pass does not share under gradient checkpointing: the recomputed forward in backward would
+    # run after the gathered attention was switched off again.
+    kl_prefix_sharing: bool = False
+    policy_prefix_sharing: bool = False
 
 
 def all_reduce_sum(values: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
@@ -115,12 +126,14 @@ def all_reduce_max(value: float, accelerator: Accelerator) -> float:
 @dataclass(frozen=True)
 class KLSums:
     """One process's KL pass: Σ (log πθ(y'|x) − log πref(y'|x)) over its valid rows, their count,
-    and the real and padded token slots the pass ran (for the padding metric)."""
+    the real and padded token slots the pass ran (for the padding metric) and the tokens prefix
+    sharing saved."""
 
     total: torch.Tensor
     count: torch.Tensor
     real_tokens: int
     padded_tokens: int
+    saved_tokens: int = 0
 
 
 def kl_sequences(batches: list[KTOMicroBatch]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -144,7 +157,7 @@ def kl_groups(lengths: list[int], k: int) -> list[list[int]]:
     return [order[bounds[j] : bounds[j + 1]] for j in range(k)]
 
 
-def kl_local_sums(model: torch.nn.Module, batches: list[KTOMicroBatch]) -> KLSums:
+def kl_local_sums(model: torch.nn.Module, batches: list[KTOMicroBatch], share: bool = False) -> KLSums:
     """Σ over valid rows of (log πθ(y'|x) − log πref(y'|x)), and the row count, under no_grad.
 
     The KL sequences only feed one sum, so they are not run in the micro-batches they came in
@@ -156,27 +169,46 @@ def kl_local_sums(model: torch.nn.Module, batches: list[KTOMicroBatch]) -> KLSum
     plan gives every rank as many micro-batches): DDP syncs buffers in its first forward after a
     backward, and sharded weights are gathered in every forward, so unequal counts would hang.
     A batch left empty (fewer real rows than micro-batches) runs one sequence and discards it.
+
+    With `share`, the step's KL sequences that share a prompt (rows of a paired set, a repeated
+    system prompt) are first planned into packs as kto-precompute plans them (train/packing.py);
+    the units sorted and cut are then the packs and the sequences left alone, and a batch with a
+    pack in it runs packed (the sum is the plain one to fp32 rounding).
     """
     ids, masks, ref = kl_sequences(batches)
-    lengths = [len(x) for x in ids]
+    units = kl_units(ids, masks) if share else [[i] for i in range(len(ids))]
     total = torch.zeros((), dtype=torch.float64, device=batches[0].ref_kl_logp.device)
-    real = padded = 0
+    real = padded = saved = 0
     with torch.no_grad():
-        for group in kl_groups(lengths, len(batches)):
-            if not group:
+        for group in kl_groups([sum(len(ids[i]) for i in u) for u in units], len(batches)):
+            members = [i for u in group for i in units[u]]
+            if not members:
                 b = batches[0].kl  # keeps the forward count equal on every rank; result discarded
                 model(b.input_ids[:1], b.score_mask[:1])
                 continue
-            width = max(lengths[i] for i in group)
-            batch_ids = pad_sequence([ids[i] for i in group], batch_first=True)
-            score = pad_sequence([masks[i] for i in group], batch_first=True)
-            # Right padding with token 0 is never attended by a real token (causal) nor scored.
-            flat = model(batch_ids, score)
-            total += (sequence_sums(flat, score) - ref[group]).sum()
-            real += sum(lengths[i] for i in group)
-            padded += len(group) * width
+            sums, tokens = kl_group_sums(model, [ids[i] for i in members], [masks[i] for i in members], share)
+            total += (sums - ref[members]).sum()
+            real, padded, saved = real + tokens.real, padded + tokens.slots, saved + tokens.saved
     count = torch.tensor(float(len(ids)), dtype=torch.float64, device=total.device)
-    return KLSums(total, count, real, padded)
+    return KLSums(total, count, real, padded, saved)
+
+
+def kl_units(ids: list[torch.Tensor], masks: list[torch.Tensor]) -> list[list[int]]:
+    """The KL sequences in units that one batch runs together: a pack's members, or one sequence.
+    Sorting by a pack's summed length keeps it whole and ranks it by the tokens it holds."""
+    batch = pad_sequence(ids, batch_first=True)
+    prompts, completions = split_sequences(batch, pad_sequence(masks, batch_first=True))
+    packs, plain = plan_packs(prompts, completions, list(range(len(ids))))
+    return [list(p.members) for p in packs] + [[i] for i in plain]
+
+
+def kl_group_sums(model: torch.nn.Module, ids: list[torch.Tensor], masks: list[torch.Tensor], share: bool) -> tuple[torch.Tensor, PassTokens]:
+    """Σ log πθ(y'|x) [n] float64 of these unpadded KL sequences, in one forward, and what ran."""
+    # Right padding with token 0 is never attended by a real token (causal) nor scored.
+    real = pad_sequence([torch.ones_like(x) for x in ids], batch_first=True)
+    batch = TokenBatch(pad_sequence(ids, batch_first=True), real, pad_sequence(masks, batch_first=True))
+    flat, tokens = completion_logps(model, batch, torch.ones(len(ids), dtype=torch.bool), share)
+    return sequence_sums(flat, batch.score_mask), tokens
 
 
 def step_counts(batches: list[KTOMicroBatch]) -> torch.Tensor:
@@ -190,7 +222,7 @@ def step_counts(batches: list[KTOMicroBatch]) -> torch.Tensor:
 
 
 def kl_and_counts(
-    model: torch.nn.Module, kl_batches: list[KTOMicroBatch], counts: torch.Tensor | None, accelerator: Accelerator
+    model: torch.nn.Module, kl_batches: list[KTOMicroBatch], counts: torch.Tensor | None, accelerator: Accelerator, share: bool = False
 ) -> tuple[KLEstimate | None, torch.Tensor | None, KLSums]:
     """z over `kl_batches` on every rank, and `counts` summed over ranks, in one all-reduce;
     also this process's KLSums (for the padding metric).
@@ -199,7 +231,7 @@ def kl_and_counts(
     """
     parts, sums = [], None
     if kl_batches:
-        sums = kl_local_sums(model, kl_batches)
+        sums = kl_local_sums(model, kl_batches, share)
         parts.append(torch.stack([sums.total, sums.count]))
     if counts is not None:
         parts.append(counts.to(parts[0].device if parts else counts.device))
@@ -216,18 +248,20 @@ def desirable_token_mask(b: KTOMicroBatch) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PolicyPass:
-    """One micro-batch through the policy: flat token log-probs [N], sequence sums [B] (float64),
-    per-example losses, and the NLL summed over valid desirable completion tokens."""
+    """One micro-batch through the policy: flat token log-probs [N] (row-major, shared prefixes
+    or not), sequence sums [B] (float64), per-example losses, the NLL summed over valid
+    desirable completion tokens, and what the forward computed."""
 
     flat: torch.Tensor
     logps: torch.Tensor
     out: KTOLossOutput
     nll_sum: torch.Tensor
+    tokens: PassTokens
 
 
 def policy_pass(model: torch.nn.Module, b: KTOMicroBatch, s: LossSettings, z: KLEstimate | None) -> PolicyPass:
     """The policy forward and the loss maths, shared by training (with grad) and evaluation."""
-    flat = model(b.policy.input_ids, b.policy.score_mask)
+    flat, tokens = completion_logps(model, b.policy, b.valid, s.policy_prefix_sharing)
     logps = sequence_sums(flat, b.policy.score_mask)
     out = kto_loss(
         logps,
@@ -239,7 +273,7 @@ def policy_pass(model: torch.nn.Module, b: KTOMicroBatch, s: LossSettings, z: KL
         undesirable_weight=s.undesirable_weight,
         loss_type=s.loss_type,
     )
-    return PolicyPass(flat, logps, out, -(flat.double() * desirable_token_mask(b)).sum())
+    return PolicyPass(flat, logps, out, -(flat.double() * desirable_token_mask(b)).sum(), tokens)
 
 
 def forward_backward(
@@ -252,12 +286,12 @@ def forward_backward(
     device = batches[0].ref_logp.device
     per_microbatch_kl = s.loss_type.needs_kl and s.kl_scope == "microbatch"
     kl_batches = batches if s.loss_type.needs_kl and s.kl_scope == "step" else batches[:1] if per_microbatch_kl else []
-    z, counts, kl = kl_and_counts(model, kl_batches, step_counts(batches).to(device), accelerator)
+    z, counts, kl = kl_and_counts(model, kl_batches, step_counts(batches).to(device), accelerator, s.kl_prefix_sharing)
     n_step, t_desirable = counts.tolist()
     stats = StepStats.zeros(device)
     for i, b in enumerate(batches):
         if per_microbatch_kl and i > 0:
-            z, _, kl = kl_and_counts(model, [b], None, accelerator)
+            z, _, kl = kl_and_counts(model, [b], None, accelerator, s.kl_prefix_sharing)
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync:
@@ -269,17 +303,30 @@ def forward_backward(
             loss = kto_part + s.sft_weight * sft_part if s.sft_weight else kto_part
             accelerator.backward(loss * accelerator.num_processes)
         first = i == 0 or per_microbatch_kl
-        stats = stats.plus(batch_stats(b, p.out, p.logps.detach(), p.nll_sum.detach(), z, first=first, kl=kl if first else None))
+        step = 1 / accelerator.num_processes if i == 0 else 0.0  # summed over ranks: 1 per step
+        stats = stats.plus(batch_stats(b, p.out, p.logps.detach(), p.nll_sum.detach(), z, first=first, kl=kl if first else None, policy=p.tokens, step=step))
     return stats
 
 
 def batch_stats(
-    b: KTOMicroBatch, out: KTOLossOutput, logps: torch.Tensor, nll_sum: torch.Tensor, z: KLEstimate | None, first: bool, kl: KLSums | None = None
+    b: KTOMicroBatch,
+    out: KTOLossOutput,
+    logps: torch.Tensor,
+    nll_sum: torch.Tensor,
+    z: KLEstimate | None,
+    first: bool,
+    kl: KLSums | None = None,
+    policy: PassTokens | None = None,
+    step: float = 0.0,
 ) -> StepStats:
+    """One micro-batch's StepStats; `policy` is what its policy forward ran (None: the plain
+    batch as collated), `step` this micro-batch's share of a step's count (1 / ranks on each
+    rank's first micro-batch)."""
     d, u = b.valid & b.desirable, b.valid & ~b.desirable
     zero = torch.zeros((), dtype=torch.float64, device=logps.device)
     scoped = z is not None and first
     as_float = lambda x: torch.tensor(float(x), dtype=torch.float64, device=logps.device)
+    policy = policy or plain_tokens(b.policy, b.valid)
     return StepStats(
         examples=b.valid.sum().double(),
         loss_sum=(out.losses.detach() * b.valid).sum(),
@@ -296,10 +343,12 @@ def batch_stats(
         kl_sum=z.clamped if scoped else zero,
         kl_scopes=torch.tensor(float(scoped), dtype=torch.float64, device=logps.device),
         # Filler rows still run in the policy pass: their slots count as padding.
-        policy_real_tokens=(b.policy.attention_mask.sum(1) * b.valid).sum().double(),
-        policy_padded_tokens=as_float(b.policy.input_ids.numel()),
+        policy_real_tokens=as_float(policy.real),
+        policy_padded_tokens=as_float(policy.slots),
         kl_real_tokens=as_float(kl.real_tokens if kl else 0),
         kl_padded_tokens=as_float(kl.padded_tokens if kl else 0),
+        saved_tokens=as_float(policy.saved + (kl.saved_tokens if kl else 0)),
+        steps=as_float(step),
     )
 
 
@@ -353,5 +402,7 @@ def summarize(stats: StepStats) -> dict[str, float]:
         # Share of the padded token slots that held padding, per pass, over the window.
         "padding/policy": 1 - v["policy_real_tokens"] / v["policy_padded_tokens"] if v["policy_padded_tokens"] else nan,
         "padding/kl": 1 - v["kl_real_tokens"] / v["kl_padded_tokens"] if v["kl_padded_tokens"] else nan,
+        # Tokens per step (both passes, all ranks) that prefix sharing did not compute.
+        "tokens/saved": v["saved_tokens"] / v["steps"] if v["steps"] else nan,
     }
     return out

@@ -111,7 +111,11 @@ class CompletionLogps(nn.Module):
         if lm.get_output_embeddings().weight.is_meta:
             raise InputError("--model: the LM head is offloaded (device_map put it on disk or CPU); give it GPU memory")
 
-    def forward(self, input_ids: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor | PackedBatch, score_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(input_ids, PackedBatch):
+            # kto-train's shared-prefix passes call the module, not forward_packed, so that the
+            # hooks of the DDP or FSDP wrapper around it fire as for a plain batch.
+            return self.forward_packed(input_ids)
         # No attention mask, on purpose: batches are right-padded, so under the causal mask no
         # real token attends to a pad (pads come after it) and the default position ids 0..T-1
         # are those of each real token. Every scored log-prob is the same as with the padding

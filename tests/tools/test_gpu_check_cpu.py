@@ -62,4 +62,7 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path):
         m = report["prefix_sharing"][mix]
         assert m["max_abs_token_diff"] < 1e-4 and m["tokens_per_s_ratio"] > 0 and m["peak_memory_ratio"] > 0
     assert report["prefix_sharing"]["paired"]["computed_fraction"] < 0.8  # long shared prompts are run once
+    step = report["train_prefix_sharing"]
+    assert [r["layout"] for r in step["rows"]] == ["plain", "prefix-shared"] and step["saved_fraction"] > 0
+    assert step["max_loss_rel_diff"] < 1e-5 and step["grad_norm_rel_diff"] < 1e-5
     assert "gpu_check summary" in proc.stdout

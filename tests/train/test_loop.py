@@ -49,6 +49,7 @@ def test_run_logs_every_step_and_the_policy_moves(full_run, tiny_cache):
         "rss_file_gb",
         "padding/policy",
         "padding/kl",
+        "tokens/saved",
     ):
         assert key in lines[0], key
     assert all(0 <= m["padding/policy"] < 1 and 0 <= m["padding/kl"] < 1 for m in lines)
