@@ -65,6 +65,7 @@ TABLE_METRICS = [
     "lr",
     "grad_norm",
     "tokens_per_s",
+    "tokens/saved",
     "epoch",
 ]
 
