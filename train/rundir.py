@@ -52,6 +52,7 @@ RESUMABLE = frozenset(
         "drift_tolerance",
         "chunk_size",
         "gradient_checkpointing",
+        "prefix_sharing",  # the same step to fp32 rounding, less compute (train/packing.py)
         "trust_remote_code",
         # What final/ also writes, and how the same maths is sharded (the checkpoint's own kind is
         # checked against the running FSDP state, which accelerate's environment may turn on too).
