@@ -118,7 +118,8 @@ def test_layout_maps_packed_log_probs_back_to_row_order():
     layout = shared_layout([[3], [1, 2], [1, 2]], [[8], [5, 6], [7]], [True, True, True])
     assert layout is not None and layout.to_rows.tolist() == [3, 0, 1, 2]
     assert (layout.tokens.real, layout.tokens.saved) == (7, 2)
-    assert layout.batch.input_ids.tolist() == [[1, 2, 5, 6, 7], [3, 8, 0, 0, 0]]
+    # formats/compute/shared_prefix.py lays the packs back to back in one unpadded row.
+    assert layout.batch.input_ids.tolist() == [[1, 2, 5, 6, 7, 3, 8]] and layout.tokens.slots == 7
     # A filler row (not shareable) never joins a pack and counts as padding, not as real tokens.
     alone = shared_layout([[1, 2], [1, 2]], [[5], [6]], [True, False])
     assert alone is None
