@@ -29,6 +29,14 @@ CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 _handles_input_errors = one_line_errors("kto-inspect")
 
 
+def _local(cache: Path) -> Path:
+    """CACHE as given, or for `hf:ORG/NAME[/eval]` the dataset repo pulled into the local HF
+    cache; either way the readers check it against its manifest."""
+    from kto.formats.hub import fetch_cache, is_hub_cache
+
+    return fetch_cache(cache, "CACHE") if is_hub_cache(cache) else cache
+
+
 def _emit(data, as_json: bool, render) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else render(data))
 
@@ -47,7 +55,7 @@ def summary(cache: Path, as_json: bool) -> None:
     """Counts by label, token lengths, reference log-probs by label, truncation, fingerprint."""
     from .summary import render, summarize
 
-    _emit(summarize(cache), as_json, render)
+    _emit(summarize(_local(cache)), as_json, render)
 
 
 @main.command(context_settings=CONTEXT)
@@ -57,7 +65,7 @@ def verify(cache: Path) -> None:
     """Re-hash every shard and check provenance, schema, values, manifest counts, ids and KL sources (exit 1 on a problem)."""
     from .verify import verify as run_verify
 
-    reports = run_verify(cache)
+    reports = run_verify(_local(cache))
     for r in reports:
         for problem in r.problems:
             click.echo(f"kto-inspect: verify: {problem}", err=True)
@@ -88,6 +96,7 @@ def rows(cache: Path, where: str | None, sort: str | None, limit: int, flag: int
 
     if flag < 0:
         raise InputError(f"--flag {flag}: must be 0 or more")
+    cache = _local(cache)
     df = select_rows(cache, where=where, sort=sort, limit=limit)
     _emit(describe_rows(df, load_cache_tokenizer(cache), flag=flag), as_json, render)
 
@@ -136,7 +145,7 @@ def score(cache: Path, model: str, out: Path, as_json: bool, **options) -> None:
     """Give every cached row the policy's implicit reward; report who gained and who lost log-prob."""
     from .score import render, score_cache
 
-    result = score_cache(cache, model, out, log=lambda msg: click.echo(msg, err=True), **options)
+    result = score_cache(_local(cache), model, out, log=lambda msg: click.echo(msg, err=True), **options)
     _emit(result, as_json, render)
 
 

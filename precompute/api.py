@@ -39,7 +39,25 @@ def run(config: PrecomputeConfig) -> PrecomputeResult:
     Raises InputError on bad input (nothing half-written); reruns resume as the CLI does."""
     from .pipeline import run_precompute  # torch and the models load on call, not on import
 
-    return result_of(config, run_precompute(config))
+    result = result_of(config, run_precompute(config))
+    if config.push_to_hub:
+        push(config, result)
+    return result
+
+
+def push(config: PrecomputeConfig, result: PrecomputeResult) -> None:
+    """The main process uploads the finished cache as a dataset repo (hidden bookkeeping left
+    out); `kto-train --cache hf:ORG/NAME` reads it back. The others wait for the upload."""
+    from accelerate import PartialState
+
+    from kto.formats.errors import log, on_main
+    from kto.formats.hub import push_folder
+
+    def upload() -> None:
+        url = push_folder(result.cache, config.push_to_hub, dataset=True, private=config.hub_private, message=f"kto-precompute cache {result.fingerprint}")
+        log(f"pushed {result.cache} to dataset {config.push_to_hub} ({url})")
+
+    on_main(upload, PartialState())  # a failed upload stops every process with the same line
 
 
 def result_of(config: PrecomputeConfig, manifests: list[Manifest]) -> PrecomputeResult:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kto.formats.compute.numerics import NAMES as DTYPES
 from kto.formats.errors import InputError
+from kto.formats.hub import check_repo_id
 from kto.precompute.inputs.alpaca import AlpacaMap
 from kto.precompute.inputs.examples import ColumnMap
 from kto.precompute.inputs.sharegpt import ShareGPTMap
@@ -64,6 +65,10 @@ class PrecomputeConfig:
     """`auto` spreads one large model over several GPUs."""
     overwrite: bool = False
     """Replace a cache of a different configuration in `out`."""
+    push_to_hub: str | None = None
+    """Upload the finished cache (shards, manifest, tokenizer/, eval/) to this hub dataset repo, ORG/NAME."""
+    hub_private: bool = False
+    """Create the --push-to-hub repo private."""
 
     def __post_init__(self):
         from .templates import parse_kwargs
@@ -84,5 +89,9 @@ class PrecomputeConfig:
         for name in ("batch_tokens", "rows_per_shard", "chunk_size"):
             if getattr(self, name) <= 0:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
+        if self.push_to_hub is not None:
+            check_repo_id(self.push_to_hub)
+        elif self.hub_private:
+            raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise InputError(f"--out {self.out}: is a file, not a directory")

@@ -43,6 +43,7 @@ def run(config: TrainConfig) -> TrainResult:
     from .adapters import MERGED_DIR
     from .loop import train  # torch, accelerate and the model load on call, not on import
 
+    config = with_hub_caches(config)
     final = train(config)
     train_line, eval_line = last_metrics(config.out)
     result = TrainResult(
@@ -55,7 +56,27 @@ def run(config: TrainConfig) -> TrainResult:
     )
     if _is_main_process():
         write_cards(config, result)
+        if config.push_to_hub:  # train() checked every weight finite before saving final/
+            from kto.formats.errors import log
+            from kto.formats.hub import push_folder
+
+            url = push_folder(result.final, config.push_to_hub, dataset=False, private=config.hub_private, message=f"kto-train: {result.steps} steps")
+            log(f"pushed {result.final} to {config.push_to_hub} ({url})")
     return result
+
+
+def with_hub_caches(config: TrainConfig) -> TrainConfig:
+    """`--cache hf:ORG/NAME` (and `--eval-cache hf:ORG/NAME/eval`): the dataset repo pulled into
+    the local HF cache, then read as any cache directory (manifest, sha256 of every shard)."""
+    from dataclasses import replace
+
+    from kto.formats.hub import fetch_cache, is_hub_cache
+
+    if is_hub_cache(config.cache):
+        config = replace(config, cache=fetch_cache(config.cache))
+    if config.eval_cache is not None and is_hub_cache(config.eval_cache):
+        config = replace(config, eval_cache=fetch_cache(config.eval_cache, "--eval-cache"))
+    return config
 
 
 def _is_main_process() -> bool:

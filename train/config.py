@@ -12,6 +12,7 @@ from pathlib import Path
 from kto.formats import config_file
 from kto.formats.compute.numerics import WEIGHT_DTYPES
 from kto.formats.errors import InputError
+from kto.formats.hub import check_repo_id
 
 from .loss import LossType
 from .trackers import parse_report_to
@@ -137,6 +138,10 @@ class TrainConfig:
     """Also write OUT/final-merged/, the base with the adapters merged in (an ordinary HF model dir)."""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state with FSDP2 (as `accelerate launch --use_fsdp`)."""
+    push_to_hub: str | None = None
+    """Upload final/ (with its model card) to this hub model repo, ORG/NAME, after the run."""
+    hub_private: bool = False
+    """Create the --push-to-hub repo private."""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -180,6 +185,10 @@ class TrainConfig:
         if isinstance(self.resume, Path) and not re.fullmatch(r"checkpoint-\d+", self.resume.name):
             raise InputError(f"--resume {self.resume}: expected a checkpoint directory OUT/checkpoint-STEP (or --resume alone for the latest)")
         check_adapter_flags(self)
+        if self.push_to_hub is not None:
+            check_repo_id(self.push_to_hub)
+        elif self.hub_private:
+            raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: is a file, not a directory")
 

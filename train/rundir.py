@@ -58,6 +58,9 @@ RESUMABLE = frozenset(
         # checked against the running FSDP state, which accelerate's environment may turn on too).
         "merge_adapters",
         "fsdp",
+        # Where final/ is uploaded afterwards: no number depends on it.
+        "push_to_hub",
+        "hub_private",
     }
 )
 PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})

@@ -1,0 +1,102 @@
+"""The Hub, against a local stand-in (tests/hub_server.py) at HF_ENDPOINT: kto-precompute
+--push-to-hub publishes a cache as a dataset repo, kto-train --cache hf:ORG/NAME reads it back
+(verified against its manifest like a local cache), and --push-to-hub uploads final/."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import chat_rows, run_train, train_error_line, write_rows
+from hub_server import FakeHub
+
+import kto.precompute
+from kto.formats.errors import InputError
+from kto.formats.manifest import read_manifest
+from kto.precompute.config import PrecomputeConfig
+from kto.train.config import TrainConfig
+
+TRAIN = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps", "2"]
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The fake hub, and huggingface_hub pointed at it as HF_ENDPOINT would (both constants are
+    computed from HF_ENDPOINT when huggingface_hub is imported), with an empty local HF cache."""
+    from huggingface_hub import constants
+
+    with FakeHub() as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        yield server
+
+
+def visible_files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` whose path has no hidden part (what a push uploads)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+
+
+@pytest.fixture
+def pushed_cache(hub, tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    config = PrecomputeConfig(
+        data=(data,),
+        model=str(tiny_model_dir),
+        out=tmp_path / "cache",
+        max_length=64,
+        rows_per_shard=5,
+        batch_tokens=256,
+        eval_fraction=0.25,
+        push_to_hub="me/kto-cache",
+        hub_private=True,
+    )
+    return kto.precompute.run(config)
+
+
+def test_cache_round_trip_and_final_pushed(hub, pushed_cache, tiny_model_dir, tmp_path):
+    repo = hub.repos[("dataset", "me/kto-cache")]
+    local = visible_files(pushed_cache.cache)
+    assert repo.private and repo.files == local  # shards, manifests, tokenizer/ and eval/, byte for byte
+    assert {"manifest.json", "eval/manifest.json", "shard-00000.arrow"} <= set(repo.files)
+    assert (pushed_cache.cache / ".journal").is_dir() and not any(name.startswith(".") for name in repo.files)
+
+    out = tmp_path / "run"
+    result = run_train("hf:me/kto-cache", tiny_model_dir, out, *TRAIN, "--eval-cache", "hf:me/kto-cache/eval", "--push-to-hub", "me/kto-policy")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "kto_run.json").read_text())
+    assert record["derived"]["cache_fingerprint"] == pushed_cache.fingerprint
+    assert record["derived"]["eval_cache_fingerprint"] == pushed_cache.eval_fingerprint
+    from kto.inspection.cli import main as inspect
+
+    verified = CliRunner().invoke(inspect, ["verify", "hf:me/kto-cache"])
+    assert verified.exit_code == 0 and "ok: " in verified.output, verified.output
+    model_repo = hub.repos[("model", "me/kto-policy")]
+    assert not model_repo.private and model_repo.files == visible_files(out / "final")
+    assert {"model.safetensors", "config.json", "README.md"} <= set(model_repo.files)
+
+
+def test_a_shard_changed_on_the_hub_is_refused(hub, pushed_cache, tiny_model_dir, tmp_path):
+    shard = read_manifest(pushed_cache.cache).shards[1].name
+    data = bytearray(hub.repos[("dataset", "me/kto-cache")].files[shard])
+    data[len(data) // 2] ^= 0xFF
+    hub.repos[("dataset", "me/kto-cache")].files[shard] = bytes(data)
+    hub.repos[("dataset", "me/kto-cache")].commits.append("b" * 40)  # a new revision, as a push makes
+    result = run_train("hf:me/kto-cache", tiny_model_dir, tmp_path / "run", *TRAIN)
+    assert result.exit_code == 2
+    assert shard in train_error_line(result.output) and "sha256" in train_error_line(result.output)
+
+
+def test_bad_hub_names_are_refused_before_any_work(hub, tiny_model_dir, tmp_path):
+    with pytest.raises(InputError, match="--push-to-hub not/a/repo"):
+        TrainConfig(cache=tmp_path, model=str(tiny_model_dir), out=tmp_path / "run", push_to_hub="not/a/repo")
+    with pytest.raises(InputError, match="--hub-private: needs --push-to-hub"):
+        PrecomputeConfig(data=(tmp_path / "x.jsonl",), model=str(tiny_model_dir), out=tmp_path / "c", hub_private=True)
+    result = run_train("hf:me/nothing-here", tiny_model_dir, tmp_path / "run", *TRAIN)
+    assert "--cache hf:me/nothing-here: cannot fetch from the hub" in train_error_line(result.output)
+    assert not (tmp_path / "run").exists()
