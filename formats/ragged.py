@@ -122,6 +122,15 @@ def take_many(sources: Sequence[Ragged | None], source_of: np.ndarray, rows: np.
     return Ragged(values, offsets, valid)
 
 
+def heads(r: Ragged, keep: np.ndarray) -> Ragged:
+    """Row i's first keep[i] elements (at most its length), gathered into fresh arrays."""
+    keep = np.asarray(keep, dtype=np.int64)
+    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(keep, out=offsets[1:])
+    position = np.repeat(r.offsets[:-1].astype(np.int64) - offsets[:-1], keep) + np.arange(offsets[-1], dtype=np.int64)
+    return Ragged(r.values[position], offsets)
+
+
 def packed(r: Ragged) -> Ragged:
     """`r` with offsets[0] == 0 and no values outside its rows (a copy only when needed)."""
     if r.offsets[0] == 0 and len(r.values) == r.offsets[-1]:

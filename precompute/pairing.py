@@ -22,6 +22,29 @@ Constraints, in order:
   (a later row that fits is swapped in); where none is left, a row takes the nearest later one
   that shares the prompt, and that is counted (a matched-prompt pair biases z towards the
   matched log-ratio).
+
+Truncation lives here too (`Truncation`, `shard_values`), where it runs: a row's KL sequence is
+cut behind its own prompt, so the cut depends on the partner. Only the prompt's cut runs
+earlier, at tokenization (tokenize.py: cutting a conversation by whole turns needs its
+messages and the chat template), by this module's rule, which depends on the row alone.
+
+Truncation rule (TRUNCATION_RULE; the manifest records it under `truncation`):
+- A row whose prompt P + own completion C fits max_length is never cut, whatever its KL partner.
+- Otherwise a prompt longer than max_prompt_length is cut to fit it (TRL's rule: the cut depends
+  only on the prompt and the limits, so every row of a prompt group whose prompt is cut gets the
+  same ids, and a group has at most two variants: whole, or cut). A conversation loses whole
+  earliest turns (a leading system message is kept; a turn is a user message and the assistant
+  and tool messages after it) and is re-rendered with the chat template, so it still starts with
+  a turn header; only when [system +] the last user turn alone is too long is that turn's text
+  cut, keeping its end (the question sits there) between its header and the generation prompt.
+  A plain-text prompt keeps its end, BOS re-attached when the tokenizer starts text with one.
+  A prompt within max_prompt_length stays whole.
+- The completion keeps its start, max_length − P' tokens (P' the prompt as kept); the KL sequence
+  is the row's own prompt P' + its partner's whole completion cut at its end to max_length − P'.
+So a row's main and KL sequences share one prompt (prefix sharing packs them), the partner's
+completion is never cut by the partner's own prompt, and a completion keeps at least
+min(its length, max_length − max_prompt_length) tokens (max_prompt_length < max_length). A row
+whose prompt or completion is empty after tokenization is dropped (and counted) before pairing.
 """
 
 from __future__ import annotations
@@ -30,8 +53,16 @@ import math
 import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+
+from kto.formats import ragged
+from kto.formats import schema as S
+from kto.formats.cache import ArrowFile
 from kto.formats.errors import InputError
+
+from .staging import WHOLE_COMPLETION
 
 # Past this many candidates, fall back to the first acceptable one seen: keeps the worst case
 # (one prompt shared by almost every row) linear-ish rather than quadratic.
@@ -43,6 +74,12 @@ SPREAD_SCAN = 64
 # similar lengths (0.4 % of a 32-2048-token mix's range per 8 rows), small enough that a block is
 # still a random sample of the data. Part of the cache's content via PAIRING_RULE.
 BLOCK_ROWS = 2048
+TRUNCATION_RULE = (
+    "own-length: nothing cut while prompt + own completion fits max_length; else a prompt over max_prompt_length "
+    "is cut to it (conversations: earliest whole turns dropped, system kept, re-rendered; inside the last user "
+    "turn keeping its end only when that alone is too long; text: its end, BOS re-attached); then the completion "
+    "keeps its start, max_length - prompt; KL = own prompt + partner's whole completion cut to max_length - prompt"
+)
 PAIRING_RULE = (
     f"cycle through an even number of length-sorted blocks of at most {BLOCK_ROWS} rows (zigzag) of a seeded shuffle of prompt groups; "
     "partner = next acceptable row; rows stored in cycle order"
@@ -155,3 +192,61 @@ def kl_partners(
             partner[i] = fallback
             same_prompt += 1
     return Pairing(order, partner, same_prompt)
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """TRUNCATION_RULE with its limits; `bos_id` is `leading_bos_id(tokenizer)`. The prompt's
+    half of the rule runs at tokenization (tokenize.py `prompt_must_be_cut`, `keep_end`), the
+    completions' half here."""
+
+    max_length: int
+    max_prompt_length: int
+    bos_id: int | None = None
+
+    def kept_lengths(self, prompt_len, completion_len, kl_completion_len):
+        """Tokens kept of the completion and the KL completion behind a prompt of `prompt_len`
+        (as kept at tokenization): ints, or numpy arrays for many rows at once (the manifest's
+        counts), by the same arithmetic `apply` cuts with."""
+        room = self.max_length - np.asarray(prompt_len)
+        return np.minimum(completion_len, room), np.minimum(kl_completion_len, room)
+
+    def apply(self, prompt_ids: np.ndarray, completion_ids: np.ndarray, kl_completion_ids: np.ndarray) -> Truncated:
+        """Cut one row's completion and KL completion behind its (already cut) prompt."""
+        n_completion, n_kl = (int(n) for n in self.kept_lengths(len(prompt_ids), len(completion_ids), len(kl_completion_ids)))
+        return Truncated(
+            np.asarray(prompt_ids, np.int32),
+            np.asarray(completion_ids[:n_completion], np.int32),
+            np.asarray(kl_completion_ids[:n_kl], np.int32),
+            completion_cut=n_completion < len(completion_ids),
+            kl_completion_cut=n_kl < len(kl_completion_ids),
+        )
+
+
+@dataclass(frozen=True)
+class Truncated:
+    """One row's sequences after its completions were cut."""
+
+    prompt_ids: np.ndarray
+    completion_ids: np.ndarray
+    kl_completion_ids: np.ndarray
+    completion_cut: bool
+    kl_completion_cut: bool
+
+
+def shard_values(reader: ArrowFile, rows: np.ndarray, partners: np.ndarray, truncation: Truncation) -> dict[str, Any]:
+    """The STAGE and PAIRING columns (formats/schema.py) of staged `rows`, each paired with the
+    staged row `partners[i]`: its (already cut) prompt, its own completion and its partner's
+    whole completion, both cut behind that prompt (`Truncation.kept_lengths`, for all rows at
+    once). Score adds the SCORE columns."""
+    values = reader.rows(rows, [c.name for c in S.columns_of(S.Phase.STAGE)] + ["prompt_cut", WHOLE_COMPLETION])
+    partner = reader.rows(partners, [S.ID, WHOLE_COMPLETION])
+    completion, kl, prompt_cut = values.pop(WHOLE_COMPLETION), partner[WHOLE_COMPLETION], values.pop("prompt_cut")
+    keep, keep_kl = truncation.kept_lengths(values[S.PROMPT_IDS].lengths, completion.lengths, kl.lengths)
+    return {
+        **values,
+        S.COMPLETION_IDS: ragged.heads(completion, keep),
+        S.KL_SOURCE_ID: partner[S.ID],
+        S.KL_COMPLETION_IDS: ragged.heads(kl, keep_kl),
+        S.TRUNCATED: (prompt_cut != 0) | (keep < completion.lengths),
+    }

@@ -4,7 +4,8 @@ Tokenized rows are spilled to a staging file in --out (staging.py) and read back
 time, so memory does not grow with the number of rows.
 
 The stages live in their own modules: tokenize.py and staging.py (read → tokenize → stage),
-splits.py (split → pair → cut), score.py (score → write a shard), output.py (what --out may
+splits.py (drop → split → pair → count), pairing.py (the KL cycle, and each shard's rows cut
+behind their prompts), score.py (score → write a shard), output.py (what --out may
 hold, claimed under its lock); this module runs them in order and writes the manifests.
 
 Each arrow is a function testable alone. Processes (accelerate) only matter at the edges: every
@@ -41,13 +42,13 @@ from .config import PrecomputeConfig
 from .eval_split import EVAL_SPLIT_RULE
 from .journal import Journal
 from .output import claim_out, shard_layout
-from .pairing import PAIRING_RULE
+from .pairing import PAIRING_RULE, TRUNCATION_RULE, Truncation
 from .score import ScoredShard, pending_shards, score_and_write, shard_slices, with_scoring_counts
 from .splits import Split, build_splits, check_vocabulary
 from .staging import stage, staging_path, staging_schema
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
-from .tokenize import TRUNCATION_RULE, Truncation, leading_bos_id, tokenize_example
+from .tokenize import leading_bos_id, tokenize_example
 
 
 def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> CacheContent:

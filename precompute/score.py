@@ -21,8 +21,9 @@ from kto.formats.shards import shard_table, shard_tags
 
 from .config import PrecomputeConfig
 from .journal import Journal
+from .pairing import shard_values
 from .progress import Progress
-from .splits import Split, shard_values
+from .splits import Split
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _shard_sequences(values: dict) -> tuple[list, list, list]:
     so each shard remains a pure function of its rows and the configuration.
     """
     prompts = values[S.PROMPT_IDS].to_list() * 2
-    completions = list(values[S.COMPLETION_IDS]) + list(values[S.KL_COMPLETION_IDS])
+    completions = values[S.COMPLETION_IDS].to_list() + values[S.KL_COMPLETION_IDS].to_list()
     keys = [(i, 0) for i in values[S.ID]] + [(i, 1) for i in values[S.ID]]
     return prompts, completions, keys
 
@@ -97,7 +98,7 @@ def with_scoring_counts(s: Split, cfg: PrecomputeConfig, staged: Path) -> Counts
     represented = scored = 0
     for a, b in shard_slices(len(s.rows), cfg.rows_per_shard):
         with ArrowFile(staged) as reader:
-            values = shard_values(reader, s, a, b)
+            values = shard_values(reader, s.rows[a:b], s.partners[a:b], s.truncation)
         plan = plan_scoring(*_shard_sequences(values), share_prefixes=cfg.prefix_sharing)
         represented, scored = represented + plan.represented_tokens, scored + plan.computed_tokens
     return replace(s.counts, represented_tokens=represented, scored_tokens=scored, prefix_tokens_saved=represented - scored)
@@ -111,8 +112,9 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
     total_rows = sum(slices[k][1] - slices[k][0] for k in shard_ids)
     progress = Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process)
     for k in shard_ids:
+        a, b = slices[k]
         with ArrowFile(staged) as reader:  # mapped for one shard at a time: see staging.py
-            values = shard_values(reader, s, slices[k][0], slices[k][1])
+            values = shard_values(reader, s.rows[a:b], s.partners[a:b], s.truncation)
         prompts, completions, keys = _shard_sequences(values)
         device = state.device if cfg.device_map is None else scorer.lm.device
         _sync(device)

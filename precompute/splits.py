@@ -1,13 +1,13 @@
 """Staged rows -> splits: drop, hold out the eval rows, pair each row with its KL partner on
-the cycle (pairing.py), count, and read a shard's rows back from staging cut by the truncation
-rule (tokenize.py). Everything here is a pure function of the staged rows and the configuration.
+the cycle (pairing.py) and count, from the staged index alone. A shard's rows are read back
+from staging and cut later, one shard at a time (pairing.py `shard_values`). Everything here is
+a pure function of the staged rows and the configuration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -18,9 +18,9 @@ from kto.formats.manifest import Counts
 
 from .config import PrecomputeConfig
 from .eval_split import describe, split_eval
-from .pairing import kl_partners
+from .pairing import Truncation, kl_partners
 from .staging import WHOLE_COMPLETION, StagedIndex, check_staged_ids, read_index
-from .tokenize import PromptCut, Truncation
+from .tokenize import PromptCut
 
 
 @dataclass(frozen=True)
@@ -122,25 +122,6 @@ def _log_dropped(path: Path, rows: np.ndarray) -> None:
         ids = reader.rows(rows[:10], [S.ID])[S.ID]
     more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
     log(f"dropped {len(rows)} rows left with an empty prompt or completion by tokenization or truncation: {', '.join(map(repr, ids))}{more}")
-
-
-def shard_values(reader: ArrowFile, s: Split, a: int, b: int) -> dict[str, Any]:
-    """The STAGE and PAIRING columns of rows a..b of split `s`, read from staging: each row with
-    its (already cut) prompt, its own completion and its partner's, both cut behind that prompt
-    by the split's truncation rule. Score adds the SCORE columns (formats/schema.py)."""
-    rows, partners = s.rows[a:b], s.partners[a:b]
-    values = reader.rows(rows, [c.name for c in S.columns_of(S.Phase.STAGE)] + ["prompt_cut", WHOLE_COMPLETION])
-    partner = reader.rows(partners, [S.ID, WHOLE_COMPLETION])
-    prompts, completions = values[S.PROMPT_IDS].to_list(), values.pop(WHOLE_COMPLETION).to_list()
-    cuts = [s.truncation.apply(p, c, kl) for p, c, kl in zip(prompts, completions, partner[WHOLE_COMPLETION].to_list())]
-    prompt_cut = values.pop("prompt_cut")
-    return {
-        **values,
-        S.COMPLETION_IDS: [cut.completion_ids for cut in cuts],
-        S.KL_SOURCE_ID: partner[S.ID],
-        S.KL_COMPLETION_IDS: [cut.kl_completion_ids for cut in cuts],
-        S.TRUNCATED: [bool(p) or cut.completion_cut for p, cut in zip(prompt_cut.tolist(), cuts)],
-    }
 
 
 def check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: str) -> None:

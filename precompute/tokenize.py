@@ -1,23 +1,11 @@
 """Example -> token ids (chat template or plain text), the prompt cut at tokenization; the
 completions cut once the KL partner is known.
 
-Truncation rule (TRUNCATION_RULE; the manifest records it under `truncation`):
-- A row whose prompt P + own completion C fits max_length is never cut, whatever its KL partner.
-- Otherwise a prompt longer than max_prompt_length is cut to fit it (TRL's rule: the cut depends
-  only on the prompt and the limits, so every row of a prompt group whose prompt is cut gets the
-  same ids, and a group has at most two variants: whole, or cut). A conversation loses whole
-  earliest turns (a leading system message is kept; a turn is a user message and the assistant
-  and tool messages after it) and is re-rendered with the chat template, so it still starts with
-  a turn header; only when [system +] the last user turn alone is too long is that turn's text
-  cut, keeping its end (the question sits there) between its header and the generation prompt.
-  A plain-text prompt keeps its end, BOS re-attached when the tokenizer starts text with one.
-  A prompt within max_prompt_length stays whole.
-- The completion keeps its start, max_length − P' tokens (P' the prompt as kept); the KL sequence
-  is the row's own prompt P' + its partner's whole completion cut at its end to max_length − P'.
-So a row's main and KL sequences share one prompt (prefix sharing packs them), the partner's
-completion is never cut by the partner's own prompt, and a completion keeps at least
-min(its length, max_length − max_prompt_length) tokens (max_prompt_length < max_length). A row
-whose prompt or completion is empty after tokenization is dropped (and counted) before pairing.
+The prompt is cut here, at tokenization, by the rule of pairing.py (`Truncation`,
+TRUNCATION_RULE): cutting a conversation by whole turns needs its messages and the chat
+template. The completion is staged whole and cut in pairing.py, behind each prompt it is paired
+with. A row whose prompt or completion is empty after tokenization is dropped (and counted)
+before pairing.
 """
 
 from __future__ import annotations
@@ -29,14 +17,8 @@ import numpy as np
 
 from kto.precompute.inputs.examples import Example
 
+from .pairing import Truncation
 from .templates import ChatTemplate, render
-
-TRUNCATION_RULE = (
-    "own-length: nothing cut while prompt + own completion fits max_length; else a prompt over max_prompt_length "
-    "is cut to it (conversations: earliest whole turns dropped, system kept, re-rendered; inside the last user "
-    "turn keeping its end only when that alone is too long; text: its end, BOS re-attached); then the completion "
-    "keeps its start, max_length - prompt; KL = own prompt + partner's whole completion cut to max_length - prompt"
-)
 
 
 class PromptCut(IntEnum):
@@ -50,68 +32,32 @@ class PromptCut(IntEnum):
 
 
 @dataclass(frozen=True)
-class Truncation:
-    """TRUNCATION_RULE with its limits; `bos_id` is `leading_bos_id(tokenizer)`."""
-
-    max_length: int
-    max_prompt_length: int
-    bos_id: int | None = None
-
-    def prompt_must_be_cut(self, prompt_len: int, completion_len: int) -> bool:
-        """The row's own sequence does not fit and its prompt is over its budget."""
-        return prompt_len + completion_len > self.max_length and prompt_len > self.max_prompt_length
-
-    def keep_end(self, prompt_ids) -> np.ndarray:
-        """The prompt's last max_prompt_length ids, its BOS (when it starts with one) re-attached."""
-        prompt, keep = np.asarray(prompt_ids, np.int32), self.max_prompt_length
-        if len(prompt) <= keep:
-            return prompt
-        if self.bos_id is not None and prompt[0] == self.bos_id:
-            return np.concatenate([prompt[:1], prompt[len(prompt) - (keep - 1) :]]) if keep > 1 else prompt[:1]
-        return prompt[len(prompt) - keep :]
-
-    def kept_lengths(self, prompt_len, completion_len, kl_completion_len):
-        """Tokens kept of the completion and the KL completion behind a prompt of `prompt_len`
-        (as kept at tokenization): ints, or numpy arrays for many rows at once (the manifest's
-        counts), by the same arithmetic `apply` cuts with."""
-        room = self.max_length - np.asarray(prompt_len)
-        return np.minimum(completion_len, room), np.minimum(kl_completion_len, room)
-
-    def apply(self, prompt_ids: np.ndarray, completion_ids: np.ndarray, kl_completion_ids: np.ndarray) -> Truncated:
-        """Cut one row's completion and KL completion behind its (already cut) prompt."""
-        n_completion, n_kl = (int(n) for n in self.kept_lengths(len(prompt_ids), len(completion_ids), len(kl_completion_ids)))
-        return Truncated(
-            np.asarray(prompt_ids, np.int32),
-            np.asarray(completion_ids[:n_completion], np.int32),
-            np.asarray(kl_completion_ids[:n_kl], np.int32),
-            completion_cut=n_completion < len(completion_ids),
-            kl_completion_cut=n_kl < len(kl_completion_ids),
-        )
-
-
-@dataclass(frozen=True)
-class Truncated:
-    """One row's sequences after its completions were cut."""
-
-    prompt_ids: np.ndarray
-    completion_ids: np.ndarray
-    kl_completion_ids: np.ndarray
-    completion_cut: bool
-    kl_completion_cut: bool
-
-
-@dataclass(frozen=True)
 class TokenizedRow:
     example: Example
     prompt_ids: np.ndarray
     """int32: 4 bytes a token, where a tuple of Python ints costs ~36. Already cut when the row's
     own sequence does not fit (`prompt_cut` says how)."""
     completion_ids: np.ndarray
-    """The whole completion: it is cut behind each prompt it is paired with (`Truncation.apply`)."""
+    """The whole completion: it is cut behind each prompt it is paired with (pairing.py `shard_values`)."""
     prefix_split: bool
     """The chat template rendered the prompt alone differently from the prompt inside the full
     conversation, so prompt and completion were split at their common prefix."""
     prompt_cut: PromptCut = PromptCut.NONE
+
+
+def prompt_must_be_cut(truncation: Truncation, prompt_len: int, completion_len: int) -> bool:
+    """The row's own sequence does not fit and its prompt is over its budget."""
+    return prompt_len + completion_len > truncation.max_length and prompt_len > truncation.max_prompt_length
+
+
+def keep_end(truncation: Truncation, prompt_ids) -> np.ndarray:
+    """The prompt's last max_prompt_length ids, its BOS (when it starts with one) re-attached."""
+    prompt, keep = np.asarray(prompt_ids, np.int32), truncation.max_prompt_length
+    if len(prompt) <= keep:
+        return prompt
+    if truncation.bos_id is not None and prompt[0] == truncation.bos_id:
+        return np.concatenate([prompt[:1], prompt[len(prompt) - (keep - 1) :]]) if keep > 1 else prompt[:1]
+    return prompt[len(prompt) - keep :]
 
 
 def common_prefix_length(a, b) -> int:
@@ -145,7 +91,7 @@ def conversational_ids(
     the kept messages together with the completion and split the same way, so it is still a
     prefix of that conversation's rendering."""
     prompt_ids, completion_ids, split = _split_rendering(example, example.prompt, tokenizer, template)
-    if truncation is None or not truncation.prompt_must_be_cut(len(prompt_ids), len(completion_ids)):
+    if truncation is None or not prompt_must_be_cut(truncation, len(prompt_ids), len(completion_ids)):
         return prompt_ids, completion_ids, split, PromptCut.NONE
     budget = truncation.max_prompt_length
     head, rest = _system_head(example.prompt)
@@ -169,7 +115,7 @@ def conversational_ids(
     kept = head + rest[last:]
     prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
     cut = _cut_inside(example, kept, len(head), prompt_ids, tokenizer, template, budget)
-    return (cut if cut is not None else truncation.keep_end(prompt_ids).tolist()), completion_ids, split, PromptCut.MID_TEXT
+    return (cut if cut is not None else keep_end(truncation, prompt_ids).tolist()), completion_ids, split, PromptCut.MID_TEXT
 
 
 def _system_head(messages) -> tuple[tuple, tuple]:
@@ -247,14 +193,14 @@ def leading_bos_id(tokenizer) -> int | None:
 def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatTemplate(), truncation: Truncation | None = None) -> TokenizedRow | None:
     """Token ids for one example, its prompt cut by `truncation`'s rule (uncut without one), or
     None when its prompt or completion is empty (the row is dropped). The completion stays whole:
-    it is cut behind each prompt it is paired with (`Truncation.apply`)."""
+    it is cut behind each prompt it is paired with (pairing.py `shard_values`)."""
     cut = PromptCut.NONE
     if example.conversational:
         prompt_ids, completion_ids, prefix_split, cut = conversational_ids(example, tokenizer, template, truncation)
     else:
         (prompt_ids, completion_ids), prefix_split = text_ids(example, tokenizer), False
-        if truncation is not None and truncation.prompt_must_be_cut(len(prompt_ids), len(completion_ids)):
-            prompt_ids, cut = truncation.keep_end(prompt_ids), PromptCut.MID_TEXT
+        if truncation is not None and prompt_must_be_cut(truncation, len(prompt_ids), len(completion_ids)):
+            prompt_ids, cut = keep_end(truncation, prompt_ids), PromptCut.MID_TEXT
     if not len(prompt_ids) or not len(completion_ids):
         return None
     return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split, cut)

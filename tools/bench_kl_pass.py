@@ -38,8 +38,8 @@ from kto.formats.compute.logprob import CompletionLogps, make_token_batch, seque
 from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
 from kto.precompute.eval_split import split_eval  # noqa: E402
 from kto.precompute.inputs.examples import ColumnMap, read_examples  # noqa: E402
-from kto.precompute.pairing import kl_partners  # noqa: E402
-from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example  # noqa: E402
+from kto.precompute.pairing import Truncation, kl_partners  # noqa: E402
+from kto.precompute.tokenize import leading_bos_id, tokenize_example  # noqa: E402
 from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan, row_columns  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.model import disable_dropout  # noqa: E402

@@ -88,7 +88,8 @@ def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length
     (`tokenize_example`, prompts cut there), then each row's prompt with a seeded partner's completion cut to fit
     (the same shape as its KL pairing: a derangement; the partner choice itself may differ)."""
     from kto.precompute.inputs.examples import iter_examples
-    from kto.precompute.tokenize import Truncation, leading_bos_id, tokenize_example
+    from kto.precompute.pairing import Truncation
+    from kto.precompute.tokenize import leading_bos_id, tokenize_example
 
     rule = Truncation(max_length, max_prompt_length, leading_bos_id(tokenizer))
     rows = [r for r in (tokenize_example(ex, tokenizer, truncation=rule) for ex in iter_examples([data])) if r is not None]

@@ -47,8 +47,12 @@ from kto.formats.compute.logprob import CompletionLogps, make_token_batch  # noq
 from kto.formats.compute.scoring import score_sequences  # noqa: E402
 from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
 from kto.precompute.inputs.examples import Example  # noqa: E402
-from kto.precompute.pairing import BLOCK_ROWS, kl_partners  # noqa: E402
-from kto.precompute.tokenize import TokenizedRow, Truncation, tokenize_example  # noqa: E402
+from kto.precompute.pairing import (  # noqa: E402
+    BLOCK_ROWS,
+    Truncation,
+    kl_partners,
+)
+from kto.precompute.tokenize import TokenizedRow, tokenize_example  # noqa: E402
 from kto.train.config import TrainConfig  # noqa: E402
 from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan, row_columns  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402

@@ -56,3 +56,12 @@ def test_to_arrow_builds_what_pyarrow_builds_from_python_lists():
     logps = ragged.to_arrow([np.array([-0.5, -1.25])], pa.list_(pa.float32()))
     assert logps.type == pa.list_(pa.float32()) and logps.to_pylist() == [[-0.5, -1.25]]
     assert ragged.to_arrow(None, pa.list_(pa.float32()), 3).to_pylist() == [None, None, None]
+
+
+def test_heads_keep_each_rows_start():
+    rows = [[3, 4, 5], [], [6], [7, 8, 9, 10]]
+    r = ragged.Ragged(np.array([0, *sum(rows, [])], np.int32), np.array([1, 4, 4, 5, 9]))  # rows start at 1
+    keep = np.array([2, 0, 1, 0])
+    got = ragged.heads(r, keep)
+    assert [x.tolist() for x in got.to_list()] == [row[:k] for row, k in zip(rows, keep)]
+    assert got.offsets[0] == 0 and len(got.values) == keep.sum() and got.values.dtype == np.int32

@@ -132,13 +132,14 @@ def test_all_one_class_warns(tmp_path, tiny_model_dir):
 def test_empty_completion_after_tokenization_is_dropped_and_counted(tmp_path, tiny_model_dir):
     import numpy as np
 
-    from kto.precompute.tokenize import Truncation
+    from kto.precompute.pairing import Truncation
+    from kto.precompute.tokenize import keep_end, prompt_must_be_cut
 
     # A prompt that fills max_length leaves no room, but prompts are capped at max_prompt_length,
     # so a completion always keeps at least max_length - max_prompt_length tokens.
     rule = Truncation(max_length=10, max_prompt_length=9)
-    assert rule.prompt_must_be_cut(40, 2)
-    cut = rule.apply(rule.keep_end(np.arange(40)), np.array([7, 8]), np.array([7, 8]))
+    assert prompt_must_be_cut(rule, 40, 2)
+    cut = rule.apply(keep_end(rule, np.arange(40)), np.array([7, 8]), np.array([7, 8]))
     assert len(cut.prompt_ids) == 9 and cut.completion_ids.tolist() == [7]
 
 

@@ -142,10 +142,11 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     from kto.formats.cache import ArrowFile
     from kto.formats.schema import COLUMNS
     from kto.precompute.config import PrecomputeConfig
+    from kto.precompute.pairing import Truncation, shard_values
     from kto.precompute.pipeline import stage_rows
-    from kto.precompute.splits import build_splits, shard_values
+    from kto.precompute.splits import build_splits
     from kto.precompute.templates import ChatTemplate
-    from kto.precompute.tokenize import PromptCut, Truncation
+    from kto.precompute.tokenize import PromptCut
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
@@ -155,7 +156,7 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     staged = stage_rows(cfg, tok, ChatTemplate(), content)
     [train] = build_splits(cfg, staged, leading_bos_id(tok))
     with ArrowFile(staged) as reader:
-        values = shard_values(reader, train, 0, len(train.rows))
+        values = shard_values(reader, train.rows, train.partners, train.truncation)
     as_rows = {k: v.to_list() if hasattr(v, "to_list") else list(v) for k, v in values.items()}
     rows = [SimpleNamespace(**{c.name: as_rows[c.name][i] for c in COLUMNS if c.name in as_rows}) for i in range(len(train.rows))]
     raw, cut = {}, {}

@@ -7,7 +7,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from kto.precompute.inputs.examples import Example
-from kto.precompute.tokenize import PromptCut, Truncation, tokenize_example
+from kto.precompute.pairing import Truncation
+from kto.precompute.tokenize import PromptCut, keep_end, prompt_must_be_cut, tokenize_example
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def tok(tokenizer_dir):
 
 def lengths(p, c, k, max_length, max_prompt_length=None):
     rule = Truncation(max_length, max_prompt_length or max_length // 2)
-    cut = rule.prompt_must_be_cut(p, c)
+    cut = prompt_must_be_cut(rule, p, c)
     kept = rule.kept_lengths(p, c, k)
     return cut, int(kept[0]), int(kept[1])
 
@@ -56,10 +57,52 @@ def test_kept_lengths_for_many_rows_equal_what_apply_cuts():
         assert got.completion_cut == (c[i] > 64 - p[i]) and got.kl_completion_cut == (k[i] > 64 - p[i])
 
 
+def test_a_shards_rows_are_cut_as_apply_cuts_each_row(tmp_path):
+    """pairing.shard_values cuts a shard's rows all at once, from the staging file, with the
+    arithmetic of Truncation.kept_lengths: row for row it must equal `apply` on the row's
+    staged prompt, its whole completion and its partner's, and `truncated` must say whether
+    the prompt (at tokenization) or the completion (here) was cut."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from kto.formats import schema as S
+    from kto.formats.cache import ArrowFile
+    from kto.precompute.pairing import shard_values
+
+    rng = np.random.default_rng(1)
+    n, rule = 60, Truncation(max_length=64, max_prompt_length=20)
+    prompts = [rng.integers(0, 1000, rng.integers(1, 21)).astype(np.int32) for _ in range(n)]
+    completions = [rng.integers(0, 1000, rng.integers(1, 90)).astype(np.int32) for _ in range(n)]
+    staged = {
+        S.ID: [f"r{i}" for i in range(n)],
+        S.LABEL: [bool(i % 2) for i in range(n)],
+        S.PROMPT_IDS: pa.array([p.tolist() for p in prompts], pa.list_(pa.int32())),
+        "prompt_cut": pa.array(rng.integers(0, 3, n), pa.int8()),
+        "completion_ids": pa.array([c.tolist() for c in completions], pa.list_(pa.int32())),
+    }
+    path = tmp_path / "staged.arrow"
+    table = pa.table(staged)
+    with ipc.new_file(str(path), table.schema) as writer:
+        for start in range(0, n, 25):  # record batches, as staging writes them
+            writer.write_table(table.slice(start, 25))
+    rows, partners = rng.permutation(n)[:40], rng.permutation(n)[:40]
+    with ArrowFile(path) as reader:
+        values = shard_values(reader, rows, partners, rule)
+    got_completions, got_kl = values[S.COMPLETION_IDS].to_list(), values[S.KL_COMPLETION_IDS].to_list()
+    for k, (i, j) in enumerate(zip(rows.tolist(), partners.tolist())):
+        cut = rule.apply(prompts[i], completions[i], completions[j])
+        assert values[S.ID][k] == f"r{i}" and values[S.KL_SOURCE_ID][k] == f"r{j}"
+        assert values[S.PROMPT_IDS].to_list()[k].tolist() == cut.prompt_ids.tolist()
+        assert got_completions[k].tolist() == cut.completion_ids.tolist()
+        assert got_kl[k].tolist() == cut.kl_completion_ids.tolist()
+        assert values[S.TRUNCATED][k] == (staged["prompt_cut"][i].as_py() != 0 or cut.completion_cut)
+    assert values[S.TRUNCATED].any() and not values[S.TRUNCATED].all()
+
+
 def test_keep_end_reattaches_bos():
     """BOS 1 + 14 tokens, budget 7: BOS + the last 6."""
-    assert Truncation(10, 7, bos_id=1).keep_end([1, *range(20, 34)]).tolist() == [1, 28, 29, 30, 31, 32, 33]
-    assert Truncation(10, 7).keep_end(list(range(20, 34))).tolist() == list(range(27, 34))
+    assert keep_end(Truncation(10, 7, bos_id=1), [1, *range(20, 34)]).tolist() == [1, 28, 29, 30, 31, 32, 33]
+    assert keep_end(Truncation(10, 7), list(range(20, 34))).tolist() == list(range(27, 34))
 
 
 def conversation(turns: int, words: int = 20, system: str | None = None, last: str = "final question " + "x y " * 10):
