@@ -15,6 +15,7 @@ sends its workers the SIGINT it received), and that echo is not the user asking 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import signal
 import threading
@@ -86,11 +87,13 @@ def resume_command(cfg: TrainConfig) -> str:
     words = ["kto-train"]
     for f in dataclasses.fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if f.name == "resume" or value == f.default or value is None:
+        if f.name == "resume" or value == f.default or value is None or value == {}:
             continue
         flag = "--" + f.name.replace("_", "-")
         if value is True:
             words.append(flag)
+        elif isinstance(value, dict):  # --lr-schedule-kwargs takes JSON
+            words += [flag, json.dumps(value)]
         elif value is not False:
             words += [flag, ",".join(value) if isinstance(value, (list, tuple)) else str(value)]
     return shlex.join([*words, "--resume"])

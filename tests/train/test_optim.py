@@ -132,3 +132,19 @@ def test_every_command_has_version(command):
     proc = subprocess.run([sys.executable, "-m", command, "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(f", version {version('kto-offline')}")
+
+
+def test_the_printed_resume_command_carries_the_schedule_kwargs_as_json():
+    """SIGINT prints a --resume command rebuilt from the TrainConfig (train/stop.py); a
+    --lr-schedule-kwargs mapping must come out as JSON that the CLI reads back."""
+    import shlex
+    from pathlib import Path
+
+    from kto.train.cli import config_from, main
+    from kto.train.config import TrainConfig
+    from kto.train.stop import resume_command
+
+    cfg = TrainConfig(cache=Path("c"), model="m", out=Path("o"), lr_schedule="cosine_with_min_lr", lr_schedule_kwargs={"min_lr_rate": 0.1}, epochs=1.5)
+    ctx = main.make_context("kto-train", shlex.split(resume_command(cfg))[1:])
+    again = config_from(ctx, ctx.params.pop("config_file"), ctx.params)
+    assert (again.lr_schedule_kwargs, again.epochs, again.resume) == ({"min_lr_rate": 0.1}, 1.5, True)
