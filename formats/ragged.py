@@ -102,17 +102,24 @@ def take_many(sources: Sequence[Ragged | None], source_of: np.ndarray, rows: np.
         lengths[where] = sources[s].offsets[rows[where] + 1] - starts[where]
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    # Output element j of row i comes from its source's values[starts[i] + j - offsets[i]].
-    position = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
     dtype = sources[touched[0]].values.dtype if touched else np.int64
-    if len(touched) == 1:
-        values = sources[touched[0]].values[position]
+    if len(touched) <= 1:
+        # Output element j of row i comes from its source's values[starts[i] + j - offsets[i]].
+        position = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        values = sources[touched[0]].values[position] if touched else np.zeros(0, dtype)
     else:
         values = np.empty(offsets[-1], dtype=dtype)
-        token_source = np.repeat(source_of, lengths)
+        # Per source, the output positions of its rows' tokens by index arithmetic over those
+        # rows: O(tokens) in all. A mask over every token per source (or one argsort of all
+        # tokens) cost 3x the per-row copies it replaced on a staging file, whose shard touches
+        # all of its record batches (25 for 50k rows).
         for s in touched:
-            here = token_source == s
-            values[here] = sources[s].values[position[here]]
+            mine = np.flatnonzero(masks[s])
+            n_here = lengths[mine]
+            first = np.zeros(len(mine), dtype=np.int64)
+            np.cumsum(n_here[:-1], out=first[1:])
+            step = np.arange(int(n_here.sum()), dtype=np.int64) - np.repeat(first, n_here)
+            values[np.repeat(offsets[mine], n_here) + step] = sources[s].values[np.repeat(starts[mine], n_here) + step]
     valid = None
     if any(sources[s].valid is not None for s in touched):
         valid = np.ones(n, dtype=bool)
