@@ -35,7 +35,7 @@ PRECOMPUTE_KEYS = frozenset(
         "eval_fraction", "seed", "dtype", "attn_implementation", "batch_tokens", "rows_per_shard", "store_token_logps",
         "prefix_sharing", "chunk_size", "trust_remote_code", "device_map", "overwrite", "prompt_column", "completion_column",
         "label_column", "messages_column", "chosen_column", "rejected_column", "id_column", "system_column", "tools_column",
-        "max_samples",
+        "max_samples", "push_to_hub", "hub_private",
     }
 )  # fmt: skip
 TRAIN_KEYS = frozenset(
@@ -45,7 +45,8 @@ TRAIN_KEYS = frozenset(
         "grad_accum", "epochs", "max_steps", "seed", "kl_scope", "mixed_precision", "dtype", "gradient_checkpointing",
         "keep_dropout", "log_every", "save_every", "save_total_limit", "eval_cache", "eval_every", "resume", "report_to", "run_name",
         "drift_tolerance", "chunk_size", "trust_remote_code", "attn_implementation", "lora_r", "lora_alpha", "lora_dropout",
-        "lora_target_modules", "load_in_4bit", "load_in_8bit", "merge_adapters", "fsdp",
+        "lora_target_modules", "load_in_4bit", "load_in_8bit", "merge_adapters", "fsdp", "prefix_sharing", "push_to_hub",
+        "hub_private",
     }
 )  # fmt: skip
 OWN_KEYS = {PRECOMPUTE: PRECOMPUTE_KEYS, TRAIN: TRAIN_KEYS}
@@ -112,6 +113,8 @@ ALIASES: dict[str, dict[str, Alias]] = {
         "eval_steps": Alias("eval_every", BOTH),
         "output_dir": Alias("out", BOTH),
         "resume_from_checkpoint": Alias("resume", BOTH),
+        "hub_model_id": Alias("push_to_hub", BOTH),
+        "hub_private_repo": Alias("hub_private", BOTH),
         "pref_beta": Alias("beta", LF),
         "kto_chosen_weight": Alias("desirable_weight", LF),
         "kto_rejected_weight": Alias("undesirable_weight", LF),
@@ -275,6 +278,10 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
     # In a file that names both, `cache` is kto-precompute's output and `out` kto-train's run.
     shared_file = command == PRECOMPUTE and "cache" in raw and "out" in raw
     for key, value in raw.items():
+        if key == "push_to_hub" and isinstance(value, bool):
+            # transformers' push_to_hub is a switch and hub_model_id the repo; ours takes the repo.
+            out.notes.append(f"push_to_hub: {str(value).lower()}: ignored (push_to_hub takes the repo id; hub_model_id sets it)")
+            continue
         if key in own and not (shared_file and key == "out"):
             out.set(key, ALIASES[command][key].convert(value) if key in ALIASES[command] and ALIASES[command][key].convert else value, key)
         elif key in ALIASES[command]:

@@ -151,3 +151,10 @@ def test_the_cli_prints_each_note_and_the_error_in_one_line(tmp_path, monkeypatc
     assert result.output.strip().splitlines() == [
         f"kto-train: error: --config {path}: unknown keys 'learning_rat' (did you mean learning_rate?); 'nope' (no close name)"
     ]
+
+
+def test_transformers_hub_keys_name_the_repo():
+    """transformers' push_to_hub is a switch and hub_model_id the repo; our push_to_hub takes the repo."""
+    resolved = resolve({"push_to_hub": True, "hub_model_id": "me/kto-model", "hub_private_repo": True}, TRAIN)
+    assert resolved.values == {"push_to_hub": "me/kto-model", "hub_private": True}
+    assert resolved.notes == ["push_to_hub: true: ignored (push_to_hub takes the repo id; hub_model_id sets it)"]
