@@ -17,6 +17,15 @@ Mixes (`--mixes`, comma list):
   synthetic  the 32-max_len length mix of tools/bench_precompute.py (prompts 5-50 % of each
              sequence): every row shares only its own prompt between main and KL sequence.
 paired and synthetic use a random-init model of `--shape` and a word-level tokenizer.
+  kto_en_demo, dpo_en_demo
+             the real LLaMA-Factory rows of ../shared/data (`--data-dir`, or $KTO_SHARED_DATA):
+             unpaired `messages` + `label`, and ShareGPT `conversations` + `chosen`/`rejected`,
+             at --max-length 1024 with the real SmolLM2 (`--model`). First the exact layout
+             accounting of the whole file (kto-precompute's own staging, pairing and plan, no
+             scoring: what its manifest counts), then both layouts timed on the first
+             `--data-rows` rows, and kto-precompute end to end on those rows.
+Every timing also records the process CPU time: on a machine shared with other work, wall time
+mostly measures the others, CPU time what this process did.
 
     python tools/bench_prefix_sharing.py --model demo/smollm2              # CPU, ~10 min shared
     python tools/bench_prefix_sharing.py --mixes paired,synthetic --shape llama-3.2-1b  # GPU
@@ -30,6 +39,7 @@ and padding/* per step as metrics.jsonl reports them; and the relative differenc
 step's loss and gradient norm. The policy is `--model` (HF dir), loaded as kto-train loads it.
 
     python tools/bench_prefix_sharing.py --mixes none --model /work/bench/smollm2 --train-cache CACHE
+    python tools/bench_prefix_sharing.py --model /work/bench/smollm2 --mixes kto_en_demo,dpo_en_demo --data-rows 6
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -55,6 +66,7 @@ from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.compute.scoring import plan_scoring, score_sequences
 
 REPO = Path(__file__).resolve().parents[1]
+REAL_MIXES = ("kto_en_demo", "dpo_en_demo")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,6 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="override shared_prefix.GATHER_COST, the constant of the rule that decides which packs pay off (0: pack every group)",
     )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("KTO_SHARED_DATA", REPO.parent / "shared" / "data")),
+        help="../shared/data (mixes kto_en_demo, dpo_en_demo)",
+    )
+    p.add_argument("--data-rows", type=int, default=6, help="rows of a real-data file timed (the accounting covers the whole file)")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--train-cache", type=Path, action="append", default=[], help="training-step mode: a kto-precompute cache (repeatable)")
     p.add_argument("--train-batch-size", type=int, default=8, help="training-step mode: rows per micro-batch")
@@ -135,12 +154,63 @@ def paired_sequences(rows: int, max_len: int, vocab_size: int, seed: int = 0):
     return sequences, C.PAD_ID
 
 
+def real_sequences(data: Path, model_dir: Path, max_length: int = 1024) -> tuple[list[tuple[list, list, list]], int]:
+    """Each shard's sequences exactly as kto-precompute scores them (its staging, pairing and
+    cutting; precompute/score.py's `_shard_sequences`), without scoring: the layout accounting
+    below is then the manifest's, and the timed sequences are the CLI's."""
+    from accelerate import PartialState
+
+    from kto.formats.cache import ArrowFile
+    from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
+    from kto.precompute.config import PrecomputeConfig
+    from kto.precompute.pipeline import content_of, stage_rows
+    from kto.precompute.score import _shard_sequences, shard_slices
+    from kto.precompute.splits import build_splits, shard_values
+    from kto.precompute.templates import ChatTemplate
+    from kto.precompute.tokenize import leading_bos_id
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = PrecomputeConfig(data=(data,), model=str(model_dir), out=Path(tmp) / "cache", max_length=max_length)
+        source = resolve_source(cfg.model)
+        tok = load_tokenizer(source)
+        content = content_of(cfg, source, tokenizer_identity(tok), parse_numerics("fp32", torch.device("cpu")), "train")
+        cfg.out.mkdir()
+        staged = stage_rows(cfg, tok, ChatTemplate(), content, PartialState(cpu=True))
+        (split,) = build_splits(cfg, staged, leading_bos_id(tok))
+        shards = []
+        for a, b in shard_slices(len(split.rows), cfg.rows_per_shard):
+            with ArrowFile(staged) as reader:
+                shards.append(_shard_sequences(shard_values(reader, split, a, b)))
+    return shards, tok.pad_token_id
+
+
+def accounting(shards) -> dict:
+    """Tokens represented and computed with prefix sharing, planned per shard as the manifest counts them."""
+    plans = [plan_scoring(*seqs, share_prefixes=True) for seqs in shards]
+    represented, computed = sum(p.represented_tokens for p in plans), sum(p.computed_tokens for p in plans)
+    return {
+        "sequences": sum(len(seqs[0]) for seqs in shards),
+        "represented_tokens": represented,
+        "computed_tokens": computed,
+        "packs": sum(len(p.packs) for p in plans),
+        "saved_fraction": 1 - computed / represented,
+    }
+
+
+def first_rows(data: Path, n: int, out_dir: Path) -> Path:
+    """The first n records of a JSON-array file, as a file of the same name in out_dir."""
+    out = out_dir / data.name
+    out.write_text(json.dumps(json.loads(data.read_text())[:n]))
+    return out
+
+
 def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: Numerics, repeats: int) -> dict:
     """Both layouts over the same sequences, taking turns; best and median wall time of each."""
     prompts, completions, keys = sequences
     scorer = CompletionLogps(lm)
     plans = {share: plan_scoring(prompts, completions, keys, share_prefixes=share) for share in (False, True)}
     times: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     peaks: dict[bool, dict] = {}
     logps: dict[bool, list] = {}
     kw = dict(batch_tokens=batch_tokens, pad_id=pad_id, device=device)
@@ -159,9 +229,11 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
         for _ in range(repeats):
             for share in (False, True):
                 mem = C.PeakMemory(device).reset()
+                cpu0 = time.process_time()
                 with C.Timer(device) as t:
                     scored = score_sequences(scorer, prompts, completions, keys, share_prefixes=share, **kw)
                 times[share].append(t.seconds)
+                cpu[share].append(time.process_time() - cpu0)
                 report = mem.report()
                 if share not in peaks or report["peak_gb"] > peaks[share]["peak_gb"]:
                     peaks[share] = report
@@ -179,6 +251,7 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
                 "packs": len(plans[share].packs),
                 "best_s": best,
                 "median_s": statistics.median(times[share]),
+                "best_cpu_s": min(cpu[share]),
                 "tokens_per_s": represented / best,
                 **peaks[share],
             }
@@ -190,29 +263,33 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
         "max_abs_token_diff": diff,
         "tokens_per_s_ratio": shared["tokens_per_s"] / plain["tokens_per_s"],
         "median_time_ratio": shared["median_s"] / plain["median_s"],
+        "cpu_time_ratio": shared["best_cpu_s"] / plain["best_cpu_s"],
         "peak_memory_ratio": shared["peak_gb"] / plain["peak_gb"],
         "added_memory_ratio": shared["added_gb"] / plain["added_gb"] if plain["added_gb"] > 0 else None,
         "computed_fraction": shared["computed_tokens"] / represented,
     }
 
 
-def end_to_end(model_dir: Path, repeats: int) -> dict:
-    """kto-precompute on examples/feedback.jsonl (the quickstart's flags), both layouts, taking turns."""
+def end_to_end(model_dir: Path, repeats: int, data: Path | None = None, max_length: int = 256, eval_fraction: float = 0.2) -> dict:
+    """kto-precompute on `data` (default examples/feedback.jsonl with the quickstart's flags), both
+    layouts, taking turns; wall and process CPU time (the CPU time of its threads)."""
     from accelerate.state import AcceleratorState
 
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.pipeline import run_precompute
 
+    data = data or REPO / "examples" / "feedback.jsonl"
     times: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             for share in (False, True):
                 cfg = PrecomputeConfig(
-                    data=(REPO / "examples" / "feedback.jsonl",),
+                    data=(data,),
                     model=str(model_dir),
                     out=Path(tmp) / f"c{share}",
-                    max_length=256,
-                    eval_fraction=0.2,
+                    max_length=max_length,
+                    eval_fraction=eval_fraction,
                     batch_tokens=4096,
                     overwrite=True,
                     prefix_sharing=share,
@@ -220,16 +297,22 @@ def end_to_end(model_dir: Path, repeats: int) -> dict:
                 AcceleratorState._reset_state(reset_partial_state=True)
                 for p in sorted(cfg.out.glob("**/*.arrow")) + sorted(cfg.out.glob("**/manifest.json")):
                     p.unlink()  # a fresh run each time (no resume), the model load included
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 run_precompute(cfg)
                 times[share].append(time.perf_counter() - t0)
+                cpu[share].append(time.process_time() - c0)
     plain, shared = min(times[False]), min(times[True])
     return {
+        "data": data.name,
         "plain_s": times[False],
         "shared_s": times[True],
+        "plain_cpu_s": cpu[False],
+        "shared_cpu_s": cpu[True],
         "best_wall_time_ratio": shared / plain,
         "median_wall_time_ratio": statistics.median(times[True]) / statistics.median(times[False]),
+        "best_cpu_time_ratio": min(cpu[True]) / min(cpu[False]),
         "wall_time_reduction": 1 - shared / plain,
+        "load_average": os.getloadavg(),
     }
 
 
@@ -391,6 +474,77 @@ def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
             args.json_out.write_text(json.dumps(results, indent=2, default=str))
 
 
+def real_mix(args, mix: str, device, numerics: Numerics) -> dict:
+    """A ../shared/data file: the whole file's layout accounting, then both layouts timed on
+    its first --data-rows rows, scoring and kto-precompute end to end."""
+    from kto.formats.compute.models import load_causal_lm, resolve_source
+
+    if args.model is None:
+        sys.exit(f"--model: a HF dir of SmolLM2-135M-Instruct for mix {mix}")
+    data = args.data_dir / f"{mix}.json"
+    if not data.is_file():
+        sys.exit(f"{data}: real data absent (--data-dir, or $KTO_SHARED_DATA)")
+    result = {"accounting": accounting(real_sequences(data, Path(args.model))[0])}
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = first_rows(data, args.data_rows, Path(tmp))
+        shards, pad_id = real_sequences(subset, Path(args.model))
+        lm = load_causal_lm(resolve_source(args.model), dtype=numerics.weights, attn_implementation="sdpa").to(device).eval()
+        (sequences,) = shards
+        result.update(compare(lm, sequences, pad_id, batch_tokens=args.batch_tokens, device=device, numerics=numerics, repeats=args.repeats))
+        del lm
+        C.free_memory()
+        if args.end_to_end_repeats > 0:
+            result["end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats, subset, max_length=1024, eval_fraction=0.0)
+    result["rows_timed"] = args.data_rows
+    return result
+
+
+def synthetic_mix(args, mix: str, device, numerics: Numerics) -> dict:
+    """feedback (the real SmolLM2), paired or synthetic (a random-init model of --shape)."""
+    if mix == "feedback":
+        if args.model is None:
+            sys.exit("--model: a HF dir of SmolLM2-135M-Instruct (python examples/smollm2_to_hf.py DIR) for mix feedback")
+        from kto.formats.compute.models import load_causal_lm, resolve_source
+
+        sequences, pad_id = feedback_sequences(Path(args.model))
+        lm = load_causal_lm(resolve_source(args.model), dtype=numerics.weights, attn_implementation="sdpa").to(device).eval()
+    else:
+        lm = C.build_llama(args.shape, numerics.weights, device).eval()
+        if mix == "paired":
+            sequences, pad_id = paired_sequences(args.rows, args.max_len, lm.config.vocab_size)
+        else:
+            mix_rows = C.length_mix(args.rows, args.max_len, seed=0)
+            sequences, pad_id = C.mix_sequences(mix_rows, lm.config.vocab_size, args.max_len, seed=0), C.PAD_ID
+    result = compare(lm, sequences, pad_id, batch_tokens=args.batch_tokens, device=device, numerics=numerics, repeats=args.repeats)
+    del lm
+    C.free_memory()
+    if mix == "feedback" and args.end_to_end_repeats > 0:
+        result["end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats)
+    return result
+
+
+def report(mix: str, r: dict) -> None:
+    if "accounting" in r:
+        a = r["accounting"]
+        print(
+            f"\n{mix}: exact layout accounting of the whole file: {a['computed_tokens']} of {a['represented_tokens']} represented tokens computed, "
+            f"{a['saved_fraction']:.1%} saved, {a['packs']} packs over {a['sequences']} sequences; timed below: its first {r['rows_timed']} rows"
+        )
+    C.print_table(
+        f"{mix}: tokens/s ratio {r['tokens_per_s_ratio']:.2f} (best), time ratio {r['median_time_ratio']:.2f} (median), CPU time ratio {r['cpu_time_ratio']:.2f} (best), "
+        f"peak memory ratio {r['peak_memory_ratio']:.2f}, computed {r['computed_fraction']:.1%} of represented, "
+        f"max |Δ log p| {r['max_abs_token_diff']:.2e}",
+        r["rows"],
+    )
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        print(
+            f"\nkto-precompute end to end on {e['data']}: wall time ratio shared/plain {e['best_wall_time_ratio']:.2f} (best), "
+            f"{e['median_wall_time_ratio']:.2f} (median), CPU time ratio {e['best_cpu_time_ratio']:.2f} (best); plain {e['plain_s']} s "
+            f"(CPU {e['plain_cpu_s']}), shared {e['shared_s']} s (CPU {e['shared_cpu_s']}); load {e['load_average']}"
+        )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.gather_cost is not None:
@@ -402,41 +556,14 @@ def main(argv=None) -> int:
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
     for mix in [m for m in args.mixes.split(",") if m not in ("", "none")]:
         t0 = time.perf_counter()
-        if mix == "feedback":
-            if args.model is None:
-                sys.exit("--model: a HF dir of SmolLM2-135M-Instruct (python examples/smollm2_to_hf.py DIR) for mix feedback")
-            from kto.formats.compute.models import load_causal_lm, resolve_source
-
-            sequences, pad_id = feedback_sequences(Path(args.model))
-            lm = load_causal_lm(resolve_source(args.model), dtype=numerics.weights, attn_implementation="sdpa").to(device).eval()
-        else:
-            lm = C.build_llama(args.shape, numerics.weights, device).eval()
-            if mix == "paired":
-                sequences, pad_id = paired_sequences(args.rows, args.max_len, lm.config.vocab_size)
-            else:
-                mix_rows = C.length_mix(args.rows, args.max_len, seed=0)
-                sequences, pad_id = C.mix_sequences(mix_rows, lm.config.vocab_size, args.max_len, seed=0), C.PAD_ID
-        results[mix] = compare(lm, sequences, pad_id, batch_tokens=args.batch_tokens, device=device, numerics=numerics, repeats=args.repeats)
-        del lm
-        C.free_memory()
-        if mix == "feedback" and args.end_to_end_repeats > 0:
-            results["feedback_end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats)
+        results[mix] = (real_mix if mix in REAL_MIXES else synthetic_mix)(args, mix, device, numerics)
         # Print and save each mix as soon as it is measured: the slow mixes may not finish on a busy machine.
         results["versions"] = info = C.versions(device)
-        print(f"\n{C.describe(info)} | {numerics.name} | batch budget {args.batch_tokens} tokens | repeats {args.repeats} | {time.perf_counter() - t0:.0f} s")
-        r = results[mix]
-        C.print_table(
-            f"{mix}: tokens/s ratio {r['tokens_per_s_ratio']:.2f} (best), time ratio {r['median_time_ratio']:.2f} (median), "
-            f"peak memory ratio {r['peak_memory_ratio']:.2f}, computed {r['computed_fraction']:.1%} of represented, "
-            f"max |Δ log p| {r['max_abs_token_diff']:.2e}",
-            r["rows"],
+        print(
+            f"\n{C.describe(info)} | {numerics.name} | batch budget {args.batch_tokens} tokens | repeats {args.repeats} | "
+            f"{time.perf_counter() - t0:.0f} s | load {os.getloadavg()}"
         )
-        if mix == "feedback" and "feedback_end_to_end" in results:
-            e = results["feedback_end_to_end"]
-            print(
-                f"\nkto-precompute end to end on examples/feedback.jsonl: wall time ratio shared/plain {e['best_wall_time_ratio']:.2f} "
-                f"(best), {e['median_wall_time_ratio']:.2f} (median); plain {e['plain_s']}, shared {e['shared_s']}"
-            )
+        report(mix, results[mix])
         sys.stdout.flush()
         if args.json_out:
             args.json_out.write_text(json.dumps(results, indent=2, default=str))
