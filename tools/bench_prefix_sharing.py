@@ -163,9 +163,10 @@ def real_sequences(data: Path, model_dir: Path, max_length: int = 1024) -> tuple
     from kto.formats.cache import ArrowFile
     from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
     from kto.precompute.config import PrecomputeConfig
+    from kto.precompute.pairing import shard_values
     from kto.precompute.pipeline import content_of, stage_rows
     from kto.precompute.score import _shard_sequences, shard_slices
-    from kto.precompute.splits import build_splits, shard_values
+    from kto.precompute.splits import build_splits
     from kto.precompute.templates import ChatTemplate
     from kto.precompute.tokenize import leading_bos_id
 
@@ -180,7 +181,7 @@ def real_sequences(data: Path, model_dir: Path, max_length: int = 1024) -> tuple
         shards = []
         for a, b in shard_slices(len(split.rows), cfg.rows_per_shard):
             with ArrowFile(staged) as reader:
-                shards.append(_shard_sequences(shard_values(reader, split, a, b)))
+                shards.append(_shard_sequences(shard_values(reader, split.rows[a:b], split.partners[a:b], split.truncation)))
     return shards, tok.pad_token_id
 
 
