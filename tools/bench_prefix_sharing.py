@@ -99,6 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-batch-size", type=int, default=8, help="training-step mode: rows per micro-batch")
     p.add_argument("--train-grad-accum", type=int, default=1, help="training-step mode: micro-batches per step")
     p.add_argument("--train-steps", type=int, default=2, help="training-step mode: steps timed per pass")
+    p.add_argument("--train-no-warmup", action="store_true", help="training-step mode: no untimed step first (a busy CPU)")
+    p.add_argument("--train-threads", type=int, default=None, help="training-step mode: torch threads (1: CPU time is the work done)")
     return p.parse_args(argv)
 
 
@@ -403,14 +405,15 @@ def _step_pass(model, steps, settings, device) -> tuple[float, float, dict, list
     return t.seconds, time.process_time() - cpu0, summarize(total), losses, norm
 
 
-def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int) -> dict:
-    """kto-train's step over `steps` with and without prefix sharing, taking turns."""
+def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int, warmup: bool = True) -> dict:
+    """kto-train's step over `steps` with and without prefix sharing, taking turns (after one
+    untimed step of each, unless `warmup` is off)."""
     from kto.train.loss import LossType
     from kto.train.step import LossSettings
 
     model = _WithNumerics(CompletionLogps(lm.train()), numerics, device)
     settings = {share: LossSettings(0.1, 1.0, 1.0, LossType.KTO, 0.0, "step", kl_prefix_sharing=share, policy_prefix_sharing=share) for share in (False, True)}
-    for share in (False, True):  # warm up both (kernel choice, allocator growth)
+    for share in (False, True) if warmup else ():  # kernel choice, allocator growth
         _step_pass(model, steps[:1], settings[share], device)
     times: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
@@ -459,9 +462,12 @@ def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
     lm = load_causal_lm(resolve_source(args.model), dtype=numerics.weights, attn_implementation="sdpa").to(device)
     disable_dropout(lm)
     lm.config.use_cache = False
+    if args.train_threads:
+        torch.set_num_threads(args.train_threads)
     for cache_dir in args.train_cache:
         steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, args.train_steps)
-        r = results.setdefault("train_step", {})[str(cache_dir)] = compare_train_steps(lm, steps, device=device, numerics=numerics, repeats=args.repeats)
+        r = compare_train_steps(lm, steps, device=device, numerics=numerics, repeats=args.repeats, warmup=not args.train_no_warmup)
+        results.setdefault("train_step", {})[str(cache_dir)] = r
         results["versions"] = info = C.versions(device)
         print(f"\n{C.describe(info)} | {numerics.name} | load {Path('/proc/loadavg').read_text().split()[:3] if Path('/proc/loadavg').exists() else '?'}")
         C.print_table(

@@ -282,9 +282,9 @@ def train_prefix_sharing(args, device) -> dict:
     lm = C.build_llama(args.shape, numerics.weights, device)
     disable_dropout(lm)
     lm.config.use_cache = False
-    batch, steps = (4, 2) if args.quick else (4, 4)
+    batch, steps = (2, 1) if args.quick else (4, 4)
     data = bench_prefix_sharing.paired_steps(2 * batch * steps, args.max_len, lm.config.vocab_size, batch, steps)
-    r = bench_prefix_sharing.compare_train_steps(lm, data, device=device, numerics=numerics, repeats=1 if args.quick else 3)
+    r = bench_prefix_sharing.compare_train_steps(lm, data, device=device, numerics=numerics, repeats=1 if args.quick else 3, warmup=not args.quick)
     del lm
     C.free_memory()
     return {k: v for k, v in r.items() if k != "rows"} | {"numerics": numerics.name, "rows": r["rows"]}

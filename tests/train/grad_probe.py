@@ -21,8 +21,8 @@ from kto.train.config import TrainConfig
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
 from kto.train.model import load_policy
 from kto.train.optim import build_optimizer
-from kto.train.setup import make_accelerator
-from kto.train.step import LossSettings, forward_backward
+from kto.train.setup import loss_settings, make_accelerator
+from kto.train.step import forward_backward
 
 
 def probe(cache: str, model: str, batch: int, accum: int, kl_scope: str, out: str, fsdp: bool = False, lora_r: int = 0) -> None:
@@ -54,7 +54,7 @@ def probe(cache: str, model: str, batch: int, accum: int, kl_scope: str, out: st
     data = open_cache(Path(cache))
     plan = epoch_plan(data.lengths(), MicroBatchShape(batch, accum, accelerator.num_processes), cfg.seed, 0)
     batches = [collate_micro_batch(data, s, tokenizer.pad_token_id) for s in plan[0, accelerator.process_index]]
-    settings = LossSettings(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, cfg.loss_type, cfg.sft_weight, cfg.kl_scope)
+    settings = loss_settings(cfg)  # kto-train's: prefix sharing on (the tiny cache's rows come in pairs)
     forward_backward(wrapped, batches, settings, accelerator)
     grads = {}
     for n, p in accelerator.unwrap_model(wrapped).named_parameters():
