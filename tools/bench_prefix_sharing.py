@@ -455,7 +455,7 @@ def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats:
 def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
     """--train-cache: compare_train_steps on each cache with --model, printed and saved as it goes."""
     from kto.formats.compute.models import load_causal_lm, resolve_source
-    from kto.train.setup import disable_dropout
+    from kto.train.model import disable_dropout
 
     if args.model is None:
         sys.exit("--model: the HF dir of the policy (the caches' reference) for --train-cache")

@@ -276,7 +276,7 @@ def prefix_sharing(args, device) -> dict:
 def train_prefix_sharing(args, device) -> dict:
     """kto-train's step, prefix-shared and plain, taking turns, on the paired mix (a chosen and a
     rejected row per prompt), policy of the shape in the first train precision, no checkpointing."""
-    from kto.train.setup import disable_dropout
+    from kto.train.model import disable_dropout
 
     numerics = bench_train_step.precision_numerics(args.train_precisions.split(",")[0], device)
     lm = C.build_llama(args.shape, numerics.weights, device)
