@@ -338,7 +338,7 @@ def paired_steps(rows: int, max_len: int, vocab_size: int, batch_size: int, step
     prompt, next to each other as a paired file's rows are), without a cache: reference
     log-probs 0 (the step's work does not depend on their values)."""
     from kto.formats.compute.logprob import make_token_batch
-    from kto.train.data import KTOMicroBatch
+    from kto.train.data import KTOMicroBatch, row_columns
 
     (prompts, completions, _), pad_id = paired_sequences(rows, max_len, vocab_size)
     n = len(prompts) // 2  # main sequences first, then the KL ones (pipeline_sequences)
@@ -349,12 +349,10 @@ def paired_steps(rows: int, max_len: int, vocab_size: int, batch_size: int, step
         out.append(
             [
                 KTOMicroBatch(
-                    make_token_batch([prompts[i] for i in idx], [completions[i] for i in idx], pad_id),
-                    make_token_batch([prompts[i] for i in idx], [completions[n + i] for i in idx], pad_id),
-                    zeros,
-                    zeros.clone(),
-                    torch.tensor([i % 2 == 0 for i in idx]),
-                    torch.ones(len(idx), dtype=torch.bool),
+                    policy=make_token_batch([prompts[i] for i in idx], [completions[i] for i in idx], pad_id),
+                    kl=make_token_batch([prompts[i] for i in idx], [completions[n + i] for i in idx], pad_id),
+                    columns=row_columns(ref_logp=zeros, ref_kl_logp=zeros.clone(), desirable=torch.tensor([i % 2 == 0 for i in idx])),
+                    valid=torch.ones(len(idx), dtype=torch.bool),
                 )
             ]
         )
