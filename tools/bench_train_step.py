@@ -205,7 +205,7 @@ def _time_variant(
     # At step 0 the policy is the reference; policy-only reads these numbers "from the cache".
     batch = with_reference_logps(ref_scorer or model, batch)
     optimizer = build_optimizer(model, SimpleNamespace(lr=1e-6, weight_decay=0.0))
-    scheduler = build_scheduler(optimizer, SimpleNamespace(warmup_ratio=0.0, lr_schedule="constant"), warmup + iters)
+    scheduler = build_scheduler(optimizer, SimpleNamespace(warmup_ratio=0.0, warmup_steps=0, lr_schedule="constant", lr_schedule_kwargs={}), warmup + iters)
     mem.reset()
     times = time_steps(functools.partial(train_step, model, batch, optimizer, scheduler, ref_scorer), device, warmup, iters)
     step_s = statistics.median(times)

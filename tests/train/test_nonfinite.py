@@ -10,6 +10,7 @@ from conftest import metrics, train_error_line
 from test_loop import train_cli
 
 import kto.train.loop
+from kto.formats import schema as S
 
 
 def test_a_diverging_run_stops_at_the_first_nan_loss_naming_the_last_good_checkpoint(tiny_cache, tiny_model_dir, tmp_path):
@@ -29,7 +30,8 @@ def test_a_nan_reference_logp_in_a_batch_stops_at_step_1(tiny_cache, tiny_model_
 
     def poisoned(*args, **kwargs):
         batch = real(*args, **kwargs)
-        return dataclasses.replace(batch, ref_logp=torch.full_like(batch.ref_logp, float("nan")))
+        columns = {**batch.columns, S.REF_LOGP: torch.full_like(batch.ref_logp, float("nan"))}
+        return dataclasses.replace(batch, columns=columns)
 
     monkeypatch.setattr(kto.train.loop, "collate_micro_batch", poisoned)
     out = tmp_path / "r"
