@@ -20,7 +20,7 @@ from kto.formats.errors import InputError
 
 from .example import Example, parse_label
 from .records import kind_name
-from .sharegpt import ShareGPTMap, with_system
+from .sharegpt import ShareGPTMap, require_names, with_system
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,7 @@ class AlpacaMap:
     kto_tag: str = "kto_tag"
 
     def __post_init__(self) -> None:
-        for key, name in asdict(self).items():
-            if not isinstance(name, str) or not name.strip():
-                raise InputError(f"alpaca map: {key} must be a non-empty name, got {name!r}")
+        require_names(self, "alpaca map")
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)

@@ -29,6 +29,13 @@ from .example import Example, parse_label
 from .records import kind_name, one_line
 
 
+def require_names(column_map: Any, what: str) -> None:
+    """Every field of a column-map dataclass is a non-empty column name."""
+    for key, name in asdict(column_map).items():
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{what}: {key} must be a non-empty name, got {name!r}")
+
+
 @dataclass(frozen=True)
 class ShareGPTMap:
     """Column and role names, with LLaMA-Factory's defaults and its `dataset_info.json` keys."""
@@ -48,9 +55,7 @@ class ShareGPTMap:
     system_tag: str = "system"
 
     def __post_init__(self) -> None:
-        for key, name in asdict(self).items():
-            if not isinstance(name, str) or not name.strip():
-                raise InputError(f"sharegpt map: {key} must be a non-empty name, got {name!r}")
+        require_names(self, "sharegpt map")
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
