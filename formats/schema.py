@@ -20,7 +20,7 @@ wrongly by the kto before it, or a cache written before would be read wrongly af
 - what a stored number means (which positions a log-prob sums, its precision) when nothing in
   `content` records it. A rule that `content` does record (`truncation`, `dtype`, …) changes the
   fingerprint instead: precompute then refuses to resume the old cache, and it stays readable.
-Not a new version: an optional `content` key written only when set (content.py), an `info`
+Not a new version: an optional `content` key written only when set (manifest.py CacheContent), an `info`
 entry, a `layout` entry only precompute reads, a new file beside the shards.
 
 Every reader refuses another version, older or newer, with one line naming both

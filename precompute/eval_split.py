@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from kto.formats.errors import InputError
 
 EVAL_SPLIT_RULE = "stratified by label; rows sharing a prompt on one side; seeded shuffle of prompt groups, each taken whole when it fits both label targets"
-"""The rule in words, recorded in an eval-split cache's content (formats/content.py): a cache
+"""The rule in words, recorded in an eval-split cache's content (formats/manifest.py CacheContent): a cache
 split by the earlier unstratified rule has no such key, so its fingerprint differs."""
 
 

@@ -83,7 +83,7 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
         content["eval_split"] = EVAL_SPLIT_RULE
     if cfg.max_samples is not None:
         content["max_samples"] = {"rows_per_input": cfg.max_samples, "rule": SAMPLE_RULE}
-    return CacheContent(**content)  # every key a field of formats/content.py
+    return CacheContent(**content)  # every key a field of formats/manifest.py CacheContent
 
 
 SAMPLE_RULE = "per input: reservoir sample (numpy default_rng([seed, input index])), file order kept"

@@ -130,7 +130,7 @@ def staging_content(*data: Path):
     """A CacheContent naming `data` as its inputs, for tests that call pipeline.stage_rows alone
     (the staging key is all it is used for there; the other fields are placeholders)."""
     from kto.formats import schema as S
-    from kto.formats.content import CacheContent
+    from kto.formats.manifest import CacheContent
     from kto.precompute.inputs.hub import input_identity
 
     return CacheContent(

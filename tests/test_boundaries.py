@@ -166,7 +166,7 @@ def heavy_imports(module: str) -> list[str]:
 
 def test_the_on_disk_modules_are_the_ones_outside_compute():
     """The rule picks what it should: the cache reader and the manifest are in, scoring is out."""
-    assert {"kto.formats.cache", "kto.formats.manifest", "kto.formats.content", "kto.formats.shards", "kto.formats.schema"} <= set(ON_DISK)
+    assert {"kto.formats.cache", "kto.formats.manifest", "kto.formats.shards", "kto.formats.schema"} <= set(ON_DISK)
     assert not any("compute" in name for name in ON_DISK)
     assert "kto.formats.compute.scoring" in {name for _, name, _ in ALL}
 

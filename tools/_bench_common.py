@@ -247,7 +247,7 @@ class RowLengths:
 def synthetic_content(note: str, tokenizer_id: dict, *, max_length: int, seed: int = 0, dtype: str = "fp32", store_token_logps: bool = False):
     """A manifest `content` for a synthetic benchmark cache: no model scored it, `note` says so."""
     from kto.formats import schema as S
-    from kto.formats.content import CacheContent
+    from kto.formats.manifest import CacheContent
 
     return CacheContent(
         format_version=S.FORMAT_VERSION,

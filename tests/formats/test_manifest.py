@@ -103,7 +103,7 @@ def test_another_format_version_is_refused_naming_both(cache, version, advice):
 def test_content_round_trips_byte_for_byte(cache):
     """The typed content writes back exactly the JSON it was read from: manifest.json of an
     existing cache is byte-identical after a read and a write, so its fingerprint is unchanged."""
-    from kto.formats.content import CacheContent
+    from kto.formats.manifest import CacheContent
 
     path = cache / S.MANIFEST_NAME
     before = path.read_bytes()
