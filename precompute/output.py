@@ -1,6 +1,6 @@
 """The output directory: is it ours, can we resume into it, and what goes into each shard.
 
-Ownership is proven, never assumed (see journal.py): a shard is the cache's when the journal or
+Ownership is proven, never assumed (see formats/shards.py `Journal`): a shard is the cache's when the journal or
 the manifest names it, tokenizer/ when the journal recorded its exact files, eval/ when it is a
 cache folder of ours itself. Anything else in `--out` is foreign: it is refused with one line,
 `--overwrite` included, and never deleted. A cache of another configuration is refused unless
@@ -27,9 +27,8 @@ from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import CacheContent
-from kto.formats.shards import VERIFIED_NAME
+from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
-from .journal import JOURNAL_DIR, RUN, TOKENIZER, Journal
 from .staging import is_staging_name
 
 # Ours by name: the lock (held while we write; formats/lock.py refuses one that is not a plain
@@ -50,7 +49,7 @@ def cache_writes_temp(name: str, kind: str) -> bool:
 
 
 def journal_writes_temp(name: str, kind: str) -> bool:
-    """NAME is a file journal.py writes in `.journal/`, and `kind` is "file" (the file itself) or
+    """NAME is a file the journal (formats/shards.py) writes in `.journal/`, and `kind` is "file" (the file itself) or
     "tmp" (the temp name of its atomic write)."""
     return kind in ("file", "tmp") and (name in (RUN, TOKENIZER) or (name.endswith(".json") and SHARD_NAME.match(name.removesuffix(".json")) is not None))
 
@@ -146,7 +145,7 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tup
 
 
 def own_journal(folder: Path, temps_pending: bool = False) -> bool:
-    """`.journal/` is ours when it is a real folder of plain files named as journal.py names them
+    """`.journal/` is ours when it is a real folder of plain files named as the journal (formats/shards.py) names them
     (`temps_pending`: and our temp names, not cleared yet before the lock)."""
     if not folder.is_dir() or folder.is_symlink():
         return False

@@ -34,13 +34,12 @@ from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.errors import InputError, log
 from kto.formats.manifest import CacheContent, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
-from kto.formats.shards import sha256_file
+from kto.formats.shards import Journal, sha256_file
 from kto.precompute.inputs.examples import RowSample, iter_examples
 from kto.precompute.inputs.hub import input_identity
 
 from .config import PrecomputeConfig
 from .eval_split import EVAL_SPLIT_RULE
-from .journal import Journal
 from .output import claim_out, shard_layout
 from .pairing import PAIRING_RULE, TRUNCATION_RULE, Truncation
 from .score import ScoredShard, pending_shards, score_and_write, shard_slices, with_scoring_counts

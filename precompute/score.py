@@ -17,10 +17,9 @@ from kto.formats.compute.numerics import Numerics
 from kto.formats.compute.scoring import plan_scoring, score_sequences
 from kto.formats.errors import log
 from kto.formats.manifest import Counts
-from kto.formats.shards import shard_table, shard_tags
+from kto.formats.shards import Journal, shard_table, shard_tags
 
 from .config import PrecomputeConfig
-from .journal import Journal
 from .pairing import shard_values
 from .progress import Progress
 from .splits import Split

@@ -15,8 +15,8 @@ from conftest import run_train, train_error_line
 
 from kto.formats.errors import InputError
 from kto.formats.runrecord import read_run_config
+from kto.formats.shards import Journal
 from kto.inspection.cli import main as inspect_main
-from kto.precompute.journal import Journal
 
 DEEP = "[" * 100_000 + "]" * 100_000  # far past the recursion limit (1000)
 
