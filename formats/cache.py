@@ -26,7 +26,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from . import ragged
 from . import schema as S
 from .errors import InputError
 from .manifest import Manifest, read_manifest
@@ -158,25 +157,25 @@ class ShardedCache:
             out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str] | None = None) -> dict[str, ragged.Ragged | np.ndarray | list]:
+    def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str] | None = None) -> dict[str, S.Ragged | np.ndarray | list]:
         """`columns` of the given global rows (every declared column by default): `gather_rows`."""
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= self.num_rows):
             raise IndexError(f"{self.dir}: row index out of range [0, {self.num_rows})")
         return gather_rows(self.starts, self._view, indices, S.SHARD_SCHEMA.names if columns is None else columns)
 
-    def _view(self, k: int, name: str) -> ragged.Ragged | np.ndarray | pa.ChunkedArray:
+    def _view(self, k: int, name: str) -> S.Ragged | np.ndarray | pa.ChunkedArray:
         key = (k, name)
         if key not in self._views:
             self._views[key] = column_view(self.table(k).column(name))
         return self._views[key]
 
 
-def column_view(column: pa.ChunkedArray | pa.Array) -> ragged.Ragged | np.ndarray | pa.ChunkedArray | pa.Array:
+def column_view(column: pa.ChunkedArray | pa.Array) -> S.Ragged | np.ndarray | pa.ChunkedArray | pa.Array:
     """A column as `gather_rows` reads it: a zero-copy Ragged (lists), a numpy array (numbers;
     bools are unpacked once, one byte a row), or the Arrow column itself (strings)."""
     if pa.types.is_list(column.type):
-        return ragged.from_arrow(column)
+        return S.from_arrow(column)
     if pa.types.is_string(column.type):
         return column
     if isinstance(column, pa.ChunkedArray):  # one chunk (write_shard writes one): float64 is a zero-copy view
@@ -184,9 +183,7 @@ def column_view(column: pa.ChunkedArray | pa.Array) -> ragged.Ragged | np.ndarra
     return column.to_numpy(zero_copy_only=False)
 
 
-def gather_rows(
-    starts: np.ndarray, view: Callable[[int, str], object], indices: np.ndarray, columns: Sequence[str]
-) -> dict[str, ragged.Ragged | np.ndarray | list]:
+def gather_rows(starts: np.ndarray, view: Callable[[int, str], object], indices: np.ndarray, columns: Sequence[str]) -> dict[str, S.Ragged | np.ndarray | list]:
     """`columns` of global rows `indices` (any order, repeats allowed) of tables laid end to end,
     table k holding rows starts[k]..starts[k+1]; `view(k, name)` is table k's `column_view`.
 
@@ -200,13 +197,13 @@ def gather_rows(
     source_of = np.searchsorted(starts, indices, side="right") - 1
     local = indices - starts[source_of]
     touched = np.unique(source_of).tolist()
-    out: dict[str, ragged.Ragged | np.ndarray | list] = {}
+    out: dict[str, S.Ragged | np.ndarray | list] = {}
     for name in columns:
         views = {k: view(k, name) for k in touched}
         sample = views[touched[0]] if touched else None
-        if isinstance(sample, ragged.Ragged):
+        if isinstance(sample, S.Ragged):
             sources = [views.get(k) for k in range(len(starts) - 1)]
-            out[name] = ragged.take_many(sources, source_of, local)
+            out[name] = S.take_many(sources, source_of, local)
         elif isinstance(sample, np.ndarray):
             values = np.empty(len(indices), dtype=sample.dtype)
             for k in touched:
@@ -224,14 +221,14 @@ def gather_rows(
     return out
 
 
-def _empty(name: str) -> ragged.Ragged | np.ndarray | list:
+def _empty(name: str) -> S.Ragged | np.ndarray | list:
     """What `gather_rows` returns for no rows (declared columns keep their kind)."""
     try:
         column = S.declared(name)
     except KeyError:
         return []
     if column.is_list:
-        return ragged.Ragged(np.zeros(0), np.zeros(1, np.int64))
+        return S.Ragged(np.zeros(0), np.zeros(1, np.int64))
     return [] if column.is_string else np.zeros(0, dtype=np.float64)
 
 
@@ -262,11 +259,11 @@ class ArrowFile:
     def num_rows(self) -> int:
         return int(self.starts[-1])
 
-    def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str]) -> dict[str, ragged.Ragged | np.ndarray | list]:
+    def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str]) -> dict[str, S.Ragged | np.ndarray | list]:
         """`columns` of rows `indices` (`gather_rows`)."""
         return gather_rows(self.starts, self._view, np.asarray(indices, dtype=np.int64), columns)
 
-    def _view(self, b: int, name: str) -> ragged.Ragged | np.ndarray | pa.Array:
+    def _view(self, b: int, name: str) -> S.Ragged | np.ndarray | pa.Array:
         if (b, name) not in self._views:
             self._views[(b, name)] = column_view(self._reader.get_batch(b).column(name))
         return self._views[(b, name)]

@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from . import ragged
 from . import schema as S
 from .atomic import atomic_path, rename_into_place, temp_path_for, write_json_atomic
 from .errors import InputError
@@ -62,8 +61,8 @@ def _zero(column: S.Column) -> object:
 
 
 def _array(column: S.Column, values: Any, n: int) -> pa.Array:
-    fast = values is None or isinstance(values, ragged.Ragged) or all(isinstance(v, np.ndarray) for v in values)
-    return ragged.to_arrow(values, column.type, n) if column.is_list and fast else pa.array(values, column.type)
+    fast = values is None or isinstance(values, S.Ragged) or all(isinstance(v, np.ndarray) for v in values)
+    return S.to_arrow(values, column.type, n) if column.is_list and fast else pa.array(values, column.type)
 
 
 def write_shard(path: Path, table: pa.Table, metadata: dict[str, str]) -> str:

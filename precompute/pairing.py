@@ -57,7 +57,6 @@ from typing import Any
 
 import numpy as np
 
-from kto.formats import ragged
 from kto.formats import schema as S
 from kto.formats.cache import ArrowFile
 from kto.formats.errors import InputError
@@ -245,8 +244,8 @@ def shard_values(reader: ArrowFile, rows: np.ndarray, partners: np.ndarray, trun
     keep, keep_kl = truncation.kept_lengths(values[S.PROMPT_IDS].lengths, completion.lengths, kl.lengths)
     return {
         **values,
-        S.COMPLETION_IDS: ragged.heads(completion, keep),
+        S.COMPLETION_IDS: S.heads(completion, keep),
         S.KL_SOURCE_ID: partner[S.ID],
-        S.KL_COMPLETION_IDS: ragged.heads(kl, keep_kl),
+        S.KL_COMPLETION_IDS: S.heads(kl, keep_kl),
         S.TRUNCATED: (prompt_cut != 0) | (keep < completion.lengths),
     }

@@ -38,7 +38,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
-from kto.formats import ragged
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
 from kto.formats.cache import ArrowFile
@@ -154,7 +153,7 @@ def stage_value(column: S.Column, example, row) -> object:
 def _batch(block: list, rows: list, schema: pa.Schema) -> pa.RecordBatch:
     empty = np.zeros(0, np.int32)
     declared = [
-        ragged.to_arrow([stage_value(c, ex, r) for ex, r in zip(block, rows)], c.type)
+        S.to_arrow([stage_value(c, ex, r) for ex, r in zip(block, rows)], c.type)
         if c.is_list
         else pa.array([stage_value(c, ex, r) for ex, r in zip(block, rows)], c.type)
         for c in S.columns_of(S.Phase.STAGE)
@@ -169,7 +168,7 @@ def _batch(block: list, rows: list, schema: pa.Schema) -> pa.RecordBatch:
             pa.array([text_key(ex.id) for ex in block], pa.uint64()),
             pa.array([text_key(ex.prompt, ex.tools) for ex in block], pa.uint64()),
             pa.array([text_key(ex.completion) for ex in block], pa.uint64()),
-            ragged.to_arrow([r.completion_ids if r is not None else empty for r in rows], pa.list_(pa.int32())),
+            S.to_arrow([r.completion_ids if r is not None else empty for r in rows], pa.list_(pa.int32())),
         ],
         schema=schema,
     )

@@ -40,7 +40,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 if TYPE_CHECKING:
-    from kto.formats import ragged
+    from kto.formats import schema as S
 
 from _bench_common import build_tokenizer, kl_partners, length_mix, synthetic_content
 
@@ -128,13 +128,13 @@ def write_cache(out: Path, rows: int, seed: int = 0) -> Path:
     return out
 
 
-def _lists(lengths: np.ndarray, values: np.ndarray) -> ragged.Ragged:
-    from kto.formats import ragged
+def _lists(lengths: np.ndarray, values: np.ndarray) -> S.Ragged:
+    from kto.formats import schema as S
 
-    return ragged.Ragged(values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    return S.Ragged(values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
-def _terms(lengths: np.ndarray, rng) -> tuple[ragged.Ragged, np.ndarray]:
+def _terms(lengths: np.ndarray, rng) -> tuple[S.Ragged, np.ndarray]:
     """Per-token log-probs (float32) and their float64 sums, as kto-precompute stores them."""
     values = -rng.exponential(2.0, int(lengths.sum())).astype(np.float32)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])

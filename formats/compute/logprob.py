@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..ragged import Ragged, packed
+from ..schema import Ragged, packed
 from .shared_prefix import PackedBatch, shared_prefix_attention
 from .token_budget import ATTENTION_WIDTH_MULTIPLE
 from .token_logps import token_logps

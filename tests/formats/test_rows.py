@@ -1,12 +1,12 @@
 """The one random-access reader of Arrow rows (formats/cache.py `gather_rows`, `ArrowFile`) and
-the one list builder (formats/ragged.py `to_arrow`): the cache's shards and precompute's
+the one list builder (formats/schema.py `to_arrow`): the cache's shards and precompute's
 staging file are read, and every list column is built, by the same code."""
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from kto.formats import ragged
+from kto.formats import schema as S
 from kto.formats.cache import ArrowFile
 
 TYPES = {"ids": pa.list_(pa.int32()), "name": pa.string(), "score": pa.float64(), "flag": pa.bool_()}
@@ -48,20 +48,20 @@ def test_arrow_file_gathers_rows_across_record_batches_in_any_order(tmp_path):
 def test_to_arrow_builds_what_pyarrow_builds_from_python_lists():
     rows = [[3, 4, 5], [], [6], [7, 8]]
     expected = pa.array(rows, pa.list_(pa.int32()))
-    from_arrays = ragged.to_arrow([np.array(r, np.int64) for r in rows], pa.list_(pa.int32()))
+    from_arrays = S.to_arrow([np.array(r, np.int64) for r in rows], pa.list_(pa.int32()))
     assert from_arrays.equals(expected) and from_arrays.offsets.type == pa.int32()
     # A Ragged whose rows start past its values' first element (a gather's view) is packed first.
-    r = ragged.Ragged(np.array([9, 3, 4, 5, 6, 7, 8, 9], np.int32), np.array([1, 4, 4, 5, 7]))
-    assert ragged.to_arrow(r, pa.list_(pa.int32())).equals(expected)
-    logps = ragged.to_arrow([np.array([-0.5, -1.25])], pa.list_(pa.float32()))
+    r = S.Ragged(np.array([9, 3, 4, 5, 6, 7, 8, 9], np.int32), np.array([1, 4, 4, 5, 7]))
+    assert S.to_arrow(r, pa.list_(pa.int32())).equals(expected)
+    logps = S.to_arrow([np.array([-0.5, -1.25])], pa.list_(pa.float32()))
     assert logps.type == pa.list_(pa.float32()) and logps.to_pylist() == [[-0.5, -1.25]]
-    assert ragged.to_arrow(None, pa.list_(pa.float32()), 3).to_pylist() == [None, None, None]
+    assert S.to_arrow(None, pa.list_(pa.float32()), 3).to_pylist() == [None, None, None]
 
 
 def test_heads_keep_each_rows_start():
     rows = [[3, 4, 5], [], [6], [7, 8, 9, 10]]
-    r = ragged.Ragged(np.array([0, *sum(rows, [])], np.int32), np.array([1, 4, 4, 5, 9]))  # rows start at 1
+    r = S.Ragged(np.array([0, *sum(rows, [])], np.int32), np.array([1, 4, 4, 5, 9]))  # rows start at 1
     keep = np.array([2, 0, 1, 0])
-    got = ragged.heads(r, keep)
+    got = S.heads(r, keep)
     assert [x.tolist() for x in got.to_list()] == [row[:k] for row, k in zip(rows, keep)]
     assert got.offsets[0] == 0 and len(got.values) == keep.sum() and got.values.dtype == np.int32

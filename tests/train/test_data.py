@@ -146,23 +146,23 @@ def test_zero_copy_collate_equals_the_old_path(tiny_cache, with_token_logps):
 def test_ragged_take_many_and_nulls():
     import pyarrow as pa
 
-    from kto.formats import ragged
+    from kto.formats import schema as S
 
     arr = pa.array([[1, 2], None, [], [3, 4, 5], [6]], pa.list_(pa.int32()))
-    r = ragged.from_arrow(pa.chunked_array([arr]))
+    r = S.from_arrow(pa.chunked_array([arr]))
     assert r.valid.tolist() == [True, False, True, True, True]
-    got = ragged.take(r, np.array([3, 0, 3, 1, 4]))
+    got = S.take(r, np.array([3, 0, 3, 1, 4]))
     assert [None if x is None else x.tolist() for x in got.to_list()] == [[3, 4, 5], [1, 2], [3, 4, 5], None, [6]]
-    sliced = ragged.from_arrow(arr.slice(3, 2))  # offsets honour the slice, values do not
-    assert [x.tolist() for x in ragged.take(sliced, np.array([1, 0])).to_list()] == [[6], [3, 4, 5]]
-    both = ragged.take_many([r, sliced], np.array([1, 0, 1, 0]), np.array([0, 1, 1, 3]))  # interleaved sources
+    sliced = S.from_arrow(arr.slice(3, 2))  # offsets honour the slice, values do not
+    assert [x.tolist() for x in S.take(sliced, np.array([1, 0])).to_list()] == [[6], [3, 4, 5]]
+    both = S.take_many([r, sliced], np.array([1, 0, 1, 0]), np.array([0, 1, 1, 3]))  # interleaved sources
     assert [None if x is None else x.tolist() for x in both.to_list()] == [[3, 4, 5], None, [6], [3, 4, 5]]
     assert both.offsets.tolist() == [0, 3, 3, 4, 7] and both.values.dtype == np.int32
 
 
 def test_make_token_batch_from_lists_and_ragged_agree():
     from kto.formats.compute.logprob import make_token_batch
-    from kto.formats.ragged import Ragged
+    from kto.formats.schema import Ragged
 
     prompts, completions = [[5, 6], [7], [8, 9, 10]], [[1], [2, 3, 4], []]
     a = make_token_batch(prompts, completions, pad_id=0)
