@@ -64,7 +64,7 @@ class CacheContent:
     truncation: str
     """The truncation rule, in words: a changed rule changes the fingerprint."""
     kl_pairing: str
-    """The KL pairing rule, in words (precompute/pairing.py): likewise."""
+    """The KL pairing rule, in words (precompute/plan.py): likewise."""
     seed: int
     eval_fraction: float
     dtype: str
@@ -80,7 +80,7 @@ class CacheContent:
     alpaca: dict[str, str] | None = None
     """The alpaca column map of a --dataset entry of that formatting; absent otherwise."""
     eval_split: str | None = None
-    """How --eval-fraction chose the eval rows, in words (precompute/eval_split.py); absent when
+    """How --eval-fraction chose the eval rows, in words (precompute/plan.py); absent when
     eval_fraction is 0, and in caches split by the earlier unstratified rule (so theirs differ)."""
     max_samples: dict[str, Any] | None = None
     """--max-samples: rows kept per input and the sampling rule; absent when every row is used."""

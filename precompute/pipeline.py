@@ -4,8 +4,8 @@ Tokenized rows are spilled to a staging file in --out (staging.py) and read back
 time, so memory does not grow with the number of rows.
 
 The stages live in their own modules: tokenize.py and staging.py (read → tokenize → stage),
-splits.py (drop → split → pair → count), pairing.py (the KL cycle, and each shard's rows cut
-behind their prompts), score.py (score → write a shard), output.py (what --out may
+plan.py (drop → split → pair on the KL cycle → count; then each shard's rows cut behind
+their prompts), score.py (score → write a shard), output.py (what --out may
 hold, claimed under its lock); this module runs them in order and writes the manifests.
 
 Each arrow is a function testable alone. Processes (accelerate) only matter at the edges: every
@@ -39,11 +39,9 @@ from kto.precompute.inputs.examples import RowSample, iter_examples
 from kto.precompute.inputs.hub import input_identity
 
 from .config import PrecomputeConfig
-from .eval_split import EVAL_SPLIT_RULE
 from .output import claim_out, shard_layout
-from .pairing import PAIRING_RULE, TRUNCATION_RULE, Truncation
+from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_vocabulary
 from .score import ScoredShard, pending_shards, score_and_write, shard_slices, with_scoring_counts
-from .splits import Split, build_splits, check_vocabulary
 from .staging import stage, staging_path, staging_schema
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template

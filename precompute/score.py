@@ -20,9 +20,8 @@ from kto.formats.manifest import Counts
 from kto.formats.shards import Journal, shard_table, shard_tags
 
 from .config import PrecomputeConfig
-from .pairing import shard_values
+from .plan import Split, shard_values
 from .progress import Progress
-from .splits import Split
 
 
 @dataclass(frozen=True)

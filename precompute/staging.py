@@ -54,7 +54,7 @@ BOOKKEEPING = (
     pa.field("source", pa.string()),
     pa.field("kept", pa.bool_()),
     pa.field("prefix_split", pa.bool_()),
-    pa.field("prompt_cut", pa.int8()),  # tokenize.PromptCut
+    pa.field("prompt_cut", pa.int8()),  # plan.PromptCut
     pa.field("id_key", pa.uint64()),
     pa.field("prompt_key", pa.uint64()),
     pa.field("completion_key", pa.uint64()),
@@ -184,7 +184,7 @@ class StagedIndex:
     label: np.ndarray  # bool
     kept: np.ndarray
     prefix_split: np.ndarray
-    prompt_cut: np.ndarray  # int8, tokenize.PromptCut
+    prompt_cut: np.ndarray  # int8, plan.PromptCut
     id_key: np.ndarray  # uint64
     prompt_key: np.ndarray
     completion_key: np.ndarray

@@ -1,9 +1,9 @@
 """Example -> token ids (chat template or plain text), the prompt cut at tokenization; the
 completions cut once the KL partner is known.
 
-The prompt is cut here, at tokenization, by the rule of pairing.py (`Truncation`,
+The prompt is cut here, at tokenization, by the rule of plan.py (`Truncation`,
 TRUNCATION_RULE): cutting a conversation by whole turns needs its messages and the chat
-template. The completion is staged whole and cut in pairing.py, behind each prompt it is paired
+template. The completion is staged whole and cut in plan.py, behind each prompt it is paired
 with. A row whose prompt or completion is empty after tokenization is dropped (and counted)
 before pairing.
 """
@@ -11,24 +11,13 @@ before pairing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
 from kto.precompute.inputs.examples import Example
 
-from .pairing import Truncation
+from .plan import PromptCut, Truncation
 from .templates import ChatTemplate, render
-
-
-class PromptCut(IntEnum):
-    """How a row's prompt was cut (staged per row; the manifest counts each kind)."""
-
-    NONE = 0
-    TURNS = 1
-    """Whole earliest turns dropped, the rest re-rendered: it starts with a turn header."""
-    MID_TEXT = 2
-    """Cut inside text: a plain-text prompt's start, or the start of the last user turn's text."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +27,7 @@ class TokenizedRow:
     """int32: 4 bytes a token, where a tuple of Python ints costs ~36. Already cut when the row's
     own sequence does not fit (`prompt_cut` says how)."""
     completion_ids: np.ndarray
-    """The whole completion: it is cut behind each prompt it is paired with (pairing.py `shard_values`)."""
+    """The whole completion: it is cut behind each prompt it is paired with (plan.py `shard_values`)."""
     prefix_split: bool
     """The chat template rendered the prompt alone differently from the prompt inside the full
     conversation, so prompt and completion were split at their common prefix."""
@@ -193,7 +182,7 @@ def leading_bos_id(tokenizer) -> int | None:
 def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatTemplate(), truncation: Truncation | None = None) -> TokenizedRow | None:
     """Token ids for one example, its prompt cut by `truncation`'s rule (uncut without one), or
     None when its prompt or completion is empty (the row is dropped). The completion stays whole:
-    it is cut behind each prompt it is paired with (pairing.py `shard_values`)."""
+    it is cut behind each prompt it is paired with (plan.py `shard_values`)."""
     cut = PromptCut.NONE
     if example.conversational:
         prompt_ids, completion_ids, prefix_split, cut = conversational_ids(example, tokenizer, template, truncation)

@@ -287,7 +287,7 @@ def length_mix(rows: int, max_len: int, seed: int = 0, min_len: int = 32) -> lis
 def kl_partners(n: int, seed: int = 0) -> list[int]:
     """Row i's KL partner, from kto-precompute's own pairing (`kto.precompute.pairing`): every
     generated row has its own prompt and completion, so this is its seeded derangement."""
-    from kto.precompute.pairing import kl_partners as pair
+    from kto.precompute.plan import kl_partners as pair
 
     rows = list(range(n))
     return pair(rows, rows, [str(i) for i in rows], seed).partner

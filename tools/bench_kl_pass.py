@@ -8,7 +8,7 @@ eval split, batch 4 × accumulation 2):
 - before: KL partners from a derangement over the whole dataset, rows in input order, steps
   from the old plan (length-sorted mega-batches of 16 steps), and the KL pass run as the
   micro-batches were collated (one forward each, filler rows included);
-- after: the cycle pairing (precompute/pairing.py), steps as contiguous cycle segments
+- after: the cycle pairing (precompute/plan.py), steps as contiguous cycle segments
   (train/data.py), and the KL pass over the step's sequences sorted by their own length under a
   as many batches as micro-batches (train/step.py kl_local_sums).
 
@@ -36,9 +36,12 @@ from _pairing_before import legacy_plan  # noqa: E402
 
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
 from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
-from kto.precompute.eval_split import split_eval  # noqa: E402
 from kto.precompute.inputs.examples import ColumnMap, read_examples  # noqa: E402
-from kto.precompute.pairing import Truncation, kl_partners  # noqa: E402
+from kto.precompute.plan import (  # noqa: E402
+    Truncation,
+    kl_partners,
+    split_eval,
+)
 from kto.precompute.tokenize import leading_bos_id, tokenize_example  # noqa: E402
 from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan, row_columns  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402

@@ -109,7 +109,7 @@ def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length
     (`tokenize_example`, prompts cut there), then each row's prompt with a seeded partner's completion cut to fit
     (the same shape as its KL pairing: a derangement; the partner choice itself may differ)."""
     from kto.precompute.inputs.examples import iter_examples
-    from kto.precompute.pairing import Truncation
+    from kto.precompute.plan import Truncation
     from kto.precompute.tokenize import leading_bos_id, tokenize_example
 
     rule = Truncation(max_length, max_prompt_length, leading_bos_id(tokenizer))
@@ -165,10 +165,9 @@ def real_sequences(data: Path, model_dir: Path, max_length: int = 1024) -> tuple
     from kto.formats.cache import ArrowFile
     from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
     from kto.precompute.config import PrecomputeConfig
-    from kto.precompute.pairing import shard_values
     from kto.precompute.pipeline import content_of, stage_rows
+    from kto.precompute.plan import build_splits, shard_values
     from kto.precompute.score import _shard_sequences, shard_slices
-    from kto.precompute.splits import build_splits
     from kto.precompute.templates import ChatTemplate
     from kto.precompute.tokenize import leading_bos_id
 

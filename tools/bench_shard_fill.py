@@ -1,5 +1,5 @@
 """Filling one shard's rows from precompute's staging file: a shard's rows and their KL partners
-gathered and cut behind their prompts (pairing.shard_values), against an older checkout.
+gathered and cut behind their prompts (plan.shard_values), against an older checkout.
 
     python tools/bench_shard_fill.py write /tmp/staged.arrow            # 50k rows, 25 record batches
     PYTHONPATH=OLD/.kto_path python tools/bench_shard_fill.py old /tmp/staged.arrow   # e.g. 09efb89
@@ -52,7 +52,7 @@ def fill(which: str, path: Path, rows: np.ndarray, partners: np.ndarray) -> None
             cache_rows(reader, SimpleNamespace(rows=rows, partners=partners, truncation=Truncation(1024, 512)), 0, SHARD)
     else:
         from kto.formats.cache import ArrowFile
-        from kto.precompute.pairing import Truncation, shard_values
+        from kto.precompute.plan import Truncation, shard_values
 
         with ArrowFile(path) as reader:
             shard_values(reader, rows, partners, Truncation(1024, 512))

@@ -47,7 +47,7 @@ from kto.formats.compute.logprob import CompletionLogps, make_token_batch  # noq
 from kto.formats.compute.scoring import score_sequences  # noqa: E402
 from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
 from kto.precompute.inputs.examples import Example  # noqa: E402
-from kto.precompute.pairing import (  # noqa: E402
+from kto.precompute.plan import (  # noqa: E402
     BLOCK_ROWS,
     Truncation,
     kl_partners,

@@ -59,7 +59,7 @@ def test_a_row_dropped_at_the_token_boundary_is_named(monkeypatch, capsys, tiny_
 
     from kto.precompute import pipeline
     from kto.precompute.config import PrecomputeConfig
-    from kto.precompute.splits import build_splits
+    from kto.precompute.plan import build_splits
     from kto.precompute.templates import ChatTemplate
 
     data = write_rows(tmp_path / "text.jsonl", text_rows())

@@ -8,7 +8,7 @@ from conftest import chat_rows, precompute_args, write_rows
 
 from kto.formats import schema as S
 from kto.formats.errors import InputError
-from kto.precompute.eval_split import EVAL_SPLIT_RULE, eval_targets, split_eval
+from kto.precompute.plan import EVAL_SPLIT_RULE, eval_targets, split_eval
 
 
 def labelled(n_desirable: int, n_undesirable: int) -> tuple[list[int], list[bool], list[int]]:

@@ -132,7 +132,7 @@ def test_all_one_class_warns(tmp_path, tiny_model_dir):
 def test_empty_completion_after_tokenization_is_dropped_and_counted(tmp_path, tiny_model_dir):
     import numpy as np
 
-    from kto.precompute.pairing import Truncation
+    from kto.precompute.plan import Truncation
     from kto.precompute.tokenize import keep_end, prompt_must_be_cut
 
     # A prompt that fills max_length leaves no room, but prompts are capped at max_prompt_length,

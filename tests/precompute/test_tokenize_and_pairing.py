@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 
 from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import Example
-from kto.precompute.pairing import cycle_order, kl_partners
+from kto.precompute.plan import cycle_order, kl_partners
 from kto.precompute.tokenize import leading_bos_id, tokenize_example
 
 
@@ -142,11 +142,9 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     from kto.formats.cache import ArrowFile
     from kto.formats.schema import COLUMNS
     from kto.precompute.config import PrecomputeConfig
-    from kto.precompute.pairing import Truncation, shard_values
     from kto.precompute.pipeline import stage_rows
-    from kto.precompute.splits import build_splits
+    from kto.precompute.plan import PromptCut, Truncation, build_splits, shard_values
     from kto.precompute.templates import ChatTemplate
-    from kto.precompute.tokenize import PromptCut
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())

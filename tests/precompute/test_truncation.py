@@ -7,8 +7,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from kto.precompute.inputs.examples import Example
-from kto.precompute.pairing import Truncation
-from kto.precompute.tokenize import PromptCut, keep_end, prompt_must_be_cut, tokenize_example
+from kto.precompute.plan import PromptCut, Truncation
+from kto.precompute.tokenize import keep_end, prompt_must_be_cut, tokenize_example
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_kept_lengths_for_many_rows_equal_what_apply_cuts():
 
 
 def test_a_shards_rows_are_cut_as_apply_cuts_each_row(tmp_path):
-    """pairing.shard_values cuts a shard's rows all at once, from the staging file, with the
+    """plan.shard_values cuts a shard's rows all at once, from the staging file, with the
     arithmetic of Truncation.kept_lengths: row for row it must equal `apply` on the row's
     staged prompt, its whole completion and its partner's, and `truncated` must say whether
     the prompt (at tokenization) or the completion (here) was cut."""
@@ -67,7 +67,7 @@ def test_a_shards_rows_are_cut_as_apply_cuts_each_row(tmp_path):
 
     from kto.formats import schema as S
     from kto.formats.cache import ArrowFile
-    from kto.precompute.pairing import shard_values
+    from kto.precompute.plan import shard_values
 
     rng = np.random.default_rng(1)
     n, rule = 60, Truncation(max_length=64, max_prompt_length=20)

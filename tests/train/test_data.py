@@ -27,7 +27,7 @@ def test_epoch_plan_covers_every_row_once_and_ranks_run_equal_steps(n, batch, ac
 
 def cycle_lengths(n: int, seed: int = 1) -> np.ndarray:
     """Lengths of a 32-2048-token mix in the order kto-precompute stores rows (its KL cycle)."""
-    from kto.precompute.pairing import cycle_order
+    from kto.precompute.plan import cycle_order
 
     lengths = np.random.default_rng(seed).integers(32, 2048, n)
     return lengths[cycle_order(lengths.tolist(), seed=0)]

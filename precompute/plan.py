@@ -1,4 +1,34 @@
-"""Mismatched KL pairs: each row i borrows the completion of another row j ≠ i, its successor on
+"""The plan: which staged rows go into which split, in which order, with which KL partner, and
+how each shard's rows are cut. Everything here is a pure function of the staged rows (their
+index: labels, lengths, text keys), the configuration and the seed; staging's file is read back
+only for ids in errors and, one shard at a time, for the rows a shard holds.
+
+Staged rows -> splits (`build_splits`): drop, hold out the eval rows, pair each row with its KL
+partner on the cycle and count, from the staged index alone. A shard's rows are read back from
+staging and cut later, one shard at a time (`shard_values`).
+
+## The eval split
+
+--eval-fraction: which rows are held out as OUT/eval/, stratified by label and grouped by prompt.
+
+Two rules, both pure functions of the rows' labels and prompt keys and the seed:
+- **by label**: the eval split holds round(f · n_D) desirable and round(f · n_U) undesirable rows
+  (not round(f · n) rows of whatever the shuffle gives), and when both labels exist each label
+  with at least 2 rows gets at least one eval row and keeps at least one training row, so a small
+  set no longer gets an all-desirable eval split. The total stays round(f · n): when the
+  at-least-one rule pushes the two targets past it, the larger one gives way.
+- **by prompt group**: rows with the same prompt (a pair's chosen and rejected rows, or several
+  answers to one question) land on one side together, so the eval split never scores a prompt
+  that training has seen. Groups are visited in a seeded shuffle and a group is taken whole when
+  it fits both label targets; a group that would overshoot one is skipped. Large groups can
+  therefore leave the eval split short of its targets; the log line says what it holds.
+
+Tiny sets: round(f · n) < 2 is refused (each split needs at least 2 rows, as before); a label
+with a single row stays in training, and the log says the eval split lacks it.
+
+## KL pairing and truncation
+
+Mismatched KL pairs: each row i borrows the completion of another row j ≠ i, its successor on
 one seeded cycle through the data.
 
 KTO's reference point z estimates KL(πθ‖πref) on x ⊥ y′: a prompt with a completion written for
@@ -53,15 +83,218 @@ import math
 import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kto.formats import schema as S
 from kto.formats.cache import ArrowFile
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, log
+from kto.formats.manifest import Counts
 
-from .staging import WHOLE_COMPLETION
+from .config import PrecomputeConfig
+from .staging import WHOLE_COMPLETION, StagedIndex, check_staged_ids, read_index
+
+# ---- staged rows -> splits --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str  # "train" or "eval"
+    out: Path
+    rows: np.ndarray
+    """Staged row index of each cache row, in cache order (the rows live in the staging file)."""
+    partners: np.ndarray
+    """Staged row index of each row's KL partner."""
+    counts: Counts
+    truncation: Truncation
+    """How this split's rows and their KL completions are cut (needs each row's partner)."""
+
+
+class _LazyIds:
+    """ids[i] read from the staging file only when pairing has to name a row in an error."""
+
+    def __init__(self, path: Path, rows: np.ndarray):
+        self.path, self.rows = path, rows
+
+    def __getitem__(self, i: int) -> str:
+        with ArrowFile(self.path) as reader:
+            return reader.rows([int(self.rows[i])], [S.ID])[S.ID][0]
+
+
+def pair_rows(index: StagedIndex, rows: np.ndarray, cfg: PrecomputeConfig, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """The rows in the pairing's cycle order, each row's KL partner (staged row indices), and
+    how many pairs share a prompt. kto-train's steps follow the cycle (below)."""
+    lengths = np.minimum(index.prompt_len[rows] + index.completion_len[rows], cfg.max_length)
+    pairing = kl_partners(index.prompt_key[rows].tolist(), index.completion_key[rows].tolist(), _LazyIds(path, rows), cfg.seed, lengths=lengths.tolist())
+    order = np.asarray(pairing.order, dtype=np.int64)
+    return rows[order], rows[np.asarray(pairing.partner, dtype=np.int64)[order]], pairing.same_prompt
+
+
+def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, truncation: Truncation, *, dropped: int, same_prompt: int) -> Counts:
+    """The split's counts, from lengths alone (`Truncation.kept_lengths`, the arithmetic that cuts)."""
+    prompt_len, completion_len, kl_len = index.prompt_len[rows], index.completion_len[rows], index.completion_len[partners]
+    kept_completion, kept_kl = truncation.kept_lengths(prompt_len, completion_len, kl_len)
+    how = index.prompt_cut[rows]  # prompts are cut at tokenization (PromptCut)
+    prompt_cut, completion_cut = how != PromptCut.NONE, kept_completion < completion_len
+    return Counts(
+        rows=len(rows),
+        desirable=int(index.label[rows].sum()),
+        undesirable=int((~index.label[rows]).sum()),
+        dropped=dropped,
+        truncated=int((prompt_cut | completion_cut).sum()),
+        prompt_truncated=int(prompt_cut.sum()),
+        prompt_cut_by_turns=int((how == PromptCut.TURNS).sum()),
+        prompt_cut_mid_text=int((how == PromptCut.MID_TEXT).sum()),
+        completion_truncated=int(completion_cut.sum()),
+        kl_completion_truncated=int((kept_kl < kl_len).sum()),
+        prompt_tokens=int(prompt_len.sum()),
+        completion_tokens=int(kept_completion.sum()),
+        kl_completion_tokens=int(kept_kl.sum()),
+        same_prompt_kl_pairs=same_prompt,
+        template_prefix_splits=int(index.prefix_split[rows].sum()),
+    )
+
+
+def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True) -> list[Split]:
+    """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts."""
+    truncation = Truncation(cfg.max_length, cfg.max_prompt_length, bos_id)
+    index = read_index(path)
+    check_staged_ids(index, path)
+    if index.n < 2:
+        files = ", ".join(str(p) for p in cfg.data) or "no input files"
+        raise InputError(f"need at least 2 examples, got {index.n} (from {files})")
+    kept = np.flatnonzero(index.kept)
+    dropped = index.n - len(kept)
+    if len(kept) < 2:
+        raise InputError(
+            f"--data {', '.join(map(str, cfg.data))}: {len(kept)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2"
+        )
+    if dropped and main:
+        _log_dropped(path, np.flatnonzero(~index.kept))
+    labels = index.label[kept]
+    train, evals = split_eval(kept.tolist(), labels.tolist(), index.prompt_key[kept].tolist(), cfg.eval_fraction, cfg.seed)
+    if evals and main:
+        log(describe(index.label[evals].tolist(), int(labels.sum()), int((~labels).sum())))
+    splits = []
+    for name, part, out in (("train", train, cfg.out), ("eval", evals, cfg.out / S.EVAL_DIR)):
+        if not part:
+            continue
+        part = np.asarray(part, dtype=np.int64)
+        rows, partners, same_prompt = pair_rows(index, part, cfg, path)
+        counts = count(index, rows, partners, truncation, dropped=dropped if name == "train" else 0, same_prompt=same_prompt)
+        splits.append(Split(name, out, rows, partners, counts, truncation))
+    prefix_splits = int(index.prefix_split[kept].sum())
+    if prefix_splits:
+        log(
+            f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (chat template renders the prompt differently)"
+        )
+    return splits
+
+
+def _log_dropped(path: Path, rows: np.ndarray) -> None:
+    with ArrowFile(path) as reader:
+        ids = reader.rows(rows[:10], [S.ID])[S.ID]
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+    log(f"dropped {len(rows)} rows left with an empty prompt or completion by tokenization or truncation: {', '.join(map(repr, ids))}{more}")
+
+
+def check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: str) -> None:
+    """Refuse token ids the model has no embedding row for (a tokenizer larger than the model)."""
+    rows = lm.get_input_embeddings().weight.shape[0]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id >= rows:
+        raise InputError(f"--model {model}: the tokenizer's pad token id {tokenizer.pad_token_id} is not below the model's vocabulary size {rows}")
+    index = read_index(staged)
+    used = np.concatenate([s.rows for s in splits])
+    bad = used[index.max_id[used] >= rows]
+    if not len(bad):
+        return
+    i = int(np.sort(bad)[0])
+    with ArrowFile(staged) as reader:
+        row = reader.rows([i], [S.ID, S.PROMPT_IDS, WHOLE_COMPLETION])
+    ids, row_id = np.concatenate([row[S.PROMPT_IDS].values, row[WHOLE_COMPLETION].values]), row[S.ID][0]
+    raise InputError(
+        f"row {row_id!r}: token id {int(ids[ids >= rows][0])} is not below the vocabulary size {rows} of --model {model}; "
+        "its tokenizer has more tokens than the model has embeddings"
+    )
+
+
+# ---- the eval split ---------------------------------------------------------------------------
+
+EVAL_SPLIT_RULE = "stratified by label; rows sharing a prompt on one side; seeded shuffle of prompt groups, each taken whole when it fits both label targets"
+"""The rule in words, recorded in an eval-split cache's content (formats/manifest.py CacheContent): a cache
+split by the earlier unstratified rule has no such key, so its fingerprint differs."""
+
+
+@dataclass(frozen=True)
+class EvalTargets:
+    desirable: int
+    undesirable: int
+
+
+def eval_targets(n_desirable: int, n_undesirable: int, fraction: float) -> EvalTargets:
+    """How many rows of each label the eval split aims for (see the module docstring)."""
+    total = round(fraction * (n_desirable + n_undesirable))
+    d, u = round(fraction * n_desirable), round(fraction * n_undesirable)
+    if n_desirable and n_undesirable:
+        d = min(max(d, 1), n_desirable - 1) if n_desirable >= 2 else 0
+        u = min(max(u, 1), n_undesirable - 1) if n_undesirable >= 2 else 0
+        while d + u > total and max(d, u) > 1:  # the larger target gives way, never below 1
+            if d >= u:
+                d -= 1
+            else:
+                u -= 1
+    return EvalTargets(d, u)
+
+
+def split_eval(rows: list, labels: Sequence[bool], groups: Sequence[Hashable], fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval) parts of `rows` (labels[i] and groups[i] belong to rows[i]); both keep input order."""
+    if fraction == 0:
+        return rows, []
+    n = len(rows)
+    if round(fraction * n) < 2:
+        raise InputError(f"--eval-fraction {fraction}: leaves {round(fraction * n)} eval rows of {n}; each split needs at least 2")
+    targets = eval_targets(sum(map(bool, labels)), n - sum(map(bool, labels)), fraction)
+    members: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    order = list(members.values())  # first-appearance order, then a seeded shuffle
+    random.Random(f"eval-{seed}").shuffle(order)
+    picked: set[int] = set()
+    d = u = 0
+    for group in order:
+        gd = sum(bool(labels[i]) for i in group)
+        gu = len(group) - gd
+        if d + gd <= targets.desirable and u + gu <= targets.undesirable:
+            picked.update(group)
+            d, u = d + gd, u + gu
+            if (d, u) == (targets.desirable, targets.undesirable):
+                break
+    train = [r for i, r in enumerate(rows) if i not in picked]
+    evals = [r for i, r in enumerate(rows) if i in picked]
+    for name, part in (("train", train), ("eval", evals)):
+        if len(part) < 2:
+            raise InputError(
+                f"--eval-fraction {fraction}: leaves {len(part)} {name} rows of {n} (rows sharing a prompt stay on one side); each split needs at least 2"
+            )
+    return train, evals
+
+
+def describe(evals: Sequence[bool], n_desirable: int, n_undesirable: int) -> str:
+    """The log line: what the eval split holds, and a label it lacks and why."""
+    d = sum(map(bool, evals))
+    u = len(evals) - d
+    line = f"eval split: {len(evals)} rows ({d} desirable, {u} undesirable), stratified by label, rows sharing a prompt on one side"
+    for name, have, total in (("desirable", d, n_desirable), ("undesirable", u, n_undesirable)):
+        if total and not have:
+            why = "its only row stays in training" if total == 1 else "no prompt group of that label fitted the targets"
+            line += f"; note: no {name} row in it ({why})"
+    return line
+
+
+# ---- the KL cycle, and the cut ----------------------------------------------------------------
 
 # Past this many candidates, fall back to the first acceptable one seen: keeps the worst case
 # (one prompt shared by almost every row) linear-ish rather than quadratic.
@@ -191,6 +424,16 @@ def kl_partners(
             partner[i] = fallback
             same_prompt += 1
     return Pairing(order, partner, same_prompt)
+
+
+class PromptCut(IntEnum):
+    """How a row's prompt was cut (staged per row; the manifest counts each kind)."""
+
+    NONE = 0
+    TURNS = 1
+    """Whole earliest turns dropped, the rest re-rendered: it starts with a turn header."""
+    MID_TEXT = 2
+    """Cut inside text: a plain-text prompt's start, or the start of the last user turn's text."""
 
 
 @dataclass(frozen=True)
