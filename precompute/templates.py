@@ -1,7 +1,8 @@
 """Chat-template control: `--chat-template FILE`, `--chat-template-kwargs JSON`, rows' `tools`.
 
-The template is rendered here, once, and only here: kto-train and `kto-inspect score` read token
-ids from the cache and never render a template. The cache's tokenizer/ copy is saved with the
+This module loads, checks and fingerprints the options; rows are rendered with them at
+tokenization (tokenize.py `render`), once, and only there: kto-train and `kto-inspect score` read
+token ids from the cache and never render a template. The cache's tokenizer/ copy is saved with the
 template that was used, and the manifest's content records its sha256 (`chat_template`) and the
 kwargs (`chat_template_kwargs`), but only when they were given, so a cache made without them
 keeps the fingerprint (and shard bytes) it had before these options existed.
@@ -100,23 +101,3 @@ def install(tokenizer, template: ChatTemplate) -> None:
     """Make `tokenizer` render with the replacement template (saved with it into tokenizer/)."""
     if template.text is not None:
         tokenizer.chat_template = template.text
-
-
-def render(tokenizer, messages, example, template: ChatTemplate, *, add_generation_prompt: bool) -> str:
-    """One conversation as text; no template, or one that fails on this row, names the row."""
-    where = f"{example.source} (id {example.id!r})"
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError(
-            f"{where}: conversational row, but the tokenizer has no chat template; give text prompts "
-            "and completions, use a model whose tokenizer has one, or pass --chat-template"
-        )
-    try:
-        return tokenizer.apply_chat_template(
-            [dict(m) for m in messages],
-            tools=list(example.tools) or None,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            **template.kwargs,
-        )
-    except Exception as e:  # jinja2 and transformers raise many types
-        raise InputError(f"{where}: {template.name} failed to render this row ({type(e).__name__}: {one_line(e)})") from None

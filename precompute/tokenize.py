@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import Example
+from kto.precompute.inputs.records import one_line
 
 from .plan import PromptCut, Truncation
-from .templates import ChatTemplate, render
+from .templates import ChatTemplate
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,26 @@ def conversational_ids(
     prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
     cut = _cut_inside(example, kept, len(head), prompt_ids, tokenizer, template, budget)
     return (cut if cut is not None else keep_end(truncation, prompt_ids).tolist()), completion_ids, split, PromptCut.MID_TEXT
+
+
+def render(tokenizer, messages, example, template: ChatTemplate, *, add_generation_prompt: bool) -> str:
+    """One conversation as text; no template, or one that fails on this row, names the row."""
+    where = f"{example.source} (id {example.id!r})"
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            f"{where}: conversational row, but the tokenizer has no chat template; give text prompts "
+            "and completions, use a model whose tokenizer has one, or pass --chat-template"
+        )
+    try:
+        return tokenizer.apply_chat_template(
+            [dict(m) for m in messages],
+            tools=list(example.tools) or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **template.kwargs,
+        )
+    except Exception as e:  # jinja2 and transformers raise many types
+        raise InputError(f"{where}: {template.name} failed to render this row ({type(e).__name__}: {one_line(e)})") from None
 
 
 def _system_head(messages) -> tuple[tuple, tuple]:
