@@ -56,7 +56,7 @@ class CacheContent:
     tokenizer: dict[str, Any]
     """models.tokenizer_identity of --model's own tokenizer (what kto-train checks --model against)."""
     inputs: tuple[dict[str, Any], ...]
-    """One hub.input_identity per --data input: file name and sha256, or dataset and revision."""
+    """One records.input_identity per --data input: file name and sha256, or dataset and revision."""
     columns: dict[str, str]
     """The column mapping (examples.ColumnMap)."""
     max_length: int

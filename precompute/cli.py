@@ -15,8 +15,8 @@ from click.core import ParameterSource
 from kto.formats.config_file import PRECOMPUTE, resolve_config_file
 from kto.formats.errors import InputError, log, one_line_errors
 from kto.precompute.inputs.dataset_info import load_datasets
-from kto.precompute.inputs.examples import ColumnMap
-from kto.precompute.inputs.sharegpt import ShareGPTMap, load_sharegpt_info
+from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
+from kto.precompute.inputs.sharegpt import load_sharegpt_info
 
 from .config import DTYPES, PrecomputeConfig
 

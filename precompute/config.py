@@ -9,8 +9,7 @@ from kto.formats.compute.numerics import NAMES as DTYPES
 from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
 from kto.precompute.inputs.alpaca import AlpacaMap
-from kto.precompute.inputs.examples import ColumnMap
-from kto.precompute.inputs.sharegpt import ShareGPTMap
+from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class PrecomputeConfig:
     max_prompt_length: int | None = None
     """Longest prompt (its end is kept); default max_length // 2."""
     max_samples: int | None = None
-    """Keep a seeded sample of at most this many rows of each input (inputs.examples.RowSample)."""
+    """Keep a seeded sample of at most this many rows of each input (inputs.records.RowSample)."""
     eval_fraction: float = 0.0
     """Seeded fraction of rows held out as a separate cache in OUT/eval/."""
     seed: int = 0

@@ -35,8 +35,7 @@ from kto.formats.errors import InputError, log
 from kto.formats.manifest import CacheContent, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.shards import Journal, sha256_file
-from kto.precompute.inputs.examples import RowSample, iter_examples
-from kto.precompute.inputs.hub import input_identity
+from kto.precompute.inputs.records import RowSample, input_identity, iter_examples
 
 from .config import PrecomputeConfig
 from .output import claim_out, shard_layout

@@ -42,7 +42,7 @@ from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
 from kto.formats.cache import ArrowFile
 
-from .inputs.example import check_unique_ids
+from .inputs.examples import check_unique_ids
 
 PREFIX = ".staging-"
 BLOCK = 2048
@@ -220,6 +220,6 @@ def read_index(path: Path) -> StagedIndex:
 
 def check_staged_ids(index: StagedIndex, path: Path) -> None:
     """Ids must be unique over every staged row (dropped ones too), as read_examples required:
-    the one check (inputs/example.py), on the 64-bit id hashes of the index."""
+    the one check (inputs/examples.py), on the 64-bit id hashes of the index."""
     with ArrowFile(path) as reader:
         check_unique_ids(index.id_key, lambda i: reader.rows([i], ["id"])["id"][0], lambda i: reader.rows([i], ["source"])["source"][0])

@@ -20,7 +20,7 @@ from typing import Any
 
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file
-from kto.precompute.inputs.records import one_line
+from kto.precompute.inputs.examples import one_line
 
 # Set by the tokenizer step itself; a kwargs object may not change how ids are produced.
 RESERVED = ("conversation", "tools", "tokenize", "add_generation_prompt", "continue_final_message", "return_dict", "return_tensors", "chat_template")

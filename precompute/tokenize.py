@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kto.formats.errors import InputError
-from kto.precompute.inputs.examples import Example
-from kto.precompute.inputs.records import one_line
+from kto.precompute.inputs.examples import Example, one_line
 
 from .plan import PromptCut, Truncation
 from .templates import ChatTemplate

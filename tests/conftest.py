@@ -131,7 +131,7 @@ def staging_content(*data: Path):
     (the staging key is all it is used for there; the other fields are placeholders)."""
     from kto.formats import schema as S
     from kto.formats.manifest import CacheContent
-    from kto.precompute.inputs.hub import input_identity
+    from kto.precompute.inputs.records import input_identity
 
     return CacheContent(
         format_version=S.FORMAT_VERSION,

@@ -108,7 +108,7 @@ def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length
     """Main and KL sequences as kto-precompute forms them for one shard: its tokenizing
     (`tokenize_example`, prompts cut there), then each row's prompt with a seeded partner's completion cut to fit
     (the same shape as its KL pairing: a derangement; the partner choice itself may differ)."""
-    from kto.precompute.inputs.examples import iter_examples
+    from kto.precompute.inputs.records import iter_examples
     from kto.precompute.plan import Truncation
     from kto.precompute.tokenize import leading_bos_id, tokenize_example
 

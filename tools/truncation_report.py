@@ -35,7 +35,7 @@ import pyarrow.ipc
 from kto.formats.manifest import read_manifest
 from kto.inspection.verify import verify
 from kto.precompute.config import PrecomputeConfig
-from kto.precompute.inputs.examples import iter_examples
+from kto.precompute.inputs.records import iter_examples
 from kto.precompute.pipeline import run_precompute
 from kto.precompute.tokenize import tokenize_example
 

@@ -18,9 +18,7 @@ from typing import Any
 
 from kto.formats.errors import InputError
 
-from .example import Example, parse_label
-from .records import kind_name
-from .sharegpt import ShareGPTMap, require_names, with_system
+from .examples import Example, ShareGPTMap, kind_name, parse_label, require_names, with_system
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ An entry names where the rows are and how to read them:
 - `file_name` (relative to DIR; a file, or a folder of data files read in name order) or
   `hf_hub_url` (+ `subset`, `split`, default train): the input, as `--data` would take it;
 - `formatting`: `alpaca` (LLaMA-Factory's default) or `sharegpt`;
-- `columns` and `tags`: the column and role names (sharegpt.ShareGPTMap, alpaca.AlpacaMap);
+- `columns` and `tags`: the column and role names (examples.ShareGPTMap, alpaca.AlpacaMap);
 - `ranking`: true for chosen/rejected pairs, false (default) for `kto_tag`-labelled rows.
 
 Other keys (`ms_hub_url`, `script_url`, `cloud_file_name`, `num_samples`, media columns, ...)
@@ -26,8 +26,8 @@ from kto.formats.errors import InputError
 from kto.formats.files import regular_file
 
 from .alpaca import AlpacaMap
+from .examples import ShareGPTMap
 from .records import SUFFIXES
-from .sharegpt import ShareGPTMap
 
 INFO_NAME = "dataset_info.json"
 _WHERE_KEYS = {"file_name", "hf_hub_url", "subset", "split"}

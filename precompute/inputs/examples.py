@@ -1,7 +1,11 @@
-"""Input readers: user data files -> a checked list of `Example`s.
+"""A record -> its checked `Example`(s): the row, its shapes and its column maps.
 
-Files are read by records.py (JSONL, JSON array, CSV, Parquet, Arrow IPC). Three row shapes, detected per row by
-which columns hold a value (names from `ColumnMap`):
+The base of precompute/inputs/: `Example` (the one checked row), the label rule, the one
+unique-id check, the column maps (`ColumnMap`; `ShareGPTMap`, whose `system` and `tools` columns
+every conversational shape honours), and the TRL and LLaMA-Factory shapes. records.py reads the
+inputs and sends each record to its shape (here, sharegpt.py or alpaca.py), which import this
+module and not each other. Three row shapes here, detected per row by which columns hold a
+value (names from `ColumnMap`):
 
 1. TRL unpaired:  {prompt, completion, label}. Both texts, or both message lists (conversational;
    completion messages must be assistant turns).
@@ -14,8 +18,9 @@ which columns hold a value (names from `ColumnMap`):
    with `{from, value}` turns; see sharegpt.py. A `system` and a `tools` column are honoured by
    every conversational shape.
 
-`--data` may also name a `datasets` source (hub.py): `hf:ID[:CONFIG]:SPLIT` or a
-`save_to_disk` directory; its rows go through the same checks.
+Files are read by records.py (JSONL, JSON array, CSV, Parquet, Arrow IPC); `--data` may also
+name a `datasets` source (hub.py): `hf:ID[:CONFIG]:SPLIT` or a `save_to_disk` directory; its rows
+go through the same checks.
 
 Every problem raises `InputError` with one line naming the file and 1-based row (JSONL: the line).
 pyarrow, numpy and the standard library only: polars stays out of this import path.
@@ -23,23 +28,137 @@ pyarrow, numpy and the standard library only: polars stays out of this import pa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kto.formats.errors import InputError
 
-from .alpaca import AlpacaMap, alpaca_examples
-from .example import Example, Message, check_unique_ids, parse_label, shown
-from .records import SUFFIXES, file_sha256, kind_name, one_line, read_file, records  # noqa: F401  (re-exported)
-from .sharegpt import ShareGPTMap, sharegpt_examples, tools_of, with_system
-
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool", "function_call": "assistant"}
 _KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
+
+
+# ---- the checked row ---------------------------------------------------------------------------
+
+Message = dict[str, str]  # {"role": ..., "content": ...}
+
+_TRUE = {"true", "1", "yes", "t", "y", "desirable"}
+_FALSE = {"false", "0", "no", "f", "n", "undesirable"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One checked example. Messages are normalised to {"role", "content"} with text content."""
+
+    id: str  # str of the id column, else f"{file_name}:{row}"; paired rows add ":chosen"/":rejected"
+    prompt: str | tuple[Message, ...]  # text, or messages (conversational)
+    completion: str | tuple[Message, ...]  # text, or assistant message(s)
+    label: bool  # True = desirable
+    source: str  # f"{file_name}: row {row}", for error messages downstream
+    tools: tuple[dict, ...] = ()  # tool schemas for the chat template (`tools` column)
+
+    @property
+    def conversational(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+
+def parse_label(value: Any, where: str) -> bool:
+    """bool, 0/1, or true/false, yes/no, t/f, y/n, 1/0, desirable/undesirable (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InputError(f"{where} {shown(value)} is not boolean-like (expected true/false, 1/0, yes/no)")
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: every user-facing message stays on one line."""
+    text = repr(value)  # repr escapes newlines, keeping the message on one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_unique_ids(keys: np.ndarray, id_at: Callable[[int], str], source_at: Callable[[int], str]) -> None:
+    """Every row's id is unique, or InputError `duplicate id 'X': SOURCE and SOURCE`.
+
+    keys[i] stands for row i's id: the id itself (an object array of str), or a 64-bit hash of
+    it, which keeps a hundred million ids in 800 MB; equal keys are then confirmed on the ids
+    (id_at), since two ids may share a hash. The pair reported is the earliest repeat in row
+    order, the one a reader going row by row meets first.
+    """
+    order = np.argsort(keys, kind="stable")  # stable: equal keys keep their row order
+    ordered = keys[order]
+    same = ordered[1:] == ordered[:-1]
+    starts = np.flatnonzero(~same) + 1  # where a new key begins (after position 0)
+    bounds = np.concatenate(([0], starts, [len(order)]))
+    repeat = None  # (row of the repeat, row of the first occurrence)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi - lo < 2:
+            continue
+        seen: dict[str, int] = {}
+        for i in sorted(int(k) for k in order[lo:hi]):
+            first = seen.setdefault(id_at(i), i)
+            if first != i:
+                repeat = min(repeat or (i, first), (i, first))
+                break
+    if repeat is not None:
+        i, first = repeat
+        a, b = source_at(first), source_at(i)
+        # Ids default to file name + row, so two files with one name collide.
+        hint = " (two input files share this name, or one file is given twice)" if a == b else ""
+        raise InputError(f"duplicate id {id_at(i)!r}: {a} and {b}{hint}")
+
+
+def kind_name(value: Any) -> str:
+    names = {str: "text", list: "a list", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def one_line(error: Any) -> str:
+    return " ".join(str(error).split())
+
+
+# ---- column maps -------------------------------------------------------------------------------
+
+
+def require_names(column_map: Any, what: str) -> None:
+    """Every field of a column-map dataclass is a non-empty column name."""
+    for key, name in asdict(column_map).items():
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{what}: {key} must be a non-empty name, got {name!r}")
+
+
+@dataclass(frozen=True)
+class ShareGPTMap:
+    """Column and role names, with LLaMA-Factory's defaults and its `dataset_info.json` keys."""
+
+    messages: str = "conversations"
+    system: str = "system"  # honoured by every conversational shape, not only ShareGPT
+    tools: str = "tools"  # idem
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    kto_tag: str = "kto_tag"
+    role_tag: str = "from"
+    content_tag: str = "value"
+    user_tag: str = "human"
+    assistant_tag: str = "gpt"
+    observation_tag: str = "observation"
+    function_tag: str = "function_call"
+    system_tag: str = "system"
+
+    def __post_init__(self) -> None:
+        require_names(self, "sharegpt map")
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def is_default(self) -> bool:
+        return self == ShareGPTMap()
 
 
 @dataclass(frozen=True)
@@ -71,105 +190,10 @@ class ColumnMap:
 _FINGERPRINTED_ALWAYS = frozenset({"prompt", "completion", "label", "messages", "chosen", "rejected", "id"})
 
 
-def read_examples(
-    paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
-) -> list[Example]:
-    """Read every file (order kept: files in the given order, rows in file order), check every row."""
-    return read_inputs(paths, columns, sharegpt, alpaca)[0]
-
-
-def read_inputs(
-    paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
-) -> tuple[list[Example], list[dict]]:
-    """`read_examples`, plus each file's `{"name", "sha256"}` of exactly the bytes its rows came from."""
-    # A lone path would otherwise be iterated per character.
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    inputs: list[dict] = []
-    examples = list(iter_examples(paths, columns, sharegpt, inputs, alpaca))
-    check_unique_ids(np.array([ex.id for ex in examples], dtype=object), lambda i: examples[i].id, lambda i: examples[i].source)
-    if len(examples) < 2:
-        files = ", ".join(str(p) for p in paths) or "no input files"
-        raise InputError(f"need at least 2 examples, got {len(examples)} (from {files})")
-    return examples, inputs
-
-
-def iter_examples(
-    paths: Sequence[str | Path],
-    columns: ColumnMap = ColumnMap(),
-    sharegpt: ShareGPTMap = ShareGPTMap(),
-    inputs: list[dict] | None = None,
-    alpaca: AlpacaMap | None = None,
-    sample: RowSample | None = None,
-) -> Iterator[Example]:
-    """Every row's examples, one input after another, without holding them: ids are not checked
-    for uniqueness here (read_examples does; precompute checks its staged ids). `inputs`, when
-    given, receives each input's identity (hub.input_records): for a file, the sha256 of exactly
-    the bytes its rows were parsed from. `sample`: only a seeded sample of each input's rows."""
-    from .hub import input_records
-
-    for index, path in enumerate(paths):
-        name, identity, rows = input_records(path)
-        if sample is not None:
-            rows = sample.rows(rows, index)
-        for row, record in rows:
-            yield from _row_examples(record, name, row, columns, sharegpt, alpaca)
-        if inputs is not None:
-            inputs.append(identity)
-
-
-@dataclass(frozen=True)
-class RowSample:
-    """--max-samples N: at most N rows of each input (as LLaMA-Factory's max_samples applies to
-    each dataset), drawn uniformly with the seed, kept in file order. A row is a row of the
-    file: a paired row stays one row here and becomes its two examples afterwards."""
-
-    size: int
-    seed: int
-
-    def rows(self, rows: Iterator[tuple[int, Any]], input_index: int) -> list[tuple[int, Any]]:
-        """Reservoir sampling (Algorithm R) over one pass: holds N rows, never the whole input,
-        and reads every row, so the input's sha256 still covers all of its bytes. Which rows
-        are kept depends on (seed, input's place in --data, N) and the rows' order only."""
-        rng = np.random.default_rng([self.seed, input_index])
-        kept: list[tuple[int, Any]] = []
-        for seen, item in enumerate(rows):
-            if seen < self.size:
-                kept.append(item)
-            else:
-                slot = int(rng.integers(0, seen + 1))
-                if slot < self.size:
-                    kept[slot] = item
-        return sorted(kept, key=lambda item: item[0])
-
-
 # ---- record -> Example(s) --------------------------------------------------------------------
 
 
-def _row_examples(
-    record: Any, file_name: str, row: int, columns: ColumnMap, sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
-) -> list[Example]:
-    """Detect the row's shape and build its one (or, for paired rows, two) examples; with an
-    `alpaca` map (a --dataset entry of that formatting) every row is read as alpaca."""
-    source = f"{file_name}: row {row}"
-    if not isinstance(record, dict):
-        raise InputError(f"{source}: expected an object of named columns, got {kind_name(record)}")
-    base_id = _base_id(record, columns.id, f"{file_name}:{row}", source)
-    if alpaca is not None:
-        return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
-    present = {key for key in record if _present(record, key)}
-    if sharegpt.messages in present and columns.messages not in present:
-        return sharegpt_examples(record, sharegpt, columns.label, base_id, source)
-    examples = _shaped_examples(record, columns, base_id, source, present)
-    tools = tools_of(record, sharegpt, source)
-    if tools and not examples[0].conversational:
-        raise InputError(f"{source}: column '{sharegpt.tools}': tools need a conversational prompt (a list of messages)")
-    if not (tools or _present(record, sharegpt.system)):
-        return examples
-    prompt = with_system(examples[0].prompt, record, sharegpt, source)
-    return [Example(e.id, prompt, e.completion, e.label, e.source, tools) for e in examples]
-
-
-def _shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str, present: set) -> list[Example]:
+def shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str, present: set) -> list[Example]:
     if columns.messages in present:
         where = f"{source}: column '{columns.messages}'"
         prompt, completion = _split_conversation(record[columns.messages], where)
@@ -191,7 +215,7 @@ def _shapes(c: ColumnMap) -> str:
     )
 
 
-def _present(record: dict, key: str) -> bool:
+def is_present(record: dict, key: str) -> bool:
     # A null cell counts as absent: Parquet/Arrow rows carry every column of the file, so a file
     # mixing shapes has nulls in the columns a row does not use.
     return record.get(key) is not None
@@ -199,11 +223,11 @@ def _present(record: dict, key: str) -> bool:
 
 def _require(record: dict, keys: Sequence[str], columns: ColumnMap, source: str) -> None:
     for key in keys:
-        if not _present(record, key):
+        if not is_present(record, key):
             raise InputError(f"{source}: missing column '{key}'; {_shapes(columns)}")
 
 
-def _base_id(record: dict, id_column: str, fallback: str, source: str) -> str:
+def base_id_of(record: dict, id_column: str, fallback: str, source: str) -> str:
     value = record.get(id_column)
     if value is None:
         return fallback
@@ -223,7 +247,7 @@ def _label(record: dict, columns: ColumnMap, source: str) -> bool:
 
 def _paired(record: dict, columns: ColumnMap, base_id: str, source: str) -> list[Example]:
     _require(record, (columns.chosen, columns.rejected), columns, source)
-    if _present(record, columns.prompt):
+    if is_present(record, columns.prompt):
         prompt, chosen = _prompt_and_completion(record, columns.prompt, columns.chosen, source)
         _, rejected = _prompt_and_completion(record, columns.prompt, columns.rejected, source)
     else:
@@ -352,3 +376,40 @@ def _unicode(text: str, where: str) -> str:
             f"{where}: a lone surrogate {text[e.start]!r} at character {e.start + 1} is not Unicode text (is the JSON's \\u escape cut in half?)"
         ) from None
     return text
+
+
+# ---- columns every conversational shape honours (system, tools) ----------------------------------
+
+
+def with_system(prompt: Any, record: dict, smap: ShareGPTMap, source: str) -> Any:
+    """Prepend the row's `system` cell as a system message (an empty or null cell adds nothing)."""
+    system = record.get(smap.system)
+    if system is None or system == "":
+        return prompt
+    where = f"{source}: column '{smap.system}'"
+    if not isinstance(system, str):
+        raise InputError(f"{where}: expected text, got {kind_name(system)}")
+    if isinstance(prompt, str):
+        raise InputError(f"{where}: a system prompt needs a conversational prompt (a list of messages); text prompts are tokenized as they are")
+    if prompt and prompt[0]["role"] == "system":
+        raise InputError(f"{where}: the conversation already starts with a system message")
+    return ({"role": "system", "content": system},) + tuple(prompt)
+
+
+def tools_of(record: dict, smap: ShareGPTMap, source: str) -> tuple[dict, ...]:
+    """The row's tool schemas: a list of objects, or a JSON text of one; null or empty: none."""
+    cell = record.get(smap.tools)
+    where = f"{source}: column '{smap.tools}'"
+    if cell is None or cell == "":
+        return ()
+    if isinstance(cell, str):
+        try:
+            cell = json.loads(cell)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: text that is not JSON ({e.msg} at column {e.colno}); expected a list of tool schemas") from None
+    if not isinstance(cell, list):
+        raise InputError(f"{where}: expected a list of tool schemas, got {kind_name(cell)}")
+    for i, tool in enumerate(cell, 1):
+        if not isinstance(tool, dict):
+            raise InputError(f"{where}, tool {i}: expected an object (a JSON schema), got {kind_name(tool)}")
+    return tuple(cell)

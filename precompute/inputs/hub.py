@@ -7,7 +7,7 @@ Spellings:
 
 Hub and local sources go through the same code: `load_dataset(..., streaming=True)`, so rows are
 read one batch at a time and never copied into a cache first; `save_to_disk` directories are
-memory-mapped by `load_from_disk`. Rows are then checked by examples.py like any file's, named
+memory-mapped by `load_from_disk`. Rows are then checked (records.py, examples.py) like any file's, named
 `SPEC: row N` (1-based).
 
 Identity (manifest `inputs`): a hub dataset by id, config, split and the commit sha the hub
@@ -27,7 +27,7 @@ from typing import Any
 from kto.formats.errors import InputError
 from kto.formats.files import regular_tree, sha256_file
 
-from .records import one_line
+from .examples import one_line
 
 PREFIX = "hf:"
 _BATCH = 1024
@@ -79,31 +79,8 @@ def parse_spec(path: str | Path) -> DatasetSpec:
     return DatasetSpec(text, source, config, split)
 
 
-def input_records(path: str | Path) -> tuple[str, dict, Iterator[tuple[int, Any]]]:
-    """(name for messages and row ids, identity for the manifest, (1-based row, record) pairs)."""
-    from .records import read_file
-
-    if is_dataset_input(path):
-        spec = parse_spec(path)
-        return spec.name, input_identity(spec.text), dataset_records(spec)
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"--data {path}: a directory, but not one written by save_to_disk; write hf:{path}:SPLIT to read its data files through datasets")
-    if not path.name.isascii():  # a non-UTF-8 name decodes to lone surrogates; ids carry it
-        try:
-            path.name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"{ascii(str(path))}: the file name is not valid UTF-8 (rows are named after it); rename the file") from None
-    sha256, rows = read_file(path)
-    return path.name, {"name": path.name, "sha256": sha256}, rows
-
-
-def input_identity(path: str | Path) -> dict:
-    """What the manifest records of one `--data` input (files: name and sha256, as before)."""
-    from .records import file_sha256
-
-    if not is_dataset_input(path):
-        return {"name": Path(path).name, "sha256": file_sha256(path)}
+def dataset_identity(path: str | Path) -> dict:
+    """What the manifest records of a `datasets` input (records.input_identity's other half)."""
     spec = parse_spec(path)
     identity = {"name": spec.name, "config": spec.config, "split": spec.split}
     if spec.local:

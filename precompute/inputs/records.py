@@ -1,7 +1,9 @@
-"""Input files -> (1-based row, raw record): JSONL, JSON array, CSV, Parquet, Arrow IPC.
+"""Reading: each `--data` input -> (1-based row, raw record) -> the record's checked Examples.
 
-Only the file formats live here; what a record means (row shapes, labels, messages) is
-examples.py's business. pyarrow and the standard library only: polars stays out of this path.
+Files are parsed here (JSONL, JSON array, CSV, Parquet, Arrow IPC) from the bytes they are hashed
+from; `datasets` inputs come through hub.py. Each record is sent to its shape: examples.py (TRL,
+LLaMA-Factory, paired), sharegpt.py or alpaca.py; what a record means (row shapes, labels,
+messages) is theirs. pyarrow, numpy and the standard library only: polars stays out of this path.
 """
 
 from __future__ import annotations
@@ -10,16 +12,23 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file, sha256_file
+
+from .alpaca import AlpacaMap, alpaca_examples
+from .examples import ColumnMap, Example, ShareGPTMap, base_id_of, check_unique_ids, is_present, kind_name, one_line, shaped_examples, tools_of, with_system
+from .hub import dataset_identity, dataset_records, is_dataset_input, parse_spec
+from .sharegpt import sharegpt_examples
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + ARROW_SUFFIXES
@@ -149,10 +158,121 @@ def _table_rows(table: pa.Table) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
-def kind_name(value: Any) -> str:
-    names = {str: "text", list: "a list", dict: "an object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+# ---- inputs -> records -> each row's Examples -----------------------------------------------------
 
 
-def one_line(error: Any) -> str:
-    return " ".join(str(error).split())
+def input_records(path: str | Path) -> tuple[str, dict, Iterator[tuple[int, Any]]]:
+    """(name for messages and row ids, identity for the manifest, (1-based row, record) pairs)."""
+    if is_dataset_input(path):
+        spec = parse_spec(path)
+        return spec.name, input_identity(spec.text), dataset_records(spec)
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--data {path}: a directory, but not one written by save_to_disk; write hf:{path}:SPLIT to read its data files through datasets")
+    if not path.name.isascii():  # a non-UTF-8 name decodes to lone surrogates; ids carry it
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{ascii(str(path))}: the file name is not valid UTF-8 (rows are named after it); rename the file") from None
+    sha256, rows = read_file(path)
+    return path.name, {"name": path.name, "sha256": sha256}, rows
+
+
+def input_identity(path: str | Path) -> dict:
+    """What the manifest records of one `--data` input (files: name and sha256, as before)."""
+    if not is_dataset_input(path):
+        return {"name": Path(path).name, "sha256": file_sha256(path)}
+    return dataset_identity(path)
+
+
+def read_examples(
+    paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
+) -> list[Example]:
+    """Read every file (order kept: files in the given order, rows in file order), check every row."""
+    return read_inputs(paths, columns, sharegpt, alpaca)[0]
+
+
+def read_inputs(
+    paths: Sequence[str | Path], columns: ColumnMap = ColumnMap(), sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
+) -> tuple[list[Example], list[dict]]:
+    """`read_examples`, plus each file's `{"name", "sha256"}` of exactly the bytes its rows came from."""
+    # A lone path would otherwise be iterated per character.
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    inputs: list[dict] = []
+    examples = list(iter_examples(paths, columns, sharegpt, inputs, alpaca))
+    check_unique_ids(np.array([ex.id for ex in examples], dtype=object), lambda i: examples[i].id, lambda i: examples[i].source)
+    if len(examples) < 2:
+        files = ", ".join(str(p) for p in paths) or "no input files"
+        raise InputError(f"need at least 2 examples, got {len(examples)} (from {files})")
+    return examples, inputs
+
+
+def iter_examples(
+    paths: Sequence[str | Path],
+    columns: ColumnMap = ColumnMap(),
+    sharegpt: ShareGPTMap = ShareGPTMap(),
+    inputs: list[dict] | None = None,
+    alpaca: AlpacaMap | None = None,
+    sample: RowSample | None = None,
+) -> Iterator[Example]:
+    """Every row's examples, one input after another, without holding them: ids are not checked
+    for uniqueness here (read_examples does; precompute checks its staged ids). `inputs`, when
+    given, receives each input's identity (input_records): for a file, the sha256 of exactly
+    the bytes its rows were parsed from. `sample`: only a seeded sample of each input's rows."""
+    for index, path in enumerate(paths):
+        name, identity, rows = input_records(path)
+        if sample is not None:
+            rows = sample.rows(rows, index)
+        for row, record in rows:
+            yield from _row_examples(record, name, row, columns, sharegpt, alpaca)
+        if inputs is not None:
+            inputs.append(identity)
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """--max-samples N: at most N rows of each input (as LLaMA-Factory's max_samples applies to
+    each dataset), drawn uniformly with the seed, kept in file order. A row is a row of the
+    file: a paired row stays one row here and becomes its two examples afterwards."""
+
+    size: int
+    seed: int
+
+    def rows(self, rows: Iterator[tuple[int, Any]], input_index: int) -> list[tuple[int, Any]]:
+        """Reservoir sampling (Algorithm R) over one pass: holds N rows, never the whole input,
+        and reads every row, so the input's sha256 still covers all of its bytes. Which rows
+        are kept depends on (seed, input's place in --data, N) and the rows' order only."""
+        rng = np.random.default_rng([self.seed, input_index])
+        kept: list[tuple[int, Any]] = []
+        for seen, item in enumerate(rows):
+            if seen < self.size:
+                kept.append(item)
+            else:
+                slot = int(rng.integers(0, seen + 1))
+                if slot < self.size:
+                    kept[slot] = item
+        return sorted(kept, key=lambda item: item[0])
+
+
+def _row_examples(
+    record: Any, file_name: str, row: int, columns: ColumnMap, sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
+) -> list[Example]:
+    """Detect the row's shape and build its one (or, for paired rows, two) examples; with an
+    `alpaca` map (a --dataset entry of that formatting) every row is read as alpaca."""
+    source = f"{file_name}: row {row}"
+    if not isinstance(record, dict):
+        raise InputError(f"{source}: expected an object of named columns, got {kind_name(record)}")
+    base_id = base_id_of(record, columns.id, f"{file_name}:{row}", source)
+    if alpaca is not None:
+        return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
+    present = {key for key in record if is_present(record, key)}
+    if sharegpt.messages in present and columns.messages not in present:
+        return sharegpt_examples(record, sharegpt, columns.label, base_id, source)
+    examples = shaped_examples(record, columns, base_id, source, present)
+    tools = tools_of(record, sharegpt, source)
+    if tools and not examples[0].conversational:
+        raise InputError(f"{source}: column '{sharegpt.tools}': tools need a conversational prompt (a list of messages)")
+    if not (tools or is_present(record, sharegpt.system)):
+        return examples
+    prompt = with_system(examples[0].prompt, record, sharegpt, source)
+    return [Example(e.id, prompt, e.completion, e.label, e.source, tools) for e in examples]

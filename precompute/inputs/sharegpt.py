@@ -18,50 +18,14 @@ function_call → an assistant turn with `tool_calls` (its value is the JSON
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file
 
-from .example import Example, parse_label
-from .records import kind_name, one_line
-
-
-def require_names(column_map: Any, what: str) -> None:
-    """Every field of a column-map dataclass is a non-empty column name."""
-    for key, name in asdict(column_map).items():
-        if not isinstance(name, str) or not name.strip():
-            raise InputError(f"{what}: {key} must be a non-empty name, got {name!r}")
-
-
-@dataclass(frozen=True)
-class ShareGPTMap:
-    """Column and role names, with LLaMA-Factory's defaults and its `dataset_info.json` keys."""
-
-    messages: str = "conversations"
-    system: str = "system"  # honoured by every conversational shape, not only ShareGPT
-    tools: str = "tools"  # idem
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    kto_tag: str = "kto_tag"
-    role_tag: str = "from"
-    content_tag: str = "value"
-    user_tag: str = "human"
-    assistant_tag: str = "gpt"
-    observation_tag: str = "observation"
-    function_tag: str = "function_call"
-    system_tag: str = "system"
-
-    def __post_init__(self) -> None:
-        require_names(self, "sharegpt map")
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    def is_default(self) -> bool:
-        return self == ShareGPTMap()
+from .examples import Example, ShareGPTMap, kind_name, one_line, parse_label, tools_of, with_system
 
 
 def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
@@ -227,40 +191,6 @@ def _kto_label(record: dict, smap: ShareGPTMap, label_column: str, source: str) 
 
 
 # ---- system and tools columns, for every conversational shape ----------------------------------
-
-
-def with_system(prompt: Any, record: dict, smap: ShareGPTMap, source: str) -> Any:
-    """Prepend the row's `system` cell as a system message (an empty or null cell adds nothing)."""
-    system = record.get(smap.system)
-    if system is None or system == "":
-        return prompt
-    where = f"{source}: column '{smap.system}'"
-    if not isinstance(system, str):
-        raise InputError(f"{where}: expected text, got {kind_name(system)}")
-    if isinstance(prompt, str):
-        raise InputError(f"{where}: a system prompt needs a conversational prompt (a list of messages); text prompts are tokenized as they are")
-    if prompt and prompt[0]["role"] == "system":
-        raise InputError(f"{where}: the conversation already starts with a system message")
-    return ({"role": "system", "content": system},) + tuple(prompt)
-
-
-def tools_of(record: dict, smap: ShareGPTMap, source: str) -> tuple[dict, ...]:
-    """The row's tool schemas: a list of objects, or a JSON text of one; null or empty: none."""
-    cell = record.get(smap.tools)
-    where = f"{source}: column '{smap.tools}'"
-    if cell is None or cell == "":
-        return ()
-    if isinstance(cell, str):
-        try:
-            cell = json.loads(cell)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: text that is not JSON ({e.msg} at column {e.colno}); expected a list of tool schemas") from None
-    if not isinstance(cell, list):
-        raise InputError(f"{where}: expected a list of tool schemas, got {kind_name(cell)}")
-    for i, tool in enumerate(cell, 1):
-        if not isinstance(tool, dict):
-            raise InputError(f"{where}, tool {i}: expected an object (a JSON schema), got {kind_name(tool)}")
-    return tuple(cell)
 
 
 def _present(record: dict, key: str) -> bool:

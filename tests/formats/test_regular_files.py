@@ -66,7 +66,7 @@ def test_data_dir_holding_a_fifo_is_refused(tmp_path):
     folder.mkdir()
     write_rows(folder / "a.jsonl", [{"prompt": "p", "completion": "c", "label": True}])
     fifo(folder / "b.jsonl")
-    message = refusal(f"from kto.precompute.inputs.hub import input_identity; input_identity('hf:{folder}:train')")
+    message = refusal(f"from kto.precompute.inputs.records import input_identity; input_identity('hf:{folder}:train')")
     assert message == f"--data {folder}: {folder / 'b.jsonl'}: a FIFO, not a regular file"
 
 

@@ -9,7 +9,7 @@ from conftest import chat_rows, make_tiny_llama, precompute_args, staging_conten
 
 from kto.formats import schema as S
 from kto.precompute.cli import main
-from kto.precompute.inputs.examples import read_examples
+from kto.precompute.inputs.records import read_examples
 
 
 def one_line_error(result) -> str:

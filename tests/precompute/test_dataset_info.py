@@ -14,7 +14,7 @@ from kto.formats.manifest import read_manifest
 from kto.precompute.cli import main
 from kto.precompute.inputs.alpaca import AlpacaMap
 from kto.precompute.inputs.dataset_info import load_datasets
-from kto.precompute.inputs.examples import read_examples
+from kto.precompute.inputs.records import read_examples
 from kto.precompute.inputs.sharegpt import load_sharegpt_info
 
 DATA = Path(os.environ.get("KTO_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))

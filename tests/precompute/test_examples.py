@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from kto.formats.errors import InputError
-from kto.precompute.inputs.examples import ColumnMap, Example, file_sha256, read_examples, read_inputs
+from kto.precompute.inputs.examples import ColumnMap, Example
+from kto.precompute.inputs.records import file_sha256, read_examples, read_inputs
 
 GOOD = {"prompt": "Hi", "completion": "Hello!", "label": True}
 USER = {"role": "user", "content": "Hi"}
@@ -283,7 +284,7 @@ def test_csv_row_with_the_wrong_number_of_fields(tmp_path, line, found):
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet", ".arrow"])
 def test_inputs_hash_the_bytes_that_were_parsed(tmp_path, suffix, monkeypatch):
     """The file is rewritten while its rows are being checked: the hash is still of what was read."""
-    import kto.precompute.inputs.examples as examples
+    import kto.precompute.inputs.records as examples
 
     rows = [GOOD, {"prompt": "Q", "completion": "A", "label": False}]
     path = tmp_path / f"d{suffix}"

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from kto.formats.errors import InputError
-from kto.precompute.inputs.examples import read_examples
-from kto.precompute.inputs.hub import input_identity, parse_spec
+from kto.precompute.inputs.hub import parse_spec
+from kto.precompute.inputs.records import input_identity, read_examples
 
 datasets = pytest.importorskip("datasets")
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from conftest import chat_rows, precompute_args, text_rows, write_rows
 
 from kto.precompute.cli import main
-from kto.precompute.inputs.examples import RowSample
+from kto.precompute.inputs.records import RowSample
 
 
 def cache_ids(cache) -> list[str]:

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from kto.formats.manifest import read_manifest
 from kto.inspection.verify import verify
 from kto.precompute.cli import main as precompute
-from kto.precompute.inputs.examples import iter_examples
+from kto.precompute.inputs.records import iter_examples
 from kto.precompute.tokenize import tokenize_example
 
 DATA = Path(os.environ.get("KTO_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))

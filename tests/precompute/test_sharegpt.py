@@ -7,8 +7,9 @@ import json
 import pytest
 
 from kto.formats.errors import InputError
-from kto.precompute.inputs.examples import read_examples
-from kto.precompute.inputs.sharegpt import ShareGPTMap, load_sharegpt_info
+from kto.precompute.inputs.examples import ShareGPTMap
+from kto.precompute.inputs.records import read_examples
+from kto.precompute.inputs.sharegpt import load_sharegpt_info
 
 
 def write_jsonl(path, rows):

@@ -1,4 +1,4 @@
-"""The one unique-id check (precompute/inputs/example.py), used on read_examples' lists (keys:
+"""The one unique-id check (precompute/inputs/examples.py), used on read_examples' lists (keys:
 the ids) and on the staged rows (keys: 64-bit hashes of the ids)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kto.formats.errors import InputError
-from kto.precompute.inputs.example import check_unique_ids
+from kto.precompute.inputs.examples import check_unique_ids
 
 
 def check(keys, ids, sources=None):
