@@ -29,7 +29,7 @@ from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import CacheContent
 from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
-from .staging import is_staging_name
+from .tokenize import is_staging_name
 
 # Ours by name: the lock (held while we write; formats/lock.py refuses one that is not a plain
 # file), kto-train's verification stamps (shards and tokenizer check). The journal is ours only

@@ -1,9 +1,9 @@
 """kto-precompute, end to end: read → tokenize → stage → split → pair → score → write.
 
-Tokenized rows are spilled to a staging file in --out (staging.py) and read back one shard at a
+Tokenized rows are spilled to a staging file in --out (tokenize.py) and read back one shard at a
 time, so memory does not grow with the number of rows.
 
-The stages live in their own modules: tokenize.py and staging.py (read → tokenize → stage),
+The stages live in their own modules: inputs/ and tokenize.py (read → tokenize → stage),
 plan.py (drop → split → pair on the KL cycle → count; then each shard's rows cut behind
 their prompts), score.py (score → write a shard), output.py (what --out may
 hold, claimed under its lock); this module runs them in order and writes the manifests.
@@ -41,10 +41,9 @@ from .config import PrecomputeConfig
 from .output import claim_out, shard_layout
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_vocabulary
 from .score import ScoredShard, pending_shards, score_and_write, shard_slices, with_scoring_counts
-from .staging import stage, staging_path, staging_schema
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
-from .tokenize import leading_bos_id, tokenize_example
+from .tokenize import leading_bos_id, stage, staging_path, staging_schema, tokenize_example
 
 
 def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> CacheContent:

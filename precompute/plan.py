@@ -83,7 +83,6 @@ import math
 import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,7 @@ from kto.formats.errors import InputError, log
 from kto.formats.manifest import Counts
 
 from .config import PrecomputeConfig
-from .staging import WHOLE_COMPLETION, StagedIndex, check_staged_ids, read_index
+from .tokenize import WHOLE_COMPLETION, PromptCut, StagedIndex, check_staged_ids, read_index
 
 # ---- staged rows -> splits --------------------------------------------------------------------
 
@@ -424,16 +423,6 @@ def kl_partners(
             partner[i] = fallback
             same_prompt += 1
     return Pairing(order, partner, same_prompt)
-
-
-class PromptCut(IntEnum):
-    """How a row's prompt was cut (staged per row; the manifest counts each kind)."""
-
-    NONE = 0
-    TURNS = 1
-    """Whole earliest turns dropped, the rest re-rendered: it starts with a turn header."""
-    MID_TEXT = 2
-    """Cut inside text: a plain-text prompt's start, or the start of the last user turn's text."""
 
 
 @dataclass(frozen=True)

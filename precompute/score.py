@@ -111,7 +111,7 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
     progress = Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process)
     for k in shard_ids:
         a, b = slices[k]
-        with ArrowFile(staged) as reader:  # mapped for one shard at a time: see staging.py
+        with ArrowFile(staged) as reader:  # mapped for one shard at a time: see tokenize.py, the staging file
             values = shard_values(reader, s.rows[a:b], s.partners[a:b], s.truncation)
         prompts, completions, keys = _shard_sequences(values)
         device = state.device if cfg.device_map is None else scorer.lm.device

@@ -143,8 +143,9 @@ def test_build_splits_cut_only_what_does_not_fit_and_count_it(tokenizer_dir, tmp
     from kto.formats.schema import COLUMNS
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.pipeline import stage_rows
-    from kto.precompute.plan import PromptCut, Truncation, build_splits, shard_values
+    from kto.precompute.plan import Truncation, build_splits, shard_values
     from kto.precompute.templates import ChatTemplate
+    from kto.precompute.tokenize import PromptCut
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())

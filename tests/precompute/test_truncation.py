@@ -7,8 +7,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from kto.precompute.inputs.examples import Example
-from kto.precompute.plan import PromptCut, Truncation
-from kto.precompute.tokenize import keep_end, prompt_must_be_cut, tokenize_example
+from kto.precompute.plan import Truncation
+from kto.precompute.tokenize import PromptCut, keep_end, prompt_must_be_cut, tokenize_example
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +201,8 @@ def test_the_staging_key_includes_the_limits(tokenizer_dir, tmp_path):
 
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.pipeline import stage_rows
-    from kto.precompute.staging import read_index
     from kto.precompute.templates import ChatTemplate
+    from kto.precompute.tokenize import read_index
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
