@@ -1,8 +1,9 @@
 """Stream a cache into KTO micro-batches: memory-mapped shards, seeded plans that follow the
-cache's KL cycle.
+cache's KL cycle and keep a prompt's rows together.
 
-The plan of an epoch is a pure function of (seed, epoch, rows, world size, batch shape), so a
-resumed run rebuilds it and skips to its step, and every rank agrees on it without talking.
+The plan of an epoch is a pure function of (seed, epoch, rows, prompt groups, world size, batch
+shape), so a resumed run rebuilds it and skips to its step, and every rank agrees on it without
+talking.
 
 - Steps per epoch are fixed: ceil(rows / (batch · accum · world)). The LR schedule is thus
   known up front.
@@ -18,6 +19,15 @@ resumed run rebuilds it and skips to its step, and every rank agrees on it witho
   lengths, and inside a step rows are sorted by length before being cut into micro-batches,
   so padding stays low. The step's row set depends on rows per step only, not on how they are
   split into ranks × accumulation × batch (gradient equality, tests/train/test_step.py).
+- Rows that share a prompt (a paired dataset's chosen and rejected rows: `prompt_groups`) go
+  into one micro-batch, so that both passes of the step run their prompt once (prefix
+  sharing, train/packing.py). The cycle is then walked group by group (a group where its first
+  row is) and cut into steps, and a step's groups, longest first, into micro-batches, a group
+  whole wherever it fits (`fill_bins`); a step is then no longer exactly a segment: a row
+  pulled to its group's place leaves its partner behind. Nothing needs the partner in the step
+  (its KL sequence and ref_kl_logp are in the row's own columns); the cost is freshness
+  (docs/kl_pairing.md, "Prompt groups in one micro-batch"). Without two rows of one prompt the
+  plan is the segment plan above, slot for slot.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import numpy as np
 import torch
 
 from kto.formats import schema as S
-from kto.formats.cache import ShardedCache
+from kto.formats.cache import ShardedCache, column_view
 from kto.formats.compute.logprob import TokenBatch, make_token_batch
 
 if TYPE_CHECKING:
@@ -106,26 +116,123 @@ def steps_per_epoch(num_rows: int, shape: MicroBatchShape) -> int:
     return math.ceil(num_rows / shape.rows_per_step)
 
 
-def epoch_plan(lengths: np.ndarray, shape: MicroBatchShape, seed: int, epoch: int) -> np.ndarray:
+def epoch_plan(lengths: np.ndarray, shape: MicroBatchShape, seed: int, epoch: int, groups: np.ndarray | None = None) -> np.ndarray:
     """[steps, world, accum, batch] global row indices; -1 marks an empty (filler) slot.
 
-    `lengths` are in the cache's (cycle) order; see the module docstring.
+    `lengths` are in the cache's (cycle) order; `groups` gives rows that share a prompt one
+    number (`prompt_groups`), None every row its own. See the module docstring.
     """
     n, G = len(lengths), shape.rows_per_step
     steps = steps_per_epoch(n, shape)
     rng = np.random.default_rng([seed, epoch])
     shift = int(rng.integers(n)) if n else 0
+    cycle = (np.arange(n) + shift) % n
+    if groups is None or len(np.unique(groups)) == n:
+        segments = row_segments(cycle, lengths, steps, G)
+    else:
+        segments = group_segments(prompt_units(cycle, groups), lengths, steps, shape)
+    # Consecutive rows (similar lengths) form a micro-batch; micro-batches go round-robin to
+    # (rank, accumulation slot), so a short last step spreads its rows over every rank.
+    plan = segments.reshape(steps, shape.grad_accum, shape.world_size, shape.batch_size).transpose(0, 2, 1, 3)
+    return plan[rng.permutation(steps)] if steps > 1 else plan
+
+
+def row_segments(cycle: np.ndarray, lengths: np.ndarray, steps: int, G: int) -> np.ndarray:
+    """[steps, G]: the cycle cut into segments of G rows, each sorted longest first (filler, -1,
+    last). What `group_segments` gives when no two rows share a prompt, vectorized."""
     padded = np.full(steps * G, -1, dtype=np.int64)
-    padded[:n] = (np.arange(n) + shift) % n
+    padded[: len(cycle)] = cycle
     segments = padded.reshape(steps, G)
     for seg in segments:
         # Longest first, filler (-1) last; a stable sort keeps equal lengths in cycle order.
         key = np.where(seg >= 0, -lengths[np.maximum(seg, 0)], 1)
         seg[:] = seg[np.argsort(key, kind="stable")]
-    # Consecutive rows (similar lengths) form a micro-batch; micro-batches go round-robin to
-    # (rank, accumulation slot), so a short last step spreads its rows over every rank.
-    plan = segments.reshape(steps, shape.grad_accum, shape.world_size, shape.batch_size).transpose(0, 2, 1, 3)
-    return plan[rng.permutation(steps)] if steps > 1 else plan
+    return segments
+
+
+def group_segments(units: list[list[int]], lengths: np.ndarray, steps: int, shape: MicroBatchShape) -> np.ndarray:
+    """[steps, G]: the prompt groups, in cycle order, filled into steps of G rows, and each
+    step's groups, longest first, into micro-batches, a group whole wherever it fits (then both
+    passes run its prompt once). A step's rows depend on G alone, not on the split into ranks ×
+    accumulation × batch."""
+    G, B = shape.rows_per_step, shape.batch_size
+    segments = np.full((steps, G), -1, dtype=np.int64)
+    for s, pieces in enumerate(fill_bins(units, G, steps)):
+        # A group ranks by its longest row; the stable sort keeps ties in cycle order.
+        pieces = sorted(pieces, key=lambda u: -int(lengths[u].max()))
+        for m, micro in enumerate(fill_bins(pieces, B, G // B)):
+            rows = [r for piece in micro for r in piece]
+            segments[s, m * B : m * B + len(rows)] = rows
+    return segments
+
+
+def prompt_units(cycle: np.ndarray, groups: np.ndarray) -> list[list[int]]:
+    """The rows of `cycle` gathered by prompt group: a group sits where its first row is on the
+    cycle, its rows in cycle order (kto-precompute keeps a group's rows a few places apart)."""
+    units: dict[int, list[int]] = {}
+    for r, g in zip(cycle.tolist(), groups[cycle].tolist()):
+        units.setdefault(g, []).append(r)
+    return list(units.values())  # insertion order: by first row
+
+
+# How far ahead `fill_bins` looks for a unit that fits the room left in a bin.
+FILL_SCAN = 64
+
+
+def fill_bins(units: list[list[int]], capacity: int, most: int) -> list[list[list[int]]]:
+    """Cut `units` (rows, in order) into at most `most` bins of `capacity` rows, each a list of
+    pieces. A unit stays whole when it fits the room left; else the nearest of the next
+    FILL_SCAN units that fits goes first; else, if the bins after this one can hold every row
+    left, the room stays empty (filler); else the unit is split to fill it (as a unit larger
+    than a bin always is). Units of one row therefore fill the bins in order, full."""
+    pending, left = units[::-1], sum(len(u) for u in units)  # the next unit last
+    bins: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    room = capacity
+    while pending:
+        last = len(pending) - 1
+        fits = next((k for k in range(last, max(last - FILL_SCAN, -1), -1) if len(pending[k]) <= room), None)
+        if fits is None and len(pending[-1]) <= capacity and left <= (most - len(bins) - 1) * capacity:
+            room = 0
+        else:
+            piece = pending.pop(fits if fits is not None else last)
+            if len(piece) > room:
+                piece, rest = piece[:room], piece[room:]
+                pending.append(rest)
+            current.append(piece)
+            room, left = room - len(piece), left - len(piece)
+        if room == 0:
+            bins.append(current)
+            current, room = [], capacity
+    return bins + [current] if current else bins
+
+
+def prompt_groups(cache: ShardedCache) -> np.ndarray:
+    """[rows] int64: the first row (global index) with the same prompt ids, for every row; read
+    from the shards' prompt offsets and values, memory-mapped (no checksum: a wrong number only
+    places rows, and the step packs by the ids themselves)."""
+    keys = [prompt_keys(column_view(cache.open_shard(k).column(S.PROMPT_IDS))) for k in range(cache.num_shards)]
+    keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first[inverse].astype(np.int64)
+
+
+def prompt_keys(prompts: S.Ragged) -> np.ndarray:
+    """[rows] uint64 hash of each row's token ids (Σ f(id)·Bᵖᵒˢ mod 2⁶⁴, and the length): equal
+    prompts get equal keys; unequal ones differ but with negligible odds (a collision only puts
+    two rows in one micro-batch)."""
+    lengths = prompts.lengths
+    positions = np.arange(len(prompts.values)) - np.repeat(prompts.offsets[:-1], lengths)
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.full(int(lengths.max(initial=0)) + 1, _HASH_BASE, dtype=np.uint64))
+        terms = (prompts.values.astype(np.uint64) * _HASH_MIX + np.uint64(1)) * powers[positions]
+        sums = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
+        return (sums[prompts.offsets[1:]] - sums[prompts.offsets[:-1]]) ^ (lengths.astype(np.uint64) * _HASH_MIX)
+
+
+# Odd 64-bit constants (from the golden ratio and sqrt(3)) for `prompt_keys`.
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)
+_HASH_MIX = np.uint64(0xBB67AE8584CAA73B)
 
 
 def row_columns(*, ref_logp: torch.Tensor, ref_kl_logp: torch.Tensor, desirable: torch.Tensor, **more: torch.Tensor) -> dict[str, torch.Tensor]:

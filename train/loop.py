@@ -122,7 +122,7 @@ def step_micro_batches(run: Run, p: Position) -> list[KTOMicroBatch]:
     """This process's micro-batches for step `p`, on the CPU (pinned for CUDA). The epoch's plan
     is built once; only one thread at a time calls this (see Prefetcher)."""
     if run.plan_epoch != p.epoch:
-        run.plan, run.plan_epoch = epoch_plan(run.lengths, run.shape, run.cfg.seed, p.epoch), p.epoch
+        run.plan, run.plan_epoch = epoch_plan(run.lengths, run.shape, run.cfg.seed, p.epoch, run.groups), p.epoch
     slots = run.plan[p.step_in_epoch, run.accelerator.process_index]
     first = run.is_reference and p.global_step == 0
     pad_id = run.pad_id

@@ -21,7 +21,7 @@ from . import adapters, sharding, trackers
 from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig, planned_steps
-from .data import MicroBatchShape, steps_per_epoch
+from .data import MicroBatchShape, prompt_groups, steps_per_epoch
 from .metrics import MetricsWriter
 from .optim import check_schedule
 from .policy import Policy
@@ -50,6 +50,8 @@ class Run:
     tokenizer: PreTrainedTokenizerBase | None
     """None when a remembered tokenizer check made loading it unnecessary (see Policy.tokenizer)."""
     lengths: np.ndarray
+    groups: np.ndarray
+    """[rows] prompt group of each row (data.prompt_groups): the plan keeps a group in one micro-batch."""
     shape: MicroBatchShape
     steps_per_epoch: int
     total_steps: int
@@ -155,6 +157,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
         pad_id=pad_id,
         tokenizer=tokenizer,
         lengths=lengths,
+        groups=prompt_groups(cache),
         shape=shape,
         steps_per_epoch=per_epoch,
         total_steps=total_steps,

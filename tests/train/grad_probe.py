@@ -18,7 +18,7 @@ from kto.formats.compute.logprob import CompletionLogps
 from kto.formats.compute.models import load_tokenizer, resolve_source
 from kto.train import adapters, sharding
 from kto.train.config import TrainConfig
-from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan, prompt_groups
 from kto.train.model import load_policy
 from kto.train.optim import build_optimizer
 from kto.train.setup import loss_settings, make_accelerator
@@ -52,7 +52,9 @@ def probe(cache: str, model: str, batch: int, accum: int, kl_scope: str, out: st
     sharding.before_prepare(accelerator, model_.lm)
     wrapped, _ = accelerator.prepare(model_, build_optimizer(model_, cfg))
     data = open_cache(Path(cache))
-    plan = epoch_plan(data.lengths(), MicroBatchShape(batch, accum, accelerator.num_processes), cfg.seed, 0)
+    # kto-train's plan: prompt groups in one micro-batch (tiny_cache's rows come in pairs), so the
+    # split's micro-batches run packed prompts.
+    plan = epoch_plan(data.lengths(), MicroBatchShape(batch, accum, accelerator.num_processes), cfg.seed, 0, prompt_groups(data))
     batches = [collate_micro_batch(data, s, tokenizer.pad_token_id) for s in plan[0, accelerator.process_index]]
     settings = loss_settings(cfg)  # kto-train's: prefix sharing on (the tiny cache's rows come in pairs)
     forward_backward(wrapped, batches, settings, accelerator)

@@ -9,7 +9,7 @@ from kto.formats.shards import ShardVerifier
 from kto.train import cli
 from kto.train.checks import class_balance
 from kto.train.config import TrainConfig
-from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan, steps_per_epoch
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan, fill_bins, group_segments, prompt_groups, prompt_units, steps_per_epoch
 
 
 @pytest.mark.parametrize("n, batch, accum, world", [(16, 4, 1, 1), (17, 2, 2, 2), (5, 3, 1, 2), (100, 4, 3, 1)])
@@ -61,6 +61,93 @@ def test_a_step_is_a_contiguous_segment_of_the_cycle(batch, accum, world):
     # Shuffled across epochs: the segments start elsewhere and run in another order.
     a, b = (epoch_plan(lengths, shape, seed=5, epoch=e) for e in (0, 1))
     assert [set(s.ravel()) for s in a] != [set(s.ravel()) for s in b]
+
+
+def paired_groups(n: int, seed: int) -> np.ndarray:
+    """[n] prompt group per row, as `prompt_groups` numbers them (a group's first row): pairs, a
+    few single rows (a pair that lost a row), one group of 9 (larger than any micro-batch here),
+    each group's rows a few places apart, as kto-precompute's cycle leaves them."""
+    rng = np.random.default_rng(seed)
+    sizes = [9]
+    while sum(sizes) < n:
+        sizes.append(min(int(rng.choice([1, 2, 2, 2, 2, 2, 2])), n - sum(sizes)))
+    rng.shuffle(sizes)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    labels = labels[np.argsort(np.arange(n) + rng.integers(0, 4, n), kind="stable")]  # spread a little
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return first[inverse]
+
+
+@pytest.mark.parametrize("batch, accum, world", [(4, 1, 1), (8, 1, 1), (2, 2, 1), (4, 2, 2), (2, 1, 3), (8, 4, 1), (3, 2, 2)])
+def test_epoch_plan_keeps_each_prompt_group_in_one_micro_batch(batch, accum, world):
+    """Paired data: every group that fits a micro-batch lands in one, every row once per epoch,
+    the same plan for the same seed and epoch, and a step's rows independent of the split into
+    ranks × accumulation × batch (the gradient-equality tests compare such splits). An odd
+    batch size fills a micro-batch beside pairs only with single rows, so there pairs may split
+    where none is left; the other properties hold."""
+    n = 61
+    shape = MicroBatchShape(batch, accum, world)
+    lengths = cycle_lengths(n)
+    groups = paired_groups(n, seed=batch * 10 + accum + world)
+    members = {g: set(np.flatnonzero(groups == g).tolist()) for g in np.unique(groups).tolist()}
+    assert sum(len(m) == 2 for m in members.values()) > 15 and max(len(m) for m in members.values()) == 9
+    for epoch in (0, 1):
+        plan = epoch_plan(lengths, shape, seed=5, epoch=epoch, groups=groups)
+        assert plan.shape == (steps_per_epoch(n, shape), world, accum, batch)
+        assert sorted(plan[plan >= 0].tolist()) == list(range(n))
+        assert np.array_equal(plan, epoch_plan(lengths, shape, seed=5, epoch=epoch, groups=groups))
+        micro = [set(m[m >= 0].tolist()) for m in plan.reshape(-1, batch)]
+        for rows in members.values():
+            holding = [m for m in micro if m & rows]
+            if len(rows) <= batch and batch % 2 == 0:
+                assert len(holding) == 1, (sorted(rows), holding)
+            else:
+                assert len(holding) <= -(-len(rows) // batch) + 1
+        same_split = epoch_plan(lengths, MicroBatchShape(shape.rows_per_step, 1, 1), seed=5, epoch=epoch, groups=groups)
+        assert [set(s[s >= 0].tolist()) for s in plan] == [set(s[s >= 0].tolist()) for s in same_split]
+    assert not np.array_equal(plan, epoch_plan(lengths, shape, seed=5, epoch=0, groups=groups))
+    assert not np.array_equal(plan, epoch_plan(lengths, shape, seed=6, epoch=1, groups=groups))
+
+
+@pytest.mark.parametrize("batch, accum, world", [(4, 1, 1), (2, 2, 1), (3, 2, 2)])
+def test_unpaired_rows_keep_the_row_plan(batch, accum, world):
+    """No two rows share a prompt: the plan is the one without groups, slot for slot, so
+    unpaired data trains on exactly the batches it did before prompt groups were planned."""
+    n = 50
+    shape, lengths = MicroBatchShape(batch, accum, world), cycle_lengths(n)
+    for epoch in (0, 1):
+        plain = epoch_plan(lengths, shape, seed=5, epoch=epoch)
+        assert np.array_equal(epoch_plan(lengths, shape, seed=5, epoch=epoch, groups=np.arange(n)), plain)
+        # The grouped path itself (which the plan skips for distinct groups) gives it too.
+        rng = np.random.default_rng([5, epoch])
+        cycle = (np.arange(n) + int(rng.integers(n))) % n
+        grouped = group_segments(prompt_units(cycle, np.arange(n)), lengths, steps_per_epoch(n, shape), shape)
+        order = rng.permutation(len(grouped))
+        as_plan = grouped.reshape(len(grouped), accum, world, batch).transpose(0, 2, 1, 3)[order]
+        assert np.array_equal(as_plan, plain)
+
+
+def test_fill_bins_keeps_units_whole_where_they_fit():
+    """Bins of 4 from units of 3, 2, 2, 1, 3, 6 rows, at most 5 bins (17 rows: no room to
+    spare): [3 + 1], [2 + 2], [3, then 1 of the 6], [4 of the 6], [the last 1]: the 1 moves ahead
+    into the first bin's room; the 6 rows cannot fit a bin and fill the room left."""
+    units = [[0, 1, 2], [3, 4], [5, 6], [7], [8, 9, 10], [11, 12, 13, 14, 15, 16]]
+    assert fill_bins(units, 4, 5) == [[[0, 1, 2], [7]], [[3, 4], [5, 6]], [[8, 9, 10], [11]], [[12, 13, 14, 15]], [[16]]]
+    # 4 rows last instead of 6, in at most 4 bins (one slot to spare): after [3] the 4 do not fit
+    # the room of 1 and nothing else is left, but the last bin holds them: the slot stays empty.
+    units[-1] = [11, 12, 13, 14]
+    assert fill_bins(units, 4, 4) == [[[0, 1, 2], [7]], [[3, 4], [5, 6]], [[8, 9, 10]], [[11, 12, 13, 14]]]
+
+
+def test_prompt_groups_number_rows_by_their_prompt_ids(tiny_cache):
+    """tiny_cache holds 8 questions, each with a desirable and an undesirable row: 8 groups of
+    2, numbered by each group's first row, equal exactly where the prompt ids are."""
+    cache = open_cache(tiny_cache)
+    groups = prompt_groups(cache)
+    prompts = [bytes(np.asarray(p, dtype=np.int32)) for p in cache.rows(np.arange(cache.num_rows), ("prompt_ids",))["prompt_ids"].to_list()]
+    assert len(groups) == 16 and sorted(np.bincount(groups)[np.unique(groups)].tolist()) == [2] * 8
+    for i in range(16):
+        assert groups[i] == prompts.index(prompts[i])
 
 
 def test_filler_rows_are_invalid(tiny_cache, tokenizer_dir):

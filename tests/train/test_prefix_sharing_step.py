@@ -16,7 +16,7 @@ from kto.formats import schema as S
 from kto.formats.cache import open_cache
 from kto.formats.compute.logprob import CompletionLogps, split_rows
 from kto.formats.compute.models import load_causal_lm, resolve_source
-from kto.train.data import collate_micro_batch
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
 from kto.train.loss import LossType
 from kto.train.packing import shared_layout
 from kto.train.step import LossSettings, forward_backward, kl_local_sums
@@ -220,3 +220,25 @@ def test_kto_train_logs_tokens_saved_and_records_the_flag(paired_cache, tiny_mod
     assert all(m["tokens/saved"] == 0 for m in lines["--no-prefix-sharing"])
     for a, b in zip(lines["--prefix-sharing"], lines["--no-prefix-sharing"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+
+
+def test_the_plan_keeps_pairs_together_so_each_prompt_runs_once_per_pass(tiny_cache, tiny_model_dir, tmp_path):
+    """tiny_cache: 8 questions, each a desirable and an undesirable row under one prompt of 37,
+    38, 38, 40, 38, 36, 37 and 35 tokens (Σ 299). kto-train's plan puts each pair in one
+    micro-batch of 4, so the policy pass and the KL pass each run every prompt once instead of
+    twice: one epoch (4 steps) saves 2 × 299 = 598 tokens. The plan without prompt groups (cycle
+    segments, sorted by length) keeps the pairs apart at this shape (seed 0) and saves none."""
+    cache = open_cache(tiny_cache)
+    groups = prompt_groups(cache)
+    assert len(groups) == 8 and all(len(g) == 2 for g in groups)
+    prompt_lengths = cache.lengths() - np.array([len(c) for c in cache.rows(np.arange(16), (S.COMPLETION_IDS,))[S.COMPLETION_IDS].to_list()])
+    assert sorted(int(prompt_lengths[g[0]]) for g in groups) == [35, 36, 37, 37, 38, 38, 38, 40]
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", "--batch-size", "4", "--max-steps", "4", "--log-every", "1", "--seed", "0")
+    assert result.exit_code == 0, result.output
+    assert sum(m["tokens/saved"] for m in metrics(tmp_path / "run")) == 2 * 299
+    model = CompletionLogps(load_causal_lm(resolve_source(str(tiny_model_dir)), dtype=torch.float32)).train()
+    before = 0.0
+    for step in epoch_plan(cache.lengths(), MicroBatchShape(4, 1, 1), seed=0, epoch=0):  # no groups: the plan before
+        stats, _ = step_gradients(model, [collate_micro_batch(cache, s, 0) for s in step[0]], share=True)
+        before += float(stats.saved_tokens)
+    assert before == 0
