@@ -37,6 +37,9 @@ kto-precompute cache, with prefix sharing in both passes and without (`--no-pref
 taking turns, `--repeats` times. Per layout: best and median time of those steps, tokens/saved
 and padding/* per step as metrics.jsonl reports them; and the relative difference of the first
 step's loss and gradient norm. The policy is `--model` (HF dir), loaded as kto-train loads it.
+`--train-accounting 4x1,8x1,...` first counts, without a model, the exact tokens each pass saves
+over one epoch at those shapes, with kto-train's plan and with the plan before prompt groups,
+and how many rows have their KL partner in their own step.
 
     python tools/bench_prefix_sharing.py --mixes none --model /work/bench/smollm2 --train-cache CACHE
     python tools/bench_prefix_sharing.py --model /work/bench/smollm2 --mixes kto_en_demo,dpo_en_demo --data-rows 6
@@ -101,6 +104,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=2, help="training-step mode: steps timed per pass")
     p.add_argument("--train-no-warmup", action="store_true", help="training-step mode: no untimed step first (a busy CPU)")
     p.add_argument("--train-threads", type=int, default=None, help="training-step mode: torch threads (1: CPU time is the work done)")
+    p.add_argument(
+        "--train-accounting",
+        default="",
+        help="training-step mode: comma list of BATCHxACCUM shapes (e.g. 4x1,8x1,16x1,8x4) whose exact tokens saved per pass over one epoch are "
+        "counted (no model), with kto-train's plan and with the plan without prompt groups",
+    )
     return p.parse_args(argv)
 
 
@@ -321,15 +330,63 @@ def end_to_end(model_dir: Path, repeats: int, data: Path | None = None, max_leng
 # Training-step mode (issue 21) -----------------------------------------------------------------
 
 
-def cache_steps(cache_dir: Path, batch_size: int, grad_accum: int, steps: int, seed: int = 0) -> list:
-    """The first `steps` optimizer steps of kto-train's epoch-0 plan over a cache, one process."""
+def epoch0_plan(cache_dir: Path, batch_size: int, grad_accum: int, seed: int = 0, grouped: bool = True):
+    """The cache and kto-train's epoch-0 plan over it, one process; `grouped=False`: the plan
+    without prompt groups (the plan before issue 21 kept a prompt's rows in one micro-batch)."""
     from kto.formats.cache import open_cache
-    from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
+    from kto.train.data import MicroBatchShape, epoch_plan, prompt_groups
 
     cache = open_cache(cache_dir)
-    plan = epoch_plan(cache.lengths(), MicroBatchShape(batch_size, grad_accum, 1), seed, 0)
+    return cache, epoch_plan(cache.lengths(), MicroBatchShape(batch_size, grad_accum, 1), seed, 0, prompt_groups(cache) if grouped else None)
+
+
+def cache_steps(cache_dir: Path, batch_size: int, grad_accum: int, steps: int | None, seed: int = 0, grouped: bool = True) -> list:
+    """The first `steps` (None: all) optimizer steps of `epoch0_plan`, collated."""
+    from kto.train.data import collate_micro_batch
+
+    cache, plan = epoch0_plan(cache_dir, batch_size, grad_accum, seed, grouped)
     # Pad id 0: right padding is never attended nor scored, so its value changes no number.
     return [[collate_micro_batch(cache, slot, 0) for slot in step[0]] for step in plan[:steps]]
+
+
+class _LayoutOnly(torch.nn.Module):
+    """Stands in for CompletionLogps where only the layout counts: zeros of a forward's shape."""
+
+    def forward(self, batch, score_mask=None):
+        return torch.zeros(int(score_mask.sum()) if score_mask is not None else len(batch.targets))
+
+
+def plan_accounting(cache_dir: Path, batch_size: int, grad_accum: int, grouped: bool) -> dict:
+    """Exact tokens saved by kto-train's step over one epoch of a cache, per pass, as a share of
+    the tokens the pass represents (valid rows), from the layouts the step would run (its own
+    code with `_LayoutOnly` as the model: no scoring); and the share of rows whose KL partner
+    (the next row of the cycle) is trained in the same step, and in an earlier one."""
+    from kto.train.data import collate_micro_batch
+    from kto.train.packing import completion_logps
+    from kto.train.step import kl_local_sums
+
+    cache, plan = epoch0_plan(cache_dir, batch_size, grad_accum, grouped=grouped)
+    model, saved, represented = _LayoutOnly(), {"policy": 0, "kl": 0}, {"policy": 0, "kl": 0}
+    with torch.no_grad():
+        for step in plan:
+            batches = [collate_micro_batch(cache, slot, 0) for slot in step[0]]
+            saved["kl"] += kl_local_sums(model, batches, share=True).saved_tokens
+            for b in batches:
+                saved["policy"] += completion_logps(model, b.policy, b.valid, True)[1].saved
+                represented["policy"] += int((b.policy.attention_mask.sum(1) * b.valid).sum())
+                represented["kl"] += int((b.kl.attention_mask.sum(1) * b.valid).sum())
+    step_of = np.zeros(cache.num_rows, dtype=np.int64)
+    for k, step in enumerate(plan):  # plan[k] runs k-th
+        step_of[step[step >= 0]] = k
+    partner_step = np.roll(step_of, -1)  # row r's partner is row r + 1 of the cycle
+    out = {f"{k}_saved": saved[k] / represented[k] for k in saved}
+    out["both_saved"] = (saved["policy"] + saved["kl"]) / (represented["policy"] + represented["kl"])
+    out.update(
+        steps=len(plan),
+        kl_partner_in_step=float(np.mean(partner_step == step_of)),
+        kl_partner_trained_before=float(np.mean(partner_step < step_of)),
+    )
+    return out
 
 
 def paired_steps(rows: int, max_len: int, vocab_size: int, batch_size: int, steps: int) -> list:
@@ -462,6 +519,8 @@ def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
     if args.train_threads:
         torch.set_num_threads(args.train_threads)
     for cache_dir in args.train_cache:
+        if args.train_accounting:
+            accounting_table(args, cache_dir, results)
         steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, args.train_steps)
         r = compare_train_steps(lm, steps, device=device, numerics=numerics, repeats=args.repeats, warmup=not args.train_no_warmup)
         results.setdefault("train_step", {})[str(cache_dir)] = r
@@ -476,6 +535,19 @@ def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
         sys.stdout.flush()
         if args.json_out:
             args.json_out.write_text(json.dumps(results, indent=2, default=str))
+
+
+def accounting_table(args, cache_dir: Path, results: dict) -> None:
+    """--train-accounting: `plan_accounting` per shape, both plans, printed and saved."""
+    rows = []
+    for shape in args.train_accounting.split(","):
+        batch, accum = (int(x) for x in shape.split("x"))
+        for grouped in (True, False):
+            r = plan_accounting(cache_dir, batch, accum, grouped)
+            rows.append({"shape": shape, "plan": "prompt groups" if grouped else "rows (before)", **r})
+    results.setdefault("train_accounting", {})[str(cache_dir)] = rows
+    C.print_table(f"tokens saved per pass over one epoch of {cache_dir} (exact layout accounting, seed 0, one process)", rows)
+    sys.stdout.flush()
 
 
 def real_mix(args, mix: str, device, numerics: Numerics) -> dict:
