@@ -73,7 +73,7 @@ class Phase(enum.Enum):
     PAIRING = "pairing"
     """Once the row's KL partner is known (precompute/plan.py), where completions are cut."""
     SCORE = "score"
-    """By the reference model (precompute/score.py)."""
+    """By the reference model (precompute/pipeline.py `score_values`)."""
 
 
 @dataclass(frozen=True)

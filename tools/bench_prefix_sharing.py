@@ -167,16 +167,15 @@ def paired_sequences(rows: int, max_len: int, vocab_size: int, seed: int = 0):
 
 def real_sequences(data: Path, model_dir: Path, max_length: int = 1024) -> tuple[list[tuple[list, list, list]], int]:
     """Each shard's sequences exactly as kto-precompute scores them (its staging, pairing and
-    cutting; precompute/score.py's `_shard_sequences`), without scoring: the layout accounting
+    cutting; precompute/pipeline.py's `_shard_sequences`), without scoring: the layout accounting
     below is then the manifest's, and the timed sequences are the CLI's."""
     from accelerate import PartialState
 
     from kto.formats.cache import ArrowFile
     from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
     from kto.precompute.config import PrecomputeConfig
-    from kto.precompute.pipeline import content_of, stage_rows
+    from kto.precompute.pipeline import _shard_sequences, content_of, shard_slices, stage_rows
     from kto.precompute.plan import build_splits, shard_values
-    from kto.precompute.score import _shard_sequences, shard_slices
     from kto.precompute.templates import ChatTemplate
     from kto.precompute.tokenize import leading_bos_id
 
