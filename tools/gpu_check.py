@@ -4,7 +4,7 @@ Needs only torch, transformers, accelerate, pyarrow, safetensors, click and toke
 peft for the LoRA section (a pure-Python wheel: carry it; no polars, no flash-attn, no network); nothing is downloaded: the model is a random-init Llama of
 the chosen shape, the tokenizer is built from scratch with `tokenizers`, the data is generated.
 
-  (a) correctness: chunked `kto.formats.compute.token_logps.token_logps` vs the naive fp32 log_softmax,
+  (a) correctness: chunked `kto.formats.compute.logprob.token_logps` vs the naive fp32 log_softmax,
       bf16 and fp32, values and gradients, relative errors (and both vs a float64 truth);
   (b) kto-precompute end to end through `kto.precompute.pipeline.run_precompute` on a realistic
       length mix (32–max_len tokens, 2 × rows sequences): real tokens/s of the scoring phase
@@ -57,6 +57,7 @@ import bench_train_step
 import kto.precompute.pipeline as pipeline
 import kto.train.setup as train_setup
 from kto.formats.cache import open_cache
+from kto.formats.compute.logprob import token_logps
 from kto.formats.compute.models import (
     load_tokenizer,
     model_identity,
@@ -65,7 +66,6 @@ from kto.formats.compute.models import (
 )
 from kto.formats.compute.numerics import parse_numerics
 from kto.formats.compute.token_budget import token_budget_batches
-from kto.formats.compute.token_logps import token_logps
 from kto.precompute.config import PrecomputeConfig
 from kto.train.config import TrainConfig
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan

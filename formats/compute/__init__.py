@@ -6,7 +6,7 @@ GPU stack (tests/test_boundaries.py checks it). What defines the *numbers* lives
 kto-precompute (reference), kto-train (policy) and `kto-inspect score`, because precompute/ and
 train/ never import each other:
 
-- logprob.py, token_logps.py: the one definition of a completion log-prob;
+- logprob.py: the one definition of a completion log-prob (and its chunked per-token head);
 - scoring.py, token_budget.py, shared_prefix.py: scoring many sequences in token-budget
   batches (optionally prompt-sharing packs);
 - models.py: loading a model and tokenizer, and their identities in the fingerprint;

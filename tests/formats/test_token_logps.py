@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from kto.formats.compute.token_logps import token_logps
+from kto.formats.compute.logprob import token_logps
 
 
 def naive(hidden, weight, targets, cd=None, softcap=None, bias=None):
