@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from _pairing_before import legacy_plan  # noqa: E402
 
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums  # noqa: E402
-from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
+from kto.formats.compute.scoring import padding_fraction  # noqa: E402
 from kto.precompute.inputs.examples import ColumnMap  # noqa: E402
 from kto.precompute.inputs.records import read_examples  # noqa: E402
 from kto.precompute.plan import (  # noqa: E402

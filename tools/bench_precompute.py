@@ -35,8 +35,7 @@ import _bench_common as C
 
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch
 from kto.formats.compute.numerics import Numerics, parse_numerics
-from kto.formats.compute.scoring import score_sequences
-from kto.formats.compute.token_budget import padding_fraction, token_budget_batches
+from kto.formats.compute.scoring import padding_fraction, score_sequences, token_budget_batches
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -65,7 +65,7 @@ from kto.formats.compute.models import (
     resolve_source,
 )
 from kto.formats.compute.numerics import parse_numerics
-from kto.formats.compute.token_budget import token_budget_batches
+from kto.formats.compute.scoring import token_budget_batches
 from kto.precompute.config import PrecomputeConfig
 from kto.train.config import TrainConfig
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan

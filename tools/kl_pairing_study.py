@@ -44,8 +44,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from _pairing_before import legacy_plan  # noqa: E402
 
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch  # noqa: E402
-from kto.formats.compute.scoring import score_sequences  # noqa: E402
-from kto.formats.compute.token_budget import padding_fraction  # noqa: E402
+from kto.formats.compute.scoring import padding_fraction, score_sequences  # noqa: E402
 from kto.precompute.inputs.examples import Example  # noqa: E402
 from kto.precompute.plan import (  # noqa: E402
     BLOCK_ROWS,
@@ -229,7 +228,7 @@ def sft_warm_start(lm, rows: list[TokenizedRow], pad_id: int, steps: int, lr: fl
 def pairing_table(rows: list[TokenizedRow], shape: MicroBatchShape, seeds: int, blocks: list[int]) -> list[str]:
     """No training: for each cycle block size, how often a partner answers the same question
     (a near-matched pair: the shipped rows' variants), and the padding of both passes."""
-    from kto.formats.compute.token_budget import token_budget_batches
+    from kto.formats.compute.scoring import token_budget_batches
 
     lines = ["| pairing | partners answering the same question | policy padding | KL padding, by own length |", "|---|---|---|---|"]
     for block in [None, *blocks]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc
 
-from kto.formats.compute.token_budget import padding_fraction, token_budget_batches
+from kto.formats.compute.scoring import padding_fraction, token_budget_batches
 from kto.formats.manifest import read_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -7,9 +7,9 @@ kto-precompute (reference), kto-train (policy) and `kto-inspect score`, because 
 train/ never import each other:
 
 - logprob.py: the one definition of a completion log-prob (and its chunked per-token head);
-- scoring.py, token_budget.py, shared_prefix.py: scoring many sequences in token-budget
+- scoring.py, shared_prefix.py: scoring many sequences in token-budget
   batches (optionally prompt-sharing packs);
 - models.py: loading a model and tokenizer, and their identities in the fingerprint;
 - adapters.py: reading a LoRA adapter directory (kto-train's resume, kto-inspect score);
-- numerics.py: the dtype table (names, weights and autocast).
+- numerics.py: the dtype table (names, weights and autocast), and the width every forward pads to.
 """

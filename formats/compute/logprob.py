@@ -25,8 +25,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..schema import Ragged, packed
+from .numerics import ATTENTION_WIDTH_MULTIPLE
 from .shared_prefix import PackedBatch, shared_prefix_attention
-from .token_budget import ATTENTION_WIDTH_MULTIPLE
 
 
 def pad_width(x: torch.Tensor) -> torch.Tensor:

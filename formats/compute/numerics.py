@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+# Every forward pads its sequence width to a multiple of this. CPU flash attention (torch's
+# FlashAttentionKernel.cpp) sums the softmax over keys in 16-wide vectors (AVX-512 fp32; 8-wide
+# under AVX2, and 16 is a multiple of 8) and the last `width % 16` keys one by one with another
+# exp: a token near the end of the longest row got other bits than the same token in a wider
+# batch. With no such tail, a row's attention does not depend on the batch width. The plain and
+# shared-prefix layouts (and precompute and training) then agree bit for bit on the AVX-512
+# machine, and to a few ulps under AVX2, where MKL blocks matmuls by other shapes (docs/design.md).
+ATTENTION_WIDTH_MULTIPLE = 16
+
 # THE table of dtype names. torch is imported only when a name is turned into a dtype, so the
 # CLIs list these choices without importing torch (their --help stays fast).
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16")

@@ -20,7 +20,6 @@ import torch
 
 from .logprob import CompletionLogps, make_token_batch, segment_sums, sequence_sums
 from .shared_prefix import Pack, make_packed_batch, plan_packs
-from .token_budget import token_budget_batches
 
 
 @dataclass(frozen=True)
@@ -99,3 +98,45 @@ def score_sequences(
         flat = scorer(batch.input_ids, batch.score_mask)
         store(indices, flat, batch.score_mask.sum(dim=1).tolist(), sequence_sums(flat, batch.score_mask))
     return Scored(token_logps, sums)  # type: ignore[arg-type]
+
+
+# ---- token-budget batches ----------------------------------------------------------------------
+# Token-budget batching for scoring: sort by length, cut windows whose padded size fits.
+#
+# Shared by kto-precompute (reference scoring) and kto-inspect score (policy scoring), so both
+# see sequences in the same deterministic order. Sorting by (length, key) makes the batches a pure
+# function of the sequences and the budget: a rerun forms the same batches, hence the same bytes.
+
+
+def token_budget_batches(lengths: Sequence[int], keys: Sequence[Hashable], budget: int, rows: Sequence[int] | None = None) -> list[list[int]]:
+    """Group indices into batches sorted by (length, key) whose padded size ≤ `budget` tokens.
+
+    Padded size = rows × longest row. Item i stands for `rows[i]` rows (default 1) of up to
+    `lengths[i]` tokens: a shared-prefix pack is one item whose completions are gathered into
+    one row each. An item larger than the budget gets a batch of its own. Neighbours in sorted
+    order have similar lengths, so padding stays small.
+    """
+    if budget <= 0:
+        raise ValueError("budget must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], keys[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    n_rows = 0
+    for i in order:
+        k = 1 if rows is None else rows[i]
+        # Sorted ascending, so the newest item is the longest of the batch.
+        if current and (n_rows + k) * lengths[i] > budget:
+            batches.append(current)
+            current, n_rows = [], 0
+        current.append(i)
+        n_rows += k
+    if current:
+        batches.append(current)
+    return batches
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Share of padded token slots that hold padding."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+    return 0.0 if padded == 0 else 1.0 - real / padded

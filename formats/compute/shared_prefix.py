@@ -14,7 +14,7 @@ function the model was loaded with (`sdpa`, `eager`, `flash_attention_*`), then 
 token takes its output back (the prompt's from its first completion's row; every row computes
 the same prompt outputs). A completion's keys therefore sit at exactly the indices they have in
 a plain forward, and its log-probs are the plain ones to fp32 rounding: bit for bit on the
-AVX-512 machine (given the same padded widths, token_budget.ATTENTION_WIDTH_MULTIPLE, and the same
+AVX-512 machine (given the same padded widths, numerics.ATTENTION_WIDTH_MULTIPLE, and the same
 matmul regime), a few ulps apart under AVX2, where the kernels sum other shapes in other orders;
 see docs/design.md for what this holds against and where it stops. The first token of every completion is
 predicted from the last prompt token (position P-1); token j > 0 from token j-1 of the same
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .token_budget import ATTENTION_WIDTH_MULTIPLE
+from .numerics import ATTENTION_WIDTH_MULTIPLE
 
 # A pack gathers at most this many tokens for attention (its completions × the longest
 # P + c_i), or one completion if that alone is longer: a pack is one item of a scoring batch,

@@ -158,7 +158,7 @@ def smollm2_shaped_case():
 def test_shared_prefix_agrees_with_plain_to_fp32_rounding():
     """The shared path computes what the plain one does on other shapes: the dense layers see
     the same rows within other batches, attention the same plain sequences padded to the same
-    multiple of 16 (token_budget.ATTENTION_WIDTH_MULTIPLE). How the kernels split their sums still
+    multiple of 16 (numerics.ATTENTION_WIDTH_MULTIPLE). How the kernels split their sums still
     depends on the CPU's vector width: equal bits on the AVX-512 Xeon, 9.5e-7 = 2 ulps of the
     largest |log p| apart there under forced AVX2, 1 ulp on an AVX2 EPYC (issue 18). So per token
     within numerics_bounds.token_bound, and each sum within the sum of its tokens' bounds; plain
