@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 # different run than the one its metrics describe. Paths are not compared: the cache, the eval
 # cache and the initial model are compared by their identities in "derived", so a moved cache
 # or model still resumes.
+# prefix_sharing is not among them: it also decides the epoch plan (prompt groups in one
+# micro-batch, train/data.py), which a resumed run must rebuild as it was.
 RESUMABLE = frozenset(
     {
         "log_every",
@@ -52,7 +54,6 @@ RESUMABLE = frozenset(
         "drift_tolerance",
         "chunk_size",
         "gradient_checkpointing",
-        "prefix_sharing",  # the same step to fp32 rounding, less compute (train/packing.py)
         "trust_remote_code",
         # What final/ also writes, and how the same maths is sharded (the checkpoint's own kind is
         # checked against the running FSDP state, which accelerate's environment may turn on too).

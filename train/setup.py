@@ -50,8 +50,10 @@ class Run:
     tokenizer: PreTrainedTokenizerBase | None
     """None when a remembered tokenizer check made loading it unnecessary (see Policy.tokenizer)."""
     lengths: np.ndarray
-    groups: np.ndarray
-    """[rows] prompt group of each row (data.prompt_groups): the plan keeps a group in one micro-batch."""
+    groups: np.ndarray | None
+    """[rows] prompt group of each row (data.prompt_groups): the plan keeps a group in one
+    micro-batch. None without prefix sharing: the plan is then the cycle's segments (fresher KL
+    partners, less padding; train/data.py)."""
     shape: MicroBatchShape
     steps_per_epoch: int
     total_steps: int
@@ -157,7 +159,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
         pad_id=pad_id,
         tokenizer=tokenizer,
         lengths=lengths,
-        groups=prompt_groups(cache),
+        groups=prompt_groups(cache) if cfg.prefix_sharing else None,
         shape=shape,
         steps_per_epoch=per_epoch,
         total_steps=total_steps,

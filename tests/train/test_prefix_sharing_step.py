@@ -207,11 +207,12 @@ def test_unpaired_rows_run_the_plain_forward(tiny_eval_cache, policy_dir):
 
 def test_kto_train_logs_tokens_saved_and_records_the_flag(paired_cache, tiny_model_dir, tmp_path):
     """metrics.jsonl carries tokens/saved per step (0 with --no-prefix-sharing, which the run
-    record keeps)."""
+    record keeps). The two flags plan different steps (prompt groups or cycle segments), so the
+    batch holds all 15 rows: each step trains the same rows either way, and the losses agree."""
     lines = {}
     for flag in ("--prefix-sharing", "--no-prefix-sharing"):
         out = tmp_path / flag
-        result = run_train(paired_cache, tiny_model_dir, out, "--batch-size", "8", "--max-steps", "2", "--log-every", "1", flag)
+        result = run_train(paired_cache, tiny_model_dir, out, "--batch-size", "16", "--max-steps", "2", "--log-every", "1", flag)
         assert result.exit_code == 0, result.output
         lines[flag] = metrics(out)
         record = json.loads((out / "kto_run.json").read_text())
@@ -242,3 +243,29 @@ def test_the_plan_keeps_pairs_together_so_each_prompt_runs_once_per_pass(tiny_ca
         stats, _ = step_gradients(model, [collate_micro_batch(cache, s, 0) for s in step[0]], share=True)
         before += float(stats.saved_tokens)
     assert before == 0
+
+
+def test_without_prefix_sharing_the_plan_keeps_the_cycle_segments(tiny_cache, tiny_model_dir, tmp_path):
+    """Prompt groups in one micro-batch pay only when the passes share prompts: with
+    --no-prefix-sharing kto-train plans the cycle's segments (fresher KL partners, less
+    padding), so its run record must not let a resume change the flag (and the plan)."""
+    from kto.train.config import TrainConfig
+    from kto.train.setup import check_inputs
+
+    cache = open_cache(tiny_cache)
+    for share in (True, False):
+        run = check_inputs(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path / "r", prefix_sharing=share))
+        expected = prompt_groups_of(cache) if share else None
+        assert (run.groups is None) if expected is None else np.array_equal(run.groups, expected)
+    from kto.train.rundir import RESUMABLE
+
+    assert "prefix_sharing" not in RESUMABLE
+
+
+def prompt_groups_of(cache) -> np.ndarray:
+    """[rows] each row's group as `kto.train.data.prompt_groups` numbers it (its first row)."""
+    first = {}
+    for members in prompt_groups(cache):
+        for r in members:
+            first[r] = members[0]
+    return np.array([first[r] for r in range(cache.num_rows)])

@@ -69,11 +69,25 @@ def test_resume_with_other_hyperparameters_is_refused_naming_each(run3, tiny_cac
     shutil.copytree(run3, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".lock"}
     result = train_cli(
-        tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.3", "--lr", "2e-3", "--kl-scope", "microbatch", "--resume"
+        tiny_cache,
+        tiny_model_dir,
+        out,
+        "--max-steps",
+        "3",
+        "--save-every",
+        "1",
+        "--beta",
+        "0.3",
+        "--lr",
+        "2e-3",
+        "--kl-scope",
+        "microbatch",
+        "--no-prefix-sharing",
+        "--resume",
     )
     assert result.exit_code == 2
     line = train_error_line(result.output)
-    for diff in ("beta (0.2 there, 0.3 now)", "lr (0.001 there, 0.002 now)", "kl_scope (step there, microbatch now)"):
+    for diff in ("beta (0.2 there, 0.3 now)", "lr (0.001 there, 0.002 now)", "kl_scope (step there, microbatch now)", "prefix_sharing (True there, False now)"):
         assert diff in line, line
     assert "warmup_ratio" not in line  # only the differences
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".lock"} == before
