@@ -8,7 +8,7 @@ Pairings, each trained for one epoch from the same start with kto-train's own st
 - `whole-dataset`: the pairing before FORMAT_VERSION 2: a seeded derangement over the whole
   dataset (rows in input order), steps from the old plan (shuffle, length-sort mega-batches of
   16 steps, shuffle the steps). A partner is in the same step with probability ≈ rows/step ÷ rows.
-- `cycle-B`: kto-precompute's pairing now (precompute/pairing.py, blocks of B rows, `--blocks`)
+- `cycle-B`: kto-precompute's pairing now (precompute/plan.py, blocks of B rows, `--blocks`)
   and kto-train's plan now (train/data.py epoch_plan): steps are contiguous cycle segments.
 - `in-batch`: the paper's estimator: the same old plan, each row takes the completion of the
   next row of its own step (a rotation), with reference log-probs computed for those pairs.
