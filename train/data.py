@@ -12,7 +12,7 @@ talking.
   to any loss, count or metric. Every rank therefore runs the same number of micro-batches,
   because a rank that runs dry hangs the collectives.
 - Steps follow the KL cycle: rows are stored in cycle order (row k's KL partner is row k+1, see
-  precompute/pairing.py), and a step is a contiguous segment of that cycle, so all its rows'
+  precompute/plan.py), and a step is a contiguous segment of that cycle, so all its rows'
   KL partners but one are trained in the same step: z is measured on completions exactly as
   fresh as the rewards, as in the paper. Each epoch the segments start at a seeded random
   shift and the steps run in a seeded random order. Neighbours on the cycle have similar
