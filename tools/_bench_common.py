@@ -285,7 +285,7 @@ def length_mix(rows: int, max_len: int, seed: int = 0, min_len: int = 32) -> lis
 
 
 def kl_partners(n: int, seed: int = 0) -> list[int]:
-    """Row i's KL partner, from kto-precompute's own pairing (`kto.precompute.pairing`): every
+    """Row i's KL partner, from kto-precompute's own pairing (`kto.precompute.plan`): every
     generated row has its own prompt and completion, so this is its seeded derangement."""
     from kto.precompute.plan import kl_partners as pair
 

@@ -1,7 +1,7 @@
 """Reference scoring throughput: kto's chunked log-prob path vs the naive full-vocab path (issue 2).
 
 Both paths score the same sequences in the same token-budget batches
-(`kto.formats.compute.token_budget.token_budget_batches`) with the same random-init model:
+(`kto.formats.compute.scoring.token_budget_batches`) with the same random-init model:
 
   (a) kto:   `kto.formats.compute.scoring.score_sequences` with `kto.formats.compute.logprob.CompletionLogps`:
              decoder forward, then the LM head only at completion positions, chunked, fp32
