@@ -10,7 +10,7 @@ eval split, batch 4 × accumulation 2):
   micro-batches were collated (one forward each, filler rows included);
 - after: the cycle pairing (precompute/plan.py), steps as contiguous cycle segments
   (train/data.py), and the KL pass over the step's sequences sorted by their own length under a
-  as many batches as micro-batches (train/kl_pass.py kl_local_sums).
+  as many batches as micro-batches (train/step.py kl_local_sums).
 
 Step time = KL pass + the policy forward/backward of every micro-batch + the optimizer step;
 the two variants alternate step by step, and each figure is the median over `--repeats`
@@ -45,11 +45,14 @@ from kto.precompute.plan import (  # noqa: E402
 )
 from kto.precompute.tokenize import leading_bos_id, tokenize_example  # noqa: E402
 from kto.train.data import KTOMicroBatch, MicroBatchShape, epoch_plan, row_columns  # noqa: E402
-from kto.train.kl_pass import kl_groups as groups_of  # noqa: E402
-from kto.train.kl_pass import kl_local_sums  # noqa: E402
 from kto.train.loss import LossType  # noqa: E402
 from kto.train.model import disable_dropout  # noqa: E402
-from kto.train.step import LossSettings, policy_pass  # noqa: E402
+from kto.train.step import (  # noqa: E402
+    LossSettings,
+    kl_local_sums,
+    policy_pass,
+)
+from kto.train.step import kl_groups as groups_of  # noqa: E402
 
 MAX_LENGTH, SHAPE = 256, MicroBatchShape(4, 2, 1)
 

@@ -361,8 +361,8 @@ def plan_accounting(cache_dir: Path, batch_size: int, grad_accum: int, grouped: 
     code with `_LayoutOnly` as the model: no scoring); and the share of rows whose KL partner
     (the next row of the cycle) is trained in the same step, and in an earlier one."""
     from kto.train.data import collate_micro_batch
-    from kto.train.kl_pass import kl_local_sums
     from kto.train.packing import completion_logps
+    from kto.train.step import kl_local_sums
 
     cache, plan = epoch0_plan(cache_dir, batch_size, grad_accum, grouped=grouped)
     model, saved, represented = _LayoutOnly(), {"policy": 0, "kl": 0}, {"policy": 0, "kl": 0}

@@ -10,9 +10,8 @@ import torch
 from kto.formats.cache import ShardedCache
 
 from .data import collate_micro_batch
-from .kl_pass import kl_local_sums
 from .loss import kl_estimate
-from .step import LossSettings, StepStats, all_reduce_sum, batch_stats, policy_pass, summarize
+from .step import LossSettings, StepStats, all_reduce_sum, batch_stats, kl_local_sums, policy_pass, summarize
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

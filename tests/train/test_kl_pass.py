@@ -8,7 +8,7 @@ from kto.formats.cache import open_cache
 from kto.formats.compute.logprob import CompletionLogps, sequence_sums
 from kto.formats.compute.models import load_causal_lm, resolve_source
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
-from kto.train.kl_pass import kl_local_sums
+from kto.train.step import kl_local_sums
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_kl_groups_are_sorted_near_equal_and_as_many_as_micro_batches():
     """Lengths 5 3 9 1 7 in 2 groups: bounds round(0), round(2.5) = 2, 5, so sorted 1 3 | 5 7 9
     (indices 3 1 | 0 4 2); 1 row in 3 groups
     leaves two empty (each runs a discarded repeat, so every rank runs as many forwards)."""
-    from kto.train.kl_pass import kl_groups
+    from kto.train.step import kl_groups
 
     assert kl_groups([5, 3, 9, 1, 7], 2) == [[3, 1], [0, 4, 2]]
     assert kl_groups([4], 3) == [[], [0], []]

@@ -17,10 +17,9 @@ from kto.formats.cache import open_cache
 from kto.formats.compute.logprob import CompletionLogps, split_rows
 from kto.formats.compute.models import load_causal_lm, resolve_source
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
-from kto.train.kl_pass import kl_local_sums
 from kto.train.loss import LossType
 from kto.train.packing import shared_layout
-from kto.train.step import LossSettings, forward_backward
+from kto.train.step import LossSettings, forward_backward, kl_local_sums
 
 # Gradients of the shared step against the plain one: relative to the norm of the whole
 # gradient and of each parameter's (the bar; fp32 rounding of these sums is ~1e-7).
