@@ -24,6 +24,8 @@ from kto.formats.compute.adapters import adapter_config, is_adapter_dir, require
 from kto.formats.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase
 
@@ -204,12 +206,13 @@ def check_checkpoint_kind(cfg: TrainConfig, checkpoint: Path) -> None:
         raise InputError(f"--resume: {checkpoint} holds LoRA adapters (r = {r}), not a whole model; pass --lora-r {r} and the run's other --lora-* flags")
 
 
-def write_merged(base: torch.nn.Module, adapter_dir: Path, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """OUT/final-merged: base + adapters folded into the weights, an ordinary HF model directory.
+def write_merged(base: torch.nn.Module, adapter_dir: Path, tokenizer: PreTrainedTokenizerBase, out: Path, files: Mapping[str, str] | None = None) -> None:
+    """OUT/final-merged: base + adapters folded into the weights, an ordinary HF model directory,
+    with `files` (its model card) inside before it appears.
     `base` is a fresh unquantized copy (QLoRA merges into full-precision weights, as is usual)."""
     from .checkpoint import saved_dir
 
     merged = with_adapters(base, adapter_dir).merge_and_unload()
-    with saved_dir(out) as tmp:
+    with saved_dir(out, files) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

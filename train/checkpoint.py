@@ -28,8 +28,8 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,11 +163,25 @@ def uniform_permissions(root: Path) -> None:
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
+@dataclass(frozen=True)
+class FinalFiles:
+    """Text files (name -> text) that final/ and final-merged/ hold beside the weights: their
+    README.md model cards. Written into the temp folder before the rename, so that neither
+    folder is ever visible without them."""
+
+    final: Mapping[str, str] = field(default_factory=dict)
+    merged: Mapping[str, str] = field(default_factory=dict)
+
+
 @contextlib.contextmanager
-def saved_dir(path: Path) -> Iterator[Path]:
-    """atomic_dir, with uniform permissions before the rename makes it visible."""
+def saved_dir(path: Path, files: Mapping[str, str] | None = None) -> Iterator[Path]:
+    """atomic_dir, with `files` (name -> text) written last, after the block's own files (peft's
+    save_pretrained writes a placeholder README.md that the model card replaces), and uniform
+    permissions before the rename makes it visible."""
     with atomic_dir(path) as tmp:
         yield tmp
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         uniform_permissions(tmp)
 
 

@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step
+from .model_card import final_files
 from .progress import TrainProgress, number
 from .rundir import lock_run_dir
 from .setup import Run, check_inputs, setup
@@ -226,8 +227,10 @@ def run_eval(run: Run, progress: TrainProgress) -> None:
 
 
 def finish(run: Run) -> Path:
-    """Save OUT/final atomically, close the metrics and the trackers."""
-    final = run.policy.finish(run.position.global_step)
+    """Save OUT/final atomically with its model card inside, close the metrics and the trackers."""
+    adapter = run.policy.trainable.adapters_only
+    cards = final_files(run.cfg, run.cache.manifest.content.inputs, adapter) if run.accelerator.is_main_process else None
+    final = run.policy.finish(run.position.global_step, cards)
     close_records(run)
     return final
 

@@ -12,6 +12,8 @@ from kto.formats.atomic import disk_full_names, write_bytes_atomic
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+METRICS_NAME = "metrics.jsonl"
+
 
 def _step_of(line: str) -> int | None:
     """The step of a metrics line, or None for a blank or half-written one (a crash mid-write)."""
@@ -19,6 +21,25 @@ def _step_of(line: str) -> int | None:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deeply
         return None
+
+
+def last_metrics(run_dir: Path) -> tuple[dict | None, dict | None]:
+    """The last `train` and the last `eval` record of RUN/metrics.jsonl (None where there is none).
+
+    Every line is flushed as it is written, so the main process may read it before closing it,
+    and every rank after `train` returns (the main process closes it first)."""
+    path = Path(run_dir) / METRICS_NAME
+    last: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            last[record.get("split", "train")] = record
+    return last.get("train"), last.get("eval")
+
+
+def metric_values(record: dict | None) -> dict:
+    """A metrics record without its step and split: the metrics themselves."""
+    return {k: v for k, v in (record or {}).items() if k not in ("step", "split")}
 
 
 class MetricsWriter:

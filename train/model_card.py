@@ -5,19 +5,29 @@ peft for an adapter directory, `datasets` for hub datasets), then what produced 
 the base model as the user named it, the cache's fingerprint and data sources, β, the class
 weights, the learning rate and schedule, the steps, and the final train and eval metrics. Every
 value comes from the run record (kto_run.json), the cache's manifest and metrics.jsonl, so the
-card says what the files say. Written atomically, after the weights.
+card says what the files say. `final_files` makes the cards before final/ is saved, and the
+policy writes them into final/'s (and final-merged/'s) temp folder beside the weights, so each
+folder appears with its card in the same rename: a crash, or an uploader watching for final/,
+never meets one without it. By then every metrics line is known and flushed: the last step's
+line is logged whatever --log-every, and the last evaluation runs before final/ is saved.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from kto.formats.atomic import write_bytes_atomic
+from .checkpoint import FinalFiles
+from .metrics import last_metrics, metric_values
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 CARD_NAME = "README.md"
+MERGED_KIND = "the base model with the LoRA adapters merged in (an ordinary model)"
 # Shown first and in this order; TRL's names for the rewards (rewards/chosen …), as metrics.jsonl.
 METRIC_ORDER = ("loss", "kl", "sft_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 
@@ -108,7 +118,16 @@ def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict |
     return f"---\n{meta}---\n\n" + "\n".join(body)
 
 
-def write_model_card(folder: Path, text: str) -> Path:
-    path = Path(folder) / CARD_NAME
-    write_bytes_atomic(path, text.encode())
-    return path
+def final_files(cfg: TrainConfig, inputs: list[dict], adapter: bool) -> FinalFiles:
+    """The README.md of final/ and, with --merge-adapters, of final-merged/. `inputs`: the cache
+    manifest's content.inputs; `adapter`: final/ holds LoRA adapters. Main process (it reads
+    kto_run.json and metrics.jsonl, which it wrote)."""
+    from kto.formats.runrecord import read_run_config
+
+    record = read_run_config(cfg.out)
+    train_line, eval_line = last_metrics(cfg.out)
+    train, evaluation = metric_values(train_line), (metric_values(eval_line) if eval_line else None)
+    kind = f"LoRA adapters (r {cfg.lora_r}, alpha {cfg.lora_alpha:g})" if adapter else "every weight (full fine-tune)"
+    final = {CARD_NAME: model_card(record, inputs, train, evaluation, kind, adapter)}
+    merged = {CARD_NAME: model_card(record, inputs, train, evaluation, MERGED_KIND, False)} if cfg.merge_adapters else {}
+    return FinalFiles(final, merged)

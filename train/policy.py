@@ -24,12 +24,14 @@ from kto.formats.compute.models import ModelSource, load_tokenizer, resolve_sour
 from kto.formats.errors import InputError, log
 
 from . import adapters, sharding
-from .checkpoint import Position, load_training_state, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir
+from .checkpoint import FinalFiles, Position, load_training_state, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir
 from .guard import check_weights
 from .model import load_base, load_policy
 from .optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
@@ -52,8 +54,9 @@ class Trainable(Protocol):
         """What a sharded checkpoint writes beside its shards to say what they are (adapter_config.json)."""
         ...
 
-    def after_final(self, final: Path, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator) -> None:
-        """Main process, after final/ is written: what else final/ implies (the merged model)."""
+    def after_final(self, final: Path, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, files: Mapping[str, str]) -> None:
+        """Main process, after final/ is written: what else final/ implies (the merged model,
+        with `files` inside it)."""
         ...
 
 
@@ -75,8 +78,9 @@ class Layout(Protocol):
         """OUT/checkpoint-STEP, written atomically; called on every rank."""
         ...
 
-    def save_final(self, policy: Policy, final: Path) -> None:
-        """OUT/final as one ordinary directory (HF model or PEFT adapters); called on every rank."""
+    def save_final(self, policy: Policy, final: Path, files: Mapping[str, str]) -> None:
+        """OUT/final as one ordinary directory (HF model or PEFT adapters) with `files` inside
+        before it appears; called on every rank."""
         ...
 
 
@@ -93,7 +97,7 @@ class FullWeights:
     def saved_config(self, lm: torch.nn.Module) -> None:
         return None
 
-    def after_final(self, final: Path, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator) -> None:
+    def after_final(self, final: Path, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, files: Mapping[str, str]) -> None:
         return None
 
 
@@ -131,10 +135,10 @@ class LoraAdapters:
     def saved_config(self, lm: torch.nn.Module) -> object:
         return lm.peft_config["default"]  # adapter_config.json: marks an adapter checkpoint
 
-    def after_final(self, final: Path, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator) -> None:
+    def after_final(self, final: Path, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, files: Mapping[str, str]) -> None:
         if self.cfg.merge_adapters:
             merged = final.parent / adapters.MERGED_DIR
-            adapters.write_merged(load_base(self.cfg), final, tokenizer, merged)
+            adapters.write_merged(load_base(self.cfg), final, tokenizer, merged, files)
             log(f"saved {merged} (--model with the adapters merged in)", accelerator)
 
 
@@ -165,9 +169,9 @@ class WholeCopies:
             save_checkpoint(policy.cfg.out, lm, policy.tokenizer, policy.optimizer, policy.scheduler, position, policy.plan)
         return policy.cfg.out / f"checkpoint-{position.global_step}"
 
-    def save_final(self, policy: Policy, final: Path) -> None:
+    def save_final(self, policy: Policy, final: Path, files: Mapping[str, str]) -> None:
         if self.accelerator.is_main_process:
-            with saved_dir(final) as tmp:
+            with saved_dir(final, files) as tmp:
                 save_model_dir(self.accelerator.unwrap_model(policy.model).lm, policy.tokenizer, tmp)
 
 
@@ -198,8 +202,8 @@ class Shards:
             policy.cfg.out, policy.model, policy.optimizer, policy.scheduler, policy.tokenizer, position, policy.plan, acc, only, saved
         )
 
-    def save_final(self, policy: Policy, final: Path) -> None:
-        sharding.save_final(final, policy.model, policy.tokenizer, self.accelerator, self.trainable.adapters_only)
+    def save_final(self, policy: Policy, final: Path, files: Mapping[str, str]) -> None:
+        sharding.save_final(final, policy.model, policy.tokenizer, self.accelerator, self.trainable.adapters_only, files)
 
 
 @dataclass
@@ -291,13 +295,15 @@ class Policy:
         acc.wait_for_everyone()
         return path
 
-    def finish(self, step: int) -> Path:
-        """OUT/final (never of non-finite weights), and what it implies (the merged model)."""
+    def finish(self, step: int, files: FinalFiles | None = None) -> Path:
+        """OUT/final (never of non-finite weights), and what it implies (the merged model), each
+        with its `files` (the model cards; the main process's count) inside before it appears."""
         acc, final = self.accelerator, self.cfg.out / "final"
+        files = files or FinalFiles()
         check_weights(self.model, acc, step, self.last_checkpoint, "final/")
         acc.wait_for_everyone()
-        self.layout.save_final(self, final)
+        self.layout.save_final(self, final, files.final)
         if acc.is_main_process:
             log(f"saved {final}", acc)
-            self.trainable.after_final(final, self.tokenizer, acc)
+            self.trainable.after_final(final, self.tokenizer, acc, files.merged)
         return final

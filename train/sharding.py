@@ -54,6 +54,8 @@ from .checkpoint import STATE_NAME, Position, record_checksums, save_torch, save
 from .guard import check_loaded_weights
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from accelerate import Accelerator
     from accelerate.utils import FullyShardedDataParallelPlugin
     from transformers import PreTrainedTokenizerBase
@@ -243,16 +245,19 @@ def load_checkpoint(
     return Position(**saved["position"]), saved["plan"]
 
 
-def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, adapters_only: bool) -> None:
+def save_final(
+    final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, adapters_only: bool, files: Mapping[str, str]
+) -> None:
     """One HF directory (or PEFT adapter directory) from the full state dict, gathered on the
-    main process's CPU (`cpu_offload`: the other processes get an empty dict)."""
+    main process's CPU (`cpu_offload`: the other processes get an empty dict), with `files` (the
+    model card, main process) written inside before the rename."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     full = get_model_state_dict(model, options=_options(adapters_only, full_state_dict=True, cpu_offload=True))
     if accelerator.is_main_process:
         # Keys are relative to the root, CompletionLogps: "lm.<the HF model's own key>".
         state = {k.removeprefix("lm."): v for k, v in full.items()}
-        with saved_dir(final) as tmp:
+        with saved_dir(final, files) as tmp:
             accelerator.unwrap_model(model).lm.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
     accelerator.wait_for_everyone()

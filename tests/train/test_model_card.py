@@ -92,3 +92,48 @@ def test_adapter_names_a_local_base_as_given_not_as_an_absolute_path(tiny_cache,
     assert json.loads((out / "final" / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir.name
     meta, body = card(out / "final")
     assert "base_model" not in meta and row(body, "base model") == [f"`{tiny_model_dir.name}`"]
+
+
+class Killed(Exception):
+    """The injected crash."""
+
+
+def crash_once_visible(monkeypatch, out, name):
+    """Make the process die right after OUT/`name` appears: atomic_dir fsyncs the parent folder
+    just after its rename, and that is the first fsync of OUT once `name` exists."""
+    from kto.formats import atomic
+
+    fsync_dir = atomic._fsync_dir
+
+    def fsync_then_crash(path):
+        fsync_dir(path)
+        if path == out and (out / name).is_dir():
+            raise Killed(f"killed once {name}/ appeared")
+
+    monkeypatch.setattr(atomic, "_fsync_dir", fsync_then_crash)
+
+
+def test_a_crash_right_after_final_appears_leaves_final_with_its_card(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """The card is part of final/'s atomic write: a watcher that uploads final/ the moment it
+    appears, or a crash at that moment, sees the card with the last logged metrics."""
+    out = tmp_path / "run"
+    crash_once_visible(monkeypatch, out, "final")
+    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS)
+    assert isinstance(result.exception, Killed), result.output
+    _, body = card(out / "final")
+    last_train = [m for m in metrics(out) if m["split"] == "train"][-1]
+    assert last_train["step"] == 2 and row(body, "loss") == [f"{last_train['loss']:.6g}", "n/a"]
+    assert row(body, "weights in this folder") == ["every weight (full fine-tune)"]
+
+
+def test_a_crash_right_after_final_merged_appears_leaves_both_cards(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    out = tmp_path / "run"
+    crash_once_visible(monkeypatch, out, "final-merged")
+    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--lora-r", "4", "--merge-adapters")
+    assert isinstance(result.exception, Killed), result.output
+    last_loss = f"{[m for m in metrics(out) if m['split'] == 'train'][-1]['loss']:.6g}"
+    _, body = card(out / "final")
+    assert row(body, "weights in this folder") == ["LoRA adapters (r 4, alpha 16)"] and row(body, "loss")[0] == last_loss
+    _, body = card(out / "final-merged")
+    assert row(body, "weights in this folder")[0].startswith("the base model with the LoRA adapters merged in") and row(body, "loss")[0] == last_loss

@@ -71,6 +71,8 @@ def test_fsdp_resume_is_exact_and_final_is_one_hf_dir(tiny_cache, tiny_model_dir
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert lm.lm_head.weight.shape == base.lm_head.weight.shape
     assert not torch.equal(lm.lm_head.weight, base.lm_head.weight)  # the head trained (gathered when read)
+    card = (full / "final" / "README.md").read_text()  # written by rank 0 inside final/'s temp folder
+    assert "| steps | 4 (batch 2 × accumulation 1 × 2 processes) |" in card and "| weights in this folder | every weight (full fine-tune) |" in card
     # A sharded checkpoint needs FSDP to resume: one line, not a traceback.
     other = tmp_path / "other"
     crash_after_step_2(full, other)
@@ -94,6 +96,8 @@ def test_fsdp_with_lora_resumes_exactly_and_saves_a_peft_dir(tiny_cache, tiny_mo
     assert_same_run(full, crashed, "adapter_model.safetensors")
     adapters = load_file(full / "final" / "adapter_model.safetensors")
     assert len(adapters) == 28 and all("lora_" in k for k in adapters)
+    assert "| weights in this folder | LoRA adapters (r 4, alpha 16) |" in (full / "final" / "README.md").read_text()
+    assert "| weights in this folder | the base model with the LoRA adapters merged in" in (full / "final-merged" / "README.md").read_text()
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), full / "final").eval()
     merged = AutoModelForCausalLM.from_pretrained(full / "final-merged").eval()
     ids = torch.tensor([[1, 200, 300, 400, 500]])
