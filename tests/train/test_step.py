@@ -1,25 +1,33 @@
 """One step's gradients do not depend on how the step is split into ranks × accumulation × batch."""
 
-import sys
 from pathlib import Path
 
+import grad_probe
 import pytest
 import torch
-from conftest import make_tiny_llama, run_checked, torchrun
+from conftest import make_tiny_llama, torchrun
 from numerics_bounds import GRAD_ATOL, GRAD_RTOL
 from safetensors.torch import load_file
 
 HERE = Path(__file__).parent
 
 
-def run_probe(tiny_cache, tiny_model_dir, out, batch, accum, scope="step", procs=1, *extra):
-    args = [str(tiny_cache), str(tiny_model_dir), str(batch), str(accum), scope, str(out), *extra]
-    probe = str(HERE / "grad_probe.py")
-    if procs == 1:
-        run_checked([sys.executable, probe, *args])
-    else:
-        torchrun(probe, *args, procs=procs)
+def probe_in_process(tiny_cache, model, out, batch, accum, scope="step", lora_r=0):
+    """One rank, in this process (a fresh Accelerator before and after, as in its own process)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        grad_probe.probe(str(tiny_cache), str(model), grad_probe.Spec(str(out), batch, accum, scope, lora_r=lora_r))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     return load_file(out)
+
+
+def probe_two_ranks(tiny_cache, model, *specs):
+    """The specs one after the other in one torchrun launch of 2 processes."""
+    torchrun(str(HERE / "grad_probe.py"), str(tiny_cache), str(model), *map(str, specs))
+    return [load_file(s.out) for s in specs]
 
 
 @pytest.fixture(scope="module")
@@ -63,39 +71,39 @@ def assert_same_grads(a, b):
 
 @pytest.mark.distributed
 @pytest.mark.numerics
-def test_gradients_equal_across_batch_accumulation_and_ranks(tiny_cache, other_policy, tmp_path):
-    """1 rank × batch 4, 1 rank × batch 2 × accumulation 2, and 2 ranks × batch 2: same step rows,
-    same z (kl-scope step), same reduction, so the same gradients within float tolerance."""
-    base = run_probe(tiny_cache, other_policy, tmp_path / "a.safetensors", 4, 1)
+def test_gradients_equal_across_batch_accumulation_ranks_and_fsdp_with_and_without_lora(tiny_cache, other_policy, tmp_path):
+    """1 rank × batch 4, 1 rank × batch 2 × accumulation 2, and 2 ranks × batch 2 under DDP and
+    under FSDP2 (each decoder layer and the root sharded over the 2 ranks, DTensor parameters):
+    same step rows, same z (kl-scope step), same reduction, so the same gradients within float
+    tolerance. The same with LoRA adapters (r = 4, every decoder linear layer): only adapter
+    parameters have gradients, and they agree between 1 process, DDP and FSDP2."""
+    base = probe_in_process(tiny_cache, other_policy, tmp_path / "a.safetensors", 4, 1)
     assert any(g.abs().sum() > 0 for g in base.values())
-    assert_same_grads(base, run_probe(tiny_cache, other_policy, tmp_path / "b.safetensors", 2, 2))
-    ddp = run_probe(tiny_cache, other_policy, tmp_path / "c.safetensors", 2, 1, "step", 2)
+    assert_same_grads(base, probe_in_process(tiny_cache, other_policy, tmp_path / "b.safetensors", 2, 2))
+    lora_base = probe_in_process(tiny_cache, other_policy, tmp_path / "lora-a.safetensors", 4, 1, lora_r=4)
+    assert all("lora_" in name for name in lora_base) and len(lora_base) == 2 * 7 * 2  # A and B, 7 linears, 2 layers
+    assert all(g.abs().sum() > 0 for g in lora_base.values())
+    Spec = grad_probe.Spec
+    ddp, lora_ddp, fsdp, lora_fsdp = probe_two_ranks(
+        tiny_cache,
+        other_policy,
+        Spec(str(tmp_path / "c.safetensors"), 2, 1),
+        Spec(str(tmp_path / "lora-c.safetensors"), 2, 1, lora_r=4),
+        Spec(str(tmp_path / "d.safetensors"), 2, 1, fsdp=True),
+        Spec(str(tmp_path / "lora-d.safetensors"), 2, 1, fsdp=True, lora_r=4),
+    )
     assert_same_grads(base, ddp)
-    # FSDP2 (each decoder layer and the root sharded over the 2 ranks, DTensor parameters): the
-    # gathered gradient is the same as 1 process's and DDP's.
-    fsdp = run_probe(tiny_cache, other_policy, tmp_path / "d.safetensors", 2, 1, "step", 2, "--fsdp")
+    # FSDP2: the gathered gradient is the same as 1 process's and DDP's.
     assert_same_grads(base, fsdp)
     assert_same_grads(ddp, fsdp)
-
-
-@pytest.mark.distributed
-@pytest.mark.numerics
-def test_lora_gradients_equal_across_one_process_ddp_and_fsdp(tiny_cache, other_policy, tmp_path):
-    """The same with LoRA adapters (r = 4, every decoder linear layer): only adapter parameters
-    have gradients, and they agree between 1 process, DDP and FSDP2."""
-    base = run_probe(tiny_cache, other_policy, tmp_path / "a.safetensors", 4, 1, "step", 1, "--lora-r", "4")
-    assert all("lora_" in name for name in base) and len(base) == 2 * 7 * 2  # A and B, 7 linears, 2 layers
-    assert all(g.abs().sum() > 0 for g in base.values())
-    ddp = run_probe(tiny_cache, other_policy, tmp_path / "b.safetensors", 2, 1, "step", 2, "--lora-r", "4")
-    fsdp = run_probe(tiny_cache, other_policy, tmp_path / "c.safetensors", 2, 1, "step", 2, "--lora-r", "4", "--fsdp")
-    assert_same_grads(base, ddp)
-    assert_same_grads(base, fsdp)
+    assert_same_grads(lora_base, lora_ddp)
+    assert_same_grads(lora_base, lora_fsdp)
 
 
 def test_microbatch_kl_scope_changes_the_gradient(tiny_cache, kl_tuned_policy, tmp_path):
     """The probe can tell splits apart: with z per micro-batch, accumulation no longer matches."""
-    base = run_probe(tiny_cache, kl_tuned_policy, tmp_path / "a.safetensors", 4, 1, scope="microbatch")
-    split = run_probe(tiny_cache, kl_tuned_policy, tmp_path / "b.safetensors", 2, 2, scope="microbatch")
+    base = probe_in_process(tiny_cache, kl_tuned_policy, tmp_path / "a.safetensors", 4, 1, scope="microbatch")
+    split = probe_in_process(tiny_cache, kl_tuned_policy, tmp_path / "b.safetensors", 2, 2, scope="microbatch")
     diffs = [float((base[n] - split[n]).abs().max()) for n in base]
     assert max(diffs) > 1e-6
     with pytest.raises(AssertionError):  # and past the rounding tolerance of the tests above
