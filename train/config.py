@@ -15,7 +15,7 @@ from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
 
 from .loss import LossType
-from .trackers import parse_report_to
+from .trackers import check_run_name, parse_report_to
 
 # transformers.SchedulerType's values (tests/train/test_optim.py keeps the list in step), less
 # the two whose step() needs a metric: a step-boundary loss is no eval metric to plateau on.
@@ -112,7 +112,8 @@ class TrainConfig:
     """Also log through accelerate's trackers: none, all (every installed one), or a comma list of
     tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio."""
     run_name: str | None = None
-    """The run's name in the trackers that take one (default: the name of --out)."""
+    """The run's name in the trackers that take one (default: the name of --out); TensorBoard's
+    folder, OUT/tensorboard/RUN_NAME, so one folder name."""
     drift_tolerance: float | None = None
     """Max per-token |Δ| allowed at step 0 when --model is the reference (default by precision)."""
     chunk_size: int = 1024
@@ -158,6 +159,8 @@ class TrainConfig:
         _choice("mixed-precision", self.mixed_precision, MIXED_PRECISION)
         _choice("dtype", self.dtype, DTYPES)
         parse_report_to(self.report_to)
+        if self.run_name is not None:
+            check_run_name(self.run_name)
         if not self.epochs > 0:
             raise InputError(f"--epochs {self.epochs}: must be positive")
         for name in ("batch_size", "grad_accum", "chunk_size"):

@@ -72,9 +72,10 @@ METRICS_NAME = "metrics.jsonl"
 CORRUPT_RE = re.compile(r"^checkpoint-\d+\.(corrupt|superseded)$")
 # Everything that may be in a run directory, the one list: name -> what it must be. The record
 # (and a pre-rename run's config.json, when it provably is one) proves the directory ours; the
-# others are ours only in a directory so proven. "kto" is the tracker folder accelerate's
-# TensorBoard writes under project_dir (init_trackers("kto")); report/ is kto-inspect run's
-# default output. Temp names are ours when `written_here` owns them (cleaned under the lock).
+# others are ours only in a directory so proven. "tensorboard" holds TensorBoard's events, one
+# folder per run name (trackers.TENSORBOARD_DIR); "kto" is where runs made before it wrote them
+# (accelerate's default, OUT/<project>), kept so that such a run still resumes; report/ is
+# kto-inspect run's default output. Temp names are ours when `written_here` owns them (cleaned under the lock).
 RUN_ENTRIES: dict[str, str] = {
     RUN_RECORD_NAME: "record",
     LEGACY_RECORD_NAME: "record",
@@ -83,6 +84,7 @@ RUN_ENTRIES: dict[str, str] = {
     "final": "dir",
     MERGED_DIR: "dir",
     "report": "dir",
+    "tensorboard": "dir",
     "kto": "dir",
 }
 

@@ -212,7 +212,7 @@ def open_records(cfg: TrainConfig, record: dict, position: Position, accelerator
         return None
     write_record(cfg.out, record)
     if accelerator.log_with:
-        trackers.start(accelerator, cfg.run_name or cfg.out.resolve().name, vars(cfg))
+        trackers.start(accelerator, cfg.out, cfg.run_name, vars(cfg))
     return MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None)
 
 

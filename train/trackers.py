@@ -3,12 +3,18 @@
 accelerate itself only logs at debug level when a requested tracker's package is missing, and the
 run then trains with no logs at all; so every named tracker is checked here, at start-up, and a
 missing one is refused in one line that names what to install.
+
+The run's name goes to every tracker that takes one. TensorBoard takes it as a folder: accelerate
+would write its events under OUT/<project name>/, so that two runs under one `tensorboard --logdir`
+both showed as "kto"; `start` gives it OUT/tensorboard/<run name>/ instead, where the run name
+is what TensorBoard lists.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kto.formats.errors import InputError
@@ -17,7 +23,9 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 PROJECT = "kto"
-"""The project name every tracker gets; TensorBoard writes its events under OUT/kto/."""
+"""The project name every tracker gets (wandb's project, mlflow's experiment, …)."""
+TENSORBOARD_DIR = "tensorboard"
+"""TensorBoard's events: OUT/tensorboard/<run name>/ (runs before it wrote OUT/kto/)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,7 @@ class Tracker:
 
 
 TRACKERS: dict[str, Tracker] = {
-    # TensorBoard names a run by its directory (OUT/kto/), so it takes no run name.
+    # TensorBoard names a run by its folder: `start` gives it OUT/tensorboard/<run name>/.
     "tensorboard": Tracker("is_tensorboard_available", "'kto-offline[track]'", None),
     "wandb": Tracker("is_wandb_available", "'kto-offline[wandb]'", "name"),
     "mlflow": Tracker("is_mlflow_available", "'kto-offline[mlflow]'", "run_name"),
@@ -76,12 +84,31 @@ def log_with(report_to: str) -> list[str] | None:
     return list(names) or None
 
 
-def start(accelerator: Accelerator, run_name: str, config: dict) -> None:
-    """Start the accelerator's trackers (main process) with the run name where a tracker takes one."""
+def check_run_name(run_name: str) -> None:
+    """--run-name is a folder name (TensorBoard's OUT/tensorboard/<run name>/), so it must be one:
+    not empty, no / or \\, not . or .. (it would write outside that folder)."""
+    if run_name in ("", ".", "..") or any(sep in run_name for sep in ("/", "\\")):
+        raise InputError(f"--run-name {run_name}: must be one folder name (TensorBoard logs to OUT/{TENSORBOARD_DIR}/NAME): no / or \\, not . or ..")
+
+
+def start(accelerator: Accelerator, out: Path, run_name: str | None, config: dict) -> None:
+    """Start the accelerator's trackers (main process) with the run name (default: the name of
+    `out`) where a tracker takes one, and TensorBoard's events in OUT/tensorboard/<run name>/."""
+    run_name = run_name or Path(out).resolve().name
     kwargs = {}
     for tracker in accelerator.log_with:
         kwarg = TRACKERS.get(str(tracker), Tracker("", "", None)).run_name_kwarg
         if kwarg:
             kwargs[str(tracker)] = {kwarg: run_name}
+    # accelerate makes its TensorBoard tracker with the project name as the run and project_dir
+    # as the folder, and takes a tracker object in log_with as already made: ours is swapped in.
+    accelerator.log_with = [tensorboard_tracker(out, run_name) if str(t) == "tensorboard" else t for t in accelerator.log_with]
     # TensorBoard's hparams take only scalars and strings: every value is stringified.
     accelerator.init_trackers(PROJECT, config={k: str(v) for k, v in config.items()}, init_kwargs=kwargs)
+
+
+def tensorboard_tracker(out: Path, run_name: str) -> object:
+    """accelerate's TensorBoard tracker, writing to OUT/tensorboard/<run name>/."""
+    from accelerate.tracking import TensorBoardTracker
+
+    return TensorBoardTracker(run_name, Path(out) / TENSORBOARD_DIR)

@@ -1,5 +1,7 @@
 """--report-to: trackers get our metric names and values; a missing one is refused before any model loads."""
 
+import re
+
 import pytest
 from conftest import metrics, run_train, train_error_line
 
@@ -42,8 +44,9 @@ def test_tensorboard_gets_our_metric_names_and_values(tiny_cache, tiny_model_dir
     out = tmp_path / "run"
     result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--report-to", "tensorboard", "--run-name", "first-try")
     assert result.exit_code == 0, result.output
-    events = sorted((out / "kto").rglob("events.out.tfevents.*"))
-    assert events, sorted(p.name for p in out.rglob("*"))
+    events = sorted(out.rglob("events.out.tfevents.*"))
+    # The run's name is its folder: OUT/tensorboard/<--run-name>/ (and the hparams run below it).
+    assert events and all(p.is_relative_to(out / "tensorboard" / "first-try") for p in events), [str(p.relative_to(out)) for p in events]
     logged = {}
     for path in events:
         acc = EventAccumulator(str(path))
@@ -60,3 +63,32 @@ def test_tensorboard_gets_our_metric_names_and_values(tiny_cache, tiny_model_dir
     # The configuration goes in as hparams, with --run-name among them.
     hparams = [p for p in out.rglob("events.out.tfevents.*") if b"first-try" in p.read_bytes()]
     assert hparams
+
+
+def test_tensorboard_shows_each_run_by_its_run_name(tmp_path):
+    """Two runs under one `tensorboard --logdir` are told apart by --run-name (default: the name
+    of --out), not both shown as the project name; what TensorBoard's own loader lists is checked."""
+    pytest.importorskip("tensorboard")
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    for out, name in ((tmp_path / "runs" / "a", "first-try"), (tmp_path / "runs" / "b", None)):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(log_with=["tensorboard"], project_dir=str(out), cpu=True)
+        trackers.start(accelerator, out, name, {"beta": 0.1})
+        accelerator.log({"loss": 0.5}, step=1)
+        accelerator.end_training()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs")).Reload().Runs()
+    scalar_runs = sorted(run for run, tags in runs.items() if "loss" in tags["tensors"])
+    assert scalar_runs == ["a/tensorboard/first-try", "b/tensorboard/b"]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "", "x\\y"])
+def test_a_run_name_that_is_no_folder_name_is_refused(name, tmp_path):
+    from kto.train.config import TrainConfig
+
+    with pytest.raises(InputError, match=f"--run-name {re.escape(name)}: must be one folder name"):
+        TrainConfig(cache=tmp_path, model="m", out=tmp_path / "run", run_name=name)
+    TrainConfig(cache=tmp_path, model="m", out=tmp_path / "run", run_name="first-try.2")
