@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import crashed_copy, metrics, run_train, torchrun
+from conftest import crashed_copy, metrics, run_train
 from numerics_bounds import assert_step0_agrees, cache_sum_bound
 
 from kto.train.cli import main
@@ -208,32 +208,6 @@ def test_an_earlier_run_is_not_overwritten_without_resume(full_run, tiny_cache, 
     result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "1")
     assert result.exit_code == 2 and "--resume" in result.output
     assert (out / "metrics.jsonl").read_text() == before
-
-
-@pytest.mark.distributed
-def test_two_process_run_aggregates_metrics_over_ranks(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
-    out = tmp_path / "ddp"
-    torchrun(
-        "-m",
-        "kto.train.cli",
-        "--cache",
-        str(tiny_cache),
-        "--model",
-        str(tiny_model_dir),
-        "--out",
-        str(out),
-        *ARGS,
-        "--max-steps",
-        "2",
-        "--eval-cache",
-        str(tiny_eval_cache),
-    )
-    train_lines = [m for m in metrics(out) if m["split"] == "train"]
-    # 2 ranks × batch 2 = 4 rows per step, counted over both ranks.
-    assert [m["count/chosen"] + m["count/rejected"] for m in train_lines] == [4, 4]
-    evals = [m for m in metrics(out) if m["split"] == "eval"]
-    assert evals[0]["count/chosen"] + evals[0]["count/rejected"] == 16  # every eval row once
-    assert (out / "final" / "model.safetensors").is_file()
 
 
 def test_eval_cache_from_another_reference_is_refused(tiny_cache, tmp_path, tokenizer_dir):

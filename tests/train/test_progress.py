@@ -174,36 +174,3 @@ def test_other_ranks_print_nothing(capsys):
         progress.step()
         progress.line("step 1/3")
     assert capsys.readouterr().out == "" and progress.bar is None
-
-
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_sigterm_under_torchrun_stops_both_ranks_after_the_same_step_and_resumes_exactly(tiny_cache, tiny_model_dir, tmp_path):
-    """torchrun forwards SIGTERM to its workers; the main process decides, both ranks save
-    (one whole checkpoint, DDP) after the same step and exit 143, and a resume under torchrun
-    gives the losses of an uninterrupted 2-process run."""
-    script = tmp_path / "slowed.py"
-    script.write_text(SLOWED)
-    common = ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), *ARGS, "--max-steps", "8"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script)]
-    env = {**os.environ, "STEP_SLEEP_S": "0.5", "OMP_NUM_THREADS": "1"}
-    out = tmp_path / "stopped"
-    proc = subprocess.Popen([*launch, *common, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        read_until(proc, "step 1/8 ")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
-    stopped = re.findall(r"stopped by SIGTERM after step (\d+) of 8: saved (\S+)", err)
-    assert len(stopped) == 1, err[-3000:]  # said once, by the main process
-    step = int(stopped[0][0])
-    assert 1 <= step < 8 and "resume with (under the same launcher, 2 processes): kto-train " in err
-    assert [m["step"] for m in metrics(out)] == list(range(1, step + 1))
-    env["STEP_SLEEP_S"] = "0"
-    for run_out, extra in ((out, ["--resume"]), (tmp_path / "straight", [])):
-        done = subprocess.run([*launch, *common, "--out", str(run_out), *extra], capture_output=True, text=True, env=env, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-    for a, b in zip(metrics(out), metrics(tmp_path / "straight"), strict=True):
-        for key in ("step", "loss", "kl", "rewards/chosen", "rewards/rejected", "lr", "grad_norm"):
-            assert a[key] == b[key], (a["step"], key)

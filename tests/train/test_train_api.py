@@ -1,14 +1,11 @@
 """The Python API (`kto.train.run`): the CLI's run, with its paths and final metrics returned;
-bad input raised as InputError, never SystemExit; the same call under torchrun on 2 processes."""
+bad input raised as InputError, never SystemExit (under torchrun: tests/train/test_two_processes.py)."""
 
-import json
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
-from conftest import metrics, run_train, torchrun
+from conftest import metrics, run_train
 
 import kto.train
 from kto.formats.errors import InputError
@@ -59,32 +56,3 @@ def test_importing_the_package_loads_no_torch():
     code = "import sys, kto.train; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-SCRIPT = """
-    import json, sys
-    from pathlib import Path
-    import kto.train
-    from kto.train.config import TrainConfig
-
-    cache, model, out = sys.argv[1:4]
-    result = kto.train.run(TrainConfig(cache=Path(cache), model=model, out=Path(out), batch_size=2, lr=1e-3, log_every=1, max_steps=2))
-    from accelerate import PartialState
-
-    rank = PartialState().process_index
-    Path(out, f"result-{rank}.json").write_text(json.dumps({"final": str(result.final), "steps": result.steps, "metrics": result.metrics}))
-"""
-
-
-@pytest.mark.distributed
-def test_a_script_calling_the_api_runs_under_torchrun(tiny_cache, tiny_model_dir, tmp_path):
-    """Distributed use: each rank calls kto.train.run and gets the same result, that of metrics.jsonl."""
-    script = tmp_path / "train_script.py"
-    script.write_text(textwrap.dedent(SCRIPT))
-    out = tmp_path / "run"
-    torchrun(str(script), str(tiny_cache), str(tiny_model_dir), str(out))
-    results = [json.loads((out / f"result-{rank}.json").read_text()) for rank in (0, 1)]
-    assert results[0] == results[1]
-    assert results[0]["final"] == str(out / "final") and results[0]["steps"] == 2
-    assert results[0]["metrics"] == {k: v for k, v in metrics(out)[-1].items() if k not in ("step", "split")}
-    assert Path(results[0]["final"], "model.safetensors").is_file()
