@@ -5,7 +5,9 @@
 - the matmul ceiling (`matmul_ceiling`): a large square matmul timed in the same process, bf16 on
   CUDA and fp32 on CPU, the denominator of every MFU printed here;
 - FLOP counting (`scoring_flops`) with only the FLOPs a log-prob pass *needs* (see its docstring);
-- a realistic length mix (`length_mix`, `mix_sequences`);
+- a realistic length mix (`length_mix`, `mix_sequences`), and main + KL sequences as
+  kto-precompute forms them from a file (`pipeline_sequences`), e.g. a paired mix with long
+  shared prompts (`paired_sequences`; tools/bench_prefix_sharing.py, bench_train_sharing.py);
 - peak memory that can be reset on CUDA and on Linux CPUs (`PeakMemory`);
 - timing with CUDA synchronisation (`sync`, `Timer`) and table printing (`print_table`).
 """
@@ -13,14 +15,17 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import platform
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # Shapes of public checkpoints (config.json), random-initialised here. `tiny` is for CPU tests;
@@ -315,6 +320,50 @@ def mix_lengths(mix: list[RowLengths], max_len: int, seed: int = 0) -> tuple[lis
     kl = [min(max_len, r.prompt + mix[partner[i]].completion) for i, r in enumerate(mix)]
     keys = [(i, 0) for i in range(len(mix))] + [(i, 1) for i in range(len(mix))]
     return [r.prompt + r.completion for r in mix] + kl, keys
+
+
+def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length: int, seed: int = 0):
+    """Main and KL sequences as kto-precompute forms them for one shard: its tokenizing
+    (`tokenize_example`, prompts cut there), then each row's prompt with a seeded partner's completion cut to fit
+    (the same shape as its KL pairing: a derangement; the partner choice itself may differ)."""
+    from kto.precompute.inputs.records import iter_examples
+    from kto.precompute.plan import Truncation
+    from kto.precompute.tokenize import leading_bos_id, tokenize_example
+
+    rule = Truncation(max_length, max_prompt_length, leading_bos_id(tokenizer))
+    rows = [r for r in (tokenize_example(ex, tokenizer, truncation=rule) for ex in iter_examples([data])) if r is not None]
+    partner = kl_partners(len(rows), seed)
+    cut = [rule.apply(r.prompt_ids, r.completion_ids, rows[partner[i]].completion_ids) for i, r in enumerate(rows)]
+    prompts = [c.prompt_ids.tolist() for c in cut]
+    completions = [c.completion_ids.tolist() for c in cut]
+    kl = [c.kl_completion_ids.tolist() for c in cut]
+    keys = [(r.example.id, 0) for r in rows] + [(r.example.id, 1) for r in rows]
+    return prompts * 2, completions + kl, keys
+
+
+def paired_sequences(rows: int, max_len: int, vocab_size: int, seed: int = 0):
+    """rows/2 prompts, each with a chosen and a rejected answer: prompt 60-85 % of a sequence,
+    read as a paired file (one desirable and one undesirable row per pair)."""
+    rng = random.Random(seed)
+    words = lambda n: " ".join(f"w{rng.randrange(FIRST_WORD_ID, vocab_size)}" for _ in range(max(n, 1)))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "paired.jsonl"
+        with open(data, "w") as f:
+            for _ in range(rows // 2):
+                total = int(np.exp(rng.uniform(np.log(256), np.log(max_len))))
+                prompt = int(total * rng.uniform(0.6, 0.85))
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt": words(prompt - 1),
+                            "chosen": " " + words(total - prompt - 1),
+                            "rejected": " " + words(int((total - prompt) * rng.uniform(0.5, 1.5)) - 1),
+                        }
+                    )
+                    + "\n"
+                )
+        sequences = pipeline_sequences(data, build_tokenizer(vocab_size), max_len, max_len * 7 // 8, seed)
+    return sequences, PAD_ID
 
 
 def versions(device: torch.device) -> dict:

@@ -30,28 +30,17 @@ mostly measures the others, CPU time what this process did.
     python tools/bench_prefix_sharing.py --model demo/smollm2              # CPU, ~10 min shared
     python tools/bench_prefix_sharing.py --mixes paired,synthetic --shape llama-3.2-1b  # GPU
 
-Training-step mode (`--train-cache DIR`, repeatable; issue 21): kto-train's step
-(`kto.train.step.forward_backward`: the no-grad KL pass, then the policy forward/backward per
-micro-batch) on the first `--train-steps` steps of kto-train's own epoch plan over a
-kto-precompute cache, with prefix sharing in both passes and without (`--no-prefix-sharing`),
-taking turns, `--repeats` times. Per layout: best and median time of those steps, tokens/saved
-and padding/* per step as metrics.jsonl reports them; and the relative difference of the first
-step's loss and gradient norm. The policy is `--model` (HF dir), loaded as kto-train loads it.
-`--train-accounting 4x1,8x1,...` first counts, without a model, the exact tokens each pass saves
-over one epoch at those shapes, with kto-train's plan and with the plan before prompt groups,
-and how many rows have their KL partner in their own step.
+kto-train's step with and without prefix sharing (issue 21; `--train-cache`,
+`--train-accounting`) is tools/bench_train_sharing.py.
 
-    python tools/bench_prefix_sharing.py --mixes none --model /work/bench/smollm2 --train-cache CACHE
     python tools/bench_prefix_sharing.py --model /work/bench/smollm2 --mixes kto_en_demo,dpo_en_demo --data-rows 6
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -98,38 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--data-rows", type=int, default=6, help="rows of a real-data file timed (the accounting covers the whole file)")
     p.add_argument("--json-out", type=Path, default=None)
-    p.add_argument("--train-cache", type=Path, action="append", default=[], help="training-step mode: a kto-precompute cache (repeatable)")
-    p.add_argument("--train-batch-size", type=int, default=8, help="training-step mode: rows per micro-batch")
-    p.add_argument("--train-grad-accum", type=int, default=1, help="training-step mode: micro-batches per step")
-    p.add_argument("--train-steps", type=int, default=2, help="training-step mode: steps timed per pass")
-    p.add_argument("--train-no-warmup", action="store_true", help="training-step mode: no untimed step first (a busy CPU)")
-    p.add_argument("--train-threads", type=int, default=None, help="training-step mode: torch threads (1: CPU time is the work done)")
-    p.add_argument(
-        "--train-accounting",
-        default="",
-        help="training-step mode: comma list of BATCHxACCUM shapes (e.g. 4x1,8x1,16x1,8x4) whose exact tokens saved per pass over one epoch are "
-        "counted (no model), with kto-train's plan and with the plan without prompt groups",
-    )
     return p.parse_args(argv)
-
-
-def pipeline_sequences(data: Path, tokenizer, max_length: int, max_prompt_length: int, seed: int = 0):
-    """Main and KL sequences as kto-precompute forms them for one shard: its tokenizing
-    (`tokenize_example`, prompts cut there), then each row's prompt with a seeded partner's completion cut to fit
-    (the same shape as its KL pairing: a derangement; the partner choice itself may differ)."""
-    from kto.precompute.inputs.records import iter_examples
-    from kto.precompute.plan import Truncation
-    from kto.precompute.tokenize import leading_bos_id, tokenize_example
-
-    rule = Truncation(max_length, max_prompt_length, leading_bos_id(tokenizer))
-    rows = [r for r in (tokenize_example(ex, tokenizer, truncation=rule) for ex in iter_examples([data])) if r is not None]
-    partner = C.kl_partners(len(rows), seed)
-    cut = [rule.apply(r.prompt_ids, r.completion_ids, rows[partner[i]].completion_ids) for i, r in enumerate(rows)]
-    prompts = [c.prompt_ids.tolist() for c in cut]
-    completions = [c.completion_ids.tolist() for c in cut]
-    kl = [c.kl_completion_ids.tolist() for c in cut]
-    keys = [(r.example.id, 0) for r in rows] + [(r.example.id, 1) for r in rows]
-    return prompts * 2, completions + kl, keys
 
 
 def feedback_sequences(model_dir: Path, max_length: int = 256):
@@ -137,32 +95,7 @@ def feedback_sequences(model_dir: Path, max_length: int = 256):
     from kto.formats.compute.models import load_tokenizer, resolve_source
 
     tok = load_tokenizer(resolve_source(str(model_dir)))
-    return pipeline_sequences(REPO / "examples" / "feedback.jsonl", tok, max_length, max_length // 2), tok.pad_token_id
-
-
-def paired_sequences(rows: int, max_len: int, vocab_size: int, seed: int = 0):
-    """rows/2 prompts, each with a chosen and a rejected answer: prompt 60-85 % of a sequence,
-    read as a paired file (one desirable and one undesirable row per pair)."""
-    rng = random.Random(seed)
-    words = lambda n: " ".join(f"w{rng.randrange(C.FIRST_WORD_ID, vocab_size)}" for _ in range(max(n, 1)))
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "paired.jsonl"
-        with open(data, "w") as f:
-            for _ in range(rows // 2):
-                total = int(np.exp(rng.uniform(np.log(256), np.log(max_len))))
-                prompt = int(total * rng.uniform(0.6, 0.85))
-                f.write(
-                    json.dumps(
-                        {
-                            "prompt": words(prompt - 1),
-                            "chosen": " " + words(total - prompt - 1),
-                            "rejected": " " + words(int((total - prompt) * rng.uniform(0.5, 1.5)) - 1),
-                        }
-                    )
-                    + "\n"
-                )
-        sequences = pipeline_sequences(data, C.build_tokenizer(vocab_size), max_len, max_len * 7 // 8, seed)
-    return sequences, C.PAD_ID
+    return C.pipeline_sequences(REPO / "examples" / "feedback.jsonl", tok, max_length, max_length // 2), tok.pad_token_id
 
 
 def real_sequences(data: Path, model_dir: Path, max_length: int = 1024) -> tuple[list[tuple[list, list, list]], int]:
@@ -326,229 +259,6 @@ def end_to_end(model_dir: Path, repeats: int, data: Path | None = None, max_leng
     }
 
 
-# Training-step mode (issue 21) -----------------------------------------------------------------
-
-
-def epoch0_plan(cache_dir: Path, batch_size: int, grad_accum: int, seed: int = 0, grouped: bool = True):
-    """The cache and kto-train's epoch-0 plan over it, one process; `grouped=False`: the plan
-    without prompt groups (the plan before issue 21 kept a prompt's rows in one micro-batch)."""
-    from kto.formats.cache import open_cache
-    from kto.train.data import MicroBatchShape, epoch_plan, prompt_groups
-
-    cache = open_cache(cache_dir)
-    return cache, epoch_plan(cache.lengths(), MicroBatchShape(batch_size, grad_accum, 1), seed, 0, prompt_groups(cache) if grouped else None)
-
-
-def cache_steps(cache_dir: Path, batch_size: int, grad_accum: int, steps: int | None, seed: int = 0, grouped: bool = True) -> list:
-    """The first `steps` (None: all) optimizer steps of `epoch0_plan`, collated."""
-    from kto.train.data import collate_micro_batch
-
-    cache, plan = epoch0_plan(cache_dir, batch_size, grad_accum, seed, grouped)
-    # Pad id 0: right padding is never attended nor scored, so its value changes no number.
-    return [[collate_micro_batch(cache, slot, 0) for slot in step[0]] for step in plan[:steps]]
-
-
-class _LayoutOnly(torch.nn.Module):
-    """Stands in for CompletionLogps where only the layout counts: zeros of a forward's shape."""
-
-    def forward(self, batch, score_mask=None):
-        return torch.zeros(int(score_mask.sum()) if score_mask is not None else len(batch.targets))
-
-
-def plan_accounting(cache_dir: Path, batch_size: int, grad_accum: int, grouped: bool) -> dict:
-    """Exact tokens saved by kto-train's step over one epoch of a cache, per pass, as a share of
-    the tokens the pass represents (valid rows), from the layouts the step would run (its own
-    code with `_LayoutOnly` as the model: no scoring); and the share of rows whose KL partner
-    (the next row of the cycle) is trained in the same step, and in an earlier one."""
-    from kto.train.data import collate_micro_batch
-    from kto.train.packing import completion_logps
-    from kto.train.step import kl_local_sums
-
-    cache, plan = epoch0_plan(cache_dir, batch_size, grad_accum, grouped=grouped)
-    model, saved, represented = _LayoutOnly(), {"policy": 0, "kl": 0}, {"policy": 0, "kl": 0}
-    with torch.no_grad():
-        for step in plan:
-            batches = [collate_micro_batch(cache, slot, 0) for slot in step[0]]
-            saved["kl"] += kl_local_sums(model, batches, share=True).saved_tokens
-            for b in batches:
-                saved["policy"] += completion_logps(model, b.policy, b.valid, True)[1].saved
-                represented["policy"] += int((b.policy.attention_mask.sum(1) * b.valid).sum())
-                represented["kl"] += int((b.kl.attention_mask.sum(1) * b.valid).sum())
-    step_of = np.zeros(cache.num_rows, dtype=np.int64)
-    for k, step in enumerate(plan):  # plan[k] runs k-th
-        step_of[step[step >= 0]] = k
-    partner_step = np.roll(step_of, -1)  # row r's partner is row r + 1 of the cycle
-    out = {f"{k}_saved": saved[k] / represented[k] for k in saved}
-    out["both_saved"] = (saved["policy"] + saved["kl"]) / (represented["policy"] + represented["kl"])
-    out.update(
-        steps=len(plan),
-        kl_partner_in_step=float(np.mean(partner_step == step_of)),
-        kl_partner_trained_before=float(np.mean(partner_step < step_of)),
-    )
-    return out
-
-
-def paired_steps(rows: int, max_len: int, vocab_size: int, batch_size: int, steps: int) -> list:
-    """Steps of the synthetic paired mix (paired_sequences: a chosen and a rejected row per
-    prompt, next to each other as a paired file's rows are), without a cache: reference
-    log-probs 0 (the step's work does not depend on their values)."""
-    from kto.formats.compute.logprob import make_token_batch
-    from kto.train.data import KTOMicroBatch, row_columns
-
-    (prompts, completions, _), pad_id = paired_sequences(rows, max_len, vocab_size)
-    n = len(prompts) // 2  # main sequences first, then the KL ones (pipeline_sequences)
-    out = []
-    for start in range(0, min(n, steps * batch_size), batch_size):
-        idx = list(range(start, min(n, start + batch_size)))
-        zeros = torch.zeros(len(idx), dtype=torch.float64)
-        out.append(
-            [
-                KTOMicroBatch(
-                    policy=make_token_batch([prompts[i] for i in idx], [completions[i] for i in idx], pad_id),
-                    kl=make_token_batch([prompts[i] for i in idx], [completions[n + i] for i in idx], pad_id),
-                    columns=row_columns(ref_logp=zeros, ref_kl_logp=zeros.clone(), desirable=torch.tensor([i % 2 == 0 for i in idx])),
-                    valid=torch.ones(len(idx), dtype=torch.bool),
-                )
-            ]
-        )
-    return out
-
-
-class _OneProcess:
-    """What kto.train.step asks of an accelerate.Accelerator, for one process without DDP."""
-
-    num_processes = 1
-
-    def no_sync(self, model):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-
-class _WithNumerics(torch.nn.Module):
-    """The forward (plain or packed batch) under `numerics.context`, as accelerate.prepare runs
-    mixed precision; backward runs outside autocast."""
-
-    def __init__(self, inner: torch.nn.Module, numerics: Numerics, device: torch.device):
-        super().__init__()
-        self.inner, self.numerics, self.device_type = inner, numerics, device.type
-
-    def forward(self, *args):
-        with self.numerics.context(self.device_type):
-            return self.inner(*args)
-
-
-def _step_pass(model, steps, settings, device) -> tuple[float, float, dict, list[float], float]:
-    """Every step once: wall time, this process's CPU time (all its threads: on a machine shared
-    with other jobs, the work done rather than the wait), summarized stats over the steps, each
-    step's loss, and the first step's gradient norm."""
-    from kto.train.step import StepStats, forward_backward, summarize
-
-    total, losses, norm = StepStats.zeros("cpu"), [], 0.0
-    cpu0 = time.process_time()
-    with C.Timer(device) as t:
-        for k, batches in enumerate(steps):
-            stats = forward_backward(model, [b.to(device) for b in batches], settings, _OneProcess())
-            if k == 0:
-                norm = float(torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in model.parameters() if p.grad is not None])))
-            model.zero_grad(set_to_none=True)
-            losses.append(float(stats.loss_sum / stats.examples))
-            total = total.plus(StepStats(*(x.cpu() for x in stats)))
-    return t.seconds, time.process_time() - cpu0, summarize(total), losses, norm
-
-
-def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int, warmup: bool = True) -> dict:
-    """kto-train's step over `steps` with and without prefix sharing, taking turns (after one
-    untimed step of each, unless `warmup` is off)."""
-    from kto.train.loss import LossType
-    from kto.train.step import LossSettings
-
-    model = _WithNumerics(CompletionLogps(lm.train()), numerics, device)
-    settings = {share: LossSettings(0.1, 1.0, 1.0, LossType.KTO, 0.0, "step", kl_prefix_sharing=share, policy_prefix_sharing=share) for share in (False, True)}
-    for share in (False, True) if warmup else ():  # kernel choice, allocator growth
-        _step_pass(model, steps[:1], settings[share], device)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    cpu: dict[bool, list[float]] = {False: [], True: []}
-    seen: dict[bool, tuple] = {}
-    for _ in range(repeats):
-        for share in (False, True):
-            seconds, cpu_s, line, losses, norm = _step_pass(model, steps, settings[share], device)
-            times[share].append(seconds)
-            cpu[share].append(cpu_s)
-            seen[share] = (line, losses, norm)
-    rows = []
-    for share in (False, True):
-        line = seen[share][0]
-        rows.append(
-            {
-                "layout": "prefix-shared" if share else "plain",
-                "steps": len(steps),
-                "best_s": min(times[share]),
-                "median_s": statistics.median(times[share]),
-                "best_cpu_s": min(cpu[share]),
-                "tokens/saved": line["tokens/saved"],
-                "padding/policy": line["padding/policy"],
-                "padding/kl": line["padding/kl"],
-                "tokens_per_step": line["tokens"] / len(steps),
-            }
-        )
-    (_, plain_losses, plain_norm), (_, shared_losses, shared_norm) = seen[False], seen[True]
-    return {
-        "rows": rows,
-        "best_time_ratio": rows[1]["best_s"] / rows[0]["best_s"],
-        "median_time_ratio": rows[1]["median_s"] / rows[0]["median_s"],
-        "best_cpu_time_ratio": rows[1]["best_cpu_s"] / rows[0]["best_cpu_s"],
-        "saved_fraction": rows[1]["tokens/saved"] / rows[0]["tokens_per_step"],
-        "max_loss_rel_diff": max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(plain_losses, shared_losses)),
-        "grad_norm_rel_diff": abs(shared_norm - plain_norm) / plain_norm,
-    }
-
-
-def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
-    """--train-cache: compare_train_steps on each cache with --model, printed and saved as it goes."""
-    from kto.formats.compute.models import load_causal_lm, resolve_source
-    from kto.train.model import disable_dropout
-
-    if args.model is None:
-        sys.exit("--model: the HF dir of the policy (the caches' reference) for --train-cache")
-    lm = load_causal_lm(resolve_source(args.model), dtype=numerics.weights, attn_implementation="sdpa").to(device)
-    disable_dropout(lm)
-    lm.config.use_cache = False
-    if args.train_threads:
-        torch.set_num_threads(args.train_threads)
-    for cache_dir in args.train_cache:
-        if args.train_accounting:
-            accounting_table(args, cache_dir, results)
-        steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, args.train_steps)
-        r = compare_train_steps(lm, steps, device=device, numerics=numerics, repeats=args.repeats, warmup=not args.train_no_warmup)
-        results.setdefault("train_step", {})[str(cache_dir)] = r
-        results["versions"] = info = C.versions(device)
-        print(f"\n{C.describe(info)} | {numerics.name} | load {Path('/proc/loadavg').read_text().split()[:3] if Path('/proc/loadavg').exists() else '?'}")
-        C.print_table(
-            f"train step on {cache_dir} (batch {args.train_batch_size} x accum {args.train_grad_accum}, {len(steps)} steps): "
-            f"time ratio shared/plain {r['best_time_ratio']:.3f} (best), {r['median_time_ratio']:.3f} (median), CPU time {r['best_cpu_time_ratio']:.3f} (best); saved {r['saved_fraction']:.1%} of tokens; "
-            f"loss rel diff {r['max_loss_rel_diff']:.1e}, grad norm rel diff {r['grad_norm_rel_diff']:.1e}",
-            r["rows"],
-        )
-        sys.stdout.flush()
-        if args.json_out:
-            args.json_out.write_text(json.dumps(results, indent=2, default=str))
-
-
-def accounting_table(args, cache_dir: Path, results: dict) -> None:
-    """--train-accounting: `plan_accounting` per shape, both plans, printed and saved."""
-    rows = []
-    for shape in args.train_accounting.split(","):
-        batch, accum = (int(x) for x in shape.split("x"))
-        for grouped in (True, False):
-            r = plan_accounting(cache_dir, batch, accum, grouped)
-            rows.append({"shape": shape, "plan": "prompt groups" if grouped else "rows (before)", **r})
-    results.setdefault("train_accounting", {})[str(cache_dir)] = rows
-    C.print_table(f"tokens saved per pass over one epoch of {cache_dir} (exact layout accounting, seed 0, one process)", rows)
-    sys.stdout.flush()
-
-
 def real_mix(args, mix: str, device, numerics: Numerics) -> dict:
     """A ../shared/data file: the whole file's layout accounting, then both layouts timed on
     its first --data-rows rows, scoring and kto-precompute end to end."""
@@ -586,7 +296,7 @@ def synthetic_mix(args, mix: str, device, numerics: Numerics) -> dict:
     else:
         lm = C.build_llama(args.shape, numerics.weights, device).eval()
         if mix == "paired":
-            sequences, pad_id = paired_sequences(args.rows, args.max_len, lm.config.vocab_size)
+            sequences, pad_id = C.paired_sequences(args.rows, args.max_len, lm.config.vocab_size)
         else:
             mix_rows = C.length_mix(args.rows, args.max_len, seed=0)
             sequences, pad_id = C.mix_sequences(mix_rows, lm.config.vocab_size, args.max_len, seed=0), C.PAD_ID
@@ -642,8 +352,6 @@ def main(argv=None) -> int:
         sys.stdout.flush()
         if args.json_out:
             args.json_out.write_text(json.dumps(results, indent=2, default=str))
-    if args.train_cache:
-        train_step_mode(args, device, numerics, results)
     return 0
 
 

@@ -23,8 +23,8 @@ the chosen shape, the tokenizer is built from scratch with `tokenizers`, the dat
   (e) prefix-shared vs plain reference scoring (issue 13, tools/bench_prefix_sharing.py) on a
       paired mix (long shared prompts) and the synthetic mix (short prompts): ratio of real
       tokens/s and of peak memory, largest per-token difference.
-  (f) kto-train's step with and without prefix sharing (issue 21, bench_prefix_sharing's
-      training-step mode) on the paired mix: step time ratio, tokens/saved per step, and the
+  (f) kto-train's step with and without prefix sharing (issue 21, tools/bench_train_sharing.py)
+      on the paired mix: step time ratio, tokens/saved per step, and the
       relative difference of the loss and the gradient norm.
 
 Prints one table at the end and writes JSON to --json-out ($OUT/gpu_check.json if $OUT is set).
@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C
 import bench_precompute
 import bench_prefix_sharing
+import bench_train_sharing
 import bench_train_step
 
 import kto.precompute.pipeline as pipeline
@@ -259,7 +260,7 @@ def prefix_sharing(args, device) -> dict:
     rows = max(8, args.rows // 4)
     vocab = lm.config.vocab_size
     mixes = {
-        "paired": bench_prefix_sharing.paired_sequences(rows, args.max_len, vocab),
+        "paired": C.paired_sequences(rows, args.max_len, vocab),
         "synthetic": (C.mix_sequences(C.length_mix(rows, args.max_len, seed=2), vocab, args.max_len, seed=2), C.PAD_ID),
     }
     out = {}
@@ -283,8 +284,8 @@ def train_prefix_sharing(args, device) -> dict:
     disable_dropout(lm)
     lm.config.use_cache = False
     batch, steps = (2, 1) if args.quick else (4, 4)
-    data = bench_prefix_sharing.paired_steps(2 * batch * steps, args.max_len, lm.config.vocab_size, batch, steps)
-    r = bench_prefix_sharing.compare_train_steps(lm, data, device=device, numerics=numerics, repeats=1 if args.quick else 3, warmup=not args.quick)
+    data = bench_train_sharing.paired_steps(2 * batch * steps, args.max_len, lm.config.vocab_size, batch, steps)
+    r = bench_train_sharing.compare_train_steps(lm, data, device=device, numerics=numerics, repeats=1 if args.quick else 3, warmup=not args.quick)
     del lm
     C.free_memory()
     return {k: v for k, v in r.items() if k != "rows"} | {"numerics": numerics.name, "rows": r["rows"]}
