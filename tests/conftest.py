@@ -21,9 +21,12 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def pytest_configure(config):
     """Under pytest-xdist (`-n 2`, as .ci/run runs the suite) each worker keeps to one thread:
     two workers of two threads each on 2 cores would oversubscribe them, and the tests that
-    compare paths do so within one process, so they see one thread count either way."""
+    compare paths do so within one process, so they see one thread count either way. The
+    processes a test starts inherit OMP_NUM_THREADS=1 too (tools/gpu_check.py's smoke run, for
+    one, started two threads beside the other worker's)."""
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
         torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
