@@ -1,6 +1,10 @@
 """The README's two-"node" recipe, run as written on one machine: two torchrun launchers (one per
 "node", --nnodes 2 --node_rank 0/1, one process each) meet through the rendezvous at
-127.0.0.1, first for kto-precompute, then for kto-train, on storage both see."""
+127.0.0.1, first for kto-precompute, then for kto-train, on storage both see.
+
+This is also the suite's test that 2 processes write the cache of one, byte for byte (kto's code
+sees the same world size and ranks under one launcher with --nproc_per_node 2; that launch was
+a test of its own, 20 s of the suite's time, with the same assertions)."""
 
 from __future__ import annotations
 

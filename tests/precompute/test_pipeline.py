@@ -9,7 +9,7 @@ import pyarrow.ipc as ipc
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import chat_rows, precompute_args, text_rows, torchrun, write_rows
+from conftest import chat_rows, precompute_args, text_rows, write_rows
 
 from kto.formats import schema as S
 from kto.formats.manifest import read_manifest
@@ -175,27 +175,6 @@ def test_fewer_than_two_rows(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "one.jsonl", chat_rows()[:1])
     result = run_cli(*precompute_args(data, tiny_model_dir, tmp_path / "out"))
     assert result.exit_code == 2 and "one.jsonl" in result.output and "at least 2" in result.output
-
-
-@pytest.mark.distributed
-@pytest.mark.numerics
-def test_two_processes_write_the_same_cache_as_one(tmp_path, tiny_model_dir):
-    """Byte for byte: each shard is scored alone, in the same batches, by one process. The
-    one-process run takes 1 thread, as each torchrun process does (conftest.run_checked): with 2
-    threads MKL splits some matmul sums otherwise, and under AVX2 the last bits then differ."""
-    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
-    one, two = tmp_path / "one", tmp_path / "two"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run_cli(*precompute_args(data, tiny_model_dir, one)).exit_code == 0
-    finally:
-        torch.set_num_threads(threads)
-    torchrun("-m", "kto.precompute.cli", *precompute_args(data, tiny_model_dir, two))
-    assert read_cache(one).equals(read_cache(two))
-    m1, m2 = read_manifest(one), read_manifest(two)
-    assert m1.fingerprint == m2.fingerprint and m2.layout["num_processes"] == 2
-    assert [s.sha256 for s in m1.shards] == [s.sha256 for s in m2.shards]
 
 
 def test_no_token_logps_keeps_sums_only(tmp_path, tiny_model_dir, tiny_cache):
