@@ -35,8 +35,9 @@ this: a completion mask one token early moves them by up to 1.36 on test_shared_
 model, where the bound is 1.5e-5 (that test shows the bound catching it).
 
 Scope: the suite's models have 2 layers. On the real 30-layer SmolLM2-135M, sequences over
-about 720 tokens differ by up to 2.1e-5 per token between any two batchings (plain against
-plain at another --batch-tokens as much as prefix-shared against plain): 11 ulps of 16, but up
+about 720 tokens differ by up to 2.1e-5 (40 unpaired rows) and 2.5e-5 (8 pairs) per token
+between any two batchings (plain against plain at another --batch-tokens as much as
+prefix-shared against plain): 11–13 ulps of 16, but up
 to 44 ulps of a sequence's largest |log p| when that is small (7.1), so the |log p| scale
 understates the logits' there (docs/benchmarks.md, issue 21's second pass).
 """
