@@ -31,9 +31,12 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Modules holding a slow or distributed test run first, each module's tests together and in
-    their order. Under pytest-xdist's worksteal the long tests then start early, and the short
-    ones fill the end, where a worker that is done takes them from the other; collected in name
-    order, a one-minute test could start last while the other worker idled."""
+    their order. pytest-xdist's worksteal hands each worker a contiguous half and then lets an
+    idle worker take the tail of the other's queue: the long tests now sit at the head of the
+    first half (mostly one worker), and the short ones at the tails, where they can be taken.
+    Collected in name order, the long tests of tests/train/ sat at the end, where a one-minute
+    test could start last while the other worker idled. (A module split between the workers
+    builds its module fixtures on both: slower, not wrong.)"""
     heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("distributed")}
     items.sort(key=lambda item: item.path not in heavy)  # stable: the rest keep their order
 

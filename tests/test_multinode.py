@@ -50,6 +50,7 @@ def two_nodes(*args: str, timeout: int = 600) -> None:
 
 
 @pytest.mark.distributed
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_two_node_recipe_for_both_commands(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())

@@ -7,7 +7,7 @@ at steps 1..3 must equal the recorded floats exactly.
 
 The values were taken on main's tip before issue 20's moves. They hold where the same kernels
 see the same shapes with as many threads (tests/numerics_bounds.py): both phases run here with
-one torch thread, as the byte-identity test of tests/precompute/test_pipeline.py does, so that
+one torch thread, as the byte-identity test of tests/test_multinode.py does, so that
 the count of cores does not decide how MKL splits a matmul's sum. On another CPU kind (AVX2
 against AVX-512) the kernels differ and so may the last bits: the test then skips rather than
 fail, since it pins code, not hardware (PIN_ISA names the machine the values were taken on).

@@ -86,9 +86,21 @@ def log_with(report_to: str) -> list[str] | None:
 
 def check_run_name(run_name: str) -> None:
     """--run-name is a folder name (TensorBoard's OUT/tensorboard/<run name>/), so it must be one:
-    not empty, no / or \\, not . or .. (it would write outside that folder)."""
-    if run_name in ("", ".", "..") or any(sep in run_name for sep in ("/", "\\")):
-        raise InputError(f"--run-name {run_name}: must be one folder name (TensorBoard logs to OUT/{TENSORBOARD_DIR}/NAME): no / or \\, not . or ..")
+    not empty, no / or \\, not . or .. (it would write outside that folder), no control
+    character, no space at either end, at most 255 bytes (a file system's limit for a name).
+    Checked with the other settings, before anything is written, whichever trackers run."""
+    bad = (
+        run_name in ("", ".", "..")
+        or any(sep in run_name for sep in ("/", "\\"))
+        or any(ord(c) < 32 or ord(c) == 127 for c in run_name)
+        or run_name != run_name.strip()
+        or len(run_name.encode()) > 255
+    )
+    if bad:
+        raise InputError(
+            f"--run-name {run_name!r}: must be one folder name (TensorBoard logs to OUT/{TENSORBOARD_DIR}/NAME): "
+            "no / or \\, not . or .., no control character or space at either end, at most 255 bytes"
+        )
 
 
 def start(accelerator: Accelerator, out: Path, run_name: str | None, config: dict) -> None:

