@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -414,3 +415,19 @@ def print_table(title: str, rows: list[dict]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+class OneProcess:
+    """What kto.train.step asks of an accelerate.Accelerator (forward_backward, optimizer_step), for
+    one process without DDP: bench_train_step and bench_train_sharing."""
+
+    num_processes = 1
+
+    def no_sync(self, model):
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+    def clip_grad_norm_(self, params, max_norm):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)

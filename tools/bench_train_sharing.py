@@ -22,7 +22,6 @@ tools/bench_prefix_sharing.py; tools/gpu_check.py runs `compare_train_steps` on 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -146,18 +145,6 @@ def paired_steps(rows: int, max_len: int, vocab_size: int, batch_size: int, step
     return out
 
 
-class _OneProcess:
-    """What kto.train.step asks of an accelerate.Accelerator, for one process without DDP."""
-
-    num_processes = 1
-
-    def no_sync(self, model):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-
 class _WithNumerics(torch.nn.Module):
     """The forward (plain or packed batch) under `numerics.context`, as accelerate.prepare runs
     mixed precision; backward runs outside autocast."""
@@ -181,7 +168,7 @@ def _step_pass(model, steps, settings, device) -> tuple[float, float, dict, list
     cpu0 = time.process_time()
     with C.Timer(device) as t:
         for k, batches in enumerate(steps):
-            stats = forward_backward(model, [b.to(device) for b in batches], settings, _OneProcess())
+            stats = forward_backward(model, [b.to(device) for b in batches], settings, C.OneProcess())
             if k == 0:
                 norm = float(torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in model.parameters() if p.grad is not None])))
             model.zero_grad(set_to_none=True)

@@ -23,7 +23,6 @@ KTOTrainer is timed too.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -51,21 +50,6 @@ from kto.train.step import LossSettings, forward_backward, optimizer_step
 PRECISIONS = ("bf16", "amp-bf16", "fp32", "fp32-autocast-bf16")
 ALIASES = {"fp32-autocast-bf16": "amp-bf16"}
 SETTINGS = LossSettings(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0, loss_type=LossType.KTO, sft_weight=0.0, kl_scope="step")
-
-
-class OneProcess:
-    """What train/step.py asks of an accelerate.Accelerator, for one process without DDP."""
-
-    num_processes = 1
-
-    def no_sync(self, model):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-    def clip_grad_norm_(self, params, max_norm):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 class WithNumerics(torch.nn.Module):
@@ -155,7 +139,7 @@ def with_reference_logps(scorer, batch: KTOMicroBatch) -> KTOMicroBatch:
 
 def train_step(model, batch: KTOMicroBatch, optimizer, scheduler, ref_scorer=None) -> None:
     """One optimizer step of kto-train (`ref_scorer` None) or of a resident-reference trainer."""
-    acc = OneProcess()
+    acc = C.OneProcess()
     if ref_scorer is not None:
         batch = with_reference_logps(ref_scorer, batch)
     forward_backward(model, [batch], SETTINGS, acc)
