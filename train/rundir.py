@@ -30,6 +30,7 @@ from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_re
 from .adapters import MERGED_DIR
 from .checkpoint import CHECKPOINT_RE, checkpoint_problem, checkpoints, usable_checkpoint
 from .config import TrainConfig
+from .metrics import METRICS_NAME
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -66,7 +67,6 @@ RESUMABLE = frozenset(
 )
 PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
 
-METRICS_NAME = "metrics.jsonl"
 # Set aside by --resume: corrupt ones (checkpoint.usable_checkpoint), and those newer than the
 # checkpoint `--resume PATH` continues from (chosen_checkpoint).
 CORRUPT_RE = re.compile(r"^checkpoint-\d+\.(corrupt|superseded)$")

@@ -22,7 +22,7 @@ from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig, planned_steps
 from .data import MicroBatchShape, prompt_groups, steps_per_epoch
-from .metrics import MetricsWriter
+from .metrics import METRICS_NAME, MetricsWriter
 from .optim import check_schedule
 from .policy import Policy
 from .rundir import config_record, open_run_dir, write_record
@@ -213,7 +213,7 @@ def open_records(cfg: TrainConfig, record: dict, position: Position, accelerator
     write_record(cfg.out, record)
     if accelerator.log_with:
         trackers.start(accelerator, cfg.out, cfg.run_name, vars(cfg))
-    return MetricsWriter(cfg.out / "metrics.jsonl", accelerator, resume_step=position.global_step if cfg.resume else None)
+    return MetricsWriter(cfg.out / METRICS_NAME, accelerator, resume_step=position.global_step if cfg.resume else None)
 
 
 def plan_identity(cfg: TrainConfig, cache_fingerprint: str, world_size: int, total_steps: int) -> dict:
