@@ -11,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kto.formats.compute.early_checks import check_local_model
 from kto.formats.manifest import Counts, Manifest
 from kto.formats.schema import EVAL_DIR
+from kto.precompute.inputs.records import check_input_path
 
 from .config import PrecomputeConfig
+from .templates import load_chat_template
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,23 @@ def run(config: PrecomputeConfig) -> PrecomputeResult:
     """Score every example of `config.data` and its KL pair with the reference; write the cache.
 
     Raises InputError on bad input (nothing half-written); reruns resume as the CLI does."""
+    check_paths(config)  # seconds sooner than after the imports below, with the same messages
     from .pipeline import run_precompute  # torch and the models load on call, not on import
 
     result = result_of(config, run_precompute(config))
     if config.push_to_hub:
         push(config, result)
     return result
+
+
+def check_paths(config: PrecomputeConfig) -> None:
+    """The checks of --model, --chat-template and every --data path that need neither torch nor
+    transformers, in the order the run makes them (pipeline._run: model, template, inputs), so
+    a typo or a FIFO is refused before those imports. Reads no row and writes nothing."""
+    check_local_model(config.model)
+    load_chat_template(config.chat_template, config.chat_template_kwargs)
+    for path in config.data:
+        check_input_path(path)
 
 
 def push(config: PrecomputeConfig, result: PrecomputeResult) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from kto.formats.compute.early_checks import check_local_cache, check_local_model
 from kto.formats.errors import InputError, log, one_line_errors
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
-from .loss import LossType
+from .loss_type import LossType
 from .stop import Interrupted
 
 P = click.Path(path_type=Path)
@@ -86,10 +87,21 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     from .api import run  # the Python API: this command is flags → TrainConfig → run()
 
     cfg = config_from(ctx, config_file, flags)
+    check_paths(cfg)
     try:
         run(cfg)
     except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
         sys.exit(exc.exit_code)
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """The start-up checks of --cache, --model and --eval-cache that need neither torch nor
+    transformers, in train/setup.py check_inputs' order, made before the run imports them: a
+    typo is refused in a second instead of after those imports. Writes nothing."""
+    check_local_cache(cfg.cache)
+    check_local_model(cfg.model)
+    if cfg.eval_cache is not None:
+        check_local_cache(cfg.eval_cache)
 
 
 def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, Any]) -> TrainConfig:

@@ -14,7 +14,7 @@ from kto.formats.compute.numerics import WEIGHT_DTYPES
 from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
 
-from .loss import LossType
+from .loss_type import LossType
 from .trackers import check_run_name, parse_report_to
 
 # transformers.SchedulerType's values (tests/train/test_optim.py keeps the list in step), less

@@ -17,19 +17,11 @@ how a step is split.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
-
-class LossType(enum.Enum):
-    KTO = "kto"
-    APO_ZERO_UNPAIRED = "apo_zero_unpaired"
-
-    @property
-    def needs_kl(self) -> bool:
-        return self is LossType.KTO
+from .loss_type import LossType  # here too: callers import the loss and its kinds from one place
 
 
 @dataclass(frozen=True)

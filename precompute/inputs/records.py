@@ -23,7 +23,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_file, sha256_file
+from kto.formats.files import regular_file, regular_tree, sha256_file
 
 from .alpaca import AlpacaMap, alpaca_examples
 from .examples import ColumnMap, Example, ShareGPTMap, base_id_of, check_unique_ids, is_present, kind_name, one_line, shaped_examples, tools_of, with_system
@@ -183,6 +183,18 @@ def input_identity(path: str | Path) -> dict:
     if not is_dataset_input(path):
         return {"name": Path(path).name, "sha256": file_sha256(path)}
     return dataset_identity(path)
+
+
+def check_input_path(path: str | Path) -> None:
+    """input_identity's refusals of `path` without its hashing: a file must be a regular file,
+    a local `datasets` directory must hold only regular files and folders (hub.dataset_identity)."""
+    if not is_dataset_input(path):
+        regular_file(path)
+        return
+    spec = parse_spec(path)
+    if spec.local:
+        root = Path(spec.source)
+        regular_tree(root, f"--data {root}")
 
 
 def read_examples(

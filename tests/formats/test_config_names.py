@@ -138,6 +138,7 @@ def test_the_cli_prints_each_note_and_the_error_in_one_line(tmp_path, monkeypatc
 
     seen = []
     monkeypatch.setattr(kto.train.api, "run", seen.append)
+    monkeypatch.setattr(train_cli, "check_paths", lambda cfg: None)  # "c" and "m" are placeholders
     path = tmp_path / "lf.yaml"
     path.write_text("stage: kto\nlearning_rate: 5.0e-6\ncutoff_len: 64\nval_size: 0.1\n")
     result = CliRunner().invoke(train_cli.main, ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o")])

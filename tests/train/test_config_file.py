@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 import kto.train.api
+import kto.train.cli
 from kto.train.cli import main
 
 
@@ -13,6 +14,7 @@ def captured(monkeypatch):
     """The TrainConfig the CLI builds, without training (the values are what is tested here)."""
     seen = []
     monkeypatch.setattr(kto.train.api, "run", seen.append)  # the CLI calls the API with it
+    monkeypatch.setattr(kto.train.cli, "check_paths", lambda cfg: None)  # "c" and "m" are placeholders
     return seen
 
 
