@@ -43,17 +43,18 @@ def run(config: TrainConfig) -> TrainResult:
     from .loop import train  # torch, accelerate and the model load on call, not on import
 
     config = with_hub_caches(config)
-    final = train(config)
+    trained = train(config)
     train_line, eval_line = last_metrics(config.out)
     result = TrainResult(
         run_dir=Path(config.out),
-        final=Path(final),
+        final=Path(trained.final),
         steps=train_line.get("step", 0) if train_line else _total_steps(config.out),
         metrics=metric_values(train_line),
         eval_metrics=metric_values(eval_line) if eval_line else None,
         merged=Path(config.out) / MERGED_DIR if config.merge_adapters else None,
     )
-    if config.push_to_hub and _is_main_process():  # train() checked every weight finite before saving final/
+    # The main process uploads; the others return without waiting for it (their group may be gone).
+    if config.push_to_hub and trained.main_process:  # train() checked every weight finite before saving final/
         from kto.formats.errors import log
         from kto.formats.hub import push_folder
 
@@ -74,14 +75,6 @@ def with_hub_caches(config: TrainConfig) -> TrainConfig:
     if config.eval_cache is not None and is_hub_cache(config.eval_cache):
         config = replace(config, eval_cache=fetch_cache(config.eval_cache, "--eval-cache"))
     return config
-
-
-def _is_main_process() -> bool:
-    # train() ended with accelerator.end_training(), which destroys the process group: no
-    # collective is possible any more, so the other ranks return without waiting for the upload.
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
 
 
 def _total_steps(run_dir: Path) -> int:

@@ -85,13 +85,17 @@ LATEST = "latest"  # `--resume` without a path
 def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     """Train the policy from a kto-precompute cache; no reference model is loaded."""
     from .api import run  # the Python API: this command is flags → TrainConfig → run()
+    from .processes import end_own_process_group, process_group_exists
 
     cfg = config_from(ctx, config_file, flags)
     check_paths(cfg)
+    existed = process_group_exists()  # after check_paths: it imports torch
     try:
         run(cfg)
     except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
+        end_own_process_group(existed)
         sys.exit(exc.exit_code)
+    end_own_process_group(existed)  # the API keeps a group it made for the next call; the command ends here
 
 
 def check_paths(cfg: TrainConfig) -> None:

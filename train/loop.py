@@ -20,6 +20,7 @@ from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step
 from .model_card import final_files
+from .processes import borrowed_accelerate_state
 from .progress import TrainProgress, number
 from .rundir import lock_run_dir
 from .setup import Run, check_inputs, setup
@@ -34,10 +35,21 @@ if TYPE_CHECKING:
     from .step import PolicyPass
 
 
-def train(cfg: TrainConfig) -> Path:
-    checked = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
-    with lock_run_dir(cfg.out, checked.accelerator):  # one kto-train per run directory, for the whole run
-        return run_steps(setup(checked))
+@dataclass(frozen=True)
+class Trained:
+    """What `train` hands the API: final/, and whether this process is the main one (it alone
+    pushes to the Hub), read before accelerate's state is given back (train/processes.py)."""
+
+    final: Path
+    main_process: bool
+
+
+def train(cfg: TrainConfig) -> Trained:
+    with borrowed_accelerate_state():  # a second run in this process starts as the first did
+        checked = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
+        with lock_run_dir(cfg.out, checked.accelerator):  # one kto-train per run directory, for the whole run
+            final = run_steps(setup(checked))
+        return Trained(final, checked.accelerator.is_main_process)
 
 
 def run_steps(run: Run) -> Path:
@@ -236,8 +248,10 @@ def finish(run: Run) -> Path:
 
 
 def close_records(run: Run) -> None:
-    """metrics.jsonl closed (main process) and the trackers ended, on every rank together."""
+    """metrics.jsonl closed (main process) and the trackers ended, on every rank together. The
+    process group stays: a caller may run again in it (train/processes.py); kto-train ends it."""
     if run.metrics:
         run.metrics.close()
     run.accelerator.wait_for_everyone()
-    run.accelerator.end_training()
+    for tracker in run.accelerator.trackers:  # accelerate's end_training, less destroying the group
+        tracker.finish()

@@ -1,0 +1,61 @@
+"""What one training run borrows from its process: accelerate's per-process state and, under a
+launcher (torchrun, accelerate launch), torch.distributed's default process group.
+
+accelerate keeps both in process-wide singletons (`PartialState`, `AcceleratorState`), and its
+`Accelerator.end_training` destroys the default group. Called at the end of every run, as it
+was, that broke a script calling `kto.train.run` twice in one launch (a sweep; train, evaluate,
+train again): the second run found a `PartialState` counting 2 processes with no group to talk
+through, and a caller's own group was torn down under it. So:
+- each run configures accelerate afresh (its mixed precision, its FSDP plugin; train/sharding.py
+  even marks the process FSDP in `PartialState`) and gives the state back as it found it;
+- a run never destroys the default group. One it made stays for the next call in the same
+  launch: destroying it and making a new default group in the same launch is not dependable
+  (torch names every default group "0" in the launcher's store, and a second gloo rendezvous
+  of a 2-process kto.train.run script hung in ProcessGroupGloo's construction on both ranks).
+  The command, kto-train, is the whole life of its process: it destroys the group it made when
+  the run ends (`end_own_process_group`), as `end_training` did. A script ends its group with
+  `torch.distributed.destroy_process_group()` when it is done with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+def process_group_exists() -> bool:
+    """torch.distributed's default group is up (made by the caller, or by an earlier run)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def borrowed_accelerate_state() -> Iterator[None]:
+    """accelerate's singletons for one run: `AcceleratorState` emptied so that this run's
+    `Accelerator(...)` sets it up with this run's settings (an already set one refuses another
+    mixed precision and keeps its FSDP plugin), and both singletons put back as they were when
+    the run returns or raises. A caller's own `PartialState` stays usable; an empty one stays
+    empty, and a `PartialState()` made later reads the world from the group that is up."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    partial, full = dict(PartialState._shared_state), dict(AcceleratorState._shared_state)
+    AcceleratorState._shared_state.clear()
+    try:
+        yield
+    finally:
+        # In place: the shared dicts are the __dict__ of every state object the caller holds.
+        for shared, saved in ((PartialState._shared_state, partial), (AcceleratorState._shared_state, full)):
+            shared.clear()
+            shared.update(saved)
+
+
+def end_own_process_group(existed_before: bool) -> None:
+    """kto-train's end: destroy the default group if the run made it (`existed_before` False)."""
+    if not existed_before and process_group_exists():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
