@@ -56,3 +56,20 @@ def test_importing_the_package_loads_no_torch():
     code = "import sys, kto.train; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_second_run_in_one_process_sets_accelerate_up_for_its_own_settings(tiny_cache, tiny_model_dir, tmp_path, capfd):
+    """accelerate keeps one AcceleratorState per process and refuses another mixed precision once
+    it is set: before, a second `kto.train.run` with bf16 autocast after one without raised
+    accelerate's ValueError. Each run now sets it up afresh and gives accelerate's state back as
+    it found it (train/processes.py): a `PartialState` the caller holds stays usable."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = PartialState(cpu=True)  # the caller's own, held across the runs
+    one_step = {**ARGS, "max_steps": 1}
+    kto.train.run(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path / "fp32", mixed_precision="no", **one_step))
+    # bf16 autocast against an fp32 cache: the step-0 drift is bf16's, far above fp32's tolerance.
+    kto.train.run(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path / "bf16", mixed_precision="bf16", drift_tolerance=1.0, **one_step))
+    err = capfd.readouterr().err
+    assert "cache numerics fp32, this run fp32)" in err and "cache numerics fp32, this run amp-bf16)" in err
+    assert state.num_processes == 1 and state.process_index == 0 and not AcceleratorState._shared_state
