@@ -101,7 +101,13 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
 def check_paths(cfg: TrainConfig) -> None:
     """The start-up checks of --cache, --model and --eval-cache that need neither torch nor
     transformers, in train/setup.py check_inputs' order, made before the run imports them: a
-    typo is refused in a second instead of after those imports. Writes nothing."""
+    typo is refused in a second instead of after those imports. Writes nothing.
+
+    With adapters (--lora-r > 0, adapters.enabled) check_inputs refuses a missing peft or
+    bitsandbytes first of all, before the cache is read; that check imports them (and torch),
+    so these are left to the run then, to keep that order."""
+    if cfg.lora_r > 0:
+        return
     check_local_cache(cfg.cache)
     check_local_model(cfg.model)
     if cfg.eval_cache is not None:
