@@ -10,7 +10,12 @@ from click.testing import CliRunner
 from kto.formats.runrecord import write_run_config
 from kto.inspection.cli import main
 
-pytest.importorskip("matplotlib")
+
+@pytest.fixture(autouse=True, scope="module")  # before the module's own fixtures
+def _needs_matplotlib():
+    """Every test here plots. Skipped when a test runs, not imported at collection (every xdist
+    worker imported it, also for runs that select none of these tests)."""
+    pytest.importorskip("matplotlib")
 
 
 def record(step: int, **kw) -> dict:

@@ -11,7 +11,13 @@ from kto.formats.errors import InputError
 from kto.precompute.inputs.hub import parse_spec
 from kto.precompute.inputs.records import input_identity, read_examples
 
-datasets = pytest.importorskip("datasets")
+
+@pytest.fixture(autouse=True, scope="module")  # before the module's own fixtures
+def datasets():
+    """Every test here reads through `datasets`. Skipped when a test runs, not imported at
+    collection (about 1 s, which every xdist worker paid, also for runs that select none of these)."""
+    return pytest.importorskip("datasets")
+
 
 ROWS = [
     {"prompt": "Hi", "completion": "Hello", "label": True},
@@ -57,7 +63,7 @@ def test_local_directory_reads_like_the_file(data_dir):
     assert via_datasets[1].source == "mydata:train: row 2"
 
 
-def test_save_to_disk_dataset_and_dict(tmp_path):
+def test_save_to_disk_dataset_and_dict(tmp_path, datasets):
     ds = datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "conversations"} for r in ROWS])
     ds.save_to_disk(str(tmp_path / "saved"))
     datasets.DatasetDict({"train": ds, "test": ds.select([0, 1])}).save_to_disk(str(tmp_path / "dd"))

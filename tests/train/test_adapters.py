@@ -13,7 +13,14 @@ from safetensors.torch import load_file
 
 from kto.train.cli import main
 
-pytest.importorskip("peft")
+
+@pytest.fixture(autouse=True, scope="module")  # before the module's own fixtures
+def _needs_peft():
+    """Every test here needs peft. Skipped when a test runs, not imported at collection: peft
+    pulls bitsandbytes and torch's inductor (about 6 s), which every xdist worker paid for each
+    run, also the AVX2 `numerics` pass that selects only two tests of this module."""
+    pytest.importorskip("peft")
+
 
 ARGS = ["--batch-size", "2", "--lr", "1e-2", "--log-every", "1", "--warmup-ratio", "0.2", "--lora-r", "4", "--lora-alpha", "8"]
 
