@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from kto.formats.compute.models import hub_id_shaped
+
 from .checkpoint import FinalFiles
 from .metrics import last_metrics, metric_values
 
@@ -34,7 +36,7 @@ METRIC_ORDER = ("loss", "kl", "sft_loss", "rewards/chosen", "rewards/rejected", 
 
 def is_hub_id(name: str) -> bool:
     """`org/name` that is no local path: what the Hub accepts as `base_model`."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+    return hub_id_shaped(name) and not Path(name).exists()
 
 
 def front_matter(base: str, adapter: bool, inputs: list[dict]) -> dict:

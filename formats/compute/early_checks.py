@@ -16,15 +16,13 @@ from pathlib import Path
 
 from ..cache import open_cache
 from ..hub import is_hub_cache
-from .models import resolve_source
+from .models import hub_id_shaped, resolve_source
 
 
 def check_local_model(spec: str, flag: str = "--model") -> None:
     """resolve_source's refusals of a local `spec` (missing, a directory without config.json, a
     file that is not .gguf); a spec shaped like a hub id that names no local path is let through."""
-    # The shape resolve_source downloads instead of refusing: ORG/NAME, not written as a path.
-    hub_shaped = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
-    if Path(spec).expanduser().exists() or not hub_shaped:
+    if Path(spec).expanduser().exists() or not hub_id_shaped(spec):
         resolve_source(spec, flag)
 
 

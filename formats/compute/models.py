@@ -50,6 +50,12 @@ class ModelSource:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
+def hub_id_shaped(spec: str) -> bool:
+    """`ORG/NAME`, not written as a path (./, /, ~): what `resolve_source` fetches from the hub
+    when no local path of that name exists."""
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+
+
 def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     """A local directory, a local `.gguf` file, or a hub id (downloaded to the HF cache)."""
     path = Path(spec).expanduser()
@@ -64,8 +70,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         return ModelSource(path.resolve(), given=spec)
     if path.exists():
         raise InputError(f"{flag} {spec}: not a model directory or a .gguf file")
-    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
+    if not hub_id_shaped(spec):
         raise InputError(f"{flag} {spec}: no such file or directory")
     try:
         from huggingface_hub import snapshot_download
