@@ -3,6 +3,7 @@ the adapters change, the base weights do not, and desirable rewards rise."""
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,30 @@ def smollm2_hf_dir(tmp_path: Path) -> Path:
     return tmp_path / "smollm2"
 
 
+# The quickstart's kto-precompute flags (examples/quickstart.sh): 40 training rows, 10 eval rows.
+QUICKSTART_PRECOMPUTE = ["--max-length", "256", "--eval-fraction", "0.2", "--batch-tokens", "4096"]
+
+
+def quickstart_cache(model: Path, out: Path) -> Path:
+    """The quickstart's cache of examples/feedback.jsonl (demo/cache) copied to `out` when the
+    quickstart's model is `model` (kto-train writes its stamps into a cache, and demo/ stays as
+    the quickstart left it); otherwise made the same way. kto-precompute's default layout shares
+    prefixes: the step-0 check below still holds."""
+    from kto.formats.manifest import read_manifest
+    from kto.precompute.cli import main as precompute
+
+    demo_cache = model.parent / "cache"
+    if model == quickstart_smollm2() and (demo_cache / "manifest.json").is_file():
+        print(f"SmolLM2: reusing {demo_cache}")
+        shutil.copytree(demo_cache, out)
+    else:
+        args = ["--data", str(REPO / "examples" / "feedback.jsonl"), "--model", str(model), "--out", str(out), *QUICKSTART_PRECOMPUTE]
+        result = CliRunner().invoke(precompute, args)
+        assert result.exit_code == 0, result.output
+    assert read_manifest(out).counts.rows == 40
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.numerics
 def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_path, monkeypatch):
@@ -36,29 +61,10 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
     from safetensors.torch import load_file
 
     import kto.train.loop as loop
-    from kto.precompute.cli import main as precompute
     from kto.train.cli import main as train
 
     model = smollm2_hf_dir(tmp_path)
-    cache = tmp_path / "cache"
-    # kto-precompute's default, prefix-shared layout: the step-0 check below still holds.
-    result = CliRunner().invoke(
-        precompute,
-        [
-            "--data",
-            str(REPO / "examples" / "feedback.jsonl"),
-            "--model",
-            str(model),
-            "--out",
-            str(cache),
-            "--max-length",
-            "256",
-            "--batch-tokens",
-            "4096",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-
+    cache = quickstart_cache(model, tmp_path / "cache")
     base_before = load_file(model / "model.safetensors")
     seen = {}
     inner = loop.finish
@@ -108,7 +114,7 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
             assert torch.equal(value, base_before[key]), name
     adapters = load_file(out / "final" / "adapter_model.safetensors")
     assert all(v.abs().max() > 0 for k, v in adapters.items() if "lora_B" in k)  # B started at 0 and moved
-    # Ten steps saw 40 of the 50 rows; score all of them with the adapters (kto-inspect score's code).
+    # Ten steps of 4 rows are one epoch of the 40; score them with the adapters (kto-inspect score's code).
     from kto.inspection.score import score_cache
 
     scores = score_cache(cache, str(out / "final"), tmp_path / "scores.parquet", log=lambda msg: None)
