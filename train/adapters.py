@@ -134,7 +134,10 @@ def check_model(cfg: TrainConfig, source: ModelSource) -> None:
         return
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source.directory, trust_remote_code=cfg.trust_remote_code, **source.load_kwargs)
+    from kto.formats.compute.gguf_once import gguf_loads
+
+    with gguf_loads(source.gguf_file):  # the model's load reuses this parse of a GGUF file
+        config = AutoConfig.from_pretrained(source.directory, trust_remote_code=cfg.trust_remote_code, **source.load_kwargs)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
     target_modules(cfg, skeleton)

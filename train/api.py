@@ -53,7 +53,8 @@ def run(config: TrainConfig) -> TrainResult:
         eval_metrics=metric_values(eval_line) if eval_line else None,
         merged=Path(config.out) / MERGED_DIR if config.merge_adapters else None,
     )
-    # The main process uploads; the others return without waiting for it (their group may be gone).
+    # The main process uploads; the others return without waiting for it (under the CLI the
+    # group is ended when the run returns).
     if config.push_to_hub and trained.main_process:  # train() checked every weight finite before saving final/
         from kto.formats.errors import log
         from kto.formats.hub import push_folder

@@ -20,10 +20,15 @@ through, and a caller's own group was torn down under it. So:
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+# The environment variables accelerate sets for a run's settings (ACCELERATE_USE_FSDP,
+# ACCELERATE_MIXED_PRECISION, FSDP_* ...).
+_ACCELERATE_ENV = ("ACCELERATE_", "FSDP_")
 
 
 def process_group_exists() -> bool:
@@ -43,10 +48,17 @@ def borrowed_accelerate_state() -> Iterator[None]:
     from accelerate.state import AcceleratorState, PartialState
 
     partial, full = dict(PartialState._shared_state), dict(AcceleratorState._shared_state)
+    # accelerate also writes its settings into the environment (an FSDP plugin sets
+    # ACCELERATE_USE_FSDP=true, which train/sharding.py reads as "--fsdp"): put those back too,
+    # or every later run in the process would be sharded.
+    environment = {k: v for k, v in os.environ.items() if k.startswith(_ACCELERATE_ENV)}
     AcceleratorState._shared_state.clear()
     try:
         yield
     finally:
+        for key in [k for k in os.environ if k.startswith(_ACCELERATE_ENV)]:
+            del os.environ[key]
+        os.environ.update(environment)
         # In place: the shared dicts are the __dict__ of every state object the caller holds.
         for shared, saved in ((PartialState._shared_state, partial), (AcceleratorState._shared_state, full)):
             shared.clear()

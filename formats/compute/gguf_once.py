@@ -4,9 +4,10 @@ transformers (5.x) reads a GGUF file's header through gguf-py's `GGUFReader` onc
 once for the weights and once for the tokenizer, and gguf-py walks every metadata field in Python:
 SmolLM2-135M's 49,152-token vocabulary makes that ~8 s a parse. While mapping tensor names it also
 rebuilds gguf-py's name table once for every module of the model (~10 s). Dequantizing the weights
-themselves takes under 2 s. Inside `parsed_once()` each file is parsed once per process, for as long
-as its size and mtime stay the same, and each name table is built once: a 30 s load takes ~6 s.
-The objects are gguf-py's own, so what transformers builds from them is unchanged.
+themselves takes under 2 s. Inside `parsed_once()` each file is parsed once, for as long as its
+size and mtime stay the same, and each name table is built once: the tokenizer and the model of
+SmolLM2 load in ~20 s instead of ~55 s (docs/benchmarks.md). The objects are gguf-py's own, so what
+transformers builds from them is unchanged.
 """
 
 from __future__ import annotations
@@ -14,18 +15,23 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
-# The last GGUF file parsed, by (real path, size, mtime): a tokenizer load and the model load that
-# follows it share one parse. One entry, so a process never keeps more than one file's header.
+# The last GGUF file parsed, by (real path, size, mtime): a tokenizer load (or --lora-r's config
+# check) and the model load that follows it share one parse. One entry, dropped when a block
+# opened with `last=True` (the model's load) ends: the parse holds ~150 MB for SmolLM2.
 _PARSED: dict[tuple[str, int, int], object] = {}
 
 
 @contextmanager
-def parsed_once() -> Iterator[None]:
+def parsed_once(*, last: bool = False) -> Iterator[None]:
+    """gguf-py's reader and name table, memoized for the loads inside the block; with `last`, the
+    parse is dropped at the end (no later load of this process needs it)."""
     try:
         import gguf
     except ImportError:  # transformers names the package to install
+        gguf = None
+    if gguf is None:
         yield
         return
     reader_class, name_table = gguf.GGUFReader, gguf.get_tensor_name_map
@@ -45,3 +51,10 @@ def parsed_once() -> Iterator[None]:
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_table
+        if last:
+            _PARSED.clear()
+
+
+def gguf_loads(gguf_file: str | None, *, last: bool = False) -> AbstractContextManager[None]:
+    """`parsed_once` for a load from a GGUF file; a no-op context for any other model."""
+    return parsed_once(last=last) if gguf_file else nullcontext()

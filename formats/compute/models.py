@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..files import read_json, sha256_file
-from .gguf_once import parsed_once
+from .gguf_once import gguf_loads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,7 +85,7 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
     from transformers import AutoTokenizer
 
     try:
-        with parsed_once():
+        with gguf_loads(source.gguf_file):
             tok = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
     except Exception as exc:
         # transformers parses tokenizer.json and friends itself; a RecursionError or a JSON error
@@ -127,7 +127,7 @@ def load_causal_lm(
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     try:
-        with parsed_once():
+        with gguf_loads(source.gguf_file, last=True):
             model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
     except Exception as exc:
         raise InputError(f"{flag} {source.directory}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from exc

@@ -56,3 +56,18 @@ def test_a_tensor_name_table_is_built_once_per_architecture_and_depth():
         assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is table
         assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 3) is not table
         assert table.get_name("model.layers.1.self_attn.q_proj") == "blk.1.attn_q"
+
+
+def test_the_models_load_drops_the_parse_and_other_models_leave_gguf_py_alone(tmp_path):
+    from kto.formats.compute import gguf_once
+
+    path = write_gguf(tmp_path / "m.gguf", 5)
+    with gguf_once.gguf_loads("m.gguf"):  # the tokenizer's load: kept for the model's
+        gguf.GGUFReader(path)
+    assert gguf_once._PARSED
+    with gguf_once.gguf_loads("m.gguf", last=True):
+        gguf.GGUFReader(path)
+    assert not gguf_once._PARSED  # the model's load was the last use
+    reader_class = gguf.GGUFReader
+    with gguf_once.gguf_loads(None, last=True):  # a safetensors model: nothing patched
+        assert gguf.GGUFReader is reader_class

@@ -73,3 +73,22 @@ def test_a_second_run_in_one_process_sets_accelerate_up_for_its_own_settings(tin
     err = capfd.readouterr().err
     assert "cache numerics fp32, this run fp32)" in err and "cache numerics fp32, this run amp-bf16)" in err
     assert state.num_processes == 1 and state.process_index == 0 and not AcceleratorState._shared_state
+
+
+def test_an_fsdp_run_leaves_no_fsdp_setting_for_the_next_run(tmp_path, monkeypatch):
+    """accelerate's FSDP plugin writes ACCELERATE_USE_FSDP=true into os.environ, which
+    train/sharding.py reads as --fsdp: after one FSDP run in a process, every later run was sharded
+    (and a plain --dtype fp16 run refused as "not with FSDP"). The run gives the variables back."""
+    import os
+
+    from kto.train import sharding
+    from kto.train.processes import borrowed_accelerate_state
+    from kto.train.setup import make_accelerator
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    common = dict(cache=tmp_path / "c", model="m", out=tmp_path / "out")
+    with borrowed_accelerate_state():
+        make_accelerator(TrainConfig(fsdp=True, **common))
+        assert os.environ.get("ACCELERATE_USE_FSDP") == "true"  # accelerate's own write: the test's premise
+    assert "ACCELERATE_USE_FSDP" not in os.environ
+    assert not sharding.requested(TrainConfig(fsdp=False, **common))

@@ -5,7 +5,7 @@ test makes two launches: a CLI run stopped by SIGTERM, then one script that call
 `kto.train.run` twice: the resume of the stopped run (the first run of a fresh launch, as after a
 crash), then the uninterrupted run it must equal. That second call checks the API's result on
 each rank and the metrics counted over both ranks, and that a script may call the API again
-after a run that created and ended its own process group."""
+after a run in the same launch (the group the first run made serves the second)."""
 
 import json
 import os
