@@ -53,11 +53,14 @@ def main() -> None:
     if args.one:
         print(json.dumps(load_once(args.one, gguf)))
         return
-    print(f"{gguf.name}, {args.repeats} repeats, fresh process each, load {open('/proc/loadavg').read().split()[0]}")
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(f"{gguf.name}, {args.repeats} repeats, fresh process each, load {load}")
     print("| load | tokenizer s | model s | total s |\n|---|---|---|---|")
     for _ in range(args.repeats):
         for kind in ("plain", "kto"):
-            out = subprocess.run([sys.executable, __file__, "--gguf", str(gguf), "--one", kind], capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, __file__, "--gguf", str(gguf), "--one", kind], capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{kind} load failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {kind} | {r['tokenizer_s']:.1f} | {r['model_s']:.1f} | {r['total_s']:.1f} |", flush=True)
 
