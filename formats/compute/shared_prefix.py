@@ -12,7 +12,10 @@ prompt once. Attention does not: it runs on the plain sequences p + c_i, gathere
 packed queries, keys and values into one right-padded row per completion, by the attention
 function the model was loaded with (`sdpa`, `eager`, `flash_attention_*`), then each packed
 token takes its output back (the prompt's from its first completion's row; every row computes
-the same prompt outputs). A completion's keys therefore sit at exactly the indices they have in
+the same prompt outputs). The rows go to attention in buckets of similar width
+(`attention_buckets`): a pack's completions differ in length (a pair's chosen, rejected and
+two KL completions), and one call padded to the longest made the packed layout's attention
+1.17× (unpaired) to 1.40× (paired) the plain layout's work on ../shared/data. A completion's keys therefore sit at exactly the indices they have in
 a plain forward, and its log-probs are the plain ones to fp32 rounding: bit for bit on the
 AVX-512 machine (given the same padded widths, numerics.ATTENTION_WIDTH_MULTIPLE, and the same
 matmul regime), a few ulps apart under AVX2, where the kernels sum other shapes in other orders;
@@ -142,16 +145,19 @@ class PackedBatch:
 
     The dense layers work token by token, so the packs need no padding: they lie one after the
     other in a single row of N = Σ pack lengths tokens, and no pack pays for the widest one.
-    Only attention sees padding, on the gathered plain sequences (as plain scoring would).
+    Only attention sees padding, on the gathered plain sequences (as plain scoring would), and
+    the gathered rows are bucketed by their own width (`attention_buckets`), so a short
+    completion is not padded to the batch's longest.
 
     input_ids:     [1, N] int64, each prompt then its completions back to back, then the next pack
     position_ids:  [1, N] int64, 0..P-1 on a prompt, restarting at P for every completion
-    gather_index:  [C, T] int64, one row per completion (C = len(lengths)): the flat index of
-                   each token of its plain sequence prompt + completion, then of an arbitrary
-                   real token up to T (the longest P + c_i rounded up to a multiple of
-                   ATTENTION_WIDTH_MULTIPLE)
-    scatter_index: [N] int64, per packed token the flat index c * T + t of its place in the
-                   gathered layout (prompt tokens: in the pack's first completion's row)
+    gather_index:  per bucket, [C_b, T_b] int64, one row per completion of the bucket: the flat
+                   index of each token of its plain sequence prompt + completion, then of an
+                   arbitrary real token up to T_b (the bucket's longest P + c_i rounded up to a
+                   multiple of ATTENTION_WIDTH_MULTIPLE)
+    scatter_index: [N] int64, per packed token its place in the buckets' gathered outputs laid
+                   end to end (bucket after bucket, row after row, T_b places a row; prompt
+                   tokens: in the row of the pack's first completion)
     predict_from:  [M] int64, flat index of the hidden state that predicts scored token m
     targets:       [M] int64, the scored completion tokens, completion after completion
     lengths:       completion lengths in the order of `targets` (to split the M values)
@@ -159,15 +165,52 @@ class PackedBatch:
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    gather_index: torch.Tensor
+    gather_index: tuple[torch.Tensor, ...]
     scatter_index: torch.Tensor
     predict_from: torch.Tensor
     targets: torch.Tensor
     lengths: list[int]
 
     def to(self, device: torch.device | str) -> PackedBatch:
-        fields = (self.input_ids, self.position_ids, self.gather_index, self.scatter_index, self.predict_from, self.targets)
-        return PackedBatch(*(t.to(device, non_blocking=True) for t in fields), self.lengths)
+        move = lambda t: t.to(device, non_blocking=True)
+        return PackedBatch(
+            move(self.input_ids),
+            move(self.position_ids),
+            tuple(move(g) for g in self.gather_index),
+            move(self.scatter_index),
+            move(self.predict_from),
+            move(self.targets),
+            self.lengths,
+        )
+
+
+# Fixed cost of one more attention call (its gather, kernel launch and output copy), in units of
+# query-key score pairs, the unit of `attention_buckets`' cost model. A SmolLM2 layer computes a
+# score pair (9 heads) in about 0.09 µs on the 2-core CPU, and a call costs some 0.1 ms beyond
+# its pairs (docs/benchmarks.md, issue 21); 64² is that with a margin, so that a bucket is split
+# off only when it saves a clearly measurable amount of padded attention.
+BUCKET_CALL_COST = 64 * 64
+
+
+def attention_buckets(widths: Sequence[int], call_cost: int = BUCKET_CALL_COST) -> list[list[int]]:
+    """Rows of padded widths `widths` split into buckets, each one attention call padded to its
+    widest row, at the least modelled cost Σ_b (rows_b · T_b² + call_cost).
+
+    Causal attention over a right-padded row of width T costs about T² / 2 score pairs, padded
+    queries included, so one call over rows of 100 and 900 tokens pays 900² twice. The rows are
+    sorted by (width, index) and cut into contiguous runs by dynamic programming: a pure function
+    of the widths, so the same batch always gathers the same buckets (and bits)."""
+    order = sorted(range(len(widths)), key=lambda i: (widths[i], i))
+    w = [widths[i] for i in order]
+    # best[j]: least cost of the first j sorted rows; cut[j]: where its last bucket starts.
+    best, cut = [0] + [0] * len(w), [0] * (len(w) + 1)
+    for j in range(1, len(w) + 1):
+        best[j], cut[j] = min((best[i] + (j - i) * w[j - 1] ** 2 + call_cost, i) for i in range(j))
+    buckets, j = [], len(w)
+    while j > 0:
+        buckets.append(order[cut[j] : j])
+        j = cut[j]
+    return buckets[::-1]
 
 
 def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int = 0) -> PackedBatch:
@@ -177,66 +220,56 @@ def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Se
     callers written for the padded [B, W] layout keep working.
     """
     del pad_id
-    plain_width = _round_up(max((len(p) + len(c) for p, cs in zip(prompts, completions) for c in cs), default=0))
     ids: list[np.ndarray] = []
     positions: list[np.ndarray] = []
-    gather: list[np.ndarray] = []
-    scatter: list[np.ndarray] = []
+    rows: list[np.ndarray] = []  # per completion: the flat indices of its plain sequence
+    pad_of_row: list[int] = []  # per completion: a real token of its pack, its right padding
+    owners: list[tuple[int, int, np.ndarray]] = []  # per pack part: (row, offset in row, flat slice) for the scatter
     predict_from: list[np.ndarray] = []
     lengths: list[int] = []
     start = 0
     for p, cs in zip(prompts, completions):
         if len(p) == 0:
             raise ValueError("every sequence needs at least one prompt token to predict the first completion token")
-        pack = _pack_indices(len(p), [len(c) for c in cs], start, len(gather), plain_width)
+        n_prompt = len(p)
+        prompt = np.arange(start, start + n_prompt, dtype=np.int64)
         ids += [np.asarray(p, dtype=np.int64)] + [np.asarray(c, dtype=np.int64) for c in cs]
-        positions.append(pack.positions)
-        gather += pack.gather
-        scatter.append(pack.scatter)
-        predict_from.append(pack.predict_from)
-        lengths += [len(c) for c in cs]
-        start += len(pack.positions)
+        positions.append(np.arange(n_prompt, dtype=np.int64))
+        # The prompt's outputs come from its first completion's plain sequence (all rows agree).
+        owners.append((len(rows), 0, prompt))
+        at = start + n_prompt
+        for c in cs:
+            own = np.arange(at, at + len(c), dtype=np.int64)
+            owners.append((len(rows), n_prompt, own))
+            rows.append(np.concatenate([prompt, own]))
+            pad_of_row.append(start)
+            positions.append(np.arange(n_prompt, n_prompt + len(c), dtype=np.int64))
+            # Token 0 is predicted from the last prompt token, token j from token j-1.
+            predict_from.append(np.concatenate([[start + n_prompt - 1], own[:-1]]) if len(c) else own)
+            lengths.append(len(c))
+            at += len(c)
+        start = at
+    widths = [_round_up(len(r)) for r in rows]
+    gather: list[torch.Tensor] = []
+    base = np.zeros(len(rows), dtype=np.int64)  # where each row's T_b places begin in the output
+    offset = 0
+    for bucket in attention_buckets(widths):
+        t = max(widths[r] for r in bucket)
+        # Right padding of the plain sequence: any real token (causal: no real query sees it).
+        gather.append(torch.from_numpy(np.stack([np.concatenate([rows[r], np.full(t - len(rows[r]), pad_of_row[r], dtype=np.int64)]) for r in bucket])))
+        base[bucket] = offset + t * np.arange(len(bucket), dtype=np.int64)
+        offset += t * len(bucket)
+    scatter = [base[row] + at_in_row + np.arange(len(flat), dtype=np.int64) for row, at_in_row, flat in owners]
     cat = lambda parts: torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.long)
-    targets = cat([np.asarray(c, dtype=np.int64) for cs in completions for c in cs])
     return PackedBatch(
         cat(ids)[None],
         cat(positions)[None],
-        torch.from_numpy(np.stack(gather)) if gather else torch.zeros(0, plain_width, dtype=torch.long),
+        tuple(gather),
         cat(scatter),
-        cat(predict_from),
-        targets,
+        cat(predict_from).to(torch.long),
+        cat([np.asarray(c, dtype=np.int64) for cs in completions for c in cs]),
         lengths,
     )
-
-
-@dataclass(frozen=True)
-class _PackIndices:
-    positions: np.ndarray  # [P + Σ c]
-    gather: list[np.ndarray]  # one [T] row per completion
-    scatter: np.ndarray  # [P + Σ c]
-    predict_from: np.ndarray  # [Σ c]
-
-
-def _pack_indices(prompt_length: int, completion_lengths: Sequence[int], start: int, first_row: int, width: int) -> _PackIndices:
-    """Indices of one pack that starts at flat index `start`, its completions gathered into rows
-    first_row, first_row + 1, … of width `width`."""
-    n_prompt = prompt_length
-    prompt = np.arange(start, start + n_prompt, dtype=np.int64)
-    positions = [np.arange(n_prompt, dtype=np.int64)]
-    # The prompt's outputs come from its first completion's plain sequence (all rows agree).
-    scatter = [np.arange(n_prompt, dtype=np.int64) + first_row * width]
-    gather, predict_from = [], []
-    at = start + n_prompt
-    for j, n in enumerate(completion_lengths):
-        own = np.arange(at, at + n, dtype=np.int64)
-        # Right padding of the plain sequence: any real token (causal: no real query sees it).
-        gather.append(np.concatenate([prompt, own, np.full(width - n_prompt - n, start, dtype=np.int64)]))
-        positions.append(np.arange(n_prompt, n_prompt + n, dtype=np.int64))
-        scatter.append(np.arange(n_prompt, n_prompt + n, dtype=np.int64) + (first_row + j) * width)
-        # Token 0 is predicted from the last prompt token, token j from token j-1.
-        predict_from.append(np.concatenate([[start + n_prompt - 1], own[:-1]]) if n else own)
-        at += n
-    return _PackIndices(np.concatenate(positions), gather, np.concatenate(scatter), np.concatenate(predict_from).astype(np.int64))
 
 
 def _round_up(n: int) -> int:
@@ -255,7 +288,7 @@ class _Gather:
     """What the attention function needs besides q, k, v: the batch's indices and the attention
     the model was loaded with (called on the gathered plain sequences)."""
 
-    gather_index: torch.Tensor
+    gather_index: tuple[torch.Tensor, ...]
     scatter_index: torch.Tensor
     inner: str
 
@@ -264,30 +297,38 @@ def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather
     """Attention of the packed rows, computed on each completion's plain sequence.
 
     query/key/value: [B, heads, W, D] in the packed layout (after the rotary embedding, which
-    used the restarting position ids). Gathered into [C, heads, T, D], one plain right-padded
-    sequence per completion (its prompt's keys at 0..P-1, its own at P..), the model's own
-    attention runs on them exactly as on a plain batch, and each packed row takes its output
-    back. `attention_mask` is a placeholder (see `shared_prefix_attention`) and unused.
+    used the restarting position ids). Per bucket, gathered into [C_b, heads, T_b, D], one plain
+    right-padded sequence per completion (its prompt's keys at 0..P-1, its own at P..), the
+    model's own attention runs on them exactly as on a plain batch, and each packed row takes its
+    output back. `attention_mask` is a placeholder (see `shared_prefix_attention`) and unused.
     """
-    index, scatter = kto_gather.gather_index.to(query.device), kto_gather.scatter_index.to(query.device)
-    rows, width = index.shape
+    scatter = kto_gather.scatter_index.to(query.device)
     # The pack's position ids describe the packed row, not the gathered ones: a flash kernel
     # would read them as sequence boundaries. Each gathered row is one plain causal sequence.
     kwargs.pop("position_ids", None)
-    q, k, v = (_gather(x, index) for x in (query, key, value))
-    if kto_gather.inner == "eager":
+    outputs = []
+    for index in kto_gather.gather_index:
+        index = index.to(query.device)
+        q, k, v = (_gather(x, index) for x in (query, key, value))
+        out = _attention(module, q, k, v, kto_gather.inner, **kwargs)  # [C_b, T_b, heads, D]
+        outputs.append(out.reshape(-1, out.shape[-2] * out.shape[-1]))
+    heads, dim = out.shape[-2:]
+    # index_select on a 2D view: several times faster on CPU than advanced indexing (aten::index).
+    flat = (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).index_select(0, scatter)
+    return flat.view(query.shape[0], query.shape[2], heads, dim), None
+
+
+def _attention(module, q, k, v, inner: str, **kwargs) -> torch.Tensor:
+    """The model's own attention over right-padded causal rows [C, heads, T, D] -> [C, T, heads, D]."""
+    if inner == "eager":
+        width = q.shape[2]
         eager = sys.modules[type(module).__module__].eager_attention_forward
         causal = torch.ones(width, width, dtype=torch.bool, device=q.device).tril_()
         mask = torch.zeros(width, width, dtype=q.dtype, device=q.device).masked_fill_(~causal, torch.finfo(q.dtype).min)
-        out, _ = eager(module, q, k, v, mask[None, None], **kwargs)
-    else:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        return eager(module, q, k, v, mask[None, None], **kwargs)[0]
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-        out, _ = ALL_ATTENTION_FUNCTIONS[kto_gather.inner](module, q, k, v, None, **kwargs)
-    # out: [C, T, heads, D] -> packed [B, W, heads, D]
-    # index_select on a 2D view: several times faster on CPU than advanced indexing (aten::index).
-    flat = out.reshape(rows * width, -1).index_select(0, scatter)
-    return flat.view(query.shape[0], query.shape[2], *out.shape[2:]), None
+    return ALL_ATTENTION_FUNCTIONS[inner](module, q, k, v, None, **kwargs)[0]
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,9 @@ import torch
 from conftest import tiny_llama
 from numerics_bounds import assert_sums_agree, assert_tokens_agree, scale_of, token_bound
 
-from kto.formats.compute.logprob import CompletionLogps
+from kto.formats.compute.logprob import CompletionLogps, make_token_batch
 from kto.formats.compute.scoring import plan_scoring, score_sequences
-from kto.formats.compute.shared_prefix import group_by_prompt, make_packed_batch, plan_packs, worth_packing
+from kto.formats.compute.shared_prefix import attention_buckets, group_by_prompt, make_packed_batch, plan_packs, worth_packing
 from kto.formats.errors import InputError
 
 
@@ -32,7 +32,8 @@ def test_packed_batch_by_hand():
     assert b.input_ids.tolist() == [[5, 6, 7, 8, 9]]
     assert b.position_ids.tolist() == [[0, 1, 2, 3, 2]]
     assert b.predict_from.tolist() == [1, 2, 1] and b.targets.tolist() == [7, 8, 9] and b.lengths == [2, 1]
-    assert b.gather_index.tolist() == [[0, 1, 2, 3] + [0] * 12, [0, 1, 4] + [0] * 13]
+    (rows,) = b.gather_index  # one bucket: both plain sequences are 16 wide once padded
+    assert rows.tolist() == [[0, 1, 2, 3] + [0] * 12, [0, 1, 4] + [0] * 13]
     assert b.scatter_index.tolist() == [0, 1, 2, 3, 16 + 2]
     two = make_packed_batch([[5, 6], [3]], [[[7, 8], [9]], [[4]]], pad_id=0)
     # Packs lie back to back in one row with no padding: the dense layers never pay for the
@@ -41,12 +42,36 @@ def test_packed_batch_by_hand():
     assert two.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1]]
     assert two.predict_from.tolist() == [1, 2, 1, 5] and two.lengths == [2, 1, 1]
     # The second pack starts at flat 5; its one completion is the third gathered row (flat 32 on).
-    assert two.gather_index[2].tolist() == [5, 6] + [5] * 14
+    (rows,) = two.gather_index
+    assert rows[2].tolist() == [5, 6] + [5] * 14
     assert two.scatter_index.tolist()[5:7] == [32, 33]
     # The ids at the gathered places are the plain sequences.
     flat = two.input_ids.reshape(-1)
-    assert flat[two.gather_index[0, :4]].tolist() == [5, 6, 7, 8] and flat[two.gather_index[1, :3]].tolist() == [5, 6, 9]
-    assert flat[two.gather_index[2, :2]].tolist() == [3, 4]
+    assert flat[rows[0, :4]].tolist() == [5, 6, 7, 8] and flat[rows[1, :3]].tolist() == [5, 6, 9]
+    assert flat[rows[2, :2]].tolist() == [3, 4]
+
+
+def test_attention_buckets_by_hand():
+    """Gathered rows are bucketed by their own padded width, at the least Σ (rows · T² + call).
+
+    Rows of 16, 16, 16, 896, 896 and four of 448: one call pays 9 · 896² = 7.2 M score pairs;
+    three calls pay 3 · 16² + 4 · 448² + 2 · 896² + 3 · 64² = 2.42 M. Widths 432 and 448 split
+    (448² − 432² = 14,080 pairs saved, more than one call's 4,096); 432 and 436 would not."""
+    assert attention_buckets([16, 16, 16, 896, 896, 448, 448, 448, 448]) == [[0, 1, 2], [5, 6, 7, 8], [3, 4]]
+    assert attention_buckets([448, 432]) == [[1], [0]]
+    assert attention_buckets([448, 432], call_cost=20_000) == [[1, 0]]
+    assert attention_buckets([436, 432]) == [[1, 0]]
+    assert attention_buckets([]) == []
+    assert attention_buckets([48, 16]) == [[1, 0]]  # 2 · 48² + 64² = 8,704 < 48² + 16² + 2 · 64² = 10,752
+    # A pack whose completions differ in length: the long one gets its own, wider bucket.
+    # Widths 208 and 16: one call 2 · 208² + 64² = 90,624 pairs, two calls 208² + 16² + 2 · 64² = 51,712.
+    b = make_packed_batch([[5, 6]], [[[7] * 200, [9]]], pad_id=0)
+    short, long = b.gather_index
+    assert short.tolist() == [[0, 1, 202] + [0] * 13] and long.shape == (1, 208)
+    assert long[0, :202].tolist() == list(range(202)) and long[0, 202:].tolist() == [0] * 6
+    # Outputs lie bucket after bucket: the short row at 0..15, the long one from 16. The prompt
+    # and the first completion come from the long row (the pack's first), token 9 from the short.
+    assert b.scatter_index.tolist() == [16 + t for t in range(202)] + [2]
 
 
 def test_grouping_and_packs():
@@ -259,3 +284,35 @@ def test_shared_prefix_on_real_shaped_rows_within_1e5():
     worst = assert_tokens_agree(shared.token_logps, plain.token_logps, what="shared vs plain, real-shaped rows")
     assert worst <= 1e-5
     assert_sums_agree(shared.sums, plain.sums, plain.token_logps)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_buckets_carry_the_plain_log_probs_and_gradients(attn):
+    """Two packs whose completions fall into four attention buckets (widths 32, 80, 224, 304):
+    the log-probs equal the plain forward's to fp32 rounding, and gradients flow back through
+    every bucket's gather and the joined scatter as through the plain forward (1e-5 relative
+    per parameter, the bar of kto-train's shared step)."""
+    lm = tiny_lm(attn)
+    g = torch.Generator().manual_seed(3)
+    ids = lambda n: torch.randint(3, 97, (n,), generator=g).tolist()
+    p1, p2 = ids(20), ids(60)
+    prompts, completions = [p1, p1, p2, p2], [ids(3), ids(200), ids(240), ids(5)]
+    packed = make_packed_batch([p1, p2], [completions[:2], completions[2:]], pad_id=0)
+    # Plain widths 32, 224 (pack 1) and 304, 80 (pack 2): every row is its own bucket.
+    assert [tuple(x.shape) for x in packed.gather_index] == [(1, 32), (1, 80), (1, 224), (1, 304)]
+    scorer = CompletionLogps(lm, chunk_size=64)
+
+    def grads(forward):
+        lm.zero_grad(set_to_none=True)
+        flat = forward()
+        (flat * torch.linspace(0.5, 1.5, flat.numel())).sum().backward()
+        return flat.detach(), {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
+
+    shared, g_shared = grads(lambda: scorer.forward_packed(packed))
+    plain_batch = make_token_batch(prompts, completions, 0)
+    plain, g_plain = grads(lambda: scorer(plain_batch.input_ids, plain_batch.score_mask))
+    split = lambda flat: [x.numpy() for x in torch.split(flat, packed.lengths)]
+    assert_tokens_agree(split(shared), split(plain), what=f"buckets vs plain ({attn})")
+    assert g_plain.keys() == g_shared.keys() and len(g_plain) > 5
+    for name, ref in g_plain.items():
+        assert float((g_shared[name] - ref).norm()) <= 1e-5 * float(ref.norm()), name
