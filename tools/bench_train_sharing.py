@@ -52,6 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-no-warmup", action="store_true", help="no untimed step first (a busy CPU)")
     p.add_argument("--train-threads", type=int, default=None, help="torch threads (1: CPU time is the work done)")
     p.add_argument(
+        "--train-plain-plan",
+        choices=("groups", "rows"),
+        default="groups",
+        help="the plain arm's steps: the same steps as the shared arm (groups, default: the same rows per step), or the "
+        "epoch plan kto-train --no-prefix-sharing runs (rows: length-sorted segments, less padding; compare whole epochs)",
+    )
+    p.add_argument(
         "--train-accounting",
         default="",
         help="comma list of BATCHxACCUM shapes (e.g. 4x1,8x1,16x1,8x4) whose exact tokens saved per pass over one epoch are "
@@ -177,22 +184,25 @@ def _step_pass(model, steps, settings, device) -> tuple[float, float, dict, list
     return t.seconds, time.process_time() - cpu0, summarize(total), losses, norm
 
 
-def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int, warmup: bool = True) -> dict:
+def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int, warmup: bool = True, plain_steps: list | None = None) -> dict:
     """kto-train's step over `steps` with and without prefix sharing, taking turns (after one
-    untimed step of each, unless `warmup` is off)."""
+    untimed step of each, unless `warmup` is off). `plain_steps`: other steps for the plain arm
+    (kto-train --no-prefix-sharing's own plan over the same rows); the loss and gradient-norm
+    comparison then says nothing and is left out."""
     from kto.train.loss import LossType
     from kto.train.step import LossSettings
 
     model = _WithNumerics(CompletionLogps(lm.train()), numerics, device)
     settings = {share: LossSettings(0.1, 1.0, 1.0, LossType.KTO, 0.0, "step", kl_prefix_sharing=share, policy_prefix_sharing=share) for share in (False, True)}
+    arm = {False: steps if plain_steps is None else plain_steps, True: steps}
     for share in (False, True) if warmup else ():  # kernel choice, allocator growth
-        _step_pass(model, steps[:1], settings[share], device)
+        _step_pass(model, arm[share][:1], settings[share], device)
     times: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     seen: dict[bool, tuple] = {}
     for _ in range(repeats):
         for share in (False, True):
-            seconds, cpu_s, line, losses, norm = _step_pass(model, steps, settings[share], device)
+            seconds, cpu_s, line, losses, norm = _step_pass(model, arm[share], settings[share], device)
             times[share].append(seconds)
             cpu[share].append(cpu_s)
             seen[share] = (line, losses, norm)
@@ -202,14 +212,14 @@ def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats:
         rows.append(
             {
                 "layout": "prefix-shared" if share else "plain",
-                "steps": len(steps),
+                "steps": len(arm[share]),
                 "best_s": min(times[share]),
                 "median_s": statistics.median(times[share]),
                 "best_cpu_s": min(cpu[share]),
                 "tokens/saved": line["tokens/saved"],
                 "padding/policy": line["padding/policy"],
                 "padding/kl": line["padding/kl"],
-                "tokens_per_step": line["tokens"] / len(steps),
+                "tokens_per_step": line["tokens"] / len(arm[share]),
             }
         )
     (_, plain_losses, plain_norm), (_, shared_losses, shared_norm) = seen[False], seen[True]
@@ -218,9 +228,9 @@ def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats:
         "best_time_ratio": rows[1]["best_s"] / rows[0]["best_s"],
         "median_time_ratio": rows[1]["median_s"] / rows[0]["median_s"],
         "best_cpu_time_ratio": rows[1]["best_cpu_s"] / rows[0]["best_cpu_s"],
-        "saved_fraction": rows[1]["tokens/saved"] / rows[0]["tokens_per_step"],
-        "max_loss_rel_diff": max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(plain_losses, shared_losses)),
-        "grad_norm_rel_diff": abs(shared_norm - plain_norm) / plain_norm,
+        "saved_fraction": rows[1]["tokens/saved"] / rows[1]["tokens_per_step"],
+        "max_loss_rel_diff": None if plain_steps else max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(plain_losses, shared_losses)),
+        "grad_norm_rel_diff": None if plain_steps else abs(shared_norm - plain_norm) / plain_norm,
     }
 
 
@@ -240,14 +250,22 @@ def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
         if args.train_accounting:
             accounting_table(args, cache_dir, results)
         steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, args.train_steps)
-        r = compare_train_steps(lm, steps, device=device, numerics=numerics, repeats=args.repeats, warmup=not args.train_no_warmup)
+        plain_steps = None
+        if args.train_plain_plan == "rows":
+            plain_steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, args.train_steps, grouped=False)
+        r = compare_train_steps(lm, steps, device=device, numerics=numerics, repeats=args.repeats, warmup=not args.train_no_warmup, plain_steps=plain_steps)
         results.setdefault("train_step", {})[str(cache_dir)] = r
         results["versions"] = info = C.versions(device)
         print(f"\n{C.describe(info)} | {numerics.name} | load {Path('/proc/loadavg').read_text().split()[:3] if Path('/proc/loadavg').exists() else '?'}")
+        agreement = (
+            f"loss rel diff {r['max_loss_rel_diff']:.1e}, grad norm rel diff {r['grad_norm_rel_diff']:.1e}"
+            if plain_steps is None
+            else "plain arm on kto-train --no-prefix-sharing's own plan (other rows per step: no loss comparison)"
+        )
         C.print_table(
             f"train step on {cache_dir} (batch {args.train_batch_size} x accum {args.train_grad_accum}, {len(steps)} steps): "
-            f"time ratio shared/plain {r['best_time_ratio']:.3f} (best), {r['median_time_ratio']:.3f} (median), CPU time {r['best_cpu_time_ratio']:.3f} (best); saved {r['saved_fraction']:.1%} of tokens; "
-            f"loss rel diff {r['max_loss_rel_diff']:.1e}, grad norm rel diff {r['grad_norm_rel_diff']:.1e}",
+            f"time ratio shared/plain {r['best_time_ratio']:.3f} (best), {r['median_time_ratio']:.3f} (median), CPU time {r['best_cpu_time_ratio']:.3f} (best); "
+            f"saved {r['saved_fraction']:.1%} of tokens; {agreement}",
             r["rows"],
         )
         sys.stdout.flush()

@@ -184,11 +184,12 @@ class PackedBatch:
         )
 
 
-# Fixed cost of one more attention call (its gather, kernel launch and output copy), in units of
-# query-key score pairs, the unit of `attention_buckets`' cost model. A SmolLM2 layer computes a
-# score pair (9 heads) in about 0.09 µs on the 2-core CPU, and a call costs some 0.1 ms beyond
-# its pairs (docs/benchmarks.md, issue 21); 64² is that with a margin, so that a bucket is split
-# off only when it saves a clearly measurable amount of padded attention.
+# Fixed cost of one more attention call (its three gathers, the kernel launch, its share of the
+# output copy), in the unit of `attention_buckets`' cost model: one row × width² term. On the
+# 2-core CPU a unit costs about 0.015 µs per SmolLM2 layer (plain SDPA: 7.56 s for 17.2 M units ×
+# 30 layers on the first 8 pairs of dpo_en_demo.json; docs/benchmarks.md, issue 21), so 64² units
+# are about 0.06 ms, the order of a small call's own overhead: buckets are split off only where
+# they save more padded attention than a call costs.
 BUCKET_CALL_COST = 64 * 64
 
 

@@ -54,9 +54,9 @@ def test_packed_batch_by_hand():
 def test_attention_buckets_by_hand():
     """Gathered rows are bucketed by their own padded width, at the least Σ (rows · T² + call).
 
-    Rows of 16, 16, 16, 896, 896 and four of 448: one call pays 9 · 896² = 7.2 M score pairs;
+    Rows of 16, 16, 16, 896, 896 and four of 448: one call pays 9 · 896² = 7.2 M (rows · T² units);
     three calls pay 3 · 16² + 4 · 448² + 2 · 896² + 3 · 64² = 2.42 M. Widths 432 and 448 split
-    (448² − 432² = 14,080 pairs saved, more than one call's 4,096); 432 and 436 would not."""
+    (448² − 432² = 14,080 units saved, more than one call's 4,096); 432 and 436 would not."""
     assert attention_buckets([16, 16, 16, 896, 896, 448, 448, 448, 448]) == [[0, 1, 2], [5, 6, 7, 8], [3, 4]]
     assert attention_buckets([448, 432]) == [[1], [0]]
     assert attention_buckets([448, 432], call_cost=20_000) == [[1, 0]]
@@ -64,7 +64,7 @@ def test_attention_buckets_by_hand():
     assert attention_buckets([]) == []
     assert attention_buckets([48, 16]) == [[1, 0]]  # 2 · 48² + 64² = 8,704 < 48² + 16² + 2 · 64² = 10,752
     # A pack whose completions differ in length: the long one gets its own, wider bucket.
-    # Widths 208 and 16: one call 2 · 208² + 64² = 90,624 pairs, two calls 208² + 16² + 2 · 64² = 51,712.
+    # Widths 208 and 16: one call 2 · 208² + 64² = 90,624 units, two calls 208² + 16² + 2 · 64² = 51,712.
     b = make_packed_batch([[5, 6]], [[[7] * 200, [9]]], pad_id=0)
     short, long = b.gather_index
     assert short.tolist() == [[0, 1, 202] + [0] * 13] and long.shape == (1, 208)
