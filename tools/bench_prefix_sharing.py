@@ -214,7 +214,7 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
 
 
 def end_to_end(model_dir: Path, repeats: int, data: Path | None = None, max_length: int = 256, eval_fraction: float = 0.2) -> dict:
-    """The `kto-precompute` command on `data` (default examples/feedback.jsonl with the
+    """The `kto-precompute` command (this interpreter's `kto.precompute.cli`) on `data` (default examples/feedback.jsonl with the
     quickstart's flags), --prefix-sharing and --no-prefix-sharing taking turns, the order
     alternating each round; a fresh process and --out each time, so interpreter start-up, imports,
     model load, tokenizing and writing are counted as a user pays them. Wall time and the child's
@@ -232,7 +232,9 @@ def end_to_end(model_dir: Path, repeats: int, data: Path | None = None, max_leng
                 out = Path(tmp) / f"cache-{round_}-{share}"
                 flags = ["--prefix-sharing" if share else "--no-prefix-sharing", "--eval-fraction", str(eval_fraction)]
                 command = [
-                    "kto-precompute",
+                    sys.executable,
+                    "-m",
+                    "kto.precompute.cli",
                     "--data",
                     str(data),
                     "--model",

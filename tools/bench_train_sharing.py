@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-cache", type=Path, action="append", default=[], help="a kto-precompute cache (repeatable)")
     p.add_argument("--train-batch-size", type=int, default=8, help="rows per micro-batch")
     p.add_argument("--train-grad-accum", type=int, default=1, help="micro-batches per step")
-    p.add_argument("--train-steps", type=int, default=2, help="steps timed per pass")
+    p.add_argument("--train-steps", type=int, default=2, help="steps timed per pass (the first of the epoch plan)")
     p.add_argument("--train-no-warmup", action="store_true", help="no untimed step first (a busy CPU)")
     p.add_argument("--train-threads", type=int, default=None, help="torch threads (1: CPU time is the work done)")
     p.add_argument(
@@ -56,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("groups", "rows"),
         default="groups",
         help="the plain arm's steps: the same steps as the shared arm (groups, default: the same rows per step), or the "
-        "epoch plan kto-train --no-prefix-sharing runs (rows: length-sorted segments, less padding; compare whole epochs)",
+        "epoch plan kto-train --no-prefix-sharing runs (rows: length-sorted segments, less padding; both arms then time the "
+        "whole epoch, whatever --train-steps says)",
     )
     p.add_argument(
         "--train-accounting",
@@ -249,10 +250,12 @@ def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
     for cache_dir in args.train_cache:
         if args.train_accounting:
             accounting_table(args, cache_dir, results)
-        steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, args.train_steps)
+        # Two plans put other rows into their first steps: only whole epochs compare.
+        n_steps = None if args.train_plain_plan == "rows" else args.train_steps
+        steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, n_steps)
         plain_steps = None
         if args.train_plain_plan == "rows":
-            plain_steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, args.train_steps, grouped=False)
+            plain_steps = cache_steps(cache_dir, args.train_batch_size, args.train_grad_accum, None, grouped=False)
         r = compare_train_steps(lm, steps, device=device, numerics=numerics, repeats=args.repeats, warmup=not args.train_no_warmup, plain_steps=plain_steps)
         results.setdefault("train_step", {})[str(cache_dir)] = r
         results["versions"] = info = C.versions(device)

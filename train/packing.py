@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from kto.formats.compute.logprob import TokenBatch
-from kto.formats.compute.shared_prefix import PackedBatch, make_packed_batch, plan_packs
+from kto.formats.compute.shared_prefix import PackedBatch, bucket_call_cost, make_packed_batch, plan_packs
 
 # Token id of the packs' right padding: never attended by a real token (causal, after every real
 # token of its row) nor scored, as in the plain batches.
@@ -71,17 +71,18 @@ def split_sequences(input_ids: torch.Tensor, score_mask: torch.Tensor) -> tuple[
     return prompts, completions
 
 
-def shared_layout(prompts: list[list[int]], completions: list[list[int]], shareable: list[bool]) -> SharedLayout | None:
+def shared_layout(prompts: list[list[int]], completions: list[list[int]], shareable: list[bool], device_type: str = "cpu") -> SharedLayout | None:
     """The packed layout of these sequences, or None when no group of them pays off (then the
     plain forward runs, unchanged). Only `shareable` sequences (a batch's valid rows) may join a
-    pack; the others run alone, as filler, counted as padding."""
+    pack; the others run alone, as filler, counted as padding. `device_type`: where the forward
+    runs (how its attention rows are bucketed, shared_prefix.bucket_call_cost)."""
     candidates = [i for i, ok in enumerate(shareable) if ok]
     packs, _ = plan_packs([prompts[i] for i in candidates], [completions[i] for i in candidates], candidates)
     if not packs:
         return None
     packed = {candidates[m] for p in packs for m in p.members}
     units = [[candidates[m] for m in p.members] for p in packs] + [[i] for i in range(len(prompts)) if i not in packed]
-    batch = make_packed_batch([prompts[u[0]] for u in units], [[completions[i] for i in u] for u in units], PAD_ID)
+    batch = make_packed_batch([prompts[u[0]] for u in units], [[completions[i] for i in u] for u in units], PAD_ID, call_cost=bucket_call_cost(device_type))
     order = [i for u in units for i in u]
     start = dict(zip(order, torch.tensor([0, *batch.lengths]).cumsum(0).tolist()))
     to_rows = torch.cat([torch.arange(start[i], start[i] + len(completions[i])) for i in range(len(prompts))])
@@ -105,7 +106,7 @@ def completion_logps(model: torch.nn.Module, batch: TokenBatch, valid: torch.Ten
 
     One forward through `model` (the wrapper DDP or FSDP hooks into) either way, so every rank
     runs as many forwards whatever its data packs into."""
-    layout = shared_layout(*split_sequences(batch.input_ids, batch.score_mask), valid.tolist()) if share else None
+    layout = shared_layout(*split_sequences(batch.input_ids, batch.score_mask), valid.tolist(), batch.input_ids.device.type) if share else None
     if layout is None:
         return model(batch.input_ids, batch.score_mask), plain_tokens(batch, valid)
     flat = model(layout.batch)

@@ -132,7 +132,7 @@ class CompletionLogps(nn.Module):
         the order of batch.targets. The dense layers run on the packs (each prompt once);
         attention runs on each completion's plain sequence, gathered from them, so every
         log-prob is the one forward() gives, to fp32 rounding (the kernels may sum in another
-        order on other shapes; bit for bit on the AVX-512 machine: docs/design.md). Same LM head
+        order on other shapes; shared_prefix.py says how far). Same LM head
         and log-softmax as forward()."""
         batch = batch.to(self.lm.get_input_embeddings().weight.device)
         with shared_prefix_attention(self.lm, batch) as attention_kwargs:

@@ -5,8 +5,10 @@ with it. Both therefore batch and compute log-probs the same way (see logprob.py
 
 With `share_prefixes`, sequences with identical prompt ids are packed (shared_prefix.py): each
 distinct prompt is run once, followed by all its completions. The log-probs are those of the
-plain layout to fp32 rounding (bit for bit on the AVX-512 machine for sequences of up to 384
-tokens, a few ulps apart under AVX2: docs/design.md); only the work changes. Batches of either layout are cut by the tokens
+plain layout to fp32 rounding (the kernels' summation order follows the padded widths, which
+differ between any two batchings: bit for bit on the suite's small models on the AVX-512 machine,
+up to 14 ulps on the 30-layer SmolLM2, as plain at another budget; docs/benchmarks.md); only the
+work changes. Batches of either layout are cut by the tokens
 actually computed.
 """
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from .logprob import CompletionLogps, make_token_batch, segment_sums, sequence_sums
-from .shared_prefix import Pack, make_packed_batch, plan_packs
+from .shared_prefix import Pack, bucket_call_cost, make_packed_batch, plan_packs
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,15 @@ def score_sequences(
             on_batch(len(indices), sum(len(prompts[i]) + len(completions[i]) for i in indices))
 
     packs = plan.packs
-    # A pack's completions are gathered into one attention row each, as wide as its widest.
+    # A pack's completions are gathered into one attention row each; the budget counts them as
+    # wide as the pack's widest (an upper bound: attention buckets the rows by their own width).
     widths, rows = [p.width for p in packs], [len(p.members) for p in packs]
     for batch_idx in token_budget_batches(widths, [keys[p.members[0]] for p in packs], batch_tokens, rows):
         chosen = [packs[j] for j in batch_idx]
         members = [i for p in chosen for i in p.members]
-        batch = make_packed_batch([prompts[p.members[0]] for p in chosen], [[completions[i] for i in p.members] for p in chosen], pad_id).to(device)
+        batch = make_packed_batch(
+            [prompts[p.members[0]] for p in chosen], [[completions[i] for i in p.members] for p in chosen], pad_id, call_cost=bucket_call_cost(device.type)
+        ).to(device)
         flat = scorer.forward_packed(batch)
         store(members, flat, batch.lengths, segment_sums(flat, batch.lengths))
 

@@ -16,10 +16,11 @@ the same prompt outputs). The rows go to attention in buckets of similar width
 (`attention_buckets`): a pack's completions differ in length (a pair's chosen, rejected and
 two KL completions), and one call padded to the longest made the packed layout's attention
 1.17× (unpaired) to 1.40× (paired) the plain layout's work on ../shared/data. A completion's keys therefore sit at exactly the indices they have in
-a plain forward, and its log-probs are the plain ones to fp32 rounding: bit for bit on the
-AVX-512 machine (given the same padded widths, numerics.ATTENTION_WIDTH_MULTIPLE, and the same
-matmul regime), a few ulps apart under AVX2, where the kernels sum other shapes in other orders;
-see docs/design.md for what this holds against and where it stops. The first token of every completion is
+a plain forward, and its log-probs are the plain ones to fp32 rounding: the kernels sum in an
+order that depends on the padded width a row's attention sees, which differs between any two
+batchings (plain against plain too). Bit for bit on the suite's tiny and 2-layer models on the
+AVX-512 machine; up to 2.7e-5 per token (14 ulps) on the 30-layer SmolLM2, as between two plain
+batchings (docs/benchmarks.md, issue 21). The first token of every completion is
 predicted from the last prompt token (position P-1); token j > 0 from token j-1 of the same
 completion.
 
@@ -189,38 +190,57 @@ class PackedBatch:
 # 2-core CPU a unit costs about 0.015 µs per SmolLM2 layer (plain SDPA: 7.56 s for 17.2 M units ×
 # 30 layers on the first 8 pairs of dpo_en_demo.json; docs/benchmarks.md, issue 21), so 64² units
 # are about 0.06 ms, the order of a small call's own overhead: buckets are split off only where
-# they save more padded attention than a call costs.
-BUCKET_CALL_COST = 64 * 64
+# they save more padded attention than a call costs. On a GPU a unit costs picoseconds and a call
+# tens of microseconds of launches, so 2048² keeps about one call per batch there (the layout
+# before buckets) until tools/gpu_check.py measures otherwise.
+BUCKET_CALL_COST = {"cpu": 64 * 64}
+BUCKET_CALL_COST_ACCELERATOR = 2048 * 2048
 
 
-def attention_buckets(widths: Sequence[int], call_cost: int = BUCKET_CALL_COST) -> list[list[int]]:
+def bucket_call_cost(device_type: str) -> int:
+    """`attention_buckets`' call cost on this kind of device ("cpu", "cuda", …)."""
+    return BUCKET_CALL_COST.get(device_type, BUCKET_CALL_COST_ACCELERATOR)
+
+
+def attention_buckets(widths: Sequence[int], call_cost: int = BUCKET_CALL_COST["cpu"]) -> list[list[int]]:
     """Rows of padded widths `widths` split into buckets, each one attention call padded to its
     widest row, at the least modelled cost Σ_b (rows_b · T_b² + call_cost).
 
-    Causal attention over a right-padded row of width T costs about T² / 2 score pairs, padded
-    queries included, so one call over rows of 100 and 900 tokens pays 900² twice. The rows are
-    sorted by (width, index) and cut into contiguous runs by dynamic programming: a pure function
-    of the widths, so the same batch always gathers the same buckets (and bits)."""
-    order = sorted(range(len(widths)), key=lambda i: (widths[i], i))
-    w = [widths[i] for i in order]
-    # best[j]: least cost of the first j sorted rows; cut[j]: where its last bucket starts.
-    best, cut = [0] + [0] * len(w), [0] * (len(w) + 1)
-    for j in range(1, len(w) + 1):
-        best[j], cut[j] = min((best[i] + (j - i) * w[j - 1] ** 2 + call_cost, i) for i in range(j))
-    buckets, j = [], len(w)
+    Causal attention over a right-padded row of width T costs in proportion to T² (about T² / 2
+    score pairs, padded queries included), so one call over rows of 100 and 900 tokens pays for
+    900 twice. Rows of equal width never gain from being split (a call costs more than nothing),
+    so the cut is searched over the distinct widths, sorted, by dynamic programming: at most
+    max_length / 16 of them, whatever the batch's row count. Each bucket lists its rows in
+    (width, index) order: a pure function of the widths, so the same batch always gathers the
+    same buckets (and bits)."""
+    rows_of: dict[int, list[int]] = {}
+    for i in sorted(range(len(widths)), key=lambda i: (widths[i], i)):
+        rows_of.setdefault(widths[i], []).append(i)
+    distinct = list(rows_of)  # ascending: filled in sorted order
+    counts = np.cumsum([0] + [len(rows_of[w]) for w in distinct])
+    # best[j]: least cost of the j narrowest widths; cut[j]: where its last bucket starts.
+    best, cut = [0] * (len(distinct) + 1), [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):
+        best[j], cut[j] = min((best[i] + int(counts[j] - counts[i]) * distinct[j - 1] ** 2 + call_cost, i) for i in range(j))
+    buckets, j = [], len(distinct)
     while j > 0:
-        buckets.append(order[cut[j] : j])
+        buckets.append([r for w in distinct[cut[j] : j] for r in rows_of[w]])
         j = cut[j]
     return buckets[::-1]
 
 
-def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int = 0) -> PackedBatch:
+def make_packed_batch(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int = 0, *, call_cost: int = BUCKET_CALL_COST["cpu"]
+) -> PackedBatch:
     """Pack b = prompts[b] followed by completions[b][0], completions[b][1], …; packs back to back.
 
     `pad_id` is not used (the packs lie back to back with no padding token); it stays so that
-    callers written for the padded [B, W] layout keep working.
+    callers written for the padded [B, W] layout keep working. `call_cost`: `attention_buckets`'
+    (`bucket_call_cost` of the device the batch runs on).
     """
     del pad_id
+    if not prompts or any(len(cs) == 0 for cs in completions):
+        raise ValueError("a packed batch needs at least one pack, and every pack at least one completion")
     ids: list[np.ndarray] = []
     positions: list[np.ndarray] = []
     rows: list[np.ndarray] = []  # per completion: the flat indices of its plain sequence
@@ -250,27 +270,35 @@ def make_packed_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Se
             lengths.append(len(c))
             at += len(c)
         start = at
-    widths = [_round_up(len(r)) for r in rows]
-    gather: list[torch.Tensor] = []
-    base = np.zeros(len(rows), dtype=np.int64)  # where each row's T_b places begin in the output
-    offset = 0
-    for bucket in attention_buckets(widths):
-        t = max(widths[r] for r in bucket)
-        # Right padding of the plain sequence: any real token (causal: no real query sees it).
-        gather.append(torch.from_numpy(np.stack([np.concatenate([rows[r], np.full(t - len(rows[r]), pad_of_row[r], dtype=np.int64)]) for r in bucket])))
-        base[bucket] = offset + t * np.arange(len(bucket), dtype=np.int64)
-        offset += t * len(bucket)
+    gather, base = _gather_buckets(rows, pad_of_row, call_cost)
     scatter = [base[row] + at_in_row + np.arange(len(flat), dtype=np.int64) for row, at_in_row, flat in owners]
     cat = lambda parts: torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.long)
     return PackedBatch(
         cat(ids)[None],
         cat(positions)[None],
-        tuple(gather),
+        gather,
         cat(scatter),
         cat(predict_from).to(torch.long),
         cat([np.asarray(c, dtype=np.int64) for cs in completions for c in cs]),
         lengths,
     )
+
+
+def _gather_buckets(rows: list[np.ndarray], pad_of_row: list[int], call_cost: int) -> tuple[tuple[torch.Tensor, ...], np.ndarray]:
+    """The completions' plain sequences (flat indices) in attention buckets: per bucket a [C_b, T_b]
+    gather index, and per row where its T_b output places begin once the buckets' outputs lie
+    end to end."""
+    widths = [_round_up(len(r)) for r in rows]
+    gather: list[torch.Tensor] = []
+    base = np.zeros(len(rows), dtype=np.int64)
+    offset = 0
+    for bucket in attention_buckets(widths, call_cost):
+        t = max(widths[r] for r in bucket)
+        # Right padding of the plain sequence: any real token (causal: no real query sees it).
+        gather.append(torch.from_numpy(np.stack([np.concatenate([rows[r], np.full(t - len(rows[r]), pad_of_row[r], dtype=np.int64)]) for r in bucket])))
+        base[bucket] = offset + t * np.arange(len(bucket), dtype=np.int64)
+        offset += t * len(bucket)
+    return tuple(gather), base
 
 
 def _round_up(n: int) -> int:

@@ -16,7 +16,7 @@ from numerics_bounds import assert_sums_agree, assert_tokens_agree, scale_of, to
 
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch
 from kto.formats.compute.scoring import plan_scoring, score_sequences
-from kto.formats.compute.shared_prefix import attention_buckets, group_by_prompt, make_packed_batch, plan_packs, worth_packing
+from kto.formats.compute.shared_prefix import attention_buckets, bucket_call_cost, group_by_prompt, make_packed_batch, plan_packs, worth_packing
 from kto.formats.errors import InputError
 
 
@@ -63,6 +63,15 @@ def test_attention_buckets_by_hand():
     assert attention_buckets([436, 432]) == [[1, 0]]
     assert attention_buckets([]) == []
     assert attention_buckets([48, 16]) == [[1, 0]]  # 2 · 48² + 64² = 8,704 < 48² + 16² + 2 · 64² = 10,752
+    # Equal widths stay together (ties in row order), whatever their number.
+    assert attention_buckets([32, 64, 32] * 300) == [[i for i in range(900) if i % 3 != 1], list(range(1, 900, 3))]
+    # On a GPU a call's launches cost more than padding: rows of 16 and 448 share one call there
+    # (5 · 448² + 2048² = 5.2 M against 3 · 16² + 2 · 448² + 2 · 2048² = 8.8 M), not on CPU.
+    assert bucket_call_cost("cpu") == 64 * 64 and bucket_call_cost("cuda") == 2048 * 2048
+    assert attention_buckets([16, 448, 16, 448, 16], bucket_call_cost("cuda")) == [[0, 2, 4, 1, 3]]
+    assert attention_buckets([16, 448, 16, 448, 16], bucket_call_cost("cpu")) == [[0, 2, 4], [1, 3]]
+    with pytest.raises(ValueError, match="at least one completion"):
+        make_packed_batch([[5, 6], [7]], [[[8]], []])
     # A pack whose completions differ in length: the long one gets its own, wider bucket.
     # Widths 208 and 16: one call 2 · 208² + 64² = 90,624 units, two calls 208² + 16² + 2 · 64² = 51,712.
     b = make_packed_batch([[5, 6]], [[[7] * 200, [9]]], pad_id=0)
