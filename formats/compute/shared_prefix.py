@@ -193,16 +193,16 @@ class PackedBatch:
 # they save more padded attention than a call costs. On a GPU a unit costs picoseconds and a call
 # tens of microseconds of launches, so 2048² keeps about one call per batch there (the layout
 # before buckets) until tools/gpu_check.py measures otherwise.
-BUCKET_CALL_COST = {"cpu": 64 * 64}
+BUCKET_CALL_COST_CPU = 64 * 64
 BUCKET_CALL_COST_ACCELERATOR = 2048 * 2048
 
 
 def bucket_call_cost(device_type: str) -> int:
     """`attention_buckets`' call cost on this kind of device ("cpu", "cuda", …)."""
-    return BUCKET_CALL_COST.get(device_type, BUCKET_CALL_COST_ACCELERATOR)
+    return BUCKET_CALL_COST_CPU if device_type == "cpu" else BUCKET_CALL_COST_ACCELERATOR
 
 
-def attention_buckets(widths: Sequence[int], call_cost: int = BUCKET_CALL_COST["cpu"]) -> list[list[int]]:
+def attention_buckets(widths: Sequence[int], call_cost: int = BUCKET_CALL_COST_CPU) -> list[list[int]]:
     """Rows of padded widths `widths` split into buckets, each one attention call padded to its
     widest row, at the least modelled cost Σ_b (rows_b · T_b² + call_cost).
 
@@ -230,7 +230,7 @@ def attention_buckets(widths: Sequence[int], call_cost: int = BUCKET_CALL_COST["
 
 
 def make_packed_batch(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int = 0, *, call_cost: int = BUCKET_CALL_COST["cpu"]
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int = 0, *, call_cost: int = BUCKET_CALL_COST_CPU
 ) -> PackedBatch:
     """Pack b = prompts[b] followed by completions[b][0], completions[b][1], …; packs back to back.
 
