@@ -12,15 +12,15 @@ prompt once. Attention does not: it runs on the plain sequences p + c_i, gathere
 packed queries, keys and values into one right-padded row per completion, by the attention
 function the model was loaded with (`sdpa`, `eager`, `flash_attention_*`), then each packed
 token takes its output back (the prompt's from its first completion's row; every row computes
-the same prompt outputs). The rows go to attention in buckets of similar width
-(`attention_buckets`): a pack's completions differ in length (a pair's chosen, rejected and
-two KL completions), and one call padded to the longest made the packed layout's attention
-1.17× (unpaired) to 1.40× (paired) the plain layout's work on ../shared/data. A completion's keys therefore sit at exactly the indices they have in
+the same prompt outputs). A completion's keys therefore sit at exactly the indices they have in
 a plain forward, and its log-probs are the plain ones to fp32 rounding: the kernels sum in an
 order that depends on the padded width a row's attention sees, which differs between any two
 batchings (plain against plain too). Bit for bit on the suite's tiny and 2-layer models on the
 AVX-512 machine; up to 2.7e-5 per token (14 ulps) on the 30-layer SmolLM2, as between two plain
-batchings (docs/benchmarks.md, issue 21). The first token of every completion is
+batchings (docs/benchmarks.md, issue 21). The rows go to attention in buckets of similar width
+(`attention_buckets`): a pack's completions differ in length (a pair's chosen, rejected and
+two KL completions), and one call padded to the longest made the packed layout's attention
+1.17× (unpaired) to 1.40× (paired) the plain layout's work on ../shared/data. The first token of every completion is
 predicted from the last prompt token (position P-1); token j > 0 from token j-1 of the same
 completion.
 
