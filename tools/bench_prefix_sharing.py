@@ -25,7 +25,9 @@ paired and synthetic use a random-init model of `--shape` and a word-level token
              scoring: what its manifest counts), then both layouts timed on the first
              `--data-rows` rows, and kto-precompute end to end on those rows.
 Every timing also records the process CPU time: on a machine shared with other work, wall time
-mostly measures the others, CPU time what this process did.
+mostly measures the others, CPU time what this process did. End to end also counts each run's
+minor page faults, and checks that the last round's two caches hold the same rows and token ids
+and how far their log-probs differ per token (`--keep-caches DIR` keeps both caches).
 
     python tools/bench_prefix_sharing.py --model demo/smollm2              # CPU, ~10 min shared
     python tools/bench_prefix_sharing.py --mixes paired,synthetic --shape llama-3.2-1b  # GPU
@@ -87,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--data-rows", type=int, default=6, help="rows of a real-data file timed (the accounting covers the whole file)")
     p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--keep-caches", type=Path, default=None, help="copy the last end-to-end round's two caches here")
     return p.parse_args(argv)
 
 
@@ -213,7 +216,42 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
     }
 
 
-def end_to_end(model_dir: Path, repeats: int, data: Path | None = None, max_length: int = 256, eval_fraction: float = 0.2) -> dict:
+def cache_agreement(plain: Path, shared: Path) -> dict:
+    """Two caches of the same rows: every row's token ids equal, and the largest per-token
+    difference of the reference log-probs, main and KL side. Exits when the rows or ids differ."""
+    import pyarrow as pa
+
+    def rows(cache: Path) -> dict:
+        table = pa.concat_tables(pa.ipc.open_file(f).read_all() for f in sorted(cache.rglob("shard-*.arrow")))
+        return {row["id"]: row for row in table.to_pylist()}
+
+    a, b = rows(plain), rows(shared)
+    if a.keys() != b.keys():
+        sys.exit(f"{plain} and {shared} hold different rows")
+    worst = {"main": 0.0, "kl": 0.0}
+    largest = 0.0  # |log p|: the bound of tests/numerics_bounds.py is in ulps of it
+    for key, row in a.items():
+        other = b[key]
+        for column in ("prompt_ids", "completion_ids", "kl_source_id", "kl_completion_ids"):
+            if row[column] != other[column]:
+                sys.exit(f"row {key}: {column} differs between {plain} and {shared}")
+        for side, column in (("main", "ref_token_logps"), ("kl", "ref_kl_token_logps")):
+            if row[column] is not None:
+                worst[side] = max(worst[side], float(np.abs(np.subtract(row[column], other[column])).max(initial=0.0)))
+                largest = max(largest, float(np.abs(np.asarray(row[column])).max(initial=0.0)))
+    ulp = float(np.spacing(np.float32(largest)))
+    return {
+        "rows": len(a),
+        "max_abs_token_diff_main": worst["main"],
+        "max_abs_token_diff_kl": worst["kl"],
+        "largest_abs_logp": largest,
+        "ulps_of_largest_main_kl": (round(worst["main"] / ulp, 1), round(worst["kl"] / ulp, 1)),
+    }
+
+
+def end_to_end(
+    model_dir: Path, repeats: int, data: Path | None = None, max_length: int = 256, eval_fraction: float = 0.2, keep_caches: Path | None = None
+) -> dict:
     """The `kto-precompute` command (this interpreter's `kto.precompute.cli`) on `data` (default examples/feedback.jsonl with the
     quickstart's flags), --prefix-sharing and --no-prefix-sharing taking turns, the order
     alternating each round; a fresh process and --out each time, so interpreter start-up, imports,
@@ -225,6 +263,8 @@ def end_to_end(model_dir: Path, repeats: int, data: Path | None = None, max_leng
     data = data or REPO / "examples" / "feedback.jsonl"
     times: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    faults: dict[bool, list[int]] = {False: [], True: []}
+    agreement: dict = {}
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(repeats):
@@ -255,13 +295,27 @@ def end_to_end(model_dir: Path, repeats: int, data: Path | None = None, max_leng
                 if done.returncode != 0:
                     sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
                 cpu[share].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                faults[share].append(after.ru_minflt - before.ru_minflt)
                 loads.append(os.getloadavg()[0])
                 print(
-                    f"  kto-precompute {'shared' if share else 'plain '}: {times[share][-1]:.1f} s wall, {cpu[share][-1]:.1f} s CPU, load {loads[-1]:.2f}",
+                    f"  kto-precompute {'shared' if share else 'plain '}: {times[share][-1]:.1f} s wall, {cpu[share][-1]:.1f} s CPU, "
+                    f"{faults[share][-1] / 1e6:.2f} M page faults, load {loads[-1]:.2f}",
                     flush=True,
                 )
+            # A faster layout that scored something else would be worse than a slow one: the
+            # last round's two caches must hold the same tokens and agree per token.
+            agreement = cache_agreement(Path(tmp) / f"cache-{round_}-False", Path(tmp) / f"cache-{round_}-True")
+            print(f"  caches agree: {agreement}", flush=True)
+        if keep_caches is not None:  # the last round's two caches, to study their differences
+            import shutil
+
+            for share in (False, True):
+                shutil.copytree(Path(tmp) / f"cache-{repeats - 1}-{share}", keep_caches / f"{data.stem}-{'shared' if share else 'plain'}", dirs_exist_ok=True)
     plain, shared = min(times[False]), min(times[True])
     return {
+        "agreement_last_round": agreement,
+        "plain_minor_faults": faults[False],
+        "shared_minor_faults": faults[True],
         "data": data.name,
         "plain_s": times[False],
         "shared_s": times[True],
@@ -296,7 +350,9 @@ def real_mix(args, mix: str, device, numerics: Numerics) -> dict:
             del lm
             C.free_memory()
         if args.end_to_end_repeats > 0:
-            result["end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats, subset, max_length=1024, eval_fraction=0.0)
+            result["end_to_end"] = end_to_end(
+                Path(args.model), args.end_to_end_repeats, subset, max_length=1024, eval_fraction=0.0, keep_caches=args.keep_caches
+            )
     result["rows_timed"] = args.data_rows
     return result
 
