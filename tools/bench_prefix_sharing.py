@@ -216,34 +216,62 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
     }
 
 
+# A per-token difference above this is not fp32 rounding but a layout error (a mask one token
+# off moves log-probs by about 1): kto-train's own step-0 tolerance.
+AGREEMENT_LIMIT = 1e-3
+
+
 def cache_agreement(plain: Path, shared: Path) -> dict:
-    """Two caches of the same rows: every row's token ids equal, and the largest per-token
-    difference of the reference log-probs, main and KL side. Exits when the rows or ids differ."""
+    """Two caches of the same rows, made with and without prefix sharing: the same rows in the
+    same splits, the same ids, labels and truncation flags, every log-prob finite and within
+    AGREEMENT_LIMIT per token; returns the largest differences (per token, main and KL side,
+    also in ulps of max(1, largest |log p|) as tests/numerics_bounds.py counts them, and of the
+    sequence sums). Exits naming the row otherwise."""
     import pyarrow as pa
 
     def rows(cache: Path) -> dict:
-        table = pa.concat_tables(pa.ipc.open_file(f).read_all() for f in sorted(cache.rglob("shard-*.arrow")))
-        return {row["id"]: row for row in table.to_pylist()}
+        shards = sorted(f for f in cache.rglob("shard-*.arrow") if not any(part.startswith(".") for part in f.relative_to(cache).parts))
+        if not shards:
+            sys.exit(f"{cache}: no shard-*.arrow")
+        found: dict = {}
+        for shard in shards:
+            for row in pa.ipc.open_file(pa.memory_map(str(shard))).read_all().to_pylist():
+                key = (str(shard.parent.relative_to(cache)), row["id"])  # the split folder, then the id
+                if key in found:
+                    sys.exit(f"{shard}: row {row['id']} appears twice")
+                found[key] = row
+        return found
 
     a, b = rows(plain), rows(shared)
     if a.keys() != b.keys():
-        sys.exit(f"{plain} and {shared} hold different rows")
-    worst = {"main": 0.0, "kl": 0.0}
-    largest = 0.0  # |log p|: the bound of tests/numerics_bounds.py is in ulps of it
-    for key, row in a.items():
-        other = b[key]
-        for column in ("prompt_ids", "completion_ids", "kl_source_id", "kl_completion_ids"):
+        sys.exit(f"{plain} and {shared} hold different rows: {sorted(a.keys() ^ b.keys())[:3]}")
+    worst = {"main": 0.0, "kl": 0.0, "main_sum": 0.0, "kl_sum": 0.0}
+    largest = 0.0
+    for (split, key), row in a.items():
+        other = b[(split, key)]
+        for column in ("label", "truncated", "prompt_ids", "completion_ids", "kl_source_id", "kl_completion_ids"):
             if row[column] != other[column]:
                 sys.exit(f"row {key}: {column} differs between {plain} and {shared}")
-        for side, column in (("main", "ref_token_logps"), ("kl", "ref_kl_token_logps")):
-            if row[column] is not None:
-                worst[side] = max(worst[side], float(np.abs(np.subtract(row[column], other[column])).max(initial=0.0)))
-                largest = max(largest, float(np.abs(np.asarray(row[column])).max(initial=0.0)))
-    ulp = float(np.spacing(np.float32(largest)))
+        for side, column, total in (("main", "ref_token_logps", "ref_logp"), ("kl", "ref_kl_token_logps", "ref_kl_logp")):
+            if (row[column] is None) != (other[column] is None) or len(row[column] or ()) != len(other[column] or ()):
+                sys.exit(f"row {key}: {column} has other lengths in {plain} and {shared}")
+            if row[column] is None:
+                continue
+            x, y = np.asarray(row[column], dtype=np.float64), np.asarray(other[column], dtype=np.float64)
+            if not (np.isfinite(x).all() and np.isfinite(y).all()):
+                sys.exit(f"row {key}: {column} is not finite")
+            d = float(np.abs(x - y).max(initial=0.0))
+            if d > AGREEMENT_LIMIT:
+                sys.exit(f"row {key}: {column} differs by {d:.3g} per token (> {AGREEMENT_LIMIT}): not rounding")
+            worst[side] = max(worst[side], d)
+            worst[f"{side}_sum"] = max(worst[f"{side}_sum"], abs(row[total] - other[total]))
+            largest = max(largest, float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+    ulp = float(np.spacing(np.float32(max(1.0, largest))))
     return {
         "rows": len(a),
         "max_abs_token_diff_main": worst["main"],
         "max_abs_token_diff_kl": worst["kl"],
+        "max_abs_sum_diff_main_kl": (worst["main_sum"], worst["kl_sum"]),
         "largest_abs_logp": largest,
         "ulps_of_largest_main_kl": (round(worst["main"] / ulp, 1), round(worst["kl"] / ulp, 1)),
     }
@@ -264,7 +292,11 @@ def end_to_end(
     times: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     faults: dict[bool, list[int]] = {False: [], True: []}
-    agreement: dict = {}
+    agreement: list[dict] = []
+    if keep_caches is not None:
+        for share in ("plain", "shared"):
+            if (keep_caches / f"{data.stem}-{share}").exists():
+                sys.exit(f"--keep-caches: {keep_caches / f'{data.stem}-{share}'} exists")
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(repeats):
@@ -299,21 +331,21 @@ def end_to_end(
                 loads.append(os.getloadavg()[0])
                 print(
                     f"  kto-precompute {'shared' if share else 'plain '}: {times[share][-1]:.1f} s wall, {cpu[share][-1]:.1f} s CPU, "
-                    f"{faults[share][-1] / 1e6:.2f} M page faults, load {loads[-1]:.2f}",
+                    f"{faults[share][-1] / 1e6:.2f} M minor page faults, load {loads[-1]:.2f}",
                     flush=True,
                 )
-            # A faster layout that scored something else would be worse than a slow one: the
-            # last round's two caches must hold the same tokens and agree per token.
-            agreement = cache_agreement(Path(tmp) / f"cache-{round_}-False", Path(tmp) / f"cache-{round_}-True")
-            print(f"  caches agree: {agreement}", flush=True)
-        if keep_caches is not None:  # the last round's two caches, to study their differences
-            import shutil
+            if keep_caches is not None and round_ == repeats - 1:  # kept first: a failed check below is when they are wanted
+                import shutil
 
-            for share in (False, True):
-                shutil.copytree(Path(tmp) / f"cache-{repeats - 1}-{share}", keep_caches / f"{data.stem}-{'shared' if share else 'plain'}", dirs_exist_ok=True)
+                for share in (False, True):
+                    shutil.copytree(Path(tmp) / f"cache-{round_}-{share}", keep_caches / f"{data.stem}-{'shared' if share else 'plain'}")
+            # A faster layout that scored something else would be worse than a slow one: each
+            # round's two caches must hold the same tokens and agree per token.
+            agreement.append(cache_agreement(Path(tmp) / f"cache-{round_}-False", Path(tmp) / f"cache-{round_}-True"))
+            print(f"  caches agree: {agreement[-1]}", flush=True)
     plain, shared = min(times[False]), min(times[True])
     return {
-        "agreement_last_round": agreement,
+        "agreement": agreement,
         "plain_minor_faults": faults[False],
         "shared_minor_faults": faults[True],
         "data": data.name,
@@ -377,7 +409,7 @@ def synthetic_mix(args, mix: str, device, numerics: Numerics) -> dict:
     del lm
     C.free_memory()
     if mix == "feedback" and args.end_to_end_repeats > 0:
-        result["end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats)
+        result["end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats, keep_caches=args.keep_caches)
     return result
 
 
