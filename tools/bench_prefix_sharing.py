@@ -26,8 +26,9 @@ paired and synthetic use a random-init model of `--shape` and a word-level token
              `--data-rows` rows, and kto-precompute end to end on those rows.
 Every timing also records the process CPU time: on a machine shared with other work, wall time
 mostly measures the others, CPU time what this process did. End to end also counts each run's
-minor page faults, and checks that the last round's two caches hold the same rows and token ids
-and how far their log-probs differ per token (`--keep-caches DIR` keeps both caches).
+minor page faults, and checks each round's two caches (`cache_agreement`: the same rows, ids
+and flags, log-probs within rounding) and how far they differ per token (`--keep-caches DIR`
+keeps the last round's two).
 
     python tools/bench_prefix_sharing.py --model demo/smollm2              # CPU, ~10 min shared
     python tools/bench_prefix_sharing.py --mixes paired,synthetic --shape llama-3.2-1b  # GPU
@@ -235,7 +236,9 @@ def cache_agreement(plain: Path, shared: Path) -> dict:
             sys.exit(f"{cache}: no shard-*.arrow")
         found: dict = {}
         for shard in shards:
-            for row in pa.ipc.open_file(pa.memory_map(str(shard))).read_all().to_pylist():
+            with pa.memory_map(str(shard)) as source:
+                shard_rows = pa.ipc.open_file(source).read_all().to_pylist()
+            for row in shard_rows:
                 key = (str(shard.parent.relative_to(cache)), row["id"])  # the split folder, then the id
                 if key in found:
                     sys.exit(f"{shard}: row {row['id']} appears twice")
