@@ -1,5 +1,6 @@
-"""tools/bench_prefix_sharing.py's check that two caches of the same rows agree: a benchmark
-whose faster layout scored other tokens, or other values, must say so rather than report a ratio."""
+"""tools/_cache_agreement.py, the check bench_prefix_sharing.py's end-to-end mode runs on each
+round's two caches: a benchmark whose faster layout scored other tokens, or other values, must
+say so rather than report a ratio."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ def bench(monkeypatch):
     import bench_prefix_sharing
 
     return bench_prefix_sharing
+
+
+@pytest.fixture
+def check(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import _cache_agreement
+
+    return _cache_agreement
 
 
 @pytest.fixture
@@ -53,8 +62,8 @@ def _change_first_row(cache: Path, column: str, change) -> str:
     return _rewrite(_first_shard(cache), edit).column("id")[0].as_py()
 
 
-def test_identical_caches_agree_exactly(bench, tiny_cache):
-    agreement = bench.cache_agreement(tiny_cache, tiny_cache)
+def test_identical_caches_agree_exactly(check, tiny_cache):
+    agreement = check.cache_agreement(tiny_cache, tiny_cache)
     assert agreement["rows"] > 0
     assert agreement["max_abs_token_diff_main"] == agreement["max_abs_token_diff_kl"] == 0.0
     assert agreement["max_abs_sum_diff_main_kl"] == (0.0, 0.0)
@@ -62,12 +71,12 @@ def test_identical_caches_agree_exactly(bench, tiny_cache):
 
 
 @pytest.mark.parametrize("side, column", [("main", "ref_token_logps"), ("kl", "ref_kl_token_logps")])
-def test_a_changed_log_prob_is_measured_on_its_side_in_ulps(bench, tiny_cache, other, side, column):
-    largest = bench.cache_agreement(tiny_cache, tiny_cache)["largest_abs_logp"]
+def test_a_changed_log_prob_is_measured_on_its_side_in_ulps(check, tiny_cache, other, side, column):
+    largest = check.cache_agreement(tiny_cache, tiny_cache)["largest_abs_logp"]
     ulp = float(np.spacing(np.float32(max(1.0, largest))))
     # Three ulps of the largest value, taken from a token in float32.
     _change_first_row(other, column, lambda v: [float(np.float32(v[0]) - np.float32(3 * ulp))] + v[1:])
-    agreement = bench.cache_agreement(tiny_cache, other)
+    agreement = check.cache_agreement(tiny_cache, other)
     measured, untouched = ("main", "kl") if side == "main" else ("kl", "main")
     assert agreement[f"max_abs_token_diff_{untouched}"] == 0.0
     assert agreement[f"max_abs_token_diff_{measured}"] == pytest.approx(3 * ulp, rel=0.34)  # rounding of a smaller value: 2 to 4 ulps
@@ -87,16 +96,16 @@ def test_a_changed_log_prob_is_measured_on_its_side_in_ulps(bench, tiny_cache, o
         ("ref_token_logps", lambda v: v[:-1], "ref_token_logps has other lengths"),
     ],
 )
-def test_other_tokens_or_values_are_refused_naming_the_row(bench, tiny_cache, other, column, change, message):
+def test_other_tokens_or_values_are_refused_naming_the_row(check, tiny_cache, other, column, change, message):
     row = _change_first_row(other, column, change)
     with pytest.raises(SystemExit, match=re.escape(f"row {row}: {message}")):
-        bench.cache_agreement(tiny_cache, other)
+        check.cache_agreement(tiny_cache, other)
 
 
-def test_other_rows_or_splits_are_refused(bench, tiny_cache, other, tmp_path):
+def test_other_rows_or_splits_are_refused(check, tiny_cache, other, tmp_path):
     _rewrite(_first_shard(other), lambda table: table.slice(1))
     with pytest.raises(SystemExit, match="hold different rows"):
-        bench.cache_agreement(tiny_cache, other)
+        check.cache_agreement(tiny_cache, other)
     # The same rows, but under another split's folder.
     moved = tmp_path / "moved"
     shutil.copytree(tiny_cache, moved)
@@ -104,7 +113,7 @@ def test_other_rows_or_splits_are_refused(bench, tiny_cache, other, tmp_path):
     (moved / "eval").mkdir()
     shard.rename(moved / "eval" / shard.name)
     with pytest.raises(SystemExit, match="hold different rows"):
-        bench.cache_agreement(tiny_cache, moved)
+        check.cache_agreement(tiny_cache, moved)
 
 
 def test_end_to_end_checks_every_round_and_keeps_the_last_rounds_caches(bench, tiny_cache, tmp_path, monkeypatch):
