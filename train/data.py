@@ -22,12 +22,13 @@ talking.
 - Rows that share a prompt (a paired dataset's chosen and rejected rows: `prompt_groups`) go
   into one micro-batch, so that both passes of the step run their prompt once (prefix
   sharing, train/packing.py). The cycle is then walked group by group (a group where its first
-  row is) and cut into steps, and a step's groups, longest first, into micro-batches, a group
-  whole wherever it fits (`fill_bins`); a step is then no longer exactly a segment: a row
-  pulled to its group's place leaves its partner behind. Nothing needs the partner in the step
-  (its KL sequence and ref_kl_logp are in the row's own columns); the cost is freshness
-  (docs/kl_pairing.md, "Prompt groups in one micro-batch"). Without two rows of one prompt the
-  plan is the segment plan above, slot for slot.
+  row is), the two groups kto-precompute interleaves (a1 b1 a2 b2) joined into one unit
+  (`step_units`), and cut into steps, and a step's groups, longest first, into micro-batches, a
+  group whole wherever it fits (`fill_bins`). A step is then only roughly a segment, but still
+  holds 88 % of its rows' partners on 48 real pairs at 8 × 1, as the segment plan did
+  (docs/kl_pairing.md, "Prompt groups in one micro-batch"). Nothing needs the partner in the
+  step (its KL sequence and ref_kl_logp are in the row's own columns); its freshness is what
+  is at stake. Without two rows of one prompt the plan is the segment plan above, slot for slot.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def epoch_plan(lengths: np.ndarray, shape: MicroBatchShape, seed: int, epoch: in
     if groups is None or len(np.unique(groups)) == n:
         segments = row_segments(cycle, lengths, steps, G)
     else:
-        segments = group_segments(prompt_units(cycle, groups), lengths, steps, shape)
+        segments = group_segments(step_units(prompt_units(cycle, groups), cycle, G), lengths, steps, shape, groups)
     # Consecutive rows (similar lengths) form a micro-batch; micro-batches go round-robin to
     # (rank, accumulation slot), so a short last step spreads its rows over every rank.
     plan = segments.reshape(steps, shape.grad_accum, shape.world_size, shape.batch_size).transpose(0, 2, 1, 3)
@@ -150,16 +151,21 @@ def row_segments(cycle: np.ndarray, lengths: np.ndarray, steps: int, G: int) -> 
     return segments
 
 
-def group_segments(units: list[list[int]], lengths: np.ndarray, steps: int, shape: MicroBatchShape) -> np.ndarray:
-    """[steps, G]: the prompt groups, in cycle order, filled into steps of G rows, and each
-    step's groups, longest first, into micro-batches, a group whole wherever it fits (then both
-    passes run its prompt once). A step's rows depend on G alone, not on the split into ranks ×
-    accumulation × batch."""
+def group_segments(units: list[list[list[int]]], lengths: np.ndarray, steps: int, shape: MicroBatchShape, groups: np.ndarray) -> np.ndarray:
+    """[steps, G]: the units (`step_units`: each one or more prompt groups), in cycle order,
+    filled into steps of G rows, and each step's prompt groups (`groups`, a number per row),
+    longest first, into micro-batches, a group whole wherever it fits (then both passes run its
+    prompt once). A step's rows depend on G alone, not on the split into ranks × accumulation ×
+    batch."""
     G, B = shape.rows_per_step, shape.batch_size
     segments = np.full((steps, G), -1, dtype=np.int64)
-    for s, pieces in enumerate(fill_bins(units, G, steps)):
+    rows_of = [[r for group in unit for r in group] for unit in units]
+    for s, pieces in enumerate(fill_bins(rows_of, G, steps, parts=units)):
+        by_group: dict[int, list[int]] = {}  # the step's rows, back to their prompt groups
+        for r in (r for piece in pieces for r in piece):
+            by_group.setdefault(int(groups[r]), []).append(r)
         # A group ranks by its longest row; the stable sort keeps ties in cycle order.
-        pieces = sorted(pieces, key=lambda u: -int(lengths[u].max()))
+        pieces = sorted(by_group.values(), key=lambda u: -int(lengths[u].max()))
         for m, micro in enumerate(fill_bins(pieces, B, G // B)):
             rows = [r for piece in micro for r in piece]
             segments[s, m * B : m * B + len(rows)] = rows
@@ -168,37 +174,76 @@ def group_segments(units: list[list[int]], lengths: np.ndarray, steps: int, shap
 
 def prompt_units(cycle: np.ndarray, groups: np.ndarray) -> list[list[int]]:
     """The rows of `cycle` gathered by prompt group: a group sits where its first row is on the
-    cycle, its rows in cycle order (kto-precompute keeps a group's rows a few places apart)."""
+    cycle, its rows in cycle order (kto-precompute keeps a group's rows next to each other)."""
     units: dict[int, list[int]] = {}
     for r, g in zip(cycle.tolist(), groups[cycle].tolist()):
         units.setdefault(g, []).append(r)
     return list(units.values())  # insertion order: by first row
 
 
+def step_units(units: list[list[int]], cycle: np.ndarray, capacity: int) -> list[list[list[int]]]:
+    """Join neighbouring prompt groups (`units`) that the KL chain weaves together, up to
+    `capacity` rows: each unit returned is a list of groups.
+
+    Row r's KL partner is row r + 1 (the cache's cycle). kto-precompute puts a group's rows next
+    to each other and swaps the next group's first row between them, so two neighbouring pairs
+    chain a1 → b1 → a2 → b2 → c1: a step cut between a and b leaves three of their four rows'
+    partners in another step, one cut between b and c only one. So two neighbouring units
+    linked more than once are joined, as long as they fit a step. Links between units further
+    apart (a group the epoch's shift cut in two, one row at each end of the cycle) cross every
+    cut alike and decide nothing."""
+    if len(units) < 2:
+        return [[u] for u in units]
+    rank = np.empty(len(cycle), dtype=np.int64)
+    for u, rows in enumerate(units):
+        rank[rows] = u
+    here, there = rank[cycle], rank[(cycle + 1) % len(cycle)]  # each link r → r + 1, as unit ranks
+    lo = np.minimum(here, there)[np.abs(here - there) == 1]
+    links = np.bincount(lo, minlength=len(units))  # links[u]: between units u and u + 1
+    joined, current = [], [units[0]]
+    for u in range(1, len(units)):
+        if links[u - 1] > 1 and sum(map(len, current)) + len(units[u]) <= capacity:
+            current.append(units[u])
+        else:
+            joined.append(current)
+            current = [units[u]]
+    return joined + [current]
+
+
 # How far ahead `fill_bins` looks for a unit that fits the room left in a bin.
 FILL_SCAN = 64
 
 
-def fill_bins(units: list[list[int]], capacity: int, most: int) -> list[list[list[int]]]:
+def fill_bins(units: list[list[int]], capacity: int, most: int, parts: list[list[list[int]]] | None = None) -> list[list[list[int]]]:
     """Cut `units` (rows, in order) into at most `most` bins of `capacity` rows, each a list of
     pieces. A unit stays whole when it fits the room left; else the nearest of the next
     FILL_SCAN units that fits goes first; else, if the bins after this one can hold every row
     left, the room stays empty (filler); else the unit is split to fill it (as a unit larger
-    than a bin always is). Units of one row therefore fill the bins in order, full."""
-    pending, left = units[::-1], sum(len(u) for u in units)  # the next unit last
+    than a bin always is): into its `parts` first, when it has several (a `step_units` unit
+    into its prompt groups, which then count as units), else by rows. Units of one row
+    therefore fill the bins in order, full."""
+    split_first = [p if parts is not None and len(p) > 1 else None for p in (parts or units)]
+    pending, left = list(zip(units, split_first))[::-1], sum(len(u) for u in units)  # the next unit last
     bins: list[list[list[int]]] = []
     current: list[list[int]] = []
     room = capacity
     while pending:
         last = len(pending) - 1
-        fits = next((k for k in range(last, max(last - FILL_SCAN, -1), -1) if len(pending[k]) <= room), None)
-        if fits is None and len(pending[-1]) <= capacity and left <= (most - len(bins) - 1) * capacity:
+        window = range(last, max(last - FILL_SCAN, -1), -1)
+        fits = next((k for k in window if len(pending[k][0]) <= room), None)
+        # No unit fits: break up the nearest one with a part that does, else the next one.
+        breaks = None if fits is not None else next((k for k in window if pending[k][1] and min(map(len, pending[k][1])) <= room), None)
+        if breaks is None and fits is None and len(pending[-1][0]) <= capacity and left <= (most - len(bins) - 1) * capacity:
             room = 0
+        elif fits is None and (breaks is not None or pending[-1][1] is not None):
+            k = last if breaks is None else breaks
+            pending[k : k + 1] = [(p, None) for p in pending[k][1][::-1]]
+            continue
         else:
-            piece = pending.pop(fits if fits is not None else last)
+            piece = pending.pop(fits if fits is not None else last)[0]
             if len(piece) > room:
                 piece, rest = piece[:room], piece[room:]
-                pending.append(rest)
+                pending.append((rest, None))
             current.append(piece)
             room, left = room - len(piece), left - len(piece)
         if room == 0:

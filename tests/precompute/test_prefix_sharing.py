@@ -47,10 +47,11 @@ def test_shared_and_plain_caches_agree_and_record_their_layout(tmp_path, tiny_mo
     assert ms.layout["prefix_sharing"] is True and mp.layout["prefix_sharing"] is False
     # 16 rows in 2 shards of 8; every question's good and bad row sit in one shard, so each
     # shard runs 4 prompts once for 16 sequences: 12 prompts' worth of tokens saved per shard.
-    prompt_lengths = [len(r["prompt_ids"]) for r in a]
+    prompts = {tuple(r["prompt_ids"]) for r in a}
+    assert len(prompts) == 8
     c = ms.counts
     assert c.represented_tokens == 2 * c.prompt_tokens + c.completion_tokens + c.kl_completion_tokens
-    assert c.prefix_tokens_saved == sum(3 * prompt_lengths[i] for i in range(0, 16, 2))
+    assert c.prefix_tokens_saved == sum(3 * len(p) for p in prompts)
     assert c.scored_tokens == c.represented_tokens - c.prefix_tokens_saved
     assert mp.counts.scored_tokens == mp.counts.represented_tokens and mp.counts.prefix_tokens_saved == 0
     assert f"{c.scored_tokens} tokens scored ({c.prefix_tokens_saved} saved by prefix sharing" in first.output

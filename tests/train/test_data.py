@@ -9,7 +9,7 @@ from kto.formats.shards import ShardVerifier
 from kto.train import cli
 from kto.train.checks import class_balance
 from kto.train.config import TrainConfig
-from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan, fill_bins, group_segments, prompt_groups, prompt_units, steps_per_epoch
+from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan, fill_bins, group_segments, prompt_groups, prompt_units, step_units, steps_per_epoch
 
 
 @pytest.mark.parametrize("n, batch, accum, world", [(16, 4, 1, 1), (17, 2, 2, 2), (5, 3, 1, 2), (100, 4, 3, 1)])
@@ -121,7 +121,8 @@ def test_unpaired_rows_keep_the_row_plan(batch, accum, world):
         # The grouped path itself (which the plan skips for distinct groups) gives it too.
         rng = np.random.default_rng([5, epoch])
         cycle = (np.arange(n) + int(rng.integers(n))) % n
-        grouped = group_segments(prompt_units(cycle, np.arange(n)), lengths, steps_per_epoch(n, shape), shape)
+        units = step_units(prompt_units(cycle, np.arange(n)), cycle, shape.rows_per_step)
+        grouped = group_segments(units, lengths, steps_per_epoch(n, shape), shape, np.arange(n))
         order = rng.permutation(len(grouped))
         as_plan = grouped.reshape(len(grouped), accum, world, batch).transpose(0, 2, 1, 3)[order]
         assert np.array_equal(as_plan, plain)
@@ -137,6 +138,38 @@ def test_fill_bins_keeps_units_whole_where_they_fit():
     # the room of 1 and nothing else is left, but the last bin holds them: the slot stays empty.
     units[-1] = [11, 12, 13, 14]
     assert fill_bins(units, 4, 4) == [[[0, 1, 2], [7]], [[3, 4], [5, 6]], [[8, 9, 10]], [[11, 12, 13, 14]]]
+
+
+def test_fill_bins_breaks_a_joined_unit_into_its_groups_before_splitting_rows():
+    """Bins of 4, no room to spare. [0, 1, 2] leaves a room of 1; the joined unit [3..6] (two
+    pairs) does not fit it, nor does anything in reach whole, but [9, 10, 11]'s part [11] does:
+    that unit is broken up and [11] fills the room. Then [3..6] fits a bin whole, and [9, 10]
+    with [7, 8] fill the last: no prompt group is cut by rows."""
+    units = [[0, 1, 2], [3, 4, 5, 6], [7, 8], [9, 10, 11]]
+    parts = [[[0, 1, 2]], [[3, 4], [5, 6]], [[7, 8]], [[9, 10], [11]]]
+    assert fill_bins(units, 4, 3, parts=parts) == [[[0, 1, 2], [11]], [[3, 4, 5, 6]], [[7, 8], [9, 10]]]
+    # Without parts the units are cut by rows: [3] and [4] leave their pair, [7] and [8] theirs.
+    assert fill_bins(units, 4, 3) == [[[0, 1, 2], [3]], [[4, 5, 6], [7]], [[8], [9, 10, 11]]]
+
+
+def test_step_units_join_the_groups_the_kl_chain_weaves_together():
+    """kto-precompute's cycle for four pairs a, b, c, d: a1 b1 a2 b2 c1 d1 c2 d2 (rows 0-7), row
+    r's partner r + 1. Between a and b three links cross, between b and c one: a and b form one
+    unit, c and d another, so a step of 4 rows holds 3 of its rows' partners (not 1 of 4, as a
+    step of b and c would). A step of 2 rows joins nothing. A link between units far apart (a
+    group the shift cut in two) decides nothing."""
+    groups = np.array([0, 1, 0, 1, 2, 3, 2, 3])
+    cycle = np.arange(8)
+    units = prompt_units(cycle, groups)
+    assert units == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert step_units(units, cycle, 4) == [[[0, 2], [1, 3]], [[4, 6], [5, 7]]]
+    assert step_units(units, cycle, 2) == [[[0, 2]], [[1, 3]], [[4, 6]], [[5, 7]]]
+    # The epoch starts at row 3 (b2): b gathers at the front with b1 from the far end; its far
+    # link does not join b with c, and c, d still pair up.
+    shifted = (np.arange(8) + 3) % 8
+    units = prompt_units(shifted, groups)
+    assert units == [[3, 1], [4, 6], [5, 7], [0, 2]]
+    assert step_units(units, shifted, 4) == [[[3, 1]], [[4, 6], [5, 7]], [[0, 2]]]
 
 
 def test_prompt_groups_number_rows_by_their_prompt_ids(tiny_cache):
