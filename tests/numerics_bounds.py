@@ -44,6 +44,9 @@ files of ../shared/data, prefix-shared against plain: up to 3.4e-5 / 6.1e-5 (mai
 kto_en_demo.json: 18 / 32 ulps of its largest |log p|, 31.98, the KL side at this bound) and
 3.1e-5 / 4.9e-5 (dpo_en_demo.json: 8 / 13 ulps of 32.4), where sequences of 385–720 tokens
 differ by up to 3.1e-5 and those of up to 384 tokens by at most 5.7e-6 (issue 21's fifth pass).
+Against a float64 forward of each plain sequence, plain fp32 itself is 2–5e-5 off there (10–26
+ulps of the largest |log p|), as prefix-shared is, under AVX-512 and AVX2 (sixth pass,
+tools/bench_fp32_error.py): the differences are fp32's own error, which no layout goes below.
 """
 
 from __future__ import annotations
