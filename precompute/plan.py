@@ -40,10 +40,12 @@ under any prompt), and z drifts with the position in the epoch (docs/kl_pairing.
 So the pairs are drawn as one cycle that training can follow: a seeded shuffle (of prompt
 groups, so rows sharing a prompt stay together for prefix-shared scoring) is cut into
 an even number of blocks of at most BLOCK_ROWS rows, each block is sorted by length (ascending
-and descending in turn, so the joins between blocks, the wrap included, stay short), and each row takes the completion of the row after it.
-The rows are stored in this cycle order; kto-train builds each optimizer step from a contiguous
-segment of it, so all but one of a step's partners are trained in the same step, and neighbours
-have similar lengths (little padding in either pass). Nothing here depends on the batch size.
+and descending in turn, so the joins between blocks, the wrap included, stay short) group by
+group, so that rows sharing a prompt sit side by side, and each row takes the completion of the
+row after it. The rows are stored in this cycle order; kto-train builds each optimizer step from
+a segment of it (roughly, when it gathers a prompt's rows into one micro-batch: train/data.py),
+so almost all of a step's partners are trained in the same step, and neighbours have similar
+lengths (little padding in either pass). Nothing here depends on the batch size.
 
 Constraints, in order:
 - never j = i, and never a j whose completion text equals row i's own (that would be a matched
@@ -305,6 +307,9 @@ SPREAD_SCAN = 64
 # similar lengths (0.4 % of a 32-2048-token mix's range per 8 rows), small enough that a block is
 # still a random sample of the data. Part of the cache's content via PAIRING_RULE.
 BLOCK_ROWS = 2048
+# Prompt groups of up to this many rows sit side by side on the cycle (`cycle_order`): a paired
+# dataset's chosen and rejected, a few sampled completions per prompt. Part of PAIRING_RULE.
+SIDE_BY_SIDE_ROWS = 16
 TRUNCATION_RULE = (
     "own-length: nothing cut while prompt + own completion fits max_length; else a prompt over max_prompt_length "
     "is cut to it (conversations: earliest whole turns dropped, system kept, re-rendered; inside the last user "
@@ -313,7 +318,8 @@ TRUNCATION_RULE = (
 )
 PAIRING_RULE = (
     f"cycle through an even number of blocks of at most {BLOCK_ROWS} rows (zigzag) of a seeded shuffle of prompt groups, "
-    "each block sorted by prompt group (a group's longest row, then its own rows by length); "
+    f"each block sorted by prompt group (a group of up to {SIDE_BY_SIDE_ROWS} rows by its longest row, then its own rows by length; "
+    "a larger group's rows by their own length); "
     "partner = next acceptable row; rows stored in cycle order"
 )
 
@@ -352,9 +358,10 @@ def cycle_order(lengths: Sequence[int], seed: int, block_rows: int = BLOCK_ROWS,
         shuffled = list(members.values())
         random.Random(seed).shuffle(shuffled)
         order = [i for group in shuffled for i in group]
-        for rank, group in enumerate(shuffled):
+        for g, group in enumerate(shuffled):
             for i in group:
-                group_of[i] = rank
+                group_of[i] = g
+        size_of = [len(group) for group in shuffled]
     blocks = 2 * math.ceil(len(order) / (2 * block_rows))
     size = math.ceil(len(order) / blocks) if blocks else 1
     out: list[int] = []
@@ -368,17 +375,24 @@ def cycle_order(lengths: Sequence[int], seed: int, block_rows: int = BLOCK_ROWS,
         for i in block:
             longest[group_of[i]] = max(longest.get(group_of[i], 0), lengths[i])
         # A group ranks by its longest row, ties by the shuffle (groups of one row then sort
-        # exactly as rows do), and its rows follow each other, by their own length.
-        out.extend(sorted(block, key=lambda i: (sign * longest[group_of[i]], group_of[i], sign * lengths[i])))
+        # exactly as rows do), and its rows follow each other, by their own length. A larger
+        # group's rows rank by their own length, spread among the others' as before: side by
+        # side, `_spread` could not find each of them a partner with another prompt within
+        # SPREAD_SCAN, and they would share one (identical KL sequences).
+        rank = {i: longest[group_of[i]] if size_of[group_of[i]] <= SIDE_BY_SIDE_ROWS else lengths[i] for i in block}
+        out.extend(sorted(block, key=lambda i: (sign * rank[i], group_of[i], sign * lengths[i])))
     return out
 
 
 def _spread(order: list[int], prompts: Sequence[Hashable], completions: Sequence[Hashable]) -> None:
-    """Swap a later row in where a row's successor shares its prompt or completion text.
+    """Swap another row in where a row's successor shares its prompt or completion text.
 
-    Paired data puts a chosen and a rejected row with one prompt (and similar lengths) side by
-    side after the sort; moving them apart keeps the cycle a derangement with fresh prompts,
-    and the row swapped in is the nearest that fits, so lengths stay sorted almost everywhere.
+    The sort puts a prompt group's rows (a pair's chosen and rejected) side by side; swapping
+    the next group's row in between (a1 b1 a2 b2) keeps the cycle a derangement with fresh
+    prompts, and the row swapped in is the nearest later one that fits, so lengths stay sorted
+    almost everywhere. Where no later row fits (the cycle's end, where a large group's shortest
+    rows may gather), an earlier one is swapped in if every pair it touches stays acceptable;
+    the wrap (last → first) likewise.
     """
     n = len(order)
 
@@ -386,22 +400,30 @@ def _spread(order: list[int], prompts: Sequence[Hashable], completions: Sequence
         a, b = order[k % n], order[(k + 1) % n]
         return prompts[a] != prompts[b] and completions[a] != completions[b]
 
+    def swap_keeps(x: int, y: int, links: set[int]) -> bool:
+        order[x], order[y] = order[y], order[x]
+        if all(ok(j) for j in links):
+            return True
+        order[x], order[y] = order[y], order[x]
+        return False
+
     for k in range(n - 1):
         if ok(k):
             continue
-        for m in range(k + 2, min(n, k + 2 + SPREAD_SCAN)):
-            a, c = order[k], order[m]
-            if prompts[a] != prompts[c] and completions[a] != completions[c]:
-                order[k + 1], order[m] = c, order[k + 1]
+        a = order[k]
+        later = next(
+            (m for m in range(k + 2, min(n, k + 2 + SPREAD_SCAN)) if prompts[a] != prompts[order[m]] and completions[a] != completions[order[m]]), None
+        )
+        if later is not None:
+            order[k + 1], order[later] = order[later], order[k + 1]
+            continue
+        for m in range(k - 1, max(-1, k - 1 - SPREAD_SCAN), -1):
+            if swap_keeps(m, k + 1, {m - 1, m, k, k + 1}):
                 break
-    # The wrap (last → first): swap an earlier row into the last place where every pair it
-    # touches stays acceptable.
     if n > 3 and not ok(n - 1):
         for m in range(n - 2, max(0, n - 2 - SPREAD_SCAN), -1):
-            order[m], order[n - 1] = order[n - 1], order[m]
-            if all(ok(k) for k in {m - 1, m, n - 2, n - 1}):
+            if swap_keeps(m, n - 1, {m - 1, m, n - 2, n - 1}):
                 break
-            order[m], order[n - 1] = order[n - 1], order[m]
 
 
 def kl_partners(

@@ -3,9 +3,9 @@
 The shared and the plain layout of kto-precompute differ per token by up to ~5e-5 on the
 30-layer SmolLM2 over sequences past 384 tokens (docs/benchmarks.md). Is that the shared
 layout's error, or fp32's? This scores the first `--rows` rows of a ../shared/data file (their
-main and KL sequences, exactly as kto-precompute cuts and pairs them) four ways with the real
-model and compares every per-token log-prob with a float64 forward of the same plain sequence,
-one sequence at a time (no padding, no batching):
+main and KL sequences, exactly as kto-precompute cuts and pairs them) three ways in fp32 with
+the real model and compares every per-token log-prob with a float64 forward of the same plain
+sequence, one sequence at a time (no padding, no batching):
 
   plain        fp32, token-budget batches of --batch-tokens (kto-precompute --no-prefix-sharing)
   plain/2      fp32, half that budget: another batching of the same plain layout

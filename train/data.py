@@ -174,7 +174,8 @@ def group_segments(units: list[list[list[int]]], lengths: np.ndarray, steps: int
 
 def prompt_units(cycle: np.ndarray, groups: np.ndarray) -> list[list[int]]:
     """The rows of `cycle` gathered by prompt group: a group sits where its first row is on the
-    cycle, its rows in cycle order (kto-precompute keeps a group's rows next to each other)."""
+    cycle, its rows in cycle order (kto-precompute keeps a group's rows side by side, with the
+    neighbouring group's rows between them: a1 b1 a2 b2)."""
     units: dict[int, list[int]] = {}
     for r, g in zip(cycle.tolist(), groups[cycle].tolist()):
         units.setdefault(g, []).append(r)
@@ -216,31 +217,44 @@ FILL_SCAN = 64
 
 def fill_bins(units: list[list[int]], capacity: int, most: int, parts: list[list[list[int]]] | None = None) -> list[list[list[int]]]:
     """Cut `units` (rows, in order) into at most `most` bins of `capacity` rows, each a list of
-    pieces. A unit stays whole when it fits the room left; else the nearest of the next
-    FILL_SCAN units that fits goes first; else, if the bins after this one can hold every row
-    left, the room stays empty (filler); else the unit is split to fill it (as a unit larger
-    than a bin always is): into its `parts` first, when it has several (a `step_units` unit
-    into its prompt groups, which then count as units), else by rows. Units of one row
-    therefore fill the bins in order, full."""
-    split_first = [p if parts is not None and len(p) > 1 else None for p in (parts or units)]
-    pending, left = list(zip(units, split_first))[::-1], sum(len(u) for u in units)  # the next unit last
+    pieces. For the room left in the current bin, in this order:
+    1. the nearest of the next FILL_SCAN units that fits goes in whole;
+    2. else, with `parts` (unit k's prompt groups, where `step_units` joined several), the
+       nearest of those units with a part that fits is broken into its parts, which count as
+       units from then on;
+    3. else, if the bins after this one can hold every row left, the room stays empty (filler);
+    4. else the next unit is broken into its parts, or, having none, split by rows to fill the
+       room (as a unit larger than a bin always is).
+    Units of one row therefore fill the bins in order, full. Breaking a unit moves its later
+    parts down the queue, so a part may fall out of the look-ahead window: a step then cuts a
+    group by rows where a wider look would not have (no row is lost either way)."""
+    if parts is not None and [sum(map(len, p)) for p in parts] != [len(u) for u in units]:
+        raise ValueError("parts must hold each unit's rows")
+    breakable = [p if parts is not None and len(p) > 1 else None for p in (parts or units)]
+    pending, left = list(zip(units, breakable))[::-1], sum(len(u) for u in units)  # the next unit last
     bins: list[list[list[int]]] = []
     current: list[list[int]] = []
     room = capacity
+
+    def break_up(k: int) -> None:
+        pending[k : k + 1] = [(p, None) for p in pending[k][1][::-1]]
+
     while pending:
         last = len(pending) - 1
         window = range(last, max(last - FILL_SCAN, -1), -1)
         fits = next((k for k in window if len(pending[k][0]) <= room), None)
-        # No unit fits: break up the nearest one with a part that does, else the next one.
-        breaks = None if fits is not None else next((k for k in window if pending[k][1] and min(map(len, pending[k][1])) <= room), None)
-        if breaks is None and fits is None and len(pending[-1][0]) <= capacity and left <= (most - len(bins) - 1) * capacity:
-            room = 0
-        elif fits is None and (breaks is not None or pending[-1][1] is not None):
-            k = last if breaks is None else breaks
-            pending[k : k + 1] = [(p, None) for p in pending[k][1][::-1]]
-            continue
-        else:
-            piece = pending.pop(fits if fits is not None else last)[0]
+        if fits is None:
+            part_fits = next((k for k in window if pending[k][1] and min(map(len, pending[k][1])) <= room), None)
+            if part_fits is not None:
+                break_up(part_fits)
+                continue
+            if len(pending[-1][0]) <= capacity and left <= (most - len(bins) - 1) * capacity:
+                room = 0
+            elif pending[-1][1] is not None:
+                break_up(last)
+                continue
+        if room > 0:
+            piece = pending.pop(last if fits is None else fits)[0]
             if len(piece) > room:
                 piece, rest = piece[:room], piece[room:]
                 pending.append((rest, None))

@@ -253,12 +253,15 @@ def test_a_block_is_sorted_group_by_group():
     assert cycle_order(lengths, seed=3, block_rows=10, groups=distinct) == cycle_order(lengths, seed=3, block_rows=10)
 
 
-def test_paired_rows_find_their_kl_partner_in_their_training_step():
+@pytest.mark.parametrize("batch, accum, world", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
+def test_paired_rows_find_their_kl_partner_in_their_training_step(batch, accum, world):
     """The cycle kto-precompute stores, trained with kto-train's plan: 150 pairs whose chosen and
-    rejected lengths differ a lot, plus 12 rows of their own prompt. With 8 rows a step, at
-    least 75 % of rows have their KL partner (the next row) in their own step and at most 10 %
-    had it trained in an earlier step, every epoch; sorted row by row (the cycle before prompt
-    groups were sorted whole) it was 44 % and 27 % on 48 real pairs (docs/kl_pairing.md)."""
+    rejected lengths differ a lot, plus 12 rows of their own prompt. With 8 rows a step, split
+    any way into ranks × accumulation × batch, at least 80 % of rows have their KL partner (the
+    next row) in their own step and at most 10 % had it trained in an earlier step, every
+    epoch (85 % and 8 % here). Sorted row by row (the cycle before prompt groups were sorted
+    whole) it was 27-32 % and 34-37 %; without `step_units` joining interleaved pairs, 77 %
+    and 12 %."""
     from kto.train.data import MicroBatchShape, epoch_plan
 
     rng = np.random.default_rng(0)
@@ -273,9 +276,25 @@ def test_paired_rows_find_their_kl_partner_in_their_training_step():
     assert (partner == (np.arange(312) + 1) % 312).all()
     groups = np.array([at[min((r for r in range(312) if prompts[r] == prompts[row]), key=at.get)] for row in order])
     for epoch in (0, 1):
-        plan = epoch_plan(np.array([lengths[row] for row in order]), MicroBatchShape(8, 1, 1), seed=0, epoch=epoch, groups=groups)
+        plan = epoch_plan(np.array([lengths[row] for row in order]), MicroBatchShape(batch, accum, world), seed=0, epoch=epoch, groups=groups)
         step_of = np.empty(312, dtype=np.int64)
         for k, step in enumerate(plan):
             step_of[step[step >= 0]] = k
-        assert np.mean(step_of[partner] == step_of) >= 0.75
+        assert np.mean(step_of[partner] == step_of) >= 0.80
         assert np.mean(step_of[partner] < step_of) <= 0.10
+
+
+@pytest.mark.parametrize("rows_per_prompt", [100, 128])
+def test_large_prompt_groups_get_distinct_kl_partners(rows_per_prompt):
+    """A prompt with many rows (one prompt of 100 rows among 1,100 paired rows; or every prompt
+    with 128 completions): side by side, `_spread` could not give each of its rows a partner
+    with another prompt within its reach, and they would fall back to one shared partner
+    (identical KL sequences). Such groups' rows sort by their own length, and a row with no
+    later fit takes an earlier one: every completion is still used exactly once."""
+    n = 1200 if rows_per_prompt == 100 else 2048
+    prompts = ["A" if i < 100 else f"p{i // 2}" for i in range(n)] if rows_per_prompt == 100 else [f"q{i // 128}" for i in range(n)]
+    lengths = [int(x) for x in np.random.default_rng(0).integers(20, 1000, n)]
+    pairing = kl_partners(prompts, [f"c{i}" for i in range(n)], [str(i) for i in range(n)], seed=1, lengths=lengths)
+    assert pairing.same_prompt == 0
+    assert sorted(pairing.partner) == list(range(n))
+    assert all(prompts[i] != prompts[j] for i, j in enumerate(pairing.partner))

@@ -152,6 +152,18 @@ def test_fill_bins_breaks_a_joined_unit_into_its_groups_before_splitting_rows():
     assert fill_bins(units, 4, 3) == [[[0, 1, 2], [3]], [[4, 5, 6], [7]], [[8], [9, 10, 11]]]
 
 
+def test_fill_bins_breaks_the_next_unit_into_its_groups_when_nothing_fits():
+    """Bins of 4, at most 3, 12 rows: no room to spare. After [0, 1, 2] the room of 1 fits no
+    unit and no part; the joined unit [3..6] is broken into its pairs, and the first of them is
+    cut by rows ([3] here, [4] in the next bin) rather than the whole joined unit."""
+    units = [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10, 11]]
+    parts = [[[0, 1, 2]], [[3, 4], [5, 6]], [[7, 8, 9, 10, 11]]]
+    assert fill_bins(units, 4, 3, parts=parts) == [[[0, 1, 2], [3]], [[4], [5, 6], [7]], [[8, 9, 10, 11]]]
+    assert fill_bins(units, 4, 3) == [[[0, 1, 2], [3]], [[4, 5, 6], [7]], [[8, 9, 10, 11]]]
+    with pytest.raises(ValueError, match="parts must hold each unit's rows"):
+        fill_bins(units, 4, 3, parts=parts[:2])
+
+
 def test_step_units_join_the_groups_the_kl_chain_weaves_together():
     """kto-precompute's cycle for four pairs a, b, c, d: a1 b1 a2 b2 c1 d1 c2 d2 (rows 0-7), row
     r's partner r + 1. Between a and b three links cross, between b and c one: a and b form one
