@@ -62,8 +62,8 @@ def one_thread(fn):
 # transformers 5.25.0 (CI installs the newest in range): other bytes, from the CPU or from
 # transformers (not told apart). Retaken again there for issue 21's cycle (a block sorted by
 # prompt group: PAIRING_RULE changed, and a pair's rows sit side by side), on that change alone,
-# and once more when `_spread` learnt to swap an earlier row in where no later one fits (this
-# input's few rows it changes the pairs, so steps 2-3 train other KL sequences).
+# and once more when `_spread` learnt to swap an earlier row in where no later one fits (on
+# this input's few rows that changes the pairs, so steps 2-3 train other KL sequences).
 PIN_ENV = {"cpu": "AVX512", "vendor": "AuthenticAMD", "torch": "2.13.0+cpu", "transformers": "5.25.0"}
 SHARDS = {
     "shard-00000.arrow": "abb549393a8c737da00532feaa5b833ff2941f7d0c4da924b828f64caa391b44",
