@@ -347,39 +347,33 @@ def cycle_order(lengths: Sequence[int], seed: int, block_rows: int = BLOCK_ROWS,
     step. Sorted row by row instead, a pair's rows lay a median 22 places apart on
     dpo_en_demo.json and a third of the partners had been trained in an earlier step
     (docs/kl_pairing.md, "Prompt groups in one micro-batch")."""
-    order = list(range(len(lengths)))
-    group_of = list(order)  # the rank of a row's group in the shuffle; without groups, unused
-    if groups is None:
-        random.Random(seed).shuffle(order)
-    else:
-        members: dict[Hashable, list[int]] = {}
-        for i in order:
-            members.setdefault(groups[i], []).append(i)
-        shuffled = list(members.values())
-        random.Random(seed).shuffle(shuffled)
-        order = [i for group in shuffled for i in group]
-        for g, group in enumerate(shuffled):
-            for i in group:
-                group_of[i] = g
-        size_of = [len(group) for group in shuffled]
+    if groups is None:  # every row its own group: the shuffle of one-row groups is that of rows
+        groups = range(len(lengths))
+    members: dict[Hashable, list[int]] = {}
+    for i in range(len(lengths)):
+        members.setdefault(groups[i], []).append(i)
+    shuffled = list(members.values())
+    random.Random(seed).shuffle(shuffled)
+    order = [i for group in shuffled for i in group]
+    group_of = [0] * len(lengths)  # the rank of a row's group in the shuffle
+    for g, group in enumerate(shuffled):
+        for i in group:
+            group_of[i] = g
     blocks = 2 * math.ceil(len(order) / (2 * block_rows))
     size = math.ceil(len(order) / blocks) if blocks else 1
     out: list[int] = []
     for b, start in enumerate(range(0, len(order), size)):
         block = order[start : start + size]
         sign = -1 if b % 2 else 1
-        if groups is None:
-            out.extend(sorted(block, key=lambda i: sign * lengths[i]))  # stable: ties keep the shuffle's order
-            continue
         longest: dict[int, int] = {}
         for i in block:
             longest[group_of[i]] = max(longest.get(group_of[i], 0), lengths[i])
         # A group ranks by its longest row, ties by the shuffle (groups of one row then sort
-        # exactly as rows do), and its rows follow each other, by their own length. A larger
-        # group's rows rank by their own length, spread among the others' as before: side by
-        # side, `_spread` could not find each of them a partner with another prompt within
-        # SPREAD_SCAN, and they would share one (identical KL sequences).
-        rank = {i: longest[group_of[i]] if size_of[group_of[i]] <= SIDE_BY_SIDE_ROWS else lengths[i] for i in block}
+        # exactly as rows do, ties in the shuffle's order), and its rows follow each other, by
+        # their own length. A larger group's rows rank by their own length, spread among the
+        # others' as before: side by side, `_spread` could not find each of them a partner with
+        # another prompt within SPREAD_SCAN, and they would share one (identical KL sequences).
+        rank = {i: longest[group_of[i]] if len(shuffled[group_of[i]]) <= SIDE_BY_SIDE_ROWS else lengths[i] for i in block}
         out.extend(sorted(block, key=lambda i: (sign * rank[i], group_of[i], sign * lengths[i])))
     return out
 
@@ -396,9 +390,11 @@ def _spread(order: list[int], prompts: Sequence[Hashable], completions: Sequence
     """
     n = len(order)
 
-    def ok(k: int) -> bool:  # does order[k] → order[k+1] (cyclically) make an acceptable pair?
-        a, b = order[k % n], order[(k + 1) % n]
+    def acceptable(a: int, b: int) -> bool:  # may row a take row b's completion?
         return prompts[a] != prompts[b] and completions[a] != completions[b]
+
+    def ok(k: int) -> bool:  # does order[k] → order[k+1] (cyclically) make an acceptable pair?
+        return acceptable(order[k % n], order[(k + 1) % n])
 
     def swap_keeps(x: int, y: int, links: set[int]) -> bool:
         order[x], order[y] = order[y], order[x]
@@ -410,10 +406,7 @@ def _spread(order: list[int], prompts: Sequence[Hashable], completions: Sequence
     for k in range(n - 1):
         if ok(k):
             continue
-        a = order[k]
-        later = next(
-            (m for m in range(k + 2, min(n, k + 2 + SPREAD_SCAN)) if prompts[a] != prompts[order[m]] and completions[a] != completions[order[m]]), None
-        )
+        later = next((m for m in range(k + 2, min(n, k + 2 + SPREAD_SCAN)) if acceptable(order[k], order[m])), None)
         if later is not None:
             order[k + 1], order[later] = order[later], order[k + 1]
             continue
