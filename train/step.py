@@ -132,7 +132,7 @@ def kl_group_sums(model: torch.nn.Module, ids: list[torch.Tensor], masks: list[t
     # Right padding with token 0 is never attended by a real token (causal) nor scored.
     real = pad_sequence([torch.ones_like(x) for x in ids], batch_first=True)
     batch = TokenBatch(pad_sequence(ids, batch_first=True), real, pad_sequence(masks, batch_first=True))
-    flat, tokens = completion_logps(model, batch, torch.ones(len(ids), dtype=torch.bool), share)
+    flat, tokens = completion_logps(model, batch, torch.ones(len(ids), dtype=torch.bool, device=batch.input_ids.device), share)
     return sequence_sums(flat, batch.score_mask), tokens
 
 
