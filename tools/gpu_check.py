@@ -104,6 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precompute-dtype", default="auto", help="kto-precompute --dtype (auto: amp-bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--train-precisions", default=None, help="comma list of bench_train_step precisions")
     p.add_argument("--json-out", type=Path, default=Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else Path("gpu_check.json"))
+    p.add_argument("--sections", default=None, help="comma list: run only these sections (a rerun after a fix)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep model, data and cache here (default: a temp dir)")
     args = p.parse_args(argv)
     big = args.shape == "llama-3.1-8b"
@@ -276,14 +277,15 @@ def prefix_sharing(args, device) -> dict:
 
 def train_prefix_sharing(args, device) -> dict:
     """kto-train's step, prefix-shared and plain, taking turns, on the paired mix (a chosen and a
-    rejected row per prompt), policy of the shape in the first train precision, no checkpointing."""
+    rejected row per prompt), policy of the shape in the first train precision, no checkpointing,
+    8 rows a step (kto-train's default; tools/profile_train_sharing.py gives other sizes)."""
     from kto.train.model import disable_dropout
 
     numerics = bench_train_step.precision_numerics(args.train_precisions.split(",")[0], device)
     lm = C.build_llama(args.shape, numerics.weights, device)
     disable_dropout(lm)
     lm.config.use_cache = False
-    batch, steps = (2, 1) if args.quick else (4, 4)
+    batch, steps = (2, 1) if args.quick else (8, 4)  # kto-train's default batch size
     data = bench_train_sharing.paired_steps(2 * batch * steps, args.max_len, lm.config.vocab_size, batch, steps)
     r = bench_train_sharing.compare_train_steps(lm, data, device=device, numerics=numerics, repeats=1 if args.quick else 3, warmup=not args.quick)
     del lm
@@ -362,8 +364,13 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     return out
 
 
+ONLY: set[str] = set()  # --sections; empty = all
+
+
 def run_section(name: str, results: dict, budget: Budget, shape: str, fn):
     """Run one section; a crash or a spent budget is recorded, not raised, so the JSON survives."""
+    if ONLY and name not in ONLY:
+        return None
     need_s = NEED_S[shape][name]
     if budget.left() < need_s:
         results[name] = {"skipped": f"time budget ({budget.left():.0f} s left, ~{need_s:.0f} s needed)"}
@@ -468,6 +475,8 @@ def summary_rows(r: dict) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    ONLY.clear()
+    ONLY.update(args.sections.split(",") if args.sections else [])
     budget = Budget(args.time_budget_s)
     device = C.default_device()
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "versions": C.versions(device)}
@@ -478,6 +487,9 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         shape = "tiny" if args.quick else args.shape
         run_section("correctness", results, budget, shape, lambda: check_token_logps(device, args.quick))
+        # issue 21's sections first: its GPU figures are the ones still pending.
+        run_section("prefix_sharing", results, budget, shape, lambda: prefix_sharing(args, device))
+        run_section("train_prefix_sharing", results, budget, shape, lambda: train_prefix_sharing(args, device))
         pre = run_section("precompute", results, budget, shape, lambda: precompute_e2e(work, args, device, ceiling))
         if isinstance(pre, dict) and "cache_dir" in pre:
             run_section(
@@ -486,8 +498,6 @@ def main(argv=None) -> int:
         run_section("train", results, budget, shape, lambda: train_steps(args, device))
         run_section("train_lora", results, budget, shape, lambda: train_lora_steps(args, device))
         run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling))
-        run_section("prefix_sharing", results, budget, shape, lambda: prefix_sharing(args, device))
-        run_section("train_prefix_sharing", results, budget, shape, lambda: train_prefix_sharing(args, device))
     results["polars_imported"] = "polars" in sys.modules
     results["elapsed_s"] = args.time_budget_s - budget.left()
     failed = [

@@ -56,3 +56,23 @@ def test_the_scoring_tool_no_longer_takes_the_training_flags(monkeypatch):
     with pytest.raises(SystemExit):
         bench_prefix_sharing.parse_args(["--train-cache", "x"])
     assert "bench_train_sharing" in sys.modules["bench_prefix_sharing"].__doc__
+
+
+def test_the_profile_tool_times_both_layouts_and_the_layout_work(monkeypatch, tmp_path):
+    """tools/profile_train_sharing.py on the tiny shape (its CPU smoke run): a ratio per batch
+    size, the CPU time of laying the steps out, and a profiled pass per layout."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import profile_train_sharing
+
+    out = tmp_path / "profile.json"
+    args = ["--shape", "tiny", "--precision", "fp32", "--batches", "2", "--profile-batch", "2", "--steps", "1", "--max-len", "96", "--repeats", "1"]
+    assert profile_train_sharing.main([*args, "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    ratio = result["ratios"]["2"]
+    assert 0 < ratio["saved_fraction"] < 1  # a pair's prompt runs once
+    assert ratio["grad_norm_rel_diff"] < 1e-5  # same rows, same loss and gradient to fp32 rounding
+    assert ratio["layout_cpu_s_per_step"] > 0
+    for layout in ("plain", "shared"):
+        p = result["profile"][layout]
+        assert p["wall_s"] > 0 and p["device_busy_s"] is None  # no device on CPU
+        assert any(t["name"] == "aten::mm" for t in p["top"])  # the dense layers show
