@@ -85,10 +85,16 @@ CORRECTNESS_TOL = {"bfloat16": 2e-2, "float32": 1e-4}
 # Seconds a section needs at the default sizes (H100/H200 guesses, generous): a section starts
 # only if that much of --time-budget-s is left, so the whole call stays inside its limit.
 NEED_S = {
-    "tiny": dict(train_lora=20, correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20, train_prefix_sharing=20),
-    "smollm2-135m": dict(train_lora=40, correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40, train_prefix_sharing=40),
-    "llama-3.2-1b": dict(train_lora=60, correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60, train_prefix_sharing=60),
-    "llama-3.1-8b": dict(train_lora=120, correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120, train_prefix_sharing=120),
+    "tiny": dict(train_cli=30, train_lora=20, correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20, train_prefix_sharing=20),
+    "smollm2-135m": dict(
+        train_cli=60, train_lora=40, correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40, train_prefix_sharing=40
+    ),
+    "llama-3.2-1b": dict(
+        train_cli=60, train_lora=60, correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60, train_prefix_sharing=60
+    ),
+    "llama-3.1-8b": dict(
+        train_cli=180, train_lora=120, correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120, train_prefix_sharing=120
+    ),
 }
 
 
@@ -364,6 +370,36 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     return out
 
 
+def train_cli(cache_dir: Path, model_dir: Path, out_dir: Path, quick: bool) -> dict:
+    """`kto-train` itself, in a subprocess, on the precompute section's cache: a few steps at the
+    defaults (fp32 weights, mixed precision auto = bf16 on CUDA, prefix sharing, the step-0
+    check against the cached log-probs, since the policy is the reference) and the final save.
+    What the sections above time piece by piece, run as a user runs it."""
+    import subprocess
+
+    steps = 2 if quick else 4
+    cmd = [sys.executable, "-m", "kto.train.cli", "--cache", str(cache_dir), "--model", str(model_dir), "--out", str(out_dir)]
+    cmd += ["--max-steps", str(steps), "--log-every", "1", "--batch-size", "2" if quick else "8"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"kto-train exited {done.returncode}: {(done.stderr or done.stdout).strip()[-600:]}")
+    lines = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [x for x in lines if "loss" in x]
+    if len(train) != steps or not all(np.isfinite(x["loss"]) for x in train):
+        raise RuntimeError(f"kto-train wrote {len(train)} training lines for {steps} steps: {train[-1:]}")
+    drift = [x for x in done.stdout.splitlines() + done.stderr.splitlines() if "step-0" in x]
+    return {
+        "wall_s": wall,
+        "steps": steps,
+        "loss": [x["loss"] for x in train],
+        "tokens_saved": [x.get("tokens/saved") for x in train],
+        "step0_check": drift[:2],
+        "final_saved": (out_dir / "final").is_dir(),
+    }
+
+
 ONLY: set[str] = set()  # --sections; empty = all
 
 
@@ -466,7 +502,17 @@ def summary_rows(r: dict) -> list[dict]:
         ]
         if "collate_per_step_s" in s:
             rows.append({"check": "collate per step s (on the step's critical path)", "value": s["collate_per_step_s"], "target": ""})
-    for name in ("correctness", "precompute", "scoring_paths", "train", "train_lora", "startup", "prefix_sharing", "train_prefix_sharing"):
+    c = r.get("train_cli", {})
+    if "loss" in c:
+        rows.append(
+            {
+                "check": f"kto-train CLI, {c['steps']} steps + final save: wall s, losses",
+                "value": f"{c['wall_s']:.1f}, " + "/".join(f"{x:.4f}" for x in c["loss"]),
+                "target": "exit 0, finite",
+            }
+        )
+        rows += [{"check": "kto-train CLI step-0 check", "value": line[:100], "target": ""} for line in c["step0_check"]]
+    for name in ("correctness", "precompute", "scoring_paths", "train_cli", "train", "train_lora", "startup", "prefix_sharing", "train_prefix_sharing"):
         if isinstance(r.get(name), dict) and ("error" in r[name] or "skipped" in r[name]):
             rows.append({"check": name, "value": r[name].get("error") or r[name].get("skipped"), "target": ""})
     rows.append({"check": "polars imported", "value": r["polars_imported"], "target": "False"})
@@ -495,6 +541,7 @@ def main(argv=None) -> int:
             run_section(
                 "startup", results, budget, shape, lambda: startup(Path(pre["cache_dir"]), Path(pre["model_dir"]), device, 2 if args.quick else 4, work / "run")
             )
+            run_section("train_cli", results, budget, shape, lambda: train_cli(Path(pre["cache_dir"]), Path(pre["model_dir"]), work / "cli_run", args.quick))
         run_section("train", results, budget, shape, lambda: train_steps(args, device))
         run_section("train_lora", results, budget, shape, lambda: train_lora_steps(args, device))
         run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling))
@@ -502,7 +549,7 @@ def main(argv=None) -> int:
     results["elapsed_s"] = args.time_budget_s - budget.left()
     failed = [
         n
-        for n in ("correctness", "precompute", "startup", "train", "train_lora", "scoring_paths", "prefix_sharing", "train_prefix_sharing")
+        for n in ("correctness", "precompute", "startup", "train_cli", "train", "train_lora", "scoring_paths", "prefix_sharing", "train_prefix_sharing")
         if isinstance(results.get(n), dict) and "error" in results[n]
     ]
     failed += ["correctness"] if any(not c.get("ok", True) for c in results.get("correctness") or [] if isinstance(c, dict)) else []

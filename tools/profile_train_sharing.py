@@ -40,7 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--max-len", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json-out", type=Path, default=Path(os.environ["OUT"]) / "profile_train_sharing.json" if os.environ.get("OUT") else Path("profile_train_sharing.json"))
+    p.add_argument(
+        "--json-out", type=Path, default=Path(os.environ["OUT"]) / "profile_train_sharing.json" if os.environ.get("OUT") else Path("profile_train_sharing.json")
+    )
     return p.parse_args(argv)
 
 
@@ -101,9 +103,12 @@ def main(argv=None) -> int:
         data = B.paired_steps(batch * args.steps, args.max_len, vocab, batch, args.steps)
         r = B.compare_train_steps(lm, data, device=device, numerics=numerics, repeats=args.repeats)
         out["ratios"][batch] = {k: v for k, v in r.items() if k != "rows"} | {"rows": r["rows"], "layout_cpu_s_per_step": layout_cpu_seconds(data) / len(data)}
-        print(f"batch {batch}: best ratio {r['best_time_ratio']:.3f}, median {r['median_time_ratio']:.3f}, saved {r['saved_fraction']:.1%}, "
-              f"plain {r['rows'][0]['best_s'] / len(data):.4f} s/step, shared {r['rows'][1]['best_s'] / len(data):.4f} s/step, "
-              f"layout {out['ratios'][batch]['layout_cpu_s_per_step'] * 1e3:.1f} ms CPU/step", flush=True)
+        print(
+            f"batch {batch}: best ratio {r['best_time_ratio']:.3f}, median {r['median_time_ratio']:.3f}, saved {r['saved_fraction']:.1%}, "
+            f"plain {r['rows'][0]['best_s'] / len(data):.4f} s/step, shared {r['rows'][1]['best_s'] / len(data):.4f} s/step, "
+            f"layout {out['ratios'][batch]['layout_cpu_s_per_step'] * 1e3:.1f} ms CPU/step",
+            flush=True,
+        )
         C.free_memory()
     data = B.paired_steps(args.profile_batch * args.steps, args.max_len, vocab, args.profile_batch, args.steps)
     model = B._WithNumerics(B.CompletionLogps(lm.train()), numerics, device)
@@ -113,7 +118,9 @@ def main(argv=None) -> int:
         B._step_pass(model, data[:1], settings[share], device)  # warm
         p = profile_pass(model, data, settings[share], device)
         out["profile"]["shared" if share else "plain"] = p
-        print(f"\n{'shared' if share else 'plain'} (batch {args.profile_batch}, {len(data)} steps): wall {p['wall_s']:.3f} s, device busy {p['device_busy_s']}, idle {p['device_idle_fraction']}")
+        print(
+            f"\n{'shared' if share else 'plain'} (batch {args.profile_batch}, {len(data)} steps): wall {p['wall_s']:.3f} s, device busy {p['device_busy_s']}, idle {p['device_idle_fraction']}"
+        )
         for t in p["top"]:
             print(f"  {t['self_ms']:9.2f} ms self  {t['cpu_total_ms']:9.2f} ms cpu  {t['calls']:6d}x  {t['name']}")
     args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -65,4 +67,8 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path):
     step = report["train_prefix_sharing"]
     assert [r["layout"] for r in step["rows"]] == ["plain", "prefix-shared"] and step["saved_fraction"] > 0
     assert step["max_loss_rel_diff"] < 1e-5 and step["grad_norm_rel_diff"] < 1e-5
+    cli = report["train_cli"]  # kto-train itself, a subprocess, on the precompute section's cache
+    assert cli["steps"] == 2 and len(cli["loss"]) == 2 and cli["final_saved"]
+    assert cli["loss"][0] == pytest.approx(0.5, abs=1e-6)  # policy = reference at step 0: r = z = 0, 1 - σ(0)
+    assert any("step-0 check: max |Δ log p|" in line for line in cli["step0_check"])
     assert "gpu_check summary" in proc.stdout
