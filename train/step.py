@@ -121,6 +121,8 @@ def kl_local_sums(model: torch.nn.Module, batches: list[KTOMicroBatch], share: b
 def kl_units(ids: list[torch.Tensor], masks: list[torch.Tensor]) -> list[list[int]]:
     """The KL sequences in units that one batch runs together: a pack's members, or one sequence.
     Sorting by a pack's summed length keeps it whole and ranks it by the tokens it holds."""
+    if not ids:  # only filler rows here (a short last step, a rank with no real rows)
+        return []
     batch = pad_sequence(ids, batch_first=True)
     prompts, completions = split_sequences(batch, pad_sequence(masks, batch_first=True))
     packs, plain = plan_packs(prompts, completions, list(range(len(ids))))

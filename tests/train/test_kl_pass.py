@@ -64,3 +64,15 @@ def test_cycle_plan_leaves_little_kl_padding(tiny_cache, model):
         sums = kl_local_sums(model, step_micro_batches(cache, step[0]))
         real, padded = real + sums.real_tokens, padded + sums.padded_tokens
     assert 1 - real / padded < 0.10
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_a_micro_batch_of_filler_only_runs_and_counts_nothing(tiny_cache, model, share):
+    """A short last step under --kl-scope microbatch, or a rank given only filler: the pass still
+    runs one forward (every rank runs as many) and sums nothing; with prefix sharing it planned
+    packs over no sequences and stopped before (pad_sequence of an empty list)."""
+    cache = open_cache(tiny_cache)
+    batches = step_micro_batches(cache, [np.array([-1, -1, -1, -1])])
+    sums = kl_local_sums(model, batches, share)
+    assert float(sums.total) == 0.0 and float(sums.count) == 0.0
+    assert sums.real_tokens == 0 and sums.saved_tokens == 0
