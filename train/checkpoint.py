@@ -83,6 +83,22 @@ class _KeepsWriteError:
         self.f.flush()
 
 
+def rng_states() -> dict:
+    """The random generators a resumed run must continue: the CPU's, and on CUDA the current
+    device's (dropout on a GPU draws from it, not from the CPU generator)."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def restore_rng_states(path: Path) -> None:
+    """Set the generators `rng_states` saved at `path` (a checkpoint from before the CUDA state
+    was saved, or one made without a GPU, sets the CPU's alone)."""
+    states = torch.load(path, weights_only=True, map_location="cpu")
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
 def save_torch(obj: object, path: Path) -> None:
     """torch.save that fails with the OSError (ENOSPC) a write met, for the caller's
     `disk_full_names` block (naming the checkpoint) to turn into one line."""
@@ -201,7 +217,7 @@ def save_checkpoint(
         save_model_dir(lm, tokenizer, tmp)
         save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
         save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
-        save_torch({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        save_torch(rng_states(), tmp / "rng.pt")
         (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan}, indent=2))
         record_checksums(tmp)  # last: it covers every file above
     return path
@@ -308,8 +324,11 @@ def prune_checkpoints(out: Path, keep: int) -> list[Path]:
 
 
 def load_training_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[Position, dict]:
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+    # On the CPU first: the state was saved from the main process's GPU, and every rank loading
+    # it there would put N copies on that one device; load_state_dict moves each tensor to its
+    # parameter's device.
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
+    restore_rng_states(path / "rng.pt")
     state = json.loads((path / STATE_NAME).read_text())
     return Position(**state["position"]), state["plan"]

@@ -50,7 +50,7 @@ from kto.formats.atomic import disk_full_names
 from kto.formats.errors import InputError
 
 from .adapters import quantized
-from .checkpoint import STATE_NAME, Position, record_checksums, save_torch, saved_dir, uniform_permissions
+from .checkpoint import STATE_NAME, Position, record_checksums, restore_rng_states, rng_states, save_torch, saved_dir, uniform_permissions
 from .guard import check_loaded_weights
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def save_checkpoint(
             # A BaseException, whose text carries each rank's error (on a full disk torch's
             # "unexpected pos"): as an Exception, disk_full_names reads it.
             raise RuntimeError(f"torch.distributed.checkpoint: {exc}") from exc
-        save_torch({"torch": torch.get_rng_state()}, tmp / f"rng-{accelerator.process_index}.pt")
+        save_torch(rng_states(), tmp / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with disk_full_names(path):
@@ -238,9 +238,9 @@ def load_checkpoint(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=_options(adapters_only, strict=not adapters_only)
     )
     check_loaded_weights(model, accelerator, path)
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
     rng = path / f"rng-{accelerator.process_index}.pt"
-    torch.set_rng_state(torch.load(rng if rng.is_file() else path / "rng-0.pt", weights_only=True)["torch"])
+    restore_rng_states(rng if rng.is_file() else path / "rng-0.pt")
     saved = json.loads((path / STATE_NAME).read_text())
     return Position(**saved["position"]), saved["plan"]
 

@@ -134,7 +134,7 @@ class CompletionLogps(nn.Module):
         log-prob is the one forward() gives, to fp32 rounding (the kernels may sum in another
         order on other shapes; shared_prefix.py says how far). Same LM head
         and log-softmax as forward()."""
-        batch = batch.to(self.lm.get_input_embeddings().weight.device)
+        batch = batch.to(input_device(self.lm))
         with shared_prefix_attention(self.lm, batch) as attention_kwargs:
             hidden = self.lm.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **attention_kwargs).last_hidden_state
         flat = hidden.reshape(-1, hidden.shape[-1])
@@ -158,6 +158,17 @@ class CompletionLogps(nn.Module):
             softcap=self.softcap,
             bias=None if bias is None else bias.to(selected.device),
         )
+
+
+def input_device(lm: torch.nn.Module) -> torch.device:
+    """Where `lm`'s inputs go: its embedding's device, or, when --device-map offloaded the
+    embedding (its weight then sits on `meta`), the device accelerate's hook runs it on."""
+    embedding = lm.get_input_embeddings()
+    hook = getattr(embedding, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if embedding.weight.is_meta and execution is not None:
+        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    return embedding.weight.device
 
 
 def sequence_sums(flat_logps: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:

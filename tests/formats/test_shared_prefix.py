@@ -325,3 +325,23 @@ def test_buckets_carry_the_plain_log_probs_and_gradients(attn):
     assert g_plain.keys() == g_shared.keys() and len(g_plain) > 5
     for name, ref in g_plain.items():
         assert float((g_shared[name] - ref).norm()) <= 1e-5 * float(ref.norm()), name
+
+
+def test_an_offloaded_embedding_runs_the_packed_forward_where_its_hook_runs(tmp_path):
+    """--device-map may offload the embedding (accelerate leaves its weight on `meta`): the packed
+    batch goes to the device accelerate's hook runs the layer on, not to `meta` ("Cannot copy
+    out of meta tensor" before), and the log-probs are the in-memory model's, bit for bit (the
+    same kernels on the same shapes)."""
+    from accelerate import dispatch_model
+
+    from kto.formats.compute.logprob import input_device
+
+    lm = tiny_llama(vocab_size=64).eval()
+    batch = make_packed_batch([[5, 6, 7, 8]], [[[9, 10, 11], [12, 13]]])
+    with torch.no_grad():
+        expected = CompletionLogps(lm)(batch)
+    placement = {"model.embed_tokens": "disk", "model.layers": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dispatch_model(lm, device_map=placement, main_device="cpu", offload_dir=tmp_path)
+    assert lm.get_input_embeddings().weight.is_meta and input_device(lm) == torch.device("cpu")
+    with torch.no_grad():
+        assert torch.equal(CompletionLogps(lm)(batch), expected)

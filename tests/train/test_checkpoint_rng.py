@@ -1,0 +1,17 @@
+"""The random generators a checkpoint carries (train/checkpoint.py rng_states)."""
+
+import torch
+
+from kto.train.checkpoint import restore_rng_states, rng_states, save_torch
+
+
+def test_rng_states_resume_the_same_draws_and_read_older_checkpoints(tmp_path):
+    """rng.pt holds the CPU generator and, where CUDA runs, the device's (dropout on a GPU draws
+    from it); a checkpoint written before the CUDA state was saved still restores the CPU's."""
+    save_torch(rng_states(), tmp_path / "rng.pt")
+    save_torch({"torch": torch.get_rng_state()}, tmp_path / "older-rng.pt")
+    expected = torch.rand(5)
+    for name in ("rng.pt", "older-rng.pt"):
+        torch.rand(7)  # move the generator on
+        restore_rng_states(tmp_path / name)
+        assert torch.equal(torch.rand(5), expected)
