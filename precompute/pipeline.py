@@ -33,6 +33,7 @@ import torch
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_dir
 from kto.formats.cache import ArrowFile
+from kto.formats.compute.logprob import input_device
 from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.compute.scoring import plan_scoring, score_sequences
@@ -359,7 +360,8 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
         with ArrowFile(staged) as reader:  # mapped for one shard at a time: see tokenize.py, the staging file
             values = shard_values(reader, s.rows[a:b], s.partners[a:b], s.truncation)
         prompts, completions, keys = _shard_sequences(values)
-        device = state.device if cfg.device_map is None else scorer.lm.device
+        # Under --device-map: where the embedding runs (not `lm.device`, which is `meta` when it is offloaded).
+        device = state.device if cfg.device_map is None else input_device(scorer.lm)
         _sync(device)
         started = time.perf_counter()
         with numerics.context(device.type):

@@ -190,6 +190,12 @@ def _step_pass(model, steps, settings, device) -> tuple[float, float, dict, list
     return t.seconds, time.process_time() - cpu0, summarize(total), losses, norm
 
 
+def _rel_diff(value: float, reference: float) -> float:
+    if reference == 0:  # a saturated loss: no gradient to compare, and 0 would read as a match
+        raise RuntimeError("the plain step's gradient norm is 0: the loss saturated; check the reference log-probs")
+    return abs(value - reference) / reference
+
+
 def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int, warmup: bool = True, plain_steps: list | None = None) -> dict:
     """kto-train's step over `steps` with and without prefix sharing, taking turns (after one
     untimed step of each, unless `warmup` is off). `plain_steps`: other steps for the plain arm
@@ -236,7 +242,7 @@ def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats:
         "best_cpu_time_ratio": rows[1]["best_cpu_s"] / rows[0]["best_cpu_s"],
         "saved_fraction": rows[1]["tokens/saved"] / rows[1]["tokens_per_step"],
         "max_loss_rel_diff": None if plain_steps else max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(plain_losses, shared_losses)),
-        "grad_norm_rel_diff": None if plain_steps else abs(shared_norm - plain_norm) / max(plain_norm, 1e-30),
+        "grad_norm_rel_diff": None if plain_steps else _rel_diff(shared_norm, plain_norm),
     }
 
 

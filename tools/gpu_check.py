@@ -113,6 +113,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sections", default=None, help="comma list: run only these sections (a rerun after a fix)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep model, data and cache here (default: a temp dir)")
     args = p.parse_args(argv)
+    args.sections = frozenset(args.sections.split(",")) if args.sections else frozenset()
+    if unknown := args.sections - set(NEED_S["tiny"]):
+        p.error(f"--sections: unknown {sorted(unknown)}; the sections are {sorted(NEED_S['tiny'])}")
+    if args.sections & {"startup", "train_cli"} and "precompute" not in args.sections:
+        p.error("--sections: startup and train_cli run on the precompute section's cache; name precompute too")
     big = args.shape == "llama-3.1-8b"
     defaults = dict(rows=32, max_len=128, batch_tokens=1024) if args.quick else dict(rows=1000 if big else 4000, max_len=2048, batch_tokens=16384)
     for k, v in defaults.items():
@@ -370,18 +375,23 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     return out
 
 
-def train_cli(cache_dir: Path, model_dir: Path, out_dir: Path, quick: bool) -> dict:
+def train_cli(cache_dir: Path, model_dir: Path, out_dir: Path, quick: bool, timeout_s: float) -> dict:
     """`kto-train` itself, in a subprocess, on the precompute section's cache: a few steps at the
-    defaults (fp32 weights, mixed precision auto = bf16 on CUDA, prefix sharing, the step-0
-    check against the cached log-probs, since the policy is the reference) and the final save.
-    What the sections above time piece by piece, run as a user runs it."""
+    defaults (fp32 weights, mixed precision auto = bf16 on CUDA, the step-0 check against the
+    cached log-probs, since the policy is the reference) and the final save. What the sections
+    above time piece by piece, run as a user runs it. The cache's rows each have their own
+    prompt, so prefix sharing (on by default) finds nothing to pack: `tokens_saved` stays 0, and
+    the packed step is train_prefix_sharing's to check."""
     import subprocess
 
     steps = 2 if quick else 4
     cmd = [sys.executable, "-m", "kto.train.cli", "--cache", str(cache_dir), "--model", str(model_dir), "--out", str(out_dir)]
     cmd += ["--max-steps", str(steps), "--log-every", "1", "--batch-size", "2" if quick else "8"]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout_s, 1.0))
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"kto-train ran past the {timeout_s:.0f} s left of the time budget") from None
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"kto-train exited {done.returncode}: {(done.stderr or done.stdout).strip()[-600:]}")
@@ -400,12 +410,10 @@ def train_cli(cache_dir: Path, model_dir: Path, out_dir: Path, quick: bool) -> d
     }
 
 
-ONLY: set[str] = set()  # --sections; empty = all
-
-
-def run_section(name: str, results: dict, budget: Budget, shape: str, fn):
-    """Run one section; a crash or a spent budget is recorded, not raised, so the JSON survives."""
-    if ONLY and name not in ONLY:
+def run_section(name: str, results: dict, budget: Budget, shape: str, fn, only: frozenset[str] = frozenset()):
+    """Run one section (unless `only` names others); a crash or a spent budget is recorded, not
+    raised, so the JSON survives."""
+    if only and name not in only:
         return None
     need_s = NEED_S[shape][name]
     if budget.left() < need_s:
@@ -521,8 +529,6 @@ def summary_rows(r: dict) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    ONLY.clear()
-    ONLY.update(args.sections.split(",") if args.sections else [])
     budget = Budget(args.time_budget_s)
     device = C.default_device()
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "versions": C.versions(device)}
@@ -532,19 +538,20 @@ def main(argv=None) -> int:
         work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_check-")))
         work.mkdir(parents=True, exist_ok=True)
         shape = "tiny" if args.quick else args.shape
-        run_section("correctness", results, budget, shape, lambda: check_token_logps(device, args.quick))
-        # issue 21's sections first: its GPU figures are the ones still pending.
-        run_section("prefix_sharing", results, budget, shape, lambda: prefix_sharing(args, device))
-        run_section("train_prefix_sharing", results, budget, shape, lambda: train_prefix_sharing(args, device))
-        pre = run_section("precompute", results, budget, shape, lambda: precompute_e2e(work, args, device, ceiling))
+        run_section("correctness", results, budget, shape, lambda: check_token_logps(device, args.quick), args.sections)
+        # issue 21's sections first: its GPU figures were the ones pending.
+        run_section("prefix_sharing", results, budget, shape, lambda: prefix_sharing(args, device), args.sections)
+        run_section("train_prefix_sharing", results, budget, shape, lambda: train_prefix_sharing(args, device), args.sections)
+        pre = run_section("precompute", results, budget, shape, lambda: precompute_e2e(work, args, device, ceiling), args.sections)
         if isinstance(pre, dict) and "cache_dir" in pre:
+            cache_dir, model_dir = Path(pre["cache_dir"]), Path(pre["model_dir"])
+            run_section("startup", results, budget, shape, lambda: startup(cache_dir, model_dir, device, 2 if args.quick else 4, work / "run"), args.sections)
             run_section(
-                "startup", results, budget, shape, lambda: startup(Path(pre["cache_dir"]), Path(pre["model_dir"]), device, 2 if args.quick else 4, work / "run")
+                "train_cli", results, budget, shape, lambda: train_cli(cache_dir, model_dir, work / "cli_run", args.quick, budget.left()), args.sections
             )
-            run_section("train_cli", results, budget, shape, lambda: train_cli(Path(pre["cache_dir"]), Path(pre["model_dir"]), work / "cli_run", args.quick))
-        run_section("train", results, budget, shape, lambda: train_steps(args, device))
-        run_section("train_lora", results, budget, shape, lambda: train_lora_steps(args, device))
-        run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling))
+        run_section("train", results, budget, shape, lambda: train_steps(args, device), args.sections)
+        run_section("train_lora", results, budget, shape, lambda: train_lora_steps(args, device), args.sections)
+        run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling), args.sections)
     results["polars_imported"] = "polars" in sys.modules
     results["elapsed_s"] = args.time_budget_s - budget.left()
     failed = [

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     vocab = lm.config.vocab_size
     out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "versions": C.versions(device), "ratios": {}}
     for batch in [int(b) for b in args.batches.split(",")]:
-        data = B.paired_steps(batch * args.steps, args.max_len, vocab, batch, args.steps)
+        data = B.paired_steps(2 * batch * args.steps, args.max_len, vocab, batch, args.steps)
         r = B.compare_train_steps(lm, data, device=device, numerics=numerics, repeats=args.repeats)
         out["ratios"][batch] = {k: v for k, v in r.items() if k != "rows"} | {"rows": r["rows"], "layout_cpu_s_per_step": layout_cpu_seconds(data) / len(data)}
         print(
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             flush=True,
         )
         C.free_memory()
-    data = B.paired_steps(args.profile_batch * args.steps, args.max_len, vocab, args.profile_batch, args.steps)
+    data = B.paired_steps(2 * args.profile_batch * args.steps, args.max_len, vocab, args.profile_batch, args.steps)
     model = B._WithNumerics(B.CompletionLogps(lm.train()), numerics, device)
     settings = {share: LossSettings(0.1, 1.0, 1.0, LossType.KTO, 0.0, "step", kl_prefix_sharing=share, policy_prefix_sharing=share) for share in (False, True)}
     out["profile"] = {}

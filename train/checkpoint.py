@@ -324,10 +324,10 @@ def prune_checkpoints(out: Path, keep: int) -> list[Path]:
 
 
 def load_training_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[Position, dict]:
-    # On the CPU first: the state was saved from the main process's GPU, and every rank loading
-    # it there would put N copies on that one device; load_state_dict moves each tensor to its
-    # parameter's device.
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    # On the CPU first, memory-mapped: the state was saved from the main process's GPU, and every
+    # rank loading it there would put N copies on that one device (or N in host memory without
+    # the map); load_state_dict moves each tensor to its parameter's device.
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu", mmap=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
     restore_rng_states(path / "rng.pt")
     state = json.loads((path / STATE_NAME).read_text())

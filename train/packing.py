@@ -96,8 +96,7 @@ def shared_layout(prompts: list[list[int]], completions: list[list[int]], sharea
 def plain_tokens(batch: TokenBatch, valid: torch.Tensor) -> PassTokens:
     """A plain forward's accounting: the valid rows' tokens in the slots of the batch as given
     (before CompletionLogps pads its width to a multiple; the metric has always counted so).
-    `valid` may lie on another device than the batch (a CPU mask beside CUDA ids: on the H200
-    that mismatch stopped every kto-train step before this moved it)."""
+    `valid` may lie on the CPU beside a batch on an accelerator: it is moved to the batch."""
     real = int((batch.attention_mask.sum(1) * valid.to(batch.attention_mask.device)).sum())
     return PassTokens(real=real, slots=batch.input_ids.numel(), saved=0)
 

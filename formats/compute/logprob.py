@@ -162,13 +162,18 @@ class CompletionLogps(nn.Module):
 
 def input_device(lm: torch.nn.Module) -> torch.device:
     """Where `lm`'s inputs go: its embedding's device, or, when --device-map offloaded the
-    embedding (its weight then sits on `meta`), the device accelerate's hook runs it on."""
+    embedding (its weight then sits on `meta`), the device accelerate's hook runs it on (the
+    hook may be one of a SequentialHook's; accelerate writes the device as an int index of the
+    current accelerator, a string or a torch.device)."""
     embedding = lm.get_input_embeddings()
+    if not embedding.weight.is_meta:
+        return embedding.weight.device
     hook = getattr(embedding, "_hf_hook", None)
-    execution = getattr(hook, "execution_device", None)
-    if embedding.weight.is_meta and execution is not None:
-        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
-    return embedding.weight.device
+    for h in [hook, *getattr(hook, "hooks", ())]:
+        execution = getattr(h, "execution_device", None)
+        if execution is not None:
+            return torch.device(execution)
+    raise InputError("--device-map: the embedding is offloaded with no device to run it on; give it a device")
 
 
 def sequence_sums(flat_logps: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ both must match a float64 forward of each sequence on its own within 1e-5.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -345,3 +347,30 @@ def test_an_offloaded_embedding_runs_the_packed_forward_where_its_hook_runs(tmp_
     assert lm.get_input_embeddings().weight.is_meta and input_device(lm) == torch.device("cpu")
     with torch.no_grad():
         assert torch.equal(CompletionLogps(lm)(batch), expected)
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(lambda: SimpleNamespace(execution_device="cpu"), id="str"),
+        pytest.param(lambda: SimpleNamespace(execution_device=torch.device("cpu")), id="torch.device"),
+        pytest.param(lambda: SimpleNamespace(hooks=[SimpleNamespace(), SimpleNamespace(execution_device="cpu")]), id="inside a SequentialHook"),
+    ],
+)
+def test_input_device_reads_every_form_of_accelerates_hook(hook):
+    from kto.formats.compute.logprob import input_device
+
+    lm = tiny_llama(vocab_size=64)
+    assert input_device(lm) == torch.device("cpu")  # in memory: the weight's device
+    lm.get_input_embeddings().to("meta")
+    lm.get_input_embeddings()._hf_hook = hook()
+    assert input_device(lm) == torch.device("cpu")
+
+
+def test_an_offloaded_embedding_with_no_device_to_run_on_is_refused():
+    from kto.formats.compute.logprob import input_device
+
+    lm = tiny_llama(vocab_size=64)
+    lm.get_input_embeddings().to("meta")
+    with pytest.raises(InputError, match="--device-map: the embedding is offloaded"):
+        input_device(lm)
