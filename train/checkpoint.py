@@ -90,10 +90,13 @@ def rng_states() -> dict:
     return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
-def restore_rng_states(path: Path) -> None:
-    """Set the generators `rng_states` saved at `path` (a checkpoint from before the CUDA state
-    was saved, or one made without a GPU, sets the CPU's alone)."""
+def restore_rng_states(path: Path, rank: int = 0) -> None:
+    """Set the generators `rng_states` saved at `path`: this rank's where the file holds every
+    rank's (`ranks`, the replicated checkpoint), else the one state it holds. A checkpoint from
+    before the CUDA state was saved, or one made without a GPU, sets the CPU's alone."""
     states = torch.load(path, weights_only=True, map_location="cpu")
+    ranks = states.get("ranks") or [states]
+    states = ranks[rank] if rank < len(ranks) else ranks[0]
     torch.set_rng_state(states["torch"])
     if states.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])
@@ -209,15 +212,20 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     position: Position,
     plan: dict,
+    rank_rng: list[dict] | None = None,
 ) -> Path:
     """`plan`: what the data order and LR schedule depend on (see setup.plan_identity); a resume
-    must match it, or rows would be seen twice or skipped."""
+    must match it, or rows would be seen twice or skipped. `rank_rng`: every process's
+    `rng_states()`, in rank order (default: this process's alone)."""
     path = out / f"checkpoint-{position.global_step}"
     with saved_dir(path) as tmp:
         save_model_dir(lm, tokenizer, tmp)
         save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
         save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
-        save_torch(rng_states(), tmp / "rng.pt")
+        # Every rank's generators: each rank draws its own dropout masks (on batches of its own
+        # shapes), so a rank resumed with rank 0's state would draw others than it would have.
+        ranks = rank_rng or [rng_states()]
+        save_torch({**ranks[0], "ranks": ranks}, tmp / "rng.pt")
         (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan}, indent=2))
         record_checksums(tmp)  # last: it covers every file above
     return path
@@ -323,12 +331,12 @@ def prune_checkpoints(out: Path, keep: int) -> list[Path]:
     return removed
 
 
-def load_training_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[Position, dict]:
+def load_training_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, rank: int = 0) -> tuple[Position, dict]:
     # On the CPU first, memory-mapped: the state was saved from the main process's GPU, and every
     # rank loading it there would put N copies on that one device (or N in host memory without
     # the map); load_state_dict moves each tensor to its parameter's device.
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu", mmap=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"))
-    restore_rng_states(path / "rng.pt")
+    restore_rng_states(path / "rng.pt", rank)
     state = json.loads((path / STATE_NAME).read_text())
     return Position(**state["position"]), state["plan"]

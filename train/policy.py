@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
+from accelerate.utils import gather_object
 
 from kto.formats.compute.models import ModelSource, load_tokenizer, resolve_source
 from kto.formats.errors import InputError, log
 
 from . import adapters, sharding
-from .checkpoint import FinalFiles, Position, load_training_state, prune_checkpoints, save_checkpoint, save_model_dir, saved_dir
+from .checkpoint import FinalFiles, Position, load_training_state, prune_checkpoints, rng_states, save_checkpoint, save_model_dir, saved_dir
 from .guard import check_weights
 from .model import load_base, load_policy
 from .optim import build_optimizer, build_scheduler
@@ -159,14 +160,15 @@ class WholeCopies:
         return self.accelerator.prepare(model, optimizer)
 
     def load_state(self, policy: Policy, path: Path) -> tuple[Position, dict]:
-        return load_training_state(path, policy.optimizer, policy.scheduler)
+        return load_training_state(path, policy.optimizer, policy.scheduler, self.accelerator.process_index)
 
     def save_checkpoint(self, policy: Policy, position: Position) -> Path:
         acc = self.accelerator
         acc.wait_for_everyone()
+        rank_rng = gather_object([rng_states()])  # every rank's generators, in rank order
         if acc.is_main_process:
             lm = acc.unwrap_model(policy.model).lm  # under LoRA a PeftModel: save_pretrained writes the adapters
-            save_checkpoint(policy.cfg.out, lm, policy.tokenizer, policy.optimizer, policy.scheduler, position, policy.plan)
+            save_checkpoint(policy.cfg.out, lm, policy.tokenizer, policy.optimizer, policy.scheduler, position, policy.plan, rank_rng)
         return policy.cfg.out / f"checkpoint-{position.global_step}"
 
     def save_final(self, policy: Policy, final: Path, files: Mapping[str, str]) -> None:
