@@ -97,6 +97,14 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # gradient_accumulation_steps stays 1: step.py accumulates and normalises explicitly.
     # cpu=True without CUDA: accelerate only starts a gloo group for several CPU processes then.
     plugin = sharding.fsdp_plugin(cfg)
+    if cfg.dtype == "fp16" and cfg.lora_r == 0:
+        # AdamW then keeps its moments in fp16: eps = 1e-8 rounds to 0 and small squared
+        # gradients underflow, so a weight with a tiny or zero gradient divides by 0 (NaN at
+        # step 2 on CPU). LoRA is fine: peft keeps the adapters in fp32 over fp16 base weights.
+        raise InputError(
+            "--dtype fp16: full fine-tuning of fp16 weights puts AdamW's state in fp16, where it underflows (NaN after one update); "
+            "use --dtype bf16, or --dtype fp32 with --mixed-precision fp16, or LoRA (--lora-r) over fp16 weights"
+        )
     accelerator = Accelerator(mixed_precision=mixed, log_with=log_with, project_dir=str(cfg.out), cpu=not torch.cuda.is_available(), fsdp_plugin=plugin)
     return sharding.promote_cpu_state(accelerator, plugin)
 

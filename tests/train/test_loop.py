@@ -279,3 +279,14 @@ def test_drift_stops_the_run_before_any_update(tiny_cache, tiny_model_dir, tmp_p
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--dtype", "bf16", "--drift-tolerance", "1e-6")
     assert result.exit_code == 2 and "step-0 log-probs differ" in result.output
     assert steps == [] and not (tmp_path / "r" / "final").exists()
+
+
+def test_full_fine_tuning_of_fp16_weights_is_refused_before_any_step(tiny_cache, tiny_model_dir, tmp_path):
+    """fp16 weights put AdamW's moments in fp16 (eps 1e-8 rounds to 0): on CPU the loss was NaN at
+    step 2 at any learning rate. Refused on one line, nothing written; LoRA over fp16 weights runs."""
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "full", "--max-steps", "1", "--dtype", "fp16")
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1].startswith("kto-train: error: --dtype fp16: full fine-tuning of fp16 weights")
+    assert not (tmp_path / "full").exists()
+    lora = train_cli(tiny_cache, tiny_model_dir, tmp_path / "lora", "--max-steps", "2", "--dtype", "fp16", "--lora-r", "4")
+    assert lora.exit_code == 0, lora.output[-2000:]
