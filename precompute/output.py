@@ -178,14 +178,17 @@ def _own_cache_folder(folder: Path, temps_pending: bool = False) -> bool:
 
 def _stale_reason(out: Path, fingerprint: str, layout: dict, content: dict) -> str | None:
     """Why `out` holds (part of) a cache of another configuration, or None."""
-    run = Journal(out).run()
-    if run is not None and (run.get("fingerprint") != fingerprint or run.get("layout") != layout):
-        return _difference(run.get("content"), run.get("layout"), content, layout, "the unfinished run")
+    # The manifest first: a finished cache keeps its journal (the record resume trusts), so a run
+    # recorded there is unfinished only where no manifest was written.
     manifest = own_manifest(out)
     if manifest is not None:
         old_layout = {k: manifest["layout"].get(k) for k in layout} if isinstance(manifest["layout"], dict) else None
         if manifest["fingerprint"] != fingerprint or old_layout != layout:
             return _difference(manifest["content"], old_layout, content, layout, "the cache")
+    run = Journal(out).run()
+    if run is not None and (run.get("fingerprint") != fingerprint or run.get("layout") != layout):
+        what = "the unfinished run" if manifest is None else "a run recorded"
+        return _difference(run.get("content"), run.get("layout"), content, layout, what)
     journal = Journal(out)
     other = sorted(n for n in journal.shard_names() if journal.recorded_sha(n, fingerprint, layout) is None)
     if other:

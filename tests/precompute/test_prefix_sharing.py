@@ -71,3 +71,15 @@ def test_resume_refuses_to_mix_the_two_layouts(tmp_path, tiny_model_dir):
     # The same way resumes.
     assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
     assert read_manifest(out).layout["prefix_sharing"] is True
+
+
+def test_a_finished_cache_of_the_other_layout_is_called_a_cache_not_an_unfinished_run(tmp_path, tiny_model_dir):
+    """A finished cache keeps its journal; the refusal named it "the unfinished run" (and
+    `kto-inspect verify` calls the same folder complete)."""
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
+    refused = run_cli(*precompute_args(data, tiny_model_dir, out, "--no-prefix-sharing"))
+    assert refused.exit_code == 2
+    assert "holds the cache of a different configuration (differs in prefix_sharing)" in refused.output
+    assert "unfinished" not in refused.output
