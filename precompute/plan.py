@@ -19,8 +19,10 @@ Two rules, both pure functions of the rows' labels and prompt keys and the seed:
   at-least-one rule pushes the two targets past it, the larger one gives way.
 - **by prompt group**: rows with the same prompt (a pair's chosen and rejected rows, or several
   answers to one question) land on one side together, so the eval split never scores a prompt
-  that training has seen. Groups are visited in a seeded shuffle and a group is taken whole when
-  it fits both label targets; a group that would overshoot one is skipped. Large groups can
+  that training has seen. Groups are visited in a seeded shuffle, those holding the rarer label
+  first (else a few groups of the common label could fill its target before any group of the
+  rarer one, mostly mixed pairs, was seen, and leave that label with no eval row), and a group
+  is taken whole when it fits both label targets; a group that would overshoot one is skipped. Large groups can
   therefore leave the eval split short of its targets; the log line says what it holds.
 
 Tiny sets: round(f · n) < 2 is refused (each split needs at least 2 rows, as before); a label
@@ -224,7 +226,10 @@ def check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: st
 
 # ---- the eval split ---------------------------------------------------------------------------
 
-EVAL_SPLIT_RULE = "stratified by label; rows sharing a prompt on one side; seeded shuffle of prompt groups, each taken whole when it fits both label targets"
+EVAL_SPLIT_RULE = (
+    "stratified by label; rows sharing a prompt on one side; seeded shuffle of prompt groups, those holding the rarer label first,"
+    " each taken whole when it fits both label targets"
+)
 """The rule in words, recorded in an eval-split cache's content (formats/manifest.py CacheContent): a cache
 split by the earlier unstratified rule has no such key, so its fingerprint differs."""
 
@@ -257,12 +262,19 @@ def split_eval(rows: list, labels: Sequence[bool], groups: Sequence[Hashable], f
     n = len(rows)
     if round(fraction * n) < 2:
         raise InputError(f"--eval-fraction {fraction}: leaves {round(fraction * n)} eval rows of {n}; each split needs at least 2")
-    targets = eval_targets(sum(map(bool, labels)), n - sum(map(bool, labels)), fraction)
+    n_desirable = sum(map(bool, labels))
+    targets = eval_targets(n_desirable, n - n_desirable, fraction)
     members: dict[Hashable, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
     order = list(members.values())  # first-appearance order, then a seeded shuffle
     random.Random(f"eval-{seed}").shuffle(order)
+    # The groups holding the rarer label go first (in the shuffle's order): visited in plain
+    # shuffle order, a few groups of the other label could fill its target first and leave no
+    # room for any group of the rarer one, which mostly sits in mixed groups (a pair's rows).
+    rarer = None if 2 * n_desirable == n else 2 * n_desirable < n  # True: desirable rows are the rarer
+    if rarer is not None:
+        order.sort(key=lambda group: not any(bool(labels[i]) == rarer for i in group))  # stable
     picked: set[int] = set()
     d = u = 0
     for group in order:

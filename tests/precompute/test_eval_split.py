@@ -90,3 +90,16 @@ def test_the_cli_split_is_by_label_and_prompt_and_the_fingerprint_records_it(tmp
     plain = tmp_path / "plain"
     assert CliRunner().invoke(main, precompute_args(data, tiny_model_dir, plain), catch_exceptions=False).exit_code == 0
     assert "eval_split" not in read_manifest(plain).content.to_json()  # --eval-fraction 0: today's content, today's fingerprint
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_single_row_of_the_common_label_does_not_crowd_out_the_rarer_one(seed):
+    """Three pairs and two single desirable rows (5 desirable, 3 undesirable), a quarter held out:
+    one pair meets both targets. Visited in plain shuffle order, a single desirable row taken
+    first filled the desirable target, no pair fitted any more, and seeds 0 and 4 were refused
+    with 1 eval row."""
+    groups = ["p0", "p0", "p1", "p1", "s2", "p3", "p3", "s4"]
+    labels = [True, False, True, False, True, True, False, True]
+    train, evals = split_eval(list(range(8)), labels, groups, 0.25, seed)
+    assert sorted(labels[i] for i in evals) == [False, True]  # one pair: both targets met
+    assert groups[evals[0]] == groups[evals[1]]
