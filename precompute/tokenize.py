@@ -136,6 +136,11 @@ def conversational_ids(
     kept = head + rest[last:]
     prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
     cut = _cut_inside(example, kept, len(head), prompt_ids, tokenizer, template, budget)
+    if cut is None and head:
+        # The system message, the headers and the generation prompt alone leave the last turn no
+        # room: cut the system message's text instead (its header kept), the last turn whole.
+        # Keeping the ids' end would start the prompt inside the system text, with no header.
+        cut = _cut_inside(example, kept, 0, prompt_ids, tokenizer, template, budget)
     return (cut if cut is not None else keep_end(truncation, prompt_ids).tolist()), completion_ids, split, PromptCut.MID_TEXT
 
 

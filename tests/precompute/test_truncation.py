@@ -235,3 +235,17 @@ def test_a_long_conversation_keeps_the_most_turns_that_fit_in_few_renderings(tok
     assert row.prompt_cut == PromptCut.TURNS
     assert tok.decode(row.prompt_ids) == tok.apply_chat_template([dict(m) for m in prompt[2 * expected :]], tokenize=False, add_generation_prompt=True)
     assert len(calls) <= 8
+
+
+def test_a_system_message_too_long_for_the_budget_is_cut_inside_its_text_keeping_its_header(tok):
+    """A 30-sentence system message with a short question: the system text, the headers and the
+    generation prompt alone exceed max_prompt_length, so the last turn's text cannot absorb the
+    cut. The system text loses its start, its header and the question stay whole. Before, the
+    prompt kept the ids' end and began mid-sentence inside the system text, with no header."""
+    system = "You are a careful assistant. " * 30
+    ex = chat_example(({"role": "system", "content": system}, {"role": "user", "content": "Question: what is 2+2?"}), answer="ok " * 200)
+    row = tokenize_example(ex, tok, truncation=Truncation(256, 100))
+    text = tok.decode(row.prompt_ids)
+    assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
+    assert text.startswith("<|im_start|>system\n") and not text.startswith("<|im_start|>system\nYou are a careful")
+    assert text.endswith(" careful assistant. <|im_end|>\n<|im_start|>user\nQuestion: what is 2+2?<|im_end|>\n<|im_start|>assistant\n")
