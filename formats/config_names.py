@@ -183,15 +183,36 @@ class Resolved:
     """Our name -> the key of the file it came from (for messages)."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Values a mapped key implies unless the file sets that option itself."""
+    forced: dict[str, Any] = field(default_factory=dict)
+    """Values a mapped key sets whatever else the file says (`finetuning_type: full` turns LoRA
+    off even where the file keeps a `lora_rank`, as LLaMA-Factory and TRL ignore it then)."""
+    alpha_twice_rank: bool = False
+    """lora_alpha is 2 × lora_r unless given (LLaMA-Factory): the caller recomputes it when the
+    command line gives another lora_r."""
     eval_in_cache: bool = False
     """kto-train: the file holds LLaMA-Factory's `val_size`, so CACHE/eval is the eval cache
     unless one is given (kto-precompute wrote it there)."""
 
     def set(self, ours: str, value: Any, key: str) -> None:
-        if ours in self.values and self.values[ours] != value:
+        if ours in self.values and not _same(self.values[ours], value):
             raise InputError(f"{self.origin[ours]}: {self.values[ours]!r} and {key}: {value!r} set the same option ({ours}); give one")
         self.values[ours] = value
         self.origin[ours] = key
+
+
+# Own keys that TrainingArguments writes as null when not set (save_total_limit: keep every
+# checkpoint, our 0; report_to: none in older versions).
+NULL_IS_UNSET = frozenset({"save_total_limit", "report_to"})
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, or the same number spelt two ways (YAML reads `1e-5` as text, `1.0e-5` as a float)."""
+    if a == b:
+        return True
+    try:
+        return not isinstance(a, bool) and not isinstance(b, bool) and float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _stage(value: Any, command: str, out: Resolved) -> None:
@@ -202,7 +223,7 @@ def _stage(value: Any, command: str, out: Resolved) -> None:
 
 def _finetuning_type(value: Any, command: str, out: Resolved) -> None:
     if value == "full":
-        out.defaults["lora_r"] = 0
+        out.forced["lora_r"] = 0
         out.notes.append("finetuning_type: full -> every weight is trained (lora_r 0)")
     elif value == "lora":
         # LLaMA-Factory's defaults: lora_rank 8, lora_alpha 2 × rank.
@@ -218,7 +239,10 @@ def _use_peft(value: Any, command: str, out: Resolved) -> None:
         # TRL's ModelConfig defaults: lora_r 16, lora_alpha 32, lora_dropout 0.05.
         out.defaults.update({"lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.05})
         out.notes.append("use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05 unless given, as TRL)")
-    elif value is not False:
+    elif value is False:
+        out.forced["lora_r"] = 0
+        out.notes.append("use_peft: false -> every weight is trained (lora_r 0)")
+    else:
         raise InputError(f"use_peft: {value!r} is not true or false")
 
 
@@ -282,6 +306,16 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             # transformers' push_to_hub is a switch and hub_model_id the repo; ours takes the repo.
             out.notes.append(f"push_to_hub: {str(value).lower()}: ignored (push_to_hub takes the repo id; hub_model_id sets it)")
             continue
+        if command == TRAIN and (value is None and key in NULL_IS_UNSET or key == "max_steps" and value == -1):
+            # What transformers' TrainingArguments writes for "not set" (a dumped KTOConfig has
+            # them); elsewhere an empty value is refused, as a value forgotten.
+            out.notes.append(f"{key}: {'null' if value is None else value} -> not set (kto-train's default)")
+            continue
+        if command == TRAIN and key in ("dtype", "torch_dtype") and value == "auto":
+            # TRL's "the checkpoint's dtype"; kto-precompute takes `auto` itself. kto-train keeps
+            # fp32 master weights (its default), so one file still drives both commands.
+            out.notes.append(f"{key}: auto -> kto-train's default dtype (fp32 master weights)")
+            continue
         if key in own and not (shared_file and key == "out"):
             out.set(key, ALIASES[command][key].convert(value) if key in ALIASES[command] and ALIASES[command][key].convert else value, key)
         elif key in ALIASES[command]:
@@ -314,7 +348,12 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
 
 def _apply_defaults(out: Resolved) -> None:
     alpha_twice_rank = out.defaults.pop("lora_alpha*2", False)
+    for name, value in out.forced.items():
+        if name in out.values and not _same(out.values[name], value):
+            out.notes.append(f"{out.origin[name]}: {out.values[name]!r} ignored ({name} {value}, as the key that turns it off says)")
+        out.values[name] = value
     for name, value in out.defaults.items():
         out.values.setdefault(name, value)
     if alpha_twice_rank and "lora_alpha" not in out.values:
         out.values["lora_alpha"] = 2.0 * float(out.values["lora_r"])
+        out.alpha_twice_rank = True

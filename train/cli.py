@@ -123,12 +123,16 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
         resolved = load_config_file(config_file)
         for note in resolved.notes:
             log(f"kto-train: {note}")
-        values = {k: config_value(options[k], k, v, config_file) for k, v in resolved.values.items()}
+        # Errors name the key as the file spells it (torch_dtype, not dtype).
+        values = {k: config_value(options[k], resolved.origin.get(k, k), v, config_file) for k, v in resolved.values.items()}
         eval_in_cache = resolved.eval_in_cache
     for name, value in flags.items():
         given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         if given or name not in values:
             values[name] = value
+    if config_file and resolved.alpha_twice_rank and ctx.get_parameter_source("lora_r") == ParameterSource.COMMANDLINE:
+        if ctx.get_parameter_source("lora_alpha") != ParameterSource.COMMANDLINE:
+            values["lora_alpha"] = 2.0 * values["lora_r"]  # LLaMA-Factory's 2 × rank, of the rank in force
     values["resume"] = resume_value(values["resume"])
     values["lr_schedule_kwargs"] = schedule_kwargs(values["lr_schedule_kwargs"])
     if values.get("out") is None and isinstance(values["resume"], Path):

@@ -159,3 +159,39 @@ def test_transformers_hub_keys_name_the_repo():
     resolved = resolve({"push_to_hub": True, "hub_model_id": "me/kto-model", "hub_private_repo": True}, TRAIN)
     assert resolved.values == {"push_to_hub": "me/kto-model", "hub_private": True}
     assert resolved.notes == ["push_to_hub: true: ignored (push_to_hub takes the repo id; hub_model_id sets it)"]
+
+
+@pytest.mark.parametrize("raw", [{"finetuning_type": "full", "lora_rank": 8}, {"use_peft": False, "lora_r": 16, "lora_alpha": 32}])
+def test_a_file_that_turns_lora_off_trains_every_weight_whatever_rank_it_keeps(raw):
+    """LLaMA-Factory and TRL ignore the rank when PEFT is off, and their files keep it; the rank
+    used to win here, so such a file trained LoRA adapters under a note saying every weight."""
+    resolved = resolve(raw, TRAIN)
+    assert resolved.values["lora_r"] == 0
+    assert any("ignored (lora_r 0" in note for note in resolved.notes)
+
+
+def test_what_a_dumped_kto_config_writes_for_not_set_is_taken_as_not_set():
+    """TrainingArguments' max_steps -1 and save_total_limit null, and TRL's torch_dtype auto (in a
+    file both commands read: kto-precompute takes auto itself); one number spelt two ways is one."""
+    resolved = resolve({"max_steps": -1, "save_total_limit": None, "torch_dtype": "auto", "lr": "1e-5", "learning_rate": 1.0e-5}, TRAIN)
+    assert resolved.values == {"lr": 1e-5}
+    assert resolve({"torch_dtype": "auto"}, PRECOMPUTE).values == {"dtype": "auto"}
+    with pytest.raises(InputError, match="set the same option"):
+        resolve({"lr": "1e-5", "learning_rate": 2e-5}, TRAIN)
+
+
+def test_a_rank_on_the_command_line_sets_llama_factorys_alpha_from_it(tmp_path, monkeypatch):
+    """finetuning_type: lora makes lora_alpha 2 × lora_r unless given: of the rank in force, the
+    command line's when it gives one (it stayed 2 × the file's 8)."""
+    import kto.train.api
+
+    seen = []
+    monkeypatch.setattr(kto.train.api, "run", seen.append)
+    monkeypatch.setattr(train_cli, "check_paths", lambda cfg: None)
+    path = tmp_path / "lf.yaml"
+    path.write_text("finetuning_type: lora\n")
+    common = ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o")]
+    for extra, expected in (([], (8, 16.0)), (["--lora-r", "4"], (4, 8.0)), (["--lora-r", "4", "--lora-alpha", "5"], (4, 5.0))):
+        result = CliRunner().invoke(train_cli.main, [*common, *extra])
+        assert result.exit_code == 0, result.output
+        assert (seen[-1].lora_r, seen[-1].lora_alpha) == expected
