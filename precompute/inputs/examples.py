@@ -223,6 +223,9 @@ def is_present(record: dict, key: str) -> bool:
 
 def _require(record: dict, keys: Sequence[str], columns: ColumnMap, source: str) -> None:
     for key in keys:
+        if key in record and record[key] is None:
+            # A Parquet/Arrow file has the column; this row's cell is empty (not a missing column).
+            raise InputError(f"{source}: '{key}' is null in this row; {_shapes(columns)}")
         if not is_present(record, key):
             raise InputError(f"{source}: missing column '{key}'; {_shapes(columns)}")
 

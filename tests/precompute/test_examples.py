@@ -196,6 +196,9 @@ BAD_ROWS = {
     "missing_completion": ({"prompt": "Q", "label": True}, "missing column 'completion'"),
     "missing_label": ({"prompt": "Q", "completion": "A"}, "missing column 'label'"),
     "missing_rejected": ({"prompt": "Q", "chosen": "A"}, "missing column 'rejected'"),
+    # A Parquet file has every column; its row's empty cell is null, not a missing column.
+    "null_completion": ({"prompt": "Q", "completion": None, "label": True}, "'completion' is null in this row"),
+    "null_rejected": ({"prompt": "Q", "chosen": "A", "rejected": None}, "'rejected' is null in this row"),
     "no_known_columns": ({"text": "hello"}, "no known columns"),
     "label_not_boolean": ({**GOOD, "label": "maybe"}, "label 'maybe' is not boolean-like"),
     "label_null": ({**GOOD, "label": None}, "label None is not boolean-like"),
