@@ -92,7 +92,8 @@ def rng_states() -> dict:
 
 def restore_rng_states(path: Path, rank: int = 0) -> None:
     """Set the generators `rng_states` saved at `path`: this rank's where the file holds every
-    rank's (`ranks`, the replicated checkpoint), else the one state it holds. A checkpoint from
+    rank's (`ranks`, the replicated checkpoint; rank 0's for a rank it lacks), else the one state
+    it holds (an FSDP rank's own file, or a checkpoint from before `ranks`). A checkpoint from
     before the CUDA state was saved, or one made without a GPU, sets the CPU's alone."""
     states = torch.load(path, weights_only=True, map_location="cpu")
     ranks = states.get("ranks") or [states]
@@ -224,8 +225,7 @@ def save_checkpoint(
         save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
         # Every rank's generators: each rank draws its own dropout masks (on batches of its own
         # shapes), so a rank resumed with rank 0's state would draw others than it would have.
-        ranks = rank_rng or [rng_states()]
-        save_torch({**ranks[0], "ranks": ranks}, tmp / "rng.pt")
+        save_torch({"ranks": rank_rng or [rng_states()]}, tmp / "rng.pt")
         (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan}, indent=2))
         record_checksums(tmp)  # last: it covers every file above
     return path
