@@ -22,8 +22,9 @@ Two rules, both pure functions of the rows' labels and prompt keys and the seed:
   that training has seen. Groups are visited in a seeded shuffle, those holding the rarer label
   first (else a few groups of the common label could fill its target before any group of the
   rarer one, mostly mixed pairs, was seen, and leave that label with no eval row), and a group
-  is taken whole when it fits both label targets; a group that would overshoot one is skipped. Large groups can
-  therefore leave the eval split short of its targets; the log line says what it holds.
+  is taken whole when it fits both label targets; a group that would overshoot one is skipped.
+  Large groups can therefore leave the eval split short of its targets; the log line says what
+  it holds.
 
 Tiny sets: round(f · n) < 2 is refused (each split needs at least 2 rows, as before); a label
 with a single row stays in training, and the log says the eval split lacks it.
