@@ -196,16 +196,23 @@ def _rel_diff(value: float, reference: float) -> float:
     return abs(value - reference) / reference
 
 
-def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int, warmup: bool = True, plain_steps: list | None = None) -> dict:
-    """kto-train's step over `steps` with and without prefix sharing, taking turns (after one
-    untimed step of each, unless `warmup` is off). `plain_steps`: other steps for the plain arm
-    (kto-train --no-prefix-sharing's own plan over the same rows); the loss and gradient-norm
-    comparison then says nothing and is left out."""
+def step_arms(lm, numerics: Numerics, device) -> tuple[torch.nn.Module, dict]:
+    """The policy as kto-train's step calls it (under the numerics' autocast) and the loss
+    settings of the two arms, keyed by prefix sharing (False: plain, True: shared)."""
     from kto.train.loss import LossType
     from kto.train.step import LossSettings
 
     model = _WithNumerics(CompletionLogps(lm.train()), numerics, device)
     settings = {share: LossSettings(0.1, 1.0, 1.0, LossType.KTO, 0.0, "step", kl_prefix_sharing=share, policy_prefix_sharing=share) for share in (False, True)}
+    return model, settings
+
+
+def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats: int, warmup: bool = True, plain_steps: list | None = None) -> dict:
+    """kto-train's step over `steps` with and without prefix sharing, taking turns (after one
+    untimed step of each, unless `warmup` is off). `plain_steps`: other steps for the plain arm
+    (kto-train --no-prefix-sharing's own plan over the same rows); the loss and gradient-norm
+    comparison then says nothing and is left out."""
+    model, settings = step_arms(lm, numerics, device)
     arm = {False: steps if plain_steps is None else plain_steps, True: steps}
     for share in (False, True) if warmup else ():  # kernel choice, allocator growth
         _step_pass(model, arm[share][:1], settings[share], device)

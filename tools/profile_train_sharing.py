@@ -87,9 +87,7 @@ def layout_cpu_seconds(steps) -> float:
 
 
 def main(argv=None) -> int:
-    from kto.train.loss import LossType
     from kto.train.model import disable_dropout
-    from kto.train.step import LossSettings
 
     args = parse_args(argv)
     device = C.default_device()
@@ -111,8 +109,7 @@ def main(argv=None) -> int:
         )
         C.free_memory()
     data = B.paired_steps(2 * args.profile_batch * args.steps, args.max_len, vocab, args.profile_batch, args.steps)
-    model = B._WithNumerics(B.CompletionLogps(lm.train()), numerics, device)
-    settings = {share: LossSettings(0.1, 1.0, 1.0, LossType.KTO, 0.0, "step", kl_prefix_sharing=share, policy_prefix_sharing=share) for share in (False, True)}
+    model, settings = B.step_arms(lm, numerics, device)
     out["profile"] = {}
     for share in (False, True):
         B._step_pass(model, data[:1], settings[share], device)  # warm
