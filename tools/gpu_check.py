@@ -82,6 +82,8 @@ BASELINE = {
     "trl_precompute": "0.241 s, 9.2 GB",
 }
 CORRECTNESS_TOL = {"bfloat16": 2e-2, "float32": 1e-4}
+# Every section, in the order the summary reports their errors; NEED_S gives each shape's seconds.
+SECTIONS = ("correctness", "precompute", "scoring_paths", "train_cli", "train", "train_lora", "startup", "prefix_sharing", "train_prefix_sharing")
 # Seconds a section needs at the default sizes (H100/H200 guesses, generous): a section starts
 # only if that much of --time-budget-s is left, so the whole call stays inside its limit.
 NEED_S = {
@@ -114,8 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=None, help="keep model, data and cache here (default: a temp dir)")
     args = p.parse_args(argv)
     args.sections = frozenset(args.sections.split(",")) if args.sections else frozenset()
-    if unknown := args.sections - set(NEED_S["tiny"]):
-        p.error(f"--sections: unknown {sorted(unknown)}; the sections are {sorted(NEED_S['tiny'])}")
+    if unknown := args.sections - set(SECTIONS):
+        p.error(f"--sections: unknown {sorted(unknown)}; the sections are {sorted(SECTIONS)}")
     if args.sections & {"startup", "train_cli"} and "precompute" not in args.sections:
         p.error("--sections: startup and train_cli run on the precompute section's cache; name precompute too")
     big = args.shape == "llama-3.1-8b"
@@ -520,7 +522,7 @@ def summary_rows(r: dict) -> list[dict]:
             }
         )
         rows += [{"check": "kto-train CLI step-0 check", "value": line[:100], "target": ""} for line in c["step0_check"]]
-    for name in ("correctness", "precompute", "scoring_paths", "train_cli", "train", "train_lora", "startup", "prefix_sharing", "train_prefix_sharing"):
+    for name in SECTIONS:
         if isinstance(r.get(name), dict) and ("error" in r[name] or "skipped" in r[name]):
             rows.append({"check": name, "value": r[name].get("error") or r[name].get("skipped"), "target": ""})
     rows.append({"check": "polars imported", "value": r["polars_imported"], "target": "False"})
@@ -554,11 +556,7 @@ def main(argv=None) -> int:
         run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling), args.sections)
     results["polars_imported"] = "polars" in sys.modules
     results["elapsed_s"] = args.time_budget_s - budget.left()
-    failed = [
-        n
-        for n in ("correctness", "precompute", "startup", "train_cli", "train", "train_lora", "scoring_paths", "prefix_sharing", "train_prefix_sharing")
-        if isinstance(results.get(n), dict) and "error" in results[n]
-    ]
+    failed = [n for n in SECTIONS if isinstance(results.get(n), dict) and "error" in results[n]]
     failed += ["correctness"] if any(not c.get("ok", True) for c in results.get("correctness") or [] if isinstance(c, dict)) else []
     results["ok"] = not failed and not results["polars_imported"]
     results["versions_at_end"] = info = C.versions(device)
