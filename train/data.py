@@ -34,7 +34,7 @@ talking.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,6 +61,10 @@ class KTOMicroBatch:
     desirable:     [B] bool (the `label` column)
     valid:    [B] bool, False on filler rows of an epoch's short last step
     ref_token_logps: per-row float32 arrays (for the step-0 drift check), or None
+    host:     the same micro-batch on the CPU, kept by `to()` (None: this one is on the CPU).
+              The step plans from it (lengths, valid rows, prompt groups, packs) so that
+              planning never reads a tensor back from the accelerator: each such read waits
+              for every queued kernel and leaves the device idle while the CPU plans.
 
     The per-row columns are a mapping rather than one field each so that a column added to the
     declaration reaches the loss without an edit here (docs/design.md, "Adding a column");
@@ -72,6 +76,7 @@ class KTOMicroBatch:
     columns: dict[str, torch.Tensor]
     valid: torch.Tensor
     ref_token_logps: list[np.ndarray] | None = None
+    host: KTOMicroBatch | None = None
 
     @property
     def ref_logp(self) -> torch.Tensor:
@@ -94,8 +99,13 @@ class KTOMicroBatch:
         """Page-locked copies, so that `to(cuda)` overlaps with compute (CUDA only)."""
         return self._map(lambda t: t.pin_memory())
 
+    @property
+    def on_host(self) -> KTOMicroBatch:
+        """This micro-batch's CPU copy (itself when it is the CPU one)."""
+        return self if self.host is None else self.host
+
     def to(self, device: torch.device | str) -> KTOMicroBatch:
-        return self._map(lambda t: t.to(device, non_blocking=True))
+        return replace(self._map(lambda t: t.to(device, non_blocking=True)), host=self.on_host)
 
 
 @dataclass(frozen=True)

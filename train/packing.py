@@ -61,7 +61,8 @@ def split_sequences(input_ids: torch.Tensor, score_mask: torch.Tensor) -> tuple[
     """Right-padded [B, T] prompt+completion rows -> (prompt ids, completion ids) per row.
 
     The completion is the scored run of each row (make_token_batch: prompt first, then the
-    completion, then padding), so the prompt is everything before it."""
+    completion, then padding), so the prompt is everything before it. kto-train gives it the
+    CPU copies: on an accelerator, `.cpu()` would wait for every queued kernel first."""
     ids, score = input_ids.cpu(), score_mask.cpu()
     n_completion = score.sum(1).tolist()
     n_prompt = (score.long().cumsum(1) == 0).sum(1).tolist()  # tokens before the first scored one
@@ -101,14 +102,19 @@ def plain_tokens(batch: TokenBatch, valid: torch.Tensor) -> PassTokens:
     return PassTokens(real=real, slots=batch.input_ids.numel(), saved=0)
 
 
-def completion_logps(model: torch.nn.Module, batch: TokenBatch, valid: torch.Tensor, share: bool) -> tuple[torch.Tensor, PassTokens]:
+def completion_logps(
+    model: torch.nn.Module, batch: TokenBatch, valid: torch.Tensor, share: bool, host: TokenBatch | None = None
+) -> tuple[torch.Tensor, PassTokens]:
     """Flat [N] completion log-probs of `batch`'s rows (row-major over its score_mask, as the
     plain forward gives them), with or without autograd as the caller runs it; and what ran.
 
-    One forward through `model` (the wrapper DDP or FSDP hooks into) either way, so every rank
-    runs as many forwards whatever its data packs into."""
-    layout = shared_layout(*split_sequences(batch.input_ids, batch.score_mask), valid.tolist(), batch.input_ids.device.type) if share else None
+    `batch` lies where the forward runs; `host` is its CPU copy (None: `batch` is on the CPU)
+    and `valid` lies beside it. The layout is planned from them, so that planning reads nothing
+    back from an accelerator. One forward through `model` (the wrapper DDP or FSDP hooks into)
+    either way, so every rank runs as many forwards whatever its data packs into."""
+    host = batch if host is None else host
+    layout = shared_layout(*split_sequences(host.input_ids, host.score_mask), valid.tolist(), batch.input_ids.device.type) if share else None
     if layout is None:
-        return model(batch.input_ids, batch.score_mask), plain_tokens(batch, valid)
+        return model(batch.input_ids, batch.score_mask), plain_tokens(host, valid)
     flat = model(layout.batch)
     return flat[layout.to_rows.to(flat.device)], layout.tokens

@@ -62,16 +62,18 @@ class KLSums:
 
 
 def kl_sequences(batches: list[KTOMicroBatch]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """The valid rows' KL sequences, unpadded: ids [L], score masks [L], and ref_kl_logp [n]."""
+    """The valid rows' KL sequences, unpadded, from the batches' CPU copies: ids [L] and score
+    masks [L]; and their ref_kl_logp [n], where the batches lie."""
     ids, masks, refs = [], [], []
     for b in batches:
-        lengths = b.kl.attention_mask.sum(1).tolist()
-        for r in torch.nonzero(b.valid).flatten().tolist():
-            ids.append(b.kl.input_ids[r, : lengths[r]])
-            masks.append(b.kl.score_mask[r, : lengths[r]])
-            refs.append(b.ref_kl_logp[r])
-    ref = torch.stack(refs) if refs else torch.zeros(0, dtype=torch.float64, device=batches[0].ref_kl_logp.device)
-    return ids, masks, ref
+        h = b.on_host
+        lengths = h.kl.attention_mask.sum(1).tolist()
+        rows = torch.nonzero(h.valid).flatten()
+        for r in rows.tolist():
+            ids.append(h.kl.input_ids[r, : lengths[r]])
+            masks.append(h.kl.score_mask[r, : lengths[r]])
+        refs.append(b.ref_kl_logp.index_select(0, rows.to(b.ref_kl_logp.device)))
+    return ids, masks, torch.cat(refs)
 
 
 def kl_groups(lengths: list[int], k: int) -> list[list[int]]:
@@ -111,7 +113,7 @@ def kl_local_sums(model: torch.nn.Module, batches: list[KTOMicroBatch], share: b
                 b = batches[0].kl  # keeps the forward count equal on every rank; result discarded
                 model(b.input_ids[:1], b.score_mask[:1])
                 continue
-            sums, tokens = kl_group_sums(model, [ids[i] for i in members], [masks[i] for i in members], share)
+            sums, tokens = kl_group_sums(model, [ids[i] for i in members], [masks[i] for i in members], share, total.device)
             total += (sums - ref[members]).sum()
             real, padded, saved = real + tokens.real, padded + tokens.slots, saved + tokens.saved
     count = torch.tensor(float(len(ids)), dtype=torch.float64, device=total.device)
@@ -129,13 +131,16 @@ def kl_units(ids: list[torch.Tensor], masks: list[torch.Tensor]) -> list[list[in
     return [list(p.members) for p in packs] + [[i] for i in plain]
 
 
-def kl_group_sums(model: torch.nn.Module, ids: list[torch.Tensor], masks: list[torch.Tensor], share: bool) -> tuple[torch.Tensor, PassTokens]:
-    """Σ log πθ(y'|x) [n] float64 of these unpadded KL sequences, in one forward, and what ran."""
+def kl_group_sums(
+    model: torch.nn.Module, ids: list[torch.Tensor], masks: list[torch.Tensor], share: bool, device: torch.device
+) -> tuple[torch.Tensor, PassTokens]:
+    """Σ log πθ(y'|x) [n] float64 of these unpadded KL sequences (CPU tensors), in one forward
+    on `device`, and what ran."""
     # Right padding with token 0 is never attended by a real token (causal) nor scored.
     real = pad_sequence([torch.ones_like(x) for x in ids], batch_first=True)
-    batch = TokenBatch(pad_sequence(ids, batch_first=True), real, pad_sequence(masks, batch_first=True))
-    flat, tokens = completion_logps(model, batch, torch.ones(len(ids), dtype=torch.bool, device=batch.input_ids.device), share)
-    return sequence_sums(flat, batch.score_mask), tokens
+    host = TokenBatch(pad_sequence(ids, batch_first=True), real, pad_sequence(masks, batch_first=True))
+    flat, tokens = completion_logps(model, host.to(device), torch.ones(len(ids), dtype=torch.bool), share, host=host)
+    return sequence_sums(flat, host.score_mask), tokens
 
 
 class StepStats(NamedTuple):
@@ -218,13 +223,12 @@ def all_reduce_max(value: float, accelerator: Accelerator) -> float:
 
 
 def step_counts(batches: list[KTOMicroBatch]) -> torch.Tensor:
-    """[real rows, valid desirable completion tokens] of this process's part of the step."""
-    return torch.stack(
-        [
-            sum(b.valid.sum() for b in batches).double(),
-            sum(desirable_token_mask(b).sum() for b in batches).double(),
-        ]
-    )
+    """[real rows, valid desirable completion tokens] of this process's part of the step, float64
+    on the CPU (counted on the batches' CPU copies)."""
+    hosts = [b.on_host for b in batches]
+    rows = sum(int(h.valid.sum()) for h in hosts)
+    tokens = sum(int(desirable_token_mask(h).sum()) for h in hosts)
+    return torch.tensor([rows, tokens], dtype=torch.float64)
 
 
 def kl_and_counts(
@@ -267,8 +271,9 @@ class PolicyPass:
 
 def policy_pass(model: torch.nn.Module, b: KTOMicroBatch, s: LossSettings, z: KLEstimate | None) -> PolicyPass:
     """The policy forward and the loss maths, shared by training (with grad) and evaluation."""
-    flat, tokens = completion_logps(model, b.policy, b.valid, s.policy_prefix_sharing)
-    logps = sequence_sums(flat, b.policy.score_mask)
+    h = b.on_host
+    flat, tokens = completion_logps(model, b.policy, h.valid, s.policy_prefix_sharing, host=h.policy)
+    logps = sequence_sums(flat, h.policy.score_mask)
     out = kto_loss(
         logps,
         b.ref_logp,
@@ -279,7 +284,8 @@ def policy_pass(model: torch.nn.Module, b: KTOMicroBatch, s: LossSettings, z: KL
         undesirable_weight=s.undesirable_weight,
         loss_type=s.loss_type,
     )
-    return PolicyPass(flat, logps, out, -(flat.double() * desirable_token_mask(b)).sum(), tokens)
+    desirable_tokens = desirable_token_mask(h).to(flat.device, non_blocking=True)
+    return PolicyPass(flat, logps, out, -(flat.double() * desirable_tokens).sum(), tokens)
 
 
 def forward_backward(
@@ -293,7 +299,9 @@ def forward_backward(
     per_microbatch_kl = s.loss_type.needs_kl and s.kl_scope == "microbatch"
     kl_batches = batches if s.loss_type.needs_kl and s.kl_scope == "step" else batches[:1] if per_microbatch_kl else []
     z, counts, kl = kl_and_counts(model, kl_batches, step_counts(batches).to(device), accelerator, s.kl_prefix_sharing)
-    n_step, t_desirable = counts.tolist()
+    # Kept on the device: reading them here would wait for the whole KL pass before the first
+    # policy forward could be queued.
+    n_step, t_desirable = counts
     stats = StepStats.zeros(device)
     for i, b in enumerate(batches):
         if per_microbatch_kl and i > 0:
@@ -304,8 +312,9 @@ def forward_backward(
             p = policy_pass(model, b, s, z)
             if i == 0 and on_first_pass is not None:
                 on_first_pass(p)
-            kto_part = (p.out.losses * b.valid).sum() / max(n_step, 1.0)
-            sft_part = p.nll_sum / t_desirable if t_desirable > 0 else p.nll_sum * 0
+            kto_part = (p.out.losses * b.valid).sum() / n_step.clamp(min=1.0)
+            # No desirable token in the step: the NLL sum is 0 (every token masked), so is this.
+            sft_part = p.nll_sum / t_desirable.clamp(min=1.0)
             loss = kto_part + s.sft_weight * sft_part if s.sft_weight else kto_part
             accelerator.backward(loss * accelerator.num_processes)
         first = i == 0 or per_microbatch_kl
@@ -332,7 +341,7 @@ def batch_stats(
     zero = torch.zeros((), dtype=torch.float64, device=logps.device)
     scoped = z is not None and first
     as_float = lambda x: torch.tensor(float(x), dtype=torch.float64, device=logps.device)
-    policy = policy or plain_tokens(b.policy, b.valid)
+    policy = policy or plain_tokens(b.on_host.policy, b.on_host.valid)
     return StepStats(
         examples=b.valid.sum().double(),
         loss_sum=(out.losses.detach() * b.valid).sum(),

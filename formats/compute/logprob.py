@@ -180,6 +180,8 @@ def sequence_sums(flat_logps: torch.Tensor, score_mask: torch.Tensor) -> torch.T
     """[N] per-token values (row-major over score_mask) -> [B] float64 sums per row.
 
     Differentiable; float64 so that long completions do not lose the small per-token terms.
+    `score_mask` may lie on the CPU beside values on an accelerator (kto-train passes its host
+    copy): only its row lengths are read.
     """
     return segment_sums(flat_logps, score_mask.sum(dim=1))
 
@@ -191,7 +193,8 @@ def segment_sums(flat_logps: torch.Tensor, lengths: torch.Tensor | Sequence[int]
     give bit-equal sums.
     """
     lengths = torch.as_tensor(lengths, device=flat_logps.device)
-    rows = torch.repeat_interleave(torch.arange(len(lengths), device=flat_logps.device), lengths)
+    # output_size: the row count is known here, so an accelerator need not report it back first.
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=flat_logps.device), lengths, output_size=flat_logps.shape[0])
     out = torch.zeros(len(lengths), dtype=torch.float64, device=flat_logps.device)
     return out.index_add(0, rows, flat_logps.double())
 

@@ -4,7 +4,10 @@ plain step, to fp32 rounding, with fewer tokens computed."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import traceback
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,6 +193,65 @@ def test_policy_log_probs_per_token_agree(paired_cache, policy_dir):
             shared, tokens = completion_logps(model, b.policy, b.valid, share=True)
             assert tokens.saved > 0
             assert_tokens_agree(split_rows(plain, b.policy.score_mask), split_rows(shared, b.policy.score_mask))
+
+
+class OnDevice(torch.Tensor):
+    """A CPU tensor that stands for one on an accelerator: ops on it give OnDevice results, and
+    every read of one back into Python (or an op whose output size depends on its values, as
+    boolean indexing) is recorded with the line that made it. On CUDA each such read waits for
+    every kernel queued before it."""
+
+    reads: list[tuple[str, str]] = []
+    READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.__bool__, torch.Tensor.__int__}
+    READS |= {torch.Tensor.__float__, torch.Tensor.__index__, torch.nonzero, torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select}
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        index = args[1] if func is torch.Tensor.__getitem__ else ()
+        by_mask = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (index if isinstance(index, tuple) else (index,)))
+        sized_by_values = func in (torch.repeat_interleave, torch.Tensor.repeat_interleave) and "output_size" not in kwargs
+        if func in cls.READS or by_mask or sized_by_values:
+            caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
+            cls.reads.append((func.__name__, f"{Path(caller.filename).name}:{caller.name}"))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def on_device(t):
+    return t.as_subclass(OnDevice) if isinstance(t, torch.Tensor) and not isinstance(t, OnDevice) else t
+
+
+def test_the_step_plans_from_the_host_copies(paired_cache, policy_dir, monkeypatch):
+    """On an accelerator, reading a tensor back to plan a layout waits for every queued kernel
+    (the previous micro-batch's backward, the KL pass) and leaves the device idle while the CPU
+    plans. The step plans from the micro-batches' CPU copies instead: with the batches on a
+    stand-in device, the shared step reads nothing back at all, and the plain step only the
+    scored positions after its decoder (CompletionLogps.forward's mask: the decoder is queued by
+    then). The stand-in changes no value."""
+    from kto.formats.compute.logprob import TokenBatch
+    from kto.formats.compute.shared_prefix import PackedBatch
+
+    # What the step moves to the device lands on the stand-in device.
+    monkeypatch.setattr(TokenBatch, "to", lambda b, device: TokenBatch(*map(on_device, (b.input_ids, b.attention_mask, b.score_mask))))
+    monkeypatch.setattr(
+        PackedBatch, "to", lambda b, device: PackedBatch(*(tuple(map(on_device, f)) if isinstance(f, tuple) else on_device(f) for f in fields_of(b)))
+    )
+    host = step_batches(open_cache(paired_cache))
+    batches = [dataclasses.replace(b._map(on_device), host=b) for b in host]
+    model = CompletionLogps(load_causal_lm(resolve_source(str(policy_dir)), dtype=torch.float32)).train()
+    for share in (True, False):
+        expected, _ = step_gradients(model, host, share)
+        OnDevice.reads.clear()
+        stats, _ = step_gradients(model, batches, share)
+        reads = set(OnDevice.reads)
+        assert reads == set() if share else reads == {("__getitem__", "logprob.py:forward")}, reads
+        assert isinstance(stats.loss_sum, OnDevice)
+        assert all(torch.equal(a, b) for a, b in zip(stats, expected))
+
+
+def fields_of(obj) -> list:
+    """A dataclass's fields, not copied (dataclasses.astuple would deep-copy the tensors)."""
+    return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
 
 
 def test_unpaired_rows_run_the_plain_forward(tiny_eval_cache, policy_dir):
