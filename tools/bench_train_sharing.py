@@ -27,6 +27,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,27 @@ def _step_pass(model, steps, settings, device) -> tuple[float, float, dict, list
     return t.seconds, time.process_time() - cpu0, summarize(total), losses, norm
 
 
+def syncs_in_step(model, batches, settings, device) -> int | None:
+    """How many times one call of kto-train's step (forward_backward, the batches already on the
+    device) waits for the device to read a value back: torch's CUDA sync debug mode warns once
+    per wait. None off CUDA. Each wait idles the device while the CPU catches up."""
+    from kto.train.step import forward_backward
+
+    if torch.device(device).type != "cuda":
+        return None
+    moved = [b.to(device) for b in batches]
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            forward_backward(model, moved, settings, C.OneProcess())
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    model.zero_grad(set_to_none=True)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def _rel_diff(value: float, reference: float) -> float:
     if reference == 0:  # a saturated loss: no gradient to compare, and 0 would read as a match
         raise RuntimeError("the plain step's gradient norm is 0: the loss saturated; check the reference log-probs")
@@ -216,6 +238,7 @@ def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats:
     arm = {False: steps if plain_steps is None else plain_steps, True: steps}
     for share in (False, True) if warmup else ():  # kernel choice, allocator growth
         _step_pass(model, arm[share][:1], settings[share], device)
+    syncs = {share: syncs_in_step(model, arm[share][0], settings[share], device) for share in (False, True)}
     times: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     seen: dict[bool, tuple] = {}
@@ -239,6 +262,7 @@ def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats:
                 "padding/policy": line["padding/policy"],
                 "padding/kl": line["padding/kl"],
                 "tokens_per_step": line["tokens"] / len(arm[share]),
+                "device_waits_first_step": syncs[share],
             }
         )
     (_, plain_losses, plain_norm), (_, shared_losses, shared_norm) = seen[False], seen[True]

@@ -502,6 +502,9 @@ def summary_rows(r: dict) -> list[dict]:
                 "target": "time <= 0.80 (paired)",
             }
         )
+        waits = [row.get("device_waits_first_step") for row in t.get("rows", [])]
+        if None not in waits and len(waits) == 2:
+            rows.append({"check": "train step device waits (sync debug mode), plain / prefix-shared", "value": f"{waits[0]} / {waits[1]}", "target": ""})
     s = r.get("startup", {})
     if "second_run_s" in s:
         rows += [
