@@ -97,8 +97,8 @@ def shared_layout(prompts: list[list[int]], completions: list[list[int]], sharea
 def plain_tokens(batch: TokenBatch, valid: torch.Tensor) -> PassTokens:
     """A plain forward's accounting: the valid rows' tokens in the slots of the batch as given
     (before CompletionLogps pads its width to a multiple; the metric has always counted so).
-    `valid` may lie on the CPU beside a batch on an accelerator: it is moved to the batch."""
-    real = int((batch.attention_mask.sum(1) * valid.to(batch.attention_mask.device)).sum())
+    Give it the CPU copies: it reads the count back."""
+    real = int((batch.attention_mask.sum(1) * valid).sum())
     return PassTokens(real=real, slots=batch.input_ids.numel(), saved=0)
 
 
@@ -117,4 +117,4 @@ def completion_logps(
     if layout is None:
         return model(batch.input_ids, batch.score_mask), plain_tokens(host, valid)
     flat = model(layout.batch)
-    return flat[layout.to_rows.to(flat.device)], layout.tokens
+    return flat[layout.to_rows.to(flat.device, non_blocking=True)], layout.tokens

@@ -46,6 +46,17 @@ if TYPE_CHECKING:
 
 # The KL pass: Σ (log πθ(y'|x) − log πref(y'|x)) over a process's rows, no gradient; the step
 # reduces its result across ranks itself (`kl_and_counts`, the one all-reduce).
+#
+# On an accelerator the step never waits for the device before the step's end: it plans from
+# the micro-batches' CPU copies (KTOMicroBatch.host), keeps the counts it needs as device
+# tensors, and copies host values over with `to_device`.
+
+
+def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Copy a CPU tensor to `device` without waiting for the device's queued kernels (a
+    blocking copy would: torch synchronizes the stream after it). Safe from pageable memory: the
+    driver stages the bytes before the call returns."""
+    return x.to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,7 @@ def kl_sequences(batches: list[KTOMicroBatch]) -> tuple[list[torch.Tensor], list
         for r in rows.tolist():
             ids.append(h.kl.input_ids[r, : lengths[r]])
             masks.append(h.kl.score_mask[r, : lengths[r]])
-        refs.append(b.ref_kl_logp.index_select(0, rows.to(b.ref_kl_logp.device)))
+        refs.append(b.ref_kl_logp.index_select(0, to_device(rows, b.ref_kl_logp.device)))
     return ids, masks, torch.cat(refs)
 
 
@@ -114,9 +125,9 @@ def kl_local_sums(model: torch.nn.Module, batches: list[KTOMicroBatch], share: b
                 model(b.input_ids[:1], b.score_mask[:1])
                 continue
             sums, tokens = kl_group_sums(model, [ids[i] for i in members], [masks[i] for i in members], share, total.device)
-            total += (sums - ref[members]).sum()
+            total += (sums - ref.index_select(0, to_device(torch.tensor(members), ref.device))).sum()
             real, padded, saved = real + tokens.real, padded + tokens.slots, saved + tokens.saved
-    count = torch.tensor(float(len(ids)), dtype=torch.float64, device=total.device)
+    count = to_device(torch.tensor(float(len(ids)), dtype=torch.float64), total.device)
     return KLSums(total, count, real, padded, saved)
 
 
@@ -244,7 +255,7 @@ def kl_and_counts(
         sums = kl_local_sums(model, kl_batches, share)
         parts.append(torch.stack([sums.total, sums.count]))
     if counts is not None:
-        parts.append(counts.to(parts[0].device if parts else counts.device))
+        parts.append(to_device(counts, parts[0].device) if parts else counts)
     reduced = all_reduce_sum(torch.cat(parts), accelerator)
     z = kl_estimate(reduced[0], reduced[1]) if kl_batches else None
     return z, (reduced[-2:] if counts is not None else None), sums
@@ -298,7 +309,7 @@ def forward_backward(
     device = batches[0].ref_logp.device
     per_microbatch_kl = s.loss_type.needs_kl and s.kl_scope == "microbatch"
     kl_batches = batches if s.loss_type.needs_kl and s.kl_scope == "step" else batches[:1] if per_microbatch_kl else []
-    z, counts, kl = kl_and_counts(model, kl_batches, step_counts(batches).to(device), accelerator, s.kl_prefix_sharing)
+    z, counts, kl = kl_and_counts(model, kl_batches, to_device(step_counts(batches), device), accelerator, s.kl_prefix_sharing)
     # Kept on the device: reading them here would wait for the whole KL pass before the first
     # policy forward could be queued.
     n_step, t_desirable = counts
@@ -340,7 +351,7 @@ def batch_stats(
     d, u = b.valid & b.desirable, b.valid & ~b.desirable
     zero = torch.zeros((), dtype=torch.float64, device=logps.device)
     scoped = z is not None and first
-    as_float = lambda x: torch.tensor(float(x), dtype=torch.float64, device=logps.device)
+    as_float = lambda x: to_device(torch.tensor(float(x), dtype=torch.float64), logps.device)
     policy = policy or plain_tokens(b.on_host.policy, b.on_host.valid)
     return StepStats(
         examples=b.valid.sum().double(),
@@ -356,7 +367,7 @@ def batch_stats(
         tokens=((b.policy.attention_mask.sum(1) + b.kl.attention_mask.sum(1)) * b.valid).sum().double(),
         kl_raw_sum=z.raw if scoped else zero,
         kl_sum=z.clamped if scoped else zero,
-        kl_scopes=torch.tensor(float(scoped), dtype=torch.float64, device=logps.device),
+        kl_scopes=as_float(scoped),
         # Filler rows still run in the policy pass: their slots count as padding.
         policy_real_tokens=as_float(policy.real),
         policy_padded_tokens=as_float(policy.slots),

@@ -192,8 +192,9 @@ def segment_sums(flat_logps: torch.Tensor, lengths: torch.Tensor | Sequence[int]
     One summation for both layouts (plain and shared-prefix), so that equal per-token values
     give bit-equal sums.
     """
-    lengths = torch.as_tensor(lengths, device=flat_logps.device)
-    # output_size: the row count is known here, so an accelerator need not report it back first.
+    # Host lengths are copied without waiting for the device (a blocking copy would), and
+    # output_size is known here, so an accelerator need not report the row count back first.
+    lengths = torch.as_tensor(lengths).to(flat_logps.device, non_blocking=True)
     rows = torch.repeat_interleave(torch.arange(len(lengths), device=flat_logps.device), lengths, output_size=flat_logps.shape[0])
     out = torch.zeros(len(lengths), dtype=torch.float64, device=flat_logps.device)
     return out.index_add(0, rows, flat_logps.double())

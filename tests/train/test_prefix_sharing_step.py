@@ -4,7 +4,6 @@ plain step, to fp32 rounding, with fewer tokens computed."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import traceback
 from pathlib import Path
@@ -198,10 +197,10 @@ def test_policy_log_probs_per_token_agree(paired_cache, policy_dir):
 class OnDevice(torch.Tensor):
     """A CPU tensor that stands for one on an accelerator: ops on it give OnDevice results, and
     every read of one back into Python (or an op whose output size depends on its values, as
-    boolean indexing) is recorded with the line that made it. On CUDA each such read waits for
-    every kernel queued before it."""
+    boolean indexing) is recorded with the function that made it. On CUDA each such read waits
+    for every kernel queued before it."""
 
-    reads: list[tuple[str, str]] = []
+    waits: list[tuple[str, str]] = []
     READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.__bool__, torch.Tensor.__int__}
     READS |= {torch.Tensor.__float__, torch.Tensor.__index__, torch.nonzero, torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select}
 
@@ -212,46 +211,75 @@ class OnDevice(torch.Tensor):
         by_mask = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (index if isinstance(index, tuple) else (index,)))
         sized_by_values = func in (torch.repeat_interleave, torch.Tensor.repeat_interleave) and "output_size" not in kwargs
         if func in cls.READS or by_mask or sized_by_values:
-            caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
-            cls.reads.append((func.__name__, f"{Path(caller.filename).name}:{caller.name}"))
+            cls.waits.append((func.__name__, caller()))
         return super().__torch_function__(func, types, args, kwargs)
+
+
+def caller() -> str:
+    frame = next(f for f in reversed(traceback.extract_stack()[:-2]) if "/torch/" not in f.filename)
+    return f"{Path(frame.filename).name}:{frame.name}"
 
 
 def on_device(t):
     return t.as_subclass(OnDevice) if isinstance(t, torch.Tensor) and not isinstance(t, OnDevice) else t
 
 
-def test_the_step_plans_from_the_host_copies(paired_cache, policy_dir, monkeypatch):
-    """On an accelerator, reading a tensor back to plan a layout waits for every queued kernel
-    (the previous micro-batch's backward, the KL pass) and leaves the device idle while the CPU
-    plans. The step plans from the micro-batches' CPU copies instead: with the batches on a
-    stand-in device, the shared step reads nothing back at all, and the plain step only the
-    scored positions after its decoder (CompletionLogps.forward's mask: the decoder is queued by
-    then). The stand-in changes no value."""
-    from kto.formats.compute.logprob import TokenBatch
-    from kto.formats.compute.shared_prefix import PackedBatch
+def stand_in_device(monkeypatch) -> None:
+    """Copies to "the device" give OnDevice tensors. A copy the package makes without
+    non_blocking is recorded as a wait too: torch synchronizes the stream after it."""
+    import kto.formats
+    import kto.train
 
-    # What the step moves to the device lands on the stand-in device.
-    monkeypatch.setattr(TokenBatch, "to", lambda b, device: TokenBatch(*map(on_device, (b.input_ids, b.attention_mask, b.score_mask))))
-    monkeypatch.setattr(
-        PackedBatch, "to", lambda b, device: PackedBatch(*(tuple(map(on_device, f)) if isinstance(f, tuple) else on_device(f) for f in fields_of(b)))
-    )
+    ours = tuple(str(Path(m.__file__).parent) for m in (kto.train, kto.formats))
+    from_ours = lambda: any(f.filename.startswith(ours) for f in traceback.extract_stack()[-4:-2])
+    real_to, real_tensor, real_as_tensor = torch.Tensor.to, torch.tensor, torch.as_tensor
+
+    def to(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        moves = "device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args)
+        if not moves or isinstance(self, (OnDevice, torch.nn.Parameter)):
+            return out
+        if not kwargs.get("non_blocking") and from_ours():
+            OnDevice.waits.append(("to", caller()))
+        return on_device(out)
+
+    def made_on_device(real):
+        def make(data, *args, **kwargs):
+            out = real(data, *args, **kwargs)
+            if "device" not in kwargs or isinstance(data, torch.Tensor):
+                return out
+            if from_ours():
+                OnDevice.waits.append((real.__name__, caller()))
+            return on_device(out)
+
+        return make
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch, "tensor", made_on_device(real_tensor))
+    monkeypatch.setattr(torch, "as_tensor", made_on_device(real_as_tensor))
+
+
+def test_the_step_waits_for_the_device_only_after_the_decoder(paired_cache, policy_dir, monkeypatch):
+    """On an accelerator, reading a tensor back (to plan a layout, to count) or a blocking copy
+    onto it waits for every queued kernel (the previous micro-batch's backward, the KL pass),
+    and the device idles while the CPU catches up. The step plans from the micro-batches' CPU
+    copies and copies without blocking: on a stand-in device, the shared step waits not once,
+    and the plain step only where it selects the scored positions after each decoder
+    (CompletionLogps.forward's mask; the decoder is queued by then). The stand-in changes no
+    value: the step's statistics are those of the same step on the CPU."""
     host = step_batches(open_cache(paired_cache))
-    batches = [dataclasses.replace(b._map(on_device), host=b) for b in host]
     model = CompletionLogps(load_causal_lm(resolve_source(str(policy_dir)), dtype=torch.float32)).train()
+    expected = {share: step_gradients(model, host, share)[0] for share in (True, False)}
+    stand_in_device(monkeypatch)
+    batches = [b.to("cpu") for b in host]
+    assert isinstance(batches[0].policy.input_ids, OnDevice) and batches[0].host is host[0]
     for share in (True, False):
-        expected, _ = step_gradients(model, host, share)
-        OnDevice.reads.clear()
+        OnDevice.waits.clear()
         stats, _ = step_gradients(model, batches, share)
-        reads = set(OnDevice.reads)
-        assert reads == set() if share else reads == {("__getitem__", "logprob.py:forward")}, reads
+        waits = set(OnDevice.waits)
+        assert waits == set() if share else waits == {("__getitem__", "logprob.py:forward")}, waits
         assert isinstance(stats.loss_sum, OnDevice)
-        assert all(torch.equal(a, b) for a, b in zip(stats, expected))
-
-
-def fields_of(obj) -> list:
-    """A dataclass's fields, not copied (dataclasses.astuple would deep-copy the tensors)."""
-    return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+        assert all(torch.equal(a, b) for a, b in zip(stats, expected[share]))
 
 
 def test_unpaired_rows_run_the_plain_forward(tiny_eval_cache, policy_dir):
