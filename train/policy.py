@@ -227,6 +227,8 @@ class Policy:
     loaded_tokenizer: PreTrainedTokenizerBase | None
     load_s: float
     """Seconds spent loading the weights (tools/bench_startup.py reports them apart)."""
+    chat_template: str | None = None
+    """Saved with the tokenizer in place of --model's: the template the cache was rendered with."""
     last_checkpoint: Path | None = None
 
     @classmethod
@@ -239,6 +241,7 @@ class Policy:
         resume_from: Path | None,
         total_steps: int,
         plan: dict,
+        chat_template: str | None = None,
     ) -> Policy:
         """Choose the pair once, check `resume_from` fits it, load the model (--model, a whole
         checkpoint, or --model plus adapters), build the optimizer and scheduler, prepare them."""
@@ -253,7 +256,7 @@ class Policy:
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg, total_steps)
         model, optimizer = layout.prepare(model, optimizer)
-        return cls(cfg, accelerator, trainable, layout, model, optimizer, scheduler, plan, source, tokenizer, load_s, resume_from)
+        return cls(cfg, accelerator, trainable, layout, model, optimizer, scheduler, plan, source, tokenizer, load_s, chat_template, resume_from)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -261,6 +264,8 @@ class Policy:
         remembers the tokenizer check and the pad id (formats.compute.models.check_cache_tokenizer)."""
         if self.loaded_tokenizer is None:
             self.loaded_tokenizer = load_tokenizer(self.tokenizer_source, trust_remote_code=self.cfg.trust_remote_code)
+        if self.chat_template is not None:
+            self.loaded_tokenizer.chat_template = self.chat_template
         return self.loaded_tokenizer
 
     @property

@@ -5,6 +5,8 @@ The reference model is never loaded: its numbers come from the cache.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.models import ModelSource, check_cache_tokenizer, model_identity, resolve_source
 from kto.formats.errors import InputError, log, on_main
@@ -49,6 +52,9 @@ class Run:
     pad_id: int
     tokenizer: PreTrainedTokenizerBase | None
     """None when a remembered tokenizer check made loading it unnecessary (see Policy.tokenizer)."""
+    chat_template: str | None
+    """The --chat-template the cache's prompts were rendered with (None: --model's own), saved
+    with every checkpoint and final/ in place of --model's."""
     lengths: np.ndarray
     groups: np.ndarray | None
     """[rows] prompt group of each row (data.prompt_groups): the plan keeps a group in one
@@ -166,6 +172,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
         source=source,
         pad_id=pad_id,
         tokenizer=tokenizer,
+        chat_template=rendered_with(cache, accelerator),
         lengths=lengths,
         groups=prompt_groups(cache) if cfg.prefix_sharing else None,
         shape=shape,
@@ -176,6 +183,33 @@ def check_inputs(cfg: TrainConfig) -> Run:
         is_reference=manifest.content.scored_with(identity),
         started=started,
     )
+
+
+def rendered_with(cache: ShardedCache, accelerator: Accelerator) -> str | None:
+    """The text of the --chat-template kto-precompute rendered the cache's prompts with, read
+    from the cache's tokenizer/ and checked against the manifest's sha256; None when the cache
+    used --model's own template. Without the text (a tokenizer/ left out of a copy), final/
+    keeps --model's template, and a warning says so: the model would then be served prompts in
+    a format it was not trained on."""
+    digest = cache.manifest.content.chat_template
+    if digest is None:
+        return None
+    tok_dir = cache.dir / S.TOKENIZER_DIR
+    path = tok_dir / "chat_template.jinja"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+    else:  # where transformers before 4.54 saved it
+        config = tok_dir / "tokenizer_config.json"
+        try:
+            text = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            text = None
+        text = text if isinstance(text, str) else None
+    if text is not None and hashlib.sha256(text.encode()).hexdigest() == digest:
+        return text
+    why = "is missing" if text is None else "is not the template the manifest fingerprints"
+    log(f"warning: {path} {why}; checkpoints and final/ keep --model's chat template, not the --chat-template the cache was rendered with", accelerator)
+    return None
 
 
 def loss_settings(cfg: TrainConfig) -> LossSettings:
@@ -199,7 +233,7 @@ def setup(run: Run) -> Run:
     cfg, accelerator = run.cfg, run.accelerator
     resume_from = on_main(lambda: open_run_dir(cfg, run.record, lambda msg: log(msg, accelerator)), accelerator)
     plan = plan_identity(cfg, run.cache.manifest.fingerprint, accelerator.num_processes, run.total_steps)
-    policy = Policy.build(cfg, accelerator, run.source, run.tokenizer, resume_from, run.total_steps, plan)
+    policy = Policy.build(cfg, accelerator, run.source, run.tokenizer, resume_from, run.total_steps, plan, run.chat_template)
     position = policy.resume(resume_from)
     is_reference = resume_from is None and run.is_reference
     if not is_reference:

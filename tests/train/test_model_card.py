@@ -137,3 +137,32 @@ def test_a_crash_right_after_final_merged_appears_leaves_both_cards(tiny_cache, 
     assert row(body, "weights in this folder") == ["LoRA adapters (r 4, alpha 16)"] and row(body, "loss")[0] == last_loss
     _, body = card(out / "final-merged")
     assert row(body, "weights in this folder")[0].startswith("the base model with the LoRA adapters merged in") and row(body, "loss")[0] == last_loss
+
+
+def test_final_and_checkpoints_carry_the_template_the_cache_was_rendered_with(tmp_path, tiny_model_dir):
+    """kto-precompute --chat-template renders the prompts with another template than --model's.
+    The policy learns that format, so final/ and each checkpoint must ship it: with --model's
+    own template a server would prompt the model in a format it was never trained on. A cache
+    copy without the template keeps --model's and says so."""
+    from click.testing import CliRunner
+    from conftest import chat_rows, precompute_args, write_rows
+    from transformers import AutoTokenizer
+
+    from kto.precompute.cli import main
+
+    template = "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}### assistant:\n{% endif %}"
+    (tmp_path / "t.jinja").write_text(template)
+    cache = tmp_path / "cache"
+    args = precompute_args(write_rows(tmp_path / "chat.jsonl", chat_rows()), tiny_model_dir, cache, "--chat-template", str(tmp_path / "t.jinja"))
+    assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
+    own = AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    assert own and own != template
+    result = run_train(cache, tiny_model_dir, tmp_path / "run", "--batch-size", "4", "--max-steps", "2", "--save-every", "1", "--log-every", "1")
+    assert result.exit_code == 0, result.output
+    for saved in ("final", "checkpoint-1"):
+        assert AutoTokenizer.from_pretrained(tmp_path / "run" / saved).chat_template == template, saved
+    (cache / "tokenizer" / "chat_template.jinja").unlink()
+    result = run_train(cache, tiny_model_dir, tmp_path / "run2", "--batch-size", "4", "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    assert "chat_template.jinja is missing; checkpoints and final/ keep --model's chat template" in result.output
+    assert AutoTokenizer.from_pretrained(tmp_path / "run2" / "final").chat_template == own
