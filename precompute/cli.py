@@ -71,8 +71,8 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--chosen-column", default="chosen")
 @click.option("--rejected-column", default="rejected")
 @click.option("--id-column", default="id")
-@click.option("--system-column", default=None, help="System prompt column [default: the ShareGPT map's, 'system'].")
-@click.option("--tools-column", default=None, help="Tool schemas column [default: the ShareGPT map's, 'tools'].")
+@click.option("--system-column", default=None, help="System prompt column [default: the ShareGPT map's, 'system'; '' reads none].")
+@click.option("--tools-column", default=None, help="Tool schemas column [default: the ShareGPT map's, 'tools'; '' reads none].")
 @click.version_option(package_name="kto-offline", prog_name="kto-precompute")
 @click.pass_context
 @one_line_errors("kto-precompute")
@@ -101,7 +101,7 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> Pr
     sharegpt = values.pop("sharegpt_info")
     sharegpt = entry.sharegpt if entry else load_sharegpt_info(sharegpt) if sharegpt else ShareGPTMap()
     overrides = {k: values.pop(f"{k}_column") for k in ("system", "tools")}
-    sharegpt = ShareGPTMap(**{**sharegpt.as_dict(), **{k: v for k, v in overrides.items() if v}})
+    sharegpt = ShareGPTMap(**{**sharegpt.as_dict(), **{k: v for k, v in overrides.items() if v is not None}})  # '': no such column
     columns = ColumnMap(**{k.removesuffix("_column"): values.pop(k) for k in list(values) if k.endswith("_column")})
     kwargs = values.pop("chat_template_kwargs")
     alpaca = entry.alpaca if entry else None

@@ -6,6 +6,10 @@ An entry names where the rows are and how to read them:
 - `formatting`: `alpaca` (LLaMA-Factory's default) or `sharegpt`;
 - `columns` and `tags`: the column and role names (examples.ShareGPTMap, alpaca.AlpacaMap);
 - `ranking`: true for chosen/rejected pairs, false (default) for `kto_tag`-labelled rows.
+- `file_sha1` is accepted and not checked (LLaMA-Factory only warns on a mismatch).
+
+A `system` or `tools` column is read only when `columns` maps it, as LLaMA-Factory reads an
+entry (`--data` alone reads columns named `system` and `tools` by default).
 
 Other keys (`ms_hub_url`, `script_url`, `cloud_file_name`, `num_samples`, media columns, ...)
 are refused in one line rather than silently ignored.
@@ -31,6 +35,9 @@ from .records import SUFFIXES
 
 INFO_NAME = "dataset_info.json"
 _WHERE_KEYS = {"file_name", "hf_hub_url", "subset", "split"}
+# LLaMA-Factory only warns when the file's SHA-1 differs (its docs: optional, no effect on
+# training); the cache's manifest records every input's sha256 anyway.
+_IGNORED_KEYS = {"file_sha1"}
 _READ_KEYS = {"formatting", "ranking", "columns", "tags"}
 _SHAREGPT_COLUMNS = {"messages", "system", "tools", "chosen", "rejected", "kto_tag"}
 _ALPACA_COLUMNS = {"prompt", "query", "response", "history", "system", "chosen", "rejected", "kto_tag"}
@@ -81,7 +88,7 @@ def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
     entry = info[name]
     if not isinstance(entry, dict):
         raise InputError(f"{where}: expected an object")
-    unknown = sorted(set(entry) - _WHERE_KEYS - _READ_KEYS)
+    unknown = sorted(set(entry) - _WHERE_KEYS - _READ_KEYS - _IGNORED_KEYS)
     if unknown:
         raise InputError(f"{where}: {', '.join(unknown)} not supported here (supported: {', '.join(sorted(_WHERE_KEYS | _READ_KEYS))})")
     formatting = entry.get("formatting", "alpaca")
@@ -94,13 +101,13 @@ def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
     _check_ranking(columns, ranking, where)
     if formatting == "sharegpt":
         _known(columns, _SHAREGPT_COLUMNS, "columns", where)
-        sharegpt, alpaca = _build(ShareGPTMap, {**columns, **tags}, where), None
+        sharegpt, alpaca = _build(ShareGPTMap.from_entry, {**columns, **tags}, where), None
     else:
         if tags:
             raise InputError(f"{where}: tags belong to the sharegpt formatting, not alpaca")
         _known(columns, _ALPACA_COLUMNS, "columns", where)
         system = {"system": columns.pop("system")} if "system" in columns else {}
-        sharegpt, alpaca = _build(ShareGPTMap, system, where), _build(AlpacaMap, columns, where)
+        sharegpt, alpaca = _build(ShareGPTMap.from_entry, system, where), _build(AlpacaMap, columns, where)
     return DatasetEntry(_inputs(entry, dataset_dir, where), sharegpt, alpaca, ranking)
 
 

@@ -126,9 +126,12 @@ def one_line(error: Any) -> str:
 # ---- column maps -------------------------------------------------------------------------------
 
 
-def require_names(column_map: Any, what: str) -> None:
-    """Every field of a column-map dataclass is a non-empty column name."""
+def require_names(column_map: Any, what: str, optional: Sequence[str] = ()) -> None:
+    """Every field of a column-map dataclass is a non-empty column name; those in `optional` may
+    be "" (no such column: nothing is read)."""
     for key, name in asdict(column_map).items():
+        if key in optional and name == "":
+            continue
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{what}: {key} must be a non-empty name, got {name!r}")
 
@@ -138,8 +141,10 @@ class ShareGPTMap:
     """Column and role names, with LLaMA-Factory's defaults and its `dataset_info.json` keys."""
 
     messages: str = "conversations"
-    system: str = "system"  # honoured by every conversational shape, not only ShareGPT
-    tools: str = "tools"  # idem
+    # Honoured by every conversational shape, not only ShareGPT; "" reads no such column (a
+    # dataset_info.json entry that does not map one, as LLaMA-Factory reads it; --system-column '').
+    system: str = "system"
+    tools: str = "tools"
     chosen: str = "chosen"
     rejected: str = "rejected"
     kto_tag: str = "kto_tag"
@@ -152,7 +157,14 @@ class ShareGPTMap:
     system_tag: str = "system"
 
     def __post_init__(self) -> None:
-        require_names(self, "sharegpt map")
+        require_names(self, "sharegpt map", optional=("system", "tools"))
+
+    @classmethod
+    def from_entry(cls, **names: str) -> ShareGPTMap:
+        """The map of a dataset_info.json entry: LLaMA-Factory reads a system or tools column only
+        when the entry names it (its defaults are None), so a `system` column the entry does not
+        name is not a system prompt."""
+        return cls(**{"system": "", "tools": "", **names})
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -386,14 +398,16 @@ def _unicode(text: str, where: str) -> str:
 
 def with_system(prompt: Any, record: dict, smap: ShareGPTMap, source: str) -> Any:
     """Prepend the row's `system` cell as a system message (an empty or null cell adds nothing)."""
-    system = record.get(smap.system)
+    system = record.get(smap.system) if smap.system else None
     if system is None or system == "":
         return prompt
     where = f"{source}: column '{smap.system}'"
     if not isinstance(system, str):
         raise InputError(f"{where}: expected text, got {kind_name(system)}")
     if isinstance(prompt, str):
-        raise InputError(f"{where}: a system prompt needs a conversational prompt (a list of messages); text prompts are tokenized as they are")
+        raise InputError(
+            f"{where}: a system prompt needs a conversational prompt (a list of messages); text prompts are tokenized as they are (--system-column '' reads no system column)"
+        )
     if prompt and prompt[0]["role"] == "system":
         raise InputError(f"{where}: the conversation already starts with a system message")
     return ({"role": "system", "content": system},) + tuple(prompt)
@@ -401,7 +415,7 @@ def with_system(prompt: Any, record: dict, smap: ShareGPTMap, source: str) -> An
 
 def tools_of(record: dict, smap: ShareGPTMap, source: str) -> tuple[dict, ...]:
     """The row's tool schemas: a list of objects, or a JSON text of one; null or empty: none."""
-    cell = record.get(smap.tools)
+    cell = record.get(smap.tools) if smap.tools else None
     where = f"{source}: column '{smap.tools}'"
     if cell is None or cell == "":
         return ()

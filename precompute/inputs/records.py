@@ -284,7 +284,7 @@ def _row_examples(
     tools = tools_of(record, sharegpt, source)
     if tools and not examples[0].conversational:
         raise InputError(f"{source}: column '{sharegpt.tools}': tools need a conversational prompt (a list of messages)")
-    if not (tools or is_present(record, sharegpt.system)):
+    if not (tools or (sharegpt.system and is_present(record, sharegpt.system))):
         return examples
     prompt = with_system(examples[0].prompt, record, sharegpt, source)
     return [Example(e.id, prompt, e.completion, e.label, e.source, tools) for e in examples]

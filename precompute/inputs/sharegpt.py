@@ -60,7 +60,7 @@ def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return ShareGPTMap(**fields)
+    return ShareGPTMap.from_entry(**fields)
 
 
 def _pick_entry(data: Any, name: str, where: str) -> Any:

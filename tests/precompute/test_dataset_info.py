@@ -123,3 +123,27 @@ def test_the_cli_follows_file_name_and_makes_the_old_ways_cache(dataset_dir, tmp
     assert old.exit_code == 0, old.output
     assert read_manifest(tmp_path / "new").fingerprint == read_manifest(tmp_path / "old").fingerprint
     assert read_manifest(tmp_path / "new").counts.rows == 6
+
+
+def test_a_system_column_the_entry_does_not_name_is_not_read(tmp_path):
+    """LLaMA-Factory's `columns.system` (and `tools`) default to None: an entry that does not
+    name a system column reads none, whatever the rows hold; one that names it does. file_sha1,
+    optional in LLaMA-Factory and only warned about there, is accepted."""
+    row = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}], "kto_tag": True, "system": "Unmapped."}
+    alpaca_row = {"instruction": "Hi", "output": "Yo", "kto_tag": True, "system": "Unmapped."}
+    (tmp_path / "sg.json").write_text(json.dumps([row, row]))
+    (tmp_path / "al.json").write_text(json.dumps([alpaca_row, alpaca_row]))
+    sg = {"file_name": "sg.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "kto_tag": "kto_tag"}}
+    al = {"file_name": "al.json", "file_sha1": "0" * 40, "columns": {"prompt": "instruction", "response": "output", "kto_tag": "kto_tag"}}
+    info = {
+        "sg": sg,
+        "al": al,
+        "sg_sys": {**sg, "columns": {**sg["columns"], "system": "system"}},
+        "al_sys": {**al, "columns": {**al["columns"], "system": "system"}},
+    }
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    for name in info:
+        entry = load_datasets(name, tmp_path)
+        example, _ = read_examples(entry.data, sharegpt=entry.sharegpt, alpaca=entry.alpaca)
+        system = [m["content"] for m in example.prompt if m["role"] == "system"]
+        assert system == (["Unmapped."] if name.endswith("_sys") else []), name

@@ -72,7 +72,8 @@ def test_names_come_from_a_dataset_info_entry(tmp_path):
         )
     )
     smap = load_sharegpt_info(f"{info}#mine")
-    assert (smap.messages, smap.kto_tag, smap.user_tag, smap.system) == ("dialog", "good", "person", "system")
+    # An entry reads a system (or tools) column only when it names one, as LLaMA-Factory does.
+    assert (smap.messages, smap.kto_tag, smap.user_tag, smap.system, smap.tools) == ("dialog", "good", "person", "", "")
     row = {"dialog": [{"role": "person", "text": "Hi"}, {"role": "bot", "text": "Yo"}], "good": False}
     [ex] = read_examples([write_jsonl(tmp_path / "d.jsonl", [row, row | {"id": 2}])], sharegpt=smap)[:1]
     assert ex.prompt == ({"role": "user", "content": "Hi"},) and ex.label is False
@@ -91,6 +92,24 @@ def test_system_and_tools_columns_apply_to_other_shapes(tmp_path):
     row = {"prompt": [{"role": "user", "content": "Q"}], "completion": [{"role": "assistant", "content": "A"}], "label": True, "system": "S", "tools": tools}
     [ex, _] = read_examples([write_jsonl(tmp_path / "d.jsonl", [row, {**row, "system": None, "tools": None}])])
     assert ex.prompt[0] == {"role": "system", "content": "S"} and ex.tools == tuple(tools)
+
+
+def test_an_empty_system_column_name_reads_none(tmp_path, tiny_model_dir):
+    """--system-column '' (and --tools-column ''): TRL's plain-text rows often carry a system
+    column TRL never reads; without a chat template it cannot apply, so it is refused unless
+    the user says to read none."""
+    from click.testing import CliRunner
+    from conftest import precompute_args
+
+    from kto.precompute.cli import main
+
+    row = {"prompt": "Name a colour:", "completion": " Blue.", "label": True, "system": "S", "tools": "[]"}
+    [ex, _] = read_examples([write_jsonl(tmp_path / "d.jsonl", [row, row])], sharegpt=ShareGPTMap(system="", tools=""))
+    assert ex.prompt == "Name a colour:" and ex.tools == ()
+    assert "--system-column '' reads no system column" in error_of(tmp_path / "d.jsonl")
+    args = precompute_args(write_jsonl(tmp_path / "e.jsonl", [row, {**row, "completion": " Red.", "label": False}]), tiny_model_dir, tmp_path / "c")
+    result = CliRunner().invoke(main, [*args, "--system-column", "", "--tools-column", ""])
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize(
