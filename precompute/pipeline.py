@@ -49,7 +49,7 @@ from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncat
 from .progress import Progress
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
-from .tokenize import leading_bos_id, stage, staging_path, staging_schema, tokenize_example
+from .tokenize import completions_without_eos, leading_bos_id, stage, staging_path, staging_schema, stop_ids, tokenize_example
 
 
 def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> CacheContent:
@@ -168,6 +168,14 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         if created and state.is_main_process:
             shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
         raise
+    stops = stop_ids(tokenizer, source.directory)
+    if state.is_main_process and stops:
+        missing, kept = completions_without_eos(staged, stops)
+        if missing:
+            log(
+                f"warning: {missing} of {kept} completions never reach the EOS token {tokenizer.eos_token!r}, so the policy is not taught to stop; "
+                f"{template.name} closes the assistant's turn without it (end the turn with {{{{ eos_token }}}})"
+            )
     for s in splits:
         if s.counts.desirable == 0 or s.counts.undesirable == 0:
             log(

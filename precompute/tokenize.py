@@ -12,6 +12,7 @@ before pairing.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute
 import pyarrow.ipc
 
 from kto.formats import schema as S
@@ -229,6 +231,21 @@ def _is_trailing_special(ids, i, tokenizer, offsets) -> bool:
     return i > 0 and offsets[i] == (0, 0) and ids[i] in tokenizer.all_special_ids
 
 
+def stop_ids(tokenizer, model_dir: Path) -> set[int]:
+    """The ids generation stops at: the tokenizer's EOS and the model's generation_config.json
+    `eos_token_id` (one id or a list: Llama-3 instruct stops at <|eot_id|> as well)."""
+    ids = {tokenizer.eos_token_id} - {None}
+    path = Path(model_dir) / "generation_config.json"
+    try:
+        configured = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        configured = None
+    for i in configured if isinstance(configured, list) else [configured]:
+        if isinstance(i, int):
+            ids.add(i)
+    return ids
+
+
 def leading_bos_id(tokenizer) -> int | None:
     """The BOS id if this tokenizer starts plain text with it (Llama-3 does, SmolLM2 does not)."""
     bos = tokenizer.bos_token_id
@@ -295,6 +312,30 @@ BOOKKEEPING = (
     pa.field("completion_key", pa.uint64()),
     pa.field(WHOLE_COMPLETION, pa.list_(pa.int32())),
 )
+
+
+def completions_without_eos(path: Path, stop_ids: set[int]) -> tuple[int, int]:
+    """(kept rows whose whole completion holds none of `stop_ids`, kept rows) of a staging file.
+
+    Text rows always end with EOS (text_ids appends it, as TRL does). A chat row's completion
+    ends as the template renders the assistant's turn: a template that closes it without the
+    EOS token teaches the policy never to stop, and nothing in the numbers would show it.
+    Read batch by batch, memory-mapped."""
+    missing = kept_rows = 0
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        for b in range(reader.num_record_batches):
+            batch = reader.get_batch(b)
+            kept = batch.column("kept").to_numpy(zero_copy_only=False).astype(bool)
+            completions = batch.column(WHOLE_COMPLETION)
+            has_eos = np.zeros(len(batch), dtype=bool)
+            if len(completions.values):
+                values = completions.values.to_numpy()
+                rows = pa.compute.list_parent_indices(completions).to_numpy()
+                has_eos[rows[np.isin(values, list(stop_ids))]] = True
+            missing += int((kept & ~has_eos).sum())
+            kept_rows += int(kept.sum())
+    return missing, kept_rows
 
 
 def staging_schema() -> pa.Schema:

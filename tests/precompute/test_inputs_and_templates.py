@@ -173,3 +173,30 @@ def test_sharegpt_names_and_columns_from_config_and_flags(tmp_path):
     cfg = config_from(ctx, ctx.params.pop("config_file"), ctx.params)
     assert (cfg.sharegpt.kto_tag, cfg.sharegpt.user_tag, cfg.sharegpt.system, cfg.sharegpt.tools) == ("good", "person", "sys", "fns")
     assert [str(p) for p in cfg.data] == ["a.jsonl", "hf:org/set:train"]
+
+
+def test_a_template_that_closes_the_turn_without_eos_is_warned_about(tmp_path, tiny_model_dir):
+    """A chat row's completion ends as the template renders the assistant's turn. A template
+    that leaves out the EOS token there teaches the policy never to stop: told in one line.
+    SmolLM2's own template closes the turn with <|im_end|>, its EOS: no warning. A stop id of
+    the model's generation_config.json counts as well (Llama-3 instruct's <|eot_id|>)."""
+    from transformers import AutoTokenizer
+
+    from kto.precompute.tokenize import stop_ids
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    (tmp_path / "t.jinja").write_text(
+        "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}### assistant:\n{% endif %}"
+    )
+    warned = run(*precompute_args(data, tiny_model_dir, tmp_path / "c1", "--chat-template", str(tmp_path / "t.jinja")))
+    assert warned.exit_code == 0, warned.output
+    n = len(chat_rows())
+    assert f"warning: {n} of {n} completions never reach the EOS token '<|im_end|>'" in warned.output
+    own = run(*precompute_args(data, tiny_model_dir, tmp_path / "c2"))
+    assert own.exit_code == 0 and "EOS" not in own.output
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = tmp_path / "m"
+    model.mkdir()
+    assert stop_ids(tok, model) == {tok.eos_token_id}
+    (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.eos_token_id, 7]}))
+    assert stop_ids(tok, model) == {tok.eos_token_id, 7}
