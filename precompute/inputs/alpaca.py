@@ -18,7 +18,7 @@ from typing import Any
 
 from kto.formats.errors import InputError
 
-from .examples import Example, ShareGPTMap, kind_name, parse_label, require_names, with_system
+from .examples import Example, ShareGPTMap, kind_name, label_of, require_names, with_system
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ def alpaca_examples(record: dict, amap: AlpacaMap, smap: ShareGPTMap, label_colu
             Example(f"{base_id}:rejected", prompt, (_assistant(answers[1]),), False, source),
         ]
     completion = (_assistant(_text(record, amap.response, source)),)
-    for key in (amap.kto_tag, label_column):
-        if record.get(key) is not None:
-            return [Example(base_id, prompt, completion, parse_label(record[key], f"{source}: {key}"), source)]
+    label = label_of(record, (amap.kto_tag, label_column), source)
+    if label is not None:
+        return [Example(base_id, prompt, completion, label, source)]
     raise InputError(
         f"{source}: missing column '{amap.kto_tag}' (or '{label_column}') for an unpaired alpaca row; a ranking row needs '{amap.chosen}' and '{amap.rejected}'"
     )

@@ -256,8 +256,19 @@ def _label(record: dict, columns: ColumnMap, source: str) -> bool:
     if not present:
         missing = f"'{columns.label}' (or '{_KTO_TAG}')"
         raise InputError(f"{source}: missing column {missing}; {_shapes(columns)}")
-    key = next((k for k in present if record[k] is not None), present[0])
-    return parse_label(record[key], f"{source}: {key}")
+    label = label_of(record, present, source)
+    return parse_label(record[present[0]], f"{source}: {present[0]}") if label is None else label
+
+
+def label_of(record: dict, keys: Sequence[str], source: str) -> bool | None:
+    """The row's label from whichever of the label columns `keys` it fills (a null cell fills
+    none); None when it fills none. A row filling two that disagree (a TRL `label` beside a
+    LLaMA-Factory `kto_tag`, say, in a merged export) is refused: either could be the one meant."""
+    labels = {key: parse_label(record[key], f"{source}: {key}") for key in dict.fromkeys(keys) if record.get(key) is not None}
+    if len(set(labels.values())) > 1:
+        said = " and ".join(f"'{k}' says {v}" for k, v in labels.items())
+        raise InputError(f"{source}: {said}; keep one label column")
+    return next(iter(labels.values()), None)
 
 
 def _paired(record: dict, columns: ColumnMap, base_id: str, source: str) -> list[Example]:

@@ -25,7 +25,7 @@ from typing import Any
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file
 
-from .examples import Example, ShareGPTMap, kind_name, one_line, parse_label, tools_of, with_system
+from .examples import Example, ShareGPTMap, kind_name, label_of, one_line, tools_of, with_system
 
 
 def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
@@ -181,9 +181,9 @@ def _completion_turn(raw: Any, smap: ShareGPTMap, where: str) -> dict:
 
 
 def _kto_label(record: dict, smap: ShareGPTMap, label_column: str, source: str) -> bool:
-    for key in (smap.kto_tag, label_column):
-        if _present(record, key):
-            return parse_label(record[key], f"{source}: {key}")
+    label = label_of(record, (smap.kto_tag, label_column), source)
+    if label is not None:
+        return label
     raise InputError(
         f"{source}: missing column '{smap.kto_tag}' (or '{label_column}') for an unpaired "
         f"ShareGPT row; a paired row needs '{smap.chosen}' and '{smap.rejected}'"

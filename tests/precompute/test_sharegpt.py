@@ -137,3 +137,24 @@ def test_an_empty_system_column_name_reads_none(tmp_path, tiny_model_dir):
 )
 def test_bad_rows_get_one_line(tmp_path, row, expect):
     assert error_of(write_jsonl(tmp_path / "d.jsonl", [row])).startswith(expect)
+
+
+def test_two_label_columns_that_disagree_are_refused(tmp_path):
+    """A merged TRL + LLaMA-Factory export can carry `label` and `kto_tag`; either could be
+    the one meant, so a row where they disagree is refused in one line, in every shape that
+    reads both. Where they agree, or one is null, the row reads as before."""
+    from kto.precompute.inputs.alpaca import AlpacaMap
+
+    shapes = {
+        "messages": ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}, None),
+        "sharegpt": ({"conversations": [turn("human", "Q"), turn("gpt", "A")]}, None),
+        "alpaca": ({"instruction": "Q", "output": "A"}, AlpacaMap()),
+    }
+    for name, (row, alpaca) in shapes.items():
+        path = write_jsonl(tmp_path / f"{name}.jsonl", [{**row, "kto_tag": False, "label": True}, {**row, "kto_tag": True, "label": True}])
+        with pytest.raises(InputError) as info:
+            read_examples([path], alpaca=alpaca)
+        assert str(info.value).endswith("keep one label column") and "row 1" in str(info.value), name
+        assert {"'kto_tag' says False", "'label' says True"} <= set(str(info.value).split(": ")[-1].split("; ")[0].split(" and ")), name
+        agree = write_jsonl(tmp_path / f"{name}-ok.jsonl", [{**row, "kto_tag": "yes", "label": True}, {**row, "kto_tag": None, "label": False}])
+        assert [e.label for e in read_examples([agree], alpaca=alpaca)] == [True, False], name
