@@ -1,6 +1,6 @@
 """Reading: each `--data` input -> (1-based row, raw record) -> the record's checked Examples.
 
-Files are parsed here (JSONL, JSON array, CSV, Parquet, Arrow IPC) from the bytes they are hashed
+Files are parsed here (JSONL, JSON array or JSON Lines in a .json, CSV, Parquet, Arrow IPC) from the bytes they are hashed
 from; `datasets` inputs come through hub.py. Each record is sent to its shape: examples.py (TRL,
 LLaMA-Factory, paired), sharegpt.py or alpaca.py; what a record means (row shapes, labels,
 messages) is theirs. pyarrow, numpy and the standard library only: polars stays out of this path.
@@ -75,6 +75,10 @@ def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
     if suffix == ".jsonl":
         return _jsonl_records(path, data)
     if suffix == ".json":
+        if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+            # JSON Lines under a .json name: what datasets' Dataset.to_json writes by default, and
+            # what LLaMA-Factory (through datasets) reads. Rows are line numbers, as in a .jsonl.
+            return _jsonl_records(path, data)
         return enumerate(_json_array(path, data), 1)
     if suffix == ".csv":
         return _csv_records(path, data)

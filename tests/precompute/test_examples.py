@@ -140,6 +140,17 @@ def test_json_array(tmp_path):
     assert [(e.id, e.label) for e in read_examples([path])] == [("d.json:1", True), ("d.json:2", False)]
 
 
+def test_json_lines_under_a_json_name(tmp_path):
+    """datasets' Dataset.to_json writes JSON Lines to a .json file by default, and LLaMA-Factory
+    reads it: so does --data (rows are line numbers, as in a .jsonl); a malformed line is named."""
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "d.json"
+    datasets.Dataset.from_list([GOOD, {**GOOD, "label": False}]).to_json(str(path))
+    assert [(e.id, e.label) for e in read_examples([path])] == [("d.json:1", True), ("d.json:2", False)]
+    path.write_text(json.dumps(GOOD) + "\n{oops\n")
+    assert error_of([path]).startswith("d.json: row 2: malformed JSON")
+
+
 def test_parquet_with_mixed_shapes_and_nulls(tmp_path):
     # A Parquet file mixing shapes has nulls in the columns a row does not use.
     rows = [GOOD, {"prompt": "P", "chosen": "c", "rejected": "r"}, {"messages": [USER, ASSISTANT], "label": False}]
