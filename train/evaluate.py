@@ -47,7 +47,7 @@ def evaluate(model: torch.nn.Module, cache: ShardedCache, s: LossSettings, pad_i
         p = policy_pass(model, b, s, z)
         stats = stats.plus(batch_stats(b, p.out, p.logps, p.nll_sum, None, first=False))
     stats = stats.all_reduced(accelerator)
-    out = summarize(stats)
+    out = summarize(stats, s.sft_weight)
     for key in ("tokens", "padding/policy", "padding/kl", "tokens/saved"):
         out.pop(key)
     if z is not None:

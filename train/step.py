@@ -400,11 +400,13 @@ def optimizer_step(
     return float(norm)
 
 
-def summarize(stats: StepStats) -> dict[str, float]:
+def summarize(stats: StepStats, sft_weight: float = 0.0) -> dict[str, float]:
     """Turn all-reduced StepStats sums (possibly over several steps) into logged metrics.
 
     Names follow TRL (`rewards/chosen` = desirable, `rewards/rejected` = undesirable) so that
-    dashboards compare side by side.
+    dashboards compare side by side. `loss` is the objective trained on: the KTO loss per row
+    plus `sft_weight` × `sft_loss` (--sft-weight, LLaMA-Factory's pref_ftx), as LLaMA-Factory
+    logs it; `kto_loss` is the first term alone.
     """
     v = dict(zip(StepStats._fields, stats.stacked().tolist()))
     nan = float("nan")
@@ -412,7 +414,8 @@ def summarize(stats: StepStats) -> dict[str, float]:
     div = lambda a, b: a / b if b else nan
     chosen, rejected = div(v["reward_d_sum"], v["desirable"]), div(v["reward_u_sum"], v["undesirable"])
     out = {
-        "loss": div(v["loss_sum"], v["examples"]),
+        "loss": div(v["loss_sum"], v["examples"]) + (sft_weight * div(v["sft_nll_sum"], v["sft_tokens"]) if sft_weight and v["sft_tokens"] else 0.0),
+        "kto_loss": div(v["loss_sum"], v["examples"]),
         # No KL pass (apo_zero_unpaired) means z = 0 was used, so 0 is the true value here.
         "kl": v["kl_sum"] / v["kl_scopes"] if v["kl_scopes"] else 0.0,
         "kl_raw": v["kl_raw_sum"] / v["kl_scopes"] if v["kl_scopes"] else 0.0,

@@ -202,6 +202,22 @@ def test_a_window_without_one_class_logs_null_not_zero():
     assert out["rewards/margins"] != out["rewards/margins"]
 
 
+def test_the_logged_loss_is_the_objective_with_the_sft_term():
+    """With --sft-weight γ (LLaMA-Factory's pref_ftx) the step trains on KTO + γ · NLL; `loss`
+    logs that sum, as LLaMA-Factory does, and `kto_loss` the KTO term alone. 2 rows with KTO
+    losses summing to 1.0; 10 desirable tokens with NLL 25: 0.5 + 0.1 · 2.5 = 0.75."""
+    import torch
+
+    from kto.train.step import StepStats, summarize
+
+    stats = StepStats.zeros("cpu")._replace(
+        examples=torch.tensor(2.0), loss_sum=torch.tensor(1.0), sft_nll_sum=torch.tensor(25.0), sft_tokens=torch.tensor(10.0)
+    )
+    assert summarize(stats, sft_weight=0.1)["loss"] == pytest.approx(0.75)
+    assert summarize(stats, sft_weight=0.1)["kto_loss"] == summarize(stats)["loss"] == pytest.approx(0.5)
+    assert summarize(stats)["sft_loss"] == pytest.approx(2.5)
+
+
 def test_an_earlier_run_is_not_overwritten_without_resume(full_run, tiny_cache, tiny_model_dir):
     out, _ = full_run
     before = (out / "metrics.jsonl").read_text()
