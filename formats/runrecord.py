@@ -53,9 +53,14 @@ def record_path(run_dir: str | Path) -> Path | None:
     return legacy if is_run_record(legacy) else None
 
 
-def write_run_config(run_dir: str | Path, config: dict, derived: dict) -> None:
+def write_run_config(run_dir: str | Path, config: dict, derived: dict, finished_step: int | None = None) -> None:
+    """`finished_step`: set once final/ holds that step's weights (kto-train then has nothing to
+    resume); a run that starts or resumes rewrites the record without it."""
     run_dir = Path(run_dir)
-    write_json_atomic(run_dir / RUN_RECORD_NAME, {"kind": KIND, "version": VERSION, "config": config, "derived": derived})
+    record = {"kind": KIND, "version": VERSION, "config": config, "derived": derived}
+    if finished_step is not None:
+        record["finished_step"] = finished_step
+    write_json_atomic(run_dir / RUN_RECORD_NAME, record)
     legacy = run_dir / LEGACY_RECORD_NAME
     if is_run_record(legacy):
         legacy.unlink()  # migrated: the record now lives under its own name

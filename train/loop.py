@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from kto.formats.compute.numerics import train_numerics
-from kto.formats.errors import InputError, log
+from kto.formats.errors import InputError, log, on_main
 
 from .checkpoint import Position
 from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
@@ -22,7 +22,7 @@ from .guard import check_step
 from .model_card import final_files
 from .processes import borrowed_accelerate_state
 from .progress import TrainProgress, number
-from .rundir import lock_run_dir
+from .rundir import finished_final, lock_run_dir, mark_finished
 from .setup import Run, check_inputs, setup
 from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
 from .stop import Interrupted, StopSignals, resume_command
@@ -48,7 +48,14 @@ def train(cfg: TrainConfig) -> Trained:
     with borrowed_accelerate_state():  # a second run in this process starts as the first did
         checked = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
         with lock_run_dir(cfg.out, checked.accelerator):  # one kto-train per run directory, for the whole run
-            final = run_steps(setup(checked))
+            final = on_main(lambda: finished_final(cfg, checked.record), checked.accelerator)
+            if final is not None:
+                log(
+                    f"--resume: {cfg.out} finished all {checked.total_steps} steps (final/ holds step {checked.total_steps}); nothing to do",
+                    checked.accelerator,
+                )
+            else:
+                final = run_steps(setup(checked))
         return Trained(final, checked.accelerator.is_main_process)
 
 
@@ -215,7 +222,7 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
 def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float, progress: TrainProgress) -> None:
     """Metrics over the steps since the last line (already summed over ranks)."""
     p = run.position
-    line = summarize(window)
+    line = summarize(window, run.cfg.sft_weight)
     line.update(
         lr=run.policy.scheduler.get_last_lr()[0],
         grad_norm=grad_norm,
@@ -243,6 +250,8 @@ def finish(run: Run) -> Path:
     adapter = run.policy.trainable.adapters_only
     cards = final_files(run.cfg, run.cache.manifest.content.inputs, adapter) if run.accelerator.is_main_process else None
     final = run.policy.finish(run.position.global_step, cards)
+    if run.accelerator.is_main_process:
+        mark_finished(run.cfg.out, run.position.global_step)
     close_records(run)
     return final
 

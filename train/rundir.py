@@ -274,5 +274,25 @@ def lock_run_dir(out: Path, accelerator: Accelerator) -> Iterator[None]:
             raise
 
 
+def mark_finished(out: Path, step: int) -> None:
+    """Main process, after final/ is written: the run finished at `step`."""
+    saved = read_run_config(out)
+    write_run_config(out, saved["config"], saved["derived"], finished_step=step)
+
+
+def finished_final(cfg: TrainConfig, record: dict) -> Path | None:
+    """Main process: the final/ of the run in --out when `--resume` (no PATH) finds it finished
+    all its steps with these settings: nothing is left to train, and starting again from its
+    last checkpoint would redo the steps after it and replace final/. None otherwise (the usual
+    checks of open_run_dir follow)."""
+    final = cfg.out / "final"
+    if cfg.resume is not True or not final.is_dir():
+        return None
+    saved = read_run_config(cfg.out)
+    if saved is None or record_differences(saved, record):
+        return None
+    return final if saved.get("finished_step") == record["derived"]["total_steps"] else None
+
+
 def write_record(out: Path, record: dict) -> None:
     write_run_config(out, record["config"], record["derived"])

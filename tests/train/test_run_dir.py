@@ -274,12 +274,37 @@ def test_resume_with_nothing_to_resume_from_is_refused(run3, tiny_cache, tiny_mo
     before = _listing(out)
     other = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--beta", "0.5", "--resume")
     assert other.exit_code == 2 and "beta (0.2 there, 0.5 now)" in train_error_line(other.output)
+    # The run finished, so there is nothing to resume (next test); as if killed before its end:
+    record = json.loads((out / "kto_run.json").read_text())
+    assert record.pop("finished_step") == 3
+    (out / "kto_run.json").write_text(json.dumps(record))
+    before = _listing(out)
     same = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
     assert same.exit_code == 2 and "holds no checkpoint to resume from" in train_error_line(same.output)
     assert _listing(out) == before
     empty = train_cli(tiny_cache, tiny_model_dir, tmp_path / "new", *RUN, "--resume")
     assert empty.exit_code == 2 and "holds no run to resume" in train_error_line(empty.output)
     assert not (tmp_path / "new").exists()
+
+
+def test_resume_of_a_finished_run_has_nothing_to_do(run3, tiny_cache, tiny_model_dir, tmp_path):
+    """HF's Trainer saves a checkpoint at the last step, so resuming a finished run trains 0
+    steps. kto-train writes final/ there instead; a plain --resume of a finished run used to
+    start again from its last checkpoint, redo the steps after it and replace final/. It now
+    says there is nothing to do, exit 0, and changes no file. --resume PATH still continues from
+    that checkpoint, as asked."""
+    out = shutil.copytree(run3, tmp_path / "r")
+    before = _listing(out)
+    weights = (out / "final" / "model.safetensors").read_bytes()
+    again = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
+    assert again.exit_code == 0, again.output
+    assert "finished all 3 steps (final/ holds step 3); nothing to do" in again.output
+    assert _listing(out) == before and (out / "final" / "model.safetensors").read_bytes() == weights
+    other = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.5", "--resume")
+    assert other.exit_code == 2 and "beta (0.2 there, 0.5 now)" in train_error_line(other.output)
+    explicit = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", str(out / "checkpoint-2"))
+    assert explicit.exit_code == 0 and "resumed from" in explicit.output, explicit.output
+    assert json.loads((out / "kto_run.json").read_text())["finished_step"] == 3
 
 
 def test_a_run_recorded_as_config_json_still_resumes_and_moves_its_record(run3, tiny_cache, tiny_model_dir, tmp_path):
