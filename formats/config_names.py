@@ -357,3 +357,31 @@ def _apply_defaults(out: Resolved) -> None:
     if alpha_twice_rank and "lora_alpha" not in out.values:
         out.values["lora_alpha"] = 2.0 * float(out.values["lora_r"])
         out.alpha_twice_rank = True
+
+
+def option_hint(command: str, option: str) -> str | None:
+    """For an option the command line does not know but a config file would (TRL's or
+    LLaMA-Factory's name, dashes or underscores): which of ours it is. None otherwise."""
+    alias = ALIASES[command].get(option.lstrip("-").replace("-", "_"))
+    if alias is None:
+        return None
+    return f"{alias.source}'s name for {command}'s --{alias.ours.replace('_', '-')}; such names work in a --config file"
+
+
+def names_other_tools_use(command: str) -> type:
+    """A click Command class whose "No such option" names our option for TRL's and
+    LLaMA-Factory's names (`--learning_rate` -> `--lr`), where click's own "did you mean"
+    compares spellings only."""
+    import click
+
+    class Command(click.Command):
+        def parse_args(self, ctx, args):
+            try:
+                return super().parse_args(ctx, args)
+            except click.NoSuchOption as e:
+                hint = option_hint(command, e.option_name)
+                if hint is None:
+                    raise
+                raise click.NoSuchOption(e.option_name, f"No such option: {e.option_name} ({hint}).", ctx=ctx) from None
+
+    return Command

@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from kto.formats.config_file import PRECOMPUTE, resolve_config_file
+from kto.formats.config_names import names_other_tools_use
 from kto.formats.errors import InputError, log, one_line_errors
 from kto.precompute.inputs.dataset_info import load_datasets
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
@@ -21,7 +22,7 @@ from kto.precompute.inputs.sharegpt import load_sharegpt_info
 from .config import DTYPES, PrecomputeConfig
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.command(cls=names_other_tools_use(PRECOMPUTE), context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option(
     "--data",
     "data",

@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from kto.formats.compute.early_checks import check_local_cache, check_local_model
+from kto.formats.config_names import TRAIN, names_other_tools_use
 from kto.formats.errors import InputError, log, one_line_errors
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
@@ -26,7 +27,7 @@ P = click.Path(path_type=Path)
 LATEST = "latest"  # `--resume` without a path
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.command(cls=names_other_tools_use(TRAIN), context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--cache", type=P, help="Cache directory written by kto-precompute.")
 @click.option("--model", help="Policy initialisation: local HF dir, .gguf file or hub id.")
 @click.option("--out", type=P, help="Run directory.")

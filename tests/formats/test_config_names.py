@@ -195,3 +195,19 @@ def test_a_rank_on_the_command_line_sets_llama_factorys_alpha_from_it(tmp_path, 
         result = CliRunner().invoke(train_cli.main, [*common, *extra])
         assert result.exit_code == 0, result.output
         assert (seen[-1].lora_r, seen[-1].lora_alpha) == expected
+
+
+def test_the_command_line_names_our_option_for_another_tools_name():
+    """`--learning_rate` on kto-train's command line is TRL's name; click alone answers "No such
+    option" (its "did you mean" compares spellings). The error names our --lr; a typo still
+    gets click's suggestion."""
+    from click.testing import CliRunner
+
+    from kto.precompute.cli import main as precompute
+    from kto.train.cli import main as train
+
+    out = CliRunner().invoke(train, ["--learning_rate", "1e-5"]).output
+    assert "No such option: --learning_rate (TRL/LLaMA-Factory's name for kto-train's --lr; such names work in a --config file)" in out
+    assert "kto-train's --batch-size" in CliRunner().invoke(train, ["--per-device-train-batch-size", "4"]).output
+    assert "LLaMA-Factory's name for kto-precompute's --max-length" in CliRunner().invoke(precompute, ["--cutoff_len", "512"]).output
+    assert "Did you mean" in CliRunner().invoke(train, ["--lrr", "1"]).output
