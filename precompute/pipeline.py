@@ -168,14 +168,8 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         if created and state.is_main_process:
             shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
         raise
-    stops = stop_ids(tokenizer, source.directory)
-    if state.is_main_process and stops:
-        missing, kept = completions_without_eos(staged, stops)
-        if missing:
-            log(
-                f"warning: {missing} of {kept} completions never reach the EOS token {tokenizer.eos_token!r}, so the policy is not taught to stop; "
-                f"{template.name} closes the assistant's turn without it (end the turn with {{{{ eos_token }}}})"
-            )
+    if state.is_main_process:
+        warn_without_stop(staged, tokenizer, source, template)
     for s in splits:
         if s.counts.desirable == 0 or s.counts.undesirable == 0:
             log(
@@ -213,6 +207,17 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         staged.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
         _summary(manifests, time.perf_counter() - started)
     return manifests
+
+
+def warn_without_stop(staged: Path, tokenizer, source, template: ChatTemplate) -> None:
+    """One line when completions never reach a stop token (tokenize.completions_without_eos)."""
+    stops = stop_ids(tokenizer, source.directory)
+    missing, kept = completions_without_eos(staged, stops) if stops else (0, 0)
+    if missing:
+        log(
+            f"warning: {missing} of {kept} completions never reach the EOS token {tokenizer.eos_token!r}, so the policy is not taught to stop; "
+            f"{template.name} closes the assistant's turn without it (end the turn with {{{{ eos_token }}}})"
+        )
 
 
 def _finish(s: Split, manifest: Manifest, tokenizer, rows_per_shard: int) -> Manifest:
