@@ -172,6 +172,10 @@ class TrainConfig:
         for name in ("desirable_weight", "undesirable_weight", "sft_weight", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
+        if self.drift_tolerance is not None and self.drift_tolerance < 0:
+            raise InputError(f"--drift-tolerance {self.drift_tolerance}: must not be negative")
+        if not 0 <= self.seed < 2**32:  # numpy's and torch's seeds, as transformers' set_seed takes them
+            raise InputError(f"--seed {self.seed}: must be in [0, 2**32)")
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:

@@ -43,6 +43,7 @@ import torch
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, column_view
 from kto.formats.compute.logprob import TokenBatch, make_token_batch
+from kto.formats.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -125,6 +126,20 @@ class MicroBatchShape:
 
 def steps_per_epoch(num_rows: int, shape: MicroBatchShape) -> int:
     return math.ceil(num_rows / shape.rows_per_step)
+
+
+def check_shape(num_rows: int, shape: MicroBatchShape) -> None:
+    """A step's slots beyond the cache's rows are filler that still runs through the model (and
+    the plan is built slot by slot): --batch-size 100000 or --grad-accum 100000000 on a small
+    cache would fill memory for nothing. A micro-batch may hold at most the cache's rows, and
+    a step at most as many micro-batches as those rows fill."""
+    if shape.batch_size > num_rows:
+        raise InputError(f"--batch-size {shape.batch_size}: the cache holds {num_rows} rows; a micro-batch can hold at most {num_rows}")
+    most = math.ceil(num_rows / shape.batch_size)
+    if shape.grad_accum > most:
+        raise InputError(
+            f"--grad-accum {shape.grad_accum}: the cache's {num_rows} rows fill at most {most} micro-batches of --batch-size {shape.batch_size}; use --grad-accum {most} or less"
+        )
 
 
 def epoch_plan(lengths: np.ndarray, shape: MicroBatchShape, seed: int, epoch: int, groups: np.ndarray | None = None) -> np.ndarray:

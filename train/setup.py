@@ -24,7 +24,7 @@ from . import adapters, sharding, trackers
 from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig, planned_steps
-from .data import MicroBatchShape, prompt_groups, steps_per_epoch
+from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
 from .metrics import METRICS_NAME, MetricsWriter
 from .optim import check_schedule
 from .policy import Policy
@@ -154,6 +154,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     eval_cache = open_eval_cache(cfg, manifest)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
+    check_shape(cache.num_rows, shape)
     per_epoch = steps_per_epoch(cache.num_rows, shape)
     total_steps = planned_steps(cfg, per_epoch)
     identity = model_identity(source)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import crashed_copy, metrics, run_train
+from conftest import crashed_copy, metrics, run_train, train_error_line
 from numerics_bounds import assert_step0_agrees, cache_sum_bound
 
 from kto.train.cli import main
@@ -306,3 +306,24 @@ def test_full_fine_tuning_of_fp16_weights_is_refused_before_any_step(tiny_cache,
     assert not (tmp_path / "full").exists()
     lora = train_cli(tiny_cache, tiny_model_dir, tmp_path / "lora", "--max-steps", "2", "--dtype", "fp16", "--lora-r", "4")
     assert lora.exit_code == 0, lora.output[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "2", "--grad-accum", "100000000"], "--grad-accum 100000000: the cache's 16 rows fill at most 8 micro-batches of --batch-size 2"),
+        (["--batch-size", "100000"], "--batch-size 100000: the cache holds 16 rows; a micro-batch can hold at most 16"),
+        (["--seed", "-1"], "--seed -1: must be in [0, 2**32)"),
+        (["--seed", str(2**64)], f"--seed {2**64}: must be in [0, 2**32)"),
+        (["--drift-tolerance", "-1"], "--drift-tolerance -1.0: must not be negative"),
+    ],
+    ids=["grad-accum", "batch-size", "negative-seed", "huge-seed", "drift-tolerance"],
+)
+def test_flags_that_cannot_run_are_refused_before_anything_is_written(tiny_cache, tiny_model_dir, tmp_path, args, message):
+    """Seen in an attack on the CLI: --grad-accum 100000000 on a 16-row cache built a plan slot
+    by slot (22 GB after 12 minutes, SIGTERM ignored), --batch-size 100000 ran filler rows
+    through the model, --seed -1 ended in numpy's traceback, --drift-tolerance -1 failed the
+    step-0 check after loading the model. Each is one line now, and --out is not created."""
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", "--max-steps", "1", *args)
+    assert result.exit_code == 2 and train_error_line(result.output).startswith(f"kto-train: error: {message}"), result.output
+    assert not (tmp_path / "run").exists()
