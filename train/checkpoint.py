@@ -57,6 +57,10 @@ class Position:
     global_step: int
     epoch: int
     step_in_epoch: int
+    unlogged: tuple[float, ...] = ()
+    """The summed StepStats (stacked, reduced over ranks) of the steps after the last logged
+    line, when a signal stop saved between two lines; a resumed run adds its steps to them, so
+    that its next line covers the steps the uninterrupted run's did. Empty otherwise."""
 
 
 def save_model_dir(lm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:

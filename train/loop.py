@@ -64,7 +64,8 @@ def run_steps(run: Run) -> Path:
     # The next step's batches are collated on a background thread while this step computes.
     prefetch = Prefetcher(lambda position: step_micro_batches(run, position))
     progress = TrainProgress(run.total_steps, run.position.global_step, enabled=run.accelerator.is_main_process)
-    window = Window()
+    window = Window.resumed(run.position.unlogged, run.accelerator.device)
+    run.position = replace(run.position, unlogged=())
     try:
         with progress.lines_above(), StopSignals(run.accelerator) as signals:
             while run.position.global_step < run.total_steps:
@@ -73,7 +74,7 @@ def run_steps(run: Run) -> Path:
                 window.add(stats)
                 window = after_step(run, window, grad_norm, progress)
                 if (signum := signals.requested()) is not None and run.position.global_step < run.total_steps:
-                    stop(run, signum)
+                    stop(run, signum, window)
             if run.eval_cache:
                 run_eval(run, progress)
     finally:
@@ -90,6 +91,21 @@ class Window:
 
     def add(self, stats: StepStats) -> None:
         self.stats = stats if self.stats is None else self.stats.plus(stats)
+
+    @classmethod
+    def resumed(cls, unlogged: tuple[float, ...], device: torch.device) -> Window:
+        """The window a signal stop saved (Position.unlogged), less its token count: tokens/s is
+        measured over this process's steps only."""
+        import torch
+
+        if not unlogged:
+            return cls()
+        stats = StepStats.unstacked(torch.tensor(unlogged, dtype=torch.float64, device=device))
+        return cls(stats._replace(tokens=torch.zeros_like(stats.tokens)))
+
+    def saved(self) -> tuple[float, ...]:
+        """What Position.unlogged keeps of this window."""
+        return () if self.stats is None else tuple(self.stats.stacked().tolist())
 
 
 def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, float]:
@@ -123,13 +139,14 @@ def after_step(run: Run, window: Window, grad_norm: float, progress: TrainProgre
     return window
 
 
-def stop(run: Run, signum: int) -> NoReturn:
-    """A signal asked to stop: checkpoint this step (unless --save-every just did), say where it
-    is and how to resume, close the records, raise Interrupted (the CLI exits 128 + signum)."""
+def stop(run: Run, signum: int, window: Window) -> NoReturn:
+    """A signal asked to stop: checkpoint this step (unless --save-every just did), with the
+    steps not yet logged, say where it is and how to resume, close the records, raise
+    Interrupted (the CLI exits 128 + signum)."""
     step, acc = run.position.global_step, run.accelerator
     path = run.policy.last_checkpoint
     if path != run.cfg.out / f"checkpoint-{step}":
-        path = run.policy.save(run.position)
+        path = run.policy.save(replace(run.position, unlogged=window.saved()))
     command = resume_command(run.cfg)
     launcher = f" (under the same launcher, {acc.num_processes} processes)" if acc.num_processes > 1 else ""
     log(f"kto-train: stopped by {signal.Signals(signum).name} after step {step} of {run.total_steps}: saved {path}", acc)

@@ -327,3 +327,35 @@ def test_flags_that_cannot_run_are_refused_before_anything_is_written(tiny_cache
     result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", "--max-steps", "1", *args)
     assert result.exit_code == 2 and train_error_line(result.output).startswith(f"kto-train: error: {message}"), result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stop_between_two_lines_keeps_the_next_line_whole(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """Seen in an attack on the CLI: Ctrl-C after step 2 of a 4-step log window saved
+    checkpoint-2, and the resumed run's step-4 line averaged steps 3-4 only (loss 0.50433 over
+    12 rows against 0.50260 over 20 uninterrupted). The checkpoint now carries the unlogged
+    steps' sums: the line equals the uninterrupted one (tokens/s aside: it is this process's)."""
+    import signal
+
+    from kto.train import loop
+
+    args = ["--batch-size", "2", "--lr", "1e-3", "--max-steps", "8", "--log-every", "4", "--save-every", "4"]
+    straight = run_train(tiny_cache, tiny_model_dir, tmp_path / "straight", *args)
+    assert straight.exit_code == 0, straight.output
+
+    class StopAfterStep2(loop.StopSignals):
+        def requested(self):
+            self.calls = getattr(self, "calls", 0) + 1
+            return signal.SIGTERM if self.calls == 2 else None
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "StopSignals", StopAfterStep2)
+        stopped = run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *args)
+    assert stopped.exit_code == 143 and (tmp_path / "r" / "checkpoint-2").is_dir(), stopped.output
+    assert metrics(tmp_path / "r") == []
+    resumed = run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    a, b = metrics(tmp_path / "r"), metrics(tmp_path / "straight")
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [4, 8]
+    for x, y in zip(a, b):
+        for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "count/chosen", "count/rejected", "padding/policy", "lr", "grad_norm"):
+            assert x[key] == y[key], (x["step"], key)
