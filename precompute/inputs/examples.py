@@ -246,6 +246,9 @@ def base_id_of(record: dict, id_column: str, fallback: str, source: str) -> str:
     value = record.get(id_column)
     if value is None:
         return fallback
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        # Python's text of an object or a list would be stored as the id, silently.
+        raise InputError(f"{source}: column '{id_column}': expected text or a number as the id, got {kind_name(value)}")
     if not str(value).strip():
         raise InputError(f"{source}: column '{id_column}': empty id")
     return _unicode(str(value), f"{source}: column '{id_column}'")

@@ -186,6 +186,13 @@ def test_id_column_present_or_file_and_row(tmp_path):
     assert [e.source for e in out] == ["a.jsonl: row 1", "a.jsonl: row 2", "b.jsonl: row 1"]
 
 
+@pytest.mark.parametrize("value, kind", [({"a": 1}, "an object"), ([1, 2], "a list"), (True, "bool")])
+def test_an_id_that_is_not_text_or_a_number_is_refused(tmp_path, value, kind):
+    """It was stored as Python's text of the value ("{'a': 1}"), silently."""
+    path = write_jsonl(tmp_path / "a.jsonl", [{**GOOD, "id": value}, GOOD])
+    assert error_of([path]) == f"a.jsonl: row 1: column 'id': expected text or a number as the id, got {kind}"
+
+
 def test_column_overrides(tmp_path):
     cols = ColumnMap(prompt="q", completion="a", label="ok", id="uid")
     rows = [{"uid": "u1", "q": "Q", "a": "A", "ok": "y"}, {"uid": "u2", "q": "Q", "a": "B", "ok": "n"}]
