@@ -45,6 +45,31 @@ def fingerprint_of(content: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+# Keys a weight file's identity gained after caches and run records already held identities:
+# compared only when both identities carry them, so those stay valid.
+LATER_WEIGHT_KEYS = frozenset({"small_tensors_sha256"})
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Do two model identities (models.model_identity) name the same model? Equal, except that
+    a key of LATER_WEIGHT_KEYS that one side's weight file lacks is not compared."""
+    if not isinstance(a, dict) or not isinstance(b, dict) or set(a) != set(b) or any(a[k] != b[k] for k in a if k != "weights"):
+        return False
+    wa, wb = a.get("weights"), b.get("weights")
+    if not isinstance(wa, dict) or not isinstance(wb, dict) or set(wa) != set(wb):
+        return wa == wb
+    for name, fa in wa.items():
+        fb = wb[name]
+        if not isinstance(fa, dict) or not isinstance(fb, dict):
+            if fa != fb:
+                return False
+            continue
+        keys = (set(fa) | set(fb)) - {k for k in LATER_WEIGHT_KEYS if k not in fa or k not in fb}
+        if any(fa.get(k) != fb.get(k) for k in keys):
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class CacheContent:
     format_version: int
@@ -119,7 +144,7 @@ class CacheContent:
 
         kto-train runs its step-0 check only then; `kto-inspect score` and tools/gpu_check.py
         expect rewards of about 0 only then."""
-        return model_identity == self.model
+        return same_model(self.model, model_identity)
 
 
 _OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split", "alpaca", "max_samples"})

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
 from kto.formats.errors import InputError, on_main
 from kto.formats.lock import LOCK_NAME, locked_dir
-from kto.formats.manifest import fingerprint_of
+from kto.formats.manifest import fingerprint_of, same_model
 from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
 
 from .adapters import MERGED_DIR
@@ -102,6 +102,8 @@ def record_differences(saved: dict, now: dict) -> list[str]:
         for k in sorted(set(a) | set(b)):
             if part == "config" and (k in RESUMABLE or k in PATHS):
                 continue
+            if k == "model_identity" and k in a and k in b and same_model(a[k], b[k]):
+                continue  # a record made before the identity gained a key still matches
             if a.get(k, "(absent)") != b.get(k, "(absent)"):
                 out.append(f"{k} ({_show(a.get(k, '(absent)'))} there, {_show(b.get(k, '(absent)'))} now)")
     return out

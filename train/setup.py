@@ -18,6 +18,7 @@ from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.models import ModelSource, check_cache_tokenizer, model_identity, resolve_source
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.manifest import same_model
 from kto.formats.memory import MemoryMeter
 
 from . import adapters, sharding, trackers
@@ -295,7 +296,11 @@ def open_eval_cache(cfg: TrainConfig, manifest: Manifest) -> ShardedCache | None
     cache = open_cache(cfg.eval_cache)
     cache.lengths()  # every shard present and readable before --out is touched
     check_held_out(cache.manifest, manifest, cfg)
-    for part in ("model", "tokenizer"):
-        if getattr(cache.manifest.content, part) != getattr(manifest.content, part):
+    same = {
+        "model": same_model(cache.manifest.content.model, manifest.content.model),
+        "tokenizer": cache.manifest.content.tokenizer == manifest.content.tokenizer,
+    }
+    for part, ok in same.items():
+        if not ok:
             raise InputError(f"--eval-cache {cfg.eval_cache}: made with another {part} than --cache {cfg.cache}")
     return cache

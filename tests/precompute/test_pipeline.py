@@ -238,3 +238,29 @@ def test_model_identity_tells_two_checkpoints_of_one_architecture_apart(tmp_path
     moved = tmp_path / "moved"
     shutil.copytree(tiny_model_dir, moved)
     assert model_identity(resolve_source(str(moved))) == a  # moving a model changes nothing
+
+
+def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
+    """Seen in an attack on a killed kto-precompute: one RMSNorm weight changed in place lay
+    outside the 64 sampled blocks, the identity stayed, and the rerun kept the shards scored
+    with the old weights. Tensors up to 1 MiB are hashed whole now. An identity recorded before
+    that key existed still matches (caches and run records made earlier stay valid); another
+    sampled hash does not."""
+    import torch
+    from safetensors.torch import save_file
+
+    from kto.formats.compute.models import ModelSource, model_identity
+    from kto.formats.manifest import same_model
+
+    big = torch.zeros(10 * 1024 * 1024 // 4)
+    for name, norm in (("a", torch.ones(32)), ("b", torch.ones(32).index_fill_(0, torch.tensor([7]), 1.5))):
+        (tmp_path / name).mkdir()
+        save_file({"a.big": big, "b.norm": norm, "c.big": big.clone()}, str(tmp_path / name / "model.safetensors"))
+    ia, ib = (model_identity(ModelSource(tmp_path / n)) for n in "ab")
+    fa, fb = ia["weights"]["model.safetensors"], ib["weights"]["model.safetensors"]
+    assert {k: fa[k] for k in ("size", "header_sha256", "sampled_sha256")} == {k: fb[k] for k in ("size", "header_sha256", "sampled_sha256")}
+    assert fa["small_tensors_sha256"] != fb["small_tensors_sha256"] and not same_model(ia, ib)
+    before = {**ia, "weights": {"model.safetensors": {k: v for k, v in fa.items() if k != "small_tensors_sha256"}}}
+    assert same_model(before, ia) and same_model(ia, before) and same_model(before, ib)  # what an old record could tell
+    other = {**ia, "weights": {"model.safetensors": {**fa, "sampled_sha256": "0" * 64}}}
+    assert not same_model(before, other) and not same_model(ia, {**ia, "config": "x"})
