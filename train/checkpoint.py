@@ -62,6 +62,14 @@ class Position:
     line, when a signal stop saved between two lines; a resumed run adds its steps to them, so
     that its next line covers the steps the uninterrupted run's did. Empty otherwise."""
 
+    def to_json(self) -> dict:
+        """trainer_state.json's `position`; `unlogged` only when there is any, so a checkpoint
+        saved on a log line reads as one saved before the field existed."""
+        state = asdict(self)
+        if not self.unlogged:
+            del state["unlogged"]
+        return state
+
 
 def save_model_dir(lm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
     lm.save_pretrained(path, safe_serialization=True)
@@ -230,7 +238,7 @@ def save_checkpoint(
         # Every rank's generators: each rank draws its own dropout masks (on batches of its own
         # shapes), so a rank resumed with rank 0's state would draw others than it would have.
         save_torch({"ranks": rank_rng or [rng_states()]}, tmp / "rng.pt")
-        (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan}, indent=2))
+        (tmp / STATE_NAME).write_text(json.dumps({"position": position.to_json(), "plan": plan}, indent=2))
         record_checksums(tmp)  # last: it covers every file above
     return path
 

@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -196,7 +195,7 @@ def save_checkpoint(
             tokenizer.save_pretrained(tmp)
             if adapter_config is not None:
                 adapter_config.save_pretrained(tmp)  # adapter_config.json: marks an adapter checkpoint
-            (tmp / STATE_NAME).write_text(json.dumps({"position": asdict(position), "plan": plan, "sharded": True}, indent=2))
+            (tmp / STATE_NAME).write_text(json.dumps({"position": position.to_json(), "plan": plan, "sharded": True}, indent=2))
             record_checksums(tmp)  # every rank's files are there: the wait above
             uniform_permissions(tmp)
             _fsync_files(tmp)
