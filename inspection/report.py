@@ -31,7 +31,7 @@ INSTALL_HINT = "pip install 'kto-offline[plot]'"
 
 # (file stem, title, y label, [(metric, legend label)]). `chosen`/`rejected` are TRL's names.
 GROUPS = [
-    ("loss", "KTO loss", "loss", [("loss", "KTO loss")]),
+    ("loss", "loss (KTO, plus --sft-weight × SFT loss when set)", "loss", [("loss", "loss")]),
     ("sft", "SFT loss (mean NLL of desirable completion tokens)", "nats / token", [("sft_loss", "SFT loss (desirable NLL)")]),
     ("kl", "KL estimate z", "nats", [("kl", "clamped z (>= 0, used in the loss)"), ("kl_raw", "raw z (before clamping)")]),
     (

@@ -26,7 +26,7 @@ from kto.formats.atomic import parse_temp_name, remove_stale_temps
 from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.lock import LOCK_NAME, locked_dir
-from kto.formats.manifest import CacheContent
+from kto.formats.manifest import CacheContent, same_model
 from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
 from .tokenize import is_staging_name
@@ -206,6 +206,9 @@ def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: di
         i = changed[0]
         return f"--data {i['name']} changed since {what} there read it (sha256 {str(before[i['name']])[:12]}… then, {i['sha256'][:12]}… now)"
     keys = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
+    if "model" in keys and isinstance(old.get("model"), dict) and same_model(old["model"], new["model"]):
+        # The same weights, identified by an earlier kto (before small tensors were hashed).
+        keys[keys.index("model")] = "the model identity's format: an earlier kto made it, the weights may be the same"
     keys += sorted(k for k in layout if (old_layout or {}).get(k) != layout[k])
     return f"holds {what} of a different configuration (differs in {', '.join(keys) or 'its fingerprint'})"
 

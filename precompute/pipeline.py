@@ -211,7 +211,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
 
 def warn_without_stop(staged: Path, tokenizer, source, template: ChatTemplate) -> None:
     """One line when completions never reach a stop token (tokenize.completions_without_eos)."""
-    stops = stop_ids(tokenizer, source.directory)
+    stops = stop_ids(tokenizer, None if source.gguf_file else source.directory)
     missing, kept = completions_without_eos(staged, stops) if stops else (0, 0)
     if missing:
         log(

@@ -231,10 +231,13 @@ def _is_trailing_special(ids, i, tokenizer, offsets) -> bool:
     return i > 0 and offsets[i] == (0, 0) and ids[i] in tokenizer.all_special_ids
 
 
-def stop_ids(tokenizer, model_dir: Path) -> set[int]:
+def stop_ids(tokenizer, model_dir: Path | None) -> set[int]:
     """The ids generation stops at: the tokenizer's EOS and the model's generation_config.json
-    `eos_token_id` (one id or a list: Llama-3 instruct stops at <|eot_id|> as well)."""
+    `eos_token_id` (one id or a list: Llama-3 instruct stops at <|eot_id|> as well). None for a
+    GGUF file, whose folder's generation_config.json need not be its own."""
     ids = {tokenizer.eos_token_id} - {None}
+    if model_dir is None:
+        return ids
     path = Path(model_dir) / "generation_config.json"
     try:
         configured = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id") if path.is_file() else None

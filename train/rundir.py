@@ -293,6 +293,10 @@ def finished_final(cfg: TrainConfig, record: dict) -> Path | None:
     saved = read_run_config(cfg.out)
     if saved is None or record_differences(saved, record):
         return None
+    # A setting a resume may change (--merge-adapters, --eval-cache, ...) asks for work the
+    # finished run did not do: the resume then runs as before, from its last checkpoint.
+    if any(saved["config"].get(k) != record["config"].get(k) for k in RESUMABLE):
+        return None
     return final if saved.get("finished_step") == record["derived"]["total_steps"] else None
 
 

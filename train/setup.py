@@ -193,7 +193,13 @@ def rendered_with(cache: ShardedCache, accelerator: Accelerator) -> str | None:
     used --model's own template. Without the text (a tokenizer/ left out of a copy), final/
     keeps --model's template, and a warning says so: the model would then be served prompts in
     a format it was not trained on."""
-    digest = cache.manifest.content.chat_template
+    digest, kwargs = cache.manifest.content.chat_template, cache.manifest.content.chat_template_kwargs
+    if kwargs:
+        # A tokenizer saves its template, not the variables it was rendered with.
+        log(
+            f"note: the cache's prompts were rendered with --chat-template-kwargs {json.dumps(kwargs)}; give apply_chat_template the same when serving final/",
+            accelerator,
+        )
     if digest is None:
         return None
     tok_dir = cache.dir / S.TOKENIZER_DIR

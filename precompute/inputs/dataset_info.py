@@ -15,9 +15,10 @@ Other keys (`ms_hub_url`, `script_url`, `cloud_file_name`, `num_samples`, media 
 are refused in one line rather than silently ignored.
 
 Fingerprint: the entry resolves to the same inputs and names that `--data FILE` with
-`--sharegpt-info DIR/dataset_info.json#NAME` would give, so both ways make the same cache; a
-cache made the old way keeps its fingerprint. Only an alpaca entry adds to the content (its
-column map), as alpaca rows could not be read before.
+`--sharegpt-info DIR/dataset_info.json#NAME` would give, so both ways make the same cache. An
+entry's names (with its system and tools columns unread unless named) differ from the
+defaults, so the content holds them: caches made from an entry before system and tools were
+read LLaMA-Factory's way have another fingerprint. An alpaca entry also adds its column map.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
         raise InputError(f"{where}: expected an object")
     unknown = sorted(set(entry) - _WHERE_KEYS - _READ_KEYS - _IGNORED_KEYS)
     if unknown:
-        raise InputError(f"{where}: {', '.join(unknown)} not supported here (supported: {', '.join(sorted(_WHERE_KEYS | _READ_KEYS))})")
+        raise InputError(f"{where}: {', '.join(unknown)} not supported here (supported: {', '.join(sorted(_WHERE_KEYS | _READ_KEYS | _IGNORED_KEYS))})")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise InputError(f"{where}: formatting {formatting!r}: alpaca or sharegpt")

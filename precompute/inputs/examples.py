@@ -264,14 +264,22 @@ def _label(record: dict, columns: ColumnMap, source: str) -> bool:
 
 
 def label_of(record: dict, keys: Sequence[str], source: str) -> bool | None:
-    """The row's label from whichever of the label columns `keys` it fills (a null cell fills
-    none); None when it fills none. A row filling two that disagree (a TRL `label` beside a
-    LLaMA-Factory `kto_tag`, say, in a merged export) is refused: either could be the one meant."""
-    labels = {key: parse_label(record[key], f"{source}: {key}") for key in dict.fromkeys(keys) if record.get(key) is not None}
-    if len(set(labels.values())) > 1:
-        said = " and ".join(f"'{k}' says {v}" for k, v in labels.items())
-        raise InputError(f"{source}: {said}; keep one label column")
-    return next(iter(labels.values()), None)
+    """The row's label from the first of the label columns `keys` it fills (a null cell fills
+    none); None when it fills none. Another of them holding a label that disagrees (a TRL
+    `label` beside a LLaMA-Factory `kto_tag`, say, in a merged export) is refused: either could
+    be the one meant. One holding no label at all (a `label` of topics) is not read, as before."""
+    present = [key for key in dict.fromkeys(keys) if record.get(key) is not None]
+    if not present:
+        return None
+    label = parse_label(record[present[0]], f"{source}: {present[0]}")
+    for key in present[1:]:
+        try:
+            other = parse_label(record[key], f"{source}: {key}")
+        except InputError:
+            continue
+        if other != label:
+            raise InputError(f"{source}: '{present[0]}' says {label} and '{key}' says {other}; keep one label column (--label-column names the one to read)")
+    return label
 
 
 def _paired(record: dict, columns: ColumnMap, base_id: str, source: str) -> list[Example]:

@@ -75,7 +75,7 @@ def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
     if suffix == ".jsonl":
         return _jsonl_records(path, data)
     if suffix == ".json":
-        if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+        if _starts_with_an_object_line(data):
             # JSON Lines under a .json name: what datasets' Dataset.to_json writes by default, and
             # what LLaMA-Factory (through datasets) reads. Rows are line numbers, as in a .jsonl.
             return _jsonl_records(path, data)
@@ -83,6 +83,19 @@ def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
     if suffix == ".csv":
         return _csv_records(path, data)
     return enumerate(_table_rows(_read_table(path, suffix, data)), 1)
+
+
+def _starts_with_an_object_line(data: bytes) -> bool:
+    """Is the first non-blank line one whole JSON object? (A pretty-printed object starts with a
+    lone `{`, and keeps the JSON reader and its message.)"""
+    for raw in io.BytesIO(data):
+        line = raw.strip(b"\xef\xbb\xbf \t\r\n")
+        if line:
+            try:
+                return line.startswith(b"{") and isinstance(json.loads(line), dict)
+            except (ValueError, RecursionError):
+                return False
+    return False
 
 
 def _jsonl_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:

@@ -75,7 +75,7 @@ def test_the_sft_loss_has_its_own_axis_and_only_when_it_is_in_the_loss(tmp_path)
     assert "SFT loss not plotted: --sft-weight 0 (kto-inspect run --sft draws it)" in html
     # The KTO loss alone on its axis: 0.47..0.49 fills it, no line at 0.9..1.3 squeezes it flat.
     ax = figure(unweighted, "loss").axes[0]
-    assert [line.get_label() for line in ax.get_lines()] == ["KTO loss"]
+    assert [line.get_label() for line in ax.get_lines()] == ["loss"]
     low, high = ax.get_ylim()
     assert 0.46 < low and high < 0.5
     assert "sft.png" in plotted(report(unweighted, "--sft"))  # the user asks

@@ -149,6 +149,8 @@ def test_json_lines_under_a_json_name(tmp_path):
     assert [(e.id, e.label) for e in read_examples([path])] == [("d.json:1", True), ("d.json:2", False)]
     path.write_text(json.dumps(GOOD) + "\n{oops\n")
     assert error_of([path]).startswith("d.json: row 2: malformed JSON")
+    path.write_text(json.dumps({"train": [GOOD, GOOD]}, indent=2))  # a pretty-printed object: not JSON Lines
+    assert error_of([path]) == "d.json: expected a JSON array of objects, got an object"
 
 
 def test_parquet_with_mixed_shapes_and_nulls(tmp_path):

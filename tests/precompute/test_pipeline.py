@@ -264,3 +264,9 @@ def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
     assert same_model(before, ia) and same_model(ia, before) and same_model(before, ib)  # what an old record could tell
     other = {**ia, "weights": {"model.safetensors": {**fa, "sampled_sha256": "0" * 64}}}
     assert not same_model(before, other) and not same_model(ia, {**ia, "config": "x"})
+    # kto-precompute's rerun into a cache made before says so, not "differs in model".
+    from kto.precompute.output import _difference
+
+    said = _difference({"model": before, "inputs": []}, {}, {"model": ia, "inputs": []}, {}, "the cache")
+    assert said.endswith("(differs in the model identity's format: an earlier kto made it, the weights may be the same)")
+    assert _difference({"model": before, "inputs": []}, {}, {"model": other, "inputs": []}, {}, "the cache").endswith("(differs in model)")

@@ -302,6 +302,10 @@ def test_resume_of_a_finished_run_has_nothing_to_do(run3, tiny_cache, tiny_model
     assert _listing(out) == before and (out / "final" / "model.safetensors").read_bytes() == weights
     other = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.5", "--resume")
     assert other.exit_code == 2 and "beta (0.2 there, 0.5 now)" in train_error_line(other.output)
+    # A setting a resume may change asks for work the finished run did not do (--merge-adapters,
+    # --eval-cache, another --save-every): the resume runs as before, from the last checkpoint.
+    changed = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "3", "--beta", "0.2", "--resume")
+    assert changed.exit_code == 0 and "resumed from" in changed.output and "nothing to do" not in changed.output, changed.output
     explicit = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", str(out / "checkpoint-2"))
     assert explicit.exit_code == 0 and "resumed from" in explicit.output, explicit.output
     assert json.loads((out / "kto_run.json").read_text())["finished_step"] == 3
