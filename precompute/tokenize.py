@@ -317,8 +317,8 @@ BOOKKEEPING = (
 )
 
 
-def completions_without_eos(path: Path, stop_ids: set[int]) -> tuple[int, int]:
-    """(kept rows whose whole completion holds none of `stop_ids`, kept rows) of a staging file.
+def completions_without_eos(path: Path, stops: set[int]) -> tuple[int, int]:
+    """(kept rows whose whole completion holds none of the ids `stops`, kept rows) of a staging file.
 
     Text rows always end with EOS (text_ids appends it, as TRL does). A chat row's completion
     ends as the template renders the assistant's turn: a template that closes it without the
@@ -335,7 +335,7 @@ def completions_without_eos(path: Path, stop_ids: set[int]) -> tuple[int, int]:
             if len(completions.values):
                 values = completions.values.to_numpy()
                 rows = pa.compute.list_parent_indices(completions).to_numpy()
-                has_eos[rows[np.isin(values, list(stop_ids))]] = True
+                has_eos[rows[np.isin(values, list(stops))]] = True
             missing += int((kept & ~has_eos).sum())
             kept_rows += int(kept.sum())
     return missing, kept_rows

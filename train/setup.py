@@ -202,17 +202,8 @@ def rendered_with(cache: ShardedCache, accelerator: Accelerator) -> str | None:
         )
     if digest is None:
         return None
-    tok_dir = cache.dir / S.TOKENIZER_DIR
-    path = tok_dir / "chat_template.jinja"
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-    else:  # where transformers before 4.54 saved it
-        config = tok_dir / "tokenizer_config.json"
-        try:
-            text = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        except (OSError, ValueError, AttributeError):
-            text = None
-        text = text if isinstance(text, str) else None
+    path = cache.dir / S.TOKENIZER_DIR / "chat_template.jinja"  # where transformers 5 saves a tokenizer's template
+    text = path.read_text(encoding="utf-8") if path.is_file() else None
     if text is not None and hashlib.sha256(text.encode()).hexdigest() == digest:
         return text
     why = "is missing" if text is None else "is not the template the manifest fingerprints"

@@ -295,7 +295,7 @@ def policy_pass(model: torch.nn.Module, b: KTOMicroBatch, s: LossSettings, z: KL
         undesirable_weight=s.undesirable_weight,
         loss_type=s.loss_type,
     )
-    desirable_tokens = desirable_token_mask(h).to(flat.device, non_blocking=True)
+    desirable_tokens = to_device(desirable_token_mask(h), flat.device)
     return PolicyPass(flat, logps, out, -(flat.double() * desirable_tokens).sum(), tokens)
 
 
@@ -413,13 +413,14 @@ def summarize(stats: StepStats, sft_weight: float = 0.0) -> dict[str, float]:
     # A class absent from the window has no mean: NaN (written as null), never a fake 0.
     div = lambda a, b: a / b if b else nan
     chosen, rejected = div(v["reward_d_sum"], v["desirable"]), div(v["reward_u_sum"], v["undesirable"])
+    kto, sft = div(v["loss_sum"], v["examples"]), div(v["sft_nll_sum"], v["sft_tokens"])
     out = {
-        "loss": div(v["loss_sum"], v["examples"]) + (sft_weight * div(v["sft_nll_sum"], v["sft_tokens"]) if sft_weight and v["sft_tokens"] else 0.0),
-        "kto_loss": div(v["loss_sum"], v["examples"]),
+        "loss": kto + (sft_weight * sft if sft_weight and v["sft_tokens"] else 0.0),
+        "kto_loss": kto,
         # No KL pass (apo_zero_unpaired) means z = 0 was used, so 0 is the true value here.
         "kl": v["kl_sum"] / v["kl_scopes"] if v["kl_scopes"] else 0.0,
         "kl_raw": v["kl_raw_sum"] / v["kl_scopes"] if v["kl_scopes"] else 0.0,
-        "sft_loss": div(v["sft_nll_sum"], v["sft_tokens"]),
+        "sft_loss": sft,
         "rewards/chosen": chosen,
         "rewards/rejected": rejected,
         "rewards/margins": chosen - rejected,
