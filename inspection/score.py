@@ -44,11 +44,11 @@ SCORE_SCHEMA = pa.schema(
 )
 
 
-def _check_flags(beta: float, batch_tokens: int, chunk_size: int, dtype: str, out: Path, cache_dir: Path) -> None:
+def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: str, out: Path, cache_dir: Path) -> None:
     if not beta > 0:
         raise InputError(f"--beta {beta}: must be positive")
     for flag, value in (("--batch-tokens", batch_tokens), ("--chunk-size", chunk_size)):
-        if value <= 0:
+        if value is not None and value <= 0:
             raise InputError(f"{flag} {value}: must be positive")
     from kto.formats.compute.numerics import NAMES
 
@@ -81,7 +81,7 @@ def score_cache(
     out: str | Path,
     *,
     beta: float | None = None,
-    batch_tokens: int = 16384,
+    batch_tokens: int | None = None,
     dtype: str = "auto",
     chunk_size: int = 1024,
     attn_implementation: str = "sdpa",
@@ -92,8 +92,11 @@ def score_cache(
     """Score every row of the cache with `model`; write `out`; return the per-label summary.
 
     beta None: the run's β when `model` is a kto-train run's final/ or checkpoint-STEP/ (read
-    from its RUN/kto_run.json), else DEFAULT_BETA."""
+    from its RUN/kto_run.json), else DEFAULT_BETA. batch_tokens None: kto-precompute's default
+    for the device (16384 on a GPU, 2048 on CPU)."""
     import pyarrow.parquet as pq
+
+    from kto.formats.compute.scoring import default_batch_tokens
 
     cache_dir, out = Path(cache_dir), Path(out)
     beta = _beta_for(beta, model, log)
@@ -103,6 +106,7 @@ def score_cache(
     cache = open_cache(cache_dir)
     manifest = cache.manifest
     scorer = _Scorer.load(model, base_model, manifest, dtype, attn_implementation, trust_remote_code, chunk_size, log)
+    batch_tokens = batch_tokens or default_batch_tokens(scorer.device)
     parts = []
     for k, entry in enumerate(manifest.shards):
         table = cache.read_shard(k)  # sha256, schema, row count and values; one shard at a time

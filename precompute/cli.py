@@ -53,7 +53,12 @@ from .config import DTYPES, PrecomputeConfig
     help="auto = amp-bf16 (fp32 weights, bf16 autocast: kto-train's default) on CUDA, fp32 on CPU; bf16 = pure bf16 weights.",
 )
 @click.option("--attn-implementation", default="sdpa", help="transformers attention implementation.")
-@click.option("--batch-tokens", default=16384, help="Padded tokens per scoring batch.")
+@click.option(
+    "--batch-tokens",
+    default=None,
+    type=int,
+    help="Padded tokens per scoring batch [default: the budget of the cache being resumed; else 16384 on a GPU, 2048 on CPU].",
+)
 @click.option("--rows-per-shard", default=4096, help="Rows per Arrow shard.")
 @click.option("--token-logps/--no-token-logps", "store_token_logps", default=True, help="Store per-token reference log-probs.")
 @click.option(

@@ -47,8 +47,9 @@ class PrecomputeConfig:
     default; fp32 on CPU), fp32, bf16, fp16 (pure weights) or amp-bf16, amp-fp16."""
     attn_implementation: str = "sdpa"
     """transformers attention implementation."""
-    batch_tokens: int = 16384
-    """Padded tokens per scoring batch."""
+    batch_tokens: int | None = None
+    """Padded tokens per scoring batch. None: the budget of the cache being resumed in `out`, else
+    16384 on a GPU and 2048 on CPU (formats/compute/scoring.py, `default_batch_tokens`)."""
     rows_per_shard: int = 4096
     """Rows per Arrow shard."""
     store_token_logps: bool = True
@@ -86,7 +87,7 @@ class PrecomputeConfig:
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
         for name in ("batch_tokens", "rows_per_shard", "chunk_size"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
         if self.push_to_hub is not None:
             check_repo_id(self.push_to_hub)

@@ -79,6 +79,18 @@ def shard_layout(rows_per_shard: int, batch_tokens: int, prefix_sharing: bool) -
     return {"rows_per_shard": rows_per_shard, "batch_tokens": batch_tokens, "prefix_sharing": prefix_sharing}
 
 
+def recorded_batch_tokens(out: Path) -> int | None:
+    """The --batch-tokens that the cache (or unfinished run) in `out` was scored with, if any.
+
+    --batch-tokens' default depends on the device (formats/compute/scoring.py), and the budget
+    decides shard bytes: a rerun that leaves it out resumes with the budget already there, on
+    any device, rather than being refused as another layout."""
+    manifest = own_manifest(out)
+    layout = manifest["layout"] if manifest is not None else (Journal(out).run() or {}).get("layout")
+    value = layout.get("batch_tokens") if isinstance(layout, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def prepare_out_dir(out: Path, content: CacheContent, layout: dict, overwrite: bool) -> None:
     """Make `out` ready for a run of `content`: resume it, clear it (`overwrite`), or refuse.
 

@@ -36,7 +36,7 @@ from kto.formats.cache import ArrowFile
 from kto.formats.compute.logprob import input_device
 from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.compute.numerics import Numerics, parse_numerics
-from kto.formats.compute.scoring import plan_scoring, score_sequences
+from kto.formats.compute.scoring import default_batch_tokens, plan_scoring, score_sequences
 from kto.formats.errors import InputError, log
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
@@ -44,7 +44,7 @@ from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
 from kto.precompute.inputs.records import RowSample, input_identity, iter_examples
 
 from .config import PrecomputeConfig
-from .output import claim_out, shard_layout
+from .output import claim_out, recorded_batch_tokens, shard_layout
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_vocabulary, shard_values
 from .progress import Progress
 from .templates import ChatTemplate, load_chat_template
@@ -147,6 +147,14 @@ def run_precompute(cfg: PrecomputeConfig, on_scored: Callable[[ScoredShard], Non
         return _run(cfg, state, held, on_scored)
 
 
+def _with_batch_budget(cfg: PrecomputeConfig, device: torch.device) -> PrecomputeConfig:
+    """--batch-tokens left out: the budget of the cache being resumed in --out, else the device's."""
+    if cfg.batch_tokens is not None:
+        return cfg
+    resumed = None if cfg.overwrite else recorded_batch_tokens(cfg.out)
+    return replace(cfg, batch_tokens=resumed or default_batch_tokens(device))
+
+
 def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=None) -> list[Manifest]:
     started = time.perf_counter()
     source = resolve_source(cfg.model)
@@ -155,6 +163,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     tokenizer_id = tokenizer_identity(tokenizer)  # --model's own: what kto-train checks against
     install_template(tokenizer, template)
     numerics = parse_numerics(cfg.dtype, state.device)
+    cfg = _with_batch_budget(cfg, state.device)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)
     outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 else {})}
     contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}
@@ -170,11 +179,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         raise
     if state.is_main_process:
         warn_without_stop(staged, tokenizer, source, template)
-    for s in splits:
-        if s.counts.desirable == 0 or s.counts.undesirable == 0:
-            log(
-                f"warning: the {s.name} split is all {'desirable' if s.counts.undesirable == 0 else 'undesirable'} ({s.counts.rows} rows); KTO learns from both classes"
-            )
+    warn_one_class(splits)
     todo = {s.name: pending_shards(s, fingerprints[s.name], layout, cfg.rows_per_shard, state) for s in splits}
     scorer = None
     if any(todo.values()):
@@ -207,6 +212,14 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         staged.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
         _summary(manifests, time.perf_counter() - started)
     return manifests
+
+
+def warn_one_class(splits: list[Split]) -> None:
+    for s in splits:
+        if s.counts.desirable == 0 or s.counts.undesirable == 0:
+            log(
+                f"warning: the {s.name} split is all {'desirable' if s.counts.undesirable == 0 else 'undesirable'} ({s.counts.rows} rows); KTO learns from both classes"
+            )
 
 
 def warn_without_stop(staged: Path, tokenizer, source, template: ChatTemplate) -> None:

@@ -23,6 +23,18 @@ import torch
 from .logprob import CompletionLogps, make_token_batch, segment_sums, sequence_sums
 from .shared_prefix import Pack, bucket_call_cost, make_packed_batch, plan_packs
 
+GPU_BATCH_TOKENS = 16384
+CPU_BATCH_TOKENS = 2048
+"""On CPU a bigger batch costs more per token: its intermediate tensors (tens of MB each) leave
+the caches, and glibc hands them back to the kernel and faults them in again. On 8 real pairs
+with SmolLM2-135M, plain scoring took 57-60 s at 16384 tokens and 33 s at 2048; prefix-shared
+27 s and 24 s (docs/benchmarks.md, "The batch budget on CPU")."""
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    """--batch-tokens when it is not given: 16384 on an accelerator, 2048 on CPU."""
+    return CPU_BATCH_TOKENS if torch.device(device).type == "cpu" else GPU_BATCH_TOKENS
+
 
 @dataclass(frozen=True)
 class Scored:

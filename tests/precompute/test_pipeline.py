@@ -99,6 +99,32 @@ def test_crash_then_rerun_gives_identical_bytes(tmp_path, tiny_model_dir):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def test_batch_tokens_default_is_the_devices_and_a_rerun_keeps_the_caches(tmp_path, tiny_model_dir):
+    """Left out, --batch-tokens is 2048 on CPU (16384 on a GPU); a rerun into an unfinished cache
+    scored at another budget resumes at that budget (it decides shard bytes) instead of being
+    refused as another layout, and --overwrite starts again at the device's."""
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    def without_budget(out: Path, *extra: str) -> list[str]:
+        args = precompute_args(data, tiny_model_dir, out, *extra)
+        at = args.index("--batch-tokens")
+        return args[:at] + args[at + 2 :]
+
+    assert run_cli(*without_budget(a)).exit_code == 0
+    assert read_manifest(a).layout["batch_tokens"] == 2048
+    assert run_cli(*precompute_args(data, tiny_model_dir, b)).exit_code == 0  # --batch-tokens 256
+    reference = {p.name: p.read_bytes() for p in b.glob(S.SHARD_GLOB)}
+    (b / S.MANIFEST_NAME).unlink()  # killed after its shards, before the manifest
+    (b / "shard-00002.arrow").unlink()
+    resumed = run_cli(*without_budget(b))
+    assert resumed.exit_code == 0, resumed.output
+    assert read_manifest(b).layout["batch_tokens"] == 256
+    assert {p.name: p.read_bytes() for p in b.glob(S.SHARD_GLOB)} == reference
+    assert run_cli(*without_budget(b, "--overwrite")).exit_code == 0
+    assert read_manifest(b).layout["batch_tokens"] == 2048
+
+
 def test_different_configuration_is_refused_then_overwritten(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
     out = tmp_path / "c"
