@@ -16,6 +16,7 @@ kto-train would show the drift.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -239,11 +240,40 @@ def _acc_dtype(cd: torch.dtype) -> torch.dtype:
     return torch.promote_types(torch.float32, cd)
 
 
+class _LogitsWorkspace(threading.local):
+    """On CPU, one [chunk, V] logits buffer per thread, reused by every chunk of every call.
+
+    A chunk's logits are hundreds of MB (1024 × 49152 fp32 = 201 MB for SmolLM2). glibc maps
+    so large an allocation afresh each time and unmaps it when freed, so the kernel zeroes its
+    pages again at every chunk: a quarter of a CPU kto-precompute run's page faults, about 10 %
+    of the LM head's time (docs/benchmarks.md, "The LM head on CPU"). CUDA's caching allocator
+    already reuses memory, so GPUs take no workspace. The buffer lives as long as the thread."""
+
+    buffer: torch.Tensor | None = None
+
+    def take(self, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+        b = self.buffer
+        if b is None or b.dtype != dtype or b.shape[1] != cols or b.shape[0] < rows:
+            self.buffer = None  # freed before its replacement is allocated
+            with torch.inference_mode(False):  # a normal tensor: usable inside and outside inference mode
+                self.buffer = b = torch.empty(max(rows, 0 if b is None or b.shape[1] != cols else b.shape[0]), cols, dtype=dtype)
+        return b[:rows]
+
+
+_WORKSPACE = _LogitsWorkspace()
+
+
 def _chunk_logits(h_c, w_cd, b_cd, cd, softcap):
-    """[c, H] rows -> [c, V] logits in acc dtype, exactly as the module docstring defines them."""
-    z = h_c.to(cd) @ w_cd.T
+    """[c, H] rows -> [c, V] logits in acc dtype, exactly as the module docstring defines them.
+
+    The result may be the thread's CPU workspace: the caller consumes it before the next call
+    and may overwrite it."""
+    if h_c.device.type == "cpu" and cd == _acc_dtype(cd):  # the matmul's output is the result
+        z = torch.matmul(h_c.to(cd), w_cd.T, out=_WORKSPACE.take(h_c.shape[0], w_cd.shape[0], cd))
+    else:
+        z = h_c.to(cd) @ w_cd.T
     if b_cd is not None:
-        z = z + b_cd  # in cd, before the upcast, as nn.Linear adds it
+        z = z.add_(b_cd)  # in cd, before the upcast, as nn.Linear adds it
     z = z.to(_acc_dtype(cd))
     if softcap is not None:
         z = torch.tanh(z.div_(softcap)).mul_(softcap)
@@ -261,10 +291,21 @@ def _forward(hidden, weight, targets, bias, cd, chunk_size, softcap):
     b_cd = None if bias is None else bias.to(cd)
     for s in range(0, n, chunk_size):
         z = _chunk_logits(hidden[s : s + chunk_size], w_cd, b_cd, cd, softcap)
-        lse_c = torch.logsumexp(z, dim=-1)
+        picked = z.gather(1, targets[s : s + chunk_size, None]).squeeze(1)
+        lse_c = _logsumexp_(z)
         lse[s : s + chunk_size] = lse_c
-        out[s : s + chunk_size] = z.gather(1, targets[s : s + chunk_size, None]).squeeze(1) - lse_c
+        out[s : s + chunk_size] = picked - lse_c
     return out, lse
+
+
+def _logsumexp_(z: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp(z, -1) with the same operations in the same order (ATen's
+    logsumexp_out_impl), but exp taken in z's own memory: z is overwritten. One [c, V] buffer
+    fewer per chunk; on CPU each such buffer is hundreds of MB that glibc maps and the kernel
+    zeroes afresh every time."""
+    maxes = z.amax(dim=-1, keepdim=True)
+    maxes.masked_fill_(maxes.abs() == float("inf"), 0)
+    return z.sub_(maxes).exp_().sum(dim=-1).log_().add_(maxes.squeeze(-1))
 
 
 class _ChunkedTokenLogps(torch.autograd.Function):
@@ -298,8 +339,9 @@ class _ChunkedTokenLogps(torch.autograd.Function):
                 h_c = hidden[sl]
                 z = _chunk_logits(h_c, w_cd, b_cd, cd, softcap)
                 g_c = g[sl, None]
-                # dL/dz = g * (onehot - softmax), built in place to keep one extra [c, V] buffer.
-                dz = torch.exp(z - lse[sl, None]).mul_(-g_c)
+                # dL/dz = g * (onehot - softmax), built in place: in z's own memory unless the
+                # softcap's derivative still needs z, else in one extra [c, V] buffer.
+                dz = (z.sub_(lse[sl, None]) if softcap is None else z - lse[sl, None]).exp_().mul_(-g_c)
                 dz.scatter_add_(1, targets[sl, None], g_c)
                 if softcap is not None:
                     # z = softcap * tanh(raw / softcap), so 1 - tanh^2 = 1 - (z / softcap)^2.
