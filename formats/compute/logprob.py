@@ -245,9 +245,10 @@ class _LogitsWorkspace(threading.local):
 
     A chunk's logits are hundreds of MB (1024 × 49152 fp32 = 201 MB for SmolLM2). glibc maps
     so large an allocation afresh each time and unmaps it when freed, so the kernel zeroes its
-    pages again at every chunk: a quarter of a CPU kto-precompute run's page faults, about 10 %
-    of the LM head's time (docs/benchmarks.md, "The LM head on CPU"). CUDA's caching allocator
-    already reuses memory, so GPUs take no workspace. The buffer lives as long as the thread."""
+    pages again at every chunk. On SmolLM2's head the workspace removes every page fault that
+    `_logsumexp_` leaves and 10 % of the time (docs/benchmarks.md, "The LM head on CPU"). CUDA's caching
+    allocator already reuses memory, so GPUs take no workspace. The buffer lives as long as the
+    thread."""
 
     buffer: torch.Tensor | None = None
 
@@ -256,7 +257,7 @@ class _LogitsWorkspace(threading.local):
         if b is None or b.dtype != dtype or b.shape[1] != cols or b.shape[0] < rows:
             self.buffer = None  # freed before its replacement is allocated
             with torch.inference_mode(False):  # a normal tensor: usable inside and outside inference mode
-                self.buffer = b = torch.empty(max(rows, 0 if b is None or b.shape[1] != cols else b.shape[0]), cols, dtype=dtype)
+                self.buffer = b = torch.empty(rows, cols, dtype=dtype)
         return b[:rows]
 
 
