@@ -153,7 +153,8 @@ def checks(log: RunLog) -> list[str]:
                 out.append(line)
     absent = [
         n
-        for n in ("loss", "kl", "kl_raw", "rewards/chosen", "rewards/rejected", "rewards/margins", "lr", "grad_norm", "tokens_per_s")
+        # kl and kl_raw: the KL line above says when they are missing.
+        for n in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "lr", "grad_norm", "tokens_per_s")
         if log.train and all(n not in rec for rec in log.train)
     ]
     if absent:

@@ -49,7 +49,7 @@ def evaluate(model: torch.nn.Module, cache: ShardedCache, s: LossSettings, pad_i
     stats = stats.all_reduced(accelerator)
     out = summarize(stats, s.sft_weight)
     for key in ("tokens", "padding/policy", "padding/kl", "tokens/saved"):
-        out.pop(key)
+        out.pop(key, None)
     if z is not None:
         out["kl"], out["kl_raw"] = float(z.clamped), float(z.raw)
     return out

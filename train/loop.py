@@ -250,7 +250,8 @@ def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float, pr
     if run.metrics:
         run.metrics.write(p.global_step, line)
     progress.window(line["tokens_per_s"], line["loss"])
-    progress.line(f"step {p.global_step}/{run.total_steps} loss {number(line['loss'])} kl {number(line['kl'])} margin {number(line['rewards/margins'])}")
+    kl = f" kl {number(line['kl'])}" if "kl" in line else ""  # no KL term: none logged
+    progress.line(f"step {p.global_step}/{run.total_steps} loss {number(line['loss'])}{kl} margin {number(line['rewards/margins'])}")
 
 
 def run_eval(run: Run, progress: TrainProgress) -> None:

@@ -72,6 +72,8 @@ class KLEstimate:
     """Σ(policy_kl − ref_kl) / count, possibly negative (logged)."""
     clamped: torch.Tensor
     """max(raw, 0): the z used in the loss."""
+    pairs: torch.Tensor
+    """The all-reduced number of KL pairs it averages; 0 when its scope held only filler rows."""
 
 
 def kl_estimate(diff_sum: torch.Tensor, count: torch.Tensor) -> KLEstimate:
@@ -82,4 +84,4 @@ def kl_estimate(diff_sum: torch.Tensor, count: torch.Tensor) -> KLEstimate:
     """
     diff_sum = diff_sum.detach().double()
     raw = diff_sum / count.clamp(min=1).to(diff_sum)
-    return KLEstimate(raw=raw, clamped=raw.clamp(min=0))
+    return KLEstimate(raw=raw, clamped=raw.clamp(min=0), pairs=count)

@@ -130,8 +130,10 @@ def apply_class_balance(cfg: TrainConfig, counts: Counts, accelerator: Accelerat
         log("warning: --undesirable-weight 0 leaves the undesirable rows out of the loss; no --desirable-weight brings the ratio inside [1, 4/3]", accelerator)
         return cfg
     if cfg.auto_weights:
-        log(f"--auto-weights: desirable weight {cfg.desirable_weight} -> {b.suggested_desirable_weight:.6g}", accelerator)
-        return replace(cfg, desirable_weight=b.suggested_desirable_weight)
+        # The weight the warning advises (the shortest inside the range), not the range's edge,
+        # where rounding may leave the ratio a hair outside it.
+        log(f"--auto-weights: desirable weight {cfg.desirable_weight} -> {b.advised_desirable_weight}", accelerator)
+        return replace(cfg, desirable_weight=float(b.advised_desirable_weight))
     log(f"warning: ratio outside [1, 4/3]; --desirable-weight {b.advised_desirable_weight} (or --auto-weights) brings it inside", accelerator)
     return cfg
 

@@ -367,7 +367,9 @@ def batch_stats(
         tokens=((b.policy.attention_mask.sum(1) + b.kl.attention_mask.sum(1)) * b.valid).sum().double(),
         kl_raw_sum=z.raw if scoped else zero,
         kl_sum=z.clamped if scoped else zero,
-        kl_scopes=as_float(scoped),
+        # A scope without a pair (micro-batch scope, a micro-batch of filler on every rank) has
+        # no estimate to average: its z of 0 is not counted in the logged kl.
+        kl_scopes=(z.pairs > 0).double() if scoped else zero,
         # Filler rows still run in the policy pass: their slots count as padding.
         policy_real_tokens=as_float(policy.real),
         policy_padded_tokens=as_float(policy.slots),
@@ -417,9 +419,6 @@ def summarize(stats: StepStats, sft_weight: float = 0.0) -> dict[str, float]:
     out = {
         "loss": kto + (sft_weight * sft if sft_weight and v["sft_tokens"] else 0.0),
         "kto_loss": kto,
-        # No KL pass (apo_zero_unpaired) means z = 0 was used, so 0 is the true value here.
-        "kl": v["kl_sum"] / v["kl_scopes"] if v["kl_scopes"] else 0.0,
-        "kl_raw": v["kl_raw_sum"] / v["kl_scopes"] if v["kl_scopes"] else 0.0,
         "sft_loss": sft,
         "rewards/chosen": chosen,
         "rewards/rejected": rejected,
@@ -431,8 +430,13 @@ def summarize(stats: StepStats, sft_weight: float = 0.0) -> dict[str, float]:
         "tokens": v["tokens"],
         # Share of the padded token slots that held padding, per pass, over the window.
         "padding/policy": 1 - v["policy_real_tokens"] / v["policy_padded_tokens"] if v["policy_padded_tokens"] else nan,
-        "padding/kl": 1 - v["kl_real_tokens"] / v["kl_padded_tokens"] if v["kl_padded_tokens"] else nan,
         # Tokens per step (both passes, all ranks) that prefix sharing did not compute.
         "tokens/saved": v["saved_tokens"] / v["steps"] if v["steps"] else nan,
     }
+    # Without a KL pass (--loss apo_zero_unpaired; eval, which adds its own z) there is no
+    # estimate and no KL batch: not logged, rather than a 0 that reads as a stuck KL.
+    if v["kl_scopes"]:
+        out["kl"], out["kl_raw"] = v["kl_sum"] / v["kl_scopes"], v["kl_raw_sum"] / v["kl_scopes"]
+    if v["kl_padded_tokens"]:
+        out["padding/kl"] = 1 - v["kl_real_tokens"] / v["kl_padded_tokens"]
     return out

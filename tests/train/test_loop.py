@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import crashed_copy, metrics, run_train, train_error_line
+from conftest import chat_rows, crashed_copy, make_cache, metrics, run_train, train_error_line
 from numerics_bounds import assert_step0_agrees, cache_sum_bound
 
 from kto.train.cli import main
@@ -112,7 +112,14 @@ def test_apo_zero_unpaired_and_sft_term(tiny_cache, tiny_model_dir, tmp_path):
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--loss", "apo_zero_unpaired", "--sft-weight", "0.1")
     assert result.exit_code == 0, result.output
     line = metrics(tmp_path / "r")[0]
-    assert line["kl"] == 0 and line["sft_loss"] > 0
+    # No KL term, no KL pass: neither a kl of 0 (read as a stuck KL) nor a null padding/kl
+    # (read as a diverged run) is logged, and kto-inspect run reports neither.
+    assert line["sft_loss"] > 0 and not {"kl", "kl_raw", "padding/kl"} & line.keys()
+    from kto.inspection.runlog import checks, read_run
+
+    said = checks(read_run(tmp_path / "r"))
+    assert "KL estimate: not logged (a loss without a KL term, or no train lines)" in said
+    assert not any("NON-FINITE" in s or "stuck" in s or "not in the train lines" in s for s in said), said
 
 
 def test_tokenizer_mismatch_is_refused(tiny_cache, tiny_model_dir, tmp_path):
@@ -136,6 +143,20 @@ def test_class_balance_warning_and_auto_weights(tiny_cache, tiny_model_dir, tmp_
     assert "--desirable-weight 2 (or --auto-weights)" in warned.output
     auto = train_cli(tiny_cache, tiny_model_dir, tmp_path / "b", "--max-steps", "1", "--undesirable-weight", "2", "--auto-weights")
     assert "desirable weight 1.0 -> 2\n" in auto.output
+
+
+def test_auto_weights_applies_the_weight_the_warning_advises(tmp_path, tiny_model_dir):
+    """n_D = 8, n_U = 5: the ratio 1.6 is above 4/3. The warning advises w_D = 0.8 (ratio 1.28);
+    --auto-weights applies that same 0.8, not the range's edge 0.8333… (ratio 4/3)."""
+    from kto.formats.runrecord import read_run_config
+
+    rows = [r for r in chat_rows() if r["label"]][:8] + [r for r in chat_rows() if not r["label"]][:5]
+    cache = make_cache(tmp_path, rows, tiny_model_dir, "uneven.jsonl")
+    warned = train_cli(cache, tiny_model_dir, tmp_path / "a", "--max-steps", "1")
+    assert "--desirable-weight 0.8 (or --auto-weights)" in warned.output
+    auto = train_cli(cache, tiny_model_dir, tmp_path / "b", "--max-steps", "1", "--auto-weights")
+    assert "desirable weight 1.0 -> 0.8\n" in auto.output
+    assert read_run_config(tmp_path / "b")["config"]["desirable_weight"] == 0.8
 
 
 def test_config_file_values_and_command_line_precedence(tiny_cache, tiny_model_dir, tmp_path):

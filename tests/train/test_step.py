@@ -163,3 +163,27 @@ def test_a_step_makes_one_reduction_before_its_micro_batches(tiny_cache, tiny_mo
     assert isinstance(stats, StepStats) and float(stats.examples) == 3  # the filler row counts nowhere
     again = StepStats.unstacked(stats.stacked())
     assert again._fields == stats._fields and all(torch.equal(a, b) for a, b in zip(again, stats))
+
+
+def test_microbatch_kl_averages_only_the_micro_batches_that_hold_pairs(tiny_cache, kl_tuned_policy):
+    """--kl-scope microbatch on a short last step: a micro-batch of filler rows has no KL pair,
+    and its z of 0 must not pull the logged kl (and kl_raw) toward 0."""
+    import numpy as np
+
+    from kto.formats.cache import open_cache
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.train.data import collate_micro_batch
+    from kto.train.loss import LossType, kl_estimate
+    from kto.train.step import LossSettings, forward_backward, kl_local_sums, summarize
+
+    cache = open_cache(tiny_cache)
+    model = CompletionLogps(load_causal_lm(resolve_source(str(kl_tuned_policy)), dtype=torch.float32))
+    batches = [collate_micro_batch(cache, np.array(rows), pad_id=0) for rows in ([0, 1], [2, -1], [-1, -1])]
+    stats = forward_backward(model, batches, LossSettings(0.1, 1.0, 1.0, LossType.KTO, 0.0, "microbatch"), CountingAccelerator())
+    with torch.no_grad():
+        z = [kl_estimate(s.total, s.count) for s in (kl_local_sums(model, [b]) for b in batches[:2])]
+    logged = summarize(stats)
+    assert all(float(e.clamped) > 0 for e in z)
+    assert logged["kl"] == pytest.approx(sum(float(e.clamped) for e in z) / 2, rel=1e-12)
+    assert logged["kl_raw"] == pytest.approx(sum(float(e.raw) for e in z) / 2, rel=1e-12)
