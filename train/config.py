@@ -183,6 +183,8 @@ class TrainConfig:
         for name in ("log_every", "save_every", "eval_every", "save_total_limit", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
+        if self.eval_every and self.eval_cache is None:  # would evaluate nothing, silently
+            raise InputError(f"--eval-every {self.eval_every}: needs --eval-cache (e.g. {self.cache}/eval, the split kto-precompute --eval-fraction writes)")
         if self.save_every and self.log_every and self.save_every % self.log_every:
             # A resumed run restarts the averaging window at the checkpoint; saving on a log
             # boundary keeps every logged line equal to the uninterrupted run's.

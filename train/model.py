@@ -83,7 +83,8 @@ def prepare_for_training(cfg: TrainConfig, lm: torch.nn.Module) -> None:
             lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm.config.use_cache = False
+    # config.use_cache stays the model's: every forward here passes use_cache=False itself, and
+    # final/ is served by stacks that read the saved config (False there means no KV cache).
 
 
 def load_base(cfg: TrainConfig) -> torch.nn.Module:

@@ -91,6 +91,14 @@ def test_resume_reproduces_the_uninterrupted_losses(full_run, tiny_cache, tiny_m
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_final_config_keeps_the_models_use_cache(full_run, tiny_model_dir):
+    """A serving stack reads final/config.json: use_cache false there means no KV cache on a
+    plain forward. Training never needs it off in the config (its forwards pass it)."""
+    out, _ = full_run
+    base = json.loads((tiny_model_dir / "config.json").read_text()).get("use_cache", True)
+    assert base is True and json.loads((out / "final" / "config.json").read_text())["use_cache"] is True
+
+
 def test_checkpoint_holds_everything_to_resume(full_run):
     out, _ = full_run
     ckpt = out / "checkpoint-3"
@@ -337,8 +345,9 @@ def test_full_fine_tuning_of_fp16_weights_is_refused_before_any_step(tiny_cache,
         (["--seed", "-1"], "--seed -1: must be in [0, 2**32)"),
         (["--seed", str(2**64)], f"--seed {2**64}: must be in [0, 2**32)"),
         (["--drift-tolerance", "-1"], "--drift-tolerance -1.0: must not be negative"),
+        (["--eval-every", "2"], "--eval-every 2: needs --eval-cache"),
     ],
-    ids=["grad-accum", "batch-size", "negative-seed", "huge-seed", "drift-tolerance"],
+    ids=["grad-accum", "batch-size", "negative-seed", "huge-seed", "drift-tolerance", "eval-every-without-eval-cache"],
 )
 def test_flags_that_cannot_run_are_refused_before_anything_is_written(tiny_cache, tiny_model_dir, tmp_path, args, message):
     """Seen in an attack on the CLI: --grad-accum 100000000 on a 16-row cache built a plan slot
