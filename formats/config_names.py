@@ -299,6 +299,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
     own = set(OWN_KEYS[command] if own is None else own)
     out = Resolved()
     others, unknown = [], []
+    foreign = False  # a key in TRL's or LLaMA-Factory's dialect: their defaults apply where the file is silent
     # In a file that names both, `cache` is kto-precompute's output and `out` kto-train's run.
     shared_file = command == PRECOMPUTE and "cache" in raw and "out" in raw
     for key, value in raw.items():
@@ -319,11 +320,13 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         if key in own and not (shared_file and key == "out"):
             out.set(key, ALIASES[command][key].convert(value) if key in ALIASES[command] and ALIASES[command][key].convert else value, key)
         elif key in ALIASES[command]:
+            foreign = True
             alias = ALIASES[command][key]
             if value is None:
                 continue  # `resume_from_checkpoint: null`, as their example files write "not set"
             out.set(alias.ours, alias.convert(value) if alias.convert else value, key)
         elif key in MAPPED[command]:
+            foreign = True
             MAPPED[command][key](value, command, out)
         elif command == PRECOMPUTE and key == "dataset_name":
             _dataset_name(value, command, out, raw)
@@ -337,6 +340,8 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             unknown.append(key)
     if command == TRAIN and raw.get("val_size"):
         out.eval_in_cache = True
+    if command == TRAIN:
+        _their_defaults(raw, foreign, out)
     if unknown:
         listed = "; ".join(f"{k!r} ({_suggest(k, command)})" for k in unknown)
         raise InputError(f"unknown key{'s' if len(unknown) > 1 else ''} {listed}")
@@ -344,6 +349,17 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         out.notes.append(f"{_other(command)}'s key{'s' if len(others) > 1 else ''}, ignored by {command}: {', '.join(others)}")
     _apply_defaults(out)
     return out
+
+
+def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> None:
+    """Defaults of the tool whose file this is, where they differ from kto-train's and the file
+    leaves them out: a file that ran LoRA for 3 epochs there must not train every weight for 1 here."""
+    if raw.get("stage") == "kto" and "finetuning_type" not in raw:
+        out.notes.append("finetuning_type not given: lora, LLaMA-Factory's default")
+        _finetuning_type("lora", TRAIN, out)
+    if foreign and not {"epochs", "max_steps"} & out.values.keys():
+        out.defaults["epochs"] = 3.0
+        out.notes.append("num_train_epochs not given: 3, transformers' default (TRL and LLaMA-Factory keep it; kto-train's own is 1)")
 
 
 def _apply_defaults(out: Resolved) -> None:

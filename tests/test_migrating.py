@@ -110,6 +110,7 @@ def test_a_trl_kto_config_runs_with_one_line_added(tmp_path, tiny_model_dir):
     precompute_log, train_log = run_both(config)
     assert f"--config {config}: kto-train's keys, ignored by kto-precompute: per_device_train_batch_size," in precompute_log
     assert "use_peft: true -> LoRA on" in train_log and "bf16: ignored" in train_log
+    assert "eval_steps: ignored (no eval set: give --eval-cache, or val_size)" in train_log
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["counts"]["rows"] == 16 and manifest["content"]["max_length"] == 1024
     record = json.loads((out / "kto_run.json").read_text())["config"]

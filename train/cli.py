@@ -145,6 +145,14 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
         # LLaMA-Factory's val_size held rows out; kto-precompute wrote them to CACHE/eval.
         values["eval_cache"] = Path(values["cache"]) / "eval"
         log(f"kto-train: --config {config_file}: val_size -> --eval-cache {values['eval_cache']}")
+    from_their_file = (
+        config_file and resolved.origin.get("eval_every") == "eval_steps" and ctx.get_parameter_source("eval_every") != ParameterSource.COMMANDLINE
+    )
+    if from_their_file and values.get("eval_every") and values.get("eval_cache") is None:
+        # transformers evaluates only with an eval set, so a TRL file's eval_steps without one
+        # (TRL's own example) is inert there; it is here too. Our --eval-every alone is refused.
+        log(f"kto-train: --config {config_file}: eval_steps: ignored (no eval set: give --eval-cache, or val_size)")
+        values["eval_every"] = 0
     return TrainConfig(**values)
 
 

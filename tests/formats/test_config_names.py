@@ -86,14 +86,27 @@ def test_llama_factory_names_become_ours_and_its_own_keys_say_what_they_did():
         "sft_weight": 0.5,
         "desirable_weight": 1.2,
         "undesirable_weight": 0.8,
+        "epochs": 3.0,  # transformers' num_train_epochs default, which LLaMA-Factory keeps
     }
     notes = resolved.notes
     for key in ("stage", "do_train", "finetuning_type", "template", "plot_loss", "bf16"):
         assert sum(note.startswith(f"{key}:") for note in notes) == 1, (key, notes)
     # The other command's key is named with the command that takes it, in one line.
-    assert notes[-1] == "kto-precompute's key, ignored by kto-train: cutoff_len"
-    assert resolve({"finetuning_type": "lora", "lora_rank": 4}, TRAIN).values == {"lora_r": 4, "lora_alpha": 8.0}
-    assert resolve({"finetuning_type": "full"}, TRAIN).values == {"lora_r": 0}
+    assert "kto-precompute's key, ignored by kto-train: cutoff_len" in notes
+    assert resolve({"finetuning_type": "lora", "lora_rank": 4, "max_steps": 5}, TRAIN).values == {"lora_r": 4, "lora_alpha": 8.0, "max_steps": 5}
+    assert resolve({"finetuning_type": "full", "epochs": 1}, TRAIN).values == {"lora_r": 0, "epochs": 1}
+
+
+def test_a_file_in_their_dialect_gets_their_defaults_where_it_is_silent():
+    """A LLaMA-Factory `stage: kto` file without finetuning_type ran LoRA there (its default) and
+    trained every weight here; a TRL or LLaMA-Factory file without num_train_epochs ran 3 epochs
+    there (transformers' default) and 1 here. Our own names keep our defaults."""
+    lf = resolve({"stage": "kto", "lora_rank": 16, "learning_rate": 5e-5}, TRAIN)
+    assert lf.values == {"lora_r": 16, "lora_alpha": 32.0, "lr": 5e-5, "epochs": 3.0}
+    assert "finetuning_type not given: lora, LLaMA-Factory's default" in lf.notes
+    assert resolve({"learning_rate": 1e-6, "num_train_epochs": 2}, TRAIN).values == {"lr": 1e-6, "epochs": 2}
+    assert resolve({"learning_rate": 1e-6, "max_steps": 40}, TRAIN).values == {"lr": 1e-6, "max_steps": 40}
+    assert resolve({"lr": 1e-6, "beta": 0.2}, TRAIN).values == {"lr": 1e-6, "beta": 0.2}
 
 
 def test_precompute_takes_its_keys_from_a_file_both_commands_read():
@@ -157,8 +170,8 @@ def test_the_cli_prints_each_note_and_the_error_in_one_line(tmp_path, monkeypatc
 def test_transformers_hub_keys_name_the_repo():
     """transformers' push_to_hub is a switch and hub_model_id the repo; our push_to_hub takes the repo."""
     resolved = resolve({"push_to_hub": True, "hub_model_id": "me/kto-model", "hub_private_repo": True}, TRAIN)
-    assert resolved.values == {"push_to_hub": "me/kto-model", "hub_private": True}
-    assert resolved.notes == ["push_to_hub: true: ignored (push_to_hub takes the repo id; hub_model_id sets it)"]
+    assert resolved.values == {"push_to_hub": "me/kto-model", "hub_private": True, "epochs": 3.0}
+    assert resolved.notes[0] == "push_to_hub: true: ignored (push_to_hub takes the repo id; hub_model_id sets it)"
 
 
 @pytest.mark.parametrize("raw", [{"finetuning_type": "full", "lora_rank": 8}, {"use_peft": False, "lora_r": 16, "lora_alpha": 32}])
@@ -174,7 +187,7 @@ def test_what_a_dumped_kto_config_writes_for_not_set_is_taken_as_not_set():
     """TrainingArguments' max_steps -1 and save_total_limit null, and TRL's torch_dtype auto (in a
     file both commands read: kto-precompute takes auto itself); one number spelt two ways is one."""
     resolved = resolve({"max_steps": -1, "save_total_limit": None, "torch_dtype": "auto", "lr": "1e-5", "learning_rate": 1.0e-5}, TRAIN)
-    assert resolved.values == {"lr": 1e-5}
+    assert resolved.values == {"lr": 1e-5, "epochs": 3.0}  # max_steps -1: transformers' epochs
     assert resolve({"torch_dtype": "auto"}, PRECOMPUTE).values == {"dtype": "auto"}
     with pytest.raises(InputError, match="set the same option"):
         resolve({"lr": "1e-5", "learning_rate": 2e-5}, TRAIN)
