@@ -101,3 +101,35 @@ def install(tokenizer, template: ChatTemplate) -> None:
     """Make `tokenizer` render with the replacement template (saved with it into tokenizer/)."""
     if template.text is not None:
         tokenizer.chat_template = template.text
+
+
+# A conversation with one tool call and one tool schema, each named by a marker that no template
+# writes by itself: whichever marker is missing from the text, the template leaves that part out.
+_PROBE_CALL, _PROBE_TOOL = "kto_probe_call_e3b0", "kto_probe_tool_e3b0"
+_PROBE = (
+    [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": _PROBE_CALL, "arguments": {"x": 1}}}]},
+        {"role": "tool", "content": "r"},
+        {"role": "assistant", "content": "a"},
+    ],
+    [{"type": "function", "function": {"name": _PROBE_TOOL, "description": "d", "parameters": {"type": "object", "properties": {}}}}],
+)
+_UNRENDERED: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def unrendered_tool_parts(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
+    """Which of `tool_calls` (an assistant turn's calls) and `tools` (the schemas) the tokenizer's
+    chat template leaves out of its text, probed once per template and kwargs.
+
+    SmolLM2's template, for one, reads neither: a LLaMA-Factory function_call turn then renders as
+    an empty assistant turn, and a row ending in one trains on a completion of `<|im_end|>` alone."""
+    key = (str(tokenizer.chat_template), json.dumps(template.kwargs, sort_keys=True, default=str))
+    if key not in _UNRENDERED:
+        messages, tools = _PROBE
+        try:
+            text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **template.kwargs)
+        except Exception:  # a template that fails on tools fails on the rows too, naming one
+            text = _PROBE_CALL + _PROBE_TOOL
+        _UNRENDERED[key] = tuple(part for part, mark in (("tool_calls", _PROBE_CALL), ("tools", _PROBE_TOOL)) if mark not in text)
+    return _UNRENDERED[key]

@@ -32,7 +32,7 @@ from kto.formats.cache import ArrowFile
 from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import Example, check_unique_ids, one_line
 
-from .templates import ChatTemplate
+from .templates import ChatTemplate, unrendered_tool_parts
 
 
 class PromptCut(IntEnum):
@@ -154,6 +154,7 @@ def render(tokenizer, messages, example, template: ChatTemplate, *, add_generati
             f"{where}: conversational row, but the tokenizer has no chat template; give text prompts "
             "and completions, use a model whose tokenizer has one, or pass --chat-template"
         )
+    _check_tools_render(example, tokenizer, template, where)
     try:
         return tokenizer.apply_chat_template(
             [dict(m) for m in messages],
@@ -164,6 +165,16 @@ def render(tokenizer, messages, example, template: ChatTemplate, *, add_generati
         )
     except Exception as e:  # jinja2 and transformers raise many types
         raise InputError(f"{where}: {template.name} failed to render this row ({type(e).__name__}: {one_line(e)})") from None
+
+
+def _check_tools_render(example: Example, tokenizer, template: ChatTemplate, where: str) -> None:
+    """Refuse a row whose tool calls or tool schemas the template would leave out of the text."""
+    used = {"tool_calls": any(m.get("tool_calls") for m in (*example.prompt, *example.completion)), "tools": bool(example.tools)}
+    dropped = [part for part in unrendered_tool_parts(tokenizer, template) if used[part]] if any(used.values()) else []
+    if dropped:
+        parts = " and ".join(dropped)
+        effect = "a function call renders as an empty assistant turn" if "tool_calls" in dropped else "its prompt loses the tool schemas"
+        raise InputError(f"{where}: {template.name} does not render {parts}, so {effect}; pass a --chat-template that renders {parts}")
 
 
 def _system_head(messages) -> tuple[tuple, tuple]:

@@ -164,3 +164,53 @@ def test_two_label_columns_that_disagree_are_refused(tmp_path):
     row, alpaca = shapes["alpaca"]
     topics = write_jsonl(tmp_path / "topics.jsonl", [{**row, "kto_tag": True, "label": "math"}, {**row, "kto_tag": False, "label": "art"}])
     assert [e.label for e in read_examples([topics], alpaca=alpaca)] == [True, False]
+
+
+# Renders tool schemas and tool calls (SmolLM2's own template reads neither).
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | map(attribute='function') | map(attribute='name') | join(',') }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.name }} "
+    "{{ c.function.arguments | tojson }}</tool_call>{% endfor %}{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_that_drops_tool_calls_is_refused_naming_the_row(tmp_path, tiny_model_dir):
+    """Seen by a LLaMA-Factory user: SmolLM2's template reads neither `tool_calls` nor `tools`,
+    so a function_call turn rendered as an empty assistant turn, the schemas vanished, and a row
+    ending in a call trained on `<|im_end|>` alone, with no message. Refused now; a template
+    that renders them takes the same rows, and the call is in the completion's text."""
+    from click.testing import CliRunner
+    from conftest import precompute_args
+    from transformers import AutoTokenizer
+
+    from kto.formats.manifest import read_manifest
+    from kto.precompute.cli import main
+
+    tools = json.dumps([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}])
+    rows = [
+        {
+            "conversations": [turn("human", f"Weather in city {i}?"), turn("function_call", json.dumps({"name": "weather", "arguments": {"city": f"c{i}"}}))],
+            "kto_tag": i % 2 == 0,
+            "tools": tools,
+        }
+        for i in range(4)
+    ]
+    data = write_jsonl(tmp_path / "calls.jsonl", rows)
+    refused = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, tmp_path / "a"))
+    assert refused.exit_code == 2 and not (tmp_path / "a").exists()
+    assert refused.output.strip().splitlines()[-1] == (
+        "kto-precompute: error: calls.jsonl: row 1 (id 'calls.jsonl:1'): the tokenizer's chat template does not render tool_calls and tools, "
+        "so a function call renders as an empty assistant turn; pass a --chat-template that renders tool_calls and tools"
+    )
+    template = tmp_path / "tools.jinja"
+    template.write_text(TOOL_TEMPLATE)
+    ok = CliRunner().invoke(main, [*precompute_args(data, tiny_model_dir, tmp_path / "b"), "--chat-template", str(template)])
+    assert ok.exit_code == 0, ok.output
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    shards = [ipc.open_file(pa.memory_map(str(p))).read_all() for p in sorted((tmp_path / "b").glob("shard-*.arrow"))]
+    texts = {tokenizer.decode(ids) for shard in shards for ids in shard.column("completion_ids").to_pylist()}
+    assert '<tool_call>weather {"city": "c0"}</tool_call><|im_end|>\n' in texts and read_manifest(tmp_path / "b").counts.rows == 4
