@@ -180,10 +180,15 @@ def own_manifest(folder: Path) -> dict | None:
 
 
 def _own_cache_folder(folder: Path, temps_pending: bool = False) -> bool:
-    """eval/ is ours when it is a real folder with our manifest or journal and nothing foreign."""
+    """eval/ is ours when it is a real folder holding an eval split, by its manifest or journal,
+    and nothing foreign. A cache that kto-precompute wrote there as its own --out records the
+    split "train": it is the user's, and --overwrite of the cache around it must not delete it."""
     if not folder.is_dir() or folder.is_symlink():
         return False
-    if own_manifest(folder) is None and Journal(folder).run() is None:
+    manifest = own_manifest(folder)
+    record = manifest if manifest is not None else Journal(folder).run()
+    content = record.get("content") if isinstance(record, dict) else None
+    if not isinstance(content, dict) or content.get("split") != "eval":
         return False
     return not survey(folder, with_eval=False, temps_pending=temps_pending)[1]
 

@@ -296,3 +296,19 @@ def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
     said = _difference({"model": before, "inputs": []}, {}, {"model": ia, "inputs": []}, {}, "the cache")
     assert said.endswith("(differs in the model identity's format: an earlier kto made it, the weights may be the same)")
     assert _difference({"model": before, "inputs": []}, {}, {"model": other, "inputs": []}, {}, "the cache").endswith("(differs in model)")
+
+
+def test_a_cache_of_its_own_inside_out_eval_is_the_users_and_survives_overwrite(tmp_path, tiny_model_dir):
+    """Seen in an attack: a held-out cache built into OUT/eval by its own kto-precompute run (from
+    another file) was taken for OUT's eval split, and `--overwrite` of OUT deleted it. Only a
+    folder recording the split "eval" is OUT's; this one is refused, never deleted."""
+    chat, text = write_rows(tmp_path / "chat.jsonl", chat_rows()), write_rows(tmp_path / "text.jsonl", text_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(chat, tiny_model_dir, out)).exit_code == 0
+    assert run_cli(*precompute_args(text, tiny_model_dir, out / "eval")).exit_code == 0
+    held_out = {p.name: p.read_bytes() for p in (out / "eval").iterdir() if p.is_file()}
+    for extra in (["--seed", "1", "--overwrite"], []):
+        refused = run_cli(*precompute_args(chat, tiny_model_dir, out, *extra))
+        assert refused.exit_code == 2 and "eval" in refused.output.strip().splitlines()[-1], refused.output
+        assert {p.name: p.read_bytes() for p in (out / "eval").iterdir() if p.is_file()} == held_out
+    assert read_manifest(out).content.seed == 0
