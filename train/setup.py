@@ -154,7 +154,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
     adapters.check_model(cfg, source)
-    eval_cache = open_eval_cache(cfg, manifest)
+    eval_cache = open_eval_cache(cfg, cache)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
     check_shape(cache.num_rows, shape)
@@ -287,14 +287,38 @@ def check_held_out(eval_manifest: Manifest, train_manifest: Manifest, cfg: Train
         raise InputError(f"{where}: its {name} is --cache {cfg.cache}'s {train_name} (same sha256): the eval rows are training rows")
 
 
-def open_eval_cache(cfg: TrainConfig, manifest: Manifest) -> ShardedCache | None:
+def check_no_shared_rows(eval_cache: ShardedCache, train: ShardedCache, cfg: TrainConfig) -> None:
+    """Refuse eval rows that are training rows of another split of the same file: the same input
+    (by sha256) and the same id are the same row (another --seed or --eval-fraction of one file
+    splits it otherwise). Reads the id columns only."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    digests = lambda c: {i.get("sha256") for i in c.manifest.content.inputs}
+    if not digests(eval_cache) & digests(train):
+        return
+    ids = pa.chunked_array([eval_cache.open_shard(k).column(S.ID) for k in range(eval_cache.num_shards)]).unique()
+    shared = []
+    for k in range(train.num_shards):
+        column = train.open_shard(k).column(S.ID)
+        shared += pc.filter(column, pc.is_in(column, value_set=ids)).to_pylist()
+    if shared:
+        raise InputError(
+            f"--eval-cache {cfg.eval_cache}: {len(shared)} of its rows are training rows of --cache {cfg.cache} (the same input file and id, "
+            f"e.g. {min(shared)!r}); evaluate on the held-out split of the training cache, CACHE/eval"
+        )
+
+
+def open_eval_cache(cfg: TrainConfig, train: ShardedCache) -> ShardedCache | None:
     """The eval cache must come from the same reference model and tokenizer as the training
     cache, or its rewards would be measured against another reference."""
     if cfg.eval_cache is None:
         return None
+    manifest = train.manifest
     cache = open_cache(cfg.eval_cache)
     cache.lengths()  # every shard present and readable before --out is touched
     check_held_out(cache.manifest, manifest, cfg)
+    check_no_shared_rows(cache, train, cfg)
     same = {
         "model": same_model(cache.manifest.content.model, manifest.content.model),
         "tokenizer": cache.manifest.content.tokenizer == manifest.content.tokenizer,

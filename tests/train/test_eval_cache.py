@@ -44,3 +44,23 @@ def test_an_eval_cache_sharing_one_training_shard_is_refused(tiny_cache, tiny_ev
 def test_a_held_out_cache_of_the_same_model_is_accepted(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(tiny_eval_cache))
     assert result.exit_code == 0, result.output
+
+
+def test_the_eval_split_of_another_cache_of_the_same_file_is_refused(tiny_cache, tiny_model_dir, tmp_path):
+    """Seen in an attack: the same file precomputed again with --seed 1 and --eval-fraction held
+    out rows that --cache trains on; its eval/ was accepted (another fingerprint, other shards)
+    and reported eval metrics on training rows. The same input (sha256) and id is the same row."""
+    from click.testing import CliRunner
+    from conftest import chat_rows, precompute_args, write_rows
+
+    from kto.precompute.cli import main as precompute
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())  # the bytes tiny_cache was made from
+    other = tmp_path / "seed1"
+    made = CliRunner().invoke(precompute, precompute_args(data, tiny_model_dir, other, "--seed", "1", "--eval-fraction", "0.25"))
+    assert made.exit_code == 0, made.output
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(other / "eval"))
+    assert result.exit_code == 2 and not (tmp_path / "r").exists()
+    assert train_error_line(result.output).startswith(
+        f"kto-train: error: --eval-cache {other / 'eval'}: 4 of its rows are training rows of --cache {tiny_cache} (the same input file and id, e.g. 'chat.jsonl:"
+    ), result.output
