@@ -41,7 +41,14 @@ def read_mapping(path: str | Path) -> dict:
         raise InputError(f"--config {path}: not valid {'TOML' if is_toml else 'YAML'} ({detail})") from exc
     if not isinstance(raw, dict):
         raise InputError(f"--config {path}: expected a mapping of flag names to values")
-    return {str(key).replace("-", "_"): value for key, value in raw.items()}
+    out: dict = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name in out:  # max-steps and max_steps: one option, given twice
+            spelt = next(k for k in raw if str(k).replace("-", "_") == name)
+            raise InputError(f"--config {path}: {spelt!r} and {key!r} are one option ({name}); give it once")
+        out[name] = value
+    return out
 
 
 def load_config_file(path: str | Path, known: Iterable[str]) -> dict:
@@ -76,6 +83,16 @@ def _load_yaml(text: str, path: Path):
                 line = event.start_mark.line + 1
                 raise InputError(f"--config {path}: line {line}: YAML aliases (&/*) are not accepted in config files")
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            # YAML itself keeps the last of two equal keys, silently: a value the user wrote is lost.
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise InputError(f"--config {path}: line {key_node.start_mark.line + 1}: {key!r} again (first on line {seen[key]}); give it once")
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
 
     loader = NoAliasLoader(text)
     try:

@@ -59,3 +59,23 @@ def test_kto_precompute_refuses_the_alias_bomb_before_reading_anything(tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"kto-precompute: error: --config {path}: line 2: YAML aliases (&/*) are not accepted in config files"]
     assert not Path(tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("run.yaml", "max_length: 64\nmax_length: 128\n", "line 2: 'max_length' again (first on line 1); give it once"),
+        ("run.yaml", "max-length: 64\nmax_length: 128\n", "'max-length' and 'max_length' are one option (max_length); give it once"),
+        ("run.toml", 'max-length = 64\nmax_length = 128\ndata = ["a"]\n', "'max-length' and 'max_length' are one option (max_length); give it once"),
+        ("run.yaml", "chat_template_kwargs: {a: 1, a: 2}\n", "line 1: 'a' again (first on line 1); give it once"),
+    ],
+    ids=["yaml-twice", "dash-and-underscore", "toml-dash-and-underscore", "nested"],
+)
+def test_a_key_given_twice_is_refused_not_overwritten(tmp_path, name, text, message):
+    """Seen in an attack: max-steps: 5 then max_steps: 10 (or lr twice) kept the last value, with
+    no message; YAML keeps the last of two equal keys, and folding dashes merged the two."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_config_file(path, KNOWN)
+    assert str(err.value) == f"--config {path}: {message}"
