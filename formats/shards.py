@@ -300,8 +300,8 @@ def _bad_elements(column: pa.Array, bad) -> tuple[np.ndarray, np.ndarray, list]:
 def shard_value_problems(table: pa.Table, where: str, vocab_size: int | None) -> list[str]:
     """Values no shard may hold, each as one line naming `where` (the shard), the row and its id:
 
-    - ref_logp / ref_kl_logp that are null, NaN or infinite;
-    - a NaN, infinite or null term in ref_token_logps / ref_kl_token_logps (when stored);
+    - ref_logp / ref_kl_logp that are null, NaN, infinite or positive;
+    - a NaN, infinite, null or positive term in ref_token_logps / ref_kl_token_logps (when stored);
     - token ids (prompt_ids, completion_ids, kl_completion_ids) that are null, negative, or at
       least `vocab_size` (the cache tokenizer's size; None checks only the sign).
 
@@ -313,17 +313,19 @@ def shard_value_problems(table: pa.Table, where: str, vocab_size: int | None) ->
     def at(i: int) -> str:
         return f"{where} row {i + 1} (id {ids[int(i)].as_py()!r})"
 
-    def not_finite(a: pa.Array) -> pa.Array:
-        return pc.invert(pc.is_finite(a))
+    def not_a_logp(a: pa.Array) -> pa.Array:
+        # Finite and ≤ 0: log softmax is ≤ 0 in fp32 too (its log-sum-exp is at least the largest
+        # logit), so a positive value was written by hand, not by kto-precompute.
+        return pc.or_(pc.invert(pc.is_finite(a)), pc.greater(a, 0))
 
     out = []
     for name in (S.REF_LOGP, S.REF_KL_LOGP):
         column = table.column(name).combine_chunks()
-        rows = np.flatnonzero(_bad_mask(column, not_finite))
+        rows = np.flatnonzero(_bad_mask(column, not_a_logp))
         lines = [f"{at(i)}: {name} is {_shown(column[int(i)].as_py())}" for i in rows[:MAX_LINES_PER_CHECK]]
         out += _capped(lines, len(rows), f"a bad {name}")
     for name in (S.REF_TOKEN_LOGPS, S.REF_KL_TOKEN_LOGPS):
-        rows, positions, values = _bad_elements(table.column(name).combine_chunks(), not_finite)
+        rows, positions, values = _bad_elements(table.column(name).combine_chunks(), not_a_logp)
         lines = [f"{at(i)}: {name} has {_shown(v)} at token {k + 1}" for i, k, v in zip(rows, positions, values)]
         out += _capped(lines, len(rows), f"a bad term in {name}")
 
@@ -342,6 +344,8 @@ def shard_value_problems(table: pa.Table, where: str, vocab_size: int | None) ->
 
 
 def _shown(value) -> str:
+    if isinstance(value, float) and 0 < value < float("inf"):
+        return f"{value} (positive: no log-prob is)"
     return "null" if value is None else str(value)
 
 

@@ -65,6 +65,17 @@ def test_each_bad_value_is_named_by_row_id_and_position():
     assert shard_value_problems(t, "X", None)[-1] == "X row 2 (id 'b'): prompt_ids holds token id -1 at position 2; ids must be >= 0"
 
 
+def test_a_positive_log_prob_is_refused():
+    """Seen in an attack: row 0's per-token log-probs set to their absolute values (sum kept
+    consistent, sha patched) passed verify and trained. No log softmax is ever above 0."""
+    t = table(**{S.REF_LOGP: [1.0, -2.0, 0.0], S.REF_TOKEN_LOGPS: [[1.0], [-1.5, -0.5], [0.0]], S.REF_KL_LOGP: [-0.5, 0.25, -1.0]})
+    assert shard_value_problems(t, "X", 10) == [
+        "X row 1 (id 'a'): ref_logp is 1.0 (positive: no log-prob is)",
+        "X row 2 (id 'b'): ref_kl_logp is 0.25 (positive: no log-prob is)",
+        "X row 1 (id 'a'): ref_token_logps has 1.0 (positive: no log-prob is) at token 1",
+    ]
+
+
 def test_rows_count_from_a_sliced_table_and_lines_are_capped():
     n = 3 * MAX_LINES_PER_CHECK
     t = pa.concat_tables([table()] * MAX_LINES_PER_CHECK).slice(1)  # rows b, c, a, b, …
