@@ -150,6 +150,19 @@ def last_table(train: dict, evals: dict) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
+# Files that mark a folder kto's own: a cache (its manifest or journal), a run (its record), a
+# checkpoint (its state) or a saved model. The commands that own them refuse foreign files there.
+KTO_MARKERS = ("manifest.json", ".journal", "kto_run.json", "trainer_state.json", "config.json", "adapter_config.json")
+
+
+def _refuse_kto_folder(out_dir: Path) -> None:
+    held = next((name for name in KTO_MARKERS if (out_dir / name).exists()), None)
+    if held is not None:
+        raise InputError(
+            f"--to {out_dir}: holds {held}, a kto cache, run, checkpoint or model folder (which would then refuse the report's files); write the report elsewhere"
+        )
+
+
 def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool = False) -> dict:
     """Read the metrics, write one PNG per group and report.html into `out_dir`
     (default: RUN/report). The SFT plot is drawn when `sft` or the run's --sft-weight > 0.
@@ -159,6 +172,7 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
     draw_sft = sft or (weight or 0) > 0
     Figure = _figure_class()
     out_dir = Path(out_dir) if out_dir is not None else log.path.parent / "report"
+    _refuse_kto_folder(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -198,3 +198,13 @@ def test_score_the_final_policy(short_run, tiny_cache, tmp_path):
 
     joined = kto.formats.scan(tiny_cache).join(pl.scan_parquet(out), on="id").collect()
     assert joined.height == cache.height and (joined["label"] == joined["label_right"]).all()
+
+
+def test_a_report_into_a_kto_folder_is_refused(short_run, tiny_cache):
+    """Seen in an attack: `--to` a cache, the run itself or a checkpoint wrote PNGs that
+    kto-precompute and kto-train then refused as foreign files."""
+    for folder, marker in ((tiny_cache, "manifest.json"), (short_run, "kto_run.json"), (short_run / "final", "config.json")):
+        before = sorted(p.name for p in folder.iterdir())
+        result = invoke("run", short_run, "--to", folder)
+        assert result.exit_code == 2 and f"--to {folder}: holds {marker}, a kto cache, run, checkpoint or model folder" in result.output
+        assert sorted(p.name for p in folder.iterdir()) == before
