@@ -279,7 +279,13 @@ class Policy:
         if path is None:
             return Position(0, 0, 0)
         position, saved = self.layout.load_state(self, path)
-        differs = sorted(k for k in self.plan if saved.get(k) != self.plan[k])
+        # A checkpoint made before its plan held the run's settings is taken on the rest.
+        differs = sorted(k for k in self.plan if saved.get(k, self.plan[k] if k == "settings" else None) != self.plan[k])
+        if "settings" in differs:
+            raise InputError(
+                f"--resume: {path} was written by a run of other settings than {self.cfg.out}'s kto_run.json "
+                f"(settings {str(saved['settings'])[:12]}… there, {self.plan['settings'][:12]}… now): a checkpoint resumes only the run that wrote it"
+            )
         if differs:
             raise InputError(
                 f"--resume: {path} was made with other "

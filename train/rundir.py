@@ -109,6 +109,15 @@ def record_differences(saved: dict, now: dict) -> list[str]:
     return out
 
 
+def settings_digest(record: dict) -> str:
+    """A hash of the settings a resume may not change (those record_differences compares).
+    Checkpoints carry it, so one copied in from another run (another β, say) is refused."""
+    kept = {
+        part: {k: v for k, v in record.get(part, {}).items() if not (part == "config" and (k in RESUMABLE or k in PATHS))} for part in ("config", "derived")
+    }
+    return fingerprint_of(kept)
+
+
 def _show(value) -> str:
     """A value for the one-line message; a model identity (a dict of hashes) by a short hash."""
     if isinstance(value, (dict, list)):

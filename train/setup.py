@@ -29,7 +29,7 @@ from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
 from .metrics import METRICS_NAME, MetricsWriter
 from .optim import check_schedule
 from .policy import Policy
-from .rundir import config_record, open_run_dir, write_record
+from .rundir import config_record, open_run_dir, settings_digest, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ def setup(run: Run) -> Run:
     scheduler) and restore its training state, then record the configuration and open metrics.jsonl."""
     cfg, accelerator = run.cfg, run.accelerator
     resume_from = on_main(lambda: open_run_dir(cfg, run.record, lambda msg: log(msg, accelerator)), accelerator)
-    plan = plan_identity(cfg, run.cache.manifest.fingerprint, accelerator.num_processes, run.total_steps)
+    plan = {**plan_identity(cfg, run.cache.manifest.fingerprint, accelerator.num_processes, run.total_steps), "settings": settings_digest(run.record)}
     policy = Policy.build(cfg, accelerator, run.source, run.tokenizer, resume_from, run.total_steps, plan, run.chat_template)
     position = policy.resume(resume_from)
     is_reference = resume_from is None and run.is_reference

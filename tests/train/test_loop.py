@@ -99,6 +99,23 @@ def test_final_config_keeps_the_models_use_cache(full_run, tiny_model_dir):
     assert base is True and json.loads((out / "final" / "config.json").read_text())["use_cache"] is True
 
 
+def test_a_checkpoint_copied_from_another_run_is_refused(full_run, tiny_cache, tiny_model_dir, tmp_path):
+    """Seen in an attack: run A (β 0.1) interrupted after checkpoint-3, run B's (β 0.5)
+    checkpoint copied in, and `--resume` trained on from B's weights and optimizer
+    under A's record. A checkpoint now carries a hash of its run's settings."""
+    out, _ = full_run
+    other = tmp_path / "b"
+    assert train_cli(tiny_cache, tiny_model_dir, other, "--max-steps", "6", "--save-every", "3", "--beta", "0.5").exit_code == 0
+    crashed = crashed_copy(out, tmp_path / "a", 3)
+    shutil.rmtree(crashed / "checkpoint-3")
+    shutil.copytree(other / "checkpoint-3", crashed / "checkpoint-3")
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "6", "--save-every", "3", "--resume")
+    assert result.exit_code == 2 and not (crashed / "final").exists()
+    assert train_error_line(result.output).startswith(
+        f"kto-train: error: --resume: {crashed / 'checkpoint-3'} was written by a run of other settings than {crashed}'s kto_run.json"
+    ), result.output
+
+
 def test_checkpoint_holds_everything_to_resume(full_run):
     out, _ = full_run
     ckpt = out / "checkpoint-3"
