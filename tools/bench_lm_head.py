@@ -1,6 +1,6 @@
-"""The LM head's per-token log-probs on CPU: `token_logps` (logsumexp in the logits' own memory,
-one reused logits buffer per thread) against the same chunks computed with fresh tensors and
-torch.logsumexp, as the package did before (issue 21, the LM head on CPU). Random hidden
+"""The LM head's per-token log-probs on CPU: `token_logps` (logsumexp in the logits' own memory)
+against the same chunks computed with fresh tensors and torch.logsumexp, as the package did
+before (issue 21, the LM head on CPU). Random hidden
 states of the given widths; per pass: wall time and this process's minor page faults; the two
 results must agree bit for bit (the same kernels on the same shapes).
 

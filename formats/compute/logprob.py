@@ -16,7 +16,6 @@ kto-train would show the drift.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -240,39 +239,10 @@ def _acc_dtype(cd: torch.dtype) -> torch.dtype:
     return torch.promote_types(torch.float32, cd)
 
 
-class _LogitsWorkspace(threading.local):
-    """On CPU, one [chunk, V] logits buffer per thread, reused by every chunk of every call.
-
-    A chunk's logits are hundreds of MB (1024 × 49152 fp32 = 201 MB for SmolLM2). glibc maps
-    so large an allocation afresh each time and unmaps it when freed, so the kernel zeroes its
-    pages again at every chunk. On SmolLM2's head the workspace removes every page fault that
-    `_logsumexp_` leaves and 10 % of the time (docs/benchmarks.md, "The LM head on CPU"). CUDA's caching
-    allocator already reuses memory, so GPUs take no workspace. The buffer lives as long as the
-    thread."""
-
-    buffer: torch.Tensor | None = None
-
-    def take(self, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
-        b = self.buffer
-        if b is None or b.dtype != dtype or b.shape[1] != cols or b.shape[0] < rows:
-            self.buffer = None  # freed before its replacement is allocated
-            with torch.inference_mode(False):  # a normal tensor: usable inside and outside inference mode
-                self.buffer = b = torch.empty(rows, cols, dtype=dtype)
-        return b[:rows]
-
-
-_WORKSPACE = _LogitsWorkspace()
-
-
 def _chunk_logits(h_c, w_cd, b_cd, cd, softcap):
     """[c, H] rows -> [c, V] logits in acc dtype, exactly as the module docstring defines them.
-
-    The result may be the thread's CPU workspace: the caller consumes it before the next call
-    and may overwrite it."""
-    if h_c.device.type == "cpu" and cd == _acc_dtype(cd):  # the matmul's output is the result
-        z = torch.matmul(h_c.to(cd), w_cd.T, out=_WORKSPACE.take(h_c.shape[0], w_cd.shape[0], cd))
-    else:
-        z = h_c.to(cd) @ w_cd.T
+    A fresh tensor: the caller may overwrite it."""
+    z = h_c.to(cd) @ w_cd.T
     if b_cd is not None:
         z = z.add_(b_cd)  # in cd, before the upcast, as nn.Linear adds it
     z = z.to(_acc_dtype(cd))
@@ -302,8 +272,7 @@ def _forward(hidden, weight, targets, bias, cd, chunk_size, softcap):
 def _logsumexp_(z: torch.Tensor) -> torch.Tensor:
     """torch.logsumexp(z, -1) with the same operations in the same order (ATen's
     logsumexp_out_impl), but exp taken in z's own memory: z is overwritten. One [c, V] buffer
-    fewer per chunk; on CPU each such buffer is hundreds of MB that glibc maps and the kernel
-    zeroes afresh every time."""
+    fewer per chunk (201 MB for SmolLM2 at 1024 positions): a lower peak, on a GPU too."""
     maxes = z.amax(dim=-1, keepdim=True)
     maxes.masked_fill_(maxes.abs() == float("inf"), 0)
     return z.sub_(maxes).exp_().sum(dim=-1).log_().add_(maxes.squeeze(-1))
