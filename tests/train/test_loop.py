@@ -273,12 +273,12 @@ def test_an_earlier_run_is_not_overwritten_without_resume(full_run, tiny_cache, 
 
 
 def test_eval_cache_from_another_reference_is_refused(tiny_cache, tmp_path, tokenizer_dir):
-    from conftest import chat_rows, make_tiny_llama, precompute_args, write_rows
+    from conftest import make_tiny_llama, precompute_args, text_rows, write_rows
 
     from kto.precompute.cli import main as precompute
 
     other_ref = make_tiny_llama(tmp_path / "other", tokenizer_dir, seed=5)
-    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    data = write_rows(tmp_path / "text.jsonl", text_rows())  # held-out rows: only the model differs
     other_cache = tmp_path / "other-cache"
     assert CliRunner().invoke(precompute, precompute_args(data, other_ref, other_cache)).exit_code == 0
     result = train_cli(tiny_cache, other_ref, tmp_path / "r", "--max-steps", "1", "--eval-cache", str(other_cache))
