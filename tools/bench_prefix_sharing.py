@@ -219,7 +219,13 @@ def compare(lm, sequences, pad_id: int, *, batch_tokens: int, device, numerics: 
 
 
 def end_to_end(
-    model_dir: Path, repeats: int, data: Path | None = None, max_length: int = 256, eval_fraction: float = 0.2, keep_caches: Path | None = None
+    model_dir: Path,
+    repeats: int,
+    data: Path | None = None,
+    max_length: int = 256,
+    eval_fraction: float = 0.2,
+    keep_caches: Path | None = None,
+    batch_tokens: int = 4096,
 ) -> dict:
     """The `kto-precompute` command (this interpreter's `kto.precompute.cli`) on `data` (default examples/feedback.jsonl with the
     quickstart's flags), --prefix-sharing and --no-prefix-sharing taking turns, the order
@@ -257,7 +263,7 @@ def end_to_end(
                     "--max-length",
                     str(max_length),
                     "--batch-tokens",
-                    "4096",
+                    str(batch_tokens),
                     *flags,
                 ]
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -324,7 +330,13 @@ def real_mix(args, mix: str, device, numerics: Numerics) -> dict:
             C.free_memory()
         if args.end_to_end_repeats > 0:
             result["end_to_end"] = end_to_end(
-                Path(args.model), args.end_to_end_repeats, subset, max_length=1024, eval_fraction=0.0, keep_caches=args.keep_caches
+                Path(args.model),
+                args.end_to_end_repeats,
+                subset,
+                max_length=1024,
+                eval_fraction=0.0,
+                keep_caches=args.keep_caches,
+                batch_tokens=args.batch_tokens,
             )
     result["rows_timed"] = args.data_rows
     return result
@@ -350,7 +362,7 @@ def synthetic_mix(args, mix: str, device, numerics: Numerics) -> dict:
     del lm
     C.free_memory()
     if mix == "feedback" and args.end_to_end_repeats > 0:
-        result["end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats, keep_caches=args.keep_caches)
+        result["end_to_end"] = end_to_end(Path(args.model), args.end_to_end_repeats, keep_caches=args.keep_caches, batch_tokens=args.batch_tokens)
     return result
 
 
