@@ -20,9 +20,11 @@ import html
 import io
 from pathlib import Path
 
+from kto.formats import schema as S
 from kto.formats.atomic import write_bytes_atomic
 from kto.formats.errors import InputError
-from kto.formats.runrecord import read_run_config
+from kto.formats.runrecord import RUN_RECORD_NAME, read_run_config
+from kto.formats.shards import JOURNAL_DIR
 
 from .runlog import RunLog, checks, last_values, read_run
 from .text import num, table
@@ -152,7 +154,7 @@ def last_table(train: dict, evals: dict) -> tuple[list[str], list[list]]:
 
 # Files that mark a folder kto's own: a cache (its manifest or journal), a run (its record), a
 # checkpoint (its state) or a saved model. The commands that own them refuse foreign files there.
-KTO_MARKERS = ("manifest.json", ".journal", "kto_run.json", "trainer_state.json", "config.json", "adapter_config.json")
+KTO_MARKERS = (S.MANIFEST_NAME, JOURNAL_DIR, RUN_RECORD_NAME, "trainer_state.json", "config.json", "adapter_config.json")
 
 
 def _refuse_kto_folder(out_dir: Path) -> None:

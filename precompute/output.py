@@ -85,8 +85,8 @@ def recorded_batch_tokens(out: Path) -> int | None:
     --batch-tokens' default depends on the device (formats/compute/scoring.py), and the budget
     decides shard bytes: a rerun that leaves it out resumes with the budget already there, on
     any device, rather than being refused as another layout."""
-    manifest = own_manifest(out)
-    layout = manifest["layout"] if manifest is not None else (Journal(out).run() or {}).get("layout")
+    record = _record(out)
+    layout = record.get("layout") if record is not None else None
     value = layout.get("batch_tokens") if isinstance(layout, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
@@ -169,6 +169,12 @@ def own_journal(folder: Path, temps_pending: bool = False) -> bool:
     return True
 
 
+def _record(folder: Path) -> dict | None:
+    """What `folder`'s cache recorded of itself: its manifest, else its unfinished run's journal entry."""
+    manifest = own_manifest(folder)
+    return manifest if manifest is not None else Journal(folder).run()
+
+
 def own_manifest(folder: Path) -> dict | None:
     """The manifest in `folder` as a dict when it reads as a kto manifest, else None."""
     try:
@@ -185,8 +191,7 @@ def _own_cache_folder(folder: Path, temps_pending: bool = False) -> bool:
     split "train": it is the user's, and --overwrite of the cache around it must not delete it."""
     if not folder.is_dir() or folder.is_symlink():
         return False
-    manifest = own_manifest(folder)
-    record = manifest if manifest is not None else Journal(folder).run()
+    record = _record(folder)
     content = record.get("content") if isinstance(record, dict) else None
     if not isinstance(content, dict) or content.get("split") != "eval":
         return False

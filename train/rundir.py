@@ -94,13 +94,18 @@ def config_record(cfg: TrainConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+def _resume_may_change(part: str, key: str) -> bool:
+    """A record entry that a resume may change: a RESUMABLE setting, or one of the PATHS."""
+    return part == "config" and (key in RESUMABLE or key in PATHS)
+
+
 def record_differences(saved: dict, now: dict) -> list[str]:
     """'name (X there, Y now)' for each setting a resume may not change."""
     out = []
     for part in ("config", "derived"):
         a, b = saved.get(part, {}), now[part]
         for k in sorted(set(a) | set(b)):
-            if part == "config" and (k in RESUMABLE or k in PATHS):
+            if _resume_may_change(part, k):
                 continue
             if k == "model_identity" and k in a and k in b and same_model(a[k], b[k]):
                 continue  # a record made before the identity gained a key still matches
@@ -112,9 +117,7 @@ def record_differences(saved: dict, now: dict) -> list[str]:
 def settings_digest(record: dict) -> str:
     """A hash of the settings a resume may not change (those record_differences compares).
     Checkpoints carry it, so one copied in from another run (another β, say) is refused."""
-    kept = {
-        part: {k: v for k, v in record.get(part, {}).items() if not (part == "config" and (k in RESUMABLE or k in PATHS))} for part in ("config", "derived")
-    }
+    kept = {part: {k: v for k, v in record.get(part, {}).items() if not _resume_may_change(part, k)} for part in ("config", "derived")}
     return fingerprint_of(kept)
 
 
