@@ -349,12 +349,25 @@ def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather
 
 
 def _attention(module, q, k, v, inner: str, **kwargs) -> torch.Tensor:
-    """The model's own attention over right-padded causal rows [C, heads, T, D] -> [C, T, heads, D]."""
-    if inner == "eager":
-        width = q.shape[2]
+    """The model's own attention over right-padded causal rows [C, heads, T, D] -> [C, T, heads, D].
+
+    A sliding-window layer (Mistral, Gemma 2/3, Qwen2's `use_sliding_window`…) gets its window
+    from the model as the `sliding_window` keyword, which only the flash kernels read: transformers
+    builds the window into the mask it passes sdpa and eager, and here there is no such mask. So
+    rows wider than the window get the mask plain scoring would: causal, and a key at most
+    window − 1 places behind its query (transformers' `sliding_window_overlay`)."""
+    width, window = q.shape[2], kwargs.get("sliding_window")
+    windowed = window is not None and 0 < window < width  # flash_attention_* apply it themselves
+    if inner == "eager" or (windowed and inner == "sdpa"):
+        allowed = torch.ones(width, width, dtype=torch.bool, device=q.device).tril_()
+        if windowed:
+            allowed.triu_(1 - window)
+        if inner == "sdpa":
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            return ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, allowed[None, None], **kwargs)[0]
         eager = sys.modules[type(module).__module__].eager_attention_forward
-        causal = torch.ones(width, width, dtype=torch.bool, device=q.device).tril_()
-        mask = torch.zeros(width, width, dtype=q.dtype, device=q.device).masked_fill_(~causal, torch.finfo(q.dtype).min)
+        mask = torch.zeros(width, width, dtype=q.dtype, device=q.device).masked_fill_(~allowed, torch.finfo(q.dtype).min)
         return eager(module, q, k, v, mask[None, None], **kwargs)[0]
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -369,6 +382,18 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.index_select(0, index.reshape(-1)).view(*index.shape, h, d).transpose(1, 2)
 
 
+# Config keys of masks other than causal (+ a sliding window, which `_attention` builds): chunked
+# attention (Llama 4) and bidirectional attention would need their own mask on the gathered rows.
+_OTHER_MASKS = ("attention_chunk_size", "use_bidirectional_attention")
+
+
+def _refuse_other_masks(configs) -> None:
+    for c in configs:
+        for key in _OTHER_MASKS:
+            if getattr(c, key, None):
+                raise InputError(f"--prefix-sharing does not build the mask of {type(c).__name__}'s {key} = {getattr(c, key)}; use --no-prefix-sharing")
+
+
 @contextlib.contextmanager
 def shared_prefix_attention(lm: torch.nn.Module, batch: PackedBatch) -> Iterator[dict]:
     """Within it, `lm`'s attention layers compute on the gathered plain sequences of `batch`;
@@ -380,6 +405,7 @@ def shared_prefix_attention(lm: torch.nn.Module, batch: PackedBatch) -> Iterator
         raise InputError(
             f"--prefix-sharing supports the attention implementations sdpa, eager and flash_attention_*, not {sorted(inner)}; use --no-prefix-sharing"
         )
+    _refuse_other_masks(configs.values())
     from transformers import AttentionInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 

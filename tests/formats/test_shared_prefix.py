@@ -374,3 +374,53 @@ def test_an_offloaded_embedding_with_no_device_to_run_on_is_refused():
     lm.get_input_embeddings().to("meta")
     with pytest.raises(InputError, match="--device-map: the embedding is offloaded"):
         input_device(lm)
+
+
+def _windowed_lm(kind: str, attn: str):
+    """A tiny float32 model whose layers attend within an 8-token window (Gemma 3: every other
+    layer), so that rows of up to 40 tokens reach well past it."""
+    torch.manual_seed(0)
+    if kind == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+
+        cfg = MistralConfig(
+            vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=8
+        )
+        lm = MistralForCausalLM(cfg)
+    else:
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(
+            vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+        )  # fmt: skip
+        lm = Gemma3ForCausalLM(cfg)
+    return _set_attn(lm.eval(), attn)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma3"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_sliding_window_layers_keep_their_window_when_packed(kind, attn):
+    """Mistral and Gemma pass their window as a keyword that only flash kernels read: packed
+    attention must build it into the mask, as transformers does for a plain forward. Without it
+    these log-probs were 0.077 (Mistral) and 0.26 (Gemma 3) per token off."""
+    lm = _windowed_lm(kind, attn)
+    scorer = CompletionLogps(lm, chunk_size=16)
+    prompts, completions, keys = sequences()
+    kw = dict(batch_tokens=4096, pad_id=0, device=torch.device("cpu"))
+    assert max(len(p) + len(c) for p, c in zip(prompts, completions)) > 8 * 4
+    shared = score_sequences(scorer, prompts, completions, keys, share_prefixes=True, **kw)
+    plain = score_sequences(scorer, prompts, completions, keys, share_prefixes=False, **kw)
+    truth = float64_reference(lm, prompts, completions)
+    for a, b, t in zip(shared.token_logps, plain.token_logps, truth):
+        np.testing.assert_allclose(b, t, atol=1e-5, rtol=0)  # plain: transformers' own window
+        np.testing.assert_allclose(a, t, atol=1e-5, rtol=0)
+
+
+def test_chunked_attention_is_refused_not_scored_without_its_mask():
+    lm = tiny_lm("sdpa")
+    lm.config.attention_chunk_size = 8
+    b = make_packed_batch([[5, 6, 7]], [[[8, 9], [10, 11]]], pad_id=0)
+    with pytest.raises(InputError, match="attention_chunk_size = 8; use --no-prefix-sharing"):
+        CompletionLogps(lm).forward_packed(b)
+    assert lm.config._attn_implementation == "sdpa"
