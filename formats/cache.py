@@ -29,7 +29,7 @@ import pyarrow.ipc as ipc
 from . import schema as S
 from .errors import InputError
 from .manifest import Manifest, read_manifest
-from .shards import ShardVerifier, check_shard_values, sha256_file, tokenizer_vocab_size
+from .shards import JOURNAL_DIR, ShardVerifier, check_shard_values, sha256_file, tokenizer_vocab_size
 
 VERIFY_HINT = "kto-inspect verify {} checks the whole cache"
 
@@ -43,6 +43,27 @@ def open_cache(cache_dir: str | Path, *, stamps: bool = True, hint: bool = True)
     if not cache_dir.is_dir():
         raise InputError(f"{cache_dir}: no such cache directory")
     return ShardedCache(cache_dir, stamps=stamps, hint=hint)
+
+
+def cache_holding(path: str | Path) -> Path | None:
+    """The kto-precompute cache that `path` lies inside (a folder above it with a kto manifest,
+    or the journal of a run in progress), or None. Other commands refuse to write into one:
+    kto-precompute would take their files for someone else's data and refuse the cache."""
+    for folder in Path(path).resolve().parents:
+        if _is_kto_manifest(folder / S.MANIFEST_NAME) or (folder / JOURNAL_DIR).is_dir():
+            return folder
+    return None
+
+
+def _is_kto_manifest(path: Path) -> bool:
+    """A manifest.json of ours (format_version, content, shards): other tools use the name too."""
+    import json
+
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(obj, dict) and {"format_version", "content", "shards"} <= set(obj)
 
 
 def _list_lengths(column: pa.ChunkedArray) -> np.ndarray:

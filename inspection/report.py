@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kto.formats import schema as S
 from kto.formats.atomic import write_bytes_atomic
+from kto.formats.cache import cache_holding
 from kto.formats.errors import InputError
 from kto.formats.runrecord import RUN_RECORD_NAME, read_run_config
 from kto.formats.shards import JOURNAL_DIR
@@ -157,12 +158,33 @@ def last_table(train: dict, evals: dict) -> tuple[list[str], list[list]]:
 KTO_MARKERS = (S.MANIFEST_NAME, JOURNAL_DIR, RUN_RECORD_NAME, "trainer_state.json", "config.json", "adapter_config.json")
 
 
-def _refuse_kto_folder(out_dir: Path) -> None:
+# In report.html's head: a folder whose report.html carries it is a report of ours, whose files
+# a later report may replace. Any other file of a report's names is the user's.
+GENERATOR = '<meta name="generator" content="kto-inspect run">'
+REPORT_NAMES = (*(f"{group[0]}.png" for group in GROUPS), "report.html")
+
+
+def _refuse_foreign_folder(out_dir: Path) -> None:
+    """--to: not a kto cache, run, checkpoint or model folder, nor inside a cache, and no file of
+    the report's names there unless an earlier report of ours wrote them."""
     held = next((name for name in KTO_MARKERS if (out_dir / name).exists()), None)
-    if held is not None:
+    cache = cache_holding(out_dir / "report.html")
+    if held is not None or cache is not None:
+        what = f"holds {held}" if held is not None else f"is inside the cache {cache}"
         raise InputError(
-            f"--to {out_dir}: holds {held}, a kto cache, run, checkpoint or model folder (which would then refuse the report's files); write the report elsewhere"
+            f"--to {out_dir}: {what}, a kto cache, run, checkpoint or model folder (which would then refuse the report's files); write the report elsewhere"
         )
+    clash = next((name for name in REPORT_NAMES if (out_dir / name).exists()), None)
+    if clash is not None and not _is_our_report(out_dir / "report.html"):
+        raise InputError(f"--to {out_dir}: holds {clash}, which no kto-inspect run report wrote; write the report into a new or empty folder")
+
+
+def _is_our_report(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return GENERATOR.encode() in f.read(4096)
+    except OSError:
+        return False
 
 
 def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool = False) -> dict:
@@ -173,8 +195,11 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
     weight = sft_weight(log.path.parent)
     draw_sft = sft or (weight or 0) > 0
     Figure = _figure_class()
-    out_dir = Path(out_dir) if out_dir is not None else log.path.parent / "report"
-    _refuse_kto_folder(out_dir)
+    if out_dir is None:  # the run's own report folder: replaced whole, whoever wrote it
+        out_dir = log.path.parent / "report"
+    else:
+        out_dir = Path(out_dir)
+        _refuse_foreign_folder(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -231,7 +256,7 @@ def _html(log: RunLog, found: list[str], headers: list[str], rows: list[list], i
     run = log.path.resolve().parent.name  # the run's own name: the header carries no absolute path
     parts = [
         "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
+        f'<html lang="en"><head><meta charset="utf-8">{GENERATOR}',
         f"<title>kto run report: {e(run)}</title><style>{_CSS}</style></head><body>",
         f"<h1>kto run report: {e(run)}</h1>",
         f"<p>From <code>{e(log.path.name)}</code> of run <code>{e(run)}</code>: {len(log.train)} train lines, {len(log.eval)} eval lines.</p>",

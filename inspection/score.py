@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
-from kto.formats.cache import open_cache
+from kto.formats.cache import cache_holding, open_cache
 from kto.formats.compute.adapters import base_model_of, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError, log
 
@@ -58,8 +58,22 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
         raise InputError(f"--out {out}: is a directory; name the .parquet file to write")
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: directory {out.parent} does not exist")
-    if out.resolve().parent == cache_dir.resolve():
-        raise InputError(f"--out {out}: inside the cache directory; write it elsewhere (the cache holds only kto files)")
+    holder = cache_dir if cache_dir.resolve() in out.resolve().parents else cache_holding(out)
+    if holder is not None:
+        raise InputError(f"--out {out}: inside the cache directory {holder}; write it elsewhere (a cache holds only kto files)")
+    if out.exists() and not _is_score_file(out):
+        raise InputError(f"--out {out}: exists and is not a file kto-inspect score wrote; name a new file (it replaces only its own)")
+
+
+def _is_score_file(path: Path) -> bool:
+    """A Parquet file with score's metadata: the one kind of existing --out that may be replaced."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return False
+    return b"kto.cache_fingerprint" in meta and b"kto.beta" in meta
 
 
 def run_beta(model: str) -> tuple[float | None, Path | None]:

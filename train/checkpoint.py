@@ -307,6 +307,15 @@ def sharded_problem(path: Path) -> str | None:
     return None
 
 
+def free_name(path: Path) -> Path:
+    """`path`, or path.1, path.2 … : the first name not taken."""
+    n, free = 0, path
+    while free.exists() or free.is_symlink():
+        n += 1
+        free = path.with_name(f"{path.name}.{n}")
+    return free
+
+
 def usable_checkpoint(out: Path, log: Callable[[str], None]) -> Path | None:
     """The newest usable checkpoint; newer corrupt ones are renamed aside (`.corrupt`), so that
     neither --save-total-limit nor a later --resume counts them. None: there is no checkpoint.
@@ -317,8 +326,7 @@ def usable_checkpoint(out: Path, log: Callable[[str], None]) -> Path | None:
         problem = checkpoint_problem(path)
         if problem is None:
             for bad, why in corrupt:
-                aside = bad.with_name(bad.name + ".corrupt")
-                shutil.rmtree(aside, ignore_errors=True)
+                aside = free_name(bad.with_name(bad.name + ".corrupt"))  # an earlier one set aside stays
                 os.replace(bad, aside)
                 log(f"--resume: {bad} is corrupt ({why}); moved it to {aside.name} and fell back to {path.name}")
             return path

@@ -16,19 +16,19 @@ import contextlib
 import dataclasses
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
+from kto.formats.cache import cache_holding
 from kto.formats.errors import InputError, on_main
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of, same_model
 from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
 
 from .adapters import MERGED_DIR
-from .checkpoint import CHECKPOINT_RE, checkpoint_problem, checkpoints, usable_checkpoint
+from .checkpoint import CHECKPOINT_RE, checkpoint_problem, checkpoints, free_name, usable_checkpoint
 from .config import TrainConfig
 from .metrics import METRICS_NAME
 
@@ -69,7 +69,7 @@ PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
 
 # Set aside by --resume: corrupt ones (checkpoint.usable_checkpoint), and those newer than the
 # checkpoint `--resume PATH` continues from (chosen_checkpoint).
-CORRUPT_RE = re.compile(r"^checkpoint-\d+\.(corrupt|superseded)$")
+CORRUPT_RE = re.compile(r"^checkpoint-\d+\.(corrupt|superseded)(\.\d+)?$")
 # Everything that may be in a run directory, the one list: name -> what it must be. The record
 # (and a pre-rename run's config.json, when it provably is one) proves the directory ours; the
 # others are ours only in a directory so proven. "tensorboard" holds TensorBoard's events, one
@@ -181,6 +181,9 @@ def refuse_foreign(out: Path) -> None:
     """InputError naming the first entry of `out` that is not ours (see the module docstring)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a directory")
+    cache = cache_holding(out)
+    if cache is not None:
+        raise InputError(f"--out {out}: inside the kto-precompute cache {cache}, which holds only its own files; choose a directory outside it")
     entry = foreign_entry(out)
     if entry is not None:
         shown = entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
@@ -255,8 +258,7 @@ def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path
     step = int(CHECKPOINT_RE.match(path.name).group(1))
     for later, newer in found:
         if later > step:
-            aside = newer.with_name(newer.name + ".superseded")
-            shutil.rmtree(aside, ignore_errors=True)
+            aside = free_name(newer.with_name(newer.name + ".superseded"))  # an earlier one set aside stays
             os.replace(newer, aside)
             log(f"--resume {path}: moved the later {newer.name} aside to {aside.name}")
     return out / path.name

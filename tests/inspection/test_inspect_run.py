@@ -208,3 +208,24 @@ def test_a_report_into_a_kto_folder_is_refused(short_run, tiny_cache):
         result = invoke("run", short_run, "--to", folder)
         assert result.exit_code == 2 and f"--to {folder}: holds {marker}, a kto cache, run, checkpoint or model folder" in result.output
         assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_a_report_replaces_no_file_of_the_users(short_run, tiny_cache, tmp_path):
+    """Seen in an attack: `--to photos` replaced the user's loss.png and report.html, and `--to`
+    the cache's tokenizer/ wrote PNGs inside the cache. A folder an earlier report wrote is
+    replaced, as is the run's own report/."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "loss.png").write_bytes(b"my holiday")
+    result = invoke("run", short_run, "--to", photos)
+    assert result.exit_code == 2 and f"--to {photos}: holds loss.png, which no kto-inspect run report wrote" in result.output
+    assert sorted(p.name for p in photos.iterdir()) == ["loss.png"] and (photos / "loss.png").read_bytes() == b"my holiday"
+    inside = tiny_cache / "tokenizer"
+    result = invoke("run", short_run, "--to", inside)
+    assert result.exit_code == 2 and f"--to {inside}: is inside the cache {tiny_cache}" in result.output
+    assert not (inside / "report.html").exists()
+    ours = tmp_path / "ours"
+    for _ in range(2):  # the second report replaces the first's files
+        result = invoke("run", short_run, "--to", ours)
+        assert result.exit_code == 0, result.output
+    assert "kto-inspect run" in (ours / "report.html").read_text()[:4096]

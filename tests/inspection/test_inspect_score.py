@@ -42,6 +42,8 @@ def test_reference_model_scores_zero_reward(tiny_cache, tiny_model_dir, tmp_path
         (["--batch-tokens", "0"], "--batch-tokens 0: must be positive"),
         (["--out", "{cache}/scores.parquet"], "--out {cache}/scores.parquet: inside the cache directory"),
         (["--out", "{tmp}/no/such/dir/s.parquet"], "--out {tmp}/no/such/dir/s.parquet: directory {tmp}/no/such/dir does not exist"),
+        (["--out", "{cache}/tokenizer/tokenizer.json"], "--out {cache}/tokenizer/tokenizer.json: inside the cache directory"),
+        (["--out", "{tmp}/mine.jsonl"], "--out {tmp}/mine.jsonl: exists and is not a file kto-inspect score wrote"),
         (["--model", "{tmp}/nope"], "--model {tmp}/nope: no such file or directory"),
     ],
 )
@@ -51,10 +53,24 @@ def test_bad_flags(tiny_cache, tiny_model_dir, tmp_path, args, message):
     fill = lambda s: s.format(cache=cache, tmp=tmp_path)
     base = {"--model": str(tiny_model_dir), "--out": str(tmp_path / "s.parquet")}
     flags = dict(zip(args[::2], map(fill, args[1::2])))
+    (tmp_path / "mine.jsonl").write_text('{"a user": "file"}\n')
     argv = ["score", str(cache)] + [x for k, v in {**base, **flags}.items() for x in (k, v)]
+    before = {p: p.read_bytes() for p in [*cache.rglob("*"), tmp_path / "mine.jsonl"] if p.is_file()}
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"kto-inspect: error: {fill(message)}")
+    assert all(p.read_bytes() == b for p, b in before.items())  # nothing of the user's or the cache's replaced
+
+
+def test_rescoring_replaces_its_own_file_only(tiny_cache, tiny_model_dir, tmp_path):
+    out = tmp_path / "s.parquet"
+    for beta in ("0.1", "0.5"):
+        result = invoke("score", tiny_cache, "--model", tiny_model_dir, "--out", out, "--batch-tokens", "64", "--beta", beta)
+        assert result.exit_code == 0, result.output
+    assert pq.read_schema(out).metadata[b"kto.beta"] == b"0.5"
+    pq.write_table(pq.read_table(out).replace_schema_metadata({}), tmp_path / "other.parquet")  # same columns, not ours
+    result = invoke("score", tiny_cache, "--model", tiny_model_dir, "--out", tmp_path / "other.parquet")
+    assert result.exit_code == 2 and "is not a file kto-inspect score wrote" in result.stderr
 
 
 def test_tampered_shard_is_refused(tiny_cache, tiny_model_dir, tmp_path):

@@ -117,6 +117,8 @@ def test_corrupt_latest_checkpoint_falls_back_and_stale_temp_files_are_cleaned(r
     (out / ".checkpoint-3.tmp-4242-1").mkdir()
     (out / ".checkpoint-3.tmp-4242-1" / "model.safetensors").write_bytes(b"half")
     (out / ".metrics.jsonl.tmp-4242-1").write_text("{")
+    (out / "checkpoint-2.corrupt").mkdir()  # set aside by an earlier fallback: kept, not replaced
+    (out / "checkpoint-2.corrupt" / "model.safetensors").write_bytes(b"earlier")
     lines = (out / "metrics.jsonl").read_text().splitlines()
     (out / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")  # killed after step 2
     result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--save-total-limit", "1", "--resume")
@@ -126,7 +128,8 @@ def test_corrupt_latest_checkpoint_falls_back_and_stale_temp_files_are_cleaned(r
     assert "changed --save-total-limit 0 -> 1" in result.output
     assert not (out / ".checkpoint-3.tmp-4242-1").exists() and not (out / ".metrics.jsonl.tmp-4242-1").exists()
     assert [p.name for _, p in checkpoints(out)] == ["checkpoint-2"]  # rebuilt at step 2; checkpoint-1 pruned
-    assert (out / "checkpoint-2.corrupt").is_dir() and checkpoint_problem(out / "checkpoint-2") is None
+    assert (out / "checkpoint-2.corrupt" / "model.safetensors").read_bytes() == b"earlier"
+    assert (out / "checkpoint-2.corrupt.1" / "optimizer.pt").stat().st_size == 1000 and checkpoint_problem(out / "checkpoint-2") is None
     for a, b in zip(metrics(run3), metrics(out), strict=True):
         assert (a["step"], a["loss"], a["grad_norm"]) == (b["step"], b["loss"], b["grad_norm"])
 
@@ -252,6 +255,19 @@ def test_out_that_holds_what_kto_train_did_not_write_is_refused_untouched(tiny_c
     line = train_error_line(result.output)
     assert result.exit_code == 2 and f"--out {out}: holds {first}" in line and "which kto-train did not write" in line, line
     assert _listing(out) == before
+
+
+@pytest.mark.parametrize("sub", ["run", "eval/run", ".journal/run", "tokenizer/run"])
+def test_out_inside_a_cache_is_refused(tiny_cache, tiny_model_dir, tmp_path, sub):
+    """Seen in an attack: --out CACHE/eval/run (or .journal/, tokenizer/, a new folder) trained and
+    saved weights into the cache, which kto-precompute then refused as another's data."""
+    cache = shutil.copytree(tiny_cache, tmp_path / "cache")
+    (cache / ".journal").mkdir(exist_ok=True)
+    before = _listing(cache)
+    result = run_train(cache, tiny_model_dir, cache / sub, *ARGS, "--max-steps", "1")
+    line = train_error_line(result.output)
+    assert result.exit_code == 2 and f"--out {cache / sub}: inside the kto-precompute cache {cache}" in line, line
+    assert _listing(cache) == before
 
 
 def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(run3, tiny_cache, tiny_model_dir, tmp_path):
