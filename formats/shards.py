@@ -192,9 +192,12 @@ def shard_metadata(path: Path) -> dict[str, str]:
 class ShardVerifier:
     """Checks each shard's sha256 against the manifest the first time it is read, and remembers it.
 
-    The record (`.verified.json` in the cache dir, keyed by name with size and mtime) lets a
-    second training run on the same cache start without re-hashing gigabytes. A shard that was
-    modified after verification has a new mtime and is hashed again.
+    The record (`.verified.json` in the cache dir, keyed by name) lets a second training run on
+    the same cache start without re-hashing gigabytes. Its stamp is the file's size, mtime,
+    ctime and inode: a shard written in place or replaced after verification is hashed again,
+    even when its old mtime was put back (`os.utime` sets the ctime to now, and no call sets it
+    back). Damage below the file system, which leaves every stamp alone, is what
+    `kto-inspect verify` (always hashing) is for.
     """
 
     def __init__(self, cache_dir: Path, expected: dict[str, str]):
@@ -216,7 +219,7 @@ class ShardVerifier:
 
     def _stamp(self, path: Path) -> list:
         st = path.stat()
-        return [self.expected[path.name], st.st_size, st.st_mtime_ns]
+        return [self.expected[path.name], st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
     def verify(self, name: str) -> None:
         path = self.cache_dir / name

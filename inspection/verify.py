@@ -99,6 +99,9 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
         raise InputError(f"{cache_dir}: no such cache directory")
     reports = [_verify_split(cache_dir, check_tokenizer)]
     eval_dir = cache_dir / S.EVAL_DIR
+    fraction = _recorded_eval_fraction(cache_dir)
+    if not eval_dir.is_dir() and fraction:
+        reports[0].add([f"{eval_dir}: missing, though the manifest records --eval-fraction {fraction:g} (kto-precompute wrote those rows there)"])
     if eval_dir.is_dir():
         reports.append(_verify_split(eval_dir, check_tokenizer))
         train_ids, eval_ids = (r.ids for r in reports)
@@ -106,6 +109,16 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
             shared = sorted(train_ids & eval_ids)
             reports[1].add([f"{eval_dir}: id {i!r} is also in the train split {cache_dir}" for i in shared])
     return reports
+
+
+def _recorded_eval_fraction(cache_dir: Path) -> float:
+    """The train cache's --eval-fraction from its manifest (0 when unreadable: the split's own
+    report says why)."""
+    try:
+        content = open_cache(cache_dir, stamps=False, hint=False).manifest.content
+    except InputError:
+        return 0.0
+    return content.eval_fraction if content.split == "train" else 0.0
 
 
 def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:

@@ -132,7 +132,8 @@ def test_verify_writes_no_stamp_and_always_rehashes(tmp_path, tiny_cache):
     path.write_bytes(bytes(data))
     import os
 
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: the stamp is fooled
-    open_cache(cache).check_sha256(0)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime, but a new ctime
+    with pytest.raises(InputError, match="sha256"):
+        open_cache(cache).check_sha256(0)  # the stamp (size, mtime, ctime, inode) no longer holds
     problems = [p for r in verify(cache, check_tokenizer=False) for p in r.problems]
     assert any(f"{path}: sha256" in p for p in problems)

@@ -58,7 +58,7 @@ def test_tampered_shard_is_caught_even_with_a_fresh_stamp(cache):
     name = manifest.shards[1].name
     path = cache / name
     stamp = ShardVerifier(cache, manifest.shard_sha256)
-    stamp.verify(name)  # kto-train would now trust this shard by size + mtime
+    stamp.verify(name)  # kto-train would now trust this shard while its stamp holds
     # Change one cached ref_logp in place, keeping size and mtime.
     table = ipc.open_file(pa.memory_map(str(path))).read_all()
     old = struct.pack("<d", table.column(S.REF_LOGP)[0].as_py())
@@ -67,8 +67,9 @@ def test_tampered_shard_is_caught_even_with_a_fresh_stamp(cache):
     st = path.stat()
     path.write_bytes(data.replace(old, struct.pack("<d", -1.0)))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    ShardVerifier(cache, manifest.shard_sha256).verify(name)  # the stamp hides the change...
-    result = verify(cache)  # ...verify does not trust it
+    with pytest.raises(ValueError, match="sha256"):  # the stamp's ctime moved: kto-train hashes it again
+        ShardVerifier(cache, manifest.shard_sha256).verify(name)
+    result = verify(cache)  # and verify never trusts a stamp
     assert result.exit_code == 1
     lines = result.stderr.splitlines()
     assert any(line.startswith(f"kto-inspect: verify: {path}: sha256 ") and "does not match the manifest" in line for line in lines)
@@ -156,6 +157,24 @@ def test_eval_split_is_verified_too(cache):
     result = verify(cache)
     assert result.exit_code == 1  # same ids in both splits
     assert f"{cache / S.EVAL_DIR}: id " in result.stderr and "is also in the train split" in result.stderr
+
+
+def test_a_deleted_eval_split_is_caught(tiny_model_dir, tmp_path):
+    """Seen in an attack: `rm -r CACHE/eval` of a cache made with --eval-fraction 0.25, and
+    verify said ok: a quarter of the rows gone without a word."""
+    from conftest import precompute_args, text_rows, write_rows
+
+    from kto.precompute.cli import main as precompute
+
+    data = write_rows(tmp_path / "rows.jsonl", text_rows())
+    out = tmp_path / "cache"
+    result = CliRunner().invoke(precompute, precompute_args(data, tiny_model_dir, out, "--eval-fraction", "0.25"))
+    assert result.exit_code == 0, result.output
+    assert verify(out).exit_code == 0
+    shutil.rmtree(out / S.EVAL_DIR)
+    result = verify(out)
+    assert result.exit_code == 1
+    assert f"{out / S.EVAL_DIR}: missing, though the manifest records --eval-fraction 0.25" in result.stderr
 
 
 def test_not_a_directory_is_a_usage_error(tmp_path):

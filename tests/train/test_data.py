@@ -228,6 +228,27 @@ def test_tampered_shard_is_refused(tiny_cache, tmp_path):
         cache.table(1)
 
 
+def test_a_shard_changed_in_place_with_its_mtime_put_back_is_hashed_again(tiny_cache, tmp_path):
+    """Seen in an attack: a byte changed after a first run had stamped the shard, its mtime
+    restored with os.utime; the next run trained on it. The stamp now holds the ctime and inode."""
+    import os
+
+    from conftest import unverified_copy
+
+    cache_dir = unverified_copy(tiny_cache, tmp_path / "cache")
+    open_cache(cache_dir).table(1)  # hashed and stamped
+    path = cache_dir / "shard-00001.arrow"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(path, "r+b") as f:  # in place: same inode, same size
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+    with pytest.raises(ValueError, match="shard-00001.arrow: sha256"):
+        open_cache(cache_dir).table(1)
+
+
 def test_class_balance_suggestion():
     b = class_balance(n_d=100, n_u=300, w_d=1.0, w_u=1.0)
     assert b.ratio == pytest.approx(1 / 3) and not b.ok
