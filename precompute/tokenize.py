@@ -103,7 +103,24 @@ def _split_rendering(example: Example, prompt: tuple, tokenizer, template: ChatT
     # Some templates render the last prompt turn differently when a reply follows (e.g. they
     # strip reasoning or add separators). Split where the two renderings part, as TRL does.
     k = common_prefix_length(prompt_ids, full_ids)
+    _check_prompt_turn_kept(example, prompt, tokenizer, full_ids, k)
     return full_ids[:k], full_ids[k:], True
+
+
+def _check_prompt_turn_kept(example: Example, prompt: tuple, tokenizer, full_ids: list[int], k: int) -> None:
+    """Refuse a split that moves the last prompt turn's text into the completion: a template that
+    renders messages in another order (or rewrites the prompt) would train the user's words as
+    the reply. Text a template reworded is not found on either side and passes."""
+    content = prompt[-1].get("content") if prompt else None
+    text = content.strip() if isinstance(content, str) else ""
+    if not text:
+        return
+    before, after = tokenizer.decode(full_ids[:k]), tokenizer.decode(full_ids[k:])
+    if text in after and text not in before:
+        raise InputError(
+            f"{example.source} (id {example.id!r}): the chat template does not render the prompt as the start of the conversation, "
+            "so the last prompt turn would be trained as part of the completion; check the template (--chat-template)"
+        )
 
 
 def conversational_ids(

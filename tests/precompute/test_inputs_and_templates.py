@@ -200,3 +200,17 @@ def test_a_template_that_closes_the_turn_without_eos_is_warned_about(tmp_path, t
     assert stop_ids(tok, model) == {tok.eos_token_id}
     (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.eos_token_id, 7]}))
     assert stop_ids(tok, model) == {tok.eos_token_id, 7}
+
+
+def test_a_template_that_renders_the_prompt_after_the_reply_is_refused(tmp_path, tiny_model_dir):
+    """Seen in an attack: a template rendering messages in reverse put every row's user turn
+    into its completion (prompt '<', completion 'assistant>…</assistant><user>question</user>'),
+    noted in one line, cache written. Now refused, naming the row, and nothing written."""
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    (tmp_path / "t.jinja").write_text(
+        "{% for m in messages|reverse %}<{{m.role}}>{{m.content}}</{{m.role}}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    result = run(*precompute_args(data, tiny_model_dir, tmp_path / "c", "--chat-template", str(tmp_path / "t.jinja")))
+    assert result.exit_code == 2, result.output
+    assert "error: chat.jsonl: row 1 (id 'chat.jsonl:1'): the chat template does not render the prompt as the start of the conversation" in result.output
+    assert not (tmp_path / "c").exists()
