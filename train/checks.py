@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +68,21 @@ class Balance:
         if w is None:
             return None
         inside = lambda x: 1.0 <= (x * self.n_desirable) / (self.undesirable_weight * self.n_undesirable) <= 4 / 3
-        short = next((x for x in (float(f"{w:.{d}g}") for d in range(1, 18)) if inside(x)), w)
-        return np.format_float_positional(short, trim="-")
+        return np.format_float_positional(_shortest_inside(w, inside), trim="-")
+
+
+def _shortest_inside(w: float, inside: Callable[[float], bool]) -> float:
+    """The number with the fewest significant digits for which `inside` holds, the nearest to
+    `w` among those (w itself when none of up to 17 digits does). At k digits only w rounded and
+    its two neighbours can be nearest: 2.3333 → 3 for the range [2.33, 3.11], not 2.3333."""
+    for k in range(1, 18):
+        unit = 10.0 ** (math.floor(math.log10(w)) - k + 1)
+        base = round(w / unit)
+        for m in sorted((base - 1, base, base + 1), key=lambda m: abs(m * unit - w)):
+            x = float(f"{m * unit:.{k + 1}g}")  # m · unit without the float tail (24 · 0.1)
+            if x > 0 and inside(x):
+                return x
+    return w
 
 
 def class_balance(n_d: int, n_u: int, w_d: float, w_u: float) -> Balance:

@@ -62,7 +62,9 @@ def test_no_weight_is_advised_when_undesirable_weight_is_zero():
         (300, 100, 1.0, 1.0, "0.4"),  # 4/9 exactly, but 0.4 is inside and is what one types
         (100, 300, 1.0, 1.0, "3"),
         (8, 8, 1.0, 2.0, "2"),
-        (7, 3, 1.0, 1.0, "0.57"),  # 4/7 = 0.5714…: 0.6 would fall outside [3/7, 4/7]
+        (7, 3, 1.0, 1.0, "0.5"),  # nearest 4/7 = 0.5714…; 0.6 falls outside [3/7, 4/7], 0.5 is inside
+        (3, 7, 1.0, 1.0, "3"),  # nearest 7/3 = 2.333…, which was advised in full; 3 is inside [7/3, 28/9]
+        (1, 1000, 1.0, 1.0, "1000"),  # the low end exactly
     ],
 )
 def test_advised_weight_is_short_nonzero_and_inside(n_d, n_u, w_d, w_u, advised):
