@@ -2,12 +2,14 @@
 
 Values come from defaults, then `--config FILE` (keys are the flags' names; the loader is
 kto-train's, formats/config_file.py), then flags actually given on the command line. Config
-values go through each option's own click type, so a YAML string "64" is checked as an int would be.
+values are checked as kto-train checks its own (`_config_value`): a YAML string "64" as an int
+flag's text would be, while true, 64.7 or a list for an int option is refused.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -121,20 +123,54 @@ def _file_values(ctx: click.Context, path: Path) -> dict:
         log(f"kto-precompute: {note}")
     values = {}
     for name, value in resolved.values.items():
-        param = params[name]
-        if name == "sharegpt_info" and isinstance(value, dict):
-            values[name] = value  # an inline dataset_info entry: {columns: ..., tags: ...}
+        if name in ("sharegpt_info", "chat_template_kwargs") and isinstance(value, dict):
+            # sharegpt_info: an inline dataset_info entry ({columns: ..., tags: ...});
+            # chat_template_kwargs: a mapping in YAML/TOML is the JSON object itself.
+            values[name] = value
             continue
-        if name == "chat_template_kwargs" and isinstance(value, dict):
-            values[name] = value  # a mapping in YAML/TOML is the JSON object itself
-            continue
-        if param.multiple and not isinstance(value, list):
-            value = [value]  # `data: file.jsonl` means one input
-        try:
-            values[name] = param.type_cast_value(ctx, value)
-        except click.BadParameter as exc:
-            raise InputError(f"--config {path}: {name}: {' '.join(exc.format_message().split())}") from None
+        # Errors name the key as the file spells it (cutoff_len, not max_length).
+        values[name] = _config_value(params[name], f"--config {path}: {resolved.origin.get(name, name)}", value)
     return values
+
+
+def _config_value(param: click.Parameter, where: str, value: Any) -> Any:
+    """A --config value converted and checked as the flag's own type would be on the command line.
+
+    kto-train's `config_value` (train/cli.py), repeated here because precompute/ does not import
+    train/; plus lists for the repeatable --data. click's own conversion (`type_cast_value`)
+    raised a TypeError traceback for `rows_per_shard: [1, 2]`, and took 64.7 for 64 and true for 1,
+    as Python's int() does."""
+    if value is not None and param.multiple:
+        items = value if isinstance(value, list) else [value]  # `data: file.jsonl` means one input
+        return tuple(_one_value(param, where, item) for item in items)
+    return _one_value(param, where, value)
+
+
+def _one_value(param: click.Parameter, where: str, value: Any) -> Any:
+    kind = param.type
+    if value is None:
+        if param.default is None and not getattr(param, "is_flag", False):
+            return None
+        raise InputError(f"{where}: is empty; give a value or leave the key out")
+    if isinstance(value, (dict, list)):
+        raise InputError(f"{where}: expected one {kind.name} value, got a {'mapping' if isinstance(value, dict) else 'list'}")
+    if isinstance(kind, click.types.BoolParamType):
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, str):
+            raise InputError(f"{where}: {value!r} is not true or false")
+    elif isinstance(value, bool):
+        raise InputError(f"{where}: {value} is true/false; expected {kind.name}")
+    elif isinstance(kind, click.types.IntParamType) and isinstance(value, float):
+        if not value.is_integer():
+            raise InputError(f"{where}: {value!r} is not a whole number")
+        value = int(value)
+    elif isinstance(kind, (click.Choice, click.Path, click.types.StringParamType)):
+        value = str(value)
+    try:
+        return kind.convert(value, param, None)
+    except click.BadParameter as exc:
+        raise InputError(f"{where}: {' '.join(exc.message.split())}") from None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import numbers
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from kto.formats.compute.numerics import NAMES as DTYPES
@@ -10,6 +11,26 @@ from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
 from kto.precompute.inputs.alpaca import AlpacaMap
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+# [least, most] of each integer setting, checked before anything is read or written: the
+# pipeline puts them into numpy and torch integers, where --max-length 10**20 raised OverflowError
+# in precompute/plan.py pair_rows after the model had loaded, leaving a half-written --out.
+# Token ids and each row's positions are int32 Arrow lists with int32 offsets (formats/schema.py),
+# so a sequence, a shard's rows, a batch's padded tokens and an LM-head chunk stay under 2**31.
+INT_RANGES = {
+    "max_length": (2, INT32_MAX),
+    "max_prompt_length": (1, INT32_MAX),  # and below max_length (checked after)
+    "max_samples": (1, INT64_MAX),  # a row count; row indices are numpy int64
+    "seed": (0, 2**32 - 1),  # numpy's seeds; kto-train's --seed takes the same range
+    "batch_tokens": (1, INT32_MAX),
+    "rows_per_shard": (1, INT32_MAX),
+    "chunk_size": (1, INT32_MAX),
+}
+FLOATS = ("eval_fraction",)
+FLAGS = ("store_token_logps", "prefix_sharing", "trust_remote_code", "overwrite", "hub_private")
 
 
 @dataclass(frozen=True)
@@ -73,25 +94,56 @@ class PrecomputeConfig:
     def __post_init__(self):
         from .templates import parse_kwargs
 
+        self._check_types()
         object.__setattr__(self, "chat_template_kwargs", parse_kwargs(self.chat_template_kwargs))
         if self.max_prompt_length is None:
             object.__setattr__(self, "max_prompt_length", self.max_length // 2)
-        if self.max_length < 2:
-            raise InputError(f"--max-length {self.max_length}: must be at least 2")
-        if not 0 < self.max_prompt_length < self.max_length:
+        for name, (least, most) in INT_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not least <= value <= most:
+                raise InputError(f"--{_flag(name)} {value}: must be in {_range(least, most)}")
+        if not self.max_prompt_length < self.max_length:
             raise InputError(f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise InputError(f"--max-samples {self.max_samples}: must be at least 1")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
-        for name in ("batch_tokens", "rows_per_shard", "chunk_size"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
         if self.push_to_hub is not None:
             check_repo_id(self.push_to_hub)
         elif self.hub_private:
             raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise InputError(f"--out {self.out}: is a file, not a directory")
+
+    def _check_types(self) -> None:
+        """The Python API's values as strict as the CLI's: a whole number (not True, 64.7 or a
+        list) for each integer setting, a number (not a bool) for a fraction, True/False for a
+        switch. numpy integers are taken, as Python ints (the manifest is JSON)."""
+        for name in INT_RANGES:
+            value = getattr(self, name)
+            if value is None and self._optional(name):
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"--{_flag(name)} {value!r}: expected a whole number")
+            object.__setattr__(self, name, int(value))
+        for name in FLOATS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(f"--{_flag(name)} {value!r}: expected a number")
+        for name in FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"--{_flag(name)} {getattr(self, name)!r}: expected True or False")
+
+    @classmethod
+    def _optional(cls, name: str) -> bool:
+        return next(f for f in fields(cls) if f.name == name).default is None
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _range(least: int, most: int) -> str:
+    """[least, most], a bound of 2**k - 1 written [least, 2**k) as kto-train writes its --seed's."""
+    power = (most + 1).bit_length() - 1
+    return f"[{least}, 2**{power})" if most > 2**16 and most + 1 == 2**power else f"[{least}, {most}]"
