@@ -192,12 +192,40 @@ class Resolved:
     eval_in_cache: bool = False
     """kto-train: the file holds LLaMA-Factory's `val_size`, so CACHE/eval is the eval cache
     unless one is given (kto-precompute wrote it there)."""
+    peft_default_targets: bool = False
+    """kto-train: `use_peft: true` without lora_target_modules: LoRA goes where peft puts it for
+    the model type (TRL passes None), which the caller resolves once it knows the model."""
+    ratios: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """kto-train: our name -> (the file's key, its share of the total steps) for transformers 5's
+    `logging_steps: 0.25` and the like; the caller resolves them against max_steps."""
+    other_values: dict[str, Any] = field(default_factory=dict)
+    """The other command's keys with their values (kto-train compares kto-precompute's with the
+    cache's manifest: precompute_disagreements)."""
 
     def set(self, ours: str, value: Any, key: str) -> None:
         if ours in self.values and not _same(self.values[ours], value):
             raise InputError(f"{self.origin[ours]}: {self.values[ours]!r} and {key}: {value!r} set the same option ({ours}); give one")
         self.values[ours] = value
         self.origin[ours] = key
+
+
+PEFT_TARGETS = "peft's default for the model type"
+"""What `use_peft: true`'s note says of the LoRA targets until kto-train names them."""
+
+# transformers' TrainingArguments `*_steps` keys that a float below 1 makes a share of the total steps.
+STEP_KEYS = frozenset({"logging_steps", "save_steps", "eval_steps"})
+
+
+def _share(value: Any) -> float | None:
+    """A number in (0, 1), as transformers ≥ 5 reads `warmup_steps: 0.1` (a share of the total
+    steps); None for anything else (a step count, or a value refused later as it is)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0 < number < 1 else None
 
 
 # Own keys that TrainingArguments writes as null when not set (save_total_limit: keep every
@@ -236,9 +264,13 @@ def _finetuning_type(value: Any, command: str, out: Resolved) -> None:
 
 def _use_peft(value: Any, command: str, out: Resolved) -> None:
     if value is True:
-        # TRL's ModelConfig defaults: lora_r 16, lora_alpha 32, lora_dropout 0.05.
+        # TRL's ModelConfig defaults: lora_r 16, lora_alpha 32, lora_dropout 0.05, and
+        # lora_target_modules None: peft's default for the model type (q_proj, v_proj for Llama),
+        # not every linear layer (ours). The model type is read by kto-train (train/cli.py), which
+        # puts the list where PEFT_TARGETS stands in this note.
         out.defaults.update({"lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.05})
-        out.notes.append("use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05 unless given, as TRL)")
+        out.peft_default_targets = True
+        out.notes.append(f"use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05, lora_target_modules {PEFT_TARGETS} unless given, as TRL)")
     elif value is False:
         out.forced["lora_r"] = 0
         out.notes.append("use_peft: false -> every weight is trained (lora_r 0)")
@@ -260,9 +292,60 @@ def _dataset_name(value: Any, command: str, out: Resolved, raw: Mapping[str, Any
     out.set("data", ["hf:" + ":".join(parts)], "dataset_name")
 
 
+def _disable_dropout(value: Any, command: str, out: Resolved) -> None:
+    """TRL's `disable_dropout` (default true) is the opposite of our keep_dropout (default false)."""
+    if not isinstance(value, bool):
+        raise InputError(f"disable_dropout: {value!r} is not true or false")
+    out.set("keep_dropout", not value, "disable_dropout")
+    said = "dropout off, kto-train's default (keep_dropout false)" if value else "the model's dropout kept (keep_dropout true)"
+    out.notes.append(f"disable_dropout: {str(value).lower()} -> {said}")
+
+
 MAPPED: dict[str, dict[str, Callable[..., None]]] = {
     PRECOMPUTE: {"stage": _stage},
-    TRAIN: {"stage": _stage, "finetuning_type": _finetuning_type, "use_peft": _use_peft, "quantization_bit": _quantization_bit},
+    TRAIN: {
+        "stage": _stage,
+        "finetuning_type": _finetuning_type,
+        "use_peft": _use_peft,
+        "quantization_bit": _quantization_bit,
+        "disable_dropout": _disable_dropout,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A key of TRL or LLaMA-Factory that asks for something this tool does not do: refused with
+    what to do instead, rather than with a "did you mean" that compares spellings only."""
+
+    reason: str
+    inert: tuple[Any, ...] = (None,)
+    """Values that ask for nothing (what their dumped defaults write): skipped with a note."""
+
+
+_REFERENCE = "the reference is the model kto-precompute scores the cache with"
+_UNSUPPORTED_BOTH = {
+    "model_revision": Unsupported(
+        "a hub revision is not supported; fetch it to a local directory (hf download NAME --revision REV --local-dir DIR) "
+        "and give that directory as model_name_or_path",
+        (None, "main"),
+    ),
+    "ref_model": Unsupported(f"{_REFERENCE}: give it to kto-precompute as model_name_or_path (or --model); kto-train's model is where the policy starts"),
+    "ref_model_adapters": Unsupported(f"{_REFERENCE}, as it is: give kto-precompute a model with the adapters merged in"),
+    "ref_model_quantization_bit": Unsupported(f"{_REFERENCE}, once, in kto-precompute's dtype; it is never quantized"),
+}
+UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
+    PRECOMPUTE: _UNSUPPORTED_BOTH,
+    TRAIN: {
+        **_UNSUPPORTED_BOTH,
+        "use_dora": Unsupported("DoRA is not supported; kto-train trains plain LoRA (lora_r, lora_alpha, lora_dropout)", (None, False)),
+        "use_rslora": Unsupported(
+            "rsLoRA is not supported; the LoRA scale here is lora_alpha / lora_r: for rsLoRA's lora_alpha / √lora_r give lora_alpha × √lora_r as lora_alpha",
+            (None, False),
+        ),
+        "lora_modules_to_save": Unsupported("only the LoRA adapters train; to train every weight, turn LoRA off (lora_r 0)", (None, [])),
+        "adapter_name_or_path": Unsupported("kto-train starts fresh adapters on model; merge the existing ones into the model first"),
+    },
 }
 # Keys that only complete another key (`dataset_name`'s split): consumed by it, never reported.
 COMPANIONS = {PRECOMPUTE: {"dataset_config", "dataset_train_split"}, TRAIN: set()}
@@ -277,6 +360,7 @@ def _names_of(command: str) -> set[str]:
         set(OWN_KEYS[command])
         | set(ALIASES[command])
         | set(MAPPED[command])
+        | set(UNSUPPORTED[command])
         | (set(COMPANIONS[command]) | {"dataset_name"} if command == PRECOMPUTE else set())
     )
 
@@ -291,42 +375,41 @@ def _suggest(key: str, command: str) -> str:
     return "no close name"
 
 
+@dataclass
+class _Sorting:
+    """What resolve() gathers besides the values: keys to name, to refuse, and whether the file
+    speaks TRL's or LLaMA-Factory's dialect."""
+
+    others: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    foreign: bool = False
+    """A key in TRL's or LLaMA-Factory's dialect: their defaults apply where the file is silent."""
+
+
 def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = None) -> Resolved:
     """Sort the keys of a config file (dashes already turned into underscores) for `command`.
 
     `own`: the command's option names (default: the list above). InputError names every unknown
-    key at once, each with a "did you mean"."""
+    key at once, each with a "did you mean", and every known key this tool does not support, each
+    with what to do instead."""
     own = set(OWN_KEYS[command] if own is None else own)
-    out = Resolved()
-    others, unknown = [], []
-    foreign = False  # a key in TRL's or LLaMA-Factory's dialect: their defaults apply where the file is silent
+    out, sorting = Resolved(), _Sorting()
     # In a file that names both, `cache` is kto-precompute's output and `out` kto-train's run.
     shared_file = command == PRECOMPUTE and "cache" in raw and "out" in raw
     for key, value in raw.items():
-        if key == "push_to_hub" and isinstance(value, bool):
-            # transformers' push_to_hub is a switch and hub_model_id the repo; ours takes the repo.
-            out.notes.append(f"push_to_hub: {str(value).lower()}: ignored (push_to_hub takes the repo id; hub_model_id sets it)")
-            continue
-        if command == TRAIN and (value is None and key in NULL_IS_UNSET or key == "max_steps" and value == -1):
-            # What transformers' TrainingArguments writes for "not set" (a dumped KTOConfig has
-            # them); elsewhere an empty value is refused, as a value forgotten.
-            out.notes.append(f"{key}: {'null' if value is None else value} -> not set (kto-train's default)")
-            continue
-        if command == TRAIN and key in ("dtype", "torch_dtype") and value == "auto":
-            # TRL's "the checkpoint's dtype"; kto-precompute takes `auto` itself. kto-train keeps
-            # fp32 master weights (its default), so one file still drives both commands.
-            out.notes.append(f"{key}: auto -> kto-train's default dtype (fp32 master weights)")
+        if _said_and_skipped(key, value, command, out, sorting):
             continue
         if key in own and not (shared_file and key == "out"):
             out.set(key, ALIASES[command][key].convert(value) if key in ALIASES[command] and ALIASES[command][key].convert else value, key)
         elif key in ALIASES[command]:
-            foreign = True
+            sorting.foreign = True
             alias = ALIASES[command][key]
             if value is None:
                 continue  # `resume_from_checkpoint: null`, as their example files write "not set"
             out.set(alias.ours, alias.convert(value) if alias.convert else value, key)
         elif key in MAPPED[command]:
-            foreign = True
+            sorting.foreign = True
             MAPPED[command][key](value, command, out)
         elif command == PRECOMPUTE and key == "dataset_name":
             _dataset_name(value, command, out, raw)
@@ -335,31 +418,120 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         elif key in IGNORED:
             out.notes.append(f"{key}: ignored ({IGNORED[key]})")
         elif key in _names_of(_other(command)) or (shared_file and key == "out"):
-            others.append(key)
+            sorting.others.append(key)
+            out.other_values[key] = value
         else:
-            unknown.append(key)
+            sorting.unknown.append(key)
     if command == TRAIN and raw.get("val_size"):
         out.eval_in_cache = True
     if command == TRAIN:
-        _their_defaults(raw, foreign, out)
-    if unknown:
-        listed = "; ".join(f"{k!r} ({_suggest(k, command)})" for k in unknown)
-        raise InputError(f"unknown key{'s' if len(unknown) > 1 else ''} {listed}")
-    if others:
+        _their_defaults(raw, sorting.foreign, out)
+    _refuse(sorting, command)
+    if sorting.others:
+        others = sorting.others
         out.notes.append(f"{_other(command)}'s key{'s' if len(others) > 1 else ''}, ignored by {command}: {', '.join(others)}")
     _apply_defaults(out)
     return out
 
 
+def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting: _Sorting) -> bool:
+    """Keys whose value decides what they mean, taken here (True) before resolve() sorts the
+    rest by name: a note, a refusal to make, or transformers 5's shares of the total steps."""
+    if key in UNSUPPORTED[command]:
+        known = UNSUPPORTED[command][key]
+        if value in known.inert:
+            out.notes.append(f"{key}: {'null' if value is None else str(value).lower()}: ignored (asks for nothing here)")
+        else:
+            sorting.refused.append(f"{key}: {value!r}: {known.reason}")
+        return True
+    if key == "push_to_hub" and isinstance(value, bool):
+        # transformers' push_to_hub is a switch and hub_model_id the repo; ours takes the repo.
+        out.notes.append(f"push_to_hub: {str(value).lower()}: ignored (push_to_hub takes the repo id; hub_model_id sets it)")
+        return True
+    if command != TRAIN:
+        return False
+    if value is None and key in NULL_IS_UNSET or key == "max_steps" and value == -1:
+        # What transformers' TrainingArguments writes for "not set" (a dumped KTOConfig has
+        # them); elsewhere an empty value is refused, as a value forgotten.
+        out.notes.append(f"{key}: {'null' if value is None else value} -> not set (kto-train's default)")
+        return True
+    if key in ("dtype", "torch_dtype") and value == "auto":
+        # TRL's "the checkpoint's dtype"; kto-precompute takes `auto` itself. kto-train keeps
+        # fp32 master weights (its default), so one file still drives both commands.
+        out.notes.append(f"{key}: auto -> kto-train's default dtype (fp32 master weights)")
+        return True
+    share = _share(value)
+    if share is not None and key == "warmup_steps":
+        # transformers 5 has no warmup_ratio: a float below 1 in warmup_steps is that ratio.
+        out.set("warmup_ratio", share, key)
+        out.notes.append(f"warmup_steps: {value} -> warmup_ratio {share} (below 1: a share of the total steps, as transformers 5)")
+        return True
+    if share is not None and key in STEP_KEYS:
+        sorting.foreign = True
+        out.ratios[ALIASES[TRAIN][key].ours] = (key, share)
+        return True
+    return False
+
+
+def _refuse(sorting: _Sorting, command: str) -> None:
+    """One InputError for every key refused, the known-but-unsupported ones first."""
+    parts = list(sorting.refused)
+    unknown = sorting.unknown
+    if unknown:
+        listed = "; ".join(f"{k!r} ({_suggest(k, command)})" for k in unknown)
+        parts.append(f"unknown key{'s' if len(unknown) > 1 else ''} {listed}")
+    if parts:
+        raise InputError("; ".join(parts))
+
+
+# transformers' TrainingArguments defaults that differ from kto-train's, which a TRL KTOConfig or
+# LLaMA-Factory file gets there when it leaves them out: (the file's key, value, our name, our
+# value in words). KTOConfig keeps logging_steps 10 and learning_rate 1e-6 (ours) where
+# TrainingArguments (hence LLaMA-Factory) has 500 and 5e-5. Equal, so not listed: the linear
+# schedule, weight_decay 0, max_grad_norm 1, AdamW's betas (0.9, 0.999) and eps 1e-8 (torch's,
+# which build_optimizer keeps), batch size 8, gradient_accumulation_steps 1.
+_TRANSFORMERS_DEFAULTS = (
+    ("warmup_steps", 0, "warmup_ratio", "warmup_ratio 0.1"),
+    ("seed", 42, "seed", "0"),
+    ("save_steps", 500, "save_every", "0: the final model only"),
+)
+_LLAMA_FACTORY_DEFAULTS = (
+    ("logging_steps", 500, "log_every", "10"),
+    ("learning_rate", 5e-5, "lr", "1e-6"),
+)
+_WARMUP = frozenset({"warmup_ratio", "warmup_steps"})
+
+
+def _is_llama_factory(raw: Mapping[str, Any]) -> bool:
+    """A file with a key only LLaMA-Factory has (its `stage`, which its files must give, or
+    `finetuning_type`, `lora_rank`, `pref_beta`, ...); any other file in their names is TRL's."""
+    only_theirs = {k for k, alias in ALIASES[TRAIN].items() if alias.source == LF} | {"stage", "finetuning_type", "quantization_bit"}
+    return bool(only_theirs & raw.keys())
+
+
 def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> None:
     """Defaults of the tool whose file this is, where they differ from kto-train's and the file
-    leaves them out: a file that ran LoRA for 3 epochs there must not train every weight for 1 here."""
+    leaves them out: a file that ran LoRA for 3 epochs there must not train every weight for 1
+    here, nor warm up for a tenth of its steps where transformers warms up for none."""
     if raw.get("stage") == "kto" and "finetuning_type" not in raw:
         out.notes.append("finetuning_type not given: lora, LLaMA-Factory's default")
         _finetuning_type("lora", TRAIN, out)
-    if foreign and not {"epochs", "max_steps"} & out.values.keys():
+    if not foreign:
+        return
+    given = out.values.keys() | out.ratios.keys()
+    said = []
+    if not {"epochs", "max_steps"} & given:
         out.defaults["epochs"] = 3.0
-        out.notes.append("num_train_epochs not given: 3, transformers' default (TRL and LLaMA-Factory keep it; kto-train's own is 1)")
+        said.append("num_train_epochs 3 (kto-train's own: 1)")
+    llama_factory = _is_llama_factory(raw)
+    table = _TRANSFORMERS_DEFAULTS + (_LLAMA_FACTORY_DEFAULTS if llama_factory else ())
+    for key, value, ours, own_default in table:
+        if not ({ours} | (_WARMUP if ours == "warmup_ratio" else set())) & given:
+            out.defaults[ours] = 0.0 if ours == "warmup_ratio" else value
+            said.append(f"{key} {value} (kto-train's own: {own_default})")
+    if said:
+        tools = "LLaMA-Factory keeps them" if llama_factory else "TRL's KTOConfig keeps them"
+        out.notes.append(f"not given, transformers' defaults ({tools}): {', '.join(said)}")
 
 
 def _apply_defaults(out: Resolved) -> None:
@@ -373,6 +545,31 @@ def _apply_defaults(out: Resolved) -> None:
     if alpha_twice_rank and "lora_alpha" not in out.values:
         out.values["lora_alpha"] = 2.0 * float(out.values["lora_r"])
         out.alpha_twice_rank = True
+
+
+# kto-precompute's keys whose value the cache's manifest records as it is (CacheContent): the
+# file's key -> the content's key. kto-train compares them: a file edited after the cache was
+# made would otherwise train on rows cut to the old lengths, under a note saying "ignored".
+IN_MANIFEST = {
+    "max_length": "max_length",
+    "cutoff_len": "max_length",
+    "max_prompt_length": "max_prompt_length",
+    "eval_fraction": "eval_fraction",
+    "val_size": "eval_fraction",
+    "store_token_logps": "store_token_logps",
+}
+
+
+def precompute_disagreements(other_values: Mapping[str, Any], content: Mapping[str, Any]) -> list[str]:
+    """kto-precompute's keys of a config file whose values differ from those the cache's manifest
+    `content` records, each as `KEY: VALUE (the cache's NAME: VALUE)`."""
+    found = []
+    for key, value in other_values.items():
+        name = IN_MANIFEST.get(key)
+        if name is None or value is None or name not in content or _same(value, content[name]):
+            continue
+        found.append(f"{key}: {value} (the cache's {name}: {content[name]})")
+    return found
 
 
 def option_hint(command: str, option: str) -> str | None:

@@ -8,6 +8,7 @@ Every option mirrors a TrainConfig field (tests/train/test_data.py,
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from kto.formats.compute.early_checks import check_local_cache, check_local_model
-from kto.formats.config_names import TRAIN, names_other_tools_use
+from kto.formats.config_names import PEFT_TARGETS, TRAIN, Resolved, names_other_tools_use, precompute_disagreements
 from kto.formats.errors import InputError, log, one_line_errors
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
@@ -119,14 +120,11 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
     """Defaults < --config FILE < command-line flags, then one TrainConfig."""
     options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     values: dict[str, Any] = {}
-    eval_in_cache = False
+    resolved = Resolved()
     if config_file:
         resolved = load_config_file(config_file)
-        for note in resolved.notes:
-            log(f"kto-train: {note}")
         # Errors name the key as the file spells it (torch_dtype, not dtype).
         values = {k: config_value(options[k], resolved.origin.get(k, k), v, config_file) for k, v in resolved.values.items()}
-        eval_in_cache = resolved.eval_in_cache
     for name, value in flags.items():
         given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         if given or name not in values:
@@ -141,19 +139,148 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
     for name in ("cache", "model", "out"):
         if values.get(name) is None:
             raise InputError(f"--{name} is required (on the command line or in --config)")
-    if eval_in_cache and values.get("eval_cache") is None:
+    if config_file:
+        from_config_file(ctx, config_file, resolved, values)
+    return TrainConfig(**values)
+
+
+def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """What a --config file asks that needs the values in force (the command line's included):
+    peft's LoRA targets for the model, the eval cache of `val_size`, transformers 5's shares of the
+    total steps, a save cadence on logged steps, and kto-precompute's keys against the cache."""
+    peft_default_targets(ctx, path, resolved, values)
+    for note in resolved.notes:
+        log(f"kto-train: {note}")
+    if resolved.eval_in_cache and values.get("eval_cache") is None:
         # LLaMA-Factory's val_size held rows out; kto-precompute wrote them to CACHE/eval.
         values["eval_cache"] = Path(values["cache"]) / "eval"
-        log(f"kto-train: --config {config_file}: val_size -> --eval-cache {values['eval_cache']}")
-    from_their_file = (
-        config_file and resolved.origin.get("eval_every") == "eval_steps" and ctx.get_parameter_source("eval_every") != ParameterSource.COMMANDLINE
+        log(f"kto-train: --config {path}: val_size -> --eval-cache {values['eval_cache']}")
+    from_their_file = ctx.get_parameter_source("eval_every") != ParameterSource.COMMANDLINE and (
+        resolved.origin.get("eval_every") == "eval_steps" or "eval_every" in resolved.ratios
     )
-    if from_their_file and values.get("eval_every") and values.get("eval_cache") is None:
+    if from_their_file and values.get("eval_cache") is None and (values.get("eval_every") or "eval_every" in resolved.ratios):
         # transformers evaluates only with an eval set, so a TRL file's eval_steps without one
         # (TRL's own example) is inert there; it is here too. Our --eval-every alone is refused.
-        log(f"kto-train: --config {config_file}: eval_steps: ignored (no eval set: give --eval-cache, or val_size)")
+        log(f"kto-train: --config {path}: eval_steps: ignored (no eval set: give --eval-cache, or val_size)")
         values["eval_every"] = 0
-    return TrainConfig(**values)
+        resolved.ratios.pop("eval_every", None)
+    step_shares(ctx, path, resolved, values)
+    save_on_logged_steps(ctx, path, resolved, values)
+    check_cache_agrees(path, resolved, values)
+
+
+def peft_default_targets(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """`use_peft: true` without lora_target_modules: TRL passes None, and peft then adapts its
+    default modules for the model type (q_proj and v_proj for Llama), not every linear layer (our
+    default). Written out as our list, so the run record and a resume name them."""
+    if not resolved.peft_default_targets or "lora_target_modules" in resolved.values or values["lora_r"] <= 0:
+        return
+    if ctx.get_parameter_source("lora_target_modules") == ParameterSource.COMMANDLINE:
+        return
+    model_type = model_type_of(str(values["model"]), path)
+    mapping = peft_target_mapping()
+    if mapping is None:
+        return  # the run refuses a missing peft first of all (adapters.check_environment)
+    if model_type not in mapping:
+        raise InputError(
+            f"--config {path}: use_peft: true: peft has no default LoRA targets for model type {model_type} (TRL stops there too); "
+            "give lora_target_modules (all-linear, or a list of module names)"
+        )
+    chosen = ",".join(mapping[model_type])
+    values["lora_target_modules"] = chosen
+    resolved.notes = [note.replace(PEFT_TARGETS, f"{chosen} (peft's default for {model_type})") for note in resolved.notes]
+
+
+def peft_target_mapping() -> dict[str, list[str]] | None:
+    """peft's default LoRA targets per model type (what its LoraConfig(target_modules=None) uses), or
+    None without peft. Its import brings bitsandbytes, whose CPU backend warns about an optional
+    kernel package: noise here, held back (as optim._get_scheduler does)."""
+    import logging
+
+    quiet = logging.getLogger("bitsandbytes")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    except ImportError:
+        return None
+    finally:
+        quiet.setLevel(level)
+    return TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+
+def model_type_of(spec: str, path: Path) -> str:
+    """--model's model_type, read before the run loads it: a local config.json, a GGUF file's
+    metadata, or a hub repo's config.json alone."""
+    from kto.formats.compute.models import resolve_source
+
+    try:
+        if Path(spec).expanduser().exists():
+            source = resolve_source(spec)
+            where, kwargs = str(source.directory), source.load_kwargs
+        else:
+            where, kwargs = spec, {}
+        config = Path(where) / "config.json"
+        if not kwargs and config.is_file():
+            return str(json.loads(config.read_text())["model_type"])
+        from transformers import PretrainedConfig
+
+        return str(PretrainedConfig.get_config_dict(where, **kwargs)[0]["model_type"])
+    except InputError:
+        raise
+    except Exception as exc:  # unreadable JSON, no model_type, no network: one line
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise InputError(f"--config {path}: use_peft: true: cannot read the model type of {spec} ({detail}); give lora_target_modules") from None
+
+
+def step_shares(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """transformers 5's `logging_steps: 0.25` (below 1: a share of the total steps) as a step
+    count, ⌈share × max_steps⌉ as transformers rounds it. Without max_steps it is refused: the
+    total depends on the cache's rows and the processes, known only once the run reads them."""
+    for name, (key, share) in resolved.ratios.items():
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            continue
+        if values.get("max_steps") is None:
+            raise InputError(
+                f"--config {path}: {key}: {share}: a share of the total steps (transformers 5), which kto-train knows only once it "
+                f"reads the cache; write {key} as a whole number of steps, or give max_steps"
+            )
+        values[name] = max(1, math.ceil(values["max_steps"] * share))
+        log(f"kto-train: --config {path}: {key}: {share} -> every {values[name]} steps (⌈max_steps {values['max_steps']} × {share}⌉, as transformers)")
+
+
+def save_on_logged_steps(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """A save cadence the file did not write as a number (transformers' default 500, or a share)
+    that falls between logged steps: kto-train saves only on logged steps (TrainConfig: a resumed
+    run then logs the lines of an uninterrupted one), so the multiple of the logging cadence below."""
+    save, every = values["save_every"], values["log_every"]
+    written = "save_every" in resolved.origin or ctx.get_parameter_source("save_every") == ParameterSource.COMMANDLINE
+    if written or not save or not every or save % every == 0:
+        return
+    values["save_every"] = max(every, save // every * every)
+    logging_key = resolved.origin.get("log_every") or resolved.ratios.get("log_every", ("log_every",))[0]
+    log(f"kto-train: --config {path}: save_steps {save} -> {values['save_every']}, a multiple of {logging_key} {every} (kto-train saves on logged steps)")
+
+
+def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """kto-precompute's keys in the file (max_length, ...) against the cache's manifest: a file
+    edited after the cache was made, with only kto-train rerun, would train on the old rows."""
+    from kto.formats.cache import open_cache
+    from kto.formats.schema import MANIFEST_NAME
+
+    cache = Path(values["cache"])
+    if not resolved.other_values or not (cache / MANIFEST_NAME).is_file():
+        return  # an `hf:` cache, or none: the run refuses or fetches it
+    try:
+        content = open_cache(cache, stamps=False).manifest.content.to_json()  # reads and checks the manifest only
+    except InputError:
+        return  # the run refuses a bad manifest in its own words
+    differ = precompute_disagreements(resolved.other_values, content)
+    if differ:
+        raise InputError(
+            f"--config {path}: {'; '.join(differ)}: the cache {cache} was made with other values than the file's, and kto-train would "
+            f"train on it as it is; rerun kto-precompute --config {path} --overwrite (or put the cache's values back in the file)"
+        )
 
 
 def resume_value(value: Any) -> bool | Path:
@@ -183,7 +310,8 @@ def config_value(option: click.Option, name: str, value: Any, path: Path) -> Any
     YAML reads `lr: 1e-6` as a string (YAML 1.1 wants `1.0e-6` for a float), so strings are
     converted like command-line text; but a true/false is never taken for a number, nor 2.5 for
     a whole number, as Python's int() and float() would."""
-    where = f"--config {path}: {name.replace('_', '-')}"
+    # A key of another tool as the file writes it (logging_steps), ours as its flag (log-every).
+    where = f"--config {path}: {name if name != option.name else name.replace('_', '-')}"
     if name == "lr_schedule_kwargs" and isinstance(value, dict):
         return value  # a mapping in YAML/TOML is the JSON object itself
     if name == "resume" and isinstance(value, bool):

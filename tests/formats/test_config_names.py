@@ -10,6 +10,12 @@ from kto.formats.errors import InputError
 from kto.precompute import cli as precompute_cli
 from kto.train import cli as train_cli
 
+# transformers' TrainingArguments defaults that differ from ours, which a file in TRL's names gets
+# where it is silent (TRL's KTOConfig keeps them); LLaMA-Factory's files also get its logging
+# cadence and learning rate (KTOConfig sets ours: 10 and 1e-6).
+TRL_DEFAULTS = {"warmup_ratio": 0.0, "seed": 42, "save_every": 500}
+LF_DEFAULTS = {**TRL_DEFAULTS, "log_every": 500, "lr": 5e-5}
+
 
 def options(command) -> set[str]:
     return {p.name for p in command.params if p.expose_value} - {"config_file"}
@@ -58,6 +64,7 @@ def test_trl_names_become_ours():
         "report_to": "none",
         "lora_target_modules": None,
         "dtype": "bf16",
+        "seed": 42,  # transformers' default: the file gives the rest of TRL_DEFAULTS
     }
 
 
@@ -87,25 +94,26 @@ def test_llama_factory_names_become_ours_and_its_own_keys_say_what_they_did():
         "desirable_weight": 1.2,
         "undesirable_weight": 0.8,
         "epochs": 3.0,  # transformers' num_train_epochs default, which LLaMA-Factory keeps
+        **LF_DEFAULTS,
     }
     notes = resolved.notes
     for key in ("stage", "do_train", "finetuning_type", "template", "plot_loss", "bf16"):
         assert sum(note.startswith(f"{key}:") for note in notes) == 1, (key, notes)
     # The other command's key is named with the command that takes it, in one line.
     assert "kto-precompute's key, ignored by kto-train: cutoff_len" in notes
-    assert resolve({"finetuning_type": "lora", "lora_rank": 4, "max_steps": 5}, TRAIN).values == {"lora_r": 4, "lora_alpha": 8.0, "max_steps": 5}
-    assert resolve({"finetuning_type": "full", "epochs": 1}, TRAIN).values == {"lora_r": 0, "epochs": 1}
+    assert resolve({"finetuning_type": "lora", "lora_rank": 4, "max_steps": 5}, TRAIN).values == {"lora_r": 4, "lora_alpha": 8.0, "max_steps": 5, **LF_DEFAULTS}
+    assert resolve({"finetuning_type": "full", "epochs": 1}, TRAIN).values == {"lora_r": 0, "epochs": 1, **LF_DEFAULTS}
 
 
 def test_a_file_in_their_dialect_gets_their_defaults_where_it_is_silent():
     """A LLaMA-Factory `stage: kto` file without finetuning_type ran LoRA there (its default) and
     trained every weight here; a TRL or LLaMA-Factory file without num_train_epochs ran 3 epochs
     there (transformers' default) and 1 here. Our own names keep our defaults."""
-    lf = resolve({"stage": "kto", "lora_rank": 16, "learning_rate": 5e-5}, TRAIN)
-    assert lf.values == {"lora_r": 16, "lora_alpha": 32.0, "lr": 5e-5, "epochs": 3.0}
+    lf = resolve({"stage": "kto", "lora_rank": 16, "learning_rate": 5e-6}, TRAIN)
+    assert lf.values == {"lora_r": 16, "lora_alpha": 32.0, "epochs": 3.0, **LF_DEFAULTS, "lr": 5e-6}
     assert "finetuning_type not given: lora, LLaMA-Factory's default" in lf.notes
-    assert resolve({"learning_rate": 1e-6, "num_train_epochs": 2}, TRAIN).values == {"lr": 1e-6, "epochs": 2}
-    assert resolve({"learning_rate": 1e-6, "max_steps": 40}, TRAIN).values == {"lr": 1e-6, "max_steps": 40}
+    assert resolve({"learning_rate": 1e-6, "num_train_epochs": 2}, TRAIN).values == {"lr": 1e-6, "epochs": 2, **TRL_DEFAULTS}
+    assert resolve({"learning_rate": 1e-6, "max_steps": 40}, TRAIN).values == {"lr": 1e-6, "max_steps": 40, **TRL_DEFAULTS}
     assert resolve({"lr": 1e-6, "beta": 0.2}, TRAIN).values == {"lr": 1e-6, "beta": 0.2}
 
 
@@ -170,7 +178,7 @@ def test_the_cli_prints_each_note_and_the_error_in_one_line(tmp_path, monkeypatc
 def test_transformers_hub_keys_name_the_repo():
     """transformers' push_to_hub is a switch and hub_model_id the repo; our push_to_hub takes the repo."""
     resolved = resolve({"push_to_hub": True, "hub_model_id": "me/kto-model", "hub_private_repo": True}, TRAIN)
-    assert resolved.values == {"push_to_hub": "me/kto-model", "hub_private": True, "epochs": 3.0}
+    assert resolved.values == {"push_to_hub": "me/kto-model", "hub_private": True, "epochs": 3.0, **TRL_DEFAULTS}
     assert resolved.notes[0] == "push_to_hub: true: ignored (push_to_hub takes the repo id; hub_model_id sets it)"
 
 
@@ -187,7 +195,7 @@ def test_what_a_dumped_kto_config_writes_for_not_set_is_taken_as_not_set():
     """TrainingArguments' max_steps -1 and save_total_limit null, and TRL's torch_dtype auto (in a
     file both commands read: kto-precompute takes auto itself); one number spelt two ways is one."""
     resolved = resolve({"max_steps": -1, "save_total_limit": None, "torch_dtype": "auto", "lr": "1e-5", "learning_rate": 1.0e-5}, TRAIN)
-    assert resolved.values == {"lr": 1e-5, "epochs": 3.0}  # max_steps -1: transformers' epochs
+    assert resolved.values == {"lr": 1e-5, "epochs": 3.0, **TRL_DEFAULTS}  # max_steps -1: transformers' epochs
     assert resolve({"torch_dtype": "auto"}, PRECOMPUTE).values == {"dtype": "auto"}
     with pytest.raises(InputError, match="set the same option"):
         resolve({"lr": "1e-5", "learning_rate": 2e-5}, TRAIN)
@@ -224,3 +232,114 @@ def test_the_command_line_names_our_option_for_another_tools_name():
     assert "kto-train's --batch-size" in CliRunner().invoke(train, ["--per-device-train-batch-size", "4"]).output
     assert "LLaMA-Factory's name for kto-precompute's --max-length" in CliRunner().invoke(precompute, ["--cutoff_len", "512"]).output
     assert "Did you mean" in CliRunner().invoke(train, ["--lrr", "1"]).output
+
+
+def test_a_file_silent_on_transformers_defaults_gets_them_and_says_so_in_one_line():
+    """transformers' TrainingArguments warms up for 0 steps, seeds 42 and saves every 500 steps
+    (LLaMA-Factory also logs every 500 at 5e-5); a file in their names that leaves them out got
+    our 10 % warmup, seed 0 and final-model-only saving. What the file gives stays."""
+    trl = resolve({"learning_rate": 1e-6, "max_steps": 40}, TRAIN)
+    assert (trl.values["warmup_ratio"], trl.values["seed"], trl.values["save_every"]) == (0.0, 42, 500)
+    assert "log_every" not in trl.values and trl.values["lr"] == 1e-6  # KTOConfig's 10 and 1e-6 are ours
+    assert trl.notes == [
+        "not given, transformers' defaults (TRL's KTOConfig keeps them): warmup_steps 0 (kto-train's own: warmup_ratio 0.1), "
+        "seed 42 (kto-train's own: 0), save_steps 500 (kto-train's own: 0: the final model only)"
+    ]
+    lf = resolve({"stage": "kto", "finetuning_type": "lora", "num_train_epochs": 1}, TRAIN)
+    assert {k: lf.values[k] for k in ("warmup_ratio", "seed", "save_every", "log_every", "lr")} == LF_DEFAULTS
+    assert any(note.startswith("not given, transformers' defaults (LLaMA-Factory keeps them): ") and "learning_rate 5e-05" in note for note in lf.notes)
+    given = resolve({"learning_rate": 1e-6, "warmup_steps": 5, "seed": 3, "save_steps": 20, "epochs": 1}, TRAIN)
+    assert given.values == {"lr": 1e-6, "warmup_steps": 5, "seed": 3, "save_every": 20, "epochs": 1}
+    assert given.notes == []
+    assert resolve({"warmup_ratio": 0.05, "learning_rate": 1e-6, "epochs": 1}, TRAIN).values["warmup_ratio"] == 0.05
+    assert resolve({"lr": 1e-6}, TRAIN).values == {"lr": 1e-6}  # our own names keep our defaults
+
+
+def test_warmup_steps_below_one_is_transformers_5s_warmup_ratio():
+    """transformers 5 dropped warmup_ratio: `warmup_steps: 0.1` is a tenth of the total steps."""
+    resolved = resolve({"warmup_steps": 0.1, "learning_rate": 1e-6}, TRAIN)
+    assert resolved.values["warmup_ratio"] == 0.1 and "warmup_steps" not in resolved.values
+    assert "warmup_steps: 0.1 -> warmup_ratio 0.1 (below 1: a share of the total steps, as transformers 5)" in resolved.notes
+    assert resolve({"warmup_steps": 0.1, "warmup_ratio": 0.1}, TRAIN).values["warmup_ratio"] == 0.1
+    with pytest.raises(InputError) as err:
+        resolve({"warmup_ratio": 0.2, "warmup_steps": 0.1}, TRAIN)
+    assert str(err.value) == "warmup_ratio: 0.2 and warmup_steps: 0.1 set the same option (warmup_ratio); give one"
+    assert resolve({"warmup_steps": 3}, TRAIN).values == {"warmup_steps": 3}
+
+
+def test_step_keys_below_one_are_kept_as_shares_for_kto_train_to_resolve():
+    resolved = resolve({"logging_steps": 0.25, "save_steps": 0.5, "max_steps": 8}, TRAIN)
+    assert resolved.ratios == {"log_every": ("logging_steps", 0.25), "save_every": ("save_steps", 0.5)}
+    assert "log_every" not in resolved.values and "save_every" not in resolved.values  # no default 500 over a share
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            {"model_revision": "v1.0"},
+            "model_revision: 'v1.0': a hub revision is not supported; fetch it to a local directory "
+            "(hf download NAME --revision REV --local-dir DIR) and give that directory as model_name_or_path",
+        ),
+        (
+            {"ref_model": "org/ref"},
+            "ref_model: 'org/ref': the reference is the model kto-precompute scores the cache with: give it to kto-precompute as "
+            "model_name_or_path (or --model); kto-train's model is where the policy starts",
+        ),
+        ({"use_dora": True}, "use_dora: True: DoRA is not supported; kto-train trains plain LoRA (lora_r, lora_alpha, lora_dropout)"),
+    ],
+)
+def test_their_keys_we_do_not_support_say_what_to_do_not_a_did_you_mean(raw, message):
+    """disable_dropout was answered "did you mean lora_dropout?", model_revision "did you mean
+    mixed_precision?", ref_model "did you mean model?"."""
+    with pytest.raises(InputError) as err:
+        resolve(raw, TRAIN)
+    assert str(err.value) == message
+
+
+def test_known_keys_are_refused_before_the_unknown_in_one_line_and_inert_values_pass():
+    with pytest.raises(InputError) as err:
+        resolve({"zzz": 1, "ref_model": "r"}, TRAIN)
+    assert str(err.value).startswith("ref_model: 'r': the reference is") and str(err.value).endswith("; unknown key 'zzz' (no close name)")
+    # What a dumped ModelConfig writes when they ask for nothing.
+    resolved = resolve({"model_revision": "main", "use_dora": False, "use_rslora": False, "lora_modules_to_save": None, "epochs": 1}, TRAIN)
+    assert resolved.values == {"epochs": 1}
+    assert "model_revision: main: ignored (asks for nothing here)" in resolved.notes
+    # kto-precompute refuses what concerns its model, and leaves kto-train's keys to it.
+    with pytest.raises(InputError, match="^ref_model: 'r': the reference is"):
+        resolve({"ref_model": "r"}, PRECOMPUTE)
+    assert resolve({"use_dora": True}, PRECOMPUTE).notes == ["kto-train's key, ignored by kto-precompute: use_dora"]
+
+
+def test_disable_dropout_is_keep_dropout_inverted():
+    """TRL's disable_dropout (default true) is kto-train's default; false keeps the dropout."""
+    on = resolve({"disable_dropout": True, "epochs": 1}, TRAIN)
+    assert on.values["keep_dropout"] is False
+    assert "disable_dropout: true -> dropout off, kto-train's default (keep_dropout false)" in on.notes
+    assert resolve({"disable_dropout": False}, TRAIN).values["keep_dropout"] is True
+    with pytest.raises(InputError, match="set the same option"):
+        resolve({"disable_dropout": True, "keep_dropout": True}, TRAIN)
+    with pytest.raises(InputError, match=r"^disable_dropout: 'yes' is not true or false$"):
+        resolve({"disable_dropout": "yes"}, TRAIN)
+
+
+def test_use_peft_leaves_the_targets_to_peft_s_default_for_the_model():
+    """TRL's lora_target_modules defaults to None (peft's per-model default), not all-linear."""
+    resolved = resolve({"use_peft": True}, TRAIN)
+    assert resolved.peft_default_targets and "lora_target_modules" not in resolved.values
+    assert any("lora_target_modules peft's default for the model type unless given, as TRL" in note for note in resolved.notes)
+    assert resolve({"use_peft": True, "lora_target_modules": "all-linear"}, TRAIN).values["lora_target_modules"] is None
+
+
+def test_precompute_keys_are_compared_with_what_the_manifest_records():
+    from kto.formats.config_names import precompute_disagreements
+
+    content = {"max_length": 1024, "max_prompt_length": 512, "eval_fraction": 0.1, "store_token_logps": True, "seed": 0}
+    same = {"max_length": "1024", "cutoff_len": 1024, "max_prompt_length": 512, "val_size": 0.1, "dataset": "x", "seed": 5}
+    assert precompute_disagreements(same, content) == []
+    differ = {"cutoff_len": 2048, "max_prompt_length": 256, "store_token_logps": False}
+    assert precompute_disagreements(differ, content) == [
+        "cutoff_len: 2048 (the cache's max_length: 1024)",
+        "max_prompt_length: 256 (the cache's max_prompt_length: 512)",
+        "store_token_logps: False (the cache's store_token_logps: True)",
+    ]

@@ -66,3 +66,132 @@ def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, c
     assert len(lines) == 1 and lines[0].startswith("kto-train: error:"), result.output
     assert key in lines[0], lines[0]
     assert not captured
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("kto-train: error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_a_wrong_number_in_another_tools_key_names_that_key_not_a_flag(tmp_path, captured):
+    """`logging_steps: 2.5` was refused as "logging-steps", a flag that does not exist."""
+    line = error_line(run(tmp_path, "logging_steps: 2.5\n"))
+    assert line == f"kto-train: error: --config {tmp_path / 'run.yaml'}: logging_steps: 2.5 is not a whole number"
+
+
+def test_warmup_steps_below_one_is_a_warmup_ratio(tmp_path, captured):
+    """transformers 5's `warmup_steps: 0.1` was refused as "not a whole number"."""
+    result = run(tmp_path, "warmup_steps: 0.1\nlearning_rate: 1.0e-6\n")
+    assert result.exit_code == 0, result.output
+    assert (captured[0].warmup_ratio, captured[0].warmup_steps) == (0.1, 0)
+
+
+def test_step_shares_resolve_against_max_steps_or_are_refused_naming_the_key(tmp_path, captured):
+    """transformers 5: `logging_steps: 0.25` is ⌈0.25 × total⌉ steps. kto-train knows the total
+    before reading the cache only from max_steps; without it the key is refused, as written."""
+    result = run(tmp_path, "logging_steps: 0.25\nsave_steps: 0.5\nmax_steps: 25\n")
+    assert result.exit_code == 0, result.output
+    # ⌈25 × 0.25⌉ = 7, ⌈25 × 0.5⌉ = 13, saved on the logged step below: 7.
+    assert (captured[0].log_every, captured[0].save_every) == (7, 7)
+    assert "logging_steps: 0.25 -> every 7 steps (⌈max_steps 25 × 0.25⌉, as transformers)" in result.output
+    assert "save_steps 13 -> 7, a multiple of logging_steps 7 (kto-train saves on logged steps)" in result.output
+    path = tmp_path / "run.yaml"
+    line = error_line(run(tmp_path, "logging_steps: 0.25\nlearning_rate: 1.0e-6\n"))
+    assert line == (
+        f"kto-train: error: --config {path}: logging_steps: 0.25: a share of the total steps (transformers 5), which kto-train "
+        "knows only once it reads the cache; write logging_steps as a whole number of steps, or give max_steps"
+    )
+    assert "logging-steps" not in line
+    result = run(tmp_path, "logging_steps: 0.25\n", "run.yaml", "--log-every", "4")  # the command line wins
+    assert result.exit_code == 0, result.output
+    assert captured[-1].log_every == 4
+
+
+def test_transformers_save_default_falls_on_a_logged_step(tmp_path, captured):
+    """A TRL file silent on save_steps saves every 500 steps (transformers' default), moved to a
+    multiple of its logging_steps, as kto-train saves on logged steps only."""
+    result = run(tmp_path, "learning_rate: 1.0e-6\nlogging_steps: 30\n")
+    assert result.exit_code == 0, result.output
+    cfg = captured[0]
+    assert (cfg.save_every, cfg.log_every, cfg.warmup_ratio, cfg.seed, cfg.epochs) == (480, 30, 0.0, 42, 3.0)
+    assert "save_steps 500 -> 480, a multiple of logging_steps 30" in result.output
+
+
+def test_precompute_keys_that_disagree_with_the_cache_are_refused(tmp_path, captured, tiny_cache):
+    """tiny_cache was made with --max-length 64 (so max_prompt_length 32): a file that says
+    otherwise would train on rows cut to other lengths than it asks for."""
+    path = tmp_path / "run.yaml"
+    path.write_text("max_length: 128\ncutoff_len: 128\nlearning_rate: 1.0e-6\n")
+    args = ["--config", str(path), "--cache", str(tiny_cache), "--model", "m", "--out", str(tmp_path / "o")]
+    line = error_line(CliRunner().invoke(main, args))
+    assert line == (
+        f"kto-train: error: --config {path}: max_length: 128 (the cache's max_length: 64); cutoff_len: 128 (the cache's max_length: 64): "
+        f"the cache {tiny_cache} was made with other values than the file's, and kto-train would train on it as it is; "
+        f"rerun kto-precompute --config {path} --overwrite (or put the cache's values back in the file)"
+    )
+    assert not captured
+    path.write_text("max_length: 64\nmax_prompt_length: 32\nlearning_rate: 1.0e-6\n")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "kto-precompute's keys, ignored by kto-train: max_length, max_prompt_length" in result.output
+
+
+def invoke_with_model(tmp_path, text: str, model, *extra: str):
+    path = tmp_path / "trl.yaml"
+    path.write_text(text)
+    return CliRunner().invoke(main, ["--config", str(path), "--cache", "c", "--model", str(model), "--out", str(tmp_path / "o"), *extra])
+
+
+def test_use_peft_without_targets_takes_peft_s_default_for_the_model_type(tmp_path, captured, tiny_model_dir):
+    result = invoke_with_model(tmp_path, "use_peft: true\nlearning_rate: 1.0e-6\n", tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    assert captured[0].lora_target_modules == "q_proj,v_proj" and captured[0].lora_r == 16
+    assert (
+        "use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05, lora_target_modules q_proj,v_proj (peft's default for llama)" in result.output
+    )
+    for extra, text, expected in (
+        ((), "use_peft: true\nlora_target_modules: all-linear\n", None),
+        ((), "use_peft: true\nlora_target_modules: [q_proj, o_proj]\n", "q_proj,o_proj"),
+        (("--lora-target-modules", "k_proj"), "use_peft: true\n", "k_proj"),
+        (("--lora-r", "0"), "use_peft: true\n", None),
+    ):
+        result = invoke_with_model(tmp_path, text, tiny_model_dir, *extra)
+        assert result.exit_code == 0, result.output
+        assert captured[-1].lora_target_modules == expected, (extra, text)
+
+
+def test_use_peft_on_a_model_type_peft_has_no_default_for_is_refused(tmp_path, captured):
+    model = tmp_path / "odd"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no-such-type"}')
+    line = error_line(invoke_with_model(tmp_path, "use_peft: true\n", model))
+    assert line == (
+        f"kto-train: error: --config {tmp_path / 'trl.yaml'}: use_peft: true: peft has no default LoRA targets for model type no-such-type "
+        "(TRL stops there too); give lora_target_modules (all-linear, or a list of module names)"
+    )
+
+
+def test_a_trl_file_silent_on_targets_and_warmup_trains_as_trl_would(tmp_path, tiny_cache, tiny_model_dir):
+    """The real run: LoRA wraps exactly peft's Llama default (q_proj, v_proj), and with
+    transformers' warmup of 0 the first step runs at the configured lr (our 10 % warmup of 20
+    steps took two steps to reach it: 2.5e-6 after step 1)."""
+    import json
+
+    from conftest import metrics, run_train
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    path = tmp_path / "trl.yaml"
+    text = "use_peft: true\nlearning_rate: 5.0e-6\nlr_scheduler_type: constant_with_warmup\nmax_steps: 20\nlogging_steps: 1\nper_device_train_batch_size: 4\n"
+    path.write_text(text)
+    result = run_train(tiny_cache, tiny_model_dir, out, "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert metrics(out)[0]["step"] == 1 and metrics(out)[0]["lr"] == 5e-6
+    record = json.loads((out / "kto_run.json").read_text())["config"]
+    assert (record["warmup_ratio"], record["seed"], record["lora_target_modules"]) == (0.0, 42, "q_proj,v_proj")
+    adapter = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    with safe_open(str(out / "final" / "adapter_model.safetensors"), "pt") as f:
+        wrapped = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys()}
+    assert wrapped == {"q_proj", "v_proj"}
