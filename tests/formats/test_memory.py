@@ -35,10 +35,12 @@ def test_mapped_file_pages_count_as_file_memory_not_allocated_memory(tmp_path):
 def test_allocated_memory_is_anonymous_and_the_window_peak_is_kept():
     meter = MemoryMeter()
     anon0, _ = rss_kinds()
-    block = bytearray(128 * MB)  # zero-filled: the kernel commits the pages on write
-    block[::4096] = b"\1" * len(block[::4096])
+    # A fresh anonymous mapping, not a bytearray: malloc may hand back pages an earlier test
+    # freed but kept resident (already in anon0), and the RSS would then not grow at all.
+    block = mmap.mmap(-1, 128 * MB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: RssAnon, not RssShmem
+    block[::4096] = b"\1" * len(block[::4096])  # the kernel commits each page on its first write
     meter.sample()
-    del block
+    block.close()
     window = meter.take_window()  # samples again after the free: the peak stays
     assert window["rss_anon_gb"] >= anon0 / 1e9 + 120 * MB / 1e9
     assert window["peak_memory_gb"] >= window["rss_anon_gb"]
