@@ -87,6 +87,22 @@ def test_precompute_model_directory_without_config(tmp_path):
     assert line == f"kto-precompute: error: --model {tmp_path / 'model'}: directory has no config.json"
 
 
+def test_a_lora_adapter_folder_as_model_says_to_merge_it(tmp_path):
+    """LLaMA-Factory's and TRL's SFT runs save adapter folders; "no config.json" left a switching
+    user guessing. kto-train loads --model through the same resolve_source."""
+    adapter = tmp_path / "sft-lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "peft_type": "LORA"}')
+    line = refused("kto.precompute.cli", "--data", tmp_path / "a.jsonl", "--model", adapter, "--out", tmp_path / "out")
+    said = f"--model {adapter}: a LoRA adapter folder (adapter_config.json), not a model; merge it into HuggingFaceTB/SmolLM2-135M-Instruct first"
+    assert line.startswith(f"kto-precompute: error: {said}"), line
+    from kto.formats.compute.models import resolve_source
+    from kto.formats.errors import InputError
+
+    with pytest.raises(InputError, match="a LoRA adapter folder"):
+        resolve_source(str(adapter))
+
+
 def test_precompute_chat_template_link_to_dev_zero(tmp_path, model_dir):
     template = tmp_path / "template.jinja"
     template.symlink_to("/dev/zero")

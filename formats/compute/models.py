@@ -63,7 +63,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         return ModelSource(path.resolve().parent, gguf_file=path.name, given=spec)
     if path.is_dir():
         if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
-            raise InputError(f"{flag} {spec}: directory has no config.json")
+            raise _no_config(path, spec, flag)
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         if not (path / "config.json").is_file() and len(ggufs) == 1:
             return ModelSource(path.resolve(), gguf_file=ggufs[0], given=spec)
@@ -79,6 +79,22 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     except Exception as exc:  # network, auth, missing repo: all one line for the user
         raise InputError(f"{flag} {spec}: cannot fetch from the hub ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     return ModelSource(Path(local), hub_id=spec, given=spec)
+
+
+def _no_config(path: Path, spec: str, flag: str) -> InputError:
+    """A folder without config.json; a LoRA adapter folder (what LLaMA-Factory's and TRL's SFT
+    runs save) is told apart, with how to make a model of it."""
+    adapter = path / "adapter_config.json"
+    if not adapter.is_file():
+        return InputError(f"{flag} {spec}: directory has no config.json")
+    try:
+        base = read_json(adapter).get("base_model_name_or_path") or "its base model"
+    except (InputError, AttributeError):
+        base = "its base model"
+    return InputError(
+        f"{flag} {spec}: a LoRA adapter folder (adapter_config.json), not a model; merge it into {base} first "
+        f"(peft: PeftModel.from_pretrained(base, '{spec}').merge_and_unload().save_pretrained(DIR), with the tokenizer) and give DIR"
+    )
 
 
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag: str = "--model") -> PreTrainedTokenizerBase:

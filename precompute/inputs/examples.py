@@ -223,7 +223,8 @@ def shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str,
 def _shapes(c: ColumnMap) -> str:
     return (
         f"expected {c.prompt}+{c.completion}+{c.label} (TRL unpaired), {c.messages}+{c.label} "
-        f"(LLaMA-Factory), {c.prompt}+{c.chosen}+{c.rejected} (paired) or conversations+kto_tag (ShareGPT)"
+        f"(LLaMA-Factory), {c.prompt}+{c.chosen}+{c.rejected} (paired) or conversations+kto_tag (ShareGPT); "
+        "alpaca files (instruction/input/output) are read through --dataset NAME --dataset-dir DIR (dataset_info.json)"
     )
 
 
