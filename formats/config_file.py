@@ -15,10 +15,14 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config_names import PRECOMPUTE, TRAIN, Resolved, resolve
 from .errors import InputError
 from .files import regular_file
+
+if TYPE_CHECKING:
+    import click
 
 __all__ = ["PRECOMPUTE", "TRAIN", "Resolved", "load_config_file", "read_mapping", "resolve_config_file"]
 
@@ -99,3 +103,39 @@ def _load_yaml(text: str, path: Path):
         return loader.get_single_data() or {}
     finally:
         loader.dispose()
+
+
+def option_value(param: click.Parameter, where: str, value: Any) -> Any:
+    """One --config value converted and checked as the flag's own type would be on the command
+    line, for both commands; `where` names the file and key in the error.
+
+    YAML reads `lr: 1e-6` as a string (YAML 1.1 wants `1.0e-6` for a float), so strings are
+    converted like command-line text; but a true/false is never taken for a number, nor 2.5 for
+    a whole number, as Python's int() and float() would, and a list or mapping is refused where
+    one value goes (click's own type_cast_value raised a TypeError traceback for `[1, 2]`)."""
+    import click
+
+    kind = param.type
+    if value is None:
+        if param.default is None and not getattr(param, "is_flag", False):
+            return None
+        raise InputError(f"{where}: is empty; give a value or leave the key out")
+    if isinstance(value, (dict, list)):
+        raise InputError(f"{where}: expected one {kind.name} value, got a {'mapping' if isinstance(value, dict) else 'list'}")
+    if isinstance(kind, click.types.BoolParamType):
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, str):
+            raise InputError(f"{where}: {value!r} is not true or false")
+    elif isinstance(value, bool):
+        raise InputError(f"{where}: {value} is true/false; expected {kind.name}")
+    elif isinstance(kind, click.types.IntParamType) and isinstance(value, float):
+        if not value.is_integer():
+            raise InputError(f"{where}: {value!r} is not a whole number")
+        value = int(value)
+    elif isinstance(kind, (click.Choice, click.Path, click.types.StringParamType)):
+        value = str(value)
+    try:
+        return kind.convert(value, param, None)
+    except click.BadParameter as exc:
+        raise InputError(f"{where}: {' '.join(exc.message.split())}") from None

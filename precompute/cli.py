@@ -14,7 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from kto.formats.config_file import PRECOMPUTE, resolve_config_file
+from kto.formats.config_file import PRECOMPUTE, option_value, resolve_config_file
 from kto.formats.config_names import names_other_tools_use
 from kto.formats.errors import InputError, log, one_line_errors
 from kto.precompute.inputs.dataset_info import load_datasets
@@ -136,41 +136,13 @@ def _file_values(ctx: click.Context, path: Path) -> dict:
 def _config_value(param: click.Parameter, where: str, value: Any) -> Any:
     """A --config value converted and checked as the flag's own type would be on the command line.
 
-    kto-train's `config_value` (train/cli.py), repeated here because precompute/ does not import
-    train/; plus lists for the repeatable --data. click's own conversion (`type_cast_value`)
-    raised a TypeError traceback for `rows_per_shard: [1, 2]`, and took 64.7 for 64 and true for 1,
-    as Python's int() does."""
+    formats' `option_value`, as kto-train's; plus lists for the repeatable --data. click's own
+    conversion (`type_cast_value`) raised a TypeError traceback for `rows_per_shard: [1, 2]`, and
+    took 64.7 for 64 and true for 1, as Python's int() does."""
     if value is not None and param.multiple:
         items = value if isinstance(value, list) else [value]  # `data: file.jsonl` means one input
-        return tuple(_one_value(param, where, item) for item in items)
-    return _one_value(param, where, value)
-
-
-def _one_value(param: click.Parameter, where: str, value: Any) -> Any:
-    kind = param.type
-    if value is None:
-        if param.default is None and not getattr(param, "is_flag", False):
-            return None
-        raise InputError(f"{where}: is empty; give a value or leave the key out")
-    if isinstance(value, (dict, list)):
-        raise InputError(f"{where}: expected one {kind.name} value, got a {'mapping' if isinstance(value, dict) else 'list'}")
-    if isinstance(kind, click.types.BoolParamType):
-        if isinstance(value, bool):
-            return value
-        if not isinstance(value, str):
-            raise InputError(f"{where}: {value!r} is not true or false")
-    elif isinstance(value, bool):
-        raise InputError(f"{where}: {value} is true/false; expected {kind.name}")
-    elif isinstance(kind, click.types.IntParamType) and isinstance(value, float):
-        if not value.is_integer():
-            raise InputError(f"{where}: {value!r} is not a whole number")
-        value = int(value)
-    elif isinstance(kind, (click.Choice, click.Path, click.types.StringParamType)):
-        value = str(value)
-    try:
-        return kind.convert(value, param, None)
-    except click.BadParameter as exc:
-        raise InputError(f"{where}: {' '.join(exc.message.split())}") from None
+        return tuple(option_value(param, where, item) for item in items)
+    return option_value(param, where, value)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import click
 from click.core import ParameterSource
 
 from kto.formats.compute.early_checks import check_local_cache, check_local_model
+from kto.formats.config_file import option_value
 from kto.formats.config_names import PEFT_TARGETS, TRAIN, Resolved, names_other_tools_use, precompute_disagreements
 from kto.formats.errors import InputError, log, one_line_errors
 
@@ -305,41 +306,16 @@ def schedule_kwargs(value: Any) -> dict:
 
 
 def config_value(option: click.Option, name: str, value: Any, path: Path) -> Any:
-    """A --config value converted and checked as the flag's own type would be on the command line.
-
-    YAML reads `lr: 1e-6` as a string (YAML 1.1 wants `1.0e-6` for a float), so strings are
-    converted like command-line text; but a true/false is never taken for a number, nor 2.5 for
-    a whole number, as Python's int() and float() would."""
+    """A --config value converted and checked as the flag's own type would be on the command line
+    (formats' `option_value`, as kto-precompute's), but for kto-train's two values a file may
+    write as what they mean: a mapping for lr_schedule_kwargs, true for resume."""
     # A key of another tool as the file writes it (logging_steps), ours as its flag (log-every).
     where = f"--config {path}: {name if name != option.name else name.replace('_', '-')}"
     if name == "lr_schedule_kwargs" and isinstance(value, dict):
         return value  # a mapping in YAML/TOML is the JSON object itself
     if name == "resume" and isinstance(value, bool):
         return value
-    kind = option.type
-    if value is None:
-        if option.default is None and not option.is_flag:
-            return None
-        raise InputError(f"{where}: is empty; give a value or leave the key out")
-    if isinstance(value, (dict, list)):
-        raise InputError(f"{where}: expected one {kind.name} value, got a {'mapping' if isinstance(value, dict) else 'list'}")
-    if isinstance(kind, click.types.BoolParamType):
-        if isinstance(value, bool):
-            return value
-        if not isinstance(value, str):
-            raise InputError(f"{where}: {value!r} is not true or false")
-    elif isinstance(value, bool):
-        raise InputError(f"{where}: {value} is true/false; expected {kind.name}")
-    elif isinstance(kind, click.types.IntParamType) and isinstance(value, float):
-        if not value.is_integer():
-            raise InputError(f"{where}: {value!r} is not a whole number")
-        value = int(value)
-    elif isinstance(kind, (click.Choice, click.Path, click.types.StringParamType)):
-        value = str(value)
-    try:
-        return kind.convert(value, option, None)
-    except click.BadParameter as exc:
-        raise InputError(f"{where}: {exc.message}") from None
+    return option_value(option, where, value)
 
 
 if __name__ == "__main__":
