@@ -151,7 +151,7 @@ IGNORED = {
     "per_device_eval_batch_size": "evaluation uses batch_size",
     "eval_strategy": "eval_steps (eval_every) decides when to evaluate",
     "evaluation_strategy": "eval_steps (eval_every) decides when to evaluate",
-    "save_strategy": "save_steps (save_every) decides when to save",
+    "save_strategy": "save_steps (save_every) decides when to save; `no` or `epoch` without save_steps: final/ only",
     "logging_strategy": "logging_steps (log_every) decides when to log",
     "logging_first_step": "lines are logged every log_every steps and at the last",
     "remove_unused_columns": "the cache holds only the columns training reads",
@@ -195,6 +195,9 @@ class Resolved:
     peft_default_targets: bool = False
     """kto-train: `use_peft: true` without lora_target_modules: LoRA goes where peft puts it for
     the model type (TRL passes None), which the caller resolves once it knows the model."""
+    defaulted: set[str] = field(default_factory=set)
+    """Values the file did not write, set by the defaults of the tool whose names it uses
+    (`_their_defaults`, TRL's LoRA defaults): a run resumed from a record keeps its own."""
     ratios: dict[str, tuple[str, float]] = field(default_factory=dict)
     """kto-train: our name -> (the file's key, its share of the total steps) for transformers 5's
     `logging_steps: 0.25` and the like; the caller resolves them against max_steps."""
@@ -526,6 +529,8 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
     llama_factory = _is_llama_factory(raw)
     table = _TRANSFORMERS_DEFAULTS + (_LLAMA_FACTORY_DEFAULTS if llama_factory else ())
     for key, value, ours, own_default in table:
+        if key == "save_steps" and str(raw.get("save_strategy", "steps")).lower() != "steps":
+            continue  # `save_strategy: no` saves nothing there; `epoch` has no twin here: final/ only, as ours
         if not ({ours} | (_WARMUP if ours == "warmup_ratio" else set())) & given:
             out.defaults[ours] = 0.0 if ours == "warmup_ratio" else value
             said.append(f"{key} {value} (kto-train's own: {own_default})")
@@ -541,7 +546,9 @@ def _apply_defaults(out: Resolved) -> None:
             out.notes.append(f"{out.origin[name]}: {out.values[name]!r} ignored ({name} {value}, as the key that turns it off says)")
         out.values[name] = value
     for name, value in out.defaults.items():
-        out.values.setdefault(name, value)
+        if name not in out.values:
+            out.values[name] = value
+            out.defaulted.add(name)
     if alpha_twice_rank and "lora_alpha" not in out.values:
         out.values["lora_alpha"] = 2.0 * float(out.values["lora_r"])
         out.alpha_twice_rank = True

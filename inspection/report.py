@@ -180,11 +180,13 @@ def _refuse_foreign_folder(out_dir: Path) -> None:
 
 
 def _is_our_report(path: Path) -> bool:
+    """report.html with the generator tag, or the title every earlier version wrote."""
     try:
         with path.open("rb") as f:
-            return GENERATOR.encode() in f.read(4096)
+            head = f.read(4096)
     except OSError:
         return False
+    return GENERATOR.encode() in head or b"<title>kto run report: " in head
 
 
 def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool = False) -> dict:
@@ -204,6 +206,10 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"--to {out_dir}: cannot create ({exc.strerror})") from None
+    if not _is_our_report(out_dir / "report.html"):
+        # Claim the folder before the first PNG: a report stopped while drawing (Ctrl-C, a full
+        # disk) leaves a folder the next report may replace, not one refused as the user's.
+        write_bytes_atomic(out_dir / "report.html", f"<!doctype html><html><head>{GENERATOR}</head><body>being written</body></html>".encode())
     images: dict[str, bytes] = {}
     for group in GROUPS:
         if group[0] == "sft" and not draw_sft:

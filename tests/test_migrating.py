@@ -120,15 +120,16 @@ def test_a_trl_kto_config_runs_with_one_line_added(tmp_path, tiny_model_dir):
     # transformers' defaults where the file is silent: no save_steps, no seed (it gives warmup_ratio).
     assert (record["seed"], record["save_every"], record["warmup_ratio"]) == (42, 500, 0.1)
     assert "not given, transformers' defaults (TRL's KTOConfig keeps them): seed 42" in train_log
-    # The file edited after the cache was made, and only kto-train rerun: refused, not trained on the old rows.
+    # The file edited after the cache was made, and only kto-train rerun: said in a warning line,
+    # not under "ignored" alone (a flag over the file makes such a cache on purpose, so no refusal).
     config.write_text(config.read_text().replace("max_length: 1024", "max_length: 2048"))
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     again = CliRunner().invoke(train, ["--config", str(config)])
-    assert again.exit_code == 2
-    assert f"--config {config}: max_length: 2048 (the cache's max_length: 1024): the cache {cache} was made with other values" in again.output
-    assert f"rerun kto-precompute --config {config} --overwrite" in again.output
+    warning = f"kto-train: warning: --config {config}: max_length: 2048 (the cache's max_length: 1024): the cache {cache} was made with other values"
+    assert warning in again.output and f"rerun kto-precompute --config {config} --overwrite if the file is what you meant" in again.output
+    assert again.exit_code == 2 and "holds an earlier run; pass --resume" in again.output  # same --out: the run's own refusal
 
 
 # LLaMA-Factory's data/dataset_info.json entry for its KTO demo file.

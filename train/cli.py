@@ -152,6 +152,7 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
     peft_default_targets(ctx, path, resolved, values)
     for note in resolved.notes:
         log(f"kto-train: {note}")
+    keep_recorded_defaults(ctx, path, resolved, values)
     if resolved.eval_in_cache and values.get("eval_cache") is None:
         # LLaMA-Factory's val_size held rows out; kto-precompute wrote them to CACHE/eval.
         values["eval_cache"] = Path(values["cache"]) / "eval"
@@ -168,6 +169,25 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
     step_shares(ctx, path, resolved, values)
     save_on_logged_steps(ctx, path, resolved, values)
     check_cache_agrees(path, resolved, values)
+
+
+def keep_recorded_defaults(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """--resume: a value the file left to its tool's defaults takes the run's recorded one. A run
+    started before those defaults changed here (warmup, seed, LoRA targets) is then resumed as it
+    ran, not refused for settings the file never wrote."""
+    from kto.formats.runrecord import read_run_config
+
+    if not values.get("resume") or not resolved.defaulted:
+        return
+    try:
+        record = read_run_config(values["out"])
+    except InputError:
+        return  # the resume refuses an unreadable record in its own words
+    recorded = (record or {}).get("config", {})
+    for name in sorted(resolved.defaulted):
+        if name in recorded and ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE and recorded[name] != values.get(name):
+            log(f"kto-train: --config {path}: {name} not in the file: the run's own {recorded[name]!r}, not the default {values.get(name)!r}")
+            values[name] = recorded[name]
 
 
 def peft_default_targets(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
@@ -189,6 +209,7 @@ def peft_default_targets(ctx: click.Context, path: Path, resolved: Resolved, val
         )
     chosen = ",".join(mapping[model_type])
     values["lora_target_modules"] = chosen
+    resolved.defaulted.add("lora_target_modules")
     resolved.notes = [note.replace(PEFT_TARGETS, f"{chosen} (peft's default for {model_type})") for note in resolved.notes]
 
 
@@ -265,7 +286,8 @@ def save_on_logged_steps(ctx: click.Context, path: Path, resolved: Resolved, val
 
 def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
     """kto-precompute's keys in the file (max_length, ...) against the cache's manifest: a file
-    edited after the cache was made, with only kto-train rerun, would train on the old rows."""
+    edited after the cache was made, with only kto-train rerun, trains on the old rows, which a
+    warning line says (not the note "ignored by kto-train" alone)."""
     from kto.formats.cache import open_cache
     from kto.formats.schema import MANIFEST_NAME
 
@@ -278,9 +300,11 @@ def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -
         return  # the run refuses a bad manifest in its own words
     differ = precompute_disagreements(resolved.other_values, content)
     if differ:
-        raise InputError(
-            f"--config {path}: {'; '.join(differ)}: the cache {cache} was made with other values than the file's, and kto-train would "
-            f"train on it as it is; rerun kto-precompute --config {path} --overwrite (or put the cache's values back in the file)"
+        # A warning, not a refusal: `kto-precompute --config FILE --max-length 128` (a flag over
+        # the file, as documented) makes exactly such a cache, and it is the one meant.
+        log(
+            f"kto-train: warning: --config {path}: {'; '.join(differ)}: the cache {cache} was made with other values than the file's; "
+            f"kto-train trains on the cache as it is (rerun kto-precompute --config {path} --overwrite if the file is what you meant)"
         )
 
 

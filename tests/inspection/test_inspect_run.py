@@ -229,3 +229,32 @@ def test_a_report_replaces_no_file_of_the_users(short_run, tiny_cache, tmp_path)
         result = invoke("run", short_run, "--to", ours)
         assert result.exit_code == 0, result.output
     assert "kto-inspect run" in (ours / "report.html").read_text()[:4096]
+
+
+def test_a_report_folder_of_an_earlier_version_or_a_stopped_report_is_replaced(short_run, tmp_path, monkeypatch):
+    """An earlier version's report.html has no generator tag, only its title; a report stopped
+    while drawing (here: the third plot raises) has written some PNGs. Both folders are ours."""
+    old = tmp_path / "old"
+    assert invoke("run", short_run, "--to", old).exit_code == 0
+    html = (old / "report.html").read_text()
+    (old / "report.html").write_text(html.replace('<meta name="generator" content="kto-inspect run">', ""))
+    assert invoke("run", short_run, "--to", old).exit_code == 0
+    import kto.inspection.report as report
+
+    real, calls = report.plot_group, []
+
+    def stop_at_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(report, "plot_group", stop_at_third)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        report.build_report(short_run, stopped)
+    assert (stopped / "loss.png").exists()
+    monkeypatch.setattr(report, "plot_group", real)
+    result = invoke("run", short_run, "--to", stopped)
+    assert result.exit_code == 0, result.output
+    assert "kto run report" in (stopped / "report.html").read_text()
