@@ -552,6 +552,7 @@ def _apply_defaults(out: Resolved) -> None:
     if alpha_twice_rank and "lora_alpha" not in out.values:
         out.values["lora_alpha"] = 2.0 * float(out.values["lora_r"])
         out.alpha_twice_rank = True
+        out.defaulted.add("lora_alpha")  # resumed, it follows the recorded rank: the record's alpha
 
 
 # kto-precompute's keys whose value the cache's manifest records as it is (CacheContent): the

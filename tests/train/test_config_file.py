@@ -224,3 +224,17 @@ def test_resume_keeps_what_the_run_recorded_for_values_the_file_left_out(tmp_pat
     assert "seed not in the file: the run's own 0, not the default 42" in result.output
     result = run(tmp_path, "learning_rate: 1.0e-6\nlogging_steps: 10\n", "run.yaml", "--resume", "--seed", "7")
     assert captured.pop().seed == 7  # the command line wins over both
+
+
+def test_resume_of_a_llama_factory_run_takes_the_recorded_rank_and_its_alpha(tmp_path, captured):
+    """LLaMA-Factory's alpha is 2 × rank: a run made with --lora-r 16 (alpha 32) and resumed from
+    the file alone keeps both, not rank 16 with the default rank's alpha 16."""
+    from kto.formats.runrecord import write_run_config
+
+    out = tmp_path / "o"
+    out.mkdir()
+    write_run_config(out, {"lora_r": 16, "lora_alpha": 32.0}, {})
+    result = run(tmp_path, "stage: kto\nfinetuning_type: lora\nlearning_rate: 1.0e-6\nlogging_steps: 10\n", "lf.yaml", "--resume")
+    assert result.exit_code == 0, result.output
+    cfg = captured.pop()
+    assert (cfg.lora_r, cfg.lora_alpha) == (16, 32.0)
