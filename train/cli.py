@@ -215,19 +215,14 @@ def peft_default_targets(ctx: click.Context, path: Path, resolved: Resolved, val
 
 def peft_target_mapping() -> dict[str, list[str]] | None:
     """peft's default LoRA targets per model type (what its LoraConfig(target_modules=None) uses), or
-    None without peft. Its import brings bitsandbytes, whose CPU backend warns about an optional
-    kernel package: noise here, held back (as optim._get_scheduler does)."""
-    import logging
+    None without peft (imported with bitsandbytes' import-time warning held back)."""
+    from kto.formats.compute.adapters import quiet_bitsandbytes
 
-    quiet = logging.getLogger("bitsandbytes")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
     try:
-        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+        with quiet_bitsandbytes():
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     except ImportError:
         return None
-    finally:
-        quiet.setLevel(level)
     return TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 

@@ -61,13 +61,8 @@ def check_schedule(cfg: TrainConfig) -> None:
 def _get_scheduler():
     """transformers.get_scheduler. Its module imports peft, hence bitsandbytes, whose CPU backend
     logs a warning about an optional kernel package at import: noise for a schedule, held back."""
-    import logging
+    from kto.formats.compute.adapters import quiet_bitsandbytes
 
-    quiet = logging.getLogger("bitsandbytes")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with quiet_bitsandbytes():
         from transformers.optimization import get_scheduler
-    finally:
-        quiet.setLevel(level)
     return get_scheduler

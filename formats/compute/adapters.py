@@ -5,6 +5,9 @@ train/. Training adapters (building, quantizing, saving, merging) stays in train
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,19 @@ def require_peft(flag: str = "--lora-r") -> Any:
     except ImportError:
         raise InputError(f"{flag}: needs peft, which is not installed (pip install 'kto-offline[lora]')") from None
     return peft
+
+
+@contextlib.contextmanager
+def quiet_bitsandbytes() -> Iterator[None]:
+    """Importing peft (also through transformers' optimization module) imports bitsandbytes,
+    whose CPU backend logs a warning about an optional kernel package: noise, held back."""
+    quiet = logging.getLogger("bitsandbytes")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def is_adapter_dir(path: Path) -> bool:

@@ -357,21 +357,20 @@ def _attention(module, q, k, v, inner: str, **kwargs) -> torch.Tensor:
     rows wider than the window get the mask plain scoring would: causal, and a key at most
     window − 1 places behind its query (transformers' `sliding_window_overlay`)."""
     width, window = q.shape[2], kwargs.get("sliding_window")
-    windowed = window is not None and 0 < window < width  # flash_attention_* apply it themselves
-    if inner == "eager" or (windowed and inner == "sdpa"):
+    windowed = inner in ("eager", "sdpa") and window is not None and 0 < window < width  # flash_attention_* apply it themselves
+    allowed = None
+    if inner == "eager" or windowed:
         allowed = torch.ones(width, width, dtype=torch.bool, device=q.device).tril_()
         if windowed:
             allowed.triu_(1 - window)
-        if inner == "sdpa":
-            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-            return ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, allowed[None, None], **kwargs)[0]
+    if inner == "eager":
         eager = sys.modules[type(module).__module__].eager_attention_forward
         mask = torch.zeros(width, width, dtype=q.dtype, device=q.device).masked_fill_(~allowed, torch.finfo(q.dtype).min)
         return eager(module, q, k, v, mask[None, None], **kwargs)[0]
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    return ALL_ATTENTION_FUNCTIONS[inner](module, q, k, v, None, **kwargs)[0]
+    # sdpa without a mask is the causal kernel of a right-padded batch; with one, the window's.
+    return ALL_ATTENTION_FUNCTIONS[inner](module, q, k, v, None if allowed is None else allowed[None, None], **kwargs)[0]
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
