@@ -53,6 +53,16 @@ def record_path(run_dir: str | Path) -> Path | None:
     return legacy if is_run_record(legacy) else None
 
 
+def run_holding(path: str | Path) -> Path | None:
+    """The kto-train run directory that `path` lies inside (a folder above it with a run
+    record), or None. Writers refuse to put anything there: a run's --resume deletes and
+    replaces its final/ and checkpoint-STEP/, and refuses entries it did not write."""
+    for folder in Path(path).resolve().parents:
+        if record_path(folder) is not None:
+            return folder
+    return None
+
+
 def write_run_config(run_dir: str | Path, config: dict, derived: dict, finished_step: int | None = None) -> None:
     """`finished_step`: set once final/ holds that step's weights (kto-train then has nothing to
     resume); a run that starts or resumes rewrites the record without it."""

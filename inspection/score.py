@@ -24,6 +24,7 @@ from kto.formats.atomic import atomic_path
 from kto.formats.cache import cache_holding, open_cache
 from kto.formats.compute.adapters import base_model_of, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError, log
+from kto.formats.runrecord import run_holding
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +62,9 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
     holder = cache_dir if cache_dir.resolve() in out.resolve().parents else cache_holding(out)
     if holder is not None:
         raise InputError(f"--out {out}: inside the cache directory {holder}; write it elsewhere (a cache holds only kto files)")
+    run = run_holding(out)
+    if run is not None:
+        raise InputError(f"--out {out}: inside the kto-train run {run}, which holds only its own files (its --resume refuses others); write it elsewhere")
     if out.exists() and not _is_score_file(out):
         raise InputError(f"--out {out}: exists and is not a file kto-inspect score wrote; name a new file (it replaces only its own)")
 

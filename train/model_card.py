@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 CARD_NAME = "README.md"
+# The card's first sentence: how a run directory tells its own final/ from a folder a user put there.
+CARD_MARK = "Trained with kto-offline's kto-train"
 MERGED_KIND = "the base model with the LoRA adapters merged in (an ordinary model)"
 # Shown first and in this order; TRL's names for the rewards (rewards/chosen …), as metrics.jsonl.
 METRIC_ORDER = ("loss", "kl", "sft_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
@@ -106,7 +108,7 @@ def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict |
     body = [
         f"# {config['model']} + KTO",
         "",
-        f"Trained with kto-offline's kto-train: KTO (Ethayarajh et al., 2024) from reference log-probs precomputed once by kto-precompute. Load with {load}.",
+        f"{CARD_MARK}: KTO (Ethayarajh et al., 2024) from reference log-probs precomputed once by kto-precompute. Load with {load}.",
         "",
         "## Training",
         "",

@@ -25,12 +25,13 @@ from kto.formats.cache import cache_holding
 from kto.formats.errors import InputError, on_main
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of, same_model
-from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
+from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, run_holding, write_run_config
 
 from .adapters import MERGED_DIR
-from .checkpoint import CHECKPOINT_RE, checkpoint_problem, checkpoints, free_name, usable_checkpoint
+from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, free_name, usable_checkpoint
 from .config import TrainConfig
 from .metrics import METRICS_NAME
+from .model_card import CARD_MARK, CARD_NAME
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -156,12 +157,28 @@ def is_ours(p: Path) -> bool:
         return False  # we write real files and folders, never links
     if (temp := parse_temp_name(p.name)) is not None:
         return written_here(*temp)
-    if CHECKPOINT_RE.match(p.name) or CORRUPT_RE.match(p.name):
-        return p.is_dir()
+    if CHECKPOINT_RE.match(p.name):
+        # Its state or checksums: --resume renames aside or deletes checkpoints, so a folder of
+        # that name must be one kto-train saved (a user's checkpoint-90/ is not).
+        return p.is_dir() and ((p / STATE_NAME).is_file() or (p / CHECKSUMS_NAME).is_file())
+    if CORRUPT_RE.match(p.name):
+        return p.is_dir()  # set aside by us, whatever it holds now
+    if p.name in ("final", MERGED_DIR):
+        return p.is_dir() and _has_our_card(p)  # the next final/ replaces it
     kind = RUN_ENTRIES.get(p.name)
     if kind == "record":
         return is_run_record(p)
     return (kind == "file" and p.is_file()) or (kind == "dir" and p.is_dir())
+
+
+def _has_our_card(folder: Path) -> bool:
+    """`folder` holds the model card kto-train writes into every final/ and final-merged/ in the
+    same rename as the weights (model_card.py)."""
+    card = folder / CARD_NAME
+    try:
+        return card.is_file() and not card.is_symlink() and CARD_MARK in card.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
 
 
 def foreign_entry(out: Path) -> Path | None:
@@ -184,6 +201,9 @@ def refuse_foreign(out: Path) -> None:
     cache = cache_holding(out)
     if cache is not None:
         raise InputError(f"--out {out}: inside the kto-precompute cache {cache}, which holds only its own files; choose a directory outside it")
+    run = run_holding(out)
+    if run is not None:
+        raise InputError(f"--out {out}: inside the kto-train run {run}, whose --resume replaces what it saved there; choose a directory outside it")
     entry = foreign_entry(out)
     if entry is not None:
         shown = entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")

@@ -62,6 +62,18 @@ def test_bad_flags(tiny_cache, tiny_model_dir, tmp_path, args, message):
     assert all(p.read_bytes() == b for p, b in before.items())  # nothing of the user's or the cache's replaced
 
 
+def test_out_inside_a_run_is_refused(tiny_cache, tiny_model_dir, tmp_path):
+    """Seen in an attack: scores.parquet written into a run directory made its next --resume
+    refuse the run ("holds scores.parquet, which kto-train did not write")."""
+    from kto.formats.runrecord import write_run_config
+
+    (tmp_path / "run").mkdir()
+    write_run_config(tmp_path / "run", {}, {})
+    result = invoke("score", tiny_cache, "--model", tiny_model_dir, "--out", tmp_path / "run" / "s.parquet")
+    assert result.exit_code == 2 and f"--out {tmp_path / 'run' / 's.parquet'}: inside the kto-train run {tmp_path / 'run'}" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["kto_run.json"]
+
+
 def test_rescoring_replaces_its_own_file_only(tiny_cache, tiny_model_dir, tmp_path):
     out = tmp_path / "s.parquet"
     for beta in ("0.1", "0.5"):

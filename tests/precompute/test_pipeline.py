@@ -304,11 +304,31 @@ def test_a_cache_of_its_own_inside_out_eval_is_the_users_and_survives_overwrite(
     folder recording the split "eval" is OUT's; this one is refused, never deleted."""
     chat, text = write_rows(tmp_path / "chat.jsonl", chat_rows()), write_rows(tmp_path / "text.jsonl", text_rows())
     out = tmp_path / "c"
-    assert run_cli(*precompute_args(chat, tiny_model_dir, out)).exit_code == 0
+    # Built first: into an existing cache's eval/ it is refused outright (next test).
     assert run_cli(*precompute_args(text, tiny_model_dir, out / "eval")).exit_code == 0
     held_out = {p.name: p.read_bytes() for p in (out / "eval").iterdir() if p.is_file()}
     for extra in (["--seed", "1", "--overwrite"], []):
         refused = run_cli(*precompute_args(chat, tiny_model_dir, out, *extra))
         assert refused.exit_code == 2 and "eval" in refused.output.strip().splitlines()[-1], refused.output
         assert {p.name: p.read_bytes() for p in (out / "eval").iterdir() if p.is_file()} == held_out
-    assert read_manifest(out).content.seed == 0
+    assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("sub", ["eval", "sub", "tokenizer/sub", "run/sub"])
+def test_out_inside_a_cache_or_a_run_is_refused_before_anything_is_written(tmp_path, tiny_model_dir, sub):
+    """Seen in an attack: `--out CACHE/eval --overwrite` replaced CACHE's eval split with a whole
+    other cache (verify then found eval ids in the train split); CACHE/sub and CACHE/tokenizer/sub
+    were written too. A cache inside a kto-train run would be deleted by its --resume."""
+    from kto.formats.runrecord import write_run_config
+
+    chat = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    cache = tmp_path / "c"
+    assert run_cli(*precompute_args(chat, tiny_model_dir, cache, "--eval-fraction", "0.2")).exit_code == 0
+    (tmp_path / "run").mkdir()
+    write_run_config(tmp_path / "run", {}, {})
+    out = tmp_path / sub if sub.startswith("run/") else cache / sub
+    before = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    refused = run_cli(*precompute_args(chat, tiny_model_dir, out, "--seed", "3", "--overwrite"))
+    holder = f"the kto-train run {tmp_path / 'run'}" if sub.startswith("run/") else f"the kto-precompute cache {cache}"
+    assert refused.exit_code == 2 and f"--out {out}: inside {holder}" in refused.output.strip().splitlines()[-1], refused.output
+    assert {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

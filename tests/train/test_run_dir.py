@@ -270,6 +270,37 @@ def test_out_inside_a_cache_is_refused(tiny_cache, tiny_model_dir, tmp_path, sub
     assert _listing(cache) == before
 
 
+@pytest.mark.parametrize("sub", ["sub", "final/sub", "checkpoint-2/sub"])
+def test_out_inside_a_run_is_refused(run3, tiny_cache, tiny_model_dir, tmp_path, sub):
+    """Seen in an attack: --out RUN/checkpoint-2 (or RUN/sub, RUN/final/sub) trained a run inside
+    another run, whose next --resume deleted it with the checkpoint or final/ it sat in."""
+    run = shutil.copytree(run3, tmp_path / "r")
+    before = _listing(run)
+    result = train_cli(tiny_cache, tiny_model_dir, run / sub, *RUN)
+    line = train_error_line(result.output)
+    assert result.exit_code == 2 and f"--out {run / sub}: inside the kto-train run {run}" in line, line
+    assert _listing(run) == before
+
+
+@pytest.mark.parametrize("name", ["final", "checkpoint-9"])
+def test_a_final_or_checkpoint_folder_kto_train_did_not_save_is_refused_untouched(run3, tiny_cache, tiny_model_dir, tmp_path, name):
+    """Seen in an attack: a user's RUN/final/notes.txt (or RUN/checkpoint-9/) passed as ours by
+    its name alone, and --resume replaced final/ (or set checkpoint-9 aside as corrupt): the
+    notes were gone. Ours are told by what kto-train saves in them: the model card, the state."""
+    run = shutil.copytree(run3, tmp_path / "r")
+    record = json.loads((run / "kto_run.json").read_text())
+    record.pop("finished_step")  # as if stopped before its end: --resume would write final/
+    (run / "kto_run.json").write_text(json.dumps(record))
+    shutil.rmtree(run / "final")
+    (run / name).mkdir()
+    (run / name / "notes.txt").write_text("mine\n")
+    before = _listing(run)
+    result = train_cli(tiny_cache, tiny_model_dir, run, *RUN, "--resume")
+    line = train_error_line(result.output)
+    assert result.exit_code == 2 and f"holds {name}/, which kto-train did not write" in line, line
+    assert _listing(run) == before
+
+
 def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(run3, tiny_cache, tiny_model_dir, tmp_path):
     """Issue 19 item 5: kto-train followed a `.lock` symlink and wrote its pid into the target."""
     out = shutil.copytree(run3, tmp_path / "r")
