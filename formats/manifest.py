@@ -32,7 +32,7 @@ from typing import Any
 from .atomic import write_json_atomic
 from .errors import InputError
 from .files import read_json
-from .schema import FORMAT_VERSION, MANIFEST_NAME
+from .schema import FORMAT_VERSION, MANIFEST_NAME, shard_name
 
 __all__ = ["CacheContent", "Counts", "Manifest", "ShardEntry", "fingerprint_of", "read_manifest"]
 
@@ -224,6 +224,7 @@ class Manifest:
             format_version=obj["format_version"],
         )
         _check_shard_entries(manifest.shards)
+        _check_layout(manifest)
         _check_counts(manifest)
         return manifest
 
@@ -259,6 +260,9 @@ def _check_shard_entries(shards: list[ShardEntry]) -> None:
             raise InputError(f"{what}.name {name!r} is not a shard name (shard-N.arrow)")
         if name in seen:
             raise InputError(f"{what}.name {name!r} is listed twice")
+        if name != shard_name(i):
+            # Rows are stored in KL-cycle order across shards, so their order is content too.
+            raise InputError(f"{what}.name {name!r} is not {shard_name(i)!r}: shards are listed in the order they were written")
         seen.add(name)
         if not _is_count(entry.rows):
             raise InputError(f"{what}.rows {entry.rows!r} ({name}) is not a non-negative integer")
@@ -275,6 +279,40 @@ def _check_counts(manifest: Manifest) -> None:
     listed = sum(s.rows for s in manifest.shards)
     if listed != c.rows:
         raise InputError(f"its shard entries list {listed} rows, counts.rows is {c.rows}")
+    # Identities of how the counts are made (precompute/plan.py): each row's prompt is
+    # represented twice, once before its completion and once before its KL completion.
+    sums = (
+        (c.desirable + c.undesirable, c.rows, "counts.desirable + counts.undesirable", "counts.rows"),
+        (
+            2 * c.prompt_tokens + c.completion_tokens + c.kl_completion_tokens,
+            c.represented_tokens,
+            "2 × counts.prompt_tokens + counts.completion_tokens + counts.kl_completion_tokens",
+            "counts.represented_tokens",
+        ),
+        (c.scored_tokens + c.prefix_tokens_saved, c.represented_tokens, "counts.scored_tokens + counts.prefix_tokens_saved", "counts.represented_tokens"),
+    )
+    for total, recorded, what, name in sums:
+        if total != recorded:
+            raise InputError(f"{what} is {total}, {name} is {recorded}")
+    if manifest.layout.get("prefix_sharing") is False and c.prefix_tokens_saved:
+        raise InputError(f"counts.prefix_tokens_saved is {c.prefix_tokens_saved} in a cache made without prefix sharing")
+
+
+def _check_layout(manifest: Manifest) -> None:
+    """The layout's values, and the shard sizes its rows_per_shard makes (all full but the last)."""
+    layout = manifest.layout
+    if not isinstance(layout, dict):
+        raise InputError(f"layout {layout!r} is not a mapping")
+    for key in ("rows_per_shard", "batch_tokens", "num_processes"):
+        if key in layout and not (_is_count(layout[key]) and layout[key] > 0):
+            raise InputError(f"layout.{key} {layout[key]!r} is not a positive integer")
+    if "prefix_sharing" in layout and not isinstance(layout["prefix_sharing"], bool):
+        raise InputError(f"layout.prefix_sharing {layout['prefix_sharing']!r} is not true or false")
+    per_shard = layout.get("rows_per_shard")
+    for i, entry in enumerate(manifest.shards):
+        last = i == len(manifest.shards) - 1
+        if per_shard is not None and not (entry.rows == per_shard or (last and 0 < entry.rows < per_shard)):
+            raise InputError(f"shards[{i}].rows {entry.rows} ({entry.name}) does not fit layout.rows_per_shard {per_shard}")
 
 
 def read_manifest(cache_dir: str | Path) -> Manifest:

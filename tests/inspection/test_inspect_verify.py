@@ -101,10 +101,37 @@ def test_duplicate_id(cache):
 def test_manifest_counts_must_match_the_rows(cache):
     obj = json.loads((cache / S.MANIFEST_NAME).read_text())
     obj["counts"]["desirable"] += 1  # counts are not part of the fingerprinted content
+    obj["counts"]["undesirable"] -= 1  # still adding up to counts.rows: only the shards tell
     (cache / S.MANIFEST_NAME).write_text(json.dumps(obj))
     result = verify(cache)
     assert result.exit_code == 1
     assert f"{cache / S.MANIFEST_NAME}: counts.desirable is 9, the shards hold 8" in result.stderr
+
+
+def _reverse_shards(obj: dict) -> None:
+    obj["shards"].reverse()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_reverse_shards, "shards[0].name 'shard-00003.arrow' is not 'shard-00000.arrow'"),
+        (lambda o: o["layout"].update(batch_tokens=-5), "layout.batch_tokens -5 is not a positive integer"),
+        (lambda o: o["layout"].update(num_processes=0), "layout.num_processes 0 is not a positive integer"),
+        (lambda o: o["layout"].update(rows_per_shard=2), "shards[0].rows 5 (shard-00000.arrow) does not fit layout.rows_per_shard 2"),
+        (lambda o: o["counts"].update(scored_tokens=1), "counts.scored_tokens + counts.prefix_tokens_saved is"),
+        (lambda o: o["counts"].update(represented_tokens=5), "2 × counts.prompt_tokens + counts.completion_tokens + counts.kl_completion_tokens is"),
+    ],
+)
+def test_a_manifest_whose_layout_or_counts_do_not_add_up_is_refused(cache, edit, message):
+    """Seen in an attack: shard entries listed in reverse order passed verify and trained on
+    another order (rows are stored in KL-cycle order); a batch_tokens of -5, 0 processes, a
+    rows_per_shard the shards do not hold and token counts that do not add up passed too."""
+    obj = json.loads((cache / S.MANIFEST_NAME).read_text())
+    edit(obj)
+    (cache / S.MANIFEST_NAME).write_text(json.dumps(obj))
+    result = verify(cache)
+    assert result.exit_code == 1 and message in result.stderr, result.stderr
 
 
 def test_edited_manifest_content(cache):
