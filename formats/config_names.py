@@ -89,6 +89,20 @@ class Alias:
     source: str
     """Whose name it is: TRL, LLaMA-Factory or both."""
     convert: Callable[[Any], Any] | None = None
+    note: Callable[[Any], str | None] | None = None
+    """The line to print for the value, where the same number means something else here."""
+
+
+def _pref_ftx_note(value: Any) -> str | None:
+    """pref_ftx is copied as it is, and said so: rescaling it silently would hide that the two
+    terms are different averages, whose ratio depends on the batch (docs/migrating.md)."""
+    if _same(value, 0):
+        return None
+    return (
+        f"pref_ftx: {value} -> sft_weight {value}, not rescaled: kto-train adds γ · the mean NLL per token over the step's desirable "
+        "completion tokens; LLaMA-Factory adds γ · (rows ÷ desirable rows) · the mean over desirable rows of each row's mean NLL per "
+        "token, about 2× ours at a balanced batch: double the value to match"
+    )
 
 
 TRL, LF, BOTH = "TRL", "LLaMA-Factory", "TRL/LLaMA-Factory"
@@ -118,7 +132,7 @@ ALIASES: dict[str, dict[str, Alias]] = {
         "pref_beta": Alias("beta", LF),
         "kto_chosen_weight": Alias("desirable_weight", LF),
         "kto_rejected_weight": Alias("undesirable_weight", LF),
-        "pref_ftx": Alias("sft_weight", LF),
+        "pref_ftx": Alias("sft_weight", LF, note=_pref_ftx_note),
         "loss_type": Alias("loss", TRL),
         "lora_rank": Alias("lora_r", LF),
         "lora_target": Alias("lora_target_modules", LF, _target_modules),
@@ -170,6 +184,14 @@ IGNORED = {
     "gradient_checkpointing_kwargs": "gradient_checkpointing uses transformers' defaults",
     "logging_dir": "logs go to OUT/metrics.jsonl and the report_to tracker",
     "dataset_test_split": "hold rows out with eval_fraction (or val_size) instead",
+    # TRL's KTOConfig and transformers' TrainingArguments as a dumped config writes them: none of
+    # their values can change what kto-train computes.
+    "padding_value": "padded positions are masked, so the pad id cannot change the result",
+    "generate_during_eval": "kto-train does not generate; sample from OUT/final afterwards",
+    "use_liger_kernel": "a faster kernel for the same maths; kto-train computes the LM head in chunks (chunk_size)",
+    "metric_for_best_model": "checkpoints are kept by step (save_total_limit keeps the newest), not by a metric",
+    "eval_on_start": "evaluation runs every eval_steps (eval_every), not before the first step; it never changes the training",
+    "ref_model_init_kwargs": "TRL reads it only for a ref_model given by name, refused here; the reference is kto-precompute's model",
 }
 
 
@@ -304,6 +326,17 @@ def _disable_dropout(value: Any, command: str, out: Resolved) -> None:
     out.notes.append(f"disable_dropout: {str(value).lower()} -> {said}")
 
 
+def _disable_gradient_checkpointing(value: Any, command: str, out: Resolved) -> None:
+    """LLaMA-Factory's `disable_gradient_checkpointing` (default false: checkpointing on) is our
+    gradient_checkpointing inverted; as a file's gradient_checkpointing, it changes memory only.
+    A file without it keeps kto-train's default (off), as a TRL file without gradient_checkpointing
+    (TRL's default on) does."""
+    if not isinstance(value, bool):
+        raise InputError(f"disable_gradient_checkpointing: {value!r} is not true or false")
+    out.set("gradient_checkpointing", not value, "disable_gradient_checkpointing")
+    out.notes.append(f"disable_gradient_checkpointing: {str(value).lower()} -> gradient_checkpointing {str(not value).lower()} (memory only)")
+
+
 MAPPED: dict[str, dict[str, Callable[..., None]]] = {
     PRECOMPUTE: {"stage": _stage},
     TRAIN: {
@@ -312,6 +345,7 @@ MAPPED: dict[str, dict[str, Callable[..., None]]] = {
         "use_peft": _use_peft,
         "quantization_bit": _quantization_bit,
         "disable_dropout": _disable_dropout,
+        "disable_gradient_checkpointing": _disable_gradient_checkpointing,
     },
 }
 
@@ -324,6 +358,8 @@ class Unsupported:
     reason: str
     inert: tuple[Any, ...] = (None,)
     """Values that ask for nothing (what their dumped defaults write): skipped with a note."""
+    inert_why: str = "asks for nothing here"
+    """What the note says of an inert value: why it trains the same here."""
 
 
 _REFERENCE = "the reference is the model kto-precompute scores the cache with"
@@ -336,11 +372,52 @@ _UNSUPPORTED_BOTH = {
     "ref_model": Unsupported(f"{_REFERENCE}: give it to kto-precompute as model_name_or_path (or --model); kto-train's model is where the policy starts"),
     "ref_model_adapters": Unsupported(f"{_REFERENCE}, as it is: give kto-precompute a model with the adapters merged in"),
     "ref_model_quantization_bit": Unsupported(f"{_REFERENCE}, once, in kto-precompute's dtype; it is never quantized"),
+    "model_init_kwargs": Unsupported(
+        "from_pretrained's keywords are options here: give dtype (torch_dtype), attn_implementation, trust_remote_code as keys", (None, {})
+    ),
+    "label_pad_token_id": Unsupported(
+        "prompt and padding are masked by position here, not by a label id; -100 (TRL's default, no token's id) is the one value that trains the same",
+        (-100,),
+        "prompt and padding are masked by position, as TRL's -100 masks them",
+    ),
 }
+_FINE = "LLaMA-Factory refuses it outside SFT too"
+_UNSUPPORTED_DATA = {
+    "truncation_mode": Unsupported(
+        "kto-precompute keeps the end of a prompt it cuts (keep_end); there is no keep_start", ("keep_end",), "a cut prompt keeps its end here too"
+    ),
+    # LLaMA-Factory's KTO stage tokenizes with FeedbackDatasetProcessor, which never packs and masks
+    # every prompt token; its parser refuses neat_packing, train_on_prompt and mask_history there.
+    "packing": Unsupported(
+        "LLaMA-Factory's KTO stage does not pack either, but packing: true makes it cut at cutoff_len - 1: leave packing out and give that cutoff_len",
+        (None, False),
+        "LLaMA-Factory's KTO stage does not pack either",
+    ),
+    "neat_packing": Unsupported(f"{_FINE}; kto never packs rows", (None, False), "rows are never packed"),
+    "train_on_prompt": Unsupported(f"{_FINE}; the KTO loss reads completion tokens only", (None, False), "the loss reads completion tokens only"),
+    "mask_history": Unsupported(f"{_FINE}; every earlier turn is prompt and only the last answer is trained", (None, False), "earlier turns are prompt"),
+    "enable_thinking": Unsupported(
+        "LLaMA-Factory's template switch; the tokenizer's own chat template is used here: write chat_template_kwargs: "
+        "{enable_thinking: false} for a template that reads it",
+        (None, True),
+        "the chat template renders with its own defaults",
+    ),
+}
+_ADAMW = "the optimizer is AdamW with betas (0.9, 0.999) and eps 1e-8 (torch's and transformers' defaults), which kto-train keeps"
 UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
-    PRECOMPUTE: _UNSUPPORTED_BOTH,
+    PRECOMPUTE: {**_UNSUPPORTED_BOTH, **_UNSUPPORTED_DATA},
     TRAIN: {
         **_UNSUPPORTED_BOTH,
+        "adam_beta1": Unsupported(_ADAMW, (0.9,), "AdamW's default, as here"),
+        "adam_beta2": Unsupported(_ADAMW, (0.999,), "AdamW's default, as here"),
+        "adam_epsilon": Unsupported(_ADAMW, (1e-8,), "AdamW's default, as here"),
+        "load_best_model_at_end": Unsupported(
+            "final/ is the last step's model, never the best checkpoint's; eval losses per step are in OUT/metrics.jsonl", (None, False)
+        ),
+        "ignore_data_skip": Unsupported("a resumed run continues the data where it stopped, as ignore_data_skip: false", (None, False)),
+        "dataloader_drop_last": Unsupported("kto-train drops no row: an epoch's last step may be short", (None, False)),
+        "group_by_length": Unsupported("batches follow the cache's seeded order; kto-train does not group rows by length", (None, False)),
+        "lora_task_type": Unsupported("kto-train trains causal language models (CAUSAL_LM) only", ("CAUSAL_LM", None)),
         "use_dora": Unsupported("DoRA is not supported; kto-train trains plain LoRA (lora_r, lora_alpha, lora_dropout)", (None, False)),
         "use_rslora": Unsupported(
             "rsLoRA is not supported; the LoRA scale here is lora_alpha / lora_r: for rsLoRA's lora_alpha / √lora_r give lora_alpha × √lora_r as lora_alpha",
@@ -411,6 +488,8 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             if value is None:
                 continue  # `resume_from_checkpoint: null`, as their example files write "not set"
             out.set(alias.ours, alias.convert(value) if alias.convert else value, key)
+            said = alias.note(value) if alias.note else None
+            out.notes.extend([said] if said else [])
         elif key in MAPPED[command]:
             sorting.foreign = True
             MAPPED[command][key](value, command, out)
@@ -429,6 +508,8 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         out.eval_in_cache = True
     if command == TRAIN:
         _their_defaults(raw, sorting.foreign, out)
+    else:
+        _their_data_defaults(raw, out)
     _refuse(sorting, command)
     if sorting.others:
         others = sorting.others
@@ -442,8 +523,8 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
     rest by name: a note, a refusal to make, or transformers 5's shares of the total steps."""
     if key in UNSUPPORTED[command]:
         known = UNSUPPORTED[command][key]
-        if value in known.inert:
-            out.notes.append(f"{key}: {'null' if value is None else str(value).lower()}: ignored (asks for nothing here)")
+        if any(_same(value, inert) for inert in known.inert):  # `adam_epsilon: 1e-8` is text in YAML
+            out.notes.append(f"{key}: {'null' if value is None else str(value).lower()}: ignored ({known.inert_why})")
         else:
             sorting.refused.append(f"{key}: {value!r}: {known.reason}")
         return True
@@ -452,7 +533,7 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
         out.notes.append(f"push_to_hub: {str(value).lower()}: ignored (push_to_hub takes the repo id; hub_model_id sets it)")
         return True
     if command != TRAIN:
-        return False
+        return _max_prompt_length_null(key, value, out)
     if value is None and key in NULL_IS_UNSET or key == "max_steps" and value == -1:
         # What transformers' TrainingArguments writes for "not set" (a dumped KTOConfig has
         # them); elsewhere an empty value is refused, as a value forgotten.
@@ -474,6 +555,19 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
         out.ratios[ALIASES[TRAIN][key].ours] = (key, share)
         return True
     return False
+
+
+def _max_prompt_length_null(key: str, value: Any, out: Resolved) -> bool:
+    """`max_prompt_length: null` (a dumped KTOConfig may write it) is kto-precompute's default,
+    said in a line: TRL has taken null to mean other things (older KTOTrainers cut prompts to
+    128; the current one reads no max_prompt_length and cuts only the completion)."""
+    if key != "max_prompt_length" or value is not None:
+        return False
+    out.notes.append(
+        "max_prompt_length: null -> max_length // 2 (kto-precompute's default: a prompt over it is cut, keeping its end, where "
+        "prompt + completion exceed max_length; TRL's current KTOTrainer cuts no prompt, older ones cut to 128)"
+    )
+    return True
 
 
 def _refuse(sorting: _Sorting, command: str) -> None:
@@ -507,9 +601,37 @@ _WARMUP = frozenset({"warmup_ratio", "warmup_steps"})
 
 def _is_llama_factory(raw: Mapping[str, Any]) -> bool:
     """A file with a key only LLaMA-Factory has (its `stage`, which its files must give, or
-    `finetuning_type`, `lora_rank`, `pref_beta`, ...); any other file in their names is TRL's."""
-    only_theirs = {k for k, alias in ALIASES[TRAIN].items() if alias.source == LF} | {"stage", "finetuning_type", "quantization_bit"}
+    `finetuning_type`, `lora_rank`, `pref_beta`, `cutoff_len`, ...); any other file in their
+    names is TRL's."""
+    aliases = {**ALIASES[TRAIN], **ALIASES[PRECOMPUTE]}
+    only_theirs = {k for k, alias in aliases.items() if alias.source == LF} | {"stage", "finetuning_type", "quantization_bit"}
     return bool(only_theirs & raw.keys())
+
+
+# LLaMA-Factory's DataArguments.cutoff_len default (hparams/data_args.py); kto-precompute's
+# max_length is 1024, as TRL's KTOConfig max_length, so a TRL file left silent cuts the same.
+LF_CUTOFF_LEN = 2048
+
+
+def _their_data_defaults(raw: Mapping[str, Any], out: Resolved) -> None:
+    """kto-precompute's twin of _their_defaults: a LLaMA-Factory file without cutoff_len cut at
+    2048 tokens there and at 1024 here, silently. And its max_samples, which is our option of the
+    same name but not the same rows, is said. A TRL file that sets max_length alone gets a line:
+    KTOConfig's max_prompt_length default is 512 whatever max_length, ours max_length // 2."""
+    trl = raw.keys() & {"model_name_or_path", "dataset_name", "torch_dtype"} and not _is_llama_factory(raw)
+    if trl and raw.get("max_length") is not None and "max_prompt_length" not in raw and not _same(raw["max_length"], 1024):
+        out.notes.append(
+            "max_prompt_length not given: max_length // 2 (kto-precompute's default; TRL's KTOConfig writes 512, which older "
+            "KTOTrainers cut prompts to and the current one does not read)"
+        )
+    if not _is_llama_factory(raw):
+        return
+    if "max_length" not in out.values:
+        out.defaults["max_length"] = LF_CUTOFF_LEN
+        out.notes.append(f"not given, LLaMA-Factory's default: cutoff_len {LF_CUTOFF_LEN} (kto-precompute's own max_length: 1024)")
+    if raw.get("max_samples") is not None:
+        # LLaMA-Factory's loader takes dataset.select(range(max_samples)): the first rows.
+        out.notes.append(f"max_samples: {raw['max_samples']}: a seeded sample of that many rows of each input, not the first rows as LLaMA-Factory takes")
 
 
 def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> None:

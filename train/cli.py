@@ -58,7 +58,7 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--gradient-checkpointing", is_flag=True)
 @click.option("--prefix-sharing/--no-prefix-sharing", default=True, help="Run a prompt shared by rows of a step once (same numbers, less compute).")
 @click.option("--keep-dropout", is_flag=True, help="Keep the model's dropout (disabled by default).")
-@click.option("--log-every", default=10)
+@click.option("--log-every", default=10, help="Log train metrics every N steps, and the last step (0: no train lines in metrics.jsonl).")
 @click.option("--save-every", default=0, help="0: final model only.")
 @click.option("--save-total-limit", default=0, help="Keep only the newest N checkpoints (0: keep all).")
 @click.option("--eval-cache", type=P, default=None)
@@ -327,12 +327,16 @@ def schedule_kwargs(value: Any) -> dict:
 def config_value(option: click.Option, name: str, value: Any, path: Path) -> Any:
     """A --config value converted and checked as the flag's own type would be on the command line
     (formats' `option_value`, as kto-precompute's), but for kto-train's two values a file may
-    write as what they mean: a mapping for lr_schedule_kwargs, true for resume."""
+    write as what they mean: a mapping for lr_schedule_kwargs, true for resume.
+
+    `name` is the key as the file writes it, for the message only: what the value may be is the
+    option's (`option.name`), so TRL's `resume_from_checkpoint: true` and `lr_scheduler_kwargs:
+    {min_lr_rate: 0.1}` are taken as `resume` and `lr_schedule_kwargs` are."""
     # A key of another tool as the file writes it (logging_steps), ours as its flag (log-every).
     where = f"--config {path}: {name if name != option.name else name.replace('_', '-')}"
-    if name == "lr_schedule_kwargs" and isinstance(value, dict):
+    if option.name == "lr_schedule_kwargs" and isinstance(value, dict):
         return value  # a mapping in YAML/TOML is the JSON object itself
-    if name == "resume" and isinstance(value, bool):
+    if option.name == "resume" and isinstance(value, bool):
         return value
     return option_value(option, where, value)
 

@@ -243,8 +243,10 @@ def check_adapter_flags(cfg: TrainConfig) -> None:
     if cfg.load_in_4bit and cfg.load_in_8bit:
         raise InputError("--load-in-4bit and --load-in-8bit: choose one")
     if cfg.lora_r == 0:  # adapters off (adapters.enabled), negative ranks refused above
-        for name in ("load_in_4bit", "load_in_8bit", "merge_adapters"):
+        for name in ("load_in_4bit", "load_in_8bit"):
             if getattr(cfg, name):
                 raise InputError(f"--{name.replace('_', '-')}: needs adapters (--lora-r R > 0); quantized weights cannot be trained directly")
+        if cfg.merge_adapters:
+            raise InputError("--merge-adapters: needs adapters (--lora-r R > 0); with every weight trained, final/ is already the whole model")
         if cfg.lora_target_modules:
             raise InputError("--lora-target-modules: needs --lora-r R > 0")

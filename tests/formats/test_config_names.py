@@ -121,7 +121,10 @@ def test_precompute_takes_its_keys_from_a_file_both_commands_read():
     raw = {"model_name_or_path": "m", "cutoff_len": 512, "val_size": 0.1, "max_samples": 100, "cache": "c", "out": "run", "learning_rate": 1e-6}
     resolved = resolve(raw, PRECOMPUTE)
     assert resolved.values == {"model": "m", "max_length": 512, "eval_fraction": 0.1, "max_samples": 100, "out": "c"}
-    assert resolved.notes == ["kto-train's keys, ignored by kto-precompute: out, learning_rate"]
+    assert resolved.notes == [
+        "max_samples: 100: a seeded sample of that many rows of each input, not the first rows as LLaMA-Factory takes",
+        "kto-train's keys, ignored by kto-precompute: out, learning_rate",
+    ]
     assert resolve({"dataset_name": "org/set", "dataset_train_split": "train_prefs"}, PRECOMPUTE).values == {"data": ["hf:org/set:train_prefs"]}
     assert resolve({"val_size": 0.1}, TRAIN).eval_in_cache
 
@@ -343,3 +346,128 @@ def test_precompute_keys_are_compared_with_what_the_manifest_records():
         "max_prompt_length: 256 (the cache's max_prompt_length: 512)",
         "store_token_logps: False (the cache's store_token_logps: True)",
     ]
+
+
+def test_pref_ftx_is_copied_as_it_is_with_a_line_saying_what_it_computes():
+    """LLaMA-Factory's SFT term is about 2× ours at a balanced batch; the value was copied to
+    sft_weight without a word. It is still copied (a rescale would be right for one batch only)."""
+    resolved = resolve({"stage": "kto", "pref_ftx": 0.5}, TRAIN)
+    assert resolved.values["sft_weight"] == 0.5
+    assert (
+        "pref_ftx: 0.5 -> sft_weight 0.5, not rescaled: kto-train adds γ · the mean NLL per token over the step's desirable completion "
+        "tokens; LLaMA-Factory adds γ · (rows ÷ desirable rows) · the mean over desirable rows of each row's mean NLL per token, about 2× "
+        "ours at a balanced batch: double the value to match"
+    ) in resolved.notes
+    assert not any(note.startswith("pref_ftx") for note in resolve({"stage": "kto", "pref_ftx": 0.0}, TRAIN).notes)  # LF's default
+
+
+# What a dumped KTOConfig / TrainingArguments / ModelConfig or LLaMA-Factory's example writes, by
+# command: each was "unknown key (no close name)" or a wrong "did you mean" (lora_task_type ->
+# loss_type, disable_gradient_checkpointing -> gradient_checkpointing, its opposite).
+DEFAULTS_IGNORED = [
+    (TRAIN, "padding_value", None, "padded positions are masked, so the pad id cannot change the result"),
+    (TRAIN, "generate_during_eval", False, "kto-train does not generate; sample from OUT/final afterwards"),
+    (TRAIN, "use_liger_kernel", True, "a faster kernel for the same maths; kto-train computes the LM head in chunks (chunk_size)"),
+    (TRAIN, "metric_for_best_model", "eval_loss", "checkpoints are kept by step (save_total_limit keeps the newest), not by a metric"),
+    (TRAIN, "eval_on_start", True, "evaluation runs every eval_steps (eval_every), not before the first step; it never changes the training"),
+    (
+        PRECOMPUTE,
+        "ref_model_init_kwargs",
+        {"dtype": "bfloat16"},
+        "TRL reads it only for a ref_model given by name, refused here; the reference is kto-precompute's model",
+    ),
+]
+INERT = [
+    (TRAIN, "label_pad_token_id", -100, "-100: ignored (prompt and padding are masked by position, as TRL's -100 masks them)"),
+    (PRECOMPUTE, "label_pad_token_id", -100, "-100: ignored (prompt and padding are masked by position, as TRL's -100 masks them)"),
+    (TRAIN, "model_init_kwargs", None, "null: ignored (asks for nothing here)"),
+    (TRAIN, "adam_beta1", 0.9, "0.9: ignored (AdamW's default, as here)"),
+    (TRAIN, "adam_beta2", 0.999, "0.999: ignored (AdamW's default, as here)"),
+    (TRAIN, "adam_epsilon", "1e-8", "1e-8: ignored (AdamW's default, as here)"),  # YAML reads 1e-8 as text
+    (TRAIN, "load_best_model_at_end", False, "false: ignored (asks for nothing here)"),
+    (TRAIN, "ignore_data_skip", False, "false: ignored (asks for nothing here)"),
+    (TRAIN, "dataloader_drop_last", False, "false: ignored (asks for nothing here)"),
+    (TRAIN, "group_by_length", False, "false: ignored (asks for nothing here)"),
+    (TRAIN, "lora_task_type", "CAUSAL_LM", "causal_lm: ignored (asks for nothing here)"),
+    (PRECOMPUTE, "truncation_mode", "keep_end", "keep_end: ignored (a cut prompt keeps its end here too)"),
+    (PRECOMPUTE, "packing", False, "false: ignored (LLaMA-Factory's KTO stage does not pack either)"),
+    (PRECOMPUTE, "neat_packing", False, "false: ignored (rows are never packed)"),
+    (PRECOMPUTE, "train_on_prompt", False, "false: ignored (the loss reads completion tokens only)"),
+    (PRECOMPUTE, "mask_history", False, "false: ignored (earlier turns are prompt)"),
+    (PRECOMPUTE, "enable_thinking", True, "true: ignored (the chat template renders with its own defaults)"),
+]
+REFUSED = [
+    (TRAIN, "adam_beta2", 0.95, "the optimizer is AdamW with betas (0.9, 0.999) and eps 1e-8 (torch's and transformers' defaults), which kto-train keeps"),
+    (TRAIN, "model_init_kwargs", {"dtype": "bfloat16"}, "from_pretrained's keywords are options here: give dtype (torch_dtype), attn_implementation"),
+    (TRAIN, "label_pad_token_id", 0, "prompt and padding are masked by position here, not by a label id"),
+    (TRAIN, "load_best_model_at_end", True, "final/ is the last step's model, never the best checkpoint's"),
+    (TRAIN, "ignore_data_skip", True, "a resumed run continues the data where it stopped"),
+    (TRAIN, "dataloader_drop_last", True, "kto-train drops no row: an epoch's last step may be short"),
+    (TRAIN, "group_by_length", True, "kto-train does not group rows by length"),
+    (TRAIN, "lora_task_type", "SEQ_CLS", "kto-train trains causal language models (CAUSAL_LM) only"),
+    (PRECOMPUTE, "truncation_mode", "keep_start", "kto-precompute keeps the end of a prompt it cuts (keep_end); there is no keep_start"),
+    (PRECOMPUTE, "packing", True, "packing: true makes it cut at cutoff_len - 1"),
+    (PRECOMPUTE, "neat_packing", True, "LLaMA-Factory refuses it outside SFT too; kto never packs rows"),
+    (PRECOMPUTE, "train_on_prompt", True, "LLaMA-Factory refuses it outside SFT too; the KTO loss reads completion tokens only"),
+    (PRECOMPUTE, "mask_history", True, "LLaMA-Factory refuses it outside SFT too"),
+    (PRECOMPUTE, "enable_thinking", False, "write chat_template_kwargs: {enable_thinking: false} for a template that reads it"),
+]
+
+
+@pytest.mark.parametrize("command, key, value, why", DEFAULTS_IGNORED)
+def test_standard_keys_that_cannot_change_the_result_are_ignored_saying_why(command, key, value, why):
+    resolved = resolve({key: value}, command)
+    assert f"{key}: ignored ({why})" in resolved.notes
+    assert key not in resolved.values
+
+
+@pytest.mark.parametrize("command, key, value, note", INERT)
+def test_their_default_values_are_ignored_saying_why_and_the_other_command_leaves_them_to_this_one(command, key, value, note):
+    resolved = resolve({key: value}, command)
+    assert f"{key}: {note}" in resolved.notes
+    other = PRECOMPUTE if command == TRAIN else TRAIN
+    if key not in ("label_pad_token_id", "model_init_kwargs"):  # both commands mask and load a model; each says so
+        assert f"{command}'s key, ignored by {other}: {key}" in resolve({key: value}, other).notes
+
+
+@pytest.mark.parametrize("command, key, value, reason", REFUSED)
+def test_values_that_would_change_the_maths_or_the_data_are_refused_saying_what_kto_does(command, key, value, reason):
+    with pytest.raises(InputError) as err:
+        resolve({key: value}, command)
+    message = str(err.value)
+    assert message.startswith(f"{key}: {value!r}: ") and reason in message and "\n" not in message
+
+
+def test_disable_gradient_checkpointing_is_gradient_checkpointing_inverted():
+    """LLaMA-Factory's key was answered "did you mean gradient_checkpointing?", its opposite."""
+    on = resolve({"disable_gradient_checkpointing": False, "epochs": 1}, TRAIN)
+    assert on.values["gradient_checkpointing"] is True
+    assert "disable_gradient_checkpointing: false -> gradient_checkpointing true (memory only)" in on.notes
+    assert resolve({"disable_gradient_checkpointing": True}, TRAIN).values["gradient_checkpointing"] is False
+    with pytest.raises(InputError, match="set the same option"):
+        resolve({"disable_gradient_checkpointing": True, "gradient_checkpointing": True}, TRAIN)
+    assert "kto-train's key, ignored by kto-precompute: disable_gradient_checkpointing" in resolve({"disable_gradient_checkpointing": False}, PRECOMPUTE).notes
+
+
+def test_a_llama_factory_file_without_cutoff_len_cuts_at_its_2048():
+    """LLaMA-Factory's DataArguments.cutoff_len defaults to 2048; such a file got 1024 here, unsaid."""
+    resolved = resolve({"stage": "kto", "dataset": "kto_en_demo", "template": "llama3"}, PRECOMPUTE)
+    assert resolved.values["max_length"] == 2048
+    assert "not given, LLaMA-Factory's default: cutoff_len 2048 (kto-precompute's own max_length: 1024)" in resolved.notes
+    assert resolve({"stage": "kto", "cutoff_len": 512}, PRECOMPUTE).values["max_length"] == 512
+    # TRL's KTOConfig max_length default is 1024, as ours; our own names keep ours.
+    assert "max_length" not in resolve({"model_name_or_path": "m"}, PRECOMPUTE).values
+    assert "max_length" not in resolve({"dataset": "x", "model": "m"}, PRECOMPUTE).values
+
+
+def test_max_prompt_length_null_and_trl_s_512_are_said():
+    """`max_prompt_length: null` silently became max_length // 2; TRL has read null otherwise."""
+    resolved = resolve({"max_length": 256, "max_prompt_length": None}, PRECOMPUTE)
+    assert "max_prompt_length" not in resolved.values
+    assert resolved.notes == [
+        "max_prompt_length: null -> max_length // 2 (kto-precompute's default: a prompt over it is cut, keeping its end, where "
+        "prompt + completion exceed max_length; TRL's current KTOTrainer cuts no prompt, older ones cut to 128)"
+    ]
+    trl = resolve({"model_name_or_path": "m", "max_length": 2048}, PRECOMPUTE)
+    assert any(note.startswith("max_prompt_length not given: max_length // 2") and "KTOConfig writes 512" in note for note in trl.notes)
+    assert resolve({"model_name_or_path": "m", "max_length": 1024}, PRECOMPUTE).notes == []

@@ -150,6 +150,8 @@ def test_bad_lora_input_is_one_line(tiny_cache, tiny_model_dir, tmp_path, monkey
     plain = [a for a in ARGS if a not in ("--lora-r", "4", "--lora-alpha", "8")]
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "b", "--load-in-4bit", args=plain)
     assert result.exit_code == 2 and "--load-in-4bit: needs adapters (--lora-r R > 0)" in result.output
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "b", "--merge-adapters", args=plain)
+    assert result.exit_code == 2 and "--merge-adapters: needs adapters (--lora-r R > 0); with every weight trained, final/ is" in result.output
     from kto.train import adapters
 
     monkeypatch.setattr(adapters, "bitsandbytes_backend", lambda device, bits: "bitsandbytes 0.0 has no cpu backend (RuntimeError)")

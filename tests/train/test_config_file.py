@@ -238,3 +238,27 @@ def test_resume_of_a_llama_factory_run_takes_the_recorded_rank_and_its_alpha(tmp
     assert result.exit_code == 0, result.output
     cfg = captured.pop()
     assert (cfg.lora_r, cfg.lora_alpha) == (16, 32.0)
+
+
+def test_their_names_take_the_values_our_names_take(tmp_path, captured):
+    """`resume_from_checkpoint: true` was refused ("True is true/false; expected text") and
+    `lr_scheduler_kwargs: {min_lr_rate: 0.1}` ("expected one text value, got a mapping"): the
+    special cases keyed on the file's key, not the option it sets."""
+    result = run(tmp_path, "resume_from_checkpoint: true\nlr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs: {min_lr_rate: 0.1}\n")
+    assert result.exit_code == 0, result.output
+    cfg = captured.pop()
+    assert cfg.resume is True and cfg.lr_schedule == "cosine_with_min_lr" and cfg.lr_schedule_kwargs == {"min_lr_rate": 0.1}
+    result = run(tmp_path, "resume_from_checkpoint: false\nlr_scheduler_kwargs: '{\"min_lr_rate\": 0.2}'\n")
+    assert result.exit_code == 0, result.output
+    cfg = captured.pop()
+    assert cfg.resume is False and cfg.lr_schedule_kwargs == {"min_lr_rate": 0.2}
+    line = error_line(run(tmp_path, "lr_scheduler_kwargs: [1, 2]\n"))
+    assert line == f"kto-train: error: --config {tmp_path / 'run.yaml'}: lr_scheduler_kwargs: expected one text value, got a list"
+
+
+def test_pref_ftx_says_what_it_computes_on_the_command_line(tmp_path, captured):
+    result = run(tmp_path, "stage: kto\npref_ftx: 0.5\n", "lf.yaml")
+    assert result.exit_code == 0, result.output
+    assert captured[0].sft_weight == 0.5  # as written: not rescaled
+    assert f"kto-train: --config {tmp_path / 'lf.yaml'}: pref_ftx: 0.5 -> sft_weight 0.5, not rescaled: " in result.output
+    assert "double the value to match" in result.output
