@@ -174,12 +174,23 @@ def _check(lf, flag: str, text: str) -> None:
 
 
 def load_cache_tokenizer(cache_dir: str | Path):
-    from kto.formats.compute.models import ModelSource, load_tokenizer
+    """CACHE/tokenizer, refused unless it is the one the manifest records: another vocabulary
+    would show other text than the reference scored, without a word."""
+    from kto.formats.cache import open_cache
+    from kto.formats.compute.models import ModelSource, diff_identity, load_tokenizer, tokenizer_identity
 
     tok_dir = Path(cache_dir) / S.TOKENIZER_DIR
     if not tok_dir.is_dir():
         raise InputError(f"{tok_dir}: missing; the cache has no tokenizer to decode with")
-    return load_tokenizer(ModelSource(tok_dir), flag="tokenizer")
+    tokenizer = load_tokenizer(ModelSource(tok_dir), flag="tokenizer")
+    content = open_cache(cache_dir).manifest.content  # the manifest only: shards are checked as read
+    expected = dict(content.tokenizer)
+    if content.chat_template is not None:
+        expected["chat_template"] = content.chat_template  # --chat-template: saved with the tokenizer
+    differs = diff_identity(expected, tokenizer_identity(tokenizer))
+    if differs:
+        raise InputError(f"{tok_dir}: differs from the tokenizer the manifest records ({', '.join(differs)}); its text would not be what was scored")
+    return tokenizer
 
 
 def describe_rows(df, tokenizer, *, flag: int = 3) -> list[dict]:

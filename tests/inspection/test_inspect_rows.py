@@ -150,3 +150,19 @@ def test_whitelisted_functions_and_keywords_still_work(text_cache):
         df.filter((pl.col("ref_logp").abs() > 1) & ~pl.col("truncated")).with_columns(r=pl.col("ref_logp").round(3)).sort(["r", "id"], descending=[True, False])
     )
     assert [r["id"] for r in shown] == want["id"].to_list() and len(shown) > 0
+
+
+def test_a_tokenizer_swapped_in_the_cache_is_refused(text_cache, tmp_path):
+    """Seen in an attack: two tokens' ids swapped in CACHE/tokenizer/tokenizer.json and rows
+    showed "What is a capital" for "the capital", without a word (verify caught it, rows did not)."""
+    import shutil
+
+    cache = shutil.copytree(text_cache, tmp_path / "cache")
+    path = cache / "tokenizer" / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["Ġthe"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġthe"]
+    path.write_text(json.dumps(tok))
+    result = CliRunner().invoke(main, ["rows", str(cache), "--limit", "1"])
+    assert result.exit_code == 2
+    assert f"{cache / 'tokenizer'}: differs from the tokenizer the manifest records (pipeline, vocabulary)" in result.stderr, result.output
