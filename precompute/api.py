@@ -14,7 +14,7 @@ from pathlib import Path
 from kto.formats.compute.early_checks import check_local_model
 from kto.formats.manifest import Counts, Manifest
 from kto.formats.schema import EVAL_DIR
-from kto.precompute.inputs.records import check_input_path
+from kto.precompute.inputs.records import check_distinct_files, check_input_path
 
 from .config import PrecomputeConfig
 from .templates import load_chat_template
@@ -57,6 +57,7 @@ def check_paths(config: PrecomputeConfig) -> None:
     load_chat_template(config.chat_template, config.chat_template_kwargs)
     for path in config.data:
         check_input_path(path)
+    check_distinct_files(config.data)  # a link to another --data would read every row twice
 
 
 def push(config: PrecomputeConfig, result: PrecomputeResult) -> None:

@@ -78,7 +78,7 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--messages-column", default="messages")
 @click.option("--chosen-column", default="chosen")
 @click.option("--rejected-column", default="rejected")
-@click.option("--id-column", default="id")
+@click.option("--id-column", default="id", help="Column of unique row ids ('': none; rows are named FILE:ROW).")
 @click.option("--system-column", default=None, help="System prompt column [default: the ShareGPT map's, 'system'; '' reads none].")
 @click.option("--tools-column", default=None, help="Tool schemas column [default: the ShareGPT map's, 'tools'; '' reads none].")
 @click.version_option(package_name="kto-offline", prog_name="kto-precompute")

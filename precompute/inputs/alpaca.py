@@ -2,13 +2,17 @@
 
 An alpaca row (column names from `dataset_info.json`'s `columns`, LLaMA-Factory's defaults here):
 - `instruction` (and an optional `input`, joined to it with a newline) is the last user turn;
-- `history`: earlier `[user, assistant]` pairs, before it;
+- `history`: earlier `[user, assistant]` pairs, before it, read only when `columns` names it;
 - unpaired (KTO): `output` is the completion, labelled by `kto_tag`;
 - ranking (paired): `chosen` and `rejected` are the two completions (texts);
 - `system` (the ShareGPT map's system column, as for every conversational shape).
 
 Rows become conversational Examples (a user turn, an assistant completion), which is what
 LLaMA-Factory trains on through its template.
+
+The query and history columns are read as LLaMA-Factory's parser sets them: without `columns`,
+`input` and no history; with `columns`, only the ones it names (its `set_attr` gives every name
+the map leaves out None), so a row's `input` is not joined to a map that leaves out `query`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from kto.formats.errors import InputError
 
-from .examples import Example, ShareGPTMap, kind_name, label_of, require_names, with_system
+from .examples import Example, ShareGPTMap, kind_name, label_of, missing_label, require_names, with_system
 
 
 @dataclass(frozen=True)
@@ -26,15 +30,25 @@ class AlpacaMap:
     """Alpaca column names, with LLaMA-Factory's defaults and its `dataset_info.json` keys."""
 
     prompt: str = "instruction"
+    # "" reads no such column: LLaMA-Factory's default history is None, and a `columns` map
+    # that leaves out query or history makes them None (from_entry).
     query: str = "input"
     response: str = "output"
-    history: str = "history"
+    history: str = ""
     chosen: str = "chosen"
     rejected: str = "rejected"
     kto_tag: str = "kto_tag"
 
     def __post_init__(self) -> None:
-        require_names(self, "alpaca map")
+        require_names(self, "alpaca map", optional=("query", "history"))
+
+    @classmethod
+    def from_entry(cls, columns: dict[str, str]) -> AlpacaMap:
+        """The map of a dataset_info.json entry's `columns`: with a map, a query or history
+        column it does not name is not read (LLaMA-Factory's `set_attr` makes it None); prompt,
+        response and the label keep their defaults (there, None would break every row)."""
+        names = {k: v for k, v in columns.items() if k != "system"}  # the ShareGPT map's column
+        return cls(**({"query": "", "history": "", **names} if columns else {}))
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -53,14 +67,14 @@ def alpaca_examples(record: dict, amap: AlpacaMap, smap: ShareGPTMap, label_colu
     label = label_of(record, (amap.kto_tag, label_column), source)
     if label is not None:
         return [Example(base_id, prompt, completion, label, source)]
-    raise InputError(
-        f"{source}: missing column '{amap.kto_tag}' (or '{label_column}') for an unpaired alpaca row; a ranking row needs '{amap.chosen}' and '{amap.rejected}'"
-    )
+    rest = f" for an unpaired alpaca row; a ranking row needs '{amap.chosen}' and '{amap.rejected}'"
+    raise missing_label(record, (amap.kto_tag, label_column), source, rest)
 
 
 def _user_turn(record: dict, amap: AlpacaMap, source: str) -> dict:
-    parts = [record[k] for k in (amap.prompt, amap.query) if record.get(k) not in (None, "")]
-    for k, part in zip((amap.prompt, amap.query), parts):
+    keys = [k for k in (amap.prompt, amap.query) if k and record.get(k) not in (None, "")]
+    parts = [record[k] for k in keys]
+    for k, part in zip(keys, parts):
         if not isinstance(part, str):
             raise InputError(f"{source}: column '{k}': expected text, got {kind_name(part)}")
     if not parts:
@@ -69,7 +83,7 @@ def _user_turn(record: dict, amap: AlpacaMap, source: str) -> dict:
 
 
 def _history(record: dict, amap: AlpacaMap, source: str) -> tuple[dict, ...]:
-    turns = record.get(amap.history)
+    turns = record.get(amap.history) if amap.history else None
     if turns is None:
         return ()
     where = f"{source}: column '{amap.history}'"

@@ -42,6 +42,7 @@ _IGNORED_KEYS = {"file_sha1"}
 _READ_KEYS = {"formatting", "ranking", "columns", "tags"}
 _SHAREGPT_COLUMNS = {"messages", "system", "tools", "chosen", "rejected", "kto_tag"}
 _ALPACA_COLUMNS = {"prompt", "query", "response", "history", "system", "chosen", "rejected", "kto_tag"}
+_SHAREGPT_TAGS = {"role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag"}
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,15 @@ def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
     _check_ranking(columns, ranking, where)
     if formatting == "sharegpt":
         _known(columns, _SHAREGPT_COLUMNS, "columns", where)
+        _known(tags, _SHAREGPT_TAGS, "tags", where)
         sharegpt, alpaca = _build(ShareGPTMap.from_entry, {**columns, **tags}, where), None
     else:
         if tags:
             raise InputError(f"{where}: tags belong to the sharegpt formatting, not alpaca")
         _known(columns, _ALPACA_COLUMNS, "columns", where)
+        alpaca = AlpacaMap.from_entry(columns)  # before the system column leaves the map
         system = {"system": columns.pop("system")} if "system" in columns else {}
-        sharegpt, alpaca = _build(ShareGPTMap.from_entry, system, where), _build(AlpacaMap, columns, where)
+        sharegpt = _build(ShareGPTMap.from_entry, system, where)
     return DatasetEntry(_inputs(entry, dataset_dir, where), sharegpt, alpaca, ranking)
 
 
@@ -133,11 +136,13 @@ def _check_ranking(columns: dict, ranking: bool, where: str) -> None:
         raise InputError(f"{where}: chosen/rejected columns need ranking: true")
 
 
-def _build(cls, values: dict, where: str):
+def _build(cls, values: dict, where: str) -> ShareGPTMap:
+    # Every name was checked against _SHAREGPT_COLUMNS and _SHAREGPT_TAGS first (_known), so
+    # the message names only the bad ones; this stays for a name those sets and the map disagree on.
     try:
         return cls(**values)
     except TypeError:
-        raise InputError(f"{where}: unknown names {', '.join(sorted(values))}") from None
+        raise InputError(f"{where}: unknown names {', '.join(sorted(set(values) - set(ShareGPTMap().as_dict())))}") from None
 
 
 def _inputs(entry: dict, dataset_dir: Path, where: str) -> tuple[str, ...]:

@@ -109,9 +109,16 @@ def check_unique_ids(keys: np.ndarray, id_at: Callable[[int], str], source_at: C
     if repeat is not None:
         i, first = repeat
         a, b = source_at(first), source_at(i)
-        # Ids default to file name + row, so two files with one name collide.
-        hint = " (two input files share this name, or one file is given twice)" if a == b else ""
-        raise InputError(f"duplicate id {id_at(i)!r}: {a} and {b}{hint}")
+        raise InputError(f"duplicate id {id_at(i)!r}: {a} and {b}{_repeat_hint(a, b)}")
+
+
+def _repeat_hint(a: str, b: str) -> str:
+    # Ids default to file name + row, so two files with one name collide at one source. Other
+    # rows sharing an id got it from the id column: a prompt id over sampled answers is common
+    # in KTO data, and TRL never reads `id`, so say how to stop reading it.
+    if a == b:
+        return " (two input files share this name, or one file is given twice)"
+    return "; ids come from the id column: --id-column '' reads none and names each row FILE:ROW"
 
 
 def kind_name(value: Any) -> str:
@@ -187,6 +194,8 @@ class ColumnMap:
 
     def __post_init__(self) -> None:
         for key, name in asdict(self).items():
+            if key == "id" and name == "":
+                continue  # --id-column '': no id column, every row is named FILE:ROW
             if not isinstance(name, str) or not name.strip():
                 raise InputError(f"column map: {key} must be a non-empty column name, got {name!r}")
 
@@ -203,6 +212,48 @@ _FINGERPRINTED_ALWAYS = frozenset({"prompt", "completion", "label", "messages", 
 
 
 # ---- record -> Example(s) --------------------------------------------------------------------
+
+
+def check_one_shape(present: set, columns: ColumnMap, conversations: str, source: str) -> None:
+    """A row filling the columns of two shapes is refused: whichever one won, the other's texts
+    would be dropped without a word (TRL refuses such a row too: apply_chat_template's key sets)."""
+    trl = columns.prompt in present and columns.completion in present
+    messages = columns.messages in present
+    sharegpt = conversations in present and conversations != columns.messages
+    # chosen + rejected answer a ShareGPT conversation (its own paired shape), never a TRL pair
+    # or an LLaMA-Factory `messages` column other than the ShareGPT map's.
+    pair_clash = columns.chosen in present and columns.rejected in present and (trl or (messages and conversations != columns.messages))
+    if trl + messages + sharegpt < 2 and not pair_clash:
+        return  # the fast path every good row takes (a 100k-row file reads as fast as before)
+    shapes = {  # shape -> (its columns, the flags naming them)
+        "TRL unpaired": ((columns.prompt, columns.completion), "--prompt-column/--completion-column"),
+        "LLaMA-Factory": ((columns.messages,), "--messages-column"),
+        "ShareGPT": ((conversations,), "--sharegpt-info"),
+        "paired": ((columns.chosen, columns.rejected), "--chosen-column/--rejected-column"),
+    }
+    if conversations == columns.messages:
+        del shapes["ShareGPT"]
+    found = [name for name, (keys, _) in shapes.items() if all(k in present for k in keys)]
+    if not pair_clash and "paired" in found:
+        found.remove("paired")
+    if len(found) < 2:
+        return
+    a, b = ("+".join(f"'{k}'" for k in shapes[name][0]) + f" ({name})" for name in found[:2])
+    raise InputError(
+        f"{source}: the row holds two shapes, {a} and {b}, and either could be the one meant; "
+        f"drop one from the file (or point {shapes[found[1]][1]} at a column the file does not have)"
+    )
+
+
+def missing_label(record: dict, keys: Sequence[str], source: str, rest: str) -> InputError:
+    """The error for a row whose label columns `keys` hold no label: a null cell is named as
+    null, not as a missing column (the column is there)."""
+    nulls = [key for key in dict.fromkeys(keys) if key in record]  # label_of found them all null
+    if nulls:
+        return InputError(f"{source}: '{nulls[0]}' is null in this row; expected a label (true or false)")
+    names = list(dict.fromkeys(keys))
+    also = f" (or '{names[1]}')" if len(names) > 1 else ""
+    return InputError(f"{source}: missing column '{names[0]}'{also}{rest}")
 
 
 def shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str, present: set) -> list[Example]:
@@ -244,7 +295,8 @@ def _require(record: dict, keys: Sequence[str], columns: ColumnMap, source: str)
 
 
 def base_id_of(record: dict, id_column: str, fallback: str, source: str) -> str:
-    value = record.get(id_column)
+    # id_column "" reads no column, even one named "" (a CSV header with an empty name).
+    value = record.get(id_column) if id_column else None
     if value is None:
         return fallback
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -256,12 +308,10 @@ def base_id_of(record: dict, id_column: str, fallback: str, source: str) -> str:
 
 
 def _label(record: dict, columns: ColumnMap, source: str) -> bool:
-    present = [k for k in (columns.label, _KTO_TAG) if k in record]
-    if not present:
-        missing = f"'{columns.label}' (or '{_KTO_TAG}')"
-        raise InputError(f"{source}: missing column {missing}; {_shapes(columns)}")
-    label = label_of(record, present, source)
-    return parse_label(record[present[0]], f"{source}: {present[0]}") if label is None else label
+    label = label_of(record, (columns.label, _KTO_TAG), source)
+    if label is None:
+        raise missing_label(record, (columns.label, _KTO_TAG), source, f"; {_shapes(columns)}")
+    return label
 
 
 def label_of(record: dict, keys: Sequence[str], source: str) -> bool | None:

@@ -26,7 +26,21 @@ from kto.formats.errors import InputError
 from kto.formats.files import regular_file, regular_tree, sha256_file
 
 from .alpaca import AlpacaMap, alpaca_examples
-from .examples import ColumnMap, Example, ShareGPTMap, base_id_of, check_unique_ids, is_present, kind_name, one_line, shaped_examples, tools_of, with_system
+from .examples import (
+    ColumnMap,
+    Example,
+    ShareGPTMap,
+    base_id_of,
+    check_one_shape,
+    check_unique_ids,
+    is_present,
+    kind_name,
+    one_line,
+    shaped_examples,
+    shown,
+    tools_of,
+    with_system,
+)
 from .hub import dataset_identity, dataset_records, is_dataset_input, parse_spec
 from .sharegpt import sharegpt_examples
 
@@ -82,7 +96,34 @@ def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
         return enumerate(_json_array(path, data), 1)
     if suffix == ".csv":
         return _csv_records(path, data)
-    return enumerate(_table_rows(_read_table(path, suffix, data)), 1)
+    table = _read_table(path, suffix, data)
+    _unique_header(table.column_names, f"{path.name}: schema")
+    return enumerate(_table_rows(table), 1)
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json's object_pairs_hook: an object naming one key twice (`{"label": true, "label": false}`)
+    is refused; json.loads would keep the last silently, and either could be the one meant.
+    Measured: within the noise of json.loads on 100k JSONL rows (the dict is built in C)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _RepeatedKey(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _repeated_key(where: str, key: str) -> InputError:
+    return InputError(f"{where}: key {shown(key)} appears twice in one object (JSON keeps the last one silently); keep one")
 
 
 def _starts_with_an_object_line(data: bytes) -> bool:
@@ -109,7 +150,9 @@ def _jsonl_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            yield lineno, _DECODER.decode(line)
+        except _RepeatedKey as e:
+            raise _repeated_key(where, e.key) from None
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
         except RecursionError:
@@ -118,7 +161,9 @@ def _jsonl_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
 
 def _json_array(path: Path, data: bytes) -> list[Any]:
     try:
-        parsed = json.loads(data.decode("utf-8-sig"))
+        parsed = _DECODER.decode(data.decode("utf-8-sig"))
+    except _RepeatedKey as e:
+        raise _repeated_key(f"{path.name}: row {_row_holding(data)}", e.key) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path.name}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -131,11 +176,31 @@ def _json_array(path: Path, data: bytes) -> list[Any]:
     return parsed
 
 
+def _row_holding(data: bytes) -> int:
+    """The 1-based row of a JSON array whose object repeats a key. Only on that error: the hook
+    sees objects, not rows, so the array is read again marking such objects, then searched."""
+
+    class Marked(dict):
+        pass
+
+    def mark(pairs: list[tuple[str, Any]]) -> dict:
+        obj = dict(pairs)
+        return Marked(obj) if len(obj) != len(pairs) else obj
+
+    def holds(value: Any) -> bool:
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        return isinstance(value, Marked) or any(holds(v) for v in items)
+
+    rows = json.loads(data.decode("utf-8-sig"), object_pairs_hook=mark)
+    return next((i for i, row in enumerate(rows if isinstance(rows, list) else [rows], 1) if holds(row)), 1)
+
+
 def _csv_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
     row = 0
     try:
         text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
         reader = csv.DictReader(text)
+        _unique_header(reader.fieldnames or [], f"{path.name}: header")
         for row, record in enumerate(reader, 1):
             _check_field_count(record, len(reader.fieldnames or ()), f"{path.name}: row {row}")
             yield row, record
@@ -143,6 +208,15 @@ def _csv_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
         raise InputError(f"{path.name}: row {row + 1}: not valid UTF-8 (byte {e.start})") from None
     except csv.Error as e:
         raise InputError(f"{path.name}: row {row + 1}: malformed CSV ({one_line(e)})") from None
+
+
+def _unique_header(names: Sequence[str], where: str) -> None:
+    """A column named twice (a CSV header, a Parquet or Arrow schema) is refused: a row's dict
+    keeps the last one silently, and either could be the one meant."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if first.setdefault(name, i) != i:
+            raise InputError(f"{where}: column {shown(name)} appears twice (columns {first[name]} and {i}); rename or drop one")
 
 
 def _check_field_count(record: dict, expected: int, where: str) -> None:
@@ -248,14 +322,42 @@ def iter_examples(
     for uniqueness here (read_examples does; precompute checks its staged ids). `inputs`, when
     given, receives each input's identity (input_records): for a file, the sha256 of exactly
     the bytes its rows were parsed from. `sample`: only a seeded sample of each input's rows."""
+    check_distinct_files(paths)
+    read: dict[str, str] = {}  # each input's identity (its sha256, ...), as read -> its path
     for index, path in enumerate(paths):
         name, identity, rows = input_records(path)
+        _distinct_input(identity, str(path), read)
         if sample is not None:
             rows = sample.rows(rows, index)
         for row, record in rows:
             yield from _row_examples(record, name, row, columns, sharegpt, alpaca)
         if inputs is not None:
             inputs.append(identity)
+
+
+def check_distinct_files(paths: Sequence[str | Path]) -> None:
+    """One file given twice through a link or another spelling of its path would double every
+    row, its ids (FILE:ROW, after the name given) all distinct: refused before any row is read."""
+    seen: dict[Path, str] = {}
+    for path in paths:
+        if is_dataset_input(path):
+            continue
+        real = Path(path).resolve()
+        if real in seen:
+            first = seen[real]
+            raise InputError(f"--data {path}: the same file as --data {first} ({real}); one file given twice would read every row twice; give it once")
+        seen[real] = str(path)
+
+
+def _distinct_input(identity: dict, path: str, read: dict[str, str]) -> None:
+    """A byte-identical copy (or the same `datasets` split) doubles every row as a link does.
+    The sha256 is the one read_file computed from the bytes just read: nothing is hashed again."""
+    key = json.dumps({k: v for k, v in identity.items() if k != "name"}, sort_keys=True)
+    if key in read:
+        first = read[key]
+        what = f"the same bytes (sha256 {identity['sha256'][:16]}…)" if "sha256" in identity else "the same rows"
+        raise InputError(f"--data {path}: {what} as --data {first}; one input given twice would read every row twice; give it once")
+    read[key] = path
 
 
 @dataclass(frozen=True)
@@ -295,6 +397,7 @@ def _row_examples(
     if alpaca is not None:
         return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
     present = {key for key in record if is_present(record, key)}
+    check_one_shape(present, columns, sharegpt.messages, source)
     if sharegpt.messages in present and columns.messages not in present:
         return sharegpt_examples(record, sharegpt, columns.label, base_id, source)
     examples = shaped_examples(record, columns, base_id, source, present)

@@ -25,7 +25,7 @@ from typing import Any
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file
 
-from .examples import Example, ShareGPTMap, kind_name, label_of, one_line, tools_of, with_system
+from .examples import Example, ShareGPTMap, kind_name, label_of, missing_label, one_line, tools_of, with_system
 
 
 def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
@@ -184,10 +184,8 @@ def _kto_label(record: dict, smap: ShareGPTMap, label_column: str, source: str) 
     label = label_of(record, (smap.kto_tag, label_column), source)
     if label is not None:
         return label
-    raise InputError(
-        f"{source}: missing column '{smap.kto_tag}' (or '{label_column}') for an unpaired "
-        f"ShareGPT row; a paired row needs '{smap.chosen}' and '{smap.rejected}'"
-    )
+    rest = f" for an unpaired ShareGPT row; a paired row needs '{smap.chosen}' and '{smap.rejected}'"
+    raise missing_label(record, (smap.kto_tag, label_column), source, rest)
 
 
 # ---- system and tools columns, for every conversational shape ----------------------------------

@@ -35,7 +35,7 @@ LF_INFO = {
     },
     "alpaca_kto": {
         "file_name": "alpaca/",
-        "columns": {"prompt": "instruction", "query": "input", "response": "output", "kto_tag": "kto_tag", "system": "system"},
+        "columns": {"prompt": "instruction", "query": "input", "response": "output", "history": "history", "kto_tag": "kto_tag", "system": "system"},
     },
     "alpaca_pairs": {"file_name": "pairs.jsonl", "ranking": True, "columns": {"prompt": "question", "chosen": "good", "rejected": "bad"}},
 }
@@ -87,10 +87,52 @@ def test_alpaca_entries_follow_llama_factorys_converter(dataset_dir):
     assert second.prompt == ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a colour."})
     assert second.label is False
     pairs = load_datasets("alpaca_pairs", dataset_dir)
-    assert pairs.alpaca == AlpacaMap(prompt="question", chosen="good", rejected="bad")
+    assert pairs.alpaca == AlpacaMap(prompt="question", query="", chosen="good", rejected="bad")
     chosen, rejected = read_examples(pairs.data, alpaca=pairs.alpaca)
     assert (chosen.label, rejected.label) == (True, False) and chosen.prompt == rejected.prompt == ({"role": "user", "content": "Capital of France?"},)
     assert (chosen.completion[0]["content"], rejected.completion[0]["content"]) == ("Paris.", "Rome.")
+
+
+ALPACA_ROWS = [
+    {"instruction": "Translate INSTR0", "input": "INPUTTEXT0", "output": "out0", "kto_tag": True, "history": [["HISTQ", "HISTA"]]},
+    {"instruction": "Translate INSTR1", "input": "", "output": "out1", "kto_tag": False},
+]
+
+
+@pytest.mark.parametrize(
+    ("columns", "user_turn", "history"),
+    [
+        # LLaMA-Factory's parser: with `columns`, a name the map leaves out is None (set_attr's
+        # obj.get(key, None)), so neither `input` nor `history` is read.
+        ({"prompt": "instruction", "response": "output", "kto_tag": "kto_tag"}, "Translate INSTR0", ()),
+        ({"prompt": "instruction", "query": "input", "response": "output"}, "Translate INSTR0\nINPUTTEXT0", ()),
+        ({"prompt": "instruction", "history": "history"}, "Translate INSTR0", ("HISTQ", "HISTA")),
+        # Without `columns`: DatasetAttr's defaults, query "input" and history None.
+        (None, "Translate INSTR0\nINPUTTEXT0", ()),
+    ],
+)
+def test_an_alpaca_entry_reads_the_query_and_history_llama_factory_reads(tmp_path, columns, user_turn, history):
+    write_rows(tmp_path / "alp.jsonl", ALPACA_ROWS)
+    entry = {"file_name": "alp.jsonl", **({"columns": columns} if columns else {})}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"alp": entry}))
+    loaded = load_datasets("alp", tmp_path)
+    first, second = read_examples(loaded.data, sharegpt=loaded.sharegpt, alpaca=loaded.alpaca)
+    assert [m["content"] for m in first.prompt] == [*history, user_turn]
+    assert second.prompt == ({"role": "user", "content": "Translate INSTR1"},)
+
+
+def test_a_bad_tag_is_named_alone(tmp_path):
+    """Only the unknown key: the valid tags and columns beside it were listed as unknown too."""
+    entry = {"file_name": "x.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "kto_tag": "kto_tag"}}
+    (tmp_path / "x.json").write_text("[]")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {**entry, "tags": {"role_tag": "from", "bogus_tag": "x"}}}))
+    with pytest.raises(InputError) as caught:
+        load_datasets("d", tmp_path)
+    assert str(caught.value).endswith(
+        ": tags bogus_tag not supported here (known: "
+        + ", ".join(sorted(["role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag"]))
+        + ")"
+    )
 
 
 @pytest.mark.parametrize(

@@ -221,7 +221,7 @@ BAD_ROWS = {
     "null_rejected": ({"prompt": "Q", "chosen": "A", "rejected": None}, "'rejected' is null in this row"),
     "no_known_columns": ({"text": "hello"}, "no known columns"),
     "label_not_boolean": ({**GOOD, "label": "maybe"}, "label 'maybe' is not boolean-like"),
-    "label_null": ({**GOOD, "label": None}, "label None is not boolean-like"),
+    "label_null": ({**GOOD, "label": None}, "'label' is null in this row"),
     "label_two": ({**GOOD, "label": 2}, "label 2 is not boolean-like"),
     "empty_completion": ({**GOOD, "completion": "  \n"}, "empty completion"),
     "empty_assistant_content": ({"prompt": [USER], "completion": [{"role": "assistant", "content": ""}], "label": 1}, "empty completion"),

@@ -18,7 +18,7 @@ def check(keys, ids, sources=None):
 def test_a_repeat_behind_a_hash_collision_is_found():
     """Three rows share one 64-bit key: ids a, b, a. The two a's are not neighbours in key
     order (b sits between them), yet they are one id repeated."""
-    with pytest.raises(InputError, match=r"^duplicate id 'a': f.jsonl: row 1 and f.jsonl: row 3$"):
+    with pytest.raises(InputError, match=r"^duplicate id 'a': f.jsonl: row 1 and f.jsonl: row 3; ids come from the id column: --id-column '' reads none"):
         check(np.array([7, 7, 7], dtype=np.uint64), ["a", "b", "a"])
 
 
@@ -29,7 +29,7 @@ def test_a_collision_alone_is_not_a_duplicate():
 def test_the_earliest_repeat_in_row_order_is_reported():
     """x, y, y, x: a reader going row by row meets the second y (row 3) before the second x."""
     ids = ["x", "y", "y", "x"]
-    with pytest.raises(InputError, match=r"^duplicate id 'y': f.jsonl: row 2 and f.jsonl: row 3$"):
+    with pytest.raises(InputError, match=r"^duplicate id 'y': f.jsonl: row 2 and f.jsonl: row 3; "):
         check(np.array(ids, dtype=object), ids)
 
 
