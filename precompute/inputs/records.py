@@ -398,7 +398,10 @@ def _row_examples(
         return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
     present = {key for key in record if is_present(record, key)}
     check_one_shape(present, columns, sharegpt.messages, source)
-    if sharegpt.messages in present and columns.messages not in present:
+    # A paired ShareGPT row whose entry names its conversation `messages` (OpenAI-style tags) is
+    # the entry's shape too, not a `messages` row waiting for its own assistant turn.
+    paired = sharegpt.messages == columns.messages and sharegpt.chosen in present and sharegpt.rejected in present
+    if sharegpt.messages in present and (columns.messages not in present or paired):
         return sharegpt_examples(record, sharegpt, columns.label, base_id, source)
     examples = shaped_examples(record, columns, base_id, source, present)
     tools = tools_of(record, sharegpt, source)

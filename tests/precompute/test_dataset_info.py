@@ -189,3 +189,29 @@ def test_a_system_column_the_entry_does_not_name_is_not_read(tmp_path):
         example, _ = read_examples(entry.data, sharegpt=entry.sharegpt, alpaca=entry.alpaca)
         system = [m["content"] for m in example.prompt if m["role"] == "system"]
         assert system == (["Unmapped."] if name.endswith("_sys") else []), name
+
+
+def test_a_ranking_entry_in_openai_tags_whose_conversation_is_named_messages_reads_its_pairs(tmp_path):
+    """A `ranking: true` ShareGPT entry mapping `messages: messages` with role/content tags was
+    read as an unpaired `messages` row and refused ("conversation has no assistant turn"); it is
+    the entry's paired shape: each row is a chosen and a rejected example of one prompt."""
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"q{i}"}],
+            "chosen": {"role": "assistant", "content": "yes"},
+            "rejected": {"role": "assistant", "content": "no"},
+        }
+        for i in range(2)
+    ]
+    (tmp_path / "p.json").write_text(json.dumps(rows))
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+    entry = {"file_name": "p.json", "formatting": "sharegpt", "ranking": True, "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"p": {**entry, "tags": tags}}))
+    found = load_datasets("p", tmp_path)
+    examples = read_examples(found.data, sharegpt=found.sharegpt, alpaca=found.alpaca)
+    assert [(e.id, e.label, e.prompt[-1]["content"], e.completion[0]["content"]) for e in examples] == [
+        ("p.json:1:chosen", True, "q0", "yes"),
+        ("p.json:1:rejected", False, "q0", "no"),
+        ("p.json:2:chosen", True, "q1", "yes"),
+        ("p.json:2:rejected", False, "q1", "no"),
+    ]
