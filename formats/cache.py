@@ -55,6 +55,20 @@ def cache_holding(path: str | Path) -> Path | None:
     return None
 
 
+def refuse_inside_others(out: Path) -> None:
+    """InputError when --out lies inside a kto-precompute cache or a kto-train run: each holds
+    only its own files, replaces what it wrote (a cache's eval/, a run's final/ on --resume)
+    and refuses the rest, so what another command wrote there would be lost or block it."""
+    from .runrecord import run_holding
+
+    cache = cache_holding(out)
+    if cache is not None:
+        raise InputError(f"--out {out}: inside the kto-precompute cache {cache}, which holds only its own files; choose a directory outside it")
+    run = run_holding(out)
+    if run is not None:
+        raise InputError(f"--out {out}: inside the kto-train run {run}, which holds only its own files; choose a directory outside it")
+
+
 def _is_kto_manifest(path: Path) -> bool:
     """A manifest.json of ours (format_version, content, shards): other tools use the name too."""
     import json

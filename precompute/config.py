@@ -6,11 +6,10 @@ import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from kto.formats.cache import cache_holding
+from kto.formats.cache import refuse_inside_others
 from kto.formats.compute.numerics import NAMES as DTYPES
 from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
-from kto.formats.runrecord import run_holding
 from kto.precompute.inputs.alpaca import AlpacaMap
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
 
@@ -116,7 +115,7 @@ class PrecomputeConfig:
             raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise InputError(f"--out {self.out}: is a file, not a directory")
-        _refuse_inside_others(Path(self.out))
+        refuse_inside_others(Path(self.out))
 
     def _check_types(self) -> None:
         """The Python API's values as strict as the CLI's: a whole number (not True, 64.7 or a
@@ -150,14 +149,3 @@ def _range(least: int, most: int) -> str:
     """[least, most], a bound of 2**k - 1 written [least, 2**k) as kto-train writes its --seed's."""
     power = (most + 1).bit_length() - 1
     return f"[{least}, 2**{power})" if most > 2**16 and most + 1 == 2**power else f"[{least}, {most}]"
-
-
-def _refuse_inside_others(out: Path) -> None:
-    """A cache inside another cache (its eval/, tokenizer/ or a new folder) would replace that
-    cache's files, and one inside a kto-train run would be deleted by the run's next --resume."""
-    holder = cache_holding(out)
-    if holder is not None:
-        raise InputError(f"--out {out}: inside the kto-precompute cache {holder}, which holds only its own files; choose a directory outside it")
-    run = run_holding(out)
-    if run is not None:
-        raise InputError(f"--out {out}: inside the kto-train run {run}, which holds only its own files; choose a directory outside it")

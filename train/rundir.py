@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
-from kto.formats.cache import cache_holding
+from kto.formats.cache import refuse_inside_others
 from kto.formats.errors import InputError, on_main
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of, same_model
-from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, run_holding, write_run_config
+from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
 
 from .adapters import MERGED_DIR
 from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, free_name, usable_checkpoint
@@ -198,12 +198,7 @@ def refuse_foreign(out: Path) -> None:
     """InputError naming the first entry of `out` that is not ours (see the module docstring)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a directory")
-    cache = cache_holding(out)
-    if cache is not None:
-        raise InputError(f"--out {out}: inside the kto-precompute cache {cache}, which holds only its own files; choose a directory outside it")
-    run = run_holding(out)
-    if run is not None:
-        raise InputError(f"--out {out}: inside the kto-train run {run}, whose --resume replaces what it saved there; choose a directory outside it")
+    refuse_inside_others(out)
     entry = foreign_entry(out)
     if entry is not None:
         shown = entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
