@@ -73,6 +73,7 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
     except InputError as exc:
         raise InputError(f"--config {path}: {exc}") from None
     resolved.notes = [f"--config {path}: {note}" for note in resolved.notes]
+    resolved.default_notes = {name: f"--config {path}: {note}" for name, note in resolved.default_notes.items()}
     return resolved
 
 

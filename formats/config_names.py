@@ -223,6 +223,9 @@ class Resolved:
     ratios: dict[str, tuple[str, float]] = field(default_factory=dict)
     """kto-train: our name -> (the file's key, its share of the total steps) for transformers 5's
     `logging_steps: 0.25` and the like; the caller resolves them against max_steps."""
+    default_notes: dict[str, str] = field(default_factory=dict)
+    """Our name -> the line saying which default of their tool it takes: printed only when the
+    command line does not set that option itself (`--max-length 64` over a LLaMA-Factory file)."""
     other_values: dict[str, Any] = field(default_factory=dict)
     """The other command's keys with their values (kto-train compares kto-precompute's with the
     cache's manifest: precompute_disagreements)."""
@@ -628,7 +631,7 @@ def _their_data_defaults(raw: Mapping[str, Any], out: Resolved) -> None:
         return
     if "max_length" not in out.values:
         out.defaults["max_length"] = LF_CUTOFF_LEN
-        out.notes.append(f"not given, LLaMA-Factory's default: cutoff_len {LF_CUTOFF_LEN} (kto-precompute's own max_length: 1024)")
+        out.default_notes["max_length"] = f"not given, LLaMA-Factory's default: cutoff_len {LF_CUTOFF_LEN} (kto-precompute's own max_length: 1024)"
     if raw.get("max_samples") is not None:
         # LLaMA-Factory's loader takes dataset.select(range(max_samples)): the first rows.
         out.notes.append(f"max_samples: {raw['max_samples']}: a seeded sample of that many rows of each input, not the first rows as LLaMA-Factory takes")

@@ -121,6 +121,9 @@ def _file_values(ctx: click.Context, path: Path) -> dict:
     resolved = resolve_config_file(path, PRECOMPUTE, params)
     for note in resolved.notes:
         log(f"kto-precompute: {note}")
+    for name, note in resolved.default_notes.items():
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:  # the flag wins, and says nothing
+            log(f"kto-precompute: {note}")
     values = {}
     for name, value in resolved.values.items():
         if name in ("sharegpt_info", "chat_template_kwargs") and isinstance(value, dict):

@@ -164,11 +164,18 @@ def is_ours(p: Path) -> bool:
     if CORRUPT_RE.match(p.name):
         return p.is_dir()  # set aside by us, whatever it holds now
     if p.name in ("final", MERGED_DIR):
-        return p.is_dir() and _has_our_card(p)  # the next final/ replaces it
+        return p.is_dir() and (_has_our_card(p) or _holds_a_model(p))  # the next final/ replaces it
     kind = RUN_ENTRIES.get(p.name)
     if kind == "record":
         return is_run_record(p)
     return (kind == "file" and p.is_file()) or (kind == "dir" and p.is_dir())
+
+
+def _holds_a_model(folder: Path) -> bool:
+    """Weights and their config, as kto-train saves them: a final/ whose model card was edited
+    (as before a push to the Hub) is still the run's."""
+    config = (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
+    return config and any(p.is_file() for p in folder.glob("*.safetensors"))
 
 
 def _has_our_card(folder: Path) -> bool:

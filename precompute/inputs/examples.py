@@ -218,7 +218,9 @@ def check_one_shape(present: set, columns: ColumnMap, conversations: str, source
     """A row filling the columns of two shapes is refused: whichever one won, the other's texts
     would be dropped without a word (TRL refuses such a row too: apply_chat_template's key sets)."""
     trl = columns.prompt in present and columns.completion in present
-    messages = columns.messages in present
+    # A `messages` row is a shape only with its label: beside a pair without one (an SFT
+    # conversation in ultrafeedback_binarized's rows, say) it cannot be the one meant.
+    messages = columns.messages in present and (columns.label in present or _KTO_TAG in present)
     sharegpt = conversations in present and conversations != columns.messages
     # chosen + rejected answer a ShareGPT conversation (its own paired shape), never a TRL pair
     # or an LLaMA-Factory `messages` column other than the ShareGPT map's.
@@ -257,7 +259,9 @@ def missing_label(record: dict, keys: Sequence[str], source: str, rest: str) -> 
 
 
 def shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str, present: set) -> list[Example]:
-    if columns.messages in present:
+    # `messages` beside a pair and no label is the pair's conversation, not a KTO row (check_one_shape).
+    pair_only = columns.chosen in present and columns.rejected in present and not (columns.label in present or _KTO_TAG in present)
+    if columns.messages in present and not pair_only:
         where = f"{source}: column '{columns.messages}'"
         prompt, completion = _split_conversation(record[columns.messages], where)
     elif {columns.chosen, columns.rejected} & present:

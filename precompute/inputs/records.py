@@ -215,6 +215,8 @@ def _unique_header(names: Sequence[str], where: str) -> None:
     keeps the last one silently, and either could be the one meant."""
     first: dict[str, int] = {}
     for i, name in enumerate(names, 1):
+        if not name:
+            continue  # unnamed (a spreadsheet's trailing `,,`): no column map can read it
         if first.setdefault(name, i) != i:
             raise InputError(f"{where}: column {shown(name)} appears twice (columns {first[name]} and {i}); rename or drop one")
 

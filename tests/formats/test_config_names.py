@@ -453,7 +453,7 @@ def test_a_llama_factory_file_without_cutoff_len_cuts_at_its_2048():
     """LLaMA-Factory's DataArguments.cutoff_len defaults to 2048; such a file got 1024 here, unsaid."""
     resolved = resolve({"stage": "kto", "dataset": "kto_en_demo", "template": "llama3"}, PRECOMPUTE)
     assert resolved.values["max_length"] == 2048
-    assert "not given, LLaMA-Factory's default: cutoff_len 2048 (kto-precompute's own max_length: 1024)" in resolved.notes
+    assert resolved.default_notes == {"max_length": "not given, LLaMA-Factory's default: cutoff_len 2048 (kto-precompute's own max_length: 1024)"}
     assert resolve({"stage": "kto", "cutoff_len": 512}, PRECOMPUTE).values["max_length"] == 512
     # TRL's KTOConfig max_length default is 1024, as ours; our own names keep ours.
     assert "max_length" not in resolve({"model_name_or_path": "m"}, PRECOMPUTE).values

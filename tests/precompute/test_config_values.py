@@ -142,3 +142,15 @@ def test_the_largest_values_allowed_run_end_to_end(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     content = read_manifest(out).content
     assert (content.max_length, content.seed) == (2**31 - 1, 2**32 - 1)
+
+
+def test_the_cutoff_len_default_is_said_only_when_the_command_line_does_not_set_max_length(tmp_path):
+    """A LLaMA-Factory file without cutoff_len cuts at its 2048, said in a line; with --max-length
+    64 on the command line the line said 2048 while the cache was cut at 64."""
+    config = tmp_path / "lf.yaml"
+    config.write_text(f"stage: kto\nmodel_name_or_path: {tmp_path / 'no-model'}\ndata: [{tmp_path / 'x.jsonl'}]\nout: {tmp_path / 'c'}\n")
+    said = "not given, LLaMA-Factory's default: cutoff_len 2048"
+    silent = CliRunner().invoke(main, ["--config", str(config)])
+    flagged = CliRunner().invoke(main, ["--config", str(config), "--max-length", "64"])
+    assert silent.exit_code == flagged.exit_code == 2  # stopped at the missing model, after the notes
+    assert said in silent.output and said not in flagged.output, (silent.output, flagged.output)

@@ -102,6 +102,15 @@ def test_a_csv_column_named_twice_is_refused(tmp_path):
     assert error_of([path]) == "dup.csv: header: column 'label' appears twice (columns 3 and 4); rename or drop one"
 
 
+def test_unnamed_trailing_csv_columns_are_not_a_column_named_twice(tmp_path):
+    """Spreadsheet exports end each line with `,,`: two unnamed columns, which no column map can
+    read, were refused as one column named twice."""
+    path = tmp_path / "trail.csv"
+    path.write_text("prompt,completion,label,,\nHi,Hello!,true,,\nBye,See you.,false,,\n")
+    examples = read_examples([path])
+    assert [(e.prompt, e.completion, e.label) for e in examples] == [("Hi", "Hello!", True), ("Bye", "See you.", False)]
+
+
 def test_an_arrow_column_named_twice_is_refused(tmp_path):
     """Arrow IPC allows two fields of one name (Parquet's reader refuses them itself)."""
     columns = [pa.array(["Hi", "Bye"]), pa.array(["Hello!", "See you."]), pa.array([True, False]), pa.array([False, True])]
@@ -169,3 +178,29 @@ def test_an_empty_id_column_reads_no_column_named_empty(tmp_path):
     path = tmp_path / "ids.csv"
     path.write_text(",prompt,completion,label\n0,Hi,Hello!,true\n0,Bye,See you.,false\n")
     assert [e.id for e in read_examples([path], ColumnMap(id=""))] == ["ids.csv:1", "ids.csv:2"]
+
+
+def test_a_pair_beside_an_unlabelled_messages_column_is_read_as_the_pair(tmp_path):
+    """ultrafeedback_binarized-style rows carry the SFT conversation in `messages` beside the
+    pair: without a label it is no KTO row, so the pair is the one shape (refused as two before,
+    with advice that led to "missing column 'label'")."""
+    user = [{"role": "user", "content": "Hi"}]
+    row = {
+        "prompt": user,
+        "chosen": [{"role": "assistant", "content": "Hello!"}],
+        "rejected": [{"role": "assistant", "content": "Go."}],
+        "messages": user + [{"role": "assistant", "content": "Hello!"}],
+    }
+    path = tmp_path / "uf.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "prompt": [{"role": "user", "content": "Bye"}]}) + "\n")
+    examples = read_examples([path])
+    assert [(e.id, e.label, e.completion[0]["content"]) for e in examples] == [
+        ("uf.jsonl:1:chosen", True, "Hello!"),
+        ("uf.jsonl:1:rejected", False, "Go."),
+        ("uf.jsonl:2:chosen", True, "Hello!"),
+        ("uf.jsonl:2:rejected", False, "Go."),
+    ]
+    labelled = tmp_path / "both.jsonl"
+    labelled.write_text(json.dumps({**row, "label": True}) + "\n")
+    with pytest.raises(InputError, match="the row holds two shapes"):
+        read_examples([labelled])

@@ -301,6 +301,14 @@ def test_a_final_or_checkpoint_folder_kto_train_did_not_save_is_refused_untouche
     assert _listing(run) == before
 
 
+def test_a_final_whose_model_card_was_edited_is_still_the_runs(run3, tiny_cache, tiny_model_dir, tmp_path):
+    """Editing final/README.md before a push is usual; --resume then refused the run as not its own."""
+    run = shutil.copytree(run3, tmp_path / "r")
+    (run / "final" / "README.md").write_text("# My model\n")
+    again = train_cli(tiny_cache, tiny_model_dir, run, *RUN, "--resume")
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+
+
 def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(run3, tiny_cache, tiny_model_dir, tmp_path):
     """Issue 19 item 5: kto-train followed a `.lock` symlink and wrote its pid into the target."""
     out = shutil.copytree(run3, tmp_path / "r")
