@@ -35,7 +35,7 @@ PRECOMPUTE_KEYS = frozenset(
         "eval_fraction", "seed", "dtype", "attn_implementation", "batch_tokens", "rows_per_shard", "store_token_logps",
         "prefix_sharing", "chunk_size", "trust_remote_code", "device_map", "overwrite", "prompt_column", "completion_column",
         "label_column", "messages_column", "chosen_column", "rejected_column", "id_column", "system_column", "tools_column",
-        "max_samples", "push_to_hub", "hub_private",
+        "max_samples", "push_to_hub", "hub_private", "eval_data",
     }
 )  # fmt: skip
 TRAIN_KEYS = frozenset(
@@ -183,7 +183,6 @@ IGNORED = {
     "tf32": "precision is mixed_precision",
     "gradient_checkpointing_kwargs": "gradient_checkpointing uses transformers' defaults",
     "logging_dir": "logs go to OUT/metrics.jsonl and the report_to tracker",
-    "dataset_test_split": "hold rows out with eval_fraction (or val_size) instead",
     # TRL's KTOConfig and transformers' TrainingArguments as a dumped config writes them: none of
     # their values can change what kto-train computes.
     "padding_value": "padded positions are masked, so the pad id cannot change the result",
@@ -315,9 +314,23 @@ def _quantization_bit(value: Any, command: str, out: Resolved) -> None:
 
 
 def _dataset_name(value: Any, command: str, out: Resolved, raw: Mapping[str, Any]) -> None:
-    """TRL's `dataset_name` (+ `dataset_config`, `dataset_train_split`) is one hub dataset."""
-    parts = [str(value), *([str(raw["dataset_config"])] if raw.get("dataset_config") else []), str(raw.get("dataset_train_split") or "train")]
-    out.set("data", ["hf:" + ":".join(parts)], "dataset_name")
+    """TRL's `dataset_name` (+ `dataset_config`, `dataset_train_split`) is one hub dataset; with
+    an eval_strategy other than `no`, TRL evaluates on its `dataset_test_split` (default test):
+    here those rows are the held-out eval cache, CACHE/eval."""
+    dataset = [str(value), *([str(raw["dataset_config"])] if raw.get("dataset_config") else [])]
+    out.set("data", ["hf:" + ":".join([*dataset, str(raw.get("dataset_train_split") or "train")])], "dataset_name")
+    test = str(raw.get("dataset_test_split") or "test")
+    if _evaluates(raw):
+        out.set("eval_data", ["hf:" + ":".join([*dataset, test])], "dataset_test_split")
+        out.notes.append(f"eval_strategy {_evaluates(raw)}: dataset_test_split {test} -> eval_data hf:{':'.join([*dataset, test])} (CACHE/eval)")
+    elif "dataset_test_split" in raw:
+        out.notes.append("dataset_test_split: ignored (eval_strategy is no: TRL evaluates on it only with another eval_strategy)")
+
+
+def _evaluates(raw: Mapping[str, Any]) -> str | None:
+    """transformers' eval_strategy (or its old name evaluation_strategy) when it is not `no`."""
+    strategy = str(raw.get("eval_strategy", raw.get("evaluation_strategy", "no"))).lower()
+    return None if strategy == "no" else strategy
 
 
 def _disable_dropout(value: Any, command: str, out: Resolved) -> None:
@@ -431,7 +444,7 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
     },
 }
 # Keys that only complete another key (`dataset_name`'s split): consumed by it, never reported.
-COMPANIONS = {PRECOMPUTE: {"dataset_config", "dataset_train_split"}, TRAIN: set()}
+COMPANIONS = {PRECOMPUTE: {"dataset_config", "dataset_train_split", "dataset_test_split"}, TRAIN: set()}
 
 
 def _other(command: str) -> str:
@@ -507,8 +520,8 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             out.other_values[key] = value
         else:
             sorting.unknown.append(key)
-    if command == TRAIN and raw.get("val_size"):
-        out.eval_in_cache = True
+    if command == TRAIN and (raw.get("val_size") or ("dataset_name" in raw and _evaluates(raw))):
+        out.eval_in_cache = True  # kto-precompute wrote the held-out rows to CACHE/eval
     if command == TRAIN:
         _their_defaults(raw, sorting.foreign, out)
     else:

@@ -14,7 +14,7 @@ The content is one frozen dataclass, `CacheContent`: kto-precompute builds it; e
 fingerprint (`fingerprint_of`), which kto-train checks and a resumed kto-precompute must match.
 Paths are never part of it: moving a model or a cache invalidates nothing (they go to `info`).
 On disk it is a JSON object with exactly its keys. Keys added after format version 1 shipped
-(`chat_template`, `chat_template_kwargs`, `sharegpt`, `eval_split`, `alpaca`, `max_samples`) are
+(`chat_template`, `chat_template_kwargs`, `sharegpt`, `eval_split`, `alpaca`, `max_samples`, `eval_inputs`) are
 written only when set, so a cache made without them keeps its fingerprint. Adding such an
 optional key needs no new FORMAT_VERSION; changing what an existing key means, or adding one
 every cache must carry, does (schema.py).
@@ -109,6 +109,9 @@ class CacheContent:
     eval_fraction is 0, and in caches split by the earlier unstratified rule (so theirs differ)."""
     max_samples: dict[str, Any] | None = None
     """--max-samples: rows kept per input and the sampling rule; absent when every row is used."""
+    eval_inputs: list[dict[str, Any]] | None = None
+    """--eval-data: the identities of the held-out inputs whose rows are the eval split (as
+    `inputs`); absent when the eval rows come from --eval-fraction or there are none."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))  # a list from JSON or a caller
@@ -117,6 +120,8 @@ class CacheContent:
         """The JSON object the manifest stores (optional keys only when set)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OPTIONAL or getattr(self, f.name) is not None}
         out["inputs"] = [dict(i) for i in self.inputs]
+        if self.eval_inputs is not None:
+            out["eval_inputs"] = [dict(i) for i in self.eval_inputs]
         return out
 
     @classmethod
@@ -147,7 +152,7 @@ class CacheContent:
         return same_model(self.model, model_identity)
 
 
-_OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split", "alpaca", "max_samples"})
+_OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split", "alpaca", "max_samples", "eval_inputs"})
 
 
 # ---- the manifest --------------------------------------------------------------------------------

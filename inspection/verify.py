@@ -99,9 +99,9 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
         raise InputError(f"{cache_dir}: no such cache directory")
     reports = [_verify_split(cache_dir, check_tokenizer)]
     eval_dir = cache_dir / S.EVAL_DIR
-    fraction = _recorded_eval_fraction(cache_dir)
-    if not eval_dir.is_dir() and fraction:
-        reports[0].add([f"{eval_dir}: missing, though the manifest records --eval-fraction {fraction:g} (kto-precompute wrote those rows there)"])
+    recorded = _recorded_eval_split(cache_dir)
+    if not eval_dir.is_dir() and recorded:
+        reports[0].add([f"{eval_dir}: missing, though the manifest records {recorded} (kto-precompute wrote those rows there)"])
     if eval_dir.is_dir():
         reports.append(_verify_split(eval_dir, check_tokenizer))
         train_ids, eval_ids = (r.ids for r in reports)
@@ -111,14 +111,18 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
     return reports
 
 
-def _recorded_eval_fraction(cache_dir: Path) -> float:
-    """The train cache's --eval-fraction from its manifest (0 when unreadable: the split's own
-    report says why)."""
+def _recorded_eval_split(cache_dir: Path) -> str | None:
+    """What the train cache's manifest says made an eval split (--eval-fraction F, or
+    --eval-data), or None (none, or unreadable: the split's own report says why)."""
     try:
         content = open_cache(cache_dir, stamps=False, hint=False).manifest.content
     except InputError:
-        return 0.0
-    return content.eval_fraction if content.split == "train" else 0.0
+        return None
+    if content.split != "train":
+        return None
+    if content.eval_inputs:
+        return f"--eval-data {', '.join(i.get('name', '?') for i in content.eval_inputs)}"
+    return f"--eval-fraction {content.eval_fraction:g}" if content.eval_fraction else None
 
 
 def _verify_split(cache_dir: Path, check_tokenizer: bool) -> Report:

@@ -33,6 +33,12 @@ from .config import DTYPES, PrecomputeConfig
     help="Input file (JSONL, JSON, Parquet, CSV, Arrow), hf:ID[:CONFIG]:SPLIT (hub id or local "
     "directory, through `datasets`) or a save_to_disk directory; repeatable.",
 )
+@click.option(
+    "--eval-data",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Held-out input (as --data; repeatable), scored into OUT/eval/ with KL pairs of its own, instead of --eval-fraction.",
+)
 @click.option("--model", help="Reference model: local HF dir, .gguf file, or hub id.")
 @click.option("--out", type=click.Path(path_type=Path), help="Cache directory to write.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML or TOML file of flag values; flags given here win.")

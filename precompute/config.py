@@ -62,6 +62,9 @@ class PrecomputeConfig:
     """Keep a seeded sample of at most this many rows of each input (inputs.records.RowSample)."""
     eval_fraction: float = 0.0
     """Seeded fraction of rows held out as a separate cache in OUT/eval/."""
+    eval_data: tuple[Path, ...] = ()
+    """Held-out inputs (as `data`) whose rows are OUT/eval/, paired among themselves: a dataset's
+    own test split (TRL's dataset_test_split), instead of eval_fraction."""
     seed: int = 0
     """Seed of the eval split, of the KL pairing and of --max-samples' sample."""
     dtype: str = "auto"
@@ -107,6 +110,9 @@ class PrecomputeConfig:
             raise InputError(f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
+        object.__setattr__(self, "eval_data", tuple(self.eval_data))
+        if self.eval_data and self.eval_fraction > 0:
+            raise InputError(f"--eval-data and --eval-fraction {self.eval_fraction}: give one (the eval rows are held-out inputs, or a share of --data)")
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
         if self.push_to_hub is not None:

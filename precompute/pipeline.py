@@ -82,12 +82,27 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
         content["alpaca"] = cfg.alpaca.as_dict()
     if cfg.eval_fraction > 0:  # the split rule decides which rows each cache holds
         content["eval_split"] = EVAL_SPLIT_RULE
+    if cfg.eval_data:  # both caches name the held-out inputs: they are one pair
+        content["eval_split"] = EVAL_DATA_RULE
+        content["eval_inputs"] = [input_identity(p) for p in cfg.eval_data]
+        _refuse_held_out_in_data(content["inputs"], content["eval_inputs"])
     if cfg.max_samples is not None:
         content["max_samples"] = {"rows_per_input": cfg.max_samples, "rule": SAMPLE_RULE}
     return CacheContent(**content)  # every key a field of formats/manifest.py CacheContent
 
 
+def _refuse_held_out_in_data(inputs: list[dict], eval_inputs: list[dict]) -> None:
+    """An --eval-data input with the bytes (or the dataset split) of a --data one would evaluate
+    on the rows trained on; a link or another spelling of its path is refused earlier (api.py)."""
+    same = lambda identity: {k: v for k, v in identity.items() if k != "name"}
+    for held in eval_inputs:
+        for train in inputs:
+            if same(held) == same(train):
+                raise InputError(f"--eval-data {held['name']}: the same rows as --data {train['name']} (same bytes); evaluation would score rows trained on")
+
+
 SAMPLE_RULE = "per input: reservoir sample (numpy default_rng([seed, input index])), file order kept"
+EVAL_DATA_RULE = "every row of eval_inputs, KL-paired among themselves; every row of inputs is train"
 
 # Content that does not change a staged token id: a run differing only in these reuses staging.
 # Prompts are staged already cut (tokenize.py), so the limits and the rule are part of the key:
@@ -98,6 +113,7 @@ _NOT_STAGED = (
     "seed",
     "eval_fraction",
     "eval_split",
+    "eval_inputs",
     "dtype",
     "attn_implementation",
     "store_token_logps",
@@ -105,11 +121,16 @@ _NOT_STAGED = (
 )
 
 
-def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: CacheContent, state=None) -> Path:
-    """Read and tokenize every input row into OUT/.staging-KEY.arrow (or reuse it)."""
+def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: CacheContent, state=None, held_out: Path | None = None) -> Path:
+    """Read and tokenize every input row into OUT/.staging-KEY.arrow (or reuse it); `held_out`
+    (the train rows' staging file): the rows of --eval-data, into a staging file of their own."""
     # The staged columns are part of the key: a file staged by a kto that staged other columns
     # (another row declaration) is never reused.
     staged = {k: v for k, v in content.to_json().items() if k not in _NOT_STAGED}
+    data, expected, flag = (cfg.eval_data, content.eval_inputs, "--eval-data") if held_out else (cfg.data, content.inputs, "--data")
+    if held_out:
+        staged.update(inputs=[dict(i) for i in expected], held_out=True)
+    keep = (held_out,) if held_out else ()
     if cfg.max_samples is not None:
         staged["seed"] = cfg.seed  # the seed picks the sampled rows, hence the staged ones
     key = fingerprint_of({**staged, "staging_schema": staging_schema().to_string(show_schema_metadata=False)})
@@ -124,15 +145,15 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
         return path  # a resumed run: staged by a run of the same inputs and configuration
     parsed: list[dict] = []
     sample = RowSample(cfg.max_samples, cfg.seed) if cfg.max_samples is not None else None
-    stage(iter_examples(cfg.data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca, sample), tokenize_one, path, state)
+    stage(iter_examples(data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca, sample), tokenize_one, path, state, keep)
     # The fingerprint hashed each file before reading; its rows were parsed from bytes hashed
     # again in the same read (records.read_file). Equal, or the file changed in between.
-    for before, read in zip(content.inputs, parsed):
+    for before, read in zip(expected, parsed):
         if before != read:
             if state is None or state.is_main_process:
                 path.unlink(missing_ok=True)
             raise InputError(
-                f"--data {read['name']}: changed while it was being read (sha256 {before.get('sha256', '?')[:16]}… "
+                f"{flag} {read['name']}: changed while it was being read (sha256 {before.get('sha256', '?')[:16]}… "
                 f"before, {read.get('sha256', '?')[:16]}… as parsed); run again"
             )
     return path
@@ -165,20 +186,21 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     numerics = parse_numerics(cfg.dtype, state.device)
     cfg = _with_batch_budget(cfg, state.device)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)
-    outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 else {})}
+    outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 or cfg.eval_data else {})}
     contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}
     fingerprints = {name: content.fingerprint for name, content in contents.items()}
     created = not cfg.out.exists()
     claim_out(cfg, outs, contents, layout, state, held)
     try:
         staged = stage_rows(cfg, tokenizer, template, contents["train"], state)
-        splits = build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process)
+        held_out = stage_rows(cfg, tokenizer, template, contents["train"], state, held_out=staged) if cfg.eval_data else None
+        splits = build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process, held_out=held_out)
     except InputError:
         if created and state.is_main_process:
             shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
         raise
     if state.is_main_process:
-        warn_without_stop(staged, tokenizer, source, template)
+        warn_without_stop(staged, tokenizer, source, template)  # the train rows say it for the data
     warn_one_class(splits)
     todo = {s.name: pending_shards(s, fingerprints[s.name], layout, cfg.rows_per_shard, state) for s in splits}
     scorer = None
@@ -192,15 +214,16 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
             trust_remote_code=cfg.trust_remote_code,
             chunk_size=cfg.chunk_size,
         )
-        check_vocabulary(staged, splits, scorer.lm, tokenizer, cfg.model)
+        for s in splits:
+            check_vocabulary(s.staged, [s], scorer.lm, tokenizer, cfg.model)
     manifests = []
     for s in splits:
-        score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, staged, on_scored)
+        score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, s.staged, on_scored)
         state.wait_for_everyone()
         manifest = Manifest(
             content=contents[s.name],
             layout={**layout, "num_processes": state.num_processes},
-            counts=with_scoring_counts(s, cfg, staged),
+            counts=with_scoring_counts(s, cfg, s.staged),
             shards=[],
             info=_info(cfg, state),
         )
@@ -209,7 +232,8 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         manifests.append(manifest)
         state.wait_for_everyone()
     if state.is_main_process:
-        staged.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
+        for path in {s.staged for s in splits}:
+            path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
         _summary(manifests, time.perf_counter() - started)
     return manifests
 

@@ -115,6 +115,8 @@ class Split:
     counts: Counts
     truncation: Truncation
     """How this split's rows and their KL completions are cut (needs each row's partner)."""
+    staged: Path
+    """The staging file its rows index: --data's, or --eval-data's for a held-out eval split."""
 
 
 class _LazyIds:
@@ -162,34 +164,48 @@ def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, truncation
     )
 
 
-def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True) -> list[Split]:
-    """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts."""
-    truncation = Truncation(cfg.max_length, cfg.max_prompt_length, bos_id)
+def _kept_rows(path: Path, inputs: tuple[Path, ...], flag: str, main: bool) -> tuple[StagedIndex, np.ndarray, int]:
+    """The staged rows of `inputs` that tokenization kept (at least 2), and how many it dropped."""
     index = read_index(path)
     check_staged_ids(index, path)
     if index.n < 2:
-        files = ", ".join(str(p) for p in cfg.data) or "no input files"
+        files = ", ".join(str(p) for p in inputs) or "no input files"
         raise InputError(f"need at least 2 examples, got {index.n} (from {files})")
     kept = np.flatnonzero(index.kept)
     dropped = index.n - len(kept)
     if len(kept) < 2:
         raise InputError(
-            f"--data {', '.join(map(str, cfg.data))}: {len(kept)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2"
+            f"{flag} {', '.join(map(str, inputs))}: {len(kept)} rows left after dropping {dropped} with an empty prompt or completion; need at least 2"
         )
     if dropped and main:
         _log_dropped(path, np.flatnonzero(~index.kept))
+    return index, kept, dropped
+
+
+def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True, held_out: Path | None = None) -> list[Split]:
+    """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts.
+    `held_out`: the staged --eval-data rows, which are the eval split whole (no fraction)."""
+    truncation = Truncation(cfg.max_length, cfg.max_prompt_length, bos_id)
+    index, kept, dropped = _kept_rows(path, cfg.data, "--data", main)
     labels = index.label[kept]
     train, evals = split_eval(kept.tolist(), labels.tolist(), index.prompt_key[kept].tolist(), cfg.eval_fraction, cfg.seed)
-    if evals and main:
+    parts = [("train", index, train, cfg.out, path, dropped), ("eval", index, evals, cfg.out / S.EVAL_DIR, path, 0)]
+    if held_out is not None:
+        eval_index, eval_kept, eval_dropped = _kept_rows(held_out, cfg.eval_data, "--eval-data", main)
+        parts[1] = ("eval", eval_index, eval_kept.tolist(), cfg.out / S.EVAL_DIR, held_out, eval_dropped)
+    if held_out is not None and main:
+        d = int(parts[1][1].label[parts[1][2]].sum())
+        log(f"eval split: {len(parts[1][2])} rows ({d} desirable, {len(parts[1][2]) - d} undesirable), every row of --eval-data")
+    elif evals and main:
         log(describe(index.label[evals].tolist(), int(labels.sum()), int((~labels).sum())))
     splits = []
-    for name, part, out in (("train", train, cfg.out), ("eval", evals, cfg.out / S.EVAL_DIR)):
+    for name, part_index, part, out, staged, part_dropped in parts:
         if not part:
             continue
         part = np.asarray(part, dtype=np.int64)
-        rows, partners, same_prompt = pair_rows(index, part, cfg, path)
-        counts = count(index, rows, partners, truncation, dropped=dropped if name == "train" else 0, same_prompt=same_prompt)
-        splits.append(Split(name, out, rows, partners, counts, truncation))
+        rows, partners, same_prompt = pair_rows(part_index, part, cfg, staged)
+        counts = count(part_index, rows, partners, truncation, dropped=part_dropped, same_prompt=same_prompt)
+        splits.append(Split(name, out, rows, partners, counts, truncation, staged))
     prefix_splits = int(index.prefix_split[kept].sum())
     if prefix_splits:
         log(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import islice
@@ -392,8 +392,9 @@ def staging_path(out: Path, key: str) -> Path:
     return Path(out) / f"{PREFIX}{key[:24]}.arrow"
 
 
-def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None) -> Path:
-    """Tokenize every example into `path`, unless a complete staging file is already there."""
+def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, keep: Sequence[Path] = ()) -> Path:
+    """Tokenize every example into `path`, unless a complete staging file is already there.
+    Other staging files are removed, but those in `keep` (the train rows', beside --eval-data's)."""
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     main = rank == 0
     if path.is_file():
@@ -401,7 +402,8 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None) ->
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
         for old in path.parent.glob(f"{PREFIX}*.arrow"):
-            old.unlink()  # made for another configuration: useless now
+            if old not in keep:
+                old.unlink()  # made for another configuration: useless now
     with atomic_path(path) if main else _nowhere() as tmp:
         schema = staging_schema()
         writer = pa.ipc.new_file(str(tmp), schema) if main else None

@@ -110,7 +110,7 @@ def test_a_trl_kto_config_runs_with_one_line_added(tmp_path, tiny_model_dir):
     precompute_log, train_log = run_both(config)
     assert f"--config {config}: kto-train's keys, ignored by kto-precompute: per_device_train_batch_size," in precompute_log
     assert "use_peft: true -> LoRA on" in train_log and "bf16: ignored" in train_log
-    assert "eval_steps: ignored (no eval set: give --eval-cache, or val_size)" in train_log
+    assert "eval_steps: ignored (no eval set: give --eval-cache, val_size, or eval_strategy with dataset_test_split)" in train_log
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["counts"]["rows"] == 16 and manifest["content"]["max_length"] == 1024
     record = json.loads((out / "kto_run.json").read_text())["config"]
@@ -130,6 +130,28 @@ def test_a_trl_kto_config_runs_with_one_line_added(tmp_path, tiny_model_dir):
     warning = f"kto-train: warning: --config {config}: max_length: 2048 (the cache's max_length: 1024): the cache {cache} was made with other values"
     assert warning in again.output and f"rerun kto-precompute --config {config} --overwrite if the file is what you meant" in again.output
     assert again.exit_code == 2 and "holds an earlier run; pass --resume" in again.output  # same --out: the run's own refusal
+
+
+def test_a_trl_config_with_an_eval_strategy_evaluates_on_its_test_split(tmp_path, tiny_model_dir):
+    """TRL evaluates on dataset[dataset_test_split] (default `test`) when eval_strategy is not
+    `no`; that key was ignored here, and no evaluation ran. kto-precompute now scores the split
+    into CACHE/eval (--eval-data) and kto-train evaluates on it every eval_steps."""
+    data = tmp_path / "kto-data"
+    data.mkdir()
+    rows = text_rows()
+    write_rows(data / "train.jsonl", rows[:12])
+    write_rows(data / "test.jsonl", rows[12:])
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    config = tmp_path / "kto.yaml"
+    trl = TRL_YAML.format(model=tiny_model_dir, data=data, out=out, cache=cache).replace("eval_steps: 500", "eval_strategy: steps\neval_steps: 1")
+    config.write_text(trl.replace("num_train_epochs: 1", "max_steps: 1").replace("per_device_train_batch_size: 16", "per_device_train_batch_size: 4"))
+    precompute_log, train_log = run_both(config)
+    assert f"dataset_test_split test -> eval_data hf:{data}:test (CACHE/eval)" in precompute_log
+    train_manifest, eval_manifest = (json.loads((c / "manifest.json").read_text()) for c in (cache, cache / "eval"))
+    assert (train_manifest["counts"]["rows"], eval_manifest["counts"]["rows"]) == (12, 4)
+    assert [i["name"] for i in eval_manifest["content"]["eval_inputs"]] == ["kto-data:test"]  # names, never paths
+    assert f"dataset_test_split -> --eval-cache {cache / 'eval'}" in train_log
+    assert [(m["step"], m.get("split")) for m in metrics(out)] == [(1, "train"), (1, "eval")], metrics(out)
 
 
 # LLaMA-Factory's data/dataset_info.json entry for its KTO demo file.

@@ -154,16 +154,17 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
         log(f"kto-train: {note}")
     keep_recorded_defaults(ctx, path, resolved, values)
     if resolved.eval_in_cache and values.get("eval_cache") is None:
-        # LLaMA-Factory's val_size held rows out; kto-precompute wrote them to CACHE/eval.
+        # LLaMA-Factory's val_size or TRL's dataset_test_split: kto-precompute wrote those rows to CACHE/eval.
         values["eval_cache"] = Path(values["cache"]) / "eval"
-        log(f"kto-train: --config {path}: val_size -> --eval-cache {values['eval_cache']}")
+        held_out = "val_size" if resolved.values.get("eval_fraction") or "val_size" in resolved.other_values else "dataset_test_split"
+        log(f"kto-train: --config {path}: {held_out} -> --eval-cache {values['eval_cache']}")
     from_their_file = ctx.get_parameter_source("eval_every") != ParameterSource.COMMANDLINE and (
         resolved.origin.get("eval_every") == "eval_steps" or "eval_every" in resolved.ratios
     )
     if from_their_file and values.get("eval_cache") is None and (values.get("eval_every") or "eval_every" in resolved.ratios):
         # transformers evaluates only with an eval set, so a TRL file's eval_steps without one
         # (TRL's own example) is inert there; it is here too. Our --eval-every alone is refused.
-        log(f"kto-train: --config {path}: eval_steps: ignored (no eval set: give --eval-cache, or val_size)")
+        log(f"kto-train: --config {path}: eval_steps: ignored (no eval set: give --eval-cache, val_size, or eval_strategy with dataset_test_split)")
         values["eval_every"] = 0
         resolved.ratios.pop("eval_every", None)
     step_shares(ctx, path, resolved, values)

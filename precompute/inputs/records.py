@@ -337,18 +337,19 @@ def iter_examples(
             inputs.append(identity)
 
 
-def check_distinct_files(paths: Sequence[str | Path]) -> None:
+def check_distinct_files(paths: Sequence[str | Path], flags: Sequence[str] | None = None) -> None:
     """One file given twice through a link or another spelling of its path would double every
-    row, its ids (FILE:ROW, after the name given) all distinct: refused before any row is read."""
+    row, its ids (FILE:ROW, after the name given) all distinct: refused before any row is read.
+    `flags`: the flag of each path (--data, --eval-data), for the message."""
     seen: dict[Path, str] = {}
-    for path in paths:
+    for path, flag in zip(paths, flags or ["--data"] * len(paths)):
         if is_dataset_input(path):
             continue
         real = Path(path).resolve()
         if real in seen:
             first = seen[real]
-            raise InputError(f"--data {path}: the same file as --data {first} ({real}); one file given twice would read every row twice; give it once")
-        seen[real] = str(path)
+            raise InputError(f"{flag} {path}: the same file as {first} ({real}); one file given twice would read every row twice; give it once")
+        seen[real] = f"{flag} {path}"
 
 
 def _distinct_input(identity: dict, path: str, read: dict[str, str]) -> None:

@@ -471,3 +471,16 @@ def test_max_prompt_length_null_and_trl_s_512_are_said():
     trl = resolve({"model_name_or_path": "m", "max_length": 2048}, PRECOMPUTE)
     assert any(note.startswith("max_prompt_length not given: max_length // 2") and "KTOConfig writes 512" in note for note in trl.notes)
     assert resolve({"model_name_or_path": "m", "max_length": 1024}, PRECOMPUTE).notes == []
+
+
+def test_dataset_test_split_is_the_eval_cache_only_with_an_eval_strategy():
+    """TRL's script evaluates on dataset[dataset_test_split] when eval_strategy is not `no`."""
+    trl = {"model_name_or_path": "m", "dataset_name": "org/ds", "dataset_config": "c", "dataset_test_split": "validation"}
+    silent = resolve(trl, PRECOMPUTE)
+    assert "eval_data" not in silent.values
+    assert "dataset_test_split: ignored (eval_strategy is no: TRL evaluates on it only with another eval_strategy)" in silent.notes
+    steps = resolve({**trl, "eval_strategy": "steps"}, PRECOMPUTE)
+    assert steps.values["data"] == ["hf:org/ds:c:train"] and steps.values["eval_data"] == ["hf:org/ds:c:validation"]
+    assert resolve({"dataset_name": "org/ds", "evaluation_strategy": "epoch"}, PRECOMPUTE).values["eval_data"] == ["hf:org/ds:test"]
+    assert resolve({"dataset_name": "org/ds", "eval_strategy": "steps"}, TRAIN).eval_in_cache
+    assert not resolve({"dataset_name": "org/ds", "eval_strategy": "no"}, TRAIN).eval_in_cache

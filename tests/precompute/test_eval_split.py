@@ -103,3 +103,37 @@ def test_a_single_row_of_the_common_label_does_not_crowd_out_the_rarer_one(seed)
     train, evals = split_eval(list(range(8)), labels, groups, 0.25, seed)
     assert sorted(labels[i] for i in evals) == [False, True]  # one pair: both targets met
     assert groups[evals[0]] == groups[evals[1]]
+
+
+def test_held_out_inputs_are_the_eval_split_whole_and_paired_among_themselves(tmp_path, tiny_model_dir):
+    """--eval-data: a dataset's own test split (TRL's dataset_test_split) is CACHE/eval, every
+    row of it and no other; each KL partner comes from the same split; both caches record the
+    held-out inputs. Given with --eval-fraction, or with the bytes of a --data input, refused."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from kto.formats.manifest import read_manifest
+    from kto.precompute.cli import main
+    from kto.precompute.pipeline import EVAL_DATA_RULE
+
+    rows = chat_rows()
+    train, test = write_rows(tmp_path / "train.jsonl", rows[:12]), write_rows(tmp_path / "test.jsonl", rows[12:])
+    out = tmp_path / "c"
+    result = CliRunner().invoke(main, precompute_args(train, tiny_model_dir, out, "--eval-data", str(test)), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "eval split: 4 rows (2 desirable, 2 undesirable), every row of --eval-data" in result.output
+    ids = {name: pl.read_ipc(f"{d}/*.arrow") for name, d in (("train", out), ("eval", out / S.EVAL_DIR))}
+    assert sorted(ids["eval"]["id"]) == [f"test.jsonl:{i}" for i in range(1, 5)]
+    assert sorted(ids["train"]["id"]) == sorted(f"train.jsonl:{i}" for i in range(1, 13))
+    for split in ids.values():
+        assert set(split["kl_source_id"]) <= set(split["id"])  # partners from the same split
+    for cache in (out, out / S.EVAL_DIR):
+        content = read_manifest(cache).content
+        assert content.eval_split == EVAL_DATA_RULE and [i["name"] for i in content.eval_inputs] == ["test.jsonl"]
+    both = CliRunner().invoke(main, precompute_args(train, tiny_model_dir, tmp_path / "b", "--eval-data", str(test), "--eval-fraction", "0.2"))
+    assert both.exit_code == 2 and "--eval-data and --eval-fraction 0.2: give one" in both.output
+    copy = shutil.copy(train, tmp_path / "copy.jsonl")
+    leak = CliRunner().invoke(main, precompute_args(train, tiny_model_dir, tmp_path / "l", "--eval-data", str(copy)))
+    assert leak.exit_code == 2 and "--eval-data copy.jsonl: the same rows as --data train.jsonl (same bytes)" in leak.output, leak.output
+    assert not (tmp_path / "b").exists() and not (tmp_path / "l").exists()
