@@ -329,7 +329,9 @@ def _dataset_name(value: Any, command: str, out: Resolved, raw: Mapping[str, Any
 
 def _evaluates(raw: Mapping[str, Any]) -> str | None:
     """transformers' eval_strategy (or its old name evaluation_strategy) when it is not `no`."""
-    strategy = str(raw.get("eval_strategy", raw.get("evaluation_strategy", "no"))).lower()
+    value = raw.get("eval_strategy", raw.get("evaluation_strategy"))
+    # YAML 1.1 reads an unquoted `no` as false; null is transformers' "not set", i.e. no.
+    strategy = "no" if value is None or value is False else str(value).lower()
     return None if strategy == "no" else strategy
 
 

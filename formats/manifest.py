@@ -144,6 +144,12 @@ class CacheContent:
     def fingerprint(self) -> str:
         return fingerprint_of(self.to_json())
 
+    @property
+    def row_inputs(self) -> tuple:
+        """The inputs this cache's rows come from: --eval-data's for the eval split of a cache made
+        with it (its ids may repeat the train split's: other files), else `inputs`."""
+        return tuple(self.eval_inputs) if self.split == "eval" and self.eval_inputs else self.inputs
+
     def scored_with(self, model_identity: dict[str, Any]) -> bool:
         """Was this cache scored with the model of `model_identity` (models.model_identity)?
 

@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.errors import InputError
-from kto.formats.manifest import Manifest
+from kto.formats.manifest import CacheContent, Manifest
 from kto.formats.shards import FINGERPRINT_TAG, sha256_file, shard_fingerprint, shard_value_problems, tokenizer_vocab_size
 
 MAX_PER_CHECK = 10  # a broken cache could otherwise print one line per row
@@ -99,27 +99,34 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
         raise InputError(f"{cache_dir}: no such cache directory")
     reports = [_verify_split(cache_dir, check_tokenizer)]
     eval_dir = cache_dir / S.EVAL_DIR
-    recorded = _recorded_eval_split(cache_dir)
+    content = _train_content(cache_dir)
+    recorded = _recorded_eval_split(content) if content else None
     if not eval_dir.is_dir() and recorded:
         reports[0].add([f"{eval_dir}: missing, though the manifest records {recorded} (kto-precompute wrote those rows there)"])
     if eval_dir.is_dir():
         reports.append(_verify_split(eval_dir, check_tokenizer))
         train_ids, eval_ids = (r.ids for r in reports)
-        if train_ids is not None and eval_ids is not None:
+        # --eval-data rows come from other files (refused when they hold the same rows): their
+        # FILE:ROW or id-column ids may repeat the train split's without being its rows.
+        if train_ids is not None and eval_ids is not None and not (content and content.eval_inputs):
             shared = sorted(train_ids & eval_ids)
             reports[1].add([f"{eval_dir}: id {i!r} is also in the train split {cache_dir}" for i in shared])
     return reports
 
 
-def _recorded_eval_split(cache_dir: Path) -> str | None:
-    """What the train cache's manifest says made an eval split (--eval-fraction F, or
-    --eval-data), or None (none, or unreadable: the split's own report says why)."""
+def _train_content(cache_dir: Path) -> CacheContent | None:
+    """The train cache's manifest content; None when unreadable (its own report says why) or
+    when `cache_dir` is not a train split."""
     try:
         content = open_cache(cache_dir, stamps=False, hint=False).manifest.content
     except InputError:
         return None
-    if content.split != "train":
-        return None
+    return content if content.split == "train" else None
+
+
+def _recorded_eval_split(content: CacheContent) -> str | None:
+    """What the train cache's manifest says made an eval split (--eval-fraction F, or
+    --eval-data), or None."""
     if content.eval_inputs:
         return f"--eval-data {', '.join(i.get('name', '?') for i in content.eval_inputs)}"
     return f"--eval-fraction {content.eval_fraction:g}" if content.eval_fraction else None

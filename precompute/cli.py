@@ -51,7 +51,7 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--sharegpt-info", default=None, help="LLaMA-Factory dataset_info.json (FILE or FILE#NAME): ShareGPT column and role names.")
 @click.option("--max-length", default=1024, help="Longest prompt+completion, in tokens.")
 @click.option("--max-prompt-length", default=None, type=int, help="Longest prompt (end kept) [default: max-length // 2].")
-@click.option("--max-samples", default=None, type=int, help="A seeded sample of at most N rows of each --data input.")
+@click.option("--max-samples", default=None, type=int, help="A seeded sample of at most N rows of each --data (and --eval-data) input.")
 @click.option("--eval-fraction", default=0.0, help="Seeded fraction held out as OUT/eval/.")
 @click.option("--seed", default=0, help="Seed of the eval split and the KL pairing.")
 @click.option(

@@ -110,7 +110,9 @@ class PrecomputeConfig:
             raise InputError(f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
-        object.__setattr__(self, "eval_data", tuple(self.eval_data))
+        for name in ("data", "eval_data"):  # one path given alone is one input, not its letters
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, (str, Path)) else tuple(value))
         if self.eval_data and self.eval_fraction > 0:
             raise InputError(f"--eval-data and --eval-fraction {self.eval_fraction}: give one (the eval rows are held-out inputs, or a share of --data)")
         if self.dtype not in DTYPES:

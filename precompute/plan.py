@@ -182,6 +182,20 @@ def _kept_rows(path: Path, inputs: tuple[Path, ...], flag: str, main: bool) -> t
     return index, kept, dropped
 
 
+def _check_held_out_rows(index: StagedIndex, kept: np.ndarray, eval_index: StagedIndex, eval_kept: np.ndarray, inputs: tuple, main: bool) -> None:
+    """--eval-data rows that are --data rows (the same prompt, completion and label), whatever
+    the files' names or formats: all of them is the training data given twice, refused; some is
+    said in a warning (real datasets repeat a few rows across their splits)."""
+    rows = lambda ix, at: zip(ix.prompt_key[at].tolist(), ix.completion_key[at].tolist(), ix.label[at].tolist())
+    trained = set(rows(index, kept))
+    shared = sum(row in trained for row in rows(eval_index, eval_kept))
+    what = f"--eval-data {', '.join(map(str, inputs))}"
+    if shared == len(eval_kept):
+        raise InputError(f"{what}: all {shared} of its rows are --data rows (the same prompt, completion and label); evaluation would score rows trained on")
+    if shared and main:
+        log(f"warning: {what}: {shared} of its {len(eval_kept)} rows are also --data rows (the same prompt, completion and label)")
+
+
 def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True, held_out: Path | None = None) -> list[Split]:
     """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts.
     `held_out`: the staged --eval-data rows, which are the eval split whole (no fraction)."""
@@ -192,10 +206,11 @@ def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bo
     parts = [("train", index, train, cfg.out, path, dropped), ("eval", index, evals, cfg.out / S.EVAL_DIR, path, 0)]
     if held_out is not None:
         eval_index, eval_kept, eval_dropped = _kept_rows(held_out, cfg.eval_data, "--eval-data", main)
+        _check_held_out_rows(index, kept, eval_index, eval_kept, cfg.eval_data, main)
         parts[1] = ("eval", eval_index, eval_kept.tolist(), cfg.out / S.EVAL_DIR, held_out, eval_dropped)
     if held_out is not None and main:
         d = int(parts[1][1].label[parts[1][2]].sum())
-        log(f"eval split: {len(parts[1][2])} rows ({d} desirable, {len(parts[1][2]) - d} undesirable), every row of --eval-data")
+        log(f"eval split: {len(parts[1][2])} rows ({d} desirable, {len(parts[1][2]) - d} undesirable), the rows of --eval-data")
     elif evals and main:
         log(describe(index.label[evals].tolist(), int(labels.sum()), int((~labels).sum())))
     splits = []

@@ -294,7 +294,7 @@ def check_no_shared_rows(eval_cache: ShardedCache, train: ShardedCache, cfg: Tra
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    digests = lambda c: {i.get("sha256") for i in c.manifest.content.inputs}
+    digests = lambda c: {i.get("sha256") for i in c.manifest.content.row_inputs}
     if not digests(eval_cache) & digests(train):
         return
     ids = pa.chunked_array([eval_cache.open_shard(k).column(S.ID) for k in range(eval_cache.num_shards)]).unique()

@@ -484,3 +484,11 @@ def test_dataset_test_split_is_the_eval_cache_only_with_an_eval_strategy():
     assert resolve({"dataset_name": "org/ds", "evaluation_strategy": "epoch"}, PRECOMPUTE).values["eval_data"] == ["hf:org/ds:test"]
     assert resolve({"dataset_name": "org/ds", "eval_strategy": "steps"}, TRAIN).eval_in_cache
     assert not resolve({"dataset_name": "org/ds", "eval_strategy": "no"}, TRAIN).eval_in_cache
+
+
+def test_an_unquoted_eval_strategy_no_is_no():
+    """YAML 1.1 reads `eval_strategy: no` as false, and null is transformers' "not set": both
+    turned evaluation on (the test split was scored, or refused when the dataset had none)."""
+    for value in (False, None, "no", "NO"):
+        resolved = resolve({"dataset_name": "org/ds", "eval_strategy": value}, PRECOMPUTE)
+        assert "eval_data" not in resolved.values, value

@@ -122,7 +122,7 @@ def test_held_out_inputs_are_the_eval_split_whole_and_paired_among_themselves(tm
     out = tmp_path / "c"
     result = CliRunner().invoke(main, precompute_args(train, tiny_model_dir, out, "--eval-data", str(test)), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "eval split: 4 rows (2 desirable, 2 undesirable), every row of --eval-data" in result.output
+    assert "eval split: 4 rows (2 desirable, 2 undesirable), the rows of --eval-data" in result.output
     ids = {name: pl.read_ipc(f"{d}/*.arrow") for name, d in (("train", out), ("eval", out / S.EVAL_DIR))}
     assert sorted(ids["eval"]["id"]) == [f"test.jsonl:{i}" for i in range(1, 5)]
     assert sorted(ids["train"]["id"]) == sorted(f"train.jsonl:{i}" for i in range(1, 13))
@@ -137,3 +137,37 @@ def test_held_out_inputs_are_the_eval_split_whole_and_paired_among_themselves(tm
     leak = CliRunner().invoke(main, precompute_args(train, tiny_model_dir, tmp_path / "l", "--eval-data", str(copy)))
     assert leak.exit_code == 2 and "--eval-data copy.jsonl: the same rows as --data train.jsonl (same bytes)" in leak.output, leak.output
     assert not (tmp_path / "b").exists() and not (tmp_path / "l").exists()
+
+
+def test_held_out_rows_are_told_by_their_text_and_their_ids_may_repeat_the_trains(tmp_path, tiny_model_dir):
+    """Seen in a review: train and test files of one name in two folders (ids data.jsonl:N in
+    both) made a cache that verify and kto-train refused as sharing rows; the training rows
+    given again in another format (other bytes, other spelling) were taken as held out."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kto.inspection.cli import main as inspect
+    from kto.precompute.cli import main
+    from kto.precompute.config import PrecomputeConfig
+
+    rows = chat_rows()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    train, test = write_rows(tmp_path / "a" / "data.jsonl", rows[:12]), write_rows(tmp_path / "b" / "data.jsonl", rows[12:])
+    out = tmp_path / "c"
+    assert CliRunner().invoke(main, precompute_args(train, tiny_model_dir, out, "--eval-data", str(test)), catch_exceptions=False).exit_code == 0
+    assert CliRunner().invoke(inspect, ["verify", str(out)]).exit_code == 0
+    from kto.formats.cache import open_cache
+    from kto.train.setup import check_no_shared_rows
+
+    check_no_shared_rows(open_cache(out / S.EVAL_DIR), open_cache(out), SimpleEvalConfig(out))  # no InputError: other rows
+    as_array = tmp_path / "train.json"
+    as_array.write_text(json.dumps(rows[:12]))
+    again = CliRunner().invoke(main, precompute_args(train, tiny_model_dir, tmp_path / "d", "--eval-data", str(as_array)))
+    assert again.exit_code == 2 and "all 12 of its rows are --data rows (the same prompt, completion and label)" in again.output, again.output
+    assert PrecomputeConfig(data=train, eval_data=test, model="m", out=tmp_path / "e").eval_data == (test,)  # one path, not its letters
+
+
+class SimpleEvalConfig:
+    def __init__(self, out):
+        self.cache, self.eval_cache = out, out / S.EVAL_DIR
