@@ -1,7 +1,7 @@
 """`--config FILE` for every command: YAML (.yaml/.yml) or TOML (.toml) whose keys are flag names.
 
 One loader for kto-precompute and kto-train. It reads the keys and sorts them (TRL's and
-LLaMA-Factory's names are aliases of ours: config_names.py); the caller
+LLaMA-Factory's names are aliases of ours: config_keys.py); the caller
 converts values (paths, types) and merges them under the command-line flags, which win.
 
 YAML anchors and aliases (`&name`, `*name`) are refused: nine aliases of nine aliases of … expand
@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config_names import PRECOMPUTE, TRAIN, Resolved, resolve
+from .config_keys import PRECOMPUTE, TRAIN
+from .config_names import Resolved, resolve
 from .errors import InputError
 from .files import regular_file
 

@@ -13,8 +13,8 @@ changed, so every key of a config file falls in one of five classes, per command
    and skips them;
 5. anything else: refused, every unknown key at once, each with a "did you mean".
 
-formats/ may import neither command, so both commands' own option names are listed here;
-tests/formats/test_config_names.py keeps the lists equal to the CLIs' options.
+The tables of those keys are config_keys.py; this module sorts a file's keys by them, applies
+the keys mapped by their value and the defaults of the tool whose names the file uses.
 """
 
 from __future__ import annotations
@@ -24,174 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config_keys import ALIASES, COMPANIONS, IGNORED, LF, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
 from .errors import InputError
-
-PRECOMPUTE = "kto-precompute"
-TRAIN = "kto-train"
-
-PRECOMPUTE_KEYS = frozenset(
-    {
-        "data", "dataset", "dataset_dir", "model", "out", "chat_template", "chat_template_kwargs", "sharegpt_info", "max_length", "max_prompt_length",
-        "eval_fraction", "seed", "dtype", "attn_implementation", "batch_tokens", "rows_per_shard", "store_token_logps",
-        "prefix_sharing", "chunk_size", "trust_remote_code", "device_map", "overwrite", "prompt_column", "completion_column",
-        "label_column", "messages_column", "chosen_column", "rejected_column", "id_column", "system_column", "tools_column",
-        "max_samples", "push_to_hub", "hub_private", "eval_data",
-    }
-)  # fmt: skip
-TRAIN_KEYS = frozenset(
-    {
-        "cache", "model", "out", "beta", "desirable_weight", "undesirable_weight", "auto_weights", "loss", "sft_weight", "lr",
-        "lr_schedule", "lr_schedule_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "batch_size",
-        "grad_accum", "epochs", "max_steps", "seed", "kl_scope", "mixed_precision", "dtype", "gradient_checkpointing",
-        "keep_dropout", "log_every", "save_every", "save_total_limit", "eval_cache", "eval_every", "resume", "report_to", "run_name",
-        "drift_tolerance", "chunk_size", "trust_remote_code", "attn_implementation", "lora_r", "lora_alpha", "lora_dropout",
-        "lora_target_modules", "load_in_4bit", "load_in_8bit", "merge_adapters", "fsdp", "prefix_sharing", "push_to_hub",
-        "hub_private",
-    }
-)  # fmt: skip
-OWN_KEYS = {PRECOMPUTE: PRECOMPUTE_KEYS, TRAIN: TRAIN_KEYS}
-
-
-def _target_modules(value: Any) -> Any:
-    """LLaMA-Factory's `lora_target: all` and TRL's `all-linear` mean every linear layer (our
-    default, None); a YAML list becomes our comma list."""
-    if isinstance(value, list):
-        value = ",".join(str(v) for v in value)
-    return None if isinstance(value, str) and value.strip() in ("all", "all-linear") else value
-
-
-def _one_tracker(value: Any) -> Any:
-    """transformers' `report_to` is a list; ours names one tracker."""
-    if isinstance(value, list):
-        return "none" if not value else value[0] if len(value) == 1 else ",".join(map(str, value))
-    return value
-
-
-def _fraction(value: Any) -> Any:
-    """LLaMA-Factory's `val_size` is a fraction, or a row count when ≥ 1; ours is a fraction."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
-        raise InputError(f"val_size {value}: a row count; kto-precompute holds out a fraction (eval_fraction: 0.1)")
-    return value
-
-
-_DTYPE_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
-
-
-def _dtype(value: Any) -> Any:
-    """torch's spellings (`bfloat16`), as TRL's `dtype`/`torch_dtype` take them, to ours (`bf16`)."""
-    return _DTYPE_SPELLINGS.get(value, value) if isinstance(value, str) else value
-
-
-@dataclass(frozen=True)
-class Alias:
-    ours: str
-    """The option it stands for."""
-    source: str
-    """Whose name it is: TRL, LLaMA-Factory or both."""
-    convert: Callable[[Any], Any] | None = None
-    note: Callable[[Any], str | None] | None = None
-    """The line to print for the value, where the same number means something else here."""
-
-
-def _pref_ftx_note(value: Any) -> str | None:
-    """pref_ftx is copied as it is, and said so: rescaling it silently would hide that the two
-    terms are different averages, whose ratio depends on the batch (docs/migrating.md)."""
-    if _same(value, 0):
-        return None
-    return (
-        f"pref_ftx: {value} -> sft_weight {value}, not rescaled: kto-train adds γ · the mean NLL per token over the step's desirable "
-        "completion tokens; LLaMA-Factory adds γ · (rows ÷ desirable rows) · the mean over desirable rows of each row's mean NLL per "
-        "token, about 2× ours at a balanced batch: double the value to match"
-    )
-
-
-TRL, LF, BOTH = "TRL", "LLaMA-Factory", "TRL/LLaMA-Factory"
-
-# transformers' TrainingArguments (hence TRL's KTOConfig and LLaMA-Factory's training arguments),
-# TRL's KTOConfig and ModelConfig, LLaMA-Factory's FinetuningArguments and DataArguments.
-_SHARED_ALIASES = {
-    "model_name_or_path": Alias("model", BOTH),
-    "torch_dtype": Alias("dtype", TRL, _dtype),
-}
-ALIASES: dict[str, dict[str, Alias]] = {
-    TRAIN: {
-        **_SHARED_ALIASES,
-        "learning_rate": Alias("lr", BOTH),
-        "per_device_train_batch_size": Alias("batch_size", BOTH),
-        "gradient_accumulation_steps": Alias("grad_accum", BOTH),
-        "num_train_epochs": Alias("epochs", BOTH),
-        "lr_scheduler_type": Alias("lr_schedule", BOTH),
-        "lr_scheduler_kwargs": Alias("lr_schedule_kwargs", BOTH),
-        "logging_steps": Alias("log_every", BOTH),
-        "save_steps": Alias("save_every", BOTH),
-        "eval_steps": Alias("eval_every", BOTH),
-        "output_dir": Alias("out", BOTH),
-        "resume_from_checkpoint": Alias("resume", BOTH),
-        "hub_model_id": Alias("push_to_hub", BOTH),
-        "hub_private_repo": Alias("hub_private", BOTH),
-        "pref_beta": Alias("beta", LF),
-        "kto_chosen_weight": Alias("desirable_weight", LF),
-        "kto_rejected_weight": Alias("undesirable_weight", LF),
-        "pref_ftx": Alias("sft_weight", LF, note=_pref_ftx_note),
-        "loss_type": Alias("loss", TRL),
-        "lora_rank": Alias("lora_r", LF),
-        "lora_target": Alias("lora_target_modules", LF, _target_modules),
-        "lora_target_modules": Alias("lora_target_modules", TRL, _target_modules),
-        "report_to": Alias("report_to", BOTH, _one_tracker),
-        "dtype": Alias("dtype", TRL, _dtype),
-    },
-    PRECOMPUTE: {
-        **_SHARED_ALIASES,
-        "cutoff_len": Alias("max_length", LF),
-        "val_size": Alias("eval_fraction", LF, _fraction),
-        "dtype": Alias("dtype", TRL, _dtype),
-        # In a file both commands read, `cache` is where kto-precompute writes and kto-train reads.
-        "cache": Alias("out", "kto-train"),
-    },
-}
-
-# Keys that mean nothing here, with the reason given when they are skipped.
-IGNORED = {
-    "do_train": "training is what kto-train does",
-    "do_eval": "kto-train evaluates when it has an eval cache (eval_cache, or val_size's CACHE/eval)",
-    "template": "the tokenizer's own chat template is used (chat_template: FILE.jinja replaces it)",
-    "overwrite_output_dir": "a run directory is new, or continued with resume",
-    "overwrite_cache": "kto-precompute keeps no preprocessing cache besides the one it writes",
-    "preprocessing_num_workers": "tokenizing runs in the command's processes",
-    "dataset_num_proc": "tokenizing runs in the command's processes",
-    "dataloader_num_workers": "batches are memory-mapped from the cache, with no loader workers",
-    "plot_loss": "plot a run with kto-inspect run OUT",
-    "ddp_timeout": "accelerate's default timeout is used",
-    "per_device_eval_batch_size": "evaluation uses batch_size",
-    "eval_strategy": "eval_steps (eval_every) decides when to evaluate",
-    "evaluation_strategy": "eval_steps (eval_every) decides when to evaluate",
-    "save_strategy": "save_steps (save_every) decides when to save; `no` or `epoch` without save_steps: final/ only",
-    "logging_strategy": "logging_steps (log_every) decides when to log",
-    "logging_first_step": "lines are logged every log_every steps and at the last",
-    "remove_unused_columns": "the cache holds only the columns training reads",
-    "save_only_model": "checkpoints hold what resume needs",
-    "save_safetensors": "weights are always saved as safetensors",
-    "include_num_input_tokens_seen": "metrics.jsonl logs tokens per second",
-    "optim": "the optimizer is AdamW (fused on CUDA)",
-    "pref_loss": "a DPO setting; the KTO loss is chosen with loss (kto | apo_zero_unpaired)",
-    "precompute_ref_log_probs": "the reference log-probs are always precomputed: that is kto-precompute",
-    "max_completion_length": "completions are cut to fit max_length, prompts to max_prompt_length",
-    "flash_attn": "the kernel is attn_implementation",
-    "use_fast_tokenizer": "the tokenizer is the model's own",
-    "bf16": "precision is mixed_precision (auto: bf16 autocast on CUDA, none on CPU)",
-    "fp16": "precision is mixed_precision (auto: bf16 autocast on CUDA, none on CPU)",
-    "tf32": "precision is mixed_precision",
-    "gradient_checkpointing_kwargs": "gradient_checkpointing uses transformers' defaults",
-    "logging_dir": "logs go to OUT/metrics.jsonl and the report_to tracker",
-    # TRL's KTOConfig and transformers' TrainingArguments as a dumped config writes them: none of
-    # their values can change what kto-train computes.
-    "padding_value": "padded positions are masked, so the pad id cannot change the result",
-    "generate_during_eval": "kto-train does not generate; sample from OUT/final afterwards",
-    "use_liger_kernel": "a faster kernel for the same maths; kto-train computes the LM head in chunks (chunk_size)",
-    "metric_for_best_model": "checkpoints are kept by step (save_total_limit keeps the newest), not by a metric",
-    "eval_on_start": "evaluation runs every eval_steps (eval_every), not before the first step; it never changes the training",
-    "ref_model_init_kwargs": "TRL reads it only for a ref_model given by name, refused here; the reference is kto-precompute's model",
-}
 
 
 @dataclass
@@ -230,7 +64,7 @@ class Resolved:
     cache's manifest: precompute_disagreements)."""
 
     def set(self, ours: str, value: Any, key: str) -> None:
-        if ours in self.values and not _same(self.values[ours], value):
+        if ours in self.values and not same_value(self.values[ours], value):
             raise InputError(f"{self.origin[ours]}: {self.values[ours]!r} and {key}: {value!r} set the same option ({ours}); give one")
         self.values[ours] = value
         self.origin[ours] = key
@@ -258,16 +92,6 @@ def _share(value: Any) -> float | None:
 # Own keys that TrainingArguments writes as null when not set (save_total_limit: keep every
 # checkpoint, our 0; report_to: none in older versions).
 NULL_IS_UNSET = frozenset({"save_total_limit", "report_to"})
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, or the same number spelt two ways (YAML reads `1e-5` as text, `1.0e-5` as a float)."""
-    if a == b:
-        return True
-    try:
-        return not isinstance(a, bool) and not isinstance(b, bool) and float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
 
 
 def _stage(value: Any, command: str, out: Resolved) -> None:
@@ -318,11 +142,12 @@ def _dataset_name(value: Any, command: str, out: Resolved, raw: Mapping[str, Any
     an eval_strategy other than `no`, TRL evaluates on its `dataset_test_split` (default test):
     here those rows are the held-out eval cache, CACHE/eval."""
     dataset = [str(value), *([str(raw["dataset_config"])] if raw.get("dataset_config") else [])]
-    out.set("data", ["hf:" + ":".join([*dataset, str(raw.get("dataset_train_split") or "train")])], "dataset_name")
-    test = str(raw.get("dataset_test_split") or "test")
-    if _evaluates(raw):
-        out.set("eval_data", ["hf:" + ":".join([*dataset, test])], "dataset_test_split")
-        out.notes.append(f"eval_strategy {_evaluates(raw)}: dataset_test_split {test} -> eval_data hf:{':'.join([*dataset, test])} (CACHE/eval)")
+    spec = lambda split: "hf:" + ":".join([*dataset, split])
+    out.set("data", [spec(str(raw.get("dataset_train_split") or "train"))], "dataset_name")
+    test, strategy = str(raw.get("dataset_test_split") or "test"), _evaluates(raw)
+    if strategy:
+        out.set("eval_data", [spec(test)], "dataset_test_split")
+        out.notes.append(f"eval_strategy {strategy}: dataset_test_split {test} -> eval_data {spec(test)} (CACHE/eval)")
     elif "dataset_test_split" in raw:
         out.notes.append("dataset_test_split: ignored (eval_strategy is no: TRL evaluates on it only with another eval_strategy)")
 
@@ -337,9 +162,7 @@ def _evaluates(raw: Mapping[str, Any]) -> str | None:
 
 def _disable_dropout(value: Any, command: str, out: Resolved) -> None:
     """TRL's `disable_dropout` (default true) is the opposite of our keep_dropout (default false)."""
-    if not isinstance(value, bool):
-        raise InputError(f"disable_dropout: {value!r} is not true or false")
-    out.set("keep_dropout", not value, "disable_dropout")
+    _set_inverted("disable_dropout", "keep_dropout", value, out)
     said = "dropout off, kto-train's default (keep_dropout false)" if value else "the model's dropout kept (keep_dropout true)"
     out.notes.append(f"disable_dropout: {str(value).lower()} -> {said}")
 
@@ -349,10 +172,15 @@ def _disable_gradient_checkpointing(value: Any, command: str, out: Resolved) -> 
     gradient_checkpointing inverted; as a file's gradient_checkpointing, it changes memory only.
     A file without it keeps kto-train's default (off), as a TRL file without gradient_checkpointing
     (TRL's default on) does."""
-    if not isinstance(value, bool):
-        raise InputError(f"disable_gradient_checkpointing: {value!r} is not true or false")
-    out.set("gradient_checkpointing", not value, "disable_gradient_checkpointing")
+    _set_inverted("disable_gradient_checkpointing", "gradient_checkpointing", value, out)
     out.notes.append(f"disable_gradient_checkpointing: {str(value).lower()} -> gradient_checkpointing {str(not value).lower()} (memory only)")
+
+
+def _set_inverted(key: str, ours: str, value: Any, out: Resolved) -> None:
+    """A `disable_X: true/false` key of theirs as our option of the opposite sense."""
+    if not isinstance(value, bool):
+        raise InputError(f"{key}: {value!r} is not true or false")
+    out.set(ours, not value, key)
 
 
 MAPPED: dict[str, dict[str, Callable[..., None]]] = {
@@ -366,87 +194,6 @@ MAPPED: dict[str, dict[str, Callable[..., None]]] = {
         "disable_gradient_checkpointing": _disable_gradient_checkpointing,
     },
 }
-
-
-@dataclass(frozen=True)
-class Unsupported:
-    """A key of TRL or LLaMA-Factory that asks for something this tool does not do: refused with
-    what to do instead, rather than with a "did you mean" that compares spellings only."""
-
-    reason: str
-    inert: tuple[Any, ...] = (None,)
-    """Values that ask for nothing (what their dumped defaults write): skipped with a note."""
-    inert_why: str = "asks for nothing here"
-    """What the note says of an inert value: why it trains the same here."""
-
-
-_REFERENCE = "the reference is the model kto-precompute scores the cache with"
-_UNSUPPORTED_BOTH = {
-    "model_revision": Unsupported(
-        "a hub revision is not supported; fetch it to a local directory (hf download NAME --revision REV --local-dir DIR) "
-        "and give that directory as model_name_or_path",
-        (None, "main"),
-    ),
-    "ref_model": Unsupported(f"{_REFERENCE}: give it to kto-precompute as model_name_or_path (or --model); kto-train's model is where the policy starts"),
-    "ref_model_adapters": Unsupported(f"{_REFERENCE}, as it is: give kto-precompute a model with the adapters merged in"),
-    "ref_model_quantization_bit": Unsupported(f"{_REFERENCE}, once, in kto-precompute's dtype; it is never quantized"),
-    "model_init_kwargs": Unsupported(
-        "from_pretrained's keywords are options here: give dtype (torch_dtype), attn_implementation, trust_remote_code as keys", (None, {})
-    ),
-    "label_pad_token_id": Unsupported(
-        "prompt and padding are masked by position here, not by a label id; -100 (TRL's default, no token's id) is the one value that trains the same",
-        (-100,),
-        "prompt and padding are masked by position, as TRL's -100 masks them",
-    ),
-}
-_FINE = "LLaMA-Factory refuses it outside SFT too"
-_UNSUPPORTED_DATA = {
-    "truncation_mode": Unsupported(
-        "kto-precompute keeps the end of a prompt it cuts (keep_end); there is no keep_start", ("keep_end",), "a cut prompt keeps its end here too"
-    ),
-    # LLaMA-Factory's KTO stage tokenizes with FeedbackDatasetProcessor, which never packs and masks
-    # every prompt token; its parser refuses neat_packing, train_on_prompt and mask_history there.
-    "packing": Unsupported(
-        "LLaMA-Factory's KTO stage does not pack either, but packing: true makes it cut at cutoff_len - 1: leave packing out and give that cutoff_len",
-        (None, False),
-        "LLaMA-Factory's KTO stage does not pack either",
-    ),
-    "neat_packing": Unsupported(f"{_FINE}; kto never packs rows", (None, False), "rows are never packed"),
-    "train_on_prompt": Unsupported(f"{_FINE}; the KTO loss reads completion tokens only", (None, False), "the loss reads completion tokens only"),
-    "mask_history": Unsupported(f"{_FINE}; every earlier turn is prompt and only the last answer is trained", (None, False), "earlier turns are prompt"),
-    "enable_thinking": Unsupported(
-        "LLaMA-Factory's template switch; the tokenizer's own chat template is used here: write chat_template_kwargs: "
-        "{enable_thinking: false} for a template that reads it",
-        (None, True),
-        "the chat template renders with its own defaults",
-    ),
-}
-_ADAMW = "the optimizer is AdamW with betas (0.9, 0.999) and eps 1e-8 (torch's and transformers' defaults), which kto-train keeps"
-UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
-    PRECOMPUTE: {**_UNSUPPORTED_BOTH, **_UNSUPPORTED_DATA},
-    TRAIN: {
-        **_UNSUPPORTED_BOTH,
-        "adam_beta1": Unsupported(_ADAMW, (0.9,), "AdamW's default, as here"),
-        "adam_beta2": Unsupported(_ADAMW, (0.999,), "AdamW's default, as here"),
-        "adam_epsilon": Unsupported(_ADAMW, (1e-8,), "AdamW's default, as here"),
-        "load_best_model_at_end": Unsupported(
-            "final/ is the last step's model, never the best checkpoint's; eval losses per step are in OUT/metrics.jsonl", (None, False)
-        ),
-        "ignore_data_skip": Unsupported("a resumed run continues the data where it stopped, as ignore_data_skip: false", (None, False)),
-        "dataloader_drop_last": Unsupported("kto-train drops no row: an epoch's last step may be short", (None, False)),
-        "group_by_length": Unsupported("batches follow the cache's seeded order; kto-train does not group rows by length", (None, False)),
-        "lora_task_type": Unsupported("kto-train trains causal language models (CAUSAL_LM) only", ("CAUSAL_LM", None)),
-        "use_dora": Unsupported("DoRA is not supported; kto-train trains plain LoRA (lora_r, lora_alpha, lora_dropout)", (None, False)),
-        "use_rslora": Unsupported(
-            "rsLoRA is not supported; the LoRA scale here is lora_alpha / lora_r: for rsLoRA's lora_alpha / √lora_r give lora_alpha × √lora_r as lora_alpha",
-            (None, False),
-        ),
-        "lora_modules_to_save": Unsupported("only the LoRA adapters train; to train every weight, turn LoRA off (lora_r 0)", (None, [])),
-        "adapter_name_or_path": Unsupported("kto-train starts fresh adapters on model; merge the existing ones into the model first"),
-    },
-}
-# Keys that only complete another key (`dataset_name`'s split): consumed by it, never reported.
-COMPANIONS = {PRECOMPUTE: {"dataset_config", "dataset_train_split", "dataset_test_split"}, TRAIN: set()}
 
 
 def _other(command: str) -> str:
@@ -541,7 +288,7 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
     rest by name: a note, a refusal to make, or transformers 5's shares of the total steps."""
     if key in UNSUPPORTED[command]:
         known = UNSUPPORTED[command][key]
-        if any(_same(value, inert) for inert in known.inert):  # `adam_epsilon: 1e-8` is text in YAML
+        if any(same_value(value, inert) for inert in known.inert):  # `adam_epsilon: 1e-8` is text in YAML
             out.notes.append(f"{key}: {'null' if value is None else str(value).lower()}: ignored ({known.inert_why})")
         else:
             sorting.refused.append(f"{key}: {value!r}: {known.reason}")
@@ -637,7 +384,7 @@ def _their_data_defaults(raw: Mapping[str, Any], out: Resolved) -> None:
     same name but not the same rows, is said. A TRL file that sets max_length alone gets a line:
     KTOConfig's max_prompt_length default is 512 whatever max_length, ours max_length // 2."""
     trl = raw.keys() & {"model_name_or_path", "dataset_name", "torch_dtype"} and not _is_llama_factory(raw)
-    if trl and raw.get("max_length") is not None and "max_prompt_length" not in raw and not _same(raw["max_length"], 1024):
+    if trl and raw.get("max_length") is not None and "max_prompt_length" not in raw and not same_value(raw["max_length"], 1024):
         out.notes.append(
             "max_prompt_length not given: max_length // 2 (kto-precompute's default; TRL's KTOConfig writes 512, which older "
             "KTOTrainers cut prompts to and the current one does not read)"
@@ -682,7 +429,7 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
 def _apply_defaults(out: Resolved) -> None:
     alpha_twice_rank = out.defaults.pop("lora_alpha*2", False)
     for name, value in out.forced.items():
-        if name in out.values and not _same(out.values[name], value):
+        if name in out.values and not same_value(out.values[name], value):
             out.notes.append(f"{out.origin[name]}: {out.values[name]!r} ignored ({name} {value}, as the key that turns it off says)")
         out.values[name] = value
     for name, value in out.defaults.items():
@@ -693,56 +440,3 @@ def _apply_defaults(out: Resolved) -> None:
         out.values["lora_alpha"] = 2.0 * float(out.values["lora_r"])
         out.alpha_twice_rank = True
         out.defaulted.add("lora_alpha")  # resumed, it follows the recorded rank: the record's alpha
-
-
-# kto-precompute's keys whose value the cache's manifest records as it is (CacheContent): the
-# file's key -> the content's key. kto-train compares them: a file edited after the cache was
-# made would otherwise train on rows cut to the old lengths, under a note saying "ignored".
-IN_MANIFEST = {
-    "max_length": "max_length",
-    "cutoff_len": "max_length",
-    "max_prompt_length": "max_prompt_length",
-    "eval_fraction": "eval_fraction",
-    "val_size": "eval_fraction",
-    "store_token_logps": "store_token_logps",
-}
-
-
-def precompute_disagreements(other_values: Mapping[str, Any], content: Mapping[str, Any]) -> list[str]:
-    """kto-precompute's keys of a config file whose values differ from those the cache's manifest
-    `content` records, each as `KEY: VALUE (the cache's NAME: VALUE)`."""
-    found = []
-    for key, value in other_values.items():
-        name = IN_MANIFEST.get(key)
-        if name is None or value is None or name not in content or _same(value, content[name]):
-            continue
-        found.append(f"{key}: {value} (the cache's {name}: {content[name]})")
-    return found
-
-
-def option_hint(command: str, option: str) -> str | None:
-    """For an option the command line does not know but a config file would (TRL's or
-    LLaMA-Factory's name, dashes or underscores): which of ours it is. None otherwise."""
-    alias = ALIASES[command].get(option.lstrip("-").replace("-", "_"))
-    if alias is None:
-        return None
-    return f"{alias.source}'s name for {command}'s --{alias.ours.replace('_', '-')}; such names work in a --config file"
-
-
-def names_other_tools_use(command: str) -> type:
-    """A click Command class whose "No such option" names our option for TRL's and
-    LLaMA-Factory's names (`--learning_rate` -> `--lr`), where click's own "did you mean"
-    compares spellings only."""
-    import click
-
-    class Command(click.Command):
-        def parse_args(self, ctx, args):
-            try:
-                return super().parse_args(ctx, args)
-            except click.NoSuchOption as e:
-                hint = option_hint(command, e.option_name)
-                if hint is None:
-                    raise
-                raise click.NoSuchOption(e.option_name, f"No such option: {e.option_name} ({hint}).", ctx=ctx) from None
-
-    return Command

@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from kto.formats.config_file import PRECOMPUTE, option_value, resolve_config_file
-from kto.formats.config_names import names_other_tools_use
+from kto.formats.config_keys import names_other_tools_use
 from kto.formats.errors import InputError, log, one_line_errors
 from kto.precompute.inputs.dataset_info import load_datasets
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap

@@ -18,7 +18,8 @@ from click.core import ParameterSource
 
 from kto.formats.compute.early_checks import check_local_cache, check_local_model
 from kto.formats.config_file import option_value
-from kto.formats.config_names import PEFT_TARGETS, TRAIN, Resolved, names_other_tools_use, precompute_disagreements
+from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements
+from kto.formats.config_names import PEFT_TARGETS, Resolved
 from kto.formats.errors import InputError, log, one_line_errors
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file

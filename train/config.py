@@ -227,7 +227,7 @@ def field_names() -> list[str]:
 
 def load_config_file(path: Path) -> config_file.Resolved:
     """YAML (.yaml/.yml) or TOML (.toml) whose keys are TrainConfig field names (dashes or
-    underscores) or TRL's and LLaMA-Factory's names for them (formats/config_names.py)."""
+    underscores) or TRL's and LLaMA-Factory's names for them (formats/config_keys.py)."""
     return config_file.resolve_config_file(path, config_file.TRAIN, field_names())
 
 

@@ -1,11 +1,12 @@
-"""formats/config_names.py: TRL's and LLaMA-Factory's names in `--config` files (docs/migrating.md)."""
+"""formats/config_keys.py and config_names.py: TRL's and LLaMA-Factory's names in `--config` files (docs/migrating.md)."""
 
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
 
-from kto.formats.config_names import PRECOMPUTE, PRECOMPUTE_KEYS, TRAIN, TRAIN_KEYS, resolve
+from kto.formats.config_keys import PRECOMPUTE, PRECOMPUTE_KEYS, TRAIN, TRAIN_KEYS
+from kto.formats.config_names import resolve
 from kto.formats.errors import InputError
 from kto.precompute import cli as precompute_cli
 from kto.train import cli as train_cli
@@ -335,7 +336,7 @@ def test_use_peft_leaves_the_targets_to_peft_s_default_for_the_model():
 
 
 def test_precompute_keys_are_compared_with_what_the_manifest_records():
-    from kto.formats.config_names import precompute_disagreements
+    from kto.formats.config_keys import precompute_disagreements
 
     content = {"max_length": 1024, "max_prompt_length": 512, "eval_fraction": 0.1, "store_token_logps": True, "seed": 0}
     same = {"max_length": "1024", "cutoff_len": 1024, "max_prompt_length": 512, "val_size": 0.1, "dataset": "x", "seed": 5}
