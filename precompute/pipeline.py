@@ -41,7 +41,7 @@ from kto.formats.errors import InputError, log
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
-from kto.precompute.inputs.records import RowSample, input_identity, iter_examples
+from kto.precompute.inputs.records import RowSample, input_identity, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
 from .output import claim_out, recorded_batch_tokens, shard_layout
@@ -94,10 +94,9 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
 def _refuse_held_out_in_data(inputs: list[dict], eval_inputs: list[dict]) -> None:
     """An --eval-data input with the bytes (or the dataset split) of a --data one would evaluate
     on the rows trained on; a link or another spelling of its path is refused earlier (api.py)."""
-    same = lambda identity: {k: v for k, v in identity.items() if k != "name"}
     for held in eval_inputs:
         for train in inputs:
-            if same(held) == same(train):
+            if same_rows_key(held) == same_rows_key(train):
                 raise InputError(f"--eval-data {held['name']}: the same rows as --data {train['name']} (same bytes); evaluation would score rows trained on")
 
 

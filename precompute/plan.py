@@ -203,16 +203,19 @@ def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bo
     index, kept, dropped = _kept_rows(path, cfg.data, "--data", main)
     labels = index.label[kept]
     train, evals = split_eval(kept.tolist(), labels.tolist(), index.prompt_key[kept].tolist(), cfg.eval_fraction, cfg.seed)
-    parts = [("train", index, train, cfg.out, path, dropped), ("eval", index, evals, cfg.out / S.EVAL_DIR, path, 0)]
-    if held_out is not None:
+    # Each split: (name, its staged index, its staged rows, out, its staging file, rows dropped).
+    parts = [("train", index, train, cfg.out, path, dropped)]
+    if held_out is not None:  # eval_fraction is 0 then: every --data row trains
         eval_index, eval_kept, eval_dropped = _kept_rows(held_out, cfg.eval_data, "--eval-data", main)
         _check_held_out_rows(index, kept, eval_index, eval_kept, cfg.eval_data, main)
-        parts[1] = ("eval", eval_index, eval_kept.tolist(), cfg.out / S.EVAL_DIR, held_out, eval_dropped)
-    if held_out is not None and main:
-        d = int(parts[1][1].label[parts[1][2]].sum())
-        log(f"eval split: {len(parts[1][2])} rows ({d} desirable, {len(parts[1][2]) - d} undesirable), the rows of --eval-data")
-    elif evals and main:
-        log(describe(index.label[evals].tolist(), int(labels.sum()), int((~labels).sum())))
+        if main:
+            d = int(eval_index.label[eval_kept].sum())
+            log(f"eval split: {len(eval_kept)} rows ({d} desirable, {len(eval_kept) - d} undesirable), the rows of --eval-data")
+        parts.append(("eval", eval_index, eval_kept.tolist(), cfg.out / S.EVAL_DIR, held_out, eval_dropped))
+    elif evals:
+        if main:
+            log(describe(index.label[evals].tolist(), int(labels.sum()), int((~labels).sum())))
+        parts.append(("eval", index, evals, cfg.out / S.EVAL_DIR, path, 0))
     splits = []
     for name, part_index, part, out, staged, part_dropped in parts:
         if not part:

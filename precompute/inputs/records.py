@@ -352,10 +352,16 @@ def check_distinct_files(paths: Sequence[str | Path], flags: Sequence[str] | Non
         seen[real] = f"{flag} {path}"
 
 
+def same_rows_key(identity: dict) -> str:
+    """An input's identity without its name: equal for a byte-identical copy, or the same
+    `datasets` split, however it is named."""
+    return json.dumps({k: v for k, v in identity.items() if k != "name"}, sort_keys=True)
+
+
 def _distinct_input(identity: dict, path: str, read: dict[str, str]) -> None:
     """A byte-identical copy (or the same `datasets` split) doubles every row as a link does.
     The sha256 is the one read_file computed from the bytes just read: nothing is hashed again."""
-    key = json.dumps({k: v for k, v in identity.items() if k != "name"}, sort_keys=True)
+    key = same_rows_key(identity)
     if key in read:
         first = read[key]
         what = f"the same bytes (sha256 {identity['sha256'][:16]}…)" if "sha256" in identity else "the same rows"
