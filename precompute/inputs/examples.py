@@ -220,7 +220,7 @@ def check_one_shape(present: set, columns: ColumnMap, conversations: str, source
     trl = columns.prompt in present and columns.completion in present
     # A `messages` row is a shape only with its label: beside a pair without one (an SFT
     # conversation in ultrafeedback_binarized's rows, say) it cannot be the one meant.
-    messages = columns.messages in present and (columns.label in present or _KTO_TAG in present)
+    messages = columns.messages in present and _labelled(present, columns)
     sharegpt = conversations in present and conversations != columns.messages
     # chosen + rejected answer a ShareGPT conversation (its own paired shape), never a TRL pair
     # or an LLaMA-Factory `messages` column other than the ShareGPT map's.
@@ -247,6 +247,11 @@ def check_one_shape(present: set, columns: ColumnMap, conversations: str, source
     )
 
 
+def _labelled(present: set, columns: ColumnMap) -> bool:
+    """The row fills a label column: its own, or LLaMA-Factory's kto_tag."""
+    return columns.label in present or _KTO_TAG in present
+
+
 def missing_label(record: dict, keys: Sequence[str], source: str, rest: str) -> InputError:
     """The error for a row whose label columns `keys` hold no label: a null cell is named as
     null, not as a missing column (the column is there)."""
@@ -260,7 +265,7 @@ def missing_label(record: dict, keys: Sequence[str], source: str, rest: str) -> 
 
 def shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str, present: set) -> list[Example]:
     # `messages` beside a pair and no label is the pair's conversation, not a KTO row (check_one_shape).
-    pair_only = columns.chosen in present and columns.rejected in present and not (columns.label in present or _KTO_TAG in present)
+    pair_only = columns.chosen in present and columns.rejected in present and not _labelled(present, columns)
     if columns.messages in present and not pair_only:
         where = f"{source}: column '{columns.messages}'"
         prompt, completion = _split_conversation(record[columns.messages], where)
