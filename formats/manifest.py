@@ -145,6 +145,15 @@ class CacheContent:
         return fingerprint_of(self.to_json())
 
     @property
+    def saved_tokenizer(self) -> dict[str, Any]:
+        """The identity the cache's tokenizer/ must have: --model's tokenizer, with the
+        --chat-template it was rendered with (tokenizer/ carries the template, the manifest its sha256)."""
+        identity = dict(self.tokenizer)
+        if self.chat_template is not None:
+            identity["chat_template"] = self.chat_template
+        return identity
+
+    @property
     def row_inputs(self) -> tuple:
         """The inputs this cache's rows come from: --eval-data's for the eval split of a cache made
         with it (its ids may repeat the train split's: other files), else `inputs`."""

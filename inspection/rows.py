@@ -184,10 +184,7 @@ def load_cache_tokenizer(cache_dir: str | Path):
         raise InputError(f"{tok_dir}: missing; the cache has no tokenizer to decode with")
     tokenizer = load_tokenizer(ModelSource(tok_dir), flag="tokenizer")
     content = open_cache(cache_dir).manifest.content  # the manifest only: shards are checked as read
-    expected = dict(content.tokenizer)
-    if content.chat_template is not None:
-        expected["chat_template"] = content.chat_template  # --chat-template: saved with the tokenizer
-    differs = diff_identity(expected, tokenizer_identity(tokenizer))
+    differs = diff_identity(content.saved_tokenizer, tokenizer_identity(tokenizer))
     if differs:
         raise InputError(f"{tok_dir}: differs from the tokenizer the manifest records ({', '.join(differs)}); its text would not be what was scored")
     return tokenizer

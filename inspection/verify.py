@@ -401,10 +401,6 @@ def _check_tokenizer(cache_dir: Path, manifest: Manifest, report: Report) -> Non
     except InputError as exc:
         report.add([str(exc)])
         return
-    expected = dict(manifest.content.tokenizer)
-    if manifest.content.chat_template is not None:
-        # --chat-template: tokenizer/ carries the template used, the manifest its sha256.
-        expected["chat_template"] = manifest.content.chat_template
-    differs = diff_identity(expected, identity)
+    differs = diff_identity(manifest.content.saved_tokenizer, identity)
     if differs:
         report.add([f"{tok_dir}: differs from the tokenizer the manifest records ({', '.join(differs)})"])
