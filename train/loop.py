@@ -8,7 +8,7 @@ import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log, on_main
@@ -69,10 +69,10 @@ def run_steps(run: Run) -> Path:
     try:
         with progress.lines_above(), StopSignals(run.accelerator) as signals:
             while run.position.global_step < run.total_steps:
-                stats, grad_norm = train_step(run, prefetch)
+                stats, done = train_step(run, prefetch)
                 progress.step()
                 window.add(stats)
-                window = after_step(run, window, grad_norm, progress)
+                window = after_step(run, window, done, progress)
                 if (signum := signals.requested()) is not None and run.position.global_step < run.total_steps:
                     stop(run, signum, window)
             if run.eval_cache:
@@ -108,9 +108,14 @@ class Window:
         return () if self.stats is None else tuple(self.stats.stacked().tolist())
 
 
-def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, float]:
+class StepDone(NamedTuple):
+    grad_norm: float
+    lr: float  # the rate this step's update used (the scheduler then moves on to the next step's)
+
+
+def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, StepDone]:
     """One optimizer step: its batches, forward/backward, the all-reduced stats, the checks, the
-    update; `run.position` advances. Returns the step's stats and its gradient norm."""
+    update; `run.position` advances. Returns the step's stats, its gradient norm and its lr."""
     nxt = advance(run.position, run.steps_per_epoch)
     batches = [b.to(run.accelerator.device) for b in prefetch.get(run.position, nxt if nxt.global_step < run.total_steps else None)]
     if run.started is not None:  # tools/bench_startup.py times kto-train up to this line
@@ -120,17 +125,18 @@ def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, float]:
     stats = stats.all_reduced(run.accelerator)
     norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
     grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.policy.last_checkpoint)
+    lr = run.policy.scheduler.get_last_lr()[0]
     apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
     run.memory.sample()
     run.position = nxt
-    return stats, grad_norm
+    return stats, StepDone(grad_norm, lr)
 
 
-def after_step(run: Run, window: Window, grad_norm: float, progress: TrainProgress) -> Window:
+def after_step(run: Run, window: Window, done: StepDone, progress: TrainProgress) -> Window:
     """The line, eval and checkpoint due after this step; returns the window to add to next."""
     step, cfg = run.position.global_step, run.cfg
     if cfg.log_every and (step % cfg.log_every == 0 or step == run.total_steps):
-        log_window(run, window.stats, grad_norm, time.perf_counter() - window.started, progress)
+        log_window(run, window.stats, done, time.perf_counter() - window.started, progress)
         window = Window()
     if run.eval_cache and cfg.eval_every and step % cfg.eval_every == 0 and step < run.total_steps:
         run_eval(run, progress)
@@ -236,13 +242,15 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train()
 
 
-def log_window(run: Run, window: StepStats, grad_norm: float, seconds: float, progress: TrainProgress) -> None:
-    """Metrics over the steps since the last line (already summed over ranks)."""
+def log_window(run: Run, window: StepStats, last: StepDone, seconds: float, progress: TrainProgress) -> None:
+    """Metrics over the steps since the last line (already summed over ranks); `lr` and
+    `grad_norm` are the last step's. transformers' Trainer logs the scheduler's rate after its
+    step, i.e. the next step's; this logs the one the logged step trained with."""
     p = run.position
     line = summarize(window, run.cfg.sft_weight)
     line.update(
-        lr=run.policy.scheduler.get_last_lr()[0],
-        grad_norm=grad_norm,
+        lr=last.lr,
+        grad_norm=last.grad_norm,
         epoch=p.epoch + p.step_in_epoch / run.steps_per_epoch,
         tokens_per_s=line.pop("tokens") / max(seconds, 1e-9),
         **run.memory.take_window(),

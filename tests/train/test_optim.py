@@ -79,8 +79,8 @@ def test_fractional_epochs_run_the_rounded_up_steps_and_resume_exactly(epoch_and
     full = metrics(epoch_and_a_half)
     assert [m["step"] for m in full] == [1, 2, 3, 4, 5, 6]
     # The LR follows transformers' cosine over 6 steps (warmup ⌊0.1 × 6⌋ = 0); a line logs the
-    # LR its step leaves for the next one: 1e-3 · ½(1 + cos(π s/6)), s = 1..6.
-    assert [m["lr"] for m in full] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(1, 7)], rel=1e-12, abs=1e-18)
+    # LR its step trained with: 1e-3 · ½(1 + cos(π s/6)), s = 0..5.
+    assert [m["lr"] for m in full] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(6)], rel=1e-12, abs=1e-18)
     # --resume RUN/checkpoint-2, though checkpoint-4 exists: the second half of the first epoch
     # and the half epoch after it are retrained to the same losses, and checkpoint-4 is set aside.
     import shutil
