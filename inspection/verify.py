@@ -107,7 +107,8 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
         reports.append(_verify_split(eval_dir, check_tokenizer))
         train_ids, eval_ids = (r.ids for r in reports)
         # --eval-data rows come from other files (refused when they hold the same rows): their
-        # FILE:ROW or id-column ids may repeat the train split's without being its rows.
+        # FILE:ROW ids differ from the train split's, but an id column may repeat them (ids
+        # numbered per file) without naming the same rows.
         if train_ids is not None and eval_ids is not None and not (content and content.eval_inputs):
             shared = sorted(train_ids & eval_ids)
             reports[1].add([f"{eval_dir}: id {i!r} is also in the train split {cache_dir}" for i in shared])

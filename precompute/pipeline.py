@@ -41,7 +41,7 @@ from kto.formats.errors import InputError, log
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
-from kto.precompute.inputs.records import RowSample, input_identity, iter_examples, same_rows_key
+from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
 from .output import claim_out, recorded_batch_tokens, shard_layout
@@ -144,7 +144,11 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
         return path  # a resumed run: staged by a run of the same inputs and configuration
     parsed: list[dict] = []
     sample = RowSample(cfg.max_samples, cfg.seed) if cfg.max_samples is not None else None
-    stage(iter_examples(data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca, sample), tokenize_one, path, state, keep)
+    # Names over both flags' files, so that a held-out file named as a train file (eval/data.json
+    # beside train/data.json) gives its rows other ids.
+    names = input_names((*cfg.data, *cfg.eval_data))
+    names = names[len(cfg.data) :] if held_out else names[: len(cfg.data)]
+    stage(iter_examples(data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca, sample, names), tokenize_one, path, state, keep)
     # The fingerprint hashed each file before reading; its rows were parsed from bytes hashed
     # again in the same read (records.read_file). Equal, or the file changed in between.
     for before, read in zip(expected, parsed):

@@ -254,8 +254,27 @@ def _table_rows(table: pa.Table) -> Iterator[dict]:
 # ---- inputs -> records -> each row's Examples -----------------------------------------------------
 
 
-def input_records(path: str | Path) -> tuple[str, dict, Iterator[tuple[int, Any]]]:
-    """(name for messages and row ids, identity for the manifest, (1-based row, record) pairs)."""
+def input_names(paths: Sequence[str | Path]) -> list[str | None]:
+    """The name each file's rows go by (ids FILE:ROW, messages): its file name, or, where files
+    share one (train/data.json, eval/data.json), the shortest end of their paths that tells them
+    apart, so that their ids differ. None for a `datasets` input, which names itself."""
+    files = {i: Path(p).absolute().parts for i, p in enumerate(paths) if not is_dataset_input(p)}
+    by_name: dict[str, list[int]] = {}
+    for i, parts in files.items():
+        by_name.setdefault(parts[-1], []).append(i)
+    names: list[str | None] = [None] * len(paths)
+    for group in by_name.values():
+        k = 1
+        while len({files[i][-k:] for i in group}) < len(group):
+            k += 1  # distinct files have distinct absolute paths, so this ends
+        for i in group:
+            names[i] = "/".join(files[i][-k:]).replace("//", "/")
+    return names
+
+
+def input_records(path: str | Path, name: str | None = None) -> tuple[str, dict, Iterator[tuple[int, Any]]]:
+    """(name for messages and row ids, identity for the manifest, (1-based row, record) pairs).
+    `name`: input_names' name for this file among the others read with it."""
     if is_dataset_input(path):
         spec = parse_spec(path)
         return spec.name, input_identity(spec.text), dataset_records(spec)
@@ -268,7 +287,7 @@ def input_records(path: str | Path) -> tuple[str, dict, Iterator[tuple[int, Any]
         except UnicodeEncodeError:
             raise InputError(f"{ascii(str(path))}: the file name is not valid UTF-8 (rows are named after it); rename the file") from None
     sha256, rows = read_file(path)
-    return path.name, {"name": path.name, "sha256": sha256}, rows
+    return name or path.name, {"name": path.name, "sha256": sha256}, rows
 
 
 def input_identity(path: str | Path) -> dict:
@@ -319,15 +338,18 @@ def iter_examples(
     inputs: list[dict] | None = None,
     alpaca: AlpacaMap | None = None,
     sample: RowSample | None = None,
+    names: Sequence[str | None] | None = None,
 ) -> Iterator[Example]:
     """Every row's examples, one input after another, without holding them: ids are not checked
     for uniqueness here (read_examples does; precompute checks its staged ids). `inputs`, when
     given, receives each input's identity (input_records): for a file, the sha256 of exactly
-    the bytes its rows were parsed from. `sample`: only a seeded sample of each input's rows."""
+    the bytes its rows were parsed from. `sample`: only a seeded sample of each input's rows.
+    `names`: input_names of these paths among all a cache reads (default: of these alone)."""
     check_distinct_files(paths)
+    names = input_names(paths) if names is None else names
     read: dict[str, str] = {}  # each input's identity (its sha256, ...), as read -> its path
     for index, path in enumerate(paths):
-        name, identity, rows = input_records(path)
+        name, identity, rows = input_records(path, names[index])
         _distinct_input(identity, str(path), read)
         if sample is not None:
             rows = sample.rows(rows, index)

@@ -157,6 +157,9 @@ def test_held_out_rows_are_told_by_their_text_and_their_ids_may_repeat_the_train
     out = tmp_path / "c"
     assert CliRunner().invoke(main, precompute_args(train, tiny_model_dir, out, "--eval-data", str(test)), catch_exceptions=False).exit_code == 0
     assert CliRunner().invoke(inspect, ["verify", str(out)]).exit_code == 0
+    # Ids of the two files differ too, so score files of both splits join on id.
+    assert sorted(pl.read_ipc(f"{out}/shard-*.arrow")["id"])[:2] == ["a/data.jsonl:1", "a/data.jsonl:10"]
+    assert sorted(pl.read_ipc(f"{out / S.EVAL_DIR}/shard-*.arrow")["id"])[:2] == ["b/data.jsonl:1", "b/data.jsonl:2"]
     from kto.formats.cache import open_cache
     from kto.train.setup import check_no_shared_rows
 

@@ -204,3 +204,21 @@ def test_a_pair_beside_an_unlabelled_messages_column_is_read_as_the_pair(tmp_pat
     labelled.write_text(json.dumps({**row, "label": True}) + "\n")
     with pytest.raises(InputError, match="the row holds two shapes"):
         read_examples([labelled])
+
+
+def test_files_of_one_name_in_two_folders_get_ids_told_apart_by_the_folder(tmp_path):
+    """train/data.jsonl and more/data.jsonl: ids data.jsonl:1 for both were refused as one id
+    twice, so two folders' data could not be read together without an id column."""
+    (tmp_path / "train").mkdir(), (tmp_path / "more").mkdir()
+    a = write_jsonl(tmp_path / "train" / "data.jsonl", [GOOD, OTHER])
+    b = write_jsonl(tmp_path / "more" / "data.jsonl", [OTHER, GOOD])
+    examples = read_examples([a, b])
+    assert [e.id for e in examples] == ["train/data.jsonl:1", "train/data.jsonl:2", "more/data.jsonl:1", "more/data.jsonl:2"]
+    assert examples[2].source == "more/data.jsonl: row 1"
+
+
+def test_input_names_take_the_shortest_end_that_tells_files_apart(tmp_path):
+    from kto.precompute.inputs.records import input_names
+
+    paths = [tmp_path / "x" / "a" / "d.json", tmp_path / "y" / "a" / "d.json", tmp_path / "e.json", "hf:org/name:train"]
+    assert input_names(paths) == ["x/a/d.json", "y/a/d.json", "e.json", None]
