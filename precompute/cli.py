@@ -16,7 +16,7 @@ from click.core import ParameterSource
 
 from kto.formats.config_file import PRECOMPUTE, option_value, resolve_config_file
 from kto.formats.config_keys import names_other_tools_use
-from kto.formats.errors import InputError, log, one_line_errors
+from kto.formats.errors import InputError, end_process_group, log, one_line_errors
 from kto.precompute.inputs.dataset_info import load_datasets
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
 from kto.precompute.inputs.sharegpt import load_sharegpt_info
@@ -95,6 +95,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     from .api import run  # the Python API: this command is flags → PrecomputeConfig → run()
 
     run(config_from(ctx, config_file, flags))
+    end_process_group()  # the command ends here (the API keeps a launcher's group for a caller)
 
 
 def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> PrecomputeConfig:
