@@ -90,10 +90,10 @@ def resume_command(cfg: TrainConfig) -> str:
         if f.name == "resume" or value == f.default or value is None or value == {}:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if value is True:
-            words.append(flag)
+        if isinstance(value, bool):  # a flag on by default is turned off by its --no- form
+            words.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, dict):  # --lr-schedule-kwargs takes JSON
             words += [flag, json.dumps(value)]
-        elif value is not False:
+        else:
             words += [flag, ",".join(value) if isinstance(value, (list, tuple)) else str(value)]
     return shlex.join([*words, "--resume"])

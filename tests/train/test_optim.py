@@ -149,3 +149,22 @@ def test_the_printed_resume_command_carries_the_schedule_kwargs_as_json():
     ctx = main.make_context("kto-train", shlex.split(resume_command(cfg))[1:])
     again = config_from(ctx, ctx.params.pop("config_file"), ctx.params)
     assert (again.lr_schedule_kwargs, again.epochs, again.resume) == ({"min_lr_rate": 0.1}, 1.5, True)
+
+
+def test_the_printed_resume_command_rebuilds_the_run_settings_flags_on_by_default_included():
+    """--no-prefix-sharing (the one flag on by default) was dropped from the printed command,
+    which the run then refused: prefix_sharing False there, True now."""
+    import dataclasses
+    import shlex
+    from pathlib import Path
+
+    from kto.train.cli import config_from, main
+    from kto.train.config import TrainConfig
+    from kto.train.stop import resume_command
+
+    cfg = TrainConfig(
+        cache=Path("c d"), model="m", out=Path("o"), prefix_sharing=False, keep_dropout=True, auto_weights=True, lora_r=4, lora_target_modules="q_proj,v_proj"
+    )
+    ctx = main.make_context("kto-train", shlex.split(resume_command(cfg))[1:])
+    again = config_from(ctx, ctx.params.pop("config_file"), ctx.params)
+    assert dataclasses.replace(again, resume=False) == cfg and again.resume is True
