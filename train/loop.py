@@ -77,9 +77,14 @@ def run_steps(run: Run) -> Path:
                     stop(run, signum, window)
             if run.eval_cache:
                 run_eval(run, progress)
+            # Still inside StopSignals: a SIGTERM or Ctrl-C while final/ is written (minutes for
+            # a large model) is noted, not fatal; the trained steps are not lost with it.
+            final = finish(run)
+            if signals.signum is not None:
+                log(f"kto-train: {signal.Signals(signals.signum).name} came after the last step; the run finished and {final} is whole", run.accelerator)
     finally:
         prefetch.close()
-    return finish(run)
+    return final
 
 
 @dataclass

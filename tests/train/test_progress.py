@@ -174,3 +174,21 @@ def test_other_ranks_print_nothing(capsys):
         progress.step()
         progress.line("step 1/3")
     assert capsys.readouterr().out == "" and progress.bar is None
+
+
+def test_a_signal_while_final_is_written_is_noted_and_final_is_written_whole(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """The signal handlers were put back before final/ was written: a Ctrl-C or SIGTERM in that
+    window (minutes for a large model) killed the run, every trained step lost with no checkpoint."""
+    from kto.train.policy import Policy
+
+    write = Policy.finish
+
+    def signalled(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives as the final save begins
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Policy, "finish", signalled)
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *ARGS, "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    assert "SIGINT came after the last step; the run finished and" in result.output
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
