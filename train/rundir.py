@@ -71,6 +71,9 @@ PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
 # Set aside by --resume: corrupt ones (checkpoint.usable_checkpoint), and those newer than the
 # checkpoint `--resume PATH` continues from (chosen_checkpoint).
 CORRUPT_RE = re.compile(r"^checkpoint-\d+\.(corrupt|superseded)(\.\d+)?$")
+# The metrics of a run that saved nothing to continue from, set aside when a new run starts
+# there (start_over).
+METRICS_ASIDE_RE = re.compile(rf"^{re.escape(METRICS_NAME)}\.superseded(\.\d+)?$")
 # Everything that may be in a run directory, the one list: name -> what it must be. The record
 # (and a pre-rename run's config.json, when it provably is one) proves the directory ours; the
 # others are ours only in a directory so proven. "tensorboard" holds TensorBoard's events, one
@@ -163,6 +166,8 @@ def is_ours(p: Path) -> bool:
         return p.is_dir() and ((p / STATE_NAME).is_file() or (p / CHECKSUMS_NAME).is_file())
     if CORRUPT_RE.match(p.name):
         return p.is_dir()  # set aside by us, whatever it holds now
+    if METRICS_ASIDE_RE.match(p.name):
+        return p.is_file()
     if p.name in ("final", MERGED_DIR):
         return p.is_dir() and (_has_our_card(p) or _holds_a_model(p))  # the next final/ replaces it
     kind = RUN_ENTRIES.get(p.name)
@@ -223,6 +228,25 @@ def has_progress(out: Path) -> bool:
     return bool(checkpoints(out)) or (out / "final").exists() or (metrics.is_file() and metrics.stat().st_size > 0)
 
 
+def finished(out: Path) -> bool:
+    """The run wrote a final model (its final/, or final-merged/)."""
+    return (out / "final").exists() or (out / MERGED_DIR).exists()
+
+
+def start_over(out: Path, log: Callable[[str], None]) -> bool:
+    """A run killed before its first checkpoint (or whose final/ could not be written) left
+    nothing to continue from: a new run may start in its place, as a rerun does in transformers'
+    Trainer. Its metrics.jsonl is set aside, not deleted. False: the run holds a checkpoint or a
+    final model, which a fresh start must not mix with or replace."""
+    if checkpoints(out) or finished(out):
+        return False
+    metrics = out / METRICS_NAME
+    aside = free_name(metrics.with_name(metrics.name + ".superseded"))
+    os.replace(metrics, aside)
+    log(f"--out {out}: its earlier run saved no checkpoint and no final model; starting over (its metrics moved to {aside.name})")
+    return True
+
+
 def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> Path | None:
     """Main process, under the lock: the checkpoint to resume from (None: start from --model).
 
@@ -234,7 +258,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
         log(f"{out}: {line} (left by a killed run)")
     refuse_foreign(out)
     if not cfg.resume:
-        if has_progress(out):
+        if has_progress(out) and not start_over(out, log):
             raise InputError(f"--out {out}: holds an earlier run; pass --resume to continue it, or choose another directory")
         return None
     saved = read_run_config(out)
@@ -257,9 +281,9 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     if not checkpoints(out):
         # Starting again from --model would replace final/ and the record of a run that saved no
         # checkpoint (--save-every 0), or that was killed before its first one.
+        again = "start a new run in another directory" if finished(out) else "run the command without --resume to start it over"
         raise InputError(
-            f"--resume: {out} holds no checkpoint to resume from (its run saved none); nothing was changed: "
-            "start a new run in another directory (--save-every N makes a run resumable)"
+            f"--resume: {out} holds no checkpoint to resume from (its run saved none); nothing was changed: {again} (--save-every N makes a run resumable)"
         )
     if isinstance(cfg.resume, Path):
         return chosen_checkpoint(out, cfg.resume, log)

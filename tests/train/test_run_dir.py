@@ -342,6 +342,23 @@ def test_resume_with_nothing_to_resume_from_is_refused(run3, tiny_cache, tiny_mo
     assert not (tmp_path / "new").exists()
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over_when_run_again(run3, tiny_cache, tiny_model_dir, tmp_path):
+    """Seen in a review: a run killed (or out of disk at final/) before any checkpoint could be
+    neither resumed ("holds no checkpoint") nor run again ("holds an earlier run") without
+    deleting it by hand; transformers' Trainer simply starts again. Its metrics are kept aside.
+    A run holding a checkpoint or a final model is still refused."""
+    out = shutil.copytree(run3, tmp_path / "r", ignore=shutil.ignore_patterns("checkpoint-*", "final"))
+    killed = (out / "metrics.jsonl").read_bytes()
+    resumed = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume")
+    assert resumed.exit_code == 2 and "run the command without --resume to start it over" in train_error_line(resumed.output)
+    again = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "2", "--beta", "0.3")
+    assert again.exit_code == 0, again.output
+    assert "its earlier run saved no checkpoint and no final model; starting over (its metrics moved to metrics.jsonl.superseded)" in again.output
+    assert (out / "metrics.jsonl.superseded").read_bytes() == killed
+    assert [m["step"] for m in metrics(out)] == [1, 2] and (out / "final").is_dir()
+    assert "holds an earlier run" in train_error_line(train_cli(tiny_cache, tiny_model_dir, out, *RUN).output)  # final/ now
+
+
 def test_resume_of_a_finished_run_has_nothing_to_do(run3, tiny_cache, tiny_model_dir, tmp_path):
     """HF's Trainer saves a checkpoint at the last step, so resuming a finished run trains 0
     steps. kto-train writes final/ there instead; a plain --resume of a finished run used to
