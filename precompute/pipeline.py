@@ -140,6 +140,12 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
         return tokenize_example(ex, tokenizer, template, truncation)
 
     path = staging_path(cfg.out, key)
+    if state is not None:
+        # All ranks look for the file before any can make it. An empty input has no block to
+        # gather, so the main process could stage it before another rank got here; that rank
+        # then returned below, skipping stage()'s closing barrier, and the ranks met at
+        # different barriers (gloo's "Connection closed by peer" traceback on the main process).
+        state.wait_for_everyone()
     if path.is_file():
         return path  # a resumed run: staged by a run of the same inputs and configuration
     parsed: list[dict] = []
@@ -194,14 +200,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     fingerprints = {name: content.fingerprint for name, content in contents.items()}
     created = not cfg.out.exists()
     claim_out(cfg, outs, contents, layout, state, held)
-    try:
-        staged = stage_rows(cfg, tokenizer, template, contents["train"], state)
-        held_out = stage_rows(cfg, tokenizer, template, contents["train"], state, held_out=staged) if cfg.eval_data else None
-        splits = build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process, held_out=held_out)
-    except InputError:
-        if created and state.is_main_process:
-            shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
-        raise
+    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created)
     if state.is_main_process:
         warn_without_stop(staged, tokenizer, source, template)  # the train rows say it for the data
     warn_one_class(splits)
@@ -239,6 +238,27 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
             path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
         _summary(manifests, time.perf_counter() - started)
     return manifests
+
+
+def _stage_and_split(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: CacheContent, state, created: bool) -> tuple[Path, list[Split]]:
+    """Stage the rows (and --eval-data's) and build the splits; on bad input, remove an --out
+    this run created (nothing half-written is left behind) and re-raise."""
+    try:
+        staged = stage_rows(cfg, tokenizer, template, content, state)
+        held_out = stage_rows(cfg, tokenizer, template, content, state, held_out=staged) if cfg.eval_data else None
+        return staged, build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process, held_out=held_out)
+    except InputError:
+        # Every rank reads the staging file in --out (the id check, the index): the main process
+        # removing --out while another rank still read it killed that rank with a
+        # FileNotFoundError traceback. So all ranks meet here first. This cannot hang: every
+        # InputError of this phase is raised on every rank alike, since each rank reads the same
+        # rows and staging file and makes the same checks, and a row refused at tokenization
+        # stops all ranks with one message (tokenize.py `_tokenize_block`). (An input file that
+        # changes between two ranks' reads of it is the one check a rank can fail alone.)
+        state.wait_for_everyone()
+        if created and state.is_main_process:
+            shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
+        raise
 
 
 def warn_one_class(splits: list[Split]) -> None:

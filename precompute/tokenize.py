@@ -435,14 +435,42 @@ def _blocks(it: Iterator, size: int) -> Iterator[list]:
         yield block
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """The first row of a rank's share that tokenization refused (an InputError), gathered in
+    place of the share's rows."""
+
+    position: int
+    """The row's index in the block."""
+    message: str
+
+
+def _tokenize_share(block: list, tokenize_one: Callable, rank: int, world: int) -> list | _Refused:
+    """This rank's rows of the block (every world-th from `rank`), or the first one refused."""
+    rows = []
+    for position in range(rank, len(block), world):
+        try:
+            rows.append(tokenize_one(block[position]))
+        except InputError as exc:
+            return _Refused(position, str(exc))  # the share's later rows come later in the block
+    return rows
+
+
 def _tokenize_block(block: list, tokenize_one: Callable, rank: int, world: int) -> list:
-    mine = [tokenize_one(ex) for ex in block[rank::world]]
+    """Every row of the block tokenized: each rank tokenizes its share and the shares are gathered.
+
+    A row refused on one rank is refused on all, with the message of the block's earliest
+    refused row (the one a single process stops at): a rank that raised alone would leave the
+    others waiting in the gather (a hang, or gloo's traceback once its peer is gone)."""
     if world == 1:
-        return mine
+        return [tokenize_one(ex) for ex in block]
     import torch.distributed as dist
 
     parts: list = [None] * world
-    dist.all_gather_object(parts, mine)
+    dist.all_gather_object(parts, _tokenize_share(block, tokenize_one, rank, world))
+    refused = [part for part in parts if isinstance(part, _Refused)]
+    if refused:
+        raise InputError(min(refused, key=lambda part: part.position).message)
     rows: list = [None] * len(block)
     for r, part in enumerate(parts):
         rows[r::world] = part
