@@ -119,8 +119,10 @@ def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("cache", type=P)
-@click.option("--model", required=True, help="Policy to score: local HF dir (e.g. OUT/final), PEFT adapter dir, .gguf file or hub id.")
-@click.option("--base-model", default=None, help="Base of an adapter dir [default: the one its adapter_config.json names].")
+@click.option(
+    "--model", required=True, help="Policy to score: local HF dir (e.g. OUT/final, OUT/checkpoint-STEP, --fsdp's too), PEFT adapter dir, .gguf file or hub id."
+)
+@click.option("--base-model", default=None, help="Base of an adapter dir or an --fsdp checkpoint [default: the one its adapter_config.json or run names].")
 @click.option("--out", type=P, default=Path("scores.parquet"), help="Parquet file to write (keyed by id).")
 @click.option(
     "--beta",

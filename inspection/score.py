@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
     from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.compute.models import ModelSource
     from kto.formats.compute.numerics import Numerics
     from kto.formats.manifest import Manifest
 
@@ -171,13 +172,11 @@ class _Scorer:
     ) -> _Scorer:
         import torch
 
-        from kto.formats.compute.models import ModelSource, load_completion_logps, load_tokenizer, model_identity, require_cache_tokenizer, resolve_source
+        from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, require_cache_tokenizer
         from kto.formats.compute.numerics import parse_numerics
 
-        adapter_dir = _adapter_dir(model)
-        source = resolve_source(_base_of(adapter_dir, base_model), flag="--base-model") if adapter_dir else resolve_source(model)
-        # A kto-train adapter dir (OUT/final under LoRA) holds the run's tokenizer beside the adapters.
-        tokenizer = load_tokenizer(ModelSource(adapter_dir) if adapter_dir else source, trust_remote_code=trust_remote_code)
+        policy = _policy(model, base_model)
+        tokenizer = load_tokenizer(policy.tokenizer, trust_remote_code=trust_remote_code)
         require_cache_tokenizer(tokenizer, manifest.content.tokenizer, model)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
@@ -187,22 +186,20 @@ class _Scorer:
                 f"note: the cached reference log-probs were computed in {ref_numerics}; scoring in "
                 f"{numerics.name} adds rounding noise to every reward (--dtype {ref_numerics} matches them)"
             )
-        if not adapter_dir and manifest.content.scored_with(model_identity(source)):
+        if policy.adjust is None and manifest.content.scored_with(model_identity(policy.source)):
             log("note: --model is the cache's reference model; every reward should be about 0")
-        if adapter_dir:
-            require_peft("--model")
         # Not merged: the adapters are applied as kto-train applied them, so the numbers match its.
         completion_logps = load_completion_logps(
-            source,
+            policy.source,
             dtype=numerics.weights,
             device=device,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
             chunk_size=chunk_size,
-            adjust=(lambda lm: with_adapters(lm, adapter_dir)) if adapter_dir else None,
+            adjust=policy.adjust,
         )
-        if adapter_dir:
-            log(f"note: scoring {source.directory} with the LoRA adapters of {adapter_dir}")
+        if policy.note:
+            log(policy.note)
         return cls(completion_logps, tokenizer.pad_token_id, numerics, device)
 
     def score_shard(self, table: pa.Table, batch_tokens: int, beta: float) -> pa.Table:
@@ -225,8 +222,36 @@ class _Scorer:
         return pa.table(columns, schema=SCORE_SCHEMA)
 
 
-def _adapter_dir(model: str) -> Path | None:
-    return Path(model).resolve() if is_adapter_dir(Path(model)) else None
+@dataclass(frozen=True)
+class _Policy:
+    """How to load `--model`: `source` first (the model itself, or the base a run's weights go
+    on), then `adjust` (None: `source` is the policy), with the tokenizer of `tokenizer`."""
+
+    source: ModelSource
+    tokenizer: ModelSource
+    adjust: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    note: str | None = None
+
+
+def _policy(model: str, base_model: str | None) -> _Policy:
+    """A model directory or hub id; a PEFT adapter directory (a LoRA run's final/ or checkpoint,
+    sharded or not) on its base; or a full fine-tune's FSDP checkpoint (no config.json: the
+    weights in DCP shards) loaded onto its run's --model. A kto-train checkpoint or final/
+    holds the run's tokenizer."""
+    from kto.formats.compute.models import ModelSource, is_sharded_checkpoint, load_sharded_weights, resolve_source
+
+    path = Path(model).resolve()
+    if is_adapter_dir(Path(model)):
+        require_peft("--model")
+        source = resolve_source(_base_of(path, base_model), flag="--base-model")
+        kind = "the LoRA adapters" + (" (sharded by FSDP)" if is_sharded_checkpoint(path) else "")
+        return _Policy(source, ModelSource(path), lambda lm: with_adapters(lm, path), f"note: scoring {source.directory} with {kind} of {path}")
+    if is_sharded_checkpoint(Path(model)) and not (path / "config.json").is_file():
+        source = resolve_source(_base_of_run(model, base_model), flag="--base-model")
+        note = f"note: scoring the weights of {path} (sharded by FSDP) on the model of {source.directory}"
+        return _Policy(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), note)
+    source = resolve_source(model)
+    return _Policy(source, source)
 
 
 def _base_of(adapter_dir: Path, base_model: str | None) -> str:
@@ -234,6 +259,23 @@ def _base_of(adapter_dir: Path, base_model: str | None) -> str:
     base = base_model or base_model_of(adapter_dir)
     if not base:
         raise InputError(f"--model {adapter_dir}: an adapter directory that names no base model; pass --base-model")
+    return base
+
+
+def _base_of_run(checkpoint: str, base_model: str | None) -> str:
+    """--base-model, else the --model of the run that saved FSDP checkpoint `checkpoint` (its
+    architecture and config: the checkpoint holds every weight, and no config.json)."""
+    from kto.formats.runrecord import read_run_config, run_of_model_dir
+
+    if base_model:
+        return base_model
+    run = run_of_model_dir(checkpoint)
+    base = (read_run_config(run) or {}).get("config", {}).get("model") if run is not None else None
+    if not isinstance(base, str) or not base:
+        raise InputError(
+            f"--model {checkpoint}: an FSDP checkpoint (its weights are sharded in sharded/*.distcp) with no run record "
+            "(RUN/kto_run.json) naming the model it trained; pass that model as --base-model"
+        )
     return base
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..files import read_json
+from .models import is_sharded_checkpoint, load_sharded_weights
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +62,14 @@ def base_model_of(adapter_dir: Path) -> str | None:
 
 
 def with_adapters(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
-    """The base with the adapters of `adapter_dir` on it, for inference (eval mode, not trainable)."""
-    from peft import PeftModel
+    """The base with the adapters of `adapter_dir` on it, for inference (eval mode, not trainable).
+    `adapter_dir` is a PEFT adapter directory, or a kto-train FSDP checkpoint under LoRA: its
+    adapter_config.json, and the adapters' weights in its DCP shards (models.SHARDED_DIR)."""
+    from peft import PeftConfig, PeftModel
 
-    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False).eval()
+    if not is_sharded_checkpoint(adapter_dir):
+        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False).eval()
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    config.inference_mode = False  # the adapters trainable, as saved: load_sharded_weights expects exactly those
+    model = load_sharded_weights(PeftModel(base, config), Path(adapter_dir))
+    return model.requires_grad_(False).eval()
