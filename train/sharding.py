@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kto.formats.atomic import disk_full_names
+from kto.formats.compute.models import SHARDED_DIR
 from kto.formats.errors import InputError
 
 from .adapters import quantized
@@ -61,7 +62,9 @@ if TYPE_CHECKING:
 
     from .config import TrainConfig
 
-SHARDED = "sharded"  # the DCP directory inside a checkpoint
+# The DCP directory inside a checkpoint; kto-inspect score reads the policy's weights there too
+# (formats/compute/models.py, load_sharded_weights: the "model" state dict, keys "lm.<HF key>").
+SHARDED = SHARDED_DIR
 
 
 def requested(cfg: TrainConfig) -> bool:
@@ -254,9 +257,22 @@ def save_final(
 
     full = get_model_state_dict(model, options=_options(adapters_only, full_state_dict=True, cpu_offload=True))
     if accelerator.is_main_process:
+        lm = accelerator.unwrap_model(model).lm
         # Keys are relative to the root, CompletionLogps: "lm.<the HF model's own key>".
-        state = {k.removeprefix("lm."): v for k, v in full.items()}
+        state = without_tied_copies({k.removeprefix("lm."): v for k, v in full.items()}, lm)
         with saved_dir(final, files) as tmp:
-            accelerator.unwrap_model(model).lm.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            lm.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
     accelerator.wait_for_everyone()
+
+
+def without_tied_copies(state: dict[str, torch.Tensor], lm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`state` less the weights that `lm` declares tied to another one that `state` holds (an LM
+    head tied to the embeddings: lm_head.weight), as save_pretrained leaves them out of a whole
+    model. save_pretrained finds tied weights by their shared storage, and the gathered full state
+    dict holds a copy of each: without this, final/ would store the head a second time.
+    from_pretrained ties it back from config.json. A copy that differs from its source is kept:
+    it is not tied, whatever the model says."""
+    tied = lm.get_expanded_tied_weights_keys(all_submodels=True) if hasattr(lm, "get_expanded_tied_weights_keys") else {}
+    copies = {t for t, s in tied.items() if t in state and s in state and torch.equal(state[t], state[s])}
+    return {k: v for k, v in state.items() if k not in copies}
