@@ -39,12 +39,13 @@ from kto.formats.errors import InputError
 
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool", "function_call": "assistant"}
+_MESSAGE_KEYS = ("role", "content", "from", "value")  # what _message reads as a turn's role and text
 _KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
 
 
 # ---- the checked row ---------------------------------------------------------------------------
 
-Message = dict[str, str]  # {"role": ..., "content": ...}
+Message = dict[str, Any]  # {"role": ..., "content": ..., and the input's other keys (tool_calls, ...)}
 
 _TRUE = {"true", "1", "yes", "t", "y", "desirable"}
 _FALSE = {"false", "0", "no", "f", "n", "undesirable"}
@@ -417,7 +418,8 @@ def _assistant_turns(messages: tuple[Message, ...], where: str, start: int = 1) 
         if m["role"] != "assistant":
             role = m["role"]
             raise InputError(f"{where}, message {i}: completion has role {role!r}, expected 'assistant'")
-        _nonempty(m["content"], f"{where}, message {i}", "completion")
+        if not m.get("tool_calls"):  # a turn that calls a tool may say nothing
+            _nonempty(m["content"], f"{where}, message {i}", "completion")
     return messages
 
 
@@ -426,7 +428,10 @@ def _messages(value: list, where: str) -> tuple[Message, ...]:
 
 
 def _message(raw: Any, where: str) -> Message:
-    """Normalise {role, content} or ShareGPT {from, value} to {"role", "content"}."""
+    """Normalise {role, content} or ShareGPT {from, value} to {"role", "content", ...}: the
+    message's other keys (`tool_calls`, `reasoning_content`, `tool_call_id`, ...) stay, for the
+    chat template to render as it would for TRL, which hands messages to it unchanged; keeping
+    only role and content rendered a call as an empty assistant turn and dropped reasoning."""
     if not isinstance(raw, dict):
         raise InputError(f"{where}: expected a message object with role and content, got {kind_name(raw)}")
     if raw.get("role") is not None:
@@ -438,7 +443,11 @@ def _message(raw: Any, where: str) -> Message:
         raise InputError(f"{where}: message has no 'role' (or ShareGPT 'from')")
     if role not in ROLES:
         raise InputError(f"{where}: unknown role {shown(role)} (expected {', '.join(ROLES)})")
-    return {"role": role, "content": _text(content, where)}
+    # Absent fields of an Arrow/Parquet message struct read as None: not keys of this message.
+    others = {k: v for k, v in raw.items() if k not in _MESSAGE_KEYS and v is not None}
+    if content is None and others.get("tool_calls"):
+        content = ""  # OpenAI's shape: a turn that only calls a tool has content null
+    return {"role": role, "content": _text(content, where), **others}
 
 
 def _text(content: Any, where: str) -> str:

@@ -214,3 +214,45 @@ def test_a_template_that_drops_tool_calls_is_refused_naming_the_row(tmp_path, ti
     shards = [ipc.open_file(pa.memory_map(str(p))).read_all() for p in sorted((tmp_path / "b").glob("shard-*.arrow"))]
     texts = {tokenizer.decode(ids) for shard in shards for ids in shard.column("completion_ids").to_pylist()}
     assert '<tool_call>weather {"city": "c0"}</tool_call><|im_end|>\n' in texts and read_manifest(tmp_path / "b").counts.rows == 4
+
+
+def test_messages_keep_their_tool_calls_and_reasoning_for_the_template(tmp_path, tiny_model_dir):
+    """Seen in a review: `messages` and TRL prompt/completion rows were rebuilt as role and
+    content alone, so an assistant turn's `tool_calls` rendered as an empty turn (under a
+    template that renders calls too) and `reasoning_content` vanished from the completion, with
+    no message; SmolLM2's template, which renders no call, took the row. Now the row's messages
+    reach the template with their keys, as TRL passes them, and the refusal sees the call."""
+    from click.testing import CliRunner
+    from conftest import precompute_args
+    from transformers import AutoTokenizer
+
+    from kto.precompute.cli import main
+
+    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "c1"}}}
+    template = tmp_path / "tools.jinja"
+    template.write_text(
+        TOOL_TEMPLATE.replace("{{ m.content }}", "{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}")
+    )
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Weather in city {i}?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "content": "sunny"},
+                {"role": "assistant", "content": f"Sunny in {i}.", "reasoning_content": "The tool said so."},
+            ],
+            "label": i % 2 == 0,
+        }
+        for i in range(4)
+    ]
+    data = write_jsonl(tmp_path / "calls.jsonl", rows)
+    refused = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, tmp_path / "a"))
+    assert refused.exit_code == 2 and "does not render tool_calls" in refused.output.strip().splitlines()[-1]
+    ok = CliRunner().invoke(main, [*precompute_args(data, tiny_model_dir, tmp_path / "b"), "--chat-template", str(template), "--max-length", "256"])
+    assert ok.exit_code == 0, ok.output
+    import polars as pl
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    row = pl.read_ipc(f"{tmp_path / 'b'}/shard-*.arrow").filter(pl.col("id") == "calls.jsonl:1").row(0, named=True)
+    assert '<|im_start|>assistant\n<tool_call>weather {"city": "c1"}</tool_call><|im_end|>' in tokenizer.decode(row["prompt_ids"])
+    assert tokenizer.decode(row["completion_ids"]) == "<think>The tool said so.</think>Sunny in 0.<|im_end|>\n"
