@@ -154,13 +154,17 @@ def conversational_ids(
     last = starts[-1] if starts else max(len(rest) - 1, 0)
     kept = head + rest[last:]
     prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
-    cut = _cut_inside(example, kept, len(head), prompt_ids, tokenizer, template, budget)
-    if cut is None and head:
-        # The system message, the headers and the generation prompt alone leave the last turn no
-        # room: cut the system message's text instead (its header kept), the last turn whole.
-        # Keeping the ids' end would start the prompt inside the system text, with no header.
-        cut = _cut_inside(example, kept, 0, prompt_ids, tokenizer, template, budget)
-    return (cut if cut is not None else keep_end(truncation, prompt_ids).tolist()), completion_ids, split, PromptCut.MID_TEXT
+    # The last user turn's text is cut first. When the system message, the headers and the
+    # generation prompt alone leave it no room, the system message's text instead (its header
+    # kept, the last turn whole); when the turns after it (a tool call and its long result) do,
+    # the longest of those. Keeping the ids' end, the last resort, starts the prompt inside a
+    # text, with no header.
+    later = sorted(range(len(head) + 1, len(kept)), key=lambda i: -len(str(kept[i].get("content") or "")))
+    for target in (len(head), *range(len(head)), *later):
+        cut = _cut_inside(example, kept, target, prompt_ids, tokenizer, template, budget)
+        if cut is not None:
+            return cut, completion_ids, split, PromptCut.MID_TEXT
+    return keep_end(truncation, prompt_ids).tolist(), completion_ids, split, PromptCut.MID_TEXT
 
 
 def render(tokenizer, messages, example, template: ChatTemplate, *, add_generation_prompt: bool) -> str:
@@ -210,13 +214,15 @@ def _cut_inside(example: Example, kept: tuple, target: int, prompt_ids: list[int
     ids in all. None when the text's tokens cannot be located (the template changes the text,
     no fast tokenizer) or the rest alone exceeds the budget: the caller keeps the ids' end."""
     content = kept[target].get("content") if target < len(kept) else None
-    if not isinstance(content, str) or not content:
+    if not isinstance(content, str) or not content.strip():
         return None
     marked = [dict(m) for m in kept]
     marked[target]["content"] = _SENTINEL
     text = render(tokenizer, kept, example, template, add_generation_prompt=True)
     parts = render(tokenizer, marked, example, template, add_generation_prompt=True).split(_SENTINEL)
-    if len(parts) != 2 or parts[0] + content + parts[1] != text:
+    # A template that trims the text (Llama-3's, Gemma's, Mistral's `| trim`) renders it stripped.
+    content = next((c for c in (content, content.strip()) if len(parts) == 2 and parts[0] + c + parts[1] == text), None)
+    if content is None:
         return None
     a, b = len(parts[0]), len(parts[0]) + len(content)  # the text's character span
     try:

@@ -2,6 +2,8 @@
 is cut at tokenization (conversations by whole turns first), its completion and KL completion
 behind that prompt."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -249,3 +251,45 @@ def test_a_system_message_too_long_for_the_budget_is_cut_inside_its_text_keeping
     assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
     assert text.startswith("<|im_start|>system\n") and not text.startswith("<|im_start|>system\nYou are a careful")
     assert text.endswith(" careful assistant. <|im_end|>\n<|im_start|>user\nQuestion: what is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+
+
+TRIMMING = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.name }}</tool_call>{% endfor %}"
+    "{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@contextlib.contextmanager
+def templated(tokenizer, text: str):
+    """`tokenizer` with chat template `text` (as kto-precompute installs --chat-template) while inside."""
+    before, tokenizer.chat_template = tokenizer.chat_template, text
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.chat_template = before
+
+
+def test_a_turn_that_a_trimming_template_renders_stripped_is_cut_inside_its_text(tok):
+    """Seen in a review: Llama-3's, Gemma's and Mistral's templates `| trim` each text, so a
+    last turn ending in a newline was not found in the rendering, and the prompt kept the ids'
+    end: no system message, no header, a start mid-word. Counted as an ordinary mid-text cut."""
+    prompt = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "word " * 300 + "\n"})
+    with templated(tok, TRIMMING):
+        row = tokenize_example(chat_example(prompt), tok, truncation=Truncation(256, 100))
+    text = tok.decode(row.prompt_ids)
+    assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n") and text.endswith("word<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_long_tool_result_after_the_last_question_is_cut_inside_its_text(tok):
+    """The turns after the last user turn (a call and its result) are kept whole when that turn
+    is cut; a result longer than the budget left it no room, and the prompt kept the ids' end,
+    starting inside the call. The result's text is cut now, every header kept."""
+    call = {"type": "function", "function": {"name": "weather", "arguments": {}}}
+    prompt = ({"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": "sunny " * 300})
+    with templated(tok, TRIMMING):
+        row = tokenize_example(chat_example(prompt), tok, truncation=Truncation(256, 100))
+    text = tok.decode(row.prompt_ids)
+    assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
+    assert text.startswith("<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<tool_call>weather</tool_call><|im_end|>\n<|im_start|>tool\n")
+    assert text.endswith("sunny<|im_end|>\n<|im_start|>assistant\n")
