@@ -360,7 +360,8 @@ SIDE_BY_SIDE_ROWS = 16
 TRUNCATION_RULE = (
     "own-length: nothing cut while prompt + own completion fits max_length; else a prompt over max_prompt_length "
     "is cut to it (conversations: earliest whole turns dropped, system kept, re-rendered; inside the last user "
-    "turn keeping its end only when that alone is too long, else inside the system message, its header kept; "
+    "turn keeping its end only when that alone is too long, else inside the system message, its header kept, "
+    "else inside the longest turn after that user turn; a text the template trims is found stripped; "
     "text: its end, BOS re-attached); then the completion "
     "keeps its start, max_length - prompt; KL = own prompt + partner's whole completion cut to max_length - prompt"
 )

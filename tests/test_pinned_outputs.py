@@ -65,19 +65,20 @@ def one_thread(fn):
 # and once more when `_spread` learnt to swap an earlier row in where no later one fits (on
 # this input's few rows that changes the pairs, so steps 2-3 train other KL sequences). Shards and
 # manifest retaken when TRUNCATION_RULE's text named the system-message cut (the rule is in the
-# fingerprint, which the shards carry); the rows, ids and losses are unchanged.
+# fingerprint, which the shards carry); the rows, ids and losses are unchanged. Retaken the same
+# way when it named the cut inside a later turn and the trimmed-text match (2026-12-05).
 PIN_ENV = {"cpu": "AVX512", "vendor": "AuthenticAMD", "torch": "2.13.0+cpu", "transformers": "5.25.0"}
 # Retaken when the model identity gained small_tensors_sha256 (it is in the cache's content,
 # hence its fingerprint, which every shard carries); the token ids and log-probs are unchanged.
 SHARDS = {
-    "shard-00000.arrow": "d9807896198c69cb30037dc5178dcca431900001e0cdb40b7e576322eba707bf",
-    "shard-00001.arrow": "c878e662813ee5873cf2fa2a8df28328a538398719179c8accba76ceb0abc6c6",
-    "shard-00002.arrow": "f06b7ce60993776087b968d5a688493114f0713ce2d8e9f62dc9bf8768e62913",
+    "shard-00000.arrow": "91e0decf69f11ce51bff64f8dcfa694b564296f0c579177d345d07c5f222e812",
+    "shard-00001.arrow": "20f7959c0945406662778b3228ff92e4605eaec655040ae01bec91c8e3f3579a",
+    "shard-00002.arrow": "6d18510386525d75f5f3910610ed481e1b12aaf5c076061a7280dafbf0c3ed2c",
 }
 # manifest.json with the paths of this run and the library versions replaced by placeholders:
 # `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
 # is what the code decides.
-MANIFEST = "506ff316fc559f23502ce83702515d30aa8e8333dc9701944338635a8f254788"
+MANIFEST = "a8c2197d35b3d745db0d667525ecb28097377efc017f6e10218fa87a2d982492"
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
 # step 1); main's tip with only its epoch_plan replaced by the grouped one gives these exactly.
 LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]
