@@ -227,7 +227,8 @@ def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bo
     prefix_splits = int(index.prefix_split[kept].sum())
     if prefix_splits:
         log(
-            f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (chat template renders the prompt differently)"
+            f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (the chat template renders "
+            "the prompt differently, or the tokenizer merges the generation prompt's end with the completion's start: those prompts end a token early)"
         )
     return splits
 
