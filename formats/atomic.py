@@ -42,7 +42,12 @@ class DiskFullError(InputError, OSError):
     """A write failed for lack of space (ENOSPC, or the quota: EDQUOT).
 
     Also an OSError, so code that tolerates a failed optional write (`except OSError`, e.g. the
-    shard verification stamp) keeps tolerating it."""
+    shard verification stamp) keeps tolerating it. `then`: what to do once space is freed (a
+    command that cannot simply run again, kto-train with a checkpoint, says to resume)."""
+
+    def __init__(self, path: str | os.PathLike, then: str = "run the command again"):
+        super().__init__(f"{path}: no space left on device; free some space and {then}")
+        self.path = path
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -78,7 +83,7 @@ def disk_full_names(path: str | os.PathLike) -> Iterator[None]:
         yield
     except Exception as e:
         if is_disk_full(e) or (not isinstance(e, DiskFullError) and _short_write_on_full_disk(e, Path(path))):
-            raise DiskFullError(f"{path}: no space left on device; free some space and run the command again") from None
+            raise DiskFullError(path) from None
         raise
 
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
+from kto.formats.atomic import DiskFullError
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log, on_main
 
-from .checkpoint import Position
+from .checkpoint import Position, checkpoints
 from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
 from .config import TrainConfig
 from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
@@ -55,8 +56,22 @@ def train(cfg: TrainConfig) -> Trained:
                     checked.accelerator,
                 )
             else:
-                final = run_steps(setup(checked))
+                with resumable_after_disk_full(cfg.out):
+                    final = run_steps(setup(checked))
         return Trained(final, checked.accelerator.is_main_process)
+
+
+@contextlib.contextmanager
+def resumable_after_disk_full(out: Path) -> Iterator[None]:
+    """A full disk stops the run; a run that saved a checkpoint goes on with --resume (run again
+    as it was, it would be refused as an earlier run); one that saved none starts over."""
+    try:
+        yield
+    except DiskFullError as exc:
+        saved = checkpoints(out)
+        if not saved:
+            raise
+        raise DiskFullError(exc.path, f"continue with --resume (from {saved[-1][1].name} or an earlier checkpoint)") from None
 
 
 def run_steps(run: Run) -> Path:

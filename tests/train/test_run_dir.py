@@ -454,25 +454,30 @@ def _dev_full_is_a_device() -> bool:
         return False
 
 
-def _dev_full_torch_save(monkeypatch):
-    """Every .pt file a checkpoint writes goes to /dev/full, where each write fails with ENOSPC:
-    torch.save given a path (torch's own C++ file writer) writes there instead, and a .pt file
-    that kto.train.checkpoint opens is /dev/full. /dev/full is opened without O_CREAT, checked
-    to be the device each time: never a file of that name."""
+def _dev_full_torch_save(monkeypatch, from_step: int = 1):
+    """Every .pt file a checkpoint writes (from checkpoint-`from_step` on) goes to /dev/full,
+    where each write fails with ENOSPC: torch.save given a path (torch's own C++ file writer)
+    writes there instead, and a .pt file that kto.train.checkpoint opens is /dev/full. /dev/full
+    is opened without O_CREAT, checked to be the device each time: never a file of that name."""
     import builtins
+    import re
 
     from kto.train import checkpoint
 
     real = torch.save
 
+    def full(path) -> bool:
+        step = re.search(r"checkpoint-(\d+)", str(path))
+        return step is not None and int(step.group(1)) >= from_step
+
     def save(obj, f, *args, **kwargs):
-        if isinstance(f, (str, os.PathLike)):
+        if isinstance(f, (str, os.PathLike)) and full(f):
             assert _dev_full_is_a_device()
             f = "/dev/full"
         return real(obj, f, *args, **kwargs)
 
     def open_full(path, mode="r", *args, **kwargs):
-        if str(path).endswith(".pt") and "w" in mode:
+        if str(path).endswith(".pt") and "w" in mode and full(path):
             assert _dev_full_is_a_device()
             return os.fdopen(os.open("/dev/full", os.O_WRONLY), mode)
         return builtins.open(path, mode, *args, **kwargs)
@@ -491,3 +496,20 @@ def test_disk_full_at_a_checkpoint_is_one_line(tiny_cache, tiny_model_dir, tmp_p
     line = train_error_line(result.output)
     assert result.exit_code == 2 and line.endswith(f"{out / 'checkpoint-1'}: no space left on device; free some space and run the command again"), line
     assert not [p.name for p in out.iterdir() if p.name.startswith(".checkpoint")]
+
+
+@pytest.mark.skipif(not _dev_full_is_a_device(), reason="needs the /dev/full device")
+def test_disk_full_after_a_checkpoint_says_to_resume(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """Seen in a review: "free some space and run the command again", run again as it was, was
+    refused as an earlier run. A run holding a checkpoint goes on with --resume, and does."""
+    _dev_full_torch_save(monkeypatch, from_step=2)
+    out = tmp_path / "r"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1")
+    line = train_error_line(result.output)
+    assert result.exit_code == 2, result.output
+    assert line.endswith(
+        f"{out / 'checkpoint-2'}: no space left on device; free some space and continue with --resume (from checkpoint-1 or an earlier checkpoint)"
+    ), line
+    monkeypatch.undo()
+    resumed = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--resume")
+    assert resumed.exit_code == 0 and "resumed from" in resumed.output, resumed.output
