@@ -157,10 +157,12 @@ def conversational_ids(
     # The last user turn's text is cut first. When the system message, the headers and the
     # generation prompt alone leave it no room, the system message's text instead (its header
     # kept, the last turn whole); when the turns after it (a tool call and its long result) do,
-    # the longest of those. Keeping the ids' end, the last resort, starts the prompt inside a
-    # text, with no header.
-    later = sorted(range(len(head) + 1, len(kept)), key=lambda i: -len(str(kept[i].get("content") or "")))
-    for target in (len(head), *range(len(head)), *later):
+    # the longest of those: the others leave less room still, and each try renders and
+    # tokenizes the whole prompt (an agent trace has hundreds of turns). Keeping the ids' end,
+    # the last resort, starts the prompt inside a text, with no header.
+    later = range(len(head) + 1, len(kept))
+    longest = max(later, key=lambda i: len(str(kept[i].get("content") or "")), default=None)
+    for target in (len(head), *range(len(head)), *([longest] if longest is not None else [])):
         cut = _cut_inside(example, kept, target, prompt_ids, tokenizer, template, budget)
         if cut is not None:
             return cut, completion_ids, split, PromptCut.MID_TEXT
@@ -399,12 +401,11 @@ def staging_path(out: Path, key: str) -> Path:
 
 
 def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, keep: Sequence[Path] = ()) -> Path:
-    """Tokenize every example into `path`, unless a complete staging file is already there.
-    Other staging files are removed, but those in `keep` (the train rows', beside --eval-data's)."""
+    """Tokenize every example into `path` (the caller looked for a complete one first, and every
+    rank took the main process's answer: pipeline.stage_rows). Other staging files are removed,
+    but those in `keep` (the train rows', beside --eval-data's)."""
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     main = rank == 0
-    if path.is_file():
-        return path
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
         for old in path.parent.glob(f"{PREFIX}*.arrow"):

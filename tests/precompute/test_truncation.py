@@ -293,3 +293,22 @@ def test_a_long_tool_result_after_the_last_question_is_cut_inside_its_text(tok):
     assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
     assert text.startswith("<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<tool_call>weather</tool_call><|im_end|>\n<|im_start|>tool\n")
     assert text.endswith("sunny<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_an_agent_trace_too_long_everywhere_costs_three_cut_tries(tok, monkeypatch):
+    """Seen in a review: every turn after the last question was tried, each try rendering and
+    tokenizing the whole prompt: 402 tries and 102 s for one row of 200 tool round trips. The
+    longest later turn leaves the most room, so it alone is tried after the user and system
+    turns; here none fits and the ids' end is kept, as before."""
+    from kto.precompute import tokenize
+
+    tries = []
+    cut_inside = tokenize._cut_inside
+    monkeypatch.setattr(tokenize, "_cut_inside", lambda *a, **k: tries.append(a[2]) or cut_inside(*a, **k))
+    call = {"type": "function", "function": {"name": "f", "arguments": {}}}
+    turns = [m for i in range(40) for m in ({"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": f"result {i} " * 20})]
+    prompt = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Go."}, *turns)
+    with templated(tok, TRIMMING):
+        row = tokenize_example(chat_example(prompt), tok, truncation=Truncation(256, 100))
+    assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
+    assert tries == [1, 0, 23]  # the user turn, the system message, the first longest result (i = 10: two digits)
