@@ -37,7 +37,7 @@ from kto.formats.compute.logprob import input_device
 from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
 from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.compute.scoring import default_batch_tokens, plan_scoring, score_sequences
-from kto.formats.errors import InputError, log
+from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
@@ -140,13 +140,12 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
         return tokenize_example(ex, tokenizer, template, truncation)
 
     path = staging_path(cfg.out, key)
-    if state is not None:
-        # All ranks look for the file before any can make it. An empty input has no block to
-        # gather, so the main process could stage it before another rank got here; that rank
-        # then returned below, skipping stage()'s closing barrier, and the ranks met at
-        # different barriers (gloo's "Connection closed by peer" traceback on the main process).
-        state.wait_for_everyone()
-    if path.is_file():
+    # Every rank takes the main process's answer, given before any rank stages: a rank that
+    # looked itself could find the file the main process had just made of an empty input (no
+    # block to gather), skip stage()'s closing barrier, and leave the ranks at different
+    # barriers (gloo's "Connection closed by peer" traceback on the main process).
+    staged_before = path.is_file() if state is None else on_main(path.is_file, state)
+    if staged_before:
         return path  # a resumed run: staged by a run of the same inputs and configuration
     parsed: list[dict] = []
     sample = RowSample(cfg.max_samples, cfg.seed) if cfg.max_samples is not None else None
