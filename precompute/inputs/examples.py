@@ -53,7 +53,8 @@ _FALSE = {"false", "0", "no", "f", "n", "undesirable"}
 
 @dataclass(frozen=True)
 class Example:
-    """One checked example. Messages are normalised to {"role", "content"} with text content."""
+    """One checked example. Messages are normalised to {"role", "content", ...}: text content
+    ("" for a turn that only calls a tool) and the input's other keys, sorted (tool_calls, ...)."""
 
     id: str  # str of the id column, else f"{file_name}:{row}"; paired rows add ":chosen"/":rejected"
     prompt: str | tuple[Message, ...]  # text, or messages (conversational)
@@ -444,7 +445,8 @@ def _message(raw: Any, where: str) -> Message:
     if role not in ROLES:
         raise InputError(f"{where}: unknown role {shown(role)} (expected {', '.join(ROLES)})")
     # Absent fields of an Arrow/Parquet message struct read as None: not keys of this message.
-    others = {k: v for k, v in raw.items() if k not in _MESSAGE_KEYS and v is not None}
+    # Sorted: the pairing keys hash a message's repr, which must not depend on the input's order.
+    others = {k: raw[k] for k in sorted(raw) if k not in _MESSAGE_KEYS and raw[k] is not None}
     if content is None and others.get("tool_calls"):
         content = ""  # OpenAI's shape: a turn that only calls a tool has content null
     return {"role": role, "content": _text(content, where), **others}
