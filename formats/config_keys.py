@@ -42,9 +42,9 @@ TRAIN_KEYS = frozenset(
 OWN_KEYS = {PRECOMPUTE: PRECOMPUTE_KEYS, TRAIN: TRAIN_KEYS}
 
 
-def _target_modules(value: Any) -> Any:
-    """LLaMA-Factory's `lora_target: all` and TRL's `all-linear` mean every linear layer (our
-    default, None); a YAML list becomes our comma list."""
+def target_modules_value(value: Any) -> Any:
+    """LLaMA-Factory's `lora_target: all` and TRL's and peft's `all-linear` mean every linear
+    layer (our default, None), in a file or on the command line; a YAML list becomes our comma list."""
     if isinstance(value, list):
         value = ",".join(str(v) for v in value)
     return None if isinstance(value, str) and value.strip() in ("all", "all-linear") else value
@@ -135,8 +135,8 @@ ALIASES: dict[str, dict[str, Alias]] = {
         "pref_ftx": Alias("sft_weight", LF, note=_pref_ftx_note),
         "loss_type": Alias("loss", TRL),
         "lora_rank": Alias("lora_r", LF),
-        "lora_target": Alias("lora_target_modules", LF, _target_modules),
-        "lora_target_modules": Alias("lora_target_modules", TRL, _target_modules),
+        "lora_target": Alias("lora_target_modules", LF, target_modules_value),
+        "lora_target_modules": Alias("lora_target_modules", TRL, target_modules_value),
         "report_to": Alias("report_to", BOTH, _one_tracker),
         "dtype": Alias("dtype", TRL, _dtype),
     },

@@ -91,10 +91,11 @@ def read_run_config(run_dir: str | Path) -> dict | None:
 
 
 def run_of_model_dir(model: str | Path) -> Path | None:
-    """The run directory whose `final/` or `checkpoint-STEP/` is `model`, if it has a record."""
+    """The run directory whose `final/`, `final-merged/` or `checkpoint-STEP/` is `model`, if it
+    has a record. ("final-merged" is train/adapters.py's MERGED_DIR: formats imports no train.)"""
     path = Path(model)
     if not path.is_dir():
         return None
     name, parent = path.resolve().name, path.resolve().parent
-    ours = name == "final" or (name.startswith("checkpoint-") and name.removeprefix("checkpoint-").isdigit())
+    ours = name in ("final", "final-merged") or (name.startswith("checkpoint-") and name.removeprefix("checkpoint-").isdigit())
     return parent if ours and record_path(parent) is not None else None

@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from kto.formats.compute.early_checks import check_local_cache, check_local_model
 from kto.formats.config_file import option_value
-from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements
+from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements, target_modules_value
 from kto.formats.config_names import PEFT_TARGETS, Resolved
 from kto.formats.errors import InputError, log, one_line_errors
 
@@ -131,6 +131,8 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
         given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         if given or name not in values:
             values[name] = value
+    values["lora_target_modules"] = target_modules_value(values.get("lora_target_modules"))
+    refuse_lora_settings_without_rank(ctx, values)
     if config_file and resolved.alpha_twice_rank and ctx.get_parameter_source("lora_r") == ParameterSource.COMMANDLINE:
         if ctx.get_parameter_source("lora_alpha") != ParameterSource.COMMANDLINE:
             values["lora_alpha"] = 2.0 * values["lora_r"]  # LLaMA-Factory's 2 × rank, of the rank in force
@@ -144,6 +146,16 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
     if config_file:
         from_config_file(ctx, config_file, resolved, values)
     return TrainConfig(**values)
+
+
+def refuse_lora_settings_without_rank(ctx: click.Context, values: dict[str, Any]) -> None:
+    """--lora-alpha or --lora-dropout on the command line without --lora-r would train every
+    weight, as if they were not given, like --lora-target-modules (refused by TrainConfig). Only
+    the command line's: a dumped TRL config holds lora_alpha and lora_dropout whatever use_peft."""
+    if values.get("lora_r") == 0:
+        for name in ("lora_alpha", "lora_dropout"):
+            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+                raise InputError(f"--{name.replace('_', '-')}: needs --lora-r R > 0 (without it every weight is trained)")
 
 
 def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:

@@ -99,3 +99,15 @@ def test_dtype_choices_follow_formats_numerics():
     from kto.inspection.cli import NUMERICS
 
     assert NUMERICS == NAMES
+
+
+def test_final_merged_is_read_as_its_runs_model(tmp_path):
+    """Seen in a review: `score --model RUN/final-merged` took β 0.1 where RUN/final of the same
+    run took the run's β (0.5 there), so one run's two outputs gave rewards 5× apart."""
+    from kto.formats.runrecord import run_of_model_dir, write_run_config
+
+    run = tmp_path / "run"
+    for name in ("final", "final-merged", "checkpoint-3", "elsewhere"):
+        (run / name).mkdir(parents=True)
+    write_run_config(run, {}, {})
+    assert [run_of_model_dir(run / n) for n in ("final", "final-merged", "checkpoint-3", "elsewhere")] == [run, run, run, None]

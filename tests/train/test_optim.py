@@ -168,3 +168,23 @@ def test_the_printed_resume_command_rebuilds_the_run_settings_flags_on_by_defaul
     ctx = main.make_context("kto-train", shlex.split(resume_command(cfg))[1:])
     again = config_from(ctx, ctx.params.pop("config_file"), ctx.params)
     assert dataclasses.replace(again, resume=False) == cfg and again.resume is True
+
+
+def test_lora_flags_the_command_line_gives_need_a_rank_and_all_linear_is_every_layer():
+    """Seen in a review: --lora-alpha or --lora-dropout without --lora-r trained every weight,
+    silently (--lora-target-modules is refused so); `--lora-target-modules all-linear`, peft's
+    and TRL's spelling, was refused on the command line though a --config file took it."""
+    import pytest as _pytest
+
+    from kto.formats.errors import InputError
+    from kto.train.cli import config_from, main
+
+    def config(*flags):
+        ctx = main.make_context("kto-train", ["--cache", "c", "--model", "m", "--out", "o", *flags])
+        return config_from(ctx, ctx.params.pop("config_file"), ctx.params)
+
+    for flag in (["--lora-alpha", "32"], ["--lora-dropout", "0.1"]):
+        with _pytest.raises(InputError, match=f"^{flag[0]}: needs --lora-r R > 0"):
+            config(*flag)
+    assert config("--lora-r", "2", "--lora-target-modules", "all-linear").lora_target_modules is None
+    assert config("--lora-r", "2", "--lora-alpha", "8").lora_alpha == 8.0
