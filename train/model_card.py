@@ -14,6 +14,7 @@ line is logged whatever --log-every, and the last evaluation runs before final/ 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,7 +86,7 @@ def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[d
         ("desirable weight w_D", number(config["desirable_weight"])),
         ("undesirable weight w_U", number(config["undesirable_weight"])),
         ("SFT weight γ", number(config["sft_weight"])),
-        ("learning rate", f"{number(config['lr'])} ({config['lr_schedule']}, warmup ratio {number(config['warmup_ratio'])})"),
+        ("learning rate", learning_rate_line(config)),
         ("steps", f"{derived['total_steps']} (batch {config['batch_size']} × accumulation {config['grad_accum']} × {derived['world_size']} processes)"),
         ("seed", number(config["seed"])),
         ("cache fingerprint", f"`{fingerprint}`"),
@@ -93,6 +94,15 @@ def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[d
         ("data", "; ".join(source_line(i) for i in inputs) or "n/a"),
     ]
     return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def learning_rate_line(config: dict) -> str:
+    """lr, schedule (with its kwargs) and the warmup that ran: --warmup-steps when given (it
+    overrides the ratio, as in transformers), else the ratio."""
+    warmup = f"warmup steps {config['warmup_steps']}" if config.get("warmup_steps") else f"warmup ratio {number(config['warmup_ratio'])}"
+    kwargs = config.get("lr_schedule_kwargs") or {}
+    schedule = config["lr_schedule"] + (f" {json.dumps(kwargs, sort_keys=True)}" if kwargs else "")
+    return f"{number(config['lr'])} ({schedule}, {warmup})"
 
 
 def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict | None, kind: str, adapter: bool) -> str:

@@ -115,8 +115,15 @@ def start(accelerator: Accelerator, out: Path, run_name: str | None, config: dic
     # accelerate makes its TensorBoard tracker with the project name as the run and project_dir
     # as the folder, and takes a tracker object in log_with as already made: ours is swapped in.
     accelerator.log_with = [tensorboard_tracker(out, run_name) if str(t) == "tensorboard" else t for t in accelerator.log_with]
-    # TensorBoard's hparams take only scalars and strings: every value is stringified.
-    accelerator.init_trackers(PROJECT, config={k: str(v) for k, v in config.items()}, init_kwargs=kwargs)
+    accelerator.init_trackers(PROJECT, config=tracker_config(config), init_kwargs=kwargs)
+
+
+def tracker_config(config: dict) -> dict:
+    """The run's settings as trackers take them: TensorBoard's hparams hold only numbers, bools and
+    strings, so None, lists and mappings become strings, and numbers stay numbers (a string lr
+    has no axis in TensorBoard's HParams view, nor a numeric comparison in wandb), as
+    transformers' `to_sanitized_dict` keeps them."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()}
 
 
 def tensorboard_tracker(out: Path, run_name: str) -> object:

@@ -54,6 +54,25 @@ def test_full_run_card_says_what_the_run_files_say(tiny_cache, tiny_eval_cache, 
     assert not list((out / "final").glob(".*tmp*"))  # written through a temp name, renamed
 
 
+def test_the_learning_rate_row_names_the_warmup_that_ran_and_the_schedules_kwargs():
+    """Seen in a review: --warmup-steps 2 with --lr-schedule-kwargs showed "warmup ratio 0.1"
+    (which --warmup-steps overrides) and no kwargs."""
+    from kto.train.model_card import learning_rate_line
+
+    base = {"lr": 1e-3, "lr_schedule": "linear", "warmup_ratio": 0.1, "warmup_steps": 0, "lr_schedule_kwargs": {}}
+    assert learning_rate_line(base) == "0.001 (linear, warmup ratio 0.1)"
+    given = {**base, "lr_schedule": "cosine_with_min_lr", "warmup_steps": 2, "lr_schedule_kwargs": {"min_lr_rate": 0.1}}
+    assert learning_rate_line(given) == '0.001 (cosine_with_min_lr {"min_lr_rate": 0.1}, warmup steps 2)'
+
+
+def test_trackers_get_numbers_as_numbers():
+    """Every value reached TensorBoard's hparams, wandb and mlflow as a string (lr "1e-06")."""
+    from kto.train.trackers import tracker_config
+
+    config = {"lr": 1e-6, "batch_size": 4, "fsdp": False, "run_name": "x", "eval_cache": None, "lr_schedule_kwargs": {"a": 1}}
+    assert tracker_config(config) == {"lr": 1e-6, "batch_size": 4, "fsdp": False, "run_name": "x", "eval_cache": "None", "lr_schedule_kwargs": "{'a': 1}"}
+
+
 @pytest.fixture
 def hub_model(tmp_path, tiny_model_dir, monkeypatch):
     """`kto-test/tiny` resolvable offline: the tiny model in an HF cache folder, the Hub unreachable."""
