@@ -64,3 +64,16 @@ def fetch_cache(spec: str | Path, flag: str = "--cache") -> Path:
     if not (folder / MANIFEST_NAME).is_file():
         raise InputError(f"{flag} {spec}: the dataset repo holds no kto-precompute cache (no {sub + '/' if sub else ''}{MANIFEST_NAME})")
     return folder
+
+
+def hub_spec_of(folder: str | Path) -> str | None:
+    """`hf:ORG/NAME[/SUBDIR]` for a folder fetch_cache returned (huggingface_hub's cache layout:
+    …/datasets--ORG--NAME/snapshots/REVISION[/SUBDIR]), else None. A command printed for the
+    user (the --resume one) names the repo as typed, not this machine's snapshot, which another
+    machine, or this one after its HF cache is cleared, does not have."""
+    parts = Path(folder).parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("datasets--") and parts[i + 1] == "snapshots":
+            org, _, name = part.removeprefix("datasets--").partition("--")
+            return PREFIX + "/".join((org, name, *parts[i + 3 :]))
+    return None

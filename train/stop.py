@@ -25,6 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from kto.formats.errors import log, on_main
+from kto.formats.hub import hub_spec_of
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -87,6 +88,8 @@ def resume_command(cfg: TrainConfig) -> str:
     words = ["kto-train"]
     for f in dataclasses.fields(TrainConfig):
         value = getattr(cfg, f.name)
+        if f.name in ("cache", "eval_cache") and value is not None:
+            value = hub_spec_of(value) or value  # an `hf:` cache as typed, not its local snapshot
         if f.name == "resume" or value == f.default or value is None or value == {}:
             continue
         flag = "--" + f.name.replace("_", "-")

@@ -188,3 +188,18 @@ def test_lora_flags_the_command_line_gives_need_a_rank_and_all_linear_is_every_l
             config(*flag)
     assert config("--lora-r", "2", "--lora-target-modules", "all-linear").lora_target_modules is None
     assert config("--lora-r", "2", "--lora-alpha", "8").lora_alpha == 8.0
+
+
+def test_the_printed_resume_command_names_a_hub_cache_as_typed(tmp_path):
+    """Seen in a review: `--cache hf:me/fb-cache` came out as this machine's HF-cache snapshot
+    folder, which is gone once the HF cache is cleared, and never on another machine."""
+    import shlex
+    from pathlib import Path
+
+    from kto.train.config import TrainConfig
+    from kto.train.stop import resume_command
+
+    snapshot = tmp_path / "hub" / "datasets--me--fb-cache" / "snapshots" / "c419c25"
+    cfg = TrainConfig(cache=snapshot, eval_cache=snapshot / "eval", model="m", out=Path("o"))
+    words = shlex.split(resume_command(cfg))
+    assert words[words.index("--cache") + 1] == "hf:me/fb-cache" and words[words.index("--eval-cache") + 1] == "hf:me/fb-cache/eval"
