@@ -20,6 +20,37 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # A cache's own bookkeeping (journal, lock, verification memos, staging, temp names) stays home:
 # every hidden file or folder, at the top or in eval/.
 PRIVATE_PATTERNS = [".*", "*/.*"]
+# What a push owns in the repo it pushes to. A remote file matching these and not in this upload
+# is left from an earlier push (a cache of more shards, an eval/ this cache lacks, a full model's
+# weights after an adapter) and is deleted in the same commit: the repo then holds exactly this
+# upload, which readers of `shard-*.arrow` and `from_pretrained` need. Anything else there (a
+# user's README.md card, .gitattributes, which huggingface_hub never deletes, notes) is kept.
+# Patterns are fnmatch over repo paths, where `*` also matches `/`.
+CACHE_PATTERNS = ["shard-*.arrow", MANIFEST_NAME, "tokenizer/*", "eval/*"]
+# A model repo: only the top-level names save_pretrained (model, PEFT adapter, tokenizer) writes
+# into final/, spelt without a leading `*` so a user's subfolder (onnx/model.safetensors,
+# gguf/...) is never matched. A user's own generation_config.json or tokenizer file of these
+# names is replaced or deleted too: beside other weights it would be wrong, so this is the safe
+# side. The model card, README.md, is in every final/ and so is always replaced, never deleted.
+MODEL_PATTERNS = [
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+]
 
 
 def check_repo_id(repo_id: str, flag: str = "--push-to-hub") -> str:
@@ -35,14 +66,24 @@ def is_hub_cache(spec: str | Path) -> bool:
 
 def push_folder(folder: Path, repo_id: str, *, dataset: bool, private: bool, message: str) -> str:
     """Create `repo_id` (model or dataset repo; kept if it exists) and upload `folder` in one
-    commit, hidden files left out. Returns the commit URL."""
+    commit, hidden files left out, deleting in that commit the repo's files of an earlier push
+    (CACHE_PATTERNS, MODEL_PATTERNS) that this upload does not hold. Returns the commit URL."""
     from huggingface_hub import HfApi
 
     kind = "dataset" if dataset else "model"
     try:
         api = HfApi()
         api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=kind, commit_message=message, ignore_patterns=PRIVATE_PATTERNS)
+        # delete_patterns: huggingface_hub lists the repo's files, matches them, and drops from the
+        # deletions every path this upload writes; the deletions ride the upload's first commit.
+        commit = api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            repo_type=kind,
+            commit_message=message,
+            ignore_patterns=PRIVATE_PATTERNS,
+            delete_patterns=CACHE_PATTERNS if dataset else MODEL_PATTERNS,
+        )
     except Exception as exc:  # network, auth, a name taken: one line for the user
         raise InputError(f"--push-to-hub {repo_id}: cannot upload {folder} ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     return str(commit)

@@ -7,10 +7,11 @@ LFS or Xet transfer is needed.
 Endpoints (read from huggingface_hub 2.4's hf_api.py, _commit_api.py, file_download.py):
   POST /api/repos/create                                  {name, organization, private, type}
   POST /api/{type}s/{repo}/preupload/{rev}                upload mode of each file
-  POST /api/{type}s/{repo}/commit/{rev}                   ndjson: header, then file entries
+  POST /api/{type}s/{repo}/commit/{rev}                   ndjson: header, then file and deletedFile entries
   POST /api/validate-yaml                                 a README.md's front matter (parsed with yaml)
   GET  /api/{type}s/{repo}/revision/{rev}                 repo_info (sha, siblings)
-  GET  /api/{type}s/{repo}/tree/{rev}                     list_repo_tree (recursive)
+  GET  /api/{type}s/{repo}/tree/{rev}                     list_repo_tree (recursive; upload_folder's
+                                                          delete_patterns lists the repo with it)
   HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}         file metadata and bytes
 """
 

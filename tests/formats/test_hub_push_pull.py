@@ -12,6 +12,7 @@ from hub_server import FakeHub
 
 import kto.precompute
 from kto.formats.errors import InputError
+from kto.formats.hub import push_folder
 from kto.formats.manifest import read_manifest
 from kto.precompute.config import PrecomputeConfig
 from kto.train.config import TrainConfig
@@ -95,6 +96,54 @@ def test_a_shard_changed_on_the_hub_is_refused(hub, pushed_cache, tiny_model_dir
     assert result.exit_code == 2
     line = train_error_line(result.output)
     assert "sha256" in line and any(shard in line for shard in shards), line
+
+
+def test_a_second_push_replaces_the_earlier_cache(hub, pushed_cache, tiny_model_dir, tmp_path):
+    """A smaller cache (one shard, no eval/) pushed to the repo that holds a 3-shard cache with
+    eval/: after its one commit the repo holds this cache's files and the user's card, nothing of
+    the earlier cache (a stale shard-00002.arrow would be read by `scan_ipc("shard-*.arrow")`,
+    and a stale eval/ would pass for this cache's eval split)."""
+    repo = hub.repos[("dataset", "me/kto-cache")]
+    card = b"---\nlicense: mit\n---\n# Feedback cache\n"
+    repo.files["README.md"] = card  # the user's dataset card, put there between the pushes
+    repo.commits.append("c" * 40)
+    assert len(read_manifest(pushed_cache.cache).shards) == 3 and "eval/manifest.json" in repo.files
+    data = write_rows(tmp_path / "chat2.jsonl", chat_rows())
+    config = PrecomputeConfig(data=(data,), model=str(tiny_model_dir), out=tmp_path / "cache2", max_length=64, batch_tokens=256, push_to_hub="me/kto-cache")
+    commits = len(repo.commits)
+    second = kto.precompute.run(config)
+    assert len(read_manifest(second.cache).shards) == 1 and not (second.cache / "eval").exists()
+    assert repo.files == {**visible_files(second.cache), "README.md": card} and len(repo.commits) == commits + 1
+    from kto.inspection.cli import main as inspect
+
+    verified = CliRunner().invoke(inspect, ["verify", "hf:me/kto-cache"])
+    assert verified.exit_code == 0 and "ok: " in verified.output, verified.output
+
+
+def test_a_second_model_push_replaces_the_model_files(hub, tmp_path):
+    """A sharded full model pushed over an adapter, then a one-file model over the sharded one:
+    each time the repo ends with this final/'s files; a user's files that a final/ never writes
+    (notes, a subfolder's weights, .gitattributes) stay."""
+
+    def final(name: str, files: dict[str, str]) -> Path:
+        for rel, text in files.items():
+            (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / rel).write_text(text)
+        return tmp_path / name
+
+    common = {"README.md": "---\nlibrary_name: peft\n---\n", "tokenizer.json": "{}", "tokenizer_config.json": "{}", "chat_template.jinja": "x"}
+    adapter = final("a", {**common, "adapter_model.safetensors": "a", "adapter_config.json": "{}", "special_tokens_map.json": "{}"})
+    shards = {"model-00001-of-00002.safetensors": "1", "model-00002-of-00002.safetensors": "2", "model.safetensors.index.json": "{}"}
+    full = final("b", {**common, **shards, "config.json": "{}", "generation_config.json": "{}", ".lock": ""})
+    push_folder(adapter, "me/policy", dataset=False, private=False, message="first")
+    repo = hub.repos[("model", "me/policy")]
+    user = {"notes.md": b"mine", "onnx/model.safetensors": b"onnx", ".gitattributes": b"*.safetensors filter=lfs"}
+    repo.files.update(user)
+    push_folder(full, "me/policy", dataset=False, private=False, message="second")
+    assert repo.files == {**visible_files(full), **user}
+    smaller = final("c", {**common, "model.safetensors": "m", "config.json": "{}"})
+    push_folder(smaller, "me/policy", dataset=False, private=False, message="third")
+    assert repo.files == {**visible_files(smaller), **user}
 
 
 def test_bad_hub_names_are_refused_before_any_work(hub, tiny_model_dir, tmp_path):
