@@ -163,8 +163,6 @@ IGNORED = {
     "plot_loss": "plot a run with kto-inspect run OUT",
     "ddp_timeout": "accelerate's default timeout is used",
     "per_device_eval_batch_size": "evaluation uses batch_size",
-    "eval_strategy": "eval_steps (eval_every) decides when to evaluate",
-    "evaluation_strategy": "eval_steps (eval_every) decides when to evaluate",
     "save_strategy": "save_steps (save_every) decides when to save; `no` or `epoch` without save_steps: final/ only",
     "logging_strategy": "logging_steps (log_every) decides when to log",
     "logging_first_step": "lines are logged every log_every steps and at the last",
@@ -271,8 +269,12 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
         "adapter_name_or_path": Unsupported("kto-train starts fresh adapters on model; merge the existing ones into the model first"),
     },
 }
-# Keys that only complete another key (`dataset_name`'s split): consumed by it, never reported.
-COMPANIONS = {PRECOMPUTE: {"dataset_config", "dataset_train_split", "dataset_test_split"}, TRAIN: set()}
+# transformers' eval_strategy and its old name (gone in transformers 5), as TRL and LLaMA-Factory pass them.
+EVAL_STRATEGIES = ("eval_strategy", "evaluation_strategy")
+# Keys that only complete another key, consumed by it: `dataset_name`'s split, which the
+# eval_strategy also picks; kto-train reads the eval_strategy with eval_steps, logging_steps and
+# val_size (config_names._eval_schedule, which says what it does in a line).
+COMPANIONS = {PRECOMPUTE: {"dataset_config", "dataset_train_split", "dataset_test_split", *EVAL_STRATEGIES}, TRAIN: set(EVAL_STRATEGIES)}
 
 
 # kto-precompute's keys whose value the cache's manifest records as it is (CacheContent): the

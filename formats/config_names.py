@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config_keys import ALIASES, COMPANIONS, IGNORED, LF, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
+from .config_keys import ALIASES, COMPANIONS, EVAL_STRATEGIES, IGNORED, LF, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
 from .errors import InputError
 
 
@@ -152,12 +152,87 @@ def _dataset_name(value: Any, command: str, out: Resolved, raw: Mapping[str, Any
         out.notes.append("dataset_test_split: ignored (eval_strategy is no: TRL evaluates on it only with another eval_strategy)")
 
 
-def _evaluates(raw: Mapping[str, Any]) -> str | None:
-    """transformers' eval_strategy (or its old name evaluation_strategy) when it is not `no`."""
-    value = raw.get("eval_strategy", raw.get("evaluation_strategy"))
+def _eval_strategy(raw: Mapping[str, Any]) -> str | None:
+    """transformers' eval_strategy (or its old name evaluation_strategy): no, steps or epoch;
+    None where the file gives neither."""
+    key = next((k for k in EVAL_STRATEGIES if k in raw), None)
+    if key is None:
+        return None
     # YAML 1.1 reads an unquoted `no` as false; null is transformers' "not set", i.e. no.
-    strategy = "no" if value is None or value is False else str(value).lower()
-    return None if strategy == "no" else strategy
+    strategy = "no" if raw[key] is None or raw[key] is False else str(raw[key]).lower()
+    if strategy not in ("no", "steps", "epoch"):
+        raise InputError(f"{key}: {raw[key]!r}: transformers takes no, steps or epoch")
+    return strategy
+
+
+def _evaluates(raw: Mapping[str, Any]) -> str | None:
+    """The eval_strategy when it is given and not `no`."""
+    strategy = _eval_strategy(raw)
+    return None if strategy in (None, "no") else strategy
+
+
+# kto-train's log_every default, which TRL's KTOConfig shares (logging_steps 10).
+LOG_EVERY = 10
+
+
+def _eval_schedule(raw: Mapping[str, Any], out: Resolved) -> None:
+    """transformers' eval_strategy as kto-train's schedule. kto-train evaluates every eval_every
+    steps (0: never between steps) and once after the last, whenever it has an eval cache; it has
+    no switch to skip that last one, and no per-epoch evaluation.
+
+    - steps: every eval_steps, or logging_steps where eval_steps is left out, null or 0
+      (TrainingArguments.__post_init__; logging_steps' default is 500 for LLaMA-Factory, 10 in
+      TRL's KTOConfig); below 1, a share of max_steps, as for the keys themselves;
+    - epoch: evaluated after the last step only (eval_steps ignored, as transformers ignores it);
+    - no: eval_steps ignored and no eval cache from the file (val_size's CACHE/eval, TRL's
+      dataset_test_split), unless do_eval: true with val_size (LLaMA-Factory evaluates after
+      training then); an --eval-cache on the command line is still evaluated after the last step;
+    - left out: eval_steps is eval_every, and val_size's CACHE/eval the eval cache, as before
+      the key was read (transformers would not evaluate; a file without it meant to here).
+    Called after _their_defaults: logging_steps' default is the file's tool's."""
+    strategy = _eval_strategy(raw)
+    held_out = bool(raw.get("val_size")) and (strategy != "no" or raw.get("do_eval") is True)
+    out.eval_in_cache = held_out or ("dataset_name" in raw and strategy not in (None, "no"))
+    if strategy == "steps":
+        _eval_on_logged_steps(out)
+    elif strategy is not None:
+        dropped = "; eval_steps: ignored, as transformers ignores it then" if _drop_eval_steps(out) else ""
+        if strategy == "epoch":
+            said = "evaluated after the last step only: kto-train has no per-epoch evaluation; to evaluate each epoch, give eval_every the steps per epoch that kto-train's first lines print"
+        elif out.eval_in_cache:
+            said = "do_eval: true: evaluated once after the last step, on CACHE/eval (val_size), as LLaMA-Factory evaluates after training"
+        else:
+            said = "no evaluation from the file (no eval cache from val_size or dataset_test_split); an --eval-cache given on the command line is still evaluated once after the last step (kto-train has no switch to skip it)"
+        out.notes.append(f"eval_strategy: {strategy} -> {said}{dropped}")
+
+
+def _drop_eval_steps(out: Resolved) -> bool:
+    """Take back the eval_every that eval_steps set (a count or a share); True if there was one."""
+    dropped = out.origin.get("eval_every") == "eval_steps"
+    if dropped:
+        del out.values["eval_every"], out.origin["eval_every"]
+    if out.ratios.get("eval_every", ("",))[0] == "eval_steps":
+        dropped = bool(out.ratios.pop("eval_every"))
+    return dropped
+
+
+def _eval_on_logged_steps(out: Resolved) -> None:
+    """eval_strategy: steps without eval_steps (or with 0): every logging_steps, transformers' rule."""
+    if "eval_every" in out.ratios or out.values.get("eval_every") or out.origin.get("eval_every") == "eval_every":
+        return  # eval_steps given, or our own eval_every
+    _drop_eval_steps(out)  # eval_steps: 0
+    if "log_every" in out.ratios:
+        out.ratios["eval_every"] = out.ratios["log_every"]  # resolved against max_steps by kto-train
+        key, every = out.ratios["log_every"]
+    else:
+        key = "logging_steps" if "log_every" in out.values else "logging_steps' default"
+        every = out.values.get("log_every", out.defaults.get("log_every", LOG_EVERY))
+        if same_value(every, 0):
+            raise InputError("eval_strategy: steps: give eval_steps, or a logging_steps above 0 (transformers refuses it too)")
+        # Set as eval_steps: kto-train then drops it, said in a line, where there is no eval set
+        # (train/cli.py from_config_file), as it drops a written eval_steps.
+        out.set("eval_every", every, "eval_steps")
+    out.notes.append(f"eval_strategy: steps without eval_steps -> eval_every from {key} {every} (eval_steps defaults to logging_steps, as transformers)")
 
 
 def _disable_dropout(value: Any, command: str, out: Resolved) -> None:
@@ -206,7 +281,8 @@ def _names_of(command: str) -> set[str]:
         | set(ALIASES[command])
         | set(MAPPED[command])
         | set(UNSUPPORTED[command])
-        | (set(COMPANIONS[command]) | {"dataset_name"} if command == PRECOMPUTE else set())
+        | set(COMPANIONS[command])
+        | ({"dataset_name"} if command == PRECOMPUTE else set())
     )
 
 
@@ -269,10 +345,9 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             out.other_values[key] = value
         else:
             sorting.unknown.append(key)
-    if command == TRAIN and (raw.get("val_size") or ("dataset_name" in raw and _evaluates(raw))):
-        out.eval_in_cache = True  # kto-precompute wrote the held-out rows to CACHE/eval
     if command == TRAIN:
         _their_defaults(raw, sorting.foreign, out)
+        _eval_schedule(raw, out)  # eval_in_cache: kto-precompute wrote the held-out rows to CACHE/eval
     else:
         _their_data_defaults(raw, out)
     _refuse(sorting, command)

@@ -493,3 +493,76 @@ def test_an_unquoted_eval_strategy_no_is_no():
     for value in (False, None, "no", "NO"):
         resolved = resolve({"dataset_name": "org/ds", "eval_strategy": value}, PRECOMPUTE)
         assert "eval_data" not in resolved.values, value
+
+
+# transformers' eval_strategy as kto-train's schedule (TrainingArguments.__post_init__: `steps`
+# without eval_steps takes logging_steps, 500 by default, 10 in TRL's KTOConfig; `no` and
+# `epoch` ignore eval_steps). kto-train evaluates every eval_every steps and after the last one,
+# whenever it has an eval cache: `eval_every` None here is its default 0, "after the last step only".
+EVAL_SCHEDULES = [
+    # (the file, eval_every, its share of max_steps, eval_in_cache, the line that says it)
+    ({"eval_strategy": "steps", "logging_steps": 2, "max_steps": 6}, 2, None, False, "eval_every from logging_steps 2"),
+    ({"eval_strategy": "steps", "eval_steps": 3, "logging_steps": 2}, 3, None, False, None),
+    ({"eval_strategy": "steps", "eval_steps": 0, "logging_steps": 4}, 4, None, False, "eval_every from logging_steps 4"),
+    ({"eval_strategy": "steps", "eval_steps": None, "logging_steps": 4}, 4, None, False, "eval_every from logging_steps 4"),
+    ({"evaluation_strategy": "steps"}, 10, None, False, "eval_every from logging_steps' default 10"),  # KTOConfig's 10
+    ({"eval_strategy": "steps", "stage": "kto", "val_size": 0.1}, 500, None, True, "eval_every from logging_steps' default 500"),  # transformers'
+    ({"eval_strategy": "steps", "logging_steps": 0.25}, None, ("logging_steps", 0.25), False, "eval_every from logging_steps 0.25"),
+    ({"eval_strategy": "steps", "eval_every": 0, "logging_steps": 2}, 0, None, False, None),  # our own key wins
+    ({"eval_strategy": "epoch", "num_train_epochs": 2}, None, None, False, "eval_strategy: epoch -> evaluated after the last step only"),
+    ({"eval_strategy": "epoch", "eval_steps": 5, "val_size": 0.1}, None, None, True, "eval_steps: ignored"),
+    ({"eval_strategy": "no", "eval_steps": 2}, None, None, False, "eval_strategy: no -> no evaluation from the file"),
+    ({"eval_strategy": False, "eval_steps": 0.5, "val_size": 0.1}, None, None, False, "eval_steps: ignored"),  # unquoted YAML `no`
+    ({"eval_strategy": None, "eval_steps": 2, "dataset_name": "org/ds"}, None, None, False, "eval_strategy: no -> no evaluation from the file"),
+    ({"eval_strategy": "no", "val_size": 0.1, "do_eval": True}, None, None, True, "do_eval: true: evaluated once after the last step"),
+    ({"eval_steps": 4, "val_size": 0.1}, 4, None, True, None),  # left out: eval_steps is eval_every, as before
+    ({"val_size": 0.1}, None, None, True, None),
+]
+
+
+@pytest.mark.parametrize("raw, every, share, in_cache, said", EVAL_SCHEDULES)
+def test_eval_strategy_gives_transformers_eval_schedule(raw, every, share, in_cache, said):
+    """Each row was ignored ("eval_steps decides when to evaluate"): `steps` without eval_steps
+    evaluated after the last step only, `no` with eval_steps every eval_steps."""
+    resolved = resolve(raw, TRAIN)
+    assert resolved.values.get("eval_every") == every, resolved.notes
+    assert resolved.ratios.get("eval_every") == share
+    assert resolved.eval_in_cache == in_cache
+    if said:
+        assert any(said in note for note in resolved.notes), resolved.notes
+    assert not any(note.startswith(("eval_strategy: ignored", "evaluation_strategy: ignored")) for note in resolved.notes)
+
+
+def test_eval_strategy_steps_without_any_cadence_and_unknown_strategies_are_refused():
+    """transformers refuses `steps` with neither eval_steps nor logging_steps, and any strategy but no, steps, epoch."""
+    with pytest.raises(InputError, match="eval_strategy: steps: give eval_steps, or a logging_steps above 0"):
+        resolve({"eval_strategy": "steps", "logging_steps": 0}, TRAIN)
+    with pytest.raises(InputError, match="eval_strategy: 'best': transformers takes no, steps or epoch"):
+        resolve({"eval_strategy": "best"}, TRAIN)
+
+
+def test_kto_precompute_takes_eval_strategy_only_with_dataset_name():
+    """It picks dataset_test_split there (a line says so); without dataset_name it is kto-train's, silently here."""
+    assert resolve({"model_name_or_path": "m", "eval_strategy": "steps"}, PRECOMPUTE).notes == []
+    assert resolve({"dataset_name": "org/ds", "eval_strategy": "steps"}, PRECOMPUTE).notes == [
+        "eval_strategy steps: dataset_test_split test -> eval_data hf:org/ds:test (CACHE/eval)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, evaluated",
+    [
+        ("eval_strategy: steps\nlogging_steps: 2\nmax_steps: 6\n", [2, 4, 6]),  # transformers: 2, 4, 6
+        ("eval_strategy: epoch\nnum_train_epochs: 2\n", [4]),  # transformers: 2 and 4; no per-epoch evaluation here
+        ("eval_strategy: no\neval_steps: 2\nmax_steps: 6\n", [6]),  # transformers: none; --eval-cache is evaluated at the end
+    ],
+)
+def test_a_run_evaluates_on_transformers_steps(tmp_path, tiny_cache, tiny_eval_cache, tiny_model_dir, text, evaluated):
+    """The real run with --eval-cache: 16 rows, batch 8, so 2 steps per epoch."""
+    from conftest import metrics, run_train
+
+    path, out = tmp_path / "trl.yaml", tmp_path / "run"
+    path.write_text(text + "per_device_train_batch_size: 8\n")
+    result = run_train(tiny_cache, tiny_model_dir, out, "--config", str(path), "--eval-cache", str(tiny_eval_cache))
+    assert result.exit_code == 0, result.output
+    assert [m["step"] for m in metrics(out) if m.get("split") == "eval"] == evaluated, result.output
