@@ -243,11 +243,13 @@ def _policy(model: str, base_model: str | None) -> _Policy:
     path = Path(model).resolve()
     if is_adapter_dir(Path(model)):
         require_peft("--model")
-        source = resolve_source(_base_of(path, base_model), flag="--base-model")
+        flag = "--base-model" if base_model else f"--model {model}: the base its adapter_config.json names,"
+        source = resolve_source(_base_of(path, base_model), flag=flag)
         kind = "the LoRA adapters" + (" (sharded by FSDP)" if is_sharded_checkpoint(path) else "")
         return _Policy(source, ModelSource(path), lambda lm: with_adapters(lm, path), f"note: scoring {source.directory} with {kind} of {path}")
     if is_sharded_checkpoint(Path(model)) and not (path / "config.json").is_file():
-        source = resolve_source(_base_of_run(model, base_model), flag="--base-model")
+        flag = "--base-model" if base_model else f"--model {model}: its run's --model,"
+        source = resolve_source(_base_of_run(model, base_model), flag=flag)
         note = f"note: scoring the weights of {path} (sharded by FSDP) on the model of {source.directory}"
         return _Policy(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), note)
     source = resolve_source(model)

@@ -111,3 +111,21 @@ def test_final_merged_is_read_as_its_runs_model(tmp_path):
         (run / name).mkdir(parents=True)
     write_run_config(run, {}, {})
     assert [run_of_model_dir(run / n) for n in ("final", "final-merged", "checkpoint-3", "elsewhere")] == [run, run, run, None]
+
+
+def test_a_missing_base_is_named_by_where_it_came_from(tmp_path, monkeypatch):
+    """An adapter's base read from its adapter_config.json, not found, was reported as
+    `--base-model X: no such file or directory`, a flag the user never passed."""
+    import json
+
+    from kto.formats.errors import InputError
+    from kto.inspection.score import _policy
+
+    adapter = tmp_path / "final"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "./no-such-base"}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"^--model final: the base its adapter_config.json names, ./no-such-base: no such file or directory$"):
+        _policy("final", None)
+    with pytest.raises(InputError, match=r"^--base-model ./other: no such file or directory$"):
+        _policy("final", "./other")
