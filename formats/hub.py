@@ -16,6 +16,8 @@ from .errors import InputError
 from .schema import MANIFEST_NAME
 
 PREFIX = "hf:"
+# Each folder fetch_cache returned, and the spec it was fetched for (hub_spec_of).
+_FETCHED: dict[Path, str] = {}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A cache's own bookkeeping (journal, lock, verification memos, staging, temp names) stays home:
 # every hidden file or folder, at the top or in eval/.
@@ -104,17 +106,13 @@ def fetch_cache(spec: str | Path, flag: str = "--cache") -> Path:
     folder = local / sub if sub else local
     if not (folder / MANIFEST_NAME).is_file():
         raise InputError(f"{flag} {spec}: the dataset repo holds no kto-precompute cache (no {sub + '/' if sub else ''}{MANIFEST_NAME})")
+    _FETCHED[folder] = str(spec)
     return folder
 
 
 def hub_spec_of(folder: str | Path) -> str | None:
-    """`hf:ORG/NAME[/SUBDIR]` for a folder fetch_cache returned (huggingface_hub's cache layout:
-    …/datasets--ORG--NAME/snapshots/REVISION[/SUBDIR]), else None. A command printed for the
-    user (the --resume one) names the repo as typed, not this machine's snapshot, which another
-    machine, or this one after its HF cache is cleared, does not have."""
-    parts = Path(folder).parts
-    for i, part in enumerate(parts[:-2]):
-        if part.startswith("datasets--") and parts[i + 1] == "snapshots":
-            org, _, name = part.removeprefix("datasets--").partition("--")
-            return PREFIX + "/".join((org, name, *parts[i + 3 :]))
-    return None
+    """The `hf:ORG/NAME[/SUBDIR]` that fetch_cache turned into `folder` in this process, else None.
+    A command printed for the user (the --resume one) names the repo as typed, not this
+    machine's snapshot, which another machine, or this one after its HF cache is cleared, does
+    not have; a local folder the user gave stays as given, whatever its path looks like."""
+    return _FETCHED.get(Path(folder))

@@ -149,11 +149,13 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
 
 
 def refuse_lora_settings_without_rank(ctx: click.Context, values: dict[str, Any]) -> None:
-    """--lora-alpha or --lora-dropout on the command line without --lora-r would train every
-    weight, as if they were not given, like --lora-target-modules (refused by TrainConfig). Only
-    the command line's: a dumped TRL config holds lora_alpha and lora_dropout whatever use_peft."""
-    if values.get("lora_r") == 0:
-        for name in ("lora_alpha", "lora_dropout"):
+    """--lora-alpha, --lora-dropout or --lora-target-modules (all-linear included) on the command
+    line without --lora-r would train every weight, as if they were not given. Only the command
+    line's: a dumped TRL config holds lora_alpha and lora_dropout whatever use_peft. Not on
+    --resume: the printed resume command repeats such a file's values, and the run record
+    decides whether they match."""
+    if values.get("lora_r") == 0 and not values.get("resume"):
+        for name in ("lora_alpha", "lora_dropout", "lora_target_modules"):
             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
                 raise InputError(f"--{name.replace('_', '-')}: needs --lora-r R > 0 (without it every weight is trained)")
 

@@ -183,9 +183,12 @@ def test_lora_flags_the_command_line_gives_need_a_rank_and_all_linear_is_every_l
         ctx = main.make_context("kto-train", ["--cache", "c", "--model", "m", "--out", "o", *flags])
         return config_from(ctx, ctx.params.pop("config_file"), ctx.params)
 
-    for flag in (["--lora-alpha", "32"], ["--lora-dropout", "0.1"]):
+    for flag in (["--lora-alpha", "32"], ["--lora-dropout", "0.1"], ["--lora-target-modules", "all-linear"]):
         with _pytest.raises(InputError, match=f"^{flag[0]}: needs --lora-r R > 0"):
             config(*flag)
+    # A TRL file's lora_alpha beside use_peft: false comes back as a flag in the printed resume
+    # command, which the run record then checks.
+    assert config("--lora-alpha", "32", "--resume").lora_alpha == 32.0
     assert config("--lora-r", "2", "--lora-target-modules", "all-linear").lora_target_modules is None
     assert config("--lora-r", "2", "--lora-alpha", "8").lora_alpha == 8.0
 
@@ -196,10 +199,17 @@ def test_the_printed_resume_command_names_a_hub_cache_as_typed(tmp_path):
     import shlex
     from pathlib import Path
 
+    from kto.formats import hub
     from kto.train.config import TrainConfig
     from kto.train.stop import resume_command
 
     snapshot = tmp_path / "hub" / "datasets--me--fb-cache" / "snapshots" / "c419c25"
     cfg = TrainConfig(cache=snapshot, eval_cache=snapshot / "eval", model="m", out=Path("o"))
-    words = shlex.split(resume_command(cfg))
+    words = shlex.split(resume_command(cfg))  # a local folder given as such stays as given
+    assert words[words.index("--cache") + 1] == str(snapshot)
+    hub._FETCHED.update({snapshot: "hf:me/fb-cache", snapshot / "eval": "hf:me/fb-cache/eval"})  # as fetch_cache records them
+    try:
+        words = shlex.split(resume_command(cfg))
+    finally:
+        hub._FETCHED.clear()
     assert words[words.index("--cache") + 1] == "hf:me/fb-cache" and words[words.index("--eval-cache") + 1] == "hf:me/fb-cache/eval"
