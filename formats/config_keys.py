@@ -153,7 +153,7 @@ ALIASES: dict[str, dict[str, Alias]] = {
 # Keys that mean nothing here, with the reason given when they are skipped.
 IGNORED = {
     "do_train": "training is what kto-train does",
-    "do_eval": "kto-train evaluates when it has an eval cache (eval_cache, or val_size's CACHE/eval)",
+    "do_eval": "kto-train evaluates when it has an eval cache (eval_cache, or val_size's CACHE/eval; with eval_strategy: no, do_eval: true keeps CACHE/eval)",
     "template": "the tokenizer's own chat template is used (chat_template: FILE.jinja replaces it)",
     "overwrite_output_dir": "a run directory is new, or continued with resume",
     "overwrite_cache": "kto-precompute keeps no preprocessing cache besides the one it writes",
