@@ -82,7 +82,7 @@ def _is_score_file(path: Path) -> bool:
 
 
 def run_beta(model: str) -> tuple[float | None, Path | None]:
-    """β of the kto-train run whose final/ or checkpoint-STEP/ is `model` (from RUN/kto_run.json)."""
+    """β of the kto-train run whose final/, final-merged/ or checkpoint-STEP/ is `model` (from RUN/kto_run.json)."""
     from kto.formats.runrecord import read_run_config, record_path, run_of_model_dir
 
     run = run_of_model_dir(model)
