@@ -76,7 +76,7 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--lora-r", default=0, help="LoRA rank; 0 trains every weight.")
 @click.option("--lora-alpha", default=16.0)
 @click.option("--lora-dropout", default=0.0)
-@click.option("--lora-target-modules", default=None, help="Comma list [default: every decoder linear layer].")
+@click.option("--lora-target-modules", default=None, help="Comma list, or all-linear [default: every decoder linear layer]; needs --lora-r.")
 @click.option("--load-in-4bit", is_flag=True, help="QLoRA: 4-bit NF4 base weights (bitsandbytes).")
 @click.option("--load-in-8bit", is_flag=True, help="8-bit base weights (bitsandbytes).")
 @click.option("--merge-adapters", is_flag=True, help="Also write OUT/final-merged (base + adapters).")

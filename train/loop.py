@@ -264,8 +264,8 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
 
 def log_window(run: Run, window: StepStats, last: StepDone, seconds: float, progress: TrainProgress) -> None:
     """Metrics over the steps since the last line (already summed over ranks); `lr` and
-    `grad_norm` are the last step's. transformers' Trainer logs the scheduler's rate after its
-    step, i.e. the next step's; this logs the one the logged step trained with."""
+    `grad_norm` are the last step's. `lr` is the rate the last step trained with, read before the
+    scheduler moves on, as transformers' Trainer reads it."""
     p = run.position
     line = summarize(window, run.cfg.sft_weight)
     line.update(

@@ -66,8 +66,8 @@ def test_run_logs_every_step_and_the_policy_moves(full_run, tiny_cache):
 
 def test_lr_logged_is_the_one_each_step_trained_with(full_run, tiny_cache):
     """--lr 1e-3, 6 steps, warmup ⌊0.2 · 6⌋ = 1: lr·s/1 at s = 0, then linear to 0 at s = 6.
-    Step 1 trains at lr 0, so step 2 still sees πθ = πref (transformers' Trainer would log
-    step 1 at 1e-3, the rate after its scheduler's step)."""
+    Step 1 trains at lr 0, so step 2 still sees πθ = πref (logged so, as transformers' Trainer
+    logs the rate read before its scheduler's step)."""
     lines = metrics(full_run[0])
     assert [m["lr"] for m in lines] == pytest.approx([0.0, 1e-3, 8e-4, 6e-4, 4e-4, 2e-4], rel=1e-12)
     assert abs(lines[1]["kl_raw"]) <= cache_sum_bound(tiny_cache)
