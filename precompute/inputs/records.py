@@ -264,9 +264,9 @@ def input_names(paths: Sequence[str | Path]) -> list[str | None]:
         by_name.setdefault(parts[-1], []).append(i)
     names: list[str | None] = [None] * len(paths)
     for group in by_name.values():
-        k = 1
-        while len({files[i][-k:] for i in group}) < len(group):
-            k += 1  # distinct files have distinct absolute paths, so this ends
+        k, longest = 1, max(len(files[i]) for i in group)
+        while len({files[i][-k:] for i in group}) < len(group) and k < longest:
+            k += 1  # distinct files have distinct absolute paths (one path twice is refused elsewhere)
         for i in group:
             names[i] = "/".join(files[i][-k:]).replace("//", "/")
     return names

@@ -222,3 +222,5 @@ def test_input_names_take_the_shortest_end_that_tells_files_apart(tmp_path):
 
     paths = [tmp_path / "x" / "a" / "d.json", tmp_path / "y" / "a" / "d.json", tmp_path / "e.json", "hf:org/name:train"]
     assert input_names(paths) == ["x/a/d.json", "y/a/d.json", "e.json", None]
+    # One path twice (refused before any row is read, check_distinct_files) looped forever here.
+    assert input_names([tmp_path / "d.json", tmp_path / "d.json"]) == [str(tmp_path / "d.json")] * 2
