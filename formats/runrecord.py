@@ -99,3 +99,12 @@ def run_of_model_dir(model: str | Path) -> Path | None:
     name, parent = path.resolve().name, path.resolve().parent
     ours = name in ("final", "final-merged") or (name.startswith("checkpoint-") and name.removeprefix("checkpoint-").isdigit())
     return parent if ours and record_path(parent) is not None else None
+
+
+def run_setting(model: str | Path, key: str) -> tuple[object, Path | None]:
+    """(`key` of the config recorded by the run whose final/, final-merged/ or checkpoint-STEP/ is
+    `model`, that record's path); (None, None) when `model` is no such folder of a run."""
+    run = run_of_model_dir(model)
+    if run is None:
+        return None, None
+    return read_run_config(run)["config"].get(key), record_path(run)

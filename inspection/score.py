@@ -83,15 +83,14 @@ def _is_score_file(path: Path) -> bool:
 
 def run_beta(model: str) -> tuple[float | None, Path | None]:
     """β of the kto-train run whose final/, final-merged/ or checkpoint-STEP/ is `model` (from RUN/kto_run.json)."""
-    from kto.formats.runrecord import read_run_config, record_path, run_of_model_dir
+    from kto.formats.runrecord import run_setting
 
-    run = run_of_model_dir(model)
-    if run is None:
+    beta, record = run_setting(model, "beta")
+    if record is None:
         return None, None
-    beta = read_run_config(run)["config"].get("beta")
     if not isinstance(beta, (int, float)) or isinstance(beta, bool):
-        raise InputError(f"{record_path(run)}: no numeric beta; pass --beta")
-    return float(beta), record_path(run)
+        raise InputError(f"{record}: no numeric beta; pass --beta")
+    return float(beta), record
 
 
 def score_cache(
@@ -267,15 +266,15 @@ def _base_of(adapter_dir: Path, base_model: str | None) -> str:
 def _base_of_run(checkpoint: str, base_model: str | None) -> str:
     """--base-model, else the --model of the run that saved FSDP checkpoint `checkpoint` (its
     architecture and config: the checkpoint holds every weight, and no config.json)."""
-    from kto.formats.runrecord import read_run_config, run_of_model_dir
+    from kto.formats.compute.models import SHARDED_DIR
+    from kto.formats.runrecord import run_setting
 
     if base_model:
         return base_model
-    run = run_of_model_dir(checkpoint)
-    base = (read_run_config(run) or {}).get("config", {}).get("model") if run is not None else None
+    base, _ = run_setting(checkpoint, "model")
     if not isinstance(base, str) or not base:
         raise InputError(
-            f"--model {checkpoint}: an FSDP checkpoint (its weights are sharded in sharded/*.distcp) with no run record "
+            f"--model {checkpoint}: an FSDP checkpoint (its weights are sharded in {SHARDED_DIR}/*.distcp) with no run record "
             "(RUN/kto_run.json) naming the model it trained; pass that model as --base-model"
         )
     return base
