@@ -33,7 +33,8 @@ TRAIN_KEYS = frozenset(
         "cache", "model", "out", "beta", "desirable_weight", "undesirable_weight", "auto_weights", "loss", "sft_weight", "lr",
         "lr_schedule", "lr_schedule_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "batch_size",
         "grad_accum", "epochs", "max_steps", "seed", "kl_scope", "mixed_precision", "dtype", "gradient_checkpointing",
-        "keep_dropout", "log_every", "save_every", "save_total_limit", "eval_cache", "eval_every", "resume", "report_to", "run_name",
+        "keep_dropout", "log_every", "save_every", "save_each_epoch", "save_total_limit", "eval_cache", "eval_every",
+        "eval_each_epoch", "resume", "report_to", "run_name",
         "drift_tolerance", "chunk_size", "trust_remote_code", "attn_implementation", "lora_r", "lora_alpha", "lora_dropout",
         "lora_target_modules", "load_in_4bit", "load_in_8bit", "merge_adapters", "fsdp", "prefix_sharing", "push_to_hub",
         "hub_private",
@@ -163,7 +164,6 @@ IGNORED = {
     "plot_loss": "plot a run with kto-inspect run OUT",
     "ddp_timeout": "accelerate's default timeout is used",
     "per_device_eval_batch_size": "evaluation uses batch_size",
-    "save_strategy": "save_steps (save_every) decides when to save; `no` or `epoch` without save_steps: final/ only",
     "logging_strategy": "logging_steps (log_every) decides when to log",
     "logging_first_step": "lines are logged every log_every steps and at the last",
     "remove_unused_columns": "the cache holds only the columns training reads",
@@ -273,8 +273,11 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
 EVAL_STRATEGIES = ("eval_strategy", "evaluation_strategy")
 # Keys that only complete another key, consumed by it: `dataset_name`'s split, which the
 # eval_strategy also picks; kto-train reads the eval_strategy with eval_steps, logging_steps and
-# val_size (config_names._eval_schedule, which says what it does in a line).
-COMPANIONS = {PRECOMPUTE: {"dataset_config", "dataset_train_split", "dataset_test_split", *EVAL_STRATEGIES}, TRAIN: set(EVAL_STRATEGIES)}
+# val_size, and the save_strategy with save_steps (config_schedule, which says what each does in a line).
+COMPANIONS = {
+    PRECOMPUTE: {"dataset_config", "dataset_train_split", "dataset_test_split", *EVAL_STRATEGIES},
+    TRAIN: {*EVAL_STRATEGIES, "save_strategy"},
+}
 
 
 # kto-precompute's keys whose value the cache's manifest records as it is (CacheContent): the

@@ -24,51 +24,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config_keys import ALIASES, COMPANIONS, EVAL_STRATEGIES, IGNORED, LF, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
+from .config_keys import ALIASES, COMPANIONS, IGNORED, LF, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
+from .config_resolved import Resolved
+from .config_schedule import eval_schedule, evaluates, save_schedule, save_strategy
 from .errors import InputError
-
-
-@dataclass
-class Resolved:
-    """A config file's values under the command's own option names, and the lines to print."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    origin: dict[str, str] = field(default_factory=dict)
-    """Our name -> the key of the file it came from (for messages)."""
-    defaults: dict[str, Any] = field(default_factory=dict)
-    """Values a mapped key implies unless the file sets that option itself."""
-    forced: dict[str, Any] = field(default_factory=dict)
-    """Values a mapped key sets whatever else the file says (`finetuning_type: full` turns LoRA
-    off even where the file keeps a `lora_rank`, as LLaMA-Factory and TRL ignore it then)."""
-    alpha_twice_rank: bool = False
-    """lora_alpha is 2 × lora_r unless given (LLaMA-Factory): the caller recomputes it when the
-    command line gives another lora_r."""
-    eval_in_cache: bool = False
-    """kto-train: the file holds LLaMA-Factory's `val_size`, so CACHE/eval is the eval cache
-    unless one is given (kto-precompute wrote it there)."""
-    peft_default_targets: bool = False
-    """kto-train: `use_peft: true` without lora_target_modules: LoRA goes where peft puts it for
-    the model type (TRL passes None), which the caller resolves once it knows the model."""
-    defaulted: set[str] = field(default_factory=set)
-    """Values the file did not write, set by the defaults of the tool whose names it uses
-    (`_their_defaults`, TRL's LoRA defaults): a run resumed from a record keeps its own."""
-    ratios: dict[str, tuple[str, float]] = field(default_factory=dict)
-    """kto-train: our name -> (the file's key, its share of the total steps) for transformers 5's
-    `logging_steps: 0.25` and the like; the caller resolves them against max_steps."""
-    default_notes: dict[str, str] = field(default_factory=dict)
-    """Our name -> the line saying which default of their tool it takes: printed only when the
-    command line does not set that option itself (`--max-length 64` over a LLaMA-Factory file)."""
-    other_values: dict[str, Any] = field(default_factory=dict)
-    """The other command's keys with their values (kto-train compares kto-precompute's with the
-    cache's manifest: precompute_disagreements)."""
-
-    def set(self, ours: str, value: Any, key: str) -> None:
-        if ours in self.values and not same_value(self.values[ours], value):
-            raise InputError(f"{self.origin[ours]}: {self.values[ours]!r} and {key}: {value!r} set the same option ({ours}); give one")
-        self.values[ours] = value
-        self.origin[ours] = key
-
 
 PEFT_TARGETS = "peft's default for the model type"
 """What `use_peft: true`'s note says of the LoRA targets until kto-train names them."""
@@ -144,95 +103,12 @@ def _dataset_name(value: Any, command: str, out: Resolved, raw: Mapping[str, Any
     dataset = [str(value), *([str(raw["dataset_config"])] if raw.get("dataset_config") else [])]
     spec = lambda split: "hf:" + ":".join([*dataset, split])
     out.set("data", [spec(str(raw.get("dataset_train_split") or "train"))], "dataset_name")
-    test, strategy = str(raw.get("dataset_test_split") or "test"), _evaluates(raw)
+    test, strategy = str(raw.get("dataset_test_split") or "test"), evaluates(raw)
     if strategy:
         out.set("eval_data", [spec(test)], "dataset_test_split")
         out.notes.append(f"eval_strategy {strategy}: dataset_test_split {test} -> eval_data {spec(test)} (CACHE/eval)")
     elif "dataset_test_split" in raw:
         out.notes.append("dataset_test_split: ignored (eval_strategy is no: TRL evaluates on it only with another eval_strategy)")
-
-
-def _eval_strategy(raw: Mapping[str, Any]) -> str | None:
-    """transformers' eval_strategy (or its old name evaluation_strategy): no, steps or epoch;
-    None where the file gives neither."""
-    key = next((k for k in EVAL_STRATEGIES if k in raw), None)
-    if key is None:
-        return None
-    # YAML 1.1 reads an unquoted `no` as false; null is transformers' "not set", i.e. no.
-    strategy = "no" if raw[key] is None or raw[key] is False else str(raw[key]).lower()
-    if strategy not in ("no", "steps", "epoch"):
-        raise InputError(f"{key}: {raw[key]!r}: transformers takes no, steps or epoch")
-    return strategy
-
-
-def _evaluates(raw: Mapping[str, Any]) -> str | None:
-    """The eval_strategy when it is given and not `no`."""
-    strategy = _eval_strategy(raw)
-    return None if strategy in (None, "no") else strategy
-
-
-# kto-train's log_every default, which TRL's KTOConfig shares (logging_steps 10).
-LOG_EVERY = 10
-
-
-def _eval_schedule(raw: Mapping[str, Any], out: Resolved) -> None:
-    """transformers' eval_strategy as kto-train's schedule. kto-train evaluates every eval_every
-    steps (0: never between steps) and once after the last, whenever it has an eval cache; it has
-    no switch to skip that last one, and no per-epoch evaluation.
-
-    - steps: every eval_steps, or logging_steps where eval_steps is left out, null or 0
-      (TrainingArguments.__post_init__; logging_steps' default is 500 for LLaMA-Factory, 10 in
-      TRL's KTOConfig); below 1, a share of max_steps, as for the keys themselves;
-    - epoch: evaluated after the last step only (eval_steps ignored, as transformers ignores it);
-    - no: eval_steps ignored and no eval cache from the file (val_size's CACHE/eval, TRL's
-      dataset_test_split), unless do_eval: true with val_size (LLaMA-Factory evaluates after
-      training then); an --eval-cache on the command line is still evaluated after the last step;
-    - left out: eval_steps is eval_every, and val_size's CACHE/eval the eval cache, as before
-      the key was read (transformers would not evaluate; a file without it meant to here).
-    Called after _their_defaults: logging_steps' default is the file's tool's."""
-    strategy = _eval_strategy(raw)
-    held_out = bool(raw.get("val_size")) and (strategy != "no" or raw.get("do_eval") is True)
-    out.eval_in_cache = held_out or ("dataset_name" in raw and strategy not in (None, "no"))
-    if strategy == "steps":
-        _eval_on_logged_steps(out)
-    elif strategy is not None:
-        dropped = "; eval_steps: ignored, as transformers ignores it then" if _drop_eval_steps(out) else ""
-        if strategy == "epoch":
-            said = "evaluated after the last step only: kto-train has no per-epoch evaluation; to evaluate each epoch, give eval_every the steps per epoch that kto-train's first lines print"
-        elif out.eval_in_cache:
-            said = "do_eval: true: evaluated once after the last step, on CACHE/eval (val_size), as LLaMA-Factory evaluates after training"
-        else:
-            said = "no evaluation from the file (no eval cache from val_size or dataset_test_split); an --eval-cache given on the command line is still evaluated once after the last step (kto-train has no switch to skip it)"
-        out.notes.append(f"eval_strategy: {strategy} -> {said}{dropped}")
-
-
-def _drop_eval_steps(out: Resolved) -> bool:
-    """Take back the eval_every that eval_steps set (a count or a share); True if there was one."""
-    dropped = out.origin.get("eval_every") == "eval_steps"
-    if dropped:
-        del out.values["eval_every"], out.origin["eval_every"]
-    if out.ratios.get("eval_every", ("",))[0] == "eval_steps":
-        dropped = bool(out.ratios.pop("eval_every"))
-    return dropped
-
-
-def _eval_on_logged_steps(out: Resolved) -> None:
-    """eval_strategy: steps without eval_steps (or with 0): every logging_steps, transformers' rule."""
-    if "eval_every" in out.ratios or out.values.get("eval_every") or out.origin.get("eval_every") == "eval_every":
-        return  # eval_steps given, or our own eval_every
-    _drop_eval_steps(out)  # eval_steps: 0
-    if "log_every" in out.ratios:
-        out.ratios["eval_every"] = out.ratios["log_every"]  # resolved against max_steps by kto-train
-        key, every = out.ratios["log_every"]
-    else:
-        key = "logging_steps" if "log_every" in out.values else "logging_steps' default"
-        every = out.values.get("log_every", out.defaults.get("log_every", LOG_EVERY))
-        if same_value(every, 0):
-            raise InputError("eval_strategy: steps: give eval_steps, or a logging_steps above 0 (transformers refuses it too)")
-        # Set as eval_steps: kto-train then drops it, said in a line, where there is no eval set
-        # (train/cli.py from_config_file), as it drops a written eval_steps.
-        out.set("eval_every", every, "eval_steps")
-    out.notes.append(f"eval_strategy: steps without eval_steps -> eval_every from {key} {every} (eval_steps defaults to logging_steps, as transformers)")
 
 
 def _disable_dropout(value: Any, command: str, out: Resolved) -> None:
@@ -347,7 +223,8 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             sorting.unknown.append(key)
     if command == TRAIN:
         _their_defaults(raw, sorting.foreign, out)
-        _eval_schedule(raw, out)  # eval_in_cache: kto-precompute wrote the held-out rows to CACHE/eval
+        eval_schedule(raw, out)  # eval_in_cache: kto-precompute wrote the held-out rows to CACHE/eval
+        save_schedule(raw, out)
     else:
         _their_data_defaults(raw, out)
     _refuse(sorting, command)
@@ -491,8 +368,8 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
     llama_factory = _is_llama_factory(raw)
     table = _TRANSFORMERS_DEFAULTS + (_LLAMA_FACTORY_DEFAULTS if llama_factory else ())
     for key, value, ours, own_default in table:
-        if key == "save_steps" and str(raw.get("save_strategy", "steps")).lower() != "steps":
-            continue  # `save_strategy: no` saves nothing there; `epoch` has no twin here: final/ only, as ours
+        if key == "save_steps" and save_strategy(raw) not in (None, "steps"):
+            continue  # `no` and `epoch` ignore save_steps (config_schedule.save_schedule)
         if not ({ours} | (_WARMUP if ours == "warmup_ratio" else set())) & given:
             out.defaults[ours] = 0.0 if ours == "warmup_ratio" else value
             said.append(f"{key} {value} (kto-train's own: {own_default})")

@@ -60,10 +60,12 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--prefix-sharing/--no-prefix-sharing", default=True, help="Run a prompt shared by rows of a step once (same numbers, less compute).")
 @click.option("--keep-dropout", is_flag=True, help="Keep the model's dropout (disabled by default).")
 @click.option("--log-every", default=10, help="Log train metrics every N steps, and the last step (0: no train lines in metrics.jsonl).")
-@click.option("--save-every", default=0, help="0: final model only.")
+@click.option("--save-every", default=0, help="Checkpoint every N steps (0: final model only).")
+@click.option("--save-each-epoch", is_flag=True, help="Also checkpoint after each epoch (transformers' save_strategy epoch).")
 @click.option("--save-total-limit", default=0, help="Keep only the newest N checkpoints (0: keep all).")
 @click.option("--eval-cache", type=P, default=None)
-@click.option("--eval-every", default=0)
+@click.option("--eval-every", default=0, help="Also evaluate every N steps (needs --eval-cache; it is always evaluated after the last step).")
+@click.option("--eval-each-epoch", is_flag=True, help="Also evaluate after each epoch (transformers' eval_strategy epoch).")
 @click.option(
     "--resume", is_flag=False, flag_value=LATEST, default=None, metavar="[CHECKPOINT]", help="Continue from OUT/checkpoint-STEP [default: the latest]."
 )
@@ -163,7 +165,7 @@ def refuse_lora_settings_without_rank(ctx: click.Context, values: dict[str, Any]
 def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
     """What a --config file asks that needs the values in force (the command line's included):
     peft's LoRA targets for the model, the eval cache of `val_size`, transformers 5's shares of the
-    total steps, a save cadence on logged steps, and kto-precompute's keys against the cache."""
+    total steps, and kto-precompute's keys against the cache."""
     peft_default_targets(ctx, path, resolved, values)
     for note in resolved.notes:
         log(f"kto-train: {note}")
@@ -173,18 +175,23 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
         values["eval_cache"] = Path(values["cache"]) / "eval"
         held_out = "val_size" if resolved.values.get("eval_fraction") or "val_size" in resolved.other_values else "dataset_test_split"
         log(f"kto-train: --config {path}: {held_out} -> --eval-cache {values['eval_cache']}")
-    from_their_file = ctx.get_parameter_source("eval_every") != ParameterSource.COMMANDLINE and (
-        resolved.origin.get("eval_every") == "eval_steps" or "eval_every" in resolved.ratios
-    )
-    if from_their_file and values.get("eval_cache") is None and (values.get("eval_every") or "eval_every" in resolved.ratios):
-        # transformers evaluates only with an eval set, so a TRL file's eval_steps without one
-        # (TRL's own example) is inert there; it is here too. Our --eval-every alone is refused.
-        log(f"kto-train: --config {path}: eval_steps: ignored (no eval set: give --eval-cache, val_size, or eval_strategy with dataset_test_split)")
-        values["eval_every"] = 0
-        resolved.ratios.pop("eval_every", None)
+    if values.get("eval_cache") is None:
+        no_eval_set(ctx, path, resolved, values)
     step_shares(ctx, path, resolved, values)
-    save_on_logged_steps(ctx, path, resolved, values)
     check_cache_agrees(path, resolved, values)
+
+
+def no_eval_set(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """transformers evaluates only with an eval set, so a TRL file's eval_steps or eval_strategy
+    without one (TRL's own example) is inert there; it is here too, said in a line. Our own
+    --eval-every or --eval-each-epoch alone is refused (TrainConfig)."""
+    theirs = {"eval_every": "eval_steps", "eval_each_epoch": "eval_strategy"}
+    for name, key in theirs.items():
+        from_their_file = ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE and (resolved.origin.get(name) == key or name in resolved.ratios)
+        if from_their_file and (values.get(name) or name in resolved.ratios):
+            log(f"kto-train: --config {path}: {key}: ignored (no eval set: give --eval-cache, val_size, or eval_strategy with dataset_test_split)")
+            values[name] = type(values[name])()  # 0 or False
+            resolved.ratios.pop(name, None)
 
 
 def keep_recorded_defaults(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
@@ -280,19 +287,6 @@ def step_shares(ctx: click.Context, path: Path, resolved: Resolved, values: dict
             )
         values[name] = max(1, math.ceil(values["max_steps"] * share))
         log(f"kto-train: --config {path}: {key}: {share} -> every {values[name]} steps (⌈max_steps {values['max_steps']} × {share}⌉, as transformers)")
-
-
-def save_on_logged_steps(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
-    """A save cadence the file did not write as a number (transformers' default 500, or a share)
-    that falls between logged steps: kto-train saves only on logged steps (TrainConfig: a resumed
-    run then logs the lines of an uninterrupted one), so the multiple of the logging cadence below."""
-    save, every = values["save_every"], values["log_every"]
-    written = "save_every" in resolved.origin or ctx.get_parameter_source("save_every") == ParameterSource.COMMANDLINE
-    if written or not save or not every or save % every == 0:
-        return
-    values["save_every"] = max(every, save // every * every)
-    logging_key = resolved.origin.get("log_every") or resolved.ratios.get("log_every", ("log_every",))[0]
-    log(f"kto-train: --config {path}: save_steps {save} -> {values['save_every']}, a multiple of {logging_key} {every} (kto-train saves on logged steps)")
 
 
 def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -> None:

@@ -100,12 +100,16 @@ class TrainConfig:
     """Steps between metric lines."""
     save_every: int = 0
     """Steps between checkpoints (0: only the final model)."""
+    save_each_epoch: bool = False
+    """Also save a checkpoint after each epoch's last step (transformers' save_strategy epoch)."""
     save_total_limit: int = 0
     """Keep only the newest N checkpoints, deleting older ones after each save (0: keep all)."""
     eval_cache: Path | None = None
     """A kto-precompute cache to evaluate on (e.g. CACHE/eval)."""
     eval_every: int = 0
     """Steps between evaluations (0: only at the end, when eval_cache is set)."""
+    eval_each_epoch: bool = False
+    """Also evaluate after each epoch's last step (transformers' eval_strategy epoch)."""
     resume: bool | Path = False
     """Continue from the latest OUT/checkpoint-STEP (True), or from this checkpoint of OUT (a path)."""
     report_to: str = "none"
@@ -183,12 +187,9 @@ class TrainConfig:
         for name in ("log_every", "save_every", "eval_every", "save_total_limit", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
-        if self.eval_every and self.eval_cache is None:  # would evaluate nothing, silently
-            raise InputError(f"--eval-every {self.eval_every}: needs --eval-cache (e.g. {self.cache}/eval, the split kto-precompute --eval-fraction writes)")
-        if self.save_every and self.log_every and self.save_every % self.log_every:
-            # A resumed run restarts the averaging window at the checkpoint; saving on a log
-            # boundary keeps every logged line equal to the uninterrupted run's.
-            raise InputError(f"--save-every {self.save_every}: must be a multiple of --log-every {self.log_every}")
+        if (self.eval_every or self.eval_each_epoch) and self.eval_cache is None:  # would evaluate nothing, silently
+            flag = f"--eval-every {self.eval_every}" if self.eval_every else "--eval-each-epoch"
+            raise InputError(f"{flag}: needs --eval-cache (e.g. {self.cache}/eval, the split kto-precompute --eval-fraction writes)")
         if not isinstance(self.lr_schedule_kwargs, dict):
             raise InputError(f"--lr-schedule-kwargs {self.lr_schedule_kwargs!r}: expected a JSON object")
         if isinstance(self.resume, Path) and not re.fullmatch(r"checkpoint-\d+", self.resume.name):

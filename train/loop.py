@@ -158,10 +158,15 @@ def after_step(run: Run, window: Window, done: StepDone, progress: TrainProgress
     if cfg.log_every and (step % cfg.log_every == 0 or step == run.total_steps):
         log_window(run, window.stats, done, time.perf_counter() - window.started, progress)
         window = Window()
-    if run.eval_cache and cfg.eval_every and step % cfg.eval_every == 0 and step < run.total_steps:
+    # After the last step the run evaluates and writes final/ anyway; an epoch ends where the
+    # position wrapped to the next epoch's first step.
+    epoch_ended, before_last = run.position.step_in_epoch == 0, step < run.total_steps
+    if run.eval_cache and before_last and ((cfg.eval_every and step % cfg.eval_every == 0) or (cfg.eval_each_epoch and epoch_ended)):
         run_eval(run, progress)
-    if cfg.save_every and step % cfg.save_every == 0 and step < run.total_steps:
-        run.policy.save(run.position)
+    if before_last and ((cfg.save_every and step % cfg.save_every == 0) or (cfg.save_each_epoch and epoch_ended)):
+        # An epoch may end between logged lines: the checkpoint keeps the steps not yet logged,
+        # so a resumed run logs the lines the uninterrupted one would (as a signal stop does).
+        run.policy.save(replace(run.position, unlogged=window.saved()))
     return window
 
 

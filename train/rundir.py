@@ -50,6 +50,8 @@ RESUMABLE = frozenset(
         "log_every",
         "save_every",
         "eval_every",
+        "eval_each_epoch",
+        "save_each_epoch",
         "save_total_limit",
         "report_to",
         "run_name",

@@ -509,7 +509,7 @@ EVAL_SCHEDULES = [
     ({"eval_strategy": "steps", "stage": "kto", "val_size": 0.1}, 500, None, True, "eval_every from logging_steps' default 500"),  # transformers'
     ({"eval_strategy": "steps", "logging_steps": 0.25}, None, ("logging_steps", 0.25), False, "eval_every from logging_steps 0.25"),
     ({"eval_strategy": "steps", "eval_every": 0, "logging_steps": 2}, 0, None, False, None),  # our own key wins
-    ({"eval_strategy": "epoch", "num_train_epochs": 2}, None, None, False, "eval_strategy: epoch -> evaluated after the last step only"),
+    ({"eval_strategy": "epoch", "num_train_epochs": 2}, None, None, False, "eval_strategy: epoch -> eval_each_epoch: evaluated after each epoch"),
     ({"eval_strategy": "epoch", "eval_steps": 5, "val_size": 0.1}, None, None, True, "eval_steps: ignored"),
     ({"eval_strategy": "no", "eval_steps": 2}, None, None, False, "eval_strategy: no -> no evaluation from the file"),
     ({"eval_strategy": False, "eval_steps": 0.5, "val_size": 0.1}, None, None, False, "eval_steps: ignored"),  # unquoted YAML `no`
@@ -528,9 +528,54 @@ def test_eval_strategy_gives_transformers_eval_schedule(raw, every, share, in_ca
     assert resolved.values.get("eval_every") == every, resolved.notes
     assert resolved.ratios.get("eval_every") == share
     assert resolved.eval_in_cache == in_cache
+    assert resolved.values.get("eval_each_epoch", False) == (eval_strategy_of(raw) == "epoch")
     if said:
         assert any(said in note for note in resolved.notes), resolved.notes
     assert not any(note.startswith(("eval_strategy: ignored", "evaluation_strategy: ignored")) for note in resolved.notes)
+
+
+def eval_strategy_of(raw):
+    return str(raw.get("eval_strategy", raw.get("evaluation_strategy"))).lower()
+
+
+# transformers' save_strategy: steps (or left out) saves every save_steps (500 by default);
+# epoch after each epoch and no never, both ignoring save_steps. final/ is written whatever it is.
+SAVE_SCHEDULES = [
+    # (the file, save_every, its share, save_each_epoch, the line that says it)
+    ({"save_strategy": "steps", "save_steps": 4}, 4, None, False, None),
+    (
+        {"save_strategy": "epoch", "save_steps": 4},
+        None,
+        None,
+        True,
+        "save_strategy: epoch -> save_each_epoch: a checkpoint after each epoch; save_steps: ignored",
+    ),
+    ({"save_strategy": "EPOCH", "learning_rate": 1e-6}, None, None, True, "save_strategy: epoch -> save_each_epoch"),  # no 500 default
+    ({"save_strategy": "no", "save_steps": 0.5, "max_steps": 8}, None, None, False, "save_strategy: no -> no checkpoints, final/ only; save_steps: ignored"),
+    ({"save_strategy": False, "learning_rate": 1e-6}, None, None, False, "save_strategy: no -> no checkpoints"),  # unquoted YAML `no`
+    ({"learning_rate": 1e-6}, 500, None, False, "save_steps 500"),  # transformers' default
+    ({"save_strategy": "steps", "save_steps": 0.25}, None, ("save_steps", 0.25), False, None),
+]
+
+
+@pytest.mark.parametrize("raw, every, share, each_epoch, said", SAVE_SCHEDULES)
+def test_save_strategy_gives_transformers_save_schedule(raw, every, share, each_epoch, said):
+    """Each row was "ignored" (save_steps decided): `epoch` saved final/ only, and `no` with
+    save_steps saved every save_steps."""
+    resolved = resolve(raw, TRAIN)
+    assert resolved.values.get("save_every") == every, resolved.notes
+    assert resolved.ratios.get("save_every") == share
+    assert resolved.values.get("save_each_epoch", False) == each_epoch
+    if said:
+        assert any(said in note for note in resolved.notes), resolved.notes
+    assert not any(note.startswith("save_strategy: ignored") for note in resolved.notes)
+
+
+def test_save_strategy_best_and_unknown_ones_are_refused():
+    with pytest.raises(InputError, match="save_strategy: best: kto-train keeps checkpoints by step, not by an eval metric"):
+        resolve({"save_strategy": "best"}, TRAIN)
+    with pytest.raises(InputError, match="save_strategy: 'often': transformers takes no, steps, epoch or best"):
+        resolve({"save_strategy": "often"}, TRAIN)
 
 
 def test_eval_strategy_steps_without_any_cadence_and_unknown_strategies_are_refused():
@@ -553,7 +598,7 @@ def test_kto_precompute_takes_eval_strategy_only_with_dataset_name():
     "text, evaluated",
     [
         ("eval_strategy: steps\nlogging_steps: 2\nmax_steps: 6\n", [2, 4, 6]),  # transformers: 2, 4, 6
-        ("eval_strategy: epoch\nnum_train_epochs: 2\n", [4]),  # transformers: 2 and 4; no per-epoch evaluation here
+        ("eval_strategy: epoch\nnum_train_epochs: 2\n", [2, 4]),  # transformers: 2 and 4
         ("eval_strategy: no\neval_steps: 2\nmax_steps: 6\n", [6]),  # transformers: none; --eval-cache is evaluated at the end
     ],
 )

@@ -92,10 +92,11 @@ def test_step_shares_resolve_against_max_steps_or_are_refused_naming_the_key(tmp
     before reading the cache only from max_steps; without it the key is refused, as written."""
     result = run(tmp_path, "logging_steps: 0.25\nsave_steps: 0.5\nmax_steps: 25\n")
     assert result.exit_code == 0, result.output
-    # ⌈25 × 0.25⌉ = 7, ⌈25 × 0.5⌉ = 13, saved on the logged step below: 7.
-    assert (captured[0].log_every, captured[0].save_every) == (7, 7)
+    # ⌈25 × 0.25⌉ = 7, ⌈25 × 0.5⌉ = 13, as transformers: a checkpoint between logged steps keeps
+    # the steps not yet logged (it was moved down to 7, a multiple of the logging cadence).
+    assert (captured[0].log_every, captured[0].save_every) == (7, 13)
     assert "logging_steps: 0.25 -> every 7 steps (⌈max_steps 25 × 0.25⌉, as transformers)" in result.output
-    assert "save_steps 13 -> 7, a multiple of logging_steps 7 (kto-train saves on logged steps)" in result.output
+    assert "a multiple of" not in result.output
     path = tmp_path / "run.yaml"
     line = error_line(run(tmp_path, "logging_steps: 0.25\nlearning_rate: 1.0e-6\n"))
     assert line == (
@@ -108,14 +109,13 @@ def test_step_shares_resolve_against_max_steps_or_are_refused_naming_the_key(tmp
     assert captured[-1].log_every == 4
 
 
-def test_transformers_save_default_falls_on_a_logged_step(tmp_path, captured):
-    """A TRL file silent on save_steps saves every 500 steps (transformers' default), moved to a
-    multiple of its logging_steps, as kto-train saves on logged steps only."""
+def test_transformers_save_default_is_kept_between_logged_steps(tmp_path, captured):
+    """A TRL file silent on save_steps saves every 500 steps (transformers' default), as there,
+    even where 500 is no multiple of its logging_steps (it was moved down to 480)."""
     result = run(tmp_path, "learning_rate: 1.0e-6\nlogging_steps: 30\n")
     assert result.exit_code == 0, result.output
     cfg = captured[0]
-    assert (cfg.save_every, cfg.log_every, cfg.warmup_ratio, cfg.seed, cfg.epochs) == (480, 30, 0.0, 42, 3.0)
-    assert "save_steps 500 -> 480, a multiple of logging_steps 30" in result.output
+    assert (cfg.save_every, cfg.log_every, cfg.warmup_ratio, cfg.seed, cfg.epochs) == (500, 30, 0.0, 42, 3.0)
 
 
 def test_precompute_keys_that_disagree_with_the_cache_are_warned_about(tmp_path, captured, tiny_cache):
@@ -262,3 +262,16 @@ def test_pref_ftx_says_what_it_computes_on_the_command_line(tmp_path, captured):
     assert captured[0].sft_weight == 0.5  # as written: not rescaled
     assert f"kto-train: --config {tmp_path / 'lf.yaml'}: pref_ftx: 0.5 -> sft_weight 0.5, not rescaled: " in result.output
     assert "double the value to match" in result.output
+
+
+def test_eval_strategy_epoch_needs_an_eval_set_as_in_transformers(tmp_path, captured):
+    """transformers evaluates nothing without an eval set, so `eval_strategy: epoch` alone is
+    inert (a line says so); with --eval-cache it evaluates after each epoch."""
+    text = "eval_strategy: epoch\nsave_strategy: epoch\nlearning_rate: 1.0e-6\n"
+    result = run(tmp_path, text)
+    assert result.exit_code == 0, result.output
+    assert (captured[0].eval_each_epoch, captured[0].save_each_epoch, captured[0].save_every) == (False, True, 0)
+    assert "eval_strategy: ignored (no eval set: give --eval-cache, val_size, or eval_strategy with dataset_test_split)" in result.output
+    result = run(tmp_path, text, "run.yaml", "--eval-cache", "evalset")
+    assert result.exit_code == 0, result.output
+    assert captured[1].eval_each_epoch and "eval_strategy: ignored" not in result.output

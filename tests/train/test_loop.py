@@ -303,9 +303,51 @@ def test_resume_with_another_batch_shape_is_refused(full_run, tiny_cache, tiny_m
     assert result.exit_code == 2 and "batch_size (2 there, 4 now)" in result.output
 
 
-def test_save_every_must_be_a_multiple_of_log_every(tiny_cache, tiny_model_dir, tmp_path):
-    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--log-every", "2", "--save-every", "3")
-    assert result.exit_code == 2 and "--save-every 3: must be a multiple of --log-every 2" in result.output
+LINE_KEYS = ("loss", "kl", "rewards/chosen", "rewards/rejected", "count/chosen", "count/rejected", "padding/policy", "lr", "grad_norm")
+
+
+def test_a_checkpoint_between_logged_steps_resumes_to_the_same_lines(tiny_cache, tiny_model_dir, tmp_path):
+    """--save-every 3 with --log-every 2 (refused before as "must be a multiple"): checkpoint-3
+    keeps step 3's sums, so the resumed run's step-4 line averages steps 3-4 as the uninterrupted one does."""
+    args = ["--log-every", "2", "--save-every", "3", "--max-steps", "6"]
+    straight = train_cli(tiny_cache, tiny_model_dir, tmp_path / "straight", *args)
+    assert straight.exit_code == 0, straight.output
+    crashed = crashed_copy(tmp_path / "straight", tmp_path / "crashed", 3, metrics_lines=1)
+    resumed = train_cli(tiny_cache, tiny_model_dir, crashed, *args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    a, b = metrics(crashed), metrics(tmp_path / "straight")
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [2, 4, 6]
+    for x, y in zip(a, b):
+        for key in LINE_KEYS:
+            assert x[key] == y[key], (x["step"], key)
+
+
+def test_each_epoch_is_evaluated_and_saved(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    """--eval-each-epoch and --save-each-epoch (transformers' eval_strategy and save_strategy
+    epoch): 16 rows in micro-batches of 2 are 8 steps an epoch; over 2.5 epochs (20 steps) the
+    run evaluates after steps 8 and 16 and after the last, and saves checkpoint-8 and -16 between
+    its logged steps (every 3), from which a resumed run logs the uninterrupted run's lines."""
+    args = ["--epochs", "2.5", "--log-every", "3", "--eval-each-epoch", "--save-each-epoch", "--eval-cache", str(tiny_eval_cache)]
+    straight = train_cli(tiny_cache, tiny_model_dir, tmp_path / "straight", *args)
+    assert straight.exit_code == 0, straight.output
+    lines = metrics(tmp_path / "straight")
+    assert [m["step"] for m in lines if m["split"] == "eval"] == [8, 16, 20]
+    assert sorted(p.name for p in (tmp_path / "straight").glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-8"]
+    trained = [m for m in lines if m["split"] == "train"]
+    crashed = crashed_copy(tmp_path / "straight", tmp_path / "crashed", 8, metrics_lines=next(i for i, m in enumerate(lines) if m["step"] > 8))
+    resumed = train_cli(tiny_cache, tiny_model_dir, crashed, *args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    again = [m for m in metrics(crashed) if m["split"] == "train"]
+    assert [m["step"] for m in again] == [m["step"] for m in trained] == [3, 6, 9, 12, 15, 18, 20]
+    for x, y in zip(again, trained):
+        for key in LINE_KEYS:
+            assert x[key] == y[key], (x["step"], key)
+
+
+def test_eval_each_epoch_needs_an_eval_cache(tiny_cache, tiny_model_dir, tmp_path):
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--eval-each-epoch")
+    assert result.exit_code == 2 and train_error_line(result.output).startswith("kto-train: error: --eval-each-epoch: needs --eval-cache")
+    assert not (tmp_path / "r").exists()
 
 
 def test_without_dropout_a_training_forward_equals_an_evaluation_one(tiny_model_dir, tmp_path, tokenizer_dir):
