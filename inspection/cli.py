@@ -7,20 +7,26 @@
     kto-inspect score   CACHE --model POLICY [--out FILE] [--beta B] ... [--json]
 
 Exit codes: 0 fine; 1 `verify` found a problem; 2 bad input (message on one line, prefixed
-`kto-inspect: error:`). Heavy imports (polars, torch, matplotlib) happen inside the commands,
+`kto-inspect: error:`); 141 the output pipe was closed (`| head`). Heavy imports (polars, torch, matplotlib) happen inside the commands,
 so `kto-inspect --help` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from kto.formats.compute.numerics import NAMES as NUMERICS
 from kto.formats.errors import InputError, one_line_errors
+
+from .text import printable
 
 P = click.Path(path_type=Path)
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
@@ -41,7 +47,39 @@ def _emit(data, as_json: bool, render) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else render(data))
 
 
-@click.group(context_settings=CONTEXT)
+class _Group(click.Group):
+    """click turns a closed output pipe (EPIPE) into exit 1, which for `verify` means "found a
+    problem". Here it is exit 141 (128 + SIGPIPE, what a shell reports for a command killed by
+    it), quietly, for --help and --version too."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        with _closed_pipe_exits():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context):
+        with _closed_pipe_exits():
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # a closed pipe is raised here, not at interpreter exit
+
+
+@contextlib.contextmanager
+def _closed_pipe_exits() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        # As Python's docs on SIGPIPE advise: point stdout at devnull, so that the flush at
+        # interpreter exit finds no pipe to fail on and prints no second error.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (tests' capture)
+            pass
+        raise click.exceptions.Exit(128 + signal.SIGPIPE) from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
 @click.version_option(package_name="kto-offline", prog_name="kto-inspect")
 def main() -> None:
     """Inspect a kto-precompute cache or a kto-train run."""
@@ -68,7 +106,7 @@ def verify(cache: Path) -> None:
     reports = run_verify(_local(cache))
     for r in reports:
         for problem in r.problems:
-            click.echo(f"kto-inspect: verify: {problem}", err=True)
+            click.echo(f"kto-inspect: verify: {printable(problem)}", err=True)
         if r.ok:
             click.echo(
                 f"ok: {r.cache}: {r.rows} rows in {r.shards} shards; checksums, fingerprints, schema, values, counts, ids and KL sources agree with the manifest"
@@ -103,7 +141,9 @@ def rows(cache: Path, where: str | None, sort: str | None, limit: int, flag: int
 
 @main.command(context_settings=CONTEXT)
 @click.argument("out", type=P)
-@click.option("--to", "to", type=P, default=None, help="Where to write the PNGs and report.html [default: OUT/report].")
+@click.option(
+    "--to", "to", type=P, default=None, help="Where to write the PNGs and report.html [default: OUT/report, or OUT/report/NAME for a metrics file NAME]."
+)
 @click.option("--sft", is_flag=True, help="Also plot the SFT loss [default: only when the run's --sft-weight > 0].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_handles_input_errors
@@ -113,7 +153,7 @@ def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
 
     result = build_report(out, to, sft=sft)
     for warning in result["warnings"]:
-        click.echo(f"kto-inspect: warning: {warning}", err=True)
+        click.echo(f"kto-inspect: warning: {printable(warning)}", err=True)
     _emit(result, as_json, render)
 
 

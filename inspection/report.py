@@ -6,8 +6,9 @@ with markers next to the solid train ones; dashed is kept for the raw KL estimat
 
 Three choices keep the plots from misleading:
 - the SFT NLL (about 1, where the KTO loss moves around 0.5) has its own plot, drawn only when
-  the run's --sft-weight is above 0 (from kto_run.json) or `--sft` asks: on the KTO loss's axis
-  it flattened the loss that matters;
+  the run's --sft-weight is above 0 (from kto_run.json; for another metrics file, such as
+  metrics.jsonl.superseded, from its own lines: `loss` differs from `kto_loss`) or `--sft`
+  asks: on the KTO loss's axis it flattened the loss that matters;
 - raw z is drawn dashed, and only when it differs from clamped z somewhere (z < 0 clamped to
   0): drawn under an equal clamped line it was invisible. The table lists it only then too;
 - the header names the run directory and its files relative to it, never an absolute path.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 
 from kto.formats import schema as S
@@ -27,8 +29,8 @@ from kto.formats.errors import InputError
 from kto.formats.runrecord import RUN_RECORD_NAME, read_run_config
 from kto.formats.shards import JOURNAL_DIR
 
-from .runlog import RunLog, checks, last_values, read_run
-from .text import num, table
+from .runlog import METRICS_NAME, RunLog, checks, last_values, read_run
+from .text import num, printable, table
 
 INSTALL_HINT = "pip install 'kto-offline[plot]'"
 
@@ -141,6 +143,38 @@ def sft_weight(run_dir: Path) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def sft_in_loss(log: RunLog) -> bool | None:
+    """Whether the SFT loss was part of `loss`, read from the train lines themselves: kto-train
+    logs `loss` = `kto_loss` + --sft-weight × `sft_loss`, so they differ exactly when the weight
+    is above 0. None when no line logs both (runs made before `kto_loss` was logged)."""
+    pairs = [(rec.get("loss"), rec.get("kto_loss")) for rec in log.train]
+    pairs = [(a, b) for a, b in pairs if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))]
+    return any(a != b for a, b in pairs) if pairs else None
+
+
+def _sft_plot(log: RunLog, sft: bool) -> tuple[bool, str | None]:
+    """Whether to draw the SFT loss, and when not, the note saying why. RUN/metrics.jsonl is
+    the run that kto_run.json records; another metrics file (metrics.jsonl.superseded, set
+    aside when a run started over) is another run, decided by its own lines."""
+    if sft:
+        return True, None
+    if log.path.name == METRICS_NAME:
+        weight = sft_weight(log.path.parent)
+        if (weight or 0) > 0:
+            return True, None
+        why = "--sft-weight 0" if weight == 0 else "no run record names --sft-weight"
+    else:
+        in_loss, name = sft_in_loss(log), printable(log.path.name)
+        if in_loss:
+            return True, None
+        why = (
+            f"loss equals kto_loss at every line of {name} (--sft-weight 0)"
+            if in_loss is False
+            else f"{name} logs no kto_loss, so whether --sft-weight was set is unknown"
+        )
+    return False, f"SFT loss not plotted: {why} (kto-inspect run --sft draws it)"
+
+
 def last_table(train: dict, evals: dict) -> tuple[list[str], list[list]]:
     """Headers and rows: metric | last train value | last eval value (from `last_values`); a
     SAME_AS metric only where it differs from its partner."""
@@ -164,7 +198,7 @@ GENERATOR = '<meta name="generator" content="kto-inspect run">'
 REPORT_NAMES = (*(f"{group[0]}.png" for group in GROUPS), "report.html")
 
 
-def _refuse_foreign_folder(out_dir: Path) -> None:
+def _refuse_foreign_folder(out_dir: Path, label: str) -> None:
     """--to: not a kto cache, run, checkpoint or model folder, nor inside a cache, and no file of
     the report's names there unless an earlier report of ours wrote them."""
     held = next((name for name in KTO_MARKERS if (out_dir / name).exists()), None)
@@ -172,11 +206,49 @@ def _refuse_foreign_folder(out_dir: Path) -> None:
     if held is not None or cache is not None:
         what = f"holds {held}" if held is not None else f"is inside the cache {cache}"
         raise InputError(
-            f"--to {out_dir}: {what}, a kto cache, run, checkpoint or model folder (which would then refuse the report's files); write the report elsewhere"
+            f"{label}: {what}, a kto cache, run, checkpoint or model folder (which would then refuse the report's files); write the report elsewhere"
         )
     clash = next((name for name in REPORT_NAMES if (out_dir / name).exists()), None)
     if clash is not None and not _is_our_report(out_dir / "report.html"):
-        raise InputError(f"--to {out_dir}: holds {clash}, which no kto-inspect run report wrote; write the report into a new or empty folder")
+        raise InputError(f"{label}: holds {clash}, which no kto-inspect run report wrote; write the report into a new or empty folder")
+
+
+def _report_folder(log: RunLog, out_dir: str | Path | None) -> tuple[Path, str | None]:
+    """Where the report goes, and a note for the output line when it is not RUN/report.
+
+    Another metrics file than RUN/metrics.jsonl (metrics.jsonl.superseded, set aside when a run
+    started over) is another run's: its report gets a folder of its own, RUN/report/NAME with
+    the dots as dashes, inside report/ because kto-train refuses any other new entry in a run."""
+    if out_dir is not None:
+        _refuse_foreign_folder(Path(out_dir), f"--to {out_dir}")
+        return Path(out_dir), None
+    own = log.path.parent / "report"
+    if log.path.name == METRICS_NAME:  # the run's own report folder: replaced whole, whoever wrote it
+        return own, None
+    folder = own / log.path.name.replace(".", "-")
+    _refuse_foreign_folder(folder, f"{folder} (the report folder of {log.path.name}; pass --to for another)")
+    return folder, f"the report of {log.path.name}; {own} is {METRICS_NAME}'s"
+
+
+def _start_report(out_dir: Path) -> None:
+    """Create the folder, claim it, and remove an earlier report's plots.
+
+    The claim (a report.html with the generator tag that says "being written") comes before
+    anything else, so a report stopped while drawing (Ctrl-C, a full disk) leaves a folder the
+    next report may replace, not one refused as the user's. Every plot of an earlier report goes
+    before the first new one is written: a plot this report does not draw (sft.png without
+    --sft) would otherwise stay beside it, and a stopped report leaves new plots only."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--to {out_dir}: cannot create ({exc.strerror})") from None
+    write_bytes_atomic(out_dir / "report.html", f"<!doctype html><html><head>{GENERATOR}</head><body>being written</body></html>".encode())
+    for name in REPORT_NAMES:
+        if name.endswith(".png"):
+            try:
+                (out_dir / name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise InputError(f"{out_dir / name}: cannot remove the earlier report's plot ({exc.strerror})") from None
 
 
 def _is_our_report(path: Path) -> bool:
@@ -190,26 +262,14 @@ def _is_our_report(path: Path) -> bool:
 
 
 def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool = False) -> dict:
-    """Read the metrics, write one PNG per group and report.html into `out_dir`
-    (default: RUN/report). The SFT plot is drawn when `sft` or the run's --sft-weight > 0.
-    Returns what was written and what was found."""
+    """Read the metrics, write one PNG per group and report.html into `out_dir` (default:
+    RUN/report, or RUN/report/NAME for a metrics file other than RUN/metrics.jsonl). The SFT
+    plot is drawn when `sft` or the run's --sft-weight > 0. Returns what was written and found."""
     log = read_run(run)
-    weight = sft_weight(log.path.parent)
-    draw_sft = sft or (weight or 0) > 0
+    draw_sft, sft_note = _sft_plot(log, sft)
     Figure = _figure_class()
-    if out_dir is None:  # the run's own report folder: replaced whole, whoever wrote it
-        out_dir = log.path.parent / "report"
-    else:
-        out_dir = Path(out_dir)
-        _refuse_foreign_folder(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--to {out_dir}: cannot create ({exc.strerror})") from None
-    if not _is_our_report(out_dir / "report.html"):
-        # Claim the folder before the first PNG: a report stopped while drawing (Ctrl-C, a full
-        # disk) leaves a folder the next report may replace, not one refused as the user's.
-        write_bytes_atomic(out_dir / "report.html", f"<!doctype html><html><head>{GENERATOR}</head><body>being written</body></html>".encode())
+    out_dir, out_note = _report_folder(log, out_dir)
+    _start_report(out_dir)
     images: dict[str, bytes] = {}
     for group in GROUPS:
         if group[0] == "sft" and not draw_sft:
@@ -222,15 +282,11 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
     last = {"train": last_values(log.train), "eval": last_values(log.eval)}
     headers, rows = last_table(last["train"], last["eval"])
     report_path = out_dir / "report.html"
-    sft_note = (
-        None
-        if draw_sft
-        else f"SFT loss not plotted: {'--sft-weight 0' if weight == 0 else 'no run record names --sft-weight'} (kto-inspect run --sft draws it)"
-    )
     write_bytes_atomic(report_path, _html(log, found, headers, rows, images, sft_note).encode())
     return {
         "metrics": str(log.path),
         "out": str(out_dir),
+        "out_note": out_note,
         "report": str(report_path),
         "plots": [str(out_dir / f"{stem}.png") for stem in images],
         "train_lines": len(log.train),
@@ -243,11 +299,13 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
 
 def render(result: dict) -> str:
     headers, rows = last_table(result["last"]["train"], result["last"]["eval"])
-    lines = [f"metrics   {result['metrics']} ({result['train_lines']} train lines, {result['eval_lines']} eval lines)"]
-    lines += [f"warning   {w}" for w in result["warnings"]]
-    lines += ["", "checks"] + [f"  {c}" for c in result["checks"]]
+    # Warnings name the metrics file and checks name metrics: user text, made printable.
+    lines = [f"metrics   {printable(result['metrics'])} ({result['train_lines']} train lines, {result['eval_lines']} eval lines)"]
+    lines += [f"warning   {printable(w)}" for w in result["warnings"]]
+    lines += ["", "checks"] + [f"  {printable(c)}" for c in result["checks"]]
     lines += ["", "last values", table(headers, rows)]
-    lines += ["", f"wrote {result['report']} and {len(result['plots'])} plots to {result['out']}"]
+    note = f" ({printable(result['out_note'])})" if result.get("out_note") else ""
+    lines += ["", f"wrote {printable(result['report'])} and {len(result['plots'])} plots to {printable(result['out'])}{note}"]
     return "\n".join(lines)
 
 

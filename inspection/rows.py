@@ -19,7 +19,7 @@ from kto.formats import schema as S
 from kto.formats.errors import InputError
 from kto.formats.scanning import scan
 
-from .text import num, shown
+from .text import num, printable, shown
 
 POLARS_MAX_ROWS = 2**32 - 1
 DERIVED = {
@@ -228,10 +228,12 @@ def render(rows: list[dict], *, width: int = 100) -> str:
         return "no rows match"
     blocks = []
     for r in rows:
+        # Ids come from the user's data: printed raw, one could retitle the terminal or forge a line.
+        row_id, source = printable(r["id"]), printable(r["kl_source_id"])
         head = (
-            f"── {r['id']}  {r['label']}  ref_logp {num(r['ref_logp'])} "
+            f"── {row_id}  {r['label']}  ref_logp {num(r['ref_logp'])} "
             f"({num(r['ref_logp_per_token'])}/token over {r['completion_len']})"
-            f"{'  TRUNCATED' if r['truncated'] else ''}  KL from {r['kl_source_id']} (ref_kl_logp {num(r['ref_kl_logp'])})"
+            f"{'  TRUNCATED' if r['truncated'] else ''}  KL from {source} (ref_kl_logp {num(r['ref_kl_logp'])})"
         )
         lines = [
             head,
@@ -239,7 +241,7 @@ def render(rows: list[dict], *, width: int = 100) -> str:
             f"  {shown(r['prompt'])}",
             f"completion ({r['completion_len']} tokens):",
             f"  {shown(r['completion'])}",
-            f"KL completion ({r['kl_completion_len']} tokens, from {r['kl_source_id']}):",
+            f"KL completion ({r['kl_completion_len']} tokens, from {source}):",
             f"  {shown(r['kl_completion'])}",
         ]
         if r["tokens"] and r["tokens"][0]["ref_logp"] is not None:

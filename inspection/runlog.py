@@ -17,6 +17,8 @@ from pathlib import Path
 
 from kto.formats.errors import InputError
 
+from .text import printable
+
 METRICS_NAME = "metrics.jsonl"
 
 # Metric -> the count that must be positive for it to mean anything. kto-train logs
@@ -124,7 +126,7 @@ def non_finite_metrics(log: RunLog) -> list[str]:
                 steps.setdefault(name, []).append(rec["step"])
         for name, at in steps.items():
             shown = ", ".join(map(str, at[:5])) + (f", … ({len(at)} steps)" if len(at) > 5 else "")
-            out.append(f"{split}{name} at step{'s' if len(at) > 1 else ''} {shown}")
+            out.append(f"{split}{printable(name)} at step{'s' if len(at) > 1 else ''} {shown}")
     return out
 
 

@@ -18,7 +18,7 @@ from kto.formats.cache import open_cache
 from kto.formats.errors import InputError
 from kto.formats.scanning import scan
 
-from .text import table
+from .text import printable, table
 
 if TYPE_CHECKING:
     import polars as pl
@@ -126,7 +126,7 @@ def render(s: dict) -> str:
     out = [
         f"cache        {s['cache']} ({s['split']} split, {s['shards']} shards)",
         f"fingerprint  {s['fingerprint']}",
-        f"model        {s['model']}",
+        f"model        {printable(s['model'])}",
         f"rows         {n}: {c['desirable']} desirable ({_pct(c['desirable'], n)}), {c['undesirable']} undesirable ({_pct(c['undesirable'], n)})",
         f"truncated    {s['truncated']} ({_pct(s['truncated'], n)}); prompt at the cap of {s['max_prompt_length']} tokens: "
         f"{s['at_prompt_cap']}, prompt+completion at max_length {s['max_length']}: {s['at_max_length']}",

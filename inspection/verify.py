@@ -25,7 +25,8 @@ Checks, in order (each problem is one line naming the file, row and id):
    row stores its completion cut behind its own prompt, so one of the two is the start of the
    other, and their lengths are the ones the rule implies;
 6. tokenizer/ loads and is the tokenizer the manifest records;
-7. eval/ (when present) passes all of the above, and shares no id with the train split.
+7. eval/ (when present) passes all of the above, shares no id with the train split, and was
+   scored by the same reference model and tokenizer (what kto-train's --eval-cache checks).
 
 It streams: one shard is open at a time, and what crosses shards is O(rows), never O(tokens):
 the id -> first position map, and per row its KL source id, prompt, completion and KL lengths
@@ -49,7 +50,7 @@ import pyarrow.compute as pc
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.errors import InputError
-from kto.formats.manifest import CacheContent, Manifest
+from kto.formats.manifest import CacheContent, Manifest, same_model
 from kto.formats.shards import FINGERPRINT_TAG, sha256_file, shard_fingerprint, shard_value_problems, tokenizer_vocab_size
 
 MAX_PER_CHECK = 10  # a broken cache could otherwise print one line per row
@@ -105,6 +106,7 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
         reports[0].add([f"{eval_dir}: missing, though the manifest records {recorded} (kto-precompute wrote those rows there)"])
     if eval_dir.is_dir():
         reports.append(_verify_split(eval_dir, check_tokenizer))
+        reports[1].add(_other_reference(cache_dir, eval_dir))
         train_ids, eval_ids = (r.ids for r in reports)
         # --eval-data rows come from other files (refused when they hold the same rows): their
         # FILE:ROW ids differ from the train split's, but an id column may repeat them (ids
@@ -113,6 +115,24 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
             shared = sorted(train_ids & eval_ids)
             reports[1].add([f"{eval_dir}: id {i!r} is also in the train split {cache_dir}" for i in shared])
     return reports
+
+
+def _other_reference(cache_dir: Path, eval_dir: Path) -> list[str]:
+    """The line kto-train's --eval-cache check (train/setup.py open_eval_cache) would refuse
+    the eval split with: scored by another reference model, or tokenized by another tokenizer,
+    than the train split. Its rewards would be measured against another reference. Nothing
+    when either manifest is unreadable (its own report says why)."""
+    try:
+        train, held_out = (open_cache(d, stamps=False, hint=False).manifest.content for d in (cache_dir, eval_dir))
+    except InputError:
+        return []
+    differs = lambda a, b: ", ".join(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))) if isinstance(a, dict) and isinstance(b, dict) else "all"
+    lines = []
+    if not same_model(held_out.model, train.model):
+        lines.append(f"made with another reference model than {cache_dir} (model identity differs in: {differs(held_out.model, train.model)})")
+    if held_out.tokenizer != train.tokenizer:
+        lines.append(f"made with another tokenizer than {cache_dir} (tokenizer identity differs in: {differs(held_out.tokenizer, train.tokenizer)})")
+    return [f"{eval_dir}: {line}; kto-train --eval-cache refuses it" for line in lines]
 
 
 def _train_content(cache_dir: Path) -> CacheContent | None:

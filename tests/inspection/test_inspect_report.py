@@ -112,3 +112,55 @@ def test_the_header_names_the_run_not_an_absolute_path(tmp_path):
     assert str(tmp_path) not in html
     assert re.search(r"<title>kto run report: my-run</title>", head)
     assert "From <code>metrics.jsonl</code> of run <code>my-run</code>: 2 train lines, 0 eval lines." in head
+
+
+def test_a_superseded_metrics_file_gets_its_own_report_and_not_the_runs_settings(tmp_path):
+    """Seen: `kto-inspect run RUN/metrics.jsonl.superseded` replaced the current run's
+    RUN/report/ and drew its SFT plot by the current run's --sft-weight. Its report goes to
+    RUN/report/metrics-jsonl-superseded/ (kto-train allows report/ in a run, nothing else),
+    and whether the SFT loss was in the loss is read from its own lines (loss vs kto_loss)."""
+    run = make_run(tmp_path / "run", [record(s) for s in (1, 2)], sft_weight=0.1)
+    current = report(run)
+    assert "sft.png" in plotted(current)
+    before = {p.name: p.read_bytes() for p in (run / "report").iterdir() if p.is_file()}
+    old = run / "metrics.jsonl.superseded"
+    old.write_text("".join(json.dumps(record(s, kto_loss=0.50 - 0.01 * s)) + "\n" for s in (1, 2, 3)))  # loss == kto_loss: weight 0
+    r = report(old)
+    own = run / "report" / "metrics-jsonl-superseded"
+    assert r["out"] == str(own) and r["report"] == str(own / "report.html")
+    assert {p.name: p.read_bytes() for p in (run / "report").iterdir() if p.is_file()} == before
+    assert "sft.png" not in plotted(r)
+    html = (own / "report.html").read_text()
+    assert "SFT loss not plotted: loss equals kto_loss at every line of metrics.jsonl.superseded (--sft-weight 0)" in html
+    result = CliRunner().invoke(main, ["run", str(old)])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"wrote {own / 'report.html'} and {len(r['plots'])} plots to {own} (the report of metrics.jsonl.superseded; {run / 'report'} is metrics.jsonl's)"
+        in result.stdout
+    )
+
+    weighted = run / "metrics.jsonl.superseded.2"  # the current run says 0, these lines say more
+    write_run_config(run, {"sft_weight": 0.0}, {})
+    weighted.write_text("".join(json.dumps(record(s, kto_loss=0.4)) + "\n" for s in (1, 2)))
+    r = report(weighted)
+    assert r["out"] == str(run / "report" / "metrics-jsonl-superseded-2") and "sft.png" in plotted(r)
+    unknown = run / "metrics.jsonl.superseded.3"  # no kto_loss logged: unknown, not the run's
+    unknown.write_text("".join(json.dumps(record(s)) + "\n" for s in (1, 2)))
+    r = report(unknown)
+    assert "sft.png" not in plotted(r)
+    html = (run / "report" / "metrics-jsonl-superseded-3" / "report.html").read_text()
+    assert "SFT loss not plotted: metrics.jsonl.superseded.3 logs no kto_loss, so whether --sft-weight was set is unknown" in html
+
+
+def test_a_reused_report_folder_keeps_no_plot_of_an_earlier_report(tmp_path):
+    """A second report into the same --to folder drew no sft.png, and the first one's stayed."""
+    run = make_run(tmp_path / "run", [record(s) for s in (1, 2)], sft_weight=0.0)
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    assert "sft.png" in plotted(report(run, "--sft", "--to", out))
+    r = report(run, "--to", out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["notes", "report.html", *plotted(r)])
+    assert "sft.png" not in plotted(r)
+    report(run, "--sft")  # the run's own report/ the same way
+    r = report(run)
+    assert sorted(p.name for p in (run / "report").iterdir()) == sorted(["report.html", *plotted(r)])

@@ -298,3 +298,33 @@ def test_kl_completion_must_start_its_source_completion_in_another_shard(cache):
     result = verify(cache)
     assert result.exit_code == 1
     assert f"{cache / 'shard-00003.arrow'} row 1 (id {row_id!r}): kl_completion_ids are not the start of {source!r}'s completion_ids" in result.stderr
+
+
+def test_an_eval_split_scored_by_another_reference_model_is_caught(tiny_model_dir, tokenizer_dir, tmp_path):
+    """Seen in an attack: CACHE/eval replaced by the eval split of the same rows scored by
+    another model (seed 1). verify said ok for both, and `kto-train --eval-cache CACHE/eval`
+    refused it ("made with another model than --cache"): its rewards use another reference."""
+    from conftest import make_tiny_llama, precompute_args, text_rows, write_rows
+
+    from kto.precompute.cli import main as precompute
+
+    data = write_rows(tmp_path / "rows.jsonl", text_rows())
+    caches = []
+    for seed in (0, 1):
+        model = tiny_model_dir if seed == 0 else make_tiny_llama(tmp_path / "other-model", tokenizer_dir, seed=1)
+        out = tmp_path / f"cache-{seed}"
+        result = CliRunner().invoke(precompute, precompute_args(data, model, out, "--eval-fraction", "0.25"))
+        assert result.exit_code == 0, result.output
+        caches.append(out)
+    mine, other = caches
+    assert verify(mine).exit_code == 0 and verify(other).exit_code == 0
+    shutil.rmtree(mine / S.EVAL_DIR)
+    shutil.copytree(other / S.EVAL_DIR, mine / S.EVAL_DIR)
+    result = verify(mine)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert (
+        f"kto-inspect: verify: {mine / S.EVAL_DIR}: made with another reference model than {mine} (model identity differs in: weights); kto-train --eval-cache refuses it"
+        in lines
+    ), result.stderr
+    assert lines[-1] == f"kto-inspect: verify: 1 problem(s) found in {mine}"
