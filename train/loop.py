@@ -20,8 +20,9 @@ from .config import TrainConfig
 from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step
+from .metrics import close_after_failure
 from .model_card import final_files
-from .processes import borrowed_accelerate_state
+from .processes import borrowed_accelerate_state, borrowed_rng_state
 from .progress import TrainProgress, number
 from .rundir import finished_final, lock_run_dir, mark_finished
 from .setup import Run, check_inputs, setup
@@ -46,7 +47,9 @@ class Trained:
 
 
 def train(cfg: TrainConfig) -> Trained:
-    with borrowed_accelerate_state():  # a second run in this process starts as the first did
+    # A second run in this process starts as the first did; the caller's random generators are
+    # theirs again after it.
+    with borrowed_accelerate_state(), borrowed_rng_state():
         checked = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
         with lock_run_dir(cfg.out, checked.accelerator):  # one kto-train per run directory, for the whole run
             final = on_main(lambda: finished_final(cfg, checked.record), checked.accelerator)
@@ -78,10 +81,10 @@ def run_steps(run: Run) -> Path:
     """The loop: one optimizer step, then what is due after it (log, eval, save, a requested stop)."""
     # The next step's batches are collated on a background thread while this step computes.
     prefetch = Prefetcher(lambda position: step_micro_batches(run, position))
-    progress = TrainProgress(run.total_steps, run.position.global_step, enabled=run.accelerator.is_main_process)
-    window = Window.resumed(run.position.unlogged, run.accelerator.device)
-    run.position = replace(run.position, unlogged=())
     try:
+        progress = TrainProgress(run.total_steps, run.position.global_step, enabled=run.accelerator.is_main_process)
+        window = Window.resumed(run.position.unlogged, run.accelerator.device)
+        run.position = replace(run.position, unlogged=())
         with progress.lines_above(), StopSignals(run.accelerator) as signals:
             while run.position.global_step < run.total_steps:
                 stats, done = train_step(run, prefetch)
@@ -97,6 +100,10 @@ def run_steps(run: Run) -> Path:
             final = finish(run)
             if signals.signum is not None:
                 log(f"kto-train: {signal.Signals(signals.signum).name} came after the last step; the run finished and {final} is whole", run.accelerator)
+    except BaseException:  # a NaN, the step-0 check, a second Ctrl-C, a full disk, a bug
+        if not run.records_closed:
+            close_after_failure(run.metrics, run.accelerator)
+        raise
     finally:
         prefetch.close()
     return final
@@ -308,10 +315,13 @@ def finish(run: Run) -> Path:
 
 
 def close_records(run: Run) -> None:
-    """metrics.jsonl closed (main process) and the trackers ended, on every rank together. The
-    process group stays: a caller may run again in it (train/processes.py); kto-train ends it."""
+    """metrics.jsonl closed (main process) and the trackers ended, on every rank together, when
+    the run finished or a signal stopped it (a run that raises: `close_after_failure`, from
+    run_steps). The process group stays: a caller may run again in it (train/processes.py);
+    kto-train ends it."""
     if run.metrics:
         run.metrics.close()
     run.accelerator.wait_for_everyone()
     for tracker in run.accelerator.trackers:  # accelerate's end_training, less destroying the group
         tracker.finish()
+    run.records_closed = True

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kto.formats.atomic import disk_full_names, write_bytes_atomic
+from kto.formats.errors import log
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -68,3 +69,17 @@ class MetricsWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+def close_after_failure(metrics: MetricsWriter | None, accelerator: Accelerator) -> None:
+    """A run raised (a NaN, the step-0 check, a second Ctrl-C, a full disk): metrics.jsonl is
+    closed, keeping every line written, and this process's trackers are ended (TensorBoard's
+    writer thread ran on for the rest of a notebook's process). On this process alone: no
+    collective such as wait_for_everyone, which would hang where only this rank failed. A
+    failure to close is logged, not raised: the run's own exception is the one the caller sees."""
+    closers = ([metrics.close] if metrics else []) + [tracker.finish for tracker in accelerator.trackers]
+    for close in closers:
+        try:
+            close()
+        except Exception as exc:  # the run's own exception is on its way out
+            log(f"warning: closing the run's records after it failed: {type(exc).__name__}: {exc}")

@@ -65,6 +65,30 @@ def borrowed_accelerate_state() -> Iterator[None]:
             shared.update(saved)
 
 
+@contextlib.contextmanager
+def borrowed_rng_state() -> Iterator[None]:
+    """The caller's random generators, given back as they were when the run returns or raises:
+    the run seeds torch with --seed (train/setup.py), draws from it (dropout) and, resumed, sets
+    a checkpoint's states; a notebook's next `torch.rand` must not continue the run's stream.
+    Python's and numpy's global generators are put back too, and the current CUDA device's
+    where the caller had initialized CUDA (reading it otherwise would make a CUDA context on a
+    device before accelerate picks each process's; a caller who never used CUDA has no stream
+    to continue)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):  # the CPU's always
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
 def end_own_process_group(existed_before: bool) -> None:
     """kto-train's end: destroy the default group if the run made it (`existed_before` False)."""
     if not existed_before and process_group_exists():

@@ -26,7 +26,7 @@ from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig, planned_steps
 from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
-from .metrics import METRICS_NAME, MetricsWriter
+from .metrics import METRICS_NAME, MetricsWriter, close_after_failure
 from .optim import check_schedule
 from .policy import Policy
 from .rundir import config_record, open_run_dir, settings_digest, write_record
@@ -78,6 +78,8 @@ class Run:
     """The current epoch's plan [steps, world, accum, batch], built once per epoch."""
     plan_epoch: int = -1
     memory: MemoryMeter = field(default_factory=MemoryMeter)
+    records_closed: bool = False
+    """metrics.jsonl and the trackers were closed (train/loop.py close_records)."""
 
     @property
     def model(self) -> torch.nn.Module:
@@ -254,9 +256,13 @@ def open_records(cfg: TrainConfig, record: dict, position: Position, accelerator
     if not accelerator.is_main_process:
         return None
     write_record(cfg.out, record)
-    if accelerator.log_with:
-        trackers.start(accelerator, cfg.out, cfg.run_name, vars(cfg))
-    return MetricsWriter(cfg.out / METRICS_NAME, accelerator, resume_step=position.global_step if cfg.resume else None)
+    try:
+        if accelerator.log_with:
+            trackers.start(accelerator, cfg.out, cfg.run_name, vars(cfg))
+        return MetricsWriter(cfg.out / METRICS_NAME, accelerator, resume_step=position.global_step if cfg.resume else None)
+    except BaseException:  # a full disk: the trackers started are ended
+        close_after_failure(None, accelerator)
+        raise
 
 
 def plan_identity(cfg: TrainConfig, cache_fingerprint: str, world_size: int, total_steps: int) -> dict:
