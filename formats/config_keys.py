@@ -156,7 +156,7 @@ IGNORED = {
     "do_train": "training is what kto-train does",
     "do_eval": "kto-train evaluates when it has an eval cache (eval_cache, or val_size's CACHE/eval; with eval_strategy: no, do_eval: true keeps CACHE/eval)",
     "template": "the tokenizer's own chat template is used (chat_template: FILE.jinja replaces it)",
-    "overwrite_output_dir": "a run directory is new, or continued with resume",
+    "overwrite_output_dir": "kto-train never overwrites a run: output_dir must be new or empty, or continued with resume (delete it to start over)",
     "overwrite_cache": "kto-precompute keeps no preprocessing cache besides the one it writes",
     "preprocessing_num_workers": "tokenizing runs in the command's processes",
     "dataset_num_proc": "tokenizing runs in the command's processes",

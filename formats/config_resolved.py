@@ -42,6 +42,9 @@ class Resolved:
     default_notes: dict[str, str] = field(default_factory=dict)
     """Our name -> the line saying which default of their tool it takes: printed only when the
     command line does not set that option itself (`--max-length 64` over a LLaMA-Factory file)."""
+    eval_from_logging: bool = False
+    """kto-train: eval_every is the file's logging_steps (`eval_strategy: steps` without
+    eval_steps), so a --log-every on the command line moves it too, as transformers derives it."""
     other_values: dict[str, Any] = field(default_factory=dict)
     """The other command's keys with their values (kto-train compares kto-precompute's with the
     cache's manifest: precompute_disagreements)."""

@@ -126,4 +126,5 @@ def _eval_on_logged_steps(out: Resolved) -> None:
         # Set as eval_steps: kto-train then drops it, said in a line, where there is no eval set
         # (train/cli.py from_config_file), as it drops a written eval_steps.
         out.set("eval_every", every, "eval_steps")
+    out.eval_from_logging = True
     out.notes.append(f"eval_strategy: steps without eval_steps -> eval_every from {key} {every} (eval_steps defaults to logging_steps, as transformers)")

@@ -175,10 +175,22 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
         values["eval_cache"] = Path(values["cache"]) / "eval"
         held_out = "val_size" if resolved.values.get("eval_fraction") or "val_size" in resolved.other_values else "dataset_test_split"
         log(f"kto-train: --config {path}: {held_out} -> --eval-cache {values['eval_cache']}")
+    eval_follows_log_every(ctx, path, resolved, values)
     if values.get("eval_cache") is None:
         no_eval_set(ctx, path, resolved, values)
     step_shares(ctx, path, resolved, values)
     check_cache_agrees(path, resolved, values)
+
+
+def eval_follows_log_every(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """`eval_strategy: steps` without eval_steps evaluates every logging_steps (transformers):
+    a --log-every on the command line over the file's logging_steps moves the evaluations too."""
+    commandline = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    if not resolved.eval_from_logging or not commandline("log_every") or commandline("eval_every"):
+        return
+    values["eval_every"] = values["log_every"]
+    resolved.ratios.pop("eval_every", None)
+    log(f"kto-train: --config {path}: eval_strategy: steps without eval_steps -> eval_every {values['eval_every']}, from --log-every")
 
 
 def no_eval_set(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
@@ -277,6 +289,7 @@ def step_shares(ctx: click.Context, path: Path, resolved: Resolved, values: dict
     """transformers 5's `logging_steps: 0.25` (below 1: a share of the total steps) as a step
     count, ⌈share × max_steps⌉ as transformers rounds it. Without max_steps it is refused: the
     total depends on the cache's rows and the processes, known only once the run reads them."""
+    said = set()  # eval_every from logging_steps shares its line
     for name, (key, share) in resolved.ratios.items():
         if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             continue
@@ -286,7 +299,9 @@ def step_shares(ctx: click.Context, path: Path, resolved: Resolved, values: dict
                 f"reads the cache; write {key} as a whole number of steps, or give max_steps"
             )
         values[name] = max(1, math.ceil(values["max_steps"] * share))
-        log(f"kto-train: --config {path}: {key}: {share} -> every {values[name]} steps (⌈max_steps {values['max_steps']} × {share}⌉, as transformers)")
+        if key not in said:
+            log(f"kto-train: --config {path}: {key}: {share} -> every {values[name]} steps (⌈max_steps {values['max_steps']} × {share}⌉, as transformers)")
+        said.add(key)
 
 
 def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
