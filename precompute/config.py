@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numbers
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -32,6 +34,8 @@ INT_RANGES = {
 }
 FLOATS = ("eval_fraction",)
 FLAGS = ("store_token_logps", "prefix_sharing", "trust_remote_code", "overwrite", "hub_private")
+PATHS = ("out", "chat_template")  # and each of data's and eval_data's
+TEXTS = ("model", "dtype", "attn_implementation", "device_map", "push_to_hub")
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,6 @@ class PrecomputeConfig:
             raise InputError(f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
-        for name in ("data", "eval_data"):  # one path given alone is one input, not its letters
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, (str, Path)) else tuple(value))
         if self.eval_data and self.eval_fraction > 0:
             raise InputError(f"--eval-data and --eval-fraction {self.eval_fraction}: give one (the eval rows are held-out inputs, or a share of --data)")
         if self.dtype not in DTYPES:
@@ -140,13 +141,40 @@ class PrecomputeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise InputError(f"--{_flag(name)} {value!r}: expected a number")
+            object.__setattr__(self, name, float(value))  # as click gives --eval-fraction 0
         for name in FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"--{_flag(name)} {getattr(self, name)!r}: expected True or False")
+        self._check_paths()
+
+    def _check_paths(self) -> None:
+        """Paths as the CLI gives them, Path objects, from text or any os.PathLike: `out` as text
+        was an AttributeError in the pipeline, after the model had loaded. --model is text (a hub
+        id, or a local directory, which may be given as a Path)."""
+        for name in ("data", "eval_data"):  # one path given alone is one input, not its letters
+            value = getattr(self, name)
+            if not isinstance(value, (str, os.PathLike)) and (isinstance(value, (bytes, dict)) or not isinstance(value, Iterable)):
+                raise InputError(f"--{_flag(name)} {value!r}: expected a path or a list of paths")
+            object.__setattr__(self, name, tuple(_path(name, v) for v in ((value,) if isinstance(value, (str, os.PathLike)) else value)))
+        for name in PATHS:
+            if getattr(self, name) is not None or not self._optional(name):
+                object.__setattr__(self, name, _path(name, getattr(self, name)))
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
+        for name in TEXTS:
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (value is None and self._optional(name)):
+                raise InputError(f"--{_flag(name)} {value!r}: expected text")
 
     @classmethod
     def _optional(cls, name: str) -> bool:
         return next(f for f in fields(cls) if f.name == name).default is None
+
+
+def _path(name: str, value: object) -> Path:
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"--{_flag(name)} {value!r}: expected a path")
+    return Path(value)
 
 
 def _flag(name: str) -> str:

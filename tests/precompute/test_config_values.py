@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import precompute_args, text_rows, write_rows
 
+import kto.precompute
 from kto.formats.errors import InputError
 from kto.formats.manifest import read_manifest
 from kto.precompute.cli import config_from, main
@@ -108,6 +109,10 @@ def test_a_config_key_out_of_range_is_refused_before_anything_is_written(tmp_pat
         ({"rows_per_shard": [1, 2]}, "--rows-per-shard [1, 2]: expected a whole number"),
         ({"eval_fraction": True}, "--eval-fraction True: expected a number"),
         ({"overwrite": "yes"}, "--overwrite 'yes': expected True or False"),
+        ({"out": 5}, "--out 5: expected a path"),
+        ({"chat_template": True}, "--chat-template True: expected a path"),
+        ({"data": ("a.jsonl", 7)}, "--data 7: expected a path"),
+        ({"model": None}, "--model None: expected text"),
         ({"max_length": 2**31}, "--max-length 2147483648: must be in [2, 2**31)"),
         ({"seed": 2**32}, "--seed 4294967296: must be in [0, 2**32)"),
         ({"batch_tokens": 0}, "--batch-tokens 0: must be in [1, 2**31)"),
@@ -117,9 +122,28 @@ def test_a_config_key_out_of_range_is_refused_before_anything_is_written(tmp_pat
 def test_the_python_api_checks_the_same(tmp_path, overrides, expect):
     out = tmp_path / "out"
     with pytest.raises(InputError) as refused:
-        PrecomputeConfig(data=(tmp_path / "rows.jsonl",), model="unused", out=out, **overrides)
+        PrecomputeConfig(**{"data": (tmp_path / "rows.jsonl",), "model": "unused", "out": out, **overrides})
     assert str(refused.value) == expect
     assert not out.exists()
+
+
+def test_text_paths_are_taken_as_paths(tmp_path, tiny_model_dir):
+    """`out` as text was an AttributeError traceback in the pipeline, after the model had loaded;
+    every path field is a Path, as the CLI gives it, and a --model path is its text."""
+    cfg = PrecomputeConfig(data=str(tmp_path / "a.jsonl"), model=tiny_model_dir, out=str(tmp_path / "out"), chat_template=str(tmp_path / "t.jinja"))
+    assert (cfg.data, cfg.out, cfg.chat_template) == ((tmp_path / "a.jsonl",), tmp_path / "out", tmp_path / "t.jinja")
+    assert isinstance(cfg.out, Path) and cfg.model == str(tiny_model_dir)
+    cfg = PrecomputeConfig(data=["a.jsonl", Path("b.jsonl")], model="m", out="o", eval_data=("e.jsonl",), eval_fraction=0)
+    assert (cfg.data, cfg.eval_data, cfg.out) == ((Path("a.jsonl"), Path("b.jsonl")), (Path("e.jsonl"),), Path("o"))
+    assert type(cfg.eval_fraction) is float  # as --eval-fraction 0 gives it
+
+
+def test_a_run_with_text_paths_finishes(tmp_path, tiny_model_dir, monkeypatch):
+    data = write_rows(tmp_path / "rows.jsonl", text_rows())
+    monkeypatch.chdir(tmp_path)
+    result = kto.precompute.run(PrecomputeConfig(data=("rows.jsonl",), model=str(tiny_model_dir), out="cache", max_length=64))
+    assert result.cache == Path("cache") and read_manifest(tmp_path / "cache").content.max_length == 64
+    assert data.is_file()
 
 
 def test_numpy_integers_are_taken_as_python_ints(tmp_path):

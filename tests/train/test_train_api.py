@@ -1,9 +1,11 @@
 """The Python API (`kto.train.run`): the CLI's run, with its paths and final metrics returned;
 bad input raised as InputError, never SystemExit (under torchrun: tests/train/test_two_processes.py)."""
 
+import dataclasses
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import metrics, run_train
 
@@ -92,3 +94,62 @@ def test_an_fsdp_run_leaves_no_fsdp_setting_for_the_next_run(tmp_path, monkeypat
         assert os.environ.get("ACCELERATE_USE_FSDP") == "true"  # accelerate's own write: the test's premise
     assert "ACCELERATE_USE_FSDP" not in os.environ
     assert not sharding.requested(TrainConfig(fsdp=False, **common))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expect"),
+    [
+        ({"batch_size": 2.5}, "--batch-size 2.5: expected a whole number"),  # was a numpy TypeError mid-run, run dir half-written
+        ({"batch_size": "8"}, "--batch-size '8': expected a whole number"),  # was TypeError: '<' not supported
+        ({"max_steps": 2.0}, "--max-steps 2.0: expected a whole number"),  # was taken and recorded as 2.0
+        ({"seed": True}, "--seed True: expected a whole number"),
+        ({"beta": True}, "--beta True: expected a number"),  # was taken as β = 1
+        ({"lr": "1e-6"}, "--lr '1e-6': expected a number"),
+        ({"epochs": "1"}, "--epochs '1': expected a number"),
+        ({"drift_tolerance": [0.1]}, "--drift-tolerance [0.1]: expected a number"),
+        ({"gradient_checkpointing": "no"}, "--gradient-checkpointing 'no': expected True or False"),  # "no" is truthy: it turned checkpointing on
+        ({"fsdp": 1}, "--fsdp 1: expected True or False"),
+        ({"loss": 5}, "--loss 5: expected text"),
+        ({"lora_target_modules": ["q_proj", 1]}, "--lora-target-modules ['q_proj', 1]: expected text"),
+        ({"lr_schedule_kwargs": "{}"}, "--lr-schedule-kwargs '{}': expected a JSON object"),
+        ({"eval_cache": 5}, "--eval-cache 5: expected a path"),
+        ({"resume": 1}, "--resume 1: expected True, False or a path"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_in_one_line(tmp_path, overrides, expect):
+    """The CLI's types (click converts a flag's text), checked before any range: the run record
+    would hold what was given, and a run would fail halfway or do something else than asked."""
+    with pytest.raises(InputError) as refused:
+        TrainConfig(cache=tmp_path / "cache", model="m", out=tmp_path / "run", **overrides)
+    assert str(refused.value) == expect
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(TrainConfig)])
+def test_every_field_checks_its_type(tmp_path, name):
+    """A field added later is checked too: its type is read from its annotation."""
+    values = {"cache": tmp_path / "cache", "model": "m", "out": tmp_path / "run", name: object()}
+    with pytest.raises(InputError, match=f"^--{name.replace('_', '-')} <object object at .*>: expected "):
+        TrainConfig(**values)
+
+
+def test_values_of_the_types_the_cli_gives_are_taken_as_they_mean(tmp_path, tiny_model_dir):
+    """Text paths become Paths (`out` as text was an AttributeError), a --model path its text,
+    numpy numbers and an int for a float setting the CLI's int and float (the run record is JSON)."""
+    cfg = TrainConfig(
+        cache=str(tmp_path / "cache"),
+        model=tiny_model_dir,
+        out=str(tmp_path / "run"),
+        eval_cache=str(tmp_path / "cache" / "eval"),
+        resume=str(tmp_path / "run" / "checkpoint-2"),
+        lr=1,
+        beta=np.float32(0.5),
+        batch_size=np.int64(4),
+    )
+    assert (cfg.cache, cfg.out, cfg.eval_cache) == (tmp_path / "cache", tmp_path / "run", tmp_path / "cache" / "eval")
+    assert cfg.resume == tmp_path / "run" / "checkpoint-2" and cfg.model == str(tiny_model_dir)
+    assert (cfg.lr, cfg.beta, cfg.batch_size) == (1.0, 0.5, 4)
+    assert (type(cfg.lr), type(cfg.beta), type(cfg.batch_size)) == (float, float, int)
+    assert TrainConfig(cache="c", model="m", out="o", resume=True, max_steps=None).resume is True
+    # A list of LoRA targets, as peft takes it and a --config file may write it: the comma list.
+    assert TrainConfig(cache="c", model="m", out="o", lora_r=8, lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == "q_proj,v_proj"
