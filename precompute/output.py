@@ -4,8 +4,9 @@ Ownership is proven, never assumed (see formats/shards.py `Journal`): a shard is
 the manifest names it, tokenizer/ when the journal recorded its exact files, eval/ when it is a
 cache folder of ours itself. Anything else in `--out` is foreign: it is refused with one line,
 `--overwrite` included, and never deleted. A cache of another configuration is refused unless
-`--overwrite`, which then removes exactly the cache's own files, so a cache never mixes rows
-from two configurations and a user's files never vanish.
+`--overwrite`, which then removes exactly the cache's own files, and only once the new run's
+input was read and checked (`replace_out`), so a cache never mixes rows from two
+configurations, a user's files never vanish, and bad input leaves the old cache whole.
 
 Temp names a killed run left are removed only when this cache's writers make exactly that name
 (`cache_writes_temp`: the NAME one of ours, the kind the one its writer uses, the suffix
@@ -19,6 +20,7 @@ import contextlib
 import json
 import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from kto.formats import schema as S
@@ -91,26 +93,25 @@ def recorded_batch_tokens(out: Path) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def prepare_out_dir(out: Path, content: CacheContent, layout: dict, overwrite: bool) -> None:
-    """Make `out` ready for a run of `content`: resume it, clear it (`overwrite`), or refuse.
+def prepare_out_dir(out: Path, content: CacheContent, layout: dict, overwrite: bool) -> bool:
+    """Check that `out` can take a run of `content`: resume it, or refuse; True when it holds a
+    cache of another configuration that `overwrite` replaces. That cache is left whole here:
+    `replace_out` removes it once the new run's rows were read and checked, so a bad row costs
+    nothing (a hunter's `--overwrite` whose last row read "label": "maybe" deleted it first).
 
     Call it holding the lock on the cache (formats/lock.py): it removes the temp files a killed
     run left, which a live writer's would look like.
     """
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     with_eval = content.split != "eval"
     for folder in (out, out / S.EVAL_DIR) if with_eval else (out,):
         remove_own_temps(folder)
-    ours = refuse_foreign(out, with_eval=with_eval)
-    fingerprint = content.fingerprint
-    reason = _stale_reason(out, fingerprint, layout, content.to_json())
-    if reason:
-        if not overwrite:
-            raise InputError(f"--out {out}: {reason}; pass --overwrite to replace it or choose another directory")
-        _remove(ours)
-    Journal(out).start(fingerprint, layout, content.to_json())
+    refuse_foreign(out, with_eval=with_eval)
+    reason = _stale_reason(out, content.fingerprint, layout, content.to_json())
+    if reason and not overwrite:
+        raise InputError(f"--out {out}: {reason}; pass --overwrite to replace it or choose another directory")
+    return reason is not None
 
 
 def refuse_foreign(out: Path, *, with_eval: bool, temps_pending: bool = False) -> list[Path]:
@@ -235,14 +236,15 @@ def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: di
     return f"holds {what} of a different configuration (differs in {', '.join(keys) or 'its fingerprint'})"
 
 
-def _remove(entries: list[Path], keep: str | None = LOCK_NAME) -> None:
-    """Delete the cache's own entries; the journal last (it is what proves the rest are ours, so
-    a kill half-way leaves them removable by the next --overwrite), the held lock never."""
+def _remove(entries: list[Path], keep: Collection[str] = (LOCK_NAME,)) -> None:
+    """Delete the cache's own entries but those named in `keep` (the held lock, the new run's
+    staging files); the journal last (it is what proves the rest are ours, so a kill half-way
+    leaves them removable by the next --overwrite)."""
     for p in sorted(entries, key=lambda p: p.name == JOURNAL_DIR):
-        if p.name == keep:
+        if p.name in keep:
             continue
         if p.name == S.EVAL_DIR:
-            _remove(survey(p, with_eval=False)[0], keep=None)
+            _remove(survey(p, with_eval=False)[0], keep=())
             p.rmdir()
         elif p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -250,18 +252,51 @@ def _remove(entries: list[Path], keep: str | None = LOCK_NAME) -> None:
             p.unlink(missing_ok=True)
 
 
-def claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, held: contextlib.ExitStack) -> None:
-    """Main process: lock --out, then resume, clear or refuse each split's folder; the others wait.
+def claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, held: contextlib.ExitStack) -> list[Path]:
+    """Main process: lock --out, then resume or refuse each split's folder; the others wait.
 
+    Returns the folders whose cache of another configuration --overwrite replaces (every rank
+    gets the list). They stay as they are, journal included, until `replace_out`: a journal of
+    the new configuration written now would make a bad input leave a cache that refuses its own
+    command. A split's journal waits too when --out is replaced (eval/ goes with --out).
     The lock is taken before any process writes (the others only start after the broadcast),
     and a refusal reaches every process, so none is left waiting in a collective.
     """
 
-    def prepare() -> None:
+    def prepare() -> list[Path]:
         for name, out in outs.items():  # before the lock file: nothing is written into a folder not ours
             refuse_foreign(out, with_eval=contents[name].split != "eval", temps_pending=True)
         held.enter_context(locked_dir(cfg.out, "--out"))
+        stale = [out for name, out in outs.items() if prepare_out_dir(out, contents[name], layout, cfg.overwrite)]
         for name, out in outs.items():
-            prepare_out_dir(out, contents[name], layout, cfg.overwrite)
+            if cfg.out not in stale and out not in stale:
+                Journal(out).start(contents[name].fingerprint, layout, contents[name].to_json())
+        return stale
 
-    on_main(prepare, state)
+    return on_main(prepare, state)
+
+
+def replace_out(outs: dict[str, Path], contents: dict, layout: dict, stale: list[Path], keep: Collection[Path], state) -> None:
+    """Main process, once the new run's rows were staged and split: remove the caches of another
+    configuration that `claim_out` left (`stale`, --out first: its eval/ goes with it), all but
+    the lock and the staging files in `keep`, then start every split's journal.
+
+    A kill in between leaves --out without a cache: the input was good, and a rerun of the new
+    command starts from its staging file."""
+
+    def replace() -> None:
+        names = {LOCK_NAME, *(p.name for p in keep)}
+        for out in stale:
+            _remove(refuse_foreign(out, with_eval=out == outs["train"]), keep=names)
+        for name, out in outs.items():
+            Journal(out).start(contents[name].fingerprint, layout, contents[name].to_json())
+
+    on_main(replace, state)
+
+
+def remove_staging(out: Path) -> None:
+    """Remove the staging files in `out`: a run refused on its input leaves the cache it was to
+    replace as it found it."""
+    for p in out.iterdir() if out.is_dir() else ():
+        if is_staging_name(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink()

@@ -44,7 +44,7 @@ from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
 from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
-from .output import claim_out, recorded_batch_tokens, shard_layout
+from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_vocabulary, shard_values
 from .progress import Progress
 from .templates import ChatTemplate, load_chat_template
@@ -198,8 +198,10 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}
     fingerprints = {name: content.fingerprint for name, content in contents.items()}
     created = not cfg.out.exists()
-    claim_out(cfg, outs, contents, layout, state, held)
-    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created)
+    stale = claim_out(cfg, outs, contents, layout, state, held)
+    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created, bool(stale))
+    if stale:  # the old cache that --overwrite replaces goes only now, the rows read and checked
+        replace_out(outs, contents, layout, stale, {s.staged for s in splits}, state)
     if state.is_main_process:
         warn_without_stop(staged, tokenizer, source, template)  # the train rows say it for the data
     warn_one_class(splits)
@@ -239,9 +241,12 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     return manifests
 
 
-def _stage_and_split(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: CacheContent, state, created: bool) -> tuple[Path, list[Split]]:
+def _stage_and_split(
+    cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: CacheContent, state, created: bool, replacing: bool
+) -> tuple[Path, list[Split]]:
     """Stage the rows (and --eval-data's) and build the splits; on bad input, remove an --out
-    this run created (nothing half-written is left behind) and re-raise."""
+    this run created (nothing half-written is left behind), or the staging files beside the old
+    cache it was `replacing` (left as it was), and re-raise."""
     try:
         staged = stage_rows(cfg, tokenizer, template, content, state)
         held_out = stage_rows(cfg, tokenizer, template, content, state, held_out=staged) if cfg.eval_data else None
@@ -257,6 +262,8 @@ def _stage_and_split(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, c
         state.wait_for_everyone()
         if created and state.is_main_process:
             shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
+        elif replacing and state.is_main_process:
+            remove_staging(cfg.out)
         raise
 
 

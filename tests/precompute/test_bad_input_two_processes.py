@@ -132,3 +132,27 @@ def test_a_block_refused_on_both_ranks_says_its_earliest_row(monkeypatch: pytest
     refused = set()
     shares = [tokenize._tokenize_share(block, tokenize_one, rank, 2) for rank in (0, 1)]
     assert tokenize._tokenize_block(block, tokenize_one, 1, 2) == block
+
+
+@pytest.mark.distributed
+def test_overwrite_with_bad_input_keeps_the_old_cache_then_good_input_replaces_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Under 2 processes, `--overwrite` with a duplicate id (refused after both ranks staged)
+    leaves the old cache byte for byte; with good rows the main process replaces it while rank 1
+    waits (precompute/output.py `replace_out`), and both ranks finish."""
+    from click.testing import CliRunner
+
+    from kto.formats.manifest import read_manifest
+    from kto.precompute.cli import main
+
+    good = write_rows(tmp_path / "good.jsonl", text_rows())
+    out = tmp_path / "c"
+    assert CliRunner().invoke(main, precompute_args(good, tiny_model_dir, out)).exit_code == 0
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
+    rows, says = CASES["duplicate_id"]
+    bad = write_rows(tmp_path / "bad.jsonl", rows)
+    for rank, proc in enumerate(two_ranks(precompute_args(bad, tiny_model_dir, out, "--overwrite"))):
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, f"rank {rank}:\n{proc.stderr[-3000:]}"
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"} == before
+    for rank, proc in enumerate(two_ranks(precompute_args(good, tiny_model_dir, out, "--seed", "1", "--overwrite"))):
+        assert proc.returncode == 0, f"rank {rank}:\n{proc.stderr[-3000:]}"
+    assert read_manifest(out).content.seed == 1

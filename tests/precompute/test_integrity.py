@@ -172,6 +172,41 @@ def test_overwrite_removes_exactly_the_old_cache(tmp_path, tiny_model_dir):
     assert not (out / S.EVAL_DIR).exists() and verified(out)
 
 
+def tree_bytes(out: Path) -> dict[str, bytes]:
+    """Every file under `out` with its bytes; the lock's bytes are the pid of its last holder."""
+    return {str(p.relative_to(out)): b"" if p.name == ".lock" else p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("label", id="a-row-refused-while-staging"),
+        pytest.param("eval-fraction", id="refused-after-staging-with-an-eval-split"),
+    ],
+)
+def test_overwrite_with_bad_input_keeps_the_old_cache_whole(cache, bad):
+    """Seen by a bug hunter: `--overwrite` with a bad last row ("label": "maybe") deleted the old
+    cache before any row was read, and left a journal of the new configuration that refused the
+    old command. The old cache now stays until the new run's input is read and checked: after
+    the one-line error, OUT holds exactly what it held, verifies, and the old command resumes it."""
+    out, data, args = cache
+    before = tree_bytes(out)
+    if bad == "label":
+        rows = chat_rows()
+        rows[-1]["label"] = "maybe"
+        extra = []
+    else:  # every row reads well; splitting 16 rows by 0.05 leaves too few eval rows
+        rows, extra = chat_rows(), ["--eval-fraction", "0.05"]
+    new = write_rows(data.parent / "new.jsonl", rows)
+    message = one_line_error(run_cli(*precompute_args(new, args[3], out, *extra, "--overwrite")))
+    assert ("maybe" in message) if bad == "label" else ("--eval-fraction" in message), message
+    assert tree_bytes(out) == before
+    assert verified(out)
+    rerun = run_cli(*args)
+    assert rerun.exit_code == 0, rerun.output
+    assert read_manifest(out).content.inputs[0]["name"] == data.name and verified(out)
+
+
 # ---- 3. inputs are hashed in the read that parses them ---------------------------------------
 
 
