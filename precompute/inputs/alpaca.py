@@ -22,7 +22,7 @@ from typing import Any
 
 from kto.formats.errors import InputError
 
-from .examples import Example, ShareGPTMap, kind_name, label_of, missing_label, require_names, with_system
+from .examples import RANKING_ROWS, Example, ShareGPTMap, entry_column, entry_label, kind_name, label_of, missing_label, require_names, with_system
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,23 @@ class AlpacaMap:
 
 
 def alpaca_examples(record: dict, amap: AlpacaMap, smap: ShareGPTMap, label_column: str, base_id: str, source: str) -> list[Example]:
-    """One alpaca row -> one Example (kto_tag/label) or two (chosen/rejected)."""
+    """One alpaca row -> one Example (kto_tag/label) or two (chosen/rejected).
+
+    Through a dataset_info.json entry (`smap.entry`), the entry's `ranking` says which, and the
+    label is its kto_tag alone; otherwise a row filling chosen or rejected is a pair."""
     prompt = with_system(_history(record, amap, source) + (_user_turn(record, amap, source),), record, smap, source)
-    if record.get(amap.chosen) is not None or record.get(amap.rejected) is not None:
+    if smap.ranking or (not smap.entry and (record.get(amap.chosen) is not None or record.get(amap.rejected) is not None)):
+        if smap.entry:
+            for key, name in ((amap.chosen, "chosen"), (amap.rejected, "rejected")):
+                entry_column(record, key, name, source, RANKING_ROWS)
         answers = [_text(record, key, source) for key in (amap.chosen, amap.rejected)]
         return [
             Example(f"{base_id}:chosen", prompt, (_assistant(answers[0]),), True, source),
             Example(f"{base_id}:rejected", prompt, (_assistant(answers[1]),), False, source),
         ]
+    if smap.entry:
+        label = entry_label(record, amap.kto_tag, (amap.chosen, amap.rejected), source)
+        return [Example(base_id, prompt, (_assistant(_text(record, amap.response, source)),), label, source)]
     completion = (_assistant(_text(record, amap.response, source)),)
     label = label_of(record, (amap.kto_tag, label_column), source)
     if label is not None:

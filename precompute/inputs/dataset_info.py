@@ -5,7 +5,10 @@ An entry names where the rows are and how to read them:
   `hf_hub_url` (+ `subset`, `split`, default train): the input, as `--data` would take it;
 - `formatting`: `alpaca` (LLaMA-Factory's default) or `sharegpt`;
 - `columns` and `tags`: the column and role names (examples.ShareGPTMap, alpaca.AlpacaMap);
-- `ranking`: true for chosen/rejected pairs, false (default) for `kto_tag`-labelled rows.
+- `ranking`: true for chosen/rejected pairs, false (default) for `kto_tag`-labelled rows. It
+  decides how every row is read (a row of the other kind is refused, naming the entry's key), as
+  the entry's map does whatever its conversation column is named: `messages: messages` reads the
+  entry's kto_tag and tags, not the `messages` + `label` shape of `--data` alone.
 - `file_sha1` is accepted and not checked (LLaMA-Factory only warns on a mismatch).
 
 A `system` or `tools` column is read only when `columns` maps it, as LLaMA-Factory reads an
@@ -18,7 +21,9 @@ Fingerprint: the entry resolves to the same inputs and names that `--data FILE` 
 `--sharegpt-info DIR/dataset_info.json#NAME` would give, so both ways make the same cache. An
 entry's names (with its system and tools columns unread unless named) differ from the
 defaults, so the content holds them: caches made from an entry before system and tools were
-read LLaMA-Factory's way have another fingerprint. An alpaca entry also adds its column map.
+read LLaMA-Factory's way have another fingerprint, and so do those made before the entry's map
+and ranking read every row (the names then gained `entry`). An alpaca entry also adds its
+column map.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from kto.formats.files import regular_file
 from .alpaca import AlpacaMap
 from .examples import ShareGPTMap
 from .records import SUFFIXES
+from .sharegpt import entry_ranking
 
 INFO_NAME = "dataset_info.json"
 _WHERE_KEYS = {"file_name", "hf_hub_url", "subset", "split"}
@@ -96,22 +102,19 @@ def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise InputError(f"{where}: formatting {formatting!r}: alpaca or sharegpt")
-    ranking = entry.get("ranking", False)
-    if not isinstance(ranking, bool):
-        raise InputError(f"{where}: ranking must be true or false, got {ranking!r}")
     columns, tags = (_mapping(entry, group, where) for group in ("columns", "tags"))
-    _check_ranking(columns, ranking, where)
+    ranking = entry_ranking(entry, columns, where)
     if formatting == "sharegpt":
         _known(columns, _SHAREGPT_COLUMNS, "columns", where)
         _known(tags, _SHAREGPT_TAGS, "tags", where)
-        sharegpt, alpaca = _build(ShareGPTMap.from_entry, {**columns, **tags}, where), None
+        sharegpt, alpaca = _build(ranking, {**columns, **tags}, where), None
     else:
         if tags:
             raise InputError(f"{where}: tags belong to the sharegpt formatting, not alpaca")
         _known(columns, _ALPACA_COLUMNS, "columns", where)
         alpaca = AlpacaMap.from_entry(columns)  # before the system column leaves the map
         system = {"system": columns.pop("system")} if "system" in columns else {}
-        sharegpt = _build(ShareGPTMap.from_entry, system, where)
+        sharegpt = _build(ranking, system, where)
     return DatasetEntry(_inputs(entry, dataset_dir, where), sharegpt, alpaca, ranking)
 
 
@@ -128,19 +131,12 @@ def _known(values: dict, known: set, group: str, where: str) -> None:
         raise InputError(f"{where}: {group} {', '.join(unknown)} not supported here (known: {', '.join(sorted(known))})")
 
 
-def _check_ranking(columns: dict, ranking: bool, where: str) -> None:
-    """LLaMA-Factory reads chosen/rejected only for ranking entries and kto_tag only for others."""
-    if ranking and "kto_tag" in columns:
-        raise InputError(f"{where}: ranking is true, so rows are chosen/rejected pairs; a kto_tag column means ranking false")
-    if not ranking and {"chosen", "rejected"} & set(columns):
-        raise InputError(f"{where}: chosen/rejected columns need ranking: true")
-
-
-def _build(cls, values: dict, where: str) -> ShareGPTMap:
+def _build(ranking: bool, values: dict, where: str) -> ShareGPTMap:
+    """The entry's map, which reads every row of its files as the entry's `ranking` says."""
     # Every name was checked against _SHAREGPT_COLUMNS and _SHAREGPT_TAGS first (_known), so
     # the message names only the bad ones; this stays for a name those sets and the map disagree on.
     try:
-        return cls(**values)
+        return ShareGPTMap.from_entry(ranking, **values)
     except TypeError:
         raise InputError(f"{where}: unknown names {', '.join(sorted(set(values) - set(ShareGPTMap().as_dict())))}") from None
 

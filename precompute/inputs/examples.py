@@ -41,6 +41,7 @@ ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool", "function_call": "assistant"}
 _MESSAGE_KEYS = ("role", "content", "from", "value")  # what _message reads as a turn's role and text
 _KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
+_ENTRY_READS = ("", "unpaired", "ranking")  # ShareGPTMap.entry: no entry, ranking false, ranking true
 
 
 # ---- the checked row ---------------------------------------------------------------------------
@@ -164,19 +165,33 @@ class ShareGPTMap:
     observation_tag: str = "observation"
     function_tag: str = "function_call"
     system_tag: str = "system"
+    entry: str = ""
+    """Set for the map of a dataset_info.json entry (--dataset, --sharegpt-info): every row is
+    read by this map, whatever its conversation column is named, and as the entry's `ranking`
+    says: "unpaired" (false: a completion labelled by `kto_tag` alone) or "ranking" (true: a
+    chosen/rejected pair). "": no entry; each row's columns tell its shape."""
 
     def __post_init__(self) -> None:
-        require_names(self, "sharegpt map", optional=("system", "tools"))
+        require_names(self, "sharegpt map", optional=("system", "tools", "entry"))
+        if self.entry not in _ENTRY_READS:
+            raise InputError(f"sharegpt map: entry must be one of {', '.join(map(repr, _ENTRY_READS))}, got {self.entry!r}")
 
     @classmethod
-    def from_entry(cls, **names: str) -> ShareGPTMap:
+    def from_entry(cls, ranking: bool = False, **names: str) -> ShareGPTMap:
         """The map of a dataset_info.json entry: LLaMA-Factory reads a system or tools column only
         when the entry names it (its defaults are None), so a `system` column the entry does not
         name is not a system prompt."""
-        return cls(**{"system": "", "tools": "", **names})
+        return cls(**{"system": "", "tools": "", **names, "entry": "ranking" if ranking else "unpaired"})
+
+    @property
+    def ranking(self) -> bool:
+        """An entry's `ranking: true`: every row is a chosen/rejected pair."""
+        return self.entry == "ranking"
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """The names, for the fingerprint (`content.sharegpt`); `entry` only when set, so a map
+        without an entry keeps the fingerprint it had before `entry` was read."""
+        return {k: v for k, v in asdict(self).items() if k != "entry" or v}
 
     def is_default(self) -> bool:
         return self == ShareGPTMap()
@@ -263,6 +278,30 @@ def missing_label(record: dict, keys: Sequence[str], source: str, rest: str) -> 
     names = list(dict.fromkeys(keys))
     also = f" (or '{names[1]}')" if len(names) > 1 else ""
     return InputError(f"{source}: missing column '{names[0]}'{also}{rest}")
+
+
+def entry_column(record: dict, key: str, name: str, source: str, why: str = "") -> Any:
+    """The cell of a column a dataset_info.json entry maps (its key `name`: messages, chosen, ...);
+    a row that does not fill it is refused by the entry's own names."""
+    if is_present(record, key):
+        return record[key]
+    found = f"'{key}' is null in this row" if key in record else f"missing column '{key}'"
+    raise InputError(f"{source}: {found} (the entry's {name}{why})")
+
+
+def entry_label(record: dict, kto_tag: str, pair: tuple[str, str], source: str) -> bool:
+    """The label of a row read through an entry whose ranking is false: its kto_tag column
+    alone, as LLaMA-Factory reads it (a `label` column beside it is not read), and never a pair."""
+    label = label_of(record, (kto_tag,), source)
+    if label is not None:
+        return label
+    rest = " (the entry's kto_tag)"
+    if any(is_present(record, key) for key in pair):
+        rest += f"; ranking is false, so '{pair[0]}' and '{pair[1]}' are not read (\"ranking\": true in the entry reads every row as their pair)"
+    raise missing_label(record, (kto_tag,), source, rest)
+
+
+RANKING_ROWS = "; ranking is true, so every row is a chosen/rejected pair"
 
 
 def shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str, present: set) -> list[Example]:

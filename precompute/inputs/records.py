@@ -427,10 +427,12 @@ def _row_examples(
     base_id = base_id_of(record, columns.id, f"{file_name}:{row}", source)
     if alpaca is not None:
         return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
+    if sharegpt.entry:  # a dataset_info.json entry's map reads every row, whatever its names
+        return sharegpt_examples(record, sharegpt, columns.label, base_id, source)
     present = {key for key in record if is_present(record, key)}
     check_one_shape(present, columns, sharegpt.messages, source)
-    # A paired ShareGPT row whose entry names its conversation `messages` (OpenAI-style tags) is
-    # the entry's shape too, not a `messages` row waiting for its own assistant turn.
+    # A map built without an entry (the API's ShareGPTMap(messages="messages")): a paired row
+    # is its ShareGPT shape too, not a `messages` row waiting for its own assistant turn.
     paired = sharegpt.messages == columns.messages and sharegpt.chosen in present and sharegpt.rejected in present
     if sharegpt.messages in present and (columns.messages not in present or paired):
         return sharegpt_examples(record, sharegpt, columns.label, base_id, source)

@@ -7,6 +7,9 @@ A ShareGPT row (column and role names as in LLaMA-Factory's `dataset_info.json`,
   rule LLaMA-Factory's converter applies);
 - unpaired (KTO): the last turn is the completion, labelled by `kto_tag` (or the label column);
 - paired: `chosen` and `rejected` are single `{"from", "value"}` turns answering `conversations`;
+- through a `dataset_info.json` entry (--dataset, --sharegpt-info), every row is read by the
+  entry's map, whatever its conversation column is named, as its `ranking` says: pairs (true),
+  or completions labelled by its kto_tag alone (false; a `label` column is not read);
 - `system`: a system prompt (text); `tools`: the tool schemas, a list or a JSON text of one (as
   LLaMA-Factory stores them), passed to the chat template as `tools=`.
 
@@ -25,7 +28,19 @@ from typing import Any
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file
 
-from .examples import Example, ShareGPTMap, kind_name, label_of, missing_label, one_line, tools_of, with_system
+from .examples import (
+    RANKING_ROWS,
+    Example,
+    ShareGPTMap,
+    entry_column,
+    entry_label,
+    kind_name,
+    label_of,
+    missing_label,
+    one_line,
+    tools_of,
+    with_system,
+)
 
 
 def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
@@ -54,13 +69,26 @@ def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
         if not isinstance(values, dict):
             raise InputError(f"{where}: '{group}' must be an object")
         fields.update(values)
-    known = set(asdict(ShareGPTMap()))
+    known = set(asdict(ShareGPTMap())) - {"entry"}
     # LLaMA-Factory keys that do not decide how a row is read here (prompt/query/response belong
     # to its alpaca shape; images/videos are not supported) are refused rather than ignored.
     unknown = sorted(set(fields) - known)
     if unknown:
         raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return ShareGPTMap.from_entry(**fields)
+    return ShareGPTMap.from_entry(entry_ranking(entry, fields, where), **fields)
+
+
+def entry_ranking(entry: dict, columns: dict, where: str) -> bool:
+    """An entry's `ranking` (default false). LLaMA-Factory reads chosen/rejected only for
+    ranking entries and kto_tag only for others: a map naming the other kind is refused."""
+    ranking = entry.get("ranking", False)
+    if not isinstance(ranking, bool):
+        raise InputError(f"{where}: ranking must be true or false, got {ranking!r}")
+    if ranking and "kto_tag" in columns:
+        raise InputError(f"{where}: ranking is true, so rows are chosen/rejected pairs; a kto_tag column means ranking false")
+    if not ranking and {"chosen", "rejected"} & set(columns):
+        raise InputError(f"{where}: chosen/rejected columns need ranking: true")
+    return ranking
 
 
 def _pick_entry(data: Any, name: str, where: str) -> Any:
@@ -81,31 +109,42 @@ def _pick_entry(data: Any, name: str, where: str) -> Any:
 
 
 def sharegpt_examples(record: dict, smap: ShareGPTMap, label_column: str, base_id: str, source: str) -> list:
-    """One row in ShareGPT shape -> one Example (kto_tag/label) or two (chosen/rejected)."""
+    """One row in ShareGPT shape -> one Example (kto_tag/label) or two (chosen/rejected).
+
+    Through a dataset_info.json entry (`smap.entry`), the entry's `ranking` says which, and the
+    label is its kto_tag alone; otherwise a row filling chosen or rejected is a pair."""
     where = f"{source}: column '{smap.messages}'"
-    turns = record[smap.messages]
+    turns = entry_column(record, smap.messages, "messages", source) if smap.entry else record[smap.messages]
     if not isinstance(turns, list):
         raise InputError(f"{where}: expected a list of turns, got {kind_name(turns)}")
     messages = _conversation(turns, smap, where)
     tools = tools_of(record, smap, source)
-    if _present(record, smap.chosen) or _present(record, smap.rejected):
-        if messages[-1]["role"] not in ("user", "tool"):
-            raise InputError(
-                f"{where}: a paired row's conversation must end with a {smap.user_tag!r} "
-                f"or {smap.observation_tag!r} turn, answered by '{smap.chosen}'/'{smap.rejected}'"
-            )
-        prompt = with_system(messages, record, smap, source)
-        answers = []
-        for key in (smap.chosen, smap.rejected):
-            if not _present(record, key):
-                raise InputError(f"{source}: missing column '{key}' (a paired ShareGPT row needs both)")
-            answers.append((_completion_turn(record[key], smap, f"{source}: column '{key}'"),))
-        return [Example(f"{base_id}:chosen", prompt, answers[0], True, source, tools), Example(f"{base_id}:rejected", prompt, answers[1], False, source, tools)]
+    if smap.ranking or (not smap.entry and (_present(record, smap.chosen) or _present(record, smap.rejected))):
+        return _pair_examples(record, smap, messages, tools, base_id, source)
+    label = entry_label(record, smap.kto_tag, (smap.chosen, smap.rejected), source) if smap.entry else None
     if messages[-1]["role"] != "assistant" or messages[-2]["role"] == "system":
         raise InputError(f"{where}: must end with a {smap.assistant_tag!r} or {smap.function_tag!r} turn after at least one prompt turn (it is the completion)")
-    label = _kto_label(record, smap, label_column, source)
+    label = _kto_label(record, smap, label_column, source) if label is None else label
     prompt = with_system(messages[:-1], record, smap, source)
     return [Example(base_id, prompt, messages[-1:], label, source, tools)]
+
+
+def _pair_examples(record: dict, smap: ShareGPTMap, messages: tuple[dict, ...], tools: tuple[dict, ...], base_id: str, source: str) -> list:
+    """A paired row: its conversation, answered by the single turns `chosen` and `rejected`."""
+    answers = []
+    for key, name in ((smap.chosen, "chosen"), (smap.rejected, "rejected")):
+        if smap.entry:
+            entry_column(record, key, name, source, RANKING_ROWS)
+        elif not _present(record, key):
+            raise InputError(f"{source}: missing column '{key}' (a paired ShareGPT row needs both)")
+        answers.append((_completion_turn(record[key], smap, f"{source}: column '{key}'"),))
+    if messages[-1]["role"] not in ("user", "tool"):
+        raise InputError(
+            f"{source}: column '{smap.messages}': a paired row's conversation must end with a {smap.user_tag!r} "
+            f"or {smap.observation_tag!r} turn, answered by '{smap.chosen}'/'{smap.rejected}'"
+        )
+    prompt = with_system(messages, record, smap, source)
+    return [Example(f"{base_id}:chosen", prompt, answers[0], True, source, tools), Example(f"{base_id}:rejected", prompt, answers[1], False, source, tools)]
 
 
 def _conversation(turns: list, smap: ShareGPTMap, where: str) -> tuple[dict, ...]:

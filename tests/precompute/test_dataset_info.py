@@ -14,6 +14,7 @@ from kto.formats.manifest import read_manifest
 from kto.precompute.cli import main
 from kto.precompute.inputs.alpaca import AlpacaMap
 from kto.precompute.inputs.dataset_info import load_datasets
+from kto.precompute.inputs.examples import ShareGPTMap
 from kto.precompute.inputs.records import read_examples
 from kto.precompute.inputs.sharegpt import load_sharegpt_info
 
@@ -215,3 +216,106 @@ def test_a_ranking_entry_in_openai_tags_whose_conversation_is_named_messages_rea
         ("p.json:2:chosen", True, "q1", "yes"),
         ("p.json:2:rejected", False, "q1", "no"),
     ]
+
+
+# ---- an entry's map reads every row, whatever its conversation column is named -----------------
+
+OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+
+
+def entry_examples(tmp_path, entry: dict, rows: list) -> list:
+    """The rows read through `entry`, both ways: --dataset and --sharegpt-info FILE#NAME."""
+    write_rows(tmp_path / "rows.jsonl", rows)
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"e": {"file_name": "rows.jsonl", **entry}}))
+    found = load_datasets("e", tmp_path)
+    examples = read_examples(found.data, sharegpt=found.sharegpt, alpaca=found.alpaca)
+    if entry.get("formatting") == "sharegpt":
+        smap = load_sharegpt_info(f"{tmp_path / 'dataset_info.json'}#e")
+        assert read_examples(found.data, sharegpt=smap) == examples
+    return examples
+
+
+def entry_error(tmp_path, entry: dict, rows: list) -> str:
+    with pytest.raises(InputError) as caught:
+        entry_examples(tmp_path, entry, rows)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def chat(*turns: tuple[str, str], role: str = "role", content: str = "content") -> list:
+    return [{role: r, content: c} for r, c in turns]
+
+
+def test_an_entry_naming_its_conversation_messages_reads_its_own_kto_tag(tmp_path):
+    """`messages: messages` with `kto_tag: thumbs`: the label is `thumbs`, as the entry says; a
+    `label` column beside it (here the opposite) is not read. It was read as a plain `messages`
+    row, labelled by `label`: every label silently inverted."""
+    rows = [{"messages": chat(("user", f"q{i}"), ("assistant", f"a{i}")), "thumbs": i == 0, "label": i != 0} for i in range(2)]
+    entry = {"formatting": "sharegpt", "columns": {"messages": "messages", "kto_tag": "thumbs"}, "tags": OPENAI_TAGS}
+    assert [e.label for e in entry_examples(tmp_path, entry, rows)] == [True, False]
+    without = [{k: v for k, v in row.items() if k != "thumbs"} for row in rows]
+    assert entry_error(tmp_path, entry, without) == "rows.jsonl: row 1: missing column 'thumbs' (the entry's kto_tag)"
+
+
+def test_an_entry_naming_its_conversation_messages_reads_its_own_tags(tmp_path):
+    """Every tag of the entry is read, function and observation turns too."""
+    call = {"name": "f", "arguments": {"x": 1}}
+    turns = [("U", "Call f."), ("F", json.dumps(call)), ("O", "42"), ("A", "It is 42.")]
+    rows = [{"messages": chat(*turns, role="speaker", content="text"), "kto_tag": good} for good in (True, False)]
+    tags = {"role_tag": "speaker", "content_tag": "text", "user_tag": "U", "assistant_tag": "A", "function_tag": "F", "observation_tag": "O"}
+    first, second = entry_examples(tmp_path, {"formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": tags}, rows)
+    assert [m["role"] for m in first.prompt] == ["user", "assistant", "tool"] and first.prompt[1]["tool_calls"][0]["function"] == call
+    assert first.completion == ({"role": "assistant", "content": "It is 42."},) and (first.label, second.label) == (True, False)
+
+
+def test_an_entry_reads_the_conversation_column_it_names_beside_another(tmp_path):
+    """A file holding `conversations` and `messages`: the entry naming `conversations` reads it."""
+    other = chat(("user", "wrong"), ("assistant", "wrong"))
+    rows = [{"conversations": chat(("human", f"q{i}"), ("gpt", "a"), role="from", content="value"), "messages": other, "kto_tag": True} for i in range(2)]
+    examples = entry_examples(tmp_path, {"formatting": "sharegpt", "columns": {"messages": "conversations", "kto_tag": "kto_tag"}}, rows)
+    assert [e.prompt[-1]["content"] for e in examples] == ["q0", "q1"]
+    missing = [{"messages": other, "kto_tag": True}]
+    expected = "rows.jsonl: row 1: missing column 'conversations' (the entry's messages)"
+    assert entry_error(tmp_path, {"formatting": "sharegpt", "columns": {"messages": "conversations"}}, missing) == expected
+
+
+# ---- `ranking` decides how every row is read -------------------------------------------------------
+
+SG_PAIR = {
+    "conversations": chat(("human", "Q"), role="from", content="value"),
+    "chosen": {"from": "gpt", "value": "Y"},
+    "rejected": {"from": "gpt", "value": "N"},
+}
+SG_KTO = {"conversations": chat(("human", "Q"), ("gpt", "A"), role="from", content="value"), "kto_tag": True}
+
+
+def test_a_ranking_entry_refuses_a_row_that_is_not_a_pair(tmp_path):
+    entry = {"formatting": "sharegpt", "ranking": True, "columns": {"messages": "conversations", "chosen": "good", "rejected": "bad"}}
+    message = entry_error(tmp_path, entry, [SG_KTO, SG_KTO])
+    assert message == "rows.jsonl: row 1: missing column 'good' (the entry's chosen; ranking is true, so every row is a chosen/rejected pair)"
+
+
+def test_an_entry_without_ranking_refuses_a_pair_without_its_kto_tag(tmp_path):
+    """ranking false (or absent): LLaMA-Factory reads a completion and its kto_tag, never
+    chosen/rejected; a pair was read as one, guessed from its columns."""
+    message = entry_error(tmp_path, {"formatting": "sharegpt"}, [SG_PAIR, SG_PAIR])
+    assert message.startswith("rows.jsonl: row 1: missing column 'kto_tag' (the entry's kto_tag); ranking is false, so 'chosen' and 'rejected' are not read")
+    assert '"ranking": true' in message
+
+
+def test_alpaca_entries_read_rows_by_their_ranking(tmp_path):
+    kto_row = {"instruction": "Q", "output": "A", "kto_tag": True}
+    pair_row = {"instruction": "Q", "chosen": "Y", "rejected": "N"}
+    message = entry_error(tmp_path, {"ranking": True}, [kto_row, kto_row])
+    assert message == "rows.jsonl: row 1: missing column 'chosen' (the entry's chosen; ranking is true, so every row is a chosen/rejected pair)"
+    message = entry_error(tmp_path, {}, [pair_row, pair_row])
+    assert message.startswith("rows.jsonl: row 1: missing column 'kto_tag' (the entry's kto_tag); ranking is false, so 'chosen' and 'rejected' are not read")
+    labelled = [{**kto_row, "label": False}, {**kto_row, "kto_tag": False, "label": True}]
+    assert [e.label for e in entry_examples(tmp_path, {}, labelled)] == [True, False]  # kto_tag, not label
+
+
+def test_a_map_without_an_entry_keeps_its_fingerprint_names():
+    """Only a map read from an entry says so in the fingerprint's names."""
+    assert "entry" not in ShareGPTMap().as_dict() and "entry" not in ShareGPTMap(system="sys").as_dict()
+    assert ShareGPTMap.from_entry(messages="dialog").as_dict()["entry"] == "unpaired"
+    assert ShareGPTMap.from_entry(ranking=True).as_dict()["entry"] == "ranking"
