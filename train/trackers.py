@@ -8,11 +8,18 @@ The run's name goes to every tracker that takes one. TensorBoard takes it as a f
 would write its events under OUT/<project name>/, so that two runs under one `tensorboard --logdir`
 both showed as "kto"; `start` gives it OUT/tensorboard/<run name>/ instead, where the run name
 is what TensorBoard lists.
+
+The project is "kto" (transformers' callbacks default to "huggingface"), except where the
+variable transformers' callback reads is set: WANDB_PROJECT, SWANLAB_PROJECT, COMET_PROJECT_NAME
+(comet_ml's own, which transformers leaves to it). accelerate hands every tracker the one project
+name of `init_trackers`, which wandb.init(project=...) takes over WANDB_PROJECT, so such a tracker
+is made here with its own. MLFLOW_EXPERIMENT_NAME and CLEARML_PROJECT accelerate reads itself.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +30,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 PROJECT = "kto"
-"""The project name every tracker gets (wandb's project, mlflow's experiment, …)."""
+"""The project name trackers get (wandb's project, mlflow's experiment, …) unless an env var names one."""
 TENSORBOARD_DIR = "tensorboard"
 """TensorBoard's events: OUT/tensorboard/<run name>/ (runs before it wrote OUT/kto/)."""
 
@@ -38,18 +45,21 @@ class Tracker:
     install: str
     """What to pip install: an extra of ours where one exists, else the package."""
     run_name_kwarg: str | None
+    project_env: str | None = None
+    """The env var naming the project, read as transformers' callback reads it (None: there is
+    none, or accelerate reads it itself: MLFLOW_EXPERIMENT_NAME, CLEARML_PROJECT)."""
 
 
 TRACKERS: dict[str, Tracker] = {
     # TensorBoard names a run by its folder: `start` gives it OUT/tensorboard/<run name>/.
     "tensorboard": Tracker("is_tensorboard_available", "'kto-offline[track]'", None),
-    "wandb": Tracker("is_wandb_available", "'kto-offline[wandb]'", "name"),
+    "wandb": Tracker("is_wandb_available", "'kto-offline[wandb]'", "name", "WANDB_PROJECT"),
     "mlflow": Tracker("is_mlflow_available", "'kto-offline[mlflow]'", "run_name"),
-    "comet_ml": Tracker("is_comet_ml_available", "comet_ml", None),
+    "comet_ml": Tracker("is_comet_ml_available", "comet_ml", None, "COMET_PROJECT_NAME"),
     "aim": Tracker("is_aim_available", "aim", None),
     "clearml": Tracker("is_clearml_available", "clearml", "task_name"),
     "dvclive": Tracker("is_dvclive_available", "dvclive", None),
-    "swanlab": Tracker("is_swanlab_available", "swanlab", "experiment_name"),
+    "swanlab": Tracker("is_swanlab_available", "swanlab", "experiment_name", "SWANLAB_PROJECT"),
     "trackio": Tracker("is_trackio_available", "trackio", "name"),
 }
 CHOICES = ("none", "all", *TRACKERS)
@@ -112,10 +122,29 @@ def start(accelerator: Accelerator, out: Path, run_name: str | None, config: dic
         kwarg = TRACKERS.get(str(tracker), Tracker("", "", None)).run_name_kwarg
         if kwarg:
             kwargs[str(tracker)] = {kwarg: run_name}
-    # accelerate makes its TensorBoard tracker with the project name as the run and project_dir
-    # as the folder, and takes a tracker object in log_with as already made: ours is swapped in.
-    accelerator.log_with = [tensorboard_tracker(out, run_name) if str(t) == "tensorboard" else t for t in accelerator.log_with]
+    accelerator.log_with = [made_tracker(t, out, run_name, kwargs) for t in accelerator.log_with]
     accelerator.init_trackers(PROJECT, config=tracker_config(config), init_kwargs=kwargs)
+
+
+def project_name(name: str) -> str:
+    """The project of tracker `name`: its env var's value where set and not empty, else PROJECT."""
+    env = TRACKERS[name].project_env if name in TRACKERS else None
+    return (os.environ.get(env) if env else None) or PROJECT
+
+
+def made_tracker(tracker: object, out: Path, run_name: str, init_kwargs: dict[str, dict]) -> object:
+    """What goes in `log_with` for `tracker`: its name, for accelerate to make it with PROJECT, or
+    a tracker object, which accelerate takes as already made: TensorBoard's (accelerate would use
+    the project name as the run and project_dir as the folder) and one whose env var names its
+    project (accelerate would pass PROJECT, which wandb.init takes over WANDB_PROJECT)."""
+    name = str(tracker)
+    if name == "tensorboard":
+        return tensorboard_tracker(out, run_name)
+    if project_name(name) == PROJECT:
+        return tracker
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return LOGGER_TYPE_TO_CLASS[name](project_name(name), **init_kwargs.get(name, {}))
 
 
 def tracker_config(config: dict) -> dict:

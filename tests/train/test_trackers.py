@@ -99,3 +99,53 @@ def test_a_bad_run_name_is_one_line_and_writes_nothing(tiny_cache, tiny_model_di
     result = run_train(tiny_cache, tiny_model_dir, out, "--run-name", "x ", "--report-to", "none")
     assert result.exit_code == 2 and not out.exists()
     assert train_error_line(result.output).startswith("kto-train: error: --run-name 'x ': must be one folder name")
+
+
+@pytest.mark.parametrize(
+    ("name", "env", "cls", "run_kwarg"),
+    [
+        ("wandb", "WANDB_PROJECT", "WandBTracker", "name"),
+        ("swanlab", "SWANLAB_PROJECT", "SwanLabTracker", "experiment_name"),
+        ("comet_ml", "COMET_PROJECT_NAME", "CometMLTracker", None),
+    ],
+)
+@pytest.mark.parametrize("project", ["myproj", None])
+def test_the_project_env_var_transformers_reads_names_the_project(tmp_path, monkeypatch, name, env, cls, run_kwarg, project):
+    """As with transformers' callbacks, WANDB_PROJECT (SWANLAB_PROJECT, COMET_PROJECT_NAME) names
+    the project when set; unset, it is "kto" (not transformers' "huggingface"). accelerate passes
+    the project to wandb.init(project=...) itself, which wins over the variable in wandb."""
+    if project:
+        monkeypatch.setenv(env, project)
+    else:
+        monkeypatch.delenv(env, raising=False)
+    started = started_trackers(monkeypatch, tmp_path, name, cls, lambda t: (t.run_name, t.init_kwargs))
+    assert started == [(project or "kto", {run_kwarg: "first-try"} if run_kwarg else {})]
+
+
+def test_mlflow_takes_its_experiment_from_mlflow_experiment_name(tmp_path, monkeypatch):
+    """accelerate reads MLFLOW_EXPERIMENT_NAME itself, over the project name it is given."""
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "myexp")
+    assert started_trackers(monkeypatch, tmp_path, "mlflow", "MLflowTracker", lambda t: (t.experiment_name, t.run_name)) == [("myexp", "first-try")]
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    assert started_trackers(monkeypatch, tmp_path, "mlflow", "MLflowTracker", lambda t: (t.experiment_name, t.run_name)) == [("kto", "first-try")]
+
+
+def started_trackers(monkeypatch, tmp_path, name, cls, seen):
+    """`seen` of each tracker `trackers.start` starts for --report-to `name`, with the tracker's
+    start and configuration stubbed (its package is not installed here)."""
+    from accelerate import Accelerator, tracking
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import LoggerType
+
+    started = []
+    tracker_class = getattr(tracking, cls)
+    monkeypatch.setattr(tracker_class, "start", lambda self: started.append(seen(self)))
+    monkeypatch.setattr(tracker_class, "store_init_configuration", lambda self, values: None)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        accelerator = Accelerator(cpu=True)
+        accelerator.log_with = [LoggerType(name)]  # accelerate drops a tracker whose package is missing
+        trackers.start(accelerator, tmp_path / "run", "first-try", {"beta": 0.1})
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return started
