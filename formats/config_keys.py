@@ -170,17 +170,16 @@ IGNORED = {
     "save_only_model": "checkpoints hold what resume needs",
     "save_safetensors": "weights are always saved as safetensors",
     "include_num_input_tokens_seen": "metrics.jsonl logs tokens per second",
-    "optim": "the optimizer is AdamW (fused on CUDA)",
     "pref_loss": "a DPO setting; the KTO loss is chosen with loss (kto | apo_zero_unpaired)",
     "precompute_ref_log_probs": "the reference log-probs are always precomputed: that is kto-precompute",
     "max_completion_length": "completions are cut to fit max_length, prompts to max_prompt_length",
     "flash_attn": "the kernel is attn_implementation",
     "use_fast_tokenizer": "the tokenizer is the model's own",
-    "bf16": "precision is mixed_precision (auto: bf16 autocast on CUDA, none on CPU)",
-    "fp16": "precision is mixed_precision (auto: bf16 autocast on CUDA, none on CPU)",
-    "tf32": "precision is mixed_precision",
+    "tf32": "precision is mixed_precision (bf16 and fp16 set it)",
     "gradient_checkpointing_kwargs": "gradient_checkpointing uses transformers' defaults",
     "logging_dir": "logs go to OUT/metrics.jsonl and the report_to tracker",
+    "local_rank": "set by the launcher (accelerate launch, torchrun)",
+    "use_cache": "training runs without a KV cache",
     # TRL's KTOConfig and transformers' TrainingArguments as a dumped config writes them: none of
     # their values can change what kto-train computes.
     "padding_value": "padded positions are masked, so the pad id cannot change the result",
@@ -202,6 +201,12 @@ class Unsupported:
     """Values that ask for nothing (what their dumped defaults write): skipped with a note."""
     inert_why: str = "asks for nothing here"
     """What the note says of an inert value: why it trains the same here."""
+    inert_whys: tuple[tuple[Any, str], ...] = ()
+    """(value, what the note says of it) where an inert value has a note of its own."""
+
+    def why(self, value: Any) -> str:
+        """The note's reason for an inert `value`."""
+        return next((why for inert, why in self.inert_whys if same_value(inert, value)), self.inert_why)
 
 
 _REFERENCE = "the reference is the model kto-precompute scores the cache with"
@@ -222,6 +227,9 @@ _UNSUPPORTED_BOTH = {
         (-100,),
         "prompt and padding are masked by position, as TRL's -100 masks them",
     ),
+    "sync_ref_model": Unsupported(
+        "the reference is fixed: kto-precompute scored it once into the cache, so it cannot follow the policy (TR-DPO's sync)", (None, False)
+    ),
 }
 _FINE = "LLaMA-Factory refuses it outside SFT too"
 _UNSUPPORTED_DATA = {
@@ -238,6 +246,20 @@ _UNSUPPORTED_DATA = {
     "neat_packing": Unsupported(f"{_FINE}; kto never packs rows", (None, False), "rows are never packed"),
     "train_on_prompt": Unsupported(f"{_FINE}; the KTO loss reads completion tokens only", (None, False), "the loss reads completion tokens only"),
     "mask_history": Unsupported(f"{_FINE}; every earlier turn is prompt and only the last answer is trained", (None, False), "earlier turns are prompt"),
+    "eval_dataset": Unsupported(
+        "give its file as eval_data (kto-precompute --eval-data FILE, repeatable; hf:NAME:SPLIT for a hub split), or hold out a fraction "
+        "with val_size; a dataset_info.json entry is read for the training data (dataset) only: give that entry's file_name as eval_data"
+    ),
+    "default_system": Unsupported(
+        "the tokenizer's chat template renders its own default system prompt (for a template that has one); give each row's system "
+        "prompt in a column (system_column), or a chat_template: FILE.jinja with the default you want",
+        (None, ""),
+    ),
+    "mix_strategy": Unsupported(
+        "kto-precompute concatenates its inputs (concat, LLaMA-Factory's default); interleaving them is not supported",
+        (None, "concat"),
+        "the inputs are concatenated, as concat",
+    ),
     "enable_thinking": Unsupported(
         "LLaMA-Factory's template switch; the tokenizer's own chat template is used here: write chat_template_kwargs: "
         "{enable_thinking: false} for a template that reads it",
@@ -245,11 +267,25 @@ _UNSUPPORTED_DATA = {
         "the chat template renders with its own defaults",
     ),
 }
+_TORCH_ADAMW = "torch's AdamW, as kto-train's, fused on CUDA"
+_OPTIM = Unsupported(
+    "another optimizer's maths; kto-train trains with torch's AdamW (adamw_torch, adamw_torch_fused; paged_adamw_32bit is the same maths): leave optim out",
+    (None, "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"),
+    _TORCH_ADAMW,
+    (("paged_adamw_32bit", "same maths as kto-train's AdamW, no paging"),),
+)
 _ADAMW = "the optimizer is AdamW with betas (0.9, 0.999) and eps 1e-8 (torch's and transformers' defaults), which kto-train keeps"
 UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
     PRECOMPUTE: {**_UNSUPPORTED_BOTH, **_UNSUPPORTED_DATA},
     TRAIN: {
         **_UNSUPPORTED_BOTH,
+        "optim": _OPTIM,
+        "deepspeed": Unsupported("DeepSpeed is not supported; kto-train shards with FSDP2: fsdp: true (or accelerate launch --use_fsdp)", (None, "")),
+        "fsdp_config": Unsupported(
+            "kto-train's fsdp takes no settings: FSDP2 full sharding, each decoder layer wrapped, parameters resharded after the forward "
+            "(accelerate launch's FSDP settings still apply); leave fsdp_config out",
+            (None, {}),
+        ),
         "adam_beta1": Unsupported(_ADAMW, (0.9,), "AdamW's default, as here"),
         "adam_beta2": Unsupported(_ADAMW, (0.999,), "AdamW's default, as here"),
         "adam_epsilon": Unsupported(_ADAMW, (1e-8,), "AdamW's default, as here"),
@@ -273,10 +309,11 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
 EVAL_STRATEGIES = ("eval_strategy", "evaluation_strategy")
 # Keys that only complete another key, consumed by it: `dataset_name`'s split, which the
 # eval_strategy also picks; kto-train reads the eval_strategy with eval_steps, logging_steps and
-# val_size, and the save_strategy with save_steps (config_schedule, which says what each does in a line).
+# val_size, and the save_strategy with save_steps (config_schedule, which says what each does in a
+# line), and bf16 with fp16 as its mixed_precision (config_names).
 COMPANIONS = {
     PRECOMPUTE: {"dataset_config", "dataset_train_split", "dataset_test_split", *EVAL_STRATEGIES},
-    TRAIN: {*EVAL_STRATEGIES, "save_strategy"},
+    TRAIN: {*EVAL_STRATEGIES, "save_strategy", "bf16", "fp16"},
 }
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config_dumped import DUMPED, dumped_key
 from .config_keys import ALIASES, COMPANIONS, IGNORED, LF, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
 from .config_resolved import Resolved
 from .config_schedule import eval_schedule, evaluates, save_schedule, save_strategy
@@ -49,8 +50,8 @@ def _share(value: Any) -> float | None:
 
 
 # Own keys that TrainingArguments writes as null when not set (save_total_limit: keep every
-# checkpoint, our 0; report_to: none in older versions).
-NULL_IS_UNSET = frozenset({"save_total_limit", "report_to"})
+# checkpoint, our 0; report_to: none in older versions; fsdp: transformers 5's default, off).
+NULL_IS_UNSET = frozenset({"save_total_limit", "report_to", "fsdp"})
 
 
 def _stage(value: Any, command: str, out: Resolved) -> None:
@@ -121,8 +122,8 @@ def _disable_dropout(value: Any, command: str, out: Resolved) -> None:
 def _disable_gradient_checkpointing(value: Any, command: str, out: Resolved) -> None:
     """LLaMA-Factory's `disable_gradient_checkpointing` (default false: checkpointing on) is our
     gradient_checkpointing inverted; as a file's gradient_checkpointing, it changes memory only.
-    A file without it keeps kto-train's default (off), as a TRL file without gradient_checkpointing
-    (TRL's default on) does."""
+    A file in their names without it, or without gradient_checkpointing (KTOConfig's default on),
+    checkpoints as they do (_their_defaults)."""
     _set_inverted("disable_gradient_checkpointing", "gradient_checkpointing", value, out)
     out.notes.append(f"disable_gradient_checkpointing: {str(value).lower()} -> gradient_checkpointing {str(not value).lower()} (memory only)")
 
@@ -132,6 +133,91 @@ def _set_inverted(key: str, ours: str, value: Any, out: Resolved) -> None:
     if not isinstance(value, bool):
         raise InputError(f"{key}: {value!r} is not true or false")
     out.set(ours, not value, key)
+
+
+def _transformers_switches(raw: Mapping[str, Any], out: Resolved) -> None:
+    """kto-train: transformers' keys read together, as TrainingArguments reads them."""
+    _precision(raw, out)
+    _hub(raw, out)
+    _fsdp(out)
+
+
+def _precision(raw: Mapping[str, Any], out: Resolved) -> None:
+    """transformers' bf16 and fp16 (both off by default: fp32) as our mixed_precision; left out
+    or null, ours (auto: bf16 autocast on CUDA, none on CPU), as TRL's KTOConfig (bf16 unless fp16)."""
+    given = {key: raw[key] for key in ("bf16", "fp16") if raw.get(key) is not None}
+    for key, value in given.items():
+        if not isinstance(value, bool):
+            raise InputError(f"{key}: {value!r} is not true or false")
+    if not given:
+        return
+    if given.get("bf16") and given.get("fp16"):
+        raise InputError("bf16: true and fp16: true: choose one (transformers refuses both too)")
+    on = next((key for key, value in given.items() if value), None)
+    mixed, key = (on, on) if on else ("no", next(iter(given)))
+    if "mixed_precision" in out.values and out.values["mixed_precision"] != mixed:
+        raise InputError(
+            f"{out.origin['mixed_precision']}: {out.values['mixed_precision']!r} and {key}: {str(given[key]).lower()} set the same option "
+            "(mixed_precision); give one"
+        )
+    out.set("mixed_precision", mixed, key)
+    if on:
+        out.notes.append(f"{on}: true -> mixed_precision {on} ({on} autocast, as transformers)")
+    else:
+        said = ", ".join(f"{key}: false" for key in given)
+        out.notes.append(f"{said} -> mixed_precision no (no autocast, as transformers trains without bf16 or fp16)")
+
+
+def _hub(raw: Mapping[str, Any], out: Resolved) -> None:
+    """transformers' push_to_hub is a switch, hub_model_id its repo: it uploads only with
+    push_to_hub: true. Ours takes the repo id, which hub_model_id sets (ALIASES) unless the switch
+    is off or left out; then neither it nor hub_private_repo asks for anything."""
+    switch = raw.get("push_to_hub")
+    if isinstance(switch, str):
+        return  # our own push_to_hub: the repo id
+    repo = out.values["push_to_hub"] if out.origin.get("push_to_hub") == "hub_model_id" else None
+    if switch is True:
+        if repo is None:
+            raise InputError(
+                "push_to_hub: true without hub_model_id: transformers would name the repo after output_dir under your hub account, "
+                "which kto-train cannot look up offline; give hub_model_id: ORG/NAME"
+            )
+        out.notes.append(f"push_to_hub: true, hub_model_id: {repo} -> push_to_hub {repo} (final/ is uploaded there at the end)")
+        return
+    private = out.origin.get("hub_private") == "hub_private_repo" and out.values["hub_private"] is True
+    unused = [f"hub_model_id: {repo}"] * (repo is not None) + ["hub_private_repo: true"] * private
+    if unused:
+        for ours, key in (("push_to_hub", "hub_model_id"), ("hub_private", "hub_private_repo")):
+            if out.origin.get(ours) == key:
+                del out.values[ours], out.origin[ours]
+        said = "false" if switch is False else "not given"
+        out.notes.append(f"{', '.join(unused)}: unused, push_to_hub is {said} (transformers uploads only with push_to_hub: true); nothing is uploaded")
+    elif switch is False:
+        out.notes.append("push_to_hub: false: nothing is uploaded (kto-train's default)")
+
+
+# transformers' fsdp options our --fsdp is: FSDP2 shards parameters, gradients and optimizer
+# state (reshard_after_forward) and wraps each decoder layer (train/sharding.py).
+FSDP_AS_OURS = frozenset({"full_shard", "auto_wrap"})
+
+
+def _fsdp(out: Resolved) -> None:
+    """transformers' `fsdp: "full_shard auto_wrap"` (a string, or a list of its options) as our
+    switch; `""` (its default) is off. Other strategies are refused: ours shards fully."""
+    value = out.values.get("fsdp")
+    if isinstance(value, list):
+        value = " ".join(map(str, value))
+    if not isinstance(value, str) or value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        return  # our switch, checked as the flag is
+    options = set(value.split())
+    if options and not ("full_shard" in options and options <= FSDP_AS_OURS):
+        raise InputError(
+            f"fsdp: {value!r}: kto-train's fsdp is FSDP2 full sharding (parameters, gradients and optimizer state over every process, "
+            "each decoder layer wrapped: transformers' full_shard auto_wrap); give fsdp: full_shard auto_wrap (or true), or leave it out"
+        )
+    out.values["fsdp"] = bool(options)
+    said = "true (FSDP2 full sharding, each decoder layer wrapped)" if options else "false (no sharding, transformers' default)"
+    out.notes.append(f"fsdp: {value!r} -> fsdp {said}")
 
 
 MAPPED: dict[str, dict[str, Callable[..., None]]] = {
@@ -180,6 +266,8 @@ class _Sorting:
     others: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    dumped: list[str] = field(default_factory=list)
+    """Keys a dumped config writes at their defaults (config_dumped): named in one line."""
     foreign: bool = False
     """A key in TRL's or LLaMA-Factory's dialect: their defaults apply where the file is silent."""
 
@@ -216,12 +304,15 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             continue
         elif key in IGNORED:
             out.notes.append(f"{key}: ignored ({IGNORED[key]})")
-        elif key in _names_of(_other(command)) or (shared_file and key == "out"):
+        elif key in DUMPED[command]:
+            _dumped(key, value, command, out, sorting)
+        elif key in _names_of(_other(command)) or key in DUMPED[_other(command)] or (shared_file and key == "out"):
             sorting.others.append(key)
             out.other_values[key] = value
         else:
             sorting.unknown.append(key)
     if command == TRAIN:
+        _transformers_switches(raw, out)
         _their_defaults(raw, sorting.foreign, out)
         eval_schedule(raw, out)  # eval_in_cache: kto-precompute wrote the held-out rows to CACHE/eval
         save_schedule(raw, out)
@@ -231,8 +322,23 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
     if sorting.others:
         others = sorting.others
         out.notes.append(f"{_other(command)}'s key{'s' if len(others) > 1 else ''}, ignored by {command}: {', '.join(others)}")
+    if sorting.dumped:
+        out.notes.append(f"dumped defaults, ignored: {', '.join(sorting.dumped)}")
     _apply_defaults(out)
     return out
+
+
+def _dumped(key: str, value: Any, command: str, out: Resolved, sorting: _Sorting) -> None:
+    """A key a dumped TrainingArguments / KTOConfig / ModelConfig carries (config_dumped), after
+    every table of config_keys: at its default, named in resolve()'s one grouped line; at another
+    value, skipped with a line saying why or refused saying what kto does instead."""
+    verdict = dumped_key(command, key, value)
+    if verdict.at_default:
+        sorting.dumped.append(key)
+    elif verdict.accepted:
+        out.notes.append(f"{key}: {'null' if value is None else str(value).lower()}: ignored ({verdict.said})")
+    else:
+        sorting.refused.append(f"{key}: {value!r}: {verdict.said}")
 
 
 def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting: _Sorting) -> bool:
@@ -241,13 +347,23 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
     if key in UNSUPPORTED[command]:
         known = UNSUPPORTED[command][key]
         if any(same_value(value, inert) for inert in known.inert):  # `adam_epsilon: 1e-8` is text in YAML
-            out.notes.append(f"{key}: {'null' if value is None else str(value).lower()}: ignored ({known.inert_why})")
+            shown = "null" if value is None else "''" if value == "" else str(value).lower()
+            out.notes.append(f"{key}: {shown}: ignored ({known.why(value)})")
         else:
             sorting.refused.append(f"{key}: {value!r}: {known.reason}")
         return True
     if key == "push_to_hub" and isinstance(value, bool):
-        # transformers' push_to_hub is a switch and hub_model_id the repo; ours takes the repo.
-        out.notes.append(f"push_to_hub: {str(value).lower()}: ignored (push_to_hub takes the repo id; hub_model_id sets it)")
+        # transformers' push_to_hub is a switch and hub_model_id the repo; ours takes the repo:
+        # kto-train reads the two together (_hub).
+        if command != TRAIN:
+            out.notes.append(
+                f"push_to_hub: {str(value).lower()}: ignored (transformers' switch to upload the trained model, kto-train's; "
+                "kto-precompute's push_to_hub takes the cache's repo id)"
+            )
+        return True
+    if key == "attn_implementation" and value is None:
+        # TRL's ModelConfig default (a dumped one writes it): transformers picks the kernel.
+        out.notes.append("attn_implementation: null -> sdpa (the command's default; transformers' null picks sdpa where the model has it)")
         return True
     if command != TRAIN:
         return _max_prompt_length_null(key, value, out)
@@ -373,6 +489,11 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
         if not ({ours} | (_WARMUP if ours == "warmup_ratio" else set())) & given:
             out.defaults[ours] = 0.0 if ours == "warmup_ratio" else value
             said.append(f"{key} {value} (kto-train's own: {own_default})")
+    if "gradient_checkpointing" not in given:
+        # Not transformers' (off) but KTOConfig's and LLaMA-Factory's: memory only (RESUMABLE).
+        out.defaults["gradient_checkpointing"] = True
+        theirs = "LLaMA-Factory's default, disable_gradient_checkpointing false" if llama_factory else "TRL's KTOConfig default"
+        said.append(f"gradient_checkpointing true ({theirs}; kto-train's own: false)")
     if said:
         tools = "LLaMA-Factory keeps them" if llama_factory else "TRL's KTOConfig keeps them"
         out.notes.append(f"not given, transformers' defaults ({tools}): {', '.join(said)}")

@@ -109,7 +109,7 @@ def test_a_trl_kto_config_runs_with_one_line_added(tmp_path, tiny_model_dir):
     config.write_text(TRL_YAML.format(model=tiny_model_dir, data=data, out=out, cache=cache))
     precompute_log, train_log = run_both(config)
     assert f"--config {config}: kto-train's keys, ignored by kto-precompute: per_device_train_batch_size," in precompute_log
-    assert "use_peft: true -> LoRA on" in train_log and "bf16: ignored" in train_log
+    assert "use_peft: true -> LoRA on" in train_log and "bf16: true -> mixed_precision bf16" in train_log
     assert "eval_steps: ignored (no eval set: give --eval-cache, val_size, or eval_strategy with dataset_test_split)" in train_log
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["counts"]["rows"] == 16 and manifest["content"]["max_length"] == 1024
@@ -119,6 +119,7 @@ def test_a_trl_kto_config_runs_with_one_line_added(tmp_path, tiny_model_dir):
     assert json.loads((out / "final" / "adapter_config.json").read_text())["r"] == 16
     # transformers' defaults where the file is silent: no save_steps, no seed (it gives warmup_ratio).
     assert (record["seed"], record["save_every"], record["warmup_ratio"]) == (42, 500, 0.1)
+    assert (record["mixed_precision"], record["gradient_checkpointing"]) == ("bf16", True)  # bf16: true; KTOConfig's default
     assert "not given, transformers' defaults (TRL's KTOConfig keeps them): seed 42" in train_log
     # The file edited after the cache was made, and only kto-train rerun: said in a warning line,
     # not under "ignored" alone (a flag over the file makes such a cache on purpose, so no refusal).
@@ -187,3 +188,16 @@ def test_a_llama_factory_kto_yaml_runs_with_one_line_added(tmp_path, tiny_model_
     assert [m["step"] for m in lines if m.get("split") != "eval"] == [steps]  # logging_steps 10 > steps: the last step is logged
     assert any(m.get("split") == "eval" for m in lines)
     assert json.loads((out / "final" / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_the_guide_says_where_the_model_lands_and_how_prompts_are_cut():
+    """TRL and LLaMA-Factory save the model at output_dir's root; kto-train in output_dir/final/,
+    so a follow-up `adapter_name_or_path: saves/x` must name saves/x/final. Each tool cuts a long
+    row differently: the cutoff_len and max_length rows say how."""
+    guide = (Path(__file__).parent.parent / "docs" / "migrating.md").read_text()
+    rows = [line for line in guide.splitlines() if line.startswith("| `output_dir` |")]
+    assert len(rows) == 2 and all("final/" in row and "final-merged/" in row and "saves/x/final" in row for row in rows)
+    cutoff = next(line for line in guide.splitlines() if line.startswith("| `cutoff_len` |"))
+    assert "infer_seqlen" in cutoff and "keeps its start" in cutoff
+    max_length = next(line for line in guide.splitlines() if line.startswith("| `max_length`, `max_prompt_length` |"))
+    assert "cuts only the completion" in max_length

@@ -14,7 +14,7 @@ from kto.train import cli as train_cli
 # transformers' TrainingArguments defaults that differ from ours, which a file in TRL's names gets
 # where it is silent (TRL's KTOConfig keeps them); LLaMA-Factory's files also get its logging
 # cadence and learning rate (KTOConfig sets ours: 10 and 1e-6).
-TRL_DEFAULTS = {"warmup_ratio": 0.0, "seed": 42, "save_every": 500}
+TRL_DEFAULTS = {"warmup_ratio": 0.0, "seed": 42, "save_every": 500, "gradient_checkpointing": True}
 LF_DEFAULTS = {**TRL_DEFAULTS, "log_every": 500, "lr": 5e-5}
 
 
@@ -66,6 +66,7 @@ def test_trl_names_become_ours():
         "lora_target_modules": None,
         "dtype": "bf16",
         "seed": 42,  # transformers' default: the file gives the rest of TRL_DEFAULTS
+        "gradient_checkpointing": True,  # KTOConfig's default
     }
 
 
@@ -95,6 +96,7 @@ def test_llama_factory_names_become_ours_and_its_own_keys_say_what_they_did():
         "desirable_weight": 1.2,
         "undesirable_weight": 0.8,
         "epochs": 3.0,  # transformers' num_train_epochs default, which LLaMA-Factory keeps
+        "mixed_precision": "bf16",
         **LF_DEFAULTS,
     }
     notes = resolved.notes
@@ -183,7 +185,7 @@ def test_transformers_hub_keys_name_the_repo():
     """transformers' push_to_hub is a switch and hub_model_id the repo; our push_to_hub takes the repo."""
     resolved = resolve({"push_to_hub": True, "hub_model_id": "me/kto-model", "hub_private_repo": True}, TRAIN)
     assert resolved.values == {"push_to_hub": "me/kto-model", "hub_private": True, "epochs": 3.0, **TRL_DEFAULTS}
-    assert resolved.notes[0] == "push_to_hub: true: ignored (push_to_hub takes the repo id; hub_model_id sets it)"
+    assert resolved.notes[0] == "push_to_hub: true, hub_model_id: me/kto-model -> push_to_hub me/kto-model (final/ is uploaded there at the end)"
 
 
 @pytest.mark.parametrize("raw", [{"finetuning_type": "full", "lora_rank": 8}, {"use_peft": False, "lora_r": 16, "lora_alpha": 32}])
@@ -247,13 +249,14 @@ def test_a_file_silent_on_transformers_defaults_gets_them_and_says_so_in_one_lin
     assert "log_every" not in trl.values and trl.values["lr"] == 1e-6  # KTOConfig's 10 and 1e-6 are ours
     assert trl.notes == [
         "not given, transformers' defaults (TRL's KTOConfig keeps them): warmup_steps 0 (kto-train's own: warmup_ratio 0.1), "
-        "seed 42 (kto-train's own: 0), save_steps 500 (kto-train's own: 0: the final model only)"
+        "seed 42 (kto-train's own: 0), save_steps 500 (kto-train's own: 0: the final model only), "
+        "gradient_checkpointing true (TRL's KTOConfig default; kto-train's own: false)"
     ]
     lf = resolve({"stage": "kto", "finetuning_type": "lora", "num_train_epochs": 1}, TRAIN)
-    assert {k: lf.values[k] for k in ("warmup_ratio", "seed", "save_every", "log_every", "lr")} == LF_DEFAULTS
+    assert {k: lf.values[k] for k in LF_DEFAULTS} == LF_DEFAULTS
     assert any(note.startswith("not given, transformers' defaults (LLaMA-Factory keeps them): ") and "learning_rate 5e-05" in note for note in lf.notes)
-    given = resolve({"learning_rate": 1e-6, "warmup_steps": 5, "seed": 3, "save_steps": 20, "epochs": 1}, TRAIN)
-    assert given.values == {"lr": 1e-6, "warmup_steps": 5, "seed": 3, "save_every": 20, "epochs": 1}
+    given = resolve({"learning_rate": 1e-6, "warmup_steps": 5, "seed": 3, "save_steps": 20, "epochs": 1, "gradient_checkpointing": False}, TRAIN)
+    assert given.values == {"lr": 1e-6, "warmup_steps": 5, "seed": 3, "save_every": 20, "epochs": 1, "gradient_checkpointing": False}
     assert given.notes == []
     assert resolve({"warmup_ratio": 0.05, "learning_rate": 1e-6, "epochs": 1}, TRAIN).values["warmup_ratio"] == 0.05
     assert resolve({"lr": 1e-6}, TRAIN).values == {"lr": 1e-6}  # our own names keep our defaults
@@ -611,3 +614,176 @@ def test_a_run_evaluates_on_transformers_steps(tmp_path, tiny_cache, tiny_eval_c
     result = run_train(tiny_cache, tiny_model_dir, out, "--config", str(path), "--eval-cache", str(tiny_eval_cache))
     assert result.exit_code == 0, result.output
     assert [m["step"] for m in metrics(out) if m.get("split") == "eval"] == evaluated, result.output
+
+
+def test_hub_model_id_uploads_only_with_push_to_hub_true():
+    """transformers pushes only with push_to_hub: true; `hub_model_id: me/x` with `push_to_hub:
+    false` said "push_to_hub: false: ignored" and kto-train uploaded to me/x at the end."""
+    off = resolve({"push_to_hub": False, "hub_model_id": "me/x", "hub_private_repo": True, "epochs": 1}, TRAIN)
+    assert "push_to_hub" not in off.values and "hub_private" not in off.values
+    assert [n for n in off.notes if "hub" in n] == [
+        "hub_model_id: me/x, hub_private_repo: true: unused, push_to_hub is false (transformers uploads only with push_to_hub: true); nothing is uploaded"
+    ]
+    absent = resolve({"hub_model_id": "me/x", "epochs": 1}, TRAIN)
+    assert "push_to_hub" not in absent.values
+    assert any(n.startswith("hub_model_id: me/x: unused, push_to_hub is not given") for n in absent.notes)
+    on = resolve({"push_to_hub": True, "hub_model_id": "me/x", "hub_private_repo": True, "epochs": 1}, TRAIN)
+    assert (on.values["push_to_hub"], on.values["hub_private"]) == ("me/x", True)
+    assert "push_to_hub: true, hub_model_id: me/x -> push_to_hub me/x (final/ is uploaded there at the end)" in on.notes
+    for raw in ({"push_to_hub": True}, {"push_to_hub": True, "hub_model_id": None}):
+        with pytest.raises(InputError) as err:
+            resolve(raw, TRAIN)
+        assert str(err.value).startswith("push_to_hub: true without hub_model_id: transformers would name the repo after output_dir")
+        assert "give hub_model_id: ORG/NAME" in str(err.value) and "\n" not in str(err.value)
+    assert resolve({"push_to_hub": "me/y"}, TRAIN).values == {"push_to_hub": "me/y"}  # ours: the repo id
+    # kto-precompute's push_to_hub is the cache's repo: transformers' switch and repo are kto-train's.
+    pre = resolve({"push_to_hub": True, "hub_model_id": "me/x"}, PRECOMPUTE)
+    assert pre.values == {} and "kto-train's key, ignored by kto-precompute: hub_model_id" in pre.notes
+
+
+def test_a_file_in_their_names_checkpoints_gradients_as_trl_and_llama_factory_do():
+    """KTOConfig's gradient_checkpointing and LLaMA-Factory's disable_gradient_checkpointing both
+    default to checkpointing; such a file trained without it here, under a docstring saying that
+    matched TRL."""
+    trl = resolve({"learning_rate": 1e-6, "num_train_epochs": 1}, TRAIN)
+    assert trl.values["gradient_checkpointing"] is True and "gradient_checkpointing" in trl.defaulted
+    assert "gradient_checkpointing true (TRL's KTOConfig default; kto-train's own: false)" in trl.notes[-1]
+    lf = resolve({"stage": "kto", "num_train_epochs": 1}, TRAIN)
+    assert lf.values["gradient_checkpointing"] is True
+    assert any("gradient_checkpointing true (LLaMA-Factory's default, disable_gradient_checkpointing false; kto-train's own: false)" in n for n in lf.notes)
+    assert resolve({"learning_rate": 1e-6, "gradient_checkpointing": False}, TRAIN).values["gradient_checkpointing"] is False
+    assert resolve({"stage": "kto", "disable_gradient_checkpointing": True}, TRAIN).values["gradient_checkpointing"] is False
+    assert "gradient_checkpointing" not in resolve({"lr": 1e-6}, TRAIN).values  # our own names keep ours
+
+
+@pytest.mark.parametrize(
+    "value, note",
+    [
+        ("adamw_torch", "adamw_torch: ignored (torch's AdamW, as kto-train's, fused on CUDA)"),
+        ("adamw_torch_fused", "adamw_torch_fused: ignored (torch's AdamW, as kto-train's, fused on CUDA)"),
+        (None, "null: ignored (torch's AdamW, as kto-train's, fused on CUDA)"),
+        ("paged_adamw_32bit", "paged_adamw_32bit: ignored (same maths as kto-train's AdamW, no paging)"),
+    ],
+)
+def test_optim_is_taken_only_where_it_is_adamw(value, note):
+    """`optim` was ignored whatever it named: adamw_8bit or adafactor trained with AdamW, unsaid."""
+    resolved = resolve({"optim": value, "epochs": 1}, TRAIN)
+    assert f"optim: {note}" in resolved.notes and "optim" not in resolved.values
+    assert "kto-train's key, ignored by kto-precompute: optim" in resolve({"optim": value}, PRECOMPUTE).notes
+
+
+@pytest.mark.parametrize("value", ["adamw_8bit", "adafactor", "sgd", "lion_32bit"])
+def test_another_optimizer_is_refused(value):
+    with pytest.raises(InputError) as err:
+        resolve({"optim": value}, TRAIN)
+    assert str(err.value) == (
+        f"optim: {value!r}: another optimizer's maths; kto-train trains with torch's AdamW (adamw_torch, adamw_torch_fused; "
+        "paged_adamw_32bit is the same maths): leave optim out"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw, mixed, said",
+    [
+        ({"bf16": True}, "bf16", "bf16: true -> mixed_precision bf16"),
+        ({"bf16": True, "fp16": False}, "bf16", "bf16: true -> mixed_precision bf16"),
+        ({"fp16": True}, "fp16", "fp16: true -> mixed_precision fp16"),
+        ({"fp16": True, "bf16": False}, "fp16", "fp16: true -> mixed_precision fp16"),
+        ({"bf16": False, "fp16": False}, "no", "bf16: false, fp16: false -> mixed_precision no"),
+        ({"bf16": False}, "no", "bf16: false -> mixed_precision no"),
+        ({"fp16": False}, "no", "fp16: false -> mixed_precision no"),
+        ({"bf16": True, "mixed_precision": "bf16"}, "bf16", "bf16: true -> mixed_precision bf16"),
+    ],
+)
+def test_bf16_and_fp16_choose_the_mixed_precision(raw, mixed, said):
+    """`fp16: true` and `bf16: false` were ignored: kto-train autocast bf16 on CUDA whatever they said."""
+    resolved = resolve({**raw, "epochs": 1}, TRAIN)
+    assert resolved.values["mixed_precision"] == mixed
+    assert [n for n in resolved.notes if n.startswith(("bf16", "fp16"))] == [n for n in resolved.notes if n.startswith(said)], resolved.notes
+    assert sum(n.startswith(said) for n in resolved.notes) == 1
+    assert "mixed_precision" not in resolve({"bf16": None, "fp16": None, "epochs": 1}, TRAIN).values  # not set: ours (auto)
+    assert "kto-train's keys, ignored by kto-precompute: bf16" in resolve({"bf16": True, "fp16": False}, PRECOMPUTE).notes[-1]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"bf16": True, "fp16": True}, "bf16: true and fp16: true: choose one (transformers refuses both too)"),
+        ({"bf16": True, "mixed_precision": "no"}, "mixed_precision: 'no' and bf16: true set the same option (mixed_precision); give one"),
+        ({"bf16": "yes"}, "bf16: 'yes' is not true or false"),
+    ],
+)
+def test_contradictory_precisions_are_refused(raw, message):
+    with pytest.raises(InputError) as err:
+        resolve(raw, TRAIN)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "value, on, said",
+    [
+        ("full_shard auto_wrap", True, "fsdp: 'full_shard auto_wrap' -> fsdp true"),
+        (["full_shard", "auto_wrap"], True, "fsdp: 'full_shard auto_wrap' -> fsdp true"),
+        ("full_shard", True, "fsdp: 'full_shard' -> fsdp true"),
+        ("", False, "fsdp: '' -> fsdp false"),
+        ([], False, "fsdp: '' -> fsdp false"),
+        (True, True, None),
+        (False, False, None),
+    ],
+)
+def test_transformers_fsdp_string_is_our_switch(value, on, said):
+    """`fsdp: "full_shard auto_wrap"` (transformers' form) was refused as "not a valid boolean"."""
+    resolved = resolve({"fsdp": value}, TRAIN)
+    assert resolved.values["fsdp"] is on
+    if said:
+        assert any(n.startswith(said) for n in resolved.notes), resolved.notes
+
+
+@pytest.mark.parametrize("value", ["shard_grad_op auto_wrap", "hybrid_shard", "full_shard offload auto_wrap", "no_shard"])
+def test_other_fsdp_strategies_are_refused_naming_ours(value):
+    with pytest.raises(InputError) as err:
+        resolve({"fsdp": value}, TRAIN)
+    assert str(err.value).startswith(f"fsdp: {value!r}: kto-train's fsdp is FSDP2 full sharding") and "\n" not in str(err.value)
+
+
+def test_fsdp_config_is_taken_only_empty():
+    assert "fsdp_config: null: ignored" in " ".join(resolve({"fsdp_config": None}, TRAIN).notes)
+    with pytest.raises(InputError, match="^fsdp_config: .*kto-train's fsdp takes no settings"):
+        resolve({"fsdp_config": {"min_num_params": 0}}, TRAIN)
+
+
+@pytest.mark.parametrize(
+    "command, raw, message",
+    [
+        (PRECOMPUTE, {"eval_dataset": "kto_eval"}, "eval_dataset: 'kto_eval': give its file as eval_data (kto-precompute --eval-data FILE, repeatable"),
+        (PRECOMPUTE, {"default_system": "You are helpful."}, "the tokenizer's chat template renders its own default system prompt"),
+        (PRECOMPUTE, {"mix_strategy": "interleave_under"}, "kto-precompute concatenates its inputs (concat, LLaMA-Factory's default)"),
+        (TRAIN, {"deepspeed": "ds_z3.json"}, "DeepSpeed is not supported; kto-train shards with FSDP2: fsdp: true"),
+        (TRAIN, {"sync_ref_model": True}, "the reference is fixed: kto-precompute scored it once into the cache"),
+        (PRECOMPUTE, {"sync_ref_model": True}, "the reference is fixed: kto-precompute scored it once into the cache"),
+    ],
+)
+def test_their_keys_get_a_reason_not_a_misleading_did_you_mean(command, raw, message):
+    """eval_dataset was "did you mean eval_data?", deepspeed "seed?", sync_ref_model "ref_model?"."""
+    with pytest.raises(InputError) as err:
+        resolve(raw, command)
+    assert message in str(err.value) and "did you mean" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "command, key, value, note",
+    [
+        (PRECOMPUTE, "eval_dataset", None, "eval_dataset: null: ignored"),
+        (PRECOMPUTE, "default_system", None, "default_system: null: ignored"),
+        (PRECOMPUTE, "default_system", "", "default_system: '': ignored"),
+        (PRECOMPUTE, "mix_strategy", "concat", "mix_strategy: concat: ignored (the inputs are concatenated, as concat)"),
+        (TRAIN, "deepspeed", None, "deepspeed: null: ignored"),
+        (TRAIN, "sync_ref_model", False, "sync_ref_model: false: ignored"),
+        (TRAIN, "local_rank", 0, "local_rank: ignored (set by the launcher (accelerate launch, torchrun))"),
+        (PRECOMPUTE, "local_rank", -1, "local_rank: ignored (set by the launcher (accelerate launch, torchrun))"),
+        (TRAIN, "use_cache", True, "use_cache: ignored (training runs without a KV cache)"),
+    ],
+)
+def test_their_keys_at_values_that_ask_for_nothing_are_said(command, key, value, note):
+    resolved = resolve({key: value}, command)
+    assert any(n.startswith(note) for n in resolved.notes), resolved.notes

@@ -275,3 +275,35 @@ def test_eval_strategy_epoch_needs_an_eval_set_as_in_transformers(tmp_path, capt
     result = run(tmp_path, text, "run.yaml", "--eval-cache", "evalset")
     assert result.exit_code == 0, result.output
     assert captured[1].eval_each_epoch and "eval_strategy: ignored" not in result.output
+
+
+def test_a_trl_file_checkpoints_gradients_but_a_run_recorded_without_resumes_without(tmp_path, captured):
+    """KTOConfig's gradient_checkpointing default is true: a TRL file silent on it now checkpoints,
+    and a run recorded with it off (before this default applied) resumes off, said in a line."""
+    from kto.formats.runrecord import write_run_config
+
+    result = run(tmp_path, "learning_rate: 1.0e-6\nlogging_steps: 10\n")
+    assert result.exit_code == 0, result.output
+    assert captured.pop().gradient_checkpointing is True
+    out = tmp_path / "o"
+    out.mkdir()
+    write_run_config(out, {"gradient_checkpointing": False}, {})
+    result = run(tmp_path, "learning_rate: 1.0e-6\nlogging_steps: 10\n", "run.yaml", "--resume")
+    assert result.exit_code == 0, result.output
+    assert captured.pop().gradient_checkpointing is False
+    assert "gradient_checkpointing not in the file: the run's own False, not the default True" in result.output
+
+
+def test_transformers_switches_reach_the_config(tmp_path, captured):
+    """`fsdp: "full_shard auto_wrap"` failed "not a valid boolean"; `fp16: true` and
+    `push_to_hub: false` with hub_model_id were ignored (the latter uploaded anyway)."""
+    result = run(tmp_path, "fsdp: full_shard auto_wrap\nfp16: true\npush_to_hub: false\nhub_model_id: me/x\n")
+    assert result.exit_code == 0, result.output
+    cfg = captured.pop()
+    assert (cfg.fsdp, cfg.mixed_precision, cfg.push_to_hub, cfg.hub_private) == (True, "fp16", None, False)
+    result = run(tmp_path, "push_to_hub: true\nhub_model_id: me/x\nhub_private_repo: true\n")
+    assert result.exit_code == 0, result.output
+    cfg = captured.pop()
+    assert (cfg.push_to_hub, cfg.hub_private) == ("me/x", True)
+    line = error_line(run(tmp_path, "push_to_hub: true\n"))
+    assert "push_to_hub: true without hub_model_id" in line
