@@ -83,6 +83,16 @@ def same_value(a: Any, b: Any) -> bool:
         return False
 
 
+def switch_value(value: Any) -> bool | None:
+    """A switch's value: a Python bool, or numpy's (np.True_, from a DataFrame cell or a mask,
+    which is no Python bool), as that bool; None for anything else (1, "no")."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__module__ == "numpy" and getattr(value, "dtype", None) is not None and value.dtype.kind == "b" and value.ndim == 0:
+        return bool(value)
+    return None
+
+
 @dataclass(frozen=True)
 class Alias:
     ours: str

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kto.formats.cache import refuse_inside_others
 from kto.formats.compute.numerics import NAMES as DTYPES
+from kto.formats.config_keys import switch_value
 from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
 from kto.precompute.inputs.alpaca import AlpacaMap
@@ -143,8 +144,9 @@ class PrecomputeConfig:
                 raise InputError(f"--{_flag(name)} {value!r}: expected a number")
             object.__setattr__(self, name, float(value))  # as click gives --eval-fraction 0
         for name in FLAGS:
-            if not isinstance(getattr(self, name), bool):
+            if switch_value(getattr(self, name)) is None:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)!r}: expected True or False")
+            object.__setattr__(self, name, switch_value(getattr(self, name)))  # np.True_ as True (the manifest is JSON)
         self._check_paths()
 
     def _check_paths(self) -> None:

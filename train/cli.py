@@ -188,6 +188,10 @@ def eval_follows_log_every(ctx: click.Context, path: Path, resolved: Resolved, v
     commandline = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     if not resolved.eval_from_logging or not commandline("log_every") or commandline("eval_every"):
         return
+    if values["log_every"] == 0:  # as the file's logging_steps: 0 is refused (config_schedule), and transformers refuses it
+        raise InputError(
+            f"--config {path}: eval_strategy: steps without eval_steps evaluates every logging_steps: --log-every 0 leaves no cadence; give --eval-every N (0: after the last step only)"
+        )
     values["eval_every"] = values["log_every"]
     resolved.ratios.pop("eval_every", None)
     log(f"kto-train: --config {path}: eval_strategy: steps without eval_steps -> eval_every {values['eval_every']}, from --log-every")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kto.formats import config_file
 from kto.formats.compute.numerics import WEIGHT_DTYPES
+from kto.formats.config_keys import switch_value
 from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
 
@@ -234,9 +235,9 @@ def _typed(name: str, value: object, kinds: tuple) -> object:
     """`value` as one of the types `kinds`, or a one-line refusal naming the flag."""
     if value is None and type(None) in kinds:
         return None
-    if isinstance(value, bool):
+    if switch_value(value) is not None:  # a bool is no whole number or number here
         if bool in kinds:
-            return value
+            return switch_value(value)
     elif int in kinds and isinstance(value, numbers.Integral):
         return int(value)
     elif float in kinds and isinstance(value, numbers.Real):

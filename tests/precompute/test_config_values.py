@@ -151,6 +151,11 @@ def test_numpy_integers_are_taken_as_python_ints(tmp_path):
     cfg = PrecomputeConfig(data=(tmp_path / "rows.jsonl",), model="unused", out=tmp_path / "out", max_length=np.int64(64), seed=np.uint32(7))
     assert (cfg.max_length, cfg.seed, cfg.max_prompt_length) == (64, 7, 32)
     assert type(cfg.max_length) is int and type(cfg.seed) is int
+    # numpy's bools (a DataFrame cell, a mask) are switches, as Python's: they were refused.
+    cfg = PrecomputeConfig(data=(tmp_path / "rows.jsonl",), model="unused", out=tmp_path / "out", overwrite=np.bool_(True))
+    assert cfg.overwrite is True
+    with pytest.raises(InputError, match="--overwrite 1: expected True or False"):
+        PrecomputeConfig(data=(tmp_path / "rows.jsonl",), model="unused", out=tmp_path / "out", overwrite=1)
 
 
 def test_the_largest_values_allowed_run_end_to_end(tmp_path, tiny_model_dir):

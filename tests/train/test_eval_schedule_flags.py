@@ -47,3 +47,11 @@ def test_a_share_of_the_steps_read_for_logging_and_evaluation_is_said_once(tmp_p
     assert result.exit_code == 0, result.output
     assert (captured[0].log_every, captured[0].eval_every) == (2, 2)
     assert result.output.count("logging_steps: 0.5 -> every 2 steps") == 1, result.output
+
+
+def test_log_every_0_over_evaluations_derived_from_logging_steps_is_refused(tmp_path, captured):
+    """It quietly left evaluation after the last step only; the file's logging_steps: 0 is refused."""
+    result = run(tmp_path, "eval_strategy: steps\nlogging_steps: 4\n", "--log-every", "0")
+    assert result.exit_code == 2 and "--log-every 0 leaves no cadence; give --eval-every N" in result.output, result.output
+    result = run(tmp_path, "eval_strategy: steps\nlogging_steps: 4\n", "--log-every", "0", "--eval-every", "0")
+    assert result.exit_code == 0 and (captured[0].log_every, captured[0].eval_every) == (0, 0), result.output

@@ -145,11 +145,15 @@ def test_values_of_the_types_the_cli_gives_are_taken_as_they_mean(tmp_path, tiny
         lr=1,
         beta=np.float32(0.5),
         batch_size=np.int64(4),
+        gradient_checkpointing=np.bool_(True),  # numpy's bool, from a DataFrame cell: it was refused
     )
     assert (cfg.cache, cfg.out, cfg.eval_cache) == (tmp_path / "cache", tmp_path / "run", tmp_path / "cache" / "eval")
     assert cfg.resume == tmp_path / "run" / "checkpoint-2" and cfg.model == str(tiny_model_dir)
     assert (cfg.lr, cfg.beta, cfg.batch_size) == (1.0, 0.5, 4)
     assert (type(cfg.lr), type(cfg.beta), type(cfg.batch_size)) == (float, float, int)
+    assert cfg.gradient_checkpointing is True
+    with pytest.raises(InputError, match=r"--batch-size np.True_: expected a whole number"):
+        TrainConfig(cache="c", model="m", out="o", batch_size=np.bool_(True))
     assert TrainConfig(cache="c", model="m", out="o", resume=True, max_steps=None).resume is True
     # A list of LoRA targets, as peft takes it and a --config file may write it: the comma list.
     assert TrainConfig(cache="c", model="m", out="o", lora_r=8, lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == "q_proj,v_proj"
