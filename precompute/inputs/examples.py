@@ -298,6 +298,8 @@ def entry_label(record: dict, kto_tag: str, pair: tuple[str, str], source: str) 
     rest = " (the entry's kto_tag)"
     if any(is_present(record, key) for key in pair):
         rest += f"; ranking is false, so '{pair[0]}' and '{pair[1]}' are not read (\"ranking\": true in the entry reads every row as their pair)"
+    elif kto_tag != "label" and is_present(record, "label"):
+        rest += '; a \'label\' column is present, but the entry reads only its kto_tag (map "kto_tag": "label" in its columns to read it)'
     raise missing_label(record, (kto_tag,), source, rest)
 
 

@@ -416,6 +416,11 @@ class RowSample:
         return sorted(kept, key=lambda item: item[0])
 
 
+def entry_names(sharegpt: ShareGPTMap) -> set[str]:
+    """The columns a dataset_info.json entry reads (a row holding one is the entry's)."""
+    return {sharegpt.messages, sharegpt.chosen, sharegpt.rejected, sharegpt.kto_tag, sharegpt.system, sharegpt.tools} - {""}
+
+
 def _row_examples(
     record: Any, file_name: str, row: int, columns: ColumnMap, sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
 ) -> list[Example]:
@@ -427,9 +432,12 @@ def _row_examples(
     base_id = base_id_of(record, columns.id, f"{file_name}:{row}", source)
     if alpaca is not None:
         return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
-    if sharegpt.entry:  # a dataset_info.json entry's map reads every row, whatever its names
-        return sharegpt_examples(record, sharegpt, columns.label, base_id, source)
     present = {key for key in record if is_present(record, key)}
+    if sharegpt.entry and (present & entry_names(sharegpt) or not present & {columns.prompt, columns.messages}):
+        # A dataset_info.json entry's map reads its rows whatever its names (a `messages` column
+        # too). A row with none of the entry's columns but a plain shape's own is of another file
+        # given beside the entry (--data, --eval-data): read by its shape, as without an entry.
+        return sharegpt_examples(record, sharegpt, columns.label, base_id, source)
     check_one_shape(present, columns, sharegpt.messages, source)
     # A map built without an entry (the API's ShareGPTMap(messages="messages")): a paired row
     # is its ShareGPT shape too, not a `messages` row waiting for its own assistant turn.

@@ -254,7 +254,9 @@ def test_an_entry_naming_its_conversation_messages_reads_its_own_kto_tag(tmp_pat
     entry = {"formatting": "sharegpt", "columns": {"messages": "messages", "kto_tag": "thumbs"}, "tags": OPENAI_TAGS}
     assert [e.label for e in entry_examples(tmp_path, entry, rows)] == [True, False]
     without = [{k: v for k, v in row.items() if k != "thumbs"} for row in rows]
-    assert entry_error(tmp_path, entry, without) == "rows.jsonl: row 1: missing column 'thumbs' (the entry's kto_tag)"
+    assert entry_error(tmp_path, entry, without).startswith(
+        "rows.jsonl: row 1: missing column 'thumbs' (the entry's kto_tag); a 'label' column is present, but the entry reads only its kto_tag"
+    )
 
 
 def test_an_entry_naming_its_conversation_messages_reads_its_own_tags(tmp_path):
@@ -319,3 +321,32 @@ def test_a_map_without_an_entry_keeps_its_fingerprint_names():
     assert "entry" not in ShareGPTMap().as_dict() and "entry" not in ShareGPTMap(system="sys").as_dict()
     assert ShareGPTMap.from_entry(messages="dialog").as_dict()["entry"] == "unpaired"
     assert ShareGPTMap.from_entry(ranking=True).as_dict()["entry"] == "ranking"
+
+
+def test_a_file_of_another_shape_beside_an_entry_is_read_by_its_shape(tmp_path):
+    """`--dataset e --data feedback.jsonl` (or `--sharegpt-info FILE#e --data ...`): rows with
+    none of the entry's columns but a plain shape's own are read by that shape, as before the
+    entry's map read every row (it refused them: missing column 'conversations')."""
+    entry = {"formatting": "sharegpt", "columns": {"messages": "conversations", "kto_tag": "kto_tag"}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"e": {"file_name": "rows.jsonl", **entry}}))
+    write_rows(tmp_path / "rows.jsonl", [SG_KTO, {**SG_KTO, "kto_tag": False}])
+    plain = write_rows(
+        tmp_path / "plain.jsonl", [{"prompt": "P", "completion": "C", "label": True}, {"messages": chat(("user", "q"), ("assistant", "a")), "label": False}]
+    )
+    found = load_datasets("e", tmp_path)
+    examples = read_examples((*found.data, plain), sharegpt=found.sharegpt)
+    assert [(e.label, e.completion if isinstance(e.completion, str) else e.completion[0]["content"]) for e in examples] == [
+        (True, "A"),
+        (False, "A"),
+        (True, "C"),
+        (False, "a"),
+    ]
+
+
+def test_a_label_column_under_an_entry_reading_kto_tag_is_named(tmp_path):
+    """--sharegpt-info used to read `label`; the entry reads its kto_tag alone, as LLaMA-Factory, and says so."""
+    rows = [{"conversations": SG_KTO["conversations"], "label": True}] * 2
+    message = entry_error(tmp_path, {"formatting": "sharegpt"}, rows)
+    assert message.startswith(
+        "rows.jsonl: row 1: missing column 'kto_tag' (the entry's kto_tag); a 'label' column is present, but the entry reads only its kto_tag"
+    )
