@@ -294,9 +294,13 @@ def replace_out(outs: dict[str, Path], contents: dict, layout: dict, stale: list
     on_main(replace, state)
 
 
-def remove_staging(out: Path) -> None:
-    """Remove the staging files in `out`: a run refused on its input leaves the cache it was to
-    replace as it found it."""
-    for p in out.iterdir() if out.is_dir() else ():
-        if is_staging_name(p.name) and p.is_file() and not p.is_symlink():
-            p.unlink()
+def staging_files(out: Path) -> set[Path]:
+    """The staging files in `out` (none where it does not exist)."""
+    return {p for p in (out.iterdir() if out.is_dir() else ()) if is_staging_name(p.name) and p.is_file() and not p.is_symlink()}
+
+
+def remove_staging(out: Path, keep: set[Path]) -> None:
+    """Remove the staging files in `out` but those in `keep` (there before this run): a run
+    refused on its input leaves the cache it was to replace as it found it."""
+    for p in staging_files(out) - keep:
+        p.unlink()

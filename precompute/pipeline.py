@@ -44,7 +44,7 @@ from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
 from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
-from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout
+from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout, staging_files
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_vocabulary, shard_values
 from .progress import Progress
 from .templates import ChatTemplate, load_chat_template
@@ -246,7 +246,8 @@ def _stage_and_split(
 ) -> tuple[Path, list[Split]]:
     """Stage the rows (and --eval-data's) and build the splits; on bad input, remove an --out
     this run created (nothing half-written is left behind), or the staging files beside the old
-    cache it was `replacing` (left as it was), and re-raise."""
+    cache it was `replacing` (left as it was, an unfinished run's staging file included), and re-raise."""
+    staging_before = staging_files(cfg.out)
     try:
         staged = stage_rows(cfg, tokenizer, template, content, state)
         held_out = stage_rows(cfg, tokenizer, template, content, state, held_out=staged) if cfg.eval_data else None
@@ -263,7 +264,7 @@ def _stage_and_split(
         if created and state.is_main_process:
             shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
         elif replacing and state.is_main_process:
-            remove_staging(cfg.out)
+            remove_staging(cfg.out, keep=staging_before)
         raise
 
 

@@ -402,15 +402,13 @@ def staging_path(out: Path, key: str) -> Path:
 
 def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, keep: Sequence[Path] = ()) -> Path:
     """Tokenize every example into `path` (the caller looked for a complete one first, and every
-    rank took the main process's answer: pipeline.stage_rows). Other staging files are removed,
-    but those in `keep` (the train rows', beside --eval-data's)."""
+    rank took the main process's answer: pipeline.stage_rows). Other staging files are removed
+    once every row is staged (bad input leaves an unfinished run's staging as it was), but those
+    in `keep` (the train rows', beside --eval-data's)."""
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     main = rank == 0
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for old in path.parent.glob(f"{PREFIX}*.arrow"):
-            if old not in keep:
-                old.unlink()  # made for another configuration: useless now
     with atomic_path(path) if main else _nowhere() as tmp:
         schema = staging_schema()
         writer = pa.ipc.new_file(str(tmp), schema) if main else None
@@ -422,6 +420,10 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
         finally:
             if writer is not None:
                 writer.close()
+    if main:
+        for old in path.parent.glob(f"{PREFIX}*.arrow"):
+            if old != path and old not in keep:
+                old.unlink()  # made for another configuration: useless now
     if state is not None:
         state.wait_for_everyone()
     return path

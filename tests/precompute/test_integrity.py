@@ -406,3 +406,27 @@ def test_kill_at_any_point_then_rerun_is_byte_identical(made, tmp_path, tiny_mod
     assert {p.name: p.read_bytes() for p in out.glob(S.SHARD_GLOB)} == expected
     got, want = read_manifest(out), read_manifest(ref)
     assert (got.fingerprint, got.shards, got.counts) == (want.fingerprint, want.shards, want.counts)
+
+
+def test_overwrite_with_bad_input_keeps_an_unfinished_runs_staging(cache, monkeypatch):
+    """Seen by a reviewer: OUT held an unfinished run of another configuration (killed after it
+    staged its rows); a bad `--overwrite` deleted that run's staging file before reading a row,
+    so resuming it tokenized everything again. Staging files are now removed only once the new
+    rows are staged, and a refused run removes only those it made."""
+    from kto.precompute import pipeline
+
+    out, data, args = cache
+    unfinished = [*precompute_args(data, args[3], out, "--max-length", "48"), "--overwrite"]
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "warn_without_stop", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("killed")))
+        assert run_cli(*unfinished).exit_code != 0
+    before = tree_bytes(out)
+    assert any(name.startswith(".staging-") for name in before), sorted(before)
+    rows = chat_rows()
+    rows[-1]["label"] = "maybe"
+    new = write_rows(data.parent / "bad.jsonl", rows)
+    assert "maybe" in one_line_error(run_cli(*precompute_args(new, args[3], out, "--overwrite")))
+    assert tree_bytes(out) == before
+    resumed = run_cli(*unfinished)
+    assert resumed.exit_code == 0, resumed.output
+    assert verified(out)
