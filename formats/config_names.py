@@ -489,6 +489,12 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
         if not ({ours} | (_WARMUP if ours == "warmup_ratio" else set())) & given:
             out.defaults[ours] = 0.0 if ours == "warmup_ratio" else value
             said.append(f"{key} {value} (kto-train's own: {own_default})")
+    if llama_factory and "mixed_precision" not in given:
+        # transformers' bf16 and fp16 are off by default and LLaMA-Factory keeps them so (its
+        # example files turn bf16 on): it trains in fp32 then. TRL's KTOConfig turns bf16 on
+        # unless fp16 is, which is our auto (_precision).
+        out.defaults["mixed_precision"] = "no"
+        said.append("bf16 false and fp16 false: mixed_precision no, fp32 (kto-train's own: auto, bf16 autocast on CUDA)")
     if "gradient_checkpointing" not in given:
         # Not transformers' (off) but KTOConfig's and LLaMA-Factory's: memory only (RESUMABLE).
         out.defaults["gradient_checkpointing"] = True

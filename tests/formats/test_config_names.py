@@ -104,8 +104,15 @@ def test_llama_factory_names_become_ours_and_its_own_keys_say_what_they_did():
         assert sum(note.startswith(f"{key}:") for note in notes) == 1, (key, notes)
     # The other command's key is named with the command that takes it, in one line.
     assert "kto-precompute's key, ignored by kto-train: cutoff_len" in notes
-    assert resolve({"finetuning_type": "lora", "lora_rank": 4, "max_steps": 5}, TRAIN).values == {"lora_r": 4, "lora_alpha": 8.0, "max_steps": 5, **LF_DEFAULTS}
-    assert resolve({"finetuning_type": "full", "epochs": 1}, TRAIN).values == {"lora_r": 0, "epochs": 1, **LF_DEFAULTS}
+    fp32 = {"mixed_precision": "no"}  # neither bf16 nor fp16 given: LLaMA-Factory trains in fp32
+    assert resolve({"finetuning_type": "lora", "lora_rank": 4, "max_steps": 5}, TRAIN).values == {
+        "lora_r": 4,
+        "lora_alpha": 8.0,
+        "max_steps": 5,
+        **LF_DEFAULTS,
+        **fp32,
+    }
+    assert resolve({"finetuning_type": "full", "epochs": 1}, TRAIN).values == {"lora_r": 0, "epochs": 1, **LF_DEFAULTS, **fp32}
 
 
 def test_a_file_in_their_dialect_gets_their_defaults_where_it_is_silent():
@@ -113,7 +120,7 @@ def test_a_file_in_their_dialect_gets_their_defaults_where_it_is_silent():
     trained every weight here; a TRL or LLaMA-Factory file without num_train_epochs ran 3 epochs
     there (transformers' default) and 1 here. Our own names keep our defaults."""
     lf = resolve({"stage": "kto", "lora_rank": 16, "learning_rate": 5e-6}, TRAIN)
-    assert lf.values == {"lora_r": 16, "lora_alpha": 32.0, "epochs": 3.0, **LF_DEFAULTS, "lr": 5e-6}
+    assert lf.values == {"lora_r": 16, "lora_alpha": 32.0, "epochs": 3.0, **LF_DEFAULTS, "lr": 5e-6, "mixed_precision": "no"}
     assert "finetuning_type not given: lora, LLaMA-Factory's default" in lf.notes
     assert resolve({"learning_rate": 1e-6, "num_train_epochs": 2}, TRAIN).values == {"lr": 1e-6, "epochs": 2, **TRL_DEFAULTS}
     assert resolve({"learning_rate": 1e-6, "max_steps": 40}, TRAIN).values == {"lr": 1e-6, "max_steps": 40, **TRL_DEFAULTS}
@@ -703,6 +710,17 @@ def test_bf16_and_fp16_choose_the_mixed_precision(raw, mixed, said):
     assert sum(n.startswith(said) for n in resolved.notes) == 1
     assert "mixed_precision" not in resolve({"bf16": None, "fp16": None, "epochs": 1}, TRAIN).values  # not set: ours (auto)
     assert "kto-train's keys, ignored by kto-precompute: bf16" in resolve({"bf16": True, "fp16": False}, PRECOMPUTE).notes[-1]
+
+
+def test_a_llama_factory_file_without_bf16_or_fp16_trains_in_fp32_as_there():
+    """transformers' bf16 and fp16 are off unless given, and LLaMA-Factory keeps them off: fp32.
+    TRL's KTOConfig turns bf16 on unless fp16 is: our auto (bf16 autocast on CUDA)."""
+    resolved = resolve({"stage": "kto", "pref_beta": 0.1}, TRAIN)
+    assert resolved.values["mixed_precision"] == "no" and "mixed_precision" in resolved.defaulted
+    assert "bf16 false and fp16 false: mixed_precision no, fp32" in resolved.notes[-1]
+    assert resolve({"stage": "kto", "bf16": True}, TRAIN).values["mixed_precision"] == "bf16"
+    assert resolve({"stage": "kto", "mixed_precision": "auto"}, TRAIN).values["mixed_precision"] == "auto"
+    assert "mixed_precision" not in resolve({"learning_rate": 1e-6, "beta": 0.1}, TRAIN).values  # TRL's names: auto
 
 
 @pytest.mark.parametrize(
