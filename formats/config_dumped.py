@@ -64,13 +64,14 @@ _TRAINING_ARGUMENTS = {
     ),
     "bf16_full_eval": Dumped((False,), f"{_EVAL}; evaluation runs in the training precision"),
     "fp16_full_eval": Dumped((False,), f"{_EVAL}; evaluation runs in the training precision"),
-    "activation_checkpointing": Dumped((False,), f"{_MEMORY}; kto-train checkpoints with gradient_checkpointing: true"),
     "activation_checkpointing_kwargs": Dumped((None, {}), _MEMORY),
     "torch_compile": Dumped((False,), "the model is not compiled here either", _COMPILE),
     "torch_compile_backend": Dumped((None,), "no compile backend", _COMPILE),
     "torch_compile_mode": Dumped((None,), "no compile mode", _COMPILE),
     "liger_kernel_config": Dumped((None, {}), "configures use_liger_kernel's kernels, faster kernels for the same maths"),
-    "neftune_noise_alpha": Dumped((None,), "no noise on the embeddings", "NEFTune noise on the embeddings is not supported; kto-train trains without it"),
+    "neftune_noise_alpha": Dumped(
+        (None, 0, 0.0), "no noise on the embeddings", "NEFTune noise on the embeddings is not supported; kto-train trains without it"
+    ),
     "torch_empty_cache_steps": Dumped((None,), _MEMORY),
     "auto_find_batch_size": Dumped(
         (False,), "the batch size is batch_size", "kto-train trains at batch_size and never halves it; lower batch_size (raise grad_accum) to fit"

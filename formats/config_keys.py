@@ -290,11 +290,12 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
     TRAIN: {
         **_UNSUPPORTED_BOTH,
         "optim": _OPTIM,
-        "deepspeed": Unsupported("DeepSpeed is not supported; kto-train shards with FSDP2: fsdp: true (or accelerate launch --use_fsdp)", (None, "")),
+        "deepspeed": Unsupported("DeepSpeed is not supported; kto-train shards with FSDP2: fsdp: true (or accelerate launch --use_fsdp)", (None, "", False)),
         "fsdp_config": Unsupported(
             "kto-train's fsdp takes no settings: FSDP2 full sharding, each decoder layer wrapped, parameters resharded after the forward "
             "(accelerate launch's FSDP settings still apply); leave fsdp_config out",
-            (None, {}),
+            # What transformers 5's TrainingArguments(fsdp=...).to_dict() fills in: the same as ours.
+            (None, {}, {"reshard_after_forward": True, "min_num_params": 0, "xla": False, "xla_fsdp_v2": False, "xla_fsdp_grad_ckpt": False}),
         ),
         "adam_beta1": Unsupported(_ADAMW, (0.9,), "AdamW's default, as here"),
         "adam_beta2": Unsupported(_ADAMW, (0.999,), "AdamW's default, as here"),
@@ -323,7 +324,7 @@ EVAL_STRATEGIES = ("eval_strategy", "evaluation_strategy")
 # line), and bf16 with fp16 as its mixed_precision (config_names).
 COMPANIONS = {
     PRECOMPUTE: {"dataset_config", "dataset_train_split", "dataset_test_split", *EVAL_STRATEGIES},
-    TRAIN: {*EVAL_STRATEGIES, "save_strategy", "bf16", "fp16"},
+    TRAIN: {*EVAL_STRATEGIES, "save_strategy", "bf16", "fp16", "activation_checkpointing"},
 }
 
 

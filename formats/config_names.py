@@ -25,10 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config_dumped import DUMPED, dumped_key
-from .config_keys import ALIASES, COMPANIONS, IGNORED, LF, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
+from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
 from .config_resolved import Resolved
 from .config_schedule import eval_schedule, evaluates, save_schedule, save_strategy
+from .config_switches import is_llama_factory, transformers_switches
 from .errors import InputError
+
+# Keys whose value is a credential: never printed.
+SECRET_KEYS = frozenset({"hub_token", "push_to_hub_token", "ms_hub_token", "om_hub_token"})
 
 PEFT_TARGETS = "peft's default for the model type"
 """What `use_peft: true`'s note says of the LoRA targets until kto-train names them."""
@@ -135,91 +139,6 @@ def _set_inverted(key: str, ours: str, value: Any, out: Resolved) -> None:
     out.set(ours, not value, key)
 
 
-def _transformers_switches(raw: Mapping[str, Any], out: Resolved) -> None:
-    """kto-train: transformers' keys read together, as TrainingArguments reads them."""
-    _precision(raw, out)
-    _hub(raw, out)
-    _fsdp(out)
-
-
-def _precision(raw: Mapping[str, Any], out: Resolved) -> None:
-    """transformers' bf16 and fp16 (both off by default: fp32) as our mixed_precision; left out
-    or null, ours (auto: bf16 autocast on CUDA, none on CPU), as TRL's KTOConfig (bf16 unless fp16)."""
-    given = {key: raw[key] for key in ("bf16", "fp16") if raw.get(key) is not None}
-    for key, value in given.items():
-        if not isinstance(value, bool):
-            raise InputError(f"{key}: {value!r} is not true or false")
-    if not given:
-        return
-    if given.get("bf16") and given.get("fp16"):
-        raise InputError("bf16: true and fp16: true: choose one (transformers refuses both too)")
-    on = next((key for key, value in given.items() if value), None)
-    mixed, key = (on, on) if on else ("no", next(iter(given)))
-    if "mixed_precision" in out.values and out.values["mixed_precision"] != mixed:
-        raise InputError(
-            f"{out.origin['mixed_precision']}: {out.values['mixed_precision']!r} and {key}: {str(given[key]).lower()} set the same option "
-            "(mixed_precision); give one"
-        )
-    out.set("mixed_precision", mixed, key)
-    if on:
-        out.notes.append(f"{on}: true -> mixed_precision {on} ({on} autocast, as transformers)")
-    else:
-        said = ", ".join(f"{key}: false" for key in given)
-        out.notes.append(f"{said} -> mixed_precision no (no autocast, as transformers trains without bf16 or fp16)")
-
-
-def _hub(raw: Mapping[str, Any], out: Resolved) -> None:
-    """transformers' push_to_hub is a switch, hub_model_id its repo: it uploads only with
-    push_to_hub: true. Ours takes the repo id, which hub_model_id sets (ALIASES) unless the switch
-    is off or left out; then neither it nor hub_private_repo asks for anything."""
-    switch = raw.get("push_to_hub")
-    if isinstance(switch, str):
-        return  # our own push_to_hub: the repo id
-    repo = out.values["push_to_hub"] if out.origin.get("push_to_hub") == "hub_model_id" else None
-    if switch is True:
-        if repo is None:
-            raise InputError(
-                "push_to_hub: true without hub_model_id: transformers would name the repo after output_dir under your hub account, "
-                "which kto-train cannot look up offline; give hub_model_id: ORG/NAME"
-            )
-        out.notes.append(f"push_to_hub: true, hub_model_id: {repo} -> push_to_hub {repo} (final/ is uploaded there at the end)")
-        return
-    private = out.origin.get("hub_private") == "hub_private_repo" and out.values["hub_private"] is True
-    unused = [f"hub_model_id: {repo}"] * (repo is not None) + ["hub_private_repo: true"] * private
-    if unused:
-        for ours, key in (("push_to_hub", "hub_model_id"), ("hub_private", "hub_private_repo")):
-            if out.origin.get(ours) == key:
-                del out.values[ours], out.origin[ours]
-        said = "false" if switch is False else "not given"
-        out.notes.append(f"{', '.join(unused)}: unused, push_to_hub is {said} (transformers uploads only with push_to_hub: true); nothing is uploaded")
-    elif switch is False:
-        out.notes.append("push_to_hub: false: nothing is uploaded (kto-train's default)")
-
-
-# transformers' fsdp options our --fsdp is: FSDP2 shards parameters, gradients and optimizer
-# state (reshard_after_forward) and wraps each decoder layer (train/sharding.py).
-FSDP_AS_OURS = frozenset({"full_shard", "auto_wrap"})
-
-
-def _fsdp(out: Resolved) -> None:
-    """transformers' `fsdp: "full_shard auto_wrap"` (a string, or a list of its options) as our
-    switch; `""` (its default) is off. Other strategies are refused: ours shards fully."""
-    value = out.values.get("fsdp")
-    if isinstance(value, list):
-        value = " ".join(map(str, value))
-    if not isinstance(value, str) or value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-        return  # our switch, checked as the flag is
-    options = set(value.split())
-    if options and not ("full_shard" in options and options <= FSDP_AS_OURS):
-        raise InputError(
-            f"fsdp: {value!r}: kto-train's fsdp is FSDP2 full sharding (parameters, gradients and optimizer state over every process, "
-            "each decoder layer wrapped: transformers' full_shard auto_wrap); give fsdp: full_shard auto_wrap (or true), or leave it out"
-        )
-    out.values["fsdp"] = bool(options)
-    said = "true (FSDP2 full sharding, each decoder layer wrapped)" if options else "false (no sharding, transformers' default)"
-    out.notes.append(f"fsdp: {value!r} -> fsdp {said}")
-
-
 MAPPED: dict[str, dict[str, Callable[..., None]]] = {
     PRECOMPUTE: {"stage": _stage},
     TRAIN: {
@@ -248,11 +167,24 @@ def _names_of(command: str) -> set[str]:
     )
 
 
+def _closest(key: str, used: set[str], skipped: set[str]) -> list[str]:
+    """The closest name to `key`, as a list of at most one: among the names that set something
+    (`used`), unless one skipped with a line (`skipped`) is clearly nearer (`hub_stratgy` is
+    hub_strategy, not save_strategy; `per_device_batch_size` stays per_device_train_batch_size)."""
+    ratio = lambda name: difflib.SequenceMatcher(None, key, name).ratio()
+    near = [difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6) for names in (used, skipped)]
+    if near[0] and near[1] and ratio(near[1][0]) < ratio(near[0][0]) + 0.05:
+        return near[0]
+    return near[1] or near[0]
+
+
 def _suggest(key: str, command: str) -> str:
-    here = difflib.get_close_matches(key, sorted(_names_of(command)), n=1, cutoff=0.6)
+    # Every name the command knows, those it ignores or takes at their defaults too: `hub_stratgy`
+    # is a misspelt hub_strategy, not save_strategy.
+    here = _closest(key, _names_of(command), set(IGNORED) | set(DUMPED[command]))
     if here:
         return f"did you mean {here[0]}?"
-    there = difflib.get_close_matches(key, sorted(_names_of(_other(command))), n=1, cutoff=0.6)
+    there = _closest(key, _names_of(_other(command)), set(DUMPED[_other(command)]))
     if there:
         return f"did you mean {there[0]} (a {_other(command)} key)?"
     return "no close name"
@@ -312,7 +244,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         else:
             sorting.unknown.append(key)
     if command == TRAIN:
-        _transformers_switches(raw, out)
+        transformers_switches(raw, out)
         _their_defaults(raw, sorting.foreign, out)
         eval_schedule(raw, out)  # eval_in_cache: kto-precompute wrote the held-out rows to CACHE/eval
         save_schedule(raw, out)
@@ -336,9 +268,10 @@ def _dumped(key: str, value: Any, command: str, out: Resolved, sorting: _Sorting
     if verdict.at_default:
         sorting.dumped.append(key)
     elif verdict.accepted:
-        out.notes.append(f"{key}: {'null' if value is None else str(value).lower()}: ignored ({verdict.said})")
+        shown = "<set>" if key in SECRET_KEYS else "null" if value is None else str(value).lower()
+        out.notes.append(f"{key}: {shown}: ignored ({verdict.said})")
     else:
-        sorting.refused.append(f"{key}: {value!r}: {verdict.said}")
+        sorting.refused.append(f"{key}: {'<set>' if key in SECRET_KEYS else repr(value)}: {verdict.said}")
 
 
 def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting: _Sorting) -> bool:
@@ -432,15 +365,6 @@ _LLAMA_FACTORY_DEFAULTS = (
 _WARMUP = frozenset({"warmup_ratio", "warmup_steps"})
 
 
-def _is_llama_factory(raw: Mapping[str, Any]) -> bool:
-    """A file with a key only LLaMA-Factory has (its `stage`, which its files must give, or
-    `finetuning_type`, `lora_rank`, `pref_beta`, `cutoff_len`, ...); any other file in their
-    names is TRL's."""
-    aliases = {**ALIASES[TRAIN], **ALIASES[PRECOMPUTE]}
-    only_theirs = {k for k, alias in aliases.items() if alias.source == LF} | {"stage", "finetuning_type", "quantization_bit"}
-    return bool(only_theirs & raw.keys())
-
-
 # LLaMA-Factory's DataArguments.cutoff_len default (hparams/data_args.py); kto-precompute's
 # max_length is 1024, as TRL's KTOConfig max_length, so a TRL file left silent cuts the same.
 LF_CUTOFF_LEN = 2048
@@ -451,13 +375,13 @@ def _their_data_defaults(raw: Mapping[str, Any], out: Resolved) -> None:
     2048 tokens there and at 1024 here, silently. And its max_samples, which is our option of the
     same name but not the same rows, is said. A TRL file that sets max_length alone gets a line:
     KTOConfig's max_prompt_length default is 512 whatever max_length, ours max_length // 2."""
-    trl = raw.keys() & {"model_name_or_path", "dataset_name", "torch_dtype"} and not _is_llama_factory(raw)
+    trl = raw.keys() & {"model_name_or_path", "dataset_name", "torch_dtype"} and not is_llama_factory(raw)
     if trl and raw.get("max_length") is not None and "max_prompt_length" not in raw and not same_value(raw["max_length"], 1024):
         out.notes.append(
             "max_prompt_length not given: max_length // 2 (kto-precompute's default; TRL's KTOConfig writes 512, which older "
             "KTOTrainers cut prompts to and the current one does not read)"
         )
-    if not _is_llama_factory(raw):
+    if not is_llama_factory(raw):
         return
     if "max_length" not in out.values:
         out.defaults["max_length"] = LF_CUTOFF_LEN
@@ -481,11 +405,17 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
     if not {"epochs", "max_steps"} & given:
         out.defaults["epochs"] = 3.0
         said.append("num_train_epochs 3 (kto-train's own: 1)")
-    llama_factory = _is_llama_factory(raw)
+    llama_factory = is_llama_factory(raw)
     table = _TRANSFORMERS_DEFAULTS + (_LLAMA_FACTORY_DEFAULTS if llama_factory else ())
     for key, value, ours, own_default in table:
         if key == "save_steps" and save_strategy(raw) not in (None, "steps"):
             continue  # `no` and `epoch` ignore save_steps (config_schedule.save_schedule)
+        if ours == "warmup_ratio" and "warmup_steps" in given and "warmup_ratio" not in given:
+            # transformers' warmup_ratio is 0: `warmup_steps: 0` (what a dump writes) warms up for
+            # none there, where our warmup_ratio 0.1 would have warmed up a tenth of the run.
+            out.defaults["warmup_ratio"] = 0.0
+            said.extend(["warmup_ratio 0 (kto-train's own: 0.1)"] if same_value(out.values.get("warmup_steps"), 0) else [])
+            continue
         if not ({ours} | (_WARMUP if ours == "warmup_ratio" else set())) & given:
             out.defaults[ours] = 0.0 if ours == "warmup_ratio" else value
             said.append(f"{key} {value} (kto-train's own: {own_default})")

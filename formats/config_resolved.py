@@ -45,6 +45,14 @@ class Resolved:
     eval_from_logging: bool = False
     """kto-train: eval_every is the file's logging_steps (`eval_strategy: steps` without
     eval_steps), so a --log-every on the command line moves it too, as transformers derives it."""
+    newly_read: dict[str, str] = field(default_factory=dict)
+    """kto-train: our name -> the file's key that sets it and that earlier versions ignored
+    (mixed_precision from bf16/fp16): a run recorded then resumes with its recorded value."""
+    push_needs_repo: bool = False
+    """kto-train: `push_to_hub: true` without hub_model_id: refused unless --push-to-hub names the repo."""
+    private_if_pushed: bool = False
+    """kto-train: `hub_private_repo: true` with the upload off in the file: applied when
+    --push-to-hub turns it on from the command line."""
     other_values: dict[str, Any] = field(default_factory=dict)
     """The other command's keys with their values (kto-train compares kto-precompute's with the
     cache's manifest: precompute_disagreements)."""

@@ -175,11 +175,26 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
         values["eval_cache"] = Path(values["cache"]) / "eval"
         held_out = "val_size" if resolved.values.get("eval_fraction") or "val_size" in resolved.other_values else "dataset_test_split"
         log(f"kto-train: --config {path}: {held_out} -> --eval-cache {values['eval_cache']}")
+    hub_from_the_command_line(ctx, path, resolved, values)
     eval_follows_log_every(ctx, path, resolved, values)
     if values.get("eval_cache") is None:
         no_eval_set(ctx, path, resolved, values)
     step_shares(ctx, path, resolved, values)
     check_cache_agrees(path, resolved, values)
+
+
+def hub_from_the_command_line(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """The file's push_to_hub: true without hub_model_id needs --push-to-hub ORG/NAME; its
+    hub_private_repo: true with the upload off in the file makes a --push-to-hub repo private."""
+    pushed = ctx.get_parameter_source("push_to_hub") == ParameterSource.COMMANDLINE
+    if resolved.push_needs_repo and not pushed:
+        raise InputError(
+            f"--config {path}: push_to_hub: true without hub_model_id: transformers would name the repo after output_dir under your "
+            "hub account, which kto-train cannot look up offline; give hub_model_id: ORG/NAME (or --push-to-hub ORG/NAME)"
+        )
+    if resolved.private_if_pushed and pushed and ctx.get_parameter_source("hub_private") != ParameterSource.COMMANDLINE:
+        values["hub_private"] = True
+        log(f"kto-train: --config {path}: hub_private_repo: true -> --push-to-hub {values['push_to_hub']} is created private")
 
 
 def eval_follows_log_every(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
@@ -188,7 +203,7 @@ def eval_follows_log_every(ctx: click.Context, path: Path, resolved: Resolved, v
     commandline = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     if not resolved.eval_from_logging or not commandline("log_every") or commandline("eval_every"):
         return
-    if values["log_every"] == 0:  # as the file's logging_steps: 0 is refused (config_schedule), and transformers refuses it
+    if values["log_every"] == 0 and values.get("eval_cache") is not None:  # as the file's logging_steps: 0 is refused (config_schedule)
         raise InputError(
             f"--config {path}: eval_strategy: steps without eval_steps evaluates every logging_steps: --log-every 0 leaves no cadence; give --eval-every N (0: after the last step only)"
         )
@@ -216,16 +231,22 @@ def keep_recorded_defaults(ctx: click.Context, path: Path, resolved: Resolved, v
     ran, not refused for settings the file never wrote."""
     from kto.formats.runrecord import read_run_config
 
-    if not values.get("resume") or not resolved.defaulted:
+    if not values.get("resume") or not (resolved.defaulted or resolved.newly_read):
         return
     try:
         record = read_run_config(values["out"])
     except InputError:
         return  # the resume refuses an unreadable record in its own words
     recorded = (record or {}).get("config", {})
-    for name in sorted(resolved.defaulted):
+    for name in sorted(resolved.defaulted | resolved.newly_read.keys()):
         if name in recorded and ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE and recorded[name] != values.get(name):
-            log(f"kto-train: --config {path}: {name} not in the file: the run's own {recorded[name]!r}, not the default {values.get(name)!r}")
+            # A key read since the run started (bf16 was ignored, the run trained with auto)
+            # resumes as the run trained, as a default that changed since does.
+            if name in resolved.newly_read:
+                why = f"{name}: {resolved.newly_read[name]} was not read when the run started: the run's own {recorded[name]!r}, not {values.get(name)!r}"
+            else:
+                why = f"{name} not in the file: the run's own {recorded[name]!r}, not the default {values.get(name)!r}"
+            log(f"kto-train: --config {path}: {why}")
             values[name] = recorded[name]
 
 

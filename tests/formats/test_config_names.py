@@ -56,6 +56,7 @@ def test_trl_names_become_ours():
         "epochs": 1.5,
         "lr_schedule": "cosine",
         "warmup_steps": 3,
+        "warmup_ratio": 0.0,  # transformers' (warmup_steps wins anyway)
         "log_every": 5,
         "save_every": 10,
         "beta": 0.2,
@@ -263,8 +264,12 @@ def test_a_file_silent_on_transformers_defaults_gets_them_and_says_so_in_one_lin
     assert {k: lf.values[k] for k in LF_DEFAULTS} == LF_DEFAULTS
     assert any(note.startswith("not given, transformers' defaults (LLaMA-Factory keeps them): ") and "learning_rate 5e-05" in note for note in lf.notes)
     given = resolve({"learning_rate": 1e-6, "warmup_steps": 5, "seed": 3, "save_steps": 20, "epochs": 1, "gradient_checkpointing": False}, TRAIN)
-    assert given.values == {"lr": 1e-6, "warmup_steps": 5, "seed": 3, "save_every": 20, "epochs": 1, "gradient_checkpointing": False}
+    assert given.values == {"lr": 1e-6, "warmup_steps": 5, "seed": 3, "save_every": 20, "epochs": 1, "gradient_checkpointing": False, "warmup_ratio": 0.0}
     assert given.notes == []
+    # A dump's warmup_steps: 0 warms up for none, as transformers (whose warmup_ratio is 0): it
+    # kept our warmup_ratio 0.1.
+    dumped = resolve({"learning_rate": 1e-6, "warmup_steps": 0, "seed": 3, "save_steps": 20, "epochs": 1, "gradient_checkpointing": False}, TRAIN)
+    assert dumped.values["warmup_ratio"] == 0.0 and "warmup_ratio 0 (kto-train's own: 0.1)" in dumped.notes[-1]
     assert resolve({"warmup_ratio": 0.05, "learning_rate": 1e-6, "epochs": 1}, TRAIN).values["warmup_ratio"] == 0.05
     assert resolve({"lr": 1e-6}, TRAIN).values == {"lr": 1e-6}  # our own names keep our defaults
 
@@ -629,7 +634,7 @@ def test_hub_model_id_uploads_only_with_push_to_hub_true():
     off = resolve({"push_to_hub": False, "hub_model_id": "me/x", "hub_private_repo": True, "epochs": 1}, TRAIN)
     assert "push_to_hub" not in off.values and "hub_private" not in off.values
     assert [n for n in off.notes if "hub" in n] == [
-        "hub_model_id: me/x, hub_private_repo: true: unused, push_to_hub is false (transformers uploads only with push_to_hub: true); nothing is uploaded"
+        "hub_model_id: me/x, hub_private_repo: true: unused, push_to_hub is false (transformers uploads only with push_to_hub: true); nothing is uploaded unless --push-to-hub names a repo"
     ]
     absent = resolve({"hub_model_id": "me/x", "epochs": 1}, TRAIN)
     assert "push_to_hub" not in absent.values
@@ -638,10 +643,8 @@ def test_hub_model_id_uploads_only_with_push_to_hub_true():
     assert (on.values["push_to_hub"], on.values["hub_private"]) == ("me/x", True)
     assert "push_to_hub: true, hub_model_id: me/x -> push_to_hub me/x (final/ is uploaded there at the end)" in on.notes
     for raw in ({"push_to_hub": True}, {"push_to_hub": True, "hub_model_id": None}):
-        with pytest.raises(InputError) as err:
-            resolve(raw, TRAIN)
-        assert str(err.value).startswith("push_to_hub: true without hub_model_id: transformers would name the repo after output_dir")
-        assert "give hub_model_id: ORG/NAME" in str(err.value) and "\n" not in str(err.value)
+        assert resolve(raw, TRAIN).push_needs_repo  # refused unless --push-to-hub names the repo (train/cli.py)
+    assert off.private_if_pushed and not on.private_if_pushed
     assert resolve({"push_to_hub": "me/y"}, TRAIN).values == {"push_to_hub": "me/y"}  # ours: the repo id
     # kto-precompute's push_to_hub is the cache's repo: transformers' switch and repo are kto-train's.
     pre = resolve({"push_to_hub": True, "hub_model_id": "me/x"}, PRECOMPUTE)
@@ -698,7 +701,9 @@ def test_another_optimizer_is_refused(value):
         ({"fp16": True, "bf16": False}, "fp16", "fp16: true -> mixed_precision fp16"),
         ({"bf16": False, "fp16": False}, "no", "bf16: false, fp16: false -> mixed_precision no"),
         ({"bf16": False}, "no", "bf16: false -> mixed_precision no"),
-        ({"fp16": False}, "no", "fp16: false -> mixed_precision no"),
+        ({"fp16": False}, "bf16", "fp16: false, bf16 not given -> mixed_precision bf16"),  # TRL's KTOConfig: bf16 = not fp16
+        ({"fp16": False, "bf16": None}, "bf16", "fp16: false, bf16 not given -> mixed_precision bf16"),
+        ({"fp16": False, "stage": "kto"}, "no", "fp16: false -> mixed_precision no"),  # LLaMA-Factory: transformers' bf16 false
         ({"bf16": True, "mixed_precision": "bf16"}, "bf16", "bf16: true -> mixed_precision bf16"),
     ],
 )
@@ -805,3 +810,31 @@ def test_their_keys_get_a_reason_not_a_misleading_did_you_mean(command, raw, mes
 def test_their_keys_at_values_that_ask_for_nothing_are_said(command, key, value, note):
     resolved = resolve({key: value}, command)
     assert any(n.startswith(note) for n in resolved.notes), resolved.notes
+
+
+def test_transformers_5_forms_of_their_keys():
+    """Seen by a reviewer of the dumped-config change: transformers 5's activation_checkpointing
+    (gradient_checkpointing's new name, which wins where set) was ignored; an FSDP dump's filled
+    fsdp_config, deepspeed: false and neftune_noise_alpha: 0 were refused; an unquoted
+    `mixed_precision: no` (YAML's false) was refused."""
+    assert resolve({"activation_checkpointing": True, "epochs": 1}, TRAIN).values["gradient_checkpointing"] is True
+    both = resolve({"activation_checkpointing": False, "gradient_checkpointing": True, "epochs": 1}, TRAIN)
+    assert both.values["gradient_checkpointing"] is False and "activation_checkpointing: false wins over gradient_checkpointing: true" in both.notes[0]
+    # A TRL file with activation_checkpointing: false is not turned on by KTOConfig's default.
+    assert resolve({"learning_rate": 1e-6, "activation_checkpointing": False}, TRAIN).values["gradient_checkpointing"] is False
+    filled = {"reshard_after_forward": True, "min_num_params": 0, "xla": False, "xla_fsdp_v2": False, "xla_fsdp_grad_ckpt": False}
+    assert resolve({"fsdp": True, "fsdp_config": filled, "deepspeed": False, "neftune_noise_alpha": 0, "epochs": 1}, TRAIN).values["fsdp"] is True
+    assert resolve({"mixed_precision": False, "epochs": 1}, TRAIN).values["mixed_precision"] == "no"
+    assert resolve({"mixed_precision": False, "bf16": False, "epochs": 1}, TRAIN).values["mixed_precision"] == "no"
+
+
+@pytest.mark.parametrize(
+    "typo, meant",
+    [("hub_stratgy", "hub_strategy"), ("torch_compil", "torch_compile"), ("per_device_batch_size", "per_device_train_batch_size")],
+)
+def test_a_misspelt_key_is_matched_against_the_keys_skipped_too(typo, meant):
+    """`hub_stratgy` was "did you mean save_strategy?": names skipped with a line (ignored, dumped
+    defaults) are suggested where clearly nearer than a name that sets something."""
+    with pytest.raises(InputError) as err:
+        resolve({typo: 1, "epochs": 1}, TRAIN)
+    assert f"did you mean {meant}?" in str(err.value)

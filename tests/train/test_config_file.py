@@ -307,3 +307,55 @@ def test_transformers_switches_reach_the_config(tmp_path, captured):
     assert (cfg.push_to_hub, cfg.hub_private) == ("me/x", True)
     line = error_line(run(tmp_path, "push_to_hub: true\n"))
     assert "push_to_hub: true without hub_model_id" in line
+
+
+def test_the_hub_keys_of_a_file_under_push_to_hub_on_the_command_line(tmp_path, captured):
+    """`push_to_hub: true` without hub_model_id needs a repo: --push-to-hub gives it (it was
+    refused even then); `hub_private_repo: true` with the file's upload off makes a
+    --push-to-hub repo private (it was dropped: the repo was created public)."""
+    line = error_line(run(tmp_path, "push_to_hub: true\nlearning_rate: 1.0e-6\n"))
+    assert "push_to_hub: true without hub_model_id" in line and "(or --push-to-hub ORG/NAME)" in line
+    result = run(tmp_path, "push_to_hub: true\nlearning_rate: 1.0e-6\n", "run.yaml", "--push-to-hub", "org/x")
+    assert result.exit_code == 0, result.output
+    assert (captured[-1].push_to_hub, captured[-1].hub_private) == ("org/x", False)
+    result = run(tmp_path, "hub_private_repo: true\nlearning_rate: 1.0e-6\n", "run.yaml", "--push-to-hub", "org/x")
+    assert result.exit_code == 0, result.output
+    assert (captured[-1].push_to_hub, captured[-1].hub_private) == ("org/x", True)
+    assert "hub_private_repo: true -> --push-to-hub org/x is created private" in result.output
+    result = run(tmp_path, "hub_private_repo: true\nlearning_rate: 1.0e-6\n")  # no upload anywhere: nothing to make private
+    assert result.exit_code == 0 and (captured[-1].push_to_hub, captured[-1].hub_private) == (None, False), result.output
+
+
+def test_a_dumped_hub_token_is_never_printed(tmp_path, captured):
+    result = run(tmp_path, "hub_token: hf_SECRETabc\nlearning_rate: 1.0e-6\n")
+    assert result.exit_code == 0, result.output
+    assert "SECRET" not in result.output.upper() and "hub_token: <set>: ignored" in result.output
+
+
+def test_resume_of_a_run_made_before_bf16_was_read_keeps_its_precision(tmp_path, captured):
+    """A run of a `bf16: true` file made when kto-train ignored bf16 trained with auto: resumed,
+    it was refused (mixed_precision auto there, bf16 now); it keeps auto, said in a line. A new
+    run of the file, or a resume of one recorded with bf16, takes bf16."""
+    from kto.formats.runrecord import write_run_config
+
+    text = "bf16: true\nlearning_rate: 1.0e-6\nlogging_steps: 10\n"
+    out = tmp_path / "o"
+    out.mkdir()
+    write_run_config(out, {"mixed_precision": "auto"}, {})
+    result = run(tmp_path, text, "run.yaml", "--resume")
+    assert result.exit_code == 0, result.output
+    assert captured.pop().mixed_precision == "auto"
+    assert "mixed_precision: bf16 was not read when the run started: the run's own 'auto', not 'bf16'" in result.output
+    write_run_config(out, {"mixed_precision": "bf16"}, {})
+    assert run(tmp_path, text, "run.yaml", "--resume").exit_code == 0 and captured.pop().mixed_precision == "bf16"
+    assert run(tmp_path, text, "run.yaml", "--resume", "--mixed-precision", "no").exit_code == 0 and captured.pop().mixed_precision == "no"
+
+
+def test_log_every_0_without_an_eval_set_is_no_refusal(tmp_path, captured):
+    """--log-every 0 over evaluations derived from logging_steps is refused only where there is
+    an eval set to evaluate (the advice, --eval-every, needs one)."""
+    path = tmp_path / "run.yaml"
+    path.write_text("eval_strategy: steps\nlogging_steps: 10\n")
+    result = CliRunner().invoke(main, ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o"), "--log-every", "0"])
+    assert result.exit_code == 0, result.output
+    assert (captured[0].log_every, captured[0].eval_every) == (0, 0)
