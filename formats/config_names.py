@@ -167,27 +167,20 @@ def _names_of(command: str) -> set[str]:
     )
 
 
-def _closest(key: str, used: set[str], skipped: set[str]) -> list[str]:
-    """The closest name to `key`, as a list of at most one: among the names that set something
-    (`used`), unless one skipped with a line (`skipped`) is clearly nearer (`hub_stratgy` is
-    hub_strategy, not save_strategy; `per_device_batch_size` stays per_device_train_batch_size)."""
-    ratio = lambda name: difflib.SequenceMatcher(None, key, name).ratio()
-    near = [difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6) for names in (used, skipped)]
-    if near[0] and near[1] and ratio(near[1][0]) < ratio(near[0][0]) + 0.05:
-        return near[0]
-    return near[1] or near[0]
-
-
 def _suggest(key: str, command: str) -> str:
-    # Every name the command knows, those it ignores or takes at their defaults too: `hub_stratgy`
-    # is a misspelt hub_strategy, not save_strategy.
-    here = _closest(key, _names_of(command), set(IGNORED) | set(DUMPED[command]))
-    if here:
-        return f"did you mean {here[0]}?"
-    there = _closest(key, _names_of(_other(command)), set(DUMPED[_other(command)]))
-    if there:
-        return f"did you mean {there[0]} (a {_other(command)} key)?"
-    return "no close name"
+    """The nearest name of either command to a misspelt key, a skipped one (ignored, a dumped
+    default) only where clearly nearer: `hub_stratgy` is hub_strategy, not save_strategy, while
+    `per_device_batch_size` stays per_device_train_batch_size; on a tie, the command's own."""
+    here, there = _names_of(command), _names_of(_other(command))
+    skipped = set(IGNORED) | set(DUMPED[command]) | set(DUMPED[_other(command)])
+    ratio = lambda name: difflib.SequenceMatcher(None, key, name).ratio()
+    used = max((n for n in here | there if ratio(n) >= 0.6), key=lambda n: (ratio(n), n in here, n), default=None)
+    near = max((n for n in skipped if ratio(n) >= 0.6), key=lambda n: (ratio(n), n), default=None)
+    pick = near if near and (used is None or ratio(near) >= ratio(used) + 0.05) else used
+    if pick is None:
+        return "no close name"
+    own = here | set(IGNORED) | set(DUMPED[command])
+    return f"did you mean {pick}?" if pick in own else f"did you mean {pick} (a {_other(command)} key)?"
 
 
 @dataclass

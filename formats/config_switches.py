@@ -31,10 +31,11 @@ def _activation_checkpointing(raw: Mapping[str, Any], out: Resolved) -> None:
         raise InputError(f"activation_checkpointing: {value!r} is not true or false")
     old = out.values.get("gradient_checkpointing")
     if old is not None and old != value:
-        out.notes.append(
-            f"activation_checkpointing: {str(value).lower()} wins over {out.origin['gradient_checkpointing']}: {str(old).lower()}, as transformers 5 reads them"
-        )
+        key = out.origin["gradient_checkpointing"]  # the file's own key and value (disable_... is inverted)
+        out.notes.append(f"activation_checkpointing: {str(value).lower()} wins over {key}: {str(raw[key]).lower()}, as transformers 5 reads them")
         del out.values["gradient_checkpointing"]
+    elif old is None:
+        out.notes.append(f"activation_checkpointing: {str(value).lower()} -> gradient_checkpointing {str(value).lower()} (transformers 5's name; memory only)")
     out.set("gradient_checkpointing", value, "activation_checkpointing")
 
 
@@ -49,19 +50,21 @@ def _precision(raw: Mapping[str, Any], out: Resolved) -> None:
             raise InputError(f"{key}: {value!r} is not true or false")
     if not given:
         return
-    trl_bf16 = "bf16" not in given and given["fp16"] is False and not is_llama_factory(raw)
-    if trl_bf16:  # TRL's KTOConfig: bf16 = not fp16 where bf16 is not set
+    # TRL's KTOConfig: bf16 = not fp16 where bf16 is not set (our own mixed_precision beside it
+    # is the file's choice, which fp16: false need only agree with).
+    trl_bf16 = "bf16" not in given and given["fp16"] is False and not is_llama_factory(raw) and "mixed_precision" not in out.values
+    if trl_bf16:
         given = {"bf16": True, **given}
     if given.get("bf16") and given.get("fp16"):
         raise InputError("bf16: true and fp16: true: choose one (transformers refuses both too)")
     on = next((key for key, value in given.items() if value), None)
     mixed, key = (on, on) if on else ("no", next(iter(given)))
+    key = "fp16" if trl_bf16 else key
     if "mixed_precision" in out.values and out.values["mixed_precision"] != mixed:
         raise InputError(
             f"{out.origin['mixed_precision']}: {out.values['mixed_precision']!r} and {key}: {str(given[key]).lower()} set the same option "
             "(mixed_precision); give one"
         )
-    key = "fp16" if trl_bf16 else key
     out.set("mixed_precision", mixed, key)
     out.newly_read["mixed_precision"] = key
     if trl_bf16:

@@ -225,6 +225,10 @@ def no_eval_set(ctx: click.Context, path: Path, resolved: Resolved, values: dict
             resolved.ratios.pop(name, None)
 
 
+# What a run recorded for an option whose key in the file older versions ignored (Resolved.newly_read).
+OLDER_VALUES = {"mixed_precision": "auto"}
+
+
 def keep_recorded_defaults(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
     """--resume: a value the file left to its tool's defaults takes the run's recorded one. A run
     started before those defaults changed here (warmup, seed, LoRA targets) is then resumed as it
@@ -238,12 +242,14 @@ def keep_recorded_defaults(ctx: click.Context, path: Path, resolved: Resolved, v
     except InputError:
         return  # the resume refuses an unreadable record in its own words
     recorded = (record or {}).get("config", {})
-    for name in sorted(resolved.defaulted | resolved.newly_read.keys()):
+    # A key read since older runs started: bf16/fp16 were ignored, so such a run recorded
+    # mixed_precision auto; it resumes as it trained. Any other recorded value is a choice the
+    # resume compares (and refuses where it differs).
+    before_read = {name for name, was in OLDER_VALUES.items() if name in resolved.newly_read and recorded.get(name) == was}
+    for name in sorted(resolved.defaulted | before_read):
         if name in recorded and ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE and recorded[name] != values.get(name):
-            # A key read since the run started (bf16 was ignored, the run trained with auto)
-            # resumes as the run trained, as a default that changed since does.
-            if name in resolved.newly_read:
-                why = f"{name}: {resolved.newly_read[name]} was not read when the run started: the run's own {recorded[name]!r}, not {values.get(name)!r}"
+            if name in before_read:
+                why = f"{name}: the run was recorded with {recorded[name]!r}, before {resolved.newly_read[name]} was read: resumed so, not {values.get(name)!r}"
             else:
                 why = f"{name} not in the file: the run's own {recorded[name]!r}, not the default {values.get(name)!r}"
             log(f"kto-train: --config {path}: {why}")

@@ -23,6 +23,7 @@ TRL_KTO_CONFIG = {
     "learning_rate": 1e-6,
     "logging_steps": 10,
     "gradient_checkpointing": True,
+    "activation_checkpointing": True,  # transformers 5 mirrors the two names in a real dump
     "bf16": True,
     "train_sampling_strategy": "sequential",
     "model_init_kwargs": None,

@@ -838,3 +838,29 @@ def test_a_misspelt_key_is_matched_against_the_keys_skipped_too(typo, meant):
     with pytest.raises(InputError) as err:
         resolve({typo: 1, "epochs": 1}, TRAIN)
     assert f"did you mean {meant}?" in str(err.value)
+
+
+def test_fp16_false_beside_our_own_mixed_precision_agrees_with_it():
+    """TRL's `bf16 = not fp16` applies where the file gives no mixed_precision of ours: beside
+    `mixed_precision: no`, `fp16: false` agrees with it (it was refused naming a bf16 the file lacks)."""
+    assert resolve({"mixed_precision": "no", "fp16": False, "learning_rate": 1e-6}, TRAIN).values["mixed_precision"] == "no"
+
+
+def test_activation_checkpointing_says_what_it_does_and_names_the_files_value():
+    alone = resolve({"activation_checkpointing": False, "epochs": 1}, TRAIN)
+    assert "activation_checkpointing: false -> gradient_checkpointing false (transformers 5's name; memory only)" in alone.notes
+    lf = resolve({"disable_gradient_checkpointing": True, "activation_checkpointing": True, "stage": "kto"}, TRAIN)
+    assert any("wins over disable_gradient_checkpointing: true" in n for n in lf.notes), lf.notes
+    assert lf.values["gradient_checkpointing"] is True
+
+
+@pytest.mark.parametrize(
+    "typo, meant",
+    [("logging_step", "logging_steps (a kto-train key)"), ("lora_rnak", "lora_rank (a kto-train key)"), ("save_step", "save_steps (a kto-train key)")],
+)
+def test_kto_precompute_suggests_kto_trains_names_over_skipped_ones(typo, meant):
+    """A skipped name (logging_first_step, local_rank, save_safetensors) won over the other command's
+    nearer one."""
+    with pytest.raises(InputError) as err:
+        resolve({typo: 1}, PRECOMPUTE)
+    assert f"did you mean {meant}?" in str(err.value)

@@ -345,10 +345,14 @@ def test_resume_of_a_run_made_before_bf16_was_read_keeps_its_precision(tmp_path,
     result = run(tmp_path, text, "run.yaml", "--resume")
     assert result.exit_code == 0, result.output
     assert captured.pop().mixed_precision == "auto"
-    assert "mixed_precision: bf16 was not read when the run started: the run's own 'auto', not 'bf16'" in result.output
+    assert "mixed_precision: the run was recorded with 'auto', before bf16 was read: resumed so, not 'bf16'" in result.output
     write_run_config(out, {"mixed_precision": "bf16"}, {})
     assert run(tmp_path, text, "run.yaml", "--resume").exit_code == 0 and captured.pop().mixed_precision == "bf16"
     assert run(tmp_path, text, "run.yaml", "--resume", "--mixed-precision", "no").exit_code == 0 and captured.pop().mixed_precision == "no"
+    # A run recorded with another choice than auto is not overridden: the resume compares it
+    # (train/rundir.py refuses a difference), with no line claiming the key was unread.
+    result = run(tmp_path, "fp16: true\nlearning_rate: 1.0e-6\n", "run.yaml", "--resume")
+    assert result.exit_code == 0 and captured.pop().mixed_precision == "fp16" and "before" not in result.output
 
 
 def test_log_every_0_without_an_eval_set_is_no_refusal(tmp_path, captured):
