@@ -316,7 +316,7 @@ code{background:#f4f4f4;padding:0 .2rem}"""
 
 
 def _html(log: RunLog, found: list[str], headers: list[str], rows: list[list], images: dict[str, bytes], sft_note: str | None = None) -> str:
-    e = html.escape
+    e = lambda text: html.escape(printable(text))  # user text: no terminal or bidi controls, no markup
     run = log.path.resolve().parent.name  # the run's own name: the header carries no absolute path
     parts = [
         "<!doctype html>",
@@ -327,7 +327,9 @@ def _html(log: RunLog, found: list[str], headers: list[str], rows: list[list], i
     ]
     if sft_note:
         parts.append(f"<p>{e(sft_note)}.</p>")
-    parts += [f'<p class="warn">warning: {e(w)}</p>' for w in log.warnings]
+    # A warning names the metrics file by its path: the report names it as RUN/NAME, never the
+    # absolute path of the machine it was made on (a report is shared).
+    parts += [f'<p class="warn">warning: {e(w.replace(str(log.path), f"{run}/{log.path.name}"))}</p>' for w in log.warnings]
     parts += ["<h2>Checks</h2><ul>"] + [f"<li>{e(c)}</li>" for c in found] + ["</ul>"]
     parts += ["<h2>Last values</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr>"]
     parts += ["<tr>" + "".join(f"<td>{e(c if isinstance(c, str) else num(c))}</td>" for c in row) + "</tr>" for row in rows]

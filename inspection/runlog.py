@@ -91,8 +91,22 @@ def read_run(run: str | Path) -> RunLog:
         (log.eval if rec.get("split") == "eval" else log.train).append(rec)
     if not (log.train or log.eval):
         why = "it is empty" if not raw.strip() else "no line is a complete metrics record"
-        raise InputError(f"{path}: no metrics to show ({why}); did the run reach its first --log-every step?")
+        raise InputError(f"{path}: no metrics to show ({why}); {_why_no_lines(path.parent)}")
     return log
+
+
+def _why_no_lines(run: Path) -> str:
+    """What an empty metrics.jsonl means for this run: one trained with --log-every 0 and no eval
+    cache writes no line at all; otherwise it stopped before its first logged step."""
+    from kto.formats.runrecord import read_run_config
+
+    try:
+        config = (read_run_config(run) or {}).get("config", {})
+    except InputError:
+        config = {}
+    if config.get("log_every") == 0 and not config.get("eval_cache"):
+        return "the run was trained with --log-every 0 and no --eval-cache, so it writes no metrics lines"
+    return "did the run reach its first --log-every step?"
 
 
 def _trend(log: RunLog, name: str, what: str, split: str = "train") -> str | None:
@@ -130,22 +144,29 @@ def non_finite_metrics(log: RunLog) -> list[str]:
     return out
 
 
+def _kl_line(kl: list[float], kl_raw: list[float], prefix: str) -> str:
+    """Whether the clamped KL estimate sat at 0, and why where its raw estimate never rose above it."""
+    zeros = sum(v == 0 for v in kl)
+    line = f"{prefix}KL estimate (clamped): 0 at {zeros} of {len(kl)} logged steps"
+    if zeros == len(kl) and len(kl) > 1:
+        line += "; stuck at 0"
+        if kl_raw and max(kl_raw) <= 0:
+            line += f" (raw estimate always <= 0, max {max(kl_raw):.3g}: the policy has not moved off the reference on the KL pairs)"
+    return line
+
+
 def checks(log: RunLog) -> list[str]:
     """Sentences answering: are all metrics finite, is the KL stuck at 0, did rewards move the right way?"""
     out = []
     bad = non_finite_metrics(log)
     if bad:
         out.append(f"NON-FINITE metrics (NaN or inf, written as null): {'; '.join(bad)}; the run diverged or its cache holds NaN")
-    _, kl = log.series("kl")
-    _, kl_raw = log.series("kl_raw")
+    split = "train" if log.series("kl")[1] else "eval"  # a run logged with --log-every 0 has eval lines only
+    _, kl = log.series("kl", split)
     if kl:
-        zeros = sum(v == 0 for v in kl)
-        line = f"KL estimate (clamped): 0 at {zeros} of {len(kl)} logged steps"
-        if zeros == len(kl) and len(kl) > 1:
-            line += "; stuck at 0"
-            if kl_raw and max(kl_raw) <= 0:
-                line += f" (raw estimate always <= 0, max {max(kl_raw):.3g}: the policy has not moved off the reference on the KL pairs)"
-        out.append(line)
+        out.append(_kl_line(kl, log.series("kl_raw", split)[1], "" if split == "train" else "eval "))
+    elif any("kl" in rec for rec in log.train + log.eval):
+        out.append("KL estimate: logged, but never finite (see the non-finite metrics above)")
     else:
         out.append("KL estimate: not logged (a loss without a KL term, or no train lines)")
     for split, prefix in (("train", ""), ("eval", "eval ")):

@@ -258,3 +258,39 @@ def test_a_report_folder_of_an_earlier_version_or_a_stopped_report_is_replaced(s
     result = invoke("run", short_run, "--to", stopped)
     assert result.exit_code == 0, result.output
     assert "kto run report" in (stopped / "report.html").read_text()
+
+
+def test_an_eval_only_run_gets_its_kl_checked_and_a_never_finite_kl_is_said_so(tmp_path):
+    """Seen by a bug hunter: a --log-every 0 run (eval lines only) said "KL estimate: not logged"
+    though its eval lines logged kl, so a KL stuck at 0 went unflagged; a kl logged as null at
+    every step read "not logged" right under the non-finite line naming it."""
+    evals = [{**record(s, kl=0.0, kl_raw=-0.5), "split": "eval"} for s in (4, 8)]
+    write_metrics(tmp_path / "metrics.jsonl", evals)
+    r = json.loads(invoke("run", tmp_path, "--json").stdout)
+    assert any(c.startswith("eval KL estimate (clamped): 0 at 2 of 2 logged steps; stuck at 0") for c in r["checks"]), r["checks"]
+    write_metrics(tmp_path / "metrics.jsonl", [record(1, kl=None, kl_raw=None), record(2, kl=None, kl_raw=None)])
+    r = json.loads(invoke("run", tmp_path, "--json").stdout)
+    assert "KL estimate: logged, but never finite (see the non-finite metrics above)" in r["checks"], r["checks"]
+
+
+def test_the_html_report_names_no_absolute_path_and_no_control_character(tmp_path):
+    """A warning named the metrics file by its absolute path in report.html (a report is shared);
+    a run folder's name reached the HTML with its bidi override and control characters."""
+    run = tmp_path / "ctl\u202eevil\x01"
+    run.mkdir()
+    write_metrics(run / "metrics.jsonl", [record(1), record(2)], tail='{"step": 3, "split": "tra')
+    assert invoke("run", run).exit_code == 0
+    page = (run / "report" / "report.html").read_text()
+    assert str(tmp_path) not in page and "\u202e" not in page and "\x01" not in page
+    assert "warning: ctl\\u202eevil\\x01/metrics.jsonl: line 3 is incomplete" in page
+
+
+def test_a_run_trained_to_log_nothing_says_so(tmp_path):
+    """A finished --log-every 0 run without an eval cache was asked whether it reached its first
+    --log-every step; its record says why its metrics.jsonl is empty."""
+    from kto.formats.runrecord import write_run_config
+
+    write_run_config(tmp_path, {"log_every": 0, "eval_cache": None}, {})
+    (tmp_path / "metrics.jsonl").write_text("")
+    result = invoke("run", tmp_path)
+    assert result.exit_code == 2 and "the run was trained with --log-every 0 and no --eval-cache, so it writes no metrics lines" in result.output
