@@ -425,15 +425,18 @@ def _row_examples(
     record: Any, file_name: str, row: int, columns: ColumnMap, sharegpt: ShareGPTMap = ShareGPTMap(), alpaca: AlpacaMap | None = None
 ) -> list[Example]:
     """Detect the row's shape and build its one (or, for paired rows, two) examples; with an
-    `alpaca` map (a --dataset entry of that formatting) every row is read as alpaca."""
+    `alpaca` map (a --dataset entry of that formatting) every row holding one of its columns, or
+    none of a plain shape's, is read as alpaca (a file of another shape beside the entry is read
+    by its own)."""
     source = f"{file_name}: row {row}"
     if not isinstance(record, dict):
         raise InputError(f"{source}: expected an object of named columns, got {kind_name(record)}")
     base_id = base_id_of(record, columns.id, f"{file_name}:{row}", source)
-    if alpaca is not None:
-        return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
     present = {key for key in record if is_present(record, key)}
-    if sharegpt.entry and (present & entry_names(sharegpt) or not present & {columns.prompt, columns.messages}):
+    plain = present & {columns.prompt, columns.messages}  # a plain shape's own columns
+    if alpaca is not None and (present & set(filter(None, alpaca.as_dict().values())) or not plain):
+        return alpaca_examples(record, alpaca, sharegpt, columns.label, base_id, source)
+    if sharegpt.entry and (present & entry_names(sharegpt) or not plain):
         # A dataset_info.json entry's map reads its rows whatever its names (a `messages` column
         # too). A row with none of the entry's columns but a plain shape's own is of another file
         # given beside the entry (--data, --eval-data): read by its shape, as without an entry.

@@ -350,3 +350,21 @@ def test_a_label_column_under_an_entry_reading_kto_tag_is_named(tmp_path):
     assert message.startswith(
         "rows.jsonl: row 1: missing column 'kto_tag' (the entry's kto_tag); a 'label' column is present, but the entry reads only its kto_tag"
     )
+
+
+def test_a_file_of_another_shape_beside_an_alpaca_entry_is_read_by_its_shape(tmp_path):
+    """The alpaca entry's map read every row: `--dataset alpaca_e --data feedback.jsonl` refused
+    the TRL rows (missing 'instruction'). Rows with one of its columns are still its own."""
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"e": {"file_name": "rows.jsonl", "columns": {"kto_tag": "kto_tag"}}}))
+    write_rows(tmp_path / "rows.jsonl", [{"instruction": "Q", "output": "A", "kto_tag": True}, {"instruction": "Q2", "output": "B", "kto_tag": False}])
+    plain = write_rows(tmp_path / "plain.jsonl", [{"prompt": "P", "completion": "C", "label": True}])
+    found = load_datasets("e", tmp_path)
+    examples = read_examples((*found.data, plain), sharegpt=found.sharegpt, alpaca=found.alpaca)
+    assert [(e.label, e.completion if isinstance(e.completion, str) else e.completion[0]["content"]) for e in examples] == [
+        (True, "A"),
+        (False, "B"),
+        (True, "C"),
+    ]
+    write_rows(tmp_path / "rows.jsonl", [{"input": "only", "kto_tag": True}, {"output": "x", "kto_tag": False}])  # the entry's, broken
+    with pytest.raises(InputError, match="instruction"):
+        read_examples(found.data, sharegpt=found.sharegpt, alpaca=found.alpaca)
