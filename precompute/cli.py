@@ -77,7 +77,7 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--device-map", default=None, help="'auto' spreads one model over several GPUs.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache of another configuration in --out.")
 @click.option("--push-to-hub", default=None, help="Upload the finished cache to this hub dataset repo (ORG/NAME).")
-@click.option("--hub-private", is_flag=True, help="Create the --push-to-hub repo private.")
+@click.option("--hub-private/--no-hub-private", default=False, help="Create the --push-to-hub repo private (--no-hub-private: public, over a config file).")
 @click.option("--prompt-column", default="prompt")
 @click.option("--completion-column", default="completion")
 @click.option("--label-column", default="label")

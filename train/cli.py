@@ -85,7 +85,7 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--fsdp", is_flag=True, help="FSDP2 sharding (as accelerate launch --use_fsdp).")
 @click.version_option(package_name="kto-offline", prog_name="kto-train")
 @click.option("--push-to-hub", default=None, help="Upload final/ to this hub model repo (ORG/NAME) at the end.")
-@click.option("--hub-private", is_flag=True, help="Create the --push-to-hub repo private.")
+@click.option("--hub-private/--no-hub-private", default=False, help="Create the --push-to-hub repo private (--no-hub-private: public, over a config file).")
 @click.pass_context
 @one_line_errors("kto-train")
 def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:

@@ -363,3 +363,11 @@ def test_log_every_0_without_an_eval_set_is_no_refusal(tmp_path, captured):
     result = CliRunner().invoke(main, ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o"), "--log-every", "0"])
     assert result.exit_code == 0, result.output
     assert (captured[0].log_every, captured[0].eval_every) == (0, 0)
+
+
+def test_no_hub_private_on_the_command_line_wins_over_the_file(tmp_path, captured):
+    """A file's hub_private_repo: true could not be turned off: --hub-private had no --no- form."""
+    text = "push_to_hub: true\nhub_model_id: org/x\nhub_private_repo: true\nlearning_rate: 1.0e-6\n"
+    result = run(tmp_path, text, "run.yaml", "--no-hub-private")
+    assert result.exit_code == 0, result.output
+    assert (captured[-1].push_to_hub, captured[-1].hub_private) == ("org/x", False)
