@@ -31,7 +31,7 @@ from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import CacheContent, same_model
 from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
-from .tokenize import is_staging_name
+from .tokenize import is_staging_name, staging_files
 
 # Ours by name: the lock (held while we write; formats/lock.py refuses one that is not a plain
 # file), kto-train's verification stamps (shards and tokenizer check). The journal is ours only
@@ -292,11 +292,6 @@ def replace_out(outs: dict[str, Path], contents: dict, layout: dict, stale: list
             Journal(out).start(contents[name].fingerprint, layout, contents[name].to_json())
 
     on_main(replace, state)
-
-
-def staging_files(out: Path) -> set[Path]:
-    """The staging files in `out` (none where it does not exist)."""
-    return {p for p in (out.iterdir() if out.is_dir() else ()) if is_staging_name(p.name) and p.is_file() and not p.is_symlink()}
 
 
 def remove_staging(out: Path, keep: set[Path]) -> None:

@@ -44,12 +44,12 @@ from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
 from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
-from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout, staging_files
+from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_vocabulary, shard_values
 from .progress import Progress
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
-from .tokenize import completions_without_eos, leading_bos_id, stage, staging_path, staging_schema, stop_ids, tokenize_example
+from .tokenize import completions_without_eos, leading_bos_id, stage, staging_files, staging_path, staging_schema, stop_ids, tokenize_example
 
 
 def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> CacheContent:

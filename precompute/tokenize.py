@@ -400,6 +400,11 @@ def staging_path(out: Path, key: str) -> Path:
     return Path(out) / f"{PREFIX}{key[:24]}.arrow"
 
 
+def staging_files(out: Path) -> set[Path]:
+    """The staging files in `out` (none where it does not exist)."""
+    return {p for p in (out.iterdir() if out.is_dir() else ()) if is_staging_name(p.name) and p.is_file() and not p.is_symlink()}
+
+
 def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, keep: Sequence[Path] = ()) -> Path:
     """Tokenize every example into `path` (the caller looked for a complete one first, and every
     rank took the main process's answer: pipeline.stage_rows). Other staging files are removed
@@ -421,9 +426,8 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
             if writer is not None:
                 writer.close()
     if main:
-        for old in path.parent.glob(f"{PREFIX}*.arrow"):
-            if old != path and old not in keep:
-                old.unlink()  # made for another configuration: useless now
+        for old in staging_files(path.parent) - {path, *keep}:
+            old.unlink()  # made for another configuration: useless now
     if state is not None:
         state.wait_for_everyone()
     return path
