@@ -83,6 +83,13 @@ def same_value(a: Any, b: Any) -> bool:
         return False
 
 
+def file_switch(key: str, value: Any) -> bool:
+    """A config file's true/false key (YAML's bool), or a one-line refusal naming it."""
+    if not isinstance(value, bool):
+        raise InputError(f"{key}: {value!r} is not true or false")
+    return value
+
+
 def switch_value(value: Any) -> bool | None:
     """A switch's value: a Python bool, or numpy's (np.True_, from a DataFrame cell or a mask,
     which is no Python bool), as that bool; None for anything else (1, "no")."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config_dumped import DUMPED, dumped_key
-from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, same_value
+from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, file_switch, same_value
 from .config_resolved import Resolved
 from .config_schedule import eval_schedule, evaluates, save_schedule, save_strategy
 from .config_switches import is_llama_factory, transformers_switches
@@ -134,9 +134,7 @@ def _disable_gradient_checkpointing(value: Any, command: str, out: Resolved) -> 
 
 def _set_inverted(key: str, ours: str, value: Any, out: Resolved) -> None:
     """A `disable_X: true/false` key of theirs as our option of the opposite sense."""
-    if not isinstance(value, bool):
-        raise InputError(f"{key}: {value!r} is not true or false")
-    out.set(ours, not value, key)
+    out.set(ours, not file_switch(key, value), key)
 
 
 MAPPED: dict[str, dict[str, Callable[..., None]]] = {

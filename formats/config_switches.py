@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config_keys import ALIASES, LF, PRECOMPUTE, TRAIN
+from .config_keys import ALIASES, LF, PRECOMPUTE, TRAIN, file_switch
 from .config_resolved import Resolved
 from .errors import InputError
 
@@ -27,8 +27,7 @@ def _activation_checkpointing(raw: Mapping[str, Any], out: Resolved) -> None:
     value = raw.get("activation_checkpointing")
     if value is None:
         return
-    if not isinstance(value, bool):
-        raise InputError(f"activation_checkpointing: {value!r} is not true or false")
+    file_switch("activation_checkpointing", value)
     old = out.values.get("gradient_checkpointing")
     if old is not None and old != value:
         key = out.origin["gradient_checkpointing"]  # the file's own key and value (disable_... is inverted)
@@ -46,8 +45,7 @@ def _precision(raw: Mapping[str, Any], out: Resolved) -> None:
         out.values["mixed_precision"] = "no"  # YAML 1.1 reads an unquoted `no` as false
     given = {key: raw[key] for key in ("bf16", "fp16") if raw.get(key) is not None}
     for key, value in given.items():
-        if not isinstance(value, bool):
-            raise InputError(f"{key}: {value!r} is not true or false")
+        file_switch(key, value)
     if not given:
         return
     # TRL's KTOConfig: bf16 = not fp16 where bf16 is not set (our own mixed_precision beside it
