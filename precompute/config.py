@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
-import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kto.formats.cache import refuse_inside_others
 from kto.formats.compute.numerics import NAMES as DTYPES
-from kto.formats.config_keys import switch_value
+from kto.formats.config_types import check_field_types
 from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
 from kto.precompute.inputs.alpaca import AlpacaMap
@@ -33,10 +30,6 @@ INT_RANGES = {
     "rows_per_shard": (1, INT32_MAX),
     "chunk_size": (1, INT32_MAX),
 }
-FLOATS = ("eval_fraction",)
-FLAGS = ("store_token_logps", "prefix_sharing", "trust_remote_code", "overwrite", "hub_private")
-PATHS = ("out", "chat_template")  # and each of data's and eval_data's
-TEXTS = ("model", "dtype", "attn_implementation", "device_map", "push_to_hub")
 
 
 @dataclass(frozen=True)
@@ -103,7 +96,9 @@ class PrecomputeConfig:
     def __post_init__(self):
         from .templates import parse_kwargs
 
-        self._check_types()
+        # Every field as its annotation says (formats/config_types.py, as TrainConfig's); the
+        # template kwargs are JSON text or a mapping, which parse_kwargs checks.
+        check_field_types(self, text_paths=("model",), skip=("chat_template_kwargs",))
         object.__setattr__(self, "chat_template_kwargs", parse_kwargs(self.chat_template_kwargs))
         if self.max_prompt_length is None:
             object.__setattr__(self, "max_prompt_length", self.max_length // 2)
@@ -126,57 +121,6 @@ class PrecomputeConfig:
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise InputError(f"--out {self.out}: is a file, not a directory")
         refuse_inside_others(Path(self.out))
-
-    def _check_types(self) -> None:
-        """The Python API's values as strict as the CLI's: a whole number (not True, 64.7 or a
-        list) for each integer setting, a number (not a bool) for a fraction, True/False for a
-        switch. numpy integers are taken, as Python ints (the manifest is JSON)."""
-        for name in INT_RANGES:
-            value = getattr(self, name)
-            if value is None and self._optional(name):
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise InputError(f"--{_flag(name)} {value!r}: expected a whole number")
-            object.__setattr__(self, name, int(value))
-        for name in FLOATS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise InputError(f"--{_flag(name)} {value!r}: expected a number")
-            object.__setattr__(self, name, float(value))  # as click gives --eval-fraction 0
-        for name in FLAGS:
-            if switch_value(getattr(self, name)) is None:
-                raise InputError(f"--{_flag(name)} {getattr(self, name)!r}: expected True or False")
-            object.__setattr__(self, name, switch_value(getattr(self, name)))  # np.True_ as True (the manifest is JSON)
-        self._check_paths()
-
-    def _check_paths(self) -> None:
-        """Paths as the CLI gives them, Path objects, from text or any os.PathLike: `out` as text
-        was an AttributeError in the pipeline, after the model had loaded. --model is text (a hub
-        id, or a local directory, which may be given as a Path)."""
-        for name in ("data", "eval_data"):  # one path given alone is one input, not its letters
-            value = getattr(self, name)
-            if not isinstance(value, (str, os.PathLike)) and (isinstance(value, (bytes, dict)) or not isinstance(value, Iterable)):
-                raise InputError(f"--{_flag(name)} {value!r}: expected a path or a list of paths")
-            object.__setattr__(self, name, tuple(_path(name, v) for v in ((value,) if isinstance(value, (str, os.PathLike)) else value)))
-        for name in PATHS:
-            if getattr(self, name) is not None or not self._optional(name):
-                object.__setattr__(self, name, _path(name, getattr(self, name)))
-        if isinstance(self.model, os.PathLike):
-            object.__setattr__(self, "model", os.fspath(self.model))
-        for name in TEXTS:
-            value = getattr(self, name)
-            if not isinstance(value, str) and not (value is None and self._optional(name)):
-                raise InputError(f"--{_flag(name)} {value!r}: expected text")
-
-    @classmethod
-    def _optional(cls, name: str) -> bool:
-        return next(f for f in fields(cls) if f.name == name).default is None
-
-
-def _path(name: str, value: object) -> Path:
-    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
-        raise InputError(f"--{_flag(name)} {value!r}: expected a path")
-    return Path(value)
 
 
 def _flag(name: str) -> str:

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-import os
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from kto.formats import config_file
 from kto.formats.compute.numerics import WEIGHT_DTYPES
-from kto.formats.config_keys import switch_value
+from kto.formats.config_types import check_field_types
 from kto.formats.errors import InputError
 from kto.formats.hub import check_repo_id
 
@@ -39,9 +36,6 @@ SCHEDULES = (
 KL_SCOPES = ("step", "microbatch")
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
 DTYPES = WEIGHT_DTYPES
-# What a field's annotated type takes (check_types), said in its refusal: a value of the type the
-# CLI gives (click's int, float, bool, Path, str; a mapping for --lr-schedule-kwargs).
-EXPECTED = {int: "a whole number", float: "a number", bool: "True or False", Path: "a path", str: "text", dict: "a JSON object"}
 TEXT_PATHS = ("model",)  # text, a local directory given as a Path included
 
 
@@ -215,51 +209,12 @@ class TrainConfig:
 
 
 def check_types(cfg: TrainConfig) -> None:
-    """The Python API's values as strict as the CLI's, before any range is checked: each field
-    takes what its annotation says (`int | None`: a whole number or None), as PrecomputeConfig's
-    _check_types. A whole number is not True or 2.0; a number (an int too, kept as a float, as
-    click gives it) is not True or "1e-6"; a switch is True or False, not "no"; a path is a str
-    or os.PathLike, kept as a Path. numpy numbers are taken as Python's (the run record is JSON)."""
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name in TEXT_PATHS and isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        if f.name == "lora_target_modules" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            value = ",".join(value)  # a list, as peft takes it and a --config file may write it
-        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
-        object.__setattr__(cfg, f.name, _typed(f.name, value, kinds))
-
-
-def _typed(name: str, value: object, kinds: tuple) -> object:
-    """`value` as one of the types `kinds`, or a one-line refusal naming the flag."""
-    if value is None and type(None) in kinds:
-        return None
-    if switch_value(value) is not None:  # a bool is no whole number or number here
-        if bool in kinds:
-            return switch_value(value)
-    elif int in kinds and isinstance(value, numbers.Integral):
-        return int(value)
-    elif float in kinds and isinstance(value, numbers.Real):
-        return float(value)
-    elif Path in kinds and isinstance(value, (str, os.PathLike)):
-        return Path(value)
-    elif str in kinds and isinstance(value, str):
-        return value
-    elif dict in kinds and isinstance(value, dict):
-        return value
-    elif any(k not in EXPECTED and isinstance(value, typing.get_origin(k) or k) for k in kinds):
-        return value  # a type added later with no word here: checked, said by its name below
-    raise InputError(f"--{_flag(name)} {value!r}: expected {_expected(kinds)}")
-
-
-def _expected(kinds: tuple) -> str:
-    """What a field takes, in words: 'a whole number', 'True, False or a path' (None unsaid)."""
-    words = [EXPECTED.get(k, getattr(k, "__name__", str(k))) for k in kinds if k is not type(None)]
-    if len(words) == 1:
-        return words[0]
-    words = [w.replace(" or ", ", ") for w in words]  # bool | Path: True, False or a path
-    return ", ".join(words[:-1]) + " or " + words[-1]
+    """Every field as its annotation says (formats/config_types.py, as PrecomputeConfig's). A
+    list of module names, as peft takes it and a --config file may write it, is taken as text."""
+    targets = cfg.lora_target_modules
+    if isinstance(targets, (list, tuple)) and all(isinstance(v, str) for v in targets):
+        object.__setattr__(cfg, "lora_target_modules", ",".join(targets))
+    check_field_types(cfg, text_paths=TEXT_PATHS)
 
 
 def _flag(name: str) -> str:

@@ -113,6 +113,11 @@ def test_a_config_key_out_of_range_is_refused_before_anything_is_written(tmp_pat
         ({"chat_template": True}, "--chat-template True: expected a path"),
         ({"data": ("a.jsonl", 7)}, "--data 7: expected a path"),
         ({"model": None}, "--model None: expected text"),
+        # The column maps are checked too (formats/config_types.py, one checker for both
+        # commands): a wrong type was taken here, to fail wherever it was first used.
+        ({"columns": 5}, "--columns 5: expected ColumnMap"),
+        ({"sharegpt": None}, "--sharegpt None: expected ShareGPTMap"),
+        ({"alpaca": "alpaca"}, "--alpaca 'alpaca': expected AlpacaMap"),
         ({"max_length": 2**31}, "--max-length 2147483648: must be in [2, 2**31)"),
         ({"seed": 2**32}, "--seed 4294967296: must be in [0, 2**32)"),
         ({"batch_tokens": 0}, "--batch-tokens 0: must be in [1, 2**31)"),
