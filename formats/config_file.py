@@ -42,8 +42,7 @@ def read_mapping(path: str | Path) -> dict:
     except InputError:
         raise
     except Exception as exc:  # yaml and tomllib raise their own types
-        detail = " ".join(str(exc).split())
-        raise InputError(f"--config {path}: not valid {'TOML' if is_toml else 'YAML'} ({detail})") from exc
+        raise InputError(f"--config {path}: not valid {'TOML' if is_toml else 'YAML'} ({_parse_error(exc)})") from exc
     if not isinstance(raw, dict):
         raise InputError(f"--config {path}: expected a mapping of flag names to values")
     out: dict = {}
@@ -76,6 +75,18 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
     resolved.notes = [f"--config {path}: {note}" for note in resolved.notes]
     resolved.default_notes = {name: f"--config {path}: {note}" for name, note in resolved.default_notes.items()}
     return resolved
+
+
+def _parse_error(exc: Exception) -> str:
+    """A parser's complaint with its line and column, without the line itself, which PyYAML
+    quotes: that line may hold a secret (`hub_token: hf_...`), and the error is printed and logged."""
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        said = ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))
+        parts = [f"{words} at line {mark.line + 1}, column {mark.column + 1}" for words, mark in said if words and mark]
+        return "; ".join(parts) or type(exc).__name__
+    return " ".join(str(exc).split())
 
 
 def _load_yaml(text: str, path: Path):

@@ -79,3 +79,26 @@ def test_a_key_given_twice_is_refused_not_overwritten(tmp_path, name, text, mess
     with pytest.raises(InputError) as err:
         load_config_file(path, KNOWN)
     assert str(err.value) == f"--config {path}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.yaml", "lr: 1e-6\nhub_token: hf_SECRET: x\n", "not valid YAML (mapping values are not allowed here at line 2, column 21)"),
+        (
+            "b.yaml",
+            'hub_token: "hf_SECRET\n',
+            "not valid YAML (while scanning a quoted scalar at line 1, column 12; found unexpected end of stream at line 2, column 1)",
+        ),
+        ("c.toml", "lr = 1e-6\nhub_token = hf_SECRET\n", "not valid TOML (Invalid value (at line 2, column 13))"),
+    ],
+)
+def test_a_parse_error_names_the_place_and_never_echoes_the_line(tmp_path, name, text, message):
+    """PyYAML's own message quotes the offending line, which may hold a hub token; the refusal is
+    printed and logged, so it gives the line and column only."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError) as refused:
+        load_config_file(path, ["lr", "hub_token"])
+    assert str(refused.value) == f"--config {path}: {message}"
+    assert "SECRET" not in str(refused.value)
