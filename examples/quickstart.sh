@@ -34,9 +34,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 demo = sys.argv[1]
 cache = pl.scan_ipc(f"{demo}/cache/*.arrow")
 print(cache.group_by("label").agg(pl.len().alias("rows"), pl.col("ref_logp").mean().alias("mean_ref_logp")).sort("label").collect())
-metrics = pl.read_ndjson(f"{demo}/run/metrics.jsonl")
+# infer_schema_length=None: a metric can be null (no undesirable row in the window) for more
+# than the 100 lines polars types a column from by default.
+metrics = pl.read_ndjson(f"{demo}/run/metrics.jsonl", infer_schema_length=None)
 print(metrics.select("step", "split", "loss", "kl", "rewards/margins"))
-print(pl.read_ndjson(f"{demo}/run-lora/metrics.jsonl").select("step", "loss", "kl", "rewards/chosen", "rewards/margins"))
+print(pl.read_ndjson(f"{demo}/run-lora/metrics.jsonl", infer_schema_length=None).select("step", "loss", "kl", "rewards/chosen", "rewards/margins"))
 tok = AutoTokenizer.from_pretrained(f"{demo}/run/final")
 model = AutoModelForCausalLM.from_pretrained(f"{demo}/run/final")
 prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of Japan?"}], tokenize=False, add_generation_prompt=True)
