@@ -55,6 +55,19 @@ def regular_file(path: str | os.PathLike, what: str | None = None) -> Path:
     return Path(path)
 
 
+def output_dir(path: str | os.PathLike, what: str) -> None:
+    """InputError `WHAT: ...` when `path` cannot become a directory: it, or a folder above it, is
+    a file, or a symbolic link to nothing (mkdir says only "File exists" of such a link)."""
+    for p in (Path(path), *Path(path).parents):
+        if p.is_symlink() and not p.exists():
+            which = "" if p == Path(path) else f"{p}, above it, is "
+            raise InputError(f"{what}: {which}a symbolic link to {os.readlink(p)}, which does not exist; create that directory or give another path")
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"{what}: {'is a file' if p == Path(path) else f'{p}, above it, is a file'}, not a directory")
+            return
+
+
 def regular_tree(root: str | os.PathLike, what: str | None = None) -> list[Path]:
     """Every file under the directory `root`, sorted; InputError if any entry (after symlinks)
     is neither a regular file nor a directory."""

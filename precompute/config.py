@@ -9,6 +9,7 @@ from kto.formats.cache import refuse_inside_others
 from kto.formats.compute.numerics import NAMES as DTYPES
 from kto.formats.config_types import check_field_types
 from kto.formats.errors import InputError
+from kto.formats.files import output_dir
 from kto.formats.hub import check_repo_id
 from kto.precompute.inputs.alpaca import AlpacaMap
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
@@ -118,8 +119,7 @@ class PrecomputeConfig:
             check_repo_id(self.push_to_hub)
         elif self.hub_private:
             raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise InputError(f"--out {self.out}: is a file, not a directory")
+        output_dir(self.out, f"--out {self.out}")
         refuse_inside_others(Path(self.out))
 
 

@@ -13,6 +13,7 @@ from kto.formats import config_file
 from kto.formats.compute.numerics import WEIGHT_DTYPES
 from kto.formats.config_types import check_field_types
 from kto.formats.errors import InputError
+from kto.formats.files import output_dir
 from kto.formats.hub import check_repo_id
 
 from .loss_type import LossType
@@ -200,8 +201,7 @@ class TrainConfig:
             check_repo_id(self.push_to_hub)
         elif self.hub_private:
             raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
-        if self.out.exists() and not self.out.is_dir():
-            raise InputError(f"--out {self.out}: is a file, not a directory")
+        output_dir(self.out, f"--out {self.out}")
 
     @property
     def loss_type(self) -> LossType:
