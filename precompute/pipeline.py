@@ -34,9 +34,10 @@ from kto.formats import schema as S
 from kto.formats.atomic import atomic_dir
 from kto.formats.cache import ArrowFile
 from kto.formats.compute.logprob import input_device
-from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, resolve_source, tokenizer_identity
+from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, model_skeleton, resolve_source, tokenizer_identity
 from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.compute.scoring import default_batch_tokens, plan_scoring, score_sequences
+from kto.formats.compute.shared_prefix import packing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
@@ -184,6 +185,20 @@ def _with_batch_budget(cfg: PrecomputeConfig, device: torch.device) -> Precomput
     return replace(cfg, batch_tokens=resumed or default_batch_tokens(device))
 
 
+def _with_sharing_the_model_allows(cfg: PrecomputeConfig, source, state) -> PrecomputeConfig:
+    """Prefix sharing off, said in one line, for a model whose layers would mix a pack's
+    completions (shared_prefix.py packing_refusal): decided from its config before the layout is
+    recorded, so the manifest says what ran and a rerun decides the same."""
+    if not cfg.prefix_sharing:
+        return cfg
+    reason = packing_refusal(model_skeleton(source, trust_remote_code=cfg.trust_remote_code))
+    if reason is None:
+        return cfg
+    if state.is_main_process:
+        log(f"note: prefix sharing off: {reason}; each sequence is scored whole (the same numbers, no tokens saved)")
+    return replace(cfg, prefix_sharing=False)
+
+
 def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=None) -> list[Manifest]:
     started = time.perf_counter()
     source = resolve_source(cfg.model)
@@ -193,6 +208,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     install_template(tokenizer, template)
     numerics = parse_numerics(cfg.dtype, state.device)
     cfg = _with_batch_budget(cfg, state.device)
+    cfg = _with_sharing_the_model_allows(cfg, source, state)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)
     outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 or cfg.eval_data else {})}
     contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}

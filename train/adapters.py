@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase
 
-    from kto.formats.compute.models import ModelSource
-
     from .config import TrainConfig
 
 MERGED_DIR = "final-merged"
@@ -127,20 +125,11 @@ def check_environment(cfg: TrainConfig, device_type: str) -> None:
     quantization_config(cfg, device_type)
 
 
-def check_model(cfg: TrainConfig, source: ModelSource) -> None:
-    """Before --out is touched and any weight is read: the LoRA targets exist in --model. The
-    model is built from its config on the meta device (no weights read)."""
-    if not enabled(cfg):
-        return
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from kto.formats.compute.gguf_once import gguf_loads
-
-    with gguf_loads(source.gguf_file):  # the model's load reuses this parse of a GGUF file
-        config = AutoConfig.from_pretrained(source.directory, trust_remote_code=cfg.trust_remote_code, **source.load_kwargs)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
-    target_modules(cfg, skeleton)
+def check_model(cfg: TrainConfig, skeleton: torch.nn.Module) -> None:
+    """Before --out is touched and any weight is read: the LoRA targets exist in --model, built
+    from its config on the meta device (formats/compute/models.py model_skeleton)."""
+    if enabled(cfg):
+        target_modules(cfg, skeleton)
 
 
 def lora_config(cfg: TrainConfig, lm: torch.nn.Module) -> LoraConfig:

@@ -16,7 +16,8 @@ import torch
 
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
-from kto.formats.compute.models import ModelSource, check_cache_tokenizer, model_identity, resolve_source
+from kto.formats.compute.models import ModelSource, check_cache_tokenizer, model_identity, model_skeleton, resolve_source
+from kto.formats.compute.shared_prefix import packing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import same_model
 from kto.formats.memory import MemoryMeter
@@ -155,7 +156,9 @@ def check_inputs(cfg: TrainConfig) -> Run:
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
-    adapters.check_model(cfg, source)
+    skeleton = model_skeleton(source, trust_remote_code=cfg.trust_remote_code) if adapters.enabled(cfg) or cfg.prefix_sharing else None
+    adapters.check_model(cfg, skeleton)
+    packs = cfg.prefix_sharing and packs_allowed(skeleton, accelerator)
     eval_cache = open_eval_cache(cfg, cache)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
@@ -184,7 +187,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
         shape=shape,
         steps_per_epoch=per_epoch,
         total_steps=total_steps,
-        settings=loss_settings(cfg),
+        settings=loss_settings(cfg, packs),
         record={"config": config_record(cfg), "derived": derived},
         is_reference=manifest.content.scored_with(identity),
         started=started,
@@ -215,9 +218,20 @@ def rendered_with(cache: ShardedCache, accelerator: Accelerator) -> str | None:
     return None
 
 
-def loss_settings(cfg: TrainConfig) -> LossSettings:
+def packs_allowed(skeleton: torch.nn.Module, accelerator: Accelerator) -> bool:
+    """Whether --model's layers let the steps score packs (shared_prefix.py packing_refusal);
+    when not, one line says so and every sequence is scored whole. The epoch plan still keeps a
+    prompt's rows together: it changes no number, and a resumed run plans the same."""
+    reason = packing_refusal(skeleton)
+    if reason is not None:
+        log(f"note: prefix sharing off in the steps: {reason}; each sequence is scored whole (the same numbers)", accelerator)
+    return reason is None
+
+
+def loss_settings(cfg: TrainConfig, packs: bool = True) -> LossSettings:
     """The step's settings; the policy pass does not share prefixes under gradient checkpointing
-    (train/step.py LossSettings says why)."""
+    (train/step.py LossSettings says why), and neither pass does for a model whose layers would
+    mix a pack's completions (`packs`: packs_allowed)."""
     return LossSettings(
         cfg.beta,
         cfg.desirable_weight,
@@ -225,8 +239,8 @@ def loss_settings(cfg: TrainConfig) -> LossSettings:
         cfg.loss_type,
         cfg.sft_weight,
         cfg.kl_scope,
-        kl_prefix_sharing=cfg.prefix_sharing,
-        policy_prefix_sharing=cfg.prefix_sharing and not cfg.gradient_checkpointing,
+        kl_prefix_sharing=cfg.prefix_sharing and packs,
+        policy_prefix_sharing=cfg.prefix_sharing and packs and not cfg.gradient_checkpointing,
     )
 
 

@@ -120,6 +120,22 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
     return tok
 
 
+def model_skeleton(source: ModelSource, *, trust_remote_code: bool = False, flag: str = "--model") -> PreTrainedModel:
+    """`source`'s model built from its config on the meta device: its modules and config, no
+    weight read, for the checks made before --out is touched (LoRA targets, prefix sharing). A
+    GGUF file's parse is kept for the model's load (gguf_once)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with gguf_loads(source.gguf_file):
+            config = AutoConfig.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise InputError(f"{flag} {source.directory}: cannot build the model from its config ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+
+
 def _unreadable_json_in(directory: Path) -> InputError | None:
     """`PATH: unreadable (why)` for the first JSON file in `directory` that does not parse."""
     for path in sorted(Path(directory).glob("*.json")):

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -316,11 +316,13 @@ _CAUSAL_WITHOUT_MASK = ("sdpa", "flash_attention_2", "flash_attention_3", "flash
 @dataclass(frozen=True)
 class _Gather:
     """What the attention function needs besides q, k, v: the batch's indices and the attention
-    the model was loaded with (called on the gathered plain sequences)."""
+    the model was loaded with (called on the gathered plain sequences); `calls` counts the layers
+    that called it in one forward (shared_prefix_attention checks them against the model's)."""
 
     gather_index: tuple[torch.Tensor, ...]
     scatter_index: torch.Tensor
     inner: str
+    calls: list = field(default_factory=list)
 
 
 def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather: _Gather, **kwargs):
@@ -332,6 +334,7 @@ def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather
     model's own attention runs on them exactly as on a plain batch, and each packed row takes its
     output back. `attention_mask` is a placeholder (see `shared_prefix_attention`) and unused.
     """
+    kto_gather.calls.append(module)
     scatter = kto_gather.scatter_index.to(query.device)
     # The pack's position ids describe the packed row, not the gathered ones: a flash kernel
     # would read them as sequence boundaries. Each gathered row is one plain causal sequence.
@@ -381,6 +384,32 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.index_select(0, index.reshape(-1)).view(*index.shape, h, d).transpose(1, 2)
 
 
+# Kinds of a config's `layer_types` whose only token mixing is causal attention (sliding or not):
+# any other (conv, mamba, linear_attention, chunked_attention…) would mix a pack's completions.
+_ATTENTION_LAYERS = ("full_attention", "sliding_attention")
+
+
+def packing_refusal(lm: torch.nn.Module) -> str | None:
+    """Why `lm` cannot score packs, or None. Packing is exact only when every layer mixes tokens
+    by attention alone, through transformers' attention interface, which it replaces: a model
+    that calls its own attention (Bloom, Falcon, Jamba), a convolution over tokens (LFM2, Mamba
+    and its hybrids, Qwen3-Next) or linear attention would let a pack's completions see each
+    other, and its log-probs came out wrong without a word (by 5e-5 to 7.5e-3 per token on tiny
+    random models, where plain scoring agrees to 0). Read from the model's class, config and modules, so a
+    meta-device skeleton (models.py model_skeleton) answers before any weight is read."""
+    name = type(lm).__name__
+    if not getattr(lm, "_supports_attention_backend", False):
+        return f"{name} does not run its attention through transformers' attention interface, which packing replaces"
+    config = lm.config.get_text_config()
+    kinds = sorted(set(getattr(config, "layer_types", None) or ()) - set(_ATTENTION_LAYERS))
+    if kinds:
+        return f"{name} has {', '.join(map(str, kinds))} layers, which mix tokens outside causal attention"
+    conv = next((m for m in lm.get_decoder().modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
+    if conv is not None:
+        return f"{name} convolves over tokens ({type(conv).__name__})"
+    return None
+
+
 # Config keys of masks other than causal (+ a sliding window, which `_attention` builds): chunked
 # attention (Llama 4) and bidirectional attention would need their own mask on the gathered rows.
 _OTHER_MASKS = ("attention_chunk_size", "use_bidirectional_attention")
@@ -404,6 +433,9 @@ def shared_prefix_attention(lm: torch.nn.Module, batch: PackedBatch) -> Iterator
         raise InputError(
             f"--prefix-sharing supports the attention implementations sdpa, eager and flash_attention_*, not {sorted(inner)}; use --no-prefix-sharing"
         )
+    reason = packing_refusal(lm)
+    if reason is not None:
+        raise InputError(f"--prefix-sharing: {reason}; use --no-prefix-sharing")
     _refuse_other_masks(configs.values())
     from transformers import AttentionInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -413,9 +445,18 @@ def shared_prefix_attention(lm: torch.nn.Module, batch: PackedBatch) -> Iterator
     (name,) = inner
     for c in configs.values():
         c._attn_implementation = ATTENTION_NAME
+    gather = _Gather(batch.gather_index, batch.scatter_index, name)
     try:
         placeholder = torch.zeros((batch.input_ids.shape[0], 1, 1, 1), device=batch.input_ids.device)
-        yield {"attention_mask": placeholder, "kto_gather": _Gather(batch.gather_index, batch.scatter_index, name)}
+        yield {"attention_mask": placeholder, "kto_gather": gather}
     finally:
         for c in configs.values():
             c._attn_implementation = name
+    # The last guard, for a layer that mixes tokens some way packing_refusal does not know: every
+    # layer must have attended through the gathered rows, once.
+    layers = lm.config.get_text_config().num_hidden_layers
+    if len(gather.calls) != layers:
+        raise InputError(
+            f"--prefix-sharing: {type(lm).__name__} attended through the packed layout in {len(gather.calls)} of its {layers} layers; "
+            "the others would mix a pack's completions; use --no-prefix-sharing"
+        )

@@ -1,0 +1,127 @@
+"""Prefix sharing on models whose layers mix tokens outside attention. Packing puts a prompt's
+completions back to back in one row and reroutes only attention; a convolution over tokens
+(LFM2, Mamba and its hybrids, Qwen3-Next), linear attention, or an attention that does not go
+through transformers' attention interface (Bloom, Falcon) then lets a completion see the ones
+before it. Those models' log-probs came out of kto-precompute's default run wrong without a word
+(LFM2 5.4e-5, Jamba 1.2e-4, Falcon-H1 3.0e-4, Qwen3-Next 7.5e-3 per token off plain scoring on
+tiny random models); Bloom, Falcon and Mamba ended in a traceback. Now both commands score such
+a model whole, saying so in one line, and the packed forward refuses it as a last guard."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+import torch
+from conftest import make_cache, metrics, precompute_args, run_train, text_rows, tiny_llama, write_rows
+
+from kto.formats.compute.logprob import CompletionLogps
+from kto.formats.compute.shared_prefix import make_packed_batch, packing_refusal
+from kto.formats.errors import InputError
+
+TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def lfm2(**extra):
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    return Lfm2ForCausalLM(Lfm2Config(**{**TINY, **extra}, layer_types=["conv", "full_attention"]))
+
+
+def on_meta(build):
+    with torch.device("meta"):
+        return build()
+
+
+def test_models_whose_layers_mix_tokens_outside_attention_are_named_with_why():
+    from transformers import (
+        BloomConfig,
+        BloomForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        MambaConfig,
+        MambaForCausalLM,
+        MiniMaxConfig,
+        MiniMaxForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    assert packing_refusal(on_meta(lfm2)) == "Lfm2ForCausalLM has conv layers, which mix tokens outside causal attention"
+    minimax = on_meta(lambda: MiniMaxForCausalLM(MiniMaxConfig(**TINY, head_dim=8, layer_types=["linear_attention", "full_attention"], num_local_experts=2)))
+    assert packing_refusal(minimax) == "MiniMaxForCausalLM has linear_attention layers, which mix tokens outside causal attention"
+    for model in (on_meta(lambda: BloomForCausalLM(BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4))),
+                  on_meta(lambda: MambaForCausalLM(MambaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=4)))):  # fmt: skip
+        assert packing_refusal(model) == f"{type(model).__name__} does not run its attention through transformers' attention interface, which packing replaces"
+    # Causal attention alone, through the interface: packed, as before.
+    assert packing_refusal(on_meta(lambda: tiny_llama(vocab_size=97))) is None
+    assert packing_refusal(on_meta(lambda: Qwen2ForCausalLM(Qwen2Config(**TINY)))) is None
+    assert packing_refusal(on_meta(lambda: GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4)))) is None
+
+
+class TokenwiseMixer(torch.nn.Module):
+    """Stands in for a layer that mixes tokens without calling attention (the guard must not
+    need to know how): a running mean over the sequence."""
+
+    def forward(self, hidden_states, **kwargs):
+        steps = torch.arange(1, hidden_states.shape[1] + 1, device=hidden_states.device)[None, :, None]
+        return hidden_states.cumsum(1) / steps, None
+
+
+def test_a_layer_that_never_attends_is_refused_by_the_packed_forward_itself():
+    lm = tiny_llama(vocab_size=97).eval()
+    lm.model.layers[1].self_attn = TokenwiseMixer()
+    batch = make_packed_batch([[5, 6, 7]], [[[8, 9], [10, 11]]], pad_id=0)
+    with pytest.raises(
+        InputError, match=r"^--prefix-sharing: LlamaForCausalLM attended through the packed layout in 1 of its 2 layers; .*use --no-prefix-sharing$"
+    ):
+        with torch.no_grad():
+            CompletionLogps(lm).forward_packed(batch)
+    assert lm.config._attn_implementation == "sdpa"
+
+
+@pytest.fixture(scope="module")
+def lfm2_dir(tmp_path_factory, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = tmp_path_factory.mktemp("lfm2")
+    lfm2(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(model)
+    tok.save_pretrained(model)
+    return model
+
+
+def test_kto_precompute_scores_such_a_model_whole_and_says_so(tmp_path, lfm2_dir):
+    from click.testing import CliRunner
+
+    from kto.precompute.cli import main
+
+    model = lfm2_dir
+    data = write_rows(tmp_path / "rows.jsonl", text_rows())  # pairs: every prompt has two rows
+    runs = {}
+    for name, extra in (("default", []), ("plain", ["--no-prefix-sharing"])):
+        result = CliRunner().invoke(main, precompute_args(data, model, tmp_path / name, *extra), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        runs[name] = result.output
+    assert (
+        "note: prefix sharing off: Lfm2ForCausalLM has conv layers, which mix tokens outside causal attention; each sequence is scored whole" in runs["default"]
+    )
+    assert "prefix sharing off" not in runs["plain"]
+    manifests = {name: json.loads((tmp_path / name / "manifest.json").read_text()) for name in runs}
+    assert manifests["default"]["layout"]["prefix_sharing"] is False and manifests["default"]["counts"]["prefix_tokens_saved"] == 0
+    assert manifests["default"]["fingerprint"] == manifests["plain"]["fingerprint"]
+    for shard in sorted((tmp_path / "plain").glob("shard-*.arrow")):
+        ours, plain = (pa.ipc.open_file(tmp_path / name / shard.name).read_all() for name in ("default", "plain"))
+        assert ours.equals(plain), shard.name  # before: ref_logp and ref_kl_logp off the plain scores
+
+
+def test_kto_train_steps_score_such_a_model_whole_and_say_so(tmp_path, lfm2_dir):
+    cache = make_cache(tmp_path, text_rows(), lfm2_dir)
+    result = run_train(cache, lfm2_dir, tmp_path / "run", "--batch-size", "4", "--max-steps", "2", "--log-every", "1")
+    assert result.exit_code == 0, result.output
+    assert "note: prefix sharing off in the steps: Lfm2ForCausalLM has conv layers, which mix tokens outside causal attention" in result.output
+    first = metrics(tmp_path / "run")[0]
+    # The policy starts as the reference: scored whole, its log-ratios are the cache's to rounding.
+    assert abs(first["rewards/chosen"]) < 1e-6 and abs(first["rewards/rejected"]) < 1e-6 and abs(first["kl"]) < 1e-6
