@@ -37,7 +37,7 @@ from kto.formats.compute.logprob import input_device
 from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, model_skeleton, resolve_source, tokenizer_identity
 from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.compute.scoring import default_batch_tokens, plan_scoring, score_sequences
-from kto.formats.compute.shared_prefix import packing_refusal
+from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
@@ -187,11 +187,11 @@ def _with_batch_budget(cfg: PrecomputeConfig, device: torch.device) -> Precomput
 
 def _with_sharing_the_model_allows(cfg: PrecomputeConfig, source, state) -> PrecomputeConfig:
     """Prefix sharing off, said in one line, for a model whose layers would mix a pack's
-    completions (shared_prefix.py packing_refusal): decided from its config before the layout is
+    completions (shared_prefix.py sharing_refusal): decided from its config before the layout is
     recorded, so the manifest says what ran and a rerun decides the same."""
     if not cfg.prefix_sharing:
         return cfg
-    reason = packing_refusal(model_skeleton(source, trust_remote_code=cfg.trust_remote_code))
+    reason = sharing_refusal(lambda: model_skeleton(source, trust_remote_code=cfg.trust_remote_code))
     if reason is None:
         return cfg
     if state.is_main_process:

@@ -17,7 +17,7 @@ import torch
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.models import ModelSource, check_cache_tokenizer, model_identity, model_skeleton, resolve_source
-from kto.formats.compute.shared_prefix import packing_refusal
+from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import same_model
 from kto.formats.memory import MemoryMeter
@@ -34,6 +34,8 @@ from .rundir import config_record, open_run_dir, settings_digest, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
@@ -156,9 +158,9 @@ def check_inputs(cfg: TrainConfig) -> Run:
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
-    skeleton = model_skeleton(source, trust_remote_code=cfg.trust_remote_code) if adapters.enabled(cfg) or cfg.prefix_sharing else None
+    skeleton = model_skeleton(source, trust_remote_code=cfg.trust_remote_code) if adapters.enabled(cfg) else None
     adapters.check_model(cfg, skeleton)
-    packs = cfg.prefix_sharing and packs_allowed(skeleton, accelerator)
+    packs = cfg.prefix_sharing and packs_allowed(lambda: skeleton or model_skeleton(source, trust_remote_code=cfg.trust_remote_code), accelerator)
     eval_cache = open_eval_cache(cfg, cache)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
@@ -218,11 +220,12 @@ def rendered_with(cache: ShardedCache, accelerator: Accelerator) -> str | None:
     return None
 
 
-def packs_allowed(skeleton: torch.nn.Module, accelerator: Accelerator) -> bool:
-    """Whether --model's layers let the steps score packs (shared_prefix.py packing_refusal);
-    when not, one line says so and every sequence is scored whole. The epoch plan still keeps a
-    prompt's rows together: it changes no number, and a resumed run plans the same."""
-    reason = packing_refusal(skeleton)
+def packs_allowed(build: Callable[[], torch.nn.Module], accelerator: Accelerator) -> bool:
+    """Whether --model's layers, in the skeleton `build` makes, let the steps score packs
+    (shared_prefix.py sharing_refusal); when not, one line says so and every sequence is scored
+    whole. The epoch plan still keeps a prompt's rows together: it changes no number, and a
+    resumed run plans the same."""
+    reason = sharing_refusal(build)
     if reason is not None:
         log(f"note: prefix sharing off in the steps: {reason}; each sequence is scored whole (the same numbers)", accelerator)
     return reason is None

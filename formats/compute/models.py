@@ -133,7 +133,7 @@ def model_skeleton(source: ModelSource, *, trust_remote_code: bool = False, flag
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise InputError(f"{flag} {source.directory}: cannot build the model from its config ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise InputError(f"{flag} {source.name}: cannot build the model from its config ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
 
 
 def _unreadable_json_in(directory: Path) -> InputError | None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -323,9 +323,11 @@ class _Gather:
     scatter_index: torch.Tensor
     inner: str
     calls: list = field(default_factory=list)
+    windows: set = field(default_factory=set)
+    """The `sliding_window` keywords the layers passed (None for a layer without one)."""
 
 
-def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather: _Gather, **kwargs):
+def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather: _Gather | None = None, **kwargs):
     """Attention of the packed rows, computed on each completion's plain sequence.
 
     query/key/value: [B, heads, W, D] in the packed layout (after the rotary embedding, which
@@ -334,7 +336,7 @@ def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather
     model's own attention runs on them exactly as on a plain batch, and each packed row takes its
     output back. `attention_mask` is a placeholder (see `shared_prefix_attention`) and unused.
     """
-    kto_gather.calls.append(module)
+    _check_call(module, attention_mask, kto_gather, kwargs)
     scatter = kto_gather.scatter_index.to(query.device)
     # The pack's position ids describe the packed row, not the gathered ones: a flash kernel
     # would read them as sequence boundaries. Each gathered row is one plain causal sequence.
@@ -349,6 +351,19 @@ def _gathered_attention(module, query, key, value, attention_mask, *, kto_gather
     # index_select on a 2D view: several times faster on CPU than advanced indexing (aten::index).
     flat = (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).index_select(0, scatter)
     return flat.view(query.shape[0], query.shape[2], heads, dim), None
+
+
+def _check_call(module, attention_mask, gather: _Gather | None, kwargs: dict) -> None:
+    """Refuse a layer whose attention packing cannot reproduce: one that does not pass the
+    attention keywords through (Nemotron), or one that builds a mask of its own (Doge's dynamic
+    mask), which the gathered rows would ignore. Counts the call for shared_prefix_attention."""
+    name = type(module).__name__
+    if gather is None:
+        raise InputError(f"--prefix-sharing: {name} does not pass the attention keywords that packing needs; use --no-prefix-sharing")
+    if attention_mask is not None and tuple(attention_mask.shape[-2:]) != (1, 1):  # the placeholder is [B, 1, 1, 1]
+        raise InputError(f"--prefix-sharing: {name} builds an attention mask of its own, which packing would ignore; use --no-prefix-sharing")
+    gather.calls.append(module)
+    gather.windows.add(kwargs.get("sliding_window"))
 
 
 def _attention(module, q, k, v, inner: str, **kwargs) -> torch.Tensor:
@@ -410,6 +425,16 @@ def packing_refusal(lm: torch.nn.Module) -> str | None:
     return None
 
 
+def sharing_refusal(build: Callable[[], torch.nn.Module]) -> str | None:
+    """packing_refusal of the model `build` makes (a meta-device skeleton), or why it could not be
+    built for the check: a model that cannot be checked is not packed."""
+    try:
+        skeleton = build()
+    except InputError as exc:
+        return f"its layers could not be checked ({exc})"
+    return packing_refusal(skeleton)
+
+
 # Config keys of masks other than causal (+ a sliding window, which `_attention` builds): chunked
 # attention (Llama 4) and bidirectional attention would need their own mask on the gathered rows.
 _OTHER_MASKS = ("attention_chunk_size", "use_bidirectional_attention")
@@ -452,11 +477,24 @@ def shared_prefix_attention(lm: torch.nn.Module, batch: PackedBatch) -> Iterator
     finally:
         for c in configs.values():
             c._attn_implementation = name
-    # The last guard, for a layer that mixes tokens some way packing_refusal does not know: every
-    # layer must have attended through the gathered rows, once.
-    layers = lm.config.get_text_config().num_hidden_layers
-    if len(gather.calls) != layers:
+    _check_forward(lm, gather)
+
+
+def _check_forward(lm: torch.nn.Module, gather: _Gather) -> None:
+    """The last guard, after a packed forward, for what packing_refusal cannot see in a model:
+    every layer attended through the gathered rows (a layer that mixes tokens some other way
+    never calls them; a layer may call them more than once, as DiffLlama's do), and a window in
+    the config reached attention (PhiMoE's layers do not pass theirs, which only the mask that
+    packing replaces held)."""
+    config = lm.config.get_text_config()
+    layers, attended = config.num_hidden_layers, len({id(m) for m in gather.calls})
+    if attended < layers:
         raise InputError(
-            f"--prefix-sharing: {type(lm).__name__} attended through the packed layout in {len(gather.calls)} of its {layers} layers; "
+            f"--prefix-sharing: {type(lm).__name__} attended through the packed layout in {attended} of its {layers} layers; "
             "the others would mix a pack's completions; use --no-prefix-sharing"
+        )
+    window, widest = getattr(config, "sliding_window", None), max(index.shape[-1] for index in gather.gather_index)
+    if isinstance(window, int) and 0 < window < widest and gather.windows == {None}:
+        raise InputError(
+            f"--prefix-sharing: {type(lm).__name__}'s config has sliding_window {window} but its layers do not pass it to attention; use --no-prefix-sharing"
         )

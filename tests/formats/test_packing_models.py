@@ -10,6 +10,7 @@ a model whole, saying so in one line, and the packed forward refuses it as a las
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow as pa
 import pytest
@@ -125,3 +126,56 @@ def test_kto_train_steps_score_such_a_model_whole_and_say_so(tmp_path, lfm2_dir)
     first = metrics(tmp_path / "run")[0]
     # The policy starts as the reference: scored whole, its log-ratios are the cache's to rounding.
     assert abs(first["rewards/chosen"]) < 1e-6 and abs(first["rewards/rejected"]) < 1e-6 and abs(first["kl"]) < 1e-6
+
+
+def scores(lm, share: bool):
+    from kto.formats.compute.scoring import score_sequences
+
+    prompts = [[5, 6, 7, 8, 9, 10, 11]] * 3
+    completions = [[12, 13, 14, 15, 16, 17], [18, 19, 20], [21, 22, 23, 24, 25, 26, 27, 28]]
+    with torch.no_grad():
+        scored = score_sequences(
+            CompletionLogps(lm.eval()), prompts, completions, [(i, 0) for i in range(3)],
+            batch_tokens=4096, pad_id=0, device=torch.device("cpu"), share_prefixes=share,
+        )  # fmt: skip
+    return scored.sums
+
+
+def test_a_layer_that_attends_twice_still_packs():
+    """DiffLlama's layers call attention twice each (4 calls, 2 layers); the guard counts layers
+    that attended, so it packs, to the plain scores (the first guard counted calls and refused)."""
+    from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
+
+    torch.manual_seed(0)
+    lm = DiffLlamaForCausalLM(DiffLlamaConfig(**TINY))
+    assert packing_refusal(lm) is None
+    torch.testing.assert_close(torch.as_tensor(scores(lm, True)), torch.as_tensor(scores(lm, False)), rtol=0, atol=1e-5)
+
+
+def models_packing_cannot_reproduce():
+    from transformers import DogeConfig, DogeForCausalLM, NemotronConfig, NemotronForCausalLM, PhimoeConfig, PhimoeForCausalLM
+
+    yield DogeForCausalLM(DogeConfig(**TINY, keep_window_size=4)), "DogeAttention builds an attention mask of its own, which packing would ignore"
+    yield NemotronForCausalLM(NemotronConfig(**TINY)), "NemotronAttention does not pass the attention keywords that packing needs"
+    phimoe = PhimoeForCausalLM(PhimoeConfig(**TINY, num_local_experts=2, sliding_window=4))
+    yield phimoe, "PhimoeForCausalLM's config has sliding_window 4 but its layers do not pass it to attention"
+
+
+def test_layers_whose_attention_packing_cannot_reproduce_are_refused_in_the_forward():
+    """Each passes packing_refusal and was scored wrong without a word (Doge's dynamic mask up to
+    0.37 per row, PhiMoE's unpassed window 4.9e-2) or ended in a TypeError (Nemotron)."""
+    for lm, why in models_packing_cannot_reproduce():
+        assert packing_refusal(lm) is None
+        with pytest.raises(InputError) as refused:
+            scores(lm, True)
+        assert str(refused.value) == f"--prefix-sharing: {why}; use --no-prefix-sharing"
+        assert all(map(math.isfinite, scores(lm, False)))  # plain scoring is theirs
+
+
+def test_a_model_that_cannot_be_checked_is_not_packed():
+    from kto.formats.compute.shared_prefix import sharing_refusal
+
+    def fails():
+        raise InputError("--model custom: cannot build the model from its config (ValueError: meta)")
+
+    assert sharing_refusal(fails) == "its layers could not be checked (--model custom: cannot build the model from its config (ValueError: meta))"
