@@ -82,18 +82,54 @@ def quantization_config(cfg: TrainConfig, device_type: str) -> BitsAndBytesConfi
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
 
+def decoder_prefix(lm: torch.nn.Module) -> str:
+    """The full name of `lm.get_decoder()` in `lm` (`model.language_model` for Gemma 3's
+    multimodal model, `model` for Llama), or "" when the decoder is `lm` itself."""
+    decoder = lm.get_decoder()
+    return next(name for name, module in lm.named_modules() if module is decoder)
+
+
 def linear_modules(lm: torch.nn.Module) -> list[str]:
-    """Full names of the decoder's linear layers (nn.Linear, bitsandbytes' subclasses of it, and
-    GPT-2's Conv1D), never the LM head."""
+    """Full names (in `lm`, as peft sees them) of the decoder's linear layers that LoRA can wrap
+    (`_wrappable`), never the LM head."""
+    return [n for n, m in _decoder_linears(lm) if _wrappable(m)]
+
+
+def _decoder_linears(lm: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     from transformers.pytorch_utils import Conv1D
 
-    head = lm.get_output_embeddings()
-    return [n for n, m in lm.get_decoder().named_modules(prefix="decoder") if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
+    head, prefix = lm.get_output_embeddings(), decoder_prefix(lm)
+    return [(n, m) for n, m in lm.get_decoder().named_modules(prefix=prefix) if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
+
+
+def _wrappable(module: torch.nn.Module) -> bool:
+    """nn.Linear, or a subclass whose forward still maps (…, in) to one tensor (…, out), as peft's
+    LoRA layer adds its update to what the layer returns: Falcon's FalconLinear, bitsandbytes'
+    quantized layers. MoE routers that subclass nn.Linear and return a tuple (PhiMoE's
+    PhimoeTopKRouter, Llama 4's Llama4Router) crash inside peft (`'tuple' object has no attribute
+    'dtype'`). A subclass is tried once on the meta device: no memory, no random draw."""
+    cls = type(module)
+    if not isinstance(module, torch.nn.Linear) or cls.forward is torch.nn.Linear.forward or cls.__module__.startswith("bitsandbytes"):
+        return True  # nn.Linear's own forward, bitsandbytes' quantized ones, or GPT-2's Conv1D
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    meta = {name: torch.empty_like(t, device="meta") for name, t in state.items()}
+    x = torch.empty(2, module.in_features, device="meta", dtype=module.weight.dtype)
+    try:
+        with torch.no_grad():
+            out = torch.func.functional_call(module, meta, (x,))
+    except Exception:  # a forward that cannot take a (rows, in_features) input is no plain layer
+        return False
+    return isinstance(out, torch.Tensor) and tuple(out.shape) == (2, module.out_features)
 
 
 def linear_names(lm: torch.nn.Module) -> list[str]:
     """Leaf names of those layers: the default LoRA targets (q_proj, …, down_proj for Llama)."""
     return sorted({n.rsplit(".", 1)[-1] for n in linear_modules(lm)})
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    """peft's rule for a list of targets: a module whose full name equals one or ends with "." + one."""
+    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def target_modules(cfg: TrainConfig, lm: torch.nn.Module) -> list[str]:
@@ -102,17 +138,42 @@ def target_modules(cfg: TrainConfig, lm: torch.nn.Module) -> list[str]:
         if not available:
             raise InputError(f"--lora-r {cfg.lora_r}: --model {cfg.model} has no linear layers in its decoder for LoRA to adapt")
         return available
+    flag = f"--lora-target-modules {cfg.lora_target_modules}"
     wanted = cfg.lora_target_modules
     wanted = [w.strip() for w in (wanted.split(",") if isinstance(wanted, str) else wanted) if w.strip()]
+    for name, module in _decoder_linears(lm):
+        if _matches(name, wanted) and not _wrappable(module):
+            raise InputError(
+                f"{flag}: {name} is a {type(module).__name__}, an nn.Linear whose forward returns no single tensor "
+                "(a MoE router), which LoRA cannot wrap; name the other layers"
+            )
     linear = linear_modules(lm)
-    # peft's rule: a target matches a module whose full name equals it or ends with "." + it.
-    missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in linear)]
+    missing = [w for w in wanted if not any(_matches(n, [w]) for n in linear)]
     if missing or not wanted:
         raise InputError(
-            f"--lora-target-modules {cfg.lora_target_modules}: --model {cfg.model} has no linear layer named "
-            f"{', '.join(missing) or '(none given)'} (its decoder has: {', '.join(available) or 'none'})"
+            f"{flag}: --model {cfg.model} has no linear layer named {', '.join(missing) or '(none given)'} (its decoder has: {', '.join(available) or 'none'})"
         )
     return wanted
+
+
+def exclude_modules(lm: torch.nn.Module, targets: list[str]) -> str | None:
+    """peft matches `targets` (leaf names) across the whole model: on a multimodal model the vision
+    tower's q_proj too, and a router or other module that shares a name with a decoder layer.
+    The modules they match that are not `linear_modules` go to peft's `exclude_modules`, a regex
+    that must match a full name whole: anything outside the decoder, `(?!model\\.language_model\\.).*`,
+    and the decoder's own by name with their layer numbers as `\\d+`. None when there are none
+    (Llama: adapter_config.json as before)."""
+    import re
+
+    prefix, linear = decoder_prefix(lm), set(linear_modules(lm))
+    stray = [n for n, _ in lm.named_modules() if n and n not in linear and _matches(n, targets)]
+    inside = [n for n in stray if not prefix or n.startswith(prefix + ".")]
+    patterns = [f"(?!{re.escape(prefix)}\\.).*"] if len(inside) < len(stray) else []
+    for name in inside:  # re.escape writes "layers\\.0\\.mlp": each layer number becomes \\d+
+        pattern = re.sub(r"(?<=\\\.)\d+(?=\\\.)", r"\\d+", re.escape(name))
+        if pattern not in patterns:
+            patterns.append(pattern)
+    return "|".join(patterns) or None
 
 
 def check_environment(cfg: TrainConfig, device_type: str) -> None:
@@ -134,8 +195,15 @@ def check_model(cfg: TrainConfig, skeleton: torch.nn.Module) -> None:
 
 def lora_config(cfg: TrainConfig, lm: torch.nn.Module) -> LoraConfig:
     peft = require_peft()
+    targets = target_modules(cfg, lm)
     return peft.LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=target_modules(cfg, lm), bias="none", task_type="CAUSAL_LM"
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        exclude_modules=exclude_modules(lm, targets),
+        bias="none",
+        task_type="CAUSAL_LM",
     )
 
 
@@ -182,7 +250,15 @@ def load_adapters(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> to
 def check_adapter_settings(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> None:
     saved = adapter_config(checkpoint)
     expected = lora_config(cfg, lm)
-    now = {"r": expected.r, "lora_alpha": expected.lora_alpha, "lora_dropout": expected.lora_dropout, "target_modules": sorted(expected.target_modules)}
+    now = {
+        "r": expected.r,
+        "lora_alpha": expected.lora_alpha,
+        "lora_dropout": expected.lora_dropout,
+        "target_modules": sorted(expected.target_modules),
+        # Adapters saved before exclude_modules was set (on a multimodal model's vision tower too)
+        # are other adapters than the flags make now; for a Llama both are None.
+        "exclude_modules": expected.exclude_modules,
+    }
     there = {k: sorted(saved.get(k) or []) if k == "target_modules" else saved.get(k) for k in now}
     differs = [f"{k} ({there[k]} there, {now[k]} now)" for k in now if there[k] != now[k]]
     if differs:
