@@ -46,7 +46,7 @@ from kto.precompute.inputs.records import RowSample, input_identity, input_names
 
 from .config import PrecomputeConfig
 from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout
-from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_vocabulary, shard_values
+from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_positions, check_vocabulary, shard_values
 from .progress import Progress
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
@@ -235,6 +235,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         )
         for s in splits:
             check_vocabulary(s.staged, [s], scorer.lm, tokenizer, cfg.model)
+            check_positions(s, scorer.lm, cfg.max_length)
     manifests = []
     for s in splits:
         score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, s.staged, on_scored)

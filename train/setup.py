@@ -5,6 +5,7 @@ The reference model is never loaded: its numbers come from the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -16,6 +17,7 @@ import torch
 
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
+from kto.formats.compute.logprob import check_cache_positions
 from kto.formats.compute.models import ModelSource, check_cache_tokenizer, model_identity, model_skeleton, resolve_source
 from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
@@ -158,10 +160,11 @@ def check_inputs(cfg: TrainConfig) -> Run:
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
-    skeleton = model_skeleton(source, trust_remote_code=cfg.trust_remote_code) if adapters.enabled(cfg) else None
-    adapters.check_model(cfg, skeleton)
-    packs = cfg.prefix_sharing and packs_allowed(lambda: skeleton or model_skeleton(source, trust_remote_code=cfg.trust_remote_code), accelerator)
+    build = functools.cache(lambda: model_skeleton(source, trust_remote_code=cfg.trust_remote_code))  # meta device, no weight read
+    adapters.check_model(cfg, build() if adapters.enabled(cfg) else None)
+    packs = cfg.prefix_sharing and packs_allowed(build, accelerator)
     eval_cache = open_eval_cache(cfg, cache)
+    check_positions(build, cfg.model, cache, eval_cache)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
     check_shape(cache.num_rows, shape)
@@ -218,6 +221,19 @@ def rendered_with(cache: ShardedCache, accelerator: Accelerator) -> str | None:
     why = "is missing" if text is None else "is not the template the manifest fingerprints"
     log(f"warning: {path} {why}; checkpoints and final/ keep --model's chat template, not the --chat-template the cache was rendered with", accelerator)
     return None
+
+
+def check_positions(build: Callable[[], torch.nn.Module], model: str, cache: ShardedCache, eval_cache: ShardedCache | None) -> None:
+    """Before --out is touched: no cache row is longer than --model's learned position table
+    (GPT-2's `wpe`; formats/compute/logprob.py check_cache_positions), which would end the first
+    step in an IndexError. A model that cannot be built here is left to its load to refuse."""
+    try:
+        skeleton = build()
+    except InputError:
+        return
+    for flag, split in (("--cache", cache), ("--eval-cache", eval_cache)):
+        if split is not None:
+            check_cache_positions(split, skeleton, f"--model {model}", flag)
 
 
 def packs_allowed(build: Callable[[], torch.nn.Module], accelerator: Accelerator) -> bool:

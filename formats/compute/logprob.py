@@ -18,21 +18,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import schema as S
 from ..errors import InputError
 from ..schema import Ragged, packed
 from .numerics import ATTENTION_WIDTH_MULTIPLE
 from .shared_prefix import PackedBatch, shared_prefix_attention
 
 
-def pad_width(x: torch.Tensor) -> torch.Tensor:
+def pad_width(x: torch.Tensor, positions: int | None = None) -> torch.Tensor:
     """[B, T] -> [B, T'] with T' the next multiple of ATTENTION_WIDTH_MULTIPLE, zeros (token 0,
-    or False) on the right: after every real token, so no real token sees them."""
-    return torch.nn.functional.pad(x, (0, -x.shape[1] % ATTENTION_WIDTH_MULTIPLE))
+    or False) on the right: after every real token, so no real token sees them. With
+    `positions` (a learned position table's size, `learned_positions`) T' stays within it:
+    the pads take positions too, and one past the table ends in an IndexError."""
+    width = x.shape[1] - x.shape[1] % -ATTENTION_WIDTH_MULTIPLE
+    if positions is not None:
+        width = max(x.shape[1], min(width, positions))
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,8 @@ class CompletionLogps(nn.Module):
         super().__init__()
         self.lm = lm
         self.chunk_size = chunk_size
-        # Gemma-2 style models cap their logits; everything else passes None. Models that scale
-        # their logits after the head would get log-probs they never generate with: refuse them.
-        self.softcap = getattr(lm.config, "final_logit_softcapping", None)
-        for name in ("logits_scaling", "logit_scale"):
-            if getattr(lm.config, name, None) not in (None, 1, 1.0):
-                raise InputError(f"--model: {type(lm).__name__} scales its logits ({name}); not supported yet")
+        self.softcap = logit_softcap(lm)
+        self.positions = learned_positions(lm)
         if lm.get_output_embeddings().weight.is_meta:
             raise InputError("--model: the LM head is offloaded (device_map put it on disk or CPU); give it GPU memory")
 
@@ -119,7 +122,7 @@ class CompletionLogps(nn.Module):
         # real token attends to a pad (pads come after it) and the default position ids 0..T-1
         # are those of each real token. Every scored log-prob is the same as with the padding
         # mask, and attention may take its causal (flash) kernel instead of a masked one.
-        input_ids, score_mask = pad_width(input_ids), pad_width(score_mask)
+        input_ids, score_mask = pad_width(input_ids, self.positions), pad_width(score_mask, self.positions)
         hidden = self.lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
         # With --device-map the decoder ends on another GPU than it starts; follow its output.
         input_ids, score_mask = input_ids.to(hidden.device), score_mask.to(hidden.device)
@@ -157,6 +160,83 @@ class CompletionLogps(nn.Module):
             chunk_size=self.chunk_size,
             softcap=self.softcap,
             bias=None if bias is None else bias.to(selected.device),
+        )
+
+
+# Config keys of models whose forward scales the logits after the head, or the hidden states
+# between the decoder and the head (transformers 5.25): Granite*, MiniCPM3 and HyperCLOVAX
+# `logits_scaling`, Cohere* `logit_scale`, Falcon-H1 `lm_head_multiplier`, Inkling
+# `logits_mup_width_multiplier`, MuseSpark/MuseGlimmer `output_multiplier`. The head here is
+# weight @ h (+ bias) alone, so such a model would get log-probs it never generates with.
+LOGIT_SCALE_KEYS = ("logits_scaling", "logit_scale", "lm_head_multiplier", "logits_mup_width_multiplier", "output_multiplier")
+# Keys of a tanh softcap on the logits, cap · tanh(z / cap): Gemma 2/3/3n/4 and others
+# `final_logit_softcapping`, RecurrentGemma `logits_soft_cap`.
+SOFTCAP_KEYS = ("final_logit_softcapping", "logits_soft_cap")
+
+
+def _configs(lm: nn.Module) -> list:
+    """`lm`'s text config, then its own when that is another object: a multimodal model
+    (Gemma3n's ...ForConditionalGeneration) keeps its logit settings on the text config."""
+    config = lm.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return [text] if text is config else [text, config]
+
+
+def logit_softcap(lm: nn.Module) -> float | None:
+    """The softcap `lm` applies to its logits (None: none); refuses a model that scales them
+    (LOGIT_SCALE_KEYS) or has a vocabulary cut below its head's rows (Inkling
+    `unpadded_vocab_size`), in one line."""
+    name = type(lm).__name__
+    for config in _configs(lm):
+        for key in LOGIT_SCALE_KEYS:
+            if getattr(config, key, None) not in (None, 1, 1.0):
+                raise InputError(f"--model: {name} scales its logits ({key} {getattr(config, key)}); not supported yet")
+        unpadded = getattr(config, "unpadded_vocab_size", None)
+        if isinstance(unpadded, int) and unpadded < lm.get_output_embeddings().weight.shape[0]:
+            raise InputError(f"--model: {name} drops logits past its unpadded_vocab_size {unpadded}; not supported yet")
+    # The text config's value first: the one a multimodal model applies (Gemma3n, PaliGemma).
+    caps = [getattr(config, key, None) for config in _configs(lm) for key in SOFTCAP_KEYS]
+    return next((float(cap) for cap in caps if cap is not None), None)
+
+
+def learned_positions(lm: nn.Module) -> int | None:
+    """How many positions `lm`'s decoder holds a table for, the smallest when there are several;
+    None for a model without one (Llama's rotary, Bloom's ALiBi), which takes any length. A
+    position past the table ends its forward in an IndexError. The tables: an embedding other
+    than the input one named for positions (GPT-2 `wpe`, OPT's `embed_positions`, less its
+    `offset` of 2 ids), or a buffer of rows by position (GPT-J's and CodeGen's sinusoidal
+    `embed_positions`, rotary as they are)."""
+    inputs = lm.get_input_embeddings()
+    sizes = []
+    decoder = lm.get_decoder()
+    for path, module in decoder.named_modules():
+        leaf = path.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Embedding) and module is not inputs and (leaf == "wpe" or ("pos" in leaf and "rel" not in leaf)):
+            offset = getattr(module, "offset", 0)
+            sizes.append(module.num_embeddings - (offset if isinstance(offset, int) else 0))
+    for path, buffer in decoder.named_buffers():
+        leaf = path.rsplit(".", 1)[-1]
+        if buffer.dim() == 2 and "pos" in leaf and "embed" in leaf:
+            sizes.append(buffer.shape[0])
+    return min(sizes, default=None)
+
+
+def check_cache_positions(cache: Any, lm: nn.Module, flag: str, cache_flag: str = "--cache") -> None:
+    """Refuse, in one line naming `flag` (kto-train's --model), a `cache` (formats.cache's
+    ShardedCache, given as `cache_flag`; not imported: cache imports this module) holding a row
+    whose prompt + completion or prompt + KL completion is longer than `lm`'s learned position
+    table (`learned_positions`; `lm` may be a meta-device skeleton): its forward would end in an
+    IndexError. A cache cut to the table's length (its --max-length) is not read."""
+    positions = learned_positions(lm)
+    if positions is None or cache.manifest.content.max_length <= positions:
+        return
+    rows = cache.rows(np.arange(cache.num_rows), [S.ID, S.PROMPT_IDS, S.COMPLETION_IDS, S.KL_COMPLETION_IDS])
+    longest = rows[S.PROMPT_IDS].lengths + np.maximum(rows[S.COMPLETION_IDS].lengths, rows[S.KL_COMPLETION_IDS].lengths)
+    at = int(np.argmax(longest))
+    if longest[at] > positions:
+        raise InputError(
+            f"{flag}: row {rows[S.ID][at]!r} of {cache_flag} {cache.dir} has {int(longest[at])} tokens, more than the {positions} positions "
+            f"{type(lm).__name__} learned; give a cache made with --max-length {positions} or less"
         )
 
 

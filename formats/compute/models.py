@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,9 @@ def load_causal_lm(
         with gguf_loads(source.gguf_file, last=True):
             model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
     except Exception as exc:
+        unsupported = _attention_unsupported(exc)
+        if unsupported is not None:
+            raise InputError(f"--attn-implementation {attn_implementation}: {unsupported} does not support it; give --attn-implementation eager") from exc
         raise InputError(f"{flag} {source.directory}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     # PEFT names an adapter's base after this (adapter_config.json's base_model_name_or_path):
     # the hub id or the path as given, not the absolute folder it was loaded from.
@@ -178,6 +182,16 @@ def load_causal_lm(
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model
+
+
+def _attention_unsupported(exc: Exception) -> str | None:
+    """The model class named by transformers' refusal of an attention implementation at load
+    (`Gemma2ForCausalLM does not support an attention implementation through
+    torch.nn.functional.scaled_dot_product_attention yet ...`, `... does not support Flash
+    Attention 2 yet ...`, `... through torch's flex_attention`), else None. Its text ends in
+    an example that loads whisper-tiny: nothing the user gave, so the flag is named instead."""
+    found = re.match(r"(\w+) does not support (an attention implementation|Flash Attention)", str(exc)) if isinstance(exc, ValueError) else None
+    return found.group(1) if found else None
 
 
 def load_completion_logps(

@@ -1,0 +1,219 @@
+"""Model families whose forward differs from Llama's where the shared log-prob definition
+(formats/compute/logprob.py) must notice: logits scaled after the head (Falcon-H1's
+lm_head_multiplier) or capped under another key (RecurrentGemma's logits_soft_cap) or on a text
+config (multimodal models); learned position tables (GPT-2, OPT: a longer sequence ended
+kto-precompute and kto-train in an IndexError); an attention implementation the model refuses
+at load (Gemma2 under sdpa: the error named whisper-tiny, not the flag). Tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import precompute_args, run_train, text_rows, train_error_line, write_rows
+
+
+def falcon_h1(**extra):
+    from transformers import FalconH1Config, FalconH1ForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    mamba = dict(mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=8, mamba_d_conv=4)
+    return FalconH1ForCausalLM(FalconH1Config(**shape, **mamba, vocab_size=97, **extra)).eval()
+
+
+def gpt2(n_positions: int, vocab_size: int = 97, **extra):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=n_positions, **extra)).eval()
+
+
+def reference_logps(lm, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax of the model's own logits (its forward: head, scale, cap) at every scored
+    token of `ids` [1, T] (positions 1..T-1), float32."""
+    with torch.no_grad():
+        logits = lm(input_ids=ids).logits.float()
+    return torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+
+
+def ours(lm, ids: torch.Tensor) -> torch.Tensor:
+    from kto.formats.compute.logprob import CompletionLogps
+
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    score[:, 1:] = True
+    with torch.no_grad():
+        return CompletionLogps(lm)(ids, score)
+
+
+# ---- 1. logits scaled or capped after the head -------------------------------------------------
+
+
+def test_falcon_h1_lm_head_multiplier_is_refused_in_one_line():
+    """Before: accepted, and its log-probs were off by up to 1.61 a token (the head's logits
+    halved by the model, not here)."""
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.errors import InputError
+
+    with pytest.raises(InputError) as refused:
+        CompletionLogps(falcon_h1(lm_head_multiplier=0.5))
+    assert str(refused.value) == "--model: FalconH1ForCausalLM scales its logits (lm_head_multiplier 0.5); not supported yet"
+
+
+def test_falcon_h1_without_a_multiplier_is_accepted_and_scores_as_its_forward():
+    """Bound 1e-5: the same head and log-softmax, on kernels of other shapes (the forward pads
+    to a multiple of 16 and applies the head to the scored rows only)."""
+    lm = falcon_h1(lm_head_multiplier=1.0)
+    ids = torch.randint(0, 97, (1, 11), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(ours(lm, ids), reference_logps(lm, ids), atol=1e-5, rtol=0)
+
+
+def test_recurrent_gemma_soft_cap_is_applied():
+    """RecurrentGemma caps its logits under `logits_soft_cap` (not final_logit_softcapping):
+    before, the cap was left out (a cap of 0.5 makes that plain). Bound as above."""
+    from transformers import RecurrentGemmaConfig, RecurrentGemmaForCausalLM
+
+    from kto.formats.compute.logprob import CompletionLogps
+
+    torch.manual_seed(0)
+    config = RecurrentGemmaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=8, lru_width=32, attention_window_size=16, block_types=["recurrent", "attention"], logits_soft_cap=0.5,
+    )  # fmt: skip
+    lm = RecurrentGemmaForCausalLM(config).eval()
+    assert CompletionLogps(lm).softcap == 0.5
+    ids = torch.randint(0, 97, (1, 11), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(ours(lm, ids), reference_logps(lm, ids), atol=1e-5, rtol=0)
+
+
+def with_text_config(lm, **keys):
+    """`lm` whose config's get_text_config() is another object holding `keys`, as a multimodal
+    model's (Gemma3n's ...ForConditionalGeneration keeps final_logit_softcapping there)."""
+    text = lm.config.__class__(**{**lm.config.to_dict(), **keys})
+    lm.config.get_text_config = lambda *args, **kwargs: text
+    return lm
+
+
+def test_keys_on_the_text_config_are_read():
+    from conftest import tiny_llama
+
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.errors import InputError
+
+    assert CompletionLogps(with_text_config(tiny_llama(97), final_logit_softcapping=30.0)).softcap == 30.0
+    with pytest.raises(InputError, match=r"LlamaForCausalLM scales its logits \(lm_head_multiplier 0.25\)"):
+        CompletionLogps(with_text_config(tiny_llama(97), lm_head_multiplier=0.25))
+    # One config object (a text-only model): its cap is read once, not applied twice.
+    lm = tiny_llama(97, final_logit_softcapping=0.5)
+    assert lm.config.get_text_config() is lm.config and CompletionLogps(lm).softcap == 0.5
+
+
+def test_gemma2_softcap_matches_its_forward():
+    """Gemma2 applies final_logit_softcapping itself (here 0.5, so a missing or doubled cap
+    would show): ours must give its numbers, once capped. Bound as above."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    lm = Gemma2ForCausalLM(Gemma2Config(vocab_size=97, **shape, final_logit_softcapping=0.5, attn_implementation="eager")).eval()
+    ids = torch.randint(0, 97, (1, 11), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(ours(lm, ids), reference_logps(lm, ids), atol=1e-5, rtol=0)
+
+
+# ---- 2. learned position tables ----------------------------------------------------------------
+
+
+def test_learned_positions_of_each_family():
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    from kto.formats.compute.logprob import learned_positions
+
+    opt = OPTForCausalLM(
+        OPTConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4, max_position_embeddings=40, word_embed_proj_dim=32)
+    )
+    assert opt.model.decoder.embed_positions.num_embeddings == 42  # 2 ids of offset
+    llama = LlamaForCausalLM(
+        LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=40)
+    )
+    assert (learned_positions(gpt2(40)), learned_positions(opt), learned_positions(llama)) == (40, 40, None)
+
+
+def test_padding_stays_inside_the_position_table():
+    """18 tokens pad to 32 (a multiple of 16) but a table of 20 positions ends at 20: before,
+    the pads' positions 20..31 ended the forward in an IndexError. Bound as above."""
+    lm = gpt2(20)
+    ids = torch.randint(0, 97, (1, 18), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(ours(lm, ids), reference_logps(lm, ids), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def gpt2_dir(path, tokenizer, n_positions: int):
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    gpt2(n_positions, vocab_size=len(tokenizer), **special).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def precompute(tmp_path, model, *extra):
+    from click.testing import CliRunner
+
+    from kto.precompute.cli import main
+
+    data = write_rows(tmp_path / "rows.jsonl", text_rows())
+    return CliRunner().invoke(main, precompute_args(data, model, tmp_path / "cache", *extra))
+
+
+def test_kto_precompute_refuses_rows_longer_than_the_position_table(tmp_path, tokenizer):
+    """Before: IndexError (F.embedding) from the first batch, prefix sharing or not."""
+    model = gpt2_dir(tmp_path / "gpt2", tokenizer, 16)
+    for extra in ([], ["--no-prefix-sharing"]):
+        result = precompute(tmp_path, model, *extra, "--overwrite")
+        assert result.exit_code != 0 and "Traceback" not in result.output and not isinstance(result.exception, IndexError), result.output
+        lines = [line for line in result.output.splitlines() if "error:" in line]
+        assert len(lines) == 1 and lines[0].endswith("more than the 16 positions GPT2LMHeadModel learned; give --max-length 16 or less"), result.output
+        assert "--max-length 64: row " in lines[0]
+        assert not list((tmp_path / "cache").glob("shard-*.arrow"))  # refused before any shard was scored
+
+
+@pytest.mark.parametrize("sharing", ["--prefix-sharing", "--no-prefix-sharing"])
+def test_kto_precompute_accepts_rows_within_the_table(tmp_path, tokenizer, sharing):
+    """--max-length 20 cuts every row to the 20 positions learned. 20 is not a multiple of 16:
+    before, a plain batch (--no-prefix-sharing) was padded to 32 and its pads' positions ended
+    in an IndexError; packs pass their own position ids and took no padding."""
+    model = gpt2_dir(tmp_path / "gpt2", tokenizer, 20)
+    result = precompute(tmp_path, model, "--max-length", "20", "--max-prompt-length", "10", sharing)
+    assert result.exit_code == 0, result.output
+
+
+def test_kto_train_refuses_a_policy_with_fewer_positions_than_the_cache_rows(tmp_path, tokenizer, tiny_cache):
+    """The cache was scored by the rotary tiny Llama at --max-length 64; a GPT-2 policy of 16
+    positions with the same tokenizer ended in an IndexError at its first forward."""
+    model = gpt2_dir(tmp_path / "gpt2", tokenizer, 16)
+    result = run_train(tiny_cache, model, tmp_path / "run", "--batch-size", "4", "--max-steps", "1")
+    line = train_error_line(result.output)
+    assert "more than the 16 positions GPT2LMHeadModel learned" in line and "--cache" in line, line
+    assert not (tmp_path / "run").exists()  # checked on the model's skeleton, before --out is touched
+
+
+# ---- 3. an attention implementation the model refuses at load ----------------------------------
+
+
+def test_gemma2_under_sdpa_names_the_flag(tmp_path):
+    """Before: `--model DIR: cannot load model (ValueError: ... whisper-tiny ...)`."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.formats.errors import InputError
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    Gemma2ForCausalLM(Gemma2Config(vocab_size=97, **shape)).save_pretrained(tmp_path)
+    source = resolve_source(str(tmp_path))
+    with pytest.raises(InputError) as refused:
+        load_causal_lm(source, dtype=torch.float32, attn_implementation="sdpa")
+    assert str(refused.value) == "--attn-implementation sdpa: Gemma2ForCausalLM does not support it; give --attn-implementation eager"
+    assert type(load_causal_lm(source, dtype=torch.float32, attn_implementation="eager")).__name__ == "Gemma2ForCausalLM"
