@@ -107,7 +107,8 @@ def _wrappable(module: torch.nn.Module) -> bool:
     LoRA layer adds its update to what the layer returns: Falcon's FalconLinear, bitsandbytes'
     quantized layers. MoE routers that subclass nn.Linear and return a tuple (PhiMoE's
     PhimoeTopKRouter, Llama 4's Llama4Router) crash inside peft (`'tuple' object has no attribute
-    'dtype'`). A subclass is tried once on the meta device: no memory, no random draw."""
+    'dtype'`). A subclass is tried once on the meta device: no memory, no random draw; only one
+    whose forward runs there and returns no tensor is left out."""
     cls = type(module)
     if not isinstance(module, torch.nn.Linear) or cls.forward is torch.nn.Linear.forward or cls.__module__.startswith("bitsandbytes"):
         return True  # nn.Linear's own forward, bitsandbytes' quantized ones, or GPT-2's Conv1D
@@ -117,9 +118,9 @@ def _wrappable(module: torch.nn.Module) -> bool:
     try:
         with torch.no_grad():
             out = torch.func.functional_call(module, meta, (x,))
-    except Exception:  # a forward that cannot take a (rows, in_features) input is no plain layer
-        return False
-    return isinstance(out, torch.Tensor) and tuple(out.shape) == (2, module.out_features)
+    except Exception:  # a probe that cannot run here (an FP8 kernel, a device) tells nothing: wrapped, as before
+        return True
+    return isinstance(out, torch.Tensor)
 
 
 def linear_names(lm: torch.nn.Module) -> list[str]:
@@ -262,7 +263,14 @@ def check_adapter_settings(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Pa
     there = {k: sorted(saved.get(k) or []) if k == "target_modules" else saved.get(k) for k in now}
     differs = [f"{k} ({there[k]} there, {now[k]} now)" for k in now if there[k] != now[k]]
     if differs:
-        raise InputError(f"--resume: the adapters in {checkpoint} were made with other " + ", ".join(differs))
+        # exclude_modules differs only for a multimodal run made before the targets were kept to the
+        # decoder: its adapters also sit on the vision tower, which no flag recreates.
+        why = (
+            "; adapters made before they were kept to the decoder cannot be resumed: start the run again"
+            if any(d.startswith("exclude_modules") for d in differs)
+            else ""
+        )
+        raise InputError(f"--resume: the adapters in {checkpoint} were made with other " + ", ".join(differs) + why)
 
 
 def check_checkpoint_kind(cfg: TrainConfig, checkpoint: Path) -> None:

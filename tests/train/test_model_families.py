@@ -6,6 +6,7 @@ decoder's layer names (Gemma 3)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -143,7 +144,8 @@ def test_phimoe_trains_with_lora_and_in_full(tokenizer_dir: Path, tmp_path: Path
     for name, extra in (("full", []), ("lora", ["--lora-r", "4", "--lora-alpha", "8"])):
         result = run_train(cache, model, tmp_path / name, "--batch-size", "4", "--max-steps", "2", "--log-every", "1", *extra)
         assert result.exit_code == 0, result.output
-        assert "step-0 check: max |Δ log p| per token vs cache = 0.00e+00" in result.output
+        drift = float(re.search(r"step-0 check: max \|Δ log p\| per token vs cache = (\S+)", result.output).group(1))
+        assert drift < 1e-5, result.output  # fp32 rounding (batch shapes differ); the sampled router gave 9.5e-3
         assert len(metrics(tmp_path / name)) == 2
     saved = json.loads((tmp_path / "lora" / "final" / "adapter_config.json").read_text())
     assert sorted(saved["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"] and saved["exclude_modules"] is None
@@ -177,3 +179,26 @@ def test_llama_adapters_unchanged_and_older_ones_accepted(tiny_cache: Path, tiny
     (older / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj"]}))
     with pytest.raises(adapters.InputError, match=r"^--resume: .* other exclude_modules \(None there, \(\?!model"):
         adapters.check_adapter_settings(lora_flags("q_proj,v_proj"), tiny_gemma3(), older)
+
+
+class KernelLinear(torch.nn.Linear):
+    """A quantized layer whose forward needs a kernel the meta device has not (transformers'
+    FP8Linear fetched one from the hub): the probe cannot run it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_meta:
+            raise RuntimeError("no kernel for meta tensors")
+        return super().forward(x)
+
+
+class TupleLinear(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = super().forward(x)
+        return out, out.argmax(-1)
+
+
+def test_only_a_layer_seen_to_return_no_tensor_is_left_out() -> None:
+    """A review found FP8 layers dropped from the targets (and called routers) because their
+    probe raised; a probe that cannot run now keeps the layer, as peft wrapped it before."""
+    assert adapters._wrappable(KernelLinear(4, 3)) and adapters._wrappable(torch.nn.Linear(4, 3))
+    assert not adapters._wrappable(TupleLinear(4, 3))
