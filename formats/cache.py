@@ -192,6 +192,16 @@ class ShardedCache:
             out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
+    def longest_sequences(self) -> np.ndarray:
+        """[rows] the longer of prompt + completion and prompt + KL completion, from list offsets
+        as `lengths` (no checksum, no values): what a position table must hold."""
+        out = []
+        for k in range(self.num_shards):
+            t = self.open_shard(k)
+            completion = np.maximum(_list_lengths(t.column(S.COMPLETION_IDS)), _list_lengths(t.column(S.KL_COMPLETION_IDS)))
+            out.append(_list_lengths(t.column(S.PROMPT_IDS)) + completion)
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
     def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str] | None = None) -> dict[str, S.Ragged | np.ndarray | list]:
         """`columns` of the given global rows (every declared column by default): `gather_rows`."""
         indices = np.asarray(indices, dtype=np.int64)

@@ -114,6 +114,7 @@ def score_cache(
     for the device (16384 on a GPU, 2048 on CPU)."""
     import pyarrow.parquet as pq
 
+    from kto.formats.compute.logprob import check_cache_positions
     from kto.formats.compute.scoring import default_batch_tokens
 
     cache_dir, out = Path(cache_dir), Path(out)
@@ -124,6 +125,7 @@ def score_cache(
     cache = open_cache(cache_dir)
     manifest = cache.manifest
     scorer = _Scorer.load(model, base_model, manifest, dtype, attn_implementation, trust_remote_code, chunk_size, log)
+    check_cache_positions(cache, scorer.completion_logps.lm, f"--model {model}", "CACHE")  # one line, not an IndexError mid-shard
     batch_tokens = batch_tokens or default_batch_tokens(scorer.device)
     parts = []
     for k, entry in enumerate(manifest.shards):

@@ -195,8 +195,19 @@ def logit_softcap(lm: nn.Module) -> float | None:
         if isinstance(unpadded, int) and unpadded < lm.get_output_embeddings().weight.shape[0]:
             raise InputError(f"--model: {name} drops logits past its unpadded_vocab_size {unpadded}; not supported yet")
     # The text config's value first: the one a multimodal model applies (Gemma3n, PaliGemma).
-    caps = [getattr(config, key, None) for config in _configs(lm) for key in SOFTCAP_KEYS]
-    return next((float(cap) for cap in caps if cap is not None), None)
+    caps = [(key, getattr(config, key, None)) for config in _configs(lm) for key in SOFTCAP_KEYS]
+    key, cap = next(((key, cap) for key, cap in caps if cap is not None), (None, None))
+    return float(cap) if cap is not None and _forward_reads(lm, key) else None
+
+
+def _forward_reads(lm: nn.Module, key: str) -> bool:
+    """Whether `lm`'s forward reads config key `key` (a name its code looks up): Gemma 3's
+    multimodal model keeps its text config's final_logit_softcapping and never applies it, where
+    Gemma3n's applies it. True when the code cannot be read (the cap then applies, as before)."""
+    import inspect
+
+    code = getattr(inspect.unwrap(type(lm).forward), "__code__", None)
+    return code is None or key in code.co_names
 
 
 def learned_positions(lm: nn.Module) -> int | None:
@@ -205,18 +216,23 @@ def learned_positions(lm: nn.Module) -> int | None:
     position past the table ends its forward in an IndexError. The tables: an embedding other
     than the input one named for positions (GPT-2 `wpe`, OPT's `embed_positions`, less its
     `offset` of 2 ids), or a buffer of rows by position (GPT-J's and CodeGen's sinusoidal
-    `embed_positions`, rotary as they are)."""
-    inputs = lm.get_input_embeddings()
+    `embed_positions`, rotary as they are). A model nested in the decoder (Phi-4-multimodal's
+    image and audio encoders, GIT's) has its own positions, not the text's: skipped."""
+    from transformers import PreTrainedModel
+
+    inputs, decoder = lm.get_input_embeddings(), lm.get_decoder()
+    nested = [path + "." for path, module in decoder.named_modules() if path and isinstance(module, PreTrainedModel)]
     sizes = []
-    decoder = lm.get_decoder()
     for path, module in decoder.named_modules():
         leaf = path.rsplit(".", 1)[-1]
+        if any(path.startswith(n) for n in nested):
+            continue
         if isinstance(module, nn.Embedding) and module is not inputs and (leaf == "wpe" or ("pos" in leaf and "rel" not in leaf)):
             offset = getattr(module, "offset", 0)
             sizes.append(module.num_embeddings - (offset if isinstance(offset, int) else 0))
     for path, buffer in decoder.named_buffers():
         leaf = path.rsplit(".", 1)[-1]
-        if buffer.dim() == 2 and "pos" in leaf and "embed" in leaf:
+        if buffer.dim() == 2 and "pos" in leaf and "embed" in leaf and not any(path.startswith(n) for n in nested):
             sizes.append(buffer.shape[0])
     return min(sizes, default=None)
 
@@ -230,12 +246,12 @@ def check_cache_positions(cache: Any, lm: nn.Module, flag: str, cache_flag: str 
     positions = learned_positions(lm)
     if positions is None or cache.manifest.content.max_length <= positions:
         return
-    rows = cache.rows(np.arange(cache.num_rows), [S.ID, S.PROMPT_IDS, S.COMPLETION_IDS, S.KL_COMPLETION_IDS])
-    longest = rows[S.PROMPT_IDS].lengths + np.maximum(rows[S.COMPLETION_IDS].lengths, rows[S.KL_COMPLETION_IDS].lengths)
+    longest = cache.longest_sequences()  # list offsets only: no hashing, no token copied
     at = int(np.argmax(longest))
     if longest[at] > positions:
+        row_id = cache.rows([at], [S.ID])[S.ID][0]
         raise InputError(
-            f"{flag}: row {rows[S.ID][at]!r} of {cache_flag} {cache.dir} has {int(longest[at])} tokens, more than the {positions} positions "
+            f"{flag}: row {row_id!r} of {cache_flag} {cache.dir} has {int(longest[at])} tokens, more than the {positions} positions "
             f"{type(lm).__name__} learned; give a cache made with --max-length {positions} or less"
         )
 

@@ -170,7 +170,8 @@ def load_causal_lm(
     except Exception as exc:
         unsupported = _attention_unsupported(exc)
         if unsupported is not None:
-            raise InputError(f"--attn-implementation {attn_implementation}: {unsupported} does not support it; give --attn-implementation eager") from exc
+            others = "eager" if attn_implementation == "sdpa" else "sdpa or eager"
+            raise InputError(f"--attn-implementation {attn_implementation}: {unsupported} does not support it; give --attn-implementation {others}") from exc
         raise InputError(f"{flag} {source.directory}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     # PEFT names an adapter's base after this (adapter_config.json's base_model_name_or_path):
     # the hub id or the path as given, not the absolute folder it was loaded from.

@@ -99,12 +99,11 @@ def test_keys_on_the_text_config_are_read():
     from kto.formats.compute.logprob import CompletionLogps
     from kto.formats.errors import InputError
 
-    assert CompletionLogps(with_text_config(tiny_llama(97), final_logit_softcapping=30.0)).softcap == 30.0
     with pytest.raises(InputError, match=r"LlamaForCausalLM scales its logits \(lm_head_multiplier 0.25\)"):
         CompletionLogps(with_text_config(tiny_llama(97), lm_head_multiplier=0.25))
-    # One config object (a text-only model): its cap is read once, not applied twice.
-    lm = tiny_llama(97, final_logit_softcapping=0.5)
-    assert lm.config.get_text_config() is lm.config and CompletionLogps(lm).softcap == 0.5
+    # A cap is applied only by a class whose forward reads it: Llama's never does.
+    assert CompletionLogps(with_text_config(tiny_llama(97), final_logit_softcapping=30.0)).softcap is None
+    assert CompletionLogps(tiny_llama(97, final_logit_softcapping=0.5)).softcap is None
 
 
 def test_gemma2_softcap_matches_its_forward():
@@ -135,6 +134,51 @@ def test_learned_positions_of_each_family():
         LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=40)
     )
     assert (learned_positions(gpt2(40)), learned_positions(opt), learned_positions(llama)) == (40, 40, None)
+
+
+def test_an_encoders_positions_nested_in_the_decoder_are_not_the_texts():
+    """Phi-4-multimodal's decoder holds its image and audio encoders, whose patch positions (1024)
+    were read as the text's (rotary, any length): rows over 1024 tokens were refused (a review)."""
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+
+    from kto.formats.compute.logprob import learned_positions
+
+    with torch.device("meta"):
+        assert learned_positions(Phi4MultimodalForCausalLM(Phi4MultimodalConfig())) is None
+
+
+def test_a_softcap_the_class_never_applies_is_not_applied():
+    """Gemma 3's multimodal model keeps its text config's final_logit_softcapping and its forward
+    never applies it (its causal LM does): read from the text config, it bent every log-prob."""
+    from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig
+
+    from kto.formats.compute.logprob import logit_softcap
+
+    text = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+    with torch.device("meta"):
+        multimodal = Gemma3ForConditionalGeneration(Gemma3Config(text_config={**text, "final_logit_softcapping": 0.5}, vision_config=vision))
+        causal = Gemma3ForCausalLM(Gemma3TextConfig(**text, final_logit_softcapping=0.5))
+    assert (logit_softcap(multimodal), logit_softcap(causal)) == (None, 0.5)
+
+
+def test_the_train_check_reads_lengths_not_shards(tiny_cache, monkeypatch):
+    """kto-train's check runs on every start with a learned-position model: it read (hashed and
+    copied) every shard; list offsets are enough."""
+    from kto.formats.cache import ShardedCache, open_cache
+    from kto.formats.compute.logprob import check_cache_positions
+
+    def no_reading(self, k, **kwargs):
+        raise AssertionError("a shard was read whole")
+
+    cache = open_cache(tiny_cache)
+    longest = int(cache.longest_sequences().max())
+    assert cache.manifest.content.max_length > longest  # so the check must look at the rows
+    with monkeypatch.context() as patched:
+        patched.setattr(ShardedCache, "read_shard", no_reading)
+        check_cache_positions(cache, gpt2(longest), "--model m")  # every row fits: nothing read, nothing said
+    with pytest.raises(Exception, match=f"has {longest} tokens, more than the {longest - 1} positions"):
+        check_cache_positions(cache, gpt2(longest - 1), "--model m")  # the refusal reads the row's id
 
 
 def test_padding_stays_inside_the_position_table():
@@ -198,6 +242,18 @@ def test_kto_train_refuses_a_policy_with_fewer_positions_than_the_cache_rows(tmp
     line = train_error_line(result.output)
     assert "more than the 16 positions GPT2LMHeadModel learned" in line and "--cache" in line, line
     assert not (tmp_path / "run").exists()  # checked on the model's skeleton, before --out is touched
+
+
+def test_kto_inspect_score_refuses_such_a_policy_in_one_line(tmp_path, tokenizer, tiny_cache):
+    """The same cache and policy through `kto-inspect score`: an IndexError mid-shard before."""
+    from click.testing import CliRunner
+
+    from kto.inspection.cli import main
+
+    model = gpt2_dir(tmp_path / "gpt2", tokenizer, 16)
+    result = CliRunner().invoke(main, ["score", str(tiny_cache), "--model", str(model), "--out", str(tmp_path / "scores.parquet")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "more than the 16 positions GPT2LMHeadModel learned" in result.output and not (tmp_path / "scores.parquet").exists()
 
 
 # ---- 3. an attention implementation the model refuses at load ----------------------------------
