@@ -12,22 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import chat_rows, make_cache, metrics, run_train, train_error_line
+from conftest import TINY_LLAMA, chat_rows, make_cache, metrics, run_train, train_error_line
 
 from kto.train import adapters
 from kto.train.model import disable_dropout
 
-MOE = dict(
-    vocab_size=97,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    num_local_experts=4,
-    num_experts_per_tok=2,
-)
+MOE = {**TINY_LLAMA, "vocab_size": 97, "max_position_embeddings": 64, "num_local_experts": 4, "num_experts_per_tok": 2}
 
 
 def tiny_moe(arch: str, **overrides: object) -> torch.nn.Module:
