@@ -414,7 +414,7 @@ def packing_refusal(lm: torch.nn.Module) -> str | None:
     meta-device skeleton (models.py model_skeleton) answers before any weight is read."""
     name = type(lm).__name__
     if not getattr(lm, "_supports_attention_backend", False):
-        return f"{name} does not run its attention through transformers' attention interface, which packing replaces"
+        return f"{name} does not attend through transformers' attention interface (or has no attention), which packing replaces"
     config = lm.config.get_text_config()
     kinds = sorted(set(getattr(config, "layer_types", None) or ()) - set(_ATTENTION_LAYERS))
     if kinds:
@@ -494,7 +494,10 @@ def _check_forward(lm: torch.nn.Module, gather: _Gather) -> None:
             "the others would mix a pack's completions; use --no-prefix-sharing"
         )
     window, widest = getattr(config, "sliding_window", None), max(index.shape[-1] for index in gather.gather_index)
-    if isinstance(window, int) and 0 < window < widest and gather.windows == {None}:
+    # A window the config keeps but no layer uses (SmolLM3's use_sliding_window false, layer_types
+    # without sliding_attention) is no window.
+    unused = getattr(config, "use_sliding_window", True) is False or "sliding_attention" not in (getattr(config, "layer_types", None) or ["sliding_attention"])
+    if isinstance(window, int) and 0 < window < widest and gather.windows == {None} and not unused:
         raise InputError(
             f"--prefix-sharing: {type(lm).__name__}'s config has sliding_window {window} but its layers do not pass it to attention; use --no-prefix-sharing"
         )

@@ -54,7 +54,10 @@ def test_models_whose_layers_mix_tokens_outside_attention_are_named_with_why():
     assert packing_refusal(minimax) == "MiniMaxForCausalLM has linear_attention layers, which mix tokens outside causal attention"
     for model in (on_meta(lambda: BloomForCausalLM(BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4))),
                   on_meta(lambda: MambaForCausalLM(MambaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=4)))):  # fmt: skip
-        assert packing_refusal(model) == f"{type(model).__name__} does not run its attention through transformers' attention interface, which packing replaces"
+        assert (
+            packing_refusal(model)
+            == f"{type(model).__name__} does not attend through transformers' attention interface (or has no attention), which packing replaces"
+        )
     # Causal attention alone, through the interface: packed, as before.
     assert packing_refusal(on_meta(lambda: tiny_llama(vocab_size=97))) is None
     assert packing_refusal(on_meta(lambda: Qwen2ForCausalLM(Qwen2Config(**TINY)))) is None
@@ -179,3 +182,13 @@ def test_a_model_that_cannot_be_checked_is_not_packed():
         raise InputError("--model custom: cannot build the model from its config (ValueError: meta)")
 
     assert sharing_refusal(fails) == "its layers could not be checked (--model custom: cannot build the model from its config (ValueError: meta))"
+
+
+def test_a_window_the_config_keeps_but_no_layer_uses_is_no_reason_to_refuse():
+    """SmolLM3 with use_sliding_window false keeps sliding_window in its config and attends in
+    full: the window guard refused it (a final review), though packing is exact there."""
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    torch.manual_seed(0)
+    lm = SmolLM3ForCausalLM(SmolLM3Config(**TINY, sliding_window=4, use_sliding_window=False, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    torch.testing.assert_close(torch.as_tensor(scores(lm, True)), torch.as_tensor(scores(lm, False)), rtol=0, atol=1e-5)
