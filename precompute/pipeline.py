@@ -34,7 +34,15 @@ from kto.formats import schema as S
 from kto.formats.atomic import atomic_dir
 from kto.formats.cache import ArrowFile
 from kto.formats.compute.logprob import input_device
-from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, model_skeleton, resolve_source, tokenizer_identity
+from kto.formats.compute.models import (
+    check_attention_implementation,
+    load_completion_logps,
+    load_tokenizer,
+    model_identity,
+    model_skeleton,
+    resolve_source,
+    tokenizer_identity,
+)
 from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.compute.scoring import default_batch_tokens, plan_scoring, score_sequences
 from kto.formats.compute.shared_prefix import sharing_refusal
@@ -208,6 +216,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     install_template(tokenizer, template)
     numerics = parse_numerics(cfg.dtype, state.device)
     cfg = _with_batch_budget(cfg, state.device)
+    check_attention_implementation(source, cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)  # before --out is claimed
     cfg = _with_sharing_the_model_allows(cfg, source, state)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)
     outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 or cfg.eval_data else {})}

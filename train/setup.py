@@ -18,7 +18,7 @@ import torch
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.logprob import check_cache_positions
-from kto.formats.compute.models import ModelSource, check_cache_tokenizer, model_identity, model_skeleton, resolve_source
+from kto.formats.compute.models import ModelSource, check_attention_implementation, check_cache_tokenizer, model_identity, model_skeleton, resolve_source
 from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import same_model
@@ -160,6 +160,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
+    check_attention_implementation(source, cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
     build = functools.cache(lambda: model_skeleton(source, trust_remote_code=cfg.trust_remote_code))  # meta device, no weight read
     adapters.check_model(cfg, build() if adapters.enabled(cfg) else None)
     packs = cfg.prefix_sharing and packs_allowed(build, accelerator)

@@ -170,8 +170,7 @@ def load_causal_lm(
     except Exception as exc:
         unsupported = _attention_unsupported(exc)
         if unsupported is not None:
-            others = "eager" if attn_implementation == "sdpa" else "sdpa or eager"
-            raise InputError(f"--attn-implementation {attn_implementation}: {unsupported} does not support it; give --attn-implementation {others}") from exc
+            raise _attention_refusal(attn_implementation, unsupported) from exc
         raise InputError(f"{flag} {source.directory}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
     # PEFT names an adapter's base after this (adapter_config.json's base_model_name_or_path):
     # the hub id or the path as given, not the absolute folder it was loaded from.
@@ -183,6 +182,32 @@ def load_causal_lm(
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model
+
+
+def check_attention_implementation(source: ModelSource, attn_implementation: str, *, trust_remote_code: bool = False) -> None:
+    """Before --out is touched: transformers refuses sdpa at load for some models (Gemma 2,
+    GptOss, Bloom in 5.25), and building the model from its config on the meta device meets the
+    same refusal, said as the flag to give. Any other failure is left to the load (flash kernels
+    are checked there, on the device they run on)."""
+    if attn_implementation != "sdpa":
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with gguf_loads(source.gguf_file):
+            config = AutoConfig.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+    except Exception as exc:
+        unsupported = _attention_unsupported(exc)
+        if unsupported is not None:
+            raise _attention_refusal(attn_implementation, unsupported) from exc
+
+
+def _attention_refusal(attn_implementation: str, model: str) -> InputError:
+    others = "eager" if attn_implementation == "sdpa" else "sdpa or eager"
+    return InputError(f"--attn-implementation {attn_implementation}: {model} does not support it; give --attn-implementation {others}")
 
 
 def _attention_unsupported(exc: Exception) -> str | None:

@@ -273,3 +273,21 @@ def test_gemma2_under_sdpa_names_the_flag(tmp_path):
         load_causal_lm(source, dtype=torch.float32, attn_implementation="sdpa")
     assert str(refused.value) == "--attn-implementation sdpa: Gemma2ForCausalLM does not support it; give --attn-implementation eager"
     assert type(load_causal_lm(source, dtype=torch.float32, attn_implementation="eager")).__name__ == "Gemma2ForCausalLM"
+
+
+def test_both_commands_refuse_sdpa_for_gemma2_before_out_is_touched(tmp_path, tokenizer, tiny_cache):
+    """The refusal named the flag but came after kto-precompute had claimed and staged --out, so
+    the rerun it advised was refused in turn (a different configuration: pass --overwrite)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = tmp_path / "gemma2"
+    Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tokenizer), **shape, **special)).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    said = "--attn-implementation sdpa: Gemma2ForCausalLM does not support it; give --attn-implementation eager"
+    result = precompute(tmp_path, model)
+    assert result.exit_code == 2 and said in result.output and not (tmp_path / "cache").exists(), result.output
+    assert precompute(tmp_path, model, "--attn-implementation", "eager").exit_code == 0
+    result = run_train(tiny_cache, model, tmp_path / "run", "--max-steps", "1")
+    assert said in train_error_line(result.output) and not (tmp_path / "run").exists()
