@@ -125,16 +125,21 @@ def model_skeleton(source: ModelSource, *, trust_remote_code: bool = False, flag
     """`source`'s model built from its config on the meta device: its modules and config, no
     weight read, for the checks made before --out is touched (LoRA targets, prefix sharing). A
     GGUF file's parse is kept for the model's load (gguf_once)."""
+    try:
+        return _on_meta(source, trust_remote_code)
+    except Exception as exc:
+        raise InputError(f"{flag} {source.name}: cannot build the model from its config ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+
+
+def _on_meta(source: ModelSource, trust_remote_code: bool, **kwargs: Any) -> PreTrainedModel:
+    """AutoModelForCausalLM.from_config of `source`'s config on the meta device (`kwargs` to it)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    try:
-        with gguf_loads(source.gguf_file):
-            config = AutoConfig.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise InputError(f"{flag} {source.name}: cannot build the model from its config ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    with gguf_loads(source.gguf_file):  # the model's load reuses this parse of a GGUF file
+        config = AutoConfig.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def _unreadable_json_in(directory: Path) -> InputError | None:
@@ -191,14 +196,8 @@ def check_attention_implementation(source: ModelSource, attn_implementation: str
     are checked there, on the device they run on)."""
     if attn_implementation != "sdpa":
         return
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     try:
-        with gguf_loads(source.gguf_file):
-            config = AutoConfig.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **source.load_kwargs)
-        with torch.device("meta"):
-            AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+        _on_meta(source, trust_remote_code, attn_implementation=attn_implementation)
     except Exception as exc:
         unsupported = _attention_unsupported(exc)
         if unsupported is not None:
