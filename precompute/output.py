@@ -27,6 +27,7 @@ from kto.formats import schema as S
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
 from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
+from kto.formats.files import output_dir
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import CacheContent, same_model
 from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
@@ -102,8 +103,7 @@ def prepare_out_dir(out: Path, content: CacheContent, layout: dict, overwrite: b
     Call it holding the lock on the cache (formats/lock.py): it removes the temp files a killed
     run left, which a live writer's would look like.
     """
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, not a directory")
+    output_dir(out, f"--out {out}")
     with_eval = content.split != "eval"
     for folder in (out, out / S.EVAL_DIR) if with_eval else (out,):
         remove_own_temps(folder)

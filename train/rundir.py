@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from kto.formats.atomic import parse_temp_name, remove_stale_temps
 from kto.formats.cache import refuse_inside_others
 from kto.formats.errors import InputError, on_main
+from kto.formats.files import output_dir
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of, same_model
 from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
@@ -210,8 +211,7 @@ def foreign_entry(out: Path) -> Path | None:
 
 def refuse_foreign(out: Path) -> None:
     """InputError naming the first entry of `out` that is not ours (see the module docstring)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, not a directory")
+    output_dir(out, f"--out {out}")
     refuse_inside_others(out)
     entry = foreign_entry(out)
     if entry is not None:
