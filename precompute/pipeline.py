@@ -21,6 +21,7 @@ of processes, and the main process writes one manifest over all of them once eve
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import shutil
 import time
@@ -193,13 +194,13 @@ def _with_batch_budget(cfg: PrecomputeConfig, device: torch.device) -> Precomput
     return replace(cfg, batch_tokens=resumed or default_batch_tokens(device))
 
 
-def _with_sharing_the_model_allows(cfg: PrecomputeConfig, source, state) -> PrecomputeConfig:
+def _with_sharing_the_model_allows(cfg: PrecomputeConfig, skeleton: Callable[[], torch.nn.Module], state) -> PrecomputeConfig:
     """Prefix sharing off, said in one line, for a model whose layers would mix a pack's
     completions (shared_prefix.py sharing_refusal): decided from its config before the layout is
     recorded, so the manifest says what ran and a rerun decides the same."""
     if not cfg.prefix_sharing:
         return cfg
-    reason = sharing_refusal(lambda: model_skeleton(source, trust_remote_code=cfg.trust_remote_code))
+    reason = sharing_refusal(skeleton)
     if reason is None:
         return cfg
     if state.is_main_process:
@@ -217,14 +218,15 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     numerics = parse_numerics(cfg.dtype, state.device)
     cfg = _with_batch_budget(cfg, state.device)
     check_attention_implementation(source, cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)  # before --out is claimed
-    cfg = _with_sharing_the_model_allows(cfg, source, state)
+    skeleton = functools.cache(lambda: model_skeleton(source, trust_remote_code=cfg.trust_remote_code))  # meta device, no weight read
+    cfg = _with_sharing_the_model_allows(cfg, skeleton, state)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)
     outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 or cfg.eval_data else {})}
     contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}
     fingerprints = {name: content.fingerprint for name, content in contents.items()}
     created = not cfg.out.exists()
     stale = claim_out(cfg, outs, contents, layout, state, held)
-    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created, bool(stale))
+    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created, bool(stale), skeleton)
     if stale:  # the old cache that --overwrite replaces goes only now, the rows read and checked
         replace_out(outs, contents, layout, stale, {s.staged for s in splits}, state)
     if state.is_main_process:
@@ -242,9 +244,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
             trust_remote_code=cfg.trust_remote_code,
             chunk_size=cfg.chunk_size,
         )
-        for s in splits:
-            check_vocabulary(s.staged, [s], scorer.lm, tokenizer, cfg.model)
-            check_positions(s, scorer.lm, cfg.max_length)
+        _check_rows_fit(scorer.lm, splits, tokenizer, cfg)  # again on the loaded model, for one its skeleton could not show
     manifests = []
     for s in splits:
         score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, s.staged, on_scored)
@@ -268,16 +268,28 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
 
 
 def _stage_and_split(
-    cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content: CacheContent, state, created: bool, replacing: bool
+    cfg: PrecomputeConfig,
+    tokenizer,
+    template: ChatTemplate,
+    content: CacheContent,
+    state,
+    created: bool,
+    replacing: bool,
+    skeleton: Callable[[], torch.nn.Module],
 ) -> tuple[Path, list[Split]]:
-    """Stage the rows (and --eval-data's) and build the splits; on bad input, remove an --out
+    """Stage the rows (and --eval-data's), build the splits and check them against --model's
+    `skeleton` (_check_rows_fit); on bad input, remove an --out
     this run created (nothing half-written is left behind), or the staging files beside the old
     cache it was `replacing` (left as it was, an unfinished run's staging file included), and re-raise."""
     staging_before = staging_files(cfg.out)
     try:
         staged = stage_rows(cfg, tokenizer, template, content, state)
         held_out = stage_rows(cfg, tokenizer, template, content, state, held_out=staged) if cfg.eval_data else None
-        return staged, build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process, held_out=held_out)
+        splits = build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process, held_out=held_out)
+        lm = _built(skeleton)
+        if lm is not None:  # a model that cannot be built here is checked once loaded
+            _check_rows_fit(lm, splits, tokenizer, cfg)
+        return staged, splits
     except InputError:
         # Every rank reads the staging file in --out (the id check, the index): the main process
         # removing --out while another rank still read it killed that rank with a
@@ -292,6 +304,23 @@ def _stage_and_split(
         elif replacing and state.is_main_process:
             remove_staging(cfg.out, keep=staging_before)
         raise
+
+
+def _built(skeleton: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+    try:
+        return skeleton()
+    except InputError:
+        return None
+
+
+def _check_rows_fit(lm: torch.nn.Module, splits: list[Split], tokenizer, cfg: PrecomputeConfig) -> None:
+    """Every token id of the rows has an embedding row in `lm` and every sequence, as cut, a
+    position its learned table holds (plan.py check_vocabulary, check_positions). Shapes only:
+    `lm` may be the meta-device skeleton, so the refusal comes while this run's --out can still be
+    removed, and the rerun the message advises needs no --overwrite."""
+    for s in splits:
+        check_vocabulary(s.staged, [s], lm, tokenizer, cfg.model)
+        check_positions(s, lm, cfg.max_length)
 
 
 def warn_one_class(splits: list[Split]) -> None:

@@ -224,6 +224,18 @@ def test_kto_precompute_refuses_rows_longer_than_the_position_table(tmp_path, to
         assert not list((tmp_path / "cache").glob("shard-*.arrow"))  # refused before any shard was scored
 
 
+def test_after_that_refusal_the_advised_rerun_needs_no_overwrite(tmp_path, tokenizer):
+    """The refusal came after the rows were staged in --out: --out stayed, holding a staging file
+    of the refused content, so the rerun the message advises was refused in turn (another
+    cache in --out) unless given --overwrite, which the message did not say."""
+    model = gpt2_dir(tmp_path / "gpt2", tokenizer, 16)
+    refused = precompute(tmp_path, model)
+    assert refused.exit_code != 0 and "give --max-length 16 or less" in refused.output, refused.output
+    assert not (tmp_path / "cache").exists()  # the run created --out and removed it again
+    rerun = precompute(tmp_path, model, "--max-length", "16", "--max-prompt-length", "8")
+    assert rerun.exit_code == 0, rerun.output
+
+
 @pytest.mark.parametrize("sharing", ["--prefix-sharing", "--no-prefix-sharing"])
 def test_kto_precompute_accepts_rows_within_the_table(tmp_path, tokenizer, sharing):
     """--max-length 20 cuts every row to the 20 positions learned. 20 is not a multiple of 16:
