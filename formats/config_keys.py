@@ -31,7 +31,8 @@ PRECOMPUTE_KEYS = frozenset(
 TRAIN_KEYS = frozenset(
     {
         "cache", "model", "out", "beta", "desirable_weight", "undesirable_weight", "auto_weights", "loss", "sft_weight", "lr",
-        "lr_schedule", "lr_schedule_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "batch_size",
+        "lr_schedule", "lr_schedule_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
+        "adam_epsilon", "max_grad_norm", "batch_size",
         "grad_accum", "epochs", "max_steps", "seed", "kl_scope", "mixed_precision", "dtype", "gradient_checkpointing",
         "keep_dropout", "log_every", "save_every", "save_each_epoch", "save_total_limit", "eval_cache", "eval_every",
         "eval_each_epoch", "resume", "report_to", "run_name",
@@ -291,7 +292,6 @@ _OPTIM = Unsupported(
     _TORCH_ADAMW,
     (("paged_adamw_32bit", "same maths as kto-train's AdamW, no paging"),),
 )
-_ADAMW = "the optimizer is AdamW with betas (0.9, 0.999) and eps 1e-8 (torch's and transformers' defaults), which kto-train keeps"
 UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
     PRECOMPUTE: {**_UNSUPPORTED_BOTH, **_UNSUPPORTED_DATA},
     TRAIN: {
@@ -304,9 +304,6 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
             # What transformers 5's TrainingArguments(fsdp=...).to_dict() fills in: the same as ours.
             (None, {}, {"reshard_after_forward": True, "min_num_params": 0, "xla": False, "xla_fsdp_v2": False, "xla_fsdp_grad_ckpt": False}),
         ),
-        "adam_beta1": Unsupported(_ADAMW, (0.9,), "AdamW's default, as here"),
-        "adam_beta2": Unsupported(_ADAMW, (0.999,), "AdamW's default, as here"),
-        "adam_epsilon": Unsupported(_ADAMW, (1e-8,), "AdamW's default, as here"),
         "load_best_model_at_end": Unsupported(
             "final/ is the last step's model, never the best checkpoint's; eval losses per step are in OUT/metrics.jsonl", (None, False)
         ),

@@ -73,6 +73,12 @@ class TrainConfig:
     """Warmup steps; when above 0 it wins over warmup_ratio (as in transformers)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW's β1 (transformers' adam_beta1)."""
+    adam_beta2: float = 0.999
+    """AdamW's β2 (transformers' adam_beta2; LLM recipes often take 0.95)."""
+    adam_epsilon: float = 1e-8
+    """AdamW's ε (transformers' adam_epsilon)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
     batch_size: int = 8
@@ -184,6 +190,11 @@ class TrainConfig:
             raise InputError(f"--drift-tolerance {self.drift_tolerance}: must not be negative")
         if not 0 <= self.seed < 2**32:  # numpy's and torch's seeds, as transformers' set_seed takes them
             raise InputError(f"--seed {self.seed}: must be in [0, 2**32)")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise InputError(f"--{_flag(name)} {getattr(self, name)}: must be in [0, 1)")
+        if not 0 < self.adam_epsilon < math.inf:
+            raise InputError(f"--adam-epsilon {self.adam_epsilon}: must be positive")
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:

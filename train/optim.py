@@ -22,7 +22,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # Fused AdamW on CUDA (what HF's Trainer, hence TRL, uses): one kernel for the whole update.
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=torch.cuda.is_available())
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.adam_epsilon, fused=torch.cuda.is_available())
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:

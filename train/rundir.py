@@ -101,6 +101,12 @@ def config_record(cfg: TrainConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+# Settings recorded since a version that trained without them, each with the value every run
+# before it trained with: a record made then, and its checkpoints' settings digest, still match
+# a resume that leaves the setting at that value.
+RECORDED_SINCE = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
+
+
 def _resume_may_change(part: str, key: str) -> bool:
     """A record entry that a resume may change: a RESUMABLE setting, or one of the PATHS."""
     return part == "config" and (key in RESUMABLE or key in PATHS)
@@ -110,7 +116,7 @@ def record_differences(saved: dict, now: dict) -> list[str]:
     """'name (X there, Y now)' for each setting a resume may not change."""
     out = []
     for part in ("config", "derived"):
-        a, b = saved.get(part, {}), now[part]
+        a, b = _as_recorded_since(part, saved.get(part, {})), _as_recorded_since(part, now[part])
         for k in sorted(set(a) | set(b)):
             if _resume_may_change(part, k):
                 continue
@@ -125,7 +131,13 @@ def settings_digest(record: dict) -> str:
     """A hash of the settings a resume may not change (those record_differences compares).
     Checkpoints carry it, so one copied in from another run (another β, say) is refused."""
     kept = {part: {k: v for k, v in record.get(part, {}).items() if not _resume_may_change(part, k)} for part in ("config", "derived")}
+    kept["config"] = {k: v for k, v in kept["config"].items() if not (k in RECORDED_SINCE and v == RECORDED_SINCE[k])}
     return fingerprint_of(kept)
+
+
+def _as_recorded_since(part: str, settings: dict) -> dict:
+    """`settings` with each RECORDED_SINCE key it lacks at the value runs before it trained with."""
+    return {**RECORDED_SINCE, **settings} if part == "config" else settings
 
 
 def _show(value) -> str:

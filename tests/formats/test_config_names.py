@@ -397,9 +397,6 @@ INERT = [
     (TRAIN, "label_pad_token_id", -100, "-100: ignored (prompt and padding are masked by position, as TRL's -100 masks them)"),
     (PRECOMPUTE, "label_pad_token_id", -100, "-100: ignored (prompt and padding are masked by position, as TRL's -100 masks them)"),
     (TRAIN, "model_init_kwargs", None, "null: ignored (asks for nothing here)"),
-    (TRAIN, "adam_beta1", 0.9, "0.9: ignored (AdamW's default, as here)"),
-    (TRAIN, "adam_beta2", 0.999, "0.999: ignored (AdamW's default, as here)"),
-    (TRAIN, "adam_epsilon", "1e-8", "1e-8: ignored (AdamW's default, as here)"),  # YAML reads 1e-8 as text
     (TRAIN, "load_best_model_at_end", False, "false: ignored (asks for nothing here)"),
     (TRAIN, "ignore_data_skip", False, "false: ignored (asks for nothing here)"),
     (TRAIN, "dataloader_drop_last", False, "false: ignored (asks for nothing here)"),
@@ -413,7 +410,6 @@ INERT = [
     (PRECOMPUTE, "enable_thinking", True, "true: ignored (the chat template renders with its own defaults)"),
 ]
 REFUSED = [
-    (TRAIN, "adam_beta2", 0.95, "the optimizer is AdamW with betas (0.9, 0.999) and eps 1e-8 (torch's and transformers' defaults), which kto-train keeps"),
     (TRAIN, "model_init_kwargs", {"dtype": "bfloat16"}, "from_pretrained's keywords are options here: give dtype (torch_dtype), attn_implementation"),
     (TRAIN, "label_pad_token_id", 0, "prompt and padding are masked by position here, not by a label id"),
     (TRAIN, "load_best_model_at_end", True, "final/ is the last step's model, never the best checkpoint's"),

@@ -38,6 +38,15 @@ def test_yaml_strings_that_are_numbers_become_the_flags_types(tmp_path, captured
     assert str(cfg.eval_cache) == "evalset" and not isinstance(cfg.eval_cache, str)
 
 
+def test_transformers_adam_keys_reach_adamw_as_floats(tmp_path, captured):
+    """A TRL or LLaMA-Factory file's adam_beta2: 0.95 was refused (the optimizer was fixed);
+    adam_epsilon: 1e-6 is text in YAML 1.1."""
+    result = run(tmp_path, "learning_rate: 1.0e-6\nadam_beta1: 0.8\nadam_beta2: 0.95\nadam_epsilon: 1e-6\n")
+    assert result.exit_code == 0, result.output
+    cfg = captured[0]
+    assert (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon) == (0.8, 0.95, 1e-6) and type(cfg.adam_epsilon) is float
+
+
 def test_toml_values_are_checked_too(tmp_path, captured):
     result = run(tmp_path, 'lr = "2e-5"\nbatch-size = 4\n', "run.toml")
     assert result.exit_code == 0, result.output

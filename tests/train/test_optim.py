@@ -213,3 +213,54 @@ def test_the_printed_resume_command_names_a_hub_cache_as_typed(tmp_path):
     finally:
         hub._FETCHED.clear()
     assert words[words.index("--cache") + 1] == "hf:me/fb-cache" and words[words.index("--eval-cache") + 1] == "hf:me/fb-cache/eval"
+
+
+def adamw_by_hand(p: float, grads: list[float], lr: float, b1: float, b2: float, eps: float) -> float:
+    """torch.optim.AdamW's update in float64 (no weight decay), bias-corrected as torch does."""
+    m = v = 0.0
+    for t, g in enumerate(grads, start=1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        p -= lr * (m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps)
+    return p
+
+
+def test_adam_betas_and_epsilon_reach_the_optimizer():
+    """transformers' adam_beta1/adam_beta2/adam_epsilon (0.95 for β2 is common in LLM recipes)
+    were refused for any value but the default. Three steps of one float64 parameter against
+    the update worked by hand: the second step onwards depends on both betas, and ε = 0.5 is
+    far from negligible next to these gradients."""
+    from kto.train.optim import build_optimizer
+
+    grads = [0.3, -1.2, 0.7]
+    for b1, b2, eps in ((0.9, 0.999, 1e-8), (0.8, 0.95, 0.5)):
+        layer = torch.nn.Linear(2, 2, bias=False, dtype=torch.float64)
+        weight = layer.weight
+        torch.nn.init.ones_(weight)
+        optimizer = build_optimizer(layer, SimpleNamespace(lr=0.1, weight_decay=0.0, adam_beta1=b1, adam_beta2=b2, adam_epsilon=eps))
+        for g in grads:
+            weight.grad = torch.full_like(weight, g)
+            optimizer.step()
+        assert weight[0, 0].item() == pytest.approx(adamw_by_hand(1.0, grads, 0.1, b1, b2, eps), rel=1e-12, abs=1e-14)
+
+
+@pytest.mark.parametrize(
+    "flag, value, problem",
+    [("--adam-beta1", "1", "must be in [0, 1)"), ("--adam-beta2", "-0.1", "must be in [0, 1)"), ("--adam-epsilon", "0", "must be positive")],
+)
+def test_adam_flags_out_of_range_are_refused_in_one_line(tiny_cache, tiny_model_dir, tmp_path, flag, value, problem):
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *ARGS, "--max-steps", "1", flag, value)
+    assert train_error_line(result.output).endswith(f"{flag} {float(value)}: {problem}") and not (tmp_path / "run").exists()
+
+
+def test_a_record_made_before_the_adam_settings_resumes_and_keeps_its_digest():
+    """Runs recorded before adam_beta1/adam_beta2/adam_epsilon were settings trained with
+    (0.9, 0.999, 1e-8): such a record and a checkpoint's settings digest must still match a
+    resume at the defaults, and a resume with another β2 must be refused naming both values."""
+    from kto.train.rundir import record_differences, settings_digest
+
+    now = {"config": {"beta": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}, "derived": {"total_steps": 3}}
+    before = {"config": {"beta": 0.1}, "derived": {"total_steps": 3}}
+    assert record_differences(before, now) == [] and settings_digest(before) == settings_digest(now)
+    other = {**now, "config": {**now["config"], "adam_beta2": 0.95}}
+    assert record_differences(before, other) == ["adam_beta2 (0.999 there, 0.95 now)"]
+    assert settings_digest(other) != settings_digest(now)
