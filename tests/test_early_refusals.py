@@ -103,6 +103,18 @@ def test_a_lora_adapter_folder_as_model_says_to_merge_it(tmp_path):
         resolve_source(str(adapter))
 
 
+def test_a_model_folder_that_also_holds_an_adapter_is_refused(tmp_path, model_dir):
+    """transformers loads such a folder as the adapter on top of its base_model_name_or_path
+    (resolved from the working directory), not the folder's own weights: kto-precompute scored
+    another model than the manifest fingerprints (up to 2.1 nats a row), and kto-train ended in
+    a peft traceback. kto-train and kto-inspect score resolve --model through the same function."""
+    (model_dir / "adapter_config.json").write_text('{"base_model_name_or_path": "tiny", "peft_type": "LORA"}')
+    line = refused("kto.precompute.cli", "--data", tmp_path / "a.jsonl", "--model", model_dir, "--out", tmp_path / "out")
+    assert line.startswith(f"kto-precompute: error: --model {model_dir}: holds a model (config.json) and a LoRA adapter (adapter_config.json)"), line
+    assert "transformers would load the adapter on tiny, not this folder's weights" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_precompute_chat_template_link_to_dev_zero(tmp_path, model_dir):
     template = tmp_path / "template.jinja"
     template.symlink_to("/dev/zero")

@@ -68,6 +68,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         if not (path / "config.json").is_file() and len(ggufs) == 1:
             return ModelSource(path.resolve(), gguf_file=ggufs[0], given=spec)
+        _refuse_model_with_adapter(path, spec, flag)
         return ModelSource(path.resolve(), given=spec)
     if path.exists():
         raise InputError(f"{flag} {spec}: not a model directory or a .gguf file")
@@ -79,7 +80,25 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         local = snapshot_download(spec)
     except Exception as exc:  # network, auth, missing repo: all one line for the user
         raise InputError(f"{flag} {spec}: cannot fetch from the hub ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    _refuse_model_with_adapter(Path(local), spec, flag)
     return ModelSource(Path(local), hub_id=spec, given=spec)
+
+
+def _refuse_model_with_adapter(path: Path, spec: str, flag: str) -> None:
+    """A folder with both config.json and adapter_config.json: transformers' from_pretrained
+    loads it as the adapter on top of the adapter's base_model_name_or_path (a path resolved
+    from the working directory, or a hub id), never the folder's own weights, so the numbers
+    would belong to another model than the one the cache or run fingerprints."""
+    if not (path / "config.json").is_file() or not (path / "adapter_config.json").is_file():
+        return
+    try:
+        base = read_json(path / "adapter_config.json").get("base_model_name_or_path") or "its base model"
+    except (InputError, AttributeError):
+        base = "its base model"
+    raise InputError(
+        f"{flag} {spec}: holds a model (config.json) and a LoRA adapter (adapter_config.json); transformers would load the adapter on "
+        f"{base}, not this folder's weights; move adapter_config.json and adapter_model.* out of it, or give the adapter merged into its base"
+    )
 
 
 def _no_config(path: Path, spec: str, flag: str) -> InputError:
