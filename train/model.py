@@ -104,7 +104,12 @@ def load_policy(cfg: TrainConfig, init: ModelSource, adapt: Callable[[torch.nn.M
 
     def adjust(lm: torch.nn.Module) -> torch.nn.Module:
         prepare_for_training(cfg, lm)
-        return adapt(lm)
+        adapted = adapt(lm)
+        if not cfg.keep_dropout:
+            # Again, on what the adapters added (peft's lora_dropout), as TRL's and LLaMA-Factory's
+            # KTO trainers disable dropout after adding them: a TRL file's lora_dropout trains off.
+            disable_dropout(adapted)
+        return adapted
 
     return load_completion_logps(
         init,

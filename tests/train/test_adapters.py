@@ -263,3 +263,29 @@ def test_disk_full_while_writing_final_merged_is_one_line(tiny_cache, tiny_model
     assert "Traceback" not in result.output and len(line) == 1, result.output
     assert line[0].endswith(f"{out / 'final-merged'}: no space left on device; free some space and run the command again"), line
     assert (out / "final").is_dir() and not [p.name for p in out.iterdir() if "final-merged" in p.name]
+
+
+@pytest.mark.parametrize("keep_dropout", [False, True])
+def test_lora_dropout_is_off_with_the_models_dropout(tiny_cache, tiny_model_dir, tmp_path, keep_dropout):
+    """TRL's and LLaMA-Factory's KTO trainers disable dropout after the adapters are added, so
+    a TRL file's lora_dropout 0.05 (use_peft's default) trains without it there. Here the
+    model's dropout was turned off before peft added its own: train-mode forwards stayed
+    random, the KL pass noisy, and --keep-dropout changed nothing. The adapters' B is made
+    non-zero, else their output (and any dropout in it) is zero."""
+    from kto.formats.compute.models import resolve_source
+    from kto.train.adapters import add_adapters
+    from kto.train.config import TrainConfig
+    from kto.train.model import load_policy
+
+    cfg = TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path, lora_r=4, lora_dropout=0.5, keep_dropout=keep_dropout)
+    policy = load_policy(cfg, resolve_source(cfg.model), lambda lm: add_adapters(cfg, lm))
+    lm = policy.lm
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    ids = torch.tensor([[1, 200, 300, 400, 500, 600]])
+    lm.train()
+    with torch.no_grad():
+        first, second = lm(input_ids=ids).logits, lm(input_ids=ids).logits
+    assert torch.equal(first, second) is not keep_dropout
