@@ -33,9 +33,11 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
     second process gets while the first one holds the lock.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    lock_file = path / LOCK_NAME
-    fd = _open_own_lock(lock_file, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _open_own_lock(path / LOCK_NAME, flag)
+    except OSError as exc:  # read-only, no permission, no space: the folder, not a traceback
+        raise InputError(f"{flag} {path}: cannot create or lock ({exc.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -334,10 +334,7 @@ def lock_run_dir(out: Path, accelerator: Accelerator) -> Iterator[None]:
         def take() -> bool:
             refuse_foreign(out)  # before the lock file: nothing is written into a directory not ours
             created = not out.exists()
-            try:
-                stack.enter_context(locked_dir(out, "--out"))
-            except OSError as exc:
-                raise InputError(f"--out {out}: cannot create or lock ({exc.strerror})") from None
+            stack.enter_context(locked_dir(out, "--out"))
             return created
 
         created = on_main(take, accelerator)

@@ -58,3 +58,26 @@ def test_a_lock_that_is_a_folder_is_refused_in_one_line(tmp_path):
     with pytest.raises(InputError, match=r"\.lock is not a lock file kto made"):
         with locked_dir(tmp_path, "--cache"):
             pass
+
+
+@pytest.mark.parametrize("where", ["mkdir", "open"])
+def test_a_directory_that_cannot_be_created_or_locked_is_one_line(tmp_path, monkeypatch, where):
+    """A read-only --out (EROFS; EACCES for a user without write access): kto-precompute ended
+    in an OSError traceback, kto-train caught it itself. The refusal now comes from the lock
+    both commands take. (Faked: the tests run as root, which a chmod does not stop.)"""
+    import errno
+    from pathlib import Path
+
+    import kto.formats.lock as lock
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    if where == "mkdir":
+        monkeypatch.setattr(Path, "mkdir", read_only)
+    else:
+        monkeypatch.setattr(lock.os, "open", read_only)
+    with pytest.raises(InputError) as err:
+        with locked_dir(tmp_path / "out", "--out"):
+            pass
+    assert str(err.value) == f"--out {tmp_path / 'out'}: cannot create or lock (Read-only file system)"
