@@ -12,6 +12,7 @@ kto-precompute for 40 s, and each level multiplies that by 10). A config file ha
 
 from __future__ import annotations
 
+import datetime
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,9 +35,11 @@ def read_mapping(path: str | Path) -> dict:
     is_toml = path.suffix.lower() == ".toml"
     regular_file(path, f"--config {path}")
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise InputError(f"--config {path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--config {path}: not valid UTF-8 at byte {exc.start}") from None
     try:
         raw = tomllib.loads(text) if is_toml else _load_yaml(text, path)
     except InputError:
@@ -148,6 +151,9 @@ def option_value(param: click.Parameter, where: str, value: Any) -> Any:
         value = int(value)
     elif isinstance(kind, (click.Choice, click.Path, click.types.StringParamType)):
         value = str(value)
+    elif isinstance(value, (datetime.date, datetime.time)):  # YAML's and TOML's unquoted dates and times
+        what = "a time" if isinstance(value, datetime.time) else "a date"
+        raise InputError(f"{where}: {value.isoformat()} is {what}; expected {kind.name}")
     try:
         return kind.convert(value, param, None)
     except click.BadParameter as exc:

@@ -67,7 +67,11 @@ def read_dataset_info(dataset_dir: Path) -> dict:
     path = Path(dataset_dir) / INFO_NAME
     regular_file(path, f"--dataset-dir {dataset_dir}: {INFO_NAME}")
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not valid UTF-8 at byte {e.start}") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(info, dict):

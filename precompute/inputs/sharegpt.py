@@ -55,9 +55,11 @@ def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
         where = f"--sharegpt-info {spec}"
         regular_file(path, where)
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
         except OSError as e:
             raise InputError(f"{where}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where}: not valid UTF-8 at byte {e.start}") from None
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: malformed JSON ({e.msg} at line {e.lineno})") from None
         entry = _pick_entry(data, name, where)

@@ -368,3 +368,10 @@ def test_a_file_of_another_shape_beside_an_alpaca_entry_is_read_by_its_shape(tmp
     write_rows(tmp_path / "rows.jsonl", [{"input": "only", "kto_tag": True}, {"output": "x", "kto_tag": False}])  # the entry's, broken
     with pytest.raises(InputError, match="instruction"):
         read_examples(found.data, sharegpt=found.sharegpt, alpaca=found.alpaca)
+
+
+def test_a_dataset_info_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "dataset_info.json").write_bytes(b'{"d": {"file_name": "caf\xe9.json"}}')
+    with pytest.raises(InputError) as err:
+        load_datasets("d", tmp_path)
+    assert str(err.value) == f"{tmp_path / 'dataset_info.json'}: not valid UTF-8 at byte 24"

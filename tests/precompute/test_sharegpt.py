@@ -256,3 +256,12 @@ def test_messages_keep_their_tool_calls_and_reasoning_for_the_template(tmp_path,
     row = pl.read_ipc(f"{tmp_path / 'b'}/shard-*.arrow").filter(pl.col("id") == "calls.jsonl:1").row(0, named=True)
     assert '<|im_start|>assistant\n<tool_call>weather {"city": "c1"}</tool_call><|im_end|>' in tokenizer.decode(row["prompt_ids"])
     assert tokenizer.decode(row["completion_ids"]) == "<think>The tool said so.</think>Sunny in 0.<|im_end|>\n"
+
+
+def test_an_info_file_that_is_not_utf8_is_one_line(tmp_path):
+    """A Latin-1 dataset_info.json (an accented name) ended in a UnicodeDecodeError traceback."""
+    path = tmp_path / "info.json"
+    path.write_bytes(b'{"d": {"formatting": "sharegpt", "columns": {"messages": "conversations"}, "x": "caf\xe9"}}')
+    with pytest.raises(InputError) as err:
+        load_sharegpt_info(f"{path}#d")
+    assert str(err.value) == f"--sharegpt-info {path}#d: not valid UTF-8 at byte 84"

@@ -47,6 +47,28 @@ def test_transformers_adam_keys_reach_adamw_as_floats(tmp_path, captured):
     assert (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon) == (0.8, 0.95, 1e-6) and type(cfg.adam_epsilon) is float
 
 
+@pytest.mark.parametrize(
+    "name, text, said",
+    [
+        ("run.yaml", "lr: 2001-12-14\n", "lr: 2001-12-14 is a date; expected float"),
+        ("run.toml", "lr = 1979-05-27\n", "lr: 1979-05-27 is a date; expected float"),
+        ("run.toml", "lr = 07:32:00\n", "lr: 07:32:00 is a time; expected float"),
+    ],
+)
+def test_a_date_where_a_number_goes_is_one_line(tmp_path, captured, name, text, said):
+    """YAML and TOML read an unquoted date as a date: float() of it was a TypeError traceback."""
+    result = run(tmp_path, text, name)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == f"kto-train: error: --config {tmp_path / name}: {said}"
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, captured):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"lr: 1.0e-6\nbeta: \xff\n")
+    result = CliRunner().invoke(main, ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.strip() == f"kto-train: error: --config {path}: not valid UTF-8 at byte 17"
+
+
 def test_toml_values_are_checked_too(tmp_path, captured):
     result = run(tmp_path, 'lr = "2e-5"\nbatch-size = 4\n', "run.toml")
     assert result.exit_code == 0, result.output
