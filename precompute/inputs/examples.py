@@ -73,7 +73,7 @@ def parse_label(value: Any, where: str) -> bool:
     """bool, 0/1, or true/false, yes/no, t/f, y/n, 1/0, desirable/undesirable (any case)."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
+    if isinstance(value, (int, float)) and value in (0, 1):  # 1.0/0.0: a float column (pandas, an int column with a null)
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE

@@ -118,6 +118,8 @@ def test_content_parts_are_joined(tmp_path):
         ("Desirable", True),
         ("undesirable", False),
         ("false", False),
+        (1.0, True),  # a float column: pandas makes one of an int column with a null
+        (0.0, False),
     ],
 )
 def test_label_spellings(tmp_path, value, expected):
@@ -161,6 +163,17 @@ def test_parquet_with_mixed_shapes_and_nulls(tmp_path):
     out = read_examples([tmp_path / "d.parquet"])
     assert [e.id for e in out] == ["d.parquet:1", "d.parquet:2:chosen", "d.parquet:2:rejected", "d.parquet:3"]
     assert out[3].prompt == (USER,) and out[3].label is False
+
+
+def test_a_parquet_float_label_column_reads_as_labels(tmp_path):
+    """pandas writes an int label column that held a null as float64 (1.0, 0.0); it was refused
+    row by row as not boolean-like, though 1 and 0 are taken."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"prompt": ["Q", "R"], "completion": ["A", "B"], "label": pa.array([1.0, 0.0], pa.float64())}), path)
+    assert [ex.label for ex in read_examples([path])] == [True, False]
 
 
 def test_csv_label_arrives_as_text(tmp_path):
@@ -223,6 +236,7 @@ BAD_ROWS = {
     "label_not_boolean": ({**GOOD, "label": "maybe"}, "label 'maybe' is not boolean-like"),
     "label_null": ({**GOOD, "label": None}, "'label' is null in this row"),
     "label_two": ({**GOOD, "label": 2}, "label 2 is not boolean-like"),
+    "label_half": ({**GOOD, "label": 0.5}, "label 0.5 is not boolean-like"),
     "empty_completion": ({**GOOD, "completion": "  \n"}, "empty completion"),
     "empty_assistant_content": ({"prompt": [USER], "completion": [{"role": "assistant", "content": ""}], "label": 1}, "empty completion"),
     "empty_prompt": ({**GOOD, "prompt": ""}, "empty prompt"),
