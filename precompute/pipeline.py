@@ -245,10 +245,23 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
             chunk_size=cfg.chunk_size,
         )
         _check_rows_fit(scorer.lm, splits, tokenizer, cfg)  # again on the loaded model, for one its skeleton could not show
-    manifests = []
     for s in splits:
         score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, s.staged, on_scored)
         state.wait_for_everyone()
+    ordered = _write_manifests(splits, contents, layout, cfg, state, tokenizer)
+    if state.is_main_process:
+        for path in {s.staged for s in splits}:
+            path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
+        _summary(ordered, time.perf_counter() - started)
+    return ordered
+
+
+def _write_manifests(splits: list[Split], contents: dict, layout: dict, cfg: PrecomputeConfig, state, tokenizer) -> list[Manifest]:
+    """Each split's manifest (the main process writes them, _finish), in `splits`' order. Every
+    split is scored before this, and --out's own manifest is written last: a run stopped while
+    scoring CACHE/eval must not leave CACHE looking finished."""
+    manifests = {}
+    for s in sorted(splits, key=lambda s: s.out == cfg.out):
         manifest = Manifest(
             content=contents[s.name],
             layout={**layout, "num_processes": state.num_processes},
@@ -258,13 +271,9 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         )
         if state.is_main_process:
             manifest = _finish(s, manifest, tokenizer, cfg.rows_per_shard)
-        manifests.append(manifest)
-        state.wait_for_everyone()
-    if state.is_main_process:
-        for path in {s.staged for s in splits}:
-            path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
-        _summary(manifests, time.perf_counter() - started)
-    return manifests
+        manifests[s.name] = manifest
+    state.wait_for_everyone()
+    return [manifests[s.name] for s in splits]
 
 
 def _stage_and_split(

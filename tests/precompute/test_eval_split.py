@@ -8,6 +8,7 @@ from conftest import chat_rows, precompute_args, write_rows
 
 from kto.formats import schema as S
 from kto.formats.errors import InputError
+from kto.formats.manifest import read_manifest
 from kto.precompute.plan import EVAL_SPLIT_RULE, eval_targets, split_eval
 
 
@@ -174,3 +175,29 @@ def test_held_out_rows_are_told_by_their_text_and_their_ids_may_repeat_the_train
 class SimpleEvalConfig:
     def __init__(self, out):
         self.cache, self.eval_cache = out, out / S.EVAL_DIR
+
+
+def test_the_caches_manifest_appears_only_once_every_split_is_scored(tmp_path, tiny_model_dir, monkeypatch):
+    """A kto-precompute killed while scoring the eval split left CACHE/manifest.json (and
+    tokenizer/) in place beside an unfinished CACHE/eval: kto-train took CACHE as a finished
+    cache. Now every split is scored before any manifest is written, CACHE's last."""
+    import kto.precompute
+    from kto.precompute import pipeline
+    from kto.precompute.config import PrecomputeConfig
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    cfg = PrecomputeConfig(data=(data,), model=str(tiny_model_dir), out=tmp_path / "c", max_length=64, rows_per_shard=5, eval_fraction=0.25)
+    real = pipeline.score_and_write
+
+    def killed_in_the_eval_split(split, *args, **kwargs):
+        if split.name == "eval":
+            raise RuntimeError("killed")
+        return real(split, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "score_and_write", killed_in_the_eval_split)
+    with pytest.raises(RuntimeError, match="killed"):
+        kto.precompute.run(cfg)
+    assert list((tmp_path / "c").glob("shard-*.arrow")) and not (tmp_path / "c" / "manifest.json").exists()
+    monkeypatch.undo()
+    result = kto.precompute.run(cfg)  # the rerun finishes both
+    assert read_manifest(tmp_path / "c").fingerprint == result.fingerprint and read_manifest(tmp_path / "c" / "eval").fingerprint == result.eval_fingerprint
