@@ -15,6 +15,9 @@ quantization error: the step-0 check then reports that drift instead of stopping
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -235,7 +238,7 @@ def add_adapters(cfg: TrainConfig, lm: torch.nn.Module) -> torch.nn.Module:
     own copy without broadcasting it first."""
     from peft import get_peft_model
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _peft_quietly():
         torch.manual_seed(cfg.seed)
         return get_peft_model(prepare_base(cfg, lm), lora_config(cfg, lm))
 
@@ -245,7 +248,17 @@ def load_adapters(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> to
     from peft import PeftModel
 
     check_adapter_settings(cfg, lm, checkpoint)
-    return PeftModel.from_pretrained(prepare_base(cfg, lm), checkpoint, is_trainable=True)
+    with _peft_quietly():
+        return PeftModel.from_pretrained(prepare_base(cfg, lm), checkpoint, is_trainable=True)
+
+
+@contextlib.contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """PeftModel asks the model is_gradient_checkpointing, which transformers 5 deprecates with a
+    FutureWarning on every run: peft's call, nothing the user can change, held back."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        yield
 
 
 def check_adapter_settings(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> None:

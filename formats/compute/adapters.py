@@ -24,7 +24,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 def require_peft(flag: str = "--lora-r") -> Any:
     """The peft module, or InputError naming `flag` when it is not installed."""
     try:
-        import peft
+        with quiet_bitsandbytes():  # the first import of peft, hence of bitsandbytes, in a LoRA run
+            import peft
     except ImportError:
         raise InputError(f"{flag}: needs peft, which is not installed (pip install 'kto-offline[lora]')") from None
     return peft

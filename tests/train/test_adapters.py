@@ -289,3 +289,20 @@ def test_lora_dropout_is_off_with_the_models_dropout(tiny_cache, tiny_model_dir,
     with torch.no_grad():
         first, second = lm(input_ids=ids).logits, lm(input_ids=ids).logits
     assert torch.equal(first, second) is not keep_dropout
+
+
+def test_adding_adapters_warns_nothing(tiny_model_dir, tiny_cache, tmp_path):
+    """peft's PeftModel asks is_gradient_checkpointing, which transformers 5 deprecates: a
+    FutureWarning on every LoRA run, nothing the user could change."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from kto.train.adapters import add_adapters
+    from kto.train.config import TrainConfig
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_adapters(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path, lora_r=4), lm)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)], [str(w.message) for w in caught]
