@@ -357,10 +357,27 @@ def precompute_disagreements(other_values: Mapping[str, Any], content: Mapping[s
     return found
 
 
+# Their switches that a --config file maps onto our flags (config_names MAPPED), as the command
+# line names them: no one flag of ours is their alias.
+SWITCH_HINTS = {
+    PRECOMPUTE: {},
+    TRAIN: {
+        "use_peft": "TRL's switch for LoRA: give --lora-r R (use_peft: true in a --config file takes TRL's r 16, alpha 32, dropout 0.05)",
+        "finetuning_type": "LLaMA-Factory's choice of LoRA or full training: give --lora-r R for LoRA, nothing for full",
+        "quantization_bit": "LLaMA-Factory's: give --load-in-4bit or --load-in-8bit",
+        "disable_dropout": "TRL's switch: dropout is off here by default; --keep-dropout keeps it",
+        "disable_gradient_checkpointing": "LLaMA-Factory's switch: checkpointing is off here by default; --gradient-checkpointing turns it on",
+    },
+}
+
+
 def option_hint(command: str, option: str) -> str | None:
     """For an option the command line does not know but a config file would (TRL's or
     LLaMA-Factory's name, dashes or underscores): which of ours it is. None otherwise."""
-    alias = ALIASES[command].get(option.lstrip("-").replace("-", "_"))
+    name = option.lstrip("-").replace("-", "_")
+    if name in SWITCH_HINTS[command]:
+        return f"{SWITCH_HINTS[command][name]}; such names work in a --config file"
+    alias = ALIASES[command].get(name)
     if alias is None:
         return None
     return f"{alias.source}'s name for {command}'s --{alias.ours.replace('_', '-')}; such names work in a --config file"

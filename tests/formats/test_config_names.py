@@ -248,6 +248,29 @@ def test_the_command_line_names_our_option_for_another_tools_name():
     assert "Did you mean" in CliRunner().invoke(train, ["--lrr", "1"]).output
 
 
+@pytest.mark.parametrize(
+    "option, hint",
+    [
+        ("--use_peft", "TRL's switch for LoRA: give --lora-r R (use_peft: true in a --config file takes TRL's r 16, alpha 32, dropout 0.05)"),
+        ("--use-peft", "TRL's switch for LoRA"),
+        ("--disable_dropout", "TRL's switch: dropout is off here by default; --keep-dropout keeps it"),
+        ("--finetuning_type", "LLaMA-Factory's choice of LoRA or full training: give --lora-r R for LoRA, nothing for full"),
+        ("--quantization_bit", "LLaMA-Factory's: give --load-in-4bit or --load-in-8bit"),
+    ],
+)
+def test_the_command_line_names_our_flags_for_another_tools_switches(option, hint):
+    """`--use_peft` got click's "Did you mean '--seed'?"; the switches a --config file maps
+    (config_names MAPPED) are named on the command line too."""
+    from click.testing import CliRunner
+
+    from kto.formats.config_keys import SWITCH_HINTS
+    from kto.formats.config_names import MAPPED
+    from kto.train.cli import main as train
+
+    assert f"No such option: {option} ({hint}" in CliRunner().invoke(train, [option]).output
+    assert set(SWITCH_HINTS[TRAIN]) == set(MAPPED[TRAIN]) - {"stage"}  # every switch a file maps has its hint
+
+
 def test_a_file_silent_on_transformers_defaults_gets_them_and_says_so_in_one_line():
     """transformers' TrainingArguments warms up for 0 steps, seeds 42 and saves every 500 steps
     (LLaMA-Factory also logs every 500 at 5e-5); a file in their names that leaves them out got
