@@ -235,6 +235,7 @@ class Manifest:
     @classmethod
     def from_json(cls, obj: dict) -> Manifest:
         """Build from parsed JSON; InputError (without the file name) on a bad shard list or count."""
+        _check_parts(obj)
         manifest = cls(
             content=CacheContent.from_json(obj["content"]),
             layout=obj["layout"],
@@ -333,6 +334,26 @@ def _check_layout(manifest: Manifest) -> None:
         last = i == len(manifest.shards) - 1
         if per_shard is not None and not (entry.rows == per_shard or (last and 0 < entry.rows < per_shard)):
             raise InputError(f"shards[{i}].rows {entry.rows} ({entry.name}) does not fit layout.rows_per_shard {per_shard}")
+
+
+def _check_parts(obj: dict) -> None:
+    """The manifest's parts are there and of their JSON kinds (said as the file's keys, not as
+    the KeyError or TypeError their use would raise)."""
+    missing = [key for key in ("content", "layout", "counts", "shards", "format_version") if key not in obj]
+    if missing:
+        raise InputError(f"lacks {', '.join(missing)}")
+    for key, kind, what in (("layout", dict, "a JSON object"), ("counts", dict, "a JSON object"), ("shards", list, "a list")):
+        if not isinstance(obj[key], kind):
+            raise InputError(f"{key} is not {what}")
+    unknown = sorted(set(obj["counts"]) - {f.name for f in fields(Counts)})
+    if unknown:
+        raise InputError(f"counts has keys this kto does not know ({', '.join(unknown)}); was the cache made by a newer kto?")
+    entry_keys = [f.name for f in fields(ShardEntry)]
+    for i, entry in enumerate(obj["shards"]):
+        if not isinstance(entry, dict):
+            raise InputError(f"shards[{i}] is not a JSON object")
+        if lacks := [key for key in entry_keys if key not in entry]:
+            raise InputError(f"shards[{i}] lacks {', '.join(lacks)}")
 
 
 def read_manifest(cache_dir: str | Path) -> Manifest:

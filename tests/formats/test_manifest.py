@@ -116,6 +116,22 @@ def test_content_round_trips_byte_for_byte(cache):
     assert CacheContent.from_json(raw).to_json() == raw and manifest.fingerprint == json.loads(before)["fingerprint"]
 
 
+def test_a_manifest_missing_a_part_or_of_the_wrong_shape_is_told_plainly(cache):
+    """These read "unreadable manifest (KeyError: 'layout')" and "(TypeError: ShardEntry()
+    argument after ** must be a mapping, not int)": Python's words, not the file's."""
+    before = json.loads((cache / S.MANIFEST_NAME).read_text())
+    edit_manifest(cache, lambda m: m.pop("layout"))
+    assert refused(cache) == "lacks layout"
+    edit_manifest(cache, lambda m: m.update(layout=before["layout"], counts=[1, 2]))
+    assert refused(cache) == "counts is not a JSON object"
+    edit_manifest(cache, lambda m: m.update(counts={**before["counts"], "colour": 1}))
+    assert refused(cache) == "counts has keys this kto does not know (colour); was the cache made by a newer kto?"
+    edit_manifest(cache, lambda m: m.update(counts=before["counts"], shards=[7]))
+    assert refused(cache) == "shards[0] is not a JSON object"
+    edit_manifest(cache, lambda m: m.update(shards=[{"name": "shard-00000.arrow"}]))
+    assert refused(cache) == "shards[0] lacks rows, sha256"
+
+
 def test_content_keys_are_checked(cache):
     """An unknown content key (a newer kto of the same version would write one only if it were
     optional, so this is an edit or a bug) and a missing one are refused with one line."""
