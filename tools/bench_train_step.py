@@ -41,6 +41,7 @@ import _bench_common as C
 from kto.formats import schema as S
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch, sequence_sums
 from kto.formats.compute.numerics import Numerics, parse_numerics
+from kto.train.config import TrainConfig
 from kto.train.data import KTOMicroBatch, row_columns
 from kto.train.loss import LossType
 from kto.train.model import disable_dropout
@@ -188,7 +189,8 @@ def _time_variant(
         ref_scorer = AdaptersDisabled(model, lm) if lora_r else WithNumerics(CompletionLogps(copy.deepcopy(lm).eval().requires_grad_(False)), numerics)
     # At step 0 the policy is the reference; policy-only reads these numbers "from the cache".
     batch = with_reference_logps(ref_scorer or model, batch)
-    optimizer = build_optimizer(model, SimpleNamespace(lr=1e-6, weight_decay=0.0))
+    adamw = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name.startswith("adam_")}  # kto-train's defaults
+    optimizer = build_optimizer(model, SimpleNamespace(lr=1e-6, weight_decay=0.0, **adamw))
     scheduler = build_scheduler(optimizer, SimpleNamespace(warmup_ratio=0.0, warmup_steps=0, lr_schedule="constant", lr_schedule_kwargs={}), warmup + iters)
     mem.reset()
     times = time_steps(functools.partial(train_step, model, batch, optimizer, scheduler, ref_scorer), device, warmup, iters)
