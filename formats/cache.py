@@ -6,11 +6,14 @@
 - `check_sha256(k)`: the shard's bytes are the manifest's. With `stamps` (kto-train, `kto-inspect
   score`, `kto.formats.scan`) a `.verified.json` stamp of size and mtime spares a second run the
   hashing; `kto-inspect verify` opens with `stamps=False` and always re-hashes, writing nothing.
-- `map_shard(k)`: present, Arrow IPC footer readable, the shard schema; memory-mapped, nothing
-  read eagerly, nothing kept (verify maps one shard at a time and lets it go).
-- `open_shard(k)`: that, plus the manifest's row count (kto-train's start-up check).
+- `map_shard(k)`: present, Arrow IPC footer readable, the shard schema, sound Arrow arrays (list
+  offsets that neither go down nor run past their values: O(rows), no value read); memory-mapped,
+  nothing read eagerly, nothing kept (verify maps one shard at a time and lets it go).
+- `open_shard(k)`: that, plus the manifest's fingerprint tag (a shard copied from another cache,
+  its sha256 patched into the manifest) and row count (kto-train's start-up check).
 - `read_shard(k)`: all of the above plus the values every reader refuses (NaN log-probs, token
-  ids outside the cache tokenizer's vocabulary); `table(k)` keeps it for random access.
+  ids outside the cache tokenizer's vocabulary, per-token terms not one per token); `table(k)`
+  keeps it for random access.
 
 Every failure is one `InputError` line naming the file; readers that train or score add a hint
 to run `kto-inspect verify`, which lists every problem at once.
@@ -29,7 +32,7 @@ import pyarrow.ipc as ipc
 from . import schema as S
 from .errors import InputError
 from .manifest import Manifest, read_manifest
-from .shards import JOURNAL_DIR, ShardVerifier, check_shard_values, sha256_file, tokenizer_vocab_size
+from .shards import JOURNAL_DIR, ShardVerifier, array_problem, check_shard_values, fingerprint_problem, list_lengths, sha256_file, tokenizer_vocab_size
 
 VERIFY_HINT = "kto-inspect verify {} checks the whole cache"
 
@@ -80,11 +83,6 @@ def _is_kto_manifest(path: Path) -> bool:
     return isinstance(obj, dict) and {"format_version", "content", "shards"} <= set(obj)
 
 
-def _list_lengths(column: pa.ChunkedArray) -> np.ndarray:
-    """Per-row list lengths from the offsets buffer alone (no values are touched)."""
-    return np.concatenate([np.diff(chunk.offsets.to_numpy()) for chunk in column.chunks]) if column.num_chunks else np.zeros(0, np.int64)
-
-
 class ShardedCache:
     """Random access to a cache's rows, shards opened memory-mapped and verified on first read."""
 
@@ -132,7 +130,8 @@ class ShardedCache:
                 raise InputError(f"{path}: sha256 {actual[:16]}… does not match the manifest's {expected[:16]}…; the shard was modified or is corrupt")
 
     def map_shard(self, k: int) -> pa.Table:
-        """Shard k memory-mapped: present, footer readable, shard schema (not kept by the cache)."""
+        """Shard k memory-mapped: present, footer readable, shard schema, sound list offsets (not
+        kept by the cache)."""
         path = self.path(k)
         with self._hinted():
             if not path.is_file():
@@ -147,14 +146,25 @@ class ShardedCache:
                 S.check_schema(table.schema, str(path))
             except ValueError as exc:
                 raise InputError(str(exc)) from None
-            return table
+            problem = array_problem(table, path)  # offsets that go down or past their values: O(rows)
+        if problem is not None:
+            # Bytes changed since they were written (a flipped byte, not a forgery) are named by
+            # their checksum first: only a shard found unsound is hashed here.
+            self.check_sha256(k)
+            with self._hinted():
+                raise InputError(problem)
+        return table
 
     def open_shard(self, k: int) -> pa.Table:
-        """`map_shard(k)`, and the manifest's row count: the cheap check (no hashing, no values)."""
+        """`map_shard(k)`, the manifest's fingerprint tag (a shard copied from another cache) and
+        row count: the cheap check (no hashing, no values)."""
         table, entry = self.map_shard(k), self.manifest.shards[k]
-        if table.num_rows != entry.rows:
+        problem = fingerprint_problem(table, self.path(k), self.manifest.fingerprint)
+        if problem is None and table.num_rows != entry.rows:
+            problem = f"{self.path(k)}: {table.num_rows} rows, the manifest says {entry.rows}"
+        if problem is not None:
             with self._hinted():
-                raise InputError(f"{self.path(k)}: {table.num_rows} rows, the manifest says {entry.rows}")
+                raise InputError(problem)
         return table
 
     def read_shard(self, k: int, *, values: bool = True) -> pa.Table:
@@ -189,7 +199,7 @@ class ShardedCache:
         out = []
         for k in range(self.num_shards):
             t = self.open_shard(k)
-            out.append(_list_lengths(t.column(S.PROMPT_IDS)) + _list_lengths(t.column(S.COMPLETION_IDS)))
+            out.append(list_lengths(t.column(S.PROMPT_IDS)) + list_lengths(t.column(S.COMPLETION_IDS)))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def longest_sequences(self) -> np.ndarray:
@@ -198,8 +208,8 @@ class ShardedCache:
         out = []
         for k in range(self.num_shards):
             t = self.open_shard(k)
-            completion = np.maximum(_list_lengths(t.column(S.COMPLETION_IDS)), _list_lengths(t.column(S.KL_COMPLETION_IDS)))
-            out.append(_list_lengths(t.column(S.PROMPT_IDS)) + completion)
+            completion = np.maximum(list_lengths(t.column(S.COMPLETION_IDS)), list_lengths(t.column(S.KL_COMPLETION_IDS)))
+            out.append(list_lengths(t.column(S.PROMPT_IDS)) + completion)
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def rows(self, indices: np.ndarray | Sequence[int], columns: Sequence[str] | None = None) -> dict[str, S.Ragged | np.ndarray | list]:

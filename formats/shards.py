@@ -182,6 +182,63 @@ def shard_fingerprint(table: pa.Table) -> str | None:
     return None if tag is None else tag.decode(errors="replace")
 
 
+def fingerprint_problem(table: pa.Table, where: str | os.PathLike, fingerprint: str) -> str | None:
+    """The line refusing a shard whose FINGERPRINT_TAG is not `fingerprint` (its manifest's): a
+    shard copied from another cache, its sha256 patched into the manifest. Metadata only."""
+    tag = shard_fingerprint(table)
+    if tag == fingerprint:
+        return None
+    why = f"was made for fingerprint {tag[:16]}…" if tag else f"has no {FINGERPRINT_TAG} tag"
+    return f"{where}: {why}, the manifest's is {fingerprint[:16]}…; the shard is not from this cache"
+
+
+def array_problem(table: pa.Table, where: str | os.PathLike) -> str | None:
+    """One line naming `where` unless every array of a mapped shard is sound Arrow (None when it
+    is): list offsets that go down or run past their values, which pyarrow reads without
+    complaint and which later crash a slice or a numpy repeat. `validate(full=True)` reads the
+    offsets, validity bitmaps and string bytes: O(rows), no token or log-prob value is touched."""
+    try:
+        table.validate(full=True)
+    except pa.ArrowException as exc:
+        return offsets_problem(table, str(where)) or f"{where}: not a readable shard, corrupt ({' '.join(str(exc).split())[:200]})"
+    return None
+
+
+def offsets_problem(table: pa.Table, where: str) -> str | None:
+    """The first row whose list offsets are unsound (negative start, negative length, past the
+    column's values), as one line naming `where`, the row and the column; None when the
+    offsets are sound. Vectorized with numpy over each list column's offsets."""
+    for field in table.schema:
+        if not pa.types.is_list(field.type):
+            continue
+        start = 0
+        for chunk in table.column(field.name).chunks:
+            offsets, n = chunk.offsets.to_numpy().astype(np.int64), len(chunk.values)
+            a, b = offsets[:-1], offsets[1:]
+            bad = np.flatnonzero((a < 0) | (b < a) | (b > n))
+            if len(bad):
+                i = int(bad[0])
+                why = "starts before its values" if a[i] < 0 else "a negative length" if b[i] < a[i] else f"past its {n} values"
+                return f"{_row(table, where, start + i)}: {field.name} spans offsets {a[i]}..{b[i]}, {why}; the shard is corrupt"
+            start += len(chunk)
+    return None
+
+
+def _row(table: pa.Table, where: str, i: int) -> str:
+    """`where row N (id ...)`; without the id when the id column is itself unsound."""
+    ids = table.column(S.ID)
+    try:
+        ids.validate(full=True)
+        return f"{where} row {i + 1} (id {ids[i].as_py()!r})"
+    except (pa.ArrowException, IndexError):
+        return f"{where} row {i + 1}"
+
+
+def list_lengths(column: pa.ChunkedArray) -> np.ndarray:
+    """Per-row list lengths from the offsets buffer alone (no values are touched)."""
+    return np.concatenate([np.diff(chunk.offsets.to_numpy()) for chunk in column.chunks]) if column.num_chunks else np.zeros(0, np.int64)
+
+
 def shard_metadata(path: Path) -> dict[str, str]:
     """The string metadata stored in a shard's schema (reads the footer only)."""
     with pa.memory_map(str(path)) as source:
@@ -354,7 +411,23 @@ def _shown(value) -> str:
 
 def check_shard_values(table: pa.Table, where: str | os.PathLike, vocab_size: int | None) -> None:
     """Raise InputError (one line: the first problem, and how many more) unless the values are sound."""
-    problems = shard_value_problems(table, str(where), vocab_size)
+    problems = shard_value_problems(table, str(where), vocab_size) + term_count_problems(table, str(where))
     if problems:
         more = " (and more; `kto-inspect verify` lists them)" if len(problems) > 1 else ""
         raise InputError(problems[0] + more)
+
+
+def term_count_problems(table: pa.Table, where: str) -> list[str]:
+    """Stored per-token terms that are not one per token: ref_token_logps per completion_ids
+    token, ref_kl_token_logps per kl_completion_ids token (a null list: not stored). The step-0
+    check pairs them token by token. From list offsets alone (numpy, no loop over rows); one
+    line per row as `kto-inspect verify` words it, at most MAX_LINES_PER_CHECK per column."""
+    out = []
+    for terms, tokens in ((S.REF_TOKEN_LOGPS, S.COMPLETION_IDS), (S.REF_KL_TOKEN_LOGPS, S.KL_COMPLETION_IDS)):
+        column = table.column(terms)
+        stored = column.is_valid().to_numpy(zero_copy_only=False)
+        n_terms, n_ids = list_lengths(column), list_lengths(table.column(tokens))
+        rows = np.flatnonzero(stored & (n_terms != n_ids))
+        lines = [f"{_row(table, where, int(i))}: {n_terms[i]} {terms} for {n_ids[i]} {tokens}" for i in rows[:MAX_LINES_PER_CHECK]]
+        out += _capped(lines, len(rows), f"{terms} not one per {tokens} token")
+    return out

@@ -42,7 +42,7 @@ from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.logprob import TokenBatch
 from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
 from kto.formats.manifest import Counts, Manifest, ShardEntry
-from kto.formats.shards import shard_table, write_shard
+from kto.formats.shards import FINGERPRINT_TAG, shard_table, write_shard
 from kto.train.data import KTOMicroBatch, MicroBatchShape, collate_micro_batch, epoch_plan, row_columns
 
 # --- the old path, verbatim (before zero-copy batches) ---------------------------------------
@@ -129,6 +129,8 @@ def write_synthetic_cache(
     partner = C.kl_partners(rows, seed)
     completions = [rng.integers(C.FIRST_WORD_ID, vocab, r.completion, dtype=np.int32) for r in mix]
     out.mkdir(parents=True, exist_ok=True)
+    content = C.synthetic_content(f"tools/bench_collate.py rows={rows} seed={seed}", tokenizer_identity(tok), max_length=max_len, seed=seed)
+    tags = {FINGERPRINT_TAG: Manifest(content=content, layout={}, counts=Counts(), shards=[]).fingerprint}  # what readers check
     entries, counts = [], dict(desirable=0, undesirable=0, prompt_tokens=0, completion_tokens=0, kl_completion_tokens=0)
     for k, a in enumerate(range(0, rows, rows_per_shard)):
         idx = range(a, min(rows, a + rows_per_shard))
@@ -148,10 +150,11 @@ def write_synthetic_cache(
         values |= {S.REF_LOGP: -rng.uniform(1, 500, len(idx)), S.REF_KL_LOGP: -rng.uniform(1, 500, len(idx))}
         values |= {S.REF_TOKEN_LOGPS: None, S.REF_KL_TOKEN_LOGPS: None}
         name = S.shard_name(k)
-        sha = write_shard(out / name, shard_table(values), {})
+        sha = write_shard(out / name, shard_table(values), tags)
         entries.append(ShardEntry(name, len(idx), sha))
-    content = C.synthetic_content(f"tools/bench_collate.py rows={rows} seed={seed}", tokenizer_identity(tok), max_length=max_len, seed=seed)
-    Manifest(content=content, layout={"rows_per_shard": rows_per_shard}, counts=Counts(rows=rows, **counts), shards=entries).write(out)
+    represented = 2 * counts["prompt_tokens"] + counts["completion_tokens"] + counts["kl_completion_tokens"]
+    counts = Counts(rows=rows, represented_tokens=represented, scored_tokens=represented, **counts)
+    Manifest(content=content, layout={"rows_per_shard": rows_per_shard}, counts=counts, shards=entries).write(out)
     tok.save_pretrained(out / S.TOKENIZER_DIR)
     return out
 

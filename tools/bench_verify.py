@@ -123,7 +123,8 @@ def write_cache(out: Path, rows: int, seed: int = 0) -> Path:
         totals["completion_tokens"] += int(c_len[idx].sum())
         totals["kl_completion_tokens"] += int(kl_len[idx].sum())
         totals["desirable"] += int(np.sum(idx % 2 == 0))
-    counts = Counts(rows=rows, undesirable=rows - totals["desirable"], **totals)
+    represented = 2 * totals["prompt_tokens"] + totals["completion_tokens"] + totals["kl_completion_tokens"]
+    counts = Counts(rows=rows, undesirable=rows - totals["desirable"], represented_tokens=represented, scored_tokens=represented, **totals)
     Manifest(content=content, layout={"rows_per_shard": ROWS_PER_SHARD}, counts=counts, shards=shards).write(out)
     return out
 

@@ -356,8 +356,8 @@ def open_eval_cache(cfg: TrainConfig, train: ShardedCache) -> ShardedCache | Non
         return None
     manifest = train.manifest
     cache = open_cache(cfg.eval_cache)
+    check_held_out(cache.manifest, manifest, cfg)  # manifests only: a training shard copied in is named as such first
     cache.lengths()  # every shard present and readable before --out is touched
-    check_held_out(cache.manifest, manifest, cfg)
     check_no_shared_rows(cache, train, cfg)
     same = {
         "model": same_model(cache.manifest.content.model, manifest.content.model),
