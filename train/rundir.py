@@ -305,9 +305,8 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
 
 
 def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path:
-    """`--resume PATH`: a usable checkpoint-STEP of this run (--out), else InputError. Newer
-    checkpoints are renamed `checkpoint-STEP.superseded`: the run continues from PATH, and a
-    later `--resume` must not take a checkpoint of the abandoned continuation."""
+    """`--resume PATH`: a usable checkpoint-STEP of this run (--out), else InputError. The newer
+    checkpoints are set aside once the run has resumed from it (set_aside_later)."""
     found = checkpoints(out)
     if not (path.is_dir() and CHECKPOINT_RE.match(path.name) and path.parent.resolve() == out.resolve()):
         ours = ", ".join(p.name for _, p in found) or "none"
@@ -315,13 +314,19 @@ def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path
     problem = checkpoint_problem(path)
     if problem is not None:
         raise InputError(f"--resume {path}: unusable ({problem})")
-    step = int(CHECKPOINT_RE.match(path.name).group(1))
-    for later, newer in found:
+    return out / path.name
+
+
+def set_aside_later(out: Path, resumed: Path, log: Callable[[str], None]) -> None:
+    """Main process, once the policy has resumed from `resumed` (so nothing refused the resume):
+    every newer checkpoint is renamed `checkpoint-STEP.superseded`, since the run continues from
+    `resumed` and a later `--resume` must not take a checkpoint of the abandoned continuation."""
+    step = int(CHECKPOINT_RE.match(resumed.name).group(1))
+    for later, newer in checkpoints(out):
         if later > step:
             aside = free_name(newer.with_name(newer.name + ".superseded"))  # an earlier one set aside stays
             os.replace(newer, aside)
-            log(f"--resume {path}: moved the later {newer.name} aside to {aside.name}")
-    return out / path.name
+            log(f"--resume {resumed}: moved the later {newer.name} aside to {aside.name}")
 
 
 @contextlib.contextmanager

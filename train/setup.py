@@ -32,7 +32,7 @@ from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
 from .metrics import METRICS_NAME, MetricsWriter, close_after_failure
 from .optim import check_schedule
 from .policy import Policy
-from .rundir import config_record, open_run_dir, settings_digest, write_record
+from .rundir import config_record, open_run_dir, set_aside_later, settings_digest, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
@@ -272,6 +272,8 @@ def setup(run: Run) -> Run:
     plan = {**plan_identity(cfg, run.cache.manifest.fingerprint, accelerator.num_processes, run.total_steps), "settings": settings_digest(run.record)}
     policy = Policy.build(cfg, accelerator, run.source, run.tokenizer, resume_from, run.total_steps, plan, run.chat_template)
     position = policy.resume(resume_from)
+    if resume_from is not None:
+        on_main(lambda: set_aside_later(cfg.out, resume_from, lambda msg: log(msg, accelerator)), accelerator)
     is_reference = resume_from is None and run.is_reference
     if not is_reference:
         why = (

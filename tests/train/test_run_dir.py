@@ -513,3 +513,27 @@ def test_disk_full_after_a_checkpoint_says_to_resume(tiny_cache, tiny_model_dir,
     monkeypatch.undo()
     resumed = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--resume")
     assert resumed.exit_code == 0 and "resumed from" in resumed.output, resumed.output
+
+
+def test_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside_only_once_it_resumes(run3, tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """--resume RUN/checkpoint-1 renames checkpoint-2 `.superseded` (a later plain --resume
+    must not pick the abandoned continuation). That happened before the checkpoint was loaded, so
+    a resume refused afterwards (an FSDP checkpoint without --fsdp, say) had already moved them."""
+    from kto.formats.errors import InputError
+    from kto.train import policy
+
+    out = tmp_path / "r"
+    shutil.copytree(run3, out)
+    names = lambda: sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+
+    def refused(*args, **kwargs):
+        raise InputError("--resume: refused after the run directory was opened")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(policy.Policy, "build", refused)
+        result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", str(out / "checkpoint-1"))
+        assert result.exit_code == 2 and "refused after the run directory was opened" in train_error_line(result.output)
+    assert names() == ["checkpoint-1", "checkpoint-2"]  # nothing moved
+    result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", str(out / "checkpoint-1"))
+    assert result.exit_code == 0, result.output
+    assert names() == ["checkpoint-1", "checkpoint-2", "checkpoint-2.superseded"]  # step 2 saved again by the continuation
