@@ -15,15 +15,12 @@ quantization error: the step-0 check then reports that drift instead of stopping
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from kto.formats.compute.adapters import adapter_config, is_adapter_dir, require_peft, with_adapters
+from kto.formats.compute.adapters import adapter_config, is_adapter_dir, peft_quietly, require_peft, with_adapters
 from kto.formats.errors import InputError
 
 if TYPE_CHECKING:
@@ -238,7 +235,7 @@ def add_adapters(cfg: TrainConfig, lm: torch.nn.Module) -> torch.nn.Module:
     own copy without broadcasting it first."""
     from peft import get_peft_model
 
-    with torch.random.fork_rng(devices=[]), _peft_quietly():
+    with torch.random.fork_rng(devices=[]), peft_quietly():
         torch.manual_seed(cfg.seed)
         return get_peft_model(prepare_base(cfg, lm), lora_config(cfg, lm))
 
@@ -248,17 +245,8 @@ def load_adapters(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> to
     from peft import PeftModel
 
     check_adapter_settings(cfg, lm, checkpoint)
-    with _peft_quietly():
+    with peft_quietly():
         return PeftModel.from_pretrained(prepare_base(cfg, lm), checkpoint, is_trainable=True)
-
-
-@contextlib.contextmanager
-def _peft_quietly() -> Iterator[None]:
-    """PeftModel asks the model is_gradient_checkpointing, which transformers 5 deprecates with a
-    FutureWarning on every run: peft's call, nothing the user can change, held back."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
-        yield
 
 
 def check_adapter_settings(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,8 +70,19 @@ def with_adapters(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
     from peft import PeftConfig, PeftModel
 
     if not is_sharded_checkpoint(adapter_dir):
-        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False).eval()
+        with peft_quietly():
+            return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False).eval()
     config = PeftConfig.from_pretrained(str(adapter_dir))
     config.inference_mode = False  # the adapters trainable, as saved: load_sharded_weights expects exactly those
-    model = load_sharded_weights(PeftModel(base, config), Path(adapter_dir))
+    with peft_quietly():
+        model = load_sharded_weights(PeftModel(base, config), Path(adapter_dir))
     return model.requires_grad_(False).eval()
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """PeftModel asks the model is_gradient_checkpointing, which transformers 5 deprecates with a
+    FutureWarning on every run: peft's call, nothing the user can change, held back."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        yield
