@@ -42,7 +42,11 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--loss", default="kto", type=click.Choice([t.value for t in LossType]))
 @click.option("--sft-weight", default=0.0, help="γ · mean NLL of desirable completion tokens.")
 @click.option("--lr", default=1e-6)
-@click.option("--lr-schedule", default="linear", type=click.Choice(SCHEDULES), help="transformers' get_scheduler kinds.")
+@click.option(
+    "--lr-schedule",
+    default="linear",
+    help=f"One of transformers' get_scheduler kinds that step without a metric: {', '.join(SCHEDULES)}.",  # checked by TrainConfig, which says why the others are refused
+)
 @click.option("--lr-schedule-kwargs", default=None, help="JSON object for get_scheduler, e.g. '{\"min_lr_rate\": 0.1}'.")
 @click.option("--warmup-ratio", default=0.1, help="Rounded down; --warmup-steps wins when set.")
 @click.option("--warmup-steps", default=0)

@@ -264,3 +264,11 @@ def test_a_record_made_before_the_adam_settings_resumes_and_keeps_its_digest():
     other = {**now, "config": {**now["config"], "adam_beta2": 0.95}}
     assert record_differences(before, other) == ["adam_beta2 (0.999 there, 0.95 now)"]
     assert settings_digest(other) != settings_digest(now)
+
+
+@pytest.mark.parametrize("kind", ["reduce_lr_on_plateau", "greedy"])
+def test_a_schedule_that_needs_a_metric_is_refused_saying_why(tiny_cache, tiny_model_dir, tmp_path, kind):
+    """click's choice list refused them first, without the reason README gives."""
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *ARGS, "--lr-schedule", kind)
+    line = train_error_line(result.output)
+    assert line.startswith(f"kto-train: error: --lr-schedule {kind}: steps on an eval metric, which kto-train does not feed its scheduler")
