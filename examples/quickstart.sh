@@ -32,7 +32,7 @@ import polars as pl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 demo = sys.argv[1]
-cache = pl.scan_ipc(f"{demo}/cache/*.arrow")
+cache = pl.scan_ipc(f"{demo}/cache/shard-*.arrow")
 print(cache.group_by("label").agg(pl.len().alias("rows"), pl.col("ref_logp").mean().alias("mean_ref_logp")).sort("label").collect())
 # infer_schema_length=None: a metric can be null (no undesirable row in the window) for more
 # than the 100 lines polars types a column from by default.
