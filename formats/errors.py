@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,7 +28,12 @@ def log(msg: str, accelerator: Accelerator | None = None) -> None:
 
 
 class InputError(ValueError):
-    """Bad user input: a file, a row, a flag. The message is shown to the user verbatim."""
+    """Bad user input: a file, a row, a flag. The message is shown to the user verbatim.
+
+    `every_rank`: every process raises this same error (on_main's answer), so under a launcher
+    only the main process prints it; the others exit with the same status, silently."""
+
+    every_rank: bool = False
 
 
 def one_line_errors(prog: str) -> Callable:
@@ -41,8 +47,7 @@ def one_line_errors(prog: str) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except InputError as exc:
-                print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
-                end_process_group()
+                end_process_group(every_rank_here=say_once(f"{prog}: error: {exc}", exc.every_rank))
                 sys.exit(2)
             except KeyboardInterrupt:  # Ctrl-C where no handler notes it (start-up; kto-train's second one)
                 # click would print "Aborted!" and exit 1; a shell reports a SIGINT as 130.
@@ -55,15 +60,111 @@ def one_line_errors(prog: str) -> Callable:
     return decorate
 
 
-def end_process_group() -> None:
-    """Destroy torch.distributed's default group, if one is up. Left to the interpreter's exit,
-    gloo's threads were sometimes torn down while still joinable: under torchrun, a rank that
-    refused a flag on one line then died of SIGABRT ("terminate called without an active
-    exception", exit -6), 1 run in 5 here. Never imports torch (a command that refused its
-    flags before importing it has no group)."""
+def say_once(line: str, every_rank: bool) -> bool:
+    """Print an error `line` once for the user reading a launcher's merged stderr: the main
+    process prints it; another process only when its line is not the main process's (raised on
+    that rank alone, or a different one), so none is ever swallowed. `every_rank`: known to be
+    raised alike on every process. Returns whether it was (every process is stopping here)."""
+    main = _is_main_process()
+    if main:
+        print(line, file=sys.stderr, flush=True)
+    alike = every_rank or _raised_alike(line)
+    if not main and not alike:
+        print(line, file=sys.stderr, flush=True)
+    return alike
+
+
+# How long a process waits for the others: to compare the error each raised (one that raised
+# alone prints its line this much later), and in the barrier before the group ends (the main
+# process may still be uploading to the Hub; after the wait each process ends its group anyway).
+ALIKE_WAIT_S = 10.0
+BARRIER_WAIT_S = 300.0
+
+
+def end_process_group(every_rank_here: bool = False) -> None:
+    """Destroy torch.distributed's default group, if one is up, while the interpreter is whole.
+    `every_rank_here`: every process is known to call this too (the run ended, or all raised the
+    same error): first wait for them, so that none tears down while a peer is still in the last
+    collective. Never imports torch (a command that refused its flags before importing it has no
+    group).
+
+    Left to the interpreter's exit, gloo's worker threads outlive Python: under torchrun a rank
+    died of SIGABRT ("terminate called without an active exception", exit -6) after a run that
+    succeeded, 2 runs in 8 on 2 busy cores. gdb: a `pt_gloo_runloop` thread freed the last
+    broadcast's work (on_main's answer) after `Py_FinalizeEx` began; its tensors' Python objects
+    need the GIL, a finalizing interpreter ends such a thread with pthread_exit, and the unwind
+    through a noexcept destructor calls std::terminate. `destroy_process_group` alone did not
+    stop those threads: see `_release_stale_defaults`."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if every_rank_here and dist.get_world_size() > 1:
+        _bounded_barrier(dist)
+    group = dist.distributed_c10d._get_default_group()
+    dist.destroy_process_group()
+    _release_stale_defaults(group)
+    del group  # the last reference: ProcessGroupGloo's destructor joins its worker threads now
+
+
+def _bounded_barrier(dist: Any) -> None:
+    """A barrier that cannot hang: gloo's monitored_barrier gives up after BARRIER_WAIT_S (a peer
+    that left or failed first only costs the wait; that peer said why)."""
+    from datetime import timedelta
+
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=BARRIER_WAIT_S))
+        else:  # NCCL: its barrier is bounded by the group's own timeout
+            dist.barrier()
+    except Exception:  # ending anyway; the peer's own line says what went wrong
+        pass
+
+
+def _release_stale_defaults(group: Any) -> None:
+    """Drop the default arguments that still hold the destroyed `group`.
+
+    torch.distributed.nn.functional binds `group=group.WORLD` as a default argument of ten
+    functions when it is imported; transformers imports it (through torch.distributed._shard)
+    after accelerate made the group, so those defaults kept the destroyed ProcessGroupGloo and
+    its worker threads alive until the interpreter's exit (10 references left after
+    `destroy_process_group`, the threads still running). With them set to None (the default
+    group, as the functions document) the group is freed when its last reference goes."""
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("torch.distributed") or module is None:
+            continue
+        for fn in list(vars(module).values()):  # type(), not isinstance: no deprecated attribute warns
+            if type(fn) is types.FunctionType and fn.__defaults__ and any(d is group for d in fn.__defaults__):
+                fn.__defaults__ = tuple(None if d is group else d for d in fn.__defaults__)
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of the default group; without one, RANK as a launcher set it (0 alone)."""
+    import os
+
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _raised_alike(line: str) -> bool:
+    """Whether every process stops with this same line (a check each makes on the same input).
+    Each process leaves its line in the launcher's key-value store and waits up to ALIKE_WAIT_S
+    for the others'. The store, not a collective: a process that raised alone finds no peer
+    in a collective, and a store read times out. False without a group, or on any doubt."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return False
+    from datetime import timedelta
+
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        keys = [f"kto/error-line/{rank}" for rank in range(dist.get_world_size())]
+        store.set(keys[dist.get_rank()], line)
+        store.wait(keys, timedelta(seconds=ALIKE_WAIT_S))
+        return all(store.get(key).decode() == line for key in keys)
+    except Exception:  # a peer that never raised (timeout), or the store gone: say it here
+        return False
 
 
 def on_main(fn: Callable[[], T], state: Any) -> T:
@@ -86,5 +187,7 @@ def on_main(fn: Callable[[], T], state: Any) -> T:
             box[1] = str(exc)
     broadcast_object_list(box, from_process=0)
     if box[1] is not None:
-        raise InputError(box[1])
+        error = InputError(box[1])
+        error.every_rank = True  # the main process prints it; the other ranks exit alike, silently
+        raise error
     return box[0]

@@ -95,7 +95,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     from .api import run  # the Python API: this command is flags → PrecomputeConfig → run()
 
     run(config_from(ctx, config_file, flags))
-    end_process_group()  # the command ends here (the API keeps a launcher's group for a caller)
+    end_process_group(every_rank_here=True)  # the command ends here, on every rank (the API keeps a launcher's group for a caller)
 
 
 def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> PrecomputeConfig:

@@ -90,8 +90,11 @@ def borrowed_rng_state() -> Iterator[None]:
 
 
 def end_own_process_group(existed_before: bool) -> None:
-    """kto-train's end: destroy the default group if the run made it (`existed_before` False)."""
+    """kto-train's end: destroy the default group if the run made it (`existed_before` False).
+    Every rank gets here (the run returned, or a signal stopped every rank after the same step),
+    so each first waits for the others in a bounded barrier; formats.errors.end_process_group
+    says why the group must also be freed before the interpreter exits (a SIGABRT otherwise)."""
     if not existed_before and process_group_exists():
-        import torch.distributed as dist
+        from kto.formats.errors import end_process_group
 
-        dist.destroy_process_group()
+        end_process_group(every_rank_here=True)
