@@ -36,6 +36,13 @@ class InputError(ValueError):
     every_rank: bool = False
 
 
+def exception_line(exc: BaseException) -> str:
+    """`Type: the first line of its message`: a library's error inside one line of ours (cutting
+    the whole formatted line instead would drop what follows, a closing parenthesis included)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def one_line_errors(prog: str) -> Callable:
     """Decorate a CLI entry point: an `InputError` becomes `PROG: error: MESSAGE` on stderr and
     exit status 2, never a traceback. The three commands share it, so they fail alike. A command

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, exception_line
 from .schema import MANIFEST_NAME
 
 PREFIX = "hf:"
@@ -87,7 +87,7 @@ def push_folder(folder: Path, repo_id: str, *, dataset: bool, private: bool, mes
             delete_patterns=CACHE_PATTERNS if dataset else MODEL_PATTERNS,
         )
     except Exception as exc:  # network, auth, a name taken: one line for the user
-        raise InputError(f"--push-to-hub {repo_id}: cannot upload {folder} ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise InputError(f"--push-to-hub {repo_id}: cannot upload {folder} ({exception_line(exc)})") from exc
     return str(commit)
 
 
@@ -102,7 +102,7 @@ def fetch_cache(spec: str | Path, flag: str = "--cache") -> Path:
     try:
         local = Path(snapshot_download(repo_id, repo_type="dataset"))
     except Exception as exc:
-        raise InputError(f"{flag} {spec}: cannot fetch from the hub ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise InputError(f"{flag} {spec}: cannot fetch from the hub ({exception_line(exc)})") from exc
     folder = local / sub if sub else local
     if not (folder / MANIFEST_NAME).is_file():
         raise InputError(f"{flag} {spec}: the dataset repo holds no kto-precompute cache (no {sub + '/' if sub else ''}{MANIFEST_NAME})")

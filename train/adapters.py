@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kto.formats.compute.adapters import adapter_config, is_adapter_dir, peft_quietly, require_peft, with_adapters
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, exception_line
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -55,7 +55,7 @@ def bitsandbytes_backend(device_type: str, bits: int = 4) -> str | None:
     except ImportError:
         return "bitsandbytes is not installed (pip install 'kto-offline[lora]')"
     except Exception as exc:  # a broken native library raises RuntimeError/OSError on import
-        return f"bitsandbytes does not load ({type(exc).__name__}: {exc})".splitlines()[0]
+        return f"bitsandbytes does not load ({exception_line(exc)})"
     probe = (lambda F, t: F.quantize_4bit(t)) if bits == 4 else (lambda F, t: F.int8_vectorwise_quant(t))
     try:
         probe(F, torch.ones(64, 64, device=device_type))

@@ -20,7 +20,7 @@ from kto.formats.compute.early_checks import check_local_cache, check_local_mode
 from kto.formats.config_file import option_value
 from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements, target_modules_value
 from kto.formats.config_names import PEFT_TARGETS, Resolved
-from kto.formats.errors import InputError, log, one_line_errors
+from kto.formats.errors import InputError, exception_line, log, one_line_errors
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
 from .loss_type import LossType
@@ -319,7 +319,7 @@ def model_type_of(spec: str, path: Path) -> str:
     except InputError:
         raise
     except Exception as exc:  # unreadable JSON, no model_type, no network: one line
-        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        detail = exception_line(exc)
         raise InputError(f"--config {path}: use_peft: true: cannot read the model type of {spec} ({detail}); give lora_target_modules") from None
 
 

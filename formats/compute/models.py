@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
+from ..errors import InputError, exception_line
 from ..files import read_json, sha256_file
 from .gguf_once import gguf_loads
 
@@ -79,7 +79,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
 
         local = snapshot_download(spec)
     except Exception as exc:  # network, auth, missing repo: all one line for the user
-        raise InputError(f"{flag} {spec}: cannot fetch from the hub ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise InputError(f"{flag} {spec}: cannot fetch from the hub ({exception_line(exc)})") from exc
     _refuse_model_with_adapter(Path(local), spec, flag)
     return ModelSource(Path(local), hub_id=spec, given=spec)
 
@@ -131,9 +131,7 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
     except Exception as exc:
         # transformers parses tokenizer.json and friends itself; a RecursionError or a JSON error
         # from there is better told as the file that causes it.
-        raise _unreadable_json_in(source.directory) or InputError(
-            f"{flag} {source.directory}: cannot load tokenizer ({type(exc).__name__}: {exc})".splitlines()[0]
-        ) from None
+        raise _unreadable_json_in(source.directory) or InputError(f"{flag} {source.directory}: cannot load tokenizer ({exception_line(exc)})") from None
     if tok.pad_token_id is None:
         # Padding positions are masked out everywhere; any id works, EOS is the usual choice.
         tok.pad_token = tok.eos_token
@@ -147,7 +145,7 @@ def model_skeleton(source: ModelSource, *, trust_remote_code: bool = False, flag
     try:
         return _on_meta(source, trust_remote_code)
     except Exception as exc:
-        raise InputError(f"{flag} {source.name}: cannot build the model from its config ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise InputError(f"{flag} {source.name}: cannot build the model from its config ({exception_line(exc)})") from exc
 
 
 def _on_meta(source: ModelSource, trust_remote_code: bool, **kwargs: Any) -> PreTrainedModel:
@@ -195,7 +193,7 @@ def load_causal_lm(
         unsupported = _attention_unsupported(exc)
         if unsupported is not None:
             raise _attention_refusal(attn_implementation, unsupported) from exc
-        raise InputError(f"{flag} {source.directory}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise InputError(f"{flag} {source.directory}: cannot load model ({exception_line(exc)})") from exc
     # PEFT names an adapter's base after this (adapter_config.json's base_model_name_or_path):
     # the hub id or the path as given, not the absolute folder it was loaded from.
     model.name_or_path = source.name

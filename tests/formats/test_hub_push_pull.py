@@ -154,3 +154,20 @@ def test_bad_hub_names_are_refused_before_any_work(hub, tiny_model_dir, tmp_path
     result = run_train("hf:me/nothing-here", tiny_model_dir, tmp_path / "run", *TRAIN)
     assert "--cache hf:me/nothing-here: cannot fetch from the hub" in train_error_line(result.output)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_hub_error_of_several_lines_is_one_line_that_closes_its_parenthesis(monkeypatch):
+    """huggingface_hub's errors span lines; cutting the line after formatting left
+    `cannot fetch from the hub (LocalEntryNotFoundError: Got: ...` without its `)`."""
+    import huggingface_hub
+
+    from kto.formats.compute.models import resolve_source
+    from kto.formats.errors import InputError
+
+    def offline(*args, **kwargs):
+        raise OSError("Got: ConnectError: Name or service not known\nCheck your connection.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(InputError) as err:
+        resolve_source("someone/some-model")
+    assert str(err.value) == "--model someone/some-model: cannot fetch from the hub (OSError: Got: ConnectError: Name or service not known)"
