@@ -33,7 +33,9 @@ class InputError(ValueError):
     `every_rank`: every process raises this same error (on_main's answer), so under a launcher
     only the main process prints it; the others exit with the same status, silently."""
 
-    every_rank: bool = False
+    def __init__(self, message: str, *, every_rank: bool = False) -> None:
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 def exception_line(exc: BaseException) -> str:
@@ -114,15 +116,16 @@ def end_process_group(every_rank_here: bool = False) -> None:
 
 
 def _bounded_barrier(dist: Any) -> None:
-    """A barrier that cannot hang: gloo's monitored_barrier gives up after BARRIER_WAIT_S (a peer
-    that left or failed first only costs the wait; that peer said why)."""
+    """A barrier that cannot hang, on gloo (the worker threads above are gloo's): its
+    monitored_barrier gives up after BARRIER_WAIT_S (a peer that left or failed first only costs
+    the wait; that peer said why). None on NCCL, whose barrier's timeout is its watchdog taking
+    the process down, not an exception."""
     from datetime import timedelta
 
+    if dist.get_backend() != "gloo":
+        return
     try:
-        if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=timedelta(seconds=BARRIER_WAIT_S))
-        else:  # NCCL: its barrier is bounded by the group's own timeout
-            dist.barrier()
+        dist.monitored_barrier(timeout=timedelta(seconds=BARRIER_WAIT_S))
     except Exception:  # ending anyway; the peer's own line says what went wrong
         pass
 
@@ -194,7 +197,5 @@ def on_main(fn: Callable[[], T], state: Any) -> T:
             box[1] = str(exc)
     broadcast_object_list(box, from_process=0)
     if box[1] is not None:
-        error = InputError(box[1])
-        error.every_rank = True  # the main process prints it; the other ranks exit alike, silently
-        raise error
+        raise InputError(box[1], every_rank=True)  # the main process prints it; the other ranks exit alike, silently
     return box[0]

@@ -483,9 +483,8 @@ def _tokenize_block(block: list, tokenize_one: Callable, rank: int, world: int) 
     dist.all_gather_object(parts, _tokenize_share(block, tokenize_one, rank, world))
     refused = [part for part in parts if isinstance(part, _Refused)]
     if refused:
-        error = InputError(min(refused, key=lambda part: part.position).message)
-        error.every_rank = True  # every rank gathered the same parts: the main process says it
-        raise error
+        # every rank gathered the same parts: the main process says it
+        raise InputError(min(refused, key=lambda part: part.position).message, every_rank=True)
     rows: list = [None] * len(block)
     for r, part in enumerate(parts):
         rows[r::world] = part

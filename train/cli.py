@@ -108,7 +108,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
         end_own_process_group(existed)
         sys.exit(exc.exit_code)
-    end_own_process_group(existed)  # the API keeps a group it made for the next call; the command ends here
+    end_own_process_group(existed, main_process_busy=cfg.push_to_hub is not None)  # the API keeps a group it made for the next call; the command ends here
 
 
 def check_paths(cfg: TrainConfig) -> None:

@@ -89,12 +89,14 @@ def borrowed_rng_state() -> Iterator[None]:
             np.random.set_state(numpy)
 
 
-def end_own_process_group(existed_before: bool) -> None:
+def end_own_process_group(existed_before: bool, main_process_busy: bool = False) -> None:
     """kto-train's end: destroy the default group if the run made it (`existed_before` False).
     Every rank gets here (the run returned, or a signal stopped every rank after the same step),
-    so each first waits for the others in a bounded barrier; formats.errors.end_process_group
-    says why the group must also be freed before the interpreter exits (a SIGABRT otherwise)."""
+    so each first waits for the others in a bounded barrier, unless the main process is still
+    busy after the run (`main_process_busy`: uploading final/ with --push-to-hub, for as long as
+    that takes); formats.errors.end_process_group says why the group must also be freed before
+    the interpreter exits (a SIGABRT otherwise)."""
     if not existed_before and process_group_exists():
         from kto.formats.errors import end_process_group
 
-        end_process_group(every_rank_here=True)
+        end_process_group(every_rank_here=not main_process_busy)
