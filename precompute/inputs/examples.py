@@ -48,8 +48,8 @@ _ENTRY_READS = ("", "unpaired", "ranking")  # ShareGPTMap.entry: no entry, ranki
 
 Message = dict[str, Any]  # {"role": ..., "content": ..., and the input's other keys (tool_calls, ...)}
 
-_TRUE = {"true", "1", "yes", "t", "y", "desirable"}
-_FALSE = {"false", "0", "no", "f", "n", "undesirable"}
+_TRUE = {"true", "1", "1.0", "yes", "t", "y", "desirable"}  # 1.0: a float column written as text (pandas to CSV)
+_FALSE = {"false", "0", "0.0", "no", "f", "n", "undesirable"}
 
 
 @dataclass(frozen=True)

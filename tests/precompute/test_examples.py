@@ -120,6 +120,8 @@ def test_content_parts_are_joined(tmp_path):
         ("false", False),
         (1.0, True),  # a float column: pandas makes one of an int column with a null
         (0.0, False),
+        ("1.0", True),  # the same column written to CSV
+        ("0.0", False),
     ],
 )
 def test_label_spellings(tmp_path, value, expected):
