@@ -362,7 +362,7 @@ def precompute_disagreements(other_values: Mapping[str, Any], content: Mapping[s
 SWITCH_HINTS = {
     PRECOMPUTE: {},
     TRAIN: {
-        "use_peft": "TRL's switch for LoRA: give --lora-r R (use_peft: true in a --config file takes TRL's r 16, alpha 32, dropout 0.05)",
+        "use_peft": "TRL's switch for LoRA: give --lora-r R (use_peft: true in a --config file takes TRL's r 16, alpha 32, dropout 0.05, off while dropout is)",
         "finetuning_type": "LLaMA-Factory's choice of LoRA or full training: give --lora-r R for LoRA, nothing for full",
         "quantization_bit": "LLaMA-Factory's: give --load-in-4bit or --load-in-8bit",
         "disable_dropout": "TRL's switch: dropout is off here by default; --keep-dropout keeps it",

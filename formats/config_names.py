@@ -85,7 +85,9 @@ def _use_peft(value: Any, command: str, out: Resolved) -> None:
         # puts the list where PEFT_TARGETS stands in this note.
         out.defaults.update({"lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.05})
         out.peft_default_targets = True
-        out.notes.append(f"use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05, lora_target_modules {PEFT_TARGETS} unless given, as TRL)")
+        out.notes.append(
+            f"use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05 (off while dropout is, as TRL's disable_dropout turns it off), lora_target_modules {PEFT_TARGETS} unless given, as TRL)"
+        )
     elif value is False:
         out.forced["lora_r"] = 0
         out.notes.append("use_peft: false -> every weight is trained (lora_r 0)")

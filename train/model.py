@@ -36,7 +36,8 @@ def disable_dropout(lm: torch.nn.Module) -> None:
     """Dropout and the other train-mode randomness off everywhere it can hide, so train-mode
     forwards are deterministic and equal evaluation ones (the step-0 check reads the first step's
     own forward against the cache, which precompute scored in eval mode), and the saved config
-    tells the truth.
+    tells the truth (peft's adapter_config.json keeps the --lora-dropout given, which applies
+    with --keep-dropout).
 
     `nn.Dropout` modules are not enough: Llama's and Qwen2's attention layers copy
     `config.attention_dropout` into a plain float attribute when they are built, and that copy
@@ -106,8 +107,8 @@ def load_policy(cfg: TrainConfig, init: ModelSource, adapt: Callable[[torch.nn.M
         prepare_for_training(cfg, lm)
         adapted = adapt(lm)
         if not cfg.keep_dropout:
-            # Again, on what the adapters added (peft's lora_dropout), as TRL's and LLaMA-Factory's
-            # KTO trainers disable dropout after adding them: a TRL file's lora_dropout trains off.
+            # After the adapters, so that theirs (peft's lora_dropout) goes too, as TRL's and
+            # LLaMA-Factory's KTO trainers disable dropout after adding them.
             disable_dropout(adapted)
         return adapted
 
@@ -124,8 +125,7 @@ def load_policy(cfg: TrainConfig, init: ModelSource, adapt: Callable[[torch.nn.M
 
 
 def prepare_for_training(cfg: TrainConfig, lm: torch.nn.Module) -> None:
-    if not cfg.keep_dropout:
-        disable_dropout(lm)
+    """Gradient checkpointing, before adapters wrap the model (dropout is disabled after them)."""
     if cfg.gradient_checkpointing:
         # Newer transformers 5.x rename gradient_checkpointing_enable (removed in v6); 5.17 on
         # the GPU image has only the old name.

@@ -251,7 +251,10 @@ def test_the_command_line_names_our_option_for_another_tools_name():
 @pytest.mark.parametrize(
     "option, hint",
     [
-        ("--use_peft", "TRL's switch for LoRA: give --lora-r R (use_peft: true in a --config file takes TRL's r 16, alpha 32, dropout 0.05)"),
+        (
+            "--use_peft",
+            "TRL's switch for LoRA: give --lora-r R (use_peft: true in a --config file takes TRL's r 16, alpha 32, dropout 0.05, off while dropout is)",
+        ),
         ("--use-peft", "TRL's switch for LoRA"),
         ("--disable_dropout", "TRL's switch: dropout is off here by default; --keep-dropout keeps it"),
         ("--finetuning_type", "LLaMA-Factory's choice of LoRA or full training: give --lora-r R for LoRA, nothing for full"),

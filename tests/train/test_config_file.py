@@ -183,7 +183,8 @@ def test_use_peft_without_targets_takes_peft_s_default_for_the_model_type(tmp_pa
     assert result.exit_code == 0, result.output
     assert captured[0].lora_target_modules == "q_proj,v_proj" and captured[0].lora_r == 16
     assert (
-        "use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05, lora_target_modules q_proj,v_proj (peft's default for llama)" in result.output
+        "use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05 (off while dropout is, as TRL's disable_dropout turns it off), lora_target_modules q_proj,v_proj (peft's default for llama)"
+        in result.output
     )
     for extra, text, expected in (
         ((), "use_peft: true\nlora_target_modules: all-linear\n", None),
