@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .config_keys import PRECOMPUTE, TRAIN
 from .config_names import Resolved, resolve
 from .errors import InputError
-from .files import regular_file
+from .files import regular_file, utf8_text
 
 if TYPE_CHECKING:
     import click
@@ -34,12 +34,7 @@ def read_mapping(path: str | Path) -> dict:
     path = Path(path)
     is_toml = path.suffix.lower() == ".toml"
     regular_file(path, f"--config {path}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise InputError(f"--config {path}: cannot read ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"--config {path}: not valid UTF-8 at byte {exc.start}") from None
+    text = utf8_text(path, f"--config {path}")
     try:
         raw = tomllib.loads(text) if is_toml else _load_yaml(text, path)
     except InputError:

@@ -39,6 +39,17 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+def utf8_text(path: str | os.PathLike, what: str) -> str:
+    """The text of the file `path`, UTF-8; InputError `WHAT: cannot read (why)` or `WHAT: not
+    valid UTF-8 at byte N` (Path.read_text's locale decoding raised a UnicodeDecodeError traceback)."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what}: not valid UTF-8 at byte {exc.start}") from None
+
+
 def regular_file(path: str | os.PathLike, what: str | None = None) -> Path:
     """`path`, when it (after symlinks) is a regular file; InputError `WHAT: ...` otherwise.
 

@@ -316,6 +316,7 @@ def _stage_and_split(
 
 
 def _built(skeleton: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+    """The model `skeleton` builds on the meta device, or None when its config cannot build one."""
     try:
         return skeleton()
     except InputError:

@@ -91,14 +91,20 @@ def _refuse_model_with_adapter(path: Path, spec: str, flag: str) -> None:
     would belong to another model than the one the cache or run fingerprints."""
     if not (path / "config.json").is_file() or not (path / "adapter_config.json").is_file():
         return
-    try:
-        base = read_json(path / "adapter_config.json").get("base_model_name_or_path") or "its base model"
-    except (InputError, AttributeError):
-        base = "its base model"
+    base = _adapter_base(path / "adapter_config.json")
     raise InputError(
         f"{flag} {spec}: holds a model (config.json) and a LoRA adapter (adapter_config.json); transformers would load the adapter on "
         f"{base}, not this folder's weights; move adapter_config.json and adapter_model.* out of it, or give the adapter merged into its base"
     )
+
+
+def _adapter_base(adapter_config: Path) -> str:
+    """The base model an adapter_config.json names, for a message; "its base model" when it
+    names none or cannot be read."""
+    try:
+        return read_json(adapter_config).get("base_model_name_or_path") or "its base model"
+    except (InputError, AttributeError):
+        return "its base model"
 
 
 def _no_config(path: Path, spec: str, flag: str) -> InputError:
@@ -112,10 +118,7 @@ def _no_config(path: Path, spec: str, flag: str) -> InputError:
         )
     if not adapter.is_file():
         return InputError(f"{flag} {spec}: directory has no config.json")
-    try:
-        base = read_json(adapter).get("base_model_name_or_path") or "its base model"
-    except (InputError, AttributeError):
-        base = "its base model"
+    base = _adapter_base(adapter)
     return InputError(
         f"{flag} {spec}: a LoRA adapter folder (adapter_config.json), not a model; merge it into {base} first "
         f"(peft: PeftModel.from_pretrained(base, '{spec}').merge_and_unload().save_pretrained(DIR), with the tokenizer) and give DIR"

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_file
+from kto.formats.files import regular_file, utf8_text
 
 from .alpaca import AlpacaMap
 from .examples import ShareGPTMap
@@ -67,11 +67,7 @@ def read_dataset_info(dataset_dir: Path) -> dict:
     path = Path(dataset_dir) / INFO_NAME
     regular_file(path, f"--dataset-dir {dataset_dir}: {INFO_NAME}")
     try:
-        info = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not valid UTF-8 at byte {e.start}") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+        info = json.loads(utf8_text(path, str(path)))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(info, dict):

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_file
+from kto.formats.files import regular_file, utf8_text
 
 from .examples import (
     RANKING_ROWS,
@@ -55,11 +54,7 @@ def load_sharegpt_info(spec: str | dict) -> ShareGPTMap:
         where = f"--sharegpt-info {spec}"
         regular_file(path, where)
         try:
-            data = json.loads(Path(path).read_bytes().decode("utf-8"))
-        except OSError as e:
-            raise InputError(f"{where}: cannot read ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise InputError(f"{where}: not valid UTF-8 at byte {e.start}") from None
+            data = json.loads(utf8_text(path, where))
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: malformed JSON ({e.msg} at line {e.lineno})") from None
         entry = _pick_entry(data, name, where)
