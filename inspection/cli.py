@@ -111,6 +111,8 @@ def verify(cache: Path) -> None:
             click.echo(
                 f"ok: {r.cache}: {r.rows} rows in {r.shards} shards; checksums, fingerprints, schema, values, counts, ids and KL sources agree with the manifest"
             )
+        else:  # stdout tells each split's verdict, so `verify CACHE > log` is not only the good ones
+            click.echo(f"FAILED: {r.cache}: {len(r.problems)} problem(s), listed on stderr")
     bad = sum(len(r.problems) for r in reports)
     if bad:
         click.echo(f"kto-inspect: verify: {bad} problem(s) found in {cache}", err=True)

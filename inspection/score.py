@@ -11,6 +11,7 @@ directory (kto-precompute would take a foreign file there for someone else's dat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,8 @@ SCORE_SCHEMA = pa.schema(
 
 
 def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: str, out: Path, cache_dir: Path) -> None:
-    if not beta > 0:
-        raise InputError(f"--beta {beta}: must be positive")
+    if not 0 < beta < math.inf:
+        raise InputError(f"--beta {beta}: must be a finite positive number")
     for flag, value in (("--batch-tokens", batch_tokens), ("--chunk-size", chunk_size)):
         if value is not None and value <= 0:
             raise InputError(f"{flag} {value}: must be positive")

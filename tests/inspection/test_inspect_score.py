@@ -38,7 +38,8 @@ def test_reference_model_scores_zero_reward(tiny_cache, tiny_model_dir, tmp_path
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--beta", "0"], "--beta 0.0: must be positive"),
+        (["--beta", "0"], "--beta 0.0: must be a finite positive number"),
+        (["--beta", "inf"], "--beta inf: must be a finite positive number"),  # wrote rewards of inf (nan for the reference)
         (["--batch-tokens", "0"], "--batch-tokens 0: must be positive"),
         (["--out", "{cache}/scores.parquet"], "--out {cache}/scores.parquet: inside the cache directory"),
         (["--out", "{tmp}/no/such/dir/s.parquet"], "--out {tmp}/no/such/dir/s.parquet: directory {tmp}/no/such/dir does not exist"),

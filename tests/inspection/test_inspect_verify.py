@@ -77,6 +77,8 @@ def test_tampered_shard_is_caught_even_with_a_fresh_stamp(cache):
     row_id = table.column(S.ID)[0].as_py()
     assert any(f"{path} row 1 (id {row_id!r}): ref_token_logps sum to" in line for line in lines)
     assert lines[-1] == f"kto-inspect: verify: 2 problem(s) found in {cache}"
+    # stdout says it too: `verify CACHE > verify.log` held only the ok lines of the other splits
+    assert f"FAILED: {cache}: 2 problem(s), listed on stderr" in result.stdout.splitlines()
 
 
 def test_missing_kl_source_id(cache):
