@@ -248,7 +248,8 @@ def render(rows: list[dict], *, width: int = 100) -> str:
             lines.append("completion tokens with reference log-probs (* = least likely):")
             lines += _wrap([f"{'*' if t['least_likely'] else ''}{shown(t['text'])} {t['ref_logp']:.2f}" for t in r["tokens"]], width)
             worst = sorted(((k, t) for k, t in enumerate(r["tokens"], 1) if t["least_likely"]), key=lambda kt: kt[1]["ref_logp"])
-            lines.append("least likely: " + ", ".join(f"{shown(t['text'])} {t['ref_logp']:.2f} (token {k})" for k, t in worst))
+            if worst:  # --flag 0 marks none
+                lines.append("least likely: " + ", ".join(f"{shown(t['text'])} {t['ref_logp']:.2f} (token {k})" for k, t in worst))
         else:
             lines.append("(no per-token log-probs: the cache was made with --no-token-logps)")
         blocks.append("\n".join(lines))

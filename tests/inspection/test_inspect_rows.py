@@ -73,6 +73,12 @@ def test_least_likely_tokens_are_flagged(text_cache):
     assert np.isclose(logps.sum(), row["ref_logp"], atol=1e-4)
 
 
+def test_flag_zero_marks_no_token_and_prints_no_empty_line(text_cache):
+    result = CliRunner().invoke(main, ["rows", str(text_cache), "--limit", "1", "--flag", "0"])
+    assert result.exit_code == 0 and "*" not in result.stdout.split("least likely)")[-1]
+    assert "least likely: " not in result.stdout  # printed empty before
+
+
 def test_text_output(text_cache):
     result = CliRunner().invoke(main, ["rows", str(text_cache), "--limit", "2"])
     assert result.exit_code == 0, result.output
