@@ -262,26 +262,27 @@ def check_vocabulary(staged: Path, splits: list[Split], lm, tokenizer, model: st
 
 def check_positions(split: Split, lm: Any, max_length: int) -> None:
     """Refuse, before any shard is scored, a row whose longest sequence (its prompt + completion
-    or prompt + KL completion, as cut) has more tokens than `lm` learned positions for (GPT-2's
-    `wpe`, OPT's `embed_positions`: learned_positions); its forward would end in an IndexError.
-    A model without such a table (rotary, ALiBi) takes any length."""
-    from kto.formats.compute.logprob import learned_positions  # torch: only once a model is loaded
+    or prompt + KL completion, as cut) has more tokens than `lm` scores as one function of them
+    (position_limit): past a learned table (GPT-2's `wpe`, OPT's `embed_positions`) its forward
+    ends in an IndexError; past a dynamic or longrope rotary range its log-probs would depend on
+    the rows batched beside it. Other models (plain rotary, ALiBi) take any length."""
+    from kto.formats.compute.logprob import position_limit  # torch: only once a model is loaded
 
-    positions = learned_positions(lm)
-    if positions is None or not len(split.rows):
+    limit = position_limit(lm)
+    if limit is None or not len(split.rows):
         return
     index = read_index(split.staged)
     prompt = index.prompt_len[split.rows]
     kept = split.truncation.kept_lengths(prompt, index.completion_len[split.rows], index.completion_len[split.partners])
     longest = prompt + np.maximum(*kept)
     at = int(np.argmax(longest))
-    if longest[at] <= positions:
+    if longest[at] <= limit.count:
         return
     with ArrowFile(split.staged) as reader:
         row_id = reader.rows([int(split.rows[at])], [S.ID])[S.ID][0]
     raise InputError(
-        f"--max-length {max_length}: row {row_id!r} has {int(longest[at])} tokens, more than the {positions} positions "
-        f"{type(lm).__name__} learned; give --max-length {positions} or less"
+        f"--max-length {max_length}: row {row_id!r} has {int(longest[at])} tokens, more than the {limit.count} positions "
+        f"{limit.what}; give --max-length {limit.count} or less"
     )
 
 

@@ -109,7 +109,8 @@ class CompletionLogps(nn.Module):
         self.lm = lm
         self.chunk_size = chunk_size
         self.softcap = logit_softcap(lm)
-        self.positions = learned_positions(lm)
+        limit = position_limit(lm)
+        self.positions = limit.count if limit else None
         if lm.get_output_embeddings().weight.is_meta:
             raise InputError("--model: the LM head is offloaded (device_map put it on disk or CPU); give it GPU memory")
 
@@ -186,6 +187,7 @@ def logit_softcap(lm: nn.Module) -> float | None:
     """The softcap `lm` applies to its logits (None: none); refuses a model that scales them
     (LOGIT_SCALE_KEYS) or has a vocabulary cut below its head's rows (Inkling
     `unpadded_vocab_size`), in one line."""
+    lm = hf_model(lm)  # peft's PeftModel: its forward names no key; the model's own does
     name = type(lm).__name__
     for config in _configs(lm):
         for key in LOGIT_SCALE_KEYS:
@@ -198,6 +200,12 @@ def logit_softcap(lm: nn.Module) -> float | None:
     caps = [(key, getattr(config, key, None)) for config in _configs(lm) for key in SOFTCAP_KEYS]
     key, cap = next(((key, cap) for key, cap in caps if cap is not None), (None, None))
     return float(cap) if cap is not None and _forward_reads(lm, key) else None
+
+
+def hf_model(lm: nn.Module) -> nn.Module:
+    """The transformers model under peft's adapters (PeftModel.get_base_model), else `lm`."""
+    base = getattr(lm, "get_base_model", None)
+    return base() if callable(base) else lm
 
 
 def _forward_reads(lm: nn.Module, key: str) -> bool:
@@ -237,22 +245,65 @@ def learned_positions(lm: nn.Module) -> int | None:
     return min(sizes, default=None)
 
 
+@dataclass(frozen=True)
+class PositionLimit:
+    """The longest sequence `lm` scores as one function of its tokens, and why, for a message
+    `... more than the {count} positions {what}`."""
+
+    count: int
+    what: str
+
+
+def position_limit(lm: nn.Module) -> PositionLimit | None:
+    """The smaller of `lm`'s learned position table (learned_positions) and the range in which
+    its rotary frequencies are fixed (rotary_positions); None when neither bounds a sequence."""
+    lm = hf_model(lm)
+    name = type(lm).__name__
+    limits = []
+    if (learned := learned_positions(lm)) is not None:
+        limits.append(PositionLimit(learned, f"{name} learned"))
+    if (rotary := rotary_positions(lm)) is not None:
+        kind, count = rotary
+        limits.append(PositionLimit(count, f"within which {name}'s {kind} rotary scaling is fixed (past them it follows each batch's longest sequence)"))
+    return min(limits, key=lambda limit: limit.count, default=None)
+
+
+def rotary_positions(lm: nn.Module) -> tuple[str, int] | None:
+    """(rope type, positions) for rotary frequencies that transformers recomputes from the
+    longest position of each forward call (modeling_rope_utils.dynamic_rope_update): `dynamic`
+    (NTK) past max_position_embeddings, `longrope` (Phi-3) past original_max_position_embeddings.
+    Past that many, a row's log-probs would depend on the rows batched beside it (and padding);
+    within it they are fixed. None for static scalings (default, linear, yarn, llama3)."""
+    found = []
+    for config in _configs(lm):
+        params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        # One dict, or one per layer type (Gemma 3's sliding and full attention)
+        for rope in [params] if "rope_type" in params or "type" in params else [p for p in params.values() if isinstance(p, dict)]:
+            kind = str(rope.get("rope_type") or rope.get("type") or "")
+            if "dynamic" in kind:
+                found.append((kind, getattr(config, "max_position_embeddings", None)))
+            elif kind == "longrope":
+                found.append((kind, rope.get("original_max_position_embeddings") or getattr(config, "original_max_position_embeddings", None)))
+    found = [(kind, int(n)) for kind, n in found if isinstance(n, int)]
+    return min(found, key=lambda kn: kn[1], default=None)
+
+
 def check_cache_positions(cache: Any, lm: nn.Module, flag: str, cache_flag: str = "--cache") -> None:
     """Refuse, in one line naming `flag` (kto-train's --model), a `cache` (formats.cache's
     ShardedCache, given as `cache_flag`; not imported: cache imports this module) holding a row
     whose prompt + completion or prompt + KL completion is longer than `lm`'s learned position
     table (`learned_positions`; `lm` may be a meta-device skeleton): its forward would end in an
     IndexError. A cache cut to the table's length (its --max-length) is not read."""
-    positions = learned_positions(lm)
-    if positions is None or cache.manifest.content.max_length <= positions:
+    limit = position_limit(lm)
+    if limit is None or cache.manifest.content.max_length <= limit.count:
         return
     longest = cache.longest_sequences()  # list offsets only: no hashing, no token copied
     at = int(np.argmax(longest))
-    if longest[at] > positions:
+    if longest[at] > limit.count:
         row_id = cache.rows([at], [S.ID])[S.ID][0]
         raise InputError(
-            f"{flag}: row {row_id!r} of {cache_flag} {cache.dir} has {int(longest[at])} tokens, more than the {positions} positions "
-            f"{type(lm).__name__} learned; give a cache made with --max-length {positions} or less"
+            f"{flag}: row {row_id!r} of {cache_flag} {cache.dir} has {int(longest[at])} tokens, more than the {limit.count} positions "
+            f"{limit.what}; give a cache made with --max-length {limit.count} or less"
         )
 
 

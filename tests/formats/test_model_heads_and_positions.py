@@ -118,6 +118,26 @@ def test_gemma2_softcap_matches_its_forward():
     assert torch.allclose(ours(lm, ids), reference_logps(lm, ids), atol=1e-5, rtol=0)
 
 
+def test_gemma2_softcap_holds_under_lora_adapters():
+    """kto-train scores the policy through peft's PeftModel: its forward names no softcap, so the
+    cap was taken as unused and Gemma 2/3 with --lora-r stopped at the step-0 check (drift 2.0
+    per token; kto-inspect score gave rewards of 0.19 for zero adapters). Zero adapters (B = 0)
+    change nothing: the numbers must be the model's own, capped."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from kto.formats.compute.logprob import logit_softcap
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    lm = Gemma2ForCausalLM(Gemma2Config(vocab_size=97, **shape, final_logit_softcapping=0.5, attn_implementation="eager")).eval()
+    ids = torch.randint(0, 97, (1, 11), generator=torch.Generator().manual_seed(1))
+    expected = reference_logps(lm, ids)
+    wrapped = get_peft_model(lm, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).eval()
+    assert logit_softcap(wrapped) == 0.5
+    assert torch.allclose(ours(wrapped, ids), expected, atol=1e-5, rtol=0)
+
+
 # ---- 2. learned position tables ----------------------------------------------------------------
 
 
@@ -303,3 +323,52 @@ def test_both_commands_refuse_sdpa_for_gemma2_before_out_is_touched(tmp_path, to
     assert precompute(tmp_path, model, "--attn-implementation", "eager").exit_code == 0
     result = run_train(tiny_cache, model, tmp_path / "run", "--max-steps", "1")
     assert said in train_error_line(result.output) and not (tmp_path / "run").exists()
+
+
+# ---- 4. rotary scaling that follows the batch ---------------------------------------------------
+
+
+def rotary(kind: str, limit: int = 48):
+    """A tiny Qwen2 whose rotary frequencies change past `limit` positions: `dynamic` (NTK, from
+    max_position_embeddings) or `longrope` (Phi-3's long factor past original_max_position_embeddings)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    if kind == "dynamic":
+        config = Qwen2Config(vocab_size=97, **shape, max_position_embeddings=limit, rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0})
+    else:
+        rope = {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4, "long_factor": [4.0] * 4, "original_max_position_embeddings": limit}
+        config = Qwen2Config(vocab_size=97, **shape, max_position_embeddings=4 * limit, rope_parameters=rope)
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "longrope"])
+def test_rotary_scaling_that_follows_the_batch_bounds_the_length(kind):
+    """transformers recomputes these frequencies from the longest position of each call: a row of
+    40 tokens scored beside one of 60 (or padded past 48) got other log-probs than alone, 0.3 to
+    2.2 nats a row; the cache then depended on --batch-tokens. Up to the limit the scaling is
+    fixed, and padding stays within it; past it, a row is refused like one past a learned table."""
+    from kto.formats.compute.logprob import CompletionLogps, position_limit
+
+    lm = rotary(kind, limit=44)
+    assert position_limit(lm).count == 44 and "rotary" in position_limit(lm).what
+    assert CompletionLogps(lm).positions == 44
+    ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(1))
+    # 40 tokens pad to 44, not to 48 (a multiple of 16), which would switch the frequencies
+    assert torch.allclose(ours(lm, ids), reference_logps(lm, ids), atol=1e-5, rtol=0)
+
+
+def test_kto_precompute_refuses_rows_past_the_rotary_limit(tmp_path, tokenizer):
+    model = tmp_path / "dyn"
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    rope = {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), **shape, max_position_embeddings=16, rope_parameters=rope, **special)).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    result = precompute(tmp_path, model)
+    line = [line for line in result.output.splitlines() if "error:" in line]
+    assert result.exit_code != 0 and len(line) == 1 and line[0].endswith("give --max-length 16 or less"), result.output
+    assert "rotary" in line[0] and not (tmp_path / "cache").exists()
