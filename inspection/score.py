@@ -248,7 +248,9 @@ def _policy(model: str, base_model: str | None) -> _Policy:
         flag = "--base-model" if base_model else f"--model {model}: the base its adapter_config.json names,"
         source = resolve_source(_base_of(path, base_model), flag=flag)
         kind = "the LoRA adapters" + (" (sharded by FSDP)" if is_sharded_checkpoint(path) else "")
-        return _Policy(source, ModelSource(path), lambda lm: with_adapters(lm, path), f"note: scoring {source.directory} with {kind} of {path}")
+        # kto-train's adapter folders hold the run's tokenizer; peft's own save holds none: the base's then
+        tokenizer = ModelSource(path) if _holds_tokenizer(path) else source
+        return _Policy(source, tokenizer, lambda lm: with_adapters(lm, path), f"note: scoring {source.directory} with {kind} of {path}")
     if is_sharded_checkpoint(Path(model)) and not (path / "config.json").is_file():
         flag = "--base-model" if base_model else f"--model {model}: its run's --model,"
         source = resolve_source(_base_of_run(model, base_model), flag=flag)
@@ -256,6 +258,10 @@ def _policy(model: str, base_model: str | None) -> _Policy:
         return _Policy(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), note)
     source = resolve_source(model)
     return _Policy(source, source)
+
+
+def _holds_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"))
 
 
 def _base_of(adapter_dir: Path, base_model: str | None) -> str:

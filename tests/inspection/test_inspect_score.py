@@ -130,3 +130,19 @@ def test_a_missing_base_is_named_by_where_it_came_from(tmp_path, monkeypatch):
         _policy("final", None)
     with pytest.raises(InputError, match=r"^--base-model ./other: no such file or directory$"):
         _policy("final", "./other")
+
+
+def test_an_adapter_folder_without_a_tokenizer_is_scored_with_its_bases(tiny_cache, tiny_model_dir, tmp_path):
+    """peft's save_pretrained writes no tokenizer (most adapters on the Hub hold none): score
+    ended in "cannot load tokenizer (ValueError: Couldn't instantiate the backend tokenizer...)".
+    Zero adapters (B = 0) are the base itself: every reward 0."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    assert not list(adapter.glob("tokenizer*"))
+    out = tmp_path / "s.parquet"
+    result = invoke("score", tiny_cache, "--model", adapter, "--base-model", tiny_model_dir, "--out", out, "--batch-tokens", "64")
+    assert result.exit_code == 0, result.output
+    assert np.abs(pq.read_table(out).column("reward").to_numpy()).max() < 1e-4
