@@ -108,7 +108,10 @@ class CompletionLogps(nn.Module):
         super().__init__()
         self.lm = lm
         self.chunk_size = chunk_size
+        self.scale = logit_scale(lm)
         self.softcap = logit_softcap(lm)
+        if self.scale is not None and (self.softcap is not None or getattr(lm.get_output_embeddings(), "bias", None) is not None):
+            raise InputError(f"--model: {type(hf_model(lm)).__name__} scales its logits and caps them or has a head bias; not supported yet")
         limit = position_limit(lm)
         self.positions = limit.count if limit else None
         if lm.get_output_embeddings().weight.is_meta:
@@ -153,6 +156,8 @@ class CompletionLogps(nn.Module):
         else:
             compute_dtype = head.weight.dtype
         bias = getattr(head, "bias", None)
+        if self.scale is not None:  # W·(s·h) = s·(W·h): the head has no bias here (__init__)
+            selected = selected * self.scale
         return token_logps(
             selected,
             head.weight.to(selected.device),
@@ -167,8 +172,9 @@ class CompletionLogps(nn.Module):
 # Config keys of models whose forward scales the logits after the head, or the hidden states
 # between the decoder and the head (transformers 5.25): Granite*, MiniCPM3 and HyperCLOVAX
 # `logits_scaling`, Cohere* `logit_scale`, Falcon-H1 `lm_head_multiplier`, Inkling
-# `logits_mup_width_multiplier`, MuseSpark/MuseGlimmer `output_multiplier`. The head here is
-# weight @ h (+ bias) alone, so such a model would get log-probs it never generates with.
+# `logits_mup_width_multiplier`, MuseSpark/MuseGlimmer `output_multiplier`. logit_scale applies
+# such a factor where the class's forward shows how (multiplied or divided), else refuses: a
+# head of weight @ h alone would give log-probs the model never generates with.
 LOGIT_SCALE_KEYS = ("logits_scaling", "logit_scale", "lm_head_multiplier", "logits_mup_width_multiplier", "output_multiplier")
 # Keys of a tanh softcap on the logits, cap · tanh(z / cap): Gemma 2/3/3n/4 and others
 # `final_logit_softcapping`, RecurrentGemma `logits_soft_cap`.
@@ -183,16 +189,45 @@ def _configs(lm: nn.Module) -> list:
     return [text] if text is config else [text, config]
 
 
+def logit_scale(lm: nn.Module) -> float | None:
+    """The factor `lm`'s forward multiplies its logits by after the head (None: none), read
+    with its direction from the forward's code (`logits = logits / self.config.logits_scaling`:
+    Granite divides; `* self.logit_scale`: Cohere, HyperCLOVAX, Falcon-H1 multiply). A key set
+    whose use the code does not show is refused in one line."""
+    lm = hf_model(lm)
+    name, found = type(lm).__name__, None
+    for config in _configs(lm):
+        for key in LOGIT_SCALE_KEYS:
+            value = getattr(config, key, None)
+            if value in (None, 1, 1.0):
+                continue
+            op = _scaling_in_forward(type(lm), key)
+            if op is None or not isinstance(value, (int, float)) or value <= 0:
+                raise InputError(f"--model: {name} scales its logits ({key} {value}); not supported yet")
+            found = float(value) if op == "*" else 1.0 / value
+    return found
+
+
+def _scaling_in_forward(cls: type, key: str) -> str | None:
+    """`*` or `/`: how `cls.forward` applies `key` to its logits, from a line `logits = ... * self.KEY`
+    (or self.config.KEY, self.model.KEY); None when no line, or lines of both kinds, show it."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(inspect.unwrap(cls.forward))
+    except (OSError, TypeError):
+        return None
+    ops = set(re.findall(rf"^\s*logits\s*=.*([*/])\s*self\.(?:config\.|model\.)?{key}\b", source, re.M))
+    return ops.pop() if len(ops) == 1 else None
+
+
 def logit_softcap(lm: nn.Module) -> float | None:
-    """The softcap `lm` applies to its logits (None: none); refuses a model that scales them
-    (LOGIT_SCALE_KEYS) or has a vocabulary cut below its head's rows (Inkling
-    `unpadded_vocab_size`), in one line."""
+    """The softcap `lm` applies to its logits (None: none); refuses a model that has a
+    vocabulary cut below its head's rows (Inkling `unpadded_vocab_size`), in one line."""
     lm = hf_model(lm)  # peft's PeftModel: its forward names no key; the model's own does
     name = type(lm).__name__
     for config in _configs(lm):
-        for key in LOGIT_SCALE_KEYS:
-            if getattr(config, key, None) not in (None, 1, 1.0):
-                raise InputError(f"--model: {name} scales its logits ({key} {getattr(config, key)}); not supported yet")
         unpadded = getattr(config, "unpadded_vocab_size", None)
         if isinstance(unpadded, int) and unpadded < lm.get_output_embeddings().weight.shape[0]:
             raise InputError(f"--model: {name} drops logits past its unpadded_vocab_size {unpadded}; not supported yet")

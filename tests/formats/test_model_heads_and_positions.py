@@ -48,15 +48,37 @@ def ours(lm, ids: torch.Tensor) -> torch.Tensor:
 # ---- 1. logits scaled or capped after the head -------------------------------------------------
 
 
-def test_falcon_h1_lm_head_multiplier_is_refused_in_one_line():
-    """Before: accepted, and its log-probs were off by up to 1.61 a token (the head's logits
-    halved by the model, not here)."""
-    from kto.formats.compute.logprob import CompletionLogps
-    from kto.formats.errors import InputError
+def scaled(family: str):
+    """Tiny models whose forward scales the logits after the head: Cohere multiplies by
+    logit_scale, Granite divides by logits_scaling, Falcon-H1 multiplies by lm_head_multiplier."""
+    import transformers as tf
 
-    with pytest.raises(InputError) as refused:
-        CompletionLogps(falcon_h1(lm_head_multiplier=0.5))
-    assert str(refused.value) == "--model: FalconH1ForCausalLM scales its logits (lm_head_multiplier 0.5); not supported yet"
+    torch.manual_seed(0)
+    shape = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    if family == "cohere":
+        return tf.CohereForCausalLM(tf.CohereConfig(**shape, logit_scale=0.5)).eval()
+    if family == "granite":
+        return tf.GraniteForCausalLM(tf.GraniteConfig(**shape, logits_scaling=4.0)).eval()
+    return falcon_h1(lm_head_multiplier=0.5)
+
+
+@pytest.mark.parametrize("family, factor", [("cohere", 0.5), ("granite", 0.25), ("falcon_h1", 0.5)])
+def test_a_logit_scale_is_applied_as_the_models_forward_applies_it(family, factor):
+    """Every Cohere (logit_scale 0.0625 and the like) and Granite model (logits_scaling) was
+    refused: "scales its logits; not supported yet". The factor is read with its direction from
+    the class's forward (Granite divides by logits_scaling, HyperCLOVAX multiplies by the same
+    key); the scores are the model's own, under LoRA adapters too."""
+    from peft import LoraConfig, get_peft_model
+
+    from kto.formats.compute.logprob import CompletionLogps
+
+    lm = scaled(family)
+    assert CompletionLogps(lm).scale == factor
+    ids = torch.randint(0, 97, (1, 11), generator=torch.Generator().manual_seed(1))
+    expected = reference_logps(lm, ids)
+    assert torch.allclose(ours(lm, ids), expected, atol=1e-5, rtol=0)
+    targets = ["in_proj"] if family == "falcon_h1" else ["q_proj"]
+    assert torch.allclose(ours(get_peft_model(lm, LoraConfig(r=2, target_modules=targets)).eval(), ids), expected, atol=1e-5, rtol=0)
 
 
 def test_falcon_h1_without_a_multiplier_is_accepted_and_scores_as_its_forward():
