@@ -325,7 +325,7 @@ def _built(skeleton: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
 
 def _check_rows_fit(lm: torch.nn.Module, splits: list[Split], tokenizer, cfg: PrecomputeConfig) -> None:
     """Every token id of the rows has an embedding row in `lm` and every sequence, as cut, a
-    position its learned table holds (plan.py check_vocabulary, check_positions). Shapes only:
+    position it scores as one function of its tokens (a learned table, or a rotary range: position_limit) (plan.py check_vocabulary, check_positions). Shapes only:
     `lm` may be the meta-device skeleton, so the refusal comes while this run's --out can still be
     removed, and the rerun the message advises needs no --overwrite."""
     for s in splits:

@@ -34,8 +34,9 @@ from .shared_prefix import PackedBatch, shared_prefix_attention
 def pad_width(x: torch.Tensor, positions: int | None = None) -> torch.Tensor:
     """[B, T] -> [B, T'] with T' the next multiple of ATTENTION_WIDTH_MULTIPLE, zeros (token 0,
     or False) on the right: after every real token, so no real token sees them. With
-    `positions` (a learned position table's size, `learned_positions`) T' stays within it:
-    the pads take positions too, and one past the table ends in an IndexError."""
+    `positions` (position_limit: a learned table's size, or the range of a rotary scaling that
+    follows the longest position) T' stays within it: the pads take positions too, and one past
+    a table ends in an IndexError, one past the rotary range changes every row's frequencies."""
     width = x.shape[1] - x.shape[1] % -ATTENTION_WIDTH_MULTIPLE
     if positions is not None:
         width = max(x.shape[1], min(width, positions))
@@ -195,7 +196,7 @@ def logit_scale(lm: nn.Module) -> float | None:
     Granite divides; `* self.logit_scale`: Cohere, HyperCLOVAX, Falcon-H1 multiply). A key set
     whose use the code does not show is refused in one line."""
     lm = hf_model(lm)
-    name, found = type(lm).__name__, None
+    name, found = type(lm).__name__, {}
     for config in _configs(lm):
         for key in LOGIT_SCALE_KEYS:
             value = getattr(config, key, None)
@@ -204,8 +205,10 @@ def logit_scale(lm: nn.Module) -> float | None:
             op = _scaling_in_forward(type(lm), key)
             if op is None or not isinstance(value, (int, float)) or value <= 0:
                 raise InputError(f"--model: {name} scales its logits ({key} {value}); not supported yet")
-            found = float(value) if op == "*" else 1.0 / value
-    return found
+            found[key] = float(value) if op == "*" else 1.0 / value
+    if len(found) > 1:  # how several combine is the forward's business: not guessed
+        raise InputError(f"--model: {name} scales its logits by {', '.join(found)}; not supported yet")
+    return next(iter(found.values()), None)
 
 
 def _scaling_in_forward(cls: type, key: str) -> str | None:
@@ -218,7 +221,9 @@ def _scaling_in_forward(cls: type, key: str) -> str | None:
         source = inspect.getsource(inspect.unwrap(cls.forward))
     except (OSError, TypeError):
         return None
-    ops = set(re.findall(rf"^\s*logits\s*=.*([*/])\s*self\.(?:config\.|model\.)?{key}\b", source, re.M))
+    # The key must end the line's expression: `* self.logit_scale.exp()` or `/ (2 * self.config.KEY)`
+    # compute something else than the config's value times or over the logits.
+    ops = set(re.findall(rf"^\s*logits\s*=.*([*/])\s*self\.(?:config\.|model\.)?{key}\s*(?:#.*)?$", source, re.M))
     return ops.pop() if len(ops) == 1 else None
 
 
@@ -315,7 +320,7 @@ def rotary_positions(lm: nn.Module) -> tuple[str, int] | None:
         # One dict, or one per layer type (Gemma 3's sliding and full attention)
         for rope in [params] if "rope_type" in params or "type" in params else [p for p in params.values() if isinstance(p, dict)]:
             kind = str(rope.get("rope_type") or rope.get("type") or "")
-            if "dynamic" in kind:
+            if "dynamic" in kind and not rope.get("alpha"):  # with alpha: Hunyuan's static ntk_alpha in transformers
                 found.append((kind, getattr(config, "max_position_embeddings", None)))
             elif kind == "longrope":
                 found.append((kind, rope.get("original_max_position_embeddings") or getattr(config, "original_max_position_embeddings", None)))
@@ -326,9 +331,10 @@ def rotary_positions(lm: nn.Module) -> tuple[str, int] | None:
 def check_cache_positions(cache: Any, lm: nn.Module, flag: str, cache_flag: str = "--cache") -> None:
     """Refuse, in one line naming `flag` (kto-train's --model), a `cache` (formats.cache's
     ShardedCache, given as `cache_flag`; not imported: cache imports this module) holding a row
-    whose prompt + completion or prompt + KL completion is longer than `lm`'s learned position
-    table (`learned_positions`; `lm` may be a meta-device skeleton): its forward would end in an
-    IndexError. A cache cut to the table's length (its --max-length) is not read."""
+    whose prompt + completion or prompt + KL completion is longer than `lm` scores as one
+    function of its tokens (position_limit: a learned position table, where its forward would
+    end in an IndexError, or a rotary range past which the scores follow the batch; `lm` may be
+    a meta-device skeleton). A cache cut to that length (its --max-length) is not read."""
     limit = position_limit(lm)
     if limit is None or cache.manifest.content.max_length <= limit.count:
         return

@@ -394,3 +394,45 @@ def test_kto_precompute_refuses_rows_past_the_rotary_limit(tmp_path, tokenizer):
     line = [line for line in result.output.splitlines() if "error:" in line]
     assert result.exit_code != 0 and len(line) == 1 and line[0].endswith("give --max-length 16 or less"), result.output
     assert "rotary" in line[0] and not (tmp_path / "cache").exists()
+
+
+def test_the_rotary_limit_holds_for_kto_train_and_hunyuans_alpha_is_not_bounded(tmp_path, tokenizer, tiny_cache):
+    """kto-train reads the limit through check_cache_positions on the skeleton; Hunyuan's
+    `dynamic` with `alpha` is transformers' static ntk_alpha, bounded by nothing."""
+    from transformers import HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from kto.formats.compute.logprob import position_limit
+
+    model = tmp_path / "dyn"
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    rope = {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **shape, max_position_embeddings=16, rope_parameters=rope, **special)).save_pretrained(model)
+    tokenizer.save_pretrained(model)  # a Llama: the cache's tokenizer loads as the cache's
+    result = run_train(tiny_cache, model, tmp_path / "run", "--batch-size", "4", "--max-steps", "1")
+    line = train_error_line(result.output)
+    assert "more than the 16 positions within which LlamaForCausalLM's dynamic rotary scaling is fixed" in line and "--max-length 16" in line, line
+    assert not (tmp_path / "run").exists()
+    hunyuan = {"rope_type": "dynamic", "alpha": 1e3, "factor": 1.0, "rope_theta": 1e4}
+    config = HunYuanDenseV1Config(vocab_size=97, **shape, head_dim=8, max_position_embeddings=32, rope_parameters=hunyuan)
+    assert position_limit(HunYuanDenseV1ForCausalLM(config)) is None
+
+
+def test_a_factor_the_forward_transforms_is_not_taken_for_the_configs():
+    """A line `logits = self.lm_head(h) * self.logit_scale.exp()` multiplies by e^value, not by
+    the config's value: refused, as a forward that does not show its factor."""
+    from kto.formats.compute.logprob import _scaling_in_forward
+
+    class Learned:
+        def forward(self, h):
+            logits = self.lm_head(h) * self.logit_scale.exp()
+            return logits
+
+    class Plain:
+        def forward(self, h):
+            logits = self.lm_head(h)
+            logits = logits / self.config.logits_scaling  # as Granite
+            return logits
+
+    assert _scaling_in_forward(Learned, "logit_scale") is None
+    assert _scaling_in_forward(Plain, "logits_scaling") == "/"
