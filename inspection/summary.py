@@ -53,6 +53,9 @@ def summarize(cache_dir: str | Path) -> dict:
     max_length = manifest.content.max_length
     max_prompt = manifest.content.max_prompt_length
     overall, by_label = _aggregates(lf, max_length, max_prompt, cache_dir)
+    if bad := overall["not_finite"]:  # as every reader refuses them: a mean of them would print nan
+        rows_said = "1 row" if bad == 1 else f"{bad} rows"
+        raise InputError(f"{cache_dir}: {rows_said} with a ref_logp or ref_kl_logp that is not finite (NaN or ±inf); run kto-inspect verify, which names each")
     rows = overall["rows"]
     labels = {("desirable" if r[S.LABEL] else "undesirable"): r for r in by_label}
     eval_dir = cache_dir / S.EVAL_DIR
@@ -95,6 +98,7 @@ def _aggregates(lf: pl.LazyFrame, max_length: int, max_prompt: int, cache_dir: P
                 pl.col(S.TRUNCATED).sum().cast(pl.Int64).alias("truncated"),
                 (lens["prompt"] == max_prompt).sum().cast(pl.Int64).alias("at_prompt_cap"),
                 ((lens["prompt"] + lens["completion"]) == max_length).sum().cast(pl.Int64).alias("at_max_length"),
+                (~pl.col(S.REF_LOGP).is_finite() | ~pl.col(S.REF_KL_LOGP).is_finite()).sum().cast(pl.Int64).alias("not_finite"),
                 *(agg for name, e in lens.items() for agg in _describe(e, name)),
             )
             .collect()

@@ -106,3 +106,25 @@ def test_cache_without_token_logps(tiny_cache, tmp_path):
     result = invoke("rows", cache, "--limit", "1")
     assert result.exit_code == 0 and "(no per-token log-probs" in result.stdout
     assert invoke("verify", cache).exit_code == 0
+
+
+def test_summary_refuses_log_probs_that_are_not_finite(tiny_cache, tmp_path):
+    """A NaN ref_logp (a shard rewritten, its sha256 patched) was averaged into `nan` in the
+    tables, exit 0; every other reader refuses such a value."""
+    import shutil
+
+    from conftest import patch_shard_table
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    manifest = read_manifest(cache)
+    table = ipc.open_file(pa.memory_map(str(cache / manifest.shards[1].name))).read_all()
+    values = table.column(S.REF_KL_LOGP).to_pylist()
+    values[0] = float("nan")
+    column = pa.array(values, table.schema.field(S.REF_KL_LOGP).type)
+    patch_shard_table(cache, 1, table.set_column(table.schema.get_field_index(S.REF_KL_LOGP), S.REF_KL_LOGP, column))
+    result = invoke("summary", cache)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"kto-inspect: error: {cache}: 1 row with a ref_logp or ref_kl_logp that is not finite (NaN or ±inf); run kto-inspect verify, which names each"
+    )
