@@ -107,9 +107,15 @@ def config_record(cfg: TrainConfig) -> dict:
 RECORDED_SINCE = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
 
 
+# Derived entries that say what a setting came to, for the reader: decided again from the
+# settings a resume compares (steps_share_prefixes: prefix_sharing and --model's layers).
+INFORMATIONAL = frozenset({"steps_share_prefixes"})
+
+
 def _resume_may_change(part: str, key: str) -> bool:
-    """A record entry that a resume may change: a RESUMABLE setting, or one of the PATHS."""
-    return part == "config" and (key in RESUMABLE or key in PATHS)
+    """A record entry that a resume may change: a RESUMABLE setting, one of the PATHS, or an
+    INFORMATIONAL derived entry."""
+    return (part == "config" and (key in RESUMABLE or key in PATHS)) or (part == "derived" and key in INFORMATIONAL)
 
 
 def record_differences(saved: dict, now: dict) -> list[str]:

@@ -178,6 +178,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
         "cache_fingerprint": manifest.fingerprint,
         "eval_cache_fingerprint": eval_cache.manifest.fingerprint if eval_cache else None,
         "model_identity": identity,
+        "steps_share_prefixes": packs,  # prefix_sharing asked, and --model's layers allow it (packs_allowed)
     }
     return Run(
         cfg=cfg,

@@ -126,6 +126,9 @@ def test_kto_train_steps_score_such_a_model_whole_and_say_so(tmp_path, lfm2_dir)
     result = run_train(cache, lfm2_dir, tmp_path / "run", "--batch-size", "4", "--max-steps", "2", "--log-every", "1")
     assert result.exit_code == 0, result.output
     assert "note: prefix sharing off in the steps: Lfm2ForCausalLM has conv layers, which mix tokens outside causal attention" in result.output
+    record = json.loads((tmp_path / "run" / "kto_run.json").read_text())
+    # The record said prefix_sharing true and nothing else: what the steps did is derived, for the reader
+    assert record["config"]["prefix_sharing"] is True and record["derived"]["steps_share_prefixes"] is False
     first = metrics(tmp_path / "run")[0]
     # The policy starts as the reference: scored whole, its log-ratios are the cache's to rounding.
     assert abs(first["rewards/chosen"]) < 1e-6 and abs(first["rewards/rejected"]) < 1e-6 and abs(first["kl"]) < 1e-6

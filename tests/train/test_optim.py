@@ -258,7 +258,7 @@ def test_a_record_made_before_the_adam_settings_resumes_and_keeps_its_digest():
     resume at the defaults, and a resume with another β2 must be refused naming both values."""
     from kto.train.rundir import record_differences, settings_digest
 
-    now = {"config": {"beta": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}, "derived": {"total_steps": 3}}
+    now = {"config": {"beta": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}, "derived": {"total_steps": 3, "steps_share_prefixes": True}}
     before = {"config": {"beta": 0.1}, "derived": {"total_steps": 3}}
     assert record_differences(before, now) == [] and settings_digest(before) == settings_digest(now)
     other = {**now, "config": {**now["config"], "adam_beta2": 0.95}}

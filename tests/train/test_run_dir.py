@@ -62,6 +62,7 @@ def test_the_run_records_its_resolved_configuration(run3, tiny_cache):
     assert record["config"]["beta"] == 0.2 and record["config"]["lr"] == 1e-3 and record["config"]["batch_size"] == 2
     assert record["derived"]["total_steps"] == 3 and record["derived"]["world_size"] == 1
     assert record["derived"]["cache_fingerprint"] == read_manifest(tiny_cache).fingerprint
+    assert record["derived"]["steps_share_prefixes"] is True
 
 
 def test_resume_with_other_hyperparameters_is_refused_naming_each(run3, tiny_cache, tiny_model_dir, tmp_path):
