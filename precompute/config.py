@@ -94,6 +94,12 @@ class PrecomputeConfig:
     hub_private: bool = False
     """Create the --push-to-hub repo private."""
 
+    @property
+    def prompt_cap(self) -> int:
+        """--max-prompt-length, or max_length // 2 when it was left out. Derived on each read, not
+        written into the field: dataclasses.replace(cfg, max_length=...) then derives it anew."""
+        return self.max_length // 2 if self.max_prompt_length is None else self.max_prompt_length
+
     def __post_init__(self):
         from .templates import parse_kwargs
 
@@ -101,14 +107,12 @@ class PrecomputeConfig:
         # template kwargs are JSON text or a mapping, which parse_kwargs checks.
         check_field_types(self, text_paths=("model",), skip=("chat_template_kwargs",))
         object.__setattr__(self, "chat_template_kwargs", parse_kwargs(self.chat_template_kwargs))
-        if self.max_prompt_length is None:
-            object.__setattr__(self, "max_prompt_length", self.max_length // 2)
         for name, (least, most) in INT_RANGES.items():
             value = getattr(self, name)
             if value is not None and not least <= value <= most:
                 raise InputError(f"--{_flag(name)} {value}: must be in {_range(least, most)}")
-        if not self.max_prompt_length < self.max_length:
-            raise InputError(f"--max-prompt-length {self.max_prompt_length}: must be positive and smaller than --max-length {self.max_length}")
+        if not self.prompt_cap < self.max_length:
+            raise InputError(f"--max-prompt-length {self.prompt_cap}: must be positive and smaller than --max-length {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
         if self.eval_data and self.eval_fraction > 0:

@@ -76,7 +76,7 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
         "inputs": [input_identity(p) for p in cfg.data],
         "columns": cfg.columns.as_dict(),
         "max_length": cfg.max_length,
-        "max_prompt_length": cfg.max_prompt_length,
+        "max_prompt_length": cfg.prompt_cap,
         "truncation": TRUNCATION_RULE,
         "kl_pairing": PAIRING_RULE,
         "seed": cfg.seed,
@@ -144,7 +144,7 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
         staged["seed"] = cfg.seed  # the seed picks the sampled rows, hence the staged ones
     key = fingerprint_of({**staged, "staging_schema": staging_schema().to_string(show_schema_metadata=False)})
 
-    truncation = Truncation(cfg.max_length, cfg.max_prompt_length, leading_bos_id(tokenizer))
+    truncation = Truncation(cfg.max_length, cfg.prompt_cap, leading_bos_id(tokenizer))
 
     def tokenize_one(ex):
         return tokenize_example(ex, tokenizer, template, truncation)

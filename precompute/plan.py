@@ -199,7 +199,7 @@ def _check_held_out_rows(index: StagedIndex, kept: np.ndarray, eval_index: Stage
 def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True, held_out: Path | None = None) -> list[Split]:
     """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts.
     `held_out`: the staged --eval-data rows, which are the eval split whole (no fraction)."""
-    truncation = Truncation(cfg.max_length, cfg.max_prompt_length, bos_id)
+    truncation = Truncation(cfg.max_length, cfg.prompt_cap, bos_id)
     index, kept, dropped = _kept_rows(path, cfg.data, "--data", main)
     labels = index.label[kept]
     train, evals = split_eval(kept.tolist(), labels.tolist(), index.prompt_key[kept].tolist(), cfg.eval_fraction, cfg.seed)

@@ -154,7 +154,7 @@ def test_a_run_with_text_paths_finishes(tmp_path, tiny_model_dir, monkeypatch):
 def test_numpy_integers_are_taken_as_python_ints(tmp_path):
     """The manifest is JSON, which has no numpy int64."""
     cfg = PrecomputeConfig(data=(tmp_path / "rows.jsonl",), model="unused", out=tmp_path / "out", max_length=np.int64(64), seed=np.uint32(7))
-    assert (cfg.max_length, cfg.seed, cfg.max_prompt_length) == (64, 7, 32)
+    assert (cfg.max_length, cfg.seed, cfg.prompt_cap) == (64, 7, 32)
     assert type(cfg.max_length) is int and type(cfg.seed) is int
     # numpy's bools (a DataFrame cell, a mask) are switches, as Python's: they were refused.
     cfg = PrecomputeConfig(data=(tmp_path / "rows.jsonl",), model="unused", out=tmp_path / "out", overwrite=np.bool_(True))
@@ -188,3 +188,16 @@ def test_the_cutoff_len_default_is_said_only_when_the_command_line_does_not_set_
     flagged = CliRunner().invoke(main, ["--config", str(config), "--max-length", "64"])
     assert silent.exit_code == flagged.exit_code == 2  # stopped at the missing model, after the notes
     assert said in silent.output and said not in flagged.output, (silent.output, flagged.output)
+
+
+def test_replace_derives_the_prompt_cap_from_the_new_max_length(tmp_path):
+    """max_prompt_length left out is max_length // 2, as the CLI makes it. The default was
+    written into the frozen field, so dataclasses.replace(cfg, max_length=...) kept the old
+    cap (a sweep cut prompts at 50 of 4000) or refused one the user never gave (512 >= 256)."""
+    import dataclasses
+
+    cfg = PrecomputeConfig(data=(tmp_path / "rows.jsonl",), model="unused", out=tmp_path / "out", max_length=100)
+    assert cfg.prompt_cap == 50 and cfg.max_prompt_length is None
+    assert dataclasses.replace(cfg, max_length=4000).prompt_cap == 2000
+    assert dataclasses.replace(PrecomputeConfig(data=(tmp_path / "rows.jsonl",), model="unused", out=tmp_path / "out"), max_length=256).prompt_cap == 128
+    assert dataclasses.replace(cfg, max_prompt_length=30, max_length=4000).prompt_cap == 30  # given: kept
