@@ -103,6 +103,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
+    if mixed == "fp16" and not torch.cuda.is_available():
+        raise InputError("--mixed-precision fp16: accelerate runs no fp16 autocast on CPU (the run would be fp32); give --mixed-precision bf16 or no")
     if cfg.dtype == "fp16" and mixed != "no":
         # fp16 weights under autocast: GradScaler cannot unscale fp16 gradients, and bf16
         # autocast over fp16 weights mixes two half formats.

@@ -272,3 +272,16 @@ def test_a_schedule_that_needs_a_metric_is_refused_saying_why(tiny_cache, tiny_m
     result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *ARGS, "--lr-schedule", kind)
     line = train_error_line(result.output)
     assert line.startswith(f"kto-train: error: --lr-schedule {kind}: steps on an eval metric, which kto-train does not feed its scheduler")
+
+
+def test_fp16_autocast_on_cpu_is_refused_not_run_as_fp32(tiny_cache, tiny_model_dir, tmp_path):
+    """accelerate runs no fp16 autocast on CPU (native_amp False): the run trained in fp32, the
+    same losses as --mixed-precision no, while its step-0 line said "this run amp-fp16"."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA runs fp16 autocast")
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *ARGS, "--max-steps", "1", "--mixed-precision", "fp16")
+    line = train_error_line(result.output)
+    assert (
+        line == "kto-train: error: --mixed-precision fp16: accelerate runs no fp16 autocast on CPU (the run would be fp32); give --mixed-precision bf16 or no"
+    )
+    assert not (tmp_path / "run").exists()
