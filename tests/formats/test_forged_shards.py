@@ -110,6 +110,12 @@ def test_per_token_terms_not_one_per_token_are_one_line(cache_copy, terms, ids, 
     n_ids = len(mapped(cache_copy).column(ids)[1].as_py())
     line = refusal(cache_copy, lambda c: c.table(SHARD))
     assert "row 2 (id " in line and f"{n_ids + delta} {terms} for {n_ids} {ids}" in line, line
+    # kto-inspect verify says it once, through the same check (it had its own twin of it)
+    from kto.inspection.verify import verify
+
+    problems = verify(cache_copy, check_tokenizer=False)[0].problems
+    said = [p for p in problems if f"{n_ids + delta} {terms} for {n_ids} {ids}" in p]
+    assert len(said) == 1 and line.startswith(said[0]), problems
 
 
 def retag(cache, fingerprint: str) -> None:
