@@ -67,18 +67,22 @@ def one_thread(fn):
 # manifest retaken when TRUNCATION_RULE's text named the system-message cut (the rule is in the
 # fingerprint, which the shards carry); the rows, ids and losses are unchanged. Retaken the same
 # way when it named the cut inside a later turn and the trimmed-text match (2026-12-05).
-PIN_ENV = {"cpu": "AVX512", "vendor": "AuthenticAMD", "torch": "2.13.0+cpu", "transformers": "5.25.0"}
+# Retaken on 1955606, unchanged, on a 2-core Intel Xeon (AVX-512) on 2026-12-06, before a change
+# of the fingerprint that could not be retaken on the AMD EPYC: the shards' and manifest's bytes
+# differ from the EPYC's (its pins: shards 91e0decf…, 20f79…, 6d185…; manifest a8c2197d…), the
+# losses are bit-identical on both.
+PIN_ENV = {"cpu": "AVX512", "vendor": "GenuineIntel", "torch": "2.13.0+cpu", "transformers": "5.25.0"}
 # Retaken when the model identity gained small_tensors_sha256 (it is in the cache's content,
 # hence its fingerprint, which every shard carries); the token ids and log-probs are unchanged.
 SHARDS = {
-    "shard-00000.arrow": "91e0decf69f11ce51bff64f8dcfa694b564296f0c579177d345d07c5f222e812",
-    "shard-00001.arrow": "20f7959c0945406662778b3228ff92e4605eaec655040ae01bec91c8e3f3579a",
-    "shard-00002.arrow": "6d18510386525d75f5f3910610ed481e1b12aaf5c076061a7280dafbf0c3ed2c",
+    "shard-00000.arrow": "4ca55f204aa0333662b9679253a9bf6d0215b5ab38319a6dfe4b51f7b1271219",
+    "shard-00001.arrow": "1e0fc46a5e980b330fcde5c39fc8d3b7261d4edf326799446a729589318037e8",
+    "shard-00002.arrow": "d97e1715b3bf83a9262d4eb000806e25d1a6c921689dbae3b02684465d5631de",
 }
 # manifest.json with the paths of this run and the library versions replaced by placeholders:
 # `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
 # is what the code decides.
-MANIFEST = "a8c2197d35b3d745db0d667525ecb28097377efc017f6e10218fa87a2d982492"
+MANIFEST = "9391b36c9e316869616a459c35a43d469707de8f13196cc0d4334f383dbe9a3e"
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
 # step 1); main's tip with only its epoch_plan replaced by the grouped one gives these exactly.
 LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]
