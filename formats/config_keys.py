@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, say_once
 
 PRECOMPUTE = "kto-precompute"
 TRAIN = "kto-train"
@@ -391,6 +391,15 @@ def names_other_tools_use(command: str) -> type:
 
     class Command(click.Command):
         def parse_args(self, ctx, args):
+            try:
+                return self._parse_args_hinting(ctx, args)
+            except click.UsageError as e:
+                # Under a launcher every process parses the same flags: click would print the
+                # usage error once per process. Printed here, once; exit status as click's.
+                say_once(e.format_message(), False, e.show)
+                raise click.exceptions.Exit(e.exit_code) from None
+
+        def _parse_args_hinting(self, ctx, args):
             try:
                 return super().parse_args(ctx, args)
             except click.NoSuchOption as e:

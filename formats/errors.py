@@ -69,17 +69,19 @@ def one_line_errors(prog: str) -> Callable:
     return decorate
 
 
-def say_once(line: str, every_rank: bool) -> bool:
+def say_once(line: str, every_rank: bool, show: Callable[[], None] | None = None) -> bool:
     """Print an error `line` once for the user reading a launcher's merged stderr: the main
     process prints it; another process only when its line is not the main process's (raised on
     that rank alone, or a different one), so none is ever swallowed. `every_rank`: known to be
-    raised alike on every process. Returns whether it was (every process is stopping here)."""
+    raised alike on every process. `show`: prints the error instead of `line` (click's usage
+    text around it). Returns whether it was raised alike (every process is stopping here)."""
+    show = show or (lambda: print(line, file=sys.stderr, flush=True))
     main = _is_main_process()
     if main:
-        print(line, file=sys.stderr, flush=True)
+        show()
     alike = every_rank or _raised_alike(line)
     if not main and not alike:
-        print(line, file=sys.stderr, flush=True)
+        show()
     return alike
 
 
@@ -159,22 +161,48 @@ def _is_main_process() -> bool:
 
 def _raised_alike(line: str) -> bool:
     """Whether every process stops with this same line (a check each makes on the same input).
-    Each process leaves its line in the launcher's key-value store and waits up to ALIKE_WAIT_S
+    Each process leaves its line in the launch's key-value store and waits up to ALIKE_WAIT_S
     for the others'. The store, not a collective: a process that raised alone finds no peer
-    in a collective, and a store read times out. False without a group, or on any doubt."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
-        return False
-    from datetime import timedelta
-
+    in a collective, and a store read times out. False without a store, or on any doubt."""
     try:
-        store = dist.distributed_c10d._get_default_store()
-        keys = [f"kto/error-line/{rank}" for rank in range(dist.get_world_size())]
-        store.set(keys[dist.get_rank()], line)
+        peers = _peer_store()
+        if peers is None:
+            return False
+        store, rank, world = peers
+        from datetime import timedelta
+
+        keys = [f"kto/error-line/{r}" for r in range(world)]
+        store.set(keys[rank], line)
         store.wait(keys, timedelta(seconds=ALIKE_WAIT_S))
         return all(store.get(key).decode() == line for key in keys)
     except Exception:  # a peer that never raised (timeout), or the store gone: say it here
         return False
+
+
+def _peer_store() -> tuple[Any, int, int] | None:
+    """The key-value store this launch's processes share, with this rank and their number:
+    the default group's; before a group exists (a flag refused at start-up), the store of
+    torchrun's agent, which `accelerate launch` also starts, reached as torch's env://
+    rendezvous reaches it. None for one process, or under a launcher without that store (each
+    process then prints its own line)."""
+    import os
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() == 1:
+            return None
+        return dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size()
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if world == 1 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as dist  # the error path under a launcher only
+
+    client = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, False, timeout=timedelta(seconds=ALIKE_WAIT_S))
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted launch must not read the last one's lines
+    return dist.PrefixStore(f"kto/before-group/{attempt}", client), int(env["RANK"]), world
 
 
 def on_main(fn: Callable[[], T], state: Any) -> T:
