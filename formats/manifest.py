@@ -14,8 +14,8 @@ The content is one frozen dataclass, `CacheContent`: kto-precompute builds it; e
 fingerprint (`fingerprint_of`), which kto-train checks and a resumed kto-precompute must match.
 Paths are never part of it: moving a model or a cache invalidates nothing (they go to `info`).
 On disk it is a JSON object with exactly its keys. Keys added after format version 1 shipped
-(`chat_template`, `chat_template_kwargs`, `sharegpt`, `eval_split`, `alpaca`, `max_samples`, `eval_inputs`) are
-written only when set, so a cache made without them keeps its fingerprint. Adding such an
+(`chat_template`, `chat_template_kwargs`, `sharegpt`, `eval_split`, `alpaca`, `max_samples`, `eval_inputs`,
+`reading`) are written only when set, so a cache made without them keeps its fingerprint. Adding such an
 optional key needs no new FORMAT_VERSION; changing what an existing key means, or adding one
 every cache must carry, does (schema.py).
 """
@@ -112,6 +112,10 @@ class CacheContent:
     eval_inputs: list[dict[str, Any]] | None = None
     """--eval-data: the identities of the held-out inputs whose rows are the eval split (as
     `inputs`); absent when the eval rows come from --eval-fraction or there are none."""
+    reading: str | None = None
+    """How input rows become examples where LLaMA-Factory's shapes were read otherwise before, in
+    words (precompute/inputs/examples.py READING_RULE); absent in caches made before that rule,
+    so theirs differ and are never reused for rows read the new way."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))  # a list from JSON or a caller
@@ -167,7 +171,7 @@ class CacheContent:
         return same_model(self.model, model_identity)
 
 
-_OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split", "alpaca", "max_samples", "eval_inputs"})
+_OPTIONAL = frozenset({"chat_template", "chat_template_kwargs", "sharegpt", "eval_split", "alpaca", "max_samples", "eval_inputs", "reading"})
 
 
 # ---- the manifest --------------------------------------------------------------------------------

@@ -109,6 +109,7 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> Pr
     if entry and values.get("sharegpt_info"):
         raise InputError(f"--dataset {dataset} and --sharegpt-info: the entry names the columns and tags already; give one")
     if entry:
+        values["sample_spans"] = (1,) * len(values.get("data") or ()) + entry.spans
         values["data"] = (*values.get("data", ()), *map(Path, entry.data))
     for name in ("data", "model", "out"):
         if not values.get(name):

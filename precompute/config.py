@@ -59,6 +59,10 @@ class PrecomputeConfig:
     """Longest prompt (its end is kept); default max_length // 2."""
     max_samples: int | None = None
     """Keep a seeded sample of at most this many rows of each input (inputs.records.RowSample)."""
+    sample_spans: tuple[int, ...] = ()
+    """How many consecutive `data` inputs each dataset is, for max_samples: a --dataset entry
+    whose file_name is a folder is all its files, one dataset as LLaMA-Factory loads it (set by
+    --dataset; inputs past the spans are one dataset each)."""
     eval_fraction: float = 0.0
     """Seeded fraction of rows held out as a separate cache in OUT/eval/."""
     eval_data: tuple[Path, ...] = ()
@@ -117,6 +121,8 @@ class PrecomputeConfig:
             raise InputError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
         if self.eval_data and self.eval_fraction > 0:
             raise InputError(f"--eval-data and --eval-fraction {self.eval_fraction}: give one (the eval rows are held-out inputs, or a share of --data)")
+        if any(n < 1 for n in self.sample_spans) or sum(self.sample_spans) > len(self.data):
+            raise InputError(f"sample_spans {self.sample_spans}: must be positive counts of consecutive --data inputs, {len(self.data)} in all")
         if self.dtype not in DTYPES:
             raise InputError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
         if self.push_to_hub is not None:

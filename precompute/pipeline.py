@@ -51,6 +51,7 @@ from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb
 from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
+from kto.precompute.inputs.examples import READING_RULE
 from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
@@ -79,6 +80,7 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
         "max_prompt_length": cfg.prompt_cap,
         "truncation": TRUNCATION_RULE,
         "kl_pairing": PAIRING_RULE,
+        "reading": READING_RULE,
         "seed": cfg.seed,
         "eval_fraction": cfg.eval_fraction,
         "dtype": numerics.name,
@@ -98,6 +100,8 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
         _refuse_held_out_in_data(content["inputs"], content["eval_inputs"])
     if cfg.max_samples is not None:
         content["max_samples"] = {"rows_per_input": cfg.max_samples, "rule": SAMPLE_RULE}
+        if any(n > 1 for n in cfg.sample_spans):  # a folder entry is one dataset: other rows drawn
+            content["max_samples"].update(rule=SPAN_SAMPLE_RULE, spans=list(cfg.sample_spans))
     return CacheContent(**content)  # every key a field of formats/manifest.py CacheContent
 
 
@@ -111,6 +115,10 @@ def _refuse_held_out_in_data(inputs: list[dict], eval_inputs: list[dict]) -> Non
 
 
 SAMPLE_RULE = "per input: reservoir sample (numpy default_rng([seed, input index])), file order kept"
+SPAN_SAMPLE_RULE = (
+    "per dataset (spans: consecutive inputs, a folder entry's files): reservoir sample over its inputs' rows in order"
+    " (numpy default_rng([seed, its first input's index])), that order kept"
+)
 EVAL_DATA_RULE = "every row of eval_inputs, KL-paired among themselves; every row of inputs is train"
 
 # Content that does not change a staged token id: a run differing only in these reuses staging.
@@ -158,7 +166,8 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     if staged_before:
         return path  # a resumed run: staged by a run of the same inputs and configuration
     parsed: list[dict] = []
-    sample = RowSample(cfg.max_samples, cfg.seed) if cfg.max_samples is not None else None
+    spans = () if held_out else cfg.sample_spans  # --dataset's entries are --data's
+    sample = RowSample(cfg.max_samples, cfg.seed, spans) if cfg.max_samples is not None else None
     # Names over both flags' files, so that a held-out file named as a train file (eval/data.json
     # beside train/data.json) gives its rows other ids.
     names = input_names((*cfg.data, *cfg.eval_data))

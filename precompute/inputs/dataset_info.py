@@ -61,6 +61,9 @@ class DatasetEntry:
     alpaca: AlpacaMap | None = None
     """Set for an alpaca entry: every row is read as alpaca."""
     ranking: bool = False
+    spans: tuple[int, ...] = ()
+    """How many of `data` each entry is, in order: a folder entry is all its files, which
+    LLaMA-Factory loads as one dataset (records.RowSample counts --max-samples over it whole)."""
 
 
 def read_dataset_info(dataset_dir: Path) -> dict:
@@ -86,7 +89,7 @@ def load_datasets(names: str, dataset_dir: Path) -> DatasetEntry:
     for name, entry in zip(names.split(",")[1:], entries[1:]):
         if (entry.sharegpt, entry.alpaca, entry.ranking) != (first.sharegpt, first.alpaca, first.ranking):
             raise InputError(f"--dataset {names}: {name.strip()} reads its rows with other columns, tags, formatting or ranking than {names.split(',')[0]}")
-    return DatasetEntry(tuple(p for e in entries for p in e.data), first.sharegpt, first.alpaca, first.ranking)
+    return DatasetEntry(tuple(p for e in entries for p in e.data), first.sharegpt, first.alpaca, first.ranking, tuple(len(e.data) for e in entries))
 
 
 def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
@@ -115,7 +118,8 @@ def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
         alpaca = AlpacaMap.from_entry(columns)  # before the system column leaves the map
         system = {"system": columns.pop("system")} if "system" in columns else {}
         sharegpt = _build(ranking, system, where)
-    return DatasetEntry(_inputs(entry, dataset_dir, where), sharegpt, alpaca, ranking)
+    data = _inputs(entry, dataset_dir, where)
+    return DatasetEntry(data, sharegpt, alpaca, ranking, (len(data),))
 
 
 def _mapping(entry: dict, group: str, where: str) -> dict:

@@ -38,10 +38,20 @@ import numpy as np
 from kto.formats.errors import InputError
 
 ROLES = ("system", "user", "assistant", "tool")
-_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool", "function_call": "assistant"}
+_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool"}
+_FUNCTION_CALL = "function_call"  # ShareGPT's role of an assistant turn whose value is a call
 _MESSAGE_KEYS = ("role", "content", "from", "value")  # what _message reads as a turn's role and text
 _KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
 _ENTRY_READS = ("", "unpaired", "ranking")  # ShareGPTMap.entry: no entry, ranking false, ranking true
+# How rows are read where the earlier reading differed from LLaMA-Factory's; the manifest's
+# `content.reading`, so a cache made by the earlier reading has another fingerprint and is
+# never reused. It is in every cache: whether a file holds such rows (a function_call turn, a
+# bare tool schema) is known only once its rows are parsed, after the fingerprint is taken.
+READING_RULE = (
+    "LLaMA-Factory shapes: a ShareGPT function_call turn is an assistant turn with tool_calls in every "
+    "message column; bare tool schemas are wrapped as {type: function, function: schema}; a system "
+    "column equal to the conversation's own system turn is that turn"
+)
 
 
 # ---- the checked row ---------------------------------------------------------------------------
@@ -480,6 +490,8 @@ def _message(raw: Any, where: str) -> Message:
         role, content = raw["role"], raw.get("content")
     elif raw.get("from") is not None:
         role, content = raw["from"], raw.get("value")
+        if role == _FUNCTION_CALL:  # as sharegpt.py reads it: its value is the call, not text
+            return {"role": "assistant", "content": "", "tool_calls": tool_calls_of(_text(content, where), where)}
         role = _SHAREGPT_ROLES.get(role, role) if isinstance(role, str) else role
     else:
         raise InputError(f"{where}: message has no 'role' (or ShareGPT 'from')")
@@ -543,7 +555,13 @@ def with_system(prompt: Any, record: dict, smap: ShareGPTMap, source: str) -> An
             f"{where}: a system prompt needs a conversational prompt (a list of messages); text prompts are tokenized as they are (--system-column '' reads no system column)"
         )
     if prompt and prompt[0]["role"] == "system":
-        raise InputError(f"{where}: the conversation already starts with a system message")
+        # LLaMA-Factory's converter takes the conversation's own system turn and never reads the
+        # column then. A column saying the same is that turn; one saying something else is a
+        # conflict the converter would hide (either could be the one meant), so it is refused.
+        if prompt[0]["content"].strip() == system.strip():
+            return prompt
+        turn = shown(prompt[0]["content"], 40)
+        raise InputError(f"{where}: {shown(system, 40)} differs from the conversation's own system message {turn}; keep one (or make them equal)")
     return ({"role": "system", "content": system},) + tuple(prompt)
 
 
@@ -560,7 +578,48 @@ def tools_of(record: dict, smap: ShareGPTMap, source: str) -> tuple[dict, ...]:
             raise InputError(f"{where}: text that is not JSON ({e.msg} at column {e.colno}); expected a list of tool schemas") from None
     if not isinstance(cell, list):
         raise InputError(f"{where}: expected a list of tool schemas, got {kind_name(cell)}")
-    for i, tool in enumerate(cell, 1):
-        if not isinstance(tool, dict):
-            raise InputError(f"{where}, tool {i}: expected an object (a JSON schema), got {kind_name(tool)}")
-    return tuple(cell)
+    return tuple(_openai_tool(tool, f"{where}, tool {i}") for i, tool in enumerate(cell, 1))
+
+
+def _openai_tool(tool: Any, where: str) -> dict:
+    """One tool as chat templates read it, `{"type": "function", "function": {"name", ...}}`.
+
+    LLaMA-Factory's `tools` column holds bare schemas `{"name", "description", "parameters"}`;
+    its tool formatter and Hugging Face chat templates read `tool.function.name`, so a bare
+    schema passed as it is rendered without its name (or not at all). Bare ones are wrapped,
+    wrapped ones kept; anything else is refused rather than rendered as an empty tool."""
+    if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict):
+        schema, wrapped = tool["function"], True
+    elif isinstance(tool, dict) and "type" not in tool and "function" not in tool:
+        schema, wrapped = tool, False
+    else:
+        schema, wrapped = None, False
+    name = schema.get("name") if schema is not None else None
+    if not (isinstance(name, str) and name.strip()) or not isinstance(schema.get("parameters", {}), dict):
+        raise InputError(
+            f'{where}: expected a tool schema {{"name", "description", "parameters"}} or {{"type": "function", "function": {{...}}}} '
+            f"with a name and an object of parameters, got {shown(tool)}"
+        )
+    return tool if wrapped else {"type": "function", "function": tool}
+
+
+def tool_calls_of(value: str, where: str) -> list[dict]:
+    """A ShareGPT function_call turn's value, the JSON `{"name", "arguments"}` or a list of them,
+    as an assistant turn's `tool_calls` (OpenAI's shape, which chat templates render)."""
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: function call is not JSON ({e.msg} at column {e.colno})") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for call in calls:
+        if not (isinstance(call, dict) and isinstance(call.get("name"), str) and "arguments" in call):
+            raise InputError(f'{where}: a function call must be {{"name": ..., "arguments": ...}}, got {shown(call)}')
+        arguments = call["arguments"]
+        if isinstance(arguments, str):  # OpenAI style: arguments as a JSON text
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                pass
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return out

@@ -348,15 +348,30 @@ def iter_examples(
     check_distinct_files(paths)
     names = input_names(paths) if names is None else names
     read: dict[str, str] = {}  # each input's identity (its sha256, ...), as read -> its path
-    for index, path in enumerate(paths):
-        name, identity, rows = input_records(path, names[index])
-        _distinct_input(identity, str(path), read)
+    groups = sample.groups(len(paths)) if sample is not None else [range(i, i + 1) for i in range(len(paths))]
+    for group in groups:
+        identities: list[dict] = []
+        rows = _group_rows(paths, group, names, read, identities)
         if sample is not None:
-            rows = sample.rows(rows, index)
-        for row, record in rows:
+            rows = sample.rows(rows, group.start)
+        for (_, row), (name, record) in rows:
             yield from _row_examples(record, name, row, columns, sharegpt, alpaca)
         if inputs is not None:
-            inputs.append(identity)
+            inputs.extend(identities)
+
+
+def _group_rows(
+    paths: Sequence[str | Path], group: range, names: Sequence[str | None], read: dict[str, str], identities: list[dict]
+) -> Iterator[tuple[tuple[int, int], tuple[str, Any]]]:
+    """((input index, 1-based row), (input's name, record)) of the group's inputs, one after
+    another, each opened when reached; `identities` receives each input's identity once its
+    rows are all read."""
+    for index in group:
+        name, identity, rows = input_records(paths[index], names[index])
+        _distinct_input(identity, str(paths[index]), read)
+        for row, record in rows:
+            yield (index, row), (name, record)
+        identities.append(identity)
 
 
 def check_distinct_files(paths: Sequence[str | Path], flags: Sequence[str] | None = None) -> None:
@@ -393,19 +408,39 @@ def _distinct_input(identity: dict, path: str, read: dict[str, str]) -> None:
 
 @dataclass(frozen=True)
 class RowSample:
-    """--max-samples N: at most N rows of each input (as LLaMA-Factory's max_samples applies to
-    each dataset), drawn uniformly with the seed, kept in file order. A row is a row of the
-    file: a paired row stays one row here and becomes its two examples afterwards."""
+    """--max-samples N: at most N rows of each dataset (as LLaMA-Factory's max_samples applies to
+    each dataset), drawn uniformly with the seed, kept in the order the dataset's rows come. A
+    row is a row of the file: a paired row stays one row here and becomes its two examples
+    afterwards. A dataset is one input, or the files of a dataset_info.json entry whose
+    file_name is a folder (`spans`): LLaMA-Factory loads such a folder as one dataset, its files
+    concatenated, and keeps N rows of the whole, not N of each file."""
 
     size: int
     seed: int
+    spans: tuple[int, ...] = ()
+    """How many consecutive inputs each dataset is, in input order (DatasetEntry.spans, after a
+    1 for each input given before the entries); inputs past them are one dataset each."""
 
-    def rows(self, rows: Iterator[tuple[int, Any]], input_index: int) -> list[tuple[int, Any]]:
+    def __post_init__(self) -> None:
+        if any(not isinstance(n, int) or n < 1 for n in self.spans):
+            raise ValueError(f"RowSample spans must be positive counts of inputs, got {self.spans!r}")
+
+    def groups(self, count: int) -> list[range]:
+        """The input indices of each dataset, for `count` inputs."""
+        if sum(self.spans) > count:
+            raise ValueError(f"RowSample spans {self.spans!r} cover {sum(self.spans)} inputs, but there are {count}")
+        sizes = [*self.spans, *[1] * (count - sum(self.spans))]
+        starts = np.cumsum([0, *sizes])
+        return [range(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+
+    def rows(self, rows: Iterator[tuple[Any, Any]], input_index: int) -> list[tuple[Any, Any]]:
         """Reservoir sampling (Algorithm R) over one pass: holds N rows, never the whole input,
         and reads every row, so the input's sha256 still covers all of its bytes. Which rows
-        are kept depends on (seed, input's place in --data, N) and the rows' order only."""
+        are kept depends on (seed, the dataset's first input's place in --data, N) and the rows'
+        order only: a dataset of one input draws what it drew before spans existed. Kept rows
+        are sorted by their keys: a row number, or (input index, row) across a folder's files."""
         rng = np.random.default_rng([self.seed, input_index])
-        kept: list[tuple[int, Any]] = []
+        kept: list[tuple[Any, Any]] = []
         for seen, item in enumerate(rows):
             if seen < self.size:
                 kept.append(item)

@@ -37,6 +37,7 @@ from .examples import (
     label_of,
     missing_label,
     one_line,
+    tool_calls_of,
     tools_of,
     with_system,
 )
@@ -186,27 +187,7 @@ def _message(role: str, value: str, smap: ShareGPTMap, where: str) -> dict:
         return {"role": "assistant", "content": value}
     if role == smap.observation_tag:
         return {"role": "tool", "content": value}
-    return {"role": "assistant", "content": "", "tool_calls": _tool_calls(value, where)}
-
-
-def _tool_calls(value: str, where: str) -> list[dict]:
-    try:
-        calls = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}: function call is not JSON ({e.msg} at column {e.colno})") from None
-    calls = calls if isinstance(calls, list) else [calls]
-    out = []
-    for call in calls:
-        if not (isinstance(call, dict) and isinstance(call.get("name"), str) and "arguments" in call):
-            raise InputError(f'{where}: a function call must be {{"name": ..., "arguments": ...}}, got {_short(call)}')
-        arguments = call["arguments"]
-        if isinstance(arguments, str):  # OpenAI style: arguments as a JSON text
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                pass
-        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
-    return out
+    return {"role": "assistant", "content": "", "tool_calls": tool_calls_of(value, where)}
 
 
 def _completion_turn(raw: Any, smap: ShareGPTMap, where: str) -> dict:

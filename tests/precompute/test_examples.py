@@ -66,12 +66,13 @@ def test_sharegpt_from_value(tmp_path):
     conv = [
         {"from": "system", "value": "S"},
         {"from": "human", "value": "Q"},
-        {"from": "function_call", "value": "{}"},
+        {"from": "function_call", "value": '{"name": "f", "arguments": {}}'},
         {"from": "observation", "value": "42"},
         {"from": "gpt", "value": "A"},
     ]
     [ex, _] = read_examples([write_jsonl(tmp_path / "sg.jsonl", [{"messages": conv, "label": 1}, GOOD])])
     assert [m["role"] for m in ex.prompt] == ["system", "user", "assistant", "tool"]
+    assert ex.prompt[2]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": {}}}]
     assert ex.completion == ({"role": "assistant", "content": "A"},)
 
 

@@ -61,3 +61,40 @@ def test_kto_precompute_keeps_n_rows_of_each_input_and_records_it(tmp_path, tiny
     whole_manifest = json.loads((whole / "manifest.json").read_text())
     assert "max_samples" not in whole_manifest["content"] and len(cache_ids(whole)) == 22
     assert whole_manifest["fingerprint"] != json.loads((sampled / "manifest.json").read_text())["fingerprint"]
+
+
+def test_a_folder_entry_of_dataset_info_is_one_dataset_for_max_samples(tmp_path, tiny_model_dir):
+    """LLaMA-Factory loads a folder entry's files as one dataset and keeps max_samples rows of
+    it; before, each file kept its own N (2N here). A --data file given beside it is its own."""
+    folder = tmp_path / "info" / "parts"
+    folder.mkdir(parents=True)
+    rows = text_rows()  # 16 rows: 8 in each part
+    write_rows(folder / "part-1.jsonl", rows[:8])
+    write_rows(folder / "part-2.jsonl", rows[8:])
+    (tmp_path / "info" / "dataset_info.json").write_text(json.dumps({"parts": {"file_name": "parts"}}))
+    own = write_rows(tmp_path / "chat.jsonl", chat_rows()[:6])
+
+    def run(out: str, *extra: str):
+        args = [
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / out),
+            "--dataset",
+            "parts",
+            "--dataset-dir",
+            str(tmp_path / "info"),
+            "--max-length",
+            "64",
+            *extra,
+        ]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return tmp_path / out
+
+    ids = cache_ids(run("folder", "--max-samples", "5"))
+    assert len(ids) == 5 and {i.split(":")[0] for i in ids} <= {"part-1.jsonl", "part-2.jsonl"}, ids
+    beside = cache_ids(run("beside", "--max-samples", "5", "--data", str(own)))
+    assert len(beside) == 10 and sum(i.startswith("chat.jsonl:") for i in beside) == 5, beside
+    content = json.loads((tmp_path / "folder" / "manifest.json").read_text())["content"]
+    assert content["max_samples"]["spans"] == [2] and "per dataset" in content["max_samples"]["rule"]
