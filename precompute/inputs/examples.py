@@ -43,14 +43,16 @@ _FUNCTION_CALL = "function_call"  # ShareGPT's role of an assistant turn whose v
 _MESSAGE_KEYS = ("role", "content", "from", "value")  # what _message reads as a turn's role and text
 _KTO_TAG = "kto_tag"  # LLaMA-Factory's label column, used when the label column is absent
 _ENTRY_READS = ("", "unpaired", "ranking")  # ShareGPTMap.entry: no entry, ranking false, ranking true
-# How rows are read where the earlier reading differed from LLaMA-Factory's; the manifest's
+# How rows are read (and text tokenized: precompute/tokenize.py `_without_doubled_specials`)
+# where the earlier reading differed from LLaMA-Factory's or TRL's; the manifest's
 # `content.reading`, so a cache made by the earlier reading has another fingerprint and is
 # never reused. It is in every cache: whether a file holds such rows (a function_call turn, a
 # bare tool schema) is known only once its rows are parsed, after the fingerprint is taken.
 READING_RULE = (
     "LLaMA-Factory shapes: a ShareGPT function_call turn is an assistant turn with tool_calls in every "
     "message column; bare tool schemas are wrapped as {type: function, function: schema}; a system "
-    "column equal to the conversation's own system turn is that turn"
+    "column equal to the conversation's own system turn is that turn; text already starting with BOS (ending "
+    "with EOS) gets no second one from the tokenizer"
 )
 
 

@@ -298,3 +298,36 @@ def test_large_prompt_groups_get_distinct_kl_partners(rows_per_prompt):
     assert pairing.same_prompt == 0
     assert sorted(pairing.partner) == list(range(n))
     assert all(prompts[i] != prompts[j] for i, j in enumerate(pairing.partner))
+
+
+@pytest.fixture(scope="module")
+def bos_eos_tok(tokenizer_dir):
+    """SmolLM2's tokenizer made to add BOS and EOS itself, as Llama-3's adds BOS (and a tokenizer
+    with add_eos_token EOS): <|im_start|> stands for the BOS, <|im_end|> for the EOS."""
+    from tokenizers import processors
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.bos_token, tok.eos_token = "<|im_start|>", "<|im_end|>"
+    bos, eos = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A <|im_end|>", special_tokens=[("<|im_start|>", bos), ("<|im_end|>", eos)]
+    )
+    assert tok("a").input_ids == [bos, tok("a", add_special_tokens=False).input_ids[0], eos]
+    return tok
+
+
+def test_text_carrying_its_own_bos_and_eos_gets_no_second_one(bos_eos_tok):
+    """Text a chat template rendered beforehand starts with the BOS and ends with the EOS; the
+    tokenizer's own are dropped there (before: [BOS, BOS, ...] and [..., EOS, EOS])."""
+    tok = bos_eos_tok
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    rendered = tokenize_example(text_example("<|im_start|>user\nWhat is 2+2?\nassistant\n", "4<|im_end|>"), tok)
+    assert list(rendered.prompt_ids[:2]) != [bos, bos] and rendered.prompt_ids[0] == bos
+    assert list(rendered.completion_ids[-2:]) != [eos, eos] and rendered.completion_ids[-1] == eos
+    assert tok.decode(rendered.prompt_ids) == "<|im_start|>user\nWhat is 2+2?\nassistant\n"
+    assert tok.decode(rendered.completion_ids) == "4<|im_end|>"
+    # Plain text keeps the one BOS and the one EOS the tokenizer adds.
+    plain = tokenize_example(text_example("Question: 2+2?\nAnswer:", " 4"), tok)
+    assert plain.prompt_ids[0] == bos and plain.prompt_ids[1] != bos
+    assert plain.completion_ids[-1] == eos and plain.completion_ids[-2] != eos
+    assert tok.decode(plain.completion_ids) == " 4<|im_end|>"
