@@ -74,6 +74,7 @@ def summarize(cache_dir: str | Path) -> dict:
         "max_length": max_length,
         "max_prompt_length": max_prompt,
         "token_logps_stored": manifest.content.store_token_logps,
+        "prefix_sharing": manifest.layout.get("prefix_sharing"),
         "lengths": {name: _unpack(overall, name) for name in LENGTHS},
         "ref_logps": {
             label: {part: _unpack(labels[label], part) for part in ("sequence", "mean_per_token", "token", "kl_sequence")}
@@ -141,6 +142,9 @@ def render(s: dict) -> str:
         -1,
         f"prompts cut  {mc['prompt_truncated']}: {mc['prompt_cut_by_turns']} by dropping earliest turns, {mc['prompt_cut_mid_text']} mid-text (manifest.json)",
     )
+    if mc["represented_tokens"]:  # counted since prefix sharing: a cache made before has none
+        how = f"{mc['prefix_tokens_saved']} ({_pct(mc['prefix_tokens_saved'], mc['represented_tokens'])}) saved by prefix sharing"
+        out.insert(-1, f"scored       {mc['scored_tokens']} of {mc['represented_tokens']} tokens; {how if s['prefix_sharing'] else 'prefix sharing off'}")
     if (mc["rows"], mc["desirable"], mc["truncated"]) != (n, c["desirable"], s["truncated"]):
         out.append("warning      the rows disagree with manifest.json's counts; run kto-inspect verify")
     out += ["", "token lengths", table(("",) + STAT_NAMES, [[name] + [v[k] for k in STAT_NAMES] for name, v in s["lengths"].items()])]

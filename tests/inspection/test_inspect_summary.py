@@ -70,6 +70,18 @@ def test_summary_text_is_readable(tiny_cache):
     assert "prompts cut  0: 0 by dropping earliest turns, 0 mid-text (manifest.json)" in out
 
 
+def test_summary_prints_the_tokens_scored_and_saved(tiny_cache, tmp_path):
+    """Both sequences of every row are represented (prompt + completion, prompt + KL completion);
+    the reference scored all but the prompts prefix sharing ran once."""
+    t = read_cache(tiny_cache).to_pydict()
+    represented = sum(2 * len(p) + len(c) + len(k) for p, c, k in zip(t[S.PROMPT_IDS], t[S.COMPLETION_IDS], t[S.KL_COMPLETION_IDS]))
+    counts = read_manifest(tiny_cache).counts
+    assert counts.represented_tokens == represented and counts.prefix_tokens_saved > 0
+    pct = f"{100 * counts.prefix_tokens_saved / represented:.1f}%"
+    line = f"scored       {represented - counts.prefix_tokens_saved} of {represented} tokens; {counts.prefix_tokens_saved} ({pct}) saved by prefix sharing"
+    assert line in invoke("summary", tiny_cache).stdout
+
+
 def test_summary_errors(tmp_path):
     result = invoke("summary", tmp_path / "nope")
     assert result.exit_code == 2
