@@ -307,7 +307,7 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
     if share is not None and key == "warmup_steps":
         # transformers 5 has no warmup_ratio: a float below 1 in warmup_steps is that ratio.
         out.set("warmup_ratio", share, key)
-        out.notes.append(f"warmup_steps: {value} -> warmup_ratio {share} (below 1: a share of the total steps, as transformers 5)")
+        out.notes.append(f"warmup_steps: {value} -> warmup_ratio {share} (below 1: a share of the total steps, as transformers 5; rounded down here, up there)")
         return True
     if share is not None and key in STEP_KEYS:
         sorting.foreign = True

@@ -304,7 +304,7 @@ def test_warmup_steps_below_one_is_transformers_5s_warmup_ratio():
     """transformers 5 dropped warmup_ratio: `warmup_steps: 0.1` is a tenth of the total steps."""
     resolved = resolve({"warmup_steps": 0.1, "learning_rate": 1e-6}, TRAIN)
     assert resolved.values["warmup_ratio"] == 0.1 and "warmup_steps" not in resolved.values
-    assert "warmup_steps: 0.1 -> warmup_ratio 0.1 (below 1: a share of the total steps, as transformers 5)" in resolved.notes
+    assert "warmup_steps: 0.1 -> warmup_ratio 0.1 (below 1: a share of the total steps, as transformers 5; rounded down here, up there)" in resolved.notes
     assert resolve({"warmup_steps": 0.1, "warmup_ratio": 0.1}, TRAIN).values["warmup_ratio"] == 0.1
     with pytest.raises(InputError) as err:
         resolve({"warmup_ratio": 0.2, "warmup_steps": 0.1}, TRAIN)
