@@ -46,6 +46,14 @@ if TYPE_CHECKING:
 STATE_NAME = "trainer_state.json"
 CHECKSUMS_NAME = "checksums.json"
 CHECKSUMS_KIND = "kto-train checkpoint"
+FINAL_KIND = "kto-train final"  # the same record in final/ and final-merged/: which files are ours
+# What kto-train saves into final/ and final-merged/ (save_pretrained's model, peft's adapters,
+# the tokenizer's files, the model card): the files that are ours in one saved before it carried
+# checksums.json. Anything else there is a user's, which a rewrite of the folder would delete.
+SAVED_NAMES = re.compile(
+    r"^(config|generation_config|adapter_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|chat_template)\.json$"
+    r"|^(README\.md|chat_template\.jinja|merges\.txt|vocab\.txt|tokenizer\.model|spiece\.model|.+\.safetensors|.+\.safetensors\.index\.json)$"
+)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt")
 
@@ -128,12 +136,55 @@ def save_torch(obj: object, path: Path) -> None:
             raise
 
 
-def record_checksums(folder: Path) -> None:
+def record_checksums(folder: Path, kind: str = CHECKSUMS_KIND) -> None:
     """checksums.json: the sha256 of every file now in `folder`, the last file written into a
-    checkpoint's temp folder before it is renamed into place."""
+    checkpoint's (or final/'s: `kind` FINAL_KIND) temp folder before it is renamed into place."""
     files = tree_hashes(folder)
     files.pop(CHECKSUMS_NAME, None)
-    (folder / CHECKSUMS_NAME).write_text(json.dumps({"kind": CHECKSUMS_KIND, "files": files}, indent=2, sort_keys=True) + "\n")
+    (folder / CHECKSUMS_NAME).write_text(json.dumps({"kind": kind, "files": files}, indent=2, sort_keys=True) + "\n")
+
+
+def recorded_files(folder: Path) -> dict[str, str] | None:
+    """name -> sha256 from `folder`'s checksums.json (a checkpoint's or final/'s), or None when
+    it has none that kto-train wrote."""
+    try:
+        record = read_json(folder / CHECKSUMS_NAME)
+    except InputError:
+        return None
+    ours = isinstance(record, dict) and record.get("kind") in (CHECKSUMS_KIND, FINAL_KIND)
+    files = record.get("files") if ours else None
+    return files if isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) else None
+
+
+def foreign_file(folder: Path) -> str | None:
+    """'NAME: why' for the first file in `folder` (a checkpoint, final/ or final-merged/ that a
+    save would replace whole) that kto-train did not save there, or saved and that was changed
+    since (a model card edited before a push): replacing the folder would lose it. None: every
+    file is ours as saved. Without a record (a final/ saved before it had one), the files of
+    SAVED_NAMES at its top are ours."""
+    if not folder.is_dir():
+        return None
+    present = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    recorded = recorded_files(folder)
+    for name in present:
+        if recorded is None:
+            if not SAVED_NAMES.match(name):
+                return f"{name}: not a file kto-train saves"
+        elif name == CHECKSUMS_NAME:
+            continue
+        elif (folder / name).is_symlink() or name not in recorded:
+            return f"{name}: not recorded in its {CHECKSUMS_NAME}, so not saved by kto-train"
+        elif sha256_file(folder / name) != recorded[name]:
+            return f"{name}: changed since kto-train saved it"
+    return None
+
+
+def refuse_replacing(folder: Path, flag: str) -> None:
+    """InputError, one line naming the first file of `folder` that replacing it would lose."""
+    if (problem := foreign_file(folder)) is not None:
+        raise InputError(
+            f"{flag}: {folder}/{problem}; writing {folder.name}/ again replaces the whole folder, which would delete it: move it out of {folder.name}/ first"
+        )
 
 
 def checksum_problem(path: Path) -> str | None:
@@ -206,15 +257,20 @@ class FinalFiles:
 
 
 @contextlib.contextmanager
-def saved_dir(path: Path, files: Mapping[str, str] | None = None) -> Iterator[Path]:
+def saved_dir(path: Path, files: Mapping[str, str] | None = None, kind: str = FINAL_KIND) -> Iterator[Path]:
     """atomic_dir, with `files` (name -> text) written last, after the block's own files (peft's
-    save_pretrained writes a placeholder README.md that the model card replaces), and uniform
-    permissions before the rename makes it visible."""
+    save_pretrained writes a placeholder README.md that the model card replaces), then
+    checksums.json of `kind` over all of them, and uniform permissions before the rename makes
+    it visible. An existing `path` holding a file we did not save is refused, not replaced
+    (kto-train checks this at start, open_run_dir; this is the last guard, for a file put there
+    since)."""
     with atomic_dir(path) as tmp:
         yield tmp
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+        record_checksums(tmp, kind)  # last: it covers every file above
         uniform_permissions(tmp)
+        refuse_replacing(path, "kto-train")
 
 
 def save_checkpoint(
@@ -231,7 +287,7 @@ def save_checkpoint(
     must match it, or rows would be seen twice or skipped. `rank_rng`: every process's
     `rng_states()`, in rank order (default: this process's alone)."""
     path = out / f"checkpoint-{position.global_step}"
-    with saved_dir(path) as tmp:
+    with saved_dir(path, kind=CHECKSUMS_KIND) as tmp:
         save_model_dir(lm, tokenizer, tmp)
         save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
         save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -239,7 +295,6 @@ def save_checkpoint(
         # shapes), so a rank resumed with rank 0's state would draw others than it would have.
         save_torch({"ranks": rank_rng or [rng_states()]}, tmp / "rng.pt")
         (tmp / STATE_NAME).write_text(json.dumps({"position": position.to_json(), "plan": plan}, indent=2))
-        record_checksums(tmp)  # last: it covers every file above
     return path
 
 

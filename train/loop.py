@@ -93,8 +93,6 @@ def run_steps(run: Run) -> Path:
                 window = after_step(run, window, done, progress)
                 if (signum := signals.requested()) is not None and run.position.global_step < run.total_steps:
                     stop(run, signum, window)
-            if run.eval_cache:
-                run_eval(run, progress)
             # Still inside StopSignals: a SIGTERM or Ctrl-C while final/ is written (minutes for
             # a large model) is noted, not fatal; the trained steps are not lost with it.
             final = finish(run)
@@ -165,12 +163,15 @@ def after_step(run: Run, window: Window, done: StepDone, progress: TrainProgress
     if cfg.log_every and (step % cfg.log_every == 0 or step == run.total_steps):
         log_window(run, window.stats, done, time.perf_counter() - window.started, progress)
         window = Window()
-    # After the last step the run evaluates and writes final/ anyway; an epoch ends where the
-    # position wrapped to the next epoch's first step.
-    epoch_ended, before_last = run.position.step_in_epoch == 0, step < run.total_steps
-    if run.eval_cache and before_last and ((cfg.eval_every and step % cfg.eval_every == 0) or (cfg.eval_each_epoch and epoch_ended)):
+    # An epoch ends where the position wrapped to the next epoch's first step. The last step is
+    # always evaluated (with an eval cache) and, when the run saves at all, checkpointed too, as
+    # transformers' Trainer does: the last epoch has its checkpoint, a crash while writing final/
+    # loses no step, and a finished run resumed to write more (--merge-adapters) trains none again.
+    # Its eval comes before its save, so a resume from it does not evaluate step N a second time.
+    epoch_ended, last = run.position.step_in_epoch == 0, step == run.total_steps
+    if run.eval_cache and (last or (cfg.eval_every and step % cfg.eval_every == 0) or (cfg.eval_each_epoch and epoch_ended)):
         run_eval(run, progress)
-    if before_last and ((cfg.save_every and step % cfg.save_every == 0) or (cfg.save_each_epoch and epoch_ended)):
+    if (cfg.save_every and (last or step % cfg.save_every == 0)) or (cfg.save_each_epoch and (last or epoch_ended)):
         # An epoch may end between logged lines: the checkpoint keeps the steps not yet logged,
         # so a resumed run logs the lines the uninterrupted one would (as a signal stop does).
         run.policy.save(replace(run.position, unlogged=window.saved()))

@@ -29,7 +29,7 @@ from kto.formats.manifest import fingerprint_of, same_model
 from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
 
 from .adapters import MERGED_DIR
-from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, free_name, usable_checkpoint
+from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, free_name, refuse_replacing, usable_checkpoint
 from .config import TrainConfig
 from .metrics import METRICS_NAME
 from .model_card import CARD_MARK, CARD_NAME
@@ -305,6 +305,10 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
         raise InputError(
             f"--resume: {out} holds no checkpoint to resume from (its run saved none); nothing was changed: {again} (--save-every N makes a run resumable)"
         )
+    # The resumed run writes final/ (and final-merged/) again, whole: a file a user put there
+    # since (an evaluation's output) is refused now, not deleted after the training.
+    for name in ("final", MERGED_DIR) if cfg.merge_adapters else ("final",):
+        refuse_replacing(out / name, "--resume")
     if isinstance(cfg.resume, Path):
         return chosen_checkpoint(out, cfg.resume, log)
     return usable_checkpoint(out, log)

@@ -326,13 +326,14 @@ def test_each_epoch_is_evaluated_and_saved(tiny_cache, tiny_eval_cache, tiny_mod
     """--eval-each-epoch and --save-each-epoch (transformers' eval_strategy and save_strategy
     epoch): 16 rows in micro-batches of 2 are 8 steps an epoch; over 2.5 epochs (20 steps) the
     run evaluates after steps 8 and 16 and after the last, and saves checkpoint-8 and -16 between
-    its logged steps (every 3), from which a resumed run logs the uninterrupted run's lines."""
+    its logged steps (every 3), from which a resumed run logs the uninterrupted run's lines, and
+    checkpoint-20 after the last step, as transformers' Trainer does."""
     args = ["--epochs", "2.5", "--log-every", "3", "--eval-each-epoch", "--save-each-epoch", "--eval-cache", str(tiny_eval_cache)]
     straight = train_cli(tiny_cache, tiny_model_dir, tmp_path / "straight", *args)
     assert straight.exit_code == 0, straight.output
     lines = metrics(tmp_path / "straight")
     assert [m["step"] for m in lines if m["split"] == "eval"] == [8, 16, 20]
-    assert sorted(p.name for p in (tmp_path / "straight").glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-8"]
+    assert sorted(p.name for p in (tmp_path / "straight").glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-20", "checkpoint-8"]
     trained = [m for m in lines if m["split"] == "train"]
     crashed = crashed_copy(tmp_path / "straight", tmp_path / "crashed", 8, metrics_lines=next(i for i, m in enumerate(lines) if m["step"] > 8))
     resumed = train_cli(tiny_cache, tiny_model_dir, crashed, *args, "--resume")

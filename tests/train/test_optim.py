@@ -106,7 +106,13 @@ def test_fractional_epochs_run_the_rounded_up_steps_and_resume_exactly(epoch_and
     assert result.exit_code == 0, result.output
     assert "moved the later checkpoint-4 aside to checkpoint-4.superseded" in result.output
     assert [m["loss"] for m in metrics(run)] == [m["loss"] for m in full]
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-4.superseded"]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-4.superseded",
+        "checkpoint-6",
+        "checkpoint-6.superseded",
+    ]
 
 
 def test_resume_from_a_checkpoint_of_another_run_is_refused_in_one_line(epoch_and_a_half, tiny_cache, tiny_model_dir, tmp_path):
@@ -119,7 +125,7 @@ def test_resume_from_a_checkpoint_of_another_run_is_refused_in_one_line(epoch_an
     line = train_error_line(result.output)
     assert line == (
         f"kto-train: error: --resume {epoch_and_a_half / 'checkpoint-2'}: not a checkpoint of the run in --out {other} "
-        "(its checkpoints: checkpoint-2, checkpoint-4)"
+        "(its checkpoints: checkpoint-2, checkpoint-4, checkpoint-6)"
     )
 
 

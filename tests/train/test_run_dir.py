@@ -27,7 +27,7 @@ def write_record(run_dir) -> None:
 
 @pytest.fixture(scope="module")
 def run3(tiny_cache, tiny_model_dir, tmp_path_factory):
-    """3 steps, a checkpoint after steps 1 and 2, β = 0.2."""
+    """3 steps, a checkpoint after steps 1, 2 and 3 (the last), β = 0.2."""
     out = tmp_path_factory.mktemp("run") / "r"
     result = train_cli(tiny_cache, tiny_model_dir, out, *RUN)
     assert result.exit_code == 0, result.output
@@ -107,12 +107,13 @@ def test_resume_without_a_run_record_is_refused(run3, tiny_cache, tiny_model_dir
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_stale_temp_files_are_cleaned(run3, tiny_cache, tiny_model_dir, tmp_path):
-    """checkpoint-2's optimizer state is truncated: resume from checkpoint-1, say so, and still
-    reproduce the uninterrupted run; leftovers of a killed run are removed; the limit applies."""
+    """Killed after step 2, checkpoint-2's optimizer state is truncated: resume from checkpoint-1,
+    say so, and still reproduce the uninterrupted run; leftovers of a killed run are removed; the
+    limit applies."""
     from kto.train.checkpoint import checkpoint_problem, checkpoints
 
     out = tmp_path / "r"
-    shutil.copytree(run3, out, ignore=shutil.ignore_patterns("final"))
+    shutil.copytree(run3, out, ignore=shutil.ignore_patterns("final", "checkpoint-3"))
     opt = out / "checkpoint-2" / "optimizer.pt"
     opt.write_bytes(opt.read_bytes()[:1000])
     (out / ".checkpoint-3.tmp-4242-1").mkdir()
@@ -128,9 +129,9 @@ def test_corrupt_latest_checkpoint_falls_back_and_stale_temp_files_are_cleaned(r
     assert "fell back to checkpoint-1" in result.output and "resumed from" in result.output
     assert "changed --save-total-limit 0 -> 1" in result.output
     assert not (out / ".checkpoint-3.tmp-4242-1").exists() and not (out / ".metrics.jsonl.tmp-4242-1").exists()
-    assert [p.name for _, p in checkpoints(out)] == ["checkpoint-2"]  # rebuilt at step 2; checkpoint-1 pruned
+    assert [p.name for _, p in checkpoints(out)] == ["checkpoint-3"]  # rebuilt at steps 2 and 3; all but the last pruned
     assert (out / "checkpoint-2.corrupt" / "model.safetensors").read_bytes() == b"earlier"
-    assert (out / "checkpoint-2.corrupt.1" / "optimizer.pt").stat().st_size == 1000 and checkpoint_problem(out / "checkpoint-2") is None
+    assert (out / "checkpoint-2.corrupt.1" / "optimizer.pt").stat().st_size == 1000 and checkpoint_problem(out / "checkpoint-3") is None
     for a, b in zip(metrics(run3), metrics(out), strict=True):
         assert (a["step"], a["loss"], a["grad_norm"]) == (b["step"], b["loss"], b["grad_norm"])
 
@@ -517,7 +518,7 @@ def test_disk_full_after_a_checkpoint_says_to_resume(tiny_cache, tiny_model_dir,
 
 
 def test_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside_only_once_it_resumes(run3, tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
-    """--resume RUN/checkpoint-1 renames checkpoint-2 `.superseded` (a later plain --resume
+    """--resume RUN/checkpoint-1 renames checkpoint-2 and -3 `.superseded` (a later plain --resume
     must not pick the abandoned continuation). That happened before the checkpoint was loaded, so
     a resume refused afterwards (an FSDP checkpoint without --fsdp, say) had already moved them."""
     from kto.formats.errors import InputError
@@ -534,7 +535,8 @@ def test_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside_only_once_i
         patched.setattr(policy.Policy, "build", refused)
         result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", str(out / "checkpoint-1"))
         assert result.exit_code == 2 and "refused after the run directory was opened" in train_error_line(result.output)
-    assert names() == ["checkpoint-1", "checkpoint-2"]  # nothing moved
+    assert names() == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]  # nothing moved
     result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", str(out / "checkpoint-1"))
     assert result.exit_code == 0, result.output
-    assert names() == ["checkpoint-1", "checkpoint-2", "checkpoint-2.superseded"]  # step 2 saved again by the continuation
+    # steps 2 and 3 saved again by the continuation
+    assert names() == ["checkpoint-1", "checkpoint-2", "checkpoint-2.superseded", "checkpoint-3", "checkpoint-3.superseded"]
