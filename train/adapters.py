@@ -148,6 +148,7 @@ def target_modules(cfg: TrainConfig, lm: torch.nn.Module) -> list[str]:
                 f"{flag}: {name} is a {type(module).__name__}, an nn.Linear whose forward returns no single tensor "
                 "(a MoE router), which LoRA cannot wrap; name the other layers"
             )
+    _refuse_head(lm, wanted, flag)
     linear = linear_modules(lm)
     missing = [w for w in wanted if not any(_matches(n, [w]) for n in linear)]
     if missing or not wanted:
@@ -155,6 +156,20 @@ def target_modules(cfg: TrainConfig, lm: torch.nn.Module) -> list[str]:
             f"{flag}: --model {cfg.model} has no linear layer named {', '.join(missing) or '(none given)'} (its decoder has: {', '.join(available) or 'none'})"
         )
     return wanted
+
+
+def _refuse_head(lm: torch.nn.Module, wanted: list[str], flag: str) -> None:
+    """The LM head is not adapted: its log-probs are computed from the head's weight directly, in
+    chunks over completion positions only (formats/compute/logprob.py), so a LoRA layer on it would
+    never run and train nothing. Named as a target, it is refused as what it is."""
+    head = lm.get_output_embeddings()
+    name = next((n for n, m in lm.named_modules() if m is head), None) if head is not None else None
+    named = [w for w in wanted if name and _matches(name, [w])]
+    if named:
+        raise InputError(
+            f"{flag}: {named[0]} is the model's LM head, which kto-train does not adapt (its log-probs use the head's weight directly, "
+            "so an adapter there would never run); name layers of the decoder only"
+        )
 
 
 def exclude_modules(lm: torch.nn.Module, targets: list[str]) -> str | None:

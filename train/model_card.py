@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from kto.formats.compute.models import hub_id_shaped
+from kto.formats.compute.models import hub_id_shaped, resolve_source
+from kto.formats.errors import InputError
 
+from .adapters import MERGED_DIR
 from .checkpoint import FinalFiles
 from .metrics import last_metrics, metric_values
 
@@ -105,16 +107,37 @@ def learning_rate_line(config: dict) -> str:
     return f"{number(config['lr'])} ({schedule}, {warmup})"
 
 
+def load_line(config: dict, adapter: bool) -> str:
+    """How to load the folder, in code that runs as written once `<this folder>` is replaced. An
+    adapter on a GGUF base: adapter_config.json names the GGUF file's folder (ModelSource.peft_base),
+    and peft passes `gguf_file` on to the base's from_pretrained; the folder alone is no model."""
+    if not adapter:
+        return '`transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`'
+    gguf = gguf_base(config["model"])
+    extra = f', gguf_file="{gguf}"' if gguf else ""
+    base = f"the GGUF file `{config['model']}`, dequantized on load" if gguf else f"`{config['model']}`"
+    line = f'`peft.AutoPeftModelForCausalLM.from_pretrained("<this folder>"{extra})` (the base is {base})'
+    if config.get("merge_adapters"):
+        line += f"; {MERGED_DIR}/ beside this folder holds the same model merged, which loads without peft"
+    return line
+
+
+def gguf_base(model: str) -> str | None:
+    """The GGUF file name of --model `model` when it is a local GGUF file (or a folder of one), else None."""
+    if not Path(model).expanduser().exists():
+        return None  # a hub id: resolving it would ask the Hub
+    try:
+        return resolve_source(model).gguf_file
+    except InputError:  # moved or changed since the run loaded it: the card says what it can
+        return Path(model).name if Path(model).suffix == ".gguf" else None
+
+
 def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict | None, kind: str, adapter: bool) -> str:
     """The card's text. `record`: kto_run.json; `inputs`: the cache manifest's content.inputs;
     `train`/`evaluation`: the last metrics.jsonl lines; `kind`: what the folder holds, in words."""
     config, derived = record["config"], record["derived"]
     meta = yaml.safe_dump(front_matter(config["model"], adapter, inputs), sort_keys=False, allow_unicode=True)
-    load = (
-        f'`peft.AutoPeftModelForCausalLM.from_pretrained("<this folder>")` (the base is `{config["model"]}`)'
-        if adapter
-        else '`transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`'
-    )
+    load = load_line(config, adapter)
     body = [
         f"# {config['model']} + KTO",
         "",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, exception_line
 from ..files import read_json, sha256_file
+from ..runrecord import record_path
 from .gguf_once import gguf_loads
 
 if TYPE_CHECKING:
@@ -47,6 +48,18 @@ class ModelSource:
         return self.hub_id or self.given or str(self.directory / (self.gguf_file or ""))
 
     @property
+    def peft_base(self) -> str:
+        """What an adapter's adapter_config.json names as its base (PEFT's base_model_name_or_path):
+        `name`, except for a local GGUF file: the folder that holds it, as given, which is what
+        transformers loads a GGUF model from (with `gguf_file=`); PEFT passes that argument on
+        (`AutoPeftModelForCausalLM.from_pretrained(adapter_dir, gguf_file=...)`), and cannot
+        load a path to the file itself ("Repo id must be in the form ...")."""
+        if not self.gguf_file or self.hub_id:
+            return self.name
+        given = Path(self.given) if self.given else self.directory / self.gguf_file
+        return str(given.parent) if given.suffix == ".gguf" else str(given)
+
+    @property
     def load_kwargs(self) -> dict:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
@@ -63,6 +76,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(path.resolve().parent, gguf_file=path.name, given=spec)
     if path.is_dir():
+        _refuse_run_dir(path, spec, flag)
         if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
             raise _no_config(path, spec, flag)
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
@@ -82,6 +96,21 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         raise InputError(f"{flag} {spec}: cannot fetch from the hub ({exception_line(exc)})") from exc
     _refuse_model_with_adapter(Path(local), spec, flag)
     return ModelSource(Path(local), hub_id=spec, given=spec)
+
+
+def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:
+    """A kto-train run directory (its record, kto_run.json or a legacy config.json, or its
+    metrics.jsonl) holds no model of its own: its trained model is in final/ (adapters under
+    LoRA; final-merged/ then holds them merged into the base, an ordinary model)."""
+    if record_path(path) is None and not (path / "metrics.jsonl").is_file():  # train/metrics.py METRICS_NAME
+        return
+    run = spec.rstrip("/\\") or spec
+    said = f"{flag} {spec}: a kto-train run directory, not a model; its trained model is {run}/final"
+    if (path / "final-merged").is_dir():
+        raise InputError(f"{said} (LoRA adapters), merged into the base in {run}/final-merged: give {run}/final-merged")
+    if (path / "final").is_dir():
+        raise InputError(f"{said}: give that")
+    raise InputError(f"{said}, written when the run finishes: give it then, or one of the run's checkpoint-STEP folders")
 
 
 def _refuse_model_with_adapter(path: Path, spec: str, flag: str) -> None:
@@ -136,8 +165,24 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
         # from there is better told as the file that causes it.
         raise _unreadable_json_in(source.directory) or InputError(f"{flag} {source.directory}: cannot load tokenizer ({exception_line(exc)})") from None
     if tok.pad_token_id is None:
-        # Padding positions are masked out everywhere; any id works, EOS is the usual choice.
+        # Padding positions are masked out everywhere; any id works, EOS is the usual choice. It
+        # is lent for padding only: `tokenizer_as_given` takes it back before the tokenizer is saved.
         tok.pad_token = tok.eos_token
+        setattr(tok, LENT_PAD, True)
+    return tok
+
+
+LENT_PAD = "kto_lent_pad"
+"""Set on a tokenizer that `load_tokenizer` lent EOS as its pad token."""
+
+
+def tokenizer_as_given(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """`tok` without the pad token `load_tokenizer` lent it, as its files give it: what is saved
+    beside trained weights. Saved with the lent pad, its tokenizer_config.json would gain
+    `"pad_token": EOS` while config.json keeps pad_token_id null, and a collator that masks pad
+    labels downstream would mask every EOS. `tok` is changed in place and returned."""
+    if tok.__dict__.pop(LENT_PAD, False):
+        tok.pad_token = None
     return tok
 
 
@@ -199,7 +244,7 @@ def load_causal_lm(
         raise InputError(f"{flag} {source.directory}: cannot load model ({exception_line(exc)})") from exc
     # PEFT names an adapter's base after this (adapter_config.json's base_model_name_or_path):
     # the hub id or the path as given, not the absolute folder it was loaded from.
-    model.name_or_path = source.name
+    model.name_or_path = source.peft_base
     if source.gguf_file:
         # GGUF weights are dequantized on load; the quantizer object only gets in the way of
         # training and of save_pretrained.

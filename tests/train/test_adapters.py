@@ -160,6 +160,18 @@ def test_bad_lora_input_is_one_line(tiny_cache, tiny_model_dir, tmp_path, monkey
     assert result.output.strip().splitlines()[-1] == "kto-train: error: --load-in-4bit: bitsandbytes 0.0 has no cpu backend (RuntimeError)"
 
 
+def test_the_lm_head_as_a_target_is_refused_as_what_it_is(tiny_cache, tiny_model_dir, tmp_path):
+    """Not "has no linear layer named lm_head": it has one, the LM head, which the chunked scoring
+    reads by its weight (an adapter there would never run)."""
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "a", "--max-steps", "1", "--lora-target-modules", "q_proj,lm_head")
+    assert result.exit_code == 2
+    assert train_error_line(result.output) == (
+        "kto-train: error: --lora-target-modules q_proj,lm_head: lm_head is the model's LM head, which kto-train does not adapt "
+        "(its log-probs use the head's weight directly, so an adapter there would never run); name layers of the decoder only"
+    )
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())  # refused before --out is touched
+
+
 def test_missing_bitsandbytes_is_refused_before_the_cache_and_any_model(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
     """QLoRA's preconditions come first: without bitsandbytes, --load-in-4bit is one line before
     the cache is read (a missing one is not even noticed) and before any model or tokenizer loads."""

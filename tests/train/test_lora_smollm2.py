@@ -122,3 +122,37 @@ def test_lora_on_smollm2_moves_adapters_only_and_raises_desirable_rewards(tmp_pa
     assert desirable > 0 and desirable > undesirable, scores
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [5, 10]
+
+
+def card_load_code(card: str, folder: Path) -> str:
+    """The first code span after "Load with" in a model card, with `<this folder>` filled in."""
+    code = card.split("Load with `", 1)[1].split("`", 1)[0]
+    return code.replace("<this folder>", str(folder))
+
+
+@pytest.mark.slow
+def test_lora_on_a_gguf_base_loads_the_way_its_card_says(tmp_path):
+    """adapter_config.json named the .gguf file as its base, which peft cannot load ("Repo id must
+    be in the form ..."), while the card said to load it with AutoPeftModelForCausalLM. It names
+    the file's folder now, and the card's code (gguf_file=) loads base and adapters: run here."""
+    pytest.importorskip("peft")
+    import peft
+    import transformers
+    from conftest import chat_rows, make_cache, run_train
+    from safetensors.torch import load_file
+
+    gguf = smollm2_gguf()
+    cache = make_cache(tmp_path, chat_rows()[:4], gguf)
+    out = tmp_path / "run"
+    result = run_train(cache, gguf, out, "--lora-r", "2", "--max-steps", "1", "--batch-size", "2", "--lr", "1e-2", "--merge-adapters")
+    assert result.exit_code == 0, result.output
+    final = out / "final"
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(gguf.parent)
+    code = card_load_code((final / "README.md").read_text(), final)
+    assert code == f'peft.AutoPeftModelForCausalLM.from_pretrained("{final}", gguf_file="{gguf.name}")'
+    assert "final-merged/ beside this folder holds the same model merged" in (final / "README.md").read_text()
+    model = eval(code, {"peft": peft, "transformers": transformers})  # the card's code, as a reader runs it
+    saved = load_file(final / "adapter_model.safetensors")
+    loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
+    assert saved.keys() == loaded.keys() and any(v.abs().max() > 0 for k, v in saved.items() if "lora_B" in k)
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)

@@ -185,3 +185,28 @@ def test_final_and_checkpoints_carry_the_template_the_cache_was_rendered_with(tm
     assert result.exit_code == 0, result.output
     assert "chat_template.jinja is missing; checkpoints and final/ keep --model's chat template" in result.output
     assert AutoTokenizer.from_pretrained(tmp_path / "run2" / "final").chat_template == own
+
+
+def test_a_gguf_base_is_named_by_its_folder_and_loaded_with_gguf_file(tmp_path, monkeypatch):
+    """peft loads an adapter's base as AutoModelForCausalLM.from_pretrained(base_model_name_or_path,
+    **kwargs): a GGUF model is its folder plus gguf_file=, never the .gguf path itself."""
+    from kto.formats.compute.models import resolve_source
+    from kto.train.model_card import load_line
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.Q4_1.gguf").write_bytes(b"GGUF")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("models/m.Q4_1.gguf").peft_base == "models"
+    assert resolve_source("models").peft_base == "models"  # a folder of one GGUF file, as given
+    assert resolve_source("plain").peft_base == "plain"
+    assert load_line({"model": "models/m.Q4_1.gguf"}, adapter=True) == (
+        '`peft.AutoPeftModelForCausalLM.from_pretrained("<this folder>", gguf_file="m.Q4_1.gguf")` '
+        "(the base is the GGUF file `models/m.Q4_1.gguf`, dequantized on load)"
+    )
+    assert load_line({"model": "plain", "merge_adapters": True}, adapter=True) == (
+        '`peft.AutoPeftModelForCausalLM.from_pretrained("<this folder>")` (the base is `plain`); '
+        "final-merged/ beside this folder holds the same model merged, which loads without peft"
+    )
+    assert load_line({"model": "models/m.Q4_1.gguf"}, adapter=False) == '`transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`'

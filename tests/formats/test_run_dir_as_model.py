@@ -1,0 +1,72 @@
+"""--model RUN, a kto-train run directory, is refused saying where the run's model is (RUN/final,
+or RUN/final-merged under LoRA), not "directory has no config.json". A run directory is told by
+its record (kto_run.json, or a legacy config.json that is one) or its metrics.jsonl."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_train, train_error_line
+
+from kto.formats.compute.models import resolve_source
+from kto.formats.errors import InputError
+from kto.formats.runrecord import write_run_config
+
+
+def run_dir(root: Path, *folders: str, record: str = "kto_run.json") -> Path:
+    run = root / "run"
+    run.mkdir()
+    if record == "kto_run.json":
+        write_run_config(run, {"model": "m"}, {})
+    elif record == "config.json":  # a run written before kto_run.json: its record is config.json
+        (run / "config.json").write_text(json.dumps({"kind": "kto-train run", "version": 1, "config": {}, "derived": {}}))
+    else:
+        (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    for folder in folders:
+        (run / folder).mkdir()
+    return run
+
+
+@pytest.mark.parametrize("record", ["kto_run.json", "config.json", "metrics.jsonl"])
+def test_a_finished_run_points_at_its_final(tmp_path, record, monkeypatch):
+    run_dir(tmp_path, "final", record=record)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as caught:
+        resolve_source("run/")
+    assert str(caught.value) == "--model run/: a kto-train run directory, not a model; its trained model is run/final: give that"
+
+
+def test_a_lora_run_with_merged_adapters_points_at_final_merged(tmp_path):
+    run = run_dir(tmp_path, "final", "final-merged", "checkpoint-2")
+    with pytest.raises(InputError) as caught:
+        resolve_source(str(run), flag="--base-model")
+    assert str(caught.value) == (
+        f"--base-model {run}: a kto-train run directory, not a model; its trained model is {run}/final (LoRA adapters), "
+        f"merged into the base in {run}/final-merged: give {run}/final-merged"
+    )
+
+
+def test_an_unfinished_run_says_final_comes_at_the_end(tmp_path):
+    run = run_dir(tmp_path, "checkpoint-2")
+    with pytest.raises(InputError) as caught:
+        resolve_source(str(run))
+    assert str(caught.value) == (
+        f"--model {run}: a kto-train run directory, not a model; its trained model is {run}/final, "
+        "written when the run finishes: give it then, or one of the run's checkpoint-STEP folders"
+    )
+
+
+def test_a_folder_without_config_json_that_is_no_run_is_told_as_before(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as caught:
+        resolve_source(str(tmp_path / "empty"))
+    assert str(caught.value) == f"--model {tmp_path / 'empty'}: directory has no config.json"
+
+
+def test_kto_train_says_it_in_one_line(tiny_cache, tmp_path):
+    run = run_dir(tmp_path, "final")
+    result = run_train(tiny_cache, run, tmp_path / "out", "--max-steps", "1")
+    assert result.exit_code != 0
+    assert train_error_line(result.output) == (
+        f"kto-train: error: --model {run}: a kto-train run directory, not a model; its trained model is {run}/final: give that"
+    )
