@@ -13,12 +13,13 @@ kto-precompute for 40 s, and each level multiplies that by 10). A config file ha
 from __future__ import annotations
 
 import datetime
+import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config_keys import PRECOMPUTE, TRAIN
+from .config_keys import PRECOMPUTE, TRAIN, same_value
 from .config_names import Resolved, resolve
 from .errors import InputError
 from .files import regular_file, utf8_text
@@ -26,7 +27,7 @@ from .files import regular_file, utf8_text
 if TYPE_CHECKING:
     import click
 
-__all__ = ["PRECOMPUTE", "TRAIN", "Resolved", "load_config_file", "read_mapping", "resolve_config_file"]
+__all__ = ["PRECOMPUTE", "TRAIN", "Resolved", "file_key_error", "load_config_file", "read_mapping", "resolve_config_file"]
 
 
 def read_mapping(path: str | Path) -> dict:
@@ -70,9 +71,57 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
         resolved = resolve(raw, command, known)
     except InputError as exc:
         raise InputError(f"--config {path}: {exc}") from None
+    resolved.written = raw
     resolved.notes = [f"--config {path}: {note}" for note in resolved.notes]
     resolved.default_notes = {name: f"--config {path}: {note}" for name, note in resolved.default_notes.items()}
     return resolved
+
+
+_FLAG = re.compile(r"--([a-z0-9][a-z0-9-]*)")
+
+
+def file_key_error(exc: InputError, path: str | Path, command: str, resolved: Resolved, values: Mapping[str, Any], given: Callable[[str], bool]) -> InputError:
+    """A range or consistency error of the command's config (`--beta 0.0: must be positive`)
+    about a value the file set, as the file writes it: `--config f.yaml: pref_beta 0
+    (kto-train's --beta): must be positive`. Other flags the message names that the file set
+    are said at its end (`--lora-r` from `finetuning_type: full`).
+
+    The checks themselves name flags (the Python API and the command line share them); here the
+    leading `--flag` is mapped back to the file's key only when the file set that option and the
+    command line did not (`given(name)`: a flag on the command line wins over the file, so the
+    error is about the flag), and the value in force (`values`) is still the file's."""
+    message = str(exc)
+    match = _FLAG.match(message)
+    key = match and _file_key(match.group(1), resolved, values, given)
+    if not key:
+        return exc
+    flag, rest = match.group(0), message[match.end() :]
+    in_force = values.get(flag[2:].replace("-", "_"))
+    for spelt in (str(in_force), repr(in_force)):
+        if rest.startswith(f" {spelt}:"):
+            rest = rest[len(spelt) + 1 :]  # the file's value replaces the converted one (0, not 0.0)
+            break
+    named = _written(key, resolved) + ("" if key == flag[2:].replace("-", "_") else f" ({command}'s {flag})")
+    also = [(m.group(0), _file_key(m.group(1), resolved, values, given)) for m in _FLAG.finditer(rest)]
+    said = "".join(f"; {other} comes from the file's {_written(k, resolved, ': ')}" for other, k in dict(also).items() if k and other != flag)
+    return InputError(f"--config {path}: {named}{rest}{said}", every_rank=exc.every_rank)
+
+
+def _file_key(flag: str, resolved: Resolved, values: Mapping[str, Any], given: Callable[[str], bool]) -> str | None:
+    """The file's key that set the option `flag` (dashes) to the value in force, or None."""
+    name = flag.replace("-", "_")
+    key = resolved.key_of(name)
+    if key is None or name not in resolved.values or name not in values or given(name):
+        return None
+    return key if same_value(resolved.values[name], values[name]) else None
+
+
+def _written(key: str, resolved: Resolved, between: str = " ") -> str:
+    """`KEY VALUE` as the file writes it (true, not True)."""
+    if key not in resolved.written:
+        return key
+    value = resolved.written[key]
+    return f"{key}{between}{str(value).lower() if isinstance(value, bool) or value is None else value}"
 
 
 def _parse_error(exc: Exception) -> str:

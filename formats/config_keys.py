@@ -124,6 +124,40 @@ def _pref_ftx_note(value: Any) -> str | None:
     )
 
 
+def _cutoff_len_note(value: Any) -> str | None:
+    """cutoff_len is max_length, but the two cut a row over it differently (docs/migrating.md,
+    `cutoff_len`): said, with the prompt cap it gives, since the same number keeps other tokens."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+        return None  # refused, by its key (`cutoff_len: 0`), or converted first (`'256'`): no cut to describe
+    half = f"{value} // 2 = {value // 2}"
+    return (
+        f"cutoff_len: {value} -> max_length {value}, cut otherwise than LLaMA-Factory: a longer row has its prompt cut to "
+        f"max_prompt_length ({half} unless given), keeping the prompt's end, then its completion keeps its first tokens; "
+        "LLaMA-Factory's infer_seqlen keeps a completion under half of cutoff_len whole, gives the prompt the rest and keeps "
+        "the prompt's start (docs/migrating.md, cutoff_len)"
+    )
+
+
+def _val_size_note(value: Any) -> str | None:
+    """val_size holds out other row counts here than there (precompute/plan.py split_eval):
+    round(f · n), by label, against datasets' train_test_split ⌈f · n⌉ (25 rows at 0.1: 2 and 3)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+        return None  # 0 holds out nothing; the rest is refused by its key
+    return (
+        f"val_size: {value} -> eval_fraction {value}: kto-precompute holds out round({value} × rows), as many of each label "
+        f"as their share; LLaMA-Factory's train_test_split holds out ⌈{value} × rows⌉ of any label (at 0.1, 25 rows: 2 here, 3 there)"
+    )
+
+
+def template_note(value: Any, chat_template: Any) -> str:
+    """`template: NAME` is LLaMA-Factory's own template by name, which kto-precompute does not
+    have: the rows render with another template, the tokenizer's or the file's chat_template."""
+    renders = (
+        f"chat_template {chat_template}, the file's" if chat_template else "the model's tokenizer's own chat template (chat_template: FILE.jinja replaces it)"
+    )
+    return f"template: ignored ({value} is LLaMA-Factory's template by name, not rendered here: rows render with {renders})"
+
+
 TRL, LF, BOTH = "TRL", "LLaMA-Factory", "TRL/LLaMA-Factory"
 
 # transformers' TrainingArguments (hence TRL's KTOConfig and LLaMA-Factory's training arguments),
@@ -161,8 +195,8 @@ ALIASES: dict[str, dict[str, Alias]] = {
     },
     PRECOMPUTE: {
         **_SHARED_ALIASES,
-        "cutoff_len": Alias("max_length", LF),
-        "val_size": Alias("eval_fraction", LF, _fraction),
+        "cutoff_len": Alias("max_length", LF, note=_cutoff_len_note),
+        "val_size": Alias("eval_fraction", LF, _fraction, _val_size_note),
         "dtype": Alias("dtype", TRL, _dtype),
         # In a file both commands read, `cache` is where kto-precompute writes and kto-train reads.
         "cache": Alias("out", "kto-train"),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config_dumped import DUMPED, dumped_key
-from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, file_switch, same_value
+from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, file_switch, same_value, template_note
 from .config_resolved import Resolved
 from .config_schedule import eval_schedule, evaluates, save_schedule, save_strategy
 from .config_switches import is_llama_factory, transformers_switches
@@ -66,12 +66,13 @@ def _stage(value: Any, command: str, out: Resolved) -> None:
 
 def _finetuning_type(value: Any, command: str, out: Resolved) -> None:
     if value == "full":
-        out.forced["lora_r"] = 0
+        out.force("lora_r", 0, "finetuning_type")
         out.notes.append("finetuning_type: full -> every weight is trained (lora_r 0)")
     elif value == "lora":
         # LLaMA-Factory's defaults: lora_rank 8, lora_alpha 2 × rank.
         out.defaults["lora_r"] = 8
         out.defaults["lora_alpha*2"] = True
+        out.lora_asked_by = "finetuning_type: lora"
         out.notes.append("finetuning_type: lora -> LoRA on (lora_r 8 and lora_alpha 2 × lora_r unless given, as LLaMA-Factory)")
     else:
         raise InputError(f"finetuning_type: {value}: not supported here; choose lora or full")
@@ -85,11 +86,12 @@ def _use_peft(value: Any, command: str, out: Resolved) -> None:
         # puts the list where PEFT_TARGETS stands in this note.
         out.defaults.update({"lora_r": 16, "lora_alpha": 32.0, "lora_dropout": 0.05})
         out.peft_default_targets = True
+        out.lora_asked_by = "use_peft: true"
         out.notes.append(
             f"use_peft: true -> LoRA on (lora_r 16, lora_alpha 32, lora_dropout 0.05 (off while dropout is, as TRL's disable_dropout turns it off), lora_target_modules {PEFT_TARGETS} unless given, as TRL)"
         )
     elif value is False:
-        out.forced["lora_r"] = 0
+        out.force("lora_r", 0, "use_peft")
         out.notes.append("use_peft: false -> every weight is trained (lora_r 0)")
     else:
         raise InputError(f"use_peft: {value!r} is not true or false")
@@ -219,7 +221,10 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
                 continue  # `resume_from_checkpoint: null`, as their example files write "not set"
             out.set(alias.ours, alias.convert(value) if alias.convert else value, key)
             said = alias.note(value) if alias.note else None
-            out.notes.extend([said] if said else [])
+            if said and command == PRECOMPUTE:
+                out.default_notes[alias.ours] = said  # kto-precompute prints it unless its flag sets the option
+            else:
+                out.notes.extend([said] if said else [])
         elif key in MAPPED[command]:
             sorting.foreign = True
             MAPPED[command][key](value, command, out)
@@ -227,6 +232,8 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             _dataset_name(value, command, out, raw)
         elif key in COMPANIONS[command]:
             continue
+        elif key == "template":
+            out.notes.append(template_note(value, raw.get("chat_template")))
         elif key in IGNORED:
             out.notes.append(f"{key}: ignored ({IGNORED[key]})")
         elif key in DUMPED[command]:
@@ -391,6 +398,7 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
     if raw.get("stage") == "kto" and "finetuning_type" not in raw:
         out.notes.append("finetuning_type not given: lora, LLaMA-Factory's default")
         _finetuning_type("lora", TRAIN, out)
+        out.lora_asked_by = "finetuning_type lora (LLaMA-Factory's default)"
     if not foreign:
         return
     given = out.values.keys() | out.ratios.keys()
@@ -428,6 +436,14 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
         out.notes.append(f"not given, transformers' defaults ({tools}): {', '.join(said)}")
 
 
+def _number(value: Any) -> float | None:
+    """A number (YAML may write it as text, `'8'`), or None."""
+    try:
+        return None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _apply_defaults(out: Resolved) -> None:
     alpha_twice_rank = out.defaults.pop("lora_alpha*2", False)
     for name, value in out.forced.items():
@@ -439,6 +455,10 @@ def _apply_defaults(out: Resolved) -> None:
             out.values[name] = value
             out.defaulted.add(name)
     if alpha_twice_rank and "lora_alpha" not in out.values:
-        out.values["lora_alpha"] = 2.0 * float(out.values["lora_r"])
         out.alpha_twice_rank = True
         out.defaulted.add("lora_alpha")  # resumed, it follows the recorded rank: the record's alpha
+        rank = _number(out.values["lora_r"])
+        if rank is not None and rank >= 1:
+            # Below 1 (or not a number), kto-train refuses the file's rank by its key (train/cli.py,
+            # lora_rank_for_lora): 2 × 0 here was refused as `--lora-alpha 0.0`, a key never written.
+            out.values["lora_alpha"] = 2.0 * rank

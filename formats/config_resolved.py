@@ -56,9 +56,26 @@ class Resolved:
     other_values: dict[str, Any] = field(default_factory=dict)
     """The other command's keys with their values (kto-train compares kto-precompute's with the
     cache's manifest: precompute_disagreements)."""
+    written: dict[str, Any] = field(default_factory=dict)
+    """Every key of the file with its value as written (dashes turned into underscores): what an
+    error about a value names (formats/config_file.py, file_key_error)."""
+    forced_by: dict[str, str] = field(default_factory=dict)
+    """Our name -> the key that forces its value (`finetuning_type: full` sets lora_r 0)."""
+    lora_asked_by: str | None = None
+    """kto-train: the key that asks for LoRA (`finetuning_type: lora`, `use_peft: true`), whose
+    rank must then be at least 1: 0 would train every weight here, and peft refuses it there."""
 
     def set(self, ours: str, value: Any, key: str) -> None:
         if ours in self.values and not same_value(self.values[ours], value):
             raise InputError(f"{self.origin[ours]}: {self.values[ours]!r} and {key}: {value!r} set the same option ({ours}); give one")
         self.values[ours] = value
         self.origin[ours] = key
+
+    def force(self, ours: str, value: Any, key: str) -> None:
+        """`ours` is `value` whatever else the file says, because of the file's `key`."""
+        self.forced[ours] = value
+        self.forced_by[ours] = key
+
+    def key_of(self, ours: str) -> str | None:
+        """The file's key that set our option `ours`, or None where the file did not write one."""
+        return self.forced_by.get(ours) or self.origin.get(ours)

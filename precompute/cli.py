@@ -14,7 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from kto.formats.config_file import PRECOMPUTE, option_value, resolve_config_file
+from kto.formats.config_file import PRECOMPUTE, Resolved, file_key_error, option_value, resolve_config_file
 from kto.formats.config_keys import names_other_tools_use
 from kto.formats.errors import InputError, end_process_group, log, one_line_errors
 from kto.precompute.inputs.dataset_info import load_datasets
@@ -100,10 +100,21 @@ def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
 
 def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> PrecomputeConfig:
     """Defaults < --config FILE < command-line flags, then one PrecomputeConfig."""
-    values = _file_values(ctx, config_file) if config_file else {}
+    values, resolved = _file_values(ctx, config_file) if config_file else ({}, Resolved())
+    given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     for name, value in flags.items():
-        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE or name not in values:
+        if given(name) or name not in values:
             values[name] = value
+    try:
+        return _config(values)
+    except InputError as exc:
+        # A range check names the flag; a value the file set is named by the file's key.
+        raise (file_key_error(exc, config_file, PRECOMPUTE, resolved, values, given) if config_file else exc) from None
+
+
+def _config(values: dict) -> PrecomputeConfig:
+    """The merged values (a copy is taken) as one PrecomputeConfig."""
+    values = dict(values)
     dataset, dataset_dir = values.pop("dataset"), values.pop("dataset_dir")
     entry = load_datasets(dataset, dataset_dir) if dataset else None
     if entry and values.get("sharegpt_info"):
@@ -124,7 +135,8 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> Pr
     return PrecomputeConfig(data=tuple(values.pop("data")), columns=columns, sharegpt=sharegpt, alpaca=alpaca, chat_template_kwargs=kwargs or {}, **values)
 
 
-def _file_values(ctx: click.Context, path: Path) -> dict:
+def _file_values(ctx: click.Context, path: Path) -> tuple[dict, Resolved]:
+    """The file's values under our option names, converted as the flags' types, and what the file resolved to."""
     params = {p.name: p for p in ctx.command.params if p.name != "config_file"}
     resolved = resolve_config_file(path, PRECOMPUTE, params)
     for note in resolved.notes:
@@ -141,7 +153,7 @@ def _file_values(ctx: click.Context, path: Path) -> dict:
             continue
         # Errors name the key as the file spells it (cutoff_len, not max_length).
         values[name] = _config_value(params[name], f"--config {path}: {resolved.origin.get(name, name)}", value)
-    return values
+    return values, resolved
 
 
 def _config_value(param: click.Parameter, where: str, value: Any) -> Any:

@@ -175,7 +175,8 @@ def render(tokenizer, messages, example, template: ChatTemplate, *, add_generati
     if not getattr(tokenizer, "chat_template", None):
         raise InputError(
             f"{where}: conversational row, but the tokenizer has no chat template; give text prompts "
-            "and completions, use a model whose tokenizer has one, or pass --chat-template"
+            "and completions, use a model whose tokenizer has one, or pass --chat-template FILE.jinja (chat_template: FILE.jinja "
+            "in a --config file; LLaMA-Factory's template: NAME is not read)"
         )
     _check_tools_render(example, tokenizer, template, where)
     try:

@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from kto.formats.compute.early_checks import check_local_cache, check_local_model
-from kto.formats.config_file import option_value
+from kto.formats.config_file import file_key_error, option_value
 from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements, target_modules_value
 from kto.formats.config_names import PEFT_TARGETS, Resolved
 from kto.formats.errors import InputError, exception_line, log, one_line_errors
@@ -143,8 +143,8 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
     values["lora_target_modules"] = target_modules_value(values.get("lora_target_modules"))
     refuse_lora_settings_without_rank(ctx, values)
     if config_file and resolved.alpha_twice_rank and ctx.get_parameter_source("lora_r") == ParameterSource.COMMANDLINE:
-        if ctx.get_parameter_source("lora_alpha") != ParameterSource.COMMANDLINE:
-            values["lora_alpha"] = 2.0 * values["lora_r"]  # LLaMA-Factory's 2 × rank, of the rank in force
+        if ctx.get_parameter_source("lora_alpha") != ParameterSource.COMMANDLINE and values["lora_r"] > 0:
+            values["lora_alpha"] = 2.0 * values["lora_r"]  # LLaMA-Factory's 2 × rank, of the rank in force (--lora-r 0: no LoRA, no alpha)
     values["resume"] = resume_value(values["resume"])
     values["lr_schedule_kwargs"] = schedule_kwargs(values["lr_schedule_kwargs"])
     if values.get("out") is None and isinstance(values["resume"], Path):
@@ -154,7 +154,12 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
             raise InputError(f"--{name} is required (on the command line or in --config)")
     if config_file:
         from_config_file(ctx, config_file, resolved, values)
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except InputError as exc:
+        # A range check names the flag; a value the file set is named by the file's key.
+        given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        raise (file_key_error(exc, config_file, TRAIN, resolved, values, given) if config_file else exc) from None
 
 
 def refuse_lora_settings_without_rank(ctx: click.Context, values: dict[str, Any]) -> None:
@@ -176,6 +181,7 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
     peft_default_targets(ctx, path, resolved, values)
     for note in resolved.notes:
         log(f"kto-train: {note}")
+    lora_rank_for_lora(ctx, path, resolved, values)
     keep_recorded_defaults(ctx, path, resolved, values)
     if resolved.eval_in_cache and values.get("eval_cache") is None:
         # LLaMA-Factory's val_size or TRL's dataset_test_split: kto-precompute wrote those rows to CACHE/eval.
@@ -188,6 +194,20 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
         no_eval_set(ctx, path, resolved, values)
     step_shares(ctx, path, resolved, values)
     check_cache_agrees(path, resolved, values)
+
+
+def lora_rank_for_lora(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
+    """A file that asks for LoRA (`finetuning_type: lora`, LLaMA-Factory's default, or `use_peft:
+    true`) with a rank below 1: here lora_r 0 trains every weight, silently not what the file
+    says, and peft refuses r 0 there. A --lora-r on the command line is the user's choice (0:
+    every weight trained)."""
+    if not resolved.lora_asked_by or values["lora_r"] >= 1 or ctx.get_parameter_source("lora_r") == ParameterSource.COMMANDLINE:
+        return
+    key = resolved.key_of("lora_r") or "lora_r"
+    raise InputError(
+        f"--config {path}: {key} {resolved.written.get(key, values['lora_r'])} (kto-train's --lora-r): {resolved.lora_asked_by} needs a LoRA rank "
+        "of at least 1 (peft refuses 0 too); to train every weight, write finetuning_type: full (TRL: use_peft: false)"
+    )
 
 
 def hub_from_the_command_line(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:

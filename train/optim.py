@@ -9,6 +9,8 @@ differ from TRL's").
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kto.formats.errors import InputError
@@ -29,6 +31,21 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
     """--warmup-steps when set (as transformers: it wins over the ratio), else ⌊ratio × total⌋."""
     return cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_ratio * total_steps)
+
+
+def warmup_note(cfg: TrainConfig, total_steps: int) -> str | None:
+    """The line saying how many warmup steps the ratio gives here and in transformers, where the
+    two differ (0.1 of 6 steps: none here, 1 there); None when --warmup-steps decides or they agree.
+    The rounding itself stays: a resumed run's schedule depends on it."""
+    if cfg.warmup_steps > 0 or not cfg.warmup_ratio:
+        return None
+    here, there = warmup_steps(cfg, total_steps), math.ceil(total_steps * cfg.warmup_ratio)  # transformers' get_warmup_steps
+    if here == there:
+        return None
+    return (
+        f"warmup: {here} step{'s' if here != 1 else ''} (⌊warmup_ratio {cfg.warmup_ratio} × {total_steps} steps⌋); transformers, hence TRL "
+        f"and LLaMA-Factory, rounds up to {there}: give warmup_steps {there} to warm up as they do"
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:

@@ -30,7 +30,7 @@ from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig, planned_steps
 from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
 from .metrics import METRICS_NAME, MetricsWriter, close_after_failure
-from .optim import check_schedule
+from .optim import check_schedule, warmup_note
 from .policy import Policy
 from .rundir import config_record, open_run_dir, set_aside_later, settings_digest, write_record
 from .step import LossSettings
@@ -287,6 +287,9 @@ def setup(run: Run) -> Run:
         log(f"step-0 check skipped: {why}", accelerator)
     metrics = open_records(cfg, run.record, position, accelerator)
     log(f"{run.cache.num_rows} rows, {run.steps_per_epoch} steps per epoch of {run.shape.rows_per_step} rows, {run.total_steps} steps", accelerator)
+    said = warmup_note(cfg, run.total_steps)
+    if said:
+        log(said, accelerator)
     return replace(run, policy=policy, position=position, is_reference=is_reference, metrics=metrics)
 
 

@@ -23,8 +23,9 @@ def refusal(result: Result) -> str:
     """The one line of a refused run (exit status 2), without its 'kto-precompute: error: '."""
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    return lines[0].removeprefix("kto-precompute: error: ")
+    # Before it, only the notes a --config file's keys print (`cutoff_len: 64 -> max_length 64, ...`).
+    assert all(line.startswith("kto-precompute: --config ") for line in lines[:-1]), result.output
+    return lines[-1].removeprefix("kto-precompute: error: ")
 
 
 def run_with_config(tmp_path: Path, model: Path, text: str) -> tuple[Result, Path, Path]:
@@ -96,9 +97,41 @@ def test_an_integer_flag_out_of_range_is_refused_before_anything_is_written(tmp_
 
 def test_a_config_key_out_of_range_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
     """The bound is the setting's, whichever way the value came (here LLaMA-Factory's name)."""
-    result, _, out = run_with_config(tmp_path, tiny_model_dir, "cutoff_len: 99999999999999999999\n")
-    assert refusal(result) == "--max-length 99999999999999999999: must be in [2, 2**31)"
+    result, config, out = run_with_config(tmp_path, tiny_model_dir, "cutoff_len: 99999999999999999999\n")
+    assert refusal(result) == f"--config {config}: cutoff_len 99999999999999999999 (kto-precompute's --max-length): must be in [2, 2**31)"
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        # The checks name the flag (`--max-length 0`); a value from the file is named by its key.
+        ("cutoff_len: 0\n", "cutoff_len 0 (kto-precompute's --max-length): must be in [2, 2**31)"),
+        ("val_size: -0.1\n", "val_size -0.1 (kto-precompute's --eval-fraction): must be in [0, 1)"),
+        ("chunk_size: 0\n", "chunk_size 0: must be in [1, 2**31)"),
+        (
+            "cutoff_len: 64\nmax_prompt_length: 64\n",
+            "max_prompt_length 64: must be positive and smaller than --max-length 64; --max-length comes from the file's cutoff_len: 64",
+        ),
+    ],
+)
+def test_a_config_value_out_of_range_names_the_file_and_its_key(tmp_path, tiny_model_dir, text, expect):
+    result, config, out = run_with_config(tmp_path, tiny_model_dir, text)
+    assert refusal(result) == f"--config {config}: {expect}"
+    assert not out.exists()
+
+
+def test_a_flag_over_the_file_is_named_as_the_flag(tmp_path, tiny_model_dir):
+    """The command line wins over the file: its value's error names the flag, never the file's key."""
+    data = write_rows(tmp_path / "rows.jsonl", text_rows())
+    config = tmp_path / "p.yaml"
+    config.write_text("cutoff_len: 0\nval_size: 0.1\n")
+    args = [*precompute_args(data, tiny_model_dir, tmp_path / "out"), "--config", str(config)]
+    assert refusal(CliRunner().invoke(main, [*args, "--max-length", "1"])) == "--max-length 1: must be in [2, 2**31)"
+    config.write_text("cutoff_len: 64\n")
+    assert (
+        refusal(CliRunner().invoke(main, [*args, "--max-prompt-length", "64"])) == "--max-prompt-length 64: must be positive and smaller than --max-length 64"
+    )
 
 
 @pytest.mark.parametrize(
