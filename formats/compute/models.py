@@ -57,7 +57,9 @@ class ModelSource:
         if not self.gguf_file or self.hub_id:
             return self.name
         given = Path(self.given) if self.given else self.directory / self.gguf_file
-        return str(given.parent) if given.suffix == ".gguf" else str(given)
+        folder = given.parent if given.suffix == ".gguf" else given
+        # A bare file name's folder is ".": the loader's working directory, wherever it runs.
+        return str(self.directory) if str(folder) in ("", ".") else str(folder)
 
     @property
     def load_kwargs(self) -> dict:
@@ -82,6 +84,10 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         if not (path / "config.json").is_file() and len(ggufs) == 1:
             return ModelSource(path.resolve(), gguf_file=ggufs[0], given=spec)
+        if not (path / "config.json").is_file():
+            raise InputError(
+                f"{flag} {spec}: {len(ggufs)} .gguf files ({', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''}) and no config.json: give the one to load, {flag} {spec.rstrip('/')}/{ggufs[0]}"
+            )
         _refuse_model_with_adapter(path, spec, flag)
         return ModelSource(path.resolve(), given=spec)
     if path.exists():
@@ -102,12 +108,17 @@ def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:
     """A kto-train run directory (its record, kto_run.json or a legacy config.json, or its
     metrics.jsonl) holds no model of its own: its trained model is in final/ (adapters under
     LoRA; final-merged/ then holds them merged into the base, an ordinary model)."""
-    if record_path(path) is None and not (path / "metrics.jsonl").is_file():  # train/metrics.py METRICS_NAME
-        return
+    is_model = (path / "config.json").is_file() and record_path(path) is None or any(path.glob("*.gguf"))
+    if is_model or (record_path(path) is None and not (path / "metrics.jsonl").is_file()):  # train/metrics.py METRICS_NAME
+        return  # another trainer's output may hold a metrics.jsonl beside its model
     run = spec.rstrip("/\\") or spec
     said = f"{flag} {spec}: a kto-train run directory, not a model; its trained model is {run}/final"
     if (path / "final-merged").is_dir():
         raise InputError(f"{said} (LoRA adapters), merged into the base in {run}/final-merged: give {run}/final-merged")
+    if (path / "final" / "adapter_config.json").is_file():
+        raise InputError(
+            f"{said}, LoRA adapters: merge them into the base (rerun its kto-train command with --resume --merge-adapters; a run that saved checkpoints trains no step again), then give {run}/final-merged"
+        )
     if (path / "final").is_dir():
         raise InputError(f"{said}: give that")
     raise InputError(f"{said}, written when the run finishes: give it then, or one of the run's checkpoint-STEP folders")

@@ -70,3 +70,36 @@ def test_kto_train_says_it_in_one_line(tiny_cache, tmp_path):
     assert train_error_line(result.output) == (
         f"kto-train: error: --model {run}: a kto-train run directory, not a model; its trained model is {run}/final: give that"
     )
+
+
+def test_a_model_folder_holding_another_trainers_metrics_jsonl_is_a_model(tmp_path, tiny_model_dir):
+    """Only kto-train's record marks a run: a model with a metrics.jsonl beside it is loaded."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "metrics.jsonl").write_text('{"loss": 1}\n')
+    assert resolve_source(str(model)).directory == model.resolve()
+
+
+def test_a_lora_run_without_merged_adapters_says_how_to_merge(tmp_path):
+    run = run_dir(tmp_path, "final")
+    (run / "final" / "adapter_config.json").write_text("{}")
+    with pytest.raises(InputError, match="LoRA adapters: merge them into the base .*--resume --merge-adapters.*then give .*/final-merged$"):
+        resolve_source(str(run))
+
+
+def test_a_bare_gguf_file_name_names_its_absolute_folder_as_the_peft_base(tmp_path, monkeypatch):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    for spec in ("m.gguf", "./m.gguf"):
+        assert resolve_source(spec).peft_base == str(tmp_path.resolve())
+    assert resolve_source(str(tmp_path / "m.gguf")).peft_base == str(tmp_path)
+
+
+def test_a_folder_of_several_gguf_files_asks_for_one(tmp_path):
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    with pytest.raises(InputError) as caught:
+        resolve_source(str(tmp_path))
+    assert str(caught.value) == f"--model {tmp_path}: 2 .gguf files (a.gguf, b.gguf) and no config.json: give the one to load, --model {tmp_path}/a.gguf"
