@@ -232,6 +232,8 @@ def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: di
     if "model" in keys and isinstance(old.get("model"), dict) and same_model(old["model"], new["model"]):
         # The same weights, identified by an earlier kto (before small tensors were hashed).
         keys[keys.index("model")] = "the model identity's format: an earlier kto made it, the weights may be the same"
+    if "reading" in keys and "reading" not in old:  # a cache made before the rule was recorded
+        keys[keys.index("reading")] = "reading: an earlier kto made it, before its rows were read the current way (README, Input data)"
     keys += sorted(k for k in layout if (old_layout or {}).get(k) != layout[k])
     return f"holds {what} of a different configuration (differs in {', '.join(keys) or 'its fingerprint'})"
 

@@ -53,6 +53,9 @@ FINAL_KIND = "kto-train final"  # the same record in final/ and final-merged/: w
 SAVED_NAMES = re.compile(
     r"^(config|generation_config|adapter_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|chat_template)\.json$"
     r"|^(README\.md|chat_template\.jinja|merges\.txt|vocab\.txt|tokenizer\.model|spiece\.model|.+\.safetensors|.+\.safetensors\.index\.json)$"
+    # Tokenizers' other vocabulary files, and the code save_pretrained copies for --trust-remote-code.
+    r"|^(tokenizer\.model\.v\d+|sentencepiece\.bpe\.model|spm\.model|.+\.tiktoken|vocab\.(model|txt|json))$"
+    r"|^(modeling|configuration|tokenization|processing|image_processing)_[A-Za-z0-9_]+\.py$"
 )
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt")

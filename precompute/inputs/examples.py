@@ -560,7 +560,7 @@ def with_system(prompt: Any, record: dict, smap: ShareGPTMap, source: str) -> An
         # LLaMA-Factory's converter takes the conversation's own system turn and never reads the
         # column then. A column saying the same is that turn; one saying something else is a
         # conflict the converter would hide (either could be the one meant), so it is refused.
-        if prompt[0]["content"].strip() == system.strip():
+        if prompt[0]["content"].strip() == system.strip() or not system.strip():  # equal, or blank
             return prompt
         turn = shown(prompt[0]["content"], 40)
         raise InputError(f"{where}: {shown(system, 40)} differs from the conversation's own system message {turn}; keep one (or make them equal)")

@@ -91,7 +91,7 @@ def test_a_system_column_beside_a_system_turn_is_that_turn_when_empty_or_equal(t
     """LLaMA-Factory's converter takes the system turn and ignores the column: equal or empty
     columns read as the turn alone (both were refused before)."""
     turns = [{"from": "system", "value": "Be brief."}, *sharegpt_turns()]
-    rows = [{"conversations": turns, "kto_tag": True, "system": system} for system in ("Be brief.", "", " Be brief.\n")]
+    rows = [{"conversations": turns, "kto_tag": True, "system": system} for system in ("Be brief.", "", " Be brief.\n", "  \n")]
     for example in read_examples([write_rows(tmp_path / "s.jsonl", rows)]):
         assert [m["role"] for m in example.prompt] == ["system", "user", "assistant", "tool"] and example.prompt[0]["content"] == "Be brief."
 
@@ -170,7 +170,10 @@ def test_a_cache_made_by_the_earlier_reading_is_not_reused(tmp_path, tiny_model_
     shutil.copytree(tmp_path / "cache", tmp_path / "old")
     (tmp_path / "old" / "manifest.json").write_text(json.dumps({**manifest, "content": old, "fingerprint": CacheContent.from_json(old).fingerprint}))
     again = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, tmp_path / "old", "--chat-template", str(_tool_template(tmp_path))))
-    assert again.exit_code == 2 and "holds the cache of a different configuration (differs in reading)" in again.output.strip().splitlines()[-1]
+    assert again.exit_code == 2 and (
+        "holds the cache of a different configuration (differs in reading: an earlier kto made it, before its rows were read the current way (README, Input data))"
+        in again.output.strip().splitlines()[-1]
+    )
 
 
 def _tool_template(tmp_path):

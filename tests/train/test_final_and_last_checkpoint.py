@@ -116,6 +116,12 @@ def test_saved_dir_never_deletes_a_file_it_did_not_save(tmp_path):
     shutil.rmtree(final / "sub")
     (final / "checksums.json").unlink()  # as saved before final/ had a record
     (final / "model.safetensors").write_bytes(b"w")
+    # What save_pretrained also writes: other vocabularies, a --trust-remote-code model's code.
+    for name in ("tokenizer.model.v3", "sentencepiece.bpe.model", "qwen.tiktoken", "modeling_custom.py", "tokenization_custom.py"):
+        (final / name).write_text("x\n")
     assert foreign_file(final) is None
+    (final / "eval.py").write_text("x\n")
+    assert foreign_file(final) == "eval.py: not a file kto-train saves"
+    (final / "eval.py").unlink()
     (final / "my_eval.json").write_text("x\n")
     assert foreign_file(final) == "my_eval.json: not a file kto-train saves"
