@@ -144,8 +144,8 @@ def _val_size_note(value: Any) -> str | None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
         return None  # 0 holds out nothing; the rest is refused by its key
     return (
-        f"val_size: {value} -> eval_fraction {value}: kto-precompute holds out round({value} × rows), as many of each label "
-        f"as their share; LLaMA-Factory's train_test_split holds out ⌈{value} × rows⌉ of any label (at 0.1, 25 rows: 2 here, 3 there)"
+        f"val_size: {value} -> eval_fraction {value}: kto-precompute holds out about round({value} × rows), as many of each label "
+        f"as their share, rows sharing a prompt on one side; LLaMA-Factory's train_test_split holds out ⌈{value} × rows⌉ of any label (at 0.1, 25 rows: 2 here, 3 there)"
     )
 
 
@@ -153,9 +153,9 @@ def template_note(value: Any, chat_template: Any) -> str:
     """`template: NAME` is LLaMA-Factory's own template by name, which kto-precompute does not
     have: the rows render with another template, the tokenizer's or the file's chat_template."""
     renders = (
-        f"chat_template {chat_template}, the file's" if chat_template else "the model's tokenizer's own chat template (chat_template: FILE.jinja replaces it)"
+        f"this file's chat_template {chat_template}" if chat_template else "the model's tokenizer's own chat template (chat_template: FILE.jinja replaces it)"
     )
-    return f"template: ignored ({value} is LLaMA-Factory's template by name, not rendered here: rows render with {renders})"
+    return f"template: ignored ({value} is LLaMA-Factory's template by name, not rendered here: rows render with --chat-template if given, else {renders})"
 
 
 TRL, LF, BOTH = "TRL", "LLaMA-Factory", "TRL/LLaMA-Factory"

@@ -158,6 +158,16 @@ def _other(command: str) -> str:
     return TRAIN if command == PRECOMPUTE else PRECOMPUTE
 
 
+def _template(value: Any, command: str, out: Resolved, sorting: Any, chat_template: Any) -> None:
+    """LLaMA-Factory's `template: NAME`: kto-precompute says which template renders instead;
+    kto-train renders nothing, so to it the key is one it leaves to kto-precompute."""
+    if command == PRECOMPUTE:
+        out.notes.append(template_note(value, chat_template))
+    else:
+        sorting.others.append("template")
+        out.other_values["template"] = value
+
+
 def _names_of(command: str) -> set[str]:
     return (
         set(OWN_KEYS[command])
@@ -233,7 +243,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         elif key in COMPANIONS[command]:
             continue
         elif key == "template":
-            out.notes.append(template_note(value, raw.get("chat_template")))
+            _template(value, command, out, sorting, raw.get("chat_template"))
         elif key in IGNORED:
             out.notes.append(f"{key}: ignored ({IGNORED[key]})")
         elif key in DUMPED[command]:

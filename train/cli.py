@@ -199,10 +199,15 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
 def lora_rank_for_lora(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
     """A file that asks for LoRA (`finetuning_type: lora`, LLaMA-Factory's default, or `use_peft:
     true`) with a rank below 1: here lora_r 0 trains every weight, silently not what the file
-    says, and peft refuses r 0 there. A --lora-r on the command line is the user's choice (0:
-    every weight trained)."""
-    if not resolved.lora_asked_by or values["lora_r"] >= 1 or ctx.get_parameter_source("lora_r") == ParameterSource.COMMANDLINE:
+    says, and peft refuses r 0 there; `--lora-r 0` on the command line too (the file asks for
+    LoRA, and the note printed says LoRA is on)."""
+    if not resolved.lora_asked_by or values["lora_r"] >= 1:
         return
+    if ctx.get_parameter_source("lora_r") == ParameterSource.COMMANDLINE:  # the flag wins, but not silently into full training
+        raise InputError(
+            f"--lora-r {values['lora_r']} over --config {path}'s {resolved.lora_asked_by}: that would train every weight, not LoRA; "
+            "give --lora-r R of at least 1, or write finetuning_type: full (TRL: use_peft: false) in the file to train every weight"
+        )
     key = resolved.key_of("lora_r") or "lora_r"
     raise InputError(
         f"--config {path}: {key} {resolved.written.get(key, values['lora_r'])} (kto-train's --lora-r): {resolved.lora_asked_by} needs a LoRA rank "

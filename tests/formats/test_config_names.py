@@ -101,10 +101,11 @@ def test_llama_factory_names_become_ours_and_its_own_keys_say_what_they_did():
         **LF_DEFAULTS,
     }
     notes = resolved.notes
-    for key in ("stage", "do_train", "finetuning_type", "template", "plot_loss", "bf16"):
+    for key in ("stage", "do_train", "finetuning_type", "plot_loss", "bf16"):
         assert sum(note.startswith(f"{key}:") for note in notes) == 1, (key, notes)
-    # The other command's key is named with the command that takes it, in one line.
-    assert "kto-precompute's key, ignored by kto-train: cutoff_len" in notes
+    # The other command's keys are named with the command that takes them, in one line
+    # (`template` too: only kto-precompute renders rows).
+    assert "kto-precompute's keys, ignored by kto-train: template, cutoff_len" in notes
     fp32 = {"mixed_precision": "no"}  # neither bf16 nor fp16 given: LLaMA-Factory trains in fp32
     assert resolve({"finetuning_type": "lora", "lora_rank": 4, "max_steps": 5}, TRAIN).values == {
         "lora_r": 4,

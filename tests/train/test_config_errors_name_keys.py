@@ -90,16 +90,22 @@ def test_a_lora_rank_of_0_where_the_file_asks_for_lora_is_refused_by_its_key(tmp
     )
 
 
-def test_the_command_line_rank_wins_over_the_file(tmp_path, monkeypatch):
-    """--lora-r 0 over `finetuning_type: lora` trains every weight (2 × 0 was refused as
-    --lora-alpha 0.0); --lora-r 4 over `lora_rank: 0` trains LoRA with alpha 2 × 4."""
+def test_the_command_line_rank_wins_over_the_file_but_not_into_full_training(tmp_path, monkeypatch):
+    """--lora-r 4 over `lora_rank: 0` trains LoRA with alpha 2 × 4; --lora-r 0 over
+    `finetuning_type: lora` would train every weight while the file (and its note) say LoRA:
+    refused, saying how to train every weight."""
     seen = []
     monkeypatch.setattr(kto.train.api, "run", seen.append)
     monkeypatch.setattr(kto.train.cli, "check_paths", lambda cfg: None)
     path = tmp_path / "f.yaml"
     path.write_text("finetuning_type: lora\nlora_rank: 0\n")
     base = ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o")]
-    for flags in (["--lora-r", "0"], ["--lora-r", "4"]):
-        result = CliRunner().invoke(main, [*base, *flags])
-        assert result.exit_code == 0, result.output
-    assert [(cfg.lora_r, cfg.lora_alpha) for cfg in seen] == [(0, 16.0), (4, 8.0)]
+    result = CliRunner().invoke(main, [*base, "--lora-r", "4"])
+    assert result.exit_code == 0, result.output
+    assert [(cfg.lora_r, cfg.lora_alpha) for cfg in seen] == [(4, 8.0)]
+    result = CliRunner().invoke(main, [*base, "--lora-r", "0"])
+    assert result.exit_code == 2 and seen == [seen[0]]
+    assert result.output.strip().splitlines()[-1] == (
+        f"kto-train: error: --lora-r 0 over --config {path}'s finetuning_type: lora: that would train every weight, not LoRA; "
+        "give --lora-r R of at least 1, or write finetuning_type: full (TRL: use_peft: false) in the file to train every weight"
+    )

@@ -18,7 +18,7 @@ def cfg(ratio: float, steps: int = 0) -> SimpleNamespace:
 def test_the_note_gives_both_numbers():
     """0.1 × 6 = 0.6: ⌊0.6⌋ = 0 warmup steps here, ⌈0.6⌉ = 1 in transformers."""
     assert warmup_note(cfg(0.1), 6) == (
-        "warmup: 0 steps (⌊warmup_ratio 0.1 × 6 steps⌋); transformers, hence TRL and LLaMA-Factory, rounds up to 1: give warmup_steps 1 to warm up as they do"
+        "warmup: 0 steps (⌊warmup_ratio 0.1 × 6 steps⌋); transformers, hence TRL and LLaMA-Factory, rounds up to 1: give --warmup-steps 1 (warmup_steps in a --config file) to warm up as they do"
     )
     # 0.25 × 10 = 2.5: 2 here, 3 there.
     assert warmup_note(cfg(0.25), 10).startswith("warmup: 2 steps (⌊warmup_ratio 0.25 × 10 steps⌋); transformers, hence TRL and LLaMA-Factory, rounds up to 3:")
@@ -42,5 +42,5 @@ def test_kto_train_prints_it_at_start_up(tiny_cache, tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     said = [line for line in result.output.splitlines() if line.startswith("warmup:")]
     assert said == [
-        "warmup: 0 steps (⌊warmup_ratio 0.1 × 2 steps⌋); transformers, hence TRL and LLaMA-Factory, rounds up to 1: give warmup_steps 1 to warm up as they do"
+        "warmup: 0 steps (⌊warmup_ratio 0.1 × 2 steps⌋); transformers, hence TRL and LLaMA-Factory, rounds up to 1: give --warmup-steps 1 (warmup_steps in a --config file) to warm up as they do"
     ]
