@@ -52,9 +52,9 @@ FINAL_KIND = "kto-train final"  # the same record in final/ and final-merged/: w
 # checksums.json. Anything else there is a user's, which a rewrite of the folder would delete.
 SAVED_NAMES = re.compile(
     r"^(config|generation_config|adapter_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|chat_template)\.json$"
-    r"|^(README\.md|chat_template\.jinja|merges\.txt|vocab\.txt|tokenizer\.model|spiece\.model|.+\.safetensors|.+\.safetensors\.index\.json)$"
+    r"|^(README\.md|chat_template\.jinja|merges\.txt|vocab\.txt|tokenizer\.model|spiece\.model|[^/]+\.safetensors|[^/]+\.safetensors\.index\.json)$"
     # Tokenizers' other vocabulary files, and the code save_pretrained copies for --trust-remote-code.
-    r"|^(tokenizer\.model\.v\d+|sentencepiece\.bpe\.model|spm\.model|.+\.tiktoken|vocab\.(model|txt|json))$"
+    r"|^(tokenizer\.model\.v\d+|sentencepiece\.bpe\.model|spm\.model|[^/]+\.tiktoken|vocab\.(model|txt|json))$"
     r"|^(modeling|configuration|tokenization|processing|image_processing)_[A-Za-z0-9_]+\.py$"
 )
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -116,9 +116,12 @@ def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:
     if (path / "final-merged").is_dir():
         raise InputError(f"{said} (LoRA adapters), merged into the base in {run}/final-merged: give {run}/final-merged")
     if (path / "final" / "adapter_config.json").is_file():
-        raise InputError(
-            f"{said}, LoRA adapters: merge them into the base (rerun its kto-train command with --resume --merge-adapters; a run that saved checkpoints trains no step again), then give {run}/final-merged"
+        how = (
+            "rerun its kto-train command with --resume --merge-adapters (it trains no step again)"
+            if any(path.glob("checkpoint-*"))
+            else f"peft.AutoPeftModelForCausalLM.from_pretrained('{run}/final').merge_and_unload().save_pretrained(DIR)"
         )
+        raise InputError(f"{said}, LoRA adapters: merge them into the base ({how}), then give the merged model")
     if (path / "final").is_dir():
         raise InputError(f"{said}: give that")
     raise InputError(f"{said}, written when the run finishes: give it then, or one of the run's checkpoint-STEP folders")

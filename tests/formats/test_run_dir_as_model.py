@@ -83,9 +83,14 @@ def test_a_model_folder_holding_another_trainers_metrics_jsonl_is_a_model(tmp_pa
 
 
 def test_a_lora_run_without_merged_adapters_says_how_to_merge(tmp_path):
+    """With checkpoints a resume merges (and trains nothing again: the last step is saved);
+    without, --resume is refused, so peft's own merge is the way."""
     run = run_dir(tmp_path, "final")
     (run / "final" / "adapter_config.json").write_text("{}")
-    with pytest.raises(InputError, match="LoRA adapters: merge them into the base .*--resume --merge-adapters.*then give .*/final-merged$"):
+    with pytest.raises(InputError, match=r"LoRA adapters: merge them into the base \(peft\.AutoPeftModelForCausalLM.*merge_and_unload"):
+        resolve_source(str(run))
+    (run / "checkpoint-2").mkdir()
+    with pytest.raises(InputError, match=r"LoRA adapters: merge them into the base \(rerun its kto-train command with --resume --merge-adapters"):
         resolve_source(str(run))
 
 

@@ -123,5 +123,9 @@ def test_saved_dir_never_deletes_a_file_it_did_not_save(tmp_path):
     (final / "eval.py").write_text("x\n")
     assert foreign_file(final) == "eval.py: not a file kto-train saves"
     (final / "eval.py").unlink()
+    (final / "backup").mkdir()  # saved names count at the top only
+    (final / "backup" / "old.safetensors").write_text("x\n")
+    assert foreign_file(final) == "backup/old.safetensors: not a file kto-train saves"
+    shutil.rmtree(final / "backup")
     (final / "my_eval.json").write_text("x\n")
     assert foreign_file(final) == "my_eval.json: not a file kto-train saves"
