@@ -286,12 +286,16 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
         raise InputError(f"--resume: {out} holds no run to resume; start it without --resume")
     differs = record_differences(saved, record)
     if differs:
+        # A cache rebuilt in place (kto-precompute --overwrite) has another fingerprint even where
+        # its rows are the same: said in words, the hashes alone do not tell a user that.
+        rebuilt = any(d.startswith(("cache_fingerprint ", "eval_cache_fingerprint ")) for d in differs)
         raise InputError(
             f"--resume: {out} was trained with other settings: "
             + ", ".join(differs)
             + "; only "
             + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE))
             + " may change on resume"
+            + ("; the cache is not the one the run began on (rebuilt or replaced since): a run resumes only on its own cache" if rebuilt else "")
         )
     changed = [
         f"--{k.replace('_', '-')} {saved['config'].get(k)} -> {v}" for k, v in record["config"].items() if k in RESUMABLE and saved["config"].get(k) != v

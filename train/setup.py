@@ -32,7 +32,7 @@ from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
 from .metrics import METRICS_NAME, MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
-from .rundir import config_record, open_run_dir, set_aside_later, settings_digest, write_record
+from .rundir import config_record, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
@@ -156,6 +156,9 @@ def check_inputs(cfg: TrainConfig) -> Run:
     accelerator = make_accelerator(cfg)
     adapters.check_environment(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # peft, bitsandbytes: before the cache and the model
     torch.manual_seed(cfg.seed)
+    # Before anything writes to the cache (the tokenizer check's memo): an --out refused here
+    # (inside a cache, or holding what is not ours) leaves the cache as it was too.
+    on_main(lambda: refuse_foreign(cfg.out), accelerator)
     cache = open_cache(cfg.cache)
     lengths = cache.lengths()
     cache.vocab_size()  # tokenizer/tokenizer.json readable (the shards' values are checked against it)

@@ -96,6 +96,21 @@ def test_resume_with_other_hyperparameters_is_refused_naming_each(run3, tiny_cac
     assert longer.exit_code == 2 and "total_steps (3 there, 4 now)" in train_error_line(longer.output)
 
 
+def test_resume_on_a_rebuilt_cache_says_so_in_words(run3, tiny_cache, tiny_model_dir, tmp_path):
+    """A cache rebuilt in place (kto-precompute --overwrite) differs by its fingerprint alone:
+    the line says the cache is not the one the run began on, not only two hashes."""
+    out, cache = tmp_path / "r", tmp_path / "cache"
+    shutil.copytree(run3, out)
+    shutil.copytree(tiny_cache, cache)
+    record = json.loads((out / "kto_run.json").read_text())
+    record["derived"]["cache_fingerprint"] = "0" * 64  # as the run began on the cache before its rebuild
+    (out / "kto_run.json").write_text(json.dumps(record))
+    result = train_cli(cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.2", "--resume")
+    line = train_error_line(result.output)
+    assert result.exit_code == 2 and line.startswith(f"kto-train: error: --resume: {out} was trained with other settings: cache_fingerprint (0000"), line
+    assert line.endswith("; the cache is not the one the run began on (rebuilt or replaced since): a run resumes only on its own cache"), line
+
+
 def test_resume_without_a_run_record_is_refused(run3, tiny_cache, tiny_model_dir, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(run3, out)
@@ -250,6 +265,7 @@ def test_out_that_holds_what_kto_train_did_not_write_is_refused_untouched(tiny_c
         model = tiny_model_dir
     else:
         out = shutil.copytree(tiny_cache, tmp_path / "cache")
+        (out / ".tokenizer-checked.json").unlink(missing_ok=True)  # as before any run on it: the check writes one
         model = tiny_model_dir
     first = sorted(p.name for p in out.iterdir())[0]  # the one named
     before = _listing(out)
@@ -265,6 +281,9 @@ def test_out_inside_a_cache_is_refused(tiny_cache, tiny_model_dir, tmp_path, sub
     saved weights into the cache, which kto-precompute then refused as another's data."""
     cache = shutil.copytree(tiny_cache, tmp_path / "cache")
     (cache / ".journal").mkdir(exist_ok=True)
+    # As before any run on it (in the whole suite an earlier test may have left the tokenizer
+    # check's memo; alone, the refused run wrote it, found once in 7 runs of CI's order).
+    (cache / ".tokenizer-checked.json").unlink(missing_ok=True)
     before = _listing(cache)
     result = run_train(cache, tiny_model_dir, cache / sub, *ARGS, "--max-steps", "1")
     line = train_error_line(result.output)
