@@ -261,7 +261,12 @@ def load_adapters(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> to
 
     check_adapter_settings(cfg, lm, checkpoint)
     with peft_quietly():
-        return PeftModel.from_pretrained(prepare_base(cfg, lm), checkpoint, is_trainable=True)
+        model = PeftModel.from_pretrained(prepare_base(cfg, lm), checkpoint, is_trainable=True)
+    # The base as this kto names it (formats/compute/models.py peft_base: a GGUF file's folder),
+    # not as the checkpoint's adapter_config.json recorded it (an earlier kto named the file).
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = lm.name_or_path or config.base_model_name_or_path
+    return model
 
 
 def check_adapter_settings(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> None:

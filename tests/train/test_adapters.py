@@ -1,6 +1,7 @@
 """LoRA adapters (peft): no drift at step 0 beyond fp32 rounding, adapters-only optimizer and checkpoints, exact
 resume, final/ as a PEFT dir and a merged HF dir, gradient checkpointing, the one-line refusals."""
 
+import hashlib
 import json
 import sys
 
@@ -91,6 +92,25 @@ def test_resume_with_adapters_is_exact(lora_run, tiny_cache, tiny_model_dir, tmp
             assert x[key] == y[key], (x["step"], key)
     a, b = load_file(out / "final" / "adapter_model.safetensors"), load_file(crashed / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_run_names_the_base_as_this_kto_does(lora_run, tiny_cache, tiny_model_dir, tmp_path):
+    """A checkpoint from an earlier kto may name its base otherwise (a GGUF run named the .gguf
+    file, which peft cannot load): final/ and later checkpoints name the base as --model is now."""
+    out, _ = lora_run
+    crashed = crashed_copy(out, tmp_path / "crashed", 2, metrics_lines=2)
+    config_path = crashed / "checkpoint-2" / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**saved, "base_model_name_or_path": "elsewhere/model.gguf"}))
+    # (the checkpoint's checksums.json records the file: rewrite that entry as a kto that wrote it would have)
+    checksums = json.loads((crashed / "checkpoint-2" / "checksums.json").read_text())
+    checksums["files"]["adapter_config.json"] = hashlib.sha256(config_path.read_bytes()).hexdigest()
+    (crashed / "checkpoint-2" / "checksums.json").write_text(json.dumps(checksums))
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    for folder in ("final", "checkpoint-4"):
+        named = json.loads((crashed / folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        assert named == json.loads((out / "final" / "adapter_config.json").read_text())["base_model_name_or_path"] != "elsewhere/model.gguf"
 
 
 def test_resuming_adapters_needs_the_same_lora_flags(lora_run, tiny_cache, tiny_model_dir, tmp_path):
