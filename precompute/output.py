@@ -233,7 +233,10 @@ def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: di
         # The same weights, identified by an earlier kto (before small tensors were hashed).
         keys[keys.index("model")] = "the model identity's format: an earlier kto made it, the weights may be the same"
     if "reading" in keys and "reading" not in old:  # a cache made before the rule was recorded
-        keys[keys.index("reading")] = "reading: an earlier kto made it, before its rows were read the current way (README, Input data)"
+        keys[keys.index("reading")] = (
+            "reading: an earlier kto made it, before its rows were read the current way (README, Input data); kto-train still reads it,"
+            " and a run begun on it resumes only on it, so rebuild into another --out to keep such runs resumable"
+        )
     keys += sorted(k for k in layout if (old_layout or {}).get(k) != layout[k])
     return f"holds {what} of a different configuration (differs in {', '.join(keys) or 'its fingerprint'})"
 

@@ -76,7 +76,8 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     """A local directory, a local `.gguf` file, or a hub id (downloaded to the HF cache)."""
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(path.resolve().parent, gguf_file=path.name, given=spec)
+        real = path.resolve()  # a link's target: its folder holds the file by the target's name
+        return ModelSource(real.parent, gguf_file=real.name, given=spec)
     if path.is_dir():
         _refuse_run_dir(path, spec, flag)
         if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
@@ -115,10 +116,11 @@ def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:
     said = f"{flag} {spec}: a kto-train run directory, not a model; its trained model is {run}/final"
     if (path / "final-merged").is_dir():
         raise InputError(f"{said} (LoRA adapters), merged into the base in {run}/final-merged: give {run}/final-merged")
-    if (path / "final" / "adapter_config.json").is_file():
+    saved = any(path.glob("checkpoint-*"))
+    if (path / "final" / "adapter_config.json").is_file() or (saved and any(path.glob("checkpoint-*/adapter_config.json"))):
         how = (
-            "rerun its kto-train command with --resume --merge-adapters (it trains no step again)"
-            if any(path.glob("checkpoint-*"))
+            "rerun its kto-train command with --resume --merge-adapters: it trains only the steps after its last checkpoint"
+            if saved
             else f"peft.AutoPeftModelForCausalLM.from_pretrained('{run}/final').merge_and_unload().save_pretrained(DIR)"
         )
         raise InputError(f"{said}, LoRA adapters: merge them into the base ({how}), then give the merged model")

@@ -108,3 +108,21 @@ def test_a_folder_of_several_gguf_files_asks_for_one(tmp_path):
     with pytest.raises(InputError) as caught:
         resolve_source(str(tmp_path))
     assert str(caught.value) == f"--model {tmp_path}: 2 .gguf files (a.gguf, b.gguf) and no config.json: give the one to load, --model {tmp_path}/a.gguf"
+
+
+def test_an_unfinished_lora_run_says_how_to_merge_its_checkpoints(tmp_path):
+    run = run_dir(tmp_path, "checkpoint-2")
+    (run / "checkpoint-2" / "adapter_config.json").write_text("{}")
+    with pytest.raises(
+        InputError, match=r"LoRA adapters: merge them into the base \(rerun its kto-train command with --resume --merge-adapters: it trains only"
+    ):
+        resolve_source(str(run))
+
+
+def test_a_linked_gguf_file_is_loaded_by_its_targets_name(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "model-q4.gguf").write_bytes(b"GGUF")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "smol.gguf").symlink_to(tmp_path / "real" / "model-q4.gguf")
+    source = resolve_source(str(tmp_path / "links" / "smol.gguf"))
+    assert (source.directory, source.gguf_file) == ((tmp_path / "real").resolve(), "model-q4.gguf")

@@ -171,7 +171,8 @@ def test_a_cache_made_by_the_earlier_reading_is_not_reused(tmp_path, tiny_model_
     (tmp_path / "old" / "manifest.json").write_text(json.dumps({**manifest, "content": old, "fingerprint": CacheContent.from_json(old).fingerprint}))
     again = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, tmp_path / "old", "--chat-template", str(_tool_template(tmp_path))))
     assert again.exit_code == 2 and (
-        "holds the cache of a different configuration (differs in reading: an earlier kto made it, before its rows were read the current way (README, Input data))"
+        "holds the cache of a different configuration (differs in reading: an earlier kto made it, before its rows were read the current way (README, Input data); "
+        "kto-train still reads it, and a run begun on it resumes only on it, so rebuild into another --out to keep such runs resumable)"
         in again.output.strip().splitlines()[-1]
     )
 
