@@ -92,3 +92,21 @@ def test_a_closed_pipe_exits_141_quietly(tiny_cache, args):
     result = run_closed(*(a.replace("{cache}", str(tiny_cache)) for a in args))
     assert result.returncode == 141, result.stderr
     assert result.stderr == ""
+
+
+def test_a_pipe_closed_in_the_middle_of_a_long_output_exits_141(tiny_cache):
+    """A reader that leaves after the first bytes of more than a pipe's 64 KiB (`rows --json |
+    head -c 10`): through sys.stdout the write stopped at 64 KiB, the rest was lost and the
+    command exited 0; the loss is said as a closed pipe, exit 141."""
+    code = (
+        "import kto.inspection.cli as cli, kto.inspection.summary as summary\n"
+        "summary.summarize = lambda cache: {'rows': 'x' * 200_000}\n"  # a summary longer than the pipe holds
+        f"cli.main(['summary', {str(tiny_cache)!r}, '--json'])\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.read(10) == b'{\n  "rows"'  # the writer is in its write now, the pipe full behind it
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, stderr
+    assert stderr == ""
