@@ -157,10 +157,17 @@ def clean_stale(out: Path) -> list[str]:
     """Remove what a killed kto-train left in `out`: temp checkpoints and half-deleted ones. An
     `.old` copy whose original is missing (killed between atomic_dir's two renames) is put back
     instead: it is the last complete version. Safe because we hold the lock: nobody else writes.
-    Only in a directory that our record proves a run of ours: elsewhere nothing is ours."""
+    Only in a directory that our record proves a run of ours: elsewhere nothing is ours but a
+    record's own temp file (a run killed while writing its first record left only that)."""
     if record_path(out) is None:
-        return []
+        return [str(t) for t in remove_stale_temps(out, owns=_first_record_temp)]
     return [str(t) for t in remove_stale_temps(out, owns=written_here, restore_old=True)]
+
+
+def _first_record_temp(name: str, kind: str) -> bool:
+    """write_json_atomic's temp of the run record: all a run killed while writing its first
+    record leaves besides the lock file (which was refused as not ours for good)."""
+    return kind == "tmp" and name == RUN_RECORD_NAME
 
 
 def written_here(name: str, kind: str) -> bool:
@@ -222,7 +229,8 @@ def foreign_entry(out: Path) -> Path | None:
         return None
     proven = record_path(out) is not None
     for p in sorted(out.iterdir()):
-        if not (is_ours(p) if proven else p.name == LOCK_NAME and is_ours(p)):
+        first_record = (temp := parse_temp_name(p.name)) is not None and _first_record_temp(*temp) and p.is_file() and not p.is_symlink()
+        if not (is_ours(p) if proven else (p.name == LOCK_NAME and is_ours(p)) or first_record):
             return p
     return None
 

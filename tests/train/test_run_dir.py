@@ -363,6 +363,26 @@ def test_resume_with_nothing_to_resume_from_is_refused(run3, tiny_cache, tiny_mo
     assert not (tmp_path / "new").exists()
 
 
+def test_a_run_killed_while_writing_its_first_record_starts_when_run_again(tiny_cache, tiny_model_dir, tmp_path):
+    """Killed inside write_json_atomic of its first kto_run.json: the lock file and the record's
+    temp file were all there was, and every later start was refused ("holds .kto_run.json.tmp-…,
+    which kto-train did not write") until the user deleted it by hand. A user's own file beside
+    them is still refused."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / ".lock").write_text("")
+    (out / ".kto_run.json.tmp-999999-1").write_text('{"half": ')
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    assert not (out / ".kto_run.json.tmp-999999-1").exists() and (out / "kto_run.json").is_file()
+    other = tmp_path / "o"
+    other.mkdir()
+    (other / ".kto_run.json.tmp-999999-1").write_text("{}")
+    (other / "notes.txt").write_text("mine\n")
+    refused = train_cli(tiny_cache, tiny_model_dir, other, "--max-steps", "1")
+    assert refused.exit_code == 2 and "holds notes.txt, which kto-train did not write" in train_error_line(refused.output)
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_over_when_run_again(run3, tiny_cache, tiny_model_dir, tmp_path):
     """Seen in a review: a run killed (or out of disk at final/) before any checkpoint could be
     neither resumed ("holds no checkpoint") nor run again ("holds an earlier run") without
