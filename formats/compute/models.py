@@ -76,8 +76,9 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     """A local directory, a local `.gguf` file, or a hub id (downloaded to the HF cache)."""
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        real = path.resolve()  # a link's target: its folder holds the file by the target's name
-        return ModelSource(real.parent, gguf_file=real.name, given=spec)
+        # The link's own folder and name, not its target's: opening it follows the link, and
+        # the adapter's base and the card's load line then name what the user named.
+        return ModelSource(path.absolute().parent, gguf_file=path.name, given=spec)
     if path.is_dir():
         _refuse_run_dir(path, spec, flag)
         if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
@@ -121,7 +122,8 @@ def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:
         how = (
             "rerun its kto-train command with --resume --merge-adapters: it trains only the steps after its last checkpoint"
             if saved
-            else f"peft.AutoPeftModelForCausalLM.from_pretrained('{run}/final').merge_and_unload().save_pretrained(DIR)"
+            else f"peft.AutoPeftModelForCausalLM.from_pretrained('{run}/final').merge_and_unload().save_pretrained(DIR), "
+            f"and AutoTokenizer.from_pretrained('{run}/final').save_pretrained(DIR)"
         )
         raise InputError(f"{said}, LoRA adapters: merge them into the base ({how}), then give the merged model")
     if (path / "final").is_dir():

@@ -119,10 +119,15 @@ def test_an_unfinished_lora_run_says_how_to_merge_its_checkpoints(tmp_path):
         resolve_source(str(run))
 
 
-def test_a_linked_gguf_file_is_loaded_by_its_targets_name(tmp_path):
-    (tmp_path / "real").mkdir()
-    (tmp_path / "real" / "model-q4.gguf").write_bytes(b"GGUF")
-    (tmp_path / "links").mkdir()
-    (tmp_path / "links" / "smol.gguf").symlink_to(tmp_path / "real" / "model-q4.gguf")
-    source = resolve_source(str(tmp_path / "links" / "smol.gguf"))
-    assert (source.directory, source.gguf_file) == ((tmp_path / "real").resolve(), "model-q4.gguf")
+def test_a_linked_gguf_file_is_loaded_by_the_links_own_folder_and_name(tmp_path, monkeypatch):
+    """As the HF cache lays files out (snapshots/…/smol.gguf -> ../../blobs/HASH): the folder
+    and the name the user gave, whose open follows the link. Before, the link's folder with the
+    target's name (no such file there), or the target's folder with the link's name."""
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "3f2a9c0d1e").write_bytes(b"GGUF")
+    (tmp_path / "snap").mkdir()
+    (tmp_path / "snap" / "smol.gguf").symlink_to("../blobs/3f2a9c0d1e")
+    monkeypatch.chdir(tmp_path)
+    source = resolve_source("snap/smol.gguf")
+    assert (source.directory, source.gguf_file, source.peft_base) == (tmp_path / "snap", "smol.gguf", "snap")
+    assert (source.directory / source.gguf_file).read_bytes() == b"GGUF"
