@@ -177,7 +177,10 @@ def foreign_file(folder: Path) -> str | None:
             continue
         elif (folder / name).is_symlink() or name not in recorded:
             return f"{name}: not recorded in its {CHECKSUMS_NAME}, so not saved by kto-train"
-        elif sha256_file(folder / name) != recorded[name]:
+        elif not name.endswith(".safetensors") and sha256_file(folder / name) != recorded[name]:
+            # Weights recorded by name are ours: hashing gigabytes at each --resume's start (and
+            # again at the save) to find an edit nobody makes in a safetensors file costs minutes;
+            # the small files a user does edit (the model card) are hashed.
             return f"{name}: changed since kto-train saved it"
     return None
 

@@ -223,8 +223,8 @@ def _has_our_card(folder: Path) -> bool:
 
 def foreign_entry(out: Path) -> Path | None:
     """The first entry of `out` that kto-train did not make (None: `out` is missing, empty, or a
-    run of ours). Without a record nothing is ours but a lock file (a start that failed before
-    writing its record leaves only that)."""
+    run of ours). Without a record nothing is ours but a lock file and the record's own temp
+    file (a start that failed or was killed before its record was written leaves only those)."""
     if not out.is_dir():
         return None
     proven = record_path(out) is not None

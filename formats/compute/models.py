@@ -110,7 +110,7 @@ def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:
     """A kto-train run directory (its record, kto_run.json or a legacy config.json, or its
     metrics.jsonl) holds no model of its own: its trained model is in final/ (adapters under
     LoRA; final-merged/ then holds them merged into the base, an ordinary model)."""
-    is_model = (path / "config.json").is_file() and record_path(path) is None or any(path.glob("*.gguf"))
+    is_model = ((path / "config.json").is_file() and record_path(path) is None) or any(path.glob("*.gguf"))
     if is_model or (record_path(path) is None and not (path / "metrics.jsonl").is_file()):  # train/metrics.py METRICS_NAME
         return  # another trainer's output may hold a metrics.jsonl beside its model
     run = spec.rstrip("/\\") or spec
