@@ -265,11 +265,27 @@ def _holds_tokenizer(folder: Path) -> bool:
 
 
 def _base_of(adapter_dir: Path, base_model: str | None) -> str:
-    """--base-model, else the base recorded by peft in adapter_config.json."""
+    """--base-model, else the base recorded by peft in adapter_config.json, made exact by the
+    run's record where that base is a GGUF file's folder (peft names the folder; the file is
+    passed as gguf_file=): the folder alone would load the first of several .gguf files, or a
+    safetensors model beside the file (llama.cpp's converter writes it there), and score on it."""
+    from kto.formats.runrecord import run_setting
+
     base = base_model or base_model_of(adapter_dir)
     if not base:
         raise InputError(f"--model {adapter_dir}: an adapter directory that names no base model; pass --base-model")
+    if base_model is None:
+        trained_on, _ = run_setting(adapter_dir, "model")
+        if isinstance(trained_on, str) and trained_on.endswith(".gguf") and _same_dir(Path(trained_on).expanduser().parent, Path(base).expanduser()):
+            return trained_on
     return base
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _base_of_run(checkpoint: str, base_model: str | None) -> str:

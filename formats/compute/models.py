@@ -56,7 +56,7 @@ class ModelSource:
         load a path to the file itself ("Repo id must be in the form ...")."""
         if not self.gguf_file or self.hub_id:
             return self.name
-        given = Path(self.given) if self.given else self.directory / self.gguf_file
+        given = Path(self.given).expanduser() if self.given else self.directory / self.gguf_file  # `~` means nothing to peft
         folder = given.parent if given.suffix == ".gguf" else given
         # A bare file name's folder is ".": the loader's working directory, wherever it runs.
         return str(self.directory) if str(folder) in ("", ".") else str(folder)

@@ -131,3 +131,12 @@ def test_a_linked_gguf_file_is_loaded_by_the_links_own_folder_and_name(tmp_path,
     source = resolve_source("snap/smol.gguf")
     assert (source.directory, source.gguf_file, source.peft_base) == (tmp_path / "snap", "smol.gguf", "snap")
     assert (source.directory / source.gguf_file).read_bytes() == b"GGUF"
+
+
+def test_a_gguf_given_under_home_names_an_expanded_peft_base(tmp_path, monkeypatch):
+    """`model: ~/m/X.gguf` in a config file: peft and transformers do not expand `~`, so the
+    adapter's base and the card's load line named a folder that never loads."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "X.gguf").write_bytes(b"GGUF")
+    assert resolve_source("~/m/X.gguf").peft_base == str(tmp_path / "m")

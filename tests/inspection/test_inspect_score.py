@@ -1,5 +1,6 @@
 """kto-inspect score: the reference scores reward 0; another policy gives β·(log πθ − log πref)."""
 
+import json
 import shutil
 
 import numpy as np
@@ -146,3 +147,25 @@ def test_an_adapter_folder_without_a_tokenizer_is_scored_with_its_bases(tiny_cac
     result = invoke("score", tiny_cache, "--model", adapter, "--base-model", tiny_model_dir, "--out", out, "--batch-tokens", "64")
     assert result.exit_code == 0, result.output
     assert np.abs(pq.read_table(out).column("reward").to_numpy()).max() < 1e-4
+
+
+def test_an_adapters_gguf_base_is_the_file_the_run_trained_on(tmp_path, monkeypatch):
+    """peft names a GGUF base by its folder; in a folder also holding a safetensors model (as
+    llama.cpp's converter leaves it) or other .gguf files, score loaded another model than the
+    one trained on, silently. The run's record names the file."""
+    from kto.formats.runrecord import write_run_config
+    from kto.inspection.score import _base_of
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    for name in ("config.json", "model.safetensors", "A.gguf", "X.gguf"):
+        (tmp_path / "m" / name).write_text("{}")
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_config(run, {"model": "m/X.gguf"}, {})
+    (run / "final").mkdir()
+    (run / "final" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "m", "peft_type": "LORA"}))
+    assert _base_of(run / "final", None) == "m/X.gguf"
+    assert _base_of(run / "final", "m/A.gguf") == "m/A.gguf"  # --base-model wins
+    write_run_config(run, {"model": "elsewhere/X.gguf"}, {})  # another folder than the adapter names: the adapter's
+    assert _base_of(run / "final", None) == "m"
