@@ -76,6 +76,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     """A local directory, a local `.gguf` file, or a hub id (downloaded to the HF cache)."""
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
+        _refuse_gguf_beside_hf_files(path, spec, flag)
         # The link's own folder and name, not its target's: opening it follows the link, and
         # the adapter's base and the card's load line then name what the user named.
         return ModelSource(path.absolute().parent, gguf_file=path.name, given=spec)
@@ -104,6 +105,23 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         raise InputError(f"{flag} {spec}: cannot fetch from the hub ({exception_line(exc)})") from exc
     _refuse_model_with_adapter(Path(local), spec, flag)
     return ModelSource(Path(local), hub_id=spec, given=spec)
+
+
+# Files of a Hugging Face model folder that transformers reads beside a gguf_file= of that folder.
+_HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
+
+
+def _refuse_gguf_beside_hf_files(path: Path, spec: str, flag: str) -> None:
+    """A .gguf in a folder that also holds a Hugging Face model (llama.cpp's converter writes it
+    there): transformers then reads the folder's tokenizer files with the GGUF's, and the
+    tokenizer came out without its special tokens or chat template (no EOS: completions lost
+    it without a word, and kto-train failed on a pad of None)."""
+    found = [name for name in _HF_FILES if (path.absolute().parent / name).is_file()]
+    if found:
+        raise InputError(
+            f"{flag} {spec}: its folder also holds a Hugging Face model ({', '.join(found)}), whose files transformers would mix into "
+            f"the GGUF's tokenizer; give that folder itself as {flag}, or move the .gguf file into a folder of its own"
+        )
 
 
 def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:

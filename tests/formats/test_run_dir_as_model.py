@@ -140,3 +140,17 @@ def test_a_gguf_given_under_home_names_an_expanded_peft_base(tmp_path, monkeypat
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "X.gguf").write_bytes(b"GGUF")
     assert resolve_source("~/m/X.gguf").peft_base == str(tmp_path / "m")
+
+
+def test_a_gguf_beside_a_hugging_face_model_is_refused(tmp_path):
+    """The GGUF's tokenizer came out of such a folder without its special tokens or chat
+    template (completions silently lost their EOS; kto-train failed on a pad of None)."""
+    (tmp_path / "X.gguf").write_bytes(b"GGUF")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputError) as caught:
+        resolve_source(str(tmp_path / "X.gguf"))
+    assert str(caught.value) == (
+        f"--model {tmp_path / 'X.gguf'}: its folder also holds a Hugging Face model (config.json, tokenizer.json), whose files transformers "
+        f"would mix into the GGUF's tokenizer; give that folder itself as --model, or move the .gguf file into a folder of its own"
+    )
