@@ -144,7 +144,24 @@ def record_checksums(folder: Path, kind: str = CHECKSUMS_KIND) -> None:
     checkpoint's (or final/'s: `kind` FINAL_KIND) temp folder before it is renamed into place."""
     files = tree_hashes(folder)
     files.pop(CHECKSUMS_NAME, None)
-    (folder / CHECKSUMS_NAME).write_text(json.dumps({"kind": kind, "files": files}, indent=2, sort_keys=True) + "\n")
+    # Each file's size and mtime as saved: a later check of a file still so (foreign_file) needs
+    # no hash of gigabytes; renaming the folder into place keeps both.
+    stats = {name: _size_and_mtime(folder / name) for name in files}
+    record = {"kind": kind, "files": files, "stat": stats}
+    (folder / CHECKSUMS_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _size_and_mtime(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _recorded_stats(folder: Path) -> dict:
+    try:
+        stats = read_json(folder / CHECKSUMS_NAME).get("stat")
+    except (InputError, AttributeError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
 
 
 def recorded_files(folder: Path) -> dict[str, str] | None:
@@ -168,7 +185,7 @@ def foreign_file(folder: Path) -> str | None:
     if not folder.is_dir():
         return None
     present = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
-    recorded = recorded_files(folder)
+    recorded, stats = recorded_files(folder), _recorded_stats(folder)
     for name in present:
         if recorded is None:
             if not SAVED_NAMES.match(name):
@@ -177,10 +194,9 @@ def foreign_file(folder: Path) -> str | None:
             continue
         elif (folder / name).is_symlink() or name not in recorded:
             return f"{name}: not recorded in its {CHECKSUMS_NAME}, so not saved by kto-train"
-        elif not name.endswith(".safetensors") and sha256_file(folder / name) != recorded[name]:
-            # Weights recorded by name are ours: hashing gigabytes at each --resume's start (and
-            # again at the save) to find an edit nobody makes in a safetensors file costs minutes;
-            # the small files a user does edit (the model card) are hashed.
+        elif stats.get(name) != _size_and_mtime(folder / name) and sha256_file(folder / name) != recorded[name]:
+            # Hashed only when its size or mtime moved since the save: weights still as saved cost
+            # no read of gigabytes at each --resume; weights a user saved over them are found.
             return f"{name}: changed since kto-train saved it"
     return None
 

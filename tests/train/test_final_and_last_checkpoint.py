@@ -3,6 +3,7 @@ last step: a finished run resumed to write more (--merge-adapters) neither loses
 put in final/ nor trains its steps again."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -106,6 +107,20 @@ def test_saved_dir_never_deletes_a_file_it_did_not_save(tmp_path):
         (tmp / "config.json").write_text("{}")
     record = json.loads((final / "checksums.json").read_text())
     assert record["kind"] == "kto-train final" and sorted(record["files"]) == ["README.md", "config.json"]
+    # Weights saved over ours (same size, as another tool's tuning of the same model gives) are
+    # found by their hash, read because their mtime moved; the same bytes again are ours.
+    with saved_dir(final, {"README.md": "card\n"}) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"w1")
+    saved = (final / "model.safetensors").stat()
+    assert foreign_file(final) is None
+    (final / "model.safetensors").write_bytes(b"w2")
+    os.utime(final / "model.safetensors", ns=(saved.st_atime_ns, saved.st_mtime_ns + 1))
+    assert foreign_file(final) == "model.safetensors: changed since kto-train saved it"
+    (final / "model.safetensors").write_bytes(b"w1")
+    assert foreign_file(final) is None
+    with saved_dir(final, {"README.md": "card\n"}) as tmp:
+        (tmp / "config.json").write_text("{}")
+    record = json.loads((final / "checksums.json").read_text())
     (final / "sub").mkdir()
     (final / "sub" / "notes.txt").write_text("mine\n")
     before = _listing(final)
