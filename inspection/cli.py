@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import sys
 from collections.abc import Iterator
@@ -62,7 +63,10 @@ def _write_out(text: str) -> None:
     sys.stdout.flush()
     data = memoryview((text + "\n").encode(sys.stdout.encoding or "utf-8", errors="replace"))
     while data:
-        data = data[os.write(fd, data) :]
+        try:
+            data = data[os.write(fd, data) :]
+        except BlockingIOError:  # a non-blocking stdout that is full: wait until it drains
+            select.select([], [fd], [])
 
 
 class _Group(click.Group):

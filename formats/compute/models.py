@@ -107,8 +107,10 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     return ModelSource(Path(local), hub_id=spec, given=spec)
 
 
-# Files of a Hugging Face model folder that transformers reads beside a gguf_file= of that folder.
-_HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
+# The file of a Hugging Face folder that transformers 5 reads instead of a gguf_file='s own
+# tokenizer: beside it, the tokenizer lost its special tokens and chat template. A stub
+# config.json (GGUF repos on the hub ship one), tokenizer_config.json or vocab files alone did not.
+_HF_FILES = ("tokenizer.json",)
 
 
 def _refuse_gguf_beside_hf_files(path: Path, spec: str, flag: str) -> None:
@@ -116,11 +118,14 @@ def _refuse_gguf_beside_hf_files(path: Path, spec: str, flag: str) -> None:
     there): transformers then reads the folder's tokenizer files with the GGUF's, and the
     tokenizer came out without its special tokens or chat template (no EOS: completions lost
     it without a word, and kto-train failed on a pad of None)."""
-    found = [name for name in _HF_FILES if (path.absolute().parent / name).is_file()]
+    folder = path.absolute().parent
+    found = [name for name in _HF_FILES if (folder / name).is_file()]
     if found:
+        weights = any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").is_file()
+        either = f"give that folder itself as {flag} (its Hugging Face model), or " if weights else ""
         raise InputError(
-            f"{flag} {spec}: its folder also holds a Hugging Face model ({', '.join(found)}), whose files transformers would mix into "
-            f"the GGUF's tokenizer; give that folder itself as {flag}, or move the .gguf file into a folder of its own"
+            f"{flag} {spec}: its folder also holds {', '.join(found)}, which transformers would read instead of the GGUF's own "
+            f"tokenizer (losing its special tokens and chat template); {either}move the .gguf file into a folder of its own"
         )
 
 

@@ -142,15 +142,22 @@ def test_a_gguf_given_under_home_names_an_expanded_peft_base(tmp_path, monkeypat
     assert resolve_source("~/m/X.gguf").peft_base == str(tmp_path / "m")
 
 
-def test_a_gguf_beside_a_hugging_face_model_is_refused(tmp_path):
+def test_a_gguf_beside_a_hugging_face_tokenizer_is_refused(tmp_path):
     """The GGUF's tokenizer came out of such a folder without its special tokens or chat
-    template (completions silently lost their EOS; kto-train failed on a pad of None)."""
+    template (completions silently lost their EOS; kto-train failed on a pad of None). A stub
+    config.json, as GGUF repos on the hub ship, is no reason to refuse."""
     (tmp_path / "X.gguf").write_bytes(b"GGUF")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    assert resolve_source(str(tmp_path / "X.gguf")).gguf_file == "X.gguf"
     (tmp_path / "tokenizer.json").write_text("{}")
-    (tmp_path / "config.json").write_text("{}")
+    said = (
+        f"--model {tmp_path / 'X.gguf'}: its folder also holds tokenizer.json, which transformers would read instead of the GGUF's own "
+        "tokenizer (losing its special tokens and chat template); "
+    )
     with pytest.raises(InputError) as caught:
         resolve_source(str(tmp_path / "X.gguf"))
-    assert str(caught.value) == (
-        f"--model {tmp_path / 'X.gguf'}: its folder also holds a Hugging Face model (config.json, tokenizer.json), whose files transformers "
-        f"would mix into the GGUF's tokenizer; give that folder itself as --model, or move the .gguf file into a folder of its own"
-    )
+    assert str(caught.value) == said + "move the .gguf file into a folder of its own"
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    with pytest.raises(InputError) as caught:
+        resolve_source(str(tmp_path / "X.gguf"))
+    assert str(caught.value) == said + "give that folder itself as --model (its Hugging Face model), or move the .gguf file into a folder of its own"
