@@ -156,24 +156,13 @@ def _size_and_mtime(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _recorded_stats(folder: Path) -> dict:
-    try:
-        stats = read_json(folder / CHECKSUMS_NAME).get("stat")
-    except (InputError, AttributeError):
-        return {}
-    return stats if isinstance(stats, dict) else {}
-
-
-def recorded_files(folder: Path) -> dict[str, str] | None:
-    """name -> sha256 from `folder`'s checksums.json (a checkpoint's or final/'s), or None when
-    it has none that kto-train wrote."""
+def _checksum_record(folder: Path) -> dict | None:
+    """`folder`'s checksums.json when kto-train wrote it (a checkpoint's or final/'s), else None."""
     try:
         record = read_json(folder / CHECKSUMS_NAME)
     except InputError:
         return None
-    ours = isinstance(record, dict) and record.get("kind") in (CHECKSUMS_KIND, FINAL_KIND)
-    files = record.get("files") if ours else None
-    return files if isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) else None
+    return record if isinstance(record, dict) and record.get("kind") in (CHECKSUMS_KIND, FINAL_KIND) else None
 
 
 def foreign_file(folder: Path) -> str | None:
@@ -185,7 +174,10 @@ def foreign_file(folder: Path) -> str | None:
     if not folder.is_dir():
         return None
     present = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
-    recorded, stats = recorded_files(folder), _recorded_stats(folder)
+    record = _checksum_record(folder) or {}
+    recorded, stats = record.get("files"), record.get("stat")
+    recorded = recorded if isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values()) else None
+    stats = stats if isinstance(stats, dict) else {}
     for name in present:
         if recorded is None:
             if not SAVED_NAMES.match(name):
