@@ -107,24 +107,18 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     return ModelSource(Path(local), hub_id=spec, given=spec)
 
 
-# The file of a Hugging Face folder that transformers 5 reads instead of a gguf_file='s own
-# tokenizer: beside it, the tokenizer lost its special tokens and chat template. A stub
-# config.json (GGUF repos on the hub ship one), tokenizer_config.json or vocab files alone did not.
-_HF_FILES = ("tokenizer.json",)
-
-
 def _refuse_gguf_beside_hf_files(path: Path, spec: str, flag: str) -> None:
-    """A .gguf in a folder that also holds a Hugging Face model (llama.cpp's converter writes it
-    there): transformers then reads the folder's tokenizer files with the GGUF's, and the
-    tokenizer came out without its special tokens or chat template (no EOS: completions lost
-    it without a word, and kto-train failed on a pad of None)."""
+    """A .gguf beside a tokenizer.json (llama.cpp's converter writes it into the model's own
+    folder): transformers 5 reads that file instead of the GGUF's own tokenizer, which then came
+    out without its special tokens or chat template (no EOS: completions lost it without a word,
+    and kto-train failed on a pad of None). A stub config.json (GGUF repos on the hub ship one),
+    tokenizer_config.json or vocab files alone did not change the tokenizer."""
     folder = path.absolute().parent
-    found = [name for name in _HF_FILES if (folder / name).is_file()]
-    if found:
+    if (folder / "tokenizer.json").is_file():
         weights = any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").is_file()
         either = f"give that folder itself as {flag} (its Hugging Face model), or " if weights else ""
         raise InputError(
-            f"{flag} {spec}: its folder also holds {', '.join(found)}, which transformers would read instead of the GGUF's own "
+            f"{flag} {spec}: its folder also holds tokenizer.json, which transformers would read instead of the GGUF's own "
             f"tokenizer (losing its special tokens and chat template); {either}move the .gguf file into a folder of its own"
         )
 
@@ -133,8 +127,9 @@ def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:
     """A kto-train run directory (its record, kto_run.json or a legacy config.json, or its
     metrics.jsonl) holds no model of its own: its trained model is in final/ (adapters under
     LoRA; final-merged/ then holds them merged into the base, an ordinary model)."""
-    is_model = ((path / "config.json").is_file() and record_path(path) is None) or any(path.glob("*.gguf"))
-    if is_model or (record_path(path) is None and not (path / "metrics.jsonl").is_file()):  # train/metrics.py METRICS_NAME
+    recorded = record_path(path) is not None
+    is_model = ((path / "config.json").is_file() and not recorded) or any(path.glob("*.gguf"))
+    if is_model or not (recorded or (path / "metrics.jsonl").is_file()):  # train/metrics.py METRICS_NAME
         return  # another trainer's output may hold a metrics.jsonl beside its model
     run = spec.rstrip("/\\") or spec
     said = f"{flag} {spec}: a kto-train run directory, not a model; its trained model is {run}/final"
