@@ -132,18 +132,18 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
     options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     values: dict[str, Any] = {}
     resolved = Resolved()
+    given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     if config_file:
         resolved = load_config_file(config_file)
         # Errors name the key as the file spells it (torch_dtype, not dtype).
         values = {k: config_value(options[k], resolved.origin.get(k, k), v, config_file) for k, v in resolved.values.items()}
     for name, value in flags.items():
-        given = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-        if given or name not in values:
+        if given(name) or name not in values:
             values[name] = value
     values["lora_target_modules"] = target_modules_value(values.get("lora_target_modules"))
     refuse_lora_settings_without_rank(ctx, values)
-    if config_file and resolved.alpha_twice_rank and ctx.get_parameter_source("lora_r") == ParameterSource.COMMANDLINE:
-        if ctx.get_parameter_source("lora_alpha") != ParameterSource.COMMANDLINE and values["lora_r"] > 0:
+    if config_file and resolved.alpha_twice_rank and given("lora_r"):
+        if not given("lora_alpha") and values["lora_r"] > 0:
             values["lora_alpha"] = 2.0 * values["lora_r"]  # LLaMA-Factory's 2 × rank, of the rank in force (--lora-r 0: no LoRA, no alpha)
     values["resume"] = resume_value(values["resume"])
     values["lr_schedule_kwargs"] = schedule_kwargs(values["lr_schedule_kwargs"])
@@ -158,7 +158,6 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
         return TrainConfig(**values)
     except InputError as exc:
         # A range check names the flag; a value the file set is named by the file's key.
-        given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         raise (file_key_error(exc, config_file, TRAIN, resolved, values, given) if config_file else exc) from None
 
 
