@@ -20,6 +20,7 @@ moves it to the new name.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .atomic import write_json_atomic
@@ -30,6 +31,18 @@ RUN_RECORD_NAME = "kto_run.json"
 LEGACY_RECORD_NAME = "config.json"
 KIND = "kto-train run"
 VERSION = 1
+
+# The layout of a run directory, declared once: train/ writes it; inspection/, model loading
+# (`refuse_run_dir_as_model`) and `run_of_model_dir` read it.
+FINAL_DIR = "final"  # the trained model (adapters under LoRA)
+MERGED_DIR = "final-merged"  # --merge-adapters: the adapters merged into the base
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """RUN/checkpoint-STEP."""
+    return run_dir / f"checkpoint-{step}"
 
 
 def is_run_record(path: Path) -> bool:
@@ -92,12 +105,12 @@ def read_run_config(run_dir: str | Path) -> dict | None:
 
 def run_of_model_dir(model: str | Path) -> Path | None:
     """The run directory whose `final/`, `final-merged/` or `checkpoint-STEP/` is `model`, if it
-    has a record. ("final-merged" is train/adapters.py's MERGED_DIR: formats imports no train.)"""
+    has a record."""
     path = Path(model)
     if not path.is_dir():
         return None
     name, parent = path.resolve().name, path.resolve().parent
-    ours = name in ("final", "final-merged") or (name.startswith("checkpoint-") and name.removeprefix("checkpoint-").isdigit())
+    ours = name in (FINAL_DIR, MERGED_DIR) or CHECKPOINT_RE.match(name) is not None
     return parent if ours and record_path(parent) is not None else None
 
 
@@ -108,3 +121,29 @@ def run_setting(model: str | Path, key: str) -> tuple[object, Path | None]:
     if run is None:
         return None, None
     return read_run_config(run)["config"].get(key), record_path(run)
+
+
+def refuse_run_dir_as_model(path: Path, spec: str, flag: str) -> None:
+    """A kto-train run directory (its record, kto_run.json or a legacy config.json, or its
+    metrics.jsonl) holds no model of its own: its trained model is in final/ (adapters under
+    LoRA; final-merged/ then holds them merged into the base, an ordinary model)."""
+    recorded = record_path(path) is not None
+    is_model = ((path / "config.json").is_file() and not recorded) or any(path.glob("*.gguf"))
+    if is_model or not (recorded or (path / METRICS_NAME).is_file()):
+        return  # another trainer's output may hold a metrics.jsonl beside its model
+    run = spec.rstrip("/\\") or spec
+    said = f"{flag} {spec}: a kto-train run directory, not a model; its trained model is {run}/{FINAL_DIR}"
+    if (path / MERGED_DIR).is_dir():
+        raise InputError(f"{said} (LoRA adapters), merged into the base in {run}/{MERGED_DIR}: give {run}/{MERGED_DIR}")
+    saved = [p for p in path.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()]
+    if (path / FINAL_DIR / "adapter_config.json").is_file() or any((p / "adapter_config.json").is_file() for p in saved):
+        how = (
+            "rerun its kto-train command with --resume --merge-adapters: it trains only the steps after its last checkpoint"
+            if saved
+            else f"peft.AutoPeftModelForCausalLM.from_pretrained('{run}/{FINAL_DIR}').merge_and_unload().save_pretrained(DIR), "
+            f"and AutoTokenizer.from_pretrained('{run}/{FINAL_DIR}').save_pretrained(DIR)"
+        )
+        raise InputError(f"{said}, LoRA adapters: merge them into the base ({how}), then give the merged model")
+    if (path / FINAL_DIR).is_dir():
+        raise InputError(f"{said}: give that")
+    raise InputError(f"{said}, written when the run finishes: give it then, or one of the run's checkpoint-STEP folders")

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kto.formats.errors import InputError
+from kto.formats.runrecord import METRICS_NAME
 
 from .text import printable
-
-METRICS_NAME = "metrics.jsonl"
 
 # Metric -> the count that must be positive for it to mean anything. kto-train logs
 # rewards/chosen = null (NaN) for a window without desirable rows, and such points are left out

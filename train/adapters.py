@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
     from .config import TrainConfig
 
-MERGED_DIR = "final-merged"
-
 
 def enabled(cfg: TrainConfig) -> bool:
     return cfg.lora_r > 0

@@ -39,7 +39,8 @@ def run(config: TrainConfig) -> TrainResult:
 
     Raises InputError on bad input, before anything is written to `config.out`. final/ (and
     final-merged/) hold their README.md model card from the moment they appear (train/model_card.py)."""
-    from .adapters import MERGED_DIR
+    from kto.formats.runrecord import MERGED_DIR
+
     from .loop import train  # torch, accelerate and the model load on call, not on import
 
     config = with_hub_caches(config)

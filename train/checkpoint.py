@@ -38,6 +38,7 @@ import torch
 from kto.formats.atomic import aside_path, atomic_dir
 from kto.formats.errors import InputError
 from kto.formats.files import read_json
+from kto.formats.runrecord import CHECKPOINT_RE, checkpoint_dir
 from kto.formats.shards import sha256_file, tree_hashes
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ SAVED_NAMES = re.compile(
     r"|^(tokenizer\.model\.v\d+|sentencepiece\.bpe\.model|spm\.model|[^/]+\.tiktoken|vocab\.(model|txt|json))$"
     r"|^(modeling|configuration|tokenization|processing|image_processing)_[A-Za-z0-9_]+\.py$"
 )
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt")
 
 
@@ -300,7 +300,7 @@ def save_checkpoint(
     """`plan`: what the data order and LR schedule depend on (see setup.plan_identity); a resume
     must match it, or rows would be seen twice or skipped. `rank_rng`: every process's
     `rng_states()`, in rank order (default: this process's alone)."""
-    path = out / f"checkpoint-{position.global_step}"
+    path = checkpoint_dir(out, position.global_step)
     with saved_dir(path, kind=CHECKSUMS_KIND) as tmp:
         save_model_dir(lm, tokenizer, tmp)
         save_torch(optimizer.state_dict(), tmp / "optimizer.pt")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn
 from kto.formats.atomic import DiskFullError
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.runrecord import checkpoint_dir
 
 from .checkpoint import Position, checkpoints
 from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
@@ -184,7 +185,7 @@ def stop(run: Run, signum: int, window: Window) -> NoReturn:
     Interrupted (the CLI exits 128 + signum)."""
     step, acc = run.position.global_step, run.accelerator
     path = run.policy.last_checkpoint
-    if path != run.cfg.out / f"checkpoint-{step}":
+    if path != checkpoint_dir(run.cfg.out, step):
         path = run.policy.save(replace(run.position, unlogged=window.saved()))
     command = resume_command(run.cfg)
     launcher = f" (under the same launcher, {acc.num_processes} processes)" if acc.num_processes > 1 else ""

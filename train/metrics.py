@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING
 
 from kto.formats.atomic import disk_full_names, write_bytes_atomic
 from kto.formats.errors import log
+from kto.formats.runrecord import METRICS_NAME
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-
-METRICS_NAME = "metrics.jsonl"
 
 
 def _step_of(line: str) -> int | None:

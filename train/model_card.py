@@ -23,8 +23,8 @@ import yaml
 
 from kto.formats.compute.models import hub_id_shaped, resolve_source
 from kto.formats.errors import InputError
+from kto.formats.runrecord import MERGED_DIR
 
-from .adapters import MERGED_DIR
 from .checkpoint import FinalFiles
 from .metrics import last_metrics, metric_values
 

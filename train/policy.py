@@ -23,6 +23,7 @@ from accelerate.utils import gather_object
 
 from kto.formats.compute.models import ModelSource, load_tokenizer, resolve_source, tokenizer_as_given
 from kto.formats.errors import InputError, log
+from kto.formats.runrecord import FINAL_DIR, MERGED_DIR, checkpoint_dir
 
 from . import adapters, sharding
 from .checkpoint import FinalFiles, Position, load_training_state, prune_checkpoints, rng_states, save_checkpoint, save_model_dir, saved_dir
@@ -138,7 +139,7 @@ class LoraAdapters:
 
     def after_final(self, final: Path, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, files: Mapping[str, str]) -> None:
         if self.cfg.merge_adapters:
-            merged = final.parent / adapters.MERGED_DIR
+            merged = final.parent / MERGED_DIR
             adapters.write_merged(load_base(self.cfg), final, tokenizer, merged, files)
             log(f"saved {merged} (--model with the adapters merged in)", accelerator)
 
@@ -169,7 +170,7 @@ class WholeCopies:
         if acc.is_main_process:
             lm = acc.unwrap_model(policy.model).lm  # under LoRA a PeftModel: save_pretrained writes the adapters
             save_checkpoint(policy.cfg.out, lm, policy.tokenizer, policy.optimizer, policy.scheduler, position, policy.plan, rank_rng)
-        return policy.cfg.out / f"checkpoint-{position.global_step}"
+        return checkpoint_dir(policy.cfg.out, position.global_step)
 
     def save_final(self, policy: Policy, final: Path, files: Mapping[str, str]) -> None:
         if self.accelerator.is_main_process:
@@ -313,7 +314,7 @@ class Policy:
     def finish(self, step: int, files: FinalFiles | None = None) -> Path:
         """OUT/final (never of non-finite weights), and what it implies (the merged model), each
         with its `files` (the model cards; the main process's count) inside before it appears."""
-        acc, final = self.accelerator, self.cfg.out / "final"
+        acc, final = self.accelerator, self.cfg.out / FINAL_DIR
         files = files or FinalFiles()
         check_weights(self.model, acc, step, self.last_checkpoint, "final/")
         acc.wait_for_everyone()

@@ -26,12 +26,20 @@ from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of, same_model
-from kto.formats.runrecord import LEGACY_RECORD_NAME, RUN_RECORD_NAME, is_run_record, read_run_config, record_path, write_run_config
+from kto.formats.runrecord import (
+    FINAL_DIR,
+    LEGACY_RECORD_NAME,
+    MERGED_DIR,
+    METRICS_NAME,
+    RUN_RECORD_NAME,
+    is_run_record,
+    read_run_config,
+    record_path,
+    write_run_config,
+)
 
-from .adapters import MERGED_DIR
 from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, free_name, refuse_replacing, usable_checkpoint
 from .config import TrainConfig
-from .metrics import METRICS_NAME
 from .model_card import CARD_MARK, CARD_NAME
 
 if TYPE_CHECKING:
@@ -88,7 +96,7 @@ RUN_ENTRIES: dict[str, str] = {
     LEGACY_RECORD_NAME: "record",
     METRICS_NAME: "file",
     LOCK_NAME: "file",
-    "final": "dir",
+    FINAL_DIR: "dir",
     MERGED_DIR: "dir",
     "report": "dir",
     "tensorboard": "dir",
@@ -177,7 +185,7 @@ def written_here(name: str, kind: str) -> bool:
     MetricsWriter's tmp for the record and metrics.jsonl."""
     if CHECKPOINT_RE.match(name):
         return kind in ("tmp", "old", "deleted")
-    if name in ("final", MERGED_DIR):
+    if name in (FINAL_DIR, MERGED_DIR):
         return kind in ("tmp", "old")
     return kind == "tmp" and name in (RUN_RECORD_NAME, METRICS_NAME)
 
@@ -196,7 +204,7 @@ def is_ours(p: Path) -> bool:
         return p.is_dir()  # set aside by us, whatever it holds now
     if METRICS_ASIDE_RE.match(p.name):
         return p.is_file()
-    if p.name in ("final", MERGED_DIR):
+    if p.name in (FINAL_DIR, MERGED_DIR):
         return p.is_dir() and (_has_our_card(p) or _holds_a_model(p))  # the next final/ replaces it
     kind = RUN_ENTRIES.get(p.name)
     if kind == "record":
@@ -253,12 +261,12 @@ def has_progress(out: Path) -> bool:
     model. A start that failed before its first step (an empty metrics.jsonl, a config.json) is
     not one, and is simply replaced."""
     metrics = out / METRICS_NAME
-    return bool(checkpoints(out)) or (out / "final").exists() or (metrics.is_file() and metrics.stat().st_size > 0)
+    return bool(checkpoints(out)) or (out / FINAL_DIR).exists() or (metrics.is_file() and metrics.stat().st_size > 0)
 
 
 def finished(out: Path) -> bool:
     """The run wrote a final model (its final/, or final-merged/)."""
-    return (out / "final").exists() or (out / MERGED_DIR).exists()
+    return (out / FINAL_DIR).exists() or (out / MERGED_DIR).exists()
 
 
 def start_over(out: Path, log: Callable[[str], None]) -> bool:
@@ -319,7 +327,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
         )
     # The resumed run writes final/ (and final-merged/) again, whole: a file a user put there
     # since (an evaluation's output) is refused now, not deleted after the training.
-    for name in ("final", MERGED_DIR) if cfg.merge_adapters else ("final",):
+    for name in (FINAL_DIR, MERGED_DIR) if cfg.merge_adapters else (FINAL_DIR,):
         refuse_replacing(out / name, "--resume")
     if isinstance(cfg.resume, Path):
         return chosen_checkpoint(out, cfg.resume, log)
@@ -385,7 +393,7 @@ def finished_final(cfg: TrainConfig, record: dict) -> Path | None:
     all its steps with these settings: nothing is left to train, and starting again from its
     last checkpoint would redo the steps after it and replace final/. None otherwise (the usual
     checks of open_run_dir follow)."""
-    final = cfg.out / "final"
+    final = cfg.out / FINAL_DIR
     if cfg.resume is not True or not final.is_dir():
         return None
     saved = read_run_config(cfg.out)

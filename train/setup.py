@@ -23,13 +23,14 @@ from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import same_model
 from kto.formats.memory import MemoryMeter
+from kto.formats.runrecord import METRICS_NAME
 
 from . import adapters, sharding, trackers
 from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig, planned_steps
 from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
-from .metrics import METRICS_NAME, MetricsWriter, close_after_failure
+from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
 from .rundir import config_record, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record

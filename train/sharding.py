@@ -48,6 +48,7 @@ import torch
 from kto.formats.atomic import disk_full_names
 from kto.formats.compute.models import SHARDED_DIR
 from kto.formats.errors import InputError
+from kto.formats.runrecord import checkpoint_dir
 
 from .adapters import quantized
 from .checkpoint import STATE_NAME, Position, record_checksums, restore_rng_states, rng_states, save_torch, saved_dir, uniform_permissions
@@ -176,7 +177,7 @@ def save_checkpoint(
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    path = out / f"checkpoint-{position.global_step}"
+    path = checkpoint_dir(out, position.global_step)
     tmp, old = shared_temp_names(path)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, exception_line
 from ..files import read_json, sha256_file
-from ..runrecord import record_path
+from ..runrecord import refuse_run_dir_as_model
 from .gguf_once import gguf_loads
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
         # the adapter's base and the card's load line then name what the user named.
         return ModelSource(path.absolute().parent, gguf_file=path.name, given=spec)
     if path.is_dir():
-        _refuse_run_dir(path, spec, flag)
+        refuse_run_dir_as_model(path, spec, flag)
         if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
             raise _no_config(path, spec, flag)
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
@@ -121,32 +121,6 @@ def _refuse_gguf_beside_hf_files(path: Path, spec: str, flag: str) -> None:
             f"{flag} {spec}: its folder also holds tokenizer.json, which transformers would read instead of the GGUF's own "
             f"tokenizer (losing its special tokens and chat template); {either}move the .gguf file into a folder of its own"
         )
-
-
-def _refuse_run_dir(path: Path, spec: str, flag: str) -> None:
-    """A kto-train run directory (its record, kto_run.json or a legacy config.json, or its
-    metrics.jsonl) holds no model of its own: its trained model is in final/ (adapters under
-    LoRA; final-merged/ then holds them merged into the base, an ordinary model)."""
-    recorded = record_path(path) is not None
-    is_model = ((path / "config.json").is_file() and not recorded) or any(path.glob("*.gguf"))
-    if is_model or not (recorded or (path / "metrics.jsonl").is_file()):  # train/metrics.py METRICS_NAME
-        return  # another trainer's output may hold a metrics.jsonl beside its model
-    run = spec.rstrip("/\\") or spec
-    said = f"{flag} {spec}: a kto-train run directory, not a model; its trained model is {run}/final"
-    if (path / "final-merged").is_dir():
-        raise InputError(f"{said} (LoRA adapters), merged into the base in {run}/final-merged: give {run}/final-merged")
-    saved = any(path.glob("checkpoint-*"))
-    if (path / "final" / "adapter_config.json").is_file() or (saved and any(path.glob("checkpoint-*/adapter_config.json"))):
-        how = (
-            "rerun its kto-train command with --resume --merge-adapters: it trains only the steps after its last checkpoint"
-            if saved
-            else f"peft.AutoPeftModelForCausalLM.from_pretrained('{run}/final').merge_and_unload().save_pretrained(DIR), "
-            f"and AutoTokenizer.from_pretrained('{run}/final').save_pretrained(DIR)"
-        )
-        raise InputError(f"{said}, LoRA adapters: merge them into the base ({how}), then give the merged model")
-    if (path / "final").is_dir():
-        raise InputError(f"{said}: give that")
-    raise InputError(f"{said}, written when the run finishes: give it then, or one of the run's checkpoint-STEP folders")
 
 
 def _refuse_model_with_adapter(path: Path, spec: str, flag: str) -> None:
