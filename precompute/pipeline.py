@@ -52,6 +52,7 @@ from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fin
 from kto.formats.memory import peak_memory_gb
 from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
 from kto.precompute.inputs.examples import READING_RULE
+from kto.precompute.inputs.hub import one_run
 from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
@@ -192,6 +193,7 @@ def run_precompute(cfg: PrecomputeConfig, on_scored: Callable[[ScoredShard], Non
     # accelerate only starts a gloo process group for several CPU processes when told cpu=True.
     state = PartialState(cpu=not torch.cuda.is_available())
     with contextlib.ExitStack() as held:  # the --out lock, released however the run ends
+        held.enter_context(one_run())  # one hub commit per run: identity, staging key and read agree
         return _run(cfg, state, held, on_scored)
 
 

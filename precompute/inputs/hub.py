@@ -14,10 +14,17 @@ Identity (manifest `inputs`): a hub dataset by id, config, split and the commit 
 resolves *now*; that sha is then passed as `revision=` to the read, so the rows read are the
 rows fingerprinted, and a dataset updated on the hub gives another fingerprint instead of a
 silent "latest". A local source by the sha256 of every file under its directory.
+
+When is *now*: inside `one_run()`, once per run (every identity and read of the run names one
+commit); outside it, at each identity, and a read takes the commit its identity last resolved
+(records.input_records takes the identity just before the read; the pipeline compares it with
+the fingerprinted one). Never once per process: a notebook's second run would record a commit
+the hub has since left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +38,8 @@ from .examples import one_line
 
 PREFIX = "hf:"
 _BATCH = 1024
-_REVISIONS: dict[tuple[str, str | None], str] = {}  # (id, config) -> sha resolved in this process
+_LAST: dict[tuple[str, str | None], str] = {}  # (id, config) -> sha the last identity resolved (outside one_run)
+_RUN: dict[tuple[str, str | None], str] | None = None  # the same, for the run inside one_run; None outside
 
 
 @dataclass(frozen=True)
@@ -85,17 +93,30 @@ def dataset_identity(path: str | Path) -> dict:
     identity = {"name": spec.name, "config": spec.config, "split": spec.split}
     if spec.local:
         return {**identity, "sha256": _tree_sha256(Path(spec.source))}
-    return {**identity, "dataset": spec.source, "revision": _revision(spec)}
+    return {**identity, "dataset": spec.source, "revision": _revision(spec, fresh=True)}
+
+
+@contextlib.contextmanager
+def one_run() -> Iterator[None]:
+    """Each hub dataset resolved once for the run inside (precompute's): its manifest, staging key
+    and read name one commit even if the hub moves meanwhile; the next run resolves anew."""
+    global _RUN
+    outer, _RUN = _RUN, {}
+    try:
+        yield
+    finally:
+        _RUN = outer
 
 
 def dataset_records(spec: DatasetSpec) -> Iterator[tuple[int, Any]]:
-    dataset = _open(spec)
-    row = 0
-    for batch in dataset.iter(batch_size=_BATCH):
-        keys = list(batch)
-        for values in zip(*(batch[k] for k in keys)):
-            row += 1
-            yield row, dict(zip(keys, values))
+    with _progress_bars_off(spec):
+        dataset = _open(spec)
+        row = 0
+        for batch in dataset.iter(batch_size=_BATCH):
+            keys = list(batch)
+            for values in zip(*(batch[k] for k in keys)):
+                row += 1
+                yield row, dict(zip(keys, values))
 
 
 # ---- opening -----------------------------------------------------------------------------------
@@ -106,8 +127,21 @@ def _datasets(spec: DatasetSpec):
         import datasets
     except ImportError:
         raise InputError(f"--data {spec.text}: reading datasets needs the optional extra: pip install 'kto-offline[hf]'") from None
-    datasets.disable_progress_bars()
     return datasets
+
+
+@contextlib.contextmanager
+def _progress_bars_off(spec: DatasetSpec) -> Iterator[None]:
+    """`datasets`' bars off while the rows are read (the run draws its own), then as they were:
+    turned off for good, the user's own `datasets` calls drew none for the rest of the session."""
+    datasets = _datasets(spec)
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
 
 
 def _open(spec: DatasetSpec):
@@ -116,7 +150,7 @@ def _open(spec: DatasetSpec):
         return _open_saved(spec, datasets)
     if spec.split is None:
         raise InputError(f"--data {spec.text}: missing split; write hf:{spec.source}:SPLIT or hf:{spec.source}:CONFIG:SPLIT")
-    revision = None if spec.local else _revision(spec)
+    revision = None if spec.local else _revision(spec, fresh=False)
     _check_split(spec, datasets, revision)
     try:
         return datasets.load_dataset(spec.source, spec.config, split=spec.split, streaming=True, revision=revision)
@@ -150,23 +184,31 @@ def _check_split(spec: DatasetSpec, datasets, revision: str | None) -> None:
         raise InputError(f"--data {spec.text}: no split {spec.split!r} (available: {', '.join(names) or 'none'})")
 
 
-def _revision(spec: DatasetSpec) -> str:
-    """The hub's current commit sha for the dataset, resolved once per process."""
+def _revision(spec: DatasetSpec, fresh: bool) -> str:
+    """The dataset's commit sha: the one this run resolved (one_run), else the hub's current one
+    when `fresh` (an identity), else the one the last identity resolved (a read: it reads what
+    that identity recorded)."""
     key = (spec.source, spec.config)
-    if key not in _REVISIONS:
-        _datasets(spec)
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import RepositoryNotFoundError
+    known = _LAST if _RUN is None else _RUN
+    if key not in known or (fresh and _RUN is None):
+        known[key] = _resolve(spec)
+    return known[key]
 
-        try:
-            _REVISIONS[key] = HfApi().dataset_info(spec.source).sha
-        except RepositoryNotFoundError:
-            raise InputError(f"--data {spec.text}: unknown dataset id {spec.source!r} (not a local directory, and not on the hub)") from None
-        except Exception as e:  # offline, network, auth
-            raise InputError(
-                f"--data {spec.text}: unknown dataset id {spec.source!r}: not a local directory, and the hub cannot resolve it ({one_line(e)})"
-            ) from None
-    return _REVISIONS[key]
+
+def _resolve(spec: DatasetSpec) -> str:
+    """The hub's current commit sha for the dataset."""
+    _datasets(spec)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return HfApi().dataset_info(spec.source).sha
+    except RepositoryNotFoundError:
+        raise InputError(f"--data {spec.text}: unknown dataset id {spec.source!r} (not a local directory, and not on the hub)") from None
+    except Exception as e:  # offline, network, auth
+        raise InputError(
+            f"--data {spec.text}: unknown dataset id {spec.source!r}: not a local directory, and the hub cannot resolve it ({one_line(e)})"
+        ) from None
 
 
 def _tree_sha256(root: Path) -> str:

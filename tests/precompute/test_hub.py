@@ -4,11 +4,16 @@ the hub path is the same code with another source)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+from conftest import text_rows
 
+import kto.precompute
 from kto.formats.errors import InputError
-from kto.precompute.inputs.hub import parse_spec
+from kto.formats.manifest import read_manifest
+from kto.precompute.config import PrecomputeConfig
+from kto.precompute.inputs.hub import dataset_identity, dataset_records, one_run, parse_spec
 from kto.precompute.inputs.records import input_identity, read_examples
 
 
@@ -94,3 +99,58 @@ def test_bad_sources_get_one_line(data_dir):
 def test_row_errors_name_the_dataset_and_row(data_dir):
     (data_dir / "train.jsonl").write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({**ROWS[1], "label": "perhaps"}) + "\n")
     assert error_of(f"hf:{data_dir}:train").startswith("mydata:train: row 2: label 'perhaps' is not boolean-like")
+
+
+def _fake_hub(monkeypatch, datasets, shas) -> list:
+    """The hub answering each dataset_info with `shas()` (its current commit); returns the
+    revisions `load_dataset` was asked for. Its rows: conftest's text_rows."""
+    read_at = []
+
+    def load_dataset(source, config, split, streaming, revision):
+        read_at.append(revision)
+        return datasets.Dataset.from_list(text_rows())
+
+    monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", lambda self, repo_id, **kw: SimpleNamespace(sha=shas()))
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda *args, **kwargs: ["train"])
+    return read_at
+
+
+def test_each_run_records_the_commit_the_hub_resolves_then(tmp_path, tiny_model_dir, datasets, monkeypatch):
+    """The sha was resolved once per process: a notebook's second kto.precompute.run read and
+    recorded the commit of the first, after the dataset had changed on the hub."""
+    hub = {"sha": "a" * 40}
+    read_at = _fake_hub(monkeypatch, datasets, lambda: hub["sha"])
+    recorded = []
+    for n, sha in enumerate(["a" * 40, "b" * 40]):
+        hub["sha"] = sha
+        result = kto.precompute.run(PrecomputeConfig(data="hf:org/name:train", model=str(tiny_model_dir), out=tmp_path / f"c{n}", max_length=64))
+        recorded.append(read_manifest(result.cache).content.inputs[0]["revision"])
+    assert recorded == ["a" * 40, "b" * 40]
+    assert read_at == recorded  # the rows read are the rows fingerprinted
+
+
+def test_one_run_resolves_once_and_reads_that_commit(datasets, monkeypatch):
+    """Inside one_run every read of a hub id (the manifest's identity, the read, the check that
+    compares them) names one commit, even if the hub moves meanwhile; the next run resolves anew."""
+    shas = iter(["a" * 40, "b" * 40])
+    read_at = _fake_hub(monkeypatch, datasets, lambda: next(shas))
+    for sha in ("a" * 40, "b" * 40):
+        with one_run():
+            assert [dataset_identity("hf:org/name:train")["revision"] for _ in range(2)] == [sha, sha]
+            assert len(list(dataset_records(parse_spec("hf:org/name:train")))) == len(text_rows())
+        assert read_at[-1] == sha
+
+
+def test_reading_leaves_the_progress_bars_as_they_were(tmp_path, datasets):
+    """A precompute turned `datasets`' progress bars off for the rest of the session."""
+    datasets.Dataset.from_list(ROWS[:2]).save_to_disk(str(tmp_path / "saved"))
+    datasets.enable_progress_bars()  # the default (a read by an earlier test turned them off)
+    read_examples([tmp_path / "saved"])
+    assert datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        read_examples([tmp_path / "saved"])
+        assert not datasets.is_progress_bar_enabled()  # a user's own choice is kept too
+    finally:
+        datasets.enable_progress_bars()
