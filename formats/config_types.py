@@ -12,7 +12,6 @@ import numbers
 import os
 import types
 import typing
-from collections.abc import Iterable
 from pathlib import Path
 
 from .config_keys import switch_value
@@ -21,6 +20,7 @@ from .errors import InputError
 # What an annotation takes, said in a refusal: a value of the type the CLI gives (click's int,
 # float, bool, Path, str; a JSON object for --lr-schedule-kwargs and --chat-template-kwargs).
 EXPECTED = {int: "a whole number", float: "a number", bool: "True or False", Path: "a path", str: "text", dict: "a JSON object"}
+_SHOWN = 60  # longest repr a refusal quotes; a longer one (a row, a model, a DataFrame) is named by type
 
 
 def check_field_types(cfg: object, text_paths: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
@@ -47,11 +47,13 @@ def typed(name: str, value: object, hint: object) -> object:
 
 
 def _items(name: str, value: object, kind: type) -> tuple:
+    """A list or tuple of `kind`, or one alone. Any other collection is refused: a DataFrame
+    iterates its column names (read as file names), a set or a generator has no order to keep."""
     if isinstance(value, (str, os.PathLike)):
         value = (value,)
-    elif isinstance(value, (bytes, dict)) or not isinstance(value, Iterable):
+    elif not isinstance(value, (list, tuple)):
         one = EXPECTED.get(kind, kind.__name__)
-        raise InputError(f"--{flag(name)} {value!r}: expected {one} or a list of {one.removeprefix('a ')}s")
+        raise refusal(name, value, f"{one} or a list of {one.removeprefix('a ')}s", by_type=True)  # {'a.jsonl'} reads as a list
     return tuple(_one(name, item, (kind,)) for item in value)
 
 
@@ -73,7 +75,17 @@ def _one(name: str, value: object, kinds: tuple) -> object:
         return value
     elif any(k not in EXPECTED and isinstance(value, typing.get_origin(k) or k) for k in kinds):
         return value  # a type with no word here (a column map): checked, said by its name below
-    raise InputError(f"--{flag(name)} {value!r}: expected {_expected(kinds)}")
+    raise refusal(name, value, _expected(kinds))
+
+
+def refusal(name: str, value: object, expected: str, by_type: bool = False) -> InputError:
+    """One short line: the value as written when it fits (`--seed 'x': expected a whole
+    number`), else (or `by_type`) its type (`--model: expected text, got Sequential`), so a
+    loaded model or a row is not printed whole."""
+    shown = repr(value)
+    if not by_type and len(shown) <= _SHOWN and "\n" not in shown:
+        return InputError(f"--{flag(name)} {shown}: expected {expected}")
+    return InputError(f"--{flag(name)}: expected {expected}, got {type(value).__name__}")
 
 
 def _expected(kinds: tuple) -> str:
