@@ -12,6 +12,12 @@ CLI prints it as one line) naming the path, instead of a traceback from deep ins
 Every writer of the three commands runs inside `disk_full_names`, the one place that turns the
 libraries' own ways of saying it (OSError ENOSPC, safetensors' SafetensorError, tokenizers'
 plain Exception "... (os error 28)") into that line.
+
+A write that the filesystem refuses (a read-only mount: EROFS; no permission: EACCES, EPERM)
+raises `NotWritableError` the same way, from every atomic write here (`names_write_errors`);
+`check_can_create` asks the same question before a command's expensive work. Removing a failed
+write's temp name never replaces the error that stopped the write (on a read-only mount the
+removal fails too).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, log
 
 # Exactly the shapes this module makes: .NAME.tmp-PID-THREAD (temp_path_for), .NAME.old-PID and
 # .NAME.deleted-PID (aside_path). Nothing looser: a name that merely resembles one is a user's.
@@ -36,6 +42,9 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 # How libraries that do not raise OSError say it: safetensors ("I/O error: No space left on
 # device (os error 28)"), tokenizers (a plain Exception with the same words), pyarrow.
 _FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+# The filesystem refuses to change the folder: read-only mount, no write permission, or a flag
+# such as chattr +i (root gets EPERM, not EACCES, there).
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class DiskFullError(InputError, OSError):
@@ -48,6 +57,28 @@ class DiskFullError(InputError, OSError):
     def __init__(self, path: str | os.PathLike, then: str = "run the command again"):
         super().__init__(f"{path}: no space left on device; free some space and {then}")
         self.path = path
+
+
+class NotWritableError(InputError, OSError):
+    """A write the filesystem refused (_REFUSED: EROFS, EACCES, EPERM) at `path`.
+
+    Also an OSError, as `DiskFullError` is, so that an optional write (the shard verification
+    stamp on a read-only cache) is still skipped by its `except OSError`."""
+
+    def __init__(self, path: str | os.PathLike, code: int) -> None:
+        super().__init__(f"{path}: cannot write ({os.strerror(code)}); choose a writable location")
+        self.path = path
+
+
+def _refused_at(error: BaseException, path: Path) -> bool:
+    """EROFS/EACCES/EPERM met while writing `path`: in its folder (the temp name, the rename,
+    the fsync), or naming no file (pyarrow's). One that names a file elsewhere (a source that a
+    block reads, unreadable) is not about `path` and passes through."""
+    if isinstance(error, (NotWritableError, DiskFullError)) or not isinstance(error, OSError) or error.errno not in _REFUSED:
+        return False  # an error already named keeps its innermost path
+    if error.filename is None or isinstance(error.filename, int):
+        return True
+    return Path(os.path.abspath(os.fsdecode(error.filename))).is_relative_to(os.path.abspath(path.parent))
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -85,6 +116,31 @@ def disk_full_names(path: str | os.PathLike) -> Iterator[None]:
         if is_disk_full(e) or (not isinstance(e, DiskFullError) and _short_write_on_full_disk(e, Path(path))):
             raise DiskFullError(path) from None
         raise
+
+
+@contextlib.contextmanager
+def names_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """`disk_full_names`, and a refused write inside the block becomes a one-line
+    `NotWritableError` naming `path`. Every atomic write of this module runs inside it."""
+    try:
+        with disk_full_names(path):
+            yield
+    except OSError as e:
+        if _refused_at(e, Path(path)):
+            raise NotWritableError(path, e.errno) from None
+        raise
+
+
+def check_can_create(path: str | os.PathLike) -> None:
+    """Refuse, with the one line an atomic write of `path` would end in, a folder where that
+    write cannot create its temp name: before the work that would produce the file. A real
+    create, not os.access: root passes every permission check but not a read-only mount."""
+    path = Path(path)
+    tmp = temp_path_for(path)
+    with names_write_errors(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+    _remove_quietly(tmp)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,6 +191,17 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _remove_quietly(path: Path) -> None:
+    """`_remove` for a cleanup in a finally block: an error here must not replace the one that
+    stopped the write (on a read-only mount the unlink fails too, even of a missing name). A
+    temp name that really stays is said; a later run's `remove_stale_temps` clears it."""
+    try:
+        _remove(path)
+    except OSError as e:
+        if os.path.lexists(path):
+            log(f"note: could not remove the temp file {path} ({e.strerror or e}); delete it by hand")
+
+
 @dataclass(frozen=True)
 class StaleTemp:
     """One temp name that a killed run left, and what `remove_stale_temps` did with it."""
@@ -180,13 +247,14 @@ def remove_stale_temps(directory: str | os.PathLike, owns: Callable[[str, str], 
 @contextlib.contextmanager
 def _temp_beside(path: Path) -> Iterator[Path]:
     """A temp name next to `path`, for the block to fill and rename onto `path`; whatever is left
-    under it at the end (the block failed) is removed, and ENOSPC names `path`."""
+    under it at the end (the block failed) is removed, and a full disk or a refused write names
+    `path` (`names_write_errors`)."""
     tmp = temp_path_for(path)
     try:
-        with disk_full_names(path):
+        with names_write_errors(path):
             yield tmp
     finally:
-        _remove(tmp)
+        _remove_quietly(tmp)
 
 
 @contextlib.contextmanager
@@ -203,7 +271,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def rename_into_place(tmp: Path, path: Path) -> None:
     """os.replace, then fsync the folder so that the rename itself survives a power cut."""
-    with disk_full_names(path):
+    with names_write_errors(path):
         os.replace(tmp, path)
         _fsync_dir(Path(path).parent)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from kto.formats import schema as S
-from kto.formats.atomic import atomic_path
+from kto.formats.atomic import NotWritableError, atomic_path, check_can_create
 from kto.formats.cache import cache_holding, open_cache
 from kto.formats.compute.adapters import base_model_of, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError, log
@@ -69,6 +69,10 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
         raise InputError(f"--out {out}: inside the kto-train run {run}, which holds only its own files (its --resume refuses others); write it elsewhere")
     if out.exists() and not _is_score_file(out):
         raise InputError(f"--out {out}: exists and is not a file kto-inspect score wrote; name a new file (it replaces only its own)")
+    try:
+        check_can_create(out)  # a read-only mount otherwise fails only at the write, after all the scoring
+    except NotWritableError as exc:
+        raise InputError(f"--out {exc}") from None
 
 
 def _is_score_file(path: Path) -> bool:

@@ -40,12 +40,14 @@ def test_disk_full_while_writing_a_folder(tmp_path, raised):
 
 
 def test_other_os_errors_pass_through(tmp_path, monkeypatch):
-    def denied(*_a, **_kw):
-        raise PermissionError(errno.EACCES, "Permission denied")
+    # Not EACCES, as it was: a refused write is now one line too (test_atomic_readonly.py).
+    def io_error(*_a, **_kw):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(os, "replace", denied)
-    with pytest.raises(PermissionError):
+    monkeypatch.setattr(os, "replace", io_error)
+    with pytest.raises(OSError) as info:
         write_bytes_atomic(tmp_path / "x", b"1")
+    assert info.value.errno == errno.EIO and not isinstance(info.value, InputError)
 
 
 def test_remove_stale_temps_removes_only_the_temp_names_the_caller_owns(tmp_path):

@@ -169,3 +169,71 @@ def test_an_adapters_gguf_base_is_the_file_the_run_trained_on(tmp_path, monkeypa
     assert _base_of(run / "final", "m/A.gguf") == "m/A.gguf"  # --base-model wins
     write_run_config(run, {"model": "elsewhere/X.gguf"}, {})  # another folder than the adapter names: the adapter's
     assert _base_of(run / "final", None) == "m"
+
+
+def _read_only_below(folder, monkeypatch):
+    """Fake a read-only mount at `folder` (root ignores a chmod; a real mount needs privileges):
+    creating a file there fails with EROFS, and so does every unlink there, as on such a mount."""
+    import errno
+    import os
+    from pathlib import Path
+
+    def refused(path) -> bool:
+        return Path(os.fsdecode(path)).parent == folder
+
+    def erofs(path):
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    real_open, real_unlink = os.open, Path.unlink
+
+    def fake_open(path, *args, **kwargs):
+        if refused(path):
+            raise erofs(path)
+        return real_open(path, *args, **kwargs)
+
+    def fake_unlink(self, *args, **kwargs):
+        if refused(self):
+            raise erofs(self)
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(Path, "unlink", fake_unlink)
+
+
+def test_a_read_only_out_folder_is_refused_before_scoring(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """Seen: `--out ro/s.parquet` on a read-only mount scored the whole cache, then ended in an
+    OSError traceback (exit 1) from the temp file's cleanup. Now one line naming --out, first."""
+    import kto.inspection.score as score
+
+    (tmp_path / "ro").mkdir()
+    _read_only_below(tmp_path / "ro", monkeypatch)
+    monkeypatch.setattr(score._Scorer, "load", lambda *a, **kw: pytest.fail("loaded the model before refusing --out"))
+    out = tmp_path / "ro" / "s.parquet"
+    result = invoke("score", tiny_cache, "--model", tiny_model_dir, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"kto-inspect: error: --out {out}: cannot write (Read-only file system); choose a writable location\n"
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_a_write_refused_after_the_check_is_one_line(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """The folder turns read-only while scoring (a remount after a disk error): pyarrow's EROFS,
+    and the cleanup's own EROFS after it, become one line naming the file, not a traceback."""
+    import errno
+
+    import pyarrow.parquet
+
+    import kto.inspection.score as score
+
+    (tmp_path / "ro").mkdir()
+    out = tmp_path / "ro" / "s.parquet"
+    monkeypatch.setattr(score, "check_can_create", lambda path: None, raising=False)
+    _read_only_below(tmp_path / "ro", monkeypatch)
+
+    def pyarrow_refuses(table, where, **kw):
+        raise OSError(errno.EROFS, f"Failed to open local file '{where}'. Detail: [errno 30] Read-only file system")
+
+    monkeypatch.setattr(pyarrow.parquet, "write_table", pyarrow_refuses)
+    result = invoke("score", tiny_cache, "--model", tiny_model_dir, "--out", out, "--batch-tokens", "64")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == f"kto-inspect: error: {out}: cannot write (Read-only file system); choose a writable location"
+    assert list((tmp_path / "ro").iterdir()) == []
