@@ -72,6 +72,8 @@ Truncation rule (TRUNCATION_RULE; the manifest records it under `truncation`):
   and tool messages after it) and is re-rendered with the chat template, so it still starts with
   a turn header; only when [system +] the last user turn alone is too long is that turn's text
   cut, keeping its end (the question sits there) between its header and the generation prompt.
+  When the system message (given, or the template's own default) leaves it no room, the system
+  text is cut that way instead, its header kept.
   A plain-text prompt keeps its end, BOS re-attached when the tokenizer starts text with one.
   A prompt within max_prompt_length stays whole.
 - The completion keeps its start, max_length − P' tokens (P' the prompt as kept); the KL sequence
@@ -387,7 +389,7 @@ SIDE_BY_SIDE_ROWS = 16
 TRUNCATION_RULE = (
     "own-length: nothing cut while prompt + own completion fits max_length; else a prompt over max_prompt_length "
     "is cut to it (conversations: earliest whole turns dropped, system kept, re-rendered; inside the last user "
-    "turn keeping its end only when that alone is too long, else inside the system message, its header kept, "
+    "turn keeping its end only when that alone is too long, else inside the system message (the template's own default one too), its header kept, "
     "else inside the longest turn after that user turn; a text the template trims is found stripped; "
     "text: its end, BOS re-attached); then the completion "
     "keeps its start, max_length - prompt; KL = own prompt + partner's whole completion cut to max_length - prompt"

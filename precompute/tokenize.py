@@ -154,6 +154,9 @@ def conversational_ids(
     last = starts[-1] if starts else max(len(rest) - 1, 0)
     kept = head + rest[last:]
     prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
+    if not head:  # the system message a template adds itself (SmolLM2's, Qwen2.5's) is cut as one given
+        head = _template_system(example, kept, tokenizer, template)
+        kept = head + kept
     # The last user turn's text is cut first. When the system message, the headers and the
     # generation prompt alone leave it no room, the system message's text instead (its header
     # kept, the last turn whole); when the turns after it (a tool call and its long result) do,
@@ -209,6 +212,32 @@ def _system_head(messages) -> tuple[tuple, tuple]:
 
 
 _SENTINEL = "\x00kto-cut-here\x00"
+
+
+def _template_system(example: Example, messages: tuple, tokenizer, template: ChatTemplate) -> tuple:
+    """The system message the template renders by itself before `messages` (which have none), as
+    an explicit message that renders the same text: (message,) or (). Without it, a prompt that
+    only this message left no room was cut keeping the ids' end, starting inside its text with
+    no header. Its text is what lies between a sentinel system message's header and the rest; a
+    template with no such message (Llama-3's, an empty system block), one that refuses a system
+    message (Gemma's) or puts its text inside a user turn (Mistral's) gives ()."""
+    if not messages or messages[0].get("role") == "system":
+        return ()
+    try:
+        text = render(tokenizer, messages, example, template, add_generation_prompt=True)
+        marked = ({"role": "system", "content": _SENTINEL}, *messages)
+        parts = render(tokenizer, marked, example, template, add_generation_prompt=True).split(_SENTINEL)
+    except InputError:
+        return ()
+    if len(parts) != 2 or len(text) < len(parts[0]) + len(parts[1]) or not (text.startswith(parts[0]) and text.endswith(parts[1])):
+        return ()
+    system = {"role": "system", "content": text[len(parts[0]) : len(text) - len(parts[1])]}
+    if not system["content"].strip():
+        return ()
+    # Cut as an explicit message only where one renders exactly as the template's own: the ids
+    # the cut keeps are then the prompt's own.
+    same = render(tokenizer, (system, *messages), example, template, add_generation_prompt=True) == text
+    return (system,) if same else ()
 
 
 def _cut_inside(example: Example, kept: tuple, target: int, prompt_ids: list[int], tokenizer, template: ChatTemplate, budget: int) -> list[int] | None:

@@ -72,19 +72,20 @@ def one_thread(fn):
 # differ from the EPYC's (its pins: shards 91e0decf…, 20f79…, 6d185…; manifest a8c2197d…), the
 # losses are bit-identical on both. Shards and manifest retaken for READING_RULE (content.reading,
 # in every cache's fingerprint), and again when it named the BOS/EOS a text carries; every column of
-# every shard and the losses are unchanged.
+# every shard and the losses are unchanged. Retaken when TRUNCATION_RULE named the template's own
+# system message (2026-12-06, f714857 + that change alone): every column of every shard unchanged.
 PIN_ENV = {"cpu": "AVX512", "vendor": "GenuineIntel", "torch": "2.13.0+cpu", "transformers": "5.25.0"}
 # Retaken when the model identity gained small_tensors_sha256 (it is in the cache's content,
 # hence its fingerprint, which every shard carries); the token ids and log-probs are unchanged.
 SHARDS = {
-    "shard-00000.arrow": "ac479520e10895465461ddbea4d854d80e822984db142ad32450afc434b040a1",
-    "shard-00001.arrow": "ca44f1ebca9d79ff1bcf068488a90dbc8640d5299c00299503de0322ee26100b",
-    "shard-00002.arrow": "931f04b0e1e22d7d04cd81ac609e8b02a0f25c0827dd81c46f41aab8c2dc16eb",
+    "shard-00000.arrow": "9d027d84ad5eab868b96900c5189e92beb7d29a2f706e220ff7b0a2f20372522",
+    "shard-00001.arrow": "9b9a55a031efd62d48a6cb38b7a65ce43c1ce0e94df3f8d53b0945c8b1cbf9f1",
+    "shard-00002.arrow": "d17684833dcf2bd24adfb6fc5be97c7d6895148747142306916bdd1a6a63c705",
 }
 # manifest.json with the paths of this run and the library versions replaced by placeholders:
 # `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
 # is what the code decides.
-MANIFEST = "b484b4575ed350c3465e43b1e94a4abd1ff83ceb42cf4a2aeda1ad0b9904bb9b"
+MANIFEST = "129f45603ecb6c939bc77e4c49cffe1ac3c8d20d2f888a1595008cabcff6bbed"
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
 # step 1); main's tip with only its epoch_plan replaced by the grouped one gives these exactly.
 LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]

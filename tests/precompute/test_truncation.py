@@ -312,3 +312,74 @@ def test_an_agent_trace_too_long_everywhere_costs_three_cut_tries(tok, monkeypat
         row = tokenize_example(chat_example(prompt), tok, truncation=Truncation(256, 100))
     assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
     assert tries == [1, 0, 23]  # the user turn, the system message, the first longest result (i = 10: two digits)
+
+
+SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its template's own
+
+
+def test_a_templates_own_system_message_is_cut_inside_its_text_keeping_its_header(tok):
+    """Seen by a hunter: SmolLM2's template adds its own system message to a conversation that has
+    none; only one present in the data was cut inside its text, so at --max-length 48 (prompt
+    budget 24) 7 of conftest's 8 questions began mid-text inside the template's message
+    (' Hugging Face<|im_end|>…') and at 32 one began with its header split ('user\\n…'). The
+    template's message is cut as an explicit one is now: the same ids, its header kept. The
+    sky question's turn, the generation prompt and the system header alone take 25 tokens: its
+    two rows keep the ids' end, the last resort, as with an explicit system message."""
+    from conftest import chat_rows
+
+    headed = []
+    for r in chat_rows():
+        ex = chat_example(tuple(r["prompt"]), r["completion"][0]["content"])
+        explicit = chat_example(({"role": "system", "content": SMOLLM_SYSTEM}, *r["prompt"]), r["completion"][0]["content"])
+        row, same = (tokenize_example(e, tok, truncation=Truncation(48, 24)) for e in (ex, explicit))
+        assert row.prompt_ids.tolist() == same.prompt_ids.tolist() and row.prompt_cut == same.prompt_cut
+        text = tok.decode(row.prompt_ids)
+        assert text.endswith(f"<|im_end|>\n<|im_start|>user\n{r['prompt'][0]['content']}<|im_end|>\n<|im_start|>assistant\n")
+        if row.prompt_cut == PromptCut.MID_TEXT:
+            headed.append(text.startswith("<|im_start|>system\n") and not text.startswith(f"<|im_start|>system\n{SMOLLM_SYSTEM[:8]}"))
+    assert headed == [True, False, False, True, True, True, True]
+
+
+QWEN_LIKE = (  # Qwen2.5's shape: a default system message when the conversation has none
+    "{% if messages[0].role == 'system' %}<|im_start|>system\n{{ messages[0].content }}<|im_end|>\n"
+    "{% else %}<|im_start|>system\nYou are Qwen, a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA31_LIKE = (  # a system block always there, its text empty without a system message
+    "<|im_start|>system\nToday Date: 1 Jan 2025\n\n{% if messages[0].role == 'system' %}{{ messages[0].content | trim }}{% endif %}<|im_end|>\n"
+    "{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+GEMMA_LIKE = (  # refuses a system message
+    "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+PREPENDING = (  # Gemma-3's and Mistral's shape: the system text is put inside a user turn
+    "{% if messages[0].role == 'system' %}{% set sys = messages[0].content + '\n\n' %}{% set rest = messages[1:] %}"
+    "{% else %}{% set sys = '' %}{% set rest = messages %}{% endif %}"
+    "{% for m in rest %}<|im_start|>{{ m.role }}\n{% if loop.first %}{{ sys }}{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [(None, SMOLLM_SYSTEM), (QWEN_LIKE, "You are Qwen, a helpful assistant."), (LLAMA31_LIKE, None), (GEMMA_LIKE, None), (PREPENDING, None), (TRIMMING, None)],
+    ids=["smollm2", "qwen-like", "llama31-like", "gemma-like", "prepending", "chatml-trimming"],
+)
+def test_the_templates_own_system_message_is_found_only_where_there_is_one(tok, template, expected):
+    """A template's own system message is the text an explicit system message would need to
+    render the same; a template without one (an empty system block, a refused or prepended
+    system message) gives none, and its prompts are cut as before. A conversation with its own
+    system message has no other."""
+    from kto.precompute.templates import ChatTemplate
+    from kto.precompute.tokenize import _template_system
+
+    question = ({"role": "user", "content": "What is 7 times 8?"},)
+    with templated(tok, template) if template else contextlib.nullcontext(tok):
+        found = _template_system(chat_example(question), question, tok, ChatTemplate())
+        assert found == (({"role": "system", "content": expected},) if expected else ())
+        with_system = ({"role": "system", "content": "Be brief."}, *question)
+        assert template == GEMMA_LIKE or _template_system(chat_example(with_system), with_system, tok, ChatTemplate()) == ()
