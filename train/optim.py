@@ -9,11 +9,13 @@ differ from TRL's").
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 
 import torch
 
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, exception_line
 
 from .config import TrainConfig
 
@@ -35,9 +37,12 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
 
 def warmup_note(cfg: TrainConfig, total_steps: int) -> str | None:
     """The line saying how many warmup steps the ratio gives here and in transformers, where the
-    two differ (0.1 of 6 steps: none here, 1 there); None when --warmup-steps decides or they agree.
-    The rounding itself stays: a resumed run's schedule depends on it."""
-    if cfg.warmup_steps > 0 or not cfg.warmup_ratio:
+    two differ (0.1 of 6 steps: none here, 1 there); with --warmup-steps, a warning where the
+    warmup outlasts the run; else None. The rounding itself stays: a resumed run's schedule
+    depends on it."""
+    if cfg.warmup_steps > 0:
+        return _warmup_outlasts(cfg, total_steps)
+    if not cfg.warmup_ratio:
         return None
     here, there = warmup_steps(cfg, total_steps), math.ceil(total_steps * cfg.warmup_ratio)  # transformers' get_warmup_steps
     if here == there:
@@ -48,9 +53,38 @@ def warmup_note(cfg: TrainConfig, total_steps: int) -> str | None:
     )
 
 
+def _warmup_outlasts(cfg: TrainConfig, total_steps: int) -> str | None:
+    """A warning where --warmup-steps W ≥ the total T: transformers' warmup (s/W) is still rising
+    on the last step, so the run never trains at --lr. Only --warmup-steps can: ⌊ratio × T⌋ < T.
+    A run at rate 0 throughout (T = W = 1) is refused before this, by the schedule check."""
+    if cfg.lr_schedule == "constant":  # transformers' constant takes no warmup
+        return None
+    # cosine_warmup_with_min_lr warms up as (s + 1)/W: it reaches --lr on step W − 1.
+    reached = cfg.warmup_steps <= total_steps if cfg.lr_schedule == "cosine_warmup_with_min_lr" else cfg.warmup_steps < total_steps
+    if reached:
+        return None
+    return (
+        f"warning: --warmup-steps {cfg.warmup_steps} ≥ the run's {total_steps} steps: the learning rate is still warming up when the run ends "
+        f"and never reaches --lr {cfg.lr:g}; give --warmup-steps below {total_steps} (warmup_steps in a --config file)"
+    )
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """transformers' scheduler of kind cfg.lr_schedule; its own error, on one line, for kwargs
-    it does not take or needs (cosine_with_min_lr needs min_lr or min_lr_rate)."""
+    """transformers' scheduler of kind cfg.lr_schedule over `total_steps`, the run's own; its
+    own error, on one line, for kwargs it does not take or needs (cosine_with_min_lr needs min_lr
+    or min_lr_rate); and a one-line refusal of a schedule the run could not follow (`schedule_refusal`)."""
+    scheduler = _built(optimizer, cfg, total_steps)
+    lambdas = getattr(scheduler, "lr_lambdas", None)  # None: a kind that steps on a metric (refused by TrainConfig)
+    why = schedule_refusal(cfg, lambdas[0], total_steps) if lambdas else None
+    if why:
+        raise InputError(why)
+    return scheduler
+
+
+def _built(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, real: bool = True) -> torch.optim.lr_scheduler.LRScheduler:
+    """get_scheduler's scheduler; any error it raises as one line. transformers evaluates step 0
+    as it builds, so arithmetic errors come from here too (inverse_sqrt's timescale 0). `real`:
+    total_steps is the run's (else made up, and not said)."""
     get_scheduler = _get_scheduler()
     try:
         return get_scheduler(
@@ -60,20 +94,96 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
             num_training_steps=total_steps,
             scheduler_specific_kwargs=dict(cfg.lr_schedule_kwargs),
         )
-    except (TypeError, ValueError, AssertionError) as exc:
-        detail = " ".join(str(exc).split())
-        raise InputError(f"--lr-schedule {cfg.lr_schedule} --lr-schedule-kwargs {dict(cfg.lr_schedule_kwargs)}: {detail}") from None
+    except (TypeError, ValueError, AssertionError) as exc:  # its own refusals: the message says it all
+        raise InputError(f"{_given(cfg)}: {' '.join(str(exc).split())}") from None
+    except Exception as exc:  # anything else (ZeroDivisionError) is a kwarg it took but cannot follow
+        of_run = f" of the run's {total_steps}" if real else ""
+        raise InputError(f"{_given(cfg)}: step 0{of_run} raises {exception_line(exc)}") from None
+
+
+def _given(cfg: TrainConfig) -> str:
+    """The flags as the user gives them: kwargs as JSON, which --lr-schedule-kwargs reads."""
+    return f"--lr-schedule {cfg.lr_schedule} --lr-schedule-kwargs {json.dumps(dict(cfg.lr_schedule_kwargs), default=str)}"
+
+
+# How far above 1 a factor may be and still be the peak of 1: polynomial's peak is
+# ((lr − lr_end) + lr_end)/lr, 1.0000000000000002 for lr 0.007, lr_end 0.0005.
+_ROUNDING = 1e-9
+# Kinds whose factor on the first step after warmup is not 1 by design: cosine_warmup_with_min_lr
+# reaches 1 on the last warmup step ((s + 1)/W) and is already decaying on the next.
+_PEAK_IN_WARMUP = ("cosine_warmup_with_min_lr",)
+
+
+def schedule_refusal(cfg: TrainConfig, factor: Callable[[int], float], total_steps: int) -> str | None:
+    """Why the run could not follow a schedule whose rate on step s is factor(s) × --lr, as one
+    line; None when it can. factor is the scheduler's own lambda, evaluated on every step the run's
+    scheduler will evaluate: 0..T − 1, and T, where scheduler.step() after the last update lands.
+
+    Refused: a step that raises (on step T too: it would end the run before final/ is saved), a
+    factor not finite, below 0 or above 1 (a rate above --lr); every step at rate 0 (nothing
+    trains: a warmup over the whole run); the first step after warmup below 1 (the schedule
+    never reaches --lr: warmup_stable_decay's num_decay_steps beyond the run); the last steps
+    at rate 0 (transformers clamps a factor below 0 to 0: cosine_with_min_lr's min_lr_rate −1)."""
+    factors = []
+    for step in range(total_steps + 1):
+        try:
+            f = float(factor(step))
+        except Exception as exc:  # whatever the lambda raises, the run's scheduler.step() would
+            after = " (the scheduler's step after the last update)" if step == total_steps else ""
+            # polynomial divides by T − W: a warmup over the whole run is the cause, not the kwargs.
+            warmup = warmup_steps(cfg, total_steps)
+            hint = f"; --warmup-steps {warmup} ≥ the run's {total_steps} steps: give fewer" if warmup >= total_steps else ""
+            return f"{_given(cfg)}: step {step}{after} of the run's {total_steps} raises {exception_line(exc)}{hint}"
+        if step == total_steps:  # no update runs at this rate: only its raising matters
+            break
+        problem = "not a finite number" if not math.isfinite(f) else "a negative rate" if f < 0 else "above --lr" if f > 1 + _ROUNDING else None
+        if problem:
+            return f"{_given(cfg)}: step {step} of the run's {total_steps} would run at learning rate {f * cfg.lr:g} ({f:g} × --lr {cfg.lr:g}): {problem}"
+        factors.append(f)
+    return _shape_refusal(cfg, factors)
+
+
+def _shape_refusal(cfg: TrainConfig, factors: list[float]) -> str | None:
+    """`schedule_refusal`'s checks on the whole run's factors, each within [0, 1]."""
+    total, warmup = len(factors), warmup_steps(cfg, len(factors))
+    if factors and not any(factors):
+        # As loss_is_identically_zero (train/checks.py): a run that trains nothing saves --model as final/.
+        why = (
+            f" (--warmup-steps {warmup} ≥ the run's {total} steps, and transformers' warmup starts at rate 0)"
+            if warmup >= total and cfg.lr_schedule != "constant"
+            else f" ({_given(cfg)})"
+        )
+        return (
+            f"every step of the run ({total}) runs at learning rate 0{why}: nothing would train and final/ would be --model unchanged; "
+            f"give --warmup-steps below {total} (or a smaller --warmup-ratio), or more steps"
+        )
+    if warmup < total and cfg.lr_schedule not in _PEAK_IN_WARMUP and factors[warmup] < 1 - _ROUNDING:
+        return f"{_given(cfg)}: step {warmup}, the first after warmup, runs at {factors[warmup]:.3g} × --lr {cfg.lr:g}: the schedule never reaches --lr over the run's {total} steps"
+    if warmup < total and factors[-1] == 0:
+        # Exactly 0: a clamp's. A decay to 0 ends above it (linear: 1/(T − W) on the last step),
+        # and a single 0 mid-run (cosine with num_cycles 1) is a choice, not a lost tail.
+        first = next(s for s in range(total - 1, -1, -1) if s < warmup or factors[s] != 0) + 1
+        n = total - first
+        steps = f"step {first} (1" if n == 1 else f"steps {first} to {total - 1} ({n}"
+        return f"{_given(cfg)}: {steps} of the run's {total}) run{'s' if n == 1 else ''} at learning rate 0 and train nothing"
+    return None
+
+
+def check_schedule(cfg: TrainConfig, total_steps: int | None = None) -> None:
+    """Refuse a schedule the run could not follow at start-up, before the model loads, building
+    it on a throwaway parameter: with the run's `total_steps`, every check of build_scheduler
+    (`schedule_refusal`), which only the real total makes right (warmup ⌊ratio × T⌋, the last step, the
+    decay's length). Without it (a caller that has not planned the steps yet), only the kwargs
+    get_scheduler refuses, on a made-up 10 steps, and only where there are kwargs to check."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    if total_steps is not None:
+        build_scheduler(optimizer, cfg, total_steps)
+    elif cfg.lr_schedule_kwargs or cfg.lr_schedule in _NEEDS_KWARGS:
+        _built(optimizer, cfg, 10, real=False)
 
 
 # Kinds that need a kwarg (min_lr or min_lr_rate) or whose kwargs are checked only when built.
 _NEEDS_KWARGS = ("cosine_with_min_lr", "cosine_warmup_with_min_lr")
-
-
-def check_schedule(cfg: TrainConfig) -> None:
-    """Build the schedule once on a throwaway parameter when it has kwargs to check, so that bad
-    ones are refused at start-up, before the model loads (the import costs seconds: not always)."""
-    if cfg.lr_schedule_kwargs or cfg.lr_schedule in _NEEDS_KWARGS:
-        build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr), cfg, 10)
 
 
 def _get_scheduler():

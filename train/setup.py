@@ -177,6 +177,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     check_shape(cache.num_rows, shape)
     per_epoch = steps_per_epoch(cache.num_rows, shape)
     total_steps = planned_steps(cfg, per_epoch)
+    check_schedule(cfg, total_steps)  # every step's rate over the run's real steps, before the model loads
     identity = model_identity(source)
     derived = {
         "total_steps": total_steps,

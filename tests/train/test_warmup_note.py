@@ -12,7 +12,7 @@ from kto.train.optim import warmup_note
 
 
 def cfg(ratio: float, steps: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(warmup_ratio=ratio, warmup_steps=steps)
+    return SimpleNamespace(warmup_ratio=ratio, warmup_steps=steps, lr_schedule="linear", lr=1e-6)
 
 
 def test_the_note_gives_both_numbers():
