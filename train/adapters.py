@@ -56,7 +56,10 @@ def bitsandbytes_backend(device_type: str, bits: int = 4) -> str | None:
         return f"bitsandbytes does not load ({exception_line(exc)})"
     probe = (lambda F, t: F.quantize_4bit(t)) if bits == 4 else (lambda F, t: F.int8_vectorwise_quant(t))
     try:
-        probe(F, torch.ones(64, 64, device=device_type))
+        # float16: the one dtype every backend takes. CUDA's int8_vectorwise_quant raises
+        # ValueError for anything else (0.50.2, backends/cuda/ops.py), which a float32 probe read
+        # as "no cuda backend"; CPU's kernels take any dtype, so only a GPU showed it.
+        probe(F, torch.ones(64, 64, device=device_type, dtype=torch.float16))
     except Exception as exc:
         return f"bitsandbytes {bitsandbytes.__version__} has no {device_type} backend ({type(exc).__name__})"
     return None

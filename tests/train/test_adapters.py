@@ -338,3 +338,28 @@ def test_adding_adapters_warns_nothing(tiny_model_dir, tiny_cache, tmp_path):
         warnings.simplefilter("always")
         add_adapters(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path, lora_r=4), lm)
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)], [str(w.message) for w in caught]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_probe_quantizes_float16_as_the_cuda_kernels_require(monkeypatch, bits):
+    """bitsandbytes 0.50.2's CUDA int8_vectorwise_quant raises ValueError unless A is float16
+    (backends/cuda/ops.py); CPU's kernel takes any dtype, so a float32 probe passed here and
+    refused --load-in-8bit on every GPU. With the quantizers wrapped in that check, the probe
+    must still find the backend, for 8-bit and for 4-bit alike."""
+    import bitsandbytes.functional as F
+
+    from kto.train.adapters import bitsandbytes_backend
+
+    if why := bitsandbytes_backend("cpu", bits):
+        pytest.skip(why)
+    for name in ("int8_vectorwise_quant", "quantize_4bit"):
+        real = getattr(F, name)
+
+        def as_on_cuda(A, *args, _real=real, **kwargs):
+            if A.dtype != torch.float16:
+                raise ValueError(f"A must be float16, got {A.dtype}")
+            return _real(A, *args, **kwargs)
+
+        monkeypatch.setattr(F, name, as_on_cuda)
+    assert bitsandbytes_backend("cpu", bits) is None
