@@ -89,8 +89,15 @@ def fsdp_plugin(cfg: TrainConfig) -> FullyShardedDataParallelPlugin | None:
     if version != "2":
         raise InputError(f"FSDP version {version} (FSDP_VERSION from accelerate launch): kto-train shards with FSDP2 only; pass --fsdp_version 2")
     from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    kwargs = {"fsdp_version": 2}
+    # The weights keep their own dtype (param_dtype=None: fp32 weights under bf16 autocast, the
+    # `amp-bf16` numerics the cache was scored with and the step-0 check reports; --dtype bf16
+    # weights stay bf16) and gradients are reduced in fp32. Without a policy, accelerate's state
+    # calls set_mixed_precision("bf16") on GPUs (never on CPU processes), which makes one that
+    # all-gathers bf16 parameters and reduces bf16 gradients; a policy given here it keeps
+    # (accelerate 1.16 FullyShardedDataParallelPlugin.set_mixed_precision, override=False).
+    kwargs = {"fsdp_version": 2, "mixed_precision_policy": MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)}
     if "FSDP_AUTO_WRAP_POLICY" not in os.environ:
         kwargs["auto_wrap_policy"] = "transformer_based_wrap"
     if "FSDP_RESHARD_AFTER_FORWARD" not in os.environ:

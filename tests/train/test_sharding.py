@@ -176,3 +176,24 @@ def test_fsdp_refuses_fp16_weights(tiny_cache, tiny_model_dir, tmp_path):
     )
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("kto-train: error: --dtype fp16: not with FSDP")
+
+
+@pytest.mark.parametrize("mixed", ["bf16", "fp16"])
+def test_fsdp_keeps_the_weights_dtype_and_reduces_in_fp32_under_mixed_precision(tmp_path, monkeypatch, mixed):
+    """On GPUs accelerate's state calls fsdp_plugin.set_mixed_precision(mixed) (state.py, when
+    --mixed-precision is not no: bf16 by default on CUDA), which, to a plugin without a policy,
+    gives MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16): bf16 all-gathers and bf16
+    gradient reduction, not the fp32 weights under bf16 autocast (`amp-bf16`) that the cache was
+    scored with. The CPU runs never reach that call, so it is made here as accelerate makes it."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from kto.train import sharding
+    from kto.train.config import TrainConfig
+
+    for name in ("FSDP_VERSION", "FSDP_AUTO_WRAP_POLICY", "FSDP_RESHARD_AFTER_FORWARD", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(name, raising=False)
+    plugin = sharding.fsdp_plugin(TrainConfig(cache=tmp_path, model="m", out=tmp_path / "run", fsdp=True))
+    plugin.set_mixed_precision(mixed)
+    policy = plugin.mixed_precision_policy
+    assert isinstance(policy, MixedPrecisionPolicy)
+    assert policy.param_dtype is None and policy.reduce_dtype == torch.float32
