@@ -92,7 +92,7 @@ def cache_steps(cache_dir: Path, batch_size: int, grad_accum: int, steps: int | 
 class _LayoutOnly(torch.nn.Module):
     """Stands in for CompletionLogps where only the layout counts: zeros of a forward's shape."""
 
-    def forward(self, batch, score_mask=None):
+    def forward(self, batch, score_mask=None, scored=None):
         return torch.zeros(int(score_mask.sum()) if score_mask is not None else len(batch.targets))
 
 
@@ -167,9 +167,9 @@ class _WithNumerics(torch.nn.Module):
         super().__init__()
         self.inner, self.numerics, self.device_type = inner, numerics, device.type
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         with self.numerics.context(self.device_type):
-            return self.inner(*args)
+            return self.inner(*args, **kwargs)
 
 
 def _step_pass(model, steps, settings, device) -> tuple[float, float, dict, list[float], float]:

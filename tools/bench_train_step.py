@@ -61,9 +61,9 @@ class WithNumerics(torch.nn.Module):
         super().__init__()
         self.inner, self.numerics = inner, numerics
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         with self.numerics.context(args[0].device.type):
-            return self.inner(*args)
+            return self.inner(*args, **kwargs)
 
 
 def precision_numerics(precision: str, device) -> Numerics:
@@ -106,9 +106,9 @@ class AdaptersDisabled(torch.nn.Module):
         super().__init__()
         self.scorer, self.peft_model = scorer, peft_model
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         with self.peft_model.disable_adapter():
-            return self.scorer(*args)
+            return self.scorer(*args, **kwargs)
 
 
 def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> KTOMicroBatch:

@@ -115,6 +115,7 @@ def completion_logps(
     host = batch if host is None else host
     layout = shared_layout(*split_sequences(host.input_ids, host.score_mask), valid.tolist(), batch.input_ids.device.type) if share else None
     if layout is None:
-        return model(batch.input_ids, batch.score_mask), plain_tokens(host, valid)
+        # The count from the CPU copy: the forward then finds the scored positions without a wait.
+        return model(batch.input_ids, batch.score_mask, scored=int(host.score_mask[:, 1:].sum())), plain_tokens(host, valid)
     flat = model(layout.batch)
     return flat[layout.to_rows.to(flat.device, non_blocking=True)], layout.tokens

@@ -118,7 +118,10 @@ class CompletionLogps(nn.Module):
         if lm.get_output_embeddings().weight.is_meta:
             raise InputError("--model: the LM head is offloaded (device_map put it on disk or CPU); give it GPU memory")
 
-    def forward(self, input_ids: torch.Tensor | PackedBatch, score_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor | PackedBatch, score_mask: torch.Tensor | None = None, scored: int | None = None) -> torch.Tensor:
+        """[B, T] ids and score mask -> flat [N] fp32 log-probs, row-major over score_mask[:, 1:].
+        `scored` is N (score_mask[:, 1:].sum()), counted by the caller on its CPU copy: given,
+        the scored positions are found without reading anything back from the device."""
         if isinstance(input_ids, PackedBatch):
             # kto-train's shared-prefix passes call the module, not forward_packed, so that the
             # hooks of the DDP or FSDP wrapper around it fire as for a plain batch.
@@ -131,9 +134,10 @@ class CompletionLogps(nn.Module):
         hidden = self.lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
         # With --device-map the decoder ends on another GPU than it starts; follow its output.
         input_ids, score_mask = input_ids.to(hidden.device), score_mask.to(hidden.device)
-        # Shift: hidden at t-1 predicts the token at t.
-        predict_at = score_mask[:, 1:]
-        return self._token_logps(hidden[:, :-1][predict_at], input_ids[:, 1:][predict_at])
+        # Shift: hidden at t-1 predicts the token at t. Integer gathers of the same rows in the
+        # same order as hidden[:, :-1][score_mask[:, 1:]], without a boolean-mask index's nonzero.
+        rows, at = scored_positions(score_mask, scored)
+        return self._token_logps(hidden[rows, at - 1], input_ids[rows, at])
 
     def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Completion log-probs of a shared-prefix batch (shared_prefix.py), flat [N] fp32 in
@@ -151,23 +155,40 @@ class CompletionLogps(nn.Module):
     def _token_logps(self, selected: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[N, H] hidden states that predict [N] targets -> [N] log-probs (token_logps, below)."""
         head = self.lm.get_output_embeddings()
-        device_type = selected.device.type
-        if torch.is_autocast_enabled(device_type):
-            compute_dtype = torch.get_autocast_dtype(device_type)
+        # Under --device-map the head may sit on another GPU than the decoder's last layer: the
+        # N completion positions go to it and the [N] result comes back, never the V × H weight
+        # to them (2.1 GB of fp32 for 128k × 4096, every batch). On one device both are no-ops.
+        back, device = selected.device, head.weight.device
+        if back != device:  # a device-to-device copy; on one device no call at all
+            selected, targets = selected.to(device), targets.to(device)
+        if torch.is_autocast_enabled(device.type):
+            compute_dtype = torch.get_autocast_dtype(device.type)
         else:
             compute_dtype = head.weight.dtype
         bias = getattr(head, "bias", None)
         if self.scale is not None:  # W·(s·h) = s·(W·h): the head has no bias here (__init__)
             selected = selected * self.scale
-        return token_logps(
-            selected,
-            head.weight.to(selected.device),
-            targets,
-            compute_dtype=compute_dtype,
-            chunk_size=self.chunk_size,
-            softcap=self.softcap,
-            bias=None if bias is None else bias.to(selected.device),
-        )
+        logps = token_logps(selected, head.weight, targets, compute_dtype=compute_dtype, chunk_size=self.chunk_size, softcap=self.softcap, bias=bias)
+        return logps if back == device else logps.to(back)
+
+
+def scored_positions(score_mask: torch.Tensor, scored: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, position) of every True of score_mask[:, 1:] (positions counted in score_mask, so
+    ≥ 1), row-major: the order a boolean-mask index gives. Each is [N] int64, on score_mask's device.
+
+    Without `scored` (N), nonzero finds them: on an accelerator it reads N back and waits for the
+    device (a CPU mask costs nothing). With it, the k-th True is scattered to slot k by a cumsum
+    and the rest to a spare slot N, so no size depends on device data and nothing waits; a
+    wrong N indexes out of range (an error, or a device-side assert on CUDA)."""
+    predict_at = score_mask[:, 1:].reshape(-1)
+    if scored is None:
+        flat = predict_at.nonzero().squeeze(1)
+    else:
+        slot = torch.where(predict_at, predict_at.cumsum(0) - 1, scored)
+        every = torch.arange(predict_at.numel(), device=predict_at.device)
+        flat = torch.empty(scored + 1, dtype=torch.long, device=predict_at.device).scatter_(0, slot, every)[:scored]
+    width = score_mask.shape[1] - 1
+    return flat // width, flat % width + 1
 
 
 # Config keys of models whose forward scales the logits after the head, or the hidden states
