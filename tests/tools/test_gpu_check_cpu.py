@@ -72,3 +72,18 @@ def test_gpu_check_quick_runs_on_cpu(tmp_path):
     assert cli["loss"][0] == pytest.approx(0.5, abs=1e-6)  # policy = reference at step 0: r = z = 0, 1 - σ(0)
     assert any("step-0 check: max |Δ log p|" in line for line in cli["step0_check"])
     assert "gpu_check summary" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "shape"),
+    [([], "llama-3.2-1b"), (["--quick"], "tiny"), (["--quick", "--shape", "smollm2-135m"], "smollm2-135m"), (["--shape", "tiny"], "tiny")],
+)
+def test_quick_on_a_gpu_builds_the_tiny_shape(monkeypatch, argv, shape):
+    """On CUDA --shape defaults to llama-3.2-1b; --quick without --shape used to keep it, and
+    build 1B models under tiny sizes and budgets. --quick now means the tiny shape unless one
+    is named. (torch.cuda.is_available is patched: what parse_args sees on a GPU machine.)"""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: True)
+    assert gpu_check.parse_args(argv).shape == shape
