@@ -13,6 +13,8 @@ kto-precompute for 40 s, and each level multiplies that by 10). A config file ha
 from __future__ import annotations
 
 import datetime
+import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config_keys import PRECOMPUTE, TRAIN, same_value
-from .config_names import Resolved, resolve
+from .config_names import SECRET_KEYS, Resolved, resolve
 from .errors import InputError
 from .files import regular_file, utf8_text
 
@@ -89,22 +91,52 @@ def file_key_error(exc: InputError, path: str | Path, command: str, resolved: Re
     The checks themselves name flags (the Python API and the command line share them); here the
     leading `--flag` is mapped back to the file's key only when the file set that option and the
     command line did not (`given(name)`: a flag on the command line wins over the file, so the
-    error is about the flag), and the value in force (`values`) is still the file's."""
+    error is about the flag), and the value in force (`values`) is still the file's. A message
+    that leads with a flag of the command line (or a default) stays as it is, but the file's
+    values it names after it are said with the file's name (`--max-length` from `cutoff_len`):
+    the user typed the first, never the second."""
     message = str(exc)
+    if message.startswith("--config "):
+        return exc  # names the file already (kto-train's checks of what the file asks)
     match = _FLAG.match(message)
-    key = match and _file_key(match.group(1), resolved, values, given)
+    if match:
+        name, key, item = match.group(1).replace("-", "_"), _file_key(match.group(1), resolved, values, given), None
+    else:  # a path check's message leads with the path (`nocache: no such cache directory`)
+        name, key, item = _leading_path(message, resolved, values, given)
     if not key:
-        return exc
-    flag, rest = match.group(0), message[match.end() :]
-    in_force = values.get(flag[2:].replace("-", "_"))
+        lead = match.group(0) if match else None
+        said = _also_from_file(message[match.end() :] if match else message, lead, f"--config {path}'s", resolved, values, given)
+        return InputError(f"{message}{said}", every_rank=exc.every_rank) if said else exc
+    flag = f"--{name.replace('_', '-')}"
+    rest = message[match.end() :] if match else message[len(item) :]
+    in_force = values.get(name)
     for spelt in (str(in_force), repr(in_force)):
-        if rest.startswith(f" {spelt}:"):
+        if match and rest.startswith(f" {spelt}:"):
             rest = rest[len(spelt) + 1 :]  # the file's value replaces the converted one (0, not 0.0)
             break
-    named = _written(key, resolved) + ("" if key == flag[2:].replace("-", "_") else f" ({command}'s {flag})")
-    also = [(m.group(0), _file_key(m.group(1), resolved, values, given)) for m in _FLAG.finditer(rest)]
-    said = "".join(f"; {other} comes from the file's {_written(k, resolved, ': ')}" for other, k in dict(also).items() if k and other != flag)
+    # One of a list of paths (`data: [a.jsonl, b.jsonl]`) is named alone: the one refused.
+    named = (f"{key}: {item}" if isinstance(in_force, tuple) and item else _written(key, resolved)) + ("" if key == name else f" ({command}'s {flag})")
+    said = _also_from_file(rest, flag, "the file's", resolved, values, given)
     return InputError(f"--config {path}: {named}{rest}{said}", every_rank=exc.every_rank)
+
+
+def _leading_path(message: str, resolved: Resolved, values: Mapping[str, Any], given: Callable[[str], bool]) -> tuple[str, str | None, str | None]:
+    """(our name, the file's key, the path as said) of the path the file set that `message`
+    starts with, as the start-up checks of paths say it (`nocache: no such cache directory`,
+    `b.jsonl: no such file` of `data: [a.jsonl, b.jsonl]`); ('', None, None) if none."""
+    for name, value in values.items():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, os.PathLike) and message.startswith(f"{os.fspath(item)}: "):
+                key = _file_key(name, resolved, values, given)
+                if key:
+                    return name, key, os.fspath(item)
+    return "", None, None
+
+
+def _also_from_file(text: str, lead: str | None, whose: str, resolved: Resolved, values: Mapping[str, Any], given: Callable[[str], bool]) -> str:
+    """`; --flag comes from WHOSE key: value` for each other flag in `text` whose value in force the file set."""
+    also = {m.group(0): _file_key(m.group(1), resolved, values, given) for m in _FLAG.finditer(text)}
+    return "".join(f"; {other} comes from {whose} {_written(k, resolved, ': ')}" for other, k in also.items() if k and other != lead)
 
 
 def _file_key(flag: str, resolved: Resolved, values: Mapping[str, Any], given: Callable[[str], bool]) -> str | None:
@@ -113,15 +145,45 @@ def _file_key(flag: str, resolved: Resolved, values: Mapping[str, Any], given: C
     key = resolved.key_of(name)
     if key is None or name not in resolved.values or name not in values or given(name):
         return None
-    return key if same_value(resolved.values[name], values[name]) else None
+    return key if _same_in_force(resolved.values[name], values[name]) else None
+
+
+def _same_in_force(written: Any, in_force: Any) -> bool:
+    """The file's value is the one in force, once converted as the flag's type converts it: a
+    path (`resume: 5` is Path('5')), a list of paths (`data: a.jsonl` is (Path('a.jsonl'),)), a
+    list joined by commas (`lora_target: [q_proj, v_proj]`), NaN (never equal to itself, so a
+    NaN from the file was put on a flag the user never typed)."""
+    if isinstance(in_force, tuple):
+        items = written if isinstance(written, (list, tuple)) else [written]
+        return len(items) == len(in_force) and all(_same_in_force(w, f) for w, f in zip(items, in_force, strict=True))
+    if isinstance(in_force, os.PathLike):
+        return not isinstance(written, (bool, list, dict)) and written is not None and str(written) == os.fspath(in_force)
+    if isinstance(written, list) and isinstance(in_force, str):
+        return ",".join(map(str, written)) == in_force
+    if same_value(written, in_force):
+        return True
+    try:
+        return not isinstance(written, bool) and math.isnan(float(written)) and math.isnan(float(in_force))
+    except (TypeError, ValueError):
+        return False
 
 
 def _written(key: str, resolved: Resolved, between: str = " ") -> str:
-    """`KEY VALUE` as the file writes it (true, not True)."""
-    if key not in resolved.written:
+    """`KEY VALUE` as the file writes it (true, not True; [a, b], not ['a', 'b']); a secret's value unsaid."""
+    if key not in resolved.written or key in SECRET_KEYS:
         return key
-    value = resolved.written[key]
-    return f"{key}{between}{str(value).lower() if isinstance(value, bool) or value is None else value}"
+    return f"{key}{between}{_as_written(resolved.written[key])}"
+
+
+def _as_written(value: Any) -> str:
+    """A value as YAML writes it: true, null, '' (an empty text is not left out), [a, b], {a: 1}."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_as_written, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_as_written(v)}" for k, v in value.items()) + "}"
+    return "''" if value == "" else str(value)
 
 
 def _parse_error(exc: Exception) -> str:
@@ -165,6 +227,10 @@ def _load_yaml(text: str, path: Path):
         loader.dispose()
 
 
+_NOT_EMPTY = frozenset({"model"})
+"""Text options that an empty text cannot mean: --model is a hub id or a path, never nothing."""
+
+
 def option_value(param: click.Parameter, where: str, value: Any) -> Any:
     """One --config value converted and checked as the flag's own type would be on the command
     line, for both commands; `where` names the file and key in the error.
@@ -179,6 +245,9 @@ def option_value(param: click.Parameter, where: str, value: Any) -> Any:
     if value is None:
         if param.default is None and not getattr(param, "is_flag", False):
             return None
+        raise InputError(f"{where}: is empty; give a value or leave the key out")
+    if value == "" and (isinstance(kind, click.Path) or param.name in _NOT_EMPTY):
+        # Path('') is the current directory: `output_dir: ''` put the run (or the cache) there.
         raise InputError(f"{where}: is empty; give a value or leave the key out")
     if isinstance(value, (dict, list)):
         raise InputError(f"{where}: expected one {kind.name} value, got a {'mapping' if isinstance(value, dict) else 'list'}")

@@ -8,6 +8,7 @@ flag's text would be, while true, 64.7 or a list for an int option is refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,21 +93,24 @@ from .config import DTYPES, PrecomputeConfig
 @one_line_errors("kto-precompute")
 def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Run the frozen reference model once over every example and its KL pair; write shards."""
-    from .api import run  # the Python API: this command is flags → PrecomputeConfig → run()
+    from .api import check_paths, run  # the Python API: this command is flags → PrecomputeConfig → run()
 
-    run(config_from(ctx, config_file, flags))
+    run(config_from(ctx, config_file, flags, check=check_paths))  # its refusals name the file's key; run() repeats them (cheap)
     end_process_group(every_rank_here=True)  # the command ends here, on every rank (the API keeps a launcher's group for a caller)
 
 
-def config_from(ctx: click.Context, config_file: Path | None, flags: dict) -> PrecomputeConfig:
-    """Defaults < --config FILE < command-line flags, then one PrecomputeConfig."""
+def config_from(ctx: click.Context, config_file: Path | None, flags: dict, check: Callable[[PrecomputeConfig], None] = lambda cfg: None) -> PrecomputeConfig:
+    """Defaults < --config FILE < command-line flags, then one PrecomputeConfig, `check`ed (the
+    API's start-up path checks): a refusal of a value the file set names the file's key."""
     values, resolved = _file_values(ctx, config_file) if config_file else ({}, Resolved())
     given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     for name, value in flags.items():
         if given(name) or name not in values:
             values[name] = value
     try:
-        return _config(values)
+        cfg = _config(values)
+        check(cfg)
+        return cfg
     except InputError as exc:
         # A range check names the flag; a value the file set is named by the file's key.
         raise (file_key_error(exc, config_file, PRECOMPUTE, resolved, values, given) if config_file else exc) from None

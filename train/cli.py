@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     from .api import run  # the Python API: this command is flags → TrainConfig → run()
     from .processes import end_own_process_group, process_group_exists
 
-    cfg = config_from(ctx, config_file, flags)
-    check_paths(cfg)
+    cfg = config_from(ctx, config_file, flags, check=check_paths)  # its refusals name the file's key too
     existed = process_group_exists()  # after check_paths: it imports torch
     try:
         run(cfg)
@@ -127,8 +127,9 @@ def check_paths(cfg: TrainConfig) -> None:
         check_local_cache(cfg.eval_cache)
 
 
-def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, Any]) -> TrainConfig:
-    """Defaults < --config FILE < command-line flags, then one TrainConfig."""
+def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, Any], check: Callable[[TrainConfig], None] = lambda cfg: None) -> TrainConfig:
+    """Defaults < --config FILE < command-line flags, then one TrainConfig, `check`ed (main's
+    start-up path checks): a refusal of a value the file set names the file's key."""
     options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     values: dict[str, Any] = {}
     resolved = Resolved()
@@ -140,6 +141,17 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
     for name, value in flags.items():
         if given(name) or name not in values:
             values[name] = value
+    try:
+        cfg = merged_config(ctx, config_file, resolved, values, given)
+        check(cfg)
+        return cfg
+    except InputError as exc:
+        # A check names the flag; a value the file set is named by the file's key.
+        raise (file_key_error(exc, config_file, TRAIN, resolved, values, given) if config_file else exc) from None
+
+
+def merged_config(ctx: click.Context, config_file: Path | None, resolved: Resolved, values: dict[str, Any], given: Callable[[str], bool]) -> TrainConfig:
+    """The merged `values` (completed in place) as one TrainConfig; `given`: set on the command line."""
     values["lora_target_modules"] = target_modules_value(values.get("lora_target_modules"))
     refuse_lora_settings_without_rank(ctx, values)
     if config_file and resolved.alpha_twice_rank and given("lora_r"):
@@ -154,11 +166,7 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
             raise InputError(f"--{name} is required (on the command line or in --config)")
     if config_file:
         from_config_file(ctx, config_file, resolved, values)
-    try:
-        return TrainConfig(**values)
-    except InputError as exc:
-        # A range check names the flag; a value the file set is named by the file's key.
-        raise (file_key_error(exc, config_file, TRAIN, resolved, values, given) if config_file else exc) from None
+    return TrainConfig(**values)
 
 
 def refuse_lora_settings_without_rank(ctx: click.Context, values: dict[str, Any]) -> None:
