@@ -110,9 +110,11 @@ def file_key_error(exc: InputError, path: str | Path, command: str, resolved: Re
     flag = f"--{name.replace('_', '-')}"
     rest = message[match.end() :] if match else message[len(item) :]
     in_force = values.get(name)
-    for spelt in (str(in_force), repr(in_force)):
+    # The file's value replaces the converted one (0, not 0.0); of a list of paths, the one said.
+    spellings = [os.fspath(i) for i in in_force] if isinstance(in_force, tuple) else [str(in_force), repr(in_force)]
+    for spelt in spellings:
         if match and rest.startswith(f" {spelt}:"):
-            rest = rest[len(spelt) + 1 :]  # the file's value replaces the converted one (0, not 0.0)
+            rest, item = rest[len(spelt) + 1 :], item or (spelt if isinstance(in_force, tuple) else None)
             break
     # One of a list of paths (`data: [a.jsonl, b.jsonl]`) is named alone: the one refused.
     named = (f"{key}: {item}" if isinstance(in_force, tuple) and item else _written(key, resolved)) + ("" if key == name else f" ({command}'s {flag})")
@@ -124,13 +126,19 @@ def _leading_path(message: str, resolved: Resolved, values: Mapping[str, Any], g
     """(our name, the file's key, the path as said) of the path the file set that `message`
     starts with, as the start-up checks of paths say it (`nocache: no such cache directory`,
     `b.jsonl: no such file` of `data: [a.jsonl, b.jsonl]`); ('', None, None) if none."""
-    for name, value in values.items():
-        for item in value if isinstance(value, tuple) else (value,):
-            if isinstance(item, os.PathLike) and message.startswith(f"{os.fspath(item)}: "):
-                key = _file_key(name, resolved, values, given)
-                if key:
-                    return name, key, os.fspath(item)
-    return "", None, None
+    said = [
+        (name, os.fspath(item))
+        for name, value in values.items()
+        for item in (value if isinstance(value, tuple) else (value,))
+        if isinstance(item, os.PathLike) and message.startswith(f"{os.fspath(item)}: ")
+    ]
+    # Only a path that one option holds, and the file set: the same path given on the command
+    # line too (`--cache x` and `eval_cache: x`) may be the one refused, and the message cannot say.
+    if len({name for name, _ in said}) != 1:
+        return "", None, None
+    name, item = said[0]
+    key = _file_key(name, resolved, values, given)
+    return (name, key, item) if key else ("", None, None)
 
 
 def _also_from_file(text: str, lead: str | None, whose: str, resolved: Resolved, values: Mapping[str, Any], given: Callable[[str], bool]) -> str:

@@ -175,3 +175,21 @@ def test_a_missing_path_of_the_file_is_named_by_its_key_before_any_work(tmp_path
     assert line == f"--config {config}: data: {missing}: no such file"
     line, config = refused(train, tmp_path, "cache: nocache\n", train_base(tmp_path)[2:])
     assert line == f"--config {config}: cache nocache: no such cache directory"
+
+
+def test_a_path_the_command_line_gave_too_is_not_put_on_the_file():
+    """`--cache nocache` with `eval_cache: nocache` in the file: the refused path may be the
+    command line's, and the message cannot say which option it was, so it names no key."""
+    values = {"cache": Path("nocache"), "eval_cache": Path("nocache")}
+    assert key_error("nocache: no such cache directory", {"eval_cache": "nocache"}, values, ("cache",)) == "nocache: no such cache directory"
+
+
+def test_one_of_a_list_of_paths_after_its_flag_is_said_once(tmp_path, tiny_model_dir):
+    """`--eval-data link.jsonl: the same file as --data ...` about `eval_data: link.jsonl`: the
+    path was said twice (`eval_data link.jsonl link.jsonl:`)."""
+    rows = write_rows(tmp_path / "rows.jsonl", text_rows())
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(rows)
+    line, config = refused(precompute, tmp_path, f"data: {rows}\neval_data: {link}\n", ["--model", str(tiny_model_dir), "--out", str(tmp_path / "out")])
+    assert line.startswith(f"--config {config}: eval_data: {link}: the same file as --data"), line
+    assert line.count(str(link)) == 1, line
