@@ -69,7 +69,9 @@ class TokenTerms:
     def flush(self) -> None:
         if not self.pending:
             return
-        values = np.concatenate(self.pending)
+        # + 0.0 makes -0.0 +0.0: the two zeros are one value (polars ranks them equal), and keyed
+        # apart they would print with either sign at a quantile or the max.
+        values = np.concatenate(self.pending) + np.float32(0)
         self.pending, self.pending_terms = [], 0
         keys = _order_keys(values)
         if self.fine_bins is None:

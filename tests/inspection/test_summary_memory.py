@@ -37,7 +37,8 @@ def unpack(row: dict, name: str) -> dict:
 
 
 def polars_reference(cache) -> dict:
-    """The statistics as summary computed them before 2026-12-06: the terms exploded per label."""
+    """The statistics as summary computed them before 2026-12-06: the terms exploded per label
+    (every -0.0 taken as +0.0: polars' sign of a zero at a quantile or the max was arbitrary)."""
     import polars as pl
 
     lf = scan(cache)
@@ -56,7 +57,15 @@ def polars_reference(cache) -> dict:
     )
     parts = ("sequence", "mean_per_token", "token", "kl_sequence")
     labels = {("desirable" if r[S.LABEL] else "undesirable"): {p: unpack(r, p) for p in parts} for r in by_label}
-    return {"lengths": {name: unpack(overall, name) for name in lens}, "ref_logps": {k: labels[k] for k in ("desirable", "undesirable") if k in labels}}
+    reference = {"lengths": {name: unpack(overall, name) for name in lens}, "ref_logps": {k: labels[k] for k in ("desirable", "undesirable") if k in labels}}
+    return unsigned_zeros(reference)
+
+
+def unsigned_zeros(value):
+    """-0.0 as 0.0 everywhere: summary takes the two zeros as one value (test_the_two_zeros_are_one_value)."""
+    if isinstance(value, dict):
+        return {k: unsigned_zeros(v) for k, v in value.items()}
+    return 0.0 if isinstance(value, float) and value == 0 else value
 
 
 def same(got: dict, want: dict) -> bool:
@@ -137,3 +146,12 @@ def test_token_terms_are_read_a_slice_at_a_time(tiny_cache, tmp_path, monkeypatc
         tracemalloc.stop()
         assert stats[True]["token:count"] + stats[False]["token:count"] == 16 * n
     assert peaks[100_000] < peaks[6_250] + 200_000, peaks
+
+
+def test_the_two_zeros_are_one_value(tiny_cache, tmp_path):
+    """-0.0 and +0.0 are keyed as one value (polars ranks them equal): the statistics equal those
+    of the same terms with every zero +0.0, so a quantile or the max never prints -0.0."""
+    mixed = rewrite(tiny_cache, tmp_path / "mixed", lambda i: [0.0, -0.0, -0.0, 0.0, -1.0] * 3)
+    plain = rewrite(tiny_cache, tmp_path / "plain", lambda i: [0.0, 0.0, 0.0, 0.0, -1.0] * 3)
+    got, want = summary.summarize(mixed)["ref_logps"], summary.summarize(plain)["ref_logps"]
+    assert same(got, want) and "-0.0" not in json.dumps(got), got
