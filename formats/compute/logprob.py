@@ -186,7 +186,8 @@ def scored_positions(score_mask: torch.Tensor, scored: int | None = None) -> tup
     else:
         slot = torch.where(predict_at, predict_at.cumsum(0) - 1, scored)
         every = torch.arange(predict_at.numel(), device=predict_at.device)
-        flat = torch.empty(scored + 1, dtype=torch.long, device=predict_at.device).scatter_(0, slot, every)[:scored]
+        # Slots no True fills keep an index past the end: a count too high fails at the gather.
+        flat = torch.full((scored + 1,), predict_at.numel(), dtype=torch.long, device=predict_at.device).scatter_(0, slot, every)[:scored]
     width = score_mask.shape[1] - 1
     return flat // width, flat % width + 1
 

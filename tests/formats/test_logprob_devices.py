@@ -112,3 +112,15 @@ def _reads_back(name: str, tensor: torch.Tensor | None, args: tuple) -> bool:
     parts = args[0] if isinstance(args[0], tuple) else (args[0],)
     # Indexing with a bool tensor is a nonzero; with integer tensors or slices it is a gather.
     return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
+
+
+def test_a_count_too_high_fails_at_the_gather_instead_of_reading_garbage():
+    """Slots no scored position fills hold an index past the end: the gather refuses them (on
+    CUDA a device-side assert), where torch.empty left whatever memory held."""
+    from kto.formats.compute.logprob import scored_positions
+
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    assert [t.tolist() for t in scored_positions(mask, 4)] == [[0, 0, 1, 1], [1, 2, 2, 3]]
+    rows, at = scored_positions(mask, 6)
+    with pytest.raises(IndexError):
+        torch.zeros(2, 4, 3)[rows, at - 1]
