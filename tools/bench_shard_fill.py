@@ -59,6 +59,11 @@ def fill(which: str, path: Path, rows: np.ndarray, partners: np.ndarray) -> None
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
+    if len(sys.argv) != 3 or sys.argv[1] not in ("write", "old", "new"):
+        sys.exit("usage:" + __doc__.split("\n\n")[1])
     which, path = sys.argv[1], Path(sys.argv[2])
     if which == "write":
         write(path)
