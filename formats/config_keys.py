@@ -319,6 +319,43 @@ _UNSUPPORTED_DATA = {
         "the chat template renders with its own defaults",
     ),
 }
+_SWITCH = "a true/false switch"
+_NESTS = "kto-train's 4-bit loading always nests the quantization constants (double quantization): memory, at a rounding far below NF4's"
+# LLaMA-Factory's QuantizationArguments and LoraArguments (defaults: quantization_method bnb,
+# quantization_type nf4, double_quantization true, pissa_init and create_new_adapter false,
+# loraplus_lr_ratio and additional_target null), as its QLoRA examples write them: QLoRA as
+# kto-train's load_in_4bit does it (train/adapters.py: bitsandbytes NF4, nested) and plain LoRA.
+_LLAMA_FACTORY_LORA = {
+    "quantization_method": Unsupported(
+        "kto-train quantizes with bitsandbytes only (quantization_bit 4 or 8, as LLaMA-Factory's bnb): leave quantization_method out",
+        (None, "bnb", "bitsandbytes"),  # bitsandbytes: its older name, still in its otfq example
+        "kto-train quantizes with bitsandbytes too, at quantization_bit",
+    ),
+    "quantization_type": Unsupported("kto-train loads 4-bit weights as NF4 only (load_in_4bit)", (None, "nf4"), "kto-train's 4-bit weights are NF4 too"),
+    # Either value trains the same, as TRL's use_bnb_nested_quant (config_dumped.py).
+    "double_quantization": Unsupported(
+        f"{_SWITCH}; {_NESTS}",
+        (None, True, False),
+        _NESTS,
+        ((True, "kto-train's 4-bit loading nests the quantization constants too (double quantization)"),),
+    ),
+    "pissa_init": Unsupported(
+        "PiSSA initialization is not supported; LoRA starts as peft's default (B zero: at step 0 the policy is the reference)",
+        (None, False),
+        "LoRA starts as peft's default, B zero",
+    ),
+    # Read by LLaMA-Factory only with adapter_name_or_path (refused here): without it, either
+    # value starts fresh adapters.
+    "create_new_adapter": Unsupported(f"{_SWITCH}; kto-train starts fresh adapters on model", (None, False, True), "kto-train starts fresh adapters on model"),
+    "loraplus_lr_ratio": Unsupported(
+        "LoRA+ is not supported: every adapter weight trains at lr (A and B alike)", (None,), "every adapter weight trains at lr, no LoRA+ ratio"
+    ),
+    "additional_target": Unsupported(
+        "training modules beside the adapters (peft's modules_to_save) is not supported; to train every weight, turn LoRA off (finetuning_type: full)",
+        (None,),
+        "only the LoRA adapters train",
+    ),
+}
 _TORCH_ADAMW = "torch's AdamW, as kto-train's, fused on CUDA"
 _OPTIM = Unsupported(
     "another optimizer's maths; kto-train trains with torch's AdamW (adamw_torch, adamw_torch_fused; paged_adamw_32bit is the same maths): leave optim out",
@@ -352,6 +389,7 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
         ),
         "lora_modules_to_save": Unsupported("only the LoRA adapters train; to train every weight, turn LoRA off (lora_r 0)", (None, [])),
         "adapter_name_or_path": Unsupported("kto-train starts fresh adapters on model; merge the existing ones into the model first"),
+        **_LLAMA_FACTORY_LORA,
     },
 }
 # transformers' eval_strategy and its old name (gone in transformers 5), as TRL and LLaMA-Factory pass them.
