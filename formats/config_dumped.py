@@ -10,7 +10,7 @@ kto-train computes (logging, hub and loader settings), so any value is skipped w
 
 A static table: formats/ stays light (no transformers import); tests/formats/test_config_dumped.py
 checks each default against the installed transformers', so an upgrade that changes one shows.
-Keys with a table in config_keys.py (IGNORED, UNSUPPORTED, ...) are not repeated here: those
+Keys with a table in config_keys.py (IGNORED, ...) or config_unsupported.py (UNSUPPORTED) are not repeated here: those
 tables are read first (config_names.resolve).
 """
 

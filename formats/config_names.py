@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config_dumped import DUMPED, dumped_key
-from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED, file_switch, same_value, template_note
+from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, file_switch, same_value, template_note
 from .config_resolved import Resolved
 from .config_schedule import eval_schedule, evaluates, save_schedule, save_strategy
 from .config_switches import is_llama_factory, transformers_switches
+from .config_unsupported import UNSUPPORTED
 from .errors import InputError
 
 # Keys whose value is a credential: never printed.

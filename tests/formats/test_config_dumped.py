@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from kto.formats.config_dumped import DUMPED, dumped_key
-from kto.formats.config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, UNSUPPORTED
+from kto.formats.config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN
 from kto.formats.config_names import MAPPED, resolve
+from kto.formats.config_unsupported import UNSUPPORTED
 from kto.formats.errors import InputError
 
 # Keys of a dumped TrainingArguments / KTOConfig that config_keys.py's tables handle (IGNORED,
