@@ -250,18 +250,45 @@ def _policy(model: str, base_model: str | None) -> _Policy:
     if is_adapter_dir(Path(model)):
         require_peft("--model")
         flag = "--base-model" if base_model else f"--model {model}: the base its adapter_config.json names,"
-        source = resolve_source(_base_of(path, base_model), flag=flag)
+        base = _base_of(path, base_model)
+        source = resolve_source(base, flag=flag)
+        _require_runs_model(path, source, f"{flag} {base}", "trained its adapters on", base_model)
         kind = "the LoRA adapters" + (" (sharded by FSDP)" if is_sharded_checkpoint(path) else "")
         # kto-train's adapter folders hold the run's tokenizer; peft's own save holds none: the base's then
         tokenizer = ModelSource(path) if _holds_tokenizer(path) else source
         return _Policy(source, tokenizer, lambda lm: with_adapters(lm, path), f"note: scoring {source.directory} with {kind} of {path}")
     if is_sharded_checkpoint(Path(model)) and not (path / "config.json").is_file():
         flag = "--base-model" if base_model else f"--model {model}: its run's --model,"
-        source = resolve_source(_base_of_run(model, base_model), flag=flag)
+        base = _base_of_run(model, base_model)
+        source = resolve_source(base, flag=flag)
+        _require_runs_model(path, source, f"{flag} {base}", "trained", base_model)
         note = f"note: scoring the weights of {path} (sharded by FSDP) on the model of {source.directory}"
         return _Policy(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), note)
     source = resolve_source(model)
+    if base_model:  # would go unused: the scores would be --model's while the user meant another base's
+        raise InputError(f"--base-model is for LoRA adapters or an FSDP checkpoint; --model {model} is a whole model")
     return _Policy(source, source)
+
+
+def _require_runs_model(folder: Path, source: ModelSource, said: str, trained: str, base_model: str | None) -> None:
+    """Refuse a base other than the one the run of `folder` (its final/ or checkpoint-STEP/)
+    trained on: its record's derived.model_identity, compared as kto-train's --resume compares it.
+    The weights would load onto any model of the same shapes, and score wrong without a word. A
+    folder of no run, or a record without the identity, names no model: the caller's note says
+    which base is used."""
+    from kto.formats.compute.models import model_identity
+    from kto.formats.manifest import same_model
+    from kto.formats.runrecord import read_run_config, record_path, run_of_model_dir
+
+    run = run_of_model_dir(folder)
+    if run is None:
+        return
+    record = read_run_config(run)
+    trained_on = record["derived"].get("model_identity")
+    if not isinstance(trained_on, dict) or same_model(model_identity(source), trained_on):
+        return
+    give = "give that model" if base_model else "give that model as --base-model"
+    raise InputError(f"{said}: not the model the run {run} {trained} (its record {record_path(run)} names {record['config'].get('model')}); {give}")
 
 
 def _holds_tokenizer(folder: Path) -> bool:
