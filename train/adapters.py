@@ -24,7 +24,7 @@ from kto.formats.compute.adapters import adapter_config, is_adapter_dir, peft_qu
 from kto.formats.errors import InputError, exception_line
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase
@@ -314,3 +314,50 @@ def write_merged(base: torch.nn.Module, adapter_dir: Path, tokenizer: PreTrained
     with saved_dir(out, files) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+
+
+# ---- comparing a resumed run's targets with its record --------------------------------------
+
+
+def target_names(value: object) -> frozenset[str] | None:
+    """lora_target_modules as peft reads it: a set of module names (adapters.target_modules strips
+    each and drops empty ones, and peft matches names regardless of order); None for the default,
+    every linear layer ("all" and "all-linear" mean it too: formats.config_keys.target_modules_value)."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "all", "all-linear")):
+        return None
+    names = value.split(",") if isinstance(value, str) else value
+    return frozenset(str(n).strip() for n in names if str(n).strip())
+
+
+def same_targets(there: object, now: object, default_targets: Callable[[], Sequence[str]] | None) -> bool:
+    """Two lora_target_modules values that adapt the same layers: the same names in any order or
+    spacing, or the default (None) and its list written out, as check_adapter_settings compares
+    the checkpoint's adapters. Runs are recorded with the value as given, so a run recorded before
+    this comparison still resumes; only the comparison is by names."""
+    a, b = target_names(there), target_names(now)
+    if a == b:
+        return True
+    if (a is None) == (b is None) or default_targets is None:
+        return False
+    return (a or b) == frozenset(default_targets())
+
+
+def keep_recorded_targets(record: dict, saved: dict) -> None:
+    """After a resume found no difference: `record` takes the saved lora_target_modules, so the
+    record stays as the run wrote it and the settings digest (which hashes the value as written)
+    matches the checkpoints' own."""
+    if "lora_target_modules" in saved.get("config", {}):
+        record["config"]["lora_target_modules"] = saved["config"]["lora_target_modules"]
+
+
+def model_targets(cfg: TrainConfig) -> Callable[[], Sequence[str]]:
+    """What lora_target_modules None stands for with --model: its decoder's linear layers
+    (adapters.target_modules' default), read from the model built on the meta device. Lazy: only
+    a resume that compares None with a list builds it."""
+
+    def names() -> Sequence[str]:
+        from kto.formats.compute.models import model_skeleton, resolve_source
+
+        return linear_names(model_skeleton(resolve_source(cfg.model), trust_remote_code=cfg.trust_remote_code))
+
+    return names

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,7 @@ from kto.formats.runrecord import (
     write_run_config,
 )
 
+from .adapters import keep_recorded_targets, model_targets, same_targets
 from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, free_name, refuse_replacing, usable_checkpoint
 from .config import TrainConfig
 from .model_card import CARD_MARK, CARD_NAME
@@ -126,8 +127,10 @@ def _resume_may_change(part: str, key: str) -> bool:
     return (part == "config" and (key in RESUMABLE or key in PATHS)) or (part == "derived" and key in INFORMATIONAL)
 
 
-def record_differences(saved: dict, now: dict) -> list[str]:
-    """'name (X there, Y now)' for each setting a resume may not change."""
+def record_differences(saved: dict, now: dict, default_targets: Callable[[], Sequence[str]] | None = None) -> list[str]:
+    """'name (X there, Y now)' for each setting a resume may not change. `default_targets`: the
+    LoRA targets that lora_target_modules None stands for (--model's linear layers), asked for
+    only when one side is None and the other a list; without it the two differ."""
     out = []
     for part in ("config", "derived"):
         a, b = _as_recorded_since(part, saved.get(part, {})), _as_recorded_since(part, now[part])
@@ -136,6 +139,8 @@ def record_differences(saved: dict, now: dict) -> list[str]:
                 continue
             if k == "model_identity" and k in a and k in b and same_model(a[k], b[k]):
                 continue  # a record made before the identity gained a key still matches
+            if k == "lora_target_modules" and part == "config" and same_targets(a.get(k), b.get(k), default_targets):
+                continue
             if a.get(k, "(absent)") != b.get(k, "(absent)"):
                 out.append(f"{k} ({_show(a.get(k, '(absent)'))} there, {_show(b.get(k, '(absent)'))} now)")
     return out
@@ -300,7 +305,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     saved = read_run_config(out)
     if saved is None:  # (a directory with checkpoints but no record was refused above as not ours)
         raise InputError(f"--resume: {out} holds no run to resume; start it without --resume")
-    differs = record_differences(saved, record)
+    differs = record_differences(saved, record, model_targets(cfg))
     if differs:
         # A cache rebuilt in place (kto-precompute --overwrite) has another fingerprint even where
         # its rows are the same: said in words, the hashes alone do not tell a user that.
@@ -313,6 +318,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
             + " may change on resume"
             + ("; the cache is not the one the run began on (rebuilt or replaced since): a run resumes only on its own cache" if rebuilt else "")
         )
+    keep_recorded_targets(record, saved)
     changed = [
         f"--{k.replace('_', '-')} {saved['config'].get(k)} -> {v}" for k, v in record["config"].items() if k in RESUMABLE and saved["config"].get(k) != v
     ]
@@ -397,7 +403,7 @@ def finished_final(cfg: TrainConfig, record: dict) -> Path | None:
     if cfg.resume is not True or not final.is_dir():
         return None
     saved = read_run_config(cfg.out)
-    if saved is None or record_differences(saved, record):
+    if saved is None or record_differences(saved, record, model_targets(cfg)):
         return None
     # A setting a resume may change (--merge-adapters, --eval-cache, ...) asks for work the
     # finished run did not do: the resume then runs as before, from its last checkpoint.

@@ -23,7 +23,7 @@ from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import same_model
 from kto.formats.memory import MemoryMeter
-from kto.formats.runrecord import METRICS_NAME
+from kto.formats.runrecord import METRICS_NAME, read_run_config
 
 from . import adapters, sharding, trackers
 from .checkpoint import Position
@@ -277,6 +277,10 @@ def setup(run: Run) -> Run:
     scheduler) and restore its training state, then record the configuration and open metrics.jsonl."""
     cfg, accelerator = run.cfg, run.accelerator
     resume_from = on_main(lambda: open_run_dir(cfg, run.record, lambda msg: log(msg, accelerator)), accelerator)
+    if resume_from is not None and not accelerator.is_main_process:
+        # open_run_dir gave the main process's record the run's own spelling of lora_target_modules;
+        # every rank takes it, so each rank's settings digest is the one its checkpoints carry.
+        adapters.keep_recorded_targets(run.record, read_run_config(cfg.out))
     plan = {**plan_identity(cfg, run.cache.manifest.fingerprint, accelerator.num_processes, run.total_steps), "settings": settings_digest(run.record)}
     policy = Policy.build(cfg, accelerator, run.source, run.tokenizer, resume_from, run.total_steps, plan, run.chat_template)
     position = policy.resume(resume_from)

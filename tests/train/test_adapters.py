@@ -94,6 +94,32 @@ def test_resume_with_adapters_is_exact(lora_run, tiny_cache, tiny_model_dir, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_takes_the_same_lora_targets_however_written(lora_run, tiny_cache, tiny_model_dir, tmp_path):
+    """Seen by a hunter: `--lora-target-modules q_proj,v_proj` resumed with `v_proj,q_proj` (or
+    "q_proj, v_proj") was refused as other settings, though peft builds the same adapters. The
+    default (every linear layer of the decoder, recorded as null) written out as a list is the same
+    too. The record and the checkpoints' settings digest keep the run's first spelling; a real
+    difference is still refused, named."""
+    out = tmp_path / "named"
+    two = ["--max-steps", "2", "--save-every", "1"]
+    result = train_cli(tiny_cache, tiny_model_dir, out, *two, "--lora-target-modules", "q_proj,v_proj")
+    assert result.exit_code == 0, result.output
+    for i, spelling in enumerate(("v_proj,q_proj", "q_proj, v_proj")):
+        crashed = crashed_copy(out, tmp_path / f"crashed{i}", 1, metrics_lines=1)
+        resumed = train_cli(tiny_cache, tiny_model_dir, crashed, *two, "--lora-target-modules", spelling, "--resume")
+        assert resumed.exit_code == 0, resumed.output
+        assert json.loads((crashed / "kto_run.json").read_text())["config"]["lora_target_modules"] == "q_proj,v_proj"
+        assert metrics(crashed)[-1]["loss"] == metrics(out)[-1]["loss"]
+    other = train_cli(tiny_cache, tiny_model_dir, crashed_copy(out, tmp_path / "other", 1), *two, "--lora-target-modules", "q_proj", "--resume")
+    assert other.exit_code == 2 and "lora_target_modules (q_proj,v_proj there, q_proj now)" in train_error_line(other.output)
+    default, _ = lora_run
+    crashed = crashed_copy(default, tmp_path / "default", 2, metrics_lines=2)
+    every = "v_proj,q_proj,k_proj,o_proj, gate_proj,up_proj,down_proj"
+    result = train_cli(tiny_cache, tiny_model_dir, crashed, "--max-steps", "4", "--save-every", "2", "--lora-target-modules", every, "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((crashed / "kto_run.json").read_text())["config"]["lora_target_modules"] is None
+
+
 def test_a_resumed_run_names_the_base_as_this_kto_does(lora_run, tiny_cache, tiny_model_dir, tmp_path):
     """A checkpoint from an earlier kto may name its base otherwise (a GGUF run named the .gguf
     file, which peft cannot load): final/ and later checkpoints name the base as --model is now."""

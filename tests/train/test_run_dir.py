@@ -96,6 +96,26 @@ def test_resume_with_other_hyperparameters_is_refused_naming_each(run3, tiny_cac
     assert longer.exit_code == 2 and "total_steps (3 there, 4 now)" in train_error_line(longer.output)
 
 
+def test_lora_targets_are_compared_as_a_set_of_names():
+    """The same targets in another order, with spaces, or the default (null) against the default's
+    list written out are no difference; another set is, shown as written. Without the model's
+    layers (default_targets None), null against a list stays a difference."""
+    from kto.train.rundir import record_differences
+
+    def rec(targets):
+        return {"config": {"lora_target_modules": targets}, "derived": {}}
+
+    every = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    for now in ("v_proj,q_proj", "q_proj, v_proj", " v_proj ,q_proj,"):
+        assert record_differences(rec("q_proj,v_proj"), rec(now)) == []
+    assert record_differences(rec("q_proj,v_proj"), rec("q_proj")) == ["lora_target_modules (q_proj,v_proj there, q_proj now)"]
+    assert record_differences(rec(None), rec(", ".join(reversed(every))), default_targets=lambda: every) == []
+    assert record_differences(rec("q_proj,v_proj,k_proj,o_proj,gate_proj,up_proj,down_proj"), rec(None), default_targets=lambda: every) == []
+    assert record_differences(rec(None), rec("q_proj,v_proj"), default_targets=lambda: every) == ["lora_target_modules (None there, q_proj,v_proj now)"]
+    assert record_differences(rec(None), rec(",".join(every))) == [f"lora_target_modules (None there, {','.join(every)} now)"]
+    assert record_differences(rec("all-linear"), rec(None)) == []  # (normalized on input; a record could still hold it)
+
+
 def test_resume_on_a_rebuilt_cache_says_so_in_words(run3, tiny_cache, tiny_model_dir, tmp_path):
     """A cache rebuilt in place (kto-precompute --overwrite) differs by its fingerprint alone:
     the line says the cache is not the one the run began on, not only two hashes."""
