@@ -255,15 +255,30 @@ def check_drift(run: Run, drift: Drift) -> None:
         )
         return
     if drift.max_abs > tolerance:
-        hint = (
-            f"the cache was scored with {cache_numerics} and this run computes with {numerics.name}"
-            if cache_numerics != numerics.name
-            else "attention implementation or library versions differ from kto-precompute's"
-        )
         raise InputError(
             f"--model {cfg.model}: step-0 log-probs differ from the cache by up to {drift.max_abs:.3g} per token "
-            f"(tolerance {tolerance:g}); {hint}. Match them, or raise --drift-tolerance knowingly."
+            f"(tolerance {tolerance:g}); {drift_cause(run, cache_numerics, numerics.name)}"
         )
+
+
+def drift_cause(run: Run, cache_numerics: str, numerics: str) -> str:
+    """The likely cause of a step-0 drift past the tolerance, and what to do about it. With
+    quantized base weights that is the quantization itself (the cache's reference is the
+    unquantized --model), which no matching of kernels or versions removes: naming those sent a
+    user hunting for a difference that is not there."""
+    if run.policy.quantized:
+        base = "4-bit NF4" if run.cfg.load_in_4bit else "8-bit"
+        return (
+            f"the base weights are quantized ({base}, bitsandbytes) and the cache's reference is the unquantized --model: "
+            "that quantization error is the likely cause. Raise --drift-tolerance knowingly, or leave it out "
+            "(the check is then reported, not enforced, with quantized base weights)."
+        )
+    hint = (
+        f"the cache was scored with {cache_numerics} and this run computes with {numerics}"
+        if cache_numerics != numerics
+        else "attention implementation or library versions differ from kto-precompute's"
+    )
+    return f"{hint}. Match them, or raise --drift-tolerance knowingly."
 
 
 @contextlib.contextmanager

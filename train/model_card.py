@@ -79,10 +79,13 @@ def metrics_table(train: dict, evaluation: dict | None) -> list[str]:
     return lines if names else ["No metrics were logged (`--log-every 0`)."]
 
 
-def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[dict], kind: str) -> list[str]:
+def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[dict], kind: str, merged: bool = False) -> list[str]:
+    """The card's settings table; `merged`: the folder is final-merged/ (for the quantization row)."""
+    quantization = quantization_line(config, merged)
     rows = [
         ("base model", f"`{config['model']}`"),
         ("weights in this folder", kind),
+        *([("base weights during training", quantization)] if quantization else []),
         ("loss function", config["loss"]),
         ("β", number(config["beta"])),
         ("desirable weight w_D", number(config["desirable_weight"])),
@@ -96,6 +99,19 @@ def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[d
         ("data", "; ".join(source_line(i) for i in inputs) or "n/a"),
     ]
     return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def quantization_line(config: dict, merged: bool) -> str | None:
+    """How the base weights were held while training (QLoRA), or None when unquantized. Said on
+    the card because its final metrics were measured with that base, while the folder's adapters
+    load on (final-merged/: are merged into) the unquantized --model, which scores otherwise."""
+    if config.get("load_in_4bit"):
+        held = "4-bit NF4 (bitsandbytes)"
+    elif config.get("load_in_8bit"):
+        held = "8-bit (bitsandbytes LLM.int8)"
+    else:
+        return None
+    return f"{held}; the adapters " + ("are merged into" if merged else "load on") + " the unquantized base"
 
 
 def learning_rate_line(config: dict) -> str:
@@ -132,9 +148,10 @@ def gguf_base(model: str) -> str | None:
         return Path(model).name if Path(model).suffix == ".gguf" else None
 
 
-def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict | None, kind: str, adapter: bool) -> str:
+def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict | None, kind: str, adapter: bool, merged: bool = False) -> str:
     """The card's text. `record`: kto_run.json; `inputs`: the cache manifest's content.inputs;
-    `train`/`evaluation`: the last metrics.jsonl lines; `kind`: what the folder holds, in words."""
+    `train`/`evaluation`: the last metrics.jsonl lines; `kind`: what the folder holds, in words;
+    `merged`: the folder is final-merged/."""
     config, derived = record["config"], record["derived"]
     meta = yaml.safe_dump(front_matter(config["model"], adapter, inputs), sort_keys=False, allow_unicode=True)
     load = load_line(config, adapter)
@@ -145,7 +162,7 @@ def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict |
         "",
         "## Training",
         "",
-        *settings_table(config, derived, derived["cache_fingerprint"], inputs, kind),
+        *settings_table(config, derived, derived["cache_fingerprint"], inputs, kind, merged),
         "",
         "## Final metrics",
         "",
@@ -166,5 +183,5 @@ def final_files(cfg: TrainConfig, inputs: list[dict], adapter: bool) -> FinalFil
     train, evaluation = metric_values(train_line), (metric_values(eval_line) if eval_line else None)
     kind = f"LoRA adapters (r {cfg.lora_r}, alpha {cfg.lora_alpha:g})" if adapter else "every weight (full fine-tune)"
     final = {CARD_NAME: model_card(record, inputs, train, evaluation, kind, adapter)}
-    merged = {CARD_NAME: model_card(record, inputs, train, evaluation, MERGED_KIND, False)} if cfg.merge_adapters else {}
+    merged = {CARD_NAME: model_card(record, inputs, train, evaluation, MERGED_KIND, False, merged=True)} if cfg.merge_adapters else {}
     return FinalFiles(final, merged)
