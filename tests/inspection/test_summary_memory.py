@@ -19,16 +19,9 @@ from kto.formats.scanning import scan
 from kto.inspection import summary, token_terms
 from kto.inspection.cli import main
 
-QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
-
-
-def describe(e, name: str) -> list:
-    import polars as pl
-
-    e = e.drop_nulls()
-    aggs = [e.count().cast(pl.Int64).alias(f"{name}:count"), e.mean().alias(f"{name}:mean"), e.min().cast(pl.Float64).alias(f"{name}:min")]
-    aggs += [e.quantile(q, "linear").alias(f"{name}:p{round(q * 100)}") for q in QUANTILES]
-    return aggs + [e.max().cast(pl.Float64).alias(f"{name}:max")]
+# polars' own aggregations (summary's, for the per-row figures) over the exploded terms: the
+# reference the streamed token statistics must equal.
+describe = summary._describe
 
 
 def unpack(row: dict, name: str) -> dict:
