@@ -11,6 +11,7 @@ directory (kto-precompute would take a foreign file there for someone else's dat
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -285,10 +286,24 @@ def _require_runs_model(folder: Path, source: ModelSource, said: str, trained: s
         return
     record = read_run_config(run)
     trained_on = record["derived"].get("model_identity")
-    if not isinstance(trained_on, dict) or same_model(model_identity(source), trained_on):
+    if not isinstance(trained_on, dict) or _same_weights(model_identity(source), trained_on, same_model):
         return
     give = "give that model" if base_model else "give that model as --base-model"
     raise InputError(f"{said}: not the model the run {run} {trained} (its record {record_path(run)} names {record['config'].get('model')}); {give}")
+
+
+def _same_weights(a: dict, b: dict, same_model: Callable[[dict, dict], bool]) -> bool:
+    """Two identities of the same config and weights, however the model was reached: the hub
+    revision (a hub id on one side, a local copy of its files on the other, or a new commit that
+    left the weights alone) and the weight files' names (a renamed .gguf) do not decide it."""
+    a, b = ({k: v for k, v in i.items() if k != "hub_revision"} for i in (a, b))
+    if same_model(a, b):
+        return True
+    wa, wb = a.get("weights"), b.get("weights")
+    if a.get("config") != b.get("config") or not isinstance(wa, dict) or not isinstance(wb, dict) or len(wa) != len(wb):
+        return False
+    contents = lambda w: sorted(json.dumps(v, sort_keys=True) for v in w.values())
+    return contents(wa) == contents(wb)
 
 
 def _holds_tokenizer(folder: Path) -> bool:

@@ -117,3 +117,20 @@ def test_an_fsdp_checkpoint_on_another_model_is_refused(tiny_model_dir, tokenize
         InputError, match="^" + re.escape(f"--model {ckpt}: its run's --model, {other}: {said} {other}); give that model as --base-model") + "$"
     ):
         _policy(ckpt, None)
+
+
+def test_the_same_weights_reached_another_way_are_the_runs_model():
+    """A run trained from a hub id and scored on a local copy of its files (or the reverse, or a
+    newer commit that left the weights alone), or from a .gguf since renamed: the identities
+    differ in the hub revision or the file's name only, and the check lets them score."""
+    from kto.formats.manifest import same_model
+    from kto.inspection.score import _same_weights
+
+    weights = {"size": 10, "header_sha256": "h", "sampled_sha256": "s"}
+    local = {"config": "c", "weights": {"model.safetensors": weights}}
+    hub = {**local, "hub_revision": "abc123"}
+    assert _same_weights(local, hub, same_model) and _same_weights(hub, {**local, "hub_revision": "def456"}, same_model)
+    gguf = {"weights": {"SmolLM2.Q4_1.gguf": {"size": 10, "sha256": "x"}}}
+    assert _same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "x"}}}, same_model)
+    assert not _same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "y"}}}, same_model)
+    assert not _same_weights(local, {**local, "config": "other"}, same_model)
