@@ -54,7 +54,7 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--max-prompt-length", default=None, type=int, help="Longest prompt (end kept) [default: max-length // 2].")
 @click.option("--max-samples", default=None, type=int, help="A seeded sample of at most N rows of each --data (and --eval-data) input.")
 @click.option("--eval-fraction", default=0.0, help="Seeded fraction held out as OUT/eval/.")
-@click.option("--seed", default=0, help="Seed of the eval split and the KL pairing.")
+@click.option("--seed", default=0, help="Seed of the eval split, the KL pairing and the --max-samples sample.")
 @click.option(
     "--dtype",
     default="auto",

@@ -305,8 +305,9 @@ def save_checkpoint(
         save_model_dir(lm, tokenizer, tmp)
         save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
         save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
-        # Every rank's generators: each rank draws its own dropout masks (on batches of its own
-        # shapes), so a rank resumed with rank 0's state would draw others than it would have.
+        # Every rank's generators: each rank draws its dropout masks on batches of its own rows
+        # and shapes (all seeded alike by --seed), so a rank resumed with rank 0's state would
+        # draw others than it would have.
         save_torch({"ranks": rank_rng or [rng_states()]}, tmp / "rng.pt")
         (tmp / STATE_NAME).write_text(json.dumps({"position": position.to_json(), "plan": plan}, indent=2))
     return path

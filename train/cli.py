@@ -60,7 +60,9 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--grad-accum", default=1)
 @click.option("--epochs", default=1.0, help="May be fractional: ⌈epochs × steps per epoch⌉ steps.")
 @click.option("--max-steps", default=None, type=int)
-@click.option("--seed", default=0)
+@click.option(
+    "--seed", default=0, help="Seed of the data order (each epoch's plan), the LoRA adapters' initialisation and dropout (the same on every process)."
+)
 @click.option("--kl-scope", default="step", type=click.Choice(KL_SCOPES))
 @click.option("--mixed-precision", default="auto", type=click.Choice(MIXED_PRECISION))
 @click.option("--dtype", default="fp32", type=click.Choice(DTYPES), help="Weight dtype.")

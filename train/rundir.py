@@ -143,7 +143,18 @@ def record_differences(saved: dict, now: dict, default_targets: Callable[[], Seq
                 continue
             if a.get(k, "(absent)") != b.get(k, "(absent)"):
                 out.append(f"{k} ({_show(a.get(k, '(absent)'))} there, {_show(b.get(k, '(absent)'))} now)")
-    return out
+    return out + _dropout_draws_differ(saved.get("config", {}), now["config"])
+
+
+def _dropout_draws_differ(there: dict, now: dict) -> list[str]:
+    """Gradient checkpointing is a memory knob a resume may change, except where dropout acts
+    (--keep-dropout) on a prefix-shared policy pass: checkpointing runs that pass plain
+    (setup.py), and a shared pass draws one dropout mask per prompt where a plain one draws one
+    per row, so the numbers after the resume would be another run's."""
+    key = "gradient_checkpointing"
+    if not now.get("keep_dropout") or not now.get("prefix_sharing", True) or bool(there.get(key)) == bool(now.get(key)):
+        return []
+    return [f"{key} ({_show(there.get(key))} there, {_show(now.get(key))} now: with --keep-dropout it changes the dropout masks drawn)"]
 
 
 def settings_digest(record: dict) -> str:

@@ -116,6 +116,23 @@ def test_lora_targets_are_compared_as_a_set_of_names():
     assert record_differences(rec("all-linear"), rec(None)) == []  # (normalized on input; a record could still hold it)
 
 
+def test_gradient_checkpointing_may_change_on_resume_unless_dropout_acts():
+    """--gradient-checkpointing runs the policy pass plain: the same maths, except that with
+    --keep-dropout a shared pass drew one dropout mask per prompt and a plain one draws one per
+    row (a resume that toggled it differed from step 7 on by 3e-4 in the loss)."""
+    from kto.train.rundir import record_differences
+
+    def rec(checkpointing, keep_dropout, sharing=True):
+        return {"config": {"gradient_checkpointing": checkpointing, "keep_dropout": keep_dropout, "prefix_sharing": sharing}, "derived": {}}
+
+    assert record_differences(rec(False, False), rec(True, False)) == []
+    assert record_differences(rec(False, True, sharing=False), rec(True, True, sharing=False)) == []
+    assert record_differences(rec(True, True), rec(True, True)) == []
+    assert record_differences(rec(False, True), rec(True, True)) == [
+        "gradient_checkpointing (False there, True now: with --keep-dropout it changes the dropout masks drawn)"
+    ]
+
+
 def test_resume_on_a_rebuilt_cache_says_so_in_words(run3, tiny_cache, tiny_model_dir, tmp_path):
     """A cache rebuilt in place (kto-precompute --overwrite) differs by its fingerprint alone:
     the line says the cache is not the one the run began on, not only two hashes."""
