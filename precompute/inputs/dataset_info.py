@@ -155,10 +155,37 @@ def _inputs(entry: dict, dataset_dir: Path, where: str) -> tuple[str, ...]:
         raise InputError(f"{where}: subset and split go with hf_hub_url, not file_name")
     path = dataset_dir / str(entry["file_name"])
     if path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-        if not files:
-            raise InputError(f"{where}: file_name {entry['file_name']} is a folder without data files ({', '.join(sorted(SUFFIXES))})")
-        return tuple(str(p) for p in files)
+        return _folder_files(path, f"{where}: file_name {entry['file_name']}")
     if not path.exists():
         raise InputError(f"{where}: file_name {entry['file_name']}: no such file in {dataset_dir}")
     return (str(path),)
+
+
+def _skipped(name: str) -> bool:
+    """Files a data folder may hold beside its data, not read: dotfiles (.DS_Store,
+    .gitattributes, .cache/), READMEs, licences and Markdown notes. Any other file is data."""
+    lower = name.lower()
+    return name.startswith(".") or lower.startswith(("readme", "license", "licence")) or lower.endswith(".md")
+
+
+def _folder_files(path: Path, where: str) -> tuple[str, ...]:
+    """The data files of a folder entry, sorted. A file of a type the reader cannot read
+    (part-1.jsonl.gz beside part-0.jsonl), or a subfolder, is refused by name: leaving it out
+    would drop its rows silently, and LLaMA-Factory itself refuses such a folder."""
+    files, unreadable = [], []
+    for p in sorted(path.iterdir()):
+        if _skipped(p.name):
+            continue
+        if p.is_file() and p.suffix.lower() in SUFFIXES:
+            files.append(p)
+        else:
+            unreadable.append(f"{p.name}/" if p.is_dir() else p.name)
+    readable = ", ".join(SUFFIXES)
+    if unreadable:
+        raise InputError(
+            f"{where}: the folder {path} holds {', '.join(unreadable)}, which cannot be read (reads {readable} files; skips dotfiles, "
+            "README*, LICENSE* and *.md); move them out of the folder"
+        )
+    if not files:
+        raise InputError(f"{where}: the folder {path} holds no data files ({readable})")
+    return tuple(str(p) for p in files)

@@ -12,10 +12,10 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +46,8 @@ from .sharegpt import sharegpt_examples
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + ARROW_SUFFIXES
+
+T = TypeVar("T")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -98,7 +100,7 @@ def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
         return _csv_records(path, data)
     table = _read_table(path, suffix, data)
     _unique_header(table.column_names, f"{path.name}: schema")
-    return enumerate(_table_rows(table), 1)
+    return enumerate(_table_rows(path, table), 1)
 
 
 class _RepeatedKey(Exception):
@@ -127,15 +129,18 @@ def _repeated_key(where: str, key: str) -> InputError:
 
 
 def _starts_with_an_object_line(data: bytes) -> bool:
-    """Is the first non-blank line one whole JSON object? (A pretty-printed object starts with a
-    lone `{`, and keeps the JSON reader and its message.)"""
-    for raw in io.BytesIO(data):
+    """Is the first non-blank line one whole JSON object, with more lines after it? (A
+    pretty-printed object starts with a lone `{`; an object alone on its only line, such as
+    `{"train": [...]}`, is a document too: both keep the JSON reader and its message.)"""
+    stream = io.BytesIO(data)
+    for raw in stream:
         line = raw.strip(b"\xef\xbb\xbf \t\r\n")
         if line:
             try:
-                return line.startswith(b"{") and isinstance(json.loads(line), dict)
+                is_object = line.startswith(b"{") and isinstance(json.loads(line), dict)
             except (ValueError, RecursionError):
                 return False
+            return is_object and bool(stream.read().strip())
     return False
 
 
@@ -200,14 +205,28 @@ def _csv_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
     try:
         text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
         reader = csv.DictReader(text)
-        _unique_header(reader.fieldnames or [], f"{path.name}: header")
-        for row, record in enumerate(reader, 1):
-            _check_field_count(record, len(reader.fieldnames or ()), f"{path.name}: row {row}")
+        fieldnames = _within_field_limit(len(data), lambda: reader.fieldnames) or []
+        _unique_header(fieldnames, f"{path.name}: header")
+        while (record := _within_field_limit(len(data), lambda: next(reader, None))) is not None:
+            row += 1
+            _check_field_count(record, len(fieldnames), f"{path.name}: row {row}")
             yield row, record
     except UnicodeDecodeError as e:
         raise InputError(f"{path.name}: row {row + 1}: not valid UTF-8 (byte {e.start})") from None
     except csv.Error as e:
         raise InputError(f"{path.name}: row {row + 1}: malformed CSV ({one_line(e)})") from None
+
+
+def _within_field_limit(size: int, read: Callable[[], T]) -> T:
+    """`read()` with csv's field limit (default 131,072 characters) raised to `size`, the file's
+    bytes: the file is in memory whole already, so no field of it is too large to hold. The
+    limit is process-wide, so it is put back after each read; a suspended generator of this
+    file then cannot leave it raised, or lower it under another CSV being read."""
+    previous = csv.field_size_limit(max(size, csv.field_size_limit()))
+    try:
+        return read()
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _unique_header(names: Sequence[str], where: str) -> None:
@@ -245,10 +264,36 @@ def _read_table(path: Path, suffix: str, data: bytes) -> pa.Table:
         raise InputError(f"{path}: cannot read as {kind} ({one_line(e)})") from None
 
 
-def _table_rows(table: pa.Table) -> Iterator[dict]:
+def _table_rows(path: Path, table: pa.Table) -> Iterator[dict]:
     # Per batch, so only one batch of Python objects exists at a time.
+    start = 0
     for batch in table.to_batches():
-        yield from batch.to_pylist()
+        try:
+            rows = batch.to_pylist()
+        except UnicodeDecodeError:
+            # Neither Parquet nor Arrow IPC reading checks string bytes (a binary column viewed
+            # as string passes), so the first check is this conversion's; it names no row.
+            raise _invalid_utf8(path, batch, start) from None
+        yield from rows
+        start += batch.num_rows
+
+
+def _invalid_utf8(path: Path, batch: pa.RecordBatch, start: int) -> InputError:
+    """The InputError naming the first row and column of `batch` (rows `start`+1...) whose
+    strings are not valid UTF-8. Only on that error: each column is converted again, then,
+    in the failing one, each row."""
+    for name, column in zip(batch.schema.names, batch.columns):
+        try:
+            column.to_pylist()
+            continue
+        except UnicodeDecodeError:
+            pass
+        for i in range(len(column)):
+            try:
+                column[i].as_py()
+            except UnicodeDecodeError as e:
+                return InputError(f"{path.name}: row {start + i + 1}: column {shown(name)} is not valid UTF-8 (byte {e.start})")
+    return InputError(f"{path.name}: rows {start + 1} to {start + batch.num_rows}: not valid UTF-8")
 
 
 # ---- inputs -> records -> each row's Examples -----------------------------------------------------
@@ -279,8 +324,7 @@ def input_records(path: str | Path, name: str | None = None) -> tuple[str, dict,
         spec = parse_spec(path)
         return spec.name, input_identity(spec.text), dataset_records(spec)
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"--data {path}: a directory, but not one written by save_to_disk; write hf:{path}:SPLIT to read its data files through datasets")
+    _not_a_directory(path)
     if not path.name.isascii():  # a non-UTF-8 name decodes to lone surrogates; ids carry it
         try:
             path.name.encode("utf-8")
@@ -290,9 +334,17 @@ def input_records(path: str | Path, name: str | None = None) -> tuple[str, dict,
     return name or path.name, {"name": path.name, "sha256": sha256}, rows
 
 
+def _not_a_directory(path: Path) -> None:
+    """A directory that `datasets` did not write is refused with how to read it, before
+    regular_file's "a directory, not a regular file" can say less."""
+    if path.is_dir():
+        raise InputError(f"--data {path}: a directory, but not one written by save_to_disk; write hf:{path}:SPLIT to read its data files through datasets")
+
+
 def input_identity(path: str | Path) -> dict:
     """What the manifest records of one `--data` input (files: name and sha256, as before)."""
     if not is_dataset_input(path):
+        _not_a_directory(Path(path))
         return {"name": Path(path).name, "sha256": file_sha256(path)}
     return dataset_identity(path)
 
@@ -301,6 +353,7 @@ def check_input_path(path: str | Path) -> None:
     """input_identity's refusals of `path` without its hashing: a file must be a regular file,
     a local `datasets` directory must hold only regular files and folders (hub.dataset_identity)."""
     if not is_dataset_input(path):
+        _not_a_directory(Path(path))
         regular_file(path)
         return
     spec = parse_spec(path)
