@@ -103,6 +103,8 @@ def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Nume
         content["max_samples"] = {"rows_per_input": cfg.max_samples, "rule": SAMPLE_RULE}
         if any(n > 1 for n in cfg.sample_spans):  # a folder entry is one dataset: other rows drawn
             content["max_samples"].update(rule=SPAN_SAMPLE_RULE, spans=list(cfg.sample_spans))
+        if cfg.eval_data:  # drawn from a stream of their own since 2026-12-06: other rows than before
+            content["max_samples"]["rule"] += HELD_OUT_SAMPLE_RULE
     return CacheContent(**content)  # every key a field of formats/manifest.py CacheContent
 
 
@@ -120,6 +122,7 @@ SPAN_SAMPLE_RULE = (
     "per dataset (spans: consecutive inputs, a folder entry's files): reservoir sample over its inputs' rows in order"
     " (numpy default_rng([seed, its first input's index])), that order kept"
 )
+HELD_OUT_SAMPLE_RULE = "; --eval-data inputs: default_rng([seed, input index, 1])"
 EVAL_DATA_RULE = "every row of eval_inputs, KL-paired among themselves; every row of inputs is train"
 
 # Content that does not change a staged token id: a run differing only in these reuses staging.
@@ -168,7 +171,7 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
         return path  # a resumed run: staged by a run of the same inputs and configuration
     parsed: list[dict] = []
     spans = () if held_out else cfg.sample_spans  # --dataset's entries are --data's
-    sample = RowSample(cfg.max_samples, cfg.seed, spans) if cfg.max_samples is not None else None
+    sample = RowSample(cfg.max_samples, cfg.seed, spans, held_out=bool(held_out)) if cfg.max_samples is not None else None
     # Names over both flags' files, so that a held-out file named as a train file (eval/data.json
     # beside train/data.json) gives its rows other ids.
     names = input_names((*cfg.data, *cfg.eval_data))

@@ -473,6 +473,10 @@ class RowSample:
     spans: tuple[int, ...] = ()
     """How many consecutive inputs each dataset is, in input order (DatasetEntry.spans, after a
     1 for each input given before the entries); inputs past them are one dataset each."""
+    held_out: bool = False
+    """--eval-data's inputs: their own random stream. Numbered from 0 as --data's are, they drew
+    the same row numbers as the --data input of the same place (aligned train and test files
+    kept the same positions)."""
 
     def __post_init__(self) -> None:
         if any(not isinstance(n, int) or n < 1 for n in self.spans):
@@ -492,7 +496,7 @@ class RowSample:
         are kept depends on (seed, the dataset's first input's place in --data, N) and the rows'
         order only: a dataset of one input draws what it drew before spans existed. Kept rows
         are sorted by their keys: a row number, or (input index, row) across a folder's files."""
-        rng = np.random.default_rng([self.seed, input_index])
+        rng = np.random.default_rng([self.seed, input_index, 1] if self.held_out else [self.seed, input_index])
         kept: list[tuple[Any, Any]] = []
         for seen, item in enumerate(rows):
             if seen < self.size:

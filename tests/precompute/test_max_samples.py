@@ -37,6 +37,17 @@ def test_a_sample_is_seeded_kept_in_file_order_and_never_larger_than_asked():
     assert 140 < min(counts) and max(counts) < 260, (min(counts), max(counts))
 
 
+def test_held_out_inputs_draw_from_a_stream_of_their_own():
+    """--eval-data's inputs are numbered from 0 as --data's are: with one stream they kept the
+    same row numbers as the --data input of the same place (aligned train and test files held
+    the same positions). A --data input draws as it always did."""
+    rows = [(i, {"row": i}) for i in range(100)]
+    train = RowSample(10, seed=0).rows(iter(rows), 0)
+    held = RowSample(10, seed=0, held_out=True).rows(iter(rows), 0)
+    assert [r for r, _ in train] != [r for r, _ in held]
+    assert [r for r, _ in train] == [2, 5, 10, 14, 30, 41, 46, 51, 54, 86]  # what --data inputs drew before
+
+
 def test_kto_precompute_keeps_n_rows_of_each_input_and_records_it(tmp_path, tiny_model_dir):
     text = write_rows(tmp_path / "text.jsonl", text_rows())  # 16 rows
     chat = write_rows(tmp_path / "chat.jsonl", chat_rows()[:6])  # 6 rows
