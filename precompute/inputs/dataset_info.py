@@ -174,11 +174,9 @@ def _folder_files(path: Path, where: str) -> tuple[str, ...]:
     would drop its rows silently, and LLaMA-Factory itself refuses such a folder."""
     files, unreadable = [], []
     for p in sorted(path.iterdir()):
-        if _skipped(p.name):
-            continue
         if p.is_file() and p.suffix.lower() in SUFFIXES:
-            files.append(p)
-        else:
+            files.append(p)  # a data file whatever its name (license_qa.jsonl, .extra.jsonl)
+        elif not _skipped(p.name):
             unreadable.append(f"{p.name}/" if p.is_dir() else p.name)
     readable = ", ".join(SUFFIXES)
     if unreadable:

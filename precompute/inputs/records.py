@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,18 +130,21 @@ def _repeated_key(where: str, key: str) -> InputError:
 
 
 def _starts_with_an_object_line(data: bytes) -> bool:
-    """Is the first non-blank line one whole JSON object, with more lines after it? (A
-    pretty-printed object starts with a lone `{`; an object alone on its only line, such as
-    `{"train": [...]}`, is a document too: both keep the JSON reader and its message.)"""
+    """Is the first non-blank line one whole JSON object that is a row? (A pretty-printed object
+    starts with a lone `{`.) An object alone on its only line is a row (what Dataset.to_json
+    writes for one row), unless every value is a list: a document of splits, `{"train": [...]}`,
+    which keeps the JSON reader and its message."""
     stream = io.BytesIO(data)
     for raw in stream:
         line = raw.strip(b"\xef\xbb\xbf \t\r\n")
         if line:
             try:
-                is_object = line.startswith(b"{") and isinstance(json.loads(line), dict)
+                first = json.loads(line) if line.startswith(b"{") else None
             except (ValueError, RecursionError):
                 return False
-            return is_object and bool(stream.read().strip())
+            if not isinstance(first, dict):
+                return False
+            return bool(stream.read().strip()) or not (first and all(isinstance(v, list) for v in first.values()))
     return False
 
 
@@ -220,13 +224,18 @@ def _csv_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
 def _within_field_limit(size: int, read: Callable[[], T]) -> T:
     """`read()` with csv's field limit (default 131,072 characters) raised to `size`, the file's
     bytes: the file is in memory whole already, so no field of it is too large to hold. The
-    limit is process-wide, so it is put back after each read; a suspended generator of this
-    file then cannot leave it raised, or lower it under another CSV being read."""
-    previous = csv.field_size_limit(max(size, csv.field_size_limit()))
-    try:
-        return read()
-    finally:
-        csv.field_size_limit(previous)
+    limit is process-wide, so it is put back after each read, under a lock (reads on several
+    threads would otherwise restore one another's limits out of order); a suspended generator of
+    this file then cannot leave it raised, or lower it under another CSV being read."""
+    with _FIELD_LIMIT:
+        previous = csv.field_size_limit(max(size, csv.field_size_limit()))
+        try:
+            return read()
+        finally:
+            csv.field_size_limit(previous)
+
+
+_FIELD_LIMIT = threading.Lock()
 
 
 def _unique_header(names: Sequence[str], where: str) -> None:
@@ -279,8 +288,8 @@ def _table_rows(path: Path, table: pa.Table) -> Iterator[dict]:
 
 
 def _invalid_utf8(path: Path, batch: pa.RecordBatch, start: int) -> InputError:
-    """The InputError naming the first row and column of `batch` (rows `start`+1...) whose
-    strings are not valid UTF-8. Only on that error: each column is converted again, then,
+    """The InputError naming a row and column of `batch` (rows `start`+1...) whose strings are
+    not valid UTF-8 (the first bad row of the first column that has one). Only on that error: each column is converted again, then,
     in the failing one, each row."""
     for name, column in zip(batch.schema.names, batch.columns):
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc
@@ -65,6 +66,18 @@ def test_a_folder_entry_skips_readmes_and_dotfiles(tmp_path):
     write_rows(root / "demo" / "part-1.jsonl", alpaca_rows(2))
     entry = load_datasets("demo", root)
     assert entry.data == (str(root / "demo" / "part-0.jsonl"), str(root / "demo" / "part-1.jsonl"))
+
+
+def test_a_folder_entry_reads_data_files_whatever_their_names(tmp_path):
+    """Only files that are no data are skipped by name: license_qa.jsonl and .extra.jsonl are
+    read (they were dropped silently by a skip that looked at the name first)."""
+    root = folder_entry(tmp_path)
+    for name in ("license_qa.jsonl", ".extra.jsonl", "readme_rows.jsonl"):
+        write_rows(root / "demo" / name, alpaca_rows(2))
+    (root / "demo" / ".gitkeep").write_text("")
+    (root / "demo" / "LICENSE.txt").write_text("not data")
+    entry = load_datasets("demo", root)
+    assert sorted(Path(p).name for p in entry.data) == [".extra.jsonl", "license_qa.jsonl", "part-0.jsonl", "readme_rows.jsonl"]
 
 
 # ---- 2. invalid UTF-8 in a Parquet or Arrow string column ----------------------------------------
@@ -147,6 +160,14 @@ def test_a_one_line_json_object_reads_as_one_document(tmp_path):
             list(input_records(path)[2])
         messages.append(str(e.value).split(": ", 1)[1])
     assert messages == ["expected a JSON array of objects, got an object"] * 2
+
+
+def test_one_row_of_json_lines_in_a_json_file_is_a_row(tmp_path):
+    """What Dataset.to_json writes for one row: an object on its only line, which datasets and
+    LLaMA-Factory read as a row (only an object of lists, a document of splits, is refused)."""
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(text_rows()[0]) + "\n")
+    assert [row for row, _ in input_records(path)[2]] == [1]
 
 
 def test_json_lines_in_a_json_file_still_read_by_line(tmp_path):
