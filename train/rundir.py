@@ -143,16 +143,17 @@ def record_differences(saved: dict, now: dict, default_targets: Callable[[], Seq
                 continue
             if a.get(k, "(absent)") != b.get(k, "(absent)"):
                 out.append(f"{k} ({_show(a.get(k, '(absent)'))} there, {_show(b.get(k, '(absent)'))} now)")
-    return out + _dropout_draws_differ(saved.get("config", {}), now["config"])
+    return out + _dropout_draws_differ(saved.get("config", {}), now)
 
 
-def _dropout_draws_differ(there: dict, now: dict) -> list[str]:
+def _dropout_draws_differ(there: dict, record: dict) -> list[str]:
     """Gradient checkpointing is a memory knob a resume may change, except where dropout acts
     (--keep-dropout) on a prefix-shared policy pass: checkpointing runs that pass plain
     (setup.py), and a shared pass draws one dropout mask per prompt where a plain one draws one
     per row, so the numbers after the resume would be another run's."""
-    key = "gradient_checkpointing"
-    if not now.get("keep_dropout") or not now.get("prefix_sharing", True) or bool(there.get(key)) == bool(now.get(key)):
+    key, now = "gradient_checkpointing", record["config"]
+    shares = record.get("derived", {}).get("steps_share_prefixes", now.get("prefix_sharing", True))  # --model's layers may not pack
+    if not now.get("keep_dropout") or not shares or bool(there.get(key)) == bool(now.get(key)):
         return []
     return [f"{key} ({_show(there.get(key))} there, {_show(now.get(key))} now: with --keep-dropout it changes the dropout masks drawn)"]
 

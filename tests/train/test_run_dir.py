@@ -131,6 +131,8 @@ def test_gradient_checkpointing_may_change_on_resume_unless_dropout_acts():
     assert record_differences(rec(False, True), rec(True, True)) == [
         "gradient_checkpointing (False there, True now: with --keep-dropout it changes the dropout masks drawn)"
     ]
+    unpacked = {**rec(True, True), "derived": {"steps_share_prefixes": False}}  # --model's layers allow no packing
+    assert record_differences(rec(False, True), unpacked) == []
 
 
 def test_resume_on_a_rebuilt_cache_says_so_in_words(run3, tiny_cache, tiny_model_dir, tmp_path):
