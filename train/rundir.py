@@ -321,7 +321,10 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     if differs:
         # A cache rebuilt in place (kto-precompute --overwrite) has another fingerprint even where
         # its rows are the same: said in words, the hashes alone do not tell a user that.
-        rebuilt = any(d.startswith(("cache_fingerprint ", "eval_cache_fingerprint ")) for d in differs)
+        there, now = (r["derived"].get("eval_cache_fingerprint") for r in (saved, record))
+        # An eval cache added or dropped is no rebuilt cache: say which flag it is.
+        eval_flag = (there is None) != (now is None)
+        rebuilt = any(d.startswith("cache_fingerprint ") for d in differs) or (there is not None and now is not None and there != now)
         raise InputError(
             f"--resume: {out} was trained with other settings: "
             + ", ".join(differs)
@@ -329,6 +332,11 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
             + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE))
             + " may change on resume"
             + ("; the cache is not the one the run began on (rebuilt or replaced since): a run resumes only on its own cache" if rebuilt else "")
+            + (
+                f"; the run was started {'without' if there is None else 'with'} --eval-cache: resume it {'without' if there is None else 'with that'} one"
+                if eval_flag
+                else ""
+            )
         )
     keep_recorded_targets(record, saved)
     changed = [

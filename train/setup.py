@@ -170,7 +170,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     build = functools.cache(lambda: model_skeleton(source, trust_remote_code=cfg.trust_remote_code))  # meta device, no weight read
     adapters.check_model(cfg, build() if adapters.enabled(cfg) else None)
     packs = cfg.prefix_sharing and packs_allowed(build, accelerator)
-    eval_cache = open_eval_cache(cfg, cache)
+    eval_cache = open_eval_cache(cfg, cache, accelerator)
     check_positions(build, cfg.model, cache, eval_cache)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
@@ -366,9 +366,10 @@ def check_no_shared_rows(eval_cache: ShardedCache, train: ShardedCache, cfg: Tra
         )
 
 
-def open_eval_cache(cfg: TrainConfig, train: ShardedCache) -> ShardedCache | None:
-    """The eval cache must come from the same reference model and tokenizer as the training
-    cache, or its rewards would be measured against another reference."""
+def open_eval_cache(cfg: TrainConfig, train: ShardedCache, accelerator: Accelerator | None = None) -> ShardedCache | None:
+    """The eval cache must come from the same reference model, tokenizer, numerics and chat
+    template as the training cache, or its rewards would be measured against another reference
+    or on prompts rendered otherwise; other length limits are said."""
     if cfg.eval_cache is None:
         return None
     manifest = train.manifest
@@ -376,11 +377,24 @@ def open_eval_cache(cfg: TrainConfig, train: ShardedCache) -> ShardedCache | Non
     check_held_out(cache.manifest, manifest, cfg)  # manifests only: a training shard copied in is named as such first
     cache.lengths()  # every shard present and readable before --out is touched
     check_no_shared_rows(cache, train, cfg)
+    held, trained = cache.manifest.content, manifest.content
     same = {
-        "model": same_model(cache.manifest.content.model, manifest.content.model),
-        "tokenizer": cache.manifest.content.tokenizer == manifest.content.tokenizer,
+        "model": same_model(held.model, trained.model),
+        "tokenizer": held.tokenizer == trained.tokenizer,
+        # The reference's numerics and the prompts' rendering: a bf16 eval cache beside an fp32 one
+        # put the reference's rounding into every eval reward (KL -1.1e-3 one step from the
+        # reference), and another template scores prompts in a format training never saw.
+        "dtype": held.dtype == trained.dtype,
+        "chat template": (held.chat_template, held.chat_template_kwargs) == (trained.chat_template, trained.chat_template_kwargs),
     }
     for part, ok in same.items():
         if not ok:
             raise InputError(f"--eval-cache {cfg.eval_cache}: made with another {part} than --cache {cfg.cache}")
+    cut = [
+        f"{k} {getattr(held, k)} there, {getattr(trained, k)} in --cache"
+        for k in ("max_length", "max_prompt_length")
+        if getattr(held, k) != getattr(trained, k)
+    ]
+    if cut:  # may be meant (longer held-out rows), but its prompts are cut otherwise than training's
+        log(f"note: --eval-cache {cfg.eval_cache} was made with other length limits ({'; '.join(cut)})", accelerator)
     return cache

@@ -64,3 +64,49 @@ def test_the_eval_split_of_another_cache_of_the_same_file_is_refused(tiny_cache,
     assert train_error_line(result.output).startswith(
         f"kto-train: error: --eval-cache {other / 'eval'}: 4 of its rows are training rows of --cache {tiny_cache} (the same input file and id, e.g. 'chat.jsonl:"
     ), result.output
+
+
+def test_an_eval_cache_scored_in_another_dtype_or_template_is_refused(tiny_cache, tiny_model_dir, tmp_path):
+    """A bf16 eval cache beside an fp32 --cache put the reference's rounding into every eval reward
+    (KL −1.1e-3 one step from the reference), and another chat template scores prompts rendered
+    as training never saw them: both were accepted without a word. Other length limits are said."""
+    from click.testing import CliRunner
+    from conftest import text_rows, write_rows
+
+    from kto.precompute.cli import main as precompute
+
+    data = write_rows(tmp_path / "held.jsonl", text_rows())
+    template = tmp_path / "t.jinja"
+    template.write_text(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    made = {}
+    for name, extra in {"bf16": ("--dtype", "bf16"), "template": ("--chat-template", str(template)), "short": ("--max-length", "48")}.items():
+        args = ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / name), "--rows-per-shard", "5", "--batch-tokens", "256"]
+        args += ["--max-length", "64", *extra] if name != "short" else list(extra)
+        result = CliRunner().invoke(precompute, args)
+        assert result.exit_code == 0, result.output
+        made[name] = tmp_path / name
+    for name, part in (("bf16", "dtype"), ("template", "chat template")):
+        result = train_cli(tiny_cache, tiny_model_dir, tmp_path / f"r-{name}", "--max-steps", "1", "--eval-cache", str(made[name]))
+        assert result.exit_code == 2, result.output
+        assert train_error_line(result.output) == f"kto-train: error: --eval-cache {made[name]}: made with another {part} than --cache {tiny_cache}"
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r-short", "--max-steps", "1", "--eval-cache", str(made["short"]))
+    assert result.exit_code == 0, result.output
+    assert (
+        f"note: --eval-cache {made['short']} was made with other length limits (max_length 48 there, 64 in --cache; max_prompt_length 24 there, 32 in --cache)"
+        in result.output
+    )
+
+
+def test_a_resume_that_adds_an_eval_cache_names_the_flag(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    """Adding or dropping --eval-cache on resume is refused (its fingerprint is the run's), but the
+    line said the cache was "rebuilt or replaced since", which nothing was."""
+    run = tmp_path / "r"
+    first = train_cli(tiny_cache, tiny_model_dir, run, "--max-steps", "2", "--save-every", "1")
+    assert first.exit_code == 0, first.output
+    shutil.rmtree(run / "final")
+    again = train_cli(tiny_cache, tiny_model_dir, run, "--max-steps", "2", "--save-every", "1", "--resume", "--eval-cache", str(tiny_eval_cache))
+    line = train_error_line(again.output)
+    assert again.exit_code == 2 and "rebuilt or replaced" not in line, line
+    assert line.endswith("; the run was started without --eval-cache: resume it without one"), line
