@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ from .step import LossSettings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import pyarrow as pa
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
@@ -366,6 +368,36 @@ def check_no_shared_rows(eval_cache: ShardedCache, train: ShardedCache, cfg: Tra
         )
 
 
+def check_no_shared_content(eval_cache: ShardedCache, train: ShardedCache, cfg: TrainConfig, accelerator: Accelerator | None) -> None:
+    """Eval rows whose token ids and label are a training row's, whatever file or id they came
+    from: an eval cache precomputed from a renamed copy of the training file, or from its rows
+    written out again, scored training rows with no word. All of them shared is refused; some
+    (a question both splits of a public dataset hold) is said, with how many. The eval rows'
+    keys are held (a hash each); the training rows stream past them, one shard at a time."""
+    held = {key for k in range(eval_cache.num_shards) for key in _row_keys(eval_cache.open_shard(k))}
+    shared = set()
+    for k in range(train.num_shards):
+        shared.update(key for key in _row_keys(train.open_shard(k)) if key in held)
+    if not shared:
+        return
+    said = f"--eval-cache {cfg.eval_cache}: {len(shared)} of its {len(held)} distinct rows are --cache {cfg.cache} rows (the same token ids and label)"
+    if len(shared) == len(held):
+        raise InputError(f"{said}; evaluation would score rows trained on: evaluate on a held-out split such as CACHE/eval")
+    log(f"warning: {said}: their eval numbers are on rows trained on", accelerator)
+
+
+def _row_keys(table: pa.Table) -> Iterator[int]:
+    """A hash of each row's (label, prompt ids, completion ids), from the list columns' flat values."""
+    labels = table.column(S.LABEL).to_pylist()
+    columns = []
+    for name in (S.PROMPT_IDS, S.COMPLETION_IDS):
+        lists = table.column(name).combine_chunks()
+        columns.append((np.asarray(lists.offsets), np.asarray(lists.values)))
+    (po, pv), (co, cv) = columns
+    for i, label in enumerate(labels):
+        yield hash((label, pv[po[i] : po[i + 1]].tobytes(), cv[co[i] : co[i + 1]].tobytes()))
+
+
 def open_eval_cache(cfg: TrainConfig, train: ShardedCache, accelerator: Accelerator | None = None) -> ShardedCache | None:
     """The eval cache must come from the same reference model, tokenizer, numerics and chat
     template as the training cache, or its rewards would be measured against another reference
@@ -377,6 +409,7 @@ def open_eval_cache(cfg: TrainConfig, train: ShardedCache, accelerator: Accelera
     check_held_out(cache.manifest, manifest, cfg)  # manifests only: a training shard copied in is named as such first
     cache.lengths()  # every shard present and readable before --out is touched
     check_no_shared_rows(cache, train, cfg)
+    check_no_shared_content(cache, train, cfg, accelerator)
     held, trained = cache.manifest.content, manifest.content
     same = {
         "model": same_model(held.model, trained.model),

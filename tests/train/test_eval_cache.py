@@ -110,3 +110,24 @@ def test_a_resume_that_adds_an_eval_cache_names_the_flag(tiny_cache, tiny_eval_c
     line = train_error_line(again.output)
     assert again.exit_code == 2 and "rebuilt or replaced" not in line, line
     assert line.endswith("; the run was started without --eval-cache: resume it without one"), line
+
+
+def test_an_eval_cache_of_the_training_rows_under_other_names_is_refused(tiny_cache, tiny_model_dir, tmp_path):
+    """The training file renamed, or its rows written out again, precomputed into an eval cache:
+    other input sha256 and ids, the same rows. All shared is refused; some is warned of."""
+    from click.testing import CliRunner
+    from conftest import chat_rows, precompute_args, text_rows, write_rows
+
+    from kto.precompute.cli import main as precompute
+
+    renamed = write_rows(tmp_path / "renamed.jsonl", chat_rows())  # the rows tiny_cache was made from
+    some = write_rows(tmp_path / "some.jsonl", [*chat_rows()[:2], *text_rows()])
+    for data in (renamed, some):
+        made = CliRunner().invoke(precompute, precompute_args(data, tiny_model_dir, tmp_path / data.stem))
+        assert made.exit_code == 0, made.output
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r1", "--max-steps", "1", "--eval-cache", str(tmp_path / "renamed"))
+    assert result.exit_code == 2, result.output
+    assert "of its 16 distinct rows are --cache" in train_error_line(result.output) and "16 of its 16" in train_error_line(result.output)
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r2", "--max-steps", "1", "--eval-cache", str(tmp_path / "some"))
+    assert result.exit_code == 0, result.output
+    assert f"warning: --eval-cache {tmp_path / 'some'}: 2 of its 18 distinct rows are --cache {tiny_cache} rows" in result.output
