@@ -118,7 +118,7 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
 
 
 def _other_reference(cache_dir: Path, eval_dir: Path) -> list[str]:
-    """The line kto-train's --eval-cache check (train/setup.py open_eval_cache) would refuse
+    """The line kto-train's --eval-cache check (train/eval_cache.py open_eval_cache) would refuse
     the eval split with: scored by another reference model, or tokenized by another tokenizer,
     than the train split. Its rewards would be measured against another reference. Nothing
     when either manifest is unreadable (its own report says why)."""

@@ -162,7 +162,7 @@ def test_held_out_rows_are_told_by_their_text_and_their_ids_may_repeat_the_train
     assert sorted(pl.read_ipc(f"{out}/shard-*.arrow")["id"])[:2] == ["a/data.jsonl:1", "a/data.jsonl:10"]
     assert sorted(pl.read_ipc(f"{out / S.EVAL_DIR}/shard-*.arrow")["id"])[:2] == ["b/data.jsonl:1", "b/data.jsonl:2"]
     from kto.formats.cache import open_cache
-    from kto.train.setup import check_no_shared_rows
+    from kto.train.eval_cache import check_no_shared_rows
 
     check_no_shared_rows(open_cache(out / S.EVAL_DIR), open_cache(out), SimpleEvalConfig(out))  # no InputError: other rows
     as_array = tmp_path / "train.json"
