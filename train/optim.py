@@ -72,13 +72,8 @@ def _warmup_outlasts(cfg: TrainConfig, total_steps: int) -> str | None:
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """transformers' scheduler of kind cfg.lr_schedule over `total_steps`, the run's own; its
     own error, on one line, for kwargs it does not take or needs (cosine_with_min_lr needs min_lr
-    or min_lr_rate); and a one-line refusal of a schedule the run could not follow (`schedule_refusal`)."""
-    scheduler = _built(optimizer, cfg, total_steps)
-    lambdas = getattr(scheduler, "lr_lambdas", None)  # None: a kind that steps on a metric (refused by TrainConfig)
-    why = schedule_refusal(cfg, lambdas[0], total_steps) if lambdas else None
-    if why:
-        raise InputError(why)
-    return scheduler
+    or min_lr_rate). Whether the run can follow it was checked at start-up (`check_schedule`)."""
+    return _built(optimizer, cfg, total_steps)
 
 
 def _built(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, real: bool = True) -> torch.optim.lr_scheduler.LRScheduler:
@@ -171,13 +166,15 @@ def _shape_refusal(cfg: TrainConfig, factors: list[float]) -> str | None:
 
 def check_schedule(cfg: TrainConfig, total_steps: int | None = None) -> None:
     """Refuse a schedule the run could not follow at start-up, before the model loads, building
-    it on a throwaway parameter: with the run's `total_steps`, every check of build_scheduler
-    (`schedule_refusal`), which only the real total makes right (warmup ⌊ratio × T⌋, the last step, the
-    decay's length). Without it (a caller that has not planned the steps yet), only the kwargs
+    it on a throwaway parameter: with the run's `total_steps`, `schedule_refusal`'s checks, which
+    only the real total makes right (warmup ⌊ratio × T⌋, the last step, the decay's length). Without it (a caller that has not planned the steps yet), only the kwargs
     get_scheduler refuses, on a made-up 10 steps, and only where there are kwargs to check."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     if total_steps is not None:
-        build_scheduler(optimizer, cfg, total_steps)
+        lambdas = getattr(_built(optimizer, cfg, total_steps), "lr_lambdas", None)  # None: a kind that steps on a metric (refused by TrainConfig)
+        why = schedule_refusal(cfg, lambdas[0], total_steps) if lambdas else None
+        if why:
+            raise InputError(why)
     elif cfg.lr_schedule_kwargs or cfg.lr_schedule in _NEEDS_KWARGS:
         _built(optimizer, cfg, 10, real=False)
 
