@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kto.formats.compute.adapters import adapter_config, is_adapter_dir, peft_quietly, require_peft, with_adapters
+from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, exception_line
 
 if TYPE_CHECKING:
@@ -65,9 +66,10 @@ def bitsandbytes_backend(device_type: str, bits: int = 4) -> str | None:
     return None
 
 
-def quantization_config(cfg: TrainConfig, device_type: str) -> BitsAndBytesConfig | None:
+def quantization_config(cfg: TrainConfig, device_type: str, autocast: str = "no") -> BitsAndBytesConfig | None:
     """A transformers BitsAndBytesConfig for --load-in-4bit/8bit, or None. Refuses (one line) when
-    bitsandbytes has no backend for this device."""
+    bitsandbytes has no backend for this device. `autocast` is the run's resolved mixed
+    precision (accelerate's "no", "bf16" or "fp16"): 4-bit layers compute in it."""
     if not quantized(cfg):
         return None
     flag = "--load-in-4bit" if cfg.load_in_4bit else "--load-in-8bit"
@@ -78,8 +80,10 @@ def quantization_config(cfg: TrainConfig, device_type: str) -> BitsAndBytesConfi
 
     if cfg.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
-    # NF4 with double quantization and the compute in the training dtype: QLoRA's recipe.
-    compute = torch.bfloat16 if device_type == "cuda" else torch.float32
+    # NF4 with double quantization and the compute in the training dtype: QLoRA's recipe. The
+    # dtype the rest of the run computes in, not a fixed bfloat16, which put fp16 runs (GPUs
+    # without bf16, such as the T4) and fp32 runs (--mixed-precision no) through bf16 matmuls.
+    compute = train_numerics(cfg.dtype, autocast).compute
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
 

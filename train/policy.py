@@ -122,7 +122,7 @@ class LoraAdapters:
                 adapters.check_adapter_settings(cfg, lm, resume_from)
             return adapters.add_adapters(cfg, lm)
 
-        quantization = adapters.quantization_config(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+        quantization = adapters.quantization_config(cfg, "cuda" if torch.cuda.is_available() else "cpu", self.accelerator.mixed_precision)
         # bitsandbytes weights cannot be moved after loading: put them on this process's device.
         device_map = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"} if quantization else None
         policy = load_policy(cfg, source, with_adapters, quantization_config=quantization, device_map=device_map)

@@ -389,3 +389,27 @@ def test_the_probe_quantizes_float16_as_the_cuda_kernels_require(monkeypatch, bi
 
         monkeypatch.setattr(F, name, as_on_cuda)
     assert bitsandbytes_backend("cpu", bits) is None
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+@pytest.mark.parametrize(
+    ("dtype", "autocast", "expected"),
+    [
+        ("fp32", "no", torch.float32),
+        ("fp32", "bf16", torch.bfloat16),
+        ("fp32", "fp16", torch.float16),
+        ("bf16", "no", torch.bfloat16),
+        ("fp16", "no", torch.float16),
+    ],
+)
+def test_4bit_layers_compute_in_the_runs_dtype(tiny_model_dir, tmp_path, dtype, autocast, expected):
+    """NF4 layers compute in what the rest of the run computes in: the autocast dtype, else the
+    weights' --dtype. A fixed bfloat16 sent fp16 runs (a T4 has no bf16) and --mixed-precision no
+    runs through bf16 matmuls in every quantized layer."""
+    from kto.train.adapters import bitsandbytes_backend, quantization_config
+    from kto.train.config import TrainConfig
+
+    if why := bitsandbytes_backend("cpu", 4):
+        pytest.skip(why)
+    cfg = TrainConfig(cache=tmp_path, model=str(tiny_model_dir), out=tmp_path / "o", lora_r=4, load_in_4bit=True, dtype=dtype)
+    assert quantization_config(cfg, "cpu", autocast).bnb_4bit_compute_dtype == expected
