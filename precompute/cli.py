@@ -8,7 +8,8 @@ flag's text would be, while true, 64.7 or a list for an int option is refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,22 @@ def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Run the frozen reference model once over every example and its KL pair; write shards."""
     from .api import check_paths, run  # the Python API: this command is flags → PrecomputeConfig → run()
 
-    run(config_from(ctx, config_file, flags, check=check_paths))  # its refusals name the file's key; run() repeats them (cheap)
+    with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals name the file's key; run() repeats them (cheap)
+        run(cfg)  # and names the file's key in its own
     end_process_group(every_rank_here=True)  # the command ends here, on every rank (the API keeps a launcher's group for a caller)
 
 
 def config_from(ctx: click.Context, config_file: Path | None, flags: dict, check: Callable[[PrecomputeConfig], None] = lambda cfg: None) -> PrecomputeConfig:
     """Defaults < --config FILE < command-line flags, then one PrecomputeConfig, `check`ed (the
     API's start-up path checks): a refusal of a value the file set names the file's key."""
+    with config_in_force(ctx, config_file, flags, check) as cfg:
+        return cfg
+
+
+@contextlib.contextmanager
+def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict, check: Callable[[PrecomputeConfig], None]) -> Iterator[PrecomputeConfig]:
+    """config_from's PrecomputeConfig, for the body of the with: a refusal raised in it (the
+    run's) names the file's key as well, when the file set that option."""
     values, resolved = _file_values(ctx, config_file) if config_file else ({}, Resolved())
     given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     for name, value in flags.items():
@@ -110,7 +120,7 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict, check
     try:
         cfg = _config(values)
         check(cfg)
-        return cfg
+        yield cfg
     except InputError as exc:
         # A range check names the flag; a value the file set is named by the file's key.
         raise (file_key_error(exc, config_file, PRECOMPUTE, resolved, values, given) if config_file else exc) from None

@@ -7,10 +7,11 @@ Every option mirrors a TrainConfig field (tests/train/test_data.py,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +104,13 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     from .api import run  # the Python API: this command is flags → TrainConfig → run()
     from .processes import end_own_process_group, process_group_exists
 
-    cfg = config_from(ctx, config_file, flags, check=check_paths)  # its refusals name the file's key too
-    existed = process_group_exists()  # after check_paths: it imports torch
-    try:
-        run(cfg)
-    except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
-        end_own_process_group(existed)
-        sys.exit(exc.exit_code)
+    with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals, the run's too, name the file's key
+        existed = process_group_exists()  # after check_paths: it imports torch
+        try:
+            run(cfg)
+        except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
+            end_own_process_group(existed)
+            sys.exit(exc.exit_code)
     end_own_process_group(existed, main_process_busy=cfg.push_to_hub is not None)  # the API keeps a group it made for the next call; the command ends here
 
 
@@ -132,6 +133,15 @@ def check_paths(cfg: TrainConfig) -> None:
 def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, Any], check: Callable[[TrainConfig], None] = lambda cfg: None) -> TrainConfig:
     """Defaults < --config FILE < command-line flags, then one TrainConfig, `check`ed (main's
     start-up path checks): a refusal of a value the file set names the file's key."""
+    with config_in_force(ctx, config_file, flags, check) as cfg:
+        return cfg
+
+
+@contextlib.contextmanager
+def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[str, Any], check: Callable[[TrainConfig], None]) -> Iterator[TrainConfig]:
+    """config_from's TrainConfig, for the body of the with: a refusal raised in it (the run's,
+    such as `--lora-target-modules q_proj,x: --model has no linear layer named x`) names the
+    file's key as well, when the file set that option."""
     options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     values: dict[str, Any] = {}
     resolved = Resolved()
@@ -146,7 +156,7 @@ def config_from(ctx: click.Context, config_file: Path | None, flags: dict[str, A
     try:
         cfg = merged_config(ctx, config_file, resolved, values, given)
         check(cfg)
-        return cfg
+        yield cfg
     except InputError as exc:
         # A check names the flag; a value the file set is named by the file's key.
         raise (file_key_error(exc, config_file, TRAIN, resolved, values, given) if config_file else exc) from None

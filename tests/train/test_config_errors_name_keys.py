@@ -109,3 +109,27 @@ def test_the_command_line_rank_wins_over_the_file_but_not_into_full_training(tmp
         f"kto-train: error: --lora-r 0 over --config {path}'s finetuning_type: lora: that would train every weight, not LoRA; "
         "give --lora-r R of at least 1, or write finetuning_type: full (TRL: use_peft: false) in the file to train every weight"
     )
+
+
+@pytest.mark.parametrize("given", ["file", "command line"])
+def test_a_refusal_the_run_makes_names_the_files_key(tmp_path, tiny_cache, tiny_model_dir, given):
+    """The LoRA targets are checked against the model when the run starts, not with the config:
+    a target the file listed is still named by the file's key, as the file writes it; the same
+    targets from the command line are named as the flag."""
+    path = tmp_path / "f.yaml"
+    flags = ["--lora-target-modules", "q_proj,nonexistent_proj"] if given == "command line" else []
+    path.write_text("finetuning_type: lora\n" + ("lora_target: [q_proj, nonexistent_proj]\n" if given == "file" else ""))
+    args = ["--config", str(path), "--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *flags]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    reason = (
+        f"--model {tiny_model_dir} has no linear layer named nonexistent_proj (its decoder has: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj)"
+    )
+    if given == "file":
+        assert (
+            train_error_line(result.output)
+            == f"kto-train: error: --config {path}: lora_target [q_proj, nonexistent_proj] (kto-train's --lora-target-modules): {reason}"
+        )
+    else:
+        assert train_error_line(result.output) == f"kto-train: error: --lora-target-modules q_proj,nonexistent_proj: {reason}"
+    assert not (tmp_path / "o").exists()
