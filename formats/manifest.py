@@ -47,7 +47,7 @@ def fingerprint_of(content: dict) -> str:
 
 # Keys a weight file's identity gained after caches and run records already held identities:
 # compared only when both identities carry them, so those stay valid.
-LATER_WEIGHT_KEYS = frozenset({"small_tensors_sha256"})
+LATER_WEIGHT_KEYS = frozenset({"small_tensors_sha256", "sha256"})
 
 
 def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -266,6 +266,31 @@ def test_model_identity_tells_two_checkpoints_of_one_architecture_apart(tmp_path
     assert model_identity(resolve_source(str(moved))) == a  # moving a model changes nothing
 
 
+def test_model_identity_sees_rows_edited_inside_a_large_tensor(tmp_path):
+    """Seen in a hunt: one embedding row edited in place (a fine-tune that trained a few token
+    embeddings, merged) lay between the 64 sampled blocks of a tensor too large to hash whole,
+    so a cache scored with the old row passed for the new model's. The whole file's sha256
+    tells them apart; an identity recorded before it existed still matches what it can tell."""
+    import torch
+    from safetensors.torch import save_file
+
+    from kto.formats.compute.models import ModelSource, model_identity
+    from kto.formats.manifest import same_model
+
+    embed = torch.zeros(4096, 1024)  # 16 MiB: 64 blocks of 64 KiB cover a quarter of it
+    edited = embed.clone()
+    edited[2067] += 0.15  # bytes 8268-8272 KiB of the data: between sampled blocks 31 and 32 (asserted below)
+    for name, weight in (("a", embed), ("b", edited)):
+        (tmp_path / name).mkdir()
+        save_file({"embed_tokens.weight": weight}, str(tmp_path / name / "model.safetensors"))
+    ia, ib = (model_identity(ModelSource(tmp_path / n)) for n in "ab")
+    fa, fb = ia["weights"]["model.safetensors"], ib["weights"]["model.safetensors"]
+    assert {k: v for k, v in fa.items() if k != "sha256"} == {k: v for k, v in fb.items() if k != "sha256"}
+    assert fa["sha256"] != fb["sha256"] and not same_model(ia, ib)
+    before = {**ia, "weights": {"model.safetensors": {k: v for k, v in fa.items() if k != "sha256"}}}
+    assert same_model(before, ia) and same_model(ib, before)  # what an old record could tell
+
+
 def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
     """Seen in an attack on a killed kto-precompute: one RMSNorm weight changed in place lay
     outside the 64 sampled blocks, the identity stayed, and the rerun kept the shards scored
@@ -286,7 +311,7 @@ def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
     fa, fb = ia["weights"]["model.safetensors"], ib["weights"]["model.safetensors"]
     assert {k: fa[k] for k in ("size", "header_sha256", "sampled_sha256")} == {k: fb[k] for k in ("size", "header_sha256", "sampled_sha256")}
     assert fa["small_tensors_sha256"] != fb["small_tensors_sha256"] and not same_model(ia, ib)
-    before = {**ia, "weights": {"model.safetensors": {k: v for k, v in fa.items() if k != "small_tensors_sha256"}}}
+    before = {**ia, "weights": {"model.safetensors": {k: v for k, v in fa.items() if k not in ("small_tensors_sha256", "sha256")}}}
     assert same_model(before, ia) and same_model(ia, before) and same_model(before, ib)  # what an old record could tell
     other = {**ia, "weights": {"model.safetensors": {**fa, "sampled_sha256": "0" * 64}}}
     assert not same_model(before, other) and not same_model(ia, {**ia, "config": "x"})
