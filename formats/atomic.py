@@ -17,13 +17,24 @@ A write that the filesystem refuses (a read-only mount: EROFS; no permission: EA
 raises `NotWritableError` the same way, from every atomic write here (`names_write_errors`);
 `check_can_create` asks the same question before a command's expensive work. Removing a failed
 write's temp name never replaces the error that stopped the write (on a read-only mount the
-removal fails too).
+removal fails too). A name too long for its filesystem (ENAMETOOLONG) is said the same way.
+
+A NAME near the filesystem's limit on a name (255 bytes on most) leaves no room for the ~30
+characters a temp name adds: its temp names use a shorter stem instead, the start of NAME plus
+a hash of all of it (`temp_stem`), so that a legal name is always writable. The stem is the same
+for every kind and every process, so an `owns` that compares it with `temp_stem(NAME, DIR)`
+recognises a killed run's temp names.
+
+The file written at `path` is the one `path` names: where `path` is a symbolic link, its target
+is replaced (the temp name sits beside the target) and the link stays; a link to nothing is
+refused in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -45,6 +56,11 @@ _FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", 
 # The filesystem refuses to change the folder: read-only mount, no write permission, or a flag
 # such as chattr +i (root gets EPERM, not EACCES, there).
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
+# Room that the longest temp name takes beside its stem: "." before it and ".tmp-PID-THREAD"
+# after it, with a 7-digit pid (pid_max is at most 2**22) and a 20-digit thread id (64 bits).
+_SUFFIX_ROOM = 1 + len(".tmp-") + 7 + 1 + 20
+_HASH_CHARS = 16
+_SHORT_STEM = re.compile(rf"~[0-9a-f]{{{_HASH_CHARS}}}$")
 
 
 class DiskFullError(InputError, OSError):
@@ -65,9 +81,14 @@ class NotWritableError(InputError, OSError):
     Also an OSError, as `DiskFullError` is, so that an optional write (the shard verification
     stamp on a read-only cache) is still skipped by its `except OSError`."""
 
-    def __init__(self, path: str | os.PathLike, code: int) -> None:
-        super().__init__(f"{path}: cannot write ({os.strerror(code)}); choose a writable location")
+    def __init__(self, path: str | os.PathLike, code: int, why: str | None = None) -> None:
+        super().__init__(f"{path}: {why or f'cannot write ({os.strerror(code)}); choose a writable location'}")
         self.path = path
+
+
+def name_too_long(path: str | os.PathLike) -> NotWritableError:
+    """ENAMETOOLONG at `path`, as one line (a NotWritableError, so callers prefix their flag)."""
+    return NotWritableError(path, errno.ENAMETOOLONG, f"cannot write ({os.strerror(errno.ENAMETOOLONG)}); choose a shorter name")
 
 
 def _refused_at(error: BaseException, path: Path) -> bool:
@@ -128,6 +149,8 @@ def names_write_errors(path: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         if _refused_at(e, Path(path)):
             raise NotWritableError(path, e.errno) from None
+        if e.errno == errno.ENAMETOOLONG and not isinstance(e, NotWritableError):
+            raise name_too_long(path) from None
         raise
 
 
@@ -135,12 +158,30 @@ def check_can_create(path: str | os.PathLike) -> None:
     """Refuse, with the one line an atomic write of `path` would end in, a folder where that
     write cannot create its temp name: before the work that would produce the file. A real
     create, not os.access: root passes every permission check but not a read-only mount."""
-    path = Path(path)
+    path = write_target(path)
     tmp = temp_path_for(path)
     with names_write_errors(path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         os.close(fd)
     _remove_quietly(tmp)
+
+
+def write_target(path: str | os.PathLike) -> Path:
+    """The file that a write of `path` replaces: `path`, or the target of the symbolic link
+    `path` (replacing the link with a regular file would leave its target stale, while every
+    check before the write follows the link). A link to nothing is refused in one line, as
+    formats/files.py `output_dir` refuses one for a folder. A name past the filesystem's limit
+    is refused here too: its temp name is shortened and fits, so only the rename would fail."""
+    path = Path(path)
+    if len(os.fsencode(path.name)) > name_max(path.parent):
+        raise name_too_long(path)
+    if not path.is_symlink():
+        return path
+    if not path.exists():
+        target = os.readlink(path)
+        missing = "directory" if not Path(os.path.realpath(path)).parent.is_dir() else "file"
+        raise NotWritableError(path, errno.ENOENT, f"a symbolic link to {target}, which does not exist; create that {missing} or give another path")
+    return Path(os.path.realpath(path))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -160,16 +201,40 @@ def _fsync_tree(root: Path) -> None:
     _fsync_dir(root)
 
 
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (bytes) that `folder`'s filesystem takes; 255 where it cannot say."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no such folder yet, or no such limit on this system
+        return 255
+    return limit if limit > 0 else 255
+
+
+def temp_stem(name: str, folder: str | os.PathLike) -> str:
+    """NAME as the temp names of `folder/NAME` carry it: NAME itself, or, where NAME leaves no
+    room for the temp suffix within the filesystem's limit, its start plus `~` and a hash of
+    all of it. The same in every process and for every kind, so `owns` may compare with it."""
+    limit = name_max(folder)
+    if len(os.fsencode(name)) + _SUFFIX_ROOM <= limit:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:_HASH_CHARS]
+    room = max(0, limit - _SUFFIX_ROOM - len(digest) - 1)
+    stem = name
+    while len(os.fsencode(stem)) > room:  # by characters, so no character is cut in half
+        stem = stem[:-1]
+    return f"{stem}~{digest}"
+
+
 def temp_path_for(path: Path) -> Path:
     # Process and thread: kto-train's batch prefetch thread may record a verified shard while the
     # main thread records another in the same cache directory.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    return path.with_name(f".{temp_stem(path.name, path.parent)}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
 def aside_path(path: Path, kind: str) -> Path:
     """`.NAME.KIND-PID` next to `path`: where `path` is renamed before it is replaced (`old`) or
     deleted (`deleted`), so that no half-replaced or half-deleted `path` is ever visible."""
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+    return path.with_name(f".{temp_stem(path.name, path.parent)}.{kind}-{os.getpid()}")
 
 
 def is_temp_name(name: str) -> bool:
@@ -178,7 +243,8 @@ def is_temp_name(name: str) -> bool:
 
 
 def parse_temp_name(name: str) -> tuple[str, str] | None:
-    """(NAME, kind) of one of this module's temp names, kind being tmp, old or deleted; else None."""
+    """(NAME, kind) of one of this module's temp names, kind being tmp, old or deleted; else None.
+    NAME is the stem the temp name carries: `temp_stem(NAME, DIR)` for a name near the limit."""
     m = TEMP_NAME.match(name)
     return (m["name"], m["tmp"] or m["aside"]) if m else None
 
@@ -235,6 +301,8 @@ def remove_stale_temps(directory: str | os.PathLike, owns: Callable[[str, str], 
             continue  # a link is never one of ours: we rename and write real files and folders
         name, kind = parsed
         original = directory / name
+        if restore_old and kind == "old" and _SHORT_STEM.search(name):
+            continue  # a shortened stem does not say which name to restore: leave it, never lose it
         if restore_old and kind == "old" and not original.exists():
             os.replace(p, original)
             done.append(StaleTemp(p, restored_to=original))
@@ -259,8 +327,9 @@ def _temp_beside(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path to write to; on success it is fsynced and renamed onto `path`."""
-    path = Path(path)
+    """Yield a temp path to write to; on success it is fsynced and renamed onto `path` (onto its
+    target where `path` is a symbolic link: `write_target`)."""
+    path = write_target(path)
     with _temp_beside(path) as tmp:
         yield tmp
         if tmp.is_file():

@@ -22,6 +22,7 @@ to run `kto-inspect verify`, which lists every problem at once.
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -32,8 +33,11 @@ import pyarrow.ipc as ipc
 from . import schema as S
 from .errors import InputError
 from .manifest import Manifest, read_manifest
+from .paths import arrow_path
 from .shards import JOURNAL_DIR, ShardVerifier, array_problem, check_shard_values, fingerprint_problem, list_lengths, sha256_file, tokenizer_vocab_size
 
+# The cache path is shlex-quoted where it is filled in: the hint is a command to paste, and a
+# path with a space split into two arguments.
 VERIFY_HINT = "kto-inspect verify {} checks the whole cache"
 
 
@@ -111,7 +115,7 @@ class ShardedCache:
         except InputError as exc:
             if not self.hint:
                 raise
-            raise InputError(f"{exc}; {VERIFY_HINT.format(self.dir)}") from None
+            raise InputError(f"{exc}; {VERIFY_HINT.format(shlex.quote(str(self.dir)))}") from None
 
     def check_sha256(self, k: int) -> None:
         """InputError unless shard k is present and its sha256 is the manifest's."""
@@ -139,7 +143,7 @@ class ShardedCache:
             try:
                 # Memory-mapped, not read: the pages belong to the page cache and leave this
                 # process's RSS when the table is dropped. Zero-copy (shards are uncompressed).
-                table = ipc.open_file(pa.memory_map(str(path))).read_all()
+                table = ipc.open_file(pa.memory_map(arrow_path(path))).read_all()
             except (ValueError, OSError, pa.ArrowException) as exc:
                 raise InputError(f"{path}: not a readable shard, truncated or corrupt ({' '.join(str(exc).split())[:200]})") from None
             try:
@@ -298,7 +302,7 @@ class ArrowFile:
         self._reader: ipc.RecordBatchFileReader | None = None
 
     def __enter__(self) -> ArrowFile:
-        self._source = pa.memory_map(str(self.path))
+        self._source = pa.memory_map(arrow_path(self.path))
         self._reader = ipc.open_file(self._source)
         sizes = [self._reader.get_batch(b).num_rows for b in range(self._reader.num_record_batches)]
         self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])

@@ -25,6 +25,7 @@ from .config_keys import PRECOMPUTE, TRAIN, same_value
 from .config_names import SECRET_KEYS, Resolved, resolve
 from .errors import InputError
 from .files import regular_file, utf8_text
+from .paths import expand_home
 
 if TYPE_CHECKING:
     import click
@@ -165,7 +166,7 @@ def _same_in_force(written: Any, in_force: Any) -> bool:
         items = written if isinstance(written, (list, tuple)) else [written]
         return len(items) == len(in_force) and all(_same_in_force(w, f) for w, f in zip(items, in_force, strict=True))
     if isinstance(in_force, os.PathLike):
-        return not isinstance(written, (bool, list, dict)) and written is not None and str(written) == os.fspath(in_force)
+        return not isinstance(written, (bool, list, dict)) and written is not None and expand_home(str(written)) == os.fspath(in_force)
     if isinstance(written, list) and isinstance(in_force, str):
         return ",".join(map(str, written)) == in_force
     if same_value(written, in_force):

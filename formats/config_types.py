@@ -16,11 +16,17 @@ from pathlib import Path
 
 from .config_keys import switch_value
 from .errors import InputError
+from .paths import expand_home, refuse_undecodable
 
 # What an annotation takes, said in a refusal: a value of the type the CLI gives (click's int,
 # float, bool, Path, str; a JSON object for --lr-schedule-kwargs and --chat-template-kwargs).
 EXPECTED = {int: "a whole number", float: "a number", bool: "True or False", Path: "a path", str: "text", dict: "a JSON object"}
 _SHOWN = 60  # longest repr a refusal quotes; a longer one (a row, a model, a DataFrame) is named by type
+# Paths pyarrow opens or tokenizers write through (shards, a run's tokenizer and final model):
+# both encode the path as UTF-8, so a name that is not (a byte such as 0xfe, read as a lone
+# surrogate) failed late: kto-train after every step, in save_pretrained. Refused with the
+# types, before any work. --data names its own files (precompute/inputs/records.py).
+UTF8_PATHS = ("out", "cache", "eval_cache", "model")
 
 
 def check_field_types(cfg: object, text_paths: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
@@ -43,7 +49,10 @@ def typed(name: str, value: object, hint: object) -> object:
     if typing.get_origin(hint) is tuple:
         return _items(name, value, typing.get_args(hint)[0])
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    return _one(name, value, typing.get_args(hint) if union else (hint,))
+    value = _one(name, value, typing.get_args(hint) if union else (hint,))
+    if name in UTF8_PATHS and isinstance(value, (str, os.PathLike)):
+        refuse_undecodable(value, f"--{flag(name)}")
+    return value
 
 
 def _items(name: str, value: object, kind: type) -> tuple:
@@ -68,7 +77,7 @@ def _one(name: str, value: object, kinds: tuple) -> object:
     elif float in kinds and isinstance(value, numbers.Real):
         return float(value)
     elif Path in kinds and isinstance(value, (str, os.PathLike)):
-        return Path(value)
+        return Path(expand_home(value))  # text only: a Path may name a real folder `~` (formats/paths.py)
     elif str in kinds and isinstance(value, str):
         return value
     elif dict in kinds and isinstance(value, dict):

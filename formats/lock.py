@@ -8,6 +8,12 @@ The pid is written into the lock file itself, so the lock file must be ours: it 
 O_NOFOLLOW (a `.lock` that is a symbolic link would send the pid into its target, truncating
 it) and refused unless it is a regular file with one name (a hard link to a user's file would
 be truncated the same way).
+
+In a group-shared folder the lock file may be another member's: it is created 0666 so that the
+umask decides its mode as it does every other file's, and one that this user cannot open for
+writing (made by an older kto as 0644, or under a stricter umask) is opened read-only: flock
+needs no write access. Such a holder cannot write its pid, so a refused process may then show
+the pid of an earlier holder.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd = _open_own_lock(path / LOCK_NAME, flag)
+        fd, writable = _open_own_lock(path / LOCK_NAME, flag)
     except OSError as exc:  # read-only, no permission, no space: the folder, not a traceback
         raise InputError(f"{flag} {path}: cannot create or lock ({exc.strerror})") from None
     try:
@@ -44,19 +50,29 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise InputError(f"{flag} {path}: in use by another kto process (pid {holder}); wait for it or choose another directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _open_own_lock(lock_file: Path, flag: str) -> int:
-    """The lock file's descriptor, refusing (one line) a `.lock` that is not a plain file of ours."""
+def _open_own_lock(lock_file: Path, flag: str) -> tuple[int, bool]:
+    """The lock file's descriptor and whether it is writable, refusing (one line) a `.lock` that
+    is not a plain file of ours, or one that exists but cannot be opened at all."""
     refused = f"{flag} {lock_file.parent}: {LOCK_NAME} is not a lock file kto made"
+    # O_NONBLOCK: a FIFO named .lock must not hang the open; it is refused below.
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK
+    writable = True
     try:
-        # O_NONBLOCK: a FIFO named .lock must not hang the open; it is refused below.
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        try:
+            # 0o666: the umask decides, as for every other file the commands write.
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | flags, 0o666)
+        except PermissionError:
+            if not os.path.lexists(lock_file):
+                raise  # the folder refuses a new file: said of the folder by locked_dir
+            fd, writable = _open_read_only(lock_file, flag, flags), False
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputError(f"{refused} (a symbolic link); remove it, kto never follows it") from None
@@ -68,4 +84,15 @@ def _open_own_lock(lock_file: Path, flag: str) -> int:
         os.close(fd)
         what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} hard links"
         raise InputError(f"{refused} ({what}); remove it or choose another directory")
-    return fd
+    return fd, writable
+
+
+def _open_read_only(lock_file: Path, flag: str, flags: int) -> int:
+    """Another user's lock file that this one may not write: flock works on a read-only
+    descriptor. Refused even that, the error names the lock file, not the whole folder."""
+    try:
+        return os.open(lock_file, os.O_RDONLY | flags)
+    except PermissionError as exc:
+        raise InputError(
+            f"{flag} {lock_file.parent}: cannot open its lock file {LOCK_NAME} ({exc.strerror}); ask its owner to make it readable, or remove it"
+        ) from None

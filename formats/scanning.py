@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache import open_cache
+from .paths import arrow_path
 from .schema import SHARD_SCHEMA
 
 if TYPE_CHECKING:
@@ -42,4 +43,4 @@ def scan(cache_dir: str | Path) -> pl.LazyFrame:
         paths.append(cache.path(k))
     if not paths:
         return pl.from_arrow(SHARD_SCHEMA.empty_table()).lazy()
-    return pl.scan_ipc([str(p) for p in paths])
+    return pl.scan_ipc([arrow_path(p) for p in paths])

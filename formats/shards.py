@@ -22,6 +22,7 @@ from . import schema as S
 from .atomic import atomic_path, rename_into_place, temp_path_for, write_json_atomic
 from .errors import InputError
 from .files import read_json, sha256_file
+from .paths import arrow_path
 
 VERIFIED_NAME = ".verified.json"
 # Shard-level schema metadata (string keys and values): the content fingerprint and the layout
@@ -71,7 +72,7 @@ def write_shard(path: Path, table: pa.Table, metadata: dict[str, str]) -> str:
     table = table.replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
         # No compression: memory-mapped reads then hand out zero-copy buffers.
-        with ipc.new_file(str(tmp), table.schema) as writer:
+        with ipc.new_file(arrow_path(tmp), table.schema) as writer:  # pyarrow expands a leading ~ itself
             writer.write_table(table, max_chunksize=max(1, table.num_rows))
     return sha256_file(path)
 
@@ -241,7 +242,7 @@ def list_lengths(column: pa.ChunkedArray) -> np.ndarray:
 
 def shard_metadata(path: Path) -> dict[str, str]:
     """The string metadata stored in a shard's schema (reads the footer only)."""
-    with pa.memory_map(str(path)) as source:
+    with pa.memory_map(arrow_path(path)) as source:
         meta = ipc.open_file(source).schema.metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items()}
 

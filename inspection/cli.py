@@ -26,10 +26,11 @@ import click
 
 from kto.formats.compute.numerics import NAMES as NUMERICS
 from kto.formats.errors import InputError, one_line_errors
+from kto.formats.paths import HOME_PATH, refuse_undecodable
 
 from .text import printable
 
-P = click.Path(path_type=Path)
+P = HOME_PATH  # `~` expanded in every argument and path option, as kto-train's and kto-precompute's
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
@@ -42,6 +43,14 @@ def _local(cache: Path) -> Path:
     from kto.formats.hub import fetch_cache, is_hub_cache
 
     return fetch_cache(cache, "CACHE") if is_hub_cache(cache) else cache
+
+
+def _named(path: Path, flag: str = "CACHE") -> Path:
+    """`path`, refused first when its name is not UTF-8: pyarrow, which opens the shards and
+    writes --out, encodes every path as UTF-8, and such a cache read as corrupt shards. First in
+    each command, before the readers (and transformers, torch) are imported."""
+    refuse_undecodable(path, flag)
+    return path
 
 
 def _emit(data, as_json: bool, render) -> None:
@@ -113,6 +122,7 @@ def main() -> None:
 @_handles_input_errors
 def summary(cache: Path, as_json: bool) -> None:
     """Counts by label, token lengths, reference log-probs by label, truncation, fingerprint."""
+    _named(cache)
     from .summary import render, summarize
 
     _emit(summarize(_local(cache)), as_json, render)
@@ -123,6 +133,7 @@ def summary(cache: Path, as_json: bool) -> None:
 @_handles_input_errors
 def verify(cache: Path) -> None:
     """Re-hash every shard and check provenance, schema, values, manifest counts, ids and KL sources (exit 1 on a problem)."""
+    _named(cache)
     from .verify import verify as run_verify
 
     reports = run_verify(_local(cache))
@@ -154,6 +165,7 @@ def rows(cache: Path, where: str | None, sort: str | None, limit: int, flag: int
 
     Columns for --where/--sort: the shard columns plus prompt_len, completion_len,
     kl_completion_len and ref_logp_per_token."""
+    _named(cache)
     from .rows import describe_rows, load_cache_tokenizer, render, select_rows
 
     if flag < 0:
@@ -209,6 +221,7 @@ def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
 @_handles_input_errors
 def score(cache: Path, model: str, out: Path, as_json: bool, **options) -> None:
     """Give every cached row the policy's implicit reward; report who gained and who lost log-prob."""
+    _named(cache), _named(out, "--out")
     from .score import render, score_cache
 
     result = score_cache(_local(cache), model, out, log=lambda msg: click.echo(msg, err=True), **options)

@@ -26,6 +26,7 @@ from kto.formats import schema as S
 from kto.formats.atomic import write_bytes_atomic
 from kto.formats.cache import cache_holding
 from kto.formats.errors import InputError
+from kto.formats.files import output_dir
 from kto.formats.runrecord import RUN_RECORD_NAME, read_run_config
 from kto.formats.shards import JOURNAL_DIR
 
@@ -238,6 +239,7 @@ def _start_report(out_dir: Path) -> None:
     next report may replace, not one refused as the user's. Every plot of an earlier report goes
     before the first new one is written: a plot this report does not draw (sft.png without
     --sft) would otherwise stay beside it, and a stopped report leaves new plots only."""
+    output_dir(out_dir, f"--to {out_dir}")  # a link to nothing: mkdir says only "File exists"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -22,10 +22,11 @@ import numpy as np
 import pyarrow as pa
 
 from kto.formats import schema as S
-from kto.formats.atomic import NotWritableError, atomic_path, check_can_create
+from kto.formats.atomic import NotWritableError, atomic_path, check_can_create, write_target
 from kto.formats.cache import cache_holding, open_cache
 from kto.formats.compute.adapters import base_model_of, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError, log
+from kto.formats.paths import arrow_path
 from kto.formats.runrecord import run_holding
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
 
     if dtype not in NAMES:
         raise InputError(f"--dtype {dtype}: choose one of {', '.join(NAMES)}")
+    try:
+        write_target(out)  # a name past the filesystem's limit: os.stat below would raise ENAMETOOLONG
+    except NotWritableError as exc:
+        raise InputError(f"--out {exc}") from None
     if out.is_dir():
         raise InputError(f"--out {out}: is a directory; name the .parquet file to write")
     if not out.parent.is_dir():
@@ -81,7 +86,7 @@ def _is_score_file(path: Path) -> bool:
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.read_schema(path).metadata or {}
+        meta = pq.read_schema(arrow_path(path)).metadata or {}
     except (OSError, pa.ArrowException):
         return False
     return b"kto.cache_fingerprint" in meta and b"kto.beta" in meta
@@ -141,7 +146,7 @@ def score_cache(
     result = pa.concat_tables(parts) if parts else SCORE_SCHEMA.empty_table()
     meta = {"kto.cache_fingerprint": manifest.fingerprint, "kto.beta": repr(beta), "kto.model": str(model), "kto.dtype": scorer.numerics.name}
     with atomic_path(out) as tmp:
-        pq.write_table(result.replace_schema_metadata(meta), tmp)
+        pq.write_table(result.replace_schema_metadata(meta), arrow_path(tmp))
     return {"out": str(out), "model": str(model), "beta": beta, **summarize_scores(result)}
 
 

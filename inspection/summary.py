@@ -10,6 +10,7 @@ visible in a shard, so those numbers come from the manifest.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -196,7 +197,8 @@ def render(s: dict) -> str:
     if not s["token_logps_stored"]:
         out.append("  (per-token terms were not stored: the cache was made with --no-token-logps)")
     if s["eval_cache"]:
-        out += ["", f"eval split   {s['eval_cache']} (kto-inspect summary {s['eval_cache']})"]
+        # Quoted: the hint is a command to paste, and a path with a space broke it.
+        out += ["", f"eval split   {s['eval_cache']} (kto-inspect summary {shlex.quote(s['eval_cache'])})"]
     return "\n".join(out)
 
 

@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from kto.formats.config_file import PRECOMPUTE, Resolved, file_key_error, option_value, resolve_config_file
 from kto.formats.config_keys import names_other_tools_use
 from kto.formats.errors import InputError, end_process_group, log, one_line_errors
+from kto.formats.paths import HOME_PATH, HOME_TEXT
 from kto.precompute.inputs.dataset_info import load_datasets
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
 from kto.precompute.inputs.sharegpt import load_sharegpt_info
@@ -31,26 +32,24 @@ from .config import DTYPES, PrecomputeConfig
     "--data",
     "data",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=HOME_PATH,
     help="Input file (JSONL, JSON, Parquet, CSV, Arrow), hf:ID[:CONFIG]:SPLIT (hub id or local "
     "directory, through `datasets`) or a save_to_disk directory; repeatable.",
 )
 @click.option(
     "--eval-data",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=HOME_PATH,
     help="Held-out input (as --data; repeatable), scored into OUT/eval/ with KL pairs of its own, instead of --eval-fraction.",
 )
 @click.option("--model", help="Reference model: local HF dir, .gguf file, or hub id.")
-@click.option("--out", type=click.Path(path_type=Path), help="Cache directory to write.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML or TOML file of flag values; flags given here win.")
-@click.option("--chat-template", type=click.Path(path_type=Path), default=None, help="Jinja file replacing the tokenizer's chat template.")
+@click.option("--out", type=HOME_PATH, help="Cache directory to write.")
+@click.option("--config", "config_file", type=HOME_PATH, default=None, help="YAML or TOML file of flag values; flags given here win.")
+@click.option("--chat-template", type=HOME_PATH, default=None, help="Jinja file replacing the tokenizer's chat template.")
 @click.option("--chat-template-kwargs", default=None, help="JSON object passed to apply_chat_template, e.g. '{\"enable_thinking\": false}'.")
 @click.option("--dataset", default=None, help="LLaMA-Factory dataset_info.json entry NAME (or a comma list): its file, formatting, columns, tags, ranking.")
-@click.option(
-    "--dataset-dir", type=click.Path(path_type=Path), default=Path("data"), help="The folder of dataset_info.json (its file_name paths are relative to it)."
-)
-@click.option("--sharegpt-info", default=None, help="LLaMA-Factory dataset_info.json (FILE or FILE#NAME): ShareGPT column and role names.")
+@click.option("--dataset-dir", type=HOME_PATH, default=Path("data"), help="The folder of dataset_info.json (its file_name paths are relative to it).")
+@click.option("--sharegpt-info", type=HOME_TEXT, default=None, help="LLaMA-Factory dataset_info.json (FILE or FILE#NAME): ShareGPT column and role names.")
 @click.option("--max-length", default=1024, help="Longest prompt+completion, in tokens.")
 @click.option("--max-prompt-length", default=None, type=int, help="Longest prompt (end kept) [default: max-length // 2].")
 @click.option("--max-samples", default=None, type=int, help="A seeded sample of at most N rows of each --data (and --eval-data) input.")

@@ -30,6 +30,7 @@ from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
 from kto.formats.cache import ArrowFile
 from kto.formats.errors import InputError
+from kto.formats.paths import arrow_path
 from kto.precompute.inputs.examples import Example, check_unique_ids, one_line
 
 from .templates import ChatTemplate, unrendered_tool_parts
@@ -408,7 +409,7 @@ def completions_without_eos(path: Path, stops: set[int]) -> tuple[int, int]:
     EOS token teaches the policy never to stop, and nothing in the numbers would show it.
     Read batch by batch, memory-mapped."""
     missing = kept_rows = 0
-    with pa.memory_map(str(path)) as source:
+    with pa.memory_map(arrow_path(path)) as source:
         reader = pa.ipc.open_file(source)
         for b in range(reader.num_record_batches):
             batch = reader.get_batch(b)
@@ -463,7 +464,7 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
         path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) if main else _nowhere() as tmp:
         schema = staging_schema()
-        writer = pa.ipc.new_file(str(tmp), schema) if main else None
+        writer = pa.ipc.new_file(arrow_path(tmp), schema) if main else None  # ./~ is no $HOME to pyarrow
         try:
             for block in _blocks(iter(examples), BLOCK):
                 rows = _tokenize_block(block, tokenize_one, rank, world)
@@ -597,7 +598,7 @@ class StagedIndex:
 
 def read_index(path: Path) -> StagedIndex:
     cols: dict[str, list] = {name: [] for name in StagedIndex.__dataclass_fields__}
-    with pa.memory_map(str(path)) as source:
+    with pa.memory_map(arrow_path(path)) as source:
         reader = pa.ipc.open_file(source)
         for b in range(reader.num_record_batches):
             batch = reader.get_batch(b)

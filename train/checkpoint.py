@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -253,11 +254,17 @@ def uniform_permissions(root: Path) -> None:
     """Every file 0666 & ~umask, every directory 0777 & ~umask, as a plain open()/mkdir() gives.
 
     transformers writes model.safetensors through a private temporary file (mode 0600) while the
-    files beside it get the umask's default: a checkpoint would be half unreadable to the group."""
+    files beside it get the umask's default: a checkpoint would be half unreadable to the group.
+    A directory keeps its setgid and sticky bits: a g+s shared parent gives them to new folders,
+    so that the files in them stay the group's, and a plain chmod would drop them."""
     mask = umask()
     for p in [root, *root.rglob("*")]:
-        if not p.is_symlink():
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            os.chmod(p, (0o777 & ~mask) | (p.stat().st_mode & (stat.S_ISGID | stat.S_ISVTX)))
+        else:
+            os.chmod(p, 0o666 & ~mask)
 
 
 @dataclass(frozen=True)

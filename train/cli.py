@@ -23,20 +23,20 @@ from kto.formats.config_file import file_key_error, option_value
 from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements, target_modules_value
 from kto.formats.config_names import PEFT_TARGETS, Resolved
 from kto.formats.errors import InputError, exception_line, log, one_line_errors
+from kto.formats.paths import HOME_PATH, HOME_TEXT
 
 from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
 from .loss_type import LossType
 from .stop import Interrupted
 
-P = click.Path(path_type=Path)
 LATEST = "latest"  # `--resume` without a path
 
 
 @click.command(cls=names_other_tools_use(TRAIN), context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.option("--cache", type=P, help="Cache directory written by kto-precompute.")
+@click.option("--cache", type=HOME_PATH, help="Cache directory written by kto-precompute.")
 @click.option("--model", help="Policy initialisation: local HF dir, .gguf file or hub id.")
-@click.option("--out", type=P, help="Run directory.")
-@click.option("--config", "config_file", type=P, default=None, help="YAML or TOML file of flag values.")
+@click.option("--out", type=HOME_PATH, help="Run directory.")
+@click.option("--config", "config_file", type=HOME_PATH, default=None, help="YAML or TOML file of flag values.")
 @click.option("--beta", default=0.1)
 @click.option("--desirable-weight", default=1.0)
 @click.option("--undesirable-weight", default=1.0)
@@ -74,11 +74,17 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--save-every", default=0, help="Checkpoint every N steps (0: final model only).")
 @click.option("--save-each-epoch", is_flag=True, help="Also checkpoint after each epoch (transformers' save_strategy epoch).")
 @click.option("--save-total-limit", default=0, help="Keep only the newest N checkpoints (0: keep all).")
-@click.option("--eval-cache", type=P, default=None)
+@click.option("--eval-cache", type=HOME_PATH, default=None)
 @click.option("--eval-every", default=0, help="Also evaluate every N steps (needs --eval-cache; it is always evaluated after the last step).")
 @click.option("--eval-each-epoch", is_flag=True, help="Also evaluate after each epoch (transformers' eval_strategy epoch).")
 @click.option(
-    "--resume", is_flag=False, flag_value=LATEST, default=None, metavar="[CHECKPOINT]", help="Continue from OUT/checkpoint-STEP [default: the latest]."
+    "--resume",
+    type=HOME_TEXT,
+    is_flag=False,
+    flag_value=LATEST,
+    default=None,
+    metavar="[CHECKPOINT]",
+    help="Continue from OUT/checkpoint-STEP [default: the latest].",
 )
 @click.option("--report-to", default="none", help="none, all, or a comma list of tensorboard, wandb, mlflow, ... (see README).")
 @click.option("--run-name", default=None, help="The run's name in the trackers [default: the name of --out].")

@@ -47,6 +47,8 @@ def test_reference_model_scores_zero_reward(tiny_cache, tiny_model_dir, tmp_path
         (["--out", "{cache}/tokenizer/tokenizer.json"], "--out {cache}/tokenizer/tokenizer.json: inside the cache directory"),
         (["--out", "{tmp}/mine.jsonl"], "--out {tmp}/mine.jsonl: exists and is not a file kto-inspect score wrote"),
         (["--model", "{tmp}/nope"], "--model {tmp}/nope: no such file or directory"),
+        # Past the filesystem's 255 bytes: was a traceback (ENAMETOOLONG from os.stat).
+        (["--out", "{tmp}/" + "s" * 300 + ".parquet"], "--out {tmp}/" + "s" * 300 + ".parquet: cannot write (File name too long); choose a shorter name"),
     ],
 )
 def test_bad_flags(tiny_cache, tiny_model_dir, tmp_path, args, message):
