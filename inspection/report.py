@@ -4,14 +4,16 @@ matplotlib is the optional `plot` extra. It is used through `matplotlib.figure.F
 (no pyplot), so no global backend or figure registry is touched. Eval lines are drawn dotted
 with markers next to the solid train ones; dashed is kept for the raw KL estimate.
 
-Three choices keep the plots from misleading:
+Four choices keep the plots from misleading:
 - the SFT NLL (about 1, where the KTO loss moves around 0.5) has its own plot, drawn only when
   the run's --sft-weight is above 0 (from kto_run.json; for another metrics file, such as
   metrics.jsonl.superseded, from its own lines: `loss` differs from `kto_loss`) or `--sft`
   asks: on the KTO loss's axis it flattened the loss that matters;
 - raw z is drawn dashed, and only when it differs from clamped z somewhere (z < 0 clamped to
   0): drawn under an equal clamped line it was invisible. The table lists it only then too;
-- the header names the run directory and its files relative to it, never an absolute path.
+- the header names the run directory and its files relative to it, never an absolute path;
+- a metric without a value at some logged steps (rewards/rejected on steps without undesirable
+  rows) is broken there, with markers: a line joined across them showed values no step had.
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ def differs(log: RunLog, name: str, split: str) -> bool:
     return any(partner.get(step) != value for step, value in zip(*log.series(name, split)))
 
 
+def gapped_series(log: RunLog, name: str, split: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of `name` over every line of `split`, NaN where that line has no value
+    (a null, or one that means nothing: RunLog.series's rules, asked line by line). matplotlib
+    breaks a line at NaN: joined across such steps, a sparse series (rewards/rejected logged
+    only on steps with undesirable rows) showed values at steps that had none."""
+    records = log.eval if split == "eval" else log.train
+    values = [RunLog(log.path, train=[rec]).series(name)[1] for rec in records]
+    return [rec["step"] for rec in records], [v[0] if v else math.nan for v in values]
+
+
 def draw_group(log: RunLog, group, Figure):
     """One figure for one group of metrics, or None when none of them was logged."""
     from matplotlib.ticker import MaxNLocator
@@ -102,14 +114,16 @@ def draw_group(log: RunLog, group, Figure):
     drawn = 0
     for k, (name, label) in enumerate(metrics):
         for split in ("train", "eval"):
-            steps, values = log.series(name, split)
+            _, values = log.series(name, split)
             if not values or not differs(log, name, split):
                 continue
             line = "--" if name in DASHED else ("-" if split == "train" else ":")
-            marker = "o" if split == "eval" or len(values) == 1 else None
+            steps, gapped = gapped_series(log, name, split)
+            # Markers wherever the line is broken too: a value between two gaps is a point only.
+            marker = "o" if split == "eval" or len(values) == 1 or len(values) < len(gapped) else None
             hidden = [n for n in SAME_AS if SAME_AS[n] == name and log.series(n, split)[1] and not differs(log, n, split)]
             shown = label + "".join(f"; {n} equal at every step" for n in hidden)
-            ax.plot(steps, values, color=f"C{k}", linestyle=line, marker=marker, markersize=4, label=shown if split == "train" else f"{shown}, eval")
+            ax.plot(steps, gapped, color=f"C{k}", linestyle=line, marker=marker, markersize=4, label=shown if split == "train" else f"{shown}, eval")
             drawn += 1
     if not drawn:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from kto.formats.atomic import disk_full_names, write_bytes_atomic
 from kto.formats.errors import log
@@ -44,20 +44,28 @@ def metric_values(record: dict | None) -> dict:
 
 class MetricsWriter:
     """Main process only. On resume, lines past the resumed step are dropped first, so the file
-    reads as one uninterrupted run."""
+    reads as one uninterrupted run.
+
+    The file is opened at the first line, not at set-up: an empty metrics.jsonl is refused by
+    the README's own reader (polars: "Cannot infer NDJSON types on empty reader") for as long
+    as the run takes to its first --log-every step. So it holds whole lines or does not exist."""
 
     def __init__(self, path: Path, accelerator: Accelerator, resume_step: int | None = None):
         self.path = path
         self.accelerator = accelerator
+        self.file: TextIO | None = None
         if resume_step is not None and path.is_file():
             kept = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) <= resume_step]
-            write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
-        with disk_full_names(path):
-            self.file = open(path, "a")
+            if kept:
+                write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+            else:  # every line was past the resumed step: the uninterrupted run had written none yet
+                path.unlink()
 
     def write(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
         record = {"step": step, "split": split, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}}
         with disk_full_names(self.path):
+            if self.file is None:
+                self.file = open(self.path, "a")
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         prefix = "" if split == "train" else f"{split}/"
@@ -67,7 +75,8 @@ class MetricsWriter:
         self.accelerator.log(finite, step=step)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def close_after_failure(metrics: MetricsWriter | None, accelerator: Accelerator) -> None:

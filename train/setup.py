@@ -309,7 +309,8 @@ def open_records(cfg: TrainConfig, record: dict, position: Position, accelerator
     write_record(cfg.out, record)
     try:
         if accelerator.log_with:
-            trackers.start(accelerator, cfg.out, cfg.run_name, vars(cfg))
+            # + 1: the resume step's own eval line is the checkpoint's, kept (as in metrics.jsonl).
+            trackers.start(accelerator, cfg.out, cfg.run_name, vars(cfg), purge_step=position.global_step + 1 if cfg.resume else None)
         return MetricsWriter(cfg.out / METRICS_NAME, accelerator, resume_step=position.global_step if cfg.resume else None)
     except BaseException:  # a full disk: the trackers started are ended
         close_after_failure(None, accelerator)

@@ -353,6 +353,10 @@ def batch_stats(
     scoped = z is not None and first
     as_float = lambda x: to_device(torch.tensor(float(x), dtype=torch.float64), logps.device)
     policy = policy or plain_tokens(b.on_host.policy, b.on_host.valid)
+    # tokens_per_s counts the tokens the rows hold (prefix sharing computes fewer: its saving is
+    # `tokens/saved`), the KL sequences' only where a KL pass ran: a step has a z exactly then
+    # (none with --loss apo_zero_unpaired, which logged twice its throughput counting them).
+    sequence_tokens = b.policy.attention_mask.sum(1) + (b.kl.attention_mask.sum(1) if z is not None else 0)
     return StepStats(
         examples=b.valid.sum().double(),
         loss_sum=(out.losses.detach() * b.valid).sum(),
@@ -364,7 +368,7 @@ def batch_stats(
         logp_u_sum=(logps * u).sum(),
         sft_nll_sum=nll_sum,
         sft_tokens=(b.policy.score_mask & d[:, None]).sum().double(),
-        tokens=((b.policy.attention_mask.sum(1) + b.kl.attention_mask.sum(1)) * b.valid).sum().double(),
+        tokens=(sequence_tokens * b.valid).sum().double(),
         kl_raw_sum=z.raw if scoped else zero,
         kl_sum=z.clamped if scoped else zero,
         # A scope without a pair (micro-batch scope, a micro-batch of filler on every rank) has

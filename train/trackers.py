@@ -113,16 +113,18 @@ def check_run_name(run_name: str) -> None:
         )
 
 
-def start(accelerator: Accelerator, out: Path, run_name: str | None, config: dict) -> None:
+def start(accelerator: Accelerator, out: Path, run_name: str | None, config: dict, purge_step: int | None = None) -> None:
     """Start the accelerator's trackers (main process) with the run name (default: the name of
-    `out`) where a tracker takes one, and TensorBoard's events in OUT/tensorboard/<run name>/."""
+    `out`) where a tracker takes one, and TensorBoard's events in OUT/tensorboard/<run name>/.
+    `purge_step`: a resume's first new step, from which TensorBoard hides what a killed run
+    logged past its checkpoint (metrics.jsonl drops those lines; TensorBoard showed both)."""
     run_name = run_name or Path(out).resolve().name
     kwargs = {}
     for tracker in accelerator.log_with:
         kwarg = TRACKERS.get(str(tracker), Tracker("", "", None)).run_name_kwarg
         if kwarg:
             kwargs[str(tracker)] = {kwarg: run_name}
-    accelerator.log_with = [made_tracker(t, out, run_name, kwargs) for t in accelerator.log_with]
+    accelerator.log_with = [made_tracker(t, out, run_name, kwargs, purge_step) for t in accelerator.log_with]
     accelerator.init_trackers(PROJECT, config=tracker_config(config), init_kwargs=kwargs)
 
 
@@ -132,14 +134,14 @@ def project_name(name: str) -> str:
     return (os.environ.get(env) if env else None) or PROJECT
 
 
-def made_tracker(tracker: object, out: Path, run_name: str, init_kwargs: dict[str, dict]) -> object:
+def made_tracker(tracker: object, out: Path, run_name: str, init_kwargs: dict[str, dict], purge_step: int | None = None) -> object:
     """What goes in `log_with` for `tracker`: its name, for accelerate to make it with PROJECT, or
     a tracker object, which accelerate takes as already made: TensorBoard's (accelerate would use
     the project name as the run and project_dir as the folder) and one whose env var names its
     project (accelerate would pass PROJECT, which wandb.init takes over WANDB_PROJECT)."""
     name = str(tracker)
     if name == "tensorboard":
-        return tensorboard_tracker(out, run_name)
+        return tensorboard_tracker(out, run_name, purge_step)
     if project_name(name) == PROJECT:
         return tracker
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
@@ -155,8 +157,9 @@ def tracker_config(config: dict) -> dict:
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()}
 
 
-def tensorboard_tracker(out: Path, run_name: str) -> object:
-    """accelerate's TensorBoard tracker, writing to OUT/tensorboard/<run name>/."""
+def tensorboard_tracker(out: Path, run_name: str, purge_step: int | None = None) -> object:
+    """accelerate's TensorBoard tracker, writing to OUT/tensorboard/<run name>/; its keywords go
+    to SummaryWriter, whose purge_step hides the events at and past that step."""
     from accelerate.tracking import TensorBoardTracker
 
-    return TensorBoardTracker(run_name, Path(out) / TENSORBOARD_DIR)
+    return TensorBoardTracker(run_name, Path(out) / TENSORBOARD_DIR, **({} if purge_step is None else {"purge_step": purge_step}))

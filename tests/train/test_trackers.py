@@ -181,3 +181,75 @@ def test_a_metric_null_for_its_first_hundred_lines_reads_with_the_documented_pol
     for doc in ("README.md", "examples/quickstart.sh"):
         calls = re.findall(r"read_ndjson\(([^)]*)\)", (repo / doc).read_text())
         assert calls and all("infer_schema_length=None" in call for call in calls), (doc, calls)
+
+
+@pytest.mark.parametrize(
+    ("before", "resume_step", "kept"),
+    [(None, None, None), ([2, 4], 3, [2]), ([4], 2, None), ([2], 2, [2])],
+    ids=["fresh", "trimmed", "trimmed-to-nothing", "kept-whole"],
+)
+def test_metrics_jsonl_appears_at_its_first_line(tmp_path, before, resume_step, kept):
+    """Seen: metrics.jsonl was opened (created empty) at set-up, so the README's
+    `pl.read_ndjson(path, infer_schema_length=None)` raised "Cannot infer NDJSON types on empty
+    reader" until the first --log-every step. The file holds whole lines or does not exist: a
+    resume that trims every line past its step removes it, as the uninterrupted run had none yet."""
+    import json
+
+    import polars as pl
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from kto.train.metrics import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    if before is not None:
+        path.write_text("".join(json.dumps({"step": s, "split": "train", "loss": 0.5}) + "\n" for s in before))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        writer = MetricsWriter(path, Accelerator(cpu=True), resume_step=resume_step)
+        if kept is None:
+            assert not path.exists()
+        else:
+            assert pl.read_ndjson(path, infer_schema_length=None)["step"].to_list() == kept
+        writer.write(5, {"loss": 0.25})
+        assert pl.read_ndjson(path, infer_schema_length=None)["step"].to_list() == [*(kept or []), 5]
+        writer.write(6, {"loss": 0.125})
+        writer.close()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert [(m["step"], m["loss"]) for m in metrics(tmp_path)] == [*((s, 0.5) for s in kept or []), (5, 0.25), (6, 0.125)]
+
+
+def test_a_writer_that_wrote_nothing_closes_and_leaves_no_file(tmp_path):
+    """--log-every 0 and no eval cache: nothing to write, so no metrics.jsonl (kto-inspect run says
+    why: inspection/runlog.py), and closing it (at the end, or after a failure) is no error."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from kto.train.metrics import MetricsWriter, close_after_failure
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        accelerator = Accelerator(cpu=True)
+        MetricsWriter(tmp_path / "metrics.jsonl", accelerator).close()
+        close_after_failure(MetricsWriter(tmp_path / "metrics.jsonl", accelerator), accelerator)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_shows_each_step_once_in_tensorboard(tiny_cache, tiny_model_dir, tmp_path):
+    """A run resumed from its step-2 checkpoint logs steps 3-4 again: metrics.jsonl drops the
+    first run's lines past the checkpoint, and TensorBoard, given purge_step 3, hides its points
+    there too. Without it, TensorBoard's own loader read steps 3 and 4 twice."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = [*ARGS[:-1], "4", "--save-every", "2", "--report-to", "tensorboard", "--run-name", "r"]
+    assert run_train(tiny_cache, tiny_model_dir, out, *args).exit_code == 0
+    result = run_train(tiny_cache, tiny_model_dir, out, *args, "--resume", str(out / "checkpoint-2"))
+    assert result.exit_code == 0, result.output
+    acc = EventAccumulator(str(out / "tensorboard" / "r"))  # the folder: every events file in it, in order
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4] == [m["step"] for m in metrics(out)]
