@@ -158,7 +158,8 @@ def check_can_create(path: str | os.PathLike) -> None:
     """Refuse, with the one line an atomic write of `path` would end in, a folder where that
     write cannot create its temp name: before the work that would produce the file. A real
     create, not os.access: root passes every permission check but not a read-only mount."""
-    path = write_target(path)
+    path = Path(path)
+    _refuse_too_long(path)
     tmp = temp_path_for(path)
     with names_write_errors(path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -166,17 +167,29 @@ def check_can_create(path: str | os.PathLike) -> None:
     _remove_quietly(tmp)
 
 
-def write_target(path: str | os.PathLike) -> Path:
-    """The file that a write of `path` replaces: `path`, or the target of the symbolic link
-    `path` (replacing the link with a regular file would leave its target stale, while every
-    check before the write follows the link). A link to nothing is refused in one line, as
-    formats/files.py `output_dir` refuses one for a folder. A name past the filesystem's limit
-    is refused here too: its temp name is shortened and fits, so only the rename would fail."""
-    path = Path(path)
+def _refuse_too_long(path: Path) -> None:
+    """A name past the filesystem's limit, in one line: its temp name is shortened and fits, so
+    only the rename would fail, after the work."""
     if len(os.fsencode(path.name)) > name_max(path.parent):
         raise name_too_long(path)
+
+
+def write_target(path: str | os.PathLike) -> Path:
+    """The file that a write of a path the user named (kto-inspect score --out) replaces: `path`,
+    or the target of the symbolic link `path` (replacing the link with a regular file would
+    leave its target stale, while every check before the write follows the link). A link to
+    nothing, or a loop, is refused in one line, as formats/files.py `output_dir` refuses one for
+    a folder. Not for the files kto names itself (atomic_path does not follow links): a link
+    planted in a cache or run as `.verified.json` would have sent a write to any file."""
+    path = Path(path)
+    _refuse_too_long(path)
     if not path.is_symlink():
         return path
+    try:
+        os.path.realpath(path, strict=True)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotWritableError(path, errno.ELOOP, "a symbolic link loop; give another path") from None
     if not path.exists():
         target = os.readlink(path)
         missing = "directory" if not Path(os.path.realpath(path)).parent.is_dir() else "file"
@@ -327,9 +340,12 @@ def _temp_beside(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path to write to; on success it is fsynced and renamed onto `path` (onto its
-    target where `path` is a symbolic link: `write_target`)."""
-    path = write_target(path)
+    """Yield a temp path to write to; on success it is fsynced and renamed onto `path`. A
+    symbolic link at `path` is replaced, not followed: a link kto did not make inside its own
+    folders (a cache's `.verified.json`, say) must not send the write elsewhere. Resolve a path
+    the user named with `write_target` first."""
+    path = Path(path)
+    _refuse_too_long(path)
     with _temp_beside(path) as tmp:
         yield tmp
         if tmp.is_file():

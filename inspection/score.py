@@ -76,7 +76,7 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
     if out.exists() and not _is_score_file(out):
         raise InputError(f"--out {out}: exists and is not a file kto-inspect score wrote; name a new file (it replaces only its own)")
     try:
-        check_can_create(out)  # a read-only mount otherwise fails only at the write, after all the scoring
+        check_can_create(write_target(out))  # a read-only mount otherwise fails only at the write, after all the scoring
     except NotWritableError as exc:
         raise InputError(f"--out {exc}") from None
 
@@ -145,7 +145,7 @@ def score_cache(
         log(f"scored {entry.name} ({k + 1}/{len(manifest.shards)}, {table.num_rows} rows)")
     result = pa.concat_tables(parts) if parts else SCORE_SCHEMA.empty_table()
     meta = {"kto.cache_fingerprint": manifest.fingerprint, "kto.beta": repr(beta), "kto.model": str(model), "kto.dtype": scorer.numerics.name}
-    with atomic_path(out) as tmp:
+    with atomic_path(write_target(out)) as tmp:  # a link the user named: its target is replaced
         pq.write_table(result.replace_schema_metadata(meta), arrow_path(tmp))
     return {"out": str(out), "model": str(model), "beta": beta, **summarize_scores(result)}
 

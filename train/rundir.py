@@ -146,6 +146,19 @@ def record_differences(saved: dict, now: dict, default_targets: Callable[[], Seq
     return out + _dropout_draws_differ(saved.get("config", {}), now)
 
 
+def keep_recorded(record: dict, saved: dict) -> None:
+    """After a resume found no difference: `record` takes the values the run recorded where the
+    two may be written otherwise yet mean the same (record_differences' exceptions), so the
+    record stays as the run wrote it and the settings digest, which hashes values as written,
+    matches its checkpoints' own: the LoRA targets as spelt, and the model identity of a run
+    recorded before the identity gained a key (its sha256 of each weight file: otherwise every
+    run started before that could not be resumed)."""
+    keep_recorded_targets(record, saved)
+    there, now = saved.get("derived", {}).get("model_identity"), record.get("derived", {}).get("model_identity")
+    if there is not None and now is not None and same_model(there, now):
+        record["derived"]["model_identity"] = there
+
+
 def _dropout_draws_differ(there: dict, record: dict) -> list[str]:
     """Gradient checkpointing is a memory knob a resume may change, except where dropout acts
     (--keep-dropout) on a prefix-shared policy pass: checkpointing runs that pass plain
@@ -338,7 +351,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
                 else ""
             )
         )
-    keep_recorded_targets(record, saved)
+    keep_recorded(record, saved)
     changed = [
         f"--{k.replace('_', '-')} {saved['config'].get(k)} -> {v}" for k, v in record["config"].items() if k in RESUMABLE and saved["config"].get(k) != v
     ]

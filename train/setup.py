@@ -33,7 +33,7 @@ from .eval_cache import open_eval_cache
 from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
-from .rundir import config_record, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record
+from .rundir import config_record, keep_recorded, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
@@ -278,9 +278,10 @@ def setup(run: Run) -> Run:
     cfg, accelerator = run.cfg, run.accelerator
     resume_from = on_main(lambda: open_run_dir(cfg, run.record, lambda msg: log(msg, accelerator)), accelerator)
     if resume_from is not None and not accelerator.is_main_process:
-        # open_run_dir gave the main process's record the run's own spelling of lora_target_modules;
-        # every rank takes it, so each rank's settings digest is the one its checkpoints carry.
-        adapters.keep_recorded_targets(run.record, read_run_config(cfg.out))
+        # open_run_dir gave the main process's record the run's own spelling of lora_target_modules
+        # and model identity; every rank takes them, so each rank's settings digest is the one its
+        # checkpoints carry.
+        keep_recorded(run.record, read_run_config(cfg.out))
     plan = {**plan_identity(cfg, run.cache.manifest.fingerprint, accelerator.num_processes, run.total_steps), "settings": settings_digest(run.record)}
     policy = Policy.build(cfg, accelerator, run.source, run.tokenizer, resume_from, run.total_steps, plan, run.chat_template)
     position = policy.resume(resume_from)

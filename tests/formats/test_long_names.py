@@ -21,6 +21,7 @@ from kto.formats.atomic import (
     temp_path_for,
     temp_stem,
     write_bytes_atomic,
+    write_target,
 )
 from kto.formats.errors import InputError
 
@@ -80,26 +81,48 @@ def test_a_name_past_the_limit_is_one_line_naming_it(tmp_path, check):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_link_is_written_through_and_stays_a_link(tmp_path):
-    """The temp file sits beside the target and the rename replaces it, not the link."""
+def test_a_link_the_user_named_is_written_through_and_stays_a_link(tmp_path):
+    """write_target (what kto-inspect score does with --out): the temp file sits beside the
+    target and the rename replaces it, not the link."""
     (tmp_path / "elsewhere").mkdir()
     target = tmp_path / "elsewhere" / "s.parquet"
     target.write_bytes(b"old")
     link = tmp_path / "link.parquet"
     link.symlink_to(target)
-    check_can_create(link)
-    write_bytes_atomic(link, b"new")
+    check_can_create(write_target(link))
+    write_bytes_atomic(write_target(link), b"new")
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "link.parquet"]
     assert [p.name for p in target.parent.iterdir()] == ["s.parquet"]
 
 
-@pytest.mark.parametrize("check", [True, False])
-def test_a_dangling_link_is_refused_in_one_line(tmp_path, check):
+def test_a_link_kto_did_not_make_is_replaced_not_followed(tmp_path):
+    """Seen in a review: with every atomic write following links, a `.verified.json` planted in a
+    shared cache as a link to the user's file had kto-train overwrite that file. The files kto
+    names itself are replaced where they are: the link goes, its target is untouched."""
+    victim = tmp_path / "victim.sh"
+    victim.write_text("export IMPORTANT=1\n")
+    (tmp_path / "cache").mkdir()
+    planted = tmp_path / "cache" / ".verified.json"
+    planted.symlink_to(victim)
+    check_can_create(planted)
+    write_bytes_atomic(planted, b"{}")
+    assert victim.read_text() == "export IMPORTANT=1\n"
+    assert not planted.is_symlink() and planted.read_bytes() == b"{}"
+
+
+def test_a_link_loop_is_refused_as_a_loop(tmp_path):
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    with pytest.raises(InputError, match=r"a: a symbolic link loop; give another path"):
+        write_target(tmp_path / "a")
+
+
+def test_a_dangling_link_is_refused_in_one_line(tmp_path):
     link = tmp_path / "link.parquet"
     link.symlink_to(tmp_path / "x" / "s.parquet")
     with pytest.raises(InputError, match=r"link\.parquet: a symbolic link to .*s\.parquet, which does not exist; create") as err:
-        check_can_create(link) if check else write_bytes_atomic(link, b"x")
+        write_target(link)
     assert "\n" not in str(err.value)
     assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["link.parquet"]

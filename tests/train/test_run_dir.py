@@ -618,3 +618,31 @@ def test_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside_only_once_i
     assert result.exit_code == 0, result.output
     # steps 2 and 3 saved again by the continuation
     assert names() == ["checkpoint-1", "checkpoint-2", "checkpoint-2.superseded", "checkpoint-3", "checkpoint-3.superseded"]
+
+
+def test_a_run_recorded_before_the_identity_gained_a_key_resumes(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """A run started before the model identity held each weight file's sha256: its record and
+    its checkpoints' settings digest hash the identity without it. The resume finds the same
+    model (same_model) and keeps the recorded identity, so the digest is the checkpoints' own.
+    Before, every such run was refused ("written by a run of other settings")."""
+    import kto.train.setup as setup_module
+
+    real = setup_module.model_identity
+
+    def as_before(source):
+        identity = real(source)
+        return {**identity, "weights": {n: {k: v for k, v in w.items() if k != "sha256"} for n, w in identity["weights"].items()}}
+
+    args = ("--batch-size", "4", "--max-steps", "3", "--save-every", "1", "--lr", "1e-3")
+    with monkeypatch.context() as m:
+        m.setattr(setup_module, "model_identity", as_before)
+        assert run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *args).exit_code == 0
+        assert run_train(tiny_cache, tiny_model_dir, tmp_path / "straight", *args).exit_code == 0
+    shutil.rmtree(tmp_path / "r" / "checkpoint-3")
+    shutil.rmtree(tmp_path / "r" / "final")
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *args, "--resume")
+    assert result.exit_code == 0, result.output
+    key = lambda lines: [(m["step"], m["loss"], m["grad_norm"]) for m in lines]
+    assert key(metrics(tmp_path / "r")) == key(metrics(tmp_path / "straight"))
+    recorded = json.loads((tmp_path / "r" / "kto_run.json").read_text())["derived"]["model_identity"]
+    assert all("sha256" not in w for w in recorded["weights"].values())  # as the run wrote it
