@@ -230,7 +230,7 @@ def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bo
     if prefix_splits:
         log(
             f"note: {prefix_splits} conversational rows were split at the common prefix of the prompt and full renderings (the chat template renders "
-            "the prompt differently, or the tokenizer merges the generation prompt's end with the completion's start: those prompts end a token early)"
+            "the prompt differently, or the tokenizer merges the generation prompt's end with the completion's start: those prompts end a token or more before the one served at inference)"
         )
     return splits
 
@@ -389,7 +389,7 @@ SIDE_BY_SIDE_ROWS = 16
 TRUNCATION_RULE = (
     "own-length: nothing cut while prompt + own completion fits max_length; else a prompt over max_prompt_length "
     "is cut to it (conversations: earliest whole turns dropped, system kept, re-rendered; inside the last user "
-    "turn keeping its end only when that alone is too long, else inside the system message (the template's own default one too), its header kept, "
+    "turn keeping its end only when that alone is too long, else inside the system message (the template's own default one too), its header kept even with none of its text, "
     "else inside the longest turn after that user turn; a text the template trims is found stripped; "
     "text: its end, BOS re-attached); then the completion "
     "keeps its start, max_length - prompt; KL = own prompt + partner's whole completion cut to max_length - prompt"

@@ -29,7 +29,7 @@ import pyarrow.ipc
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_path
 from kto.formats.cache import ArrowFile
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, log
 from kto.formats.paths import arrow_path
 from kto.precompute.inputs.examples import Example, check_unique_ids, one_line
 
@@ -67,6 +67,9 @@ class TokenizedRow:
     """The chat template rendered the prompt alone differently from the prompt inside the full
     conversation, so prompt and completion were split at their common prefix."""
     prompt_cut: PromptCut = PromptCut.NONE
+    completion_text_dropped: bool = False
+    """The chat template left part of a completion message's text out of the rendering
+    (DeepSeek-R1-Distill's drops the reasoning up to `</think>`): said in a note, not staged."""
 
 
 def prompt_must_be_cut(truncation: PromptLimits, prompt_len: int, completion_len: int) -> bool:
@@ -104,8 +107,33 @@ def _split_rendering(example: Example, prompt: tuple, tokenizer, template: ChatT
     # Some templates render the last prompt turn differently when a reply follows (e.g. they
     # strip reasoning or add separators). Split where the two renderings part, as TRL does.
     k = common_prefix_length(prompt_ids, full_ids)
+    _check_prompt_renders_first(example, prompt, tokenizer, template, prompt_text, full_text)
     _check_prompt_turn_kept(example, prompt, tokenizer, full_ids, k)
     return full_ids[:k], full_ids[k:], True
+
+
+def _check_prompt_renders_first(example: Example, prompt: tuple, tokenizer, template: ChatTemplate, prompt_text: str, full_text: str) -> None:
+    """Accept a split at the common prefix only where the renderings differ in the generation
+    prompt alone: the prompt's turns rendered without it must start the full rendering (a
+    reasoning template's `<think>` opener, or a `\n` the tokenizer merges with the completion,
+    then only moves where the ids part). Mistral v0.3's and Nemo's templates put the system text
+    into the user turn that is `loop.last`: once the completion follows, that turn is not last,
+    the system text is gone, and the split fell inside the user's text, which was then trained
+    as the reply, too early in the text for `_check_prompt_turn_kept` to see."""
+    where = f"{example.source} (id {example.id!r})"
+    try:
+        bare = render(tokenizer, prompt, example, template, add_generation_prompt=False)
+    except InputError:  # a template that renders a prompt only with its generation prompt: the turn check still runs
+        return
+    # Only what the two prompt renderings share: Phi-3's template ends a prompt rendered without
+    # the generation prompt with the EOS token, which the full rendering has only at its end.
+    shared = bare[: common_prefix_length(bare, prompt_text)]
+    if not full_text.startswith(shared):
+        raise InputError(
+            f"{where}: the chat template does not render the prompt as the start of the conversation: it renders the prompt's turns "
+            "differently once the completion follows (it moves or drops the system message, say), so part of the prompt would be "
+            "trained as the completion; put the system text in the first user turn, or pass a --chat-template that renders them the same way"
+        )
 
 
 def _check_prompt_turn_kept(example: Example, prompt: tuple, tokenizer, full_ids: list[int], k: int) -> None:
@@ -167,7 +195,10 @@ def conversational_ids(
     later = range(len(head) + 1, len(kept))
     longest = max(later, key=lambda i: len(str(kept[i].get("content") or "")), default=None)
     for target in (len(head), *range(len(head)), *([longest] if longest is not None else [])):
-        cut = _cut_inside(example, kept, target, prompt_ids, tokenizer, template, budget)
+        # The last user turn keeps at least a token of its text (with none, the system text is
+        # cut instead); any other text may be cut away whole, its header kept.
+        least = 1 if target == len(head) else 0
+        cut = _cut_inside(example, kept, target, prompt_ids, tokenizer, template, budget, least)
         if cut is not None:
             return cut, completion_ids, split, PromptCut.MID_TEXT
     return keep_end(truncation, prompt_ids).tolist(), completion_ids, split, PromptCut.MID_TEXT
@@ -241,11 +272,14 @@ def _template_system(example: Example, messages: tuple, tokenizer, template: Cha
     return (system,) if same else ()
 
 
-def _cut_inside(example: Example, kept: tuple, target: int, prompt_ids: list[int], tokenizer, template: ChatTemplate, budget: int) -> list[int] | None:
+def _cut_inside(
+    example: Example, kept: tuple, target: int, prompt_ids: list[int], tokenizer, template: ChatTemplate, budget: int, least: int
+) -> list[int] | None:
     """`prompt_ids` (the rendering of `kept`) with message `target`'s text cut to its end, its
     turn header before it and everything after it (the generation prompt) kept whole: `budget`
     ids in all. None when the text's tokens cannot be located (the template changes the text,
-    no fast tokenizer) or the rest alone exceeds the budget: the caller keeps the ids' end."""
+    no fast tokenizer) or the rest leaves fewer than `least` of them: the caller tries another
+    text, then keeps the ids' end."""
     content = kept[target].get("content") if target < len(kept) else None
     if not isinstance(content, str) or not content.strip():
         return None
@@ -270,7 +304,9 @@ def _cut_inside(example: Example, kept: tuple, target: int, prompt_ids: list[int
     first = next((i for i, (_, end) in enumerate(offsets) if end > a), len(ids))
     after = next((i for i in range(first, len(ids)) if offsets[i][0] >= b and offsets[i][1] > offsets[i][0]), len(ids))
     room = budget - first - (len(ids) - after)
-    if room <= 0 or room >= after - first:
+    # room 0 keeps the header with no text: a Llama 3.2 prompt whose budget left its system text
+    # exactly nothing otherwise fell to the ids' end, which starts inside that text, headerless.
+    if room < least or room >= after - first:
         return None
     return ids[:first] + ids[after - room : after] + ids[after:]
 
@@ -353,7 +389,24 @@ def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatT
             prompt_ids, cut = keep_end(truncation, prompt_ids), PromptCut.MID_TEXT
     if not len(prompt_ids) or not len(completion_ids):
         return None
-    return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split, cut)
+    dropped = example.conversational and completion_text_dropped(example, tokenizer, completion_ids)
+    return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split, cut, dropped)
+
+
+def completion_text_dropped(example: Example, tokenizer, completion_ids) -> bool:
+    """Whether an assistant message's text of the completion is not in its decoded ids: the
+    template left part of it out (DeepSeek-R1-Distill's drops the reasoning up to `</think>`,
+    as TRL's split does too), so the labelled words are not what trains. Compared without
+    whitespace, so that a template's `| trim` (Mistral's, Llama-3's), Qwen3's newlines around a
+    think block and a decoder's clean-up of spaces are not taken for a drop. Tool results are
+    not looked at (templates quote them as JSON); a message of tool calls alone has no text."""
+    decoded = "".join(tokenizer.decode(list(completion_ids)).split())
+    for message in example.completion:
+        content = message.get("content")
+        text = "".join(content.split()) if message.get("role") == "assistant" and isinstance(content, str) else ""
+        if text and text not in decoded:
+            return True
+    return False
 
 
 # ---- the staging file: every tokenized row, spilled -------------------------------------------
@@ -462,23 +515,40 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
     main = rank == 0
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
+    # Rows whose completion text the template dropped part of: a count and the first, not the
+    # rows (memory stays flat as rows grow).
+    n_short, kept, first_short = 0, 0, None
     with atomic_path(path) if main else _nowhere() as tmp:
         schema = staging_schema()
         writer = pa.ipc.new_file(arrow_path(tmp), schema) if main else None  # ./~ is no $HOME to pyarrow
         try:
             for block in _blocks(iter(examples), BLOCK):
                 rows = _tokenize_block(block, tokenize_one, rank, world)
+                short = [r.example for r in rows if r is not None and r.completion_text_dropped]
+                first_short = first_short or (short[0] if short else None)
+                n_short, kept = n_short + len(short), kept + sum(r is not None for r in rows)
                 if writer is not None:
                     writer.write_batch(_batch(block, rows, schema))
         finally:
             if writer is not None:
                 writer.close()
     if main:
+        _note_dropped_text(n_short, kept, first_short)
         for old in staging_files(path.parent) - {path, *keep}:
             old.unlink()  # made for another configuration: useless now
     if state is not None:
         state.wait_for_everyone()
     return path
+
+
+def _note_dropped_text(n: int, kept: int, first: Example | None) -> None:
+    """One line for the `n` rows whose completion text the template dropped part of (not refused:
+    TRL trains them the same way, and a template that strips reasoning means to)."""
+    if n and first is not None:
+        log(
+            f"note: {n} of {kept} rows: the chat template dropped part of the completion's text (first {first.source} (id {first.id!r})), "
+            "such as the reasoning before </think>, so it is not trained; to train it, pass a --chat-template that keeps the reasoning"
+        )
 
 
 class _nowhere:
