@@ -391,6 +391,7 @@ TRUNCATION_RULE = (
     "is cut to it (conversations: earliest whole turns dropped, system kept, re-rendered; inside the last user "
     "turn keeping its end only when that alone is too long, else inside the system message (the template's own default one too), its header kept even with none of its text, "
     "else inside the longest turn after that user turn; a text the template trims is found stripped; "
+    "one it writes as JSON (tojson) is found escaped, cut by whole characters and re-rendered; "
     "text: its end, BOS re-attached); then the completion "
     "keeps its start, max_length - prompt; KL = own prompt + partner's whole completion cut to max_length - prompt"
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -31,7 +32,7 @@ from kto.formats.atomic import atomic_path
 from kto.formats.cache import ArrowFile
 from kto.formats.errors import InputError, log
 from kto.formats.paths import arrow_path
-from kto.precompute.inputs.examples import Example, check_unique_ids, one_line
+from kto.precompute.inputs.examples import Example, ParsedArguments, check_unique_ids, one_line
 
 from .templates import ChatTemplate, unrendered_tool_parts
 
@@ -44,6 +45,25 @@ class PromptCut(IntEnum):
     """Whole earliest turns dropped, the rest re-rendered: it starts with a turn header."""
     MID_TEXT = 2
     """Cut inside text: a plain-text prompt's start, or the start of the last user turn's text."""
+
+
+class DroppedText(IntEnum):
+    """What of a completion message's text the chat template left out (said in a note, not staged)."""
+
+    NONE = 0
+    REASONING = 1
+    """The reasoning up to `</think>` (DeepSeek-R1-Distill's template drops it)."""
+    BESIDE_TOOL_CALLS = 2
+    """The text of an assistant turn that also calls tools (Llama 3.x's renders the call alone)."""
+    OTHER = 3
+
+
+# How the note on dropped text names each kind (stage(): one line for every kind of the run).
+DROPPED_TEXT_WORDS = {
+    DroppedText.REASONING: "the reasoning before </think>",
+    DroppedText.BESIDE_TOOL_CALLS: "an assistant's text beside its tool calls",
+    DroppedText.OTHER: "an assistant's text",
+}
 
 
 class PromptLimits(Protocol):
@@ -67,8 +87,8 @@ class TokenizedRow:
     """The chat template rendered the prompt alone differently from the prompt inside the full
     conversation, so prompt and completion were split at their common prefix."""
     prompt_cut: PromptCut = PromptCut.NONE
-    completion_text_dropped: bool = False
-    """The chat template left part of a completion message's text out of the rendering
+    completion_text_dropped: DroppedText = DroppedText.NONE
+    """What of a completion message's text the chat template left out of the rendering
     (DeepSeek-R1-Distill's drops the reasoning up to `</think>`): said in a note, not staged."""
 
 
@@ -214,16 +234,34 @@ def render(tokenizer, messages, example, template: ChatTemplate, *, add_generati
             "in a --config file; LLaMA-Factory's template: NAME is not read)"
         )
     _check_tools_render(example, tokenizer, template, where)
+    render_as = lambda rows: tokenizer.apply_chat_template(
+        rows, tools=list(example.tools) or None, tokenize=False, add_generation_prompt=add_generation_prompt, **template.kwargs
+    )
     try:
-        return tokenizer.apply_chat_template(
-            [dict(m) for m in messages],
-            tools=list(example.tools) or None,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            **template.kwargs,
-        )
+        try:
+            return render_as([dict(m) for m in messages])
+        except TypeError:
+            # A template that joins a call's arguments as text (DeepSeek-R1's) gets the JSON text
+            # the arguments object was parsed from (examples.ParsedArguments); others fail again.
+            texts = [_arguments_as_text(m) for m in messages]
+            if texts == [dict(m) for m in messages]:
+                raise
+            return render_as(texts)
     except Exception as e:  # jinja2 and transformers raise many types
         raise InputError(f"{where}: {template.name} failed to render this row ({type(e).__name__}: {one_line(e)})") from None
+
+
+def _arguments_as_text(message) -> dict:
+    """`message` with each tool call's parsed arguments (ParsedArguments) back as their text."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return dict(message)
+    as_text = lambda call: (
+        {**call, "function": {**call["function"], "arguments": call["function"]["arguments"].text}}
+        if isinstance(call, dict) and isinstance(call.get("function"), dict) and isinstance(call["function"].get("arguments"), ParsedArguments)
+        else call
+    )
+    return {**message, "tool_calls": [as_text(c) for c in calls]}
 
 
 def _check_tools_render(example: Example, tokenizer, template: ChatTemplate, where: str) -> None:
@@ -243,7 +281,11 @@ def _system_head(messages) -> tuple[tuple, tuple]:
     return messages[:k], messages[k:]
 
 
-_SENTINEL = "\x00kto-cut-here\x00"
+# A marker that no template changes: private-use code points, which transformers' `tojson`
+# (ensure_ascii=False) leaves as they are and `| trim` keeps. A "\x00" marker came out of
+# Llama 3.x's `| tojson` of a tool result as "\u0000", was never found, and the cut prompt kept
+# only the ids' end (no system block, no tools, no question, no ipython header).
+_SENTINEL = "\ue000kto-cut-here\ue001"
 
 
 def _template_system(example: Example, messages: tuple, tokenizer, template: ChatTemplate) -> tuple:
@@ -287,11 +329,52 @@ def _cut_inside(
     marked[target]["content"] = _SENTINEL
     text = render(tokenizer, kept, example, template, add_generation_prompt=True)
     parts = render(tokenizer, marked, example, template, add_generation_prompt=True).split(_SENTINEL)
-    # A template that trims the text (Llama-3's, Gemma's, Mistral's `| trim`) renders it stripped.
-    content = next((c for c in (content, content.strip()) if len(parts) == 2 and parts[0] + c + parts[1] == text), None)
-    if content is None:
+    # The text as rendered: itself; stripped, by a template's `| trim` (Llama-3's, Gemma's,
+    # Mistral's); or JSON-escaped in quotes, by `| tojson` (Llama 3.x's tool results).
+    escaped = _json_escaped(content)
+    shown = next((c for c in (content, content.strip(), escaped) if len(parts) == 2 and parts[0] + c + parts[1] == text), None)
+    span = None if shown is None else _text_span(tokenizer, text, prompt_ids, len(parts[0]), len(parts[0]) + len(shown))
+    if span is None:
         return None
-    a, b = len(parts[0]), len(parts[0]) + len(content)  # the text's character span
+    ids, offsets, first, after = span
+    room = budget - first - (len(ids) - after)
+    # room 0 keeps the header with no text: a Llama 3.2 prompt whose budget left its system text
+    # exactly nothing otherwise fell to the ids' end, which starts inside that text, headerless.
+    if room < least or room >= after - first:
+        return None
+    if shown not in (content, content.strip()):  # escaped: ids cut anywhere could split an escape (`\"`, `\u0001`)
+        b = len(parts[0]) + len(shown)
+        start = _escaped_suffix(content, b - offsets[after - room][0] if room else 0)
+        return _rendered_cut(example, kept, target, start, tokenizer, template, parts, offsets[-1][1] - b, budget)
+    return ids[:first] + ids[after - room : after] + ids[after:]
+
+
+def _json_escaped(text: str) -> str:
+    """`text` as transformers' `tojson` writes it inside its quotes (ensure_ascii=False)."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def _escaped_suffix(text: str, width: int) -> int:
+    """Where the longest end of `text` whose escaped form has at most `width` characters starts."""
+    start = len(text)
+    while start > 0 and width >= len(_json_escaped(text[start - 1])):
+        start, width = start - 1, width - len(_json_escaped(text[start - 1]))
+    return start
+
+
+def _token_span(offsets, a: int, b: int) -> tuple[int, int]:
+    """[first, after): the tokens of the characters [a, b). Tokens that straddle a boundary count
+    as the text's: what is kept of the header and the generation prompt is then exactly their
+    own tokens."""
+    first = next((i for i, (_, end) in enumerate(offsets) if end > a), len(offsets))
+    after = next((i for i in range(first, len(offsets)) if offsets[i][0] >= b and offsets[i][1] > offsets[i][0]), len(offsets))
+    return first, after
+
+
+def _text_span(tokenizer, text: str, prompt_ids: list[int], a: int, b: int) -> tuple[list[int], list, int, int] | None:
+    """(ids, offsets, first, after): `text` tokenized, `prompt_ids` long, and the span of the
+    characters [a, b) (`_token_span`). None without offsets (a slow tokenizer) or where the ids
+    are not `prompt_ids`."""
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     except (NotImplementedError, ValueError, TypeError):  # a slow tokenizer has no offsets
@@ -299,16 +382,33 @@ def _cut_inside(
     ids, offsets = list(enc.input_ids[: len(prompt_ids)]), enc.offset_mapping[: len(prompt_ids)]
     if ids != list(prompt_ids):
         return None
-    # Tokens that straddle a boundary count as the text's: what is kept of the header and the
-    # generation prompt is then exactly their own tokens.
-    first = next((i for i, (_, end) in enumerate(offsets) if end > a), len(ids))
-    after = next((i for i in range(first, len(ids)) if offsets[i][0] >= b and offsets[i][1] > offsets[i][0]), len(ids))
-    room = budget - first - (len(ids) - after)
-    # room 0 keeps the header with no text: a Llama 3.2 prompt whose budget left its system text
-    # exactly nothing otherwise fell to the ids' end, which starts inside that text, headerless.
-    if room < least or room >= after - first:
-        return None
-    return ids[:first] + ids[after - room : after] + ids[after:]
+    return ids, offsets, *_token_span(offsets, a, b)
+
+
+def _rendered_cut(
+    example: Example, kept: tuple, target: int, start: int, tokenizer, template: ChatTemplate, parts: list[str], rest: int, budget: int
+) -> list[int] | None:
+    """Message `target`'s text, which the template JSON-escapes, cut to its end from character
+    `start` and rendered again: the kept text is then a whole JSON string, where ids cut in place
+    could start inside an escape. The ids are the new rendering's up to `rest` characters after
+    the text (where the prompt's ids ended: a prefix split ends them before the generation
+    prompt's end); a boundary token that came out longer drops a character more, until they fit
+    `budget`."""
+    content = kept[target]["content"]
+    while True:
+        cut = [dict(m) for m in kept]
+        cut[target]["content"] = content[start:]
+        text, escaped = render(tokenizer, cut, example, template, add_generation_prompt=True), _json_escaped(content[start:])
+        if text != parts[0] + escaped + parts[1]:  # the template renders this text otherwise
+            return None
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        end = len(parts[0]) + len(escaped) + rest
+        ids = [i for i, (_, stop) in zip(enc.input_ids, enc.offset_mapping) if stop <= end]
+        if len(ids) <= budget:
+            return ids
+        if start == len(content):
+            return None
+        start = min(len(content), start + len(ids) - budget)
 
 
 def text_ids(example: Example, tokenizer) -> tuple[list[int], list[int]]:
@@ -389,24 +489,31 @@ def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatT
             prompt_ids, cut = keep_end(truncation, prompt_ids), PromptCut.MID_TEXT
     if not len(prompt_ids) or not len(completion_ids):
         return None
-    dropped = example.conversational and completion_text_dropped(example, tokenizer, completion_ids)
+    dropped = completion_text_dropped(example, tokenizer, completion_ids) if example.conversational else DroppedText.NONE
     return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split, cut, dropped)
 
 
-def completion_text_dropped(example: Example, tokenizer, completion_ids) -> bool:
-    """Whether an assistant message's text of the completion is not in its decoded ids: the
+def completion_text_dropped(example: Example, tokenizer, completion_ids) -> DroppedText:
+    """What of an assistant message's text of the completion is not in its decoded ids: the
     template left part of it out (DeepSeek-R1-Distill's drops the reasoning up to `</think>`,
     as TRL's split does too), so the labelled words are not what trains. Compared without
     whitespace, so that a template's `| trim` (Mistral's, Llama-3's), Qwen3's newlines around a
     think block and a decoder's clean-up of spaces are not taken for a drop. Tool results are
-    not looked at (templates quote them as JSON); a message of tool calls alone has no text."""
+    not looked at (templates quote them as JSON); a message of tool calls alone has no text.
+    The first such message says what was dropped: the note's words follow it."""
     decoded = "".join(tokenizer.decode(list(completion_ids)).split())
     for message in example.completion:
         content = message.get("content")
         text = "".join(content.split()) if message.get("role") == "assistant" and isinstance(content, str) else ""
         if text and text not in decoded:
-            return True
-    return False
+            # Reasoning, where what follows the last </think> was kept; else the words beside a
+            # call, which Llama 3.x's template renders without them: the note said "reasoning"
+            # of those too, and told the user to keep a reasoning the row never had.
+            answer = "".join(text.rsplit("</think>", 1)[-1].split())
+            if "</think>" in text and answer in decoded:
+                return DroppedText.REASONING
+            return DroppedText.BESIDE_TOOL_CALLS if message.get("tool_calls") else DroppedText.OTHER
+    return DroppedText.NONE
 
 
 # ---- the staging file: every tokenized row, spilled -------------------------------------------
@@ -515,25 +622,26 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
     main = rank == 0
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
-    # Rows whose completion text the template dropped part of: a count and the first, not the
-    # rows (memory stays flat as rows grow).
-    n_short, kept, first_short = 0, 0, None
+    # Rows whose completion text the template dropped part of: a count of each kind and the
+    # first, not the rows (memory stays flat as rows grow).
+    short_by_kind, kept, first_short = Counter(), 0, None
     with atomic_path(path) if main else _nowhere() as tmp:
         schema = staging_schema()
         writer = pa.ipc.new_file(arrow_path(tmp), schema) if main else None  # ./~ is no $HOME to pyarrow
         try:
             for block in _blocks(iter(examples), BLOCK):
                 rows = _tokenize_block(block, tokenize_one, rank, world)
-                short = [r.example for r in rows if r is not None and r.completion_text_dropped]
-                first_short = first_short or (short[0] if short else None)
-                n_short, kept = n_short + len(short), kept + sum(r is not None for r in rows)
+                short = [r for r in rows if r is not None and r.completion_text_dropped]
+                first_short = first_short or (short[0].example if short else None)
+                short_by_kind.update(r.completion_text_dropped for r in short)
+                kept += sum(r is not None for r in rows)
                 if writer is not None:
                     writer.write_batch(_batch(block, rows, schema))
         finally:
             if writer is not None:
                 writer.close()
     if main:
-        _note_dropped_text(n_short, kept, first_short)
+        _note_dropped_text(short_by_kind, kept, first_short)
         for old in staging_files(path.parent) - {path, *keep}:
             old.unlink()  # made for another configuration: useless now
     if state is not None:
@@ -541,13 +649,16 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
     return path
 
 
-def _note_dropped_text(n: int, kept: int, first: Example | None) -> None:
-    """One line for the `n` rows whose completion text the template dropped part of (not refused:
-    TRL trains them the same way, and a template that strips reasoning means to)."""
+def _note_dropped_text(by_kind: Counter, kept: int, first: Example | None) -> None:
+    """One line for the rows whose completion text the template dropped part of, counted by what
+    it dropped (not refused: TRL trains them the same way, and a template that strips reasoning
+    means to)."""
+    n = sum(by_kind.values())
     if n and first is not None:
+        what = ", ".join(f"{DROPPED_TEXT_WORDS[kind]} ({count} row{'s' if count != 1 else ''})" for kind, count in sorted(by_kind.items()))
         log(
-            f"note: {n} of {kept} rows: the chat template dropped part of the completion's text (first {first.source} (id {first.id!r})), "
-            "such as the reasoning before </think>, so it is not trained; to train it, pass a --chat-template that keeps the reasoning"
+            f"note: {n} of {kept} rows: the chat template dropped part of the completion's text (first {first.source} (id {first.id!r})): "
+            f"{what}; it is not trained: to train it, pass a --chat-template that renders it"
         )
 
 

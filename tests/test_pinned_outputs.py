@@ -79,16 +79,18 @@ PIN_ENV = {"cpu": "AVX512", "vendor": "GenuineIntel", "torch": "2.13.0+cpu", "tr
 # hence its fingerprint, which every shard carries); the token ids and log-probs are unchanged.
 # Retaken when it gained the whole file's sha256 (2026-12-06, Intel Xeon): every column of every
 # shard unchanged against the code before. Retaken when TRUNCATION_RULE said a system header is
-# kept even with none of its text: every column unchanged.
+# kept even with none of its text: every column unchanged. Retaken when READING_RULE parsed tool
+# calls' JSON-text arguments in every shape and TRUNCATION_RULE found a tojson'd text escaped:
+# every column unchanged.
 SHARDS = {
-    "shard-00000.arrow": "c1f8b97ce90dc01d4d96e3f32b718fbc215898fdc5068cd5ebb7979b8747e54c",
-    "shard-00001.arrow": "ba74938f70415cebd95e5cc488668714577a0c1bb467ea38bf60aa51a91da3c4",
-    "shard-00002.arrow": "5b1d73dd55f4b2db2f687d7a9dc6af8ec50bc4dfcf70ba16d348dcd8a280c687",
+    "shard-00000.arrow": "1f4a0efd3820f6d2e8e20db10bea90f005ef5b519de550ce13b092170ca1d7e2",
+    "shard-00001.arrow": "31033b412f4826129cff0eb4612f486ad6d8799522535079d011954e5849913e",
+    "shard-00002.arrow": "a76ab85125520a199dc2bddd539662f6b7f43999d84e6be50ea72a2a1e833c11",
 }
 # manifest.json with the paths of this run and the library versions replaced by placeholders:
 # `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
 # is what the code decides.
-MANIFEST = "b134943a36ac35211cfcf4360796b0299931a9d8bb83ea713d82ef4ef77fc423"
+MANIFEST = "bb9422135ca3bfa2e76cb4f1cfc09883be0b008caa10f2b1a0c02c3360577df8"
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
 # step 1); main's tip with only its epoch_plan replaced by the grouped one gives these exactly.
 LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]

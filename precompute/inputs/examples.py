@@ -52,7 +52,8 @@ READING_RULE = (
     "LLaMA-Factory shapes: a ShareGPT function_call turn is an assistant turn with tool_calls in every "
     "message column; bare tool schemas are wrapped as {type: function, function: schema}; a system "
     "column equal to the conversation's own system turn is that turn; text already starting with BOS (ending "
-    "with EOS) gets no second one from the tokenizer"
+    "with EOS) gets no second one from the tokenizer; a tool call's arguments given as JSON text are parsed to "
+    "an object in every shape (OpenAI tool_calls too; a template that joins them as text gets the text), other text kept"
 )
 
 
@@ -502,6 +503,8 @@ def _message(raw: Any, where: str) -> Message:
     # Absent fields of an Arrow/Parquet message struct read as None: not keys of this message.
     # Sorted: the pairing keys hash a message's repr, which must not depend on the input's order.
     others = {k: raw[k] for k in sorted(raw) if k not in _MESSAGE_KEYS and raw[k] is not None}
+    if isinstance(others.get("tool_calls"), list):
+        others["tool_calls"] = [_with_parsed_arguments(call) for call in others["tool_calls"]]
     if content is None and others.get("tool_calls"):
         content = ""  # OpenAI's shape: a turn that only calls a tool has content null
     return {"role": role, "content": _text(content, where), **others}
@@ -617,11 +620,45 @@ def tool_calls_of(value: str, where: str) -> list[dict]:
     for call in calls:
         if not (isinstance(call, dict) and isinstance(call.get("name"), str) and "arguments" in call):
             raise InputError(f'{where}: a function call must be {{"name": ..., "arguments": ...}}, got {shown(call)}')
-        arguments = call["arguments"]
-        if isinstance(arguments, str):  # OpenAI style: arguments as a JSON text
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                pass
-        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": _call_arguments(call["arguments"])}})
     return out
+
+
+class ParsedArguments(dict):
+    """A tool call's arguments object parsed from JSON text, which it keeps (`text`) for a
+    template that joins arguments as text (DeepSeek-R1's `'\\n' + arguments`): tokenize.render
+    gives it the text when the object fails to render there."""
+
+    text: str
+
+
+def _call_arguments(arguments: Any) -> Any:
+    """A tool call's arguments as chat templates read them: JSON text (OpenAI's wire shape)
+    parsed to its value, anything else as it is. Parsed in every shape, so that a call renders to
+    the same ids whether a ShareGPT function_call or an OpenAI `tool_calls` message carries it:
+    transformers' templates expect an object (most write it `| tojson`, which turned the text
+    into a quoted string), and LLaMA-Factory's data holds one. Here the reading differs from TRL,
+    which hands OpenAI rows' text to the template as it is (its ids hold the quoted string), and
+    from LLaMA-Factory, whose formatter `json.dumps` the text again. Text that is not JSON is
+    kept as it is: a malformed call is what an undesirable label may judge."""
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+    if not isinstance(value, dict):
+        return value  # a list, say: parsed, as ShareGPT function_calls always were
+    parsed = ParsedArguments(value)
+    parsed.text = arguments
+    return parsed
+
+
+def _with_parsed_arguments(call: Any) -> Any:
+    """An OpenAI `tool_calls` entry with its `function.arguments` read by `_call_arguments` (a
+    copy: the input's record is not changed); an entry of another shape as it is, for the chat
+    template to render or refuse."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    return {**call, "function": {**function, "arguments": _call_arguments(function["arguments"])}}
