@@ -25,9 +25,10 @@ a hash of all of it (`temp_stem`), so that a legal name is always writable. The 
 for every kind and every process, so an `owns` that compares it with `temp_stem(NAME, DIR)`
 recognises a killed run's temp names.
 
-The file written at `path` is the one `path` names: where `path` is a symbolic link, its target
-is replaced (the temp name sits beside the target) and the link stays; a link to nothing is
-refused in one line.
+A symbolic link at `path` is replaced, never followed: a link planted in a cache or a run (as its
+`.verified.json`, say) must not send kto's own writes elsewhere. A path the user named (kto-inspect
+score --out) is resolved first by `write_target`: its target is replaced and the link stays; a
+link to nothing, or a loop, is refused in one line.
 """
 
 from __future__ import annotations

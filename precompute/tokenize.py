@@ -120,6 +120,7 @@ def _split_rendering(example: Example, prompt: tuple, tokenizer, template: ChatT
     conversation. Templates carry their own special tokens, so none are added on top."""
     prompt_text = render(tokenizer, prompt, example, template, add_generation_prompt=True)
     full_text = render(tokenizer, tuple(prompt) + tuple(example.completion), example, template, add_generation_prompt=False)
+    _check_system_kept(example, prompt, prompt_text)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
     full_ids = tokenizer(full_text, add_special_tokens=False).input_ids
     if full_ids[: len(prompt_ids)] == prompt_ids:
@@ -130,6 +131,21 @@ def _split_rendering(example: Example, prompt: tuple, tokenizer, template: ChatT
     _check_prompt_renders_first(example, prompt, tokenizer, template, prompt_text, full_text)
     _check_prompt_turn_kept(example, prompt, tokenizer, full_ids, k)
     return full_ids[:k], full_ids[k:], True
+
+
+def _check_system_kept(example: Example, prompt: tuple, prompt_text: str) -> None:
+    """Refuse a row whose system message the template leaves out of the prompt: Mistral v0.3's
+    and Nemo's put it into the user turn that is the last message, so a prompt that ends with a
+    tool result renders none, and the row (its label may rest on that instruction) trained
+    without it. Compared without whitespace, so a template's `| trim` is no loss."""
+    first = prompt[0] if prompt else None
+    text = first.get("content") if first is not None and first.get("role") == "system" else None
+    if isinstance(text, str) and text.strip() and "".join(text.split()) not in "".join(prompt_text.split()):
+        raise InputError(
+            f"{example.source} (id {example.id!r}): the chat template leaves the system message out of the prompt "
+            f"({one_line(text)[:60]!r}…), so the row would train without it; put the system text in the first user turn, "
+            "or pass a --chat-template that renders it"
+        )
 
 
 def _check_prompt_renders_first(example: Example, prompt: tuple, tokenizer, template: ChatTemplate, prompt_text: str, full_text: str) -> None:
@@ -503,6 +519,9 @@ def completion_text_dropped(example: Example, tokenizer, completion_ids) -> Drop
     The first such message says what was dropped: the note's words follow it."""
     decoded = "".join(tokenizer.decode(list(completion_ids)).split())
     for message in example.completion:
+        reasoning = message.get("reasoning_content")  # OpenAI-style reasoning beside the answer: most templates leave it out
+        if message.get("role") == "assistant" and isinstance(reasoning, str) and "".join(reasoning.split()) not in decoded:
+            return DroppedText.REASONING
         content = message.get("content")
         text = "".join(content.split()) if message.get("role") == "assistant" and isinstance(content, str) else ""
         if text and text not in decoded:

@@ -23,7 +23,7 @@ from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import Example
 from kto.precompute.plan import Truncation
 from kto.precompute.templates import ChatTemplate
-from kto.precompute.tokenize import PromptCut, TokenizedRow, leading_bos_id, stage, tokenize_example
+from kto.precompute.tokenize import DroppedText, PromptCut, TokenizedRow, leading_bos_id, stage, tokenize_example
 
 TEMPLATES = Path(__file__).parent / "templates"
 MISTRAL_SPECIALS = ["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
@@ -229,3 +229,39 @@ def test_a_budget_that_leaves_the_system_text_no_room_keeps_its_header(family):
     assert system_text is not None and system_text.group(1) == "", smallest
     assert smallest.endswith("Third question, short?<|eot_id|><|start_header_id|>assistant<|end_header_id|>")  # the last turn whole
     assert not tok.decode(cut[headed[0] - 1].prompt_ids).startswith(SYSTEM_HEADER)
+
+
+# ---- a system message the template leaves out, whatever the split ------------------------------
+
+ADD = {"type": "function", "function": {"name": "add", "description": "add", "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}
+ADD_CALL = {"type": "function", "id": "call0abcd", "function": {"name": "add", "arguments": {"a": 5}}}
+
+
+@pytest.mark.parametrize("name", ["mistral03", "mistralnemo"])
+def test_a_system_message_left_out_of_a_prompt_that_ends_with_a_tool_result_is_refused(family, name):
+    """Seen by a reviewer: the prompt ends with a tool result, so no user turn is last and these
+    templates render the system text nowhere; the prompt ids were a prefix of the full ids, so
+    no split check ran, and the row (its label resting on "answer in French") trained without it."""
+    prompt = (
+        {"role": "system", "content": "Always answer in French."},
+        {"role": "user", "content": "Add 5 and 5."},
+        {"role": "assistant", "content": "", "tool_calls": [ADD_CALL]},
+        {"role": "tool", "content": "10", "tool_call_id": "call0abcd", "name": "add"},
+    )
+    ex = Example("data.jsonl:1", prompt, ({"role": "assistant", "content": "Ten."},), True, "data.jsonl: row 1", (ADD,))
+    with pytest.raises(InputError) as refused:
+        tokenize_example(ex, family(name))
+    message = str(refused.value)
+    assert message.startswith("data.jsonl: row 1 (id 'data.jsonl:1'): the chat template leaves the system message out of the prompt")
+    assert "first user turn" in message and "\n" not in message
+
+
+def test_reasoning_content_the_template_leaves_out_is_noted(family):
+    """`reasoning_content` beside the answer (OpenAI-style reasoning, kept by the reader for the
+    templates that render it): Llama 3.2 and DeepSeek render the answer alone, so the labelled
+    reasoning does not train; Qwen3 renders it, so nothing is said."""
+    said = {"role": "assistant", "content": "It is 9.", "reasoning_content": "Three threes make nine."}
+    ex = Example("data.jsonl:1", ({"role": "user", "content": "What is 3*3?"},), (said,), True, "data.jsonl: row 1")
+    assert tokenize_example(ex, family("llama32"), ChatTemplate(kwargs={"date_string": "06 Dec 2026"})).completion_text_dropped == DroppedText.REASONING
+    assert tokenize_example(ex, family("deepseek")).completion_text_dropped == DroppedText.REASONING
+    assert tokenize_example(ex, family("qwen3")).completion_text_dropped == DroppedText.NONE
