@@ -106,15 +106,14 @@ def install(tokenizer, template: ChatTemplate) -> None:
 # A conversation with one tool call and one tool schema, each named by a marker that no template
 # writes by itself: whichever marker is missing from the text, the template leaves that part out.
 _PROBE_CALL, _PROBE_TOOL = "kto_probe_call_e3b0", "kto_probe_tool_e3b0"
-_PROBE = (
-    [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": _PROBE_CALL, "arguments": {"x": 1}}}]},
-        {"role": "tool", "content": "r"},
-        {"role": "assistant", "content": "a"},
-    ],
-    [{"type": "function", "function": {"name": _PROBE_TOOL, "description": "d", "parameters": {"type": "object", "properties": {}}}}],
-)
+# One probe per part, each as plain as a conversation gets: a template that refuses one probe's
+# shape (Gemma's raise on a `tool` role, which one probe of both parts held) must not be taken
+# for one that renders the other part. Gemma 3's rendered a call-only reply as an empty turn.
+_PROBE_CALLS = [
+    {"role": "user", "content": "q"},
+    {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": _PROBE_CALL, "arguments": {"x": 1}}}]},
+]
+_PROBE_TOOLS = [{"type": "function", "function": {"name": _PROBE_TOOL, "description": "d", "parameters": {"type": "object", "properties": {}}}}]
 _UNRENDERED: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
@@ -126,10 +125,16 @@ def unrendered_tool_parts(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
     an empty assistant turn, and a row ending in one trains on a completion of `<|im_end|>` alone."""
     key = (str(tokenizer.chat_template), json.dumps(template.kwargs, sort_keys=True, default=str))
     if key not in _UNRENDERED:
-        messages, tools = _PROBE
-        try:
-            text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **template.kwargs)
-        except Exception:  # a template that fails on tools fails on the rows too, naming one
-            text = _PROBE_CALL + _PROBE_TOOL
-        _UNRENDERED[key] = tuple(part for part, mark in (("tool_calls", _PROBE_CALL), ("tools", _PROBE_TOOL)) if mark not in text)
+        calls = _probe(tokenizer, _PROBE_CALLS, None, template, _PROBE_CALL)
+        tools = _probe(tokenizer, _PROBE_CALLS[:1], _PROBE_TOOLS, template, _PROBE_TOOL)
+        _UNRENDERED[key] = tuple(part for part, rendered in (("tool_calls", calls), ("tools", tools)) if not rendered)
     return _UNRENDERED[key]
+
+
+def _probe(tokenizer, messages: list, tools: list | None, template: ChatTemplate, mark: str) -> bool:
+    """Whether `mark` is in the template's rendering of `messages` (with `tools`). A template that
+    fails here is taken to render it: it fails on such rows too, naming one."""
+    try:
+        return mark in tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=tools is not None, **template.kwargs)
+    except Exception:  # jinja2 and transformers raise many types
+        return True

@@ -256,13 +256,17 @@ def render(tokenizer, messages, example, template: ChatTemplate, *, add_generati
     try:
         try:
             return render_as([dict(m) for m in messages])
-        except TypeError:
+        except TypeError as first:
             # A template that joins a call's arguments as text (DeepSeek-R1's) gets the JSON text
-            # the arguments object was parsed from (examples.ParsedArguments); others fail again.
+            # the arguments object was parsed from (examples.ParsedArguments); a row without any,
+            # or one that fails again, is said by its first error: the second may blame the text.
             texts = [_arguments_as_text(m) for m in messages]
             if texts == [dict(m) for m in messages]:
                 raise
-            return render_as(texts)
+            try:
+                return render_as(texts)
+            except Exception:
+                raise first from None
     except Exception as e:  # jinja2 and transformers raise many types
         raise InputError(f"{where}: {template.name} failed to render this row ({type(e).__name__}: {one_line(e)})") from None
 
@@ -358,7 +362,11 @@ def _cut_inside(
     # exactly nothing otherwise fell to the ids' end, which starts inside that text, headerless.
     if room < least or room >= after - first:
         return None
-    if shown not in (content, content.strip()):  # escaped: ids cut anywhere could split an escape (`\"`, `\u0001`)
+    # Written as JSON (`| tojson`): ids cut anywhere could split an escape (`\"`, `\u0001`), or
+    # take the opening quote with a text's first token (`"[` is one token) where nothing needed
+    # escaping, so it is cut by characters and rendered again.
+    quoted = parts[0].endswith('"') and parts[1].startswith('"') if len(parts) == 2 else False
+    if shown == escaped and (escaped != content or quoted):
         b = len(parts[0]) + len(shown)
         start = _escaped_suffix(content, b - offsets[after - room][0] if room else 0)
         return _rendered_cut(example, kept, target, start, tokenizer, template, parts, offsets[-1][1] - b, budget)

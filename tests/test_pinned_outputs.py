@@ -81,16 +81,17 @@ PIN_ENV = {"cpu": "AVX512", "vendor": "GenuineIntel", "torch": "2.13.0+cpu", "tr
 # shard unchanged against the code before. Retaken when TRUNCATION_RULE said a system header is
 # kept even with none of its text: every column unchanged. Retaken when READING_RULE parsed tool
 # calls' JSON-text arguments in every shape and TRUNCATION_RULE found a tojson'd text escaped:
+# every column unchanged. Retaken when READING_RULE parsed only an object with distinct keys:
 # every column unchanged.
 SHARDS = {
-    "shard-00000.arrow": "1f4a0efd3820f6d2e8e20db10bea90f005ef5b519de550ce13b092170ca1d7e2",
-    "shard-00001.arrow": "31033b412f4826129cff0eb4612f486ad6d8799522535079d011954e5849913e",
-    "shard-00002.arrow": "a76ab85125520a199dc2bddd539662f6b7f43999d84e6be50ea72a2a1e833c11",
+    "shard-00000.arrow": "6f464d90e6bfb912f6a10fa028843d515bcf5e79f925aded100e6080288f11b4",
+    "shard-00001.arrow": "fc8fa6b14abf87326dcc2c089b83fc90ab1645931c88a1b6bfa297b2ca5f0787",
+    "shard-00002.arrow": "4caf817c7476b21776410d990a72cd9c7f34961a11c33cae48db5a85ce01a033",
 }
 # manifest.json with the paths of this run and the library versions replaced by placeholders:
 # `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
 # is what the code decides.
-MANIFEST = "bb9422135ca3bfa2e76cb4f1cfc09883be0b008caa10f2b1a0c02c3360577df8"
+MANIFEST = "5f7db54640e1db873e7fb4527dd3a62e8990436aec9e48d3b81c6a1a2a0d21d3"
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
 # step 1); main's tip with only its epoch_plan replaced by the grouped one gives these exactly.
 LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]

@@ -53,7 +53,8 @@ READING_RULE = (
     "message column; bare tool schemas are wrapped as {type: function, function: schema}; a system "
     "column equal to the conversation's own system turn is that turn; text already starting with BOS (ending "
     "with EOS) gets no second one from the tokenizer; a tool call's arguments given as JSON text are parsed to "
-    "an object in every shape (OpenAI tool_calls too; a template that joins them as text gets the text), other text kept"
+    "an object in every shape (OpenAI tool_calls too; a template that joins them as text gets the text); other text (not JSON, "
+    "no object, a key twice) kept as written"
 )
 
 
@@ -631,10 +632,15 @@ class ParsedArguments(dict):
 
     text: str
 
+    def __repr__(self) -> str:
+        # The pairing and duplicate keys hash a message's repr: two spellings of one object render
+        # to different ids under a template that takes the text, so the text is part of it.
+        return f"ParsedArguments({dict.__repr__(self)}, text={self.text!r})"
+
 
 def _call_arguments(arguments: Any) -> Any:
-    """A tool call's arguments as chat templates read them: JSON text (OpenAI's wire shape)
-    parsed to its value, anything else as it is. Parsed in every shape, so that a call renders to
+    """A tool call's arguments as chat templates read them: JSON text of an object (OpenAI's
+    wire shape) parsed to it, anything else as it is. Parsed in every shape, so that a call renders to
     the same ids whether a ShareGPT function_call or an OpenAI `tool_calls` message carries it:
     transformers' templates expect an object (most write it `| tojson`, which turned the text
     into a quoted string), and LLaMA-Factory's data holds one. Here the reading differs from TRL,
@@ -644,14 +650,24 @@ def _call_arguments(arguments: Any) -> Any:
     if not isinstance(arguments, str):
         return arguments
     try:
-        value = json.loads(arguments)
-    except json.JSONDecodeError:
-        return arguments
+        value = json.loads(arguments, object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, _RepeatedKey):
+        return arguments  # not JSON, or a key named twice (parsing keeps one): as written
     if not isinstance(value, dict):
-        return value  # a list, say: parsed, as ShareGPT function_calls always were
+        return arguments  # a list, a string, null: no arguments object; the text, as written
     parsed = ParsedArguments(value)
     parsed.text = arguments
     return parsed
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise _RepeatedKey
+    return dict(pairs)
 
 
 def _with_parsed_arguments(call: Any) -> Any:

@@ -265,3 +265,21 @@ def test_reasoning_content_the_template_leaves_out_is_noted(family):
     assert tokenize_example(ex, family("llama32"), ChatTemplate(kwargs={"date_string": "06 Dec 2026"})).completion_text_dropped == DroppedText.REASONING
     assert tokenize_example(ex, family("deepseek")).completion_text_dropped == DroppedText.REASONING
     assert tokenize_example(ex, family("qwen3")).completion_text_dropped == DroppedText.NONE
+
+
+def test_a_template_that_raises_on_a_tool_role_is_still_probed_for_calls(family, tokenizer_dir):
+    """Seen by a reviewer: Gemma-style templates raise on a `tool` role, and the one probe of
+    calls and schemas held one, so its failure was taken for "renders both"; a reply that is a
+    call alone then cached as an empty turn. Each part is probed alone now."""
+    from kto.precompute.templates import unrendered_tool_parts
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m.role not in ('user', 'assistant') %}{{ raise_exception('roles must be user or assistant') }}{% endif %}"
+        "<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert unrendered_tool_parts(tok, ChatTemplate()) == ("tool_calls", "tools")
+    call = {"role": "assistant", "content": "", "tool_calls": [ADD_CALL]}
+    ex = Example("data.jsonl:1", ({"role": "user", "content": "Add 5 and 5."},), (call,), True, "data.jsonl: row 1")
+    with pytest.raises(InputError, match=r"does not render tool_calls, so a function call renders as an empty assistant turn"):
+        tokenize_example(ex, tok)

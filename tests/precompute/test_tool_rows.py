@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import Example
 from kto.precompute.inputs.records import read_examples
 from kto.precompute.plan import Truncation
@@ -107,6 +108,18 @@ def test_a_cut_never_splits_an_escape_sequence(llama):
         assert result.endswith(kept) and len(kept) < len(result), budget
 
 
+@pytest.mark.parametrize("result", [json.dumps(list(range(400))), "[" + "sunny " * 300 + "]"], ids=["list", "words"])
+def test_a_result_with_nothing_to_escape_keeps_its_opening_quote(llama, result):
+    """Seen by a reviewer: a text with nothing to escape matched as itself, was cut by tokens,
+    and the token `"[` (tojson's opening quote and the text's first character) went with it: the
+    kept text was no JSON string. Written in quotes, it is cut by characters as escaped texts are."""
+    whole = tokenize_example(tool_row(result), llama, DATE)
+    for budget in (len(whole.prompt_ids) - 100, len(whole.prompt_ids) - 200):
+        prompt = llama.decode(tokenize_example(tool_row(result), llama, DATE, limits(llama, budget)).prompt_ids)
+        kept = kept_result(prompt)
+        assert result.endswith(kept) and len(kept) < len(result), budget
+
+
 # ---- 2. tool-call arguments given as text --------------------------------------------------------
 
 
@@ -146,7 +159,8 @@ def test_a_template_that_joins_arguments_as_text_gets_the_text(tokenizer_dir, tm
     tok.bos_token, tok.eos_token = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
     tok.chat_template = (TEMPLATES / "deepseek_r1_qwen.jinja").read_text()
     text = '{"city": "Paris"}'
-    ex = read_examples([write_jsonl(tmp_path / "oa.jsonl", [OK, openai_call(text)])])[1]
+    row = {k: v for k, v in openai_call(text).items() if k != "tools"}  # this template renders no tool schemas (refused)
+    ex = read_examples([write_jsonl(tmp_path / "oa.jsonl", [OK, row])])[1]
     row = tokenize_example(ex, tok)
     assert text in tok.decode(row.completion_ids)
 
@@ -192,3 +206,37 @@ def test_text_beside_a_tool_call_is_named_as_such_not_as_reasoning(llama, tmp_pa
     assert "beside its tool calls" in note and "</think>" not in note and "reasoning" not in note
     assert "--chat-template" in note
     assert re.search(r"\(1 row\)", note)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "null", '"Paris"', '{"city": "Paris", "city": "Lyon"}'])
+def test_json_text_that_is_no_single_object_is_kept_as_written(tmp_path, text):
+    """Seen by a reviewer: a list, null or a string parsed to a bare value that a text-joining
+    template could not take back as text, and a key named twice kept one value silently (a call
+    the model never wrote). Only an object with distinct keys is parsed; the rest stays text."""
+    ex = read_examples([write_jsonl(tmp_path / "oa.jsonl", [OK, openai_call(text)])])[1]
+    assert ex.completion[0]["tool_calls"][0]["function"]["arguments"] == text
+
+
+def test_two_spellings_of_one_object_are_two_rows_to_the_keys(tmp_path):
+    """The pairing and duplicate keys hash a message's repr: '{"city": "Paris"}' and
+    '{"city":"Paris"}' parse to one object, yet a template that takes the text renders them apart."""
+    a, b = (read_examples([write_jsonl(tmp_path / f"{i}.jsonl", [OK, openai_call(t)])])[1] for i, t in enumerate(['{"city": "Paris"}', '{"city":"Paris"}']))
+    assert a.completion[0]["tool_calls"][0]["function"]["arguments"] == b.completion[0]["tool_calls"][0]["function"]["arguments"]
+    assert repr(a.completion) != repr(b.completion)
+
+
+def test_a_retry_with_the_text_that_fails_too_says_the_first_error(tmp_path, tokenizer_dir):
+    """A template that fails with a TypeError of its own (here: it joins a tool's name, an int)
+    is retried with the arguments as text; when that fails too, the first error is said, not the
+    second, which blamed the arguments."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m.tool_calls %}{% for c in m.tool_calls %}{{ c.function.name }}{% for k, v in c.function.arguments|items %}{{ k }}{% endfor %}"
+        "{% endfor %}{% elif m.role == 'tool' %}{{ '' + m.name }}{% else %}{{ m.content }}{% endif %}{% endfor %}"
+    )
+    row = openai_call('{"city": "Paris"}')
+    row["messages"] = [*row["messages"], {"role": "tool", "content": "sunny", "name": 5}, {"role": "assistant", "content": "Sunny."}]
+    row = {k: v for k, v in row.items() if k != "tools"}
+    ex = read_examples([write_jsonl(tmp_path / "oa.jsonl", [OK, row])])[1]
+    with pytest.raises(InputError, match=r"can only concatenate str \(not \"int\"\)"):
+        tokenize_example(ex, tok)
