@@ -5,6 +5,7 @@ never ends one: `--data` given either (directly or through a symlink) hung kto-p
 its memory grew without limit. So every file a command reads whole (inputs, `--config`,
 `--chat-template`, `--sharegpt-info`) is first `stat`ed, symlinks resolved, and must be a
 regular file; a directory input must be a directory and hold only regular files and folders.
+Of these, the files read whole as configuration (utf8_text) are also capped in size (CONFIG_BYTES).
 
 `read_json` is how every cache and run file (manifest.json, .verified.json,
 .tokenizer-checked.json, the journal, run/kto_run.json, checksums.json, tokenizer.json) is read: Python's parser
@@ -39,13 +40,29 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def utf8_text(path: str | os.PathLike, what: str) -> str:
-    """The text of the file `path`, UTF-8; InputError `WHAT: cannot read (why)` or `WHAT: not
-    valid UTF-8 at byte N` (Path.read_text's locale decoding raised a UnicodeDecodeError traceback)."""
+CONFIG_BYTES = 16 << 20
+"""The most a file read whole as configuration may hold (utf8_text: --config, --chat-template,
+dataset_info.json, --sharegpt-info). Such files are kilobytes; a 1 GB YAML --config was parsed for
+minutes, memory growing to gigabytes (PyYAML's pure-Python loader reads ~3 MB/s), with no word.
+Data files are read by streaming readers and are not capped."""
+
+
+def utf8_text(path: str | os.PathLike, what: str, limit: int = CONFIG_BYTES) -> str:
+    """The text of the file `path`, UTF-8, at most `limit` bytes; InputError `WHAT: cannot read
+    (why)`, `WHAT: N bytes (… MiB); …` or `WHAT: not valid UTF-8 at byte N` (Path.read_text's
+    locale decoding raised a UnicodeDecodeError traceback)."""
     try:
-        return Path(path).read_bytes().decode("utf-8")
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # Never more than limit + 1 bytes: a /proc file says size 0, and a file may grow.
+            data = f.read(limit + 1) if size <= limit else b""
     except OSError as exc:
         raise InputError(f"{what}: cannot read ({exc.strerror})") from None
+    if size > limit or len(data) > limit:
+        said = f"{size:,} bytes ({size / (1 << 20):.1f} MiB)" if size > limit else f"more than {limit >> 20} MiB"
+        raise InputError(f"{what}: {said}; a file read whole as configuration may hold at most {limit >> 20} MiB")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{what}: not valid UTF-8 at byte {exc.start}") from None
 

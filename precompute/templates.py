@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_file
+from kto.formats.files import regular_file, utf8_text
 from kto.precompute.inputs.examples import one_line
 
 # Set by the tokenizer step itself; a kwargs object may not change how ids are produced.
@@ -75,12 +75,7 @@ def load_chat_template(path: Path | None, kwargs: str | dict | None) -> ChatTemp
     text = None
     if path is not None:
         regular_file(path, f"--chat-template {path}")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise InputError(f"--chat-template {path}: cannot read ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise InputError(f"--chat-template {path}: not valid UTF-8 (byte {e.start})") from None
+        text = utf8_text(path, f"--chat-template {path}")  # capped: jinja2 parses it whole
         if not text.strip():
             raise InputError(f"--chat-template {path}: empty file")
         _compile(text, path)

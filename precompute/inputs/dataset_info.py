@@ -1,8 +1,9 @@
 """`--dataset NAME --dataset-dir DIR`: a LLaMA-Factory `dataset_info.json` entry, read completely.
 
 An entry names where the rows are and how to read them:
-- `file_name` (relative to DIR; a file, or a folder of data files read in name order) or
-  `hf_hub_url` (+ `subset`, `split`, default train): the input, as `--data` would take it;
+- `file_name` (relative to DIR, and lying under it once `..` is taken away; a file,
+  or a folder of data files read in name order) or `hf_hub_url` (+ `subset`, `split`, default
+  train; a hub id, never a local path): the input, as `--data` would take it;
 - `formatting`: `alpaca` (LLaMA-Factory's default) or `sharegpt`;
 - `columns` and `tags`: the column and role names (examples.ShareGPTMap, alpaca.AlpacaMap);
 - `ranking`: true for chosen/rejected pairs, false (default) for `kto_tag`-labelled rows. It
@@ -29,6 +30,7 @@ column map.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,16 +151,46 @@ def _inputs(entry: dict, dataset_dir: Path, where: str) -> tuple[str, ...]:
     if ("file_name" in entry) == ("hf_hub_url" in entry):
         raise InputError(f"{where}: give exactly one of file_name and hf_hub_url")
     if "hf_hub_url" in entry:
+        _hub_id(str(entry["hf_hub_url"]), dataset_dir, where)
         parts = [entry["hf_hub_url"], *([entry["subset"]] if entry.get("subset") else []), entry.get("split", "train")]
         return (":".join(["hf", *map(str, parts)]),)
     if "subset" in entry or "split" in entry:
         raise InputError(f"{where}: subset and split go with hf_hub_url, not file_name")
-    path = dataset_dir / str(entry["file_name"])
+    file_name = str(entry["file_name"])
+    if Path(file_name).is_absolute():
+        raise InputError(f"{where}: file_name {file_name}: an absolute path; {_under(dataset_dir)}")
+    path = dataset_dir / file_name
+    _inside(path, dataset_dir, f"{where}: file_name {file_name}")
     if path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
-        return _folder_files(path, f"{where}: file_name {entry['file_name']}")
+        return _folder_files(path, f"{where}: file_name {file_name}")
     if not path.exists():
-        raise InputError(f"{where}: file_name {entry['file_name']}: no such file in {dataset_dir}")
+        raise InputError(f"{where}: file_name {file_name}: no such file in {dataset_dir}")
     return (str(path),)
+
+
+# A dataset_info.json often comes with downloaded data, and its entries would otherwise read any
+# file the user can (`../../.ssh/...`, `/etc/...`, or a symlink beside the data) into the cache,
+# its rows shown by kto-inspect and its errors naming only the file's base name. LLaMA-Factory
+# joins DIR and file_name without this check.
+def _under(dataset_dir: Path) -> str:
+    return f"the file must lie under --dataset-dir {dataset_dir} (LLaMA-Factory does not check this; move it there or give it with --data)"
+
+
+def _inside(path: Path, dataset_dir: Path, where: str) -> None:
+    """InputError unless `path`, its `..` taken away, lies under DIR. Symbolic links are not
+    followed: one in DIR is the user's own way to keep data on another disk, while the entry's
+    text is what comes with downloaded data."""
+    lexical, root = Path(os.path.normpath(os.path.abspath(path))), Path(os.path.normpath(os.path.abspath(dataset_dir)))
+    if not lexical.is_relative_to(root):
+        raise InputError(f"{where}: is {lexical}, outside {dataset_dir}; {_under(dataset_dir)}")
+
+
+def _hub_id(url: str, dataset_dir: Path, where: str) -> None:
+    """InputError when an entry's hf_hub_url names a local path: `hf:SOURCE` reads a local
+    directory when one is there (hub.py, as datasets.load_dataset does), so an entry could read
+    any folder on the machine. A hub dataset id (ORG/NAME) is never absolute nor holds `..`."""
+    if Path(url).is_absolute() or ".." in Path(url).parts or Path(url).exists():
+        raise InputError(f"{where}: hf_hub_url {url}: a local path, not a hub dataset id; name files under --dataset-dir {dataset_dir} with file_name")
 
 
 def _skipped(name: str) -> bool:
