@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, exception_line
-from ..files import read_json, sha256_file
+from ..files import read_json, regular_file, sha256_file
 from ..runrecord import refuse_run_dir_as_model
 from .gguf_once import gguf_loads
 
@@ -94,6 +94,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
                 f"{flag} {spec}: {len(ggufs)} .gguf files ({', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''}) and no config.json: give the one to load, {flag} {spec.rstrip('/')}/{ggufs[0]}"
             )
         _refuse_model_with_adapter(path, spec, flag)
+        _refuse_links_out(path, spec, flag)
         return ModelSource(path.resolve(), given=spec)
     if path.exists():
         raise InputError(f"{flag} {spec}: not a model directory or a .gguf file")
@@ -106,7 +107,28 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     except Exception as exc:  # network, auth, missing repo: all one line for the user
         raise InputError(f"{flag} {spec}: cannot fetch from the hub ({exception_line(exc)})") from exc
     _refuse_model_with_adapter(Path(local), spec, flag)
+    _refuse_links_out(Path(local), spec, flag)
     return ModelSource(Path(local), hub_id=spec, given=spec)
+
+
+# What transformers reads from a model folder: its tokenizer, template, config and weight files.
+_MODEL_FILE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py", *WEIGHT_SUFFIXES)
+
+
+def _refuse_links_out(path: Path, spec: str, flag: str) -> None:
+    """A model file that is a link out of the model folder: what it points at was read as the
+    folder's own (a template linked to a secret began every prompt, and was copied into the
+    cache, run/final and a hub upload). The Hugging Face cache links snapshots/REV/FILE to
+    ../../blobs/HASH: there the boundary is the repo folder (models--ORG--NAME) holding both."""
+    folder = path.resolve()
+    repo = folder.parent.parent
+    boundary = repo if folder.parent.name == "snapshots" and repo.name.startswith("models--") else folder
+    for entry in sorted(path.iterdir()):
+        if entry.suffix in _MODEL_FILE_SUFFIXES and entry.is_symlink() and not Path(os.path.realpath(entry)).is_relative_to(boundary):
+            raise InputError(
+                f"{flag} {spec}: {entry.name} is a symbolic link to {os.readlink(entry)}, outside the model folder; "
+                "copy the file into the folder instead of linking it"
+            )
 
 
 def _refuse_gguf_beside_hf_files(path: Path, spec: str, flag: str) -> None:
@@ -246,6 +268,7 @@ def load_causal_lm(
         kwargs["device_map"] = device_map
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
+    _refuse_missing_weights(source, trust_remote_code, flag)
     try:
         with gguf_loads(source.gguf_file, last=True):
             model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
@@ -264,6 +287,83 @@ def load_causal_lm(
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model
+
+
+def _refuse_missing_weights(source: ModelSource, trust_remote_code: bool, flag: str) -> None:
+    """Refuse a config.json that describes parameters the weight files do not hold: from_pretrained
+    fills them with random values and says so only in a table (a config claiming 3 layers over a
+    2-layer file scored with layer 2 random; 50,000 claimed layers grew to a MemoryError). The
+    names are compared on the meta device, before any weight is allocated. Skipped where they are
+    not comparable: a GGUF file, pickled .bin weights, or files whose names transformers renames
+    on load (another prefix, pre-quantized or legacy layouts): a file name the skeleton lacks."""
+    held = None if source.gguf_file else _safetensors_names(source.directory)
+    if not held:
+        return
+    try:
+        skeleton = _on_meta(source, trust_remote_code)
+    except Exception:  # the load that follows says why, in its own words
+        return
+    missing = _missing_parameters(skeleton, held)
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise InputError(
+            f"{flag} {source.name}: config.json describes weights that its weight files do not hold ({len(missing)} missing: {shown}); "
+            "transformers would fill them with random values"
+        )
+
+
+def _missing_parameters(skeleton: torch.nn.Module, held: set[str]) -> list[str]:
+    """The parameter names of `skeleton` that `held` (a checkpoint's tensor names) lacks, sorted;
+    [] when `held` names a tensor the skeleton does not have (names transformers would map). Tied
+    parameters are one object under several names: any one of them held is enough (a tied head
+    is saved once, as the embedding)."""
+    # Only names the skeleton lacks are matched against these: GPT-2's "attn.bias" (its old
+    # mask buffer) also matches its c_attn.bias, a parameter that must be held.
+    unexpected = getattr(skeleton, "_keys_to_ignore_on_load_unexpected", None) or []
+    if any(not any(re.search(p, k) for p in unexpected) for k in held - skeleton.state_dict().keys()):
+        return []
+    names: dict[int, list[str]] = {}
+    for name, param in skeleton.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    ignored = getattr(skeleton, "_keys_to_ignore_on_load_missing", None) or []
+    lacking = (group for group in names.values() if not held.intersection(group))
+    return sorted(n for group in lacking for n in group if not any(re.search(p, n) for p in ignored))
+
+
+def _safetensors_names(directory: Path) -> set[str] | None:
+    """The tensor names of the safetensors weights transformers loads from `directory` (the
+    files model.safetensors.index.json names, else model.safetensors), read from their headers;
+    None where there are none or a header cannot be read (the load says why)."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        content = read_json(index)
+        weight_map = content.get("weight_map") if isinstance(content, dict) else None
+        files = set(weight_map.values()) if isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values()) else set()
+    else:
+        files = {"model.safetensors"} if (directory / "model.safetensors").is_file() else set()
+    names: set[str] = set()
+    for file in sorted(files):
+        if Path(file).name != file or not (directory / file).is_file():
+            return None
+        header = _safetensors_header(regular_file(directory / file))
+        if header is None:
+            return None
+        names |= header.keys() - {"__metadata__"}
+    return names or None
+
+
+def _safetensors_header(path: Path) -> dict | None:
+    """The parsed JSON header of the safetensors file `path`, or None when it is not one."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= min(path.stat().st_size - 8, 100 << 20):  # safetensors' own header limit: 100 MB
+            return None
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, RecursionError):
+            return None
+    return header if isinstance(header, dict) else None
 
 
 def check_attention_implementation(source: ModelSource, attn_implementation: str, *, trust_remote_code: bool = False) -> None:
@@ -410,7 +510,7 @@ def _safetensors_identity(path: Path) -> dict:
             f.seek(data_start + span * i // (SAMPLE_BLOCKS - 1))
             samples.update(f.read(SAMPLE_BYTES))
         small = hashlib.sha256()
-        for name, begin, end in _small_tensors(header, path):
+        for name, begin, end in _small_tensors(header, path, data_len):
             f.seek(data_start + begin)
             small.update(f"{name}\0{end - begin}\0".encode())
             small.update(f.read(end - begin))
@@ -423,18 +523,40 @@ def _safetensors_identity(path: Path) -> dict:
     }
 
 
-def _small_tensors(header: bytes, path: Path) -> list[tuple[str, int, int]]:
+def _small_tensors(header: bytes, path: Path, data_len: int) -> list[tuple[str, int, int]]:
     """(name, begin, end) of the tensors of at most SMALL_TENSOR_BYTES, by offset."""
     try:
         entries = json.loads(header)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InputError(f"{path}: cannot load model (its safetensors header is not JSON)") from None
     spans = []
     for name, entry in entries.items() if isinstance(entries, dict) else ():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets) and 0 <= offsets[1] - offsets[0] <= SMALL_TENSOR_BYTES:
+        if isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets):
             spans.append((name, offsets[0], offsets[1]))
-    return sorted(spans, key=lambda s: (s[1], s[0]))
+    spans.sort(key=lambda s: (s[1], s[2], s[0]))
+    if why := _bad_offsets(spans, data_len):
+        raise InputError(f"{path}: cannot load model (its safetensors header is invalid: {why})")
+    return [s for s in spans if s[2] - s[1] <= SMALL_TENSOR_BYTES]
+
+
+def _bad_offsets(spans: list[tuple[str, int, int]], data_len: int) -> str | None:
+    """Why the (name, begin, end) `spans`, sorted by begin, are not tensors of `data_len` bytes of
+    data, else None. Overlapping tensors made the identity read far more than the file holds
+    (20,000 entries of 1 MiB at [0, 1 MiB]: 20 GB read from 2.5 MB, 37 s); safetensors refuses
+    such a file at load, but the identity is taken first."""
+    previous = None
+    for name, begin, end in spans:
+        if begin < 0:
+            return f"tensor {name} begins at byte {begin}"
+        if end < begin:
+            return f"tensor {name} ends at byte {end}, before it begins"
+        if end > data_len:
+            return f"tensor {name} ends at byte {end}, past the {data_len} bytes of data"
+        if previous is not None and begin < previous[2]:
+            return f"tensors {previous[0]} and {name} overlap"
+        previous = (name, begin, end) if end > begin or previous is None else previous
+    return None
 
 
 def model_identity(source: ModelSource) -> dict:
@@ -456,6 +578,7 @@ def model_identity(source: ModelSource) -> dict:
 
 
 def _weight_identity(path: Path) -> dict:
+    regular_file(path)  # a FIFO or /dev/zero would be hashed forever, in a thread Ctrl-C cannot stop
     if path.suffix == ".safetensors":
         return _safetensors_identity(path)
     # No header to hash: .bin/.pt pickles and GGUF files are hashed whole only.

@@ -1,0 +1,219 @@
+"""Model folders built to harm: a link that carries a file from outside the folder into the cache
+and the run's final/, a FIFO or device weight file that hangs the identity hash, a safetensors
+header whose tensors overlap (the identity read gigabytes from a 2.5 MB file), and a config.json
+that claims weights the files do not hold (loaded with random layers, or grown to a MemoryError)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_tiny_llama, tiny_llama
+
+from kto.formats.compute.models import ModelSource, load_causal_lm, model_identity, resolve_source
+from kto.formats.errors import InputError
+
+
+def copy_model(model: Path, dest: Path) -> Path:
+    shutil.copytree(model, dest)
+    return dest
+
+
+def test_a_template_linked_from_outside_the_model_folder_is_refused(tmp_path, tiny_model_dir):
+    """The hunter's m_sym_tpl: the secret became every prompt's start, cache/tokenizer/ and final/."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("API_KEY=hunter2")
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    (model / "chat_template.jinja").unlink()
+    (model / "chat_template.jinja").symlink_to(secret)
+    with pytest.raises(InputError) as caught:
+        resolve_source(str(model))
+    assert str(caught.value) == (
+        f"--model {model}: chat_template.jinja is a symbolic link to {secret}, outside the model folder; copy the file into the folder instead of linking it"
+    )
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "vocab.txt", "extra.pt"])
+def test_tokenizer_config_and_weight_files_linked_from_outside_are_refused(tmp_path, tiny_model_dir, name):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    if (model / name).exists():
+        shutil.move(model / name, outside / name)
+    else:
+        (outside / name).write_text("x")
+    (model / name).symlink_to(os.path.relpath(outside / name, model))
+    with pytest.raises(InputError, match=rf"^--model {model}: {name} is a symbolic link to \.\./elsewhere/{name}, outside the model folder"):
+        resolve_source(str(model))
+
+
+def test_links_inside_the_model_folder_and_a_linked_folder_load(tmp_path, tiny_model_dir):
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    (model / "templates").mkdir()
+    shutil.move(model / "chat_template.jinja", model / "templates" / "chat.jinja")
+    (model / "chat_template.jinja").symlink_to("templates/chat.jinja")
+    (tmp_path / "alias").symlink_to(model)
+    assert resolve_source(str(tmp_path / "alias")).directory == model
+
+
+def hf_cache_repo(root: Path, model: Path) -> Path:
+    """`model` laid out as huggingface_hub's cache keeps it: models--ORG--NAME/snapshots/REV/FILE
+    -> ../../blobs/HASH. Returns the snapshot folder."""
+    repo = root / "models--org--tiny"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, path in enumerate(sorted(model.iterdir())):
+        shutil.copy(path, repo / "blobs" / f"blob{i}")
+        (snapshot / path.name).symlink_to(f"../../blobs/blob{i}")
+    return snapshot
+
+
+def test_the_hugging_face_cache_layout_is_allowed(tmp_path, tiny_model_dir):
+    snapshot = hf_cache_repo(tmp_path, tiny_model_dir)
+    assert resolve_source(str(snapshot)).directory == snapshot
+
+
+def test_a_snapshot_link_out_of_its_repo_folder_is_refused(tmp_path, tiny_model_dir):
+    snapshot = hf_cache_repo(tmp_path / "hub", tiny_model_dir)
+    (tmp_path / "secret.txt").write_text("x")
+    (snapshot / "chat_template.jinja").unlink()
+    (snapshot / "chat_template.jinja").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(InputError, match=r"chat_template\.jinja is a symbolic link to .*secret\.txt, outside the model folder"):
+        resolve_source(str(snapshot))
+
+
+def identity_in_a_subprocess(model: Path) -> subprocess.CompletedProcess:
+    """model_identity of `model` in a child with a time limit: the hang this guards against runs
+    in a worker thread that neither Ctrl-C nor the test's end can stop."""
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom kto.formats.compute.models import ModelSource, model_identity\n"
+        "from kto.formats.errors import InputError\n"
+        "try:\n    model_identity(ModelSource(Path(sys.argv[1])))\nexcept InputError as e:\n    print(e)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=30)
+
+
+def test_a_fifo_weight_file_is_refused_not_hashed_forever(tmp_path, tiny_model_dir):
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    os.mkfifo(model / "extra.bin")
+    assert resolve_source(str(model)).directory == model  # a local FIFO: refused where it is hashed
+    done = identity_in_a_subprocess(model)
+    assert done.stdout.strip() == f"{model / 'extra.bin'}: a FIFO, not a regular file", done.stderr[-2000:]
+
+
+def test_a_weight_file_linked_to_dev_zero_is_refused(tmp_path, tiny_model_dir):
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    (model / "extra.pt").symlink_to("/dev/zero")
+    with pytest.raises(InputError, match=r"extra\.pt is a symbolic link to /dev/zero, outside the model folder"):
+        resolve_source(str(model))
+    done = identity_in_a_subprocess(model)  # a source made without resolve_source: refused too
+    assert done.stdout.strip() == f"{model / 'extra.pt'}: a character device, not a regular file", done.stderr[-2000:]
+
+
+def safetensors_file(path: Path, header: dict, data_len: int) -> Path:
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\1" * data_len)
+    return path
+
+
+def tensor(begin: int, end: int) -> dict:
+    return {"dtype": "U8", "shape": [end - begin], "data_offsets": [begin, end]}
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        ({f"t{i}": tensor(0, 1024) for i in range(3)}, "tensors t0 and t1 overlap"),
+        ({"a": tensor(0, 600), "b": tensor(500, 1024)}, "tensors a and b overlap"),
+        ({"a": tensor(0, 2048)}, "tensor a ends at byte 2048, past the 1024 bytes of data"),
+        ({"a": tensor(700, 600)}, "tensor a ends at byte 600, before it begins"),
+        ({"a": tensor(-8, 16)}, "tensor a begins at byte -8"),
+    ],
+)
+def test_safetensors_offsets_out_of_range_or_overlapping_are_refused(tmp_path, tiny_model_dir, header, why):
+    """The hunter's m_stamp20000: 20,000 entries of 1 MiB, all at [0, 1 MiB], took 37 s to hash."""
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    extra = safetensors_file(model / "extra.safetensors", header, 1024)
+    with pytest.raises(InputError) as caught:
+        model_identity(ModelSource(model, given=str(model)))
+    assert str(caught.value) == f"{extra}: cannot load model (its safetensors header is invalid: {why})"
+
+
+def test_safetensors_with_empty_tensors_and_metadata_are_hashed(tmp_path, tiny_model_dir):
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    header = {"__metadata__": {"format": "pt"}, "e": tensor(0, 0), "a": tensor(0, 512), "z": tensor(512, 512), "b": tensor(512, 1024)}
+    safetensors_file(model / "extra.safetensors", header, 1024)
+    assert "extra.safetensors" in model_identity(ModelSource(model, given=str(model)))["weights"]
+
+
+def with_config(model: Path, **changes) -> Path:
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **changes}))
+    return model
+
+
+def test_a_config_claiming_more_layers_than_the_weights_hold_is_refused(tmp_path, tiny_model_dir):
+    """The hunter's m_layers3: layer 2 was scored with random weights, and kto-precompute exited 0."""
+    import torch
+
+    model = with_config(copy_model(tiny_model_dir, tmp_path / "m"), num_hidden_layers=3)
+    with pytest.raises(InputError) as caught:
+        load_causal_lm(resolve_source(str(model)), dtype=torch.float32)
+    assert str(caught.value).startswith(
+        f"--model {model}: config.json describes weights that its weight files do not hold (9 missing: model.layers.2.input_layernorm.weight, "
+    )
+    assert str(caught.value).endswith(", ...); transformers would fill them with random values")
+
+
+def test_an_untied_model_without_its_head_is_refused(tmp_path, tiny_model_dir):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = copy_model(tiny_model_dir, tmp_path / "m")
+    weights = load_file(model / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"\(1 missing: lm_head\.weight\)"):
+        load_causal_lm(resolve_source(str(model)), dtype=torch.float32)
+
+
+def test_tied_and_sharded_models_load(tmp_path, tokenizer_dir):
+    """A tied head is absent from the file (save_pretrained writes embed_tokens once); a sharded
+    model's names are spread over the files its index names."""
+    import torch
+
+    tied = make_tiny_llama(tmp_path / "tied", tokenizer_dir, tie_word_embeddings=True)
+    lm = load_causal_lm(resolve_source(str(tied)), dtype=torch.float32)
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    sharded = tmp_path / "sharded"
+    tiny_llama(vocab_size=300).save_pretrained(sharded, max_shard_size="40KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    load_causal_lm(resolve_source(str(sharded)), dtype=torch.float32)
+
+
+def test_a_sharded_model_missing_a_layer_is_refused(tmp_path):
+    import torch
+
+    sharded = tmp_path / "sharded"
+    tiny_llama(vocab_size=300).save_pretrained(sharded, max_shard_size="40KB")
+    with_config(sharded, num_hidden_layers=3)
+    with pytest.raises(InputError, match=r"missing: model\.layers\.2\."):
+        load_causal_lm(resolve_source(str(sharded)), dtype=torch.float32)
+
+
+def test_a_gpt2_whose_ignore_patterns_match_a_held_parameter_loads(tmp_path):
+    """GPT-2's _keys_to_ignore_on_load_unexpected ("attn.bias", its old mask buffer) also matches
+    c_attn.bias: dropped from the held names, it was called missing and the model refused."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=97, n_positions=64)).save_pretrained(tmp_path / "gpt2")
+    load_causal_lm(resolve_source(str(tmp_path / "gpt2")), dtype=torch.float32)
