@@ -112,23 +112,24 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
 
 
 # What transformers reads from a model folder: its tokenizer, template, config and weight files.
-_MODEL_FILE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py", *WEIGHT_SUFFIXES)
-
-
 def _refuse_links_out(path: Path, spec: str, flag: str) -> None:
-    """A model file that is a link out of the model folder: what it points at was read as the
-    folder's own (a template linked to a secret began every prompt, and was copied into the
-    cache, run/final and a hub upload). The Hugging Face cache links snapshots/REV/FILE to
-    ../../blobs/HASH: there the boundary is the repo folder (models--ORG--NAME) holding both."""
+    """A file or subfolder of the model folder that is a link out of it: what it points at was
+    read as the folder's own (a template linked to a secret began every prompt, and was copied
+    into the cache, run/final and a hub upload), at any depth (transformers reads and saves
+    additional_chat_templates/). Weight files may link anywhere (a huggingface_hub local_dir,
+    git-annex, DVC): they are hashed and loaded, never copied. The Hugging Face cache links
+    snapshots/REV/FILE to ../../blobs/HASH: there the boundary is the repo folder (models--ORG--NAME)."""
     folder = path.resolve()
     repo = folder.parent.parent
     boundary = repo if folder.parent.name == "snapshots" and repo.name.startswith("models--") else folder
-    for entry in sorted(path.iterdir()):
-        if entry.suffix in _MODEL_FILE_SUFFIXES and entry.is_symlink() and not Path(os.path.realpath(entry)).is_relative_to(boundary):
-            raise InputError(
-                f"{flag} {spec}: {entry.name} is a symbolic link to {os.readlink(entry)}, outside the model folder; "
-                "copy the file into the folder instead of linking it"
-            )
+    for root, dirs, files in os.walk(path):
+        for name in sorted([*dirs, *files]):
+            entry = Path(root) / name
+            if entry.is_symlink() and entry.suffix not in WEIGHT_SUFFIXES and not Path(os.path.realpath(entry)).is_relative_to(boundary):
+                raise InputError(
+                    f"{flag} {spec}: {entry.relative_to(path)} is a symbolic link to {os.readlink(entry)}, outside the model folder; "
+                    "copy it into the folder instead of linking it"
+                )
 
 
 def _refuse_gguf_beside_hf_files(path: Path, spec: str, flag: str) -> None:
@@ -313,34 +314,39 @@ def _refuse_missing_weights(source: ModelSource, trust_remote_code: bool, flag: 
 
 
 def _missing_parameters(skeleton: torch.nn.Module, held: set[str]) -> list[str]:
-    """The parameter names of `skeleton` that `held` (a checkpoint's tensor names) lacks, sorted;
-    [] when `held` names a tensor the skeleton does not have (names transformers would map). Tied
-    parameters are one object under several names: any one of them held is enough (a tied head
-    is saved once, as the embedding)."""
+    """The parameter names of `skeleton` that `held` (a checkpoint's tensor names) lacks, sorted.
+    Tied parameters are one object under several names: any one of them held is enough (a tied
+    head is saved once, as the embedding). [] when the names the skeleton does not have could be
+    the lacking ones renamed (another prefix, a legacy layout: transformers maps them on load):
+    at least as many of them as parameters lacking. One junk tensor beside a file that lacks a
+    layer's nine is no renaming: it had switched the whole check off."""
     # Only names the skeleton lacks are matched against these: GPT-2's "attn.bias" (its old
     # mask buffer) also matches its c_attn.bias, a parameter that must be held.
     unexpected = getattr(skeleton, "_keys_to_ignore_on_load_unexpected", None) or []
-    if any(not any(re.search(p, k) for p in unexpected) for k in held - skeleton.state_dict().keys()):
-        return []
+    unknown = [k for k in held - skeleton.state_dict().keys() if not any(re.search(p, k) for p in unexpected)]
     names: dict[int, list[str]] = {}
     for name, param in skeleton.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), []).append(name)
     ignored = getattr(skeleton, "_keys_to_ignore_on_load_missing", None) or []
-    lacking = (group for group in names.values() if not held.intersection(group))
+    lacking = [group for group in names.values() if not held.intersection(group) and not all(any(re.search(p, n) for p in ignored) for n in group)]
+    if len(unknown) >= len(lacking):
+        return []
     return sorted(n for group in lacking for n in group if not any(re.search(p, n) for p in ignored))
 
 
 def _safetensors_names(directory: Path) -> set[str] | None:
-    """The tensor names of the safetensors weights transformers loads from `directory` (the
-    files model.safetensors.index.json names, else model.safetensors), read from their headers;
+    """The tensor names of the safetensors weights transformers loads from `directory`
+    (model.safetensors, else the files model.safetensors.index.json names), read from their headers;
     None where there are none or a header cannot be read (the load says why)."""
     index = directory / "model.safetensors.index.json"
-    if index.is_file():
+    if (directory / "model.safetensors").is_file():  # transformers' own order: the single file first
+        files = {"model.safetensors"}
+    elif index.is_file():
         content = read_json(index)
         weight_map = content.get("weight_map") if isinstance(content, dict) else None
         files = set(weight_map.values()) if isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values()) else set()
     else:
-        files = {"model.safetensors"} if (directory / "model.safetensors").is_file() else set()
+        files = set()
     names: set[str] = set()
     for file in sorted(files):
         if Path(file).name != file or not (directory / file).is_file():
@@ -585,6 +591,12 @@ def _weight_identity(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+def _template_text(template: str | dict | None) -> str:
+    if isinstance(template, dict):
+        return json.dumps(template, sort_keys=True)
+    return template or ""
+
+
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
     """Hashes of each part of a tokenizer that decides token ids, kept apart so a mismatch can
     say *what* differs: vocabulary, special tokens, chat template, and the pipeline itself."""
@@ -595,7 +607,9 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
     parts = {
         "vocabulary": _sha256(json.dumps(vocab).encode()),
         "special_tokens": _sha256(json.dumps(special, sort_keys=True).encode()),
-        "chat_template": _sha256((tokenizer.chat_template or "").encode()),
+        # Named templates (an additional_chat_templates/ folder, a list in tokenizer_config.json)
+        # come as a dict of name -> text: hashed whole, as JSON.
+        "chat_template": _sha256(_template_text(tokenizer.chat_template).encode()),
     }
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
