@@ -318,3 +318,26 @@ def patch_shard_table(cache: Path, index: int, table) -> Path:
     shards[index] = ShardEntry(entry.name, table.num_rows, sha256_file(path))
     dataclasses.replace(manifest, shards=shards).write(cache)
     return path
+
+
+class OneProcess:
+    """What forward_backward asks of accelerate, for one process (tests that call it directly)."""
+
+    num_processes = 1
+
+    def no_sync(self, model):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    """Enough of a model directory for resolve_source (config.json); nothing loads it here."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder

@@ -29,15 +29,6 @@ def refused(module: str, *args: str | Path) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def model_dir(tmp_path) -> Path:
-    """Enough of a model directory for resolve_source (config.json); nothing loads it here."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    return folder
-
-
 def test_the_blocker_blocks():
     """The property can fail: a command that does import torch is not refused in one line."""
     proc = subprocess.run([sys.executable, "-c", BLOCKED.format("kto.formats.compute.logprob")], capture_output=True, text=True, timeout=60)

@@ -36,15 +36,6 @@ def said(flag: str, path: str | Path) -> str:
 
 
 @pytest.fixture
-def model_dir(tmp_path) -> Path:
-    """Enough of a model directory for resolve_source (config.json); nothing loads it here."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    return folder
-
-
-@pytest.fixture
 def cache(tmp_path, tiny_cache) -> Path:
     return Path(shutil.copytree(tiny_cache, tmp_path / "cache"))
 

@@ -3,7 +3,6 @@ plain step, to fp32 rounding, with fewer tokens computed."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import traceback
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import QUESTIONS, make_cache, make_tiny_llama, metrics, run_train
+from conftest import QUESTIONS, OneProcess, make_cache, make_tiny_llama, metrics, run_train
 from numerics_bounds import assert_tokens_agree, token_bound
 
 from kto.formats import schema as S
@@ -50,18 +49,6 @@ def paired_cache(tmp_path_factory, tiny_model_dir):
 def policy_dir(tmp_path_factory, tokenizer_dir):
     """A policy unlike the reference: rewards and the KL estimate are not 0 at the probed step."""
     return make_tiny_llama(tmp_path_factory.mktemp("policy"), tokenizer_dir, seed=1)
-
-
-class OneProcess:
-    """What forward_backward asks of accelerate, for one process."""
-
-    num_processes = 1
-
-    def no_sync(self, model):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
 
 
 def prompt_groups(cache) -> list[list[int]]:

@@ -6,21 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
-from conftest import metrics, run_train
-
-
-class OneProcess:
-    """The accelerator calls forward_backward makes, for one process."""
-
-    num_processes = 1
-
-    def no_sync(self, model):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
+from conftest import OneProcess, metrics, run_train
 
 
 @pytest.mark.parametrize(("loss", "with_kl"), [("kto", True), ("apo_zero_unpaired", False)])
