@@ -198,7 +198,9 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, flag
     except Exception as exc:
         # transformers parses tokenizer.json and friends itself; a RecursionError or a JSON error
         # from there is better told as the file that causes it.
-        raise _unreadable_json_in(source.directory) or InputError(f"{flag} {source.directory}: cannot load tokenizer ({exception_line(exc)})") from None
+        raise _unreadable_json_in(source.directory) or InputError(
+            f"{flag} {source.directory}: cannot load tokenizer ({exception_line(exc)}){_custom_code_hint(exc)}"
+        ) from None
     if tok.pad_token_id is None:
         # Padding positions are masked out everywhere; any id works, EOS is the usual choice. It
         # is lent for padding only: `tokenizer_as_given` takes it back before the tokenizer is saved.
@@ -277,7 +279,7 @@ def load_causal_lm(
         unsupported = _attention_unsupported(exc)
         if unsupported is not None:
             raise _attention_refusal(attn_implementation, unsupported) from exc
-        raise InputError(f"{flag} {source.directory}: cannot load model ({exception_line(exc)})") from exc
+        raise InputError(f"{flag} {source.directory}: cannot load model ({exception_line(exc)}){_custom_code_hint(exc)}") from exc
     # PEFT names an adapter's base after this (adapter_config.json's base_model_name_or_path):
     # the hub id or the path as given, not the absolute folder it was loaded from.
     model.name_or_path = source.peft_base
@@ -288,6 +290,13 @@ def load_causal_lm(
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model
+
+
+def _custom_code_hint(exc: BaseException) -> str:
+    """What transformers' refusal of a folder's own code leaves out: the flag that allows it here."""
+    if "contains custom code" not in str(exc):
+        return ""
+    return "; --trust-remote-code runs that code: give it only for a folder whose code you have read and trust"
 
 
 def _refuse_missing_weights(source: ModelSource, trust_remote_code: bool, flag: str) -> None:

@@ -275,3 +275,25 @@ def test_named_chat_templates_have_an_identity(tmp_path, tiny_model_dir):
     first = tokenizer_identity(AutoTokenizer.from_pretrained(model))["chat_template"]
     (model / "additional_chat_templates" / "tool_use.jinja").write_text("{{ messages }}")
     assert tokenizer_identity(AutoTokenizer.from_pretrained(model))["chat_template"] != first
+
+
+def test_a_folder_with_its_own_code_is_refused_naming_the_flag_that_allows_it(tmp_path, tiny_model_dir):
+    """transformers refuses a folder whose config maps to its own code (auto_map) without saying
+    how kto lets it run: the one line now names --trust-remote-code, and that it runs the code.
+    Nothing of the folder's code runs: it would write `ran`."""
+    import torch
+
+    model = with_config(
+        copy_model(tiny_model_dir, tmp_path / "m"),
+        model_type="evil",
+        auto_map={"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilLM"},
+    )
+    ran = tmp_path / "ran"
+    for name in ("configuration_evil.py", "modeling_evil.py"):
+        (model / name).write_text(f"open({str(ran)!r}, 'w').write('x')\n")
+    with pytest.raises(InputError) as caught:
+        load_causal_lm(resolve_source(str(model)), dtype=torch.float32)
+    assert "contains custom code" in str(caught.value) and str(caught.value).endswith(
+        "; --trust-remote-code runs that code: give it only for a folder whose code you have read and trust"
+    )
+    assert not ran.exists()
