@@ -60,7 +60,7 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
     if dtype not in NAMES:
         raise InputError(f"--dtype {dtype}: choose one of {', '.join(NAMES)}")
     try:
-        write_target(out)  # a name past the filesystem's limit: os.stat below would raise ENAMETOOLONG
+        target = write_target(out)  # first: a name past the filesystem's limit makes os.stat below raise ENAMETOOLONG
     except NotWritableError as exc:
         raise InputError(f"--out {exc}") from None
     if out.is_dir():
@@ -76,7 +76,7 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
     if out.exists() and not _is_score_file(out):
         raise InputError(f"--out {out}: exists and is not a file kto-inspect score wrote; name a new file (it replaces only its own)")
     try:
-        check_can_create(write_target(out))  # a read-only mount otherwise fails only at the write, after all the scoring
+        check_can_create(target)  # a read-only mount otherwise fails only at the write, after all the scoring
     except NotWritableError as exc:
         raise InputError(f"--out {exc}") from None
 

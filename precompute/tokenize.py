@@ -140,12 +140,18 @@ def _check_system_kept(example: Example, prompt: tuple, prompt_text: str) -> Non
     without it. Compared without whitespace, so a template's `| trim` is no loss."""
     first = prompt[0] if prompt else None
     text = first.get("content") if first is not None and first.get("role") == "system" else None
-    if isinstance(text, str) and text.strip() and "".join(text.split()) not in "".join(prompt_text.split()):
+    if isinstance(text, str) and text.strip() and _unspaced(text) not in _unspaced(prompt_text):
         raise InputError(
             f"{example.source} (id {example.id!r}): the chat template leaves the system message out of the prompt "
             f"({one_line(text)[:60]!r}…), so the row would train without it; put the system text in the first user turn, "
             "or pass a --chat-template that renders it"
         )
+
+
+def _unspaced(text: str) -> str:
+    """`text` without any whitespace: how a text is found in a rendering that a template's
+    `| trim`, its newlines or a decoder's clean-up of spaces may have changed around it."""
+    return "".join(text.split())
 
 
 def _check_prompt_renders_first(example: Example, prompt: tuple, tokenizer, template: ChatTemplate, prompt_text: str, full_text: str) -> None:
@@ -365,7 +371,7 @@ def _cut_inside(
     # Written as JSON (`| tojson`): ids cut anywhere could split an escape (`\"`, `\u0001`), or
     # take the opening quote with a text's first token (`"[` is one token) where nothing needed
     # escaping, so it is cut by characters and rendered again.
-    quoted = parts[0].endswith('"') and parts[1].startswith('"') if len(parts) == 2 else False
+    quoted = parts[0].endswith('"') and parts[1].startswith('"')
     if shown == escaped and (escaped != content or quoted):
         b = len(parts[0]) + len(shown)
         start = _escaped_suffix(content, b - offsets[after - room][0] if room else 0)
@@ -525,18 +531,18 @@ def completion_text_dropped(example: Example, tokenizer, completion_ids) -> Drop
     think block and a decoder's clean-up of spaces are not taken for a drop. Tool results are
     not looked at (templates quote them as JSON); a message of tool calls alone has no text.
     The first such message says what was dropped: the note's words follow it."""
-    decoded = "".join(tokenizer.decode(list(completion_ids)).split())
+    decoded = _unspaced(tokenizer.decode(list(completion_ids)))
     for message in example.completion:
         reasoning = message.get("reasoning_content")  # OpenAI-style reasoning beside the answer: most templates leave it out
-        if message.get("role") == "assistant" and isinstance(reasoning, str) and "".join(reasoning.split()) not in decoded:
+        if message.get("role") == "assistant" and isinstance(reasoning, str) and _unspaced(reasoning) not in decoded:
             return DroppedText.REASONING
         content = message.get("content")
-        text = "".join(content.split()) if message.get("role") == "assistant" and isinstance(content, str) else ""
+        text = _unspaced(content) if message.get("role") == "assistant" and isinstance(content, str) else ""
         if text and text not in decoded:
             # Reasoning, where what follows the last </think> was kept; else the words beside a
             # call, which Llama 3.x's template renders without them: the note said "reasoning"
             # of those too, and told the user to keep a reasoning the row never had.
-            answer = "".join(text.rsplit("</think>", 1)[-1].split())
+            answer = _unspaced(text.rsplit("</think>", 1)[-1])
             if "</think>" in text and answer in decoded:
                 return DroppedText.REASONING
             return DroppedText.BESIDE_TOOL_CALLS if message.get("tool_calls") else DroppedText.OTHER
