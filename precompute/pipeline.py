@@ -21,7 +21,6 @@ of processes, and the main process writes one manifest over all of them once eve
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.metadata
 import shutil
 import time
@@ -37,10 +36,10 @@ from kto.formats.cache import ArrowFile
 from kto.formats.compute.logprob import input_device
 from kto.formats.compute.models import (
     check_attention_implementation,
+    checked_source,
     load_completion_logps,
     load_tokenizer,
     model_identity,
-    model_skeleton,
     resolve_source,
     tokenizer_identity,
 )
@@ -231,8 +230,12 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     install_template(tokenizer, template)
     numerics = parse_numerics(cfg.dtype, state.device)
     cfg = _with_batch_budget(cfg, state.device)
-    check_attention_implementation(source, cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)  # before --out is claimed
-    skeleton = functools.cache(lambda: model_skeleton(source, trust_remote_code=cfg.trust_remote_code))  # meta device, no weight read
+    # Before --out is claimed: the weight files against config.json (its layer count from the
+    # headers, then the names on the meta-device skeleton `source` now carries: the one skeleton
+    # of this run, which the checks below and the model's load share).
+    source = checked_source(source, trust_remote_code=cfg.trust_remote_code)
+    check_attention_implementation(source, cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    skeleton = source.skeleton
     cfg = _with_sharing_the_model_allows(cfg, skeleton, state)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)
     outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 or cfg.eval_data else {})}

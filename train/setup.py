@@ -5,7 +5,6 @@ The reference model is never loaded: its numbers come from the cache.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
@@ -18,7 +17,7 @@ import torch
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.logprob import check_cache_positions
-from kto.formats.compute.models import ModelSource, check_attention_implementation, check_cache_tokenizer, model_identity, model_skeleton, resolve_source
+from kto.formats.compute.models import ModelSource, check_attention_implementation, check_cache_tokenizer, checked_source, model_identity, resolve_source
 from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.memory import MemoryMeter
@@ -166,8 +165,9 @@ def check_inputs(cfg: TrainConfig) -> Run:
     manifest = cache.manifest
     source = resolve_source(cfg.model)
     pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
+    source = checked_source(source, trust_remote_code=cfg.trust_remote_code)  # weights vs config.json; the one skeleton, load included
     check_attention_implementation(source, cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
-    build = functools.cache(lambda: model_skeleton(source, trust_remote_code=cfg.trust_remote_code))  # meta device, no weight read
+    build = source.skeleton
     adapters.check_model(cfg, build() if adapters.enabled(cfg) else None)
     packs = cfg.prefix_sharing and packs_allowed(build, accelerator)
     eval_cache = open_eval_cache(cfg, cache, accelerator)

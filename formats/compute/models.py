@@ -7,13 +7,14 @@ kto-precompute, kto-train and kto-inspect.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ class ModelSource:
     hub_id: str | None = None
     given: str = ""
     """`--model` as the user wrote it (a relative path stays relative)."""
+    skeleton: Callable[[], PreTrainedModel] | None = field(default=None, compare=False, repr=False)
+    """Builds the model on the meta device, once (`checked_source` sets it): the pre-flight's
+    checks and the model's load share it, rather than each building its own."""
 
     @property
     def name(self) -> str:
@@ -223,10 +227,21 @@ def tokenizer_as_given(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     return tok
 
 
+def checked_source(source: ModelSource, *, trust_remote_code: bool = False, flag: str = "--model") -> ModelSource:
+    """The commands' pre-flight of --model, before --out is touched: `source` with its cached
+    `skeleton`, once its weight files are found to hold what config.json describes
+    (_refuse_missing_weights: the layer count from the headers first, then the names on that
+    skeleton). Loading the returned source checks them again on the same skeleton."""
+    checked = replace(source, skeleton=functools.cache(lambda: model_skeleton(source, trust_remote_code=trust_remote_code, flag=flag)))
+    _refuse_missing_weights(checked, trust_remote_code, flag)
+    return checked
+
+
 def model_skeleton(source: ModelSource, *, trust_remote_code: bool = False, flag: str = "--model") -> PreTrainedModel:
     """`source`'s model built from its config on the meta device: its modules and config, no
     weight read, for the checks made before --out is touched (LoRA targets, prefix sharing). A
-    GGUF file's parse is kept for the model's load (gguf_once)."""
+    GGUF file's parse is kept for the model's load (gguf_once). The commands build it through
+    `checked_source`'s `skeleton`, once."""
     try:
         return _on_meta(source, trust_remote_code)
     except Exception as exc:
@@ -303,14 +318,18 @@ def _refuse_missing_weights(source: ModelSource, trust_remote_code: bool, flag: 
     """Refuse a config.json that describes parameters the weight files do not hold: from_pretrained
     fills them with random values and says so only in a table (a config claiming 3 layers over a
     2-layer file scored with layer 2 random; 50,000 claimed layers grew to a MemoryError). The
-    names are compared on the meta device, before any weight is allocated. Skipped where they are
-    not comparable: a GGUF file, pickled .bin weights, or files whose names transformers renames
-    on load (another prefix, pre-quantized or legacy layouts): a file name the skeleton lacks."""
+    layer count is read first, from config.json and the headers (_refuse_missing_layers): the
+    meta-device skeleton of 50,000 layers alone took 200 s and 4.5 GB. Then the names are compared
+    on the skeleton (`source.skeleton` where the pre-flight made one), before any weight is
+    allocated. Skipped where they are not comparable: a GGUF file, pickled .bin weights, or files
+    whose names transformers renames on load (another prefix, pre-quantized or legacy layouts):
+    a file name the skeleton lacks."""
     held = None if source.gguf_file else _safetensors_names(source.directory)
     if not held:
         return
+    _refuse_missing_layers(source, held, flag)
     try:
-        skeleton = _on_meta(source, trust_remote_code)
+        skeleton = source.skeleton() if source.skeleton else _on_meta(source, trust_remote_code)
     except Exception:  # the load that follows says why, in its own words
         return
     missing = _missing_parameters(skeleton, held)
@@ -320,6 +339,49 @@ def _refuse_missing_weights(source: ModelSource, trust_remote_code: bool, flag: 
             f"{flag} {source.name}: config.json describes weights that its weight files do not hold ({len(missing)} missing: {shown}); "
             "transformers would fill them with random values"
         )
+
+
+# `<prefix>.<i>.` in a tensor name: a numbered stack (layers, GPT-2's `h`, experts, a vision
+# tower's layers); nine digits at most, so a hostile header cannot make int() refuse the text.
+_NUMBERED = re.compile(r"(?:^|\.)(\d{1,9})\.")
+
+
+def _refuse_missing_layers(source: ModelSource, held: set[str], flag: str) -> None:
+    """Refuse a config.json that claims more layers (num_hidden_layers, or text_config's for a
+    multimodal config) than the weight files `held` (their tensor names) number, from names
+    alone, before any skeleton is built. Only where the names number a `layers.<i>` stack, and
+    against the largest numbered stack of any name (GPT-2's `h.<i>`, a vision tower's layers,
+    experts): a claim that no stack reaches. Anything less clear is left to the skeleton's names."""
+    claimed, key = _claimed_layers(source.directory)
+    stacks: dict[str, int] = {}
+    for name in held:
+        for found in _NUMBERED.finditer(name):
+            prefix = name[: found.start()]
+            stacks[prefix] = max(stacks.get(prefix, 0), int(found.group(1)) + 1)
+    layers = {prefix: n for prefix, n in stacks.items() if prefix == "layers" or prefix.endswith(".layers")}
+    if claimed is None or not layers or claimed <= max(stacks.values()):
+        return
+    prefix, n = max(layers.items(), key=lambda item: (item[1], item[0]))
+    raise InputError(
+        f"{flag} {source.name}: config.json claims {claimed:,} layers ({key}) but its weight files hold {n:,} "
+        f"({prefix}.0 to {prefix}.{n - 1}); transformers would fill the others with random values"
+    )
+
+
+def _claimed_layers(directory: Path) -> tuple[int | None, str]:
+    """The layer count config.json in `directory` claims, and the key that says it:
+    num_hidden_layers, else text_config's (multimodal configs); None where neither is a positive
+    int or the file does not read as a JSON object (AutoConfig says why)."""
+    try:
+        config = read_json(directory / "config.json")
+    except InputError:
+        return None, ""
+    text = config.get("text_config") if isinstance(config, dict) else None
+    for key, where in (("num_hidden_layers", config), ("text_config.num_hidden_layers", text)):
+        value = where.get("num_hidden_layers") if isinstance(where, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None, ""
 
 
 def _missing_parameters(skeleton: torch.nn.Module, held: set[str]) -> list[str]:
