@@ -114,9 +114,19 @@ def _trend(log: RunLog, name: str, what: str, split: str = "train") -> str | Non
         return None
     if len(values) == 1:
         return f"{what}: {values[0]:.4g} at step {steps[0]} (one point only)"
-    delta = values[-1] - values[0]
+    # A train value is one logged window's mean (8 rows, say, with one undesirable row in it):
+    # the first and the last quarter's means, not two single windows. Eval lines cover the whole
+    # eval set each time, so first and last.
+    k = max(1, len(values) // 4) if split == "train" else 1
+    first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+    delta = last - first
     word = "rose" if delta > 0 else "fell" if delta < 0 else "did not move"
-    return f"{what} {word}: {values[0]:.4g} (step {steps[0]}) -> {values[-1]:.4g} (step {steps[-1]})"
+    return f"{what} {word}: {first:.4g} ({_steps(steps[:k])}) -> {last:.4g} ({_steps(steps[-k:])})"
+
+
+def _steps(steps: list[int]) -> str:
+    """'step 3' for one point, 'mean of steps 1-4' for several."""
+    return f"step {steps[0]}" if len(steps) == 1 else f"mean of steps {steps[0]}-{steps[-1]}"
 
 
 def _non_finite(value) -> bool:
@@ -143,15 +153,35 @@ def non_finite_metrics(log: RunLog) -> list[str]:
     return out
 
 
-def _kl_line(kl: list[float], kl_raw: list[float], prefix: str) -> str:
+def _kl_line(kl: list[float], raw: tuple[list[int], list[float]], prefix: str) -> str:
     """Whether the clamped KL estimate sat at 0, and why where its raw estimate never rose above it."""
     zeros = sum(v == 0 for v in kl)
     line = f"{prefix}KL estimate (clamped): 0 at {zeros} of {len(kl)} logged steps"
     if zeros == len(kl) and len(kl) > 1:
         line += "; stuck at 0"
-        if kl_raw and max(kl_raw) <= 0:
-            line += f" (raw estimate always <= 0, max {max(kl_raw):.3g}: the policy has not moved off the reference on the KL pairs)"
+        if raw[1] and max(raw[1]) <= 0:
+            line += _raw_below_zero(*raw)
     return line
+
+
+# A raw KL estimate within this of 0 at every logged step: the policy has not moved on the KL
+# pairs (fp32 rounding of a step-0 policy gives ~1e-5 on a row of hundreds of tokens).
+UNMOVED_KL = 1e-3
+
+
+def _raw_below_zero(steps: list[int], kl_raw: list[float]) -> str:
+    """Why a raw estimate that never rose above 0 kept the clamped one there: a policy that has
+    not moved (raw ≈ 0), or one that lowered the mismatched pairs' log-probs (raw far below 0)."""
+    lowest = min(kl_raw)
+    if lowest >= -UNMOVED_KL:
+        return (
+            f" (raw estimate always within {UNMOVED_KL:g} of 0, lowest {lowest:.3g}: the policy has not moved off the reference "
+            "on the KL pairs, or the learning rate is too low to tell)"
+        )
+    return (
+        f" (raw estimate always <= 0: {kl_raw[0]:.3g} at step {steps[0]}, {kl_raw[-1]:.3g} at step {steps[-1]}, lowest {lowest:.3g}: the policy moved, "
+        "lowering its log-probs of the mismatched pairs below the reference's, and the clamp keeps z at 0)"
+    )
 
 
 def checks(log: RunLog) -> list[str]:
@@ -163,7 +193,7 @@ def checks(log: RunLog) -> list[str]:
     split = "train" if log.series("kl")[1] else "eval"  # a run logged with --log-every 0 has eval lines only
     _, kl = log.series("kl", split)
     if kl:
-        out.append(_kl_line(kl, log.series("kl_raw", split)[1], "" if split == "train" else "eval "))
+        out.append(_kl_line(kl, log.series("kl_raw", split), "" if split == "train" else "eval "))
     elif any("kl" in rec for rec in log.train + log.eval):
         out.append("KL estimate: logged, but never finite (see the non-finite metrics above)")
     else:

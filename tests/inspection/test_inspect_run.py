@@ -294,3 +294,28 @@ def test_a_run_trained_to_log_nothing_says_so(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     result = invoke("run", tmp_path)
     assert result.exit_code == 2 and "the run was trained with --log-every 0 and no --eval-cache, so it writes no metrics lines" in result.output
+
+
+def test_a_kl_clamped_at_0_tells_a_policy_that_moved_from_one_that_did_not(tmp_path):
+    """A raw estimate within 1e-3 of 0 throughout: the policy has not moved on the KL pairs. One
+    that fell far below 0 after step 1 (warmup's lr 0) moved: it lowered the log-probs of the
+    mismatched pairs, and the clamp keeps z at 0. The first reading used to be given for both,
+    quoting step 1's -2.5e-06 as the raw estimate's maximum."""
+    still, moved = tmp_path / "still", tmp_path / "moved"
+    still.mkdir(), moved.mkdir()
+    write_metrics(still / "metrics.jsonl", [record(1, kl_raw=-2.5e-6), record(2, kl_raw=-4e-4), record(3, kl_raw=-1e-5)])
+    line = json.loads(invoke("run", still, "--json").stdout)["checks"][0]
+    assert "stuck at 0 (raw estimate always within 0.001 of 0, lowest -0.0004: the policy has not moved off the reference" in line, line
+    write_metrics(moved / "metrics.jsonl", [record(1, kl_raw=-2.5e-6), record(2, kl_raw=-4.2), record(3, kl_raw=-9.4)])
+    line = json.loads(invoke("run", moved, "--json").stdout)["checks"][0]
+    assert "stuck at 0 (raw estimate always <= 0: -2.5e-06 at step 1, -9.4 at step 3, lowest -9.4: the policy moved" in line, line
+    assert "has not moved" not in line
+
+
+def test_a_trend_over_many_train_steps_compares_the_first_and_last_quarters(tmp_path):
+    """16 train steps: the first 4 and the last 4 logged values' means, not two single windows (a
+    last window with one undesirable row read as 'margin fell' on a run whose margin rose)."""
+    margins = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 13.0, -0.01]
+    write_metrics(tmp_path / "metrics.jsonl", [record(s, **{"rewards/margins": m}) for s, m in enumerate(margins, start=1)])
+    checks = json.loads(invoke("run", tmp_path, "--json").stdout)["checks"]
+    assert "reward margin rose: 0.75 (mean of steps 1-4) -> 8.748 (mean of steps 13-16)" in checks, checks
