@@ -110,13 +110,25 @@ def one_run() -> Iterator[None]:
 
 def dataset_records(spec: DatasetSpec) -> Iterator[tuple[int, Any]]:
     with _progress_bars_off(spec):
-        dataset = _open(spec)
+        batches = iter(_open(spec).iter(batch_size=_BATCH))
         row = 0
-        for batch in dataset.iter(batch_size=_BATCH):
+        while (batch := _next_batch(batches, spec, row)) is not None:
             keys = list(batch)
             for values in zip(*(batch[k] for k in keys)):
                 row += 1
                 yield row, dict(zip(keys, values))
+
+
+def _next_batch(batches: Iterator[dict], spec: DatasetSpec, row: int) -> dict | None:
+    """The next batch of rows, None after the last. Streaming parses the files as it goes, so a
+    file that breaks (a JSON line that does not parse) raises here, past _open's refusal."""
+    try:
+        return next(batches)
+    except StopIteration:
+        return None
+    except Exception as e:  # pyarrow's and datasets' many types; the user needs one line
+        where = "its rows" if row == 0 else f"past row {row}"
+        raise InputError(f"--data {spec.text}: cannot read {where} ({one_line(e)})") from None
 
 
 # ---- opening -----------------------------------------------------------------------------------

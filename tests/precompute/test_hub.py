@@ -101,6 +101,15 @@ def test_row_errors_name_the_dataset_and_row(data_dir):
     assert error_of(f"hf:{data_dir}:train").startswith("mydata:train: row 2: label 'perhaps' is not boolean-like")
 
 
+def test_a_file_that_breaks_after_the_first_rows_gets_one_line(data_dir):
+    """Streaming parses a file lazily: its parse error came out of the row loop, past _open's
+    one-line refusal, as a pyarrow traceback (datasets before 4.7 did so for a label column
+    that changes type too)."""
+    with (data_dir / "train.jsonl").open("a") as f:
+        f.write('{"prompt": broken\n')
+    assert error_of(f"hf:{data_dir}:train").startswith(f"--data hf:{data_dir}:train: cannot read its rows (")
+
+
 def _fake_hub(monkeypatch, datasets, shas) -> list:
     """The hub answering each dataset_info with `shas()` (its current commit); returns the
     revisions `load_dataset` was asked for. Its rows: conftest's text_rows."""
