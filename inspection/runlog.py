@@ -125,8 +125,9 @@ def _trend(log: RunLog, name: str, what: str, split: str = "train") -> str | Non
 
 
 def _steps(steps: list[int]) -> str:
-    """'step 3' for one point, 'mean of steps 1-4' for several."""
-    return f"step {steps[0]}" if len(steps) == 1 else f"mean of steps {steps[0]}-{steps[-1]}"
+    """'step 3' for one point, 'mean of 4 points, steps 1-4' for several (steps without a value,
+    null ones, lie between and are not counted)."""
+    return f"step {steps[0]}" if len(steps) == 1 else f"mean of {len(steps)} points, steps {steps[0]}-{steps[-1]}"
 
 
 def _non_finite(value) -> bool:
@@ -170,17 +171,20 @@ UNMOVED_KL = 1e-3
 
 
 def _raw_below_zero(steps: list[int], kl_raw: list[float]) -> str:
-    """Why a raw estimate that never rose above 0 kept the clamped one there: a policy that has
-    not moved (raw ≈ 0), or one that lowered the mismatched pairs' log-probs (raw far below 0)."""
-    lowest = min(kl_raw)
+    """Why a raw estimate that never rose above 0 kept the clamped one there. Within UNMOVED_KL of
+    0 throughout: the policy has not moved. Fallen to below twice its first value (and by more
+    than UNMOVED_KL): it moved, lowering the mismatched pairs' log-probs. Otherwise the numbers
+    cannot tell: a bf16 policy, or a cache scored with other numerics, starts off 0 by up to
+    0.15 a token (kto-train's step-0 check prints it), and so may stay there without moving."""
+    first, lowest = kl_raw[0], min(kl_raw)
+    seen = f"{first:.3g} at step {steps[0]}, {kl_raw[-1]:.3g} at step {steps[-1]}, lowest {lowest:.3g}"
     if lowest >= -UNMOVED_KL:
-        return (
-            f" (raw estimate always within {UNMOVED_KL:g} of 0, lowest {lowest:.3g}: the policy has not moved off the reference "
-            "on the KL pairs, or the learning rate is too low to tell)"
-        )
+        return f" (raw estimate always within {UNMOVED_KL:g} of 0, lowest {lowest:.3g}: the policy has not moved off the reference on the KL pairs, or the learning rate is too low to tell)"
+    if lowest < 2 * first - UNMOVED_KL:
+        return f" (raw estimate always <= 0: {seen}: the policy moved, lowering its log-probs of the mismatched pairs below the reference's, and the clamp keeps z at 0)"
     return (
-        f" (raw estimate always <= 0: {kl_raw[0]:.3g} at step {steps[0]}, {kl_raw[-1]:.3g} at step {steps[-1]}, lowest {lowest:.3g}: the policy moved, "
-        "lowering its log-probs of the mismatched pairs below the reference's, and the clamp keeps z at 0)"
+        f" (raw estimate always <= 0: {seen}: below 0 from the first logged step on, which the run's numerics alone can do "
+        "(see its step-0 check) as well as a policy that lowered the mismatched pairs' log-probs)"
     )
 
 

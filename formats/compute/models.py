@@ -350,14 +350,15 @@ def _refuse_missing_layers(source: ModelSource, held: set[str], flag: str) -> No
     """Refuse a config.json that claims more layers (num_hidden_layers, or text_config's for a
     multimodal config) than the weight files `held` (their tensor names) number, from names
     alone, before any skeleton is built. Only where the names number a `layers.<i>` stack, and
-    against the largest numbered stack of any name (GPT-2's `h.<i>`, a vision tower's layers,
-    experts): a claim that no stack reaches. Anything less clear is left to the skeleton's names."""
+    against the largest numbered stack of any name (GPT-2's `h.<i>`, a vision tower's layers;
+    not an MoE's `experts.<j>`): a claim that no stack reaches. Anything less clear is left to the skeleton's names."""
     claimed, key = _claimed_layers(source.directory)
     stacks: dict[str, int] = {}
     for name in held:
         for found in _NUMBERED.finditer(name):
             prefix = name[: found.start()]
-            stacks[prefix] = max(stacks.get(prefix, 0), int(found.group(1)) + 1)
+            if prefix.rsplit(".", 1)[-1] != "experts":  # an MoE's expert index is no layer count
+                stacks[prefix] = max(stacks.get(prefix, 0), int(found.group(1)) + 1)
     layers = {prefix: n for prefix, n in stacks.items() if prefix == "layers" or prefix.endswith(".layers")}
     if claimed is None or not layers or claimed <= max(stacks.values()):
         return

@@ -126,6 +126,8 @@ def _next_batch(batches: Iterator[dict], spec: DatasetSpec, row: int) -> dict | 
         return next(batches)
     except StopIteration:
         return None
+    except MemoryError:  # not the data's fault: the traceback says where memory ran out
+        raise
     except Exception as e:  # pyarrow's and datasets' many types; the user needs one line
         where = "its rows" if row == 0 else f"past row {row}"
         raise InputError(f"--data {spec.text}: cannot read {where} ({one_line(e)})") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import make_tiny_llama, tiny_llama
 
-from kto.formats.compute.models import ModelSource, load_causal_lm, model_identity, resolve_source
+from kto.formats.compute.models import ModelSource, checked_source, load_causal_lm, model_identity, resolve_source
 from kto.formats.errors import InputError
 
 
@@ -244,7 +244,6 @@ def fake_multimodal(folder: Path, text_layers: int, held: int) -> Path:
 
 
 def test_the_layer_count_of_a_multimodal_config_is_read_from_text_config(tmp_path):
-    from kto.formats.compute.models import checked_source
 
     model = fake_multimodal(tmp_path / "mm", text_layers=50_000, held=2)
     with pytest.raises(InputError, match=r"claims 50,000 layers \(text_config\.num_hidden_layers\) but its weight files hold 4 "):
@@ -255,6 +254,21 @@ def test_the_layer_count_of_a_multimodal_config_is_read_from_text_config(tmp_pat
     checked_source(ModelSource(short, given=str(short)))
     fine = fake_multimodal(tmp_path / "fine", text_layers=6, held=6)
     assert checked_source(ModelSource(fine, given=str(fine))).directory == fine
+
+
+def test_an_moe_s_expert_count_is_no_layer_count(tmp_path):
+    """64 experts in each of 2 layers: a claim of 50 layers is still refused from the header
+    (the experts' numbering made the largest stack 64, and the check passed it on to the skeleton)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "moe"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "not-a-model", "num_hidden_layers": 50}))
+    names = [f"model.layers.{i}.mlp.experts.{j}.w" for i in range(2) for j in range(64)]
+    save_file({name: torch.zeros(1) for name in names}, folder / "model.safetensors")
+    with pytest.raises(InputError, match=r"claims 50 layers \(num_hidden_layers\) but its weight files hold 2 \(model\.layers\.0 to model\.layers\.1\)"):
+        checked_source(ModelSource(folder, given=str(folder)))
 
 
 def test_an_untied_model_without_its_head_is_refused(tmp_path, tiny_model_dir):

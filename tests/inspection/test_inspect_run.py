@@ -310,6 +310,12 @@ def test_a_kl_clamped_at_0_tells_a_policy_that_moved_from_one_that_did_not(tmp_p
     line = json.loads(invoke("run", moved, "--json").stdout)["checks"][0]
     assert "stuck at 0 (raw estimate always <= 0: -2.5e-06 at step 1, -9.4 at step 3, lowest -9.4: the policy moved" in line, line
     assert "has not moved" not in line
+    # A bf16 run: off 0 from step 1 on, by its numerics, and no further: the numbers cannot tell.
+    bf16 = tmp_path / "bf16"
+    bf16.mkdir()
+    write_metrics(bf16 / "metrics.jsonl", [record(s, kl_raw=-0.3 - 0.01 * s) for s in range(1, 6)])
+    line = json.loads(invoke("run", bf16, "--json").stdout)["checks"][0]
+    assert "-0.31 at step 1, -0.35 at step 5, lowest -0.35: below 0 from the first logged step on, which the run's numerics alone can do" in line, line
 
 
 def test_a_trend_over_many_train_steps_compares_the_first_and_last_quarters(tmp_path):
@@ -318,4 +324,4 @@ def test_a_trend_over_many_train_steps_compares_the_first_and_last_quarters(tmp_
     margins = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 13.0, -0.01]
     write_metrics(tmp_path / "metrics.jsonl", [record(s, **{"rewards/margins": m}) for s, m in enumerate(margins, start=1)])
     checks = json.loads(invoke("run", tmp_path, "--json").stdout)["checks"]
-    assert "reward margin rose: 0.75 (mean of steps 1-4) -> 8.748 (mean of steps 13-16)" in checks, checks
+    assert "reward margin rose: 0.75 (mean of 4 points, steps 1-4) -> 8.748 (mean of 4 points, steps 13-16)" in checks, checks
