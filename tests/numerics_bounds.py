@@ -8,7 +8,11 @@ the vector width forced down to AVX2):
   alone, in the same batches), a resumed kto-train (losses and weights), train- against
   eval-mode forwards. Tests assert equality there, and any difference is a bug. The thread
   count belongs to "the same kernels": with 2 threads MKL splits some matmul sums otherwise
-  than with 1 (under AVX2 a cache made with 1 thread differs from one made with 2).
+  than with 1 (under AVX2 a cache made with 1 thread differs from one made with 2). So does the
+  way it was set: a process started with OMP_NUM_THREADS=4 and one that called
+  torch.set_num_threads(4) after starting with fewer differed by 1 ulp of a loss on a 2-core
+  Xeon, both reporting 4 threads (the tests hand their children OMP_NUM_THREADS equal to their
+  own count, which CI sets at start).
 - **Equal to fp32 rounding** where two paths run different shapes: prefix-shared against plain
   scoring, kto-train's batches against kto-precompute's (the step-0 check), LoRA at B = 0 and
   FSDP against the plain model, one plain batch width against another. A kernel may then sum the

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,16 @@ LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]
 def environment() -> dict:
     import transformers
 
-    return {"cpu": torch.backends.cpu.get_cpu_capability(), "vendor": cpu_vendor(), "torch": torch.__version__, "transformers": transformers.__version__}
+    # MKL and oneDNN pick their vector width apart from ATen: held to AVX2 by these variables
+    # while ATen is not, the shards differed from the pin (a loss by 1 ulp).
+    forced = {k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
+    return {
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "vendor": cpu_vendor(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        **({"forced": forced} if forced else {}),
+    }
 
 
 def cpu_vendor() -> str:
