@@ -225,6 +225,8 @@ def to_arrow(rows: Ragged | Sequence[Sequence] | None, type: pa.ListType, n: int
         return pa.nulls(n, type=type)
     r = packed(rows) if isinstance(rows, Ragged) else Ragged.from_rows(rows, type.value_type.to_pandas_dtype())
     values = r.values.astype(type.value_type.to_pandas_dtype(), copy=False)
+    if len(r.offsets) and r.offsets[-1] > np.iinfo(np.int32).max:  # astype would wrap them silently
+        raise OverflowError(f"{r.offsets[-1]} values in one Arrow list column: past what int32 offsets hold")
     return pa.ListArray.from_arrays(pa.array(r.offsets.astype(np.int32)), pa.array(values))
 
 

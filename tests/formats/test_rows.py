@@ -5,6 +5,7 @@ staging file are read, and every list column is built, by the same code."""
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import pytest
 
 from kto.formats import schema as S
 from kto.formats.cache import ArrowFile
@@ -65,3 +66,11 @@ def test_heads_keep_each_rows_start():
     got = S.heads(r, keep)
     assert [x.tolist() for x in got.to_list()] == [row[:k] for row, k in zip(rows, keep)]
     assert got.offsets[0] == 0 and len(got.values) == keep.sum() and got.values.dtype == np.int32
+
+
+def test_a_list_column_past_int32_offsets_is_refused_not_wrapped():
+    """2**31 values in one column: the int32 cast of its offsets wrapped, and a column of another
+    row's tokens would have been written. (A zero-stride view: no 8 GB are allocated.)"""
+    big = S.Ragged(np.broadcast_to(np.int32(0), (2**31,)), np.array([0, 2**31]))
+    with pytest.raises(OverflowError, match=r"2147483648 values in one Arrow list column"):
+        S.to_arrow(big, pa.list_(pa.int32()))

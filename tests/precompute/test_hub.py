@@ -108,7 +108,9 @@ def test_a_file_that_breaks_after_the_first_rows_gets_one_line(data_dir):
     with (data_dir / "train.jsonl").open("a") as f:
         f.write('{"prompt": broken\n')
     # datasets 4.7 parses the file while listing its splits; later ones while reading rows.
-    assert error_of(f"hf:{data_dir}:train").startswith((f"--data hf:{data_dir}:train: cannot read its rows (", f"--data hf:{data_dir}:train: cannot list the splits ("))
+    assert error_of(f"hf:{data_dir}:train").startswith(
+        (f"--data hf:{data_dir}:train: cannot read its rows (", f"--data hf:{data_dir}:train: cannot list the splits (")
+    )
 
 
 def _fake_hub(monkeypatch, datasets, shas) -> list:
