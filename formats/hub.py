@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import InputError, exception_line
-from .schema import MANIFEST_NAME
+from .errors import InputError, exception_line, log
+from .schema import EVAL_DIR, MANIFEST_NAME, SHARD_GLOB
 
 PREFIX = "hf:"
 # Each folder fetch_cache returned, and the spec it was fetched for (hub_spec_of).
@@ -55,6 +55,43 @@ MODEL_PATTERNS = [
 ]
 
 
+# The cache's dataset card. Its YAML `configs:` are what `datasets.load_dataset(CACHE or ORG/NAME)`
+# and the Hub's dataset viewer read: without them HF's default split patterns take eval/ for a
+# `test` split, never read the top-level shards, and parse manifest.json and tokenizer/*.json as
+# data. The card is the cache's own (kto-precompute rewrites it, --overwrite removes it, a push
+# replaces it) while it holds CARD_MARKER; without the line it is the user's file.
+CARD_NAME = "README.md"
+CARD_MARKER = "<!-- kto-precompute card: rewritten while this line is here; delete the line to keep your edits -->"
+
+
+def card_configs(with_eval: bool, flow: bool = False) -> str:
+    """The YAML `configs:` entry naming the splits' shards: `shard-*.arrow` at the top (which does
+    not descend into eval/) is train, `eval/shard-*.arrow` eval. `flow`: on one line."""
+    splits = [("train", SHARD_GLOB), *([("eval", f"{EVAL_DIR}/{SHARD_GLOB}")] if with_eval else [])]
+    if flow:
+        return "configs: [{config_name: default, data_files: [" + ", ".join(f"{{split: {s}, path: {p}}}" for s, p in splits) + "]}]"
+    return "configs:\n- config_name: default\n  data_files:\n" + "".join(f"  - split: {s}\n    path: {p}\n" for s, p in splits)
+
+
+def card_text(model: str, dtype: str, fingerprint: str, eval_fingerprint: str | None) -> str:
+    """The README.md kto-precompute writes beside a finished cache's manifest (precompute/output.py)."""
+    evaluation = f"; eval split in {EVAL_DIR}/, fingerprint `{eval_fingerprint}`" if eval_fingerprint else ""
+    return (
+        f"---\n{card_configs(eval_fingerprint is not None)}tags:\n- kto\n- kto-precompute\n---\n\n"
+        f"# kto-precompute cache\n\n"
+        f"Reference log-probs of `{model}` ({dtype}) for offline KTO: Arrow IPC shards, `{MANIFEST_NAME}` and the tokenizer.\n"
+        f"Fingerprint `{fingerprint}`{evaluation}.\n\n"
+        f"- Train: `kto-train --cache hf:ORG/NAME` (this repo on the Hub) or `--cache PATH` (this folder)"
+        f"{f', with `--eval-cache hf:ORG/NAME/{EVAL_DIR}`' if eval_fingerprint else ''}.\n"
+        f'- Read: `pl.scan_ipc("{SHARD_GLOB}")` (polars), or `datasets.load_dataset` on this folder or repo.\n\n'
+        f"{CARD_MARKER}\n"
+    )
+
+
+def is_kto_card(text: str) -> bool:
+    return CARD_MARKER in text
+
+
 def check_repo_id(repo_id: str, flag: str = "--push-to-hub") -> str:
     """`ORG/NAME` as the Hub spells repo ids; anything else is refused before any work starts."""
     if not _REPO_ID.match(repo_id) or ".." in repo_id:
@@ -76,6 +113,7 @@ def push_folder(folder: Path, repo_id: str, *, dataset: bool, private: bool, mes
     try:
         api = HfApi()
         api.create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
+        keep_card = dataset and _users_card(api, repo_id)
         # delete_patterns: huggingface_hub lists the repo's files, matches them, and drops from the
         # deletions every path this upload writes; the deletions ride the upload's first commit.
         commit = api.upload_folder(
@@ -83,12 +121,27 @@ def push_folder(folder: Path, repo_id: str, *, dataset: bool, private: bool, mes
             repo_id=repo_id,
             repo_type=kind,
             commit_message=message,
-            ignore_patterns=PRIVATE_PATTERNS,
-            delete_patterns=CACHE_PATTERNS if dataset else MODEL_PATTERNS,
+            ignore_patterns=PRIVATE_PATTERNS + ([CARD_NAME] if keep_card else []),
+            delete_patterns=(CACHE_PATTERNS + ([] if keep_card else [CARD_NAME])) if dataset else MODEL_PATTERNS,
         )
     except Exception as exc:  # network, auth, a name taken: one line for the user
         raise InputError(f"--push-to-hub {repo_id}: cannot upload {folder} ({exception_line(exc)})") from exc
+    if keep_card and (folder / CARD_NAME).is_file():
+        configs = card_configs((folder / EVAL_DIR / MANIFEST_NAME).is_file(), flow=True)
+        log(f"--push-to-hub {repo_id}: kept the repo's own {CARD_NAME}; for datasets.load_dataset and the dataset viewer, add to its YAML header: {configs}")
     return str(commit)
+
+
+def _users_card(api, repo_id: str) -> bool:
+    """Whether the dataset repo holds a README.md of the user's (one without CARD_MARKER): a push
+    keeps it. A card of an earlier push (the marker there) is replaced, or deleted if this cache
+    has none."""
+    from huggingface_hub import hf_hub_download
+
+    if not api.file_exists(repo_id, CARD_NAME, repo_type="dataset"):
+        return False
+    path = hf_hub_download(repo_id, CARD_NAME, repo_type="dataset")
+    return not is_kto_card(Path(path).read_text(encoding="utf-8", errors="replace"))
 
 
 def fetch_cache(spec: str | Path, flag: str = "--cache") -> Path:

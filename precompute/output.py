@@ -24,12 +24,13 @@ from collections.abc import Collection
 from pathlib import Path
 
 from kto.formats import schema as S
-from kto.formats.atomic import parse_temp_name, remove_stale_temps
+from kto.formats.atomic import parse_temp_name, remove_stale_temps, write_bytes_atomic
 from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
+from kto.formats.hub import CARD_NAME, card_text, is_kto_card
 from kto.formats.lock import LOCK_NAME, locked_dir
-from kto.formats.manifest import CacheContent, same_model
+from kto.formats.manifest import CacheContent, Manifest, same_model
 from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
 from .tokenize import is_staging_name, staging_files
@@ -47,7 +48,7 @@ def cache_writes_temp(name: str, kind: str) -> bool:
     for the copy it replaces). Nothing of ours is ever renamed aside to be deleted there."""
     if name == S.TOKENIZER_DIR:
         return kind in ("tmp", "old")
-    files = (S.MANIFEST_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME)
+    files = (S.MANIFEST_NAME, CARD_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME)
     return kind == "tmp" and (name in files or SHARD_NAME.match(name) is not None or is_staging_name(name))
 
 
@@ -145,6 +146,8 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tup
             owned = own_journal(p, temps_pending)
         elif p.name == S.MANIFEST_NAME:
             owned = manifest is not None
+        elif p.name == CARD_NAME:
+            owned = proven and own_card(p)
         elif p.match(S.SHARD_GLOB):
             owned = p.name in listed and p.is_file() and not p.is_symlink()
         elif p.name == S.TOKENIZER_DIR:
@@ -155,6 +158,26 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tup
             owned = False
         (ours if owned else foreign).append(p)
     return ours, foreign
+
+
+def write_card(out: Path, manifests: list[Manifest]) -> None:
+    """Main process, after the manifests: the dataset card (formats/hub.py card_text) in --out,
+    naming the train split and the eval split where the run made one. It is no part of the
+    fingerprint, the manifest or any shard, so kto-train and kto-inspect verify read past it."""
+    by_split = {m.content.split: m for m in manifests}
+    train, evaluation = by_split["train"], by_split.get("eval")
+    model = str(train.info.get("model_path") or "the reference model")
+    text = card_text(model, train.content.dtype, train.fingerprint, evaluation.fingerprint if evaluation else None)
+    write_bytes_atomic(out / CARD_NAME, text.encode())
+
+
+def own_card(path: Path) -> bool:
+    """A README.md is the cache's while it holds the card's marker line (a plain file, read up to
+    64 KiB: a card is a few hundred bytes); the user's once they took the line out."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return is_kto_card(f.read(1 << 16).decode("utf-8", errors="replace"))
 
 
 def own_journal(folder: Path, temps_pending: bool = False) -> bool:

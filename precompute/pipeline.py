@@ -55,7 +55,7 @@ from kto.precompute.inputs.hub import one_run
 from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
-from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout
+from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout, write_card
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_positions, check_vocabulary, shard_values
 from .progress import Progress
 from .templates import ChatTemplate, load_chat_template
@@ -267,6 +267,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         state.wait_for_everyone()
     ordered = _write_manifests(splits, contents, layout, cfg, state, tokenizer)
     if state.is_main_process:
+        write_card(cfg.out, ordered)  # last, after the manifests: a finished cache has its card
         for path in {s.staged for s in splits}:
             path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
         _summary(ordered, time.perf_counter() - started)

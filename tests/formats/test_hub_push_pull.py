@@ -12,7 +12,7 @@ from hub_server import FakeHub
 
 import kto.precompute
 from kto.formats.errors import InputError
-from kto.formats.hub import push_folder
+from kto.formats.hub import CARD_MARKER, CARD_NAME, push_folder
 from kto.formats.manifest import read_manifest
 from kto.precompute.config import PrecomputeConfig
 from kto.train.config import TrainConfig
@@ -64,7 +64,9 @@ def test_cache_round_trip_and_final_pushed(hub, pushed_cache, tiny_model_dir, tm
     repo = hub.repos[("dataset", "me/kto-cache")]
     local = visible_files(pushed_cache.cache)
     assert repo.private and repo.files == local  # shards, manifests, tokenizer/ and eval/, byte for byte
-    assert {"manifest.json", "eval/manifest.json", "shard-00000.arrow"} <= set(repo.files)
+    assert {"manifest.json", "eval/manifest.json", "shard-00000.arrow", CARD_NAME} <= set(repo.files)
+    card = repo.files[CARD_NAME].decode()  # the repo had no card: the cache's is uploaded
+    assert "path: shard-*.arrow" in card and "path: eval/shard-*.arrow" in card and pushed_cache.fingerprint in card
     assert (pushed_cache.cache / ".journal").is_dir() and not any(name.startswith(".") for name in repo.files)
 
     out = tmp_path / "run"
@@ -98,11 +100,12 @@ def test_a_shard_changed_on_the_hub_is_refused(hub, pushed_cache, tiny_model_dir
     assert "sha256" in line and any(shard in line for shard in shards), line
 
 
-def test_a_second_push_replaces_the_earlier_cache(hub, pushed_cache, tiny_model_dir, tmp_path):
+def test_a_second_push_replaces_the_earlier_cache(hub, pushed_cache, tiny_model_dir, tmp_path, capsys):
     """A smaller cache (one shard, no eval/) pushed to the repo that holds a 3-shard cache with
     eval/: after its one commit the repo holds this cache's files and the user's card, nothing of
     the earlier cache (a stale shard-00002.arrow would be read by `scan_ipc("shard-*.arrow")`,
-    and a stale eval/ would pass for this cache's eval split)."""
+    and a stale eval/ would pass for this cache's eval split). The user's card is kept, and one
+    line on stderr gives the `configs:` that `datasets.load_dataset` needs."""
     repo = hub.repos[("dataset", "me/kto-cache")]
     card = b"---\nlicense: mit\n---\n# Feedback cache\n"
     repo.files["README.md"] = card  # the user's dataset card, put there between the pushes
@@ -114,10 +117,38 @@ def test_a_second_push_replaces_the_earlier_cache(hub, pushed_cache, tiny_model_
     second = kto.precompute.run(config)
     assert len(read_manifest(second.cache).shards) == 1 and not (second.cache / "eval").exists()
     assert repo.files == {**visible_files(second.cache), "README.md": card} and len(repo.commits) == commits + 1
+    assert CARD_NAME in visible_files(second.cache)  # left out of the upload, not missing
+    kept = [line for line in capsys.readouterr().err.splitlines() if "README.md" in line]
+    assert len(kept) == 1 and "kept" in kept[0] and "{split: train, path: shard-*.arrow}" in kept[0], kept
     from kto.inspection.cli import main as inspect
 
     verified = CliRunner().invoke(inspect, ["verify", "hf:me/kto-cache"])
     assert verified.exit_code == 0 and "ok: " in verified.output, verified.output
+
+
+def test_a_card_of_an_earlier_push_is_replaced(hub, tmp_path):
+    """The card an earlier push uploaded (its marker line still there) is the cache's, replaced
+    like its shards: a stale card would declare an eval split the new cache lacks. One the user
+    edited and took the marker out of is theirs, and kept."""
+
+    def cache(name: str, card: str) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "shard-00000.arrow").write_bytes(name.encode())
+        (tmp_path / name / "manifest.json").write_text("{}")
+        (tmp_path / name / CARD_NAME).write_text(card)
+        return tmp_path / name
+
+    first = f"---\nconfigs: []\n---\nfirst\n{CARD_MARKER}\n"
+    push_folder(cache("a", first), "me/c", dataset=True, private=False, message="first")
+    repo = hub.repos[("dataset", "me/c")]
+    assert repo.files[CARD_NAME] == first.encode()
+    second = first.replace("first", "second")
+    push_folder(cache("b", second), "me/c", dataset=True, private=False, message="second")
+    assert repo.files[CARD_NAME] == second.encode() and repo.files["shard-00000.arrow"] == b"b"
+    theirs = second.replace(CARD_MARKER, "my notes").encode()
+    repo.files[CARD_NAME] = theirs
+    push_folder(cache("c", first), "me/c", dataset=True, private=False, message="third")
+    assert repo.files[CARD_NAME] == theirs and repo.files["shard-00000.arrow"] == b"c"
 
 
 def test_a_second_model_push_replaces_the_model_files(hub, tmp_path):
