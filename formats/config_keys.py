@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError, say_once
+from .errors import InputError, say_once, usage_line
 
 PRECOMPUTE = "kto-precompute"
 TRAIN = "kto-train"
@@ -318,8 +318,9 @@ def names_other_tools_use(command: str) -> type:
                 return self._parse_args_hinting(ctx, args)
             except click.UsageError as e:
                 # Under a launcher every process parses the same flags: click would print the
-                # usage error once per process. Printed here, once; exit status as click's.
-                say_once(e.format_message(), False, e.show)
+                # usage error once per process. Printed here, once, as one line (formats/errors.py
+                # usage_line); exit status as click's.
+                say_once(usage_line(command, e), False)
                 raise click.exceptions.Exit(e.exit_code) from None
 
         def _parse_args_hinting(self, ctx, args):

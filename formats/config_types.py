@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config_keys import switch_value
 from .errors import InputError
-from .paths import expand_home, refuse_undecodable
+from .paths import EMPTY_PATH, expand_home, refuse_undecodable
 
 # What an annotation takes, said in a refusal: a value of the type the CLI gives (click's int,
 # float, bool, Path, str; a JSON object for --lr-schedule-kwargs and --chat-template-kwargs).
@@ -77,6 +77,8 @@ def _one(name: str, value: object, kinds: tuple) -> object:
     elif float in kinds and isinstance(value, numbers.Real):
         return float(value)
     elif Path in kinds and isinstance(value, (str, os.PathLike)):
+        if value == "":  # Path('') is the current directory: out='' wrote the cache there
+            raise InputError(f"--{flag(name)} '': {EMPTY_PATH}")
         return Path(expand_home(value))  # text only: a Path may name a real folder `~` (formats/paths.py)
     elif str in kinds and isinstance(value, str):
         return value

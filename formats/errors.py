@@ -14,6 +14,8 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import click
+
 if TYPE_CHECKING:  # annotations only: this module imports no accelerate (or torch)
     from accelerate import Accelerator
 
@@ -67,6 +69,41 @@ def one_line_errors(prog: str) -> Callable:
         return wrapper
 
     return decorate
+
+
+def usage_line(prog: str, exc: click.UsageError) -> str:
+    """click's usage error as one `PROG: error: MESSAGE` line, its own text kept (it names the
+    option). A value of the wrong type says which flag, enough; an unknown or missing option
+    also says where the options are listed (click's `Try '... --help'` line, folded in)."""
+    line = f"{prog}: error: {' '.join(exc.format_message().split())}"
+    if isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter):
+        return line
+    ctx, names = exc.ctx, []
+    while ctx is not None and ctx.parent is not None:  # a subcommand's name, under its group's prog
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return f"{line} (see {' '.join([prog, *names, '--help'])})"
+
+
+def one_line_usage(prog: str, base: type[click.Command] = click.Command) -> type[click.Command]:
+    """`base` whose usage errors (a value of the wrong type, an unknown or missing option) are
+    one line, as an InputError's, exit status 2 as click's: click printed three (`Usage: ...`,
+    `Try ... --help`, `Error: ...`). --help is click's own. Under a launcher said once (say_once).
+    kto-inspect's; kto-precompute's and kto-train's class (formats/config_keys.py) does the same
+    in its parse_args, after naming our option for another tool's."""
+
+    class OneLine(base):
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            try:
+                return super().parse_args(ctx, args)
+            except click.exceptions.NoArgsIsHelpError:  # a bare group prints its help, as click does
+                raise
+            except click.UsageError as exc:
+                say_once(usage_line(prog, exc), False)
+                raise click.exceptions.Exit(exc.exit_code) from None
+
+    OneLine.__name__ = OneLine.__qualname__ = base.__name__
+    return OneLine
 
 
 def say_once(line: str, every_rank: bool, show: Callable[[], None] | None = None) -> bool:

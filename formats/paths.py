@@ -63,6 +63,7 @@ class HomePath(click.Path):
         super().__init__(path_type=Path, **kwargs)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        refuse_empty(self, value, param, ctx)
         return super().convert(expand_home(value), param, ctx)
 
 
@@ -71,7 +72,19 @@ class HomeText(click.types.StringParamType):
     (--resume: a checkpoint or nothing; --sharegpt-info: FILE or FILE#NAME)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        refuse_empty(self, value, param, ctx)
         return expand_home(super().convert(value, param, ctx))
+
+
+EMPTY_PATH = "an empty path; write . for the current directory"
+
+
+def refuse_empty(kind: click.ParamType, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> None:
+    """An empty path is refused, naming its flag (click's `Invalid value for '--out'`): Path('')
+    is the current directory, so `--out ''` wrote the whole cache there and `kto-inspect run RUN
+    --to ''` its report. A config file's `out: ''` is refused as well (config_file.option_value)."""
+    if isinstance(value, str) and value == "":
+        kind.fail(EMPTY_PATH, param, ctx)
 
 
 HOME_PATH = HomePath()

@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from kto.formats.compute.numerics import NAMES as NUMERICS
-from kto.formats.errors import InputError, one_line_errors
+from kto.formats.errors import InputError, one_line_errors, one_line_usage, say_once, usage_line
 from kto.formats.paths import HOME_PATH, refuse_undecodable
 
 from .text import printable
@@ -34,7 +34,8 @@ P = HOME_PATH  # `~` expanded in every argument and path option, as kto-train's 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
-_handles_input_errors = one_line_errors("kto-inspect")
+PROG = "kto-inspect"
+_handles_input_errors = one_line_errors(PROG)
 
 
 def _local(cache: Path) -> Path:
@@ -78,10 +79,20 @@ def _write_out(text: str) -> None:
             select.select([], [fd], [])
 
 
-class _Group(click.Group):
+class _Group(one_line_usage(PROG, click.Group)):
     """click turns a closed output pipe (EPIPE) into exit 1, which for `verify` means "found a
     problem". Here it is exit 141 (128 + SIGPIPE, what a shell reports for a command killed by
-    it), quietly, for --help and --version too."""
+    it), quietly, for --help and --version too. Usage errors are one line (one_line_usage), the
+    subcommands' too (command_class) and an unknown subcommand's."""
+
+    command_class = one_line_usage(PROG)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            say_once(usage_line(PROG, exc), False)
+            raise click.exceptions.Exit(exc.exit_code) from None
 
     def make_context(self, *args, **kwargs) -> click.Context:
         with _closed_pipe_exits():

@@ -129,6 +129,8 @@ def _config(values: dict) -> PrecomputeConfig:
     """The merged values (a copy is taken) as one PrecomputeConfig."""
     values = dict(values)
     dataset, dataset_dir = values.pop("dataset"), values.pop("dataset_dir")
+    if dataset == "":  # was taken for no --dataset: the --data (or nothing) read instead
+        raise InputError("--dataset '': empty; name an entry of dataset_info.json, or leave the flag out")
     entry = load_datasets(dataset, dataset_dir) if dataset else None
     if entry and values.get("sharegpt_info"):
         raise InputError(f"--dataset {dataset} and --sharegpt-info: the entry names the columns and tags already; give one")
@@ -145,7 +147,9 @@ def _config(values: dict) -> PrecomputeConfig:
     columns = ColumnMap(**{k.removesuffix("_column"): values.pop(k) for k in list(values) if k.endswith("_column")})
     kwargs = values.pop("chat_template_kwargs")
     alpaca = entry.alpaca if entry else None
-    return PrecomputeConfig(data=tuple(values.pop("data")), columns=columns, sharegpt=sharegpt, alpaca=alpaca, chat_template_kwargs=kwargs or {}, **values)
+    return PrecomputeConfig(
+        data=tuple(values.pop("data")), columns=columns, sharegpt=sharegpt, alpaca=alpaca, chat_template_kwargs={} if kwargs is None else kwargs, **values
+    )
 
 
 def _file_values(ctx: click.Context, path: Path) -> tuple[dict, Resolved]:

@@ -13,6 +13,7 @@ from kto.formats.files import output_dir
 from kto.formats.hub import check_repo_id
 from kto.precompute.inputs.alpaca import AlpacaMap
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
+from kto.precompute.inputs.records import check_input_kind
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -110,6 +111,9 @@ class PrecomputeConfig:
         # Every field as its annotation says (formats/config_types.py, as TrainConfig's); the
         # template kwargs are JSON text or a mapping, which parse_kwargs checks.
         check_field_types(self, text_paths=("model",), skip=("chat_template_kwargs",))
+        for name in ("device_map", "chat_template_kwargs"):  # '' was taken for none, silently
+            if getattr(self, name) == "":
+                raise InputError(f"--{_flag(name)} '': empty; leave the flag out for none")
         object.__setattr__(self, "chat_template_kwargs", parse_kwargs(self.chat_template_kwargs))
         for name, (least, most) in INT_RANGES.items():
             value = getattr(self, name)
@@ -134,6 +138,9 @@ class PrecomputeConfig:
             check_repo_id(self.push_to_hub)
         elif self.hub_private:
             raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
+        for name in ("data", "eval_data"):
+            for path in getattr(self, name):
+                check_input_kind(path, f"--{_flag(name)}")
         output_dir(self.out, f"--out {self.out}")
         refuse_inside_others(Path(self.out))
 

@@ -36,6 +36,7 @@ from kto.formats.cache import ArrowFile
 from kto.formats.compute.logprob import input_device
 from kto.formats.compute.models import (
     check_attention_implementation,
+    check_device_map,
     checked_source,
     load_completion_logps,
     load_tokenizer,
@@ -235,6 +236,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     # of this run, which the checks below and the model's load share).
     source = checked_source(source, trust_remote_code=cfg.trust_remote_code)
     check_attention_implementation(source, cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    check_device_map(cfg.device_map)
     skeleton = source.skeleton
     cfg = _with_sharing_the_model_allows(cfg, skeleton, state)
     layout = shard_layout(cfg.rows_per_shard, cfg.batch_tokens, cfg.prefix_sharing)

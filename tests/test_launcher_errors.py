@@ -48,7 +48,7 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 @pytest.mark.parametrize(
     ("module", "args", "says"),
     [
-        ("kto.train.cli", ["--bogus"], "Error: No such option '--bogus'"),  # click's own error
+        ("kto.train.cli", ["--bogus"], "kto-train: error: No such option '--bogus'"),  # click's own error, on one line
         ("kto.train.cli", ["--learning-rate", "1"], "TRL/LLaMA-Factory's name for kto-train's --lr"),  # our hint
         ("kto.precompute.cli", ["--batch-tokens", "many"], "'many' is not a valid integer"),
         ("kto.train.cli", ["--cache", "c", "--out", "o"], "kto-train: error: --model is required"),  # an InputError

@@ -448,7 +448,9 @@ def check_attention_implementation(source: ModelSource, attn_implementation: str
     """Before --out is touched: transformers refuses sdpa at load for some models (Gemma 2,
     GptOss, Bloom in 5.25), and building the model from its config on the meta device meets the
     same refusal, said as the flag to give. Any other failure is left to the load (flash kernels
-    are checked there, on the device they run on)."""
+    are checked there, on the device they run on). First the name itself: one transformers
+    does not know (`abc`, '') was refused only at the load, after --out was claimed."""
+    check_attention_name(attn_implementation)
     if attn_implementation != "sdpa":
         return
     try:
@@ -457,6 +459,37 @@ def check_attention_implementation(source: ModelSource, attn_implementation: str
         unsupported = _attention_unsupported(exc)
         if unsupported is not None:
             raise _attention_refusal(attn_implementation, unsupported) from exc
+
+
+def check_attention_name(attn_implementation: str) -> None:
+    """A one-line refusal of a name the installed transformers would refuse at load, whatever
+    the model: not eager nor one of its AttentionInterface's keys (sdpa, flash_attention_2/3/4,
+    flex_attention, paged|eager, and any registered), nor such a key behind the `paged|` prefix
+    it still takes, nor a kernels-hub repo `org/repo[@rev][:name]` (its is_kernel pattern; the
+    kernel itself is fetched at load). Read from transformers, not listed here, so that a name
+    a newer release adds passes."""
+    from transformers.integrations.hub_kernels import is_kernel
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if attn_implementation in known or attn_implementation.removeprefix("paged|") in known or is_kernel(attn_implementation):
+        return
+    raise InputError(
+        f"--attn-implementation {attn_implementation!r}: not an attention implementation; give one of {', '.join(known)}, or a kernels hub repo ORG/NAME"
+    )
+
+
+def check_device_map(device_map: str | None) -> None:
+    """Before --out is claimed, --device-map as transformers reads a text one at load: a strategy
+    or a torch device name (`abc` failed at the load, named as the model's failure)."""
+    if device_map is None or device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return
+    import torch
+
+    try:
+        torch.device(device_map)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device-map {device_map!r}: give auto, balanced, balanced_low_0, sequential or a device (cpu, cuda:0)") from None
 
 
 def _attention_refusal(attn_implementation: str, model: str) -> InputError:

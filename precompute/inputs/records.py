@@ -71,11 +71,8 @@ def read_file(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
     The file sits in memory whole while its rows are parsed; the parsed rows are held anyway.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
     regular_file(path)
-    if suffix not in SUFFIXES:
-        expected = ", ".join(SUFFIXES)
-        raise InputError(f"{path}: unknown file type {suffix or '(none)'!r} (expected {expected})")
+    suffix = _known_suffix(path, str(path))
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -343,11 +340,33 @@ def input_records(path: str | Path, name: str | None = None) -> tuple[str, dict,
     return name or path.name, {"name": path.name, "sha256": sha256}, rows
 
 
-def _not_a_directory(path: Path) -> None:
+def _not_a_directory(path: Path, flag: str = "--data") -> None:
     """A directory that `datasets` did not write is refused with how to read it, before
-    regular_file's "a directory, not a regular file" can say less."""
+    regular_file's "a directory, not a regular file" can say less. `flag`: the one that named
+    it (--data, --eval-data)."""
     if path.is_dir():
-        raise InputError(f"--data {path}: a directory, but not one written by save_to_disk; write hf:{path}:SPLIT to read its data files through datasets")
+        raise InputError(f"{flag} {path}: a directory, but not one written by save_to_disk; write hf:{path}:SPLIT to read its data files through datasets")
+
+
+def _known_suffix(path: Path, where: str) -> str:
+    """The file's suffix (lower case), or a refusal naming `where` (the flag and the path)."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"{where}: unknown file type {suffix or '(none)'!r} (expected {', '.join(SUFFIXES)})")
+    return suffix
+
+
+def check_input_kind(path: str | Path, flag: str = "--data") -> None:
+    """What one input's name and kind tell, refused naming `flag` (--data, --eval-data), without
+    reading it: a directory `datasets` did not write, a file of a type no reader takes. Made
+    when the configuration is built, so that an --eval-data input is named as one (the run's
+    own reading names --data) and a .txt is refused before the model loads."""
+    if is_dataset_input(path):
+        return
+    path = Path(path)
+    _not_a_directory(path, flag)
+    if path.exists():
+        _known_suffix(path, f"{flag} {path}")
 
 
 def input_identity(path: str | Path) -> dict:
@@ -358,11 +377,11 @@ def input_identity(path: str | Path) -> dict:
     return dataset_identity(path)
 
 
-def check_input_path(path: str | Path) -> None:
+def check_input_path(path: str | Path, flag: str = "--data") -> None:
     """input_identity's refusals of `path` without its hashing: a file must be a regular file,
     a local `datasets` directory must hold only regular files and folders (hub.dataset_identity)."""
     if not is_dataset_input(path):
-        _not_a_directory(Path(path))
+        check_input_kind(path, flag)
         regular_file(path)
         return
     spec = parse_spec(path)
