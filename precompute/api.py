@@ -55,9 +55,9 @@ def check_paths(config: PrecomputeConfig) -> None:
     a typo or a FIFO is refused before those imports. Reads no row and writes nothing."""
     check_local_model(config.model)
     load_chat_template(config.chat_template, config.chat_template_kwargs)
-    for path in (*config.data, *config.eval_data):
-        check_input_path(path)
     flags = ["--data"] * len(config.data) + ["--eval-data"] * len(config.eval_data)
+    for path, flag in zip((*config.data, *config.eval_data), flags):
+        check_input_path(path, flag)
     check_distinct_files((*config.data, *config.eval_data), flags)  # a link to another input would read every row twice
 
 
