@@ -22,7 +22,7 @@ import torch
 
 from kto.formats.compute.adapters import adapter_config, is_adapter_dir, peft_quietly, require_peft, with_adapters
 from kto.formats.compute.numerics import train_numerics
-from kto.formats.errors import InputError, exception_line
+from kto.formats.errors import InputError, exception_line, log
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -211,7 +211,38 @@ def check_model(cfg: TrainConfig, skeleton: torch.nn.Module) -> None:
     """Before --out is touched and any weight is read: the LoRA targets exist in --model, built
     from its config on the meta device (formats/compute/models.py model_skeleton)."""
     if enabled(cfg):
-        target_modules(cfg, skeleton)
+        targets = target_modules(cfg, skeleton)
+        narrow = narrowest_targets(skeleton, targets)
+        if narrow and cfg.lora_r > narrow[1]:
+            names, width, shape = narrow
+            log(
+                f"kto-train: warning: --lora-r {cfg.lora_r} is above the width of {names} ({shape}): a LoRA update there has rank at most "
+                f"{width}; a larger rank adds parameters, not rank"
+            )
+
+
+def narrowest_targets(skeleton: torch.nn.Module, targets: list[str]) -> tuple[str, int, str] | None:
+    """The leaf names of the targeted layers of least min(in, out), that width, and their
+    shape ("32 in, 16 out"); None without any. From the meta skeleton's modules: no weight read."""
+    widths: dict[str, tuple[int, str]] = {}
+    for name, module in _decoder_linears(skeleton):
+        shape = _in_out(module)
+        leaf = name.rsplit(".", 1)[-1]
+        if shape and _matches(name, targets) and (leaf not in widths or min(shape) < widths[leaf][0]):
+            widths[leaf] = (min(shape), f"{shape[0]} in, {shape[1]} out")
+    if not widths:
+        return None
+    least = min(w for w, _ in widths.values())
+    names = sorted(n for n, (w, _) in widths.items() if w == least)
+    return ", ".join(names), least, widths[names[0]][1]
+
+
+def _in_out(module: torch.nn.Module) -> tuple[int, int] | None:
+    """(in, out) of an nn.Linear, or of transformers' Conv1D (weight [in, out]); None otherwise."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    weight = getattr(module, "weight", None)
+    return (int(weight.shape[0]), int(weight.shape[1])) if weight is not None and weight.ndim == 2 else None
 
 
 def lora_config(cfg: TrainConfig, lm: torch.nn.Module) -> LoraConfig:

@@ -25,7 +25,7 @@ from kto.formats.config_names import PEFT_TARGETS, Resolved
 from kto.formats.errors import InputError, exception_line, log, one_line_errors
 from kto.formats.paths import HOME_PATH, HOME_TEXT
 
-from .config import DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
+from .config import DEFAULTS, DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
 from .loss_type import LossType
 from .stop import Interrupted
 
@@ -171,7 +171,7 @@ def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[st
 def merged_config(ctx: click.Context, config_file: Path | None, resolved: Resolved, values: dict[str, Any], given: Callable[[str], bool]) -> TrainConfig:
     """The merged `values` (completed in place) as one TrainConfig; `given`: set on the command line."""
     values["lora_target_modules"] = target_modules_value(values.get("lora_target_modules"))
-    refuse_lora_settings_without_rank(ctx, values)
+    unset_lora_settings_of_files_without_rank(ctx, values)
     if config_file and resolved.alpha_twice_rank and given("lora_r"):
         if not given("lora_alpha") and values["lora_r"] > 0:
             values["lora_alpha"] = 2.0 * values["lora_r"]  # LLaMA-Factory's 2 × rank, of the rank in force (--lora-r 0: no LoRA, no alpha)
@@ -187,16 +187,20 @@ def merged_config(ctx: click.Context, config_file: Path | None, resolved: Resolv
     return TrainConfig(**values)
 
 
-def refuse_lora_settings_without_rank(ctx: click.Context, values: dict[str, Any]) -> None:
-    """--lora-alpha, --lora-dropout or --lora-target-modules (all-linear included) on the command
-    line without --lora-r would train every weight, as if they were not given. Only the command
-    line's: a dumped TRL config holds lora_alpha and lora_dropout whatever use_peft. Not on
+def unset_lora_settings_of_files_without_rank(ctx: click.Context, values: dict[str, Any]) -> None:
+    """A --config file's lora_alpha and lora_dropout without a LoRA rank go back to their
+    defaults: a dumped TRL config holds them whatever use_peft. Given on the command line (or in
+    the Python API) they stay, and TrainConfig refuses them (without a rank every weight is
+    trained). --lora-target-modules on the command line is refused here, as before. Not on
     --resume: the printed resume command repeats such a file's values, and the run record
     decides whether they match."""
-    if values.get("lora_r") == 0 and not values.get("resume"):
-        for name in ("lora_alpha", "lora_dropout", "lora_target_modules"):
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
-                raise InputError(f"--{name.replace('_', '-')}: needs --lora-r R > 0 (without it every weight is trained)")
+    if values.get("lora_r") != 0 or values.get("resume"):
+        return
+    if ctx.get_parameter_source("lora_target_modules") == ParameterSource.COMMANDLINE:
+        raise InputError("--lora-target-modules: needs --lora-r R > 0 (without it every weight is trained)")
+    for name in ("lora_alpha", "lora_dropout"):
+        if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            values[name] = DEFAULTS[name]
 
 
 def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,10 @@ KL_SCOPES = ("step", "microbatch")
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
 DTYPES = WEIGHT_DTYPES
 TEXT_PATHS = ("model",)  # text, a local directory given as a Path included
+# A rank is a matrix width (peft's A is r × in): layers are far narrower than 2**31, and a rank
+# above a layer's min(in, out) adds parameters but no rank (adapters.check_model warns). Past
+# 2**63 torch.empty raised an overflow traceback after the model had loaded.
+LORA_R_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -239,8 +244,14 @@ def _choice(flag: str, value: str, allowed) -> None:
 
 def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """--max-steps, else ⌈epochs × steps per epoch⌉. The product is rounded to 9 decimals first:
-    0.1 × 30 is 3.0000000000000004 in floating point, and one step more than a tenth of 30."""
-    return cfg.max_steps or max(1, math.ceil(round(cfg.epochs * steps_per_epoch, 9)))
+    0.1 × 30 is 3.0000000000000004 in floating point, and one step more than a tenth of 30. No
+    bound below float's range: nothing is built per step up front (optim.schedule_refusal samples)."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    steps = cfg.epochs * steps_per_epoch
+    if not math.isfinite(steps):
+        raise InputError(f"--epochs {cfg.epochs}: × {steps_per_epoch} steps per epoch is past floating point's range ({sys.float_info.max:.3g})")
+    return max(1, math.ceil(round(steps, 9)))
 
 
 def field_names() -> list[str]:
@@ -258,6 +269,8 @@ def check_adapter_flags(cfg: TrainConfig) -> None:
     here rather than in adapters.py, which reads TrainConfig and so must not be imported by it."""
     if cfg.lora_r < 0:
         raise InputError(f"--lora-r {cfg.lora_r}: must not be negative (0 trains every weight)")
+    if cfg.lora_r > LORA_R_MAX:
+        raise InputError(f"--lora-r {cfg.lora_r}: must be in [0, 2**31)")
     if not cfg.lora_alpha > 0:
         raise InputError(f"--lora-alpha {cfg.lora_alpha}: must be positive")
     if not 0 <= cfg.lora_dropout < 1:
@@ -272,3 +285,11 @@ def check_adapter_flags(cfg: TrainConfig) -> None:
             raise InputError("--merge-adapters: needs adapters (--lora-r R > 0); with every weight trained, final/ is already the whole model")
         if cfg.lora_target_modules:
             raise InputError("--lora-target-modules: needs --lora-r R > 0")
+        if not cfg.resume:  # a resumed run's command repeats a file's values; the run record checks them
+            for name in ("lora_alpha", "lora_dropout"):
+                if getattr(cfg, name) != DEFAULTS[name]:
+                    raise InputError(f"--{_flag(name)}: needs --lora-r R > 0 (without it every weight is trained)")
+
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+"""Each TrainConfig field's default (dataclasses.MISSING for the required ones)."""

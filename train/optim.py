@@ -107,41 +107,80 @@ _ROUNDING = 1e-9
 # Kinds whose factor on the first step after warmup is not 1 by design: cosine_warmup_with_min_lr
 # reaches 1 on the last warmup step ((s + 1)/W) and is already decaying on the next.
 _PEAK_IN_WARMUP = ("cosine_warmup_with_min_lr",)
+# A tail at rate 0 shorter than this share of the run is float64 rounding of a decay to 0, not a
+# clamp (below 1 step on runs under 10**8 steps: those are checked as before).
+_ROUNDED_TAIL = 1e-8
+
+
+# Past this many steps the factors are sampled (`_checked_steps`): evaluating every step of a
+# run of 10**12 steps took hours and gigabytes before the run could start (a fuzz's hang).
+EVERY_STEP_UP_TO = 100_000
+_EDGE = 1_000  # steps checked at each end of the run and on each side of the warmup's end
+_SPREAD = 10_000  # evenly spaced steps checked between them
+
+
+def _checked_steps(total: int, warmup: int) -> list[int]:
+    """Every step 0..T when T ≤ EVERY_STEP_UP_TO; past that, a sample: the first and last _EDGE
+    steps, _EDGE on each side of the warmup's end and _SPREAD evenly spaced. transformers'
+    schedules are closed forms, smooth between those boundaries: what goes wrong (a raise, a
+    factor out of [0, 1], a clamp to 0) does so at a boundary or over a stretch the sample hits."""
+    if total <= EVERY_STEP_UP_TO:
+        return list(range(total + 1))
+    picked = {*range(_EDGE), *range(warmup - _EDGE, warmup + _EDGE), *range(total - _EDGE, total + 1)}
+    picked.update(i * total // _SPREAD for i in range(_SPREAD + 1))
+    return sorted(s for s in picked if 0 <= s <= total)
 
 
 def schedule_refusal(cfg: TrainConfig, factor: Callable[[int], float], total_steps: int) -> str | None:
     """Why the run could not follow a schedule whose rate on step s is factor(s) × --lr, as one
-    line; None when it can. factor is the scheduler's own lambda, evaluated on every step the run's
-    scheduler will evaluate: 0..T − 1, and T, where scheduler.step() after the last update lands.
+    line; None when it can. factor is the scheduler's own lambda, evaluated on the steps the run's
+    scheduler will evaluate (`_checked_steps`: all of them on a run of up to EVERY_STEP_UP_TO):
+    0..T − 1, and T, where scheduler.step() after the last update lands.
 
     Refused: a step that raises (on step T too: it would end the run before final/ is saved), a
     factor not finite, below 0 or above 1 (a rate above --lr); every step at rate 0 (nothing
     trains: a warmup over the whole run); the first step after warmup below 1 (the schedule
     never reaches --lr: warmup_stable_decay's num_decay_steps beyond the run); the last steps
     at rate 0 (transformers clamps a factor below 0 to 0: cosine_with_min_lr's min_lr_rate −1)."""
-    factors = []
-    for step in range(total_steps + 1):
-        try:
-            f = float(factor(step))
-        except Exception as exc:  # whatever the lambda raises, the run's scheduler.step() would
-            after = " (the scheduler's step after the last update)" if step == total_steps else ""
-            # polynomial divides by T − W: a warmup over the whole run is the cause, not the kwargs.
-            warmup = warmup_steps(cfg, total_steps)
-            hint = f"; --warmup-steps {warmup} ≥ the run's {total_steps} steps: give fewer" if warmup >= total_steps else ""
-            return f"{_given(cfg)}: step {step}{after} of the run's {total_steps} raises {exception_line(exc)}{hint}"
-        if step == total_steps:  # no update runs at this rate: only its raising matters
-            break
-        problem = "not a finite number" if not math.isfinite(f) else "a negative rate" if f < 0 else "above --lr" if f > 1 + _ROUNDING else None
-        if problem:
-            return f"{_given(cfg)}: step {step} of the run's {total_steps} would run at learning rate {f * cfg.lr:g} ({f:g} × --lr {cfg.lr:g}): {problem}"
-        factors.append(f)
-    return _shape_refusal(cfg, factors)
+    factors: dict[int, float] = {}
+    previous = -1
+    for step in _checked_steps(total_steps, warmup_steps(cfg, total_steps)):
+        why, f = _step_refusal(cfg, factor, step, total_steps)
+        if why:
+            # Sampled, the first step refused lies after the last step checked: found by
+            # bisection, so the line names the step that checking every one would name.
+            while step - previous > 1:
+                mid = (previous + step) // 2
+                previous, step = (previous, mid) if _step_refusal(cfg, factor, mid, total_steps)[0] else (mid, step)
+            return _step_refusal(cfg, factor, step, total_steps)[0]
+        if step < total_steps:  # no update runs at step T's rate: only its raising matters
+            factors[step] = f
+        previous = step
+    return _shape_refusal(cfg, factor, factors, total_steps)
 
 
-def _shape_refusal(cfg: TrainConfig, factors: list[float]) -> str | None:
-    """`schedule_refusal`'s checks on the whole run's factors, each within [0, 1]."""
-    total, warmup = len(factors), warmup_steps(cfg, len(factors))
-    if factors and not any(factors):
+def _step_refusal(cfg: TrainConfig, factor: Callable[[int], float], step: int, total_steps: int) -> tuple[str | None, float]:
+    """Why step `step`'s factor is refused (`schedule_refusal`), or None; and the factor."""
+    try:
+        f = float(factor(step))
+    except Exception as exc:  # whatever the lambda raises, the run's scheduler.step() would
+        after = " (the scheduler's step after the last update)" if step == total_steps else ""
+        # polynomial divides by T − W: a warmup over the whole run is the cause, not the kwargs.
+        warmup = warmup_steps(cfg, total_steps)
+        hint = f"; --warmup-steps {warmup} ≥ the run's {total_steps} steps: give fewer" if warmup >= total_steps else ""
+        return f"{_given(cfg)}: step {step}{after} of the run's {total_steps} raises {exception_line(exc)}{hint}", math.nan
+    if step == total_steps:
+        return None, f
+    problem = "not a finite number" if not math.isfinite(f) else "a negative rate" if f < 0 else "above --lr" if f > 1 + _ROUNDING else None
+    if problem:
+        return f"{_given(cfg)}: step {step} of the run's {total_steps} would run at learning rate {f * cfg.lr:g} ({f:g} × --lr {cfg.lr:g}): {problem}", f
+    return None, f
+
+
+def _shape_refusal(cfg: TrainConfig, factor: Callable[[int], float], factors: dict[int, float], total: int) -> str | None:
+    """`schedule_refusal`'s checks on the run's factors (step: factor, each within [0, 1])."""
+    warmup = warmup_steps(cfg, total)
+    if factors and not any(factors.values()):
         # As loss_is_identically_zero (train/checks.py): a run that trains nothing saves --model as final/.
         why = (
             f" (--warmup-steps {warmup} ≥ the run's {total} steps, and transformers' warmup starts at rate 0)"
@@ -154,14 +193,34 @@ def _shape_refusal(cfg: TrainConfig, factors: list[float]) -> str | None:
         )
     if warmup < total and cfg.lr_schedule not in _PEAK_IN_WARMUP and factors[warmup] < 1 - _ROUNDING:
         return f"{_given(cfg)}: step {warmup}, the first after warmup, runs at {factors[warmup]:.3g} × --lr {cfg.lr:g}: the schedule never reaches --lr over the run's {total} steps"
-    if warmup < total and factors[-1] == 0:
+    if warmup < total and factors[total - 1] == 0:
         # Exactly 0: a clamp's. A decay to 0 ends above it (linear: 1/(T − W) on the last step),
-        # and a single 0 mid-run (cosine with num_cycles 1) is a choice, not a lost tail.
-        first = next(s for s in range(total - 1, -1, -1) if s < warmup or factors[s] != 0) + 1
+        # and a single 0 mid-run (cosine with num_cycles 1) is a choice, not a lost tail. But
+        # cosine's ½(1 + cos(π·(1 − x))) rounds to 0 in float64 for x below ~3.4e-9: a run of
+        # 10**12 steps ends with 3,353 such steps, rounding and not a clamp.
+        first = _zero_tail_start(factor, factors, warmup)
         n = total - first
+        if n < total * _ROUNDED_TAIL:
+            return None
         steps = f"step {first} (1" if n == 1 else f"steps {first} to {total - 1} ({n}"
         return f"{_given(cfg)}: {steps} of the run's {total}) run{'s' if n == 1 else ''} at learning rate 0 and train nothing"
     return None
+
+
+def _zero_tail_start(factor: Callable[[int], float], factors: dict[int, float], warmup: int) -> int:
+    """The first step of the run's last stretch at rate 0: after the last checked step that is
+    in warmup or above 0, found between it and the next checked step by bisection (a clamp's
+    tail, once 0, stays 0; with every step checked, the two are neighbours)."""
+    checked = sorted(factors)
+    i = next(i for i in range(len(checked) - 1, -1, -1) if checked[i] < warmup or factors[checked[i]] != 0)
+    above, zero = checked[i], checked[i + 1]
+    while zero - above > 1:
+        mid = (above + zero) // 2
+        if mid >= warmup and float(factor(mid)) == 0:
+            zero = mid
+        else:
+            above = mid
+    return zero
 
 
 def check_schedule(cfg: TrainConfig, total_steps: int | None = None) -> None:
