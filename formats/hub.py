@@ -61,7 +61,7 @@ MODEL_PATTERNS = [
 # data. The card is the cache's own (kto-precompute rewrites it, --overwrite removes it, a push
 # replaces it) while it holds CARD_MARKER; without the line it is the user's file.
 CARD_NAME = "README.md"
-CARD_MARKER = "<!-- kto-precompute card: rewritten while this line is here; delete the line to keep your edits -->"
+CARD_MARKER = "<!-- kto-precompute card: a rerun rewrites it while this line is here; delete the line to keep your edits (--overwrite replaces the whole cache, this file too) -->"
 
 
 def card_configs(with_eval: bool, flow: bool = False) -> str:

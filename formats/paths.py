@@ -76,7 +76,7 @@ class HomeText(click.types.StringParamType):
         return expand_home(super().convert(value, param, ctx))
 
 
-EMPTY_PATH = "an empty path; write . for the current directory"
+EMPTY_PATH = "an empty path (it would mean the current directory; write . where that is meant)"
 
 
 def refuse_empty(kind: click.ParamType, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> None:

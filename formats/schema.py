@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from .errors import InputError
+
 # When it must change: see the module docstring. History:
 # 1: the first format.
 # 2: rows stored in KL-cycle order (row k's partner is normally row k+1, the last row's row 0) and
@@ -226,7 +228,10 @@ def to_arrow(rows: Ragged | Sequence[Sequence] | None, type: pa.ListType, n: int
     r = packed(rows) if isinstance(rows, Ragged) else Ragged.from_rows(rows, type.value_type.to_pandas_dtype())
     values = r.values.astype(type.value_type.to_pandas_dtype(), copy=False)
     if len(r.offsets) and r.offsets[-1] > np.iinfo(np.int32).max:  # astype would wrap them silently
-        raise OverflowError(f"{r.offsets[-1]} values in one Arrow list column: past what int32 offsets hold")
+        # Only a shard of rows near --max-length's 2**31 gets here (4096 rows of 524,288 tokens):
+        # refused when that shard is built, before it is written, rather than for every cache
+        # whose --rows-per-shard × --max-length could (a large --max-length meaning "no cut").
+        raise InputError(f"{r.offsets[-1]:,} tokens in one column of a shard: past the 2**31 - 1 its Arrow offsets hold; give a smaller --rows-per-shard")
     return pa.ListArray.from_arrays(pa.array(r.offsets.astype(np.int32)), pa.array(values))
 
 

@@ -119,11 +119,6 @@ class PrecomputeConfig:
             value = getattr(self, name)
             if value is not None and not least <= value <= most:
                 raise InputError(f"--{_flag(name)} {value}: must be in {_range(least, most)}")
-        if self.rows_per_shard * self.max_length > INT32_MAX:  # a list column's int32 offsets (formats/schema.py to_arrow)
-            raise InputError(
-                f"--rows-per-shard {self.rows_per_shard}: a shard of that many rows of --max-length {self.max_length} tokens could hold "
-                f"2**31 tokens or more in a column; at most {INT32_MAX // self.max_length}"
-            )
         if not self.prompt_cap < self.max_length:
             raise InputError(f"--max-prompt-length {self.prompt_cap}: must be positive and smaller than --max-length {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:

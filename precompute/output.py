@@ -147,7 +147,7 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tup
         elif p.name == S.MANIFEST_NAME:
             owned = manifest is not None
         elif p.name == CARD_NAME:
-            owned = proven and own_card(p)
+            owned = proven and p.is_file() and not p.is_symlink()  # the card, edited or not (write_card keeps an edited one)
         elif p.match(S.SHARD_GLOB):
             owned = p.name in listed and p.is_file() and not p.is_symlink()
         elif p.name == S.TOKENIZER_DIR:
@@ -168,16 +168,17 @@ def write_card(out: Path, manifests: list[Manifest]) -> None:
     train, evaluation = by_split["train"], by_split.get("eval")
     model = str(train.info.get("model_path") or "the reference model")
     text = card_text(model, train.content.dtype, train.fingerprint, evaluation.fingerprint if evaluation else None)
-    write_bytes_atomic(out / CARD_NAME, text.encode())
+    card = out / CARD_NAME
+    if not (card.is_file() and edited_card(card)):
+        write_bytes_atomic(card, text.encode())
 
 
-def own_card(path: Path) -> bool:
-    """A README.md is the cache's while it holds the card's marker line (a plain file, read up to
-    64 KiB: a card is a few hundred bytes); the user's once they took the line out."""
-    if path.is_symlink() or not path.is_file():
-        return False
+def edited_card(path: Path) -> bool:
+    """A README.md in a cache is its card; the user's own edit once they took the marker line out
+    (read up to 64 KiB: a card is a few hundred bytes). A rerun keeps an edited card, and
+    --overwrite, which replaces the whole cache, replaces it."""
     with open(path, "rb") as f:
-        return is_kto_card(f.read(1 << 16).decode("utf-8", errors="replace"))
+        return not is_kto_card(f.read(1 << 16).decode("utf-8", errors="replace"))
 
 
 def own_journal(folder: Path, temps_pending: bool = False) -> bool:

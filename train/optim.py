@@ -116,18 +116,23 @@ _ROUNDED_TAIL = 1e-8
 # run of 10**12 steps took hours and gigabytes before the run could start (a fuzz's hang).
 EVERY_STEP_UP_TO = 100_000
 _EDGE = 1_000  # steps checked at each end of the run and on each side of the warmup's end
-_SPREAD = 10_000  # evenly spaced steps checked between them
+_SPREAD = 10_000  # evenly spaced steps checked between them, and as many spread by _GOLDEN
+_GOLDEN = (5**0.5 - 1) / 2
 
 
 def _checked_steps(total: int, warmup: int) -> list[int]:
     """Every step 0..T when T ≤ EVERY_STEP_UP_TO; past that, a sample: the first and last _EDGE
-    steps, _EDGE on each side of the warmup's end and _SPREAD evenly spaced. transformers'
+    steps, _EDGE on each side of the warmup's end, _SPREAD evenly spaced and _SPREAD more at the
+    golden ratio's multiples. transformers'
     schedules are closed forms, smooth between those boundaries: what goes wrong (a raise, a
     factor out of [0, 1], a clamp to 0) does so at a boundary or over a stretch the sample hits."""
     if total <= EVERY_STEP_UP_TO:
         return list(range(total + 1))
     picked = {*range(_EDGE), *range(warmup - _EDGE, warmup + _EDGE), *range(total - _EDGE, total + 1)}
     picked.update(i * total // _SPREAD for i in range(_SPREAD + 1))
+    # And as many at the golden ratio's multiples (mod 1): a periodic schedule whose period is
+    # the even spacing (cycles of total/_SPREAD steps) put every even sample on a peak.
+    picked.update(int(((i * _GOLDEN) % 1.0) * total) for i in range(1, _SPREAD + 1))
     return sorted(s for s in picked if 0 <= s <= total)
 
 

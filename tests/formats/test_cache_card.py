@@ -72,8 +72,7 @@ def test_the_card_says_what_the_folder_is(split_cache):
 def test_a_rerun_resumes_and_an_overwrite_replaces_the_card(split_cache, tmp_path):
     """The card is the cache's own file: a rerun of the same command resumes (the card rewritten
     the same, the shards and manifest untouched), kto-inspect verify passes, and --overwrite of
-    another configuration replaces it; a card the user made their own (the marker line gone)
-    is foreign, refused like any other file of theirs."""
+    another configuration replaces it."""
     import shutil
 
     from kto.inspection.cli import main as inspect
@@ -94,9 +93,15 @@ def test_a_rerun_resumes_and_an_overwrite_replaces_the_card(split_cache, tmp_pat
     assert overwrite.exit_code == 0, overwrite.output
     assert read_manifest(copy).fingerprint in (copy / CARD_NAME).read_text()
 
-    (copy / CARD_NAME).write_text((copy / CARD_NAME).read_text().replace(CARD_MARKER, ""))
-    refused = CliRunner().invoke(precompute, [*args, "--seed", "2", "--overwrite"])
-    assert refused.exit_code == 2 and f"holds {CARD_NAME}, which this cache did not write" in refused.output
+    # The card made the user's own (as its marker line says: delete the line): a rerun keeps it,
+    # where the cache's survey called it foreign and refused even --overwrite; --overwrite,
+    # which replaces the whole cache, replaces it.
+    edited = (copy / CARD_NAME).read_text().replace(CARD_MARKER, "") + "My notes.\n"
+    (copy / CARD_NAME).write_text(edited)
+    rerun = CliRunner().invoke(precompute, [*args, "--seed", "1"], catch_exceptions=False)
+    assert rerun.exit_code == 0 and (copy / CARD_NAME).read_text() == edited, rerun.output
+    replaced = CliRunner().invoke(precompute, [*args, "--seed", "2", "--overwrite"], catch_exceptions=False)
+    assert replaced.exit_code == 0 and CARD_MARKER in (copy / CARD_NAME).read_text(), replaced.output
 
 
 def test_a_killed_runs_card_temp_is_ours():

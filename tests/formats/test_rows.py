@@ -9,6 +9,7 @@ import pytest
 
 from kto.formats import schema as S
 from kto.formats.cache import ArrowFile
+from kto.formats.errors import InputError
 
 TYPES = {"ids": pa.list_(pa.int32()), "name": pa.string(), "score": pa.float64(), "flag": pa.bool_()}
 
@@ -70,7 +71,8 @@ def test_heads_keep_each_rows_start():
 
 def test_a_list_column_past_int32_offsets_is_refused_not_wrapped():
     """2**31 values in one column: the int32 cast of its offsets wrapped, and a column of another
-    row's tokens would have been written. (A zero-stride view: no 8 GB are allocated.)"""
+    row's tokens would have been written; refused when the shard is built, naming the flag that
+    makes shards smaller. (A zero-stride view: no 8 GB are allocated.)"""
     big = S.Ragged(np.broadcast_to(np.int32(0), (2**31,)), np.array([0, 2**31]))
-    with pytest.raises(OverflowError, match=r"2147483648 values in one Arrow list column"):
+    with pytest.raises(InputError, match=r"^2,147,483,648 tokens in one column of a shard: .* give a smaller --rows-per-shard$"):
         S.to_arrow(big, pa.list_(pa.int32()))

@@ -85,9 +85,6 @@ def test_config_values_that_mean_a_whole_number_are_taken(tmp_path):
         ("--seed", "4294967296", "must be in [0, 2**32)"),  # kto-train's --seed range
         ("--seed", "-1", "must be in [0, 2**32)"),
         ("--eval-fraction", "nan", "must be in [0, 1)"),
-        # A shard's list column holds up to rows × --max-length values behind int32 offsets:
-        # 40,000,000 rows of 64 (precompute_args' --max-length) would wrap them.
-        ("--rows-per-shard", "40000000", "a shard of that many rows of --max-length 64 tokens could hold 2**31 tokens or more in a column; at most 33554431"),
     ],
 )
 def test_an_integer_flag_out_of_range_is_refused_before_anything_is_written(tmp_path, tiny_model_dir, flag, value, expect):
@@ -205,9 +202,7 @@ def test_the_largest_values_allowed_run_end_to_end(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "rows.jsonl", text_rows())
     out = tmp_path / "out"
     most = str(2**31 - 1)
-    # --rows-per-shard × --max-length must stay under 2**31 too (a list column's int32 offsets):
-    # one row per shard at the largest --max-length.
-    flags = ["--max-length", most, "--max-prompt-length", str(2**31 - 2), "--rows-per-shard", "1", "--batch-tokens", most]
+    flags = ["--max-length", most, "--max-prompt-length", str(2**31 - 2), "--rows-per-shard", most, "--batch-tokens", most]
     flags += ["--chunk-size", most, "--seed", str(2**32 - 1), "--max-samples", str(2**63 - 1), "--eval-fraction", "0.25"]
     args = ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), *flags]
     result = CliRunner().invoke(main, args, catch_exceptions=False)

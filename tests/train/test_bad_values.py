@@ -178,3 +178,14 @@ def test_a_rank_above_a_targets_width_is_warned_of_in_one_line(tiny_model_dir, c
     ]
     check_model(TrainConfig(cache=tiny_model_dir, model=str(tiny_model_dir), out=tiny_model_dir / "x", lora_r=16), skeleton)
     assert capsys.readouterr().err == ""
+
+
+def test_a_periodic_schedule_cannot_hide_between_evenly_spaced_samples():
+    """warmup_stable_decay with 10,000 cycles and min_lr_ratio 1.9 over 10**12 steps: each cycle
+    is 10**8 steps, the spacing of the even samples, so every one of them landed on a peak at
+    rate 1 and the run was accepted, half its steps at 1.9 × --lr (a reviewer's case). Samples
+    at the golden ratio's multiples do not line up with any period."""
+    total = 10**12
+    kwargs = {"num_decay_steps": total, "num_cycles": 10_000, "min_lr_ratio": 1.9}
+    with pytest.raises(InputError, match=r"above --lr$"):
+        check_schedule(schedule_cfg(lr_schedule="warmup_stable_decay", lr_schedule_kwargs=kwargs), total)
