@@ -449,8 +449,10 @@ def check_attention_implementation(source: ModelSource, attn_implementation: str
     GptOss, Bloom in 5.25), and building the model from its config on the meta device meets the
     same refusal, said as the flag to give. Any other failure is left to the load (flash kernels
     are checked there, on the device they run on). First the name itself: one transformers
-    does not know (`abc`, '') was refused only at the load, after --out was claimed."""
-    check_attention_name(attn_implementation)
+    does not know (`abc`, '') was refused only at the load, after --out was claimed. Not with
+    --trust-remote-code: a folder's own code may register its attention name when it loads."""
+    if not trust_remote_code:
+        check_attention_name(attn_implementation)
     if attn_implementation != "sdpa":
         return
     try:

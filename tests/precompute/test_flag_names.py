@@ -81,3 +81,14 @@ def test_the_api_names_eval_data_for_a_directory(tmp_path, data, tiny_model_dir)
     (tmp_path / "adir").mkdir()
     with pytest.raises(InputError, match="^--eval-data .*adir: a directory"):
         run(PrecomputeConfig(data=(data,), model=str(tiny_model_dir), out=tmp_path / "o", eval_data=(tmp_path / "adir",)))
+
+
+def test_an_attention_name_is_left_to_the_load_under_trust_remote_code(tiny_model_dir):
+    """A folder's own code may register its attention function when transformers imports it,
+    after this check: under --trust-remote-code the name is not judged from transformers alone."""
+    from kto.formats.compute.models import check_attention_implementation, resolve_source
+
+    source = resolve_source(str(tiny_model_dir))
+    with pytest.raises(InputError, match="my_attention"):
+        check_attention_implementation(source, "my_attention")
+    check_attention_implementation(source, "my_attention", trust_remote_code=True)
