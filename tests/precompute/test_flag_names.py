@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import precompute_args, text_rows, write_rows
 
 from kto.formats.errors import InputError
 from kto.precompute.api import run
 from kto.precompute.cli import main
 from kto.precompute.config import PrecomputeConfig
-from tests.conftest import precompute_args, text_rows, write_rows
 
 
 def refusal(args: list[str]) -> str:
