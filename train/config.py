@@ -191,6 +191,11 @@ class TrainConfig:
         for name in ("desirable_weight", "undesirable_weight", "sft_weight", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
+        if self.lr * self.weight_decay >= 1:  # AdamW's decoupled decay: w ← w·(1 − lr·weight_decay) each step
+            raise InputError(
+                f"--weight-decay {self.weight_decay} with --lr {self.lr}: AdamW multiplies every weight by 1 − lr × weight_decay "
+                f"= {1 - self.lr * self.weight_decay:g} at each step at --lr, erasing or flipping it; lr × weight_decay must be below 1"
+            )
         if self.drift_tolerance is not None and self.drift_tolerance < 0:
             raise InputError(f"--drift-tolerance {self.drift_tolerance}: must not be negative")
         if not 0 <= self.seed < 2**32:  # numpy's and torch's seeds, as transformers' set_seed takes them

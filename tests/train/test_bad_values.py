@@ -189,3 +189,13 @@ def test_a_periodic_schedule_cannot_hide_between_evenly_spaced_samples():
     kwargs = {"num_decay_steps": total, "num_cycles": 10_000, "min_lr_ratio": 1.9}
     with pytest.raises(InputError, match=r"above --lr$"):
         check_schedule(schedule_cfg(lr_schedule="warmup_stable_decay", lr_schedule_kwargs=kwargs), total)
+
+
+def test_a_weight_decay_that_erases_the_weights_is_refused():
+    """--lr 1 --weight-decay 1 (or the fuzz's --weight-decay 2**63) multiplied every weight by
+    1 − lr·wd ≤ 0 at each step; the run exited 0 with weights of 9.5e11 in final/."""
+    from kto.train.config import TrainConfig
+
+    with pytest.raises(InputError, match=r"^--weight-decay 1\.0 with --lr 1\.0: AdamW multiplies every weight by 1 − lr × weight_decay = 0 "):
+        TrainConfig(cache="c", model="m", out="o", lr=1.0, weight_decay=1.0)
+    assert TrainConfig(cache="c", model="m", out="o", lr=1e-5, weight_decay=0.1).weight_decay == 0.1
