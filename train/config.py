@@ -191,20 +191,11 @@ class TrainConfig:
         for name in ("desirable_weight", "undesirable_weight", "sft_weight", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must not be negative")
-        if self.lr * self.weight_decay >= 1:  # AdamW's decoupled decay: w ← w·(1 − lr·weight_decay) each step
-            raise InputError(
-                f"--weight-decay {self.weight_decay} with --lr {self.lr}: AdamW multiplies every weight by 1 − lr × weight_decay "
-                f"= {1 - self.lr * self.weight_decay:g} at each step at --lr, erasing or flipping it; lr × weight_decay must be below 1"
-            )
         if self.drift_tolerance is not None and self.drift_tolerance < 0:
             raise InputError(f"--drift-tolerance {self.drift_tolerance}: must not be negative")
         if not 0 <= self.seed < 2**32:  # numpy's and torch's seeds, as transformers' set_seed takes them
             raise InputError(f"--seed {self.seed}: must be in [0, 2**32)")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise InputError(f"--{_flag(name)} {getattr(self, name)}: must be in [0, 1)")
-        if not 0 < self.adam_epsilon < math.inf:
-            raise InputError(f"--adam-epsilon {self.adam_epsilon}: must be positive")
+        check_optimizer_flags(self)
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:
@@ -267,6 +258,22 @@ def load_config_file(path: Path) -> config_file.Resolved:
     """YAML (.yaml/.yml) or TOML (.toml) whose keys are TrainConfig field names (dashes or
     underscores) or TRL's and LLaMA-Factory's names for them (formats/config_keys.py)."""
     return config_file.resolve_config_file(path, config_file.TRAIN, field_names())
+
+
+def check_optimizer_flags(cfg: TrainConfig) -> None:
+    """AdamW's settings: betas in [0, 1), a positive epsilon, and a decay that keeps the weights:
+    its decoupled step is w ← w·(1 − lr·weight_decay), which at lr × weight_decay ≥ 1 erases or
+    flips every weight (the fuzz's --weight-decay 2**63 exited 0 with weights of 9.5e11)."""
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise InputError(f"--{_flag(name)} {getattr(cfg, name)}: must be in [0, 1)")
+    if not 0 < cfg.adam_epsilon < math.inf:
+        raise InputError(f"--adam-epsilon {cfg.adam_epsilon}: must be positive")
+    if cfg.lr * cfg.weight_decay >= 1:
+        raise InputError(
+            f"--weight-decay {cfg.weight_decay} with --lr {cfg.lr}: AdamW multiplies every weight by 1 − lr × weight_decay "
+            f"= {1 - cfg.lr * cfg.weight_decay:g} at each step at --lr, erasing or flipping it; lr × weight_decay must be below 1"
+        )
 
 
 def check_adapter_flags(cfg: TrainConfig) -> None:
