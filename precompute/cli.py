@@ -143,6 +143,9 @@ def _config(values: dict) -> PrecomputeConfig:
     sharegpt = values.pop("sharegpt_info")
     sharegpt = entry.sharegpt if entry else load_sharegpt_info(sharegpt) if sharegpt else ShareGPTMap()
     overrides = {k: values.pop(f"{k}_column") for k in ("system", "tools")}
+    for key, name in overrides.items():
+        if name and not name.strip():  # '' reads none; blanks name no column (ShareGPTMap's refusal names no flag)
+            raise InputError(f"--{key}-column {name!r}: a column name, or '' to read none")
     sharegpt = ShareGPTMap(**{**sharegpt.as_dict(), **{k: v for k, v in overrides.items() if v is not None}})  # '': no such column
     columns = ColumnMap(**{k.removesuffix("_column"): values.pop(k) for k in list(values) if k.endswith("_column")})
     kwargs = values.pop("chat_template_kwargs")

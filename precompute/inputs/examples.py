@@ -228,7 +228,8 @@ class ColumnMap:
             if key == "id" and name == "":
                 continue  # --id-column '': no id column, every row is named FILE:ROW
             if not isinstance(name, str) or not name.strip():
-                raise InputError(f"column map: {key} must be a non-empty column name, got {name!r}")
+                # Named by its flag (the Python API's field is the flag's name): --config maps it to the file's key.
+                raise InputError(f"--{key}-column {name!r}: the {key} must be a non-empty column name")
 
     def as_dict(self) -> dict[str, str]:
         """Plain dict, for fingerprinting: the manifest's `content.columns`. The first fields are

@@ -428,11 +428,12 @@ def iter_examples(
     `names`: input_names of these paths among all a cache reads (default: of these alone)."""
     check_distinct_files(paths)
     names = input_names(paths) if names is None else names
+    given = given_columns(columns, sharegpt)
     read: dict[str, str] = {}  # each input's identity (its sha256, ...), as read -> its path
     groups = sample.groups(len(paths)) if sample is not None else [range(i, i + 1) for i in range(len(paths))]
     for group in groups:
         identities: list[dict] = []
-        rows = _group_rows(paths, group, names, read, identities)
+        rows = _group_rows(paths, group, names, read, identities, given)
         if sample is not None:
             rows = sample.rows(rows, group.start)
         for (_, row), (name, record) in rows:
@@ -442,17 +443,70 @@ def iter_examples(
 
 
 def _group_rows(
-    paths: Sequence[str | Path], group: range, names: Sequence[str | None], read: dict[str, str], identities: list[dict]
+    paths: Sequence[str | Path],
+    group: range,
+    names: Sequence[str | None],
+    read: dict[str, str],
+    identities: list[dict],
+    given: dict[str, str] | None = None,
 ) -> Iterator[tuple[tuple[int, int], tuple[str, Any]]]:
     """((input index, 1-based row), (input's name, record)) of the group's inputs, one after
     another, each opened when reached; `identities` receives each input's identity once its
-    rows are all read."""
+    rows are all read. `given` (given_columns): each input must hold each of them in some row,
+    checked once its rows are all read (a large input is read streaming: its rows before the
+    refusal are staged already, and removed with --out as a bad row's are)."""
     for index in group:
         name, identity, rows = input_records(paths[index], names[index])
         _distinct_input(identity, str(paths[index]), read)
+        watch = _ColumnWatch(given or {})
         for row, record in rows:
+            watch.see(record)
             yield (index, row), (name, record)
+        watch.check(name)
         identities.append(identity)
+
+
+def given_columns(columns: ColumnMap, sharegpt: ShareGPTMap) -> dict[str, str]:
+    """The columns every row of every shape is read for (id, system, tools: _row_examples,
+    sharegpt.py, alpaca.py) that the user named, flag -> name: a name other than the default
+    (whose absence means no ids, no system prompts, as documented) and other than '' (reads
+    none). A name no row of an input holds would be dropped without a word (--system-column
+    nope changed the numbers), so it is refused. The shapes' own columns (--prompt-column,
+    --chosen-column, ...) are not: a row of another shape does not read them, and pointing one
+    at a column the file lacks is how check_one_shape's message says to pick a shape."""
+    entry = " (or the entry's columns.{})" if sharegpt.entry else ""  # a dataset_info.json entry names them too
+    names = {
+        "--id-column": (columns.id, ColumnMap().id, ""),
+        "--system-column": (sharegpt.system, ShareGPTMap().system, entry.format("system")),
+        "--tools-column": (sharegpt.tools, ShareGPTMap().tools, entry.format("tools")),
+    }
+    return {f"{flag} {name}{also}": name for flag, (name, default, also) in names.items() if name not in ("", default)}
+
+
+class _ColumnWatch:
+    """One input's rows, watched for the given columns (label -> name) none of them held yet."""
+
+    _SHOWN = 20  # columns listed in the refusal, at most: it stays one line
+
+    def __init__(self, given: dict[str, str]) -> None:
+        self.missing = dict(given)
+        self.held: dict[Any, None] = {}  # the columns seen, in first-seen order
+        self.rows = 0
+
+    def see(self, record: Any) -> None:
+        self.rows += 1
+        if self.missing and isinstance(record, dict):  # a row of another kind is refused by _row_examples
+            self.held.update(dict.fromkeys(record))
+            self.missing = {label: name for label, name in self.missing.items() if name not in record}
+
+    def check(self, input_name: str) -> None:
+        """Refuse a given column no row held (an input of no rows misreads nothing: not refused)."""
+        if not (self.missing and self.rows):
+            return
+        label = next(iter(self.missing))
+        held = [str(k) for k in self.held]
+        listed = ", ".join(held[: self._SHOWN]) + (f", … ({len(held)} in all)" if len(held) > self._SHOWN else "")
+        raise InputError(f"{label}: no row of {input_name} has that column (its columns: {listed or 'none'})")
 
 
 def check_distinct_files(paths: Sequence[str | Path], flags: Sequence[str] | None = None) -> None:
