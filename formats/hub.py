@@ -58,10 +58,14 @@ MODEL_PATTERNS = [
 # The cache's dataset card. Its YAML `configs:` are what `datasets.load_dataset(CACHE or ORG/NAME)`
 # and the Hub's dataset viewer read: without them HF's default split patterns take eval/ for a
 # `test` split, never read the top-level shards, and parse manifest.json and tokenizer/*.json as
-# data. The card is the cache's own (kto-precompute rewrites it, --overwrite removes it, a push
-# replaces it) while it holds CARD_MARKER; without the line it is the user's file.
+# data. A rerun rewrites the card and a push replaces it while it holds the marker line (any
+# wording after MARKER_START: earlier cards said it otherwise); without the line the user's edits
+# are kept by reruns and pushes. --overwrite replaces the whole cache, the card too.
 CARD_NAME = "README.md"
-CARD_MARKER = "<!-- kto-precompute card: a rerun rewrites it while this line is here; delete the line to keep your edits (--overwrite replaces the whole cache, this file too) -->"
+MARKER_START = "<!-- kto-precompute card:"
+CARD_MARKER = (
+    f"{MARKER_START} a rerun rewrites it while this line is here; delete the line to keep your edits (--overwrite replaces the whole cache, this file too) -->"
+)
 
 
 def card_configs(with_eval: bool, flow: bool = False) -> str:
@@ -89,7 +93,7 @@ def card_text(model: str, dtype: str, fingerprint: str, eval_fingerprint: str | 
 
 
 def is_kto_card(text: str) -> bool:
-    return CARD_MARKER in text
+    return MARKER_START in text
 
 
 def check_repo_id(repo_id: str, flag: str = "--push-to-hub") -> str:

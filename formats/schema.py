@@ -231,7 +231,9 @@ def to_arrow(rows: Ragged | Sequence[Sequence] | None, type: pa.ListType, n: int
         # Only a shard of rows near --max-length's 2**31 gets here (4096 rows of 524,288 tokens):
         # refused when that shard is built, before it is written, rather than for every cache
         # whose --rows-per-shard × --max-length could (a large --max-length meaning "no cut").
-        raise InputError(f"{r.offsets[-1]:,} tokens in one column of a shard: past the 2**31 - 1 its Arrow offsets hold; give a smaller --rows-per-shard")
+        raise InputError(
+            f"{r.offsets[-1]:,} tokens in one column of a shard: past the 2**31 - 1 its Arrow offsets hold; give a smaller --rows-per-shard (with --overwrite: it lays the shards out)"
+        )
     return pa.ListArray.from_arrays(pa.array(r.offsets.astype(np.int32)), pa.array(values))
 
 

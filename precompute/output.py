@@ -132,8 +132,9 @@ def refuse_foreign(out: Path, *, with_eval: bool, temps_pending: bool = False) -
     return ours
 
 
-def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tuple[list[Path], list[Path]]:
-    """Split a cache folder's entries into the cache's own (provably) and foreign ones."""
+def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False, top: bool = True) -> tuple[list[Path], list[Path]]:
+    """Split a cache folder's entries into the cache's own (provably) and foreign ones. `top`:
+    the cache's own folder, not its eval/ (where no card is written: a README.md there is the user's)."""
     journal, manifest = Journal(folder), own_manifest(folder)
     listed = journal.shard_names() | {s.get("name") for s in manifest["shards"]} if manifest else journal.shard_names()
     proven = journal.run() is not None or manifest is not None
@@ -147,7 +148,7 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False) -> tup
         elif p.name == S.MANIFEST_NAME:
             owned = manifest is not None
         elif p.name == CARD_NAME:
-            owned = proven and p.is_file() and not p.is_symlink()  # the card, edited or not (write_card keeps an edited one)
+            owned = top and proven and p.is_file() and not p.is_symlink()  # the card, edited or not (write_card keeps an edited one)
         elif p.match(S.SHARD_GLOB):
             owned = p.name in listed and p.is_file() and not p.is_symlink()
         elif p.name == S.TOKENIZER_DIR:
@@ -220,7 +221,7 @@ def _own_cache_folder(folder: Path, temps_pending: bool = False) -> bool:
     content = record.get("content") if isinstance(record, dict) else None
     if not isinstance(content, dict) or content.get("split") != "eval":
         return False
-    return not survey(folder, with_eval=False, temps_pending=temps_pending)[1]
+    return not survey(folder, with_eval=False, temps_pending=temps_pending, top=False)[1]
 
 
 def _stale_reason(out: Path, fingerprint: str, layout: dict, content: dict) -> str | None:

@@ -428,18 +428,19 @@ def iter_examples(
     `names`: input_names of these paths among all a cache reads (default: of these alone)."""
     check_distinct_files(paths)
     names = input_names(paths) if names is None else names
-    given = given_columns(columns, sharegpt)
+    watch = _ColumnWatch(given_columns(columns, sharegpt))
     read: dict[str, str] = {}  # each input's identity (its sha256, ...), as read -> its path
     groups = sample.groups(len(paths)) if sample is not None else [range(i, i + 1) for i in range(len(paths))]
     for group in groups:
         identities: list[dict] = []
-        rows = _group_rows(paths, group, names, read, identities, given)
+        rows = _group_rows(paths, group, names, read, identities, watch)
         if sample is not None:
             rows = sample.rows(rows, group.start)
         for (_, row), (name, record) in rows:
             yield from _row_examples(record, name, row, columns, sharegpt, alpaca)
         if inputs is not None:
             inputs.extend(identities)
+    watch.check()
 
 
 def _group_rows(
@@ -448,21 +449,20 @@ def _group_rows(
     names: Sequence[str | None],
     read: dict[str, str],
     identities: list[dict],
-    given: dict[str, str] | None = None,
+    watch: _ColumnWatch | None = None,
 ) -> Iterator[tuple[tuple[int, int], tuple[str, Any]]]:
     """((input index, 1-based row), (input's name, record)) of the group's inputs, one after
     another, each opened when reached; `identities` receives each input's identity once its
-    rows are all read. `given` (given_columns): each input must hold each of them in some row,
-    checked once its rows are all read (a large input is read streaming: its rows before the
-    refusal are staged already, and removed with --out as a bad row's are)."""
+    rows are all read. `watch` sees every row, for the given columns (given_columns) that some
+    row of these inputs must hold, checked once all are read (iter_examples)."""
     for index in group:
         name, identity, rows = input_records(paths[index], names[index])
         _distinct_input(identity, str(paths[index]), read)
-        watch = _ColumnWatch(given or {})
+        watch = watch or _ColumnWatch({})
+        watch.inputs.append(name)
         for row, record in rows:
             watch.see(record)
             yield (index, row), (name, record)
-        watch.check(name)
         identities.append(identity)
 
 
@@ -484,7 +484,11 @@ def given_columns(columns: ColumnMap, sharegpt: ShareGPTMap) -> dict[str, str]:
 
 
 class _ColumnWatch:
-    """One input's rows, watched for the given columns (label -> name) none of them held yet."""
+    """The inputs' rows, watched for the given columns (label -> name) no row held yet. Over all
+    the inputs of one read, not each: a dataset with system prompts beside one without them is
+    a mix users make; a name no row of any input holds is the misspelling. Inputs are read
+    streaming: rows before the refusal are staged already, and removed with --out as a bad
+    row's are."""
 
     _SHOWN = 20  # columns listed in the refusal, at most: it stays one line
 
@@ -492,6 +496,7 @@ class _ColumnWatch:
         self.missing = dict(given)
         self.held: dict[Any, None] = {}  # the columns seen, in first-seen order
         self.rows = 0
+        self.inputs: list[str] = []
 
     def see(self, record: Any) -> None:
         self.rows += 1
@@ -499,14 +504,15 @@ class _ColumnWatch:
             self.held.update(dict.fromkeys(record))
             self.missing = {label: name for label, name in self.missing.items() if name not in record}
 
-    def check(self, input_name: str) -> None:
-        """Refuse a given column no row held (an input of no rows misreads nothing: not refused)."""
+    def check(self) -> None:
+        """Refuse a given column no row held (inputs of no rows misread nothing: not refused)."""
         if not (self.missing and self.rows):
             return
         label = next(iter(self.missing))
         held = [str(k) for k in self.held]
         listed = ", ".join(held[: self._SHOWN]) + (f", … ({len(held)} in all)" if len(held) > self._SHOWN else "")
-        raise InputError(f"{label}: no row of {input_name} has that column (its columns: {listed or 'none'})")
+        whose = "its" if len(self.inputs) == 1 else "their"
+        raise InputError(f"{label}: no row of {', '.join(self.inputs)} has that column ({whose} columns: {listed or 'none'})")
 
 
 def check_distinct_files(paths: Sequence[str | Path], flags: Sequence[str] | None = None) -> None:

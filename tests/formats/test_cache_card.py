@@ -106,3 +106,23 @@ def test_a_rerun_resumes_and_an_overwrite_replaces_the_card(split_cache, tmp_pat
 
 def test_a_killed_runs_card_temp_is_ours():
     assert cache_writes_temp(CARD_NAME, "tmp") and not cache_writes_temp(CARD_NAME, "old")
+
+
+def test_a_card_of_an_earlier_wording_is_still_the_caches_and_eval_readme_the_users(split_cache, tmp_path):
+    """Cards are recognised by the marker's start, so one written with an earlier wording is
+    rewritten by a rerun (it was kept as the user's edit, stale); a README.md in eval/, where no
+    card is written, is the user's file: --overwrite refuses it instead of deleting it."""
+    import shutil
+
+    cache, args = split_cache
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    args = [str(copy) if a == str(cache) else a for a in args]
+    fresh = (copy / CARD_NAME).read_text()
+    older = "<!-- kto-precompute card: rewritten while this line is here; delete the line to keep your edits -->"
+    (copy / CARD_NAME).write_text("STALE\n" + fresh.replace(CARD_MARKER, older))
+    rerun = CliRunner().invoke(precompute, args, catch_exceptions=False)
+    assert rerun.exit_code == 0 and (copy / CARD_NAME).read_text() == fresh, rerun.output
+    (copy / S.EVAL_DIR / CARD_NAME).write_text("my notes on the eval split\n")
+    refused = CliRunner().invoke(precompute, [*args, "--seed", "3", "--overwrite"])
+    assert refused.exit_code == 2 and (copy / S.EVAL_DIR / CARD_NAME).is_file(), refused.output

@@ -74,5 +74,7 @@ def test_a_list_column_past_int32_offsets_is_refused_not_wrapped():
     row's tokens would have been written; refused when the shard is built, naming the flag that
     makes shards smaller. (A zero-stride view: no 8 GB are allocated.)"""
     big = S.Ragged(np.broadcast_to(np.int32(0), (2**31,)), np.array([0, 2**31]))
-    with pytest.raises(InputError, match=r"^2,147,483,648 tokens in one column of a shard: .* give a smaller --rows-per-shard$"):
+    with pytest.raises(
+        InputError, match=r"^2,147,483,648 tokens in one column of a shard: .* give a smaller --rows-per-shard \(with --overwrite: it lays the shards out\)$"
+    ):
         S.to_arrow(big, pa.list_(pa.int32()))

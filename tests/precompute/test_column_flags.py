@@ -78,10 +78,15 @@ def test_a_column_held_only_by_rows_the_sample_leaves_out_is_not_refused(tmp_pat
     assert len(examples) == 2
 
 
-def test_each_input_is_checked_on_its_own(tmp_path):
+def test_inputs_are_checked_together(tmp_path):
+    """A dataset with the column beside one without it is a mix users make (a reviewer's
+    --data a.jsonl --data b.jsonl --system-column sys was refused for b); a name no row of any
+    input holds is the misspelling."""
     a = write_rows(tmp_path / "a.jsonl", [{**r, "uid": f"a{i}"} for i, r in enumerate(text_rows()[:2])])
     b = write_rows(tmp_path / "b.jsonl", text_rows()[2:4])
-    assert refusal([a, b], ColumnMap(id="uid")) == f"--id-column uid: no row of b.jsonl has that column {COLUMNS}"
+    assert len(read_examples([a, b], ColumnMap(id="uid"), ShareGPTMap())) == 4
+    c = write_rows(tmp_path / "c.jsonl", text_rows()[4:6])
+    assert refusal([b, c], ColumnMap(id="uid")) == f"--id-column uid: no row of b.jsonl, c.jsonl has that column {COLUMNS.replace('its', 'their')}"
 
 
 def test_other_shapes_are_checked_where_they_read_the_column(tmp_path):
