@@ -56,7 +56,7 @@ def parse_kwargs(value: str | dict | None) -> dict:
         return {}
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = json.loads(value, object_pairs_hook=lambda pairs: _once_each(pairs, value))
         except json.JSONDecodeError as e:
             raise InputError(f"--chat-template-kwargs {value}: not JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(value, dict):
@@ -65,10 +65,23 @@ def parse_kwargs(value: str | dict | None) -> dict:
     if taken:
         raise InputError(f"--chat-template-kwargs: {', '.join(taken)} set by kto-precompute itself; remove them")
     try:
-        json.dumps(value, sort_keys=True)
+        # allow_nan=False: NaN and Infinity, which json.loads takes, are no JSON and went into the
+        # cache's settings (and its fingerprint) as such.
+        json.dumps(value, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:  # a --config mapping may hold dates or other non-JSON values
         raise InputError(f"--chat-template-kwargs: values must be JSON ({one_line(e)})") from None
     return value
+
+
+def _once_each(pairs: list[tuple[str, Any]], text: str) -> dict:
+    """json's object_pairs_hook for --chat-template-kwargs: a key given twice is refused (json
+    keeps the last silently, as --config files, which refuse it, do not)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise InputError(f"--chat-template-kwargs {text}: names {key!r} twice")
+    return obj
 
 
 def load_chat_template(path: Path | None, kwargs: str | dict | None) -> ChatTemplate:

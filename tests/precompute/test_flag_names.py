@@ -92,3 +92,20 @@ def test_an_attention_name_is_left_to_the_load_under_trust_remote_code(tiny_mode
     with pytest.raises(InputError, match="my_attention"):
         check_attention_implementation(source, "my_attention")
     check_attention_implementation(source, "my_attention", trust_remote_code=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('{"a": NaN}', "--chat-template-kwargs: values must be JSON (Out of range float values are not JSON compliant"),
+        ('{"a": 1, "a": 2}', """--chat-template-kwargs {"a": 1, "a": 2}: names 'a' twice"""),
+    ],
+)
+def test_template_kwargs_that_are_no_json_object_are_refused(text, says):
+    """json.loads takes NaN and keeps the last of a repeated key: both went into the cache's
+    settings without a word (a --config file refuses a repeated key)."""
+    from kto.precompute.templates import parse_kwargs
+
+    with pytest.raises(InputError) as info:
+        parse_kwargs(text)
+    assert str(info.value).startswith(says), str(info.value)
