@@ -20,7 +20,7 @@ from typing import Any
 
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file, utf8_text
-from kto.precompute.inputs.examples import one_line
+from kto.precompute.inputs.examples import RepeatedKey, one_line, unique_keys
 
 # Set by the tokenizer step itself; a kwargs object may not change how ids are produced.
 RESERVED = ("conversation", "tools", "tokenize", "add_generation_prompt", "continue_final_message", "return_dict", "return_tensors", "chat_template")
@@ -56,7 +56,10 @@ def parse_kwargs(value: str | dict | None) -> dict:
         return {}
     if isinstance(value, str):
         try:
-            value = json.loads(value, object_pairs_hook=lambda pairs: _once_each(pairs, value))
+            # unique_keys: json keeps the last of a key given twice silently; --config files refuse it.
+            value = json.loads(value, object_pairs_hook=unique_keys)
+        except RepeatedKey as e:
+            raise InputError(f"--chat-template-kwargs {value}: names {e.key!r} twice") from None
         except json.JSONDecodeError as e:
             raise InputError(f"--chat-template-kwargs {value}: not JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(value, dict):
@@ -71,17 +74,6 @@ def parse_kwargs(value: str | dict | None) -> dict:
     except (TypeError, ValueError) as e:  # a --config mapping may hold dates or other non-JSON values
         raise InputError(f"--chat-template-kwargs: values must be JSON ({one_line(e)})") from None
     return value
-
-
-def _once_each(pairs: list[tuple[str, Any]], text: str) -> dict:
-    """json's object_pairs_hook for --chat-template-kwargs: a key given twice is refused (json
-    keeps the last silently, as --config files, which refuse it, do not)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        key = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise InputError(f"--chat-template-kwargs {text}: names {key!r} twice")
-    return obj
 
 
 def load_chat_template(path: Path | None, kwargs: str | dict | None) -> ChatTemplate:

@@ -30,6 +30,7 @@ from .alpaca import AlpacaMap, alpaca_examples
 from .examples import (
     ColumnMap,
     Example,
+    RepeatedKey,
     ShareGPTMap,
     base_id_of,
     check_one_shape,
@@ -40,6 +41,7 @@ from .examples import (
     shaped_examples,
     shown,
     tools_of,
+    unique_keys,
     with_system,
 )
 from .hub import dataset_identity, dataset_records, is_dataset_input, parse_spec
@@ -101,25 +103,7 @@ def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
     return enumerate(_table_rows(path, table), 1)
 
 
-class _RepeatedKey(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """json's object_pairs_hook: an object naming one key twice (`{"label": true, "label": false}`)
-    is refused; json.loads would keep the last silently, and either could be the one meant.
-    Measured: within the noise of json.loads on 100k JSONL rows (the dict is built in C)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        key = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise _RepeatedKey(key)
-    return obj
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)
 
 
 def _repeated_key(where: str, key: str) -> InputError:
@@ -157,7 +141,7 @@ def _jsonl_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
             continue
         try:
             yield lineno, _DECODER.decode(line)
-        except _RepeatedKey as e:
+        except RepeatedKey as e:
             raise _repeated_key(where, e.key) from None
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
@@ -168,7 +152,7 @@ def _jsonl_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
 def _json_array(path: Path, data: bytes) -> list[Any]:
     try:
         parsed = _DECODER.decode(data.decode("utf-8-sig"))
-    except _RepeatedKey as e:
+    except RepeatedKey as e:
         raise _repeated_key(f"{path.name}: row {_row_holding(data)}", e.key) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path.name}: not valid UTF-8 (byte {e.start})") from None
