@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError, say_once, usage_line
+from .errors import InputError, exit_with_usage_line
 
 PRECOMPUTE = "kto-precompute"
 TRAIN = "kto-train"
@@ -317,11 +317,8 @@ def names_other_tools_use(command: str) -> type:
             try:
                 return self._parse_args_hinting(ctx, args)
             except click.UsageError as e:
-                # Under a launcher every process parses the same flags: click would print the
-                # usage error once per process. Printed here, once, as one line (formats/errors.py
-                # usage_line); exit status as click's.
-                say_once(usage_line(command, e), False)
-                raise click.exceptions.Exit(e.exit_code) from None
+                # Under a launcher click would print it once per process: here once, one line.
+                exit_with_usage_line(command, e)
 
         def _parse_args_hinting(self, ctx, args):
             try:

@@ -12,7 +12,7 @@ import signal
 import sys
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -85,6 +85,13 @@ def usage_line(prog: str, exc: click.UsageError) -> str:
     return f"{line} (see {' '.join([prog, *names, '--help'])})"
 
 
+def exit_with_usage_line(prog: str, exc: click.UsageError) -> NoReturn:
+    """Say click's usage error `exc` as one line (usage_line), once under a launcher (every
+    process parses the same flags), and exit with click's status for it."""
+    say_once(usage_line(prog, exc), False)
+    raise click.exceptions.Exit(exc.exit_code) from None
+
+
 def one_line_usage(prog: str, base: type[click.Command] = click.Command) -> type[click.Command]:
     """`base` whose usage errors (a value of the wrong type, an unknown or missing option) are
     one line, as an InputError's, exit status 2 as click's: click printed three (`Usage: ...`,
@@ -99,8 +106,7 @@ def one_line_usage(prog: str, base: type[click.Command] = click.Command) -> type
             except click.exceptions.NoArgsIsHelpError:  # a bare group prints its help, as click does
                 raise
             except click.UsageError as exc:
-                say_once(usage_line(prog, exc), False)
-                raise click.exceptions.Exit(exc.exit_code) from None
+                exit_with_usage_line(prog, exc)
 
     OneLine.__name__ = OneLine.__qualname__ = base.__name__
     return OneLine

@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from kto.formats.compute.numerics import NAMES as NUMERICS
-from kto.formats.errors import InputError, one_line_errors, one_line_usage, say_once, usage_line
+from kto.formats.errors import InputError, exit_with_usage_line, one_line_errors, one_line_usage
 from kto.formats.paths import HOME_PATH, refuse_undecodable
 
 from .text import printable
@@ -91,8 +91,7 @@ class _Group(one_line_usage(PROG, click.Group)):
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError as exc:
-            say_once(usage_line(PROG, exc), False)
-            raise click.exceptions.Exit(exc.exit_code) from None
+            exit_with_usage_line(PROG, exc)
 
     def make_context(self, *args, **kwargs) -> click.Context:
         with _closed_pipe_exits():
