@@ -16,7 +16,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import InputError, exception_line
 from ..files import read_json, regular_file, sha256_file
@@ -433,15 +433,23 @@ def _safetensors_names(directory: Path) -> set[str] | None:
 def _safetensors_header(path: Path) -> dict | None:
     """The parsed JSON header of the safetensors file `path`, or None when it is not one."""
     with open(path, "rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        if not 0 < n <= min(path.stat().st_size - 8, 100 << 20):  # safetensors' own header limit: 100 MB
-            return None
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, RecursionError):
-            return None
+        raw = _header_bytes(f, path.stat().st_size, 100 << 20)  # safetensors' own header limit: 100 MB
+    try:
+        header = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return None
     return header if isinstance(header, dict) else None
+
+
+def _header_bytes(f: BinaryIO, size: int, limit: int | None = None) -> bytes | None:
+    """The JSON header of the safetensors file open as `f` (at its start), `size` bytes long: its
+    8-byte little-endian length, then that many bytes. None where the length does not fit the
+    file (or `limit`)."""
+    head = f.read(8)
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+    if not 0 < n <= min(size - 8, limit if limit is not None else size):
+        return None
+    return f.read(n)
 
 
 def check_attention_implementation(source: ModelSource, attn_implementation: str, *, trust_remote_code: bool = False) -> None:
@@ -611,12 +619,10 @@ def _safetensors_identity(path: Path) -> dict:
     every small tensor whole (names and bytes, in file order), and sha256 of the whole file."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        if not 0 < n <= size - 8:
+        header = _header_bytes(f, size)
+        if header is None:
             raise InputError(f"{path}: cannot load model (not a valid safetensors file)")
-        header = f.read(n)
-        data_start, data_len = 8 + n, size - 8 - n
+        data_start, data_len = 8 + len(header), size - 8 - len(header)
         samples = hashlib.sha256()
         span = max(data_len - SAMPLE_BYTES, 0)
         for i in range(SAMPLE_BLOCKS):
