@@ -34,7 +34,9 @@ __all__ = ["PRECOMPUTE", "TRAIN", "Resolved", "file_key_error", "load_config_fil
 
 
 def read_mapping(path: str | Path) -> dict:
-    """{key with dashes turned into underscores: raw value} of a YAML or TOML file."""
+    """{key with dashes turned into underscores: raw value} of a YAML or TOML file. A file of no
+    keys (empty, whitespace or comments only, `{}`) is refused: it ran as if --config had not
+    been given, all defaults, when it was most likely the wrong file or one whose keys were lost."""
     path = Path(path)
     is_toml = path.suffix.lower() == ".toml"
     regular_file(path, f"--config {path}")
@@ -45,6 +47,8 @@ def read_mapping(path: str | Path) -> dict:
         raise
     except Exception as exc:  # yaml and tomllib raise their own types
         raise InputError(f"--config {path}: not valid {'TOML' if is_toml else 'YAML'} ({_parse_error(exc)})") from exc
+    if raw is None or raw == {}:  # YAML's empty document is None, TOML's an empty table
+        raise InputError(f"--config {path}: holds no keys (the file is empty or only comments); write the flags to set in it, or leave --config out")
     if not isinstance(raw, dict):
         raise InputError(f"--config {path}: expected a mapping of flag names to values")
     out: dict = {}
@@ -231,7 +235,7 @@ def _load_yaml(text: str, path: Path):
 
     loader = NoAliasLoader(text)
     try:
-        return loader.get_single_data() or {}
+        return loader.get_single_data()  # None for a file of no document (empty, or comments only)
     finally:
         loader.dispose()
 

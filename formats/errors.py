@@ -8,6 +8,7 @@ that only the main process makes reaches every rank through `on_main`.
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import sys
 import types
@@ -30,14 +31,36 @@ def log(msg: str, accelerator: Accelerator | None = None) -> None:
 
 
 class InputError(ValueError):
-    """Bad user input: a file, a row, a flag. The message is shown to the user verbatim.
+    """Bad user input: a file, a row, a flag. The message is shown to the user verbatim, on one
+    line: its line breaks and control characters are escaped (`one_line`).
 
     `every_rank`: every process raises this same error (on_main's answer), so under a launcher
     only the main process prints it; the others exit with the same status, silently."""
 
     def __init__(self, message: str, *, every_rank: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.every_rank = every_rank
+
+
+# What a terminal acts on instead of showing: C0 and C1 controls (newline, carriage return, ESC,
+# BEL, ...), DEL, the Unicode line and paragraph separators, and the bidi marks, embeddings,
+# overrides and isolates that reorder what follows them on screen.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    c = match[0]
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def one_line(text: str) -> str:
+    """`text` with each character a terminal would act on written as its escape, as Python
+    writes it in a string (`\\n`, `\\x1b`, `\\u202e`); all other text, CJK and emoji
+    included, kept as it is. A path the user gave (`--out $'a\\nb'`) printed an error on two
+    lines, where every error is one. Backslashes are kept, so a message built around another's
+    is not escaped twice. kto-inspect's `printable` is this too."""
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def exception_line(exc: BaseException) -> str:

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
-# What a terminal acts on instead of showing: C0 and C1 controls (newline, carriage return, ESC,
-# BEL, ...), DEL, the Unicode line and paragraph separators, and the bidi marks, embeddings,
-# overrides and isolates that reorder what follows them on screen.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+from kto.formats.errors import one_line
 
 
 def num(value, digits: int = 4) -> str:
@@ -30,7 +25,7 @@ def printable(text: object) -> str:
     """User text (a row id, a metric name, a warning naming a path) safe to print on one line:
     each character a terminal would act on is written as its escape (\\n, \\x1b, \\u202e); all
     other text, CJK and emoji included, is kept as it is. Rows' texts go through `shown`."""
-    return _UNPRINTABLE.sub(lambda m: _NAMED.get(m[0]) or (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}"), str(text))
+    return one_line(str(text))  # the same escapes as every error line (formats/errors.py)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence], indent: str = "  ") -> str:

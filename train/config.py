@@ -43,6 +43,18 @@ TEXT_PATHS = ("model",)  # text, a local directory given as a Path included
 # above a layer's min(in, out) adds parameters but no rank (adapters.check_model warns). Past
 # 2**63 torch.empty raised an overflow traceback after the model had loaded.
 LORA_R_MAX = 2**31 - 1
+# float32's largest and smallest normal numbers (torch.finfo(torch.float32).max and .tiny): the
+# loss, its gradient and AdamW's state are computed in float32 whatever the flags' Python floats.
+FP32_MAX = 3.4028234663852886e38
+FP32_TINY = 1.1754943508222875e-38
+LR_MAX = 1.0
+"""Above it one AdamW step moves every weight farther than the size of the model's weights."""
+SCALES = ("beta", "desirable_weight", "undesirable_weight", "sft_weight")
+"""Flags that multiply the loss and so the gradient (β inside the sigmoid, the others outside)."""
+# Far beyond what KTO runs use (the paper and TRL: β 0.01 to 1, class weights about 1, γ below 1,
+# AdamW rates 1e-7 to 1e-3), yet not meaningless: not refused, but named as the likely cause
+# when a run turns non-finite (train/guard.py). β 10 or 100 is a sharp loss, not a mistake.
+USUAL_AT_MOST = {"beta": 1e3, "desirable_weight": 1e3, "undesirable_weight": 1e3, "sft_weight": 1e3, "lr": 1e-2}
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,7 @@ class TrainConfig:
             raise InputError(f"--drift-tolerance {self.drift_tolerance}: must not be negative")
         if not 0 <= self.seed < 2**32:  # numpy's and torch's seeds, as transformers' set_seed takes them
             raise InputError(f"--seed {self.seed}: must be in [0, 2**32)")
+        check_scale_flags(self)
         check_optimizer_flags(self)
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup-ratio {self.warmup_ratio}: must be in [0, 1)")
@@ -260,8 +273,30 @@ def load_config_file(path: Path) -> config_file.Resolved:
     return config_file.resolve_config_file(path, config_file.TRAIN, field_names())
 
 
+def check_scale_flags(cfg: TrainConfig) -> None:
+    """β, the class weights and γ as float32 can hold them: above 3.4e38 each is inf there, and
+    the loss inf or NaN (β × a reward of 0). Below that no bound is refused: they scale the loss,
+    and AdamW's step and gradient clipping do not depend on its scale (TRL and transformers
+    bound none of them); a gradient that overflows stops the run naming them (unusual_flags)."""
+    for name in SCALES:
+        if getattr(cfg, name) > FP32_MAX:
+            raise InputError(
+                f"--{_flag(name)} {getattr(cfg, name)}: must be at most {FP32_MAX:.4g}, float32's largest number; the loss is computed in float32, where this is inf"
+            )
+
+
+def unusual_flags(cfg: TrainConfig) -> str:
+    """The flags far above USUAL_AT_MOST, said as the likely cause of a non-finite loss, gradient
+    norm or weight (train/guard.py); '' when none is. β, the class weights and γ multiply the
+    gradient (a float32 gradient norm above 3.4e38 is inf); lr sizes each step."""
+    named = [f"--{_flag(k)} {getattr(cfg, k):g} (usually at most {bound:g})" for k, bound in USUAL_AT_MOST.items() if getattr(cfg, k) > bound]
+    return f"likely cause: {', '.join(named)}" if named else ""
+
+
 def check_optimizer_flags(cfg: TrainConfig) -> None:
-    """AdamW's settings: betas in [0, 1), a positive epsilon, and a decay that keeps the weights:
+    """AdamW's settings: betas in [0, 1), an epsilon that float32 holds, an lr of at most 1 (its
+    first step moves each weight by lr; --lr 9.2e18 exited 0 with weights of 9.2e18; transformers
+    bounds none, but no AdamW run uses 1), and a decay that keeps the weights:
     its decoupled step is w ← w·(1 − lr·weight_decay), which at lr × weight_decay ≥ 1 erases or
     flips every weight (the fuzz's --weight-decay 2**63 exited 0 with weights of 9.5e11)."""
     for name in ("adam_beta1", "adam_beta2"):
@@ -269,6 +304,17 @@ def check_optimizer_flags(cfg: TrainConfig) -> None:
             raise InputError(f"--{_flag(name)} {getattr(cfg, name)}: must be in [0, 1)")
     if not 0 < cfg.adam_epsilon < math.inf:
         raise InputError(f"--adam-epsilon {cfg.adam_epsilon}: must be positive")
+    if cfg.adam_epsilon < FP32_TINY:
+        raise InputError(
+            f"--adam-epsilon {cfg.adam_epsilon}: must be at least {FP32_TINY:.4g}, float32's smallest normal number; below it ε is 0 "
+            "(or flushed to 0) in AdamW's float32 arithmetic, and its update m / (√v + ε) is 0/0 = NaN for every weight whose gradient is 0"
+        )
+    if cfg.lr > LR_MAX:
+        raise InputError(
+            f"--lr {cfg.lr}: must be at most {LR_MAX:g}; AdamW moves every weight by about lr at each step (its first step by exactly lr, "
+            "whatever the gradient's size), and a language model's weights are mostly far smaller than 1: one step would overwrite the model "
+            "(KTO fine-tunes at 5e-7 to 5e-6, LoRA at about 1e-4)"
+        )
     if cfg.lr * cfg.weight_decay >= 1:
         raise InputError(
             f"--weight-decay {cfg.weight_decay} with --lr {cfg.lr}: AdamW multiplies every weight by 1 − lr × weight_decay "
