@@ -1,8 +1,14 @@
 """An exclusive lock on a directory that a command writes: a run directory, or a cache being made.
 
 `fcntl.flock` on `DIR/.lock`: the kernel releases it when the holder exits, however it exits
-(kill -9 included), so a stale lock never needs cleaning. The holder's pid is written into the
-file so that the process that is refused can say who holds it.
+(kill -9 included), so a stale lock never needs cleaning. The holder writes `PID@HOST` into the
+file so that the process that is refused can say who holds it: on a shared filesystem (NFS,
+where flock locks across machines) or from another container, a bare pid named some unrelated
+process here, and a user who found it was not kto took the lock for stale. The lock is never
+called stale: flock says it is held. A file of an older kto holds the pid alone.
+
+A filesystem without locks (NFS without lockd: ENOLCK; Lustre mounted without `-o flock`:
+ENOSYS or EOPNOTSUPP) is refused in one line, as are folders that cannot be written.
 
 The pid is written into the lock file itself, so the lock file must be ours: it is opened with
 O_NOFOLLOW (a `.lock` that is a symbolic link would send the pid into its target, truncating
@@ -22,6 +28,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,23 +46,68 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
     second process gets while the first one holds the lock.
     """
     path = Path(path)
+    made = [p for p in (path, path / LOCK_NAME) if not os.path.lexists(p)]  # removed again if locks fail
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, writable = _open_own_lock(path / LOCK_NAME, flag)
     except OSError as exc:  # read-only, no permission, no space: the folder, not a traceback
         raise InputError(f"{flag} {path}: cannot create or lock ({exc.strerror})") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise InputError(f"{flag} {path}: in use by another kto process (pid {holder}); wait for it or choose another directory") from None
+        _lock(fd, path, flag, made)
         if writable:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock(fd: int, path: Path, flag: str, made: list[Path]) -> None:
+    """flock `fd` or refuse in one line: held by another process (named), or a filesystem that
+    has no locks, where what `locked_dir` made (`made`: the folder, the lock file) is removed."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = holder_of(os.pread(fd, 320, 0).decode(errors="replace"))
+        raise InputError(f"{flag} {path}: in use by another kto process ({holder}); wait for it or choose another directory") from None
+    except OSError as exc:
+        for p in reversed(made):  # the lock file, then the folder if it is empty
+            with contextlib.suppress(OSError):
+                if p == path:
+                    os.rmdir(p)
+                else:
+                    os.unlink(p)
+        raise InputError(
+            f"{flag} {path}: its filesystem does not support file locks ({exc.strerror}), which keep two kto processes out of one"
+            " directory; choose a directory on a local filesystem, or mount this one with locks (NFS: lockd; Lustre: -o flock)"
+        ) from None
+
+
+def holder_of(text: str) -> str:
+    """Who holds the lock, from its file's `PID@HOST` (`PID` alone: an older kto's): `pid 4711 on
+    host node07`. On this host a pid that is not running here is said to be so: the holder is
+    then in another container or PID namespace (a file lock always has a live holder)."""
+    pid, _, host = text.strip().partition("@")
+    if not pid:
+        return "pid unknown"
+    if not host:
+        return f"pid {pid}"
+    if host != socket.gethostname():
+        return f"pid {pid} on host {host}"
+    if _running_here(pid):
+        return f"pid {pid} on this host, {host}"
+    return f"pid {pid} on this host, {host}, in another container or PID namespace: no process has that pid here"
+
+
+def _running_here(pid: str) -> bool:
+    """Whether a process `pid` exists in this PID namespace (one of another user counts)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, OverflowError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _open_own_lock(lock_file: Path, flag: str) -> tuple[int, bool]:

@@ -20,6 +20,7 @@ from kto.formats.config_file import PRECOMPUTE, Resolved, file_key_error, option
 from kto.formats.config_keys import names_other_tools_use
 from kto.formats.errors import InputError, end_process_group, log, one_line_errors
 from kto.formats.paths import HOME_PATH, HOME_TEXT
+from kto.formats.signals import Stopped, exit_stopped, raising_on_stop_signals
 from kto.precompute.inputs.dataset_info import load_datasets
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
 from kto.precompute.inputs.sharegpt import load_sharegpt_info
@@ -93,10 +94,14 @@ from .config import DTYPES, PrecomputeConfig
 @one_line_errors("kto-precompute")
 def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
     """Run the frozen reference model once over every example and its KL pair; write shards."""
-    from .api import check_paths, run  # the Python API: this command is flags → PrecomputeConfig → run()
+    with raising_on_stop_signals():  # first thing: a SIGTERM while torch imports is said too
+        from .api import check_paths, run  # the Python API: this command is flags → PrecomputeConfig → run()
 
-    with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals name the file's key; run() repeats them (cheap)
-        run(cfg)  # and names the file's key in its own
+        try:
+            with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals name the file's key; run() repeats them (cheap)
+                run(cfg)  # and names the file's key in its own
+        except Stopped as exc:  # every file is written under a temp name and renamed: what is in place is whole
+            exit_stopped("kto-precompute", exc, "finished shards are kept; run the same command again to resume")
     end_process_group(every_rank_here=True)  # the command ends here, on every rank (the API keeps a launcher's group for a caller)
 
 

@@ -519,35 +519,34 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
     s.out.mkdir(parents=True, exist_ok=True)
     slices = shard_slices(len(s.rows), cfg.rows_per_shard)
     total_rows = sum(slices[k][1] - slices[k][0] for k in shard_ids)
-    progress = Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process)
-    for k in shard_ids:
-        a, b = slices[k]
-        with ArrowFile(staged) as reader:  # mapped for one shard at a time: see tokenize.py, the staging file
-            values = shard_values(reader, s.rows[a:b], s.partners[a:b], s.truncation)
-        prompts, completions, keys = _shard_sequences(values)
-        # Under --device-map: where the embedding runs (not `lm.device`, which is `meta` when it is offloaded).
-        device = state.device if cfg.device_map is None else input_device(scorer.lm)
-        _sync(device)
-        started = time.perf_counter()
-        with numerics.context(device.type):
-            scored = score_sequences(
-                scorer,
-                prompts,
-                completions,
-                keys,
-                batch_tokens=cfg.batch_tokens,
-                pad_id=tokenizer.pad_token_id,
-                device=device,
-                on_batch=lambda n, tokens: progress.update(n / 2, tokens),
-                share_prefixes=cfg.prefix_sharing,
-            )
-        if on_scored is not None:
+    with Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process) as progress:
+        for k in shard_ids:
+            a, b = slices[k]
+            with ArrowFile(staged) as reader:  # mapped for one shard at a time: see tokenize.py, the staging file
+                values = shard_values(reader, s.rows[a:b], s.partners[a:b], s.truncation)
+            prompts, completions, keys = _shard_sequences(values)
+            # Under --device-map: where the embedding runs (not `lm.device`, which is `meta` when it is offloaded).
+            device = state.device if cfg.device_map is None else input_device(scorer.lm)
             _sync(device)
-            on_scored(
-                ScoredShard(
-                    scorer, [len(p) + len(c) for p, c in zip(prompts, completions)], keys, sum(len(c) for c in completions), time.perf_counter() - started
+            started = time.perf_counter()
+            with numerics.context(device.type):
+                scored = score_sequences(
+                    scorer,
+                    prompts,
+                    completions,
+                    keys,
+                    batch_tokens=cfg.batch_tokens,
+                    pad_id=tokenizer.pad_token_id,
+                    device=device,
+                    on_batch=lambda n, tokens: progress.update(n / 2, tokens),
+                    share_prefixes=cfg.prefix_sharing,
                 )
-            )
-        table = shard_table({**values, **score_values(scored, len(values[S.ID]), cfg.store_token_logps)})
-        Journal(s.out).write_shard(S.shard_name(k), table, shard_tags(fingerprint, layout), fingerprint, layout)
-    progress.close()
+            if on_scored is not None:
+                _sync(device)
+                on_scored(
+                    ScoredShard(
+                        scorer, [len(p) + len(c) for p, c in zip(prompts, completions)], keys, sum(len(c) for c in completions), time.perf_counter() - started
+                    )
+                )
+            table = shard_table({**values, **score_values(scored, len(values[S.ID]), cfg.store_token_logps)})
+            Journal(s.out).write_shard(S.shard_name(k), table, shard_tags(fingerprint, layout), fingerprint, layout)

@@ -27,3 +27,11 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Closed now, also when the block raises: a bar left to the interpreter's exit drew itself
+        # again below the error line (or the line a stop signal prints), which then was not the last.
+        self.close()

@@ -24,6 +24,7 @@ from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_dis
 from kto.formats.config_names import PEFT_TARGETS, Resolved
 from kto.formats.errors import InputError, exception_line, log, one_line_errors
 from kto.formats.paths import HOME_PATH, HOME_TEXT
+from kto.formats.signals import Stopped, exit_stopped, raising_on_stop_signals
 
 from .config import DEFAULTS, DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
 from .loss_type import LossType
@@ -107,16 +108,21 @@ LATEST = "latest"  # `--resume` without a path
 @one_line_errors("kto-train")
 def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     """Train the policy from a kto-precompute cache; no reference model is loaded."""
-    from .api import run  # the Python API: this command is flags → TrainConfig → run()
-    from .processes import end_own_process_group, process_group_exists
+    # From the start: a signal while torch imports or the model loads says so (formats/signals.py);
+    # the loop takes the signals over and stops at a step boundary instead (train/stop.py).
+    with raising_on_stop_signals():
+        from .api import run  # the Python API: this command is flags → TrainConfig → run()
+        from .processes import end_own_process_group, process_group_exists
 
-    with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals, the run's too, name the file's key
-        existed = process_group_exists()  # after check_paths: it imports torch
         try:
-            run(cfg)
+            with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals, the run's too, name the file's key
+                existed = process_group_exists()  # after check_paths: it imports torch
+                run(cfg)
         except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
             end_own_process_group(existed)
             sys.exit(exc.exit_code)
+        except Stopped as exc:
+            exit_stopped("kto-train", exc, "no step was trained in this run and nothing new saved; run the same command again")
     end_own_process_group(existed, main_process_busy=cfg.push_to_hub is not None)  # the API keeps a group it made for the next call; the command ends here
 
 

@@ -1,11 +1,18 @@
-"""SIGINT and SIGTERM stop kto-train at a step boundary, with a checkpoint, never mid-step.
+"""SIGINT, SIGTERM, SIGHUP and SIGUSR1 (formats/signals.py says why these) stop kto-train at a
+step boundary, with a checkpoint, never mid-step.
 
 The first signal is only noted (`StopSignals`). After each optimizer step the loop asks
 `requested()`: the main process decides (formats.errors.on_main) and every rank gets its answer,
 so all ranks stop after the same step; a rank that stopped alone would leave the others waiting
 in the next collective. The loop then saves a checkpoint, prints its path and the command that
 resumes it, and raises `Interrupted`; the CLI exits with 128 + the signal's number (130 for
-SIGINT, 143 for SIGTERM), as a shell reports a command a signal ended.
+SIGINT, 143 for SIGTERM, 129 for SIGHUP, 138 for SIGUSR1), as a shell reports a command a signal
+ended. A signal the process ignored at its start stays ignored (`nohup` ignores SIGHUP).
+
+torchrun (and `accelerate launch`, which runs it) forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to
+its workers, each in a session of its own; SIGUSR1 only with `--signals-to-handle` naming it
+(torch.distributed.elastic.multiprocessing.api, torch 2.13), else torchrun itself dies of it
+without telling its workers.
 
 A second SIGINT aborts at once (KeyboardInterrupt), unless it comes within ECHO_S of the first:
 launchers forward the signal the terminal already sent to the whole process group (torchrun
@@ -26,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from kto.formats.errors import log, on_main
 from kto.formats.hub import hub_spec_of
+from kto.formats.signals import STOP_SIGNALS, after_hangup, hand_over, not_ignored
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from .config import TrainConfig
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = STOP_SIGNALS
 ECHO_S = 2.0
 
 
@@ -46,8 +54,9 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """While active (a context manager), SIGINT and SIGTERM are noted instead of killing the
-    process. Outside the main thread (signals cannot be caught there) it notes nothing."""
+    """While active (a context manager), SIGNALS are noted instead of killing the process; it
+    takes them over from kto-train's start-up (formats.signals.hand_over), whose handlers
+    raise instead. Outside the main thread (signals cannot be caught there) it notes nothing."""
 
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
@@ -57,7 +66,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._note) for s in SIGNALS}
+            hand_over()
+            self.previous = {s: signal.signal(s, self._note) for s in not_ignored(SIGNALS)}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -66,6 +76,7 @@ class StopSignals:
         self.previous = {}
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
+        after_hangup(signum)  # the lines below, and the loop's, must not fail on a terminal gone
         if self.signum is None:
             self.signum, self.at = signum, time.monotonic()
             again = "; Ctrl-C again aborts without saving" if signum == signal.SIGINT else ""

@@ -1,8 +1,13 @@
-"""formats.lock: a second holder is refused with one line naming the first holder's pid."""
+"""formats.lock: a second holder is refused with one line naming the first holder's pid and host;
+a filesystem without locks is refused in one line."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import socket
 import subprocess
 import sys
 
@@ -81,3 +86,80 @@ def test_a_directory_that_cannot_be_created_or_locked_is_one_line(tmp_path, monk
         with locked_dir(tmp_path / "out", "--out"):
             pass
     assert str(err.value) == f"--out {tmp_path / 'out'}: cannot create or lock (Read-only file system)"
+
+
+@contextlib.contextmanager
+def held_by(folder, text: str):
+    """`folder`'s lock held (by this process, through a descriptor of its own: flock locks
+    belong to the open file) with `text` in the lock file, as another kto writes it."""
+    (folder / ".lock").write_text(text)
+    fd = os.open(folder / ".lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def refusal(folder) -> str:
+    with pytest.raises(InputError) as err:
+        with locked_dir(folder, "--out"):
+            pass
+    return str(err.value)
+
+
+def test_the_holder_is_named_with_its_host(tmp_path):
+    """Seen failing before: the file held the pid alone, so a holder on another machine sharing
+    the folder (NFS) was named `pid 2`, some unrelated process here, and the lock looked stale."""
+    with locked_dir(tmp_path, "--out"):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"
+        assert f"(pid {os.getpid()} on this host, {socket.gethostname()});" in refusal(tmp_path)
+    with held_by(tmp_path, "4711@node07\n"):
+        assert refusal(tmp_path) == f"--out {tmp_path}: in use by another kto process (pid 4711 on host node07); wait for it or choose another directory"
+    with held_by(tmp_path, "4711\n"):  # an older kto's lock file
+        assert "(pid 4711);" in refusal(tmp_path)
+
+
+def test_a_holder_on_this_host_with_no_such_pid_here_is_in_another_pid_namespace(tmp_path):
+    """A container's kto on the same host (or one sharing its hostname): its pid means nothing
+    here; that is said, and the lock is not called stale (flock says it is held)."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    with held_by(tmp_path, f"{gone}@{socket.gethostname()}\n"):
+        message = refusal(tmp_path)
+    assert f"(pid {gone} on this host, {socket.gethostname()}, in another container or PID namespace: no process has that pid here);" in message
+    assert "stale" not in message
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_filesystem_without_locks_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, code):
+    """NFS without lockd (ENOLCK), Lustre without -o flock (ENOSYS, EOPNOTSUPP). Seen failing
+    before: an OSError traceback, exit 1, and `.lock` left in the new folder."""
+    import kto.formats.lock as lock
+
+    def no_locks(fd, op):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    (tmp_path / "kept").mkdir()
+    for folder in (tmp_path / "new", tmp_path / "kept"):
+        message = refusal(folder)
+        assert message.startswith(f"--out {folder}: its filesystem does not support file locks ({os.strerror(code)})"), message
+        assert "choose a directory on a local filesystem" in message
+    assert not (tmp_path / "new").exists() and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_a_filesystem_without_locks_exits_2_from_the_command(tmp_path, monkeypatch, tiny_model_dir):
+    from click.testing import CliRunner
+
+    import kto.formats.lock as lock
+    from kto.precompute.cli import main
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "p", "completion": "c", "label": true}\n')
+    result = CliRunner().invoke(main, ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"kto-precompute: error: --out {tmp_path / 'c'}: its filesystem does not support file locks")

@@ -408,6 +408,54 @@ def test_kill_at_any_point_then_rerun_is_byte_identical(made, tmp_path, tiny_mod
     assert (got.fingerprint, got.shards, got.counts) == (want.fingerprint, want.shards, want.counts)
 
 
+# kto-precompute as its console script runs it, paused with the second shard's bytes written under
+# their temp name, not yet recorded or renamed: a line on stdout says so, for the test to signal it.
+PAUSED = """
+import sys, time
+import kto.formats.shards as shards
+write, written = shards.write_shard, []
+def paused(path, *args, **kwargs):
+    sha = write(path, *args, **kwargs)
+    written.append(path)
+    if len(written) == 2:
+        print("temp written", flush=True)
+        time.sleep(60)
+    return sha
+shards.write_shard = paused
+from kto.precompute.cli import main
+main(prog_name="kto-precompute")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1])
+def test_a_stop_signal_is_one_line_and_the_rerun_is_byte_identical(made, tmp_path, tiny_model_dir, signum):
+    """Seen failing before: SIGTERM, SIGHUP and SIGUSR1 ended kto-precompute silently (returncode
+    -signum). Now one line says so and how to go on, exit 128 + signum, and the shard being
+    written when it came leaves no file behind: the rerun finishes the same bytes."""
+    import torch
+
+    data = tmp_path / "chat.jsonl"
+    shutil.copy(made / "chat.jsonl", data)
+    out = tmp_path / "c"
+    args = precompute_args(data, tiny_model_dir, out)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as test_kill_at_any_point_then_rerun_is_byte_identical
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "temp written\n", proc.stderr.read()[-3000:]
+        assert [p.name for p in out.rglob("*.tmp-*")], "no shard under its temp name"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, err[-3000:]
+    name = signal.Signals(signum).name
+    assert err.splitlines()[-1] == f"kto-precompute: stopped by {name}; finished shards are kept; run the same command again to resume", err[-3000:]
+    assert "Traceback" not in err and not list(out.rglob("*.tmp-*")) and not (out / S.MANIFEST_NAME).exists()
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in out.glob(S.SHARD_GLOB)} == {p.name: p.read_bytes() for p in (made / "c").glob(S.SHARD_GLOB)}
+
+
 def test_overwrite_with_bad_input_keeps_an_unfinished_runs_staging(cache, monkeypatch):
     """Seen by a reviewer: OUT held an unfinished run of another configuration (killed after it
     staged its rows); a bad `--overwrite` deleted that run's staging file before reading a row,

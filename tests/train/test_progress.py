@@ -29,17 +29,25 @@ def slowed(*args, **kwargs):
     update(*args, **kwargs)
     time.sleep(float(os.environ["STEP_SLEEP_S"]))
 loop.apply_update = slowed
+if "BUILD_SLEEP_S" in os.environ:  # the model's load, slowed: a line on stdout as it begins
+    import kto.train.policy as policy
+    build = policy.Policy.build
+    def slow_build(*args, **kwargs):
+        print("building the policy", flush=True)
+        time.sleep(float(os.environ["BUILD_SLEEP_S"]))
+        return build(*args, **kwargs)
+    policy.Policy.build = staticmethod(slow_build)
 from kto.train.cli import main
 main(prog_name="kto-train")
 """
 
 
-def start_slowed(cache, model, out, *extra: str, sleep_s: float = 0.5) -> subprocess.Popen:
+def start_slowed(cache, model, out, *extra: str, sleep_s: float = 0.5, env: dict | None = None, **popen) -> subprocess.Popen:
     # As many threads as this process: the in-process runs below are the reference (bit-identity
     # holds for the same kernels and thread count).
-    env = {**os.environ, "STEP_SLEEP_S": str(sleep_s), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "STEP_SLEEP_S": str(sleep_s), "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
     cmd = [sys.executable, "-c", SLOWED, "--cache", str(cache), "--model", str(model), "--out", str(out), *ARGS, *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env, **popen})
 
 
 def run_command(args: list[str]):
@@ -120,6 +128,83 @@ def test_sigterm_stops_at_a_step_boundary_with_exit_143_and_lines_reach_a_pipe_a
     assert "SIGTERM: stopping after this step, with a checkpoint" in err
     step = int(re.search(r"stopped by SIGTERM after step (\d+) of 8", err).group(1))
     assert 1 <= step < 8 and (out / f"checkpoint-{step}" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1])
+def test_sighup_and_sigusr1_stop_at_a_step_boundary_as_sigterm_does(tiny_cache, tiny_model_dir, tmp_path, signum):
+    """SLURM's `--signal=USR1@120` and a closed ssh session (SIGHUP). Seen failing before: the
+    process died of the signal at once (returncode -1 and -10), no checkpoint, nothing said."""
+    out, name = tmp_path / "r", signal.Signals(signum).name
+    proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "8")
+    try:
+        read_until(proc, "step 1/8 ")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert f"{name}: stopping after this step, with a checkpoint\n" in err
+    step = int(re.search(rf"stopped by {name} after step (\d+) of 8: saved ", err).group(1))
+    assert 1 <= step < 8 and (out / f"checkpoint-{step}" / "model.safetensors").is_file()
+    assert re.search(r"^resume with: kto-train .* --resume$", err, re.MULTILINE) and "Traceback" not in err
+
+
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tiny_cache, tiny_model_dir, tmp_path):
+    """stderr on a terminal that hangs up (its ssh session closed): the kernel sends SIGHUP, and
+    every later write to the terminal fails (EIO). Seen failing before: killed by SIGHUP, no
+    checkpoint; with SIGHUP only noted, the line saying so raised that OSError mid-step."""
+    import fcntl
+    import termios
+
+    out = tmp_path / "r"
+    master, slave = os.openpty()
+    proc = start_slowed(
+        tiny_cache, tiny_model_dir, out, "--max-steps", "8", stdin=slave, stderr=slave,
+        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )  # fmt: skip
+    try:
+        os.close(slave)
+        read_until(proc, "step 1/8 ")
+        os.close(master)  # the terminal hangs up
+        proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGHUP
+    assert len([p for p in out.glob("checkpoint-*") if (p / "model.safetensors").is_file()]) == 1
+
+
+def test_a_run_under_nohup_ignores_sighup(tiny_cache, tiny_model_dir, tmp_path):
+    """`nohup kto-train …` ignores SIGHUP so that the run outlives the session: kto-train keeps
+    a signal ignored at its start ignored, rather than stopping on it."""
+    out = tmp_path / "r"
+    proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "3", preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        read_until(proc, "step 1/3 ")
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGHUP" not in err and (out / "final" / "model.safetensors").is_file()
+
+
+def test_sigterm_while_the_model_loads_is_one_line_and_the_same_command_runs_again(tiny_cache, tiny_model_dir, tmp_path):
+    """Before the loop's handlers are in, a signal raised formats.signals.Stopped. Seen failing
+    before: killed silently (returncode -15)."""
+    out = tmp_path / "r"
+    proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "2", env={"BUILD_SLEEP_S": "30"})
+    try:
+        read_until(proc, "building the policy")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert err.splitlines()[-1] == "kto-train: stopped by SIGTERM; no step was trained in this run and nothing new saved; run the same command again"
+    assert "Traceback" not in err and not list(out.glob("checkpoint-*"))
+    again = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--max-steps", "2")
+    assert again.exit_code == 0, again.output
+    assert (out / "final" / "model.safetensors").is_file()
 
 
 def test_a_step_with_one_class_prints_na_not_nan(tiny_cache, tiny_model_dir, tmp_path):

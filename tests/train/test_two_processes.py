@@ -41,23 +41,23 @@ SCRIPT = """
 """
 
 
-def stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, out: Path, *extra: str) -> int:
-    """kto-train under torchrun, slowed, stopped by SIGTERM after its first step: torchrun
-    forwards the signal to its workers, the main process decides, both ranks save (one whole
-    checkpoint, DDP) after the same step. Returns that step."""
+def stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, out: Path, *extra: str, signum: int = signal.SIGTERM, launcher: tuple[str, ...] = ()) -> int:
+    """kto-train under torchrun (`launcher`: its own flags), slowed, stopped by `signum` after its
+    first step: torchrun forwards the signal to its workers, the main process decides, both ranks
+    save (one whole checkpoint, DDP) after the same step. Returns that step."""
     script = out.parent / "slowed.py"
     script.write_text(SLOWED)
     common = ["--cache", str(tiny_cache), "--model", str(tiny_model_dir), "--eval-cache", str(tiny_eval_cache), *CLI_ARGS, *extra]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script)]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *launcher, str(script)]
     env = {**os.environ, "STEP_SLEEP_S": "0.5", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*launch, *common, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         read_until(proc, "step 1/8 ")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
-    stopped = re.findall(r"stopped by SIGTERM after step (\d+) of 8: saved (\S+)", err)
+    stopped = re.findall(rf"stopped by {signal.Signals(signum).name} after step (\d+) of 8: saved (\S+)", err)
     assert len(stopped) == 1, err[-3000:]  # said once, by the main process
     step = int(stopped[0][0])
     assert 1 <= step < 8 and "resume with (under the same launcher, 2 processes): kto-train " in err
@@ -126,3 +126,14 @@ def test_a_resumed_run_with_dropout_draws_each_ranks_own_masks(tiny_cache, tiny_
     stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, stopped, "--lora-r", "4", "--lora-dropout", "0.3")
     api_run, _ = resume_then_run_uninterrupted(tiny_cache, tiny_eval_cache, tiny_model_dir, stopped, tmp_path / "api", {"lora_r": 4, "lora_dropout": 0.3})
     assert_same_metrics(stopped, api_run)
+
+
+def test_sigusr1_stops_both_ranks_after_the_same_step_when_torchrun_forwards_it(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    """SLURM's `--signal=USR1@120` under torchrun, which forwards SIGUSR1 only when
+    --signals-to-handle names it (torch 2.13's default: SIGTERM, SIGINT, SIGHUP, SIGQUIT). Each
+    rank notes it, the main process decides, both stop after the same step (one line, one
+    checkpoint, nothing hangs). Seen failing before: the workers died of it at once."""
+    out = tmp_path / "stopped"
+    handle = ("--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    step = stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, out, signum=signal.SIGUSR1, launcher=handle)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{step}"]
