@@ -253,6 +253,20 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def plant_lr(monkeypatch, lr: float) -> None:
+    """Make every AdamW step use `lr`: a diverging rate that --lr itself refuses (above 1)."""
+    import torch
+
+    real_step = torch.optim.AdamW.step
+
+    def step_at(self, *args, **kwargs):
+        for group in self.param_groups:
+            group["lr"] = lr
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_at)
+
+
 def crashed_copy(run: Path, dest: Path, step: int, metrics_lines: int | None = None) -> Path:
     """What a run killed after it saved checkpoint-`step` leaves in `dest`: that checkpoint,
     the run record (kto_run.json) and, unless `metrics_lines` is None, the first `metrics_lines`

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import metrics
+from conftest import metrics, plant_lr
 
 import kto.train
 from kto.formats.errors import InputError
@@ -90,14 +90,7 @@ def test_a_run_that_raises_mid_training_closes_its_records(tiny_cache, tiny_mode
     if failure == "nan gradient":
         # A rate of 1e8 planted in the optimizer (--lr above 1 is refused before any work).
         cfg = TrainConfig(**{**vars(cfg), "max_grad_norm": 0.0})
-        real_step = torch.optim.AdamW.step
-
-        def blown_up_step(self, *args, **kwargs):
-            for group in self.param_groups:
-                group["lr"] = 1e8
-            return real_step(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.optim.AdamW, "step", blown_up_step)
+        plant_lr(monkeypatch, 1e8)
         expected, written = pytest.raises(InputError, match="step 2: the gradient norm is nan"), [1]
     else:
         monkeypatch.setattr(loop, "after_step", interrupt_after_step_2(loop.after_step))

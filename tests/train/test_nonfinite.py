@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import metrics, train_error_line
+from conftest import metrics, plant_lr, train_error_line
 from test_loop import train_cli
 
 import kto.train.loop
@@ -16,14 +16,7 @@ from kto.formats import schema as S
 def test_a_diverging_run_stops_at_the_first_nan_loss_naming_the_last_good_checkpoint(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
     # A rate of 1e30: step 1 moves every weight by about 1e30 (still finite), so step 2's loss is
     # NaN. Planted in the optimizer: --lr 1e30 is refused before any work now (above 1 is).
-    real_step = torch.optim.AdamW.step
-
-    def blown_up_step(self, *args, **kwargs):
-        for group in self.param_groups:
-            group["lr"] = 1e30
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", blown_up_step)
+    plant_lr(monkeypatch, 1e30)
     out = tmp_path / "r"
     result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1")
     assert result.exit_code == 2, result.output

@@ -71,6 +71,17 @@ def read_until(proc: subprocess.Popen, prefix: str) -> list[str]:
     return lines
 
 
+def signal_after(proc: subprocess.Popen, prefix: str, signum: int) -> str:
+    """Send `signum` once stdout has a line starting with `prefix`; stderr after the process ends."""
+    try:
+        read_until(proc, prefix)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    return err
+
+
 @pytest.mark.slow
 def test_step_lines_reach_a_pipe_while_the_run_goes_on_and_sigint_stops_with_a_resumable_checkpoint(tiny_cache, tiny_model_dir, tmp_path):
     """Seen failing before issue 22: no line on stdout at all (they went to stderr), and SIGINT
@@ -136,12 +147,7 @@ def test_sighup_and_sigusr1_stop_at_a_step_boundary_as_sigterm_does(tiny_cache, 
     process died of the signal at once (returncode -1 and -10), no checkpoint, nothing said."""
     out, name = tmp_path / "r", signal.Signals(signum).name
     proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "8")
-    try:
-        read_until(proc, "step 1/8 ")
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
+    err = signal_after(proc, "step 1/8 ", signum)
     assert proc.returncode == 128 + signum, err[-3000:]
     assert f"{name}: stopping after this step, with a checkpoint\n" in err
     step = int(re.search(rf"stopped by {name} after step (\d+) of 8: saved ", err).group(1))
@@ -178,12 +184,7 @@ def test_a_run_under_nohup_ignores_sighup(tiny_cache, tiny_model_dir, tmp_path):
     a signal ignored at its start ignored, rather than stopping on it."""
     out = tmp_path / "r"
     proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "3", preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    try:
-        read_until(proc, "step 1/3 ")
-        proc.send_signal(signal.SIGHUP)
-        _, err = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
+    err = signal_after(proc, "step 1/3 ", signal.SIGHUP)
     assert proc.returncode == 0, err[-3000:]
     assert "SIGHUP" not in err and (out / "final" / "model.safetensors").is_file()
 
@@ -193,12 +194,7 @@ def test_sigterm_while_the_model_loads_is_one_line_and_the_same_command_runs_aga
     before: killed silently (returncode -15)."""
     out = tmp_path / "r"
     proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "2", env={"BUILD_SLEEP_S": "30"})
-    try:
-        read_until(proc, "building the policy")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
+    err = signal_after(proc, "building the policy", signal.SIGTERM)
     assert proc.returncode == 143, err[-3000:]
     assert err.splitlines()[-1] == "kto-train: stopped by SIGTERM; no step was trained in this run and nothing new saved; run the same command again"
     assert "Traceback" not in err and not list(out.glob("checkpoint-*"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import metrics, torchrun
-from test_progress import SLOWED, read_until
+from test_progress import SLOWED, signal_after
 
 pytestmark = pytest.mark.distributed
 
@@ -51,12 +51,7 @@ def stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, out: Path, *extr
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *launcher, str(script)]
     env = {**os.environ, "STEP_SLEEP_S": "0.5", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*launch, *common, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        read_until(proc, "step 1/8 ")
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
+    err = signal_after(proc, "step 1/8 ", signum)
     stopped = re.findall(rf"stopped by {signal.Signals(signum).name} after step (\d+) of 8: saved (\S+)", err)
     assert len(stopped) == 1, err[-3000:]  # said once, by the main process
     step = int(stopped[0][0])
