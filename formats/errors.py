@@ -83,15 +83,34 @@ def one_line_errors(prog: str) -> Callable:
             except InputError as exc:
                 end_process_group(every_rank_here=say_once(f"{prog}: error: {exc}", exc.every_rank))
                 sys.exit(2)
-            except KeyboardInterrupt:  # Ctrl-C where no handler notes it (start-up; kto-train's second one)
-                # click would print "Aborted!" and exit 1; a shell reports a SIGINT as 130.
-                print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-                end_process_group()
-                sys.exit(128 + signal.SIGINT)
+            except KeyboardInterrupt as exc:  # Ctrl-C where no handler notes it (kto-train's second one), or a stop signal
+                exit_interrupted(prog, exc)
 
         return wrapper
 
     return decorate
+
+
+def exit_interrupted(prog: str, exc: KeyboardInterrupt) -> NoReturn:
+    """A KeyboardInterrupt that reached one_line_errors. formats.signals.Stopped (a stop signal
+    while the command's start-up handlers were in, before the command could catch it: during its
+    first import) says its signal and exits 128 + its number; a plain one is Ctrl-C: click would
+    print "Aborted!" and exit 1, where a shell reports a SIGINT as 130. Stopped is known by its
+    `signum`, not imported: formats/signals.py imports this module."""
+    signum = getattr(exc, "signum", None)
+    if isinstance(signum, int):
+        exit_on_signal(prog, signum, "run the same command again")
+    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+    end_process_group()
+    sys.exit(128 + signal.SIGINT)
+
+
+def exit_on_signal(prog: str, signum: int, what: str) -> NoReturn:
+    """Print `PROG: stopped by SIGTERM; WHAT` once (under a launcher every rank got the signal,
+    see say_once), end the process group as an error does, and exit 128 + signum."""
+    alike = say_once(f"{prog}: stopped by {signal.Signals(signum).name}; {what}", False)
+    end_process_group(every_rank_here=alike)
+    sys.exit(128 + signum)
 
 
 def usage_line(prog: str, exc: click.UsageError) -> str:

@@ -19,7 +19,9 @@ In a group-shared folder the lock file may be another member's: it is created 06
 umask decides its mode as it does every other file's, and one that this user cannot open for
 writing (made by an older kto as 0644, or under a stricter umask) is opened read-only: flock
 needs no write access. Such a holder cannot write its pid, so a refused process may then show
-the pid of an earlier holder.
+the pid of an earlier holder: the refusal says the pid is the one the lock file records, and,
+where no process here has it, gives both explanations (another container, or a holder that
+could not write its pid).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
     second process gets while the first one holds the lock.
     """
     path = Path(path)
-    made = [p for p in (path, path / LOCK_NAME) if not os.path.lexists(p)]  # removed again if locks fail
+    made = _missing(path / LOCK_NAME)  # removed again if locks fail
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, writable = _open_own_lock(path / LOCK_NAME, flag)
@@ -71,32 +73,48 @@ def _lock(fd: int, path: Path, flag: str, made: list[Path]) -> None:
         holder = holder_of(os.pread(fd, 320, 0).decode(errors="replace"))
         raise InputError(f"{flag} {path}: in use by another kto process ({holder}); wait for it or choose another directory") from None
     except OSError as exc:
-        for p in reversed(made):  # the lock file, then the folder if it is empty
+        for p in made:  # the lock file, then each folder made for it, innermost first, if empty
             with contextlib.suppress(OSError):
-                if p == path:
-                    os.rmdir(p)
-                else:
+                if p == path / LOCK_NAME:
                     os.unlink(p)
+                else:
+                    os.rmdir(p)
         raise InputError(
             f"{flag} {path}: its filesystem does not support file locks ({exc.strerror}), which keep two kto processes out of one"
             " directory; choose a directory on a local filesystem, or mount this one with locks (NFS: lockd; Lustre: -o flock)"
         ) from None
 
 
+def _missing(path: Path) -> list[Path]:
+    """`path` and each of its parents that does not exist yet, innermost first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def holder_of(text: str) -> str:
-    """Who holds the lock, from its file's `PID@HOST` (`PID` alone: an older kto's): `pid 4711 on
-    host node07`. On this host a pid that is not running here is said to be so: the holder is
-    then in another container or PID namespace (a file lock always has a live holder)."""
+    """Who holds the lock, as its file records it, `PID@HOST` (`PID` alone: an older kto's):
+    `pid 4711 on host node07, as its lock file records`. A recording, not a fact: a holder that
+    opened the file read-only (see the module's docstring) left an earlier holder's pid in it.
+    On this host a pid that does not run here gets both explanations: the holder is in another
+    container or PID namespace, or it could not write its pid (a file lock always has a live
+    holder, so the lock is never called stale)."""
     pid, _, host = text.strip().partition("@")
     if not pid:
         return "pid unknown"
+    recorded = "as its lock file records"
     if not host:
-        return f"pid {pid}"
+        return f"pid {pid}, {recorded}"
     if host != socket.gethostname():
-        return f"pid {pid} on host {host}"
+        return f"pid {pid} on host {host}, {recorded}"
     if _running_here(pid):
-        return f"pid {pid} on this host, {host}"
-    return f"pid {pid} on this host, {host}, in another container or PID namespace: no process has that pid here"
+        return f"pid {pid} on this host, {host}, {recorded}"
+    return (
+        f"pid {pid} on this host, {host}, {recorded}; no process has that pid here: the holder runs in another container or PID"
+        " namespace, or it opened the lock file read-only and could not write its pid over an earlier holder's"
+    )
 
 
 def _running_here(pid: str) -> bool:

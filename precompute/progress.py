@@ -15,6 +15,8 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
+            # sys.stderr as the command set it: it drops writes that fail after a hangup
+            # (formats/signals.py), and tqdm keeps the object it is given.
             self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, rows: float, tokens: int) -> None:

@@ -38,6 +38,8 @@ class TrainProgress:
 
     def __init__(self, total: int, done: int, enabled: bool, stream: TextIO | None = None):
         self.enabled = enabled
+        # A command's sys.stderr drops writes that fail after a hangup (formats/signals.py); tqdm
+        # keeps the object it is given, so it is given that one, never sys.__stderr__.
         self.stream = stream or sys.stderr
         self.lock = threading.RLock()  # the prefetch thread may log too
         self.bar = None

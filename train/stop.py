@@ -1,5 +1,6 @@
 """SIGINT, SIGTERM, SIGHUP and SIGUSR1 (formats/signals.py says why these) stop kto-train at a
-step boundary, with a checkpoint, never mid-step.
+step boundary, with a checkpoint, never mid-step; through the Python API only SIGINT and SIGTERM,
+the others staying the host program's.
 
 The first signal is only noted (`StopSignals`). After each optimizer step the loop asks
 `requested()`: the main process decides (formats.errors.on_main) and every rank gets its answer,
@@ -33,14 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from kto.formats.errors import log, on_main
 from kto.formats.hub import hub_spec_of
-from kto.formats.signals import STOP_SIGNALS, after_hangup, hand_over, not_ignored
+from kto.formats.signals import after_hangup, loop_signals, take_over
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from .config import TrainConfig
 
-SIGNALS = STOP_SIGNALS
 ECHO_S = 2.0
 
 
@@ -54,9 +54,12 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """While active (a context manager), SIGNALS are noted instead of killing the process; it
-    takes them over from kto-train's start-up (formats.signals.hand_over), whose handlers
-    raise instead. Outside the main thread (signals cannot be caught there) it notes nothing."""
+    """While active (a context manager), the stop signals are noted instead of killing the
+    process: all four under the command line, SIGINT and SIGTERM alone through the Python API
+    (formats.signals.loop_signals). It takes them over from kto-train's start-up, whose handlers
+    raise instead, installing its own before theirs go (formats.signals.take_over), and puts
+    back those from before the start-up when it ends. Outside the main thread (signals cannot
+    be caught there) it notes nothing."""
 
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
@@ -66,8 +69,7 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            hand_over()
-            self.previous = {s: signal.signal(s, self._note) for s in not_ignored(SIGNALS)}
+            self.previous = take_over(self._note, loop_signals())
         return self
 
     def __exit__(self, *exc: object) -> None:

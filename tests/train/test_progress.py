@@ -179,6 +179,28 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tiny_cache, tiny_mode
     assert len([p for p in out.glob("checkpoint-*") if (p / "model.safetensors").is_file()]) == 1
 
 
+def test_a_closed_session_with_output_through_tee_stops_with_a_checkpoint(tiny_cache, tiny_model_dir, tmp_path):
+    """`kto-train … 2>&1 | tee train.log` in an ssh session that closes: tee dies of the same
+    SIGHUP, and every later write to the pipe fails (EPIPE). The pipe's read end is closed here
+    once the run has said it stops. Seen failing before: the next step line raised
+    BrokenPipeError, click turned it into a silent exit 1, and no checkpoint was saved."""
+    out = tmp_path / "r"
+    proc = start_slowed(tiny_cache, tiny_model_dir, out, "--max-steps", "8", stderr=subprocess.STDOUT)
+    try:
+        seen = []
+        for wanted, then in (("step 1/8 ", lambda: proc.send_signal(signal.SIGHUP)), ("SIGHUP: stopping after this step", proc.stdout.close)):
+            while not seen or wanted not in seen[-1]:  # the bar's redraws may share a line
+                seen.append(proc.stdout.readline())
+                assert seen[-1], seen
+            then()
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGHUP, "".join(seen)[-3000:]  # not 1 (click's EPIPE), nor 120 (a failed flush at exit)
+    assert len([p for p in out.glob("checkpoint-*") if (p / "model.safetensors").is_file()]) == 1
+    assert "Traceback" not in "".join(seen)
+
+
 def test_a_run_under_nohup_ignores_sighup(tiny_cache, tiny_model_dir, tmp_path):
     """`nohup kto-train …` ignores SIGHUP so that the run outlives the session: kto-train keeps
     a signal ignored at its start ignored, rather than stopping on it."""

@@ -53,7 +53,7 @@ def test_a_second_kto_train_into_the_same_out_exits_2_naming_the_holder(tiny_cac
         first.wait()
     assert second.exit_code == 2, second.output
     line = train_error_line(second.output)
-    assert f"--out {out}: in use by another kto process (pid {first.pid} on this host, {socket.gethostname()})" in line
+    assert f"--out {out}: in use by another kto process (pid {first.pid} on this host, {socket.gethostname()}, as its lock file records)" in line
 
 
 def test_the_run_records_its_resolved_configuration(run3, tiny_cache):
