@@ -1,4 +1,4 @@
-"""RUN/kto_run.json: the record of a kto-train run, the full resolved configuration.
+"""RUN/kto_run.json: the record of a kto-train run, its full configuration.
 
 kto-train writes it (atomically) when a run starts and checks a `--resume` against it;
 kto-inspect reads β from it when it scores a run's `final/` or `checkpoint-STEP/`. It also
@@ -7,9 +7,11 @@ proves that a directory is a run kto-train made (train/rundir.py refuses any oth
 of inspection/'s.
 
     {"kind": "kto-train run", "version": 1,
-     "config": {every TrainConfig field, paths as strings, auto-weights resolved},
+     "config": {every TrainConfig field, paths as strings, auto-weights resolved; a default
+                decided at run time as given: run_name null, mixed_precision "auto", …},
      "derived": {"total_steps", "world_size", "cache_fingerprint", "eval_cache_fingerprint",
-                 "model_identity"}}
+                 "model_identity"},
+     "finished_step": the step final/ holds, once it does}
 
 Its name is not `config.json`: that is a Hugging Face model's configuration, and a run record
 written over one (`--out` = `--model`) left a model that no longer loads. Runs made before the

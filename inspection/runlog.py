@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kto.formats.errors import InputError
-from kto.formats.runrecord import METRICS_NAME
+from kto.formats.metrics_line import TRAIN_ONLY_KEYS
+from kto.formats.runrecord import METRICS_NAME, record_path
 
 from .text import printable
 
@@ -66,6 +67,8 @@ def read_run(run: str | Path) -> RunLog:
     if not Path(run).exists():
         raise InputError(f"{run}: no such run directory or metrics file")
     if not path.is_file():
+        if Path(run).is_dir() and record_path(run) is not None:  # a run, with no line logged yet
+            raise InputError(f"{path}: no such file: the run has logged no step yet; {_why_no_lines(Path(run))}")
         raise InputError(f"{path}: no such file; is {run} a kto-train --out directory? (metrics.jsonl appears at the first --log-every step)")
     raw = path.read_bytes()
     log = RunLog(path)
@@ -105,7 +108,7 @@ def _why_no_lines(run: Path) -> str:
         config = {}
     if config.get("log_every") == 0 and not config.get("eval_cache"):
         return "the run was trained with --log-every 0 and no --eval-cache, so it writes no metrics lines"
-    return "did the run reach its first --log-every step?"
+    return "it stopped before its first logged step (see its output), or has not reached it yet"
 
 
 def _trend(log: RunLog, name: str, what: str, split: str = "train") -> str | None:
@@ -134,6 +137,18 @@ def _non_finite(value) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
+# null by design, whatever the line: memory kto-train could not read (no /proc off Linux).
+ALWAYS_NULLABLE = ("rss_anon_gb", "rss_file_gb")
+
+
+def _null_by_design(rec: dict, name: str) -> bool:
+    """A null that is no non-finite value: an eval line's train-only keys (every line carries
+    every key: formats/metrics_line.py), unreadable memory, a class absent from the window."""
+    if (rec.get("split") == "eval" and name in TRAIN_ONLY_KEYS) or name in ALWAYS_NULLABLE:
+        return True
+    return any(not rec.get(c, 1) for c in NEEDS.get(name, ()))
+
+
 def non_finite_metrics(log: RunLog) -> list[str]:
     """'loss at steps 3, 4' for each metric that is null (kto-train writes NaN and inf as null)
     or non-finite where it should have a value. A class metric of a window without that class
@@ -143,9 +158,7 @@ def non_finite_metrics(log: RunLog) -> list[str]:
         steps: dict[str, list[int]] = {}
         for rec in records:
             for name, value in rec.items():
-                if name in ("step", "split") or not _non_finite(value):
-                    continue
-                if any(not rec.get(c, 1) for c in NEEDS.get(name, ())):
+                if name in ("step", "split") or not _non_finite(value) or _null_by_design(rec, name):
                     continue
                 steps.setdefault(name, []).append(rec["step"])
         for name, at in steps.items():

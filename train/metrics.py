@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from kto.formats.atomic import disk_full_names, write_bytes_atomic
 from kto.formats.errors import log
+from kto.formats.metrics_line import TRAIN_ONLY_KEYS, complete_line, metrics_keys
 from kto.formats.runrecord import METRICS_NAME
 
 if TYPE_CHECKING:
@@ -38,8 +39,11 @@ def last_metrics(run_dir: Path) -> tuple[dict | None, dict | None]:
 
 
 def metric_values(record: dict | None) -> dict:
-    """A metrics record without its step and split: the metrics themselves."""
-    return {k: v for k, v in (record or {}).items() if k not in ("step", "split")}
+    """A metrics record without its step and split: the metrics themselves. An eval line's
+    train-only keys (lr, memory, …: null there by design) are left out, as they always were."""
+    record = record or {}
+    skip = ("step", "split", *(TRAIN_ONLY_KEYS if record.get("split") == "eval" else ()))
+    return {k: v for k, v in record.items() if k not in skip}
 
 
 class MetricsWriter:
@@ -50,14 +54,18 @@ class MetricsWriter:
     the README's own reader (polars: "Cannot infer NDJSON types on empty reader") for as long
     as the run takes to its first --log-every step. So it holds whole lines or does not exist."""
 
-    def __init__(self, path: Path, accelerator: Accelerator, resume_step: int | None = None):
+    def __init__(self, path: Path, accelerator: Accelerator, resume_step: int | None = None, has_kl: bool = True):
         self.path = path
         self.accelerator = accelerator
         self.file: TextIO | None = None
+        # Every line carries these keys, in this order (formats/metrics_line.py says why).
+        self.keys = metrics_keys(has_kl)
         if resume_step is not None and path.is_file():
             kept = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) <= resume_step]
             if kept:
-                write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+                # Lines an older version wrote held only their own keys: given the full set too.
+                lines = [json.dumps(complete_line(json.loads(line), self.keys, strict=False)) for line in kept]
+                write_bytes_atomic(path, "".join(line + "\n" for line in lines).encode())
             else:  # every line was past the resumed step: the uninterrupted run had written none yet
                 path.unlink()
 
@@ -66,11 +74,12 @@ class MetricsWriter:
         with disk_full_names(self.path):
             if self.file is None:
                 self.file = open(self.path, "a")
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps(complete_line(record, self.keys)) + "\n")
             self.file.flush()
         prefix = "" if split == "train" else f"{split}/"
-        # A value that does not exist (rewards/rejected on a step without undesirable rows) is
-        # null in the file and left out of the trackers: a gap in the chart, not a NaN point.
+        # A value that does not exist (rewards/rejected on a step without undesirable rows, an
+        # eval line's lr) is null in the file and left out of the trackers: a gap in the chart,
+        # not a NaN point.
         finite = {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         self.accelerator.log(finite, step=step)
 

@@ -312,7 +312,8 @@ def open_records(cfg: TrainConfig, record: dict, position: Position, accelerator
         if accelerator.log_with:
             # + 1: the resume step's own eval line is the checkpoint's, kept (as in metrics.jsonl).
             trackers.start(accelerator, cfg.out, cfg.run_name, vars(cfg), purge_step=position.global_step + 1 if cfg.resume else None)
-        return MetricsWriter(cfg.out / METRICS_NAME, accelerator, resume_step=position.global_step if cfg.resume else None)
+        resume_step = position.global_step if cfg.resume else None
+        return MetricsWriter(cfg.out / METRICS_NAME, accelerator, resume_step=resume_step, has_kl=cfg.loss_type.needs_kl)
     except BaseException:  # a full disk: the trackers started are ended
         close_after_failure(None, accelerator)
         raise

@@ -125,7 +125,28 @@ def start(accelerator: Accelerator, out: Path, run_name: str | None, config: dic
         if kwarg:
             kwargs[str(tracker)] = {kwarg: run_name}
     accelerator.log_with = [made_tracker(t, out, run_name, kwargs, purge_step) for t in accelerator.log_with]
-    accelerator.init_trackers(PROJECT, config=tracker_config(config), init_kwargs=kwargs)
+    # config=None: the configuration is stored below, TensorBoard's hparams in the run's own folder.
+    accelerator.init_trackers(PROJECT, config=None, init_kwargs=kwargs)
+    values = tracker_config(config)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tensorboard_hparams(tracker.writer, values)
+        else:
+            tracker.store_init_configuration(values)
+
+
+def tensorboard_hparams(writer: object, values: dict) -> None:
+    """The run's settings as TensorBoard hparams, written to the run's own events file.
+    accelerate's store_init_configuration calls SummaryWriter.add_hparams, which (torch 2.x)
+    writes them to a new subfolder named by time.time(), plus an hparams.yml in another: each
+    start added folders that `tensorboard --logdir` listed as runs with no scalars. The same
+    three summaries add_hparams writes, here beside the scalars, put the run itself in the HParams
+    view (kto_run.json holds the configuration the yaml held)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    for summary in hparams(values, {}):
+        writer.file_writer.add_summary(summary)
+    writer.flush()
 
 
 def project_name(name: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import kto.formats
+from kto.formats.metrics_line import metrics_keys
 from kto.inspection.cli import main
 
 
@@ -57,6 +58,9 @@ def test_run_report_from_a_real_run(short_run, tmp_path):
     train = [x for x in lines if x["split"] == "train"]
     evals = [x for x in lines if x["split"] == "eval"]
     assert (r["train_lines"], r["eval_lines"]) == (len(train), len(evals)) == (2, 2)
+    # Every line carries every key, in one order (formats/metrics_line.py); an eval line's
+    # train-only nulls are no NON-FINITE metric (r["checks"][0] below is the KL line).
+    assert all(list(x) == list(metrics_keys(True)) for x in lines) and evals[0]["lr"] is None
     assert r["warnings"] == []
     assert r["last"]["train"]["loss"] == train[-1]["loss"] and r["last"]["eval"]["kl"] == evals[-1]["kl"]
     names = sorted(p.rsplit("/", 1)[1] for p in r["plots"])
@@ -145,6 +149,18 @@ def test_non_finite_metrics_are_flagged_with_metric_and_step(tmp_path):
     assert found[0].startswith("NON-FINITE metrics (NaN or inf, written as null): loss at step 2;")
     write_metrics(tmp_path / "metrics.jsonl", [record(1), record(2)])
     assert not any("NON-FINITE" in c for c in json.loads(invoke("run", tmp_path, "--json").stdout)["checks"])
+
+
+def test_a_run_stopped_before_its_first_line_says_so(tmp_path):
+    """Found by a hunt: a run stopped by a NaN at step 1 has kto_run.json and no metrics.jsonl,
+    and was asked whether it is a kto-train --out directory at all."""
+    (tmp_path / "kto_run.json").write_text(json.dumps({"kind": "kto-train run", "version": 1, "config": {"log_every": 10}, "derived": {}}))
+    result = invoke("run", tmp_path)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"kto-inspect: error: {tmp_path}/metrics.jsonl: no such file: the run has logged no step yet; "
+        "it stopped before its first logged step (see its output), or has not reached it yet\n"
+    )
 
 
 @pytest.mark.parametrize(

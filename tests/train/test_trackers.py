@@ -46,8 +46,10 @@ def test_tensorboard_gets_our_metric_names_and_values(tiny_cache, tiny_model_dir
     result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--report-to", "tensorboard", "--run-name", "first-try")
     assert result.exit_code == 0, result.output
     events = sorted(out.rglob("events.out.tfevents.*"))
-    # The run's name is its folder: OUT/tensorboard/<--run-name>/ (and the hparams run below it).
-    assert events and all(p.is_relative_to(out / "tensorboard" / "first-try") for p in events), [str(p.relative_to(out)) for p in events]
+    # The run's name is its folder: OUT/tensorboard/<--run-name>/, hparams included (accelerate
+    # put them in a subfolder per start, named by the time, that TensorBoard listed as a run).
+    assert events and all(p.parent == out / "tensorboard" / "first-try" for p in events), [str(p.relative_to(out)) for p in events]
+    assert [p.name for p in (out / "tensorboard" / "first-try").iterdir() if p.is_dir()] == []
     logged = {}
     for path in events:
         acc = EventAccumulator(str(path))
@@ -81,9 +83,14 @@ def test_tensorboard_shows_each_run_by_its_run_name(tmp_path):
         accelerator.log({"loss": 0.5}, step=1)
         accelerator.end_training()
     AcceleratorState._reset_state(reset_partial_state=True)
-    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs")).Reload().Runs()
-    scalar_runs = sorted(run for run, tags in runs.items() if "loss" in tags["tensors"])
-    assert scalar_runs == ["a/tensorboard/first-try", "b/tensorboard/b"]
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs")).Reload()
+    runs = multiplexer.Runs()
+    # Every run TensorBoard lists has the scalars: no hparams-only run beside it (as README's listing says).
+    assert sorted(runs) == ["a/tensorboard/first-try", "b/tensorboard/b"]
+    assert all("loss" in tags["tensors"] for tags in runs.values())
+    # The hparams are the run's own: TensorBoard's HParams plugin finds them in that run.
+    hparams = multiplexer.PluginRunToTagToContent("hparams")
+    assert sorted(hparams) == sorted(runs) and all("_hparams_/session_start_info" in tags for tags in hparams.values())
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "", "x\\y", "a\x00b", "x\ny", " ", "x ", "a" * 256])
