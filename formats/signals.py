@@ -22,9 +22,11 @@ the closed session loses its reader, tee, to the same SIGHUP: every write to the
 (EPIPE). Either would raise in the middle of whatever runs, the checkpoint not yet saved (click
 turns EPIPE into a silent exit 1). So while a command runs, sys.stdout and sys.stderr are
 `_DroppedAfterHangup`: after a SIGHUP, a write or flush that fails so sends that stream to
-/dev/null instead of raising, and the interpreter's last flush at exit goes there too. A write
-that succeeds (a file, a pipe whose reader lives on) is never touched, and before a SIGHUP every
-failure raises as it always did.
+/dev/null instead of raising, and the interpreter's last flush at exit goes there too. A pipe
+whose reader exits without a hangup (`less` quit, `| head -1`) is treated alike: it stopped a
+training run at its next line, exit 1, no checkpoint; now the run goes on, its output dropped
+(metrics.jsonl keeps every line). A write that succeeds (a file, a pipe whose reader lives on)
+is never touched, and every other failure raises as it always did.
 """
 
 from __future__ import annotations
@@ -114,7 +116,10 @@ class _DroppedAfterHangup:
                 raise
 
     def _dropped(self, exc: OSError) -> bool:
-        if not _hangup["seen"] or exc.errno not in (errno.EPIPE, errno.EIO):
+        # EPIPE: the pipe's reader is gone (tee closed with the session, `less` quit, `head`
+        # had its lines), so the output has nowhere to go, hangup or not; the run goes on, and
+        # metrics.jsonl keeps every line. EIO: a terminal gone, only after its hangup.
+        if exc.errno != errno.EPIPE and not (_hangup["seen"] and exc.errno == errno.EIO):
             return False
         with contextlib.suppress(OSError, ValueError):  # a stream without a descriptor: only this write is dropped
             _to_devnull(self.stream.fileno())

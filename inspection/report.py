@@ -29,6 +29,7 @@ from kto.formats.atomic import write_bytes_atomic
 from kto.formats.cache import cache_holding
 from kto.formats.errors import InputError
 from kto.formats.files import output_dir
+from kto.formats.metrics_line import TRAIN_ONLY_KEYS
 from kto.formats.runrecord import RUN_RECORD_NAME, read_run_config
 from kto.formats.shards import JOURNAL_DIR
 
@@ -197,7 +198,8 @@ def last_table(train: dict, evals: dict) -> tuple[list[str], list[list]]:
     rows = []
     for m in TABLE_METRICS:
         cells = [v.get(m) if m not in SAME_AS or v.get(m) != v.get(SAME_AS[m]) else None for v in (train, evals)]
-        if any(c is not None for c in cells) or (m not in SAME_AS and (m in train or m in evals)):
+        # An eval line's train-only keys are null by design (formats/metrics_line.py): no row of them for evals alone.
+        if any(c is not None for c in cells) or (m not in SAME_AS and (m in train or (m in evals and m not in TRAIN_ONLY_KEYS))):
             rows.append([m, *cells])
     return headers, rows
 

@@ -124,13 +124,17 @@ def start(accelerator: Accelerator, out: Path, run_name: str | None, config: dic
         kwarg = TRACKERS.get(str(tracker), Tracker("", "", None)).run_name_kwarg
         if kwarg:
             kwargs[str(tracker)] = {kwarg: run_name}
+    # TensorBoard shows a run's first hparams only: a resume that wrote them again added a second
+    # set its HParams view never showed. So they are written once, with the run's first events.
+    first_events = not any((Path(out) / TENSORBOARD_DIR / run_name).glob("events.out.tfevents.*"))
     accelerator.log_with = [made_tracker(t, out, run_name, kwargs, purge_step) for t in accelerator.log_with]
     # config=None: the configuration is stored below, TensorBoard's hparams in the run's own folder.
     accelerator.init_trackers(PROJECT, config=None, init_kwargs=kwargs)
     values = tracker_config(config)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
-            tensorboard_hparams(tracker.writer, values)
+            if first_events:
+                tensorboard_hparams(tracker.writer, values)
         else:
             tracker.store_init_configuration(values)
 

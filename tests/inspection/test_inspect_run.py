@@ -341,3 +341,19 @@ def test_a_trend_over_many_train_steps_compares_the_first_and_last_quarters(tmp_
     write_metrics(tmp_path / "metrics.jsonl", [record(s, **{"rewards/margins": m}) for s, m in enumerate(margins, start=1)])
     checks = json.loads(invoke("run", tmp_path, "--json").stdout)["checks"]
     assert "reward margin rose: 0.75 (mean of 4 points, steps 1-4) -> 8.748 (mean of 4 points, steps 13-16)" in checks, checks
+
+
+def test_the_last_values_of_an_eval_only_run_hold_no_rows_of_train_only_keys():
+    """Every line carries every key (formats/metrics_line.py), so an eval line holds lr, epoch, ...
+    as null by design. Seen failing before: an eval-only run (--log-every 0) showed five rows of
+    '-' for them. A train key that is null (rewards/rejected without undesirable rows) still shows."""
+    from kto.formats.metrics_line import complete_line
+    from kto.inspection.report import last_table
+    from kto.inspection.runlog import last_values
+
+    keys = metrics_keys(has_kl=True)
+    evals = last_values([complete_line({"step": 4, "split": "eval", "loss": 0.5, "kl": 0.1, "count/chosen": 2.0, "count/rejected": 0.0}, keys)])
+    _, rows = last_table({}, evals)
+    shown = [row[0] for row in rows]
+    assert "loss" in shown and "kl" in shown and "rewards/rejected" in shown
+    assert not {"lr", "grad_norm", "epoch", "tokens_per_s", "tokens/saved"} & set(shown)

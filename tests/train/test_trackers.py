@@ -260,3 +260,23 @@ def test_a_resume_shows_each_step_once_in_tensorboard(tiny_cache, tiny_model_dir
     acc = EventAccumulator(str(out / "tensorboard" / "r"))  # the folder: every events file in it, in order
     acc.Reload()
     assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4] == [m["step"] for m in metrics(out)]
+
+
+def test_a_resume_writes_no_second_set_of_tensorboard_hparams(tmp_path):
+    """TensorBoard's HParams view shows a run's first hparams only; a resume that wrote them again
+    left a second set (resume=1) it never showed. Seen failing before: two sets, one per start."""
+    pytest.importorskip("tensorboard")
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    out = tmp_path / "run"
+    for step, purge_step in ((1, None), (2, 2)):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(log_with=["tensorboard"], project_dir=str(out), cpu=True)
+        trackers.start(accelerator, out, None, {"beta": 0.1, "resume": purge_step is not None}, purge_step=purge_step)
+        accelerator.log({"loss": 0.5}, step=step)
+        accelerator.end_training()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    files = sorted((out / "tensorboard" / "run").glob("events.out.tfevents.*"))
+    assert len(files) == 2
+    assert [b"_hparams_/session_start_info" in f.read_bytes() for f in files] == [True, False]
