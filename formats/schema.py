@@ -71,7 +71,7 @@ class Phase(enum.Enum):
 
     STAGE = "stage"
     """At tokenization (precompute/tokenize.py): the value is an attribute of the tokenized row,
-    or of its Example, of the column's name, staged with the row (precompute/tokenize.py, the staging file)."""
+    or of its Example, of the column's name, staged with the row (precompute/staging.py, the staging file)."""
     PAIRING = "pairing"
     """Once the row's KL partner is known (precompute/plan.py), where completions are cut."""
     SCORE = "score"

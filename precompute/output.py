@@ -33,7 +33,7 @@ from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import CacheContent, Manifest, same_model
 from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
-from .tokenize import is_staging_name, staging_files
+from .staging import is_staging_name, staging_files
 
 # Ours by name: the lock (held while we write; formats/lock.py refuses one that is not a plain
 # file), kto-train's verification stamps (shards and tokenizer check). The journal is ours only

@@ -1,9 +1,9 @@
 """kto-precompute, end to end: read → tokenize → stage → split → pair → score → write.
 
-Tokenized rows are spilled to a staging file in --out (tokenize.py) and read back one shard at a
+Tokenized rows are spilled to a staging file in --out (staging.py) and read back one shard at a
 time, so memory does not grow with the number of rows.
 
-The stages live in their own modules: inputs/ and tokenize.py (read → tokenize → stage),
+The stages live in their own modules: inputs/, tokenize.py and staging.py (read → tokenize → stage),
 plan.py (drop → split → pair on the KL cycle → count; then each shard's rows cut behind
 their prompts), output.py (what --out may hold, claimed under its lock); this module runs
 them in order, scores and writes each shard (below: a split's pending shards scored with the
@@ -59,9 +59,10 @@ from .config import PrecomputeConfig
 from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout, write_card
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_positions, check_vocabulary, shard_values
 from .progress import Progress
+from .staging import completions_without_eos, stage, staging_files, staging_path, staging_schema
 from .templates import ChatTemplate, load_chat_template
 from .templates import install as install_template
-from .tokenize import completions_without_eos, leading_bos_id, stage, staging_files, staging_path, staging_schema, stop_ids, tokenize_example
+from .tokenize import leading_bos_id, stop_ids, tokenize_example
 
 
 def content_of(cfg: PrecomputeConfig, source, tokenizer_id: dict, numerics: Numerics, split: str, template: ChatTemplate = ChatTemplate()) -> CacheContent:
@@ -325,7 +326,7 @@ def _stage_and_split(
         # FileNotFoundError traceback. So all ranks meet here first. This cannot hang: every
         # InputError of this phase is raised on every rank alike, since each rank reads the same
         # rows and staging file and makes the same checks, and a row refused at tokenization
-        # stops all ranks with one message (tokenize.py `_tokenize_block`). (An input file that
+        # stops all ranks with one message (staging.py `_tokenize_block`). (An input file that
         # changes between two ranks' reads of it is the one check a rank can fail alone.)
         state.wait_for_everyone()
         if created and state.is_main_process:
@@ -362,9 +363,9 @@ def warn_one_class(splits: list[Split]) -> None:
 
 
 def warn_without_stop(staged: Path, tokenizer, source, template: ChatTemplate) -> None:
-    """One line when completions never reach a stop token (tokenize.completions_without_eos)."""
+    """One line when completions never reach a stop token (staging.completions_without_eos)."""
     stops = stop_ids(tokenizer, None if source.gguf_file else source.directory)
-    missing, kept = completions_without_eos(staged, stops) if stops else (0, 0)
+    missing, kept = completions_without_eos(staged, stops, tokenizer.decode) if stops else (0, 0)
     if missing:
         log(
             f"warning: {missing} of {kept} completions never reach the EOS token {tokenizer.eos_token!r}, so the policy is not taught to stop; "
@@ -522,7 +523,7 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
     with Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process) as progress:
         for k in shard_ids:
             a, b = slices[k]
-            with ArrowFile(staged) as reader:  # mapped for one shard at a time: see tokenize.py, the staging file
+            with ArrowFile(staged) as reader:  # mapped for one shard at a time: see staging.py
                 values = shard_values(reader, s.rows[a:b], s.partners[a:b], s.truncation)
             prompts, completions, keys = _shard_sequences(values)
             # Under --device-map: where the embedding runs (not `lm.device`, which is `meta` when it is offloaded).

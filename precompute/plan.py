@@ -1,7 +1,8 @@
 """The plan: which staged rows go into which split, in which order, with which KL partner, and
 how each shard's rows are cut. Everything here is a pure function of the staged rows (their
-index: labels, lengths, text keys), the configuration and the seed; staging's file is read back
-only for ids in errors and, one shard at a time, for the rows a shard holds.
+index: labels, lengths, text keys; and the keys of their token ids, read once per staging file
+for `same_groups`), the configuration and the seed; staging's file is read back otherwise only
+for ids in errors and, one shard at a time, for the rows a shard holds.
 
 Staged rows -> splits (`build_splits`): drop, hold out the eval rows, pair each row with its KL
 partner on the cycle and count, from the staged index alone. A shard's rows are read back from
@@ -11,7 +12,8 @@ staging and cut later, one shard at a time (`shard_values`).
 
 --eval-fraction: which rows are held out as OUT/eval/, stratified by label and grouped by prompt.
 
-Two rules, both pure functions of the rows' labels and prompt keys and the seed:
+Two rules, both pure functions of the rows' labels and prompt groups and the seed (rows with the
+same prompt text or the same prompt token ids are one group: `same_groups`):
 - **by label**: the eval split holds round(f · n_D) desirable and round(f · n_U) undesirable rows
   (not round(f · n) rows of whatever the shuffle gives), and when both labels exist each label
   with at least 2 rows gets at least one eval row and keeps at least one training row, so a small
@@ -51,9 +53,11 @@ so almost all of a step's partners are trained in the same step, and neighbours 
 lengths (little padding in either pass). Nothing here depends on the batch size.
 
 Constraints, in order:
-- never j = i, and never a j whose completion text equals row i's own (that would be a matched
-  sample in disguise);
-- prefer a j whose prompt text differs from row i's: rows that break this are first moved apart
+- never j = i, and never a j whose completion equals row i's own, as text or as the token ids
+  the model sees (that would be a matched sample in disguise: " bye" and " bye<|im_end|>" are
+  one completion once the EOS is appended; `same_groups`);
+- prefer a j whose prompt differs from row i's, in text and in token ids (a ChatML prompt
+  rendered beforehand is the same prompt as the messages it renders): rows that break this are first moved apart
   (a later row that fits is swapped in); where none is left, a row takes the nearest later one
   that shares the prompt, and that is counted (a matched-prompt pair biases z towards the
   matched log-ratio).
@@ -86,22 +90,92 @@ whose prompt or completion is empty after tokenization is dropped (and counted) 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
 
 from kto.formats import schema as S
 from kto.formats.cache import ArrowFile
 from kto.formats.errors import InputError, log
 from kto.formats.manifest import Counts
+from kto.formats.paths import arrow_path
 
 from .config import PrecomputeConfig
-from .tokenize import WHOLE_COMPLETION, PromptCut, StagedIndex, check_staged_ids, read_index
+from .staging import WHOLE_COMPLETION, StagedIndex, check_staged_ids, read_index
+from .tokenize import PromptCut
+
+# ---- the same prompt, the same completion: what the model sees --------------------------------
+#
+# Which staged rows have the same prompt, or the same completion, for the guards of this module: KL
+# pairing (never a partner with the same completion, a partner with another prompt wherever one
+# exists), the eval split's prompt groups and the --eval-data overlap check.
+#
+# Staging keys each row by its prompt and completion text (staging.py `text_key`), but two texts
+# can give the model the same token ids: a text row's " bye" and " bye<|im_end|>" (text_ids appends
+# the EOS only where it is missing), a ChatML prompt rendered beforehand and the chat messages it
+# renders. Compared by text, such a row could take its own completion as its KL sequence
+# (ref_kl_logp == ref_logp, a matched sample in disguise), a prompt could sit on both sides of the
+# eval split, and the training rows given again with trailing EOS strings would pass as held out.
+# So two rows count as the same where their text keys or the keys of their staged ids (the prompt
+# as cut at tokenization, the whole completion) are equal, closed transitively (`same_groups`).
+#
+# For ordinary data, where equal ids come from equal texts, the groups are the text keys' own and
+# each is named by its first row, so the first-appearance orders, seeded shuffles and cycles built
+# on them are unchanged: only rows the model cannot tell apart join a group.
+
+
+def ids_keys(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """[rows] uint64 keys of each staged row's prompt ids and whole completion ids, in staged row
+    order, read batch by batch, memory-mapped (16 bytes a row in memory). A dropped row has no
+    ids; its keys are those of an empty list."""
+    prompt: list[np.ndarray] = []
+    completion: list[np.ndarray] = []
+    with pa.memory_map(arrow_path(path)) as source:
+        reader = pa.ipc.open_file(source)
+        for b in range(reader.num_record_batches):
+            batch = reader.get_batch(b)
+            prompt.append(_list_keys(batch.column(S.PROMPT_IDS)))
+            completion.append(_list_keys(batch.column(WHOLE_COMPLETION)))
+    empty = np.zeros(0, np.uint64)
+    return (np.concatenate(prompt) if prompt else empty), (np.concatenate(completion) if completion else empty)
+
+
+def _list_keys(column: pa.ListArray) -> np.ndarray:
+    """64-bit blake2b of each list's int32 values (as text_key hashes text: equal keys stand for
+    equal ids, a collision among a million rows has odds of ~3e-8)."""
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    keys = np.empty(len(column), np.uint64)
+    for i in range(len(column)):
+        digest = hashlib.blake2b(values[offsets[i] : offsets[i + 1]].tobytes(), digest_size=8).digest()
+        keys[i] = int.from_bytes(digest, "little")
+    return keys
+
+
+def same_groups(*keys: np.ndarray) -> np.ndarray:
+    """[rows] int64: the first row of each row's group, where rows whose keys in any one of `keys`
+    are equal share a group (and so on transitively). With one key array the groups are its
+    equal keys'; a group's name is its first row, so groups keep their first-appearance order."""
+    n = len(keys[0])
+    group = np.arange(n, dtype=np.int64)
+    inverses = [np.unique(np.asarray(k), return_inverse=True)[1].reshape(-1) for k in keys]
+    while True:  # min-label propagation: each pass lowers a row's name to its group's first row
+        before = group
+        for inverse in inverses:
+            least = np.full(int(inverse.max(initial=-1)) + 1, n, dtype=np.int64)
+            np.minimum.at(least, inverse, group)
+            group = least[inverse]
+        if np.array_equal(group, before):
+            return group
+
 
 # ---- staged rows -> splits --------------------------------------------------------------------
 
@@ -132,11 +206,22 @@ class _LazyIds:
             return reader.rows([int(self.rows[i])], [S.ID])[S.ID][0]
 
 
-def pair_rows(index: StagedIndex, rows: np.ndarray, cfg: PrecomputeConfig, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+IdsKeys = tuple[np.ndarray, np.ndarray]
+"""ids_keys of a staging file: the keys of every staged row's prompt and completion ids."""
+
+
+def prompt_groups(index: StagedIndex, ids: IdsKeys, rows: np.ndarray) -> list[int]:
+    """Each of `rows`' prompt group: rows with the same prompt text or the same prompt ids."""
+    return same_groups(index.prompt_key[rows], ids[0][rows]).tolist()
+
+
+def pair_rows(index: StagedIndex, rows: np.ndarray, cfg: PrecomputeConfig, path: Path, ids: IdsKeys) -> tuple[np.ndarray, np.ndarray, int]:
     """The rows in the pairing's cycle order, each row's KL partner (staged row indices), and
-    how many pairs share a prompt. kto-train's steps follow the cycle (below)."""
+    how many pairs share a prompt. kto-train's steps follow the cycle (below). Prompts and
+    completions are told apart by what the model sees (`same_groups`): their text or their ids."""
     lengths = np.minimum(index.prompt_len[rows] + index.completion_len[rows], cfg.max_length)
-    pairing = kl_partners(index.prompt_key[rows].tolist(), index.completion_key[rows].tolist(), _LazyIds(path, rows), cfg.seed, lengths=lengths.tolist())
+    completions = same_groups(index.completion_key[rows], ids[1][rows]).tolist()
+    pairing = kl_partners(prompt_groups(index, ids, rows), completions, _LazyIds(path, rows), cfg.seed, lengths=lengths.tolist())
     order = np.asarray(pairing.order, dtype=np.int64)
     return rows[order], rows[np.asarray(pairing.partner, dtype=np.int64)[order]], pairing.same_prompt
 
@@ -166,7 +251,18 @@ def count(index: StagedIndex, rows: np.ndarray, partners: np.ndarray, truncation
     )
 
 
-def _kept_rows(path: Path, inputs: tuple[Path, ...], flag: str, main: bool) -> tuple[StagedIndex, np.ndarray, int]:
+@dataclass(frozen=True)
+class Staged:
+    """One staging file's index, its kept rows and their count of dropped ones, and its ids' keys."""
+
+    path: Path
+    index: StagedIndex
+    kept: np.ndarray
+    dropped: int
+    ids: IdsKeys
+
+
+def _kept_rows(path: Path, inputs: tuple[Path, ...], flag: str, main: bool) -> Staged:
     """The staged rows of `inputs` that tokenization kept (at least 2), and how many it dropped."""
     index = read_index(path)
     check_staged_ids(index, path)
@@ -181,51 +277,60 @@ def _kept_rows(path: Path, inputs: tuple[Path, ...], flag: str, main: bool) -> t
         )
     if dropped and main:
         _log_dropped(path, np.flatnonzero(~index.kept))
-    return index, kept, dropped
+    return Staged(path, index, kept, dropped, ids_keys(path))
 
 
-def _check_held_out_rows(index: StagedIndex, kept: np.ndarray, eval_index: StagedIndex, eval_kept: np.ndarray, inputs: tuple, main: bool) -> None:
-    """--eval-data rows that are --data rows (the same prompt, completion and label), whatever
-    the files' names or formats: all of them is the training data given twice, refused; some is
-    said in a warning (real datasets repeat a few rows across their splits)."""
-    rows = lambda ix, at: zip(ix.prompt_key[at].tolist(), ix.completion_key[at].tolist(), ix.label[at].tolist())
-    trained = set(rows(index, kept))
-    shared = sum(row in trained for row in rows(eval_index, eval_kept))
+def _check_held_out_rows(train: Staged, held_out: Staged, inputs: tuple, main: bool) -> None:
+    """--eval-data rows that are --data rows (the same prompt, completion and label, as text or
+    as the token ids the model sees: " yes" and " yes<|im_end|>" are one completion to it),
+    whatever the files' names or formats: all of them is the training data given twice, refused;
+    some is said in a warning (real datasets repeat a few rows across their splits)."""
+
+    def rows(s: Staged) -> Iterator[tuple[tuple, tuple]]:  # (by text, by ids) for each kept row
+        at, ix = s.kept, s.index
+        label = ix.label[at].tolist()
+        texts = zip(ix.prompt_key[at].tolist(), ix.completion_key[at].tolist(), label)
+        return zip(texts, zip(s.ids[0][at].tolist(), s.ids[1][at].tolist(), label))
+
+    texts, ids = {text for text, _ in rows(train)}, {seen for _, seen in rows(train)}
+    shared = sum(text in texts or seen in ids for text, seen in rows(held_out))
     what = f"--eval-data {', '.join(map(str, inputs))}"
-    if shared == len(eval_kept):
-        raise InputError(f"{what}: all {shared} of its rows are --data rows (the same prompt, completion and label); evaluation would score rows trained on")
+    same = "the same prompt, completion and label, as text or as token ids"
+    if shared == len(held_out.kept):
+        raise InputError(f"{what}: all {shared} of its rows are --data rows ({same}); evaluation would score rows trained on")
     if shared and main:
-        log(f"warning: {what}: {shared} of its {len(eval_kept)} rows are also --data rows (the same prompt, completion and label)")
+        log(f"warning: {what}: {shared} of its {len(held_out.kept)} rows are also --data rows ({same})")
 
 
 def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True, held_out: Path | None = None) -> list[Split]:
     """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts.
     `held_out`: the staged --eval-data rows, which are the eval split whole (no fraction)."""
     truncation = Truncation(cfg.max_length, cfg.prompt_cap, bos_id)
-    index, kept, dropped = _kept_rows(path, cfg.data, "--data", main)
+    data = _kept_rows(path, cfg.data, "--data", main)
+    index, kept = data.index, data.kept
     labels = index.label[kept]
-    train, evals = split_eval(kept.tolist(), labels.tolist(), index.prompt_key[kept].tolist(), cfg.eval_fraction, cfg.seed)
-    # Each split: (name, its staged index, its staged rows, out, its staging file, rows dropped).
-    parts = [("train", index, train, cfg.out, path, dropped)]
+    train, evals = split_eval(kept.tolist(), labels.tolist(), prompt_groups(index, data.ids, kept), cfg.eval_fraction, cfg.seed)
+    # Each split: (name, its staging file's rows, its staged rows, out, rows dropped).
+    parts = [("train", data, train, cfg.out, data.dropped)]
     if held_out is not None:  # eval_fraction is 0 then: every --data row trains
-        eval_index, eval_kept, eval_dropped = _kept_rows(held_out, cfg.eval_data, "--eval-data", main)
-        _check_held_out_rows(index, kept, eval_index, eval_kept, cfg.eval_data, main)
+        eval_rows = _kept_rows(held_out, cfg.eval_data, "--eval-data", main)
+        _check_held_out_rows(data, eval_rows, cfg.eval_data, main)
         if main:
-            d = int(eval_index.label[eval_kept].sum())
-            log(f"eval split: {len(eval_kept)} rows ({d} desirable, {len(eval_kept) - d} undesirable), the rows of --eval-data")
-        parts.append(("eval", eval_index, eval_kept.tolist(), cfg.out / S.EVAL_DIR, held_out, eval_dropped))
+            d = int(eval_rows.index.label[eval_rows.kept].sum())
+            log(f"eval split: {len(eval_rows.kept)} rows ({d} desirable, {len(eval_rows.kept) - d} undesirable), the rows of --eval-data")
+        parts.append(("eval", eval_rows, eval_rows.kept.tolist(), cfg.out / S.EVAL_DIR, eval_rows.dropped))
     elif evals:
         if main:
             log(describe(index.label[evals].tolist(), int(labels.sum()), int((~labels).sum())))
-        parts.append(("eval", index, evals, cfg.out / S.EVAL_DIR, path, 0))
+        parts.append(("eval", data, evals, cfg.out / S.EVAL_DIR, 0))
     splits = []
-    for name, part_index, part, out, staged, part_dropped in parts:
+    for name, staged, part, out, part_dropped in parts:
         if not part:
             continue
         part = np.asarray(part, dtype=np.int64)
-        rows, partners, same_prompt = pair_rows(part_index, part, cfg, staged)
-        counts = count(part_index, rows, partners, truncation, dropped=part_dropped, same_prompt=same_prompt)
-        splits.append(Split(name, out, rows, partners, counts, truncation, staged))
+        rows, partners, same_prompt = pair_rows(staged.index, part, cfg, staged.path, staged.ids)
+        counts = count(staged.index, rows, partners, truncation, dropped=part_dropped, same_prompt=same_prompt)
+        splits.append(Split(name, out, rows, partners, counts, truncation, staged.path))
     prefix_splits = int(index.prefix_split[kept].sum())
     if prefix_splits:
         log(
@@ -292,7 +397,7 @@ def check_positions(split: Split, lm: Any, max_length: int) -> None:
 
 EVAL_SPLIT_RULE = (
     "stratified by label; rows sharing a prompt on one side; seeded shuffle of prompt groups, those holding the rarer label first,"
-    " each taken whole when it fits both label targets"
+    " each taken whole when it fits both label targets; a prompt group is equal prompt text or equal prompt token ids"
 )
 """The rule in words, recorded in an eval-split cache's content (formats/manifest.py CacheContent): a cache
 split by the earlier unstratified rule has no such key, so its fingerprint differs."""
@@ -399,7 +504,8 @@ PAIRING_RULE = (
     f"cycle through an even number of blocks of at most {BLOCK_ROWS} rows (zigzag) of a seeded shuffle of prompt groups, "
     f"each block sorted by prompt group (a group of up to {SIDE_BY_SIDE_ROWS} rows by its longest row, then its own rows by length; "
     "a larger group's rows by their own length); "
-    "partner = next acceptable row; rows stored in cycle order"
+    "partner = next acceptable row; rows stored in cycle order; "
+    "a prompt group, and the same completion, is equal text or equal token ids (prompt as cut, whole completion)"
 )
 
 
@@ -418,7 +524,7 @@ def cycle_order(lengths: Sequence[int], seed: int, block_rows: int = BLOCK_ROWS,
 
     An even number of blocks of at most `block_rows` (equal sizes to one row), so that the
     cycle's wrap from the last block back to the first also joins two short rows. With `groups`
-    (the prompt texts), the shuffle moves whole groups and a block is sorted group by group (by
+    (prompt groups: pair_rows passes same_groups), the shuffle moves whole groups and a block is sorted group by group (by
     a group's longest row, then its rows by their own length): rows sharing a prompt (a paired
     dataset's chosen and rejected) sit next to each other, so kto-precompute scores their prompt
     once (prefix sharing), `_spread` interleaves two neighbouring groups, and kto-train, which
@@ -458,7 +564,8 @@ def cycle_order(lengths: Sequence[int], seed: int, block_rows: int = BLOCK_ROWS,
 
 
 def _spread(order: list[int], prompts: Sequence[Hashable], completions: Sequence[Hashable]) -> None:
-    """Swap another row in where a row's successor shares its prompt or completion text.
+    """Swap another row in where a row's successor shares its prompt or completion (equal keys:
+    pair_rows passes same_groups, the text's or the token ids').
 
     The sort puts a prompt group's rows (a pair's chosen and rejected) side by side; swapping
     the next group's row in between (a1 b1 a2 b2) keeps the cycle a derangement with fresh
@@ -532,7 +639,7 @@ def kl_partners(
                 break
         if partner[i] == -1:
             if fallback is None:
-                raise InputError(f"row {ids[i]}: no valid KL partner (every other row has the same completion text)")
+                raise InputError(f"row {ids[i]}: no valid KL partner (every other row has the same completion)")
             partner[i] = fallback
             same_prompt += 1
     return Pairing(order, partner, same_prompt)

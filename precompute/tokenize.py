@@ -1,6 +1,6 @@
 """Example -> token ids (chat template or plain text), the prompt cut at tokenization; the
 completions cut once the KL partner is known. Every tokenized row is spilled to the staging file
-(end of this module: written here, its per-row index read back by plan.py).
+(staging.py: written there, its per-row index read back by plan.py).
 
 The prompt is cut here, at tokenization, by the rule of plan.py (`Truncation`,
 TRUNCATION_RULE): cutting a conversation by whole turns needs its messages and the chat
@@ -11,28 +11,17 @@ before pairing.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute
-import pyarrow.ipc
 
-from kto.formats import schema as S
-from kto.formats.atomic import atomic_path
-from kto.formats.cache import ArrowFile
-from kto.formats.errors import InputError, log
-from kto.formats.paths import arrow_path
-from kto.precompute.inputs.examples import Example, ParsedArguments, check_unique_ids, one_line
+from kto.formats.errors import InputError
+from kto.precompute.inputs.examples import Example, ParsedArguments, one_line
 
 from .templates import ChatTemplate, unrendered_tool_parts
 
@@ -57,8 +46,13 @@ class DroppedText(IntEnum):
     """The text of an assistant turn that also calls tools (Llama 3.x's renders the call alone)."""
     OTHER = 3
 
+    @property
+    def words(self) -> str:
+        """How the note on dropped text names this kind (DROPPED_TEXT_WORDS)."""
+        return DROPPED_TEXT_WORDS[self]
 
-# How the note on dropped text names each kind (stage(): one line for every kind of the run).
+
+# How the note on dropped text names each kind (staging.py stage(): one line for every kind of the run).
 DROPPED_TEXT_WORDS = {
     DroppedText.REASONING: "the reasoning before </think>",
     DroppedText.BESIDE_TOOL_CALLS: "an assistant's text beside its tool calls",
@@ -90,6 +84,9 @@ class TokenizedRow:
     completion_text_dropped: DroppedText = DroppedText.NONE
     """What of a completion message's text the chat template left out of the rendering
     (DeepSeek-R1-Distill's drops the reasoning up to `</think>`): said in a note, not staged."""
+    control_text: str = ""
+    """The first special token's string found in the prompt's or completion's text ("" for
+    none): tokenized as that token (`control_text_in`), said in a note, not staged."""
 
 
 def prompt_must_be_cut(truncation: PromptLimits, prompt_len: int, completion_len: int) -> bool:
@@ -232,8 +229,9 @@ def conversational_ids(
     # generation prompt alone leave it no room, the system message's text instead (its header
     # kept, the last turn whole); when the turns after it (a tool call and its long result) do,
     # the longest of those: the others leave less room still, and each try renders and
-    # tokenizes the whole prompt (an agent trace has hundreds of turns). Keeping the ids' end,
-    # the last resort, starts the prompt inside a text, with no header.
+    # tokenizes the whole prompt (an agent trace has hundreds of turns). Where no one text's cut
+    # fits, the system text and the last user turn's are cut both (`_cut_both`). Keeping the
+    # ids' end, the last resort, starts the prompt inside a text, with no header.
     later = range(len(head) + 1, len(kept))
     longest = max(later, key=lambda i: len(str(kept[i].get("content") or "")), default=None)
     for target in (len(head), *range(len(head)), *([longest] if longest is not None else [])):
@@ -243,6 +241,9 @@ def conversational_ids(
         cut = _cut_inside(example, kept, target, prompt_ids, tokenizer, template, budget, least)
         if cut is not None:
             return cut, completion_ids, split, PromptCut.MID_TEXT
+    cut = _cut_both(example, kept, 0, prompt_ids, tokenizer, template, budget) if head and len(kept) > 1 else None
+    if cut is not None:
+        return cut, completion_ids, split, PromptCut.MID_TEXT
     return keep_end(truncation, prompt_ids).tolist(), completion_ids, split, PromptCut.MID_TEXT
 
 
@@ -348,21 +349,11 @@ def _cut_inside(
     ids in all. None when the text's tokens cannot be located (the template changes the text,
     no fast tokenizer) or the rest leaves fewer than `least` of them: the caller tries another
     text, then keeps the ids' end."""
-    content = kept[target].get("content") if target < len(kept) else None
-    if not isinstance(content, str) or not content.strip():
+    located = _locate_text(example, kept, target, prompt_ids, tokenizer, template)
+    if located is None:
         return None
-    marked = [dict(m) for m in kept]
-    marked[target]["content"] = _SENTINEL
-    text = render(tokenizer, kept, example, template, add_generation_prompt=True)
-    parts = render(tokenizer, marked, example, template, add_generation_prompt=True).split(_SENTINEL)
-    # The text as rendered: itself; stripped, by a template's `| trim` (Llama-3's, Gemma's,
-    # Mistral's); or JSON-escaped in quotes, by `| tojson` (Llama 3.x's tool results).
-    escaped = _json_escaped(content)
-    shown = next((c for c in (content, content.strip(), escaped) if len(parts) == 2 and parts[0] + c + parts[1] == text), None)
-    span = None if shown is None else _text_span(tokenizer, text, prompt_ids, len(parts[0]), len(parts[0]) + len(shown))
-    if span is None:
-        return None
-    ids, offsets, first, after = span
+    (ids, offsets, first, after), parts, shown = located
+    content, escaped = kept[target]["content"], _json_escaped(kept[target]["content"])
     room = budget - first - (len(ids) - after)
     # room 0 keeps the header with no text: a Llama 3.2 prompt whose budget left its system text
     # exactly nothing otherwise fell to the ids' end, which starts inside that text, headerless.
@@ -377,6 +368,50 @@ def _cut_inside(
         start = _escaped_suffix(content, b - offsets[after - room][0] if room else 0)
         return _rendered_cut(example, kept, target, start, tokenizer, template, parts, offsets[-1][1] - b, budget)
     return ids[:first] + ids[after - room : after] + ids[after:]
+
+
+def _locate_text(
+    example: Example, kept: tuple, target: int, prompt_ids: list[int], tokenizer, template: ChatTemplate
+) -> tuple[tuple[list[int], list, int, int], list[str], str] | None:
+    """Where message `target`'s text lies in `prompt_ids` (the rendering of `kept`): its
+    `_text_span`, the rendering split around the text, and the text as rendered. None for an
+    empty text, or one whose tokens cannot be located (the template changes the text, no fast
+    tokenizer)."""
+    content = kept[target].get("content") if target < len(kept) else None
+    if not isinstance(content, str) or not content.strip():
+        return None
+    marked = [dict(m) for m in kept]
+    marked[target]["content"] = _SENTINEL
+    text = render(tokenizer, kept, example, template, add_generation_prompt=True)
+    parts = render(tokenizer, marked, example, template, add_generation_prompt=True).split(_SENTINEL)
+    # The text as rendered: itself; stripped, by a template's `| trim` (Llama-3's, Gemma's,
+    # Mistral's); or JSON-escaped in quotes, by `| tojson` (Llama 3.x's tool results).
+    escaped = _json_escaped(content)
+    shown = next((c for c in (content, content.strip(), escaped) if len(parts) == 2 and parts[0] + c + parts[1] == text), None)
+    span = None if shown is None else _text_span(tokenizer, text, prompt_ids, len(parts[0]), len(parts[0]) + len(shown))
+    return None if span is None else (span, parts, shown)
+
+
+def _cut_both(example: Example, kept: tuple, system: int, prompt_ids: list[int], tokenizer, template: ChatTemplate, budget: int) -> list[int] | None:
+    """`prompt_ids` with the system text (message `system`) and the last user turn's text (the
+    next message) both cut to their ends, each header kept: the system text to half the room the
+    two texts have (no more than it has), the user's to the rest, at least a token of it. For a
+    prompt where neither cut alone fits; None where the texts cannot be located, or one is
+    JSON-escaped (`_cut_inside` renders such a text again; here it falls to the last resort)."""
+    spans = []
+    for target in (system, system + 1):
+        located = _locate_text(example, kept, target, prompt_ids, tokenizer, template)
+        if located is None or located[2] not in (kept[target]["content"], kept[target]["content"].strip()):
+            return None
+        spans.append(located[0][2:])
+    ids = list(prompt_ids)
+    (s_first, s_after), (u_first, u_after) = spans
+    room = budget - (len(ids) - (s_after - s_first) - (u_after - u_first))
+    keep_system = min(s_after - s_first, room // 2)
+    keep_user = min(u_after - u_first, room - keep_system)
+    if keep_user < 1 or s_after > u_first:
+        return None
+    return ids[:s_first] + ids[s_after - keep_system : s_after] + ids[s_after:u_first] + ids[u_after - keep_user : u_after] + ids[u_after:]
 
 
 def _json_escaped(text: str) -> str:
@@ -520,7 +555,38 @@ def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatT
     if not len(prompt_ids) or not len(completion_ids):
         return None
     dropped = completion_text_dropped(example, tokenizer, completion_ids) if example.conversational else DroppedText.NONE
-    return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split, cut, dropped)
+    control = control_text_in(example, control_strings(tokenizer))
+    return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split, cut, dropped, control)
+
+
+def control_strings(tokenizer) -> tuple[str, ...]:
+    """The strings a tokenizer reads as one special token wherever they stand in a text: its
+    special tokens and its added tokens marked special (split_special_tokens is off, as TRL and
+    LLaMA-Factory leave it). Added tokens that are not special (Qwen's `<think>`) are left out:
+    reasoning data writes them on purpose."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found = [*getattr(tokenizer, "all_special_tokens", ()), *(t.content for t in added.values() if getattr(t, "special", False))]
+    return tuple(dict.fromkeys(s for s in found if isinstance(s, str) and s.strip()))
+
+
+def control_text_in(example: Example, strings: Sequence[str]) -> str:
+    """The first of `strings` found in the example's prompt or completion text (every string of
+    its messages: contents, reasoning, tool-call arguments), else "". A substring scan, not a
+    second tokenization: the note on such rows must cost next to nothing."""
+    texts = [t for part in (example.prompt, example.completion) for t in _strings_of(part)]
+    return next((s for s in strings if any(s in t for t in texts)), "")
+
+
+def _strings_of(value) -> Iterator[str]:
+    """Every string value inside `value` (a text, or messages: dict values and list items)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings_of(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings_of(v)
 
 
 def completion_text_dropped(example: Example, tokenizer, completion_ids) -> DroppedText:
@@ -547,292 +613,3 @@ def completion_text_dropped(example: Example, tokenizer, completion_ids) -> Drop
                 return DroppedText.REASONING
             return DroppedText.BESIDE_TOOL_CALLS if message.get("tool_calls") else DroppedText.OTHER
     return DroppedText.NONE
-
-
-# ---- the staging file: every tokenized row, spilled -------------------------------------------
-# Staging: every tokenized row spilled to one Arrow IPC file in the output directory, so
-# precompute's memory does not grow with the number of rows.
-#
-# - Rows are read and tokenized in blocks of `BLOCK` examples (with several processes each
-#   tokenizes every N-th example of the block and the block is gathered), and each block becomes
-#   one record batch of `OUT/.staging-KEY.arrow`, written under a temp name and renamed when
-#   complete (kto.formats.atomic). KEY hashes everything that decides the token ids, so a resumed
-#   run with the same inputs and configuration reuses the file instead of tokenizing again; the
-#   cache's last step removes it.
-# - What stays in memory is per-row and fixed-size (`StagedIndex`): label, flags, lengths and
-#   64-bit keys of the prompt and completion text (KL pairing compares those, never the texts)
-#   and of the id (the duplicate-id check). About 40 bytes a row.
-# - The file is a shard without its later phases: the declared STAGE columns of the shard schema
-#   (formats/schema.py `COLUMNS`), then staging's own `BOOKKEEPING`. Shards are filled through
-#   the one random-access reader of Arrow rows (formats/cache.py `ArrowFile`, the gathers the
-#   cache reader uses), which maps the file for one shard at a time and copies out only the rows
-#   that shard needs (its rows and their KL partners). Unmapping after each shard keeps the
-#   mapped pages out of the resident set.
-#
-# Rows are staged with their prompts cut (cutting a conversation by turns needs its messages and
-# the chat template, tokenize.py) and their completions whole: a completion is cut behind each
-# prompt it is paired with, which needs the KL partner. The staging KEY therefore includes the
-# length limits and the truncation rule.
-# Dropped rows (empty prompt or completion after tokenization) are staged too, with `kept` false and no
-# ids, so their ids still take part in the duplicate check, as they did before staging.
-
-PREFIX = ".staging-"
-BLOCK = 2048
-WHOLE_COMPLETION = "completion_ids"
-
-# Staging's own columns, after the declared STAGE columns (schema.COLUMNS): what splitting and
-# pairing need per row, and the completion whole (it is cut once its KL partner is known).
-BOOKKEEPING = (
-    pa.field("source", pa.string()),
-    pa.field("kept", pa.bool_()),
-    pa.field("prefix_split", pa.bool_()),
-    pa.field("prompt_cut", pa.int8()),  # PromptCut
-    pa.field("id_key", pa.uint64()),
-    pa.field("prompt_key", pa.uint64()),
-    pa.field("completion_key", pa.uint64()),
-    pa.field(WHOLE_COMPLETION, pa.list_(pa.int32())),
-)
-
-
-def completions_without_eos(path: Path, stops: set[int]) -> tuple[int, int]:
-    """(kept rows whose whole completion holds none of the ids `stops`, kept rows) of a staging file.
-
-    Text rows always end with EOS (text_ids appends it, as TRL does). A chat row's completion
-    ends as the template renders the assistant's turn: a template that closes it without the
-    EOS token teaches the policy never to stop, and nothing in the numbers would show it.
-    Read batch by batch, memory-mapped."""
-    missing = kept_rows = 0
-    with pa.memory_map(arrow_path(path)) as source:
-        reader = pa.ipc.open_file(source)
-        for b in range(reader.num_record_batches):
-            batch = reader.get_batch(b)
-            kept = batch.column("kept").to_numpy(zero_copy_only=False).astype(bool)
-            completions = batch.column(WHOLE_COMPLETION)
-            has_eos = np.zeros(len(batch), dtype=bool)
-            if len(completions.values):
-                values = completions.values.to_numpy()
-                rows = pa.compute.list_parent_indices(completions).to_numpy()
-                has_eos[rows[np.isin(values, list(stops))]] = True
-            missing += int((kept & ~has_eos).sum())
-            kept_rows += int(kept.sum())
-    return missing, kept_rows
-
-
-def staging_schema() -> pa.Schema:
-    """A shard without its later phases: the declared STAGE columns, then BOOKKEEPING."""
-    return pa.schema([*(c.field().with_nullable(True) for c in S.columns_of(S.Phase.STAGE)), *BOOKKEEPING])
-
-
-def text_key(value, tools: tuple = ()) -> int:
-    """64-bit key of a text, or of a message list (its repr, as the pairing compared before).
-    Equal keys stand for equal texts: a collision among a million rows has odds of ~3e-8."""
-    text = value if isinstance(value, str) else repr(value)
-    if tools:  # the same messages with other tools render to another prompt
-        text = repr((text, tools))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
-def is_staging_name(name: str) -> bool:
-    """A staging file's name (what prepare_out_dir counts as the cache's own)."""
-    return re.fullmatch(re.escape(PREFIX) + r"[0-9a-f]{24}\.arrow", name) is not None
-
-
-def staging_path(out: Path, key: str) -> Path:
-    return Path(out) / f"{PREFIX}{key[:24]}.arrow"
-
-
-def staging_files(out: Path) -> set[Path]:
-    """The staging files in `out` (none where it does not exist)."""
-    return {p for p in (out.iterdir() if out.is_dir() else ()) if is_staging_name(p.name) and p.is_file() and not p.is_symlink()}
-
-
-def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, keep: Sequence[Path] = ()) -> Path:
-    """Tokenize every example into `path` (the caller looked for a complete one first, and every
-    rank took the main process's answer: pipeline.stage_rows). Other staging files are removed
-    once every row is staged (bad input leaves an unfinished run's staging as it was), but those
-    in `keep` (the train rows', beside --eval-data's)."""
-    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    main = rank == 0
-    if main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    # Rows whose completion text the template dropped part of: a count of each kind and the
-    # first, not the rows (memory stays flat as rows grow).
-    short_by_kind, kept, first_short = Counter(), 0, None
-    with atomic_path(path) if main else _nowhere() as tmp:
-        schema = staging_schema()
-        writer = pa.ipc.new_file(arrow_path(tmp), schema) if main else None  # ./~ is no $HOME to pyarrow
-        try:
-            for block in _blocks(iter(examples), BLOCK):
-                rows = _tokenize_block(block, tokenize_one, rank, world)
-                short = [r for r in rows if r is not None and r.completion_text_dropped]
-                first_short = first_short or (short[0].example if short else None)
-                short_by_kind.update(r.completion_text_dropped for r in short)
-                kept += sum(r is not None for r in rows)
-                if writer is not None:
-                    writer.write_batch(_batch(block, rows, schema))
-        finally:
-            if writer is not None:
-                writer.close()
-    if main:
-        _note_dropped_text(short_by_kind, kept, first_short)
-        for old in staging_files(path.parent) - {path, *keep}:
-            old.unlink()  # made for another configuration: useless now
-    if state is not None:
-        state.wait_for_everyone()
-    return path
-
-
-def _note_dropped_text(by_kind: Counter, kept: int, first: Example | None) -> None:
-    """One line for the rows whose completion text the template dropped part of, counted by what
-    it dropped (not refused: TRL trains them the same way, and a template that strips reasoning
-    means to)."""
-    n = sum(by_kind.values())
-    if n and first is not None:
-        what = ", ".join(f"{DROPPED_TEXT_WORDS[kind]} ({count} row{'s' if count != 1 else ''})" for kind, count in sorted(by_kind.items()))
-        log(
-            f"note: {n} of {kept} rows: the chat template dropped part of the completion's text (first {first.source} (id {first.id!r})): "
-            f"{what}; it is not trained: to train it, pass a --chat-template that renders it"
-        )
-
-
-class _nowhere:
-    """Non-main processes write nothing; a context manager standing in for atomic_path."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _blocks(it: Iterator, size: int) -> Iterator[list]:
-    while block := list(islice(it, size)):
-        yield block
-
-
-@dataclass(frozen=True)
-class _Refused:
-    """The first row of a rank's share that tokenization refused (an InputError), gathered in
-    place of the share's rows."""
-
-    position: int
-    """The row's index in the block."""
-    message: str
-
-
-def _tokenize_share(block: list, tokenize_one: Callable, rank: int, world: int) -> list | _Refused:
-    """This rank's rows of the block (every world-th from `rank`), or the first one refused."""
-    rows = []
-    for position in range(rank, len(block), world):
-        try:
-            rows.append(tokenize_one(block[position]))
-        except InputError as exc:
-            return _Refused(position, str(exc))  # the share's later rows come later in the block
-    return rows
-
-
-def _tokenize_block(block: list, tokenize_one: Callable, rank: int, world: int) -> list:
-    """Every row of the block tokenized: each rank tokenizes its share and the shares are gathered.
-
-    A row refused on one rank is refused on all, with the message of the block's earliest
-    refused row (the one a single process stops at): a rank that raised alone would leave the
-    others waiting in the gather (a hang, or gloo's traceback once its peer is gone)."""
-    if world == 1:
-        return [tokenize_one(ex) for ex in block]
-    import torch.distributed as dist
-
-    parts: list = [None] * world
-    dist.all_gather_object(parts, _tokenize_share(block, tokenize_one, rank, world))
-    refused = [part for part in parts if isinstance(part, _Refused)]
-    if refused:
-        # every rank gathered the same parts: the main process says it
-        raise InputError(min(refused, key=lambda part: part.position).message, every_rank=True)
-    rows: list = [None] * len(block)
-    for r, part in enumerate(parts):
-        rows[r::world] = part
-    return rows
-
-
-def stage_value(column: S.Column, example, row) -> object:
-    """A declared STAGE column's value for one row: the tokenized row's attribute of that name,
-    else its Example's (a dropped row, None, has no token ids)."""
-    if row is not None and hasattr(row, column.name):
-        return getattr(row, column.name)
-    if hasattr(example, column.name):
-        return getattr(example, column.name)
-    return np.zeros(0, np.int32) if column.is_list else None
-
-
-def _batch(block: list, rows: list, schema: pa.Schema) -> pa.RecordBatch:
-    empty = np.zeros(0, np.int32)
-    declared = [
-        S.to_arrow([stage_value(c, ex, r) for ex, r in zip(block, rows)], c.type)
-        if c.is_list
-        else pa.array([stage_value(c, ex, r) for ex, r in zip(block, rows)], c.type)
-        for c in S.columns_of(S.Phase.STAGE)
-    ]
-    return pa.record_batch(
-        [
-            *declared,
-            pa.array([ex.source for ex in block], pa.string()),
-            pa.array([r is not None for r in rows], pa.bool_()),
-            pa.array([r is not None and r.prefix_split for r in rows], pa.bool_()),
-            pa.array([int(r.prompt_cut) if r is not None else 0 for r in rows], pa.int8()),
-            pa.array([text_key(ex.id) for ex in block], pa.uint64()),
-            pa.array([text_key(ex.prompt, ex.tools) for ex in block], pa.uint64()),
-            pa.array([text_key(ex.completion) for ex in block], pa.uint64()),
-            S.to_arrow([r.completion_ids if r is not None else empty for r in rows], pa.list_(pa.int32())),
-        ],
-        schema=schema,
-    )
-
-
-# ---- reading ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StagedIndex:
-    """Fixed-size per-row columns of the staging file, in memory (staged row order)."""
-
-    label: np.ndarray  # bool
-    kept: np.ndarray
-    prefix_split: np.ndarray
-    prompt_cut: np.ndarray  # int8, PromptCut
-    id_key: np.ndarray  # uint64
-    prompt_key: np.ndarray
-    completion_key: np.ndarray
-    prompt_len: np.ndarray  # int64
-    completion_len: np.ndarray
-    max_id: np.ndarray  # int64: the row's largest token id (-1 for a dropped row), for the vocabulary check
-
-    @property
-    def n(self) -> int:
-        return len(self.label)
-
-
-def read_index(path: Path) -> StagedIndex:
-    cols: dict[str, list] = {name: [] for name in StagedIndex.__dataclass_fields__}
-    with pa.memory_map(arrow_path(path)) as source:
-        reader = pa.ipc.open_file(source)
-        for b in range(reader.num_record_batches):
-            batch = reader.get_batch(b)
-            for name in ("label", "kept", "prefix_split", "prompt_cut", "id_key", "prompt_key", "completion_key"):
-                cols[name].append(batch.column(name).to_numpy(zero_copy_only=False).copy())
-            top = np.full(batch.num_rows, -1, dtype=np.int64)
-            for name in ("prompt", "completion"):
-                arr = batch.column(f"{name}_ids")
-                offsets, values = arr.offsets.to_numpy(), arr.values.to_numpy()
-                lengths = np.diff(offsets).astype(np.int64)
-                cols[f"{name}_len"].append(lengths)
-                full = lengths > 0
-                if full.any():  # reduceat over the non-empty rows' starts
-                    top[full] = np.maximum(top[full], np.maximum.reduceat(values, offsets[:-1][full]))
-            cols["max_id"].append(top)
-    return StagedIndex(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
-
-
-def check_staged_ids(index: StagedIndex, path: Path) -> None:
-    """Ids must be unique over every staged row (dropped ones too), as read_examples required:
-    the one check (inputs/examples.py), on the 64-bit id hashes of the index."""
-    with ArrowFile(path) as reader:
-        check_unique_ids(index.id_key, lambda i: reader.rows([i], ["id"])["id"][0], lambda i: reader.rows([i], ["source"])["source"][0])

@@ -83,16 +83,19 @@ PIN_ENV = {"cpu": "AVX512", "vendor": "GenuineIntel", "torch": "2.13.0+cpu", "tr
 # kept even with none of its text: every column unchanged. Retaken when READING_RULE parsed tool
 # calls' JSON-text arguments in every shape and TRUNCATION_RULE found a tojson'd text escaped:
 # every column unchanged. Retaken when READING_RULE parsed only an object with distinct keys:
-# every column unchanged.
+# every column unchanged. Retaken when PAIRING_RULE said a prompt group and the same completion
+# are equal text or equal token ids (precompute/plan.py same_groups): every column of every shard
+# unchanged against the same code under the old rule text (only content.kl_pairing, the
+# fingerprint and the checksums differ).
 SHARDS = {
-    "shard-00000.arrow": "6f464d90e6bfb912f6a10fa028843d515bcf5e79f925aded100e6080288f11b4",
-    "shard-00001.arrow": "fc8fa6b14abf87326dcc2c089b83fc90ab1645931c88a1b6bfa297b2ca5f0787",
-    "shard-00002.arrow": "4caf817c7476b21776410d990a72cd9c7f34961a11c33cae48db5a85ce01a033",
+    "shard-00000.arrow": "1e272654dc99f873e41fde97bcf2f12488d12a01169d5c3e9ba6b4b3ff9cbece",
+    "shard-00001.arrow": "325468fd0544c12767eb0d32d685534c5aeae929703d6f36e8dc6615db004098",
+    "shard-00002.arrow": "46ea33cfbdf297a41b70877c79f44fd3b2a3fdcf86c4c80aff2e25a95680690e",
 }
 # manifest.json with the paths of this run and the library versions replaced by placeholders:
 # `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
 # is what the code decides.
-MANIFEST = "5f7db54640e1db873e7fb4527dd3a62e8990436aec9e48d3b81c6a1a2a0d21d3"
+MANIFEST = "6bd5c64f1e82c601bda7ba90809d0f37b508ca0679022c39c8cf91ed56edfdad"
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
 # step 1); main's tip with only its epoch_plan replaced by the grouped one gives these exactly.
 LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]

@@ -38,7 +38,7 @@ def write(path: Path) -> None:
         }
     )
     with ipc.new_file(str(path), table.schema) as writer:
-        for a in range(0, N, 2048):  # tokenize.BLOCK (staging) rows per record batch
+        for a in range(0, N, 2048):  # staging.BLOCK rows per record batch
             writer.write_table(table.slice(a, 2048))
 
 

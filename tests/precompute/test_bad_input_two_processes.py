@@ -25,7 +25,7 @@ import pytest
 from conftest import precompute_args, text_rows, write_rows
 
 from kto.formats.errors import InputError
-from kto.precompute import tokenize
+from kto.precompute import staging
 
 PREFIX = "kto-precompute: error:"
 TOOLS = json.dumps([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}])
@@ -125,17 +125,17 @@ def test_a_block_refused_on_both_ranks_says_its_earliest_row(monkeypatch: pytest
         return row
 
     block = list(range(6))
-    shares = [tokenize._tokenize_share(block, tokenize_one, rank, 2) for rank in (0, 1)]
+    shares = [staging._tokenize_share(block, tokenize_one, rank, 2) for rank in (0, 1)]
     monkeypatch.setattr(dist, "all_gather_object", lambda parts, mine: parts.__setitem__(slice(None), shares))
     with pytest.raises(InputError, match=f"^{says}$"):
-        tokenize._tokenize_block(block, tokenize_one, 0, 2)
+        staging._tokenize_block(block, tokenize_one, 0, 2)
     with pytest.raises(InputError, match=f"^{says}$"):
-        tokenize._tokenize_block(block, tokenize_one, 1, 2)
+        staging._tokenize_block(block, tokenize_one, 1, 2)
     with pytest.raises(InputError, match=f"^{says}$"):
-        tokenize._tokenize_block(block, tokenize_one, 0, 1)  # one process: the first refused row
+        staging._tokenize_block(block, tokenize_one, 0, 1)  # one process: the first refused row
     refused = set()
-    shares = [tokenize._tokenize_share(block, tokenize_one, rank, 2) for rank in (0, 1)]
-    assert tokenize._tokenize_block(block, tokenize_one, 1, 2) == block
+    shares = [staging._tokenize_share(block, tokenize_one, rank, 2) for rank in (0, 1)]
+    assert staging._tokenize_block(block, tokenize_one, 1, 2) == block
 
 
 @pytest.mark.distributed

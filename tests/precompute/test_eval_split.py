@@ -168,7 +168,9 @@ def test_held_out_rows_are_told_by_their_text_and_their_ids_may_repeat_the_train
     as_array = tmp_path / "train.json"
     as_array.write_text(json.dumps(rows[:12]))
     again = CliRunner().invoke(main, precompute_args(train, tiny_model_dir, tmp_path / "d", "--eval-data", str(as_array)))
-    assert again.exit_code == 2 and "all 12 of its rows are --data rows (the same prompt, completion and label)" in again.output, again.output
+    assert again.exit_code == 2 and "all 12 of its rows are --data rows (the same prompt, completion and label, as text or as token ids)" in again.output, (
+        again.output
+    )
     assert PrecomputeConfig(data=train, eval_data=test, model="m", out=tmp_path / "e").eval_data == (test,)  # one path, not its letters
 
 
@@ -201,3 +203,26 @@ def test_the_caches_manifest_appears_only_once_every_split_is_scored(tmp_path, t
     monkeypatch.undo()
     result = kto.precompute.run(cfg)  # the rerun finishes both
     assert read_manifest(tmp_path / "c").fingerprint == result.fingerprint and read_manifest(tmp_path / "c" / "eval").fingerprint == result.eval_fingerprint
+
+
+def test_held_out_rows_are_told_by_the_ids_the_model_sees(tmp_path, tiny_model_dir):
+    """Found by a hunter: the training rows given again with their completions ending in the
+    EOS's string (SmolLM2's <|im_end|>, which text rows get appended anyway) are the same ids,
+    so the same rows to the model: all of them refused, some of them warned about."""
+    from click.testing import CliRunner
+
+    from kto.precompute.cli import main
+
+    train = [{"id": f"d{i}", "prompt": f"Q{i}:", "completion": f" answer {i}", "label": i % 2 == 0} for i in range(4)]
+    again = [{**row, "completion": row["completion"] + "<|im_end|>"} for row in train]
+    data = write_rows(tmp_path / "train.jsonl", train)
+    all_eos = write_rows(tmp_path / "all.jsonl", again)
+    refused = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, tmp_path / "a", "--eval-data", str(all_eos)))
+    assert refused.exit_code == 2, refused.output
+    assert "all 4 of its rows are --data rows (the same prompt, completion and label, as text or as token ids)" in refused.output
+    some = write_rows(tmp_path / "some.jsonl", [again[0], {"id": "e", "prompt": "Q9:", "completion": " other", "label": False}])
+    warned = CliRunner().invoke(main, precompute_args(data, tiny_model_dir, tmp_path / "b", "--eval-data", str(some)), catch_exceptions=False)
+    assert warned.exit_code == 0, warned.output
+    assert (
+        f"warning: --eval-data {some}: 1 of its 2 rows are also --data rows (the same prompt, completion and label, as text or as token ids)" in warned.output
+    )

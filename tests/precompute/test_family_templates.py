@@ -22,8 +22,9 @@ from transformers import AutoTokenizer
 from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import Example
 from kto.precompute.plan import Truncation
+from kto.precompute.staging import stage
 from kto.precompute.templates import ChatTemplate
-from kto.precompute.tokenize import DroppedText, PromptCut, TokenizedRow, leading_bos_id, stage, tokenize_example
+from kto.precompute.tokenize import DroppedText, PromptCut, TokenizedRow, leading_bos_id, tokenize_example
 
 TEMPLATES = Path(__file__).parent / "templates"
 MISTRAL_SPECIALS = ["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
@@ -215,20 +216,25 @@ SYSTEM_HEADER = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>"
 
 
 def test_a_budget_that_leaves_the_system_text_no_room_keeps_its_header(family):
-    """Llama 3.2, the hunter's long row: the smallest prompt budget that keeps the system header
-    keeps it with none of the system text (room 0), and a budget one smaller falls back to the
-    ids' end. Before, room 0 fell back too, and the prompt started inside the system text."""
+    """Llama 3.2, the hunter's long row: the smallest prompt budget that keeps the last turn whole
+    (48) keeps the system header with none of the system text (room 0). Before, room 0 fell back
+    too, and the prompt started inside the system text. Below it, both texts are cut, each
+    behind its header (44: the system text empty, the question's "?"; 46: "." and " short?"),
+    and a budget one smaller than that (43) falls back to the ids' end."""
     tok, template = family("llama32"), ChatTemplate(kwargs={"date_string": "06 Dec 2026"})
     limits = lambda budget: Truncation(max_length=2 * budget, max_prompt_length=budget, bos_id=leading_bos_id(tok))
     cut = {b: tokenize_example(LONG, tok, template, limits(b)) for b in range(30, 66)}  # 66 keeps whole turns
     assert all(row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) <= b for b, row in cut.items())
-    headed = sorted(b for b, row in cut.items() if tok.decode(row.prompt_ids).startswith(SYSTEM_HEADER))
-    assert headed and headed == list(range(headed[0], 66)), headed  # every budget from the first keeps it
-    smallest = tok.decode(cut[headed[0]].prompt_ids)
-    system_text = re.search(r"Today Date: 06 Dec 2026\n\n(.*?)<\|eot_id\|>", smallest, re.S)
-    assert system_text is not None and system_text.group(1) == "", smallest
-    assert smallest.endswith("Third question, short?<|eot_id|><|start_header_id|>assistant<|end_header_id|>")  # the last turn whole
-    assert not tok.decode(cut[headed[0] - 1].prompt_ids).startswith(SYSTEM_HEADER)
+    text = {b: tok.decode(row.prompt_ids) for b, row in cut.items()}
+    headed = sorted(b for b in cut if text[b].startswith(SYSTEM_HEADER))
+    assert headed == list(range(44, 66)), headed  # every budget from the first keeps it
+    whole = "Third question, short?<|eot_id|><|start_header_id|>assistant<|end_header_id|>"
+    smallest_whole = min(b for b in headed if text[b].endswith(whole))
+    system_text = lambda b: re.search(r"Today Date: 06 Dec 2026\n\n(.*?)<\|eot_id\|>", text[b], re.S).group(1)
+    question = lambda b: text[b].rsplit("<|start_header_id|>user<|end_header_id|>\n\n", 1)[1].removesuffix(whole[len("Third question, short?") :])
+    assert smallest_whole == 48 and system_text(48) == "", text[48]  # the last turn whole
+    assert [(system_text(b), question(b)) for b in (44, 45, 46)] == [("", "?"), (".", "?"), (".", " short?")]
+    assert not text[43].startswith(SYSTEM_HEADER)
 
 
 # ---- a system message the template leaves out, whatever the split ------------------------------

@@ -331,3 +331,77 @@ def test_text_carrying_its_own_bos_and_eos_gets_no_second_one(bos_eos_tok):
     assert plain.prompt_ids[0] == bos and plain.prompt_ids[1] != bos
     assert plain.completion_ids[-1] == eos and plain.completion_ids[-2] != eos
     assert tok.decode(plain.completion_ids) == " 4<|im_end|>"
+
+
+def staged_splits(tokenizer_dir, path, rows: list[dict], seed: int, eval_fraction: float = 0.0):
+    """build_splits over `rows` staged with SmolLM2's tokenizer; the splits and the staged ids."""
+    from conftest import staging_content, write_rows
+
+    from kto.formats.cache import ArrowFile
+    from kto.precompute.config import PrecomputeConfig
+    from kto.precompute.pipeline import stage_rows
+    from kto.precompute.plan import build_splits
+    from kto.precompute.templates import ChatTemplate
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    data = write_rows(path / "data.jsonl", rows)
+    cfg = PrecomputeConfig(data=(data,), model="unused", out=path / f"c{seed}", max_length=64, seed=seed, eval_fraction=eval_fraction)
+    staged = stage_rows(cfg, tok, ChatTemplate(), staging_content(data))
+    with ArrowFile(staged) as reader:
+        ids = reader.rows(np.arange(len(rows)), ["id", "prompt_ids", "completion_ids"])
+    prompts, completions = ids["prompt_ids"].to_list(), ids["completion_ids"].to_list()
+    by_row = {ids["id"][i]: (list(prompts[i]), list(completions[i])) for i in range(len(rows))}
+    return build_splits(cfg, staged, leading_bos_id(tok), main=False), ids["id"], by_row
+
+
+# SmolLM2's EOS is <|im_end|>: text_ids appends it only where the text does not end with it, so
+# " bye" and " bye<|im_end|>" are one completion to the model.
+EOS_TEXT = "<|im_end|>"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_partner_whose_completion_has_the_same_ids_is_never_taken(tokenizer_dir, tmp_path, seed):
+    """Found by a hunter: A's " bye" and B's " bye<|im_end|>" differ as text and are one sequence
+    of ids, so A could take B's completion as its KL sequence: ref_kl_logp == ref_logp, a matched
+    sample in disguise, counted nowhere."""
+    rows = [
+        {"id": "A", "prompt": "Q1:", "completion": " bye", "label": True},
+        {"id": "B", "prompt": "Q2:", "completion": " bye" + EOS_TEXT, "label": False},
+        {"id": "C", "prompt": "Q3:", "completion": " other", "label": True},
+        {"id": "D", "prompt": "Q4:", "completion": " else", "label": False},
+    ]
+    [train], names, ids = staged_splits(tokenizer_dir, tmp_path, rows, seed)
+    assert ids["A"][1] == ids["B"][1]  # the premise: same ids from other texts
+    for row, partner in zip(train.rows, train.partners):
+        assert ids[names[row]][1] != ids[names[partner]][1], (names[row], names[partner])
+
+
+def test_a_text_row_and_a_chat_row_with_the_same_prompt_ids_are_one_prompt(tokenizer_dir, tmp_path):
+    """A ChatML prompt rendered beforehand (TRL users' habit) and the chat messages it renders
+    give the same prompt ids: one prompt group, so on one side of the eval split whatever the
+    seed, and a KL pair between them is counted as a same-prompt pair."""
+    rendered = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    pair = [
+        {"id": "x1", "prompt": rendered, "completion": "hello" + EOS_TEXT, "label": True},
+        {"id": "x2", "prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "go away"}], "label": False},
+    ]
+    more = [{"id": f"o{i}", "prompt": f"Question {i}?", "completion": f" answer {i}", "label": i % 2 == 0} for i in range(8)]
+    for seed in range(8):
+        splits, names, ids = staged_splits(tokenizer_dir, tmp_path, pair + more, seed, eval_fraction=0.3)
+        assert ids["x1"][0] == ids["x2"][0]  # the premise
+        sides = {names[r]: s.name for s in splits for r in s.rows}
+        assert sides["x1"] == sides["x2"], seed
+    [both], names, _ = staged_splits(tokenizer_dir, tmp_path, pair, 0)
+    assert sorted(names[p] for p in both.partners) == ["x1", "x2"]
+    assert both.counts.same_prompt_kl_pairs == 2  # nothing else to pair with: both counted
+
+
+def test_same_groups_join_rows_equal_in_any_key_and_name_a_group_by_its_first_row():
+    from kto.precompute.plan import same_groups
+
+    text = np.array([5, 6, 5, 7, 8], np.uint64)
+    ids = np.array([1, 2, 3, 2, 9], np.uint64)  # row 3 has row 1's ids, other text
+    assert same_groups(text).tolist() == [0, 1, 0, 3, 4]
+    assert same_groups(text, ids).tolist() == [0, 1, 0, 1, 4]
+    chain = same_groups(np.array([1, 1, 2, 2, 3], np.uint64), np.array([7, 8, 8, 9, 9], np.uint64))
+    assert chain.tolist() == [0] * 5  # transitively: 0~1 by text, 1~2 by ids, 2~3 by text, 3~4 by ids

@@ -24,8 +24,9 @@ from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import Example
 from kto.precompute.inputs.records import read_examples
 from kto.precompute.plan import Truncation
+from kto.precompute.staging import stage
 from kto.precompute.templates import ChatTemplate
-from kto.precompute.tokenize import PromptCut, leading_bos_id, stage, tokenize_example
+from kto.precompute.tokenize import PromptCut, leading_bos_id, tokenize_example
 
 TEMPLATES = Path(__file__).parent / "templates"
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"]

@@ -203,8 +203,8 @@ def test_the_staging_key_includes_the_limits(tokenizer_dir, tmp_path):
 
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.pipeline import stage_rows
+    from kto.precompute.staging import read_index
     from kto.precompute.templates import ChatTemplate
-    from kto.precompute.tokenize import read_index
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
@@ -251,6 +251,24 @@ def test_a_system_message_too_long_for_the_budget_is_cut_inside_its_text_keeping
     assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
     assert text.startswith("<|im_start|>system\n") and not text.startswith("<|im_start|>system\nYou are a careful")
     assert text.endswith(" careful assistant. <|im_end|>\n<|im_start|>user\nQuestion: what is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_system_message_and_a_last_turn_each_over_the_budget_are_both_cut_keeping_their_headers(tok):
+    """Seen in a hunt: a 30-sentence system message and a 30-sentence question under
+    max_prompt_length 48. Neither cut alone fits (the other text is 150+ tokens), so the prompt
+    kept the ids' end: no system header, no user header, a start inside the question. Now both
+    texts keep their ends, each behind its header: the headers and the generation prompt take 14
+    ids ("assistant" is 2), the 34 left go 17 to the system text (half) and 17 to the question."""
+    system, question = "You are a careful assistant. " * 30, "Please answer this long question. " * 30
+    ex = chat_example(({"role": "system", "content": system}, {"role": "user", "content": question}), answer="ok " * 200)
+    row = tokenize_example(ex, tok, truncation=Truncation(96, 48))
+    text = tok.decode(row.prompt_ids)
+    assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 48
+    system_kept, rest = text.removeprefix("<|im_start|>system\n").split("<|im_end|>\n<|im_start|>user\n")
+    question_kept = rest.removesuffix("<|im_end|>\n<|im_start|>assistant\n")
+    assert text.startswith("<|im_start|>system\n") and system.endswith(system_kept) and question.endswith(question_kept)
+    ends = [i for i, t in enumerate(row.prompt_ids) if t == tok.convert_tokens_to_ids("<|im_end|>")]
+    assert (ends[0] - 3, ends[1] - ends[0] - 5) == (17, 17)  # after "<|im_start|>system\n", "<|im_end|>\n<|im_start|>user\n"
 
 
 TRIMMING = (
