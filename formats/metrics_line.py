@@ -20,23 +20,8 @@ from __future__ import annotations
 
 # Written by a loss with a KL term only (LossType.needs_kl).
 KL_KEYS = ("kl", "kl_raw", "padding/kl")
-
-# null on every eval line by design: the training step's own figures.
-TRAIN_ONLY_KEYS = (
-    "padding/policy",
-    "tokens/saved",
-    "padding/kl",
-    "lr",
-    "grad_norm",
-    "epoch",
-    "tokens_per_s",
-    "peak_memory_gb",
-    "rss_anon_gb",
-    "rss_file_gb",
-)
-
-# The order of a line, as train lines have always been written.
-_ALL_KEYS = (
+# Every line's own: the loss and the class figures of a train window or an evaluation.
+_EVERY_LINE = (
     "step",
     "split",
     "loss",
@@ -49,19 +34,16 @@ _ALL_KEYS = (
     "logps/rejected",
     "count/chosen",
     "count/rejected",
-    "padding/policy",
-    "tokens/saved",
-    "kl",
-    "kl_raw",
-    "padding/kl",
-    "lr",
-    "grad_norm",
-    "epoch",
-    "tokens_per_s",
-    "peak_memory_gb",
-    "rss_anon_gb",
-    "rss_file_gb",
 )
+# The training step's own figures: its packing, then the optimizer, speed and memory.
+_PACKING = ("padding/policy", "tokens/saved")
+_STEP = ("lr", "grad_norm", "epoch", "tokens_per_s", "peak_memory_gb", "rss_anon_gb", "rss_file_gb")
+
+# null on every eval line by design: the training step's own figures.
+TRAIN_ONLY_KEYS = (*_PACKING, "padding/kl", *_STEP)
+
+# The order of a line, as train lines have always been written.
+_ALL_KEYS = (*_EVERY_LINE, *_PACKING, *KL_KEYS, *_STEP)
 
 
 def metrics_keys(has_kl: bool) -> tuple[str, ...]:
