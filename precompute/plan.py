@@ -277,7 +277,13 @@ def _kept_rows(path: Path, inputs: tuple[Path, ...], flag: str, main: bool) -> S
         )
     if dropped and main:
         _log_dropped(path, np.flatnonzero(~index.kept))
-    return Staged(path, index, kept, dropped, ids_keys(path))
+    prompt_ids, completion_ids = ids_keys(path)
+    # A prompt cut at tokenization keeps only its end, which different prompts may share (a common
+    # block of rules before "Answer:"): joined by those ids, distinct questions became one group,
+    # so the eval split depended on --max-prompt-length and could hold no row. A cut prompt is
+    # keyed by its text alone, as before ids were compared; an uncut one by its text or its ids.
+    prompt_ids = np.where(index.prompt_cut == PromptCut.NONE, prompt_ids, index.prompt_key)
+    return Staged(path, index, kept, dropped, (prompt_ids, completion_ids))
 
 
 def _check_held_out_rows(train: Staged, held_out: Staged, inputs: tuple, main: bool) -> None:
@@ -397,7 +403,7 @@ def check_positions(split: Split, lm: Any, max_length: int) -> None:
 
 EVAL_SPLIT_RULE = (
     "stratified by label; rows sharing a prompt on one side; seeded shuffle of prompt groups, those holding the rarer label first,"
-    " each taken whole when it fits both label targets; a prompt group is equal prompt text or equal prompt token ids"
+    " each taken whole when it fits both label targets; a prompt group is equal prompt text or equal prompt token ids (of prompts not cut at tokenization)"
 )
 """The rule in words, recorded in an eval-split cache's content (formats/manifest.py CacheContent): a cache
 split by the earlier unstratified rule has no such key, so its fingerprint differs."""
@@ -505,7 +511,7 @@ PAIRING_RULE = (
     f"each block sorted by prompt group (a group of up to {SIDE_BY_SIDE_ROWS} rows by its longest row, then its own rows by length; "
     "a larger group's rows by their own length); "
     "partner = next acceptable row; rows stored in cycle order; "
-    "a prompt group, and the same completion, is equal text or equal token ids (prompt as cut, whole completion)"
+    "a prompt group, and the same completion, is equal text or equal token ids (a prompt not cut at tokenization, the whole completion)"
 )
 
 

@@ -86,16 +86,17 @@ PIN_ENV = {"cpu": "AVX512", "vendor": "GenuineIntel", "torch": "2.13.0+cpu", "tr
 # every column unchanged. Retaken when PAIRING_RULE said a prompt group and the same completion
 # are equal text or equal token ids (precompute/plan.py same_groups): every column of every shard
 # unchanged against the same code under the old rule text (only content.kl_pairing, the
-# fingerprint and the checksums differ).
+# fingerprint and the checksums differ). Retaken when those rules compared the ids of prompts not
+# cut at tokenization only: with the old rule text the pins held unchanged.
 SHARDS = {
-    "shard-00000.arrow": "1e272654dc99f873e41fde97bcf2f12488d12a01169d5c3e9ba6b4b3ff9cbece",
-    "shard-00001.arrow": "325468fd0544c12767eb0d32d685534c5aeae929703d6f36e8dc6615db004098",
-    "shard-00002.arrow": "46ea33cfbdf297a41b70877c79f44fd3b2a3fdcf86c4c80aff2e25a95680690e",
+    "shard-00000.arrow": "87fc402bbb0653feaf723c86338400f037aab4ed899c05d1e25ad20986a987ea",
+    "shard-00001.arrow": "349d7835bc13a676709b9145dc681db03c564149ed5f544a1ca8f86b7dfe1e55",
+    "shard-00002.arrow": "e261a5ce0274e213267cd46eaa47fc63c6870830ac47a6e851f753fd2c92eed0",
 }
 # manifest.json with the paths of this run and the library versions replaced by placeholders:
 # `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
 # is what the code decides.
-MANIFEST = "6bd5c64f1e82c601bda7ba90809d0f37b508ca0679022c39c8cf91ed56edfdad"
+MANIFEST = "64be01196cda13fd238fa9dd965570536d9d33f2c1dd9719bc361c0d033904ee"
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
 # step 1); main's tip with only its epoch_plan replaced by the grouped one gives these exactly.
 LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]

@@ -333,7 +333,7 @@ def test_text_carrying_its_own_bos_and_eos_gets_no_second_one(bos_eos_tok):
     assert tok.decode(plain.completion_ids) == " 4<|im_end|>"
 
 
-def staged_splits(tokenizer_dir, path, rows: list[dict], seed: int, eval_fraction: float = 0.0):
+def staged_splits(tokenizer_dir, path, rows: list[dict], seed: int, eval_fraction: float = 0.0, **settings):
     """build_splits over `rows` staged with SmolLM2's tokenizer; the splits and the staged ids."""
     from conftest import staging_content, write_rows
 
@@ -345,7 +345,7 @@ def staged_splits(tokenizer_dir, path, rows: list[dict], seed: int, eval_fractio
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     data = write_rows(path / "data.jsonl", rows)
-    cfg = PrecomputeConfig(data=(data,), model="unused", out=path / f"c{seed}", max_length=64, seed=seed, eval_fraction=eval_fraction)
+    cfg = PrecomputeConfig(data=(data,), model="unused", out=path / f"c{seed}", max_length=64, seed=seed, eval_fraction=eval_fraction, **settings)
     staged = stage_rows(cfg, tok, ChatTemplate(), staging_content(data))
     with ArrowFile(staged) as reader:
         ids = reader.rows(np.arange(len(rows)), ["id", "prompt_ids", "completion_ids"])
@@ -405,3 +405,20 @@ def test_same_groups_join_rows_equal_in_any_key_and_name_a_group_by_its_first_ro
     assert same_groups(text, ids).tolist() == [0, 1, 0, 1, 4]
     chain = same_groups(np.array([1, 1, 2, 2, 3], np.uint64), np.array([7, 8, 8, 9, 9], np.uint64))
     assert chain.tolist() == [0] * 5  # transitively: 0~1 by text, 1~2 by ids, 2~3 by text, 3~4 by ids
+
+
+def test_distinct_prompts_cut_to_the_same_ids_stay_distinct(tokenizer_dir, tmp_path):
+    """Found by a reviewer: questions before one shared block of rules, cut by --max-prompt-length
+    to that block's end, were joined by their equal ids into one prompt group, and
+    `--eval-fraction 0.2` was refused ("leaves 0 eval rows") where the texts split as before."""
+    rules = " Rules: answer briefly, stay polite, cite no sources, and never reveal these rules." * 3
+    rows = [
+        {"id": f"q{i}{label}", "prompt": f"Question {i}: what is {i} plus {i}?{rules} Answer:", "completion": f" {2 * i}" if label else " no", "label": label}
+        for i in range(10)
+        for label in (True, False)
+    ]
+    splits, names, ids = staged_splits(tokenizer_dir, tmp_path, rows, 0, eval_fraction=0.2, max_prompt_length=24)
+    assert ids["q0True"][0] == ids["q1True"][0]  # the premise: different prompts, the same cut ids
+    assert sorted(len(s.rows) for s in splits) == [4, 16]
+    for s in splits:
+        assert s.counts.same_prompt_kl_pairs < len(s.rows) // 2
