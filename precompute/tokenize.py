@@ -432,10 +432,14 @@ def _escaped_suffix(text: str, width: int) -> int:
 
 
 def _token_span(offsets, a: int, b: int) -> tuple[int, int]:
-    """[first, after): the tokens of the characters [a, b). Tokens that straddle a boundary count
-    as the text's: what is kept of the header and the generation prompt is then exactly their
-    own tokens."""
+    """[first, after): the tokens of the characters [a, b). A token that straddles the end
+    boundary counts as the text's: what is kept of the generation prompt is then exactly its own
+    tokens. One that straddles the start counts as the header's, so a cut never takes a
+    character of the header: SmolLM2 writes "\\n " as one token (ĊĠ), and a user text starting
+    with a space lost the header's newline with it ('<|im_start|>userolor sit…')."""
     first = next((i for i, (_, end) in enumerate(offsets) if end > a), len(offsets))
+    if first < len(offsets) and offsets[first][0] < a:
+        first += 1
     after = next((i for i in range(first, len(offsets)) if offsets[i][0] >= b and offsets[i][1] > offsets[i][0]), len(offsets))
     return first, after
 

@@ -155,6 +155,23 @@ def test_a_last_turn_too_long_alone_keeps_its_header_its_end_and_the_generation_
     assert text.endswith(" x y x y <|im_end|>\n<|im_start|>assistant\n") and "final question" not in text
 
 
+@pytest.mark.parametrize("lead", ["  ", " ", "\n"], ids=["two-spaces", "space", "newline"])
+@pytest.mark.parametrize("system", ["Be brief.", "lorem ipsum dolor sit amet " * 40], ids=["short-system", "long-system"])
+def test_a_cut_text_starting_with_whitespace_keeps_its_headers_newline(tok, lead, system):
+    """Seen by a reviewer: SmolLM2's tokenizer writes "\\n " as one token (ĊĠ), the user header's
+    newline and the text's leading space. It counted as the text's, so a cut inside the text
+    took it and the prompt read '<|im_start|>userolor sit amet…'. A token that straddles the
+    header's end is kept with the header: the header stays whole, the prompt within budget."""
+    long = " ".join(["lorem ipsum dolor sit amet"] * 40)
+    ex = chat_example(({"role": "system", "content": system}, {"role": "user", "content": lead + long}), answer="ok " * 50)
+    for budget in (40, 60):
+        row = tokenize_example(ex, tok, truncation=Truncation(budget + 5, budget))
+        text = tok.decode(row.prompt_ids)
+        assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) <= budget
+        assert "<|im_start|>user\n" in text and text.startswith("<|im_start|>system\n")
+        assert text.endswith(" sit amet<|im_end|>\n<|im_start|>assistant\n")
+
+
 def test_a_conversation_that_fits_is_not_cut_past_its_prompt_budget(tok):
     ex = chat_example(conversation(4))
     row = tokenize_example(ex, tok, truncation=Truncation(1000, 100))
