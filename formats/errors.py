@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from .signals import Stopped
+
 if TYPE_CHECKING:  # annotations only: this module imports no accelerate (or torch)
     from accelerate import Accelerator
 
@@ -95,11 +97,9 @@ def exit_interrupted(prog: str, exc: KeyboardInterrupt) -> NoReturn:
     """A KeyboardInterrupt that reached one_line_errors. formats.signals.Stopped (a stop signal
     while the command's start-up handlers were in, before the command could catch it: during its
     first import) says its signal and exits 128 + its number; a plain one is Ctrl-C: click would
-    print "Aborted!" and exit 1, where a shell reports a SIGINT as 130. Stopped is known by its
-    `signum`, not imported: formats/signals.py imports this module."""
-    signum = getattr(exc, "signum", None)
-    if isinstance(signum, int):
-        exit_on_signal(prog, signum, "run the same command again")
+    print "Aborted!" and exit 1, where a shell reports a SIGINT as 130."""
+    if isinstance(exc, Stopped):
+        exit_on_signal(prog, exc.signum, "run the same command again")
     print(f"{prog}: interrupted", file=sys.stderr, flush=True)
     end_process_group()
     sys.exit(128 + signal.SIGINT)

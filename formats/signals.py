@@ -39,9 +39,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
-from typing import Any, NoReturn, TextIO
-
-from .errors import exit_on_signal
+from typing import Any, TextIO
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 API_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what the Python API takes (see the module's docstring)
@@ -53,12 +51,11 @@ _hangup = {"seen": False}  # a SIGHUP came while a command runs: _DroppedAfterHa
 class Stopped(KeyboardInterrupt):
     """The first stop signal outside kto-train's loop. A KeyboardInterrupt, so that code which
     cleans up after Ctrl-C cleans up after it too, and `except Exception` does not swallow it.
-    formats.errors.one_line_errors reads its `signum` where a command did not catch it."""
+    formats.errors.one_line_errors says it where a command did not catch it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
-        self.exit_code = 128 + signum
 
 
 def not_ignored(signals: tuple[int, ...] = STOP_SIGNALS) -> tuple[int, ...]:
@@ -205,9 +202,3 @@ def _restore(previous: dict[int, Any]) -> None:
     for s, handler in previous.items():
         signal.signal(s, handler)
     previous.clear()
-
-
-def exit_stopped(prog: str, exc: Stopped, what: str) -> NoReturn:
-    """Print `PROG: stopped by SIGTERM; WHAT` once, end the process group as an error does, and
-    exit 128 + signum (formats.errors.exit_on_signal)."""
-    exit_on_signal(prog, exc.signum, what)

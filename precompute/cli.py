@@ -18,9 +18,9 @@ from click.core import ParameterSource
 
 from kto.formats.config_file import PRECOMPUTE, Resolved, file_key_error, option_value, resolve_config_file
 from kto.formats.config_keys import names_other_tools_use
-from kto.formats.errors import InputError, end_process_group, log, one_line_errors
+from kto.formats.errors import InputError, end_process_group, exit_on_signal, log, one_line_errors
 from kto.formats.paths import HOME_PATH, HOME_TEXT
-from kto.formats.signals import Stopped, exit_stopped, raising_on_stop_signals
+from kto.formats.signals import Stopped, raising_on_stop_signals
 from kto.precompute.inputs.dataset_info import load_datasets
 from kto.precompute.inputs.examples import ColumnMap, ShareGPTMap
 from kto.precompute.inputs.sharegpt import load_sharegpt_info
@@ -101,7 +101,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags) -> None:
             with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals name the file's key; run() repeats them (cheap)
                 run(cfg)  # and names the file's key in its own
         except Stopped as exc:  # every file is written under a temp name and renamed: what is in place is whole
-            exit_stopped("kto-precompute", exc, "finished shards are kept; run the same command again to resume")
+            exit_on_signal("kto-precompute", exc.signum, "finished shards are kept; run the same command again to resume")
     end_process_group(every_rank_here=True)  # the command ends here, on every rank (the API keeps a launcher's group for a caller)
 
 

@@ -22,9 +22,9 @@ from kto.formats.compute.early_checks import check_local_cache, check_local_mode
 from kto.formats.config_file import file_key_error, option_value
 from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements, target_modules_value
 from kto.formats.config_names import PEFT_TARGETS, Resolved
-from kto.formats.errors import InputError, exception_line, log, one_line_errors
+from kto.formats.errors import InputError, exception_line, exit_on_signal, log, one_line_errors
 from kto.formats.paths import HOME_PATH, HOME_TEXT
-from kto.formats.signals import Stopped, exit_stopped, raising_on_stop_signals
+from kto.formats.signals import Stopped, raising_on_stop_signals
 
 from .config import DEFAULTS, DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
 from .loss_type import LossType
@@ -122,7 +122,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
             end_own_process_group(existed)
             sys.exit(exc.exit_code)
         except Stopped as exc:
-            exit_stopped("kto-train", exc, "no step was trained in this run and nothing new saved; run the same command again")
+            exit_on_signal("kto-train", exc.signum, "no step was trained in this run and nothing new saved; run the same command again")
     end_own_process_group(existed, main_process_busy=cfg.push_to_hub is not None)  # the API keeps a group it made for the next call; the command ends here
 
 
