@@ -11,6 +11,7 @@ import torch
 
 from kto.formats.errors import InputError
 
+from .config import TrainConfig, unusual_flags
 from .step import StepStats, all_reduce_max
 
 if TYPE_CHECKING:
@@ -27,24 +28,26 @@ def _last(checkpoint: Path | None) -> str:
     return f"last good checkpoint: {checkpoint}" if checkpoint else "last good checkpoint: none"
 
 
-def _cause(cause: str) -> str:
+def _cause(cfg: TrainConfig | None) -> str:
+    """'; likely cause: …' (config.unusual_flags), worked out only for the error that says it."""
+    cause = unusual_flags(cfg) if cfg is not None else ""
     return f"; {cause}" if cause else ""
 
 
-def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator: Accelerator, step: int, last: Path | None, cause: str = "") -> float:
+def check_step(stats: StepStats, grad_norm: torch.Tensor, accelerator: Accelerator, step: int, last: Path | None, cfg: TrainConfig | None = None) -> float:
     """Before the update, in one device-to-host copy: the step's losses (all-reduced sums) and the
     global gradient norm. Both are the same number on every rank, so every rank takes the same
     decision without another collective. Returns the gradient norm.
 
     Under fp16 autocast an infinite gradient norm is the GradScaler's business: it skips that
-    update and lowers its scale, so only the losses are checked there. `cause`: the flags at
-    unusual values (config.unusual_flags), said at the end."""
+    update and lowers its scale, so only the losses are checked there. `cfg`: the run's settings,
+    whose flags at unusual values the error names at its end (config.unusual_flags)."""
     values = torch.stack([getattr(stats, f) for _, f in CHECKED] + [grad_norm.detach().to(stats.loss_sum)]).tolist()
     named = [name for name, _ in CHECKED] + (["gradient norm"] if accelerator.scaler is None else [])
     for name, value in zip(named, values):
         if not math.isfinite(value):
             raise NonFiniteError(
-                f"step {step}: the {name} is {value} (not finite); stopped before updating the weights, nothing of this step saved; {_last(last)}{_cause(cause)}"
+                f"step {step}: the {name} is {value} (not finite); stopped before updating the weights, nothing of this step saved; {_last(last)}{_cause(cfg)}"
             )
     return values[-1]
 
@@ -72,7 +75,7 @@ def check_loaded_weights(model: torch.nn.Module, accelerator: Accelerator, check
         raise NonFiniteError(f"--resume: {checkpoint}: its weights hold non-finite values; resume from an earlier checkpoint (move this one away)")
 
 
-def check_weights(model: torch.nn.Module, accelerator: Accelerator, step: int, last: Path | None, what: str, cause: str = "") -> None:
-    """Refuse to save `what` when any weight is NaN or infinite (on any rank); `cause` as check_step's."""
+def check_weights(model: torch.nn.Module, accelerator: Accelerator, step: int, last: Path | None, what: str, cfg: TrainConfig | None = None) -> None:
+    """Refuse to save `what` when any weight is NaN or infinite (on any rank); `cfg` as check_step's."""
     if not _all_finite(model, accelerator):
-        raise NonFiniteError(f"step {step}: the weights hold non-finite values (the run diverged); {what} not saved; {_last(last)}{_cause(cause)}")
+        raise NonFiniteError(f"step {step}: the weights hold non-finite values (the run diverged); {what} not saved; {_last(last)}{_cause(cfg)}")

@@ -17,7 +17,7 @@ from kto.formats.runrecord import checkpoint_dir
 
 from .checkpoint import Position, checkpoints
 from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
-from .config import TrainConfig, unusual_flags
+from .config import TrainConfig
 from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step
@@ -150,7 +150,7 @@ def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, StepDone]:
     stats = forward_backward(run.model, batches, run.settings, run.accelerator, on_first_pass=first_step_check(run, batches[0]))
     stats = stats.all_reduced(run.accelerator)
     norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
-    grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.policy.last_checkpoint, unusual_flags(run.cfg))
+    grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.policy.last_checkpoint, run.cfg)
     lr = run.policy.scheduler.get_last_lr()[0]
     apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
     run.memory.sample()

@@ -27,7 +27,6 @@ from kto.formats.runrecord import FINAL_DIR, MERGED_DIR, checkpoint_dir
 
 from . import adapters, sharding
 from .checkpoint import FinalFiles, Position, load_training_state, prune_checkpoints, rng_states, save_checkpoint, save_model_dir, saved_dir
-from .config import unusual_flags
 from .guard import check_weights
 from .model import load_base, load_policy
 from .optim import build_optimizer, build_scheduler
@@ -302,7 +301,7 @@ class Policy:
     def save(self, position: Position) -> Path:
         """OUT/checkpoint-STEP (never of non-finite weights), then --save-total-limit applied."""
         acc, step = self.accelerator, position.global_step
-        check_weights(self.model, acc, step, self.last_checkpoint, f"checkpoint-{step}", unusual_flags(self.cfg))
+        check_weights(self.model, acc, step, self.last_checkpoint, f"checkpoint-{step}", self.cfg)
         path = self.layout.save_checkpoint(self, position)
         log(f"saved {path}", acc)
         if acc.is_main_process:
@@ -317,7 +316,7 @@ class Policy:
         with its `files` (the model cards; the main process's count) inside before it appears."""
         acc, final = self.accelerator, self.cfg.out / FINAL_DIR
         files = files or FinalFiles()
-        check_weights(self.model, acc, step, self.last_checkpoint, "final/", unusual_flags(self.cfg))
+        check_weights(self.model, acc, step, self.last_checkpoint, "final/", self.cfg)
         acc.wait_for_everyone()
         self.layout.save_final(self, final, files.final)
         if acc.is_main_process:

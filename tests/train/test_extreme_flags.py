@@ -78,9 +78,8 @@ def test_non_finite_weights_before_a_save_name_the_flags(tmp_path):
     model = torch.nn.Linear(3, 2)
     with torch.no_grad():
         model.bias[0] = float("nan")
-    cause = unusual_flags(cfg(lr=0.5))
     with pytest.raises(NonFiniteError) as err:
-        check_weights(model, SimpleNamespace(num_processes=1), 7, None, "final/", cause)
+        check_weights(model, SimpleNamespace(num_processes=1), 7, None, "final/", cfg(lr=0.5))
     assert str(err.value) == (
         "step 7: the weights hold non-finite values (the run diverged); final/ not saved; last good checkpoint: none; "
         "likely cause: --lr 0.5 (usually at most 0.01)"
