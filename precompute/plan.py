@@ -1,8 +1,7 @@
 """The plan: which staged rows go into which split, in which order, with which KL partner, and
 how each shard's rows are cut. Everything here is a pure function of the staged rows (their
-index: labels, lengths, text keys; and the keys of their token ids, read once per staging file
-for `same_groups`), the configuration and the seed; staging's file is read back otherwise only
-for ids in errors and, one shard at a time, for the rows a shard holds.
+index: labels, lengths, the keys of their texts and of their token ids), the configuration and
+the seed; staging's file is read back only for ids in errors and, one shard at a time, for the rows a shard holds.
 
 Staged rows -> splits (`build_splits`): drop, hold out the eval rows, pair each row with its KL
 partner on the cycle and count, from the staged index alone. A shard's rows are read back from
@@ -90,7 +89,6 @@ whose prompt or completion is empty after tokenization is dropped (and counted) 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Hashable, Iterator, Sequence
@@ -99,14 +97,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc
 
 from kto.formats import schema as S
 from kto.formats.cache import ArrowFile
 from kto.formats.errors import InputError, log
 from kto.formats.manifest import Counts
-from kto.formats.paths import arrow_path
 
 from .config import PrecomputeConfig
 from .staging import WHOLE_COMPLETION, StagedIndex, check_staged_ids, read_index
@@ -130,34 +125,6 @@ from .tokenize import PromptCut
 # For ordinary data, where equal ids come from equal texts, the groups are the text keys' own and
 # each is named by its first row, so the first-appearance orders, seeded shuffles and cycles built
 # on them are unchanged: only rows the model cannot tell apart join a group.
-
-
-def ids_keys(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """[rows] uint64 keys of each staged row's prompt ids and whole completion ids, in staged row
-    order, read batch by batch, memory-mapped (16 bytes a row in memory). A dropped row has no
-    ids; its keys are those of an empty list."""
-    prompt: list[np.ndarray] = []
-    completion: list[np.ndarray] = []
-    with pa.memory_map(arrow_path(path)) as source:
-        reader = pa.ipc.open_file(source)
-        for b in range(reader.num_record_batches):
-            batch = reader.get_batch(b)
-            prompt.append(_list_keys(batch.column(S.PROMPT_IDS)))
-            completion.append(_list_keys(batch.column(WHOLE_COMPLETION)))
-    empty = np.zeros(0, np.uint64)
-    return (np.concatenate(prompt) if prompt else empty), (np.concatenate(completion) if completion else empty)
-
-
-def _list_keys(column: pa.ListArray) -> np.ndarray:
-    """64-bit blake2b of each list's int32 values (as text_key hashes text: equal keys stand for
-    equal ids, a collision among a million rows has odds of ~3e-8)."""
-    offsets = column.offsets.to_numpy()
-    values = column.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    keys = np.empty(len(column), np.uint64)
-    for i in range(len(column)):
-        digest = hashlib.blake2b(values[offsets[i] : offsets[i + 1]].tobytes(), digest_size=8).digest()
-        keys[i] = int.from_bytes(digest, "little")
-    return keys
 
 
 def same_groups(*keys: np.ndarray) -> np.ndarray:
@@ -207,7 +174,7 @@ class _LazyIds:
 
 
 IdsKeys = tuple[np.ndarray, np.ndarray]
-"""ids_keys of a staging file: the keys of every staged row's prompt and completion ids."""
+"""Keys of every staged row's prompt ids (of its text where the prompt was cut) and completion ids."""
 
 
 def prompt_groups(index: StagedIndex, ids: IdsKeys, rows: np.ndarray) -> list[int]:
@@ -277,13 +244,12 @@ def _kept_rows(path: Path, inputs: tuple[Path, ...], flag: str, main: bool) -> S
         )
     if dropped and main:
         _log_dropped(path, np.flatnonzero(~index.kept))
-    prompt_ids, completion_ids = ids_keys(path)
     # A prompt cut at tokenization keeps only its end, which different prompts may share (a common
     # block of rules before "Answer:"): joined by those ids, distinct questions became one group,
     # so the eval split depended on --max-prompt-length and could hold no row. A cut prompt is
     # keyed by its text alone, as before ids were compared; an uncut one by its text or its ids.
-    prompt_ids = np.where(index.prompt_cut == PromptCut.NONE, prompt_ids, index.prompt_key)
-    return Staged(path, index, kept, dropped, (prompt_ids, completion_ids))
+    prompt_ids = np.where(index.prompt_cut == PromptCut.NONE, index.prompt_ids_key, index.prompt_key)
+    return Staged(path, index, kept, dropped, (prompt_ids, index.completion_ids_key))
 
 
 def _check_held_out_rows(train: Staged, held_out: Staged, inputs: tuple, main: bool) -> None:

@@ -36,9 +36,9 @@ from kto.precompute.inputs.examples import Example, check_unique_ids
 #   run with the same inputs and configuration reuses the file instead of tokenizing again; the
 #   cache's last step removes it.
 # - What stays in memory is per-row and fixed-size (`StagedIndex`): label, flags, lengths and
-#   64-bit keys of the prompt and completion text (KL pairing compares those, never the texts;
-#   plan.py adds keys of the staged token ids beside them) and of the id (the duplicate-id
-#   check). About 40 bytes a row.
+#   64-bit keys of the prompt and completion text and of their staged ids (KL pairing compares
+#   those, never the texts: plan.py `same_groups`) and of the id (the duplicate-id check). About
+#   56 bytes a row.
 # - The file is a shard without its later phases: the declared STAGE columns of the shard schema
 #   (formats/schema.py `COLUMNS`), then staging's own `BOOKKEEPING`. Shards are filled through
 #   the one random-access reader of Arrow rows (formats/cache.py `ArrowFile`, the gathers the
@@ -67,6 +67,10 @@ BOOKKEEPING = (
     pa.field("id_key", pa.uint64()),
     pa.field("prompt_key", pa.uint64()),
     pa.field("completion_key", pa.uint64()),
+    # Keys of the ids as staged (the prompt as cut here, the whole completion): plan.py tells rows
+    # apart by what the model sees as well as by their text (`same_groups`).
+    pa.field("prompt_ids_key", pa.uint64()),
+    pa.field("completion_ids_key", pa.uint64()),
     pa.field(WHOLE_COMPLETION, pa.list_(pa.int32())),
 )
 
@@ -123,6 +127,11 @@ def text_key(value, tools: tuple = ()) -> int:
     if tools:  # the same messages with other tools render to another prompt
         text = repr((text, tools))
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def ids_key(ids: np.ndarray) -> int:
+    """64-bit key of a sequence of token ids, as text_key of a text (a dropped row's: of none)."""
+    return int.from_bytes(hashlib.blake2b(np.asarray(ids, np.int32).tobytes(), digest_size=8).digest(), "little")
 
 
 def is_staging_name(name: str) -> bool:
@@ -304,6 +313,8 @@ def _batch(block: list, rows: list, schema: pa.Schema) -> pa.RecordBatch:
             pa.array([text_key(ex.id) for ex in block], pa.uint64()),
             pa.array([text_key(ex.prompt, ex.tools) for ex in block], pa.uint64()),
             pa.array([text_key(ex.completion) for ex in block], pa.uint64()),
+            pa.array([ids_key(r.prompt_ids if r is not None else empty) for r in rows], pa.uint64()),
+            pa.array([ids_key(r.completion_ids if r is not None else empty) for r in rows], pa.uint64()),
             S.to_arrow([r.completion_ids if r is not None else empty for r in rows], pa.list_(pa.int32())),
         ],
         schema=schema,
@@ -324,6 +335,8 @@ class StagedIndex:
     id_key: np.ndarray  # uint64
     prompt_key: np.ndarray
     completion_key: np.ndarray
+    prompt_ids_key: np.ndarray  # uint64: ids_key of the staged ids
+    completion_ids_key: np.ndarray
     prompt_len: np.ndarray  # int64
     completion_len: np.ndarray
     max_id: np.ndarray  # int64: the row's largest token id (-1 for a dropped row), for the vocabulary check
@@ -339,7 +352,7 @@ def read_index(path: Path) -> StagedIndex:
         reader = pa.ipc.open_file(source)
         for b in range(reader.num_record_batches):
             batch = reader.get_batch(b)
-            for name in ("label", "kept", "prefix_split", "prompt_cut", "id_key", "prompt_key", "completion_key"):
+            for name in ("label", "kept", "prefix_split", "prompt_cut", "id_key", "prompt_key", "completion_key", "prompt_ids_key", "completion_ids_key"):
                 cols[name].append(batch.column(name).to_numpy(zero_copy_only=False).copy())
             top = np.full(batch.num_rows, -1, dtype=np.int64)
             for name in ("prompt", "completion"):
