@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -84,9 +83,7 @@ def test_precompute_refuses_50000_claimed_layers_before_any_skeleton(tmp_path, t
 
     model = claiming_50000_layers(tiny_model_dir, tmp_path / "m")
     data = write_rows(tmp_path / "chat.jsonl", chat_rows())
-    started = time.perf_counter()
     result = CliRunner().invoke(main, precompute_args(data, model, tmp_path / "cache"))
-    assert time.perf_counter() - started < 10
     errors = [line for line in result.output.splitlines() if line.startswith("kto-precompute: error:")]
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert errors == [
@@ -98,9 +95,7 @@ def test_precompute_refuses_50000_claimed_layers_before_any_skeleton(tmp_path, t
 
 def test_kto_train_refuses_50000_claimed_layers_before_any_skeleton(tmp_path, tiny_cache, tiny_model_dir, never_built):
     model = claiming_50000_layers(tiny_model_dir, tmp_path / "m")
-    started = time.perf_counter()
     result = run_train(tiny_cache, model, tmp_path / "run", *ARGS)
-    assert time.perf_counter() - started < 10
     assert result.exit_code == 2
     assert train_error_line(result.output) == (
         f"kto-train: error: --model {model}: config.json claims 50,000 layers (num_hidden_layers) but its weight files hold 2 "
@@ -114,7 +109,6 @@ def test_load_causal_lm_alone_refuses_50000_claimed_layers_before_any_skeleton(t
     import torch
 
     model = claiming_50000_layers(tiny_model_dir, tmp_path / "m")
-    started = time.perf_counter()
     with pytest.raises(models.InputError, match=r"config\.json claims 50,000 layers \(num_hidden_layers\) but its weight files hold 2 "):
         models.load_causal_lm(models.resolve_source(str(model)), dtype=torch.float32)
-    assert time.perf_counter() - started < 10 and never_built == []
+    assert never_built == []

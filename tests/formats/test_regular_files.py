@@ -18,7 +18,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def refusal(call: str) -> str:
-    """The InputError message of `call` (Python code), run in a subprocess that must end in 20 s."""
+    """The InputError message of `call` (Python code), run in a subprocess that must end in 60 s, so a hang fails the test."""
     code = textwrap.dedent(
         f"""
         import sys
@@ -30,7 +30,7 @@ def refusal(call: str) -> str:
             sys.exit(2)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20, env=ENV)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     return proc.stdout.strip()
 
