@@ -14,6 +14,7 @@ so `kto-inspect --help` stays fast.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import select
@@ -25,7 +26,7 @@ from pathlib import Path
 import click
 
 from kto.formats.compute.numerics import NAMES as NUMERICS
-from kto.formats.errors import InputError, exit_with_usage_line, one_line_errors, one_line_usage
+from kto.formats.errors import InputError, exception_line, exit_with_usage_line, one_line_errors, one_line_usage
 from kto.formats.paths import HOME_PATH, refuse_undecodable
 
 from .text import printable
@@ -36,6 +37,20 @@ CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 PROG = "kto-inspect"
 _handles_input_errors = one_line_errors(PROG)
+# polars is a dependency (pyproject's bound), but an install made with --no-deps, as the GPU
+# image's is, can lack it; summary and rows read the shards through it.
+POLARS_HINT = "pip install 'polars>=1.36'"
+
+
+def _need_polars(command: str) -> None:
+    """Refuse on one line (exit 2) where polars is missing, before a hub cache is fetched or a
+    shard read: without this, the import deep in the readers ended in a 31-line traceback."""
+    try:
+        importlib.import_module("polars")
+    except ImportError as exc:
+        if exc.name == "polars":
+            raise InputError(f"kto-inspect {command} reads the cache with polars, which is not installed: {POLARS_HINT}") from None
+        raise InputError(f"kto-inspect {command} reads the cache with polars, which is installed but does not import ({exception_line(exc)})") from None
 
 
 def _local(cache: Path) -> Path:
@@ -133,6 +148,7 @@ def main() -> None:
 def summary(cache: Path, as_json: bool) -> None:
     """Counts by label, token lengths, reference log-probs by label, truncation, fingerprint."""
     _named(cache)
+    _need_polars("summary")
     from .summary import render, summarize
 
     _emit(summarize(_local(cache)), as_json, render)
@@ -176,6 +192,7 @@ def rows(cache: Path, where: str | None, sort: str | None, limit: int, flag: int
     Columns for --where/--sort: the shard columns plus prompt_len, completion_len,
     kl_completion_len and ref_logp_per_token."""
     _named(cache)
+    _need_polars("rows")
     from .rows import describe_rows, load_cache_tokenizer, render, select_rows
 
     if flag < 0:

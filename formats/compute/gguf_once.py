@@ -13,9 +13,14 @@ transformers builds from them is unchanged.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+from ..errors import InputError, exception_line
+
+GGUF_HINT = "pip install 'kto-offline[gguf]'"
 
 # The last GGUF file parsed, by (real path, size, mtime): a tokenizer load (or --lora-r's config
 # check) and the model load that follows it share one parse. One entry, dropped when a block
@@ -29,8 +34,8 @@ def parsed_once(*, last: bool = False) -> Iterator[None]:
     parse is dropped at the end (no later load of this process needs it)."""
     try:
         import gguf
-    except ImportError:  # transformers names the package to install
-        gguf = None
+    except ImportError:  # transformers names the package to install; the commands' check of
+        gguf = None  # --model names the file and the extra (refuse_without_gguf)
     if gguf is None:
         yield
         return
@@ -58,3 +63,16 @@ def parsed_once(*, last: bool = False) -> Iterator[None]:
 def gguf_loads(gguf_file: str | None, *, last: bool = False) -> AbstractContextManager[None]:
     """`parsed_once` for a load from a GGUF file; a no-op context for any other model."""
     return parsed_once(last=last) if gguf_file else nullcontext()
+
+
+def refuse_without_gguf(path: os.PathLike[str] | str, flag: str = "--model") -> None:
+    """One line naming the .gguf file and the extra to install, where gguf-py is missing; for
+    the commands' check of --model, before anything is loaded. Left to transformers, the refusal
+    came at the tokenizer's load, on two lines (its logged warning and its ImportError), and named
+    the file's folder, not the file."""
+    try:
+        importlib.import_module("gguf")
+    except ImportError as exc:
+        if exc.name == "gguf":
+            raise InputError(f"{flag} {path}: a GGUF file, and reading one needs the gguf package, which is not installed: {GGUF_HINT}") from None
+        raise InputError(f"{flag} {path}: a GGUF file, and the gguf package that reads it is installed but does not import ({exception_line(exc)})") from None

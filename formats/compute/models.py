@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ..errors import InputError, exception_line
 from ..files import read_json, regular_file, sha256_file
 from ..runrecord import refuse_run_dir_as_model
-from .gguf_once import gguf_loads
+from .gguf_once import gguf_loads, refuse_without_gguf
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -83,6 +83,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         _refuse_gguf_beside_hf_files(path, spec, flag)
+        refuse_without_gguf(spec, flag)
         # The link's own folder and name, not its target's: opening it follows the link, and
         # the adapter's base and the card's load line then name what the user named.
         return ModelSource(path.absolute().parent, gguf_file=path.name, given=spec)
@@ -92,6 +93,7 @@ def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
             raise _no_config(path, spec, flag)
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         if not (path / "config.json").is_file() and len(ggufs) == 1:
+            refuse_without_gguf(f"{spec.rstrip('/')}/{ggufs[0]}", flag)
             return ModelSource(path.resolve(), gguf_file=ggufs[0], given=spec)
         if not (path / "config.json").is_file():
             raise InputError(

@@ -37,6 +37,7 @@ from kto.formats.files import regular_tree, sha256_file
 from .examples import one_line
 
 PREFIX = "hf:"
+INSTALL_HINT = "pip install 'kto-offline[hf]'"  # the optional extra that brings `datasets`
 _BATCH = 1024
 _LAST: dict[tuple[str, str | None], str] = {}  # (id, config) -> sha the last identity resolved (outside one_run)
 _RUN: dict[tuple[str, str | None], str] | None = None  # the same, for the run inside one_run; None outside
@@ -48,6 +49,7 @@ class DatasetSpec:
     source: str  # hub id or local directory
     config: str | None
     split: str | None
+    flag: str = "--data"  # the option that gave it (--data, --eval-data): names it in messages
 
     @property
     def name(self) -> str:
@@ -74,17 +76,25 @@ def is_dataset_input(path: str | Path) -> bool:
     return text.startswith(PREFIX) or DatasetSpec(text, text, None, None).saved
 
 
-def parse_spec(path: str | Path) -> DatasetSpec:
+def parse_spec(path: str | Path, flag: str = "--data") -> DatasetSpec:
     text = str(path)
     if not text.startswith(PREFIX):
-        return DatasetSpec(text, text, None, None)
+        return DatasetSpec(text, text, None, None, flag)
     parts = text[len(PREFIX) :].split(":")
     if len(parts) > 3 or not parts[0]:
-        raise InputError(f"--data {text}: expected hf:ID:SPLIT or hf:ID:CONFIG:SPLIT")
+        raise InputError(f"{flag} {text}: expected hf:ID:SPLIT or hf:ID:CONFIG:SPLIT")
     source, config, split = parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else None)
     if "" in (config, split):
-        raise InputError(f"--data {text}: empty config or split name")
-    return DatasetSpec(text, source, config, split)
+        raise InputError(f"{flag} {text}: empty config or split name")
+    return DatasetSpec(text, source, config, split, flag)
+
+
+def check_dataset_input(path: str | Path, flag: str = "--data") -> None:
+    """A `datasets` input's refusals that need no read, naming `flag` (--data, --eval-data): a
+    spelling parse_spec refuses, and the datasets package missing. For the checks made when the
+    configuration is built (records.check_input_kind), so that they come before the model's
+    tokenizer loads (seconds) and name the option that gave the input."""
+    _datasets(parse_spec(path, flag))
 
 
 def dataset_identity(path: str | Path) -> dict:
@@ -130,7 +140,7 @@ def _next_batch(batches: Iterator[dict], spec: DatasetSpec, row: int) -> dict | 
         raise
     except Exception as e:  # pyarrow's and datasets' many types; the user needs one line
         where = "its rows" if row == 0 else f"past row {row}"
-        raise InputError(f"--data {spec.text}: cannot read {where} ({one_line(e)})") from None
+        raise InputError(f"{spec.flag} {spec.text}: cannot read {where} ({one_line(e)})") from None
 
 
 # ---- opening -----------------------------------------------------------------------------------
@@ -139,8 +149,11 @@ def _next_batch(batches: Iterator[dict], spec: DatasetSpec, row: int) -> dict | 
 def _datasets(spec: DatasetSpec):
     try:
         import datasets
-    except ImportError:
-        raise InputError(f"--data {spec.text}: reading datasets needs the optional extra: pip install 'kto-offline[hf]'") from None
+    except ImportError as exc:
+        if exc.name == "datasets":
+            raise InputError(f"{spec.flag} {spec.text}: reading it needs the datasets package, which is not installed: {INSTALL_HINT}") from None
+        # Installed but broken (a dependency of its own missing or too old): not the extra's fault.
+        raise InputError(f"{spec.flag} {spec.text}: the datasets package is installed but does not import ({one_line(exc)})") from None
     return datasets
 
 
@@ -163,29 +176,29 @@ def _open(spec: DatasetSpec):
     if spec.saved:
         return _open_saved(spec, datasets)
     if spec.split is None:
-        raise InputError(f"--data {spec.text}: missing split; write hf:{spec.source}:SPLIT or hf:{spec.source}:CONFIG:SPLIT")
+        raise InputError(f"{spec.flag} {spec.text}: missing split; write hf:{spec.source}:SPLIT or hf:{spec.source}:CONFIG:SPLIT")
     revision = None if spec.local else _revision(spec, fresh=False)
     _check_split(spec, datasets, revision)
     try:
         return datasets.load_dataset(spec.source, spec.config, split=spec.split, streaming=True, revision=revision)
     except Exception as e:  # datasets raises many types; the user needs one line
-        raise InputError(f"--data {spec.text}: cannot load ({one_line(e)})") from None
+        raise InputError(f"{spec.flag} {spec.text}: cannot load ({one_line(e)})") from None
 
 
 def _open_saved(spec: DatasetSpec, datasets):
     try:
         loaded = datasets.load_from_disk(spec.source)
     except Exception as e:
-        raise InputError(f"--data {spec.text}: cannot load the save_to_disk directory ({one_line(e)})") from None
+        raise InputError(f"{spec.flag} {spec.text}: cannot load the save_to_disk directory ({one_line(e)})") from None
     if isinstance(loaded, datasets.DatasetDict):
         splits = ", ".join(loaded) or "none"
         if spec.split is None:
-            raise InputError(f"--data {spec.text}: missing split: this directory holds {splits}; write hf:{spec.source}:SPLIT")
+            raise InputError(f"{spec.flag} {spec.text}: missing split: this directory holds {splits}; write hf:{spec.source}:SPLIT")
         if spec.split not in loaded:
-            raise InputError(f"--data {spec.text}: no split {spec.split!r} (available: {splits})")
+            raise InputError(f"{spec.flag} {spec.text}: no split {spec.split!r} (available: {splits})")
         return loaded[spec.split]
     if spec.split is not None:
-        raise InputError(f"--data {spec.text}: this directory holds one dataset, not splits; drop ':{spec.split}'")
+        raise InputError(f"{spec.flag} {spec.text}: this directory holds one dataset, not splits; drop ':{spec.split}'")
     return loaded
 
 
@@ -193,9 +206,9 @@ def _check_split(spec: DatasetSpec, datasets, revision: str | None) -> None:
     try:
         names = datasets.get_dataset_split_names(spec.source, spec.config, revision=revision)
     except Exception as e:
-        raise InputError(f"--data {spec.text}: cannot list the splits ({one_line(e)})") from None
+        raise InputError(f"{spec.flag} {spec.text}: cannot list the splits ({one_line(e)})") from None
     if spec.split not in names:
-        raise InputError(f"--data {spec.text}: no split {spec.split!r} (available: {', '.join(names) or 'none'})")
+        raise InputError(f"{spec.flag} {spec.text}: no split {spec.split!r} (available: {', '.join(names) or 'none'})")
 
 
 def _revision(spec: DatasetSpec, fresh: bool) -> str:
@@ -218,10 +231,10 @@ def _resolve(spec: DatasetSpec) -> str:
     try:
         return HfApi().dataset_info(spec.source).sha
     except RepositoryNotFoundError:
-        raise InputError(f"--data {spec.text}: unknown dataset id {spec.source!r} (not a local directory, and not on the hub)") from None
+        raise InputError(f"{spec.flag} {spec.text}: unknown dataset id {spec.source!r} (not a local directory, and not on the hub)") from None
     except Exception as e:  # offline, network, auth
         raise InputError(
-            f"--data {spec.text}: unknown dataset id {spec.source!r}: not a local directory, and the hub cannot resolve it ({one_line(e)})"
+            f"{spec.flag} {spec.text}: unknown dataset id {spec.source!r}: not a local directory, and the hub cannot resolve it ({one_line(e)})"
         ) from None
 
 

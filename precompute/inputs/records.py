@@ -44,7 +44,7 @@ from .examples import (
     unique_keys,
     with_system,
 )
-from .hub import dataset_identity, dataset_records, is_dataset_input, parse_spec
+from .hub import check_dataset_input, dataset_identity, dataset_records, is_dataset_input, parse_spec
 from .sharegpt import sharegpt_examples
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
@@ -346,6 +346,7 @@ def check_input_kind(path: str | Path, flag: str = "--data") -> None:
     when the configuration is built, so that an --eval-data input is named as one (the run's
     own reading names --data) and a .txt is refused before the model loads."""
     if is_dataset_input(path):
+        check_dataset_input(path, flag)
         return
     path = Path(path)
     _not_a_directory(path, flag)
