@@ -33,9 +33,11 @@ Time: a section starts only if its NEED_S guess fits in what is left of --time-b
 CUDA default shape, llama-3.2-1b, the sections' guesses add up to 490 s, so under the default
 budget of 420 s the last ones (train_lora, scoring_paths) are often skipped. A full run needs
 `--time-budget-s 520` (490 s + the matmul ceiling and imports) and a call limit (timeout_s) of
-at least 600 s; or run the skipped sections in a second call with --sections.
+at least 600 s; or run the skipped sections in a second call with --sections. The install first
+removes build/ and *.egg-info: a device machine keeps ignored build outputs between calls, and
+setuptools copies a stale build/lib into the wheel, deleted modules included.
 
-    pip install --no-deps --no-build-isolation . && python tools/gpu_check.py
+    rm -rf build *.egg-info && python3 -m pip install -q --no-deps --no-build-isolation . && python tools/gpu_check.py
     python tools/gpu_check.py --shape tiny --quick            # CPU, < 30 s
 """
 
