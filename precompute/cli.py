@@ -77,7 +77,12 @@ from .config import DTYPES, PrecomputeConfig
 @click.option("--chunk-size", default=1024, help="Completion positions per LM-head chunk.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code from the model repo to run.")
 @click.option("--device-map", default=None, help="'auto' spreads one model over several GPUs.")
-@click.option("--overwrite", is_flag=True, help="Replace a cache of another configuration in --out.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a cache of another configuration in --out. It is removed once the new rows are read and checked, before scoring:"
+    " until this run writes its manifest, --out holds no cache to train on.",
+)
 @click.option("--push-to-hub", default=None, help="Upload the finished cache to this hub dataset repo (ORG/NAME).")
 @click.option("--hub-private/--no-hub-private", default=False, help="Create the --push-to-hub repo private (--no-hub-private: public, over a config file).")
 @click.option("--prompt-column", default="prompt")

@@ -17,6 +17,7 @@ other name, `.photos.old-2023/` or `.notes.tmp-1` included, is foreign and refus
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -30,7 +31,7 @@ from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
 from kto.formats.hub import CARD_NAME, card_text, is_kto_card
 from kto.formats.lock import LOCK_NAME, locked_dir
-from kto.formats.manifest import CacheContent, Manifest, same_model
+from kto.formats.manifest import CacheContent, Manifest, fingerprint_of, same_model
 from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
 from .staging import is_staging_name, staging_files
@@ -245,25 +246,111 @@ def _stale_reason(out: Path, fingerprint: str, layout: dict, content: dict) -> s
 
 
 def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: dict, what: str) -> str:
-    """One clause naming what changed: the input files first (the likeliest), else the keys."""
+    """One clause naming what changed: the input files first (the likeliest), else each key with
+    its value there and now (`max_length (128 there, 256 now)`, as kto-train's --resume refusal
+    says them), long values by a hash prefix so that the message stays one line."""
     if not isinstance(old, dict):
         return f"holds {what} of a different configuration"
     before = {i.get("name"): i.get("sha256") for i in old.get("inputs") or [] if isinstance(i, dict)}
-    changed = [i for i in new["inputs"] if i["name"] in before and before[i["name"]] != i["sha256"]]
+    # A hub dataset's identity has a revision, no sha256: said field by field below (_inputs_clause).
+    changed = [i for i in new["inputs"] if "sha256" in i and i["name"] in before and before[i["name"]] not in (None, i["sha256"])]
     if changed and set(before) == {i["name"] for i in new["inputs"]}:
         i = changed[0]
         return f"--data {i['name']} changed since {what} there read it (sha256 {str(before[i['name']])[:12]}… then, {i['sha256'][:12]}… now)"
-    keys = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
-    if "model" in keys and isinstance(old.get("model"), dict) and same_model(old["model"], new["model"]):
+    clauses = [c for k in sorted(new.keys() | old.keys()) if old.get(k) != new.get(k) for c in _key_clauses(k, old, new)]
+    there = old_layout if isinstance(old_layout, dict) else {}
+    clauses += [_clause(k, there.get(k, _ABSENT), layout[k]) for k in layout if there.get(k) != layout[k]]
+    return f"holds {what} of a different configuration (differs in {', '.join(clauses) or 'its fingerprint'})"
+
+
+_ABSENT = object()  # a key one side lacks
+_HEX = re.compile(r"^[0-9a-f]{40,64}$")  # a sha256 as the content records hashes, a git commit (a hub revision)
+
+
+def _key_clauses(key: str, old: dict, new: dict) -> list[str]:
+    """What differs under one content key: `key (X there, Y now)`; a dict on both sides by its
+    own keys (`columns.prompt (prompt there, question now)`), the inputs by their names."""
+    a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+    if key == "model" and isinstance(a, dict) and same_model(a, b):
         # The same weights, identified by an earlier kto (before small tensors were hashed).
-        keys[keys.index("model")] = "the model identity's format: an earlier kto made it, the weights may be the same"
-    if "reading" in keys and "reading" not in old:  # a cache made before the rule was recorded
-        keys[keys.index("reading")] = (
+        return ["the model identity's format: an earlier kto made it, the weights may be the same"]
+    if key == "reading" and a is _ABSENT:  # a cache made before the rule was recorded
+        return [
             "reading: an earlier kto made it, before its rows were read the current way (README, Input data); kto-train still reads it,"
             " and a run begun on it resumes only on it, so rebuild into another --out to keep such runs resumable"
-        )
-    keys += sorted(k for k in layout if (old_layout or {}).get(k) != layout[k])
-    return f"holds {what} of a different configuration (differs in {', '.join(keys) or 'its fingerprint'})"
+        ]
+    if key in ("inputs", "eval_inputs") and _entries(a) and _entries(b):
+        return [_inputs_clause(key, a, b)]
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [_clause(f"{key}.{k}", a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return [_clause(key, a, b)]
+
+
+def _entries(value: object) -> bool:
+    """A list of input identities (records.input_identity: dicts with a name)."""
+    return isinstance(value, list) and all(isinstance(i, dict) for i in value)
+
+
+def _inputs_clause(key: str, old: list[dict], new: list[dict]) -> str:
+    """The inputs there and now by name, and what tells them apart: the same bytes renamed (the
+    name is identity: rows without an id column take their ids from it, and errors name rows
+    by it), the same files in another order (other rows' order, split and KL partners), or, under
+    the same names, each entry's differing fields (a sha256, a hub revision)."""
+    names_there, names_now = [str(i.get("name")) for i in old], [str(i.get("name")) for i in new]
+    if names_there == names_now:
+        parts = [f"{name} ({_entry_changes(o, n)})" for name, o, n in zip(names_now, old, new) if o != n]
+        return f"{key} {', '.join(parts)}"
+
+    def unnamed(i: dict) -> dict:
+        return {k: v for k, v in i.items() if k != "name"}
+
+    renamed = [unnamed(o) == unnamed(n) for o, n in zip(old, new) if o.get("name") != n.get("name")] if len(old) == len(new) else []
+    note = ""
+    if sorted(map(_shown_json, old)) == sorted(map(_shown_json, new)):
+        note = ": the same files in another order"
+    elif renamed and all(renamed) and all(o == n for o, n in zip(old, new) if o.get("name") == n.get("name")):
+        note = ": the same sha256, but rows without an id column take their ids from the file name; give it its old name to reuse this cache"
+    elif renamed and not any(renamed):
+        note = ": other bytes"
+    return f"{key} ({', '.join(names_there) or 'none'} there, {', '.join(names_now) or 'none'} now{note})"
+
+
+def _entry_changes(there: dict, now: dict) -> str:
+    """`sha256 X there, Y now` for each field of one input's identity that differs."""
+    keys = sorted(k for k in there.keys() | now.keys() if there.get(k) != now.get(k))
+    return "; ".join(f"{k} {_sides(there.get(k, _ABSENT), now.get(k, _ABSENT))}" for k in keys)
+
+
+def _clause(key: str, there: object, now: object) -> str:
+    """`key (X there, Y now)`, kto-train's way (train/rundir.py record_differences)."""
+    return f"{key} ({_sides(there, now)})"
+
+
+def _sides(there: object, now: object) -> str:
+    return f"{_show(there)} there, {_show(now)} now"
+
+
+def _show(value: object) -> str:
+    """A recorded value for the one-line refusal: a sha256 by its first 12 digits, a long or
+    multi-line text by a hash prefix and its length, a dict or list as compact JSON when short,
+    else by a hash prefix (an identity)."""
+    if value is _ABSENT:
+        return "(absent)"
+    if isinstance(value, str):
+        if _HEX.match(value):
+            return f"{value[:12]}…"
+        if len(value) <= 40 and value.isprintable():
+            return value
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"sha256 {digest[:12]}…, {len(value)} chars"
+    if isinstance(value, (dict, list)):
+        text = _shown_json(value)
+        return text if len(text) <= 60 and text.isprintable() else f"identity {fingerprint_of(value)[:12]}…"
+    return str(value)
+
+
+def _shown_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _remove(entries: list[Path], keep: Collection[str] = (LOCK_NAME,)) -> None:

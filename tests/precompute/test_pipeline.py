@@ -301,7 +301,7 @@ def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
     from safetensors.torch import save_file
 
     from kto.formats.compute.models import ModelSource, model_identity
-    from kto.formats.manifest import same_model
+    from kto.formats.manifest import fingerprint_of, same_model
 
     big = torch.zeros(10 * 1024 * 1024 // 4)
     for name, norm in (("a", torch.ones(32)), ("b", torch.ones(32).index_fill_(0, torch.tensor([7]), 1.5))):
@@ -320,7 +320,10 @@ def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
 
     said = _difference({"model": before, "inputs": []}, {}, {"model": ia, "inputs": []}, {}, "the cache")
     assert said.endswith("(differs in the model identity's format: an earlier kto made it, the weights may be the same)")
-    assert _difference({"model": before, "inputs": []}, {}, {"model": other, "inputs": []}, {}, "the cache").endswith("(differs in model)")
+    said = _difference({"model": before, "inputs": []}, {}, {"model": other, "inputs": []}, {}, "the cache")
+    assert said.endswith(
+        f"(differs in model.weights (identity {fingerprint_of(before['weights'])[:12]}… there, identity {fingerprint_of(other['weights'])[:12]}… now))"
+    ), said
 
 
 def test_a_cache_of_its_own_inside_out_eval_is_the_users_and_survives_overwrite(tmp_path, tiny_model_dir):

@@ -81,5 +81,5 @@ def test_a_finished_cache_of_the_other_layout_is_called_a_cache_not_an_unfinishe
     assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
     refused = run_cli(*precompute_args(data, tiny_model_dir, out, "--no-prefix-sharing"))
     assert refused.exit_code == 2
-    assert "holds the cache of a different configuration (differs in prefix_sharing)" in refused.output
+    assert "holds the cache of a different configuration (differs in prefix_sharing (True there, False now))" in refused.output
     assert "unfinished" not in refused.output
