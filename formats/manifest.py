@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,8 +254,49 @@ class Manifest:
         _check_counts(manifest)
         return manifest
 
+    @property
+    def reference_model(self) -> str:
+        """The reference model as the manifest records it for people: --model as kto-precompute
+        was given it (info.model_path), else words saying so. The identity (`content.model`) is
+        what decides; this only names it."""
+        named = self.info.get("model_path") if isinstance(self.info, dict) else None
+        return str(named or "the reference model its manifest identifies")
+
     def write(self, cache_dir: Path) -> None:
-        write_json_atomic(Path(cache_dir) / MANIFEST_NAME, self.to_json())
+        """Write manifest.json, each local input file of `info.data_paths` made absolute (_absolute_data_paths)."""
+        write_json_atomic(Path(cache_dir) / MANIFEST_NAME, replace(self, info=_absolute_data_paths(self)).to_json())
+
+    def input_files(self) -> list[tuple[Path, str]]:
+        """(absolute path, sha256 recorded) of each --data input that is a local file, as the
+        manifest records them (`content.inputs` beside `info.data_paths`); dataset inputs, hub or
+        local, and paths that were never made absolute (caches made before) are left out."""
+        paths = self.info.get("data_paths") if isinstance(self.info, dict) else None
+        if not isinstance(paths, list) or len(paths) != len(self.content.inputs):
+            return []
+        return [(Path(p), i["sha256"]) for p, i in zip(paths, self.content.inputs) if _names_file(p, i) and os.path.isabs(p)]
+
+
+def _names_file(path: Any, identity: Any) -> bool:
+    """Is `path` (an info.data_paths entry) the local file of input identity `identity`? A file's
+    identity is exactly its name and sha256 (records.input_identity); a `datasets` input's
+    carries its config and split too, and its spec is not a path."""
+    return isinstance(path, str) and isinstance(identity, dict) and set(identity) == {"name", "sha256"} and Path(path).name == identity["name"]
+
+
+def _absolute_data_paths(manifest: Manifest) -> dict:
+    """`info` with each local input file of `info.data_paths` absolute. kto-precompute records
+    --data as typed, relative to a working directory nobody records: the file could not be found
+    again, and kto-train could not tell that it was edited since the cache was made (train/setup.py
+    note_changed_inputs). Made absolute here, by the writer (kto-precompute, in its working
+    directory), and in place rather than under a new key: `info` is no part of the fingerprint, and
+    an absolute path given stays as it was, so the manifest of a cache made from absolute paths
+    keeps its bytes (tests/test_pinned_outputs.py pins them). Idempotent: a manifest read and
+    written again elsewhere keeps the paths it holds."""
+    paths = manifest.info.get("data_paths") if isinstance(manifest.info, dict) else None
+    if not isinstance(paths, list) or len(paths) != len(manifest.content.inputs):
+        return manifest.info
+    absolute = [os.path.abspath(p) if _names_file(p, i) else p for p, i in zip(paths, manifest.content.inputs)]
+    return {**manifest.info, "data_paths": absolute}
 
 
 # Precompute names shards `shard-00000.arrow`, … (schema.shard_name). Anything else is refused,

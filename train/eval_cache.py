@@ -3,11 +3,15 @@
 They must be no training rows (by fingerprint, shared shard, the same input and id, or the same
 token ids and label), and come from the same reference model, tokenizer, numerics and chat
 template as --cache, or the eval rewards would measure the training rows or another reference.
+Likewise --cache must be no eval split, and an input file edited since either cache was made is said.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +19,8 @@ import numpy as np
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.errors import InputError, log
+from kto.formats.files import sha256_file
+from kto.formats.hub import hub_spec_of
 from kto.formats.manifest import same_model
 
 if TYPE_CHECKING:
@@ -24,6 +30,64 @@ if TYPE_CHECKING:
     from kto.formats.manifest import Manifest
 
     from .config import TrainConfig
+
+
+def refuse_eval_split(cfg: TrainConfig, manifest: Manifest) -> None:
+    """Refuse a --cache that is an eval split (content.split "eval": CACHE/eval, the rows
+    kto-precompute held out): training on it trains on the rows meant to measure the run, and
+    with --eval-cache CACHE (the two swapped) evaluates on the training rows besides. Said of
+    --cache first, so the swapped case gets the same line."""
+    if manifest.content.split != "eval":
+        return
+    held = Path(cfg.cache)
+    parent = str(held.parent) if (held.parent / S.MANIFEST_NAME).is_file() else "CACHE"
+    spec = hub_spec_of(held)  # hf:ORG/NAME/eval: named as typed, not as this machine's snapshot
+    if spec is not None:
+        held, parent = spec, spec.removesuffix(f"/{S.EVAL_DIR}") if spec.endswith(f"/{S.EVAL_DIR}") else "CACHE"
+    made_by = "--eval-data" if manifest.content.eval_inputs else "--eval-fraction"
+    raise InputError(
+        f"--cache {held}: the eval split of the cache {parent} (kto-precompute {made_by}), its rows held out from training; "
+        f"pass --cache {parent} --eval-cache {held}"
+    )
+
+
+def changed_inputs(manifest: Manifest) -> list[tuple[Path, str, str]]:
+    """(path, sha256 recorded, sha256 now) of each local input file the manifest records
+    (Manifest.input_files) that is still a regular file at its path and holds other bytes now.
+    A file moved or deleted since is no news (silent); so is one that cannot be read.
+
+    Cost: each such file is hashed whole on every start (about 1 s per GB on one core). The
+    manifest records no size to skip the hash with when the size differs: a new info key would
+    change the manifest's pinned bytes (tests/test_pinned_outputs.py)."""
+    changed = []
+    for path, recorded in manifest.input_files():
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would be read forever
+                continue
+            now = sha256_file(path)
+        except OSError:
+            continue
+        if now != recorded:
+            changed.append((path, recorded, now))
+    return changed
+
+
+def note_changed_inputs(cfg: TrainConfig, train: ShardedCache, eval_cache: ShardedCache | None, accelerator: Accelerator) -> None:
+    """One note for each input file of --cache (and of --eval-cache) edited since the cache was
+    made: its rows are the file as it was then. A note, not a refusal: the edit may be meant for a
+    later cache. The main process hashes; the others have nothing to say."""
+    if not accelerator.is_main_process:
+        return
+    said = set()
+    for flag, value, cache, use in (("--cache", cfg.cache, train, "train on"), ("--eval-cache", cfg.eval_cache, eval_cache, "evaluate on")):
+        for path, recorded, now in changed_inputs(cache.manifest) if cache is not None else ():
+            if path not in said:
+                said.add(path)
+                log(
+                    f"note: {flag} {value} was made from {path} (sha256 {recorded[:12]}…), which has changed since (now {now[:12]}…); "
+                    f"rerun kto-precompute to {use} its rows as they are now",
+                    accelerator,
+                )
 
 
 def check_held_out(eval_manifest: Manifest, train_manifest: Manifest, cfg: TrainConfig) -> None:
@@ -82,6 +146,19 @@ def check_no_shared_content(eval_cache: ShardedCache, train: ShardedCache, cfg: 
     log(f"warning: {said}: their eval numbers are on rows trained on", accelerator)
 
 
+def _mismatch(part: str, cfg: TrainConfig, held: ShardedCache, train: ShardedCache) -> str:
+    """The refusal of an eval cache made with another `part` than --cache; for the model, both
+    models as their manifests record them (kto-precompute's --model), which no identity hash says."""
+    if part != "model":
+        return f"--eval-cache {cfg.eval_cache}: made with another {part} than --cache {cfg.cache}"
+    a, b = held.manifest.reference_model, train.manifest.reference_model
+    same = ", the same path: the files there changed between the two" if a == b else ""
+    return (
+        f"--eval-cache {cfg.eval_cache}: made with another model ({a}) than --cache {cfg.cache} ({b}{same}); "
+        "its rewards would be measured against another reference"
+    )
+
+
 def _row_keys(table: pa.Table) -> Iterator[int]:
     """A hash of each row's (label, prompt ids, completion ids), from the list columns' flat values."""
     labels = table.column(S.LABEL).to_pylist()
@@ -118,7 +195,7 @@ def open_eval_cache(cfg: TrainConfig, train: ShardedCache, accelerator: Accelera
     }
     for part, ok in same.items():
         if not ok:
-            raise InputError(f"--eval-cache {cfg.eval_cache}: made with another {part} than --cache {cfg.cache}")
+            raise InputError(_mismatch(part, cfg, cache, train))
     cut = [
         f"{k} {getattr(held, k)} there, {getattr(trained, k)} in --cache"
         for k in ("max_length", "max_prompt_length")

@@ -17,7 +17,17 @@ import torch
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.logprob import check_cache_positions
-from kto.formats.compute.models import ModelSource, check_attention_implementation, check_cache_tokenizer, checked_source, model_identity, resolve_source
+from kto.formats.compute.models import (
+    ModelSource,
+    check_attention_implementation,
+    check_cache_tokenizer,
+    checked_source,
+    diff_identity,
+    load_tokenizer,
+    model_identity,
+    resolve_source,
+    tokenizer_identity,
+)
 from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.memory import MemoryMeter
@@ -28,7 +38,7 @@ from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
 from .config import TrainConfig, planned_steps
 from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
-from .eval_cache import open_eval_cache
+from .eval_cache import note_changed_inputs, open_eval_cache, refuse_eval_split
 from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
@@ -37,11 +47,12 @@ from .step import LossSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
-    from kto.formats.manifest import Counts
+    from kto.formats.manifest import Counts, Manifest
 
 
 @dataclass
@@ -59,8 +70,9 @@ class Run:
     tokenizer: PreTrainedTokenizerBase | None
     """None when a remembered tokenizer check made loading it unnecessary (see Policy.tokenizer)."""
     chat_template: str | None
-    """The --chat-template the cache's prompts were rendered with (None: --model's own), saved
-    with every checkpoint and final/ in place of --model's."""
+    """The template the cache's prompts were rendered with, saved with every checkpoint and final/
+    in place of --model's: kto-precompute's --chat-template, or the cache's model's own where
+    --model's differs from it (check_tokenizer); None: --model's own, the one rendered with."""
     lengths: np.ndarray
     groups: np.ndarray | None
     """[rows] prompt group of each row (data.prompt_groups): the plan keeps a group in one
@@ -160,17 +172,19 @@ def check_inputs(cfg: TrainConfig) -> Run:
     # (inside a cache, or holding what is not ours) leaves the cache as it was too.
     on_main(lambda: refuse_foreign(cfg.out), accelerator)
     cache = open_cache(cfg.cache)
+    refuse_eval_split(cfg, cache.manifest)  # before its shards are read: the manifest says
     lengths = cache.lengths()
     cache.vocab_size()  # tokenizer/tokenizer.json readable (the shards' values are checked against it)
     manifest = cache.manifest
     source = resolve_source(cfg.model)
-    pad_id, tokenizer = check_cache_tokenizer(source, manifest.content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
+    pad_id, tokenizer, chat_template = check_tokenizer(cfg, source, cache, accelerator)
     source = checked_source(source, trust_remote_code=cfg.trust_remote_code)  # weights vs config.json; the one skeleton, load included
     check_attention_implementation(source, cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
     build = source.skeleton
     adapters.check_model(cfg, build() if adapters.enabled(cfg) else None)
     packs = cfg.prefix_sharing and packs_allowed(build, accelerator)
     eval_cache = open_eval_cache(cfg, cache, accelerator)
+    note_changed_inputs(cfg, cache, eval_cache, accelerator)
     check_positions(build, cfg.model, cache, eval_cache)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
     shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
@@ -179,14 +193,8 @@ def check_inputs(cfg: TrainConfig) -> Run:
     total_steps = planned_steps(cfg, per_epoch)
     check_schedule(cfg, total_steps)  # every step's rate over the run's real steps, before the model loads
     identity = model_identity(source)
-    derived = {
-        "total_steps": total_steps,
-        "world_size": accelerator.num_processes,
-        "cache_fingerprint": manifest.fingerprint,
-        "eval_cache_fingerprint": eval_cache.manifest.fingerprint if eval_cache else None,
-        "model_identity": identity,
-        "steps_share_prefixes": packs,  # prefix_sharing asked, and --model's layers allow it (packs_allowed)
-    }
+    is_reference = manifest.content.scored_with(identity)
+    check_drift_tolerance(cfg, manifest, is_reference)  # before --out is touched
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -195,17 +203,115 @@ def check_inputs(cfg: TrainConfig) -> Run:
         source=source,
         pad_id=pad_id,
         tokenizer=tokenizer,
-        chat_template=rendered_with(cache, accelerator),
+        chat_template=chat_template,
         lengths=lengths,
         groups=prompt_groups(cache) if cfg.prefix_sharing else None,
         shape=shape,
         steps_per_epoch=per_epoch,
         total_steps=total_steps,
         settings=loss_settings(cfg, packs),
-        record={"config": config_record(cfg), "derived": derived},
-        is_reference=manifest.content.scored_with(identity),
+        record={"config": config_record(cfg), "derived": derived_record(total_steps, accelerator, cache, eval_cache, identity, packs)},
+        is_reference=is_reference,
         started=started,
     )
+
+
+def derived_record(total_steps: int, accelerator: Accelerator, cache: ShardedCache, eval_cache: ShardedCache | None, identity: dict, packs: bool) -> dict:
+    """The run record's `derived` part: what start-up worked out from the flags, caches and model."""
+    return {
+        "total_steps": total_steps,
+        "world_size": accelerator.num_processes,
+        "cache_fingerprint": cache.manifest.fingerprint,
+        "eval_cache_fingerprint": eval_cache.manifest.fingerprint if eval_cache else None,
+        "model_identity": identity,
+        "steps_share_prefixes": packs,  # prefix_sharing asked, and --model's layers allow it (packs_allowed)
+    }
+
+
+def not_the_reference(cfg: TrainConfig, manifest: Manifest) -> str:
+    """--model is not the cache's reference, said with both (the reference as the manifest records it)."""
+    return f"--model {cfg.model} is not {manifest.reference_model}, the model --cache {cfg.cache} was scored with"
+
+
+def check_drift_tolerance(cfg: TrainConfig, manifest: Manifest, is_reference: bool) -> None:
+    """A --drift-tolerance given (flag, --config or TrainConfig: None is the default, the
+    numerics' own tolerance; loop.py check_drift) asks for the step-0 check. Where that check
+    cannot run, it was ignored without a word; refused instead, naming why. A resumed run, whose
+    check ran when it started, is not refused (setup says the check is skipped)."""
+    if cfg.drift_tolerance is None:
+        return
+    given = f"--drift-tolerance {cfg.drift_tolerance:g}"
+    if not is_reference:
+        raise InputError(
+            f"{given}: the step-0 check compares --model with the cache's reference, and {not_the_reference(cfg, manifest)}; "
+            f"leave --drift-tolerance out, or train {manifest.reference_model}"
+        )
+    if not manifest.content.store_token_logps:
+        raise InputError(
+            f"{given}: the step-0 check compares per-token log-probs, and --cache {cfg.cache} was made with --no-token-logps; "
+            "leave --drift-tolerance out, or rerun kto-precompute without --no-token-logps"
+        )
+
+
+def check_tokenizer(
+    cfg: TrainConfig, source: ModelSource, cache: ShardedCache, accelerator: Accelerator
+) -> tuple[int, PreTrainedTokenizerBase | None, str | None]:
+    """--model's tokenizer against the cache's (check_cache_tokenizer). Returns the pad id, the
+    tokenizer if it was loaded, and the chat template checkpoints and final/ are saved with
+    (None: --model's own; rendered_with).
+
+    One that differs in its chat template only is taken, with a note, not refused: the cached
+    token ids do not depend on it (kto-precompute rendered and tokenized the prompts; vocabulary,
+    special tokens and pipeline, which decide ids, are the cache's), so training is as right as
+    with the cache's model. What the template does decide is how final/ is served, which must be
+    the format the rows were rendered in: the cache's template (its tokenizer/, checked against
+    the manifest) is saved in place of --model's. Without that text it is refused: final/ would
+    carry a template the policy was never trained in. Such a start loads the tokenizer twice
+    (check_cache_tokenizer remembers matches only)."""
+    content = cache.manifest.content
+    try:
+        pad_id, tokenizer = check_cache_tokenizer(source, content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
+        return pad_id, tokenizer, rendered_with(cache, accelerator)
+    except InputError:
+        tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+        if diff_identity(content.tokenizer, tokenizer_identity(tokenizer)) != ["chat_template"]:
+            raise
+    where = f"--cache {cfg.cache}'s prompts were rendered with"
+    path, text, why = cache_template(cache, content.saved_tokenizer["chat_template"])
+    if text is None:
+        raise InputError(
+            f"--model {cfg.model}: its chat template is not the one {where}, and {path}, that template, {why}: final/ would be saved "
+            "with a template the policy was not trained in (the token ids are unaffected). Restore the cache's tokenizer/, or give a --model with the cache's template"
+        ) from None
+    again = " and without --chat-template" if content.chat_template else ""
+    log(
+        f"note: --model {cfg.model}'s chat template is not the one {where}; the cached token ids do not depend on it (vocabulary, special tokens "
+        "and pipeline are the cache's), and checkpoints and final/ are saved with the cache's template, the format trained on. "
+        f"To train on --model's template, rerun kto-precompute with this --model{again}",
+        accelerator,
+    )
+    kwargs_note(cache, accelerator)
+    return tokenizer.pad_token_id, tokenizer, text
+
+
+def cache_template(cache: ShardedCache, digest: str | None) -> tuple[Path, str | None, str]:
+    """(path, text, why not): the chat template in the cache's tokenizer/ when its sha256 is
+    `digest`, else None and why (said after the path)."""
+    path = cache.dir / S.TOKENIZER_DIR / "chat_template.jinja"  # where transformers 5 saves a tokenizer's template
+    text = path.read_text(encoding="utf-8") if path.is_file() else None
+    if text is not None and hashlib.sha256(text.encode()).hexdigest() == digest:
+        return path, text, ""
+    return path, None, "is missing" if text is None else "is not the template the manifest fingerprints"
+
+
+def kwargs_note(cache: ShardedCache, accelerator: Accelerator) -> None:
+    """A tokenizer saves its template, not the variables it was rendered with: said, when there were some."""
+    kwargs = cache.manifest.content.chat_template_kwargs
+    if kwargs:
+        log(
+            f"note: the cache's prompts were rendered with --chat-template-kwargs {json.dumps(kwargs)}; give apply_chat_template the same when serving final/",
+            accelerator,
+        )
 
 
 def rendered_with(cache: ShardedCache, accelerator: Accelerator) -> str | None:
@@ -214,20 +320,13 @@ def rendered_with(cache: ShardedCache, accelerator: Accelerator) -> str | None:
     used --model's own template. Without the text (a tokenizer/ left out of a copy), final/
     keeps --model's template, and a warning says so: the model would then be served prompts in
     a format it was not trained on."""
-    digest, kwargs = cache.manifest.content.chat_template, cache.manifest.content.chat_template_kwargs
-    if kwargs:
-        # A tokenizer saves its template, not the variables it was rendered with.
-        log(
-            f"note: the cache's prompts were rendered with --chat-template-kwargs {json.dumps(kwargs)}; give apply_chat_template the same when serving final/",
-            accelerator,
-        )
+    kwargs_note(cache, accelerator)
+    digest = cache.manifest.content.chat_template
     if digest is None:
         return None
-    path = cache.dir / S.TOKENIZER_DIR / "chat_template.jinja"  # where transformers 5 saves a tokenizer's template
-    text = path.read_text(encoding="utf-8") if path.is_file() else None
-    if text is not None and hashlib.sha256(text.encode()).hexdigest() == digest:
+    path, text, why = cache_template(cache, digest)
+    if text is not None:
         return text
-    why = "is missing" if text is None else "is not the template the manifest fingerprints"
     log(f"warning: {path} {why}; checkpoints and final/ keep --model's chat template, not the --chat-template the cache was rendered with", accelerator)
     return None
 
@@ -292,7 +391,8 @@ def setup(run: Run) -> Run:
         why = (
             "the policy was resumed from a checkpoint, so it is no longer the reference"
             if resume_from
-            else f"--model {cfg.model} is not the model the cache was scored with (its identity differs from the manifest's)"
+            else f"{not_the_reference(cfg, run.cache.manifest)} (its identity differs from the manifest's); "
+            "the rewards r = log πθ − log πref are measured against that reference"
         )
         log(f"step-0 check skipped: {why}", accelerator)
     metrics = open_records(cfg, run.record, position, accelerator)

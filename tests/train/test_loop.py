@@ -157,12 +157,15 @@ def test_apo_zero_unpaired_and_sft_term(tiny_cache, tiny_model_dir, tmp_path):
 
 
 def test_tokenizer_mismatch_is_refused(tiny_cache, tiny_model_dir, tmp_path):
+    # A tokenizer that maps text to other ids (here its pipeline lowercases). One that differs in
+    # its chat template only is taken, with the cache's template saved (test_cache_identity_checks.py).
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
-    template = other / "chat_template.jinja"
-    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["normalizer"] = {"type": "Lowercase"}
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
     result = train_cli(tiny_cache, other, tmp_path / "r", "--max-steps", "1")
-    assert result.exit_code == 2 and "chat_template" in result.output
+    assert result.exit_code == 2 and "tokenizer differs from the cache's (pipeline)" in result.output
     assert not (tmp_path / "r").exists()
 
 

@@ -66,10 +66,17 @@ def test_non_finite_weights_are_never_saved(tiny_cache, tiny_model_dir, tmp_path
 def test_the_skipped_step0_check_is_said(tiny_cache, tokenizer_dir, tmp_path):
     from conftest import make_tiny_llama
 
+    from kto.formats.manifest import read_manifest
+
     other = make_tiny_llama(tmp_path / "other", tokenizer_dir, seed=5)
     result = train_cli(tiny_cache, other, tmp_path / "r", "--max-steps", "1")
     assert result.exit_code == 0, result.output
-    assert f"step-0 check skipped: --model {other} is not the model the cache was scored with" in result.output
+    # The reference named as the manifest records it (kto-precompute's --model), and what it means.
+    assert (
+        f"step-0 check skipped: --model {other} is not {read_manifest(tiny_cache).info['model_path']}, the model --cache {tiny_cache} was scored with"
+        in result.output
+    )
+    assert "the rewards r = log πθ − log πref are measured against that reference" in result.output
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
