@@ -6,10 +6,16 @@ log-probs by label: per sequence (Σ over the completion, `ref_logp`), as a mean
 Truncated rows are counted, with how many sit exactly at the prompt cap or at max_length;
 how prompts were cut (whole earliest turns dropped, or mid-text) and dropped rows are not
 visible in a shard, so those numbers come from the manifest.
+
+"made from" is the manifest's record of what made the cache: the input files (name, sha256, and
+the path `info` recorded when it is absolute) or datasets (name, revision), the settings that
+shape the rows, the versions that made it, and for an eval split the cache it belongs to.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,8 +23,9 @@ from typing import TYPE_CHECKING
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.errors import InputError
+from kto.formats.manifest import Manifest
 
-from .text import printable, table
+from .text import num, printable, table
 from .token_terms import KEEP_MAPPED_BYTES, QUANTILES, STAT_NAMES, TokenTerms, blank_stats, shard_slices, token_stats
 
 if TYPE_CHECKING:
@@ -79,6 +86,7 @@ def summarize(cache_dir: str | Path) -> dict:
             if label in labels
         },
         "eval_cache": str(eval_dir) if (eval_dir / S.MANIFEST_NAME).is_file() else None,
+        "made_from": made_from(manifest, cache_dir),
     }
 
 
@@ -187,6 +195,7 @@ def render(s: dict) -> str:
         out.insert(-1, f"scored       {mc['scored_tokens']} of {mc['represented_tokens']} tokens; {how if s['prefix_sharing'] else 'prefix sharing off'}")
     if (mc["rows"], mc["desirable"], mc["truncated"]) != (n, c["desirable"], s["truncated"]):
         out.append("warning      the rows disagree with manifest.json's counts; run kto-inspect verify")
+    out += ["", "made from", *made_from_lines(s["made_from"])]
     out += ["", "token lengths", table(("",) + STAT_NAMES, [[name] + [v[k] for k in STAT_NAMES] for name, v in s["lengths"].items()])]
     out += ["", "reference log-probs (nats)"]
     rows = []
@@ -200,6 +209,141 @@ def render(s: dict) -> str:
         # Quoted: the hint is a command to paste, and a path with a space broke it.
         out += ["", f"eval split   {s['eval_cache']} (kto-inspect summary {shlex.quote(s['eval_cache'])})"]
     return "\n".join(out)
+
+
+# ---- made from: what the manifest records of the inputs, settings and versions --------------------
+
+SHORT_HASH = 12  # hex digits of a sha256 or a revision in the text (the JSON has them whole)
+SHOWN_INPUTS = 5  # input lines in the text; the rest are counted
+# `info` keys (information only, never fingerprinted) read here; any may be missing (older caches).
+INFO_VERSIONS = {"kto": "kto_version", "transformers": "transformers", "torch": "torch"}
+
+
+def made_from(manifest: Manifest, cache_dir: Path) -> dict:
+    """The "made from" part of `summarize`: every value is the manifest's (none is guessed)."""
+    content, info = manifest.content, manifest.info if isinstance(manifest.info, dict) else {}
+    paths = _input_paths(info)
+    # An --eval-data eval split's rows come from its own inputs (CacheContent.row_inputs).
+    rows_from_eval_inputs = content.split == "eval" and bool(content.eval_inputs)
+    out: dict = {"inputs": _with_paths(content.row_inputs, [] if rows_from_eval_inputs else paths)}
+    if content.eval_inputs and not rows_from_eval_inputs:
+        out["eval_inputs"] = _with_paths(content.eval_inputs, [])
+    settings = {
+        "max_length": content.max_length,
+        "max_prompt_length": content.max_prompt_length,
+        "eval_fraction": content.eval_fraction,
+        "seed": content.seed,
+        "dtype": content.dtype,
+        "attn_implementation": content.attn_implementation,
+        "prefix_sharing": manifest.layout.get("prefix_sharing"),
+        "store_token_logps": content.store_token_logps,
+        "chat_template": (
+            {"source": "--chat-template", "sha256": content.chat_template}
+            if content.chat_template is not None
+            else {"source": "model", "sha256": content.tokenizer.get("chat_template") if isinstance(content.tokenizer, dict) else None}
+        ),
+    }
+    if content.chat_template_kwargs is not None:
+        settings["chat_template_kwargs"] = content.chat_template_kwargs
+    if isinstance(content.max_samples, dict):
+        settings["max_samples"] = content.max_samples.get("rows_per_input")
+    out["settings"] = settings
+    out["versions"] = {name: info[key] for name, key in INFO_VERSIONS.items() if isinstance(info.get(key), str)}
+    out["device"] = info.get("device") if isinstance(info.get("device"), str) else None
+    out["parent"] = _parent(manifest, cache_dir)
+    return out
+
+
+def _input_paths(info: dict) -> list:
+    """The --data paths `info` records, in the order of `content.inputs`: kto-precompute makes a
+    local file's absolute (formats/manifest.py); one recorded relative, as before, or a dataset
+    spec does not say where the input is (None)."""
+    given = info.get("data_paths")
+    if not isinstance(given, list):
+        return []
+    return [p if isinstance(p, str) and not p.startswith("hf:") and Path(p).is_absolute() else None for p in given]
+
+
+def _with_paths(inputs: tuple | list, paths: list) -> list:
+    """Each input identity as the manifest has it, with `path` where one is known: an absolute
+    path of that input's name (paths that do not pair one to one with the inputs are not used)."""
+    paired = paths if len(paths) == len(inputs) else [None] * len(inputs)
+    out = []
+    for identity, path in zip(inputs, paired):
+        if not isinstance(identity, dict):  # not an identity records.input_identity writes: shown as it is
+            out.append(identity)
+        else:
+            out.append({**identity, "path": path} if path and Path(path).name == identity.get("name") else dict(identity))
+    return out
+
+
+def _parent(manifest: Manifest, cache_dir: Path) -> dict | None:
+    """For CACHE/eval: CACHE, when its manifest is of the same run (equal content but the split)."""
+    if manifest.content.split != "eval" or cache_dir.name != S.EVAL_DIR:
+        return None
+    try:
+        parent = open_cache(cache_dir.parent, stamps=False).manifest  # its manifest only: no shard is read
+    except InputError:
+        return None
+    if parent.content.split != "train" or dataclasses.replace(parent.content, split="eval") != manifest.content:
+        return None
+    return {"cache": str(cache_dir.parent), "fingerprint": parent.fingerprint}
+
+
+def _input_line(entry: object) -> str:
+    """One input: a file or a save_to_disk folder by its sha256, a hub dataset by its revision."""
+    if not isinstance(entry, dict):
+        return printable(json.dumps(entry))
+    name = printable(entry.get("name"))
+    if isinstance(entry.get("revision"), str):
+        ident = f"revision {printable(entry['revision'][:SHORT_HASH])}"
+    else:
+        ident = f"sha256 {printable(str(entry.get('sha256'))[:SHORT_HASH])}"
+    path = f"  {printable(entry['path'])}" if entry.get("path") else ""
+    return f"{name}  {ident}{path}"
+
+
+def made_from_lines(m: dict) -> list[str]:
+    """The few lines of the text report's "made from" section."""
+    label = "  {:<11}".format
+    lines = []
+    if m["parent"]:
+        p = m["parent"]
+        lines.append(label("eval of") + f"{printable(p['cache'])} (fingerprint {p['fingerprint'][:SHORT_HASH]}; the same inputs and settings)")
+    for what, key in (("data", "inputs"), ("held out", "eval_inputs")):
+        entries = m.get(key) or []
+        shown = [_input_line(e) for e in entries[:SHOWN_INPUTS]]
+        if len(entries) > SHOWN_INPUTS:
+            shown.append(f"… and {len(entries) - SHOWN_INPUTS} more inputs (--json lists them)")
+        lines += [label(what if k == 0 else "") + text for k, text in enumerate(shown)]
+    s = m["settings"]
+    sharing = {True: "on", False: "off"}.get(s["prefix_sharing"], "not recorded")
+    lines.append(
+        label("settings") + f"max_length {s['max_length']}, max_prompt_length {s['max_prompt_length']}, eval_fraction {num(s['eval_fraction'])}, "
+        f"seed {s['seed']}, dtype {printable(s['dtype'])}, attention {printable(s['attn_implementation'])}, prefix sharing {sharing}"
+    )
+    lines.append(label("template") + _template_text(s))
+    if s.get("max_samples") is not None:
+        lines.append(label("sampled") + f"at most {s['max_samples']} rows per input (--max-samples)")
+    if versions := m["versions"]:
+        device = f", on {printable(m['device'])}" if m["device"] else ""
+        lines.append(label("made with") + ", ".join(f"{name} {printable(v)}" for name, v in versions.items()) + device)
+    return lines
+
+
+def _template_text(settings: dict) -> str:
+    """The chat template by its sha256 (the model tokenizer's own or --chat-template's), and its kwargs."""
+    t = settings["chat_template"]
+    short = printable(str(t.get("sha256"))[:SHORT_HASH])
+    if t["source"] != "model":
+        said = f"--chat-template (sha256 {short})"
+    elif t.get("sha256"):
+        said = f"the model's own (sha256 {short})"
+    else:
+        said = "none (the model's tokenizer has no chat template)"
+    if (kwargs := settings.get("chat_template_kwargs")) is not None:
+        said += f"; kwargs {printable(json.dumps(kwargs, ensure_ascii=False))}"
+    return said
 
 
 # ---- per-token terms: exact statistics in bounded memory ------------------------------------------
