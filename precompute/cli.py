@@ -80,8 +80,8 @@ from .config import DTYPES, PrecomputeConfig
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Replace a cache of another configuration in --out. It is removed once the new rows are read and checked, before scoring:"
-    " until this run writes its manifest, --out holds no cache to train on.",
+    help="Replace a cache of another configuration in --out. The new cache is built in --out/.next/ (twice the disk space meanwhile)"
+    " and swapped in once complete: until then the old cache stays whole, and a stopped run resumes with the same command.",
 )
 @click.option("--push-to-hub", default=None, help="Upload the finished cache to this hub dataset repo (ORG/NAME).")
 @click.option("--hub-private/--no-hub-private", default=False, help="Create the --push-to-hub repo private (--no-hub-private: public, over a config file).")

@@ -4,9 +4,15 @@ Ownership is proven, never assumed (see formats/shards.py `Journal`): a shard is
 the manifest names it, tokenizer/ when the journal recorded its exact files, eval/ when it is a
 cache folder of ours itself. Anything else in `--out` is foreign: it is refused with one line,
 `--overwrite` included, and never deleted. A cache of another configuration is refused unless
-`--overwrite`, which then removes exactly the cache's own files, and only once the new run's
-input was read and checked (`replace_out`), so a cache never mixes rows from two
-configurations, a user's files never vanish, and bad input leaves the old cache whole.
+`--overwrite`, which builds the new cache aside, in `OUT/.next/` (`NEXT`: inside the lock, on
+the same filesystem), once the new run's input was read and checked (`begin_aside`), and swaps
+it in only when it is complete (`swap_in`): the old cache's own files removed (its manifest
+first, its journal last), the new one's renamed into OUT (its manifest last). So a cache never
+mixes rows from two configurations, a user's files never vanish, bad input leaves the old cache
+whole, and the old cache stays whole and verifiable while the new one is scored: a kill then
+leaves it so, and the same command resumes the build in `.next/`. A kill during the swap leaves
+`.next/` holding a finished manifest (or, past the journal's rename, less): the same command
+finishes the swap first (`finish_swap`).
 
 Temp names a killed run left are removed only when this cache's writers make exactly that name
 (`cache_writes_temp`: the NAME one of ours, the kind the one its writer uses, the suffix
@@ -25,7 +31,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from kto.formats import schema as S
-from kto.formats.atomic import parse_temp_name, remove_stale_temps, write_bytes_atomic
+from kto.formats.atomic import parse_temp_name, remove_stale_temps, rename_into_place, write_bytes_atomic
 from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
@@ -40,6 +46,7 @@ from .staging import is_staging_name, staging_files
 # file), kto-train's verification stamps (shards and tokenizer check). The journal is ours only
 # when it holds nothing but journal files (`own_journal`): a user's own `.journal/` is foreign.
 BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME}
+NEXT = ".next"  # where --overwrite builds the new cache, inside OUT, until swap_in
 SHARD_NAME = re.compile(r"^shard-[0-9]{5}\.arrow$")  # schema.shard_name's shape
 
 
@@ -98,9 +105,10 @@ def recorded_batch_tokens(out: Path) -> int | None:
 
 def prepare_out_dir(out: Path, content: CacheContent, layout: dict, overwrite: bool) -> bool:
     """Check that `out` can take a run of `content`: resume it, or refuse; True when it holds a
-    cache of another configuration that `overwrite` replaces. That cache is left whole here:
-    `replace_out` removes it once the new run's rows were read and checked, so a bad row costs
-    nothing (a hunter's `--overwrite` whose last row read "label": "maybe" deleted it first).
+    cache of another configuration that `overwrite` replaces. That cache is left whole here, and
+    while the new one is built in `.next/` (begin_aside): `swap_in` removes it once the new cache
+    is complete, so a bad row costs nothing (a hunter's `--overwrite` whose last row read
+    "label": "maybe" deleted it first), nor does a kill while scoring.
 
     Call it holding the lock on the cache (formats/lock.py): it removes the temp files a killed
     run left, which a live writer's would look like.
@@ -133,12 +141,18 @@ def refuse_foreign(out: Path, *, with_eval: bool, temps_pending: bool = False) -
     return ours
 
 
-def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False, top: bool = True) -> tuple[list[Path], list[Path]]:
+def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False, top: bool = True, moved: bool = True) -> tuple[list[Path], list[Path]]:
     """Split a cache folder's entries into the cache's own (provably) and foreign ones. `top`:
-    the cache's own folder, not its eval/ (where no card is written: a README.md there is the user's)."""
+    the cache's own folder, not its eval/ (where no card is written: a README.md there is the user's).
+    `moved`: count what swap_in already renamed out of a finished `.next/` (False: only what the
+    folder's own journal and manifest prove, the old cache that swap_in removes)."""
     journal, manifest = Journal(folder), own_manifest(folder)
     listed = journal.shard_names() | {s.get("name") for s in manifest["shards"]} if manifest else journal.shard_names()
     proven = journal.run() is not None or manifest is not None
+    # Half-way through swap_in, what already left `.next/` is proven by the journal still there.
+    aside = Journal(folder / NEXT) if top and moved and aside_finished(folder / NEXT) else None
+    if aside is not None:
+        listed, proven = listed | aside.shard_names(), True
     ours, foreign = [], []
     for p in sorted(folder.iterdir()):
         temp = parse_temp_name(p.name) if temps_pending and proven and not p.is_symlink() else None
@@ -153,7 +167,9 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False, top: b
         elif p.match(S.SHARD_GLOB):
             owned = p.name in listed and p.is_file() and not p.is_symlink()
         elif p.name == S.TOKENIZER_DIR:
-            owned = journal.owns_tokenizer(p)
+            owned = journal.owns_tokenizer(p) or (aside is not None and aside.owns_tokenizer(p))
+        elif p.name == NEXT and top:
+            owned = own_aside(p, temps_pending)
         elif p.name == S.EVAL_DIR and with_eval:
             owned = _own_cache_folder(p, temps_pending)
         else:
@@ -223,6 +239,22 @@ def _own_cache_folder(folder: Path, temps_pending: bool = False) -> bool:
     if not isinstance(content, dict) or content.get("split") != "eval":
         return False
     return not survey(folder, with_eval=False, temps_pending=temps_pending, top=False)[1]
+
+
+def own_aside(folder: Path, temps_pending: bool = False) -> bool:
+    """`.next/` is ours when it is a real folder holding nothing but a cache of ours (an --overwrite
+    build: its journal or manifest proves it, its eval/ a cache folder of ours), or nothing at all
+    (a swap that stopped before removing it)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if not any(folder.iterdir()):
+        return True
+    return _record(folder) is not None and not survey(folder, with_eval=True, temps_pending=temps_pending, top=False)[1]
+
+
+def aside_finished(folder: Path) -> bool:
+    """`.next/` holds a finished build: its manifest was written, so swap_in may have begun."""
+    return folder.is_dir() and not folder.is_symlink() and own_manifest(folder) is not None
 
 
 def _stale_reason(out: Path, fingerprint: str, layout: dict, content: dict) -> str | None:
@@ -355,9 +387,10 @@ def _shown_json(value: object) -> str:
 
 def _remove(entries: list[Path], keep: Collection[str] = (LOCK_NAME,)) -> None:
     """Delete the cache's own entries but those named in `keep` (the held lock, the new run's
-    staging files); the journal last (it is what proves the rest are ours, so a kill half-way
-    leaves them removable by the next --overwrite)."""
-    for p in sorted(entries, key=lambda p: p.name == JOURNAL_DIR):
+    staging files, `.next/`); the manifest first (a folder half removed never reads as a finished
+    cache), the journal last (it is what proves the rest are ours, so a kill half-way leaves them
+    removable by the next --overwrite)."""
+    for p in sorted(entries, key=lambda p: (p.name != S.MANIFEST_NAME, p.name == JOURNAL_DIR)):
         if p.name in keep:
             continue
         if p.name == S.EVAL_DIR:
@@ -373,9 +406,10 @@ def claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, h
     """Main process: lock --out, then resume or refuse each split's folder; the others wait.
 
     Returns the folders whose cache of another configuration --overwrite replaces (every rank
-    gets the list). They stay as they are, journal included, until `replace_out`: a journal of
-    the new configuration written now would make a bad input leave a cache that refuses its own
-    command. A split's journal waits too when --out is replaced (eval/ goes with --out).
+    gets the list). They stay as they are, journal included, until `swap_in`: the new cache is
+    built in `OUT/.next/` (`begin_aside`, once its rows were read and checked), so a bad input or
+    a kill leaves the old cache whole. A swap that a kill stopped half-way is finished here first
+    (`finish_swap`), the one way back to a folder that is one cache.
     The lock is taken before any process writes (the others only start after the broadcast),
     and a refusal reaches every process, so none is left waiting in a collective.
     """
@@ -384,31 +418,89 @@ def claim_out(cfg, outs: dict[str, Path], contents: dict, layout: dict, state, h
         for name, out in outs.items():  # before the lock file: nothing is written into a folder not ours
             refuse_foreign(out, with_eval=contents[name].split != "eval", temps_pending=True)
         held.enter_context(locked_dir(cfg.out, "--out"))
+        finish_swap(cfg.out, cfg.overwrite)
         stale = [out for name, out in outs.items() if prepare_out_dir(out, contents[name], layout, cfg.overwrite)]
-        for name, out in outs.items():
-            if cfg.out not in stale and out not in stale:
+        if not stale:
+            _remove_aside(cfg.out)  # an --overwrite build of another configuration, given up
+            for name, out in outs.items():
                 Journal(out).start(contents[name].fingerprint, layout, contents[name].to_json())
         return stale
 
     return on_main(prepare, state)
 
 
-def replace_out(outs: dict[str, Path], contents: dict, layout: dict, stale: list[Path], keep: Collection[Path], state) -> None:
-    """Main process, once the new run's rows were staged and split: remove the caches of another
-    configuration that `claim_out` left (`stale`, --out first: its eval/ goes with it), all but
-    the lock and the staging files in `keep`, then start every split's journal.
+def finish_swap(out: Path, overwrite: bool) -> None:
+    """Holding the lock: refuse an unfinished --overwrite in `out` without --overwrite (the old
+    cache is never silently kept beside, or mixed with, the new one), and finish a swap that a
+    kill stopped half-way (swap_in again: each step is skipped once done)."""
+    nxt = out / NEXT
+    if not nxt.is_dir() or nxt.is_symlink():
+        return
+    begun = aside_finished(nxt) or Journal(nxt).run() is None
+    if not overwrite:
+        keep = "" if begun else f", or remove {nxt} to keep the cache there"
+        raise InputError(
+            f"--out {out}: holds an unfinished --overwrite ({nxt} holds the new cache{' half swapped in' if begun else ''});"
+            f" pass --overwrite to finish it{keep}"
+        )
+    remove_own_temps(nxt)
+    remove_own_temps(nxt / S.EVAL_DIR)
+    if begun:
+        swap_in(out)
 
-    A kill in between leaves --out without a cache: the input was good, and a rerun of the new
-    command starts from its staging file."""
 
-    def replace() -> None:
-        names = {LOCK_NAME, *(p.name for p in keep)}
-        for out in stale:
-            _remove(refuse_foreign(out, with_eval=out == outs["train"]), keep=names)
-        for name, out in outs.items():
-            Journal(out).start(contents[name].fingerprint, layout, contents[name].to_json())
+def aside_outs(out: Path, outs: dict[str, Path]) -> dict[str, Path]:
+    """Where --overwrite builds each split: the same folder under `OUT/.next/`."""
+    return {name: out / NEXT / folder.relative_to(out) for name, folder in outs.items()}
 
-    on_main(replace, state)
+
+def begin_aside(out: Path, outs: dict[str, Path], contents: dict, layout: dict, state) -> None:
+    """Main process, once the new run's rows were staged and checked: start the journal of each
+    split's folder in `OUT/.next/` (`outs`, from aside_outs). An unfinished build there of this
+    configuration is resumed; one of another is removed (it is ours: its journal proves it)."""
+
+    def begin() -> None:
+        nxt = out / NEXT
+        if nxt.is_dir() and any(_stale_reason(o, contents[n].fingerprint, layout, contents[n].to_json()) for n, o in outs.items()):
+            _remove_aside(out)
+        for name, folder in outs.items():
+            Journal(folder).start(contents[name].fingerprint, layout, contents[name].to_json())
+
+    on_main(begin, state)
+
+
+def _remove_aside(out: Path) -> None:
+    nxt = out / NEXT
+    if nxt.is_dir() and not nxt.is_symlink():
+        _remove(refuse_foreign(nxt, with_eval=True), keep=())
+        nxt.rmdir()
+
+
+def swap_in(out: Path) -> None:
+    """Main process, holding the lock, once `OUT/.next/` holds a finished cache: replace the old
+    cache in `out` by it. The old cache's own entries go first (not the lock, the staging files
+    or `.next/`; its manifest first, its journal last), then each new entry is renamed into `out`:
+    shards, tokenizer/ and eval/, then the journal, then the manifest, then `.next/` is removed.
+    Not atomic for the folder, but the gap is renames; a kill at any point leaves a state the
+    same command finishes (finish_swap): until the journal's rename, `.next/`'s journal proves
+    what already moved (survey), and `out`'s own journal or manifest what of the old is left."""
+    nxt = out / NEXT
+    if (nxt / JOURNAL_DIR).is_dir():
+        if (out / JOURNAL_DIR).is_dir() or own_manifest(out) is not None:  # the old cache, or what is left of it
+            keep = {LOCK_NAME, NEXT, *(p.name for p in staging_files(out))}
+            _remove(survey(out, with_eval=True, moved=False)[0], keep=keep)
+        for p in sorted(nxt.iterdir()):
+            if p.name not in (JOURNAL_DIR, S.MANIFEST_NAME):
+                _move(p, out / p.name)
+        _move(nxt / JOURNAL_DIR, out / JOURNAL_DIR)
+    if (nxt / S.MANIFEST_NAME).is_file():
+        _move(nxt / S.MANIFEST_NAME, out / S.MANIFEST_NAME)
+    nxt.rmdir()
+
+
+def _move(src: Path, dst: Path) -> None:
+    """One rename of swap_in (tests make it fail to stop a swap half-way)."""
+    rename_into_place(src, dst)
 
 
 def remove_staging(out: Path, keep: set[Path]) -> None:

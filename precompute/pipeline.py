@@ -56,7 +56,7 @@ from kto.precompute.inputs.hub import one_run
 from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
-from .output import claim_out, recorded_batch_tokens, remove_staging, replace_out, shard_layout, write_card
+from .output import NEXT, aside_outs, begin_aside, claim_out, recorded_batch_tokens, remove_staging, shard_layout, swap_in, write_card
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_positions, check_vocabulary, shard_values
 from .progress import Progress
 from .staging import completions_without_eos, stage, staging_files, staging_path, staging_schema
@@ -202,10 +202,11 @@ def run_precompute(cfg: PrecomputeConfig, on_scored: Callable[[ScoredShard], Non
 
 
 def _with_batch_budget(cfg: PrecomputeConfig, device: torch.device) -> PrecomputeConfig:
-    """--batch-tokens left out: the budget of the cache being resumed in --out, else the device's."""
+    """--batch-tokens left out: the budget of the cache being resumed in --out (under --overwrite,
+    of the build it left unfinished in .next/), else the device's."""
     if cfg.batch_tokens is not None:
         return cfg
-    resumed = None if cfg.overwrite else recorded_batch_tokens(cfg.out)
+    resumed = recorded_batch_tokens(cfg.out / NEXT if cfg.overwrite else cfg.out)  # --overwrite: its unfinished build in .next/
     return replace(cfg, batch_tokens=resumed or default_batch_tokens(device))
 
 
@@ -246,9 +247,10 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     fingerprints = {name: content.fingerprint for name, content in contents.items()}
     created = not cfg.out.exists()
     stale = claim_out(cfg, outs, contents, layout, state, held)
-    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created, bool(stale), skeleton)
-    if stale:  # the old cache that --overwrite replaces goes only now, the rows read and checked
-        replace_out(outs, contents, layout, stale, {s.staged for s in splits}, state)
+    build = cfg.out / NEXT if stale else cfg.out  # --overwrite builds aside; the old cache stays whole until swap_in
+    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created, bool(stale), skeleton, build)
+    if stale:  # the rows read and checked: the new cache's journal in .next/
+        begin_aside(cfg.out, aside_outs(cfg.out, outs), contents, layout, state)
     if state.is_main_process:
         warn_without_stop(staged, tokenizer, source, template)  # the train rows say it for the data
     warn_one_class(splits)
@@ -270,6 +272,8 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         state.wait_for_everyone()
     ordered = _write_manifests(splits, contents, layout, cfg, state, tokenizer)
     if state.is_main_process:
+        if stale:
+            swap_in(cfg.out)  # the new cache is complete: the old one goes, the new one's entries are renamed in
         write_card(cfg.out, ordered)  # last, after the manifests: a finished cache has its card
         for path in {s.staged for s in splits}:
             path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
@@ -282,7 +286,7 @@ def _write_manifests(splits: list[Split], contents: dict, layout: dict, cfg: Pre
     split is scored before this, and --out's own manifest is written last: a run stopped while
     scoring CACHE/eval must not leave CACHE looking finished."""
     manifests = {}
-    for s in sorted(splits, key=lambda s: s.out == cfg.out):
+    for s in sorted(splits, key=lambda s: s.name == "train"):  # train's folder holds eval/
         manifest = Manifest(
             content=contents[s.name],
             layout={**layout, "num_processes": state.num_processes},
@@ -306,16 +310,18 @@ def _stage_and_split(
     created: bool,
     replacing: bool,
     skeleton: Callable[[], torch.nn.Module],
+    build: Path,
 ) -> tuple[Path, list[Split]]:
     """Stage the rows (and --eval-data's), build the splits and check them against --model's
-    `skeleton` (_check_rows_fit); on bad input, remove an --out
+    `skeleton` (_check_rows_fit), each split's folder under `build` (--out, or --overwrite's
+    `.next/` in it); on bad input, remove an --out
     this run created (nothing half-written is left behind), or the staging files beside the old
     cache it was `replacing` (left as it was, an unfinished run's staging file included), and re-raise."""
     staging_before = staging_files(cfg.out)
     try:
         staged = stage_rows(cfg, tokenizer, template, content, state)
         held_out = stage_rows(cfg, tokenizer, template, content, state, held_out=staged) if cfg.eval_data else None
-        splits = build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process, held_out=held_out)
+        splits = build_splits(cfg, staged, leading_bos_id(tokenizer), main=state.is_main_process, held_out=held_out, out=build)
         lm = _built(skeleton)
         if lm is not None:  # a model that cannot be built here is checked once loaded
             _check_rows_fit(lm, splits, tokenizer, cfg)

@@ -274,27 +274,31 @@ def _check_held_out_rows(train: Staged, held_out: Staged, inputs: tuple, main: b
         log(f"warning: {what}: {shared} of its {len(held_out.kept)} rows are also --data rows ({same})")
 
 
-def build_splits(cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True, held_out: Path | None = None) -> list[Split]:
+def build_splits(
+    cfg: PrecomputeConfig, path: Path, bos_id: int | None, main: bool = True, held_out: Path | None = None, out: Path | None = None
+) -> list[Split]:
     """Drop, split, pair and count the staged rows; `bos_id` is re-attached to cut prompts.
-    `held_out`: the staged --eval-data rows, which are the eval split whole (no fraction)."""
+    `held_out`: the staged --eval-data rows, which are the eval split whole (no fraction).
+    `out`: the folder the splits are written to (default --out; --overwrite builds in `.next/`)."""
+    root = cfg.out if out is None else out
     truncation = Truncation(cfg.max_length, cfg.prompt_cap, bos_id)
     data = _kept_rows(path, cfg.data, "--data", main)
     index, kept = data.index, data.kept
     labels = index.label[kept]
     train, evals = split_eval(kept.tolist(), labels.tolist(), prompt_groups(index, data.ids, kept), cfg.eval_fraction, cfg.seed)
     # Each split: (name, its staging file's rows, its staged rows, out, rows dropped).
-    parts = [("train", data, train, cfg.out, data.dropped)]
+    parts = [("train", data, train, root, data.dropped)]
     if held_out is not None:  # eval_fraction is 0 then: every --data row trains
         eval_rows = _kept_rows(held_out, cfg.eval_data, "--eval-data", main)
         _check_held_out_rows(data, eval_rows, cfg.eval_data, main)
         if main:
             d = int(eval_rows.index.label[eval_rows.kept].sum())
             log(f"eval split: {len(eval_rows.kept)} rows ({d} desirable, {len(eval_rows.kept) - d} undesirable), the rows of --eval-data")
-        parts.append(("eval", eval_rows, eval_rows.kept.tolist(), cfg.out / S.EVAL_DIR, eval_rows.dropped))
+        parts.append(("eval", eval_rows, eval_rows.kept.tolist(), root / S.EVAL_DIR, eval_rows.dropped))
     elif evals:
         if main:
             log(describe(index.label[evals].tolist(), int(labels.sum()), int((~labels).sum())))
-        parts.append(("eval", data, evals, cfg.out / S.EVAL_DIR, 0))
+        parts.append(("eval", data, evals, root / S.EVAL_DIR, 0))
     splits = []
     for name, staged, part, out, part_dropped in parts:
         if not part:

@@ -141,8 +141,9 @@ def test_a_block_refused_on_both_ranks_says_its_earliest_row(monkeypatch: pytest
 @pytest.mark.distributed
 def test_overwrite_with_bad_input_keeps_the_old_cache_then_good_input_replaces_it(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Under 2 processes, `--overwrite` with a duplicate id (refused after both ranks staged)
-    leaves the old cache byte for byte; with good rows the main process replaces it while rank 1
-    waits (precompute/output.py `replace_out`), and both ranks finish."""
+    leaves the old cache byte for byte; with good rows the main process starts the new cache in
+    `.next/` while rank 1 waits (precompute/output.py `begin_aside`), both ranks score into it, the
+    main process swaps it in (`swap_in`), and both ranks finish."""
     from click.testing import CliRunner
 
     from kto.formats.manifest import read_manifest
