@@ -61,9 +61,9 @@ def open_cache(cache_dir: str | Path, *, stamps: bool = True, hint: bool = True)
 
 def _unfinished_by(cache_dir: Path) -> str | None:
     """Why a cache folder has no manifest, where its kto-precompute lock file (formats/lock.py)
-    tells: a kto-precompute writes it now (it holds the lock: a first run, or `--overwrite`,
-    which removes the cache it replaces once the new rows are read, hours before the new
-    manifest), or the last one stopped before finishing. An eval/ split is written under its
+    tells: a kto-precompute writes it now (it holds the lock: a first run; `--overwrite` keeps
+    the old cache, manifest included, until the new one in `.next/` is complete), or the last
+    one stopped before finishing. An eval/ split is written under its
     parent's lock. Only a folder with a precompute journal counts: a kto-train run directory
     has a lock file too. None where nothing tells (read_manifest's plain "no manifest")."""
     for folder in (cache_dir, cache_dir.parent) if cache_dir.name == S.EVAL_DIR else (cache_dir,):
