@@ -35,7 +35,12 @@ from .errors import InputError
 from .files import read_json
 from .schema import FORMAT_VERSION, MANIFEST_NAME, shard_name
 
-__all__ = ["CacheContent", "Counts", "Manifest", "ShardEntry", "fingerprint_of", "read_manifest"]
+__all__ = ["INPUT_SUFFIXES", "CacheContent", "Counts", "Manifest", "ShardEntry", "fingerprint_of", "read_manifest"]
+
+# The file types kto-precompute reads as --data (precompute/inputs/records.py SUFFIXES, mirrored:
+# train/ may not import precompute/; tests/train/test_cache_identity_more.py checks the two agree).
+# A recorded input file of another suffix made no cache, and kto-train hashes none (eval_cache.py).
+INPUT_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".ipc", ".feather")
 
 
 # ---- the content: what decides the numbers, and its fingerprint ------------------------------
@@ -263,8 +268,9 @@ class Manifest:
         return str(named or "the reference model its manifest identifies")
 
     def write(self, cache_dir: Path) -> None:
-        """Write manifest.json, each local input file of `info.data_paths` made absolute (_absolute_data_paths)."""
-        write_json_atomic(Path(cache_dir) / MANIFEST_NAME, replace(self, info=_absolute_data_paths(self)).to_json())
+        """Write manifest.json, each local input file of `info.data_paths` and a local
+        `info.model_path` made absolute (_absolute_paths)."""
+        write_json_atomic(Path(cache_dir) / MANIFEST_NAME, replace(self, info=_absolute_paths(self)).to_json())
 
     def input_files(self) -> list[tuple[Path, str]]:
         """(absolute path, sha256 recorded) of each --data input that is a local file, as the
@@ -283,10 +289,23 @@ def _names_file(path: Any, identity: Any) -> bool:
     return isinstance(path, str) and isinstance(identity, dict) and set(identity) == {"name", "sha256"} and Path(path).name == identity["name"]
 
 
+def _absolute_paths(manifest: Manifest) -> dict:
+    """`info` with its local paths absolute: the input files (_absolute_data_paths) and --model
+    (`model_path`) where it names a local folder or file; a hub id, which names no path here,
+    stays as given. As typed, a relative --model could not be found again, and kto-train could
+    not tell that the folder it names holds other weights now (train/setup.py not_the_reference).
+    Like the data paths, an absolute path given keeps its bytes."""
+    info = _absolute_data_paths(manifest)
+    model = info.get("model_path") if isinstance(info, dict) else None
+    if isinstance(model, str) and model and os.path.exists(os.path.expanduser(model)):
+        info = {**info, "model_path": os.path.abspath(os.path.expanduser(model))}
+    return info
+
+
 def _absolute_data_paths(manifest: Manifest) -> dict:
     """`info` with each local input file of `info.data_paths` absolute. kto-precompute records
     --data as typed, relative to a working directory nobody records: the file could not be found
-    again, and kto-train could not tell that it was edited since the cache was made (train/setup.py
+    again, and kto-train could not tell that it was edited since the cache was made (train/eval_cache.py
     note_changed_inputs). Made absolute here, by the writer (kto-precompute, in its working
     directory), and in place rather than under a new key: `info` is no part of the fingerprint, and
     an absolute path given stays as it was, so the manifest of a cache made from absolute paths

@@ -49,8 +49,8 @@ def _need_polars(command: str) -> None:
         importlib.import_module("polars")
     except ImportError as exc:
         if exc.name == "polars":
-            raise InputError(f"kto-inspect {command} reads the cache with polars, which is not installed: {POLARS_HINT}") from None
-        raise InputError(f"kto-inspect {command} reads the cache with polars, which is installed but does not import ({exception_line(exc)})") from None
+            raise InputError(f"{command} reads the cache with polars, which is not installed: {POLARS_HINT}") from None
+        raise InputError(f"{command} reads the cache with polars, which is installed but does not import ({exception_line(exc)})") from None
 
 
 def _local(cache: Path) -> Path:

@@ -175,3 +175,15 @@ def test_the_build_backend_builds_wheels_without_the_wheel_package():
     system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
     (setuptools,) = [Requirement(r) for r in system["requires"] if Requirement(r).name == "setuptools"]
     assert not setuptools.specifier.contains(Version("70.0")) and setuptools.specifier.contains(Version("70.1"))
+
+
+def test_the_dev_extra_brings_what_these_tests_build_with():
+    """The tests above run setuptools' build backend and packaging in the test environment: a
+    Python 3.12+ venv has no setuptools, an older one may have one before 70.1 (no bdist_wheel
+    without the wheel package). `pip install -e '.[dev]'` must bring both."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    dev = {r.name: r for r in map(Requirement, tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"])}
+    assert "packaging" in dev
+    assert not dev["setuptools"].specifier.contains(Version("70.0")) and dev["setuptools"].specifier.contains(Version("70.1"))

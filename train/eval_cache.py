@@ -3,11 +3,15 @@
 They must be no training rows (by fingerprint, shared shard, the same input and id, or the same
 token ids and label), and come from the same reference model, tokenizer, numerics and chat
 template as --cache, or the eval rewards would measure the training rows or another reference.
-Likewise --cache must be no eval split, and an input file edited since either cache was made is said.
+Likewise --cache must be no eval split, and a --data file of either cache edited since that cache
+was made is said (for the eval split of a cache made with --eval-data, that is the training
+cache's --data files: the manifest records no path for the --eval-data files, so an edit of
+those is not noticed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -19,9 +23,8 @@ import numpy as np
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.errors import InputError, log
-from kto.formats.files import sha256_file
 from kto.formats.hub import hub_spec_of
-from kto.formats.manifest import same_model
+from kto.formats.manifest import INPUT_SUFFIXES, same_model
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,7 +43,10 @@ def refuse_eval_split(cfg: TrainConfig, manifest: Manifest) -> None:
     if manifest.content.split != "eval":
         return
     held = Path(cfg.cache)
-    parent = str(held.parent) if (held.parent / S.MANIFEST_NAME).is_file() else "CACHE"
+    # Resolved: `--cache .` from inside CACHE/eval has the parent `.` as typed (and the advice would
+    # name `.` twice), and a link to CACHE/eval elsewhere names the folder holding the link.
+    real = held.resolve().parent
+    parent = str(real) if (real / S.MANIFEST_NAME).is_file() else "CACHE"
     spec = hub_spec_of(held)  # hf:ORG/NAME/eval: named as typed, not as this machine's snapshot
     if spec is not None:
         held, parent = spec, spec.removesuffix(f"/{S.EVAL_DIR}") if spec.endswith(f"/{S.EVAL_DIR}") else "CACHE"
@@ -53,34 +59,66 @@ def refuse_eval_split(cfg: TrainConfig, manifest: Manifest) -> None:
 
 def changed_inputs(manifest: Manifest) -> list[tuple[Path, str, str]]:
     """(path, sha256 recorded, sha256 now) of each local input file the manifest records
-    (Manifest.input_files) that is still a regular file at its path and holds other bytes now.
-    A file moved or deleted since is no news (silent); so is one that cannot be read.
+    (Manifest.input_files) that is still a file kto-precompute could have read at its path
+    (_input_digest) and holds other bytes now. A file moved or deleted since is no news (silent);
+    so is one that cannot be read.
 
     Cost: each such file is hashed whole on every start (about 1 s per GB on one core). The
     manifest records no size to skip the hash with when the size differs: a new info key would
     change the manifest's pinned bytes (tests/test_pinned_outputs.py)."""
     changed = []
     for path, recorded in manifest.input_files():
-        try:
-            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would be read forever
-                continue
-            now = sha256_file(path)
-        except OSError:
-            continue
-        if now != recorded:
+        now = _input_digest(path)
+        if now is not None and now != recorded:
             changed.append((path, recorded, now))
     return changed
+
+
+# Never hashed, whatever link leads there: /proc/kmsg is a "regular file" whose read blocks forever
+# (as root), and such files were never a --data input.
+_SYSTEM_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _input_digest(path: Path) -> str | None:
+    """sha256 of the file at `path`, or None where it is no file kto-precompute could have read.
+    The path comes from info.data_paths, which no fingerprint covers: a cache made elsewhere
+    decides it. So only a name of a type kto-precompute reads (INPUT_SUFFIXES), outside /proc,
+    /sys and /dev (the link's target too: a linked data file is fine, followed), opened without
+    blocking (a FIFO) and, by the opened file's own fstat, a regular file that is not empty."""
+    if path.suffix.lower() not in INPUT_SUFFIXES:
+        return None
+    try:
+        real = Path(os.path.realpath(path))
+        if any(p.is_relative_to(d) for p in (path, real) for d in _SYSTEM_DIRS):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def note_changed_inputs(cfg: TrainConfig, train: ShardedCache, eval_cache: ShardedCache | None, accelerator: Accelerator) -> None:
     """One note for each input file of --cache (and of --eval-cache) edited since the cache was
     made: its rows are the file as it was then. A note, not a refusal: the edit may be meant for a
-    later cache. The main process hashes; the others have nothing to say."""
+    later cache. The main process hashes; the others have nothing to say. A cache fetched from the
+    hub (hub_spec_of) is not looked at: its paths are the machine's that made it, not this one's."""
     if not accelerator.is_main_process:
         return
     said = set()
     for flag, value, cache, use in (("--cache", cfg.cache, train, "train on"), ("--eval-cache", cfg.eval_cache, eval_cache, "evaluate on")):
-        for path, recorded, now in changed_inputs(cache.manifest) if cache is not None else ():
+        local = cache is not None and hub_spec_of(cache.dir) is None
+        for path, recorded, now in changed_inputs(cache.manifest) if local else ():
             if path not in said:
                 said.add(path)
                 log(

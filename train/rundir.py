@@ -374,9 +374,14 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
 
 
 def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path:
-    """`--resume PATH`: a usable checkpoint-STEP of this run (--out), else InputError. The newer
-    checkpoints are set aside once the run has resumed from it (set_aside_later)."""
+    """`--resume PATH`: a usable checkpoint-STEP of this run (--out), else InputError. A bare
+    name (`--resume checkpoint-1`, as the refusal below lists them) is the checkpoint of that name
+    in --out where there is one: a folder of that name elsewhere (here) would be no checkpoint of
+    this run anyway. The newer checkpoints are set aside once the run has resumed from it
+    (set_aside_later)."""
     found = checkpoints(out)
+    if path.parts == (path.name,) and (out / path).is_dir():
+        path = out / path
     if not (path.is_dir() and CHECKPOINT_RE.match(path.name) and path.parent.resolve() == out.resolve()):
         ours = ", ".join(p.name for _, p in found) or "none"
         raise InputError(f"--resume {path}: not a checkpoint of the run in --out {out} (its checkpoints: {ours})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
-    from kto.formats.manifest import Counts, Manifest
+    from kto.formats.manifest import CacheContent, Counts, Manifest
 
 
 @dataclass
@@ -194,7 +195,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     check_schedule(cfg, total_steps)  # every step's rate over the run's real steps, before the model loads
     identity = model_identity(source)
     is_reference = manifest.content.scored_with(identity)
-    check_drift_tolerance(cfg, manifest, is_reference)  # before --out is touched
+    check_drift_tolerance(cfg, manifest, is_reference, resumes=bool(cfg.resume))  # before --out is touched
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -229,27 +230,45 @@ def derived_record(total_steps: int, accelerator: Accelerator, cache: ShardedCac
 
 
 def not_the_reference(cfg: TrainConfig, manifest: Manifest) -> str:
-    """--model is not the cache's reference, said with both (the reference as the manifest records it)."""
+    """--model is not the cache's reference, said with both (the reference as the manifest records
+    it); where --model is the path the cache's model was read from, that the files there changed."""
+    if same_path(cfg, manifest):
+        return f"--model {cfg.model} is the path --cache {cfg.cache} was scored with, but the files there changed since the cache was made"
     return f"--model {cfg.model} is not {manifest.reference_model}, the model --cache {cfg.cache} was scored with"
 
 
-def check_drift_tolerance(cfg: TrainConfig, manifest: Manifest, is_reference: bool) -> None:
+def same_path(cfg: TrainConfig, manifest: Manifest) -> bool:
+    """Is --model the path (or hub id) the manifest records as the cache's model (info.model_path)?
+    A recorded absolute path is compared with --model made absolute; a relative one (caches made
+    before it was made absolute, relative to a directory nobody recorded) only as a hub id, as typed."""
+    recorded = manifest.info.get("model_path") if isinstance(manifest.info, dict) else None
+    if not isinstance(recorded, str) or not recorded:
+        return False
+    given = os.path.expanduser(str(cfg.model))
+    if os.path.isabs(recorded):
+        return os.path.abspath(given) == os.path.normpath(recorded)
+    return given == recorded and not os.path.exists(given)
+
+
+def check_drift_tolerance(cfg: TrainConfig, manifest: Manifest, is_reference: bool, resumes: bool) -> None:
     """A --drift-tolerance given (flag, --config or TrainConfig: None is the default, the
     numerics' own tolerance; loop.py check_drift) asks for the step-0 check. Where that check
-    cannot run, it was ignored without a word; refused instead, naming why. A resumed run, whose
-    check ran when it started, is not refused (setup says the check is skipped)."""
-    if cfg.drift_tolerance is None:
+    cannot run, it was ignored without a word; refused instead, naming why. A resumed run
+    (`resumes`: --resume; a resume finds a checkpoint or is refused, rundir.py open_run_dir), whose
+    check ran when it started, is not refused (setup says the check is skipped). The advice says
+    "the tolerance", not the flag: from a --config file, the refusal leads with the file's key."""
+    if cfg.drift_tolerance is None or resumes:
         return
     given = f"--drift-tolerance {cfg.drift_tolerance:g}"
     if not is_reference:
+        other = "rerun kto-precompute with the model now there" if same_path(cfg, manifest) else f"train {manifest.reference_model}"
         raise InputError(
-            f"{given}: the step-0 check compares --model with the cache's reference, and {not_the_reference(cfg, manifest)}; "
-            f"leave --drift-tolerance out, or train {manifest.reference_model}"
+            f"{given}: the step-0 check compares --model with the cache's reference, and {not_the_reference(cfg, manifest)}; leave the tolerance out, or {other}"
         )
     if not manifest.content.store_token_logps:
         raise InputError(
             f"{given}: the step-0 check compares per-token log-probs, and --cache {cfg.cache} was made with --no-token-logps; "
-            "leave --drift-tolerance out, or rerun kto-precompute without --no-token-logps"
+            "leave the tolerance out, or rerun kto-precompute without --no-token-logps"
         )
 
 
@@ -277,21 +296,46 @@ def check_tokenizer(
         if diff_identity(content.tokenizer, tokenizer_identity(tokenizer)) != ["chat_template"]:
             raise
     where = f"--cache {cfg.cache}'s prompts were rendered with"
-    path, text, why = cache_template(cache, content.saved_tokenizer["chat_template"])
+    digest = content.saved_tokenizer["chat_template"]
+    if digest == NO_TEMPLATE:
+        # The cache's tokenizer had no template, so its rows are text prompts (kto-precompute
+        # refuses conversational rows without one, and a --chat-template would be this digest):
+        # no template is the format trained on, and none is lost by keeping --model's. Saving
+        # final/ without a template instead would take from it the chat format its base model
+        # was made for, which serving a chat model needs; --model's is the right one to keep.
+        log(
+            f"note: --model {cfg.model} has a chat template and --cache {cfg.cache}'s tokenizer none: its rows are text prompts, not rendered "
+            "with a template (the cached token ids do not depend on it); checkpoints and final/ keep --model's template",
+            accelerator,
+        )
+        return tokenizer.pad_token_id, tokenizer, None
+    path, text, why = cache_template(cache, digest)
     if text is None:
         raise InputError(
             f"--model {cfg.model}: its chat template is not the one {where}, and {path}, that template, {why}: final/ would be saved "
             "with a template the policy was not trained in (the token ids are unaffected). Restore the cache's tokenizer/, or give a --model with the cache's template"
         ) from None
-    again = " and without --chat-template" if content.chat_template else ""
-    log(
-        f"note: --model {cfg.model}'s chat template is not the one {where}; the cached token ids do not depend on it (vocabulary, special tokens "
-        "and pipeline are the cache's), and checkpoints and final/ are saved with the cache's template, the format trained on. "
-        f"To train on --model's template, rerun kto-precompute with this --model{again}",
-        accelerator,
-    )
+    log(template_note(cfg, content, tokenizer_identity(tokenizer)["chat_template"] == NO_TEMPLATE), accelerator)
     kwargs_note(cache, accelerator)
     return tokenizer.pad_token_id, tokenizer, text
+
+
+# tokenizer_identity's chat_template of a tokenizer without one (the sha256 of no text).
+NO_TEMPLATE = hashlib.sha256(b"").hexdigest()
+
+
+def template_note(cfg: TrainConfig, content: CacheContent, model_has_none: bool) -> str:
+    """The note on a --model whose chat template is not the one the cache's prompts were rendered
+    with. Rerunning kto-precompute with --model is advised only where --model has a template: a
+    --model without one renders no conversation (kto-precompute refuses such rows)."""
+    same = "the cached token ids do not depend on it (vocabulary, special tokens and pipeline are the cache's), and checkpoints and final/ are saved with the cache's template, the format trained on"
+    if model_has_none:
+        return f"note: --model {cfg.model} has no chat template, and --cache {cfg.cache}'s prompts were rendered with one; {same}"
+    again = " and without --chat-template" if content.chat_template else ""
+    return (
+        f"note: --model {cfg.model}'s chat template is not the one --cache {cfg.cache}'s prompts were rendered with; {same}. "
+        f"To train on --model's template, rerun kto-precompute with this --model{again}"
+    )
 
 
 def cache_template(cache: ShardedCache, digest: str | None) -> tuple[Path, str | None, str]:

@@ -16,7 +16,7 @@ def test_without_polars_one_line_names_it_and_how_to_install(tiny_cache, command
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("kto-inspect: error: ") and "polars" in lines[0]
+    assert lines[0].startswith(f"kto-inspect: error: {command} reads the cache with polars, which is not installed: "), lines[0]
     assert "pip install 'polars>=" in lines[0]
     assert done.stdout == ""
 

@@ -114,7 +114,7 @@ def test_a_drift_tolerance_that_cannot_be_checked_is_refused(tiny_cache, tiny_mo
     assert result.exit_code == 2 and not (tmp_path / "r").exists(), result.output
     assert train_error_line(result.output) == (
         f"kto-train: error: --drift-tolerance 0.001: the step-0 check compares --model with the cache's reference, and --model {tiny2} "
-        f"is not {tiny_model_dir}, the model --cache {tiny_cache} was scored with; leave --drift-tolerance out, or train {tiny_model_dir}"
+        f"is not {tiny_model_dir}, the model --cache {tiny_cache} was scored with; leave the tolerance out, or train {tiny_model_dir}"
     )
 
 
@@ -126,7 +126,7 @@ def test_a_drift_tolerance_is_refused_on_a_cache_without_token_logps(tmp_path, t
     assert result.exit_code == 2 and not (tmp_path / "r").exists(), result.output
     assert train_error_line(result.output) == (
         f"kto-train: error: --drift-tolerance 0.001: the step-0 check compares per-token log-probs, and --cache {cache} "
-        "was made with --no-token-logps; leave --drift-tolerance out, or rerun kto-precompute without --no-token-logps"
+        "was made with --no-token-logps; leave the tolerance out, or rerun kto-precompute without --no-token-logps"
     )
 
 
