@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Collection
 from pathlib import Path
 
 from kto.formats import schema as S
-from kto.formats.atomic import parse_temp_name, remove_stale_temps, rename_into_place, write_bytes_atomic
+from kto.formats.atomic import aside_path, parse_temp_name, remove_stale_temps, rename_into_place, write_bytes_atomic
 from kto.formats.compute.models import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
@@ -53,9 +54,11 @@ SHARD_NAME = re.compile(r"^shard-[0-9]{5}\.arrow$")  # schema.shard_name's shape
 def cache_writes_temp(name: str, kind: str) -> bool:
     """A temp name that a writer of ours makes in a cache folder: files written through
     atomic_path / write_json_atomic (`tmp`), tokenizer/ through atomic_dir (`tmp`, and `old`
-    for the copy it replaces). Nothing of ours is ever renamed aside to be deleted there."""
+    for the copy it replaces); tokenizer/ and eval/ renamed aside by `_remove` (`deleted`)."""
     if name == S.TOKENIZER_DIR:
-        return kind in ("tmp", "old")
+        return kind in ("tmp", "old", "deleted")
+    if name == S.EVAL_DIR:
+        return kind == "deleted"
     files = (S.MANIFEST_NAME, CARD_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME)
     return kind == "tmp" and (name in files or SHARD_NAME.match(name) is not None or is_staging_name(name))
 
@@ -393,9 +396,13 @@ def _remove(entries: list[Path], keep: Collection[str] = (LOCK_NAME,)) -> None:
     for p in sorted(entries, key=lambda p: (p.name != S.MANIFEST_NAME, p.name == JOURNAL_DIR)):
         if p.name in keep:
             continue
-        if p.name == S.EVAL_DIR:
-            _remove(survey(p, with_eval=False)[0], keep=())
-            p.rmdir()
+        if p.name in (S.EVAL_DIR, S.TOKENIZER_DIR) and p.is_dir() and not p.is_symlink():
+            # Renamed aside first: a kill half-way through deleting it leaves `.NAME.deleted-PID`,
+            # a temp name the next run clears (cache_writes_temp), not a half-empty eval/ or
+            # tokenizer/ that no journal proves ours any more and that every rerun would refuse.
+            doomed = aside_path(p, "deleted")
+            os.rename(p, doomed)
+            shutil.rmtree(doomed)
         elif p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:

@@ -226,6 +226,32 @@ def test_a_kill_while_the_old_cache_is_removed_is_finished_by_the_same_command(o
     assert cache_bytes(out) == reference and verified(out)
 
 
+@pytest.mark.parametrize("folder", [S.TOKENIZER_DIR, S.EVAL_DIR])
+def test_a_kill_half_way_through_deleting_an_old_folder_is_finished_by_the_same_command(old_cache, monkeypatch, folder):
+    """Found by a reviewer's real SIGKILL: an old eval/ emptied, or a tokenizer/ missing some of its
+    files, was no longer provably ours (its manifest or the exact files the journal records), and
+    every rerun refused it as the user's. Such a folder is now renamed aside first; the kill
+    leaves `.NAME.deleted-PID`, which the next run clears."""
+    out, _, new, reference = old_cache
+    real = shutil.rmtree
+
+    def rmtree_half(path, *args, **kwargs):
+        path = Path(path)
+        if path.name.startswith(f".{folder}.deleted-") or (path.name == folder and path.parent == out):
+            next(p for p in sorted(path.rglob("*")) if p.is_file()).unlink()
+            raise Killed
+        real(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(output.shutil, "rmtree", rmtree_half)
+        killed = run_cli(*new)
+    assert isinstance(killed.exception, Killed), killed.output
+    finished = run_cli(*new)
+    assert finished.exit_code == 0, finished.output
+    assert cache_bytes(out) == reference and verified(out)
+    assert not [p.name for p in out.iterdir() if ".deleted-" in p.name]
+
+
 @pytest.mark.parametrize("where", ["in-out", "in-next"])
 def test_foreign_files_are_refused_and_kept_during_an_unfinished_overwrite(old_cache, monkeypatch, where):
     out, _, new, _ = old_cache
