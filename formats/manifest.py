@@ -7,7 +7,9 @@ Three kinds of content, checked differently:
   resumed kto-precompute runs must match.
 - `layout`: how the work was split (rows per shard, batch tokens, processes). A resume must
   match it; training does not care.
-- `info`: paths, code version. Information only: moving a model or a cache invalidates nothing.
+- `info`: the input files' and a local model's absolute paths (a hub id as given), versions,
+  device. Information only: moving a model or a cache invalidates nothing; kto-train notes an
+  input file edited since.
 
 The content is one frozen dataclass, `CacheContent`: kto-precompute builds it; every reader
 (kto-train, kto-inspect, tools) reads its attributes. Its canonical JSON's sha256 is the cache's

@@ -146,7 +146,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_handles_input_errors
 def summary(cache: Path, as_json: bool) -> None:
-    """Counts by label, token lengths, reference log-probs by label, truncation, fingerprint."""
+    """Counts by label, token lengths, reference log-probs by label, truncation, fingerprint, and what made the cache (inputs, settings, versions)."""
     _named(cache)
     _need_polars("summary")
     from .summary import render, summarize

@@ -7,7 +7,7 @@ cache folder of ours itself. Anything else in `--out` is foreign: it is refused 
 `--overwrite`, which builds the new cache aside, in `OUT/.next/` (`NEXT`: inside the lock, on
 the same filesystem), once the new run's input was read and checked (`begin_aside`), and swaps
 it in only when it is complete (`swap_in`): the old cache's own files removed (its manifest
-first, its journal last), the new one's renamed into OUT (its manifest last). So a cache never
+first, its journal last; eval/ and tokenizer/ renamed aside to `.NAME.deleted-PID` first), the new one's renamed into OUT (its manifest last). So a cache never
 mixes rows from two configurations, a user's files never vanish, bad input leaves the old cache
 whole, and the old cache stays whole and verifiable while the new one is scored: a kill then
 leaves it so, and the same command resumes the build in `.next/`. A kill during the swap leaves

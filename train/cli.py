@@ -34,7 +34,7 @@ LATEST = "latest"  # `--resume` without a path
 
 
 @click.command(cls=names_other_tools_use(TRAIN), context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.option("--cache", type=HOME_PATH, help="Cache directory written by kto-precompute.")
+@click.option("--cache", type=HOME_PATH, help="Cache directory written by kto-precompute (not CACHE/eval: pass that as --eval-cache).")
 @click.option("--model", help="Policy initialisation: local HF dir, .gguf file or hub id.")
 @click.option("--out", type=HOME_PATH, help="Run directory.")
 @click.option("--config", "config_file", type=HOME_PATH, default=None, help="YAML or TOML file of flag values.")
@@ -85,11 +85,16 @@ LATEST = "latest"  # `--resume` without a path
     flag_value=LATEST,
     default=None,
     metavar="[CHECKPOINT]",
-    help="Continue from OUT/checkpoint-STEP [default: the latest].",
+    help="Continue from RUN/checkpoint-STEP (with --out RUN, checkpoint-STEP) [default: the latest].",
 )
 @click.option("--report-to", default="none", help="none, all, or a comma list of tensorboard, wandb, mlflow, ... (see README).")
 @click.option("--run-name", default=None, help="The run's name in the trackers [default: the name of --out].")
-@click.option("--drift-tolerance", default=None, type=float, help="Step-0 per-token |Δ| allowed.")
+@click.option(
+    "--drift-tolerance",
+    default=None,
+    type=float,
+    help="Step-0 per-token |Δ| allowed [default: by precision]; refused where the check cannot run (--model not the cache's reference, a --no-token-logps cache), except on --resume.",
+)
 @click.option("--chunk-size", default=1024)
 @click.option("--trust-remote-code", is_flag=True)
 @click.option("--attn-implementation", default="sdpa")

@@ -187,7 +187,8 @@ def tree_bytes(out: Path) -> dict[str, bytes]:
 def test_overwrite_with_bad_input_keeps_the_old_cache_whole(cache, bad):
     """Seen by a bug hunter: `--overwrite` with a bad last row ("label": "maybe") deleted the old
     cache before any row was read, and left a journal of the new configuration that refused the
-    old command. The old cache now stays until the new run's input is read and checked: after
+    old command. The old cache now stays whole until the new cache, built in OUT/.next/, is complete
+    (test_overwrite_aside.py): after
     the one-line error, OUT holds exactly what it held, verifies, and the old command resumes it."""
     out, data, args = cache
     before = tree_bytes(out)

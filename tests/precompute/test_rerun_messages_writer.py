@@ -1,7 +1,8 @@
 """A cache without a manifest that a kto-precompute is writing, or stopped writing, says so.
 
-Found by a user: `kto-precompute --overwrite` removes the old cache once the new rows are read,
-and a kto-train started while it scored got "no manifest; is cbig a finished kto-precompute
+Found by a user: `kto-precompute --overwrite` removed the old cache once the new rows were read (it
+now builds in OUT/.next/; a first run into a new --out still leaves a folder without a manifest
+while it scores), and a kto-train started while it scored got "no manifest; is cbig a finished kto-precompute
 cache?", as if the folder were not a cache at all. The lock file (formats/lock.py) records the
 writer's PID@HOST, and flock tells whether it still holds the lock."""
 
