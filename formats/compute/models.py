@@ -744,6 +744,12 @@ def diff_identity(expected: dict, actual: dict) -> list[str]:
 def require_cache_tokenizer(tokenizer: PreTrainedTokenizerBase, cache_identity: dict, model_flag: str) -> None:
     """Refuse a model whose tokenizer is not the one the cache's token ids were made with."""
     differs = diff_identity(cache_identity, tokenizer_identity(tokenizer))
+    if differs == ["chat_template"]:  # the ids are unaffected: the words would be wrong
+        raise InputError(
+            f"--model {model_flag}: its chat template is not the one the cache's prompts were rendered with "
+            "(the token ids do not depend on it, the format the model answers in does). Use the model the cache was made with, "
+            "or a kto-train output (final/ carries the cache's template)."
+        )
     if differs:
         raise InputError(
             f"--model {model_flag}: tokenizer differs from the cache's ({', '.join(differs)}); "
