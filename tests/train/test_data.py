@@ -372,5 +372,5 @@ def test_tokenizer_check_is_remembered_per_tokenizer_files(tiny_cache, tiny_mode
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
     (other / "chat_template.jinja").write_text((other / "chat_template.jinja").read_text() + " ")
-    with pytest.raises(InputError, match="chat_template"):
+    with pytest.raises(InputError, match="chat template is not the one the cache.s prompts were rendered with"):
         models.check_cache_tokenizer(models.resolve_source(str(other)), identity, "m", cache)
