@@ -237,6 +237,23 @@ def tiny_eval_cache(tmp_path_factory, tiny_model_dir) -> Path:
     return make_cache(tmp_path_factory.mktemp("tiny-eval-cache"), text_rows(), model=tiny_model_dir, name="text.jsonl")
 
 
+def run_precompute(*args: str):
+    """kto-precompute's CLI in this process (CliRunner), exceptions kept on the result."""
+    from click.testing import CliRunner
+
+    from kto.precompute.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(result) -> str:
+    """The one line a refused command printed (exit 2), asserted to be one line."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
 def run_train(cache: Path, model: Path, out: Path, *args: str):
     """kto-train's CLI in this process (CliRunner), `args` after --cache, --model and --out."""
     from accelerate.state import AcceleratorState

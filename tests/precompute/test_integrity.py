@@ -14,24 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import chat_rows, precompute_args, write_rows
+from conftest import chat_rows, one_line_error, precompute_args, write_rows
+from conftest import run_precompute as run_cli
 
 from kto.formats import schema as S
 from kto.formats.manifest import read_manifest
 from kto.inspection.verify import verify
-from kto.precompute.cli import main
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def flip_byte(path: Path) -> None:

@@ -12,31 +12,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import chat_rows, precompute_args, write_rows
+from conftest import chat_rows, one_line_error, precompute_args, write_rows
+from conftest import run_precompute as run_cli
 
 from kto.formats import schema as S
 from kto.formats.cache import open_cache
 from kto.formats.manifest import read_manifest
 from kto.inspection.verify import verify
 from kto.precompute import output, pipeline
-from kto.precompute.cli import main
 from kto.precompute.output import NEXT
 
 
 class Killed(Exception):
     """Stands for a kill: raised in the middle of a run, nothing after it runs."""
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def verified(cache: Path) -> bool:
