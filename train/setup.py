@@ -19,15 +19,13 @@ from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.logprob import check_cache_positions
 from kto.formats.compute.models import (
+    ChatTemplateDiffers,
     ModelSource,
     check_attention_implementation,
     check_cache_tokenizer,
     checked_source,
-    diff_identity,
-    load_tokenizer,
     model_identity,
     resolve_source,
-    tokenizer_identity,
 )
 from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.errors import InputError, log, on_main
@@ -285,16 +283,14 @@ def check_tokenizer(
     with the cache's model. What the template does decide is how final/ is served, which must be
     the format the rows were rendered in: the cache's template (its tokenizer/, checked against
     the manifest) is saved in place of --model's. Without that text it is refused: final/ would
-    carry a template the policy was never trained in. Such a start loads the tokenizer twice
-    (check_cache_tokenizer remembers matches only)."""
+    carry a template the policy was never trained in. Such a model's tokenizer is loaded
+    and compared on every start (check_cache_tokenizer remembers matches only)."""
     content = cache.manifest.content
     try:
         pad_id, tokenizer = check_cache_tokenizer(source, content.tokenizer, cfg.model, cache.dir, trust_remote_code=cfg.trust_remote_code)
         return pad_id, tokenizer, rendered_with(cache, accelerator)
-    except InputError:
-        tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
-        if diff_identity(content.tokenizer, tokenizer_identity(tokenizer)) != ["chat_template"]:
-            raise
+    except ChatTemplateDiffers as refused:
+        tokenizer, identity = refused.tokenizer, refused.identity
     where = f"--cache {cfg.cache}'s prompts were rendered with"
     digest = content.saved_tokenizer["chat_template"]
     if digest == NO_TEMPLATE:
@@ -315,7 +311,7 @@ def check_tokenizer(
             f"--model {cfg.model}: its chat template is not the one {where}, and {path}, that template, {why}: final/ would be saved "
             "with a template the policy was not trained in (the token ids are unaffected). Restore the cache's tokenizer/, or give a --model with the cache's template"
         ) from None
-    log(template_note(cfg, content, tokenizer_identity(tokenizer)["chat_template"] == NO_TEMPLATE), accelerator)
+    log(template_note(cfg, content, identity["chat_template"] == NO_TEMPLATE), accelerator)
     kwargs_note(cache, accelerator)
     return tokenizer.pad_token_id, tokenizer, text
 

@@ -741,14 +741,28 @@ def diff_identity(expected: dict, actual: dict) -> list[str]:
     return sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
 
 
+class ChatTemplateDiffers(InputError):
+    """require_cache_tokenizer's refusal of a tokenizer that differs from the cache's in its chat
+    template only. It carries the tokenizer and its identity, so that kto-train, which takes such
+    a model with a note (train/setup.py check_tokenizer), neither loads it again nor recomputes the
+    identity (seconds each)."""
+
+    def __init__(self, message: str, tokenizer: PreTrainedTokenizerBase, identity: dict) -> None:
+        super().__init__(message)
+        self.tokenizer, self.identity = tokenizer, identity
+
+
 def require_cache_tokenizer(tokenizer: PreTrainedTokenizerBase, cache_identity: dict, model_flag: str) -> None:
     """Refuse a model whose tokenizer is not the one the cache's token ids were made with."""
-    differs = diff_identity(cache_identity, tokenizer_identity(tokenizer))
+    identity = tokenizer_identity(tokenizer)
+    differs = diff_identity(cache_identity, identity)
     if differs == ["chat_template"]:  # the ids are unaffected: the words would be wrong
-        raise InputError(
+        raise ChatTemplateDiffers(
             f"--model {model_flag}: its chat template is not the one the cache's prompts were rendered with "
             "(the token ids do not depend on it, the format the model answers in does). Use the model the cache was made with, "
-            "or a kto-train output (final/ carries the cache's template)."
+            "or a kto-train output (final/ carries the cache's template).",
+            tokenizer,
+            identity,
         )
     if differs:
         raise InputError(
