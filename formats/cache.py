@@ -22,11 +22,8 @@ to run `kto-inspect verify`, which lists every problem at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import shlex
 import socket
-import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -36,7 +33,7 @@ import pyarrow.ipc as ipc
 
 from . import schema as S
 from .errors import InputError
-from .lock import LOCK_NAME, holder_of
+from .lock import LOCK_NAME, holder_of, lock_state
 from .manifest import Manifest, read_manifest
 from .paths import arrow_path
 from .shards import JOURNAL_DIR, ShardVerifier, array_problem, check_shard_values, fingerprint_problem, list_lengths, sha256_file, tokenizer_vocab_size
@@ -69,7 +66,7 @@ def _unfinished_by(cache_dir: Path) -> str | None:
     for folder in (cache_dir, cache_dir.parent) if cache_dir.name == S.EVAL_DIR else (cache_dir,):
         if not (folder / JOURNAL_DIR).is_dir():
             continue
-        held, text = _lock_state(folder / LOCK_NAME)
+        held, text = lock_state(folder / LOCK_NAME)
         if held:
             return f"no manifest yet: kto-precompute ({holder_of(text)}) is writing {folder} now; wait for it to finish"
         pid, _, host = text.strip().partition("@")
@@ -82,30 +79,6 @@ def _unfinished_by(cache_dir: Path) -> str | None:
             f"no manifest: the kto-precompute that wrote {folder} last ({recorded}) did not finish it; run the same kto-precompute command again to finish it"
         )
     return None
-
-
-def _lock_state(lock: Path) -> tuple[bool | None, str]:
-    """(whether a process holds the lock on `lock`, what the file records: `PID@HOST`), or (None,
-    what it records) where flock cannot tell. Probed with a shared lock taken and let go at
-    once: a kto-precompute starting in that instant is refused as "in use" and runs when
-    started again; nothing else is written."""
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO named .lock must not hang us
-    except OSError:
-        return None, ""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None, ""
-        text = os.pread(fd, 320, 0).decode(errors="replace")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True, text
-        except OSError:  # no locks on this filesystem (ENOLCK, ENOSYS, EOPNOTSUPP)
-            return None, text
-        return False, text
-    finally:
-        os.close(fd)  # lets go of the shared lock, if taken
 
 
 def cache_holding(path: str | Path) -> Path | None:

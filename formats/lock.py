@@ -70,7 +70,7 @@ def _lock(fd: int, path: Path, flag: str, made: list[Path]) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = holder_of(os.pread(fd, 320, 0).decode(errors="replace"))
+        holder = holder_of(_record(fd))
         raise InputError(f"{flag} {path}: in use by another kto process ({holder}); wait for it or choose another directory") from None
     except OSError as exc:
         for p in made:  # the lock file, then each folder made for it, innermost first, if empty
@@ -92,6 +92,35 @@ def _missing(path: Path) -> list[Path]:
         missing.append(path)
         path = path.parent
     return missing
+
+
+def _record(fd: int) -> str:
+    """What a lock file records (`PID@HOST`), read without moving its offset."""
+    return os.pread(fd, 320, 0).decode(errors="replace")
+
+
+def lock_state(lock: Path) -> tuple[bool | None, str]:
+    """(whether a process holds the lock on `lock`, what the file records: `PID@HOST`), or (None,
+    what it records) where flock cannot tell. Probed with a shared lock taken and let go at
+    once: a kto-precompute starting in that instant is refused as "in use" and runs when
+    started again; nothing else is written."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO named .lock must not hang us
+    except OSError:
+        return None, ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, ""
+        text = _record(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, text
+        except OSError:  # no locks on this filesystem (ENOLCK, ENOSYS, EOPNOTSUPP)
+            return None, text
+        return False, text
+    finally:
+        os.close(fd)  # lets go of the shared lock, if taken
 
 
 def holder_of(text: str) -> str:
