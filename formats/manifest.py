@@ -274,14 +274,20 @@ class Manifest:
         `info.model_path` made absolute (_absolute_paths)."""
         write_json_atomic(Path(cache_dir) / MANIFEST_NAME, replace(self, info=_absolute_paths(self)).to_json())
 
-    def input_files(self) -> list[tuple[Path, str]]:
-        """(absolute path, sha256 recorded) of each --data input that is a local file, as the
-        manifest records them (`content.inputs` beside `info.data_paths`); dataset inputs, hub or
-        local, and paths that were never made absolute (caches made before) are left out."""
+    def input_paths(self) -> list[str | None]:
+        """Each --data input's absolute path, in the order of `content.inputs`, as `info.data_paths`
+        records it: None for a hub dataset, a path recorded relative (caches made before), or one
+        not of that input's name; all None where the two lists do not pair one to one."""
         paths = self.info.get("data_paths") if isinstance(self.info, dict) else None
-        if not isinstance(paths, list) or len(paths) != len(self.content.inputs):
-            return []
-        return [(Path(p), i["sha256"]) for p, i in zip(paths, self.content.inputs) if _names_file(p, i) and os.path.isabs(p)]
+        inputs = self.content.inputs
+        if not isinstance(paths, list) or len(paths) != len(inputs):
+            return [None] * len(inputs)
+        return [p if isinstance(p, str) and os.path.isabs(p) and isinstance(i, dict) and Path(p).name == i.get("name") else None for p, i in zip(paths, inputs)]
+
+    def input_files(self) -> list[tuple[Path, str]]:
+        """(absolute path, sha256 recorded) of each --data input that is a local file (input_paths);
+        dataset inputs, hub or local, are left out."""
+        return [(Path(p), i["sha256"]) for p, i in zip(self.input_paths(), self.content.inputs) if p is not None and _names_file(p, i)]
 
 
 def _names_file(path: Any, identity: Any) -> bool:

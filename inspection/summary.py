@@ -222,10 +222,9 @@ INFO_VERSIONS = {"kto": "kto_version", "transformers": "transformers", "torch": 
 def made_from(manifest: Manifest, cache_dir: Path) -> dict:
     """The "made from" part of `summarize`: every value is the manifest's (none is guessed)."""
     content, info = manifest.content, manifest.info if isinstance(manifest.info, dict) else {}
-    paths = _input_paths(info)
     # An --eval-data eval split's rows come from its own inputs (CacheContent.row_inputs).
     rows_from_eval_inputs = content.split == "eval" and bool(content.eval_inputs)
-    out: dict = {"inputs": _with_paths(content.row_inputs, [] if rows_from_eval_inputs else paths)}
+    out: dict = {"inputs": _with_paths(content.row_inputs, [] if rows_from_eval_inputs else manifest.input_paths())}
     if content.eval_inputs and not rows_from_eval_inputs:
         out["eval_inputs"] = _with_paths(content.eval_inputs, [])
     settings = {
@@ -254,26 +253,15 @@ def made_from(manifest: Manifest, cache_dir: Path) -> dict:
     return out
 
 
-def _input_paths(info: dict) -> list:
-    """The --data paths `info` records, in the order of `content.inputs`: kto-precompute makes a
-    local file's absolute (formats/manifest.py); one recorded relative, as before, or a dataset
-    spec does not say where the input is (None)."""
-    given = info.get("data_paths")
-    if not isinstance(given, list):
-        return []
-    return [p if isinstance(p, str) and not p.startswith("hf:") and Path(p).is_absolute() else None for p in given]
-
-
 def _with_paths(inputs: tuple | list, paths: list) -> list:
-    """Each input identity as the manifest has it, with `path` where one is known: an absolute
-    path of that input's name (paths that do not pair one to one with the inputs are not used)."""
-    paired = paths if len(paths) == len(inputs) else [None] * len(inputs)
+    """Each input identity as the manifest has it, with `path` where one is known
+    (Manifest.input_paths, in the inputs' order; [] for inputs whose paths are not recorded)."""
     out = []
-    for identity, path in zip(inputs, paired):
+    for identity, path in zip(inputs, paths or [None] * len(inputs)):
         if not isinstance(identity, dict):  # not an identity records.input_identity writes: shown as it is
             out.append(identity)
         else:
-            out.append({**identity, "path": path} if path and Path(path).name == identity.get("name") else dict(identity))
+            out.append({**identity, "path": path} if path else dict(identity))
     return out
 
 
