@@ -8,6 +8,7 @@ that only the main process makes reaches every rank through `on_main`.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 import signal
 import sys
@@ -70,6 +71,18 @@ def exception_line(exc: BaseException) -> str:
     the whole formatted line instead would drop what follows, a closing parenthesis included)."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def import_or_refuse(module: str, *, missing: str, broken: str) -> types.ModuleType:
+    """`module` imported, or a one-line InputError: `missing` where it is not installed, `broken
+    (Type: message)` where it is but does not import (a dependency of its own missing or too
+    old: then installing the extra again is not the fix, so the two are told apart)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name == module:
+            raise InputError(missing) from None
+        raise InputError(f"{broken} ({exception_line(exc)})") from None
 
 
 def one_line_errors(prog: str) -> Callable:

@@ -14,7 +14,6 @@ so `kto-inspect --help` stays fast.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import select
@@ -26,7 +25,7 @@ from pathlib import Path
 import click
 
 from kto.formats.compute.numerics import NAMES as NUMERICS
-from kto.formats.errors import InputError, exception_line, exit_with_usage_line, one_line_errors, one_line_usage
+from kto.formats.errors import InputError, exit_with_usage_line, import_or_refuse, one_line_errors, one_line_usage
 from kto.formats.paths import HOME_PATH, refuse_undecodable
 
 from .text import printable
@@ -45,12 +44,11 @@ POLARS_HINT = "pip install 'polars>=1.36'"
 def _need_polars(command: str) -> None:
     """Refuse on one line (exit 2) where polars is missing, before a hub cache is fetched or a
     shard read: without this, the import deep in the readers ended in a 31-line traceback."""
-    try:
-        importlib.import_module("polars")
-    except ImportError as exc:
-        if exc.name == "polars":
-            raise InputError(f"{command} reads the cache with polars, which is not installed: {POLARS_HINT}") from None
-        raise InputError(f"{command} reads the cache with polars, which is installed but does not import ({exception_line(exc)})") from None
+    import_or_refuse(
+        "polars",
+        missing=f"{command} reads the cache with polars, which is not installed: {POLARS_HINT}",
+        broken=f"{command} reads the cache with polars, which is installed but does not import",
+    )
 
 
 def _local(cache: Path) -> Path:

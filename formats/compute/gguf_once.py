@@ -13,12 +13,11 @@ transformers builds from them is unchanged.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
-from ..errors import InputError, exception_line
+from ..errors import import_or_refuse
 
 GGUF_HINT = "pip install 'kto-offline[gguf]'"
 
@@ -70,9 +69,8 @@ def refuse_without_gguf(path: os.PathLike[str] | str, flag: str = "--model") -> 
     the commands' check of --model, before anything is loaded. Left to transformers, the refusal
     came at the tokenizer's load, on two lines (its logged warning and its ImportError), and named
     the file's folder, not the file."""
-    try:
-        importlib.import_module("gguf")
-    except ImportError as exc:
-        if exc.name == "gguf":
-            raise InputError(f"{flag} {path}: a GGUF file, and reading one needs the gguf package, which is not installed: {GGUF_HINT}") from None
-        raise InputError(f"{flag} {path}: a GGUF file, and the gguf package that reads it is installed but does not import ({exception_line(exc)})") from None
+    import_or_refuse(
+        "gguf",
+        missing=f"{flag} {path}: a GGUF file, and reading one needs the gguf package, which is not installed: {GGUF_HINT}",
+        broken=f"{flag} {path}: a GGUF file, and the gguf package that reads it is installed but does not import",
+    )
