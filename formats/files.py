@@ -22,7 +22,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import InputError
 
@@ -134,8 +134,14 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
+        return sha256_stream(f, block)
+
+
+def sha256_stream(f: BinaryIO, block: int = 1 << 20) -> str:
+    """Hex sha256 of what is left to read in `f`, `block` bytes at a time (a file already opened
+    and checked, e.g. by its descriptor's fstat)."""
+    h = hashlib.sha256()
+    while chunk := f.read(block):
+        h.update(chunk)
     return h.hexdigest()

@@ -11,7 +11,6 @@ those is not noticed).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import numpy as np
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.errors import InputError, log
+from kto.formats.files import sha256_stream
 from kto.formats.hub import hub_spec_of
 from kto.formats.manifest import INPUT_SUFFIXES, same_model
 
@@ -98,10 +98,8 @@ def _input_digest(path: Path) -> str | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return None
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 20):
-            digest.update(chunk)
-        return digest.hexdigest()
+        with os.fdopen(fd, "rb", closefd=False) as f:  # closed below, in every case
+            return sha256_stream(f)
     except OSError:
         return None
     finally:
