@@ -39,9 +39,9 @@ from .schema import FORMAT_VERSION, MANIFEST_NAME, shard_name
 
 __all__ = ["INPUT_SUFFIXES", "CacheContent", "Counts", "Manifest", "ShardEntry", "fingerprint_of", "read_manifest"]
 
-# The file types kto-precompute reads as --data (precompute/inputs/records.py SUFFIXES, mirrored:
-# train/ may not import precompute/; tests/train/test_cache_identity_more.py checks the two agree).
-# A recorded input file of another suffix made no cache, and kto-train hashes none (eval_cache.py).
+# The file types kto-precompute reads as --data (precompute/inputs/records.py takes them from here:
+# train/ may not import precompute/). A recorded input file of another suffix made no cache, and
+# kto-train hashes none (eval_cache.py).
 INPUT_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".ipc", ".feather")
 
 

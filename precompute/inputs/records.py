@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file, regular_tree, sha256_file
+from kto.formats.manifest import INPUT_SUFFIXES
 
 from .alpaca import AlpacaMap, alpaca_examples
 from .examples import (
@@ -48,7 +49,7 @@ from .hub import check_dataset_input, dataset_identity, dataset_records, is_data
 from .sharegpt import sharegpt_examples
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv") + ARROW_SUFFIXES
+SUFFIXES = INPUT_SUFFIXES  # declared in formats/manifest.py, where kto-train reads them too
 
 T = TypeVar("T")
 
