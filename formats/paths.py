@@ -7,7 +7,7 @@ and a config file's `out: ~/run` reached the commands as a literal `~`: kto-trai
 wrote elsewhere there), and kto-precompute made `./~/run/.lock` while pyarrow, which expands `~`
 in every path it is given (pyarrow.util._stringify_path), wrote the staging file into
 $HOME/run. Here every path flag and config value that starts with `~` means the home folder,
-as --model always did (formats/compute/models.py), and pyarrow is handed text that it cannot
+as --model always did (formats/compute/sources.py), and pyarrow is handed text that it cannot
 expand again.
 """
 

@@ -325,7 +325,8 @@ def _vocab_size(tok_dir: Path, key: tuple) -> int:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{path}: unreadable tokenizer file ({type(exc).__name__}: {exc})") from None
     # A slow-only tokenizer: ask transformers (imported here only, never by formats/ at import).
-    from .compute.models import ModelSource, load_tokenizer
+    from .compute.loading import load_tokenizer
+    from .compute.sources import ModelSource
 
     return len(load_tokenizer(ModelSource(tok_dir), flag="tokenizer"))
 

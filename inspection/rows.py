@@ -177,7 +177,9 @@ def load_cache_tokenizer(cache_dir: str | Path):
     """CACHE/tokenizer, refused unless it is the one the manifest records: another vocabulary
     would show other text than the reference scored, without a word."""
     from kto.formats.cache import open_cache
-    from kto.formats.compute.models import ModelSource, diff_identity, load_tokenizer, tokenizer_identity
+    from kto.formats.compute.identity import diff_identity, tokenizer_identity
+    from kto.formats.compute.loading import load_tokenizer
+    from kto.formats.compute.sources import ModelSource
 
     tok_dir = Path(cache_dir) / S.TOKENIZER_DIR
     if not tok_dir.is_dir():

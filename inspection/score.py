@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     import torch
 
     from kto.formats.compute.logprob import CompletionLogps
-    from kto.formats.compute.models import ModelSource
     from kto.formats.compute.numerics import Numerics
+    from kto.formats.compute.sources import ModelSource
     from kto.formats.manifest import Manifest
 
 DEFAULT_BETA = 0.1
@@ -184,8 +184,10 @@ class _Scorer:
     ) -> _Scorer:
         import torch
 
-        from kto.formats.compute.models import load_completion_logps, load_tokenizer, model_identity, require_cache_tokenizer
+        from kto.formats.compute.identity import model_identity
+        from kto.formats.compute.loading import load_completion_logps, load_tokenizer
         from kto.formats.compute.numerics import parse_numerics
+        from kto.formats.compute.tokenizer_check import require_cache_tokenizer
 
         policy = _policy(model, base_model)
         tokenizer = load_tokenizer(policy.tokenizer, trust_remote_code=trust_remote_code)
@@ -250,7 +252,8 @@ def _policy(model: str, base_model: str | None) -> _Policy:
     sharded or not) on its base; or a full fine-tune's FSDP checkpoint (no config.json: the
     weights in DCP shards) loaded onto its run's --model. A kto-train checkpoint or final/
     holds the run's tokenizer."""
-    from kto.formats.compute.models import ModelSource, is_sharded_checkpoint, load_sharded_weights, resolve_source
+    from kto.formats.compute.sharded import is_sharded_checkpoint, load_sharded_weights
+    from kto.formats.compute.sources import ModelSource, resolve_source
 
     path = Path(model).resolve()
     if is_adapter_dir(Path(model)):
@@ -282,7 +285,7 @@ def _require_runs_model(folder: Path, source: ModelSource, said: str, trained: s
     The weights would load onto any model of the same shapes, and score wrong without a word. A
     folder of no run, or a record without the identity, names no model: the caller's note says
     which base is used."""
-    from kto.formats.compute.models import model_identity
+    from kto.formats.compute.identity import model_identity
     from kto.formats.manifest import same_model
     from kto.formats.runrecord import read_run_config, record_path, run_of_model_dir
 
@@ -342,7 +345,7 @@ def _same_dir(a: Path, b: Path) -> bool:
 def _base_of_run(checkpoint: str, base_model: str | None) -> str:
     """--base-model, else the --model of the run that saved FSDP checkpoint `checkpoint` (its
     architecture and config: the checkpoint holds every weight, and no config.json)."""
-    from kto.formats.compute.models import SHARDED_DIR
+    from kto.formats.compute.sharded import SHARDED_DIR
     from kto.formats.runrecord import run_setting
 
     if base_model:

@@ -402,7 +402,9 @@ _IDENTITIES: dict[tuple, dict] = {}
 def _identity_of(tok_dir: Path) -> dict:
     """tokenizer_identity of the tokenizer in `tok_dir`, remembered by the files' exact bytes:
     loading a tokenizer costs far more than hashing its files."""
-    from kto.formats.compute.models import ModelSource, load_tokenizer, tokenizer_identity
+    from kto.formats.compute.identity import tokenizer_identity
+    from kto.formats.compute.loading import load_tokenizer
+    from kto.formats.compute.sources import ModelSource
 
     key = tuple((p.name, sha256_file(p)) for p in sorted(tok_dir.iterdir()) if p.is_file())
     if key not in _IDENTITIES:
@@ -411,7 +413,7 @@ def _identity_of(tok_dir: Path) -> dict:
 
 
 def _check_tokenizer(cache_dir: Path, manifest: Manifest, report: Report) -> None:
-    from kto.formats.compute.models import diff_identity
+    from kto.formats.compute.identity import diff_identity
 
     tok_dir = cache_dir / S.TOKENIZER_DIR
     if not tok_dir.is_dir():

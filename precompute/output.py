@@ -33,7 +33,7 @@ from pathlib import Path
 
 from kto.formats import schema as S
 from kto.formats.atomic import aside_path, parse_temp_name, remove_stale_temps, rename_into_place, write_bytes_atomic
-from kto.formats.compute.models import TOKENIZER_CHECK_NAME
+from kto.formats.compute.tokenizer_check import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
 from kto.formats.hub import CARD_NAME, card_text, is_kto_card

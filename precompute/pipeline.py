@@ -33,20 +33,15 @@ import torch
 from kto.formats import schema as S
 from kto.formats.atomic import atomic_dir
 from kto.formats.cache import ArrowFile
+from kto.formats.compute.identity import model_identity, tokenizer_identity
+from kto.formats.compute.load_options import check_attention_implementation, check_device_map
+from kto.formats.compute.loading import load_completion_logps, load_tokenizer
 from kto.formats.compute.logprob import input_device
-from kto.formats.compute.models import (
-    check_attention_implementation,
-    check_device_map,
-    checked_source,
-    load_completion_logps,
-    load_tokenizer,
-    model_identity,
-    resolve_source,
-    tokenizer_identity,
-)
 from kto.formats.compute.numerics import Numerics, parse_numerics
 from kto.formats.compute.scoring import default_batch_tokens, plan_scoring, score_sequences
 from kto.formats.compute.shared_prefix import sharing_refusal
+from kto.formats.compute.sources import resolve_source
+from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import peak_memory_gb

@@ -87,7 +87,7 @@ def test_a_lora_adapter_folder_as_model_says_to_merge_it(tmp_path):
     line = refused("kto.precompute.cli", "--data", tmp_path / "a.jsonl", "--model", adapter, "--out", tmp_path / "out")
     said = f"--model {adapter}: a LoRA adapter folder (adapter_config.json), not a model; merge it into HuggingFaceTB/SmolLM2-135M-Instruct first"
     assert line.startswith(f"kto-precompute: error: {said}"), line
-    from kto.formats.compute.models import resolve_source
+    from kto.formats.compute.sources import resolve_source
     from kto.formats.errors import InputError
 
     with pytest.raises(InputError, match="a LoRA adapter folder"):

@@ -20,7 +20,7 @@ from kto.precompute.inputs import hub
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 # Wired into the commands' early checks by another file than these helpers (the fixer's report):
-# formats/compute/models.py resolve_source for gguf, precompute/inputs/records.py for datasets.
+# formats/compute/sources.py resolve_source for gguf, precompute/inputs/records.py for datasets.
 
 
 def hide(monkeypatch, name: str) -> None:

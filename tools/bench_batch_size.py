@@ -24,9 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_prefix_sharing as B
 
+from kto.formats.compute.loading import load_causal_lm
 from kto.formats.compute.logprob import CompletionLogps
-from kto.formats.compute.models import load_causal_lm, resolve_source
 from kto.formats.compute.scoring import score_sequences
+from kto.formats.compute.sources import resolve_source
 
 
 def main(argv=None) -> int:

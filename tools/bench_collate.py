@@ -39,8 +39,10 @@ import _bench_common as C
 
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
+from kto.formats.compute.identity import tokenizer_identity
+from kto.formats.compute.loading import load_tokenizer
 from kto.formats.compute.logprob import TokenBatch
-from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
+from kto.formats.compute.sources import resolve_source
 from kto.formats.manifest import Counts, Manifest, ShardEntry
 from kto.formats.shards import FINGERPRINT_TAG, shard_table, write_shard
 from kto.train.data import KTOMicroBatch, MicroBatchShape, collate_micro_batch, epoch_plan, row_columns

@@ -33,9 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prefix_sharing import real_sequences
 
+from kto.formats.compute.loading import load_causal_lm
 from kto.formats.compute.logprob import CompletionLogps, make_token_batch
-from kto.formats.compute.models import load_causal_lm, resolve_source
 from kto.formats.compute.scoring import score_sequences
+from kto.formats.compute.sources import resolve_source
 
 BUCKETS = ((0, 384), (385, 720), (721, 10**9))
 

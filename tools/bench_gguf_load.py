@@ -22,7 +22,8 @@ def load_once(kind: str, gguf: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kto.formats.compute.models import load_causal_lm, load_tokenizer, resolve_source
+    from kto.formats.compute.loading import load_causal_lm, load_tokenizer
+    from kto.formats.compute.sources import resolve_source
 
     start = time.perf_counter()
     if kind == "plain":

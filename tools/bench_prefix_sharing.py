@@ -97,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def feedback_sequences(model_dir: Path, max_length: int = 256):
     """examples/feedback.jsonl with SmolLM2's chat template (the quickstart's --max-length 256)."""
-    from kto.formats.compute.models import load_tokenizer, resolve_source
+    from kto.formats.compute.loading import load_tokenizer
+    from kto.formats.compute.sources import resolve_source
 
     tok = load_tokenizer(resolve_source(str(model_dir)))
     return C.pipeline_sequences(REPO / "examples" / "feedback.jsonl", tok, max_length, max_length // 2), tok.pad_token_id
@@ -110,7 +111,9 @@ def real_sequences(data: Path, model_dir: Path, max_length: int = 1024) -> tuple
     from accelerate import PartialState
 
     from kto.formats.cache import ArrowFile
-    from kto.formats.compute.models import load_tokenizer, resolve_source, tokenizer_identity
+    from kto.formats.compute.identity import tokenizer_identity
+    from kto.formats.compute.loading import load_tokenizer
+    from kto.formats.compute.sources import resolve_source
     from kto.precompute.config import PrecomputeConfig
     from kto.precompute.pipeline import _shard_sequences, content_of, shard_slices, stage_rows
     from kto.precompute.plan import build_splits, shard_values
@@ -311,7 +314,8 @@ def end_to_end(
 def real_mix(args, mix: str, device, numerics: Numerics) -> dict:
     """A ../shared/data file: the whole file's layout accounting, then both layouts timed on
     its first --data-rows rows, scoring and kto-precompute end to end."""
-    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.formats.compute.loading import load_causal_lm
+    from kto.formats.compute.sources import resolve_source
 
     if args.model is None:
         sys.exit(f"--model: a HF dir of SmolLM2-135M-Instruct for mix {mix}")
@@ -347,7 +351,8 @@ def synthetic_mix(args, mix: str, device, numerics: Numerics) -> dict:
     if mix == "feedback":
         if args.model is None:
             sys.exit("--model: a HF dir of SmolLM2-135M-Instruct (python examples/smollm2_to_hf.py DIR) for mix feedback")
-        from kto.formats.compute.models import load_causal_lm, resolve_source
+        from kto.formats.compute.loading import load_causal_lm
+        from kto.formats.compute.sources import resolve_source
 
         sequences, pad_id = feedback_sequences(Path(args.model))
         lm = load_causal_lm(resolve_source(args.model), dtype=numerics.weights, attn_implementation="sdpa").to(device).eval()

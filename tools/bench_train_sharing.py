@@ -279,7 +279,8 @@ def compare_train_steps(lm, steps: list, *, device, numerics: Numerics, repeats:
 
 def train_step_mode(args, device, numerics: Numerics, results: dict) -> None:
     """--train-cache: compare_train_steps on each cache with --model, printed and saved as it goes."""
-    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.formats.compute.loading import load_causal_lm
+    from kto.formats.compute.sources import resolve_source
     from kto.train.model import disable_dropout
 
     if args.model is None:

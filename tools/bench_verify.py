@@ -94,7 +94,9 @@ print(json.dumps({"seconds": seconds, "tokenizer_seconds": tokenizer_seconds, "t
 def write_cache(out: Path, rows: int, seed: int = 0) -> Path:
     """A finished cache of `rows` rows: shards, manifest and tokenizer/, made without a model."""
     from kto.formats import schema as S
-    from kto.formats.compute.models import ModelSource, load_tokenizer, tokenizer_identity
+    from kto.formats.compute.identity import tokenizer_identity
+    from kto.formats.compute.loading import load_tokenizer
+    from kto.formats.compute.sources import ModelSource
     from kto.formats.manifest import Counts, Manifest, ShardEntry
     from kto.formats.shards import FINGERPRINT_TAG, write_shard
 

@@ -66,15 +66,13 @@ import bench_train_step
 import kto.precompute.pipeline as pipeline
 import kto.train.setup as train_setup
 from kto.formats.cache import open_cache
+from kto.formats.compute.identity import model_identity
+from kto.formats.compute.loading import load_tokenizer
 from kto.formats.compute.logprob import token_logps
-from kto.formats.compute.models import (
-    load_tokenizer,
-    model_identity,
-    require_cache_tokenizer,
-    resolve_source,
-)
 from kto.formats.compute.numerics import parse_numerics
 from kto.formats.compute.scoring import token_budget_batches
+from kto.formats.compute.sources import resolve_source
+from kto.formats.compute.tokenizer_check import require_cache_tokenizer
 from kto.precompute.config import PrecomputeConfig
 from kto.train.config import TrainConfig
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan

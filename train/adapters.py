@@ -209,7 +209,7 @@ def check_environment(cfg: TrainConfig, device_type: str) -> None:
 
 def check_model(cfg: TrainConfig, skeleton: torch.nn.Module) -> None:
     """Before --out is touched and any weight is read: the LoRA targets exist in --model, built
-    from its config on the meta device (formats/compute/models.py model_skeleton)."""
+    from its config on the meta device (formats/compute/meta_device.py model_skeleton)."""
     if enabled(cfg):
         targets = target_modules(cfg, skeleton)
         narrow = narrowest_targets(skeleton, targets)
@@ -298,7 +298,7 @@ def load_adapters(cfg: TrainConfig, lm: torch.nn.Module, checkpoint: Path) -> to
     check_adapter_settings(cfg, lm, checkpoint)
     with peft_quietly():
         model = PeftModel.from_pretrained(prepare_base(cfg, lm), checkpoint, is_trainable=True)
-    # The base as this kto names it (formats/compute/models.py peft_base: a GGUF file's folder),
+    # The base as this kto names it (formats/compute/sources.py peft_base: a GGUF file's folder),
     # not as the checkpoint's adapter_config.json recorded it (an earlier kto named the file).
     for config in model.peft_config.values():
         config.base_model_name_or_path = lm.name_or_path or config.base_model_name_or_path
@@ -391,7 +391,8 @@ def model_targets(cfg: TrainConfig) -> Callable[[], Sequence[str]]:
     a resume that compares None with a list builds it."""
 
     def names() -> Sequence[str]:
-        from kto.formats.compute.models import model_skeleton, resolve_source
+        from kto.formats.compute.meta_device import model_skeleton
+        from kto.formats.compute.sources import resolve_source
 
         return linear_names(model_skeleton(resolve_source(cfg.model), trust_remote_code=cfg.trust_remote_code))
 

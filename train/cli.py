@@ -367,7 +367,7 @@ def peft_target_mapping() -> dict[str, list[str]] | None:
 def model_type_of(spec: str, path: Path) -> str:
     """--model's model_type, read before the run loads it: a local config.json, a GGUF file's
     metadata, or a hub repo's config.json alone."""
-    from kto.formats.compute.models import resolve_source
+    from kto.formats.compute.sources import resolve_source
 
     try:
         if Path(spec).expanduser().exists():

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kto.formats.compute.loading import load_causal_lm, load_completion_logps
 from kto.formats.compute.logprob import CompletionLogps
-from kto.formats.compute.models import ModelSource, load_causal_lm, load_completion_logps, resolve_source
 from kto.formats.compute.numerics import torch_dtype
+from kto.formats.compute.sources import ModelSource, resolve_source
 
 if TYPE_CHECKING:
     from .config import TrainConfig

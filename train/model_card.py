@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from kto.formats.compute.models import hub_id_shaped, resolve_source
+from kto.formats.compute.sources import hub_id_shaped, resolve_source
 from kto.formats.errors import InputError
 from kto.formats.runrecord import MERGED_DIR
 

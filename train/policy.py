@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from accelerate.utils import gather_object
 
-from kto.formats.compute.models import ModelSource, load_tokenizer, resolve_source, tokenizer_as_given
+from kto.formats.compute.loading import load_tokenizer, tokenizer_as_given
+from kto.formats.compute.sources import ModelSource, resolve_source
 from kto.formats.errors import InputError, log
 from kto.formats.runrecord import FINAL_DIR, MERGED_DIR, checkpoint_dir
 
@@ -262,7 +263,7 @@ class Policy:
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """Loaded on first use (saving) when start-up did not need it: a second run on a cache
-        remembers the tokenizer check and the pad id (formats.compute.models.check_cache_tokenizer).
+        remembers the tokenizer check and the pad id (formats.compute.tokenizer_check.check_cache_tokenizer).
         Saved as --model gives it: without the pad token lent for padding (tokenizer_as_given)."""
         if self.loaded_tokenizer is None:
             self.loaded_tokenizer = load_tokenizer(self.tokenizer_source, trust_remote_code=self.cfg.trust_remote_code)

@@ -17,17 +17,13 @@ import torch
 
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, open_cache
+from kto.formats.compute.identity import model_identity
+from kto.formats.compute.load_options import check_attention_implementation
 from kto.formats.compute.logprob import check_cache_positions
-from kto.formats.compute.models import (
-    ChatTemplateDiffers,
-    ModelSource,
-    check_attention_implementation,
-    check_cache_tokenizer,
-    checked_source,
-    model_identity,
-    resolve_source,
-)
 from kto.formats.compute.shared_prefix import sharing_refusal
+from kto.formats.compute.sources import ModelSource, resolve_source
+from kto.formats.compute.tokenizer_check import ChatTemplateDiffers, check_cache_tokenizer
+from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.memory import MemoryMeter
 from kto.formats.runrecord import METRICS_NAME, read_run_config

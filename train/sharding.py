@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kto.formats.atomic import disk_full_names
-from kto.formats.compute.models import SHARDED_DIR
+from kto.formats.compute.sharded import SHARDED_DIR
 from kto.formats.errors import InputError
 from kto.formats.runrecord import checkpoint_dir
 
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 # The DCP directory inside a checkpoint; kto-inspect score reads the policy's weights there too
-# (formats/compute/models.py, load_sharded_weights: the "model" state dict, keys "lm.<HF key>").
+# (formats/compute/sharded.py, load_sharded_weights: the "model" state dict, keys "lm.<HF key>").
 SHARDED = SHARDED_DIR
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..files import read_json
-from .models import is_sharded_checkpoint, load_sharded_weights
+from .sharded import is_sharded_checkpoint, load_sharded_weights
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +66,7 @@ def base_model_of(adapter_dir: Path) -> str | None:
 def with_adapters(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
     """The base with the adapters of `adapter_dir` on it, for inference (eval mode, not trainable).
     `adapter_dir` is a PEFT adapter directory, or a kto-train FSDP checkpoint under LoRA: its
-    adapter_config.json, and the adapters' weights in its DCP shards (models.SHARDED_DIR)."""
+    adapter_config.json, and the adapters' weights in its DCP shards (sharded.SHARDED_DIR)."""
     from peft import PeftConfig, PeftModel
 
     if not is_sharded_checkpoint(adapter_dir):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..cache import open_cache
 from ..hub import is_hub_cache
-from .models import hub_id_shaped, resolve_source
+from .sources import hub_id_shaped, resolve_source
 
 
 def check_local_model(spec: str, flag: str = "--model") -> None:

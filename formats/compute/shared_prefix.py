@@ -411,7 +411,7 @@ def packing_refusal(lm: torch.nn.Module) -> str | None:
     and its hybrids, Qwen3-Next) or linear attention would let a pack's completions see each
     other, and its log-probs came out wrong without a word (by 5e-5 to 7.5e-3 per token on tiny
     random models, where plain scoring agrees to 0). Read from the model's class, config and modules, so a
-    meta-device skeleton (models.py model_skeleton) answers before any weight is read."""
+    meta-device skeleton (meta_device.py model_skeleton) answers before any weight is read."""
     name = type(lm).__name__
     if not getattr(lm, "_supports_attention_backend", False):
         return f"{name} does not attend through transformers' attention interface (or has no attention), which packing replaces"

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import make_tiny_llama, tiny_llama
 
-from kto.formats.compute.models import ModelSource, checked_source, load_causal_lm, model_identity, resolve_source
+from kto.formats.compute.identity import model_identity
+from kto.formats.compute.loading import load_causal_lm
+from kto.formats.compute.sources import ModelSource, resolve_source
+from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError
 
 
@@ -112,7 +115,8 @@ def identity_in_a_subprocess(model: Path) -> subprocess.CompletedProcess:
     """model_identity of `model` in a child with a time limit: the hang this guards against runs
     in a worker thread that neither Ctrl-C nor the test's end can stop."""
     code = (
-        "import sys\nfrom pathlib import Path\nfrom kto.formats.compute.models import ModelSource, model_identity\n"
+        "import sys\nfrom pathlib import Path\nfrom kto.formats.compute.identity import model_identity\n"
+        "from kto.formats.compute.sources import ModelSource\n"
         "from kto.formats.errors import InputError\n"
         "try:\n    model_identity(ModelSource(Path(sys.argv[1])))\nexcept InputError as e:\n    print(e)\n"
     )
@@ -345,7 +349,7 @@ def test_named_chat_templates_have_an_identity(tmp_path, tiny_model_dir):
     every command); it hashes the dict, and a change of any template changes it."""
     from transformers import AutoTokenizer
 
-    from kto.formats.compute.models import tokenizer_identity
+    from kto.formats.compute.identity import tokenizer_identity
 
     model = copy_model(tiny_model_dir, tmp_path / "m")
     (model / "additional_chat_templates").mkdir()

@@ -192,7 +192,7 @@ def test_a_hub_error_of_several_lines_is_one_line_that_closes_its_parenthesis(mo
     `cannot fetch from the hub (LocalEntryNotFoundError: Got: ...` without its `)`."""
     import huggingface_hub
 
-    from kto.formats.compute.models import resolve_source
+    from kto.formats.compute.sources import resolve_source
     from kto.formats.errors import InputError
 
     def offline(*args, **kwargs):

@@ -317,7 +317,8 @@ def test_gemma2_under_sdpa_names_the_flag(tmp_path):
     """Before: `--model DIR: cannot load model (ValueError: ... whisper-tiny ...)`."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.formats.compute.loading import load_causal_lm
+    from kto.formats.compute.sources import resolve_source
     from kto.formats.errors import InputError
 
     shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)

@@ -13,7 +13,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import chat_rows, precompute_args, run_train, train_error_line, write_rows
 
-from kto.formats.compute import models
+from kto.formats.compute import meta_device
+from kto.formats.compute.loading import load_causal_lm
+from kto.formats.compute.sources import resolve_source
+from kto.formats.errors import InputError
 
 ARGS = ("--batch-size", "2", "--max-steps", "1", "--log-every", "1")
 
@@ -22,13 +25,13 @@ ARGS = ("--batch-size", "2", "--max-steps", "1", "--log-every", "1")
 def builds(monkeypatch) -> list[dict]:
     """The keyword arguments of every meta-device build of a model from its config."""
     calls: list[dict] = []
-    real = models._on_meta
+    real = meta_device.on_meta
 
     def counted(source, trust_remote_code, **kwargs):
         calls.append(kwargs)
         return real(source, trust_remote_code, **kwargs)
 
-    monkeypatch.setattr(models, "_on_meta", counted)
+    monkeypatch.setattr(meta_device, "on_meta", counted)
     return calls
 
 
@@ -44,7 +47,7 @@ def never_built(monkeypatch) -> list[str]:
         calls.append(str(args[0]))
         raise MemoryError("the model was built")
 
-    monkeypatch.setattr(models, "_on_meta", refused)
+    monkeypatch.setattr(meta_device, "on_meta", refused)
     for name in ("from_config", "from_pretrained"):
         monkeypatch.setattr(AutoModelForCausalLM, name, refused)
     return calls
@@ -109,6 +112,6 @@ def test_load_causal_lm_alone_refuses_50000_claimed_layers_before_any_skeleton(t
     import torch
 
     model = claiming_50000_layers(tiny_model_dir, tmp_path / "m")
-    with pytest.raises(models.InputError, match=r"config\.json claims 50,000 layers \(num_hidden_layers\) but its weight files hold 2 "):
-        models.load_causal_lm(models.resolve_source(str(model)), dtype=torch.float32)
+    with pytest.raises(InputError, match=r"config\.json claims 50,000 layers \(num_hidden_layers\) but its weight files hold 2 "):
+        load_causal_lm(resolve_source(str(model)), dtype=torch.float32)
     assert never_built == []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_train, train_error_line
 
-from kto.formats.compute.models import resolve_source
+from kto.formats.compute.sources import resolve_source
 from kto.formats.errors import InputError
 from kto.formats.runrecord import write_run_config
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from kto.formats.compute.models import require_cache_tokenizer, tokenizer_identity
+from kto.formats.compute.identity import tokenizer_identity
+from kto.formats.compute.tokenizer_check import require_cache_tokenizer
 from kto.formats.errors import InputError
 
 

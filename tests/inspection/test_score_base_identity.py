@@ -99,7 +99,8 @@ def test_base_model_with_a_whole_model_is_refused(lora_run, tiny_cache, tiny_mod
 
 def test_an_fsdp_checkpoint_on_another_model_is_refused(tiny_model_dir, tokenizer_dir, tmp_path):
     """A full fine-tune's FSDP checkpoint takes its architecture and config from the base."""
-    from kto.formats.compute.models import model_identity, resolve_source
+    from kto.formats.compute.identity import model_identity
+    from kto.formats.compute.sources import resolve_source
     from kto.inspection.score import _policy
 
     run = tmp_path / "run"

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import torchrun
 
-from kto.formats.compute.models import resolve_source
+from kto.formats.compute.sources import resolve_source
 from kto.formats.errors import InputError
 from kto.inspection.cli import main
 

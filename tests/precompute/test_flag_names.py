@@ -58,7 +58,7 @@ def test_an_unknown_attention_or_device_map_is_refused_before_out_is_claimed(tmp
 
 @pytest.mark.parametrize("value", ["eager", "sdpa", "paged|eager", "kernels-community/flash-attn2"])
 def test_the_attention_names_transformers_takes_pass_the_name_check(value):
-    from kto.formats.compute.models import check_attention_name
+    from kto.formats.compute.load_options import check_attention_name
 
     check_attention_name(value)
 
@@ -86,7 +86,8 @@ def test_the_api_names_eval_data_for_a_directory(tmp_path, data, tiny_model_dir)
 def test_an_attention_name_is_left_to_the_load_under_trust_remote_code(tiny_model_dir):
     """A folder's own code may register its attention function when transformers imports it,
     after this check: under --trust-remote-code the name is not judged from transformers alone."""
-    from kto.formats.compute.models import check_attention_implementation, resolve_source
+    from kto.formats.compute.load_options import check_attention_implementation
+    from kto.formats.compute.sources import resolve_source
 
     source = resolve_source(str(tiny_model_dir))
     with pytest.raises(InputError, match="my_attention"):

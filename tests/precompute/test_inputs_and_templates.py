@@ -55,7 +55,9 @@ def sharegpt_rows():
 def test_sharegpt_rows_with_template_file_and_kwargs(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from kto.formats.compute.models import ModelSource, load_tokenizer, require_cache_tokenizer
+    from kto.formats.compute.loading import load_tokenizer
+    from kto.formats.compute.sources import ModelSource
+    from kto.formats.compute.tokenizer_check import require_cache_tokenizer
 
     data = write_rows(tmp_path / "sg.jsonl", sharegpt_rows())
     (tmp_path / "t.jinja").write_text(TEMPLATE)

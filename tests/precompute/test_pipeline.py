@@ -254,7 +254,8 @@ def test_model_identity_tells_two_checkpoints_of_one_architecture_apart(tmp_path
     """Same config and safetensors header, different weights: a fine-tune is not the reference."""
     from conftest import make_tiny_llama
 
-    from kto.formats.compute.models import model_identity, resolve_source
+    from kto.formats.compute.identity import model_identity
+    from kto.formats.compute.sources import resolve_source
 
     other = make_tiny_llama(tmp_path / "other", tokenizer_dir, seed=5)
     a, b = model_identity(resolve_source(str(tiny_model_dir))), model_identity(resolve_source(str(other)))
@@ -274,7 +275,8 @@ def test_model_identity_sees_rows_edited_inside_a_large_tensor(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from kto.formats.compute.models import ModelSource, model_identity
+    from kto.formats.compute.identity import model_identity
+    from kto.formats.compute.sources import ModelSource
     from kto.formats.manifest import same_model
 
     embed = torch.zeros(4096, 1024)  # 16 MiB: 64 blocks of 64 KiB cover a quarter of it
@@ -300,7 +302,8 @@ def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from kto.formats.compute.models import ModelSource, model_identity
+    from kto.formats.compute.identity import model_identity
+    from kto.formats.compute.sources import ModelSource
     from kto.formats.manifest import fingerprint_of, same_model
 
     big = torch.zeros(10 * 1024 * 1024 // 4)

@@ -18,8 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from kto.formats.cache import open_cache
+from kto.formats.compute.loading import load_tokenizer
 from kto.formats.compute.logprob import CompletionLogps
-from kto.formats.compute.models import load_tokenizer, resolve_source
+from kto.formats.compute.sources import resolve_source
 from kto.train import adapters, sharding
 from kto.train.config import TrainConfig
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan, prompt_groups

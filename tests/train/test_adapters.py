@@ -330,7 +330,7 @@ def test_lora_dropout_is_off_with_the_models_dropout(tiny_cache, tiny_model_dir,
     model's dropout was turned off before peft added its own: train-mode forwards stayed
     random, the KL pass noisy, and --keep-dropout changed nothing. The adapters' B is made
     non-zero, else their output (and any dropout in it) is zero."""
-    from kto.formats.compute.models import resolve_source
+    from kto.formats.compute.sources import resolve_source
     from kto.train.adapters import add_adapters
     from kto.train.config import TrainConfig
     from kto.train.model import load_policy

@@ -165,7 +165,8 @@ def test_lora_settings_without_a_rank_are_refused_by_the_config_itself(tmp_path)
 def test_a_rank_above_a_targets_width_is_warned_of_in_one_line(tiny_model_dir, capsys):
     """TINY_LLAMA: k_proj and v_proj map 32 → 16 (2 KV heads of 8): a rank above 16 adds
     parameters but not rank there (peft allows it). A warning, not a refusal."""
-    from kto.formats.compute.models import model_skeleton, resolve_source
+    from kto.formats.compute.meta_device import model_skeleton
+    from kto.formats.compute.sources import resolve_source
     from kto.train.adapters import check_model
 
     skeleton = model_skeleton(resolve_source(str(tiny_model_dir)))

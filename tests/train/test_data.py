@@ -355,22 +355,23 @@ def test_prefetcher_makes_each_key_once_in_order_and_reraises():
 def test_tokenizer_check_is_remembered_per_tokenizer_files(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
-    import kto.formats.compute.models as models
+    import kto.formats.compute.tokenizer_check as tokenizer_check
+    from kto.formats.compute.sources import resolve_source
     from kto.formats.errors import InputError
     from kto.formats.manifest import read_manifest
 
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
-    (cache / models.TOKENIZER_CHECK_NAME).unlink(missing_ok=True)
+    (cache / tokenizer_check.TOKENIZER_CHECK_NAME).unlink(missing_ok=True)
     identity = read_manifest(cache).content.tokenizer
-    source = models.resolve_source(str(tiny_model_dir))
-    pad_id, tok = models.check_cache_tokenizer(source, identity, "m", cache)  # loaded, compared, recorded
+    source = resolve_source(str(tiny_model_dir))
+    pad_id, tok = tokenizer_check.check_cache_tokenizer(source, identity, "m", cache)  # loaded, compared, recorded
     assert tok is not None and pad_id == tok.pad_token_id
-    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("loaded again"))
-    assert models.check_cache_tokenizer(source, identity, "m", cache) == (pad_id, None)  # same files: remembered
+    monkeypatch.setattr(tokenizer_check, "load_tokenizer", lambda *a, **k: pytest.fail("loaded again"))
+    assert tokenizer_check.check_cache_tokenizer(source, identity, "m", cache) == (pad_id, None)  # same files: remembered
     monkeypatch.undo()
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
     (other / "chat_template.jinja").write_text((other / "chat_template.jinja").read_text() + " ")
     with pytest.raises(InputError, match="chat template is not the one the cache.s prompts were rendered with"):
-        models.check_cache_tokenizer(models.resolve_source(str(other)), identity, "m", cache)
+        tokenizer_check.check_cache_tokenizer(resolve_source(str(other)), identity, "m", cache)

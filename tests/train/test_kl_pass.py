@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from kto.formats.cache import open_cache
+from kto.formats.compute.loading import load_causal_lm
 from kto.formats.compute.logprob import CompletionLogps, sequence_sums
-from kto.formats.compute.models import load_causal_lm, resolve_source
+from kto.formats.compute.sources import resolve_source
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
 from kto.train.step import kl_local_sums
 

@@ -359,8 +359,9 @@ def test_without_dropout_a_training_forward_equals_an_evaluation_one(tiny_model_
     a model built with attention dropout computes the same log-probs in train() and eval()."""
     from conftest import make_tiny_llama
 
+    from kto.formats.compute.loading import load_causal_lm
     from kto.formats.compute.logprob import CompletionLogps
-    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.formats.compute.sources import resolve_source
     from kto.train.model import disable_dropout
 
     lm = load_causal_lm(resolve_source(str(make_tiny_llama(tmp_path / "m", tokenizer_dir, attention_dropout=0.5))), dtype=torch.float32)

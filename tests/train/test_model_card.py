@@ -190,7 +190,7 @@ def test_final_and_checkpoints_carry_the_template_the_cache_was_rendered_with(tm
 def test_a_gguf_base_is_named_by_its_folder_and_loaded_with_gguf_file(tmp_path, monkeypatch):
     """peft loads an adapter's base as AutoModelForCausalLM.from_pretrained(base_model_name_or_path,
     **kwargs): a GGUF model is its folder plus gguf_file=, never the .gguf path itself."""
-    from kto.formats.compute.models import resolve_source
+    from kto.formats.compute.sources import resolve_source
     from kto.train.model_card import load_line
 
     (tmp_path / "models").mkdir()

@@ -15,8 +15,9 @@ from numerics_bounds import assert_tokens_agree, token_bound
 
 from kto.formats import schema as S
 from kto.formats.cache import open_cache
+from kto.formats.compute.loading import load_causal_lm
 from kto.formats.compute.logprob import CompletionLogps, split_rows
-from kto.formats.compute.models import load_causal_lm, resolve_source
+from kto.formats.compute.sources import resolve_source
 from kto.train.data import MicroBatchShape, collate_micro_batch, epoch_plan
 from kto.train.loss import LossType
 from kto.train.packing import shared_layout

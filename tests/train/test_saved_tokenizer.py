@@ -1,5 +1,5 @@
 """The tokenizer kto-train saves beside trained weights is --model's as given: the EOS pad that
-formats.compute.models.load_tokenizer lends a tokenizer without a pad token is for padding
+formats.compute.loading.load_tokenizer lends a tokenizer without a pad token is for padding
 inside kto-offline only, and must not reach final/, final-merged/ or a checkpoint."""
 
 import json

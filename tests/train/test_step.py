@@ -148,8 +148,9 @@ def test_a_step_makes_one_reduction_before_its_micro_batches(tiny_cache, tiny_mo
     import numpy as np
 
     from kto.formats.cache import open_cache
+    from kto.formats.compute.loading import load_causal_lm
     from kto.formats.compute.logprob import CompletionLogps
-    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.formats.compute.sources import resolve_source
     from kto.train.data import collate_micro_batch
     from kto.train.loss import LossType
     from kto.train.step import LossSettings, StepStats, forward_backward
@@ -171,8 +172,9 @@ def test_microbatch_kl_averages_only_the_micro_batches_that_hold_pairs(tiny_cach
     import numpy as np
 
     from kto.formats.cache import open_cache
+    from kto.formats.compute.loading import load_causal_lm
     from kto.formats.compute.logprob import CompletionLogps
-    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.formats.compute.sources import resolve_source
     from kto.train.data import collate_micro_batch
     from kto.train.loss import LossType, kl_estimate
     from kto.train.step import LossSettings, forward_backward, kl_local_sums, summarize

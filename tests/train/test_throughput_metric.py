@@ -17,8 +17,9 @@ def test_tokens_count_the_kl_pass_only_when_one_ran(tiny_cache, tiny_model_dir, 
     or not: what it saved is `tokens/saved`), policy sequences plus, with a KL pass, KL ones;
     the filler row (-1) counts nowhere."""
     from kto.formats.cache import open_cache
+    from kto.formats.compute.loading import load_causal_lm
     from kto.formats.compute.logprob import CompletionLogps
-    from kto.formats.compute.models import load_causal_lm, resolve_source
+    from kto.formats.compute.sources import resolve_source
     from kto.train.data import collate_micro_batch
     from kto.train.loss import LossType
     from kto.train.step import LossSettings, forward_backward
