@@ -13,6 +13,12 @@ Every writer of the three commands runs inside `disk_full_names`, the one place 
 libraries' own ways of saying it (OSError ENOSPC, safetensors' SafetensorError, tokenizers'
 plain Exception "... (os error 28)") into that line.
 
+A write past the largest file this process may write (EFBIG, "File too large": its file-size
+limit, `ulimit -f`, which batch systems such as SLURM pass to their jobs, or the filesystem's
+largest file) raises `FileTooLargeError` the same way, from the same place, saying which limit
+and its value. CPython ignores SIGXFSZ at start-up, so such a write fails with EFBIG: the signal,
+whose default action is to kill the process with a core dump, never ends a kto command.
+
 A write that the filesystem refuses (a read-only mount: EROFS; no permission: EACCES, EPERM)
 raises `NotWritableError` the same way, from every atomic write here (`names_write_errors`);
 `check_can_create` asks the same question before a command's expensive work. Removing a failed
@@ -39,6 +45,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -54,6 +61,8 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 # How libraries that do not raise OSError say it: safetensors ("I/O error: No space left on
 # device (os error 28)"), tokenizers (a plain Exception with the same words), pyarrow.
 _FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+# EFBIG, the same ways: pyarrow's OSError carries errno 27; safetensors and tokenizers the words.
+_TOO_LARGE_WORDS = ("File too large", "os error 27", "errno 27")
 # The filesystem refuses to change the folder: read-only mount, no write permission, or a flag
 # such as chattr +i (root gets EPERM, not EACCES, there).
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -74,6 +83,38 @@ class DiskFullError(InputError, OSError):
     def __init__(self, path: str | os.PathLike, then: str = "run the command again"):
         super().__init__(f"{path}: no space left on device; free some space and {then}")
         self.path = path
+
+
+class FileTooLargeError(InputError, OSError):
+    """A write failed with EFBIG: past the process's file-size limit (`ulimit -f`) or, without
+    one, the filesystem's largest file. An OSError too, as `DiskFullError` is."""
+
+    def __init__(self, path: str | os.PathLike, limit: int | None, then: str = "run the command again"):
+        if limit is not None:
+            why = (
+                f"file too large: this process may write files of at most {limit} bytes (its file-size limit, "
+                f"`ulimit -f`, which batch systems such as SLURM pass to their jobs); raise that limit and {then}"
+            )
+        else:
+            why = f"file too large for its filesystem; write it to another filesystem and {then}"
+        super().__init__(f"{path}: {why}")
+        self.path = path
+        self.limit = limit
+
+
+def _file_size_limit() -> int | None:
+    """This process's file-size limit in bytes (RLIMIT_FSIZE's soft value), None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def is_too_large(error: BaseException) -> bool:
+    """EFBIG, or a library's exception whose message says so (see _TOO_LARGE_WORDS)."""
+    if isinstance(error, (FileTooLargeError, DiskFullError)):
+        return False  # already named: keep the innermost path
+    if isinstance(error, OSError) and error.errno == errno.EFBIG:
+        return True
+    return isinstance(error, Exception) and any(w in str(error) for w in _TOO_LARGE_WORDS)
 
 
 class NotWritableError(InputError, OSError):
@@ -131,11 +172,14 @@ def _short_write_on_full_disk(error: BaseException, path: Path) -> bool:
 
 @contextlib.contextmanager
 def disk_full_names(path: str | os.PathLike) -> Iterator[None]:
-    """Turn a full disk inside the block into a one-line `DiskFullError` naming `path`."""
+    """Turn a full disk inside the block into a one-line `DiskFullError` naming `path`, and a
+    write past the largest file allowed (EFBIG) into a `FileTooLargeError`."""
     try:
         yield
     except Exception as e:
-        if is_disk_full(e) or (not isinstance(e, DiskFullError) and _short_write_on_full_disk(e, Path(path))):
+        if is_too_large(e):
+            raise FileTooLargeError(path, _file_size_limit()) from None
+        if is_disk_full(e) or (not isinstance(e, (DiskFullError, FileTooLargeError)) and _short_write_on_full_disk(e, Path(path))):
             raise DiskFullError(path) from None
         raise
 

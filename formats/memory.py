@@ -8,8 +8,11 @@ needs. So the figure that answers "how much memory does this need" is the *anony
 (`RssFile`) are reported beside it, never added to it.
 
 Linux gives only the current values of both, so peaks are sampled: `MemoryMeter.sample()` at
-every step and `take_window()` at every log line. On CUDA the device figure that matters is
-`torch.cuda.max_memory_allocated`, kept as `peak_memory_gb` there.
+every step and `take_window()` at every log line (kto-train), or after every scoring batch and
+shard (kto-precompute, `peak_words`). A sample sees the memory between batches, not the top of a
+forward pass inside one, so kto-precompute's line gives the kernel's high-water mark beside it
+(`max_rss_bytes`: exact, and counting the mapped files too). On CUDA the device figure that
+matters is `torch.cuda.max_memory_allocated`, kept as `peak_memory_gb` there.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def rss_kinds() -> tuple[float | None, float | None]:
 
 
 def max_rss_bytes() -> float:
-    """Peak resident set size (anonymous + file pages) of this process's life."""
+    """Peak resident set size (anonymous + file pages) of this process's life: the kernel's
+    high-water mark (VmHWM on Linux), so no peak between two samples escapes it."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(rss) if sys.platform == "darwin" else float(rss) * 1024  # bytes on macOS, KiB on Linux
 
@@ -95,3 +99,16 @@ class MemoryMeter:
             peak = max_rss_bytes() / GB
         self.window_anon = self.window_file = 0.0
         return {"peak_memory_gb": cuda if cuda is not None else peak, **out}
+
+
+def peak_words(meter: MemoryMeter, sampled: str) -> str:
+    """The peaks of a run in words, for a command's last line: what a memory request is sized
+    from. CUDA's max_memory_allocated first where there is one; then the host's peak anonymous
+    memory as `meter` sampled it (`sampled` says how often), and the kernel's high-water mark of
+    the resident set, which also counts the mapped model and shard files' pages (an upper bound
+    that no sample can miss). Off Linux the high-water mark alone."""
+    meter.sample()
+    resident = f"{max_rss_bytes() / GB:.2f} GB resident at most (with the mapped model and shard files)"
+    host = f"{meter.peak_anon / GB:.2f} GB allocated ({sampled}), {resident}" if meter.known else resident
+    cuda = cuda_peak_gb()
+    return host if cuda is None else f"{cuda:.2f} GB on the GPU (max allocated); host: {host}"

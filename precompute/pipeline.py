@@ -44,7 +44,7 @@ from kto.formats.compute.sources import resolve_source
 from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
-from kto.formats.memory import peak_memory_gb
+from kto.formats.memory import MemoryMeter, peak_words
 from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
 from kto.precompute.inputs.examples import READING_RULE
 from kto.precompute.inputs.hub import one_run
@@ -250,6 +250,9 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         warn_without_stop(staged, tokenizer, source, template)  # the train rows say it for the data
     warn_one_class(splits)
     todo = {s.name: pending_shards(s, fingerprints[s.name], layout, cfg.rows_per_shard, state) for s in splits}
+    say_resumed(splits, todo, cfg.rows_per_shard, state)
+    meter = MemoryMeter()
+    meter.sample()  # the rows read, checked and staged
     scorer = None
     if any(todo.values()):
         scorer = load_completion_logps(
@@ -263,7 +266,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         )
         _check_rows_fit(scorer.lm, splits, tokenizer, cfg)  # again on the loaded model, for one its skeleton could not show
     for s in splits:
-        score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, s.staged, on_scored)
+        score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, s.staged, on_scored, meter)
         state.wait_for_everyone()
     ordered = _write_manifests(splits, contents, layout, cfg, state, tokenizer)
     if state.is_main_process:
@@ -272,7 +275,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         write_card(cfg.out, ordered)  # last, after the manifests: a finished cache has its card
         for path in {s.staged for s in splits}:
             path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
-        _summary(ordered, time.perf_counter() - started)
+        _summary(ordered, time.perf_counter() - started, meter)
     return ordered
 
 
@@ -421,7 +424,7 @@ def _info(cfg: PrecomputeConfig, state) -> dict:
     }
 
 
-def _summary(manifests: list[Manifest], seconds: float) -> None:
+def _summary(manifests: list[Manifest], seconds: float, meter: MemoryMeter) -> None:
     for m in manifests:
         c = m.counts
         saved = f" ({c.prefix_tokens_saved} saved by prefix sharing, of {c.represented_tokens})" if m.layout.get("prefix_sharing") else ""
@@ -431,7 +434,7 @@ def _summary(manifests: list[Manifest], seconds: float) -> None:
             f"{c.prompt_cut_mid_text} mid-text; {c.completion_truncated} completions), "
             f"{c.same_prompt_kl_pairs} same-prompt KL pairs, {c.scored_tokens} tokens scored{saved}, {len(m.shards)} shards"
         )
-    log(f"done in {seconds:.1f} s, peak memory {peak_memory_gb():.2f} GB")
+    log(f"done in {seconds:.1f} s, peak memory {peak_words(meter, 'anonymous memory, sampled after every batch')}")
 
 
 # ---- each shard: filled from staging, scored, written (journal first) ------------------------
@@ -472,6 +475,26 @@ def pending_shards(s: Split, fingerprint: str, layout: dict, rows_per_shard: int
             log(f"{s.out / name}: not the shard this configuration recorded when it wrote it (sha256 differs, or no record); rebuilding it")
         todo.append(k)
     return todo
+
+
+def say_resumed(splits: list[Split], todo: dict[str, list[int]], rows_per_shard: int, state) -> None:
+    """Main process: one line per split that an earlier run left partly scored, saying what is
+    kept (a rerun otherwise showed only a bar starting at 0 of fewer rows). Another process's
+    shards count as kept when the journal records them and they exist: their owner checks their
+    bytes (`pending_shards`) and says it when it rebuilds one."""
+    if not state.is_main_process:
+        return
+    for s in splits:
+        slices = shard_slices(len(s.rows), rows_per_shard)
+        journal, mine = Journal(s.out), todo[s.name]
+        kept = [k for k in range(len(slices)) if k not in mine and (k % state.num_processes == state.process_index or _recorded(journal, S.shard_name(k)))]
+        if 0 < len(kept) < len(slices):  # all kept: nothing is resumed, and the run says nothing more
+            rows = sum(slices[k][1] - slices[k][0] for k in kept)
+            log(f"resuming: {len(kept)} of {len(slices)} {s.name} shards ({rows:,} rows) kept from an earlier run")
+
+
+def _recorded(journal: Journal, name: str) -> bool:
+    return (journal.out / name).is_file() and journal.shard(name) is not None
 
 
 def _sync(device) -> None:
@@ -515,7 +538,17 @@ def with_scoring_counts(s: Split, cfg: PrecomputeConfig, staged: Path) -> Counts
     return replace(s.counts, represented_tokens=represented, scored_tokens=scored, prefix_tokens_saved=represented - scored)
 
 
-def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics, staged: Path, on_scored=None) -> None:
+def score_and_write(
+    s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, layout, state, numerics: Numerics, staged: Path, on_scored=None, meter: MemoryMeter | None = None
+) -> None:
+    """Score and write this process's pending shards of `s`; `meter` sampled after every batch
+    and shard (the run's peak memory, `_summary`)."""
+    meter = meter or MemoryMeter()
+
+    def on_batch(n: int, tokens: int) -> None:
+        progress.update(n / 2, tokens)  # n sequences: a row's main and KL are two
+        meter.sample()
+
     if not shard_ids:
         return
     s.out.mkdir(parents=True, exist_ok=True)
@@ -540,7 +573,7 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
                     batch_tokens=cfg.batch_tokens,
                     pad_id=tokenizer.pad_token_id,
                     device=device,
-                    on_batch=lambda n, tokens: progress.update(n / 2, tokens),
+                    on_batch=on_batch,
                     share_prefixes=cfg.prefix_sharing,
                 )
             if on_scored is not None:
@@ -552,3 +585,4 @@ def score_and_write(s: Split, shard_ids, scorer, tokenizer, cfg, fingerprint, la
                 )
             table = shard_table({**values, **score_values(scored, len(values[S.ID]), cfg.store_token_logps)})
             Journal(s.out).write_shard(S.shard_name(k), table, shard_tags(fingerprint, layout), fingerprint, layout)
+            meter.sample()

@@ -1,15 +1,28 @@
-"""Progress bar (rows, tokens/s, ETA), for the main process only."""
+"""Progress bar (rows, tokens/s, ETA) on stderr, for the main process only.
+
+On a terminal the bar redraws up to ten times a second; elsewhere (a file, a pipe: a batch job's
+log) at most once every REDRAW_OFF_TERMINAL_S, so that the log holds an occasional bar, not a
+redraw per batch. The same rule and value as kto-train's bar (train/progress.py): mirrored, not
+imported, since precompute/ and train/ never import each other.
+
+A scoring batch may hold one of a row's two sequences (main, KL) without the other, so a batch
+counts n/2 rows; the bar is moved by whole rows only, so it shows `73/10000`, never `73.5`.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import TextIO
+
+REDRAW_OFF_TERMINAL_S = 30.0  # train/progress.py's, mirrored (see the module's docstring)
 
 
 class Progress:
-    def __init__(self, total: int, unit: str, enabled: bool = True):
+    def __init__(self, total: int, unit: str, enabled: bool = True, stream: TextIO | None = None):
         self.enabled = enabled
         self.tokens = 0
+        self.rows = 0.0  # counted in halves (see the module's docstring); the bar shows int(rows)
         self.started = time.perf_counter()
         self.bar = None
         if enabled:
@@ -17,14 +30,26 @@ class Progress:
 
             # sys.stderr as the command set it: it drops writes that fail after a hangup
             # (formats/signals.py), and tqdm keeps the object it is given.
-            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+            stream = stream or sys.stderr
+            terminal = stream.isatty()
+            self.bar = tqdm(
+                total=total,
+                unit=unit,
+                file=stream,
+                dynamic_ncols=True,
+                mininterval=0.1 if terminal else REDRAW_OFF_TERMINAL_S,
+                maxinterval=10 if terminal else REDRAW_OFF_TERMINAL_S,
+            )
 
     def update(self, rows: float, tokens: int) -> None:
         self.tokens += tokens
+        self.rows += rows
         if self.bar is not None:
-            self.bar.update(rows)
             rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
             self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+            whole = int(self.rows) - self.bar.n
+            if whole:
+                self.bar.update(whole)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kto.formats.atomic import aside_path, atomic_dir
+from kto.formats.compute.library_bars import library_bars_off
 from kto.formats.errors import InputError
 from kto.formats.files import read_json
 from kto.formats.runrecord import CHECKPOINT_RE, checkpoint_dir
@@ -285,7 +286,7 @@ def saved_dir(path: Path, files: Mapping[str, str] | None = None, kind: str = FI
     it visible. An existing `path` holding a file we did not save is refused, not replaced
     (kto-train checks this at start, open_run_dir; this is the last guard, for a file put there
     since)."""
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp, library_bars_off():
         yield tmp
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)

@@ -14,7 +14,8 @@ train/ never import each other:
 - loading.py: loading a tokenizer and a model, and the one model-loading sequence, with
   load_options.py (--attn-implementation, --device-map), meta_device.py (the model built on the
   meta device for the checks before --out), weights_check.py (the weight files against
-  config.json) and safetensors_headers.py (tensor names and offsets, read without loading);
+  config.json), safetensors_headers.py (tensor names and offsets, read without loading) and
+  library_bars.py (transformers' progress bars kept out of logs);
 - identity.py: the model's and tokenizer's identities in the fingerprint; tokenizer_check.py:
   --model's tokenizer against a cache's;
 - adapters.py: reading a LoRA adapter directory (kto-train's resume, kto-inspect score);

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError, exception_line
 from ..files import read_json
 from .gguf_once import gguf_loads
+from .library_bars import library_bars_off
 from .load_options import attention_refusal, attention_unsupported
 from .weights_check import refuse_missing_weights
 
@@ -92,7 +93,7 @@ def load_causal_lm(
         kwargs["quantization_config"] = quantization_config
     refuse_missing_weights(source, trust_remote_code, flag)
     try:
-        with gguf_loads(source.gguf_file, last=True):
+        with gguf_loads(source.gguf_file, last=True), library_bars_off(only_off_terminal=True):
             model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs, **source.load_kwargs)
     except Exception as exc:
         unsupported = attention_unsupported(exc)
