@@ -275,19 +275,34 @@ class Manifest:
         write_json_atomic(Path(cache_dir) / MANIFEST_NAME, replace(self, info=_absolute_paths(self)).to_json())
 
     def input_paths(self) -> list[str | None]:
-        """Each --data input's absolute path, in the order of `content.inputs`, as `info.data_paths`
-        records it: None for a hub dataset, a path recorded relative (caches made before), or one
-        not of that input's name; all None where the two lists do not pair one to one."""
-        paths = self.info.get("data_paths") if isinstance(self.info, dict) else None
-        inputs = self.content.inputs
+        """Each input file's absolute path, in the order of the inputs this cache's rows come from
+        (`content.row_inputs`), as `info` records it: `data_paths` for --data, `eval_data_paths`
+        for the eval split of a cache made with --eval-data. None for a hub dataset, a path
+        recorded relative (caches made before), or one not of that input's name; all None where
+        the two lists do not pair one to one (an --eval-data split made before its paths were
+        recorded)."""
+        return self._recorded_paths(*_paths_key(self))
+
+    def eval_input_paths(self) -> list[str | None]:
+        """As input_paths, for `content.eval_inputs` (--eval-data) of either split."""
+        return self._recorded_paths("eval_data_paths", tuple(self.content.eval_inputs or ()))
+
+    def _recorded_paths(self, key: str, inputs: tuple) -> list[str | None]:
+        paths = self.info.get(key) if isinstance(self.info, dict) else None
         if not isinstance(paths, list) or len(paths) != len(inputs):
             return [None] * len(inputs)
         return [p if isinstance(p, str) and os.path.isabs(p) and isinstance(i, dict) and Path(p).name == i.get("name") else None for p, i in zip(paths, inputs)]
 
     def input_files(self) -> list[tuple[Path, str]]:
-        """(absolute path, sha256 recorded) of each --data input that is a local file (input_paths);
-        dataset inputs, hub or local, are left out."""
-        return [(Path(p), i["sha256"]) for p, i in zip(self.input_paths(), self.content.inputs) if p is not None and _names_file(p, i)]
+        """(absolute path, sha256 recorded) of each input of this cache's rows that is a local file
+        (input_paths); dataset inputs, hub or local, are left out."""
+        return [(Path(p), i["sha256"]) for p, i in zip(self.input_paths(), self.content.row_inputs) if p is not None and _names_file(p, i)]
+
+
+def _paths_key(manifest: Manifest) -> tuple[str, tuple]:
+    """The `info` key naming the files of the inputs `manifest`'s rows come from, and those inputs."""
+    held_out = manifest.content.split == "eval" and bool(manifest.content.eval_inputs)
+    return ("eval_data_paths", tuple(manifest.content.eval_inputs)) if held_out else ("data_paths", tuple(manifest.content.inputs))
 
 
 def _names_file(path: Any, identity: Any) -> bool:
@@ -311,7 +326,7 @@ def _absolute_paths(manifest: Manifest) -> dict:
 
 
 def _absolute_data_paths(manifest: Manifest) -> dict:
-    """`info` with each local input file of `info.data_paths` absolute. kto-precompute records
+    """`info` with each local input file of `info.data_paths` (and `info.eval_data_paths`) absolute. kto-precompute records
     --data as typed, relative to a working directory nobody records: the file could not be found
     again, and kto-train could not tell that it was edited since the cache was made (train/eval_cache.py
     note_changed_inputs). Made absolute here, by the writer (kto-precompute, in its working
@@ -319,11 +334,14 @@ def _absolute_data_paths(manifest: Manifest) -> dict:
     an absolute path given stays as it was, so the manifest of a cache made from absolute paths
     keeps its bytes (tests/test_pinned_outputs.py pins them). Idempotent: a manifest read and
     written again elsewhere keeps the paths it holds."""
-    paths = manifest.info.get("data_paths") if isinstance(manifest.info, dict) else None
-    if not isinstance(paths, list) or len(paths) != len(manifest.content.inputs):
-        return manifest.info
-    absolute = [os.path.abspath(p) if _names_file(p, i) else p for p, i in zip(paths, manifest.content.inputs)]
-    return {**manifest.info, "data_paths": absolute}
+    info = manifest.info
+    if not isinstance(info, dict):
+        return info
+    for key, inputs in (("data_paths", manifest.content.inputs), ("eval_data_paths", manifest.content.eval_inputs or ())):
+        paths = info.get(key)
+        if isinstance(paths, list) and len(paths) == len(inputs):
+            info = {**info, key: [os.path.abspath(p) if _names_file(p, i) else p for p, i in zip(paths, inputs)]}
+    return info
 
 
 # Precompute names shards `shard-00000.arrow`, … (schema.shard_name). Anything else is refused,

@@ -222,11 +222,12 @@ INFO_VERSIONS = {"kto": "kto_version", "transformers": "transformers", "torch": 
 def made_from(manifest: Manifest, cache_dir: Path) -> dict:
     """The "made from" part of `summarize`: every value is the manifest's (none is guessed)."""
     content, info = manifest.content, manifest.info if isinstance(manifest.info, dict) else {}
-    # An --eval-data eval split's rows come from its own inputs (CacheContent.row_inputs).
+    # An --eval-data eval split's rows come from its own inputs (CacheContent.row_inputs), whose
+    # paths input_paths() gives as it gives --data's for the other caches.
     rows_from_eval_inputs = content.split == "eval" and bool(content.eval_inputs)
-    out: dict = {"inputs": _with_paths(content.row_inputs, [] if rows_from_eval_inputs else manifest.input_paths())}
+    out: dict = {"inputs": _with_paths(content.row_inputs, manifest.input_paths())}
     if content.eval_inputs and not rows_from_eval_inputs:
-        out["eval_inputs"] = _with_paths(content.eval_inputs, [])
+        out["eval_inputs"] = _with_paths(content.eval_inputs, manifest.eval_input_paths())
     settings = {
         "max_length": content.max_length,
         "max_prompt_length": content.max_prompt_length,

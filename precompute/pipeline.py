@@ -414,9 +414,12 @@ def _info(cfg: PrecomputeConfig, state) -> dict:
         version = importlib.metadata.version("kto-offline")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
+    # --eval-data's paths only when given: a manifest without them keeps its (pinned) bytes.
+    eval_paths = {"eval_data_paths": [str(p) for p in cfg.eval_data]} if cfg.eval_data else {}
     return {
         "model_path": str(cfg.model),
         "data_paths": [str(p) for p in cfg.data],
+        **eval_paths,
         "kto_version": version,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -3,10 +3,9 @@
 They must be no training rows (by fingerprint, shared shard, the same input and id, or the same
 token ids and label), and come from the same reference model, tokenizer, numerics and chat
 template as --cache, or the eval rewards would measure the training rows or another reference.
-Likewise --cache must be no eval split, and a --data file of either cache edited since that cache
-was made is said (for the eval split of a cache made with --eval-data, that is the training
-cache's --data files: the manifest records no path for the --eval-data files, so an edit of
-those is not noticed).
+Likewise --cache must be no eval split, and an input file of either cache edited since that cache
+was made is said: its --data files, or for the eval split of a cache made with --eval-data, those
+files (info.eval_data_paths; a cache made before they were recorded names none).
 """
 
 from __future__ import annotations

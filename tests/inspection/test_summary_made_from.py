@@ -142,10 +142,11 @@ def test_eval_data_inputs(tmp_path, tiny_model_dir):
     m = summary_json(cache)["made_from"]
     assert m["inputs"][0]["sha256"] == sha256(train)
     assert [(i["name"], i["sha256"]) for i in m["eval_inputs"]] == [("held.jsonl", sha256(held))]
-    assert m["eval_inputs"][0].get("path") in (None, str(held))  # where the manifest records --eval-data's paths
+    assert m["eval_inputs"][0]["path"] == str(held)  # info.eval_data_paths
     assert f"  held out   held.jsonl  sha256 {sha256(held)[:12]}" in summary_text(cache)
     e = summary_json(cache / "eval")["made_from"]
     assert [i["name"] for i in e["inputs"]] == ["held.jsonl"] and e["inputs"][0]["sha256"] == sha256(held)
+    assert e["inputs"][0]["path"] == str(held)  # its rows' files, not the training cache's --data
     assert e["parent"]["cache"] == str(cache)
     assert f"  data       held.jsonl  sha256 {sha256(held)[:12]}" in summary_text(cache / "eval")
 

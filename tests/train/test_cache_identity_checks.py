@@ -76,6 +76,33 @@ def test_an_input_edited_since_the_cache_was_made_is_noted(tmp_path, tiny_model_
     assert gone.exit_code == 0 and "has changed since" not in gone.output, gone.output
 
 
+def test_an_eval_data_file_edited_since_is_noted_by_its_own_path(tmp_path, tiny_model_dir, monkeypatch):
+    """The eval split of a cache made with --eval-data comes from those files, and the manifest
+    now records their paths (info.eval_data_paths, made absolute): an edit of one is noted
+    under --eval-cache, naming that file, not the training cache's --data file."""
+    write_rows(tmp_path / "held.jsonl", text_rows())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        write_rows(tmp_path / "chat.jsonl", chat_rows())
+        made = CliRunner().invoke(precompute, precompute_args(Path("chat.jsonl"), tiny_model_dir, Path("c0"), "--eval-data", "held.jsonl"))
+    assert made.exit_code == 0, made.output
+    cache, held = tmp_path / "c0", tmp_path / "held.jsonl"
+    assert read_manifest(cache / "eval").info["eval_data_paths"] == [str(held)]
+    assert read_manifest(cache / "eval").input_files() == [(held, sha256_file(held))]
+    assert read_manifest(cache).input_files() == [(tmp_path / "chat.jsonl", sha256_file(tmp_path / "chat.jsonl"))]
+    made_from = sha256_file(held)
+    rows = text_rows()
+    rows[0]["label"] = not rows[0]["label"]
+    write_rows(held, rows)
+    monkeypatch.chdir(tmp_path.parent)
+    result = run_train(cache, tiny_model_dir, tmp_path / "r", *ONE_STEP, "--eval-cache", str(cache / "eval"))
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if "has changed since" in line] == [
+        f"note: --eval-cache {cache / 'eval'} was made from {held} (sha256 {made_from[:12]}…), which has changed since "
+        f"(now {sha256_file(held)[:12]}…); rerun kto-precompute to evaluate on its rows as they are now"
+    ]
+
+
 # ---- 2. the eval split as --cache -----------------------------------------------------------
 
 
