@@ -17,15 +17,29 @@
 
 Every failure is one `InputError` line naming the file; readers that train or score add a hint
 to run `kto-inspect verify`, which lists every problem at once.
+
+A reader reads the cache it opened, to the end: `open_cache` holds a descriptor of every listed
+shard (formats/held_shards.py, which says who holds and why), and every later read of shard k
+(sha256, stamp, memory map) goes through it, while messages name `CACHE/shard-k.arrow`; a
+`kto-precompute --overwrite` swap unlinks the old inodes, which stay readable. Where they would
+not fit the open-files limit, or with `hold=False` (callers of the manifest only), shards are
+read by path, and a shard of a rebuilt cache is named as such (`_rebuilt`). Running out of
+descriptors is named as such, never as a corrupt shard. A reader writes `.verified.json` stamps
+only while manifest.json is still the one it opened: never into a cache swapped in since.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import mmap
+import os
 import shlex
 import socket
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -33,27 +47,42 @@ import pyarrow.ipc as ipc
 
 from . import schema as S
 from .errors import InputError
+from .files import read_json
+from .held_shards import Holding, limit_line, out_of_descriptors, read_holding, still_current
 from .lock import LOCK_NAME, holder_of, lock_state
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest
 from .paths import arrow_path
-from .shards import JOURNAL_DIR, ShardVerifier, array_problem, check_shard_values, fingerprint_problem, list_lengths, sha256_file, tokenizer_vocab_size
+from .shards import (
+    JOURNAL_DIR,
+    ShardVerifier,
+    array_problem,
+    check_shard_values,
+    fingerprint_problem,
+    list_lengths,
+    mismatch_line,
+    sha256_fd,
+    sha256_file,
+    tokenizer_vocab_size,
+)
 
 # The cache path is shlex-quoted where it is filled in: the hint is a command to paste, and a
 # path with a space split into two arguments.
 VERIFY_HINT = "kto-inspect verify {} checks the whole cache"
 
 
-def open_cache(cache_dir: str | Path, *, stamps: bool = True, hint: bool = True) -> ShardedCache:
+def open_cache(cache_dir: str | Path, *, stamps: bool = True, hint: bool = True, hold: bool = True) -> ShardedCache:
     """The cache in `cache_dir`: manifest read and checked, shards checked as they are used.
 
     stamps: trust (and write) `.verified.json` for shards hashed before; False re-hashes every
-    shard and writes nothing. hint: end each error with the `kto-inspect verify` hint."""
+    shard and writes nothing. hint: end each error with the `kto-inspect verify` hint. hold:
+    hold every shard open from now on (formats/held_shards.py); False for a caller that wants
+    the manifest only, or reads a shard once (then by path)."""
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         raise InputError(f"{cache_dir}: no such cache directory")
     if not (cache_dir / S.MANIFEST_NAME).is_file() and (writer := _unfinished_by(cache_dir)) is not None:
         raise InputError(f"{cache_dir / S.MANIFEST_NAME}: {writer}")
-    return ShardedCache(cache_dir, stamps=stamps, hint=hint)
+    return ShardedCache(cache_dir, stamps=stamps, hint=hint, hold=hold)
 
 
 def _unfinished_by(cache_dir: Path) -> str | None:
@@ -116,15 +145,32 @@ def _is_kto_manifest(path: Path) -> bool:
     return isinstance(obj, dict) and {"format_version", "content", "shards"} <= set(obj)
 
 
-class ShardedCache:
-    """Random access to a cache's rows, shards opened memory-mapped and verified on first read."""
+class _Unhinted(InputError):
+    """A refusal that is not the cache's fault, so no verify hint: a shard that is not the
+    manifest's because the cache was rebuilt since (verify checks the new cache, and says it is
+    sound), or the open-files limit."""
 
-    def __init__(self, cache_dir: Path, manifest: Manifest | None = None, *, stamps: bool = True, hint: bool = True):
+
+class ShardedCache:
+    """Random access to a cache's rows, shards opened memory-mapped and verified on first read.
+
+    Holds a descriptor of each shard from its creation (open_cache) until `close()` (or a `with`
+    block's end, or its garbage collection): see the module's docstring."""
+
+    def __init__(self, cache_dir: Path, manifest: Manifest | None = None, *, stamps: bool = True, hint: bool = True, hold: bool = True):
         self.dir = Path(cache_dir)
-        self.manifest = manifest or read_manifest(self.dir)
+        holding, identity = Holding(None), None
+        if manifest is None:
+            manifest, holding, identity = read_holding(self.dir, hold=hold)
+        self.manifest = manifest
+        self._held = holding.fds  # None: shards are read by path
+        self._closer = weakref.finalize(self, holding.close)
+        self._vocab: list[int | None] = []  # the tokenizer's size, once asked: a swap replaces tokenizer/ too
         self.stamps = stamps
         self.hint = hint
-        self.verifier = ShardVerifier(self.dir, self.manifest.shard_sha256) if stamps else None
+        # Stamps are written only into the cache this reader opened, never into one swapped in since.
+        current = None if identity is None else functools.partial(still_current, self.dir / S.MANIFEST_NAME, identity)  # no cycle through self
+        self.verifier = ShardVerifier(self.dir, self.manifest.shard_sha256, current=current) if stamps else None
         self._tables: dict[int, pa.Table] = {}
         self._views: dict[tuple[int, str], object] = {}
         self.starts = np.cumsum([0] + [s.rows for s in self.manifest.shards])
@@ -137,44 +183,114 @@ class ShardedCache:
     def path(self, k: int) -> Path:
         return self.dir / self.manifest.shards[k].name
 
+    def close(self) -> None:
+        """Let go of the shards' descriptors; later reads are by path (tables already read stay
+        mapped)."""
+        self._held = None
+        self._closer()
+
+    def __enter__(self) -> ShardedCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fd(self, k: int) -> int | None:
+        """Shard k's held descriptor; None where shards are read by path. InputError for one
+        missing when the cache was opened, the OSError for one that could not be opened."""
+        if self._held is None:
+            if not self.path(k).is_file():
+                self._refuse(k, f"{self.path(k)}: listed in the manifest but missing")
+            return None
+        fd = self._held[k]
+        if fd is None:
+            raise InputError(f"{self.path(k)}: listed in the manifest but missing")
+        if isinstance(fd, OSError):
+            raise fd
+        return fd
+
     @contextlib.contextmanager
     def _hinted(self) -> Iterator[None]:
         try:
             yield
+        except _Unhinted:
+            raise
         except InputError as exc:
             if not self.hint:
                 raise
             raise InputError(f"{exc}; {VERIFY_HINT.format(shlex.quote(str(self.dir)))}") from None
+
+    def _refuse(self, k: int, line: str) -> NoReturn:
+        """Raise InputError(`line`), or the rebuild's line where the cache was rebuilt since."""
+        rebuilt = self._rebuilt()
+        if rebuilt is not None:
+            raise _Unhinted(f"{self.path(k)}: {rebuilt}") from None
+        raise InputError(line) from None
+
+    def _refuse_read(self, k: int, exc: BaseException, line: str) -> NoReturn:
+        """`_refuse(k, line)` for a failed read, unless the process ran out of descriptors."""
+        if out_of_descriptors(exc):
+            raise _Unhinted(limit_line(self.path(k))) from None
+        self._refuse(k, line)
+
+    def _rebuilt(self) -> str | None:
+        """Why a shard read by path is not the manifest's, where that is knowable: manifest.json on
+        disk now carries another fingerprint (a kto-precompute --overwrite swapped a new cache in
+        since this process read it, over a read by path or from another machine over NFS)."""
+        try:
+            now = read_json(self.dir / S.MANIFEST_NAME)
+        except InputError:
+            return None
+        fingerprint = now.get("fingerprint") if isinstance(now, dict) else None
+        if not isinstance(fingerprint, str) or fingerprint == self.manifest.fingerprint:
+            return None
+        return (
+            f"{self.dir} was rebuilt since this process read its manifest (fingerprint {self.manifest.fingerprint[:16]}… then,"
+            f" {fingerprint[:16]}… now: kto-precompute --overwrite?); the cache this process began on is gone: start again on the new one"
+            " (kto-train: a new --out)"
+        )
 
     def check_sha256(self, k: int) -> None:
         """InputError unless shard k is present and its sha256 is the manifest's."""
         path, expected = self.path(k), self.manifest.shards[k].sha256
         with self._hinted():
             try:
-                if self.verifier is not None:
-                    self.verifier.verify(path.name)
+                fd = self._fd(k)
+                if self.verifier is not None and self.verifier.stamped(path.name, fd):
                     return
-                if not path.is_file():
-                    raise ValueError(f"{path}: listed in the manifest but missing")
-                actual = sha256_file(path)
-            except (ValueError, OSError) as exc:
-                raise InputError(str(exc).splitlines()[0]) from None
+                actual = sha256_file(path) if fd is None else sha256_fd(fd)
+            except InputError:
+                raise
+            except (ValueError, OSError) as exc:  # ESTALE: over NFS, a file another machine's swap unlinked
+                self._refuse_read(k, exc, str(exc).splitlines()[0])
             if actual != expected:
-                raise InputError(f"{path}: sha256 {actual[:16]}… does not match the manifest's {expected[:16]}…; the shard was modified or is corrupt")
+                self._refuse(k, mismatch_line(path, actual, expected))
+            if self.verifier is not None:
+                with contextlib.suppress(OSError):  # gone by path since it was hashed: hashed again next time
+                    self.verifier.record(path.name, fd)
+
+    def _mapped(self, k: int) -> pa.NativeFile:
+        """Shard k's bytes memory-mapped, through its held descriptor where there is one."""
+        fd = self._fd(k)
+        if fd is None:
+            return pa.memory_map(arrow_path(self.path(k)))
+        # mmap of an empty file raises; pyarrow then says what it says of any too-short file.
+        data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if os.fstat(fd).st_size else b""
+        return pa.BufferReader(pa.py_buffer(data))
 
     def map_shard(self, k: int) -> pa.Table:
         """Shard k memory-mapped: present, footer readable, shard schema, sound list offsets (not
         kept by the cache)."""
         path = self.path(k)
         with self._hinted():
-            if not path.is_file():
-                raise InputError(f"{path}: listed in the manifest but missing")
             try:
                 # Memory-mapped, not read: the pages belong to the page cache and leave this
                 # process's RSS when the table is dropped. Zero-copy (shards are uncompressed).
-                table = ipc.open_file(pa.memory_map(arrow_path(path))).read_all()
+                table = ipc.open_file(self._mapped(k)).read_all()
+            except InputError:
+                raise
             except (ValueError, OSError, pa.ArrowException) as exc:
-                raise InputError(f"{path}: not a readable shard, truncated or corrupt ({' '.join(str(exc).split())[:200]})") from None
+                self._refuse_read(k, exc, f"{path}: not a readable shard, truncated or corrupt ({' '.join(str(exc).split())[:200]})")
             try:
                 S.check_schema(table.schema, str(path))
             except ValueError as exc:
@@ -197,7 +313,7 @@ class ShardedCache:
             problem = f"{self.path(k)}: {table.num_rows} rows, the manifest says {entry.rows}"
         if problem is not None:
             with self._hinted():
-                raise InputError(problem)
+                self._refuse(k, problem)
         return table
 
     def read_shard(self, k: int, *, values: bool = True) -> pa.Table:
@@ -214,8 +330,10 @@ class ShardedCache:
     def vocab_size(self) -> int | None:
         """Token ids the cache's tokenizer/ can produce (None without one); InputError when its
         file is unreadable. kto-train asks at start-up, so that stops it before --out is touched."""
-        with self._hinted():
-            return tokenizer_vocab_size(self.dir)
+        if not self._vocab:  # asked once: a swap replaces tokenizer/ too, and the shards read are the old ones
+            with self._hinted():
+                self._vocab.append(tokenizer_vocab_size(self.dir))
+        return self._vocab[0]
 
     def table(self, k: int) -> pa.Table:
         """`read_shard(k)`, kept for random access (training reads rows from any shard)."""

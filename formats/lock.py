@@ -195,3 +195,52 @@ def _open_read_only(lock_file: Path, flag: str, flags: int) -> int:
         raise InputError(
             f"{flag} {lock_file.parent}: cannot open its lock file {LOCK_NAME} ({exc.strerror}); ask its owner to make it readable, or remove it"
         ) from None
+
+
+# ---- manifest.json: a reader's open against kto-precompute --overwrite's swap -----------------
+#
+# A reader (formats/cache.py open_cache) holds a shared lock on manifest.json while it reads it
+# and opens the shards it lists; `swap_in` holds an exclusive one on the old manifest.json while
+# it removes the old cache and renames the new one in. So a reader never pairs one cache's
+# manifest with the other's shards, and once it holds its shards' descriptors the swap may unlink
+# their names: the inodes stay readable. Where the filesystem has no locks both go on without
+# them; the reader then still sees a replaced manifest.json by its inode (cache.py).
+
+
+def share_lock(fd: int) -> bool:
+    """Wait for a shared flock on `fd` (a read-only descriptor will do); False where the
+    filesystem has no locks (ENOLCK, ENOSYS, EOPNOTSUPP). Released when `fd` is closed."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def manifests_locked(paths: list[Path]) -> Iterator[None]:
+    """Hold an exclusive flock on each of `paths` that exists (the manifests a swap replaces),
+    waiting for the readers that hold a shared one, for the `with` block."""
+    fds = []
+    try:
+        for path in paths:
+            fd = _open_to_lock(path)
+            if fd is None:
+                continue
+            fds.append(fd)
+            with contextlib.suppress(OSError):  # no locks on this filesystem: readers re-check the inode
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _open_to_lock(path: Path) -> int | None:
+    """A descriptor of `path` to lock, or None where it cannot be opened. Read-write where it
+    may be (over NFS an exclusive flock is a write lock, which needs one; nothing is written),
+    else read-only. O_NONBLOCK: a FIFO must not hang the open."""
+    for flags in (os.O_RDWR, os.O_RDONLY):
+        with contextlib.suppress(OSError):
+            return os.open(path, flags | os.O_NONBLOCK)
+    return None

@@ -6,10 +6,13 @@ reader can memory-map them: RAM does not grow with the dataset, the page cache d
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
@@ -258,9 +261,13 @@ class ShardVerifier:
     `kto-inspect verify` (always hashing) is for.
     """
 
-    def __init__(self, cache_dir: Path, expected: dict[str, str]):
+    def __init__(self, cache_dir: Path, expected: dict[str, str], *, current: Callable[[], ContextManager[bool]] | None = None):
+        """current: a context manager that says, for its block, whether the cache on disk is
+        still the one these stamps are of (formats/held_shards.py still_current); none are
+        written where it is not (a reader of the old cache after a --overwrite swap)."""
         self.cache_dir = Path(cache_dir)
         self.expected = expected
+        self._current = current
         self._record_path = self.cache_dir / VERIFIED_NAME
         self._record = self._load_record()
 
@@ -275,9 +282,25 @@ class ShardVerifier:
             return {}
         return record if isinstance(record, dict) else {}
 
-    def _stamp(self, path: Path) -> list:
-        st = path.stat()
-        return [self.expected[path.name], st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    def _stamp(self, name: str, fd: int | None) -> list:
+        st = os.stat(self.cache_dir / name) if fd is None else os.fstat(fd)
+        return [self.expected[name], st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def stamped(self, name: str, fd: int | None = None) -> bool:
+        """Shard `name` (read through `fd`, a descriptor of it, where given) was hashed before
+        and its stamp still holds."""
+        return self._record.get(name) == self._stamp(name, fd)
+
+    def record(self, name: str, fd: int | None = None) -> None:
+        """Remember that shard `name` (through `fd`) hashed to the manifest's sha256."""
+        self._record[name] = self._stamp(name, fd)
+        with self._current() if self._current is not None else contextlib.nullcontext(True) as current:
+            if not current:
+                return  # another cache now: its stamps are not ours to write
+            try:
+                write_json_atomic(self._record_path, self._record)
+            except OSError:
+                pass  # a read-only cache still works; it is just hashed again next time
 
     def verify(self, name: str) -> None:
         path = self.cache_dir / name
@@ -285,16 +308,27 @@ class ShardVerifier:
             raise ValueError(f"{path}: not listed in the manifest")
         if not path.is_file():
             raise ValueError(f"{path}: listed in the manifest but missing")
-        if self._record.get(name) == self._stamp(path):
+        if self.stamped(name):
             return
         actual = sha256_file(path)
         if actual != self.expected[name]:
-            raise ValueError(f"{path}: sha256 {actual[:16]}… does not match the manifest's {self.expected[name][:16]}…; the shard was modified or is corrupt")
-        self._record[name] = self._stamp(path)
-        try:
-            write_json_atomic(self._record_path, self._record)
-        except OSError:
-            pass  # a read-only cache still works; it is just hashed again next time
+            raise ValueError(mismatch_line(path, actual, self.expected[name]))
+        self.record(name)
+
+
+def mismatch_line(path: Path, actual: str, expected: str) -> str:
+    """The refusal of a shard whose sha256 is not its manifest's."""
+    return f"{path}: sha256 {actual[:16]}… does not match the manifest's {expected[:16]}…; the shard was modified or is corrupt"
+
+
+def sha256_fd(fd: int, block: int = 1 << 20) -> str:
+    """Hex sha256 of the whole file open as `fd`, read with pread: the descriptor's offset is
+    neither used nor moved, so one descriptor serves every reader of it."""
+    h, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, block, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    return h.hexdigest()
 
 
 def tokenizer_vocab_size(cache_dir: str | os.PathLike) -> int | None:

@@ -185,7 +185,7 @@ def load_cache_tokenizer(cache_dir: str | Path):
     if not tok_dir.is_dir():
         raise InputError(f"{tok_dir}: missing; the cache has no tokenizer to decode with")
     tokenizer = load_tokenizer(ModelSource(tok_dir), flag="tokenizer")
-    content = open_cache(cache_dir).manifest.content  # the manifest only: shards are checked as read
+    content = open_cache(cache_dir, hold=False).manifest.content  # the manifest only: no shard held
     differs = diff_identity(content.saved_tokenizer, tokenizer_identity(tokenizer))
     if differs:
         raise InputError(f"{tok_dir}: differs from the tokenizer the manifest records ({', '.join(differs)}); its text would not be what was scored")

@@ -271,7 +271,7 @@ def _parent(manifest: Manifest, cache_dir: Path) -> dict | None:
     if manifest.content.split != "eval" or cache_dir.name != S.EVAL_DIR:
         return None
     try:
-        parent = open_cache(cache_dir.parent, stamps=False).manifest  # its manifest only: no shard is read
+        parent = open_cache(cache_dir.parent, stamps=False, hold=False).manifest  # its manifest only: no shard held
     except InputError:
         return None
     if parent.content.split != "train" or dataclasses.replace(parent.content, split="eval") != manifest.content:

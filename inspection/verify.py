@@ -123,7 +123,7 @@ def _other_reference(cache_dir: Path, eval_dir: Path) -> list[str]:
     than the train split. Its rewards would be measured against another reference. Nothing
     when either manifest is unreadable (its own report says why)."""
     try:
-        train, held_out = (open_cache(d, stamps=False, hint=False).manifest.content for d in (cache_dir, eval_dir))
+        train, held_out = (open_cache(d, stamps=False, hint=False, hold=False).manifest.content for d in (cache_dir, eval_dir))
     except InputError:
         return []
     differs = lambda a, b: ", ".join(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))) if isinstance(a, dict) and isinstance(b, dict) else "all"
@@ -139,7 +139,7 @@ def _train_content(cache_dir: Path) -> CacheContent | None:
     """The train cache's manifest content; None when unreadable (its own report says why) or
     when `cache_dir` is not a train split."""
     try:
-        content = open_cache(cache_dir, stamps=False, hint=False).manifest.content
+        content = open_cache(cache_dir, stamps=False, hint=False, hold=False).manifest.content  # the manifest only
     except InputError:
         return None
     return content if content.split == "train" else None

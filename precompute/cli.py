@@ -81,7 +81,8 @@ from .config import DTYPES, PrecomputeConfig
     "--overwrite",
     is_flag=True,
     help="Replace a cache of another configuration in --out. The new cache is built in --out/.next/ (twice the disk space meanwhile)"
-    " and swapped in once complete: until then the old cache stays whole, and a stopped run resumes with the same command.",
+    " and swapped in once complete: until then the old cache stays whole, and a stopped run resumes with the same command."
+    " A kto-train already reading the old cache finishes on it (it holds every shard open).",
 )
 @click.option("--push-to-hub", default=None, help="Upload the finished cache to this hub dataset repo (ORG/NAME).")
 @click.option("--hub-private/--no-hub-private", default=False, help="Create the --push-to-hub repo private (--no-hub-private: public, over a config file).")

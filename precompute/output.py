@@ -37,7 +37,7 @@ from kto.formats.compute.tokenizer_check import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
 from kto.formats.hub import CARD_NAME, card_text, is_kto_card
-from kto.formats.lock import LOCK_NAME, locked_dir
+from kto.formats.lock import LOCK_NAME, locked_dir, manifests_locked
 from kto.formats.manifest import CacheContent, Manifest, fingerprint_of, same_model
 from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
@@ -490,18 +490,27 @@ def swap_in(out: Path) -> None:
     shards, tokenizer/ and eval/, then the journal, then the manifest, then `.next/` is removed.
     Not atomic for the folder, but the gap is renames; a kill at any point leaves a state the
     same command finishes (finish_swap): until the journal's rename, `.next/`'s journal proves
-    what already moved (survey), and `out`'s own journal or manifest what of the old is left."""
+    what already moved (survey), and `out`'s own journal or manifest what of the old is left.
+
+    Readers: it all happens holding an exclusive lock on the old manifests (`out`'s and its
+    eval/'s, formats/lock.py manifests_locked), so it waits for a reader that is opening the
+    cache (formats/cache.py open_cache: it holds a shared one while it reads the manifest and
+    opens every shard). A reader that opened it before keeps reading the old cache to its end:
+    the shards removed here are unlinked (eval/ renamed aside first), and their inodes stay
+    readable through its descriptors. One that opens it during the renames finds no manifest
+    (the old one goes first, the new one comes last) and is told a kto-precompute writes it."""
     nxt = out / NEXT
-    if (nxt / JOURNAL_DIR).is_dir():
-        if (out / JOURNAL_DIR).is_dir() or own_manifest(out) is not None:  # the old cache, or what is left of it
-            keep = {LOCK_NAME, NEXT, *(p.name for p in staging_files(out))}
-            _remove(survey(out, with_eval=True, moved=False)[0], keep=keep)
-        for p in sorted(nxt.iterdir()):
-            if p.name not in (JOURNAL_DIR, S.MANIFEST_NAME):
-                _move(p, out / p.name)
-        _move(nxt / JOURNAL_DIR, out / JOURNAL_DIR)
-    if (nxt / S.MANIFEST_NAME).is_file():
-        _move(nxt / S.MANIFEST_NAME, out / S.MANIFEST_NAME)
+    with manifests_locked([out / S.MANIFEST_NAME, out / S.EVAL_DIR / S.MANIFEST_NAME]):
+        if (nxt / JOURNAL_DIR).is_dir():
+            if (out / JOURNAL_DIR).is_dir() or own_manifest(out) is not None:  # the old cache, or what is left of it
+                keep = {LOCK_NAME, NEXT, *(p.name for p in staging_files(out))}
+                _remove(survey(out, with_eval=True, moved=False)[0], keep=keep)
+            for p in sorted(nxt.iterdir()):
+                if p.name not in (JOURNAL_DIR, S.MANIFEST_NAME):
+                    _move(p, out / p.name)
+            _move(nxt / JOURNAL_DIR, out / JOURNAL_DIR)
+        if (nxt / S.MANIFEST_NAME).is_file():
+            _move(nxt / S.MANIFEST_NAME, out / S.MANIFEST_NAME)
     nxt.rmdir()
 
 

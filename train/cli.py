@@ -418,7 +418,7 @@ def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -
     if not resolved.other_values or not (cache / MANIFEST_NAME).is_file():
         return  # an `hf:` cache, or none: the run refuses or fetches it
     try:
-        content = open_cache(cache, stamps=False).manifest.content.to_json()  # reads and checks the manifest only
+        content = open_cache(cache, stamps=False, hold=False).manifest.content.to_json()  # the manifest only: no shard held
     except InputError:
         return  # the run refuses a bad manifest in its own words
     differ = precompute_disagreements(resolved.other_values, content)

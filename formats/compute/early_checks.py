@@ -30,4 +30,4 @@ def check_local_cache(cache: str | Path) -> None:
     """open_cache's refusals of a local cache directory (missing, no or a bad manifest.json);
     an `hf:` cache is let through. Writes nothing (no .verified.json stamps)."""
     if not is_hub_cache(cache):
-        open_cache(cache, stamps=False)
+        open_cache(cache, stamps=False, hold=False)  # the manifest only: no shard held
