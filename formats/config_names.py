@@ -183,11 +183,14 @@ def _names_of(command: str) -> set[str]:
 def _suggest(key: str, command: str) -> str:
     """The nearest name of either command to a misspelt key, a skipped one (ignored, a dumped
     default) only where clearly nearer: `hub_stratgy` is hub_strategy, not save_strategy, while
-    `per_device_batch_size` stays per_device_train_batch_size; on a tie, the command's own."""
+    `per_device_batch_size` stays per_device_train_batch_size; on a tie, the command's own. A
+    key without `eval` in it is no eval setting: per_device_eval_batch_size is the nearer string
+    to `per_device_batch_size` (0.894 against 0.875), and ranks 0.05 lower."""
     here, there = _names_of(command), _names_of(_other(command))
     skipped = set(IGNORED) | set(DUMPED[command]) | set(DUMPED[_other(command)])
     ratio = lambda name: difflib.SequenceMatcher(None, key, name).ratio()
-    used = max((n for n in here | there if ratio(n) >= 0.6), key=lambda n: (ratio(n), n in here, n), default=None)
+    ranked = lambda name: ratio(name) - (0.05 if "eval" in name and "eval" not in key else 0.0)
+    used = max((n for n in here | there if ratio(n) >= 0.6), key=lambda n: (ranked(n), n in here, n), default=None)
     near = max((n for n in skipped if ratio(n) >= 0.6), key=lambda n: (ratio(n), n), default=None)
     pick = near if near and (used is None or ratio(near) >= ratio(used) + 0.05) else used
     if pick is None:

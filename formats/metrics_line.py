@@ -42,8 +42,19 @@ _STEP = ("lr", "grad_norm", "epoch", "tokens_per_s", "peak_memory_gb", "rss_anon
 # null on every eval line by design: the training step's own figures.
 TRAIN_ONLY_KEYS = (*_PACKING, "padding/kl", *_STEP)
 
-# The order of a line, as train lines have always been written.
-_ALL_KEYS = (*_EVERY_LINE, *_PACKING, *KL_KEYS, *_STEP)
+# An eval line's eval cache: the first EVAL_CACHE_NAME_LEN hex digits of its fingerprint (a
+# resume may change --eval-cache, and losses on two caches do not compare); null on train lines.
+EVAL_CACHE_KEY = "eval_cache"
+EVAL_CACHE_NAME_LEN = 12
+EVAL_ONLY_KEYS = (EVAL_CACHE_KEY,)
+
+# The order of a line, as train lines have always been written; the eval-only key last.
+_ALL_KEYS = (*_EVERY_LINE, *_PACKING, *KL_KEYS, *_STEP, *EVAL_ONLY_KEYS)
+
+
+def eval_cache_name(fingerprint: str) -> str:
+    """What an eval line writes under EVAL_CACHE_KEY for the eval cache of this fingerprint."""
+    return fingerprint[:EVAL_CACHE_NAME_LEN]
 
 
 def metrics_keys(has_kl: bool) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """RUN/kto_run.json: the record of a kto-train run, its full configuration.
 
 kto-train writes it (atomically) when a run starts and checks a `--resume` against it;
-kto-inspect reads β from it when it scores a run's `final/` or `checkpoint-STEP/`. It also
+kto-inspect reads β from it when it scores a run's `final/` or `checkpoint-STEP/` (or one set
+aside as `checkpoint-STEP.superseded` or `.corrupt`). It also
 proves that a directory is a run kto-train made (train/rundir.py refuses any other non-empty
 `--out`). It lives here, in the contract, because both sides read it and train/ is no library
 of inspection/'s.
@@ -40,6 +41,21 @@ FINAL_DIR = "final"  # the trained model (adapters under LoRA)
 MERGED_DIR = "final-merged"  # --merge-adapters: the adapters merged into the base
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# A checkpoint that kto-train's --resume renamed aside: `.corrupt` (a newer one that failed its
+# checksums, train/checkpoint.py usable_checkpoint) or `.superseded` (newer than the one
+# `--resume PATH` continued from, train/rundir.py set_aside_later), numbered where that name
+# was taken. Still the run's: its weights were trained with the run's settings.
+ASIDE_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.(corrupt|superseded)(\.\d+)?$")
+# The metrics.jsonl lines past the step K a --resume continued from (train/metrics.py
+# set_aside_past): the record of the continuation it abandons, as its checkpoints are
+# `checkpoint-N.superseded`; `.superseded.1.jsonl` … where that name is taken. Not
+# `metrics.jsonl.superseded`: a start-over's copy of a whole earlier run (train/rundir.py).
+RESUMED_METRICS_RE = re.compile(r"^metrics\.after-step-(\d+)\.superseded(\.\d+)?\.jsonl$")
+
+
+def resumed_metrics_name(step: int, n: int = 0) -> str:
+    """The name of the lines past `step` set aside by a resume; `n` > 0 where the first is taken."""
+    return f"metrics.after-step-{step}.superseded{f'.{n}' if n else ''}.jsonl"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -106,19 +122,20 @@ def read_run_config(run_dir: str | Path) -> dict | None:
 
 
 def run_of_model_dir(model: str | Path) -> Path | None:
-    """The run directory whose `final/`, `final-merged/` or `checkpoint-STEP/` is `model`, if it
-    has a record."""
+    """The run directory whose `final/`, `final-merged/` or `checkpoint-STEP/` is `model` (or a
+    checkpoint it set aside, `checkpoint-STEP.superseded` or `.corrupt`), if it has a record."""
     path = Path(model)
     if not path.is_dir():
         return None
     name, parent = path.resolve().name, path.resolve().parent
-    ours = name in (FINAL_DIR, MERGED_DIR) or CHECKPOINT_RE.match(name) is not None
+    ours = name in (FINAL_DIR, MERGED_DIR) or CHECKPOINT_RE.match(name) is not None or ASIDE_CHECKPOINT_RE.match(name) is not None
     return parent if ours and record_path(parent) is not None else None
 
 
 def run_setting(model: str | Path, key: str) -> tuple[object, Path | None]:
-    """(`key` of the config recorded by the run whose final/, final-merged/ or checkpoint-STEP/ is
-    `model`, that record's path); (None, None) when `model` is no such folder of a run."""
+    """(`key` of the config recorded by the run whose final/, final-merged/ or checkpoint-STEP/
+    (or a checkpoint it set aside) is `model`, that record's path); (None, None) when `model` is
+    no such folder of a run."""
     run = run_of_model_dir(model)
     if run is None:
         return None, None

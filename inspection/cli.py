@@ -230,7 +230,7 @@ def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
     default=None,
     type=float,
     help="β of the implicit reward β·(log πθ − log πref) [default: the run's, read from RUN/kto_run.json "
-    "when --model is RUN/final, RUN/final-merged or RUN/checkpoint-STEP; else 0.1].",
+    "when --model is RUN/final, RUN/final-merged or RUN/checkpoint-STEP (also one set aside as .superseded or .corrupt); else 0.1].",
 )
 @click.option("--batch-tokens", default=None, type=int, help="Padded tokens per scoring batch [default: 16384 on a GPU, 2048 on CPU].")
 @click.option(

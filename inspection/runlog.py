@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kto.formats.errors import InputError
-from kto.formats.metrics_line import TRAIN_ONLY_KEYS
-from kto.formats.runrecord import METRICS_NAME, record_path
+from kto.formats.metrics_line import EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, eval_cache_name
+from kto.formats.runrecord import FINAL_DIR, METRICS_NAME, checkpoint_dir, read_run_config, record_path
 
 from .text import printable
 
@@ -100,8 +100,6 @@ def read_run(run: str | Path) -> RunLog:
 def _why_no_lines(run: Path) -> str:
     """What an empty metrics.jsonl means for this run: one trained with --log-every 0 and no eval
     cache writes no line at all; otherwise it stopped before its first logged step."""
-    from kto.formats.runrecord import read_run_config
-
     try:
         config = (read_run_config(run) or {}).get("config", {})
     except InputError:
@@ -144,7 +142,7 @@ ALWAYS_NULLABLE = ("rss_anon_gb", "rss_file_gb")
 def _null_by_design(rec: dict, name: str) -> bool:
     """A null that is no non-finite value: an eval line's train-only keys (every line carries
     every key: formats/metrics_line.py), unreadable memory, a class absent from the window."""
-    if (rec.get("split") == "eval" and name in TRAIN_ONLY_KEYS) or name in ALWAYS_NULLABLE:
+    if (rec.get("split") == "eval" and name in TRAIN_ONLY_KEYS) or (rec.get("split") != "eval" and name in EVAL_ONLY_KEYS) or name in ALWAYS_NULLABLE:
         return True
     return any(not rec.get(c, 1) for c in NEEDS.get(name, ()))
 
@@ -215,11 +213,16 @@ def checks(log: RunLog) -> list[str]:
         out.append("KL estimate: logged, but never finite (see the non-finite metrics above)")
     else:
         out.append("KL estimate: not logged (a loss without a KL term, or no train lines)")
+    evals, other, _ = on_last_eval_cache(log)
+    left_out = f" ({_evals(other, 'earlier ')} on another eval cache left out)" if other else ""
     for split, prefix in (("train", ""), ("eval", "eval ")):
         for name, what in (("rewards/chosen", "desirable rewards"), ("rewards/rejected", "undesirable rewards"), ("rewards/margins", "reward margin")):
-            line = _trend(log, name, prefix + what, split)
+            line = _trend(log if split == "train" else evals, name, prefix + what, split)
             if line:
-                out.append(line)
+                out.append(line + (left_out if split == "eval" else ""))
+    best = best_eval(log)
+    if best:
+        out.append(best)
     absent = [
         n
         # kl and kl_raw: the KL line above says when they are missing.
@@ -229,6 +232,93 @@ def checks(log: RunLog) -> list[str]:
     if absent:
         out.append(f"not in the train lines: {', '.join(absent)}")
     return out
+
+
+def _evals(n: int, which: str = "") -> str:
+    return f"{n} {which}eval{'s' if n != 1 else ''}"
+
+
+def _record(log: RunLog) -> dict | None:
+    """The run record, for a run's own metrics.jsonl; None for another metrics file (an earlier
+    run's, set aside: the run's checkpoints and eval caches are not its)."""
+    run = log.path.parent
+    if log.path.name != METRICS_NAME or record_path(run) is None:
+        return None
+    try:
+        return read_run_config(run) or {}
+    except InputError:
+        return {}
+
+
+def on_last_eval_cache(log: RunLog) -> tuple[RunLog, int, str | None]:
+    """`log` with only the eval lines made on the last eval's cache (a resume may change
+    --eval-cache, and losses on two caches do not compare), how many others it left out, and
+    that cache's name (metrics_line.EVAL_CACHE_KEY). A line without one was written before eval
+    lines named their cache, when a resume could not change it: the run's first eval cache."""
+    derived = (_record(log) or {}).get("derived", {})
+    first = derived.get("eval_cache_fingerprint_at_start", derived.get("eval_cache_fingerprint"))
+    first = eval_cache_name(first) if isinstance(first, str) else None
+    names = [rec.get(EVAL_ONLY_KEYS[0]) or first for rec in log.eval]
+    if not names:
+        return log, 0, None
+    kept = [rec for rec, name in zip(log.eval, names, strict=True) if name == names[-1]]
+    return replace(log, eval=kept), len(log.eval) - len(kept), names[-1]
+
+
+def best_eval(log: RunLog) -> str | None:
+    """The step of the lowest eval loss (the first of equal ones) on the last eval's cache, and,
+    for a run's own metrics.jsonl, whether the run still holds that step's weights: its
+    checkpoint-STEP/, or final/ when the run finished at that step. --save-total-limit deletes
+    the older checkpoints whatever their eval loss (kto-train keeps checkpoints by step, not by
+    a metric)."""
+    evals, other, name = on_last_eval_cache(log)
+    steps, values = evals.series("loss", "eval")
+    if not values:
+        return None
+    value, step = min(zip(values, steps, strict=True))
+    of = f"{_evals(len(values))} on eval cache {name}; {_evals(other, 'earlier ')} used another eval cache" if other else _evals(len(values))
+    said = f"best eval loss: {value:.4g} at step {step} (of {of})"
+    record, run = _record(log), log.path.parent
+    if record is None:
+        return said
+    holders = [f"{checkpoint_dir(run, step).name}/"] if checkpoint_dir(run, step).is_dir() else []
+    if record.get("finished_step") == step and (run / FINAL_DIR).is_dir():
+        holders.append(f"{FINAL_DIR}/")
+    if holders:
+        return f"{said}; {' and '.join(holders)} {'holds' if len(holders) == 1 else 'hold'} that step"
+    return f"{said}; no {checkpoint_dir(run, step).name}/ is left{_why_gone(record, step, log)}"
+
+
+def _why_gone(record: dict, step: int, log: RunLog) -> str:
+    """Why a step's checkpoint is not there: it was no save step of the run's settings, or it
+    was and --save-total-limit deleted it; both named only where the settings make it certain."""
+    config = record.get("config", {})
+    limit, every = config.get("save_total_limit"), config.get("save_every")
+    saved = _saved_at(config, step, record.get("derived", {}).get("total_steps"), log)
+    if saved is False:
+        return f" (not saved: --save-every {every})" if every else " (not saved)"
+    if saved and limit:
+        return f" (deleted by --save-total-limit {limit})"
+    return f" (not saved, or deleted by --save-total-limit {limit})" if saved is None and limit else ""
+
+
+def _saved_at(config: dict, step: int, total: object, log: RunLog) -> bool | None:
+    """Did the run's settings save `step`: a multiple of --save-every, the last step (saved when
+    the run saves at all), an epoch end with --save-each-epoch (its train line's epoch is
+    whole)? None where they do not tell (no settings recorded, no train line at that step)."""
+    every, each = config.get("save_every"), config.get("save_each_epoch")
+    if every is None and each is None:
+        return None
+    if (every or each) and step == total:
+        return True
+    if every and step % every == 0:
+        return True
+    if not each:
+        return False
+    epochs = [rec.get("epoch") for rec in log.train if rec["step"] == step]
+    if not epochs or not isinstance(epochs[0], (int, float)):
+        return None
+    return abs(epochs[0] - round(epochs[0])) < 1e-6
 
 
 def last_values(records: list[dict]) -> dict:

@@ -74,10 +74,13 @@ LATEST = "latest"  # `--resume` without a path
 @click.option("--log-every", default=10, help="Log train metrics every N steps, and the last step (0: no train lines in metrics.jsonl).")
 @click.option("--save-every", default=0, help="Checkpoint every N steps (0: final model only).")
 @click.option("--save-each-epoch", is_flag=True, help="Also checkpoint after each epoch (transformers' save_strategy epoch).")
-@click.option("--save-total-limit", default=0, help="Keep only the newest N checkpoints (0: keep all).")
+@click.option("--save-total-limit", default=0, help="Keep only the newest N checkpoints of --save-every / --save-each-epoch (0: keep all).")
 @click.option("--eval-cache", type=HOME_PATH, default=None)
 @click.option("--eval-every", default=0, help="Also evaluate every N steps (needs --eval-cache; it is always evaluated after the last step).")
 @click.option("--eval-each-epoch", is_flag=True, help="Also evaluate after each epoch (transformers' eval_strategy epoch).")
+@click.option(
+    "--eval-batch-size", default=None, type=int, help="Eval rows per micro-batch, per process (the same numbers to fp32 rounding) [default: --batch-size]."
+)
 @click.option(
     "--resume",
     type=HOME_TEXT,

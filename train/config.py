@@ -129,13 +129,17 @@ class TrainConfig:
     save_each_epoch: bool = False
     """Also save a checkpoint after each epoch's last step (transformers' save_strategy epoch)."""
     save_total_limit: int = 0
-    """Keep only the newest N checkpoints, deleting older ones after each save (0: keep all)."""
+    """Keep only the newest N checkpoints, deleting older ones after each save (0: keep all); a
+    run that saves none (no save_every, no save_each_epoch) says so at start."""
     eval_cache: Path | None = None
     """A kto-precompute cache to evaluate on (e.g. CACHE/eval)."""
     eval_every: int = 0
     """Steps between evaluations (0: only at the end, when eval_cache is set)."""
     eval_each_epoch: bool = False
     """Also evaluate after each epoch's last step (transformers' eval_strategy epoch)."""
+    eval_batch_size: int | None = None
+    """Examples per eval micro-batch, per process (transformers' per_device_eval_batch_size;
+    default: batch_size). The eval numbers are the same to fp32 rounding whatever it is."""
     resume: bool | Path = False
     """Continue from the latest OUT/checkpoint-STEP (True), or from this checkpoint of OUT (a path)."""
     report_to: str = "none"
@@ -194,8 +198,8 @@ class TrainConfig:
             check_run_name(self.run_name)
         if not self.epochs > 0:
             raise InputError(f"--epochs {self.epochs}: must be positive")
-        for name in ("batch_size", "grad_accum", "chunk_size"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "grad_accum", "chunk_size", "eval_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"--{_flag(name)} {getattr(self, name)}: must be at least 1")
         for name in ("beta", "lr"):
             if getattr(self, name) <= 0:
@@ -232,6 +236,11 @@ class TrainConfig:
     def loss_type(self) -> LossType:
         return LossType(self.loss)
 
+    @property
+    def eval_rows_per_batch(self) -> int:
+        """--eval-batch-size, else --batch-size."""
+        return self.eval_batch_size or self.batch_size
+
 
 def check_types(cfg: TrainConfig) -> None:
     """Every field as its annotation says (formats/config_types.py, as PrecomputeConfig's). A
@@ -261,6 +270,18 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     if not math.isfinite(steps):
         raise InputError(f"--epochs {cfg.epochs}: × {steps_per_epoch} steps per epoch is past floating point's range ({sys.float_info.max:.3g})")
     return max(1, math.ceil(round(steps, 9)))
+
+
+def ignored_setting_notes(cfg: TrainConfig) -> list[str]:
+    """Notes on settings that do nothing with the others given (a note, not a refusal: a
+    --config file may carry one for another run)."""
+    notes = []
+    if cfg.save_total_limit and not (cfg.save_every or cfg.save_each_epoch):
+        notes.append(
+            f"note: --save-total-limit {cfg.save_total_limit} does nothing without --save-every N or --save-each-epoch: "
+            "this run saves no checkpoint, only final/"
+        )
+    return notes
 
 
 def field_names() -> list[str]:

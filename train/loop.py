@@ -10,14 +10,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
-from kto.formats.atomic import DiskFullError
+from kto.formats.atomic import DiskFullError, FileTooLargeError
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.metrics_line import EVAL_CACHE_KEY, eval_cache_name
 from kto.formats.runrecord import checkpoint_dir
 
 from .checkpoint import Position, checkpoints
 from .checks import DEFAULT_DRIFT_TOLERANCE, Drift, drift_of, step0_drift
-from .config import TrainConfig
+from .config import TrainConfig, ignored_setting_notes
 from .data import KTOMicroBatch, Prefetcher, collate_micro_batch, epoch_plan
 from .evaluate import evaluate
 from .guard import check_step
@@ -52,6 +53,8 @@ def train(cfg: TrainConfig) -> Trained:
     # theirs again after it.
     with borrowed_accelerate_state(), borrowed_rng_state():
         checked = check_inputs(cfg)  # every start-up check: nothing is written to --out before they pass
+        for note in ignored_setting_notes(checked.cfg):
+            log(note, checked.accelerator)
         with lock_run_dir(cfg.out, checked.accelerator):  # one kto-train per run directory, for the whole run
             final = on_main(lambda: finished_final(cfg, checked.record), checked.accelerator)
             if final is not None:
@@ -67,15 +70,19 @@ def train(cfg: TrainConfig) -> Trained:
 
 @contextlib.contextmanager
 def resumable_after_disk_full(out: Path) -> Iterator[None]:
-    """A full disk stops the run; a run that saved a checkpoint goes on with --resume (run again
-    as it was, it would be refused as an earlier run); one that saved none starts over."""
+    """A full disk, or a file past the file-size limit, stops the run; a run that saved a
+    checkpoint goes on with --resume (run again as it was, it would be refused as an earlier
+    run); one that saved none starts over."""
     try:
         yield
-    except DiskFullError as exc:
+    except (DiskFullError, FileTooLargeError) as exc:
         saved = checkpoints(out)
         if not saved:
             raise
-        raise DiskFullError(exc.path, f"continue with --resume (from {saved[-1][1].name} or an earlier checkpoint)") from None
+        then = f"continue with --resume (from {saved[-1][1].name} or an earlier checkpoint)"
+        if isinstance(exc, FileTooLargeError):
+            raise FileTooLargeError(exc.path, exc.limit, then) from None
+        raise DiskFullError(exc.path, then) from None
 
 
 def run_steps(run: Run) -> Path:
@@ -113,7 +120,7 @@ class Window:
     """The steps since the last logged line: their stats, summed, and when the first began."""
 
     stats: StepStats | None = None
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=lambda: time.perf_counter())  # looked up per window: a test's clock
 
     def add(self, stats: StepStats) -> None:
         self.stats = stats if self.stats is None else self.stats.plus(stats)
@@ -171,6 +178,7 @@ def after_step(run: Run, window: Window, done: StepDone, progress: TrainProgress
     # Its eval comes before its save, so a resume from it does not evaluate step N a second time.
     epoch_ended, last = run.position.step_in_epoch == 0, step == run.total_steps
     paused = time.perf_counter()
+    # The bar's clock runs on (train/progress.py): its ETA is wall time, evals and saves included.
     if run.eval_cache and (last or (cfg.eval_every and step % cfg.eval_every == 0) or (cfg.eval_each_epoch and epoch_ended)):
         run_eval(run, progress)
     if (cfg.save_every and (last or step % cfg.save_every == 0)) or (cfg.save_each_epoch and (last or epoch_ended)):
@@ -319,9 +327,11 @@ def log_window(run: Run, window: StepStats, last: StepDone, seconds: float, prog
 def run_eval(run: Run, progress: TrainProgress) -> None:
     cfg = run.cfg
     with evaluation_mode(run.model):
-        result = evaluate(run.model, run.eval_cache, run.settings, run.pad_id, cfg.batch_size, run.accelerator)
+        result = evaluate(run.model, run.eval_cache, run.settings, run.pad_id, cfg.eval_rows_per_batch, run.accelerator)
     if run.metrics:
-        run.metrics.write(run.position.global_step, result, split="eval")
+        # Named by its eval cache: a resume may evaluate on another (kto-inspect run compares like with like).
+        line = {**result, EVAL_CACHE_KEY: eval_cache_name(run.eval_cache.manifest.fingerprint)}
+        run.metrics.write(run.position.global_step, line, split="eval")
     progress.line(f"eval @ {run.position.global_step}: loss {number(result['loss'])} margin {number(result['rewards/margins'])}")
 
 

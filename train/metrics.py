@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from kto.formats.atomic import disk_full_names, write_bytes_atomic
 from kto.formats.errors import log
-from kto.formats.metrics_line import TRAIN_ONLY_KEYS, complete_line, metrics_keys
-from kto.formats.runrecord import METRICS_NAME
+from kto.formats.metrics_line import EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, complete_line, metrics_keys
+from kto.formats.runrecord import METRICS_NAME, resumed_metrics_name
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -38,17 +39,43 @@ def last_metrics(run_dir: Path) -> tuple[dict | None, dict | None]:
     return last.get("train"), last.get("eval")
 
 
+def set_aside_past(path: Path, step: int, keys: list[str], say: Callable[[str], None]) -> None:
+    """A resume from `step`: metrics.jsonl keeps its lines up to `step`, and the lines past it
+    (the steps the resumed run does again, and their evals: after `--resume checkpoint-K` the
+    only record of the continuation it abandons) go to metrics.after-step-STEP.superseded.jsonl
+    as they were, or .superseded.1.jsonl, .2 … where that name is taken (formats/runrecord.py
+    RESUMED_METRICS_RE). The copy is written whole before metrics.jsonl is cut: a
+    crash between the two leaves every line in metrics.jsonl still, and the next resume moves
+    them again. A half-written last line (a crash mid-write) is no line of either."""
+    lines = path.read_text().splitlines()
+    past = [line for line in lines if (s := _step_of(line)) is not None and s > step]
+    if past:
+        n = 0
+        while (aside := path.with_name(resumed_metrics_name(step, n))).exists() or aside.is_symlink():
+            n += 1
+        write_bytes_atomic(aside, "".join(line + "\n" for line in past).encode())
+        say(f"--resume: moved the {len(past)} metrics lines past step {step} to {aside.name}")
+    kept = [line for line in lines if (s := _step_of(line)) is not None and s <= step]
+    if kept:
+        # Lines an older version wrote held only their own keys: given the full set too.
+        kept = [json.dumps(complete_line(json.loads(line), keys, strict=False)) for line in kept]
+        write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+    else:  # every line was past the resumed step: the uninterrupted run had written none yet
+        path.unlink()
+
+
 def metric_values(record: dict | None) -> dict:
     """A metrics record without its step and split: the metrics themselves. An eval line's
-    train-only keys (lr, memory, …: null there by design) are left out, as they always were."""
+    train-only keys (lr, memory, …: null there by design) are left out, as they always were,
+    and so is a train line's eval-only `eval_cache` (an eval line keeps it: its eval cache's name)."""
     record = record or {}
-    skip = ("step", "split", *(TRAIN_ONLY_KEYS if record.get("split") == "eval" else ()))
+    skip = ("step", "split", *(TRAIN_ONLY_KEYS if record.get("split") == "eval" else EVAL_ONLY_KEYS))
     return {k: v for k, v in record.items() if k not in skip}
 
 
 class MetricsWriter:
-    """Main process only. On resume, lines past the resumed step are dropped first, so the file
-    reads as one uninterrupted run.
+    """Main process only. On resume, lines past the resumed step are moved first to
+    metrics.after-step-STEP.superseded.jsonl (set_aside_past), so the file reads as one uninterrupted run.
 
     The file is opened at the first line, not at set-up: an empty metrics.jsonl is refused by
     the README's own reader (polars: "Cannot infer NDJSON types on empty reader") for as long
@@ -61,15 +88,9 @@ class MetricsWriter:
         # Every line carries these keys, in this order (formats/metrics_line.py says why).
         self.keys = metrics_keys(has_kl)
         if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) <= resume_step]
-            if kept:
-                # Lines an older version wrote held only their own keys: given the full set too.
-                lines = [json.dumps(complete_line(json.loads(line), self.keys, strict=False)) for line in kept]
-                write_bytes_atomic(path, "".join(line + "\n" for line in lines).encode())
-            else:  # every line was past the resumed step: the uninterrupted run had written none yet
-                path.unlink()
+            set_aside_past(path, resume_step, self.keys, log)  # main process only: no accelerator asked
 
-    def write(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
+    def write(self, step: int, metrics: dict[str, float | str], split: str = "train") -> None:
         record = {"step": step, "split": split, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}}
         with disk_full_names(self.path):
             if self.file is None:

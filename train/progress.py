@@ -1,7 +1,11 @@
 """kto-train's live progress: a tqdm bar on stderr, the per-step lines on stdout (main process).
 
 The bar shows step/total, it/s, elapsed and ETA (tqdm computes them from the step count, so the
-bar costs no device sync) and, from each logged window, its tokens/s and loss. The per-step and
+bar costs no device sync) and, from each logged window, its tokens/s and loss. Elapsed and ETA
+are wall time: s/it is the elapsed time over the steps done (tqdm's smoothing off), evals and
+checkpoint saves included, so with evals and saves at regular steps the ETA is the time the rest
+of the run takes (a bar that left them out undershot a SLURM time limit ~3x). The window's
+tokens/s is the steps' alone (train/loop.py after_step). The per-step and
 eval lines go to stdout, one per --log-every, each flushed as it is written: `kto-train … > log`
 fills the file as the run goes (stdout to a file is block-buffered, so without the flush it would
 fill only at the end), while the bar and the other messages stay on the terminal's stderr.
@@ -55,6 +59,7 @@ class TrainProgress:
                 dynamic_ncols=True,
                 mininterval=0.1 if terminal else REDRAW_OFF_TERMINAL_S,
                 maxinterval=10 if terminal else REDRAW_OFF_TERMINAL_S,
+                smoothing=0,  # rate = steps / elapsed: an eval between redraws is no spike nor gap
             )
 
     def step(self) -> None:

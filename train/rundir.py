@@ -27,10 +27,12 @@ from kto.formats.files import output_dir
 from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of, same_model
 from kto.formats.runrecord import (
+    ASIDE_CHECKPOINT_RE,
     FINAL_DIR,
     LEGACY_RECORD_NAME,
     MERGED_DIR,
     METRICS_NAME,
+    RESUMED_METRICS_RE,
     RUN_RECORD_NAME,
     is_run_record,
     read_run_config,
@@ -46,13 +48,13 @@ from .model_card import CARD_MARK, CARD_NAME
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-# Settings that may differ on --resume: how often things are logged, saved and evaluated, where
-# metrics go, and memory/speed knobs whose maths is the same. Everything else (β, loss, weights,
-# LR and its schedule, batch shape, steps, seed, KL scope, precision, dropout, data, model,
-# attention kernel) decides the numbers, and a resume that changed it would silently train a
-# different run than the one its metrics describe. Paths are not compared: the cache, the eval
-# cache and the initial model are compared by their identities in "derived", so a moved cache
-# or model still resumes.
+# Settings that may differ on --resume: how often things are logged, saved and evaluated, on
+# what (the eval cache: EVAL_DERIVED) and in what batches, where metrics go, and memory/speed
+# knobs whose maths is the same. Everything else (β, loss, weights, LR and its schedule, batch
+# shape, steps, seed, KL scope, precision, dropout, data, model, attention kernel) decides the
+# numbers, and a resume that changed it would silently train a different run than the one its
+# metrics describe. Paths are not compared: the cache and the initial model are compared by
+# their identities in "derived", so a moved cache or model still resumes.
 # prefix_sharing is not among them: it also decides the epoch plan (prompt groups in one
 # micro-batch, train/data.py), which a resumed run must rebuild as it was.
 RESUMABLE = frozenset(
@@ -61,6 +63,7 @@ RESUMABLE = frozenset(
         "save_every",
         "eval_every",
         "eval_each_epoch",
+        "eval_batch_size",
         "save_each_epoch",
         "save_total_limit",
         "report_to",
@@ -79,10 +82,10 @@ RESUMABLE = frozenset(
     }
 )
 PATHS = frozenset({"cache", "model", "out", "eval_cache", "resume"})
+# The RESUMABLE settings that ask a finished run for work after its steps: what final/ also
+# writes, and where it is uploaded. A finished run resumed with any other changed has nothing to do.
+AFTER_FINAL = frozenset({"merge_adapters", "push_to_hub", "hub_private"})
 
-# Set aside by --resume: corrupt ones (checkpoint.usable_checkpoint), and those newer than the
-# checkpoint `--resume PATH` continues from (chosen_checkpoint).
-CORRUPT_RE = re.compile(r"^checkpoint-\d+\.(corrupt|superseded)(\.\d+)?$")
 # The metrics of a run that saved nothing to continue from, set aside when a new run starts
 # there (start_over).
 METRICS_ASIDE_RE = re.compile(rf"^{re.escape(METRICS_NAME)}\.superseded(\.\d+)?$")
@@ -120,11 +123,17 @@ RECORDED_SINCE = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
 # settings a resume compares (steps_share_prefixes: prefix_sharing and --model's layers).
 INFORMATIONAL = frozenset({"steps_share_prefixes"})
 
+# The eval cache a resume may add, drop or change (evaluation changes no training number):
+# its fingerprint, and the one the run began with, kept once it changed (EVAL_AT_START).
+EVAL_FINGERPRINT = "eval_cache_fingerprint"
+EVAL_AT_START = "eval_cache_fingerprint_at_start"
+EVAL_DERIVED = frozenset({EVAL_FINGERPRINT, EVAL_AT_START})
+
 
 def _resume_may_change(part: str, key: str) -> bool:
-    """A record entry that a resume may change: a RESUMABLE setting, one of the PATHS, or an
-    INFORMATIONAL derived entry."""
-    return (part == "config" and (key in RESUMABLE or key in PATHS)) or (part == "derived" and key in INFORMATIONAL)
+    """A record entry that a resume may change: a RESUMABLE setting, one of the PATHS, the eval
+    cache's fingerprints, or an INFORMATIONAL derived entry."""
+    return (part == "config" and (key in RESUMABLE or key in PATHS)) or (part == "derived" and (key in INFORMATIONAL or key in EVAL_DERIVED))
 
 
 def record_differences(saved: dict, now: dict, default_targets: Callable[[], Sequence[str]] | None = None) -> list[str]:
@@ -157,6 +166,14 @@ def keep_recorded(record: dict, saved: dict) -> None:
     there, now = saved.get("derived", {}).get("model_identity"), record.get("derived", {}).get("model_identity")
     if there is not None and now is not None and same_model(there, now):
         record["derived"]["model_identity"] = there
+    start = _eval_at_start(saved.get("derived", {}))
+    if EVAL_AT_START in saved.get("derived", {}) or start != record.get("derived", {}).get(EVAL_FINGERPRINT):
+        record["derived"][EVAL_AT_START] = start
+
+
+def _eval_at_start(derived: dict) -> str | None:
+    """The eval cache fingerprint the run began with: EVAL_AT_START once a resume changed it."""
+    return derived.get(EVAL_AT_START, derived.get(EVAL_FINGERPRINT))
 
 
 def _dropout_draws_differ(there: dict, record: dict) -> list[str]:
@@ -173,9 +190,13 @@ def _dropout_draws_differ(there: dict, record: dict) -> list[str]:
 
 def settings_digest(record: dict) -> str:
     """A hash of the settings a resume may not change (those record_differences compares).
-    Checkpoints carry it, so one copied in from another run (another β, say) is refused."""
+    Checkpoints carry it, so one copied in from another run (another β, say) is refused. It
+    also hashes the eval cache the run began with: checkpoints written before a resume could
+    change the eval cache hashed its fingerprint in, and must still resume."""
     kept = {part: {k: v for k, v in record.get(part, {}).items() if not _resume_may_change(part, k)} for part in ("config", "derived")}
     kept["config"] = {k: v for k, v in kept["config"].items() if not (k in RECORDED_SINCE and v == RECORDED_SINCE[k])}
+    if EVAL_DERIVED & set(record.get("derived", {})):
+        kept["derived"][EVAL_FINGERPRINT] = _eval_at_start(record["derived"])
     return fingerprint_of(kept)
 
 
@@ -212,7 +233,9 @@ def written_here(name: str, kind: str) -> bool:
     """A temp name kto-train's writers make in --out: atomic_dir's tmp and old for
     checkpoint-STEP (an FSDP save's shared ones too, sharding.shared_temp_names), final and
     final-merged; prune_checkpoints' deleted for checkpoint-STEP; write_json_atomic's and
-    MetricsWriter's tmp for the record and metrics.jsonl."""
+    MetricsWriter's tmp for the record, metrics.jsonl and its set-aside lines."""
+    if METRICS_ASIDE_RE.match(name) or RESUMED_METRICS_RE.match(name):
+        return kind == "tmp"
     if CHECKPOINT_RE.match(name):
         return kind in ("tmp", "old", "deleted")
     if name in (FINAL_DIR, MERGED_DIR):
@@ -230,9 +253,11 @@ def is_ours(p: Path) -> bool:
         # Its state or checksums: --resume renames aside or deletes checkpoints, so a folder of
         # that name must be one kto-train saved (a user's checkpoint-90/ is not).
         return p.is_dir() and ((p / STATE_NAME).is_file() or (p / CHECKSUMS_NAME).is_file())
-    if CORRUPT_RE.match(p.name):
+    if ASIDE_CHECKPOINT_RE.match(p.name):
+        # Set aside by --resume (formats/runrecord.py): corrupt ones, and those newer than the
+        # checkpoint `--resume PATH` continued from.
         return p.is_dir()  # set aside by us, whatever it holds now
-    if METRICS_ASIDE_RE.match(p.name):
+    if METRICS_ASIDE_RE.match(p.name) or RESUMED_METRICS_RE.match(p.name):
         return p.is_file()
     if p.name in (FINAL_DIR, MERGED_DIR):
         return p.is_dir() and (_has_our_card(p) or _holds_a_model(p))  # the next final/ replaces it
@@ -334,27 +359,17 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     if differs:
         # A cache rebuilt in place (kto-precompute --overwrite) has another fingerprint even where
         # its rows are the same: said in words, the hashes alone do not tell a user that.
-        there, now = (r["derived"].get("eval_cache_fingerprint") for r in (saved, record))
-        # An eval cache added or dropped is no rebuilt cache: say which flag it is.
-        eval_flag = (there is None) != (now is None)
-        rebuilt = any(d.startswith("cache_fingerprint ") for d in differs) or (there is not None and now is not None and there != now)
+        rebuilt = any(d.startswith("cache_fingerprint ") for d in differs)
         raise InputError(
             f"--resume: {out} was trained with other settings: "
             + ", ".join(differs)
             + "; only "
-            + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE))
+            + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE | {"eval_cache"}))
             + " may change on resume"
             + ("; the cache is not the one the run began on (rebuilt or replaced since): a run resumes only on its own cache" if rebuilt else "")
-            + (
-                f"; the run was started {'without' if there is None else 'with'} --eval-cache: resume it {'without' if there is None else 'with that'} one"
-                if eval_flag
-                else ""
-            )
         )
     keep_recorded(record, saved)
-    changed = [
-        f"--{k.replace('_', '-')} {saved['config'].get(k)} -> {v}" for k, v in record["config"].items() if k in RESUMABLE and saved["config"].get(k) != v
-    ]
+    changed = resumable_changes(saved, record)
     if changed:
         log("--resume: changed " + ", ".join(changed))
     if not checkpoints(out):
@@ -371,6 +386,16 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     if isinstance(cfg.resume, Path):
         return chosen_checkpoint(out, cfg.resume, log)
     return usable_checkpoint(out, log)
+
+
+def resumable_changes(saved: dict, record: dict) -> list[str]:
+    """'--flag X -> Y' for each RESUMABLE setting the resume changed, and the eval cache when it
+    is another (by fingerprint: a moved eval cache is the same one)."""
+    there, now = saved["config"], record["config"]
+    changed = [f"--{k.replace('_', '-')} {there.get(k)} -> {v}" for k, v in now.items() if k in RESUMABLE and there.get(k) != v]
+    if saved["derived"].get(EVAL_FINGERPRINT) != record["derived"].get(EVAL_FINGERPRINT):
+        changed.append(f"--eval-cache {there.get('eval_cache')} -> {now.get('eval_cache')}")
+    return changed
 
 
 def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path:
@@ -443,9 +468,11 @@ def finished_final(cfg: TrainConfig, record: dict) -> Path | None:
     saved = read_run_config(cfg.out)
     if saved is None or record_differences(saved, record, model_targets(cfg)):
         return None
-    # A setting a resume may change (--merge-adapters, --eval-cache, ...) asks for work the
-    # finished run did not do: the resume then runs as before, from its last checkpoint.
-    if any(saved["config"].get(k) != record["config"].get(k) for k in RESUMABLE):
+    # A setting that asks for more than the steps (--merge-adapters, --push-to-hub) makes the
+    # resume run as before, from its last checkpoint. The others change no step of a finished
+    # run (when it logs, evaluates or saves, the eval batches, another --eval-cache: kto-inspect
+    # score evaluates final/ on a cache), so they leave it finished.
+    if any(saved["config"].get(k) != record["config"].get(k) for k in AFTER_FINAL):
         return None
     return final if saved.get("finished_step") == record["derived"]["total_steps"] else None
 

@@ -68,13 +68,14 @@ def test_a_finished_run_resumed_to_merge_trains_no_step_again(lora_run, tiny_cac
 def test_a_resume_that_rewrites_final_refuses_a_users_file_there_before_training(lora_run, tiny_cache, tiny_model_dir, tmp_path, folder, extra):
     """Seen in a review: `echo x > RUN/final/my_eval.json`, then a --resume with a changed
     --log-every (or --merge-adapters) re-ran the run's tail and replaced final/ whole: the file
-    was gone. Now one line names it, before the model is loaded, and nothing changes."""
+    was gone. Now one line names it, before the model is loaded, and nothing changes. (Another
+    --log-every alone now leaves a finished run finished: `--resume checkpoint-3` rewrites final/.)"""
     out = shutil.copytree(lora_run, tmp_path / "r")
     if folder == "final-merged":  # a finished run that merged: final-merged/ is written again
         assert run_train(tiny_cache, tiny_model_dir, out, *ARGS, *RUN, "--resume", "--merge-adapters").exit_code == 0
     (out / folder / "my_eval.json").write_text("x\n")
     before = _listing(out)
-    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, *RUN, "--log-every", "2", "--resume", *extra)
+    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, *RUN, "--resume", "checkpoint-3", *extra)
     line = train_error_line(result.output)
     assert result.exit_code == 2, result.output
     assert line == (
@@ -83,7 +84,7 @@ def test_a_resume_that_rewrites_final_refuses_a_users_file_there_before_training
     )
     assert "resumed from" not in result.output and _listing(out) == before
     (out / folder / "my_eval.json").unlink()
-    again = run_train(tiny_cache, tiny_model_dir, out, *ARGS, *RUN, "--log-every", "2", "--resume", *extra)
+    again = run_train(tiny_cache, tiny_model_dir, out, *ARGS, *RUN, "--resume", "checkpoint-3", *extra)
     assert again.exit_code == 0, again.output
 
 
@@ -91,7 +92,7 @@ def test_an_edited_model_card_is_refused_as_changed(lora_run, tiny_cache, tiny_m
     """Editing final/README.md before a push is usual: a rewrite of final/ would lose the edit."""
     out = shutil.copytree(lora_run, tmp_path / "r")
     (out / "final" / "README.md").write_text("# My model\n")
-    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, *RUN, "--log-every", "2", "--resume")
+    result = run_train(tiny_cache, tiny_model_dir, out, *ARGS, *RUN, "--resume", "checkpoint-3")
     assert result.exit_code == 2 and "final/README.md: changed since kto-train saved it;" in train_error_line(result.output)
     assert (out / "final" / "README.md").read_text() == "# My model\n"
 

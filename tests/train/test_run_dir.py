@@ -455,10 +455,10 @@ def test_resume_of_a_finished_run_has_nothing_to_do(run3, tiny_cache, tiny_model
     assert _listing(out) == before and (out / "final" / "model.safetensors").read_bytes() == weights
     other = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.5", "--resume")
     assert other.exit_code == 2 and "beta (0.2 there, 0.5 now)" in train_error_line(other.output)
-    # A setting a resume may change asks for work the finished run did not do (--merge-adapters,
-    # --eval-cache, another --save-every): the resume runs as before, from the last checkpoint.
+    # Another --save-every changes no step of a finished run: still nothing to do (only
+    # --merge-adapters and --push-to-hub ask it for work, train/rundir.py AFTER_FINAL).
     changed = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "3", "--beta", "0.2", "--resume")
-    assert changed.exit_code == 0 and "resumed from" in changed.output and "nothing to do" not in changed.output, changed.output
+    assert changed.exit_code == 0 and "nothing to do" in changed.output and _listing(out) == before, changed.output
     explicit = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", str(out / "checkpoint-2"))
     assert explicit.exit_code == 0 and "resumed from" in explicit.output, explicit.output
     assert json.loads((out / "kto_run.json").read_text())["finished_step"] == 3
@@ -594,6 +594,30 @@ def test_disk_full_after_a_checkpoint_says_to_resume(tiny_cache, tiny_model_dir,
     monkeypatch.undo()
     resumed = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--resume")
     assert resumed.exit_code == 0 and "resumed from" in resumed.output, resumed.output
+
+
+def test_a_file_size_limit_after_a_checkpoint_says_to_resume(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """As a full disk: EFBIG (`ulimit -f`, which batch systems pass to their jobs) at
+    checkpoint-2 of a run that saved checkpoint-1 says to go on with --resume, not to run the
+    command again (which would be refused as an earlier run)."""
+    import builtins
+    import errno
+    import re
+
+    from kto.train import checkpoint
+
+    def open_limited(path, mode="r", *args, **kwargs):
+        step = re.search(r"checkpoint-(\d+)", str(path))
+        if "w" in mode and step is not None and int(step.group(1)) >= 2:
+            raise OSError(errno.EFBIG, "File too large", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", open_limited, raising=False)
+    out = tmp_path / "r"
+    result = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1")
+    line = train_error_line(result.output)
+    assert result.exit_code == 2, result.output
+    assert "file too large" in line and line.endswith("continue with --resume (from checkpoint-1 or an earlier checkpoint)"), line
 
 
 def test_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside_only_once_it_resumes(run3, tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
