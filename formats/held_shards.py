@@ -9,8 +9,9 @@ descriptors. Before, each shard was opened by path at its first use, and one ope
 swap was the new file, refused as "modified or corrupt" while `kto-inspect verify` said ok.
 
 It also owns the open-files budget of the whole process: a held shard costs two descriptors in
-the end (the held one, and the one its memory map keeps: Python's mmap duplicates it), and a
-shard read by path one (pyarrow's memory map). Every open cache's share is reserved here until
+the end (the held one, and the one its memory map keeps: Python's mmap duplicates it); a
+shard read by path none once read (pyarrow's memory map keeps no descriptor open). Every open
+cache's share is reserved here until
 it is closed, so a second cache (kto-train's eval cache beside its train cache) is held only
 where it fits beside the first one's memory maps still to come; else its shards are read by
 path, as before holding existed. The soft RLIMIT_NOFILE is raised to the hard one where needed.
@@ -82,7 +83,9 @@ def read_holding(cache_dir: Path, *, hold: bool) -> tuple[Manifest, Holding, Ide
     for _ in range(READ_TRIES):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang us
-        except OSError:
+        except OSError as exc:
+            if out_of_descriptors(exc):
+                raise InputError(limit_line(path)) from None
             return read_manifest(cache_dir), Holding(None), None  # read_manifest says why, in one line
         try:
             share_lock(fd)  # released by the close below; False where the filesystem has no locks
@@ -111,10 +114,10 @@ def names(path: Path, fd: int) -> bool:
 
 def open_shards(cache_dir: Path, manifest: Manifest) -> Holding:
     """A read-only descriptor of each listed shard, two descriptors each reserved; where they
-    do not fit the open-files limit, none, one each reserved (shards read by path)."""
+    do not fit the open-files limit, none, and none reserved (shards read by path)."""
     shards = len(manifest.shards)
     if not descriptors_fit(shards):
-        return _reserve(Holding(None, shards))
+        return Holding(None)
     fds: list = []
     for entry in manifest.shards:
         try:
@@ -122,7 +125,7 @@ def open_shards(cache_dir: Path, manifest: Manifest) -> Holding:
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):  # the limit, after all: read by path
                 Holding(fds).close()
-                return _reserve(Holding(None, shards))
+                return Holding(None)
             fds.append(None if exc.errno in (errno.ENOENT, errno.ENOTDIR) else exc)
             continue
         if not stat.S_ISREG(os.fstat(fd).st_mode):

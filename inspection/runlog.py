@@ -291,12 +291,16 @@ def best_eval(log: RunLog) -> str | None:
 
 def _why_gone(record: dict, step: int, log: RunLog) -> str:
     """Why a step's checkpoint is not there: it was no save step of the run's settings, or it
-    was and --save-total-limit deleted it; both named only where the settings make it certain."""
+    was and --save-total-limit deleted it; both named only where the settings make it certain.
+    A stop by signal saves a checkpoint at any step, so with a limit, "no save step" is not
+    certain either."""
     config = record.get("config", {})
     limit, every = config.get("save_total_limit"), config.get("save_every")
     saved = _saved_at(config, step, record.get("derived", {}).get("total_steps"), log)
-    if saved is False:
+    if saved is False and not limit:
         return f" (not saved: --save-every {every})" if every else " (not saved)"
+    if saved is False:
+        return f" (not a --save-every {every} step: not saved, unless a stop saved it and --save-total-limit {limit} deleted it)"
     if saved and limit:
         return f" (deleted by --save-total-limit {limit})"
     return f" (not saved, or deleted by --save-total-limit {limit})" if saved is None and limit else ""

@@ -470,11 +470,18 @@ def finished_final(cfg: TrainConfig, record: dict) -> Path | None:
         return None
     # A setting that asks for more than the steps (--merge-adapters, --push-to-hub) makes the
     # resume run as before, from its last checkpoint. The others change no step of a finished
-    # run (when it logs, evaluates or saves, the eval batches, another --eval-cache: kto-inspect
-    # score evaluates final/ on a cache), so they leave it finished.
+    # run (when it logs, evaluates or saves, the eval batches, another --eval-cache), so they
+    # leave it finished; the "nothing to do" line names them (changes_left_unused).
     if any(saved["config"].get(k) != record["config"].get(k) for k in AFTER_FINAL):
         return None
     return final if saved.get("finished_step") == record["derived"]["total_steps"] else None
+
+
+def changes_left_unused(out: Path, record: dict) -> list[str]:
+    """'--flag X -> Y' for each setting a resume of the finished run in `out` changed: none of
+    them applies to a step, since none is left (finished_final)."""
+    saved = read_run_config(out)
+    return resumable_changes(saved, record) if saved is not None else []
 
 
 def write_record(out: Path, record: dict) -> None:

@@ -336,6 +336,28 @@ def test_out_of_descriptors_is_named_as_such_not_as_a_corrupt_shard(old, monkeyp
     reader.close()
 
 
+def test_out_of_descriptors_at_the_manifest_is_named_as_such(old, monkeypatch):
+    """Seen in a review: EMFILE opening manifest.json fell through to read_manifest's generic
+    read error."""
+    import resource
+
+    from kto.formats import held_shards
+
+    out, _, _ = old
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    real_open = os.open
+
+    def no_descriptor_for_the_manifest(path, *args, **kwargs):
+        if str(path).endswith("manifest.json"):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(held_shards.os, "open", no_descriptor_for_the_manifest)
+    with pytest.raises(InputError) as info:
+        open_cache(out)
+    assert str(info.value) == f"{out / 'manifest.json'}: too many open files (limit {soft}): raise it with ulimit -n {max(2 * soft, 4096)} before the command"
+
+
 def test_a_reader_of_the_old_cache_writes_no_stamps_into_the_new_one(old):
     """An old reader hashing a shard after the swap would have written its stamps (the old
     inodes') into the new cache's `.verified.json`, in place of the new cache's own."""

@@ -24,6 +24,8 @@ def test_a_finished_run_without_checkpoints_has_nothing_to_do(tiny_cache, tiny_m
     again = run_train(tiny_cache, tiny_model_dir, out, *ARGS, "--save-every", "0", "--eval-batch-size", "8", "--log-every", "2", "--resume")
     assert again.exit_code == 0, again.output
     assert NOTHING in again.output and _listing(out) == before
+    # Said, not silently dropped: the changes apply to no step.
+    assert f"{NOTHING} (the changed --log-every 1 -> 2, --eval-batch-size None -> 8 apply to no step: none is left)" in again.output
 
 
 def test_a_finished_run_checkpointed_at_its_last_step_keeps_its_final(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
