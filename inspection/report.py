@@ -171,7 +171,8 @@ def sft_in_loss(log: RunLog) -> bool | None:
 def _sft_plot(log: RunLog, sft: bool) -> tuple[bool, str | None]:
     """Whether to draw the SFT loss, and when not, the note saying why. RUN/metrics.jsonl is
     the run that kto_run.json records; another metrics file (metrics.jsonl.superseded, set
-    aside when a run started over) is another run, decided by its own lines."""
+    aside when a run started over, or metrics.after-step-K.superseded.jsonl, the lines a resume
+    from step K dropped) is decided by its own lines."""
     if sft:
         return True, None
     if log.path.name == METRICS_NAME:
@@ -234,7 +235,8 @@ def _report_folder(log: RunLog, out_dir: str | Path | None) -> tuple[Path, str |
     """Where the report goes, and a note for the output line when it is not RUN/report.
 
     Another metrics file than RUN/metrics.jsonl (metrics.jsonl.superseded, set aside when a run
-    started over) is another run's: its report gets a folder of its own, RUN/report/NAME with
+    started over; metrics.after-step-K.superseded.jsonl, the lines a resume dropped) is another
+    run's or another branch's: its report gets a folder of its own, RUN/report/NAME with
     the dots as dashes, inside report/ because kto-train refuses any other new entry in a run."""
     if out_dir is not None:
         _refuse_foreign_folder(Path(out_dir), f"--to {out_dir}")
