@@ -1,9 +1,7 @@
 """Progress bar (rows, tokens/s, ETA) on stderr, for the main process only.
 
 On a terminal the bar redraws up to ten times a second; elsewhere (a file, a pipe: a batch job's
-log) at most once every REDRAW_OFF_TERMINAL_S, so that the log holds an occasional bar, not a
-redraw per batch. The same rule and value as kto-train's bar (train/progress.py): mirrored, not
-imported, since precompute/ and train/ never import each other.
+log) at most once every 30 s (formats/bars.py, kto-train's rule too), not once per batch.
 
 A scoring batch may hold one of a row's two sequences (main, KL) without the other, so a batch
 counts n/2 rows; the bar is moved by whole rows only, so it shows `73/10000`, never `73.5`.
@@ -15,7 +13,7 @@ import sys
 import time
 from typing import TextIO
 
-REDRAW_OFF_TERMINAL_S = 30.0  # train/progress.py's, mirrored (see the module's docstring)
+from kto.formats.bars import redraw_intervals
 
 
 class Progress:
@@ -31,14 +29,12 @@ class Progress:
             # sys.stderr as the command set it: it drops writes that fail after a hangup
             # (formats/signals.py), and tqdm keeps the object it is given.
             stream = stream or sys.stderr
-            terminal = stream.isatty()
             self.bar = tqdm(
                 total=total,
                 unit=unit,
                 file=stream,
                 dynamic_ncols=True,
-                mininterval=0.1 if terminal else REDRAW_OFF_TERMINAL_S,
-                maxinterval=10 if terminal else REDRAW_OFF_TERMINAL_S,
+                **redraw_intervals(stream),
             )
 
     def update(self, rows: float, tokens: int) -> None:

@@ -13,8 +13,9 @@ fill only at the end), while the bar and the other messages stay on the terminal
 While the bar is up, every line (stdout's, and stderr's: saves, evals, warnings all go through
 formats.errors.log) is written above it, whole: a terminal never shows a line torn by a redraw.
 On a terminal the bar redraws up to ten times a second; elsewhere (a file, a pipe) at most once
-every REDRAW_OFF_TERMINAL_S, so that a log file holds the lines and an occasional bar, not a
-redraw per step. kto-precompute's bar (precompute/progress.py) is the same tqdm, on stderr too.
+every 30 s, so that a log file holds the lines and an occasional bar, not a redraw per step
+(formats/bars.py, kto-precompute's rule too: its bar, precompute/progress.py, is the same tqdm,
+on stderr too).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import threading
 from collections.abc import Iterator
 from typing import TextIO
 
-REDRAW_OFF_TERMINAL_S = 30.0
+from kto.formats.bars import redraw_intervals
 
 
 def number(x: float, digits: int = 4) -> str:
@@ -50,15 +51,13 @@ class TrainProgress:
         if enabled:
             from tqdm.auto import tqdm
 
-            terminal = self.stream.isatty()
             self.bar = tqdm(
                 total=total,
                 initial=done,
                 desc="kto-train",
                 file=self.stream,
                 dynamic_ncols=True,
-                mininterval=0.1 if terminal else REDRAW_OFF_TERMINAL_S,
-                maxinterval=10 if terminal else REDRAW_OFF_TERMINAL_S,
+                **redraw_intervals(self.stream),
                 smoothing=0,  # rate = steps / elapsed: an eval between redraws is no spike nor gap
             )
 

@@ -9,7 +9,8 @@ import io
 
 import pytest
 
-from kto.precompute.progress import REDRAW_OFF_TERMINAL_S, Progress
+from kto.formats.bars import REDRAW_OFF_TERMINAL_S
+from kto.precompute.progress import Progress
 
 
 @pytest.fixture
