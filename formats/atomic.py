@@ -91,9 +91,12 @@ class FileTooLargeError(InputError, OSError):
 
     def __init__(self, path: str | os.PathLike, limit: int | None, then: str = "run the command again"):
         if limit is not None:
+            # EFBIG does not say which cap it met: the process's limit, or the filesystem's own
+            # largest file under a limit set higher. `ulimit -f` counts 1024-byte blocks.
             why = (
                 f"file too large: this process may write files of at most {limit} bytes (its file-size limit, "
-                f"`ulimit -f`, which batch systems such as SLURM pass to their jobs); raise that limit and {then}"
+                f"`ulimit -f` {limit // 1024}, which batch systems such as SLURM pass to their jobs), or its "
+                f"filesystem's largest file is smaller; raise that limit (or write elsewhere) and {then}"
             )
         else:
             why = f"file too large for its filesystem; write it to another filesystem and {then}"

@@ -197,7 +197,8 @@ class ShardedCache:
 
     def _fd(self, k: int) -> int | None:
         """Shard k's held descriptor; None where shards are read by path. InputError for one
-        missing when the cache was opened, the OSError for one that could not be opened."""
+        missing when the cache was opened, or one that could not be opened (EACCES: named as
+        such, not as a corrupt shard)."""
         if self._held is None:
             if not self.path(k).is_file():
                 self._refuse(k, f"{self.path(k)}: listed in the manifest but missing")
@@ -205,8 +206,8 @@ class ShardedCache:
         fd = self._held[k]
         if fd is None:
             raise InputError(f"{self.path(k)}: listed in the manifest but missing")
-        if isinstance(fd, OSError):
-            raise fd
+        if isinstance(fd, OSError):  # not the shard's bytes: say what stopped the open
+            raise _Unhinted(f"{self.path(k)}: cannot open ({fd.strerror or fd})")
         return fd
 
     @contextlib.contextmanager

@@ -116,15 +116,18 @@ def open_shards(cache_dir: Path, manifest: Manifest) -> Holding:
     """A read-only descriptor of each listed shard, two descriptors each reserved; where they
     do not fit the open-files limit, none, and none reserved (shards read by path)."""
     shards = len(manifest.shards)
-    if not descriptors_fit(shards):
-        return Holding(None)
+    with _budget:  # checked and reserved in one go: two threads opening caches at once
+        if not descriptors_fit(shards):
+            return Holding(None)
+        _reserved[0] += 2 * shards
     fds: list = []
+    holding = Holding(fds, 2 * shards)  # its close() gives the reservation back
     for entry in manifest.shards:
         try:
             fd = os.open(cache_dir / entry.name, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):  # the limit, after all: read by path
-                Holding(fds).close()
+                holding.close()
                 return Holding(None)
             fds.append(None if exc.errno in (errno.ENOENT, errno.ENOTDIR) else exc)
             continue
@@ -132,12 +135,6 @@ def open_shards(cache_dir: Path, manifest: Manifest) -> Holding:
             os.close(fd)
             fd = None
         fds.append(fd)
-    return _reserve(Holding(fds, 2 * shards))
-
-
-def _reserve(holding: Holding) -> Holding:
-    with _budget:
-        _reserved[0] += holding.reserved
     return holding
 
 
@@ -145,7 +142,8 @@ def descriptors_fit(shards: int) -> bool:
     """Room under RLIMIT_NOFILE for `shards` held shards (two descriptors each) beside those
     open now, those reserved for the caches already open, and SPARE_DESCRIPTORS. Counts the
     held descriptors of open caches twice (open now and reserved): it errs toward reading by
-    path. The soft limit is raised to the hard one where needed; False where that is too few."""
+    path. The soft limit is raised to the hard one where needed; False where that is too few.
+    Called holding `_budget` (open_shards)."""
     import resource
 
     try:

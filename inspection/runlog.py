@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kto.formats.errors import InputError
-from kto.formats.metrics_line import EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, eval_cache_name
+from kto.formats.metrics_line import EVAL_CACHE_KEY, EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, eval_cache_name
 from kto.formats.runrecord import FINAL_DIR, METRICS_NAME, checkpoint_dir, read_run_config, record_path
 
 from .text import printable
@@ -258,7 +258,7 @@ def on_last_eval_cache(log: RunLog) -> tuple[RunLog, int, str | None]:
     derived = (_record(log) or {}).get("derived", {})
     first = derived.get("eval_cache_fingerprint_at_start", derived.get("eval_cache_fingerprint"))
     first = eval_cache_name(first) if isinstance(first, str) else None
-    names = [rec.get(EVAL_ONLY_KEYS[0]) or first for rec in log.eval]
+    names = [rec.get(EVAL_CACHE_KEY) or first for rec in log.eval]
     if not names:
         return log, 0, None
     kept = [rec for rec, name in zip(log.eval, names, strict=True) if name == names[-1]]

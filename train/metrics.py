@@ -45,8 +45,9 @@ def set_aside_past(path: Path, step: int, keys: list[str], say: Callable[[str], 
     only record of the continuation it abandons) go to metrics.after-step-STEP.superseded.jsonl
     as they were, or .superseded.1.jsonl, .2 … where that name is taken (formats/runrecord.py
     RESUMED_METRICS_RE). The copy is written whole before metrics.jsonl is cut: a
-    crash between the two leaves every line in metrics.jsonl still, and the next resume moves
-    them again. A half-written last line (a crash mid-write) is no line of either."""
+    crash between the two leaves every line in metrics.jsonl still, and the next resume copies
+    them again, to the next free name (two copies, no line lost). A half-written last line (a
+    crash mid-write) is no line of either."""
     lines = path.read_text().splitlines()
     past = [line for line in lines if (s := _step_of(line)) is not None and s > step]
     if past:

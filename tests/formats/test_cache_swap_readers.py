@@ -358,6 +358,30 @@ def test_out_of_descriptors_at_the_manifest_is_named_as_such(old, monkeypatch):
     assert str(info.value) == f"{out / 'manifest.json'}: too many open files (limit {soft}): raise it with ulimit -n {max(2 * soft, 4096)} before the command"
 
 
+def test_a_shard_that_cannot_be_opened_is_named_as_such_not_as_corrupt(old, monkeypatch):
+    """Seen in a review: a shard whose open failed with EACCES was said to be "not a readable
+    shard, truncated or corrupt" with the verify hint, by a re-raised OSError."""
+    from kto.formats import held_shards
+
+    out, _, _ = old
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith("shard-00000.arrow"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(held_shards.os, "open", denied)
+    reader = open_cache(out)
+    monkeypatch.undo()
+    path = out / reader.manifest.shards[0].name
+    for read in (reader.map_shard, reader.check_sha256, reader.read_shard):
+        with pytest.raises(InputError) as info:
+            read(0)
+        assert str(info.value) == f"{path}: cannot open (Permission denied)"
+    reader.close()
+
+
 def test_a_reader_of_the_old_cache_writes_no_stamps_into_the_new_one(old):
     """An old reader hashing a shard after the swap would have written its stamps (the old
     inodes') into the new cache's `.verified.json`, in place of the new cache's own."""

@@ -29,8 +29,8 @@ def test_efbig_inside_a_write_is_one_line_naming_the_file_and_the_limit(tmp_path
     message = str(caught.value)
     assert message == (
         f"{target}: file too large: this process may write files of at most 1000000 bytes "
-        "(its file-size limit, `ulimit -f`, which batch systems such as SLURM pass to their jobs); "
-        "raise that limit and run the command again"
+        "(its file-size limit, `ulimit -f` 976, which batch systems such as SLURM pass to their jobs), "
+        "or its filesystem's largest file is smaller; raise that limit (or write elsewhere) and run the command again"
     )
     assert "\n" not in message and os.listdir(tmp_path) == []  # nothing half-written
 
@@ -64,7 +64,8 @@ def test_a_real_limit_on_a_real_write(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"probe: error: {target}: file too large: this process may write files of at most 4096 bytes "
-        "(its file-size limit, `ulimit -f`, which batch systems such as SLURM pass to their jobs); raise that limit and run the command again"
+        "(its file-size limit, `ulimit -f` 4, which batch systems such as SLURM pass to their jobs), "
+        "or its filesystem's largest file is smaller; raise that limit (or write elsewhere) and run the command again"
     ]
     assert os.listdir(tmp_path) == []
 

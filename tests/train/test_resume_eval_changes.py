@@ -104,6 +104,8 @@ def test_a_record_whose_eval_cache_changed_keeps_the_digest_its_checkpoints_carr
     now = {"config": {"beta": 0.1, "eval_cache": "e"}, "derived": {"total_steps": 3, "eval_cache_fingerprint": "f" * 64}}
     assert record_differences(saved, now) == []
     keep_recorded(now, saved)
+    # The fingerprint the run began with (none) is kept beside the new one, and hashed instead.
+    assert now["derived"]["eval_cache_fingerprint_at_start"] is None and "eval_cache_fingerprint_at_start" not in saved["derived"]
     assert now["derived"]["eval_cache_fingerprint"] == "f" * 64 and settings_digest(now) == settings_digest(saved)
     later = {"config": {"beta": 0.1, "eval_cache": "g"}, "derived": {"total_steps": 3, "eval_cache_fingerprint": "g" * 64}}
     keep_recorded(later, now)
