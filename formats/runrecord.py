@@ -51,6 +51,25 @@ ASIDE_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.(corrupt|superseded)(\.\d+
 # `checkpoint-N.superseded`; `.superseded.1.jsonl` … where that name is taken. Not
 # `metrics.jsonl.superseded`: a start-over's copy of a whole earlier run (train/rundir.py).
 RESUMED_METRICS_RE = re.compile(r"^metrics\.after-step-(\d+)\.superseded(\.\d+)?\.jsonl$")
+# A start-over's copy of a whole earlier run's metrics.jsonl (train/rundir.py start_over).
+STARTED_OVER_METRICS_RE = re.compile(rf"^{re.escape(METRICS_NAME)}\.superseded(\.\d+)?$")
+
+
+def is_set_aside_metrics(name: str) -> bool:
+    """A metrics file kto-train set aside: a start-over's whole earlier run, or a resume's
+    dropped lines."""
+    return STARTED_OVER_METRICS_RE.match(name) is not None or RESUMED_METRICS_RE.match(name) is not None
+
+
+# The eval cache a run evaluates on, in its record's `derived`: its fingerprint, and the one the
+# run began with, kept once a resume changed it (train/rundir.py keep_recorded).
+EVAL_FINGERPRINT = "eval_cache_fingerprint"
+EVAL_AT_START = "eval_cache_fingerprint_at_start"
+
+
+def eval_cache_at_start(derived: dict) -> str | None:
+    """The eval cache fingerprint the run began with: EVAL_AT_START once a resume changed it."""
+    return derived.get(EVAL_AT_START, derived.get(EVAL_FINGERPRINT))
 
 
 def resumed_metrics_name(step: int, n: int = 0) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kto.formats.errors import InputError
 from kto.formats.metrics_line import EVAL_CACHE_KEY, EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, eval_cache_name
-from kto.formats.runrecord import FINAL_DIR, METRICS_NAME, checkpoint_dir, read_run_config, record_path
+from kto.formats.runrecord import FINAL_DIR, METRICS_NAME, checkpoint_dir, eval_cache_at_start, read_run_config, record_path
 
 from .text import printable
 
@@ -256,7 +256,7 @@ def on_last_eval_cache(log: RunLog) -> tuple[RunLog, int, str | None]:
     that cache's name (metrics_line.EVAL_CACHE_KEY). A line without one was written before eval
     lines named their cache, when a resume could not change it: the run's first eval cache."""
     derived = (_record(log) or {}).get("derived", {})
-    first = derived.get("eval_cache_fingerprint_at_start", derived.get("eval_cache_fingerprint"))
+    first = eval_cache_at_start(derived)
     first = eval_cache_name(first) if isinstance(first, str) else None
     names = [rec.get(EVAL_CACHE_KEY) or first for rec in log.eval]
     if not names:

@@ -385,12 +385,13 @@ def sharded_problem(path: Path) -> str | None:
     return None
 
 
-def free_name(path: Path) -> Path:
-    """`path`, or path.1, path.2 … : the first name not taken."""
+def free_name(path: Path, nth: Callable[[int], str] | None = None) -> Path:
+    """`path`, or path.1, path.2 … : the first name not taken. nth(n): the n-th name where the
+    number goes elsewhere (before a suffix)."""
     n, free = 0, path
     while free.exists() or free.is_symlink():
         n += 1
-        free = path.with_name(f"{path.name}.{n}")
+        free = path.with_name(nth(n) if nth else f"{path.name}.{n}")
     return free
 
 

@@ -13,6 +13,8 @@ from kto.formats.errors import log
 from kto.formats.metrics_line import EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, complete_line, metrics_keys
 from kto.formats.runrecord import METRICS_NAME, resumed_metrics_name
 
+from .checkpoint import free_name
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -51,9 +53,7 @@ def set_aside_past(path: Path, step: int, keys: list[str], say: Callable[[str], 
     lines = path.read_text().splitlines()
     past = [line for line in lines if (s := _step_of(line)) is not None and s > step]
     if past:
-        n = 0
-        while (aside := path.with_name(resumed_metrics_name(step, n))).exists() or aside.is_symlink():
-            n += 1
+        aside = free_name(path.with_name(resumed_metrics_name(step)), lambda n: resumed_metrics_name(step, n))
         write_bytes_atomic(aside, "".join(line + "\n" for line in past).encode())
         say(f"--resume: moved the {len(past)} metrics lines past step {step} to {aside.name}")
     kept = [line for line in lines if (s := _step_of(line)) is not None and s <= step]

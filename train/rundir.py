@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,13 +27,16 @@ from kto.formats.lock import LOCK_NAME, locked_dir
 from kto.formats.manifest import fingerprint_of, same_model
 from kto.formats.runrecord import (
     ASIDE_CHECKPOINT_RE,
+    EVAL_AT_START,
+    EVAL_FINGERPRINT,
     FINAL_DIR,
     LEGACY_RECORD_NAME,
     MERGED_DIR,
     METRICS_NAME,
-    RESUMED_METRICS_RE,
     RUN_RECORD_NAME,
+    eval_cache_at_start,
     is_run_record,
+    is_set_aside_metrics,
     read_run_config,
     record_path,
     write_run_config,
@@ -88,7 +90,6 @@ AFTER_FINAL = frozenset({"merge_adapters", "push_to_hub", "hub_private"})
 
 # The metrics of a run that saved nothing to continue from, set aside when a new run starts
 # there (start_over).
-METRICS_ASIDE_RE = re.compile(rf"^{re.escape(METRICS_NAME)}\.superseded(\.\d+)?$")
 # Everything that may be in a run directory, the one list: name -> what it must be. The record
 # (and a pre-rename run's config.json, when it provably is one) proves the directory ours; the
 # others are ours only in a directory so proven. "tensorboard" holds TensorBoard's events, one
@@ -125,8 +126,6 @@ INFORMATIONAL = frozenset({"steps_share_prefixes"})
 
 # The eval cache a resume may add, drop or change (evaluation changes no training number):
 # its fingerprint, and the one the run began with, kept once it changed (EVAL_AT_START).
-EVAL_FINGERPRINT = "eval_cache_fingerprint"
-EVAL_AT_START = "eval_cache_fingerprint_at_start"
 EVAL_DERIVED = frozenset({EVAL_FINGERPRINT, EVAL_AT_START})
 
 
@@ -166,14 +165,9 @@ def keep_recorded(record: dict, saved: dict) -> None:
     there, now = saved.get("derived", {}).get("model_identity"), record.get("derived", {}).get("model_identity")
     if there is not None and now is not None and same_model(there, now):
         record["derived"]["model_identity"] = there
-    start = _eval_at_start(saved.get("derived", {}))
+    start = eval_cache_at_start(saved.get("derived", {}))
     if EVAL_AT_START in saved.get("derived", {}) or start != record.get("derived", {}).get(EVAL_FINGERPRINT):
         record["derived"][EVAL_AT_START] = start
-
-
-def _eval_at_start(derived: dict) -> str | None:
-    """The eval cache fingerprint the run began with: EVAL_AT_START once a resume changed it."""
-    return derived.get(EVAL_AT_START, derived.get(EVAL_FINGERPRINT))
 
 
 def _dropout_draws_differ(there: dict, record: dict) -> list[str]:
@@ -196,7 +190,7 @@ def settings_digest(record: dict) -> str:
     kept = {part: {k: v for k, v in record.get(part, {}).items() if not _resume_may_change(part, k)} for part in ("config", "derived")}
     kept["config"] = {k: v for k, v in kept["config"].items() if not (k in RECORDED_SINCE and v == RECORDED_SINCE[k])}
     if EVAL_DERIVED & set(record.get("derived", {})):
-        kept["derived"][EVAL_FINGERPRINT] = _eval_at_start(record["derived"])
+        kept["derived"][EVAL_FINGERPRINT] = eval_cache_at_start(record["derived"])
     return fingerprint_of(kept)
 
 
@@ -234,7 +228,7 @@ def written_here(name: str, kind: str) -> bool:
     checkpoint-STEP (an FSDP save's shared ones too, sharding.shared_temp_names), final and
     final-merged; prune_checkpoints' deleted for checkpoint-STEP; write_json_atomic's and
     MetricsWriter's tmp for the record, metrics.jsonl and its set-aside lines."""
-    if METRICS_ASIDE_RE.match(name) or RESUMED_METRICS_RE.match(name):
+    if is_set_aside_metrics(name):
         return kind == "tmp"
     if CHECKPOINT_RE.match(name):
         return kind in ("tmp", "old", "deleted")
@@ -257,7 +251,7 @@ def is_ours(p: Path) -> bool:
         # Set aside by --resume (formats/runrecord.py): corrupt ones, and those newer than the
         # checkpoint `--resume PATH` continued from.
         return p.is_dir()  # set aside by us, whatever it holds now
-    if METRICS_ASIDE_RE.match(p.name) or RESUMED_METRICS_RE.match(p.name):
+    if is_set_aside_metrics(p.name):
         return p.is_file()
     if p.name in (FINAL_DIR, MERGED_DIR):
         return p.is_dir() and (_has_our_card(p) or _holds_a_model(p))  # the next final/ replaces it
