@@ -298,6 +298,16 @@ def aside_path(path: Path, kind: str) -> Path:
     return path.with_name(f".{temp_stem(path.name, path.parent)}.{kind}-{os.getpid()}")
 
 
+def free_name(path: Path, nth: Callable[[int], str] | None = None) -> Path:
+    """`path`, or path.1, path.2 … : the first name not taken. nth(n): the n-th name where the
+    number goes elsewhere (before a suffix)."""
+    n, free = 0, path
+    while free.exists() or free.is_symlink():
+        n += 1
+        free = path.with_name(nth(n) if nth else f"{path.name}.{n}")
+    return free
+
+
 def is_temp_name(name: str) -> bool:
     """True for the temp names of this module (`.NAME.tmp-PID-THREAD`, `.NAME.old-PID`, `.NAME.deleted-PID`)."""
     return TEMP_NAME.match(name) is not None

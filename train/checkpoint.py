@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kto.formats.atomic import aside_path, atomic_dir
+from kto.formats.atomic import aside_path, atomic_dir, free_name
 from kto.formats.compute.library_bars import library_bars_off
 from kto.formats.errors import InputError
 from kto.formats.files import read_json
@@ -383,16 +383,6 @@ def sharded_problem(path: Path) -> str | None:
         except Exception as exc:
             return f"{name}: cannot be loaded ({type(exc).__name__})"
     return None
-
-
-def free_name(path: Path, nth: Callable[[int], str] | None = None) -> Path:
-    """`path`, or path.1, path.2 … : the first name not taken. nth(n): the n-th name where the
-    number goes elsewhere (before a suffix)."""
-    n, free = 0, path
-    while free.exists() or free.is_symlink():
-        n += 1
-        free = path.with_name(nth(n) if nth else f"{path.name}.{n}")
-    return free
 
 
 def usable_checkpoint(out: Path, log: Callable[[str], None]) -> Path | None:

@@ -8,12 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from kto.formats.atomic import disk_full_names, write_bytes_atomic
+from kto.formats.atomic import disk_full_names, free_name, write_bytes_atomic
 from kto.formats.errors import log
 from kto.formats.metrics_line import EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, complete_line, metrics_keys
 from kto.formats.runrecord import METRICS_NAME, resumed_metrics_name
-
-from .checkpoint import free_name
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

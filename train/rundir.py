@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kto.formats.atomic import parse_temp_name, remove_stale_temps
+from kto.formats.atomic import free_name, parse_temp_name, remove_stale_temps
 from kto.formats.cache import refuse_inside_others
 from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
@@ -43,7 +43,7 @@ from kto.formats.runrecord import (
 )
 
 from .adapters import keep_recorded_targets, model_targets, same_targets
-from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, free_name, refuse_replacing, usable_checkpoint
+from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, refuse_replacing, usable_checkpoint
 from .config import TrainConfig
 from .model_card import CARD_MARK, CARD_NAME
 
