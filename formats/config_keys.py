@@ -38,7 +38,7 @@ TRAIN_KEYS = frozenset(
         "eval_each_epoch", "eval_batch_size", "resume", "report_to", "run_name",
         "drift_tolerance", "chunk_size", "trust_remote_code", "attn_implementation", "lora_r", "lora_alpha", "lora_dropout",
         "lora_target_modules", "load_in_4bit", "load_in_8bit", "merge_adapters", "fsdp", "prefix_sharing", "push_to_hub",
-        "hub_private",
+        "hub_private", "eval_only", "base_model",
     }
 )  # fmt: skip
 OWN_KEYS = {PRECOMPUTE: PRECOMPUTE_KEYS, TRAIN: TRAIN_KEYS}
@@ -206,7 +206,7 @@ ALIASES: dict[str, dict[str, Alias]] = {
 
 # Keys that mean nothing here, with the reason given when they are skipped.
 IGNORED = {
-    "do_train": "training is what kto-train does",
+    "do_train": "kto-precompute prepares the data either way (kto-train reads do_train: false as eval_only)",
     "do_eval": "kto-train evaluates when it has an eval cache (eval_cache, or val_size's CACHE/eval; with eval_strategy: no, do_eval: true keeps CACHE/eval)",
     "template": "the tokenizer's own chat template is used (chat_template: FILE.jinja replaces it)",
     "overwrite_output_dir": "kto-train never overwrites a run: output_dir must be new or empty, or continued with resume (delete it to start over)",

@@ -27,7 +27,7 @@ from typing import Any
 from .config_dumped import DUMPED, dumped_key
 from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, file_switch, same_value, template_note
 from .config_resolved import Resolved
-from .config_schedule import eval_schedule, evaluates, save_schedule, save_strategy
+from .config_schedule import do_train, eval_schedule, evaluates, save_schedule, save_strategy
 from .config_switches import is_llama_factory, transformers_switches
 from .config_unsupported import UNSUPPORTED
 from .errors import InputError
@@ -155,6 +155,14 @@ MAPPED: dict[str, dict[str, Callable[..., None]]] = {
 }
 
 
+def _ignored(key: str, value: Any, command: str, out: Resolved, raw: Mapping[str, Any]) -> None:
+    """A key of IGNORED, said in a note; but kto-train reads do_train (LLaMA-Factory's switch)."""
+    if command == TRAIN and key == "do_train":
+        do_train(value, out, is_llama_factory(raw))
+    else:
+        out.notes.append(f"{key}: ignored ({IGNORED[key]})")
+
+
 def _other(command: str) -> str:
     return TRAIN if command == PRECOMPUTE else PRECOMPUTE
 
@@ -249,7 +257,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         elif key == "template":
             _template(value, command, out, sorting, raw.get("chat_template"))
         elif key in IGNORED:
-            out.notes.append(f"{key}: ignored ({IGNORED[key]})")
+            _ignored(key, value, command, out, raw)
         elif key in DUMPED[command]:
             _dumped(key, value, command, out, sorting)
         elif key in _names_of(_other(command)) or key in DUMPED[_other(command)] or (shared_file and key == "out"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config_keys import EVAL_STRATEGIES, same_value
+from .config_keys import EVAL_STRATEGIES, file_switch, same_value
 from .config_resolved import Resolved
 from .errors import InputError
 
@@ -68,7 +68,9 @@ def eval_schedule(raw: Mapping[str, Any], out: Resolved) -> None:
       the key was read (transformers would not evaluate; a file without it meant to here).
     Called after the defaults of the file's tool: logging_steps' default is theirs."""
     strategy = eval_strategy(raw)
-    held_out = bool(raw.get("val_size")) and (strategy != "no" or raw.get("do_eval") is True)
+    if out.values.get("eval_only") and raw.get("do_eval") is False:
+        raise InputError("do_train: false with do_eval: false: nothing to do (kto-train would neither train nor evaluate); drop do_train: false to train")
+    held_out = bool(raw.get("val_size")) and (strategy != "no" or raw.get("do_eval") is True or bool(out.values.get("eval_only")))
     out.eval_in_cache = held_out or ("dataset_name" in raw and strategy not in (None, "no"))
     if strategy == "steps":
         _eval_on_logged_steps(out)
@@ -128,3 +130,16 @@ def _eval_on_logged_steps(out: Resolved) -> None:
         out.set("eval_every", every, "eval_steps")
     out.eval_from_logging = True
     out.notes.append(f"eval_strategy: steps without eval_steps -> eval_every from {key} {every} (eval_steps defaults to logging_steps, as transformers)")
+
+
+def do_train(value: Any, out: Resolved, llama_factory: bool) -> None:
+    """LLaMA-Factory's do_train: false (with do_eval: true: evaluate without training) is
+    kto-train's eval_only: --model is evaluated on the eval set (eval_cache, val_size's
+    CACHE/eval) and OUT/eval_results.json written. Not in TRL's names: transformers' field
+    defaults to false, so a dumped TrainingArguments holds do_train: false for a training run,
+    and TRL's scripts train whatever it says. true: training, what kto-train does anyway."""
+    if file_switch("do_train", value) or not llama_factory:
+        out.notes.append("do_train: ignored (training is what kto-train does; LLaMA-Factory's do_train: false is --eval-only)")
+        return
+    out.set("eval_only", True, "do_train")
+    out.notes.append("do_train: false -> eval_only: --model is evaluated on the eval set, nothing is trained")

@@ -11,7 +11,6 @@ directory (kto-precompute would take a foreign file there for someone else's dat
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ import pyarrow as pa
 from kto.formats import schema as S
 from kto.formats.atomic import NotWritableError, atomic_path, check_can_create, write_target
 from kto.formats.cache import cache_holding, open_cache
-from kto.formats.compute.adapters import base_model_of, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError, log
 from kto.formats.paths import arrow_path
 from kto.formats.runrecord import run_holding
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 
     from kto.formats.compute.logprob import CompletionLogps
     from kto.formats.compute.numerics import Numerics
-    from kto.formats.compute.sources import ModelSource
     from kto.formats.manifest import Manifest
 
 DEFAULT_BETA = 0.1
@@ -185,13 +182,12 @@ class _Scorer:
         import torch
 
         from kto.formats.compute.identity import model_identity
-        from kto.formats.compute.loading import load_completion_logps, load_tokenizer
+        from kto.formats.compute.loading import load_completion_logps
         from kto.formats.compute.numerics import parse_numerics
-        from kto.formats.compute.tokenizer_check import require_cache_tokenizer
+        from kto.formats.compute.policy_dirs import policy_to_load, policy_tokenizer
 
-        policy = _policy(model, base_model)
-        tokenizer = load_tokenizer(policy.tokenizer, trust_remote_code=trust_remote_code)
-        require_cache_tokenizer(tokenizer, manifest.content.tokenizer, model)
+        policy = policy_to_load(model, base_model)
+        tokenizer = policy_tokenizer(policy, manifest.content.tokenizer, model, trust_remote_code)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         numerics = parse_numerics(dtype, device)  # `auto` resolves as kto-precompute's does
         ref_numerics = manifest.content.dtype
@@ -234,129 +230,6 @@ class _Scorer:
         ref = table.column(S.REF_LOGP).to_numpy()
         columns = {"id": table.column(S.ID), "label": table.column(S.LABEL), "policy_logp": scored.sums, "ref_logp": ref, "reward": beta * (scored.sums - ref)}
         return pa.table(columns, schema=SCORE_SCHEMA)
-
-
-@dataclass(frozen=True)
-class _Policy:
-    """How to load `--model`: `source` first (the model itself, or the base a run's weights go
-    on), then `adjust` (None: `source` is the policy), with the tokenizer of `tokenizer`."""
-
-    source: ModelSource
-    tokenizer: ModelSource
-    adjust: Callable[[torch.nn.Module], torch.nn.Module] | None = None
-    note: str | None = None
-
-
-def _policy(model: str, base_model: str | None) -> _Policy:
-    """A model directory or hub id; a PEFT adapter directory (a LoRA run's final/ or checkpoint,
-    sharded or not) on its base; or a full fine-tune's FSDP checkpoint (no config.json: the
-    weights in DCP shards) loaded onto its run's --model. A kto-train checkpoint or final/
-    holds the run's tokenizer."""
-    from kto.formats.compute.sharded import is_sharded_checkpoint, load_sharded_weights
-    from kto.formats.compute.sources import ModelSource, resolve_source
-
-    path = Path(model).resolve()
-    if is_adapter_dir(Path(model)):
-        require_peft("--model")
-        flag = "--base-model" if base_model else f"--model {model}: the base its adapter_config.json names,"
-        base = _base_of(path, base_model)
-        source = resolve_source(base, flag=flag)
-        _require_runs_model(path, source, f"{flag} {base}", "trained its adapters on", base_model)
-        kind = "the LoRA adapters" + (" (sharded by FSDP)" if is_sharded_checkpoint(path) else "")
-        # kto-train's adapter folders hold the run's tokenizer; peft's own save holds none: the base's then
-        tokenizer = ModelSource(path) if _holds_tokenizer(path) else source
-        return _Policy(source, tokenizer, lambda lm: with_adapters(lm, path), f"note: scoring {source.directory} with {kind} of {path}")
-    if is_sharded_checkpoint(Path(model)) and not (path / "config.json").is_file():
-        flag = "--base-model" if base_model else f"--model {model}: its run's --model,"
-        base = _base_of_run(model, base_model)
-        source = resolve_source(base, flag=flag)
-        _require_runs_model(path, source, f"{flag} {base}", "trained", base_model)
-        note = f"note: scoring the weights of {path} (sharded by FSDP) on the model of {source.directory}"
-        return _Policy(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), note)
-    source = resolve_source(model)
-    if base_model:  # would go unused: the scores would be --model's while the user meant another base's
-        raise InputError(f"--base-model is for LoRA adapters or an FSDP checkpoint; --model {model} is a whole model")
-    return _Policy(source, source)
-
-
-def _require_runs_model(folder: Path, source: ModelSource, said: str, trained: str, base_model: str | None) -> None:
-    """Refuse a base other than the one the run of `folder` (its final/ or checkpoint-STEP/)
-    trained on: its record's derived.model_identity, compared as kto-train's --resume compares it.
-    The weights would load onto any model of the same shapes, and score wrong without a word. A
-    folder of no run, or a record without the identity, names no model: the caller's note says
-    which base is used."""
-    from kto.formats.compute.identity import model_identity
-    from kto.formats.manifest import same_model
-    from kto.formats.runrecord import read_run_config, record_path, run_of_model_dir
-
-    run = run_of_model_dir(folder)
-    if run is None:
-        return
-    record = read_run_config(run)
-    trained_on = record["derived"].get("model_identity")
-    if not isinstance(trained_on, dict) or _same_weights(model_identity(source), trained_on, same_model):
-        return
-    give = "give that model" if base_model else "give that model as --base-model"
-    raise InputError(f"{said}: not the model the run {run} {trained} (its record {record_path(run)} names {record['config'].get('model')}); {give}")
-
-
-def _same_weights(a: dict, b: dict, same_model: Callable[[dict, dict], bool]) -> bool:
-    """Two identities of the same config and weights, however the model was reached: the hub
-    revision (a hub id on one side, a local copy of its files on the other, or a new commit that
-    left the weights alone) and the weight files' names (a renamed .gguf) do not decide it."""
-    a, b = ({k: v for k, v in i.items() if k != "hub_revision"} for i in (a, b))
-    if same_model(a, b):
-        return True
-    wa, wb = a.get("weights"), b.get("weights")
-    if a.get("config") != b.get("config") or not isinstance(wa, dict) or not isinstance(wb, dict) or len(wa) != len(wb):
-        return False
-    contents = lambda w: sorted(json.dumps(v, sort_keys=True) for v in w.values())
-    return contents(wa) == contents(wb)
-
-
-def _holds_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"))
-
-
-def _base_of(adapter_dir: Path, base_model: str | None) -> str:
-    """--base-model, else the base recorded by peft in adapter_config.json, made exact by the
-    run's record where that base is a GGUF file's folder (peft names the folder; the file is
-    passed as gguf_file=): the folder alone would load the first of several .gguf files, or a
-    safetensors model beside the file (llama.cpp's converter writes it there), and score on it."""
-    from kto.formats.runrecord import run_setting
-
-    base = base_model or base_model_of(adapter_dir)
-    if not base:
-        raise InputError(f"--model {adapter_dir}: an adapter directory that names no base model; pass --base-model")
-    if base_model is None:
-        trained_on, _ = run_setting(adapter_dir, "model")
-        if isinstance(trained_on, str) and trained_on.endswith(".gguf") and _same_dir(Path(trained_on).expanduser().parent, Path(base).expanduser()):
-            return trained_on
-    return base
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-def _base_of_run(checkpoint: str, base_model: str | None) -> str:
-    """--base-model, else the --model of the run that saved FSDP checkpoint `checkpoint` (its
-    architecture and config: the checkpoint holds every weight, and no config.json)."""
-    from kto.formats.compute.sharded import SHARDED_DIR
-    from kto.formats.runrecord import run_setting
-
-    if base_model:
-        return base_model
-    base, _ = run_setting(checkpoint, "model")
-    if not isinstance(base, str) or not base:
-        raise InputError(
-            f"--model {checkpoint}: an FSDP checkpoint (its weights are sharded in {SHARDED_DIR}/*.distcp) with no run record "
-            "(RUN/kto_run.json) naming the model it trained; pass that model as --base-model"
-        )
-    return base
 
 
 def summarize_scores(table: pa.Table) -> dict:

@@ -1,5 +1,5 @@
-"""kto-train's package. `kto.train.run(TrainConfig(...))` is the Python API (api.py), resolved
-lazily so that importing this package loads neither torch nor a model."""
+"""kto-train's package. `kto.train.run(TrainConfig(...))` is the Python API (api.py), with
+`kto.train.evaluate_model` for --eval-only, resolved lazily so that importing this package loads neither torch nor a model."""
 
 
 def __getattr__(name: str):
@@ -7,7 +7,7 @@ def __getattr__(name: str):
         from .config import TrainConfig
 
         return TrainConfig
-    if name in ("run", "TrainResult"):
+    if name in ("run", "TrainResult", "evaluate_model"):
         from . import api
 
         return getattr(api, name)

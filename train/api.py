@@ -1,4 +1,5 @@
-"""kto-train as a Python call: `kto.train.run(TrainConfig(...))`.
+"""kto-train as a Python call: `kto.train.run(TrainConfig(...))`, and
+`kto.train.evaluate_model(TrainConfig(..., eval_only=True))` for `kto-train --eval-only`.
 
 The CLI (cli.py) parses flags and --config into the same `TrainConfig` and calls `run`, so a
 notebook, a pipeline or a script under `accelerate launch`/`torchrun` trains exactly as the
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kto.formats.errors import InputError
 
 from .config import TrainConfig
 from .metrics import last_metrics, metric_values
@@ -43,6 +46,8 @@ def run(config: TrainConfig) -> TrainResult:
 
     from .loop import train  # torch, accelerate and the model load on call, not on import
 
+    if config.eval_only:
+        raise InputError("eval_only=True trains nothing: call kto.train.evaluate_model(config), which returns the eval line")
     config = with_hub_caches(config)
     trained = train(config)
     train_line, eval_line = last_metrics(config.out)
@@ -72,7 +77,7 @@ def with_hub_caches(config: TrainConfig) -> TrainConfig:
 
     from kto.formats.hub import fetch_cache, is_hub_cache
 
-    if is_hub_cache(config.cache):
+    if config.cache is not None and is_hub_cache(config.cache):
         config = replace(config, cache=fetch_cache(config.cache))
     if config.eval_cache is not None and is_hub_cache(config.eval_cache):
         config = replace(config, eval_cache=fetch_cache(config.eval_cache, "--eval-cache"))
@@ -84,3 +89,14 @@ def _total_steps(run_dir: Path) -> int:
 
     record = read_run_config(run_dir)
     return int(record["derived"]["total_steps"]) if record else 0
+
+
+def evaluate_model(config: TrainConfig, explicit: set[str] | None = None) -> dict:
+    """`kto-train --eval-only`: evaluate config.model on config.eval_cache as a run's evaluations
+    do, and return the eval line (the keys of a metrics.jsonl eval line, and `model`). A loss
+    setting left at its default is the run's where config.model is a run's final/ or
+    checkpoint-STEP/; with config.out, OUT/eval_results.json is written too. `explicit`: the
+    settings given (the CLI's: on its command line or in --config); None: those off their defaults."""
+    from .eval_only import evaluate_model as evaluated
+
+    return evaluated(with_hub_caches(config) if config.eval_only else config, explicit)

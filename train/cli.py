@@ -26,17 +26,20 @@ from kto.formats.errors import InputError, exception_line, exit_on_signal, log, 
 from kto.formats.paths import HOME_PATH, HOME_TEXT
 from kto.formats.signals import Stopped, raising_on_stop_signals
 
-from .config import DEFAULTS, DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file
+from .config import DEFAULTS, DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, eval_only_refusal, load_config_file, require_paths
 from .loss_type import LossType
 from .stop import Interrupted
 
 LATEST = "latest"  # `--resume` without a path
+EXPLICIT = "kto.explicit"  # ctx.meta: the settings the command line or --config gave
 
 
 @click.command(cls=names_other_tools_use(TRAIN), context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--cache", type=HOME_PATH, help="Cache directory written by kto-precompute (not CACHE/eval: pass that as --eval-cache).")
-@click.option("--model", help="Policy initialisation: local HF dir, .gguf file or hub id.")
-@click.option("--out", type=HOME_PATH, help="Run directory.")
+@click.option(
+    "--model", help="Policy initialisation: local HF dir, .gguf file or hub id (--eval-only: the model evaluated, a run's final/ or checkpoint-STEP/ too)."
+)
+@click.option("--out", type=HOME_PATH, help="Run directory (--eval-only: where eval_results.json is written; nothing without it).")
 @click.option("--config", "config_file", type=HOME_PATH, default=None, help="YAML or TOML file of flag values.")
 @click.option("--beta", default=0.1)
 @click.option("--desirable-weight", default=1.0)
@@ -82,6 +85,12 @@ LATEST = "latest"  # `--resume` without a path
     "--eval-batch-size", default=None, type=int, help="Eval rows per micro-batch, per process (the same numbers to fp32 rounding) [default: --batch-size]."
 )
 @click.option(
+    "--eval-only",
+    is_flag=True,
+    help="Train nothing: evaluate --model on --eval-cache as a run's evaluations do (the run's loss settings and --dtype/--mixed-precision when --model is a run's), print the eval line as JSON.",
+)
+@click.option("--base-model", default=None, help="--eval-only: the base of a LoRA adapter or FSDP checkpoint --model [default: the one it or its run names].")
+@click.option(
     "--resume",
     type=HOME_TEXT,
     is_flag=False,
@@ -115,17 +124,20 @@ LATEST = "latest"  # `--resume` without a path
 @click.pass_context
 @one_line_errors("kto-train")
 def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
-    """Train the policy from a kto-precompute cache; no reference model is loaded."""
+    """Train the policy from a kto-precompute cache; no reference model is loaded. With --eval-only, evaluate --model on --eval-cache instead."""
     # From the start: a signal while torch imports or the model loads says so (formats/signals.py);
     # the loop takes the signals over and stops at a step boundary instead (train/stop.py).
     with raising_on_stop_signals():
-        from .api import run  # the Python API: this command is flags → TrainConfig → run()
+        from .api import evaluate_model, run  # the Python API: this command is flags → TrainConfig → run()
         from .processes import end_own_process_group, process_group_exists
 
         try:
             with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals, the run's too, name the file's key
                 existed = process_group_exists()  # after check_paths: it imports torch
-                run(cfg)
+                if cfg.eval_only:
+                    evaluate_model(cfg, explicit=ctx.meta[EXPLICIT])
+                else:
+                    run(cfg)
         except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
             end_own_process_group(existed)
             sys.exit(exc.exit_code)
@@ -137,11 +149,18 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
 def check_paths(cfg: TrainConfig) -> None:
     """The start-up checks of --cache, --model and --eval-cache that need neither torch nor
     transformers, in train/setup.py check_inputs' order, made before the run imports them: a
-    typo is refused in a second instead of after those imports. Writes nothing.
+    typo is refused in a second instead of after those imports. Writes nothing. With
+    --eval-only, --model may be an adapter directory or a sharded checkpoint: policy_dirs
+    checks it when it loads.
 
     With adapters (--lora-r > 0, adapters.enabled) check_inputs refuses a missing peft or
     bitsandbytes first of all, before the cache is read; that check imports them (and torch),
     so these are left to the run then, to keep that order."""
+    if cfg.eval_only:
+        for cache in (cfg.cache, cfg.eval_cache):
+            if cache is not None:
+                check_local_cache(cache)
+        return
     if cfg.lora_r > 0:
         return
     check_local_cache(cfg.cache)
@@ -173,8 +192,11 @@ def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[st
     for name, value in flags.items():
         if given(name) or name not in values:
             values[name] = value
+    # The settings given on the command line or in the file: --eval-only takes the run's others.
+    ctx.meta[EXPLICIT] = {name for name in flags if given(name)} | set(resolved.values) | set(resolved.forced)
     try:
         cfg = merged_config(ctx, config_file, resolved, values, given)
+        eval_only_refusal(cfg, {name for name in flags if given(name)})
         check(cfg)
         yield cfg
     except InputError as exc:
@@ -193,9 +215,7 @@ def merged_config(ctx: click.Context, config_file: Path | None, resolved: Resolv
     values["lr_schedule_kwargs"] = schedule_kwargs(values["lr_schedule_kwargs"])
     if values.get("out") is None and isinstance(values["resume"], Path):
         values["out"] = values["resume"].parent  # `--resume RUN/checkpoint-STEP` names its run
-    for name in ("cache", "model", "out"):
-        if values.get(name) is None:
-            raise InputError(f"--{name} is required (on the command line or in --config)")
+    require_paths(values)  # before the file's settings are read: they may use --cache
     if config_file:
         from_config_file(ctx, config_file, resolved, values)
     return TrainConfig(**values)
@@ -226,7 +246,7 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
         log(f"kto-train: {note}")
     lora_rank_for_lora(ctx, path, resolved, values)
     keep_recorded_defaults(ctx, path, resolved, values)
-    if resolved.eval_in_cache and values.get("eval_cache") is None:
+    if resolved.eval_in_cache and values.get("eval_cache") is None and values.get("cache") is not None:
         # LLaMA-Factory's val_size or TRL's dataset_test_split: kto-precompute wrote those rows to CACHE/eval.
         values["eval_cache"] = Path(values["cache"]) / "eval"
         held_out = "val_size" if resolved.values.get("eval_fraction") or "val_size" in resolved.other_values else "dataset_test_split"
@@ -417,6 +437,8 @@ def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -
     from kto.formats.cache import open_cache
     from kto.formats.schema import MANIFEST_NAME
 
+    if values.get("cache") is None:
+        return  # --eval-only without --cache
     cache = Path(values["cache"])
     if not resolved.other_values or not (cache / MANIFEST_NAME).is_file():
         return  # an `hf:` cache, or none: the run refuses or fetches it

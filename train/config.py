@@ -7,8 +7,10 @@ import dataclasses
 import math
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kto.formats import config_file
 from kto.formats.compute.numerics import WEIGHT_DTYPES
@@ -59,12 +61,14 @@ USUAL_AT_MOST = {"beta": 1e3, "desirable_weight": 1e3, "undesirable_weight": 1e3
 
 @dataclass(frozen=True)
 class TrainConfig:
-    cache: Path
-    """Cache directory written by kto-precompute."""
-    model: str
-    """Policy initialisation: local HF dir, .gguf file or hub id (usually the reference model)."""
-    out: Path
-    """Run directory: metrics.jsonl, checkpoint-STEP/, final/."""
+    cache: Path | None = None
+    """Cache directory written by kto-precompute (required, but with eval_only)."""
+    model: str | None = None
+    """Policy initialisation: local HF dir, .gguf file or hub id (usually the reference model).
+    Required. With eval_only: the model evaluated (also a run's final/ or checkpoint-STEP/)."""
+    out: Path | None = None
+    """Run directory: metrics.jsonl, checkpoint-STEP/, final/ (required, but with eval_only:
+    then the directory of eval_results.json, and nothing is written without it)."""
     beta: float = 0.1
     """β: scale of the implicit reward β·(log πθ − log πref)."""
     desirable_weight: float = 1.0
@@ -177,9 +181,15 @@ class TrainConfig:
     """Upload final/ (with its model card) to this hub model repo, ORG/NAME, after the run."""
     hub_private: bool = False
     """Create the --push-to-hub repo private."""
+    eval_only: bool = False
+    """Train nothing: evaluate --model on --eval-cache as the run's evaluations do (train/eval_only.py)."""
+    base_model: str | None = None
+    """eval_only: the base of a LoRA adapter directory or FSDP checkpoint given as --model
+    (default: the base its adapter_config.json or its run names)."""
 
     def __post_init__(self):
         check_types(self)
+        check_required(self)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -230,7 +240,8 @@ class TrainConfig:
             check_repo_id(self.push_to_hub)
         elif self.hub_private:
             raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
-        output_dir(self.out, f"--out {self.out}")
+        if not self.eval_only:
+            output_dir(self.out, f"--out {self.out}")
 
     @property
     def loss_type(self) -> LossType:
@@ -249,6 +260,43 @@ def check_types(cfg: TrainConfig) -> None:
     if isinstance(targets, (list, tuple)) and all(isinstance(v, str) for v in targets):
         object.__setattr__(cfg, "lora_target_modules", ",".join(targets))
     check_field_types(cfg, text_paths=TEXT_PATHS)
+
+
+def check_required(cfg: TrainConfig) -> None:
+    """--model always; --cache and --out to train; --eval-cache with --eval-only, --base-model only with it."""
+    require_paths({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    if cfg.eval_only and cfg.eval_cache is None:
+        raise InputError("--eval-only: needs --eval-cache, the kto-precompute cache to evaluate --model on (e.g. CACHE/eval)")
+    if not cfg.eval_only and cfg.base_model is not None:
+        raise InputError("--base-model: only with --eval-only (training starts from --model)")
+
+
+def require_paths(values: Mapping[str, Any]) -> None:
+    """--model always, --cache and --out to train: refused in one line when missing."""
+    for name in ("model",) if values.get("eval_only") else ("cache", "model", "out"):
+        if values.get(name) is None:
+            raise InputError(f"--{name} is required (on the command line or in --config)")
+
+
+# What --eval-only uses besides the model and the eval cache; every other setting trains.
+EVAL_SETTINGS = frozenset(
+    {"cache", "model", "out", "eval_cache", "eval_only", "base_model", "beta", "desirable_weight", "undesirable_weight", "loss", "sft_weight"}
+    | {"batch_size", "eval_batch_size", "mixed_precision", "dtype", "prefix_sharing", "chunk_size", "trust_remote_code", "attn_implementation"}
+)
+
+
+def training_only(names: set[str] | frozenset[str]) -> list[str]:
+    """The settings among `names` that --eval-only does not use, as their flags, in field order."""
+    return [f"--{_flag(f.name)}" for f in dataclasses.fields(TrainConfig) if f.name in names and f.name not in EVAL_SETTINGS]
+
+
+def eval_only_refusal(cfg: TrainConfig, given: set[str]) -> None:
+    """--eval-only with training flags on the command line (`given`): refused, one line naming
+    them. From a --config file (one reused from training) or the Python API they are left
+    unused, said in a note (train/eval_only.py)."""
+    named = training_only(given) if cfg.eval_only else []
+    if named:
+        raise InputError(f"--eval-only: {', '.join(named)} train; they do nothing here (leave them out)")
 
 
 def _flag(name: str) -> str:

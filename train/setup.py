@@ -104,9 +104,8 @@ class Run:
         return self.policy.load_s
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    from accelerate import Accelerator
-
+def mixed_precision_in_force(cfg: TrainConfig) -> str:
+    """--mixed-precision with `auto` resolved (bf16 on CUDA, no on CPU), refused where it cannot run."""
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
@@ -116,6 +115,13 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # fp16 weights under autocast: GradScaler cannot unscale fp16 gradients, and bf16
         # autocast over fp16 weights mixes two half formats.
         raise InputError(f"--dtype fp16: needs --mixed-precision no (it resolved to {mixed})")
+    return mixed
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    from accelerate import Accelerator
+
+    mixed = mixed_precision_in_force(cfg)
     log_with = trackers.log_with(cfg.report_to)  # a missing tracker is refused here, before any model loads
     # gradient_accumulation_steps stays 1: step.py accumulates and normalises explicitly.
     # cpu=True without CUDA: accelerate only starts a gloo group for several CPU processes then.

@@ -122,17 +122,17 @@ def test_a_missing_base_is_named_by_where_it_came_from(tmp_path, monkeypatch):
     `--base-model X: no such file or directory`, a flag the user never passed."""
     import json
 
+    from kto.formats.compute.policy_dirs import policy_to_load
     from kto.formats.errors import InputError
-    from kto.inspection.score import _policy
 
     adapter = tmp_path / "final"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "./no-such-base"}))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match=r"^--model final: the base its adapter_config.json names, ./no-such-base: no such file or directory$"):
-        _policy("final", None)
+        policy_to_load("final", None)
     with pytest.raises(InputError, match=r"^--base-model ./other: no such file or directory$"):
-        _policy("final", "./other")
+        policy_to_load("final", "./other")
 
 
 def test_an_adapter_folder_without_a_tokenizer_is_scored_with_its_bases(tiny_cache, tiny_model_dir, tmp_path):
@@ -155,8 +155,8 @@ def test_an_adapters_gguf_base_is_the_file_the_run_trained_on(tmp_path, monkeypa
     """peft names a GGUF base by its folder; in a folder also holding a safetensors model (as
     llama.cpp's converter leaves it) or other .gguf files, score loaded another model than the
     one trained on, silently. The run's record names the file."""
+    from kto.formats.compute.policy_dirs import base_of
     from kto.formats.runrecord import write_run_config
-    from kto.inspection.score import _base_of
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m").mkdir()
@@ -167,10 +167,10 @@ def test_an_adapters_gguf_base_is_the_file_the_run_trained_on(tmp_path, monkeypa
     write_run_config(run, {"model": "m/X.gguf"}, {})
     (run / "final").mkdir()
     (run / "final" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "m", "peft_type": "LORA"}))
-    assert _base_of(run / "final", None) == "m/X.gguf"
-    assert _base_of(run / "final", "m/A.gguf") == "m/A.gguf"  # --base-model wins
+    assert base_of(run / "final", None) == "m/X.gguf"
+    assert base_of(run / "final", "m/A.gguf") == "m/A.gguf"  # --base-model wins
     write_run_config(run, {"model": "elsewhere/X.gguf"}, {})  # another folder than the adapter names: the adapter's
-    assert _base_of(run / "final", None) == "m"
+    assert base_of(run / "final", None) == "m"
 
 
 def _read_only_below(folder, monkeypatch):

@@ -100,38 +100,38 @@ def test_base_model_with_a_whole_model_is_refused(lora_run, tiny_cache, tiny_mod
 def test_an_fsdp_checkpoint_on_another_model_is_refused(tiny_model_dir, tokenizer_dir, tmp_path):
     """A full fine-tune's FSDP checkpoint takes its architecture and config from the base."""
     from kto.formats.compute.identity import model_identity
+    from kto.formats.compute.policy_dirs import policy_to_load
     from kto.formats.compute.sources import resolve_source
-    from kto.inspection.score import _policy
 
     run = tmp_path / "run"
     (run / "checkpoint-2" / "sharded").mkdir(parents=True)
     write_run_config(run, {"model": str(tiny_model_dir)}, {"model_identity": model_identity(resolve_source(str(tiny_model_dir)))})
     other = make_tiny_llama(tmp_path / "other", tokenizer_dir, tie_word_embeddings=True)
     ckpt = str(run / "checkpoint-2")
-    assert _policy(ckpt, str(tiny_model_dir)).source.directory == tiny_model_dir.resolve()
+    assert policy_to_load(ckpt, str(tiny_model_dir)).source.directory == tiny_model_dir.resolve()
     said = f"not the model the run {run} trained (its record {run / 'kto_run.json'} names"
     with pytest.raises(InputError, match="^" + re.escape(f"--base-model {other}: {said} {tiny_model_dir}); give that model") + "$"):
-        _policy(ckpt, str(other))
+        policy_to_load(ckpt, str(other))
     # The run's --model, another model now than it trained on (its record says so): refused too.
     write_run_config(run, {"model": str(other)}, {"model_identity": model_identity(resolve_source(str(tiny_model_dir)))})
     with pytest.raises(
         InputError, match="^" + re.escape(f"--model {ckpt}: its run's --model, {other}: {said} {other}); give that model as --base-model") + "$"
     ):
-        _policy(ckpt, None)
+        policy_to_load(ckpt, None)
 
 
 def test_the_same_weights_reached_another_way_are_the_runs_model():
     """A run trained from a hub id and scored on a local copy of its files (or the reverse, or a
     newer commit that left the weights alone), or from a .gguf since renamed: the identities
     differ in the hub revision or the file's name only, and the check lets them score."""
+    from kto.formats.compute.policy_dirs import same_weights
     from kto.formats.manifest import same_model
-    from kto.inspection.score import _same_weights
 
     weights = {"size": 10, "header_sha256": "h", "sampled_sha256": "s"}
     local = {"config": "c", "weights": {"model.safetensors": weights}}
     hub = {**local, "hub_revision": "abc123"}
-    assert _same_weights(local, hub, same_model) and _same_weights(hub, {**local, "hub_revision": "def456"}, same_model)
+    assert same_weights(local, hub, same_model) and same_weights(hub, {**local, "hub_revision": "def456"}, same_model)
     gguf = {"weights": {"SmolLM2.Q4_1.gguf": {"size": 10, "sha256": "x"}}}
-    assert _same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "x"}}}, same_model)
-    assert not _same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "y"}}}, same_model)
-    assert not _same_weights(local, {**local, "config": "other"}, same_model)
+    assert same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "x"}}}, same_model)
+    assert not same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "y"}}}, same_model)
+    assert not same_weights(local, {**local, "config": "other"}, same_model)
