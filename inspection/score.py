@@ -208,8 +208,8 @@ class _Scorer:
             chunk_size=chunk_size,
             adjust=policy.adjust,
         )
-        if policy.note:
-            log(policy.note)
+        if policy.what:
+            log(f"note: scoring {policy.what}")
         return cls(completion_logps, tokenizer.pad_token_id, numerics, device)
 
     def score_shard(self, table: pa.Table, batch_tokens: int, beta: float) -> pa.Table:

@@ -91,12 +91,13 @@ def _total_steps(run_dir: Path) -> int:
     return int(record["derived"]["total_steps"]) if record else 0
 
 
-def evaluate_model(config: TrainConfig, explicit: set[str] | None = None) -> dict:
+def evaluate_model(config: TrainConfig, explicit: set[str] | None = None, print_json: bool = False) -> dict:
     """`kto-train --eval-only`: evaluate config.model on config.eval_cache as a run's evaluations
     do, and return the eval line (the keys of a metrics.jsonl eval line, and `model`). A loss
     setting left at its default is the run's where config.model is a run's final/ or
     checkpoint-STEP/; with config.out, OUT/eval_results.json is written too. `explicit`: the
-    settings given (the CLI's: on its command line or in --config); None: those off their defaults."""
-    from .eval_only import evaluate_model as evaluated
+    settings given (the CLI's: on its command line or in --config); None: those off their defaults.
+    print_json: also print the line as JSON on stdout (the CLI's output)."""
+    from .eval_only import evaluate_policy
 
-    return evaluated(with_hub_caches(config) if config.eval_only else config, explicit)
+    return evaluate_policy(with_hub_caches(config) if config.eval_only else config, explicit, print_json)

@@ -87,7 +87,7 @@ EXPLICIT = "kto.explicit"  # ctx.meta: the settings the command line or --config
 @click.option(
     "--eval-only",
     is_flag=True,
-    help="Train nothing: evaluate --model on --eval-cache as a run's evaluations do (the run's loss settings and --dtype/--mixed-precision when --model is a run's), print the eval line as JSON.",
+    help="Train nothing: evaluate --model on --eval-cache as a run's evaluations do (the run's loss settings and numerics when --model is a run's), print the eval line as JSON.",
 )
 @click.option("--base-model", default=None, help="--eval-only: the base of a LoRA adapter or FSDP checkpoint --model [default: the one it or its run names].")
 @click.option(
@@ -135,7 +135,7 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
             with config_in_force(ctx, config_file, flags, check=check_paths) as cfg:  # its refusals, the run's too, name the file's key
                 existed = process_group_exists()  # after check_paths: it imports torch
                 if cfg.eval_only:
-                    evaluate_model(cfg, explicit=ctx.meta[EXPLICIT])
+                    evaluate_model(cfg, explicit=ctx.meta[EXPLICIT], print_json=True)
                 else:
                     run(cfg)
         except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
@@ -192,8 +192,9 @@ def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[st
     for name, value in flags.items():
         if given(name) or name not in values:
             values[name] = value
-    # The settings given on the command line or in the file: --eval-only takes the run's others.
-    ctx.meta[EXPLICIT] = {name for name in flags if given(name)} | set(resolved.values) | set(resolved.forced)
+    # The settings given on the command line or written in the file (not the defaults of the tool
+    # whose names it uses): --eval-only takes the run's others.
+    ctx.meta[EXPLICIT] = {name for name in flags if given(name)} | (set(resolved.values) - resolved.defaulted) | set(resolved.forced)
     try:
         cfg = merged_config(ctx, config_file, resolved, values, given)
         eval_only_refusal(cfg, {name for name in flags if given(name)})

@@ -278,11 +278,25 @@ def require_paths(values: Mapping[str, Any]) -> None:
             raise InputError(f"--{name} is required (on the command line or in --config)")
 
 
-# What --eval-only uses besides the model and the eval cache; every other setting trains.
-EVAL_SETTINGS = frozenset(
-    {"cache", "model", "out", "eval_cache", "eval_only", "base_model", "beta", "desirable_weight", "undesirable_weight", "loss", "sft_weight"}
-    | {"batch_size", "eval_batch_size", "mixed_precision", "dtype", "prefix_sharing", "chunk_size", "trust_remote_code", "attn_implementation"}
-)
+# --eval-only: the settings taken from the run where --model is a run's and they are not given,
+# with how the settings line shows them (None: taken, not shown): the loss, and what shapes its
+# numbers (a bf16 run's evals ran in bf16; another eval batch size rounds the last place otherwise).
+RUN_SETTINGS: dict[str, str | None] = {
+    "beta": "β",
+    "desirable_weight": "desirable weight",
+    "undesirable_weight": "undesirable weight",
+    "loss": "loss",
+    "sft_weight": "sft weight",
+    "dtype": "dtype",
+    "mixed_precision": "mixed precision",
+    "batch_size": None,
+    "eval_batch_size": None,
+    "prefix_sharing": None,
+    "chunk_size": None,
+    "attn_implementation": None,
+}
+# What --eval-only uses: those, the model, the caches and --out; every other setting trains.
+EVAL_SETTINGS = frozenset(RUN_SETTINGS) | {"cache", "model", "out", "eval_cache", "eval_only", "base_model", "trust_remote_code"}
 
 
 def training_only(names: set[str] | frozenset[str]) -> list[str]:
@@ -296,7 +310,8 @@ def eval_only_refusal(cfg: TrainConfig, given: set[str]) -> None:
     unused, said in a note (train/eval_only.py)."""
     named = training_only(given) if cfg.eval_only else []
     if named:
-        raise InputError(f"--eval-only: {', '.join(named)} train; they do nothing here (leave them out)")
+        them = "it" if len(named) == 1 else "them"
+        raise InputError(f"--eval-only: {', '.join(named)} only train{'s' if len(named) == 1 else ''}; nothing here uses {them} (leave {them} out)")
 
 
 def _flag(name: str) -> str:
@@ -418,5 +433,5 @@ def check_adapter_flags(cfg: TrainConfig) -> None:
                     raise InputError(f"--{_flag(name)}: needs --lora-r R > 0 (without it every weight is trained)")
 
 
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-"""Each TrainConfig field's default (dataclasses.MISSING for the required ones)."""
+DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default for f in dataclasses.fields(TrainConfig)}
+"""Each TrainConfig field's default (a default_factory's value too)."""

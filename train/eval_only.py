@@ -4,67 +4,67 @@
 evaluated on --eval-cache by `evaluate`, under `evaluation_mode`, the very function and mode the
 run's own evaluations use, so a run's checkpoint-STEP/ gives the run's eval line at STEP. No
 optimizer, no run directory, no checkpoint, no reference model. The loss settings (β, the class
-weights, --loss, --sft-weight) and numerics (--dtype, --mixed-precision) are the run's where
---model lies in a kto-train run, unless given. The line is printed (a human line on stderr, the JSON on stdout) and, with --out DIR, written to
-DIR/eval_results.json (the file transformers' Trainer and LLaMA-Factory write), once, by the main
-process of a launch.
+weights, --loss, --sft-weight) and what shapes the numbers (--dtype, --mixed-precision, the batch
+sizes, prefix sharing, --chunk-size, attention) are the run's where --model lies in a kto-train
+run, unless given (config.py RUN_SETTINGS). The line is printed (a human line on stderr, the JSON
+on stdout) and, with --out DIR, written to DIR/eval_results.json (the file transformers' Trainer
+and LLaMA-Factory write), once, by the main process of a launch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kto.formats.errors import InputError, log
 
-from .config import DEFAULTS, TrainConfig, training_only
+from .config import DEFAULTS, RUN_SETTINGS, TrainConfig, training_only
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from kto.formats.cache import ShardedCache
+
 EVAL_RESULTS = "eval_results.json"
-# Taken from the run where --model is a run's and the setting was not given: the loss, and the
-# numerics (a bf16 run's evals ran in bf16; evaluated in fp32 its checkpoint gives other numbers).
-RUN_SETTINGS = {
-    "beta": "β",
-    "desirable_weight": "desirable weight",
-    "undesirable_weight": "undesirable weight",
-    "loss": "loss",
-    "sft_weight": "sft weight",
-    "dtype": "dtype",
-    "mixed_precision": "mixed precision",
-}
 
 
-def evaluate_model(cfg: TrainConfig, explicit: set[str] | None = None) -> dict:
+def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_json: bool = False) -> dict:
     """Evaluate cfg.model on cfg.eval_cache (cfg.eval_only; `hf:` caches already fetched, see
-    api.evaluate_model); return the eval line: the keys of a
-    metrics.jsonl eval line (loss, kl, rewards/*, ..., eval_cache) and `model`.
+    api.evaluate_model); return the eval line: the keys of a metrics.jsonl eval line (loss, kl,
+    rewards/*, ..., eval_cache; a value that does not exist is None, as there) and `model`.
 
     `explicit`: the settings given (the CLI: on the command line or in --config); None: those
-    that differ from their defaults (the Python API). A loss setting not given is the run's."""
+    that differ from their defaults (the Python API). A RUN_SETTINGS one not given is the run's.
+    print_json: the CLI's JSON line on stdout (main process)."""
     from .processes import borrowed_accelerate_state, borrowed_rng_state
 
     if not cfg.eval_only:
         raise InputError("evaluate_model: needs eval_only=True")
-    explicit = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != DEFAULTS[f.name]} if explicit is None else explicit
+    explicit = off_defaults(cfg) if explicit is None else explicit
     target = results_path(cfg.out)  # before anything loads
-    cfg, said = with_run_settings(cfg, explicit)
+    run = RunOf.model(cfg.model)
+    cfg = with_run_settings(cfg, run, explicit)
     with borrowed_accelerate_state(), borrowed_rng_state():
         accelerator = eval_accelerator(cfg)
         unused = training_only(explicit)
         if unused:
-            log(f"note: --eval-only: {', '.join(unused)} train; not used here", accelerator)
-        log(said, accelerator)
-        line = {**evaluated(cfg, accelerator), "model": str(cfg.model)}
+            log(f"note: --eval-only: {', '.join(unused)} only train; not used here", accelerator)
+        log(settings_line(cfg, run, explicit), accelerator)
+        line = {**eval_line(cfg, run, accelerator), "model": str(cfg.model)}
         if accelerator.is_main_process:
-            report(cfg, line, target)
+            report(cfg, line, target, print_json)
         accelerator.wait_for_everyone()
     return line
+
+
+def off_defaults(cfg: TrainConfig) -> set[str]:
+    """The Python API's given settings: those off their defaults (a default passed is not told apart)."""
+    return {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != DEFAULTS[f.name]}
 
 
 def results_path(out: Path | None) -> Path | None:
@@ -79,6 +79,8 @@ def results_path(out: Path | None) -> Path | None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: not a directory (--eval-only writes OUT/{EVAL_RESULTS})")
     target = out / EVAL_RESULTS
+    if target.is_dir() or target.is_symlink() and not target.is_file():
+        raise InputError(f"--out {out}: {target} is not a file it can replace; name another --out")
     holder = cache_holding(target)
     if holder is not None:
         raise InputError(f"--out {out}: inside the cache directory {holder}; write it elsewhere (a cache holds only kto files)")
@@ -93,23 +95,51 @@ def results_path(out: Path | None) -> Path | None:
     return target
 
 
-def with_run_settings(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, str]:
-    """cfg with the run's loss settings and numerics (RUN/kto_run.json) where --model is a run's final/,
-    final-merged/ or checkpoint-STEP/ and the setting was not given; and the line saying which
-    settings are used and where they come from."""
-    from kto.formats.runrecord import read_run_config, record_path, run_of_model_dir
+@dataclass(frozen=True)
+class RunOf:
+    """The kto-train run whose final/, final-merged/ or checkpoint-STEP/ --model is, if any."""
 
-    run = run_of_model_dir(cfg.model)
-    recorded = read_run_config(run)["config"] if run is not None else {}
-    taken = {k: recorded[k] for k in RUN_SETTINGS if k not in explicit and k in recorded}
-    cfg = replace(cfg, **taken)
-    values = ", ".join(f"{label} {_shown(getattr(cfg, k))}" for k, label in RUN_SETTINGS.items())
+    directory: Path | None
+    record: dict
+
+    @classmethod
+    def model(cls, model: str | None) -> RunOf:
+        from kto.formats.runrecord import read_run_config, run_of_model_dir
+
+        run = run_of_model_dir(str(model))
+        return cls(run, read_run_config(run) if run is not None else {})
+
+    def training_cache(self) -> Path | None:
+        """The run's --cache, where its recorded path still holds the cache it trained on."""
+        from kto.formats.cache import open_cache
+
+        recorded = self.record.get("config", {}).get("cache")
+        if not isinstance(recorded, str) or not (Path(recorded) / "manifest.json").is_file():
+            return None
+        try:
+            fingerprint = open_cache(Path(recorded), hold=False).manifest.fingerprint
+        except InputError:
+            return None
+        return Path(recorded) if fingerprint == self.record.get("derived", {}).get("cache_fingerprint") else None
+
+
+def with_run_settings(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> TrainConfig:
+    """cfg with the run's RUN_SETTINGS (RUN/kto_run.json) that were not given."""
+    recorded = run.record.get("config", {})
+    return replace(cfg, **{k: recorded[k] for k in RUN_SETTINGS if k not in explicit and k in recorded})
+
+
+def settings_line(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> str:
+    """Which loss settings and numerics are used, and where they come from."""
+    from kto.formats.runrecord import record_path
+
+    values = ", ".join(f"{label} {_shown(getattr(cfg, k))}" for k, label in RUN_SETTINGS.items() if label)
     given = [f"--{k.replace('_', '-')}" for k in RUN_SETTINGS if k in explicit]
-    if run is None:
-        where = "the flags' (--model is in no kto-train run)"
+    if run.directory is None:
+        where = ("the flags'" if given else "the defaults'") + " (--model is in no kto-train run)"
     else:
-        where = f"the run's, from {record_path(run)}" + (f", but {', '.join(given)} as given" if given else "")
-    return cfg, f"settings: {values}: {where}"
+        where = f"the run's, from {record_path(run.directory)}" + (f", but {', '.join(given)} as given" if given else "")
+    return f"settings: {values}: {where}"
 
 
 def _shown(value: object) -> str:
@@ -126,25 +156,44 @@ def eval_accelerator(cfg: TrainConfig) -> Accelerator:
     return Accelerator(mixed_precision=mixed_precision_in_force(cfg), cpu=not torch.cuda.is_available())
 
 
-def evaluated(cfg: TrainConfig, accelerator: Accelerator) -> dict:
-    """train/evaluate.py `evaluate` of the policy on the eval cache, under `evaluation_mode`, with
-    the run's checks: the tokenizer, the positions, and with --cache the eval-vs-train checks."""
+def checked_eval_cache(cfg: TrainConfig, run: RunOf, accelerator: Accelerator) -> ShardedCache:
+    """--eval-cache, checked against a training cache as a run checks it (the same reference,
+    tokenizer, numerics and template; no shared rows): --cache, else the run's own where its
+    recorded path still holds it. Without either, only the run's own eval cache is known good."""
     from kto.formats.cache import open_cache
+
+    from .eval_cache import open_eval_cache
+
+    train = cfg.cache or run.training_cache()
+    if train is not None:
+        if cfg.cache is None:
+            log(f"--eval-cache {cfg.eval_cache}: checked against the run's --cache {train}, as training checks it", accelerator)
+        return open_eval_cache(replace(cfg, cache=train), open_cache(train), accelerator)
+    cache = open_cache(cfg.eval_cache)
+    if run.directory is not None and cache.manifest.fingerprint != run.record.get("derived", {}).get("eval_cache_fingerprint"):
+        log(
+            f"note: --eval-cache {cfg.eval_cache} is not the run's own, and the run's --cache "
+            f"({run.record['config'].get('cache')}) is not at hand to check it against (the same reference "
+            "model, tokenizer and template; no training rows): give --cache for those checks",
+            accelerator,
+        )
+    return cache
+
+
+def eval_line(cfg: TrainConfig, run: RunOf, accelerator: Accelerator) -> dict:
+    """train/evaluate.py `evaluate` of the policy on the eval cache, under `evaluation_mode`, with
+    the run's checks: the eval cache's, the tokenizer, the positions."""
     from kto.formats.compute.loading import load_completion_logps
     from kto.formats.compute.logprob import check_cache_positions
     from kto.formats.compute.numerics import torch_dtype
     from kto.formats.compute.policy_dirs import policy_to_load, policy_tokenizer
     from kto.formats.metrics_line import EVAL_CACHE_KEY, eval_cache_name
 
-    from .eval_cache import open_eval_cache
     from .evaluate import evaluate
     from .loop import evaluation_mode
     from .setup import loss_settings, packs_allowed
 
-    if cfg.cache is not None:  # a config reused from training: its eval cache checked as the run checks it
-        eval_cache = open_eval_cache(cfg, open_cache(cfg.cache), accelerator)
-    else:
-        eval_cache = open_cache(cfg.eval_cache)
+    eval_cache = checked_eval_cache(cfg, run, accelerator)
     policy = policy_to_load(str(cfg.model), cfg.base_model)
     tokenizer = policy_tokenizer(policy, eval_cache.manifest.content.tokenizer, str(cfg.model), cfg.trust_remote_code)
     model = load_completion_logps(
@@ -155,8 +204,8 @@ def evaluated(cfg: TrainConfig, accelerator: Accelerator) -> dict:
         chunk_size=cfg.chunk_size,
         adjust=policy.adjust,
     )
-    if policy.note:
-        log(policy.note.replace("note: scoring", "note: evaluating"), accelerator)
+    if policy.what:
+        log(f"note: evaluating {policy.what}", accelerator)
     check_cache_positions(eval_cache, model.lm, f"--model {cfg.model}", "--eval-cache")  # one line, not an IndexError
     settings = loss_settings(cfg, cfg.prefix_sharing and packs_allowed(lambda: model.lm, accelerator))
     # Mixed precision and placement as training's prepare gives them; no DDP wrapper (nothing
@@ -164,17 +213,20 @@ def evaluated(cfg: TrainConfig, accelerator: Accelerator) -> dict:
     model = accelerator.prepare_model(model, evaluation_mode=True)
     with evaluation_mode(model):
         result = evaluate(model, eval_cache, settings, tokenizer.pad_token_id, cfg.eval_rows_per_batch, accelerator)
-    return {**result, EVAL_CACHE_KEY: eval_cache_name(eval_cache.manifest.fingerprint)}
+    # As metrics.jsonl writes them: a value that does not exist (rewards/rejected without undesirable rows) is null.
+    finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
+    return {**finite, EVAL_CACHE_KEY: eval_cache_name(eval_cache.manifest.fingerprint)}
 
 
-def report(cfg: TrainConfig, line: dict, target: Path | None) -> None:
-    """Main process: training's eval line said of the model, the JSON on stdout, and OUT/eval_results.json."""
+def report(cfg: TrainConfig, line: dict, target: Path | None, print_json: bool) -> None:
+    """Main process: training's eval line said of the model, the JSON on stdout (the CLI), and OUT/eval_results.json."""
     from kto.formats.atomic import write_json_atomic
 
     from .progress import number
 
     log(f"eval of {cfg.model} on {cfg.eval_cache}: loss {number(line['loss'])} margin {number(line['rewards/margins'])}")
-    print(json.dumps(line), file=sys.stdout, flush=True)
+    if print_json:
+        print(json.dumps(line), file=sys.stdout, flush=True)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(target, line)

@@ -31,10 +31,10 @@ from typing import TextIO
 from kto.formats.bars import redraw_intervals
 
 
-def number(x: float, digits: int = 4) -> str:
+def number(x: float | None, digits: int = 4) -> str:
     """A metric for a log line: `n/a` where it is undefined (a window without one class has no
     margin: summarize gives NaN there, and metrics.jsonl writes null), never `nan`."""
-    return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
+    return f"{x:.{digits}f}" if x is not None and math.isfinite(x) else "n/a"
 
 
 class TrainProgress:

@@ -33,7 +33,8 @@ class PolicyToLoad:
     source: ModelSource
     tokenizer: ModelSource
     adjust: Callable[[torch.nn.Module], torch.nn.Module] | None = None
-    note: str | None = None
+    what: str | None = None
+    """What is loaded, where `adjust` is set, for the caller's note: `scoring {what}`."""
 
 
 def policy_to_load(model: str, base_model: str | None) -> PolicyToLoad:
@@ -54,14 +55,14 @@ def policy_to_load(model: str, base_model: str | None) -> PolicyToLoad:
         kind = "the LoRA adapters" + (" (sharded by FSDP)" if is_sharded_checkpoint(path) else "")
         # kto-train's adapter folders hold the run's tokenizer; peft's own save holds none: the base's then
         tokenizer = ModelSource(path) if holds_tokenizer(path) else source
-        return PolicyToLoad(source, tokenizer, lambda lm: with_adapters(lm, path), f"note: scoring {source.directory} with {kind} of {path}")
+        return PolicyToLoad(source, tokenizer, lambda lm: with_adapters(lm, path), f"{source.directory} with {kind} of {path}")
     if is_sharded_checkpoint(Path(model)) and not (path / "config.json").is_file():
         flag = "--base-model" if base_model else f"--model {model}: its run's --model,"
         base = base_of_run(model, base_model)
         source = resolve_source(base, flag=flag)
         require_runs_model(path, source, f"{flag} {base}", "trained", base_model)
-        note = f"note: scoring the weights of {path} (sharded by FSDP) on the model of {source.directory}"
-        return PolicyToLoad(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), note)
+        what = f"the weights of {path} (sharded by FSDP) on the model of {source.directory}"
+        return PolicyToLoad(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), what)
     source = resolve_source(model)
     if base_model:  # would go unused: the scores would be --model's while the user meant another base's
         raise InputError(f"--base-model is for LoRA adapters or an FSDP checkpoint; --model {model} is a whole model")
@@ -86,7 +87,6 @@ def require_runs_model(folder: Path, source: ModelSource, said: str, trained: st
     folder of no run, or a record without the identity, names no model: the caller's note says
     which base is used."""
     from kto.formats.compute.identity import model_identity
-    from kto.formats.manifest import same_model
     from kto.formats.runrecord import read_run_config, record_path, run_of_model_dir
 
     run = run_of_model_dir(folder)
@@ -94,16 +94,18 @@ def require_runs_model(folder: Path, source: ModelSource, said: str, trained: st
         return
     record = read_run_config(run)
     trained_on = record["derived"].get("model_identity")
-    if not isinstance(trained_on, dict) or same_weights(model_identity(source), trained_on, same_model):
+    if not isinstance(trained_on, dict) or same_weights(model_identity(source), trained_on):
         return
     give = "give that model" if base_model else "give that model as --base-model"
     raise InputError(f"{said}: not the model the run {run} {trained} (its record {record_path(run)} names {record['config'].get('model')}); {give}")
 
 
-def same_weights(a: dict, b: dict, same_model: Callable[[dict, dict], bool]) -> bool:
+def same_weights(a: dict, b: dict) -> bool:
     """Two identities of the same config and weights, however the model was reached: the hub
     revision (a hub id on one side, a local copy of its files on the other, or a new commit that
     left the weights alone) and the weight files' names (a renamed .gguf) do not decide it."""
+    from kto.formats.manifest import same_model
+
     a, b = ({k: v for k, v in i.items() if k != "hub_revision"} for i in (a, b))
     if same_model(a, b):
         return True

@@ -125,13 +125,12 @@ def test_the_same_weights_reached_another_way_are_the_runs_model():
     newer commit that left the weights alone), or from a .gguf since renamed: the identities
     differ in the hub revision or the file's name only, and the check lets them score."""
     from kto.formats.compute.policy_dirs import same_weights
-    from kto.formats.manifest import same_model
 
     weights = {"size": 10, "header_sha256": "h", "sampled_sha256": "s"}
     local = {"config": "c", "weights": {"model.safetensors": weights}}
     hub = {**local, "hub_revision": "abc123"}
-    assert same_weights(local, hub, same_model) and same_weights(hub, {**local, "hub_revision": "def456"}, same_model)
+    assert same_weights(local, hub) and same_weights(hub, {**local, "hub_revision": "def456"})
     gguf = {"weights": {"SmolLM2.Q4_1.gguf": {"size": 10, "sha256": "x"}}}
-    assert same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "x"}}}, same_model)
-    assert not same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "y"}}}, same_model)
-    assert not same_weights(local, {**local, "config": "other"}, same_model)
+    assert same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "x"}}})
+    assert not same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "y"}}})
+    assert not same_weights(local, {**local, "config": "other"})

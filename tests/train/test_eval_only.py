@@ -54,14 +54,17 @@ def test_a_checkpoint_and_final_give_the_runs_own_eval_lines_exactly(runs, tiny_
     """The key property: every key of the run's eval line, the same number (exactly: the same
     kernels see the same shapes), plus the model evaluated; the run's β and w_D are used."""
     model = runs[kind] / folder
-    result = eval_only("--model", str(model), "--eval-cache", str(tiny_eval_cache), "--batch-size", "4")
+    result = eval_only("--model", str(model), "--eval-cache", str(tiny_eval_cache))  # the run's batch size: taken from it
     line = eval_line(result)
     expected = eval_lines(runs[kind])[step]
     assert line.pop("model") == str(model)
     assert line == expected
     assert f"eval of {model} on {tiny_eval_cache}: loss " in result.stderr
     if kind == "full":
-        assert f"β 0.5, desirable weight 2, undesirable weight 1, loss kto, sft weight 0, dtype fp32, mixed precision auto: the run's, from {runs[kind] / 'kto_run.json'}" in result.stderr
+        assert (
+            f"β 0.5, desirable weight 2, undesirable weight 1, loss kto, sft weight 0, dtype fp32, mixed precision auto: the run's, from {runs[kind] / 'kto_run.json'}"
+            in result.stderr
+        )
 
 
 def test_an_explicit_beta_wins_over_the_runs(runs, tiny_eval_cache):
@@ -92,17 +95,19 @@ def test_refusals_are_one_line_and_write_nothing(runs, tiny_cache, tiny_eval_cac
     line = one_line_error(eval_only("--model", model, "--eval-cache", str(tiny_eval_cache), "--out", str(runs["full"] / "evals")))
     assert f"inside the kto-train run {runs['full']}" in line
     line = one_line_error(eval_only("--model", model, "--eval-cache", str(tiny_eval_cache), "--lr", "1e-5", "--save-every", "3"))
-    assert line.endswith("--eval-only: --lr, --save-every train; they do nothing here (leave them out)")
+    assert line.endswith("--eval-only: --lr, --save-every only train; nothing here uses them (leave them out)")
     assert "--base-model: only with --eval-only" in one_line_error(run_train(tiny_cache, model, tmp_path / "r", "--base-model", model))
     assert not (tmp_path / "r").exists() and not (runs["full"] / "evals").exists()
 
 
-def test_the_python_api_returns_the_eval_line(runs, tiny_eval_cache):
+def test_the_python_api_returns_the_eval_line(runs, tiny_eval_cache, capsys):
     from kto.train import TrainConfig, evaluate_model
 
     model = runs["full"] / "checkpoint-2"
-    got = evaluate_model(TrainConfig(model=str(model), eval_cache=tiny_eval_cache, batch_size=4, eval_only=True))
+    got = evaluate_model(TrainConfig(model=str(model), eval_cache=tiny_eval_cache, eval_only=True))
     assert {k: v for k, v in got.items() if k != "model"} == eval_lines(runs["full"])[2]
+    captured = capsys.readouterr()
+    assert captured.out == "" and "note: --eval-only" not in captured.err  # the API prints no JSON, and names no training flag
     with pytest.raises(ValueError, match="eval_only"):
         from kto.train import run
 
@@ -126,6 +131,8 @@ def test_do_train_false_in_a_config_file_evaluates(runs, tiny_eval_cache, tmp_pa
     line = eval_line(result)
     assert json.loads((out / "eval_results.json").read_text()) == line
     assert {k: v for k, v in line.items() if k != "model"} == eval_lines(runs["full"])[2]
+    # The file's tool's defaults (LLaMA-Factory's bf16 off, learning_rate …) are neither "given" nor training flags named.
+    assert "--mixed-precision as given" not in result.stderr and "only train" not in result.stderr
 
 
 def test_do_train_false_without_an_eval_set_is_refused(tmp_path, tiny_model_dir):
@@ -139,3 +146,29 @@ def test_do_train_false_without_an_eval_set_is_refused(tmp_path, tiny_model_dir)
     config.write_text(f"stage: kto\nmodel_name_or_path: {tiny_model_dir}\ndo_train: false\ndo_eval: false\n")
     result = CliRunner().invoke(main, ["--config", str(config)])
     assert result.exit_code == 2 and "do_train: false with do_eval: false: nothing to do" in train_error_line(result.output)
+
+
+def test_a_cache_the_run_trained_on_is_refused_as_its_eval_cache(runs, tiny_cache):
+    """Without --cache, the run's own recorded --cache (still there, the same fingerprint) is
+    what the eval cache is checked against, as training checks it."""
+    model = str(runs["full"] / "final")
+    result = eval_only("--model", model, "--eval-cache", str(tiny_cache))
+    assert f"checked against the run's --cache {tiny_cache}" in result.stderr
+    assert result.exit_code == 2 and "the same rows as --cache" in train_error_line(result.output)
+
+
+def test_an_eval_results_json_that_is_a_folder_is_refused_before_evaluating(runs, tiny_eval_cache, tmp_path):
+    (tmp_path / "eval_results.json").mkdir()
+    line = one_line_error(eval_only("--model", str(runs["full"] / "final"), "--eval-cache", str(tiny_eval_cache), "--out", str(tmp_path)))
+    assert "eval_results.json is not a file it can replace" in line
+
+
+def test_a_value_that_does_not_exist_is_null_as_in_metrics_jsonl(runs, tmp_path_factory, tiny_model_dir):
+    """An eval set without undesirable rows has no rewards/rejected: null, not NaN (invalid JSON)."""
+    from conftest import make_cache, text_rows
+
+    only_desirable = make_cache(tmp_path_factory.mktemp("desirable"), [r for r in text_rows() if r["label"]], tiny_model_dir, "good.jsonl")
+    result = eval_only("--model", str(runs["full"] / "final"), "--eval-cache", str(only_desirable))
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert line["rewards/rejected"] is None and line["rewards/margins"] is None and line["rewards/chosen"] is not None
