@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .. import schema as S
 from ..errors import InputError
@@ -449,15 +450,46 @@ def _acc_dtype(cd: torch.dtype) -> torch.dtype:
     return torch.promote_types(torch.float32, cd)
 
 
-def _chunk_logits(h_c, w_cd, b_cd, cd, softcap):
-    """[c, H] rows -> [c, V] logits in acc dtype, exactly as the module docstring defines them.
-    A fresh tensor: the caller may overwrite it."""
-    z = h_c.to(cd) @ w_cd.T
+class _Scratch:
+    """The large buffers of one forward or backward call: [chunk, V] logits (and dL/dz) and the
+    [V, H] weight-gradient product, each made at the first chunk that needs it and reused by
+    every later chunk of the call, then freed with the call. glibc malloc maps a block this
+    large afresh on each allocation and unmaps it on free, so fresh tensors per chunk had the
+    kernel zero 201 MB of pages at every chunk (SmolLM2 at 1024 positions; docs/benchmarks.md,
+    "One logits buffer per call"). Per call, not kept between calls: a buffer held by the
+    module would stay mapped through the decoder's backward and raise kto-train's peak.
+    `torch.mm(..., out=)` into a contiguous slice runs the same GEMM as the allocating `@`, so
+    every number stays bit-identical (tests/formats/test_logprob_buffers.py)."""
+
+    def __init__(self, rows: int, device: torch.device) -> None:
+        self.rows, self.device = rows, device
+        self.made: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The buffer `name` (made on first use); the caller slices the rows of its chunk."""
+        buf = self.made.get(name)
+        if buf is None:
+            buf = self.made[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        return buf
+
+    def rows_of(self, name: str, c: int, vocab: int, dtype: torch.dtype) -> torch.Tensor:
+        """The first `c` rows of the [chunk, vocab] buffer `name`: a contiguous view."""
+        return self.take(name, (self.rows, vocab), dtype)[:c]
+
+
+def _chunk_logits(h_c: torch.Tensor, w_cd: torch.Tensor, b_cd: torch.Tensor | None, cd: torch.dtype, softcap: float | None, scratch: _Scratch) -> torch.Tensor:
+    """[c, H] rows -> [c, V] logits in acc dtype, exactly as the module docstring defines them,
+    in `scratch`'s logits buffer (the acc one when cd is narrower): the caller may overwrite it,
+    and the next chunk will."""
+    c, vocab = h_c.shape[0], w_cd.shape[0]
+    z = torch.mm(h_c.to(cd), w_cd.T, out=scratch.rows_of("logits", c, vocab, cd))
     if b_cd is not None:
-        z = z.add_(b_cd)  # in cd, before the upcast, as nn.Linear adds it
-    z = z.to(_acc_dtype(cd))
+        z.add_(b_cd)  # in cd, before the upcast, as nn.Linear adds it
+    acc = _acc_dtype(cd)
+    if acc != cd:  # the upcast .to(acc) makes, into a buffer of its own
+        z = scratch.rows_of("logits_acc", c, vocab, acc).copy_(z)
     if softcap is not None:
-        z = torch.tanh(z.div_(softcap)).mul_(softcap)
+        z.div_(softcap).tanh_().mul_(softcap)
     return z
 
 
@@ -470,8 +502,9 @@ def _forward(hidden, weight, targets, bias, cd, chunk_size, softcap):
     # Cast the head once per call, not per chunk; a no-op when it already is in cd.
     w_cd = weight.to(cd)
     b_cd = None if bias is None else bias.to(cd)
+    scratch = _Scratch(min(chunk_size, n), hidden.device)
     for s in range(0, n, chunk_size):
-        z = _chunk_logits(hidden[s : s + chunk_size], w_cd, b_cd, cd, softcap)
+        z = _chunk_logits(hidden[s : s + chunk_size], w_cd, b_cd, cd, softcap, scratch)
         picked = z.gather(1, targets[s : s + chunk_size, None]).squeeze(1)
         lse_c = _logsumexp_(z)
         lse[s : s + chunk_size] = lse_c
@@ -488,6 +521,22 @@ def _logsumexp_(z: torch.Tensor) -> torch.Tensor:
     return z.sub_(maxes).exp_().sum(dim=-1).log_().add_(maxes.squeeze(-1))
 
 
+def _chunk_dz(z: torch.Tensor, lse_c: torch.Tensor, g_c: torch.Tensor, targets_c: torch.Tensor, softcap: float | None, scratch: _Scratch) -> torch.Tensor:
+    """dL/d(raw logits) of one chunk, [c, V] in acc: g * (onehot - softmax), times the softcap's
+    derivative. Built in z's own memory unless the softcap's derivative still needs z, else in
+    scratch's dz buffer; z is overwritten either way."""
+    if softcap is None:
+        dz = z.sub_(lse_c)
+    else:
+        dz = torch.sub(z, lse_c, out=scratch.rows_of("dz", z.shape[0], z.shape[1], z.dtype))
+    dz.exp_().mul_(-g_c)
+    dz.scatter_add_(1, targets_c, g_c)
+    if softcap is not None:
+        # z = softcap * tanh(raw / softcap), so 1 - tanh^2 = 1 - (z / softcap)^2.
+        dz.mul_(z.div_(softcap).square_().neg_().add_(1))
+    return dz
+
+
 class _ChunkedTokenLogps(torch.autograd.Function):
     """Saves (hidden, weight, targets, bias, lse[N]) and recomputes logits chunk by chunk in backward."""
 
@@ -500,6 +549,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # its in-place and out= buffers are not for a graph: no double backward
     def backward(ctx, g):
         hidden, weight, targets, bias, lse = ctx.saved_tensors
         cd, chunk_size, softcap = ctx.cd, ctx.chunk_size, ctx.softcap
@@ -514,24 +564,19 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             # Accumulate in acc even for a bf16 weight: many bf16 partial sums would lose bits.
             grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
             grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+            scratch = _Scratch(min(chunk_size, hidden.shape[0]), hidden.device)
             for s in range(0, hidden.shape[0], chunk_size):
                 sl = slice(s, s + chunk_size)
                 h_c = hidden[sl]
-                z = _chunk_logits(h_c, w_cd, b_cd, cd, softcap)
-                g_c = g[sl, None]
-                # dL/dz = g * (onehot - softmax), built in place: in z's own memory unless the
-                # softcap's derivative still needs z, else in one extra [c, V] buffer.
-                dz = (z.sub_(lse[sl, None]) if softcap is None else z - lse[sl, None]).exp_().mul_(-g_c)
-                dz.scatter_add_(1, targets[sl, None], g_c)
-                if softcap is not None:
-                    # z = softcap * tanh(raw / softcap), so 1 - tanh^2 = 1 - (z / softcap)^2.
-                    dz.mul_(z.div_(softcap).square_().neg_().add_(1))
+                z = _chunk_logits(h_c, w_cd, b_cd, cd, softcap, scratch)
+                dz = _chunk_dz(z, lse[sl, None], g[sl, None], targets[sl, None], softcap, scratch)
                 del z
-                dz_cd = dz.to(cd)
+                # .to(cd), into the cd logits buffer: free again once _chunk_logits upcast it.
+                dz_cd = dz if acc == cd else scratch.rows_of("logits", dz.shape[0], dz.shape[1], cd).copy_(dz)
                 if need_h:
                     grad_h[sl] = (dz_cd @ w_cd).to(hidden.dtype)
                 if need_w:
-                    grad_w += (dz_cd.T @ h_c.to(cd)).to(acc)
+                    grad_w += torch.mm(dz_cd.T, h_c.to(cd), out=scratch.take("grad_w", weight.shape, cd)).to(acc)
                 if need_b:
                     grad_b += dz.sum(0)
         if need_w:
