@@ -206,7 +206,7 @@ ALIASES: dict[str, dict[str, Alias]] = {
 
 # Keys that mean nothing here, with the reason given when they are skipped.
 IGNORED = {
-    "do_train": "kto-precompute prepares the data either way (kto-train reads do_train: false as eval_only)",
+    "do_train": "kto-precompute prepares the data either way (kto-train reads LLaMA-Factory's do_train: false as eval_only)",
     "do_eval": "kto-train evaluates when it has an eval cache (eval_cache, or val_size's CACHE/eval; with eval_strategy: no, do_eval: true keeps CACHE/eval)",
     "template": "the tokenizer's own chat template is used (chat_template: FILE.jinja replaces it)",
     "overwrite_output_dir": "kto-train never overwrites a run: output_dir must be new or empty, or continued with resume (delete it to start over)",

@@ -294,6 +294,8 @@ RUN_SETTINGS: dict[str, str | None] = {
     "prefix_sharing": None,
     "chunk_size": None,
     "attn_implementation": None,
+    "load_in_4bit": None,  # a QLoRA run's adapters on its base quantized as in training
+    "load_in_8bit": None,
 }
 # What --eval-only uses: those, the model, the caches and --out; every other setting trains.
 EVAL_SETTINGS = frozenset(RUN_SETTINGS) | {"cache", "model", "out", "eval_cache", "eval_only", "base_model", "trust_remote_code"}
@@ -421,7 +423,7 @@ def check_adapter_flags(cfg: TrainConfig) -> None:
         raise InputError("--load-in-4bit and --load-in-8bit: choose one")
     if cfg.lora_r == 0:  # adapters off (adapters.enabled), negative ranks refused above
         for name in ("load_in_4bit", "load_in_8bit"):
-            if getattr(cfg, name):
+            if getattr(cfg, name) and not cfg.eval_only:  # --eval-only loads a QLoRA run's base as it trained
                 raise InputError(f"--{name.replace('_', '-')}: needs adapters (--lora-r R > 0); quantized weights cannot be trained directly")
         if cfg.merge_adapters:
             raise InputError("--merge-adapters: needs adapters (--lora-r R > 0); with every weight trained, final/ is already the whole model")

@@ -54,8 +54,9 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
         unused = training_only(explicit)
         if unused:
             log(f"note: --eval-only: {', '.join(unused)} only train; not used here", accelerator)
+        eval_cache = checked_eval_cache(cfg, run, accelerator)  # refusals first, then what is used
         log(settings_line(cfg, run, explicit), accelerator)
-        line = {**eval_line(cfg, run, accelerator), "model": str(cfg.model)}
+        line = {**eval_line(cfg, eval_cache, accelerator), "model": str(cfg.model)}
         if accelerator.is_main_process:
             report(cfg, line, target, print_json)
         accelerator.wait_for_everyone()
@@ -109,6 +110,33 @@ class RunOf:
         run = run_of_model_dir(str(model))
         return cls(run, read_run_config(run) if run is not None else {})
 
+    @property
+    def derived(self) -> dict:
+        return self.record.get("derived", {})
+
+    def require_its_cache(self, fingerprint: str, said: str) -> None:
+        """Refuse a --cache other than the one the run trained on (a rebuilt one included)."""
+        recorded = self.derived.get("cache_fingerprint")
+        if isinstance(recorded, str) and fingerprint != recorded:
+            raise InputError(
+                f"{said}: not the cache the run {self.directory} trained on (fingerprint {fingerprint[:16]}…, its record "
+                f"names {recorded[:16]}…); give that cache as --cache, or leave --cache out"
+            )
+
+    def require_its_reference(self, scored_by: dict, said: str) -> None:
+        """Refuse an eval cache scored by another model than the one the run started from, when
+        the run's own cache is not at hand to tell which reference it trained against."""
+        from kto.formats.compute.policy_dirs import same_weights
+
+        started = self.derived.get("model_identity")
+        if not isinstance(started, dict) or same_weights(scored_by, started):
+            return
+        raise InputError(
+            f"{said}: scored by another model than the run {self.directory} started from ({self.record['config'].get('model')}), "
+            f"and the run's --cache ({self.record['config'].get('cache')}) is not at hand to check it against: its rewards "
+            "would be measured against another reference; give the run's cache as --cache, or evaluate on a cache of its reference"
+        )
+
     def training_cache(self) -> Path | None:
         """The run's --cache, where its recorded path still holds the cache it trained on."""
         from kto.formats.cache import open_cache
@@ -120,7 +148,7 @@ class RunOf:
             fingerprint = open_cache(Path(recorded), hold=False).manifest.fingerprint
         except InputError:
             return None
-        return Path(recorded) if fingerprint == self.record.get("derived", {}).get("cache_fingerprint") else None
+        return Path(recorded) if fingerprint == self.derived.get("cache_fingerprint") else None
 
 
 def with_run_settings(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> TrainConfig:
@@ -134,6 +162,8 @@ def settings_line(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> str:
     from kto.formats.runrecord import record_path
 
     values = ", ".join(f"{label} {_shown(getattr(cfg, k))}" for k, label in RUN_SETTINGS.items() if label)
+    if cfg.load_in_4bit or cfg.load_in_8bit:
+        values += f", base loaded in {4 if cfg.load_in_4bit else 8} bits"
     given = [f"--{k.replace('_', '-')}" for k in RUN_SETTINGS if k in explicit]
     if run.directory is None:
         where = ("the flags'" if given else "the defaults'") + " (--model is in no kto-train run)"
@@ -157,45 +187,46 @@ def eval_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def checked_eval_cache(cfg: TrainConfig, run: RunOf, accelerator: Accelerator) -> ShardedCache:
-    """--eval-cache, checked against a training cache as a run checks it (the same reference,
-    tokenizer, numerics and template; no shared rows): --cache, else the run's own where its
-    recorded path still holds it. Without either, only the run's own eval cache is known good."""
+    """--eval-cache, checked as a run checks it against its training cache (the same reference,
+    tokenizer, numerics and template; no shared rows). Where --model is a run's, that cache is
+    the run's own: --cache must be it (its recorded fingerprint), else its recorded path where it
+    still holds it; without it, the run's own eval cache passes, and another only if scored by
+    the model the run started from: another reference's rewards would be measured wrong."""
     from kto.formats.cache import open_cache
 
     from .eval_cache import open_eval_cache
 
+    if run.directory is not None and cfg.cache is not None:
+        run.require_its_cache(open_cache(cfg.cache, hold=False).manifest.fingerprint, f"--cache {cfg.cache}")
     train = cfg.cache or run.training_cache()
     if train is not None:
         if cfg.cache is None:
             log(f"--eval-cache {cfg.eval_cache}: checked against the run's --cache {train}, as training checks it", accelerator)
         return open_eval_cache(replace(cfg, cache=train), open_cache(train), accelerator)
     cache = open_cache(cfg.eval_cache)
-    if run.directory is not None and cache.manifest.fingerprint != run.record.get("derived", {}).get("eval_cache_fingerprint"):
-        log(
-            f"note: --eval-cache {cfg.eval_cache} is not the run's own, and the run's --cache "
-            f"({run.record['config'].get('cache')}) is not at hand to check it against (the same reference "
-            "model, tokenizer and template; no training rows): give --cache for those checks",
-            accelerator,
-        )
+    if run.directory is not None and cache.manifest.fingerprint != run.derived.get("eval_cache_fingerprint"):
+        run.require_its_reference(cache.manifest.content.model, f"--eval-cache {cfg.eval_cache}")
     return cache
 
 
-def eval_line(cfg: TrainConfig, run: RunOf, accelerator: Accelerator) -> dict:
-    """train/evaluate.py `evaluate` of the policy on the eval cache, under `evaluation_mode`, with
-    the run's checks: the eval cache's, the tokenizer, the positions."""
+def eval_line(cfg: TrainConfig, eval_cache: ShardedCache, accelerator: Accelerator) -> dict:
+    """train/evaluate.py `evaluate` of the policy on the (checked) eval cache, under
+    `evaluation_mode`, with the run's checks of the tokenizer and the positions."""
+    from kto.formats.compute.identity import model_identity
     from kto.formats.compute.loading import load_completion_logps
     from kto.formats.compute.logprob import check_cache_positions
     from kto.formats.compute.numerics import torch_dtype
     from kto.formats.compute.policy_dirs import policy_to_load, policy_tokenizer
     from kto.formats.metrics_line import EVAL_CACHE_KEY, eval_cache_name
 
+    from .adapters import quantization_config
     from .evaluate import evaluate
     from .loop import evaluation_mode
     from .setup import loss_settings, packs_allowed
 
-    eval_cache = checked_eval_cache(cfg, run, accelerator)
     policy = policy_to_load(str(cfg.model), cfg.base_model)
     tokenizer = policy_tokenizer(policy, eval_cache.manifest.content.tokenizer, str(cfg.model), cfg.trust_remote_code)
+    quantization = quantization_config(cfg, accelerator.device.type, accelerator.mixed_precision)
     model = load_completion_logps(
         policy.source,
         dtype=torch_dtype(cfg.dtype),
@@ -203,9 +234,14 @@ def eval_line(cfg: TrainConfig, run: RunOf, accelerator: Accelerator) -> dict:
         trust_remote_code=cfg.trust_remote_code,
         chunk_size=cfg.chunk_size,
         adjust=policy.adjust,
+        quantization_config=quantization,
+        # bitsandbytes weights cannot be moved after loading: on this process's device, as training puts them.
+        device_map={"": accelerator.device} if quantization else None,
     )
     if policy.what:
         log(f"note: evaluating {policy.what}", accelerator)
+    if policy.adjust is None and eval_cache.manifest.content.scored_with(model_identity(policy.source)):
+        log("note: --model is the eval cache's reference model; every reward and the KL should be about 0", accelerator)
     check_cache_positions(eval_cache, model.lm, f"--model {cfg.model}", "--eval-cache")  # one line, not an IndexError
     settings = loss_settings(cfg, cfg.prefix_sharing and packs_allowed(lambda: model.lm, accelerator))
     # Mixed precision and placement as training's prepare gives them; no DDP wrapper (nothing

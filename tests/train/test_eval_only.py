@@ -172,3 +172,51 @@ def test_a_value_that_does_not_exist_is_null_as_in_metrics_jsonl(runs, tmp_path_
     assert result.exit_code == 0, result.output
     line = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert line["rewards/rejected"] is None and line["rewards/margins"] is None and line["rewards/chosen"] is not None
+
+
+def test_a_cache_other_than_the_runs_is_refused_as_cache(runs, tiny_eval_cache):
+    """--cache is what the eval cache is checked against: it must be the cache the run trained on."""
+    result = eval_only("--model", str(runs["full"] / "final"), "--eval-cache", str(tiny_eval_cache), "--cache", str(tiny_eval_cache))
+    line = one_line_error(result)
+    assert f"--cache {tiny_eval_cache}: not the cache the run {runs['full']} trained on" in line
+
+
+def test_another_references_eval_cache_is_refused_when_the_runs_cache_is_not_at_hand(runs, tmp_path, tokenizer_dir):
+    """The run's --cache moved away: an eval cache scored by a model other than the one the run
+    started from would measure rewards against another reference; refused, naming the fix."""
+    import shutil
+
+    from conftest import make_cache, make_tiny_llama, text_rows
+
+    moved = tmp_path / "run"
+    shutil.copytree(runs["full"], moved)
+    record = json.loads((moved / "kto_run.json").read_text())
+    record["config"]["cache"] = str(tmp_path / "moved-away")
+    (moved / "kto_run.json").write_text(json.dumps(record))
+    (tmp_path / "other").mkdir()
+    other = make_cache(tmp_path / "other", text_rows(), make_tiny_llama(tmp_path / "tiny2", tokenizer_dir, seed=1), "text.jsonl")
+    line = one_line_error(eval_only("--model", str(moved / "final"), "--eval-cache", str(other)))
+    assert line.startswith(f"kto-train: error: --eval-cache {other}: scored by another model than the run {moved} started from")
+    assert "give the run's cache as --cache" in line
+
+
+def test_a_qlora_runs_adapters_are_evaluated_on_its_4bit_base(tmp_path, tokenizer_dir):
+    """The run's --load-in-4bit is taken from its record: the base is quantized as it trained."""
+    pytest.importorskip("bitsandbytes")
+    from conftest import chat_rows, make_cache, make_tiny_llama, text_rows
+
+    from kto.train.adapters import bitsandbytes_backend
+
+    if bitsandbytes_backend("cpu", 4):
+        pytest.skip(bitsandbytes_backend("cpu", 4))
+    model = make_tiny_llama(tmp_path / "tiny64", tokenizer_dir, hidden_size=64, intermediate_size=128)
+    for name in ("train", "held"):
+        (tmp_path / name).mkdir()
+    cache = make_cache(tmp_path / "train", chat_rows(), model, "chat.jsonl")
+    held = make_cache(tmp_path / "held", text_rows(), model, "text.jsonl")
+    run = tmp_path / "run"
+    result = run_train(cache, model, run, "--eval-cache", str(held), *RUN_FLAGS, "--lora-r", "4", "--load-in-4bit", "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    result = eval_only("--model", str(run / "final"), "--eval-cache", str(held))
+    assert eval_line(result) == {**eval_lines(run)[2], "model": str(run / "final")}
+    assert "base loaded in 4 bits" in result.stderr
