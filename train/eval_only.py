@@ -72,8 +72,7 @@ def results_path(out: Path | None) -> Path | None:
     """OUT/eval_results.json, or None without --out; refused (one line) where OUT is a file, a
     kto-precompute cache or a kto-train run directory (they hold only their own files), or in one."""
     from kto.formats.atomic import NotWritableError, check_can_create
-    from kto.formats.cache import cache_holding
-    from kto.formats.runrecord import run_holding
+    from kto.formats.cache import refuse_inside_others
 
     if out is None:
         return None
@@ -82,12 +81,7 @@ def results_path(out: Path | None) -> Path | None:
     target = out / EVAL_RESULTS
     if target.is_dir() or target.is_symlink() and not target.is_file():
         raise InputError(f"--out {out}: {target} is not a file it can replace; name another --out")
-    holder = cache_holding(target)
-    if holder is not None:
-        raise InputError(f"--out {out}: inside the cache directory {holder}; write it elsewhere (a cache holds only kto files)")
-    run = run_holding(target)
-    if run is not None:
-        raise InputError(f"--out {out}: inside the kto-train run {run}, which holds only its own files (its --resume refuses others); write it elsewhere")
+    refuse_inside_others(target)  # OUT itself may be the cache or the run: the file would lie inside it
     if out.is_dir():
         try:
             check_can_create(target)  # a read-only folder: refused now, not after the evaluation

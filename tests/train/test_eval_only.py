@@ -91,7 +91,7 @@ def test_refusals_are_one_line_and_write_nothing(runs, tiny_cache, tiny_eval_cac
     model = str(runs["full"] / "final")
     assert "--eval-only: needs --eval-cache" in one_line_error(eval_only("--model", model))
     line = one_line_error(eval_only("--model", model, "--eval-cache", str(tiny_eval_cache), "--out", str(tiny_cache / "x")))
-    assert "inside the cache directory" in line
+    assert "inside the kto-precompute cache" in line
     line = one_line_error(eval_only("--model", model, "--eval-cache", str(tiny_eval_cache), "--out", str(runs["full"] / "evals")))
     assert f"inside the kto-train run {runs['full']}" in line
     line = one_line_error(eval_only("--model", model, "--eval-cache", str(tiny_eval_cache), "--lr", "1e-5", "--save-every", "3"))
