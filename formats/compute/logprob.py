@@ -576,7 +576,10 @@ class _ChunkedTokenLogps(torch.autograd.Function):
                 if need_h:
                     grad_h[sl] = (dz_cd @ w_cd).to(hidden.dtype)
                 if need_w:
-                    grad_w += torch.mm(dz_cd.T, h_c.to(cd), out=scratch.take("grad_w", weight.shape, cd)).to(acc)
+                    product = torch.mm(dz_cd.T, h_c.to(cd), out=scratch.take("grad_w", weight.shape, cd))
+                    if acc != cd:  # upcast (exact) into a buffer of its own: .to(acc) made a [V, H] tensor per chunk
+                        product = scratch.take("grad_w_acc", weight.shape, acc).copy_(product)
+                    grad_w.add_(product)
                 if need_b:
                     grad_b += dz.sum(0)
         if need_w:

@@ -3,7 +3,8 @@ must be those of the same operations on fresh tensors, bit for bit, and the numb
 allocations must not grow with the number of chunks.
 
 `fresh` below is the module docstring's definition written with a new tensor for every
-intermediate (what the package did before the buffers), torch.logsumexp included; its gradients
+intermediate (what the package did before the buffers), logsumexp as `logsumexp_reference`
+writes it (ATen's order, written out: a torch release may reorder its own); its gradients
 are the module's formulas for dL/dz, grad_hidden, grad_weight and grad_bias, in the module's
 order. torch.equal, not a tolerance: the reused buffers run the same kernels on the same shapes.
 """
@@ -12,9 +13,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from kto.formats.compute.logprob import token_logps
+
+
+def logsumexp_reference(z: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim, step by step: the row maximum (0 where infinite) taken out,
+    exp, sum, log, the maximum added back."""
+    m = z.amax(dim=-1, keepdim=True)
+    m = torch.where(m.abs() == float("inf"), torch.zeros_like(m), m)
+    return (z - m).exp().sum(dim=-1).log() + m.squeeze(-1)
 
 
 def fresh(hidden, weight, targets, g, cd, chunk_size, softcap, bias):
@@ -32,7 +42,7 @@ def fresh(hidden, weight, targets, g, cd, chunk_size, softcap, bias):
         z = z.to(acc)
         if softcap is not None:
             z = torch.tanh(z / softcap) * softcap
-        lse = torch.logsumexp(z, dim=-1)
+        lse = logsumexp_reference(z)
         out.append(z.gather(1, t_c).squeeze(1) - lse)
         dz = (z - lse[:, None]).exp() * -g_c
         dz = dz.scatter_add(1, t_c, g_c)
@@ -86,11 +96,29 @@ def test_reused_buffers_give_the_fresh_tensors_numbers_bit_for_bit(dtype, cd, so
         assert torch.equal(leaves[2].grad, want_b)
 
 
+class NewStorages(TorchDispatchMode):
+    """Counts the tensors of `at_least` bytes or more that ops return in new memory: not views,
+    not in-place or out= results (their storage is an input's). Counted at the dispatcher,
+    whatever allocator or profiler a torch release has."""
+
+    def __init__(self, at_least: int) -> None:
+        super().__init__()
+        self.at_least, self.count = at_least, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= self.at_least and t.untyped_storage().data_ptr() not in given:
+                self.count += 1
+        return out
+
+
 def large_allocations(fn, at_least: int) -> int:
-    """How many tensors of `at_least` bytes or more `fn` allocates (torch profiler, CPU)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    """How many new tensors of `at_least` bytes or more `fn` makes."""
+    with NewStorages(at_least) as seen:
         fn()
-    return sum(1 for e in prof.events() if e.self_cpu_memory_usage >= at_least)
+    return seen.count
 
 
 @pytest.mark.parametrize("n", [8, 40])
@@ -107,3 +135,18 @@ def test_large_allocations_per_call_do_not_grow_with_the_chunks(softcap, n):
     leaves = [hidden.clone().requires_grad_(), weight.clone().requires_grad_()]
     out = token_logps(*leaves, targets, chunk_size=8, softcap=softcap)
     assert large_allocations(lambda: out.backward(g), 100_000) == (3 if softcap is None else 4)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_bf16_compute_makes_as_many_large_tensors_for_five_chunks_as_for_one(softcap):
+    """Under bf16 compute (the usual training dtype) the cd copies and the weight gradient's
+    product are reused too: the count for 5 chunks equals the count for 1, forward and backward."""
+
+    def counts(n):
+        hidden, weight, _, targets, g = inputs(n=n, v=5000, h=16)
+        forward = large_allocations(lambda: token_logps(hidden, weight, targets, compute_dtype=torch.bfloat16, chunk_size=8, softcap=softcap), 60_000)
+        leaves = [hidden.clone().requires_grad_(), weight.clone().requires_grad_()]
+        out = token_logps(*leaves, targets, compute_dtype=torch.bfloat16, chunk_size=8, softcap=softcap)
+        return forward, large_allocations(lambda: out.backward(g), 60_000)
+
+    assert counts(40) == counts(8)
