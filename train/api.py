@@ -100,4 +100,6 @@ def evaluate_model(config: TrainConfig, explicit: set[str] | None = None, print_
     print_json: also print the line as JSON on stdout (the CLI's output)."""
     from .eval_only import evaluate_policy
 
-    return evaluate_policy(with_hub_caches(config) if config.eval_only else config, explicit, print_json)
+    if not config.eval_only:
+        raise InputError("evaluate_model: needs eval_only=True (kto.train.run trains)")
+    return evaluate_policy(with_hub_caches(config), explicit, print_json)

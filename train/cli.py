@@ -61,7 +61,7 @@ EXPLICIT = "kto.explicit"  # ctx.meta: the settings the command line or --config
 @click.option("--adam-beta2", default=0.999, help="AdamW's β2.")
 @click.option("--adam-epsilon", default=1e-8, help="AdamW's ε.")
 @click.option("--max-grad-norm", default=1.0, help="0 disables clipping.")
-@click.option("--batch-size", default=8, help="Per process.")
+@click.option("--batch-size", default=8, help="Per process (--eval-only: the eval micro-batch unless --eval-batch-size, or the run's, is set).")
 @click.option("--grad-accum", default=1)
 @click.option("--epochs", default=1.0, help="May be fractional: ⌈epochs × steps per epoch⌉ steps.")
 @click.option("--max-steps", default=None, type=int)

@@ -294,6 +294,7 @@ RUN_SETTINGS: dict[str, str | None] = {
     "prefix_sharing": None,
     "chunk_size": None,
     "attn_implementation": None,
+    "gradient_checkpointing": None,  # it turns the policy pass's packing off (setup.py loss_settings)
     "load_in_4bit": None,  # a QLoRA run's adapters on its base quantized as in training
     "load_in_8bit": None,
 }

@@ -34,7 +34,7 @@ EVAL_RESULTS = "eval_results.json"
 
 
 def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_json: bool = False) -> dict:
-    """Evaluate cfg.model on cfg.eval_cache (cfg.eval_only; `hf:` caches already fetched, see
+    """Evaluate cfg.model on cfg.eval_cache (cfg.eval_only and `hf:` caches fetched: see
     api.evaluate_model); return the eval line: the keys of a metrics.jsonl eval line (loss, kl,
     rewards/*, ..., eval_cache; a value that does not exist is None, as there) and `model`.
 
@@ -43,8 +43,6 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
     print_json: the CLI's JSON line on stdout (main process)."""
     from .processes import borrowed_accelerate_state, borrowed_rng_state
 
-    if not cfg.eval_only:
-        raise InputError("evaluate_model: needs eval_only=True")
     explicit = off_defaults(cfg) if explicit is None else explicit
     target = results_path(cfg.out)  # before anything loads
     run = RunOf.model(cfg.model)
@@ -148,6 +146,8 @@ class RunOf:
 def with_run_settings(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> TrainConfig:
     """cfg with the run's RUN_SETTINGS (RUN/kto_run.json) that were not given."""
     recorded = run.record.get("config", {})
+    if explicit & {"load_in_4bit", "load_in_8bit"}:  # one setting in two flags: either given decides both
+        explicit = explicit | {"load_in_4bit", "load_in_8bit"}
     return replace(cfg, **{k: recorded[k] for k in RUN_SETTINGS if k not in explicit and k in recorded})
 
 
