@@ -56,3 +56,21 @@ def test_a_precompute_key_edited_after_the_cache_disagrees_with_it(key, value, c
     val_size or cutoff_len would otherwise train on the old split or lengths under 'ignored'."""
     assert precompute_disagreements({key: value}, {content_key: recorded}) == [f"{key}: {value} (the cache's {content_key}: {recorded})"]
     assert precompute_disagreements({key: recorded}, {content_key: recorded}) == []
+
+
+# Written out, not read from the table: a switch moved into the table's inert values would
+# leave a list read from it without the switch, and the test without its case.
+SWITCHES_REFUSED_WHEN_ON = [
+    *((PRECOMPUTE, key) for key in ("sync_ref_model", "packing", "neat_packing", "train_on_prompt", "mask_history")),
+    *((TRAIN, key) for key in ("sync_ref_model", "deepspeed", "load_best_model_at_end", "ignore_data_skip", "dataloader_drop_last")),
+    *((TRAIN, key) for key in ("group_by_length", "use_dora", "use_rslora", "pissa_init")),
+]
+
+
+@pytest.mark.parametrize("command, key", SWITCHES_REFUSED_WHEN_ON)
+def test_an_unsupported_switch_turned_on_is_refused_not_noted(command, key):
+    """use_rslora, use_dora, …: false asks for nothing (a note), true for what this tool does not
+    do: refused in one line naming the key, never trained without it."""
+    with pytest.raises(InputError, match=key):
+        resolve({key: True}, command)
+    resolve({key: False}, command)  # inert: a note, no refusal
