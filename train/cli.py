@@ -194,10 +194,11 @@ def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[st
             values[name] = value
     # The settings given on the command line or written in the file (not the defaults of the tool
     # whose names it uses): --eval-only takes the run's others.
-    ctx.meta[EXPLICIT] = {name for name in flags if given(name)} | (set(resolved.values) - resolved.defaulted) | set(resolved.forced)
+    on_command_line = {name for name in flags if given(name)}
+    ctx.meta[EXPLICIT] = on_command_line | (set(resolved.values) - resolved.defaulted) | set(resolved.forced)
     try:
         cfg = merged_config(ctx, config_file, resolved, values, given)
-        eval_only_refusal(cfg, {name for name in flags if given(name)})
+        eval_only_refusal(cfg, on_command_line)
         check(cfg)
         yield cfg
     except InputError as exc:

@@ -264,7 +264,7 @@ def check_types(cfg: TrainConfig) -> None:
 
 def check_required(cfg: TrainConfig) -> None:
     """--model always; --cache and --out to train; --eval-cache with --eval-only, --base-model only with it."""
-    require_paths({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    require_paths(vars(cfg))
     if cfg.eval_only and cfg.eval_cache is None:
         raise InputError("--eval-only: needs --eval-cache, the kto-precompute cache to evaluate --model on (e.g. CACHE/eval)")
     if not cfg.eval_only and cfg.base_model is not None:

@@ -190,13 +190,15 @@ def checked_eval_cache(cfg: TrainConfig, run: RunOf, accelerator: Accelerator) -
 
     from .eval_cache import open_eval_cache
 
-    if run.directory is not None and cfg.cache is not None:
-        run.require_its_cache(open_cache(cfg.cache, hold=False).manifest.fingerprint, f"--cache {cfg.cache}")
-    train = cfg.cache or run.training_cache()
-    if train is not None:
-        if cfg.cache is None:
-            log(f"--eval-cache {cfg.eval_cache}: checked against the run's --cache {train}, as training checks it", accelerator)
-        return open_eval_cache(replace(cfg, cache=train), open_cache(train), accelerator)
+    if cfg.cache is not None:
+        train = open_cache(cfg.cache)
+        if run.directory is not None:
+            run.require_its_cache(train.manifest.fingerprint, f"--cache {cfg.cache}")
+        return open_eval_cache(cfg, train, accelerator)
+    recorded = run.training_cache()  # its manifest read unheld first: a rebuilt cache's shards are not held
+    if recorded is not None:
+        log(f"--eval-cache {cfg.eval_cache}: checked against the run's --cache {recorded}, as training checks it", accelerator)
+        return open_eval_cache(replace(cfg, cache=recorded), open_cache(recorded), accelerator)
     cache = open_cache(cfg.eval_cache)
     if run.directory is not None and cache.manifest.fingerprint != run.derived.get("eval_cache_fingerprint"):
         run.require_its_reference(cache.manifest.content.model, f"--eval-cache {cfg.eval_cache}")
