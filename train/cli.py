@@ -26,7 +26,8 @@ from kto.formats.errors import InputError, exception_line, exit_on_signal, log, 
 from kto.formats.paths import HOME_PATH, HOME_TEXT
 from kto.formats.signals import Stopped, raising_on_stop_signals
 
-from .config import DEFAULTS, DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, eval_only_refusal, load_config_file, require_paths
+from .config import DEFAULTS, DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file, require_paths
+from .eval_only import eval_only_refusal
 from .loss_type import LossType
 from .stop import Interrupted
 

@@ -6,7 +6,7 @@ run's own evaluations use, so a run's checkpoint-STEP/ gives the run's eval line
 optimizer, no run directory, no checkpoint, no reference model. The loss settings (β, the class
 weights, --loss, --sft-weight) and what shapes the numbers (--dtype, --mixed-precision, the batch
 sizes, prefix sharing, --chunk-size, attention) are the run's where --model lies in a kto-train
-run, unless given (config.py RUN_SETTINGS). The line is printed (a human line on stderr, the JSON
+run, unless given (RUN_SETTINGS). The line is printed (a human line on stderr, the JSON
 on stdout) and, with --out DIR, written to DIR/eval_results.json (the file transformers' Trainer
 and LLaMA-Factory write), once, by the main process of a launch.
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from kto.formats.errors import InputError, log
 
-from .config import DEFAULTS, RUN_SETTINGS, TrainConfig, training_only
+from .config import DEFAULTS, TrainConfig
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -31,6 +31,44 @@ if TYPE_CHECKING:
     from kto.formats.cache import ShardedCache
 
 EVAL_RESULTS = "eval_results.json"
+
+# --eval-only: the settings taken from the run where --model is a run's and they are not given,
+# with how the settings line shows them (None: taken, not shown): the loss, and what shapes its
+# numbers (a bf16 run's evals ran in bf16; another eval batch size rounds the last place otherwise).
+RUN_SETTINGS: dict[str, str | None] = {
+    "beta": "β",
+    "desirable_weight": "desirable weight",
+    "undesirable_weight": "undesirable weight",
+    "loss": "loss",
+    "sft_weight": "sft weight",
+    "dtype": "dtype",
+    "mixed_precision": "mixed precision",
+    "batch_size": None,
+    "eval_batch_size": None,
+    "prefix_sharing": None,
+    "chunk_size": None,
+    "attn_implementation": None,
+    "gradient_checkpointing": None,  # it turns the policy pass's packing off (setup.py loss_settings)
+    "load_in_4bit": None,  # a QLoRA run's adapters on its base quantized as in training
+    "load_in_8bit": None,
+}
+# What --eval-only uses: those, the model, the caches and --out; every other setting trains.
+EVAL_SETTINGS = frozenset(RUN_SETTINGS) | {"cache", "model", "out", "eval_cache", "eval_only", "base_model", "trust_remote_code"}
+
+
+def training_only(names: set[str] | frozenset[str]) -> list[str]:
+    """The settings among `names` that --eval-only does not use, as their flags, in field order."""
+    return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig) if f.name in names and f.name not in EVAL_SETTINGS]
+
+
+def eval_only_refusal(cfg: TrainConfig, given: set[str]) -> None:
+    """--eval-only with training flags on the command line (`given`): refused, one line naming
+    them. From a --config file (one reused from training) or the Python API they are left
+    unused, said in a note (evaluate_policy)."""
+    named = training_only(given) if cfg.eval_only else []
+    if named:
+        them = "it" if len(named) == 1 else "them"
+        raise InputError(f"--eval-only: {', '.join(named)} only train{'s' if len(named) == 1 else ''}; nothing here uses {them} (leave {them} out)")
 
 
 def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_json: bool = False) -> dict:
