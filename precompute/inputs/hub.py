@@ -119,21 +119,24 @@ def one_run() -> Iterator[None]:
 
 
 def dataset_records(spec: DatasetSpec) -> Iterator[tuple[int, Any]]:
+    # The bars are off only while `datasets` works, never across a yield: a reader stopped early
+    # would hold the setting until the garbage collector closed it, then flip it mid-session.
     with _progress_bars_off(spec):
         batches = iter(_open(spec).iter(batch_size=_BATCH))
-        row = 0
-        while (batch := _next_batch(batches, spec, row)) is not None:
-            keys = list(batch)
-            for values in zip(*(batch[k] for k in keys)):
-                row += 1
-                yield row, dict(zip(keys, values))
+    row = 0
+    while (batch := _next_batch(batches, spec, row)) is not None:
+        keys = list(batch)
+        for values in zip(*(batch[k] for k in keys)):
+            row += 1
+            yield row, dict(zip(keys, values))
 
 
 def _next_batch(batches: Iterator[dict], spec: DatasetSpec, row: int) -> dict | None:
     """The next batch of rows, None after the last. Streaming parses the files as it goes, so a
     file that breaks (a JSON line that does not parse) raises here, past _open's refusal."""
     try:
-        return next(batches)
+        with _progress_bars_off(spec):
+            return next(batches)
     except StopIteration:
         return None
     except MemoryError:  # not the data's fault: the traceback says where memory ran out

@@ -154,6 +154,24 @@ def test_one_run_resolves_once_and_reads_that_commit(datasets, monkeypatch):
         assert read_at[-1] == sha
 
 
+def test_a_reader_left_half_read_holds_no_setting(tmp_path, datasets):
+    """The bars are off only while `datasets` works, not across a yield: a reader stopped early
+    and closed later by the garbage collector turned them back on in the middle of whatever ran
+    then (once in a full run on Python 3.13, the test below it failing)."""
+    datasets.Dataset.from_list(ROWS[:2]).save_to_disk(str(tmp_path / "saved"))
+    spec = parse_spec(str(tmp_path / "saved"), "--data")
+    datasets.enable_progress_bars()
+    reader = dataset_records(spec)
+    assert next(reader)[0] == 1
+    assert datasets.is_progress_bar_enabled()  # suspended between rows: as they were
+    datasets.disable_progress_bars()
+    try:
+        reader.close()
+        assert not datasets.is_progress_bar_enabled()  # closing it late changes nothing
+    finally:
+        datasets.enable_progress_bars()
+
+
 def test_reading_leaves_the_progress_bars_as_they_were(tmp_path, datasets):
     """A precompute turned `datasets`' progress bars off for the rest of the session."""
     datasets.Dataset.from_list(ROWS[:2]).save_to_disk(str(tmp_path / "saved"))
