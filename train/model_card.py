@@ -79,8 +79,9 @@ def metrics_table(train: dict, evaluation: dict | None) -> list[str]:
     return lines if names else ["No metrics were logged (`--log-every 0`)."]
 
 
-def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[dict], kind: str, merged: bool = False) -> list[str]:
-    """The card's settings table; `merged`: the folder is final-merged/ (for the quantization row)."""
+def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[dict], kind: str, warmup: int, merged: bool = False) -> list[str]:
+    """The card's settings table; `warmup`: the warmup steps the run took; `merged`: the folder is
+    final-merged/ (for the quantization row)."""
     quantization = quantization_line(config, merged)
     rows = [
         ("base model", f"`{config['model']}`"),
@@ -91,7 +92,7 @@ def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[d
         ("desirable weight w_D", number(config["desirable_weight"])),
         ("undesirable weight w_U", number(config["undesirable_weight"])),
         ("SFT weight γ", number(config["sft_weight"])),
-        ("learning rate", learning_rate_line(config)),
+        ("learning rate", learning_rate_line(config, warmup, derived["total_steps"])),
         ("steps", f"{derived['total_steps']} (batch {config['batch_size']} × accumulation {config['grad_accum']} × {derived['world_size']} processes)"),
         ("seed", number(config["seed"])),
         ("cache fingerprint", f"`{fingerprint}`"),
@@ -114,13 +115,21 @@ def quantization_line(config: dict, merged: bool) -> str | None:
     return f"{held}; the adapters " + ("are merged into" if merged else "load on") + " the unquantized base"
 
 
-def learning_rate_line(config: dict) -> str:
-    """lr, schedule (with its kwargs) and the warmup that ran: --warmup-steps when given (it
-    overrides the ratio, as in transformers), else the ratio."""
-    warmup = f"warmup steps {config['warmup_steps']}" if config.get("warmup_steps") else f"warmup ratio {number(config['warmup_ratio'])}"
+def learning_rate_line(config: dict, warmup: int, total_steps: int) -> str:
+    """lr, schedule (with its kwargs) and the warmup that ran: `warmup` steps, the number the
+    run's scheduler was given (optim.warmup_steps of its `total_steps`), with where it came from:
+    --warmup-steps when given (it overrides the ratio, as in transformers), else the ratio, which
+    rounds down (0.1 of 9 steps: none). transformers' constant schedule takes no warmup."""
     kwargs = config.get("lr_schedule_kwargs") or {}
     schedule = config["lr_schedule"] + (f" {json.dumps(kwargs, sort_keys=True)}" if kwargs else "")
-    return f"{number(config['lr'])} ({schedule}, {warmup})"
+    steps = f"{warmup} warmup step{'' if warmup == 1 else 's'}"
+    if config["lr_schedule"] == "constant":
+        said = "no warmup (transformers' constant takes none)"
+    elif config.get("warmup_steps"):
+        said = f"{steps} (warmup_steps {config['warmup_steps']})"
+    else:
+        said = f"{steps} (warmup ratio {number(config['warmup_ratio'])} of {total_steps} steps)"
+    return f"{number(config['lr'])} ({schedule}, {said})"
 
 
 def load_line(config: dict, adapter: bool) -> str:
@@ -148,10 +157,10 @@ def gguf_base(model: str) -> str | None:
         return Path(model).name if Path(model).suffix == ".gguf" else None
 
 
-def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict | None, kind: str, adapter: bool, merged: bool = False) -> str:
+def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict | None, kind: str, adapter: bool, warmup: int, merged: bool = False) -> str:
     """The card's text. `record`: kto_run.json; `inputs`: the cache manifest's content.inputs;
     `train`/`evaluation`: the last metrics.jsonl lines; `kind`: what the folder holds, in words;
-    `merged`: the folder is final-merged/."""
+    `warmup`: the warmup steps the run's scheduler took; `merged`: the folder is final-merged/."""
     config, derived = record["config"], record["derived"]
     meta = yaml.safe_dump(front_matter(config["model"], adapter, inputs), sort_keys=False, allow_unicode=True)
     load = load_line(config, adapter)
@@ -162,7 +171,7 @@ def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict |
         "",
         "## Training",
         "",
-        *settings_table(config, derived, derived["cache_fingerprint"], inputs, kind, merged),
+        *settings_table(config, derived, derived["cache_fingerprint"], inputs, kind, warmup, merged),
         "",
         "## Final metrics",
         "",
@@ -178,10 +187,13 @@ def final_files(cfg: TrainConfig, inputs: list[dict], adapter: bool) -> FinalFil
     kto_run.json and metrics.jsonl, which it wrote)."""
     from kto.formats.runrecord import read_run_config
 
+    from .optim import warmup_steps
+
     record = read_run_config(cfg.out)
+    warmup = warmup_steps(cfg, record["derived"]["total_steps"])  # what the run's scheduler was given (optim.build_scheduler)
     train_line, eval_line = last_metrics(cfg.out)
     train, evaluation = metric_values(train_line), (metric_values(eval_line) if eval_line else None)
     kind = f"LoRA adapters (r {cfg.lora_r}, alpha {cfg.lora_alpha:g})" if adapter else "every weight (full fine-tune)"
-    final = {CARD_NAME: model_card(record, inputs, train, evaluation, kind, adapter)}
-    merged = {CARD_NAME: model_card(record, inputs, train, evaluation, MERGED_KIND, False, merged=True)} if cfg.merge_adapters else {}
+    final = {CARD_NAME: model_card(record, inputs, train, evaluation, kind, adapter, warmup)}
+    merged = {CARD_NAME: model_card(record, inputs, train, evaluation, MERGED_KIND, False, warmup, merged=True)} if cfg.merge_adapters else {}
     return FinalFiles(final, merged)

@@ -44,7 +44,7 @@ def test_full_run_card_says_what_the_run_files_say(tiny_cache, tiny_eval_cache, 
     assert row(body, "eval cache fingerprint") == [f"`{read_manifest(tiny_eval_cache).fingerprint}`"]
     assert row(body, "data") == [f"`chat.jsonl` (sha256 `{source['sha256'][:16]}…`)"]
     assert row(body, "β") == ["0.25"] and row(body, "desirable weight w_D") == ["1.5"] and row(body, "undesirable weight w_U") == ["1"]
-    assert row(body, "learning rate") == ["0.001 (linear, warmup ratio 0.1)"]
+    assert row(body, "learning rate") == ["0.001 (linear, 0 warmup steps (warmup ratio 0.1 of 2 steps))"]
     assert row(body, "steps") == ["2 (batch 2 × accumulation 1 × 1 processes)"]
     lines = metrics(out)
     last_train = [m for m in lines if m["split"] == "train"][-1]
@@ -60,9 +60,9 @@ def test_the_learning_rate_row_names_the_warmup_that_ran_and_the_schedules_kwarg
     from kto.train.model_card import learning_rate_line
 
     base = {"lr": 1e-3, "lr_schedule": "linear", "warmup_ratio": 0.1, "warmup_steps": 0, "lr_schedule_kwargs": {}}
-    assert learning_rate_line(base) == "0.001 (linear, warmup ratio 0.1)"
+    assert learning_rate_line(base, 1, 10) == "0.001 (linear, 1 warmup step (warmup ratio 0.1 of 10 steps))"
     given = {**base, "lr_schedule": "cosine_with_min_lr", "warmup_steps": 2, "lr_schedule_kwargs": {"min_lr_rate": 0.1}}
-    assert learning_rate_line(given) == '0.001 (cosine_with_min_lr {"min_lr_rate": 0.1}, warmup steps 2)'
+    assert learning_rate_line(given, 2, 10) == '0.001 (cosine_with_min_lr {"min_lr_rate": 0.1}, 2 warmup steps (warmup_steps 2))'
 
 
 def test_trackers_get_numbers_as_numbers():
