@@ -330,3 +330,11 @@ def names_other_tools_use(command: str) -> type:
                 raise click.NoSuchOption(e.option_name, f"No such option: {e.option_name} ({hint}).", ctx=ctx) from None
 
     return Command
+
+
+def number_or_none(value: Any) -> float | None:
+    """A number (YAML may write it as text, `'8'`), or None."""
+    try:
+        return None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None

@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config_adapters import eval_adapters, rank_without_use_peft
 from .config_dumped import DUMPED, dumped_key
-from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, file_switch, same_value, template_note
+from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, file_switch, number_or_none, same_value, template_note
 from .config_resolved import Resolved
 from .config_schedule import do_train, eval_schedule, evaluates, save_schedule, save_strategy
 from .config_switches import is_llama_factory, transformers_switches
@@ -232,6 +233,8 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
     # In a file that names both, `cache` is kto-precompute's output and `out` kto-train's run.
     shared_file = command == PRECOMPUTE and "cache" in raw and "out" in raw
     for key, value in raw.items():
+        if command == TRAIN and key == "adapter_name_or_path" and value is not None:
+            continue  # read with do_train once every key is sorted (config_adapters)
         if _said_and_skipped(key, value, command, out, sorting):
             continue
         if key in own and not (shared_file and key == "out"):
@@ -266,10 +269,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         else:
             sorting.unknown.append(key)
     if command == TRAIN:
-        transformers_switches(raw, out)
-        _their_defaults(raw, sorting.foreign, out)
-        eval_schedule(raw, out)  # eval_in_cache: kto-precompute wrote the held-out rows to CACHE/eval
-        save_schedule(raw, out)
+        _read_together(raw, out, sorting)
     else:
         _their_data_defaults(raw, out)
     _refuse(sorting, command)
@@ -280,6 +280,16 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         out.notes.append(f"dumped defaults, ignored: {', '.join(sorting.dumped)}")
     _apply_defaults(out)
     return out
+
+
+def _read_together(raw: Mapping[str, Any], out: Resolved, sorting: _Sorting) -> None:
+    """kto-train: the keys read with others once every key is sorted."""
+    rank_without_use_peft(raw, bool(sorting.foreign), sorting.refused)
+    eval_adapters(raw, out, sorting.refused)  # after do_train's eval_only
+    transformers_switches(raw, out)
+    _their_defaults(raw, sorting.foreign, out)
+    eval_schedule(raw, out)  # eval_in_cache: kto-precompute wrote the held-out rows to CACHE/eval
+    save_schedule(raw, out)
 
 
 def _dumped(key: str, value: Any, command: str, out: Resolved, sorting: _Sorting) -> None:
@@ -458,14 +468,6 @@ def _their_defaults(raw: Mapping[str, Any], foreign: bool, out: Resolved) -> Non
         out.notes.append(f"not given, transformers' defaults ({tools}): {', '.join(said)}")
 
 
-def _number(value: Any) -> float | None:
-    """A number (YAML may write it as text, `'8'`), or None."""
-    try:
-        return None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _apply_defaults(out: Resolved) -> None:
     alpha_twice_rank = out.defaults.pop("lora_alpha*2", False)
     for name, value in out.forced.items():
@@ -479,7 +481,7 @@ def _apply_defaults(out: Resolved) -> None:
     if alpha_twice_rank and "lora_alpha" not in out.values:
         out.alpha_twice_rank = True
         out.defaulted.add("lora_alpha")  # resumed, it follows the recorded rank: the record's alpha
-        rank = _number(out.values["lora_r"])
+        rank = number_or_none(out.values["lora_r"])
         if rank is not None and rank >= 1:
             # Below 1 (or not a number), kto-train refuses the file's rank by its key (train/cli.py,
             # lora_rank_for_lora): 2 × 0 here was refused as `--lora-alpha 0.0`, a key never written.

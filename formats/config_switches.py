@@ -131,8 +131,8 @@ def _fsdp(out: Resolved) -> None:
 
 def is_llama_factory(raw: Mapping[str, Any]) -> bool:
     """A file with a key only LLaMA-Factory has (its `stage`, which its files must give, or
-    `finetuning_type`, `lora_rank`, `pref_beta`, `cutoff_len`, ...); any other file in their
-    names is TRL's."""
+    `finetuning_type`, `adapter_name_or_path`, `lora_rank`, `pref_beta`, `cutoff_len`, ...); any
+    other file in their names is TRL's."""
     aliases = {**ALIASES[TRAIN], **ALIASES[PRECOMPUTE]}
-    only_theirs = {k for k, alias in aliases.items() if alias.source == LF} | {"stage", "finetuning_type", "quantization_bit"}
+    only_theirs = {k for k, alias in aliases.items() if alias.source == LF} | {"stage", "finetuning_type", "quantization_bit", "adapter_name_or_path"}
     return bool(only_theirs & raw.keys())

@@ -115,8 +115,8 @@ _LLAMA_FACTORY_LORA = {
         (None, False),
         "LoRA starts as peft's default, B zero",
     ),
-    # Read by LLaMA-Factory only with adapter_name_or_path (refused here): without it, either
-    # value starts fresh adapters.
+    # Read by LLaMA-Factory only to train with adapter_name_or_path (refused here): without it,
+    # either value starts fresh adapters.
     "create_new_adapter": Unsupported(f"{_SWITCH}; kto-train starts fresh adapters on model", (None, False, True), "kto-train starts fresh adapters on model"),
     "loraplus_lr_ratio": Unsupported(
         "LoRA+ is not supported: every adapter weight trains at lr (A and B alike)", (None,), "every adapter weight trains at lr, no LoRA+ ratio"
@@ -159,7 +159,12 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
             (None, False),
         ),
         "lora_modules_to_save": Unsupported("only the LoRA adapters train; to train every weight, turn LoRA off (lora_r 0)", (None, [])),
-        "adapter_name_or_path": Unsupported("kto-train starts fresh adapters on model; merge the existing ones into the model first"),
+        # Evaluating (do_train: false), it is read as --model with model_name_or_path as --base-model
+        # (config_adapters.eval_adapters); training, refused with this.
+        "adapter_name_or_path": Unsupported(
+            "kto-train starts fresh adapters on model; to train on from these, merge them into the model first (llamafactory-cli export) "
+            "and give that as model_name_or_path; to evaluate them, write do_train: false (with an eval set)"
+        ),
         **_LLAMA_FACTORY_LORA,
     },
 }
