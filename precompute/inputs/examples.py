@@ -443,7 +443,10 @@ def _prompt_and_completion(record: dict, p_key: str, c_key: str, source: str) ->
     if isinstance(prompt, str) != isinstance(completion, str):
         raise InputError(f"{source}: '{p_key}' is {kind_name(prompt)} but '{c_key}' is {kind_name(completion)}; both must be text or both lists of messages")
     if isinstance(prompt, str):
-        return _nonempty(prompt, p_where, "prompt"), _nonempty(completion, c_where, "completion")
+        # An empty completion trains as TRL trains it, as the EOS appended to it (text_ids); an
+        # empty prompt does not: under a tokenizer without BOS it has no token to score the first
+        # completion token from.
+        return _nonempty(prompt, p_where, "prompt"), _unicode(completion, c_where)
     prompt_messages = _messages(prompt, p_where)
     if not prompt_messages:
         raise InputError(f"{p_where}: empty prompt (no messages)")
@@ -465,7 +468,10 @@ def _split_conversation(value: Any, where: str) -> tuple[tuple[Message, ...], tu
 
 
 def _assistant_turns(messages: tuple[Message, ...], where: str, start: int = 1) -> tuple[Message, ...]:
-    """A completion: one or more assistant messages, each with non-empty text.
+    """A completion: one or more assistant messages. Their text may be empty or blank, as TRL
+    reads it: an empty reply (with a thumbs-down, say) is still learnt from, as the template's
+    closing tokens (`<|im_end|>\n`); a template that renders it as nothing leaves the row no
+    completion token, and tokenization drops it (counted).
 
     `start` is the 1-based position of the first of them in the column, for error messages.
     """
@@ -475,8 +481,6 @@ def _assistant_turns(messages: tuple[Message, ...], where: str, start: int = 1) 
         if m["role"] != "assistant":
             role = m["role"]
             raise InputError(f"{where}, message {i}: completion has role {role!r}, expected 'assistant'")
-        if not m.get("tool_calls"):  # a turn that calls a tool may say nothing
-            _nonempty(m["content"], f"{where}, message {i}", "completion")
     return messages
 
 

@@ -13,6 +13,9 @@ A ShareGPT row (column and role names as in LLaMA-Factory's `dataset_info.json`,
 - `system`: a system prompt (text); `tools`: the tool schemas, a list or a JSON text of one (as
   LLaMA-Factory stores them), passed to the chat template as `tools=`.
 
+A turn's value may be empty (an empty system turn, an empty reply), as a `messages` turn's
+content may: both spellings of one dataset give the same ids.
+
 Roles become the chat-template roles: human → user, gpt → assistant, observation → tool,
 function_call → an assistant turn with `tool_calls` (its value is the JSON
 `{"name", "arguments"}`, or a list of them), which is what Hugging Face chat templates render.
@@ -175,8 +178,11 @@ def _turn(raw: Any, smap: ShareGPTMap, where: str) -> tuple[str, str]:
     known = (smap.user_tag, smap.assistant_tag, smap.observation_tag, smap.function_tag, smap.system_tag)
     if role not in known:
         raise InputError(f"{where}: unknown role {role!r} (expected {', '.join(known)})")
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{where}: '{smap.content_tag}' must be non-empty text, got {_short(value)}")
+    # An empty value is read as the `messages` shape reads an empty content (and as LLaMA-Factory's
+    # converter, which checks roles alone): an empty system turn renders an empty system block, as
+    # TRL renders it, and an empty reply trains as the template's closing tokens.
+    if not isinstance(value, str):
+        raise InputError(f"{where}: '{smap.content_tag}' must be text, got {_short(value)}")
     return role, value
 
 

@@ -240,9 +240,10 @@ BAD_ROWS = {
     "label_null": ({**GOOD, "label": None}, "'label' is null in this row"),
     "label_two": ({**GOOD, "label": 2}, "label 2 is not boolean-like"),
     "label_half": ({**GOOD, "label": 0.5}, "label 0.5 is not boolean-like"),
-    "empty_completion": ({**GOOD, "completion": "  \n"}, "empty completion"),
-    "empty_assistant_content": ({"prompt": [USER], "completion": [{"role": "assistant", "content": ""}], "label": 1}, "empty completion"),
+    # An empty or blank completion text trains (test_empty_turns.py); no assistant message does not.
+    "empty_completion": ({"prompt": [USER], "completion": [], "label": 1}, "column 'completion': empty completion (no assistant message)"),
     "empty_prompt": ({**GOOD, "prompt": ""}, "empty prompt"),
+    "blank_prompt": ({**GOOD, "prompt": "  \n"}, "column 'prompt': empty prompt"),
     "content_number": ({"prompt": [{"role": "user", "content": 5}], "completion": [ASSISTANT], "label": 1}, "content is not text (got int)"),
     "prompt_dict": ({**GOOD, "prompt": {"text": "Q"}}, "column 'prompt': content is not text"),
     "non_text_part": (
