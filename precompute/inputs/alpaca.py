@@ -100,16 +100,16 @@ def _history(record: dict, amap: AlpacaMap, source: str) -> tuple[dict, ...]:
         raise InputError(f"{where}: expected a list of [instruction, response] pairs, got {kind_name(turns)}")
     out: list[dict] = []
     for i, pair in enumerate(turns, 1):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)):
-            raise InputError(f"{where}, pair {i}: expected [instruction, response], two non-empty texts")
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise InputError(f"{where}, pair {i}: expected [instruction, response], two texts")
         out += [{"role": "user", "content": pair[0]}, _assistant(pair[1])]
     return tuple(out)
 
 
 def _text(record: dict, key: str, source: str) -> str:
     value: Any = record.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{source}: column '{key}': expected non-empty text, got {kind_name(value)}")
+    if not isinstance(value, str):  # empty is read: an empty reply trains, as in the other shapes
+        raise InputError(f"{source}: column '{key}': expected text, got {kind_name(value)}")
     return value
 
 

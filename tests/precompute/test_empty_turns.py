@@ -158,3 +158,25 @@ def test_a_sharegpt_file_and_its_messages_twin_give_the_same_cache_ids(tmp_path,
     by_id = dict(zip(columns["sg"]["id"].to_pylist(), zip(columns["sg"]["prompt_ids"].to_pylist(), columns["sg"]["completion_ids"].to_pylist())))
     assert by_id["d.jsonl:1"] == ([1, 9690, 198, 2, 198] + USER_HI, [19556, 2, 198])  # TRL's ids for the empty system turn
     assert by_id["d.jsonl:2"][1] == [2, 198]  # the empty reply: the template's closing tokens
+
+
+def test_an_empty_alpaca_output_or_history_reply_is_read_as_its_messages_twin(tmp_path):
+    """LLaMA-Factory's alpaca converter checks no text for emptiness either: an empty `output`
+    (or `chosen`/`rejected`, or a history reply) is the same row as its `messages` spelling."""
+    from kto.precompute.inputs.alpaca import AlpacaMap
+
+    alpaca = [
+        {"instruction": "Hi", "output": "", "kto_tag": False},
+        {"instruction": "Again", "history": [["Hi", ""]], "output": " ", "kto_tag": True},
+        {"instruction": "Pick", "chosen": "", "rejected": "No"},
+    ]
+    messages = [
+        {"messages": [user("Hi"), assistant("")], "label": False},
+        {"messages": [user("Hi"), assistant(""), user("Again"), assistant(" ")], "label": True},
+        {"prompt": [user("Pick")], "chosen": [assistant("")], "rejected": [assistant("No")]},
+    ]
+    read = read_examples([write_jsonl(tmp_path / "a.jsonl", alpaca)], alpaca=AlpacaMap(history="history"))
+    twins = read_examples([write_jsonl(tmp_path / "m.jsonl", messages)])
+    assert [(e.prompt, e.completion, e.label) for e in read] == [(e.prompt, e.completion, e.label) for e in twins]
+    with pytest.raises(InputError, match=r"a\.jsonl.*column 'output': expected text, got int"):
+        read_examples([write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Hi", "output": 3, "kto_tag": True}] * 2)], alpaca=AlpacaMap())
