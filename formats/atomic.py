@@ -255,10 +255,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _fsync_tree(root: Path) -> None:
+    """Every file and every folder under root (a folder's fsync makes the names in it durable),
+    root last."""
     for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            continue
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
     _fsync_dir(root)
 
 
