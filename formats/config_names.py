@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config_adapters import eval_adapters, rank_without_use_peft
+from .config_adapters import file_adapters, file_rank
 from .config_dumped import DUMPED, dumped_key
 from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, file_switch, number_or_none, same_value, template_note
 from .config_resolved import Resolved
@@ -234,7 +234,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
     shared_file = command == PRECOMPUTE and "cache" in raw and "out" in raw
     for key, value in raw.items():
         if command == TRAIN and key == "adapter_name_or_path" and value is not None:
-            continue  # read with do_train once every key is sorted (config_adapters)
+            continue  # checked once every key is sorted, read by kto-train with --eval-only (config_adapters)
         if _said_and_skipped(key, value, command, out, sorting):
             continue
         if key in own and not (shared_file and key == "out"):
@@ -284,8 +284,8 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
 
 def _read_together(raw: Mapping[str, Any], out: Resolved, sorting: _Sorting) -> None:
     """kto-train: the keys read with others once every key is sorted."""
-    rank_without_use_peft(raw, bool(sorting.foreign), sorting.refused)
-    eval_adapters(raw, out, sorting.refused)  # after do_train's eval_only
+    file_rank(raw, bool(sorting.foreign), out)  # refused by kto-train unless --lora-r or --eval-only settles it
+    file_adapters(raw, out, sorting.refused)  # kto-train reads them once it knows whether the run evaluates
     transformers_switches(raw, out)
     _their_defaults(raw, sorting.foreign, out)
     eval_schedule(raw, out)  # eval_in_cache: kto-precompute wrote the held-out rows to CACHE/eval

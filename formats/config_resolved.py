@@ -65,6 +65,14 @@ class Resolved:
     """kto-train: the key that asks for LoRA (`finetuning_type: lora`, `use_peft: true`), whose
     rank must then be at least 1: 0 would train every weight here, and peft refuses it there."""
 
+    rank_needs_use_peft: str | None = None
+    """kto-train: the refusal of a TRL file's lora_r without use_peft (config_adapters), made by
+    the caller unless the command line settles it (--lora-r) or reads no rank (--eval-only)."""
+    adapters: list[str] | None = None
+    """kto-train: LLaMA-Factory's adapter_name_or_path as a list of directories, which evaluate
+    (--model, on model_name_or_path) or are refused to train on: the caller decides once the
+    command line's --eval-only is known (config_adapters.adapters_in_force)."""
+
     def set(self, ours: str, value: Any, key: str) -> None:
         if ours in self.values and not same_value(self.values[ours], value):
             raise InputError(f"{self.origin[ours]}: {self.values[ours]!r} and {key}: {value!r} set the same option ({ours}); give one")

@@ -131,8 +131,10 @@ def _fsdp(out: Resolved) -> None:
 
 def is_llama_factory(raw: Mapping[str, Any]) -> bool:
     """A file with a key only LLaMA-Factory has (its `stage`, which its files must give, or
-    `finetuning_type`, `adapter_name_or_path`, `lora_rank`, `pref_beta`, `cutoff_len`, ...); any
-    other file in their names is TRL's."""
+    `finetuning_type`, `lora_rank`, `pref_beta`, `cutoff_len`, ...); any other file in their
+    names is TRL's. `adapter_name_or_path` counts only when not null: null asks for nothing (a
+    note says it is skipped), so it must not bring LLaMA-Factory's defaults (its learning rate,
+    fp32) to a TRL file either."""
     aliases = {**ALIASES[TRAIN], **ALIASES[PRECOMPUTE]}
-    only_theirs = {k for k, alias in aliases.items() if alias.source == LF} | {"stage", "finetuning_type", "quantization_bit", "adapter_name_or_path"}
-    return bool(only_theirs & raw.keys())
+    only_theirs = {k for k, alias in aliases.items() if alias.source == LF} | {"stage", "finetuning_type", "quantization_bit"}
+    return bool(only_theirs & raw.keys()) or raw.get("adapter_name_or_path") is not None

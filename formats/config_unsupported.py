@@ -160,7 +160,7 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
         ),
         "lora_modules_to_save": Unsupported("only the LoRA adapters train; to train every weight, turn LoRA off (lora_r 0)", (None, [])),
         # Evaluating (do_train: false), it is read as --model with model_name_or_path as --base-model
-        # (config_adapters.eval_adapters); training, refused with this.
+        # (config_adapters.adapters_in_force); training, refused with this.
         "adapter_name_or_path": Unsupported(
             "kto-train starts fresh adapters on model; to train on from these, merge them into the model first (llamafactory-cli export) "
             "and give that as model_name_or_path; to evaluate them, write do_train: false (with an eval set)"

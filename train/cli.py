@@ -19,6 +19,7 @@ import click
 from click.core import ParameterSource
 
 from kto.formats.compute.early_checks import check_local_cache, check_local_model
+from kto.formats.config_adapters import adapters_in_force, rank_in_force
 from kto.formats.config_file import file_key_error, option_value
 from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements, target_modules_value
 from kto.formats.config_names import PEFT_TARGETS, Resolved
@@ -209,6 +210,9 @@ def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[st
 
 def merged_config(ctx: click.Context, config_file: Path | None, resolved: Resolved, values: dict[str, Any], given: Callable[[str], bool]) -> TrainConfig:
     """The merged `values` (completed in place) as one TrainConfig; `given`: set on the command line."""
+    if config_file:  # the file's LoRA keys that the command line settles (--lora-r, --eval-only, --model)
+        rank_in_force(config_file, resolved, values, given)
+        adapters_in_force(config_file, resolved, values, given)
     values["lora_target_modules"] = target_modules_value(values.get("lora_target_modules"))
     unset_lora_settings_of_files_without_rank(ctx, values)
     if config_file and resolved.alpha_twice_rank and given("lora_r"):

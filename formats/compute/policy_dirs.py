@@ -45,8 +45,9 @@ def policy_to_load(model: str, base_model: str | None) -> PolicyToLoad:
     from kto.formats.compute.sharded import is_sharded_checkpoint, load_sharded_weights
     from kto.formats.compute.sources import ModelSource, resolve_source
 
-    path = Path(model).resolve()
-    if is_adapter_dir(Path(model)):
+    given = Path(model).expanduser()  # `~` is the home folder in every flag and config value (formats/paths.py)
+    path = given.resolve()
+    if is_adapter_dir(given):
         require_peft("--model")
         flag = "--base-model" if base_model else f"--model {model}: the base its adapter_config.json names,"
         base = base_of(path, base_model)
@@ -56,7 +57,7 @@ def policy_to_load(model: str, base_model: str | None) -> PolicyToLoad:
         # kto-train's adapter folders hold the run's tokenizer; peft's own save holds none: the base's then
         tokenizer = ModelSource(path) if holds_tokenizer(path) else source
         return PolicyToLoad(source, tokenizer, lambda lm: with_adapters(lm, path), f"{source.directory} with {kind} of {path}")
-    if is_sharded_checkpoint(Path(model)) and not (path / "config.json").is_file():
+    if is_sharded_checkpoint(given) and not (path / "config.json").is_file():
         flag = "--base-model" if base_model else f"--model {model}: its run's --model,"
         base = base_of_run(model, base_model)
         source = resolve_source(base, flag=flag)
@@ -152,7 +153,7 @@ def base_of_run(checkpoint: str, base_model: str | None) -> str:
 
     if base_model:
         return base_model
-    base, _ = run_setting(checkpoint, "model")
+    base, _ = run_setting(Path(checkpoint).expanduser(), "model")
     if not isinstance(base, str) or not base:
         raise InputError(
             f"--model {checkpoint}: an FSDP checkpoint (its weights are sharded in {SHARDED_DIR}/*.distcp) with no run record "
