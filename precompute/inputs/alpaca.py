@@ -81,14 +81,15 @@ def alpaca_examples(record: dict, amap: AlpacaMap, smap: ShareGPTMap, label_colu
 
 
 def _user_turn(record: dict, amap: AlpacaMap, source: str) -> dict:
-    keys = [k for k in (amap.prompt, amap.query) if k and record.get(k) not in (None, "")]
-    parts = [record[k] for k in keys]
-    for k, part in zip(keys, parts):
-        if not isinstance(part, str):
-            raise InputError(f"{source}: column '{k}': expected text, got {kind_name(part)}")
-    if not parts:
+    """The instruction, a newline, the input, as LLaMA-Factory joins the non-empty ones: both
+    empty is an empty user turn (its converter checks no text), both missing is refused."""
+    keys = [k for k in (amap.prompt, amap.query) if k and record.get(k) is not None]
+    for k in keys:
+        if not isinstance(record[k], str):
+            raise InputError(f"{source}: column '{k}': expected text, got {kind_name(record[k])}")
+    if not keys:
         raise InputError(f"{source}: missing column '{amap.prompt}' (the alpaca instruction)")
-    return {"role": "user", "content": "\n".join(parts)}
+    return {"role": "user", "content": "\n".join(record[k] for k in keys if record[k])}
 
 
 def _history(record: dict, amap: AlpacaMap, source: str) -> tuple[dict, ...]:

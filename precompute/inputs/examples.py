@@ -422,10 +422,12 @@ def _implicit_prompt(record: dict, columns: ColumnMap, source: str) -> tuple[tup
             )
     chosen = _messages(record[columns.chosen], where_c)
     rejected = _messages(record[columns.rejected], where_r)
-    n = 0
-    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+    n, shortest = 0, min(len(chosen), len(rejected))
+    while n < shortest and chosen[n] == rejected[n]:
         n += 1
-    if n == 0:
+    if n == shortest:  # one is the other's start (identical, say): TRL's split keeps its last message
+        n = shortest - 1
+    if n <= 0:
         raise InputError(
             f"{source}: '{columns.chosen}' and '{columns.rejected}' share no leading messages, so there is no prompt (add a '{columns.prompt}' column)"
         )

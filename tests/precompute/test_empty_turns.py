@@ -180,3 +180,33 @@ def test_an_empty_alpaca_output_or_history_reply_is_read_as_its_messages_twin(tm
     assert [(e.prompt, e.completion, e.label) for e in read] == [(e.prompt, e.completion, e.label) for e in twins]
     with pytest.raises(InputError, match=r"a\.jsonl.*column 'output': expected text, got int"):
         read_examples([write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Hi", "output": 3, "kto_tag": True}] * 2)], alpaca=AlpacaMap())
+
+
+def test_an_empty_alpaca_instruction_is_an_empty_user_turn(tmp_path):
+    """LLaMA-Factory joins the non-empty instruction and input with a newline and checks nothing
+    more: both empty is an empty user turn, read as the messages twin `user("")`."""
+    from kto.precompute.inputs.alpaca import AlpacaMap
+
+    alpaca = [{"instruction": "", "input": "", "output": "x", "kto_tag": False}, {"instruction": "", "input": "In", "output": "y", "kto_tag": True}]
+    messages = [{"messages": [user(""), assistant("x")], "label": False}, {"messages": [user("In"), assistant("y")], "label": True}]
+    read = read_examples([write_jsonl(tmp_path / "a.jsonl", alpaca)], alpaca=AlpacaMap())
+    twins = read_examples([write_jsonl(tmp_path / "m.jsonl", messages)])
+    assert [(e.prompt, e.completion, e.label) for e in read] == [(e.prompt, e.completion, e.label) for e in twins]
+
+
+def test_an_implicit_pair_whose_sides_are_equal_splits_before_the_last_message_as_trl(tmp_path):
+    """TRL's extract_prompt finds no differing message and keeps the last one as each side's
+    completion; one side being the other's start gives the same split, and its longer side then
+    holds a user turn (refused, README "Empty texts, and what is refused on purpose")."""
+    same = [user("Hi"), assistant("same")]
+    rows = [{"chosen": same, "rejected": same}, {"chosen": [user("Q"), assistant("")], "rejected": [user("Q"), assistant("")]}]
+    read = read_examples([write_jsonl(tmp_path / "p.jsonl", rows)])
+    assert [(e.prompt, e.completion, e.label) for e in read] == [
+        ((user("Hi"),), (assistant("same"),), True),
+        ((user("Hi"),), (assistant("same"),), False),
+        ((user("Q"),), (assistant(""),), True),
+        ((user("Q"),), (assistant(""),), False),
+    ]
+    longer = [{"chosen": same, "rejected": [*same, user("More"), assistant("b")]}] * 2
+    with pytest.raises(InputError, match=r"column 'rejected', message 3: completion has role 'user'"):
+        read_examples([write_jsonl(tmp_path / "q.jsonl", longer)])

@@ -39,11 +39,14 @@ def test_a_row_labelled_minus_1_is_refused_naming_the_row(tmp_path):
     assert error_of(path) == "d.jsonl: row 2: label -1 is not boolean-like (expected true/false, 1/0, yes/no)"
 
 
-def test_an_implicit_prompt_that_is_all_of_chosen_leaves_chosen_no_completion(tmp_path):
-    """chosen = [u, a1], rejected = [u, a1, a2]: the shared messages are all of chosen, so the
-    prompt is [u, a1] and chosen's completion is empty: refused, not read as [u] + [a1]."""
+def test_an_implicit_prompt_that_is_all_of_chosen_keeps_its_last_message_as_chosen(tmp_path):
+    """chosen = [u, a1], rejected = [u, a1, a2]: the shared messages are all of chosen, and TRL
+    1.16's extract_prompt (run on this row) then splits before chosen's last message: prompt [u],
+    chosen [a1], rejected [a1, a2]; not a prompt [u, a1] that leaves chosen no completion."""
     path = write_jsonl(tmp_path / "d.jsonl", [{"chosen": [USER, A1], "rejected": [USER, A1, A2]}])
-    assert error_of(path) == "d.jsonl: row 1: column 'chosen': empty completion (no assistant message)"
+    good, bad = read_examples([path])
+    assert good.prompt == bad.prompt == (USER,)
+    assert (good.completion, good.label, bad.completion, bad.label) == ((A1,), True, (A1, A2), False)
 
 
 def test_an_implicit_prompt_takes_every_shared_message(tmp_path):
