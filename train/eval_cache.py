@@ -141,15 +141,24 @@ def check_held_out(eval_manifest: Manifest, train_manifest: Manifest, cfg: Train
         raise InputError(f"{where}: its {name} is --cache {cfg.cache}'s {train_name} (same sha256): the eval rows are training rows")
 
 
+def same_input(a: dict, b: dict) -> bool:
+    """Two manifest input records name the same rows: the same file bytes or hub dataset, config
+    and split. Not the name (a renamed copy holds the same rows), nor a hub revision (a later
+    revision of one split keeps its ids for its rows). A local `datasets` directory's sha256
+    covers all its files, so its train and test splits differ by their split alone."""
+    key = lambda i: (i.get("sha256"), i.get("dataset"), i.get("config"), i.get("split"))
+    return key(a) == key(b)
+
+
 def check_no_shared_rows(eval_cache: ShardedCache, train: ShardedCache, cfg: TrainConfig) -> None:
-    """Refuse eval rows that are training rows of another split of the same file: the same input
-    (by sha256) and the same id are the same row (another --seed or --eval-fraction of one file
-    splits it otherwise). Reads the id columns only."""
+    """Refuse eval rows that are training rows of another split of the same input: the same
+    input (`same_input`) and the same id are the same row (another --seed or --eval-fraction of
+    one file splits it otherwise). Reads the id columns only."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    digests = lambda c: {i.get("sha256") for i in c.manifest.content.row_inputs}
-    if not digests(eval_cache) & digests(train):
+    inputs = lambda c: c.manifest.content.row_inputs
+    if not any(same_input(a, b) for a in inputs(eval_cache) for b in inputs(train)):
         return
     ids = pa.chunked_array([eval_cache.open_shard(k).column(S.ID) for k in range(eval_cache.num_shards)]).unique()
     shared = []
