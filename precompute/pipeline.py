@@ -21,6 +21,7 @@ of processes, and the main process writes one manifest over all of them once eve
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import shutil
 import time
@@ -43,6 +44,7 @@ from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.compute.sources import resolve_source
 from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.launch_agreement import check_launch_agreement, launch_settings, versions
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import MemoryMeter, peak_words
 from kto.formats.shards import Journal, sha256_file, shard_table, shard_tags
@@ -196,6 +198,15 @@ def run_precompute(cfg: PrecomputeConfig, on_scored: Callable[[ScoredShard], Non
         return _run(cfg, state, held, on_scored)
 
 
+def _launch_settings(cfg: PrecomputeConfig, tokenizer_id: dict[str, str], template: ChatTemplate) -> dict[str, str]:
+    """What each process of a launch compares with the others' (formats/launch_agreement.py):
+    the flags (paths left out: each machine may keep its files elsewhere), the versions, and
+    what the paths hold that decides the token ids: --model's tokenizer and --chat-template's text."""
+    chat = hashlib.sha256(template.text.encode()).hexdigest() if template.text is not None else "the tokenizer's"
+    tokenizer = {f"tokenizer {part}": digest for part, digest in tokenizer_id.items()}
+    return launch_settings(cfg, text_paths=("model",), extra={**versions(), **tokenizer, "chat template": chat})
+
+
 def _with_batch_budget(cfg: PrecomputeConfig, device: torch.device) -> PrecomputeConfig:
     """--batch-tokens left out: the budget of the cache being resumed in --out (under --overwrite,
     of the build it left unfinished in .next/), else the device's."""
@@ -225,6 +236,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     template = load_chat_template(cfg.chat_template, cfg.chat_template_kwargs)
     tokenizer_id = tokenizer_identity(tokenizer)  # --model's own: what kto-train checks against
+    check_launch_agreement(_launch_settings(cfg, tokenizer_id, template), state)  # before a rank stages rows cut by its own flags
     install_template(tokenizer, template)
     numerics = parse_numerics(cfg.dtype, state.device)
     cfg = _with_batch_budget(cfg, state.device)

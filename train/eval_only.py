@@ -79,7 +79,10 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
     `explicit`: the settings given (the CLI: on the command line or in --config); None: those
     that differ from their defaults (the Python API). A RUN_SETTINGS one not given is the run's.
     print_json: the CLI's JSON line on stdout (main process)."""
+    from kto.formats.launch_agreement import check_launch_agreement
+
     from .processes import borrowed_accelerate_state, borrowed_rng_state
+    from .setup import launch_settings_of
 
     explicit = off_defaults(cfg) if explicit is None else explicit
     target = results_path(cfg.out)  # before anything loads
@@ -87,6 +90,7 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
     cfg = with_run_settings(cfg, run, explicit)
     with borrowed_accelerate_state(), borrowed_rng_state():
         accelerator = eval_accelerator(cfg)
+        check_launch_agreement(launch_settings_of(cfg), accelerator)  # the run's settings taken in: what each process evaluates with
         unused = training_only(explicit)
         if unused:
             log(f"note: --eval-only: {', '.join(unused)} only train; not used here", accelerator)

@@ -25,13 +25,14 @@ from kto.formats.compute.sources import ModelSource, resolve_source
 from kto.formats.compute.tokenizer_check import ChatTemplateDiffers, check_cache_tokenizer
 from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.launch_agreement import check_launch_agreement, launch_settings, versions
 from kto.formats.memory import MemoryMeter
 from kto.formats.runrecord import METRICS_NAME, read_run_config
 
 from . import adapters, sharding, trackers
 from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
-from .config import TrainConfig, planned_steps
+from .config import TEXT_PATHS, TrainConfig, planned_steps
 from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
 from .eval_cache import note_changed_inputs, open_eval_cache, refuse_eval_split
 from .metrics import MetricsWriter, close_after_failure
@@ -118,6 +119,14 @@ def mixed_precision_in_force(cfg: TrainConfig) -> str:
     return mixed
 
 
+def launch_settings_of(cfg: TrainConfig) -> dict[str, str]:
+    """What each process of a launch compares with the others' (formats/launch_agreement.py):
+    every setting but the paths (each machine may keep the cache, the model and the run
+    directory elsewhere; the cache's fingerprint and the model's identity speak for what they
+    hold), and the versions."""
+    return launch_settings(cfg, text_paths=(*TEXT_PATHS, "base_model"), extra=versions())
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     from accelerate import Accelerator
 
@@ -167,6 +176,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     started = time.perf_counter()
     check_schedule(cfg)
     accelerator = make_accelerator(cfg)
+    check_launch_agreement(launch_settings_of(cfg), accelerator)  # before --out, step 1 or a collective that other flags would hang
     adapters.check_environment(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # peft, bitsandbytes: before the cache and the model
     torch.manual_seed(cfg.seed)
     # Before anything writes to the cache (the tokenizer check's memo): an --out refused here
