@@ -4,6 +4,7 @@ and the ways tests run kto-train (in process, killed mid-run) and torchrun."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -372,3 +373,17 @@ def model_dir(tmp_path) -> Path:
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     return folder
+
+
+def flock_saying_when_it_waits(real_flock, waiting):
+    """fcntl.flock that sets `waiting` (a threading.Event) when a blocking exclusive lock (the swap's) has to wait."""
+
+    def flock(fd, operation):
+        if operation == fcntl.LOCK_EX:
+            try:
+                return real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waiting.set()
+        return real_flock(fd, operation)
+
+    return flock

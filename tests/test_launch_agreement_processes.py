@@ -5,46 +5,15 @@ Before this check, node 1's --lr trained silently under a run record saying node
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import chat_rows, precompute_args, write_rows
+from test_multinode import launch_two_nodes as two_nodes
 
 SAME = "every process of a launch must be given the same settings"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def two_nodes(args_of_node: list[list[str]], timeout: int = 300) -> list[subprocess.CompletedProcess]:
-    """`torchrun --nnodes 2 --node_rank N --nproc_per_node 1 --master_addr 127.0.0.1 …` for N = 0, 1,
-    each with its own arguments; their exit statuses and output."""
-    port = str(free_port())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launchers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1"]
-            + ["--master_addr", "127.0.0.1", "--master_port", port, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for rank, args in enumerate(args_of_node)
-    ]
-    done = []
-    for proc in launchers:
-        out, err = proc.communicate(timeout=timeout)
-        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return done
 
 
 def said(node: subprocess.CompletedProcess) -> list[str]:

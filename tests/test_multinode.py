@@ -28,9 +28,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(*args: str, timeout: int = 600) -> None:
+def launch_two_nodes(args_of_node: list[list[str]], timeout: int = 600) -> list[subprocess.CompletedProcess]:
     """`torchrun --nnodes 2 --node_rank N --nproc_per_node 1 --master_addr 127.0.0.1 …` for N = 0, 1,
-    started together as two machines would start them; both must exit 0."""
+    started together as two machines would start them, each with its own arguments; their exit
+    statuses and output."""
     port = str(free_port())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launchers = [
@@ -38,15 +39,23 @@ def two_nodes(*args: str, timeout: int = 600) -> None:
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1"]
             + ["--master_addr", "127.0.0.1", "--master_port", port, *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
-        for rank in (0, 1)
+        for rank, args in enumerate(args_of_node)
     ]
-    for rank, proc in enumerate(launchers):
-        output, _ = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, f"node {rank}:\n{output[-3000:]}"
+    done = []
+    for proc in launchers:
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+def two_nodes(*args: str, timeout: int = 600) -> None:
+    """Both nodes with the same arguments; both must exit 0."""
+    for rank, node in enumerate(launch_two_nodes([list(args), list(args)], timeout)):
+        assert node.returncode == 0, f"node {rank}:\n{(node.stdout + node.stderr)[-3000:]}"
 
 
 @pytest.mark.distributed

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import chat_rows, metrics, precompute_args, run_train, write_rows
+from conftest import chat_rows, flock_saying_when_it_waits, metrics, precompute_args, run_train, write_rows
 from conftest import run_precompute as run_cli
 
 from kto.formats import cache as cache_module
@@ -144,15 +144,7 @@ def test_the_swap_waits_for_a_reader_that_is_opening_the_cache(old, monkeypatch)
     moves, waiting = [], threading.Event()
     real_flock, real_move = fcntl.flock, output._move
 
-    def flock(fd, operation):
-        if operation == fcntl.LOCK_EX:  # the swap's blocking exclusive lock: say that it waits
-            try:
-                return real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                waiting.set()
-        return real_flock(fd, operation)
-
-    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock_saying_when_it_waits(real_flock, waiting))
     monkeypatch.setattr(output, "_move", lambda src, dst: (moves.append(src.name), real_move(src, dst)))
     before = {p.name: p.stat().st_ino for p in out.iterdir() if p.is_file()}
     reader = os.open(out / S.MANIFEST_NAME, os.O_RDONLY)

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import chat_rows, precompute_args, write_rows
+from conftest import chat_rows, flock_saying_when_it_waits, precompute_args, write_rows
 from conftest import run_precompute as run_cli
 
 from kto.formats import held_shards
@@ -82,13 +82,7 @@ def test_the_swap_waits_for_a_reader_between_its_manifest_and_its_shards(before_
             assert go.wait(60)
         return real_read(folder)
 
-    def flock(fd, operation):
-        if operation == fcntl.LOCK_EX:  # the swap's blocking exclusive lock: say that it waits
-            try:
-                return real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                waiting.set()
-        return real_flock(fd, operation)
+    flock = flock_saying_when_it_waits(real_flock, waiting)
 
     def swap():
         try:
