@@ -90,8 +90,12 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
+    try:
+        ours = importlib.metadata.version("kto-offline")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        ours = "not installed"
     return {
-        "kto-offline version": importlib.metadata.version("kto-offline"),
+        "kto-offline version": ours,
         "torch version": torch.__version__,
         "transformers version": transformers.__version__,
     }
