@@ -387,3 +387,41 @@ def flock_saying_when_it_waits(real_flock, waiting):
         return real_flock(fd, operation)
 
     return flock
+
+
+def rewrite_shard(cache: Path, index: int, edit) -> dict:
+    """Apply `edit(columns)` to one shard of `cache`, rewrite it keeping its fingerprint tag, and
+    record its new sha256 and row count in the manifest, so only the damage under test remains.
+    Returns the edited columns."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from kto.formats import schema as S
+    from kto.formats.manifest import ShardEntry, read_manifest
+    from kto.formats.shards import shard_metadata, write_shard
+
+    manifest = read_manifest(cache)
+    entry = manifest.shards[index]
+    path = cache / entry.name
+    data = ipc.open_file(pa.memory_map(str(path))).read_all().to_pydict()
+    edit(data)
+    sha = write_shard(path, pa.table(data, schema=S.SHARD_SCHEMA), shard_metadata(path))
+    shards = list(manifest.shards)
+    shards[index] = ShardEntry(entry.name, len(data[S.ID]), sha)
+    dataclasses.replace(manifest, shards=shards).write(cache)
+    return data
+
+
+def manifest_refusal(cache: Path) -> str:
+    """read_manifest's one-line refusal of `cache`, without its leading path."""
+    from kto.formats import schema as S
+    from kto.formats.errors import InputError
+    from kto.formats.manifest import read_manifest
+
+    with pytest.raises(InputError) as exc:
+        read_manifest(cache)
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith(f"{cache / S.MANIFEST_NAME}: ")
+    return message.removeprefix(f"{cache / S.MANIFEST_NAME}: ")

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from conftest import manifest_refusal as refused
 
 import kto.formats
 from kto.formats import schema as S
@@ -27,14 +28,6 @@ def edit_manifest(cache, edit):
     obj = json.loads(path.read_text())
     edit(obj)
     path.write_text(json.dumps(obj))
-
-
-def refused(cache) -> str:
-    with pytest.raises(InputError) as exc:
-        read_manifest(cache)
-    message = str(exc.value)
-    assert "\n" not in message and message.startswith(f"{cache / S.MANIFEST_NAME}: ")
-    return message.removeprefix(f"{cache / S.MANIFEST_NAME}: ")
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import json
 import shutil
 
 import pytest
+from conftest import manifest_refusal as refused
 
 from kto.formats import schema as S
-from kto.formats.errors import InputError
 from kto.formats.manifest import read_manifest
 
 
@@ -26,14 +26,6 @@ def edit_manifest(cache, edit) -> dict:
     edit(obj)
     path.write_text(json.dumps(obj))
     return obj
-
-
-def refused(cache) -> str:
-    with pytest.raises(InputError) as exc:
-        read_manifest(cache)
-    message = str(exc.value)
-    assert "\n" not in message and message.startswith(f"{cache / S.MANIFEST_NAME}: ")
-    return message.removeprefix(f"{cache / S.MANIFEST_NAME}: ")
 
 
 def test_the_untouched_manifest_reads(cache):

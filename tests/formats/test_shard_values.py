@@ -2,18 +2,20 @@
 log-probs and token ids outside the cache tokenizer's vocabulary. kto-inspect verify lists them;
 the one cache reader (formats/cache.py, which kto-train uses) refuses the shard with one line."""
 
-import dataclasses
-
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import pytest
-from conftest import unverified_copy
+from conftest import rewrite_shard, unverified_copy
 
 from kto.formats import schema as S
 from kto.formats.errors import InputError
-from kto.formats.manifest import ShardEntry, read_manifest
-from kto.formats.shards import MAX_LINES_PER_CHECK, shard_metadata, shard_table, shard_value_problems, tokenizer_vocab_size, write_shard
+from kto.formats.shards import MAX_LINES_PER_CHECK, shard_table, shard_value_problems, tokenizer_vocab_size
+
+
+def rewrite(cache, index, edit):
+    """Edit one shard and record its new sha256, so only the bad value remains; its row ids."""
+    return rewrite_shard(cache, index, edit)[S.ID]
+
 
 NAN, INF = float("nan"), float("inf")
 
@@ -96,20 +98,6 @@ def test_vocab_size_comes_from_the_cache_tokenizer(tiny_cache, tmp_path):
 @pytest.fixture
 def cache(tiny_cache, tmp_path):
     return unverified_copy(tiny_cache, tmp_path / "cache")
-
-
-def rewrite(cache, index, edit):
-    """Edit one shard and record its new sha256, so only the bad value remains."""
-    manifest = read_manifest(cache)
-    entry = manifest.shards[index]
-    path = cache / entry.name
-    data = ipc.open_file(pa.memory_map(str(path))).read_all().to_pydict()
-    edit(data)
-    sha = write_shard(path, pa.table(data, schema=S.SHARD_SCHEMA), shard_metadata(path))
-    shards = list(manifest.shards)
-    shards[index] = ShardEntry(entry.name, entry.rows, sha)
-    dataclasses.replace(manifest, shards=shards).write(cache)
-    return data[S.ID]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ split tokenized by another tokenizer, and the "… and N more" line of a check w
 Each cache is damaged so that only the check under test can see it (sha256, fingerprint tag and
 the manifest's other counts kept consistent)."""
 
-import dataclasses
 import json
 import shutil
 
@@ -14,11 +13,10 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 from click.testing import CliRunner
-from conftest import precompute_args, text_rows, unverified_copy, write_rows
+from conftest import precompute_args, rewrite_shard, text_rows, unverified_copy, write_rows
 
 from kto.formats import schema as S
-from kto.formats.manifest import ShardEntry, read_manifest
-from kto.formats.shards import shard_metadata, write_shard
+from kto.formats.manifest import read_manifest
 from kto.inspection.cli import main
 from kto.inspection.verify import MAX_PER_CHECK
 
@@ -41,20 +39,6 @@ def problem_lines(result) -> list[str]:
 
 def rows_of(cache, index: int) -> dict:
     return ipc.open_file(pa.memory_map(str(cache / read_manifest(cache).shards[index].name))).read_all().to_pydict()
-
-
-def rewrite_shard(cache, index: int, edit) -> None:
-    """Apply `edit(pydict)` to one shard, rewrite it with its fingerprint tag, and record its new
-    sha256 in the manifest, so only the damage under test remains."""
-    manifest = read_manifest(cache)
-    entry = manifest.shards[index]
-    path = cache / entry.name
-    data = ipc.open_file(pa.memory_map(str(path))).read_all().to_pydict()
-    edit(data)
-    sha = write_shard(path, pa.table(data, schema=S.SHARD_SCHEMA), shard_metadata(path))
-    shards = list(manifest.shards)
-    shards[index] = ShardEntry(entry.name, len(data[S.ID]), sha)
-    dataclasses.replace(manifest, shards=shards).write(cache)
 
 
 def shift_counts(cache, **delta: int) -> None:

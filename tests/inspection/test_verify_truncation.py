@@ -3,20 +3,19 @@ truncation (issue 18): a KL completion is its source's whole completion cut behi
 prompt, so it may be longer than the source's stored one, which was cut behind the source's own
 prompt. And a KL completion changed by one token, or cut to another length, is still caught."""
 
-import dataclasses
 import shutil
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 from click.testing import CliRunner
+from conftest import rewrite_shard as edit_shard
 from conftest import write_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kto.formats import schema as S
-from kto.formats.manifest import ShardEntry, read_manifest
-from kto.formats.shards import shard_metadata, write_shard
+from kto.formats.manifest import read_manifest
 from kto.inspection.verify import verify
 from kto.precompute.cli import main as precompute
 
@@ -38,20 +37,6 @@ def precompute_cache(root, rows, model, max_length: int, max_prompt_length: int)
 
 def problems(cache) -> list[str]:
     return [p for report in verify(cache, check_tokenizer=False) for p in report.problems]
-
-
-def edit_shard(cache, index: int, edit) -> None:
-    """Apply `edit(pydict)` to one shard, rewrite it, and record its new sha256 in the manifest,
-    so only the damage under test remains."""
-    manifest = read_manifest(cache)
-    entry = manifest.shards[index]
-    path = cache / entry.name
-    data = ipc.open_file(pa.memory_map(str(path))).read_all().to_pydict()
-    edit(data)
-    sha = write_shard(path, pa.table(data, schema=S.SHARD_SCHEMA), shard_metadata(path))
-    shards = list(manifest.shards)
-    shards[index] = ShardEntry(entry.name, len(data[S.ID]), sha)
-    dataclasses.replace(manifest, shards=shards).write(cache)
 
 
 def shard_rows(cache) -> list[dict]:
