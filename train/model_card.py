@@ -134,10 +134,10 @@ def learning_rate_line(config: dict, warmup: int, total_steps: int) -> str:
 
 def _warmup_outlasted(config: dict, warmup: int, total_steps: int) -> str:
     """`; more than the run's 3 steps, so the rate never reached 0.001` where --warmup-steps
-    outlasted the run, as the run's warning said (optim._warmup_outlasts, whose rule this is:
-    cosine_warmup_with_min_lr warms up as (s + 1)/W and reaches --lr on step W − 1); else ''."""
-    last_below = total_steps if config["lr_schedule"] == "cosine_warmup_with_min_lr" else total_steps - 1
-    if warmup <= last_below:
+    outlasted the run, as the run's warning said (the rule of both: optim.reaches_lr); else ''."""
+    from .optim import reaches_lr
+
+    if reaches_lr(config["lr_schedule"], warmup, total_steps):
         return ""
     than = "more than" if warmup > total_steps else "as many as"
     return f"; {than} the run's {total_steps} steps, so the rate never reached {number(config['lr'])}"

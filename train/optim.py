@@ -53,15 +53,20 @@ def warmup_note(cfg: TrainConfig, total_steps: int) -> str | None:
     )
 
 
+def reaches_lr(lr_schedule: str, warmup: int, total_steps: int) -> bool:
+    """Whether a run of `total_steps` with `warmup` warmup steps trains at --lr by its last step:
+    transformers' warmup (s/W) reaches it on step W, cosine_warmup_with_min_lr's ((s + 1)/W) on
+    step W − 1, and constant takes no warmup."""
+    if lr_schedule == "constant":
+        return True
+    return warmup <= total_steps if lr_schedule == "cosine_warmup_with_min_lr" else warmup < total_steps
+
+
 def _warmup_outlasts(cfg: TrainConfig, total_steps: int) -> str | None:
     """A warning where --warmup-steps W ≥ the total T: transformers' warmup (s/W) is still rising
     on the last step, so the run never trains at --lr. Only --warmup-steps can: ⌊ratio × T⌋ < T.
     A run at rate 0 throughout (T = W = 1) is refused before this, by the schedule check."""
-    if cfg.lr_schedule == "constant":  # transformers' constant takes no warmup
-        return None
-    # cosine_warmup_with_min_lr warms up as (s + 1)/W: it reaches --lr on step W − 1.
-    reached = cfg.warmup_steps <= total_steps if cfg.lr_schedule == "cosine_warmup_with_min_lr" else cfg.warmup_steps < total_steps
-    if reached:
+    if reaches_lr(cfg.lr_schedule, cfg.warmup_steps, total_steps):
         return None
     return (
         f"warning: --warmup-steps {cfg.warmup_steps} ≥ the run's {total_steps} steps: the learning rate is still warming up when the run ends "
