@@ -14,7 +14,7 @@ it, so it lives here; it imports neither."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +64,11 @@ def first_difference(gathered: Sequence[Mapping[str, str]]) -> str | None:
     return None
 
 
-def check_launch_agreement(settings: dict[str, str], state: Any) -> None:
+def check_launch_agreement(settings: Callable[[], dict[str, str]], state: Any) -> None:
     """Refuse on every process alike (InputError, said once by the main process) when the
     processes of `state`'s launch (an accelerate `Accelerator` or `PartialState`) were given
-    different `settings`. Call it once the process group exists and before anything is written.
+    different `settings()`, built only when there are several (a single process pays nothing).
+    Call it once the process group exists and before anything is written.
 
     all_gather_object works over gloo (CPU) and NCCL; NCCL's object collectives need this
     process's CUDA device set, which accelerate's state did when it was made."""
@@ -76,7 +77,7 @@ def check_launch_agreement(settings: dict[str, str], state: Any) -> None:
     import torch.distributed as dist  # several processes: torch is loaded and the group is up
 
     gathered: list[Any] = [None] * state.num_processes
-    dist.all_gather_object(gathered, settings)
+    dist.all_gather_object(gathered, settings())
     line = first_difference(gathered)
     if line is not None:
         raise InputError(line, every_rank=True)  # every process read the same list: the same line

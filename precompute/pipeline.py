@@ -236,7 +236,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     template = load_chat_template(cfg.chat_template, cfg.chat_template_kwargs)
     tokenizer_id = tokenizer_identity(tokenizer)  # --model's own: what kto-train checks against
-    check_launch_agreement(_launch_settings(cfg, tokenizer_id, template), state)  # before a rank stages rows cut by its own flags
+    check_launch_agreement(lambda: _launch_settings(cfg, tokenizer_id, template), state)  # before a rank stages rows cut by its own flags
     install_template(tokenizer, template)
     numerics = parse_numerics(cfg.dtype, state.device)
     cfg = _with_batch_budget(cfg, state.device)

@@ -90,7 +90,7 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
     cfg = with_run_settings(cfg, run, explicit)
     with borrowed_accelerate_state(), borrowed_rng_state():
         accelerator = eval_accelerator(cfg)
-        check_launch_agreement(launch_settings_of(cfg), accelerator)  # the run's settings taken in: what each process evaluates with
+        check_launch_agreement(lambda: launch_settings_of(cfg), accelerator)  # the run's settings taken in: what each process evaluates with
         unused = training_only(explicit)
         if unused:
             log(f"note: --eval-only: {', '.join(unused)} only train; not used here", accelerator)

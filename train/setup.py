@@ -176,7 +176,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     started = time.perf_counter()
     check_schedule(cfg)
     accelerator = make_accelerator(cfg)
-    check_launch_agreement(launch_settings_of(cfg), accelerator)  # before --out, step 1 or a collective that other flags would hang
+    check_launch_agreement(lambda: launch_settings_of(cfg), accelerator)  # before --out, step 1 or a collective that other flags would hang
     adapters.check_environment(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # peft, bitsandbytes: before the cache and the model
     torch.manual_seed(cfg.seed)
     # Before anything writes to the cache (the tokenizer check's memo): an --out refused here
