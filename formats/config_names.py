@@ -331,7 +331,7 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
         out.notes.append("attn_implementation: null -> sdpa (the command's default; transformers' null picks sdpa where the model has it)")
         return True
     if command != TRAIN:
-        return _max_prompt_length_null(key, value, out)
+        return _max_prompt_length_null(key, value, out) or _max_length_null(key, value, sorting)
     if value is None and key in NULL_IS_UNSET or key == "max_steps" and value == -1:
         # What transformers' TrainingArguments writes for "not set" (a dumped KTOConfig has
         # them); elsewhere an empty value is refused, as a value forgotten.
@@ -364,6 +364,20 @@ def _max_prompt_length_null(key: str, value: Any, out: Resolved) -> bool:
     out.notes.append(
         "max_prompt_length: null -> max_length // 2 (kto-precompute's default: a prompt over it is cut, keeping its end, where "
         "prompt + completion exceed max_length; TRL's current KTOTrainer cuts no prompt, older ones cut to 128)"
+    )
+    return True
+
+
+def _max_length_null(key: str, value: Any, sorting: _Sorting) -> bool:
+    """`max_length: null`, TRL's "no truncation": refused in its own words, since every row here
+    is cut at some max_length, and "leave the key out" would give 1024, which cuts. kto-train
+    ignores max_length (kto-precompute's key), null or not."""
+    if key != "max_length" or value is not None:
+        return False
+    sorting.refused.append(
+        "max_length: null: TRL's null (no truncation) has no equal in kto-precompute, which cuts a row longer than max_length "
+        "(1024 with the key left out): give max_length: N, N at least your longest row's prompt + completion in tokens; "
+        "kto-precompute's last lines and kto-inspect summary CACHE count the rows cut (truncated)"
     )
     return True
 

@@ -150,7 +150,10 @@ def _config(values: dict) -> PrecomputeConfig:
         values["data"] = (*values.get("data", ()), *map(Path, entry.data))
     for name in ("data", "model", "out"):
         if not values.get(name):
-            raise InputError(f"--{name} is required (on the command line or in --config; --dataset gives --data)")
+            # In a file, the output is `cache:`, which kto-train reads as its --cache; `out:` there
+            # would also be kto-train's run, which a TRL file names as output_dir (refused twice).
+            where = ", or cache: DIR in --config, the key kto-train reads its --cache from too" if name == "out" else " or in --config; --dataset gives --data"
+            raise InputError(f"--{name} is required (on the command line{where})")
     sharegpt = values.pop("sharegpt_info")
     sharegpt = entry.sharegpt if entry else load_sharegpt_info(sharegpt) if sharegpt else ShareGPTMap()
     overrides = {k: values.pop(f"{k}_column") for k in ("system", "tools")}

@@ -35,11 +35,20 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
     return cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_ratio * total_steps)
 
 
+def takes_warmup(lr_schedule: str) -> bool:
+    """Whether transformers' get_scheduler gives `lr_schedule` its num_warmup_steps: all but
+    constant (get_constant_schedule takes none; the former `constant` is constant_with_warmup).
+    The one rule of warmup_note and reaches_lr, so the two cannot disagree."""
+    return lr_schedule != "constant"
+
+
 def warmup_note(cfg: TrainConfig, total_steps: int) -> str | None:
     """The line saying how many warmup steps the ratio gives here and in transformers, where the
     two differ (0.1 of 6 steps: none here, 1 there); with --warmup-steps, a warning where the
-    warmup outlasts the run; else None. The rounding itself stays: a resumed run's schedule
-    depends on it."""
+    warmup outlasts the run; else None, and always None for a schedule that takes no warmup
+    (constant). The rounding itself stays: a resumed run's schedule depends on it."""
+    if not takes_warmup(cfg.lr_schedule):
+        return None
     if cfg.warmup_steps > 0:
         return _warmup_outlasts(cfg, total_steps)
     if not cfg.warmup_ratio:
@@ -56,8 +65,8 @@ def warmup_note(cfg: TrainConfig, total_steps: int) -> str | None:
 def reaches_lr(lr_schedule: str, warmup: int, total_steps: int) -> bool:
     """Whether a run of `total_steps` with `warmup` warmup steps trains at --lr by its last step:
     transformers' warmup (s/W) reaches it on step W, cosine_warmup_with_min_lr's ((s + 1)/W) on
-    step W − 1, and constant takes no warmup."""
-    if lr_schedule == "constant":
+    step W − 1, and constant takes no warmup (takes_warmup)."""
+    if not takes_warmup(lr_schedule):
         return True
     return warmup <= total_steps if lr_schedule == "cosine_warmup_with_min_lr" else warmup < total_steps
 

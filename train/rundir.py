@@ -347,6 +347,8 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
         if has_progress(out) and not start_over(out, log):
             raise InputError(f"--out {out}: holds an earlier run; pass --resume to continue it, or choose another directory")
         return None
+    if isinstance(cfg.resume, Path):
+        refuse_elsewhere(out, cfg.resume)
     saved = read_run_config(out)
     if saved is None:  # (a directory with checkpoints but no record was refused above as not ours)
         raise InputError(f"--resume: {out} holds no run to resume; start it without --resume")
@@ -409,6 +411,29 @@ def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path
     if problem is not None:
         raise InputError(f"--resume {path}: unusable ({problem})")
     return out / path.name
+
+
+def refuse_elsewhere(out: Path, path: Path) -> None:
+    """`--resume PATH` naming a checkpoint that does not lie in --out: refused before --out is
+    looked at, saying whose it is, since "--out holds no run" would send the user to start over
+    from --model. Its run resumes with --out set to it (cli.py takes the checkpoint's folder when
+    --out is left out); a new run starts from its weights with `--model PATH` (a full-weights
+    checkpoint loads as a model; one of LoRA adapters or FSDP shards has no config.json and does
+    not, so that is not offered). A bare name (`--resume checkpoint-1`) is --out's checkpoint of
+    that name (chosen_checkpoint)."""
+    if path.parts == (path.name,) and ((out / path).is_dir() or not path.is_dir()):
+        return
+    parent = path.parent
+    if parent.resolve() == out.resolve():
+        return
+    if not path.is_dir():
+        raise InputError(f"--resume {path}: no such checkpoint directory (and not in --out {out})")
+    new_run = f"to start a new run from its weights, give --model {path} without --resume" if (path / "config.json").is_file() else ""
+    if record_path(parent) is not None:
+        resume = f"to continue that run, give --out {parent} (or leave --out out)"
+        raise InputError(f"--resume {path}: a checkpoint of the run in {parent}, not of --out {out}: " + "; ".join(filter(None, (resume, new_run))))
+    why = f"--resume {path}: not a checkpoint of --out {out}, nor of any kto-train run ({parent} holds no run record)"
+    raise InputError(f"{why}: {new_run}" if new_run else f"{why}; a resume continues the run in --out from one of its checkpoints")
 
 
 def set_aside_later(out: Path, resumed: Path, log: Callable[[str], None]) -> None:

@@ -123,9 +123,11 @@ def test_resume_from_a_checkpoint_of_another_run_is_refused_in_one_line(epoch_an
     same = ("--grad-accum", "2", "--epochs", "1.5", "--save-every", "2", "--lr-schedule", "cosine")
     result = run_train(tiny_cache, tiny_model_dir, other, *ARGS, *same, "--resume", str(epoch_and_a_half / "checkpoint-2"))
     line = train_error_line(result.output)
+    checkpoint = epoch_and_a_half / "checkpoint-2"
     assert line == (
-        f"kto-train: error: --resume {epoch_and_a_half / 'checkpoint-2'}: not a checkpoint of the run in --out {other} "
-        "(its checkpoints: checkpoint-2, checkpoint-4, checkpoint-6)"
+        f"kto-train: error: --resume {checkpoint}: a checkpoint of the run in {epoch_and_a_half}, not of --out {other}: "
+        f"to continue that run, give --out {epoch_and_a_half} (or leave --out out); "
+        f"to start a new run from its weights, give --model {checkpoint} without --resume"
     )
 
 
