@@ -2,13 +2,16 @@
 sharded/*.distcp; under LoRA, adapter_config.json beside them): the shards are read into this
 one process, and the scores equal those of the same weights saved plainly (final/).
 
-Each test launches two FSDP runs in one torchrun: `short` ends at step 2 (final/ holds step 2's
+One torchrun launch makes two pairs of FSDP runs, a full fine-tune and LoRA (a launch costs
+most of the time, so the test checks both): `short` ends at step 2 (final/ holds step 2's
 weights, a HF directory or a PEFT adapter directory); `long` goes on to step 4 and saves
 checkpoint-2 (DCP shards) on its way. With a constant learning rate their first two steps are
 the same, so long's checkpoint-2 and short's final/ hold the same weights."""
 
+import json
 import shutil
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -27,20 +30,25 @@ RUNS = """
     import kto.train
     from kto.train.config import TrainConfig
 
-    cache, model, short, long, extra = sys.argv[1:6]
-    common = dict(cache=Path(cache), model=model, batch_size=2, lr=1e-2, log_every=1, lr_schedule="constant", fsdp=True, **json.loads(extra))
-    kto.train.run(TrainConfig(out=Path(short), max_steps=2, **common))
-    kto.train.run(TrainConfig(out=Path(long), max_steps=4, save_every=2, **common))
+    cache, model, pairs = sys.argv[1:4]
+    for short, long, extra in json.loads(pairs):
+        common = dict(cache=Path(cache), model=model, batch_size=2, lr=1e-2, log_every=1, lr_schedule="constant", fsdp=True, **extra)
+        kto.train.run(TrainConfig(out=Path(short), max_steps=2, **common))
+        kto.train.run(TrainConfig(out=Path(long), max_steps=4, save_every=2, **common))
 """
 
 
-def fsdp_runs(cache, model, tmp_path, extra: str):
-    """(short, long): the two runs of the module docstring, with TrainConfig keywords `extra` (JSON)."""
-    script, short, long = tmp_path / "runs.py", tmp_path / "short", tmp_path / "long"
+def fsdp_runs(cache, model, tmp_path, extras: dict[str, dict]) -> dict[str, tuple[Path, Path]]:
+    """{name: (short, long)}: the two runs of the module docstring for each of `extras` (name:
+    TrainConfig keywords), all in one torchrun launch."""
+    script = tmp_path / "runs.py"
     script.write_text(textwrap.dedent(RUNS))
-    torchrun(str(script), str(cache), str(model), str(short), str(long), extra, timeout=600)
-    assert (long / "checkpoint-2" / "sharded" / ".metadata").is_file() and not list((long / "checkpoint-2").glob("*.safetensors"))
-    return short, long
+    runs = {name: (tmp_path / name / "short", tmp_path / name / "long") for name in extras}
+    plan = json.dumps([(str(short), str(long), extras[name]) for name, (short, long) in runs.items()])
+    torchrun(str(script), str(cache), str(model), plan, timeout=600)
+    for _, long in runs.values():
+        assert (long / "checkpoint-2" / "sharded" / ".metadata").is_file() and not list((long / "checkpoint-2").glob("*.safetensors"))
+    return runs
 
 
 def score(cache, model, out, *extra) -> dict:
@@ -56,8 +64,15 @@ def assert_same_scores(sharded: dict, plain: dict) -> None:
 
 
 @pytest.mark.distributed
-def test_score_reads_an_fsdp_checkpoints_sharded_weights(tiny_cache, tiny_model_dir, tmp_path):
-    short, long = fsdp_runs(tiny_cache, tiny_model_dir, tmp_path, "{}")
+def test_score_reads_fsdp_checkpoints_sharded_weights_and_lora_adapters(tiny_cache, tiny_model_dir, tmp_path):
+    """One test, so that pytest-xdist makes the launch once: the full fine-tune's checks, then
+    LoRA's."""
+    runs = fsdp_runs(tiny_cache, tiny_model_dir, tmp_path, {"full": {}, "lora": {"lora_r": 4}})
+    check_sharded_weights(tiny_cache, tiny_model_dir, tmp_path / "full", *runs["full"])
+    check_sharded_lora_adapters(tiny_cache, tmp_path / "lora", *runs["lora"])
+
+
+def check_sharded_weights(tiny_cache, tiny_model_dir, tmp_path, short, long) -> None:
     ckpt = long / "checkpoint-2"
     sharded = score(tiny_cache, ckpt, tmp_path / "sharded.parquet")
     assert f"note: scoring the weights of {ckpt} (sharded by FSDP)" in sharded["stderr"]
@@ -78,9 +93,7 @@ def test_score_reads_an_fsdp_checkpoints_sharded_weights(tiny_cache, tiny_model_
         resolve_source(str(ckpt))
 
 
-@pytest.mark.distributed
-def test_score_reads_an_fsdp_lora_checkpoints_sharded_adapters(tiny_cache, tiny_model_dir, tmp_path):
-    short, long = fsdp_runs(tiny_cache, tiny_model_dir, tmp_path, '{"lora_r": 4}')
+def check_sharded_lora_adapters(tiny_cache, tmp_path, short, long) -> None:
     ckpt = long / "checkpoint-2"
     assert (ckpt / "adapter_config.json").is_file() and (short / "final" / "adapter_model.safetensors").is_file()
     sharded = score(tiny_cache, ckpt, tmp_path / "sharded.parquet")

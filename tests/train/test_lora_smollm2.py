@@ -130,18 +130,74 @@ def card_load_code(card: str, folder: Path) -> str:
     return code.replace("<this folder>", str(folder))
 
 
+# transformers reads these sizes from the GGUF's metadata; every other key is the real file's.
+TINY_LLAMA = {
+    "llama.block_count": 2,
+    "llama.embedding_length": 64,
+    "llama.feed_forward_length": 128,
+    "llama.attention.head_count": 4,
+    "llama.attention.head_count_kv": 2,
+    "llama.rope.dimension_count": 16,
+}
+
+
+def tiny_gguf(real: Path, out: Path) -> Path:
+    """`out`/<the real file's name>: a 2-layer random Llama in the GGUF format, with every metadata
+    key of the real SmolLM2 GGUF `real` (its tokenizer, chat template, names) but the sizes of
+    TINY_LLAMA, its matrices quantized as the real file's are (Q8_0 embeddings, Q4_1 layers)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(real)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(out / real.name, "llama")
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if key in TINY_LLAMA:
+            writer.add_uint32(key, TINY_LLAMA[key])
+        else:
+            sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+    hidden, ffn, layers = TINY_LLAMA["llama.embedding_length"], TINY_LLAMA["llama.feed_forward_length"], TINY_LLAMA["llama.block_count"]
+    kv = hidden // TINY_LLAMA["llama.attention.head_count"] * TINY_LLAMA["llama.attention.head_count_kv"]
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (49152, hidden), "output_norm.weight": (hidden,)}
+    for i in range(layers):
+        names = ("attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+        dims = ((hidden,), (hidden,), (hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (ffn, hidden), (ffn, hidden), (hidden, ffn))
+        shapes.update({f"blk.{i}.{name}.weight": dim for name, dim in zip(names, dims, strict=True)})
+    q8, q4 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_1
+    for name, shape in shapes.items():
+        if len(shape) == 1:  # norms: F32, as in the real file
+            writer.add_tensor(name, np.ones(shape, np.float32))
+            continue
+        qtype = q8 if name == "token_embd.weight" else q4
+        writer.add_tensor(name, gguf.quants.quantize((rng.standard_normal(shape) * 0.02).astype(np.float32), qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out / real.name
+
+
 @pytest.mark.slow
 def test_lora_on_a_gguf_base_loads_the_way_its_card_says(tmp_path):
     """adapter_config.json named the .gguf file as its base, which peft cannot load ("Repo id must
     be in the form ..."), while the card said to load it with AutoPeftModelForCausalLM. It names
-    the file's folder now, and the card's code (gguf_file=) loads base and adapters: run here."""
+    the file's folder now, and the card's code (gguf_file=) loads base and adapters: run here.
+
+    The base is the real SmolLM2 GGUF's metadata (tokenizer, chat template) on a tiny random
+    Llama (tiny_gguf): transformers' GGUF loading runs on it the same way (config and tokenizer
+    from the metadata, dequantized Q8_0/Q4_1 tensors), without dequantizing 135M weights in
+    precompute, in train and in the card's code."""
     pytest.importorskip("peft")
     import peft
     import transformers
     from conftest import chat_rows, make_cache, run_train
     from safetensors.torch import load_file
 
-    gguf = smollm2_gguf()
+    gguf = tiny_gguf(smollm2_gguf(), tmp_path / "gguf")
     cache = make_cache(tmp_path, chat_rows()[:4], gguf)
     out = tmp_path / "run"
     result = run_train(cache, gguf, out, "--lora-r", "2", "--max-steps", "1", "--batch-size", "2", "--lr", "1e-2", "--merge-adapters")

@@ -1,11 +1,13 @@
 """kto-train on 2 gloo processes under torchrun, through the Python API and through the CLI.
 
 Starting torchrun and importing torch in each process costs most of a launch's time, so the
-test makes two launches: a CLI run stopped by SIGTERM, then one script that calls
-`kto.train.run` twice: the resume of the stopped run (the first run of a fresh launch, as after a
-crash), then the uninterrupted run it must equal. That second call checks the API's result on
-each rank and the metrics counted over both ranks, and that a script may call the API again
-after a run in the same launch (the group the first run made serves the second)."""
+module makes three launches, in one test (pytest-xdist would make a module fixture on each worker
+that takes one of its tests): two CLI runs stopped by a signal (SIGTERM, a full fine-tune; SIGUSR1,
+LoRA with dropout), then one script that calls `kto.train.run` four times: the resume of the
+SIGTERM-stopped run (the first run of a fresh launch, as after a crash), the uninterrupted run it
+must equal, then the same two for the LoRA run. The first uninterrupted call checks the API's
+result on each rank and the metrics counted over both ranks, and that a script may call the API
+again after a run in the same launch (the group the first run made serves the later ones)."""
 
 import json
 import os
@@ -31,13 +33,14 @@ SCRIPT = """
     import kto.train
     from kto.train.config import TrainConfig
 
-    cache, model, eval_cache, stopped, out, extra = sys.argv[1:7]
-    settings = dict(cache=Path(cache), model=model, eval_cache=Path(eval_cache), batch_size=2, lr=1e-3, log_every=1, warmup_ratio=0.2, max_steps=8)
-    settings.update(json.loads(extra))
-    kto.train.run(TrainConfig(out=Path(stopped), resume=True, **settings))  # first: as after a crash
-    result = kto.train.run(TrainConfig(out=Path(out), **settings))  # the uninterrupted run, in the same process
-    rank = os.environ["RANK"]
-    Path(out, f"result-{rank}.json").write_text(json.dumps({"final": str(result.final), "steps": result.steps, "metrics": result.metrics}))
+    cache, model, eval_cache, pairs = sys.argv[1:5]
+    for stopped, out, extra in json.loads(pairs):
+        settings = dict(cache=Path(cache), model=model, eval_cache=Path(eval_cache), batch_size=2, lr=1e-3, log_every=1, warmup_ratio=0.2, max_steps=8)
+        settings.update(extra)
+        kto.train.run(TrainConfig(out=Path(stopped), resume=True, **settings))  # the first pair's: as after a crash
+        result = kto.train.run(TrainConfig(out=Path(out), **settings))  # the uninterrupted run, in the same process
+        rank = os.environ["RANK"]
+        Path(out, f"result-{rank}.json").write_text(json.dumps({"final": str(result.final), "steps": result.steps, "metrics": result.metrics}))
 """
 
 
@@ -60,16 +63,17 @@ def stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, out: Path, *extr
     return step
 
 
-def resume_then_run_uninterrupted(tiny_cache, tiny_eval_cache, tiny_model_dir, stopped: Path, root: Path, extra: dict | None = None) -> tuple[Path, str]:
-    """SCRIPT under torchrun on 2 processes (`extra`: TrainConfig keywords beyond the common
-    ones, as the stopped run's extra flags); returns the uninterrupted run's directory and the log."""
+def resume_then_run_uninterrupted(tiny_cache, tiny_eval_cache, tiny_model_dir, pairs: list[tuple[Path, dict]], root: Path) -> tuple[list[Path], str]:
+    """SCRIPT under torchrun on 2 processes, once for all `pairs` (a stopped run's directory, and
+    its TrainConfig keywords beyond the common ones, as its extra flags); returns the
+    uninterrupted runs' directories, in the order of `pairs`, and the log."""
     root.mkdir(parents=True, exist_ok=True)
     script = root / "train_script.py"
     script.write_text(textwrap.dedent(SCRIPT))
-    out = root / "run"
-    args = (str(tiny_cache), str(tiny_model_dir), str(tiny_eval_cache), str(stopped), str(out), json.dumps(extra or {}))
-    log = torchrun(str(script), *args, timeout=600).stderr
-    return out, log
+    outs = [root / f"run-{i}" for i in range(len(pairs))]
+    plan = json.dumps([(str(stopped), str(out), extra) for (stopped, extra), out in zip(pairs, outs, strict=True)])
+    log = torchrun(str(script), str(tiny_cache), str(tiny_model_dir), str(tiny_eval_cache), plan, timeout=600).stderr
+    return outs, log
 
 
 def check_api_result(api_run: Path) -> None:
@@ -90,19 +94,36 @@ def check_metrics_counted_over_ranks(api_run: Path) -> None:
     assert len(evals) == 1 and evals[0]["count/chosen"] + evals[0]["count/rejected"] == 16  # every eval row once
 
 
-def test_a_sigterm_stopped_run_resumes_exactly_and_the_api_runs_twice_under_torchrun(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
-    """One test, so that pytest-xdist makes its two launches once (a module fixture would be made
-    on each worker that takes a test of the module). The resumed run gives the losses of the
-    uninterrupted one, made after it in the same process (before, the resume's
-    `end_training` left accelerate counting 2 processes with no process group, and the second
-    call failed)."""
-    stopped = tmp_path / "stopped"
+def test_stopped_runs_resume_exactly_and_the_api_runs_again_under_torchrun(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
+    """One test, so that pytest-xdist makes its three launches once (module docstring).
+
+    SIGTERM: the resumed run gives the losses of the uninterrupted one, made after it in the same
+    process (before, the resume's `end_training` left accelerate counting 2 processes with no
+    process group, and the second call failed).
+
+    LoRA with dropout on 2 processes: each rank's generator moves with its own batches, so the
+    checkpoint keeps every rank's. Before, rng.pt held rank 0's alone, every rank resumed from
+    it, and the first step after the resume already differed (loss 0.49992 against 0.49981).
+
+    SIGUSR1 (it stops the LoRA run): SLURM's `--signal=USR1@120` under torchrun, which forwards
+    SIGUSR1 only when --signals-to-handle names it (torch 2.13's default: SIGTERM, SIGINT, SIGHUP,
+    SIGQUIT). Each rank notes it, the main process decides, both stop after the same step (one
+    line, one checkpoint, nothing hangs). Seen failing before: the workers died of it at once."""
+    stopped, lora = tmp_path / "stopped", tmp_path / "stopped-lora"
     step = stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, stopped)
-    api_run, log = resume_then_run_uninterrupted(tiny_cache, tiny_eval_cache, tiny_model_dir, stopped, tmp_path / "api")
-    assert re.findall(r"^resumed from (\S+) at step (\d+)$", log, re.MULTILINE) == [(str(stopped / f"checkpoint-{step}"), str(step))], log[-3000:]
+    handle = ("--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    lora_step = stop_a_cli_run(
+        tiny_cache, tiny_eval_cache, tiny_model_dir, lora, "--lora-r", "4", "--lora-dropout", "0.3", "--keep-dropout", signum=signal.SIGUSR1, launcher=handle
+    )
+    assert sorted(p.name for p in lora.glob("checkpoint-*")) == [f"checkpoint-{lora_step}"]
+    pairs = [(stopped, {}), (lora, {"lora_r": 4, "lora_dropout": 0.3, "keep_dropout": True})]
+    (api_run, lora_run), log = resume_then_run_uninterrupted(tiny_cache, tiny_eval_cache, tiny_model_dir, pairs, tmp_path / "api")
+    resumed = re.findall(r"^resumed from (\S+) at step (\d+)$", log, re.MULTILINE)
+    assert resumed == [(str(stopped / f"checkpoint-{step}"), str(step)), (str(lora / f"checkpoint-{lora_step}"), str(lora_step))], log[-3000:]
     check_api_result(api_run)
     check_metrics_counted_over_ranks(api_run)
     assert_same_metrics(stopped, api_run)
+    assert_same_metrics(lora, lora_run)
 
 
 def assert_same_metrics(resumed: Path, uninterrupted: Path) -> None:
@@ -111,24 +132,3 @@ def assert_same_metrics(resumed: Path, uninterrupted: Path) -> None:
         keys = ("step", "loss", "kl", "rewards/chosen", "rewards/rejected") + (("lr", "grad_norm") if a["split"] == "train" else ())
         for key in keys:
             assert a[key] == b[key], (a["step"], a["split"], key)
-
-
-def test_a_resumed_run_with_dropout_draws_each_ranks_own_masks(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
-    """LoRA with dropout on 2 processes: each rank's generator moves with its own batches, so the
-    checkpoint keeps every rank's. Before, rng.pt held rank 0's alone, every rank resumed from
-    it, and the first step after the resume already differed (loss 0.49992 against 0.49981)."""
-    stopped = tmp_path / "stopped"
-    stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, stopped, "--lora-r", "4", "--lora-dropout", "0.3")
-    api_run, _ = resume_then_run_uninterrupted(tiny_cache, tiny_eval_cache, tiny_model_dir, stopped, tmp_path / "api", {"lora_r": 4, "lora_dropout": 0.3})
-    assert_same_metrics(stopped, api_run)
-
-
-def test_sigusr1_stops_both_ranks_after_the_same_step_when_torchrun_forwards_it(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
-    """SLURM's `--signal=USR1@120` under torchrun, which forwards SIGUSR1 only when
-    --signals-to-handle names it (torch 2.13's default: SIGTERM, SIGINT, SIGHUP, SIGQUIT). Each
-    rank notes it, the main process decides, both stop after the same step (one line, one
-    checkpoint, nothing hangs). Seen failing before: the workers died of it at once."""
-    out = tmp_path / "stopped"
-    handle = ("--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
-    step = stop_a_cli_run(tiny_cache, tiny_eval_cache, tiny_model_dir, out, signum=signal.SIGUSR1, launcher=handle)
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{step}"]
