@@ -156,7 +156,7 @@ def summary(cache: Path, as_json: bool) -> None:
 @click.argument("cache", type=P)
 @_handles_input_errors
 def verify(cache: Path) -> None:
-    """Re-hash every shard and check provenance, schema, values, manifest counts, ids and KL sources (exit 1 on a problem)."""
+    """Re-hash every shard and check provenance, schema, values, manifest counts, ids and KL sources (exit 1 on a problem; a folder without manifest.json is refused, exit 2)."""
     _named(cache)
     from .verify import verify as run_verify
 

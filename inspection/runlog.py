@@ -5,19 +5,24 @@ answers (`checks`) are plain sentences shared by the text output and report.html
 
 A crash can leave the last line half written (kto-train appends and flushes line by line), so
 a line that does not parse is skipped with a warning that names it; only a file without a
-single complete line is an error.
+single complete line is an error (said as what the file is, where it is a kto file of another
+kind: a run record, an --eval-only result). Steps that go back (an older kto-train's resume
+appended to the lines past its checkpoint; files joined by hand) are read once, from the later
+lines, with a warning (`_Reader`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NoReturn
 
 from kto.formats.errors import InputError
 from kto.formats.metrics_line import EVAL_CACHE_KEY, EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, eval_cache_name
-from kto.formats.runrecord import FINAL_DIR, METRICS_NAME, checkpoint_dir, eval_cache_at_start, read_run_config, record_path
+from kto.formats.runrecord import FINAL_DIR, METRICS_NAME, RUN_RECORD_NAME, checkpoint_dir, eval_cache_at_start, is_run_record, read_run_config, record_path
 
 from .text import printable
 
@@ -44,21 +49,36 @@ class RunLog:
 
     def series(self, name: str, split: str = "train") -> tuple[list[int], list[float]]:
         """(steps, values) of one metric, leaving out nulls and points that mean nothing."""
-        steps, values = [], []
-        for rec in self.eval if split == "eval" else self.train:
-            v = rec.get(name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                continue
-            if any(not rec.get(c, 1) for c in NEEDS.get(name, ())):
-                continue
-            steps.append(rec["step"])
-            values.append(float(v))
-        return steps, values
+        records = self.eval if split == "eval" else self.train
+        kept = [(rec["step"], v) for rec, v in zip(records, column(records, name)) if v is not None]
+        return [step for step, _ in kept], [v for _, v in kept]
+
+
+def column(records: list[dict], name: str) -> list[float | None]:
+    """`name`'s value on each line, in one pass; None where a line has none: a null, a
+    non-number, a non-finite number, or a class metric of a window without that class (NEEDS).
+    The one place these rules live (RunLog.series, the plots); inlined, as it runs once per
+    line and metric (a 200,000-line log: millions of times)."""
+    needs, isfinite = NEEDS.get(name, ()), math.isfinite
+    out: list[float | None] = []
+    for rec in records:
+        v = rec.get(name)
+        # type(), not isinstance: bool is an int, and JSON gives exact ints and floats.
+        ok = type(v) in (int, float) and isfinite(v) and (not needs or all(rec.get(c, 1) for c in needs))
+        out.append(float(v) if ok else None)
+    return out
 
 
 def metrics_path(run: str | Path) -> Path:
     run = Path(run)
     return run / METRICS_NAME if run.is_dir() else run
+
+
+# What `kto-train --eval-only --out OUT` writes (train/eval_only.py's EVAL_RESULTS; inspection/
+# imports nothing of train/): one eval line, no steps.
+EVAL_RESULTS_NAME = "eval_results.json"
+# Steps that go back are said line by line up to this many times, then counted.
+BACK_SAID = 5
 
 
 def read_run(run: str | Path) -> RunLog:
@@ -67,11 +87,9 @@ def read_run(run: str | Path) -> RunLog:
     if not Path(run).exists():
         raise InputError(f"{run}: no such run directory or metrics file")
     if not path.is_file():
-        if Path(run).is_dir() and record_path(run) is not None:  # a run, with no line logged yet
-            raise InputError(f"{path}: no such file: the run has logged no step yet; {_why_no_lines(Path(run))}")
-        raise InputError(f"{path}: no such file; is {run} a kto-train --out directory? (metrics.jsonl appears at the first --log-every step)")
+        _refuse_no_metrics_file(Path(run), path)
     raw = path.read_bytes()
-    log = RunLog(path)
+    reader = _Reader(RunLog(path))
     lines = raw.decode("utf-8", errors="replace").split("\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     for i, line in enumerate(lines):
@@ -81,20 +99,97 @@ def read_run(run: str | Path) -> RunLog:
             rec = json.loads(line)
         except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
             if i == last and not raw.endswith(b"\n"):
-                log.warnings.append(
-                    f"{path}: line {i + 1} is incomplete (the run was cut off mid-write?); using the {len(log.train) + len(log.eval)} complete lines"
-                )
+                complete = sum(1 for line in lines[:i] if line.strip())
+                reader.log.warnings.append(f"{path}: line {i + 1} is incomplete (the run was cut off mid-write?); using the {complete} complete lines")
             else:
-                log.warnings.append(f"{path}: line {i + 1} is not valid JSON; skipped")
+                reader.log.warnings.append(f"{path}: line {i + 1} is not valid JSON; skipped")
             continue
         if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-            log.warnings.append(f"{path}: line {i + 1} has no integer 'step'; skipped")
+            reader.log.warnings.append(f"{path}: line {i + 1} has no integer 'step'; skipped")
             continue
-        (log.eval if rec.get("split") == "eval" else log.train).append(rec)
+        reader.add(rec, i + 1)
+    log = reader.finish()
     if not (log.train or log.eval):
+        what = _not_a_metrics_log(path, raw)
+        if what:
+            raise InputError(f"{path}: {what}")
         why = "it is empty" if not raw.strip() else "no line is a complete metrics record"
         raise InputError(f"{path}: no metrics to show ({why}); {_why_no_lines(path.parent)}")
     return log
+
+
+@dataclass
+class _Reader:
+    """The lines of a metrics file, one list per split, with every step read once. Where a
+    split's steps go back (a kto-train before resumes set their lines aside appended the resumed
+    run's lines to the ones logged past its checkpoint; files joined by hand), the later lines
+    stand for the repeated steps, as a resume means, and the earlier ones are left out with a
+    warning: a train line at step S replaces the lines of both splits from S on, an eval line at
+    S the eval lines from S on and the train lines after S (kto-train logs a step's train line
+    before its eval line)."""
+
+    log: RunLog
+    backs: int = 0  # how many times steps went back
+    dropped: int = 0  # earlier lines left out in all
+
+    def add(self, rec: dict, line: int) -> None:
+        step, is_eval = rec["step"], rec.get("split") == "eval"
+        own = self.log.eval if is_eval else self.log.train
+        if own and own[-1]["step"] >= step:
+            before = own[-1]["step"]
+            left_out = _drop_from(self.log.eval, step) + _drop_from(self.log.train, step + is_eval)
+            self.backs, self.dropped = self.backs + 1, self.dropped + left_out
+            if self.backs <= BACK_SAID:
+                self.log.warnings.append(
+                    f"{self.log.path}: steps go back at line {line} (step {step} after step {before}): a resumed run or joined files; "
+                    f"the later lines are read for steps {step} on ({left_out} earlier line{'s' if left_out != 1 else ''} left out)"
+                )
+        own.append(rec)
+
+    def finish(self) -> RunLog:
+        if self.backs > BACK_SAID:
+            self.log.warnings.append(f"{self.log.path}: steps go back at {self.backs - BACK_SAID} more lines ({self.dropped} earlier lines left out in all)")
+        return self.log
+
+
+def _drop_from(records: list[dict], step: int) -> int:
+    """Remove the lines of `step` and later from the end of `records` (kept in step order)."""
+    n = len(records)
+    while records and records[-1]["step"] >= step:
+        records.pop()
+    return n - len(records)
+
+
+def _refuse_no_metrics_file(run: Path, path: Path) -> NoReturn:
+    """RUN has no metrics.jsonl: a run that has logged no step yet, an --eval-only --out folder
+    (one eval result, no steps), or no run at all."""
+    if run.is_dir() and record_path(run) is not None:  # a run, with no line logged yet
+        raise InputError(f"{path}: no such file: the run has logged no step yet; {_why_no_lines(run)}")
+    if run.is_dir() and (run / EVAL_RESULTS_NAME).is_file():
+        raise InputError(
+            f"{run}: a kto-train --eval-only --out folder, not a run: its result is {run / EVAL_RESULTS_NAME} (read it as JSON); it has no metrics log to plot"
+        )
+    raise InputError(f"{path}: no such file; is {run} a kto-train --out directory? (metrics.jsonl appears at the first --log-every step)")
+
+
+def _not_a_metrics_log(path: Path, raw: bytes) -> str | None:
+    """What a file without a single metrics line is, where it is a kto file of another kind: a
+    run record (kto_run.json), or a kto-train --eval-only result (eval_results.json, or its
+    --json line saved). None otherwise."""
+    if is_run_record(path):
+        run = path.parent
+        if path.name != RUN_RECORD_NAME:  # a copy: its folder is not the run's
+            return "a kto-train run record (kto_run.json), not a metrics log; give its run directory"
+        return f"the run record of {run}, not its metrics log; give the run directory: kto-inspect run {shlex.quote(str(run))}"
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):  # ValueError: not JSON, or not UTF-8
+        return None
+    if not isinstance(obj, dict) or "step" in obj or EVAL_CACHE_KEY not in obj or "loss" not in obj:
+        return None
+    model = obj.get("model")
+    of = f" of {printable(model)}" if isinstance(model, str) else ""
+    return f"a kto-train --eval-only result (one eval{of} on eval cache {printable(str(obj[EVAL_CACHE_KEY]))}), not a metrics log: it has no steps to plot; read it as JSON"
 
 
 def _why_no_lines(run: Path) -> str:
@@ -131,10 +226,6 @@ def _steps(steps: list[int]) -> str:
     return f"step {steps[0]}" if len(steps) == 1 else f"mean of {len(steps)} points, steps {steps[0]}-{steps[-1]}"
 
 
-def _non_finite(value) -> bool:
-    return value is None or (isinstance(value, float) and not math.isfinite(value))
-
-
 # null by design, whatever the line: memory kto-train could not read (no /proc off Linux).
 ALWAYS_NULLABLE = ("rss_anon_gb", "rss_file_gb")
 
@@ -156,7 +247,8 @@ def non_finite_metrics(log: RunLog) -> list[str]:
         steps: dict[str, list[int]] = {}
         for rec in records:
             for name, value in rec.items():
-                if name in ("step", "split") or not _non_finite(value) or _null_by_design(rec, name):
+                # Most values are finite numbers: that test first, inline (once per key and line).
+                if (value is not None and (type(value) is not float or math.isfinite(value))) or name in ("step", "split") or _null_by_design(rec, name):
                     continue
                 steps.setdefault(name, []).append(rec["step"])
         for name, at in steps.items():
@@ -214,7 +306,7 @@ def checks(log: RunLog) -> list[str]:
     else:
         out.append("KL estimate: not logged (a loss without a KL term, or no train lines)")
     evals, other, _ = on_last_eval_cache(log)
-    left_out = f" ({_evals(other, 'earlier ')} on another eval cache left out)" if other else ""
+    left_out = f" ({evals_left_out(other)})" if other else ""
     for split, prefix in (("train", ""), ("eval", "eval ")):
         for name, what in (("rewards/chosen", "desirable rewards"), ("rewards/rejected", "undesirable rewards"), ("rewards/margins", "reward margin")):
             line = _trend(log if split == "train" else evals, name, prefix + what, split)
@@ -236,6 +328,11 @@ def checks(log: RunLog) -> list[str]:
 
 def _evals(n: int, which: str = "") -> str:
     return f"{n} {which}eval{'s' if n != 1 else ''}"
+
+
+def evals_left_out(n: int) -> str:
+    """'2 earlier evals on another eval cache left out': said by the checks and the plots alike."""
+    return f"{_evals(n, 'earlier ')} on another eval cache left out"
 
 
 def _record(log: RunLog) -> dict | None:

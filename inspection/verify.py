@@ -3,7 +3,9 @@
 Always re-hashes every shard (`open_cache(stamps=False)`). kto-train trusts the `.verified.json` stamp (same
 size and mtime as when last hashed), which is right for a fast second start but would miss a
 shard edited in place with its mtime restored; this command is the one that does not trust it.
-It is read-only: it writes no stamp.
+It is read-only: it writes no stamp. A folder without a manifest.json (a cache kto-precompute
+is still writing, a run directory) is refused with one line, as summary and rows refuse it:
+there is nothing to verify yet, so no check failed.
 
 Checks, in order (each problem is one line naming the file, row and id):
 1. manifest.json reads, its fingerprint matches its content, its format version is ours, its
@@ -98,6 +100,12 @@ def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Repor
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         raise InputError(f"{cache_dir}: no such cache directory")
+    if not (cache_dir / S.MANIFEST_NAME).is_file():
+        # No cache yet (kto-precompute writing it) or none at all (a run directory; a dangling
+        # link or a folder named manifest.json, which open_cache calls "no manifest" too):
+        # refused as summary and rows refuse it (exit 2, open_cache's line), since no check has
+        # failed. A manifest file that is there but unreadable is a problem found, below.
+        open_cache(cache_dir, stamps=False, hint=False, hold=False)
     reports = [_verify_split(cache_dir, check_tokenizer)]
     eval_dir = cache_dir / S.EVAL_DIR
     content = _train_content(cache_dir)
