@@ -186,6 +186,7 @@ class _RowNotes:
     def __init__(self) -> None:
         self.kept, self.short_by_kind, self.first_short = 0, Counter(), None
         self.control, self.first_control = 0, None
+        self.from_end, self.first_from_end, self.headers = 0, [], (0, 0)
 
     def add(self, rows: list) -> None:
         kept = [r for r in rows if r is not None]
@@ -196,10 +197,53 @@ class _RowNotes:
         control = [r for r in kept if r.control_text]
         self.first_control = self.first_control or (control[0] if control else None)
         self.control += len(control)
+        from_end = [r.example for r in kept if r.prompt_from_end]
+        self.first_from_end += from_end[: 3 - len(self.first_from_end)]
+        self.from_end += len(from_end)
+        bound = [r.headers_alone for r in kept if r.prompt_from_end and r.headers_alone]
+        self.headers = (self.headers[0] + len(bound), max([self.headers[1], *bound]))
 
     def say(self) -> None:
         _note_dropped_text(self.short_by_kind, self.kept, self.first_short)
         _note_control_text(self.control, self.kept, self.first_control)
+        _note_prompt_from_end(self.from_end, self.kept, self.first_from_end, self.headers)
+
+
+def _note_prompt_from_end(n: int, kept: int, first: list[Example], headers: tuple[int, int]) -> None:
+    """One line for the conversations whose prompt kept its ids' end, the last resort of the cut
+    (prompt_cut.py): no cut inside a text with its headers kept fitted (the template rewrites the
+    texts, there is no fast tokenizer, or the headers alone are too long), so the prompt starts
+    inside a text with no turn header. Counted as cut mid-text; only this note tells them apart.
+    `headers`: how many of them no cut could fit, their turn headers alone filling the budget,
+    and the most ids those took: for those, only a larger --max-prompt-length helps."""
+    if not (n and first):
+        return
+    bound, longest = headers
+    if bound == n:
+        them = "their" if n > 1 else "its"
+        advice = f"{them} turn headers alone (every text left out) take {longest} tokens: raise --max-prompt-length to at least {longest + 1}"
+    elif bound:
+        advice = (
+            f"in {bound} of them the turn headers alone (every text left out) take up to {longest} tokens: raise --max-prompt-length "
+            f"to at least {longest + 1}, or shorten the others"
+        )
+    else:
+        advice = f"raise --max-prompt-length, or shorten {'those rows' if n > 1 else 'that row'}"
+    log(
+        f"note: {n} of {kept} rows: the prompt could not be cut inside a text with its turn headers kept, so it keeps its last "
+        f"--max-prompt-length tokens and starts inside a text, with no turn header ({_rows_named(first, n)}); {advice}"
+    )
+
+
+def _rows_named(first: list[Example], n: int) -> str:
+    """`data.jsonl: rows 1 (id 'a'), 2 (id 'b') and 5 more`: each file named once."""
+    by_file: dict[str, list[str]] = {}
+    for ex in first:
+        file, _, row = ex.source.rpartition(": row ")
+        file, row = (file, row) if file else (ex.source, "")
+        by_file.setdefault(file, []).append(f"{row} (id {ex.id!r})" if row else f"(id {ex.id!r})")
+    named = "; ".join(f"{file}: row{'s' if len(rows) > 1 else ''} {', '.join(rows)}" for file, rows in by_file.items())
+    return named + (f" and {n - len(first)} more" if n > len(first) else "")
 
 
 def _note_control_text(n: int, kept: int, first: object | None) -> None:

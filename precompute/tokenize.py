@@ -20,13 +20,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import Example, ParsedArguments, one_line
 
+from .prompt_cut import cut_in_texts, headers_alone, template_system
 from .templates import ChatTemplate, unrendered_tool_parts
 
 
@@ -91,6 +92,14 @@ class TokenizedRow:
     control_text: str = ""
     """The first special token's string found in the prompt's or completion's text ("" for
     none): tokenized as that token (`control_text_in`), said in a note, not staged."""
+    prompt_from_end: bool = False
+    """A conversation's prompt kept its ids' end, the last resort (no cut inside a text with its
+    headers kept fitted): it starts inside a text, with no turn header. Counted as MID_TEXT (the
+    manifest's counts stay as they were), said in a note, not staged."""
+    headers_alone: int = 0
+    """Of a prompt kept by its ids' end: the ids of its rendering with every text left out
+    (prompt_cut.py `headers_alone`) where those alone fill max_prompt_length, so no cut inside a
+    text could fit and only a larger budget helps (said in the note); else 0. Not staged."""
 
 
 def prompt_must_be_cut(truncation: PromptLimits, prompt_len: int, completion_len: int) -> bool:
@@ -195,16 +204,25 @@ def _check_prompt_turn_kept(example: Example, prompt: tuple, tokenizer, full_ids
         )
 
 
-def conversational_ids(
-    example: Example, tokenizer, template: ChatTemplate = ChatTemplate(), truncation: PromptLimits | None = None
-) -> tuple[list[int], list[int], bool, PromptCut]:
-    """Prompt ids, completion ids, whether they were split at a common prefix, and how the prompt
-    was cut (by `truncation`'s rule; nothing is cut without one). A cut prompt is rendered from
-    the kept messages together with the completion and split the same way, so it is still a
-    prefix of that conversation's rendering."""
+class ConversationIds(NamedTuple):
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    prefix_split: bool
+    cut: PromptCut
+    from_end: bool = False
+    """The prompt kept its ids' end, the last resort (`TokenizedRow.prompt_from_end`)."""
+    headers_alone: int = 0
+    """Of a prompt kept by its ids' end: `TokenizedRow.headers_alone`."""
+
+
+def conversational_ids(example: Example, tokenizer, template: ChatTemplate = ChatTemplate(), truncation: PromptLimits | None = None) -> ConversationIds:
+    """Prompt ids, completion ids, whether they were split at a common prefix, how the prompt was
+    cut (by `truncation`'s rule; nothing is cut without one) and whether it kept its ids' end,
+    the last resort. A cut prompt is rendered from the kept messages together with the
+    completion and split the same way, so it is still a prefix of that conversation's rendering."""
     prompt_ids, completion_ids, split = _split_rendering(example, example.prompt, tokenizer, template)
     if truncation is None or not prompt_must_be_cut(truncation, len(prompt_ids), len(completion_ids)):
-        return prompt_ids, completion_ids, split, PromptCut.NONE
+        return ConversationIds(prompt_ids, completion_ids, split, PromptCut.NONE)
     budget = truncation.max_prompt_length
     head, rest = _system_head(example.prompt)
     starts = [i for i, m in enumerate(rest) if m.get("role") == "user"]
@@ -222,33 +240,22 @@ def conversational_ids(
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
     if lo < len(candidates):  # hi only moves down to a candidate that fitted: it is rendered
-        return *rendered[lo], PromptCut.TURNS
+        return ConversationIds(*rendered[lo], PromptCut.TURNS)
     last = starts[-1] if starts else max(len(rest) - 1, 0)
     kept = head + rest[last:]
     prompt_ids, completion_ids, split = _split_rendering(example, kept, tokenizer, template)
+    draw = lambda messages: render(tokenizer, messages, example, template, add_generation_prompt=True)
     if not head:  # the system message a template adds itself (SmolLM2's, Qwen2.5's) is cut as one given
-        head = _template_system(example, kept, tokenizer, template)
+        head = template_system(kept, draw)
         kept = head + kept
-    # The last user turn's text is cut first. When the system message, the headers and the
-    # generation prompt alone leave it no room, the system message's text instead (its header
-    # kept, the last turn whole); when the turns after it (a tool call and its long result) do,
-    # the longest of those: the others leave less room still, and each try renders and
-    # tokenizes the whole prompt (an agent trace has hundreds of turns). Where no one text's cut
-    # fits, the system text and the last user turn's are cut both (`_cut_both`). Keeping the
-    # ids' end, the last resort, starts the prompt inside a text, with no header.
-    later = range(len(head) + 1, len(kept))
-    longest = max(later, key=lambda i: len(str(kept[i].get("content") or "")), default=None)
-    for target in (len(head), *range(len(head)), *([longest] if longest is not None else [])):
-        # The last user turn keeps at least a token of its text (with none, the system text is
-        # cut instead); any other text may be cut away whole, its header kept.
-        least = 1 if target == len(head) else 0
-        cut = _cut_inside(example, kept, target, prompt_ids, tokenizer, template, budget, least)
-        if cut is not None:
-            return cut, completion_ids, split, PromptCut.MID_TEXT
-    cut = _cut_both(example, kept, 0, prompt_ids, tokenizer, template, budget) if head and len(kept) > 1 else None
+    # Then inside one text, or two (prompt_cut.py says which, in what order). Keeping the ids'
+    # end, the last resort, starts the prompt inside a text, with no header: the row is flagged,
+    # and a note names it (staging.py), with the headers' length where they alone leave no room.
+    cut = cut_in_texts(kept, len(head), prompt_ids, tokenizer, draw, budget)
     if cut is not None:
-        return cut, completion_ids, split, PromptCut.MID_TEXT
-    return keep_end(truncation, prompt_ids).tolist(), completion_ids, split, PromptCut.MID_TEXT
+        return ConversationIds(cut, completion_ids, split, PromptCut.MID_TEXT)
+    floor = headers_alone(kept, tokenizer, draw)
+    return ConversationIds(keep_end(truncation, prompt_ids).tolist(), completion_ids, split, PromptCut.MID_TEXT, True, floor if floor >= budget else 0)
 
 
 def render(tokenizer, messages, example, template: ChatTemplate, *, add_generation_prompt: bool) -> str:
@@ -310,178 +317,6 @@ def _system_head(messages) -> tuple[tuple, tuple]:
     messages = tuple(messages)
     k = 1 if messages and messages[0].get("role") == "system" else 0
     return messages[:k], messages[k:]
-
-
-# A marker that no template changes: private-use code points, which transformers' `tojson`
-# (ensure_ascii=False) leaves as they are and `| trim` keeps. A "\x00" marker came out of
-# Llama 3.x's `| tojson` of a tool result as "\u0000", was never found, and the cut prompt kept
-# only the ids' end (no system block, no tools, no question, no ipython header).
-_SENTINEL = "\ue000kto-cut-here\ue001"
-
-
-def _template_system(example: Example, messages: tuple, tokenizer, template: ChatTemplate) -> tuple:
-    """The system message the template renders by itself before `messages` (which have none), as
-    an explicit message that renders the same text: (message,) or (). Without it, a prompt that
-    only this message left no room was cut keeping the ids' end, starting inside its text with
-    no header. Its text is what lies between a sentinel system message's header and the rest; a
-    template with no such message (Llama-3's, an empty system block), one that refuses a system
-    message (Gemma's) or puts its text inside a user turn (Mistral's) gives ()."""
-    if not messages or messages[0].get("role") == "system":
-        return ()
-    try:
-        text = render(tokenizer, messages, example, template, add_generation_prompt=True)
-        marked = ({"role": "system", "content": _SENTINEL}, *messages)
-        parts = render(tokenizer, marked, example, template, add_generation_prompt=True).split(_SENTINEL)
-    except InputError:
-        return ()
-    if len(parts) != 2 or len(text) < len(parts[0]) + len(parts[1]) or not (text.startswith(parts[0]) and text.endswith(parts[1])):
-        return ()
-    system = {"role": "system", "content": text[len(parts[0]) : len(text) - len(parts[1])]}
-    if not system["content"].strip():
-        return ()
-    # Cut as an explicit message only where one renders exactly as the template's own: the ids
-    # the cut keeps are then the prompt's own.
-    same = render(tokenizer, (system, *messages), example, template, add_generation_prompt=True) == text
-    return (system,) if same else ()
-
-
-def _cut_inside(
-    example: Example, kept: tuple, target: int, prompt_ids: list[int], tokenizer, template: ChatTemplate, budget: int, least: int
-) -> list[int] | None:
-    """`prompt_ids` (the rendering of `kept`) with message `target`'s text cut to its end, its
-    turn header before it and everything after it (the generation prompt) kept whole: `budget`
-    ids in all. None when the text's tokens cannot be located (the template changes the text,
-    no fast tokenizer) or the rest leaves fewer than `least` of them: the caller tries another
-    text, then keeps the ids' end."""
-    located = _locate_text(example, kept, target, prompt_ids, tokenizer, template)
-    if located is None:
-        return None
-    (ids, offsets, first, after), parts, shown = located
-    content, escaped = kept[target]["content"], _json_escaped(kept[target]["content"])
-    room = budget - first - (len(ids) - after)
-    # room 0 keeps the header with no text: a Llama 3.2 prompt whose budget left its system text
-    # exactly nothing otherwise fell to the ids' end, which starts inside that text, headerless.
-    if room < least or room >= after - first:
-        return None
-    # Written as JSON (`| tojson`): ids cut anywhere could split an escape (`\"`, `\u0001`), or
-    # take the opening quote with a text's first token (`"[` is one token) where nothing needed
-    # escaping, so it is cut by characters and rendered again.
-    quoted = parts[0].endswith('"') and parts[1].startswith('"')
-    if shown == escaped and (escaped != content or quoted):
-        b = len(parts[0]) + len(shown)
-        start = _escaped_suffix(content, b - offsets[after - room][0] if room else 0)
-        return _rendered_cut(example, kept, target, start, tokenizer, template, parts, offsets[-1][1] - b, budget)
-    return ids[:first] + ids[after - room : after] + ids[after:]
-
-
-def _locate_text(
-    example: Example, kept: tuple, target: int, prompt_ids: list[int], tokenizer, template: ChatTemplate
-) -> tuple[tuple[list[int], list, int, int], list[str], str] | None:
-    """Where message `target`'s text lies in `prompt_ids` (the rendering of `kept`): its
-    `_text_span`, the rendering split around the text, and the text as rendered. None for an
-    empty text, or one whose tokens cannot be located (the template changes the text, no fast
-    tokenizer)."""
-    content = kept[target].get("content") if target < len(kept) else None
-    if not isinstance(content, str) or not content.strip():
-        return None
-    marked = [dict(m) for m in kept]
-    marked[target]["content"] = _SENTINEL
-    text = render(tokenizer, kept, example, template, add_generation_prompt=True)
-    parts = render(tokenizer, marked, example, template, add_generation_prompt=True).split(_SENTINEL)
-    # The text as rendered: itself; stripped, by a template's `| trim` (Llama-3's, Gemma's,
-    # Mistral's); or JSON-escaped in quotes, by `| tojson` (Llama 3.x's tool results).
-    escaped = _json_escaped(content)
-    shown = next((c for c in (content, content.strip(), escaped) if len(parts) == 2 and parts[0] + c + parts[1] == text), None)
-    span = None if shown is None else _text_span(tokenizer, text, prompt_ids, len(parts[0]), len(parts[0]) + len(shown))
-    return None if span is None else (span, parts, shown)
-
-
-def _cut_both(example: Example, kept: tuple, system: int, prompt_ids: list[int], tokenizer, template: ChatTemplate, budget: int) -> list[int] | None:
-    """`prompt_ids` with the system text (message `system`) and the last user turn's text (the
-    next message) both cut to their ends, each header kept: the system text to half the room the
-    two texts have (no more than it has), the user's to the rest, at least a token of it. For a
-    prompt where neither cut alone fits; None where the texts cannot be located, or one is
-    JSON-escaped (`_cut_inside` renders such a text again; here it falls to the last resort)."""
-    spans = []
-    for target in (system, system + 1):
-        located = _locate_text(example, kept, target, prompt_ids, tokenizer, template)
-        if located is None or located[2] not in (kept[target]["content"], kept[target]["content"].strip()):
-            return None
-        spans.append(located[0][2:])
-    ids = list(prompt_ids)
-    (s_first, s_after), (u_first, u_after) = spans
-    room = budget - (len(ids) - (s_after - s_first) - (u_after - u_first))
-    keep_system = min(s_after - s_first, room // 2)
-    keep_user = min(u_after - u_first, room - keep_system)
-    if keep_user < 1 or s_after > u_first:
-        return None
-    return ids[:s_first] + ids[s_after - keep_system : s_after] + ids[s_after:u_first] + ids[u_after - keep_user : u_after] + ids[u_after:]
-
-
-def _json_escaped(text: str) -> str:
-    """`text` as transformers' `tojson` writes it inside its quotes (ensure_ascii=False)."""
-    return json.dumps(text, ensure_ascii=False)[1:-1]
-
-
-def _escaped_suffix(text: str, width: int) -> int:
-    """Where the longest end of `text` whose escaped form has at most `width` characters starts."""
-    start = len(text)
-    while start > 0 and width >= len(_json_escaped(text[start - 1])):
-        start, width = start - 1, width - len(_json_escaped(text[start - 1]))
-    return start
-
-
-def _token_span(offsets, a: int, b: int) -> tuple[int, int]:
-    """[first, after): the tokens of the characters [a, b). A token that straddles the end
-    boundary counts as the text's: what is kept of the generation prompt is then exactly its own
-    tokens. One that straddles the start counts as the header's, so a cut never takes a
-    character of the header: SmolLM2 writes "\\n " as one token (ĊĠ), and a user text starting
-    with a space lost the header's newline with it ('<|im_start|>userolor sit…')."""
-    first = next((i for i, (_, end) in enumerate(offsets) if end > a), len(offsets))
-    if first < len(offsets) and offsets[first][0] < a:
-        first += 1
-    after = next((i for i in range(first, len(offsets)) if offsets[i][0] >= b and offsets[i][1] > offsets[i][0]), len(offsets))
-    return first, after
-
-
-def _text_span(tokenizer, text: str, prompt_ids: list[int], a: int, b: int) -> tuple[list[int], list, int, int] | None:
-    """(ids, offsets, first, after): `text` tokenized, `prompt_ids` long, and the span of the
-    characters [a, b) (`_token_span`). None without offsets (a slow tokenizer) or where the ids
-    are not `prompt_ids`."""
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except (NotImplementedError, ValueError, TypeError):  # a slow tokenizer has no offsets
-        return None
-    ids, offsets = list(enc.input_ids[: len(prompt_ids)]), enc.offset_mapping[: len(prompt_ids)]
-    if ids != list(prompt_ids):
-        return None
-    return ids, offsets, *_token_span(offsets, a, b)
-
-
-def _rendered_cut(
-    example: Example, kept: tuple, target: int, start: int, tokenizer, template: ChatTemplate, parts: list[str], rest: int, budget: int
-) -> list[int] | None:
-    """Message `target`'s text, which the template JSON-escapes, cut to its end from character
-    `start` and rendered again: the kept text is then a whole JSON string, where ids cut in place
-    could start inside an escape. The ids are the new rendering's up to `rest` characters after
-    the text (where the prompt's ids ended: a prefix split ends them before the generation
-    prompt's end); a boundary token that came out longer drops a character more, until they fit
-    `budget`."""
-    content = kept[target]["content"]
-    while True:
-        cut = [dict(m) for m in kept]
-        cut[target]["content"] = content[start:]
-        text, escaped = render(tokenizer, cut, example, template, add_generation_prompt=True), _json_escaped(content[start:])
-        if text != parts[0] + escaped + parts[1]:  # the template renders this text otherwise
-            return None
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        end = len(parts[0]) + len(escaped) + rest
-        ids = [i for i, (_, stop) in zip(enc.input_ids, enc.offset_mapping) if stop <= end]
-        if len(ids) <= budget:
-            return ids
-        if start == len(content):
-            return None
-        start = min(len(content), start + len(ids) - budget)
 
 
 def text_ids(example: Example, tokenizer) -> tuple[list[int], list[int]]:
@@ -553,9 +388,9 @@ def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatT
     """Token ids for one example, its prompt cut by `truncation`'s rule (uncut without one), or
     None when its prompt or completion is empty (the row is dropped). The completion stays whole:
     it is cut behind each prompt it is paired with (plan.py `shard_values`)."""
-    cut = PromptCut.NONE
+    cut, from_end, floor = PromptCut.NONE, False, 0
     if example.conversational:
-        prompt_ids, completion_ids, prefix_split, cut = conversational_ids(example, tokenizer, template, truncation)
+        prompt_ids, completion_ids, prefix_split, cut, from_end, floor = conversational_ids(example, tokenizer, template, truncation)
     else:
         (prompt_ids, completion_ids), prefix_split = text_ids(example, tokenizer), False
         if truncation is not None and prompt_must_be_cut(truncation, len(prompt_ids), len(completion_ids)):
@@ -564,7 +399,8 @@ def tokenize_example(example: Example, tokenizer, template: ChatTemplate = ChatT
         return None
     dropped = completion_text_dropped(example, tokenizer, completion_ids) if example.conversational else DroppedText.NONE
     control = control_text_in(example, control_strings(tokenizer))
-    return TokenizedRow(example, np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32), prefix_split, cut, dropped, control)
+    prompt, completion = np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32)
+    return TokenizedRow(example, prompt, completion, prefix_split, cut, dropped, control, from_end, floor)
 
 
 # Per tokenizer (a reviewer measured 136 µs a row rebuilding the list for Llama 3's ~256 special

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import click
+
 from kto.formats.atomic import free_name, parse_temp_name, remove_stale_temps
 from kto.formats.cache import refuse_inside_others
 from kto.formats.errors import InputError, on_main
@@ -428,12 +430,24 @@ def refuse_elsewhere(out: Path, path: Path) -> None:
         return
     if not path.is_dir():
         raise InputError(f"--resume {path}: no such checkpoint directory (and not in --out {out})")
-    new_run = f"to start a new run from its weights, give --model {path} without --resume" if (path / "config.json").is_file() else ""
+    # Under --config, leaving a flag out brings the file's value back, and the file may name the
+    # option by its own key (output_dir, out; resume_from_checkpoint, resume): the advice is what
+    # works either way, a typed --out (it wins over the file) and no resume at all.
+    in_file = _config_file_in_use()
+    without = "with no --resume and no resume key in the --config file" if in_file else "without --resume"
+    new_run = f"to start a new run from its weights, give --model {path} {without}" if (path / "config.json").is_file() else ""
     if record_path(parent) is not None:
-        resume = f"to continue that run, give --out {parent} (or leave --out out)"
+        resume = f"to continue that run, give --out {parent}" + ("" if in_file else " (or leave --out out)")
         raise InputError(f"--resume {path}: a checkpoint of the run in {parent}, not of --out {out}: " + "; ".join(filter(None, (resume, new_run))))
     why = f"--resume {path}: not a checkpoint of --out {out}, nor of any kto-train run ({parent} holds no run record)"
     raise InputError(f"{why}: {new_run}" if new_run else f"{why}; a resume continues the run in --out from one of its checkpoints")
+
+
+def _config_file_in_use() -> bool:
+    """Whether the kto-train command running took a --config file (False outside one: the
+    Python API has no file)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and bool(ctx.params.get("config_file"))
 
 
 def set_aside_later(out: Path, resumed: Path, log: Callable[[str], None]) -> None:

@@ -330,23 +330,24 @@ def test_a_long_tool_result_after_the_last_question_is_cut_inside_its_text(tok):
     assert text.endswith("sunny<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_an_agent_trace_too_long_everywhere_costs_three_cut_tries(tok, monkeypatch):
+def test_an_agent_trace_too_long_everywhere_costs_five_cut_tries(tok, monkeypatch):
     """Seen in a review: every turn after the last question was tried, each try rendering and
     tokenizing the whole prompt: 402 tries and 102 s for one row of 200 tool round trips. The
-    longest later turn leaves the most room, so it alone is tried after the user and system
-    turns; here none fits and the ids' end is kept, as before."""
-    from kto.precompute import tokenize
+    largest later texts leave the most room, so only the three largest by tokens are tried after
+    the user and system turns (prompt_cut.py CANDIDATES; the longest by characters is the first
+    of them here); none fits and the ids' end is kept, as before."""
+    from kto.precompute import prompt_cut
 
     tries = []
-    cut_inside = tokenize._cut_inside
-    monkeypatch.setattr(tokenize, "_cut_inside", lambda *a, **k: tries.append(a[2]) or cut_inside(*a, **k))
+    cut_inside = prompt_cut._cut_inside
+    monkeypatch.setattr(prompt_cut, "_cut_inside", lambda *a, **k: tries.append(a[1]) or cut_inside(*a, **k))
     call = {"type": "function", "function": {"name": "f", "arguments": {}}}
     turns = [m for i in range(40) for m in ({"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": f"result {i} " * 20})]
     prompt = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Go."}, *turns)
     with templated(tok, TRIMMING):
         row = tokenize_example(chat_example(prompt), tok, truncation=Truncation(256, 100))
     assert row.prompt_cut == PromptCut.MID_TEXT and len(row.prompt_ids) == 100
-    assert tries == [1, 0, 23]  # the user turn, the system message, the first longest result (i = 10: two digits)
+    assert tries == [1, 0, 23, 25, 27]  # the user turn, the system message, the first three largest results (i = 10…12: two digits)
 
 
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its template's own
@@ -410,12 +411,14 @@ def test_the_templates_own_system_message_is_found_only_where_there_is_one(tok, 
     render the same; a template without one (an empty system block, a refused or prepended
     system message) gives none, and its prompts are cut as before. A conversation with its own
     system message has no other."""
+    from kto.precompute.prompt_cut import template_system
     from kto.precompute.templates import ChatTemplate
-    from kto.precompute.tokenize import _template_system
+    from kto.precompute.tokenize import render
 
     question = ({"role": "user", "content": "What is 7 times 8?"},)
+    draw = lambda messages: render(tok, messages, chat_example(question), ChatTemplate(), add_generation_prompt=True)
     with templated(tok, template) if template else contextlib.nullcontext(tok):
-        found = _template_system(chat_example(question), question, tok, ChatTemplate())
+        found = template_system(question, draw)
         assert found == (({"role": "system", "content": expected},) if expected else ())
         with_system = ({"role": "system", "content": "Be brief."}, *question)
-        assert template == GEMMA_LIKE or _template_system(chat_example(with_system), with_system, tok, ChatTemplate()) == ()
+        assert template == GEMMA_LIKE or template_system(with_system, draw) == ()

@@ -81,12 +81,36 @@ def test_the_trl_config_file_form_says_the_same_naming_its_keys(other, tiny_cach
     assert result.exit_code == 2, result.output
     line = train_error_line(result.output)
     checkpoint = other / "checkpoint-2"
+    # Leaving a flag out cannot undo a key of the file: the advice is what works either way.
     assert line.startswith(
         f"kto-train: error: --config {config}: resume_from_checkpoint {checkpoint} (kto-train's --resume): "
-        f"a checkpoint of the run in {other}, not of --out {new}: to continue that run, give --out {other}"
+        f"a checkpoint of the run in {other}, not of --out {new}: to continue that run, give --out {other}; "
+        f"to start a new run from its weights, give --model {checkpoint} with no --resume and no resume key in the --config file"
     ), line
-    assert f"give --model {checkpoint} without --resume" in line and "holds no run to resume" not in line
+    assert "leave --out out" not in line and "without --resume" not in line and "holds no run to resume" not in line
     assert not new.exists()
+
+
+def test_a_config_files_output_dir_with_resume_on_the_command_line(other, tiny_cache, tiny_model_dir, tmp_path):
+    """output_dir from the file, --resume typed: the run continues with --out typed (it wins
+    over the file), a new one starts with no resume at all."""
+    from accelerate.state import AcceleratorState
+
+    from kto.train.cli import main
+
+    new = tmp_path / "new"
+    config = tmp_path / "trl.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model_dir}\noutput_dir: {new}\nper_device_train_batch_size: 2\nmax_steps: 3\n")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    checkpoint = other / "checkpoint-2"
+    result = CliRunner().invoke(main, ["--config", str(config), "--cache", str(tiny_cache), "--resume", str(checkpoint)])
+    assert result.exit_code == 2, result.output
+    assert train_error_line(result.output).startswith(
+        f"kto-train: error: --resume {checkpoint}: a checkpoint of the run in {other}, not of --out {new}: "
+        f"to continue that run, give --out {other}; "
+        f"to start a new run from its weights, give --model {checkpoint} with no --resume and no resume key in the --config file; "
+        f"--out comes from --config {config}'s output_dir: {new}"
+    )
 
 
 def test_the_advice_works_both_ways(other, tiny_cache, tiny_model_dir, tmp_path):
@@ -131,3 +155,31 @@ def test_an_adapter_or_sharded_checkpoint_is_not_offered_as_a_model(tmp_path):
     with pytest.raises(InputError) as caught:
         refuse_elsewhere(tmp_path / "new", run / "checkpoint-9")
     assert str(caught.value) == f"--resume {run / 'checkpoint-9'}: no such checkpoint directory (and not in --out {tmp_path / 'new'})"
+
+
+def test_a_typed_out_beside_a_files_output_dir_is_not_told_to_leave_it_out(other, tiny_cache, tiny_model_dir, tmp_path):
+    """The file sets output_dir and resume_from_checkpoint, --out is typed too: "leave --out out"
+    would bring the file's output_dir back and be refused again, so only a typed --out (it wins
+    over the file) is advised; and following it resumes the other run."""
+    import shutil
+
+    from accelerate.state import AcceleratorState
+
+    from kto.train.cli import main
+
+    run = shutil.copytree(other, tmp_path / "other")
+    checkpoint = run / "checkpoint-2"
+    config = tmp_path / "trl.yaml"
+    config.write_text(
+        f"model_name_or_path: {tiny_model_dir}\noutput_dir: {tmp_path / 'fileout'}\nresume_from_checkpoint: {checkpoint}\n"
+        "per_device_train_batch_size: 2\nlearning_rate: 1.0e-3\nlogging_steps: 1\nmax_steps: 3\nsave_steps: 1\n"
+    )
+    AcceleratorState._reset_state(reset_partial_state=True)
+    result = CliRunner().invoke(main, ["--config", str(config), "--cache", str(tiny_cache), "--out", str(tmp_path / "typed")])
+    line = train_error_line(result.output)
+    assert f"not of --out {tmp_path / 'typed'}: to continue that run, give --out {run}; " in line, line
+    assert "leave --out out" not in line and "remove output_dir" not in line
+    AcceleratorState._reset_state(reset_partial_state=True)
+    result = CliRunner().invoke(main, ["--config", str(config), "--cache", str(tiny_cache), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"resumed from {checkpoint} at step 2" in result.output
