@@ -149,6 +149,18 @@ def _val_size_note(value: Any) -> str | None:
     )
 
 
+def _overwrite_cache_note(value: Any) -> str | None:
+    """overwrite_cache: true is --overwrite, which replaces only a cache of another configuration:
+    a finished one of the same configuration is kept and resumed (its shards not scored again),
+    so a LLaMA-Factory file rerun as it is costs no second reference pass."""
+    if value is not True:
+        return None  # false is the default; anything else is refused by its key
+    return (
+        "overwrite_cache: true -> overwrite: a cache of another configuration in the cache directory is replaced; "
+        "one of this configuration is kept (resumed, not scored again)"
+    )
+
+
 def template_note(value: Any, chat_template: Any) -> str:
     """`template: NAME` is LLaMA-Factory's own template by name, which kto-precompute does not
     have: the rows render with another template, the tokenizer's or the file's chat_template."""
@@ -198,6 +210,7 @@ ALIASES: dict[str, dict[str, Alias]] = {
         **_SHARED_ALIASES,
         "cutoff_len": Alias("max_length", LF, note=_cutoff_len_note),
         "val_size": Alias("eval_fraction", LF, _fraction, _val_size_note),
+        "overwrite_cache": Alias("overwrite", LF, note=_overwrite_cache_note),
         "dtype": Alias("dtype", TRL, _dtype),
         # In a file both commands read, `cache` is where kto-precompute writes and kto-train reads.
         "cache": Alias("out", "kto-train"),
@@ -210,7 +223,6 @@ IGNORED = {
     "do_eval": "kto-train evaluates when it has an eval cache (eval_cache, or val_size's CACHE/eval; with eval_strategy: no, do_eval: true keeps CACHE/eval)",
     "template": "the tokenizer's own chat template is used (chat_template: FILE.jinja replaces it)",
     "overwrite_output_dir": "kto-train never overwrites a run: output_dir must be new or empty, or continued with resume (delete it to start over)",
-    "overwrite_cache": "kto-precompute keeps no preprocessing cache besides the one it writes",
     "preprocessing_num_workers": "tokenizing runs in the command's processes",
     "dataset_num_proc": "tokenizing runs in the command's processes",
     "dataloader_num_workers": "batches are memory-mapped from the cache, with no loader workers",
@@ -225,7 +237,6 @@ IGNORED = {
     "pref_loss": "a DPO setting; the KTO loss is chosen with loss (kto | apo_zero_unpaired)",
     "precompute_ref_log_probs": "the reference log-probs are always precomputed: that is kto-precompute",
     "max_completion_length": "completions are cut to fit max_length, prompts to max_prompt_length",
-    "flash_attn": "the kernel is attn_implementation",
     "use_fast_tokenizer": "the tokenizer is the model's own",
     "tf32": "precision is mixed_precision (bf16 and fp16 set it)",
     "gradient_checkpointing_kwargs": "gradient_checkpointing uses transformers' defaults",
@@ -255,9 +266,16 @@ COMPANIONS = {
 }
 
 
+# LLaMA-Factory's flash_attn (its AttentionFunction) as transformers' attn_implementation, as its
+# configure_attn_implementation sets it; its `auto` leaves transformers' choice, which here is
+# the command's own default (config_names._flash_attn).
+FLASH_ATTN = {"disabled": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2", "fa3": "flash_attention_3"}
+
+
 # kto-precompute's keys whose value the cache's manifest records as it is (CacheContent): the
 # file's key -> the content's key. kto-train compares them: a file edited after the cache was
-# made would otherwise train on rows cut to the old lengths, under a note saying "ignored".
+# made would otherwise train on rows cut to the old lengths, under a note saying "ignored". The
+# data the file names and its max_samples are compared too (config_data.data_disagreements).
 IN_MANIFEST = {
     "max_length": "max_length",
     "cutoff_len": "max_length",

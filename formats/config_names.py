@@ -26,11 +26,11 @@ from typing import Any
 
 from .config_adapters import file_adapters, file_rank
 from .config_dumped import DUMPED, dumped_key
-from .config_keys import ALIASES, COMPANIONS, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, file_switch, number_or_none, same_value, template_note
+from .config_keys import ALIASES, COMPANIONS, FLASH_ATTN, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, file_switch, number_or_none, same_value, template_note
 from .config_resolved import Resolved
 from .config_schedule import do_train, eval_schedule, evaluates, save_schedule, save_strategy
 from .config_switches import is_llama_factory, transformers_switches
-from .config_unsupported import UNSUPPORTED
+from .config_unsupported import UNSUPPORTED, what_it_is
 from .errors import InputError
 
 # Keys whose value is a credential: never printed.
@@ -186,6 +186,7 @@ def _names_of(command: str) -> set[str]:
         | set(UNSUPPORTED[command])
         | set(COMPANIONS[command])
         | ({"dataset_name"} if command == PRECOMPUTE else set())
+        | {"flash_attn"}  # both commands' (_flash_attn)
     )
 
 
@@ -205,7 +206,7 @@ def _suggest(key: str, command: str) -> str:
     if pick is None:
         return "no close name"
     own = here | set(IGNORED) | set(DUMPED[command])
-    return f"did you mean {pick}?" if pick in own else f"did you mean {pick} (a {_other(command)} key)?"
+    return f"did you mean {pick}{what_it_is(pick, command)}?" if pick in own else f"did you mean {pick} (a {_other(command)} key)?"
 
 
 @dataclass
@@ -268,6 +269,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             out.other_values[key] = value
         else:
             sorting.unknown.append(key)
+    _attention(raw, out, sorting)
     if command == TRAIN:
         _read_together(raw, out, sorting)
     else:
@@ -326,6 +328,9 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
                 "kto-precompute's push_to_hub takes the cache's repo id)"
             )
         return True
+    if key == "flash_attn":
+        _flash_attn(value, command, out, sorting)
+        return True
     if key == "attn_implementation" and value is None:
         # TRL's ModelConfig default (a dumped one writes it): transformers picks the kernel.
         out.notes.append("attn_implementation: null -> sdpa (the command's default; transformers' null picks sdpa where the model has it)")
@@ -353,6 +358,71 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
         out.ratios[ALIASES[TRAIN][key].ours] = (key, share)
         return True
     return False
+
+
+def _flash_attn(value: Any, command: str, out: Resolved, sorting: _Sorting) -> None:
+    """LLaMA-Factory's `flash_attn` (default auto) as attn_implementation (FLASH_ATTN), for both
+    commands, said in a line; auto sets nothing. kto-train: a run started while the key was
+    ignored (sdpa) resumes as it ran (Resolved.newly_read)."""
+    if value == "auto":
+        out.notes.append(
+            "flash_attn: auto -> attn_implementation as given, else sdpa (the command's default; LLaMA-Factory's auto leaves the "
+            "choice to transformers, which picks sdpa where the model has it)"
+        )
+        return
+    if value not in FLASH_ATTN:
+        sorting.refused.append(
+            f"flash_attn: {value!r}: LLaMA-Factory's values are auto, disabled, sdpa, fa2 and fa3 (attn_implementation names the kernel itself)"
+        )
+        return
+    out.notes.append(f"flash_attn: {value} -> attn_implementation {FLASH_ATTN[value]} (LLaMA-Factory's {value})")
+    if command == TRAIN:
+        out.newly_read["attn_implementation"] = "flash_attn"
+
+
+def _attention(raw: Mapping[str, Any], out: Resolved, sorting: _Sorting) -> None:
+    """Once every key is sorted: `flash_attn` (checked by _flash_attn) set as attn_implementation,
+    a conflict with the file's attn_implementation said in the values written (`fa2`, not
+    `flash_attention_2`), and a flash kernel whose package is missing refused by the key that asks
+    for it, here rather than at the model's load, after the data is read, naming --model."""
+    written = raw.get("flash_attn")
+    if written in FLASH_ATTN:
+        ours = FLASH_ATTN[written]
+        if "attn_implementation" in out.values and not same_value(out.values["attn_implementation"], ours):
+            given = out.values["attn_implementation"]
+            sorting.refused.append(
+                f"flash_attn: {written!r} (attn_implementation {ours}) and {out.origin['attn_implementation']}: {given!r} set the same "
+                "option (attn_implementation); give one"
+            )
+            return
+        out.set("attn_implementation", ours, "flash_attn")
+    kernel = out.values.get("attn_implementation")
+    if isinstance(kernel, str) and kernel in FLASH_PACKAGES and not installed(FLASH_PACKAGES[kernel][0]):
+        key = out.origin["attn_implementation"]
+        if key == "flash_attn":
+            sorting.refused.append(
+                f"flash_attn: {written} needs {FLASH_PACKAGES[kernel][1]}; LLaMA-Factory falls back to sdpa with a warning, kto-* do "
+                "not, since the cache records the kernel): install it, or write flash_attn: sdpa"
+            )
+        else:
+            sorting.refused.append(f"{key}: {kernel} needs {FLASH_PACKAGES[kernel][1]}): install it, or write {key}: sdpa")
+
+
+# The flash kernels transformers loads from a package (its is_flash_attn_2/3_available): the
+# module it looks for, and the package in words, its closing parenthesis left to the message.
+# transformers 5 may instead fetch a kernels-hub build (kernels-community/flash-attn2) where the
+# `kernels` package is installed and the hub reachable; offline it fails at the load as without.
+FLASH_PACKAGES = {
+    "flash_attention_2": ("flash_attn", "the flash-attn package (pip install flash-attn"),
+    "flash_attention_3": ("flash_attn_interface", "FlashAttention 3's flash_attn_interface module (flash-attn-3, built from flash-attention's hopper/"),
+}
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (flash_attn imports torch and CUDA)."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _max_prompt_length_null(key: str, value: Any, out: Resolved) -> bool:

@@ -26,12 +26,16 @@ class Unsupported:
     """What the note says of an inert value: why it trains the same here."""
     inert_whys: tuple[tuple[Any, str], ...] = ()
     """(value, what the note says of it) where an inert value has a note of its own."""
+    short: str | None = None
+    """What a "did you mean" pointed at the key says of it, where the reason's first clause
+    does not read whole (what_it_is)."""
 
     def why(self, value: Any) -> str:
         """The note's reason for an inert `value`."""
         return next((why for inert, why in self.inert_whys if same_value(inert, value)), self.inert_why)
 
 
+_SWITCH = "a true/false switch"
 _REFERENCE = "the reference is the model kto-precompute scores the cache with"
 _UNSUPPORTED_BOTH = {
     "model_revision": Unsupported(
@@ -54,6 +58,16 @@ _UNSUPPORTED_BOTH = {
         "the reference is fixed: kto-precompute scored it once into the cache, so it cannot follow the policy (TR-DPO's sync)", (None, False)
     ),
 }
+# LLaMA-Factory's ModelArguments that load the model (hparams/model_args.py): both commands load it.
+_UNSUPPORTED_BOTH.update(
+    {
+        "rope_scaling": Unsupported(
+            "RoPE scaling is not supported; the model loads with its config.json's own rope_scaling: to extend the context, "
+            "write rope_scaling into a copy of the model's config.json and give that folder as model_name_or_path"
+        ),
+        "low_cpu_mem_usage": Unsupported(_SWITCH, (None, True, False), "how transformers loads the weights, not which weights: the model loaded is the same"),
+    }
+)
 _FINE = "LLaMA-Factory refuses it outside SFT too"
 _UNSUPPORTED_DATA = {
     "truncation_mode": Unsupported(
@@ -65,6 +79,7 @@ _UNSUPPORTED_DATA = {
         "LLaMA-Factory's KTO stage does not pack either, but packing: true makes it cut at cutoff_len - 1: leave packing out and give that cutoff_len",
         (None, False),
         "LLaMA-Factory's KTO stage does not pack either",
+        short="LLaMA-Factory's KTO stage does not pack either",
     ),
     "neat_packing": Unsupported(f"{_FINE}; kto never packs rows", (None, False), "rows are never packed"),
     "train_on_prompt": Unsupported(f"{_FINE}; the KTO loss reads completion tokens only", (None, False), "the loss reads completion tokens only"),
@@ -83,6 +98,38 @@ _UNSUPPORTED_DATA = {
         (None, "concat"),
         "the inputs are concatenated, as concat",
     ),
+    # LLaMA-Factory's DataArguments (hparams/data_args.py) and ModelArguments read in tokenizing.
+    "model_max_length": Unsupported(
+        "LLaMA-Factory derives it from cutoff_len (its help: do not specify it) and its parser does not take it from a file: "
+        "give cutoff_len (kto-precompute's max_length)"
+    ),
+    "streaming": Unsupported(
+        "kto-precompute reads every row before it writes the cache (each row is paired with another row's completion for the KL "
+        "term), so streaming is not supported: leave it out; training reads the cache memory-mapped",
+        (None, False),
+        "kto-precompute reads the rows once, into the cache",
+    ),
+    "tokenized_path": Unsupported(
+        "LLaMA-Factory's saved tokenized dataset is not read here: kto-precompute tokenizes into its own cache (cache: DIR), "
+        "which kto-train reads; leave tokenized_path out"
+    ),
+    "interleave_probs": Unsupported(
+        "interleaving datasets is not supported (LLaMA-Factory takes it only with an interleave mix_strategy): "
+        "kto-precompute concatenates its inputs; leave it out"
+    ),
+    "split_special_tokens": Unsupported(
+        "kto-precompute tokenizes with the model's own (fast) tokenizer, special tokens whole, as LLaMA-Factory's default; "
+        "splitting them is not supported: leave it out",
+        (None, False),
+        "special tokens stay whole, as false",
+    ),
+    # LLaMA-Factory's KTO collator pads labels with the pad id when false: padding is trained there.
+    "ignore_pad_token_for_loss": Unsupported(
+        "padding is never trained here (it is masked by position), as LLaMA-Factory's default true; "
+        "false, which trains its KTO stage on pad tokens, is not supported: leave it out",
+        (None, True),
+        "padded positions are masked, as true",
+    ),
     "enable_thinking": Unsupported(
         "LLaMA-Factory's template switch; the tokenizer's own chat template is used here: write chat_template_kwargs: "
         "{enable_thinking: false} for a template that reads it",
@@ -90,7 +137,6 @@ _UNSUPPORTED_DATA = {
         "the chat template renders with its own defaults",
     ),
 }
-_SWITCH = "a true/false switch"
 _NESTS = "kto-train's 4-bit loading always nests the quantization constants (double quantization): memory, at a rounding far below NF4's"
 # LLaMA-Factory's QuantizationArguments and LoraArguments (defaults: quantization_method bnb,
 # quantization_type nf4, double_quantization true, pissa_init and create_new_adapter false,
@@ -127,6 +173,36 @@ _LLAMA_FACTORY_LORA = {
         "only the LoRA adapters train",
     ),
 }
+_OTHER_OPTIMIZER = "is not supported; kto-train trains with torch's AdamW, LoRA (lora_r) or every weight: leave it out"
+_SAME_GRADIENTS = "which checkpointing implementation: memory and speed only, the gradients are the same"
+# LLaMA-Factory's ModelArguments and FinetuningArguments that train (hparams/): its KTO trainer
+# (train/kto/trainer.py) reads no dpo_label_smoothing, a DPO setting.
+_LLAMA_FACTORY_TRAINING = {
+    "use_galore": Unsupported(f"GaLore (gradient low-rank projection) {_OTHER_OPTIMIZER}", (None, False)),
+    "use_badam": Unsupported(f"BAdam (block coordinate optimization) {_OTHER_OPTIMIZER}", (None, False)),
+    "use_adam_mini": Unsupported(f"Adam-mini {_OTHER_OPTIMIZER}", (None, False)),
+    "dpo_label_smoothing": Unsupported(
+        "cDPO's label smoothing, a DPO setting: LLaMA-Factory's KTO stage does not read it, and the KTO loss here has none: leave it out",
+        (None, 0, 0.0),
+        "cDPO's label smoothing, a DPO setting that the KTO loss does not read",
+    ),
+    "disable_shuffling": Unsupported(
+        "kto-train batches rows in the cache's seeded order (seed); an unshuffled order is not supported: leave it out", (None, False)
+    ),
+    "upcast_layernorm": Unsupported(
+        _SWITCH,
+        (None, True, False),
+        "kto-train keeps every weight in fp32 (its default dtype; mixed_precision casts only the matmuls), layernorms included; with dtype bf16 they are bf16",
+    ),
+    "upcast_lmhead_output": Unsupported(
+        _SWITCH, (None, True, False), "log-probs are computed in fp32 here from the LM head's output (formats/compute), whatever the dtype"
+    ),
+    "use_reentrant_gc": Unsupported(_SWITCH, (None, True, False), _SAME_GRADIENTS),
+    "enable_liger_kernel": Unsupported(
+        _SWITCH, (None, True, False), "a faster kernel for the same maths; kto-train computes the LM head in chunks (chunk_size)"
+    ),
+    "use_unsloth": Unsupported(_SWITCH, (None, True, False), "unsloth's faster kernels for the same LoRA maths; kto-train trains LoRA with peft"),
+}
 _TORCH_ADAMW = "torch's AdamW, as kto-train's, fused on CUDA"
 _OPTIM = Unsupported(
     "another optimizer's maths; kto-train trains with torch's AdamW (adamw_torch, adamw_torch_fused; paged_adamw_32bit is the same maths): leave optim out",
@@ -149,7 +225,11 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
         "load_best_model_at_end": Unsupported(
             "final/ is the last step's model, never the best checkpoint's; eval losses per step are in OUT/metrics.jsonl", (None, False)
         ),
-        "ignore_data_skip": Unsupported("a resumed run continues the data where it stopped, as ignore_data_skip: false", (None, False)),
+        "ignore_data_skip": Unsupported(
+            "a resumed run continues the data where it stopped, as ignore_data_skip: false",
+            (None, False),
+            short="a resumed run continues the data where it stopped",
+        ),
         "dataloader_drop_last": Unsupported("kto-train drops no row: an epoch's last step may be short", (None, False)),
         "group_by_length": Unsupported("batches follow the cache's seeded order; kto-train does not group rows by length", (None, False)),
         "lora_task_type": Unsupported("kto-train trains causal language models (CAUSAL_LM) only", ("CAUSAL_LM", None)),
@@ -166,5 +246,50 @@ UNSUPPORTED: dict[str, dict[str, Unsupported]] = {
             "and give that as model_name_or_path; to evaluate them, write do_train: false (with an eval set)"
         ),
         **_LLAMA_FACTORY_LORA,
+        **_LLAMA_FACTORY_TRAINING,
     },
 }
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else "''" if value == "" else str(value).lower()
+
+
+def _first_clause(text: str) -> str:
+    """`text` up to its first '; ' or ': ' outside parentheses: `kto-train keeps every weight in
+    fp32 (its default dtype; mixed_precision …), layernorms included` keeps its parentheses whole."""
+    depth = 0
+    for at, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and (char == ";" or text.startswith(": ", at)):
+            return text[:at]
+    return text
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    """`values` less any equal to an earlier one (0 and 0.0 are said once)."""
+    return [v for i, v in enumerate(values) if not any(same_value(v, u) for u in values[:i])]
+
+
+def what_it_is(name: str, command: str) -> str:
+    """What a "did you mean" adds to a pick that is itself refused or skipped here (config_names'
+    suggester): ` (refused here unless false: rsLoRA is not supported)`, ` (ignored here: …)`, or
+    nothing for a key that is applied. A misspelt key pointed at such a key must not read as if
+    correcting the spelling would do what it names."""
+    from .config_dumped import DUMPED
+    from .config_keys import IGNORED
+
+    known = UNSUPPORTED[command].get(name)
+    if known is not None:
+        asked = _distinct([v for v in known.inert if v is not None])
+        if asked and set(map(_shown, asked)) >= {"true", "false"}:
+            return f" (ignored here: {known.short or _first_clause(known.inert_why)})"
+        but = f" unless {' or '.join(map(_shown, asked))}" if asked else ""
+        return f" (refused here{but}: {known.short or _first_clause(known.reason)})"
+    if name in IGNORED:
+        return f" (ignored here: {_first_clause(IGNORED[name])})"
+    dumped = DUMPED[command].get(name)
+    if dumped is not None:
+        at = " or ".join(map(_shown, dumped.defaults))
+        return f" (ignored here: {_first_clause(dumped.why)})" if dumped.refused is None else f" (refused here unless {at}: {_first_clause(dumped.why)})"
+    return ""

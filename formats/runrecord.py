@@ -161,20 +161,29 @@ def run_setting(model: str | Path, key: str) -> tuple[object, Path | None]:
     return read_run_config(run)["config"].get(key), record_path(run)
 
 
-def refuse_run_dir_as_model(path: Path, spec: str, flag: str) -> None:
+def refuse_run_dir_as_model(path: Path, spec: str, flag: str, adapters_ok: bool = False) -> None:
     """A kto-train run directory (its record, kto_run.json or a legacy config.json, or its
     metrics.jsonl) holds no model of its own: its trained model is in final/ (adapters under
-    LoRA; final-merged/ then holds them merged into the base, an ordinary model)."""
+    LoRA; final-merged/ then holds them merged into the base, an ordinary model).
+
+    `adapters_ok`: the caller loads a LoRA adapter folder as --model on its base (kto-train
+    --eval-only, kto-inspect score; formats/compute/policy_dirs.py), so RUN/final is the answer
+    there; elsewhere (training, kto-precompute) only a whole model is, and the adapters must be merged."""
     recorded = record_path(path) is not None
     is_model = ((path / "config.json").is_file() and not recorded) or any(path.glob("*.gguf"))
     if is_model or not (recorded or (path / METRICS_NAME).is_file()):
         return  # another trainer's output may hold a metrics.jsonl beside its model
     run = spec.rstrip("/\\") or spec
     said = f"{flag} {spec}: a kto-train run directory, not a model; its trained model is {run}/{FINAL_DIR}"
-    if (path / MERGED_DIR).is_dir():
+    merged = (path / MERGED_DIR).is_dir()
+    adapters = (path / FINAL_DIR / "adapter_config.json").is_file()
+    if adapters_ok and adapters:
+        also = f" (or {run}/{MERGED_DIR}, merged into the base)" if merged else ""
+        raise InputError(f"{said} (LoRA adapters): give {run}/{FINAL_DIR}{also}")
+    if merged:
         raise InputError(f"{said} (LoRA adapters), merged into the base in {run}/{MERGED_DIR}: give {run}/{MERGED_DIR}")
     saved = [p for p in path.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()]
-    if (path / FINAL_DIR / "adapter_config.json").is_file() or any((p / "adapter_config.json").is_file() for p in saved):
+    if adapters or any((p / "adapter_config.json").is_file() for p in saved):
         how = (
             "rerun its kto-train command with --resume --merge-adapters: it trains only the steps after its last checkpoint"
             if saved

@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from kto.formats.compute.early_checks import check_local_cache, check_local_model
 from kto.formats.config_adapters import adapters_in_force, rank_in_force
+from kto.formats.config_data import data_disagreements
 from kto.formats.config_file import file_key_error, option_value
 from kto.formats.config_keys import TRAIN, names_other_tools_use, precompute_disagreements, target_modules_value
 from kto.formats.config_names import PEFT_TARGETS, Resolved
@@ -328,7 +329,7 @@ def no_eval_set(ctx: click.Context, path: Path, resolved: Resolved, values: dict
 
 
 # What a run recorded for an option whose key in the file older versions ignored (Resolved.newly_read).
-OLDER_VALUES = {"mixed_precision": "auto"}
+OLDER_VALUES = {"mixed_precision": "auto", "attn_implementation": "sdpa"}
 
 
 def keep_recorded_defaults(ctx: click.Context, path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
@@ -438,9 +439,10 @@ def step_shares(ctx: click.Context, path: Path, resolved: Resolved, values: dict
 
 
 def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -> None:
-    """kto-precompute's keys in the file (max_length, ...) against the cache's manifest: a file
-    edited after the cache was made, with only kto-train rerun, trains on the old rows, which a
-    warning line says (not the note "ignored by kto-train" alone)."""
+    """kto-precompute's keys in the file (max_length, ..., the data it names and max_samples)
+    against the cache's manifest: a file edited after the cache was made, with only kto-train
+    rerun, trains on the old rows, which a warning line says (not the note "ignored by
+    kto-train" alone)."""
     from kto.formats.cache import open_cache
     from kto.formats.schema import MANIFEST_NAME
 
@@ -450,13 +452,15 @@ def check_cache_agrees(path: Path, resolved: Resolved, values: dict[str, Any]) -
     if not resolved.other_values or not (cache / MANIFEST_NAME).is_file():
         return  # an `hf:` cache, or none: the run refuses or fetches it
     try:
-        content = open_cache(cache, stamps=False, hold=False).manifest.content.to_json()  # the manifest only: no shard held
+        manifest = open_cache(cache, stamps=False, hold=False).manifest  # the manifest only: no shard held
     except InputError:
         return  # the run refuses a bad manifest in its own words
-    differ = precompute_disagreements(resolved.other_values, content)
+    content = manifest.content.to_json()
+    differ = precompute_disagreements(resolved.other_values, content) + data_disagreements(resolved.other_values, content, manifest.input_paths())
     if differ:
         # A warning, not a refusal: `kto-precompute --config FILE --max-length 128` (a flag over
-        # the file, as documented) makes exactly such a cache, and it is the one meant.
+        # the file, as documented) makes exactly such a cache, and it is the one meant; so do
+        # `--dataset kto_sg` and `--max-samples 20` over the file's dataset and max_samples.
         log(
             f"kto-train: warning: --config {path}: {'; '.join(differ)}: the cache {cache} was made with other values than the file's; "
             f"kto-train trains on the cache as it is (rerun kto-precompute --config {path} --overwrite if the file is what you meant)"

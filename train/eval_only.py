@@ -86,6 +86,7 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
 
     explicit = off_defaults(cfg) if explicit is None else explicit
     target = results_path(cfg.out)  # before anything loads
+    refuse_a_run_directory(str(cfg.model))
     run = RunOf.model(cfg.model)
     cfg = with_run_settings(cfg, run, explicit)
     with borrowed_accelerate_state(), borrowed_rng_state():
@@ -101,6 +102,19 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
             report(cfg, line, target, print_json)
         accelerator.wait_for_everyone()
     return line
+
+
+def refuse_a_run_directory(model: str) -> None:
+    """--model RUN (a kto-train run directory, not a model): refused as loading it would refuse it
+    (policy_dirs.policy_to_load: "give RUN/final"), but before the settings line, which would
+    say first that --model is in no kto-train run."""
+    from kto.formats.compute.adapters import is_adapter_dir
+    from kto.formats.compute.sharded import is_sharded_checkpoint
+    from kto.formats.runrecord import refuse_run_dir_as_model
+
+    given = Path(model).expanduser()
+    if given.is_dir() and not is_adapter_dir(given) and not is_sharded_checkpoint(given):
+        refuse_run_dir_as_model(given, model, "--model", adapters_ok=True)
 
 
 def off_defaults(cfg: TrainConfig) -> set[str]:

@@ -44,6 +44,7 @@ def policy_to_load(model: str, base_model: str | None) -> PolicyToLoad:
     holds the run's tokenizer."""
     from kto.formats.compute.sharded import is_sharded_checkpoint, load_sharded_weights
     from kto.formats.compute.sources import ModelSource, resolve_source
+    from kto.formats.runrecord import refuse_run_dir_as_model
 
     given = Path(model).expanduser()  # `~` is the home folder in every flag and config value (formats/paths.py)
     path = given.resolve()
@@ -64,6 +65,8 @@ def policy_to_load(model: str, base_model: str | None) -> PolicyToLoad:
         require_runs_model(path, source, f"{flag} {base}", "trained", base_model)
         what = f"the weights of {path} (sharded by FSDP) on the model of {source.directory}"
         return PolicyToLoad(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), what)
+    if given.is_dir():  # a LoRA run's folder: its final/ loads here, say so rather than "merge"
+        refuse_run_dir_as_model(given, model, "--model", adapters_ok=True)
     source = resolve_source(model)
     if base_model:  # would go unused: the scores would be --model's while the user meant another base's
         raise InputError(f"--base-model is for LoRA adapters or an FSDP checkpoint; --model {model} is a whole model")

@@ -34,6 +34,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kto.formats.config_data import INFO_NAME, folder_files, hub_input, is_data_folder
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file, utf8_text
 
@@ -42,7 +43,6 @@ from .examples import ShareGPTMap
 from .records import SUFFIXES
 from .sharegpt import entry_ranking
 
-INFO_NAME = "dataset_info.json"
 _WHERE_KEYS = {"file_name", "hf_hub_url", "subset", "split"}
 # LLaMA-Factory only warns when the file's SHA-1 differs (its docs: optional, no effect on
 # training); the cache's manifest records every input's sha256 anyway.
@@ -84,9 +84,17 @@ def load_datasets(names: str, dataset_dir: Path) -> DatasetEntry:
     """Every entry of the comma list `names`; their files are read in order, so their names
     (columns, tags, formatting, ranking) must agree: one cache has one map."""
     info = read_dataset_info(dataset_dir)
-    entries = [load_entry(info, name.strip(), Path(dataset_dir)) for name in names.split(",") if name.strip()]
+    listed = [name.strip() for name in names.split(",") if name.strip()]
+    twice = next((name for i, name in enumerate(listed) if name in listed[:i]), None)
+    if twice is not None:
+        raise InputError(
+            f"--dataset {names}: {twice} is named twice; LLaMA-Factory reads a repeated entry twice (upsampling it), "
+            "kto-precompute reads each file once: name it once"
+        )
+    entries = [load_entry(info, name, Path(dataset_dir), names) for name in listed]
     if not entries:
         raise InputError(f"--dataset {names!r}: name at least one entry of {Path(dataset_dir) / INFO_NAME}")
+    _refuse_shared_files(names, listed, entries)
     first = entries[0]
     for name, entry in zip(names.split(",")[1:], entries[1:]):
         if (entry.sharegpt, entry.alpaca, entry.ranking) != (first.sharegpt, first.alpaca, first.ranking):
@@ -94,14 +102,34 @@ def load_datasets(names: str, dataset_dir: Path) -> DatasetEntry:
     return DatasetEntry(tuple(p for e in entries for p in e.data), first.sharegpt, first.alpaca, first.ranking, tuple(len(e.data) for e in entries))
 
 
-def load_entry(info: dict, name: str, dataset_dir: Path) -> DatasetEntry:
-    where = f"--dataset {name} ({dataset_dir / INFO_NAME})"
+def _refuse_shared_files(names: str, listed: list[str], entries: list[DatasetEntry]) -> None:
+    """Two entries of one file would read its rows twice: refused naming the entries, before
+    the inputs' check names two --data the user never wrote."""
+    seen: dict[Path, str] = {}
+    for name, entry in zip(listed, entries):
+        for path in entry.data:
+            real = Path(path).resolve()
+            if real in seen:
+                raise InputError(f"--dataset {names}: {seen[real]} and {name} read the same file {path}, which would read every row twice: name one of them")
+            seen[real] = name
+
+
+def load_entry(info: dict, name: str, dataset_dir: Path, names: str | None = None) -> DatasetEntry:
+    """`names`: the --dataset list as written, which the messages lead with (a --config file's
+    message then names its `dataset:` value once)."""
+    where = f"--dataset {names or name}: entry {name} of {dataset_dir / INFO_NAME}"
     if name not in info:
         raise InputError(f"{where}: no such entry (entries: {', '.join(sorted(info)) or 'none'})")
     entry = info[name]
     if not isinstance(entry, dict):
         raise InputError(f"{where}: expected an object")
     unknown = sorted(set(entry) - _WHERE_KEYS - _READ_KEYS - _IGNORED_KEYS)
+    if "num_samples" in unknown:
+        n = entry["num_samples"]
+        raise InputError(
+            f"{where}: num_samples (LLaMA-Factory's sample of that many rows of the entry) is not supported here: leave it out and "
+            f"give max_samples: {n} (--max-samples {n}), a seeded sample of at most that many rows of each input"
+        )
     if unknown:
         raise InputError(f"{where}: {', '.join(unknown)} not supported here (supported: {', '.join(sorted(_WHERE_KEYS | _READ_KEYS | _IGNORED_KEYS))})")
     formatting = entry.get("formatting", "alpaca")
@@ -152,8 +180,7 @@ def _inputs(entry: dict, dataset_dir: Path, where: str) -> tuple[str, ...]:
         raise InputError(f"{where}: give exactly one of file_name and hf_hub_url")
     if "hf_hub_url" in entry:
         _hub_id(str(entry["hf_hub_url"]), dataset_dir, where)
-        parts = [entry["hf_hub_url"], *([entry["subset"]] if entry.get("subset") else []), entry.get("split", "train")]
-        return (":".join(["hf", *map(str, parts)]),)
+        return (hub_input(entry),)
     if "subset" in entry or "split" in entry:
         raise InputError(f"{where}: subset and split go with hf_hub_url, not file_name")
     file_name = str(entry["file_name"])
@@ -161,7 +188,7 @@ def _inputs(entry: dict, dataset_dir: Path, where: str) -> tuple[str, ...]:
         raise InputError(f"{where}: file_name {file_name}: an absolute path; {_under(dataset_dir)}")
     path = dataset_dir / file_name
     _inside(path, dataset_dir, f"{where}: file_name {file_name}")
-    if path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+    if is_data_folder(path):
         return _folder_files(path, f"{where}: file_name {file_name}")
     if not path.exists():
         raise InputError(f"{where}: file_name {file_name}: no such file in {dataset_dir}")
@@ -193,23 +220,12 @@ def _hub_id(url: str, dataset_dir: Path, where: str) -> None:
         raise InputError(f"{where}: hf_hub_url {url}: a local path, not a hub dataset id; name files under --dataset-dir {dataset_dir} with file_name")
 
 
-def _skipped(name: str) -> bool:
-    """Files a data folder may hold beside its data, not read: dotfiles (.DS_Store,
-    .gitattributes, .cache/), READMEs, licences and Markdown notes. Any other file is data."""
-    lower = name.lower()
-    return name.startswith(".") or lower.startswith(("readme", "license", "licence")) or lower.endswith(".md")
-
-
 def _folder_files(path: Path, where: str) -> tuple[str, ...]:
     """The data files of a folder entry, sorted. A file of a type the reader cannot read
     (part-1.jsonl.gz beside part-0.jsonl), or a subfolder, is refused by name: leaving it out
-    would drop its rows silently, and LLaMA-Factory itself refuses such a folder."""
-    files, unreadable = [], []
-    for p in sorted(path.iterdir()):
-        if p.is_file() and p.suffix.lower() in SUFFIXES:
-            files.append(p)  # a data file whatever its name (license_qa.jsonl, .extra.jsonl)
-        elif not _skipped(p.name):
-            unreadable.append(f"{p.name}/" if p.is_dir() else p.name)
+    would drop its rows silently, and LLaMA-Factory itself refuses such a folder. The files are
+    formats' folder_files, as kto-train resolves an entry to compare it with a cache."""
+    files, unreadable = folder_files(path)
     readable = ", ".join(SUFFIXES)
     if unreadable:
         raise InputError(

@@ -139,7 +139,10 @@ def test_a_bad_tag_is_named_alone(tmp_path):
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"file_name": "x.json", "num_samples": 10}, "num_samples not supported here"),
+        (
+            {"file_name": "x.json", "num_samples": 10},
+            r"num_samples \(LLaMA-Factory.s sample of that many rows of the entry\) is not supported here: leave it out and give max_samples: 10",
+        ),
         ({"file_name": "x.json", "ranking": True, "columns": {"kto_tag": "label"}}, "ranking is true, so rows are chosen/rejected pairs"),
         ({"file_name": "x.json", "formatting": "openai"}, "formatting 'openai': alpaca or sharegpt"),
         ({"file_name": "missing.json"}, "file_name missing.json: no such file in"),
@@ -151,7 +154,7 @@ def test_entries_that_cannot_be_read_as_written_are_one_line(tmp_path, entry, me
     (tmp_path / "dataset_info.json").write_text(json.dumps({"d": entry}))
     with pytest.raises(InputError, match=message):
         load_datasets("d", tmp_path)
-    with pytest.raises(InputError, match=r"--dataset nope .*: no such entry \(entries: d\)"):
+    with pytest.raises(InputError, match=r"--dataset nope: entry nope of .*: no such entry \(entries: d\)"):
         load_datasets("nope", tmp_path)
 
 
