@@ -22,12 +22,14 @@ if TYPE_CHECKING:
 def check_attention_implementation(source: ModelSource, attn_implementation: str, *, trust_remote_code: bool = False) -> None:
     """Before --out is touched: transformers refuses sdpa at load for some models (Gemma 2,
     GptOss, Bloom in 5.25), and building the model from its config on the meta device meets the
-    same refusal, said as the flag to give. Any other failure is left to the load (flash kernels
-    are checked there, on the device they run on). First the name itself: one transformers
+    same refusal, said as the flag to give. A flash kernel whose package is not installed is
+    refused here too (it failed at the load, after the rows were read and staged); any other
+    failure is left to the load (a flash kernel's device, on the device it runs on). First the name itself: one transformers
     does not know (`abc`, '') was refused only at the load, after --out was claimed. Not with
     --trust-remote-code: a folder's own code may register its attention name when it loads."""
     if not trust_remote_code:
         check_attention_name(attn_implementation)
+    check_flash_package(attn_implementation)
     if attn_implementation != "sdpa":
         return
     try:
@@ -36,6 +38,17 @@ def check_attention_implementation(source: ModelSource, attn_implementation: str
         unsupported = attention_unsupported(exc)
         if unsupported is not None:
             raise attention_refusal(attn_implementation, unsupported) from exc
+
+
+def check_flash_package(attn_implementation: str) -> None:
+    """--attn-implementation flash_attention_2/3 without the package transformers loads it from:
+    one line, as a --config file's flash_attn or attn_implementation key gets (config_names)."""
+    from kto.formats.config_names import FLASH_PACKAGES, installed
+
+    if attn_implementation in FLASH_PACKAGES and not installed(FLASH_PACKAGES[attn_implementation][0]):
+        raise InputError(
+            f"--attn-implementation {attn_implementation} needs {FLASH_PACKAGES[attn_implementation][1]}): install it, or give --attn-implementation sdpa"
+        )
 
 
 def check_attention_name(attn_implementation: str) -> None:
