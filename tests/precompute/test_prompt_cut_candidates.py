@@ -21,13 +21,7 @@ from kto.precompute.templates import ChatTemplate
 from kto.precompute.tokenize import PromptCut, render, tokenize_example
 
 TEMPLATES = Path(__file__).parent / "templates"
-TOOLS_JINJA = (
-    "{%- for message in messages %}{%- if message['role'] == 'assistant' and message.get('tool_calls') %}"
-    "{{- '<|im_start|>assistant\\n' }}{%- for tc in message['tool_calls'] %}{{- '<tool_call>' + (tc['function'] | tojson) + '</tool_call>' }}"
-    "{%- endfor %}{{- '<|im_end|>\\n' }}{%- elif message['role'] == 'tool' %}{{- '<|im_start|>tool\\n' + (message['content'] | tojson) + '<|im_end|>\\n' }}"
-    "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+TOOLS_JINJA = (Path(__file__).parent / "templates" / "tools_tojson.jinja").read_text()
 TEXT_ARGS_JINJA = TOOLS_JINJA.replace("(tc['function'] | tojson)", "tc['function']['name'] + '\\n' + tc['function']['arguments']")
 HEAD = "<|im_start|>system\nYou are an agent.<|im_end|>\n<|im_start|>user\nWrite the file<|im_end|>\n<|im_start|>assistant\n<tool_call>"
 CODE = "".join(f"line {i} = compute({i})\n" for i in range(60))

@@ -25,13 +25,7 @@ from kto.precompute.staging import stage
 from kto.precompute.tokenize import PromptCut, tokenize_example
 
 # The hunter's tools.jinja: a call written `{{ function | tojson }}`, a tool result `| tojson`.
-TOOLS_JINJA = (
-    "{%- for message in messages %}{%- if message['role'] == 'assistant' and message.get('tool_calls') %}"
-    "{{- '<|im_start|>assistant\\n' }}{%- for tc in message['tool_calls'] %}{{- '<tool_call>' + (tc['function'] | tojson) + '</tool_call>' }}"
-    "{%- endfor %}{{- '<|im_end|>\\n' }}{%- elif message['role'] == 'tool' %}{{- '<|im_start|>tool\\n' + (message['content'] | tojson) + '<|im_end|>\\n' }}"
-    "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+TOOLS_JINJA = (Path(__file__).parent / "templates" / "tools_tojson.jinja").read_text()
 # A template that joins a call's arguments as text, as DeepSeek-R1's does (`'\n' + arguments`
 # fails on an object, so tokenize.render hands it the JSON text the object was parsed from).
 TEXT_ARGS_JINJA = TOOLS_JINJA.replace("(tc['function'] | tojson)", "tc['function']['name'] + '\\n' + tc['function']['arguments']")
