@@ -358,7 +358,14 @@ def _require(record: dict, keys: Sequence[str], columns: ColumnMap, source: str)
             # A Parquet/Arrow file has the column; this row's cell is empty (not a missing column).
             raise InputError(f"{source}: '{key}' is null in this row; {_shapes(columns)}")
         if not is_present(record, key):
-            raise InputError(f"{source}: missing column '{key}'; {_shapes(columns)}")
+            raise InputError(f"{source}: missing column '{key}'{_spelt_otherwise(record, key)}; {_shapes(columns)}")
+
+
+def _spelt_otherwise(record: dict, key: str) -> str:
+    """A column named `key` but for spaces or case (a CSV header `prompt, completion, label`
+    reads as ' completion'), said, since the user sees `key` in their own header."""
+    near = [c for c in record if isinstance(c, str) and c != key and c.strip().lower() == key.lower()]
+    return f" (the file has {near[0]!r}: column names are read exactly, spaces and case included)" if near else ""
 
 
 def base_id_of(record: dict, id_column: str, fallback: str, source: str) -> str:
