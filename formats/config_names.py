@@ -397,7 +397,7 @@ def _attention(raw: Mapping[str, Any], out: Resolved, sorting: _Sorting) -> None
             return
         out.set("attn_implementation", ours, "flash_attn")
     kernel = out.values.get("attn_implementation")
-    if isinstance(kernel, str) and kernel in FLASH_PACKAGES and not installed(FLASH_PACKAGES[kernel][0]):
+    if isinstance(kernel, str) and not flash_loadable(kernel):
         key = out.origin["attn_implementation"]
         if key == "flash_attn":
             sorting.refused.append(
@@ -410,12 +410,19 @@ def _attention(raw: Mapping[str, Any], out: Resolved, sorting: _Sorting) -> None
 
 # The flash kernels transformers loads from a package (its is_flash_attn_2/3_available): the
 # module it looks for, and the package in words, its closing parenthesis left to the message.
-# transformers 5 may instead fetch a kernels-hub build (kernels-community/flash-attn2) where the
-# `kernels` package is installed and the hub reachable; offline it fails at the load as without.
+# Without it, transformers 5 fetches a kernels-hub build (kernels-community/flash-attn2) where the
+# `kernels` package is installed (flash_loadable); offline and uncached that fails at the load.
 FLASH_PACKAGES = {
     "flash_attention_2": ("flash_attn", "the flash-attn package (pip install flash-attn"),
     "flash_attention_3": ("flash_attn_interface", "FlashAttention 3's flash_attn_interface module (flash-attn-3, built from flash-attention's hopper/"),
 }
+
+
+def flash_loadable(kernel: str) -> bool:
+    """Whether transformers can load `kernel`, as far as packages tell: not a flash kernel, or its
+    package installed, or the `kernels` package it falls back to (modeling_utils: a flash kernel
+    whose package is missing is taken from the kernels hub when `kernels` is available)."""
+    return kernel not in FLASH_PACKAGES or installed(FLASH_PACKAGES[kernel][0]) or installed("kernels")
 
 
 def installed(module: str) -> bool:

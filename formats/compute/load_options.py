@@ -41,11 +41,12 @@ def check_attention_implementation(source: ModelSource, attn_implementation: str
 
 
 def check_flash_package(attn_implementation: str) -> None:
-    """--attn-implementation flash_attention_2/3 without the package transformers loads it from:
-    one line, as a --config file's flash_attn or attn_implementation key gets (config_names)."""
-    from kto.formats.config_names import FLASH_PACKAGES, installed
+    """--attn-implementation flash_attention_2/3 without the package transformers loads it from
+    nor the `kernels` package it falls back to: one line, as a --config file's flash_attn or
+    attn_implementation key gets (config_names.flash_loadable)."""
+    from kto.formats.config_names import FLASH_PACKAGES, flash_loadable
 
-    if attn_implementation in FLASH_PACKAGES and not installed(FLASH_PACKAGES[attn_implementation][0]):
+    if not flash_loadable(attn_implementation):
         raise InputError(
             f"--attn-implementation {attn_implementation} needs {FLASH_PACKAGES[attn_implementation][1]}): install it, or give --attn-implementation sdpa"
         )

@@ -68,7 +68,7 @@ def flash_installed(monkeypatch):
 
 @pytest.fixture
 def no_flash(monkeypatch):
-    monkeypatch.setattr("kto.formats.config_names.installed", lambda module: module not in ("flash_attn", "flash_attn_interface"))
+    monkeypatch.setattr("kto.formats.config_names.installed", lambda module: module not in ("flash_attn", "flash_attn_interface", "kernels"))
 
 
 @pytest.mark.parametrize("command", [PRECOMPUTE, TRAIN])

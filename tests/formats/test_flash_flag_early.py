@@ -42,3 +42,16 @@ def test_the_check_reads_the_real_environment():
 
     assert installed("flash_attn") == (importlib.util.find_spec("flash_attn") is not None)
     assert installed("json")
+
+
+def test_the_kernels_package_is_enough(monkeypatch):
+    """Without flash_attn transformers 5 takes the kernel from the kernels hub where the `kernels`
+    package is installed: not refused then (the load says whether the hub answers)."""
+    from kto.formats.compute.load_options import check_flash_package
+    from kto.formats.config_names import flash_loadable
+
+    monkeypatch.setattr("kto.formats.config_names.installed", lambda module: module == "kernels")
+    assert flash_loadable("flash_attention_2") and flash_loadable("flash_attention_3")
+    check_flash_package("flash_attention_2")  # no refusal
+    monkeypatch.setattr("kto.formats.config_names.installed", lambda module: False)
+    assert not flash_loadable("flash_attention_2") and flash_loadable("sdpa")
