@@ -334,7 +334,9 @@ def shaped_examples(record: dict, columns: ColumnMap, base_id: str, source: str,
         prompt, completion = _prompt_and_completion(record, columns.prompt, columns.completion, source)
     else:
         found = ", ".join(sorted(map(str, present))) or "none"
-        raise InputError(f"{source}: no known columns (found: {found}); {_shapes(columns)}")
+        near = [f"{c!r} for '{key}'" for key in (columns.prompt, columns.completion, columns.messages, columns.chosen) for c in present if _near(c, key)]
+        exact = f"; column names are read exactly, spaces and case included ({', '.join(near)}?)" if near else ""
+        raise InputError(f"{source}: no known columns (found: {found}){exact}; {_shapes(columns)}")
     return [Example(base_id, prompt, completion, _label(record, columns, source), source)]
 
 
@@ -361,10 +363,16 @@ def _require(record: dict, keys: Sequence[str], columns: ColumnMap, source: str)
             raise InputError(f"{source}: missing column '{key}'{_spelt_otherwise(record, key)}; {_shapes(columns)}")
 
 
+def _near(column: object, key: str) -> bool:
+    """`column` is `key` but for spaces around it or case (a spreadsheet's `Prompt`, a CSV
+    header's ' completion')."""
+    return isinstance(column, str) and column != key and column.strip().lower() == key.lower()
+
+
 def _spelt_otherwise(record: dict, key: str) -> str:
     """A column named `key` but for spaces or case (a CSV header `prompt, completion, label`
     reads as ' completion'), said, since the user sees `key` in their own header."""
-    near = [c for c in record if isinstance(c, str) and c != key and c.strip().lower() == key.lower()]
+    near = [c for c in record if _near(c, key)]
     return f" (the file has {near[0]!r}: column names are read exactly, spaces and case included)" if near else ""
 
 

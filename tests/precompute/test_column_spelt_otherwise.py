@@ -18,3 +18,15 @@ def test_a_header_in_other_case_is_named(tiny_model_dir, tmp_path):
     data.write_text('{"prompt": "Hi?", "Completion": "Hello.", "label": true}\n{"prompt": "Bye?", "Completion": "No.", "label": false}\n')
     line = one_line_error(run_precompute("--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "cache")))
     assert "missing column 'completion' (the file has 'Completion': column names are read exactly" in line
+
+
+def test_a_header_whose_every_name_differs_in_case_is_named(tiny_model_dir, tmp_path):
+    """A spreadsheet's `Prompt,Completion,Label`: no column matches, and the refusal says which
+    would have (it listed the columns found only)."""
+    data = tmp_path / "rows.csv"
+    data.write_text("Prompt,Completion,Label\nHi?,Hello.,true\nBye?,No.,false\n")
+    line = one_line_error(run_precompute("--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "cache")))
+    assert (
+        "rows.csv: row 1: no known columns (found: Completion, Label, Prompt); column names are read exactly, spaces and case "
+        "included ('Prompt' for 'prompt', 'Completion' for 'completion'?); "
+    ) in line
