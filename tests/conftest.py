@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ import pytest
 import torch
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# A suite started in the background of a non-interactive shell (`bash -c 'pytest … &'`) inherits
+# SIGINT ignored (POSIX), and so does every process it launches: the tests that press Ctrl-C on
+# kto-train would find it ignored, as kto-train rightly leaves an ignored SIGINT alone (nohup's
+# SIGHUP likewise). A Python handler here is SIG_DFL again in every process this one starts.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config):
