@@ -96,7 +96,7 @@ def load_datasets(names: str, dataset_dir: Path) -> DatasetEntry:
         raise InputError(f"--dataset {names!r}: name at least one entry of {Path(dataset_dir) / INFO_NAME}")
     _refuse_shared_files(names, listed, entries)
     first = entries[0]
-    for name, entry in zip(names.split(",")[1:], entries[1:]):
+    for name, entry in zip(listed[1:], entries[1:]):
         if (entry.sharegpt, entry.alpaca, entry.ranking) != (first.sharegpt, first.alpaca, first.ranking):
             raise InputError(f"--dataset {names}: {name.strip()} reads its rows with other columns, tags, formatting or ranking than {names.split(',')[0]}")
     return DatasetEntry(tuple(p for e in entries for p in e.data), first.sharegpt, first.alpaca, first.ranking, tuple(len(e.data) for e in entries))
