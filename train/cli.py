@@ -58,7 +58,7 @@ EXPLICIT = "kto.explicit"  # ctx.meta: the settings the command line or --config
 )
 @click.option("--lr-schedule-kwargs", default=None, help="JSON object for get_scheduler, e.g. '{\"min_lr_rate\": 0.1}'.")
 @click.option("--warmup-ratio", default=0.1, help="Rounded down; --warmup-steps wins when set.")
-@click.option("--warmup-steps", default=0)
+@click.option("--warmup-steps", default=0, help="Wins over --warmup-ratio when above 0; 0 given without --warmup-ratio: no warmup.")
 @click.option("--weight-decay", default=0.0)
 @click.option("--adam-beta1", default=0.9, help="AdamW's β1.")
 @click.option("--adam-beta2", default=0.999, help="AdamW's β2.")
@@ -226,7 +226,21 @@ def merged_config(ctx: click.Context, config_file: Path | None, resolved: Resolv
     require_paths(values)  # before the file's settings are read: they may use --cache
     if config_file:
         from_config_file(ctx, config_file, resolved, values)
+    zero_warmup_steps(resolved, values, given)
     return TrainConfig(**values)
+
+
+def zero_warmup_steps(resolved: Resolved, values: dict[str, Any], given: Callable[[str], bool]) -> None:
+    """`--warmup-steps 0` (or `warmup_steps: 0` in the file) with no warmup ratio given: no
+    warmup, as transformers reads it (0 steps defers to warmup_ratio, whose default there is 0).
+    kto-train's own warmup_ratio 0.1 is for runs that give neither, not a silent tenth of this one."""
+    in_file = "warmup_steps" in resolved.values and not given("warmup_steps")
+    ratio_given = given("warmup_ratio") or "warmup_ratio" in resolved.values or "warmup_ratio" in resolved.defaults
+    if not (given("warmup_steps") or in_file) or values.get("warmup_steps") != 0 or ratio_given or not values.get("warmup_ratio"):
+        return
+    values["warmup_ratio"] = 0.0
+    said = f"{resolved.key_of('warmup_steps')}: 0" if in_file else "--warmup-steps 0"
+    log(f"kto-train: {said} without a warmup ratio: no warmup, as transformers reads it (kto-train's own warmup_ratio 0.1 is for runs that give neither)")
 
 
 def unset_lora_settings_of_files_without_rank(ctx: click.Context, values: dict[str, Any]) -> None:

@@ -118,6 +118,26 @@ def test_warmup_steps_below_one_is_a_warmup_ratio(tmp_path, captured):
     assert (captured[0].warmup_ratio, captured[0].warmup_steps) == (0.1, 0)
 
 
+@pytest.mark.parametrize(
+    ("text", "extra", "ratio"),
+    [
+        ("lr: 1.0e-6\nwarmup_steps: 0\n", (), 0.0),  # our names only: no TRL key to bring transformers' defaults
+        ("lr: 1.0e-6\n", ("--warmup-steps", "0"), 0.0),
+        ("lr: 1.0e-6\nwarmup_ratio: 0.2\n", ("--warmup-steps", "0"), 0.2),  # the ratio given: transformers takes it
+        ("lr: 1.0e-6\n", (), 0.1),  # neither given: kto-train's own default
+        ("lr: 1.0e-6\n", ("--warmup-steps", "0", "--warmup-ratio", "0.3"), 0.3),
+    ],
+)
+def test_an_explicit_zero_warmup_steps_without_a_ratio_warms_up_for_none(tmp_path, captured, text, extra, ratio):
+    """`warmup_steps: 0` in a file of our names, or `--warmup-steps 0`, took kto-train's
+    warmup_ratio 0.1 silently: a tenth of the run warmed up where transformers warms up none."""
+    result = run(tmp_path, text, "run.yaml", *extra)
+    assert result.exit_code == 0, result.output
+    assert (captured[0].warmup_ratio, captured[0].warmup_steps) == (ratio, 0)
+    said = "without a warmup ratio: no warmup, as transformers reads it" in result.output
+    assert said == (ratio == 0.0)
+
+
 def test_step_shares_resolve_against_max_steps_or_are_refused_naming_the_key(tmp_path, captured):
     """transformers 5: `logging_steps: 0.25` is ⌈0.25 × total⌉ steps. kto-train knows the total
     before reading the cache only from max_steps; without it the key is refused, as written."""
