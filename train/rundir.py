@@ -113,8 +113,12 @@ RUN_ENTRIES: dict[str, str] = {
 
 def config_record(cfg: TrainConfig) -> dict:
     """Every TrainConfig field as JSON (paths as strings), but --eval-only's two (a training run
-    has them off: recorded, they would change every record and its checkpoints' settings digest)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items() if k not in ("eval_only", "base_model")}
+    has them off: recorded, they would change every record and its checkpoints' settings digest).
+    `fsdp` as the run took it: `accelerate launch --use_fsdp` shards a run without --fsdp."""
+    from .sharding import requested
+
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items() if k not in ("eval_only", "base_model")}
+    return record | {"fsdp": requested(cfg)}
 
 
 # Settings recorded since a version that trained without them, each with the value every run

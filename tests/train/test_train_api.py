@@ -163,3 +163,15 @@ def test_values_of_the_types_the_cli_gives_are_taken_as_they_mean(tmp_path, tiny
     assert TrainConfig(cache="c", model="m", out="o", resume=True, max_steps=None).resume is True
     # A list of LoRA targets, as peft takes it and a --config file may write it: the comma list.
     assert TrainConfig(cache="c", model="m", out="o", lora_r=8, lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == "q_proj,v_proj"
+
+
+def test_the_record_says_fsdp_when_accelerate_launch_turned_it_on(tmp_path, monkeypatch):
+    """`accelerate launch --use_fsdp` without --fsdp shards the run (ACCELERATE_USE_FSDP), and its
+    kto_run.json said "fsdp": false, so the record did not hold the setting as the run took it."""
+    from kto.train.rundir import config_record
+
+    common = dict(cache=tmp_path / "c", model="m", out=tmp_path / "out")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert config_record(TrainConfig(fsdp=False, **common))["fsdp"] is False
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert config_record(TrainConfig(fsdp=False, **common))["fsdp"] is True
