@@ -10,14 +10,15 @@ lists equal to the CLIs' options.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .config_commands import PRECOMPUTE, TRAIN, same_value
+from .config_foreign import foreign_flag_hint
+from .config_unsupported import UNSUPPORTED
 from .errors import InputError, exit_with_usage_line
-
-PRECOMPUTE = "kto-precompute"
-TRAIN = "kto-train"
 
 PRECOMPUTE_KEYS = frozenset(
     {
@@ -42,6 +43,33 @@ TRAIN_KEYS = frozenset(
     }
 )  # fmt: skip
 OWN_KEYS = {PRECOMPUTE: PRECOMPUTE_KEYS, TRAIN: TRAIN_KEYS}
+
+# Own keys whose flag is not `--KEY` with dashes (tests/formats/test_foreign_hints_mend.py checks every
+# key's flag against the click commands' declarations).
+FLAG_SPELLINGS = {PRECOMPUTE: {"store_token_logps": "--token-logps"}, TRAIN: {}}
+
+
+def flag_of(command: str, key: str) -> str:
+    """`command`'s flag for its own option `key` (`store_token_logps` -> `--token-logps`)."""
+    return FLAG_SPELLINGS[command].get(key) or f"--{key.replace('_', '-')}"
+
+
+def _flags(command: str) -> set[str]:
+    keys = OWN_KEYS[command]
+    return {flag_of(command, k) for k in keys} | {f"--no-{flag_of(command, k)[2:]}" for k in keys} | {"--config"}
+
+
+def owned_flags(text: str, command: str) -> str:
+    """`text` (a hint on `command`'s line) with each flag of the other command alone named as
+    its (`--report-to` -> `kto-train's --report-to` on kto-precompute's line): a hint never names
+    a flag the command it is printed by does not have, as if it did."""
+    other = TRAIN if command == PRECOMPUTE else PRECOMPUTE
+
+    def owned(match: re.Match[str]) -> str:
+        flag = match.group(0)
+        return f"{other}'s {flag}" if flag not in _flags(command) and flag in _flags(other) else flag
+
+    return re.sub(r"(?<!'s )--[a-z][\w-]*", owned, text)
 
 
 def target_modules_value(value: Any) -> Any:
@@ -72,16 +100,6 @@ _DTYPE_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "floa
 def _dtype(value: Any) -> Any:
     """torch's spellings (`bfloat16`), as TRL's `dtype`/`torch_dtype` take them, to ours (`bf16`)."""
     return _DTYPE_SPELLINGS.get(value, value) if isinstance(value, str) else value
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal, or the same number spelt two ways (YAML reads `1e-5` as text, `1.0e-5` as a float)."""
-    if a == b:
-        return True
-    try:
-        return not isinstance(a, bool) and not isinstance(b, bool) and float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
 
 
 def file_switch(key: str, value: Any) -> bool:
@@ -312,16 +330,57 @@ SWITCH_HINTS = {
 }
 
 
+# Flags that name a key a --config file reads with another (COMPANIONS), or one of the other
+# command's: what to give on the command line instead.
+FLAG_HINTS = {
+    PRECOMPUTE: {
+        "dataset_name": "TRL's dataset_name: give --data hf:ID:SPLIT (hf:ID:CONFIG:SPLIT with a config)",
+        "dataset_config": "TRL's: give --data hf:ID:CONFIG:SPLIT",
+        "dataset_train_split": "TRL's: give --data hf:ID:SPLIT",
+        "dataset_test_split": "TRL's: give --eval-data hf:ID:SPLIT",
+        "eval_strategy": "transformers': kto-precompute holds rows out with --eval-fraction F or --eval-data FILE",
+        "evaluation_strategy": "transformers': kto-precompute holds rows out with --eval-fraction F or --eval-data FILE",
+        "output_dir": "give --out DIR, the cache directory (a --config file's output_dir is kto-train's --out, its run directory)",
+    },
+    TRAIN: {
+        "bf16": "transformers' switch: give --mixed-precision bf16",
+        "fp16": "transformers' switch: give --mixed-precision fp16",
+        "eval_strategy": "transformers': give --eval-every N (steps) or --eval-each-epoch (epoch)",
+        "evaluation_strategy": "transformers': give --eval-every N (steps) or --eval-each-epoch (epoch)",
+        "save_strategy": "transformers': give --save-every N (steps) or --save-each-epoch (epoch)",
+        "activation_checkpointing": "transformers 5's name: give --gradient-checkpointing",
+        "optim": "kto-train uses AdamW (torch), with no flag for another optimizer: see docs/migrating.md",
+    },
+}
+
+
 def option_hint(command: str, option: str) -> str | None:
-    """For an option the command line does not know but a config file would (TRL's or
-    LLaMA-Factory's name, dashes or underscores): which of ours it is. None otherwise."""
-    name = option.lstrip("-").replace("-", "_")
+    """For an option the command line does not know but a config file would, or another tool
+    names (TRL's, LLaMA-Factory's, axolotl's, OpenRLHF's; dashes or underscores), or the other
+    command has: what to give instead, each flag of the other command named as its. None
+    otherwise (click's spelling match then)."""
+    hint = _option_hint(command, option.lstrip("-").replace("-", "_"))
+    return None if hint is None else owned_flags(hint, command)
+
+
+def _option_hint(command: str, name: str) -> str | None:
+    in_file = "; such names work in a --config file"
     if name in SWITCH_HINTS[command]:
-        return f"{SWITCH_HINTS[command][name]}; such names work in a --config file"
+        return f"{SWITCH_HINTS[command][name]}{in_file}"
+    if name in FLAG_HINTS[command]:
+        return FLAG_HINTS[command][name]
     alias = ALIASES[command].get(name)
-    if alias is None:
-        return None
-    return f"{alias.source}'s name for {command}'s --{alias.ours.replace('_', '-')}; such names work in a --config file"
+    if alias is not None:
+        return f"{alias.source}'s name for {command}'s --{alias.ours.replace('_', '-')}{in_file}"
+    foreign = foreign_flag_hint(name, command, OWN_KEYS[command])
+    if foreign is not None:
+        return foreign
+    if name in UNSUPPORTED[command]:
+        # Its reason is a config file's (`write do_train: false`), not a flag's: said in general.
+        return f"TRL's or LLaMA-Factory's {name}: not supported by {command} (docs/migrating.md)"
+    other = TRAIN if command == PRECOMPUTE else PRECOMPUTE
+    ours = ALIASES[other][name].ours if name in ALIASES[other] else name if name in OWN_KEYS[other] and name not in OWN_KEYS[command] else None
+    return None if ours is None else f"{other}'s {flag_of(other, ours)}, not {command}'s"
 
 
 def names_other_tools_use(command: str) -> type:

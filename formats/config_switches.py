@@ -45,6 +45,10 @@ def _precision(raw: Mapping[str, Any], out: Resolved) -> None:
         out.values["mixed_precision"] = "no"  # YAML 1.1 reads an unquoted `no` as false
     given = {key: raw[key] for key in ("bf16", "fp16") if raw.get(key) is not None}
     for key, value in given.items():
+        if value == "auto":
+            raise InputError(
+                f"{key}: 'auto' is axolotl's ({key} where the GPU has it): leave {key} out, mixed_precision auto (kto-train's default) is bf16 autocast on CUDA"
+            )
         file_switch(key, value)
     if not given:
         return

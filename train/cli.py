@@ -223,7 +223,11 @@ def merged_config(ctx: click.Context, config_file: Path | None, resolved: Resolv
     values["lr_schedule_kwargs"] = schedule_kwargs(values["lr_schedule_kwargs"])
     if values.get("out") is None and isinstance(values["resume"], Path):
         values["out"] = values["resume"].parent  # `--resume RUN/checkpoint-STEP` names its run
-    require_paths(values)  # before the file's settings are read: they may use --cache
+    try:
+        require_paths(values)  # before the file's settings are read: they may use --cache
+    except InputError as exc:  # an axolotl file's base_model is its model: say so with the refusal
+        said = [note for note in resolved.notes if "axolotl's base_model" in note] if values.get("model") is None else []
+        raise InputError("; ".join([str(exc), *said])) from None
     if config_file:
         from_config_file(ctx, config_file, resolved, values)
     zero_warmup_steps(resolved, values, given)
@@ -265,7 +269,8 @@ def from_config_file(ctx: click.Context, path: Path, resolved: Resolved, values:
     total steps, and kto-precompute's keys against the cache."""
     peft_default_targets(ctx, path, resolved, values)
     for note in resolved.notes:
-        log(f"kto-train: {note}")
+        if "axolotl's base_model" not in note:  # said only with the missing --model refusal (merged_config)
+            log(f"kto-train: {note}")
     lora_rank_for_lora(ctx, path, resolved, values)
     keep_recorded_defaults(ctx, path, resolved, values)
     if resolved.eval_in_cache and values.get("eval_cache") is None and values.get("cache") is not None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +69,10 @@ class DatasetEntry:
     LLaMA-Factory loads as one dataset (records.RowSample counts --max-samples over it whole)."""
 
 
-def read_dataset_info(dataset_dir: Path) -> dict:
+def read_dataset_info(dataset_dir: Path, names: str | None = None) -> dict:
     path = Path(dataset_dir) / INFO_NAME
+    if not path.exists() and _data_instead(names):
+        raise InputError(f"--dataset-dir {dataset_dir}: {INFO_NAME}: no such file{_data_instead(names)}")
     regular_file(path, f"--dataset-dir {dataset_dir}: {INFO_NAME}")
     try:
         info = json.loads(utf8_text(path, str(path)))
@@ -80,10 +83,22 @@ def read_dataset_info(dataset_dir: Path) -> dict:
     return info
 
 
+def _data_instead(names: str | None) -> str:
+    """What --data would read where --dataset names a file or a hub id (ORG/NAME), as TRL's and
+    OpenRLHF's --dataset do, and no dataset_info.json is there to name entries of."""
+    if names is None:
+        return ""
+    if Path(names).exists():
+        return f"; --dataset names an entry of it (LLaMA-Factory's): for the file {names}, give --data {names}"
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", names):
+        return f"; --dataset names an entry of it (LLaMA-Factory's): for the hub dataset {names}, give --data hf:{names}:SPLIT"
+    return ""
+
+
 def load_datasets(names: str, dataset_dir: Path) -> DatasetEntry:
     """Every entry of the comma list `names`; their files are read in order, so their names
     (columns, tags, formatting, ranking) must agree: one cache has one map."""
-    info = read_dataset_info(dataset_dir)
+    info = read_dataset_info(dataset_dir, names)
     listed = [name.strip() for name in names.split(",") if name.strip()]
     twice = next((name for i, name in enumerate(listed) if name in listed[:i]), None)
     if twice is not None:

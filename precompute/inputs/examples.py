@@ -344,7 +344,9 @@ def _shapes(c: ColumnMap) -> str:
     return (
         f"expected {c.prompt}+{c.completion}+{c.label} (TRL unpaired), {c.messages}+{c.label} "
         f"(LLaMA-Factory), {c.prompt}+{c.chosen}+{c.rejected} (paired) or conversations+kto_tag (ShareGPT); "
-        "alpaca files (instruction/input/output) are read through --dataset NAME --dataset-dir DIR (dataset_info.json)"
+        "alpaca files (instruction/input/output) are read through --dataset NAME --dataset-dir DIR (dataset_info.json); "
+        "other names: --prompt-column NAME --completion-column NAME --label-column NAME (OpenRLHF's input/output/label: "
+        "--prompt-column input --completion-column output)"
     )
 
 
