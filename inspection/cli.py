@@ -5,6 +5,7 @@
     kto-inspect rows    CACHE [--where SQL] [--sort SQL] [--limit N] [--flag K] [--json]
     kto-inspect run     OUT   [--to DIR] [--json]
     kto-inspect score   CACHE --model POLICY [--out FILE] [--beta B] ... [--json]
+    kto-inspect export  CHECKPOINT OUT [--merge] [--base-model BASE]
 
 Exit codes: 0 fine; 1 `verify` found a problem; 2 bad input (message on one line, prefixed
 `kto-inspect: error:`); 141 the output pipe was closed (`| head`). Heavy imports (polars, torch, matplotlib) happen inside the commands,
@@ -251,6 +252,23 @@ def score(cache: Path, model: str, out: Path, as_json: bool, **options) -> None:
 
     result = score_cache(_local(cache), model, out, log=lambda msg: click.echo(msg, err=True), **options)
     _emit(result, as_json, render)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("checkpoint", type=P)
+@click.argument("out", type=P)
+@click.option("--merge", is_flag=True, help="LoRA: write the adapters merged into their base (a model directory, as final-merged/).")
+@click.option("--base-model", default=None, help="The model the checkpoint trained [default: the one its run or adapter_config.json names].")
+@click.option("--trust-remote-code", is_flag=True, help="Allow code from the model repo to run.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_handles_input_errors
+def export(checkpoint: Path, out: Path, merge: bool, base_model: str | None, trust_remote_code: bool, as_json: bool) -> None:
+    """Write an FSDP run's RUN/checkpoint-STEP as the folder a run without --fsdp saves (HF model, or LoRA adapters) at OUT, a new folder."""
+    _named(checkpoint, "CHECKPOINT"), _named(out, "OUT")
+    from .export import export_checkpoint
+
+    result = export_checkpoint(checkpoint, out, merge, base_model, trust_remote_code, log=lambda msg: click.echo(msg, err=True))
+    _emit(result, as_json, lambda r: f"wrote {printable(r['out'])}: {r['holds']}, {r['dtype']}, from {printable(r['checkpoint'])}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn
 
+from kto.formats.compute.sharded import is_sharded_checkpoint
 from kto.formats.errors import InputError
 from kto.formats.metrics_line import EVAL_CACHE_KEY, EVAL_ONLY_KEYS, TRAIN_ONLY_KEYS, eval_cache_name
 from kto.formats.runrecord import FINAL_DIR, METRICS_NAME, RUN_RECORD_NAME, checkpoint_dir, eval_cache_at_start, is_run_record, read_run_config, record_path
@@ -382,7 +383,9 @@ def best_eval(log: RunLog) -> str | None:
     if record.get("finished_step") == step and (run / FINAL_DIR).is_dir():
         holders.append(f"{FINAL_DIR}/")
     if holders:
-        return f"{said}; {' and '.join(holders)} {'holds' if len(holders) == 1 else 'hold'} that step"
+        held = f"{said}; {' and '.join(holders)} {'holds' if len(holders) == 1 else 'hold'} that step"
+        sharded = holders[0] != f"{FINAL_DIR}/" and is_sharded_checkpoint(checkpoint_dir(run, step))  # no model: export makes one
+        return f"{held}, as FSDP shards: `kto-inspect export {checkpoint_dir(run, step)} DIR` writes it as the folder final/ is" if sharded else held
     return f"{said}; no {checkpoint_dir(run, step).name}/ is left{_why_gone(record, step, log)}"
 
 

@@ -38,6 +38,7 @@ import torch
 
 from kto.formats.atomic import aside_path, atomic_dir, free_name
 from kto.formats.compute.library_bars import library_bars_off
+from kto.formats.compute.policy_dirs import save_model_dir  # the writer kto-inspect export shares
 from kto.formats.errors import InputError
 from kto.formats.files import read_json
 from kto.formats.runrecord import CHECKPOINT_RE, checkpoint_dir
@@ -82,11 +83,6 @@ class Position:
         if not self.unlogged:
             del state["unlogged"]
         return state
-
-
-def save_model_dir(lm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
-    lm.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
 
 
 class _KeepsWriteError:

@@ -200,10 +200,16 @@ class RunOf:
 
 
 def with_run_settings(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> TrainConfig:
-    """cfg with the run's RUN_SETTINGS (RUN/kto_run.json) that were not given."""
+    """cfg with the run's RUN_SETTINGS (RUN/kto_run.json) that were not given. The run's
+    quantization only for its adapter folders (final/, checkpoint-STEP/: on the base as it
+    trained): final-merged/ holds the adapters merged into the unquantized base, and is
+    evaluated as saved (its model card's command), not quantized itself."""
+    from kto.formats.compute.adapters import is_adapter_dir
+
     recorded = run.record.get("config", {})
-    if explicit & {"load_in_4bit", "load_in_8bit"}:  # one setting in two flags: either given decides both
-        explicit = explicit | {"load_in_4bit", "load_in_8bit"}
+    bits = {"load_in_4bit", "load_in_8bit"}
+    if explicit & bits or not is_adapter_dir(Path(str(cfg.model)).expanduser()):  # one setting in two flags: either given decides both
+        explicit = explicit | bits
     return replace(cfg, **{k: recorded[k] for k in RUN_SETTINGS if k not in explicit and k in recorded})
 
 

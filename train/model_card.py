@@ -115,6 +115,35 @@ def quantization_line(config: dict, merged: bool) -> str | None:
     return f"{held}; the adapters " + ("are merged into" if merged else "load on") + " the unquantized base"
 
 
+def metrics_section(config: dict, merged: bool) -> list[str]:
+    """The heading of the final metrics and, for a QLoRA run, the line that says they were
+    measured with the quantized base (the run's evaluations), while the folder's weights load on
+    (final-merged/: are merged into) the unquantized --model and score otherwise, with the command
+    that measures those. `kto-train --eval-only` takes a run's --load-in-4bit/8bit for its
+    adapter folders (final/: the card's numbers again), never for final-merged/."""
+    if config.get("load_in_4bit"):
+        bits, held = "4-bit NF4", "4-bit NF4 (bitsandbytes)"
+    elif config.get("load_in_8bit"):
+        bits, held = "8-bit", "8-bit (bitsandbytes LLM.int8)"
+    else:
+        return ["## Final metrics", ""]
+    heading = f"## Final metrics (measured during training on the {bits} base, not on the weights saved here)"
+    measure = lambda model, extra="": f"`kto-train --eval-only --model {model} --eval-cache {config.get('eval_cache') or 'EVAL_CACHE'}{extra}`"
+    said = f"Measured while training, with the base weights held in {held}"
+    if merged:
+        line = f"{said}; this folder holds the adapters merged into the unquantized base, which scores otherwise: {measure('<this folder>')} measures it."
+    else:
+        again = (
+            f"{said}, as {measure('<this folder>')} measures them again; these adapters on the unquantized base (as peft loads this folder) score otherwise: "
+        )
+        key = "load_in_4bit" if config.get("load_in_4bit") else "load_in_8bit"
+        if config.get("merge_adapters"):
+            line = f"{again}{measure(f'<this folder>/../{MERGED_DIR}')} measures them merged into it."
+        else:
+            line = f"{again}{measure('<this folder>', ' --config F')}, F a YAML file holding `{key}: false`, measures them."
+    return [heading, "", line, ""]
+
+
 def learning_rate_line(config: dict, warmup: int, total_steps: int) -> str:
     """lr, schedule (with its kwargs) and the warmup that ran: `warmup` steps, the number the
     run's scheduler was given (optim.warmup_steps of its `total_steps`), with where it came from:
@@ -184,8 +213,7 @@ def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict |
         "",
         *settings_table(config, derived, derived["cache_fingerprint"], inputs, kind, warmup, merged),
         "",
-        "## Final metrics",
-        "",
+        *metrics_section(config, merged),
         *metrics_table(train, evaluation),
         "",
     ]

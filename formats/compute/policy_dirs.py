@@ -37,11 +37,12 @@ class PolicyToLoad:
     """What is loaded, where `adjust` is set, for the caller's note: `scoring {what}`."""
 
 
-def policy_to_load(model: str, base_model: str | None) -> PolicyToLoad:
+def policy_to_load(model: str, base_model: str | None, flag: str = "--model") -> PolicyToLoad:
     """A model directory or hub id; a PEFT adapter directory (a LoRA run's final/ or checkpoint,
     sharded or not) on its base; or a full fine-tune's FSDP checkpoint (no config.json: the
     weights in DCP shards) loaded onto its run's --model. A kto-train checkpoint or final/
-    holds the run's tokenizer."""
+    holds the run's tokenizer. `flag`: how the caller's command takes `model`, for its messages
+    (kto-inspect export: its argument CHECKPOINT)."""
     from kto.formats.compute.sharded import is_sharded_checkpoint, load_sharded_weights
     from kto.formats.compute.sources import ModelSource, resolve_source
     from kto.formats.runrecord import refuse_run_dir_as_model
@@ -49,27 +50,27 @@ def policy_to_load(model: str, base_model: str | None) -> PolicyToLoad:
     given = Path(model).expanduser()  # `~` is the home folder in every flag and config value (formats/paths.py)
     path = given.resolve()
     if is_adapter_dir(given):
-        require_peft("--model")
-        flag = "--base-model" if base_model else f"--model {model}: the base its adapter_config.json names,"
-        base = base_of(path, base_model)
-        source = resolve_source(base, flag=flag)
-        require_runs_model(path, source, f"{flag} {base}", "trained its adapters on", base_model)
+        require_peft(flag)
+        said = "--base-model" if base_model else f"{flag} {model}: the base its adapter_config.json names,"
+        base = base_of(path, base_model, flag)
+        source = resolve_source(base, flag=said)
+        require_runs_model(path, source, f"{said} {base}", "trained its adapters on", base_model)
         kind = "the LoRA adapters" + (" (sharded by FSDP)" if is_sharded_checkpoint(path) else "")
         # kto-train's adapter folders hold the run's tokenizer; peft's own save holds none: the base's then
         tokenizer = ModelSource(path) if holds_tokenizer(path) else source
         return PolicyToLoad(source, tokenizer, lambda lm: with_adapters(lm, path), f"{source.directory} with {kind} of {path}")
     if is_sharded_checkpoint(given) and not (path / "config.json").is_file():
-        flag = "--base-model" if base_model else f"--model {model}: its run's --model,"
-        base = base_of_run(model, base_model)
-        source = resolve_source(base, flag=flag)
-        require_runs_model(path, source, f"{flag} {base}", "trained", base_model)
+        said = "--base-model" if base_model else f"{flag} {model}: its run's --model,"
+        base = base_of_run(model, base_model, flag)
+        source = resolve_source(base, flag=said)
+        require_runs_model(path, source, f"{said} {base}", "trained", base_model)
         what = f"the weights of {path} (sharded by FSDP) on the model of {source.directory}"
-        return PolicyToLoad(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path), what)
+        return PolicyToLoad(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path, flag), what)
     if given.is_dir():  # a LoRA run's folder: its final/ loads here, say so rather than "merge"
-        refuse_run_dir_as_model(given, model, "--model", adapters_ok=True)
-    source = resolve_source(model)
+        refuse_run_dir_as_model(given, model, flag, adapters_ok=True)
+    source = resolve_source(model, flag)
     if base_model:  # would go unused: the scores would be --model's while the user meant another base's
-        raise InputError(f"--base-model is for LoRA adapters or an FSDP checkpoint; --model {model} is a whole model")
+        raise InputError(f"--base-model is for LoRA adapters or an FSDP checkpoint; {flag} {model} is a whole model")
     return PolicyToLoad(source, source)
 
 
@@ -124,7 +125,7 @@ def holds_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"))
 
 
-def base_of(adapter_dir: Path, base_model: str | None) -> str:
+def base_of(adapter_dir: Path, base_model: str | None, flag: str = "--model") -> str:
     """--base-model, else the base recorded by peft in adapter_config.json, made exact by the
     run's record where that base is a GGUF file's folder (peft names the folder; the file is
     passed as gguf_file=): the folder alone would load the first of several .gguf files, or a
@@ -133,7 +134,7 @@ def base_of(adapter_dir: Path, base_model: str | None) -> str:
 
     base = base_model or base_model_of(adapter_dir)
     if not base:
-        raise InputError(f"--model {adapter_dir}: an adapter directory that names no base model; pass --base-model")
+        raise InputError(f"{flag} {adapter_dir}: an adapter directory that names no base model; pass --base-model")
     if base_model is None:
         trained_on, _ = run_setting(adapter_dir, "model")
         if isinstance(trained_on, str) and trained_on.endswith(".gguf") and _same_dir(Path(trained_on).expanduser().parent, Path(base).expanduser()):
@@ -148,18 +149,36 @@ def _same_dir(a: Path, b: Path) -> bool:
         return False
 
 
-def base_of_run(checkpoint: str, base_model: str | None) -> str:
+def base_of_run(checkpoint: str, base_model: str | None, flag: str = "--model") -> str:
     """--base-model, else the --model of the run that saved FSDP checkpoint `checkpoint` (its
-    architecture and config: the checkpoint holds every weight, and no config.json)."""
+    architecture and config: the checkpoint holds every weight, and no config.json). A relative
+    path there is relative to the folder the run started in, which its record does not keep:
+    from elsewhere it names nothing, or another model, and the refusal says so."""
     from kto.formats.compute.sharded import SHARDED_DIR
+    from kto.formats.compute.sources import hub_id_shaped
     from kto.formats.runrecord import run_setting
 
     if base_model:
         return base_model
-    base, _ = run_setting(Path(checkpoint).expanduser(), "model")
+    base, record = run_setting(Path(checkpoint).expanduser(), "model")
     if not isinstance(base, str) or not base:
         raise InputError(
-            f"--model {checkpoint}: an FSDP checkpoint (its weights are sharded in {SHARDED_DIR}/*.distcp) with no run record "
+            f"{flag} {checkpoint}: an FSDP checkpoint (its weights are sharded in {SHARDED_DIR}/*.distcp) with no run record "
             "(RUN/kto_run.json) naming the model it trained; pass that model as --base-model"
         )
+    path = Path(base).expanduser()
+    if not path.is_absolute() and not path.exists() and not hub_id_shaped(base):
+        raise InputError(
+            f"{flag} {checkpoint}: its run's --model, {base}, as {record} records it, is a path relative to the folder that run started in "
+            f"(the record does not say which), and there is no {base} here; run this from that folder, or pass that model as --base-model"
+        )
     return base
+
+
+def save_model_dir(lm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """The model folder kto-train writes (final/ and a checkpoint's model, without FSDP) and
+    `kto-inspect export` writes from an FSDP checkpoint: `lm`'s save_pretrained (safetensors; a
+    tied head stored once; a PeftModel writes its adapters and adapter_config.json) and the
+    tokenizer's files, its chat template included. Here, in formats/, so that both write it alike."""
+    lm.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

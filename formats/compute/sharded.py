@@ -8,6 +8,7 @@ its keys are called, so the writer and the readers cannot drift apart.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +52,9 @@ def load_sharded_weights(module: torch.nn.Module, checkpoint: Path, flag: str = 
     if missing := sorted(wanted - held):
         raise InputError(f"{flag} {checkpoint}: its sharded weights lack {missing[0]}")
     try:
-        dcp.load({"model": {f"lm.{k}": own[k] for k in held}}, checkpoint_id=where, no_dist=True)  # into own: the module's tensors
+        with warnings.catch_warnings():  # DCP's "torch.distributed is disabled ... assuming ... a single process": so it is
+            warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled", category=UserWarning)
+            dcp.load({"model": {f"lm.{k}": own[k] for k in held}}, checkpoint_id=where, no_dist=True)  # into own: the module's tensors
     except (CheckpointException, RuntimeError, ValueError) as exc:  # CheckpointException is a BaseException
         raise InputError(f"{flag} {checkpoint}: cannot read its sharded weights ({str(exc).strip().splitlines()[-1]})") from None
     return module

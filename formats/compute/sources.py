@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import InputError, exception_line
 from ..files import read_json
-from ..runrecord import refuse_run_dir_as_model
+from ..runrecord import FINAL_DIR, MERGED_DIR, refuse_run_dir_as_model, run_of_model_dir
 from .gguf_once import refuse_without_gguf
 from .sharded import SHARDED_DIR, is_sharded_checkpoint
 
@@ -175,17 +175,40 @@ def _adapter_base(adapter_config: Path) -> str:
 
 def _no_config(path: Path, spec: str, flag: str) -> InputError:
     """A folder without config.json; a LoRA adapter folder (what LLaMA-Factory's and TRL's SFT
-    runs save) and a kto-train FSDP checkpoint are told apart, with how to make a model of it."""
+    runs save, and a LoRA run's final/ and checkpoints) and a kto-train FSDP checkpoint are told
+    apart, with how to make a model of it: the run's final-merged/ where it wrote one, else
+    `kto-inspect export` (inspection/export.py), which reads both."""
     adapter = path / "adapter_config.json"
-    if is_sharded_checkpoint(path):
+    sharded = is_sharded_checkpoint(path)
+    if sharded and not adapter.is_file():
         return InputError(
             f"{flag} {spec}: an FSDP checkpoint (its weights are sharded in {SHARDED_DIR}/*.distcp), not a model directory; "
-            "give RUN/final, or a checkpoint of a run without --fsdp"
+            f"`kto-inspect export {spec} DIR` writes it as one: give DIR, or give RUN/final"
         )
     if not adapter.is_file():
         return InputError(f"{flag} {spec}: directory has no config.json")
     base = _adapter_base(adapter)
-    return InputError(
-        f"{flag} {spec}: a LoRA adapter folder (adapter_config.json), not a model; merge it into {base} first "
-        f"(peft: PeftModel.from_pretrained(base, '{spec}').merge_and_unload().save_pretrained(DIR), with the tokenizer) and give DIR"
-    )
+    export = f"`kto-inspect export --merge {spec} DIR`"
+    run = run_of_model_dir(path)
+    if run is None:
+        return InputError(
+            f"{flag} {spec}: a LoRA adapter folder (adapter_config.json), not a model; merge it into {base} first ({export}, or "
+            f"peft: PeftModel.from_pretrained(base, '{spec}').merge_and_unload().save_pretrained(DIR), with the tokenizer) and give DIR"
+        )
+    given = Path(spec)
+    # As the user wrote the path where its parent is the run, else the run's real path (a link to final/ elsewhere)
+    merged = (given.parent if given.name == path.resolve().name and _same_dir(path.parent, run) else run) / MERGED_DIR
+    what = f"{flag} {spec}: a LoRA run's adapters (adapter_config.json{f', their weights sharded by FSDP in {SHARDED_DIR}/*.distcp' if sharded else ''}), not a model"
+    if path.resolve().name == FINAL_DIR:
+        if (run / MERGED_DIR).is_dir():
+            return InputError(f"{what}; the run merged them into its base: give {merged}")
+        return InputError(f"{what}; {export} writes them merged into {base}: give DIR")
+    held = f"{merged} holds the run's final adapters merged into its base (give that), or " if (run / MERGED_DIR).is_dir() else ""
+    return InputError(f"{what}; {held}{export} writes these merged into {base}: give DIR")
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from conftest import torchrun
+from export_checks import check_full_export, check_lora_export
 
 from kto.formats.compute.sources import resolve_source
 from kto.formats.errors import InputError
@@ -64,12 +65,15 @@ def assert_same_scores(sharded: dict, plain: dict) -> None:
 
 
 @pytest.mark.distributed
-def test_score_reads_fsdp_checkpoints_sharded_weights_and_lora_adapters(tiny_cache, tiny_model_dir, tmp_path):
+def test_score_reads_fsdp_checkpoints_sharded_weights_and_lora_adapters(tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path):
     """One test, so that pytest-xdist makes the launch once: the full fine-tune's checks, then
     LoRA's."""
     runs = fsdp_runs(tiny_cache, tiny_model_dir, tmp_path, {"full": {}, "lora": {"lora_r": 4}})
     check_sharded_weights(tiny_cache, tiny_model_dir, tmp_path / "full", *runs["full"])
     check_sharded_lora_adapters(tiny_cache, tmp_path / "lora", *runs["lora"])
+    # kto-inspect export of the same checkpoints (tests/export_checks.py), on this one launch.
+    check_full_export(tiny_eval_cache, tmp_path / "full", *runs["full"])
+    check_lora_export(tiny_eval_cache, tmp_path / "lora", *runs["lora"])
 
 
 def check_sharded_weights(tiny_cache, tiny_model_dir, tmp_path, short, long) -> None:

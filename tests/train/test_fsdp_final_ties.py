@@ -68,3 +68,7 @@ def test_fsdp_final_of_a_tied_model_stores_the_head_once(tied, tmp_path):
     assert not torch.equal(embed, load_file(model / "model.safetensors")["model.embed_tokens.weight"])  # it trained
     assert torch.equal(trained["lm_head.weight"], embed)  # the head stayed tied while it trained
     assert torch.equal(lm.model.embed_tokens.weight, embed) and torch.equal(lm.lm_head.weight, embed)
+    # kto-inspect export of the checkpoint: the same files as final/ (tests/export_checks.py).
+    from export_checks import check_tied_export
+
+    check_tied_export(longer / "checkpoint-2", sharded / "final", tmp_path)
