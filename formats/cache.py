@@ -54,6 +54,7 @@ from .manifest import Manifest
 from .paths import arrow_path
 from .shards import (
     JOURNAL_DIR,
+    NEXT_DIR,
     ShardVerifier,
     array_problem,
     check_shard_values,
@@ -90,10 +91,14 @@ def _unfinished_by(cache_dir: Path) -> str | None:
     tells: a kto-precompute writes it now (it holds the lock: a first run; `--overwrite` keeps
     the old cache, manifest included, until the new one in `.next/` is complete), or the last
     one stopped before finishing. An eval/ split is written under its
-    parent's lock. Only a folder with a precompute journal counts: a kto-train run directory
-    has a lock file too. None where nothing tells (read_manifest's plain "no manifest")."""
+    parent's lock. Only a folder with a precompute journal counts (its own, or that of the
+    `--overwrite` build in its `.next/`, which a swap stopped half-way leaves with neither the
+    old journal nor the new one in the folder): a kto-train run directory has a lock file too.
+    Where `.next/` is there, the command to finish it is an --overwrite. None where nothing
+    tells (read_manifest's plain "no manifest")."""
     for folder in (cache_dir, cache_dir.parent) if cache_dir.name == S.EVAL_DIR else (cache_dir,):
-        if not (folder / JOURNAL_DIR).is_dir():
+        swapping = (folder / NEXT_DIR).is_dir()
+        if not (folder / JOURNAL_DIR).is_dir() and not (swapping and (folder / NEXT_DIR / JOURNAL_DIR).is_dir()):
             continue
         held, text = lock_state(folder / LOCK_NAME)
         if held:
@@ -104,8 +109,9 @@ def _unfinished_by(cache_dir: Path) -> str | None:
         recorded = f"pid {pid}{f' on host {host}' if host and host != socket.gethostname() else ''}, as its lock file records"
         if held is None:  # a filesystem without locks: flock cannot tell
             return f"no manifest: the kto-precompute that wrote {folder} last ({recorded}) is writing it still or did not finish it"
+        again = "again, with --overwrite," if swapping else "again"
         return (
-            f"no manifest: the kto-precompute that wrote {folder} last ({recorded}) did not finish it; run the same kto-precompute command again to finish it"
+            f"no manifest: the kto-precompute that wrote {folder} last ({recorded}) did not finish it; run the same kto-precompute command {again} to finish it"
         )
     return None
 

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from . import schema as S
-from .atomic import atomic_path, rename_into_place, temp_path_for, write_json_atomic
+from .atomic import atomic_path, write_json_atomic
 from .errors import InputError
 from .files import read_json, sha256_file
 from .paths import arrow_path
@@ -69,15 +69,21 @@ def _array(column: S.Column, values: Any, n: int) -> pa.Array:
     return S.to_arrow(values, column.type, n) if column.is_list and fast else pa.array(values, column.type)
 
 
-def write_shard(path: Path, table: pa.Table, metadata: dict[str, str]) -> str:
-    """Write `table` (cast to the shard schema) to `path` atomically; return its sha256."""
+def write_shard(path: Path, table: pa.Table, metadata: dict[str, str], announce: Callable[[str], None] | None = None) -> str:
+    """Write `table` (cast to the shard schema) to `path` atomically; return its sha256.
+    `announce(sha256)`: called once the bytes under the temp name are complete, before the rename
+    makes them visible (the journal records them there). One temp name per write, atomic_path's:
+    a kill anywhere leaves `.NAME.tmp-PID-THREAD`, a name the cache's rerun clears."""
     table = table.select(S.SHARD_SCHEMA.names).cast(S.SHARD_SCHEMA)
     table = table.replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
         # No compression: memory-mapped reads then hand out zero-copy buffers.
         with ipc.new_file(arrow_path(tmp), table.schema) as writer:  # pyarrow expands a leading ~ itself
             writer.write_table(table, max_chunksize=max(1, table.num_rows))
-    return sha256_file(path)
+        sha = sha256_file(tmp)
+        if announce is not None:
+            announce(sha)
+    return sha
 
 
 def shard_tags(fingerprint: str, layout: dict) -> dict[str, str]:
@@ -88,6 +94,7 @@ def shard_tags(fingerprint: str, layout: dict) -> dict[str, str]:
 # ---- the write journal (kto-precompute's shards are written through it) -----------------------
 
 JOURNAL_DIR = ".journal"
+NEXT_DIR = ".next"  # where kto-precompute --overwrite builds the new cache, inside OUT, until it swaps it in
 RUN = "run.json"
 TOKENIZER = "tokenizer.json"
 
@@ -158,16 +165,14 @@ class Journal:
         return sha is not None and path.is_file() and sha256_file(path) == sha
 
     def write_shard(self, name: str, table: pa.Table, tags: dict, fingerprint: str, layout: dict) -> str:
-        """Write a shard: complete bytes under a temp name, record them, then rename into place."""
-        path = self.out / name
-        staging = temp_path_for(path)
-        try:
-            sha = write_shard(staging, table, tags)
+        """Write a shard: complete bytes under a temp name, record them, then rename into place.
+        The one temp name is write_shard's (atomic_path's): a temp of a temp, which an earlier
+        version made here, left `..NAME.tmp-P-T.tmp-P-T` behind a kill."""
+
+        def record(sha: str) -> None:
             self._write(f"{name}.json", {"fingerprint": fingerprint, "layout": layout, "rows": table.num_rows, "sha256": sha})
-            rename_into_place(staging, path)
-        finally:
-            staging.unlink(missing_ok=True)
-        return sha
+
+        return write_shard(self.out / name, table, tags, announce=record)
 
     # ---- tokenizer/ --------------------------------------------------------------------------
 

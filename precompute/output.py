@@ -39,15 +39,21 @@ from kto.formats.files import output_dir
 from kto.formats.hub import CARD_NAME, card_text, is_kto_card
 from kto.formats.lock import LOCK_NAME, locked_dir, manifests_locked
 from kto.formats.manifest import CacheContent, Manifest, fingerprint_of, same_model
-from kto.formats.shards import JOURNAL_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
+from kto.formats.shards import JOURNAL_DIR, NEXT_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
 from .staging import is_staging_name, staging_files
 
-# Ours by name: the lock (held while we write; formats/lock.py refuses one that is not a plain
-# file), kto-train's verification stamps (shards and tokenizer check). The journal is ours only
-# when it holds nothing but journal files (`own_journal`): a user's own `.journal/` is foreign.
+# Ours by name in a folder that the journal or the manifest proves a cache of ours: the lock
+# (held while we write; formats/lock.py refuses one that is not a plain file), kto-train's
+# verification stamps (shards and tokenizer check). Elsewhere only a `.lock` that reads as ours
+# (`_own_lock`: a kill right after the lock was taken leaves it alone); a user's `.lock` or
+# `.verified.json` is foreign, never written over. The journal is ours only when it holds
+# nothing but journal files (`own_journal`): a user's own `.journal/` is foreign.
 BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME}
-NEXT = ".next"  # where --overwrite builds the new cache, inside OUT, until swap_in
+NEXT = NEXT_DIR  # where --overwrite builds the new cache, inside OUT, until swap_in
+# What formats/lock.py writes into a lock file: `PID@HOST` (the pid alone from an older kto), or
+# nothing yet (killed before it wrote, or opened read-only in a group-shared folder).
+_LOCK_TEXT = re.compile(rb"(?:[0-9]+(?:@[^\s]*)?\n?)?")
 SHARD_NAME = re.compile(r"^shard-[0-9]{5}\.arrow$")  # schema.shard_name's shape
 
 
@@ -60,7 +66,15 @@ def cache_writes_temp(name: str, kind: str) -> bool:
     if name == S.EVAL_DIR:
         return kind == "deleted"
     files = (S.MANIFEST_NAME, CARD_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME)
-    return kind == "tmp" and (name in files or SHARD_NAME.match(name) is not None or is_staging_name(name))
+    return kind == "tmp" and (name in files or SHARD_NAME.match(name) is not None or is_staging_name(name) or _older_shard_temp(name))
+
+
+def _older_shard_temp(name: str) -> bool:
+    """NAME is itself a shard's temp name: `..shard-N.arrow.tmp-P-T.tmp-P-T`, what an earlier
+    kto's journal (a shard written under a temp name, through atomic_path, which took a temp
+    name of its own) left behind a kill mid-write."""
+    inner = parse_temp_name(name)
+    return inner is not None and inner[1] == "tmp" and SHARD_NAME.match(inner[0]) is not None
 
 
 def journal_writes_temp(name: str, kind: str) -> bool:
@@ -159,7 +173,9 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False, top: b
     ours, foreign = [], []
     for p in sorted(folder.iterdir()):
         temp = parse_temp_name(p.name) if temps_pending and proven and not p.is_symlink() else None
-        if p.name in BOOKKEEPING or (is_staging_name(p.name) and p.is_file()) or (temp is not None and cache_writes_temp(*temp)):
+        if p.name in BOOKKEEPING:
+            owned = proven or (p.name == LOCK_NAME and _own_lock(p))
+        elif (is_staging_name(p.name) and p.is_file()) or (temp is not None and cache_writes_temp(*temp)):
             owned = True
         elif p.name == JOURNAL_DIR:
             owned = own_journal(p, temps_pending)
@@ -174,7 +190,7 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False, top: b
         elif p.name == NEXT and top:
             owned = own_aside(p, temps_pending)
         elif p.name == S.EVAL_DIR and with_eval:
-            owned = _own_cache_folder(p, temps_pending)
+            owned = _own_cache_folder(p, temps_pending) or (proven and _unstarted(p, temps_pending))
         else:
             owned = False
         (ours if owned else foreign).append(p)
@@ -242,6 +258,32 @@ def _own_cache_folder(folder: Path, temps_pending: bool = False) -> bool:
     if not isinstance(content, dict) or content.get("split") != "eval":
         return False
     return not survey(folder, with_eval=False, temps_pending=temps_pending, top=False)[1]
+
+
+def _unstarted(folder: Path, temps_pending: bool) -> bool:
+    """A split's folder whose journal was never started: nothing in it but a `.journal/` that
+    holds no journal file yet (at most the temp name of its first, run.json, with `temps_pending`),
+    or nothing at all. What a kill leaves there while Journal.start makes the folder with its
+    first write; ours only inside a folder that the run's own journal already proves ours."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    journal = entries[0]
+    return len(entries) == 1 and journal.name == JOURNAL_DIR and own_journal(journal, temps_pending) and all(parse_temp_name(p.name) for p in journal.iterdir())
+
+
+def _own_lock(path: Path) -> bool:
+    """A `.lock` that reads as formats/lock.py writes one (_LOCK_TEXT): a plain file, not a link."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            text = f.read(321)  # lock.py reads 320 bytes of it; a longer file was not written by it
+        return len(text) <= 320 and _LOCK_TEXT.fullmatch(text) is not None
+    except OSError:
+        return False
 
 
 def own_aside(folder: Path, temps_pending: bool = False) -> bool:

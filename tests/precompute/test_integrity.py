@@ -398,18 +398,21 @@ def test_kill_at_any_point_then_rerun_is_byte_identical(made, tmp_path, tiny_mod
 
 
 # kto-precompute as its console script runs it, paused with the second shard's bytes written under
-# their temp name, not yet recorded or renamed: a line on stdout says so, for the test to signal it.
+# their temp name, not yet recorded or renamed (write_shard's `announce`, where the journal records
+# them): a line on stdout says so, for the test to signal it.
 PAUSED = """
 import sys, time
 import kto.formats.shards as shards
 write, written = shards.write_shard, []
-def paused(path, *args, **kwargs):
-    sha = write(path, *args, **kwargs)
-    written.append(path)
-    if len(written) == 2:
-        print("temp written", flush=True)
-        time.sleep(60)
-    return sha
+def paused(path, *args, announce=None, **kwargs):
+    def pause(sha):
+        written.append(path)
+        if len(written) == 2:
+            print("temp written", flush=True)
+            time.sleep(60)
+        if announce is not None:
+            announce(sha)
+    return write(path, *args, announce=pause, **kwargs)
 shards.write_shard = paused
 from kto.precompute.cli import main
 main(prog_name="kto-precompute")
