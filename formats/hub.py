@@ -68,20 +68,34 @@ CARD_MARKER = (
 )
 
 
-def card_configs(with_eval: bool, flow: bool = False) -> str:
+def card_config_name(fingerprint: str, eval_fingerprint: str | None) -> str:
+    """The card's one config, named after the cache's fingerprints (12 hex digits each).
+
+    datasets keeps its own copy of a local folder in HF_DATASETS_CACHE under the folder's base
+    name, the config name and a hash of the card's `configs:`, which holds the glob patterns and
+    not the files behind them (datasets 5.x load.py LocalDatasetModuleFactory). Named `default`,
+    two caches in folders of one base name, or a folder rebuilt with --overwrite, shared one copy
+    and `load_dataset(CACHE)` returned the first one loaded. Another fingerprint is another copy;
+    one config is still picked without naming it. (A Hub repo's copy is keyed by its commit.)"""
+    return f"kto-{fingerprint[:12]}" + (f"-{eval_fingerprint[:12]}" if eval_fingerprint else "")
+
+
+def card_configs(with_eval: bool, flow: bool = False, name: str = "default") -> str:
     """The YAML `configs:` entry naming the splits' shards: `shard-*.arrow` at the top (which does
-    not descend into eval/) is train, `eval/shard-*.arrow` eval. `flow`: on one line."""
+    not descend into eval/) is train, `eval/shard-*.arrow` eval. `flow`: on one line. `name`:
+    card_config_name in a cache's own card; `default` in the line a push prints for a user's card
+    on the Hub, whose copy datasets keys by the commit."""
     splits = [("train", SHARD_GLOB), *([("eval", f"{EVAL_DIR}/{SHARD_GLOB}")] if with_eval else [])]
     if flow:
-        return "configs: [{config_name: default, data_files: [" + ", ".join(f"{{split: {s}, path: {p}}}" for s, p in splits) + "]}]"
-    return "configs:\n- config_name: default\n  data_files:\n" + "".join(f"  - split: {s}\n    path: {p}\n" for s, p in splits)
+        return f"configs: [{{config_name: {name}, data_files: [" + ", ".join(f"{{split: {s}, path: {p}}}" for s, p in splits) + "]}]"
+    return f"configs:\n- config_name: {name}\n  data_files:\n" + "".join(f"  - split: {s}\n    path: {p}\n" for s, p in splits)
 
 
 def card_text(model: str, dtype: str, fingerprint: str, eval_fingerprint: str | None) -> str:
     """The README.md kto-precompute writes beside a finished cache's manifest (precompute/output.py)."""
     evaluation = f"; eval split in {EVAL_DIR}/, fingerprint `{eval_fingerprint}`" if eval_fingerprint else ""
     return (
-        f"---\n{card_configs(eval_fingerprint is not None)}tags:\n- kto\n- kto-precompute\n---\n\n"
+        f"---\n{card_configs(eval_fingerprint is not None, name=card_config_name(fingerprint, eval_fingerprint))}tags:\n- kto\n- kto-precompute\n---\n\n"
         f"# kto-precompute cache\n\n"
         f"Reference log-probs of `{model}` ({dtype}) for offline KTO: Arrow IPC shards, `{MANIFEST_NAME}` and the tokenizer.\n"
         f"Fingerprint `{fingerprint}`{evaluation}.\n\n"

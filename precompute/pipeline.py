@@ -262,7 +262,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         warn_without_stop(staged, tokenizer, source, template)  # the train rows say it for the data
     warn_one_class(splits)
     todo = {s.name: pending_shards(s, fingerprints[s.name], layout, cfg.rows_per_shard, state) for s in splits}
-    say_resumed(splits, todo, cfg.rows_per_shard, state)
+    complete = say_resumed(splits, todo, cfg.rows_per_shard, state)
     meter = MemoryMeter()
     meter.sample()  # the rows read, checked and staged
     scorer = None
@@ -287,7 +287,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         write_card(cfg.out, ordered)  # last, after the manifests: a finished cache has its card
         for path in {s.staged for s in splits}:
             path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
-        _summary(ordered, time.perf_counter() - started, meter)
+        _summary(ordered, time.perf_counter() - started, meter, complete)
     return ordered
 
 
@@ -439,7 +439,11 @@ def _info(cfg: PrecomputeConfig, state) -> dict:
     }
 
 
-def _summary(manifests: list[Manifest], seconds: float, meter: MemoryMeter) -> None:
+def _summary(manifests: list[Manifest], seconds: float, meter: MemoryMeter, complete: str | None = None) -> None:
+    """The run's closing lines: `complete` (say_resumed's line for a rerun on a finished cache)
+    first, then each split's counts and the time and peak memory."""
+    if complete:
+        log(complete)
     for m in manifests:
         c = m.counts
         saved = f" ({c.prefix_tokens_saved} saved by prefix sharing, of {c.represented_tokens})" if m.layout.get("prefix_sharing") else ""
@@ -492,20 +496,28 @@ def pending_shards(s: Split, fingerprint: str, layout: dict, rows_per_shard: int
     return todo
 
 
-def say_resumed(splits: list[Split], todo: dict[str, list[int]], rows_per_shard: int, state) -> None:
+def say_resumed(splits: list[Split], todo: dict[str, list[int]], rows_per_shard: int, state) -> str | None:
     """Main process: one line per split that an earlier run left partly scored, saying what is
-    kept (a rerun otherwise showed only a bar starting at 0 of fewer rows). Another process's
+    kept (a rerun otherwise showed only a bar starting at 0 of fewer rows). Returns the line to
+    print before the summary of a rerun on a finished cache (every split's manifest there and all
+    its shards kept), whose summary counts nothing this run scored; else None. Another process's
     shards count as kept when the journal records them and they exist: their owner checks their
     bytes (`pending_shards`) and says it when it rebuilds one."""
     if not state.is_main_process:
-        return
+        return None
+    complete = []
     for s in splits:
         slices = shard_slices(len(s.rows), rows_per_shard)
         journal, mine = Journal(s.out), todo[s.name]
         kept = [k for k in range(len(slices)) if k not in mine and (k % state.num_processes == state.process_index or _recorded(journal, S.shard_name(k)))]
-        if 0 < len(kept) < len(slices):  # all kept: nothing is resumed, and the run says nothing more
-            rows = sum(slices[k][1] - slices[k][0] for k in kept)
+        rows = sum(slices[k][1] - slices[k][0] for k in kept)
+        if 0 < len(kept) < len(slices):
             log(f"resuming: {len(kept)} of {len(slices)} {s.name} shards ({rows:,} rows) kept from an earlier run")
+        elif kept and (s.out / S.MANIFEST_NAME).is_file():  # finished before: not a run killed before its manifest
+            complete.append(f"the {len(kept)} {s.name} shard{'s' if len(kept) > 1 else ''} ({rows:,} rows)")
+    if len(complete) < len(splits):
+        return None
+    return f"already complete, nothing scored: {' and '.join(complete)} were finished by an earlier run; the summary below is the cache's"
 
 
 def _recorded(journal: Journal, name: str) -> bool:

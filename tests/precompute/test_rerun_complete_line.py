@@ -1,0 +1,51 @@
+"""A rerun of kto-precompute on a finished cache says, in one line before the summary, that every
+shard was already finished and nothing was scored; before, it printed the summary alone ("…
+tokens scored …", the cache's counts), as if it had just scored them all."""
+
+from __future__ import annotations
+
+import hashlib
+
+from conftest import chat_rows, precompute_args, write_rows
+from conftest import run_precompute as run_cli
+
+from kto.formats import schema as S
+
+LINE = "already complete, nothing scored: the 3 train shards (12 rows) and the 1 eval shard (4 rows) were finished by an earlier run; the summary below is the cache's"
+
+
+def test_a_rerun_on_a_finished_cache_says_nothing_was_scored(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    args = precompute_args(data, tiny_model_dir, tmp_path / "c", "--eval-fraction", "0.25")
+    first = run_cli(*args)
+    assert first.exit_code == 0 and "already complete" not in first.output, first.output
+    manifest = (tmp_path / "c" / S.MANIFEST_NAME).read_bytes()
+    again = run_cli(*args)
+    assert again.exit_code == 0, again.output
+    lines = again.output.splitlines()
+    assert not any(line.startswith("resuming:") for line in lines), again.output
+    assert lines.index(LINE) + 1 == next(i for i, line in enumerate(lines) if line.startswith("train: 12 rows")), again.output
+    assert hashlib.sha256((tmp_path / "c" / S.MANIFEST_NAME).read_bytes()).digest() == hashlib.sha256(manifest).digest()
+
+
+def test_a_partly_finished_rerun_keeps_its_resuming_line(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
+    (out / S.MANIFEST_NAME).unlink()
+    sorted(out.glob(S.SHARD_GLOB))[0].unlink()
+    again = run_cli(*precompute_args(data, tiny_model_dir, out))
+    assert again.exit_code == 0, again.output
+    assert "already complete" not in again.output and "resuming: 3 of 4 train shards (11 rows) kept from an earlier run" in again.output
+
+
+def test_a_run_killed_before_its_manifest_is_finished_without_the_line(tmp_path, tiny_model_dir):
+    """Every shard done but no manifest (a kill between them): the rerun writes the manifest, and
+    the cache was not complete before it, so it does not say so."""
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
+    (out / S.MANIFEST_NAME).unlink()
+    again = run_cli(*precompute_args(data, tiny_model_dir, out))
+    assert again.exit_code == 0 and (out / S.MANIFEST_NAME).is_file(), again.output
+    assert "already complete" not in again.output and "resuming" not in again.output, again.output
