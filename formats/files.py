@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -96,12 +97,14 @@ def output_dir(path: str | os.PathLike, what: str) -> None:
             return
 
 
-def regular_tree(root: str | os.PathLike, what: str | None = None) -> list[Path]:
+def regular_tree(root: str | os.PathLike, what: str | None = None, skip: Callable[[Path], bool] | None = None) -> list[Path]:
     """Every file under the directory `root`, sorted; InputError if any entry (after symlinks)
-    is neither a regular file nor a directory."""
+    is neither a regular file nor a directory. `skip(relative path)`: entries left out unseen."""
     what = what or str(root)
     files = []
     for p in sorted(Path(root).rglob("*")):
+        if skip is not None and skip(p.relative_to(root)):
+            continue
         try:
             mode = os.stat(p).st_mode
         except OSError as e:

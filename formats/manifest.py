@@ -307,9 +307,11 @@ def _paths_key(manifest: Manifest) -> tuple[str, tuple]:
 
 def _names_file(path: Any, identity: Any) -> bool:
     """Is `path` (an info.data_paths entry) the local file of input identity `identity`? A file's
-    identity is exactly its name and sha256 (records.input_identity); a `datasets` input's
-    carries its config and split too, and its spec is not a path."""
-    return isinstance(path, str) and isinstance(identity, dict) and set(identity) == {"name", "sha256"} and Path(path).name == identity["name"]
+    identity is its name and sha256 (records.input_identity), and a Parquet or Arrow file's the
+    rule its rows were read by (`reading`); a `datasets` input's carries its config and split
+    too, and its spec is not a path."""
+    file_keys = isinstance(identity, dict) and set(identity) - {"reading"} == {"name", "sha256"}
+    return isinstance(path, str) and file_keys and Path(path).name == identity["name"]
 
 
 def _absolute_paths(manifest: Manifest) -> dict:

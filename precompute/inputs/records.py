@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_file, regular_tree, sha256_file
+from kto.formats.files import regular_file, sha256_file
 from kto.formats.manifest import INPUT_SUFFIXES
 
 from .alpaca import AlpacaMap, alpaca_examples
@@ -45,10 +45,21 @@ from .examples import (
     unique_keys,
     with_system,
 )
-from .hub import check_dataset_input, dataset_identity, dataset_records, is_dataset_input, parse_spec
+from .hub import (
+    LABEL_COLUMNS,
+    check_dataset_input,
+    columnar_reader,
+    data_tree,
+    dataset_identity,
+    dataset_records,
+    is_dataset_input,
+    parse_spec,
+    reading,
+)
 from .sharegpt import sharegpt_examples
 
 ARROW_SUFFIXES = (".arrow", ".ipc", ".feather")
+COLUMNAR_SUFFIXES = (".parquet", *ARROW_SUFFIXES)  # the files _read_table reads, whose rows columnar_reader reads
 SUFFIXES = INPUT_SUFFIXES  # declared in formats/manifest.py, where kto-train reads them too
 
 T = TypeVar("T")
@@ -66,8 +77,10 @@ def file_sha256(path: str | Path) -> str:
 # ---- files -> (row, record) ------------------------------------------------------------------
 
 
-def read_file(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
+def read_file(path: Path, label_columns: Collection[str] = LABEL_COLUMNS) -> tuple[str, Iterator[tuple[int, Any]]]:
     """(sha256, rows) of one file: its bytes are read once, hashed, and the rows parsed from them.
+    `label_columns`: the columns read as labels (a Parquet or Arrow ClassLabel among them reads
+    by its names: hub.columnar_reader).
 
     Hashing exactly the parsed bytes, in the same read, is what lets the cache's fingerprint name
     its rows: a file that changes while (or after) it is read cannot get a hash of other bytes.
@@ -80,7 +93,7 @@ def read_file(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
         data = path.read_bytes()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({one_line(e.strerror or e)})") from e
-    return hashlib.sha256(data).hexdigest(), _parse(path, suffix, data)
+    return hashlib.sha256(data).hexdigest(), _parse(path, suffix, data, label_columns)
 
 
 def records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -88,7 +101,7 @@ def records(path: Path) -> Iterator[tuple[int, Any]]:
     return read_file(path)[1]
 
 
-def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
+def _parse(path: Path, suffix: str, data: bytes, label_columns: Collection[str] = LABEL_COLUMNS) -> Iterator[tuple[int, Any]]:
     if suffix == ".jsonl":
         return _jsonl_records(path, data)
     if suffix == ".json":
@@ -101,7 +114,7 @@ def _parse(path: Path, suffix: str, data: bytes) -> Iterator[tuple[int, Any]]:
         return _csv_records(path, data)
     table = _read_table(path, suffix, data)
     _unique_header(table.column_names, f"{path.name}: schema")
-    return enumerate(_table_rows(path, table), 1)
+    return enumerate(_table_rows(path, table, label_columns), 1)
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)
@@ -255,7 +268,10 @@ def _read_table(path: Path, suffix: str, data: bytes) -> pa.Table:
         raise InputError(f"{path}: cannot read as {kind} ({one_line(e)})") from None
 
 
-def _table_rows(path: Path, table: pa.Table) -> Iterator[dict]:
+def _table_rows(path: Path, table: pa.Table, label_columns: Collection[str] = LABEL_COLUMNS) -> Iterator[dict]:
+    """The table's rows as their JSON Lines would read (hub.columnar_reader: merged structs
+    without their added nulls, `Json` columns parsed, a ClassLabel label by its names)."""
+    read = columnar_reader(table.schema, label_columns, decode_json=True)
     # Per batch, so only one batch of Python objects exists at a time.
     start = 0
     for batch in table.to_batches():
@@ -265,8 +281,20 @@ def _table_rows(path: Path, table: pa.Table) -> Iterator[dict]:
             # Neither Parquet nor Arrow IPC reading checks string bytes (a binary column viewed
             # as string passes), so the first check is this conversion's; it names no row.
             raise _invalid_utf8(path, batch, start) from None
-        yield from rows
+        if read is None:
+            yield from rows
+        else:
+            yield from (_read_row(read, row, f"{path.name}: row {start + i}") for i, row in enumerate(rows, 1))
         start += batch.num_rows
+
+
+def _read_row(read: Callable[[dict], dict], row: dict, where: str) -> dict:
+    try:
+        return read(row)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: a column the schema declares JSON holds text that is not JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply to read") from None
 
 
 def _invalid_utf8(path: Path, batch: pa.RecordBatch, start: int) -> InputError:
@@ -308,12 +336,13 @@ def input_names(paths: Sequence[str | Path]) -> list[str | None]:
     return names
 
 
-def input_records(path: str | Path, name: str | None = None) -> tuple[str, dict, Iterator[tuple[int, Any]]]:
+def input_records(path: str | Path, name: str | None = None, label_columns: Collection[str] = LABEL_COLUMNS) -> tuple[str, dict, Iterator[tuple[int, Any]]]:
     """(name for messages and row ids, identity for the manifest, (1-based row, record) pairs).
-    `name`: input_names' name for this file among the others read with it."""
+    `name`: input_names' name for this file among the others read with it; `label_columns`:
+    the columns read as labels (label_columns_of)."""
     if is_dataset_input(path):
         spec = parse_spec(path)
-        return spec.name, input_identity(spec.text), dataset_records(spec)
+        return spec.name, input_identity(spec.text), dataset_records(spec, label_columns)
     path = Path(path)
     _not_a_directory(path)
     if not path.name.isascii():  # a non-UTF-8 name decodes to lone surrogates; ids carry it
@@ -321,8 +350,8 @@ def input_records(path: str | Path, name: str | None = None) -> tuple[str, dict,
             path.name.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(f"{ascii(str(path))}: the file name is not valid UTF-8 (rows are named after it); rename the file") from None
-    sha256, rows = read_file(path)
-    return name or path.name, {"name": path.name, "sha256": sha256}, rows
+    sha256, rows = read_file(path, label_columns)
+    return name or path.name, _file_identity(path, sha256), rows
 
 
 def _not_a_directory(path: Path, flag: str = "--data") -> None:
@@ -359,8 +388,16 @@ def input_identity(path: str | Path) -> dict:
     """What the manifest records of one `--data` input (files: name and sha256, as before)."""
     if not is_dataset_input(path):
         _not_a_directory(Path(path))
-        return {"name": Path(path).name, "sha256": file_sha256(path)}
+        return _file_identity(Path(path), file_sha256(path))
     return dataset_identity(path)
+
+
+def _file_identity(path: Path, sha256: str) -> dict:
+    """A file's name and sha256; a Parquet or Arrow file's `reading` too (hub.COLUMNAR_READING:
+    a cache of its rows as an earlier kto read them is not reused). JSON Lines, JSON and CSV
+    files are recorded exactly as before."""
+    identity = {"name": path.name, "sha256": sha256}
+    return {**identity, **reading()} if path.suffix.lower() in COLUMNAR_SUFFIXES else identity
 
 
 def check_input_path(path: str | Path, flag: str = "--data") -> None:
@@ -373,7 +410,7 @@ def check_input_path(path: str | Path, flag: str = "--data") -> None:
     spec = parse_spec(path)
     if spec.local:
         root = Path(spec.source)
-        regular_tree(root, f"--data {root}")
+        data_tree(root, f"--data {root}")
 
 
 def read_examples(
@@ -415,11 +452,12 @@ def iter_examples(
     check_distinct_files(paths)
     names = input_names(paths) if names is None else names
     watch = _ColumnWatch(given_columns(columns, sharegpt))
+    labels = label_columns_of(columns, sharegpt, alpaca)
     read: dict[str, str] = {}  # each input's identity (its sha256, ...), as read -> its path
     groups = sample.groups(len(paths)) if sample is not None else [range(i, i + 1) for i in range(len(paths))]
     for group in groups:
         identities: list[dict] = []
-        rows = _group_rows(paths, group, names, read, identities, watch)
+        rows = _group_rows(paths, group, names, read, identities, watch, labels)
         if sample is not None:
             rows = sample.rows(rows, group.start)
         for (_, row), (name, record) in rows:
@@ -436,13 +474,14 @@ def _group_rows(
     read: dict[str, str],
     identities: list[dict],
     watch: _ColumnWatch | None = None,
+    label_columns: Collection[str] = LABEL_COLUMNS,
 ) -> Iterator[tuple[tuple[int, int], tuple[str, Any]]]:
     """((input index, 1-based row), (input's name, record)) of the group's inputs, one after
     another, each opened when reached; `identities` receives each input's identity once its
     rows are all read. `watch` sees every row, for the given columns (given_columns) that some
     row of these inputs must hold, checked once all are read (iter_examples)."""
     for index in group:
-        name, identity, rows = input_records(paths[index], names[index])
+        name, identity, rows = input_records(paths[index], names[index], label_columns)
         _distinct_input(identity, str(paths[index]), read)
         watch = watch or _ColumnWatch({})
         watch.inputs.append(name)
@@ -450,6 +489,16 @@ def _group_rows(
             watch.see(record)
             yield (index, row), (name, record)
         identities.append(identity)
+
+
+def label_columns_of(columns: ColumnMap, sharegpt: ShareGPTMap, alpaca: AlpacaMap | None = None) -> tuple[str, ...]:
+    """The columns some shape reads a label from (examples.py, sharegpt.py, alpaca.py): a
+    ClassLabel among them is read by its class names (hub.columnar_reader); another keeps its
+    indices."""
+    # examples._label: (columns.label, kto_tag); sharegpt and alpaca: their kto_tag, then columns.label.
+    # Not `label` itself when --label-column names another: no shape reads it then.
+    kto_tags = ("kto_tag", sharegpt.kto_tag, alpaca.kto_tag if alpaca is not None else "")
+    return tuple(n for n in dict.fromkeys((columns.label, *kto_tags)) if n)
 
 
 def given_columns(columns: ColumnMap, sharegpt: ShareGPTMap) -> dict[str, str]:

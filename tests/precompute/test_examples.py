@@ -15,6 +15,7 @@ import pytest
 
 from kto.formats.errors import InputError
 from kto.precompute.inputs.examples import ColumnMap, Example
+from kto.precompute.inputs.hub import COLUMNAR_READING
 from kto.precompute.inputs.records import file_sha256, read_examples, read_inputs
 
 GOOD = {"prompt": "Hi", "completion": "Hello!", "label": True}
@@ -350,7 +351,8 @@ def test_inputs_hash_the_bytes_that_were_parsed(tmp_path, suffix, monkeypatch):
     monkeypatch.setattr(examples, "_row_examples", rewrite_then_check)
     parsed, inputs = read_inputs([path])
     assert [e.completion for e in parsed] == ["Hello!", "A"]
-    assert inputs == [{"name": path.name, "sha256": read}]
+    columnar = {"reading": COLUMNAR_READING} if path.suffix in (".parquet", ".arrow") else {}
+    assert inputs == [{"name": path.name, "sha256": read, **columnar}]
 
 
 def test_a_file_name_that_is_not_utf8_is_one_line(tmp_path):
