@@ -231,7 +231,7 @@ def _with_sharing_the_model_allows(cfg: PrecomputeConfig, skeleton: Callable[[],
 
 
 def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=None) -> list[Manifest]:
-    started = time.perf_counter()
+    started, begun = time.perf_counter(), time.time()
     source = resolve_source(cfg.model)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     template = load_chat_template(cfg.chat_template, cfg.chat_template_kwargs)
@@ -287,8 +287,16 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
         write_card(cfg.out, ordered)  # last, after the manifests: a finished cache has its card
         for path in {s.staged for s in splits}:
             path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
-        _summary(ordered, time.perf_counter() - started, meter, complete)
+        _summary(ordered, time.perf_counter() - started, meter, _unless_rewritten(complete, splits, begun))
     return ordered
+
+
+def _unless_rewritten(complete: str | None, splits: list[Split], begun: float) -> str | None:
+    """say_resumed's "already complete" line, unless a shard was written since the run began:
+    another process checks the bytes of its own shards and rebuilds a damaged one, which the main
+    process, counting them as kept from the journal, did not see."""
+    shards = [p for s in splits for p in s.out.glob(S.SHARD_GLOB)]
+    return None if complete is None or any(p.stat().st_mtime >= begun for p in shards) else complete
 
 
 def _write_manifests(splits: list[Split], contents: dict, layout: dict, cfg: PrecomputeConfig, state, tokenizer) -> list[Manifest]:

@@ -242,9 +242,28 @@ def zero_warmup_steps(resolved: Resolved, values: dict[str, Any], given: Callabl
     ratio_given = given("warmup_ratio") or "warmup_ratio" in resolved.values or "warmup_ratio" in resolved.defaults
     if not (given("warmup_steps") or in_file) or values.get("warmup_steps") != 0 or ratio_given or not values.get("warmup_ratio"):
         return
+    if values.get("eval_only"):
+        return  # refused (--warmup-steps only trains), or the run's own taken in
+    if values.get("resume") and (recorded := recorded_warmup_ratio(values)) is not None:
+        values["warmup_ratio"] = recorded  # a run begun before this reading (0.1 with warmup_steps 0) resumes as it ran
+        return
     values["warmup_ratio"] = 0.0
     said = f"{resolved.key_of('warmup_steps')}: 0" if in_file else "--warmup-steps 0"
     log(f"kto-train: {said} without a warmup ratio: no warmup, as transformers reads it (kto-train's own warmup_ratio 0.1 is for runs that give neither)")
+
+
+def recorded_warmup_ratio(values: dict[str, Any]) -> float | None:
+    """The warmup_ratio the run at --out recorded beside warmup_steps 0, or None (no readable
+    record, or another warmup_steps: the resume compares it in its own words)."""
+    from kto.formats.runrecord import read_run_config
+
+    if values.get("out") is None:
+        return None
+    try:
+        recorded = (read_run_config(values["out"]) or {}).get("config", {})
+    except InputError:
+        return None
+    return recorded.get("warmup_ratio") if recorded.get("warmup_steps") == 0 else None
 
 
 def unset_lora_settings_of_files_without_rank(ctx: click.Context, values: dict[str, Any]) -> None:

@@ -268,7 +268,7 @@ def check_required(cfg: TrainConfig) -> None:
     if cfg.eval_only and cfg.eval_cache is None:
         raise InputError("--eval-only: needs --eval-cache, the kto-precompute cache to evaluate --model on (e.g. CACHE/eval)")
     if not cfg.eval_only and cfg.base_model is not None:
-        raise InputError("--base-model: only with --eval-only (training starts from --model)")
+        raise InputError("--base-model: only with --eval-only (training starts from --model; axolotl's base_model is --model here)")
 
 
 def require_paths(values: Mapping[str, Any]) -> None:

@@ -130,4 +130,8 @@ def test_kto_train_names_axolotls_base_model_in_the_missing_model_refusal(tmp_pa
     assert result.exit_code == 2 and line.startswith("kto-train: error: --model is required")
     assert "axolotl's base_model is model here (model: PATH)" in line
     with_model = CliRunner().invoke(main, ["--config", str(path), "--cache", "c", "--model", "m", "--out", str(tmp_path / "o")])
-    assert "axolotl's base_model" not in with_model.output  # a model in force: the note would mislead
+    # A model in force: base_model is refused (it is kto-train's, for --eval-only), saying what axolotl's is.
+    assert with_model.output.strip().splitlines()[-1] == (
+        f"kto-train: error: --config {path}: base_model HuggingFaceTB/SmolLM2-135M: only with --eval-only "
+        "(training starts from --model; axolotl's base_model is --model here)"
+    )

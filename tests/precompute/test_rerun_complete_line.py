@@ -49,3 +49,26 @@ def test_a_run_killed_before_its_manifest_is_finished_without_the_line(tmp_path,
     again = run_cli(*precompute_args(data, tiny_model_dir, out))
     assert again.exit_code == 0 and (out / S.MANIFEST_NAME).is_file(), again.output
     assert "already complete" not in again.output and "resuming" not in again.output, again.output
+
+
+def test_the_line_is_dropped_when_a_shard_was_written_during_the_run(tmp_path):
+    """Under two processes the main one counts another rank's shards as kept from the journal,
+    before that rank checks their bytes: a damaged shard rebuilt there was followed by "already
+    complete, nothing scored". A shard written since the run began drops the line."""
+    import os
+    from types import SimpleNamespace
+
+    from kto.precompute.pipeline import _unless_rewritten
+
+    (tmp_path / "eval").mkdir()
+    old, rebuilt = tmp_path / "shard-00000.arrow", tmp_path / "eval" / "shard-00000.arrow"
+    old.write_bytes(b"a")
+    rebuilt.write_bytes(b"b")
+    begun = 1_000_000.0
+    os.utime(old, (begun - 60, begun - 60))
+    splits = [SimpleNamespace(out=tmp_path), SimpleNamespace(out=tmp_path / "eval")]
+    os.utime(rebuilt, (begun - 5, begun - 5))
+    assert _unless_rewritten("already complete", splits, begun) == "already complete"
+    os.utime(rebuilt, (begun + 1, begun + 1))
+    assert _unless_rewritten("already complete", splits, begun) is None
+    assert _unless_rewritten(None, splits, begun) is None

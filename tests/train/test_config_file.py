@@ -138,6 +138,28 @@ def test_an_explicit_zero_warmup_steps_without_a_ratio_warms_up_for_none(tmp_pat
     assert said == (ratio == 0.0)
 
 
+@pytest.mark.parametrize("ratio", [0.1, 0.0])
+def test_a_resume_takes_the_warmup_ratio_its_run_recorded_beside_zero_warmup_steps(tmp_path, captured, ratio):
+    """A run begun with --warmup-steps 0 before that meant no warmup recorded warmup_ratio 0.1,
+    and its resume with the same command was refused (0.1 there, 0.0 now); one begun since
+    recorded 0.0. Each resumes as it ran."""
+    import json
+
+    from kto.formats.runrecord import KIND, VERSION
+
+    (tmp_path / "o").mkdir()
+    record = {"kind": KIND, "version": VERSION, "config": {"warmup_steps": 0, "warmup_ratio": ratio}, "derived": {}}
+    (tmp_path / "o" / "kto_run.json").write_text(json.dumps(record))
+    result = run(tmp_path, "lr: 1.0e-6\n", "run.yaml", "--warmup-steps", "0", "--resume")
+    assert result.exit_code == 0, result.output
+    assert captured[0].warmup_ratio == ratio and "no warmup, as transformers reads it" not in result.output
+
+
+def test_eval_only_says_nothing_of_warmup(tmp_path, captured):
+    result = run(tmp_path, "lr: 1.0e-6\n", "run.yaml", "--warmup-steps", "0", "--eval-only")
+    assert "no warmup, as transformers reads it" not in result.output
+
+
 def test_step_shares_resolve_against_max_steps_or_are_refused_naming_the_key(tmp_path, captured):
     """transformers 5: `logging_steps: 0.25` is ⌈0.25 × total⌉ steps. kto-train knows the total
     before reading the cache only from max_steps; without it the key is refused, as written."""
