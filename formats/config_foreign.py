@@ -4,13 +4,19 @@ is refused, every key at once): consulted before any spelling match, so that a n
 never points at an option of another meaning (`datasets` is not `dataset`, OpenRLHF's global
 `--train_batch_size` is not `--batch-size`). config_names._suggest reads it for a file's key,
 config_keys.option_hint for a flag (docs/migrating.md, "From axolotl or OpenRLHF"). A flag of
-the other command is said to be its (config_keys.owned_flags)."""
+the other command is said to be its (config_keys.owned_flags). The few axolotl keys whose value
+decides what they say (`rl`, a `chat_template` by name, `base_model`) are read here too, for
+config_names.resolve."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .config_commands import PRECOMPUTE, TRAIN
+from .paths import expand_home
 
 AXOLOTL, OPENRLHF = "axolotl", "OpenRLHF"
 
@@ -143,3 +149,43 @@ def foreign_flag_hint(name: str, command: str, own: frozenset[str] | set[str]) -
         return f"{known.source}'s; {known.more}"
     flag = f"--{known.ours.replace('_', '-')}"
     return f"{known.source}'s name for {known.command or command}'s {flag}{' ' + known.more if known.more else ''}"
+
+
+def axolotl_base_model(raw: Mapping[str, Any], command: str) -> str | None:
+    """axolotl's base_model is the model trained; ours is kto-train's base of an adapter it
+    evaluates (--eval-only): the note to say where the file names no model, or None.
+    kto-precompute prints it only without --model on its line (a default note); kto-train's CLI
+    adds it to "--model is required" alone (train/cli.py merged_config). A null base_model says
+    nothing."""
+    if raw.get("base_model") is None or {"model", "model_name_or_path"} & raw.keys() or raw.get("eval_only") is True:
+        return None
+    whose = "kto-train's key, the" if command == PRECOMPUTE else "kto-train's"
+    return f"base_model: {whose} base of an adapter it evaluates (--eval-only); axolotl's base_model is model here (model: PATH)"
+
+
+def axolotl_rl(value: Any, notes: list[str]) -> list[str]:
+    """axolotl's `rl: kto`, as LLaMA-Factory's `stage: kto`: what this does; `rl: null` (unset) is
+    skipped; another value is the refusal returned."""
+    if value is not None and value != "kto":
+        return [f"rl: {value}: kto-offline trains KTO only (rl: kto)"]
+    if value == "kto":
+        notes.append("rl: kto: ignored (that is what this does)")
+    return []
+
+
+def skipped_template_name(value: Any) -> bool:
+    """One of axolotl's chat template names (AXOLOTL_TEMPLATES) where no such file
+    or folder exists; any other name is a path, refused by kto-precompute when missing."""
+    return axolotl_template(value) and not os.path.exists(expand_home(value))
+
+
+def axolotl_template_name(key: str, value: Any, command: str, notes: list[str]) -> bool:
+    """axolotl's `chat_template: NAME` (chatml, llama3, tokenizer_default): a template by name,
+    as LLaMA-Factory's `template`, said and skipped (skipped_template_name)."""
+    if command != PRECOMPUTE or key != "chat_template" or not skipped_template_name(value):
+        return False
+    notes.append(
+        f"chat_template: ignored ({value} is axolotl's template by name, not rendered here: rows render with the model's tokenizer's "
+        "own chat template; chat_template: FILE.jinja replaces it)"
+    )
+    return True

@@ -20,14 +20,13 @@ the keys mapped by their value and the defaults of the tool whose names the file
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config_adapters import file_adapters, file_rank
 from .config_dumped import DUMPED, dumped_key
-from .config_foreign import axolotl_template, foreign_key_hint
+from .config_foreign import axolotl_base_model, axolotl_rl, axolotl_template_name, foreign_key_hint, skipped_template_name
 from .config_keys import ALIASES, COMPANIONS, FLASH_ATTN, IGNORED, OWN_KEYS, PRECOMPUTE, TRAIN, file_switch, number_or_none, same_value, template_note
 from .config_picks import what_it_is
 from .config_resolved import Resolved
@@ -35,7 +34,6 @@ from .config_schedule import do_train, eval_schedule, evaluates, save_schedule, 
 from .config_switches import is_llama_factory, transformers_switches
 from .config_unsupported import UNSUPPORTED
 from .errors import InputError
-from .paths import expand_home
 
 # Keys whose value is a credential: never printed.
 SECRET_KEYS = frozenset({"hub_token", "push_to_hub_token", "ms_hub_token", "om_hub_token"})
@@ -267,7 +265,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
             continue
         elif key == "template":
             chat_template = raw.get("chat_template")
-            _template(value, command, out, sorting, None if _skipped_template_name(chat_template) else chat_template)
+            _template(value, command, out, sorting, None if skipped_template_name(chat_template) else chat_template)
         elif key in IGNORED:
             _ignored(key, value, command, out, raw)
         elif key in DUMPED[command]:
@@ -278,7 +276,7 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         else:
             sorting.unknown.append(key)
     _attention(raw, out, sorting)
-    _axolotl_base_model(raw, command, out)
+    _say_base_model(raw, command, out)
     _read_rest(raw, command, out, sorting)
     _refuse(sorting, command)
     if sorting.others:
@@ -288,6 +286,16 @@ def resolve(raw: Mapping[str, Any], command: str, own: Iterable[str] | None = No
         out.notes.append(f"dumped defaults, ignored: {', '.join(sorting.dumped)}")
     _apply_defaults(out)
     return out
+
+
+def _say_base_model(raw: Mapping[str, Any], command: str, out: Resolved) -> None:
+    """config_foreign.axolotl_base_model's note: kto-precompute's is said only without --model on
+    its line (a default note); kto-train's CLI says it with "--model is required" alone."""
+    note = axolotl_base_model(raw, command)
+    if note is not None and command == PRECOMPUTE:
+        out.default_notes["model"] = note
+    elif note is not None:
+        out.notes.append(note)
 
 
 def _read_rest(raw: Mapping[str, Any], command: str, out: Resolved, sorting: _Sorting) -> None:
@@ -303,49 +311,6 @@ def _read_rest(raw: Mapping[str, Any], command: str, out: Resolved, sorting: _So
         if not (sorting.refused or sorting.unknown):
             raise
         sorting.refused.append(str(e))
-
-
-def _axolotl_base_model(raw: Mapping[str, Any], command: str, out: Resolved) -> None:
-    """axolotl's base_model is the model trained; ours is kto-train's base of an adapter it
-    evaluates (--eval-only): said where the file names no model. kto-precompute prints it only
-    without --model on its line (a default note); kto-train's CLI adds it to "--model is
-    required" alone (train/cli.py merged_config). A null base_model says nothing."""
-    if raw.get("base_model") is None or {"model", "model_name_or_path"} & raw.keys() or raw.get("eval_only") is True:
-        return
-    whose = "kto-train's key, the" if command == PRECOMPUTE else "kto-train's"
-    note = f"base_model: {whose} base of an adapter it evaluates (--eval-only); axolotl's base_model is model here (model: PATH)"
-    if command == PRECOMPUTE:
-        out.default_notes["model"] = note
-    else:
-        out.notes.append(note)
-
-
-def _rl(value: Any, out: Resolved, sorting: _Sorting) -> None:
-    """axolotl's `rl: kto`, as LLaMA-Factory's `stage: kto`: what this does; `rl: null` (unset) is skipped."""
-    if value is None:
-        return
-    if value == "kto":
-        out.notes.append("rl: kto: ignored (that is what this does)")
-    else:
-        sorting.refused.append(f"rl: {value}: kto-offline trains KTO only (rl: kto)")
-
-
-def _skipped_template_name(value: Any) -> bool:
-    """One of axolotl's chat template names (config_foreign.AXOLOTL_TEMPLATES) where no such file
-    or folder exists; any other name is a path, refused by kto-precompute when missing."""
-    return axolotl_template(value) and not os.path.exists(expand_home(value))
-
-
-def _template_name(key: str, value: Any, command: str, out: Resolved) -> bool:
-    """axolotl's `chat_template: NAME` (chatml, llama3, tokenizer_default): a template by name,
-    as LLaMA-Factory's `template`, said and skipped (_skipped_template_name)."""
-    if command != PRECOMPUTE or key != "chat_template" or not _skipped_template_name(value):
-        return False
-    out.notes.append(
-        f"chat_template: ignored ({value} is axolotl's template by name, not rendered here: rows render with the model's tokenizer's "
-        "own chat template; chat_template: FILE.jinja replaces it)"
-    )
-    return True
 
 
 def _read_together(raw: Mapping[str, Any], out: Resolved, sorting: _Sorting) -> None:
@@ -376,9 +341,9 @@ def _said_and_skipped(key: str, value: Any, command: str, out: Resolved, sorting
     """Keys whose value decides what they mean, taken here (True) before resolve() sorts the
     rest by name: a note, a refusal to make, or transformers 5's shares of the total steps."""
     if key == "rl":
-        _rl(value, out, sorting)
+        sorting.refused.extend(axolotl_rl(value, out.notes))
         return True
-    if _template_name(key, value, command, out):
+    if axolotl_template_name(key, value, command, out.notes):
         return True
     if key in UNSUPPORTED[command]:
         known = UNSUPPORTED[command][key]
