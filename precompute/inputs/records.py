@@ -28,6 +28,7 @@ from kto.formats.files import regular_file, sha256_file
 from kto.formats.manifest import INPUT_SUFFIXES
 
 from .alpaca import AlpacaMap, alpaca_examples
+from .columnar import LABEL_COLUMNS, columnar_reader
 from .examples import (
     ColumnMap,
     Example,
@@ -46,9 +47,7 @@ from .examples import (
     with_system,
 )
 from .hub import (
-    LABEL_COLUMNS,
     check_dataset_input,
-    columnar_reader,
     data_tree,
     dataset_identity,
     dataset_records,
@@ -80,7 +79,7 @@ def file_sha256(path: str | Path) -> str:
 def read_file(path: Path, label_columns: Collection[str] = LABEL_COLUMNS) -> tuple[str, Iterator[tuple[int, Any]]]:
     """(sha256, rows) of one file: its bytes are read once, hashed, and the rows parsed from them.
     `label_columns`: the columns read as labels (a Parquet or Arrow ClassLabel among them reads
-    by its names: hub.columnar_reader).
+    by its names: columnar.columnar_reader).
 
     Hashing exactly the parsed bytes, in the same read, is what lets the cache's fingerprint name
     its rows: a file that changes while (or after) it is read cannot get a hash of other bytes.
@@ -269,7 +268,7 @@ def _read_table(path: Path, suffix: str, data: bytes) -> pa.Table:
 
 
 def _table_rows(path: Path, table: pa.Table, label_columns: Collection[str] = LABEL_COLUMNS) -> Iterator[dict]:
-    """The table's rows as their JSON Lines would read (hub.columnar_reader: merged structs
+    """The table's rows as their JSON Lines would read (columnar.columnar_reader: merged structs
     without their added nulls, `Json` columns parsed, a ClassLabel label by its names)."""
     read = columnar_reader(table.schema, label_columns, decode_json=True)
     # Per batch, so only one batch of Python objects exists at a time.
@@ -493,7 +492,7 @@ def _group_rows(
 
 def label_columns_of(columns: ColumnMap, sharegpt: ShareGPTMap, alpaca: AlpacaMap | None = None) -> tuple[str, ...]:
     """The columns some shape reads a label from (examples.py, sharegpt.py, alpaca.py): a
-    ClassLabel among them is read by its class names (hub.columnar_reader); another keeps its
+    ClassLabel among them is read by its class names (columnar.columnar_reader); another keeps its
     indices."""
     # examples._label: (columns.label, kto_tag); sharegpt and alpaca: their kto_tag, then columns.label.
     # Not `label` itself when --label-column names another: no shape reads it then.
