@@ -148,3 +148,35 @@ def sha256_stream(f: BinaryIO, block: int = 1 << 20) -> str:
     while chunk := f.read(block):
         h.update(chunk)
     return h.hexdigest()
+
+
+def umask() -> int:
+    """The process umask, read from /proc where possible: os.umask() can only be read by setting
+    it, which would briefly change it for every thread."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def uniform_permissions(root: Path) -> None:
+    """Every file 0666 & ~umask, every directory 0777 & ~umask, as a plain open()/mkdir() gives.
+
+    transformers writes model.safetensors through a private temporary file (mode 0600) while the
+    files beside it get the umask's default: a checkpoint would be half unreadable to the group.
+    A directory keeps its setgid and sticky bits: a g+s shared parent gives them to new folders,
+    so that the files in them stay the group's, and a plain chmod would drop them."""
+    mask = umask()
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            os.chmod(p, (0o777 & ~mask) | (p.stat().st_mode & (stat.S_ISGID | stat.S_ISVTX)))
+        else:
+            os.chmod(p, 0o666 & ~mask)

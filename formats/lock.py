@@ -138,7 +138,7 @@ def holder_of(text: str) -> str:
         return f"pid {pid}, {recorded}"
     if host != socket.gethostname():
         return f"pid {pid} on host {host}, {recorded}"
-    if _running_here(pid):
+    if running_here(pid):
         return f"pid {pid} on this host, {host}, {recorded}"
     return (
         f"pid {pid} on this host, {host}, {recorded}; no process has that pid here: the holder runs in another container or PID"
@@ -146,7 +146,7 @@ def holder_of(text: str) -> str:
     )
 
 
-def _running_here(pid: str) -> bool:
+def running_here(pid: str) -> bool:
     """Whether a process `pid` exists in this PID namespace (one of another user counts)."""
     try:
         os.kill(int(pid), 0)

@@ -19,7 +19,6 @@ those whose process is gone).
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ def export_checkpoint(checkpoint: Path, out: Path, merge: bool, base_model: str 
     from kto.formats.compute.loading import load_completion_logps, load_tokenizer, tokenizer_as_given
     from kto.formats.compute.numerics import torch_dtype
     from kto.formats.compute.policy_dirs import policy_to_load, save_model_dir
+    from kto.formats.files import uniform_permissions
 
     adapters = _checked(checkpoint, out, merge, base_model)
     dtype, said = _dtype(checkpoint)
@@ -49,22 +49,11 @@ def export_checkpoint(checkpoint: Path, out: Path, merge: bool, base_model: str 
         save_model_dir(lm, tokenizer, tmp)
         if adapters and not merge:  # peft's placeholder card ("# Model Card for Model ID", the base as an absolute path): the run's card is final/'s
             (tmp / "README.md").unlink(missing_ok=True)
-        _as_plainly_written(tmp)
+        uniform_permissions(tmp)  # model.safetensors is written 0600 by transformers, as final/ gets it
     what = (
         "LoRA adapters merged into their base (a model directory)" if merge else ("LoRA adapters (a PEFT adapter folder)" if adapters else "a model directory")
     )
     return {"checkpoint": str(checkpoint), "out": str(out), "holds": what, "dtype": dtype, "base": str(policy.source.name)}
-
-
-def _as_plainly_written(folder: Path) -> None:
-    """transformers writes model.safetensors through a private temp file (mode 0600), the other
-    files with open()'s mode: give every file the mode open() gives (0666 less the umask, which
-    mkdir applied to `folder` too), so the group reads the weights as it reads the rest
-    (kto-train's final/ gets the same from checkpoint.uniform_permissions)."""
-    mode = folder.stat().st_mode & 0o666
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            path.chmod(mode)
 
 
 def _checked(checkpoint: Path, out: Path, merge: bool, base_model: str | None) -> bool:
@@ -115,11 +104,12 @@ def _remove_killed_temps(out: Path) -> list[str]:
     whose process no longer runs, removed: an export killed mid-write leaves one, and nothing
     else removes it (no lock guards OUT, so a live process's temp folder is left to it)."""
     from kto.formats.atomic import parse_temp_name, temp_stem
+    from kto.formats.lock import running_here
 
     stem, removed = temp_stem(out.name, out.parent), []
     for path in sorted(out.parent.iterdir()):
         parsed, pid = parse_temp_name(path.name), path.name.rpartition(".tmp-")[2].split("-")[0]
-        if parsed != (stem, "tmp") or path.is_symlink() or _running(int(pid)):
+        if parsed != (stem, "tmp") or path.is_symlink() or running_here(pid):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -128,17 +118,6 @@ def _remove_killed_temps(out: Path) -> list[str]:
         if not path.exists():
             removed.append(path.name)
     return removed
-
-
-def _running(pid: int) -> bool:
-    """Whether process `pid` exists in this PID namespace (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _dtype(checkpoint: Path) -> tuple[str, str]:

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from kto.formats.atomic import aside_path, atomic_dir, free_name
 from kto.formats.compute.library_bars import library_bars_off
 from kto.formats.compute.policy_dirs import save_model_dir  # the writer kto-inspect export shares
 from kto.formats.errors import InputError
-from kto.formats.files import read_json
+from kto.formats.files import read_json, uniform_permissions
 from kto.formats.runrecord import CHECKPOINT_RE, checkpoint_dir
 from kto.formats.shards import sha256_file, tree_hashes
 
@@ -230,38 +229,6 @@ def nonfinite_problem(weights: Path) -> str | None:
             if not bool(finite(f.get_tensor(key))):
                 return f"{weights.name}: {key} holds non-finite values"
     return None
-
-
-def umask() -> int:
-    """The process umask, read from /proc where possible: os.umask() can only be read by setting
-    it, which would briefly change it for every thread."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def uniform_permissions(root: Path) -> None:
-    """Every file 0666 & ~umask, every directory 0777 & ~umask, as a plain open()/mkdir() gives.
-
-    transformers writes model.safetensors through a private temporary file (mode 0600) while the
-    files beside it get the umask's default: a checkpoint would be half unreadable to the group.
-    A directory keeps its setgid and sticky bits: a g+s shared parent gives them to new folders,
-    so that the files in them stay the group's, and a plain chmod would drop them."""
-    mask = umask()
-    for p in [root, *root.rglob("*")]:
-        if p.is_symlink():
-            continue
-        if p.is_dir():
-            os.chmod(p, (0o777 & ~mask) | (p.stat().st_mode & (stat.S_ISGID | stat.S_ISVTX)))
-        else:
-            os.chmod(p, 0o666 & ~mask)
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def test_a_folder_that_refuses_a_new_lock_file_still_blames_the_folder(tmp_path,
 def test_uniform_permissions_keeps_the_setgid_and_sticky_bits(tmp_path, umask_002, bits):
     """A g+s shared parent gives new folders setgid; chmod(0o777 & ~umask) dropped it from
     checkpoint-N/ and final/ (train/checkpoint.py, tested here beside the lock's permissions)."""
-    from kto.train.checkpoint import uniform_permissions
+    from kto.formats.files import uniform_permissions
 
     root = tmp_path / "checkpoint-1"
     (root / "sub").mkdir(parents=True)
