@@ -30,6 +30,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import socket
 import stat
 from collections.abc import Iterator
@@ -38,6 +39,10 @@ from pathlib import Path
 from .errors import InputError
 
 LOCK_NAME = ".lock"
+RECORD_BYTES = 320  # what a lock file's record is read as (_record); a longer file is not one of ours
+# What a lock file holds: `PID@HOST` (_lock writes it; the pid alone from an older kto), or
+# nothing yet (killed before it wrote, or opened read-only in a group-shared folder).
+_LOCK_TEXT = re.compile(rb"(?:[0-9]+(?:@[^\s]*)?\n?)?")
 
 
 @contextlib.contextmanager
@@ -96,7 +101,22 @@ def _missing(path: Path) -> list[Path]:
 
 def _record(fd: int) -> str:
     """What a lock file records (`PID@HOST`), read without moving its offset."""
-    return os.pread(fd, 320, 0).decode(errors="replace")
+    return os.pread(fd, RECORD_BYTES, 0).decode(errors="replace")
+
+
+def reads_as_lock(path: Path) -> bool:
+    """Whether the file at `path` reads as a lock file this module writes (_LOCK_TEXT, at most
+    RECORD_BYTES): a plain file, not a link. kto-precompute takes such a `.lock` alone in a
+    folder for a killed run's (the kill came right after the lock was taken), any other for the
+    user's."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            text = f.read(RECORD_BYTES + 1)
+    except OSError:
+        return False
+    return len(text) <= RECORD_BYTES and _LOCK_TEXT.fullmatch(text) is not None
 
 
 def lock_state(lock: Path) -> tuple[bool | None, str]:

@@ -37,7 +37,7 @@ from kto.formats.compute.tokenizer_check import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
 from kto.formats.hub import CARD_NAME, card_text, is_kto_card
-from kto.formats.lock import LOCK_NAME, locked_dir, manifests_locked
+from kto.formats.lock import LOCK_NAME, locked_dir, manifests_locked, reads_as_lock
 from kto.formats.manifest import CacheContent, Manifest, fingerprint_of, same_model
 from kto.formats.shards import JOURNAL_DIR, NEXT_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
@@ -46,14 +46,11 @@ from .staging import is_staging_name, staging_files
 # Ours by name in a folder that the journal or the manifest proves a cache of ours: the lock
 # (held while we write; formats/lock.py refuses one that is not a plain file), kto-train's
 # verification stamps (shards and tokenizer check). Elsewhere only a `.lock` that reads as ours
-# (`_own_lock`: a kill right after the lock was taken leaves it alone); a user's `.lock` or
+# (formats/lock.reads_as_lock: a kill right after the lock was taken leaves it alone); a user's `.lock` or
 # `.verified.json` is foreign, never written over. The journal is ours only when it holds
 # nothing but journal files (`own_journal`): a user's own `.journal/` is foreign.
 BOOKKEEPING = {LOCK_NAME, VERIFIED_NAME, TOKENIZER_CHECK_NAME}
 NEXT = NEXT_DIR  # where --overwrite builds the new cache, inside OUT, until swap_in
-# What formats/lock.py writes into a lock file: `PID@HOST` (the pid alone from an older kto), or
-# nothing yet (killed before it wrote, or opened read-only in a group-shared folder).
-_LOCK_TEXT = re.compile(rb"(?:[0-9]+(?:@[^\s]*)?\n?)?")
 SHARD_NAME = re.compile(r"^shard-[0-9]{5}\.arrow$")  # schema.shard_name's shape
 
 
@@ -174,7 +171,7 @@ def survey(folder: Path, *, with_eval: bool, temps_pending: bool = False, top: b
     for p in sorted(folder.iterdir()):
         temp = parse_temp_name(p.name) if temps_pending and proven and not p.is_symlink() else None
         if p.name in BOOKKEEPING:
-            owned = proven or (p.name == LOCK_NAME and _own_lock(p))
+            owned = proven or (p.name == LOCK_NAME and reads_as_lock(p))
         elif (is_staging_name(p.name) and p.is_file()) or (temp is not None and cache_writes_temp(*temp)):
             owned = True
         elif p.name == JOURNAL_DIR:
@@ -272,18 +269,6 @@ def _unstarted(folder: Path, temps_pending: bool) -> bool:
         return True
     journal = entries[0]
     return len(entries) == 1 and journal.name == JOURNAL_DIR and own_journal(journal, temps_pending) and all(parse_temp_name(p.name) for p in journal.iterdir())
-
-
-def _own_lock(path: Path) -> bool:
-    """A `.lock` that reads as formats/lock.py writes one (_LOCK_TEXT): a plain file, not a link."""
-    if path.is_symlink() or not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as f:
-            text = f.read(321)  # lock.py reads 320 bytes of it; a longer file was not written by it
-        return len(text) <= 320 and _LOCK_TEXT.fullmatch(text) is not None
-    except OSError:
-        return False
 
 
 def own_aside(folder: Path, temps_pending: bool = False) -> bool:
