@@ -42,12 +42,14 @@ def process_group_exists() -> bool:
 def borrowed_accelerate_state() -> Iterator[None]:
     """accelerate's singletons for one run: `AcceleratorState` emptied so that this run's
     `Accelerator(...)` sets it up with this run's settings (an already set one refuses another
-    mixed precision and keeps its FSDP plugin), and both singletons put back as they were when
-    the run returns or raises. A caller's own `PartialState` stays usable; an empty one stays
+    mixed precision and keeps its FSDP plugin), and the three singletons put back as they were
+    when the run returns or raises: `GradientState` too, which the run's `Accelerator(...)` sets
+    to one accumulation step (a caller's own accumulating Accelerator then synced every batch). A caller's own `PartialState` stays usable; an empty one stays
     empty, and a `PartialState()` made later reads the world from the group that is up."""
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    partial, full = dict(PartialState._shared_state), dict(AcceleratorState._shared_state)
+    singletons = (PartialState._shared_state, AcceleratorState._shared_state, GradientState._shared_state)
+    saved = [dict(shared) for shared in singletons]
     # accelerate also writes its settings into the environment (an FSDP plugin sets
     # ACCELERATE_USE_FSDP=true, which train/sharding.py reads as "--fsdp"): put those back too,
     # or every later run in the process would be sharded.
@@ -60,9 +62,9 @@ def borrowed_accelerate_state() -> Iterator[None]:
             del os.environ[key]
         os.environ.update(environment)
         # In place: the shared dicts are the __dict__ of every state object the caller holds.
-        for shared, saved in ((PartialState._shared_state, partial), (AcceleratorState._shared_state, full)):
+        for shared, before in zip(singletons, saved, strict=True):
             shared.clear()
-            shared.update(saved)
+            shared.update(before)
 
 
 @contextlib.contextmanager

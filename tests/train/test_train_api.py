@@ -83,6 +83,27 @@ def test_a_second_run_in_one_process_sets_accelerate_up_for_its_own_settings(tin
     assert state.num_processes == 1 and state.process_index == 0 and not AcceleratorState._shared_state
 
 
+def test_a_run_gives_the_callers_gradient_accumulation_back(tiny_cache, tiny_model_dir, tmp_path):
+    """accelerate's GradientState is a third singleton: a run's `Accelerator(...)` set its
+    accumulation steps to 1, so the caller's own `Accelerator(gradient_accumulation_steps=4)`
+    synced its gradients on every micro-batch after a kto call (accumulation off, silently)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    singletons = (PartialState._shared_state, AcceleratorState._shared_state, GradientState._shared_state)
+    saved = [dict(shared) for shared in singletons]
+    for shared in singletons[1:]:
+        shared.clear()
+    try:
+        mine = Accelerator(cpu=True, gradient_accumulation_steps=4)
+        kto.train.run(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path / "run", **{**ARGS, "max_steps": 1}))
+        assert mine.gradient_accumulation_steps == 4 and GradientState().num_steps == 4
+    finally:
+        for shared, before in zip(singletons, saved, strict=True):
+            shared.clear()
+            shared.update(before)
+
+
 def test_an_fsdp_run_leaves_no_fsdp_setting_for_the_next_run(tmp_path, monkeypatch):
     """accelerate's FSDP plugin writes ACCELERATE_USE_FSDP=true into os.environ, which
     train/sharding.py reads as --fsdp: after one FSDP run in a process, every later run was sharded
