@@ -60,3 +60,20 @@ def test_importing_the_package_loads_no_torch():
     code = "import sys, kto.precompute; kto.precompute.PrecomputeConfig; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_api_names_complete_in_a_notebook_and_the_column_maps_import_from_the_package():
+    """The packages resolve their names lazily; without `__dir__`, `dir(kto.train)` and IPython's
+    completion of `kto.train.` offered nothing. README's `ColumnMap(prompt="question")` is
+    importable from `kto.precompute`, as PrecomputeConfig is, and still loads no torch."""
+    code = (
+        "import sys, kto.precompute, kto.train\n"
+        "from kto.precompute import AlpacaMap, ColumnMap, ShareGPTMap\n"
+        "print(sorted(n for n in dir(kto.precompute) if not n.startswith('_')))\n"
+        "print(sorted(n for n in dir(kto.train) if not n.startswith('_')))\n"
+        "print(ColumnMap(prompt='question').prompt, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert {"AlpacaMap", "ColumnMap", "PrecomputeConfig", "PrecomputeResult", "ShareGPTMap", "run"} <= set(eval(out[0]))  # and `inputs`, imported
+    assert eval(out[1]) == ["TrainConfig", "TrainResult", "evaluate_model", "run"]
+    assert out[2] == "question False"
