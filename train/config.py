@@ -272,10 +272,14 @@ def check_required(cfg: TrainConfig) -> None:
 
 
 def require_paths(values: Mapping[str, Any]) -> None:
-    """--model always, --cache and --out to train: refused in one line when missing."""
+    """--model always, --cache and --out to train: refused in one line when missing. With
+    --eval-cache alone, the line says --eval-only too: that is what evaluates without training
+    (evaluate_model's own hint came too late, after this refusal)."""
     for name in ("model",) if values.get("eval_only") else ("cache", "model", "out"):
         if values.get(name) is None:
-            raise InputError(f"--{name} is required (on the command line or in --config)")
+            evaluate = name != "model" and values.get("eval_cache") is not None
+            hint = "; to evaluate --model on --eval-cache without training, add --eval-only" if evaluate else ""
+            raise InputError(f"--{name} is required (on the command line or in --config){hint}")
 
 
 def _flag(name: str) -> str:
