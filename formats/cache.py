@@ -36,6 +36,7 @@ import mmap
 import os
 import shlex
 import socket
+import stat
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ import pyarrow.ipc as ipc
 
 from . import schema as S
 from .errors import InputError
-from .files import read_json
+from .files import kind_of, read_json, stat_or_none
 from .held_shards import Holding, limit_line, out_of_descriptors, read_holding, still_current
 from .lock import LOCK_NAME, holder_of, lock_state
 from .manifest import Manifest
@@ -79,11 +80,27 @@ def open_cache(cache_dir: str | Path, *, stamps: bool = True, hint: bool = True,
     hold every shard open from now on (formats/held_shards.py); False for a caller that wants
     the manifest only, or reads a shard once (then by path)."""
     cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise InputError(f"{cache_dir}: no such cache directory")
+    check_cache_dir(cache_dir)
     if not (cache_dir / S.MANIFEST_NAME).is_file() and (writer := _unfinished_by(cache_dir)) is not None:
         raise InputError(f"{cache_dir / S.MANIFEST_NAME}: {writer}")
     return ShardedCache(cache_dir, stamps=stamps, hint=hint, hold=hold)
+
+
+def check_cache_dir(cache_dir: str | Path, what: str | None = None, *, missing_ok: bool = False) -> None:
+    """InputError `WHAT: ...` when `cache_dir` is no folder: missing (unless `missing_ok`), a
+    file (`WHAT: a file, not a cache directory`), or a path that cannot be looked at (`WHAT:
+    cannot read (why)`: a name too long, a folder above it not searchable, which Path.is_dir()
+    raised as a traceback). `what`: the flag and the path (kto-train's `--cache X`); by
+    default the path alone, as kto-inspect's CACHE argument is said."""
+    what = what or str(cache_dir)
+    found = stat_or_none(cache_dir, what)
+    if found is None and not missing_ok:
+        raise InputError(f"{what}: no such cache directory")
+    if found is not None and not stat.S_ISDIR(found.st_mode):
+        kind = "a file" if stat.S_ISREG(found.st_mode) else kind_of(found.st_mode)
+        raise InputError(f"{what}: {kind}, not a cache directory; give the folder kto-precompute --out wrote")
+    if found is not None:
+        stat_or_none(Path(cache_dir) / S.MANIFEST_NAME, what)  # a folder that cannot be searched
 
 
 def _unfinished_by(cache_dir: Path) -> str | None:

@@ -84,15 +84,32 @@ def regular_file(path: str | os.PathLike, what: str | None = None) -> Path:
     return Path(path)
 
 
+def stat_or_none(path: str | os.PathLike, what: str, verb: str = "read") -> os.stat_result | None:
+    """os.stat(`path`), symlinks followed; None where nothing is there (no such file, a file
+    where a folder was named, a link to nothing). Any other failure is InputError `WHAT: cannot
+    VERB (why)`: Python 3.11's Path.exists()/is_file()/is_dir() return False for those but raise
+    the rest, and a folder above `path` that cannot be searched (Permission denied), a name over
+    the filesystem's limit (File name too long) or a loop of links came out of the commands'
+    path checks as tracebacks. `what` names the flag and the path (`--data d/a.jsonl`)."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise InputError(f"{what}: cannot {verb} ({e.strerror})") from None
+
+
 def output_dir(path: str | os.PathLike, what: str) -> None:
     """InputError `WHAT: ...` when `path` cannot become a directory: it, or a folder above it, is
-    a file, or a symbolic link to nothing (mkdir says only "File exists" of such a link)."""
+    a file, or a symbolic link to nothing (mkdir says only "File exists" of such a link), or it
+    cannot be looked at (`WHAT: cannot create (why)`: a name too long, a folder not searchable)."""
     for p in (Path(path), *Path(path).parents):
-        if p.is_symlink() and not p.exists():
+        st = stat_or_none(p, what, "create")
+        if st is None and os.path.islink(p):
             which = "" if p == Path(path) else f"{p}, above it, is "
             raise InputError(f"{what}: {which}a symbolic link to {os.readlink(p)}, which does not exist; create that directory or give another path")
-        if p.exists():
-            if not p.is_dir():
+        if st is not None:
+            if not stat.S_ISDIR(st.st_mode):
                 raise InputError(f"{what}: {'is a file' if p == Path(path) else f'{p}, above it, is a file'}, not a directory")
             return
 

@@ -21,15 +21,22 @@ import click
 
 from .errors import InputError
 
+HF = "hf:"  # the prefix of a hub spec (`--data hf:ID:SPLIT`, `--cache hf:ORG/NAME`)
+
 
 def expand_home(value: Any) -> Any:
-    """`value` with a leading `~` or `~user` expanded, when it is text that starts with `~`; any
-    other value as it is. Only such text: `hf:ORG/NAME` specs and hub ids keep their spelling,
+    """`value` with a leading `~` or `~user` expanded, when it is text that starts with `~`;
+    text naming a local `hf:…` file or folder (`./hf:x.jsonl`) made absolute; any other value as
+    it is. Only such text: `hf:ORG/NAME` specs and hub ids keep their spelling,
     and a Path object is kept, since Path('./~') is Path('~'), a folder named `~` in the current
     directory that click already made into a Path. `~nosuchuser` stays as written (os.path's
     expanduser, not Path's, which raises)."""
     if isinstance(value, str) and value.startswith("~"):
         return os.path.expanduser(value)
+    if isinstance(value, str) and not value.startswith(HF) and str(Path(value)).startswith(HF):
+        # `./hf:x.jsonl`: Path drops the `./` and would leave an `hf:` spec (a hub dataset or
+        # cache); made absolute, it stays the local file it names, as `./~` stays a folder `~`.
+        return os.path.abspath(value)
     return value
 
 

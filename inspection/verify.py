@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kto.formats import schema as S
-from kto.formats.cache import ShardedCache, open_cache
+from kto.formats.cache import ShardedCache, check_cache_dir, open_cache
 from kto.formats.errors import InputError
 from kto.formats.manifest import CacheContent, Manifest, same_model
 from kto.formats.shards import FINGERPRINT_TAG, sha256_file, shard_fingerprint, shard_value_problems, term_count_problems, tokenizer_vocab_size
@@ -98,8 +98,7 @@ class _Seen:
 def verify(cache_dir: str | Path, *, check_tokenizer: bool = True) -> list[Report]:
     """Verify the cache and, when present, its eval/ split. One Report per split."""
     cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise InputError(f"{cache_dir}: no such cache directory")
+    check_cache_dir(cache_dir)  # missing, a file, or not to be looked at: one line, exit 2
     if not (cache_dir / S.MANIFEST_NAME).is_file():
         # No cache yet (kto-precompute writing it) or none at all (a run directory; a dangling
         # link or a folder named manifest.json, which open_cache calls "no manifest" too):

@@ -40,7 +40,7 @@ def test_precompute_data_fifo(tmp_path, model_dir):
     data = tmp_path / "rows.jsonl"
     os.mkfifo(data)
     line = refused("kto.precompute.cli", "--data", data, "--model", model_dir, "--out", tmp_path / "out")
-    assert line == f"kto-precompute: error: {data}: a FIFO, not a regular file"
+    assert line == f"kto-precompute: error: --data {data}: a FIFO, not a regular file; write the rows to a file and give its path"
     assert not (tmp_path / "out").exists()
 
 
@@ -48,14 +48,14 @@ def test_precompute_data_link_to_dev_zero(tmp_path, model_dir):
     data = tmp_path / "rows.jsonl"
     data.symlink_to("/dev/zero")
     line = refused("kto.precompute.cli", "--data", data, "--model", model_dir, "--out", tmp_path / "out")
-    assert line == f"kto-precompute: error: {data}: a character device, not a regular file"
+    assert line == f"kto-precompute: error: --data {data}: a character device, not a regular file"
 
 
 def test_precompute_missing_data_after_a_good_one(tmp_path, model_dir):
     good, missing = tmp_path / "a.jsonl", tmp_path / "absent.jsonl"
     good.write_text('{"prompt": "p", "completion": "c", "label": true}\n')
     line = refused("kto.precompute.cli", "--data", good, "--data", missing, "--model", model_dir, "--out", tmp_path / "out")
-    assert line == f"kto-precompute: error: {missing}: no such file"
+    assert line == f"kto-precompute: error: --data {missing}: no such file"
 
 
 def test_precompute_dataset_directory_holding_a_fifo(tmp_path, model_dir):

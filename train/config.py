@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from kto.formats import config_file
+from kto.formats.cache import check_cache_dir
 from kto.formats.compute.numerics import WEIGHT_DTYPES
 from kto.formats.config_types import check_field_types
 from kto.formats.errors import InputError
 from kto.formats.files import output_dir
-from kto.formats.hub import check_repo_id
+from kto.formats.hub import check_repo_id, is_hub_cache
 
 from .loss_type import LossType
 from .trackers import check_run_name, parse_report_to
@@ -240,6 +241,9 @@ class TrainConfig:
             check_repo_id(self.push_to_hub)
         elif self.hub_private:
             raise InputError("--hub-private: needs --push-to-hub ORG/NAME")
+        for name in ("cache", "eval_cache"):  # a file, a name too long: said with its flag (the run says a missing one)
+            if isinstance(getattr(self, name), Path) and not is_hub_cache(getattr(self, name)):
+                check_cache_dir(getattr(self, name), f"--{_flag(name)} {getattr(self, name)}", missing_ok=True)
         if not self.eval_only:
             output_dir(self.out, f"--out {self.out}")
 

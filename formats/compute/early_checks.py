@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cache import open_cache
+from ..files import stat_or_none
 from ..hub import is_hub_cache
 from .sources import hub_id_shaped, resolve_source
 
@@ -22,7 +23,7 @@ from .sources import hub_id_shaped, resolve_source
 def check_local_model(spec: str, flag: str = "--model") -> None:
     """resolve_source's refusals of a local `spec` (missing, a directory without config.json, a
     file that is not .gguf); a spec shaped like a hub id that names no local path is let through."""
-    if Path(spec).expanduser().exists() or not hub_id_shaped(spec):
+    if stat_or_none(Path(spec).expanduser(), f"{flag} {spec}") is not None or not hub_id_shaped(spec):
         resolve_source(spec, flag)
 
 

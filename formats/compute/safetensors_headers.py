@@ -10,10 +10,12 @@ length that does not fit the file is answered with None here, and each caller sa
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
+from ..errors import InputError
 from ..files import read_json, regular_file
 
 
@@ -42,9 +44,13 @@ def safetensors_names(directory: Path) -> set[str] | None:
 
 
 def safetensors_header(path: Path) -> dict | None:
-    """The parsed JSON header of the safetensors file `path`, or None when it is not one."""
-    with open(path, "rb") as f:
-        raw = header_bytes(f, path.stat().st_size, 100 << 20)  # safetensors' own header limit: 100 MB
+    """The parsed JSON header of the safetensors file `path`, or None when it is not one;
+    InputError `PATH: unreadable (why)` when it cannot be read, as of an unreadable config.json."""
+    try:
+        with open(path, "rb") as f:
+            raw = header_bytes(f, os.fstat(f.fileno()).st_size, 100 << 20)  # safetensors' own header limit: 100 MB
+    except OSError as e:
+        raise InputError(f"{path}: unreadable ({e.strerror})") from None
     try:
         header = json.loads(raw) if raw is not None else None
     except (ValueError, RecursionError):

@@ -11,12 +11,13 @@ file names and small JSON files, before anything is loaded.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError, exception_line
-from ..files import read_json
+from ..files import read_json, stat_or_none
 from ..runrecord import FINAL_DIR, MERGED_DIR, refuse_run_dir_as_model, run_of_model_dir
 from .gguf_once import refuse_without_gguf
 from .sharded import SHARDED_DIR, is_sharded_checkpoint
@@ -77,6 +78,11 @@ def hub_id_shaped(spec: str) -> bool:
 def resolve_source(spec: str, flag: str = "--model") -> ModelSource:
     """A local directory, a local `.gguf` file, or a hub id (downloaded to the HF cache)."""
     path = Path(spec).expanduser()
+    # A name too long, or a folder above it or the folder itself that cannot be searched: one
+    # line naming the flag (Path.is_file() and its kin raise those, as tracebacks, below).
+    found = stat_or_none(path, f"{flag} {spec}")
+    if found is not None and stat.S_ISDIR(found.st_mode):
+        stat_or_none(path / "config.json", f"{flag} {spec}")
     if path.is_file() and path.suffix == ".gguf":
         _refuse_gguf_beside_hf_files(path, spec, flag)
         refuse_without_gguf(spec, flag)

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import stat
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_tree, sha256_file
+from kto.formats.files import regular_tree, sha256_file, stat_or_none
 
 from .columnar import LABEL_COLUMNS, columnar_reader, without_nulls_row
 from .examples import one_line
@@ -70,18 +71,23 @@ class DatasetSpec:
 
     @property
     def local(self) -> bool:
-        return Path(self.source).is_dir()
+        found = stat_or_none(self.source, f"{self.flag} {self.text}")
+        return found is not None and stat.S_ISDIR(found.st_mode)
 
     @property
     def saved(self) -> bool:
-        """A `save_to_disk` directory (a Dataset or a DatasetDict)."""
+        """A `save_to_disk` directory (a Dataset or a DatasetDict). A path that cannot be looked
+        at (a folder above it not searchable, a name too long) is one line naming the flag."""
         p = Path(self.source)
-        return (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()
+        found = (stat_or_none(p / name, f"{self.flag} {self.text}") for name in ("state.json", "dataset_dict.json"))
+        return any(st is not None and stat.S_ISREG(st.st_mode) for st in found)
 
 
-def is_dataset_input(path: str | Path) -> bool:
+def is_dataset_input(path: str | Path, flag: str = "--data") -> bool:
+    """An `hf:` spec or a `save_to_disk` directory; `flag` names the input in a refusal of a
+    path that cannot be looked at."""
     text = str(path)
-    return text.startswith(PREFIX) or DatasetSpec(text, text, None, None).saved
+    return text.startswith(PREFIX) or DatasetSpec(text, text, None, None, flag).saved
 
 
 def parse_spec(path: str | Path, flag: str = "--data") -> DatasetSpec:

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import stat
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from kto.formats.errors import InputError
-from kto.formats.files import regular_file, sha256_file
+from kto.formats.files import regular_file, sha256_file, stat_or_none
 from kto.formats.manifest import INPUT_SUFFIXES
 
 from .alpaca import AlpacaMap, alpaca_examples
@@ -357,7 +358,8 @@ def _not_a_directory(path: Path, flag: str = "--data") -> None:
     """A directory that `datasets` did not write is refused with how to read it, before
     regular_file's "a directory, not a regular file" can say less. `flag`: the one that named
     it (--data, --eval-data)."""
-    if path.is_dir():
+    found = stat_or_none(path, f"{flag} {path}")
+    if found is not None and stat.S_ISDIR(found.st_mode):
         raise InputError(f"{flag} {path}: a directory, but not one written by save_to_disk; write hf:{path}:SPLIT to read its data files through datasets")
 
 
@@ -374,12 +376,17 @@ def check_input_kind(path: str | Path, flag: str = "--data") -> None:
     reading it: a directory `datasets` did not write, a file of a type no reader takes. Made
     when the configuration is built, so that an --eval-data input is named as one (the run's
     own reading names --data) and a .txt is refused before the model loads."""
-    if is_dataset_input(path):
+    if is_dataset_input(path, flag):
         check_dataset_input(path, flag)
         return
     path = Path(path)
     _not_a_directory(path, flag)
-    if path.exists():
+    found = stat_or_none(path, f"{flag} {path}")
+    if found is None and str(path) == "-":
+        raise InputError(f"{flag} -: standard input is not read; write the rows to a file and give its path")
+    if found is not None and stat.S_ISFIFO(found.st_mode):  # `--data /dev/stdin` from a pipe: no suffix to refuse
+        raise InputError(f"{flag} {path}: a FIFO, not a regular file; write the rows to a file and give its path")
+    if found is not None:
         _known_suffix(path, f"{flag} {path}")
 
 
@@ -402,9 +409,9 @@ def _file_identity(path: Path, sha256: str) -> dict:
 def check_input_path(path: str | Path, flag: str = "--data") -> None:
     """input_identity's refusals of `path` without its hashing: a file must be a regular file,
     a local `datasets` directory must hold only regular files and folders (hub.dataset_identity)."""
-    if not is_dataset_input(path):
+    if not is_dataset_input(path, flag):
         check_input_kind(path, flag)
-        regular_file(path)
+        regular_file(path, f"{flag} {path}")
         return
     spec = parse_spec(path)
     if spec.local:

@@ -52,13 +52,16 @@ def precompute_error(tmp_path: Path, data: Path, model: Path) -> str:
 
 def test_precompute_data_fifo_is_refused_not_waited_on(tmp_path, tiny_model_dir):
     data = fifo(tmp_path / "rows.jsonl")
-    assert precompute_error(tmp_path, data, tiny_model_dir) == f"kto-precompute: error: {data}: a FIFO, not a regular file"
+    assert (
+        precompute_error(tmp_path, data, tiny_model_dir)
+        == f"kto-precompute: error: --data {data}: a FIFO, not a regular file; write the rows to a file and give its path"
+    )
 
 
 def test_precompute_data_symlink_to_dev_zero_is_refused_not_read(tmp_path, tiny_model_dir):
     data = tmp_path / "rows.jsonl"
     data.symlink_to("/dev/zero")
-    assert precompute_error(tmp_path, data, tiny_model_dir) == f"kto-precompute: error: {data}: a character device, not a regular file"
+    assert precompute_error(tmp_path, data, tiny_model_dir) == f"kto-precompute: error: --data {data}: a character device, not a regular file"
 
 
 def test_data_dir_holding_a_fifo_is_refused(tmp_path):
