@@ -29,15 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kto.formats import schema as S
 from kto.formats.atomic import write_bytes_atomic
-from kto.formats.cache import cache_holding
 from kto.formats.errors import InputError
-from kto.formats.files import output_dir
 from kto.formats.metrics_line import TRAIN_ONLY_KEYS
-from kto.formats.runrecord import RUN_RECORD_NAME, read_run_config
-from kto.formats.shards import JOURNAL_DIR
+from kto.formats.runrecord import read_run_config
 
+from .report_folder import GENERATOR, claim, plots_meta, refuse_foreign_folder, start_report
 from .runlog import METRICS_NAME, RunLog, checks, column, evals_left_out, last_values, on_last_eval_cache, read_run
 from .text import num, printable, table
 
@@ -256,80 +253,50 @@ def last_table(train: dict, evals: dict) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
-# Files that mark a folder kto's own: a cache (its manifest or journal), a run (its record), a
-# checkpoint (its state) or a saved model. The commands that own them refuse foreign files there.
-KTO_MARKERS = (S.MANIFEST_NAME, JOURNAL_DIR, RUN_RECORD_NAME, "trainer_state.json", "config.json", "adapter_config.json")
+PLOT_NAMES = tuple(f"{group[0]}.png" for group in GROUPS)
 
 
-# In report.html's head: a folder whose report.html carries it is a report of ours, whose files
-# a later report may replace. Any other file of a report's names is the user's.
-GENERATOR = '<meta name="generator" content="kto-inspect run">'
-REPORT_NAMES = (*(f"{group[0]}.png" for group in GROUPS), "report.html")
+def _draws(log: RunLog, group: tuple) -> bool:
+    """Whether draw_group draws a line of `group`, so the report writes its PNG."""
+    series = _series_of(log, group[3])
+    return any(_shown(name, series[split][1]) for name, _ in group[3] for split in series)
 
 
-def _refuse_foreign_folder(out_dir: Path, label: str) -> None:
-    """--to: not a kto cache, run, checkpoint or model folder, nor inside a cache, and no file of
-    the report's names there unless an earlier report of ours wrote them."""
-    held = next((name for name in KTO_MARKERS if (out_dir / name).exists()), None)
-    cache = cache_holding(out_dir / "report.html")
-    if held is not None or cache is not None:
-        what = f"holds {held}" if held is not None else f"is inside the cache {cache}"
-        raise InputError(
-            f"{label}: {what}, a kto cache, run, checkpoint or model folder (which would then refuse the report's files); write the report elsewhere"
-        )
-    clash = next((name for name in REPORT_NAMES if (out_dir / name).exists()), None)
-    if clash is not None and not _is_our_report(out_dir / "report.html"):
-        raise InputError(f"{label}: holds {clash}, which no kto-inspect run report wrote; write the report into a new or empty folder")
-
-
-def _report_folder(log: RunLog, out_dir: str | Path | None) -> tuple[Path, str | None]:
-    """Where the report goes, and a note for the output line when it is not RUN/report.
+def _report_folder(log: RunLog, out_dir: str | Path | None, draw_sft: bool) -> tuple[Path, str | None, frozenset[str]]:
+    """Where the report goes, a note for the output line when it is not RUN/report, and the
+    PNGs there that an earlier report wrote (report_folder.py), which this one removes.
 
     Another metrics file than RUN/metrics.jsonl (metrics.jsonl.superseded, set aside when a run
     started over; metrics.after-step-K.superseded.jsonl, the lines a resume dropped) is another
     run's or another branch's: its report gets a folder of its own, RUN/report/NAME with
     the dots as dashes, inside report/ because kto-train refuses any other new entry in a run."""
+    groups = {f"{group[0]}.png": group for group in GROUPS}
+
+    def writes(name: str) -> bool:  # asked only of a PNG there that no report of ours wrote
+        return (name != "sft.png" or draw_sft) and _draws(log, groups[name])
+
     if out_dir is not None:
-        _refuse_foreign_folder(Path(out_dir), f"--to {out_dir}")
-        return Path(out_dir), None
+        return Path(out_dir), None, refuse_foreign_folder(Path(out_dir), f"--to {out_dir}", PLOT_NAMES, writes)
     own = log.path.parent / "report"
     if log.path.name == METRICS_NAME:  # the run's own report folder: replaced whole, whoever wrote it
-        return own, None
+        return own, None, frozenset(PLOT_NAMES)
     folder = own / log.path.name.replace(".", "-")
-    _refuse_foreign_folder(folder, f"{folder} (the report folder of {log.path.name}; pass --to for another)")
-    return folder, f"the report of {log.path.name}; {own} is {METRICS_NAME}'s"
+    earlier = refuse_foreign_folder(folder, f"{folder} (the report folder of {log.path.name}; pass --to for another)", PLOT_NAMES, writes)
+    return folder, f"the report of {log.path.name}; {own} is {METRICS_NAME}'s", earlier
 
 
-def _start_report(out_dir: Path) -> None:
-    """Create the folder, claim it, and remove an earlier report's plots.
-
-    The claim (a report.html with the generator tag that says "being written") comes before
-    anything else, so a report stopped while drawing (Ctrl-C, a full disk) leaves a folder the
-    next report may replace, not one refused as the user's. Every plot of an earlier report goes
-    before the first new one is written: a plot this report does not draw (sft.png without
-    --sft) would otherwise stay beside it, and a stopped report leaves new plots only."""
-    output_dir(out_dir, f"--to {out_dir}")  # a link to nothing: mkdir says only "File exists"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--to {out_dir}: cannot create ({exc.strerror})") from None
-    write_bytes_atomic(out_dir / "report.html", f"<!doctype html><html><head>{GENERATOR}</head><body>being written</body></html>".encode())
-    for name in REPORT_NAMES:
-        if name.endswith(".png"):
-            try:
-                (out_dir / name).unlink(missing_ok=True)
-            except OSError as exc:
-                raise InputError(f"{out_dir / name}: cannot remove the earlier report's plot ({exc.strerror})") from None
-
-
-def _is_our_report(path: Path) -> bool:
-    """report.html with the generator tag, or the title every earlier version wrote."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return GENERATOR.encode() in head or b"<title>kto run report: " in head
+def _write_plots(log: RunLog, out_dir: Path, draw_sft: bool, Figure: type) -> dict[str, bytes]:
+    """Draw and write each group's PNG, the claim's record naming it before it is written."""
+    images: dict[str, bytes] = {}
+    for group in GROUPS:
+        if group[0] == "sft" and not draw_sft:
+            continue
+        png = plot_group(log, group, Figure)
+        if png is not None:
+            claim(out_dir, [*(f"{stem}.png" for stem in images), f"{group[0]}.png"])
+            write_bytes_atomic(out_dir / f"{group[0]}.png", png)
+            images[group[0]] = png
+    return images
 
 
 def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool = False) -> dict:
@@ -339,16 +306,9 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
     log = read_run(run)
     draw_sft, sft_note = _sft_plot(log, sft)
     Figure = _figure_class()
-    out_dir, out_note = _report_folder(log, out_dir)
-    _start_report(out_dir)
-    images: dict[str, bytes] = {}
-    for group in GROUPS:
-        if group[0] == "sft" and not draw_sft:
-            continue
-        png = plot_group(log, group, Figure)
-        if png is not None:
-            write_bytes_atomic(out_dir / f"{group[0]}.png", png)
-            images[group[0]] = png
+    out_dir, out_note, earlier = _report_folder(log, out_dir, draw_sft)
+    start_report(out_dir, earlier)
+    images = _write_plots(log, out_dir, draw_sft, Figure)
     found = checks(log)
     last = {"train": last_values(log.train), "eval": last_values(log.eval)}
     headers, rows = last_table(last["train"], last["eval"])
@@ -391,7 +351,7 @@ def _html(log: RunLog, found: list[str], headers: list[str], rows: list[list], i
     run = log.path.resolve().parent.name  # the run's own name: the header carries no absolute path
     parts = [
         "<!doctype html>",
-        f'<html lang="en"><head><meta charset="utf-8">{GENERATOR}',
+        f'<html lang="en"><head><meta charset="utf-8">{GENERATOR}{plots_meta(f"{stem}.png" for stem in images)}',
         f"<title>kto run report: {e(run)}</title><style>{_CSS}</style></head><body>",
         f"<h1>kto run report: {e(run)}</h1>",
         f"<p>From <code>{e(log.path.name)}</code> of run <code>{e(run)}</code>: {len(log.train)} train lines, {len(log.eval)} eval lines.</p>",
