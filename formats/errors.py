@@ -109,11 +109,13 @@ def one_line_errors(prog: str) -> Callable:
 def exit_interrupted(prog: str, exc: KeyboardInterrupt) -> NoReturn:
     """A KeyboardInterrupt that reached one_line_errors. formats.signals.Stopped (a stop signal
     while the command's start-up handlers were in, before the command could catch it: during its
-    first import) says its signal and exits 128 + its number; a plain one is Ctrl-C: click would
-    print "Aborted!" and exit 1, where a shell reports a SIGINT as 130."""
+    first import) says its signal and exits 128 + its number; any other is Ctrl-C: click would
+    print "Aborted!" and exit 1, where a shell reports a SIGINT as 130. Its message, where it
+    has one, is the line (kto-train's Aborted: what is on disk, how to resume)."""
     if isinstance(exc, Stopped):
         exit_on_signal(prog, exc.signum, "run the same command again")
-    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+    # kto-train's second Ctrl-C (train/stop.py Aborted) says what it left and how to resume.
+    print(f"{prog}: {one_line(str(exc)) or 'interrupted'}", file=sys.stderr, flush=True)
     end_process_group()
     sys.exit(128 + signal.SIGINT)
 

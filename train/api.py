@@ -40,16 +40,28 @@ class TrainResult:
 def run(config: TrainConfig) -> TrainResult:
     """Train the policy from `config.cache`; return where it went and its final metrics.
 
-    Raises InputError on bad input, before anything is written to `config.out`. final/ (and
+    Raises InputError on bad input, before anything is written to `config.out`;
+    kto.train.stop.Interrupted where a signal stopped the run with a checkpoint, and
+    kto.train.stop.Aborted (a KeyboardInterrupt) where a second Ctrl-C aborted it. final/ (and
     final-merged/) hold their README.md model card from the moment they appear (train/model_card.py)."""
     from kto.formats.runrecord import MERGED_DIR
+    from kto.formats.signals import Stopped
 
     from .loop import train  # torch, accelerate and the model load on call, not on import
+    from .stop import aborted, interrupt_in
 
     if config.eval_only:
         raise InputError("eval_only=True trains nothing: call kto.train.evaluate_model(config), which returns the eval line")
     config = with_hub_caches(config)
-    trained = train(config)
+    try:
+        trained = train(config)
+    except BaseException as exc:
+        # A second Ctrl-C (or an error its cleanup raised): what it left, and how to go on. The
+        # CLI's start-up signal (Stopped) says itself.
+        interrupt = interrupt_in(exc)
+        if interrupt is None or isinstance(interrupt, Stopped):
+            raise
+        raise aborted(config, exc) from None
     train_line, eval_line = last_metrics(config.out)
     result = TrainResult(
         run_dir=Path(config.out),

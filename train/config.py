@@ -235,7 +235,9 @@ class TrainConfig:
             flag = f"--eval-every {self.eval_every}" if self.eval_every else "--eval-each-epoch"
             raise InputError(f"{flag}: needs --eval-cache (e.g. {self.cache}/eval, the split kto-precompute --eval-fraction writes)")
         if isinstance(self.resume, Path) and not re.fullmatch(r"checkpoint-\d+", self.resume.name):
-            raise InputError(f"--resume {self.resume}: expected a checkpoint directory OUT/checkpoint-STEP (or --resume alone for the latest)")
+            from .resume_hints import resume_name_refusal  # only this refusal needs it
+
+            raise InputError(resume_name_refusal(self.resume))  # a checkpoint set aside says what it is, and the way back
         check_adapter_flags(self)
         if self.push_to_hub is not None:
             check_repo_id(self.push_to_hub)

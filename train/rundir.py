@@ -48,6 +48,7 @@ from .adapters import keep_recorded_targets, model_targets, same_targets
 from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, refuse_replacing, usable_checkpoint
 from .config import TrainConfig
 from .model_card import CARD_MARK, CARD_NAME
+from .resume_hints import STEP_COUNTS, train_further_hint
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -156,9 +157,29 @@ def record_differences(saved: dict, now: dict, default_targets: Callable[[], Seq
                 continue  # a record made before the identity gained a key still matches
             if k == "lora_target_modules" and part == "config" and same_targets(a.get(k), b.get(k), default_targets):
                 continue
-            if a.get(k, "(absent)") != b.get(k, "(absent)"):
+            if k == "model_identity" and a.get(k) != b.get(k):
+                out.append(_model_difference(saved.get("config", {}).get("model"), now["config"].get("model"), a.get(k, "(absent)"), b.get(k, "(absent)")))
+            elif a.get(k, "(absent)") != b.get(k, "(absent)"):
                 out.append(f"{k} ({_show(a.get(k, '(absent)'))} there, {_show(b.get(k, '(absent)'))} now)")
     return out + _dropout_draws_differ(saved.get("config", {}), now)
+
+
+def _model_difference(path_there: str | None, path_now: str | None, there: object, now: object) -> str:
+    """Another initial model, said by its flag and both paths as the others are (`lr (X there, Y
+    now)`), with the identities that decide it (a moved model is the same one); where the path
+    is the same, its files changed since the run began: the hashes alone did not say which."""
+    ids = f"{_show(there)} there, {_show(now)} now"
+    if path_there is not None and path_now is not None and _same_place(path_there, path_now):
+        return f"--model {path_now} (the model at {path_now} changed since the run began: {ids})"
+    return f"--model ({path_there} there, {path_now} now; {ids})"
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Two --model values naming one place: the same words, or one folder (a relative path and its absolute)."""
+    try:
+        return a == b or Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError, ValueError):  # a name no path resolves (a loop of links, a NUL)
+        return False
 
 
 def keep_recorded(record: dict, saved: dict) -> None:
@@ -370,6 +391,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
             + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE | {"eval_cache"}))
             + " may change on resume"
             + ("; the cache is not the one the run began on (rebuilt or replaced since): a run resumes only on its own cache" if rebuilt else "")
+            + (train_further_hint(out, saved.get("config", {})) if any(d.startswith(STEP_COUNTS) for d in differs) else "")
         )
     keep_recorded(record, saved)
     changed = resumable_changes(saved, record)

@@ -17,7 +17,10 @@ without telling its workers.
 
 A second SIGINT aborts at once (KeyboardInterrupt), unless it comes within ECHO_S of the first:
 launchers forward the signal the terminal already sent to the whole process group (torchrun
-sends its workers the SIGINT it received), and that echo is not the user asking twice.
+sends its workers the SIGINT it received), and that echo is not the user asking twice. Once it
+has unwound, kto.train.run raises `Aborted` in its place: what it left on disk (the checkpoint
+it was writing, if any, is not there; the latest one is) and the command that resumes the run,
+which the CLI prints as its one line, as the first signal's lines say theirs.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from kto.formats.errors import log, on_main
 from kto.formats.hub import hub_spec_of
+from kto.formats.runrecord import checkpoint_dir
 from kto.formats.signals import after_hangup, loop_signals, take_over
 
 if TYPE_CHECKING:
@@ -51,6 +55,74 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name} with {checkpoint} saved; resume with: {command}")
         self.signum, self.checkpoint, self.command = signum, checkpoint, command
         self.exit_code = 128 + signum
+
+
+class Aborted(KeyboardInterrupt):
+    """kto-train interrupted without its checkpoint: a second Ctrl-C (or, through the Python API,
+    a Ctrl-C outside the loop). `checkpoint`: the newest checkpoint left whole (None: none yet, the
+    run starts over), `unfinished`: the checkpoint-STEP or final/ being written, of which nothing
+    is kept (None: none was), `command`: what resumes the run; `exit_code` 130. Its message is
+    the CLI's line (less `kto-train: `). A KeyboardInterrupt still, as the bare one it replaces:
+    a host's `except KeyboardInterrupt` catches it and `except Exception` does not."""
+
+    def __init__(self, checkpoint: Path | None, unfinished: Path | None, command: str, out: Path):
+        self.signum, self.checkpoint, self.unfinished, self.command = signal.SIGINT, checkpoint, unfinished, command
+        self.exit_code = 128 + signal.SIGINT
+        before = f" before {unfinished} was whole (nothing of it is kept)" if unfinished is not None else ""
+        if checkpoint is None:
+            super().__init__(f"interrupted{before} with no checkpoint saved in {out}; run the same command again (without --resume) to start the run over")
+        else:
+            super().__init__(f"interrupted{before}; the latest checkpoint is {checkpoint}; resume with: {command}")
+
+
+def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """`exc` if it is a KeyboardInterrupt, or the one it was raised while handling: a library's
+    cleanup may fail on the file the interrupt left half-written, and its error then replaces the
+    interrupt (torch.save's zip writer: `RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos`, a traceback after a second Ctrl-C during a checkpoint)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
+
+
+def aborted(cfg: TrainConfig, exc: BaseException) -> Aborted:
+    """What an interrupt out of the run (a second Ctrl-C: `exc`, or an error its cleanup raised,
+    interrupt_in) left in cfg.out, read once everything it interrupted has unwound (the temp
+    folder of a checkpoint half-written is gone)."""
+    from .checkpoint import checkpoints
+
+    saved = checkpoints(cfg.out) if cfg.out.is_dir() else []
+    unfinished = being_saved(exc)
+    if unfinished is not None and unfinished.is_dir():
+        unfinished = None  # the save was whole: the signal came after it (pruning, its log line)
+    return Aborted(saved[-1][1] if saved else None, unfinished, resume_command(cfg), cfg.out)
+
+
+def being_saved(exc: BaseException) -> Path | None:
+    """OUT/checkpoint-STEP or OUT/final that `exc` interrupted the saving of, or None. Read from
+    the frames it passed through (every layout, plain, LoRA or FSDP, saves through Policy.save and
+    Policy.finish): only the frames know, since atomic_dir removes its temp folder as the
+    exception leaves it."""
+    from kto.formats.runrecord import FINAL_DIR
+
+    from .policy import Policy
+
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen and found is None:  # an error raised while handling the interrupt came through them too
+        seen.add(id(exc))
+        tb, exc = exc.__traceback__, exc.__context__
+        while tb is not None:
+            frame, tb = tb.tb_frame, tb.tb_next
+            policy = frame.f_locals.get("self")
+            if frame.f_code is Policy.save.__code__:
+                found = checkpoint_dir(policy.cfg.out, frame.f_locals["position"].global_step)
+            elif frame.f_code is Policy.finish.__code__:
+                found = policy.cfg.out / FINAL_DIR
+    return found
 
 
 class StopSignals:
