@@ -283,7 +283,7 @@ def require_paths(values: Mapping[str, Any]) -> None:
     (evaluate_model's own hint came too late, after this refusal)."""
     for name in ("model",) if values.get("eval_only") else ("cache", "model", "out"):
         if values.get(name) is None:
-            evaluate = name != "model" and values.get("eval_cache") is not None
+            evaluate = name != "model" and values.get("cache") is None and values.get("eval_cache") is not None  # --cache given: meant to train
             hint = "; to evaluate --model on --eval-cache without training, add --eval-only" if evaluate else ""
             raise InputError(f"--{name} is required (on the command line or in --config){hint}")
 

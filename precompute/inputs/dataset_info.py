@@ -38,6 +38,7 @@ from pathlib import Path
 from kto.formats.config_data import INFO_NAME, folder_files, hub_input, is_data_folder
 from kto.formats.errors import InputError
 from kto.formats.files import regular_file, utf8_text
+from kto.formats.paths import HF
 
 from .alpaca import AlpacaMap
 from .examples import ShareGPTMap
@@ -207,7 +208,9 @@ def _inputs(entry: dict, dataset_dir: Path, where: str) -> tuple[str, ...]:
         return _folder_files(path, f"{where}: file_name {file_name}")
     if not path.exists():
         raise InputError(f"{where}: file_name {file_name}: no such file in {dataset_dir}")
-    return (str(path),)
+    # A file_name is always a local file (the hub is hf_hub_url): under `--dataset-dir .`,
+    # `hf:y.jsonl` would read as an `hf:` spec, so such a name is given as its absolute path.
+    return (str(path.absolute()) if str(path).startswith(HF) else str(path),)
 
 
 # A dataset_info.json often comes with downloaded data, and its entries would otherwise read any

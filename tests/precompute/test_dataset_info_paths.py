@@ -139,3 +139,14 @@ def test_cli_refuses_before_reading(tmp_path, outside, tiny_model_dir):
     assert result.exit_code == 2, result.output
     assert "--dataset up: entry up of " in result.output and "must lie under --dataset-dir" in result.output, result.output
     assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_a_file_name_starting_with_hf_under_the_current_directory_stays_local(tmp_path, monkeypatch):
+    """`--dataset-dir .` with `file_name: hf:y.jsonl`: Path('.') / 'hf:y.jsonl' is 'hf:y.jsonl',
+    which the reader took for a hub dataset (and named a --data flag never typed). A file_name
+    always names a local file (the hub is hf_hub_url): it is given as its absolute path."""
+    write_rows(tmp_path / "hf:y.jsonl", [ROW])
+    info(tmp_path, mine={"file_name": "hf:y.jsonl"})
+    monkeypatch.chdir(tmp_path)
+    assert load_datasets("mine", Path(".")).data == (str(tmp_path / "hf:y.jsonl"),)
+    assert load_datasets("mine", tmp_path).data == (str(tmp_path / "hf:y.jsonl"),)  # as before
