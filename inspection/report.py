@@ -34,7 +34,7 @@ from kto.formats.errors import InputError
 from kto.formats.metrics_line import TRAIN_ONLY_KEYS
 from kto.formats.runrecord import read_run_config
 
-from .report_folder import GENERATOR, claim, plots_meta, refuse_foreign_folder, start_report
+from .report_folder import GENERATOR, claim, plots_meta, refuse_foreign_folder, refuse_linked_report, start_report
 from .runlog import METRICS_NAME, RunLog, checks, column, evals_left_out, last_values, on_last_eval_cache, read_run
 from .text import num, printable, table
 
@@ -278,9 +278,11 @@ def _report_folder(log: RunLog, out_dir: str | Path | None, draw_sft: bool) -> t
     if out_dir is not None:
         return Path(out_dir), None, refuse_foreign_folder(Path(out_dir), f"--to {out_dir}", PLOT_NAMES, writes)
     own = log.path.parent / "report"
+    refuse_linked_report(own)  # replaced whole below: never through a link, to another's folder
     if log.path.name == METRICS_NAME:  # the run's own report folder: replaced whole, whoever wrote it
         return own, None, frozenset(PLOT_NAMES)
     folder = own / log.path.name.replace(".", "-")
+    refuse_linked_report(folder)
     earlier = refuse_foreign_folder(folder, f"{folder} (the report folder of {log.path.name}; pass --to for another)", PLOT_NAMES, writes)
     return folder, f"the report of {log.path.name}; {own} is {METRICS_NAME}'s", earlier
 

@@ -65,7 +65,10 @@ def refuse_foreign_folder(out_dir: Path, label: str, plot_names: Sequence[str], 
     """--to: not a kto cache, run, checkpoint or model folder, nor inside a cache; a report.html
     there is ours, and no PNG this report writes (`writes(name)`, asked only of a PNG there that
     no report wrote) is there unless an earlier report of ours wrote it. Returns the PNGs the
-    earlier report wrote, which the new one removes (start_report)."""
+    earlier report wrote, which the new one removes (start_report). First, a --to that cannot
+    become a folder (a file, a link to nothing, a name over the filesystem's limit): one line,
+    not the traceback of the checks below."""
+    output_dir(out_dir, label)
     held = next((name for name in KTO_MARKERS if (out_dir / name).exists()), None)
     cache = cache_holding(out_dir / "report.html")
     if held is not None or cache is not None:
@@ -81,6 +84,19 @@ def refuse_foreign_folder(out_dir: Path, label: str, plot_names: Sequence[str], 
     if clash is not None:
         raise InputError(f"{label}: holds {clash}, which no kto-inspect run report wrote; write the report into a new or empty folder")
     return ours
+
+
+def refuse_linked_report(folder: Path) -> None:
+    """RUN/report (or a folder in it) that is a symbolic link: refused, not written through. The
+    run's report folder is replaced whole, whoever wrote it, so a link there (to another run's
+    report, or to any folder) would have that folder's files replaced; kto-train too treats a
+    link in a run directory as not its own. A --to the user gives may be a link: it is their own
+    name for their folder, and gets refuse_foreign_folder's checks."""
+    if os.path.islink(folder):
+        raise InputError(
+            f"{folder}: a symbolic link (to {os.readlink(folder)}), not the run's own report folder; kto-inspect run writes "
+            "only a real RUN/report: remove the link, or give the folder as --to"
+        )
 
 
 def claim(out_dir: Path, plots: Iterable[str]) -> None:

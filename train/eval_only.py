@@ -47,7 +47,7 @@ RUN_SETTINGS: dict[str, str | None] = {
     "eval_batch_size": None,
     "prefix_sharing": None,
     "chunk_size": None,
-    "attn_implementation": None,
+    "attn_implementation": "attention",  # only a built-in name is taken (recorded_attention)
     "gradient_checkpointing": None,  # it turns the policy pass's packing off (setup.py loss_settings)
     "load_in_4bit": None,  # a QLoRA run's adapters on its base quantized as in training
     "load_in_8bit": None,
@@ -210,7 +210,27 @@ def with_run_settings(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> Train
     bits = {"load_in_4bit", "load_in_8bit"}
     if explicit & bits or not is_adapter_dir(Path(str(cfg.model)).expanduser()):  # one setting in two flags: either given decides both
         explicit = explicit | bits
+    if "attn_implementation" not in explicit and "attn_implementation" in recorded:
+        refuse_recorded_attention(recorded["attn_implementation"], run)
     return replace(cfg, **{k: recorded[k] for k in RUN_SETTINGS if k not in explicit and k in recorded})
+
+
+def refuse_recorded_attention(attn: object, run: RunOf) -> None:
+    """The run's attn_implementation, taken only where transformers has it built in (sdpa, eager,
+    flash_attention_2, ...). A kernels-hub repo `org/repo` makes the load fetch and run that
+    repo's code, and a record is a file anyone may have edited or copied in: code is fetched or
+    run only where the user names it (--attn-implementation, or --config). Refused rather than
+    replaced by the default: another attention would change the numbers' last places, and the
+    eval line would no longer be the run's own."""
+    from kto.formats.compute.load_options import built_in_attention
+    from kto.formats.runrecord import record_path
+
+    if not built_in_attention(attn):
+        raise InputError(
+            f"{record_path(run.directory)}: the run's attn_implementation {attn!r} is not an attention implementation transformers has "
+            "built in (a kernels-hub repo's code is fetched and run only where you name it); give --attn-implementation: sdpa, "
+            "or that repo to use its kernel"
+        )
 
 
 def settings_line(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> str:

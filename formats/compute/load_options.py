@@ -60,14 +60,30 @@ def check_attention_name(attn_implementation: str) -> None:
     kernel itself is fetched at load). Read from transformers, not listed here, so that a name
     a newer release adds passes."""
     from transformers.integrations.hub_kernels import is_kernel
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
-    if attn_implementation in known or attn_implementation.removeprefix("paged|") in known or is_kernel(attn_implementation):
+    known = built_in_attention_names()
+    if built_in_attention(attn_implementation) or is_kernel(attn_implementation):
         return
     raise InputError(
         f"--attn-implementation {attn_implementation!r}: not an attention implementation; give one of {', '.join(known)}, or a kernels hub repo ORG/NAME"
     )
+
+
+def built_in_attention_names() -> list[str]:
+    """eager and the installed transformers' AttentionInterface keys (sdpa, flash_attention_2/3/4,
+    flex_attention, paged|eager, and any registered): names it loads without fetching a kernel
+    by name from the hub (a flash kernel's package missing, transformers 5 falls back to its own
+    kernels-community build; config_names.FLASH_PACKAGES)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+
+
+def built_in_attention(name: object) -> bool:
+    """Whether `name` is a built-in attention name, or one behind the `paged|` prefix transformers
+    still takes; a kernels-hub repo `org/repo` (whose code is fetched and run at load) is not."""
+    known = built_in_attention_names()
+    return isinstance(name, str) and (name in known or name.removeprefix("paged|") in known)
 
 
 def check_device_map(device_map: str | None) -> None:

@@ -62,7 +62,7 @@ def test_a_checkpoint_and_final_give_the_runs_own_eval_lines_exactly(runs, tiny_
     assert f"eval of {model} on {tiny_eval_cache}: loss " in result.stderr
     if kind == "full":
         assert (
-            f"β 0.5, desirable weight 2, undesirable weight 1, loss kto, sft weight 0, dtype fp32, mixed precision auto: the run's, from {runs[kind] / 'kto_run.json'}"
+            f"β 0.5, desirable weight 2, undesirable weight 1, loss kto, sft weight 0, dtype fp32, mixed precision auto, attention sdpa: the run's, from {runs[kind] / 'kto_run.json'}"
             in result.stderr
         )
 
