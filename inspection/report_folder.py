@@ -81,6 +81,11 @@ def refuse_foreign_folder(out_dir: Path, label: str, plot_names: Sequence[str], 
     clash = next((name for name in plot_names if name not in ours and os.path.lexists(out_dir / name) and writes(name)), None)
     if clash is None and earlier is None and os.path.lexists(out_dir / "report.html"):
         clash = "report.html"
+    if clash is not None and earlier == frozenset():  # a report of ours that lists nothing: likely one an earlier version stopped
+        raise InputError(
+            f"{label}: holds {clash}, which the kto-inspect run report there does not list (a report an earlier version stopped "
+            "lists nothing: remove its PNGs if they are its); write the report into a new or empty folder"
+        )
     if clash is not None:
         raise InputError(f"{label}: holds {clash}, which no kto-inspect run report wrote; write the report into a new or empty folder")
     return ours

@@ -150,3 +150,22 @@ def test_a_users_png_the_report_does_not_draw_is_no_clash_without_a_report(run, 
     result = invoke("run", run, "--to", other)
     assert result.exit_code == 2 and f"--to {other}: holds kl.png, which no kto-inspect run report wrote" in result.output
     assert files(other) == {"kl.png": b"mine"}
+
+
+def test_a_report_an_earlier_version_stopped_is_named_as_such(run, tmp_path):
+    """An earlier version's claim file (its generator tag, no list of plots, no captions) beside
+    the PNGs it had written: they cannot be told from the user's, so the report is refused, and
+    the line says the report there lists nothing, not that no kto-inspect report wrote them."""
+    folder = tmp_path / "stopped"
+    folder.mkdir()
+    (folder / "report.html").write_text('<!doctype html><html><head><meta name="generator" content="kto-inspect run"></head><body>being written</body></html>')
+    (folder / "loss.png").write_bytes(b"an earlier report's plot")
+    before = files(folder)
+    result = invoke("run", run, "--to", folder)
+    assert result.exit_code == 2 and result.output.splitlines() == [
+        f"kto-inspect: error: --to {folder}: holds loss.png, which the kto-inspect run report there does not list (a report an earlier "
+        "version stopped lists nothing: remove its PNGs if they are its); write the report into a new or empty folder"
+    ]
+    assert files(folder) == before
+    (folder / "loss.png").unlink()  # as the line says
+    assert invoke("run", run, "--to", folder).exit_code == 0 and (folder / "loss.png").read_bytes().startswith(b"\x89PNG")
