@@ -3,7 +3,9 @@
 Saved atomically (temp dir, then rename), so a crash mid-save leaves the previous checkpoint as
 the latest. Loading never unpickles arbitrary objects: weights are safetensors, and the
 optimizer/scheduler/RNG states go through `torch.load(weights_only=True)`, which accepts only
-tensors and plain containers.
+tensors and plain containers. An FSDP checkpoint's DCP shards (train/sharding.py) are read through
+formats/compute/safe_dcp.py: its .metadata unpickled into DCP's metadata classes only, its bytes
+items weights_only.
 
 Every checkpoint carries `checksums.json`, the sha256 of each of its files (an FSDP checkpoint's
 every rank's shard and RNG state included), written into the temp folder after the last file and

@@ -237,12 +237,16 @@ def load_checkpoint(
     accelerator: Accelerator,
     adapters_only: bool,
 ) -> tuple[Position, dict]:
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from kto.formats.compute import safe_dcp
 
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(adapters_only))
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=path / SHARDED)  # fills every key asked for, or raises
+    # Every rank reads the same .metadata: a refusal is every rank's. Only checkpoint metadata
+    # classes are unpickled there, and the optimizer's bytes items (param_groups) weights_only.
+    folder = safe_dcp.DcpFolder(path / SHARDED, "--resume", path, every_rank=True)
+    safe_dcp.load(state, folder, safe_dcp.read_metadata(folder))  # fills every key asked for, or raises
     # Not strict under LoRA: the frozen base is not in the checkpoint (it came from --model).
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=_options(adapters_only, strict=not adapters_only)

@@ -35,16 +35,15 @@ def load_sharded_weights(module: torch.nn.Module, checkpoint: Path, flag: str = 
     checkpoint saved by N processes into whole tensors without a process group (`no_dist`),
     converting dtypes as it copies. The checkpoint must hold every trainable parameter of
     `module` (every weight of a full fine-tune; the adapters under LoRA, the only ones kto-train
-    saves) and nothing that `module` lacks (another model's checkpoint)."""
-    import torch.distributed.checkpoint as dcp
+    saves) and nothing that `module` lacks (another model's checkpoint). Its .metadata and bytes
+    items are read without unpickling anything but checkpoint metadata and plain data (safe_dcp.py)."""
     from torch.distributed.checkpoint.api import CheckpointException
 
-    where = Path(checkpoint) / SHARDED_DIR
-    try:
-        saved = dcp.FileSystemReader(where).read_metadata().state_dict_metadata
-    except Exception as exc:  # a missing or damaged .metadata: one line, whatever DCP raises
-        raise InputError(f"{flag} {checkpoint}: {SHARDED_DIR}/.metadata unreadable ({type(exc).__name__})") from None
-    held = {k.removeprefix(SHARDED_MODEL) for k in saved if k.startswith(SHARDED_MODEL)}
+    from .safe_dcp import DcpFolder, load, read_metadata
+
+    folder = DcpFolder(Path(checkpoint) / SHARDED_DIR, flag, checkpoint)
+    metadata = read_metadata(folder)  # checkpoint metadata classes only, or one line: nothing else unpickled
+    held = {k.removeprefix(SHARDED_MODEL) for k in metadata.state_dict_metadata if k.startswith(SHARDED_MODEL)}
     own = module.state_dict()
     wanted = {name for name, p in module.named_parameters() if p.requires_grad}  # a tied weight once
     if foreign := sorted(held - own.keys()):
@@ -54,7 +53,10 @@ def load_sharded_weights(module: torch.nn.Module, checkpoint: Path, flag: str = 
     try:
         with warnings.catch_warnings():  # DCP's "torch.distributed is disabled ... assuming ... a single process": so it is
             warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled", category=UserWarning)
-            dcp.load({"model": {f"lm.{k}": own[k] for k in held}}, checkpoint_id=where, no_dist=True)  # into own: the module's tensors
+            # Into own: the module's tensors; a key stored as bytes is refused before anything is read.
+            load({"model": {f"lm.{k}": own[k] for k in held}}, folder, metadata, no_dist=True)
+    except InputError:  # safe_dcp's refusals, already one line
+        raise
     except (CheckpointException, RuntimeError, ValueError) as exc:  # CheckpointException is a BaseException
         raise InputError(f"{flag} {checkpoint}: cannot read its sharded weights ({str(exc).strip().splitlines()[-1]})") from None
     return module
