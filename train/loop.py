@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn
 from kto.formats.atomic import DiskFullError, FileTooLargeError
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.memory import POLLED, peak_words
 from kto.formats.metrics_line import EVAL_CACHE_KEY, eval_cache_name
 from kto.formats.runrecord import checkpoint_dir
 
@@ -95,7 +96,9 @@ def run_steps(run: Run) -> Path:
         progress = TrainProgress(run.total_steps, run.position.global_step, enabled=run.accelerator.is_main_process)
         window = Window.resumed(run.position.unlogged, run.accelerator.device)
         run.position = replace(run.position, unlogged=())
-        with progress.lines_above(), StopSignals(run.accelerator) as signals:
+        # The meter polls memory on a thread for the whole loop: a sample after each step saw
+        # memory the step had freed, not its peak (formats/memory.py).
+        with progress.lines_above(), StopSignals(run.accelerator) as signals, run.memory.polling():
             while run.position.global_step < run.total_steps:
                 stats, done = train_step(run, prefetch)
                 progress.step()
@@ -108,6 +111,8 @@ def run_steps(run: Run) -> Path:
             final = finish(run)
             if signals.signum is not None:
                 log(f"kto-train: {signal.Signals(signals.signum).name} came after the last step; the run finished and {final} is whole", run.accelerator)
+        # The last line, below the bar: the figure to size a job from, as kto-precompute's gives it.
+        log(f"kto-train: done at step {run.position.global_step}, peak memory {peak_words(run.memory, POLLED)}", run.accelerator)
     except BaseException:  # a NaN, the step-0 check, a second Ctrl-C, a full disk, a bug
         if not run.records_closed:
             close_after_failure(run.metrics, run.accelerator)
@@ -162,7 +167,6 @@ def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, StepDone]:
     grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.policy.last_checkpoint, run.cfg)
     lr = run.policy.scheduler.get_last_lr()[0]
     apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
-    run.memory.sample()
     run.position = nxt
     return stats, StepDone(grad_norm, lr)
 
