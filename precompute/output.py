@@ -319,10 +319,36 @@ def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: di
     if changed and set(before) == {i["name"] for i in new["inputs"]}:
         i = changed[0]
         return f"--data {i['name']} changed since {what} there read it (sha256 {str(before[i['name']])[:12]}… then, {i['sha256'][:12]}… now)"
-    clauses = [c for k in sorted(new.keys() | old.keys()) if old.get(k) != new.get(k) for c in _key_clauses(k, old, new)]
+    differ = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
     there = old_layout if isinstance(old_layout, dict) else {}
-    clauses += [_clause(k, there.get(k, _ABSENT), layout[k]) for k in layout if there.get(k) != layout[k]]
+    layout_differs = [k for k in layout if there.get(k) != layout[k]]
+    if any(k in RULE_KEYS for k in differ) and not layout_differs and all(_earlier_wording(k, old, new) for k in differ):
+        # The same command: only how an earlier kto worded its rules (or recorded the model) differs.
+        return (
+            f"holds {what} that an earlier kto made with these settings, its rules worded otherwise then ({', '.join(differ)}; the rows "
+            "may come out the same, but the fingerprint differs); kto-train still reads it, and a run begun on it resumes only on it, "
+            "so rebuild into another --out to keep such runs resumable"
+        )
+    clauses = [c for k in differ for c in _key_clauses(k, old, new)]
+    clauses += [_clause(k, there.get(k, _ABSENT), layout[k]) for k in layout_differs]
     return f"holds {what} of a different configuration (differs in {', '.join(clauses) or 'its fingerprint'})"
+
+
+# Content keys that hold a rule in words (formats/manifest.py CacheContent): a kto that words one
+# otherwise makes a cache of the same command differ there, and only there.
+RULE_KEYS = ("truncation", "kl_pairing", "eval_split")
+
+
+def _earlier_wording(key: str, old: dict, new: dict) -> bool:
+    """Whether `key` differs only as an earlier kto recorded it: a rule worded otherwise (both
+    sides in words), the `reading` rule not recorded yet, or the model's identity in the format
+    of before small tensors were hashed (the same weights)."""
+    a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+    if key in RULE_KEYS:
+        return isinstance(a, str) and isinstance(b, str)
+    if key == "reading":
+        return a is _ABSENT
+    return key == "model" and isinstance(a, dict) and same_model(a, b)
 
 
 _ABSENT = object()  # a key one side lacks

@@ -100,3 +100,22 @@ def test_a_hub_dataset_input_is_said_by_its_revision_not_a_key_error():
     new = _content(inputs=[{**hub, "revision": "d" * 40}], max_length=128)
     said = _difference(old, {}, new, {}, "the cache")
     assert said.endswith("(differs in inputs trl-lib/kto-mix-14k (revision cccccccccccc… there, dddddddddddd… now), max_length (64 there, 128 now))"), said
+
+
+def test_a_cache_an_earlier_kto_made_with_the_same_command_is_said_so():
+    """An upgrade hunter's rerun of the same command on a cache of an earlier release: only the
+    rules' wording differed (eval_split, kl_pairing, truncation), and the line showed hashes as
+    "a different configuration", with --overwrite as the way out, which strands a run begun on
+    the old cache (it resumes only on its own). Now it says an earlier kto made it with these
+    settings, and to rebuild into another --out. A setting changed beside it keeps the list."""
+    old = _content(truncation="old words", kl_pairing="old pairing", eval_split="old split")
+    new = _content(truncation="new words", kl_pairing="new pairing", eval_split="old split")
+    said = _difference(old, {}, new, {}, "the cache")
+    assert said == (
+        "holds the cache that an earlier kto made with these settings, its rules worded otherwise then (kl_pairing, truncation; the rows "
+        "may come out the same, but the fingerprint differs); kto-train still reads it, and a run begun on it resumes only on it, "
+        "so rebuild into another --out to keep such runs resumable"
+    )
+    moved = _difference(old, {}, {**new, "max_length": 128}, {}, "the cache")
+    assert moved.startswith("holds the cache of a different configuration (differs in kl_pairing (") and "max_length (64 there, 128 now)" in moved
+    assert _difference(old, {"batch_tokens": 256}, new, {"batch_tokens": 512}, "the cache").startswith("holds the cache of a different configuration")
