@@ -225,7 +225,12 @@ def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
     "--model", required=True, help="Policy to score: local HF dir (e.g. OUT/final, OUT/checkpoint-STEP, --fsdp's too), PEFT adapter dir, .gguf file or hub id."
 )
 @click.option("--base-model", default=None, help="Base of an adapter dir or an --fsdp checkpoint [default: the one its adapter_config.json or run names].")
-@click.option("--out", type=P, default=Path("scores.parquet"), help="Parquet file to write (keyed by id).")
+@click.option(
+    "--out",
+    type=P,
+    default=Path("scores.parquet"),
+    help="Parquet file to write (keyed by id): named .parquet, .pq or with no suffix; another format's name (.jsonl, .csv, .arrow, ...) is refused.",
+)
 @click.option(
     "--beta",
     default=None,

@@ -6,7 +6,10 @@ log πθ comes from `kto.formats.compute.scoring.score_sequences`, the same batc
 definition (`CompletionLogps`) that kto-precompute used for the cached log πref, so a policy
 equal to the reference scores reward 0 up to rounding. The output is a Parquet file keyed by
 `id`, joinable with `kto.formats.scan(cache)`; it is written atomically, never into the cache
-directory (kto-precompute would take a foreign file there for someone else's data).
+directory (kto-precompute would take a foreign file there for someone else's data), and always
+as Parquet (a name of another format is refused). A policy in a kto-train run is scored only on
+a cache of the run's reference, checked as kto-train --eval-only checks its eval cache
+(formats/compute/policy_dirs.py RunOf).
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ SCORE_SCHEMA = pa.schema(
     ]
 )
 
+# Suffixes of formats other than Parquet: an --out named so is refused (score writes Parquet only).
+OTHER_FORMATS = frozenset(
+    ".jsonl .ndjson .json .csv .tsv .txt .arrow .feather .ipc .avro .orc .xlsx .xls .pkl .pickle .npy .npz .h5 .hdf5 .db .sqlite "
+    ".html .md .yaml .yml .gz .bz2 .xz .zst .zip .tar".split()
+)
+
 
 def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: str, out: Path, cache_dir: Path) -> None:
     if not 0 < beta < math.inf:
@@ -72,10 +81,23 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
         raise InputError(f"--out {out}: inside the kto-train run {run}, which holds only its own files (its --resume refuses others); write it elsewhere")
     if out.exists() and not _is_score_file(out):
         raise InputError(f"--out {out}: exists and is not a file kto-inspect score wrote; name a new file (it replaces only its own)")
+    if _parquet_name(out) != out:  # Parquet under a .jsonl or .csv name fails far away, in the reader the name picks
+        raise InputError(f"--out {out}: kto-inspect score writes Parquet; name it {_parquet_name(out)} (read it with pl.read_parquet)")
     try:
         check_can_create(target)  # a read-only mount otherwise fails only at the write, after all the scoring
     except NotWritableError as exc:
         raise InputError(f"--out {exc}") from None
+
+
+def _parquet_name(out: Path) -> Path:
+    """`out`, or where its suffix names another format (OTHER_FORMATS), the name with .parquet
+    instead of every such suffix (scores.jsonl.gz: scores.parquet). No suffix, .parquet, .pq and
+    a dot that names no format (scores.beta0.5) are kept."""
+    if out.suffix.lower() not in OTHER_FORMATS:
+        return out
+    while out.suffix.lower() in OTHER_FORMATS:
+        out = out.with_suffix("")
+    return out.with_name(out.name + ".parquet")
 
 
 def _is_score_file(path: Path) -> bool:
@@ -132,6 +154,7 @@ def score_cache(
     _check_flags(beta, batch_tokens, chunk_size, dtype, out, cache_dir)
     cache = open_cache(cache_dir)
     manifest = cache.manifest
+    _require_the_runs_reference(model, cache_dir, manifest)  # before the model loads
     scorer = _Scorer.load(model, base_model, manifest, dtype, attn_implementation, trust_remote_code, chunk_size, log)
     check_cache_positions(cache, scorer.completion_logps.lm, f"--model {model}", "CACHE")  # one line, not an IndexError mid-shard
     batch_tokens = batch_tokens or default_batch_tokens(scorer.device)
@@ -145,6 +168,16 @@ def score_cache(
     with atomic_path(write_target(out)) as tmp:  # a link the user named: its target is replaced
         pq.write_table(result.replace_schema_metadata(meta), arrow_path(tmp))
     return {"out": str(out), "model": str(model), "beta": beta, **summarize_scores(result)}
+
+
+def _require_the_runs_reference(model: str, cache_dir: Path, manifest: Manifest) -> None:
+    """A policy in a kto-train run (RUN/final, final-merged, checkpoint-STEP): the cache must be
+    scored by the run's reference, checked as kto-train --eval-only checks its eval cache
+    (policy_dirs.RunOf); another reference's log-probs would make every reward wrong. A model
+    with no run record is scored on any cache: nothing says what it was trained against."""
+    from kto.formats.compute.policy_dirs import RunOf
+
+    RunOf.model(model).require_the_runs_reference(manifest, f"CACHE {cache_dir}", "score a cache of its reference")
 
 
 def _beta_for(beta: float | None, model: str, log: Callable[[str], None]) -> float:

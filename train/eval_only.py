@@ -17,10 +17,11 @@ import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kto.formats.compute.policy_dirs import RunOf
 from kto.formats.errors import InputError, log
 
 from .config import DEFAULTS, TrainConfig
@@ -144,61 +145,6 @@ def results_path(out: Path | None) -> Path | None:
     return target
 
 
-@dataclass(frozen=True)
-class RunOf:
-    """The kto-train run whose final/, final-merged/ or checkpoint-STEP/ --model is, if any."""
-
-    directory: Path | None
-    record: dict
-
-    @classmethod
-    def model(cls, model: str | None) -> RunOf:
-        from kto.formats.runrecord import read_run_config, run_of_model_dir
-
-        run = run_of_model_dir(str(model))
-        return cls(run, read_run_config(run) if run is not None else {})
-
-    @property
-    def derived(self) -> dict:
-        return self.record.get("derived", {})
-
-    def require_its_cache(self, fingerprint: str, said: str) -> None:
-        """Refuse a --cache other than the one the run trained on (a rebuilt one included)."""
-        recorded = self.derived.get("cache_fingerprint")
-        if isinstance(recorded, str) and fingerprint != recorded:
-            raise InputError(
-                f"{said}: not the cache the run {self.directory} trained on (fingerprint {fingerprint[:16]}…, its record "
-                f"names {recorded[:16]}…); give that cache as --cache, or leave --cache out"
-            )
-
-    def require_its_reference(self, scored_by: dict, said: str) -> None:
-        """Refuse an eval cache scored by another model than the one the run started from, when
-        the run's own cache is not at hand to tell which reference it trained against."""
-        from kto.formats.compute.policy_dirs import same_weights
-
-        started = self.derived.get("model_identity")
-        if not isinstance(started, dict) or same_weights(scored_by, started):
-            return
-        raise InputError(
-            f"{said}: scored by another model than the run {self.directory} started from ({self.record['config'].get('model')}), "
-            f"and the run's --cache ({self.record['config'].get('cache')}) is not at hand to check it against: its rewards "
-            "would be measured against another reference; give the run's cache as --cache, or evaluate on a cache of its reference"
-        )
-
-    def training_cache(self) -> Path | None:
-        """The run's --cache, where its recorded path still holds the cache it trained on."""
-        from kto.formats.cache import open_cache
-
-        recorded = self.record.get("config", {}).get("cache")
-        if not isinstance(recorded, str) or not (Path(recorded) / "manifest.json").is_file():
-            return None
-        try:
-            fingerprint = open_cache(Path(recorded), hold=False).manifest.fingerprint
-        except InputError:
-            return None
-        return Path(recorded) if fingerprint == self.derived.get("cache_fingerprint") else None
-
-
 def with_run_settings(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> TrainConfig:
     """cfg with the run's RUN_SETTINGS (RUN/kto_run.json) that were not given. The run's
     quantization only for its adapter folders (final/, checkpoint-STEP/: on the base as it
@@ -283,7 +229,9 @@ def checked_eval_cache(cfg: TrainConfig, run: RunOf, accelerator: Accelerator) -
         return open_eval_cache(replace(cfg, cache=recorded), open_cache(recorded), accelerator)
     cache = open_cache(cfg.eval_cache)
     if run.directory is not None and cache.manifest.fingerprint != run.derived.get("eval_cache_fingerprint"):
-        run.require_its_reference(cache.manifest.content.model, f"--eval-cache {cfg.eval_cache}")
+        run.require_its_reference(
+            cache.manifest.content.model, f"--eval-cache {cfg.eval_cache}", "give the run's cache as --cache, or evaluate on a cache of its reference"
+        )
     return cache
 
 

@@ -4,12 +4,14 @@ full fine-tune's FSDP checkpoint (no config.json: the weights in DCP shards) on 
 
 kto-inspect score and kto-train --eval-only both load a policy this way, so a trained run's
 final/ or checkpoint is read one way whichever command scores it. Messages name `--model` and
-`--base-model`, the flags of both commands.
+`--base-model`, the flags of both commands. `RunOf`, the run such a folder lies in, is here for
+both too: each checks the cache it is given against the run's reference with it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from kto.formats.compute.sources import ModelSource
+    from kto.formats.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def policy_to_load(model: str, base_model: str | None, flag: str = "--model") ->
         require_peft(flag)
         said = "--base-model" if base_model else f"{flag} {model}: the base its adapter_config.json names,"
         base = base_of(path, base_model, flag)
-        source = resolve_source(base, flag=said)
+        source = named_base(base, said, base_model, "the model the adapters were trained on")
         require_runs_model(path, source, f"{said} {base}", "trained its adapters on", base_model)
         kind = "the LoRA adapters" + (" (sharded by FSDP)" if is_sharded_checkpoint(path) else "")
         # kto-train's adapter folders hold the run's tokenizer; peft's own save holds none: the base's then
@@ -62,7 +65,7 @@ def policy_to_load(model: str, base_model: str | None, flag: str = "--model") ->
     if is_sharded_checkpoint(given) and not (path / "config.json").is_file():
         said = "--base-model" if base_model else f"{flag} {model}: its run's --model,"
         base = base_of_run(model, base_model, flag)
-        source = resolve_source(base, flag=said)
+        source = named_base(base, said, base_model, "the model the run trained")
         require_runs_model(path, source, f"{said} {base}", "trained", base_model)
         what = f"the weights of {path} (sharded by FSDP) on the model of {source.directory}"
         return PolicyToLoad(source, ModelSource(path), lambda lm: load_sharded_weights(lm, path, flag), what)
@@ -72,6 +75,107 @@ def policy_to_load(model: str, base_model: str | None, flag: str = "--model") ->
     if base_model:  # would go unused: the scores would be --model's while the user meant another base's
         raise InputError(f"--base-model is for LoRA adapters or an FSDP checkpoint; {flag} {model} is a whole model")
     return PolicyToLoad(source, source)
+
+
+@dataclass(frozen=True)
+class RunOf:
+    """The kto-train run whose final/, final-merged/ or checkpoint-STEP/ --model is, if any: its
+    directory and record (RUN/kto_run.json). kto-train --eval-only and kto-inspect score read it
+    to check the caches they are given against the run's."""
+
+    directory: Path | None
+    record: dict
+
+    @classmethod
+    def model(cls, model: str | None) -> RunOf:
+        from kto.formats.runrecord import read_run_config, run_of_model_dir
+
+        run = run_of_model_dir(str(model))
+        return cls(run, read_run_config(run) if run is not None else {})
+
+    @property
+    def derived(self) -> dict:
+        return self.record.get("derived", {})
+
+    def require_its_cache(self, fingerprint: str, said: str) -> None:
+        """Refuse a --cache other than the one the run trained on (a rebuilt one included)."""
+        recorded = self.derived.get("cache_fingerprint")
+        if isinstance(recorded, str) and fingerprint != recorded:
+            raise InputError(
+                f"{said}: not the cache the run {self.directory} trained on (fingerprint {fingerprint[:16]}…, its record "
+                f"names {recorded[:16]}…); give that cache as --cache, or leave --cache out"
+            )
+
+    def require_its_reference(self, scored_by: dict, said: str, remedy: str) -> None:
+        """Refuse a cache scored by another model than the one the run started from, when the
+        run's own cache is not at hand to tell which reference it trained against. `remedy`: the
+        caller's way out (kto-train --eval-only: give the run's cache as --cache)."""
+        started = self.derived.get("model_identity")
+        if not isinstance(started, dict) or same_weights(scored_by, started):
+            return
+        raise InputError(
+            f"{said}: scored by another model than the run {self.directory} started from ({self.record['config'].get('model')}), "
+            f"and the run's --cache ({self.record['config'].get('cache')}) is not at hand to check it against: its rewards "
+            f"would be measured against another reference; {remedy}"
+        )
+
+    def require_the_runs_reference(self, manifest: Manifest, said: str, remedy: str) -> None:
+        """Refuse a cache (its `manifest`) that another reference model than the run's scored, as
+        kto-train checks an eval cache (train/eval_only.py checked_eval_cache): against the run's
+        --cache where its recorded path still holds it (the reference is that cache's model);
+        else the run's own caches pass, by their recorded fingerprints, and another only if the
+        model the run started from scored it. A model in no run (no record) passes."""
+        from kto.formats.manifest import same_model
+        from kto.formats.runrecord import EVAL_FINGERPRINT, eval_cache_at_start
+
+        if self.directory is None:
+            return
+        trained = self._training_cache()
+        if trained is not None:
+            recorded, theirs = trained
+            if same_model(manifest.content.model, theirs.content.model):
+                return
+            a, b = manifest.reference_model, theirs.reference_model
+            same = ", the same path: the files there changed between the two" if a == b else ""
+            raise InputError(
+                f"{said}: made with another model ({a}) than the run {self.directory}'s --cache {recorded} ({b}{same}); "
+                "its rewards would be measured against another reference"
+            )
+        if manifest.fingerprint not in (self.derived.get("cache_fingerprint"), self.derived.get(EVAL_FINGERPRINT), eval_cache_at_start(self.derived)):
+            self.require_its_reference(manifest.content.model, said, remedy)
+
+    def training_cache(self) -> Path | None:
+        """The run's --cache, where its recorded path still holds the cache it trained on."""
+        trained = self._training_cache()
+        return None if trained is None else trained[0]
+
+    def _training_cache(self) -> tuple[Path, Manifest] | None:
+        """(the run's recorded --cache, its manifest) where that path still holds the cache the run
+        trained on (its recorded fingerprint)."""
+        from kto.formats.cache import open_cache
+
+        recorded = self.record.get("config", {}).get("cache")
+        if not isinstance(recorded, str) or not (Path(recorded) / "manifest.json").is_file():
+            return None
+        try:
+            manifest = open_cache(Path(recorded), hold=False).manifest
+        except InputError:
+            return None
+        return (Path(recorded), manifest) if manifest.fingerprint == self.derived.get("cache_fingerprint") else None
+
+
+def named_base(base: str, said: str, base_model: str | None, what: str) -> ModelSource:
+    """The base the weights go on: --base-model, else the one `said` names (adapter_config.json's,
+    the run record's). Where that one is not there at all (a relative path read from another
+    folder than the run's, a hub id offline), the refusal names the way out: `what` as --base-model."""
+    from kto.formats.compute.sources import resolve_source
+
+    try:
+        return resolve_source(base, flag=said)
+    except InputError as exc:
+        if base_model or os.path.lexists(os.path.expanduser(base)):
+            raise
+        raise InputError(f"{exc}; give {what} as --base-model") from None
 
 
 def policy_tokenizer(policy: PolicyToLoad, cache_tokenizer: dict, model: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
