@@ -9,6 +9,7 @@ the CLI's one line; only the CLI turns it into exit status 2. Nothing here calls
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,26 +43,27 @@ def run(config: TrainConfig) -> TrainResult:
 
     Raises InputError on bad input, before anything is written to `config.out`;
     kto.train.stop.Interrupted where a signal stopped the run with a checkpoint, and
-    kto.train.stop.Aborted (a KeyboardInterrupt) where a second Ctrl-C aborted it. final/ (and
+    kto.train.stop.Aborted (a KeyboardInterrupt) where a second Ctrl-C aborted it; an error that
+    a Ctrl-C then came upon is raised itself, the interrupt noted (stop.raise_in_place). final/ (and
     final-merged/) hold their README.md model card from the moment they appear (train/model_card.py)."""
     from kto.formats.runrecord import MERGED_DIR
-    from kto.formats.signals import Stopped
 
     from .loop import train  # torch, accelerate and the model load on call, not on import
-    from .stop import aborted, interrupt_in
+    from .stop import raise_in_place
 
     if config.eval_only:
         raise InputError("eval_only=True trains nothing: call kto.train.evaluate_model(config), which returns the eval line")
     config = with_hub_caches(config)
+    # The exception the caller is handling, if any (run called in its `except KeyboardInterrupt:`):
+    # the run's own exceptions chain onto it, and it is no interrupt of the run.
+    entry = sys.exc_info()[1]
     try:
         trained = train(config)
     except BaseException as exc:
-        # A second Ctrl-C (or an error its cleanup raised): what it left, and how to go on. The
-        # CLI's start-up signal (Stopped) says itself.
-        interrupt = interrupt_in(exc)
-        if interrupt is None or isinstance(interrupt, Stopped):
-            raise
-        raise aborted(config, exc) from None
+        # A second Ctrl-C (and any error its cleanup raised): Aborted, what it left and how to go
+        # on. An error that a Ctrl-C came upon: that error, the interrupt noted.
+        raise_in_place(config, exc, entry)
+        raise
     train_line, eval_line = last_metrics(config.out)
     result = TrainResult(
         run_dir=Path(config.out),

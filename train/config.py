@@ -237,7 +237,7 @@ class TrainConfig:
         if isinstance(self.resume, Path) and not re.fullmatch(r"checkpoint-\d+", self.resume.name):
             from .resume_hints import resume_name_refusal  # only this refusal needs it
 
-            raise InputError(resume_name_refusal(self.resume))  # a checkpoint set aside says what it is, and the way back
+            raise InputError(resume_name_refusal(self.resume, self.out))  # a checkpoint set aside says what it is, and the way back
         check_adapter_flags(self)
         if self.push_to_hub is not None:
             check_repo_id(self.push_to_hub)

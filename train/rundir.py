@@ -48,7 +48,7 @@ from .adapters import keep_recorded_targets, model_targets, same_targets
 from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_problem, checkpoints, refuse_replacing, usable_checkpoint
 from .config import TrainConfig
 from .model_card import CARD_MARK, CARD_NAME
-from .resume_hints import STEP_COUNTS, train_further_hint
+from .resume_hints import asks_more_steps, checkpoint_names, train_further_hint
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -158,26 +158,36 @@ def record_differences(saved: dict, now: dict, default_targets: Callable[[], Seq
             if k == "lora_target_modules" and part == "config" and same_targets(a.get(k), b.get(k), default_targets):
                 continue
             if k == "model_identity" and a.get(k) != b.get(k):
-                out.append(_model_difference(saved.get("config", {}).get("model"), now["config"].get("model"), a.get(k, "(absent)"), b.get(k, "(absent)")))
+                out.append(_model_difference(saved.get("config", {}), now["config"], a.get(k, "(absent)"), b.get(k, "(absent)")))
             elif a.get(k, "(absent)") != b.get(k, "(absent)"):
                 out.append(f"{k} ({_show(a.get(k, '(absent)'))} there, {_show(b.get(k, '(absent)'))} now)")
     return out + _dropout_draws_differ(saved.get("config", {}), now)
 
 
-def _model_difference(path_there: str | None, path_now: str | None, there: object, now: object) -> str:
+def _model_difference(config_there: dict, config_now: dict, there: object, now: object) -> str:
     """Another initial model, said by its flag and both paths as the others are (`lr (X there, Y
     now)`), with the identities that decide it (a moved model is the same one); where the path
-    is the same, its files changed since the run began: the hashes alone did not say which."""
+    names the same place, its files changed since the run began: the hashes alone did not say which."""
     ids = f"{_show(there)} there, {_show(now)} now"
-    if path_there is not None and path_now is not None and _same_place(path_there, path_now):
+    path_there, path_now = config_there.get("model"), config_now.get("model")
+    if path_there is not None and path_now is not None and _same_place(config_there, config_now):
         return f"--model {path_now} (the model at {path_now} changed since the run began: {ids})"
     return f"--model ({path_there} there, {path_now} now; {ids})"
 
 
-def _same_place(a: str, b: str) -> bool:
-    """Two --model values naming one place: the same words, or one folder (a relative path and its absolute)."""
+def _same_place(config_there: dict, config_now: dict) -> bool:
+    """Whether the recorded --model and this one name one folder. kto_run.json keeps paths as
+    typed and no working directory, so a relative one recorded is read from here only where the
+    run is resumed from where it began: its --out as recorded (relative too) names this --out from
+    here. Otherwise where it was typed is not known (resumed from another directory, `m1` there
+    may be another folder than `m1` here), and the two paths are said instead."""
+    there, here = Path(config_there["model"]), Path(config_now["model"])
     try:
-        return a == b or Path(a).resolve() == Path(b).resolve()
+        if not there.is_absolute():
+            out_there = config_there.get("out")
+            if out_there is None or Path(out_there).is_absolute() or Path(out_there).resolve() != Path(config_now["out"]).resolve():
+                return False
+        return there.resolve() == here.resolve()
     except (OSError, RuntimeError, ValueError):  # a name no path resolves (a loop of links, a NUL)
         return False
 
@@ -391,7 +401,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
             + ", ".join(sorted(f.replace("_", "-") for f in RESUMABLE | {"eval_cache"}))
             + " may change on resume"
             + ("; the cache is not the one the run began on (rebuilt or replaced since): a run resumes only on its own cache" if rebuilt else "")
-            + (train_further_hint(out, saved.get("config", {})) if any(d.startswith(STEP_COUNTS) for d in differs) else "")
+            + (train_further_hint(out, saved.get("config", {})) if asks_more_steps(differs, saved, record) else "")
         )
     keep_recorded(record, saved)
     changed = resumable_changes(saved, record)
@@ -429,12 +439,10 @@ def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path
     in --out where there is one: a folder of that name elsewhere (here) would be no checkpoint of
     this run anyway. The newer checkpoints are set aside once the run has resumed from it
     (set_aside_later)."""
-    found = checkpoints(out)
     if path.parts == (path.name,) and (out / path).is_dir():
         path = out / path
     if not (path.is_dir() and CHECKPOINT_RE.match(path.name) and path.parent.resolve() == out.resolve()):
-        ours = ", ".join(p.name for _, p in found) or "none"
-        raise InputError(f"--resume {path}: not a checkpoint of the run in --out {out} (its checkpoints: {ours})")
+        raise InputError(f"--resume {path}: not a checkpoint of the run in --out {out} (its checkpoints: {checkpoint_names(out)})")
     problem = checkpoint_problem(path)
     if problem is not None:
         raise InputError(f"--resume {path}: unusable ({problem})")

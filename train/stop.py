@@ -20,7 +20,9 @@ launchers forward the signal the terminal already sent to the whole process grou
 sends its workers the SIGINT it received), and that echo is not the user asking twice. Once it
 has unwound, kto.train.run raises `Aborted` in its place: what it left on disk (the checkpoint
 it was writing, if any, is not there; the latest one is) and the command that resumes the run,
-which the CLI prints as its one line, as the first signal's lines say theirs.
+which the CLI prints as its one line, as the first signal's lines say theirs. Only where the
+interrupt was the run's first exception: a Ctrl-C that came upon an error already on its way out
+leaves that error to be seen (raise_in_place).
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from kto.formats.errors import log, on_main
+from kto.formats.errors import InputError, log, on_main
 from kto.formats.hub import hub_spec_of
 from kto.formats.runrecord import checkpoint_dir
-from kto.formats.signals import after_hangup, loop_signals, take_over
+from kto.formats.signals import Stopped, after_hangup, loop_signals, take_over
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -75,54 +77,93 @@ class Aborted(KeyboardInterrupt):
             super().__init__(f"interrupted{before}; the latest checkpoint is {checkpoint}; resume with: {command}")
 
 
-def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
-    """`exc` if it is a KeyboardInterrupt, or the one it was raised while handling: a library's
-    cleanup may fail on the file the interrupt left half-written, and its error then replaces the
-    interrupt (torch.save's zip writer: `RuntimeError: [enforce fail at inline_container.cc]
-    unexpected pos`, a traceback after a second Ctrl-C during a checkpoint)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return exc
-        seen.add(id(exc))
+def run_chain(exc: BaseException, entry: BaseException | None) -> list[BaseException]:
+    """`exc` and the exceptions it was raised while handling (their __context__), newest first,
+    as far as the run raised them: `entry`, the exception its caller was handling when it called
+    kto.train.run (sys.exc_info() then), and what came before it are the caller's own."""
+    chain: list[BaseException] = []
+    while exc is not None and exc is not entry and all(exc is not e for e in chain):
+        chain.append(exc)
         exc = exc.__context__
-    return None
+    return chain
 
 
-def aborted(cfg: TrainConfig, exc: BaseException) -> Aborted:
-    """What an interrupt out of the run (a second Ctrl-C: `exc`, or an error its cleanup raised,
-    interrupt_in) left in cfg.out, read once everything it interrupted has unwound (the temp
-    folder of a checkpoint half-written is gone)."""
+# Said with an error that a Ctrl-C came upon (raise_in_place): on the CLI's one line, an
+# InputError's message alone is printed, so there it is in the message; elsewhere a note.
+INTERRUPT_NOTE = "a Ctrl-C came while kto-train was stopping on this error"
+
+
+def raise_in_place(cfg: TrainConfig, exc: BaseException, entry: BaseException | None) -> None:
+    """Called while handling `exc`, out of the run (`entry`: as run_chain). Where the run's first
+    exception was a Ctrl-C (a second one; not a start-up stop signal, which says itself), raise
+    `Aborted` (what it left, how to resume) chained to `exc`, which may be an error a library's
+    clean-up raised on the file the interrupt left half-written (torch.save's zip writer:
+    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`). Where a Ctrl-C came
+    upon an error already on its way out (a NaN, a full disk; SIGINT is the host's again by then),
+    raise that error, noted, as it was: it is the one to act on, and no `--resume` fixes it.
+    Otherwise return, and the caller re-raises `exc`."""
+    chain = run_chain(exc, entry)
+    interrupts = [i for i, e in enumerate(chain) if isinstance(e, KeyboardInterrupt)]
+    if not interrupts:
+        return
+    first = interrupts[-1]
+    if first == len(chain) - 1:
+        if not isinstance(chain[first], Stopped):
+            raise aborted(cfg, chain) from exc
+        return
+    real = chain[first + 1]  # what was on its way out when the interrupt came
+    if isinstance(real, InputError) and real.args:
+        real.args = (f"{real.args[0]}; {INTERRUPT_NOTE}", *real.args[1:])
+    else:
+        real.add_note(INTERRUPT_NOTE)
+    reraise_as_it_was(real)
+
+
+def reraise_as_it_was(exc: BaseException) -> NoReturn:
+    """Raise `exc` again with the cause and context it had: raising it while another exception
+    is handled would make that one its context (here the interrupt, shown above it as if first)."""
+    context, suppress = exc.__context__, exc.__suppress_context__
+    try:
+        raise exc
+    finally:
+        exc.__context__, exc.__suppress_context__ = context, suppress
+
+
+def aborted(cfg: TrainConfig, chain: list[BaseException]) -> Aborted:
+    """What an interrupt out of the run (a second Ctrl-C, and what its cleanup raised: run_chain)
+    left in cfg.out, read once everything it interrupted has unwound (the temp folder of a
+    checkpoint half-written is gone)."""
     from .checkpoint import checkpoints
 
     saved = checkpoints(cfg.out) if cfg.out.is_dir() else []
-    unfinished = being_saved(exc)
+    unfinished = being_saved(chain)
     if unfinished is not None and unfinished.is_dir():
         unfinished = None  # the save was whole: the signal came after it (pruning, its log line)
     return Aborted(saved[-1][1] if saved else None, unfinished, resume_command(cfg), cfg.out)
 
 
-def being_saved(exc: BaseException) -> Path | None:
-    """OUT/checkpoint-STEP or OUT/final that `exc` interrupted the saving of, or None. Read from
-    the frames it passed through (every layout, plain, LoRA or FSDP, saves through Policy.save and
-    Policy.finish): only the frames know, since atomic_dir removes its temp folder as the
-    exception leaves it."""
+def being_saved(chain: list[BaseException]) -> Path | None:
+    """OUT/checkpoint-STEP or OUT/final that the interrupt (`chain`, run_chain's, which ends
+    with it) interrupted the saving of, or None. Read from the frames it passed through (every
+    layout, plain, LoRA or FSDP, saves through Policy.save and Policy.finish): only the frames
+    know, since atomic_dir removes its temp folder as the exception leaves it."""
     from kto.formats.runrecord import FINAL_DIR
 
     from .policy import Policy
 
-    found, seen = None, set()
-    while exc is not None and id(exc) not in seen and found is None:  # an error raised while handling the interrupt came through them too
-        seen.add(id(exc))
-        tb, exc = exc.__traceback__, exc.__context__
-        while tb is not None:
+    found = None
+    for exc in chain:  # an error raised while handling the interrupt came through them too
+        tb = exc.__traceback__
+        while tb is not None:  # the innermost save wins
             frame, tb = tb.tb_frame, tb.tb_next
             policy = frame.f_locals.get("self")
             if frame.f_code is Policy.save.__code__:
                 found = checkpoint_dir(policy.cfg.out, frame.f_locals["position"].global_step)
             elif frame.f_code is Policy.finish.__code__:
                 found = policy.cfg.out / FINAL_DIR
-    return found
+        if found is not None:
+            return found
+    return None
 
 
 class StopSignals:
