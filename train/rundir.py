@@ -426,8 +426,15 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
 def resumable_changes(saved: dict, record: dict) -> list[str]:
     """'--flag X -> Y' for each RESUMABLE setting the resume changed, and the eval cache when it
     is another (by fingerprint: a moved eval cache is the same one)."""
+    from .config import DEFAULTS
+
     there, now = saved["config"], record["config"]
-    changed = [f"--{k.replace('_', '-')} {there.get(k)} -> {v}" for k, v in now.items() if k in RESUMABLE and there.get(k) != v]
+    changed = [f"--{k.replace('_', '-')} {there.get(k)} -> {v}" for k, v in now.items() if k in RESUMABLE and k in there and there[k] != v]
+    # A setting an earlier kto did not record (--save-each-epoch, --eval-each-epoch): that kto ran
+    # without it, as the default does, so only a value off the default is a change.
+    changed += [
+        f"--{k.replace('_', '-')} (not recorded by an earlier kto) -> {v}" for k, v in now.items() if k in RESUMABLE and k not in there and v != DEFAULTS.get(k)
+    ]
     if saved["derived"].get(EVAL_FINGERPRINT) != record["derived"].get(EVAL_FINGERPRINT):
         changed.append(f"--eval-cache {there.get('eval_cache')} -> {now.get('eval_cache')}")
     return changed

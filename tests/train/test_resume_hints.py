@@ -466,3 +466,16 @@ def test_a_set_aside_name_that_is_not_there_is_no_such_checkpoint(tmp_path):
     assert resume_refusal(empty, empty / "checkpoint-1.superseded") == (
         f"--resume {empty / 'checkpoint-1.superseded'}: no such checkpoint directory (the checkpoints in {empty}: none)"
     )
+
+
+def test_settings_an_earlier_kto_did_not_record_are_no_change_at_their_default():
+    """An upgrade hunter's resume of a run an earlier kto began printed `changed --save-each-epoch
+    None -> False, --eval-each-epoch None -> False`: settings that kto never recorded, and that the
+    user never gave. A recorded value still counts; an unrecorded one only off the default."""
+    from kto.train.rundir import resumable_changes
+
+    saved = {"config": {"log_every": 10, "eval_every": 0}, "derived": {}}
+    now = {"config": {"log_every": 10, "eval_every": 0, "save_each_epoch": False, "eval_each_epoch": False}, "derived": {}}
+    assert resumable_changes(saved, now) == []
+    now["config"].update(log_every=5, save_each_epoch=True)
+    assert resumable_changes(saved, now) == ["--log-every 10 -> 5", "--save-each-epoch (not recorded by an earlier kto) -> True"]
