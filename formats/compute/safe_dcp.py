@@ -81,13 +81,45 @@ class _NotMetadata(pickle.UnpicklingError):
     """A global that no checkpoint metadata names: `module.name`."""
 
 
-class _MetadataUnpickler(pickle.Unpickler):
+# The classes whose instances a DCP Metadata's pickle fills in with BUILD (their fields).
+_BUILT = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+}
+
+
+class _MetadataUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its opcodes are methods, so BUILD can be checked): find_class
+    names only ALLOWED, and BUILD sets the fields of a metadata dataclass's instance only. BUILD on
+    anything else (an allowed class itself, `PosixPath`; a shared object such as an enum member or
+    torch.strided) would set attributes for the whole process: a `_str` on PosixPath turned every
+    Path into an attacker's file, which a later write then overwrote."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def find_class(self, module: str, name: str) -> Any:
         if name in ALLOWED.get(module, ()):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
             return getattr(torch, name)
         raise _NotMetadata(f"{module}.{name}")
+
+    def load_build(self) -> None:
+        instance = self.stack[-2] if len(self.stack) > 1 else None  # the state is on top, the object it fills under it
+        target = type(instance)
+        if isinstance(instance, type) or target.__name__ not in _BUILT.get(target.__module__, ()):
+            raise _NotMetadata(f"state set on {target.__module__}.{target.__name__}")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def read_metadata(folder: DcpFolder) -> Metadata:
@@ -105,10 +137,11 @@ def read_metadata(folder: DcpFolder) -> Metadata:
         raise folder.refused(f"{name} unreadable ({type(exc).__name__})") from None
     if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict) or not isinstance(metadata.storage_data, dict):
         raise folder.refused(f"{name} holds a {type(metadata).__name__} that is not checkpoint metadata; not loaded")
-    for info in metadata.storage_data.values():
-        file = getattr(info, "relative_path", None)
+    for file in {getattr(info, "relative_path", None) for info in metadata.storage_data.values()}:
         if not isinstance(file, str) or Path(file).name != file or file.startswith("."):
             raise folder.refused(f"{name} points at {file!r}, not a file of {folder.where.name}/; not loaded")
+        if not (folder.where / file).is_file():  # a FIFO would block the read forever; a link to a file is followed
+            raise folder.refused(f"{folder.where.name}/{file}: not a regular file; not loaded")
     return metadata
 
 

@@ -203,3 +203,35 @@ def test_a_torch_whose_dcp_unpickles_tensors_is_refused(tiny_model_dir, tmp_path
     with pytest.raises(InputError) as caught:
         safe_dcp.load({"model": fresh(tiny_model_dir).lm.state_dict()}, folder, metadata, no_dist=True)
     assert str(caught.value) == f"--model {ckpt}: sharded/: reading a sharded checkpoint needs torch 2.6 or later (torch 2.5.1+cpu unpickles its tensors)"
+
+
+def test_state_set_on_an_allowed_class_itself_is_refused_and_changes_nothing(tiny_model_dir, tmp_path):
+    """A reviewer's attack with allowed names only: `GLOBAL pathlib PosixPath`, a state
+    {'_str': target}, BUILD (which sets class attributes when given a class), then the genuine
+    metadata. Every Path of the process then named the target, and a notebook's next write went
+    into it. BUILD is taken only on the metadata dataclasses' own instances."""
+    import struct
+
+    ckpt, _ = real_metadata(tiny_model_dir, tmp_path)
+    target = str(tmp_path / "victim")
+    original = (ckpt / "sharded" / ".metadata").read_bytes()
+    text = lambda s: b"X" + struct.pack("<I", len(s.encode())) + s.encode()
+    poison = b"cpathlib\nPosixPath\nN}" + text("_str") + text(target) + b"s\x86b0"
+    for prefix, what in ((b"cpathlib\nPosixPath\n", "pathlib.PosixPath"), (b"ctorch.serialization\n_get_layout\n", "builtins.function")):
+        (ckpt / "sharded" / ".metadata").write_bytes(original[:2] + poison.replace(b"cpathlib\nPosixPath\n", prefix) + original[2:])
+        with pytest.raises(InputError) as refused:
+            load_weights(fresh(tiny_model_dir), ckpt)
+        assert str(refused.value).endswith(f"not checkpoint metadata (state set on {'builtins.type' if 'Path' in what else what}); not loaded")
+        assert str(Path("/etc/passwd")) == "/etc/passwd" and not hasattr(Path, "_str") or Path.__dict__.get("_str") is None
+
+
+def test_an_item_file_that_is_no_regular_file_is_refused_not_waited_on(tiny_model_dir, tmp_path):
+    """A FIFO in place of a .distcp blocked the load forever (a one-line refusal of the FIFO
+    .metadata was there already)."""
+    ckpt, _ = real_metadata(tiny_model_dir, tmp_path)
+    shard = next((ckpt / "sharded").glob("*.distcp"))
+    shard.unlink()
+    os.mkfifo(shard)
+    with pytest.raises(InputError) as refused:
+        load_weights(fresh(tiny_model_dir), ckpt)
+    assert str(refused.value) == f"--model {ckpt}: sharded/{shard.name}: not a regular file; not loaded"
