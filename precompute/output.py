@@ -322,12 +322,13 @@ def _difference(old: dict | None, old_layout: dict | None, new: dict, layout: di
     differ = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
     there = old_layout if isinstance(old_layout, dict) else {}
     layout_differs = [k for k in layout if there.get(k) != layout[k]]
-    if any(k in RULE_KEYS for k in differ) and not layout_differs and all(_earlier_wording(k, old, new) for k in differ):
+    if what == "the cache" and any(k in RULE_KEYS for k in differ) and not layout_differs and all(_earlier_wording(k, old, new) for k in differ):
         # The same command: only how an earlier kto worded its rules (or recorded the model) differs.
+        # Said of a finished cache only: an unfinished one no kto-train reads, and --overwrite costs nothing.
         return (
             f"holds {what} that an earlier kto made with these settings, its rules worded otherwise then ({', '.join(differ)}; the rows "
             "may come out the same, but the fingerprint differs); kto-train still reads it, and a run begun on it resumes only on it, "
-            "so rebuild into another --out to keep such runs resumable"
+            "so another --out keeps such runs resumable"
         )
     clauses = [c for k in differ for c in _key_clauses(k, old, new)]
     clauses += [_clause(k, there.get(k, _ABSENT), layout[k]) for k in layout_differs]

@@ -114,8 +114,10 @@ def test_a_cache_an_earlier_kto_made_with_the_same_command_is_said_so():
     assert said == (
         "holds the cache that an earlier kto made with these settings, its rules worded otherwise then (kl_pairing, truncation; the rows "
         "may come out the same, but the fingerprint differs); kto-train still reads it, and a run begun on it resumes only on it, "
-        "so rebuild into another --out to keep such runs resumable"
+        "so another --out keeps such runs resumable"
     )
+    unfinished = _difference(old, {}, new, {}, "the unfinished run")  # no kto-train reads it: the plain list
+    assert unfinished.startswith("holds the unfinished run of a different configuration (differs in kl_pairing (")
     moved = _difference(old, {}, {**new, "max_length": 128}, {}, "the cache")
     assert moved.startswith("holds the cache of a different configuration (differs in kl_pairing (") and "max_length (64 there, 128 now)" in moved
     assert _difference(old, {"batch_tokens": 256}, new, {"batch_tokens": 512}, "the cache").startswith("holds the cache of a different configuration")
