@@ -81,6 +81,8 @@ def _check_flags(beta: float, batch_tokens: int | None, chunk_size: int, dtype: 
         raise InputError(f"--out {out}: inside the kto-train run {run}, which holds only its own files (its --resume refuses others); write it elsewhere")
     if out.exists() and not _is_score_file(out):
         raise InputError(f"--out {out}: exists and is not a file kto-inspect score wrote; name a new file (it replaces only its own)")
+    if str(out) == "-":  # a file named `-`, not standard output, which would read as one
+        raise InputError("--out -: kto-inspect score writes a Parquet file, not standard output; name the file (e.g. scores.parquet)")
     if _parquet_name(out) != out:  # Parquet under a .jsonl or .csv name fails far away, in the reader the name picks
         raise InputError(f"--out {out}: kto-inspect score writes Parquet; name it {_parquet_name(out)} (read it with pl.read_parquet)")
     try:
@@ -97,7 +99,7 @@ def _parquet_name(out: Path) -> Path:
         return out
     while out.suffix.lower() in OTHER_FORMATS:
         out = out.with_suffix("")
-    return out.with_name(out.name + ".parquet")
+    return out if out.suffix.lower() in (".parquet", ".pq") else out.with_name(out.name + ".parquet")  # scores.parquet.gz: scores.parquet
 
 
 def _is_score_file(path: Path) -> bool:

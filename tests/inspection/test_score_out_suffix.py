@@ -27,6 +27,7 @@ def score(cache, model, out):
         ("scores.txt", "scores.parquet"),
         ("scores.jsonl.gz", "scores.parquet"),  # every format suffix goes
         ("run.v2.csv", "run.v2.parquet"),  # a dot that names no format stays
+        ("scores.parquet.gz", "scores.parquet"),  # not scores.parquet.parquet
     ],
 )
 def test_another_formats_name_is_refused(tiny_cache, tiny_model_dir, tmp_path, name, suggested):
@@ -53,3 +54,11 @@ def test_parquet_names_and_names_without_a_format_are_written(tiny_cache, tiny_m
     assert result.exit_code == 0, result.output
     assert (tmp_path / name).read_bytes()[:4] == b"PAR1"
     assert pq.read_table(tmp_path / name).num_rows == 16
+
+
+def test_a_dash_is_no_standard_output(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """`--out -` wrote a Parquet file named `-` in the current folder, where a user meant stdout."""
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(score(tiny_cache, tiny_model_dir, "-"))
+    assert line == "kto-inspect: error: --out -: kto-inspect score writes a Parquet file, not standard output; name the file (e.g. scores.parquet)"
+    assert list(tmp_path.iterdir()) == []
