@@ -112,7 +112,9 @@ def run_steps(run: Run) -> Path:
             if signals.signum is not None:
                 log(f"kto-train: {signal.Signals(signals.signum).name} came after the last step; the run finished and {final} is whole", run.accelerator)
         # The last line, below the bar: the figure to size a job from, as kto-precompute's gives it.
-        log(f"kto-train: done at step {run.position.global_step}, peak memory {peak_words(run.memory, POLLED)}", run.accelerator)
+        # Rank 0's, printed by it: under a launcher each process has its own (a machine holds them all).
+        per = f" (rank 0's; each of the {run.accelerator.num_processes} processes has its own)" if run.accelerator.num_processes > 1 else ""
+        log(f"kto-train: done at step {run.position.global_step}, peak memory {peak_words(run.memory, POLLED)}{per}", run.accelerator)
     except BaseException:  # a NaN, the step-0 check, a second Ctrl-C, a full disk, a bug
         if not run.records_closed:
             close_after_failure(run.metrics, run.accelerator)
