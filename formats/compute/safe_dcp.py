@@ -35,11 +35,9 @@ from torch.distributed.checkpoint.planner import ReadItem
 from ..errors import InputError
 
 _PATHS = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}
-# module -> the names a DCP Metadata's pickle may name there. Metadata's dataclasses; the
-# filesystem writer's per-item record; torch.Size; a layout by name (torch.serialization's
-# _get_layout, how torch pickles torch.strided); StorageMeta.checkpoint_id, a path. torch dtypes
-# (torch.float32, ...) are allowed by what they are, in `find_class`.
-ALLOWED = {
+# The classes whose instances a DCP Metadata's pickle fills in with BUILD (their fields):
+# Metadata's dataclasses and the filesystem writer's per-item record.
+_BUILT = {
     "torch.distributed.checkpoint.metadata": {
         "Metadata",
         "TensorStorageMetadata",
@@ -48,9 +46,16 @@ ALLOWED = {
         "TensorProperties",
         "MetadataIndex",
         "StorageMeta",
-        "_MEM_FORMAT_ENCODING",
     },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+}
+# module -> the names a DCP Metadata's pickle may name there: those classes; the memory format's
+# enum; torch.Size; a layout by name (torch.serialization's _get_layout, how torch pickles
+# torch.strided); StorageMeta.checkpoint_id, a path. torch dtypes (torch.float32, ...) are
+# allowed by what they are, in `find_class`.
+ALLOWED = {
+    **_BUILT,
+    "torch.distributed.checkpoint.metadata": {*_BUILT["torch.distributed.checkpoint.metadata"], "_MEM_FORMAT_ENCODING"},
     "torch.serialization": {"_get_layout"},
     "torch": {"Size"},
     "pathlib": _PATHS,
@@ -79,21 +84,6 @@ class DcpFolder:
 
 class _NotMetadata(pickle.UnpicklingError):
     """A global that no checkpoint metadata names: `module.name`."""
-
-
-# The classes whose instances a DCP Metadata's pickle fills in with BUILD (their fields).
-_BUILT = {
-    "torch.distributed.checkpoint.metadata": {
-        "Metadata",
-        "TensorStorageMetadata",
-        "BytesStorageMetadata",
-        "ChunkStorageMetadata",
-        "TensorProperties",
-        "MetadataIndex",
-        "StorageMeta",
-    },
-    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-}
 
 
 class _MetadataUnpickler(pickle._Unpickler):
