@@ -13,9 +13,11 @@ top of a forward or backward pass inside a step is seen (sampling once per step,
 saw memory the step had already freed: 0.57 GB reported where the step reached 2.18 GB). A read
 is one pread (3.4 µs), but each wake-up takes the GIL from the main thread: on a tiny model whose
 steps are Python-bound (~33 ms) on a loaded 2-core machine, polling every 20 ms cost ~1 % of step
-time (paired median; 2 % of the main thread's CPU), every 5 ms 3.5-7 %, every 1 ms 18 %. So
-`POLL_S` is 20 ms: the peaks of a step (the end of the forward, the LM head's chunks, the start of
-the backward) last longer than that on any model large enough for its memory to matter.
+time (paired median; 2 % of the main thread's CPU), every 5 ms 3.5-7 %, every 1 ms 18 %, every
+50 ms nothing measurable; the test suite's training modules took 5 % longer at 20 ms and no
+longer at 50 ms. So `POLL_S` is 50 ms: the peaks of a step (the end of the forward, the LM head's
+chunks, the start of the backward) last longer than that on any model large enough for its
+memory to matter.
 `take_window()` at every log line gives the window's peaks. kto-precompute samples after
 every scoring batch and shard (`peak_words`). The kernel's high-water mark (VmHWM) is exact but
 counts the mapped files' pages too (and resetting it, /proc/self/clear_refs, resets it for the
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 
 GB = 1e9
 STATUS = "/proc/self/status"
-POLL_S = 0.02
+POLL_S = 0.05
 """How often `MemoryMeter.polling` reads the memory (see above): a transient shorter can slip by."""
 POLLED = f"anonymous memory, polled every {POLL_S * 1000:g} ms"
 """What kto-train's last line says of its sampled peak (`peak_words`)."""
