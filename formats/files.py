@@ -84,6 +84,14 @@ def regular_file(path: str | os.PathLike, what: str | None = None) -> Path:
     return Path(path)
 
 
+def same_dir(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` resolve to one path (links followed); False where either cannot be resolved."""
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def stat_or_none(path: str | os.PathLike, what: str, verb: str = "read") -> os.stat_result | None:
     """os.stat(`path`), symlinks followed; None where nothing is there (no such file, a file
     where a folder was named, a link to nothing). Any other failure is InputError `WHAT: cannot

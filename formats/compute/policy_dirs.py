@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from kto.formats.compute.adapters import base_model_of, is_adapter_dir, require_peft, with_adapters
 from kto.formats.errors import InputError
+from kto.formats.files import same_dir
 
 if TYPE_CHECKING:
     import torch
@@ -241,16 +242,9 @@ def base_of(adapter_dir: Path, base_model: str | None, flag: str = "--model") ->
         raise InputError(f"{flag} {adapter_dir}: an adapter directory that names no base model; pass --base-model")
     if base_model is None:
         trained_on, _ = run_setting(adapter_dir, "model")
-        if isinstance(trained_on, str) and trained_on.endswith(".gguf") and _same_dir(Path(trained_on).expanduser().parent, Path(base).expanduser()):
+        if isinstance(trained_on, str) and trained_on.endswith(".gguf") and same_dir(Path(trained_on).expanduser().parent, Path(base).expanduser()):
             return trained_on
     return base
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
 
 
 def base_of_run(checkpoint: str, base_model: str | None, flag: str = "--model") -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError, exception_line
-from ..files import read_json, stat_or_none
+from ..files import read_json, same_dir, stat_or_none
 from ..runrecord import FINAL_DIR, MERGED_DIR, refuse_run_dir_as_model, run_of_model_dir
 from .gguf_once import refuse_without_gguf
 from .sharded import SHARDED_DIR, is_sharded_checkpoint
@@ -203,7 +203,7 @@ def _no_config(path: Path, spec: str, flag: str) -> InputError:
         )
     given = Path(spec)
     # As the user wrote the path where its parent is the run, else the run's real path (a link to final/ elsewhere)
-    merged = (given.parent if given.name == path.resolve().name and _same_dir(path.parent, run) else run) / MERGED_DIR
+    merged = (given.parent if given.name == path.resolve().name and same_dir(path.parent, run) else run) / MERGED_DIR
     what = f"{flag} {spec}: a LoRA run's adapters (adapter_config.json{f', their weights sharded by FSDP in {SHARDED_DIR}/*.distcp' if sharded else ''}), not a model"
     if path.resolve().name == FINAL_DIR:
         if (run / MERGED_DIR).is_dir():
@@ -211,10 +211,3 @@ def _no_config(path: Path, spec: str, flag: str) -> InputError:
         return InputError(f"{what}; {export} writes them merged into {base}: give DIR")
     held = f"{merged} holds the run's final adapters merged into its base (give that), or " if (run / MERGED_DIR).is_dir() else ""
     return InputError(f"{what}; {held}{export} writes these merged into {base}: give DIR")
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
