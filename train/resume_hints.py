@@ -5,6 +5,7 @@ first without importing rundir's torch; it imports nothing of train/."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -44,21 +45,22 @@ def resume_name_refusal(path: Path, out: Path | None) -> str:
 
 def checkpoint_names(run: Path) -> str:
     """The checkpoint-STEP folders in `run`, oldest first, as the refusals list them ("none")."""
-    found = sorted((int(m.group(1)), p.name) for p in _entries(run) if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir())
-    return ", ".join(name for _, name in found) or "none"
+    return _folders_by_step(run, CHECKPOINT_RE) or "none"
 
 
 def set_aside_names(run: Path) -> str:
     """The checkpoints a --resume set aside in `run` (`.superseded`, `.corrupt`), by step; "" if none."""
-    found = sorted((int(m.group(1)), p.name) for p in _entries(run) if (m := ASIDE_CHECKPOINT_RE.match(p.name)) and p.is_dir())
-    return ", ".join(name for _, name in found)
+    return _folders_by_step(run, ASIDE_CHECKPOINT_RE)
 
 
-def _entries(run: Path) -> list[Path]:
+def _folders_by_step(run: Path, pattern: re.Pattern[str]) -> str:
+    """The folders in `run` whose names `pattern` matches (its group 1: the step), by step."""
     try:
-        return list(run.iterdir())
+        entries = list(run.iterdir())
     except OSError:  # no such folder, or not one: nothing in it
-        return []
+        return ""
+    found = sorted((int(m.group(1)), p.name) for p in entries if (m := pattern.match(p.name)) and p.is_dir())
+    return ", ".join(name for _, name in found)
 
 
 # The settings that ask for another number of steps (the total shapes the LR schedule, so a run
