@@ -11,7 +11,7 @@ of inspection/'s.
      "config": {every TrainConfig field, paths as strings, auto-weights resolved; a default
                 decided at run time as given: run_name null, mixed_precision "auto", …},
      "derived": {"total_steps", "world_size", "cache_fingerprint", "eval_cache_fingerprint",
-                 "model_identity"},
+                 "model_identity", "reference_identity", "steps_share_prefixes"},
      "finished_step": the step final/ holds, once it does}
 
 Its name is not `config.json`: that is a Hugging Face model's configuration, and a run record
@@ -65,6 +65,12 @@ def is_set_aside_metrics(name: str) -> bool:
 # run began with, kept once a resume changed it (train/rundir.py keep_recorded).
 EVAL_FINGERPRINT = "eval_cache_fingerprint"
 EVAL_AT_START = "eval_cache_fingerprint_at_start"
+
+
+# The identity of the run's reference model (its --cache's manifest content.model): what
+# --eval-only and kto-inspect score check another cache against when the run's --cache is not at
+# hand. Runs recorded before it name only the model they started from (derived.model_identity).
+REFERENCE_IDENTITY = "reference_identity"
 
 
 def eval_cache_at_start(derived: dict) -> str | None:

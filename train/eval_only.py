@@ -213,7 +213,7 @@ def checked_eval_cache(cfg: TrainConfig, run: RunOf, accelerator: Accelerator) -
     tokenizer, numerics and template; no shared rows). Where --model is a run's, that cache is
     the run's own: --cache must be it (its recorded fingerprint), else its recorded path where it
     still holds it; without it, the run's own eval cache passes, and another only if scored by
-    the model the run started from: another reference's rewards would be measured wrong."""
+    the run's reference (RunOf.require_its_reference): another reference's rewards would be measured wrong."""
     from kto.formats.cache import open_cache
 
     from .eval_cache import open_eval_cache

@@ -35,6 +35,7 @@ from kto.formats.runrecord import (
     LEGACY_RECORD_NAME,
     MERGED_DIR,
     METRICS_NAME,
+    REFERENCE_IDENTITY,
     RUN_RECORD_NAME,
     eval_cache_at_start,
     is_run_record,
@@ -129,8 +130,9 @@ RECORDED_SINCE = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
 
 
 # Derived entries that say what a setting came to, for the reader: decided again from the
-# settings a resume compares (steps_share_prefixes: prefix_sharing and --model's layers).
-INFORMATIONAL = frozenset({"steps_share_prefixes"})
+# settings a resume compares (steps_share_prefixes: prefix_sharing and --model's layers;
+# reference_identity: the cache, by its fingerprint).
+INFORMATIONAL = frozenset({"steps_share_prefixes", REFERENCE_IDENTITY})
 
 # The eval cache a resume may add, drop or change (evaluation changes no training number):
 # its fingerprint, and the one the run began with, kept once it changed (EVAL_AT_START).

@@ -27,7 +27,7 @@ from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.launch_agreement import check_launch_agreement, launch_settings, versions
 from kto.formats.memory import MemoryMeter
-from kto.formats.runrecord import METRICS_NAME, read_run_config
+from kto.formats.runrecord import METRICS_NAME, REFERENCE_IDENTITY, read_run_config
 
 from . import adapters, sharding, trackers
 from .checkpoint import Position
@@ -235,6 +235,7 @@ def derived_record(total_steps: int, accelerator: Accelerator, cache: ShardedCac
         "cache_fingerprint": cache.manifest.fingerprint,
         "eval_cache_fingerprint": eval_cache.manifest.fingerprint if eval_cache else None,
         "model_identity": identity,
+        REFERENCE_IDENTITY: cache.manifest.content.model,  # --eval-only and score check other caches against it
         "steps_share_prefixes": packs,  # prefix_sharing asked, and --model's layers allow it (packs_allowed)
     }
 

@@ -108,9 +108,21 @@ class RunOf:
             )
 
     def require_its_reference(self, scored_by: dict, said: str, remedy: str) -> None:
-        """Refuse a cache scored by another model than the one the run started from, when the
-        run's own cache is not at hand to tell which reference it trained against. `remedy`: the
-        caller's way out (kto-train --eval-only: give the run's cache as --cache)."""
+        """Refuse a cache scored by another model than the run's reference, when the run's own
+        cache is not at hand to tell. The record names that reference (derived.reference_identity,
+        its cache's model); a record made before it did names only the model the run started from,
+        which is the reference unless the run trained another model. `remedy`: the caller's way
+        out (kto-train --eval-only: give the run's cache as --cache)."""
+        from kto.formats.runrecord import REFERENCE_IDENTITY
+
+        reference = self.derived.get(REFERENCE_IDENTITY)
+        if isinstance(reference, dict):
+            if not same_weights(scored_by, reference):
+                raise InputError(
+                    f"{said}: scored by another model than the reference of the run {self.directory} (the model its --cache "
+                    f"{self.record['config'].get('cache')} was made with): its rewards would be measured against another reference; {remedy}"
+                )
+            return
         started = self.derived.get("model_identity")
         if not isinstance(started, dict) or same_weights(scored_by, started):
             return
@@ -125,7 +137,7 @@ class RunOf:
         kto-train checks an eval cache (train/eval_only.py checked_eval_cache): against the run's
         --cache where its recorded path still holds it (the reference is that cache's model);
         else the run's own caches pass, by their recorded fingerprints, and another only if the
-        model the run started from scored it. A model in no run (no record) passes."""
+        run's reference scored it (require_its_reference). A model in no run (no record) passes."""
         from kto.formats.manifest import same_model
         from kto.formats.runrecord import EVAL_FINGERPRINT, eval_cache_at_start
 

@@ -3,8 +3,9 @@ run's scored every row against that other reference with no word (rewards +0.06 
 whose own cache gave others), while kto-train --eval-only refuses the same pair. A policy that
 lies in a kto-train run (its final/, final-merged/, checkpoint-STEP/) is now checked as
 --eval-only checks it: against the run's --cache where its record's path still holds it, else
-the run's own caches pass and another only if the model the run started from scored it. A
-policy with no run record is scored as before."""
+the run's own caches pass and another only if the run's reference scored it (its record names
+it; a record from before that, the model the run started from). A policy with no run record is
+scored as before."""
 
 import json
 import shutil
@@ -41,11 +42,14 @@ def error_line(result) -> str:
     return result.output.strip().splitlines()[-1]
 
 
-def moved_cache(run, tmp_path):
-    """A copy of `run` whose record names a --cache that is no longer there."""
+def moved_cache(run, tmp_path, recorded_before_the_reference=False):
+    """A copy of `run` whose record names a --cache that is no longer there; with
+    `recorded_before_the_reference`, a record as runs made before derived.reference_identity."""
     moved = shutil.copytree(run, tmp_path / "run")
     record = json.loads((moved / "kto_run.json").read_text())
     record["config"]["cache"] = str(tmp_path / "moved-away")
+    if recorded_before_the_reference:
+        del record["derived"]["reference_identity"]
     (moved / "kto_run.json").write_text(json.dumps(record))
     return moved
 
@@ -62,9 +66,20 @@ def test_a_cache_of_another_reference_is_refused_as_eval_only_refuses_it(setup, 
     assert not out.exists()
 
 
-def test_without_the_runs_cache_the_model_it_started_from_decides(setup, tmp_path):
+def test_without_the_runs_cache_its_recorded_reference_decides(setup, tmp_path):
     run, tiny2, other = setup
     moved = moved_cache(run, tmp_path)
+    line = error_line(score(other, "--model", moved / "final", "--out", tmp_path / "s.parquet"))
+    assert line == (
+        f"kto-inspect: error: CACHE {other}: scored by another model than the reference of the run {moved} (the model its --cache "
+        f"{tmp_path / 'moved-away'} was made with): its rewards would be measured against another reference; score a cache of its reference"
+    )
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_run_recorded_before_its_reference_falls_back_to_the_model_it_started_from(setup, tmp_path):
+    run, tiny2, other = setup
+    moved = moved_cache(run, tmp_path, recorded_before_the_reference=True)
     line = error_line(score(other, "--model", moved / "final", "--out", tmp_path / "s.parquet"))
     assert line == (
         f"kto-inspect: error: CACHE {other}: scored by another model than the run {moved} started from "
@@ -85,10 +100,14 @@ def test_the_runs_own_caches_and_those_of_its_reference_score(setup, tiny_cache,
         assert (tmp_path / f"s{k}.parquet").is_file()
 
 
-def test_a_runs_own_cache_passes_when_it_trained_another_model_than_its_reference(tiny_cache, tiny_model_dir, tmp_path, tokenizer_dir):
-    """A run may train another model than its cache's reference (the step-0 check is then
-    skipped): its own --cache is its reference's, by its recorded fingerprint, with the cache's
-    path gone too; the model the run started from decides only for other caches."""
+def test_a_run_that_trained_another_model_than_its_reference_is_checked_against_the_reference(
+    tiny_cache, tiny_eval_cache, tiny_model_dir, tmp_path, tokenizer_dir
+):
+    """A run may train another model (tiny2) than its cache's reference (tiny): its own --cache
+    passes by its recorded fingerprint, with the cache's path gone too. Another cache is checked
+    against the reference its record names, not the model it started from: a cache of the
+    reference scores (it was refused), one of tiny2 is refused (it scored, against the wrong
+    reference)."""
     tiny2 = make_tiny_llama(tmp_path / "tiny2", tokenizer_dir, seed=1)
     result = run_train(tiny_cache, tiny2, tmp_path / "run", "--batch-size", "4", "--max-steps", "1")
     assert result.exit_code == 0, result.output
@@ -96,6 +115,13 @@ def test_a_runs_own_cache_passes_when_it_trained_another_model_than_its_referenc
     for k, model in enumerate((tmp_path / "run" / "final", moved / "final")):
         result = score(tiny_cache, "--model", model, "--out", tmp_path / f"s{k}.parquet")
         assert result.exit_code == 0, result.output
+    result = score(tiny_eval_cache, "--model", moved / "final", "--out", tmp_path / "reference.parquet")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "of-tiny2").mkdir()
+    of_tiny2 = make_cache(tmp_path / "of-tiny2", text_rows(), tiny2, "text.jsonl")
+    line = error_line(score(of_tiny2, "--model", moved / "final", "--out", tmp_path / "s.parquet"))
+    assert line.startswith(f"kto-inspect: error: CACHE {of_tiny2}: scored by another model than the reference of the run {moved} ")
+    assert not (tmp_path / "s.parquet").exists()
 
 
 def test_a_model_of_no_run_scores_any_cache(setup, tmp_path):

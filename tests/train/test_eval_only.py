@@ -182,8 +182,9 @@ def test_a_cache_other_than_the_runs_is_refused_as_cache(runs, tiny_eval_cache):
 
 
 def test_another_references_eval_cache_is_refused_when_the_runs_cache_is_not_at_hand(runs, tmp_path, tokenizer_dir):
-    """The run's --cache moved away: an eval cache scored by a model other than the one the run
-    started from would measure rewards against another reference; refused, naming the fix."""
+    """The run's --cache moved away: an eval cache scored by a model other than the run's
+    reference (its record names it) would measure rewards against another reference; refused,
+    naming the fix."""
     import shutil
 
     from conftest import make_cache, make_tiny_llama, text_rows
@@ -196,7 +197,7 @@ def test_another_references_eval_cache_is_refused_when_the_runs_cache_is_not_at_
     (tmp_path / "other").mkdir()
     other = make_cache(tmp_path / "other", text_rows(), make_tiny_llama(tmp_path / "tiny2", tokenizer_dir, seed=1), "text.jsonl")
     line = one_line_error(eval_only("--model", str(moved / "final"), "--eval-cache", str(other)))
-    assert line.startswith(f"kto-train: error: --eval-cache {other}: scored by another model than the run {moved} started from")
+    assert line.startswith(f"kto-train: error: --eval-cache {other}: scored by another model than the reference of the run {moved} ")
     assert "give the run's cache as --cache" in line
 
 

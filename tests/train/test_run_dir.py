@@ -136,6 +136,19 @@ def test_gradient_checkpointing_may_change_on_resume_unless_dropout_acts():
     assert record_differences(rec(False, True), unpacked) == []
 
 
+def test_a_run_recorded_before_its_reference_identity_resumes_with_its_checkpoints():
+    """derived.reference_identity (the cache's model, for --eval-only and score) is decided by the
+    cache's fingerprint, which a resume compares: a record without it (an earlier release) and
+    one with it differ in nothing a resume checks, and its checkpoints' settings digest matches."""
+    from kto.train.rundir import record_differences, settings_digest
+
+    before = {"config": {"beta": 0.1}, "derived": {"cache_fingerprint": "a" * 64, "model_identity": {"config": "c", "weights": {}}}}
+    now = {**before, "derived": {**before["derived"], "reference_identity": {"config": "r", "weights": {}}}}
+    assert record_differences(before, now) == []
+    assert settings_digest(before) == settings_digest(now)
+    assert settings_digest(before) != settings_digest({**before, "derived": {**before["derived"], "cache_fingerprint": "b" * 64}})
+
+
 def test_resume_on_a_rebuilt_cache_says_so_in_words(run3, tiny_cache, tiny_model_dir, tmp_path):
     """A cache rebuilt in place (kto-precompute --overwrite) differs by its fingerprint alone:
     the line says the cache is not the one the run began on, not only two hashes."""
