@@ -202,11 +202,21 @@ def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[st
     try:
         cfg = merged_config(ctx, config_file, resolved, values, given)
         eval_only_refusal(cfg, on_command_line)
+        auto_weights_refusal(cfg, ctx.meta[EXPLICIT])
         check(cfg)
         yield cfg
     except InputError as exc:
         # A check names the flag; a value the file set is named by the file's key.
         raise (file_key_error(exc, config_file, TRAIN, resolved, values, given) if config_file else exc) from None
+
+
+def auto_weights_refusal(cfg: TrainConfig, explicit: set[str]) -> None:
+    """--auto-weights replaces the desirable weight: one given too (command line or --config,
+    `explicit`) would be dropped without a word, a deliberate --desirable-weight 0 turned back on."""
+    if cfg.auto_weights and not cfg.eval_only and "desirable_weight" in explicit:
+        raise InputError(
+            f"--auto-weights: it chooses the desirable weight, so --desirable-weight {cfg.desirable_weight:g} would be replaced; give one of the two"
+        )
 
 
 def merged_config(ctx: click.Context, config_file: Path | None, resolved: Resolved, values: dict[str, Any], given: Callable[[str], bool]) -> TrainConfig:

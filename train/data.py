@@ -43,7 +43,6 @@ import torch
 from kto.formats import schema as S
 from kto.formats.cache import ShardedCache, column_view
 from kto.formats.compute.logprob import TokenBatch, make_token_batch
-from kto.formats.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -128,18 +127,23 @@ def steps_per_epoch(num_rows: int, shape: MicroBatchShape) -> int:
     return math.ceil(num_rows / shape.rows_per_step)
 
 
-def check_shape(num_rows: int, shape: MicroBatchShape) -> None:
-    """A step's slots beyond the cache's rows are filler that still runs through the model (and
-    the plan is built slot by slot): --batch-size 100000 or --grad-accum 100000000 on a small
-    cache would fill memory for nothing. A micro-batch may hold at most the cache's rows, and
-    a step at most as many micro-batches as those rows fill."""
-    if shape.batch_size > num_rows:
-        raise InputError(f"--batch-size {shape.batch_size}: the cache holds {num_rows} rows; a micro-batch can hold at most {num_rows}")
-    most = math.ceil(num_rows / shape.batch_size)
+def fitted_shape(num_rows: int, shape: MicroBatchShape) -> tuple[MicroBatchShape, list[str]]:
+    """The shape a step takes on a cache of `num_rows` rows, and a note for each flag it lowers.
+    A step's slots beyond the cache's rows are filler that still runs through the model (and the
+    plan is built slot by slot): --batch-size 100000 or --grad-accum 100000000 on a small cache
+    would fill memory for nothing, and the default --batch-size 8 would refuse a 5-row trial. As
+    a DataLoader that keeps its short last batch runs them (HF Trainer, TRL), a micro-batch holds
+    at most the cache's rows, and a step at most as many micro-batches as those rows fill."""
+    notes = []
+    batch = min(shape.batch_size, num_rows)
+    if batch < shape.batch_size:
+        notes.append(f"--batch-size {shape.batch_size}: the cache holds {num_rows} rows; micro-batches of {batch}")
+    most = math.ceil(num_rows / batch)
     if shape.grad_accum > most:
-        raise InputError(
-            f"--grad-accum {shape.grad_accum}: the cache's {num_rows} rows fill at most {most} micro-batches of --batch-size {shape.batch_size}; use --grad-accum {most} or less"
+        notes.append(
+            f"--grad-accum {shape.grad_accum}: the cache's {num_rows} rows fill {most} micro-batch{'es' if most > 1 else ''} of {batch}; steps of {most}"
         )
+    return replace(shape, batch_size=batch, grad_accum=min(shape.grad_accum, most)), notes
 
 
 def epoch_plan(lengths: np.ndarray, shape: MicroBatchShape, seed: int, epoch: int, groups: np.ndarray | None = None) -> np.ndarray:

@@ -33,7 +33,7 @@ from . import adapters, sharding, trackers
 from .checkpoint import Position
 from .checks import class_balance, loss_is_identically_zero
 from .config import TEXT_PATHS, TrainConfig, planned_steps
-from .data import MicroBatchShape, check_shape, prompt_groups, steps_per_epoch
+from .data import MicroBatchShape, fitted_shape, prompt_groups, steps_per_epoch
 from .eval_cache import note_changed_inputs, open_eval_cache, refuse_eval_split
 from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
@@ -198,8 +198,10 @@ def check_inputs(cfg: TrainConfig) -> Run:
     note_changed_inputs(cfg, cache, eval_cache, accelerator)
     check_positions(build, cfg.model, cache, eval_cache)
     cfg = apply_class_balance(cfg, manifest.counts, accelerator)
-    shape = MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
-    check_shape(cache.num_rows, shape)
+    shape, lowered = fitted_shape(cache.num_rows, MicroBatchShape(cfg.batch_size, cfg.grad_accum, accelerator.num_processes))
+    for note in lowered:
+        log(f"note: {note}", accelerator)
+    cfg = replace(cfg, batch_size=shape.batch_size, grad_accum=shape.grad_accum)  # the record holds what ran; a resume lowers them alike
     per_epoch = steps_per_epoch(cache.num_rows, shape)
     total_steps = planned_steps(cfg, per_epoch)
     check_schedule(cfg, total_steps)  # every step's rate over the run's real steps, before the model loads

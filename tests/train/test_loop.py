@@ -182,6 +182,16 @@ def test_class_balance_warning_and_auto_weights(tiny_cache, tiny_model_dir, tmp_
     assert "desirable weight 1.0 -> 2\n" in auto.output
 
 
+@pytest.mark.parametrize("weight", ["3", "0"])
+def test_auto_weights_with_a_desirable_weight_given_is_refused(tiny_cache, tiny_model_dir, tmp_path, weight):
+    """It chose another weight with a note, and turned a deliberate --desirable-weight 0 back on."""
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "r", "--max-steps", "1", "--auto-weights", "--desirable-weight", weight)
+    assert result.exit_code == 2 and train_error_line(result.output) == (
+        f"kto-train: error: --auto-weights: it chooses the desirable weight, so --desirable-weight {weight} would be replaced; give one of the two"
+    )
+    assert not (tmp_path / "r").exists()
+
+
 def test_auto_weights_applies_the_weight_the_warning_advises(tmp_path, tiny_model_dir):
     """n_D = 8, n_U = 5: the ratio 1.6 is above 4/3. The warning advises w_D = 0.8 (ratio 1.28);
     --auto-weights applies that same 0.8, not the range's edge 0.8333… (ratio 4/3)."""
@@ -410,17 +420,39 @@ def test_full_fine_tuning_of_fp16_weights_is_refused_before_any_step(tiny_cache,
     assert lora.exit_code == 0, lora.output[-2000:]
 
 
+def test_fitted_shape_lowers_a_batch_or_accumulation_the_cache_cannot_fill():
+    from kto.train.data import MicroBatchShape, fitted_shape
+
+    assert fitted_shape(16, MicroBatchShape(8, 2, 1)) == (MicroBatchShape(8, 2, 1), [])
+    assert fitted_shape(5, MicroBatchShape(8, 4, 2)) == (
+        MicroBatchShape(5, 1, 2),
+        ["--batch-size 8: the cache holds 5 rows; micro-batches of 5", "--grad-accum 4: the cache's 5 rows fill 1 micro-batch of 5; steps of 1"],
+    )
+    assert fitted_shape(16, MicroBatchShape(2, 100000000, 1))[0] == MicroBatchShape(2, 8, 1)
+
+
+def test_a_batch_larger_than_the_cache_runs_on_its_rows_with_a_note(tiny_cache, tiny_model_dir, tmp_path):
+    """As a DataLoader keeps its short last batch (HF Trainer, TRL): the default --batch-size 8 on
+    a small cache was refused; now the 16 rows make one micro-batch and the record holds it."""
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "run", "--batch-size", "100000", "--grad-accum", "3", "--max-steps", "1", "--log-every", "1")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert "note: --batch-size 100000: the cache holds 16 rows; micro-batches of 16" in result.output
+    assert "note: --grad-accum 3: the cache's 16 rows fill 1 micro-batch of 16; steps of 1" in result.output
+    record = json.loads((tmp_path / "run" / "kto_run.json").read_text())
+    assert (record["config"]["batch_size"], record["config"]["grad_accum"]) == (16, 1)
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["count/chosen"] + line["count/rejected"] == 16
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--batch-size", "2", "--grad-accum", "100000000"], "--grad-accum 100000000: the cache's 16 rows fill at most 8 micro-batches of --batch-size 2"),
-        (["--batch-size", "100000"], "--batch-size 100000: the cache holds 16 rows; a micro-batch can hold at most 16"),
         (["--seed", "-1"], "--seed -1: must be in [0, 2**32)"),
         (["--seed", str(2**64)], f"--seed {2**64}: must be in [0, 2**32)"),
         (["--drift-tolerance", "-1"], "--drift-tolerance -1.0: must not be negative"),
         (["--eval-every", "2"], "--eval-every 2: needs --eval-cache"),
     ],
-    ids=["grad-accum", "batch-size", "negative-seed", "huge-seed", "drift-tolerance", "eval-every-without-eval-cache"],
+    ids=["negative-seed", "huge-seed", "drift-tolerance", "eval-every-without-eval-cache"],
 )
 def test_flags_that_cannot_run_are_refused_before_anything_is_written(tiny_cache, tiny_model_dir, tmp_path, args, message):
     """Seen in an attack on the CLI: --grad-accum 100000000 on a 16-row cache built a plan slot
