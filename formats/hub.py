@@ -121,10 +121,34 @@ def is_hub_cache(spec: str | Path) -> bool:
     return str(spec).startswith(PREFIX)
 
 
-def push_folder(folder: Path, repo_id: str, *, dataset: bool, private: bool, message: str) -> str:
+def check_push(repo_id: str, *, dataset: bool, private: bool) -> None:
+    """Before the work a push follows (scoring, training), what would make it fail: offline mode,
+    no token, and the repo itself, created here (kept if it exists, private as asked) so that a
+    network, auth or name error is met now, as transformers' Trainer meets it in its __init__.
+    Each is one line naming --push-to-hub. The caller runs it on the main process (on_main)."""
+    from huggingface_hub import HfApi, constants, get_token
+
+    if constants.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, as read on import
+        raise InputError(f"--push-to-hub {repo_id}: offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set), so nothing can be uploaded")
+    try:
+        token = get_token()  # HF_TOKEN, then the token file of `hf auth login`
+    except Exception as exc:  # HF_OIDC_RESOURCE set and its token exchange failed
+        raise InputError(f"--push-to-hub {repo_id}: cannot get a Hugging Face token ({exception_line(exc)})") from exc
+    if token is None:
+        raise InputError(f"--push-to-hub {repo_id}: no Hugging Face token to upload with; set HF_TOKEN or run `hf auth login`")
+    kind = "dataset" if dataset else "model"
+    try:
+        HfApi().create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
+    except Exception as exc:  # network, auth, a name taken
+        raise InputError(f"--push-to-hub {repo_id}: cannot create the {kind} repo ({exception_line(exc)})") from exc
+
+
+def push_folder(folder: Path, repo_id: str, *, dataset: bool, private: bool, message: str, retry: str = "") -> str:
     """Create `repo_id` (model or dataset repo; kept if it exists) and upload `folder` in one
     commit, hidden files left out, deleting in that commit the repo's files of an earlier push
-    (CACHE_PATTERNS, MODEL_PATTERNS) that this upload does not hold. Returns the commit URL."""
+    (CACHE_PATTERNS, MODEL_PATTERNS) that this upload does not hold. Returns the commit URL.
+    `retry`: what a failed upload's line ends with, how to push again (the command's own rerun,
+    which deletes as this does; `hf upload` would leave an earlier push's files beside these)."""
     from huggingface_hub import HfApi
 
     kind = "dataset" if dataset else "model"
@@ -143,7 +167,8 @@ def push_folder(folder: Path, repo_id: str, *, dataset: bool, private: bool, mes
             delete_patterns=(CACHE_PATTERNS + ([] if keep_card else [CARD_NAME])) if dataset else MODEL_PATTERNS,
         )
     except Exception as exc:  # network, auth, a name taken: one line for the user
-        raise InputError(f"--push-to-hub {repo_id}: cannot upload {folder} ({exception_line(exc)})") from exc
+        then = f"; {retry}" if retry else ""
+        raise InputError(f"--push-to-hub {repo_id}: cannot upload {folder} ({exception_line(exc)}){then}") from exc
     if keep_card and (folder / CARD_NAME).is_file():
         configs = card_configs((folder / EVAL_DIR / MANIFEST_NAME).is_file(), flow=True)
         log(f"--push-to-hub {repo_id}: kept the repo's own {CARD_NAME}; for datasets.load_dataset and the dataset viewer, add to its YAML header: {configs}")

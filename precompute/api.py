@@ -41,6 +41,8 @@ def run(config: PrecomputeConfig) -> PrecomputeResult:
 
     Raises InputError on bad input (nothing half-written); reruns resume as the CLI does."""
     check_paths(config)  # seconds sooner than after the imports below, with the same messages
+    if config.push_to_hub:
+        check_push(config)  # before the model loads or a row is scored
     from .pipeline import run_precompute  # torch and the models load on call, not on import
 
     result = result_of(config, run_precompute(config))
@@ -61,6 +63,20 @@ def check_paths(config: PrecomputeConfig) -> None:
     check_distinct_files((*config.data, *config.eval_data), flags)  # a link to another input would read every row twice
 
 
+def check_push(config: PrecomputeConfig) -> None:
+    """--push-to-hub's offline mode, token and repo (created now, private as asked), checked on
+    the main process before any work (formats/hub.py check_push); every process stops with the
+    line where it fails (on_main)."""
+    import torch
+    from accelerate import PartialState
+
+    from kto.formats.errors import on_main
+    from kto.formats.hub import check_push as check_hub_push
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # the one run_precompute uses (a singleton)
+    on_main(lambda: check_hub_push(config.push_to_hub, dataset=True, private=config.hub_private), state)
+
+
 def push(config: PrecomputeConfig, result: PrecomputeResult) -> None:
     """The main process uploads the finished cache as a dataset repo (hidden bookkeeping left
     out); `kto-train --cache hf:ORG/NAME` reads it back. The others wait for the upload."""
@@ -70,7 +86,9 @@ def push(config: PrecomputeConfig, result: PrecomputeResult) -> None:
     from kto.formats.hub import push_folder
 
     def upload() -> None:
-        url = push_folder(result.cache, config.push_to_hub, dataset=True, private=config.hub_private, message=f"kto-precompute cache {result.fingerprint}")
+        retry = "the cache is complete: run the same command again to push it"  # a rerun scores nothing, then pushes
+        message = f"kto-precompute cache {result.fingerprint}"
+        url = push_folder(result.cache, config.push_to_hub, dataset=True, private=config.hub_private, message=message, retry=retry)
         log(f"pushed {result.cache} to dataset {config.push_to_hub} ({url})")
 
     on_main(upload, PartialState())  # a failed upload stops every process with the same line

@@ -84,7 +84,7 @@ from .config import DTYPES, PrecomputeConfig
     " and swapped in once complete: until then the old cache stays whole, and a stopped run resumes with the same command."
     " A kto-train already reading the old cache finishes on it (it holds every shard open).",
 )
-@click.option("--push-to-hub", default=None, help="Upload the finished cache to this hub dataset repo (ORG/NAME).")
+@click.option("--push-to-hub", default=None, help="Upload the finished cache to this hub dataset repo (ORG/NAME), created (token checked) before scoring.")
 @click.option("--hub-private/--no-hub-private", default=False, help="Create the --push-to-hub repo private (--no-hub-private: public, over a config file).")
 @click.option("--prompt-column", default="prompt")
 @click.option("--completion-column", default="completion")

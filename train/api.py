@@ -53,6 +53,7 @@ def run(config: TrainConfig) -> TrainResult:
 
     if config.eval_only:
         raise InputError("eval_only=True trains nothing: call kto.train.evaluate_model(config), which returns the eval line")
+    check_push(config)  # before the cache is fetched, the model loads or a step runs
     config = with_hub_caches(config)
     # The exception the caller is handling, if any (run called in its `except KeyboardInterrupt:`):
     # the run's own exceptions chain onto it, and it is no interrupt of the run.
@@ -79,9 +80,30 @@ def run(config: TrainConfig) -> TrainResult:
         from kto.formats.errors import log
         from kto.formats.hub import push_folder
 
-        url = push_folder(result.final, config.push_to_hub, dataset=False, private=config.hub_private, message=f"kto-train: {result.steps} steps")
+        retry = "final/ is complete: push it with the same command and --resume"  # a finished run resumed trains nothing, then pushes
+        url = push_folder(result.final, config.push_to_hub, dataset=False, private=config.hub_private, message=f"kto-train: {result.steps} steps", retry=retry)
         log(f"pushed {result.final} to {config.push_to_hub} ({url})")
     return result
+
+
+def check_push(config: TrainConfig) -> None:
+    """With --push-to-hub: offline mode, no token and a repo that cannot be created are refused
+    before any work (formats/hub.py check_push), on the main process, every rank stopping with
+    its line (on_main). The state made for it is given back, so the run sets accelerate up
+    afresh; a group it started stays for the run (train/processes.py)."""
+    if not config.push_to_hub:
+        return
+    import torch
+    from accelerate import PartialState
+
+    from kto.formats.errors import on_main
+    from kto.formats.hub import check_push as check_hub_push
+
+    from .processes import borrowed_accelerate_state
+
+    with borrowed_accelerate_state():  # cpu=True: accelerate starts a gloo group for several CPU processes only then
+        state = PartialState(cpu=not torch.cuda.is_available())
+        on_main(lambda: check_hub_push(config.push_to_hub, dataset=False, private=config.hub_private), state)
 
 
 def with_hub_caches(config: TrainConfig) -> TrainConfig:

@@ -122,7 +122,7 @@ EXPLICIT = "kto.explicit"  # ctx.meta: the settings the command line or --config
 @click.option("--merge-adapters", is_flag=True, help="Also write OUT/final-merged (base + adapters).")
 @click.option("--fsdp", is_flag=True, help="FSDP2 sharding (as accelerate launch --use_fsdp).")
 @click.version_option(package_name="kto-offline", prog_name="kto-train")
-@click.option("--push-to-hub", default=None, help="Upload final/ to this hub model repo (ORG/NAME) at the end.")
+@click.option("--push-to-hub", default=None, help="Upload final/ to this hub model repo (ORG/NAME) at the end; the repo is created (token checked) first.")
 @click.option("--hub-private/--no-hub-private", default=False, help="Create the --push-to-hub repo private (--no-hub-private: public, over a config file).")
 @click.pass_context
 @one_line_errors("kto-train")

@@ -183,7 +183,8 @@ def load_line(config: dict, adapter: bool) -> str:
     base = f"the GGUF file `{config['model']}`, dequantized on load" if gguf else f"`{config['model']}`"
     line = f'`peft.AutoPeftModelForCausalLM.from_pretrained("<this folder>"{extra})` (the base is {base})'
     if config.get("merge_adapters"):
-        line += f"; {MERGED_DIR}/ beside this folder holds the same model merged, which loads without peft"
+        # Said so that it is true on the Hub too, where --push-to-hub put final/ alone.
+        line += f"; the run directory that holds this folder also holds {MERGED_DIR}/, the same model merged, which loads without peft (kto-train's --push-to-hub uploads this folder alone)"
     return line
 
 

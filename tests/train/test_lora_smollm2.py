@@ -206,7 +206,7 @@ def test_lora_on_a_gguf_base_loads_the_way_its_card_says(tmp_path):
     assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(gguf.parent)
     code = card_load_code((final / "README.md").read_text(), final)
     assert code == f'peft.AutoPeftModelForCausalLM.from_pretrained("{final}", gguf_file="{gguf.name}")'
-    assert "final-merged/ beside this folder holds the same model merged" in (final / "README.md").read_text()
+    assert "the run directory that holds this folder also holds final-merged/, the same model merged" in (final / "README.md").read_text()
     model = eval(code, {"peft": peft, "transformers": transformers})  # the card's code, as a reader runs it
     saved = load_file(final / "adapter_model.safetensors")
     loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}

@@ -207,6 +207,7 @@ def test_a_gguf_base_is_named_by_its_folder_and_loaded_with_gguf_file(tmp_path, 
     )
     assert load_line({"model": "plain", "merge_adapters": True}, adapter=True) == (
         '`peft.AutoPeftModelForCausalLM.from_pretrained("<this folder>")` (the base is `plain`); '
-        "final-merged/ beside this folder holds the same model merged, which loads without peft"
+        "the run directory that holds this folder also holds final-merged/, the same model merged, which loads without peft "
+        "(kto-train's --push-to-hub uploads this folder alone)"
     )
     assert load_line({"model": "models/m.Q4_1.gguf"}, adapter=False) == '`transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`'

@@ -1,0 +1,174 @@
+"""--push-to-hub checked before the work it follows (as transformers' Trainer creates the repo in
+its __init__): offline mode, no token, and a repo that cannot be created (network, auth) are one
+line naming --push-to-hub before any model loads, and nothing is written to --out. A push that
+fails after the work says how to retry, and the retry pushes (the local Hub stand-in,
+tests/hub_server.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import chat_rows, run_train, train_error_line, write_rows
+from hub_server import FakeHub, Repo
+
+import kto.precompute
+from kto.formats.errors import InputError
+from kto.precompute.config import PrecomputeConfig
+
+TRAIN = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps", "1"]
+
+
+def point_at(monkeypatch, url: str, tmp_path: Path) -> None:
+    """huggingface_hub pointed at `url` as HF_ENDPOINT would, with a token and an empty HF cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    with FakeHub() as server:
+        point_at(monkeypatch, server.url, tmp_path)
+        yield server
+
+
+def fail_next_commit(server: FakeHub) -> None:
+    """The stand-in answers the next commit with an error (as a dropped connection or a Hub
+    outage would end an upload), then serves as before."""
+    real = server.post
+    failed = []
+
+    def post(handler, path: str, body: bytes) -> None:
+        if "/commit/" in path and not failed:
+            failed.append(path)
+            return server.send(handler, 400, {"error": "the Hub is away for a moment"})
+        return real(handler, path, body)
+
+    server.post = post
+
+
+def visible_files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)
+    }
+
+
+def precompute_config(tmp_path: Path, model: Path, repo: str = "me/cache") -> PrecomputeConfig:
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows()[:6])
+    return PrecomputeConfig(data=(data,), model=str(model), out=tmp_path / "cache", max_length=64, batch_tokens=256, push_to_hub=repo)
+
+
+def no_token(monkeypatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+def offline(monkeypatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets on import
+
+
+def unreachable(monkeypatch, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    point_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path)
+
+
+REFUSALS = [
+    (offline, "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"),
+    (no_token, "no Hugging Face token to upload with; set HF_TOKEN or run `hf auth login`"),
+    (unreachable, "cannot create the {kind} repo (ConnectError"),
+]
+
+
+@pytest.mark.parametrize(("setting", "says"), REFUSALS, ids=["offline", "no-token", "no-network"])
+def test_train_refuses_a_push_bound_to_fail_before_any_step(setting, says, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
+    """`HF_HUB_OFFLINE=1 kto-train ... --push-to-hub me/x` trained every step, then failed."""
+    import kto.train.loop
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    setting(monkeypatch, tmp_path)
+    monkeypatch.setattr(kto.train.loop, "check_inputs", lambda cfg: pytest.fail("the run started"))
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "me/policy")
+    assert result.exit_code == 2, result.output
+    line = train_error_line(result.output)
+    assert line.startswith("kto-train: error: --push-to-hub me/policy: ") and says.format(kind="model") in line, line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("setting", "says"), REFUSALS, ids=["offline", "no-token", "no-network"])
+def test_precompute_refuses_a_push_bound_to_fail_before_scoring(setting, says, monkeypatch, tmp_path, tiny_model_dir):
+    import kto.precompute.pipeline
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    setting(monkeypatch, tmp_path)
+    monkeypatch.setattr(kto.precompute.pipeline, "_run", lambda *a: pytest.fail("the run started"))
+    config = precompute_config(tmp_path, tiny_model_dir)
+    with pytest.raises(InputError) as err:
+        kto.precompute.run(config)
+    assert str(err.value).startswith("--push-to-hub me/cache: ") and says.format(kind="dataset") in str(err.value), err.value
+    assert not config.out.exists()
+
+
+def test_the_repo_is_created_before_the_run(hub, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
+    """Private as asked, before the first step (here the run is stopped at its start)."""
+    import kto.train.loop
+
+    def stop(cfg):
+        assert hub.repos[("model", "me/policy")].private  # already there
+        raise InputError("stopped here")
+
+    monkeypatch.setattr(kto.train.loop, "check_inputs", stop)
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "me/policy", "--hub-private")
+    assert "stopped here" in train_error_line(result.output)
+
+
+def test_a_failed_train_push_is_retried_with_resume(hub, tmp_path, tiny_cache, tiny_model_dir):
+    """A LoRA run with --merge-adapters pushed over an earlier full model; the upload fails after
+    the run: the line says final/ is complete and how to push it. The same command with --resume
+    trains nothing and pushes, deleting the full model's weights and config (`hf upload`, the
+    advice before, kept them beside the adapter). The card on the Hub says final-merged/ stayed
+    in the run directory: final/ alone is uploaded."""
+    earlier = {"model.safetensors": b"full", "config.json": b"{}", "notes.md": b"mine"}
+    hub.repos[("model", "me/policy")] = repo = Repo(private=False, files=dict(earlier))
+    out = tmp_path / "run"
+    command = [*TRAIN, "--lora-r", "2", "--merge-adapters", "--push-to-hub", "me/policy"]
+    fail_next_commit(hub)
+    failed = run_train(tiny_cache, tiny_model_dir, out, *command)
+    assert failed.exit_code == 2, failed.output
+    line = train_error_line(failed.output)
+    assert f"cannot upload {out / 'final'} (" in line and line.endswith("; final/ is complete: push it with the same command and --resume"), line
+    assert repo.files == earlier
+    again = run_train(tiny_cache, tiny_model_dir, out, *command, "--resume")
+    assert again.exit_code == 0, again.output
+    assert "nothing to do" in again.output and "pushed " in again.output
+    assert repo.files == {**visible_files(out / "final"), "notes.md": b"mine"} and "adapter_model.safetensors" in repo.files
+    card = repo.files["README.md"].decode()
+    assert "the run directory that holds this folder also holds final-merged/" in card and "--push-to-hub uploads this folder alone" in card
+    assert (out / "final-merged" / "model.safetensors").is_file()
+
+
+def test_a_failed_cache_push_is_retried_by_running_again(hub, tmp_path, tiny_model_dir):
+    config = precompute_config(tmp_path, tiny_model_dir)
+    fail_next_commit(hub)
+    with pytest.raises(InputError) as err:
+        kto.precompute.run(config)
+    line = str(err.value)
+    assert line.startswith(f"--push-to-hub me/cache: cannot upload {config.out} (") and line.endswith(
+        "; the cache is complete: run the same command again to push it"
+    ), line
+    repo = hub.repos[("dataset", "me/cache")]
+    assert repo.files == {}
+    kto.precompute.run(config)
+    assert repo.files == visible_files(config.out) and "manifest.json" in repo.files
