@@ -11,7 +11,9 @@ of inspection/'s.
      "config": {every TrainConfig field, paths as strings, auto-weights resolved; a default
                 decided at run time as given: run_name null, mixed_precision "auto", …},
      "derived": {"total_steps", "world_size", "cache_fingerprint", "eval_cache_fingerprint",
-                 "model_identity", "reference_identity", "steps_share_prefixes"},
+                 "model_identity", "reference_identity", "steps_share_prefixes",
+                 "mixed_precision_in_force": no | bf16 | fp16, what `auto` came to (runs
+                 recorded before it lack it)},
      "finished_step": the step final/ holds, once it does}
 
 Its name is not `config.json`: that is a Hugging Face model's configuration, and a run record

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from kto.formats.atomic import DiskFullError, FileTooLargeError
-from kto.formats.compute.numerics import train_numerics
+from kto.formats.compute.numerics import NAMES, train_numerics
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.memory import POLLED, peak_words
 from kto.formats.metrics_line import EVAL_CACHE_KEY, eval_cache_name
@@ -294,12 +294,26 @@ def drift_cause(run: Run, cache_numerics: str, numerics: str) -> str:
             "that quantization error is the likely cause. Raise --drift-tolerance knowingly, or leave it out "
             "(the check is then reported, not enforced, with quantized base weights)."
         )
-    hint = (
-        f"the cache was scored with {cache_numerics} and this run computes with {numerics}"
-        if cache_numerics != numerics
-        else "attention implementation or library versions differ from kto-precompute's"
-    )
-    return f"{hint}. Match them, or raise --drift-tolerance knowingly."
+    if cache_numerics == numerics:
+        return "attention implementation or library versions differ from kto-precompute's. Match them, or raise --drift-tolerance knowingly."
+    ways = ways_to_match(cache_numerics, numerics, run.cfg.dtype, run.accelerator.mixed_precision, run.accelerator.device.type)
+    return f"the cache was scored with {cache_numerics} and this run computes with {numerics}. Match them{ways}, or raise --drift-tolerance knowingly."
+
+
+def ways_to_match(cache_numerics: str, numerics: str, dtype: str, mixed: str, device_type: str) -> str:
+    """' (kto-train --mixed-precision bf16, or kto-precompute --dtype fp32 for a new cache)': the
+    flags that make the two numerics one, either side. kto-train computes as the cache was scored
+    (an `amp-X` cache: fp32 weights under X autocast), naming the flags this run has otherwise;
+    kto-precompute scores a new cache as this run computes, where that is one of its --dtype names."""
+    ways, named = [], set(NAMES) - {"auto"}  # what a manifest records and kto-precompute --dtype takes
+    if cache_numerics in named:
+        weights, amp = ("fp32", cache_numerics.removeprefix("amp-")) if cache_numerics.startswith("amp-") else (cache_numerics, "no")
+        flags = [f"--dtype {weights}"] * (weights != dtype) + [f"--mixed-precision {amp}"] * (amp != mixed)
+        cpu = " on a GPU (it runs no fp16 autocast on CPU)" if amp == "fp16" and device_type != "cuda" else ""
+        ways += [f"kto-train {' '.join(flags)}{cpu}"] if flags else []
+    if numerics in named:
+        ways.append(f"kto-precompute --dtype {numerics} for a new cache")
+    return f" ({', or '.join(ways)})" if ways else ""
 
 
 @contextlib.contextmanager

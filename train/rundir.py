@@ -134,6 +134,13 @@ RECORDED_SINCE = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
 # reference_identity: the cache, by its fingerprint).
 INFORMATIONAL = frozenset({"steps_share_prefixes", REFERENCE_IDENTITY})
 
+# The precision a run computes in: --mixed-precision with `auto` resolved (setup.py
+# mixed_precision_in_force; bf16 autocast on CUDA, none on CPU), in `derived` since kto recorded
+# it. `auto` alone does not say what ran: begun on CPU and resumed on a GPU, the run would switch
+# from fp32 to bf16 autocast. A resume compares what is in force, not the words (`auto` and the
+# `no` it meant are the same run); a record made before it, by the words, as then.
+IN_FORCE = "mixed_precision_in_force"
+
 # The eval cache a resume may add, drop or change (evaluation changes no training number):
 # its fingerprint, and the one the run began with, kept once it changed (EVAL_AT_START).
 EVAL_DERIVED = frozenset({EVAL_FINGERPRINT, EVAL_AT_START})
@@ -149,11 +156,15 @@ def record_differences(saved: dict, now: dict, default_targets: Callable[[], Seq
     """'name (X there, Y now)' for each setting a resume may not change. `default_targets`: the
     LoRA targets that lora_target_modules None stands for (--model's linear layers), asked for
     only when one side is None and the other a list; without it the two differ."""
-    out = []
+    out, in_force = [], _in_force(saved, now)
     for part in ("config", "derived"):
         a, b = _as_recorded_since(part, saved.get(part, {})), _as_recorded_since(part, now[part])
         for k in sorted(set(a) | set(b)):
-            if _resume_may_change(part, k):
+            if _resume_may_change(part, k) or (k == "mixed_precision" and part == "config" and in_force is not None):
+                continue  # (--mixed-precision: compared by what is in force, IN_FORCE, where both records say it)
+            if k == IN_FORCE and part == "derived":
+                if in_force is not None and in_force[0] != in_force[1]:
+                    out.append(_precision_difference(saved.get("config", {}), now["config"], *in_force))
                 continue
             if k == "model_identity" and k in a and k in b and same_model(a[k], b[k]):
                 continue  # a record made before the identity gained a key still matches
@@ -164,6 +175,22 @@ def record_differences(saved: dict, now: dict, default_targets: Callable[[], Seq
             elif a.get(k, "(absent)") != b.get(k, "(absent)"):
                 out.append(f"{k} ({_show(a.get(k, '(absent)'))} there, {_show(b.get(k, '(absent)'))} now)")
     return out + _dropout_draws_differ(saved.get("config", {}), now)
+
+
+def _in_force(saved: dict, now: dict) -> tuple[str, str] | None:
+    """(there, now): the precision in force each record says (IN_FORCE); None where either
+    lacks it (a record made before it: the words are compared instead)."""
+    there, here = saved.get("derived", {}).get(IN_FORCE), now.get("derived", {}).get(IN_FORCE)
+    return None if there is None or here is None else (there, here)
+
+
+def _precision_difference(config_there: dict, config_now: dict, there: str, now: str) -> str:
+    """Another precision in force, said with the words given where they differ from it (`auto
+    meaning no there, auto meaning bf16 now`), and what `auto` means where one side said it."""
+    words = (config_there.get("mixed_precision"), config_now.get("mixed_precision"))
+    said = [str(in_force) if word == in_force else f"{word} meaning {in_force}" for word, in_force in zip(words, (there, now))]
+    why = ": auto is bf16 autocast on CUDA, none on CPU" if "auto" in words else ""
+    return f"mixed_precision ({said[0]} there, {said[1]} now{why})"
 
 
 def _model_difference(config_there: dict, config_now: dict, there: object, now: object) -> str:
@@ -198,10 +225,15 @@ def keep_recorded(record: dict, saved: dict) -> None:
     """After a resume found no difference: `record` takes the values the run recorded where the
     two may be written otherwise yet mean the same (record_differences' exceptions), so the
     record stays as the run wrote it and the settings digest, which hashes values as written,
-    matches its checkpoints' own: the LoRA targets as spelt, and the model identity of a run
+    matches its checkpoints' own: the LoRA targets as spelt, the model identity of a run
     recorded before the identity gained a key (its sha256 of each weight file: otherwise every
-    run started before that could not be resumed)."""
+    run started before that could not be resumed), --mixed-precision as given (`auto` where this
+    resume says the `no` it meant), and no precision in force where the run recorded none."""
     keep_recorded_targets(record, saved)
+    if IN_FORCE not in saved.get("derived", {}):
+        record["derived"].pop(IN_FORCE, None)  # a record made before it stays so: its checkpoints' digest hashes none
+    elif "mixed_precision" in saved.get("config", {}):
+        record["config"]["mixed_precision"] = saved["config"]["mixed_precision"]  # `auto` there, the `no` it meant now
     there, now = saved.get("derived", {}).get("model_identity"), record.get("derived", {}).get("model_identity")
     if there is not None and now is not None and same_model(there, now):
         record["derived"]["model_identity"] = there
@@ -404,6 +436,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
             + " may change on resume"
             + ("; the cache is not the one the run began on (rebuilt or replaced since): a run resumes only on its own cache" if rebuilt else "")
             + (train_further_hint(out, saved.get("config", {})) if asks_more_steps(differs, saved, record) else "")
+            + _precision_hint(differs, saved)
         )
     keep_recorded(record, saved)
     changed = resumable_changes(saved, record)
@@ -423,6 +456,15 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     if isinstance(cfg.resume, Path):
         return chosen_checkpoint(out, cfg.resume, log)
     return usable_checkpoint(out, log)
+
+
+def _precision_hint(differs: list[str], saved: dict) -> str:
+    """The way out of a refused resume whose precision in force differs: the value the run
+    recorded in force, given explicitly (with a record made before it, what `auto` meant is not known)."""
+    there = saved.get("derived", {}).get(IN_FORCE)
+    if there is None or not any(d.startswith("mixed_precision (") for d in differs):
+        return ""
+    return f"; pass --mixed-precision {there} to resume in the precision the run trained with"
 
 
 def resumable_changes(saved: dict, record: dict) -> list[str]:

@@ -20,6 +20,7 @@ from kto.formats.cache import ShardedCache, open_cache
 from kto.formats.compute.identity import model_identity
 from kto.formats.compute.load_options import check_attention_implementation
 from kto.formats.compute.logprob import check_cache_positions
+from kto.formats.compute.numerics import train_numerics
 from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.compute.sources import ModelSource, resolve_source
 from kto.formats.compute.tokenizer_check import ChatTemplateDiffers, check_cache_tokenizer
@@ -38,7 +39,7 @@ from .eval_cache import note_changed_inputs, open_eval_cache, refuse_eval_split
 from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
-from .rundir import config_record, keep_recorded, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record
+from .rundir import IN_FORCE, config_record, keep_recorded, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
@@ -117,6 +118,14 @@ def mixed_precision_in_force(cfg: TrainConfig) -> str:
         # autocast over fp16 weights mixes two half formats.
         raise InputError(f"--dtype fp16: needs --mixed-precision no (it resolved to {mixed})")
     return mixed
+
+
+def precision_said(cfg: TrainConfig, accelerator: Accelerator) -> str:
+    """The numerics this run computes in, for the line that stands where the step-0 check would
+    say them (a resume's, or another model's): `auto` named with what it came to here."""
+    mixed = accelerator.mixed_precision
+    given = f"mixed precision {mixed}" + (" (auto here)" if cfg.mixed_precision == "auto" else "")
+    return f"this run computes in {train_numerics(cfg.dtype, mixed).name} (--dtype {cfg.dtype}, {given})"
 
 
 def launch_settings_of(cfg: TrainConfig) -> dict[str, str]:
@@ -239,6 +248,7 @@ def derived_record(total_steps: int, accelerator: Accelerator, cache: ShardedCac
         "model_identity": identity,
         REFERENCE_IDENTITY: cache.manifest.content.model,  # --eval-only and score check other caches against it
         "steps_share_prefixes": packs,  # prefix_sharing asked, and --model's layers allow it (packs_allowed)
+        IN_FORCE: accelerator.mixed_precision,  # no | bf16 | fp16: what `auto` came to here (rundir.py compares it on --resume)
     }
 
 
@@ -449,7 +459,7 @@ def setup(run: Run) -> Run:
             else f"{not_the_reference(cfg, run.cache.manifest)} (its identity differs from the manifest's); "
             "the rewards r = log πθ − log πref are measured against that reference"
         )
-        log(f"step-0 check skipped: {why}", accelerator)
+        log(f"step-0 check skipped: {why}; {precision_said(cfg, accelerator)}", accelerator)
     metrics = open_records(cfg, run.record, position, accelerator)
     log(f"{run.cache.num_rows} rows, {run.steps_per_epoch} steps per epoch of {run.shape.rows_per_step} rows, {run.total_steps} steps", accelerator)
     said = warmup_note(cfg, run.total_steps)

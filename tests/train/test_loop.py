@@ -234,6 +234,7 @@ def test_matching_amp_numerics_pass_the_step0_check(tmp_path, tiny_model_dir):
     assert "cache numerics amp-bf16, this run amp-bf16" in result.output
     mismatch = train_cli(cache, tiny_model_dir, tmp_path / "r2", "--max-steps", "1", "--drift-tolerance", "1e-6")
     assert mismatch.exit_code == 2 and "scored with amp-bf16 and this run computes with fp32" in mismatch.output
+    assert "Match them (kto-train --mixed-precision bf16, or kto-precompute --dtype fp32 for a new cache)" in mismatch.output
 
 
 def test_gradient_checkpointing_gives_the_same_run(full_run, tiny_cache, tiny_model_dir, tmp_path):
