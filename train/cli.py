@@ -75,7 +75,11 @@ EXPLICIT = "kto.explicit"  # ctx.meta: the settings the command line or --config
 @click.option("--mixed-precision", default="auto", type=click.Choice(MIXED_PRECISION))
 @click.option("--dtype", default="fp32", type=click.Choice(DTYPES), help="Weight dtype.")
 @click.option("--gradient-checkpointing", is_flag=True)
-@click.option("--prefix-sharing/--no-prefix-sharing", default=True, help="Run a prompt shared by rows of a step once (same numbers, less compute).")
+@click.option(
+    "--prefix-sharing/--no-prefix-sharing",
+    default=True,
+    help="Run a prompt shared by rows of a step once (each step's numbers the same to fp32 rounding, less compute). It also gathers rows that share a prompt (paired data) into the same micro-batch, so --no-prefix-sharing trains on other steps there: another run, not a check of this one.",
+)
 @click.option("--keep-dropout", is_flag=True, help="Keep the model's dropout and --lora-dropout (disabled by default).")
 @click.option("--log-every", default=10, help="Log train metrics every N steps, and the last step (0: no train lines in metrics.jsonl).")
 @click.option("--save-every", default=0, help="Checkpoint every N steps (0: final model only).")
