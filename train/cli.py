@@ -47,7 +47,7 @@ EXPLICIT = "kto.explicit"  # ctx.meta: the settings the command line or --config
 @click.option("--beta", default=0.1)
 @click.option("--desirable-weight", default=1.0)
 @click.option("--undesirable-weight", default=1.0)
-@click.option("--auto-weights", is_flag=True, help="Set w_D so (w_D·n_D)/(w_U·n_U) ∈ [1, 4/3].")
+@click.option("--auto-weights/--no-auto-weights", default=False, help="Set w_D so (w_D·n_D)/(w_U·n_U) ∈ [1, 4/3] (--no-auto-weights: off, over a config file).")
 @click.option("--loss", default="kto", type=click.Choice([t.value for t in LossType]))
 @click.option("--sft-weight", default=0.0, help="γ · mean NLL of desirable completion tokens.")
 @click.option("--lr", default=1e-6)
@@ -206,7 +206,7 @@ def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[st
     try:
         cfg = merged_config(ctx, config_file, resolved, values, given)
         eval_only_refusal(cfg, on_command_line)
-        auto_weights_refusal(cfg, ctx.meta[EXPLICIT])
+        auto_weights_refusal(cfg, on_command_line, ctx.meta[EXPLICIT])
         check(cfg)
         yield cfg
     except InputError as exc:
@@ -214,12 +214,17 @@ def config_in_force(ctx: click.Context, config_file: Path | None, flags: dict[st
         raise (file_key_error(exc, config_file, TRAIN, resolved, values, given) if config_file else exc) from None
 
 
-def auto_weights_refusal(cfg: TrainConfig, explicit: set[str]) -> None:
-    """--auto-weights replaces the desirable weight: one given too (command line or --config,
-    `explicit`) would be dropped without a word, a deliberate --desirable-weight 0 turned back on."""
-    if cfg.auto_weights and not cfg.eval_only and "desirable_weight" in explicit:
+def auto_weights_refusal(cfg: TrainConfig, on_command_line: set[str], explicit: set[str]) -> None:
+    """--auto-weights replaces the desirable weight: one given too would be dropped without a
+    word, a deliberate --desirable-weight 0 turned back on. Given on the command line, or in
+    --config (`explicit`) at another value than the default 1 (files dumped by TRL write
+    desirable_weight 1.0 whatever was meant)."""
+    if not cfg.auto_weights or cfg.eval_only or "desirable_weight" not in explicit:
+        return
+    if "desirable_weight" in on_command_line or cfg.desirable_weight != DEFAULTS["desirable_weight"]:
+        off = "" if "auto_weights" in on_command_line else " (--no-auto-weights turns off a config file's)"
         raise InputError(
-            f"--auto-weights: it chooses the desirable weight, so --desirable-weight {cfg.desirable_weight:g} would be replaced; give one of the two"
+            f"--auto-weights: it chooses the desirable weight, so --desirable-weight {cfg.desirable_weight:g} would be replaced; give one of the two{off}"
         )
 
 

@@ -192,6 +192,26 @@ def test_auto_weights_with_a_desirable_weight_given_is_refused(tiny_cache, tiny_
     assert not (tmp_path / "r").exists()
 
 
+def test_auto_weights_from_a_config_file_against_a_desirable_weight(tiny_cache, tiny_model_dir, tmp_path):
+    """A file's auto_weights with --desirable-weight on the command line: refused, naming
+    --no-auto-weights, which turns the file's off. A file's desirable_weight at the default 1
+    (TRL dumps it whatever was meant) with --auto-weights is no contradiction."""
+    auto = tmp_path / "auto.yaml"
+    auto.write_text("auto_weights: true\n")
+    refused = train_cli(tiny_cache, tiny_model_dir, tmp_path / "a", "--max-steps", "1", "--config", auto, "--desirable-weight", "2")
+    assert refused.exit_code == 2 and train_error_line(refused.output).endswith(
+        "so --desirable-weight 2 would be replaced; give one of the two (--no-auto-weights turns off a config file's)"
+    )
+    assert not (tmp_path / "a").exists()
+    off = train_cli(tiny_cache, tiny_model_dir, tmp_path / "b", "--max-steps", "1", "--config", auto, "--desirable-weight", "2", "--no-auto-weights")
+    assert off.exit_code == 0, off.output[-2000:]
+    assert json.loads((tmp_path / "b" / "kto_run.json").read_text())["config"]["desirable_weight"] == 2
+    dumped = tmp_path / "trl.yaml"
+    dumped.write_text("desirable_weight: 1.0\nundesirable_weight: 2.0\n")
+    ok = train_cli(tiny_cache, tiny_model_dir, tmp_path / "c", "--max-steps", "1", "--config", dumped, "--auto-weights")
+    assert ok.exit_code == 0 and "desirable weight 1.0 -> 2\n" in ok.output, ok.output[-2000:]
+
+
 def test_auto_weights_applies_the_weight_the_warning_advises(tmp_path, tiny_model_dir):
     """n_D = 8, n_U = 5: the ratio 1.6 is above 4/3. The warning advises w_D = 0.8 (ratio 1.28);
     --auto-weights applies that same 0.8, not the range's edge 0.8333… (ratio 4/3)."""
