@@ -219,14 +219,21 @@ class Ragged:
         return cls(values.astype(dtype, copy=False), offsets)
 
 
+def numpy_dtype(type: pa.DataType) -> np.dtype:
+    """The numpy dtype of an Arrow number or bool type (int32 → int32, float → float32, bool → bool).
+    Not `type.to_pandas_dtype()`: pyarrow 15 to 25 import pandas there, which is not a dependency."""
+    return pa.array([], type=type).to_numpy(zero_copy_only=False).dtype
+
+
 def to_arrow(rows: Ragged | Sequence[Sequence] | None, type: pa.ListType, n: int = 0) -> pa.Array:
     """The Arrow list column of `rows` (a Ragged, or one sequence per row), its values cast to
     `type`'s value type and its offsets int32: the one list builder of the package (shards,
     staging, tools). None gives `n` null rows (a column not stored)."""
     if rows is None:
         return pa.nulls(n, type=type)
-    r = packed(rows) if isinstance(rows, Ragged) else Ragged.from_rows(rows, type.value_type.to_pandas_dtype())
-    values = r.values.astype(type.value_type.to_pandas_dtype(), copy=False)
+    dtype = numpy_dtype(type.value_type)
+    r = packed(rows) if isinstance(rows, Ragged) else Ragged.from_rows(rows, dtype)
+    values = r.values.astype(dtype, copy=False)
     if len(r.offsets) and r.offsets[-1] > np.iinfo(np.int32).max:  # astype would wrap them silently
         # Only a shard of rows near --max-length's 2**31 gets here (4096 rows of 524,288 tokens):
         # refused when that shard is built, before it is written, rather than for every cache
@@ -245,7 +252,7 @@ def from_arrow(column: pa.ChunkedArray | pa.ListArray) -> Ragged:
     """
     if isinstance(column, pa.ChunkedArray):
         if column.num_chunks == 0:
-            return Ragged(np.zeros(0, column.type.value_type.to_pandas_dtype()), np.zeros(1, np.int64))
+            return Ragged(np.zeros(0, numpy_dtype(column.type.value_type)), np.zeros(1, np.int64))
         column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     # `offsets` honours a slice's start and `values` ignores it, so they index each other.
     offsets = column.offsets.to_numpy()

@@ -61,7 +61,7 @@ def shard_table(values: Mapping[str, Any], *, fill_missing: bool = False) -> pa.
 def _zero(column: S.Column) -> object:
     if column.is_list:
         return []
-    return "" if column.is_string else column.type.to_pandas_dtype()(0).item()
+    return "" if column.is_string else S.numpy_dtype(column.type).type(0).item()
 
 
 def _array(column: S.Column, values: Any, n: int) -> pa.Array:

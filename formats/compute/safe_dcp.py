@@ -5,7 +5,8 @@ release before it), so a checkpoint whose `.metadata` pickles `os.system` or `bu
 runs that code as it loads, `checksums.json` or not (whoever writes the one writes the other).
 And an item that `.metadata` calls bytes (BytesStorageMetadata: DCP's way to store a value that
 is not a tensor) goes through the load planner's `load_bytes`, `torch.load(weights_only=False)`
-(torch 2.5 to 2.13). Tensor items are read with `torch.load(weights_only=True)` by DCP itself.
+(torch 2.6 to 2.13). Tensor items are read with `torch.load(weights_only=True)` by DCP itself
+(since torch 2.6, the oldest pyproject.toml allows, as transformers 5.21 does; 2.5 unpickled them).
 
 So every DCP read of kto goes through here:
 - `read_metadata` unpickles `.metadata` with `_MetadataUnpickler`, which builds only the classes a
@@ -191,8 +192,6 @@ def load(state: dict, folder: DcpFolder, metadata: Metadata, *, no_dist: bool = 
     from torch.distributed.checkpoint.api import CheckpointException
 
     refuse_bytes_for_tensors(state, metadata, folder)
-    if _release(torch.__version__) < (2, 6):  # DCP read tensor items with torch.load's default, weights_only=False, until 2.6
-        raise folder.refused(f"{folder.where.name}/: reading a sharded checkpoint needs torch 2.6 or later (torch {torch.__version__} unpickles its tensors)")
     try:
         dcp.load(state, storage_reader=_ParsedReader(folder.where, metadata), planner=_WeightsOnlyPlanner(folder), no_dist=no_dist)
     except CheckpointException as exc:  # a BaseException: each rank's (exception, traceback)
@@ -200,9 +199,3 @@ def load(state: dict, folder: DcpFolder, metadata: Metadata, *, no_dist: bool = 
             if isinstance(failure, InputError):
                 raise failure from None
         raise
-
-
-def _release(version: str) -> tuple[int, int]:
-    """(major, minor) of a torch version string (`2.13.0+cpu`, `2.6.0a0+git…`)."""
-    major, minor = (version.split(".") + ["0"])[:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)

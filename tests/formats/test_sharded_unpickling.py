@@ -190,21 +190,6 @@ def test_metadata_pointing_outside_its_folder_is_refused(tiny_model_dir, tmp_pat
     assert str(refused.value) == f"--model {ckpt}: sharded/.metadata points at '../../elsewhere.distcp', not a file of sharded/; not loaded"
 
 
-def test_a_torch_whose_dcp_unpickles_tensors_is_refused(tiny_model_dir, tmp_path, monkeypatch):
-    """Before torch 2.6 DCP read tensor items with torch.load's default, weights_only=False:
-    there the read is refused, not done (pyproject allows torch 2.4)."""
-    from kto.formats.compute import safe_dcp
-
-    root, optimizer = trained_root(tiny_model_dir)
-    ckpt = save_sharded(tmp_path / "checkpoint-2", root, optimizer)
-    folder = safe_dcp.DcpFolder(ckpt / "sharded", "--model", ckpt)
-    metadata = safe_dcp.read_metadata(folder)
-    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
-    with pytest.raises(InputError) as caught:
-        safe_dcp.load({"model": fresh(tiny_model_dir).lm.state_dict()}, folder, metadata, no_dist=True)
-    assert str(caught.value) == f"--model {ckpt}: sharded/: reading a sharded checkpoint needs torch 2.6 or later (torch 2.5.1+cpu unpickles its tensors)"
-
-
 def test_state_set_on_an_allowed_class_itself_is_refused_and_changes_nothing(tiny_model_dir, tmp_path):
     """A reviewer's attack with allowed names only: `GLOBAL pathlib PosixPath`, a state
     {'_str': target}, BUILD (which sets class attributes when given a class), then the genuine
