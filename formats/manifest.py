@@ -60,8 +60,14 @@ LATER_WEIGHT_KEYS = frozenset({"small_tensors_sha256", "sha256"})
 
 def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Do two model identities (identity.model_identity) name the same model? Equal, except that
-    a key of LATER_WEIGHT_KEYS that one side's weight file lacks is not compared."""
-    if not isinstance(a, dict) or not isinstance(b, dict) or set(a) != set(b) or any(a[k] != b[k] for k in a if k != "weights"):
+    a key of LATER_WEIGHT_KEYS that one side's weight file lacks is not compared, nor a hub
+    revision that one side lacks: a model named by hub id and a local copy of its files are one
+    model (kto-precompute --model ORG/NAME, kto-train --model that copy: the step-0 check runs)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    one_sided = {"hub_revision"} - (set(a) & set(b))
+    a, b = ({k: v for k, v in i.items() if k not in one_sided} for i in (a, b))
+    if set(a) != set(b) or any(a[k] != b[k] for k in a if k != "weights"):
         return False
     wa, wb = a.get("weights"), b.get("weights")
     if not isinstance(wa, dict) or not isinstance(wb, dict) or set(wa) != set(wb):

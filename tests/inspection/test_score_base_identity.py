@@ -134,3 +134,17 @@ def test_the_same_weights_reached_another_way_are_the_runs_model():
     assert same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "x"}}})
     assert not same_weights(gguf, {"weights": {"renamed.gguf": {"size": 10, "sha256": "y"}}})
     assert not same_weights(local, {**local, "config": "other"})
+
+
+def test_a_hub_id_and_a_local_copy_of_its_files_are_one_model_to_the_cache_checks():
+    """same_model (the step-0 check's `scored_with`, an eval cache against the training cache,
+    --resume): a cache scored from a hub id and a policy given as a local copy of its files were
+    'not the cache's reference', and the step-0 check was skipped. A hub revision that one side
+    lacks is not compared; two revisions still are (same_weights is the looser check)."""
+    from kto.formats.manifest import same_model
+
+    local = {"config": "c", "weights": {"model.safetensors": {"size": 10, "header_sha256": "h", "sampled_sha256": "s"}}}
+    hub = {**local, "hub_revision": "abc123"}
+    assert same_model(local, hub) and same_model(hub, local) and same_model(hub, dict(hub))
+    assert not same_model(hub, {**local, "hub_revision": "def456"})
+    assert not same_model(hub, {**local, "config": "d"})
