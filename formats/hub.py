@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError, exception_line, log
 from .schema import EVAL_DIR, MANIFEST_NAME, SHARD_GLOB
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 PREFIX = "hf:"
 # Each folder fetch_cache returned, and the spec it was fetched for (hub_spec_of).
@@ -121,12 +125,11 @@ def is_hub_cache(spec: str | Path) -> bool:
     return str(spec).startswith(PREFIX)
 
 
-def check_push(repo_id: str, *, dataset: bool, private: bool) -> None:
-    """Before the work a push follows (scoring, training), what would make it fail: offline mode,
-    no token, and the repo itself, created here (kept if it exists, private as asked) so that a
-    network, auth or name error is met now, as transformers' Trainer meets it in its __init__.
-    Each is one line naming --push-to-hub. The caller runs it on the main process (on_main)."""
-    from huggingface_hub import HfApi, constants, get_token
+def check_push(repo_id: str) -> None:
+    """Before anything else a command does, what would make its push fail and costs nothing to
+    check: offline mode, no token. One line naming --push-to-hub. The repo itself is met later
+    (create_push_repo), once the command's own input checks passed."""
+    from huggingface_hub import constants, get_token
 
     if constants.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, as read on import
         raise InputError(f"--push-to-hub {repo_id}: offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set), so nothing can be uploaded")
@@ -136,11 +139,68 @@ def check_push(repo_id: str, *, dataset: bool, private: bool) -> None:
         raise InputError(f"--push-to-hub {repo_id}: cannot get a Hugging Face token ({exception_line(exc)})") from exc
     if token is None:
         raise InputError(f"--push-to-hub {repo_id}: no Hugging Face token to upload with; set HF_TOKEN or run `hf auth login`")
+
+
+def create_push_repo(repo_id: str, *, dataset: bool, private: bool) -> None:
+    """The repo a push uploads to, met before the work (scoring, training) as transformers'
+    Trainer meets it in its __init__: created now (private as asked); where it exists, or its
+    namespace refuses this token a create, the Hub is asked whether the token may write there.
+    A network, auth or name error, or a repo the token cannot write to, is one line naming
+    --push-to-hub. Called once the command's own input checks passed (a refused input leaves no
+    empty repo on the Hub), on the main process (on_main)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError
+
     kind = "dataset" if dataset else "model"
+    api = HfApi()
     try:
-        HfApi().create_repo(repo_id, repo_type=kind, private=private, exist_ok=True)
-    except Exception as exc:  # network, auth, a name taken
-        raise InputError(f"--push-to-hub {repo_id}: cannot create the {kind} repo ({exception_line(exc)})") from exc
+        api.create_repo(repo_id, repo_type=kind, private=private)  # not exist_ok: see below
+        return  # made now by this token, which may then write there
+    except Exception as exc:  # network, a name the Hub refuses, auth, a repo that exists
+        refused = exc
+        if _status(exc) not in (401, 403, 409):
+            raise InputError(f"--push-to-hub {repo_id}: cannot create the {kind} repo ({exception_line(exc)})") from exc
+    # 409: the repo exists. 401/403: no create in that namespace, yet a repo there may be one the
+    # token writes to (a collaborator, a fine-grained token scoped to it). create_repo(exist_ok=True)
+    # took both for "it exists, fine" wherever the repo could be read, so a public repo of another
+    # user, or a read-only token, passed: the work ran, the upload was refused, and so was every
+    # retry. The Hub's own write check (what HfApi.auth_check(write=True) asks) says which.
+    try:
+        _check_write(api, repo_id, kind)
+    except HfHubHTTPError as exc:
+        # 404 after a refused create: no such repo to write to, and none may be made; the create's reason says why.
+        what, why = ("create", refused) if _status(exc) == 404 and _status(refused) != 409 else ("write to", exc)
+        raise InputError(
+            f"--push-to-hub {repo_id}: {_token_of(api)} cannot {what} the {kind} repo {repo_id} ({exception_line(why)}); "
+            "push to a repo of yours, or use a token that can write there (HF_TOKEN, `hf auth login`)"
+        ) from exc
+    except Exception as exc:  # network
+        raise InputError(f"--push-to-hub {repo_id}: cannot check that the token can write to the {kind} repo ({exception_line(exc)})") from exc
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _check_write(api: HfApi, repo_id: str, kind: str) -> None:
+    """GET /api/{kind}s/{repo_id}/auth-check/write: 200 where the token may write to the repo,
+    else an HfHubHTTPError (401, 403; 404: not there or not visible). Called directly, not with
+    HfApi.auth_check, whose `write` argument the oldest huggingface_hub we allow may lack."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    response = get_session().get(f"{api.endpoint}/api/{kind}s/{repo_id}/auth-check/write", headers=build_hf_headers())
+    hf_raise_for_status(response)
+
+
+def _token_of(api: HfApi) -> str:
+    """`the token of USER (role ROLE)` as whoami says it, or `the token` where it cannot say."""
+    try:
+        me = api.whoami()
+    except Exception:  # an invalid token, the network: the line still says what was refused
+        return "the token"
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    return f"the token of {me.get('name', '?')}" + (f" (role {role})" if role else "")
 
 
 def push_folder(folder: Path, repo_id: str, *, dataset: bool, private: bool, message: str, retry: str = "") -> str:

@@ -42,7 +42,7 @@ def run(config: PrecomputeConfig) -> PrecomputeResult:
     Raises InputError on bad input (nothing half-written); reruns resume as the CLI does."""
     check_paths(config)  # seconds sooner than after the imports below, with the same messages
     if config.push_to_hub:
-        check_push(config)  # before the model loads or a row is scored
+        check_push(config)  # offline mode, a token: before a row is read (the repo: once the rows passed, pipeline.py)
     from .pipeline import run_precompute  # torch and the models load on call, not on import
 
     result = result_of(config, run_precompute(config))
@@ -64,9 +64,10 @@ def check_paths(config: PrecomputeConfig) -> None:
 
 
 def check_push(config: PrecomputeConfig) -> None:
-    """--push-to-hub's offline mode, token and repo (created now, private as asked), checked on
-    the main process before any work (formats/hub.py check_push); every process stops with the
-    line where it fails (on_main)."""
+    """--push-to-hub's offline mode and token, checked on the main process before any work
+    (formats/hub.py check_push); every process stops with the line where it fails (on_main).
+    The repo is created, or checked writable, once the rows were read and checked, before the
+    model loads (pipeline.py _stage_and_split): a refused row leaves no empty repo on the Hub."""
     import torch
     from accelerate import PartialState
 
@@ -74,7 +75,7 @@ def check_push(config: PrecomputeConfig) -> None:
     from kto.formats.hub import check_push as check_hub_push
 
     state = PartialState(cpu=not torch.cuda.is_available())  # the one run_precompute uses (a singleton)
-    on_main(lambda: check_hub_push(config.push_to_hub, dataset=True, private=config.hub_private), state)
+    on_main(lambda: check_hub_push(config.push_to_hub), state)
 
 
 def push(config: PrecomputeConfig, result: PrecomputeResult) -> None:

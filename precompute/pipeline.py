@@ -44,6 +44,7 @@ from kto.formats.compute.shared_prefix import sharing_refusal
 from kto.formats.compute.sources import resolve_source
 from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.hub import create_push_repo
 from kto.formats.launch_agreement import check_launch_agreement, launch_settings, versions
 from kto.formats.manifest import CacheContent, Counts, Manifest, ShardEntry, fingerprint_of
 from kto.formats.memory import MemoryMeter, peak_words
@@ -332,7 +333,8 @@ def _stage_and_split(
 ) -> tuple[Path, list[Split]]:
     """Stage the rows (and --eval-data's), build the splits and check them against --model's
     `skeleton` (_check_rows_fit), each split's folder under `build` (--out, or --overwrite's
-    `.next/` in it); on bad input, remove an --out
+    `.next/` in it); then the --push-to-hub repo created or checked writable (before the model
+    loads, after the rows: a refused row leaves no empty repo); on bad input, remove an --out
     this run created (nothing half-written is left behind), or the staging files beside the old
     cache it was `replacing` (left as it was, an unfinished run's staging file included), and re-raise."""
     staging_before = staging_files(cfg.out)
@@ -343,6 +345,8 @@ def _stage_and_split(
         lm = _built(skeleton)
         if lm is not None:  # a model that cannot be built here is checked once loaded
             _check_rows_fit(lm, splits, tokenizer, cfg)
+        if cfg.push_to_hub:  # the rows passed, the model not loaded: a refusal here removes --out as a bad row's does
+            on_main(lambda: create_push_repo(cfg.push_to_hub, dataset=True, private=cfg.hub_private), state)
         return staged, splits
     except InputError:
         # Every rank reads the staging file in --out (the id check, the index): the main process

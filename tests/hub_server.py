@@ -9,10 +9,18 @@ Endpoints (read from huggingface_hub 2.4's hf_api.py, _commit_api.py, file_downl
   POST /api/{type}s/{repo}/preupload/{rev}                upload mode of each file
   POST /api/{type}s/{repo}/commit/{rev}                   ndjson: header, then file and deletedFile entries
   POST /api/validate-yaml                                 a README.md's front matter (parsed with yaml)
-  GET  /api/{type}s/{repo}/revision/{rev}                 repo_info (sha, siblings)
+  GET  /api/{type}s/{repo}[/revision/{rev}]               repo_info (sha, siblings)
+  GET  /api/{type}s/{repo}/auth-check/write               may the token write there (HfApi.auth_check(write=True))
+  GET  /api/whoami-v2                                     the token's user, orgs and role
   GET  /api/{type}s/{repo}/tree/{rev}                     list_repo_tree (recursive; upload_folder's
                                                           delete_patterns lists the repo with it)
   HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}         file metadata and bytes
+
+Who may write, as on the Hub: `hub.tokens` maps a token to its user, orgs and role (the tests'
+HF_TOKEN, hf_test, is user `me`, role write). A token writes (creates, preuploads, commits) in its
+user's and orgs' namespaces, and to a repo naming its user in `writers` (a collaborator), unless
+its role is read. A create elsewhere is 403, as is a preupload or commit; a create of a repo that
+exists is 409 only for a token that may create there (the Hub checks the namespace first).
 """
 
 from __future__ import annotations
@@ -32,13 +40,16 @@ class Repo:
     private: bool
     files: dict[str, bytes] = field(default_factory=dict)
     commits: list[str] = field(default_factory=list)
+    writers: set[str] = field(default_factory=set)
+    """Users, beside the namespace's, who may write (collaborators)."""
 
     @property
     def sha(self) -> str:
         return self.commits[-1] if self.commits else "0" * 40
 
 
-API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+)/(preupload|commit|revision|tree)/([^/]+)(?:/.*)?$")
+API = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+)/(preupload|commit|revision|tree|auth-check)/([^/]+)(?:/.*)?$")
+INFO = re.compile(r"^/api/(models|datasets)/([^/]+/[^/]+)$")
 RESOLVE = re.compile(r"^/(?:(datasets)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 
 
@@ -49,6 +60,7 @@ class FakeHub:
     def __init__(self):
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[str] = []
+        self.tokens: dict[str, dict] = {"hf_test": {"name": "me", "orgs": [], "role": "write"}}
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,11 +70,20 @@ class FakeHub:
             def do_POST(self):
                 hub.requests.append(f"POST {self.path}")
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                hub.post(self, urlparse(self.path).path, body)
+                path = urlparse(self.path).path
+                refusal = hub.write_refusal(self, path, body)
+                if refusal:
+                    return hub.send(self, *refusal)
+                hub.post(self, path, body)
 
             def do_GET(self):
                 hub.requests.append(f"GET {self.path}")
-                hub.get(self, urlparse(self.path).path, head=False)
+                path = urlparse(self.path).path
+                if path == "/api/whoami-v2":
+                    return hub.whoami(self)
+                if path.endswith("/auth-check/write"):
+                    return hub.auth_check(self, path)
+                hub.get(self, path, head=False)
 
             def do_HEAD(self):
                 hub.requests.append(f"HEAD {self.path}")
@@ -79,6 +100,55 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
+    # ---- who may write ---------------------------------------------------------------------------
+
+    def identity(self, handler) -> dict | None:
+        """The user of the request's token (Authorization: Bearer TOKEN), or None."""
+        auth = handler.headers.get("Authorization") or ""
+        return self.tokens.get(auth.removeprefix("Bearer ").strip()) if auth.startswith("Bearer ") else None
+
+    def may_create(self, user: dict | None, repo_id: str) -> bool:
+        return user is not None and user["role"] != "read" and repo_id.split("/")[0] in (user["name"], *user["orgs"])
+
+    def may_write(self, user: dict | None, kind: str, repo_id: str) -> bool:
+        repo = self.repos.get((kind, repo_id))
+        return self.may_create(user, repo_id) or (repo is not None and user is not None and user["role"] != "read" and user["name"] in repo.writers)
+
+    def write_refusal(self, handler, path: str, body: bytes) -> tuple[int, dict] | None:
+        """The Hub's 401/403 for a create, preupload or commit this token may not make, else None."""
+        user = self.identity(handler)
+        if path == "/api/repos/create":
+            req = json.loads(body)
+            repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
+            if not self.may_create(user, repo_id):
+                return (
+                    (401, {"error": "Invalid credentials"})
+                    if user is None
+                    else (403, {"error": f'You don\'t have the rights to create a repo under the namespace "{repo_id.split("/")[0]}"'})
+                )
+            return None
+        m = API.match(path)
+        if m and m.group(3) in ("preupload", "commit") and not self.may_write(user, m.group(1)[:-1], unquote(m.group(2))):
+            return 403, {"error": f"You don't have write access to {unquote(m.group(2))}"}
+        return None
+
+    def whoami(self, handler) -> None:
+        user = self.identity(handler)
+        if user is None:
+            return self.send(handler, 401, {"error": "Invalid credentials in Authorization header"})
+        orgs = [{"type": "org", "name": o, "roleInOrg": "write"} for o in user["orgs"]]
+        access = {"displayName": "test", "role": user["role"]}
+        return self.send(handler, 200, {"type": "user", "name": user["name"], "orgs": orgs, "auth": {"type": "access_token", "accessToken": access}})
+
+    def auth_check(self, handler, path: str) -> None:
+        m = API.match(path)
+        kind, repo_id = m.group(1)[:-1], unquote(m.group(2))
+        if (kind, repo_id) not in self.repos:
+            return self.send(handler, 404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"})
+        if not self.may_write(self.identity(handler), kind, repo_id):
+            return self.send(handler, 403, {"error": f"You don't have write access to {repo_id}"})
+        return self.send(handler, 200, {})
+
     # ---- answers -------------------------------------------------------------------------------
 
     @staticmethod
@@ -87,6 +157,8 @@ class FakeHub:
         handler.send_response(status)
         handler.send_header("Content-Type", "application/octet-stream" if body is not None else "application/json")
         handler.send_header("Content-Length", str(len(data)))
+        if status in (401, 403) and isinstance(payload, dict) and "error" in payload:
+            headers = {"X-Error-Message": payload["error"], **(headers or {})}  # the Hub says why in both
         for k, v in (headers or {}).items():
             handler.send_header(k, v)
         handler.end_headers()
@@ -137,6 +209,9 @@ class FakeHub:
         return 200, {"errors": [], "warnings": []}
 
     def get(self, handler, path: str, head: bool) -> None:
+        info = INFO.match(path)
+        if info:  # repo_info without a revision: as /revision/main
+            path = f"{path}/revision/main"
         m = API.match(path)
         if m and (m.group(1)[:-1], unquote(m.group(2))) in self.repos:
             repo_id, repo = unquote(m.group(2)), self.repos[(m.group(1)[:-1], unquote(m.group(2)))]

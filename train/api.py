@@ -53,7 +53,7 @@ def run(config: TrainConfig) -> TrainResult:
 
     if config.eval_only:
         raise InputError("eval_only=True trains nothing: call kto.train.evaluate_model(config), which returns the eval line")
-    check_push(config)  # before the cache is fetched, the model loads or a step runs
+    check_push(config)  # offline mode, a token: before the cache is fetched (the repo: once the inputs passed, setup.py check_inputs)
     config = with_hub_caches(config)
     # The exception the caller is handling, if any (run called in its `except KeyboardInterrupt:`):
     # the run's own exceptions chain onto it, and it is no interrupt of the run.
@@ -87,10 +87,12 @@ def run(config: TrainConfig) -> TrainResult:
 
 
 def check_push(config: TrainConfig) -> None:
-    """With --push-to-hub: offline mode, no token and a repo that cannot be created are refused
-    before any work (formats/hub.py check_push), on the main process, every rank stopping with
-    its line (on_main). The state made for it is given back, so the run sets accelerate up
-    afresh; a group it started stays for the run (train/processes.py)."""
+    """With --push-to-hub: offline mode and no token are refused before anything else
+    (formats/hub.py check_push), on the main process, every rank stopping with its line
+    (on_main). The repo is created, or checked writable, at the end of the input checks
+    (setup.py check_inputs), so that a refused input leaves no empty repo on the Hub. The state
+    made for it is given back, so the run sets accelerate up afresh; a group it started stays for
+    the run (train/processes.py)."""
     if not config.push_to_hub:
         return
     import torch
@@ -103,7 +105,7 @@ def check_push(config: TrainConfig) -> None:
 
     with borrowed_accelerate_state():  # cpu=True: accelerate starts a gloo group for several CPU processes only then
         state = PartialState(cpu=not torch.cuda.is_available())
-        on_main(lambda: check_hub_push(config.push_to_hub, dataset=False, private=config.hub_private), state)
+        on_main(lambda: check_hub_push(config.push_to_hub), state)
 
 
 def with_hub_caches(config: TrainConfig) -> TrainConfig:

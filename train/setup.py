@@ -26,6 +26,7 @@ from kto.formats.compute.sources import ModelSource, resolve_source
 from kto.formats.compute.tokenizer_check import ChatTemplateDiffers, check_cache_tokenizer
 from kto.formats.compute.weights_check import checked_source
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.hub import create_push_repo
 from kto.formats.launch_agreement import check_launch_agreement, launch_settings, versions
 from kto.formats.memory import MemoryMeter
 from kto.formats.runrecord import METRICS_NAME, REFERENCE_IDENTITY, read_run_config
@@ -217,6 +218,8 @@ def check_inputs(cfg: TrainConfig) -> Run:
     identity = model_identity(source)
     is_reference = manifest.content.scored_with(identity)
     check_drift_tolerance(cfg, manifest, is_reference, resumes=bool(cfg.resume))  # before --out is touched
+    if cfg.push_to_hub:  # last: a refused input above leaves no empty repo on the Hub; before the model loads (setup)
+        on_main(lambda: create_push_repo(cfg.push_to_hub, dataset=False, private=cfg.hub_private), accelerator)
     return Run(
         cfg=cfg,
         accelerator=accelerator,

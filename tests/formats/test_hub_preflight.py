@@ -1,8 +1,9 @@
 """--push-to-hub checked before the work it follows (as transformers' Trainer creates the repo in
-its __init__): offline mode, no token, and a repo that cannot be created (network, auth) are one
-line naming --push-to-hub before any model loads, and nothing is written to --out. A push that
-fails after the work says how to retry, and the retry pushes (the local Hub stand-in,
-tests/hub_server.py)."""
+its __init__): offline mode and no token before anything else; a repo that cannot be created
+(network, auth) or that the token cannot write to once the command's own input checks passed and
+before the model loads. Each is one line naming --push-to-hub, and nothing is written to --out;
+an input refused creates no repo. A push that fails after the work says how to retry, and the
+retry pushes (the local Hub stand-in, tests/hub_server.py)."""
 
 from __future__ import annotations
 
@@ -85,21 +86,38 @@ def unreachable(monkeypatch, tmp_path: Path) -> None:
     point_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path)
 
 
+# (setting, what the line says, whether it is refused before the command's own input checks).
+# Offline mode and a missing token cost nothing to check and are refused first; the repo is
+# created (reaching the network) only once the inputs passed, before the model loads.
 REFUSALS = [
-    (offline, "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"),
-    (no_token, "no Hugging Face token to upload with; set HF_TOKEN or run `hf auth login`"),
-    (unreachable, "cannot create the {kind} repo (ConnectError"),
+    (offline, "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)", True),
+    (no_token, "no Hugging Face token to upload with; set HF_TOKEN or run `hf auth login`", True),
+    (unreachable, "cannot create the {kind} repo (ConnectError", False),
 ]
 
 
-@pytest.mark.parametrize(("setting", "says"), REFUSALS, ids=["offline", "no-token", "no-network"])
-def test_train_refuses_a_push_bound_to_fail_before_any_step(setting, says, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
-    """`HF_HUB_OFFLINE=1 kto-train ... --push-to-hub me/x` trained every step, then failed."""
+def stop_train_at(monkeypatch, first: bool) -> None:
+    """Fail the test where kto-train would go on: at its input checks (`first`), else where the
+    model loads (setup, after every input check)."""
     import kto.train.loop
 
+    monkeypatch.setattr(kto.train.loop, "check_inputs" if first else "setup", lambda *a: pytest.fail("the run went on"))
+
+
+def stop_precompute_at(monkeypatch, first: bool) -> None:
+    """Fail the test where kto-precompute would go on: at reading the rows (`first`), else where
+    the reference model loads."""
+    import kto.precompute.pipeline
+
+    monkeypatch.setattr(kto.precompute.pipeline, "_run" if first else "load_completion_logps", lambda *a, **k: pytest.fail("the run went on"))
+
+
+@pytest.mark.parametrize(("setting", "says", "first"), REFUSALS, ids=["offline", "no-token", "no-network"])
+def test_train_refuses_a_push_bound_to_fail_before_any_step(setting, says, first, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
+    """`HF_HUB_OFFLINE=1 kto-train ... --push-to-hub me/x` trained every step, then failed."""
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     setting(monkeypatch, tmp_path)
-    monkeypatch.setattr(kto.train.loop, "check_inputs", lambda cfg: pytest.fail("the run started"))
+    stop_train_at(monkeypatch, first)
     result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "me/policy")
     assert result.exit_code == 2, result.output
     line = train_error_line(result.output)
@@ -107,13 +125,11 @@ def test_train_refuses_a_push_bound_to_fail_before_any_step(setting, says, monke
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize(("setting", "says"), REFUSALS, ids=["offline", "no-token", "no-network"])
-def test_precompute_refuses_a_push_bound_to_fail_before_scoring(setting, says, monkeypatch, tmp_path, tiny_model_dir):
-    import kto.precompute.pipeline
-
+@pytest.mark.parametrize(("setting", "says", "first"), REFUSALS, ids=["offline", "no-token", "no-network"])
+def test_precompute_refuses_a_push_bound_to_fail_before_scoring(setting, says, first, monkeypatch, tmp_path, tiny_model_dir):
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     setting(monkeypatch, tmp_path)
-    monkeypatch.setattr(kto.precompute.pipeline, "_run", lambda *a: pytest.fail("the run started"))
+    stop_precompute_at(monkeypatch, first)
     config = precompute_config(tmp_path, tiny_model_dir)
     with pytest.raises(InputError) as err:
         kto.precompute.run(config)
@@ -122,16 +138,120 @@ def test_precompute_refuses_a_push_bound_to_fail_before_scoring(setting, says, m
 
 
 def test_the_repo_is_created_before_the_run(hub, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
-    """Private as asked, before the first step (here the run is stopped at its start)."""
+    """Private as asked, before the model loads (here the run is stopped there)."""
     import kto.train.loop
 
-    def stop(cfg):
+    def stop(run):
         assert hub.repos[("model", "me/policy")].private  # already there
         raise InputError("stopped here")
 
-    monkeypatch.setattr(kto.train.loop, "check_inputs", stop)
+    monkeypatch.setattr(kto.train.loop, "setup", stop)
     result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "me/policy", "--hub-private")
     assert "stopped here" in train_error_line(result.output)
+
+
+def others_public_repo(hub: FakeHub, kind: str) -> Repo:
+    """other/policy: a public repo of another user, which the token of `me` can read, not write."""
+    hub.repos[(kind, "other/policy")] = repo = Repo(private=False, files={"config.json": b"{}"})
+    return repo
+
+
+def test_train_refuses_a_repo_the_token_cannot_write_before_the_model_loads(hub, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
+    """create_repo(exist_ok=True) takes a 403 for a repo it can read as "it exists": the run
+    trained, then its upload was refused, and so was every --resume retry the line advised."""
+    repo = others_public_repo(hub, "model")
+    stop_train_at(monkeypatch, first=False)
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "other/policy")
+    line = train_error_line(result.output)
+    assert line.startswith(
+        "kto-train: error: --push-to-hub other/policy: the token of me (role write) cannot write to the model repo other/policy (HfHubHTTPError: 403 "
+    ) and line.endswith("; push to a repo of yours, or use a token that can write there (HF_TOKEN, `hf auth login`)"), line
+    assert "403 Forbidden: You don't have write access to other/policy.)" in line, line
+    assert repo.files == {"config.json": b"{}"} and not (tmp_path / "run").exists()
+
+
+def test_precompute_refuses_a_repo_the_token_cannot_write_before_the_model_loads(hub, monkeypatch, tmp_path, tiny_model_dir):
+    others_public_repo(hub, "dataset")
+    stop_precompute_at(monkeypatch, first=False)
+    config = precompute_config(tmp_path, tiny_model_dir, repo="other/policy")
+    with pytest.raises(InputError) as err:
+        kto.precompute.run(config)
+    assert str(err.value).startswith(
+        "--push-to-hub other/policy: the token of me (role write) cannot write to the dataset repo other/policy (HfHubHTTPError: 403 "
+    )
+    assert not config.out.exists()  # the run made --out and staged its rows: removed, as for a bad row
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["existing", "new"])
+def test_a_read_only_token_is_refused(exists, hub, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
+    """Its own namespace, but a read token: the Hub refuses the create (403) and the write."""
+    hub.tokens["hf_test"]["role"] = "read"
+    if exists:
+        hub.repos[("model", "me/policy")] = Repo(private=False)
+    stop_train_at(monkeypatch, first=False)
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "me/policy")
+    line = train_error_line(result.output)
+    # Not there: the create's refusal is the reason (the write check finds no repo, 404).
+    why = (
+        "write to the model repo me/policy (HfHubHTTPError: 403 Forbidden: You don't have write access to me/policy."
+        if exists
+        else ('create the model repo me/policy (HfHubHTTPError: 403 Forbidden: You don\'t have the rights to create a repo under the namespace "me".')
+    )
+    assert line.startswith(f"kto-train: error: --push-to-hub me/policy: the token of me (role read) cannot {why})"), line
+    assert list(hub.repos) == ([("model", "me/policy")] if exists else [])
+
+
+@pytest.mark.parametrize("repo_id", ["me/policy", "team/policy", "other/shared"], ids=["own", "org", "collaborator"])
+def test_a_repo_the_token_can_write_passes(repo_id, hub, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
+    """An existing repo of the user's, of an org of theirs, or of another user who made them a
+    writer (a create there is refused, 403; the Hub says the token may write): the run goes on."""
+    import kto.train.loop
+
+    hub.tokens["hf_test"]["orgs"] = ["team"]
+    hub.repos[("model", repo_id)] = repo = Repo(
+        private=False, files={"notes.md": b"mine"}, writers={"me"} if repo_id == "other/shared" else set()
+    )  # other/shared: me a collaborator
+
+    def stop(run):
+        raise InputError("stopped here")
+
+    monkeypatch.setattr(kto.train.loop, "setup", stop)
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", repo_id)
+    assert train_error_line(result.output) == "kto-train: error: stopped here"
+    assert repo.files == {"notes.md": b"mine"} and len(hub.repos) == 1
+
+
+def test_a_collaborator_pushes_to_a_repo_of_another_user(hub, tmp_path, tiny_cache, tiny_model_dir):
+    hub.repos[("model", "other/shared")] = repo = Repo(private=False, writers={"me"})
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "other/shared")
+    assert result.exit_code == 0, result.output
+    assert repo.files == visible_files(tmp_path / "run" / "final")
+
+
+def test_refused_train_input_creates_no_repo(hub, tmp_path, tiny_cache, tiny_model_dir):
+    """A warmup that keeps every step at rate 0 is refused at the end of the input checks (the
+    run's steps are known only then): the line is that one, and the Hub holds no new, empty repo."""
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--warmup-steps", "1", "--push-to-hub", "me/policy")
+    line = train_error_line(result.output)
+    assert "--push-to-hub" not in line and "learning rate 0" in line, line
+    assert hub.repos == {} and not (tmp_path / "run").exists()
+
+
+def test_refused_precompute_input_creates_no_repo(hub, tmp_path, tiny_model_dir):
+    rows = chat_rows()[:6]
+    del rows[3]["label"]
+    config = PrecomputeConfig(
+        data=(write_rows(tmp_path / "chat.jsonl", rows),),
+        model=str(tiny_model_dir),
+        out=tmp_path / "cache",
+        max_length=64,
+        batch_tokens=256,
+        push_to_hub="me/cache",
+    )
+    with pytest.raises(InputError) as err:
+        kto.precompute.run(config)
+    assert "label" in str(err.value) and "--push-to-hub" not in str(err.value), err.value
+    assert hub.repos == {} and not config.out.exists()
 
 
 def test_a_failed_train_push_is_retried_with_resume(hub, tmp_path, tiny_cache, tiny_model_dir):
