@@ -349,7 +349,17 @@ def _earlier_wording(key: str, old: dict, new: dict) -> bool:
         return isinstance(a, str) and isinstance(b, str)
     if key == "reading":
         return a is _ABSENT
-    return key == "model" and isinstance(a, dict) and same_model(a, b)
+    return key == "model" and _older_identity(a, b)
+
+
+def _older_identity(a: object, b: object) -> bool:
+    """The same weights identified in an earlier kto's format (before small tensors were
+    hashed): same_model, with its hub revision on both sides or neither. A hub id on one side
+    and a local copy of its files on the other are one model too, but no earlier format: that
+    clause names the revision instead."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    return ("hub_revision" in a) == ("hub_revision" in b) and same_model(a, b)
 
 
 _ABSENT = object()  # a key one side lacks
@@ -360,7 +370,7 @@ def _key_clauses(key: str, old: dict, new: dict) -> list[str]:
     """What differs under one content key: `key (X there, Y now)`; a dict on both sides by its
     own keys (`columns.prompt (prompt there, question now)`), the inputs by their names."""
     a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
-    if key == "model" and isinstance(a, dict) and same_model(a, b):
+    if key == "model" and _older_identity(a, b):
         # The same weights, identified by an earlier kto (before small tensors were hashed).
         return ["the model identity's format: an earlier kto made it, the weights may be the same"]
     if key == "reading" and a is _ABSENT:  # a cache made before the rule was recorded

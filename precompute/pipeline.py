@@ -256,7 +256,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     created = not cfg.out.exists()
     stale = claim_out(cfg, outs, contents, layout, state, held)
     build = cfg.out / NEXT if stale else cfg.out  # --overwrite builds aside; the old cache stays whole until swap_in
-    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created, bool(stale), skeleton, build)
+    staged, splits = _stage_and_split(cfg, tokenizer, template, contents["train"], state, created, skeleton, build)
     if stale:  # the rows read and checked: the new cache's journal in .next/
         begin_aside(cfg.out, aside_outs(cfg.out, outs), contents, layout, state)
     if state.is_main_process:
@@ -327,7 +327,6 @@ def _stage_and_split(
     content: CacheContent,
     state,
     created: bool,
-    replacing: bool,
     skeleton: Callable[[], torch.nn.Module],
     build: Path,
 ) -> tuple[Path, list[Split]]:
@@ -335,8 +334,9 @@ def _stage_and_split(
     `skeleton` (_check_rows_fit), each split's folder under `build` (--out, or --overwrite's
     `.next/` in it); then the --push-to-hub repo created or checked writable (before the model
     loads, after the rows: a refused row leaves no empty repo); on bad input, remove an --out
-    this run created (nothing half-written is left behind), or the staging files beside the old
-    cache it was `replacing` (left as it was, an unfinished run's staging file included), and re-raise."""
+    this run created (nothing half-written is left behind), or the staging files this run added
+    beside the cache already there (the old one an --overwrite replaces, or a finished or
+    unfinished one rerun: left as it was, an unfinished run's staging file included), and re-raise."""
     staging_before = staging_files(cfg.out)
     try:
         staged = stage_rows(cfg, tokenizer, template, content, state)
@@ -359,7 +359,7 @@ def _stage_and_split(
         state.wait_for_everyone()
         if created and state.is_main_process:
             shutil.rmtree(cfg.out, ignore_errors=True)  # bad input: leave nothing behind
-        elif replacing and state.is_main_process:
+        elif state.is_main_process:  # an --overwrite, or a rerun into a cache: the folder as it was found
             remove_staging(cfg.out, keep=staging_before)
         raise
 

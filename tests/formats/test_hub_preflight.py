@@ -182,6 +182,19 @@ def test_precompute_refuses_a_repo_the_token_cannot_write_before_the_model_loads
     assert not config.out.exists()  # the run made --out and staged its rows: removed, as for a bad row
 
 
+def test_a_refused_push_on_a_rerun_leaves_the_finished_cache_as_it_was(hub, tmp_path, tiny_model_dir):
+    """A rerun of a finished cache stages its rows before the repo is met: refused there, it
+    left its staging file (a tokenized copy of every row) in the cache."""
+    import dataclasses
+
+    others_public_repo(hub, "dataset")
+    done = kto.precompute.run(dataclasses.replace(precompute_config(tmp_path, tiny_model_dir), push_to_hub=None))
+    before = sorted(p.name for p in done.cache.iterdir())
+    with pytest.raises(InputError, match="^--push-to-hub other/policy: the token of me"):
+        kto.precompute.run(precompute_config(tmp_path, tiny_model_dir, repo="other/policy"))
+    assert sorted(p.name for p in done.cache.iterdir()) == before
+
+
 @pytest.mark.parametrize("exists", [True, False], ids=["existing", "new"])
 def test_a_read_only_token_is_refused(exists, hub, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
     """Its own namespace, but a read token: the Hub refuses the create (403) and the write."""

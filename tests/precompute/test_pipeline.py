@@ -327,6 +327,9 @@ def test_model_identity_sees_a_norm_edited_in_place(tmp_path):
     assert said.endswith(
         f"(differs in model.weights (identity {fingerprint_of(before['weights'])[:12]}… there, identity {fingerprint_of(other['weights'])[:12]}… now))"
     ), said
+    # A hub id there and a local copy of its files now: one model (same_model), but no earlier format.
+    said = _difference({"model": {**ia, "hub_revision": "a" * 40}, "inputs": []}, {}, {"model": ia, "inputs": []}, {}, "the cache")
+    assert said.endswith(f"(differs in model.hub_revision ({'a' * 12}… there, (absent) now))"), said
 
 
 def test_a_cache_of_its_own_inside_out_eval_is_the_users_and_survives_overwrite(tmp_path, tiny_model_dir):
