@@ -21,12 +21,23 @@ After a hangup the terminal is gone: every write to it fails (EIO), and `… 2>&
 the closed session loses its reader, tee, to the same SIGHUP: every write to the pipe fails
 (EPIPE). Either would raise in the middle of whatever runs, the checkpoint not yet saved (click
 turns EPIPE into a silent exit 1). So while a command runs, sys.stdout and sys.stderr are
-`_DroppedAfterHangup`: after a SIGHUP, a write or flush that fails so sends that stream to
-/dev/null instead of raising, and the interpreter's last flush at exit goes there too. A pipe
-whose reader exits without a hangup (`less` quit, `| head -1`) is treated alike: it stopped a
-training run at its next line, exit 1, no checkpoint; now the run goes on, its output dropped
-(metrics.jsonl keeps every line). A write that succeeds (a file, a pipe whose reader lives on)
-is never touched, and every other failure raises as it always did.
+`_ConsoleStream`s: a write or flush that fails because the output has nowhere to go sends that
+stream to /dev/null instead of raising, and the interpreter's last flush at exit goes there too.
+That is a pipe whose reader is gone (EPIPE: after a hangup, or `less` quit, `| head -1`), a
+terminal gone (EIO), and a file on a disk that filled or a quota or size limit reached (ENOSPC,
+EDQUOT, EFBIG: `kto-train … > small/train.log`, `> /dev/full`). Console output is not the
+record (metrics.jsonl keeps every step line; each command's files keep its work): such a failure
+stopped a training run at its next line, exit 1, the steps since its last checkpoint lost; now
+the run goes on, that stream's output dropped. A stdout dropped for a full disk or a gone device
+is said once on stderr (a stderr so dropped is not said on stdout: stdout is kto-train's step
+lines and --eval-only's JSON, which scripts read). A write that succeeds (a file, a pipe whose
+reader lives on) is never touched, and every other failure raises as it always did.
+
+A closed standard stream (`kto-train … >&-`: Python's sys.stdout is then None) is left None, not
+wrapped (tqdm flushes `getattr(sys.stdout, "flush", …)` before it draws), and its descriptor is
+held by /dev/null, so that no file the command opens takes it: a child process's output would go
+into that file. A command's result on stdout (kto-train --eval-only's JSON line) is not console
+output: `write_result` raises where it cannot be written, and the command says so (exit 2).
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 API_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what the Python API takes (see the module's docstring)
 
 _terminals: set[int] = set()  # the standard streams (stdout, stderr) that were a terminal when handlers went in
-_hangup = {"seen": False}  # a SIGHUP came while a command runs: _DroppedAfterHangup drops failed writes
+_hangup = {"seen": False}  # a SIGHUP came while a command runs: a failed write is then the hangup's, said by no note
 
 
 class Stopped(KeyboardInterrupt):
@@ -66,9 +77,9 @@ def not_ignored(signals: tuple[int, ...] = STOP_SIGNALS) -> tuple[int, ...]:
 
 
 def after_hangup(signum: int) -> None:
-    """After SIGHUP: from now on a standard stream whose write fails is dropped (see the
-    module's docstring); one whose terminal hung up goes to /dev/null at once (a hung-up
-    terminal answers isatty's ioctl with EIO: no longer a terminal)."""
+    """After SIGHUP: a standard stream whose terminal hung up goes to /dev/null at once (a hung-up
+    terminal answers isatty's ioctl with EIO: no longer a terminal); one whose write then fails
+    (EPIPE, EIO) is dropped without a note (see the module's docstring)."""
     if signum != signal.SIGHUP:
         return
     _hangup["seen"] = True
@@ -79,33 +90,66 @@ def after_hangup(signum: int) -> None:
 
 def _to_devnull(fd: int) -> None:
     null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, fd)
-    os.close(null)
+    if null != fd:  # the same where `fd` was closed: /dev/null took its number
+        os.dup2(null, fd)
+        os.close(null)
 
 
-class _DroppedAfterHangup:
-    """sys.stdout or sys.stderr while a command runs: `stream` itself, except that after a
-    SIGHUP a write or flush that fails with EPIPE or EIO points the stream's descriptor at
-    /dev/null and is dropped. Everything that writes to the stream goes through here: print,
-    click.echo, log(), and the tqdm bars and loggers made while the command runs, which keep the
-    sys.stderr of their making."""
+def _held(fd: int) -> None:
+    """A closed standard descriptor, taken by /dev/null (see the module's docstring)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            _to_devnull(fd)
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+
+# A console write failing with one of these has nowhere to go: dropped (see the module's docstring).
+_NOWHERE = frozenset({errno.EPIPE, errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def console_error(name: str, exc: OSError) -> str:
+    """`stdout: No space left on device (ENOSPC)`: a standard stream's failure, for one line."""
+    return f"{name}: {exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+
+
+def dropped(stream: TextIO) -> None:
+    """`stream`'s descriptor pointed at /dev/null and its buffer flushed there: what it still
+    holds is not written again at the interpreter's exit (a second error). A stream without a
+    descriptor is left as it is."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        _to_devnull(stream.fileno())
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+
+
+class _ConsoleStream:
+    """sys.stdout or sys.stderr while a command runs: `stream` itself, until a write or flush
+    fails with one of _NOWHERE's errors; from then on its output is dropped (see the module's
+    docstring). Everything that writes to the stream goes through here: print, click.echo, log(),
+    and the tqdm bars and loggers made while the command runs, which keep the sys.stderr of
+    their making."""
+
+    def __init__(self, stream: TextIO, name: str) -> None:
+        self.stream, self.name = stream, name
+        self.lost: OSError | None = None  # the failure that dropped it
 
     def write(self, text: str) -> int:
-        try:
-            return self.stream.write(text)
-        except OSError as exc:
-            if not self._dropped(exc):
-                raise
-            return len(text)
+        if self.lost is None:
+            try:
+                return self.stream.write(text)
+            except OSError as exc:
+                if not self._dropped(exc):
+                    raise
+        return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.write(line)
 
     def flush(self) -> None:
+        if self.lost is not None:
+            return
         try:
             self.stream.flush()
         except OSError as exc:
@@ -113,34 +157,70 @@ class _DroppedAfterHangup:
                 raise
 
     def _dropped(self, exc: OSError) -> bool:
-        # EPIPE: the pipe's reader is gone (tee closed with the session, `less` quit, `head`
-        # had its lines), so the output has nowhere to go, hangup or not; the run goes on, and
-        # metrics.jsonl keeps every line. EIO: a terminal gone, only after its hangup.
-        if exc.errno != errno.EPIPE and not (_hangup["seen"] and exc.errno == errno.EIO):
+        if exc.errno not in _NOWHERE:
             return False
-        with contextlib.suppress(OSError, ValueError):  # a stream without a descriptor: only this write is dropped
-            _to_devnull(self.stream.fileno())
-        with contextlib.suppress(OSError, ValueError):
-            self.stream.flush()  # what its buffer still held goes to /dev/null, not to the interpreter's exit
+        self.lost = exc
+        dropped(self.stream)
+        # EPIPE: the reader is gone on purpose (`less` quit, `head` had its lines, tee ended with
+        # the session); EIO after a hangup: the terminal closed. Nothing to tell anyone there.
+        quiet = exc.errno == errno.EPIPE or (_hangup["seen"] and exc.errno == errno.EIO)
+        if self.name == "stdout" and not quiet and sys.stderr is not None:
+            # Only kto-train writes to stdout while it runs (kto-precompute's stays empty).
+            note = (
+                f"{_prog()}: {console_error('stdout', exc)}; console output there is dropped from here on and the run goes on (metrics.jsonl keeps every line)"
+            )
+            with contextlib.suppress(OSError, ValueError):
+                print(note, file=sys.stderr, flush=True)
         return True
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, buffer, ...: the stream's
         return getattr(self.stream, name)
 
 
+def _prog() -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name if name.startswith("kto-") else "kto-train"
+
+
+def write_result(text: str) -> None:
+    """`text` on stdout, flushed: a command's result (kto-train --eval-only's JSON line), which
+    unlike console output is not dropped: OSError where stdout is closed (EBADF), was dropped
+    before (its failure), or fails now (then dropped too)."""
+    stream = sys.stdout
+    if stream is None:
+        raise OSError(errno.EBADF, "closed")
+    if isinstance(stream, _ConsoleStream):
+        if stream.lost is not None:
+            raise stream.lost
+        stream = stream.stream
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        dropped(stream)
+        raise
+
+
 @contextlib.contextmanager
-def _streams_dropped_after_hangup() -> Iterator[None]:
-    """sys.stdout and sys.stderr as `_DroppedAfterHangup` for the block. After a SIGHUP they
-    stay so (the command is ending; the interpreter's last flush must not raise either)."""
+def _console_streams() -> Iterator[None]:
+    """sys.stdout and sys.stderr as `_ConsoleStream`s for the block (a closed one stays None).
+    After a SIGHUP they stay so (the command is ending; the interpreter's last flush must not
+    raise either)."""
     real = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (s if isinstance(s, _DroppedAfterHangup) else _DroppedAfterHangup(s) for s in real)
+    for fd, stream in ((1, real[0]), (2, real[1])):
+        if stream is None:
+            _held(fd)
+    sys.stdout, sys.stderr = (
+        s if s is None or isinstance(s, _ConsoleStream) else _ConsoleStream(s, name) for s, name in zip(real, ("stdout", "stderr"), strict=True)
+    )
     guards = sys.stdout, sys.stderr
     try:
         yield
     finally:
         for guard in guards:
             with contextlib.suppress(Exception):
-                guard.flush()
+                if guard is not None:
+                    guard.flush()
         if not _hangup["seen"] and (sys.stdout, sys.stderr) == guards:
             sys.stdout, sys.stderr = real
 
@@ -154,8 +234,8 @@ def raising_on_stop_signals() -> Iterator[None]:
     the first stop signal raises `Stopped` in the main thread; the handlers in force before are
     back from then on (a second signal acts as it would have). kto-train's loop takes all four
     signals over while it is active (`loop_signals`). Outside the main thread (signals cannot be
-    caught there) it installs no handlers. The standard streams drop writes that fail after a
-    hangup (`_DroppedAfterHangup`)."""
+    caught there) it installs no handlers. The standard streams drop writes that have nowhere to
+    go (`_ConsoleStream`)."""
     previous: dict[int, Any] = {}
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -169,7 +249,7 @@ def raising_on_stop_signals() -> Iterator[None]:
         previous.update({s: signal.signal(s, stop) for s in not_ignored()})
     _raising.append(previous)
     try:
-        with _streams_dropped_after_hangup():
+        with _console_streams():
             yield
     finally:
         _raising.remove(previous)

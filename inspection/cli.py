@@ -7,14 +7,15 @@
     kto-inspect score   CACHE --model POLICY [--out FILE] [--beta B] ... [--json]
     kto-inspect export  CHECKPOINT OUT [--merge] [--base-model BASE]
 
-Exit codes: 0 fine; 1 `verify` found a problem; 2 bad input (message on one line, prefixed
-`kto-inspect: error:`); 141 the output pipe was closed (`| head`). Heavy imports (polars, torch, matplotlib) happen inside the commands,
+Exit codes: 0 fine; 1 `verify` found a problem; 2 bad input, or a stdout closed or full
+(message on one line, prefixed `kto-inspect: error:`); 141 the output pipe was closed (`| head`). Heavy imports (polars, torch, matplotlib) happen inside the commands,
 so `kto-inspect --help` stays fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -22,12 +23,14 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from kto.formats.compute.numerics import NAMES as NUMERICS
 from kto.formats.errors import InputError, exit_with_usage_line, import_or_refuse, one_line_errors, one_line_usage
 from kto.formats.paths import HOME_PATH, refuse_undecodable
+from kto.formats.signals import console_error, dropped
 
 from .text import printable
 
@@ -78,19 +81,34 @@ def _write_out(text: str) -> None:
     Through sys.stdout, a reader that closes the pipe mid-output (`rows --json | head -1`)
     lost the rest without a word: CPython 3.11 wrote 64 KiB of 117 KiB, took the SIGPIPE,
     made no second write, and the command exited 0. os.write reports each short write, and the
-    next one raises EPIPE. Captured output without a descriptor (tests) goes through click."""
+    next one raises EPIPE. Captured output without a descriptor (tests) goes through click.
+    A stdout closed (`>&-`) or full (`> /dev/full`, a disk that filled) is one line, exit 2:
+    click.echo wrote nothing to a closed one without a word (exit 0), and a full one raised a
+    traceback."""
+    if sys.stdout is None:
+        _unwritten(OSError(errno.EBADF, "closed"))
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):
         click.echo(text)
         return
-    sys.stdout.flush()
-    data = memoryview((text + "\n").encode(sys.stdout.encoding or "utf-8", errors="replace"))
-    while data:
-        try:
-            data = data[os.write(fd, data) :]
-        except BlockingIOError:  # a non-blocking stdout that is full: wait until it drains
-            select.select([], [fd], [])
+    try:
+        sys.stdout.flush()
+        data = memoryview((text + "\n").encode(sys.stdout.encoding or "utf-8", errors="replace"))
+        while data:
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:  # a non-blocking stdout that is full: wait until it drains
+                select.select([], [fd], [])
+    except BrokenPipeError:
+        raise  # exit 141 (_Group)
+    except OSError as exc:
+        dropped(sys.stdout)  # what sys.stdout's buffer holds is not tried again at exit
+        _unwritten(exc)
+
+
+def _unwritten(exc: OSError) -> NoReturn:
+    raise InputError(f"{console_error('stdout', exc)}: the output was not written")
 
 
 class _Group(one_line_usage(PROG, click.Group)):
@@ -116,7 +134,8 @@ class _Group(one_line_usage(PROG, click.Group)):
             try:
                 return super().invoke(ctx)
             finally:
-                sys.stdout.flush()  # a closed pipe is raised here, not at interpreter exit
+                if sys.stdout is not None:  # None: closed (`>&-`), said by _write_out
+                    sys.stdout.flush()  # a closed pipe is raised here, not at interpreter exit
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -283,13 +282,21 @@ def eval_line(cfg: TrainConfig, eval_cache: ShardedCache, accelerator: Accelerat
 def report(cfg: TrainConfig, line: dict, target: Path | None, print_json: bool) -> None:
     """Main process: training's eval line said of the model, the JSON on stdout (the CLI), and OUT/eval_results.json."""
     from kto.formats.atomic import write_json_atomic
+    from kto.formats.signals import console_error, write_result
 
     from .progress import number
 
     log(f"eval of {cfg.model} on {cfg.eval_cache}: loss {number(line['loss'])} margin {number(line['rewards/margins'])}")
+    unwritten = None  # stdout closed or full: said after --out's file is written, which does not depend on it
     if print_json:
-        print(json.dumps(line), file=sys.stdout, flush=True)
+        try:
+            write_result(json.dumps(line) + "\n")
+        except OSError as exc:
+            unwritten = exc
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(target, line)
         log(f"wrote {target}")
+    if unwritten is not None:
+        kept = f"; it is in {target}" if target is not None else ""
+        raise InputError(f"{console_error('stdout', unwritten)}: the eval line (JSON) was not written{kept}")

@@ -11,11 +11,19 @@ fills the file as the run goes (stdout to a file is block-buffered, so without t
 fill only at the end), while the bar and the other messages stay on the terminal's stderr.
 
 While the bar is up, every line (stdout's, and stderr's: saves, evals, warnings all go through
-formats.errors.log) is written above it, whole: a terminal never shows a line torn by a redraw.
-On a terminal the bar redraws up to ten times a second; elsewhere (a file, a pipe) at most once
-every 30 s, so that a log file holds the lines and an occasional bar, not a redraw per step
-(formats/bars.py, kto-precompute's rule too: its bar, precompute/progress.py, is the same tqdm,
-on stderr too).
+formats.errors.log) is written whole. On a terminal it is written above the bar (the bar cleared,
+the line, the bar drawn again below it), and the bar redraws up to ten times a second. Elsewhere
+(a file, a pipe: `kto-train … > train.log 2>&1`, a batch job's log) the lines are written as they
+are, each starting with its own text (`grep '^step' train.log` finds them all), and the bar is a
+line of its own at most every 30 s and once more at the end of a run that finishes; after a
+stop or an error it is not drawn again, so a stop's `resume with:` line is the log's last.
+Redrawing it around every line had made such a log three quarters bar, each line prefixed with
+a carriage-return-separated bar. One interval for both commands (formats/bars.py; kto-precompute's
+bar, precompute/progress.py, is the same tqdm, on stderr too).
+
+An evaluation (in the run, and kto-train --eval-only) has a bar of its own over its batches
+(`EvalProgress`), on stderr, never stdout (--eval-only's stdout is its JSON line alone): on a
+terminal below the step bar, gone when the evaluation ends; elsewhere a line at most every 30 s.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import io
 import math
 import sys
 import threading
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
+from kto.formats import bars
 from kto.formats.bars import redraw_intervals
 
 
@@ -37,33 +46,78 @@ def number(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if x is not None and math.isfinite(x) else "n/a"
 
 
+def _new_bar(stream: TextIO, **kwargs: Any) -> Any:
+    """A tqdm bar for `stream`: drawn by tqdm on a terminal; elsewhere tqdm draws nowhere and
+    `_Lines` writes it (see the module's docstring)."""
+    from tqdm.auto import tqdm
+
+    terminal = stream.isatty()
+    return tqdm(file=stream if terminal else _Nowhere(stream), dynamic_ncols=terminal, **redraw_intervals(stream), **kwargs)
+
+
+class _Nowhere(io.TextIOBase):
+    """Where tqdm draws a bar off a terminal: nowhere (`_Lines` writes what is shown). Its
+    encoding is the stream's: tqdm draws the bar in blocks where that is UTF-8, else in `#`."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    @property
+    def encoding(self) -> str | None:
+        return getattr(self.stream, "encoding", None)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+class _Lines:
+    """A bar off a terminal: a line of its own, at most every REDRAW_OFF_TERMINAL_S of the bar's
+    clock (read when asked: a test may set it), through `write`."""
+
+    def __init__(self, bar: Any, write: Callable[[str], None]) -> None:
+        self.bar, self.write = bar, write
+        self.drawn_at, self.drawn_n = 0.0, bar.n
+
+    def tick(self) -> None:
+        if self.bar.format_dict["elapsed"] - self.drawn_at >= bars.REDRAW_OFF_TERMINAL_S:
+            self.draw()
+
+    def last(self) -> None:
+        """The bar at its end, unless it was drawn there already."""
+        if self.bar.n != self.drawn_n:
+            self.draw()
+
+    def draw(self) -> None:
+        self.drawn_at, self.drawn_n = self.bar.format_dict["elapsed"], self.bar.n
+        self.write(f"{self.bar}\n")
+
+
 class TrainProgress:
     """The bar of one run from step `done` to `total`; `enabled` on the main process only (the
     others print nothing)."""
 
     def __init__(self, total: int, done: int, enabled: bool, stream: TextIO | None = None):
         self.enabled = enabled
-        # A command's sys.stderr drops writes that fail after a hangup (formats/signals.py); tqdm
+        # A command's sys.stderr drops writes that have nowhere to go (formats/signals.py); tqdm
         # keeps the object it is given, so it is given that one, never sys.__stderr__.
         self.stream = stream or sys.stderr
         self.lock = threading.RLock()  # the prefetch thread may log too
         self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=total,
-                initial=done,
-                desc="kto-train",
-                file=self.stream,
-                dynamic_ncols=True,
-                **redraw_intervals(self.stream),
-                smoothing=0,  # rate = steps / elapsed: an eval between redraws is no spike nor gap
-            )
+        self.lines: _Lines | None = None  # off a terminal
+        if enabled and self.stream is not None:  # None: stderr closed (`2>&-`)
+            # rate = steps / elapsed (smoothing off): an eval between redraws is no spike nor gap
+            self.bar = _new_bar(self.stream, total=total, initial=done, desc="kto-train", smoothing=0)
+            if not self.stream.isatty():
+                self.lines = _Lines(self.bar, lambda text: self.above(self.stream, text))
 
     def step(self) -> None:
         if self.bar is not None:
             self.bar.update(1)
+        if self.lines is not None:
+            self.lines.tick()
 
     def window(self, tokens_per_s: float, loss: float) -> None:
         """What the last logged window measured; shown from the next redraw on."""
@@ -71,22 +125,26 @@ class TrainProgress:
             self.bar.set_postfix_str(f"{tokens_per_s:,.0f} tok/s, loss {number(loss)}", refresh=False)
 
     def line(self, text: str) -> None:
-        """One metrics line on stdout, above the bar, flushed (main process only)."""
-        if self.enabled:
+        """One metrics line on stdout, above the bar, flushed (main process only; none where
+        stdout is closed: metrics.jsonl keeps it)."""
+        if self.enabled and sys.stdout is not None:
             self.above(sys.stdout, text + "\n")
 
     def above(self, stream: TextIO, text: str) -> None:
         with self.lock:
-            if self.bar is not None:
+            redrawn = self.bar is not None and self.lines is None  # on a terminal
+            if redrawn:
                 self.bar.clear()
             stream.write(text)
             stream.flush()
-            if self.bar is not None:
+            if redrawn:
                 self.bar.refresh()
 
     @contextlib.contextmanager
     def lines_above(self) -> Iterator[None]:
-        """Route stderr above the bar for the duration; close the bar at the end."""
+        """Route stderr above the bar for the duration; close the bar at the end: drawn once more
+        where the block ends well, not at all where it raises (a stop's resume line stays last;
+        on a terminal the bar is cleared)."""
         if self.bar is None:
             yield
             return
@@ -94,9 +152,53 @@ class TrainProgress:
         sys.stderr = _AboveTheBar(self, self.stream)
         try:
             yield
+            if self.lines is not None:
+                self.lines.last()
+        except BaseException:
+            self.bar.leave = False
+            raise
         finally:
             sys.stderr = real
             self.bar.close()
+
+
+class EvalProgress:
+    """An evaluation's bar over `total` batches, on stderr, `enabled` on the main process only
+    (see the module's docstring). Under the step bar (sys.stderr is then _AboveTheBar) it is
+    drawn on the step bar's stream: on a terminal tqdm puts it on the line below."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        self.lines: _Lines | None = None
+        stream = sys.stderr
+        if not enabled or stream is None:
+            return
+        if isinstance(stream, _AboveTheBar):
+            stream = stream.stream
+        self.bar = _new_bar(stream, total=total, desc="eval", unit="batch", leave=False)
+        if not stream.isatty():
+            self.lines = _Lines(self.bar, _written_to(sys.stderr))  # through the step bar's lock where it is up
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.lines is not None:
+            self.lines.tick()
+
+    def __enter__(self) -> EvalProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _written_to(stream: TextIO) -> Callable[[str], None]:
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
 
 
 class _AboveTheBar(io.TextIOBase):
