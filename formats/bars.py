@@ -14,7 +14,13 @@ from typing import TextIO
 REDRAW_OFF_TERMINAL_S = 30.0
 
 
+def is_terminal(stream: TextIO) -> bool:
+    """Whether `stream` is a terminal; a notebook's or a caller's stream without isatty is not."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty()) if callable(isatty) else False
+
+
 def redraw_intervals(stream: TextIO) -> dict[str, float]:
     """tqdm's mininterval and maxinterval for a bar drawn on `stream`."""
-    terminal = stream.isatty()
+    terminal = is_terminal(stream)
     return {"mininterval": 0.1 if terminal else REDRAW_OFF_TERMINAL_S, "maxinterval": 10.0 if terminal else REDRAW_OFF_TERMINAL_S}

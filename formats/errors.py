@@ -30,7 +30,14 @@ def log(msg: str, accelerator: Accelerator | None = None) -> None:
     """One progress or warning line on stderr, flushed; with `accelerator`, from its main
     process only (every process runs the same code, the user wants each line once)."""
     if accelerator is None or accelerator.is_main_process:
-        print(msg, file=sys.stderr, flush=True)
+        to_stderr(msg)
+
+
+def to_stderr(line: str) -> None:
+    """`line` on stderr, flushed; nothing where stderr is closed (`2>&-`: sys.stderr is None,
+    and print(file=None) would write it to stdout, beside --eval-only's JSON)."""
+    if sys.stderr is not None:
+        print(line, file=sys.stderr, flush=True)
 
 
 class InputError(ValueError):
@@ -115,7 +122,7 @@ def exit_interrupted(prog: str, exc: KeyboardInterrupt) -> NoReturn:
     if isinstance(exc, Stopped):
         exit_on_signal(prog, exc.signum, "run the same command again")
     # kto-train's second Ctrl-C (train/stop.py Aborted) says what it left and how to resume.
-    print(f"{prog}: {one_line(str(exc)) or 'interrupted'}", file=sys.stderr, flush=True)
+    to_stderr(f"{prog}: {one_line(str(exc)) or 'interrupted'}")
     end_process_group()
     sys.exit(128 + signal.SIGINT)
 
@@ -175,7 +182,7 @@ def say_once(line: str, every_rank: bool, show: Callable[[], None] | None = None
     that rank alone, or a different one), so none is ever swallowed. `every_rank`: known to be
     raised alike on every process. `show`: prints the error instead of `line` (click's usage
     text around it). Returns whether it was raised alike (every process is stopping here)."""
-    show = show or (lambda: print(line, file=sys.stderr, flush=True))
+    show = show or (lambda: to_stderr(line))
     main = _is_main_process()
     if main:
         show()

@@ -91,8 +91,10 @@ def after_hangup(signum: int) -> None:
 def _to_devnull(fd: int) -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     if null != fd:  # the same where `fd` was closed: /dev/null took its number
-        os.dup2(null, fd)
+        os.dup2(null, fd)  # inheritable, as a standard descriptor is
         os.close(null)
+    else:
+        os.set_inheritable(fd, True)  # os.open's are not: a child process would start with it closed
 
 
 def _held(fd: int) -> None:
@@ -105,7 +107,8 @@ def _held(fd: int) -> None:
 
 
 # A console write failing with one of these has nowhere to go: dropped (see the module's docstring).
-_NOWHERE = frozenset({errno.EPIPE, errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# EBADF: a descriptor open for reading only (pyenv's shim leaves a `2>&-` so).
+_NOWHERE = frozenset({errno.EPIPE, errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EBADF})
 
 
 def console_error(name: str, exc: OSError) -> str:
@@ -210,8 +213,12 @@ def _console_streams() -> Iterator[None]:
     for fd, stream in ((1, real[0]), (2, real[1])):
         if stream is None:
             _held(fd)
+    # A closed stderr is /dev/null, not None: print(..., file=None) writes to stdout, so every
+    # message and error line landed beside --eval-only's JSON. A closed stdout stays None (the
+    # command's result there is refused by write_result; tqdm skips a None stdout).
+    errors = open(os.devnull, "w", encoding="utf-8") if real[1] is None else real[1]
     sys.stdout, sys.stderr = (
-        s if s is None or isinstance(s, _ConsoleStream) else _ConsoleStream(s, name) for s, name in zip(real, ("stdout", "stderr"), strict=True)
+        s if s is None or isinstance(s, _ConsoleStream) else _ConsoleStream(s, name) for s, name in ((real[0], "stdout"), (errors, "stderr"))
     )
     guards = sys.stdout, sys.stderr
     try:

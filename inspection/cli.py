@@ -184,12 +184,13 @@ def verify(cache: Path) -> None:
     for r in reports:
         for problem in r.problems:
             click.echo(f"kto-inspect: verify: {printable(problem)}", err=True)
+        # Through _write_out: a stdout that cannot take the verdict is exit 2, not 1 ("found a problem").
         if r.ok:
-            click.echo(
+            _write_out(
                 f"ok: {r.cache}: {r.rows} rows in {r.shards} shards; checksums, fingerprints, schema, values, counts, ids and KL sources agree with the manifest"
             )
         else:  # stdout tells each split's verdict, so `verify CACHE > log` is not only the good ones
-            click.echo(f"FAILED: {r.cache}: {len(r.problems)} problem(s), listed on stderr")
+            _write_out(f"FAILED: {r.cache}: {len(r.problems)} problem(s), listed on stderr")
     bad = sum(len(r.problems) for r in reports)
     if bad:
         click.echo(f"kto-inspect: verify: {bad} problem(s) found in {cache}", err=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kto.formats.compute.policy_dirs import RunOf
-from kto.formats.errors import InputError, log
+from kto.formats.errors import InputError, log, on_main
 
 from .config import DEFAULTS, TrainConfig
 
@@ -98,9 +98,9 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
         eval_cache = checked_eval_cache(cfg, run, accelerator)  # refusals first, then what is used
         log(settings_line(cfg, run, explicit), accelerator)
         line = {**eval_line(cfg, eval_cache, accelerator), "model": str(cfg.model)}
-        if accelerator.is_main_process:
-            report(cfg, line, target, print_json)
-        accelerator.wait_for_everyone()
+        # On the main process; its refusal (a stdout that cannot take the JSON) stops every rank
+        # alike, where the others, left at a barrier, failed with a traceback.
+        on_main(lambda: report(cfg, line, target, print_json), accelerator)
     return line
 
 

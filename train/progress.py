@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from kto.formats import bars
-from kto.formats.bars import redraw_intervals
+from kto.formats.bars import is_terminal, redraw_intervals
 
 
 def number(x: float | None, digits: int = 4) -> str:
@@ -51,7 +51,7 @@ def _new_bar(stream: TextIO, **kwargs: Any) -> Any:
     `_Lines` writes it (see the module's docstring)."""
     from tqdm.auto import tqdm
 
-    terminal = stream.isatty()
+    terminal = is_terminal(stream)
     return tqdm(file=stream if terminal else _Nowhere(stream), dynamic_ncols=terminal, **redraw_intervals(stream), **kwargs)
 
 
@@ -110,7 +110,7 @@ class TrainProgress:
         if enabled and self.stream is not None:  # None: stderr closed (`2>&-`)
             # rate = steps / elapsed (smoothing off): an eval between redraws is no spike nor gap
             self.bar = _new_bar(self.stream, total=total, initial=done, desc="kto-train", smoothing=0)
-            if not self.stream.isatty():
+            if not is_terminal(self.stream):
                 self.lines = _Lines(self.bar, lambda text: self.above(self.stream, text))
 
     def step(self) -> None:
@@ -176,7 +176,7 @@ class EvalProgress:
         if isinstance(stream, _AboveTheBar):
             stream = stream.stream
         self.bar = _new_bar(stream, total=total, desc="eval", unit="batch", leave=False)
-        if not stream.isatty():
+        if not is_terminal(stream):
             self.lines = _Lines(self.bar, _written_to(sys.stderr))  # through the step bar's lock where it is up
 
     def step(self) -> None:
@@ -222,4 +222,4 @@ class _AboveTheBar(io.TextIOBase):
         self.stream.flush()
 
     def isatty(self) -> bool:
-        return self.stream.isatty()
+        return is_terminal(self.stream)

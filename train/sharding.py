@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +46,7 @@ import torch
 
 from kto.formats.atomic import disk_full_names
 from kto.formats.compute.sharded import SHARDED_DIR
-from kto.formats.errors import InputError
+from kto.formats.errors import InputError, log
 from kto.formats.runrecord import checkpoint_dir
 
 from .adapters import quantized
@@ -140,13 +139,11 @@ def before_prepare(accelerator: Accelerator, lm: torch.nn.Module) -> None:
                 "pass --fsdp_transformer_layer_cls_to_wrap to accelerate launch"
             )
         plugin.transformer_cls_names_to_wrap = names
-    if accelerator.is_main_process:
-        print(
-            f"FSDP2 over {accelerator.num_processes} processes: each {', '.join(plugin.transformer_cls_names_to_wrap)} "
-            "and the root (embeddings, final norm, LM head) sharded",
-            file=sys.stderr,
-            flush=True,
-        )
+    log(
+        f"FSDP2 over {accelerator.num_processes} processes: each {', '.join(plugin.transformer_cls_names_to_wrap)} "
+        "and the root (embeddings, final norm, LM head) sharded",
+        accelerator,
+    )
 
 
 def _options(adapters_only: bool, **kw):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shlex
+import subprocess
 import sys
 
 import pytest
@@ -34,7 +36,7 @@ class Failing(io.StringIO):
         raise OSError(self.code, os.strerror(self.code))
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF])
 def test_a_full_stdout_is_dropped_said_once_on_stderr_and_the_command_goes_on(monkeypatch, code):
     err = io.StringIO()
     monkeypatch.setattr(sys, "stdout", Failing(code))
@@ -106,3 +108,27 @@ def test_a_result_on_stdout_is_written_or_fails_naming_the_error(monkeypatch, tm
         assert console_error("stdout", failed.value) == "stdout: No space left on device (ENOSPC)"
         full.write("now to /dev/null")  # the descriptor was pointed at /dev/null: the exit's flush cannot fail
         full.flush()
+
+
+def test_a_closed_stderr_says_nothing_on_stdout(monkeypatch):
+    """print(file=None) writes to stdout: with `2>&-`, every message and error line landed there,
+    beside --eval-only's JSON."""
+    from kto.formats.errors import log, to_stderr
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", None)
+    with raising_on_stop_signals():
+        log("a note")
+        print("a warning", file=sys.stderr, flush=True)
+        print("the result", flush=True)
+    to_stderr("kto-train: error: an error after the command's block")
+    assert out.getvalue() == "the result\n"
+
+
+def test_a_closed_stdout_is_held_by_an_inheritable_dev_null():
+    """A child process started meanwhile gets the /dev/null too, not a closed stdout that its
+    first file would take (its output then written into that file)."""
+    code = "import os, sys; from kto.formats.signals import raising_on_stop_signals\nwith raising_on_stop_signals(): sys.stderr.write(f'{os.get_inheritable(1)} {os.path.realpath(f\"/proc/self/fd/1\")}')"
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} -c {shlex.quote(code)} >&-"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "True /dev/null", proc.stderr

@@ -9,6 +9,7 @@ left on device` (exit 1); with stdout closed every command died at start-up with
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -65,8 +66,11 @@ def test_eval_only_says_a_stdout_it_cannot_write_and_still_writes_out(tiny_eval_
 
 
 @pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
-def test_kto_inspect_summary_says_a_stdout_it_cannot_write(tiny_cache, redirect):
-    command = f"{sys.executable} -m kto.inspection.cli summary {tiny_cache} {redirect}"
+@pytest.mark.parametrize("subcommand", ["summary", "verify"])
+def test_kto_inspect_says_a_stdout_it_cannot_write(tiny_cache, redirect, subcommand):
+    """verify printed its verdict with click.echo: a traceback and exit 1 ("found a problem")
+    for a good cache on a full disk, and exit 0 with nothing said on a closed stdout."""
+    command = f"{sys.executable} -m kto.inspection.cli {subcommand} {tiny_cache} {redirect}"
     proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     said = "closed (EBADF)" if redirect == ">&-" else "No space left on device (ENOSPC)"
     assert proc.returncode == 2, proc.stderr
@@ -85,3 +89,43 @@ def test_the_step_lines_with_stdout_closed_are_dropped_quietly(capsys, monkeypat
             progress.line("step 1/2 loss 0.5000")
     monkeypatch.undo()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_eval_only_with_stderr_closed_prints_the_json_line_alone(tiny_eval_cache, tiny_model_dir, monkeypatch):
+    """With `2>&-` the settings line and the eval line went to stdout, before the JSON."""
+    from accelerate.state import AcceleratorState
+
+    from kto.train.cli import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", None)
+    with pytest.raises(SystemExit) as exited:
+        main(["--eval-only", "--model", str(tiny_model_dir), "--eval-cache", str(tiny_eval_cache)], prog_name="kto-train")
+    monkeypatch.undo()
+    assert exited.value.code == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["model"] == str(tiny_model_dir), lines
+
+
+def test_a_stream_without_isatty_is_no_terminal():
+    """The Python API under a caller's stream with only write/flush: evaluate_model raised AttributeError."""
+    from kto.train.progress import EvalProgress, is_terminal
+
+    class Minimal:
+        def write(self, text: str) -> int:
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    assert not is_terminal(Minimal()) and not is_terminal(io.StringIO())
+    real = sys.stderr
+    try:
+        sys.stderr = Minimal()
+        with EvalProgress(3, True) as bar:
+            for _ in range(3):
+                bar.step()
+    finally:
+        sys.stderr = real
