@@ -15,9 +15,12 @@ REDRAW_OFF_TERMINAL_S = 30.0
 
 
 def is_terminal(stream: TextIO) -> bool:
-    """Whether `stream` is a terminal; a notebook's or a caller's stream without isatty is not."""
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty()) if callable(isatty) else False
+    """Whether `stream` is a terminal; a notebook's or a caller's stream without isatty, None
+    (a closed standard stream) and a closed file are not."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def redraw_intervals(stream: TextIO) -> dict[str, float]:

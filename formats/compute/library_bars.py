@@ -14,6 +14,8 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
+from kto.formats.bars import is_terminal
+
 
 @contextlib.contextmanager
 def library_bars_off(*, only_off_terminal: bool = False) -> Iterator[None]:
@@ -34,7 +36,4 @@ def library_bars_off(*, only_off_terminal: bool = False) -> Iterator[None]:
 
 
 def _stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced by an object without it, or closed
-        return False
+    return is_terminal(sys.stderr)
