@@ -162,12 +162,26 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
     }
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        pipeline = json.loads(backend.to_str())
+        parts["pipeline"] = _pipeline_digest(backend.to_str())
+    return parts
+
+
+# The pipeline digest of each serialized tokenizer seen in this process, by the text's sha256.
+_PIPELINE_DIGESTS: dict[str, str] = {}
+
+
+def _pipeline_digest(serialized: str) -> str:
+    """The hash of a tokenizer pipeline's JSON with its keys sorted. Sorting 1.5 MB of JSON takes
+    0.5 s, and a script or test that calls kto's commands again in one process loads the same
+    tokenizer each time: remembered by the serialized text's own hash (2 ms)."""
+    key = _sha256(serialized.encode())
+    if key not in _PIPELINE_DIGESTS:
+        pipeline = json.loads(serialized)
         # Padding/truncation settings are runtime state, not part of what ids a text maps to.
         pipeline.pop("padding", None)
         pipeline.pop("truncation", None)
-        parts["pipeline"] = _sha256(json.dumps(pipeline, sort_keys=True).encode())
-    return parts
+        _PIPELINE_DIGESTS[key] = _sha256(json.dumps(pipeline, sort_keys=True).encode())
+    return _PIPELINE_DIGESTS[key]
 
 
 def diff_identity(expected: dict, actual: dict) -> list[str]:
