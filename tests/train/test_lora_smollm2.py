@@ -141,28 +141,43 @@ TINY_LLAMA = {
 }
 
 
+# The tiny GGUF's vocabulary: the real one's first tokens (17 special tokens, the 256 byte-level
+# symbols, then BPE merges in rank order). gguf-py walks every metadata field in Python, ~4 s a
+# parse for the real 49,152 tokens and 48,900 merges, and each command parses the file again.
+TINY_VOCAB = 4096
+
+
 def tiny_gguf(real: Path, out: Path) -> Path:
     """`out`/<the real file's name>: a 2-layer random Llama in the GGUF format, with every metadata
     key of the real SmolLM2 GGUF `real` (its tokenizer, chat template, names) but the sizes of
-    TINY_LLAMA, its matrices quantized as the real file's are (Q8_0 embeddings, Q4_1 layers)."""
+    TINY_LLAMA, its matrices quantized as the real file's are (Q8_0 embeddings, Q4_1 layers), and
+    its vocabulary cut to the first TINY_VOCAB tokens with the merges among them (byte-level BPE
+    still tokenizes any text)."""
     import gguf
     import numpy as np
 
     reader = gguf.GGUFReader(real)
     out.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(out / real.name, "llama")
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()[:TINY_VOCAB]
+    kept = set(tokens)
+    cut = {
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": reader.fields["tokenizer.ggml.token_type"].contents()[:TINY_VOCAB],
+        "tokenizer.ggml.merges": [m for m in reader.fields["tokenizer.ggml.merges"].contents() if {*m.split(" "), m.replace(" ", "")} <= kept],
+    }
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
-        if key in TINY_LLAMA:
-            writer.add_uint32(key, TINY_LLAMA[key])
+        if key in TINY_LLAMA or key == "llama.vocab_size":
+            writer.add_uint32(key, TINY_LLAMA.get(key, TINY_VOCAB))
         else:
             sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+            writer.add_key_value(key, cut.get(key, field.contents()), field.types[0], sub_type=sub)
     hidden, ffn, layers = TINY_LLAMA["llama.embedding_length"], TINY_LLAMA["llama.feed_forward_length"], TINY_LLAMA["llama.block_count"]
     kv = hidden // TINY_LLAMA["llama.attention.head_count"] * TINY_LLAMA["llama.attention.head_count_kv"]
     rng = np.random.default_rng(0)
-    shapes = {"token_embd.weight": (49152, hidden), "output_norm.weight": (hidden,)}
+    shapes = {"token_embd.weight": (TINY_VOCAB, hidden), "output_norm.weight": (hidden,)}
     for i in range(layers):
         names = ("attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
         dims = ((hidden,), (hidden,), (hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (ffn, hidden), (ffn, hidden), (hidden, ffn))
