@@ -37,7 +37,9 @@ _EVERY_LINE = (
 )
 # The training step's own figures: its packing, then the optimizer, speed and memory.
 _PACKING = ("padding/policy", "tokens/saved")
-_STEP = ("lr", "grad_norm", "epoch", "tokens_per_s", "peak_memory_gb", "rss_anon_gb", "rss_file_gb")
+# updates_skipped: of the window's steps, those whose update fp16's loss scaler skipped (a
+# gradient overflowed); null without a loss scaler (fp32, bf16), which skips none.
+_STEP = ("lr", "grad_norm", "updates_skipped", "epoch", "tokens_per_s", "peak_memory_gb", "rss_anon_gb", "rss_file_gb")
 
 # null on every eval line by design: the training step's own figures.
 TRAIN_ONLY_KEYS = (*_PACKING, "padding/kl", *_STEP)

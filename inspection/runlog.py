@@ -227,14 +227,18 @@ def _steps(steps: list[int]) -> str:
     return f"step {steps[0]}" if len(steps) == 1 else f"mean of {len(steps)} points, steps {steps[0]}-{steps[-1]}"
 
 
-# null by design, whatever the line: memory kto-train could not read (no /proc off Linux).
-ALWAYS_NULLABLE = ("rss_anon_gb", "rss_file_gb")
+# null by design, whatever the line: memory kto-train could not read (no /proc off Linux), and
+# the skipped-update count of a run without fp16's loss scaler.
+ALWAYS_NULLABLE = ("rss_anon_gb", "rss_file_gb", "updates_skipped")
 
 
 def _null_by_design(rec: dict, name: str) -> bool:
     """A null that is no non-finite value: an eval line's train-only keys (every line carries
-    every key: formats/metrics_line.py), unreadable memory, a class absent from the window."""
+    every key: formats/metrics_line.py), unreadable memory, a class absent from the window, the
+    gradient norm of an update fp16's loss scaler skipped (it overflowed: the skip says so)."""
     if (rec.get("split") == "eval" and name in TRAIN_ONLY_KEYS) or (rec.get("split") != "eval" and name in EVAL_ONLY_KEYS) or name in ALWAYS_NULLABLE:
+        return True
+    if name == "grad_norm" and rec.get("updates_skipped"):
         return True
     return any(not rec.get(c, 1) for c in NEEDS.get(name, ()))
 
@@ -256,6 +260,17 @@ def non_finite_metrics(log: RunLog) -> list[str]:
             shown = ", ".join(map(str, at[:5])) + (f", … ({len(at)} steps)" if len(at) > 5 else "")
             out.append(f"{split}{printable(name)} at step{'s' if len(at) > 1 else ''} {shown}")
     return out
+
+
+def _skipped_updates_line(log: RunLog) -> str | None:
+    """How many updates fp16's loss scaler skipped (their steps did not move the weights), and in
+    which logged windows; None where it skipped none or the run had no loss scaler."""
+    windows = [(rec["step"], rec["updates_skipped"]) for rec in log.train if rec.get("updates_skipped")]
+    if not windows:
+        return None
+    total = sum(n for _, n in windows)
+    shown = ", ".join(str(step) for step, _ in windows[:5]) + (f", … ({len(windows)} lines)" if len(windows) > 5 else "")
+    return f"UPDATES SKIPPED by fp16 loss scaling (a gradient overflowed): {total}, in the windows logged at step{'s' if len(windows) > 1 else ''} {shown}; those steps did not move the weights"
 
 
 def _kl_line(kl: list[float], raw: tuple[list[int], list[float]], prefix: str) -> str:
@@ -298,6 +313,9 @@ def checks(log: RunLog) -> list[str]:
     bad = non_finite_metrics(log)
     if bad:
         out.append(f"NON-FINITE metrics (NaN or inf, written as null): {'; '.join(bad)}; the run diverged or its cache holds NaN")
+    skipped = _skipped_updates_line(log)
+    if skipped:
+        out.append(skipped)
     split = "train" if log.series("kl")[1] else "eval"  # a run logged with --log-every 0 has eval lines only
     _, kl = log.series("kl", split)
     if kl:

@@ -29,7 +29,7 @@ from .processes import borrowed_accelerate_state, borrowed_rng_state
 from .progress import TrainProgress, number
 from .rundir import changes_left_unused, finished_final, lock_run_dir, mark_finished
 from .setup import Run, check_inputs, setup
-from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
+from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize, update_was_skipped
 from .stop import Interrupted, StopSignals, resume_command
 
 if TYPE_CHECKING:
@@ -102,13 +102,15 @@ def run_steps(run: Run) -> Path:
             while run.position.global_step < run.total_steps:
                 stats, done = train_step(run, prefetch)
                 progress.step()
-                window.add(stats)
+                window.add(stats, done.skipped)
                 window = after_step(run, window, done, progress)
                 if (signum := signals.requested()) is not None and run.position.global_step < run.total_steps:
                     stop(run, signum, window)
             # Still inside StopSignals: a SIGTERM or Ctrl-C while final/ is written (minutes for
             # a large model) is noted, not fatal; the trained steps are not lost with it.
             final = finish(run)
+            if run.skipped_updates:
+                log(skipped_updates_line(run.skipped_updates), run.accelerator)
             if signals.signum is not None:
                 log(f"kto-train: {signal.Signals(signals.signum).name} came after the last step; the run finished and {final} is whole", run.accelerator)
         # The last line, below the bar: the figure to size a job from, as kto-precompute's gives it.
@@ -130,9 +132,13 @@ class Window:
 
     stats: StepStats | None = None
     started: float = field(default_factory=lambda: time.perf_counter())  # looked up per window: a test's clock
+    updates_skipped: int = 0
+    """Of the window's steps, those whose update fp16's loss scaler skipped (not kept by a stop's
+    checkpoint: a resumed window counts its own steps)."""
 
-    def add(self, stats: StepStats) -> None:
+    def add(self, stats: StepStats, skipped: bool = False) -> None:
         self.stats = stats if self.stats is None else self.stats.plus(stats)
+        self.updates_skipped += skipped
 
     @classmethod
     def resumed(cls, unlogged: tuple[float, ...], device: torch.device) -> Window:
@@ -153,6 +159,7 @@ class Window:
 class StepDone(NamedTuple):
     grad_norm: float
     lr: float  # the rate this step's update used (the scheduler then moves on to the next step's)
+    skipped: bool = False  # fp16's loss scaler skipped the update (step.update_was_skipped)
 
 
 def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, StepDone]:
@@ -170,14 +177,22 @@ def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, StepDone]:
     lr = run.policy.scheduler.get_last_lr()[0]
     apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
     run.position = nxt
-    return stats, StepDone(grad_norm, lr)
+    skipped = update_was_skipped(run.accelerator)
+    if skipped:
+        run.skipped_updates.append(nxt.global_step)
+        scale = run.accelerator.scaler.get_scale()
+        log(
+            f"step {nxt.global_step}: fp16 loss scaling skipped this update (a gradient overflowed fp16; the weights did not move); loss scale now {scale:g}",
+            run.accelerator,
+        )
+    return stats, StepDone(grad_norm, lr, skipped)
 
 
 def after_step(run: Run, window: Window, done: StepDone, progress: TrainProgress) -> Window:
     """The line, eval and checkpoint due after this step; returns the window to add to next."""
     step, cfg = run.position.global_step, run.cfg
     if cfg.log_every and (step % cfg.log_every == 0 or step == run.total_steps):
-        log_window(run, window.stats, done, time.perf_counter() - window.started, progress)
+        log_window(run, window, done, time.perf_counter() - window.started, progress)
         window = Window()
     # An epoch ends where the position wrapped to the next epoch's first step. The last step is
     # always evaluated (with an eval cache) and, when the run saves at all, checkpointed too, as
@@ -326,12 +341,15 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train()
 
 
-def log_window(run: Run, window: StepStats, last: StepDone, seconds: float, progress: TrainProgress) -> None:
+def log_window(run: Run, window: Window, last: StepDone, seconds: float, progress: TrainProgress) -> None:
     """Metrics over the steps since the last line (already summed over ranks); `lr` and
     `grad_norm` are the last step's. `lr` is the rate the last step trained with, read before the
-    scheduler moves on, as transformers' Trainer reads it."""
+    scheduler moves on, as transformers' Trainer reads it. Under fp16's loss scaler the line also
+    counts the window's updates it skipped (`updates_skipped`)."""
     p = run.position
-    line = summarize(window, run.cfg.sft_weight)
+    line = summarize(window.stats, run.cfg.sft_weight)
+    if run.accelerator.scaler is not None:
+        line["updates_skipped"] = window.updates_skipped
     line.update(
         lr=last.lr,
         grad_norm=last.grad_norm,
@@ -344,6 +362,15 @@ def log_window(run: Run, window: StepStats, last: StepDone, seconds: float, prog
     progress.window(line["tokens_per_s"], line["loss"])
     kl = f" kl {number(line['kl'])}" if "kl" in line else ""  # no KL term: none logged
     progress.line(f"step {p.global_step}/{run.total_steps} loss {number(line['loss'])}{kl} margin {number(line['rewards/margins'])}")
+
+
+def skipped_updates_line(steps: list[int]) -> str:
+    """The run's last word on fp16's skipped updates: how many, and at which steps (the first
+    ten), so that a run whose steps trained nothing is not taken for one that trained."""
+    shown = ", ".join(map(str, steps[:10])) + (", ..." if len(steps) > 10 else "")
+    if len(steps) == 1:
+        return f"kto-train: fp16 loss scaling skipped one update of this run (step {shown}): the weights did not move at that step"
+    return f"kto-train: fp16 loss scaling skipped {len(steps)} updates of this run (steps {shown}): the weights did not move at those steps"
 
 
 def run_eval(run: Run, progress: TrainProgress) -> None:

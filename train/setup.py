@@ -95,6 +95,8 @@ class Run:
     memory: MemoryMeter = field(default_factory=MemoryMeter)
     records_closed: bool = False
     """metrics.jsonl and the trackers were closed (train/loop.py close_records)."""
+    skipped_updates: list[int] = field(default_factory=list)
+    """The steps of this process's run whose update fp16's loss scaler skipped (train/loop.py)."""
 
     @property
     def model(self) -> torch.nn.Module:

@@ -25,6 +25,7 @@ Collectives per optimizer step with several processes (none with one):
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -392,9 +393,22 @@ def clip_gradients(model: torch.nn.Module, accelerator: Accelerator, max_grad_no
 
 
 def apply_update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """The update, then the schedule's next rate: the schedule follows the step count, updates that
+    fp16's loss scaler skipped included (update_was_skipped says so)."""
     optimizer.step()
-    scheduler.step()
+    with warnings.catch_warnings():
+        if getattr(optimizer, "step_was_skipped", False):  # accelerate's optimizer under a loss scaler
+            # torch reads a skipped first update as a schedule stepped before its optimizer, and
+            # says so with advice that does not apply here.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def update_was_skipped(accelerator: Accelerator) -> bool:
+    """fp16's loss scaler skipped the last optimizer step: a gradient overflowed fp16, the weights
+    did not move, and the scale was lowered. Without a scaler (fp32, bf16) no step is skipped."""
+    return accelerator.scaler is not None and accelerator.optimizer_step_was_skipped
 
 
 def optimizer_step(

@@ -43,7 +43,7 @@ def test_the_first_train_line_after_a_hundred_eval_lines_is_not_dropped_by_polar
     writer.write(120, TRAIN)
     writer.close()
     written = lines(path)
-    assert all(list(rec) == list(metrics_keys(True)) for rec in written) and len(metrics_keys(True)) == 25
+    assert all(list(rec) == list(metrics_keys(True)) for rec in written) and len(metrics_keys(True)) == 26
     assert written[0]["lr"] is None and written[0]["rss_file_gb"] is None and written[-1]["lr"] == 9.4e-05
     # polars' default window (100 lines) now fails loudly instead of reading 14 columns …
     with pytest.raises(pl.exceptions.ComputeError, match="NULL-typed column"):
@@ -66,7 +66,7 @@ def test_a_loss_without_kl_term_writes_no_kl_key_on_any_line(tmp_path):
     with pytest.raises(ValueError, match=r"\['kl'\] are not in"):
         writer.write(2, {**no_kl, "kl": 0.1})
     writer.close()
-    assert [list(rec) for rec in lines(path)] == [list(metrics_keys(False))] * 2 and len(metrics_keys(False)) == 22
+    assert [list(rec) for rec in lines(path)] == [list(metrics_keys(False))] * 2 and len(metrics_keys(False)) == 23
 
 
 def test_a_resume_gives_lines_an_older_version_wrote_every_key(tmp_path):

@@ -1,0 +1,109 @@
+"""fp16's loss scaler skips an update whose gradients overflowed fp16 and lowers its scale. Seen
+before: the step logged its loss and lr like any other and nothing said the weights had not moved,
+so a run whose scale kept falling could train nothing without a word.
+
+CPU has no fp16 autocast here (kto-train refuses it), so the run gets a real CPU GradScaler
+(torch.amp.GradScaler("cpu"), as accelerate drives one on a GPU) and one gradient made infinite
+at chosen steps, as an overflow leaves it: the scaler finds it, skips that update and halves."""
+
+import json
+
+import pytest
+import torch
+from conftest import run_train
+from safetensors.torch import load_file
+
+import kto.train.loop as loop
+import kto.train.setup as setup
+from kto.train.loop import skipped_updates_line
+
+ARGS = ["--batch-size", "2", "--lr", "1e-2", "--max-steps", "4", "--log-every", "2", "--save-every", "1"]
+
+
+@pytest.fixture
+def overflow_at(monkeypatch):
+    """Give the run a CPU loss scaler (scale 1: the numbers are fp32's) and poison one gradient
+    at the steps in the returned set, just before the scaler unscales them."""
+    steps: set[int] = set()
+    make = setup.make_accelerator
+
+    def with_scaler(cfg):
+        accelerator = make(cfg)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=1000)
+        return accelerator
+
+    clip = loop.clip_gradients
+
+    def overflowing(model, accelerator, max_grad_norm):
+        step = overflowing.calls = getattr(overflowing, "calls", 0) + 1
+        if step in steps:
+            next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+        return clip(model, accelerator, max_grad_norm)
+
+    monkeypatch.setattr(setup, "make_accelerator", with_scaler)
+    monkeypatch.setattr(loop, "clip_gradients", overflowing)
+    return steps
+
+
+def test_a_skipped_update_is_said_counted_and_leaves_the_weights_alone(overflow_at, tiny_cache, tiny_model_dir, tmp_path):
+    overflow_at.update({2, 3})
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *ARGS)
+    assert result.exit_code == 0, result.output
+    assert "step 2: fp16 loss scaling skipped this update (a gradient overflowed fp16; the weights did not move); loss scale now 0.5" in result.output
+    assert "step 3: fp16 loss scaling skipped this update (a gradient overflowed fp16; the weights did not move); loss scale now 0.25" in result.output
+    assert "step 1: fp16" not in result.output and "step 4: fp16" not in result.output
+    assert "kto-train: fp16 loss scaling skipped 2 updates of this run (steps 2, 3): the weights did not move at those steps" in result.output
+    assert "Detected call of `lr_scheduler.step()`" not in result.output
+    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["updates_skipped"]) for m in lines] == [(2, 1), (4, 1)]
+    # Checkpoints 1, 2 and 3 hold the same weights: steps 2 and 3 did not move them; step 4 did.
+    weights = [load_file(tmp_path / "r" / f"checkpoint-{n}" / "model.safetensors") for n in (1, 2, 3, 4)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) and torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert any(not torch.equal(weights[2][k], weights[3][k]) for k in weights[0])
+
+
+def test_a_run_with_no_skipped_update_says_nothing_and_counts_zero(overflow_at, tiny_cache, tiny_model_dir, tmp_path):
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *ARGS)
+    assert result.exit_code == 0, result.output
+    assert "fp16 loss scaling" not in result.output
+    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["updates_skipped"] for m in lines] == [0, 0]
+
+
+def test_without_a_loss_scaler_the_count_is_null(tiny_cache, tiny_model_dir, tmp_path):
+    """fp32 and bf16 skip no update: null (does not apply), as every line carries every key."""
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *ARGS)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["updates_skipped"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [None, None]
+
+
+def test_the_last_line_names_one_update_or_the_first_ten():
+    assert skipped_updates_line([7]) == "kto-train: fp16 loss scaling skipped one update of this run (step 7): the weights did not move at that step"
+    many = skipped_updates_line(list(range(1, 13)))
+    assert many.startswith("kto-train: fp16 loss scaling skipped 12 updates of this run (steps 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ...)")
+
+
+def inspect_checks(out) -> list[str]:
+    from click.testing import CliRunner
+
+    from kto.inspection.cli import main as inspect
+
+    result = CliRunner().invoke(inspect, ["run", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["checks"]
+
+
+def test_kto_inspect_run_says_how_many_updates_were_skipped(overflow_at, tiny_cache, tiny_model_dir, tmp_path):
+    overflow_at.update({2, 3})
+    assert run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *ARGS).exit_code == 0
+    checks = inspect_checks(tmp_path / "r")
+    assert (
+        "UPDATES SKIPPED by fp16 loss scaling (a gradient overflowed): 2, in the windows logged at steps 2, 4; those steps did not move the weights" in checks
+    )
+    assert not any("NON-FINITE" in c for c in checks), checks
+
+
+def test_kto_inspect_run_takes_a_null_count_for_a_run_without_a_loss_scaler(tiny_cache, tiny_model_dir, tmp_path):
+    assert run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *ARGS).exit_code == 0
+    checks = inspect_checks(tmp_path / "r")
+    assert not any("SKIPPED" in c or "NON-FINITE" in c for c in checks), checks
