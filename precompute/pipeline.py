@@ -593,7 +593,7 @@ def score_and_write(
     s.out.mkdir(parents=True, exist_ok=True)
     slices = shard_slices(len(s.rows), cfg.rows_per_shard)
     total_rows = sum(slices[k][1] - slices[k][0] for k in shard_ids)
-    with Progress(total_rows, f"{s.name} rows", enabled=state.is_main_process) as progress:
+    with Progress(total_rows, "row", desc=f"kto-precompute {s.name}", enabled=state.is_main_process) as progress:
         for k in shard_ids:
             a, b = slices[k]
             with ArrowFile(staged) as reader:  # mapped for one shard at a time: see staging.py

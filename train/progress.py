@@ -18,8 +18,8 @@ are, each starting with its own text (`grep '^step' train.log` finds them all), 
 line of its own at most every 30 s and once more at the end of a run that finishes; after a
 stop or an error it is not drawn again, so a stop's `resume with:` line is the log's last.
 Redrawing it around every line had made such a log three quarters bar, each line prefixed with
-a carriage-return-separated bar. One interval for both commands (formats/bars.py; kto-precompute's
-bar, precompute/progress.py, is the same tqdm, on stderr too).
+a carriage-return-separated bar. One rule for both commands (formats/bars.py; kto-precompute's
+bar, precompute/progress.py, is drawn the same way, on stderr).
 
 An evaluation (in the run, and kto-train --eval-only) has a bar of its own over its batches
 (`EvalProgress`), on stderr, never stdout (--eval-only's stdout is its JSON line alone): on a
@@ -33,66 +33,16 @@ import io
 import math
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from collections.abc import Iterator
+from typing import TextIO
 
-from kto.formats import bars
-from kto.formats.bars import is_terminal, redraw_intervals
+from kto.formats.bars import BarLines, is_terminal, new_bar, written_to
 
 
 def number(x: float | None, digits: int = 4) -> str:
     """A metric for a log line: `n/a` where it is undefined (a window without one class has no
     margin: summarize gives NaN there, and metrics.jsonl writes null), never `nan`."""
     return f"{x:.{digits}f}" if x is not None and math.isfinite(x) else "n/a"
-
-
-def _new_bar(stream: TextIO, **kwargs: Any) -> Any:
-    """A tqdm bar for `stream`: drawn by tqdm on a terminal; elsewhere tqdm draws nowhere and
-    `_Lines` writes it (see the module's docstring)."""
-    from tqdm.auto import tqdm
-
-    terminal = is_terminal(stream)
-    return tqdm(file=stream if terminal else _Nowhere(stream), dynamic_ncols=terminal, **redraw_intervals(stream), **kwargs)
-
-
-class _Nowhere(io.TextIOBase):
-    """Where tqdm draws a bar off a terminal: nowhere (`_Lines` writes what is shown). Its
-    encoding is the stream's: tqdm draws the bar in blocks where that is UTF-8, else in `#`."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    @property
-    def encoding(self) -> str | None:
-        return getattr(self.stream, "encoding", None)
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-
-class _Lines:
-    """A bar off a terminal: a line of its own, at most every REDRAW_OFF_TERMINAL_S of the bar's
-    clock (read when asked: a test may set it), through `write`."""
-
-    def __init__(self, bar: Any, write: Callable[[str], None]) -> None:
-        self.bar, self.write = bar, write
-        self.drawn_at, self.drawn_n = 0.0, bar.n
-
-    def tick(self) -> None:
-        if self.bar.format_dict["elapsed"] - self.drawn_at >= bars.REDRAW_OFF_TERMINAL_S:
-            self.draw()
-
-    def last(self) -> None:
-        """The bar at its end, unless it was drawn there already."""
-        if self.bar.n != self.drawn_n:
-            self.draw()
-
-    def draw(self) -> None:
-        self.drawn_at, self.drawn_n = self.bar.format_dict["elapsed"], self.bar.n
-        self.write(f"{self.bar}\n")
 
 
 class TrainProgress:
@@ -106,12 +56,12 @@ class TrainProgress:
         self.stream = stream or sys.stderr
         self.lock = threading.RLock()  # the prefetch thread may log too
         self.bar = None
-        self.lines: _Lines | None = None  # off a terminal
+        self.lines: BarLines | None = None  # off a terminal
         if enabled and self.stream is not None:  # None: stderr closed (`2>&-`)
             # rate = steps / elapsed (smoothing off): an eval between redraws is no spike nor gap
-            self.bar = _new_bar(self.stream, total=total, initial=done, desc="kto-train", smoothing=0)
+            self.bar = new_bar(self.stream, total=total, initial=done, desc="kto-train", smoothing=0)
             if not is_terminal(self.stream):
-                self.lines = _Lines(self.bar, lambda text: self.above(self.stream, text))
+                self.lines = BarLines(self.bar, lambda text: self.above(self.stream, text))
 
     def step(self) -> None:
         if self.bar is not None:
@@ -169,15 +119,15 @@ class EvalProgress:
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar = None
-        self.lines: _Lines | None = None
+        self.lines: BarLines | None = None
         stream = sys.stderr
         if not enabled or stream is None:
             return
         if isinstance(stream, _AboveTheBar):
             stream = stream.stream
-        self.bar = _new_bar(stream, total=total, desc="eval", unit="batch", leave=False)
+        self.bar = new_bar(stream, total=total, desc="eval", unit="batch", leave=False)
         if not is_terminal(stream):
-            self.lines = _Lines(self.bar, _written_to(sys.stderr))  # through the step bar's lock where it is up
+            self.lines = BarLines(self.bar, written_to(sys.stderr))  # through the step bar's lock where it is up
 
     def step(self) -> None:
         if self.bar is not None:
@@ -191,14 +141,6 @@ class EvalProgress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _written_to(stream: TextIO) -> Callable[[str], None]:
-    def write(text: str) -> None:
-        stream.write(text)
-        stream.flush()
-
-    return write
 
 
 class _AboveTheBar(io.TextIOBase):

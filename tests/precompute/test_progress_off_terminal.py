@@ -1,7 +1,9 @@
 """kto-precompute's bar off a terminal (a batch job's log file): it redrew about 3.6 times a
 second with carriage returns (219 redraws on one line in a 61 s run) and showed rows as floats
-(`73.0/10000`). Now at most one redraw per REDRAW_OFF_TERMINAL_S there, as kto-train's bar, and
-whole rows."""
+(`73.0/10000`). Then at most once per REDRAW_OFF_TERMINAL_S, still with carriage returns, so the
+redraws piled up on one line of the log, and a line printed after the bar ran on from it. Now,
+as kto-train's bar: a line of its own at most every REDRAW_OFF_TERMINAL_S, once more at the end of
+a run that finishes (not after one that raised), whole rows, no carriage return."""
 
 from __future__ import annotations
 
@@ -28,17 +30,46 @@ def clock(monkeypatch):
 def test_off_a_terminal_the_bar_redraws_at_most_every_30_s_and_counts_whole_rows(clock):
     stream = io.StringIO()  # not a terminal: isatty() is False
     seconds = 600.0
-    with Progress(10000, "train rows", stream=stream) as progress:
+    with Progress(10000, "row", desc="kto-precompute train", stream=stream) as progress:
         for _ in range(6000):  # one batch of one sequence (half a row) every 0.1 s, for 600 s
             clock[0] += seconds / 6000
             progress.update(0.5, 40)
     text = stream.getvalue()
-    draws = text.count("\r")
-    # The first draw, one per 30 s (20), and the close: 22 at most; tqdm's default gave ~6000.
-    assert draws <= 2 + seconds / REDRAW_OFF_TERMINAL_S, draws
-    assert draws >= seconds / REDRAW_OFF_TERMINAL_S - 1  # it still redraws, every 30 s
-    assert "3000/10000" in text.splitlines()[-1] or "3000/10000" in text.rsplit("\r", 1)[-1]
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    # A line per 30 s (20), and the end's unless the last 30 s line was drawn there: tqdm's
+    # default drew ~6000 times.
+    assert seconds / REDRAW_OFF_TERMINAL_S <= len(lines) <= seconds / REDRAW_OFF_TERMINAL_S + 1, lines
+    assert all(line.startswith("kto-precompute train: ") for line in lines), lines
+    rows = [int(line.split("/10000")[0].rsplit(" ", 1)[-1]) for line in lines]
+    assert rows == sorted(set(rows)) and rows[-1] == 3000 and 148 <= rows[0] <= 152, rows
     assert ".5/10000" not in text and ".0/10000" not in text
+
+
+def test_off_a_terminal_a_run_that_raises_draws_no_last_line(clock):
+    """Its error (or a stop's line) is the log's last, as kto-train's."""
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt), Progress(100, "rows", stream=stream) as progress:
+        clock[0] += 31
+        progress.update(10, 40)  # drawn: 30 s have passed
+        clock[0] += 1
+        progress.update(10, 40)
+        raise KeyboardInterrupt
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and " 10/100 " in lines[0], lines
+
+
+def test_on_a_terminal_the_bar_redraws_in_place(clock):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    with Progress(10, "rows", stream=stream) as progress:
+        for _ in range(10):
+            clock[0] += 1
+            progress.update(1, 4)
+    assert stream.getvalue().count("\r") > 5 and "10/10" in stream.getvalue()
 
 
 def test_half_rows_add_up_to_whole_rows_on_the_bar(clock):
