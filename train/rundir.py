@@ -458,12 +458,24 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     return usable_checkpoint(out, log)
 
 
+# Where a run trained in fp16 autocast (CUDA only) cannot resume: said by the refused resume and
+# by the refusal of --mixed-precision fp16 on CPU, so that neither sends the user to the other.
+FP16_RESUMES_ON_CUDA = (
+    "it trained in fp16 autocast, which runs on CUDA only: resume it on a machine with CUDA (here, bf16 or fp32 make another run: another --out)"
+)
+
+
 def _precision_hint(differs: list[str], saved: dict) -> str:
     """The way out of a refused resume whose precision in force differs: the value the run
-    recorded in force, given explicitly (with a record made before it, what `auto` meant is not known)."""
+    recorded in force, given explicitly (with a record made before it, what `auto` meant is not
+    known), or, for fp16 on a machine without CUDA, where it can resume."""
     there = saved.get("derived", {}).get(IN_FORCE)
     if there is None or not any(d.startswith("mixed_precision (") for d in differs):
         return ""
+    import torch
+
+    if there == "fp16" and not torch.cuda.is_available():
+        return f"; {FP16_RESUMES_ON_CUDA}"
     return f"; pass --mixed-precision {there} to resume in the precision the run trained with"
 
 

@@ -40,7 +40,7 @@ from .eval_cache import note_changed_inputs, open_eval_cache, refuse_eval_split
 from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
-from .rundir import IN_FORCE, config_record, keep_recorded, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record
+from .rundir import FP16_RESUMES_ON_CUDA, IN_FORCE, config_record, keep_recorded, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
@@ -115,6 +115,8 @@ def mixed_precision_in_force(cfg: TrainConfig) -> str:
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
     if mixed == "fp16" and not torch.cuda.is_available():
+        if cfg.resume:  # bf16 or no would be refused as another precision than the run's
+            raise InputError(f"--mixed-precision fp16 --resume: accelerate runs no fp16 autocast on CPU, and {FP16_RESUMES_ON_CUDA}")
         raise InputError("--mixed-precision fp16: accelerate runs no fp16 autocast on CPU (the run would be fp32); give --mixed-precision bf16 or no")
     if cfg.dtype == "fp16" and mixed != "no":
         # fp16 weights under autocast: GradScaler cannot unscale fp16 gradients, and bf16

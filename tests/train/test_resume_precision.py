@@ -136,3 +136,24 @@ def test_the_drift_refusal_names_the_flags_that_match_the_numerics(cache, run, d
     from kto.train.loop import ways_to_match
 
     assert ways_to_match(cache, run, dtype, mixed, device) == ways
+
+
+def test_a_run_trained_in_fp16_resumed_without_cuda_is_sent_to_a_gpu_by_both_refusals(cpu_run, tiny_cache, tiny_model_dir, tmp_path):
+    """Seen before: resumed on CPU with its --mixed-precision fp16, the refusal of fp16 on CPU
+    said "give --mixed-precision bf16 or no"; given that, the resume refused another precision and
+    said "pass --mixed-precision fp16". Each now says where it resumes: on CUDA."""
+    out = tmp_path / "r"
+    shutil.copytree(cpu_run, out)
+    saved = json.loads((out / "kto_run.json").read_text())
+    saved["config"]["mixed_precision"] = saved["derived"]["mixed_precision_in_force"] = "fp16"  # as a GPU run records it
+    (out / "kto_run.json").write_text(json.dumps(saved))
+    where = "it trained in fp16 autocast, which runs on CUDA only: resume it on a machine with CUDA (here, bf16 or fp32 make another run: another --out)"
+    for given in ("fp16", "no", "bf16"):
+        result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", "checkpoint-1", "--mixed-precision", given)
+        assert result.exit_code == 2, result.output
+        line = train_error_line(result.output)
+        assert line.endswith(where), (given, line)
+        assert "give --mixed-precision" not in line and "pass --mixed-precision" not in line, line
+    # A new run is still told which precisions run here.
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "new", *RUN, "--mixed-precision", "fp16")
+    assert train_error_line(result.output).endswith("give --mixed-precision bf16 or no")
