@@ -222,8 +222,6 @@ def check_inputs(cfg: TrainConfig) -> Run:
     identity = model_identity(source)
     is_reference = manifest.content.scored_with(identity)
     check_drift_tolerance(cfg, manifest, is_reference, resumes=bool(cfg.resume))  # before --out is touched
-    if cfg.push_to_hub:  # last: a refused input above leaves no empty repo on the Hub; before the model loads (setup)
-        on_main(lambda: create_push_repo(cfg.push_to_hub, dataset=False, private=cfg.hub_private), accelerator)
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -443,11 +441,20 @@ def loss_settings(cfg: TrainConfig, packs: bool = True) -> LossSettings:
     )
 
 
+def create_model_repo(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """--push-to-hub's repo, created (or its write access checked) once every check of the inputs
+    and of the run directory passed, so that a refused input or resume leaves no empty repo on the
+    Hub, and before the model loads, so that a token that cannot write stops the run in seconds."""
+    if cfg.push_to_hub:
+        on_main(lambda: create_push_repo(cfg.push_to_hub, dataset=False, private=cfg.hub_private), accelerator)
+
+
 def setup(run: Run) -> Run:
     """Under the run directory's lock: pick the checkpoint, build the policy (model, optimizer,
     scheduler) and restore its training state, then record the configuration and open metrics.jsonl."""
     cfg, accelerator = run.cfg, run.accelerator
     resume_from = on_main(lambda: open_run_dir(cfg, run.record, lambda msg: log(msg, accelerator)), accelerator)
+    create_model_repo(cfg, accelerator)  # the run directory's checks passed; the model loads next
     if resume_from is not None and not accelerator.is_main_process:
         # open_run_dir gave the main process's record the run's own spelling of lora_target_modules
         # and model identity; every rank takes them, so each rank's settings digest is the one its

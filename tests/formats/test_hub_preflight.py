@@ -98,10 +98,14 @@ REFUSALS = [
 
 def stop_train_at(monkeypatch, first: bool) -> None:
     """Fail the test where kto-train would go on: at its input checks (`first`), else where the
-    model loads (setup, after every input check)."""
+    model loads (Policy.build, after every check of the inputs and of the run directory)."""
     import kto.train.loop
+    import kto.train.setup
 
-    monkeypatch.setattr(kto.train.loop, "check_inputs" if first else "setup", lambda *a: pytest.fail("the run went on"))
+    if first:
+        monkeypatch.setattr(kto.train.loop, "check_inputs", lambda *a: pytest.fail("the run went on"))
+    else:
+        monkeypatch.setattr(kto.train.setup.Policy, "build", lambda *a: pytest.fail("the run went on"))
 
 
 def stop_precompute_at(monkeypatch, first: bool) -> None:
@@ -139,15 +143,29 @@ def test_precompute_refuses_a_push_bound_to_fail_before_scoring(setting, says, f
 
 def test_the_repo_is_created_before_the_run(hub, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
     """Private as asked, before the model loads (here the run is stopped there)."""
-    import kto.train.loop
+    import kto.train.setup
 
-    def stop(run):
+    def stop(*args, **kwargs):
         assert hub.repos[("model", "me/policy")].private  # already there
         raise InputError("stopped here")
 
-    monkeypatch.setattr(kto.train.loop, "setup", stop)
+    monkeypatch.setattr(kto.train.setup.Policy, "build", stop)
     result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "me/policy", "--hub-private")
     assert "stopped here" in train_error_line(result.output)
+
+
+def test_a_refused_resume_creates_no_repo(hub, tmp_path, tiny_cache, tiny_model_dir):
+    """Seen before: the repo was created once the inputs passed, before the run directory's own
+    checks under its lock: a --resume refused there (another --beta than the run's) had already
+    made an empty repo on the Hub."""
+    out = tmp_path / "run"
+    assert run_train(tiny_cache, tiny_model_dir, out, *TRAIN, "--max-steps", "2", "--save-every", "1").exit_code == 0
+    result = run_train(
+        tiny_cache, tiny_model_dir, out, *TRAIN, "--max-steps", "2", "--save-every", "1", "--beta", "0.5", "--resume", "--push-to-hub", "me/policy"
+    )
+    line = train_error_line(result.output)
+    assert result.exit_code == 2 and "beta (0.1 there, 0.5 now)" in line, line
+    assert hub.repos == {}
 
 
 def others_public_repo(hub: FakeHub, kind: str) -> Repo:
