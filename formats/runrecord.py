@@ -64,7 +64,7 @@ def is_set_aside_metrics(name: str) -> bool:
 
 
 # The eval cache a run evaluates on, in its record's `derived`: its fingerprint, and the one the
-# run began with, kept once a resume changed it (train/rundir.py keep_recorded).
+# run began with, kept once a resume changed it (train/resume_record.py keep_recorded).
 EVAL_FINGERPRINT = "eval_cache_fingerprint"
 EVAL_AT_START = "eval_cache_fingerprint_at_start"
 

@@ -270,7 +270,8 @@ def _skipped_updates_line(log: RunLog) -> str | None:
         return None
     total = sum(n for _, n in windows)
     shown = ", ".join(str(step) for step, _ in windows[:5]) + (f", … ({len(windows)} lines)" if len(windows) > 5 else "")
-    return f"UPDATES SKIPPED by fp16 loss scaling (a gradient overflowed): {total}, in the windows logged at step{'s' if len(windows) > 1 else ''} {shown}; those steps did not move the weights"
+    updates = "that update" if total == 1 else f"those {total} updates"
+    return f"UPDATES SKIPPED by fp16 loss scaling (a gradient overflowed): {total}, in the window{'s' if len(windows) > 1 else ''} ending at step{'s' if len(windows) > 1 else ''} {shown}; {updates} did not move the weights"
 
 
 def _kl_line(kl: list[float], raw: tuple[list[int], list[float]], prefix: str) -> str:

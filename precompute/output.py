@@ -421,7 +421,7 @@ def _entry_changes(there: dict, now: dict) -> str:
 
 
 def _clause(key: str, there: object, now: object) -> str:
-    """`key (X there, Y now)`, kto-train's way (train/rundir.py record_differences)."""
+    """`key (X there, Y now)`, kto-train's way (train/resume_record.py record_differences)."""
     return f"{key} ({_sides(there, now)})"
 
 

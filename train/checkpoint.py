@@ -76,13 +76,17 @@ class Position:
     """The summed StepStats (stacked, reduced over ranks) of the steps after the last logged
     line, when a signal stop saved between two lines; a resumed run adds its steps to them, so
     that its next line covers the steps the uninterrupted run's did. Empty otherwise."""
+    skipped_updates: tuple[int, ...] = ()
+    """The steps so far whose update fp16's loss scaler skipped (train/loop.py): a resumed run
+    counts them on, in its lines and its last word, as the uninterrupted run would."""
 
     def to_json(self) -> dict:
-        """trainer_state.json's `position`; `unlogged` only when there is any, so a checkpoint
-        saved on a log line reads as one saved before the field existed."""
+        """trainer_state.json's `position`; `unlogged` and `skipped_updates` only when there are
+        any, so a checkpoint without them reads as one saved before the fields existed."""
         state = asdict(self)
-        if not self.unlogged:
-            del state["unlogged"]
+        for key in ("unlogged", "skipped_updates"):
+            if not state[key]:
+                del state[key]
         return state
 
 

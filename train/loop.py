@@ -95,8 +95,9 @@ def run_steps(run: Run) -> Path:
     prefetch = Prefetcher(lambda position: step_micro_batches(run, position))
     try:
         progress = TrainProgress(run.total_steps, run.position.global_step, enabled=run.accelerator.is_main_process)
-        window = Window.resumed(run.position.unlogged, run.accelerator.device)
-        run.position = replace(run.position, unlogged=())
+        run.skipped_updates = list(run.position.skipped_updates)
+        window = Window.resumed(run.position, run.accelerator.device)
+        run.position = replace(run.position, unlogged=(), skipped_updates=())  # the run holds them from here
         # The meter polls memory on a thread for the whole loop: a sample after each step saw
         # memory the step had freed, not its peak (formats/memory.py).
         with progress.lines_above(), StopSignals(run.accelerator) as signals, run.memory.polling():
@@ -134,23 +135,25 @@ class Window:
     stats: StepStats | None = None
     started: float = field(default_factory=lambda: time.perf_counter())  # looked up per window: a test's clock
     updates_skipped: int = 0
-    """Of the window's steps, those whose update fp16's loss scaler skipped (not kept by a stop's
-    checkpoint: a resumed window counts its own steps)."""
+    """Of the window's steps, those whose update fp16's loss scaler skipped."""
 
     def add(self, stats: StepStats, skipped: bool = False) -> None:
         self.stats = stats if self.stats is None else self.stats.plus(stats)
         self.updates_skipped += skipped
 
     @classmethod
-    def resumed(cls, unlogged: tuple[float, ...], device: torch.device) -> Window:
-        """The window a signal stop saved (Position.unlogged), less its token count: tokens/s is
-        measured over this process's steps only."""
+    def resumed(cls, position: Position, device: torch.device) -> Window:
+        """The window a checkpoint saved between two lines (Position.unlogged), less its token
+        count (tokens/s is measured over this process's steps only), with its skipped updates:
+        those of the checkpoint's skipped steps that fall after the last line."""
         import torch
 
-        if not unlogged:
+        if not position.unlogged:
             return cls()
-        stats = StepStats.unstacked(torch.tensor(unlogged, dtype=torch.float64, device=device))
-        return cls(stats._replace(tokens=torch.zeros_like(stats.tokens)))
+        stats = StepStats.unstacked(torch.tensor(position.unlogged, dtype=torch.float64, device=device))
+        first = position.global_step - round(float(stats.steps)) + 1  # the window's first step
+        skipped = sum(step >= first for step in position.skipped_updates)
+        return cls(stats._replace(tokens=torch.zeros_like(stats.tokens)), updates_skipped=skipped)
 
     def saved(self) -> tuple[float, ...]:
         """What Position.unlogged keeps of this window."""
@@ -208,12 +211,17 @@ def after_step(run: Run, window: Window, done: StepDone, progress: TrainProgress
     if (cfg.save_every and (last or step % cfg.save_every == 0)) or (cfg.save_each_epoch and (last or epoch_ended)):
         # An epoch may end between logged lines: the checkpoint keeps the steps not yet logged,
         # so a resumed run logs the lines the uninterrupted one would (as a signal stop does).
-        run.policy.save(replace(run.position, unlogged=window.saved()))
+        run.policy.save(saved_position(run, window))
     # tokens_per_s is the steps' throughput: the window's clock stands still while an eval or a
     # save runs (the line after an eval logged ~120 tokens/s against ~3000 when it did not),
     # whether they fall between two windows or inside one (--log-every 2 --eval-every 1).
     window.started += time.perf_counter() - paused
     return window
+
+
+def saved_position(run: Run, window: Window) -> Position:
+    """The position a checkpoint keeps: with the steps not yet logged and the updates skipped so far."""
+    return replace(run.position, unlogged=window.saved(), skipped_updates=tuple(run.skipped_updates))
 
 
 def stop(run: Run, signum: int, window: Window) -> NoReturn:
@@ -223,7 +231,7 @@ def stop(run: Run, signum: int, window: Window) -> NoReturn:
     step, acc = run.position.global_step, run.accelerator
     path = run.policy.last_checkpoint
     if path != checkpoint_dir(run.cfg.out, step):
-        path = run.policy.save(replace(run.position, unlogged=window.saved()))
+        path = run.policy.save(saved_position(run, window))
     command = resume_command(run.cfg)
     launcher = f" (under the same launcher, {acc.num_processes} processes)" if acc.num_processes > 1 else ""
     log(f"kto-train: stopped by {signal.Signals(signum).name} after step {step} of {run.total_steps}: saved {path}", acc)

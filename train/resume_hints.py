@@ -69,7 +69,7 @@ STEP_COUNTS = ("epochs (", "max_steps (")
 
 
 def asks_more_steps(differs: list[str], saved: dict, now: dict) -> bool:
-    """Whether a refused resume's differences (rundir.record_differences) ask for more steps than
+    """Whether a refused resume's differences (resume_record.record_differences) ask for more steps than
     the run has: another --epochs or --max-steps, coming to a larger total. Fewer steps, or more
     of them from a smaller batch, are not "train further"."""
     there, here = saved.get("derived", {}).get("total_steps"), now.get("derived", {}).get("total_steps")

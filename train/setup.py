@@ -40,7 +40,8 @@ from .eval_cache import note_changed_inputs, open_eval_cache, refuse_eval_split
 from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
-from .rundir import FP16_RESUMES_ON_CUDA, IN_FORCE, config_record, keep_recorded, open_run_dir, refuse_foreign, set_aside_later, settings_digest, write_record
+from .resume_record import FP16_RESUMES_ON_CUDA, IN_FORCE, config_record, keep_recorded, settings_digest
+from .rundir import open_run_dir, refuse_foreign, set_aside_later, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
@@ -96,7 +97,8 @@ class Run:
     records_closed: bool = False
     """metrics.jsonl and the trackers were closed (train/loop.py close_records)."""
     skipped_updates: list[int] = field(default_factory=list)
-    """The steps of this process's run whose update fp16's loss scaler skipped (train/loop.py)."""
+    """The steps of the run whose update fp16's loss scaler skipped (train/loop.py), a resumed
+    run's from its checkpoint's (Position.skipped_updates) on."""
 
     @property
     def model(self) -> torch.nn.Module:
@@ -115,7 +117,7 @@ def mixed_precision_in_force(cfg: TrainConfig) -> str:
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
     if mixed == "fp16" and not torch.cuda.is_available():
-        if cfg.resume:  # bf16 or no would be refused as another precision than the run's
+        if cfg.resume and _recorded_in_force(cfg.out) == "fp16":  # bf16 or no: refused as another precision than the run's
             raise InputError(f"--mixed-precision fp16 --resume: accelerate runs no fp16 autocast on CPU, and {FP16_RESUMES_ON_CUDA}")
         raise InputError("--mixed-precision fp16: accelerate runs no fp16 autocast on CPU (the run would be fp32); give --mixed-precision bf16 or no")
     if cfg.dtype == "fp16" and mixed != "no":
@@ -123,6 +125,16 @@ def mixed_precision_in_force(cfg: TrainConfig) -> str:
         # autocast over fp16 weights mixes two half formats.
         raise InputError(f"--dtype fp16: needs --mixed-precision no (it resolved to {mixed})")
     return mixed
+
+
+def _recorded_in_force(out: Path) -> str | None:
+    """The precision in force the run in `out` recorded; None where there is no such record (the
+    run directory's own checks, under its lock, say why)."""
+    try:
+        saved = read_run_config(out)
+    except InputError:
+        return None
+    return None if saved is None else saved.get("derived", {}).get(IN_FORCE)
 
 
 def precision_said(cfg: TrainConfig, accelerator: Accelerator) -> str:
@@ -253,7 +265,7 @@ def derived_record(total_steps: int, accelerator: Accelerator, cache: ShardedCac
         "model_identity": identity,
         REFERENCE_IDENTITY: cache.manifest.content.model,  # --eval-only and score check other caches against it
         "steps_share_prefixes": packs,  # prefix_sharing asked, and --model's layers allow it (packs_allowed)
-        IN_FORCE: accelerator.mixed_precision,  # no | bf16 | fp16: what `auto` came to here (rundir.py compares it on --resume)
+        IN_FORCE: accelerator.mixed_precision,  # no | bf16 | fp16: what `auto` came to here (resume_record.py compares it on --resume)
     }
 
 

@@ -25,7 +25,6 @@ Collectives per optimizer step with several processes (none with one):
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -393,14 +392,11 @@ def clip_gradients(model: torch.nn.Module, accelerator: Accelerator, max_grad_no
 
 
 def apply_update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """The update, then the schedule's next rate: the schedule follows the step count, updates that
-    fp16's loss scaler skipped included (update_was_skipped says so)."""
+    """The update, then the schedule's next rate. An update fp16's loss scaler skipped leaves the
+    schedule where it was, as transformers' Trainer does (accelerate's scheduler wrapper): the
+    rate it did not train with is the next step's (update_was_skipped says so)."""
     optimizer.step()
-    with warnings.catch_warnings():
-        if getattr(optimizer, "step_was_skipped", False):  # accelerate's optimizer under a loss scaler
-            # torch reads a skipped first update as a schedule stepped before its optimizer, and
-            # says so with advice that does not apply here.
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+    if not getattr(optimizer, "step_was_skipped", False):  # accelerate's optimizer under a loss scaler
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 

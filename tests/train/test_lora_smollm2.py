@@ -202,10 +202,11 @@ def test_lora_on_a_gguf_base_loads_the_way_its_card_says(tmp_path):
     be in the form ..."), while the card said to load it with AutoPeftModelForCausalLM. It names
     the file's folder now, and the card's code (gguf_file=) loads base and adapters: run here.
 
-    The base is the real SmolLM2 GGUF's metadata (tokenizer, chat template) on a tiny random
-    Llama (tiny_gguf): transformers' GGUF loading runs on it the same way (config and tokenizer
-    from the metadata, dequantized Q8_0/Q4_1 tensors), without dequantizing 135M weights in
-    precompute, in train and in the card's code."""
+    The base is the real SmolLM2 GGUF's metadata (chat template, special tokens, its tokenizer
+    cut to its first 4096 tokens) on a tiny random Llama (tiny_gguf): transformers' GGUF loading
+    runs on it the same way (config and tokenizer from the metadata, dequantized Q8_0/Q4_1
+    tensors), without dequantizing 135M weights and parsing 49,152 tokens in precompute, in train
+    and in the card's code."""
     pytest.importorskip("peft")
     import peft
     import transformers

@@ -264,7 +264,7 @@ def test_a_record_made_before_the_adam_settings_resumes_and_keeps_its_digest():
     """Runs recorded before adam_beta1/adam_beta2/adam_epsilon were settings trained with
     (0.9, 0.999, 1e-8): such a record and a checkpoint's settings digest must still match a
     resume at the defaults, and a resume with another β2 must be refused naming both values."""
-    from kto.train.rundir import record_differences, settings_digest
+    from kto.train.resume_record import record_differences, settings_digest
 
     now = {"config": {"beta": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}, "derived": {"total_steps": 3, "steps_share_prefixes": True}}
     before = {"config": {"beta": 0.1}, "derived": {"total_steps": 3}}

@@ -337,7 +337,7 @@ def test_without_prefix_sharing_the_plan_keeps_the_cycle_segments(tiny_cache, ti
         run = check_inputs(TrainConfig(cache=tiny_cache, model=str(tiny_model_dir), out=tmp_path / "r", prefix_sharing=share))
         expected = prompt_groups_of(cache) if share else None
         assert (run.groups is None) if expected is None else np.array_equal(run.groups, expected)
-    from kto.train.rundir import RESUMABLE
+    from kto.train.resume_record import RESUMABLE
 
     assert "prefix_sharing" not in RESUMABLE
 

@@ -98,7 +98,7 @@ def test_a_record_whose_eval_cache_changed_keeps_the_digest_its_checkpoints_carr
     """Checkpoints carry a digest of the settings a resume may not change; those written before
     the eval cache became one a resume may change hashed its fingerprint in. The digest goes on
     hashing the fingerprint the run began with, so they and the later ones still resume."""
-    from kto.train.rundir import keep_recorded, record_differences, settings_digest
+    from kto.train.resume_record import keep_recorded, record_differences, settings_digest
 
     saved = {"config": {"beta": 0.1, "eval_cache": None}, "derived": {"total_steps": 3, "eval_cache_fingerprint": None}}
     now = {"config": {"beta": 0.1, "eval_cache": "e"}, "derived": {"total_steps": 3, "eval_cache_fingerprint": "f" * 64}}

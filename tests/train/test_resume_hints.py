@@ -380,7 +380,7 @@ def test_a_relative_model_path_is_said_changed_only_where_the_run_began_here(tmp
     --model names the recorded place only when resumed from where the run began (its recorded
     --out names this --out from here). Seen before: resumed from sub/ with sub/m1, another model,
     said `the model at m1 changed since the run began`."""
-    from kto.train.rundir import record_differences
+    from kto.train.resume_record import record_differences
 
     (tmp_path / "sub").mkdir()
     saved = model_record("m1", "run", "a")
@@ -472,7 +472,7 @@ def test_settings_an_earlier_kto_did_not_record_are_no_change_at_their_default()
     """An upgrade hunter's resume of a run an earlier kto began printed `changed --save-each-epoch
     None -> False, --eval-each-epoch None -> False`: settings that kto never recorded, and that the
     user never gave. A recorded value still counts; an unrecorded one only off the default."""
-    from kto.train.rundir import resumable_changes
+    from kto.train.resume_record import resumable_changes
 
     saved = {"config": {"log_every": 10, "eval_every": 0}, "derived": {}}
     now = {"config": {"log_every": 10, "eval_every": 0, "save_each_epoch": False, "eval_each_epoch": False}, "derived": {}}

@@ -46,7 +46,7 @@ def test_a_saved_plan_with_another_seed_is_refused(tmp_path):
 
 
 def test_a_resume_may_not_change_the_seed():
-    from kto.train.rundir import record_differences
+    from kto.train.resume_record import record_differences
 
     assert record_differences({"config": {"seed": 0}, "derived": {}}, {"config": {"seed": 1}, "derived": {}}) == ["seed (0 there, 1 now)"]
     assert record_differences({"config": {"seed": 0, "log_every": 1}, "derived": {}}, {"config": {"seed": 0, "log_every": 5}, "derived": {}}) == []

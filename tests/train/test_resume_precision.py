@@ -24,7 +24,7 @@ def record(word: str, in_force: str | None) -> dict:
 
 
 def test_a_resume_compares_the_precision_in_force_not_the_words():
-    from kto.train.rundir import keep_recorded, record_differences, settings_digest
+    from kto.train.resume_record import keep_recorded, record_differences, settings_digest
 
     saved = record("auto", "no")  # begun on CPU
     assert record_differences(saved, record("no", "no")) == []
@@ -44,7 +44,7 @@ def test_a_resume_compares_the_precision_in_force_not_the_words():
 def test_a_record_made_before_the_precision_in_force_resumes_as_it_did():
     """No mixed_precision_in_force there: the words are compared as before, and the record (and
     the digest its checkpoints carry) stays without the key."""
-    from kto.train.rundir import keep_recorded, record_differences, settings_digest
+    from kto.train.resume_record import keep_recorded, record_differences, settings_digest
 
     old = record("auto", None)
     assert record_differences(old, record("auto", "bf16")) == []  # what auto meant there is not known
@@ -147,13 +147,16 @@ def test_a_run_trained_in_fp16_resumed_without_cuda_is_sent_to_a_gpu_by_both_ref
     saved = json.loads((out / "kto_run.json").read_text())
     saved["config"]["mixed_precision"] = saved["derived"]["mixed_precision_in_force"] = "fp16"  # as a GPU run records it
     (out / "kto_run.json").write_text(json.dumps(saved))
-    where = "it trained in fp16 autocast, which runs on CUDA only: resume it on a machine with CUDA (here, bf16 or fp32 make another run: another --out)"
+    where = "it trained in fp16 autocast, which runs on CUDA only: resume it on a machine with CUDA (here, --mixed-precision bf16 or no make another run: another --out)"
     for given in ("fp16", "no", "bf16"):
         result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", "checkpoint-1", "--mixed-precision", given)
         assert result.exit_code == 2, result.output
         line = train_error_line(result.output)
         assert line.endswith(where), (given, line)
         assert "give --mixed-precision" not in line and "pass --mixed-precision" not in line, line
-    # A new run is still told which precisions run here.
+    # A new run, and the resume of a run that did not train in fp16, are told which precisions run here.
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "new", *RUN, "--mixed-precision", "fp16")
+    assert train_error_line(result.output).endswith("give --mixed-precision bf16 or no")
+    shutil.copytree(cpu_run, tmp_path / "fp32")
+    result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "fp32", *RUN, "--resume", "checkpoint-1", "--mixed-precision", "fp16")
     assert train_error_line(result.output).endswith("give --mixed-precision bf16 or no")

@@ -101,7 +101,7 @@ def test_lora_targets_are_compared_as_a_set_of_names():
     """The same targets in another order, with spaces, or the default (null) against the default's
     list written out are no difference; another set is, shown as written. Without the model's
     layers (default_targets None), null against a list stays a difference."""
-    from kto.train.rundir import record_differences
+    from kto.train.resume_record import record_differences
 
     def rec(targets):
         return {"config": {"lora_target_modules": targets}, "derived": {}}
@@ -121,7 +121,7 @@ def test_gradient_checkpointing_may_change_on_resume_unless_dropout_acts():
     """--gradient-checkpointing runs the policy pass plain: the same maths, except that with
     --keep-dropout a shared pass drew one dropout mask per prompt and a plain one draws one per
     row (a resume that toggled it differed from step 7 on by 3e-4 in the loss)."""
-    from kto.train.rundir import record_differences
+    from kto.train.resume_record import record_differences
 
     def rec(checkpointing, keep_dropout, sharing=True):
         return {"config": {"gradient_checkpointing": checkpointing, "keep_dropout": keep_dropout, "prefix_sharing": sharing}, "derived": {}}
@@ -140,7 +140,7 @@ def test_a_run_recorded_before_its_reference_identity_resumes_with_its_checkpoin
     """derived.reference_identity (the cache's model, for --eval-only and score) is decided by the
     cache's fingerprint, which a resume compares: a record without it (an earlier release) and
     one with it differ in nothing a resume checks, and its checkpoints' settings digest matches."""
-    from kto.train.rundir import record_differences, settings_digest
+    from kto.train.resume_record import record_differences, settings_digest
 
     before = {"config": {"beta": 0.1}, "derived": {"cache_fingerprint": "a" * 64, "model_identity": {"config": "c", "weights": {}}}}
     now = {**before, "derived": {**before["derived"], "reference_identity": {"config": "r", "weights": {}}}}
@@ -469,7 +469,7 @@ def test_resume_of_a_finished_run_has_nothing_to_do(run3, tiny_cache, tiny_model
     other = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "1", "--beta", "0.5", "--resume")
     assert other.exit_code == 2 and "beta (0.2 there, 0.5 now)" in train_error_line(other.output)
     # Another --save-every changes no step of a finished run: still nothing to do (only
-    # --merge-adapters and --push-to-hub ask it for work, train/rundir.py AFTER_FINAL).
+    # --merge-adapters and --push-to-hub ask it for work, train/resume_record.py AFTER_FINAL).
     changed = train_cli(tiny_cache, tiny_model_dir, out, "--max-steps", "3", "--save-every", "3", "--beta", "0.2", "--resume")
     assert changed.exit_code == 0 and "nothing to do" in changed.output and _listing(out) == before, changed.output
     explicit = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", str(out / "checkpoint-2"))

@@ -189,7 +189,7 @@ def test_values_of_the_types_the_cli_gives_are_taken_as_they_mean(tmp_path, tiny
 def test_the_record_says_fsdp_when_accelerate_launch_turned_it_on(tmp_path, monkeypatch):
     """`accelerate launch --use_fsdp` without --fsdp shards the run (ACCELERATE_USE_FSDP), and its
     kto_run.json said "fsdp": false, so the record did not hold the setting as the run took it."""
-    from kto.train.rundir import config_record
+    from kto.train.resume_record import config_record
 
     common = dict(cache=tmp_path / "c", model="m", out=tmp_path / "out")
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
