@@ -4,8 +4,9 @@ On a terminal a bar redraws in place, up to ten times a second. Elsewhere (a fil
 batch job's log) the bar is a line of its own (`BarLines`), at most one every
 REDRAW_OFF_TERMINAL_S, so that a log holds the printed lines and an occasional bar, each starting
 with its own text: tqdm's carriage-return redraws there had put 219 copies of kto-precompute's
-bar on one line of a job's log in 61 s, and prefixed kto-train's step lines with bars. One rule
-for both commands, kept here since precompute/ and train/ never import each other.
+bar on one line of a job's log in 61 s, and prefixed kto-train's step lines with bars. In a
+Jupyter notebook (a kernel with ipywidgets) the bar is tqdm's widget, drawn live, and no line is
+written. One rule for both commands, kept here since precompute/ and train/ never import each other.
 """
 
 from __future__ import annotations
@@ -32,10 +33,29 @@ def redraw_intervals(stream: TextIO) -> dict[str, float]:
     return {"mininterval": 0.1 if terminal else REDRAW_OFF_TERMINAL_S, "maxinterval": 10.0 if terminal else REDRAW_OFF_TERMINAL_S}
 
 
+def _notebook_bar() -> type | None:
+    """tqdm's notebook bar (a widget) where this process is a Jupyter kernel with ipywidgets, as
+    tqdm.autonotebook chooses; None elsewhere."""
+    from tqdm import autonotebook, std
+
+    return None if autonotebook.tqdm is std.tqdm else autonotebook.tqdm
+
+
+def drawn_live(stream: TextIO) -> bool:
+    """Whether tqdm draws a bar for `stream` itself, as it goes: on a terminal, or as a notebook's
+    widget (which never writes to the stream). Elsewhere `BarLines` writes it."""
+    return is_terminal(stream) or _notebook_bar() is not None
+
+
 def new_bar(stream: TextIO, **kwargs: Any) -> Any:
-    """A tqdm bar for `stream`: drawn by tqdm on a terminal; elsewhere tqdm draws nowhere and
-    `BarLines` writes it, a line at a time (see the module's docstring)."""
-    from tqdm.auto import tqdm
+    """A tqdm bar for `stream`: drawn by tqdm on a terminal, or as a widget in a notebook;
+    elsewhere tqdm draws nowhere and `BarLines` writes it, a line at a time (see the module's
+    docstring). In a notebook the stream is not a terminal, and a bar drawn nowhere there was
+    still a widget (tqdm.auto's), stuck for 30 s at a time, beside the text lines."""
+    notebook = _notebook_bar()
+    if notebook is not None:
+        return notebook(file=stream, **kwargs)
+    from tqdm.std import tqdm
 
     terminal = is_terminal(stream)
     return tqdm(file=stream if terminal else _Nowhere(stream), dynamic_ncols=terminal, **redraw_intervals(stream), **kwargs)

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import TextIO
 
-from kto.formats.bars import BarLines, is_terminal, new_bar, written_to
+from kto.formats.bars import BarLines, drawn_live, new_bar, written_to
 
 
 class Progress:
@@ -31,7 +31,7 @@ class Progress:
         stream = stream or sys.stderr
         if enabled and stream is not None:
             self.bar = new_bar(stream, total=total, unit=unit, desc=desc)
-            if not is_terminal(stream):
+            if not drawn_live(stream):
                 self.lines = BarLines(self.bar, written_to(stream))
 
     def update(self, rows: float, tokens: int) -> None:
