@@ -51,6 +51,11 @@ class InputError(ValueError):
         super().__init__(one_line(message))
         self.every_rank = every_rank
 
+    def _render_traceback_(self) -> list[str]:
+        """How IPython (a Jupyter cell) shows it: the one line the commands print, not the ~70
+        frames of kto's own code above it (the exception keeps its traceback for a debugger)."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 # What a terminal acts on instead of showing: C0 and C1 controls (newline, carriage return, ESC,
 # BEL, ...), DEL, the Unicode line and paragraph separators, and the bidi marks, embeddings,

@@ -54,7 +54,10 @@ class Interrupted(Exception):
     """kto-train stopped on a signal after saving `checkpoint`; `exit_code` is 128 + the signal."""
 
     def __init__(self, signum: int, checkpoint: Path, command: str):
-        super().__init__(f"stopped by {signal.Signals(signum).name} with {checkpoint} saved; resume with: {command}")
+        # Raised by the Python API (the CLI says its own lines): its resume in the API's words too.
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} with {checkpoint} saved; resume with: {command} (kto.train.run: the same TrainConfig with resume=True)"
+        )
         self.signum, self.checkpoint, self.command = signum, checkpoint, command
         self.exit_code = 128 + signum
 
