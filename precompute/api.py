@@ -45,7 +45,12 @@ def run(config: PrecomputeConfig) -> PrecomputeResult:
         check_push(config)  # offline mode, a token: before a row is read (the repo: once the rows passed, pipeline.py)
     from .pipeline import run_precompute  # torch and the models load on call, not on import
 
-    result = result_of(config, run_precompute(config))
+    try:
+        outcome = run_precompute(config)
+    except KeyboardInterrupt as exc:  # the API leaves SIGINT to its host: a notebook's interrupt, a Ctrl-C
+        exc.add_note(f"kto.precompute.run was interrupted: the finished shards in {config.out} are kept, and the same call resumes the cache")
+        raise
+    result = result_of(config, outcome)
     if config.push_to_hub:
         push(config, result)
     return result
