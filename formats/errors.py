@@ -126,10 +126,9 @@ def exit_interrupted(prog: str, exc: KeyboardInterrupt) -> NoReturn:
     has one, is the line (kto-train's Aborted: what is on disk, how to resume)."""
     if isinstance(exc, Stopped):
         exit_on_signal(prog, exc.signum, "run the same command again")
-    # kto-train's second Ctrl-C (train/stop.py Aborted) says what it left and how to resume;
-    # under a launcher a terminal's Ctrl-C reaches every process: said once where alike.
-    alike = say_once(f"{prog}: {one_line(str(exc)) or 'interrupted'}", False)
-    end_process_group(every_rank_here=alike)
+    # kto-train's second Ctrl-C (train/stop.py Aborted) says what it left and how to resume.
+    to_stderr(f"{prog}: {one_line(str(exc)) or 'interrupted'}")
+    end_process_group()
     sys.exit(128 + signal.SIGINT)
 
 
