@@ -36,8 +36,13 @@ def redraw_intervals(stream: TextIO) -> dict[str, float]:
 def _notebook_bar() -> type | None:
     """tqdm's notebook bar (a widget) where this process is a Jupyter kernel with ipywidgets, as
     tqdm.autonotebook chooses; None elsewhere."""
-    from tqdm import autonotebook, std
+    import warnings
 
+    from tqdm import std
+
+    with warnings.catch_warnings():  # "Using tqdm.autonotebook.tqdm in notebook mode", as tqdm.auto silences it
+        warnings.simplefilter("ignore", std.TqdmExperimentalWarning)
+        from tqdm import autonotebook
     return None if autonotebook.tqdm is std.tqdm else autonotebook.tqdm
 
 

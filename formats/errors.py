@@ -54,7 +54,7 @@ class InputError(ValueError):
     def _render_traceback_(self) -> list[str]:
         """How IPython (a Jupyter cell) shows it: the one line the commands print, not the ~70
         frames of kto's own code above it (the exception keeps its traceback for a debugger)."""
-        return [f"{type(self).__name__}: {self}"]
+        return [f"{type(self).__name__}: {self}", *getattr(self, "__notes__", ())]
 
 
 # What a terminal acts on instead of showing: C0 and C1 controls (newline, carriage return, ESC,

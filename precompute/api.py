@@ -48,7 +48,7 @@ def run(config: PrecomputeConfig) -> PrecomputeResult:
     try:
         outcome = run_precompute(config)
     except KeyboardInterrupt as exc:  # the API leaves SIGINT to its host: a notebook's interrupt, a Ctrl-C
-        exc.add_note(f"kto.precompute.run was interrupted: the finished shards in {config.out} are kept, and the same call resumes the cache")
+        exc.add_note(f"kto.precompute.run was interrupted: the same call goes on with {config.out}, from the shards it finished (kept) if any")
         raise
     result = result_of(config, outcome)
     if config.push_to_hub:

@@ -53,8 +53,8 @@ def run(config: TrainConfig) -> TrainResult:
 
     if config.eval_only:
         raise InputError("eval_only=True trains nothing: call kto.train.evaluate_model(config), which returns the eval line")
-    # Offline mode and a token: before the cache is fetched (the repo: once the inputs and the run
-    # directory passed, setup.py create_model_repo).
+    # Offline mode and a token: before the cache is fetched (the repo: once the inputs and a
+    # --resume passed, setup.py check_inputs).
     check_push(config)
     config = with_hub_caches(config)
     # The exception the caller is handling, if any (run called in its `except KeyboardInterrupt:`):

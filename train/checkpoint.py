@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import re
 import shutil
@@ -79,6 +80,18 @@ class Position:
     skipped_updates: tuple[int, ...] = ()
     """The steps so far whose update fp16's loss scaler skipped (train/loop.py): a resumed run
     counts them on, in its lines and its last word, as the uninterrupted run would."""
+
+    def __post_init__(self) -> None:
+        # Read from trainer_state.json: a value of another type fails here (checkpoint_problem
+        # says the file is unreadable), not later, in the middle of the resumed run.
+        whole = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+        number = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+        if not (whole(self.global_step) and whole(self.epoch) and whole(self.step_in_epoch)):
+            raise ValueError("position: global_step, epoch and step_in_epoch must be whole numbers")
+        if not isinstance(self.unlogged, (list, tuple)) or not all(map(number, self.unlogged)):
+            raise ValueError("position: unlogged must be a list of numbers")
+        if not isinstance(self.skipped_updates, (list, tuple)) or not all(map(whole, self.skipped_updates)):
+            raise ValueError("position: skipped_updates must be a list of step numbers")
 
     def to_json(self) -> dict:
         """trainer_state.json's `position`; `unlogged` and `skipped_updates` only when there are

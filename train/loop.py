@@ -28,7 +28,7 @@ from .model_card import final_files
 from .processes import borrowed_accelerate_state, borrowed_rng_state
 from .progress import TrainProgress, number
 from .rundir import changes_left_unused, finished_final, lock_run_dir, mark_finished
-from .setup import Run, check_inputs, create_model_repo, setup
+from .setup import Run, check_inputs, setup
 from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize, update_was_skipped
 from .stop import Interrupted, StopSignals, resume_command
 
@@ -59,7 +59,6 @@ def train(cfg: TrainConfig) -> Trained:
         with lock_run_dir(cfg.out, checked.accelerator):  # one kto-train per run directory, for the whole run
             final = on_main(lambda: finished_final(cfg, checked.record), checked.accelerator)
             if final is not None:
-                create_model_repo(cfg, checked.accelerator)  # final/ is pushed (train/api.py)
                 unused = on_main(lambda: changes_left_unused(cfg.out, checked.record), checked.accelerator) or []
                 but = f" (the changed {', '.join(unused)} apply to no step: none is left)" if unused else ""
                 log(

@@ -232,11 +232,21 @@ def _show(value) -> str:
 FP16_RESUMES_ON_CUDA = "it trained in fp16 autocast, which runs on CUDA only: resume it on a machine with CUDA (here, --mixed-precision bf16 or no make another run: another --out)"
 
 
-def precision_hint(differs: list[str], saved: dict) -> str:
-    """The way out of a refused resume whose precision in force differs: the value the run
-    recorded in force, given explicitly (with a record made before it, what `auto` meant is not
-    known), or, for fp16 on a machine without CUDA, where it can resume."""
+def recorded_precision(saved: dict) -> str | None:
+    """The precision the run in force trained with: IN_FORCE, or in a record made before it the
+    --mixed-precision it was given, unless `auto` (which meant bf16 on CUDA, none on CPU: not known)."""
     there = saved.get("derived", {}).get(IN_FORCE)
+    if there is None:
+        word = saved.get("config", {}).get("mixed_precision")
+        there = None if word in (None, "auto") else word
+    return there
+
+
+def precision_hint(differs: list[str], saved: dict) -> str:
+    """The way out of a refused resume whose precision in force differs: the precision the run
+    trained with (recorded_precision), given explicitly, or, for fp16 on a machine without
+    CUDA, where it can resume."""
+    there = recorded_precision(saved)
     if there is None or not any(d.startswith("mixed_precision (") for d in differs):
         return ""
     import torch

@@ -208,8 +208,43 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     refuse_foreign(out)
     if not cfg.resume:
         if has_progress(out) and not start_over(out, log):
-            raise InputError(f"--out {out}: holds an earlier run; pass --resume to continue it, or choose another directory")
+            raise _earlier_run(out)
         return None
+    saved = refuse_resume(cfg, record)
+    keep_recorded(record, saved)
+    changed = resumable_changes(saved, record)
+    if changed:
+        log("--resume: changed " + ", ".join(changed))
+    # The resumed run writes final/ (and final-merged/) again, whole: a file a user put there
+    # since (an evaluation's output) is refused now, not deleted after the training.
+    for name in (FINAL_DIR, MERGED_DIR) if cfg.merge_adapters else (FINAL_DIR,):
+        refuse_replacing(out / name, "--resume")
+    if isinstance(cfg.resume, Path):
+        return chosen_checkpoint(out, cfg.resume, log)
+    return usable_checkpoint(out, log)
+
+
+def _earlier_run(out: Path) -> InputError:
+    return InputError(f"--out {out}: holds an earlier run; pass --resume to continue it, or choose another directory")
+
+
+def refuse_before_the_lock(cfg: TrainConfig, record: dict) -> None:
+    """open_run_dir's refusals that read --out and change nothing in it, asked before the lock
+    where --push-to-hub is to create its repo (setup.py check_inputs): a command refused here
+    leaves no empty repo on the Hub, and a repo refused there leaves --out as it was (under the
+    lock, open_run_dir clears a killed run's leftovers and sets aside what it cannot use)."""
+    if cfg.resume:
+        if finished_final(cfg, record) is None:  # a finished run resumed only pushes (loop.py train)
+            refuse_resume(cfg, record)
+    elif checkpoints(cfg.out) or finished(cfg.out):  # a fresh start that start_over would refuse
+        raise _earlier_run(cfg.out)
+
+
+def refuse_resume(cfg: TrainConfig, record: dict) -> dict:
+    """A --resume's refusals that read --out and change nothing in it: a checkpoint elsewhere, no
+    run there, other settings than the run's (each named), no checkpoint to resume from. Returns
+    the run's record (refuse_before_the_lock asks them too)."""
+    out = cfg.out
     if isinstance(cfg.resume, Path):
         refuse_elsewhere(out, cfg.resume)
     saved = read_run_config(out)
@@ -230,10 +265,6 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
             + (train_further_hint(out, saved.get("config", {})) if asks_more_steps(differs, saved, record) else "")
             + precision_hint(differs, saved)
         )
-    keep_recorded(record, saved)
-    changed = resumable_changes(saved, record)
-    if changed:
-        log("--resume: changed " + ", ".join(changed))
     if not checkpoints(out):
         # Starting again from --model would replace final/ and the record of a run that saved no
         # checkpoint (--save-every 0), or that was killed before its first one.
@@ -241,13 +272,7 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
         raise InputError(
             f"--resume: {out} holds no checkpoint to resume from (its run saved none); nothing was changed: {again} (--save-every N makes a run resumable)"
         )
-    # The resumed run writes final/ (and final-merged/) again, whole: a file a user put there
-    # since (an evaluation's output) is refused now, not deleted after the training.
-    for name in (FINAL_DIR, MERGED_DIR) if cfg.merge_adapters else (FINAL_DIR,):
-        refuse_replacing(out / name, "--resume")
-    if isinstance(cfg.resume, Path):
-        return chosen_checkpoint(out, cfg.resume, log)
-    return usable_checkpoint(out, log)
+    return saved
 
 
 def chosen_checkpoint(out: Path, path: Path, log: Callable[[str], None]) -> Path:

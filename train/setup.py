@@ -40,8 +40,8 @@ from .eval_cache import note_changed_inputs, open_eval_cache, refuse_eval_split
 from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
-from .resume_record import FP16_RESUMES_ON_CUDA, IN_FORCE, config_record, keep_recorded, settings_digest
-from .rundir import open_run_dir, refuse_foreign, set_aside_later, write_record
+from .resume_record import FP16_RESUMES_ON_CUDA, IN_FORCE, config_record, keep_recorded, recorded_precision, settings_digest
+from .rundir import open_run_dir, refuse_before_the_lock, refuse_foreign, set_aside_later, write_record
 from .step import LossSettings
 
 if TYPE_CHECKING:
@@ -117,8 +117,11 @@ def mixed_precision_in_force(cfg: TrainConfig) -> str:
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
     if mixed == "fp16" and not torch.cuda.is_available():
-        if cfg.resume and _recorded_in_force(cfg.out) == "fp16":  # bf16 or no: refused as another precision than the run's
+        there = _recorded_precision(cfg.out) if cfg.resume else None
+        if there == "fp16":  # bf16 or no: refused as another precision than the run's
             raise InputError(f"--mixed-precision fp16 --resume: accelerate runs no fp16 autocast on CPU, and {FP16_RESUMES_ON_CUDA}")
+        if there is not None:
+            raise InputError(f"--mixed-precision fp16: accelerate runs no fp16 autocast on CPU; give --mixed-precision {there}, the run's own")
         raise InputError("--mixed-precision fp16: accelerate runs no fp16 autocast on CPU (the run would be fp32); give --mixed-precision bf16 or no")
     if cfg.dtype == "fp16" and mixed != "no":
         # fp16 weights under autocast: GradScaler cannot unscale fp16 gradients, and bf16
@@ -127,14 +130,14 @@ def mixed_precision_in_force(cfg: TrainConfig) -> str:
     return mixed
 
 
-def _recorded_in_force(out: Path) -> str | None:
-    """The precision in force the run in `out` recorded; None where there is no such record (the
-    run directory's own checks, under its lock, say why)."""
+def _recorded_precision(out: Path) -> str | None:
+    """The precision the run in `out` trained with (resume_record.recorded_precision); None where
+    there is no record or it does not say (the run directory's own checks, under its lock, say why)."""
     try:
         saved = read_run_config(out)
     except InputError:
         return None
-    return None if saved is None else saved.get("derived", {}).get(IN_FORCE)
+    return None if saved is None else recorded_precision(saved)
 
 
 def precision_said(cfg: TrainConfig, accelerator: Accelerator) -> str:
@@ -234,6 +237,8 @@ def check_inputs(cfg: TrainConfig) -> Run:
     identity = model_identity(source)
     is_reference = manifest.content.scored_with(identity)
     check_drift_tolerance(cfg, manifest, is_reference, resumes=bool(cfg.resume))  # before --out is touched
+    record = {"config": config_record(cfg), "derived": derived_record(total_steps, accelerator, cache, eval_cache, identity, packs)}
+    create_model_repo(cfg, record, accelerator)  # last
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -249,10 +254,20 @@ def check_inputs(cfg: TrainConfig) -> Run:
         steps_per_epoch=per_epoch,
         total_steps=total_steps,
         settings=loss_settings(cfg, packs),
-        record={"config": config_record(cfg), "derived": derived_record(total_steps, accelerator, cache, eval_cache, identity, packs)},
+        record=record,
         is_reference=is_reference,
         started=started,
     )
+
+
+def create_model_repo(cfg: TrainConfig, record: dict, accelerator: Accelerator) -> None:
+    """--push-to-hub's repo, created (or its write access checked) once the inputs passed, and a
+    --resume as far as it can be checked without changing --out (rundir.refuse_before_the_lock):
+    a refused command leaves no empty repo on the Hub. Before the lock and the model's load: a
+    token that cannot write stops the run in seconds, with --out as it was."""
+    if cfg.push_to_hub:
+        on_main(lambda: refuse_before_the_lock(cfg, record), accelerator)
+        on_main(lambda: create_push_repo(cfg.push_to_hub, dataset=False, private=cfg.hub_private), accelerator)
 
 
 def derived_record(total_steps: int, accelerator: Accelerator, cache: ShardedCache, eval_cache: ShardedCache | None, identity: dict, packs: bool) -> dict:
@@ -453,20 +468,11 @@ def loss_settings(cfg: TrainConfig, packs: bool = True) -> LossSettings:
     )
 
 
-def create_model_repo(cfg: TrainConfig, accelerator: Accelerator) -> None:
-    """--push-to-hub's repo, created (or its write access checked) once every check of the inputs
-    and of the run directory passed, so that a refused input or resume leaves no empty repo on the
-    Hub, and before the model loads, so that a token that cannot write stops the run in seconds."""
-    if cfg.push_to_hub:
-        on_main(lambda: create_push_repo(cfg.push_to_hub, dataset=False, private=cfg.hub_private), accelerator)
-
-
 def setup(run: Run) -> Run:
     """Under the run directory's lock: pick the checkpoint, build the policy (model, optimizer,
     scheduler) and restore its training state, then record the configuration and open metrics.jsonl."""
     cfg, accelerator = run.cfg, run.accelerator
     resume_from = on_main(lambda: open_run_dir(cfg, run.record, lambda msg: log(msg, accelerator)), accelerator)
-    create_model_repo(cfg, accelerator)  # the run directory's checks passed; the model loads next
     if resume_from is not None and not accelerator.is_main_process:
         # open_run_dir gave the main process's record the run's own spelling of lora_target_modules
         # and model identity; every rank takes them, so each rank's settings digest is the one its

@@ -97,15 +97,11 @@ REFUSALS = [
 
 
 def stop_train_at(monkeypatch, first: bool) -> None:
-    """Fail the test where kto-train would go on: at its input checks (`first`), else where the
-    model loads (Policy.build, after every check of the inputs and of the run directory)."""
+    """Fail the test where kto-train would go on: at its input checks (`first`), else where it
+    takes the run directory (setup, after every input check; the model loads there)."""
     import kto.train.loop
-    import kto.train.setup
 
-    if first:
-        monkeypatch.setattr(kto.train.loop, "check_inputs", lambda *a: pytest.fail("the run went on"))
-    else:
-        monkeypatch.setattr(kto.train.setup.Policy, "build", lambda *a: pytest.fail("the run went on"))
+    monkeypatch.setattr(kto.train.loop, "check_inputs" if first else "setup", lambda *a: pytest.fail("the run went on"))
 
 
 def stop_precompute_at(monkeypatch, first: bool) -> None:
@@ -142,24 +138,27 @@ def test_precompute_refuses_a_push_bound_to_fail_before_scoring(setting, says, f
 
 
 def test_the_repo_is_created_before_the_run(hub, monkeypatch, tmp_path, tiny_cache, tiny_model_dir):
-    """Private as asked, before the model loads (here the run is stopped there)."""
-    import kto.train.setup
+    """Private as asked, before the run directory is taken and the model loads (here the run is
+    stopped there)."""
+    import kto.train.loop
 
-    def stop(*args, **kwargs):
+    def stop(run):
         assert hub.repos[("model", "me/policy")].private  # already there
         raise InputError("stopped here")
 
-    monkeypatch.setattr(kto.train.setup.Policy, "build", stop)
+    monkeypatch.setattr(kto.train.loop, "setup", stop)
     result = run_train(tiny_cache, tiny_model_dir, tmp_path / "run", *TRAIN, "--push-to-hub", "me/policy", "--hub-private")
     assert "stopped here" in train_error_line(result.output)
 
 
 def test_a_refused_resume_creates_no_repo(hub, tmp_path, tiny_cache, tiny_model_dir):
     """Seen before: the repo was created once the inputs passed, before the run directory's own
-    checks under its lock: a --resume refused there (another --beta than the run's) had already
-    made an empty repo on the Hub."""
+    checks under its lock: a --resume refused there (another --beta than the run's; a fresh start
+    into a run) had already made an empty repo on the Hub."""
     out = tmp_path / "run"
     assert run_train(tiny_cache, tiny_model_dir, out, *TRAIN, "--max-steps", "2", "--save-every", "1").exit_code == 0
+    fresh = run_train(tiny_cache, tiny_model_dir, out, *TRAIN, "--max-steps", "2", "--save-every", "1", "--push-to-hub", "me/policy")
+    assert fresh.exit_code == 2 and "holds an earlier run; pass --resume" in train_error_line(fresh.output)
     result = run_train(
         tiny_cache, tiny_model_dir, out, *TRAIN, "--max-steps", "2", "--save-every", "1", "--beta", "0.5", "--resume", "--push-to-hub", "me/policy"
     )
@@ -323,3 +322,17 @@ def test_a_failed_cache_push_is_retried_by_running_again(hub, tmp_path, tiny_mod
     assert repo.files == {}
     kto.precompute.run(config)
     assert repo.files == visible_files(config.out) and "manifest.json" in repo.files
+
+
+def test_a_repo_the_token_cannot_write_leaves_the_run_directory_as_it_was(hub, tmp_path, tiny_cache, tiny_model_dir):
+    """A review found the repo check moved under the run directory's lock, after it had set a
+    damaged checkpoint aside (checkpoint-2 renamed .corrupt): refused there, --out was changed.
+    The check comes before the lock, and a refused push changes nothing there."""
+    others_public_repo(hub, "model")
+    out = tmp_path / "run"
+    assert run_train(tiny_cache, tiny_model_dir, out, *TRAIN, "--max-steps", "2", "--save-every", "1").exit_code == 0
+    (out / "checkpoint-2" / "optimizer.pt").write_bytes(b"junk")
+    before = sorted(p.name for p in out.iterdir())
+    result = run_train(tiny_cache, tiny_model_dir, out, *TRAIN, "--max-steps", "2", "--save-every", "1", "--resume", "--push-to-hub", "other/policy")
+    assert result.exit_code == 2 and "cannot write to the model repo other/policy" in train_error_line(result.output), result.output
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -29,3 +29,9 @@ def test_a_subclass_names_itself():
         pass
 
     assert DiskFull("no space left on out/x")._render_traceback_() == ["DiskFull: no space left on out/x"]
+
+
+def test_its_notes_are_shown_too():
+    exc = InputError("--cache c: no such cache directory")
+    exc.add_note("a note added on its way out")
+    assert exc._render_traceback_() == ["InputError: --cache c: no such cache directory", "a note added on its way out"]

@@ -31,7 +31,7 @@ def test_an_interrupt_says_what_is_kept_and_the_same_call_resumes(tmp_path, tiny
     monkeypatch.setattr(pipeline, "score_and_write", interrupted_after_one_shard)
     with pytest.raises(KeyboardInterrupt) as caught:
         kto.precompute.run(config)
-    assert caught.value.__notes__ == [f"kto.precompute.run was interrupted: the finished shards in {config.out} are kept, and the same call resumes the cache"]
+    assert caught.value.__notes__ == [f"kto.precompute.run was interrupted: the same call goes on with {config.out}, from the shards it finished (kept) if any"]
     monkeypatch.setattr(pipeline, "score_and_write", real)
     capsys.readouterr()
     result = kto.precompute.run(config)

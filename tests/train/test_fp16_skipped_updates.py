@@ -141,3 +141,27 @@ def test_kto_inspect_run_takes_a_null_count_for_a_run_without_a_loss_scaler(tiny
     assert run_train(tiny_cache, tiny_model_dir, tmp_path / "r", *ARGS).exit_code == 0
     checks = inspect_checks(tmp_path / "r")
     assert not any("SKIPPED" in c or "NON-FINITE" in c for c in checks), checks
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        {"global_step": 1, "epoch": 0, "step_in_epoch": 1, "skipped_updates": "1"},
+        {"global_step": 1, "epoch": 0, "step_in_epoch": 1, "skipped_updates": [1.5]},
+        {"global_step": 1, "epoch": 0, "step_in_epoch": 1, "unlogged": ["a"]},
+        {"global_step": "1", "epoch": 0, "step_in_epoch": 1},
+    ],
+)
+def test_a_checkpoint_whose_position_holds_other_types_is_unreadable(position, tmp_path):
+    """A review: checkpoint_problem only built Position(**...), so a skipped_updates or unlogged of
+    another type passed and failed mid-resume, in Window.resumed."""
+    from kto.train.checkpoint import STATE_NAME, Position, checkpoint_problem, record_checksums
+
+    Position(**{"global_step": 1, "epoch": 0, "step_in_epoch": 1, "skipped_updates": [1], "unlogged": [0.5, 2]})  # the right types
+    with pytest.raises(ValueError, match="^position: "):
+        Position(**position)
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    (folder / STATE_NAME).write_text(json.dumps({"position": position, "plan": {}}))
+    record_checksums(folder)  # whole as kto-train saves it: only its position is wrong
+    assert checkpoint_problem(folder) == f"{STATE_NAME} unreadable (ValueError)"

@@ -154,9 +154,16 @@ def test_a_run_trained_in_fp16_resumed_without_cuda_is_sent_to_a_gpu_by_both_ref
         line = train_error_line(result.output)
         assert line.endswith(where), (given, line)
         assert "give --mixed-precision" not in line and "pass --mixed-precision" not in line, line
-    # A new run, and the resume of a run that did not train in fp16, are told which precisions run here.
+    # A record made before the precision in force was recorded says it by the word given.
+    del saved["derived"]["mixed_precision_in_force"]
+    (out / "kto_run.json").write_text(json.dumps(saved))
+    for given in ("fp16", "no"):
+        result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", "checkpoint-1", "--mixed-precision", given)
+        assert train_error_line(result.output).endswith(where), (given, result.output)
+    # A new run is told which precisions run here; the resume of a run that trained in fp32,
+    # the one it trained in (bf16 would be refused as another).
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "new", *RUN, "--mixed-precision", "fp16")
     assert train_error_line(result.output).endswith("give --mixed-precision bf16 or no")
     shutil.copytree(cpu_run, tmp_path / "fp32")
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "fp32", *RUN, "--resume", "checkpoint-1", "--mixed-precision", "fp16")
-    assert train_error_line(result.output).endswith("give --mixed-precision bf16 or no")
+    assert train_error_line(result.output).endswith("give --mixed-precision no, the run's own")
