@@ -149,33 +149,32 @@ def _template_text(template: str | dict | None) -> str:
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
     """Hashes of each part of a tokenizer that decides token ids, kept apart so a mismatch can
     say *what* differs: vocabulary, special tokens, chat template, and the pipeline itself."""
+    vocab = sorted(tokenizer.get_vocab().items())
     special = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
     special["bos_token_id"] = str(tokenizer.bos_token_id)
     special["eos_token_id"] = str(tokenizer.eos_token_id)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    serialized = backend.to_str() if backend is not None else None
-    key = _sha256(serialized.encode()) if serialized is not None else None
     parts = {
-        "vocabulary": _vocabulary_digest(tokenizer, key),
+        "vocabulary": _sha256(json.dumps(vocab).encode()),
         "special_tokens": _sha256(json.dumps(special, sort_keys=True).encode()),
         # Named templates (an additional_chat_templates/ folder, a list in tokenizer_config.json)
         # come as a dict of name -> text: hashed whole, as JSON.
         "chat_template": _sha256(_template_text(tokenizer.chat_template).encode()),
     }
-    if serialized is not None:
-        parts["pipeline"] = _pipeline_digest(serialized, key)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        parts["pipeline"] = _pipeline_digest(backend.to_str())
     return parts
 
 
-# The digests of each serialized tokenizer seen in this process, by the text's sha256 (2 ms): a
-# script or a test that runs kto's commands again in one process loads the same tokenizer each
-# time, and sorting its JSON (1.5 MB for SmolLM2) took 0.5 s, its vocabulary 0.1 s.
+# The pipeline digest of each serialized tokenizer seen in this process, by the text's sha256.
 _PIPELINE_DIGESTS: dict[str, str] = {}
-_VOCABULARY_DIGESTS: dict[str, str] = {}
 
 
-def _pipeline_digest(serialized: str, key: str) -> str:
-    """The hash of a tokenizer pipeline's JSON with its keys sorted (`key`: the text's sha256)."""
+def _pipeline_digest(serialized: str) -> str:
+    """The hash of a tokenizer pipeline's JSON with its keys sorted. Sorting 1.5 MB of JSON takes
+    0.5 s, and a script or test that calls kto's commands again in one process loads the same
+    tokenizer each time: remembered by the serialized text's own hash (2 ms)."""
+    key = _sha256(serialized.encode())
     if key not in _PIPELINE_DIGESTS:
         pipeline = json.loads(serialized)
         # Padding/truncation settings are runtime state, not part of what ids a text maps to.
@@ -183,21 +182,6 @@ def _pipeline_digest(serialized: str, key: str) -> str:
         pipeline.pop("truncation", None)
         _PIPELINE_DIGESTS[key] = _sha256(json.dumps(pipeline, sort_keys=True).encode())
     return _PIPELINE_DIGESTS[key]
-
-
-def _vocabulary_digest(tokenizer: PreTrainedTokenizerBase, key: str | None) -> str:
-    """The hash of the sorted (token, id) pairs. Remembered by `key` only where the vocabulary is
-    the backend's own (transformers' get_vocab, not a class's override): its model vocabulary and
-    added tokens, both in the serialized text `key` hashes."""
-    from transformers import PreTrainedTokenizerFast
-
-    remembered = key is not None and type(tokenizer).get_vocab is PreTrainedTokenizerFast.get_vocab
-    if remembered and key in _VOCABULARY_DIGESTS:
-        return _VOCABULARY_DIGESTS[key]
-    digest = _sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    if remembered:
-        _VOCABULARY_DIGESTS[key] = digest
-    return digest
 
 
 def diff_identity(expected: dict, actual: dict) -> list[str]:
