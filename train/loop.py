@@ -29,7 +29,7 @@ from .processes import borrowed_accelerate_state, borrowed_rng_state
 from .progress import TrainProgress, number
 from .rundir import changes_left_unused, finished_final, lock_run_dir, mark_finished
 from .setup import Run, check_inputs, setup
-from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize, update_was_skipped
+from .step import StepStats, all_reduce_max, apply_update, clip_gradients, forward_backward, summarize
 from .stop import Interrupted, StopSignals, resume_command
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def run_steps(run: Run) -> Path:
     try:
         progress = TrainProgress(run.total_steps, run.position.global_step, enabled=run.accelerator.is_main_process)
         run.skipped_updates = list(run.position.skipped_updates)
-        window = Window.resumed(run.position, run.accelerator.device)
+        window = Window.resumed(run.position.unlogged, run.accelerator.device)
         run.position = replace(run.position, unlogged=(), skipped_updates=())  # the run holds them from here
         # The meter polls memory on a thread for the whole loop: a sample after each step saw
         # memory the step had freed, not its peak (formats/memory.py).
@@ -103,7 +103,7 @@ def run_steps(run: Run) -> Path:
             while run.position.global_step < run.total_steps:
                 stats, done = train_step(run, prefetch)
                 progress.step()
-                window.add(stats, done.skipped)
+                window.add(stats)
                 window = after_step(run, window, done, progress)
                 if (signum := signals.requested()) is not None and run.position.global_step < run.total_steps:
                     stop(run, signum, window)
@@ -133,26 +133,20 @@ class Window:
 
     stats: StepStats | None = None
     started: float = field(default_factory=lambda: time.perf_counter())  # looked up per window: a test's clock
-    updates_skipped: int = 0
-    """Of the window's steps, those whose update fp16's loss scaler skipped."""
 
-    def add(self, stats: StepStats, skipped: bool = False) -> None:
+    def add(self, stats: StepStats) -> None:
         self.stats = stats if self.stats is None else self.stats.plus(stats)
-        self.updates_skipped += skipped
 
     @classmethod
-    def resumed(cls, position: Position, device: torch.device) -> Window:
+    def resumed(cls, unlogged: tuple[float, ...], device: torch.device) -> Window:
         """The window a checkpoint saved between two lines (Position.unlogged), less its token
-        count (tokens/s is measured over this process's steps only), with its skipped updates:
-        those of the checkpoint's skipped steps that fall after the last line."""
+        count: tokens/s is measured over this process's steps only."""
         import torch
 
-        if not position.unlogged:
+        if not unlogged:
             return cls()
-        stats = StepStats.unstacked(torch.tensor(position.unlogged, dtype=torch.float64, device=device))
-        first = position.global_step - round(float(stats.steps)) + 1  # the window's first step
-        skipped = sum(step >= first for step in position.skipped_updates)
-        return cls(stats._replace(tokens=torch.zeros_like(stats.tokens)), updates_skipped=skipped)
+        stats = StepStats.unstacked(torch.tensor(unlogged, dtype=torch.float64, device=device))
+        return cls(stats._replace(tokens=torch.zeros_like(stats.tokens)))
 
     def saved(self) -> tuple[float, ...]:
         """What Position.unlogged keeps of this window."""
@@ -162,7 +156,6 @@ class Window:
 class StepDone(NamedTuple):
     grad_norm: float
     lr: float  # the rate this step's update used (the scheduler then moves on to the next step's)
-    skipped: bool = False  # fp16's loss scaler skipped the update (step.update_was_skipped)
 
 
 def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, StepDone]:
@@ -178,9 +171,8 @@ def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, StepDone]:
     norm = clip_gradients(run.model, run.accelerator, run.cfg.max_grad_norm)
     grad_norm = check_step(stats, norm, run.accelerator, run.position.global_step + 1, run.policy.last_checkpoint, run.cfg)
     lr = run.policy.scheduler.get_last_lr()[0]
-    apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
+    skipped = apply_update(run.policy.optimizer, run.policy.scheduler)  # only after the check: a NaN never reaches the weights
     run.position = nxt
-    skipped = update_was_skipped(run.accelerator)
     if skipped:
         run.skipped_updates.append(nxt.global_step)
         scale = run.accelerator.scaler.get_scale()
@@ -188,14 +180,14 @@ def train_step(run: Run, prefetch: Prefetcher) -> tuple[StepStats, StepDone]:
             f"step {nxt.global_step}: fp16 loss scaling skipped this update (a gradient overflowed fp16; the weights did not move); loss scale now {scale:g}",
             run.accelerator,
         )
-    return stats, StepDone(grad_norm, lr, skipped)
+    return stats, StepDone(grad_norm, lr)
 
 
 def after_step(run: Run, window: Window, done: StepDone, progress: TrainProgress) -> Window:
     """The line, eval and checkpoint due after this step; returns the window to add to next."""
     step, cfg = run.position.global_step, run.cfg
     if cfg.log_every and (step % cfg.log_every == 0 or step == run.total_steps):
-        log_window(run, window, done, time.perf_counter() - window.started, progress)
+        log_window(run, window.stats, done, time.perf_counter() - window.started, progress)
         window = Window()
     # An epoch ends where the position wrapped to the next epoch's first step. The last step is
     # always evaluated (with an eval cache) and, when the run saves at all, checkpointed too, as
@@ -349,15 +341,16 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train()
 
 
-def log_window(run: Run, window: Window, last: StepDone, seconds: float, progress: TrainProgress) -> None:
+def log_window(run: Run, window: StepStats, last: StepDone, seconds: float, progress: TrainProgress) -> None:
     """Metrics over the steps since the last line (already summed over ranks); `lr` and
     `grad_norm` are the last step's. `lr` is the rate the last step trained with, read before the
     scheduler moves on, as transformers' Trainer reads it. Under fp16's loss scaler the line also
     counts the window's updates it skipped (`updates_skipped`)."""
     p = run.position
-    line = summarize(window.stats, run.cfg.sft_weight)
-    if run.accelerator.scaler is not None:
-        line["updates_skipped"] = window.updates_skipped
+    line = summarize(window, run.cfg.sft_weight)
+    if run.accelerator.scaler is not None:  # the window's steps: the last line's step + 1 .. this one
+        first = p.global_step - round(float(window.steps)) + 1
+        line["updates_skipped"] = sum(step >= first for step in run.skipped_updates)
     line.update(
         lr=last.lr,
         grad_norm=last.grad_norm,

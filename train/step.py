@@ -391,20 +391,18 @@ def clip_gradients(model: torch.nn.Module, accelerator: Accelerator, max_grad_no
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def apply_update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """The update, then the schedule's next rate. An update fp16's loss scaler skipped leaves the
-    schedule where it was, as transformers' Trainer does (accelerate's scheduler wrapper): the
-    rate it did not train with is the next step's (update_was_skipped says so)."""
+def apply_update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> bool:
+    """The update, then the schedule's next rate. Returns whether fp16's loss scaler skipped the
+    update (a gradient overflowed fp16: the weights did not move, the scale was lowered); such an
+    update leaves the schedule where it was, as transformers' Trainer does (accelerate's scheduler
+    wrapper): the rate it did not train with is the next step's. Without a scaler (fp32, bf16),
+    and for a plain optimizer, none is skipped."""
     optimizer.step()
-    if not getattr(optimizer, "step_was_skipped", False):  # accelerate's optimizer under a loss scaler
+    skipped = getattr(optimizer, "step_was_skipped", False)  # accelerate's optimizer under a loss scaler
+    if not skipped:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def update_was_skipped(accelerator: Accelerator) -> bool:
-    """fp16's loss scaler skipped the last optimizer step: a gradient overflowed fp16, the weights
-    did not move, and the scale was lowered. Without a scaler (fp32, bf16) no step is skipped."""
-    return accelerator.scaler is not None and accelerator.optimizer_step_was_skipped
+    return skipped
 
 
 def optimizer_step(
