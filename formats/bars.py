@@ -46,24 +46,20 @@ def _notebook_bar() -> type | None:
     return None if autonotebook.tqdm is std.tqdm else autonotebook.tqdm
 
 
-def drawn_live(stream: TextIO) -> bool:
-    """Whether tqdm draws a bar for `stream` itself, as it goes: on a terminal, or as a notebook's
-    widget (which never writes to the stream). Elsewhere `BarLines` writes it."""
-    return is_terminal(stream) or _notebook_bar() is not None
-
-
-def new_bar(stream: TextIO, **kwargs: Any) -> Any:
-    """A tqdm bar for `stream`: drawn by tqdm on a terminal, or as a widget in a notebook;
-    elsewhere tqdm draws nowhere and `BarLines` writes it, a line at a time (see the module's
-    docstring). In a notebook the stream is not a terminal, and a bar drawn nowhere there was
-    still a widget (tqdm.auto's), stuck for 30 s at a time, beside the text lines."""
+def new_bar(stream: TextIO, write: Callable[[str], None] | None = None, **kwargs: Any) -> tuple[Any, BarLines | None]:
+    """A tqdm bar for `stream`, and the `BarLines` that write it where tqdm does not draw it live.
+    On a terminal tqdm draws it, in a notebook as a widget (lines: None); elsewhere tqdm draws
+    nowhere and the lines go through `write` (default: to `stream`, flushed). In a notebook the
+    stream is not a terminal, and a bar drawn nowhere there was still a widget (tqdm.auto's),
+    stuck for 30 s at a time, beside the text lines."""
     notebook = _notebook_bar()
     if notebook is not None:
-        return notebook(file=stream, **kwargs)
+        return notebook(file=stream, **kwargs), None
     from tqdm.std import tqdm
 
     terminal = is_terminal(stream)
-    return tqdm(file=stream if terminal else _Nowhere(stream), dynamic_ncols=terminal, **redraw_intervals(stream), **kwargs)
+    bar = tqdm(file=stream if terminal else _Nowhere(stream), dynamic_ncols=terminal, **redraw_intervals(stream), **kwargs)
+    return bar, None if terminal else BarLines(bar, write or written_to(stream))
 
 
 class _Nowhere(io.TextIOBase):

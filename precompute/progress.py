@@ -15,7 +15,7 @@ import sys
 import time
 from typing import TextIO
 
-from kto.formats.bars import BarLines, drawn_live, new_bar, written_to
+from kto.formats.bars import BarLines, new_bar
 
 
 class Progress:
@@ -30,9 +30,7 @@ class Progress:
         # (formats/signals.py), and tqdm keeps the object it is given. None: stderr closed.
         stream = stream or sys.stderr
         if enabled and stream is not None:
-            self.bar = new_bar(stream, total=total, unit=unit, desc=desc)
-            if not drawn_live(stream):
-                self.lines = BarLines(self.bar, written_to(stream))
+            self.bar, self.lines = new_bar(stream, total=total, unit=unit, desc=desc)
 
     def update(self, rows: float, tokens: int) -> None:
         self.tokens += tokens

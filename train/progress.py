@@ -36,7 +36,7 @@ import threading
 from collections.abc import Iterator
 from typing import TextIO
 
-from kto.formats.bars import BarLines, drawn_live, is_terminal, new_bar, written_to
+from kto.formats.bars import BarLines, is_terminal, new_bar, written_to
 
 
 def number(x: float | None, digits: int = 4) -> str:
@@ -59,9 +59,7 @@ class TrainProgress:
         self.lines: BarLines | None = None  # off a terminal
         if enabled and self.stream is not None:  # None: stderr closed (`2>&-`)
             # rate = steps / elapsed (smoothing off): an eval between redraws is no spike nor gap
-            self.bar = new_bar(self.stream, total=total, initial=done, desc="kto-train", smoothing=0)
-            if not drawn_live(self.stream):
-                self.lines = BarLines(self.bar, lambda text: self.above(self.stream, text))
+            self.bar, self.lines = new_bar(self.stream, lambda text: self.above(self.stream, text), total=total, initial=done, desc="kto-train", smoothing=0)
 
     def step(self) -> None:
         if self.bar is not None:
@@ -125,9 +123,8 @@ class EvalProgress:
             return
         if isinstance(stream, _AboveTheBar):
             stream = stream.stream
-        self.bar = new_bar(stream, total=total, desc="eval", unit="batch", leave=False)
-        if not drawn_live(stream):
-            self.lines = BarLines(self.bar, written_to(sys.stderr))  # through the step bar's lock where it is up
+        # Its lines through sys.stderr: the step bar's lock, where that bar is up.
+        self.bar, self.lines = new_bar(stream, written_to(sys.stderr), total=total, desc="eval", unit="batch", leave=False)
 
     def step(self) -> None:
         if self.bar is not None:

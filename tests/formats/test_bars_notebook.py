@@ -16,7 +16,7 @@ import pytest
 import tqdm.autonotebook
 import tqdm.std
 
-from kto.formats.bars import drawn_live
+from kto.formats.bars import new_bar
 
 
 class NotebookBar(tqdm.std.tqdm):
@@ -41,7 +41,8 @@ def test_in_a_notebook_each_bar_is_the_widget_alone(notebook, monkeypatch):
     from kto.train.progress import EvalProgress, TrainProgress
 
     stream = io.StringIO()  # the kernel's stderr: not a terminal
-    assert drawn_live(stream)
+    assert new_bar(stream, total=1)[1] is None  # drawn live: no lines to write
+    notebook.clear()  # that probe's bar
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     monkeypatch.setattr(sys, "stderr", stream)
     train = TrainProgress(3, 0, enabled=True)
@@ -63,7 +64,7 @@ def test_off_a_terminal_and_out_of_a_notebook_the_bar_is_lines_and_no_widget():
     from kto.precompute.progress import Progress
 
     stream = io.StringIO()
-    assert tqdm.autonotebook.tqdm is tqdm.std.tqdm and not drawn_live(stream)  # this test's own process
+    assert tqdm.autonotebook.tqdm is tqdm.std.tqdm and new_bar(io.StringIO(), total=1)[1] is not None  # this test's own process
     with Progress(4, "row", desc="kto-precompute train", stream=stream) as rows:
         rows.update(4, 40)
     assert stream.getvalue().startswith("kto-precompute train: 100%")
