@@ -16,6 +16,9 @@ the chosen shape, the tokenizer is built from scratch with `tokenizers`, the dat
       (tools/bench_train_step.py);
   (c') kto-train LoRA steps (r = 16, every decoder linear layer): policy-only vs a resident
       reference that is the same base with the adapters disabled (TRL's way under LoRA);
+  (c'') `kto-train --mixed-precision fp16` (CUDA only) with the loss scale started at 2^30, so that
+      updates overflow: every skipped update said, counted in metrics.jsonl and the run's last
+      line, the schedule held at it, every loss finite;
   (d) time to first step of a training run on the existing cache: the data path (manifest +
       open_cache + lengths() + epoch plan + first collate, tokenizer check, model identity),
       as a first run (shard sha256 verified) and a second one; then kto-train's own
@@ -89,19 +92,57 @@ BASELINE = {
 }
 CORRECTNESS_TOL = {"bfloat16": 2e-2, "float32": 1e-4}
 # Every section, in the order the summary reports their errors; NEED_S gives each shape's seconds.
-SECTIONS = ("correctness", "precompute", "scoring_paths", "train_cli", "train", "train_lora", "startup", "prefix_sharing", "train_prefix_sharing")
+SECTIONS = ("correctness", "precompute", "scoring_paths", "train_cli", "train_fp16", "train", "train_lora", "startup", "prefix_sharing", "train_prefix_sharing")
 # Seconds a section needs at the default sizes (H100/H200 guesses, generous): a section starts
 # only if that much of --time-budget-s is left, so the whole call stays inside its limit.
 NEED_S = {
-    "tiny": dict(train_cli=30, train_lora=20, correctness=5, precompute=30, startup=10, train=30, scoring_paths=30, prefix_sharing=20, train_prefix_sharing=20),
+    "tiny": dict(
+        train_cli=30,
+        train_fp16=30,
+        train_lora=20,
+        correctness=5,
+        precompute=30,
+        startup=10,
+        train=30,
+        scoring_paths=30,
+        prefix_sharing=20,
+        train_prefix_sharing=20,
+    ),
     "smollm2-135m": dict(
-        train_cli=60, train_lora=40, correctness=20, precompute=60, startup=15, train=40, scoring_paths=40, prefix_sharing=40, train_prefix_sharing=40
+        train_cli=60,
+        train_fp16=60,
+        train_lora=40,
+        correctness=20,
+        precompute=60,
+        startup=15,
+        train=40,
+        scoring_paths=40,
+        prefix_sharing=40,
+        train_prefix_sharing=40,
     ),
     "llama-3.2-1b": dict(
-        train_cli=60, train_lora=60, correctness=20, precompute=90, startup=20, train=60, scoring_paths=60, prefix_sharing=60, train_prefix_sharing=60
+        train_cli=60,
+        train_fp16=60,
+        train_lora=60,
+        correctness=20,
+        precompute=90,
+        startup=20,
+        train=60,
+        scoring_paths=60,
+        prefix_sharing=60,
+        train_prefix_sharing=60,
     ),
     "llama-3.1-8b": dict(
-        train_cli=180, train_lora=120, correctness=20, precompute=240, startup=60, train=150, scoring_paths=90, prefix_sharing=120, train_prefix_sharing=120
+        train_cli=180,
+        train_fp16=150,
+        train_lora=120,
+        correctness=20,
+        precompute=240,
+        startup=60,
+        train=150,
+        scoring_paths=90,
+        prefix_sharing=120,
+        train_prefix_sharing=120,
     ),
 }
 
@@ -127,8 +168,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.sections = frozenset(args.sections.split(",")) if args.sections else frozenset()
     if unknown := args.sections - set(SECTIONS):
         p.error(f"--sections: unknown {sorted(unknown)}; the sections are {sorted(SECTIONS)}")
-    if args.sections & {"startup", "train_cli"} and "precompute" not in args.sections:
-        p.error("--sections: startup and train_cli run on the precompute section's cache; name precompute too")
+    if args.sections & {"startup", "train_cli", "train_fp16"} and "precompute" not in args.sections:
+        p.error("--sections: startup, train_cli and train_fp16 run on the precompute section's cache; name precompute too")
     big = args.shape == "llama-3.1-8b"
     defaults = dict(rows=32, max_len=128, batch_tokens=1024) if args.quick else dict(rows=1000 if big else 4000, max_len=2048, batch_tokens=16384)
     for k, v in defaults.items():
@@ -421,6 +462,68 @@ def train_cli(cache_dir: Path, model_dir: Path, out_dir: Path, quick: bool, time
     }
 
 
+# Run in the kto-train subprocess of train_fp16: a loss scale of 2^30 makes the first updates
+# overflow fp16 (the default 2^16 seldom does on a random model), so the skip path runs.
+_FORCED_SCALE = """
+import sys, torch
+_init = torch.amp.GradScaler.__init__
+def _forced(self, *args, **kwargs):
+    kwargs["init_scale"] = 2.0**30
+    _init(self, *args, **kwargs)
+torch.amp.GradScaler.__init__ = _forced
+from kto.train.cli import main
+sys.argv[0] = "kto-train"
+main()
+"""
+
+
+def train_fp16(cache_dir: Path, model_dir: Path, out_dir: Path, timeout_s: float) -> dict:
+    """`kto-train --mixed-precision fp16` (CUDA only), with the loss scaler started at 2^30 so
+    that its first updates overflow: each skipped update must be said once on stderr, counted in
+    metrics.jsonl's `updates_skipped` and in the run's last line, and must leave the linear
+    schedule where it was (the next step trains with the same lr); every loss stays finite."""
+    import re
+    import subprocess
+
+    steps = 8
+    cmd = [sys.executable, "-c", _FORCED_SCALE, "--cache", str(cache_dir), "--model", str(model_dir), "--out", str(out_dir)]
+    cmd += ["--max-steps", str(steps), "--log-every", "1", "--batch-size", "4", "--mixed-precision", "fp16", "--lr-schedule", "linear", "--warmup-ratio", "0"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout_s, 1.0))
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"kto-train ran past the {timeout_s:.0f} s left of the time budget") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"kto-train exited {done.returncode}: {(done.stderr or done.stdout).strip()[-600:]}")
+    lines = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [x for x in lines if "loss" in x]
+    said = [int(m.group(1)) for m in re.finditer(r"step (\d+): fp16 loss scaling skipped this update", done.stderr + done.stdout)]
+    counted = [x["step"] for x in train if x.get("updates_skipped")]
+    last = [x for x in (done.stderr + done.stdout).splitlines() if "fp16 loss scaling skipped" in x and "of this run" in x]
+    lr = {x["step"]: x["lr"] for x in train}
+    # A skipped update does not step the schedule: the step after it trains with the same rate.
+    schedule_held = all(lr.get(s + 1, lr[s]) == lr[s] for s in said if s in lr)
+    schedule_moved = all(lr[s + 1] < lr[s] for s in lr if s + 1 in lr and s not in said)
+    ok = (
+        len(train) == steps
+        and all(np.isfinite(x["loss"]) for x in train)
+        and said == counted
+        and len(said) > 0
+        and bool(last) == bool(said)
+        and schedule_held
+        and schedule_moved
+    )
+    return {
+        "ok": ok,
+        "steps": steps,
+        "skipped_steps_said": said,
+        "skipped_steps_in_metrics": counted,
+        "last_line": last[:1],
+        "schedule_held_at_skips": schedule_held,
+        "schedule_moved_otherwise": schedule_moved,
+        "loss": [x["loss"] for x in train],
+    }
+
+
 def run_section(name: str, results: dict, budget: Budget, shape: str, fn, only: frozenset[str] = frozenset()):
     """Run one section (unless `only` names others); a crash or a spent budget is recorded, not
     raised, so the JSON survives."""
@@ -534,6 +637,15 @@ def summary_rows(r: dict) -> list[dict]:
             }
         )
         rows += [{"check": "kto-train CLI step-0 check", "value": line[:100], "target": ""} for line in c["step0_check"]]
+    f = r.get("train_fp16", {})
+    if "ok" in f:
+        rows.append(
+            {
+                "check": "kto-train fp16, loss scale 2^30: skips said / in metrics; lr held at them",
+                "value": f"{f['skipped_steps_said']} / {f['skipped_steps_in_metrics']}; {f['schedule_held_at_skips']}",
+                "target": f"equal, some, True ({'ok' if f['ok'] else 'FAIL'})",
+            }
+        )
     for name in SECTIONS:
         if isinstance(r.get(name), dict) and ("error" in r[name] or "skipped" in r[name]):
             rows.append({"check": name, "value": r[name].get("error") or r[name].get("skipped"), "target": ""})
@@ -564,12 +676,15 @@ def main(argv=None) -> int:
             run_section(
                 "train_cli", results, budget, shape, lambda: train_cli(cache_dir, model_dir, work / "cli_run", args.quick, budget.left()), args.sections
             )
+            if device.type == "cuda":  # accelerate runs no fp16 autocast on CPU (kto-train refuses it there)
+                run_section("train_fp16", results, budget, shape, lambda: train_fp16(cache_dir, model_dir, work / "fp16_run", budget.left()), args.sections)
         run_section("train", results, budget, shape, lambda: train_steps(args, device), args.sections)
         run_section("train_lora", results, budget, shape, lambda: train_lora_steps(args, device), args.sections)
         run_section("scoring_paths", results, budget, shape, lambda: scoring_paths(args, device, ceiling), args.sections)
     results["polars_imported"] = "polars" in sys.modules
     results["elapsed_s"] = args.time_budget_s - budget.left()
     failed = [n for n in SECTIONS if isinstance(results.get(n), dict) and "error" in results[n]]
+    failed += ["train_fp16"] if results.get("train_fp16", {}).get("ok") is False else []
     failed += ["correctness"] if any(not c.get("ok", True) for c in results.get("correctness") or [] if isinstance(c, dict)) else []
     results["ok"] = not failed and not results["polars_imported"]
     results["versions_at_end"] = info = C.versions(device)
