@@ -11,7 +11,8 @@ one torch thread, as the byte-identity test of tests/test_multinode.py does, so 
 the count of cores does not decide how MKL splits a matmul's sum. On another CPU kind (AVX2
 against AVX-512, or another vendor: MKL and oneDNN pick their kernels by both) the kernels
 differ and so may the last bits: the test then skips rather than fail, since it pins code, not
-hardware (PIN_ENV names the machine the values were taken on).
+hardware (PIN_ENV and PINS name the machines the values were taken on: an Intel Xeon and an AMD
+EPYC, both AVX-512, whose bytes differ and whose losses do not).
 
 If a change is meant to alter the cache (a new FORMAT_VERSION, a new fingerprint field), retake
 these values on main's tip alone and say so in the commit.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -75,7 +77,6 @@ def one_thread(fn):
 # in every cache's fingerprint), and again when it named the BOS/EOS a text carries; every column of
 # every shard and the losses are unchanged. Retaken when TRUNCATION_RULE named the template's own
 # system message (2026-12-06, f714857 + that change alone): every column of every shard unchanged.
-PIN_ENV = {"cpu": "AVX512", "vendor": "GenuineIntel", "torch": "2.13.0+cpu", "transformers": "5.25.0"}
 # Retaken when the model identity gained small_tensors_sha256 (it is in the cache's content,
 # hence its fingerprint, which every shard carries); the token ids and log-probs are unchanged.
 # Retaken when it gained the whole file's sha256 (2026-12-06, Intel Xeon): every column of every
@@ -92,17 +93,42 @@ PIN_ENV = {"cpu": "AVX512", "vendor": "GenuineIntel", "torch": "2.13.0+cpu", "tr
 # the old rule text the pins held unchanged. Retaken when TRUNCATION_RULE named the cut inside a
 # tool call's arguments, the largest texts tried and the last resort (2026-12-07): with the old
 # rule text the pins held unchanged.
-SHARDS = {
-    "shard-00000.arrow": "e2c40401caa77bc857693bbbf34d2418bb7a1d2325f093bd4fc3a1d60c90733a",
-    "shard-00001.arrow": "843c576c58932282bd452dbcb7a34c8a5d92e38756d6bf26e9f864ce8f9f60fb",
-    "shard-00002.arrow": "e9ae15bcdc2e8f57253fd4f58d2ce47fc2d562127c659378c34ceb449e88d31d",
+# The last pins above, on the Intel Xeon. Those of the AMD EPYC (Zen 4, AVX-512) were taken on
+# 7e4c9af (2026-12-07), where CI ran with the pins skipped since 2026-12-04; 659cf30, the Intel
+# pin's commit, gives the same bytes there, so no commit between changed what the pin holds.
+# The manifest is pinned with the paths of this run and the library versions replaced by
+# placeholders: `info` is information only, and the rest (content, fingerprint, layout, counts,
+# shard list, with the shards' sha256) is what the code decides.
+PIN_ENV = {"cpu": "AVX512", "torch": "2.13.0+cpu", "transformers": "5.25.0"}
+
+
+@dataclass(frozen=True)
+class Pin:
+    shards: dict[str, str]
+    manifest: str
+
+
+PINS = {
+    "GenuineIntel": Pin(
+        shards={
+            "shard-00000.arrow": "e2c40401caa77bc857693bbbf34d2418bb7a1d2325f093bd4fc3a1d60c90733a",
+            "shard-00001.arrow": "843c576c58932282bd452dbcb7a34c8a5d92e38756d6bf26e9f864ce8f9f60fb",
+            "shard-00002.arrow": "e9ae15bcdc2e8f57253fd4f58d2ce47fc2d562127c659378c34ceb449e88d31d",
+        },
+        manifest="7227fc7356893dab2a2d36387e1d049ab910c5cf7b19416e5871717154e65209",
+    ),
+    "AuthenticAMD": Pin(
+        shards={
+            "shard-00000.arrow": "872c2ac22ea5a567940d88aea3c71687777c57885ea8bd2bd417454ef6fc3772",
+            "shard-00001.arrow": "3fe430ba66b85d9181f87f17a65cf6b23532472fd0a27b686d95c650b85fc310",
+            "shard-00002.arrow": "0f6022c8fa7ddb88309b4a63855c01ec73b6f81716e1fc26e08474363ffdfefa",
+        },
+        manifest="baf8e4a5491f1cd5211b4a8bc69eee71ff7ad81883ffd1dd6c4887b153882453",
+    ),
 }
-# manifest.json with the paths of this run and the library versions replaced by placeholders:
-# `info` is information only, and the rest (content, fingerprint, layout, counts, shard list)
-# is what the code decides.
-MANIFEST = "7227fc7356893dab2a2d36387e1d049ab910c5cf7b19416e5871717154e65209"
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
 # step 1); main's tip with only its epoch_plan replaced by the grouped one gives these exactly.
+# The same on both machines: the log-probs differ in their last bits, these losses do not.
 LOSSES = [0.5, 0.485733121872689, 0.5001436696595634]
 
 
@@ -139,8 +165,10 @@ def placeholder_manifest(cache: Path, replace: dict[str, str]) -> bytes:
 
 @pytest.fixture(scope="module")
 def pinned_run(tmp_path_factory, tiny_model_dir):
-    if environment() != PIN_ENV:
-        pytest.skip(f"the pin was taken with {PIN_ENV}, this is {environment()}: other kernels may round otherwise")
+    env = environment()
+    vendor = env.pop("vendor")
+    if env != PIN_ENV or vendor not in PINS:
+        pytest.skip(f"the pins were taken with {PIN_ENV} on {' and '.join(PINS)}, this is {environment()}: other kernels may round otherwise")
     root = tmp_path_factory.mktemp("pin")
     data = inputs(root)
     args = precompute_args(data[0], tiny_model_dir, root / "cache", *(a for p in data[1:] for a in ("--data", str(p))))
@@ -149,21 +177,21 @@ def pinned_run(tmp_path_factory, tiny_model_dir):
     train = ("--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps", "3")
     result = one_thread(lambda: run_train(root / "cache", tiny_model_dir, root / "run", *train))
     assert result.exit_code == 0, result.output
-    return root, tiny_model_dir
+    return root, tiny_model_dir, PINS[vendor]
 
 
 def test_the_cache_bytes_are_pinned(pinned_run):
-    root, _ = pinned_run
-    assert {p.name: sha256(p) for p in sorted((root / "cache").glob("shard-*.arrow"))} == SHARDS
+    root, _, pin = pinned_run
+    assert {p.name: sha256(p) for p in sorted((root / "cache").glob("shard-*.arrow"))} == pin.shards
 
 
 def test_the_manifest_is_pinned(pinned_run):
-    root, model = pinned_run
+    root, model, pin = pinned_run
     env = environment()
     replace = {str(root): "ROOT", str(model): "MODEL", env["torch"]: "TORCH", env["transformers"]: "TRANSFORMERS"}
-    assert hashlib.sha256(placeholder_manifest(root / "cache", replace)).hexdigest() == MANIFEST
+    assert hashlib.sha256(placeholder_manifest(root / "cache", replace)).hexdigest() == pin.manifest
 
 
 def test_the_first_three_losses_are_pinned(pinned_run):
-    root, _ = pinned_run
+    root, _, _ = pinned_run
     assert [m["loss"] for m in metrics(root / "run")] == LOSSES
