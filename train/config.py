@@ -47,7 +47,8 @@ TEXT_PATHS = ("model",)  # text, a local directory given as a Path included
 # 2**63 torch.empty raised an overflow traceback after the model had loaded.
 LORA_R_MAX = 2**31 - 1
 # float32's largest and smallest normal numbers (torch.finfo(torch.float32).max and .tiny): the
-# loss, its gradient and AdamW's state are computed in float32 whatever the flags' Python floats.
+# gradient reaching the policy's log-probs and AdamW's state are float32 whatever the flags' Python
+# floats (the loss itself is float64: train/loss.py).
 FP32_MAX = 3.4028234663852886e38
 FP32_TINY = 1.1754943508222875e-38
 LR_MAX = 1.0
@@ -332,14 +333,15 @@ def load_config_file(path: Path) -> config_file.Resolved:
 
 
 def check_scale_flags(cfg: TrainConfig) -> None:
-    """β, the class weights and γ as float32 can hold them: above 3.4e38 each is inf there, and
-    the loss inf or NaN (β × a reward of 0). Below that no bound is refused: they scale the loss,
+    """β, the class weights and γ as float32 can hold them: above 3.4e38 each is inf there. The
+    loss is computed in float64 (train/loss.py), but its gradient reaches the policy's float32
+    log-probs scaled by them, inf or NaN (β × a reward of 0). Below that no bound is refused: they scale the loss,
     and AdamW's step and gradient clipping do not depend on its scale (TRL and transformers
     bound none of them); a gradient that overflows stops the run naming them (unusual_flags)."""
     for name in SCALES:
         if getattr(cfg, name) > FP32_MAX:
             raise InputError(
-                f"--{_flag(name)} {getattr(cfg, name)}: must be at most {FP32_MAX:.4g}, float32's largest number; the loss is computed in float32, where this is inf"
+                f"--{_flag(name)} {getattr(cfg, name)}: must be at most {FP32_MAX:.4g}, float32's largest number; the loss's gradient reaches the float32 log-probs scaled by it, and there it is inf"
             )
 
 
