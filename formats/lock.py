@@ -8,7 +8,8 @@ process here, and a user who found it was not kto took the lock for stale. The l
 called stale: flock says it is held. A file of an older kto holds the pid alone.
 
 A filesystem without locks (NFS without lockd: ENOLCK; Lustre mounted without `-o flock`:
-ENOSYS or EOPNOTSUPP) is refused in one line, as are folders that cannot be written.
+ENOSYS or EOPNOTSUPP) is refused in one line, as are folders that cannot be written, and a disk
+too full to take the `PID@HOST` (the line every writer gives: atomic.names_write_errors).
 
 The pid is written into the lock file itself, so the lock file must be ours: it is opened with
 O_NOFOLLOW (a `.lock` that is a symbolic link would send the pid into its target, truncating
@@ -36,6 +37,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from .atomic import names_write_errors
 from .errors import InputError
 
 LOCK_NAME = ".lock"
@@ -62,8 +64,7 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
     try:
         _lock(fd, path, flag, made)
         if writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+            _write_holder(fd, path, made)
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
@@ -78,16 +79,35 @@ def _lock(fd: int, path: Path, flag: str, made: list[Path]) -> None:
         holder = holder_of(_record(fd))
         raise InputError(f"{flag} {path}: in use by another kto process ({holder}); wait for it or choose another directory") from None
     except OSError as exc:
-        for p in made:  # the lock file, then each folder made for it, innermost first, if empty
-            with contextlib.suppress(OSError):
-                if p == path / LOCK_NAME:
-                    os.unlink(p)
-                else:
-                    os.rmdir(p)
+        _remove_made(made, path)
         raise InputError(
             f"{flag} {path}: its filesystem does not support file locks ({exc.strerror}), which keep two kto processes out of one"
             " directory; choose a directory on a local filesystem, or mount this one with locks (NFS: lockd; Lustre: -o flock)"
         ) from None
+
+
+def _write_holder(fd: int, path: Path, made: list[Path]) -> None:
+    """`PID@HOST` into the locked file `fd`. A full disk (or quota, or `ulimit -f`) refuses even
+    these few bytes: the one line every writer gives (names_write_errors), naming the lock file,
+    and what `locked_dir` made for it removed, so a refused start leaves no folder behind."""
+    try:
+        with names_write_errors(path / LOCK_NAME):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+    except OSError:
+        _remove_made(made, path)  # still locked here: no other process can be using what goes
+        raise
+
+
+def _remove_made(made: list[Path], path: Path) -> None:
+    """Remove what `locked_dir` made (`made`): the lock file, then each folder made for it,
+    innermost first, each only if empty."""
+    for p in made:
+        with contextlib.suppress(OSError):
+            if p == path / LOCK_NAME:
+                os.unlink(p)
+            else:
+                os.rmdir(p)
 
 
 def _missing(path: Path) -> list[Path]:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from . import schema as S
-from .atomic import atomic_path, write_json_atomic
+from .atomic import atomic_path, names_write_errors, write_json_atomic
 from .errors import InputError
 from .files import read_json, sha256_file
 from .paths import arrow_path
@@ -129,7 +129,10 @@ class Journal:
         return obj if isinstance(obj, dict) else None
 
     def _write(self, name: str, obj: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Inside the write's own handling: on a full ext4 disk a new folder needs a block, where
+        # the empty temp file that the write makes first needs none.
+        with names_write_errors(self.dir / name):
+            self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.dir / name, obj)
 
     # ---- the run ----------------------------------------------------------------------------

@@ -8,7 +8,8 @@
     kto-inspect export  CHECKPOINT OUT [--merge] [--base-model BASE]
 
 Exit codes: 0 fine; 1 `verify` found a problem; 2 bad input, or a stdout closed or full
-(message on one line, prefixed `kto-inspect: error:`); 141 the output pipe was closed (`| head`). Heavy imports (polars, torch, matplotlib) happen inside the commands,
+(message on one line, prefixed `kto-inspect: error:`); 128 + N a stop signal N during score or
+run (one line; the write under way leaves no temp file); 141 the output pipe was closed (`| head`). Heavy imports (polars, torch, matplotlib) happen inside the commands,
 so `kto-inspect --help` stays fast.
 """
 
@@ -30,7 +31,7 @@ import click
 from kto.formats.compute.numerics import NAMES as NUMERICS
 from kto.formats.errors import InputError, exit_with_usage_line, import_or_refuse, one_line_errors, one_line_usage
 from kto.formats.paths import HOME_PATH, refuse_undecodable
-from kto.formats.signals import console_error, dropped
+from kto.formats.signals import console_error, dropped, raising_on_stop_signals
 
 from .text import printable
 
@@ -231,9 +232,10 @@ def rows(cache: Path, where: str | None, sort: str | None, limit: int, flag: int
 @_handles_input_errors
 def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
     """Plot a run's metrics.jsonl (loss, KL, rewards, lr, grad norm, tokens/s) into report.html."""
-    from .report import build_report, render
+    with raising_on_stop_signals():  # see score: a stop leaves no temp file
+        from .report import build_report, render
 
-    result = build_report(out, to, sft=sft)
+        result = build_report(out, to, sft=sft)
     for warning in result["warnings"]:
         click.echo(f"kto-inspect: warning: {printable(warning)}", err=True)
     _emit(result, as_json, render)
@@ -273,9 +275,14 @@ def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
 def score(cache: Path, model: str, out: Path, as_json: bool, **options) -> None:
     """Give every cached row the policy's implicit reward; report who gained and who lost log-prob."""
     _named(cache), _named(out, "--out")
-    from .score import render, score_cache
+    # SIGTERM, SIGHUP (and SIGINT, SIGUSR1) raise Stopped, as in kto-precompute: the atomic write
+    # under way removes its temp name (its default action ended the process and left
+    # `.NAME.tmp-PID-TID` beside --out for good), and one_line_errors says the signal in one line.
+    # Not around _emit: its own handling of a closed stdout (exit 141) is not the console's.
+    with raising_on_stop_signals():
+        from .score import render, score_cache
 
-    result = score_cache(_local(cache), model, out, log=lambda msg: click.echo(msg, err=True), **options)
+        result = score_cache(_local(cache), model, out, log=lambda msg: click.echo(msg, err=True), **options)
     _emit(result, as_json, render)
 
 

@@ -13,9 +13,13 @@ and LLaMA-Factory write), once, by the main process of a launch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,13 +83,19 @@ def evaluate_policy(cfg: TrainConfig, explicit: set[str] | None = None, print_js
     `explicit`: the settings given (the CLI: on the command line or in --config); None: those
     that differ from their defaults (the Python API). A RUN_SETTINGS one not given is the run's.
     print_json: the CLI's JSON line on stdout (main process)."""
+    explicit = off_defaults(cfg) if explicit is None else explicit
+    target, made = results_path(cfg.out)  # before anything loads
+    with removed_if_failed(made):
+        return _evaluate(cfg, explicit, print_json, target)
+
+
+def _evaluate(cfg: TrainConfig, explicit: set[str], print_json: bool, target: Path | None) -> dict:
+    """evaluate_policy's work once --out is checked (and made): the run's settings, the eval, the report."""
     from kto.formats.launch_agreement import check_launch_agreement
 
     from .processes import borrowed_accelerate_state, borrowed_rng_state
     from .setup import launch_settings_of
 
-    explicit = off_defaults(cfg) if explicit is None else explicit
-    target = results_path(cfg.out)  # before anything loads
     refuse_a_run_directory(str(cfg.model))
     run = RunOf.model(cfg.model)
     cfg = with_run_settings(cfg, run, explicit)
@@ -122,26 +132,57 @@ def off_defaults(cfg: TrainConfig) -> set[str]:
     return {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != DEFAULTS[f.name]}
 
 
-def results_path(out: Path | None) -> Path | None:
-    """OUT/eval_results.json, or None without --out; refused (one line) where OUT is a file, a
-    kto-precompute cache or a kto-train run directory (they hold only their own files), or in one."""
+def results_path(out: Path | None) -> tuple[Path | None, list[Path]]:
+    """OUT/eval_results.json, or None without --out, and the folders made for it (innermost
+    first). Refused (one line) where OUT is a file, a kto-precompute cache or a kto-train run
+    directory (they hold only their own files), or in one, and where it cannot be made or
+    written (a read-only filesystem, a full disk, a file above it, a name too long): now, before
+    the evaluation, as training refuses its --out before training. A missing OUT is made here,
+    as training makes its --out; `removed_if_failed` removes it again if the command fails."""
     from kto.formats.atomic import NotWritableError, check_can_create
     from kto.formats.cache import refuse_inside_others
+    from kto.formats.files import output_dir
 
     if out is None:
-        return None
-    if out.exists() and not out.is_dir():
+        return None, []
+    if os.path.exists(out) and not os.path.isdir(out):  # os.path's: a name too long is output_dir's to say
         raise InputError(f"--out {out}: not a directory (--eval-only writes OUT/{EVAL_RESULTS})")
+    output_dir(out, f"--out {out}")  # training's check of --out: a file or a link to nothing above it, a name too long
     target = out / EVAL_RESULTS
     if target.is_dir() or target.is_symlink() and not target.is_file():
         raise InputError(f"--out {out}: {target} is not a file it can replace; name another --out")
     refuse_inside_others(target)  # OUT itself may be the cache or the run: the file would lie inside it
-    if out.is_dir():
-        try:
-            check_can_create(target)  # a read-only folder: refused now, not after the evaluation
-        except NotWritableError as exc:
-            raise InputError(f"--out {exc}") from None
-    return target
+    made = list(itertools.takewhile(lambda p: not os.path.lexists(p), (out, *out.parents)))
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # a full disk refuses a new folder (ext4: it needs a block)
+    except OSError as exc:
+        remove_empty(made)  # the folders above OUT that were made before the failure
+        raise InputError(f"--out {out}: cannot create ({exc.strerror})") from None
+    try:
+        check_can_create(target)  # a read-only folder: refused now, not after the evaluation
+    except NotWritableError as exc:
+        remove_empty(made)
+        raise InputError(f"--out {exc}") from None
+    return target, made
+
+
+@contextlib.contextmanager
+def removed_if_failed(made: list[Path]) -> Iterator[None]:
+    """The folders results_path made for --out (`made`), removed again if the block fails and
+    they are still empty: a refused or stopped evaluation leaves no folder behind, as a failed
+    start of training leaves no run directory."""
+    try:
+        yield
+    except BaseException:
+        remove_empty(made)
+        raise
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of `folders` (innermost first) that is an empty folder; leave every other."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def with_run_settings(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> TrainConfig:
@@ -281,7 +322,7 @@ def eval_line(cfg: TrainConfig, eval_cache: ShardedCache, accelerator: Accelerat
 
 def report(cfg: TrainConfig, line: dict, target: Path | None, print_json: bool) -> None:
     """Main process: training's eval line said of the model, the JSON on stdout (the CLI), and OUT/eval_results.json."""
-    from kto.formats.atomic import write_json_atomic
+    from kto.formats.atomic import names_write_errors, write_json_atomic
     from kto.formats.signals import console_error, write_result
 
     from .progress import number
@@ -294,7 +335,8 @@ def report(cfg: TrainConfig, line: dict, target: Path | None, print_json: bool) 
         except OSError as exc:
             unwritten = exc
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        with names_write_errors(target):  # made by results_path; again only if removed during the evaluation
+            target.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(target, line)
         log(f"wrote {target}")
     if unwritten is not None:
