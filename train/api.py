@@ -42,7 +42,8 @@ def run(config: TrainConfig) -> TrainResult:
     """Train the policy from `config.cache`; return where it went and its final metrics.
 
     Raises InputError on bad input, before anything is written to `config.out`;
-    kto.train.stop.Interrupted where a signal stopped the run with a checkpoint, and
+    kto.train.stop.Interrupted where a signal stopped the run with a checkpoint (its subclass
+    PushInterrupted: stopped the upload of a finished final/ with config.push_to_hub), and
     kto.train.stop.Aborted (a KeyboardInterrupt) where a second Ctrl-C aborted it; an error that
     a Ctrl-C then came upon is raised itself, the interrupt noted (stop.raise_in_place). final/ (and
     final-merged/) hold their README.md model card from the moment they appear (train/model_card.py)."""
@@ -79,13 +80,22 @@ def run(config: TrainConfig) -> TrainResult:
     # The main process uploads; the others return without waiting for it (under the CLI the
     # group is ended when the run returns).
     if config.push_to_hub and trained.main_process:  # train() checked every weight finite before saving final/
-        from kto.formats.errors import log
-        from kto.formats.hub import push_folder
-
-        retry = "final/ is complete: push it with the same command and --resume"  # a finished run resumed trains nothing, then pushes
-        url = push_folder(result.final, config.push_to_hub, dataset=False, private=config.hub_private, message=f"kto-train: {result.steps} steps", retry=retry)
-        log(f"pushed {result.final} to {config.push_to_hub} ({url})")
+        push_final(config, result, trained.processes)
     return result
+
+
+def push_final(config: TrainConfig, result: TrainResult, processes: int) -> None:
+    """Upload the finished run's final/ to config.push_to_hub. A stop signal meanwhile raises
+    kto.train.stop.PushInterrupted, having said that final/ is complete and how to push it."""
+    from kto.formats.errors import log
+    from kto.formats.hub import push_folder
+
+    from .stop import stoppable_push
+
+    retry = "final/ is complete: push it with the same command and --resume"  # a finished run resumed trains nothing, then pushes
+    with stoppable_push(config, result.final, processes):
+        url = push_folder(result.final, config.push_to_hub, dataset=False, private=config.hub_private, message=f"kto-train: {result.steps} steps", retry=retry)
+    log(f"pushed {result.final} to {config.push_to_hub} ({url})")
 
 
 def check_push(config: TrainConfig) -> None:

@@ -31,7 +31,7 @@ from kto.formats.signals import Stopped, raising_on_stop_signals
 from .config import DEFAULTS, DTYPES, KL_SCOPES, MIXED_PRECISION, SCHEDULES, TrainConfig, load_config_file, require_paths
 from .eval_only import eval_only_refusal
 from .loss_type import LossType
-from .stop import Interrupted
+from .stop import Interrupted, PushInterrupted
 
 LATEST = "latest"  # `--resume` without a path
 EXPLICIT = "kto.explicit"  # ctx.meta: the settings the command line or --config gave
@@ -145,8 +145,9 @@ def main(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
                     evaluate_model(cfg, explicit=ctx.meta[EXPLICIT], print_json=True)
                 else:
                     run(cfg)
-        except Interrupted as exc:  # a signal stopped the run at a step boundary, its checkpoint and --resume already printed
-            end_own_process_group(existed)
+        except Interrupted as exc:  # a signal stopped the run at a step boundary or its push, what to run next already printed
+            # A stopped push: the main process alone pushes, the others ended without waiting for it.
+            end_own_process_group(existed, main_process_busy=isinstance(exc, PushInterrupted))
             sys.exit(exc.exit_code)
         except Stopped as exc:
             exit_on_signal("kto-train", exc.signum, "no step was trained in this run and nothing new saved; run the same command again")

@@ -42,11 +42,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Trained:
-    """What `train` hands the API: final/, and whether this process is the main one (it alone
-    pushes to the Hub), read before accelerate's state is given back (train/processes.py)."""
+    """What `train` hands the API: final/, whether this process is the main one (it alone
+    pushes to the Hub) and how many processes ran (a stopped push's command says to run it under
+    the same launcher), read before accelerate's state is given back (train/processes.py)."""
 
     final: Path
     main_process: bool
+    processes: int
 
 
 def train(cfg: TrainConfig) -> Trained:
@@ -68,7 +70,7 @@ def train(cfg: TrainConfig) -> Trained:
             else:
                 with resumable_after_disk_full(cfg.out):
                     final = run_steps(setup(checked))
-        return Trained(final, checked.accelerator.is_main_process)
+        return Trained(final, checked.accelerator.is_main_process, checked.accelerator.num_processes)
 
 
 @contextlib.contextmanager

@@ -23,10 +23,15 @@ it was writing, if any, is not there; the latest one is) and the command that re
 which the CLI prints as its one line, as the first signal's lines say theirs. Only where the
 interrupt was the run's first exception: a Ctrl-C that came upon an error already on its way out
 leaves that error to be seen (raise_in_place).
+
+After the loop, while the main process uploads final/ (--push-to-hub), `stoppable_push` takes the
+same signals: the first says that final/ is complete and the command that pushes it, and
+raises `PushInterrupted` (an Interrupted: the same exit status).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -40,9 +45,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from kto.formats.errors import InputError, log, on_main
 from kto.formats.hub import hub_spec_of
 from kto.formats.runrecord import checkpoint_dir
-from kto.formats.signals import Stopped, after_hangup, loop_signals, take_over
+from kto.formats.signals import Stopped, after_hangup, loop_signals, not_ignored, take_over
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from accelerate import Accelerator
 
     from .config import TrainConfig
@@ -59,6 +66,19 @@ class Interrupted(Exception):
             f"stopped by {signal.Signals(signum).name} with {checkpoint} saved; resume with: {command} (kto.train.run: the same TrainConfig with resume=True)"
         )
         self.signum, self.checkpoint, self.command = signum, checkpoint, command
+        self.exit_code = 128 + signum
+
+
+class PushInterrupted(Interrupted):
+    """A stop signal while the main process uploaded a finished run's final/ to the Hub
+    (`stoppable_push`): `checkpoint` is that final/, whole; `command` pushes it (a finished run
+    resumed trains nothing, then pushes); `exit_code` 128 + the signal. Its message is the line
+    said then, and the API's way. It says nothing of the repo: whatever the upload left there,
+    the next push replaces (formats/hub.py push_folder)."""
+
+    def __init__(self, signum: int, final: Path, command: str, line: str):
+        Exception.__init__(self, f"{line} (kto.train.run: the same TrainConfig with resume=True)")
+        self.signum, self.checkpoint, self.command = signum, final, command
         self.exit_code = 128 + signum
 
 
@@ -205,6 +225,59 @@ class StopSignals:
     def requested(self) -> int | None:
         """The signal the main process received (the same answer on every rank), or None."""
         return on_main(lambda: self.signum, self.accelerator)
+
+
+def push_stop_line(signum: int, final: Path, repo: str, command: str, processes: int) -> str:
+    """What a stop signal during the upload of `final` says (less `kto-train: `)."""
+    launcher = f" (under the same launcher, {processes} processes)" if processes > 1 else ""
+    name = signal.Signals(signum).name
+    return f"stopped by {name} while pushing {final} to {repo} on the Hub; {final} is complete: push it{launcher} with: {command}"
+
+
+@contextlib.contextmanager
+def stoppable_push(cfg: TrainConfig, final: Path, processes: int) -> Iterator[None]:
+    """The upload of a finished run's `final` (kto.train.run, main process). The loop's
+    StopSignals gave the signals back, so a SIGTERM here ended the process silently (143) and a
+    Ctrl-C said only `interrupted`, on an upload that takes minutes on a real model. Here the
+    first stop signal (loop_signals(), those not ignored) says at once that final/ is complete
+    and the command that pushes it, and raises PushInterrupted out of the upload: said in the
+    handler, since huggingface_hub then waits for its upload threads (ThreadPoolExecutor's
+    exit), and a scheduler's SIGKILL may come first. A second Ctrl-C within ECHO_S is the
+    first's echo (StopSignals' docstring); a later one, or another signal, raises again, out of
+    that wait. Outside the main thread (signals cannot be caught there) it installs nothing."""
+    command = resume_command(cfg)
+    state: dict[str, Any] = {"first": None, "at": 0.0, "said": False, "closing": False}
+
+    def line() -> str:
+        return "kto-train: " + push_stop_line(state["first"], final, cfg.push_to_hub or "", command, processes)
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        after_hangup(signum)  # the line must not fail on a terminal gone
+        first = state["first"]
+        if state["closing"] or (first is not None and signum == signal.SIGINT and time.monotonic() - state["at"] <= ECHO_S):
+            return
+        if first is None:
+            state["first"], state["at"] = signum, time.monotonic()
+            # A write this signal interrupted (a progress bar's) refuses a reentrant one: said below then.
+            with contextlib.suppress(RuntimeError, OSError, ValueError):
+                log(line())
+                state["said"] = True
+        raise Stopped(signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, note) for s in not_ignored(loop_signals())}
+    try:
+        yield
+    except Stopped as exc:
+        state["closing"] = True  # a repeat from here on would only hide the line's exception
+        state["first"] = exc.signum if state["first"] is None else state["first"]
+        if not state["said"]:
+            log(line())
+        raise PushInterrupted(state["first"], final, command, line().removeprefix("kto-train: ")) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def resume_command(cfg: TrainConfig) -> str:
