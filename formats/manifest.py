@@ -276,9 +276,13 @@ class Manifest:
         return str(named or "the reference model its manifest identifies")
 
     def write(self, cache_dir: Path) -> None:
-        """Write manifest.json, each local input file of `info.data_paths` and a local
-        `info.model_path` made absolute (_absolute_paths)."""
-        write_json_atomic(Path(cache_dir) / MANIFEST_NAME, replace(self, info=_absolute_paths(self)).to_json())
+        """Write manifest.json, as `as_written`."""
+        write_json_atomic(Path(cache_dir) / MANIFEST_NAME, self.as_written().to_json())
+
+    def as_written(self) -> Manifest:
+        """This manifest as `write` writes it: each local input file of `info.data_paths` and a
+        local `info.model_path` made absolute (_absolute_paths)."""
+        return replace(self, info=_absolute_paths(self))
 
     def input_paths(self) -> list[str | None]:
         """Each input file's absolute path, in the order of the inputs this cache's rows come from

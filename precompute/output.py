@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 
 from kto.formats import schema as S
@@ -38,7 +39,7 @@ from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
 from kto.formats.hub import CARD_NAME, card_text, is_kto_card
 from kto.formats.lock import LOCK_NAME, locked_dir, manifests_locked, reads_as_lock
-from kto.formats.manifest import CacheContent, Manifest, fingerprint_of, same_model
+from kto.formats.manifest import CacheContent, Manifest, fingerprint_of, read_manifest, same_model
 from kto.formats.shards import JOURNAL_DIR, NEXT_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
 from .staging import is_staging_name, staging_files
@@ -198,13 +199,48 @@ def write_card(out: Path, manifests: list[Manifest]) -> None:
     """Main process, after the manifests: the dataset card (formats/hub.py card_text) in --out,
     naming the train split and the eval split where the run made one. It is no part of the
     fingerprint, the manifest or any shard, so kto-train and kto-inspect verify read past it."""
+    card = out / CARD_NAME
+    if not (card.is_file() and edited_card(card)):
+        write_bytes_atomic(card, _card_bytes(manifests))
+
+
+def _card_bytes(manifests: list[Manifest]) -> bytes:
     by_split = {m.content.split: m for m in manifests}
     train, evaluation = by_split["train"], by_split.get("eval")
     model = str(train.info.get("model_path") or "the reference model")
-    text = card_text(model, train.content.dtype, train.fingerprint, evaluation.fingerprint if evaluation else None)
-    card = out / CARD_NAME
-    if not (card.is_file() and edited_card(card)):
-        write_bytes_atomic(card, text.encode())
+    return card_text(model, train.content.dtype, train.fingerprint, evaluation.fingerprint if evaluation else None).encode()
+
+
+def finished_as_before(outs: dict[str, Path], contents: dict, layout: dict, num_processes: int, info: dict) -> list[Manifest] | None:
+    """Main process, before the lock and the staging: each split's cache in --out already what
+    this run would leave there (its manifest of this content, layout, process count and info;
+    each listed shard byte for byte what the journal recorded for this configuration, the sha256
+    the manifest lists; the tokenizer the journal's; the card written), read without writing
+    anything. Else None: the run goes on under the lock, which resumes, repairs or refuses. So a
+    rerun on a finished cache needs neither write access nor free space (a cache on a read-only
+    mount, another user's, one on a full disk), as kto-train and kto-inspect read it."""
+    if (outs["train"] / NEXT_DIR).exists():  # an unfinished --overwrite: the lock's to finish or refuse
+        return None
+    manifests, as_typed = [], []
+    for name, out in outs.items():
+        try:
+            manifest = read_manifest(out)
+        except (InputError, OSError):
+            return None
+        journal, fingerprint = Journal(out), contents[name].fingerprint
+        same = manifest.fingerprint == fingerprint and manifest.layout == {**layout, "num_processes": num_processes}
+        typed = replace(manifest, info=info)  # as this run would hold it (the card names --model as typed)
+        if not same or typed.as_written().info != manifest.info or not journal.owns_tokenizer(out / S.TOKENIZER_DIR):
+            return None
+        for entry in manifest.shards:
+            if journal.recorded_sha(entry.name, fingerprint, layout) != entry.sha256 or not journal.is_done(entry.name, fingerprint, layout):
+                return None
+        manifests.append(manifest)
+        as_typed.append(typed)
+    card = outs["train"] / CARD_NAME
+    if not card.is_file() or not (edited_card(card) or card.read_bytes() == _card_bytes(as_typed)):
+        return None
+    return manifests
 
 
 def edited_card(path: Path) -> bool:

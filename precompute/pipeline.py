@@ -54,7 +54,7 @@ from kto.precompute.inputs.hub import one_run
 from kto.precompute.inputs.records import RowSample, input_identity, input_names, iter_examples, same_rows_key
 
 from .config import PrecomputeConfig
-from .output import NEXT, aside_outs, begin_aside, claim_out, recorded_batch_tokens, remove_staging, shard_layout, swap_in, write_card
+from .output import NEXT, aside_outs, begin_aside, claim_out, finished_as_before, recorded_batch_tokens, remove_staging, shard_layout, swap_in, write_card
 from .plan import EVAL_SPLIT_RULE, PAIRING_RULE, TRUNCATION_RULE, Split, Truncation, build_splits, check_positions, check_vocabulary, shard_values
 from .progress import Progress
 from .staging import completions_without_eos, stage, staging_files, staging_path, staging_schema
@@ -253,6 +253,8 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     outs = {"train": cfg.out, **({"eval": cfg.out / S.EVAL_DIR} if cfg.eval_fraction > 0 or cfg.eval_data else {})}
     contents = {name: content_of(cfg, source, tokenizer_id, numerics, name, template) for name in outs}
     fingerprints = {name: content.fingerprint for name, content in contents.items()}
+    if (finished := _finished_before(cfg, outs, contents, layout, state, started)) is not None:
+        return finished
     created = not cfg.out.exists()
     stale = claim_out(cfg, outs, contents, layout, state, held)
     build = cfg.out / NEXT if stale else cfg.out  # --overwrite builds aside; the old cache stays whole until swap_in
@@ -266,18 +268,7 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
     complete = say_resumed(splits, todo, cfg.rows_per_shard, state)
     meter = MemoryMeter()
     meter.sample()  # the rows read, checked and staged
-    scorer = None
-    if any(todo.values()):
-        scorer = load_completion_logps(
-            source,
-            dtype=numerics.weights,
-            device=state.device,
-            device_map=cfg.device_map,
-            attn_implementation=cfg.attn_implementation,
-            trust_remote_code=cfg.trust_remote_code,
-            chunk_size=cfg.chunk_size,
-        )
-        _check_rows_fit(scorer.lm, splits, tokenizer, cfg)  # again on the loaded model, for one its skeleton could not show
+    scorer = _load_scorer(source, numerics, state, cfg, splits, tokenizer) if any(todo.values()) else None
     for s in splits:
         score_and_write(s, todo[s.name], scorer, tokenizer, cfg, fingerprints[s.name], layout, state, numerics, s.staged, on_scored, meter)
         state.wait_for_everyone()
@@ -290,6 +281,35 @@ def _run(cfg: PrecomputeConfig, state, held: contextlib.ExitStack, on_scored=Non
             path.unlink()  # the cache is complete; a rerun re-stages (and skips every shard)
         _summary(ordered, time.perf_counter() - started, meter, _unless_rewritten(complete, splits, begun))
     return ordered
+
+
+def _load_scorer(source, numerics: Numerics, state, cfg: PrecomputeConfig, splits: list[Split], tokenizer):
+    """The reference model, loaded once some shard is left to score."""
+    scorer = load_completion_logps(
+        source,
+        dtype=numerics.weights,
+        device=state.device,
+        device_map=cfg.device_map,
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+        chunk_size=cfg.chunk_size,
+    )
+    _check_rows_fit(scorer.lm, splits, tokenizer, cfg)  # again on the loaded model, for one its skeleton could not show
+    return scorer
+
+
+def _finished_before(cfg: PrecomputeConfig, outs: dict[str, Path], contents: dict, layout: dict, state, started: float) -> list[Manifest] | None:
+    """A rerun on a cache this run would leave as it is (output.finished_as_before): said
+    complete, with its summary, writing nothing (no lock, no staging), so that it also works
+    where --out is read-only or its disk full. --overwrite always rebuilds."""
+    if cfg.overwrite:
+        return None
+    finished = on_main(lambda: finished_as_before(outs, contents, layout, state.num_processes, _info(cfg, state)), state)
+    if finished is not None and state.is_main_process:
+        meter = MemoryMeter()
+        meter.sample()
+        _summary(finished, time.perf_counter() - started, meter, complete_line([(m.content.split, len(m.shards), m.counts.rows) for m in finished]))
+    return finished
 
 
 def _unless_rewritten(complete: str | None, splits: list[Split], begun: float) -> str | None:
@@ -526,10 +546,14 @@ def say_resumed(splits: list[Split], todo: dict[str, list[int]], rows_per_shard:
         if 0 < len(kept) < len(slices):
             log(f"resuming: {len(kept)} of {len(slices)} {s.name} shards ({rows:,} rows) kept from an earlier run")
         elif kept and (s.out / S.MANIFEST_NAME).is_file():  # finished before: not a run killed before its manifest
-            complete.append(f"the {len(kept)} {s.name} shard{'s' if len(kept) > 1 else ''} ({rows:,} rows)")
-    if len(complete) < len(splits):
-        return None
-    return f"already complete, nothing scored: {' and '.join(complete)} were finished by an earlier run; the summary below is the cache's"
+            complete.append((s.name, len(kept), rows))
+    return complete_line(complete) if len(complete) == len(splits) else None
+
+
+def complete_line(splits: list[tuple[str, int, int]]) -> str:
+    """The line before the summary of a rerun that scored nothing: (split, shards, rows) each."""
+    parts = [f"the {n} {name} shard{'s' if n > 1 else ''} ({rows:,} rows)" for name, n, rows in splits]
+    return f"already complete, nothing scored: {' and '.join(parts)} were finished by an earlier run; the summary below is the cache's"
 
 
 def _recorded(journal: Journal, name: str) -> bool:

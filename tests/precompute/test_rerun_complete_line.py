@@ -72,3 +72,50 @@ def test_the_line_is_dropped_when_a_shard_was_written_during_the_run(tmp_path):
     os.utime(rebuilt, (begun + 1, begun + 1))
     assert _unless_rewritten("already complete", splits, begun) is None
     assert _unless_rewritten(None, splits, begun) is None
+
+
+def test_a_rerun_on_a_finished_cache_writes_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    """The rerun decides "already complete" from the manifest, the journal and the shards' bytes
+    before it takes --out's lock or stages a row: a finished cache on a read-only mount, another
+    user's, or on a full disk is said complete as kto-train reads it (it took the lock and staged
+    the rows again, and so failed there). Here both fail if reached, and no file is touched."""
+    import kto.precompute.output as output
+    import kto.precompute.pipeline as pipeline
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    args = precompute_args(data, tiny_model_dir, tmp_path / "c", "--eval-fraction", "0.25")
+    assert run_cli(*args).exit_code == 0
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "c").rglob("*") if p.is_file()}
+
+    def refused(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(output, "locked_dir", refused)
+    monkeypatch.setattr(pipeline, "_stage_and_split", refused)
+    again = run_cli(*args)
+    assert again.exit_code == 0, again.output
+    assert LINE in again.output.splitlines(), again.output
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_rerun_that_would_change_the_manifest_runs_under_the_lock(tmp_path, tiny_model_dir):
+    """The same rows from another path: the rerun scores nothing, but the manifest's `info`
+    records the new path, as it did before the rerun could skip the lock; so that rerun is not
+    the read-only one. A changed shard is rebuilt as before (the bytes are checked first)."""
+    import json
+    import shutil
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    assert run_cli(*precompute_args(data, tiny_model_dir, out)).exit_code == 0
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "chat.jsonl"
+    shutil.copy(data, moved)
+    again = run_cli(*precompute_args(moved, tiny_model_dir, out))
+    assert again.exit_code == 0 and "already complete, nothing scored" in again.output, again.output
+    assert json.loads((out / S.MANIFEST_NAME).read_text())["info"]["data_paths"] == [str(moved)]
+    shard = sorted(out.glob(S.SHARD_GLOB))[0]
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\0")
+    rebuilt = run_cli(*precompute_args(moved, tiny_model_dir, out))
+    assert rebuilt.exit_code == 0 and "already complete" not in rebuilt.output and f"{shard}: not the shard" in rebuilt.output, rebuilt.output
