@@ -38,7 +38,7 @@ from kto.formats.compute.tokenizer_check import TOKENIZER_CHECK_NAME
 from kto.formats.errors import InputError, on_main
 from kto.formats.files import output_dir
 from kto.formats.hub import CARD_NAME, card_text, is_kto_card
-from kto.formats.lock import LOCK_NAME, locked_dir, manifests_locked, reads_as_lock
+from kto.formats.lock import LOCK_NAME, lock_state, locked_dir, manifests_locked, reads_as_lock
 from kto.formats.manifest import CacheContent, Manifest, fingerprint_of, read_manifest, same_model
 from kto.formats.shards import JOURNAL_DIR, NEXT_DIR, RUN, TOKENIZER, VERIFIED_NAME, Journal
 
@@ -216,16 +216,21 @@ def finished_as_before(outs: dict[str, Path], contents: dict, layout: dict, num_
     this run would leave there (its manifest of this content, layout, process count and info;
     each listed shard byte for byte what the journal recorded for this configuration, the sha256
     the manifest lists; the tokenizer the journal's; the card written), read without writing
-    anything. Else None: the run goes on under the lock, which resumes, repairs or refuses. So a
+    anything, with no other kto-precompute holding the lock and nothing there that the locked
+    rerun would clear or refuse. Else None: the run goes on under the lock, which resumes, repairs or refuses. So a
     rerun on a finished cache needs neither write access nor free space (a cache on a read-only
     mount, another user's, one on a full disk), as kto-train and kto-inspect read it."""
     if (outs["train"] / NEXT_DIR).exists():  # an unfinished --overwrite: the lock's to finish or refuse
+        return None
+    if lock_state(outs["train"] / LOCK_NAME)[0]:  # another kto-precompute there (an --overwrite may be staging): the lock's to say
         return None
     manifests, as_typed = [], []
     for name, out in outs.items():
         try:
             manifest = read_manifest(out)
         except (InputError, OSError):
+            return None
+        if not _left_clean(out, name):
             return None
         journal, fingerprint = Journal(out), contents[name].fingerprint
         same = manifest.fingerprint == fingerprint and manifest.layout == {**layout, "num_processes": num_processes}
@@ -241,6 +246,13 @@ def finished_as_before(outs: dict[str, Path], contents: dict, layout: dict, num_
     if not card.is_file() or not (edited_card(card) or card.read_bytes() == _card_bytes(as_typed)):
         return None
     return manifests
+
+
+def _left_clean(out: Path, split: str) -> bool:
+    """Nothing in a split's folder that the locked rerun would clear (a killed run's temp names,
+    a staging file) or refuse (what the cache did not write): otherwise that rerun's to do."""
+    ours, foreign = survey(out, with_eval=split != "eval", top=split != "eval")
+    return not foreign and not any(is_staging_name(p.name) for p in ours)
 
 
 def edited_card(path: Path) -> bool:

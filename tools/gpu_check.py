@@ -463,7 +463,8 @@ def train_cli(cache_dir: Path, model_dir: Path, out_dir: Path, quick: bool, time
 
 
 # Run in the kto-train subprocess of train_fp16: a loss scale of 2^30 makes the first updates
-# overflow fp16 (the default 2^16 seldom does on a random model), so the skip path runs.
+# overflow fp16 (the default 2^16 seldom does on a random model), so the skip path runs, and the
+# scale halves at each skip until steps train.
 _FORCED_SCALE = """
 import sys, torch
 _init = torch.amp.GradScaler.__init__
@@ -485,7 +486,7 @@ def train_fp16(cache_dir: Path, model_dir: Path, out_dir: Path, timeout_s: float
     import re
     import subprocess
 
-    steps = 8
+    steps = 24  # each skip halves the scale: from 2^30, about 14 skips reach 2^16, the default
     cmd = [sys.executable, "-c", _FORCED_SCALE, "--cache", str(cache_dir), "--model", str(model_dir), "--out", str(out_dir)]
     cmd += ["--max-steps", str(steps), "--log-every", "1", "--batch-size", "4", "--mixed-precision", "fp16", "--lr-schedule", "linear", "--warmup-ratio", "0"]
     try:
@@ -507,7 +508,7 @@ def train_fp16(cache_dir: Path, model_dir: Path, out_dir: Path, timeout_s: float
         len(train) == steps
         and all(np.isfinite(x["loss"]) for x in train)
         and said == counted
-        and len(said) > 0
+        and 0 < len(said) < steps  # some skipped, and some trained: schedule_moved is not vacuous
         and bool(last) == bool(said)
         and schedule_held
         and schedule_moved

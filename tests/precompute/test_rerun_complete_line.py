@@ -119,3 +119,29 @@ def test_a_rerun_that_would_change_the_manifest_runs_under_the_lock(tmp_path, ti
     shard.write_bytes(shard.read_bytes()[:-1] + b"\0")
     rebuilt = run_cli(*precompute_args(moved, tiny_model_dir, out))
     assert rebuilt.exit_code == 0 and "already complete" not in rebuilt.output and f"{shard}: not the shard" in rebuilt.output, rebuilt.output
+
+
+def test_what_the_locked_rerun_would_do_is_left_to_it(tmp_path, tiny_model_dir):
+    """The read-only rerun stands aside where the locked one has work or a say: a killed run's
+    staging file and temp name are cleared, a file the cache did not write is refused, and a lock
+    held by another kto-precompute (an --overwrite staging its rows, about to swap another cache
+    in) refuses the rerun as in use, rather than calling the cache complete."""
+    from kto.formats.lock import locked_dir
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    out = tmp_path / "c"
+    args = precompute_args(data, tiny_model_dir, out)
+    assert run_cli(*args).exit_code == 0
+    leftovers = [out / ".staging-0123456789abcdef01234567.arrow", out / ".shard-00001.arrow.tmp-999999-12345"]
+    for p in leftovers:
+        p.write_bytes(b"x")
+    again = run_cli(*args)
+    assert again.exit_code == 0 and LINE.split(":")[0] in again.output, again.output
+    assert not any(p.exists() for p in leftovers)
+    (out / "notes.txt").write_text("mine")
+    refused = run_cli(*args)
+    assert refused.exit_code == 2 and "holds notes.txt, which this cache did not write" in refused.output, refused.output
+    (out / "notes.txt").unlink()
+    with locked_dir(out, "--out"):
+        busy = run_cli(*args)
+    assert busy.exit_code == 2 and "in use by another kto process" in busy.output, busy.output
