@@ -308,8 +308,16 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
     log = read_run(run)
     draw_sft, sft_note = _sft_plot(log, sft)
     Figure = _figure_class()
+    given = out_dir is not None
     out_dir, out_note, earlier = _report_folder(log, out_dir, draw_sft)
-    start_report(out_dir, earlier)
+    try:
+        start_report(out_dir, earlier)
+    except InputError as exc:
+        if given:
+            raise
+        # A run read where it cannot be written (a read-only mount, another user's run): the
+        # default folder is the only thing in the way.
+        raise InputError(f"{exc}; that is --to's default, inside the run directory: give --to DIR elsewhere") from None
     images = _write_plots(log, out_dir, draw_sft, Figure)
     found = checks(log)
     last = {"train": last_values(log.train), "eval": last_values(log.eval)}

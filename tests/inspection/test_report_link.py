@@ -111,3 +111,27 @@ def test_to_a_name_too_long_is_one_line(tmp_path, where):
     line = one_line_error(invoke("run", run, "--to", to))
     assert line.endswith(f"--to {to}: cannot create (File name too long)"), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_a_report_folder_that_cannot_be_made_says_where_to_write_instead(tmp_path, monkeypatch, given):
+    """A run on a read-only mount, or another user's: RUN/report, --to's default, cannot be made,
+    and the line says to give --to elsewhere; a --to the user named is refused as it is."""
+    import os
+
+    run = make_run(tmp_path / "run")
+    to = tmp_path / "elsewhere" / "report"
+    read_only, real = (to.parent if given else run), os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(read_only)):
+            raise OSError(30, "Read-only file system")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    if given:
+        assert one_line_error(invoke("run", run, "--to", to)).endswith(f"--to {to}: cannot create (Read-only file system)")
+        return
+    hint = "that is --to's default, inside the run directory: give --to DIR elsewhere"
+    assert one_line_error(invoke("run", run)).endswith(f"--to {run / 'report'}: cannot create (Read-only file system); {hint}")
+    assert invoke("run", run, "--to", to).exit_code == 0
