@@ -26,6 +26,8 @@ from kto.formats.errors import InputError, log
 from kto.formats.paths import arrow_path
 from kto.precompute.inputs.examples import Example, check_unique_ids
 
+from .progress import Progress
+
 # Staging: every tokenized row spilled to one Arrow IPC file in the output directory, so
 # precompute's memory does not grow with the number of rows.
 #
@@ -158,6 +160,8 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
     notes = _RowNotes()
+    # The rows read and tokenized so far: 500k chat rows take minutes here, which passed in silence.
+    bar = Progress(None, " rows", desc="kto-precompute tokenize", enabled=main)  # no total: tqdm writes "16 rows"
     with atomic_path(path) if main else _nowhere() as tmp:
         schema = staging_schema()
         writer = pa.ipc.new_file(arrow_path(tmp), schema) if main else None  # ./~ is no $HOME to pyarrow
@@ -165,11 +169,14 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
             for block in _blocks(iter(examples), BLOCK):
                 rows = _tokenize_block(block, tokenize_one, rank, world)
                 notes.add(rows)
+                bar.update(len(block), sum(len(r.prompt_ids) + len(r.completion_ids) for r in rows if r is not None))
                 if writer is not None:
                     writer.write_batch(_batch(block, rows, schema))
         finally:
             if writer is not None:
                 writer.close()
+            # Off a terminal its last line only after a line of its own (30 s): a short staging adds none to a log.
+            bar.close(finished=bar.lines is not None and bar.lines.drawn_n > 0)
     if main:
         notes.say()
         for old in staging_files(path.parent) - {path, *keep}:

@@ -87,3 +87,21 @@ def test_a_disabled_bar_writes_nothing(clock):
     with Progress(10, "rows", enabled=False, stream=stream) as progress:
         progress.update(5, 10)
     assert stream.getvalue() == ""
+
+
+def test_tokenizing_says_its_rows_in_a_long_staging_and_nothing_in_a_short_one(tmp_path, tiny_model_dir, monkeypatch):
+    """Reading and tokenizing 500k chat rows took minutes with nothing printed before the scoring
+    bar. Now its own bar counts the rows; off a terminal its lines come as the scoring bar's, and
+    a staging shorter than one line's interval adds none to the log (here the interval is 0: a
+    line per block of rows, then one at the end)."""
+    from conftest import chat_rows, precompute_args, run_precompute, write_rows
+
+    import kto.formats.bars as bars
+
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows())
+    short = run_precompute(*precompute_args(data, tiny_model_dir, tmp_path / "a"))
+    assert short.exit_code == 0 and "tokenize" not in short.output, short.output
+    monkeypatch.setattr(bars, "REDRAW_OFF_TERMINAL_S", 0.0)
+    long = run_precompute(*precompute_args(data, tiny_model_dir, tmp_path / "b"))
+    lines = [line for line in long.output.splitlines() if line.startswith("kto-precompute tokenize: ")]
+    assert long.exit_code == 0 and lines and f": {len(chat_rows())} rows " in lines[-1], long.output
