@@ -96,6 +96,8 @@ def one_thread(fn):
 # The last pins above, on the Intel Xeon. Those of the AMD EPYC (Zen 4, AVX-512) were taken on
 # 7e4c9af (2026-12-07), where CI ran with the pins skipped since 2026-12-04; 659cf30, the Intel
 # pin's commit, gives the same bytes there, so no commit between changed what the pin holds.
+# The AMD pins retaken when PAIRING_RULE shuffled a group of more than 16 rows row by row (this
+# input has none: with only the rule's text changed, on 5e86297, the same values came).
 # The manifest is pinned with the paths of this run and the library versions replaced by
 # placeholders: `info` is information only, and the rest (content, fingerprint, layout, counts,
 # shard list, with the shards' sha256) is what the code decides.
@@ -109,21 +111,18 @@ class Pin:
 
 
 PINS = {
-    "GenuineIntel": Pin(
-        shards={
-            "shard-00000.arrow": "e2c40401caa77bc857693bbbf34d2418bb7a1d2325f093bd4fc3a1d60c90733a",
-            "shard-00001.arrow": "843c576c58932282bd452dbcb7a34c8a5d92e38756d6bf26e9f864ce8f9f60fb",
-            "shard-00002.arrow": "e9ae15bcdc2e8f57253fd4f58d2ce47fc2d562127c659378c34ceb449e88d31d",
-        },
-        manifest="7227fc7356893dab2a2d36387e1d049ab910c5cf7b19416e5871717154e65209",
-    ),
+    # The Intel Xeon's bytes (7227fc73… the manifest) were taken before PAIRING_RULE shuffled a
+    # group of more than 16 rows row by row (2026-12-07): that text is in every cache's
+    # fingerprint, and no Intel machine was at hand to retake them. Its losses are still checked
+    # (the same on both machines); retake its bytes on an Intel machine.
+    "GenuineIntel": None,
     "AuthenticAMD": Pin(
         shards={
-            "shard-00000.arrow": "872c2ac22ea5a567940d88aea3c71687777c57885ea8bd2bd417454ef6fc3772",
-            "shard-00001.arrow": "3fe430ba66b85d9181f87f17a65cf6b23532472fd0a27b686d95c650b85fc310",
-            "shard-00002.arrow": "0f6022c8fa7ddb88309b4a63855c01ec73b6f81716e1fc26e08474363ffdfefa",
+            "shard-00000.arrow": "b5977d9b273e93c4595f989e1d3700d4931e8d103c63fd4f0968ef4f3fe3913c",
+            "shard-00001.arrow": "d13f561323bc997c3b314a0acedb7126f95bac862c2f4d48fdd904d1498fff07",
+            "shard-00002.arrow": "ab46036d822fdedf3331e526c9d53cdb99810364429c53cf98c8c62b5ff98b79",
         },
-        manifest="baf8e4a5491f1cd5211b4a8bc69eee71ff7ad81883ffd1dd6c4887b153882453",
+        manifest="46cf9cbae4dfe5922678d0642fa237f8975d0db23b51111ee751871b3fb272e2",
     ),
 }
 # Steps 2-3 retaken for issue 21's plan (prompt groups in one micro-batch: other rows train at
@@ -182,11 +181,15 @@ def pinned_run(tmp_path_factory, tiny_model_dir):
 
 def test_the_cache_bytes_are_pinned(pinned_run):
     root, _, pin = pinned_run
+    if pin is None:
+        pytest.skip("no byte pin for this CPU vendor (PINS): retake it here")
     assert {p.name: sha256(p) for p in sorted((root / "cache").glob("shard-*.arrow"))} == pin.shards
 
 
 def test_the_manifest_is_pinned(pinned_run):
     root, model, pin = pinned_run
+    if pin is None:
+        pytest.skip("no byte pin for this CPU vendor (PINS): retake it here")
     env = environment()
     replace = {str(root): "ROOT", str(model): "MODEL", env["torch"]: "TORCH", env["transformers"]: "TRANSFORMERS"}
     assert hashlib.sha256(placeholder_manifest(root / "cache", replace)).hexdigest() == pin.manifest
