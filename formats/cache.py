@@ -429,28 +429,37 @@ def gather_rows(starts: np.ndarray, view: Callable[[int, str], object], indices:
     indices = np.asarray(indices, dtype=np.int64)
     source_of = np.searchsorted(starts, indices, side="right") - 1
     local = indices - starts[source_of]
-    touched = np.unique(source_of).tolist()
+    # Grouped by table once: each table then costs the rows taken from it, where a mask over
+    # all `indices` per table made a shard's fill from the staging file (every record batch
+    # touched) quadratic in the file's rows.
+    order, spans = S.by_source(source_of, len(starts) - 1)
+    mine = {k: order[lo:hi] for k, (lo, hi) in spans.items()}
     out: dict[str, S.Ragged | np.ndarray | list] = {}
     for name in columns:
-        views = {k: view(k, name) for k in touched}
-        sample = views[touched[0]] if touched else None
+        views = {k: view(k, name) for k in mine}
+        sample = next(iter(views.values()), None)
         if isinstance(sample, S.Ragged):
             sources = [views.get(k) for k in range(len(starts) - 1)]
             out[name] = S.take_many(sources, source_of, local)
         elif isinstance(sample, np.ndarray):
             values = np.empty(len(indices), dtype=sample.dtype)
-            for k in touched:
-                where = source_of == k
-                values[where] = views[k][local[where]]
+            for k, at in mine.items():
+                values[at] = views[k][local[at]]
             out[name] = values
         elif sample is not None:
-            out[name] = [None] * len(indices)
-            for k in touched:
-                where = np.flatnonzero(source_of == k)
-                for i, value in zip(where.tolist(), views[k].take(pa.array(local[where])).to_pylist()):
-                    out[name][i] = value
+            out[name] = _gather_strings(views, mine, local, len(indices))
         else:  # no rows
             out[name] = _empty(name)
+    return out
+
+
+def _gather_strings(views: dict[int, pa.Array | pa.ChunkedArray], mine: dict[int, np.ndarray], local: np.ndarray, n: int) -> list:
+    """A string column's values as Python objects, output row i from table k where i is in
+    mine[k] (`by_source`): one Arrow take per table, then each value put in its place."""
+    out: list = [None] * n
+    for k, at in mine.items():
+        for i, value in zip(at.tolist(), views[k].take(pa.array(local[at])).to_pylist()):
+            out[i] = value
     return out
 
 
@@ -478,13 +487,16 @@ class ArrowFile:
     def __enter__(self) -> ArrowFile:
         self._source = pa.memory_map(arrow_path(self.path))
         self._reader = ipc.open_file(self._source)
-        sizes = [self._reader.get_batch(b).num_rows for b in range(self._reader.num_record_batches)]
-        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        # Kept: a shard's rows come from every record batch, and get_batch (which reads the
+        # batch's metadata) once per column and batch was most of a shard's fill.
+        self._batches = [self._reader.get_batch(b) for b in range(self._reader.num_record_batches)]
+        self.starts = np.concatenate([[0], np.cumsum([b.num_rows for b in self._batches], dtype=np.int64)])
         self._views: dict[tuple[int, str], object] = {}
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._views.clear()
+        self._batches = []
         self._reader = None
         self._source.close()
 
@@ -498,5 +510,5 @@ class ArrowFile:
 
     def _view(self, b: int, name: str) -> S.Ragged | np.ndarray | pa.Array:
         if (b, name) not in self._views:
-            self._views[(b, name)] = column_view(self._reader.get_batch(b).column(name))
+            self._views[(b, name)] = column_view(self._batches[b].column(name))
         return self._views[(b, name)]

@@ -270,44 +270,69 @@ def take(r: Ragged, rows: np.ndarray) -> Ragged:
     return take_many([r], np.zeros(len(rows), dtype=np.int64), rows)
 
 
+def by_source(source_of: np.ndarray, count: int) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
+    """The positions i grouped by source_of[i]: `order` (one stable argsort, so increasing
+    within a source) and, for each of the `count` sources that appears, in source order, the
+    span (lo, hi) of `order` that holds its positions. A gather from many sources then costs
+    each source the rows taken from it: a mask over every row per source made filling a shard
+    from the staging file (whose rows come from every one of its record batches) quadratic in
+    the file's rows."""
+    order = np.argsort(source_of, kind="stable")
+    bounds = np.searchsorted(source_of[order], np.arange(count + 1)).tolist()
+    return order, {s: (bounds[s], bounds[s + 1]) for s in range(count) if bounds[s + 1] > bounds[s]}
+
+
 def take_many(sources: Sequence[Ragged | None], source_of: np.ndarray, rows: np.ndarray) -> Ragged:
-    """Output row i is row rows[i] of sources[source_of[i]], gathered in one pass over the
-    output: index arithmetic once for all rows, then one masked gather per source touched."""
+    """Output row i is row rows[i] of sources[source_of[i]]. The rows are grouped by source
+    (`by_source`), so that each source's rows, and their tokens, are one span: per source touched
+    a constant number of numpy calls over the rows and tokens taken from it, and the index
+    arithmetic for all rows and tokens at once."""
     n = len(rows)
-    touched = np.unique(source_of).tolist()
-    starts, lengths = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    masks = {}
-    for s in touched:
-        masks[s] = where = source_of == s
-        starts[where] = sources[s].offsets[rows[where]]
-        lengths[where] = sources[s].offsets[rows[where] + 1] - starts[where]
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    order, spans = by_source(np.asarray(source_of, dtype=np.int64), len(sources))
+    if len(spans) <= 1:
+        return _take_one(sources[next(iter(spans))] if spans else None, rows)
+    at = rows[order]  # the source rows, grouped by source
+    starts, ends = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for s, (lo, hi) in spans.items():
+        starts[lo:hi] = sources[s].offsets[at[lo:hi]]
+        ends[lo:hi] = sources[s].offsets[at[lo:hi] + 1]
+    grouped_lengths = ends - starts
+    lengths = np.empty(n, dtype=np.int64)
+    lengths[order] = grouped_lengths
+    offsets, grouped_offsets = np.zeros(n + 1, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    dtype = sources[touched[0]].values.dtype if touched else np.int64
-    if len(touched) <= 1:
-        # Output element j of row i comes from its source's values[starts[i] + j - offsets[i]].
-        position = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
-        values = sources[touched[0]].values[position] if touched else np.zeros(0, dtype)
-    else:
-        values = np.empty(offsets[-1], dtype=dtype)
-        # Per source, the output positions of its rows' tokens by index arithmetic over those
-        # rows: O(tokens) in all. A mask over every token per source (or one argsort of all
-        # tokens) cost 3x the per-row copies it replaced on a staging file, whose shard touches
-        # all of its record batches (25 for 50k rows).
-        for s in touched:
-            mine = np.flatnonzero(masks[s])
-            n_here = lengths[mine]
-            first = np.zeros(len(mine), dtype=np.int64)
-            np.cumsum(n_here[:-1], out=first[1:])
-            step = np.arange(int(n_here.sum()), dtype=np.int64) - np.repeat(first, n_here)
-            values[np.repeat(offsets[mine], n_here) + step] = sources[s].values[np.repeat(starts[mine], n_here) + step]
+    np.cumsum(grouped_lengths, out=grouped_offsets[1:])
+    step = np.arange(offsets[-1], dtype=np.int64) - np.repeat(grouped_offsets[:-1], grouped_lengths)
+    taken = np.repeat(starts, grouped_lengths) + step  # each grouped token's place in its source
+    grouped = np.empty(offsets[-1], dtype=sources[next(iter(spans))].values.dtype)
+    for s, (lo, hi) in spans.items():
+        t0, t1 = grouped_offsets[lo], grouped_offsets[hi]
+        grouped[t0:t1] = sources[s].values[taken[t0:t1]]
+    values = np.empty_like(grouped)
+    values[np.repeat(offsets[order], grouped_lengths) + step] = grouped  # back to the callers' order
     valid = None
-    if any(sources[s].valid is not None for s in touched):
-        valid = np.ones(n, dtype=bool)
-        for s in touched:
+    if any(sources[s].valid is not None for s in spans):
+        grouped_valid = np.ones(n, dtype=bool)
+        for s, (lo, hi) in spans.items():
             if sources[s].valid is not None:
-                valid[masks[s]] = sources[s].valid[rows[masks[s]]]
+                grouped_valid[lo:hi] = sources[s].valid[at[lo:hi]]
+        valid = np.empty(n, dtype=bool)
+        valid[order] = grouped_valid
     return Ragged(values, offsets, valid)
+
+
+def _take_one(source: Ragged | None, rows: np.ndarray) -> Ragged:
+    """take_many from one source (or of no rows): output element j of row i is the source's
+    values[starts[i] + j - offsets[i]]."""
+    if source is None:
+        return Ragged(np.zeros(0, np.int64), np.zeros(1, np.int64))
+    starts = source.offsets[rows].astype(np.int64)
+    lengths = source.offsets[rows + 1] - starts
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    position = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+    valid = None if source.valid is None else source.valid[rows]
+    return Ragged(source.values[position], offsets, valid)
 
 
 def heads(r: Ragged, keep: np.ndarray) -> Ragged:

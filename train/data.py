@@ -260,33 +260,41 @@ def fill_bins(units: list[list[int]], capacity: int, most: int, parts: list[list
     if parts is not None and [sum(map(len, p)) for p in parts] != [len(u) for u in units]:
         raise ValueError("parts must hold each unit's rows")
     breakable = [p if parts is not None and len(p) > 1 else None for p in (parts or units)]
-    pending, left = list(zip(units, breakable))[::-1], sum(len(u) for u in units)  # the next unit last
+    # Each pending entry is (unit, start, parts): the unit's rows from `start` on are still to
+    # place. A unit split by rows advances `start` instead of copying the rest of the unit at
+    # every bin, which made a prompt group of n rows cost O(n² / capacity).
+    pending = [(u, 0, b) for u, b in zip(units, breakable)][::-1]  # the next unit last
+    left = sum(len(u) for u in units)
     bins: list[list[list[int]]] = []
     current: list[list[int]] = []
     room = capacity
 
+    def size(k: int) -> int:
+        return len(pending[k][0]) - pending[k][1]
+
     def break_up(k: int) -> None:
-        pending[k : k + 1] = [(p, None) for p in pending[k][1][::-1]]
+        pending[k : k + 1] = [(p, 0, None) for p in pending[k][2][::-1]]
 
     while pending:
         last = len(pending) - 1
         window = range(last, max(last - FILL_SCAN, -1), -1)
-        fits = next((k for k in window if len(pending[k][0]) <= room), None)
+        fits = next((k for k in window if size(k) <= room), None)
         if fits is None:
-            part_fits = next((k for k in window if pending[k][1] and min(map(len, pending[k][1])) <= room), None)
+            part_fits = next((k for k in window if pending[k][2] and min(map(len, pending[k][2])) <= room), None)
             if part_fits is not None:
                 break_up(part_fits)
                 continue
-            if len(pending[-1][0]) <= capacity and left <= (most - len(bins) - 1) * capacity:
+            if size(last) <= capacity and left <= (most - len(bins) - 1) * capacity:
                 room = 0
-            elif pending[-1][1] is not None:
+            elif pending[last][2] is not None:
                 break_up(last)
                 continue
         if room > 0:
-            piece = pending.pop(last if fits is None else fits)[0]
-            if len(piece) > room:
-                piece, rest = piece[:room], piece[room:]
-                pending.append((rest, None))
+            unit, start, _ = pending.pop(last if fits is None else fits)
+            end = min(len(unit), start + room)
+            piece = unit if start == 0 and end == len(unit) else unit[start:end]
+            if end < len(unit):
+                pending.append((unit, end, None))
             current.append(piece)
             room, left = room - len(piece), left - len(piece)
         if room == 0:
