@@ -109,3 +109,19 @@ def test_take_many_one_source_and_none() -> None:
     assert as_lists(got) == [[3, 4, 5], [1, 2], [3, 4, 5], []]
     empty = S.take_many([r], np.zeros(0, np.int64), np.zeros(0, np.int64))
     assert len(empty) == 0 and empty.offsets.tolist() == [0]
+
+
+def test_a_row_past_the_last_source_is_an_index_error_not_garbage():
+    """Grouping by source ignored a source past the last: a row index past the file's rows came
+    back as uninitialised memory (np.empty) instead of the IndexError indexing it gave."""
+    import numpy as np
+    import pytest
+
+    from kto.formats import schema as S
+
+    with pytest.raises(IndexError):
+        S.by_source(np.array([0, 2]), 2)
+    with pytest.raises(IndexError):
+        S.by_source(np.array([-1, 0]), 2)
+    order, spans = S.by_source(np.array([1, 0, 1]), 2)
+    assert order.tolist() == [1, 0, 2] and spans == {0: (0, 1), 1: (1, 3)}
