@@ -305,6 +305,8 @@ def _finished_before(cfg: PrecomputeConfig, outs: dict[str, Path], contents: dic
     if cfg.overwrite:
         return None
     finished = on_main(lambda: finished_as_before(outs, contents, layout, state.num_processes, _info(cfg, state)), state)
+    if finished is not None and cfg.push_to_hub:  # the repo met as the locked path meets it: a refusal in one line, before the summary
+        on_main(lambda: create_push_repo(cfg.push_to_hub, dataset=True, private=cfg.hub_private), state)
     if finished is not None and state.is_main_process:
         meter = MemoryMeter()
         meter.sample()
