@@ -317,7 +317,7 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
             raise
         # A run read where it cannot be written (a read-only mount, another user's run): the
         # default folder is the only thing in the way.
-        raise InputError(f"{exc}; that is --to's default, inside the run directory: give --to DIR elsewhere") from None
+        raise InputError(f"{exc} ({out_dir} is --to's default, in the run directory: give --to DIR elsewhere)") from None
     images = _write_plots(log, out_dir, draw_sft, Figure)
     found = checks(log)
     last = {"train": last_values(log.train), "eval": last_values(log.eval)}

@@ -175,7 +175,8 @@ def stage_rows(cfg: PrecomputeConfig, tokenizer, template: ChatTemplate, content
     # beside train/data.json) gives its rows other ids.
     names = input_names((*cfg.data, *cfg.eval_data))
     names = names[len(cfg.data) :] if held_out else names[: len(cfg.data)]
-    stage(iter_examples(data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca, sample, names), tokenize_one, path, state, keep)
+    rows = iter_examples(data, cfg.columns, cfg.sharegpt, parsed, cfg.alpaca, sample, names)
+    stage(rows, tokenize_one, path, state, keep, what="--eval-data" if held_out else "--data")
     # The fingerprint hashed each file before reading; its rows were parsed from bytes hashed
     # again in the same read (records.read_file). Equal, or the file changed in between.
     for before, read in zip(expected, parsed):

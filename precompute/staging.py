@@ -150,18 +150,20 @@ def staging_files(out: Path) -> set[Path]:
     return {p for p in (out.iterdir() if out.is_dir() else ()) if is_staging_name(p.name) and p.is_file() and not p.is_symlink()}
 
 
-def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, keep: Sequence[Path] = ()) -> Path:
+def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, keep: Sequence[Path] = (), what: str = "--data") -> Path:
     """Tokenize every example into `path` (the caller looked for a complete one first, and every
     rank took the main process's answer: pipeline.stage_rows). Other staging files are removed
     once every row is staged (bad input leaves an unfinished run's staging as it was), but those
-    in `keep` (the train rows', beside --eval-data's)."""
+    in `keep` (the train rows', beside --eval-data's). `what`: the flag whose rows these are,
+    named by the bar."""
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     main = rank == 0
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
     notes = _RowNotes()
     # The rows read and tokenized so far: 500k chat rows take minutes here, which passed in silence.
-    bar = Progress(None, " rows", desc="kto-precompute tokenize", enabled=main)  # no total: tqdm writes "16 rows"
+    bar = Progress(None, " rows", desc=f"kto-precompute tokenize {what}", enabled=main)  # no total: tqdm writes "16 rows"
+    staged = False
     with atomic_path(path) if main else _nowhere() as tmp:
         schema = staging_schema()
         writer = pa.ipc.new_file(arrow_path(tmp), schema) if main else None  # ./~ is no $HOME to pyarrow
@@ -172,11 +174,13 @@ def stage(examples: Iterable, tokenize_one: Callable, path: Path, state=None, ke
                 bar.update(len(block), sum(len(r.prompt_ids) + len(r.completion_ids) for r in rows if r is not None))
                 if writer is not None:
                     writer.write_batch(_batch(block, rows, schema))
+            staged = True
         finally:
             if writer is not None:
                 writer.close()
-            # Off a terminal its last line only after a line of its own (30 s): a short staging adds none to a log.
-            bar.close(finished=bar.lines is not None and bar.lines.drawn_n > 0)
+            # Off a terminal its last line only after a line of its own (30 s), so a short staging
+            # adds none to a log; and none after a refused row: the error is the log's last line.
+            bar.close(finished=staged and bar.lines is not None and bar.lines.drawn_n > 0)
     if main:
         notes.say()
         for old in staging_files(path.parent) - {path, *keep}:

@@ -132,6 +132,6 @@ def test_a_report_folder_that_cannot_be_made_says_where_to_write_instead(tmp_pat
     if given:
         assert one_line_error(invoke("run", run, "--to", to)).endswith(f"--to {to}: cannot create (Read-only file system)")
         return
-    hint = "that is --to's default, inside the run directory: give --to DIR elsewhere"
-    assert one_line_error(invoke("run", run)).endswith(f"--to {run / 'report'}: cannot create (Read-only file system); {hint}")
+    hint = f"({run / 'report'} is --to's default, in the run directory: give --to DIR elsewhere)"
+    assert one_line_error(invoke("run", run)).endswith(f"--to {run / 'report'}: cannot create (Read-only file system) {hint}")
     assert invoke("run", run, "--to", to).exit_code == 0

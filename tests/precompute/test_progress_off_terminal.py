@@ -103,5 +103,5 @@ def test_tokenizing_says_its_rows_in_a_long_staging_and_nothing_in_a_short_one(t
     assert short.exit_code == 0 and "tokenize" not in short.output, short.output
     monkeypatch.setattr(bars, "REDRAW_OFF_TERMINAL_S", 0.0)
     long = run_precompute(*precompute_args(data, tiny_model_dir, tmp_path / "b"))
-    lines = [line for line in long.output.splitlines() if line.startswith("kto-precompute tokenize: ")]
+    lines = [line for line in long.output.splitlines() if line.startswith("kto-precompute tokenize --data: ")]
     assert long.exit_code == 0 and lines and f": {len(chat_rows())} rows " in lines[-1], long.output
