@@ -32,6 +32,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 
@@ -232,3 +233,14 @@ class FakeHub:
                 return self.send(handler, 200, headers=headers, body=data, head=head)
             return self.send(handler, 404, {"error": "Entry not found"}, headers={"X-Error-Code": "EntryNotFound"}, head=head)
         return self.send(handler, 404, {"error": f"not found: {path}"}, head=head)
+
+
+def point_at(monkeypatch, url: str, tmp_path: Path) -> None:
+    """huggingface_hub pointed at `url` as HF_ENDPOINT would (both constants are computed from
+    HF_ENDPOINT when huggingface_hub is imported), with a token and an empty local HF cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test")

@@ -11,23 +11,13 @@ from pathlib import Path
 
 import pytest
 from conftest import chat_rows, run_train, train_error_line, write_rows
-from hub_server import FakeHub, Repo
+from hub_server import FakeHub, Repo, point_at
 
 import kto.precompute
 from kto.formats.errors import InputError
 from kto.precompute.config import PrecomputeConfig
 
 TRAIN = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps", "1"]
-
-
-def point_at(monkeypatch, url: str, tmp_path: Path) -> None:
-    """huggingface_hub pointed at `url` as HF_ENDPOINT would, with a token and an empty HF cache."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("HF_TOKEN", "hf_test")
 
 
 @pytest.fixture

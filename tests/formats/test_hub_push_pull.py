@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import chat_rows, run_train, train_error_line, write_rows
-from hub_server import FakeHub
+from hub_server import FakeHub, point_at
 
 import kto.precompute
 from kto.formats.errors import InputError
@@ -24,13 +24,8 @@ TRAIN = ["--batch-size", "2", "--lr", "1e-3", "--log-every", "1", "--max-steps",
 def hub(monkeypatch, tmp_path):
     """The fake hub, and huggingface_hub pointed at it as HF_ENDPOINT would (both constants are
     computed from HF_ENDPOINT when huggingface_hub is imported), with an empty local HF cache."""
-    from huggingface_hub import constants
-
     with FakeHub() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        point_at(monkeypatch, server.url, tmp_path)
         yield server
 
 

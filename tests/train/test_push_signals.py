@@ -18,7 +18,7 @@ import signal
 import pytest
 from click.testing import CliRunner
 from conftest import run_train
-from hub_server import FakeHub
+from hub_server import FakeHub, point_at
 
 import kto.train
 from kto.train.cli import main
@@ -32,13 +32,8 @@ MODEL_FILES = {"model.safetensors", "config.json", "README.md"}
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """The fake hub, huggingface_hub pointed at it (as tests/formats/test_hub_push_pull.py does)."""
-    from huggingface_hub import constants
-
     with FakeHub() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        point_at(monkeypatch, server.url, tmp_path)
         yield server
 
 
