@@ -17,6 +17,7 @@ catch it and carry on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -120,6 +121,28 @@ def output_dir(path: str | os.PathLike, what: str) -> None:
             if not stat.S_ISDIR(st.st_mode):
                 raise InputError(f"{what}: {'is a file' if p == Path(path) else f'{p}, above it, is a file'}, not a directory")
             return
+
+
+def missing_paths(path: str | os.PathLike) -> list[Path]:
+    """`path` and each of its parents that does not exist yet, innermost first: what a command
+    about to create `path` (mkdir parents=True) makes, and so may remove again on failure."""
+    path, missing = Path(path), []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_made(made: list[Path], file: Path | None = None) -> None:
+    """Remove what a command made (`missing_paths`, innermost first): `file`, the one file it
+    made there, then each folder, each only if still empty (what another process put there
+    since stays)."""
+    for p in made:
+        with contextlib.suppress(OSError):
+            if p == file:
+                os.unlink(p)
+            else:
+                os.rmdir(p)
 
 
 def regular_tree(root: str | os.PathLike, what: str | None = None, skip: Callable[[Path], bool] | None = None) -> list[Path]:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .atomic import names_write_errors
 from .errors import InputError
+from .files import missing_paths, remove_made
 
 LOCK_NAME = ".lock"
 RECORD_BYTES = 320  # what a lock file's record is read as (_record); a longer file is not one of ours
@@ -55,7 +56,7 @@ def locked_dir(path: str | os.PathLike, flag: str) -> Iterator[Path]:
     second process gets while the first one holds the lock.
     """
     path = Path(path)
-    made = _missing(path / LOCK_NAME)  # removed again if locks fail
+    made = missing_paths(path / LOCK_NAME)  # removed again if locks fail
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, writable = _open_own_lock(path / LOCK_NAME, flag)
@@ -79,7 +80,7 @@ def _lock(fd: int, path: Path, flag: str, made: list[Path]) -> None:
         holder = holder_of(_record(fd))
         raise InputError(f"{flag} {path}: in use by another kto process ({holder}); wait for it or choose another directory") from None
     except OSError as exc:
-        _remove_made(made, path)
+        remove_made(made, path / LOCK_NAME)
         raise InputError(
             f"{flag} {path}: its filesystem does not support file locks ({exc.strerror}), which keep two kto processes out of one"
             " directory; choose a directory on a local filesystem, or mount this one with locks (NFS: lockd; Lustre: -o flock)"
@@ -95,28 +96,8 @@ def _write_holder(fd: int, path: Path, made: list[Path]) -> None:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
     except OSError:
-        _remove_made(made, path)  # still locked here: no other process can be using what goes
+        remove_made(made, path / LOCK_NAME)  # still locked here: no other process can be using what goes
         raise
-
-
-def _remove_made(made: list[Path], path: Path) -> None:
-    """Remove what `locked_dir` made (`made`): the lock file, then each folder made for it,
-    innermost first, each only if empty."""
-    for p in made:
-        with contextlib.suppress(OSError):
-            if p == path / LOCK_NAME:
-                os.unlink(p)
-            else:
-                os.rmdir(p)
-
-
-def _missing(path: Path) -> list[Path]:
-    """`path` and each of its parents that does not exist yet, innermost first."""
-    missing = []
-    while not os.path.lexists(path) and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
 
 
 def _record(fd: int) -> str:

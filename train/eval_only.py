@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from kto.formats.compute.policy_dirs import RunOf
 from kto.formats.errors import InputError, log, on_main
+from kto.formats.files import missing_paths, output_dir, remove_made
 
 from .config import DEFAULTS, TrainConfig
 
@@ -141,7 +141,6 @@ def results_path(out: Path | None) -> tuple[Path | None, list[Path]]:
     as training makes its --out; `removed_if_failed` removes it again if the command fails."""
     from kto.formats.atomic import NotWritableError, check_can_create
     from kto.formats.cache import refuse_inside_others
-    from kto.formats.files import output_dir
 
     if out is None:
         return None, []
@@ -152,16 +151,16 @@ def results_path(out: Path | None) -> tuple[Path | None, list[Path]]:
     if target.is_dir() or target.is_symlink() and not target.is_file():
         raise InputError(f"--out {out}: {target} is not a file it can replace; name another --out")
     refuse_inside_others(target)  # OUT itself may be the cache or the run: the file would lie inside it
-    made = list(itertools.takewhile(lambda p: not os.path.lexists(p), (out, *out.parents)))
+    made = missing_paths(out)
     try:
         out.mkdir(parents=True, exist_ok=True)  # a full disk refuses a new folder (ext4: it needs a block)
     except OSError as exc:
-        remove_empty(made)  # the folders above OUT that were made before the failure
+        remove_made(made)  # the folders above OUT that were made before the failure
         raise InputError(f"--out {out}: cannot create ({exc.strerror})") from None
     try:
         check_can_create(target)  # a read-only folder: refused now, not after the evaluation
     except NotWritableError as exc:
-        remove_empty(made)
+        remove_made(made)
         raise InputError(f"--out {exc}") from None
     return target, made
 
@@ -174,15 +173,8 @@ def removed_if_failed(made: list[Path]) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        remove_empty(made)
+        remove_made(made)
         raise
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """Remove each of `folders` (innermost first) that is an empty folder; leave every other."""
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 def with_run_settings(cfg: TrainConfig, run: RunOf, explicit: set[str]) -> TrainConfig:
