@@ -427,6 +427,21 @@ def startup(cache_dir: Path, model_dir: Path, device, batch_size: int, out_dir: 
     return out
 
 
+def run_kto_train(cmd: list[str], out_dir: Path, timeout_s: float):
+    """Run a kto-train command line within `timeout_s`; (the finished process, with its output,
+    and metrics.jsonl's training lines). A timeout or an exit other than 0 raises."""
+    import subprocess
+
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout_s, 1.0))
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"kto-train ran past the {timeout_s:.0f} s left of the time budget") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"kto-train exited {done.returncode}: {(done.stderr or done.stdout).strip()[-600:]}")
+    lines = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return done, [x for x in lines if "loss" in x]
+
+
 def train_cli(cache_dir: Path, model_dir: Path, out_dir: Path, quick: bool, timeout_s: float) -> dict:
     """`kto-train` itself, in a subprocess, on the precompute section's cache: a few steps at the
     defaults (fp32 weights, mixed precision auto = bf16 on CUDA, the step-0 check against the
@@ -434,21 +449,12 @@ def train_cli(cache_dir: Path, model_dir: Path, out_dir: Path, quick: bool, time
     above time piece by piece, run as a user runs it. The cache's rows each have their own
     prompt, so prefix sharing (on by default) finds nothing to pack: `tokens_saved` stays 0, and
     the packed step is train_prefix_sharing's to check."""
-    import subprocess
-
     steps = 2 if quick else 4
     cmd = [sys.executable, "-m", "kto.train.cli", "--cache", str(cache_dir), "--model", str(model_dir), "--out", str(out_dir)]
     cmd += ["--max-steps", str(steps), "--log-every", "1", "--batch-size", "2" if quick else "8"]
     t0 = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout_s, 1.0))
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"kto-train ran past the {timeout_s:.0f} s left of the time budget") from None
+    done, train = run_kto_train(cmd, out_dir, timeout_s)
     wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"kto-train exited {done.returncode}: {(done.stderr or done.stdout).strip()[-600:]}")
-    lines = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    train = [x for x in lines if "loss" in x]
     if len(train) != steps or not all(np.isfinite(x["loss"]) for x in train):
         raise RuntimeError(f"kto-train wrote {len(train)} training lines for {steps} steps: {train[-1:]}")
     drift = [x for x in done.stdout.splitlines() + done.stderr.splitlines() if "step-0" in x]
@@ -484,19 +490,11 @@ def train_fp16(cache_dir: Path, model_dir: Path, out_dir: Path, timeout_s: float
     metrics.jsonl's `updates_skipped` and in the run's last line, and must leave the linear
     schedule where it was (the next step trains with the same lr); every loss stays finite."""
     import re
-    import subprocess
 
     steps = 24  # each skip halves the scale: from 2^30, about 14 skips reach 2^16, the default
     cmd = [sys.executable, "-c", _FORCED_SCALE, "--cache", str(cache_dir), "--model", str(model_dir), "--out", str(out_dir)]
     cmd += ["--max-steps", str(steps), "--log-every", "1", "--batch-size", "4", "--mixed-precision", "fp16", "--lr-schedule", "linear", "--warmup-ratio", "0"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout_s, 1.0))
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"kto-train ran past the {timeout_s:.0f} s left of the time budget") from None
-    if done.returncode != 0:
-        raise RuntimeError(f"kto-train exited {done.returncode}: {(done.stderr or done.stdout).strip()[-600:]}")
-    lines = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    train = [x for x in lines if "loss" in x]
+    done, train = run_kto_train(cmd, out_dir, timeout_s)
     said = [int(m.group(1)) for m in re.finditer(r"step (\d+): fp16 loss scaling skipped this update", done.stderr + done.stdout)]
     counted = [x["step"] for x in train if x.get("updates_skipped")]
     last = [x for x in (done.stderr + done.stdout).splitlines() if "fp16 loss scaling skipped" in x and "of this run" in x]
