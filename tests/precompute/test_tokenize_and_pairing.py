@@ -253,6 +253,48 @@ def test_a_block_is_sorted_group_by_group():
     assert cycle_order(lengths, seed=3, block_rows=10, groups=distinct) == cycle_order(lengths, seed=3, block_rows=10)
 
 
+def _partners_row_by_row(order, prompts, completions, max_scan):
+    """The partner rule stepped one row at a time: the next row on the cycle with another prompt
+    and another completion; past max_scan rows, the first with another completion."""
+    n, partner = len(order), {}
+    for k, i in enumerate(order):
+        fallback = None
+        for step in range(1, n):
+            j = order[(k + step) % n]
+            if completions[j] == completions[i]:
+                continue
+            if prompts[j] != prompts[i]:
+                partner[i] = j
+                break
+            fallback = j if fallback is None else fallback
+            if step >= max_scan:
+                break
+        partner.setdefault(i, fallback)
+    return [partner[i] for i in range(n)]
+
+
+@pytest.mark.parametrize("max_scan", [3, 7, 4096])
+def test_partners_are_those_of_the_row_by_row_scan(monkeypatch, max_scan):
+    """kl_partners jumps over a run of rows sharing a prompt (one prompt over 20k rows took 10 s
+    stepping row by row, 0.9 s jumping): the partners must be those of the plain scan, with the
+    scan's cap inside runs, at their ends and past the cycle's length."""
+    import kto.precompute.plan as plan
+
+    monkeypatch.setattr(plan, "MAX_SCAN", max_scan)
+    rng = np.random.default_rng(max_scan)
+    for case in range(300):
+        n = int(rng.integers(2, 60))
+        prompts = [int(p) for p in rng.choice(int(rng.integers(1, 5)), n, p=None)]
+        if case % 3 == 0:  # one prompt filling most of the cycle
+            prompts = [0 if rng.random() < 0.9 else int(rng.integers(1, 3)) for _ in range(n)]
+        completions = [int(c) for c in rng.integers(0, max(2, n // int(rng.integers(1, 4))), n)]
+        if len(set(completions)) < 2:
+            continue
+        pairing = plan.kl_partners(prompts, completions, [str(i) for i in range(n)], seed=case, lengths=[int(x) for x in rng.integers(1, 50, n)])
+        assert pairing.partner == _partners_row_by_row(pairing.order, prompts, completions, max_scan), case
+        assert pairing.same_prompt == sum(prompts[i] == prompts[j] for i, j in enumerate(pairing.partner))
+
+
 @pytest.mark.parametrize("batch, accum, world", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
 def test_paired_rows_find_their_kl_partner_in_their_training_step(batch, accum, world):
     """The cycle kto-precompute stores, trained with kto-train's plan: 150 pairs whose chosen and
