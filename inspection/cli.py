@@ -228,14 +228,21 @@ def rows(cache: Path, where: str | None, sort: str | None, limit: int, flag: int
     "--to", "to", type=P, default=None, help="Where to write the PNGs and report.html [default: OUT/report, or OUT/report/NAME for a metrics file NAME]."
 )
 @click.option("--sft", is_flag=True, help="Also plot the SFT loss [default: only when the run's --sft-weight > 0].")
+@click.option(
+    "--smooth",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.6,
+    show_default=True,
+    help="EMA weight of the train lines, drawn over their raw values faded (0: as they are; lr never).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_handles_input_errors
-def run(out: Path, to: Path | None, sft: bool, as_json: bool) -> None:
+def run(out: Path, to: Path | None, sft: bool, smooth: float, as_json: bool) -> None:
     """Plot a run's metrics.jsonl (loss, KL, rewards, lr, grad norm, tokens/s) into report.html."""
     with raising_on_stop_signals():  # see score: a stop leaves no temp file
         from .report import build_report, render
 
-        result = build_report(out, to, sft=sft)
+        result = build_report(out, to, sft=sft, smooth=smooth)
     for warning in result["warnings"]:
         click.echo(f"kto-inspect: warning: {printable(warning)}", err=True)
     _emit(result, as_json, render)

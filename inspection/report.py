@@ -16,6 +16,11 @@ Five choices keep the plots from misleading:
   rows) is broken there, with markers: a line joined across them showed values no step had;
 - eval lines are the ones on the last eval's cache, as the checks read them, and the legend says
   how many were left out: a line joined across a changed --eval-cache drew a jump no step made.
+
+A train line of a noisy metric (a KTO loss over 8 rows jumps by 0.1 from step to step) is drawn
+smoothed (`ema`, --smooth, 0.6 by default as TensorBoard's) over its raw values, faded: the trend
+is what a reader looks for, and the raw values stay in view. Eval lines and lr are drawn as they
+are.
 """
 
 from __future__ import annotations
@@ -61,6 +66,11 @@ GROUPS = [
     ("tokens_per_s", "throughput", "tokens / s", [("tokens_per_s", "tokens/s")]),
 ]
 DASHED = {"kl_raw"}
+UNSMOOTHED = {"lr"}
+"""A train line drawn as it is at any --smooth: the schedule is exact, not noisy."""
+DEFAULT_SMOOTH = 0.6
+MIN_SMOOTHED = 10
+"""Values a train line needs before it is smoothed: over fewer, the faded raw line is all there is to see."""
 SAME_AS = {"kl_raw": "kl"}
 """A metric drawn and listed only where it differs from its partner (raw z from clamped z)."""
 TABLE_METRICS = [
@@ -99,6 +109,21 @@ def gapped_series(records: list[dict], name: str) -> np.ndarray:
     return np.array([math.nan if v is None else v for v in column(records, name)], dtype=float)
 
 
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """The exponential moving average of `values`, debiased as TensorBoard's smoothing is
+    (s_k = weight·s_(k-1) + (1 − weight)·x_k, shown as s_k / (1 − weight^k) over the k values so
+    far, so that it starts at the first value, not at 0). A NaN (a step without that metric) is
+    skipped and stays NaN: the smoothed line is broken where the raw one is."""
+    out = np.full(len(values), math.nan)
+    state, seen = 0.0, 0
+    for k, x in enumerate(values):
+        if math.isnan(x):
+            continue
+        state, seen = weight * state + (1 - weight) * x, seen + 1
+        out[k] = state / (1 - weight**seen)
+    return out
+
+
 def _differs(values: np.ndarray, partner: np.ndarray) -> bool:
     """Whether a SAME_AS metric differs from its partner at some line where it has a value."""
     has = ~np.isnan(values)
@@ -124,7 +149,11 @@ def _shown(name: str, values: dict[str, np.ndarray]) -> bool:
     return name not in SAME_AS or _differs(values[name], values[SAME_AS[name]])
 
 
-def draw_group(log: RunLog, group, Figure):
+def _smoothed(name: str, split: str, values: np.ndarray, smooth: float) -> bool:
+    return smooth > 0 and split == "train" and name not in UNSMOOTHED and int(np.count_nonzero(~np.isnan(values))) >= MIN_SMOOTHED
+
+
+def draw_group(log: RunLog, group, Figure, smooth: float = DEFAULT_SMOOTH):
     """One figure for one group of metrics, or None when none of them was logged."""
     from matplotlib.ticker import MaxNLocator
 
@@ -132,7 +161,7 @@ def draw_group(log: RunLog, group, Figure):
     series = _series_of(log, metrics)
     fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    drawn, evals_drawn = 0, False
+    drawn, evals_drawn, smoothed = 0, False, False
     for k, (name, label) in enumerate(metrics):
         for split in ("train", "eval"):
             steps, values = series[split]
@@ -144,7 +173,13 @@ def draw_group(log: RunLog, group, Figure):
             marker = "o" if split == "eval" or count == 1 or count < len(steps) else None
             hidden = [n for n in SAME_AS if SAME_AS[n] == name and not np.isnan(values[n]).all() and not _shown(n, values)]
             shown = label + "".join(f"; {n} equal at every step" for n in hidden)
-            ax.plot(steps, values[name], color=f"C{k}", linestyle=line, marker=marker, markersize=4, label=shown if split == "train" else f"{shown}, eval")
+            label = shown if split == "train" else f"{shown}, eval"
+            if _smoothed(name, split, values[name], smooth):
+                ax.plot(steps, values[name], color=f"C{k}", linestyle=line, marker=marker, markersize=2, linewidth=0.8, alpha=0.3)
+                ax.plot(steps, ema(values[name], smooth), color=f"C{k}", linestyle=line, label=label)
+                smoothed = True
+            else:
+                ax.plot(steps, values[name], color=f"C{k}", linestyle=line, marker=marker, markersize=4, label=label)
             drawn, evals_drawn = drawn + 1, evals_drawn or split == "eval"
     if not drawn:
         return None
@@ -155,7 +190,9 @@ def draw_group(log: RunLog, group, Figure):
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    _legend(ax, _eval_note(log) if evals_drawn else "")
+    notes = [f"train lines smoothed (EMA {num(smooth)}, --smooth), raw values faded"] if smoothed else []
+    notes += [_eval_note(log)] if evals_drawn else []
+    _legend(ax, "; ".join(n for n in notes if n))
     return fig
 
 
@@ -178,9 +215,9 @@ def _legend(ax, title: str) -> None:
 LONG_LOG_LINES = 20_000
 
 
-def plot_group(log: RunLog, group, Figure) -> bytes | None:
+def plot_group(log: RunLog, group, Figure, smooth: float = DEFAULT_SMOOTH) -> bytes | None:
     """One PNG for one group of metrics, or None when none of them was logged."""
-    fig = draw_group(log, group, Figure)
+    fig = draw_group(log, group, Figure, smooth)
     if fig is None:
         return None
     buf = io.BytesIO()
@@ -287,13 +324,13 @@ def _report_folder(log: RunLog, out_dir: str | Path | None, draw_sft: bool) -> t
     return folder, f"the report of {log.path.name}; {own} is {METRICS_NAME}'s", earlier
 
 
-def _write_plots(log: RunLog, out_dir: Path, draw_sft: bool, Figure: type) -> dict[str, bytes]:
+def _write_plots(log: RunLog, out_dir: Path, draw_sft: bool, Figure: type, smooth: float) -> dict[str, bytes]:
     """Draw and write each group's PNG, the claim's record naming it before it is written."""
     images: dict[str, bytes] = {}
     for group in GROUPS:
         if group[0] == "sft" and not draw_sft:
             continue
-        png = plot_group(log, group, Figure)
+        png = plot_group(log, group, Figure, smooth)
         if png is not None:
             claim(out_dir, [*(f"{stem}.png" for stem in images), f"{group[0]}.png"])
             write_bytes_atomic(out_dir / f"{group[0]}.png", png)
@@ -301,10 +338,13 @@ def _write_plots(log: RunLog, out_dir: Path, draw_sft: bool, Figure: type) -> di
     return images
 
 
-def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool = False) -> dict:
+def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool = False, smooth: float = DEFAULT_SMOOTH) -> dict:
     """Read the metrics, write one PNG per group and report.html into `out_dir` (default:
     RUN/report, or RUN/report/NAME for a metrics file other than RUN/metrics.jsonl). The SFT
-    plot is drawn when `sft` or the run's --sft-weight > 0. Returns what was written and found."""
+    plot is drawn when `sft` or the run's --sft-weight > 0; train lines are smoothed by `smooth`
+    (0: drawn as they are; `ema`). Returns what was written and found."""
+    if not 0 <= smooth < 1:
+        raise InputError(f"--smooth {smooth}: the EMA's weight is in [0, 1) (0: no smoothing)")
     log = read_run(run)
     draw_sft, sft_note = _sft_plot(log, sft)
     Figure = _figure_class()
@@ -318,7 +358,7 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
         # A run read where it cannot be written (a read-only mount, another user's run): the
         # default folder is the only thing in the way.
         raise InputError(f"{exc} ({out_dir} is --to's default, in the run directory: give --to DIR elsewhere)") from None
-    images = _write_plots(log, out_dir, draw_sft, Figure)
+    images = _write_plots(log, out_dir, draw_sft, Figure, smooth)
     found = checks(log)
     last = {"train": last_values(log.train), "eval": last_values(log.eval)}
     headers, rows = last_table(last["train"], last["eval"])
@@ -330,6 +370,7 @@ def build_report(run: str | Path, out_dir: str | Path | None = None, sft: bool =
         "out_note": out_note,
         "report": str(report_path),
         "plots": [str(out_dir / f"{stem}.png") for stem in images],
+        "smooth": smooth,
         "train_lines": len(log.train),
         "eval_lines": len(log.eval),
         "warnings": log.warnings,

@@ -38,7 +38,7 @@ def figure(tmp_path, records, stem: str):
     from kto.inspection.runlog import read_run
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: (r["step"], r["split"] == "eval"))))
-    return draw_group(read_run(tmp_path), next(g for g in GROUPS if g[0] == stem), Figure)
+    return draw_group(read_run(tmp_path), next(g for g in GROUPS if g[0] == stem), Figure, smooth=0)  # the lines as logged
 
 
 def lines_of(fig) -> dict:
