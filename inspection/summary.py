@@ -4,6 +4,8 @@ Counts by label, token lengths of prompt / completion / KL completion, and the r
 log-probs by label: per sequence (Σ over the completion, `ref_logp`), as a mean per token
 (`ref_logp / completion length`), and over every stored per-token term (`ref_token_logps`).
 Truncated rows are counted, with how many sit exactly at the prompt cap or at max_length;
+repeated rows too: rows holding an earlier row's prompt and completion tokens (as kept), with its
+label (a repeat weighs twice in the loss) or the other (one rated both ways: their pulls cancel);
 how prompts were cut (whole earliest turns dropped, or mid-text) and dropped rows are not
 visible in a shard, so those numbers come from the manifest.
 
@@ -75,6 +77,7 @@ def summarize(cache_dir: str | Path) -> dict:
         "at_prompt_cap": overall["at_prompt_cap"],
         "at_max_length": overall["at_max_length"],
         "dropped": manifest.counts.dropped,
+        "repeats": {k: overall[k] for k in REPEAT_KEYS},
         "max_length": max_length,
         "max_prompt_length": max_prompt,
         "token_logps_stored": manifest.content.store_token_logps,
@@ -88,6 +91,31 @@ def summarize(cache_dir: str | Path) -> dict:
         "eval_cache": str(eval_dir) if (eval_dir / S.MANIFEST_NAME).is_file() else None,
         "made_from": made_from(manifest, cache_dir),
     }
+
+
+REPEAT_KEYS = ("repeated_rows", "both_label_pairs", "both_label_rows")
+_KEYS = ("prompt_key", "completion_key")  # per-row hashes of the token lists (_small_rows)
+
+
+def _repeats(frame) -> dict:
+    """Rows repeating an earlier row's prompt and completion (the keys: two 64-bit hashes) with
+    its label; (prompt, completion) pairs held with both labels, and their rows."""
+    import polars as pl
+
+    n, d = pl.col("n"), pl.col("d")
+    both = (d > 0) & (d < n)
+    return (
+        frame.lazy()
+        .group_by(*_KEYS)
+        .agg(pl.len().alias("n"), pl.col(S.LABEL).sum().cast(pl.Int64).alias("d"))
+        .select(
+            ((d - 1).clip(lower_bound=0) + (n - d - 1).clip(lower_bound=0)).sum().cast(pl.Int64).alias("repeated_rows"),
+            both.sum().cast(pl.Int64).alias("both_label_pairs"),
+            n.filter(both).sum().cast(pl.Int64).alias("both_label_rows"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
 
 
 def _aggregates(cache: ShardedCache, max_length: int, max_prompt: int, cache_dir: Path) -> tuple[dict, list[dict]]:
@@ -108,7 +136,7 @@ def _aggregates(cache: ShardedCache, max_length: int, max_prompt: int, cache_dir
             ((lens["prompt"] + lens["completion"]) == max_length).sum().cast(pl.Int64).alias("at_max_length"),
             (~pl.col(S.REF_LOGP).is_finite() | ~pl.col(S.REF_KL_LOGP).is_finite()).sum().cast(pl.Int64).alias("not_finite"),
             *(agg for name, e in lens.items() for agg in _describe(e, name)),
-        ).row(0, named=True)
+        ).row(0, named=True) | _repeats(frame)
         by_label = (
             frame.lazy()
             .group_by(S.LABEL)
@@ -155,9 +183,10 @@ def _first_pass(cache: ShardedCache) -> tuple[pa.Table, dict[bool, TokenTerms], 
 
 
 def _small_rows(table: pa.Table) -> pa.Table:
-    """Label, truncated, the three lengths and the two sequence log-probs of each row: lengths
-    from the list offsets, so no token id is read; copied (a few bytes a row), so no shard's
-    memory map outlives its turn in the loop."""
+    """Label, truncated, the three lengths, the two sequence log-probs and a hash of the prompt's
+    and of the completion's token ids of each row: lengths from the list offsets; copied (a few
+    bytes a row), so no shard's memory map outlives its turn in the loop."""
+    import polars as pl
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -166,11 +195,22 @@ def _small_rows(table: pa.Table) -> pa.Table:
     }
     # uint32, as polars' list.len() gives: the same arithmetic as reading the lists would.
     columns |= {name: pc.list_value_length(table.column(col)).cast(pa.uint32()) for name, col in LENGTHS.items()}
+    for key, col in zip(_KEYS, (S.PROMPT_IDS, S.COMPLETION_IDS)):
+        ids = pl.from_arrow(pa.concat_arrays(table.column(col).chunks or [pa.array([], table.schema.field(col).type)]))
+        columns[key] = ids.hash(seed=0).to_arrow()
     return pa.table(columns)
 
 
 def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _repeats_text(r: dict) -> str:
+    if not (r["repeated_rows"] or r["both_label_pairs"]):
+        return "none (no two rows hold the same prompt and completion tokens)"
+    same = f"{r['repeated_rows']} rows repeat an earlier row's prompt, completion and label (each weighs once more in the loss)"
+    both = f"{r['both_label_pairs']} prompt+completion pairs are held with both labels ({r['both_label_rows']} rows, pulling against each other)"
+    return "; ".join(part for part, n in ((same, r["repeated_rows"]), (both, r["both_label_pairs"])) if n)
 
 
 def render(s: dict) -> str:
@@ -193,6 +233,7 @@ def render(s: dict) -> str:
     if mc["represented_tokens"]:  # counted since prefix sharing: a cache made before has none
         how = f"{mc['prefix_tokens_saved']} ({_pct(mc['prefix_tokens_saved'], mc['represented_tokens'])}) saved by prefix sharing"
         out.insert(-1, f"scored       {mc['scored_tokens']} of {mc['represented_tokens']} tokens; {how if s['prefix_sharing'] else 'prefix sharing off'}")
+    out.append(f"repeats      {_repeats_text(s['repeats'])}")
     if (mc["rows"], mc["desirable"], mc["truncated"]) != (n, c["desirable"], s["truncated"]):
         out.append("warning      the rows disagree with manifest.json's counts; run kto-inspect verify")
     out += ["", "made from", *made_from_lines(s["made_from"])]
