@@ -98,6 +98,7 @@ def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[d
         ("cache fingerprint", f"`{fingerprint}`"),
         ("eval cache fingerprint", f"`{derived['eval_cache_fingerprint']}`" if derived.get("eval_cache_fingerprint") else "none"),
         ("data", "; ".join(source_line(i) for i in inputs) or "n/a"),
+        *([("trained with", ", ".join(f"{name} {v}" for name, v in derived["versions"].items()))] if derived.get("versions") else []),
     ]
     return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 

@@ -81,7 +81,21 @@ RECORDED_SINCE = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
 # Derived entries that say what a setting came to, for the reader: decided again from the
 # settings a resume compares (steps_share_prefixes: prefix_sharing and --model's layers;
 # reference_identity: the cache, by its fingerprint).
-INFORMATIONAL = frozenset({"steps_share_prefixes", REFERENCE_IDENTITY})
+INFORMATIONAL = frozenset({"steps_share_prefixes", REFERENCE_IDENTITY, "versions"})
+
+# The versions of kto, torch and transformers the run began with. Not compared: a resume on
+# another install is allowed (a cluster's image moves on), but its steps may differ from the
+# uninterrupted run's in the last bits, so the resume says which changed (resumable_changes) and
+# the record keeps the versions the run began with (keep_recorded).
+VERSIONS = "versions"
+
+
+def recorded_versions() -> dict[str, str]:
+    """{"kto-offline": …, "torch": …, "transformers": …}, as the launch check compares them."""
+    from kto.formats.launch_agreement import versions
+
+    return {name.removesuffix(" version"): value for name, value in versions().items()}
+
 
 # The precision a run computes in: --mixed-precision with `auto` resolved (setup.py
 # mixed_precision_in_force; bf16 autocast on CUDA, none on CPU), in `derived` since kto recorded
@@ -186,6 +200,8 @@ def keep_recorded(record: dict, saved: dict) -> None:
     there, now = saved.get("derived", {}).get("model_identity"), record.get("derived", {}).get("model_identity")
     if there is not None and now is not None and same_model(there, now):
         record["derived"]["model_identity"] = there
+    if VERSIONS in saved.get("derived", {}):
+        record["derived"][VERSIONS] = saved["derived"][VERSIONS]
     start = eval_cache_at_start(saved.get("derived", {}))
     if EVAL_AT_START in saved.get("derived", {}) or start != record.get("derived", {}).get(EVAL_FINGERPRINT):
         record["derived"][EVAL_AT_START] = start
@@ -271,3 +287,12 @@ def resumable_changes(saved: dict, record: dict) -> list[str]:
     if saved["derived"].get(EVAL_FINGERPRINT) != record["derived"].get(EVAL_FINGERPRINT):
         changed.append(f"--eval-cache {there.get('eval_cache')} -> {now.get('eval_cache')}")
     return changed
+
+
+def versions_note(saved: dict) -> str | None:
+    """What a resume runs on that the run did not begin with ('torch 2.12.0 -> 2.13.0'), or None."""
+    began, running = saved.get("derived", {}).get(VERSIONS, {}), recorded_versions()
+    moved = [f"{name} {began[name]} -> {running[name]}" for name in running if name in began and began[name] != running[name]]
+    if not moved:
+        return None
+    return f"--resume: {', '.join(moved)} since the run began; its steps from here may differ in the last bits from an uninterrupted run's"

@@ -44,7 +44,7 @@ from .checkpoint import CHECKPOINT_RE, CHECKSUMS_NAME, STATE_NAME, checkpoint_pr
 from .config import TrainConfig
 from .model_card import CARD_MARK, CARD_NAME
 from .resume_hints import asks_more_steps, checkpoint_names, train_further_hint
-from .resume_record import AFTER_FINAL, RESUMABLE, keep_recorded, precision_hint, record_differences, resumable_changes
+from .resume_record import AFTER_FINAL, RESUMABLE, keep_recorded, precision_hint, record_differences, resumable_changes, versions_note
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -215,6 +215,8 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
     changed = resumable_changes(saved, record)
     if changed:
         log("--resume: changed " + ", ".join(changed))
+    if note := versions_note(saved):
+        log(f"note: {note}")
     # The resumed run writes final/ (and final-merged/) again, whole: a file a user put there
     # since (an evaluation's output) is refused now, not deleted after the training.
     for name in (FINAL_DIR, MERGED_DIR) if cfg.merge_adapters else (FINAL_DIR,):

@@ -167,3 +167,24 @@ def test_a_run_trained_in_fp16_resumed_without_cuda_is_sent_to_a_gpu_by_both_ref
     shutil.copytree(cpu_run, tmp_path / "fp32")
     result = train_cli(tiny_cache, tiny_model_dir, tmp_path / "fp32", *RUN, "--resume", "checkpoint-1", "--mixed-precision", "fp16")
     assert train_error_line(result.output).endswith("give --mixed-precision no, the run's own")
+
+
+def test_the_record_keeps_the_versions_the_run_began_with_and_a_resume_on_others_says_so(cpu_run, tiny_cache, tiny_model_dir, tmp_path):
+    """kto_run.json records kto's, torch's and transformers' versions (a reproduction needs them).
+    A resume on another install (simulated: the record says torch 2.0.0) is not refused, a
+    cluster's image moves on, but says which changed, and the record keeps the run's own."""
+    import torch
+    import transformers
+
+    saved = json.loads((cpu_run / "kto_run.json").read_text())
+    assert saved["derived"]["versions"]["torch"] == torch.__version__ and saved["derived"]["versions"]["transformers"] == transformers.__version__
+    out = tmp_path / "r"
+    shutil.copytree(cpu_run, out)
+    saved["derived"]["versions"]["torch"] = "2.0.0"
+    (out / "kto_run.json").write_text(json.dumps(saved))
+    result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", "checkpoint-1")
+    assert result.exit_code == 0, result.output
+    assert (
+        f"note: --resume: torch 2.0.0 -> {torch.__version__} since the run began; its steps from here may differ in the last bits from an uninterrupted run's"
+    ) in result.output
+    assert json.loads((out / "kto_run.json").read_text())["derived"]["versions"]["torch"] == "2.0.0"
