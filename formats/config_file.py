@@ -26,6 +26,7 @@ from .config_names import SECRET_KEYS, Resolved, resolve
 from .errors import InputError
 from .files import regular_file, utf8_text
 from .paths import expand_home
+from .runrecord import KIND
 
 if TYPE_CHECKING:
     import click
@@ -74,14 +75,33 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
     """The file's values under `command`'s option names, TRL's and LLaMA-Factory's names
     included (config_names.py), with the lines that say what was mapped or ignored."""
     raw = read_mapping(path)
+    from_run = command == TRAIN and raw.get("kind") == KIND and isinstance(raw.get("config"), dict)
+    if from_run:
+        raw = run_record_settings(raw)
     try:
         resolved = resolve(raw, command, known)
     except InputError as exc:
         raise InputError(f"--config {path}: {exc}") from None
     resolved.written = raw
     resolved.notes = [f"--config {path}: {note}" for note in resolved.notes]
+    if from_run:
+        resolved.notes.insert(0, f"--config {path}: {RUN_RECORD_NOTE}")
     resolved.default_notes = {name: f"--config {path}: {note}" for name, note in resolved.default_notes.items()}
     return resolved
+
+
+# A kto-train run record (RUN/kto_run.json) given to --config: its settings, to run it again
+# (another --out, another --seed). Not where it ran, nor whether it resumed: a second run into the
+# first's --out would be refused as an earlier run, and --resume is the way to continue one.
+RUN_RECORD_LEFT_OUT = ("out", "resume")
+RUN_RECORD_NOTE = (
+    "the settings of the kto-train run it records (its --out and --resume left out; --cache and --model as typed there, relative to where that run started)"
+)
+
+
+def run_record_settings(record: dict) -> dict:
+    """The settings of a kto-train run record, as a config file's keys."""
+    return {k: v for k, v in record["config"].items() if k not in RUN_RECORD_LEFT_OUT}
 
 
 _FLAG = re.compile(r"--([a-z0-9][a-z0-9-]*)")

@@ -444,3 +444,34 @@ def test_no_hub_private_on_the_command_line_wins_over_the_file(tmp_path, capture
     result = run(tmp_path, text, "run.yaml", "--no-hub-private")
     assert result.exit_code == 0, result.output
     assert (captured[-1].push_to_hub, captured[-1].hub_private) == ("org/x", False)
+
+
+def test_a_run_record_given_to_config_runs_that_run_again(tmp_path, tiny_cache, tiny_model_dir):
+    """`--config RUN/kto_run.json --out NEW` takes the recorded run's settings (its --out and
+    --resume left out), the command line still winning: the same settings train the same losses
+    and weights, `--seed` on the command line another run. Before, the record's own keys
+    (config, derived, kind) were refused as unknown, and a run could be repeated only by copying
+    its settings into a YAML file by hand."""
+    import json
+
+    import torch
+    from conftest import metrics, run_train
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    result = run_train(tiny_cache, tiny_model_dir, first, "--batch-size", "2", "--max-steps", "3", "--lr", "1e-3", "--auto-weights", "--warmup-steps", "1")
+    assert result.exit_code == 0, result.output
+    recorded = first / "kto_run.json"
+    again = CliRunner().invoke(main, ["--config", str(recorded), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert f"--config {recorded}: the settings of the kto-train run it records (its --out and --resume left out;" in again.output
+    assert [m["loss"] for m in metrics(tmp_path / "again")] == [m["loss"] for m in metrics(first)]
+    a, b = load_file(first / "final" / "model.safetensors"), load_file(tmp_path / "again" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    settings = lambda run: {k: v for k, v in json.loads((run / "kto_run.json").read_text())["config"].items() if k != "out"}
+    assert settings(tmp_path / "again") == settings(first)
+    other = CliRunner().invoke(main, ["--config", str(recorded), "--out", str(tmp_path / "seed1"), "--seed", "1"])
+    assert other.exit_code == 0, other.output
+    assert settings(tmp_path / "seed1") == {**settings(first), "seed": 1}
+    # Without --out: the record's own is left out, so the command asks for one rather than reach the first run.
+    assert "--out is required" in CliRunner().invoke(main, ["--config", str(recorded)]).output
