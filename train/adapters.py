@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kto.formats.compute.adapters import adapter_config, is_adapter_dir, peft_quietly, require_peft, with_adapters
+from kto.formats.compute.adapters import adapter_config, is_adapter_dir, peft_quietly, quiet_bitsandbytes, require_peft, with_adapters
 from kto.formats.compute.numerics import train_numerics
 from kto.formats.errors import InputError, exception_line, log
 
@@ -49,8 +49,9 @@ def bitsandbytes_backend(device_type: str, bits: int = 4) -> str | None:
     that is the one test that does not depend on how a given release lays out its backends.
     """
     try:
-        import bitsandbytes
-        import bitsandbytes.functional as F
+        with quiet_bitsandbytes():  # its import-time note on an optional kernel package (peft_quietly)
+            import bitsandbytes
+            import bitsandbytes.functional as F
     except ImportError:
         return "bitsandbytes is not installed (pip install 'kto-offline[lora]')"
     except Exception as exc:  # a broken native library raises RuntimeError/OSError on import

@@ -494,7 +494,8 @@ def setup(run: Run) -> Run:
         )
         log(f"step-0 check skipped: {why}; {precision_said(cfg, accelerator)}", accelerator)
     metrics = open_records(cfg, run.record, position, accelerator)
-    log(f"{run.cache.num_rows} rows, {run.steps_per_epoch} steps per epoch of {run.shape.rows_per_step} rows, {run.total_steps} steps", accelerator)
+    steps = lambda n: f"{n} step{'' if n == 1 else 's'}"
+    log(f"{run.cache.num_rows} rows, {steps(run.steps_per_epoch)} per epoch of {run.shape.rows_per_step} rows, {steps(run.total_steps)}", accelerator)
     said = warmup_note(cfg, run.total_steps)
     if said:
         log(said, accelerator)

@@ -82,7 +82,10 @@ def with_adapters(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
 @contextlib.contextmanager
 def peft_quietly() -> Iterator[None]:
     """PeftModel asks the model is_gradient_checkpointing, which transformers 5 deprecates with a
-    FutureWarning on every run: peft's call, nothing the user can change, held back."""
-    with warnings.catch_warnings():
+    FutureWarning on every run: peft's call, nothing the user can change, held back. And peft
+    imports bitsandbytes as it wraps the first layer (its LoRA layers for quantized ones), whose
+    CPU backend then logs that an optional kernel package did not load (on a CPU with AVX512-BF16,
+    `Failed to load CPU gemm_4bit_forward from kernels-community: …`, in every LoRA run)."""
+    with warnings.catch_warnings(), quiet_bitsandbytes():
         warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
         yield

@@ -413,3 +413,27 @@ def test_4bit_layers_compute_in_the_runs_dtype(tiny_model_dir, tmp_path, dtype, 
         pytest.skip(why)
     cfg = TrainConfig(cache=tmp_path, model=str(tiny_model_dir), out=tmp_path / "o", lora_r=4, load_in_4bit=True, dtype=dtype)
     assert quantization_config(cfg, "cpu", autocast).bnb_4bit_compute_dtype == expected
+
+
+def test_wrapping_the_policy_in_adapters_logs_nothing_of_bitsandbytes():
+    """peft imports bitsandbytes as it wraps the first layer; on a CPU with AVX512-BF16 its CPU
+    backend then logged `Failed to load CPU gemm_4bit_forward from kernels-community: …` in every
+    LoRA run, quantized or not. A fresh process, so that this import is the first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("peft")
+    script = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from pathlib import Path\n"
+        "from conftest import tiny_llama\n"
+        "from kto.train.adapters import add_adapters\n"
+        "from kto.train.config import TrainConfig\n"
+        "add_adapters(TrainConfig(cache=Path('c'), model='m', out=Path('o'), lora_r=4), tiny_llama(vocab_size=64))\n"
+        "print('wrapped')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "wrapped\n", done.stderr[-2000:]
+    assert "bitsandbytes" not in done.stderr and "Failed to load" not in done.stderr, done.stderr
