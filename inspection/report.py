@@ -19,8 +19,8 @@ Five choices keep the plots from misleading:
 
 A train line of a noisy metric (a KTO loss over 8 rows jumps by 0.1 from step to step) is drawn
 smoothed (`ema`, --smooth, 0.6 by default as TensorBoard's) over its raw values, faded: the trend
-is what a reader looks for, and the raw values stay in view. Eval lines and lr are drawn as they
-are.
+is what a reader looks for, and the raw values stay in view. Eval lines, lr and a line with gaps
+are drawn as they are.
 """
 
 from __future__ import annotations
@@ -150,7 +150,12 @@ def _shown(name: str, values: dict[str, np.ndarray]) -> bool:
 
 
 def _smoothed(name: str, split: str, values: np.ndarray, smooth: float) -> bool:
-    return smooth > 0 and split == "train" and name not in UNSMOOTHED and int(np.count_nonzero(~np.isnan(values))) >= MIN_SMOOTHED
+    """Drawn smoothed: a train line of a noisy metric, long enough, with a value at every logged
+    step. A line with gaps (rewards/rejected on steps without undesirable rows) is drawn as
+    logged, broken there with markers: its smoothed line, broken at the same steps, could be
+    no line at all (a value every other step draws no segment)."""
+    count = int(np.count_nonzero(~np.isnan(values)))
+    return smooth > 0 and split == "train" and name not in UNSMOOTHED and count >= MIN_SMOOTHED and count == len(values)
 
 
 def draw_group(log: RunLog, group, Figure, smooth: float = DEFAULT_SMOOTH):
@@ -173,13 +178,13 @@ def draw_group(log: RunLog, group, Figure, smooth: float = DEFAULT_SMOOTH):
             marker = "o" if split == "eval" or count == 1 or count < len(steps) else None
             hidden = [n for n in SAME_AS if SAME_AS[n] == name and not np.isnan(values[n]).all() and not _shown(n, values)]
             shown = label + "".join(f"; {n} equal at every step" for n in hidden)
-            label = shown if split == "train" else f"{shown}, eval"
+            legend = shown if split == "train" else f"{shown}, eval"
             if _smoothed(name, split, values[name], smooth):
-                ax.plot(steps, values[name], color=f"C{k}", linestyle=line, marker=marker, markersize=2, linewidth=0.8, alpha=0.3)
-                ax.plot(steps, ema(values[name], smooth), color=f"C{k}", linestyle=line, label=label)
+                ax.plot(steps, values[name], color=f"C{k}", linestyle=line, linewidth=0.8, alpha=0.3)
+                ax.plot(steps, ema(values[name], smooth), color=f"C{k}", linestyle=line, label=legend)
                 smoothed = True
             else:
-                ax.plot(steps, values[name], color=f"C{k}", linestyle=line, marker=marker, markersize=4, label=label)
+                ax.plot(steps, values[name], color=f"C{k}", linestyle=line, marker=marker, markersize=4, label=legend)
             drawn, evals_drawn = drawn + 1, evals_drawn or split == "eval"
     if not drawn:
         return None

@@ -208,8 +208,11 @@ def _pct(part: int, whole: int) -> str:
 def _repeats_text(r: dict) -> str:
     if not (r["repeated_rows"] or r["both_label_pairs"]):
         return "none (no two rows hold the same prompt and completion tokens)"
-    same = f"{r['repeated_rows']} rows repeat an earlier row's prompt, completion and label (each weighs once more in the loss)"
-    both = f"{r['both_label_pairs']} prompt+completion pairs are held with both labels ({r['both_label_rows']} rows, pulling against each other)"
+    rows, pairs = r["repeated_rows"], r["both_label_pairs"]
+    same = f"{rows} {'row repeats' if rows == 1 else 'rows repeat'} an earlier row's prompt, completion and label (each weighs once more in the loss)"
+    both = (
+        f"{pairs} prompt+completion {'pair is' if pairs == 1 else 'pairs are'} held with both labels ({r['both_label_rows']} rows, pulling against each other)"
+    )
     return "; ".join(part for part, n in ((same, r["repeated_rows"]), (both, r["both_label_pairs"])) if n)
 
 

@@ -77,3 +77,23 @@ def test_the_cli_default_is_the_report_default():
     from kto.inspection.cli import run
 
     assert next(p.default for p in run.params if p.name == "smooth") == DEFAULT_SMOOTH
+
+
+def test_a_line_with_gaps_is_drawn_as_logged_and_kl_raw_is_noted_once(tmp_path):
+    """Seen in review: rewards/rejected logged every other step was smoothed into a line of
+    isolated points, no segment drawn (it vanished, its legend entry kept); and the eval line of
+    kl.png repeated the train line's `kl_raw equal at every step` note."""
+    pytest.importorskip("matplotlib")
+    records = []
+    for s in range(1, 41):
+        rejected = -0.1 * s if s % 2 else None
+        records.append({"step": s, "split": "train", "rewards/chosen": 0.1 * s, "rewards/rejected": rejected, "kl": 0.2, "kl_raw": 0.2})
+        if s % 10 == 0:
+            records.append({"step": s, "split": "eval", "kl": 0.3, "kl_raw": 0.3})
+    lines, _ = lines_of(tmp_path, records, "rewards")
+    rejected = [ln for ln in lines if ln.get_label() == "undesirable (rewards/rejected)"]
+    assert len(rejected) == 1 and rejected[0].get_marker() == "o" and rejected[0].get_alpha() is None
+    assert [ln.get_label() for ln in lines if not ln.get_label().startswith("_")][0] == "desirable (rewards/chosen)"
+    kl_lines, _ = lines_of(tmp_path, records, "kl")
+    labels = [ln.get_label() for ln in kl_lines if not ln.get_label().startswith("_")]
+    assert labels == ["clamped z (>= 0, used in the loss); kl_raw equal at every step", "clamped z (>= 0, used in the loss); kl_raw equal at every step, eval"]

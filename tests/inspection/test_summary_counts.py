@@ -36,7 +36,7 @@ def test_summary_counts_repeated_rows_and_rows_rated_both_ways(tmp_path, tiny_mo
     text = CliRunner().invoke(main, ["summary", str(cache)]).output
     assert (
         "repeats      3 rows repeat an earlier row's prompt, completion and label (each weighs once more in the loss); "
-        "1 prompt+completion pairs are held with both labels (2 rows, pulling against each other)\n"
+        "1 prompt+completion pair is held with both labels (2 rows, pulling against each other)\n"
     ) in text
     (tmp_path / "clean").mkdir()
     clean = make_cache(tmp_path / "clean", rows, tiny_model_dir, "chat.jsonl")
