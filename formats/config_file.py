@@ -92,16 +92,26 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
 
 # A kto-train run record (RUN/kto_run.json) given to --config: its settings, to run it again
 # (another --out, another --seed). Not where it ran, nor whether it resumed: a second run into the
-# first's --out would be refused as an earlier run, and --resume is the way to continue one.
-RUN_RECORD_LEFT_OUT = ("out", "resume")
-RUN_RECORD_NOTE = (
-    "the settings of the kto-train run it records (its --out and --resume left out; --cache and --model as typed there, relative to where that run started)"
-)
+# first's --out would be refused as an earlier run, and --resume is the way to continue one. Nor
+# where it was pushed: a re-run pushing to the first's Hub repo would replace its model there.
+RUN_RECORD_LEFT_OUT = ("out", "resume", "push_to_hub", "hub_private")
+RUN_RECORD_PATHS = ("cache", "model", "eval_cache")
+RUN_RECORD_NOTE = "the settings of the kto-train run it records (its --out, --resume and --push-to-hub left out)"
 
 
 def run_record_settings(record: dict) -> dict:
-    """The settings of a kto-train run record, as a config file's keys."""
-    return {k: v for k, v in record["config"].items() if k not in RUN_RECORD_LEFT_OUT}
+    """The settings of a kto-train run record, as a config file's keys. A relative path is the
+    run's own, relative to the folder it started in (the record's `cwd`), where that holds it;
+    else it stays as typed (a hub id, or a record without `cwd`)."""
+    settings = {k: v for k, v in record["config"].items() if k not in RUN_RECORD_LEFT_OUT}
+    cwd = record.get("cwd")
+    for key in RUN_RECORD_PATHS:
+        value = settings.get(key)
+        if isinstance(cwd, str) and isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            there = os.path.join(cwd, value)
+            if os.path.exists(there):
+                settings[key] = there
+    return settings
 
 
 _FLAG = re.compile(r"--([a-z0-9][a-z0-9-]*)")

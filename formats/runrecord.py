@@ -121,11 +121,20 @@ def run_holding(path: str | Path) -> Path | None:
     return None
 
 
-def write_run_config(run_dir: str | Path, config: dict, derived: dict, finished_step: int | None = None) -> None:
+# What a run was made with, beside the settings: the versions of kto-offline, torch and
+# transformers it began with, and the folder it started in (the config's relative paths are
+# relative to it). Top-level keys, outside `config` and `derived`: no kto compares them on
+# --resume (an earlier kto, which compares every `derived` key, still resumes the run).
+MADE_WITH = ("versions", "cwd")
+
+
+def write_run_config(run_dir: str | Path, config: dict, derived: dict, finished_step: int | None = None, made_with: dict | None = None) -> None:
     """`finished_step`: set once final/ holds that step's weights (kto-train then has nothing to
-    resume); a run that starts or resumes rewrites the record without it."""
+    resume); a run that starts or resumes rewrites the record without it. `made_with`: the
+    MADE_WITH entries (others are not written)."""
     run_dir = Path(run_dir)
     record = {"kind": KIND, "version": VERSION, "config": config, "derived": derived}
+    record |= {k: v for k, v in (made_with or {}).items() if k in MADE_WITH}
     if finished_step is not None:
         record["finished_step"] = finished_step
     write_json_atomic(run_dir / RUN_RECORD_NAME, record)

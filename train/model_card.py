@@ -27,6 +27,7 @@ from kto.formats.runrecord import MERGED_DIR
 
 from .checkpoint import FinalFiles
 from .metrics import last_metrics, metric_values
+from .resume_record import began_with
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -79,7 +80,9 @@ def metrics_table(train: dict, evaluation: dict | None) -> list[str]:
     return lines if names else ["No metrics were logged (`--log-every 0`)."]
 
 
-def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[dict], kind: str, warmup: int, merged: bool = False) -> list[str]:
+def settings_table(
+    config: dict, derived: dict, fingerprint: str, inputs: list[dict], kind: str, warmup: int, merged: bool = False, versions: dict | None = None
+) -> list[str]:
     """The card's settings table; `warmup`: the warmup steps the run took; `merged`: the folder is
     final-merged/ (for the quantization row)."""
     quantization = quantization_line(config, merged)
@@ -98,7 +101,7 @@ def settings_table(config: dict, derived: dict, fingerprint: str, inputs: list[d
         ("cache fingerprint", f"`{fingerprint}`"),
         ("eval cache fingerprint", f"`{derived['eval_cache_fingerprint']}`" if derived.get("eval_cache_fingerprint") else "none"),
         ("data", "; ".join(source_line(i) for i in inputs) or "n/a"),
-        *([("trained with", ", ".join(f"{name} {v}" for name, v in derived["versions"].items()))] if derived.get("versions") else []),
+        *([("trained with", ", ".join(f"{name} {v}" for name, v in versions.items()))] if versions else []),
     ]
     return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
@@ -213,7 +216,7 @@ def model_card(record: dict, inputs: list[dict], train: dict, evaluation: dict |
         "",
         "## Training",
         "",
-        *settings_table(config, derived, derived["cache_fingerprint"], inputs, kind, warmup, merged),
+        *settings_table(config, derived, derived["cache_fingerprint"], inputs, kind, warmup, merged, began_with(record)),
         "",
         *metrics_section(config, merged),
         *metrics_table(train, evaluation),

@@ -81,20 +81,28 @@ RECORDED_SINCE = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
 # Derived entries that say what a setting came to, for the reader: decided again from the
 # settings a resume compares (steps_share_prefixes: prefix_sharing and --model's layers;
 # reference_identity: the cache, by its fingerprint).
-INFORMATIONAL = frozenset({"steps_share_prefixes", REFERENCE_IDENTITY, "versions"})
-
-# The versions of kto, torch and transformers the run began with. Not compared: a resume on
-# another install is allowed (a cluster's image moves on), but its steps may differ from the
-# uninterrupted run's in the last bits, so the resume says which changed (resumable_changes) and
-# the record keeps the versions the run began with (keep_recorded).
-VERSIONS = "versions"
+INFORMATIONAL = frozenset({"steps_share_prefixes", REFERENCE_IDENTITY})
 
 
-def recorded_versions() -> dict[str, str]:
-    """{"kto-offline": …, "torch": …, "transformers": …}, as the launch check compares them."""
+def made_with() -> dict:
+    """The record's MADE_WITH entries for this process (formats/runrecord.py): the versions of
+    kto-offline, torch and transformers, as the launch check compares them, and the folder the
+    command runs in. Never compared: a resume on another install is allowed (a cluster's image
+    moves on), but its steps may differ from the uninterrupted run's in the last bits, so the
+    resume says which changed (versions_note) and the record keeps the versions the run began
+    with (keep_recorded); the folder is the resume's own, as the paths its config holds."""
+    import os
+
     from kto.formats.launch_agreement import versions
 
-    return {name.removesuffix(" version"): value for name, value in versions().items()}
+    return {"versions": {name.removesuffix(" version"): value for name, value in versions().items()}, "cwd": os.getcwd()}
+
+
+def began_with(saved: dict) -> dict[str, str] | None:
+    """The versions a run record says its run began with, or None (none recorded, or not as kto writes them)."""
+    versions = saved.get("versions")
+    ok = isinstance(versions, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items())
+    return versions if ok else None
 
 
 # The precision a run computes in: --mixed-precision with `auto` resolved (setup.py
@@ -200,8 +208,8 @@ def keep_recorded(record: dict, saved: dict) -> None:
     there, now = saved.get("derived", {}).get("model_identity"), record.get("derived", {}).get("model_identity")
     if there is not None and now is not None and same_model(there, now):
         record["derived"]["model_identity"] = there
-    if VERSIONS in saved.get("derived", {}):
-        record["derived"][VERSIONS] = saved["derived"][VERSIONS]
+    if began_with(saved) is not None:
+        record["versions"] = saved["versions"]
     start = eval_cache_at_start(saved.get("derived", {}))
     if EVAL_AT_START in saved.get("derived", {}) or start != record.get("derived", {}).get(EVAL_FINGERPRINT):
         record["derived"][EVAL_AT_START] = start
@@ -291,7 +299,7 @@ def resumable_changes(saved: dict, record: dict) -> list[str]:
 
 def versions_note(saved: dict) -> str | None:
     """What a resume runs on that the run did not begin with ('torch 2.12.0 -> 2.13.0'), or None."""
-    began, running = saved.get("derived", {}).get(VERSIONS, {}), recorded_versions()
+    began, running = began_with(saved) or {}, made_with()["versions"]
     moved = [f"{name} {began[name]} -> {running[name]}" for name in running if name in began and began[name] != running[name]]
     if not moved:
         return None

@@ -366,7 +366,7 @@ def lock_run_dir(out: Path, accelerator: Accelerator) -> Iterator[None]:
 def mark_finished(out: Path, step: int) -> None:
     """Main process, after final/ is written: the run finished at `step`."""
     saved = read_run_config(out)
-    write_run_config(out, saved["config"], saved["derived"], finished_step=step)
+    write_run_config(out, saved["config"], saved["derived"], finished_step=step, made_with=saved)
 
 
 def finished_final(cfg: TrainConfig, record: dict) -> Path | None:
@@ -397,4 +397,4 @@ def changes_left_unused(out: Path, record: dict) -> list[str]:
 
 
 def write_record(out: Path, record: dict) -> None:
-    write_run_config(out, record["config"], record["derived"])
+    write_run_config(out, record["config"], record["derived"], made_with=record)

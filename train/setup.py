@@ -40,7 +40,7 @@ from .eval_cache import note_changed_inputs, open_eval_cache, refuse_eval_split
 from .metrics import MetricsWriter, close_after_failure
 from .optim import check_schedule, warmup_note
 from .policy import Policy
-from .resume_record import FP16_RESUMES_ON_CUDA, IN_FORCE, VERSIONS, config_record, keep_recorded, recorded_precision, recorded_versions, settings_digest
+from .resume_record import FP16_RESUMES_ON_CUDA, IN_FORCE, config_record, keep_recorded, made_with, recorded_precision, settings_digest
 from .rundir import open_run_dir, refuse_before_the_lock, refuse_foreign, set_aside_later, write_record
 from .step import LossSettings
 
@@ -237,7 +237,7 @@ def check_inputs(cfg: TrainConfig) -> Run:
     identity = model_identity(source)
     is_reference = manifest.content.scored_with(identity)
     check_drift_tolerance(cfg, manifest, is_reference, resumes=bool(cfg.resume))  # before --out is touched
-    record = {"config": config_record(cfg), "derived": derived_record(total_steps, accelerator, cache, eval_cache, identity, packs)}
+    record = {"config": config_record(cfg), "derived": derived_record(total_steps, accelerator, cache, eval_cache, identity, packs), **made_with()}
     create_model_repo(cfg, record, accelerator)  # last
     return Run(
         cfg=cfg,
@@ -281,7 +281,6 @@ def derived_record(total_steps: int, accelerator: Accelerator, cache: ShardedCac
         REFERENCE_IDENTITY: cache.manifest.content.model,  # --eval-only and score check other caches against it
         "steps_share_prefixes": packs,  # prefix_sharing asked, and --model's layers allow it (packs_allowed)
         IN_FORCE: accelerator.mixed_precision,  # no | bf16 | fp16: what `auto` came to here (resume_record.py compares it on --resume)
-        VERSIONS: recorded_versions(),  # what computed the numbers; a resume notes another (resume_record.py)
     }
 
 

@@ -464,7 +464,7 @@ def test_a_run_record_given_to_config_runs_that_run_again(tmp_path, tiny_cache, 
     recorded = first / "kto_run.json"
     again = CliRunner().invoke(main, ["--config", str(recorded), "--out", str(tmp_path / "again")])
     assert again.exit_code == 0, again.output
-    assert f"--config {recorded}: the settings of the kto-train run it records (its --out and --resume left out;" in again.output
+    assert f"--config {recorded}: the settings of the kto-train run it records (its --out, --resume and --push-to-hub left out)" in again.output
     assert [m["loss"] for m in metrics(tmp_path / "again")] == [m["loss"] for m in metrics(first)]
     a, b = load_file(first / "final" / "model.safetensors"), load_file(tmp_path / "again" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -475,3 +475,25 @@ def test_a_run_record_given_to_config_runs_that_run_again(tmp_path, tiny_cache, 
     assert settings(tmp_path / "seed1") == {**settings(first), "seed": 1}
     # Without --out: the record's own is left out, so the command asks for one rather than reach the first run.
     assert "--out is required" in CliRunner().invoke(main, ["--config", str(recorded)]).output
+
+
+def test_a_run_records_settings_leave_out_its_push_and_find_its_paths_from_where_it_ran(tmp_path, monkeypatch):
+    """Seen in review: a re-run from the record of a run with --push-to-hub pushed over that
+    run's model on the Hub; and its relative --cache was looked for from wherever the re-run
+    was typed. The record's `cwd` finds it; a name not there (a hub id) stays as typed."""
+    from kto.formats.config_file import run_record_settings
+
+    (tmp_path / "c").mkdir()
+    config = {
+        "cache": "c",
+        "model": "HuggingFaceTB/SmolLM2-135M",
+        "eval_cache": None,
+        "out": "r",
+        "resume": False,
+        "push_to_hub": "me/m",
+        "hub_private": True,
+        "beta": 0.2,
+    }
+    settings = run_record_settings({"config": config, "cwd": str(tmp_path)})
+    assert settings == {"cache": str(tmp_path / "c"), "model": "HuggingFaceTB/SmolLM2-135M", "eval_cache": None, "beta": 0.2}
+    assert run_record_settings({"config": config})["cache"] == "c"  # no cwd recorded (a record made before it)

@@ -170,21 +170,43 @@ def test_a_run_trained_in_fp16_resumed_without_cuda_is_sent_to_a_gpu_by_both_ref
 
 
 def test_the_record_keeps_the_versions_the_run_began_with_and_a_resume_on_others_says_so(cpu_run, tiny_cache, tiny_model_dir, tmp_path):
-    """kto_run.json records kto's, torch's and transformers' versions (a reproduction needs them).
-    A resume on another install (simulated: the record says torch 2.0.0) is not refused, a
-    cluster's image moves on, but says which changed, and the record keeps the run's own."""
+    """kto_run.json records kto's, torch's and transformers' versions (a reproduction needs them),
+    beside `config` and `derived`, which a resume compares (an earlier kto compares every derived
+    key: there it would refuse its own run). A resume on another install (simulated: the record
+    says torch 2.0.0) is not refused, a cluster's image moves on, but says which changed, and the
+    record keeps the run's own."""
     import torch
     import transformers
 
     saved = json.loads((cpu_run / "kto_run.json").read_text())
-    assert saved["derived"]["versions"]["torch"] == torch.__version__ and saved["derived"]["versions"]["transformers"] == transformers.__version__
+    assert saved["versions"]["torch"] == torch.__version__ and saved["versions"]["transformers"] == transformers.__version__
+    assert "versions" not in saved["derived"] and saved["cwd"]
     out = tmp_path / "r"
     shutil.copytree(cpu_run, out)
-    saved["derived"]["versions"]["torch"] = "2.0.0"
+    saved["versions"]["torch"] = "2.0.0"
     (out / "kto_run.json").write_text(json.dumps(saved))
     result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", "checkpoint-1")
     assert result.exit_code == 0, result.output
     assert (
         f"note: --resume: torch 2.0.0 -> {torch.__version__} since the run began; its steps from here may differ in the last bits from an uninterrupted run's"
     ) in result.output
-    assert json.loads((out / "kto_run.json").read_text())["derived"]["versions"]["torch"] == "2.0.0"
+    assert json.loads((out / "kto_run.json").read_text())["versions"]["torch"] == "2.0.0"
+    assert "| trained with | kto-offline " in (out / "final" / "README.md").read_text() and "torch 2.0.0" in (out / "final" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("versions", [None, ["torch"], "2.0", {"torch": 5}])
+def test_versions_not_as_kto_writes_them_are_replaced_by_this_runs(cpu_run, tiny_cache, tiny_model_dir, tmp_path, versions):
+    """Seen in review: `versions` null, a list or a string stopped the resume with a TypeError, a
+    string only after every step, in the model card (no final/). Such a record resumes without a
+    note, and the record and the card take this process's versions."""
+    import torch
+
+    out = tmp_path / "r"
+    shutil.copytree(cpu_run, out)
+    saved = json.loads((out / "kto_run.json").read_text())
+    (out / "kto_run.json").write_text(json.dumps({**saved, "versions": versions}))
+    result = train_cli(tiny_cache, tiny_model_dir, out, *RUN, "--resume", "checkpoint-1")
+    assert result.exit_code == 0, result.output
+    assert "since the run began" not in result.output
+    assert json.loads((out / "kto_run.json").read_text())["versions"]["torch"] == torch.__version__
+    assert f"torch {torch.__version__}" in (out / "final" / "README.md").read_text()
