@@ -424,3 +424,28 @@ def test_chunked_attention_is_refused_not_scored_without_its_mask():
     with pytest.raises(InputError, match="attention_chunk_size = 8; use --no-prefix-sharing"):
         CompletionLogps(lm).forward_packed(b)
     assert lm.config._attn_implementation == "sdpa"
+
+
+def test_a_pack_never_gathers_more_than_its_cap():
+    """A mutation hunt's example: with a pack's width taken from its last member rather than its
+    longest, rows of completions 5, 1, 1 behind a 2-token prompt went into one pack gathering
+    3 × 7 = 21 tokens under a cap of 16 (and the manifest counted other tokens). Every pack of
+    random groups holds members × width ≤ max_tokens, or is one sequence alone."""
+    packs, plain = plan_packs([[7, 7]] * 3, [[1] * 5, [2], [3]], [0, 1, 2], max_tokens=16)
+    assert [(p.members, p.width) for p in packs] == [((0, 1), 7)] and plain == [2]
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, cap = int(rng.integers(2, 30)), int(rng.integers(8, 200))
+        prompts = [[int(g)] * (2 + int(g)) for g in rng.integers(0, 4, n)]
+        completions = [[9] * int(c) for c in rng.integers(1, 60, n)]
+        packs, plain = plan_packs(prompts, completions, list(range(n)), max_tokens=cap)
+        assert sorted([i for p in packs for i in p.members] + plain) == list(range(n))
+        for p in packs:
+            assert p.width == p.prompt_length + max(len(completions[i]) for i in p.members)
+            assert len(p.members) * p.width <= cap, (p, cap)
+
+
+def test_worth_packing_at_its_boundary():
+    """(k − 1)·P > γ·Σ(P + c_i), strictly: P = 1 and completions 9, 9 save 1 token against a
+    gather cost of 0.05 × 20 = 1, no gain, left plain; 9, 8 cost 0.95, packed."""
+    assert not worth_packing(1, [9, 9]) and worth_packing(1, [9, 8])

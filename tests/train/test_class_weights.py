@@ -72,3 +72,10 @@ def test_advised_weight_is_short_nonzero_and_inside(n_d, n_u, w_d, w_u, advised)
     assert not b.ok and b.advised_desirable_weight == advised
     w = float(advised)
     assert w > 0 and 1.0 <= (w * n_d) / (w_u * n_u) <= 4 / 3
+
+
+def test_the_papers_range_holds_its_ends():
+    """(w_D·n_D)/(w_U·n_U) ∈ [1, 4/3], both ends in: 4 desirable rows to 3 undesirable ones is
+    4/3 exactly, balanced, no warning (a mutation to `< 4/3` warned there and went unseen)."""
+    assert checks.class_balance(4, 3, 1, 1).ok and checks.class_balance(3, 3, 1, 1).ok
+    assert not checks.class_balance(5, 3, 1, 1).ok and not checks.class_balance(2, 3, 1, 1).ok
