@@ -24,3 +24,24 @@ def test_walking_three_epochs_visits_each_epochs_steps_once():
         p = advance(p, per_epoch=3)
     assert seen == [(e, s) for e in range(3) for s in range(3)]
     assert (p.global_step, p.epoch, p.step_in_epoch) == (9, 3, 0)
+
+
+def test_each_epoch_of_a_run_reads_every_row_once_in_that_epochs_own_order(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
+    """The rows each step of a 2-epoch run collates (16 rows, 2 a step): each epoch reads every
+    row once, and the second in its own shuffle. A mutation hunt found the loop building every
+    epoch's plan as epoch 0's (the same order each epoch) passed every test: epoch_plan differs
+    by epoch, but nothing checked the loop passes the epoch in."""
+    import numpy as np
+    from conftest import run_train
+
+    import kto.train.loop as loop
+
+    read = []
+    collate = loop.collate_micro_batch
+    monkeypatch.setattr(loop, "collate_micro_batch", lambda cache, slots, *a, **k: read.append(np.asarray(slots).tolist()) or collate(cache, slots, *a, **k))
+    result = run_train(tiny_cache, tiny_model_dir, tmp_path / "r", "--batch-size", "2", "--epochs", "2", "--lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    assert len(read) == 16
+    epochs = [[row for slot in read[e * 8 : (e + 1) * 8] for row in slot] for e in (0, 1)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(16))
+    assert epochs[0] != epochs[1]

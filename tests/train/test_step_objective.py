@@ -96,3 +96,31 @@ def test_the_step_is_the_objective_by_hand(policy_and_batch, gamma, accumulated)
     assert grads.keys() == hand["grads"].keys()
     for name, g in hand["grads"].items():
         assert torch.allclose(grads[name], g, rtol=1e-9, atol=1e-12 * float(g.abs().max())), name
+
+
+def test_eval_is_the_objective_by_hand_with_its_z(tmp_path, tiny_cache, tokenizer_dir):
+    """evaluate() over the whole cache, in batches of 4, against the objective by hand over all
+    its rows at once. The policy (seed 6) has z > 0 here, so the z the eval loss uses shows: a
+    mutation hunt found eval scoring every row at z = 0 (while logging the true z) passed every
+    eval test, which compare eval with itself."""
+    from kto.formats.cache import open_cache
+    from kto.formats.compute.loading import load_causal_lm
+    from kto.formats.compute.logprob import CompletionLogps
+    from kto.formats.compute.sources import resolve_source
+    from kto.train.data import collate_micro_batch
+    from kto.train.evaluate import evaluate
+    from kto.train.loss import LossType
+    from kto.train.step import LossSettings
+
+    class OneProcessEval(OneProcess):
+        device, process_index, is_main_process = torch.device("cpu"), 0, False
+
+    path = make_tiny_llama(tmp_path / "policy", tokenizer_dir, seed=6)
+    model = CompletionLogps(load_causal_lm(resolve_source(str(path)), dtype=torch.float64).eval())
+    cache = open_cache(tiny_cache)
+    hand = by_hand(model, collate_micro_batch(cache, np.arange(cache.num_rows), pad_id=0), gamma=0.0)
+    assert hand["z_raw"] > 0.1
+    got = evaluate(model, cache, LossSettings(BETA, W_D, W_U, LossType.KTO, 0.0, "step"), 0, 4, OneProcessEval())
+    assert got["kl"] == pytest.approx(hand["z_raw"], rel=1e-9) and got["kl_raw"] == got["kl"]
+    for key in ("kto_loss", "loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
+        assert got[key] == pytest.approx(hand[key], rel=1e-9), key
