@@ -415,25 +415,18 @@ def test_4bit_layers_compute_in_the_runs_dtype(tiny_model_dir, tmp_path, dtype, 
     assert quantization_config(cfg, "cpu", autocast).bnb_4bit_compute_dtype == expected
 
 
-def test_wrapping_the_policy_in_adapters_logs_nothing_of_bitsandbytes():
-    """peft imports bitsandbytes as it wraps the first layer; on a CPU with AVX512-BF16 its CPU
-    backend then logged `Failed to load CPU gemm_4bit_forward from kernels-community: …` in every
-    LoRA run, quantized or not. A fresh process, so that this import is the first."""
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_wrapping_the_policy_in_adapters_holds_bitsandbytes_logging_back():
+    """peft imports bitsandbytes as it wraps the first layer (peft_quietly's block, in
+    add_adapters and with_adapters); on a CPU with AVX512-BF16 its CPU backend then logged
+    `Failed to load CPU gemm_4bit_forward from kernels-community: …` in every LoRA run, quantized
+    or not (seen in a fresh process; a test process has imported it long before). Inside the
+    block a warning of that logger is held back; after it, the logger is as it was."""
+    import logging
 
-    pytest.importorskip("peft")
-    script = (
-        "import sys; sys.path.insert(0, 'tests')\n"
-        "from pathlib import Path\n"
-        "from conftest import tiny_llama\n"
-        "from kto.train.adapters import add_adapters\n"
-        "from kto.train.config import TrainConfig\n"
-        "add_adapters(TrainConfig(cache=Path('c'), model='m', out=Path('o'), lora_r=4), tiny_llama(vocab_size=64))\n"
-        "print('wrapped')\n"
-    )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout == "wrapped\n", done.stderr[-2000:]
-    assert "bitsandbytes" not in done.stderr and "Failed to load" not in done.stderr, done.stderr
+    from kto.formats.compute.adapters import peft_quietly
+
+    ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    assert ops.isEnabledFor(logging.WARNING)
+    with peft_quietly():
+        assert not ops.isEnabledFor(logging.WARNING) and ops.isEnabledFor(logging.ERROR)
+    assert ops.isEnabledFor(logging.WARNING)
