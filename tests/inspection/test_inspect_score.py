@@ -241,3 +241,17 @@ def test_a_write_refused_after_the_check_is_one_line(tiny_cache, tiny_model_dir,
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines()[-1] == f"kto-inspect: error: {out}: cannot write (Read-only file system); choose a writable location"
     assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_score_summary_means_each_labels_own_rewards():
+    """kto-inspect score's summary by hand: labels T, F, F with rewards 0.2, -0.1, -0.3 and policy
+    minus reference log-probs of the same sign: desirable mean 0.2, undesirable mean -0.2 (not
+    the mean of every row, -0.0667, which a mutation hunt found no test told apart)."""
+    import pyarrow as pa
+
+    from kto.inspection.score import summarize_scores
+
+    table = pa.table({"label": [True, False, False], "reward": [0.2, -0.1, -0.3], "policy_logp": [-1.0, -3.0, -5.0], "ref_logp": [-3.0, -2.0, -2.0]})
+    s = summarize_scores(table)
+    assert s["desirable"] == {"rows": 1, "gained": 1, "mean_reward": 0.2}
+    assert s["undesirable"]["rows"] == 2 and s["undesirable"]["lost"] == 2 and abs(s["undesirable"]["mean_reward"] + 0.2) < 1e-15

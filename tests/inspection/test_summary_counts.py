@@ -41,3 +41,12 @@ def test_summary_counts_repeated_rows_and_rows_rated_both_ways(tmp_path, tiny_mo
     (tmp_path / "clean").mkdir()
     clean = make_cache(tmp_path / "clean", rows, tiny_model_dir, "chat.jsonl")
     assert "repeats      none (no two rows hold the same prompt and completion tokens)\n" in CliRunner().invoke(main, ["summary", str(clean)]).output
+
+
+def test_summary_warns_when_the_truncated_count_disagrees_with_the_manifest(tiny_cache):
+    from kto.inspection.summary import render, summarize
+
+    s = summarize(tiny_cache)
+    assert "disagree with manifest.json" not in render(s)
+    s["manifest_counts"]["truncated"] += 3
+    assert "warning      the rows disagree with manifest.json's counts; run kto-inspect verify" in render(s)

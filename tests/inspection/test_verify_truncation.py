@@ -72,6 +72,37 @@ def test_a_kl_completion_longer_than_its_source_stored_completion_verifies(tmp_p
     assert any(f"(id {row['id']!r}): 'long''s completion_ids are not the start of kl_completion_ids" in p for p in problems(cache))
 
 
+def test_a_kl_completion_past_the_room_behind_its_prompt_is_caught(tmp_path, tiny_model_dir):
+    """A borrower of `long` (whose stored completion was cut, so its KL completion may be anything
+    from the 24 stored to the room behind its own prompt) given one token past that room, its
+    per-token terms and the manifest's counts made to agree: a KL sequence over max_length. A
+    mutation hunt found the `n > room` bound could be dropped with every test green."""
+    import json
+
+    rows = [
+        {"id": "long", "prompt": text(60, 1) + "?", "completion": " " + text(40, 2), "label": True},
+        {"id": "short", "prompt": "Hi?", "completion": " Yes.", "label": False},
+        {"id": "mid", "prompt": "Say more?", "completion": " " + text(6, 3), "label": True},
+    ]
+    cache = precompute_cache(tmp_path, rows, tiny_model_dir, 48, 24)
+    row = next(r for r in shard_rows(cache) if r["kl_source_id"] == "long")
+    room = 48 - len(row["prompt_ids"])
+    extra = room + 1 - len(row["kl_completion_ids"])
+    assert extra > 0
+
+    def lengthen(d):
+        d[S.KL_COMPLETION_IDS][row["row"]] = d[S.KL_COMPLETION_IDS][row["row"]] + [17] * extra
+        d[S.REF_KL_TOKEN_LOGPS][row["row"]] = d[S.REF_KL_TOKEN_LOGPS][row["row"]] + [0.0] * extra  # the sum still holds
+
+    edit_shard(cache, row["shard"], lengthen)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    for key in ("kl_completion_tokens", "represented_tokens", "scored_tokens"):
+        manifest["counts"][key] += extra
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    found = problems(cache)
+    assert any(f"(id {row['id']!r}): {room + 1} kl_completion_ids, the rule keeps 24 to {room} of 'long''s completion (24 stored)" in p for p in found), found
+
+
 def test_a_kl_completion_cut_shorter_than_the_rule_keeps_is_caught(tiny_cache, tmp_path):
     """tiny_cache's rows all fit max_length 64 whole: each KL completion must be its source's
     whole completion. One token dropped from its end is a prefix still, but the wrong length."""

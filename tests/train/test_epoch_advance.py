@@ -28,7 +28,7 @@ def test_walking_three_epochs_visits_each_epochs_steps_once():
 
 def test_each_epoch_of_a_run_reads_every_row_once_in_that_epochs_own_order(tiny_cache, tiny_model_dir, tmp_path, monkeypatch):
     """The rows each step of a 2-epoch run collates (16 rows, 2 a step): each epoch reads every
-    row once, and the second in its own shuffle. A mutation hunt found the loop building every
+    row once, and the second in its own shuffle; each metrics line's epoch is step / 8. A mutation hunt found the loop building every
     epoch's plan as epoch 0's (the same order each epoch) passed every test: epoch_plan differs
     by epoch, but nothing checked the loop passes the epoch in."""
     import numpy as np
@@ -45,3 +45,8 @@ def test_each_epoch_of_a_run_reads_every_row_once_in_that_epochs_own_order(tiny_
     epochs = [[row for slot in read[e * 8 : (e + 1) * 8] for row in slot] for e in (0, 1)]
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(16))
     assert epochs[0] != epochs[1]
+    # metrics.jsonl's epoch: the epochs done after the step, 8 steps an epoch (never read before).
+    from conftest import metrics
+
+    lines = metrics(tmp_path / "r")
+    assert lines and [m["epoch"] for m in lines] == [m["step"] / 8 for m in lines] and lines[-1]["epoch"] == 2.0

@@ -280,3 +280,28 @@ def test_a_resume_writes_no_second_set_of_tensorboard_hparams(tmp_path):
     files = sorted((out / "tensorboard" / "run").glob("events.out.tfevents.*"))
     assert len(files) == 2
     assert [b"_hparams_/session_start_info" in f.read_bytes() for f in files] == [True, False]
+
+
+def test_trackers_get_only_the_values_a_step_has(tmp_path):
+    """rewards/rejected on a step without undesirable rows is NaN: null in metrics.jsonl, left out
+    of what the trackers get (a gap in the chart, not a NaN point). The TensorBoard runs here
+    have both classes in every step, so nothing else sees it."""
+    import json
+
+    from kto.train.metrics import MetricsWriter
+
+    class Logged:
+        def __init__(self):
+            self.calls = []
+
+        def log(self, values, step):
+            self.calls.append((step, values))
+
+    accelerator = Logged()
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", accelerator)
+    writer.write(1, {"loss": 0.5, "rewards/rejected": float("nan"), "kl": float("inf")})
+    writer.write(2, {"loss": 0.25}, split="eval")
+    writer.close()
+    assert accelerator.calls == [(1, {"loss": 0.5}), (2, {"eval/loss": 0.25})]
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["rewards/rejected"] is None and first["kl"] is None and first["loss"] == 0.5
