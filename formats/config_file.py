@@ -75,9 +75,12 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
     """The file's values under `command`'s option names, TRL's and LLaMA-Factory's names
     included (config_names.py), with the lines that say what was mapped or ignored."""
     raw = read_mapping(path)
-    from_run = command == TRAIN and raw.get("kind") == KIND and isinstance(raw.get("config"), dict)
+    is_record = raw.get("kind") == KIND and isinstance(raw.get("config"), dict)
+    if is_record and command != TRAIN:
+        raise InputError(f"--config {path}: a kto-train run record (its settings re-run with kto-train --config {path}), not {command}'s settings")
+    from_run, moved = is_record, []
     if from_run:
-        raw = run_record_settings(raw)
+        raw, moved = run_record_settings(raw)
     try:
         resolved = resolve(raw, command, known)
     except InputError as exc:
@@ -85,7 +88,7 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
     resolved.written = raw
     resolved.notes = [f"--config {path}: {note}" for note in resolved.notes]
     if from_run:
-        resolved.notes.insert(0, f"--config {path}: {RUN_RECORD_NOTE}")
+        resolved.notes[:0] = [f"--config {path}: {RUN_RECORD_NOTE}", *(f"--config {path}: {line}" for line in moved)]
     resolved.default_notes = {name: f"--config {path}: {note}" for name, note in resolved.default_notes.items()}
     return resolved
 
@@ -99,19 +102,24 @@ RUN_RECORD_PATHS = ("cache", "model", "eval_cache")
 RUN_RECORD_NOTE = "the settings of the kto-train run it records (its --out, --resume and --push-to-hub left out)"
 
 
-def run_record_settings(record: dict) -> dict:
-    """The settings of a kto-train run record, as a config file's keys. A relative path is the
-    run's own, relative to the folder it started in (the record's `cwd`), where that holds it;
-    else it stays as typed (a hub id, or a record without `cwd`)."""
+def run_record_settings(record: dict) -> tuple[dict, list[str]]:
+    """The settings of a kto-train run record, as a config file's keys, and a line for each path
+    read from another folder than the run's. A relative path is the run's own, relative to the
+    folder it started in (the record's `cwd`), where that holds it; else it stays as typed (a
+    hub id, or a record without `cwd`), and where the current folder holds it, which may be
+    another cache or model than the run's (a copied or renamed project), a line says so."""
     settings = {k: v for k, v in record["config"].items() if k not in RUN_RECORD_LEFT_OUT}
-    cwd = record.get("cwd")
+    cwd, moved = record.get("cwd"), []
     for key in RUN_RECORD_PATHS:
         value = settings.get(key)
         if isinstance(cwd, str) and isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
             there = os.path.join(cwd, value)
             if os.path.exists(there):
                 settings[key] = there
-    return settings
+            elif os.path.exists(value):
+                flag = "--" + key.replace("_", "-")
+                moved.append(f"{flag} {value} is not in {cwd}, where the run started: read from here, which may hold another {key.replace('_', ' ')}")
+    return settings, moved
 
 
 _FLAG = re.compile(r"--([a-z0-9][a-z0-9-]*)")

@@ -57,7 +57,7 @@ def warmup_note(cfg: TrainConfig, total_steps: int) -> str | None:
     if here == there:
         return None
     return (
-        f"warmup: {here} step{'s' if here != 1 else ''} (⌊warmup_ratio {cfg.warmup_ratio} × {total_steps} steps⌋); transformers, hence TRL "
+        f"warmup: {here} step{'s' if here != 1 else ''} (⌊warmup_ratio {cfg.warmup_ratio} × {total_steps} step{'s' if total_steps != 1 else ''}⌋); transformers, hence TRL "
         f"and LLaMA-Factory, rounds up to {there}: give --warmup-steps {there} (warmup_steps in a --config file) to warm up as they do"
     )
 

@@ -81,7 +81,7 @@ RECORDED_SINCE = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
 # Derived entries that say what a setting came to, for the reader: decided again from the
 # settings a resume compares (steps_share_prefixes: prefix_sharing and --model's layers;
 # reference_identity: the cache, by its fingerprint).
-INFORMATIONAL = frozenset({"steps_share_prefixes", REFERENCE_IDENTITY})
+INFORMATIONAL = frozenset({"steps_share_prefixes", REFERENCE_IDENTITY, "versions"})  # versions: where a development build kept them (began_with)
 
 
 def made_with() -> dict:
@@ -100,7 +100,7 @@ def made_with() -> dict:
 
 def began_with(saved: dict) -> dict[str, str] | None:
     """The versions a run record says its run began with, or None (none recorded, or not as kto writes them)."""
-    versions = saved.get("versions")
+    versions = saved.get("versions", saved.get("derived", {}).get("versions"))  # a development build kept them in derived
     ok = isinstance(versions, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items())
     return versions if ok else None
 

@@ -479,8 +479,10 @@ def test_a_run_record_given_to_config_runs_that_run_again(tmp_path, tiny_cache, 
 
 def test_a_run_records_settings_leave_out_its_push_and_find_its_paths_from_where_it_ran(tmp_path, monkeypatch):
     """Seen in review: a re-run from the record of a run with --push-to-hub pushed over that
-    run's model on the Hub; and its relative --cache was looked for from wherever the re-run
-    was typed. The record's `cwd` finds it; a name not there (a hub id) stays as typed."""
+    run's model on the Hub; its relative --cache was looked for from wherever the re-run was
+    typed; and where the run's folder no longer held it but the current one did, another cache
+    was trained on without a word. The record's `cwd` finds it; a name found only here is read
+    from here with a line saying so; a name found nowhere (a hub id) stays as typed."""
     from kto.formats.config_file import run_record_settings
 
     (tmp_path / "c").mkdir()
@@ -494,6 +496,37 @@ def test_a_run_records_settings_leave_out_its_push_and_find_its_paths_from_where
         "hub_private": True,
         "beta": 0.2,
     }
-    settings = run_record_settings({"config": config, "cwd": str(tmp_path)})
-    assert settings == {"cache": str(tmp_path / "c"), "model": "HuggingFaceTB/SmolLM2-135M", "eval_cache": None, "beta": 0.2}
-    assert run_record_settings({"config": config})["cache"] == "c"  # no cwd recorded (a record made before it)
+    settings, moved = run_record_settings({"config": config, "cwd": str(tmp_path)})
+    assert settings == {"cache": str(tmp_path / "c"), "model": "HuggingFaceTB/SmolLM2-135M", "eval_cache": None, "beta": 0.2} and moved == []
+    assert run_record_settings({"config": config}) == ({**settings, "cache": "c"}, [])  # no cwd recorded (a record made before it)
+    here = tmp_path / "here"
+    (here / "c").mkdir(parents=True)
+    monkeypatch.chdir(here)
+    gone = str(tmp_path / "gone")
+    settings, moved = run_record_settings({"config": config, "cwd": gone})
+    assert settings["cache"] == "c" and moved == [f"--cache c is not in {gone}, where the run started: read from here, which may hold another cache"]
+
+
+def test_a_run_record_given_to_kto_precompute_says_whose_it_is(tmp_path):
+    import json
+
+    from kto.precompute.cli import main as precompute
+
+    record = tmp_path / "kto_run.json"
+    record.write_text(json.dumps({"kind": "kto-train run", "version": 1, "config": {"beta": 0.1}, "derived": {}}))
+    result = CliRunner().invoke(precompute, ["--config", str(record), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"kto-precompute: error: --config {record}: a kto-train run record (its settings re-run with kto-train --config {record}), not kto-precompute's settings"
+    )
+
+
+def test_a_development_builds_versions_in_derived_still_resume():
+    """Builds between 64f819c and e23a8ed kept the versions under `derived`: a run they made
+    resumes (no difference named), and its versions are the ones the run began with."""
+    from kto.train.resume_record import began_with, record_differences
+
+    versions = {"kto-offline": "0.1.0", "torch": "2.0.0", "transformers": "5.0.0"}
+    saved = {"config": {"beta": 0.1}, "derived": {"total_steps": 2, "versions": versions}}
+    assert record_differences(saved, {"config": {"beta": 0.1}, "derived": {"total_steps": 2}}) == []
+    assert began_with(saved) == versions
