@@ -20,7 +20,7 @@ def test_summary_counts_unequal_labels(tmp_path, tiny_model_dir):
     assert set(s["ref_logps"]) == {"desirable", "undesirable"}
 
 
-def test_summary_counts_repeated_rows_and_rows_rated_both_ways(tmp_path, tiny_model_dir):
+def test_summary_counts_repeated_rows_and_rows_rated_both_ways(tmp_path, tiny_model_dir, tiny_cache):
     """16 rows, then: row 0 twice more with its label (2 repeats), row 1 once more (1 repeat), and
     row 2's prompt and completion once with the other label (1 pair held both ways: 2 rows). A
     feedback log rating one answer many times reads as 3 repeats and 1 pair both ways, not as 20
@@ -38,9 +38,8 @@ def test_summary_counts_repeated_rows_and_rows_rated_both_ways(tmp_path, tiny_mo
         "repeats      3 rows repeat an earlier row's prompt, completion and label (each weighs once more in the loss); "
         "1 prompt+completion pair is held with both labels (2 rows, pulling against each other)\n"
     ) in text
-    (tmp_path / "clean").mkdir()
-    clean = make_cache(tmp_path / "clean", rows, tiny_model_dir, "chat.jsonl")
-    assert "repeats      none (no two rows hold the same prompt and completion tokens)\n" in CliRunner().invoke(main, ["summary", str(clean)]).output
+    # tiny_cache holds chat_rows() alone: no repeat.
+    assert "repeats      none (no two rows hold the same prompt and completion tokens)\n" in CliRunner().invoke(main, ["summary", str(tiny_cache)]).output
 
 
 def test_summary_warns_when_the_truncated_count_disagrees_with_the_manifest(tiny_cache):
