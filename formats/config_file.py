@@ -109,6 +109,10 @@ def run_record_settings(record: dict) -> tuple[dict, list[str]]:
     hub id, or a record without `cwd`), and where the current folder holds it, which may be
     another cache or model than the run's (a copied or renamed project), a line says so."""
     settings = {k: v for k, v in record["config"].items() if k not in RUN_RECORD_LEFT_OUT}
+    if settings.get("auto_weights") is True:
+        # The record holds the weight --auto-weights chose; given beside it, it would be refused
+        # as one the choice replaces. The re-run chooses it again from its cache.
+        settings.pop("desirable_weight", None)
     cwd, moved = record.get("cwd"), []
     for key in RUN_RECORD_PATHS:
         value = settings.get(key)

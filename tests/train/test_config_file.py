@@ -462,6 +462,12 @@ def test_a_run_record_given_to_config_runs_that_run_again(tmp_path, tiny_cache, 
     result = run_train(tiny_cache, tiny_model_dir, first, "--batch-size", "2", "--max-steps", "3", "--lr", "1e-3", "--auto-weights", "--warmup-steps", "1")
     assert result.exit_code == 0, result.output
     recorded = first / "kto_run.json"
+    # The record holds the weight --auto-weights chose (1 on these balanced rows; 0.5 here as on
+    # 8 desirable rows to 4): given back beside --auto-weights, it was refused as one it replaces.
+    record = json.loads(recorded.read_text())
+    assert record["config"]["auto_weights"] is True
+    record["config"]["desirable_weight"] = 0.5
+    recorded.write_text(json.dumps(record))
     again = CliRunner().invoke(main, ["--config", str(recorded), "--out", str(tmp_path / "again")])
     assert again.exit_code == 0, again.output
     assert f"--config {recorded}: the settings of the kto-train run it records (its --out, --resume and --push-to-hub left out)" in again.output
@@ -469,7 +475,7 @@ def test_a_run_record_given_to_config_runs_that_run_again(tmp_path, tiny_cache, 
     a, b = load_file(first / "final" / "model.safetensors"), load_file(tmp_path / "again" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     settings = lambda run: {k: v for k, v in json.loads((run / "kto_run.json").read_text())["config"].items() if k != "out"}
-    assert settings(tmp_path / "again") == settings(first)
+    assert settings(tmp_path / "again") == {**settings(first), "desirable_weight": 1.0}
     # Without --out: the record's own is left out, so the command asks for one rather than reach the first run.
     assert "--out is required" in CliRunner().invoke(main, ["--config", str(recorded)]).output
 
