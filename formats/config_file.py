@@ -78,8 +78,8 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
     is_record = raw.get("kind") == KIND and isinstance(raw.get("config"), dict)
     if is_record and command != TRAIN:
         raise InputError(f"--config {path}: a kto-train run record (its settings re-run with kto-train --config {path}), not {command}'s settings")
-    from_run, moved = is_record, []
-    if from_run:
+    moved: list[str] = []
+    if is_record:
         raw, moved = run_record_settings(raw)
     try:
         resolved = resolve(raw, command, known)
@@ -87,7 +87,7 @@ def resolve_config_file(path: str | Path, command: str, known: Iterable[str]) ->
         raise InputError(f"--config {path}: {exc}") from None
     resolved.written = raw
     resolved.notes = [f"--config {path}: {note}" for note in resolved.notes]
-    if from_run:
+    if is_record:
         resolved.notes[:0] = [f"--config {path}: {RUN_RECORD_NOTE}", *(f"--config {path}: {line}" for line in moved)]
     resolved.default_notes = {name: f"--config {path}: {note}" for name, note in resolved.default_notes.items()}
     return resolved

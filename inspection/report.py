@@ -149,12 +149,11 @@ def _shown(name: str, values: dict[str, np.ndarray]) -> bool:
     return name not in SAME_AS or _differs(values[name], values[SAME_AS[name]])
 
 
-def _smoothed(name: str, split: str, values: np.ndarray, smooth: float) -> bool:
+def _smoothed(name: str, split: str, values: np.ndarray, count: int, smooth: float) -> bool:
     """Drawn smoothed: a train line of a noisy metric, long enough, with a value at every logged
     step. A line with gaps (rewards/rejected on steps without undesirable rows) is drawn as
     logged, broken there with markers: its smoothed line, broken at the same steps, could be
-    no line at all (a value every other step draws no segment)."""
-    count = int(np.count_nonzero(~np.isnan(values)))
+    no line at all (a value every other step draws no segment). `count`: its values (not NaN)."""
     return smooth > 0 and split == "train" and name not in UNSMOOTHED and count >= MIN_SMOOTHED and count == len(values)
 
 
@@ -179,7 +178,7 @@ def draw_group(log: RunLog, group, Figure, smooth: float = DEFAULT_SMOOTH):
             hidden = [n for n in SAME_AS if SAME_AS[n] == name and not np.isnan(values[n]).all() and not _shown(n, values)]
             shown = label + "".join(f"; {n} equal at every step" for n in hidden)
             legend = shown if split == "train" else f"{shown}, eval"
-            if _smoothed(name, split, values[name], smooth):
+            if _smoothed(name, split, values[name], count, smooth):
                 ax.plot(steps, values[name], color=f"C{k}", linestyle=line, linewidth=0.8, alpha=0.3)
                 ax.plot(steps, ema(values[name], smooth), color=f"C{k}", linestyle=line, label=legend)
                 smoothed = True

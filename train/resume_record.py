@@ -297,9 +297,10 @@ def resumable_changes(saved: dict, record: dict) -> list[str]:
     return changed
 
 
-def versions_note(saved: dict) -> str | None:
-    """What a resume runs on that the run did not begin with ('torch 2.12.0 -> 2.13.0'), or None."""
-    began, running = began_with(saved) or {}, made_with()["versions"]
+def versions_note(saved: dict, record: dict) -> str | None:
+    """What a resume runs on (`record`'s versions, made_with's) that the run did not begin with
+    (`saved`'s): 'torch 2.12.0 -> 2.13.0', or None."""
+    began, running = began_with(saved) or {}, record["versions"]
     moved = [f"{name} {began[name]} -> {running[name]}" for name in running if name in began and began[name] != running[name]]
     if not moved:
         return None

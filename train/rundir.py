@@ -211,11 +211,12 @@ def open_run_dir(cfg: TrainConfig, record: dict, log: Callable[[str], None]) -> 
             raise _earlier_run(out)
         return None
     saved = refuse_resume(cfg, record)
+    note = versions_note(saved, record)  # before keep_recorded gives record the versions the run began with
     keep_recorded(record, saved)
     changed = resumable_changes(saved, record)
     if changed:
         log("--resume: changed " + ", ".join(changed))
-    if note := versions_note(saved):
+    if note:
         log(f"note: {note}")
     # The resumed run writes final/ (and final-merged/) again, whole: a file a user put there
     # since (an evaluation's output) is refused now, not deleted after the training.
